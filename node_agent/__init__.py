@@ -1,0 +1,1 @@
+"""The node agent: runs beside one database, hosts its engine adapter and the prepare lease."""

@@ -1,0 +1,128 @@
+"""The engine contract: what the agent needs from an adapter for one storage engine.
+
+Adapters are discovered through the ``snapctl.engines`` entry-point group (built-ins too),
+each entry point naming an ``EngineFactory``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import cache
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from node_agent.models import EngineState, EngineStatus, JobResult, VerifyFacts
+from snapctl.errors import BadInputError
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """One storage engine on one node.
+
+    Every method must finish within the adapter's configured timeout or raise
+    ``snapctl.errors.EngineError``; an engine that accepts connections and never answers
+    must not hang the agent. Methods are called from worker threads, never two at once.
+    """
+
+    name: str
+
+    def prepare(self, run_id: str) -> EngineState:
+        """Bring the engine into a state where a disk snapshot restores consistently and hold it
+        there until ``complete``. Return the evidence a restore must reproduce (facts, position,
+        files the snapshot must contain). Calling it again for the run already holding is a no-op
+        that returns the same state. Raise ``EngineBusy`` naming the holder when something else
+        holds the engine; never take over or release a hold this adapter did not make."""
+        ...
+
+    def complete(self, run_id: str) -> None:
+        """Release what ``prepare`` holds. Safe to call twice and when nothing is held."""
+        ...
+
+    def trigger(self, target: str | None) -> list[JobResult]:
+        """Run the engine's own snapshot/checkpoint (for ``target``, or everything when None)
+        and return one result per job once each has finished or failed."""
+        ...
+
+    def status(self) -> EngineStatus:
+        """Version, reachability, whether held (and by whom), raft groups. Never raises for an
+        unreachable engine: report ``reachable=False`` with the error."""
+        ...
+
+    def verify(self) -> VerifyFacts:
+        """Facts about the data as it is now (row counts, checksums, positions), comparable with
+        the facts ``prepare`` recorded."""
+        ...
+
+    def restore_prepare(self, path: Path | None) -> None:
+        """Make restored files at ``path`` (default: the engine's own data path) start cleanly:
+        whatever marker or config the engine needs after a disk restore."""
+        ...
+
+    def data_paths(self) -> list[Path]:
+        """Directories holding the engine's data: what the node's volumes must cover."""
+        ...
+
+    def close(self) -> None:
+        """Release connections; called when the agent stops."""
+        ...
+
+
+class EngineSettings(BaseModel):
+    """Base for each adapter's settings: unknown keys are rejected with the valid ones listed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str
+    timeout_s: float = 10.0
+
+
+class EngineFactory(Protocol):
+    """What an entry point in ``snapctl.engines`` names: usually the adapter class itself."""
+
+    settings_model: type[EngineSettings]
+
+    def __call__(self, settings: Any, *, base_dir: Path) -> Engine:  # settings: settings_model
+        ...
+
+
+@cache
+def available_engines() -> dict[str, Any]:
+    return {ep.name: ep for ep in entry_points(group="snapctl.engines")}
+
+
+def load_engine_factory(engine_type: str) -> EngineFactory:
+    eps = available_engines()
+    if engine_type not in eps:
+        known = ", ".join(sorted(eps)) or "none installed"
+        raise BadInputError(f"unknown engine type {engine_type!r}", hint=f"valid engine types: {known}")
+    return eps[engine_type].load()
+
+
+def validate_engine_settings(raw: Mapping[str, Any]) -> EngineSettings:
+    """Validate an ``engine:`` block against its adapter's own settings model."""
+    engine_type = raw.get("type")
+    if not isinstance(engine_type, str):
+        raise BadInputError("engine settings need a 'type'", hint="e.g. type: sqlite")
+    factory = load_engine_factory(engine_type)
+    try:
+        return factory.settings_model.model_validate(dict(raw))
+    except ValidationError as exc:
+        raise BadInputError(f"engine {engine_type}: {describe_validation_error(exc, factory.settings_model)}") from exc
+
+
+def create_engine(raw: Mapping[str, Any], *, base_dir: Path) -> Engine:
+    settings = validate_engine_settings(raw)
+    return load_engine_factory(settings.type)(settings, base_dir=base_dir)
+
+
+def describe_validation_error(exc: ValidationError, model: type[BaseModel]) -> str:
+    """One line for the first error, naming the field; unknown keys list the valid ones."""
+    err = exc.errors()[0]
+    field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        valid = ", ".join(model.model_fields)
+        return f"unknown key {field!r} (valid keys: {valid})"
+    return f"{field}: {err['msg'].lower()}"

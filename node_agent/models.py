@@ -1,0 +1,180 @@
+"""Wire and data models shared by the agent, its engines and snapctl.
+
+Pure pydantic, cheap to import: snapctl imports this module without the agent's web stack.
+Everything here is versioned under the agent's ``/v1`` API; add fields, never repurpose them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+MAX_LEASE_S = 3600.0
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---- one raft model for every engine that has one ---------------------------------------
+
+RaftRole = Literal["leader", "follower", "candidate", "learner", "witness", "transferring", "error", "unknown"]
+
+
+class ReplicationProgress(Model):
+    """How far one follower is behind, as the leader (or the follower itself) sees it."""
+
+    peer: str
+    state: str | None = None  # e.g. braft idle|appending|blocking|installing snapshot; tarantool follow|...
+    next_index: int | None = None
+    match_index: int | None = None
+    lag_entries: int | None = None
+    lag_seconds: float | None = None
+    consecutive_errors: int = 0
+    error: str | None = None
+
+
+class RaftGroup(Model):
+    """One raft group as seen from one member: a DingoDB region, a Tarantool replica set, an etcd cluster."""
+
+    group: str
+    member: str  # this member's id (peer id, instance uuid, member id)
+    role: RaftRole = "unknown"
+    term: int | None = None
+    leader: str | None = None
+    commit_index: int | None = None
+    applied_index: int | None = None
+    last_log_index: int | None = None
+    last_log_term: int | None = None
+    last_snapshot_index: int | None = None
+    last_snapshot_term: int | None = None
+    snapshot_status: str | None = None  # IDLE|SAVING|LOADING|DOWNLOADING (braft) or engine's own
+    peers: list[str] = Field(default_factory=list)
+    conf_changing: bool = False
+    replication: list[ReplicationProgress] = Field(default_factory=list)
+    extra: dict[str, Any] = Field(default_factory=dict)  # engine-specific fields and unknown lines
+
+
+# ---- engine data ---------------------------------------------------------------------------
+
+
+class TableFacts(Model):
+    rows: int
+    checksum: str | None = None
+
+
+class VerifyFacts(Model):
+    """What a restore must reproduce. ``exact``: restored data must equal these facts; otherwise
+    the restored data may be newer (the engine keeps writing its log while the disk is copied)
+    and must hold at least as many rows."""
+
+    tables: dict[str, TableFacts] = Field(default_factory=dict)
+    position: dict[str, Any] = Field(default_factory=dict)  # lsn, vclock, revision, raft indexes
+    exact: bool = True
+
+
+class EngineState(Model):
+    """What an engine reports when it is prepared: the evidence a drill checks later."""
+
+    engine: str
+    version: str | None = None
+    prepared_at: datetime
+    facts: VerifyFacts = Field(default_factory=VerifyFacts)
+    files: list[str] = Field(default_factory=list)  # files the disk snapshot must contain
+    raft: list[RaftGroup] = Field(default_factory=list)
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class EngineStatus(Model):
+    engine: str
+    version: str | None = None
+    reachable: bool
+    held: bool = False
+    held_by: str | None = None  # who holds the engine when it is not this agent
+    held_since: datetime | None = None
+    raft: list[RaftGroup] = Field(default_factory=list)
+    details: dict[str, Any] = Field(default_factory=dict)
+    error: str | None = None
+
+
+JobStatus = Literal["succeeded", "failed", "running"]
+
+
+class JobResult(Model):
+    target: str
+    status: JobStatus
+    detail: str | None = None
+    duration_s: float | None = None
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+# ---- agent API (/v1) -----------------------------------------------------------------------
+
+
+class PrepareRequest(Model):
+    run_id: str = Field(pattern=RUN_ID_PATTERN)
+    lease_s: float = Field(gt=0, le=MAX_LEASE_S)
+
+
+class RenewRequest(Model):
+    run_id: str = Field(pattern=RUN_ID_PATTERN)
+    lease_s: float | None = Field(default=None, gt=0, le=MAX_LEASE_S)
+
+
+class CompleteRequest(Model):
+    run_id: str = Field(pattern=RUN_ID_PATTERN)
+
+
+class TriggerRequest(Model):
+    target: str | None = Field(default=None, max_length=256)
+
+
+class RestorePrepareRequest(Model):
+    path: str | None = Field(default=None, max_length=4096)
+
+
+class LeaseInfo(Model):
+    run_id: str
+    acquired_at: datetime
+    expires_at: datetime
+
+
+class PrepareResponse(Model):
+    run_id: str
+    lease: LeaseInfo
+    state: EngineState
+
+
+class CompleteResponse(Model):
+    run_id: str
+    released: bool  # False when this run's hold had already ended (idempotent repeat, or expired)
+    held_for_s: float | None = None
+
+
+class TriggerResponse(Model):
+    jobs: list[JobResult]
+
+
+class AgentStatus(Model):
+    node: str
+    agent_version: str
+    engine: EngineStatus
+    lease: LeaseInfo | None = None
+    data_paths: list[str] = Field(default_factory=list)
+    free_bytes: int | None = None
+
+
+class Health(Model):
+    status: Literal["ok"] = "ok"
+    agent_version: str
+
+
+class ErrorBody(Model):
+    """Every non-2xx answer of the agent: ``{"error": "...", "hint": "..."}``."""
+
+    error: str
+    hint: str | None = None
+    holder: str | None = None  # run id holding the lease, on 409

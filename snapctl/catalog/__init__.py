@@ -1,0 +1,45 @@
+"""The catalog: manifests, an index, and the cluster's run lock, over a small blob store.
+
+Layout (the same on every store), keys relative to the catalog root::
+
+    <cluster>/manifests/<run_id>.json
+    <cluster>/index.json
+    <cluster>/lock.json
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+
+@runtime_checkable
+class BlobStore(Protocol):
+    """Bytes under string keys. Local directory by default; S3 for a shared catalog."""
+
+    def read(self, key: str) -> bytes | None:
+        """The blob, or None when it does not exist."""
+        ...
+
+    def write(self, key: str, data: bytes) -> None:
+        """Replace atomically: a reader sees the old or the new blob, never a torn one."""
+        ...
+
+    def create(self, key: str, data: bytes) -> bool:
+        """Write only if the key does not exist; True when this call created it. Safe under races."""
+        ...
+
+    def replace(self, key: str, data: bytes, expected: bytes) -> bool:
+        """Write only if the current content equals ``expected``; True when replaced. Safe under races."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove; a missing key is fine."""
+        ...
+
+    def list(self, prefix: str) -> list[str]:
+        """Keys starting with ``prefix``, sorted."""
+        ...
+
+    def describe(self) -> str:
+        """Where this store lives, for messages (no secrets)."""
+        ...

@@ -1,0 +1,268 @@
+"""The inventory: one YAML file describing a cluster, validated once, here.
+
+Every error names the file, the line and the field; unknown keys list the valid ones.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from snapctl.errors import InventoryError
+
+DEFAULT_INVENTORY = "inventory.yaml"
+INVENTORY_ENV = "SNAPCTL_INVENTORY"
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from ``30``, ``"30s"``, ``"15m"``, ``"24h"``, ``"7d"``."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like 30s, 15m, 24h")
+    if isinstance(value, (int, float)):
+        return float(value)
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ValueError(f"{value!r} is not a duration (use e.g. 30s, 15m, 24h, 7d)")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Duration(float):
+    """Marker type for docs; values are parsed by validators below."""
+
+
+class CatalogConfig(Strict):
+    """Where manifests live: a local directory (default under $XDG_STATE_HOME) or s3://bucket/prefix."""
+
+    path: str | None = None
+    url: str | None = None  # s3://bucket/prefix for a shared catalog
+    endpoint_url: str | None = None  # S3-compatible endpoint (tests: moto)
+    region: str | None = None
+
+
+class AgentAuth(Strict):
+    """How snapctl authenticates to agents: never a plain-text token in the inventory."""
+
+    token_file: str | None = None
+    token_env: str | None = "SNAPCTL_AGENT_TOKEN"
+    ca_file: str | None = None  # verify agents' TLS certificates with this CA
+    client_cert_file: str | None = None  # mTLS
+    client_key_file: str | None = None
+
+
+class Policy(Strict):
+    lease_ttl_s: float = 30.0
+    max_freeze_s: float = 60.0  # a node held longer than this fails the run
+    agent_timeout_s: float = 10.0  # per request to an agent
+    prepare_timeout_s: float = 60.0
+    snapshot_timeout_s: float = 120.0  # per node, until its create calls returned
+    wait_timeout_s: float = 3600.0  # until every snapshot completed
+    max_follower_lag: int = 10_000  # raft entries
+    max_snapshot_busy_s: float = 600.0  # SAVING/LOADING/DOWNLOADING longer than this is flagged
+    concurrency: int = Field(default=64, ge=1, le=4096)
+    consistency: Literal["cluster", "per-node"] = "cluster"
+    trigger_engine_snapshot: bool = False
+    lock_ttl_s: float = 120.0
+
+    @field_validator(
+        "lease_ttl_s", "max_freeze_s", "agent_timeout_s", "prepare_timeout_s", "snapshot_timeout_s",
+        "wait_timeout_s", "max_snapshot_busy_s", "lock_ttl_s", mode="before",
+    )
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        seconds = parse_duration(value)
+        if seconds <= 0:
+            raise ValueError("must be greater than zero")
+        return seconds
+
+
+class Retention(Strict):
+    keep_last: int = Field(default=7, ge=1)
+    daily: int = Field(default=7, ge=0)
+    weekly: int = Field(default=4, ge=0)
+    monthly: int = Field(default=6, ge=0)
+
+
+class Node(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+    agent: str  # http(s)://host:port, or "embedded"
+    engine: dict[str, Any] = Field(default_factory=dict)  # validated by the engine adapter
+    volumes: list[Any] = Field(default_factory=list)  # validated by the provider
+    restore: dict[str, Any] = Field(default_factory=dict)  # where restores and drills of this node go
+
+    @field_validator("agent")
+    @classmethod
+    def _agent(cls, value: str) -> str:
+        if value == "embedded":
+            return value
+        if not re.match(r"^https?://[^/\s:]+(:\d{1,5})?/?$", value):
+            raise ValueError(f"{value!r} is not an agent address (use http(s)://host:port or 'embedded')")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _embedded_needs_engine(self) -> Node:
+        if self.agent == "embedded" and not self.engine:
+            raise ValueError("an embedded agent needs an 'engine' block (e.g. {type: sqlite, path: ...})")
+        return self
+
+
+class Inventory(Strict):
+    cluster: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+    provider: dict[str, Any]  # validated by the provider plugin
+    catalog: CatalogConfig = Field(default_factory=CatalogConfig)
+    auth: AgentAuth = Field(default_factory=AgentAuth)
+    policy: Policy = Field(default_factory=Policy)
+    retention: Retention = Field(default_factory=Retention)
+    rpo: float = 86400.0
+    tags: dict[str, str] = Field(default_factory=dict)  # extra tags on every snapshot
+    nodes: list[Node] = Field(min_length=1)
+
+    # Not part of the file: where it was read from, so relative paths resolve against it.
+    model_config = ConfigDict(extra="forbid")
+    _base_dir: Path = Path(".")
+    _source: str = "<memory>"
+
+    @field_validator("rpo", mode="before")
+    @classmethod
+    def _rpo(cls, value: Any) -> float:
+        return parse_duration(value)
+
+    @field_validator("nodes")
+    @classmethod
+    def _unique_names(cls, nodes: list[Node]) -> list[Node]:
+        seen: set[str] = set()
+        for index, node in enumerate(nodes):
+            if node.name in seen:
+                raise ValueError(f"duplicate node name {node.name!r} (nodes[{index}]); node names must be unique")
+            seen.add(node.name)
+        return nodes
+
+    @property
+    def base_dir(self) -> Path:
+        return self._base_dir
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+    def resolve(self, path: str | os.PathLike[str]) -> Path:
+        """A path from the inventory, relative to the inventory file's directory."""
+        p = Path(os.path.expanduser(str(path)))
+        return p if p.is_absolute() else (self._base_dir / p)
+
+    def node(self, name: str) -> Node:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise InventoryError(f"no node named {name!r} in {self._source}", hint="nodes: " + ", ".join(n.name for n in self.nodes))
+
+    def select(self, names: list[str] | None) -> list[Node]:
+        return [self.node(n) for n in names] if names else list(self.nodes)
+
+
+def inventory_path(explicit: str | None) -> Path:
+    return Path(explicit or os.environ.get(INVENTORY_ENV) or DEFAULT_INVENTORY)
+
+
+def load_inventory(path: str | os.PathLike[str] | None = None) -> Inventory:
+    file = inventory_path(str(path) if path else None)
+    try:
+        text = file.read_text()
+    except FileNotFoundError:
+        raise InventoryError(
+            f"{file}: inventory file not found",
+            hint="pass -i FILE, set SNAPCTL_INVENTORY, or copy inventory.example.yaml to inventory.yaml",
+        ) from None
+    except OSError as exc:
+        raise InventoryError(f"{file}: cannot read inventory: {exc.strerror}") from exc
+    return parse_inventory(text, source=str(file), base_dir=file.resolve().parent)
+
+
+def parse_inventory(text: str, *, source: str = "<inventory>", base_dir: Path | None = None) -> Inventory:
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise InventoryError(f"{where}: invalid YAML: {problem}") from exc
+    if not isinstance(data, dict):
+        raise InventoryError(f"{source}:1: the inventory must be a mapping with 'cluster', 'provider' and 'nodes'")
+    try:
+        inventory = Inventory.model_validate(data)
+    except ValidationError as exc:
+        raise InventoryError(_describe(exc, root, source)) from exc
+    inventory._base_dir = base_dir or Path.cwd()
+    inventory._source = source
+    return inventory
+
+
+def _describe(exc: ValidationError, root: yaml.Node | None, source: str) -> str:
+    err = exc.errors()[0]
+    loc = tuple(err["loc"])
+    line = _line_of(root, loc)
+    field = _dotted(loc)
+    where = f"{source}:{line}" if line else source
+    if err["type"] == "extra_forbidden":
+        model = _model_at(loc[:-1])
+        valid = ", ".join(model.model_fields) if model else ""
+        return f"{where}: unknown key {field!r}" + (f" (valid keys: {valid})" if valid else "")
+    if err["type"] == "missing":
+        return f"{where}: missing required key {field!r}"
+    msg = err["msg"]
+    msg = msg[len("Value error, "):] if msg.startswith("Value error, ") else msg
+    return f"{where}: {field}: {msg[:1].lower() + msg[1:]}"
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """The 1-based line of the deepest YAML node that ``loc`` reaches."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if key.value == part:
+                    node = value if not isinstance(value, yaml.ScalarNode) or value.value else key
+                    line = (key if isinstance(part, str) else value).start_mark.line + 1
+                    break
+            else:
+                return line
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] | None = Inventory
+    for part in loc:
+        if isinstance(part, int) or model is None:
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        annotation = field.annotation
+        inner = getattr(annotation, "__args__", None)
+        candidates = inner if inner else (annotation,)
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+    return model

@@ -1,0 +1,125 @@
+"""The one exception tree. Only the CLI turns these into exit codes.
+
+Messages are lowercase and specific; where a fix is known the error carries a ``hint``.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Documented process exit codes (README "Exit codes")."""
+
+    OK = 0
+    RUN_FAILED = 1
+    BAD_INPUT = 2
+    PREFLIGHT_REFUSED = 3
+    LOCK_HELD = 4
+    DEGRADED = 5
+    CRITICAL = 6
+    VERIFY_MISMATCH = 7
+    INTERRUPTED = 130
+
+
+class SnapctlError(Exception):
+    """Root of every error snapctl raises on purpose."""
+
+    exit_code: ExitCode = ExitCode.RUN_FAILED
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} (hint: {self.hint})" if self.hint else self.message
+
+
+class BadInputError(SnapctlError):
+    """The operator gave us something we cannot use: inventory, flags, run ids."""
+
+    exit_code = ExitCode.BAD_INPUT
+
+
+class InventoryError(BadInputError):
+    """An inventory file that is missing, malformed or invalid."""
+
+
+class AgentError(SnapctlError):
+    """An agent answered with an error, or did not answer."""
+
+    def __init__(self, node: str, message: str, *, status: int | None = None, hint: str | None = None):
+        super().__init__(f"node {node}: {message}", hint=hint)
+        self.node = node
+        self.status = status
+
+
+class AgentUnreachable(AgentError):
+    """No answer from the agent within the timeout."""
+
+
+class AgentUnauthorized(AgentError):
+    """The agent refused our token (HTTP 401/403)."""
+
+
+class AgentConflict(AgentError):
+    """The agent is held by another run, or we do not hold it (HTTP 409)."""
+
+
+class EngineError(SnapctlError):
+    """An engine adapter failed to do what was asked of it."""
+
+
+class EngineBusy(EngineError):
+    """The engine is already held by someone else (another backup tool, another run)."""
+
+
+class ProviderError(SnapctlError):
+    """A snapshot provider (cloud or local) failed."""
+
+
+class ProviderThrottled(ProviderError):
+    """The provider asked us to slow down; ``retry_after`` is in seconds when known."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.retry_after = retry_after
+
+
+class SnapshotNotFound(ProviderError):
+    """The snapshot does not exist (for delete this counts as done)."""
+
+
+class LeaseConflict(SnapctlError):
+    """The agent is held by another run (``holder``), or this run does not hold it."""
+
+    def __init__(self, message: str, *, holder: str | None = None, hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.holder = holder
+
+
+class CatalogError(SnapctlError):
+    """The catalog could not be read or written."""
+
+
+class LockHeld(SnapctlError):
+    """Another run holds the cluster lock."""
+
+    exit_code = ExitCode.LOCK_HELD
+
+
+class PreflightRefused(SnapctlError):
+    """Preflight found the cluster unsafe to back up."""
+
+    exit_code = ExitCode.PREFLIGHT_REFUSED
+
+
+class RunFailed(SnapctlError):
+    """A backup run failed and was rolled back."""
+
+
+class VerifyMismatch(SnapctlError):
+    """A restore drill or verify found data that does not match the manifest."""
+
+    exit_code = ExitCode.VERIFY_MISMATCH

@@ -1,0 +1,70 @@
+"""The manifest: one per run, the record a restore and a drill rely on."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from node_agent.models import EngineState
+from snapctl.providers import SnapshotRef
+
+MANIFEST_VERSION = 1
+
+RunStatus = Literal["running", "succeeded", "failed"]
+
+
+class NodeRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    engine: str | None = None
+    state: EngineState | None = None
+    snapshots: list[SnapshotRef] = Field(default_factory=list)
+    prepare_sent_at: datetime | None = None
+    prepare_acked_at: datetime | None = None
+    complete_acked_at: datetime | None = None
+    freeze_window_s: float | None = None  # complete acknowledged - prepare sent
+    error: str | None = None
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    manifest_version: int = MANIFEST_VERSION
+    cluster: str
+    run_id: str
+    status: RunStatus = "running"
+    provider: str
+    snapctl_version: str
+    owner: str  # user@host:pid that ran it
+    started_at: datetime
+    finished_at: datetime | None = None
+    nodes: dict[str, NodeRecord] = Field(default_factory=dict)
+    prepare_skew_s: float | None = None  # spread of prepare acknowledgements
+    max_freeze_window_s: float | None = None
+    consistency: Literal["cluster", "per-node"] = "cluster"
+    forced: bool = False
+    degradations: list[str] = Field(default_factory=list)
+    error: str | None = None
+    snapshots_completed: bool = False
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    def snapshot_refs(self) -> list[SnapshotRef]:
+        return [ref for node in self.nodes.values() for ref in node.snapshots]
+
+
+class IndexEntry(BaseModel):
+    """One line of the catalog index: enough to list runs without reading every manifest."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: str
+    status: RunStatus
+    started_at: datetime
+    finished_at: datetime | None = None
+    nodes: int
+    snapshots: int
+    max_freeze_window_s: float | None = None
+    error: str | None = None

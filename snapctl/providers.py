@@ -1,0 +1,173 @@
+"""The provider contract: disk snapshots on a cloud or the local filesystem.
+
+Providers are discovered through the ``snapctl.providers`` entry-point group (built-ins too).
+An entry point names a ``ProviderFactory``: usually the provider class itself. A provider's SDK
+is imported inside the provider, lazily, when first used: never at module import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from snapctl.errors import BadInputError
+
+# Tag keys every snapshot carries; `find`, `prune` and `gc` rely on them.
+TAG_CLUSTER = "snapctl-cluster"
+TAG_RUN = "snapctl-run"
+TAG_NODE = "snapctl-node"
+TAG_VOLUME = "snapctl-volume"
+TAG_VERSION = "snapctl-version"
+
+SnapshotState = Literal["pending", "completed", "error"]
+
+
+class SnapshotRef(BaseModel):
+    """One disk snapshot as the catalog records it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    provider: str
+    snapshot_id: str
+    node: str
+    volume: str
+    state: SnapshotState = "pending"
+    progress: float | None = None  # 0..100 when known
+    bytes: int | None = None
+    created_at: str | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+    error: str | None = None
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a provider can promise; the orchestrator and docs report these."""
+
+    crash_consistent_group: bool = False  # all volumes of one node at one instant
+    incremental: bool = False
+    instant: bool = False  # content fixed and complete when snapshot() returns
+    max_creates_per_s: float | None = None  # sustained create rate the provider allows
+    create_burst: int | None = None
+
+
+@dataclass
+class NodeVolumes:
+    """A node's volumes as the inventory describes them, after the provider validated them."""
+
+    node: str
+    volumes: list[Any]  # the provider's own validated volume models
+
+
+@dataclass
+class RestoreTarget:
+    """Where a restore goes. Local: ``path``. Cloud: zone, and optionally an instance to attach to."""
+
+    path: Path | None = None
+    zone: str | None = None
+    instance: str | None = None
+    device: str | None = None
+    name: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+ProgressFn = Callable[[SnapshotRef], None]
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """Disk snapshots for one cluster on one provider.
+
+    Every call is bounded in time, backs off on throttling (honouring Retry-After), and turns
+    SDK errors into ``ProviderError`` with a hint (a missing permission names the permission).
+    Methods may be called from several threads at once.
+    """
+
+    name: str
+    capabilities: Capabilities
+
+    def validate_volumes(self, node: str, raw: list[Any], *, base_dir: Path) -> NodeVolumes:
+        """Check a node's ``volumes:`` block; raise ``BadInputError`` saying what is wrong."""
+        ...
+
+    def snapshot(self, volumes: NodeVolumes, tags: Mapping[str, str]) -> list[SnapshotRef]:
+        """Start snapshots of all of the node's volumes and return as soon as their point in time
+        is fixed (the cloud accepted the create call), one ref per volume, every snapshot carrying
+        ``tags`` plus ``snapctl-volume`` with its volume's name. On a partial failure, delete what this call created before raising."""
+        ...
+
+    def wait(self, refs: list[SnapshotRef], deadline: float, progress: ProgressFn | None = None) -> list[SnapshotRef]:
+        """Poll until every snapshot is completed (returned refs are updated) or one ends in error
+        (raise ``ProviderError`` with the cloud's message) or ``deadline`` (time.monotonic()) passes."""
+        ...
+
+    def delete(self, ref: SnapshotRef) -> None:
+        """Delete one snapshot. Not found counts as done. Refuse (``ProviderError``) a snapshot
+        that does not carry this cluster's ``snapctl-cluster`` tag."""
+        ...
+
+    def find(self, tags: Mapping[str, str]) -> list[SnapshotRef]:
+        """Every snapshot carrying all of ``tags`` (always scoped to this cluster)."""
+        ...
+
+    def restore(self, ref: SnapshotRef, target: RestoreTarget) -> str:
+        """Make a new volume (or directory) from ``ref`` at ``target``; return its id or path."""
+        ...
+
+
+class ProviderSettings(BaseModel):
+    """Base for each provider's ``provider:`` block; unknown keys are rejected."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str
+
+
+class ProviderFactory(Protocol):
+    settings_model: type[ProviderSettings]
+
+    def __call__(self, settings: Any, *, cluster: str, base_dir: Path) -> Provider: ...
+
+
+@cache
+def available_providers() -> dict[str, Any]:
+    return {ep.name: ep for ep in entry_points(group="snapctl.providers")}
+
+
+def load_provider_factory(provider_type: str) -> ProviderFactory:
+    eps = available_providers()
+    if provider_type not in eps:
+        known = ", ".join(sorted(eps)) or "none installed"
+        raise BadInputError(
+            f"unknown provider type {provider_type!r}",
+            hint=f"installed providers: {known}; cloud providers install from plugins/ (README)",
+        )
+    return eps[provider_type].load()
+
+
+def create_provider(raw: Mapping[str, Any], *, cluster: str, base_dir: Path) -> Provider:
+    from node_agent.engines.base import describe_validation_error
+
+    provider_type = raw.get("type")
+    if not isinstance(provider_type, str):
+        raise BadInputError("the provider block needs a 'type'", hint="e.g. type: local")
+    factory = load_provider_factory(provider_type)
+    try:
+        settings = factory.settings_model.model_validate(dict(raw))
+    except ValidationError as exc:
+        raise BadInputError(f"provider {provider_type}: {describe_validation_error(exc, factory.settings_model)}") from exc
+    return factory(settings, cluster=cluster, base_dir=base_dir)
+
+
+def snapshot_tags(cluster: str, run_id: str, node: str, volume: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    from snapctl import __version__
+
+    tags = dict(extra or {})
+    tags.update({TAG_CLUSTER: cluster, TAG_RUN: run_id, TAG_NODE: node, TAG_VOLUME: volume, TAG_VERSION: __version__})
+    return tags
