@@ -1,0 +1,274 @@
+"""Snapshots as directory copies on the local filesystem: for on-prem nodes and for trying
+snapctl out on one machine. See docs/providers/local.md."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from snapctl.errors import BadInputError, ProviderError, SnapshotNotFound
+from snapctl.providers import (
+    TAG_CLUSTER,
+    TAG_RUN,
+    TAG_VOLUME,
+    Capabilities,
+    NodeVolumes,
+    ProgressFn,
+    RestoreTarget,
+    SnapshotRef,
+)
+
+from .copy import CopyStats, FileCopier, FileFacts, LinkSource, ReflinkUnsupported, TreeCopyError, copy_tree
+from .settings import LocalSettings, LocalVolume, parse_volumes, resolve_store
+from .store import (
+    DATA,
+    DELETING_PREFIX,
+    METADATA_FORMAT,
+    PARTIAL_PREFIX,
+    RESTORE_PREFIX,
+    SnapshotStore,
+    check_part,
+    filename_safe,
+    fsync_dir,
+    read_metadata,
+    remove_tree,
+    write_metadata,
+)
+
+PROVIDER = "local"
+
+
+class LocalProvider:
+    """Copies each volume directory into ``<store>/<cluster>/<node>/<snapshot_id>/``."""
+
+    name = PROVIDER
+    settings_model = LocalSettings
+    capabilities = Capabilities(crash_consistent_group=False, incremental=True, instant=True)
+
+    def __init__(self, settings: LocalSettings, *, cluster: str, base_dir: Path) -> None:
+        self.settings = settings
+        self.cluster = cluster
+        self.base_dir = Path(base_dir)
+        self.store = SnapshotStore(resolve_store(settings, self.base_dir), cluster)
+        self._copier = FileCopier(settings.reflink)
+        # A restore target may sit on another filesystem than the store: never insist on reflinks.
+        self._restore_copier = FileCopier("never" if settings.reflink == "never" else "auto")
+
+    def validate_volumes(self, node: str, raw: list[Any], *, base_dir: Path) -> NodeVolumes:
+        return NodeVolumes(node=node, volumes=parse_volumes(node, raw, base_dir=base_dir))
+
+    def snapshot(self, volumes: NodeVolumes, tags: Mapping[str, str]) -> list[SnapshotRef]:
+        node = volumes.node
+        local_volumes = [self._volume(node, v) for v in volumes.volumes]
+        tagged_cluster = tags.get(TAG_CLUSTER)
+        if tagged_cluster is not None and tagged_cluster != self.cluster:
+            raise BadInputError(f"node {node}: tags name cluster {tagged_cluster!r} but this provider serves {self.cluster!r}")
+        run = filename_safe(tags.get(TAG_RUN) or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ"))
+        refs: list[SnapshotRef] = []
+        try:
+            with self.store.node_lock(node):
+                self.store.clean_leftovers(node)
+                try:
+                    for volume in local_volumes:
+                        refs.append(self._snapshot_volume(node, volume, run, tags))
+                except BaseException:
+                    for ref in refs:
+                        remove_tree(Path(ref.extra["path"]))
+                    raise
+        except OSError as exc:
+            raise ProviderError(
+                f"node {node}: cannot use the snapshot store {self.store.root}: {exc.strerror or exc}",
+                hint="check that the store directory is writable by this user",
+            ) from exc
+        return refs
+
+    def wait(self, refs: list[SnapshotRef], deadline: float, progress: ProgressFn | None = None) -> list[SnapshotRef]:
+        # Copies are finished when snapshot() returns: waiting only confirms they are still there.
+        done = []
+        for ref in refs:
+            meta = read_metadata(self._snapshot_dir(ref))
+            if meta is None:
+                raise SnapshotNotFound(
+                    f"node {ref.node}: snapshot {ref.snapshot_id} of volume {ref.volume} is missing from "
+                    f"{self.store.cluster_dir}",
+                )
+            updated = self._ref(meta, self._snapshot_dir(ref))
+            if progress:
+                progress(updated)
+            done.append(updated)
+        return done
+
+    def delete(self, ref: SnapshotRef) -> None:
+        snap_dir = self._snapshot_dir(ref)
+        if not snap_dir.exists():
+            return
+        meta = read_metadata(snap_dir)
+        if meta is None:
+            raise ProviderError(
+                f"node {ref.node}: {snap_dir} has no readable snapshot.json; refusing to delete it",
+                hint="snapctl did not make it, or it is damaged: remove it by hand if you are sure",
+            )
+        recorded = (meta.get("tags") or {}).get(TAG_CLUSTER)
+        if recorded != self.cluster:
+            raise ProviderError(
+                f"node {ref.node}: refusing to delete snapshot {ref.snapshot_id}: its {TAG_CLUSTER} tag is "
+                f"{recorded!r}, not {self.cluster!r}",
+                hint="snapctl only deletes snapshots it made for this cluster",
+            )
+        doomed = self.store.work_dir(snap_dir.parent, DELETING_PREFIX, ref.snapshot_id)
+        try:
+            # Under the node lock, so a concurrent snapshot's leftover cleanup never races this removal.
+            with self.store.node_lock(ref.node):
+                # Renaming first hides it from find() at once; a crash mid-removal leaves only a hidden leftover.
+                os.rename(snap_dir, doomed)
+                remove_tree(doomed)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if not doomed.exists():
+                raise ProviderError(f"node {ref.node}: cannot delete snapshot {ref.snapshot_id}: {exc.strerror}") from exc
+            raise ProviderError(
+                f"node {ref.node}: snapshot {ref.snapshot_id} is hidden but not fully removed: {exc.strerror}",
+                hint=f"the next snapshot of node {ref.node} retries the removal of {doomed}",
+            ) from exc
+
+    def find(self, tags: Mapping[str, str]) -> list[SnapshotRef]:
+        found = []
+        for snap_dir in self.store.iter_snapshot_dirs():
+            meta = read_metadata(snap_dir)
+            if meta is None or meta.get("state") != "completed":
+                continue
+            recorded = meta.get("tags") or {}
+            if all(recorded.get(key) == value for key, value in tags.items()):
+                found.append(self._ref(meta, snap_dir))
+        return sorted(found, key=lambda r: (r.created_at or "", r.node, r.volume))
+
+    def restore(self, ref: SnapshotRef, target: RestoreTarget) -> str:
+        if target.path is None:
+            raise BadInputError(f"node {ref.node}: restoring a local snapshot needs a target path")
+        dest = Path(os.path.expanduser(target.path))
+        dest = Path(os.path.abspath(dest if dest.is_absolute() else self.base_dir / dest))
+        if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+            raise BadInputError(
+                f"node {ref.node}: restore target {dest} is not an empty directory",
+                hint="restore into a new or empty directory; snapctl never overwrites files",
+            )
+        snap_dir = self._snapshot_dir(ref)
+        if read_metadata(snap_dir) is None:
+            raise SnapshotNotFound(f"node {ref.node}: snapshot {ref.snapshot_id} not found in {self.store.cluster_dir}")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging = self.store.work_dir(dest.parent, RESTORE_PREFIX, dest.name)
+        try:
+            # Full copies, never links: snapshot files are shared between snapshots.
+            copy_tree(snap_dir / DATA, staging, self._restore_copier)
+            os.rename(staging, dest)  # replaces an empty directory atomically
+            fsync_dir(dest.parent)
+        except TreeCopyError as exc:
+            raise ProviderError(
+                f"node {ref.node}: restore of snapshot {ref.snapshot_id} to {dest} failed at {exc.path}: {exc.cause.strerror}",
+            ) from exc
+        except OSError as exc:
+            raise ProviderError(f"node {ref.node}: restore of snapshot {ref.snapshot_id} to {dest} failed: {exc.strerror}") from exc
+        finally:
+            if staging.exists():
+                remove_tree(staging)
+        return str(dest)
+
+    def _volume(self, node: str, volume: Any) -> LocalVolume:
+        if isinstance(volume, LocalVolume):
+            return volume
+        return parse_volumes(node, [volume], base_dir=self.base_dir)[0]
+
+    def _snapshot_dir(self, ref: SnapshotRef) -> Path:
+        if ref.provider != PROVIDER:
+            raise ProviderError(f"snapshot {ref.snapshot_id} belongs to provider {ref.provider!r}, not {PROVIDER!r}")
+        try:
+            return self.store.snapshot_dir(ref.node, ref.snapshot_id)
+        except ProviderError as exc:
+            raise ProviderError(f"node {ref.node}: {exc.message}") from exc
+
+    def _snapshot_volume(self, node: str, volume: LocalVolume, run: str, tags: Mapping[str, str]) -> SnapshotRef:
+        snapshot_id = check_part("snapshot id", f"{run}-{node}-{volume.name}")
+        final = self.store.snapshot_dir(node, snapshot_id)
+        if final.exists():
+            raise ProviderError(
+                f"node {node}: snapshot {snapshot_id} already exists at {final}",
+                hint="each run snapshots a volume once; start a new run",
+            )
+        previous = self.store.previous(node, volume.name)
+        link_from = None
+        if previous is not None:
+            prev_dir, prev_meta = previous
+            index = {rel: FileFacts.from_json(facts) for rel, facts in (prev_meta.get("files") or {}).items()}
+            link_from = LinkSource(data_dir=prev_dir / DATA, index=index)
+        partial = self.store.work_dir(final.parent, PARTIAL_PREFIX, snapshot_id)
+        where = f"node {node}: snapshot of volume {volume.name} ({volume.path})"
+        try:
+            os.mkdir(partial, 0o700)
+            stats = copy_tree(volume.path, partial / DATA, self._copier, link_from)
+            meta = self._metadata(node, volume, snapshot_id, tags, stats, previous[0].name if previous else None)
+            write_metadata(partial, meta)
+            self.store.publish(partial, final)
+        except ReflinkUnsupported as exc:
+            raise ProviderError(
+                f"{where} failed: the store {self.store.root} cannot reflink files",
+                hint="set reflink: auto (falls back to copies) or put the store on btrfs/xfs/zfs with reflink",
+            ) from exc
+        except TreeCopyError as exc:
+            raise ProviderError(f"{where} failed at {exc.path}: {exc.cause.strerror or exc.cause}") from exc
+        except OSError as exc:
+            raise ProviderError(f"{where} failed writing {partial}: {exc.strerror or exc}") from exc
+        finally:
+            if partial.exists():
+                remove_tree(partial)
+        return self._ref(meta, final)
+
+    def _metadata(
+        self,
+        node: str,
+        volume: LocalVolume,
+        snapshot_id: str,
+        tags: Mapping[str, str],
+        stats: CopyStats,
+        linked_from: str | None,
+    ) -> dict[str, Any]:
+        return {
+            "format": METADATA_FORMAT,
+            "snapshot_id": snapshot_id,
+            "cluster": self.cluster,
+            "node": node,
+            "volume": volume.name,
+            "source": str(volume.path),
+            "state": "completed",
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
+            "tags": {**tags, TAG_VOLUME: volume.name},
+            "bytes": stats.bytes_total,
+            "copied_bytes": stats.bytes_copied,
+            "linked_files": stats.linked_files,
+            "reflinked_files": stats.reflinked_files,
+            "copied_files": stats.copied_files,
+            "linked_from": linked_from,
+            "skipped": stats.skipped,
+            "files": {rel: facts.to_json() for rel, facts in stats.files.items()},
+        }
+
+    def _ref(self, meta: dict[str, Any], snap_dir: Path) -> SnapshotRef:
+        return SnapshotRef(
+            provider=PROVIDER,
+            snapshot_id=str(meta.get("snapshot_id") or snap_dir.name),
+            node=str(meta.get("node") or snap_dir.parent.name),
+            volume=str(meta.get("volume") or ""),
+            state="completed",
+            progress=100.0,
+            bytes=meta.get("bytes"),
+            created_at=meta.get("created_at"),
+            tags=dict(meta.get("tags") or {}),
+            extra={
+                "copied_bytes": meta.get("copied_bytes"),
+                "linked_files": meta.get("linked_files"),
+                "path": str(snap_dir),
+            },
+        )

@@ -1,0 +1,103 @@
+"""The local provider's inventory blocks: ``provider:`` settings and each node's ``volumes:``."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from snapctl.errors import BadInputError
+from snapctl.providers import ProviderSettings
+
+# Volume names become directory and snapshot-id parts, so they stay filename-safe.
+VOLUME_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+class LocalSettings(ProviderSettings):
+    """``provider: {type: local, store: DIR, reflink: auto|always|never}``."""
+
+    type: Literal["local"] = "local"
+    store: str | None = None  # relative to the inventory's directory; default under $XDG_STATE_HOME
+    reflink: Literal["auto", "always", "never"] = "auto"
+
+
+class LocalVolume(BaseModel):
+    """One directory on the node that gets snapshotted as a unit."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    path: Path  # absolute
+
+
+def default_store() -> Path:
+    # The XDG spec says a relative XDG_STATE_HOME is invalid and must be ignored.
+    state_home = os.environ.get("XDG_STATE_HOME", "")
+    base = Path(state_home) if state_home and os.path.isabs(state_home) else Path.home() / ".local" / "state"
+    return base / "snapctl" / "snapshots"
+
+
+def resolve_store(settings: LocalSettings, base_dir: Path) -> Path:
+    if not settings.store:
+        return default_store()
+    store = Path(os.path.expanduser(settings.store))
+    return store if store.is_absolute() else (base_dir / store)
+
+
+def parse_volumes(node: str, raw: list[Any], *, base_dir: Path) -> list[LocalVolume]:
+    """Turn a node's ``volumes:`` list into checked volumes, or raise a one-line BadInputError."""
+    if not raw:
+        raise BadInputError(
+            f"node {node}: no volumes listed",
+            hint="add e.g. volumes: [{name: data, path: /var/lib/db}] to the node",
+        )
+    volumes: list[LocalVolume] = []
+    seen: dict[str, str] = {}
+    for index, item in enumerate(raw):
+        name, raw_path = _name_and_path(node, index, item)
+        path = Path(os.path.expanduser(raw_path))
+        path = path if path.is_absolute() else base_dir / path
+        path = Path(os.path.abspath(path))
+        if not VOLUME_NAME.match(name):
+            raise BadInputError(
+                f"node {node}: volume name {name!r} (volumes[{index}]) must be letters, digits, '.', '_' or '-'",
+                hint="give the volume an explicit name: {name: data, path: ...}",
+            )
+        if not path.is_dir():
+            what = "does not exist" if not path.exists() else "is not a directory"
+            raise BadInputError(f"node {node}: volume {name} path {path} {what}")
+        if name in seen:
+            raise BadInputError(
+                f"node {node}: volume name {name!r} is used twice ({seen[name]} and {path})",
+                hint="volume names must be unique per node; set name: explicitly",
+            )
+        seen[name] = str(path)
+        volumes.append(LocalVolume(name=name, path=path))
+    return volumes
+
+
+def _name_and_path(node: str, index: int, item: Any) -> tuple[str, str]:
+    if isinstance(item, (str, os.PathLike)):
+        text = os.fspath(item)
+        return Path(text.rstrip("/") or "/").name, text
+    if isinstance(item, LocalVolume):
+        return item.name, str(item.path)
+    if isinstance(item, dict):
+        unknown = sorted(set(item) - {"name", "path"})
+        if unknown:
+            raise BadInputError(f"node {node}: volumes[{index}]: unknown key {unknown[0]!r} (valid keys: name, path)")
+        path = item.get("path")
+        if not isinstance(path, str) or not path:
+            raise BadInputError(f"node {node}: volumes[{index}] needs a 'path'", hint="e.g. {name: data, path: /var/lib/db}")
+        name = item.get("name")
+        if name is None:
+            name = Path(path.rstrip("/") or "/").name
+        if not isinstance(name, str):
+            raise BadInputError(f"node {node}: volumes[{index}].name must be a string")
+        return name, path
+    raise BadInputError(
+        f"node {node}: volumes[{index}] must be a path or {{name, path}}, not {type(item).__name__}",
+    )

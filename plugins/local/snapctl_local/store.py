@@ -1,0 +1,175 @@
+"""The on-disk layout of the local snapshot store.
+
+::
+
+    <store>/<cluster>/<node>/<snapshot_id>/snapshot.json   metadata, written last
+    <store>/<cluster>/<node>/<snapshot_id>/data/...          the volume's files
+    <store>/<cluster>/<node>/.lock                           serialises snapshots of one node
+    <store>/<cluster>/<node>/.partial-*  .deleting-*         work in progress (hidden from listings)
+
+A snapshot is built under a hidden ``.partial-`` name and renamed into place with its metadata
+already inside, so a listed snapshot is always complete. Anything hidden that is left behind
+belongs to a crashed call and is removed by the next snapshot of that node.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import secrets
+import shutil
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from snapctl.errors import ProviderError
+
+METADATA = "snapshot.json"
+DATA = "data"
+PARTIAL_PREFIX = ".partial-"
+DELETING_PREFIX = ".deleting-"
+RESTORE_PREFIX = ".restore-"
+METADATA_FORMAT = 1
+
+_SAFE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
+
+
+def check_part(kind: str, value: str) -> str:
+    """Node names and snapshot ids become directory names: no separators, no dot-dot."""
+    if not _SAFE_PART.match(value or ""):
+        raise ProviderError(f"invalid {kind} {value!r} for the local snapshot store")
+    return value
+
+
+def filename_safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "run"
+
+
+class SnapshotStore:
+    def __init__(self, root: Path, cluster: str) -> None:
+        self.root = root
+        self.cluster = cluster
+        self.cluster_dir = root / check_part("cluster name", cluster)
+
+    def node_dir(self, node: str) -> Path:
+        return self.cluster_dir / check_part("node name", node)
+
+    def snapshot_dir(self, node: str, snapshot_id: str) -> Path:
+        return self.node_dir(node) / check_part("snapshot id", snapshot_id)
+
+    @contextmanager
+    def node_lock(self, node: str) -> Iterator[None]:
+        """Exclusive per node, across threads and processes (each open() is its own flock)."""
+        node_dir = self.node_dir(node)
+        node_dir.mkdir(parents=True, exist_ok=True)
+        with open(node_dir / ".lock", "a+b") as lock_file:
+            fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
+
+    def clean_leftovers(self, node: str) -> list[str]:
+        """Remove what crashed calls left; only call while holding ``node_lock(node)``."""
+        removed = []
+        node_dir = self.node_dir(node)
+        for entry in sorted(node_dir.iterdir()) if node_dir.is_dir() else []:
+            if entry.name.startswith((PARTIAL_PREFIX, DELETING_PREFIX)) and entry.is_dir():
+                remove_tree(entry)
+                removed.append(entry.name)
+        return removed
+
+    def work_dir(self, parent: Path, prefix: str, name: str) -> Path:
+        return parent / f"{prefix}{name}-{secrets.token_hex(4)}"
+
+    def publish(self, partial: Path, final: Path) -> None:
+        # rename(2) refuses a non-empty target, so two writers can never merge into one snapshot.
+        os.rename(partial, final)
+        fsync_dir(final.parent)
+
+    def iter_snapshot_dirs(self, node: str | None = None) -> Iterator[Path]:
+        nodes = [self.node_dir(node)] if node else _visible_dirs(self.cluster_dir)
+        for node_dir in nodes:
+            yield from _visible_dirs(node_dir)
+
+    def previous(self, node: str, volume: str) -> tuple[Path, dict[str, Any]] | None:
+        """The newest complete snapshot of ``volume`` on ``node``, for hard-linking unchanged files."""
+        candidates = []
+        for snap_dir in self.iter_snapshot_dirs(node):
+            try:
+                candidates.append((os.stat(snap_dir / METADATA).st_mtime_ns, snap_dir))
+            except OSError:
+                continue
+        # Metadata is written once, so its mtime orders snapshots without parsing every index.
+        for _, snap_dir in sorted(candidates, reverse=True):
+            meta = read_metadata(snap_dir)
+            if meta and meta.get("volume") == volume and meta.get("state") == "completed":
+                return snap_dir, meta
+        return None
+
+
+def _visible_dirs(parent: Path) -> list[Path]:
+    try:
+        entries = sorted(parent.iterdir())
+    except FileNotFoundError:
+        return []
+    return [e for e in entries if not e.name.startswith(".") and e.is_dir() and not e.is_symlink()]
+
+
+def read_metadata(snap_dir: Path) -> dict[str, Any] | None:
+    """The snapshot's metadata, or None when it is missing or unreadable."""
+    try:
+        meta = json.loads((snap_dir / METADATA).read_bytes())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def write_metadata(snap_dir: Path, meta: dict[str, Any]) -> None:
+    target = snap_dir / METADATA
+    temp = snap_dir / f".{METADATA}.tmp"
+    data = json.dumps(meta, indent=1, sort_keys=False).encode()
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(temp, target)
+    fsync_dir(snap_dir)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a snapshot tree, even one holding read-only directories copied from a volume.
+
+    Only directories are made writable: files may be hard links shared with other snapshots,
+    and their modes must stay as recorded.
+    """
+    try:
+        shutil.rmtree(path)
+        return
+    except FileNotFoundError:
+        return
+    except OSError:
+        pass
+    os.chmod(path, stat.S_IRWXU)
+    for root, dirs, _files in os.walk(path):
+        for name in dirs:
+            child = os.path.join(root, name)
+            if not os.path.islink(child):
+                os.chmod(child, stat.S_IRWXU)
+    shutil.rmtree(path)

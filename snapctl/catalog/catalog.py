@@ -1,0 +1,236 @@
+"""The catalog of one cluster's backups: manifests, an index to list them fast, and the run lock.
+
+Manifests are the truth; the index is a cache of them (newest first) that is repaired from the
+manifests whenever it is missing, unreadable or out of step. See docs/catalog.md.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import TypeAdapter, ValidationError
+
+from snapctl.catalog import BlobStore
+from snapctl.catalog.local import LocalBlobStore
+from snapctl.catalog.lock import Clock, LockRecord, RunLock, acquire, read_lock, utc_now
+from snapctl.errors import BadInputError, CatalogError
+from snapctl.manifest import IndexEntry, Manifest
+
+if TYPE_CHECKING:
+    from snapctl.config import Inventory
+
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_INDEX = TypeAdapter(list[IndexEntry])
+_MAX_CANDIDATES = 8
+_INDEX_RETRIES = 10
+
+
+class Catalog:
+    def __init__(self, store: BlobStore, cluster: str, *, clock: Clock = utc_now) -> None:
+        self.store = store
+        self.cluster = cluster
+        self._clock = clock
+        self._manifests = f"{cluster}/manifests/"
+        self._index_key = f"{cluster}/index.json"
+        self._lock_key = f"{cluster}/lock.json"
+
+    def describe(self) -> str:
+        return f"{self.store.describe()} (cluster {self.cluster})"
+
+    # -- manifests ---------------------------------------------------------------------------
+
+    def save(self, manifest: Manifest) -> None:
+        """Write the run's manifest, then its line in the index (both atomically)."""
+        if manifest.cluster != self.cluster:
+            raise CatalogError(f"manifest of run {manifest.run_id} is for cluster {manifest.cluster}, not {self.cluster}")
+        self.store.write(self._manifest_key(manifest.run_id), manifest.model_dump_json(indent=2).encode())
+        entry = index_entry(manifest)
+        self._update_index(lambda entries: [e for e in entries if e.run_id != entry.run_id] + [entry])
+
+    def load(self, run_id: str) -> Manifest:
+        data = self.store.read(self._manifest_key(run_id))
+        if data is None:
+            raise BadInputError(f"no run {run_id} in the catalog {self.describe()}", hint="`snapctl list` shows the runs")
+        manifest, problem = self._parse(run_id, data)
+        if manifest is None:
+            raise CatalogError(f"run {run_id}: manifest is unreadable: {problem}", hint=f"see {self._where(run_id)}")
+        return manifest
+
+    def delete(self, run_id: str) -> None:
+        """Forget a run (its manifest and index line); a missing run is fine."""
+        self.store.delete(self._manifest_key(run_id))
+        self._update_index(lambda entries: [e for e in entries if e.run_id != run_id])
+
+    def list(self) -> tuple[list[IndexEntry], list[str]]:
+        """Runs newest first, and problems ("run <id>: <reason>") for manifests that cannot be read."""
+        entries, problems = self._scan()
+        return entries, [f"run {run_id}: {reason}" for run_id, reason in sorted(problems.items())]
+
+    def latest(self, status: str | None = "succeeded") -> IndexEntry | None:
+        """The newest run with ``status`` (any status when None)."""
+        entries, _ = self._scan()
+        return next((e for e in entries if status is None or e.status == status), None)
+
+    def resolve(self, ref: str) -> str:
+        """A run id from a full id, a unique prefix of one, or ``latest`` (the newest succeeded run)."""
+        ref = ref.strip()
+        entries, problems = self._scan()
+        if ref == "latest":
+            newest = next((e for e in entries if e.status == "succeeded"), None)
+            if newest is None:
+                raise BadInputError(
+                    f"no succeeded backup of cluster {self.cluster} in the catalog yet",
+                    hint="`snapctl list` shows every run; `snapctl backup` makes one",
+                )
+            return newest.run_id
+        run_ids = [e.run_id for e in entries] + sorted(problems)
+        if ref in run_ids:
+            return ref
+        matches = [r for r in run_ids if ref and r.startswith(ref)]
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise BadInputError(f"no run of cluster {self.cluster} matches {ref!r}", hint="`snapctl list` shows run ids")
+        shown = ", ".join(matches[:_MAX_CANDIDATES]) + (f" and {len(matches) - _MAX_CANDIDATES} more" if len(matches) > _MAX_CANDIDATES else "")
+        raise BadInputError(f"{ref!r} matches {len(matches)} runs: {shown}", hint="give more of the run id")
+
+    # -- the run lock --------------------------------------------------------------------------
+
+    def acquire_lock(self, owner: str, run_id: str, ttl_s: float) -> RunLock:
+        return acquire(self.store, self._lock_key, self.cluster, owner, run_id, ttl_s, self._clock)
+
+    def read_lock(self) -> LockRecord | None:
+        """The lock record as stored (held or not: see ``LockRecord.held_at``), None if never taken."""
+        return read_lock(self.store, self._lock_key)
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _manifest_key(self, run_id: str) -> str:
+        if not RUN_ID.match(run_id or ""):
+            raise BadInputError(f"{run_id!r} is not a run id", hint="run ids are letters, digits, '.', '_' and '-'")
+        return f"{self._manifests}{run_id}.json"
+
+    def _where(self, run_id: str) -> str:
+        return f"{self.store.describe()}/{self._manifests}{run_id}.json"
+
+    def _parse(self, run_id: str, data: bytes) -> tuple[Manifest | None, str | None]:
+        try:
+            manifest = Manifest.model_validate_json(data)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            if err["type"] == "json_invalid":
+                return None, "not valid JSON"
+            field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            if err["type"] == "missing":
+                return None, f"missing field {field}"
+            return None, f"{field}: {err['msg'].lower()}"
+        if manifest.run_id != run_id or manifest.cluster != self.cluster:
+            return None, f"it records run {manifest.run_id} of cluster {manifest.cluster}"
+        return manifest, None
+
+    def _stored_run_ids(self) -> list[str]:
+        keys = self.store.list(self._manifests)
+        names = (k[len(self._manifests):] for k in keys)
+        return [n[: -len(".json")] for n in names if n.endswith(".json") and "/" not in n]
+
+    def _read_index(self) -> tuple[list[IndexEntry] | None, bytes | None]:
+        data = self.store.read(self._index_key)
+        if data is None:
+            return None, None
+        try:
+            return _INDEX.validate_json(data), data
+        except ValidationError:
+            return None, data
+
+    def _scan(self) -> tuple[list[IndexEntry], dict[str, str]]:
+        """Index entries for every stored manifest, reading only the manifests the index lacks."""
+        indexed, raw_index = self._read_index()
+        entries, problems = self._collect({e.run_id: e for e in indexed or []})
+        stale = [e.run_id for e in entries] != [e.run_id for e in newest_first(indexed or [])]
+        if stale or (indexed is None and raw_index is not None):
+            try:
+                self._write_index(entries, raw_index)  # losing a race to a save is fine
+            except CatalogError:
+                pass  # a read-only catalog still lists; the next save repairs the index
+        return entries, problems
+
+    def _collect(self, known: dict[str, IndexEntry]) -> tuple[list[IndexEntry], dict[str, str]]:
+        entries, problems = [], {}
+        for run_id in self._stored_run_ids():
+            if run_id in known:
+                entries.append(known[run_id])
+                continue
+            data = self.store.read(f"{self._manifests}{run_id}.json")
+            if data is None:
+                continue  # deleted while we looked
+            manifest, problem = self._parse(run_id, data) if RUN_ID.match(run_id) else (None, "not a valid run id")
+            if manifest is None:
+                problems[run_id] = problem or "unreadable"
+            else:
+                entries.append(index_entry(manifest))
+        return newest_first(entries), problems
+
+    def rebuild_index(self) -> list[str]:
+        """Rewrite the index from the manifests alone; returns the problems found."""
+        for _ in range(_INDEX_RETRIES):
+            _, raw = self._read_index()
+            entries, problems = self._collect({})
+            if self._write_index(entries, raw):
+                return [f"run {run_id}: {reason}" for run_id, reason in sorted(problems.items())]
+        raise CatalogError(f"could not rebuild the index {self.store.describe()}/{self._index_key}: it keeps changing")
+
+    def _write_index(self, entries: list[IndexEntry], expected: bytes | None) -> bool:
+        data = _INDEX.dump_json(newest_first(entries), indent=1)
+        if expected is None:
+            return self.store.create(self._index_key, data)
+        return self.store.replace(self._index_key, data, expected=expected)
+
+    def _update_index(self, change: Callable[[list[IndexEntry]], list[IndexEntry]]) -> None:
+        for _ in range(_INDEX_RETRIES):
+            indexed, raw = self._read_index()
+            # Missing or corrupt: rebuild from the manifests, which already hold this change.
+            entries = self._collect({})[0] if indexed is None else change(indexed)
+            if self._write_index(entries, raw):
+                return
+        raise CatalogError(f"could not update the index {self.store.describe()}/{self._index_key}: it keeps changing")
+
+
+def index_entry(manifest: Manifest) -> IndexEntry:
+    return IndexEntry(
+        run_id=manifest.run_id,
+        status=manifest.status,
+        started_at=manifest.started_at,
+        finished_at=manifest.finished_at,
+        nodes=len(manifest.nodes),
+        snapshots=len(manifest.snapshot_refs()),
+        max_freeze_window_s=manifest.max_freeze_window_s,
+        error=manifest.error,
+    )
+
+
+def newest_first(entries: list[IndexEntry]) -> list[IndexEntry]:
+    return sorted(entries, key=lambda e: (e.started_at.timestamp(), e.run_id), reverse=True)
+
+
+def default_catalog_dir() -> Path:
+    state_home = os.environ.get("XDG_STATE_HOME", "")
+    base = Path(state_home) if state_home and os.path.isabs(state_home) else Path.home() / ".local" / "state"
+    return base / "snapctl" / "catalog"
+
+
+def open_catalog(inventory: Inventory) -> Catalog:
+    """The catalog the inventory names: ``catalog.path``, else the per-user default directory."""
+    config = inventory.catalog
+    if config.url:
+        if config.path:
+            raise BadInputError("catalog: set either 'path' or 'url', not both")
+        # --- shared catalogs: the S3 store plugs in here -------------------------------------
+        if config.url.startswith("s3://"):
+            raise BadInputError("s3 catalogs are not available in this build")
+        raise BadInputError(f"catalog url {config.url!r} is not supported", hint="use s3://bucket/prefix, or catalog.path")
+    root = inventory.resolve(config.path) if config.path else default_catalog_dir()
+    return Catalog(LocalBlobStore(root), inventory.cluster)

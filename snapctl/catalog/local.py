@@ -1,0 +1,166 @@
+"""A BlobStore in a local directory: the embedded default catalog.
+
+Atomicity comes from the filesystem: every write goes to a temp file in the same directory,
+is fsynced and renamed over the key (then the directory is fsynced, so the rename survives a
+crash). ``create`` links the temp file to the key, which fails if the key exists: exactly one
+of several racing creators wins. ``replace`` compares and writes under an ``flock`` on the
+directory's ``.lock`` file, taken by ``write`` and ``delete`` too, which serialises them across
+threads and processes on this machine.
+Internal files (temps, lock sidecars) start with a dot and are never listed.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from snapctl.errors import BadInputError, CatalogError
+
+
+class LocalBlobStore:
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    def read(self, key: str) -> bytes | None:
+        path = self._path(key)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise CatalogError(f"cannot read {path}: {exc.strerror}") from exc
+
+    def write(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        with self._locked(path):
+            self._write_locked(path, data)
+
+    def _write_locked(self, path: Path, data: bytes) -> None:
+        try:
+            temp = self._write_temp(path, data)
+            try:
+                os.rename(temp, path)
+            except BaseException:
+                _unlink_quietly(temp)
+                raise
+            _fsync_dir(path.parent)
+        except OSError as exc:
+            raise CatalogError(f"cannot write {path}: {exc.strerror}", hint=_permission_hint(exc, path)) from exc
+
+    def create(self, key: str, data: bytes) -> bool:
+        path = self._path(key)
+        try:
+            temp = self._write_temp(path, data)
+            try:
+                # link(2) never replaces an existing name: the atomic create-if-absent.
+                os.link(temp, path)
+            except FileExistsError:
+                return False
+            finally:
+                _unlink_quietly(temp)
+            _fsync_dir(path.parent)
+            return True
+        except OSError as exc:
+            raise CatalogError(f"cannot create {path}: {exc.strerror}", hint=_permission_hint(exc, path)) from exc
+
+    def replace(self, key: str, data: bytes, expected: bytes) -> bool:
+        path = self._path(key)
+        with self._locked(path):
+            if self.read(key) != expected:
+                return False
+            self._write_locked(path, data)
+            return True
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        with self._locked(path):
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                return
+            except OSError as exc:
+                raise CatalogError(f"cannot delete {path}: {exc.strerror}") from exc
+            _fsync_dir(path.parent)
+
+    def list(self, prefix: str) -> list[str]:
+        keys = []
+        # Walk only below the prefix's directory: other clusters' runs are none of our business.
+        head = prefix.rpartition("/")[0]
+        top = self._path(head) if head else self.root
+        for dirpath, dirnames, filenames in os.walk(top):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            rel_dir = Path(dirpath).relative_to(self.root).as_posix()
+            for name in filenames:
+                if name.startswith("."):
+                    continue
+                key = name if rel_dir == "." else f"{rel_dir}/{name}"
+                if key.startswith(prefix):
+                    keys.append(key)
+        return sorted(keys)
+
+    def describe(self) -> str:
+        return str(self.root)
+
+    def _path(self, key: str) -> Path:
+        parts = key.split("/")
+        if not key or any(p in ("", ".", "..") or p.startswith(".") or "\\" in p or "\0" in p for p in parts):
+            raise BadInputError(f"invalid catalog key {key!r}", hint="keys are relative paths without '.' or '..' parts")
+        return self.root.joinpath(*parts)
+
+    def _write_temp(self, path: Path, data: bytes) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.parent / f".{path.name}.tmp-{secrets.token_hex(6)}"
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            _unlink_quietly(temp)
+            raise
+        os.close(fd)
+        return temp
+
+    @contextmanager
+    def _locked(self, path: Path) -> Iterator[None]:
+        # One lock per directory, not per key: catalog writes are rare, and per-key sidecars would
+        # be left behind by every deleted key (unlinking a lock file others may wait on is unsafe).
+        lock_path = path.parent / ".lock"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise CatalogError(f"cannot lock {path}: {exc.strerror}", hint=_permission_hint(exc, path)) from exc
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(lock_fd)  # closing drops the flock
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass
+
+
+def _permission_hint(exc: OSError, path: Path) -> str | None:
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"check that {path.parent} is writable by this user, or set catalog.path in the inventory"
+    return None

@@ -1,0 +1,160 @@
+"""The cluster's run lock: one backup run at a time, as a lease in the catalog.
+
+The lock is a blob ``<cluster>/lock.json`` = ``{owner, run_id, acquired_at, expires_at}`` in
+wall-clock UTC (several hosts may share an S3 catalog, so monotonic clocks do not compare).
+Every change after the first create is a compare-and-swap (``BlobStore.replace`` with the
+bytes last seen), so of two runs taking over an expired lock exactly one wins, and a run whose
+lock was taken over cannot renew or release the new holder's lock. Release does not delete the
+blob (the protocol has no compare-and-delete): it marks the record released, which any later
+run takes over like an expired one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from snapctl.catalog import BlobStore
+from snapctl.errors import CatalogError, LockHeld
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class LockRecord(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    owner: str
+    run_id: str
+    acquired_at: datetime
+    expires_at: datetime
+    released_at: datetime | None = None
+
+    def held_at(self, now: datetime) -> bool:
+        return self.released_at is None and self.expires_at > now
+
+    def encode(self) -> bytes:
+        return self.model_dump_json(indent=1, exclude_none=True).encode()
+
+
+def decode_lock(data: bytes, where: str) -> LockRecord:
+    try:
+        return LockRecord.model_validate_json(data)
+    except ValidationError as exc:
+        raise CatalogError(
+            f"the cluster lock {where} is unreadable",
+            hint="no run can take it over safely; remove it by hand if no backup is running",
+        ) from exc
+
+
+def held_error(cluster: str, record: LockRecord, where: str, now: datetime) -> LockHeld:
+    expires = record.expires_at.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    remaining = max(0, int((record.expires_at - now).total_seconds()))
+    return LockHeld(
+        f"cluster {cluster} is locked by {record.owner} (run {record.run_id}) until {expires} ({remaining}s from now)",
+        hint=(
+            "wait for that run to finish (its lock is taken over automatically once expired); "
+            f"remove {where} only if that process is gone"
+        ),
+    )
+
+
+class RunLock:
+    """A lock this process holds; renew it well within its TTL, release it when the run ends."""
+
+    def __init__(self, store: BlobStore, key: str, cluster: str, record: LockRecord, ttl_s: float, clock: Clock) -> None:
+        self._store = store
+        self._key = key
+        self._cluster = cluster
+        self._record = record
+        self._data = record.encode()  # exactly what we wrote: the expected value of every CAS
+        self._ttl_s = ttl_s
+        self._clock = clock
+        self._released = False
+
+    @property
+    def owner(self) -> str:
+        return self._record.owner
+
+    @property
+    def run_id(self) -> str:
+        return self._record.run_id
+
+    @property
+    def expires_at(self) -> datetime:
+        return self._record.expires_at
+
+    def renew(self, ttl_s: float | None = None) -> None:
+        """Push the expiry out to now + TTL; raise ``LockHeld`` when another run took the lock over."""
+        if self._released:
+            raise CatalogError(f"the lock of run {self.run_id} was already released")
+        if ttl_s is not None:
+            self._ttl_s = ttl_s
+        renewed = self._record.model_copy(update={"expires_at": self._clock() + timedelta(seconds=self._ttl_s)})
+        data = renewed.encode()
+        if not self._store.replace(self._key, data, expected=self._data):
+            raise self._lost()
+        self._record, self._data = renewed, data
+
+    def release(self) -> bool:
+        """Give the lock up if it is still ours; True when this call released it. Safe to call twice."""
+        if self._released:
+            return False
+        now = self._clock()
+        released = self._record.model_copy(update={"expires_at": now, "released_at": now})
+        ours = self._store.replace(self._key, released.encode(), expected=self._data)
+        self._released = True  # only now: a release that raised may be retried
+        return ours
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+    def _lost(self) -> LockHeld:
+        where = f"{self._store.describe()}/{self._key}"
+        current = self._store.read(self._key)
+        holder = "nobody"
+        if current is not None:
+            try:
+                record = LockRecord.model_validate_json(current)
+                holder = f"{record.owner} (run {record.run_id})"
+            except ValidationError:
+                holder = "an unreadable record"
+        return LockHeld(
+            f"run {self.run_id} lost the lock of cluster {self._cluster}: it is now held by {holder}",
+            hint=f"the lock expired before it was renewed (policy.lock_ttl_s too short, or the process stalled); see {where}",
+        )
+
+
+def acquire(store: BlobStore, key: str, cluster: str, owner: str, run_id: str, ttl_s: float, clock: Clock) -> RunLock:
+    """Take the lock, or take over an expired or released one; raise ``LockHeld`` while it is held."""
+    if ttl_s <= 0:
+        raise CatalogError(f"lock TTL must be positive, not {ttl_s}")
+    where = f"{store.describe()}/{key}"
+    for _ in range(10):
+        now = clock()
+        record = LockRecord(owner=owner, run_id=run_id, acquired_at=now, expires_at=now + timedelta(seconds=ttl_s))
+        if store.create(key, record.encode()):
+            return RunLock(store, key, cluster, record, ttl_s, clock)
+        current = store.read(key)
+        if current is None:
+            continue  # released and deleted by hand between our create and read: try again
+        existing = decode_lock(current, where)
+        if existing.held_at(now):
+            raise held_error(cluster, existing, where, now)
+        if store.replace(key, record.encode(), expected=current):
+            return RunLock(store, key, cluster, record, ttl_s, clock)
+        # Someone else changed it between our read and our swap; look again.
+    raise CatalogError(f"could not take the cluster lock {where}: it keeps changing", hint="another snapctl is racing for it; retry")
+
+
+def read_lock(store: BlobStore, key: str) -> LockRecord | None:
+    data = store.read(key)
+    return None if data is None else decode_lock(data, f"{store.describe()}/{key}")

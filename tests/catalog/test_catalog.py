@@ -1,0 +1,181 @@
+"""Catalog: manifests, the index and its repair, listing with problems, resolving run refs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from snapctl.catalog import Catalog, LocalBlobStore, open_catalog
+from snapctl.config import parse_inventory
+from snapctl.errors import BadInputError, CatalogError
+
+from .conftest import make_manifest
+
+
+def _ids(catalog: Catalog) -> list[str]:
+    entries, problems = catalog.list()
+    assert problems == []
+    return [e.run_id for e in entries]
+
+
+def test_save_then_load_roundtrip(catalog: Catalog) -> None:
+    manifest = make_manifest("20240501T120000Z-aaaaaa")
+    catalog.save(manifest)
+    assert catalog.load("20240501T120000Z-aaaaaa") == manifest
+    raw = catalog.store.read("prod/manifests/20240501T120000Z-aaaaaa.json")
+    assert json.loads(raw)["run_id"] == "20240501T120000Z-aaaaaa"
+
+
+def test_index_lists_newest_first_and_follows_status(catalog: Catalog) -> None:
+    catalog.save(make_manifest("r-old", minutes=0))
+    catalog.save(make_manifest("r-new", minutes=10, status="running"))
+    catalog.save(make_manifest("r-mid", minutes=5, status="failed"))
+    assert _ids(catalog) == ["r-new", "r-mid", "r-old"]
+    catalog.save(make_manifest("r-new", minutes=10, status="succeeded"))
+    entries, _ = catalog.list()
+    assert [(e.run_id, e.status) for e in entries] == [("r-new", "succeeded"), ("r-mid", "failed"), ("r-old", "succeeded")]
+    assert entries[0].nodes == 1 and entries[0].snapshots == 1
+    stored = json.loads(catalog.store.read("prod/index.json"))
+    assert [e["run_id"] for e in stored] == ["r-new", "r-mid", "r-old"]
+
+
+def test_save_refuses_a_manifest_of_another_cluster(catalog: Catalog) -> None:
+    with pytest.raises(CatalogError, match="cluster staging"):
+        catalog.save(make_manifest("r1", cluster="staging"))
+
+
+def test_corrupt_manifest_is_reported_and_the_rest_listed(catalog: Catalog) -> None:
+    catalog.save(make_manifest("r1", minutes=1))
+    catalog.save(make_manifest("r3", minutes=3))
+    catalog.store.write("prod/manifests/r2.json", b'{"cluster": "prod", "run_')
+    catalog.store.write("prod/manifests/r4.json", b'{"cluster": "prod"}')
+    entries, problems = catalog.list()
+    assert [e.run_id for e in entries] == ["r3", "r1"]
+    assert problems[0] == "run r2: not valid JSON"
+    assert problems[1] == "run r4: missing field run_id"
+    with pytest.raises(CatalogError, match="run r2: manifest is unreadable"):
+        catalog.load("r2")
+
+
+def test_missing_index_is_rebuilt_from_manifests(catalog: Catalog) -> None:
+    for i in range(3):
+        catalog.save(make_manifest(f"r{i}", minutes=i))
+    catalog.store.delete("prod/index.json")
+    assert _ids(catalog) == ["r2", "r1", "r0"]
+    assert [e["run_id"] for e in json.loads(catalog.store.read("prod/index.json"))] == ["r2", "r1", "r0"]
+
+
+def test_corrupt_index_is_rebuilt_on_save(catalog: Catalog) -> None:
+    catalog.save(make_manifest("r0", minutes=0))
+    catalog.store.write("prod/index.json", b"{ not json")
+    catalog.save(make_manifest("r1", minutes=1))
+    assert [e["run_id"] for e in json.loads(catalog.store.read("prod/index.json"))] == ["r1", "r0"]
+
+
+def test_index_missing_a_manifest_is_repaired(catalog: Catalog) -> None:
+    catalog.save(make_manifest("r0", minutes=0))
+    # A manifest written by a run that crashed before its index update.
+    catalog.store.write("prod/manifests/r1.json", make_manifest("r1", minutes=1).model_dump_json().encode())
+    assert _ids(catalog) == ["r1", "r0"]
+    assert [e["run_id"] for e in json.loads(catalog.store.read("prod/index.json"))] == ["r1", "r0"]
+
+
+def test_delete_forgets_the_run(catalog: Catalog) -> None:
+    catalog.save(make_manifest("r0", minutes=0))
+    catalog.save(make_manifest("r1", minutes=1))
+    catalog.delete("r1")
+    catalog.delete("r1")
+    assert _ids(catalog) == ["r0"]
+    with pytest.raises(BadInputError, match="no run r1"):
+        catalog.load("r1")
+
+
+def test_resolve_full_id_prefix_and_latest(catalog: Catalog) -> None:
+    catalog.save(make_manifest("20240501T120000Z-aaaaaa", minutes=0))
+    catalog.save(make_manifest("20240501T130000Z-bbbbbb", minutes=60))
+    catalog.save(make_manifest("20240501T140000Z-cccccc", minutes=120, status="failed"))
+    assert catalog.resolve("20240501T120000Z-aaaaaa") == "20240501T120000Z-aaaaaa"
+    assert catalog.resolve("20240501T13") == "20240501T130000Z-bbbbbb"
+    assert catalog.resolve("latest") == "20240501T130000Z-bbbbbb"
+    assert catalog.latest().run_id == "20240501T130000Z-bbbbbb"
+    assert catalog.latest(status=None).run_id == "20240501T140000Z-cccccc"
+    assert catalog.latest(status="failed").run_id == "20240501T140000Z-cccccc"
+
+
+def test_resolve_ambiguous_prefix_lists_candidates(catalog: Catalog) -> None:
+    catalog.save(make_manifest("20240501T120000Z-aaaaaa", minutes=0))
+    catalog.save(make_manifest("20240501T130000Z-bbbbbb", minutes=60))
+    with pytest.raises(BadInputError) as info:
+        catalog.resolve("20240501T1")
+    assert "matches 2 runs" in info.value.message
+    assert "20240501T120000Z-aaaaaa" in info.value.message and "20240501T130000Z-bbbbbb" in info.value.message
+
+
+def test_resolve_unknown_and_latest_without_success(catalog: Catalog) -> None:
+    with pytest.raises(BadInputError, match="no succeeded backup"):
+        catalog.resolve("latest")
+    catalog.save(make_manifest("r-failed", status="failed"))
+    with pytest.raises(BadInputError, match="no succeeded backup"):
+        catalog.resolve("latest")
+    with pytest.raises(BadInputError, match="no run of cluster prod matches 'zzz'"):
+        catalog.resolve("zzz")
+
+
+def test_resolve_finds_a_corrupt_run_so_load_can_say_why(catalog: Catalog) -> None:
+    catalog.store.write("prod/manifests/r-broken.json", b"garbage")
+    assert catalog.resolve("r-bro") == "r-broken"
+    with pytest.raises(CatalogError, match="not valid JSON"):
+        catalog.load("r-broken")
+
+
+def test_run_ids_cannot_escape_the_catalog(catalog: Catalog) -> None:
+    with pytest.raises(BadInputError, match="not a run id"):
+        catalog.load("../../etc/passwd")
+
+
+def test_open_catalog_resolves_path_against_the_inventory(tmp_path: Path) -> None:
+    text = "cluster: prod\nprovider: {type: local}\ncatalog: {path: cat}\nnodes: [{name: n1, agent: 'http://127.0.0.1:1'}]\n"
+    catalog = open_catalog(parse_inventory(text, base_dir=tmp_path))
+    assert isinstance(catalog.store, LocalBlobStore)
+    assert catalog.store.root == tmp_path / "cat"
+    assert catalog.cluster == "prod"
+
+
+def test_open_catalog_defaults_under_xdg_state_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    text = "cluster: prod\nprovider: {type: local}\nnodes: [{name: n1, agent: 'http://127.0.0.1:1'}]\n"
+    catalog = open_catalog(parse_inventory(text, base_dir=tmp_path))
+    assert catalog.store.root == tmp_path / "state" / "snapctl" / "catalog"
+
+
+def test_open_catalog_s3_is_not_in_this_build(tmp_path: Path) -> None:
+    text = "cluster: prod\nprovider: {type: local}\ncatalog: {url: 's3://bucket/x'}\nnodes: [{name: n1, agent: 'http://127.0.0.1:1'}]\n"
+    with pytest.raises(BadInputError, match="s3 catalogs are not available"):
+        open_catalog(parse_inventory(text, base_dir=tmp_path))
+
+
+def test_listing_an_empty_catalog_writes_nothing(catalog: Catalog) -> None:
+    assert catalog.list() == ([], [])
+    assert catalog.latest() is None
+    assert not catalog.store.root.exists()
+
+
+def test_other_clusters_runs_are_not_listed(store: LocalBlobStore, catalog: Catalog) -> None:
+    catalog.save(make_manifest("r1"))
+    Catalog(store, "staging").save(make_manifest("s1", cluster="staging"))
+    Catalog(store, "prod-eu").save(make_manifest("e1", cluster="prod-eu"))
+    assert _ids(catalog) == ["r1"]
+
+
+def test_read_only_catalog_still_lists(catalog: Catalog, monkeypatch: pytest.MonkeyPatch) -> None:
+    catalog.save(make_manifest("r0"))
+    catalog.store.delete("prod/index.json")
+
+    def refuse(*args, **kwargs):
+        raise CatalogError("cannot write: read-only file system")
+
+    monkeypatch.setattr(catalog.store, "create", refuse)
+    monkeypatch.setattr(catalog.store, "replace", refuse)
+    assert _ids(catalog) == ["r0"]

@@ -1,0 +1,136 @@
+"""LocalBlobStore: atomic writes, create-if-absent and compare-and-swap under races."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from snapctl.catalog import BlobStore, LocalBlobStore
+from snapctl.errors import BadInputError, CatalogError
+
+
+def _race(n: int, action) -> list:
+    """Run ``action(i)`` in n threads released at the same instant; return their results."""
+    barrier = threading.Barrier(n)
+    results: list = [None] * n
+
+    def run(i: int) -> None:
+        barrier.wait()
+        results[i] = action(i)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def test_implements_the_blobstore_protocol(store: LocalBlobStore) -> None:
+    assert isinstance(store, BlobStore)
+
+
+def test_read_write_delete_roundtrip(store: LocalBlobStore) -> None:
+    assert store.read("c/x.json") is None
+    store.write("c/x.json", b"one")
+    store.write("c/x.json", b"two")
+    assert store.read("c/x.json") == b"two"
+    store.delete("c/x.json")
+    assert store.read("c/x.json") is None
+    store.delete("c/x.json")  # missing is fine
+
+
+def test_write_leaves_no_temp_files_and_lists_only_keys(store: LocalBlobStore) -> None:
+    store.write("c/manifests/b.json", b"b")
+    store.write("c/manifests/a.json", b"a")
+    store.write("c/index.json", b"[]")
+    store.replace("c/index.json", b"[1]", expected=b"[]")
+    assert store.list("c/") == ["c/index.json", "c/manifests/a.json", "c/manifests/b.json"]
+    assert store.list("c/manifests/") == ["c/manifests/a.json", "c/manifests/b.json"]
+    leftovers = [p.name for p in (store.root / "c" / "manifests").iterdir() if ".tmp-" in p.name]
+    assert leftovers == []
+
+
+def test_failed_write_keeps_the_old_blob(store: LocalBlobStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    store.write("c/x.json", b"old")
+
+    def broken_rename(src, dst):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "rename", broken_rename)
+    with pytest.raises(CatalogError, match="cannot write"):
+        store.write("c/x.json", b"new")
+    monkeypatch.undo()
+    assert store.read("c/x.json") == b"old"
+    assert [p.name for p in (store.root / "c").iterdir() if ".tmp-" in p.name] == []
+
+
+def test_readers_never_see_a_torn_blob(store: LocalBlobStore) -> None:
+    blobs = [b"a" * 2_000_000, b"b" * 2_000_000]
+    store.write("c/big", blobs[0])
+    stop = threading.Event()
+
+    def writer() -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            store.write("c/big", blobs[i % 2])
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        seen = {store.read("c/big") for _ in range(200)}
+    finally:
+        stop.set()
+        thread.join()
+    assert seen <= set(blobs)
+
+
+def test_create_race_has_exactly_one_winner(store: LocalBlobStore) -> None:
+    results = _race(16, lambda i: store.create("c/lock.json", f"owner-{i}".encode()))
+    assert results.count(True) == 1
+    winner = results.index(True)
+    assert store.read("c/lock.json") == f"owner-{winner}".encode()
+
+
+def test_replace_race_has_exactly_one_winner(store: LocalBlobStore) -> None:
+    store.write("c/lock.json", b"stale")
+    results = _race(16, lambda i: store.replace("c/lock.json", f"taker-{i}".encode(), expected=b"stale"))
+    assert results.count(True) == 1
+    assert store.read("c/lock.json") == f"taker-{results.index(True)}".encode()
+
+
+def test_replace_compares_content(store: LocalBlobStore) -> None:
+    assert store.replace("c/k", b"new", expected=b"old") is False  # missing key
+    store.write("c/k", b"old")
+    assert store.replace("c/k", b"new", expected=b"other") is False
+    assert store.read("c/k") == b"old"
+    assert store.replace("c/k", b"new", expected=b"old") is True
+    assert store.read("c/k") == b"new"
+
+
+@pytest.mark.parametrize("key", ["../x", "c/../../x", "/etc/passwd", "", "c//x", "c/./x", "c/.lock"])
+def test_rejects_keys_outside_the_root(store: LocalBlobStore, key: str) -> None:
+    with pytest.raises(BadInputError, match="invalid catalog key"):
+        store.write(key, b"x")
+
+
+def test_unwritable_root_is_a_catalog_error(tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root writes anywhere")
+    root = tmp_path / "ro"
+    root.mkdir()
+    root.chmod(0o500)
+    try:
+        with pytest.raises(CatalogError, match="cannot write") as info:
+            LocalBlobStore(root).write("c/x.json", b"x")
+        assert info.value.hint and "writable" in info.value.hint
+    finally:
+        root.chmod(0o700)
+
+
+def test_list_of_missing_root_is_empty(tmp_path: Path) -> None:
+    assert LocalBlobStore(tmp_path / "nowhere").list("") == []

@@ -1,0 +1,109 @@
+"""The cluster run lock: held, expired, taken over, renewed, released, and raced for."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from snapctl.catalog import Catalog, LocalBlobStore
+from snapctl.errors import LockHeld
+
+from .conftest import FakeClock
+from .test_local_store import _race
+
+
+def test_lock_record_layout(catalog: Catalog, clock: FakeClock) -> None:
+    catalog.acquire_lock("ops@host:1", "r1", ttl_s=60)
+    record = json.loads(catalog.store.read("prod/lock.json"))
+    assert record["owner"] == "ops@host:1" and record["run_id"] == "r1"
+    assert record["acquired_at"].startswith("2024-05-01T12:00:00")
+    assert record["expires_at"].startswith("2024-05-01T12:01:00")
+
+
+def test_held_lock_raises_lock_held_naming_holder(catalog: Catalog, clock: FakeClock) -> None:
+    catalog.acquire_lock("ops@host-a:1", "r1", ttl_s=60)
+    clock.advance(30)
+    with pytest.raises(LockHeld) as info:
+        catalog.acquire_lock("ops@host-b:2", "r2", ttl_s=60)
+    err = info.value
+    assert "ops@host-a:1" in err.message and "run r1" in err.message
+    assert "2024-05-01 12:01:00 UTC" in err.message
+    assert err.hint and "wait" in err.hint and "only if that process is gone" in err.hint
+    assert err.exit_code == 4
+
+
+def test_expired_lock_is_taken_over(catalog: Catalog, clock: FakeClock) -> None:
+    catalog.acquire_lock("dead@host:1", "r1", ttl_s=60)  # never released: its process died
+    clock.advance(61)
+    lock = catalog.acquire_lock("ops@host:2", "r2", ttl_s=60)
+    assert lock.run_id == "r2"
+    assert catalog.read_lock().owner == "ops@host:2"
+
+
+def test_released_lock_is_free_and_release_is_idempotent(catalog: Catalog, clock: FakeClock) -> None:
+    lock = catalog.acquire_lock("ops@host:1", "r1", ttl_s=60)
+    assert lock.release() is True
+    assert lock.release() is False
+    assert not catalog.read_lock().held_at(clock())
+    with catalog.acquire_lock("ops@host:1", "r2", ttl_s=60) as second:
+        assert second.run_id == "r2"
+    assert not catalog.read_lock().held_at(clock())
+
+
+def test_renew_extends_the_lease(catalog: Catalog, clock: FakeClock) -> None:
+    lock = catalog.acquire_lock("ops@host:1", "r1", ttl_s=60)
+    clock.advance(50)
+    lock.renew()
+    clock.advance(50)  # 100 s after acquiring: expired without the renewal
+    with pytest.raises(LockHeld, match="run r1"):
+        catalog.acquire_lock("ops@host:2", "r2", ttl_s=60)
+
+
+def test_lock_taken_over_cannot_be_renewed_or_released_by_the_old_holder(catalog: Catalog, clock: FakeClock) -> None:
+    old = catalog.acquire_lock("slow@host:1", "r1", ttl_s=60)
+    clock.advance(120)
+    catalog.acquire_lock("ops@host:2", "r2", ttl_s=60)
+    with pytest.raises(LockHeld, match=r"run r1 lost the lock of cluster prod: it is now held by ops@host:2 \(run r2\)"):
+        old.renew()
+    assert old.release() is False
+    current = catalog.read_lock()
+    assert current.run_id == "r2" and current.held_at(clock())
+
+
+def test_concurrent_takeovers_of_a_stale_lock_have_one_winner(store: LocalBlobStore, clock: FakeClock) -> None:
+    Catalog(store, "prod", clock=clock).acquire_lock("dead@host:1", "r0", ttl_s=10)
+    clock.advance(11)
+
+    def take(i: int):
+        try:
+            return Catalog(store, "prod", clock=clock).acquire_lock(f"ops@host:{i}", f"r{i}", ttl_s=60)
+        except LockHeld:
+            return None
+
+    results = _race(12, take)
+    winners = [lock for lock in results if lock is not None]
+    assert len(winners) == 1
+    assert Catalog(store, "prod", clock=clock).read_lock().run_id == winners[0].run_id
+
+
+def test_concurrent_first_acquires_have_one_winner(store: LocalBlobStore, clock: FakeClock) -> None:
+    wins = threading.Lock()
+    won: list[str] = []
+
+    def take(i: int) -> None:
+        try:
+            lock = Catalog(store, "prod", clock=clock).acquire_lock(f"ops@host:{i}", f"r{i}", ttl_s=60)
+        except LockHeld:
+            return
+        with wins:
+            won.append(lock.run_id)
+
+    _race(12, take)
+    assert len(won) == 1
+
+
+def test_lock_is_per_cluster(store: LocalBlobStore, clock: FakeClock) -> None:
+    Catalog(store, "prod", clock=clock).acquire_lock("ops@host:1", "r1", ttl_s=60)
+    assert Catalog(store, "staging", clock=clock).acquire_lock("ops@host:1", "r2", ttl_s=60).run_id == "r2"

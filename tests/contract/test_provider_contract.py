@@ -1,0 +1,144 @@
+"""The provider contract, run against every ``provider_*_env.py`` beside this file.
+
+What ``snapctl.providers.Provider`` promises, checked the same way for the local filesystem and
+every cloud. An env's volumes belong to node ``n1``; snapshots a test makes are deleted after it
+(a failed assertion must not leave them behind for the next test to find).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from snapctl.errors import ProviderError
+from snapctl.providers import (
+    TAG_CLUSTER,
+    TAG_NODE,
+    TAG_RUN,
+    TAG_VOLUME,
+    Capabilities,
+    Provider,
+    ProviderSettings,
+    SnapshotRef,
+    snapshot_tags,
+)
+from tests.contract.conftest import ProviderEnv
+
+WAIT_S = 120.0
+
+
+class Snapshots:
+    """Takes snapshots for a test and deletes them all afterwards."""
+
+    def __init__(self, env: ProviderEnv) -> None:
+        self.env = env
+        self.made: list[SnapshotRef] = []
+
+    def take(self, run: str | None = None, **extra_tags: str) -> tuple[str, dict[str, str], list[SnapshotRef]]:
+        run = run or f"contract-{uuid.uuid4().hex[:8]}"
+        tags = snapshot_tags(self.env.cluster, run, self.env.volumes.node, extra=extra_tags)
+        refs = self.env.provider.snapshot(self.env.volumes, tags)
+        self.made.extend(refs)
+        return run, tags, refs
+
+    def cleanup(self) -> None:
+        for ref in self.made:
+            try:
+                self.env.provider.delete(ref)
+            except ProviderError:
+                pass
+
+
+@pytest.fixture
+def env(provider_env: ProviderEnv):
+    return provider_env
+
+
+@pytest.fixture
+def snaps(provider_env: ProviderEnv):
+    taken = Snapshots(provider_env)
+    yield taken
+    taken.cleanup()
+
+
+def _volume_names(env: ProviderEnv) -> list[str]:
+    return [getattr(v, "name", None) or str(v) for v in env.volumes.volumes]
+
+
+def _key(ref: SnapshotRef) -> tuple[str, str, str]:
+    return (ref.node, ref.volume, ref.snapshot_id)
+
+
+def test_provider_has_the_provider_shape(env: ProviderEnv) -> None:
+    provider = env.provider
+    assert isinstance(provider, Provider)
+    assert isinstance(provider.name, str) and provider.name
+    assert isinstance(provider.capabilities, Capabilities)
+    assert issubclass(type(provider).settings_model, ProviderSettings)
+    assert env.volumes.node == "n1" and env.volumes.volumes
+
+
+def test_snapshot_returns_one_ref_per_volume_with_all_tags(env: ProviderEnv, snaps: Snapshots) -> None:
+    run, tags, refs = snaps.take(team="dba")
+    assert sorted(r.volume for r in refs) == sorted(_volume_names(env))
+    assert len({r.snapshot_id for r in refs}) == len(refs)
+    for ref in refs:
+        assert ref.provider == env.provider.name
+        assert ref.node == "n1"
+        assert ref.state in ("pending", "completed")
+        for key, value in tags.items():
+            assert ref.tags.get(key) == value, f"{ref.snapshot_id} lacks tag {key}={value}"
+        assert ref.tags[TAG_VOLUME] == ref.volume
+        assert ref.tags["team"] == "dba"
+
+
+def test_find_by_run_tag_finds_exactly_this_runs_snapshots(env: ProviderEnv, snaps: Snapshots) -> None:
+    run, _, refs = snaps.take()
+    _, _, other_refs = snaps.take()
+    found = env.provider.find({TAG_RUN: run})
+    assert sorted(map(_key, found)) == sorted(map(_key, refs))
+    for ref in found:
+        assert ref.tags[TAG_CLUSTER] == env.cluster and ref.tags[TAG_NODE] == "n1" and ref.tags[TAG_RUN] == run
+    by_volume = env.provider.find({TAG_RUN: run, TAG_VOLUME: refs[0].volume})
+    assert [r.snapshot_id for r in by_volume] == [refs[0].snapshot_id]
+    assert not {r.snapshot_id for r in other_refs} & {r.snapshot_id for r in found}
+
+
+def test_wait_ends_completed(env: ProviderEnv, snaps: Snapshots) -> None:
+    _, _, refs = snaps.take()
+    progressed: list[SnapshotRef] = []
+    done = env.provider.wait(refs, time.monotonic() + WAIT_S, progressed.append)
+    assert sorted(map(_key, done)) == sorted(map(_key, refs))
+    assert all(r.state == "completed" for r in done)
+    assert progressed, "wait reports progress at least once per snapshot"
+
+
+def test_restore_makes_a_volume_from_each_snapshot(env: ProviderEnv, snaps: Snapshots) -> None:
+    _, _, refs = snaps.take()
+    refs = env.provider.wait(refs, time.monotonic() + WAIT_S)
+    for ref in refs:
+        result = env.provider.restore(ref, env.restore_target(f"restored-{ref.volume}"))
+        assert isinstance(result, str) and result
+        if env.check_restored:
+            env.check_restored(ref, result)
+
+
+def test_delete_then_find_finds_nothing_and_delete_again_is_done(env: ProviderEnv, snaps: Snapshots) -> None:
+    run, _, refs = snaps.take()
+    refs = env.provider.wait(refs, time.monotonic() + WAIT_S)
+    for ref in refs:
+        env.provider.delete(ref)
+    assert env.provider.find({TAG_RUN: run}) == []
+    for ref in refs:
+        env.provider.delete(ref)  # not found counts as done
+
+
+def test_delete_refuses_a_snapshot_not_tagged_for_this_cluster(env: ProviderEnv) -> None:
+    if env.untagged_snapshot is None:
+        pytest.skip("this env cannot make a snapshot without the cluster tag")
+    ref = env.untagged_snapshot()
+    with pytest.raises(ProviderError):
+        env.provider.delete(ref)
+    assert env.provider.wait([ref], time.monotonic() + WAIT_S)[0].state == "completed", "the refused snapshot must survive"

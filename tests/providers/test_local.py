@@ -1,0 +1,320 @@
+"""The local provider against the real filesystem: copies, hard-linked increments, restores."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from snapctl.errors import BadInputError, ProviderError
+from snapctl.providers import TAG_CLUSTER, TAG_RUN, TAG_VOLUME, NodeVolumes, RestoreTarget, create_provider, snapshot_tags
+from snapctl_local import LocalProvider
+from snapctl_local import copy as copy_module
+
+CLUSTER = "c1"
+
+
+@pytest.fixture
+def provider(tmp_path: Path) -> LocalProvider:
+    return create_provider({"type": "local", "store": "store"}, cluster=CLUSTER, base_dir=tmp_path)
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    src = tmp_path / "src"
+    (src / "sub" / "deep").mkdir(parents=True)
+    (src / "empty").mkdir()
+    (src / "a.txt").write_text("alpha")
+    (src / "sub" / "b.bin").write_bytes(os.urandom(100_000))
+    (src / "sub" / "deep" / "c.txt").write_text("gamma")
+    (src / "ro.txt").write_text("read only")
+    (src / "ro.txt").chmod(0o440)
+    os.symlink("a.txt", src / "link-to-a")
+    os.utime(src / "a.txt", ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789))
+    return src
+
+
+def _volumes(provider: LocalProvider, tmp_path: Path, *raw) -> NodeVolumes:
+    return provider.validate_volumes("n1", list(raw), base_dir=tmp_path)
+
+
+def _snap(provider: LocalProvider, volumes: NodeVolumes, run: str):
+    return provider.snapshot(volumes, snapshot_tags(CLUSTER, run, volumes.node))
+
+
+def _tree(root: Path) -> dict[str, tuple]:
+    """Everything a restore must reproduce: kind, content hash, mode, mtime, link target."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            st = path.lstat()
+            rel = path.relative_to(root).as_posix()
+            if path.is_symlink():
+                out[rel] = ("link", os.readlink(path))
+            elif path.is_dir():
+                out[rel] = ("dir", st.st_mode, st.st_mtime_ns)
+            else:
+                out[rel] = ("file", hashlib.sha256(path.read_bytes()).hexdigest(), st.st_mode, st.st_mtime_ns)
+    return out
+
+
+def _node_dir(provider: LocalProvider) -> Path:
+    return provider.store.cluster_dir / "n1"
+
+
+# -- volumes ----------------------------------------------------------------------------------
+
+
+def test_validate_volumes_accepts_dicts_and_plain_paths(provider: LocalProvider, tmp_path: Path, source: Path) -> None:
+    (tmp_path / "wal").mkdir()
+    volumes = _volumes(provider, tmp_path, {"name": "data", "path": "src"}, str(tmp_path / "wal"))
+    assert [(v.name, v.path) for v in volumes.volumes] == [("data", source), ("wal", tmp_path / "wal")]
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ([{"name": "data", "path": "missing"}], r"node n1: volume data path .*/missing does not exist"),
+        ([{"name": "data", "path": "src/a.txt"}], r"node n1: volume data path .*/src/a.txt is not a directory"),
+        ([{"name": "data", "path": "src"}, {"name": "data", "path": "src/sub"}], r"volume name 'data' is used twice"),
+        ([{"name": "data", "path": "src", "size": 1}], r"unknown key 'size'"),
+        ([{"name": "../x", "path": "src"}], r"volume name '\.\./x'"),
+        ([], r"node n1: no volumes listed"),
+    ],
+)
+def test_validate_volumes_refuses_bad_blocks(provider: LocalProvider, tmp_path: Path, source: Path, raw, message) -> None:
+    with pytest.raises(BadInputError, match=message) as info:
+        _volumes(provider, tmp_path, *raw)
+    assert "\n" not in str(info.value)
+
+
+def test_default_store_is_under_xdg_state_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    provider = create_provider({"type": "local"}, cluster=CLUSTER, base_dir=tmp_path)
+    assert provider.store.root == tmp_path / "state" / "snapctl" / "snapshots"
+
+
+def test_unknown_settings_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(BadInputError, match="unknown key 'bucket'"):
+        create_provider({"type": "local", "bucket": "x"}, cluster=CLUSTER, base_dir=tmp_path)
+
+
+# -- snapshots --------------------------------------------------------------------------------
+
+
+def test_snapshot_copies_the_tree_faithfully(provider: LocalProvider, tmp_path: Path, source: Path) -> None:
+    (ref,) = _snap(provider, _volumes(provider, tmp_path, {"name": "data", "path": "src"}), "run1")
+    assert ref.snapshot_id == "run1-n1-data" and ref.state == "completed" and ref.volume == "data"
+    assert ref.tags[TAG_VOLUME] == "data" and ref.tags[TAG_RUN] == "run1" and ref.tags[TAG_CLUSTER] == CLUSTER
+    size = sum(p.stat().st_size for p in source.rglob("*") if p.is_file() and not p.is_symlink())
+    assert ref.bytes == size and ref.extra["copied_bytes"] == size and ref.extra["linked_files"] == 0
+    snap_data = Path(ref.extra["path"]) / "data"
+    assert _tree(snap_data) == _tree(source)
+    assert (snap_data / "empty").is_dir()
+    assert os.readlink(snap_data / "link-to-a") == "a.txt"
+
+
+def test_second_snapshot_hard_links_unchanged_files(provider: LocalProvider, tmp_path: Path, source: Path) -> None:
+    volumes = _volumes(provider, tmp_path, {"name": "data", "path": "src"})
+    (first,) = _snap(provider, volumes, "run1")
+    (source / "sub" / "deep" / "c.txt").write_text("gamma changed")
+    (source / "a.txt").chmod(0o600)  # a mode change alone must not be linked either
+    (second,) = _snap(provider, volumes, "run2")
+    old, new = Path(first.extra["path"]) / "data", Path(second.extra["path"]) / "data"
+    assert (new / "sub" / "b.bin").stat().st_ino == (old / "sub" / "b.bin").stat().st_ino
+    assert (new / "ro.txt").stat().st_ino == (old / "ro.txt").stat().st_ino
+    assert (new / "sub" / "deep" / "c.txt").stat().st_ino != (old / "sub" / "deep" / "c.txt").stat().st_ino
+    assert (new / "sub" / "deep" / "c.txt").read_text() == "gamma changed"
+    assert (old / "sub" / "deep" / "c.txt").read_text() == "gamma"
+    assert (new / "a.txt").stat().st_ino != (old / "a.txt").stat().st_ino
+    assert second.extra["linked_files"] == 2
+    assert second.extra["copied_bytes"] == len("gamma changed") + len("alpha")
+    assert _tree(new) == _tree(source)
+
+
+def test_deleting_an_older_snapshot_keeps_linked_files(provider: LocalProvider, tmp_path: Path, source: Path) -> None:
+    volumes = _volumes(provider, tmp_path, {"name": "data", "path": "src"})
+    (first,) = _snap(provider, volumes, "run1")
+    (second,) = _snap(provider, volumes, "run2")
+    provider.delete(first)
+    assert not Path(first.extra["path"]).exists()
+    assert _tree(Path(second.extra["path"]) / "data") == _tree(source)
+
+
+def test_each_volume_gets_its_own_snapshot(provider: LocalProvider, tmp_path: Path, source: Path) -> None:
+    (tmp_path / "wal").mkdir()
+    (tmp_path / "wal" / "000001.log").write_text("wal")
+    volumes = _volumes(provider, tmp_path, {"name": "data", "path": "src"}, {"name": "wal", "path": "wal"})
+    refs = _snap(provider, volumes, "run1")
+    assert [(r.volume, r.snapshot_id) for r in refs] == [("data", "run1-n1-data"), ("wal", "run1-n1-wal")]
+    assert (Path(refs[1].extra["path"]) / "data" / "000001.log").read_text() == "wal"
+
+
+def test_same_run_cannot_snapshot_a_volume_twice(provider: LocalProvider, tmp_path: Path, source: Path) -> None:
+    volumes = _volumes(provider, tmp_path, {"name": "data", "path": "src"})
+    _snap(provider, volumes, "run1")
+    with pytest.raises(ProviderError, match="snapshot run1-n1-data already exists"):
+        _snap(provider, volumes, "run1")
+    assert len(provider.find({TAG_RUN: "run1"})) == 1
+
+
+def test_leftovers_of_a_crashed_snapshot_are_cleaned(provider: LocalProvider, tmp_path: Path, source: Path) -> None:
+    volumes = _volumes(provider, tmp_path, {"name": "data", "path": "src"})
+    _snap(provider, volumes, "run1")
+    crashed = _node_dir(provider) / ".partial-run2-n1-data-deadbeef"
+    (crashed / "data").mkdir(parents=True)
+    (crashed / "data" / "half.txt").write_text("half")
+    half_deleted = _node_dir(provider) / ".deleting-run0-n1-data-cafe"
+    half_deleted.mkdir()
+    assert [r.snapshot_id for r in provider.find({})] == ["run1-n1-data"]
+    _snap(provider, volumes, "run3")
+    assert not crashed.exists() and not half_deleted.exists()
+    assert sorted(r.snapshot_id for r in provider.find({})) == ["run1-n1-data", "run3-n1-data"]
+
+
+def test_failure_part_way_removes_everything_this_call_made(
+    provider: LocalProvider, tmp_path: Path, source: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "wal").mkdir()
+    (tmp_path / "wal" / "000001.log").write_text("wal")
+    volumes = _volumes(provider, tmp_path, {"name": "data", "path": "src"}, {"name": "wal", "path": "wal"})
+    real_copy = copy_module.FileCopier.copy_file
+
+    def failing_copy(self, src, dst, src_dev):
+        if src.name == "000001.log":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_copy(self, src, dst, src_dev)
+
+    monkeypatch.setattr(copy_module.FileCopier, "copy_file", failing_copy)
+    with pytest.raises(ProviderError) as info:
+        _snap(provider, volumes, "run1")
+    message = str(info.value)
+    assert "node n1" in message and "volume wal" in message and "000001.log" in message and "No space left" in message
+    assert [p.name for p in _node_dir(provider).iterdir()] == [".lock"]
+    assert provider.find({}) == []
+
+
+def test_large_file_is_copied_exactly(provider: LocalProvider, tmp_path: Path) -> None:
+    big = tmp_path / "big"
+    big.mkdir()
+    block = os.urandom(1 << 20)
+    with open(big / "data.bin", "wb") as f:
+        for i in range(40):
+            f.write(block[i:] + block[:i])
+    (ref,) = _snap(provider, _volumes(provider, tmp_path, {"name": "big", "path": "big"}), "run1")
+    copied = Path(ref.extra["path"]) / "data" / "data.bin"
+    assert hashlib.sha256(copied.read_bytes()).digest() == hashlib.sha256((big / "data.bin").read_bytes()).digest()
+
+
+@pytest.mark.parametrize("broken", [("copy_file_range",), ("copy_file_range", "sendfile")])
+def test_copy_falls_back_when_the_kernel_cannot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broken) -> None:
+    payload = os.urandom(3 * copy_module.USERSPACE_CHUNK + 17)
+    (tmp_path / "in").write_bytes(payload)
+
+    def unsupported(*args):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    for name in broken:
+        monkeypatch.setattr(os, name, unsupported)
+    copy_module.FileCopier("never").copy_file(tmp_path / "in", tmp_path / "out", 0)
+    assert (tmp_path / "out").read_bytes() == payload
+
+
+def test_reflink_always_fails_clearly_where_unsupported(tmp_path: Path, source: Path) -> None:
+    provider = create_provider({"type": "local", "store": "store", "reflink": "always"}, cluster=CLUSTER, base_dir=tmp_path)
+    volumes = _volumes(provider, tmp_path, {"name": "data", "path": "src"})
+    try:
+        (ref,) = _snap(provider, volumes, "run1")
+    except ProviderError as exc:
+        assert "cannot reflink" in exc.message and "reflink: auto" in (exc.hint or "")
+        assert provider.find({}) == []
+    else:  # a reflink-capable filesystem (btrfs, xfs): the copy must still be exact
+        assert _tree(Path(ref.extra["path"]) / "data") == _tree(source)
+
+
+# -- wait, find, delete -------------------------------------------------------------------------
+
+
+def test_find_filters_by_tags_within_the_cluster(provider: LocalProvider, tmp_path: Path, source: Path) -> None:
+    volumes = _volumes(provider, tmp_path, {"name": "data", "path": "src"})
+    _snap(provider, volumes, "run1")
+    (second,) = _snap(provider, volumes, "run2")
+    other = create_provider({"type": "local", "store": "store"}, cluster="c2", base_dir=tmp_path)
+    other.snapshot(volumes, snapshot_tags("c2", "run2", "n1"))
+    found = provider.find({TAG_RUN: "run2"})
+    assert [r.snapshot_id for r in found] == [second.snapshot_id]
+    assert found[0].tags == second.tags
+    assert len(provider.find({TAG_CLUSTER: CLUSTER})) == 2
+    assert provider.find({TAG_RUN: "run2", TAG_VOLUME: "wal"}) == []
+
+
+def test_wait_confirms_and_reports_missing(provider: LocalProvider, tmp_path: Path, source: Path) -> None:
+    volumes = _volumes(provider, tmp_path, {"name": "data", "path": "src"})
+    refs = _snap(provider, volumes, "run1")
+    seen = []
+    assert [r.state for r in provider.wait(refs, deadline=0, progress=seen.append)] == ["completed"]
+    assert [r.snapshot_id for r in seen] == ["run1-n1-data"]
+    provider.delete(refs[0])
+    with pytest.raises(ProviderError, match="snapshot run1-n1-data of volume data is missing"):
+        provider.wait(refs, deadline=0)
+
+
+def test_delete_refuses_a_snapshot_without_this_clusters_tag(provider: LocalProvider, tmp_path: Path, source: Path) -> None:
+    volumes = _volumes(provider, tmp_path, {"name": "data", "path": "src"})
+    (ref,) = provider.snapshot(volumes, {TAG_RUN: "manual"})
+    with pytest.raises(ProviderError, match="refusing to delete snapshot manual-n1-data"):
+        provider.delete(ref)
+    assert Path(ref.extra["path"]).is_dir()
+
+
+def test_delete_is_done_when_missing(provider: LocalProvider, tmp_path: Path, source: Path) -> None:
+    (ref,) = _snap(provider, _volumes(provider, tmp_path, {"name": "data", "path": "src"}), "run1")
+    provider.delete(ref)
+    provider.delete(ref)
+    assert provider.find({}) == []
+
+
+def test_delete_removes_read_only_directories(provider: LocalProvider, tmp_path: Path, source: Path) -> None:
+    (source / "sub").chmod(0o555)
+    try:
+        (ref,) = _snap(provider, _volumes(provider, tmp_path, {"name": "data", "path": "src"}), "run1")
+        assert (Path(ref.extra["path"]) / "data" / "sub").stat().st_mode & 0o777 == 0o555
+        provider.delete(ref)
+        assert not Path(ref.extra["path"]).exists()
+    finally:
+        (source / "sub").chmod(0o755)
+
+
+# -- restore --------------------------------------------------------------------------------
+
+
+def test_restore_reproduces_the_source_with_independent_files(provider: LocalProvider, tmp_path: Path, source: Path) -> None:
+    volumes = _volumes(provider, tmp_path, {"name": "data", "path": "src"})
+    _snap(provider, volumes, "run1")
+    (ref,) = _snap(provider, volumes, "run2")  # mostly hard links to run1
+    expected = _tree(source)
+    result = provider.restore(ref, RestoreTarget(path=tmp_path / "restored"))
+    assert result == str(tmp_path / "restored")
+    assert _tree(Path(result)) == expected
+    restored_file = Path(result) / "sub" / "b.bin"
+    assert restored_file.stat().st_nlink == 1
+    restored_file.write_bytes(b"scribble")  # must not reach into the snapshot
+    assert _tree(Path(ref.extra["path"]) / "data") == expected
+
+
+def test_restore_into_an_existing_empty_directory(provider: LocalProvider, tmp_path: Path, source: Path) -> None:
+    (ref,) = _snap(provider, _volumes(provider, tmp_path, {"name": "data", "path": "src"}), "run1")
+    (tmp_path / "empty-target").mkdir()
+    provider.restore(ref, RestoreTarget(path=tmp_path / "empty-target"))
+    assert _tree(tmp_path / "empty-target") == _tree(source)
+
+
+def test_restore_refuses_a_non_empty_target(provider: LocalProvider, tmp_path: Path, source: Path) -> None:
+    (ref,) = _snap(provider, _volumes(provider, tmp_path, {"name": "data", "path": "src"}), "run1")
+    with pytest.raises(BadInputError, match="restore target .*/src is not an empty directory"):
+        provider.restore(ref, RestoreTarget(path=source))
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".restore-")] == []
