@@ -1,0 +1,127 @@
+"""The EC2 client, made on first use, with every call paced, retried and translated.
+
+boto3 is imported here, inside ``Ec2.client``, and nowhere at module level: loading the plugin
+(``snapctl --help``, ``snapctl status``) must not pay for the SDK.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from snapctl import __version__
+from snapctl.errors import ProviderThrottled
+from snapctl.ratelimit import TokenBucket
+from snapctl_aws.errors import PER_VOLUME_RATE, error_code, translate_botocore_error, translate_client_error
+from snapctl_aws.settings import AwsSettings
+
+log = logging.getLogger(__name__)
+
+# Which client-side bucket paces which call; names match EC2's throttling categories.
+CREATE, DELETE, DESCRIBE, TAG, VOLUME = "create", "delete", "describe", "tag", "volume"
+THROTTLED_PAUSE_S = 1.0  # after throttling outlasted every retry, when AWS gave no Retry-After
+
+
+_loader_lock = threading.Lock()
+_loader: Any = None
+
+
+def _botocore_session() -> Any:
+    """A fresh botocore session sharing one data loader per process: parsing EC2's service model
+    costs far more than the rest of making a client, and the model never changes."""
+    global _loader
+    import botocore.session
+
+    session = botocore.session.get_session()
+    with _loader_lock:
+        if _loader is None:
+            _loader = session.get_component("data_loader")
+        else:
+            session.register_component("data_loader", _loader)
+    return session
+
+
+class Ec2:
+    def __init__(self, settings: AwsSettings, *, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.settings = settings
+        self._sleep = sleep
+        self._client: Any = None
+        self._client_lock = threading.Lock()
+        self.buckets = {
+            CREATE: TokenBucket(settings.create_rate, settings.create_burst),
+            DELETE: TokenBucket(settings.delete_rate, settings.delete_burst),
+            DESCRIBE: TokenBucket(settings.describe_rate, settings.describe_burst),
+            TAG: TokenBucket(settings.tag_rate, settings.tag_burst),
+            VOLUME: TokenBucket(settings.volume_rate, settings.volume_burst),
+        }
+
+    @property
+    def client(self) -> Any:
+        """The boto3 EC2 client (thread-safe once made; sessions are not, hence the lock)."""
+        if self._client is None:
+            with self._client_lock:
+                if self._client is None:
+                    self._client = self._make_client()
+        return self._client
+
+    def _make_client(self) -> Any:
+        import boto3
+        from botocore.config import Config
+        from botocore.exceptions import BotoCoreError
+
+        s = self.settings
+        config = Config(
+            region_name=s.region,
+            retries={"mode": "standard", "total_max_attempts": s.max_attempts},
+            connect_timeout=s.connect_timeout_s,
+            read_timeout=s.read_timeout_s,
+            user_agent_extra=f"snapctl/{__version__}",
+        )
+        try:
+            session = boto3.session.Session(
+                botocore_session=_botocore_session(), profile_name=s.profile, region_name=s.region,
+            )
+            return session.client("ec2", endpoint_url=s.endpoint_url, config=config)
+        except BotoCoreError as exc:
+            raise translate_botocore_error(exc) from exc
+
+    def call(self, method: str, bucket: str, *, per_volume_retry: bool = False, **kwargs: Any) -> dict[str, Any]:
+        """``client.<method>(**kwargs)`` paced by ``bucket``. Throttling is retried by botocore
+        (standard mode); ``SnapshotCreationPerVolumeRateExceeded``, which no SDK mode retries, is
+        waited out here when ``per_volume_retry`` is set."""
+        client = self.client
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        attempts_left = self.settings.per_volume_retries if per_volume_retry else 0
+        while True:
+            self.buckets[bucket].acquire()
+            try:
+                return getattr(client, method)(**kwargs)
+            except ClientError as exc:
+                if error_code(exc) == PER_VOLUME_RATE and attempts_left > 0:
+                    attempts_left -= 1
+                    log.info("aws %s: too many snapshots in progress on the volume; retrying in %ss",
+                             method, self.settings.per_volume_retry_wait_s)
+                    self._sleep(self.settings.per_volume_retry_wait_s)
+                    continue
+                error = translate_client_error(exc)
+                if isinstance(error, ProviderThrottled):
+                    # botocore's retries are spent: hold every thread sharing the bucket back.
+                    self.buckets[bucket].pause(error.retry_after or THROTTLED_PAUSE_S)
+                raise error from exc
+            except BotoCoreError as exc:
+                raise translate_botocore_error(exc) from exc
+
+    def pages(self, method: str, bucket: str, result_key: str, **kwargs: Any) -> list[dict[str, Any]]:
+        """Every item of a paginated Describe call, each page paced."""
+        items: list[dict[str, Any]] = []
+        token: str | None = None
+        while True:
+            page = self.call(method, bucket, **kwargs, **({"NextToken": token} if token else {}))
+            items.extend(page.get(result_key, []))
+            token = page.get("NextToken")
+            if not token:
+                return items

@@ -1,0 +1,97 @@
+"""botocore errors in, snapctl errors out: each with what to do about it.
+
+Messages carry the EC2 operation, the error code and AWS's own message; never a credential.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from snapctl.errors import ProviderError, ProviderThrottled, SnapctlError, SnapshotNotFound
+from snapctl.ratelimit import parse_retry_after
+
+PER_VOLUME_RATE = "SnapshotCreationPerVolumeRateExceeded"
+THROTTLING = frozenset({
+    "RequestLimitExceeded", "Throttling", "ThrottlingException", "TooManyRequestsException",
+    "RequestThrottled", "RequestThrottledException", PER_VOLUME_RATE,
+})
+DENIED = frozenset({"UnauthorizedOperation", "AccessDenied", "AccessDeniedException", "UnauthorizedAccess"})
+BAD_CREDENTIALS = frozenset({
+    "AuthFailure", "InvalidClientTokenId", "SignatureDoesNotMatch", "ExpiredToken",
+    "RequestExpired", "InvalidAccessKeyId", "UnrecognizedClientException",
+})
+SNAPSHOT_NOT_FOUND = frozenset({"InvalidSnapshot.NotFound"})
+NOT_FOUND_HINTS = {
+    "InvalidVolume.NotFound": "check the node's volumes: block and the provider's region",
+    "InvalidInstanceID.NotFound": "check the node's volumes: block and the provider's region",
+    "InvalidVolumeID.Malformed": "EBS volume ids look like vol-0123456789abcdef0",
+    "InvalidInstanceID.Malformed": "EC2 instance ids look like i-0123456789abcdef0",
+    "InvalidZone.NotFound": "give an availability zone of the provider's region, e.g. us-east-1a",
+    "InvalidSnapshot.InUse": "an AMI or another resource still uses the snapshot; deregister it first",
+}
+CREDENTIALS_HINT = (
+    "boto3 found credentials that AWS rejected; check AWS_PROFILE / the provider's profile, "
+    "refresh SSO (`aws sso login`) or the instance role (docs/providers/aws.md)"
+)
+
+
+def _extra_permissions(operation: str) -> str:
+    # Tagging on create needs ec2:CreateTags as well (AWS checks it on the same call).
+    if operation in {"CreateSnapshot", "CreateSnapshots", "CreateVolume"}:
+        return " and ec2:CreateTags"
+    return ""
+
+
+def translate_client_error(exc: Any) -> SnapctlError:
+    """A ``botocore.exceptions.ClientError`` as the snapctl error that says what to do."""
+    error = exc.response.get("Error", {}) if isinstance(exc.response, dict) else {}
+    code = str(error.get("Code") or "Unknown")
+    message = str(error.get("Message") or "").strip()
+    operation = getattr(exc, "operation_name", None) or "EC2 call"
+    detail = f"aws {operation}: {code}" + (f": {message}" if message else "")
+    if code in DENIED:
+        permission = f"ec2:{operation}"
+        return ProviderError(
+            f"aws {operation}: permission denied, the credentials lack {permission}",
+            hint=f"grant {permission}{_extra_permissions(operation)} to this principal "
+            "(policies in docs/providers/aws.md); decode details with `aws sts decode-authorization-message`",
+        )
+    if code in BAD_CREDENTIALS:
+        return ProviderError(f"aws {operation}: credentials rejected ({code})", hint=CREDENTIALS_HINT)
+    if code in THROTTLING:
+        headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {}) or {}
+        retry_after = parse_retry_after(headers.get("retry-after") or headers.get("x-amz-retry-after"))
+        hint = (
+            "AWS allows a few snapshots in progress per volume; wait for them to complete, "
+            "or raise per_volume_retries / per_volume_retry_wait_s"
+            if code == PER_VOLUME_RATE
+            else "EC2 throttled this account and region after all retries; lower the provider's "
+            "*_rate settings or run fewer clusters at once"
+        )
+        return ProviderThrottled(detail, retry_after=retry_after, hint=hint)
+    if code in SNAPSHOT_NOT_FOUND:
+        return SnapshotNotFound(detail)
+    return ProviderError(detail, hint=NOT_FOUND_HINTS.get(code))
+
+
+def translate_botocore_error(exc: Exception) -> SnapctlError:
+    """Errors botocore raises before or without an AWS answer: credentials, region, network."""
+    kind = type(exc).__name__
+    if kind in {"NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"}:
+        return ProviderError(
+            f"aws: no usable credentials ({kind})",
+            hint="boto3 looks in AWS_* environment variables, the provider's profile in ~/.aws, SSO, "
+            "then the instance or task role; see docs/providers/aws.md",
+        )
+    if kind == "ProfileNotFound":
+        return ProviderError(f"aws: {exc}", hint="fix the provider's 'profile' or add it to ~/.aws/config")
+    if kind in {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError"}:
+        return ProviderError(f"aws: no answer from EC2 ({kind}): {exc}", hint="check network access to the EC2 endpoint")
+    return ProviderError(f"aws: {kind}: {exc}")
+
+
+def error_code(exc: Any) -> str | None:
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        return response.get("Error", {}).get("Code")
+    return None

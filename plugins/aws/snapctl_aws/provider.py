@@ -1,0 +1,241 @@
+"""EBS snapshots of a node's volumes: a whole instance in one crash-consistent call, or listed volumes.
+
+The point in time of an EBS snapshot is fixed when the create call returns; the upload that
+follows (``pending`` until ``completed``) needs no engine hold, so ``snapshot`` returns at once
+and ``wait`` follows the upload.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from snapctl import __version__
+from snapctl.errors import BadInputError, ProviderError, SnapshotNotFound
+from snapctl.providers import (
+    TAG_CLUSTER, TAG_NODE, TAG_RUN, TAG_VERSION, TAG_VOLUME, Capabilities, NodeVolumes, ProgressFn,
+    RestoreTarget, SnapshotRef,
+)
+from snapctl_aws.client import CREATE, DELETE, DESCRIBE, TAG, Ec2
+from snapctl_aws.restore import restore_volume
+from snapctl_aws.settings import AwsSettings, InstanceVolumes, VolumeSpec, parse_volumes
+from snapctl_aws.snapshots import STATE_ERROR, aws_tags, ref_from_snapshot, refreshed, tag_filters
+
+log = logging.getLogger(__name__)
+
+DESCRIBE_BATCH = 200  # snapshot ids per DescribeSnapshots while waiting
+
+
+class AwsProvider:
+    """Disk snapshots on EC2 (EBS) for one cluster."""
+
+    name = "aws"
+    settings_model = AwsSettings
+
+    def __init__(self, settings: AwsSettings, *, cluster: str, base_dir: Path) -> None:
+        self.settings = settings
+        self.cluster = cluster
+        self.base_dir = base_dir
+        self.ec2 = Ec2(settings)
+        self.capabilities = Capabilities(
+            crash_consistent_group=True,  # CreateSnapshots over all of an instance's volumes
+            incremental=True,
+            instant=False,
+            max_creates_per_s=settings.create_rate,
+            create_burst=settings.create_burst,
+        )
+        self._sleep = time.sleep
+        self._clock = time.monotonic
+
+    @property
+    def client(self) -> Any:
+        """The boto3 EC2 client (made on first use)."""
+        return self.ec2.client
+
+    def validate_volumes(self, node: str, raw: list[Any], *, base_dir: Path) -> NodeVolumes:
+        return NodeVolumes(node=node, volumes=parse_volumes(node, raw))
+
+    # -- snapshot ------------------------------------------------------------------------------
+
+    def snapshot(self, volumes: NodeVolumes, tags: Mapping[str, str]) -> list[SnapshotRef]:
+        base = self._base_tags(volumes.node, tags)
+        created: list[SnapshotRef] = []
+        try:
+            for spec in volumes.volumes:
+                if isinstance(spec, InstanceVolumes):
+                    self._snapshot_instance(volumes.node, spec, base, created)
+                elif isinstance(spec, VolumeSpec):
+                    created.append(self._snapshot_volume(volumes.node, spec, base))
+                else:
+                    raise BadInputError(f"node {volumes.node}: not an aws volume entry: {spec!r}",
+                                        hint="pass volumes through validate_volumes first")
+        except Exception:
+            self._roll_back(volumes.node, created, base)
+            raise
+        return created
+
+    def _base_tags(self, node: str, tags: Mapping[str, str]) -> dict[str, str]:
+        if tags.get(TAG_CLUSTER, self.cluster) != self.cluster:
+            raise BadInputError(f"tags name cluster {tags[TAG_CLUSTER]!r} but this provider serves {self.cluster!r}")
+        base = {**self.settings.tags, **tags}
+        base.update({TAG_CLUSTER: self.cluster, TAG_NODE: tags.get(TAG_NODE, node)})
+        base.setdefault(TAG_VERSION, __version__)
+        base.pop(TAG_VOLUME, None)  # set per volume below
+        return base
+
+    def _description(self, node: str, base: Mapping[str, str]) -> str:
+        run = base.get(TAG_RUN)
+        return f"snapctl cluster {self.cluster} node {node}" + (f" run {run}" if run else "")
+
+    def _snapshot_instance(self, node: str, spec: InstanceVolumes, base: dict[str, str], created: list[SnapshotRef]) -> None:
+        request: dict[str, Any] = {
+            "InstanceSpecification": {
+                "InstanceId": spec.instance,
+                "ExcludeBootVolume": spec.exclude_boot,
+                **({"ExcludeDataVolumeIds": list(spec.exclude)} if spec.exclude else {}),
+            },
+            "Description": self._description(node, base),
+            "TagSpecifications": [{"ResourceType": "snapshot", "Tags": aws_tags(base)}],
+        }
+        answer = self.ec2.call("create_snapshots", CREATE, per_volume_retry=True, **request)
+        snapshots = answer.get("Snapshots", [])
+        # Recorded before tagging, so that a failure below rolls these back too.
+        fresh = [ref_from_snapshot(s, node=node, volume=s["VolumeId"], region=self.settings.region,
+                                   tags=base, extra={"instance_id": spec.instance}) for s in snapshots]
+        created.extend(fresh)
+        # AWS honours ExcludeDataVolumeIds, moto ignores it: drop any snapshot of an excluded
+        # volume so the result is right against either.
+        unwanted = [r for r in fresh if r.volume in spec.exclude]
+        for ref in unwanted:
+            self.delete(ref)
+            created.remove(ref)
+        fresh = [r for r in fresh if r not in unwanted]
+        if not fresh:
+            raise ProviderError(
+                f"node {node}: instance {spec.instance} has no volumes left to snapshot",
+                hint="check exclude_boot / exclude in the node's volumes: block",
+            )
+        # One CreateSnapshots call tags every snapshot alike; each still needs its own volume tag.
+        for ref in fresh:
+            self.ec2.call("create_tags", TAG, Resources=[ref.snapshot_id], Tags=aws_tags({TAG_VOLUME: ref.volume}))
+            ref.tags[TAG_VOLUME] = ref.volume
+
+    def _snapshot_volume(self, node: str, spec: VolumeSpec, base: dict[str, str]) -> SnapshotRef:
+        tags = {**base, TAG_VOLUME: spec.name}
+        answer = self.ec2.call(
+            "create_snapshot", CREATE, per_volume_retry=True,
+            VolumeId=spec.volume,
+            Description=self._description(node, base),
+            TagSpecifications=[{"ResourceType": "snapshot", "Tags": aws_tags(tags)}],
+        )
+        return ref_from_snapshot(answer, node=node, volume=spec.name, region=self.settings.region, tags=tags)
+
+    def _roll_back(self, node: str, created: list[SnapshotRef], base: Mapping[str, str]) -> None:
+        """Best effort: delete what this call made, then anything tagged with this run and node
+        (a create whose answer was lost, or one botocore retried after a timeout). Safe because a
+        run snapshots each node in exactly one call."""
+        leftovers = list(created)
+        if base.get(TAG_RUN):
+            try:
+                known = {r.snapshot_id for r in leftovers}
+                leftovers += [r for r in self.find({TAG_RUN: base[TAG_RUN], TAG_NODE: node}) if r.snapshot_id not in known]
+            except Exception as exc:  # the original error matters more than this one
+                log.warning("node %s: could not look for leftover snapshots: %s", node, exc)
+        for ref in leftovers:
+            try:
+                self.delete(ref)
+            except Exception as exc:
+                log.warning("node %s: could not delete snapshot %s after a failed snapshot call: %s",
+                            node, ref.snapshot_id, exc)
+
+    # -- wait ----------------------------------------------------------------------------------
+
+    def wait(self, refs: list[SnapshotRef], deadline: float, progress: ProgressFn | None = None) -> list[SnapshotRef]:
+        current = {r.snapshot_id: r for r in refs}
+        # The first round looks at every snapshot, whatever the refs say: a ref may be stale
+        # (read from a manifest) and the snapshot gone since.
+        pending = list(current)
+        while True:
+            for start in range(0, len(pending), DESCRIBE_BATCH):
+                batch = pending[start:start + DESCRIBE_BATCH]
+                for snapshot in self._describe(batch):
+                    ref = refreshed(current[snapshot["SnapshotId"]], snapshot)
+                    current[ref.snapshot_id] = ref
+                    if progress is not None:
+                        progress(ref)
+            failed = [r for r in current.values() if r.state == STATE_ERROR]
+            if failed:
+                raise ProviderError(
+                    "snapshot failed: " + "; ".join(
+                        f"{r.snapshot_id} (node {r.node}, volume {r.volume}): {r.error or 'no reason given'}" for r in failed
+                    ),
+                    hint="the run is failed; AWS keeps no usable data in a snapshot in error state",
+                )
+            if all(r.state == "completed" for r in current.values()):
+                return [current[r.snapshot_id] for r in refs]
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                still = [r for r in current.values() if r.state != "completed"]
+                raise ProviderError(
+                    f"{len(still)} snapshot(s) still pending at the deadline: "
+                    + ", ".join(f"{r.snapshot_id} ({r.progress if r.progress is not None else '?'}%)" for r in still),
+                    hint="large first snapshots can take hours; raise policy.wait_timeout_s or use --no-wait",
+                )
+            self._sleep(min(self.settings.poll_interval_s, remaining))
+            pending = [i for i, r in current.items() if r.state != "completed"]
+
+    def _describe(self, snapshot_ids: list[str]) -> list[dict[str, Any]]:
+        try:
+            return self.ec2.call("describe_snapshots", DESCRIBE, SnapshotIds=snapshot_ids)["Snapshots"]
+        except SnapshotNotFound as exc:
+            raise SnapshotNotFound(
+                f"a snapshot being waited for no longer exists ({exc.message})",
+                hint="someone deleted it outside snapctl; the run is failed",
+            ) from exc
+
+    # -- delete, find, restore -----------------------------------------------------------------
+
+    def delete(self, ref: SnapshotRef) -> None:
+        try:
+            snapshot = self._describe_one(ref.snapshot_id)
+        except SnapshotNotFound:
+            return
+        tags = {t["Key"]: t["Value"] for t in snapshot.get("Tags", [])}
+        if tags.get(TAG_CLUSTER) != self.cluster:
+            raise ProviderError(
+                f"refusing to delete snapshot {ref.snapshot_id}: it lacks tag {TAG_CLUSTER}={self.cluster}"
+                + (f" (it belongs to cluster {tags[TAG_CLUSTER]!r})" if TAG_CLUSTER in tags else ""),
+                hint="snapctl only deletes snapshots it made for this cluster",
+            )
+        try:
+            self.ec2.call("delete_snapshot", DELETE, SnapshotId=ref.snapshot_id)
+        except SnapshotNotFound:
+            return
+
+    def _describe_one(self, snapshot_id: str) -> dict[str, Any]:
+        found = self.ec2.call("describe_snapshots", DESCRIBE, SnapshotIds=[snapshot_id]).get("Snapshots", [])
+        if not found:
+            raise SnapshotNotFound(f"snapshot {snapshot_id} not found")
+        return found[0]
+
+    def find(self, tags: Mapping[str, str]) -> list[SnapshotRef]:
+        if tags.get(TAG_CLUSTER, self.cluster) != self.cluster:
+            raise BadInputError(f"find is scoped to cluster {self.cluster!r}, not {tags[TAG_CLUSTER]!r}")
+        wanted = {**tags, TAG_CLUSTER: self.cluster}
+        snapshots = self.ec2.pages(
+            "describe_snapshots", DESCRIBE, "Snapshots", OwnerIds=["self"], Filters=tag_filters(wanted), MaxResults=1000,
+        )
+        refs = []
+        for snapshot in snapshots:
+            snap_tags = {t["Key"]: t["Value"] for t in snapshot.get("Tags", [])}
+            refs.append(ref_from_snapshot(snapshot, node=snap_tags.get(TAG_NODE, ""),
+                                          volume=snap_tags.get(TAG_VOLUME, snapshot.get("VolumeId", "")),
+                                          region=self.settings.region))
+        return sorted(refs, key=lambda r: (r.created_at or "", r.node, r.volume, r.snapshot_id))
+
+    def restore(self, ref: SnapshotRef, target: RestoreTarget) -> str:
+        snapshot = self._describe_one(ref.snapshot_id)
+        return restore_volume(self, snapshot, ref.volume, target)

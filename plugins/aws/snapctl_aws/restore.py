@@ -1,0 +1,91 @@
+"""A new EBS volume from a snapshot, in a chosen zone, optionally attached to an instance."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from snapctl.errors import BadInputError, ProviderError
+from snapctl.providers import TAG_CLUSTER, RestoreTarget
+from snapctl_aws.client import DELETE, DESCRIBE, VOLUME
+from snapctl_aws.snapshots import aws_tags
+
+if TYPE_CHECKING:
+    from snapctl_aws.provider import AwsProvider
+
+log = logging.getLogger(__name__)
+
+TAG_RESTORED_FROM = "snapctl-restored-from"
+# Volume options an operator may pass in RestoreTarget.extra, with the CreateVolume parameter each sets.
+VOLUME_OPTIONS = {"volume_type": "VolumeType", "iops": "Iops", "throughput": "Throughput", "kms_key_id": "KmsKeyId"}
+
+
+def restore_volume(provider: AwsProvider, snapshot: dict[str, Any], volume: str, target: RestoreTarget) -> str:
+    """``volume`` is the snapshot's volume name, which picks its device from ``extra["devices"]``."""
+    snapshot_id = snapshot["SnapshotId"]
+    if not target.zone:
+        raise BadInputError(f"restoring {snapshot_id} needs an availability zone", hint="set restore.zone, e.g. us-east-1a")
+    unknown = set(target.extra) - set(VOLUME_OPTIONS) - {"devices"}
+    if unknown:
+        raise BadInputError(f"unknown restore option(s) for aws: {', '.join(sorted(unknown))}",
+                            hint=f"valid: devices, {', '.join(VOLUME_OPTIONS)}")
+    # A node's volumes go to one instance at distinct devices: `device` for one, `devices` per volume.
+    device = target.device or (target.extra.get("devices") or {}).get(volume)
+    if target.instance and not device:
+        raise BadInputError(f"attaching the restored volume {volume} to {target.instance} needs a device name",
+                            hint="set restore.device (one volume) or restore.devices: {volume: /dev/sdf, ...}")
+    if snapshot.get("State") != "completed":
+        raise ProviderError(f"snapshot {snapshot_id} is {snapshot.get('State')}, not completed; it cannot be restored yet")
+
+    # The snapshot's tags travel with the volume (minus AWS-reserved keys, which cannot be set),
+    # so a restored volume is traceable to its cluster, run and node.
+    tags = {t["Key"]: t["Value"] for t in snapshot.get("Tags", []) if not t["Key"].lower().startswith("aws:")}
+    tags[TAG_RESTORED_FROM] = snapshot_id
+    if target.name:
+        tags["Name"] = target.name
+    options = {VOLUME_OPTIONS[key]: value for key, value in target.extra.items() if key in VOLUME_OPTIONS}
+    ec2 = provider.ec2
+    volume_id = ec2.call(
+        "create_volume", VOLUME,
+        SnapshotId=snapshot_id, AvailabilityZone=target.zone,
+        TagSpecifications=[{"ResourceType": "volume", "Tags": aws_tags(tags)}], **options,
+    )["VolumeId"]
+    try:
+        _wait_volume(provider, volume_id, lambda v: v["State"] == "available", "available")
+        if target.instance:
+            ec2.call("attach_volume", VOLUME, VolumeId=volume_id, InstanceId=target.instance, Device=device)
+            _wait_volume(provider, volume_id, _attached_to(target.instance), f"attached to {target.instance}")
+    except Exception:
+        _discard(provider, volume_id, tags.get(TAG_CLUSTER))
+        raise
+    return volume_id
+
+
+def _attached_to(instance: str):
+    def check(volume: dict[str, Any]) -> bool:
+        return any(a.get("InstanceId") == instance and a.get("State") == "attached" for a in volume.get("Attachments", []))
+
+    return check
+
+
+def _wait_volume(provider: AwsProvider, volume_id: str, done, what: str) -> None:
+    deadline = provider._clock() + provider.settings.restore_timeout_s
+    while True:
+        volume = provider.ec2.call("describe_volumes", DESCRIBE, VolumeIds=[volume_id])["Volumes"][0]
+        if volume.get("State") == "error":
+            raise ProviderError(f"restored volume {volume_id} went into error state")
+        if done(volume):
+            return
+        remaining = deadline - provider._clock()
+        if remaining <= 0:
+            raise ProviderError(f"restored volume {volume_id} is not {what} after {provider.settings.restore_timeout_s:.0f}s",
+                                hint="raise the provider's restore_timeout_s")
+        provider._sleep(min(provider.settings.poll_interval_s, remaining))
+
+
+def _discard(provider: AwsProvider, volume_id: str, cluster: str | None) -> None:
+    """A volume half-restored is only a cost; remove it so a retry starts clean."""
+    try:
+        provider.ec2.call("delete_volume", DELETE, VolumeId=volume_id)
+    except Exception as exc:
+        log.warning("could not delete half-restored volume %s (cluster %s): %s", volume_id, cluster, exc)

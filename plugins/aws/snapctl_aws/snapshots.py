@@ -1,0 +1,85 @@
+"""EC2 snapshot dicts to and from ``SnapshotRef``, and tag shapes."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from snapctl.providers import SnapshotRef, SnapshotState
+
+STATE_ERROR = "error"
+# recoverable / recovering: AWS is retrying the upload by itself, so the snapshot is not done
+# and not failed yet.
+_STATES: dict[str, SnapshotState] = {
+    "pending": "pending",
+    "recoverable": "pending",
+    "recovering": "pending",
+    "completed": "completed",
+    "error": "error",
+}
+_PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%?\s*$")
+
+
+def aws_tags(tags: Mapping[str, str]) -> list[dict[str, str]]:
+    return [{"Key": key, "Value": value} for key, value in tags.items()]
+
+
+def tag_filters(tags: Mapping[str, str]) -> list[dict[str, Any]]:
+    return [{"Name": f"tag:{key}", "Values": [value]} for key, value in sorted(tags.items())]
+
+
+def state_of(snapshot: Mapping[str, Any]) -> SnapshotState:
+    # An unknown future state is safer read as "not done yet" than as done or failed.
+    return _STATES.get(str(snapshot.get("State", "pending")), "pending")
+
+
+def progress_of(snapshot: Mapping[str, Any]) -> float | None:
+    match = _PERCENT.match(str(snapshot.get("Progress") or ""))
+    return min(100.0, float(match.group(1))) if match else None
+
+
+def _created_at(snapshot: Mapping[str, Any]) -> str | None:
+    start = snapshot.get("StartTime")
+    if isinstance(start, datetime):
+        return start.isoformat()
+    return str(start) if start else None
+
+
+def ref_from_snapshot(
+    snapshot: Mapping[str, Any], *, node: str, volume: str, region: str,
+    tags: Mapping[str, str] | None = None, extra: Mapping[str, Any] | None = None,
+) -> SnapshotRef:
+    """A ref for one EC2 snapshot (a CreateSnapshot answer or a DescribeSnapshots item);
+    ``tags`` are the ones the create call sent, in case the answer omits them."""
+    state = state_of(snapshot)
+    details: dict[str, Any] = {"region": region, "volume_id": snapshot.get("VolumeId")}
+    if snapshot.get("VolumeSize") is not None:
+        details["volume_size_gib"] = snapshot["VolumeSize"]
+    details.update(extra or {})
+    return SnapshotRef(
+        provider="aws",
+        snapshot_id=snapshot["SnapshotId"],
+        node=node,
+        volume=volume,
+        state=state,
+        progress=progress_of(snapshot),
+        created_at=_created_at(snapshot),
+        tags={**(tags or {}), **{t["Key"]: t["Value"] for t in snapshot.get("Tags", [])}},
+        error=(snapshot.get("StateMessage") or "snapshot is in error state") if state == STATE_ERROR else None,
+        extra=details,
+    )
+
+
+def refreshed(ref: SnapshotRef, snapshot: Mapping[str, Any]) -> SnapshotRef:
+    """``ref`` updated with a newer DescribeSnapshots answer for the same snapshot."""
+    state = state_of(snapshot)
+    update: dict[str, Any] = {"state": state, "progress": progress_of(snapshot)}
+    if state == "completed":
+        update["progress"] = 100.0
+    if state == STATE_ERROR:
+        update["error"] = snapshot.get("StateMessage") or "snapshot is in error state"
+    if snapshot.get("Tags"):
+        update["tags"] = {t["Key"]: t["Value"] for t in snapshot["Tags"]}
+    return ref.model_copy(update=update)

@@ -1,0 +1,53 @@
+"""EC2 error answers injected in front of moto through botocore's ``before-send`` event.
+
+A ``before-send`` handler that returns a response short-circuits the HTTP call; botocore then
+parses it exactly like a real EC2 error (and its retry handler sees it the same way).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class _Body:
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def stream(self, **_: Any):
+        yield self._data
+
+
+def ec2_error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Any:
+    """An EC2 query-protocol error response, as the real service sends it."""
+    from botocore.awsrequest import AWSResponse
+
+    body = (
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
+        f"<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors>"
+        "<RequestID>00000000-0000-0000-0000-000000000000</RequestID></Response>"
+    ).encode()
+    return AWSResponse("https://ec2.amazonaws.com/", status, {"Content-Type": "text/xml", **(headers or {})}, _Body(body))
+
+
+class FailFirst:
+    """Answer the first ``times`` calls of an operation with an error, then let calls through."""
+
+    def __init__(self, times: int, status: int, code: str, message: str = "injected", headers: dict[str, str] | None = None):
+        self.times = times
+        self.status, self.code, self.message, self.headers = status, code, message, headers
+        self.calls = 0
+
+    def __call__(self, **_: Any) -> Any:
+        self.calls += 1
+        if self.calls <= self.times:
+            return ec2_error(self.status, self.code, self.message, self.headers)
+        return None
+
+
+def inject(provider: Any, operation: str, fault: FailFirst) -> FailFirst:
+    provider.client.meta.events.register(f"before-send.ec2.{operation}", fault)
+    return fault
+
+
+def throttle(times: int) -> FailFirst:
+    return FailFirst(times, 503, "RequestLimitExceeded", "Request limit exceeded.")

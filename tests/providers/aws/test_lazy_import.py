@@ -1,0 +1,39 @@
+"""Loading snapctl, its provider registry and this plugin must not import boto3 (or botocore)."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+CHECK = textwrap.dedent("""
+    import importlib, sys
+    from pathlib import Path
+    importlib.import_module({module!r})
+    from snapctl.providers import create_provider
+    provider = create_provider({{"type": "aws", "region": "eu-west-1"}}, cluster="c", base_dir=Path("."))
+    provider.validate_volumes("n1", [{{"instance": "i-0123456789abcdef0"}}], base_dir=Path("."))
+    loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("boto3", "botocore", "s3transfer"))
+    print(",".join(loaded))
+""")
+
+
+@pytest.mark.parametrize("module", ["snapctl.providers", "snapctl_aws", "snapctl.cli"])
+def test_loading_the_plugin_does_not_import_the_sdk(module):
+    if importlib.util.find_spec(module) is None:
+        pytest.skip(f"{module} is not in the tree yet")
+    result = subprocess.run([sys.executable, "-c", CHECK.format(module=module)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""
+
+
+def test_the_sdk_is_imported_on_first_use():
+    check = CHECK.format(module="snapctl_aws").replace("loaded = ", "provider.client\nloaded = ")
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60,
+                            env={"PATH": "/usr/bin:/bin", "AWS_EC2_METADATA_DISABLED": "true"})
+    assert result.returncode == 0, result.stderr
+    assert "boto3" in result.stdout.split(",")

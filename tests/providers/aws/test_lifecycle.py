@@ -1,0 +1,195 @@
+"""wait, find, delete and restore against moto over HTTP; snapshot states are set in moto's backend."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from snapctl.errors import BadInputError, ProviderError, SnapshotNotFound
+from snapctl.providers import TAG_CLUSTER, TAG_NODE, TAG_RUN, RestoreTarget, snapshot_tags
+from tests.providers.aws.conftest import CLUSTER, ZONE
+from tests.providers.aws.faults import FailFirst, inject
+
+
+def take(provider, volume_ids, run="run-1", node="n1"):
+    volumes = provider.validate_volumes(node, [{"volume": v} for v in volume_ids], base_dir=Path("."))
+    return provider.snapshot(volumes, snapshot_tags(provider.cluster, run, node))
+
+
+def set_state(moto, snapshot_id, status, progress=None, message=None):
+    snapshot = moto.ec2_backend().snapshots[snapshot_id]
+    snapshot.status = status
+    if progress is not None:
+        snapshot.Progress = progress  # moto serializes this attribute before its fixed "100%"
+    if message is not None:
+        snapshot.state_message = message
+
+
+def test_wait_follows_pending_to_completed_reporting_progress(provider, moto, ec2, volume):
+    second = ec2.create_volume(Size=4, AvailabilityZone=ZONE)["VolumeId"]
+    refs = take(provider, [volume, second])
+    for ref in refs:
+        set_state(moto, ref.snapshot_id, "pending", "37%")
+    seen = []
+
+    def progress(ref):
+        seen.append((ref.snapshot_id, ref.state, ref.progress))
+        if ref.state == "pending":  # the upload finishes after the first look
+            set_state(moto, ref.snapshot_id, "completed", "100%")
+
+    done = provider.wait(refs, time.monotonic() + 30, progress)
+
+    assert [r.snapshot_id for r in done] == [r.snapshot_id for r in refs]
+    assert all(r.state == "completed" and r.progress == 100.0 for r in done)
+    assert (refs[0].snapshot_id, "pending", 37.0) in seen
+    assert (refs[0].snapshot_id, "completed", 100.0) in seen
+
+
+def test_recovering_counts_as_pending(provider, moto, volume):
+    [ref] = take(provider, [volume])
+    set_state(moto, ref.snapshot_id, "recovering", "80%")
+    states = []
+
+    def progress(r):
+        states.append(r.state)
+        set_state(moto, r.snapshot_id, "completed")
+
+    [done] = provider.wait([ref], time.monotonic() + 30, progress)
+    assert states[0] == "pending" and done.state == "completed"
+
+
+def test_a_snapshot_in_error_fails_wait_with_the_clouds_message(provider, moto, volume):
+    [ref] = take(provider, [volume])
+    set_state(moto, ref.snapshot_id, "error", message="Snapshot creation failed: internal error")
+
+    with pytest.raises(ProviderError, match="Snapshot creation failed: internal error") as caught:
+        provider.wait([ref], time.monotonic() + 30)
+
+    assert ref.snapshot_id in caught.value.message and "node n1" in caught.value.message
+
+
+def test_wait_gives_up_at_the_deadline(provider, moto, volume):
+    [ref] = take(provider, [volume])
+    set_state(moto, ref.snapshot_id, "pending", "5%")
+
+    with pytest.raises(ProviderError, match=r"still pending at the deadline: .*5\.0%"):
+        provider.wait([ref], time.monotonic() + 0.05)
+
+
+def test_wait_reports_a_snapshot_deleted_underneath(provider, ec2, moto, volume):
+    [ref] = take(provider, [volume])
+    set_state(moto, ref.snapshot_id, "pending")
+    ec2.delete_snapshot(SnapshotId=ref.snapshot_id)
+
+    with pytest.raises(SnapshotNotFound, match="no longer exists"):
+        provider.wait([ref], time.monotonic() + 30)
+
+
+def test_find_returns_this_clusters_snapshots_matching_the_tags(make_provider, ec2, volume):
+    mine = make_provider()
+    other = make_provider(cluster="staging")
+    first = take(mine, [volume], run="run-1")
+    second = take(mine, [volume], run="run-2", node="n2")
+    take(other, [volume], run="run-1")
+    ec2.create_snapshot(VolumeId=volume)  # untagged: never ours
+
+    assert {r.snapshot_id for r in mine.find({})} == {r.snapshot_id for r in first + second}
+    [found] = mine.find({TAG_RUN: "run-2"})
+    assert found.snapshot_id == second[0].snapshot_id
+    assert (found.node, found.volume, found.state) == ("n2", volume, "completed")
+    assert found.tags[TAG_CLUSTER] == CLUSTER and found.tags[TAG_NODE] == "n2"
+    assert mine.find({TAG_RUN: "run-9"}) == []
+    with pytest.raises(BadInputError):
+        mine.find({TAG_CLUSTER: "staging"})
+
+
+def test_delete_removes_the_snapshot_and_not_found_counts_as_done(provider, ec2, volume):
+    [ref] = take(provider, [volume])
+
+    provider.delete(ref)
+    provider.delete(ref)  # already gone: done
+
+    assert ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"] == []
+
+
+def test_delete_refuses_a_snapshot_without_this_clusters_tag(make_provider, provider, ec2, volume):
+    [foreign] = take(make_provider(cluster="staging"), [volume])
+    untagged = ec2.create_snapshot(VolumeId=volume)["SnapshotId"]
+
+    with pytest.raises(ProviderError, match="refusing to delete .*belongs to cluster 'staging'"):
+        provider.delete(foreign)
+    with pytest.raises(ProviderError, match=f"refusing to delete snapshot {untagged}"):
+        provider.delete(foreign.model_copy(update={"snapshot_id": untagged}))
+
+    remaining = {s["SnapshotId"] for s in ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]}
+    assert remaining == {foreign.snapshot_id, untagged}
+
+
+def test_delete_without_permission_names_the_permission(provider, volume):
+    [ref] = take(provider, [volume])
+    inject(provider, "DeleteSnapshot", FailFirst(1, 403, "UnauthorizedOperation", "You are not authorized."))
+
+    with pytest.raises(ProviderError, match="lack ec2:DeleteSnapshot"):
+        provider.delete(ref)
+
+
+def test_restore_creates_a_volume_in_the_zone_and_attaches_it(provider, ec2, machine, volume):
+    [ref] = take(provider, [volume])
+    target = RestoreTarget(zone=ZONE, instance=machine.instance, device="/dev/sdh", name="n1-restored")
+
+    restored = provider.restore(ref, target)
+
+    [described] = ec2.describe_volumes(VolumeIds=[restored])["Volumes"]
+    assert described["SnapshotId"] == ref.snapshot_id
+    assert described["AvailabilityZone"] == ZONE
+    assert [(a["InstanceId"], a["Device"]) for a in described["Attachments"]] == [(machine.instance, "/dev/sdh")]
+    tags = {t["Key"]: t["Value"] for t in described["Tags"]}
+    assert tags["snapctl-restored-from"] == ref.snapshot_id
+    assert tags[TAG_CLUSTER] == CLUSTER and tags["Name"] == "n1-restored"
+
+
+def test_restore_without_an_instance_leaves_the_volume_available(provider, ec2, volume):
+    [ref] = take(provider, [volume])
+
+    restored = provider.restore(ref, RestoreTarget(zone="us-east-1b", extra={"volume_type": "gp3"}))
+
+    [described] = ec2.describe_volumes(VolumeIds=[restored])["Volumes"]
+    assert (described["State"], described["AvailabilityZone"], described["VolumeType"]) == ("available", "us-east-1b", "gp3")
+    assert described.get("Attachments", []) == []
+
+
+def test_restore_picks_each_volumes_device_from_devices(provider, ec2, machine, volume):
+    second = ec2.create_volume(Size=4, AvailabilityZone=ZONE)["VolumeId"]
+    volumes = provider.validate_volumes("n1", [{"volume": volume, "name": "data"}, {"volume": second, "name": "wal"}],
+                                        base_dir=Path("."))
+    refs = provider.snapshot(volumes, snapshot_tags(CLUSTER, "run-1", "n1"))
+    target = RestoreTarget(zone=ZONE, instance=machine.instance, extra={"devices": {"data": "/dev/sdh", "wal": "/dev/sdi"}})
+
+    restored = {ref.volume: provider.restore(ref, target) for ref in refs}
+
+    attached = {v["VolumeId"]: v["Attachments"][0]["Device"] for v in ec2.describe_volumes(VolumeIds=list(restored.values()))["Volumes"]}
+    assert {name: attached[vid] for name, vid in restored.items()} == {"data": "/dev/sdh", "wal": "/dev/sdi"}
+
+
+@pytest.mark.parametrize("target, problem", [
+    (RestoreTarget(), "availability zone"),
+    (RestoreTarget(zone=ZONE, instance="i-0123456789abcdef0"), "device"),
+    (RestoreTarget(zone=ZONE, instance="i-0123456789abcdef0", extra={"devices": {"wal": "/dev/sdf"}}), "device"),
+    (RestoreTarget(zone=ZONE, extra={"size": 5}), "unknown restore option"),
+])
+def test_restore_refuses_an_incomplete_target(provider, volume, target, problem):
+    [ref] = take(provider, [volume])
+    with pytest.raises(BadInputError, match=problem):
+        provider.restore(ref, target)
+
+
+def test_a_failed_attach_deletes_the_new_volume(provider, ec2, volume):
+    [ref] = take(provider, [volume])
+    before = {v["VolumeId"] for v in ec2.describe_volumes()["Volumes"]}
+
+    with pytest.raises(ProviderError, match="InvalidInstanceID.NotFound"):
+        provider.restore(ref, RestoreTarget(zone=ZONE, instance="i-0123456789abcdef0", device="/dev/sdh"))
+
+    assert {v["VolumeId"] for v in ec2.describe_volumes()["Volumes"]} == before

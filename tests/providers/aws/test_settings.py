@@ -1,0 +1,102 @@
+"""The provider block and the volumes block: what is accepted and what each refusal says."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from snapctl.errors import BadInputError, ProviderError
+from snapctl.providers import create_provider
+from snapctl_aws import InstanceVolumes, VolumeSpec
+
+INSTANCE = "i-0123456789abcdef0"
+VOL_A = "vol-0123456789abcdef0"
+VOL_B = "vol-0123456789abcdef1"
+
+
+def make(**raw):
+    return create_provider({"type": "aws", "region": "eu-west-1", **raw}, cluster="c", base_dir=Path("."))
+
+
+def test_defaults_follow_ec2s_published_limits():
+    provider = make()
+    s = provider.settings
+    assert (s.create_rate, s.create_burst, s.delete_rate, s.delete_burst) == (5, 100, 5, 100)
+    assert (s.describe_rate, s.tag_rate, s.volume_rate, s.per_volume_retry_wait_s) == (20, 10, 5, 15)
+    caps = provider.capabilities
+    assert caps.crash_consistent_group and caps.incremental and not caps.instant
+    assert (caps.max_creates_per_s, caps.create_burst) == (5, 100)
+
+
+@pytest.mark.parametrize("raw, problem", [
+    ({"region": "Europe"}, "region"),
+    ({"access_key": "AKIA..."}, "unknown key"),
+    ({"tags": {"aws:owner": "x"}}, "reserved"),
+    ({"tags": {"snapctl-run": "x"}}, "set by snapctl"),
+    ({"create_rate": 0}, "create_rate"),
+    ({"endpoint_url": "localhost:5000"}, "endpoint_url"),
+])
+def test_bad_provider_blocks_are_refused_naming_the_field(raw, problem):
+    with pytest.raises(BadInputError, match=problem):
+        make(**raw)
+
+
+def test_instance_and_volume_entries_validate():
+    provider = make()
+    [entry] = provider.validate_volumes("n1", [{"instance": INSTANCE, "exclude": [VOL_A]}], base_dir=Path(".")).volumes
+    assert entry == InstanceVolumes(instance=INSTANCE, exclude_boot=True, exclude=(VOL_A,))
+    listed = provider.validate_volumes("n1", [{"volume": VOL_A, "name": "data"}, {"volume": VOL_B}], base_dir=Path("."))
+    assert listed.volumes == [VolumeSpec(volume=VOL_A, name="data"), VolumeSpec(volume=VOL_B, name=VOL_B)]
+
+
+@pytest.mark.parametrize("raw, problem", [
+    ([], "no volumes"),
+    ([{"instance": "i-123"}], "not an EC2 instance id"),
+    ([{"volume": "/dev/sdf"}], "not an EBS volume id"),
+    ([{"instance": INSTANCE, "exclude": ["sdf"]}], "not an EBS volume id"),
+    ([{"volume": VOL_A, "size": 5}], "unknown key 'size'"),
+    ([{"instance": INSTANCE, "volume": VOL_A}], "either 'instance' or 'volume'"),
+    ([{"instance": INSTANCE}, {"volume": VOL_A}], "only volumes entry"),
+    ([{"volume": VOL_A}, {"volume": VOL_A}], "listed twice"),
+    ([{"volume": VOL_A, "name": "d"}, {"volume": VOL_B, "name": "d"}], "used twice"),
+])
+def test_bad_volume_entries_name_the_node_and_the_problem(raw, problem):
+    with pytest.raises(BadInputError, match=problem) as caught:
+        make().validate_volumes("db-3", raw, base_dir=Path("."))
+    assert "node db-3" in caught.value.message
+
+
+def test_missing_credentials_say_where_boto3_looks(monkeypatch, tmp_path):
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.delenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", raising=False)
+    monkeypatch.delenv("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", raising=False)
+    provider = make(endpoint_url="http://127.0.0.1:9")  # never reached: signing fails first
+
+    with pytest.raises(ProviderError, match="no usable credentials") as caught:
+        provider.find({})
+    assert "environment" in caught.value.hint and "role" in caught.value.hint
+
+
+def test_an_unknown_profile_is_reported(monkeypatch, tmp_path):
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    with pytest.raises(ProviderError, match="profile") as caught:
+        make(profile="nope").find({})
+    assert "profile" in caught.value.hint
+
+
+def test_the_documented_inventory_block_is_valid():
+    import re
+
+    from snapctl.config import parse_inventory
+
+    doc = (Path(__file__).parents[3] / "docs" / "providers" / "aws.md").read_text()
+    block = re.search(r"```yaml\n(.*?)```", doc, re.S).group(1)
+    inventory = parse_inventory("cluster: docs\n" + block)
+    provider = create_provider(inventory.provider, cluster="docs", base_dir=Path("."))
+    for node in inventory.nodes:
+        assert provider.validate_volumes(node.name, node.volumes, base_dir=Path(".")).volumes
