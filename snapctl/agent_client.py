@@ -6,17 +6,44 @@ subclasses naming the node; secrets (the token) never appear in messages.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+import asyncio
+import contextlib
+import functools
+import os
+import ssl
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from node_agent.models import (
     AgentStatus,
     CompleteResponse,
+    ErrorBody,
     Health,
     LeaseInfo,
     PrepareResponse,
     TriggerResponse,
     VerifyFacts,
 )
+from snapctl.config import Inventory
+from snapctl.errors import (
+    AgentConflict,
+    AgentError,
+    AgentUnauthorized,
+    AgentUnreachable,
+    BadInputError,
+    EngineBusy,
+    EngineError,
+    InventoryError,
+    LeaseConflict,
+    SnapctlError,
+)
+
+if TYPE_CHECKING:
+    import httpx  # imported when the first HTTP client is built: `snapctl --help` stays fast
+
+T = TypeVar("T")
 
 
 @runtime_checkable
@@ -44,3 +71,259 @@ class AgentClient(Protocol):
     async def verify(self) -> VerifyFacts: ...
 
     async def aclose(self) -> None: ...
+
+
+# ---- HTTP -----------------------------------------------------------------------------------
+
+_UNREACHABLE_HINT = "is snapctl-agent running there, and listening on that address?"
+_TOKEN_HINT = "set auth.token_file in the inventory (or ${env}) to the token the agent was started with"
+
+
+class HttpAgentClient:
+    """An agent over HTTP(S). ``http`` is shared by every node (one pool); this client never closes it."""
+
+    def __init__(self, node: str, base_url: str, http: httpx.AsyncClient, *, token: str | None,
+                 timeout_s: float, token_env: str | None = None, client_cert: bool = False) -> None:
+        self.node = node
+        self.base_url = base_url.rstrip("/")
+        self._http = http
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._timeout_s = timeout_s
+        self._token_env = token_env or "SNAPCTL_AGENT_TOKEN"
+        self._unreachable_hint = _UNREACHABLE_HINT
+        if self.base_url.startswith("https:") and not client_cert:
+            # An mTLS agent drops a client without a certificate after the handshake: it looks like a dead agent.
+            self._unreachable_hint += (
+                " If it requires client certificates (mTLS), set auth.client_cert_file and client_key_file."
+            )
+
+    async def health(self) -> Health:
+        return Health.model_validate(await self._call("GET", "/v1/health"))
+
+    async def status(self) -> AgentStatus:
+        return AgentStatus.model_validate(await self._call("GET", "/v1/status"))
+
+    async def prepare(self, run_id: str, lease_s: float) -> PrepareResponse:
+        body = await self._call("POST", "/v1/prepare", {"run_id": run_id, "lease_s": lease_s})
+        return PrepareResponse.model_validate(body)
+
+    async def renew(self, run_id: str, lease_s: float | None = None) -> LeaseInfo:
+        return LeaseInfo.model_validate(await self._call("POST", "/v1/renew", {"run_id": run_id, "lease_s": lease_s}))
+
+    async def complete(self, run_id: str) -> CompleteResponse:
+        return CompleteResponse.model_validate(await self._call("POST", "/v1/complete", {"run_id": run_id}))
+
+    async def trigger(self, target: str | None = None) -> TriggerResponse:
+        return TriggerResponse.model_validate(await self._call("POST", "/v1/trigger", {"target": target}))
+
+    async def restore_prepare(self, path: str | None = None) -> None:
+        await self._call("POST", "/v1/restore-prepare", {"path": path})
+
+    async def verify(self) -> VerifyFacts:
+        return VerifyFacts.model_validate(await self._call("POST", "/v1/verify"))
+
+    async def aclose(self) -> None:
+        """Nothing to do: the shared pool is closed by whoever opened it (``open_agents``)."""
+
+    async def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        import httpx
+
+        url = self.base_url + path
+        try:
+            response = await self._http.request(method, url, json=body, headers=self._headers, timeout=self._timeout_s)
+        except httpx.TimeoutException as exc:
+            raise AgentUnreachable(
+                self.node, f"no answer from the agent at {self.base_url} within {self._timeout_s:g}s ({path})",
+                hint=self._unreachable_hint,
+            ) from exc
+        except httpx.TransportError as exc:
+            raise self._transport_error(exc) from exc
+        if response.status_code == 204:
+            return None
+        error = _error_body(response)
+        if response.is_success:
+            try:
+                return response.json()
+            except ValueError as exc:
+                raise AgentError(self.node, f"the agent at {self.base_url} answered {path} with a non-JSON body",
+                                 status=response.status_code) from exc
+        status = response.status_code
+        message = error.error if error else f"HTTP {status} from {self.base_url}{path}"
+        hint = error.hint if error else None
+        if status in (401, 403):
+            raise AgentUnauthorized(self.node, f"the agent at {self.base_url} refused us: {message}", status=status,
+                                    hint=_TOKEN_HINT.format(env="$" + self._token_env))
+        if status == 409:
+            raise AgentConflict(self.node, message, status=status, hint=hint, holder=error.holder if error else None)
+        raise AgentError(self.node, message, status=status, hint=hint)
+
+    def _transport_error(self, exc: httpx.TransportError) -> AgentError:
+        reason = str(exc) or type(exc).__name__
+        if "CERTIFICATE_VERIFY_FAILED" in reason or "certificate" in reason.lower():
+            return AgentUnreachable(self.node, f"tls with the agent at {self.base_url} failed: {reason}",
+                                    hint="point auth.ca_file at the CA that signed the agent's certificate")
+        return AgentUnreachable(self.node, f"cannot reach the agent at {self.base_url}: {reason}",
+                                hint=self._unreachable_hint)
+
+
+def _error_body(response: httpx.Response) -> ErrorBody | None:
+    if response.is_success:
+        return None
+    try:
+        return ErrorBody.model_validate(response.json())
+    except ValueError:
+        return None
+
+
+# ---- in-process -----------------------------------------------------------------------------
+
+
+class EmbeddedAgentClient:
+    """An ``AgentService`` in this process (``agent: embedded``): same errors as over HTTP."""
+
+    def __init__(self, node: str, service: Any, *, executor: Executor | None = None) -> None:
+        self.node = node
+        self.service = service  # node_agent.service.AgentService; not imported here to keep the CLI light
+        self._executor = executor
+
+    async def health(self) -> Health:
+        return self.service.health()
+
+    async def status(self) -> AgentStatus:
+        return await self._call(self.service.status)
+
+    async def prepare(self, run_id: str, lease_s: float) -> PrepareResponse:
+        return await self._call(self.service.prepare, run_id, lease_s)
+
+    async def renew(self, run_id: str, lease_s: float | None = None) -> LeaseInfo:
+        return await self._call(self.service.renew, run_id, lease_s)
+
+    async def complete(self, run_id: str) -> CompleteResponse:
+        return await self._call(self.service.complete, run_id)
+
+    async def trigger(self, target: str | None = None) -> TriggerResponse:
+        return await self._call(self.service.trigger, target)
+
+    async def restore_prepare(self, path: str | None = None) -> None:
+        await self._call(self.service.restore_prepare, path)
+
+    async def verify(self) -> VerifyFacts:
+        return await self._call(self.service.verify)
+
+    async def aclose(self) -> None:
+        await self._call(self.service.close)
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            if self._executor is None:
+                return await asyncio.to_thread(fn, *args)
+            return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args))
+        except (LeaseConflict, EngineBusy) as exc:
+            raise AgentConflict(self.node, exc.message, status=409, hint=exc.hint,
+                                holder=getattr(exc, "holder", None)) from exc
+        except BadInputError as exc:
+            raise AgentError(self.node, exc.message, status=400, hint=exc.hint) from exc
+        except EngineError as exc:
+            raise AgentError(self.node, exc.message, status=502, hint=exc.hint) from exc
+        except SnapctlError as exc:
+            raise AgentError(self.node, exc.message, status=500, hint=exc.hint) from exc
+        except TimeoutError as exc:
+            raise AgentUnreachable(self.node, f"the embedded engine did not answer in time: {exc}") from exc
+        except Exception as exc:
+            raise AgentError(self.node, f"embedded agent failed: {type(exc).__name__}: {exc}", status=500) from exc
+
+
+# ---- the whole inventory ----------------------------------------------------------------------
+
+# Embedded engines run in threads; more than this many at once only adds contention.
+_MAX_EMBEDDED_THREADS = 64
+
+
+@asynccontextmanager
+async def open_agents(inventory: Inventory) -> AsyncIterator[dict[str, AgentClient]]:
+    """A client for every node of ``inventory``, sharing one connection pool sized to the cluster.
+    On exit everything is closed; embedded agents complete whatever they still hold."""
+    remote = [n for n in inventory.nodes if n.agent != "embedded"]
+    embedded = [n for n in inventory.nodes if n.agent == "embedded"]
+    timeout_s = inventory.policy.agent_timeout_s
+    clients: dict[str, AgentClient] = {}
+    services: list[EmbeddedAgentClient] = []
+    http: httpx.AsyncClient | None = None
+    executor = ThreadPoolExecutor(min(len(embedded), _MAX_EMBEDDED_THREADS), thread_name_prefix="embedded-agent") \
+        if embedded else None
+    try:
+        if remote:
+            token = load_agent_token(inventory)
+            http = _http_client(inventory, len(remote))
+            for node in remote:
+                clients[node.name] = HttpAgentClient(node.name, node.agent, http, token=token, timeout_s=timeout_s,
+                                                     token_env=inventory.auth.token_env,
+                                                     client_cert=bool(inventory.auth.client_cert_file))
+        if embedded:
+            from node_agent.engines.base import create_engine
+            from node_agent.service import AgentService
+
+            for node in embedded:
+                engine = create_engine(node.engine, base_dir=inventory.base_dir)
+                client = EmbeddedAgentClient(node.name, AgentService(node.name, engine), executor=executor)
+                services.append(client)
+                clients[node.name] = client
+        yield {node.name: clients[node.name] for node in inventory.nodes if node.name in clients}
+    finally:
+        try:
+            await asyncio.gather(*(c.aclose() for c in services), return_exceptions=True)
+        finally:
+            if http is not None:
+                await http.aclose()
+            if executor is not None:
+                executor.shutdown(wait=True)
+
+
+def load_agent_token(inventory: Inventory) -> str | None:
+    """The bearer token for agents: ``auth.token_file`` (relative to the inventory), else ``$auth.token_env``."""
+    auth = inventory.auth
+    if auth.token_file:
+        file = inventory.resolve(auth.token_file)
+        try:
+            token = file.read_text().strip()
+        except OSError as exc:
+            raise InventoryError(f"{inventory.source}: cannot read auth.token_file {file}: {exc.strerror}",
+                                 hint="create it with the agents' token, readable only by you") from exc
+        if not token:
+            raise InventoryError(f"{inventory.source}: auth.token_file {file} is empty")
+        return token
+    if auth.token_env:
+        return os.environ.get(auth.token_env, "").strip() or None
+    return None
+
+
+def _http_client(inventory: Inventory, nodes: int) -> httpx.AsyncClient:
+    import httpx
+
+    auth = inventory.auth
+    verify: ssl.SSLContext | bool = True
+    if auth.ca_file or auth.client_cert_file:
+        try:
+            verify = ssl.create_default_context(cafile=str(inventory.resolve(auth.ca_file)) if auth.ca_file else None)
+            if auth.client_cert_file:
+                key = str(inventory.resolve(auth.client_key_file)) if auth.client_key_file else None
+                verify.load_cert_chain(str(inventory.resolve(auth.client_cert_file)), key)
+        except (OSError, ssl.SSLError) as exc:
+            raise InventoryError(f"{inventory.source}: cannot load the TLS files under auth: {exc}") from exc
+    _raise_open_files_limit(nodes + 64)
+    limits = httpx.Limits(max_connections=nodes + 8, max_keepalive_connections=nodes + 8)
+    return httpx.AsyncClient(verify=verify, limits=limits, timeout=inventory.policy.agent_timeout_s,
+                             trust_env=False)
+
+
+def _raise_open_files_limit(wanted: int) -> None:
+    """One socket per agent: a 1000-node cluster needs more descriptors than the usual soft limit."""
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))

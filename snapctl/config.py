@@ -209,15 +209,18 @@ def parse_inventory(text: str, *, source: str = "<inventory>", base_dir: Path | 
     return inventory
 
 
-def _describe(exc: ValidationError, root: yaml.Node | None, source: str) -> str:
+def _describe(
+    exc: ValidationError, root: yaml.Node | None, source: str, model: type[BaseModel] | None = None
+) -> str:
+    """``model``: the model validated at the top level (default ``Inventory``); the agent's config reuses this."""
     err = exc.errors()[0]
     loc = tuple(err["loc"])
     line = _line_of(root, loc)
     field = _dotted(loc)
     where = f"{source}:{line}" if line else source
     if err["type"] == "extra_forbidden":
-        model = _model_at(loc[:-1])
-        valid = ", ".join(model.model_fields) if model else ""
+        inner = _model_at(loc[:-1], model or Inventory)
+        valid = ", ".join(inner.model_fields) if inner else ""
         return f"{where}: unknown key {field!r}" + (f" (valid keys: {valid})" if valid else "")
     if err["type"] == "missing":
         return f"{where}: missing required key {field!r}"
@@ -253,8 +256,8 @@ def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     return line
 
 
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    model: type[BaseModel] | None = Inventory
+def _model_at(loc: tuple[Any, ...], root_model: type[BaseModel] | None = None) -> type[BaseModel] | None:
+    model: type[BaseModel] | None = root_model or Inventory
     for part in loc:
         if isinstance(part, int) or model is None:
             continue

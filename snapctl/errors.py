@@ -64,7 +64,13 @@ class AgentUnauthorized(AgentError):
 
 
 class AgentConflict(AgentError):
-    """The agent is held by another run, or we do not hold it (HTTP 409)."""
+    """The agent is held by another run, or we do not hold it (HTTP 409); ``holder`` when known."""
+
+    def __init__(
+        self, node: str, message: str, *, status: int | None = None, hint: str | None = None, holder: str | None = None
+    ):
+        super().__init__(node, message, status=status, hint=hint)
+        self.holder = holder
 
 
 class EngineError(SnapctlError):

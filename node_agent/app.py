@@ -1,0 +1,267 @@
+"""The agent's HTTP API (/v1): a thin layer over ``AgentService``.
+
+Every answer that is not 2xx is an ``ErrorBody``: one line saying what is wrong, a hint where a
+fix is known, the lease holder on 409. Internals (tracebacks, paths of the code) stay in the log.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from fastapi import Body, FastAPI, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPBearer
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from node_agent.models import (
+    AgentStatus,
+    CompleteRequest,
+    CompleteResponse,
+    ErrorBody,
+    Health,
+    LeaseInfo,
+    PrepareRequest,
+    PrepareResponse,
+    RenewRequest,
+    RestorePrepareRequest,
+    TriggerRequest,
+    TriggerResponse,
+    VerifyFacts,
+)
+from node_agent.service import AgentService
+from snapctl import __version__
+from snapctl.errors import BadInputError, EngineBusy, EngineError, LeaseConflict, SnapctlError
+
+log = logging.getLogger("snapctl.agent")
+
+T = TypeVar("T")
+
+_AUTH_HINT = "send 'Authorization: Bearer <token>' with the agent's token (token_file or $SNAPCTL_AGENT_TOKEN)"
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in (
+        (400, "bad input"),
+        (401, "missing or wrong bearer token"),
+        (409, "the lease is held by another run, or this run does not hold it"),
+        (413, "request body too large"),
+        (422, "request body does not match the schema"),
+        (500, "unexpected error in the agent (details in its log)"),
+        (502, "the engine failed"),
+        (504, "the engine did not answer in time"),
+    )
+}
+
+
+class _Internal(Exception):
+    """Something unexpected failed in an engine call; already logged with its traceback."""
+
+
+def create_app(service: AgentService, token: str | None, *, max_body_bytes: int = 64 * 1024) -> FastAPI:
+    app = FastAPI(
+        title="snapctl-agent",
+        version=__version__,
+        description="Node agent of snapctl: holds one database engine in a snapshot-safe state under a lease.",
+    )
+    app.add_middleware(BodyLimit, max_body_bytes=max_body_bytes)
+    if token:  # none configured: the agent refuses to listen beyond loopback then
+        app.add_middleware(BearerAuth, token=token)  # outermost: nothing is parsed before the token is checked
+    _install_error_handlers(app)
+    # Only documents the scheme in OpenAPI; BearerAuth enforces it.
+    bearer = HTTPBearer(auto_error=False, description="the agent's token (token_file or $SNAPCTL_AGENT_TOKEN)")
+    v1: dict[str, Any] = {"dependencies": [Security(bearer)], "responses": _ERRORS}
+
+    @app.get("/v1/health", response_model=Health, tags=["agent"])
+    async def health() -> Health:
+        return service.health()
+
+    @app.get("/v1/status", response_model=AgentStatus, **v1, tags=["agent"])
+    async def status() -> AgentStatus:
+        return await _call(service.status)
+
+    @app.post("/v1/prepare", response_model=PrepareResponse, **v1, tags=["lease"])
+    async def prepare(body: PrepareRequest) -> PrepareResponse:
+        return await _call(service.prepare, body.run_id, body.lease_s)
+
+    @app.post("/v1/renew", response_model=LeaseInfo, **v1, tags=["lease"])
+    async def renew(body: RenewRequest) -> LeaseInfo:
+        return await _call(service.renew, body.run_id, body.lease_s)
+
+    @app.post("/v1/complete", response_model=CompleteResponse, **v1, tags=["lease"])
+    async def complete(body: CompleteRequest) -> CompleteResponse:
+        return await _call(service.complete, body.run_id)
+
+    @app.post("/v1/trigger", response_model=TriggerResponse, **v1, tags=["engine"])
+    async def trigger(body: TriggerRequest | None = Body(default=None)) -> TriggerResponse:
+        return await _call(service.trigger, body.target if body else None)
+
+    @app.post("/v1/restore-prepare", status_code=204, response_class=Response, **v1, tags=["engine"])
+    async def restore_prepare(body: RestorePrepareRequest | None = Body(default=None)) -> Response:
+        await _call(service.restore_prepare, body.path if body else None)
+        return Response(status_code=204)
+
+    @app.post("/v1/verify", response_model=VerifyFacts, **v1, tags=["engine"])
+    async def verify() -> VerifyFacts:
+        return await _call(service.verify)
+
+    return app
+
+
+async def _call(fn: Callable[..., T], *args: Any) -> T:
+    """Run a (blocking) service call in a worker thread; unexpected errors become a bare 500."""
+    try:
+        return await run_in_threadpool(fn, *args)
+    except (SnapctlError, TimeoutError):
+        raise
+    except Exception as exc:
+        log.exception("unexpected error in %s", getattr(fn, "__name__", "a service call"))
+        raise _Internal() from exc
+
+
+def _error(status: int, error: str, hint: str | None = None, holder: str | None = None, **headers: str) -> JSONResponse:
+    body = ErrorBody(error=error, hint=hint, holder=holder).model_dump()
+    return JSONResponse(body, status_code=status, headers=headers or None)
+
+
+def _caused_by_timeout(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        # Engines use many clients (httpx, tarantool, sockets); their timeouts share only the name.
+        if isinstance(seen, TimeoutError) or "Timeout" in type(seen).__name__:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    handlers: dict[type[Exception], Callable[[Request, Any], Awaitable[JSONResponse]]] = {}
+
+    async def conflict(_: Request, exc: SnapctlError) -> JSONResponse:
+        return _error(409, exc.message, exc.hint, getattr(exc, "holder", None))
+
+    async def bad_input(_: Request, exc: BadInputError) -> JSONResponse:
+        return _error(400, exc.message, exc.hint)
+
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(422, _describe_request_error(exc))
+
+    async def engine_failed(_: Request, exc: EngineError) -> JSONResponse:
+        return _error(504 if _caused_by_timeout(exc) else 502, exc.message, exc.hint)
+
+    async def timed_out(_: Request, exc: TimeoutError) -> JSONResponse:
+        detail = f": {exc}" if str(exc) else ""
+        return _error(504, f"the engine did not answer in time{detail}")
+
+    async def other_error(_: Request, exc: SnapctlError) -> JSONResponse:
+        return _error(500, exc.message, exc.hint)
+
+    async def internal(_: Request, exc: _Internal) -> JSONResponse:
+        return _error(500, "internal error in the agent", "see the agent's log for details")
+
+    handlers.update({
+        LeaseConflict: conflict,
+        EngineBusy: conflict,
+        BadInputError: bad_input,
+        RequestValidationError: invalid_request,
+        EngineError: engine_failed,
+        TimeoutError: timed_out,
+        SnapctlError: other_error,
+        _Internal: internal,
+    })
+    for exc_type, handler in handlers.items():
+        app.add_exception_handler(exc_type, handler)
+
+
+def _describe_request_error(exc: RequestValidationError) -> str:
+    err = exc.errors()[0]
+    loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+    if err.get("type") == "json_invalid":
+        return "request body is not valid JSON"
+    if err.get("type") == "missing" and not loc:
+        return "request body is missing"
+    field = ".".join(loc) or "request body"
+    if err.get("type") == "extra_forbidden":
+        return f"unknown field {field!r}"
+    msg = str(err.get("msg", "invalid"))
+    return f"{field}: {msg[:1].lower() + msg[1:]}"
+
+
+class BearerAuth:
+    """401 for every /v1 request but health without the right bearer token (constant-time compare)."""
+
+    def __init__(self, app: ASGIApp, *, token: str) -> None:
+        self.app = app
+        self.expected = token.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/") or scope["path"] == "/v1/health":
+            await self.app(scope, receive, send)
+            return
+        header = dict(scope.get("headers") or []).get(b"authorization", b"")
+        scheme, _, given = header.partition(b" ")
+        if scheme.lower() != b"bearer" or not given.strip():
+            problem = "missing bearer token"
+        elif not hmac.compare_digest(given.strip(), self.expected):
+            problem = "wrong bearer token"
+        else:
+            await self.app(scope, receive, send)
+            return
+        await _send(send, _error(401, problem, _AUTH_HINT, **{"WWW-Authenticate": "Bearer"}))
+
+
+async def _send(send: Send, response: JSONResponse) -> None:
+    await send({"type": "http.response.start", "status": response.status_code, "headers": response.raw_headers})
+    await send({"type": "http.response.body", "body": response.body})
+
+
+class BodyLimit:
+    """Answer 413 to bodies over the limit, declared (Content-Length) or streamed (chunked)."""
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            await self._too_large(send)
+            return
+        received = 0
+        overflow = False
+        replaced = False
+
+        async def counting_receive() -> Message:
+            nonlocal received, overflow
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    overflow = True
+                    return {"type": "http.disconnect"}  # stop the app reading; we answer instead
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal replaced
+            if not overflow:
+                await send(message)
+            elif not replaced:
+                replaced = True
+                await self._too_large(send)
+
+        try:
+            await self.app(scope, counting_receive, guarded_send)
+        except Exception:
+            if not overflow:
+                raise
+        if overflow and not replaced:
+            await self._too_large(send)
+
+    async def _too_large(self, send: Send) -> None:
+        await _send(send, _error(413, f"request body larger than {self.max_body_bytes} bytes"))

@@ -1,0 +1,145 @@
+"""The agent's config file (YAML), validated once: errors name the file, the line and the field.
+
+Relative paths (token file, TLS files, the engine's data) resolve against the file's directory,
+so a config works wherever the agent is started from.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from node_agent.engines.base import EngineSettings, validate_engine_settings
+from snapctl.config import _describe, _line_of
+from snapctl.errors import BadInputError
+
+DEFAULT_PORT = 7700
+DEFAULT_TOKEN_ENV = "SNAPCTL_AGENT_TOKEN"
+
+
+class AgentConfigError(BadInputError):
+    """An agent config file that is missing, malformed or invalid."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TlsConfig(Strict):
+    cert_file: str | None = None
+    key_file: str | None = None
+    client_ca_file: str | None = None  # set: clients must present a certificate signed by this CA (mTLS)
+
+    @model_validator(mode="after")
+    def _complete(self) -> TlsConfig:
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("needs both cert_file and key_file")
+        if self.client_ca_file and not self.cert_file:
+            raise ValueError("client_ca_file (mTLS) needs cert_file and key_file too")
+        return self
+
+
+class AgentConfig(Strict):
+    node: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+    listen: str = "127.0.0.1"
+    port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)
+    token_file: str | None = None
+    token_env: str | None = DEFAULT_TOKEN_ENV
+    tls: TlsConfig | None = None
+    engine: dict[str, Any]
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    # Not part of the file: where it was read from, and the engine block once validated.
+    _base_dir: Path = Path(".")
+    _source: str = "<memory>"
+    _engine_settings: EngineSettings | None = None
+
+    @property
+    def base_dir(self) -> Path:
+        return self._base_dir
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+    @property
+    def engine_settings(self) -> EngineSettings:
+        if self._engine_settings is None:
+            self._engine_settings = validate_engine_settings(self.engine)
+        return self._engine_settings
+
+    @property
+    def uses_tls(self) -> bool:
+        return bool(self.tls and self.tls.cert_file)
+
+    def resolve(self, path: str | os.PathLike[str]) -> Path:
+        p = Path(os.path.expanduser(str(path)))
+        return p if p.is_absolute() else self._base_dir / p
+
+    def read_token(self) -> str | None:
+        """The bearer token from ``token_file`` (stripped), else from ``$token_env``; None: no auth."""
+        if self.token_file:
+            file = self.resolve(self.token_file)
+            try:
+                token = file.read_text().strip()
+            except FileNotFoundError:
+                raise AgentConfigError(f"{self._source}: token_file {file} not found") from None
+            except OSError as exc:
+                raise AgentConfigError(f"{self._source}: cannot read token_file {file}: {exc.strerror}") from exc
+            if not token:
+                raise AgentConfigError(
+                    f"{self._source}: token_file {file} is empty", hint="put the token on its first line"
+                )
+            return token
+        if self.token_env:
+            return os.environ.get(self.token_env, "").strip() or None
+        return None
+
+
+def load_agent_config(path: str | os.PathLike[str]) -> AgentConfig:
+    file = Path(path)
+    try:
+        text = file.read_text()
+    except FileNotFoundError:
+        raise AgentConfigError(
+            f"{file}: agent config file not found", hint="pass --config FILE (see docs/agent.md)"
+        ) from None
+    except OSError as exc:
+        raise AgentConfigError(f"{file}: cannot read agent config: {exc.strerror}") from exc
+    return parse_agent_config(text, source=str(file), base_dir=file.resolve().parent)
+
+
+def parse_agent_config(text: str, *, source: str = "<agent config>", base_dir: Path | None = None) -> AgentConfig:
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        raise AgentConfigError(f"{where}: invalid YAML: {getattr(exc, 'problem', None) or exc}") from exc
+    if not isinstance(data, dict):
+        raise AgentConfigError(f"{source}:1: the agent config must be a mapping with 'node' and 'engine'")
+    try:
+        config = AgentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise AgentConfigError(_describe(exc, root, source, AgentConfig)) from exc
+    config._base_dir = base_dir or Path.cwd()
+    config._source = source
+    try:
+        config._engine_settings = validate_engine_settings(config.engine)
+    except BadInputError as exc:
+        cause = exc.__cause__
+        loc: tuple[Any, ...] = ("engine",)
+        if isinstance(cause, ValidationError):
+            loc += tuple(cause.errors()[0]["loc"])
+        elif "type" in config.engine:
+            loc += ("type",)
+        line = _line_of(root, loc)
+        where = f"{source}:{line}" if line else source
+        raise AgentConfigError(f"{where}: {exc.message}", hint=exc.hint) from exc
+    return config

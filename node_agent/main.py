@@ -1,0 +1,167 @@
+"""``snapctl-agent``: serve one node's engine over HTTP(S) until SIGTERM/SIGINT.
+
+Whatever stops the agent (a signal, a crash of the server loop), a held lease is completed before
+the process exits: the database is never left frozen behind a dead agent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import re
+import signal
+import socket
+import ssl
+import sys
+from pathlib import Path
+from types import FrameType
+
+from node_agent.config import AgentConfig, load_agent_config
+from node_agent.engines.base import load_engine_factory
+from snapctl.errors import BadInputError, ExitCode, SnapctlError
+
+log = logging.getLogger("snapctl.agent")
+
+_NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = _load_config(args)
+        token = config.read_token()
+        if token is None and not is_loopback(config.listen):
+            raise BadInputError(
+                f"refusing to listen on {config.listen} without a token",
+                hint=f"set token_file in {config.source}, pass --token-file FILE, or set ${config.token_env}",
+            )
+    except SnapctlError as exc:
+        print(f"snapctl-agent: error: {exc}", file=sys.stderr)
+        return int(exc.exit_code)
+    logging.basicConfig(
+        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    return _serve(config, token)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="snapctl-agent", description="snapctl node agent: one database engine behind a small HTTP API."
+    )
+    parser.add_argument("--config", required=True, metavar="FILE", help="agent config file (YAML), see docs/agent.md")
+    parser.add_argument("--listen", metavar="HOST", help="address to bind (default from the config: 127.0.0.1)")
+    parser.add_argument("--port", type=_port, metavar="PORT", help="port to bind (default from the config: 7700)")
+    parser.add_argument("--node", type=_node, metavar="NAME", help="this node's name (overrides the config)")
+    parser.add_argument("--token-file", metavar="FILE", help="file holding the bearer token (overrides the config)")
+    return parser
+
+
+def _port(value: str) -> int:
+    if not value.isdigit() or not 0 <= int(value) <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port (0-65535)")
+    return int(value)
+
+
+def _node(value: str) -> str:
+    if not _NODE_NAME.match(value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a node name (letters, digits, '.', '_', '-')")
+    return value
+
+
+def _load_config(args: argparse.Namespace) -> AgentConfig:
+    config = load_agent_config(args.config)
+    overrides = {"listen": args.listen, "port": args.port, "node": args.node}
+    if args.token_file:
+        overrides["token_file"] = _absolute(args.token_file)  # relative to where the operator typed it
+    return config.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+
+
+def _absolute(path: str) -> str:
+    return str(Path(path).expanduser().resolve())
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve to anything
+
+
+def _serve(config: AgentConfig, token: str | None) -> int:
+    import uvicorn
+
+    from node_agent.app import create_app
+    from node_agent.service import AgentService
+
+    settings = config.engine_settings
+    try:
+        engine = load_engine_factory(settings.type)(settings, base_dir=config.base_dir)
+        sock = _bind(config.listen, config.port)
+    except SnapctlError as exc:
+        log.error("%s", exc)
+        return int(exc.exit_code)
+    service = AgentService(config.node, engine)
+    tls = config.tls if config.uses_tls else None
+    uv_config = uvicorn.Config(
+        create_app(service, token, max_body_bytes=config.max_body_bytes),
+        log_config=None,  # keep our logging setup: one format, no token anywhere
+        log_level=config.log_level,
+        lifespan="off",
+        server_header=False,
+        timeout_graceful_shutdown=int(settings.timeout_s) + 5,
+        ssl_certfile=str(config.resolve(tls.cert_file)) if tls and tls.cert_file else None,
+        ssl_keyfile=str(config.resolve(tls.key_file)) if tls and tls.key_file else None,
+        ssl_ca_certs=str(config.resolve(tls.client_ca_file)) if tls and tls.client_ca_file else None,
+        ssl_cert_reqs=ssl.CERT_REQUIRED if tls and tls.client_ca_file else ssl.CERT_NONE,
+    )
+    server = uvicorn.Server(uv_config)
+    try:
+        try:
+            uv_config.load()
+        except (OSError, ssl.SSLError) as exc:
+            log.error("cannot load the TLS certificate or key named in %s: %s", config.source, exc)
+            return int(ExitCode.BAD_INPUT)
+
+        def stop(signum: int, _frame: FrameType | None) -> None:
+            # Before uvicorn takes the signals over, and after it hands them back (it re-raises
+            # the one it caught): either way, just ask the server to stop; `finally` releases.
+            server.should_exit = True
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        host, port = sock.getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        scheme = "https" if tls else "http"
+        log.info("snapctl-agent %s listening on %s://%s:%d engine=%s", config.node, scheme, shown, port, settings.type)
+        server.run(sockets=[sock])
+    finally:
+        service.close()
+        sock.close()
+        log.info("snapctl-agent %s stopped; nothing held", config.node)
+    return int(ExitCode.OK)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        raise BadInputError(f"cannot resolve listen address {host!r}: {exc.strerror}") from exc
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise BadInputError(
+            f"cannot listen on {host}:{port}: {exc.strerror}", hint="pick another --port, or stop what uses it"
+        ) from exc
+    return sock
+
+
+if __name__ == "__main__":
+    sys.exit(main())

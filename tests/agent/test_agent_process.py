@@ -1,0 +1,83 @@
+"""``snapctl-agent`` as a real process: auth, OpenAPI, refusing open addresses, releasing on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.agent.conftest import AGENT_BIN, TOKEN, agent_process, try_write, write_config
+
+NO_ENV_TOKEN = {"SNAPCTL_AGENT_TOKEN": ""}
+
+
+def run_agent(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **NO_ENV_TOKEN}
+    return subprocess.run([str(AGENT_BIN), *args], capture_output=True, text=True, timeout=60, env=env)
+
+
+def test_auth_health_and_openapi_of_a_real_agent(tmp_path: Path, db: Path) -> None:
+    with agent_process(write_config(tmp_path, db)) as agent:
+        assert httpx.get(agent.url + "/v1/health").json()["status"] == "ok"
+        assert "/v1/prepare" in httpx.get(agent.url + "/openapi.json").json()["paths"]
+
+        no_token = httpx.get(agent.url + "/v1/status")
+        assert no_token.status_code == 401
+        assert no_token.json()["error"] == "missing bearer token"
+        wrong = httpx.get(agent.url + "/v1/status", headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        assert wrong.json() == {
+            "error": "wrong bearer token",
+            "hint": "send 'Authorization: Bearer <token>' with the agent's token (token_file or $SNAPCTL_AGENT_TOKEN)",
+            "holder": None,
+        }
+        status = httpx.get(agent.url + "/v1/status", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert status.status_code == 200 and status.json()["node"] == "n1"
+
+    assert f"snapctl-agent n1 listening on {agent.url} engine=sqlite" in agent.log
+    assert TOKEN not in agent.log
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_stopping_the_agent_while_held_releases_the_database(tmp_path: Path, db: Path, sig: int) -> None:
+    with agent_process(write_config(tmp_path, db)) as agent:
+        prepared = httpx.post(agent.url + "/v1/prepare", json={"run_id": "run-1", "lease_s": 600},
+                              headers={"Authorization": f"Bearer {TOKEN}"})
+        assert prepared.status_code == 200, prepared.text
+        assert not try_write(db)
+        assert agent.stop(sig) == 0
+        assert try_write(db)
+        assert "agent stopping while run run-1 holds the engine: completing it" in agent.log
+
+
+def test_the_token_can_come_from_the_environment(tmp_path: Path, db: Path) -> None:
+    config = write_config(tmp_path, db, token=None)
+    with agent_process(config, env={"SNAPCTL_AGENT_TOKEN": "from-env"}) as agent:
+        assert httpx.get(agent.url + "/v1/status").status_code == 401
+        assert httpx.get(agent.url + "/v1/status", headers={"Authorization": "Bearer from-env"}).status_code == 200
+
+
+def test_refuses_a_non_loopback_address_without_a_token(tmp_path: Path, db: Path) -> None:
+    result = run_agent("--config", str(write_config(tmp_path, db, token=None)), "--listen", "0.0.0.0")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "snapctl-agent: error: refusing to listen on 0.0.0.0 without a token "
+        f"(hint: set token_file in {tmp_path / 'agent.yaml'}, pass --token-file FILE, or set $SNAPCTL_AGENT_TOKEN)"
+    ]
+
+
+def test_config_errors_name_file_line_and_field(tmp_path: Path, db: Path) -> None:
+    config = write_config(tmp_path, db, extra="portt: 7701\n")
+    result = run_agent("--config", str(config))
+    assert result.returncode == 2
+    assert f"{config}:7: unknown key 'portt' (valid keys: node, listen, port," in result.stderr
+
+    result = run_agent("--config", str(write_config(tmp_path, db, token="")))
+    assert result.returncode == 2 and "token_file" in result.stderr and "is empty" in result.stderr
+
+    result = run_agent("--config", str(tmp_path / "missing.yaml"))
+    assert result.returncode == 2 and "agent config file not found" in result.stderr

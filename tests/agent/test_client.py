@@ -1,0 +1,190 @@
+"""snapctl's agent clients: HTTP against real agents, embedded in-process, and their error mapping."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from pathlib import Path
+
+import pytest
+
+from node_agent.app import create_app
+from node_agent.engines.sqlite import SqliteEngine
+from node_agent.service import AgentService
+from snapctl.agent_client import EmbeddedAgentClient, HttpAgentClient, open_agents
+from snapctl.config import Inventory, parse_inventory
+from snapctl.errors import AgentConflict, AgentError, AgentUnauthorized, AgentUnreachable
+from tests.agent.certs import make_pki
+from tests.agent.conftest import TOKEN, agent_process, make_db, serve, try_write, write_config
+from tests.conftest import LOOPBACK, free_port
+
+
+def inventory(tmp_path: Path, nodes: str, *, auth: str = "", policy: str = "") -> Inventory:
+    text = f"cluster: c1\nprovider: {{type: local}}\n{auth}{policy}nodes:\n{nodes}"
+    return parse_inventory(text, source="inventory.yaml", base_dir=tmp_path)
+
+
+def with_token_file(tmp_path: Path, token: str = TOKEN) -> str:
+    (tmp_path / "agents.token").write_text(token + "\n")
+    return "auth:\n  token_file: agents.token\n"
+
+
+def test_a_backup_cycle_through_open_agents(tmp_path: Path, engine: SqliteEngine, db: Path) -> None:
+    make_db(tmp_path / "embedded.db")
+    service = AgentService("n1", engine)
+    try:
+        with serve(create_app(service, TOKEN)) as url:
+            inv = inventory(tmp_path, f"  - {{name: n1, agent: '{url}'}}\n"
+                                      "  - {name: n2, agent: embedded, engine: {type: sqlite, path: embedded.db}}\n",
+                            auth=with_token_file(tmp_path))
+
+            async def cycle() -> None:
+                async with open_agents(inv) as agents:
+                    assert list(agents) == ["n1", "n2"]
+                    assert isinstance(agents["n1"], HttpAgentClient)
+                    assert isinstance(agents["n2"], EmbeddedAgentClient)
+                    states = await asyncio.gather(*(a.prepare("run-1", 60) for a in agents.values()))
+                    assert [s.state.facts.tables["items"].rows for s in states] == [10, 10]
+                    assert not try_write(db) and not try_write(tmp_path / "embedded.db")
+                    await agents["n1"].renew("run-1")
+                    assert (await agents["n1"].status()).lease.run_id == "run-1"
+                    assert (await agents["n1"].complete("run-1")).released is True
+                    assert (await agents["n1"].verify()).tables["items"].rows == 10
+                    assert (await agents["n1"].trigger()).jobs[0].status == "succeeded"
+                    await agents["n1"].restore_prepare(str(db.parent))
+                    assert (await agents["n1"].health()).status == "ok"
+                # leaving open_agents closes the embedded agent, which completes what it held
+                assert try_write(tmp_path / "embedded.db")
+
+            asyncio.run(cycle())
+    finally:
+        service.close()
+
+
+def test_an_unreachable_agent_names_the_node_and_address(tmp_path: Path) -> None:
+    url = f"http://{LOOPBACK}:{free_port()}"
+    inv = inventory(tmp_path, f"  - {{name: n7, agent: '{url}'}}\n", policy="policy:\n  agent_timeout_s: 2s\n")
+
+    async def call() -> None:
+        async with open_agents(inv) as agents:
+            await agents["n7"].status()
+
+    with pytest.raises(AgentUnreachable) as caught:
+        asyncio.run(call())
+    assert caught.value.message.startswith(f"node n7: cannot reach the agent at {url}")
+    assert "is snapctl-agent running there" in caught.value.hint
+
+
+def test_an_agent_that_never_answers_is_unreachable(tmp_path: Path) -> None:
+    with socket.socket() as silent:  # accepts connections (the kernel's backlog) but never answers
+        silent.bind((LOOPBACK, 0))
+        silent.listen(8)
+        url = f"http://{LOOPBACK}:{silent.getsockname()[1]}"
+        inv = inventory(tmp_path, f"  - {{name: n1, agent: '{url}'}}\n", policy="policy:\n  agent_timeout_s: 0.2s\n")
+
+        async def call() -> None:
+            async with open_agents(inv) as agents:
+                await agents["n1"].prepare("run-1", 60)
+
+        with pytest.raises(AgentUnreachable, match="no answer from the agent at .* within 0.2s"):
+            asyncio.run(call())
+
+
+def test_wrong_token_and_conflicts_are_mapped(tmp_path: Path, engine: SqliteEngine) -> None:
+    service = AgentService("n1", engine)
+    try:
+        with serve(create_app(service, TOKEN)) as url:
+            nodes = f"  - {{name: n1, agent: '{url}'}}\n"
+            elsewhere = tmp_path / "elsewhere"
+            elsewhere.mkdir()
+            wrong = inventory(elsewhere, nodes, auth=with_token_file(elsewhere, "not-the-token"))
+
+            async def unauthorized() -> None:
+                async with open_agents(wrong) as agents:
+                    await agents["n1"].status()
+
+            with pytest.raises(AgentUnauthorized) as caught:
+                asyncio.run(unauthorized())
+            assert caught.value.status == 401 and "wrong bearer token" in caught.value.message
+            assert "auth.token_file" in caught.value.hint and "not-the-token" not in str(caught.value)
+
+            right = inventory(tmp_path, nodes, auth=with_token_file(tmp_path))
+
+            async def conflict() -> None:
+                async with open_agents(right) as agents:
+                    await agents["n1"].prepare("run-1", 60)
+                    await agents["n1"].prepare("run-2", 60)
+
+            with pytest.raises(AgentConflict) as conflicted:
+                asyncio.run(conflict())
+            assert conflicted.value.status == 409 and conflicted.value.holder == "run-1"
+            assert "held by run run-1" in conflicted.value.message
+    finally:
+        service.close()
+
+
+def test_embedded_errors_are_translated_like_http(tmp_path: Path) -> None:
+    make_db(tmp_path / "e.db")
+    inv = inventory(tmp_path, "  - {name: e1, agent: embedded, engine: {type: sqlite, path: e.db}}\n"
+                              "  - {name: e2, agent: embedded, engine: {type: sqlite, path: absent.db}}\n")
+
+    async def calls() -> None:
+        async with open_agents(inv) as agents:
+            await agents["e1"].prepare("run-1", 60)
+            with pytest.raises(AgentConflict) as conflicted:
+                await agents["e1"].complete("run-2")
+            assert conflicted.value.holder == "run-1" and conflicted.value.node == "e1"
+            with pytest.raises(AgentError) as failed:
+                await agents["e2"].prepare("run-1", 60)
+            assert failed.value.status == 502 and "no sqlite database" in failed.value.message
+
+    asyncio.run(calls())
+    assert try_write(tmp_path / "e.db")
+
+
+def test_tls_and_mtls_with_a_real_agent(tmp_path: Path, db: Path) -> None:
+    pki = make_pki(tmp_path / "pki")
+    tls = (f"tls:\n  cert_file: {pki.server_cert}\n  key_file: {pki.server_key}\n"
+           f"  client_ca_file: {pki.ca}\n")
+    config = write_config(tmp_path, db, extra=tls)
+    client_verify = ssl.create_default_context(cafile=str(pki.ca))
+    client_verify.load_cert_chain(str(pki.client_cert), str(pki.client_key))
+    with agent_process(config, verify=client_verify, scheme="https") as agent:
+        nodes = f"  - {{name: n1, agent: '{agent.url}'}}\n"
+        token = with_token_file(tmp_path)
+        mtls = inventory(tmp_path, nodes, auth=token + f"  ca_file: {pki.ca}\n  client_cert_file: {pki.client_cert}\n"
+                                                        f"  client_key_file: {pki.client_key}\n")
+        no_client_cert = inventory(tmp_path, nodes, auth=token + f"  ca_file: {pki.ca}\n")
+        no_ca = inventory(tmp_path, nodes, auth=token)
+
+        async def status(inv: Inventory):
+            async with open_agents(inv) as agents:
+                return await agents["n1"].status()
+
+        assert asyncio.run(status(mtls)).node == "n1"
+        with pytest.raises(AgentUnreachable) as refused:
+            asyncio.run(status(no_client_cert))
+        assert "auth.client_cert_file" in refused.value.hint
+        with pytest.raises(AgentUnreachable) as untrusted:
+            asyncio.run(status(no_ca))
+        assert "auth.ca_file" in untrusted.value.hint
+    assert "listening on https://" in agent.log
+
+
+@pytest.mark.slow  # ~10 s on two cores: a thousand connections to one in-process server
+def test_a_thousand_nodes_share_one_pool_without_queueing_errors(tmp_path: Path, engine: SqliteEngine) -> None:
+    service = AgentService("n1", engine)
+    try:
+        with serve(create_app(service, TOKEN)) as url:
+            nodes = "".join(f"  - {{name: n{i}, agent: '{url}'}}\n" for i in range(1000))
+            inv = inventory(tmp_path, nodes, auth=with_token_file(tmp_path), policy="policy:\n  agent_timeout_s: 60s\n")
+
+            async def all_health() -> list[str]:
+                async with open_agents(inv) as agents:
+                    answers = await asyncio.gather(*(agent.health() for agent in agents.values()))
+                    return [a.status for a in answers]
+
+            assert asyncio.run(all_health()) == ["ok"] * 1000
+    finally:
+        service.close()

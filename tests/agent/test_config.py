@@ -1,0 +1,65 @@
+"""The agent config file: one-line errors with file:line, paths relative to the file, tokens."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from node_agent.config import AgentConfigError, load_agent_config, parse_agent_config
+from node_agent.engines.sqlite import SqliteSettings
+
+MINIMAL = "node: n1\nengine:\n  type: sqlite\n  path: data/db.sqlite\n"
+
+
+def test_defaults_and_relative_paths(tmp_path: Path) -> None:
+    file = tmp_path / "conf" / "agent.yaml"
+    file.parent.mkdir()
+    file.write_text(MINIMAL + "token_file: secrets/token\n")
+    config = load_agent_config(file)
+    assert (config.listen, config.port, config.max_body_bytes, config.log_level) == ("127.0.0.1", 7700, 65536, "info")
+    assert config.resolve(config.token_file) == file.parent.resolve() / "secrets" / "token"
+    assert isinstance(config.engine_settings, SqliteSettings)
+    assert config.uses_tls is False
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (MINIMAL + "tls:\n  cert_file: a.pem\n  keyfile: b.pem\n",
+         "agent.yaml:7: unknown key 'tls.keyfile' (valid keys: cert_file, key_file, client_ca_file)"),
+        (MINIMAL + "tls:\n  cert_file: a.pem\n", "agent.yaml:5: tls: needs both cert_file and key_file"),
+        (MINIMAL + "port: 70000\n", "agent.yaml:5: port: input should be less than or equal to 65535"),
+        ("engine:\n  type: sqlite\n  path: x\n", "agent.yaml:1: missing required key 'node'"),
+        ("node: n1\nengine:\n  type: sqlite\n  path: x\n  journal: wal\n",
+         "agent.yaml:5: engine sqlite: unknown key 'journal' (valid keys: type, timeout_s, path)"),
+        ("node: n1\nengine:\n  type: nosuchdb\n", "agent.yaml:3: unknown engine type 'nosuchdb'"),
+        ("node: n1\nengine: [\n", "agent.yaml:3: invalid YAML"),
+        ("- just a list\n", "agent.yaml:1: the agent config must be a mapping"),
+    ],
+)
+def test_errors_name_the_file_line_and_field(text: str, expected: str) -> None:
+    with pytest.raises(AgentConfigError) as caught:
+        parse_agent_config(text, source="agent.yaml")
+    assert caught.value.message.startswith(expected)
+    assert "\n" not in str(caught.value)
+
+
+def test_token_from_file_is_stripped_and_an_empty_file_refused(tmp_path: Path) -> None:
+    config = parse_agent_config(MINIMAL + "token_file: tok\n", source="agent.yaml", base_dir=tmp_path)
+    (tmp_path / "tok").write_text("  s3cret\n")
+    assert config.read_token() == "s3cret"
+    (tmp_path / "tok").write_text("\n")
+    with pytest.raises(AgentConfigError, match="is empty"):
+        config.read_token()
+    (tmp_path / "tok").unlink()
+    with pytest.raises(AgentConfigError, match="not found"):
+        config.read_token()
+
+
+def test_token_from_the_named_environment_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = parse_agent_config(MINIMAL + "token_env: MY_AGENT_TOKEN\n", base_dir=tmp_path)
+    monkeypatch.delenv("MY_AGENT_TOKEN", raising=False)
+    assert config.read_token() is None
+    monkeypatch.setenv("MY_AGENT_TOKEN", "abc\n")
+    assert config.read_token() == "abc"

@@ -1,0 +1,173 @@
+"""Lease semantics of AgentService, with the real SQLite engine underneath."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from node_agent.engines.sqlite import SqliteEngine, SqliteSettings
+from node_agent.service import AgentService
+from snapctl.errors import BadInputError, EngineError, LeaseConflict
+from tests.agent.conftest import try_write, wait_until
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def service(engine: SqliteEngine) -> Iterator[AgentService]:
+    svc = AgentService("n1", engine)
+    yield svc
+    svc.close()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def timed(engine: SqliteEngine, clock: FakeClock) -> Iterator[AgentService]:
+    svc = AgentService("n1", engine, clock=clock)
+    yield svc
+    svc.close()
+
+
+def test_an_unrenewed_lease_expires_and_the_agent_completes_the_engine(
+    service: AgentService, db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="snapctl.agent")
+    service.prepare("run-1", 0.3)
+    assert not try_write(db)
+
+    wait_until(lambda: service.stats.lease_expirations == 1, what="the lease to expire")
+    assert try_write(db)
+    assert service.lease is None and service.stats.held is False
+    assert "lease of run run-1 expired after 0.3s without renewal: engine completed by the agent" in caplog.text
+
+
+def test_renewal_keeps_the_hold_and_expiry_ends_it(timed: AgentService, clock: FakeClock, db: Path) -> None:
+    timed.prepare("run-1", 10)
+    clock.advance(8)
+    timed.renew("run-1")
+    clock.advance(8)
+    assert timed.expire_if_due() is False
+    assert not try_write(db)
+
+    lease = timed.renew("run-1", 30)
+    assert (lease.expires_at - lease.acquired_at).total_seconds() == pytest.approx(16 + 30)
+    clock.advance(31)
+    assert timed.expire_if_due() is True
+    assert try_write(db)
+    assert timed.complete("run-1").released is False  # its hold already ended: idempotent
+    with pytest.raises(LeaseConflict, match="already expired.*nothing is held"):
+        timed.renew("run-1")
+
+
+def test_prepare_by_the_holder_is_idempotent_and_extends_the_lease(timed: AgentService, clock: FakeClock) -> None:
+    first = timed.prepare("run-1", 10)
+    clock.advance(9)
+    again = timed.prepare("run-1", 10)
+    assert again.state == first.state
+    assert again.lease.acquired_at == first.lease.acquired_at
+    assert again.lease.expires_at > first.lease.expires_at
+    clock.advance(9)
+    assert timed.expire_if_due() is False
+    assert timed.stats.prepares == 1
+
+
+def test_another_run_gets_a_conflict_naming_the_holder(service: AgentService) -> None:
+    service.prepare("run-1", 60)
+    with pytest.raises(LeaseConflict, match="held by run run-1") as caught:
+        service.prepare("run-2", 60)
+    assert caught.value.holder == "run-1"
+
+
+def test_complete_and_renew_are_fenced_by_run_id(service: AgentService, db: Path) -> None:
+    service.prepare("run-1", 60)
+    for call in (lambda: service.complete("run-2"), lambda: service.renew("run-2")):
+        with pytest.raises(LeaseConflict, match="held by run run-1, not by run run-2") as caught:
+            call()
+        assert caught.value.holder == "run-1"
+    assert not try_write(db)
+
+    done = service.complete("run-1")
+    assert done.released is True and done.held_for_s >= 0
+    assert service.complete("run-1").released is False
+    assert try_write(db)
+    assert service.stats.completes == 1
+
+
+def test_complete_from_a_run_that_never_held_says_nothing_is_held(service: AgentService) -> None:
+    with pytest.raises(LeaseConflict, match="nothing is held") as caught:
+        service.complete("run-9")
+    assert caught.value.holder is None
+
+
+def test_a_failing_engine_prepare_leaves_nothing_held(db: Path) -> None:
+    class FailsAfterHolding(SqliteEngine):
+        def prepare(self, run_id: str):
+            super().prepare(run_id)
+            raise EngineError("facts could not be read")
+
+    svc = AgentService("n1", FailsAfterHolding(SqliteSettings(path=str(db)), base_dir=db.parent))
+    try:
+        with pytest.raises(EngineError, match="facts could not be read"):
+            svc.prepare("run-1", 60)
+        assert svc.lease is None
+        assert try_write(db)
+        with pytest.raises(LeaseConflict, match="nothing is held"):
+            svc.complete("run-1")
+    finally:
+        svc.close()
+
+
+def test_close_completes_a_held_lease(engine: SqliteEngine, db: Path) -> None:
+    svc = AgentService("n1", engine)
+    svc.prepare("run-1", 60)
+    svc.close()
+    assert try_write(db)
+    with pytest.raises(EngineError, match="shutting down"):
+        svc.prepare("run-2", 60)
+
+
+def test_bad_input_is_refused_before_the_engine_is_touched(service: AgentService) -> None:
+    with pytest.raises(BadInputError, match="lease_s"):
+        service.prepare("run-1", 0)
+    with pytest.raises(BadInputError, match="lease_s"):
+        service.prepare("run-1", 3601)
+    with pytest.raises(BadInputError, match="invalid run id"):
+        service.prepare("../etc", 10)
+    assert service.stats.prepares == 0
+
+
+def test_status_reports_lease_engine_paths_and_free_space(service: AgentService, db: Path) -> None:
+    assert service.status().lease is None
+    service.prepare("run-1", 60)
+    status = service.status()
+    assert status.node == "n1"
+    assert status.lease.run_id == "run-1"
+    assert status.engine.held is True and status.engine.reachable is True
+    assert status.data_paths == [str(db.parent.resolve())]
+    assert status.free_bytes > 0
+
+
+def test_restore_prepare_is_refused_while_a_run_holds(service: AgentService, db: Path) -> None:
+    service.prepare("run-1", 60)
+    with pytest.raises(LeaseConflict, match="restore-prepare refused"):
+        service.restore_prepare(str(db))
+    service.complete("run-1")
+    db.with_name(db.name + "-shm").write_bytes(b"")  # pretend a restore left it behind
+    service.restore_prepare(str(db.parent))
+    assert not db.with_name(db.name + "-shm").exists()
