@@ -1,0 +1,501 @@
+"""etcd: save a snapshot of the member's backend into the node's backup area at prepare.
+
+etcd has no way to pause writers, and a disk snapshot of its data dir is only crash-consistent.
+So prepare streams ``/v3/maintenance/snapshot`` (a consistent copy of the backend at one
+revision, with a sha256 trailer) into ``backup_dir/<run_id>.db``, checks it, and lists it as
+the file the disk snapshot must contain. A restore uses that file (``etcdctl snapshot
+restore``), not the copied data dir. Writers go on meanwhile: ``facts.exact=False``.
+
+Everything goes through the gRPC gateway's JSON on the client port: int64 values arrive as
+strings, keys and values as base64, and zero-valued fields are left out.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from node_agent.engines.base import EngineSettings
+from node_agent.models import (
+    EngineState,
+    EngineStatus,
+    JobResult,
+    RaftGroup,
+    ReplicationProgress,
+    TableFacts,
+    VerifyFacts,
+)
+from snapctl.errors import BadInputError, EngineBusy, EngineError
+
+log = logging.getLogger("snapctl.agent.etcd")
+
+ALL_KEYS = {"key": base64.b64encode(b"\0").decode(), "range_end": base64.b64encode(b"\0").decode(), "count_only": True}
+SNAPSHOT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\.db$")
+
+
+class EtcdRestoreSettings(BaseModel):
+    """How this member rejoins a cluster restored from the saved snapshot (``etcdctl snapshot restore``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    initial_cluster: str  # name1=http://host1:2380,name2=...
+    initial_advertise_peer_urls: str
+    initial_cluster_token: str = "etcd-cluster"
+
+
+class EtcdSettings(EngineSettings):
+    type: Literal["etcd"] = "etcd"
+    endpoint: str = Field(default="http://127.0.0.1:2379", pattern=r"^https?://[^/\s]+/?$")
+    backup_dir: str  # where prepare saves <run_id>.db: must lie on a snapshotted volume
+    data_dir: str | None = None  # the member's --data-dir, when it should be snapshotted too
+    user: str | None = None  # etcd auth; the password comes from password_env or password_file
+    password_env: str | None = None
+    password_file: str | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    timeout_s: float = Field(default=10.0, gt=0)  # every request, and each read of the snapshot stream
+    snapshot_timeout_s: float = Field(default=600.0, gt=0)  # the whole snapshot download
+    keep_snapshots: int = Field(default=2, ge=1)  # saved snapshot files kept in backup_dir
+    probe_peers: bool = True  # ask every other member for its status: per-follower progress in the raft model
+    snapshot_tool: str | None = None  # etcdutl or etcdctl used to check/restore snapshots; default: found on PATH
+    restore: EtcdRestoreSettings | None = None
+
+    @model_validator(mode="after")
+    def _one_password_source(self) -> EtcdSettings:
+        if self.password_env and self.password_file:
+            raise ValueError("give password_env or password_file, not both")
+        if (self.password_env or self.password_file) and not self.user:
+            raise ValueError("a password needs a user")
+        return self
+
+
+class EtcdEngine:
+    """One etcd member on this node, reached through its client URL."""
+
+    name = "etcd"
+    settings_model = EtcdSettings
+
+    def __init__(self, settings: EtcdSettings, *, base_dir: Path) -> None:
+        self.settings = settings
+        self.base_dir = Path(base_dir)
+        self.endpoint = settings.endpoint.rstrip("/")
+        self.backup_dir = self._resolve(settings.backup_dir)
+        self._client: httpx.Client | None = None
+        self._token: str | None = None
+        self._held_run: str | None = None
+        self._state: EngineState | None = None
+
+    # ---- the hold: a saved snapshot -----------------------------------------------------
+
+    def prepare(self, run_id: str) -> EngineState:
+        if self._held_run == run_id and self._state is not None:
+            return self._state
+        if self._held_run is not None:
+            raise EngineBusy(f"etcd at {self.endpoint} is held by run {self._held_run}", hint="complete that run first")
+        keys = self._post("/v3/kv/range", ALL_KEYS)
+        status, members = self._status_and_members()
+        target = self.backup_dir / f"{run_id}.db"
+        saved = self._save_snapshot(target)
+        self._prune(keep=target)
+        facts = _key_facts(keys)
+        facts.position.update(_position(status), snapshot_revision=saved.get("revision"))
+        self._state = EngineState(
+            engine=self.name, version=status.get("version"), prepared_at=datetime.now(timezone.utc),
+            facts=facts, files=[str(target)], raft=[self._raft_group(status, members)],
+            details={"snapshot": saved, "member": _member_name(status, members)},
+        )
+        self._held_run = run_id
+        return self._state
+
+    def complete(self, run_id: str) -> None:
+        # Nothing is held on the server; the saved file stays: it is the backup.
+        if self._held_run == run_id:
+            self._held_run, self._state = None, None
+
+    def _save_snapshot(self, target: Path) -> dict[str, Any]:
+        """Stream the backend into ``target`` (via a temp file) and check it; returns what was checked."""
+        partial = target.with_name(target.name + ".part")
+        started = time.monotonic()
+        deadline = started + self.settings.snapshot_timeout_s
+        digest, size, trailer = hashlib.sha256(), 0, b""
+        try:
+            self.backup_dir.mkdir(parents=True, exist_ok=True)
+            with open(partial, "wb") as out, self._stream("/v3/maintenance/snapshot") as response:
+                for line in response.iter_lines():
+                    if time.monotonic() > deadline:
+                        raise EngineError(f"etcd snapshot from {self.endpoint} took longer than "
+                                          f"{self.settings.snapshot_timeout_s:g}s", hint="raise snapshot_timeout_s")
+                    chunk = _snapshot_chunk(line, self.endpoint)
+                    out.write(chunk)
+                    # The last 32 bytes are the sha256 of everything before them: hash with a lag of 32.
+                    trailer += chunk
+                    digest.update(trailer[:-32])
+                    trailer = trailer[-32:]
+                    size += len(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            if size <= 32 or digest.digest() != trailer:
+                raise EngineError(f"etcd snapshot from {self.endpoint} is damaged ({size} bytes, sha256 mismatch)",
+                                  hint="retry; check the member's disk and its etcd log")
+            os.replace(partial, target)
+        except httpx.TimeoutException as exc:
+            raise EngineError(f"etcd at {self.endpoint}: the snapshot stream stalled for {self.settings.timeout_s:g}s",
+                              hint="is the member overloaded or stuck? raise timeout_s if it is just slow") from exc
+        except httpx.HTTPError as exc:
+            raise EngineError(f"etcd at {self.endpoint}: snapshot failed: {_reason(exc)}",
+                              hint="is etcd running there?") from exc
+        except OSError as exc:
+            raise EngineError(f"cannot write etcd snapshot {partial}: {exc.strerror or exc}",
+                              hint="backup_dir must be writable by the agent, with room for the whole backend") from exc
+        finally:
+            partial.unlink(missing_ok=True)  # gone already when the snapshot made it into place
+        checked: dict[str, Any] = {"file": str(target), "bytes": size, "sha256": trailer.hex(),
+                                   "duration_s": round(time.monotonic() - started, 3)}
+        tool = snapshot_tool(self.settings.snapshot_tool)
+        if tool is not None:
+            try:
+                checked.update(check_snapshot_file(tool, target, timeout_s=self.settings.timeout_s))
+            except EngineError:
+                target.unlink(missing_ok=True)  # a file the tool cannot read is no backup
+                raise
+        return checked
+
+    def _prune(self, keep: Path) -> None:
+        saved = sorted((p for p in self.backup_dir.iterdir() if SNAPSHOT_NAME.match(p.name) and p != keep),
+                       key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in saved[self.settings.keep_snapshots - 1:]:
+            old.unlink(missing_ok=True)
+            log.info("removed old etcd snapshot %s", old)
+
+    # ---- the rest of the contract -------------------------------------------------------
+
+    def trigger(self, target: str | None) -> list[JobResult]:
+        """etcd cuts its raft snapshots by itself (every --snapshot-count entries); the operator's
+        snapshot is a saved backend copy, and ``defragment`` compacts the backend file."""
+        started = time.monotonic()
+        if target in (None, "", "snapshot"):
+            name = datetime.now(timezone.utc).strftime("manual-%Y%m%dT%H%M%S%fZ.db")
+            try:
+                saved = self._save_snapshot(self.backup_dir / name)
+            except EngineError as exc:
+                return [JobResult(target="snapshot", status="failed", detail=exc.message,
+                                  duration_s=time.monotonic() - started)]
+            self._prune(keep=self.backup_dir / name)
+            return [JobResult(target="snapshot", status="succeeded", detail=f"saved {saved['file']}",
+                              duration_s=time.monotonic() - started, extra=saved)]
+        if target == "defragment":
+            self._post("/v3/maintenance/defragment", {}, timeout_s=self.settings.snapshot_timeout_s)
+            return [JobResult(target="defragment", status="succeeded", detail="backend defragmented",
+                              duration_s=time.monotonic() - started)]
+        raise BadInputError(f"etcd: unknown trigger target {target!r}", hint="use 'snapshot' (default) or 'defragment'")
+
+    def status(self) -> EngineStatus:
+        held = dict(held=self._held_run is not None, held_since=self._state.prepared_at if self._state else None)
+        try:
+            status, members = self._status_and_members()
+        except EngineError as exc:
+            return EngineStatus(engine=self.name, reachable=False, error=exc.message, **held)
+        errors = [str(e) for e in status.get("errors") or []]
+        details = {
+            "member": _member_name(status, members), "endpoint": self.endpoint,
+            "revision": _int(status.get("header", {}).get("revision")), "db_size": _int(status.get("dbSize")),
+            "db_size_in_use": _int(status.get("dbSizeInUse")), "errors": errors,
+            "members": [{"id": _hex(m.get("ID")), "name": m.get("name"), "peer_urls": m.get("peerURLs", []),
+                         "client_urls": m.get("clientURLs", []), "learner": bool(m.get("isLearner"))} for m in members],
+        }
+        if self._held_run:
+            details["held_for_run"] = self._held_run
+        return EngineStatus(engine=self.name, version=status.get("version"), reachable=True,
+                            raft=[self._raft_group(status, members)], details=details,
+                            error="; ".join(errors) or None, **held)
+
+    def verify(self) -> VerifyFacts:
+        return _key_facts(self._post("/v3/kv/range", ALL_KEYS))
+
+    def restore_prepare(self, path: Path | None) -> None:
+        """Check the newest saved snapshot; with ``restore:`` settings, rebuild the data dir from it."""
+        saved = sorted((p for p in self.backup_dir.glob("*.db") if SNAPSHOT_NAME.match(p.name)),
+                       key=lambda p: p.stat().st_mtime)
+        if not saved:
+            raise EngineError(f"etcd restore: no saved snapshot (*.db) in {self.backup_dir}",
+                              hint="restore the volume that holds backup_dir")
+        data_dir = Path(path) if path is not None else None
+        if data_dir is None and self.settings.data_dir:
+            data_dir = self._resolve(self.settings.data_dir)
+        tool = snapshot_tool(self.settings.snapshot_tool)
+        if self.settings.restore is None or data_dir is None:
+            if tool is not None:
+                check_snapshot_file(tool, saved[-1], timeout_s=self.settings.timeout_s)
+            return  # the crash-consistent data dir starts as it is; the saved snapshot stays for a rebuild
+        if tool is None:
+            raise EngineError("etcd restore needs etcdutl or etcdctl", hint="install etcd-client, or set snapshot_tool")
+        restore_snapshot(tool, saved[-1], data_dir, self.settings.restore, timeout_s=self.settings.snapshot_timeout_s)
+
+    def data_paths(self) -> list[Path]:
+        paths = [self.backup_dir]
+        if self.settings.data_dir:
+            paths.append(self._resolve(self.settings.data_dir))
+        return paths
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    # ---- raft ---------------------------------------------------------------------------
+
+    def _status_and_members(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        status = self._post("/v3/maintenance/status", {})
+        members = self._post("/v3/cluster/member/list", {}).get("members", [])
+        return status, members
+
+    def _raft_group(self, status: dict[str, Any], members: list[dict[str, Any]]) -> RaftGroup:
+        header = status.get("header", {})
+        me, leader = _int(header.get("member_id")), _int(status.get("leader"))
+        mine = next((m for m in members if _int(m.get("ID")) == me), {})
+        role = "learner" if status.get("isLearner") or mine.get("isLearner") else (
+            "leader" if leader and leader == me else "follower" if leader else "unknown")
+        others = [m for m in members if _int(m.get("ID")) != me]
+        progress = self._probe(others, _int(status.get("raftIndex"))) if self.settings.probe_peers else []
+        return RaftGroup(
+            group=_hex(header.get("cluster_id")), member=_hex(me), role=role,
+            term=_int(status.get("raftTerm")) or None, leader=_hex(leader) if leader else None,
+            commit_index=_int(status.get("raftIndex")), applied_index=_int(status.get("raftAppliedIndex")),
+            peers=[_hex(m.get("ID")) for m in others], replication=progress,
+            extra={"name": mine.get("name"), "names": {_hex(m.get("ID")): m.get("name") for m in members},
+                   "revision": _int(header.get("revision")), "errors": status.get("errors") or []},
+        )
+
+    def _probe(self, others: list[dict[str, Any]], commit_index: int) -> list[ReplicationProgress]:
+        """Each other member's own status: its applied index against ours, or why it did not answer."""
+        if not others:
+            return []
+        with ThreadPoolExecutor(max_workers=min(len(others), 8)) as pool:
+            return list(pool.map(lambda m: self._probe_one(m, commit_index), others))
+
+    def _probe_one(self, member: dict[str, Any], commit_index: int) -> ReplicationProgress:
+        peer = _hex(member.get("ID"))
+        urls = member.get("clientURLs") or []
+        if not urls:
+            return ReplicationProgress(peer=peer, state="not started", error="member has no client URL yet")
+        try:
+            theirs = self._post("/v3/maintenance/status", {}, url=urls[0].rstrip("/"))
+        except EngineError as exc:
+            return ReplicationProgress(peer=peer, state="unreachable", consecutive_errors=1, error=exc.message)
+        applied, leader = _int(theirs.get("raftAppliedIndex")), _int(theirs.get("leader"))
+        their_id = _int(theirs.get("header", {}).get("member_id"))
+        state = "leader" if leader and leader == their_id else "follower" if leader else "no leader"
+        errors = [str(e) for e in theirs.get("errors") or []]
+        return ReplicationProgress(peer=peer, state=state, match_index=applied,
+                                   lag_entries=max(commit_index - applied, 0),
+                                   consecutive_errors=len(errors), error="; ".join(errors) or None)
+
+    # ---- HTTP ---------------------------------------------------------------------------
+
+    def _http(self) -> httpx.Client:
+        if self._client is None:
+            s = self.settings
+            cert = None
+            if s.cert_file and s.key_file:
+                cert = (str(self._resolve(s.cert_file)), str(self._resolve(s.key_file)))
+            self._client = httpx.Client(timeout=httpx.Timeout(s.timeout_s), cert=cert,
+                                        verify=str(self._resolve(s.ca_file)) if s.ca_file else True)
+        return self._client
+
+    def _headers(self, renew: bool = False) -> dict[str, str]:
+        if not self.settings.user:
+            return {}
+        if self._token is None or renew:
+            answer = self._request("/v3/auth/authenticate", {"name": self.settings.user, "password": self._password()},
+                                   headers={}, what="authenticating")
+            self._token = answer.get("token")
+        return {"Authorization": self._token or ""}
+
+    def _post(self, path: str, body: dict[str, Any], *, url: str | None = None,
+              timeout_s: float | None = None) -> dict[str, Any]:
+        try:
+            return self._request(path, body, headers=self._headers(), url=url, timeout_s=timeout_s)
+        except _TokenExpired:
+            return self._request(path, body, headers=self._headers(renew=True), url=url, timeout_s=timeout_s)
+
+    def _request(self, path: str, body: dict[str, Any], *, headers: dict[str, str], what: str | None = None,
+                 url: str | None = None, timeout_s: float | None = None) -> dict[str, Any]:
+        base = url or self.endpoint
+        what = what or path
+        timeout = httpx.Timeout(timeout_s or self.settings.timeout_s)
+        try:
+            response = self._http().post(base + path, json=body, headers=headers, timeout=timeout)
+        except httpx.TimeoutException as exc:
+            raise EngineError(f"etcd at {base}: no answer to {what} within {timeout.read:g}s",
+                              hint="is the member overloaded or stuck? raise timeout_s if it is just slow") from exc
+        except httpx.HTTPError as exc:
+            raise EngineError(f"etcd at {base}: {what} failed: {_reason(exc)}", hint="is etcd running there?") from exc
+        return self._answer(response, base, what)
+
+    def _answer(self, response: httpx.Response, base: str, what: str) -> dict[str, Any]:
+        try:
+            data = response.json()
+        except ValueError:
+            data = {}
+        if response.status_code >= 400 or "error" in data:
+            err = data.get("error")
+            message = data.get("message") or (err.get("message") if isinstance(err, dict) else err)
+            message = message or response.reason_phrase
+            if "token" in str(message) and self.settings.user:
+                raise _TokenExpired(str(message))
+            if "authentication failed" in str(message) or response.status_code in (401, 403):
+                raise EngineError(f"etcd at {base}: {what}: {message}",
+                                  hint="check user and password_env/password_file")
+            raise EngineError(f"etcd at {base}: {what} failed: {message}")
+        if not isinstance(data, dict):
+            raise EngineError(f"etcd at {base}: {what}: unexpected answer")
+        return data
+
+    def _stream(self, path: str) -> Any:
+        return self._http().stream("POST", self.endpoint + path, json={}, headers=self._headers())
+
+    # ---- small helpers ------------------------------------------------------------------
+
+    def _resolve(self, path: str) -> Path:
+        p = Path(os.path.expanduser(path))
+        return (p if p.is_absolute() else self.base_dir / p).resolve()
+
+    def _password(self) -> str:
+        s = self.settings
+        if s.password_env:
+            value = os.environ.get(s.password_env)
+            if value is None:
+                raise EngineError(f"etcd password variable {s.password_env} is not set",
+                                  hint="export it in the agent's environment, or use password_file")
+            return value
+        if s.password_file:
+            path = self._resolve(s.password_file)
+            try:
+                lines = path.read_text().splitlines()
+            except OSError as exc:
+                raise EngineError(f"cannot read etcd password file {path}: {exc.strerror}") from exc
+            return lines[0] if lines else ""
+        raise EngineError(f"etcd user {s.user!r} has no password source", hint="set password_env or password_file")
+
+
+# ---- etcdutl / etcdctl: check and restore saved snapshots ---------------------------------
+
+
+def snapshot_tool(configured: str | None) -> str | None:
+    """etcdutl (3.5+) or etcdctl (3.4, ``snapshot status/restore`` there), or None when neither exists."""
+    if configured:
+        found = shutil.which(configured)
+        if found is None:
+            raise EngineError(f"etcd snapshot_tool {configured!r} not found", hint="give a path to etcdutl or etcdctl")
+        return found
+    return shutil.which("etcdutl") or shutil.which("etcdctl")
+
+
+def _run_tool(tool: str, args: list[str], *, timeout_s: float, what: str) -> str:
+    try:
+        done = subprocess.run([tool, *args], capture_output=True, text=True, timeout=timeout_s,
+                              env={**os.environ, "ETCDCTL_API": "3"}, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise EngineError(f"{what}: {Path(tool).name} did not finish within {timeout_s:g}s") from exc
+    except OSError as exc:
+        raise EngineError(f"{what}: cannot run {tool}: {exc.strerror}") from exc
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no error output"])[-1]
+        raise EngineError(f"{what}: {Path(tool).name} failed: {last}")
+    return done.stdout
+
+
+def check_snapshot_file(tool: str, path: Path, *, timeout_s: float) -> dict[str, Any]:
+    """``snapshot status``: the file opens as a backend, with its revision and hash."""
+    out = _run_tool(tool, ["snapshot", "status", str(path), "-w", "json"], timeout_s=timeout_s,
+                    what=f"checking etcd snapshot {path}")
+    try:
+        status = json.loads(out)
+    except ValueError as exc:
+        raise EngineError(f"checking etcd snapshot {path}: unreadable output from {Path(tool).name}") from exc
+    return {"revision": status.get("revision"), "hash": status.get("hash"), "total_keys": status.get("totalKey"),
+            "total_size": status.get("totalSize"), "checked_with": Path(tool).name}
+
+
+def restore_snapshot(tool: str, snapshot: Path, data_dir: Path, restore: EtcdRestoreSettings, *,
+                     timeout_s: float) -> None:
+    """Rebuild ``data_dir`` from ``snapshot`` as a member of a new cluster; the old dir is kept aside."""
+    if data_dir.exists() and any(data_dir.iterdir()):
+        aside = data_dir.with_name(f"{data_dir.name}.before-restore-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}")
+        data_dir.rename(aside)
+        log.info("moved %s aside to %s", data_dir, aside)
+    elif data_dir.exists():
+        data_dir.rmdir()  # the tool refuses an existing dir, even an empty one
+    _run_tool(tool, ["snapshot", "restore", str(snapshot), "--data-dir", str(data_dir), "--name", restore.name,
+                     "--initial-cluster", restore.initial_cluster,
+                     "--initial-cluster-token", restore.initial_cluster_token,
+                     "--initial-advertise-peer-urls", restore.initial_advertise_peer_urls],
+              timeout_s=timeout_s, what=f"restoring etcd snapshot {snapshot}")
+
+
+class _TokenExpired(EngineError):
+    """etcd dropped our auth token (expiry, or the member restarted): authenticate again once."""
+
+
+def _snapshot_chunk(line: str, endpoint: str) -> bytes:
+    if not line.strip():
+        return b""
+    try:
+        message = json.loads(line)
+    except ValueError as exc:
+        raise EngineError(f"etcd snapshot from {endpoint}: unreadable stream message") from exc
+    if "error" in message:
+        err = message["error"]
+        reason = err.get("message") if isinstance(err, dict) else err
+        raise EngineError(f"etcd snapshot from {endpoint} failed: {reason}")
+    return base64.b64decode(message.get("result", {}).get("blob", ""))
+
+
+def _key_facts(keys: dict[str, Any]) -> VerifyFacts:
+    """Live keys and the store revision: what a restore from a later point must at least hold."""
+    return VerifyFacts(tables={"keys": TableFacts(rows=_int(keys.get("count")))},
+                       position={"revision": _int(keys.get("header", {}).get("revision"))}, exact=False)
+
+
+def _position(status: dict[str, Any]) -> dict[str, Any]:
+    header = status.get("header", {})
+    return {"raft_term": _int(status.get("raftTerm")),
+            "raft_index": _int(status.get("raftIndex")), "applied_index": _int(status.get("raftAppliedIndex")),
+            "member_id": _hex(header.get("member_id")), "cluster_id": _hex(header.get("cluster_id"))}
+
+
+def _member_name(status: dict[str, Any], members: list[dict[str, Any]]) -> str | None:
+    me = _int(status.get("header", {}).get("member_id"))
+    return next((m.get("name") for m in members if _int(m.get("ID")) == me), None)
+
+
+def _int(value: Any) -> int:
+    """The gateway sends uint64/int64 as decimal strings and leaves zeros out."""
+    return int(value) if value not in (None, "") else 0
+
+
+def _hex(value: Any) -> str:
+    """Member and cluster ids as etcdctl prints them."""
+    return format(_int(value), "x")
+
+
+def _reason(exc: httpx.HTTPError) -> str:
+    cause = exc.__cause__ or exc.__context__
+    text = str(exc) or (str(cause) if cause else "") or type(exc).__name__
+    return text.lower()

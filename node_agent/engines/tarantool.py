@@ -1,0 +1,487 @@
+"""Tarantool: pin a fresh checkpoint with ``box.backup.start()`` while the disk is snapshotted.
+
+prepare runs ``box.snapshot()`` then ``box.backup.start()`` in one Lua call, so the checkpoint
+files (the ``.snap`` and vinyl files it returns) cannot be garbage-collected until
+``box.backup.stop()`` in complete. Writers go on: the xlogs keep growing, so a restored copy
+holds at least the recorded facts (``facts.exact=False``).
+
+The hold is fenced by run id on the server itself: a global ``snapctl_backup_run`` records which
+snapctl run pinned the checkpoint, so a second agent, a late complete from a dead run or a
+restarted agent never releases a pin it did not make, and a pin made by another backup tool
+(``box.backup.start`` without our marker) is reported as held by someone else.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from node_agent.engines.base import EngineSettings
+from node_agent.models import (
+    EngineState,
+    EngineStatus,
+    JobResult,
+    RaftGroup,
+    ReplicationProgress,
+    TableFacts,
+    VerifyFacts,
+)
+from snapctl.errors import BadInputError, EngineBusy, EngineError
+
+log = logging.getLogger("snapctl.agent.tarantool")
+
+HOLDER_GLOBAL = "snapctl_backup_run"
+ER_ACCESS_DENIED, ER_CREDS_MISMATCH, ER_NO_SUCH_USER = 42, 47, 45
+ER_MISSING_SNAPSHOT, ER_CHECKPOINT_IN_PROGRESS, ER_BACKUP_IN_PROGRESS = 93, 120, 129
+GRANT_HINT = "the user needs: box.schema.user.grant('<user>', 'read,write,execute', 'universe')"
+
+# Shared Lua: the instance's state, and tuples per persistent user space (ids from 512 up).
+_LUA_HELPERS = f"""
+local HOLDER = '{HOLDER_GLOBAL}'
+local function backup_pinned()
+    for _, c in ipairs(box.info.gc().checkpoints) do
+        for _, ref in ipairs(c.references or {{}}) do
+            if ref == 'backup' or (type(ref) == 'table' and ref.name == 'backup') then return true end
+        end
+    end
+    return false
+end
+local function snapctl_info()
+    local info = box.info
+    local gc = info.gc()
+    local last = gc.checkpoints[#gc.checkpoints]
+    local replication = {{}}
+    for _, r in pairs(info.replication) do table.insert(replication, r) end
+    local group = (info.replicaset and info.replicaset.uuid) or (info.cluster and info.cluster.uuid)
+    return {{version = info.version, id = info.id, uuid = info.uuid, ro = info.ro, status = info.status,
+        group = group, vclock = info.vclock, lsn = info.lsn, signature = info.signature,
+        replication = replication, election = info.election,
+        checkpoint_in_progress = gc.checkpoint_is_in_progress,
+        checkpoint_vclock = last and last.vclock, checkpoint_signature = last and last.signature,
+        pinned = backup_pinned(), holder = rawget(_G, HOLDER)}}
+end
+local function snapctl_tables()
+    local tables = {{}}
+    for _, t in box.space._space:pairs({{512}}, {{iterator = 'GE'}}) do
+        local s = box.space[t[1]]
+        if s ~= nil and s.index[0] ~= nil and not s.temporary then
+            if s.engine == 'memtx' then tables[s.name] = s.index[0]:len()
+            elseif s.engine == 'vinyl' then tables[s.name] = s.index[0]:count() end
+        end
+    end
+    return tables
+end
+"""
+
+STATUS_LUA = _LUA_HELPERS + "return snapctl_info()"
+VERIFY_LUA = _LUA_HELPERS + "return {tables = snapctl_tables(), info = snapctl_info()}"
+
+PREPARE_LUA = _LUA_HELPERS + """
+local run_id, take_snapshot = ...
+local holder = rawget(_G, HOLDER)
+if holder ~= nil and not backup_pinned() then
+    holder = nil  -- someone ran box.backup.stop() by hand: the marker is stale
+    rawset(_G, HOLDER, nil)
+end
+if holder ~= nil and holder ~= run_id then return {held_by = holder} end
+local snapshot_taken = false
+if holder == run_id then
+    box.backup.stop()  -- our earlier answer was lost (agent restart): pin the latest checkpoint again
+elseif take_snapshot then
+    box.snapshot()
+    snapshot_taken = true
+end
+local files = box.backup.start()
+rawset(_G, HOLDER, run_id)
+local ok, result = pcall(function()
+    local fio = require('fio')
+    local absolute = {}
+    for i, f in ipairs(files) do absolute[i] = fio.abspath(f) end
+    return {files = absolute, tables = snapctl_tables(), info = snapctl_info(), snapshot_taken = snapshot_taken}
+end)
+if not ok then
+    box.backup.stop()
+    rawset(_G, HOLDER, nil)
+    error(result)
+end
+return result
+"""
+
+RELEASE_LUA = f"""
+local run_id = ...
+local holder = rawget(_G, '{HOLDER_GLOBAL}')
+if holder ~= run_id then return {{released = false, holder = holder}} end
+box.backup.stop()
+rawset(_G, '{HOLDER_GLOBAL}', nil)
+return {{released = true}}
+"""
+
+SNAPSHOT_LUA = "box.snapshot() return box.info.signature, box.info.vclock"
+
+
+class TarantoolSettings(EngineSettings):
+    type: Literal["tarantool"] = "tarantool"
+    host: str = "127.0.0.1"
+    port: int = Field(default=3301, ge=1, le=65535)
+    user: str = "snapctl"
+    password_env: str | None = None  # name of the variable holding the password
+    password_file: str | None = None  # first line is the password; relative to the inventory/config
+    work_dir: str | None = None  # box.cfg.work_dir: memtx/wal/vinyl dirs default to it
+    data_paths: list[str] = Field(default_factory=list)  # when memtx_dir/wal_dir/vinyl_dir live elsewhere
+    timeout_s: float = Field(default=10.0, gt=0)  # connect and every short call
+    snapshot_timeout_s: float = Field(default=600.0, gt=0)  # box.snapshot(): minutes on a big instance
+    snapshot_on_prepare: bool = True  # False pins the latest existing checkpoint instead
+
+    @model_validator(mode="after")
+    def _needs_paths(self) -> TarantoolSettings:
+        if not self.work_dir and not self.data_paths:
+            raise ValueError("tarantool needs work_dir or data_paths: the directories the disk snapshot must cover")
+        if self.password_env and self.password_file:
+            raise ValueError("give password_env or password_file, not both")
+        return self
+
+
+class TarantoolEngine:
+    """One Tarantool instance on this node, reached over iproto."""
+
+    name = "tarantool"
+    settings_model = TarantoolSettings
+
+    def __init__(self, settings: TarantoolSettings, *, base_dir: Path) -> None:
+        self.settings = settings
+        self.base_dir = Path(base_dir)
+        self.address = f"{settings.host}:{settings.port}"
+        self._held_run: str | None = None
+        self._state: EngineState | None = None
+        self._uncertain_run: str | None = None  # a prepare whose answer never came may have pinned
+
+    # ---- the hold -----------------------------------------------------------------------
+
+    def prepare(self, run_id: str) -> EngineState:
+        if self._held_run == run_id and self._state is not None:
+            return self._state
+        with self._session() as conn:
+            try:
+                result = self._eval(conn, PREPARE_LUA, run_id, self.settings.snapshot_on_prepare,
+                                    what="box.snapshot() and box.backup.start()",
+                                    timeout_s=self.settings.snapshot_timeout_s)
+            except EngineError as exc:
+                if exc.__cause__ is not None and _is_network(exc.__cause__):
+                    self._uncertain_run = run_id  # the call went out: the server may pin after all
+                raise
+        if "held_by" in result:
+            raise EngineBusy(
+                f"tarantool at {self.address} is held by snapctl run {result['held_by']}",
+                hint="complete that run first (its agent's lease also expires by itself)",
+            )
+        info = result["info"]
+        files = [str(f) for f in result["files"]]
+        outside = self._outside_data_paths(files)
+        if outside:
+            self._release(run_id)
+            roots = ", ".join(str(p) for p in self.data_paths())
+            raise EngineError(
+                f"tarantool checkpoint file {outside[0]} lies outside the data paths ({roots})",
+                hint="add its directory to engine.data_paths and make sure a snapshotted volume covers it",
+            )
+        now = datetime.now(timezone.utc)
+        self._state = EngineState(
+            engine=self.name,
+            version=info.get("version"),
+            prepared_at=now,
+            facts=VerifyFacts(tables=_tables(result["tables"]), position=_position(info), exact=False),
+            files=files,
+            raft=[raft_group(info)],
+            details={"instance_id": info.get("id"), "ro": info.get("ro"), "snapshot_taken": result["snapshot_taken"]},
+        )
+        self._held_run, self._uncertain_run = run_id, None
+        return self._state
+
+    def complete(self, run_id: str) -> None:
+        known = run_id in (self._held_run, self._uncertain_run)
+        try:
+            self._release(run_id)
+        except EngineError:
+            if not known:
+                return  # nothing of this run is recorded as held, and the engine cannot be asked
+            raise
+
+    def _release(self, run_id: str) -> None:
+        with self._session() as conn:
+            result = self._eval(conn, RELEASE_LUA, run_id, what="box.backup.stop()")
+        if not result.get("released") and result.get("holder"):
+            # Fencing: a late complete must not release another run's pin.
+            log.warning("complete from run %s ignored: the pin belongs to run %s", run_id, result["holder"])
+        if self._held_run == run_id:
+            self._held_run, self._state = None, None
+        if self._uncertain_run == run_id:
+            self._uncertain_run = None
+
+    # ---- the rest of the contract -------------------------------------------------------
+
+    def trigger(self, target: str | None) -> list[JobResult]:
+        if target not in (None, "", "snapshot", "box.snapshot"):
+            raise BadInputError(
+                f"tarantool has one checkpoint per instance: unknown trigger target {target!r}",
+                hint="omit the target or use 'snapshot'",
+            )
+        started = time.monotonic()
+        deadline = started + self.settings.snapshot_timeout_s
+        while True:
+            try:
+                with self._session() as conn:
+                    signature, vclock = self._eval(conn, SNAPSHOT_LUA, what="box.snapshot()",
+                                                   timeout_s=max(deadline - time.monotonic(), 0.1), whole=True)
+                break
+            except EngineBusy as exc:
+                # The checkpoint daemon (or another client) is writing one: wait for it, then take ours.
+                if time.monotonic() + 0.2 >= deadline:
+                    return [JobResult(target="box.snapshot", status="failed", detail=exc.message,
+                                      duration_s=time.monotonic() - started)]
+                time.sleep(0.2)
+        return [JobResult(target="box.snapshot", status="succeeded", detail="checkpoint written",
+                          duration_s=time.monotonic() - started,
+                          extra={"signature": signature, "vclock": _vclock(vclock)})]
+
+    def status(self) -> EngineStatus:
+        try:
+            with self._session() as conn:
+                info = self._eval(conn, STATUS_LUA, what="box.info")
+        except EngineError as exc:
+            held_since = self._state.prepared_at if self._state else None
+            return EngineStatus(engine=self.name, reachable=False, held=self._held_run is not None,
+                                held_since=held_since, error=exc.message)
+        holder = info.get("holder") if info.get("pinned") else None
+        held_by = None
+        if holder is not None and holder != self._held_run:
+            held_by = f"snapctl run {holder}"
+        elif holder is None and info.get("pinned"):
+            held_by = "box.backup.start() by another backup tool"
+        details = {"instance_id": info.get("id"), "ro": info.get("ro"), "status": info.get("status"),
+                   "vclock": _vclock(info.get("vclock")), "lsn": info.get("lsn"), "address": self.address}
+        if self._held_run:
+            details["held_for_run"] = self._held_run
+        return EngineStatus(
+            engine=self.name, version=info.get("version"), reachable=True,
+            held=bool(info.get("pinned")), held_by=held_by,
+            held_since=self._state.prepared_at if self._state and holder == self._held_run else None,
+            raft=[raft_group(info)], details=details,
+        )
+
+    def verify(self) -> VerifyFacts:
+        with self._session() as conn:
+            result = self._eval(conn, VERIFY_LUA, what="counting tuples", timeout_s=self.settings.snapshot_timeout_s)
+        return VerifyFacts(tables=_tables(result["tables"]), position=_position(result["info"]), exact=False)
+
+    def restore_prepare(self, path: Path | None) -> None:
+        root = Path(path) if path is not None else self.data_paths()[0]
+        if not root.is_dir():
+            raise EngineError(f"tarantool restore: {root} is not a directory")
+        if not any(root.rglob("*.snap")):
+            raise EngineError(f"tarantool restore: no .snap file under {root}",
+                              hint="restore the volume holding memtx_dir, or pass the directory that holds it")
+        # A checkpoint or dump being written at snapshot time leaves *.inprogress files: incomplete
+        # by definition, and never read at recovery; drop them so they are not mistaken for data.
+        for leftover in root.rglob("*.inprogress"):
+            leftover.unlink()
+            log.info("removed incomplete file %s", leftover)
+
+    def data_paths(self) -> list[Path]:
+        paths = self.settings.data_paths or [self.settings.work_dir]
+        return [self._resolve(p) for p in paths if p]
+
+    def close(self) -> None:
+        """Every call uses its own connection: nothing stays open."""
+
+    # ---- plumbing -----------------------------------------------------------------------
+
+    def _resolve(self, path: str) -> Path:
+        p = Path(os.path.expanduser(path))
+        return (p if p.is_absolute() else self.base_dir / p).resolve()
+
+    def _outside_data_paths(self, files: list[str]) -> list[str]:
+        roots = self.data_paths()
+        return [f for f in files if not any(Path(f).resolve().is_relative_to(root) for root in roots)]
+
+    def _password(self) -> str | None:
+        s = self.settings
+        if s.password_env:
+            value = os.environ.get(s.password_env)
+            if value is None:
+                raise EngineError(f"tarantool password variable {s.password_env} is not set",
+                                  hint="export it in the agent's environment, or use password_file")
+            return value
+        if s.password_file:
+            path = self._resolve(s.password_file)
+            try:
+                return path.read_text().splitlines()[0] if path.stat().st_size else ""
+            except OSError as exc:
+                raise EngineError(f"cannot read tarantool password file {path}: {exc.strerror}") from exc
+        return None
+
+    @contextmanager
+    def _session(self) -> Iterator[Any]:
+        import tarantool  # optional dependency (snapctl[tarantool]); only agents running this engine need it
+
+        try:
+            conn = tarantool.Connection(
+                self.settings.host, self.settings.port, user=self.settings.user, password=self._password(),
+                socket_timeout=self.settings.timeout_s, connection_timeout=self.settings.timeout_s,
+                reconnect_max_attempts=0, fetch_schema=False, connect_now=True,
+            )
+        except tarantool.DatabaseError as exc:
+            raise self._translate(exc, "connecting") from exc
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    def _eval(self, conn: Any, lua: str, *args: Any, what: str, timeout_s: float | None = None,
+              whole: bool = False) -> Any:
+        import tarantool
+
+        if timeout_s is not None:
+            # The client has one socket timeout per connection; long calls stretch it for themselves.
+            conn.socket_timeout = timeout_s
+            conn._socket.settimeout(timeout_s)
+        try:
+            data = conn.eval(lua, list(args)).data
+        except tarantool.DatabaseError as exc:  # NetworkError included: _translate tells them apart
+            raise self._translate(exc, what, timeout_s) from exc
+        return data if whole else (data[0] if data else None)
+
+    def _translate(self, exc: Exception, what: str, timeout_s: float | None = None) -> EngineError:
+        cause = _root_cause(exc)
+        where = f"tarantool at {self.address}"
+        if isinstance(cause, TimeoutError):
+            seconds = timeout_s or self.settings.timeout_s
+            return EngineError(f"{where}: no answer to {what} within {seconds:g}s",
+                               hint="is the instance overloaded or stuck? if it is just slow, raise "
+                                    "timeout_s (snapshot_timeout_s for box.snapshot)")
+        if isinstance(cause, OSError):
+            reason = cause.strerror or str(cause) or "connection lost"
+            return EngineError(f"{where}: {what} failed: {reason.lower()}",
+                               hint="is tarantool running and listening there?")
+        code, message = getattr(cause, "code", 0), getattr(cause, "message", "") or str(cause)
+        if code == ER_BACKUP_IN_PROGRESS:
+            return EngineBusy(f"{where}: a backup is already in progress (box.backup.start() by another tool)",
+                              hint="wait for that backup; if it was abandoned run box.backup.stop() on the instance")
+        if code == ER_CHECKPOINT_IN_PROGRESS:
+            return EngineBusy(f"{where}: a snapshot is already in progress",
+                              hint="retry once box.info.gc().checkpoint_is_in_progress is false")
+        if code == ER_MISSING_SNAPSHOT:
+            return EngineError(f"{where}: no checkpoint to back up ({message})",
+                               hint="set snapshot_on_prepare: true, or run box.snapshot() first")
+        if code in (ER_CREDS_MISMATCH, ER_NO_SUCH_USER):
+            return EngineError(f"{where}: authentication as {self.settings.user!r} failed",
+                               hint="check user and password_env/password_file")
+        if code == ER_ACCESS_DENIED:
+            return EngineError(f"{where}: {what}: {message}", hint=GRANT_HINT.replace("<user>", self.settings.user))
+        if code:
+            return EngineError(f"{where}: {what} failed with error {code}: {message}")
+        return EngineError(f"{where}: {what} failed: {message or type(cause).__name__}")
+
+
+# ---- translating box.info into snapctl's models ------------------------------------------
+
+
+def raft_group(info: dict[str, Any]) -> RaftGroup:
+    """The replica set as this instance sees it. With ``box.info.election`` (2.6.1+) role, term and
+    leader come from raft; without it (2.6.0, or election_mode=off) the writable instance is the leader."""
+    me = info.get("uuid") or ""
+    by_id = {r.get("id"): r for r in info.get("replication") or []}
+    vclock = _vclock(info.get("vclock"))
+    election = info.get("election") or None
+    role, term, leader = ("follower" if info.get("ro") else "leader"), None, (None if info.get("ro") else me)
+    if isinstance(election, dict) and election.get("state"):
+        role = election["state"] if election["state"] in ("leader", "follower", "candidate") else "unknown"
+        term = election.get("term")
+        leader_entry = by_id.get(election.get("leader"))
+        leader = leader_entry.get("uuid") if leader_entry else None
+    peers, progress, addresses = [], [], {}
+    for entry in sorted(by_id.values(), key=lambda r: r.get("id") or 0):
+        uuid = entry.get("uuid")
+        if not uuid or uuid == me:
+            continue
+        peers.append(uuid)
+        up, down = entry.get("upstream") or {}, entry.get("downstream") or {}
+        if up.get("peer"):
+            addresses[uuid] = str(up["peer"]).rsplit("@", 1)[-1]  # drop the user: addresses only
+        progress.append(_progress(uuid, up, down, vclock))
+    extra: dict[str, Any] = {"vclock": vclock, "status": info.get("status"), "ro": info.get("ro"),
+                             "instance_id": info.get("id"), "peer_addresses": addresses,
+                             "election": election if isinstance(election, dict) else None}
+    return RaftGroup(
+        group=info.get("group") or "tarantool", member=me, role=role, term=term, leader=leader,
+        applied_index=info.get("signature"), last_log_index=info.get("signature"),
+        last_snapshot_index=info.get("checkpoint_signature"),
+        snapshot_status="SAVING" if info.get("checkpoint_in_progress") else "IDLE",
+        peers=peers, replication=progress, extra=extra,
+    )
+
+
+def _progress(uuid: str, up: dict[str, Any], down: dict[str, Any], vclock: dict[int, int]) -> ReplicationProgress:
+    state = up.get("status") or down.get("status")
+    errors = [_error_text(side, d) for side, d in (("upstream", up), ("downstream", down)) if d.get("message")]
+    lag_entries = None
+    if "vclock" in down:
+        confirmed = _vclock(down["vclock"])
+        # What this instance has that the peer has not acknowledged yet (component 0 is never replicated).
+        lag_entries = sum(max(lsn - confirmed.get(i, 0), 0) for i, lsn in vclock.items() if i != 0)
+    if down.get("status") and up.get("status") and down["status"] != up["status"]:
+        state = f"{up['status']}/{down['status']}"
+    return ReplicationProgress(
+        peer=uuid, state=state, lag_entries=lag_entries, lag_seconds=up.get("lag"),
+        consecutive_errors=len(errors), error="; ".join(errors) or None,
+    )
+
+
+def _error_text(side: str, d: dict[str, Any]) -> str:
+    text = f"{side} {d.get('status', '?')}: {d['message']}"
+    return f"{text} ({d['system_message'].lower()})" if d.get("system_message") else text
+
+
+def _vclock(raw: Any) -> dict[int, int]:
+    """Tarantool sends a vclock as a map or, when dense, as an array starting at id 1."""
+    if isinstance(raw, dict):
+        return {int(k): int(v) for k, v in raw.items() if v is not None}
+    if isinstance(raw, list):
+        return {i: int(v) for i, v in enumerate(raw, start=1) if v is not None}
+    return {}
+
+
+def _tables(raw: Any) -> dict[str, TableFacts]:
+    return {str(k): TableFacts(rows=int(v)) for k, v in raw.items()} if isinstance(raw, dict) else {}
+
+
+def _position(info: dict[str, Any]) -> dict[str, Any]:
+    return {"vclock": _vclock(info.get("vclock")), "lsn": info.get("lsn"), "signature": info.get("signature"),
+            "checkpoint_vclock": _vclock(info.get("checkpoint_vclock")),
+            "checkpoint_signature": info.get("checkpoint_signature"), "instance_uuid": info.get("uuid")}
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The client wraps errors in NetworkError (even a failed login): find what actually happened."""
+    seen = exc
+    while True:
+        nxt = seen.__cause__ or (seen.args[0] if seen.args and isinstance(seen.args[0], BaseException) else None)
+        if nxt is None or nxt is seen:
+            return seen
+        if getattr(nxt, "code", 0) and type(nxt).__name__ != "NetworkError":
+            return nxt
+        if isinstance(nxt, (socket.timeout, OSError)):
+            return nxt
+        seen = nxt
+
+
+def _is_network(exc: BaseException) -> bool:
+    return isinstance(_root_cause(exc), OSError) or type(exc).__name__ == "NetworkError"

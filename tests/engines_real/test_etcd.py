@@ -1,0 +1,171 @@
+"""The etcd adapter against a real 3-member cluster (Debian's etcd 3.4)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import httpx
+import pytest
+
+from node_agent.engines.base import create_engine, validate_engine_settings
+from node_agent.engines.etcd import EtcdEngine, snapshot_tool
+from snapctl.errors import BadInputError, EngineError
+from tests.engines_real.conftest import backup_and_restore
+from tests.realdb.etcd import EtcdCluster, b64
+from tests.realdb.procs import wait_until
+
+pytestmark = pytest.mark.slow
+
+
+def engine_for(cluster: EtcdCluster, index: int, tmp_path: Path, **overrides: object) -> EtcdEngine:
+    overrides.setdefault("backup_dir", str(tmp_path / f"backup-{index}"))
+    return create_engine(cluster.engine_settings(index, **overrides), base_dir=tmp_path)
+
+
+def needs_snapshot_tool() -> None:
+    if snapshot_tool(None) is None:
+        pytest.skip("neither etcdutl nor etcdctl is installed (Debian: apt-get install etcd-client)")
+
+
+def test_prepare_saves_a_checked_snapshot_into_the_backup_dir(etcd_cluster, tmp_path):
+    etcd_cluster.write(25)
+    engine = engine_for(etcd_cluster, 0, tmp_path)
+    state = engine.prepare("run-save")
+    engine.complete("run-save")
+    (saved,) = state.files
+    data = Path(saved).read_bytes()
+    assert Path(saved) == tmp_path / "backup-0" / "run-save.db"
+    assert hashlib.sha256(data[:-32]).digest() == data[-32:], "the sha256 trailer etcdctl snapshot restore checks"
+    assert state.facts.exact is False
+    assert state.facts.tables["keys"].rows >= 25
+    snapshot = state.details["snapshot"]
+    assert snapshot["bytes"] == len(data)
+    if "revision" in snapshot:  # checked with etcdctl/etcdutl when installed
+        assert snapshot["revision"] >= state.facts.position["revision"]
+    assert Path(saved).exists(), "complete keeps the saved snapshot: it is the backup"
+    assert all(Path(p).is_absolute() for p in engine.data_paths())
+
+
+def test_every_member_agrees_on_one_leader_and_term(etcd_cluster, tmp_path):
+    groups = [engine_for(etcd_cluster, i, tmp_path).status().raft[0] for i in range(3)]
+    assert len({g.group for g in groups}) == 1
+    assert len({g.member for g in groups}) == 3
+    assert [g.role for g in groups].count("leader") == 1
+    leader = next(g for g in groups if g.role == "leader")
+    assert all(g.leader == leader.member for g in groups)
+    assert all(g.term == leader.term and g.commit_index and g.applied_index for g in groups)
+    for g in groups:
+        assert len(g.peers) == 2 and all(p.error is None and p.match_index for p in g.replication)
+
+
+def test_status_shows_a_killed_follower_and_its_return(etcd_cluster, tmp_path):
+    leader = etcd_cluster.wait_leader()
+    victim_index = next(i for i, m in enumerate(etcd_cluster.members) if m is not leader)
+    victim_id = etcd_cluster.member_id(victim_index)
+    observer = engine_for(etcd_cluster, etcd_cluster.members.index(leader), tmp_path)
+    etcd_cluster.kill(victim_index)
+    try:
+        (group,) = observer.status().raft
+        seen = next(p for p in group.replication if p.peer == victim_id)
+        assert seen.state == "unreachable" and seen.error and seen.consecutive_errors == 1
+        assert group.role == "leader", "two of three members keep the quorum"
+        dead = engine_for(etcd_cluster, victim_index, tmp_path).status()
+        assert not dead.reachable and dead.error
+    finally:
+        etcd_cluster.restart(victim_index)
+    (group,) = observer.status().raft
+    assert next(p for p in group.replication if p.peer == victim_id).error is None
+
+
+def test_a_killed_leader_is_replaced_and_status_follows(etcd_cluster, tmp_path):
+    leader = etcd_cluster.wait_leader()
+    old_index = etcd_cluster.members.index(leader)
+    survivor_index = (old_index + 1) % 3
+    survivor = engine_for(etcd_cluster, survivor_index, tmp_path)
+    before = survivor.status().raft[0]
+    etcd_cluster.kill(old_index)
+    try:
+        etcd_cluster.wait_leader(exclude=leader)
+        wait_until(lambda: survivor.status().raft[0].leader not in (None, before.leader), timeout_s=10,
+                   what="the survivor sees the new leader")
+        after = survivor.status().raft[0]
+        assert after.term > before.term
+        with pytest.raises(EngineError):
+            engine_for(etcd_cluster, old_index, tmp_path).prepare("run-dead")
+        etcd_cluster.write(3)  # the cluster still takes writes
+    finally:
+        etcd_cluster.restart(old_index)
+
+
+def test_old_saved_snapshots_are_pruned(etcd_cluster, tmp_path):
+    engine = engine_for(etcd_cluster, 1, tmp_path, keep_snapshots=2)
+    for run in ("run-p1", "run-p2", "run-p3"):
+        engine.prepare(run)
+        engine.complete(run)
+    (job,) = engine.trigger("snapshot")
+    assert job.status == "succeeded"
+    kept = sorted(p.name for p in (tmp_path / "backup-1").iterdir())
+    assert kept == sorted(["run-p3.db", Path(job.extra["file"]).name])
+
+
+def test_trigger_defragments_and_rejects_unknown_targets(etcd_cluster, tmp_path):
+    engine = engine_for(etcd_cluster, 2, tmp_path)
+    (job,) = engine.trigger("defragment")
+    assert job.status == "succeeded"
+    with pytest.raises(BadInputError, match="unknown trigger target"):
+        engine.trigger("compact-everything")
+
+
+def test_backup_with_the_local_provider_restores_and_verifies(etcd_cluster, tmp_path):
+    needs_snapshot_tool()
+    etcd_cluster.write(40)
+    engine = engine_for(etcd_cluster, 0, tmp_path)
+    (tmp_path / "backup-0").mkdir()  # the node's backup volume
+    state, restored = backup_and_restore(engine, "run-restore", tmp_path / "backup-0", tmp_path / "node")
+    target = EtcdCluster(tmp_path / "restored", size=1)  # not started: its data dir comes from the snapshot
+    member = target.members[0]
+    restore = {"name": member.name, "initial_cluster": target.initial_cluster,
+               "initial_advertise_peer_urls": member.peer_url, "initial_cluster_token": target.token}
+    restorer = create_engine(target.engine_settings(0, backup_dir=str(restored), restore=restore), base_dir=tmp_path)
+    restorer.restore_prepare(None)
+    assert (member.data_dir / "member" / "snap" / "db").exists()
+    with target:
+        facts = restorer.verify()
+        assert target.post("/v3/kv/range", {"key": b64("snapctl-test/00000001")})["kvs"], "old data is there"
+    assert facts.tables["keys"].rows >= state.facts.tables["keys"].rows
+    assert facts.position["revision"] >= state.facts.position["revision"]
+
+
+def test_auth_uses_a_token_and_a_bad_password_is_reported_without_it(tmp_path):
+    secret = "etcd-root-secret"
+    with EtcdCluster(tmp_path / "auth", size=1) as single:
+        single.post("/v3/auth/user/add", {"name": "root", "password": secret})
+        single.post("/v3/auth/user/grant", {"user": "root", "role": "root"})
+        single.post("/v3/auth/enable", {})
+        good, bad = tmp_path / "good.password", tmp_path / "bad.password"
+        good.write_text(secret + "\n")
+        bad.write_text("wrong-" + secret + "\n")
+        no_auth = engine_for(single, 0, tmp_path)
+        with pytest.raises(EngineError, match="user name is empty"):
+            no_auth.verify()
+        engine = engine_for(single, 0, tmp_path, user="root", password_file=str(good))
+        assert engine.status().reachable
+        assert engine.prepare("run-auth").files
+        engine.complete("run-auth")
+        # Turning auth off and on drops every token etcd handed out, the adapter's included.
+        login = single.post("/v3/auth/authenticate", {"name": "root", "password": secret})
+        httpx.post(single.members[0].endpoint + "/v3/auth/disable", json={},
+                   headers={"Authorization": login["token"]}, timeout=5).raise_for_status()
+        single.post("/v3/auth/enable", {})
+        assert engine.verify().position["revision"] > 0, "the adapter logs in again"
+        wrong = engine_for(single, 0, tmp_path, user="root", password_file=str(bad)).status()
+        assert not wrong.reachable and "authentication failed" in wrong.error
+        assert secret not in wrong.error
+
+
+def test_settings_are_validated():
+    with pytest.raises(BadInputError, match="backup_dir"):
+        validate_engine_settings({"type": "etcd", "endpoint": "http://127.0.0.1:2379"})
+    with pytest.raises(BadInputError, match="needs a user"):
+        validate_engine_settings({"type": "etcd", "backup_dir": "/b", "password_env": "ETCD_PW"})

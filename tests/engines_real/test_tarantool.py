@@ -1,0 +1,243 @@
+"""The Tarantool adapter against a real 3-instance replica set (Debian's tarantool 2.6.0)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from node_agent.engines.base import create_engine, validate_engine_settings
+from node_agent.engines.tarantool import TarantoolEngine, raft_group
+from snapctl.errors import BadInputError, EngineBusy, EngineError
+from tests.engines_real.conftest import backup_and_restore
+from tests.realdb.procs import wait_until
+from tests.realdb.tarantool import PASSWORD, TarantoolReplicaSet
+
+pytestmark = pytest.mark.slow
+
+
+def engine_for(rs: TarantoolReplicaSet, index: int, tmp_path: Path, **overrides: object) -> TarantoolEngine:
+    return create_engine(rs.engine_settings(index, **overrides), base_dir=tmp_path)
+
+
+def pinned(rs: TarantoolReplicaSet, index: int = 0) -> bool:
+    lua = ("for _, c in ipairs(box.info.gc().checkpoints) do for _, r in ipairs(c.references) do "
+           "if r == 'backup' then return true end end end return false")
+    return rs.eval(lua, inst=index)[0]
+
+
+def test_prepare_pins_a_fresh_checkpoint_and_records_the_evidence(replica_set, tmp_path):
+    replica_set.write(20)
+    engine = engine_for(replica_set, 0, tmp_path)
+    state = engine.prepare("run-pin")
+    try:
+        assert pinned(replica_set)
+        work_dir = replica_set.master.work_dir.resolve()
+        assert any(f.endswith(".snap") for f in state.files)
+        assert any(f.endswith(".run") for f in state.files), "the vinyl space's run files are part of the checkpoint"
+        for f in state.files:
+            assert Path(f).is_absolute() and Path(f).is_relative_to(work_dir) and Path(f).exists()
+        assert state.facts.exact is False
+        assert state.facts.tables["items"].rows >= 20 and state.facts.tables["vitems"].rows >= 20
+        position = state.facts.position
+        assert position["checkpoint_signature"] == position["signature"], "the checkpoint was taken at prepare"
+        assert position["vclock"] and position["lsn"] > 0
+        (group,) = state.raft
+        assert group.role == "leader" and group.leader == group.member
+        assert len(group.peers) == 2 and all(p.state == "follow" for p in group.replication)
+    finally:
+        engine.complete("run-pin")
+    assert not pinned(replica_set)
+
+
+def test_pinned_checkpoint_outlives_garbage_collection_until_complete(replica_set, tmp_path):
+    engine = engine_for(replica_set, 0, tmp_path)
+    state = engine.prepare("run-gc")
+    snap = next(Path(f) for f in state.files if f.endswith(".snap"))
+    try:
+        for _ in range(3):  # checkpoint_count=2: without the pin this .snap would be collected
+            replica_set.write(1)
+            replica_set.eval("box.snapshot()")
+        assert snap.exists()
+    finally:
+        engine.complete("run-gc")
+    replica_set.write(1)
+    replica_set.eval("box.snapshot()")
+    assert not snap.exists(), "after complete the checkpoint is collected as usual"
+
+
+def test_a_backup_started_by_another_tool_is_busy_and_left_alone(replica_set, tmp_path):
+    replica_set.eval("box.backup.start()")
+    engine = engine_for(replica_set, 0, tmp_path)
+    try:
+        with pytest.raises(EngineBusy, match="backup is already in progress"):
+            engine.prepare("run-other-tool")
+        status = engine.status()
+        assert status.held and "another backup tool" in (status.held_by or "")
+        engine.complete("run-other-tool")
+        assert pinned(replica_set), "complete never releases a pin this adapter did not make"
+    finally:
+        replica_set.eval("box.backup.stop()")
+
+
+def test_a_restarted_agent_repeats_its_prepare_and_refuses_other_runs(replica_set, tmp_path):
+    first = engine_for(replica_set, 0, tmp_path)
+    first.prepare("run-a")
+    restarted = engine_for(replica_set, 0, tmp_path)  # no memory of run-a
+    try:
+        with pytest.raises(EngineBusy, match="run-a"):
+            restarted.prepare("run-b")
+        again = restarted.prepare("run-a")
+        assert again.files and pinned(replica_set)
+        assert restarted.status().held_by is None
+    finally:
+        restarted.complete("run-a")
+    assert not pinned(replica_set)
+    first.complete("run-a")  # the old agent's late complete is harmless
+
+
+def test_prepare_fails_and_releases_when_checkpoint_files_lie_outside_the_data_paths(replica_set, tmp_path):
+    elsewhere = tmp_path / "not-the-data"
+    elsewhere.mkdir()
+    engine = engine_for(replica_set, 0, tmp_path, work_dir=None, data_paths=[str(elsewhere)])
+    with pytest.raises(EngineError, match="outside the data paths"):
+        engine.prepare("run-outside")
+    assert not pinned(replica_set)
+    assert not engine.status().held
+
+
+def test_a_snapshot_already_running_makes_prepare_busy_and_trigger_wait(tmp_path):
+    with TarantoolReplicaSet(tmp_path / "slow", size=1) as single:
+        # ~2 MB of tuples written at 1 MB/s: a checkpoint that stays in progress for a while.
+        single.eval("for i = 1, 2000 do box.space.items:replace{i, require('digest').urandom(1000)} end "
+                    "box.cfg{snap_io_rate_limit = 1}")
+        single.eval("require('fiber').create(function() box.snapshot() end)")
+        engine = create_engine(single.engine_settings(), base_dir=tmp_path)
+        with pytest.raises(EngineBusy, match="snapshot is already in progress"):
+            engine.prepare("run-busy")
+        (job,) = engine.trigger(None)
+        assert job.status == "succeeded", job.detail
+        assert not engine.status().held
+
+
+def test_complete_releases_what_a_timed_out_prepare_pinned_later(tmp_path):
+    with TarantoolReplicaSet(tmp_path / "late", size=1) as single:
+        single.eval("for i = 1, 2000 do box.space.items:replace{i, require('digest').urandom(1000)} end "
+                    "box.cfg{snap_io_rate_limit = 1}")
+        engine = create_engine(single.engine_settings(snapshot_timeout_s=0.5), base_dir=tmp_path)
+        with pytest.raises(EngineError, match="no answer"):
+            engine.prepare("run-late")
+        # The server goes on: box.snapshot() finishes and box.backup.start() pins for run-late.
+        wait_until(lambda: pinned(single), timeout_s=30, what="the late pin")
+        other = create_engine(single.engine_settings(), base_dir=tmp_path)
+        with pytest.raises(EngineBusy, match="run-late"):
+            other.prepare("run-next")
+        engine.complete("run-late")
+        assert not pinned(single)
+
+
+def test_status_shows_a_killed_replica_and_its_return(replica_set, tmp_path):
+    master = engine_for(replica_set, 0, tmp_path)
+    replica = engine_for(replica_set, 1, tmp_path)
+    victim = replica_set.instances[2]
+    killed = engine_for(replica_set, 2, tmp_path)
+
+    def progress_of(engine: TarantoolEngine):
+        (group,) = engine.status().raft
+        return next(p for p in group.replication if p.peer == victim.uuid)
+
+    replica_set.kill(2)
+    try:
+        wait_until(lambda: progress_of(master).error is not None, timeout_s=10, what="master notices the dead replica")
+        seen = progress_of(master)
+        assert "disconnected" in seen.state and seen.consecutive_errors >= 1
+        wait_until(lambda: progress_of(replica).error is not None, timeout_s=10, what="replica notices it too")
+        status = killed.status()
+        assert not status.reachable and "failed" in status.error
+        with pytest.raises(EngineError):
+            killed.prepare("run-dead")
+    finally:
+        replica_set.restart(2)
+    wait_until(lambda: progress_of(master).state == "follow" and progress_of(master).error is None,
+               timeout_s=10, what="master follows the replica again")
+
+
+def test_a_replica_reports_itself_as_follower(replica_set, tmp_path):
+    status = engine_for(replica_set, 1, tmp_path).status()
+    (group,) = status.raft
+    master_group = engine_for(replica_set, 0, tmp_path).status().raft[0]
+    assert group.role == "follower" and group.group == master_group.group
+    assert group.member == replica_set.instances[1].uuid
+    assert set(group.peers) == {replica_set.instances[0].uuid, replica_set.instances[2].uuid}
+    assert group.extra["election"] is None, "2.6.0 has no box.info.election"
+    assert status.details["ro"] is True
+
+
+def test_backup_with_the_local_provider_restores_and_verifies(replica_set, tmp_path):
+    replica_set.write(50)
+    replica_set.wait_replicated()
+    for index in (0, 1):  # the master, and a replica's copy of the same data
+        engine = engine_for(replica_set, index, tmp_path)
+        state, restored = backup_and_restore(engine, f"run-restore-{index}", replica_set.instances[index].work_dir,
+                                             tmp_path / f"node{index}")
+        (restored / "00000000000000000001.snap.inprogress").write_bytes(b"torn")  # as a mid-checkpoint snapshot would
+        engine.restore_prepare(restored)
+        assert not list(restored.rglob("*.inprogress"))
+        with TarantoolReplicaSet(tmp_path / f"restored{index}", work_dirs=[restored]) as copy:
+            restored_engine = create_engine(copy.engine_settings(), base_dir=tmp_path)
+            facts = restored_engine.verify()
+        for table, expected in state.facts.tables.items():
+            assert facts.tables[table].rows >= expected.rows, table
+        checkpoint = state.facts.position["checkpoint_vclock"]
+        assert all(facts.position["vclock"].get(i, 0) >= lsn for i, lsn in checkpoint.items())
+
+
+def test_restore_prepare_refuses_a_directory_without_a_snapshot(tmp_path):
+    engine = TarantoolEngine(TarantoolEngine.settings_model(work_dir=str(tmp_path)), base_dir=tmp_path)
+    with pytest.raises(EngineError, match="no .snap file"):
+        engine.restore_prepare(tmp_path)
+
+
+def test_wrong_password_is_reported_without_the_password(replica_set, tmp_path):
+    wrong = tmp_path / "wrong.password"
+    wrong.write_text("not-" + PASSWORD + "\n")
+    status = engine_for(replica_set, 0, tmp_path, password_file=str(wrong)).status()
+    assert not status.reachable and "authentication" in status.error
+    assert PASSWORD not in status.error
+
+
+def test_a_user_without_the_grants_gets_the_grant_to_add(replica_set, tmp_path):
+    empty = tmp_path / "empty.password"
+    empty.write_text("")
+    engine = engine_for(replica_set, 0, tmp_path, user="guest", password_file=str(empty))
+    with pytest.raises(EngineError, match="denied") as caught:
+        engine.prepare("run-guest")
+    assert "box.schema.user.grant('guest', 'read,write,execute', 'universe')" in caught.value.hint
+    assert not pinned(replica_set)
+
+
+def test_settings_need_the_paths_to_cover():
+    with pytest.raises(BadInputError, match="work_dir or data_paths"):
+        validate_engine_settings({"type": "tarantool", "port": 3301})
+    with pytest.raises(BadInputError, match="valid keys"):
+        validate_engine_settings({"type": "tarantool", "work_dir": "/x", "password": "plain"})
+
+
+def test_raft_model_uses_box_info_election_when_the_server_has_it():
+    # The shape of box.info on 2.6.1+ with election_mode=candidate; 2.6.0 cannot produce it.
+    info = {
+        "uuid": "u1", "id": 1, "ro": True, "status": "running", "group": "rs", "vclock": [10, 4], "signature": 14,
+        "election": {"state": "follower", "term": 7, "vote": 2, "leader": 2},
+        "replication": [
+            {"id": 1, "uuid": "u1", "lsn": 10},
+            {"id": 2, "uuid": "u2", "lsn": 4,
+             "upstream": {"status": "follow", "peer": "snapctl@10.0.0.2:3301", "lag": 0.01},
+             "downstream": {"status": "follow", "vclock": {1: 7, 2: 4}}},
+        ],
+    }
+    group = raft_group(info)
+    assert (group.role, group.term, group.leader) == ("follower", 7, "u2")
+    (progress,) = group.replication
+    assert progress.lag_entries == 3 and progress.state == "follow"
+    assert group.extra["peer_addresses"] == {"u2": "10.0.0.2:3301"}
+
