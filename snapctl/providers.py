@@ -165,9 +165,14 @@ def create_provider(raw: Mapping[str, Any], *, cluster: str, base_dir: Path) -> 
     return factory(settings, cluster=cluster, base_dir=base_dir)
 
 
-def snapshot_tags(cluster: str, run_id: str, node: str, volume: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+def snapshot_tags(
+    cluster: str, run_id: str, node: str, volume: str | None = None, extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The tags of one run's snapshots on one node; the provider adds ``snapctl-volume`` when None."""
     from snapctl import __version__
 
     tags = dict(extra or {})
-    tags.update({TAG_CLUSTER: cluster, TAG_RUN: run_id, TAG_NODE: node, TAG_VOLUME: volume, TAG_VERSION: __version__})
+    tags.update({TAG_CLUSTER: cluster, TAG_RUN: run_id, TAG_NODE: node, TAG_VERSION: __version__})
+    if volume is not None:
+        tags[TAG_VOLUME] = volume
     return tags

@@ -1,0 +1,399 @@
+"""The backup run: DESIGN.md steps 1-8, in order, in this one module.
+
+Read it top to bottom: `backup()` is the whole sequence. The promise it keeps: whatever fails,
+and however the process is stopped short of SIGKILL, every node it held is completed and every
+snapshot it made is deleted or owned by a manifest that says what happened. (Against SIGKILL the
+agents' leases release the engines, and the run's tags let `snapctl gc` find the snapshots.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import os
+import secrets
+import socket
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from snapctl import __version__
+from snapctl.agent_client import AgentClient, open_agents
+from snapctl.catalog import Catalog, open_catalog
+from snapctl.config import Inventory
+from snapctl.errors import PreflightRefused, RunFailed, SnapctlError
+from snapctl.events import NullReporter, Reporter
+from snapctl.health import Verdict, assess
+from snapctl.manifest import Manifest, NodeRecord
+from snapctl.probe import probe_all
+from snapctl.providers import TAG_RUN, NodeVolumes, Provider, SnapshotRef, create_provider, snapshot_tags
+
+
+@dataclass
+class BackupOptions:
+    dry_run: bool = False
+    no_wait: bool = False
+    force: bool = False
+    trigger: bool | None = None  # None: the inventory's policy decides
+    consistency: str | None = None  # "cluster" | "per-node"; None: the inventory's policy decides
+
+
+@dataclass
+class BackupPlan:
+    """What a dry run reports: what would be held and snapshotted, and the preflight verdict."""
+
+    cluster: str
+    provider: str
+    nodes: dict[str, list[str]]  # node -> volume names
+    verdict: Verdict
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+def run_owner() -> str:
+    return f"{getpass.getuser()}@{socket.gethostname()}:{os.getpid()}"
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class _Run:
+    """Everything one run holds, so that rollback can find and release all of it."""
+
+    inventory: Inventory
+    manifest: Manifest
+    catalog: Catalog
+    provider: Provider
+    agents: dict[str, AgentClient]
+    volumes: dict[str, NodeVolumes]
+    reporter: Reporter
+    executor: ThreadPoolExecutor
+    held: set[str] = field(default_factory=set)  # prepare sent and not yet completed
+    lost_hold: dict[str, str] = field(default_factory=dict)  # node -> why its lease was lost
+    in_flight: list[Future[list[SnapshotRef]]] = field(default_factory=list)
+    prepare_sent: dict[str, float] = field(default_factory=dict)  # monotonic
+    prepare_acked: dict[str, float] = field(default_factory=dict)
+
+
+async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporter | None = None) -> Manifest | BackupPlan:
+    reporter = reporter or NullReporter()
+    policy = inventory.policy
+    provider = create_provider(inventory.provider, cluster=inventory.cluster, base_dir=inventory.base_dir)
+    volumes = {
+        node.name: provider.validate_volumes(node.name, node.volumes, base_dir=inventory.base_dir)
+        for node in inventory.nodes
+    }
+    catalog = open_catalog(inventory)
+    run_id = new_run_id()
+
+    async with open_agents(inventory) as agents:
+        # Step 2 comes before step 1 on a dry run: it takes no lock and holds nothing.
+        if options.dry_run:
+            verdict = await _preflight(inventory, agents, reporter)
+            return BackupPlan(inventory.cluster, provider.name,
+                              {n: [_volume_name(v) for v in nv.volumes] for n, nv in volumes.items()}, verdict)
+
+        # 1. Lock the cluster in the catalog; a stale lock (its holder died) is taken over.
+        reporter.step("lock", f"locking cluster {inventory.cluster} in {catalog.describe()}")
+        lock = catalog.acquire_lock(run_owner(), run_id, policy.lock_ttl_s)
+        lock_keeper = _LockKeeper(lock, policy.lock_ttl_s / 3)
+        try:
+            # 2. Preflight, before anything is held.
+            verdict = await _preflight(inventory, agents, reporter)
+            blocking = verdict.at_least("critical")
+            manifest = Manifest(
+                cluster=inventory.cluster, run_id=run_id, provider=provider.name, snapctl_version=__version__,
+                owner=run_owner(), started_at=now(), forced=options.force and bool(blocking),
+                consistency=options.consistency or policy.consistency,  # type: ignore[arg-type]
+                degradations=[str(f) for f in verdict.at_least("degraded")],
+                nodes={n.name: NodeRecord(name=n.name, engine=n.engine.get("type")) for n in inventory.nodes},
+            )
+            if blocking and not options.force:
+                refusal = PreflightRefused(
+                    "preflight refused the backup: " + "; ".join(map(str, blocking)),
+                    hint="fix the cluster, or pass --force to back up anyway (recorded in the manifest)",
+                )
+                for finding in blocking:
+                    if finding.subject in manifest.nodes:
+                        manifest.nodes[finding.subject].error = finding.message
+                manifest.status, manifest.error, manifest.finished_at = "failed", refusal.message, now()
+                catalog.save(manifest)  # the refusal is on record: `snapctl status` shows why
+                raise refusal
+            catalog.save(manifest)  # from here on, every snapshot of the run has an owner
+            with ThreadPoolExecutor(max_workers=min(policy.concurrency, len(inventory.nodes)) or 1,
+                                    thread_name_prefix="snapctl-provider") as executor:
+                run = _Run(inventory, manifest, catalog, provider, agents, volumes, reporter, executor)
+                try:
+                    await _hold_snapshot_release(run, options)
+                    lock_keeper.check()
+                except BaseException as exc:
+                    await _roll_back(run, exc)
+                    raise _as_run_failure(run, exc) from exc
+            _measure(manifest)
+            catalog.save(manifest)  # 8. the manifest, before the (long) wait for completion
+
+            if not options.no_wait:
+                await _wait_for_completion(run)
+            manifest.status = "succeeded"
+            manifest.finished_at = now()
+            catalog.save(manifest)
+            reporter.finished(manifest)
+            return manifest
+        finally:
+            lock_keeper.stop()
+            lock.release()
+
+
+async def _preflight(inventory: Inventory, agents: dict[str, AgentClient], reporter: Reporter) -> Verdict:
+    reporter.step("preflight", f"checking {len(agents)} agents")
+    probes = await probe_all(agents, inventory.policy.agent_timeout_s)
+    verdict = assess(inventory, probes, for_backup=True)
+    for finding in verdict.findings:
+        reporter.finding(finding)
+    return verdict
+
+
+async def _hold_snapshot_release(run: _Run, options: BackupOptions) -> None:
+    """Steps 3-6: trigger, prepare (the barrier), snapshot, complete each node as soon as it can."""
+    policy = run.inventory.policy
+    nodes = list(run.agents)
+
+    # 3. Optionally the engines' own snapshots first: a shorter replay after a restore.
+    if options.trigger if options.trigger is not None else policy.trigger_engine_snapshot:
+        run.reporter.step("trigger", "running the engines' own snapshots")
+        await asyncio.gather(*(run.agents[n].trigger(None) for n in nodes))
+
+    renewer = asyncio.create_task(_renew_leases(run))
+    try:
+        if run.manifest.consistency == "per-node":
+            # Each node is held just for its own snapshot: no cluster barrier, shortest freezes.
+            run.reporter.step("snapshot", f"per-node: prepare, snapshot, complete on {len(nodes)} nodes")
+            limit = asyncio.Semaphore(policy.concurrency)
+
+            async def one(run: _Run, node: str) -> None:
+                async with limit:
+                    await _prepare(run, node)
+                    await _snapshot_then_complete(run, node)
+
+            await _on_every_node(run, nodes, one)
+        else:
+            # 4. PREPARE every node in parallel: the barrier.
+            run.reporter.step("prepare", f"preparing {len(nodes)} nodes")
+            await _on_every_node(run, nodes, _prepare)
+            # 5 + 6. Snapshot every node; COMPLETE each as soon as its own create calls returned.
+            run.reporter.step("snapshot", f"snapshotting {len(nodes)} nodes with {run.provider.name}")
+            await _on_every_node(run, nodes, _snapshot_then_complete)
+    finally:
+        renewer.cancel()
+
+
+async def _prepare(run: _Run, node: str) -> None:
+    record = run.manifest.nodes[node]
+    record.prepare_sent_at = now()
+    run.prepare_sent[node] = time.monotonic()
+    run.held.add(node)  # from the moment it is sent: a timed-out prepare may still have held
+    run.reporter.node(node, "preparing")
+    try:
+        response = await asyncio.wait_for(
+            run.agents[node].prepare(run.manifest.run_id, run.inventory.policy.lease_ttl_s),
+            run.inventory.policy.prepare_timeout_s,
+        )
+    except TimeoutError:
+        raise RunFailed(f"node {node}: prepare did not answer within {run.inventory.policy.prepare_timeout_s:g}s",
+                        hint="check the engine on that node; raise policy.prepare_timeout_s if it is just slow") from None
+    run.prepare_acked[node] = time.monotonic()
+    record.prepare_acked_at = now()
+    record.state = response.state
+    run.reporter.node(node, "held")
+
+
+async def _snapshot_then_complete(run: _Run, node: str) -> None:
+    policy = run.inventory.policy
+    tags = snapshot_tags(run.inventory.cluster, run.manifest.run_id, node, extra=run.inventory.tags)
+    run.reporter.node(node, "snapshotting")
+    future = run.executor.submit(run.provider.snapshot, run.volumes[node], tags)
+    run.in_flight.append(future)
+    # A node may stay frozen no longer than max_freeze_s, whatever the provider does.
+    budget = min(policy.snapshot_timeout_s, policy.max_freeze_s - (time.monotonic() - run.prepare_sent[node]))
+    try:
+        refs = await asyncio.wait_for(asyncio.wrap_future(future), max(budget, 0.001))
+    except TimeoutError:
+        raise RunFailed(f"node {node}: snapshot calls did not return within {budget:.1f}s (max freeze "
+                        f"{policy.max_freeze_s:g}s, snapshot timeout {policy.snapshot_timeout_s:g}s)",
+                        hint="check the provider; raise policy.max_freeze_s if this volume is just slow") from None
+    record = run.manifest.nodes[node]
+    record.snapshots = refs
+    if node in run.lost_hold:
+        raise RunFailed(f"node {node}: its hold ended before the snapshot was fixed: {run.lost_hold[node]}")
+    await _complete(run, node)
+
+
+async def _complete(run: _Run, node: str) -> None:
+    record = run.manifest.nodes[node]
+    await asyncio.wait_for(run.agents[node].complete(run.manifest.run_id), run.inventory.policy.agent_timeout_s)
+    run.held.discard(node)
+    record.complete_acked_at = now()
+    record.freeze_window_s = round(time.monotonic() - run.prepare_sent[node], 6)
+    run.reporter.node(node, "released", f"frozen {record.freeze_window_s:.3f}s")
+
+
+async def _renew_leases(run: _Run) -> None:
+    """The dead man's switch stays armed: we renew, and if we stop, the agents release."""
+    period = run.inventory.policy.lease_ttl_s / 3
+    while True:
+        await asyncio.sleep(period)
+        held = [n for n in run.held if n in run.prepare_acked]
+        results = await asyncio.gather(*(run.agents[n].renew(run.manifest.run_id) for n in held),
+                                       return_exceptions=True)
+        for node, result in zip(held, results):
+            if isinstance(result, SnapctlError) and node in run.held:
+                run.lost_hold[node] = str(result)
+
+
+async def _on_every_node(run: _Run, nodes: list[str], step) -> None:
+    """Run ``step(run, node)`` on every node at once. The first failure is recorded on its node,
+    cancels the rest and is raised: the caller rolls back."""
+
+    async def guarded(node: str) -> None:
+        try:
+            await step(run, node)
+        except SnapctlError as exc:
+            run.manifest.nodes[node].error = exc.message
+            run.reporter.node(node, "failed", exc.message)
+            raise
+
+    tasks = [asyncio.ensure_future(guarded(n)) for n in nodes]
+    try:
+        for finished in asyncio.as_completed(tasks):
+            await finished
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _roll_back(run: _Run, cause: BaseException) -> None:
+    """Step 7: complete every held node, delete this run's snapshots, mark the manifest failed."""
+    run.reporter.step("rollback", f"rolling back: {_reason(cause)}")
+    manifest, policy = run.manifest, run.inventory.policy
+    held = sorted(run.held)
+    results = await asyncio.gather(
+        *(asyncio.wait_for(run.agents[n].complete(manifest.run_id), policy.agent_timeout_s) for n in held),
+        return_exceptions=True,
+    )
+    for node, result in zip(held, results):
+        if isinstance(result, BaseException):
+            manifest.nodes[node].error = _join(manifest.nodes[node].error, f"complete failed ({_reason(result)}); "
+                                               f"its lease expires within {policy.lease_ttl_s:g}s")
+        else:
+            run.held.discard(node)
+            run.reporter.node(node, "released", "rolled back")
+    # Snapshot calls still running in threads finish (bounded by the provider's own timeouts)
+    # before we look for what they made.
+    refs: list[SnapshotRef] = [r for rec in manifest.nodes.values() for r in rec.snapshots]
+    for future in run.in_flight:
+        try:
+            refs.extend(await asyncio.wait_for(asyncio.wrap_future(future), policy.snapshot_timeout_s))
+        except BaseException:  # noqa: BLE001 - a failed call made nothing we can name; the sweep below finds it
+            pass
+    try:
+        refs.extend(await asyncio.to_thread(run.provider.find, {TAG_RUN: manifest.run_id}))
+    except SnapctlError as exc:
+        manifest.degradations.append(f"could not list the run's snapshots for cleanup: {exc}")
+    leftover: dict[str, str] = {}  # snapshot id -> why it could not be deleted
+    for ref in {r.snapshot_id: r for r in refs}.values():
+        try:
+            await asyncio.to_thread(run.provider.delete, ref)
+        except SnapctlError as exc:
+            leftover[ref.snapshot_id] = str(exc)
+    if leftover:
+        manifest.degradations.append("snapshots not deleted (snapctl gc finds them): "
+                                     + ", ".join(f"{i} ({why})" for i, why in leftover.items()))
+    for record in manifest.nodes.values():
+        record.snapshots = [r for r in record.snapshots if r.snapshot_id in leftover]
+    manifest.status = "failed"
+    manifest.error = _reason(cause)
+    manifest.finished_at = now()
+    _measure(manifest)
+    run.catalog.save(manifest)
+    run.reporter.finished(manifest)
+
+
+async def _wait_for_completion(run: _Run) -> None:
+    """Snapshots are fixed; wait for the provider to finish uploading them."""
+    manifest = run.manifest
+    refs = manifest.snapshot_refs()
+    run.reporter.step("wait", f"waiting for {len(refs)} snapshots to complete")
+    deadline = time.monotonic() + run.inventory.policy.wait_timeout_s
+    try:
+        done = await asyncio.to_thread(run.provider.wait, refs, deadline, run.reporter.snapshot_progress)
+    except BaseException as exc:
+        await _roll_back(run, exc)
+        raise _as_run_failure(run, exc) from exc
+    by_id = {ref.snapshot_id: ref for ref in done}
+    for record in manifest.nodes.values():
+        record.snapshots = [by_id.get(ref.snapshot_id, ref) for ref in record.snapshots]
+    manifest.snapshots_completed = True
+
+
+def _measure(manifest: Manifest) -> None:
+    acks = [r.prepare_acked_at for r in manifest.nodes.values() if r.prepare_acked_at]
+    if len(acks) > 1:
+        manifest.prepare_skew_s = round((max(acks) - min(acks)).total_seconds(), 6)
+    windows = [r.freeze_window_s for r in manifest.nodes.values() if r.freeze_window_s is not None]
+    manifest.max_freeze_window_s = max(windows) if windows else None
+
+
+class _LockKeeper:
+    """Renews the run lock in the background; a lost lock (another run took it over) fails the run."""
+
+    def __init__(self, lock, period: float) -> None:
+        self.lock, self.period, self.lost = lock, period, None
+        self.task = asyncio.create_task(self._renew())
+
+    async def _renew(self) -> None:
+        while True:
+            await asyncio.sleep(self.period)
+            try:
+                await asyncio.to_thread(self.lock.renew)
+            except SnapctlError as exc:
+                self.lost = exc
+                return
+
+    def check(self) -> None:
+        if self.lost is not None:
+            raise RunFailed(f"lost the cluster lock during the run: {self.lost.message}",
+                            hint="raise policy.lock_ttl_s if the catalog is slow to write")
+
+    def stop(self) -> None:
+        self.task.cancel()
+
+
+def _as_run_failure(run: _Run, exc: BaseException) -> BaseException:
+    if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)):
+        return exc
+    failed = [f"{n}: {r.error}" for n, r in run.manifest.nodes.items() if r.error]
+    detail = f" ({'; '.join(failed)})" if failed else ""
+    hint = exc.hint if isinstance(exc, SnapctlError) else None
+    return RunFailed(f"backup run {run.manifest.run_id} failed and was rolled back: {_reason(exc)}{detail}", hint=hint)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, SnapctlError):
+        return exc.message
+    if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)):
+        return "interrupted"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _join(first: str | None, second: str) -> str:
+    return f"{first}; {second}" if first else second
+
+
+def _volume_name(volume) -> str:
+    return getattr(volume, "name", None) or str(volume)

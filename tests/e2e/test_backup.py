@@ -1,0 +1,127 @@
+"""The foundation's promises, end to end: real agent processes, real SQLite under writers, the real CLI."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import yaml
+
+from snapctl.errors import ExitCode
+
+
+def _snapshot_dirs(cluster) -> list[Path]:
+    store = cluster.directory / ".snapctl-demo" / "snapshots"
+    return [p for p in store.glob("*/*/*") if p.is_dir() and not p.name.startswith(".")] if store.exists() else []
+
+
+def _wait_until(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_backup_under_writers_restores_to_the_facts_recorded_at_prepare(cluster, tmp_path):
+    backup = cluster.snapctl("backup", "-o", "json", check_json=True)
+    assert backup.returncode == 0, backup.stderr
+    manifest = backup.json["data"]
+    assert manifest["status"] == "succeeded"
+    assert set(manifest["nodes"]) == {"node1", "node2", "node3"}
+    for record in manifest["nodes"].values():
+        assert record["freeze_window_s"] > 0
+        assert record["snapshots"] and record["snapshots"][0]["tags"]["snapctl-run"] == manifest["run_id"]
+        assert record["state"]["facts"]["tables"]["events"]["rows"] > 0
+    assert manifest["prepare_skew_s"] is not None
+
+    # The writers kept going after the backup: the live databases moved on, the restore must not.
+    _wait_until(lambda: cluster.rows("node1") > manifest["nodes"]["node1"]["state"]["facts"]["tables"]["events"]["rows"],
+                10, "the writer to add rows after the backup")
+    restore = cluster.snapctl("restore", "latest", "--to", str(tmp_path / "restored"), "-o", "json", check_json=True)
+    assert restore.returncode == 0, restore.stderr
+    restored = {n["node"]: n for n in restore.json["data"]["nodes"]}
+    for name, record in manifest["nodes"].items():
+        expected = record["state"]["facts"]["tables"]["events"]
+        actual = restored[name]["facts"]["tables"]["events"]
+        assert (actual["rows"], actual["checksum"]) == (expected["rows"], expected["checksum"])
+        assert restored[name]["mismatches"] == []
+
+    listed = cluster.snapctl("list", "-o", "json", check_json=True)
+    assert [r["run_id"] for r in listed.json["data"]["runs"]] == [manifest["run_id"]]
+    shown = cluster.snapctl("show", manifest["run_id"][:12], "-o", "json", check_json=True)
+    assert shown.json["data"]["run_id"] == manifest["run_id"]
+
+
+def test_sigkill_after_prepare_leaves_nothing_held_once_the_lease_passes(cluster):
+    slow = cluster.write_inventory(cluster.directory / "slow.yaml",
+                                   provider={"type": "slow", "store": ".snapctl-demo/snapshots", "delay_s": 60})
+    process = cluster.popen("backup", "-i", str(slow))
+    try:
+        _wait_until(lambda: all(cluster.agent_status(n)["lease"] for n in cluster.nodes), 30, "every node to be held")
+        rows_while_held = cluster.rows("node1")
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+    finally:
+        process.kill()
+    # The lease (3 s) runs out with nobody renewing: every agent releases by itself.
+    _wait_until(lambda: not any(cluster.agent_status(n)["lease"] for n in cluster.nodes), 15, "the leases to expire")
+    _wait_until(lambda: cluster.rows("node1") > rows_while_held, 10, "writers to get in again")
+    # The dead run's lock expires too (lock_ttl_s 3s), and the next backup succeeds.
+    time.sleep(3)
+    after = cluster.snapctl("backup", "-o", "json", check_json=True)
+    assert after.returncode == 0, after.stderr
+    assert after.json["data"]["status"] == "succeeded"
+
+
+def test_one_engine_down_fails_the_run_naming_it_and_leaves_nothing_behind(cluster):
+    database = cluster.directory / ".snapctl-demo" / "node2" / "data" / "demo.db"
+    database.write_bytes(b"this is not a database" * 100)
+    for suffix in ("-wal", "-shm"):
+        Path(f"{database}{suffix}").unlink(missing_ok=True)
+
+    refused = cluster.snapctl("backup")
+    assert refused.returncode == ExitCode.PREFLIGHT_REFUSED, refused.stderr
+    assert "node2" in refused.stderr and "Traceback" not in refused.stderr
+
+    forced = cluster.snapctl("backup", "--force", "-o", "json")
+    assert forced.returncode == ExitCode.RUN_FAILED, forced.stderr
+    assert "node2" in forced.stderr and "Traceback" not in forced.stderr
+    for node in ("node1", "node3"):
+        assert cluster.agent_status(node)["lease"] is None
+    assert _snapshot_dirs(cluster) == []
+    runs = cluster.snapctl("list", "-o", "json", check_json=True).json["data"]["runs"]
+    assert [r["status"] for r in runs] == ["failed", "failed"]
+    newest = cluster.snapctl("show", runs[0]["run_id"], "-o", "json", check_json=True).json["data"]
+    assert newest["nodes"]["node2"]["error"]
+    assert "node2" in newest["error"]
+
+
+def test_a_failed_snapshot_rolls_back_every_node_and_deletes_the_runs_snapshots(cluster):
+    failing = cluster.write_inventory(cluster.directory / "failing.yaml",
+                                      provider={"type": "slow", "store": ".snapctl-demo/snapshots",
+                                                "delay_s": 0.5, "fail_nodes": ["node3"]})
+    result = cluster.snapctl("backup", "-i", str(failing), "-o", "json")
+    assert result.returncode == ExitCode.RUN_FAILED
+    assert "injected failure for node node3" in result.stderr
+    assert all(cluster.agent_status(n)["lease"] is None for n in cluster.nodes)
+    assert _snapshot_dirs(cluster) == []
+
+
+def test_wrong_token_is_a_clear_message_never_a_traceback(cluster):
+    bad_token = cluster.directory / "wrong-token"
+    bad_token.write_text("not-the-token\n")
+    data = yaml.safe_load(cluster.inventory.read_text())
+    data["auth"] = {"token_file": str(bad_token)}
+    wrong = cluster.directory / "wrong.yaml"
+    wrong.write_text(yaml.safe_dump(data))
+
+    status = cluster.snapctl("status", inventory=wrong)
+    assert status.returncode == ExitCode.CRITICAL
+    assert "refused our token" in status.stdout and "not-the-token" not in status.stdout + status.stderr
+    backup = cluster.snapctl("backup", inventory=wrong)
+    assert backup.returncode == ExitCode.PREFLIGHT_REFUSED
+    assert "refused our token" in backup.stderr and "Traceback" not in backup.stderr

@@ -1,0 +1,86 @@
+"""Bad input gets one line with file:line and exit code 2; --help loads no cloud SDK."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from snapctl.errors import ExitCode
+
+GOOD_NODE = """
+  - name: n1
+    agent: http://127.0.0.1:7701
+    volumes: [data]
+"""
+
+
+def snapctl(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "snapctl.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("cluster: c\nprovider: {type: local}\nbogus: 1\nnodes:" + GOOD_NODE, "inv.yaml:3: unknown key 'bogus'"),
+        ("cluster: c\nprovider: {type: local}\npolicy:\n  concurrency: many\nnodes:" + GOOD_NODE,
+         "inv.yaml:4: policy.concurrency:"),
+        ("cluster: c\nprovider: {type: local}\nnodes:" + GOOD_NODE + GOOD_NODE, "duplicate node name 'n1'"),
+        ("cluster: c\nprovider: {type: local}\nnodes:\n  - name: n1\n    agent: 127.0.0.1:7701\n",
+         "inv.yaml:5: nodes[0].agent: '127.0.0.1:7701' is not an agent address"),
+        ("cluster: c\nprovider: {type: local}\nnodes: [\n", "inv.yaml:"),
+    ],
+    ids=["unknown-key", "wrong-type", "duplicate-names", "bad-agent-address", "bad-yaml"],
+)
+def test_bad_inventory_is_one_line_with_file_and_line(tmp_path, text, expected):
+    (tmp_path / "inv.yaml").write_text(text)
+    result = snapctl("list", "-i", "inv.yaml", cwd=tmp_path)
+    assert result.returncode == ExitCode.BAD_INPUT
+    first = result.stderr.strip().splitlines()[0]
+    assert expected in first, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_key_lists_the_valid_ones(tmp_path):
+    (tmp_path / "inv.yaml").write_text("cluster: c\nprovider: {type: local}\npolicy: {leese_ttl_s: 3}\nnodes:" + GOOD_NODE)
+    result = snapctl("list", "-i", "inv.yaml", cwd=tmp_path)
+    assert "valid keys: lease_ttl_s" in result.stderr
+
+
+def test_missing_inventory_names_the_file_and_the_fix(tmp_path):
+    result = snapctl("list", cwd=tmp_path)
+    assert result.returncode == ExitCode.BAD_INPUT
+    assert "inventory.yaml: inventory file not found" in result.stderr
+    assert "SNAPCTL_INVENTORY" in result.stderr
+
+
+def test_unknown_provider_lists_the_installed_ones(tmp_path):
+    (tmp_path / "inv.yaml").write_text("cluster: c\nprovider: {type: nimbus}\nnodes:" + GOOD_NODE)
+    result = snapctl("backup", "-i", "inv.yaml", cwd=tmp_path)
+    assert result.returncode == ExitCode.BAD_INPUT
+    assert "unknown provider type 'nimbus'" in result.stderr and "local" in result.stderr
+
+
+def test_bad_output_flag_is_bad_input(tmp_path):
+    result = snapctl("list", "-o", "yaml", cwd=tmp_path)
+    assert result.returncode == ExitCode.BAD_INPUT
+
+
+CLOUD_SDKS = ("boto3", "botocore", "google.cloud", "google.api_core", "azure")
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["status", "--help"], ["backup", "--help"]])
+def test_help_imports_no_cloud_sdk(argv):
+    code = (
+        "import sys\n"
+        f"sys.argv = ['snapctl', *{argv!r}]\n"
+        "from snapctl.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        f"loaded = sorted(m for m in sys.modules if m.split('.')[0] in {{'boto3','botocore','azure'}} "
+        "or m.startswith('google.cloud') or m.startswith('google.api_core'))\n"
+        "print('LOADED', loaded)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "LOADED []" in result.stdout, result.stdout + result.stderr

@@ -1,0 +1,39 @@
+"""A third-party provider, found through the ``snapctl.providers`` entry point like any other:
+the local provider, with a configurable pause before each snapshot (a slow cloud, for tests)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Literal
+
+from snapctl.providers import ProviderSettings
+from snapctl_local import LocalProvider
+
+
+class SlowSettings(ProviderSettings):
+    type: Literal["slow"]
+    store: str
+    delay_s: float = 0.0
+    fail_nodes: list[str] = []
+
+
+class SlowProvider:
+    settings_model = SlowSettings
+
+    def __init__(self, settings: SlowSettings, *, cluster: str, base_dir: Path) -> None:
+        local_settings = LocalProvider.settings_model(type="local", store=settings.store)
+        self._local = LocalProvider(local_settings, cluster=cluster, base_dir=base_dir)
+        self._settings = settings
+        self.name = "slow"
+
+    def __getattr__(self, name):
+        return getattr(self._local, name)
+
+    def snapshot(self, volumes, tags):
+        time.sleep(self._settings.delay_s)
+        if volumes.node in self._settings.fail_nodes:
+            from snapctl.errors import ProviderError
+
+            raise ProviderError(f"injected failure for node {volumes.node}")
+        return self._local.snapshot(volumes, tags)
