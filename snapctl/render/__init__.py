@@ -8,17 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
-import threading
-import time
-from collections import Counter
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel
 from rich.console import Console
-from rich.live import Live
 from rich.table import Table
 
 from snapctl.errors import BadInputError, ExitCode, SnapctlError
@@ -73,6 +68,8 @@ class Renderer:
         yield
 
     def progress(self):
+        from snapctl.render.progress import LineProgress, LiveProgress
+
         return LiveProgress(self.err) if self.err.is_terminal else LineProgress(self.err)
 
     # ---- results ---------------------------------------------------------------------------
@@ -133,46 +130,9 @@ class Renderer:
         return ExitCode.OK
 
     def status(self, s) -> int:
-        table = Table(title=f"cluster {s.cluster}", title_justify="left")
-        for column in ("node", "agent", "engine", "version", "held", "free"):
-            table.add_column(column)
-        for p in s.probes:
-            if p.status is None:
-                table.add_row(p.node, "[red]unauthorized[/]" if p.unauthorized else "[red]unreachable[/]",
-                              "-", "-", "-", "-")
-                continue
-            e, lease = p.status.engine, p.status.lease
-            table.add_row(p.node, "ok", f"{e.engine} {'up' if e.reachable else '[red]down[/]'}", e.version or "-",
-                          f"{lease.run_id} until {lease.expires_at:%H:%M:%S}Z" if lease else
-                          ("[yellow]by " + (e.held_by or "other") + "[/]" if e.held else "no"),
-                          _bytes(p.status.free_bytes))
-        self.out.print(table)
-        self._raft(s)
-        if s.latest_success:
-            age = (s.checked_at - (s.latest_success.finished_at or s.latest_success.started_at)).total_seconds()
-            self.out.print(f"newest good backup: {s.latest_success.run_id}, {_age(age)} ago (RPO {_age(s.rpo_s)})")
-        if s.latest_failure:
-            self.out.print(f"newest failure: {s.latest_failure.run_id}: {s.latest_failure.error or 'failed'}")
-        self._findings(s.verdict)
-        colour = {"healthy": "green", "degraded": "yellow", "critical": "red"}[s.verdict.level]
-        self.out.print(f"verdict: [bold {colour}]{s.verdict.level}[/]")
-        return s.exit_code
+        from snapctl.render.status import status_text
 
-    def _raft(self, s) -> None:
-        from snapctl.health import raft_groups
-
-        groups = raft_groups(s.probes)
-        if not groups:
-            return
-        table = Table(title="raft groups", title_justify="left")
-        for column in ("group", "node", "role", "term", "commit", "applied", "snapshot", "lag"):
-            table.add_column(column)
-        for name, members in sorted(groups.items()):
-            for node, g in members:
-                lag = max((p.lag_entries or 0 for p in g.replication), default=None)
-                table.add_row(name, node, g.role, _n(g.term), _n(g.commit_index), _n(g.applied_index),
-                              f"{_n(g.last_snapshot_index)} {g.snapshot_status or ''}".strip(), _n(lag))
-        self.out.print(table)
+        return status_text(self, s)
 
     def _findings(self, verdict) -> None:
         colours = {"info": "dim", "degraded": "yellow", "critical": "red"}
@@ -243,8 +203,9 @@ class JsonRenderer(Renderer):
         return ExitCode.OK
 
     def status(self, s) -> int:
-        self._emit("status", {**jsonable(s), "verdict": {"level": s.verdict.level,
-                                                         "findings": jsonable(s.verdict.findings)}})
+        from snapctl.render.status import status_document
+
+        self._emit("status", status_document(s))
         return s.exit_code
 
     def restore_result(self, result) -> int:
@@ -254,79 +215,6 @@ class JsonRenderer(Renderer):
     def demo_cluster(self, cluster) -> int:
         self._emit(f"demo_{cluster.action}", cluster)
         return ExitCode.OK
-
-
-class LineProgress:
-    """Progress for logs and cron: one timestamped line per event on stderr."""
-
-    def __init__(self, console: Console) -> None:
-        self.console = console
-        self._lock = threading.Lock()
-
-    def _line(self, text: str) -> None:
-        with self._lock:
-            self.console.print(f"{datetime.now(UTC):%H:%M:%S} {text}", markup=False, highlight=False)
-
-    def step(self, name: str, message: str) -> None:
-        self._line(f"{name}: {message}")
-
-    def node(self, node: str, phase: str, detail: str | None = None) -> None:
-        self._line(f"  {node}: {phase}" + (f" ({detail})" if detail else ""))
-
-    def finding(self, finding) -> None:
-        self._line(f"  {finding.severity}: {finding}")
-
-    def snapshot_progress(self, ref) -> None:
-        pass
-
-    def finished(self, manifest) -> None:
-        self._line(f"run {manifest.run_id} {manifest.status}")
-
-    def close(self) -> None:
-        pass
-
-
-class LiveProgress(LineProgress):
-    """On a terminal: a live table of nodes and their phases (counts only for big clusters)."""
-
-    MAX_ROWS = 20
-
-    def __init__(self, console: Console) -> None:
-        super().__init__(console)
-        self.phases: dict[str, tuple[str, str]] = {}
-        self.current = "starting"
-        self.started = time.monotonic()
-        self.live = Live(self._table(), console=console, transient=True, refresh_per_second=8)
-        self.live.start()
-
-    def _table(self) -> Table:
-        table = Table(title=f"{self.current}  ({time.monotonic() - self.started:.1f}s)", title_justify="left")
-        if len(self.phases) > self.MAX_ROWS:
-            table.add_column("phase")
-            table.add_column("nodes", justify="right")
-            for phase, count in Counter(p for p, _ in self.phases.values()).most_common():
-                table.add_row(phase, str(count))
-            return table
-        table.add_column("node")
-        table.add_column("phase")
-        table.add_column("detail")
-        for node, (phase, detail) in self.phases.items():
-            table.add_row(node, phase, detail)
-        return table
-
-    def step(self, name: str, message: str) -> None:
-        self.current = message
-        self.live.update(self._table())
-
-    def node(self, node: str, phase: str, detail: str | None = None) -> None:
-        self.phases[node] = (phase, detail or "")
-        self.live.update(self._table())
-
-    def finished(self, manifest) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self.live.stop()
 
 
 def _status_text(status: str) -> str:

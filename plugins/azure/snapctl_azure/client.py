@@ -1,0 +1,113 @@
+"""The ComputeManagementClient, built on first use, and the one wrapper every call goes through.
+
+Throttling (429) and 5xx are retried inside the SDK pipeline by azure-core's RetryPolicy, which
+honours Retry-After; ours caps a single wait (a longer one fails the call as throttled instead of
+sleeping for an hour) and the total time of one call.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from snapctl.errors import ProviderError
+from snapctl.ratelimit import TokenBucket
+from snapctl_azure.errors import is_not_found, translate
+from snapctl_azure.settings import AzureSettings
+
+T = TypeVar("T")
+PUBLIC_ARM = "https://management.azure.com"
+
+
+class AzureApi:
+    def __init__(self, settings: AzureSettings, credential: Any | None = None) -> None:
+        self.settings = settings
+        self._credential = credential
+        self._lock = threading.Lock()
+        self._client: Any | None = None
+        self.create_bucket = TokenBucket(settings.create_rate, settings.create_burst)
+
+    @property
+    def client(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                self._client = self._build()
+            return self._client
+
+    def _build(self) -> Any:
+        from azure.mgmt.compute import ComputeManagementClient
+
+        settings = self.settings
+        kwargs: dict[str, Any] = {
+            "polling_interval": settings.polling_interval_s,
+            "retry_policy": _capped_retry_policy(settings),
+            "connection_timeout": settings.connection_timeout_s,
+            "read_timeout": settings.read_timeout_s,
+        }
+        if settings.base_url:
+            kwargs["base_url"] = settings.base_url
+        if settings.insecure_http_for_tests:
+            kwargs["per_call_policies"] = [_allow_plain_http_policy()]
+        return ComputeManagementClient(self._credential or _default_credential(), settings.subscription_id, **kwargs)
+
+    def call(self, action: str, permission: str, fn: Callable[[], T], *, missing_ok: bool = False) -> T | None:
+        """``fn()`` with SDK errors translated; with ``missing_ok`` a 404 gives None."""
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - translated here
+            if missing_ok and is_not_found(exc):
+                return None
+            raise translate(exc, action, permission) from exc
+
+    def same_endpoint(self, url: str) -> bool:
+        """Only URLs on our own ARM endpoint get our bearer token (operation URLs come from stored refs)."""
+        ours = urlsplit(self.settings.base_url or PUBLIC_ARM)
+        theirs = urlsplit(url)
+        return (theirs.scheme, theirs.netloc.lower()) == (ours.scheme, ours.netloc.lower())
+
+    def get_json(self, url: str, action: str, permission: str) -> Any:
+        from azure.core.rest import HttpRequest
+
+        if not self.same_endpoint(url):
+            raise ProviderError(f"azure {action}: refusing to follow {urlsplit(url).netloc}, not the ARM endpoint")
+
+        def fetch() -> Any:
+            response = self.client.send_request(HttpRequest("GET", url))
+            response.raise_for_status()
+            return response.json()
+
+        return self.call(action, permission, fetch)
+
+
+def _default_credential() -> Any:
+    from azure.identity import DefaultAzureCredential
+
+    return DefaultAzureCredential()
+
+
+def _capped_retry_policy(settings: AzureSettings) -> Any:
+    from azure.core.pipeline.policies import RetryPolicy
+
+    class CappedRetryPolicy(RetryPolicy):
+        def is_retry(self, retry_settings: Any, response: Any) -> bool:
+            if not super().is_retry(retry_settings, response):
+                return False
+            retry_after = self.get_retry_after(response)
+            return retry_after is None or retry_after <= settings.max_retry_wait_s
+
+    return CappedRetryPolicy(retry_total=settings.max_retries, retry_backoff_factor=0.8,
+                             retry_backoff_max=settings.max_retry_wait_s, timeout=settings.retry_timeout_s)
+
+
+def _allow_plain_http_policy() -> Any:
+    from azure.core.pipeline.policies import SansIOHTTPPolicy
+
+    class AllowPlainHttp(SansIOHTTPPolicy):
+        """azure-core refuses bearer tokens over http; the settings allow that for 127.0.0.1 only."""
+
+        def on_request(self, request: Any) -> None:
+            request.context["enforce_https"] = False
+
+    return AllowPlainHttp()

@@ -1,0 +1,83 @@
+"""azure-core / azure-identity errors in, snapctl errors out: each with what to do about it.
+
+Messages carry the action, ARM's error code and its own message; never a token. azure modules
+are imported inside the functions: the plugin must not load the SDK until it talks to Azure.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from snapctl.errors import ProviderError, ProviderThrottled, SnapctlError
+from snapctl.ratelimit import parse_retry_after
+
+THROTTLE_CODES = frozenset({"TooManyRequests", "SubscriptionRequestsThrottled", "ResourceRequestsThrottled",
+                            "TenantRequestsThrottled"})
+DENIED_CODES = frozenset({"AuthorizationFailed", "LinkedAuthorizationFailed", "Forbidden"})
+CREDENTIALS_HINT = (
+    "DefaultAzureCredential looks in AZURE_CLIENT_ID/AZURE_TENANT_ID/AZURE_CLIENT_SECRET (or a certificate), "
+    "workload identity, the VM's managed identity, then `az login`; see docs/providers/azure.md"
+)
+CODE_HINTS = {
+    "ResourceNotFound": "check subscription_id, resource_group and the disk ids in the inventory",
+    "NotFound": "check subscription_id, resource_group and the disk ids in the inventory",
+    "ResourceGroupNotFound": "create the provider's resource_group, or fix its name",
+    "SubscriptionNotFound": "check the provider's subscription_id",
+    "OperationNotAllowed": "Azure allows 7 incremental snapshots per disk per 5 minutes and 500 in all; "
+                           "wait, or prune old snapshots",
+    "InvalidParameter": "the snapshot and its disk must be in the provider's location",
+}
+
+
+def code_and_message(exc: Any) -> tuple[str, str]:
+    error = getattr(exc, "error", None)
+    code, message = getattr(error, "code", None), getattr(error, "message", None)
+    if not code:
+        try:
+            body = exc.response.json().get("error", {})
+            code, message = body.get("code"), body.get("message")
+        except Exception:  # noqa: BLE001 - an unreadable body: fall back to the exception text
+            pass
+    code = code or getattr(exc, "status_code", None) or "Unknown"
+    return str(code), str(message or getattr(exc, "message", "") or exc)
+
+
+def retry_after_of(exc: Any) -> float | None:
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None) or {}
+    return parse_retry_after(headers.get("Retry-After"))
+
+
+def is_not_found(exc: BaseException) -> bool:
+    from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+
+    return isinstance(exc, ResourceNotFoundError) or (isinstance(exc, HttpResponseError) and exc.status_code == 404)
+
+
+def translate(exc: BaseException, action: str, permission: str) -> SnapctlError:
+    """Any exception from the SDK as the snapctl error that says what to do."""
+    from azure.core import exceptions as aexc
+
+    if isinstance(exc, SnapctlError):
+        return exc
+    if isinstance(exc, aexc.ClientAuthenticationError):
+        if getattr(exc, "status_code", None) == 401:
+            return ProviderError(f"azure {action}: credentials rejected", hint=CREDENTIALS_HINT)
+        first_line = (getattr(exc, "message", None) or str(exc)).strip().splitlines()[0]
+        return ProviderError(f"azure {action}: no usable credentials: {first_line}", hint=CREDENTIALS_HINT)
+    if isinstance(exc, (aexc.ServiceRequestError, aexc.ServiceResponseError)):
+        return ProviderError(f"azure {action}: no answer from azure resource manager ({type(exc).__name__})",
+                             hint="check network access to management.azure.com (or the provider's base_url)")
+    if not isinstance(exc, aexc.HttpResponseError):
+        return ProviderError(f"azure {action}: {type(exc).__name__}: {exc}")
+    code, message = code_and_message(exc)
+    detail = f"azure {action}: {code}: {message}"
+    if exc.status_code == 429 or code in THROTTLE_CODES:
+        return ProviderThrottled(detail, retry_after=retry_after_of(exc),
+                                 hint="azure resource manager throttled this subscription after all retries; lower "
+                                 "the provider's create_rate or run fewer clusters at once")
+    if exc.status_code == 403 or code in DENIED_CODES:
+        return ProviderError(f"azure {action}: permission denied, the credentials lack {permission}",
+                             hint=f"grant {permission} on the resource group (roles in docs/providers/azure.md); "
+                             f"azure said: {message}")
+    return ProviderError(detail, hint=CODE_HINTS.get(code))

@@ -1,0 +1,263 @@
+"""AzureProvider: incremental snapshots of managed disks (azure-mgmt-compute).
+
+An incremental snapshot's content is fixed when ARM accepts the PUT (200/202), so snapshot()
+returns right after the initial response (``polling=False``: no poller thread left behind) and
+wait() follows ``provisioning_state`` and, for background copies, ``completion_percent`` and
+``snapshot_access_state``. A failed snapshot keeps its reason in the PUT's async operation, whose
+URL the ref carries.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from snapctl.errors import BadInputError, ProviderError, SnapctlError
+from snapctl.providers import (
+    TAG_CLUSTER,
+    TAG_NODE,
+    TAG_RUN,
+    TAG_VOLUME,
+    Capabilities,
+    NodeVolumes,
+    ProgressFn,
+    RestoreTarget,
+    SnapshotRef,
+)
+from snapctl_azure.client import AzureApi
+from snapctl_azure.settings import RESOURCE_NAME, SNAPSHOT_ID, AzureSettings, AzureVolume, parse_volumes
+
+log = logging.getLogger(__name__)
+
+PERM_CREATE = "Microsoft.Compute/snapshots/write"
+PERM_READ = "Microsoft.Compute/snapshots/read"
+PERM_DELETE = "Microsoft.Compute/snapshots/delete"
+PERM_RESTORE = "Microsoft.Compute/disks/write"
+TAG_RESTORED_FROM = "snapctl-restored-from"
+
+
+def _slug(text: str, limit: int) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-_")[:limit].strip("-_") or "x"
+
+
+def snapshot_name(cluster: str, node: str, volume: str) -> str:
+    """Unique and at most 80 characters of [A-Za-z0-9_.-]: readable prefix, random tail."""
+    return f"snapctl-{_slug(cluster, 22)}-{_slug(node, 20)}-{_slug(volume, 16)}-{uuid.uuid4().hex[:10]}"
+
+
+class AzureProvider:
+    name = "azure"
+    settings_model = AzureSettings
+
+    def __init__(self, settings: AzureSettings, *, cluster: str, base_dir: Path, credential: Any | None = None) -> None:
+        self.settings = settings
+        self.cluster = cluster
+        self.api = AzureApi(settings, credential)  # builds no SDK client until the first call
+        self.capabilities = Capabilities(crash_consistent_group=False, incremental=True, instant=False,
+                                         max_creates_per_s=settings.create_rate, create_burst=settings.create_burst)
+
+    def validate_volumes(self, node: str, raw: list[Any], *, base_dir: Path) -> NodeVolumes:
+        return NodeVolumes(node, parse_volumes(node, raw))
+
+    # --- snapshot ----------------------------------------------------------------------------
+    def snapshot(self, volumes: NodeVolumes, tags: Mapping[str, str]) -> list[SnapshotRef]:
+        if tags.get(TAG_CLUSTER, self.cluster) != self.cluster:
+            raise BadInputError(f"node {volumes.node}: tags name cluster {tags[TAG_CLUSTER]!r} "
+                                f"but this provider serves {self.cluster!r}")
+        created: list[SnapshotRef] = []
+        try:
+            # One after another: each PUT returns as soon as ARM accepted it.
+            for vol in volumes.volumes:
+                created.append(self._create(volumes.node, vol, tags))
+        except BaseException:
+            self._discard(created, volumes.node, tags)
+            raise
+        return created
+
+    def _create(self, node: str, vol: AzureVolume, tags: Mapping[str, str]) -> SnapshotRef:
+        from azure.mgmt.compute.models import CreationData, Snapshot
+
+        name = snapshot_name(self.cluster, node, vol.name)
+        raw_tags = {**self.settings.tags, **tags, TAG_CLUSTER: self.cluster, TAG_NODE: tags.get(TAG_NODE, node),
+                    TAG_VOLUME: vol.name}
+        model = Snapshot(location=self.settings.location, tags=raw_tags, incremental=True,
+                         creation_data=CreationData(create_option="Copy", source_resource_id=vol.disk_id))
+        accepted: dict[str, str] = {}
+
+        def remember_operation(pipeline_response: Any) -> None:
+            headers = pipeline_response.http_response.headers
+            accepted["operation"] = headers.get("Azure-AsyncOperation") or headers.get("Location") or ""
+
+        self.api.create_bucket.acquire()
+        # A retried PUT of the same name is idempotent: no duplicate snapshot can come of it.
+        rg, snapshots = self.settings.resource_group, self._snapshots
+        self.api.call(f"create snapshot of disk {vol.disk_name}", PERM_CREATE, lambda: snapshots.begin_create_or_update(
+            rg, name, model, polling=False, raw_response_hook=remember_operation))
+        return SnapshotRef(
+            provider=self.name, snapshot_id=self._snapshot_id(name), node=node, volume=vol.name, tags=raw_tags,
+            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            extra={"resource_group": self.settings.resource_group, "name": name, "disk_id": vol.disk_id,
+                   "operation": accepted.get("operation") or None},
+        )
+
+    @property
+    def _snapshots(self) -> Any:
+        return self.api.client.snapshots
+
+    def _snapshot_id(self, name: str) -> str:
+        return (f"/subscriptions/{self.settings.subscription_id}/resourceGroups/{self.settings.resource_group}"
+                f"/providers/Microsoft.Compute/snapshots/{name}")
+
+    def _locate(self, ref: SnapshotRef) -> tuple[str, str]:
+        match = SNAPSHOT_ID.match(ref.snapshot_id)
+        if not match:
+            raise BadInputError(f"{ref.snapshot_id!r} is not an azure snapshot id")
+        if match["sub"].lower() != self.settings.subscription_id.lower():
+            raise ProviderError(f"azure snapshot {ref.snapshot_id} is in another subscription",
+                                hint="use an inventory whose provider has that subscription_id")
+        return match["rg"], match["name"]
+
+    # --- wait --------------------------------------------------------------------------------
+    def wait(self, refs: list[SnapshotRef], deadline: float, progress: ProgressFn | None = None) -> list[SnapshotRef]:
+        current = list(refs)
+        pending = {i for i, ref in enumerate(current) if ref.state != "completed"}
+        while True:
+            for index in sorted(pending):
+                ref = current[index]
+                snap = self._get(ref)
+                where = f"azure snapshot {ref.extra.get('name') or ref.snapshot_id} ({ref.node}/{ref.volume})"
+                if snap is None:
+                    raise ProviderError(f"{where} no longer exists", hint="it was deleted while snapctl waited for it")
+                if snap.provisioning_state == "Failed":
+                    raise ProviderError(f"{where} failed: {self._failure(ref)}")
+                updated = self._refresh(ref, snap)
+                if updated != ref:
+                    current[index] = updated
+                    if progress is not None:
+                        progress(updated)
+                if updated.state == "completed":
+                    pending.discard(index)
+            if not pending:
+                return current
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                ids = ", ".join(current[i].snapshot_id.rsplit("/", 1)[-1] for i in sorted(pending))
+                raise ProviderError(f"azure: snapshots not complete by the deadline: {ids}",
+                                    hint="they keep copying; raise policy.wait_timeout_s or check them later")
+            time.sleep(min(self.settings.polling_interval_s, remaining))
+
+    def _refresh(self, ref: SnapshotRef, snap: Any) -> SnapshotRef:
+        percent = snap.completion_percent
+        done = (snap.provisioning_state == "Succeeded" and (percent is None or percent >= 100)
+                and (snap.snapshot_access_state or "") != "Pending")
+        return ref.model_copy(update={
+            "state": "completed" if done else ("error" if snap.provisioning_state == "Failed" else "pending"),
+            "progress": float(percent) if percent is not None else (100.0 if done else ref.progress),
+            "bytes": snap.disk_size_bytes if done and snap.disk_size_bytes else ref.bytes,
+            "extra": {**ref.extra, "provisioning_state": snap.provisioning_state},
+        })
+
+    def _failure(self, ref: SnapshotRef) -> str:
+        """The cloud's reason, from the PUT's async operation (the snapshot itself only says Failed)."""
+        url = ref.extra.get("operation")
+        for _ in range(3 if url else 0):  # the operation may trail the resource by a moment
+            body = self.api.get_json(url, f"read the error of snapshot {ref.extra.get('name')}", PERM_READ) or {}
+            error = body.get("error") or {}
+            if error.get("message"):
+                return f"{error.get('code') or 'Failed'}: {error['message']}"
+            if body.get("status") != "InProgress":
+                break
+            time.sleep(self.settings.polling_interval_s)
+        return "provisioning state Failed (azure gave no reason)"
+
+    def _get(self, ref: SnapshotRef) -> Any:
+        rg, name = self._locate(ref)
+        return self.api.call(f"get snapshot {name}", PERM_READ, lambda: self._snapshots.get(rg, name), missing_ok=True)
+
+    # --- delete, find ------------------------------------------------------------------------
+    def delete(self, ref: SnapshotRef) -> None:
+        rg, name = self._locate(ref)
+        snap = self._get(ref)
+        if snap is None:
+            return
+        if (snap.tags or {}).get(TAG_CLUSTER) != self.cluster:
+            raise ProviderError(f"refusing to delete azure snapshot {name}: "
+                                f"it is not tagged {TAG_CLUSTER}={self.cluster}",
+                                hint="snapctl deletes only snapshots it made for this cluster")
+        action = f"delete snapshot {name}"
+        poller = self.api.call(action, PERM_DELETE, lambda: self._snapshots.begin_delete(rg, name), missing_ok=True)
+        if poller is None:
+            return
+        timeout = self.settings.operation_timeout_s
+        self.api.call(action, PERM_DELETE, lambda: poller.result(timeout=timeout), missing_ok=True)
+        if not poller.done():
+            raise ProviderError(f"azure {action}: still running after {self.settings.operation_timeout_s:g}s",
+                                hint="raise the provider's operation_timeout_s; the delete goes on in Azure")
+
+    def find(self, tags: Mapping[str, str]) -> list[SnapshotRef]:
+        wanted = {**tags, TAG_CLUSTER: self.cluster}
+        rg = self.settings.resource_group
+        # ARM's list has no tag filter for snapshots: filter here (one resource group, paged).
+        items = self.api.call("list snapshots", PERM_READ, lambda: list(self._snapshots.list_by_resource_group(rg)))
+        return [self._ref_from(s) for s in items or [] if all((s.tags or {}).get(k) == v for k, v in wanted.items())]
+
+    def _ref_from(self, snap: Any) -> SnapshotRef:
+        tags = dict(snap.tags or {})
+        ref = SnapshotRef(provider=self.name, snapshot_id=snap.id, node=tags.get(TAG_NODE, ""),
+                          volume=tags.get(TAG_VOLUME, ""), tags=tags,
+                          created_at=snap.time_created.isoformat() if snap.time_created else None,
+                          extra={"resource_group": self.settings.resource_group, "name": snap.name,
+                                 "disk_id": getattr(snap.creation_data, "source_resource_id", None)})
+        return self._refresh(ref, snap)
+
+    # --- restore -----------------------------------------------------------------------------
+    def restore(self, ref: SnapshotRef, target: RestoreTarget) -> str:
+        """A new managed disk from the snapshot in the provider's resource group and location,
+        in availability zone ``target.zone`` when given; ``target.extra`` may carry ``sku``."""
+        from azure.mgmt.compute.models import CreationData, Disk, DiskSku
+
+        if target.instance:
+            raise BadInputError("the azure provider creates the disk but does not attach it",
+                                hint="attach it with `az vm disk attach`")
+        name = target.name or f"{ref.snapshot_id.rsplit('/', 1)[-1][:70]}-r{uuid.uuid4().hex[:6]}"
+        if not RESOURCE_NAME.match(name):
+            raise BadInputError(f"azure restore: {name!r} is not a valid disk name",
+                                hint="letters, digits, _ . -, at most 80")
+        deadline = time.monotonic() + self.settings.operation_timeout_s
+        self.wait([ref], deadline)  # a disk can only be copied from a complete snapshot
+        disk = Disk(location=self.settings.location,
+                    tags={TAG_CLUSTER: self.cluster, TAG_RESTORED_FROM: ref.snapshot_id},
+                    creation_data=CreationData(create_option="Copy", source_resource_id=ref.snapshot_id))
+        if target.zone:
+            disk.zones = [target.zone]
+        if target.extra.get("sku"):
+            disk.sku = DiskSku(name=target.extra["sku"])
+        rg, disks = self.settings.resource_group, self.api.client.disks
+        action = f"create disk {name} from snapshot {ref.snapshot_id.rsplit('/', 1)[-1]}"
+        poller = self.api.call(action, PERM_RESTORE, lambda: disks.begin_create_or_update(rg, name, disk))
+        remaining = max(1.0, deadline - time.monotonic())
+        made = self.api.call(action, PERM_RESTORE, lambda: poller.result(timeout=remaining))
+        if not poller.done() or made is None:
+            raise ProviderError(f"azure {action}: still running after {self.settings.operation_timeout_s:g}s",
+                                hint="raise the provider's operation_timeout_s; the disk is still being made")
+        return made.id
+
+    def _discard(self, refs: list[SnapshotRef], node: str, tags: Mapping[str, str]) -> None:
+        """Best effort: what this call made, including a snapshot whose create answer was lost."""
+        refs = list(refs)
+        if tags.get(TAG_RUN):
+            try:
+                refs += self.find({TAG_RUN: tags[TAG_RUN], TAG_NODE: tags.get(TAG_NODE, node)})
+            except SnapctlError as exc:
+                log.warning("could not list the node's partial snapshots: %s", exc)
+        for ref in {r.snapshot_id: r for r in refs}.values():
+            try:
+                self.delete(ref)
+            except SnapctlError as exc:
+                log.warning("could not delete partial snapshot %s: %s", ref.snapshot_id, exc)

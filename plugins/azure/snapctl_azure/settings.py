@@ -1,0 +1,130 @@
+"""The ``provider: {type: azure}`` block and the shape of a node's ``volumes:`` list.
+
+Credentials are deliberately absent: azure-identity's DefaultAzureCredential finds them
+(AZURE_* environment variables, workload identity, managed identity, ``az login``), so no secret
+is ever written into an inventory.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from snapctl.errors import BadInputError
+from snapctl.providers import ProviderSettings
+
+GUID = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+_ARM_PREFIX = r"^/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.Compute/"
+DISK_ID = re.compile(_ARM_PREFIX + r"disks/(?P<name>[^/]+)$", re.IGNORECASE)
+SNAPSHOT_ID = re.compile(_ARM_PREFIX + r"snapshots/(?P<name>[^/]+)$", re.IGNORECASE)
+RESOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,78}[A-Za-z0-9_]$|^[A-Za-z0-9]$")
+# Azure allows 50 tags per resource; snapctl's own take 6, the inventory's `tags:` some more.
+MAX_USER_TAGS = 40
+RESERVED_TAG_PREFIXES = ("azure", "microsoft", "windows", "snapctl-")
+
+
+class AzureSettings(ProviderSettings):
+    """Pacing defaults follow ARM's write bucket (per subscription and principal: 200 burst, 10/s)."""
+
+    type: Literal["azure"]
+    subscription_id: str = Field(pattern=GUID)
+    resource_group: str = Field(pattern=r"^[-\w.()]{0,89}[-\w()]$")  # where snapshots and restored disks go
+    location: str = Field(pattern=r"^[a-z0-9]+$")  # the disks' region, e.g. westeurope
+    base_url: str | None = Field(default=None, pattern=r"^https?://")  # sovereign clouds, tests
+    polling_interval_s: float = Field(default=5.0, gt=0)  # long-running operations and wait()
+    tags: dict[str, str] = Field(default_factory=dict)  # extra tags on every snapshot
+    insecure_http_for_tests: bool = False  # bearer tokens over plain http: loopback only
+    max_retries: int = Field(default=8, ge=0, le=30)  # throttled / 5xx calls, per call
+    max_retry_wait_s: float = Field(default=60.0, gt=0)  # a longer Retry-After fails the call instead
+    retry_timeout_s: float = Field(default=300.0, gt=0)  # one call, retries and waits included
+    operation_timeout_s: float = Field(default=900.0, gt=0)  # deletes, restores
+    connection_timeout_s: float = Field(default=10.0, gt=0)
+    read_timeout_s: float = Field(default=60.0, gt=0)
+    create_rate: float = Field(default=10.0, gt=0)
+    create_burst: int = Field(default=100, ge=1)
+
+    @field_validator("tags")
+    @classmethod
+    def _user_tags(cls, tags: dict[str, str]) -> dict[str, str]:
+        if len(tags) > MAX_USER_TAGS:
+            raise ValueError(f"at most {MAX_USER_TAGS} tags (Azure allows 50 per snapshot, snapctl uses the rest)")
+        for key, value in tags.items():
+            if key.lower().startswith(RESERVED_TAG_PREFIXES):
+                raise ValueError(f"tag {key!r}: keys starting with azure, microsoft, windows or snapctl- are reserved")
+            if not 1 <= len(key) <= 512 or len(value) > 256 or re.search(r"[<>%&\\?/]", key):
+                raise ValueError(f"tag {key!r}: keys take 1-512 characters without <>%&\\?/, values at most 256")
+        return tags
+
+    @model_validator(mode="after")
+    def _plain_http_only_on_loopback(self) -> AzureSettings:
+        url = urlsplit(self.base_url or "")
+        if self.insecure_http_for_tests and url.hostname != "127.0.0.1":
+            raise ValueError("insecure_http_for_tests is only allowed with a base_url on 127.0.0.1 (tests)")
+        if url.scheme == "http" and not self.insecure_http_for_tests:
+            raise ValueError("base_url must be https: azure-core sends bearer tokens only over TLS")
+        return self
+
+
+class AzureVolume(BaseModel):
+    """One managed disk by its resource id; ``name`` is what the catalog and tags call it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    disk_id: str
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_name(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("name") and isinstance(data.get("disk_id"), str):
+            return {**data, "name": data["disk_id"].rstrip("/").rsplit("/", 1)[-1]}
+        return data
+
+    @field_validator("disk_id")
+    @classmethod
+    def _arm_id(cls, value: str) -> str:
+        if not DISK_ID.match(value):
+            raise ValueError("expected /subscriptions/<id>/resourceGroups/<rg>/providers/"
+                             "Microsoft.Compute/disks/<name>")
+        return value
+
+    @property
+    def disk_name(self) -> str:
+        return DISK_ID.match(self.disk_id)["name"]  # type: ignore[index]
+
+
+VOLUMES_HINT = "entries look like {disk_id: /subscriptions/.../providers/Microsoft.Compute/disks/pg-data, name: data}"
+
+
+def parse_volumes(node: str, raw: list[Any]) -> list[AzureVolume]:
+    """A node's ``volumes:`` list as models; every problem names the node and the entry."""
+    if not raw:
+        raise BadInputError(f"node {node}: no volumes to snapshot", hint=VOLUMES_HINT)
+    parsed: list[AzureVolume] = []
+    for index, entry in enumerate(raw):
+        where = f"node {node}: volumes[{index}]"
+        if not isinstance(entry, dict):
+            raise BadInputError(f"{where}: expected a mapping", hint=VOLUMES_HINT)
+        try:
+            parsed.append(AzureVolume.model_validate(entry))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(str(p) for p in err["loc"]) or "(entry)"
+            if err["type"] == "extra_forbidden":
+                raise BadInputError(f"{where}: unknown key {field!r} (valid keys: disk_id, name)") from exc
+            msg = err["msg"].removeprefix("Value error, ")
+            raise BadInputError(f"{where}: {field}: {msg[:1].lower() + msg[1:]}", hint=VOLUMES_HINT) from exc
+    seen_ids: set[str] = set()
+    seen_names: set[str] = set()
+    for volume in parsed:
+        if volume.disk_id.lower() in seen_ids:
+            raise BadInputError(f"node {node}: disk {volume.disk_id} is listed twice")
+        if volume.name in seen_names:
+            raise BadInputError(f"node {node}: volume name {volume.name!r} is used twice",
+                                hint="names must be unique per node")
+        seen_ids.add(volume.disk_id.lower())
+        seen_names.add(volume.name)
+    return parsed

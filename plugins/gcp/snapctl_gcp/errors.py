@@ -1,0 +1,105 @@
+"""google-api-core / google-auth errors in, snapctl errors out: each with what to do about it.
+
+Messages carry the action, the HTTP status and Google's own message; never a credential. The
+google modules are imported inside the functions: this module is loaded with the plugin, and the
+plugin must not pull in the SDK until it talks to GCP.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from snapctl.errors import ProviderError, ProviderThrottled, SnapctlError
+from snapctl.ratelimit import parse_retry_after
+
+RATE_REASONS = frozenset({"rateLimitExceeded", "userRateLimitExceeded", "RATE_LIMIT_EXCEEDED"})
+# Operation error codes that mean "too often": the create was refused, so a later one may pass.
+RATE_OPERATION_CODES = frozenset({"RESOURCE_OPERATION_RATE_EXCEEDED", "RATE_LIMIT_EXCEEDED", "OPERATION_RATE_EXCEEDED"})
+CREDENTIALS_HINT = (
+    "google-auth looks in GOOGLE_APPLICATION_CREDENTIALS, `gcloud auth application-default login`, "
+    "then the VM's or workload's service account; see docs/providers/gcp.md"
+)
+DOCS = "roles in docs/providers/gcp.md"
+
+
+def reasons(exc: Any) -> set[str]:
+    found = set()
+    for item in getattr(exc, "errors", None) or []:
+        if isinstance(item, dict) and item.get("reason"):
+            found.add(str(item["reason"]))
+    if getattr(exc, "reason", None):
+        found.add(str(exc.reason))
+    return found
+
+
+def retry_after_of(exc: Any) -> float | None:
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None) or {}
+    return parse_retry_after(headers.get("Retry-After"))
+
+
+def is_throttle(exc: BaseException) -> bool:
+    from google.api_core import exceptions as gexc
+
+    if isinstance(exc, gexc.TooManyRequests):
+        return True
+    return isinstance(exc, gexc.Forbidden) and bool(reasons(exc) & RATE_REASONS)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth another try with the same request id: throttling, 5xx, a dropped connection."""
+    from google.api_core import exceptions as gexc
+    from google.auth import exceptions as auth_exc
+    from requests import exceptions as req_exc
+
+    if is_throttle(exc):
+        return True
+    if isinstance(exc, (gexc.InternalServerError, gexc.BadGateway, gexc.ServiceUnavailable, gexc.GatewayTimeout,
+                        gexc.DeadlineExceeded)):
+        return True
+    return isinstance(exc, (req_exc.ConnectionError, req_exc.Timeout, auth_exc.TransportError))
+
+
+def translate(exc: BaseException, action: str, permission: str) -> SnapctlError:
+    """Any exception from the SDK as the snapctl error that says what to do."""
+    from google.api_core import exceptions as gexc
+    from google.auth import exceptions as auth_exc
+    from requests import exceptions as req_exc
+
+    if isinstance(exc, SnapctlError):
+        return exc
+    if isinstance(exc, auth_exc.DefaultCredentialsError):
+        return ProviderError(f"gcp {action}: no credentials found", hint=CREDENTIALS_HINT)
+    if isinstance(exc, auth_exc.RefreshError):
+        return ProviderError(f"gcp {action}: credentials could not be refreshed: {exc}", hint=CREDENTIALS_HINT)
+    if isinstance(exc, (req_exc.ConnectionError, req_exc.Timeout, auth_exc.TransportError)):
+        return ProviderError(f"gcp {action}: no answer from the compute api ({type(exc).__name__})",
+                             hint="check network access to compute.googleapis.com (or the provider's api_endpoint)")
+    if not isinstance(exc, gexc.GoogleAPICallError):
+        return ProviderError(f"gcp {action}: {type(exc).__name__}: {exc}")
+    status = exc.code if isinstance(exc.code, int) else None
+    detail = f"gcp {action}: {status or ''} {exc.message}".replace("  ", " ")
+    if is_throttle(exc):
+        return ProviderThrottled(detail, retry_after=retry_after_of(exc),
+                                 hint="compute engine throttled this project after all retries; lower the provider's "
+                                 "create_rate or run fewer clusters at once")
+    if isinstance(exc, gexc.Unauthorized):
+        return ProviderError(f"gcp {action}: credentials rejected", hint=CREDENTIALS_HINT)
+    if isinstance(exc, gexc.NotFound):
+        return ProviderError(detail, hint="check the disk, zone and project names in the inventory")
+    if isinstance(exc, gexc.Forbidden):
+        return ProviderError(f"gcp {action}: permission denied, the credentials lack {permission}",
+                             hint=f"grant {permission} to this service account ({DOCS}); google said: {exc.message}")
+    return ProviderError(detail)
+
+
+def operation_error(op: Any) -> tuple[str, str] | None:
+    """(code, message) of a DONE operation that failed, else None."""
+    errors = list(getattr(getattr(op, "error", None), "errors", None) or [])
+    if errors:
+        first = errors[0]
+        messages = "; ".join(e.message for e in errors if e.message)
+        return first.code or "UNKNOWN", messages or first.code or "operation failed"
+    if getattr(op, "http_error_status_code", 0) and op.http_error_status_code >= 400:
+        return str(op.http_error_status_code), op.http_error_message or "operation failed"
+    return None

@@ -1,0 +1,325 @@
+"""GcpProvider: Compute Engine persistent-disk snapshots (google-cloud-compute, REST transport).
+
+snapshot() returns once every disk's content is captured: GCP documents that writes may resume
+when a snapshot leaves CREATING (status UPLOADING), not when the create call is accepted, so that
+is the moment the engine may be released. wait() then follows UPLOADING -> READY | FAILED.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import re
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from snapctl.errors import BadInputError, ProviderError, SnapctlError
+from snapctl.providers import (
+    TAG_CLUSTER,
+    TAG_NODE,
+    TAG_RUN,
+    TAG_VOLUME,
+    Capabilities,
+    NodeVolumes,
+    ProgressFn,
+    RestoreTarget,
+    SnapshotRef,
+)
+from snapctl_gcp.client import GcpApi
+from snapctl_gcp.errors import RATE_OPERATION_CODES, operation_error
+from snapctl_gcp.labels import (
+    description_for,
+    encode_label,
+    filter_for,
+    labels_for,
+    restored_disk_name,
+    snapshot_name,
+    tags_of,
+)
+from snapctl_gcp.settings import RESOURCE_NAME, GcpSettings, GcpVolume, parse_volumes
+
+log = logging.getLogger(__name__)
+
+PERM_CREATE = "compute.disks.createSnapshot"
+PERM_GET = "compute.snapshots.get"
+PERM_LIST = "compute.snapshots.list"
+PERM_DELETE = "compute.snapshots.delete"
+PERM_RESTORE = "compute.disks.create"
+TAG_RESTORED_FROM = "snapctl-restored-from"
+CAPTURED = frozenset({"UPLOADING", "READY"})
+STATES = {"READY": "completed", "FAILED": "error"}
+
+
+class GcpProvider:
+    name = "gcp"
+    settings_model = GcpSettings
+
+    def __init__(self, settings: GcpSettings, *, cluster: str, base_dir: Path, api: GcpApi | None = None) -> None:
+        self.settings = settings
+        self.cluster = cluster
+        self.api = api or GcpApi(settings)  # builds no SDK client until the first call
+        self.capabilities = Capabilities(crash_consistent_group=False, incremental=True, instant=False,
+                                         max_creates_per_s=settings.create_rate, create_burst=settings.create_burst)
+
+    def validate_volumes(self, node: str, raw: list[Any], *, base_dir: Path) -> NodeVolumes:
+        return NodeVolumes(node, parse_volumes(node, raw))
+
+    # --- snapshot ----------------------------------------------------------------------------
+    def snapshot(self, volumes: NodeVolumes, tags: Mapping[str, str]) -> list[SnapshotRef]:
+        if tags.get(TAG_CLUSTER, self.cluster) != self.cluster:
+            raise BadInputError(f"node {volumes.node}: tags name cluster {tags[TAG_CLUSTER]!r} "
+                                f"but this provider serves {self.cluster!r}")
+        created: list[SnapshotRef] = []
+        lock = threading.Lock()
+        workers = max(1, min(8, len(volumes.volumes)))
+        with ThreadPoolExecutor(workers, thread_name_prefix="gcp-snapshot") as pool:
+            futures = [pool.submit(self._snapshot_volume, volumes.node, vol, tags, created, lock)
+                       for vol in volumes.volumes]
+        outcomes: list[Any] = [f.exception() or f.result() for f in futures]
+        failures = [o for o in outcomes if isinstance(o, BaseException)]
+        if failures:
+            self._discard(created, volumes.node, tags)
+            first = failures[0]
+            if isinstance(first, SnapctlError):
+                raise first
+            raise ProviderError(f"gcp snapshot of node {volumes.node}: {type(first).__name__}: {first}") from first
+        return outcomes
+
+    def _snapshot_volume(self, node: str, vol: GcpVolume, tags: Mapping[str, str], created: list[SnapshotRef],
+                         lock: threading.Lock) -> SnapshotRef:
+        raw_tags = {**tags, TAG_CLUSTER: self.cluster, TAG_NODE: tags.get(TAG_NODE, node), TAG_VOLUME: vol.name}
+        deadline = time.monotonic() + self.settings.capture_timeout_s
+        for attempt in itertools.count():
+            ref, op = self._create(node, vol, raw_tags, deadline)
+            with lock:
+                created.append(ref)
+            failure = self._await_capture(ref, op, deadline)
+            if failure is None:
+                return ref
+            code, message = failure
+            wait = self.api.backoff(attempt)
+            retry = attempt < self.settings.max_retries and time.monotonic() + wait < deadline
+            if code in RATE_OPERATION_CODES and retry:
+                # Refused as too frequent: nothing was captured, so a new create (new request id) may pass.
+                log.info("gcp snapshot of %s refused (%s), retrying in %.1fs", vol.disk, code, wait)
+                self.api.sleep(wait)
+                continue
+            raise ProviderError(f"gcp snapshot of disk {vol.disk} ({node}/{vol.name}) failed: {message}",
+                                hint=_hint_for(code))
+        raise AssertionError("unreachable")
+
+    def _create(self, node: str, vol: GcpVolume, raw_tags: dict[str, str], deadline: float) -> tuple[SnapshotRef, Any]:
+        types, disks = self.api.types, self.api.client("disks")
+        name = snapshot_name(self.cluster, node, vol.name)
+        resource = types.Snapshot(name=name, labels=labels_for(raw_tags, self.settings.labels),
+                                  description=description_for(raw_tags),
+                                  storage_locations=self.settings.storage_locations)
+        # One request id for every retry of this create: GCP then acts on it once.
+        request = types.CreateSnapshotDiskRequest(project=self.api.project, zone=vol.zone, disk=vol.disk,
+                                                  snapshot_resource=resource, request_id=str(uuid.uuid4()))
+        if self.settings.guest_flush:
+            request.guest_flush = True
+        timeout = self.settings.request_timeout_s
+        op = self.api.call(f"create snapshot of disk {vol.disk} in {vol.zone}", PERM_CREATE, deadline=deadline,
+                           bucket=self.api.create_bucket,
+                           fn=lambda: disks.create_snapshot_unary(request=request, retry=None, timeout=timeout))
+        ref = SnapshotRef(provider=self.name, snapshot_id=name, node=node, volume=vol.name, tags=raw_tags,
+                          created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                          extra={"project": self.api.project, "zone": vol.zone, "disk": vol.disk,
+                                 "operation": op.name, "request_id": request.request_id})
+        return ref, op
+
+    def _await_capture(self, ref: SnapshotRef, op: Any, deadline: float) -> tuple[str, str] | None:
+        """None once the disk content is captured; (code, message) when the create failed."""
+        done, zone = self.api.types.Operation.Status.DONE, ref.extra["zone"]
+        status = "CREATING"
+        while True:
+            if op.status != done:
+                op = self.api.poll_operation(op, zone=zone, action=f"snapshot {ref.snapshot_id}")
+            failure = operation_error(op) if op.status == done else None
+            if failure:
+                return failure
+            snap = self._get(ref.snapshot_id, deadline)
+            status = snap.status if snap is not None else "CREATING"
+            if status in CAPTURED:
+                return None
+            if status == "FAILED":
+                return self._failure(ref) or ("FAILED", "the snapshot ended FAILED")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ProviderError(f"gcp snapshot {ref.snapshot_id}: disk content not captured within "
+                                    f"{self.settings.capture_timeout_s:g}s (status {status})",
+                                    hint="raise the provider's capture_timeout_s; GCP may be busy with this disk")
+            self.api.sleep(min(self.settings.poll_interval_s, remaining))
+
+    # --- wait --------------------------------------------------------------------------------
+    def wait(self, refs: list[SnapshotRef], deadline: float, progress: ProgressFn | None = None) -> list[SnapshotRef]:
+        current = list(refs)
+        pending = {i for i, ref in enumerate(current) if ref.state != "completed"}
+        while True:
+            for index in sorted(pending):
+                ref = current[index]
+                snap = self._get(ref.snapshot_id, deadline)
+                where = f"gcp snapshot {ref.snapshot_id} ({ref.node}/{ref.volume})"
+                if snap is None:
+                    raise ProviderError(f"{where} no longer exists", hint="it was deleted while snapctl waited for it")
+                if snap.status == "FAILED":
+                    code, message = self._failure(ref) or ("FAILED", "the snapshot ended FAILED")
+                    raise ProviderError(f"{where} failed: {message}", hint=_hint_for(code))
+                updated = self._refresh(ref, snap)
+                if updated != ref:
+                    current[index] = updated
+                    if progress is not None:
+                        progress(updated)
+                if updated.state == "completed":
+                    pending.discard(index)
+            if not pending:
+                return current
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                ids = ", ".join(current[i].snapshot_id for i in sorted(pending))
+                raise ProviderError(f"gcp: snapshots not READY by the deadline: {ids}",
+                                    hint="they keep uploading; raise policy.wait_timeout_s or check them later")
+            self.api.sleep(min(self.settings.poll_interval_s, remaining))
+
+    def _refresh(self, ref: SnapshotRef, snap: Any) -> SnapshotRef:
+        ready = snap.status == "READY"
+        return ref.model_copy(update={
+            "state": STATES.get(snap.status, "pending"),
+            "progress": 100.0 if ready else ref.progress,
+            "bytes": int(snap.storage_bytes) if ready and snap.storage_bytes else ref.bytes,
+            "extra": {**ref.extra, "status": snap.status},
+        })
+
+    def _failure(self, ref: SnapshotRef) -> tuple[str, str] | None:
+        """The failed create operation's error: GCP keeps the reason there, not on the snapshot."""
+        name, zone = ref.extra.get("operation"), ref.extra.get("zone")
+        if not name or not zone:
+            return None
+        op = self.api.poll_operation(_Named(name), zone=zone, action=f"read the error of snapshot {ref.snapshot_id}")
+        return operation_error(op)
+
+    def _get(self, name: str, deadline: float | None = None) -> Any:
+        snapshots, timeout = self.api.client("snapshots"), self.settings.request_timeout_s
+        return self.api.call(f"get snapshot {name}", PERM_GET, deadline=deadline, missing_ok=True,
+                             fn=lambda: snapshots.get(project=self.api.project, snapshot=name, retry=None,
+                                                      timeout=timeout))
+
+    # --- delete, find ------------------------------------------------------------------------
+    def delete(self, ref: SnapshotRef) -> None:
+        name = ref.snapshot_id
+        snap = self._get(name)
+        if snap is None:
+            return
+        if snap.labels.get(TAG_CLUSTER) != encode_label(self.cluster):
+            raise ProviderError(f"refusing to delete gcp snapshot {name}: "
+                                f"it is not labelled {TAG_CLUSTER}={self.cluster}",
+                                hint="snapctl deletes only snapshots it made for this cluster")
+        deadline = time.monotonic() + self.settings.operation_timeout_s
+        request = self.api.types.DeleteSnapshotRequest(project=self.api.project, snapshot=name,
+                                                       request_id=str(uuid.uuid4()))
+        snapshots, timeout = self.api.client("snapshots"), self.settings.request_timeout_s
+        op = self.api.call(f"delete snapshot {name}", PERM_DELETE, deadline=deadline, missing_ok=True,
+                           fn=lambda: snapshots.delete_unary(request=request, retry=None, timeout=timeout))
+        if op is None:
+            return
+        op = self.api.wait_operation(op, zone=None, action=f"delete snapshot {name}", deadline=deadline)
+        failure = operation_error(op)
+        if failure and failure[0] not in ("RESOURCE_NOT_FOUND", "404"):
+            raise ProviderError(f"gcp delete snapshot {name} failed: {failure[1]}", hint=_hint_for(failure[0]))
+
+    def find(self, tags: Mapping[str, str]) -> list[SnapshotRef]:
+        wanted = {**tags, TAG_CLUSTER: self.cluster}
+        request = self.api.types.ListSnapshotsRequest(project=self.api.project, filter=filter_for(wanted),
+                                                      max_results=500)
+        snapshots, timeout = self.api.client("snapshots"), self.settings.request_timeout_s
+        items = self.api.call("list snapshots", PERM_LIST,
+                              fn=lambda: list(snapshots.list(request=request, retry=None, timeout=timeout)))
+        refs = []
+        for snap in items or []:
+            raw = tags_of(snap.description, snap.labels)
+            if all(raw.get(k) == v for k, v in wanted.items()):  # labels may be digests: confirm on raw tags
+                refs.append(self._ref_from(snap, raw))
+        return refs
+
+    def _ref_from(self, snap: Any, raw: dict[str, str]) -> SnapshotRef:
+        source = re.search(r"zones/([^/]+)/disks/([^/]+)$", snap.source_disk or "")
+        extra: dict[str, Any] = {"project": self.api.project, "status": snap.status}
+        if source:
+            extra.update(zone=source[1], disk=source[2])
+        return SnapshotRef(provider=self.name, snapshot_id=snap.name, node=raw.get(TAG_NODE, ""),
+                           volume=raw.get(TAG_VOLUME, ""), state=STATES.get(snap.status, "pending"),
+                           progress=100.0 if snap.status == "READY" else None,
+                           bytes=int(snap.storage_bytes) if snap.storage_bytes else None,
+                           created_at=snap.creation_timestamp or None, tags=raw, extra=extra)
+
+    # --- restore -----------------------------------------------------------------------------
+    def restore(self, ref: SnapshotRef, target: RestoreTarget) -> str:
+        """A new disk from the snapshot in ``target.zone`` (default: the source disk's zone).
+        ``target.extra`` may carry ``disk_type`` (e.g. pd-ssd) and ``size_gb``."""
+        zone = target.zone or ref.extra.get("zone")
+        if not zone:
+            raise BadInputError(f"gcp restore of {ref.snapshot_id}: no zone to create the disk in",
+                                hint="give the restore target a zone, e.g. europe-west1-b")
+        if target.instance:
+            raise BadInputError("the gcp provider creates the disk but does not attach it",
+                                hint="attach it with `gcloud compute instances attach-disk`")
+        name = target.name or restored_disk_name(ref.snapshot_id)
+        if not re.match(RESOURCE_NAME, name):
+            raise BadInputError(f"gcp restore: {name!r} is not a valid disk name",
+                                hint="lowercase letters, digits and '-', at most 63")
+        deadline = time.monotonic() + self.settings.operation_timeout_s
+        self.wait([ref], deadline)  # a disk can only be made from a READY snapshot
+        types, disks = self.api.types, self.api.client("disks")
+        labels = labels_for({TAG_CLUSTER: self.cluster, TAG_RESTORED_FROM: ref.snapshot_id}, self.settings.labels)
+        disk = types.Disk(name=name, labels=labels,
+                          source_snapshot=f"projects/{self.api.project}/global/snapshots/{ref.snapshot_id}")
+        if target.extra.get("disk_type"):
+            disk.type_ = f"zones/{zone}/diskTypes/{target.extra['disk_type']}"
+        if target.extra.get("size_gb"):
+            disk.size_gb = int(target.extra["size_gb"])
+        request = types.InsertDiskRequest(project=self.api.project, zone=zone, disk_resource=disk,
+                                          request_id=str(uuid.uuid4()))
+        action, timeout = f"create disk {name} from snapshot {ref.snapshot_id}", self.settings.request_timeout_s
+        op = self.api.call(action, PERM_RESTORE, deadline=deadline,
+                           fn=lambda: disks.insert_unary(request=request, retry=None, timeout=timeout))
+        op = self.api.wait_operation(op, zone=zone, action=action, deadline=deadline)
+        failure = operation_error(op)
+        if failure:
+            raise ProviderError(f"gcp {action} failed: {failure[1]}", hint=_hint_for(failure[0]))
+        return f"projects/{self.api.project}/zones/{zone}/disks/{name}"
+
+    def _discard(self, refs: list[SnapshotRef], node: str, tags: Mapping[str, str]) -> None:
+        """Best effort: what this call made, including a snapshot whose create answer was lost."""
+        refs = list(refs)
+        if tags.get(TAG_RUN):
+            try:
+                refs += self.find({TAG_RUN: tags[TAG_RUN], TAG_NODE: tags.get(TAG_NODE, node)})
+            except SnapctlError as exc:
+                log.warning("could not list the node's partial snapshots: %s", exc)
+        for ref in {r.snapshot_id: r for r in refs}.values():
+            try:
+                self.delete(ref)
+            except SnapctlError as exc:
+                log.warning("could not delete partial snapshot %s: %s", ref.snapshot_id, exc)
+
+
+class _Named:
+    """An operation known only by name (what a SnapshotRef keeps)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def _hint_for(code: str) -> str | None:
+    if code in RATE_OPERATION_CODES:
+        return "GCP limits how often one disk may be snapshotted; wait a few minutes before the next run"
+    if code == "QUOTA_EXCEEDED":
+        return "a project quota (e.g. SNAPSHOTS) is exhausted; delete old snapshots or ask for more quota"
+    return None

@@ -1,0 +1,115 @@
+"""The ``provider: {type: gcp}`` block and the shape of a node's ``volumes:`` list.
+
+Credentials are deliberately absent: google-auth's default chain finds them
+(GOOGLE_APPLICATION_CREDENTIALS, ``gcloud auth application-default login``, workload identity,
+the VM's service account), so no secret is ever written into an inventory.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from snapctl.errors import BadInputError
+from snapctl.providers import ProviderSettings
+
+RESOURCE_NAME = r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$"  # disks, snapshots (RFC 1035)
+LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
+# GCP allows 64 labels per resource; snapctl's own take 6 (five per snapshot, plus
+# snapctl-restored-from on restored disks), the inventory's `tags:` some more.
+MAX_USER_LABELS = 40
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+class GcpSettings(ProviderSettings):
+    """Pacing defaults stay well inside Compute Engine's per-project API rate quotas."""
+
+    type: Literal["gcp"]
+    project: str = Field(pattern=r"^([a-z][-a-z0-9.]*[a-z0-9]:)?[a-z][-a-z0-9]{4,28}[a-z0-9]$")
+    api_endpoint: str | None = Field(default=None, pattern=r"^https?://")  # tests, private endpoints
+    anonymous: bool = False  # no credentials at all: only for a loopback api_endpoint (tests)
+    guest_flush: bool = False  # ask the guest agent to flush (VSS on Windows) before capture
+    storage_locations: list[str] = Field(default_factory=list)  # e.g. ["eu"]; default: nearest multi-region
+    labels: dict[str, str] = Field(default_factory=dict)  # extra labels, already GCP-legal
+    poll_interval_s: float = Field(default=2.0, gt=0)
+    capture_timeout_s: float = Field(default=120.0, gt=0)  # create accepted -> disk content captured
+    operation_timeout_s: float = Field(default=900.0, gt=0)  # deletes, restores
+    request_timeout_s: float = Field(default=60.0, gt=0)  # one HTTP call
+    max_retries: int = Field(default=8, ge=0, le=30)  # throttled / 5xx calls, per call
+    max_backoff_s: float = Field(default=60.0, gt=0)  # longest single wait, Retry-After included
+    create_rate: float = Field(default=5.0, gt=0)  # snapshot creates per second, sustained
+    create_burst: int = Field(default=20, ge=1)
+
+    @field_validator("labels")
+    @classmethod
+    def _legal_labels(cls, labels: dict[str, str]) -> dict[str, str]:
+        if len(labels) > MAX_USER_LABELS:
+            raise ValueError(f"at most {MAX_USER_LABELS} labels (GCP allows 64 per snapshot, snapctl uses the rest)")
+        for key, value in labels.items():
+            if key.startswith("snapctl-"):
+                raise ValueError(f"label {key!r}: keys starting with 'snapctl-' are set by snapctl itself")
+            if not LABEL_KEY.match(key) or not LABEL_VALUE.match(value):
+                raise ValueError(f"label {key}={value!r}: GCP labels take lowercase letters, digits, '-' and '_' "
+                                 "(keys start with a letter), at most 63 characters")
+        return labels
+
+    @model_validator(mode="after")
+    def _anonymous_only_on_loopback(self) -> GcpSettings:
+        if self.anonymous and urlsplit(self.api_endpoint or "").hostname not in LOOPBACK_HOSTS:
+            raise ValueError("anonymous: true is only allowed with a loopback api_endpoint (tests)")
+        return self
+
+
+class GcpVolume(BaseModel):
+    """One persistent disk; ``name`` is what the catalog and labels call it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    disk: str = Field(pattern=RESOURCE_NAME)
+    zone: str = Field(pattern=r"^[a-z]+-[a-z]+[0-9]+-[a-z]$")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_name(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("name") and isinstance(data.get("disk"), str):
+            return {**data, "name": data["disk"]}
+        return data
+
+
+VOLUMES_HINT = "entries look like {disk: pg-data-1, zone: europe-west1-b, name: data}"
+
+
+def parse_volumes(node: str, raw: list[Any]) -> list[GcpVolume]:
+    """A node's ``volumes:`` list as models; every problem names the node and the entry."""
+    if not raw:
+        raise BadInputError(f"node {node}: no volumes to snapshot", hint=VOLUMES_HINT)
+    parsed: list[GcpVolume] = []
+    for index, entry in enumerate(raw):
+        where = f"node {node}: volumes[{index}]"
+        if not isinstance(entry, dict):
+            raise BadInputError(f"{where}: expected a mapping", hint=VOLUMES_HINT)
+        try:
+            parsed.append(GcpVolume.model_validate(entry))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(str(p) for p in err["loc"]) or "(entry)"
+            if err["type"] == "extra_forbidden":
+                raise BadInputError(f"{where}: unknown key {field!r} (valid keys: disk, zone, name)") from exc
+            msg = err["msg"].removeprefix("Value error, ")
+            raise BadInputError(f"{where}: {field}: {msg[:1].lower() + msg[1:]}", hint=VOLUMES_HINT) from exc
+    seen_disks: set[tuple[str, str]] = set()
+    seen_names: set[str] = set()
+    for volume in parsed:
+        if (volume.zone, volume.disk) in seen_disks:
+            raise BadInputError(f"node {node}: disk {volume.disk} in {volume.zone} is listed twice")
+        if volume.name in seen_names:
+            raise BadInputError(f"node {node}: volume name {volume.name!r} is used twice",
+                                hint="names must be unique per node")
+        seen_disks.add((volume.zone, volume.disk))
+        seen_names.add(volume.name)
+    return parsed

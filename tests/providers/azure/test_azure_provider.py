@@ -1,0 +1,213 @@
+"""AzureProvider with the real azure-mgmt-compute SDK against the local ARM over HTTP."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from snapctl.errors import BadInputError, ProviderError, ProviderThrottled
+from snapctl.providers import TAG_CLUSTER, TAG_RUN, TAG_VOLUME, RestoreTarget, SnapshotRef, snapshot_tags
+from tests.fakes.json_http import Fault
+
+RUN = "20250101T000000Z.Run-7"
+RG = "rg-snapctl"  # conftest's resource group
+
+
+def tags(cluster: str = "Prod.EU", run: str = RUN, node: str = "n1") -> dict[str, str]:
+    return snapshot_tags(cluster, run, node, extra={"Team": "Storage"})
+
+
+def deadline(seconds: float = 30) -> float:
+    return time.monotonic() + seconds
+
+
+def test_snapshot_puts_tagged_incremental_copies_and_returns_once_accepted(azure, provider, volumes):
+    refs = provider.snapshot(volumes, tags())
+
+    assert [r.volume for r in refs] == ["data", "wal"]
+    puts = azure.requests_to("PUT", "/snapshots/")
+    assert len(puts) == 2
+    for put, ref, disk_id in zip(puts, refs, azure.disk_ids):
+        props = put.body["properties"]
+        assert props["incremental"] is True
+        assert props["creationData"] == {"createOption": "Copy", "sourceResourceId": disk_id}
+        assert put.body["tags"] == {**tags(), TAG_VOLUME: ref.volume}
+        assert put.body["location"] == "westeurope"
+        assert ref.state == "pending" and ref.snapshot_id.endswith(put.path.rsplit("/", 1)[-1])
+        assert "/operations/" in ref.extra["operation"]
+    # Nothing waited for the operations: the point in time was fixed by the accepted PUT.
+    assert not azure.requests_to("GET", "/operations/")
+    assert {s["properties"]["provisioningState"] for s in azure.snapshots().values()} == {"Creating"}
+
+
+def test_wait_follows_provisioning_and_completion_percent(azure, provider, volumes):
+    azure.copy_polls = 2  # a background copy, as for Premium SSD v2 and Ultra disks
+    refs = provider.snapshot(volumes, tags())
+    seen: list[SnapshotRef] = []
+
+    done = provider.wait(refs, deadline(), seen.append)
+
+    assert [r.state for r in done] == ["completed", "completed"]
+    assert [r.progress for r in seen if r.volume == "data"] == [0.0, 50.0, 100.0]
+    assert all(r.extra["provisioning_state"] == "Succeeded" for r in done)
+
+
+def test_a_snapshot_that_fails_raises_with_the_clouds_message(azure, provider, volumes):
+    azure.fail_next_snapshot("The source disk pgdata is being detached: snapshot could not be taken.")
+    refs = provider.snapshot(volumes, tags())
+
+    with pytest.raises(ProviderError, match="InternalDiskManagementError: The source disk pgdata is being detached"):
+        provider.wait(refs, deadline())
+
+
+def test_throttled_put_is_retried_after_retry_after(azure, provider, volumes):
+    azure.throttle(1, retry_after=1, method="PUT")
+
+    refs = provider.snapshot(volumes, tags())
+
+    attempts = azure.requests_to("PUT", "/snapshots/")
+    assert [a.status for a in attempts] == [429, 202, 202]
+    assert attempts[0].path == attempts[1].path  # the same name again: a retried PUT cannot duplicate
+    assert len(refs) == 2 and len(azure.snapshots()) == 2
+
+
+def test_throttling_beyond_max_retries_is_a_provider_throttled(azure, make_provider, volumes):
+    provider = make_provider(max_retries=1)
+    azure.throttle(5, retry_after=1, method="PUT")
+
+    with pytest.raises(ProviderThrottled) as err:
+        provider.snapshot(volumes, tags())
+    assert err.value.retry_after == 1
+    assert len(azure.requests_to("PUT")) == 2
+
+
+def test_a_retry_after_longer_than_allowed_fails_at_once(azure, make_provider, volumes):
+    provider = make_provider(max_retry_wait_s=5)
+    azure.throttle(1, retry_after=3600, method="PUT")
+
+    with pytest.raises(ProviderThrottled) as err:
+        provider.snapshot(volumes, tags())
+    assert err.value.retry_after == 3600 and len(azure.requests_to("PUT")) == 1
+
+
+def test_permission_denied_names_the_permission(azure, provider, volumes):
+    azure.deny("Microsoft.Compute/snapshots/write", method="PUT")
+
+    with pytest.raises(ProviderError, match="lack Microsoft.Compute/snapshots/write") as err:
+        provider.snapshot(volumes, tags())
+    assert "does not have authorization" in err.value.hint
+
+
+def test_a_missing_disk_fails_the_node_and_deletes_what_was_made(azure, provider):
+    gone = azure.resource_id(RG, "disks", "gone")
+    volumes = provider.validate_volumes("n1", [{"disk_id": azure.disk_ids[0]}, {"disk_id": gone}], base_dir=Path("."))
+
+    with pytest.raises(ProviderError, match=f"Resource {gone} not found") as err:
+        provider.snapshot(volumes, tags())
+    assert "resource_group" in err.value.hint
+    assert azure.snapshots() == {}
+
+
+def test_delete_waits_for_the_long_running_operation(azure, provider, volumes):
+    azure.op_polls = 3
+    ref = provider.snapshot(volumes, tags())[0]
+
+    provider.delete(ref)
+
+    assert ref.extra["name"] not in azure.snapshots()
+    assert len(azure.requests_to("GET", "/operations/")) == 3
+
+
+def test_delete_of_a_missing_snapshot_is_done(azure, provider, volumes):
+    first, second = provider.snapshot(volumes, tags())
+    provider.delete(first)
+    provider.delete(first)  # GET says 404 now
+
+    azure.inject(Fault(404, method="DELETE", message="The Resource was not found."))
+    provider.delete(second)  # the DELETE itself says 404
+    assert azure.requests_to("DELETE")[-1].status == 404
+
+
+@pytest.mark.parametrize("foreign_tags", [{}, {TAG_CLUSTER: "someone-else"}])
+def test_delete_refuses_a_snapshot_without_this_clusters_tag(azure, provider, foreign_tags):
+    snapshot_id = azure.add_snapshot(RG, "foreign", tags=foreign_tags)
+    ref = SnapshotRef(provider="azure", snapshot_id=snapshot_id, node="n1", volume="data")
+
+    with pytest.raises(ProviderError, match="refusing to delete"):
+        provider.delete(ref)
+    assert "foreign" in azure.snapshots() and not azure.requests_to("DELETE")
+
+
+def test_find_returns_this_clusters_snapshots_with_the_given_tags_across_pages(azure, make_provider, volumes):
+    azure.page_size = 2
+    ours, theirs = make_provider(), make_provider(cluster="other")
+    first = ours.snapshot(volumes, tags(run="run.1"))
+    ours.snapshot(volumes, tags(run="run.2"))
+    theirs.snapshot(volumes, tags(cluster="other", run="run.1"))
+
+    found = ours.find({TAG_RUN: "run.1"})
+
+    assert sorted(r.snapshot_id for r in found) == sorted(r.snapshot_id for r in first)
+    assert all(r.tags[TAG_CLUSTER] == "Prod.EU" and r.tags["Team"] == "Storage" for r in found)
+    assert {r.volume for r in found} == {"data", "wal"} and {r.node for r in found} == {"n1"}
+    assert len(ours.find({})) == 4
+    assert len(azure.requests_to("GET", "/snapshots")) >= 3  # followed nextLink
+
+
+def test_restore_makes_a_disk_from_the_snapshot(azure, provider, volumes):
+    ref = provider.snapshot(volumes, tags())[0]  # restore waits for completion itself
+
+    disk_id = provider.restore(ref, RestoreTarget(zone="2", name="restored-data", extra={"sku": "Premium_LRS"}))
+
+    assert disk_id == azure.resource_id(RG, "disks", "restored-data")
+    made = azure.disks()["restored-data"]
+    assert made["properties"]["creationData"] == {"createOption": "Copy", "sourceResourceId": ref.snapshot_id}
+    assert made["properties"]["provisioningState"] == "Succeeded"
+    assert made["zones"] == ["2"] and made["sku"]["name"] == "Premium_LRS"
+    assert made["tags"] == {TAG_CLUSTER: "Prod.EU", "snapctl-restored-from": ref.snapshot_id}
+
+
+def test_restore_refuses_attaching(provider, volumes):
+    ref = SnapshotRef(provider="azure", snapshot_id="/x", node="n1", volume="data")
+    with pytest.raises(BadInputError, match="does not attach"):
+        provider.restore(ref, RestoreTarget(instance="vm-1"))
+
+
+def test_missing_credentials_say_where_they_are_looked_for(azure, make_provider, volumes):
+    from azure.identity import CredentialUnavailableError
+
+    class NoCredential:
+        def get_token(self, *scopes, **kwargs):
+            raise CredentialUnavailableError("DefaultAzureCredential failed to retrieve a token from the included "
+                                             "credentials.")
+
+    provider = make_provider()
+    provider.api._credential = NoCredential()
+    with pytest.raises(ProviderError, match="no usable credentials") as err:
+        provider.snapshot(volumes, tags())
+    assert "az login" in err.value.hint and not azure.requests_to("PUT")
+
+
+def test_rejected_credentials_are_reported_as_such(azure, provider, volumes):
+    azure.inject(Fault(401, method="PUT", message="The access token is invalid."))
+    with pytest.raises(ProviderError, match="credentials rejected"):
+        provider.snapshot(volumes, tags())
+
+
+def test_a_create_whose_answer_never_came_is_found_and_deleted_when_the_node_fails(azure, make_provider, volumes):
+    provider = make_provider(max_retries=0)
+    azure.inject(Fault(503, method="PUT", path_contains="/snapshots/", after_commit=True, message="try later"))
+
+    with pytest.raises(ProviderError, match="try later"):
+        provider.snapshot(volumes, tags())
+
+    assert azure.requests_to("PUT")[0].status == 503
+    assert azure.snapshots() == {}  # the snapshot made behind the lost answer too
+
+
+def test_tags_for_another_cluster_are_refused(azure, provider, volumes):
+    with pytest.raises(BadInputError, match="tags name cluster 'other'"):
+        provider.snapshot(volumes, tags(cluster="other"))
+    assert not azure.requests_to("PUT")

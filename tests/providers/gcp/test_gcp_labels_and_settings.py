@@ -1,0 +1,101 @@
+"""Label encoding, snapshot names, settings and volumes: no SDK, no server."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from snapctl.errors import BadInputError
+from snapctl_gcp import GcpProvider, GcpSettings
+from snapctl_gcp.labels import decode_label, encode_key, encode_label, filter_for, snapshot_name, tags_of
+
+LEGAL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
+LEGAL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+@given(st.text(max_size=80))
+def test_every_value_becomes_a_legal_label_that_reads_back_when_it_fits(text):
+    label = encode_label(text)
+    assert LEGAL_VALUE.match(label)
+    if not label.startswith("_h"):
+        assert decode_label(label) == text
+    else:
+        assert decode_label(label) is None
+
+
+@given(st.text(min_size=1, max_size=80))
+def test_every_key_becomes_a_legal_label_key(key):
+    assert LEGAL_KEY.match(encode_key(key))
+
+
+def test_snapctl_keys_and_typical_values_stay_readable():
+    assert encode_key("snapctl-cluster") == "snapctl-cluster"
+    assert encode_label("prod-eu-1") == "prod-eu-1"
+    assert encode_label("0.1.0") == "0_2e1_2e0"
+    assert filter_for({"snapctl-run": "R.1"}) == '(labels.snapctl-run = "_52_2e1")'
+
+
+def test_raw_tags_come_back_from_the_description_or_the_labels():
+    raw = {"snapctl-cluster": "Prod.EU", "Team": "x"}
+    from snapctl_gcp.labels import description_for, labels_for
+
+    assert tags_of(description_for(raw), {}) == raw
+    assert tags_of("", labels_for(raw)) == {"snapctl-cluster": "Prod.EU"}  # "k"-prefixed keys are not reversible
+    assert tags_of("someone's note", {"env": "prod"}) == {"env": "prod"}
+
+
+@given(st.text(max_size=100), st.text(max_size=100), st.text(max_size=100))
+def test_snapshot_names_are_legal_and_unique(cluster, node, volume):
+    first, second = snapshot_name(cluster, node, volume), snapshot_name(cluster, node, volume)
+    assert NAME.match(first) and len(first) <= 63 and first != second
+
+
+def settings(**extra):
+    return GcpSettings.model_validate({"type": "gcp", "project": "my-project-1", **extra})
+
+
+def test_anonymous_credentials_only_for_a_loopback_endpoint():
+    assert settings(api_endpoint="http://127.0.0.1:9", anonymous=True).anonymous
+    with pytest.raises(ValidationError, match="loopback"):
+        settings(api_endpoint="https://compute.googleapis.com", anonymous=True)
+    with pytest.raises(ValidationError, match="loopback"):
+        settings(anonymous=True)
+
+
+@pytest.mark.parametrize("labels", [{"Team": "x"}, {"team": "Storage"}, {"snapctl-run": "x"}])
+def test_user_labels_must_be_legal_and_not_snapctls(labels):
+    with pytest.raises(ValidationError):
+        settings(labels=labels)
+
+
+def test_unknown_keys_are_rejected():
+    with pytest.raises(ValidationError, match="extra"):
+        settings(region="us-east-1")
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    ([], "no volumes"),
+    ([{"disk": "Data", "zone": "europe-west1-b"}], r"volumes\[0\]: disk"),
+    ([{"disk": "data", "zone": "europe-west1-b", "size": 3}], "unknown key 'size'"),
+    ([{"disk": "data"}], r"volumes\[0\]: zone"),
+    ([{"disk": "a", "zone": "europe-west1-b", "name": "x"}, {"disk": "b", "zone": "europe-west1-b", "name": "x"}],
+     "used twice"),
+    ([{"disk": "a", "zone": "europe-west1-b"}, {"disk": "a", "zone": "europe-west1-b", "name": "y"}], "listed twice"),
+])
+def test_volume_problems_name_the_node_and_entry(raw, message):
+    provider = GcpProvider(settings(), cluster="c", base_dir=Path("."))
+    with pytest.raises(BadInputError, match=message) as err:
+        provider.validate_volumes("n1", raw, base_dir=Path("."))
+    assert err.value.message.startswith("node n1")
+
+
+def test_a_volume_name_defaults_to_the_disk():
+    provider = GcpProvider(settings(), cluster="c", base_dir=Path("."))
+    volumes = provider.validate_volumes("n1", [{"disk": "pg-data", "zone": "us-central1-a"}], base_dir=Path("."))
+    assert volumes.volumes[0].name == "pg-data"

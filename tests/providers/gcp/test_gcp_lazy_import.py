@@ -1,0 +1,57 @@
+"""`snapctl --help`, `snapctl status` and building the gcp provider import no cloud SDK."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from tests.conftest import free_port
+
+REPO = Path(__file__).resolve().parents[3]
+REPORT = textwrap.dedent("""
+    import atexit, json, sys
+    def _report():
+        clouds = sorted(m for m in sys.modules if m.split(".")[0] in ("google", "azure", "boto3", "botocore"))
+        sys.__stdout__.write("\\nCLOUD-MODULES " + json.dumps(clouds) + "\\n")
+    atexit.register(_report)
+""")
+
+
+def cloud_modules(code: str, tmp_path: Path) -> list[str]:
+    result = subprocess.run([sys.executable, "-c", REPORT + textwrap.dedent(code)], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120)
+    line = next((ln for ln in result.stdout.splitlines() if ln.startswith("CLOUD-MODULES ")), None)
+    assert line, result.stdout + result.stderr
+    return json.loads(line.split(" ", 1)[1])
+
+
+INVENTORY = """
+cluster: lazy
+provider: {type: gcp, project: my-project-1}
+policy: {agent_timeout_s: 1s}
+nodes:
+  - name: n1
+    agent: http://127.0.0.1:%d
+    volumes: [{disk: pg-data, zone: europe-west1-b, name: data}]
+"""
+
+
+def test_cli_help_and_status_import_no_cloud_sdk(tmp_path):
+    (tmp_path / "inventory.yaml").write_text(INVENTORY % free_port())
+    for args in (["--help"], ["status", "-i", "inventory.yaml"]):
+        code = f"import sys; sys.argv = ['snapctl', *{args!r}]\nfrom snapctl.cli import main\nmain()\n"
+        assert cloud_modules(code, tmp_path) == [], args
+
+
+def test_building_the_gcp_provider_imports_no_google_module(tmp_path):
+    code = """
+        from pathlib import Path
+        from snapctl.providers import create_provider
+        provider = create_provider({"type": "gcp", "project": "my-project-1"}, cluster="c", base_dir=Path("."))
+        provider.validate_volumes("n1", [{"disk": "pg-data", "zone": "europe-west1-b"}], base_dir=Path("."))
+        assert provider.capabilities.incremental
+    """
+    assert cloud_modules(code, tmp_path) == []

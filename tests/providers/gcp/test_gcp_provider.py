@@ -1,0 +1,232 @@
+"""GcpProvider with the real google-cloud-compute SDK against the local Compute API over HTTP."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from snapctl.errors import BadInputError, ProviderError, ProviderThrottled
+from snapctl.providers import TAG_CLUSTER, TAG_RUN, TAG_VOLUME, RestoreTarget, SnapshotRef, snapshot_tags
+from tests.fakes.json_http import Fault
+ZONE = "europe-west1-b"  # where conftest's disks live
+RUN = "20250101T000000Z.Run-7"
+
+
+def tags(cluster: str = "Prod.EU", run: str = RUN, node: str = "n1") -> dict[str, str]:
+    return snapshot_tags(cluster, run, node, extra={"Team": "Storage"})
+
+
+def deadline(seconds: float = 30) -> float:
+    return time.monotonic() + seconds
+
+
+def test_snapshot_labels_each_disk_and_returns_once_content_is_captured(gcp, provider, volumes):
+    refs = provider.snapshot(volumes, tags())
+
+    assert [r.volume for r in refs] == ["data", "wal"]
+    for ref in refs:
+        snap = gcp.snapshots[ref.snapshot_id]
+        assert snap["status"] == "UPLOADING"  # captured, still uploading: the engine may be released
+        assert snap["labels"][TAG_RUN] == "20250101_54000000_5a_2e_52un-7"
+        assert snap["labels"]["snapctl-cluster"] == "_50rod_2e_45_55"
+        assert snap["labels"]["k_k_54eam"] == "_53torage"
+        assert ref.tags[TAG_RUN] == RUN and ref.tags[TAG_VOLUME] == ref.volume and ref.tags["Team"] == "Storage"
+        assert ref.state == "pending" and ref.extra["zone"] == ZONE
+    creates = gcp.requests_to("POST", "createSnapshot")
+    assert len(creates) == 2 and all(c.query["requestId"] for c in creates)
+    assert "guestFlush" not in creates[0].query
+
+
+def test_guest_flush_and_storage_location_reach_the_api(gcp, make_provider):
+    provider = make_provider(guest_flush=True, storage_locations=["eu"])
+    volumes = provider.validate_volumes("n1", [{"disk": "data-disk", "zone": ZONE}], base_dir=Path("."))
+    provider.snapshot(volumes, tags())
+
+    (create,) = gcp.requests_to("POST", "createSnapshot")
+    assert create.query["guestFlush"] == "true"
+    assert create.body["storageLocations"] == ["eu"]
+
+
+def test_wait_follows_status_to_ready_and_reports_progress(gcp, provider, volumes):
+    refs = provider.snapshot(volumes, tags())
+    seen: list[SnapshotRef] = []
+
+    done = provider.wait(refs, deadline(), seen.append)
+
+    assert [r.state for r in done] == ["completed", "completed"]
+    assert all(r.progress == 100.0 and r.bytes for r in done)
+    assert {r.snapshot_id for r in seen} == {r.snapshot_id for r in refs}
+    assert all(gcp.snapshots[r.snapshot_id]["status"] == "READY" for r in done)
+
+
+def test_a_snapshot_that_fails_raises_with_the_clouds_message(gcp, provider, volumes):
+    gcp.op_running_polls = 50  # the create operation is still running when the snapshot fails
+    gcp.fail_next_snapshot("Disk 'data-disk' could not be read: checksum mismatch on block 42")
+    refs = provider.snapshot(volumes, tags())
+
+    with pytest.raises(ProviderError, match="checksum mismatch on block 42"):
+        provider.wait(refs, deadline())
+
+
+def test_a_create_operation_that_fails_at_once_leaves_nothing_behind(gcp, provider, volumes):
+    gcp.fail_next_snapshot("Quota 'SNAPSHOTS' exceeded. Limit: 5000.0 globally.", code="QUOTA_EXCEEDED", at_create=True)
+
+    with pytest.raises(ProviderError, match="Quota 'SNAPSHOTS' exceeded") as err:
+        provider.snapshot(volumes, tags())
+
+    assert "quota" in err.value.hint
+    assert gcp.snapshots == {}  # the other volume's snapshot was deleted again
+
+
+def test_a_missing_disk_fails_the_node_and_deletes_what_was_made(gcp, provider):
+    volumes = provider.validate_volumes("n1", [{"disk": "data-disk", "zone": ZONE}, {"disk": "gone", "zone": ZONE}],
+                                        base_dir=Path("."))
+    with pytest.raises(ProviderError, match="disks/gone' was not found"):
+        provider.snapshot(volumes, tags())
+    assert gcp.snapshots == {}
+
+
+def test_throttled_create_is_retried_after_retry_after_with_the_same_request_id(gcp, provider, volumes):
+    gcp.throttle(1, retry_after=1, path_contains="disks/data-disk/createSnapshot")
+
+    refs = provider.snapshot(volumes, tags())
+
+    attempts = gcp.requests_to("POST", "disks/data-disk/createSnapshot")
+    assert [a.status for a in attempts] == [429, 200]
+    assert attempts[0].query["requestId"] == attempts[1].query["requestId"]
+    assert len(refs) == 2 and len(gcp.snapshots) == 2
+
+
+def test_a_lost_response_is_retried_without_making_a_second_snapshot(gcp, provider, volumes):
+    gcp.fail_after_commit(path_contains="disks/data-disk/createSnapshot")
+
+    refs = provider.snapshot(volumes, tags())
+
+    attempts = gcp.requests_to("POST", "disks/data-disk/createSnapshot")
+    assert [a.status for a in attempts] == [503, 200]
+    assert attempts[0].query["requestId"] == attempts[1].query["requestId"]
+    assert sorted(gcp.snapshots) == sorted(r.snapshot_id for r in refs)
+
+
+def test_an_operation_refused_as_too_frequent_is_retried_as_a_new_request(gcp, provider, volumes):
+    gcp.fail_next_snapshot("Operation rate exceeded for resource 'data-disk'. Too frequent operations from the source "
+                           "resource.", code="RESOURCE_OPERATION_RATE_EXCEEDED", at_create=True)
+
+    refs = provider.snapshot(volumes, tags())
+
+    assert len(refs) == 2 and len(gcp.snapshots) == 2
+    request_ids = [a.query["requestId"] for a in gcp.requests_to("POST", "createSnapshot")]
+    assert len(request_ids) == 3 and len(set(request_ids)) == 3
+
+
+def test_throttling_beyond_max_retries_is_a_provider_throttled(gcp, make_provider, volumes):
+    provider = make_provider(max_retries=1)
+    gcp.throttle(5, retry_after=1, path_contains="createSnapshot")
+
+    with pytest.raises(ProviderThrottled) as err:
+        provider.snapshot(volumes, tags())
+    assert err.value.retry_after == 1
+
+
+def test_permission_denied_names_the_permission(gcp, provider, volumes):
+    gcp.deny("compute.disks.createSnapshot", path_contains="createSnapshot", times=2)
+
+    with pytest.raises(ProviderError, match="lack compute.disks.createSnapshot") as err:
+        provider.snapshot(volumes, tags())
+    assert "grant compute.disks.createSnapshot" in err.value.hint
+
+
+def test_delete_waits_for_the_global_operation(gcp, provider, volumes):
+    gcp.op_running_polls = 3
+    ref = provider.wait(provider.snapshot(volumes, tags()), deadline())[0]
+
+    provider.delete(ref)
+
+    assert ref.snapshot_id not in gcp.snapshots
+    assert len(gcp.requests_to("POST", "/global/operations/")) == 3
+
+
+def test_delete_of_a_missing_snapshot_is_done(gcp, provider, volumes):
+    ref = provider.snapshot(volumes, tags())[0]
+    provider.delete(ref)
+    provider.delete(ref)  # GET says 404 now
+
+    gcp.inject(Fault(404, method="DELETE", message="The resource was not found"))
+    other = provider.snapshot(volumes, tags())[1]
+    provider.delete(other)  # the DELETE itself says 404
+    assert gcp.requests_to("DELETE")[-1].status == 404
+
+
+@pytest.mark.parametrize("labels", [{}, {"snapctl-cluster": "someone-else"}])
+def test_delete_refuses_a_snapshot_without_this_clusters_label(gcp, provider, labels):
+    gcp.add_snapshot("foreign-snapshot", labels=labels)
+    ref = SnapshotRef(provider="gcp", snapshot_id="foreign-snapshot", node="n1", volume="data")
+
+    with pytest.raises(ProviderError, match="refusing to delete"):
+        provider.delete(ref)
+    assert "foreign-snapshot" in gcp.snapshots and not gcp.requests_to("DELETE")
+
+
+def test_find_returns_this_clusters_snapshots_with_the_given_tags(gcp, make_provider, volumes):
+    ours, theirs = make_provider(), make_provider(cluster="other")
+    first = ours.snapshot(volumes, tags(run="run.1"))
+    ours.snapshot(volumes, tags(run="run.2"))
+    theirs.snapshot(volumes, tags(cluster="other", run="run.1"))
+
+    found = ours.find({TAG_RUN: "run.1"})
+
+    assert sorted(r.snapshot_id for r in found) == sorted(r.snapshot_id for r in first)
+    assert all(r.tags[TAG_CLUSTER] == "Prod.EU" and r.tags[TAG_RUN] == "run.1" for r in found)
+    assert {r.volume for r in found} == {"data", "wal"} and {r.node for r in found} == {"n1"}
+    assert len(ours.find({})) == 4
+
+
+def test_restore_makes_a_disk_from_the_snapshot(gcp, provider, volumes):
+    gcp.op_running_polls = 3
+    ref = provider.snapshot(volumes, tags())[0]  # restore waits for READY itself
+
+    target = RestoreTarget(zone="europe-west1-c", name="restored-data", extra={"disk_type": "pd-ssd"})
+    disk = provider.restore(ref, target)
+
+    assert disk == f"projects/{gcp.project}/zones/europe-west1-c/disks/restored-data"
+    made = gcp.disks[("europe-west1-c", "restored-data")]
+    assert made["sourceSnapshot"].endswith(f"/global/snapshots/{ref.snapshot_id}") and made["status"] == "READY"
+    assert made["type"] == "zones/europe-west1-c/diskTypes/pd-ssd"
+    assert len(gcp.requests_to("POST", "/zones/europe-west1-c/operations/")) == 3
+
+
+def test_restore_defaults_to_the_source_zone_and_refuses_attaching(gcp, provider, volumes):
+    ref = provider.snapshot(volumes, tags())[0]
+    disk = provider.restore(ref, RestoreTarget())
+    assert disk.startswith(f"projects/{gcp.project}/zones/{ZONE}/disks/snapctl-")
+
+    with pytest.raises(BadInputError, match="does not attach"):
+        provider.restore(ref, RestoreTarget(instance="vm-1"))
+
+
+def test_a_403_rate_limit_counts_as_throttling_and_is_retried(gcp, provider, volumes):
+    gcp.inject(Fault(403, path_contains="disks/data-disk/createSnapshot", message="Rate Limit Exceeded",
+                     extra={"reason": "rateLimitExceeded"}))
+
+    provider.snapshot(volumes, tags())
+
+    assert [a.status for a in gcp.requests_to("POST", "disks/data-disk/createSnapshot")] == [403, 200]
+
+
+def test_a_create_whose_answer_never_came_is_found_and_deleted_when_the_node_fails(gcp, make_provider, volumes):
+    provider = make_provider(max_retries=0)
+    gcp.fail_after_commit(path_contains="disks/data-disk/createSnapshot")
+
+    with pytest.raises(ProviderError, match="unavailable"):
+        provider.snapshot(volumes, tags())
+
+    assert gcp.requests_to("POST", "disks/data-disk/createSnapshot")[0].status == 503
+    assert gcp.snapshots == {}  # the snapshot made behind the lost answer too
+
+
+def test_tags_for_another_cluster_are_refused(gcp, provider, volumes):
+    with pytest.raises(BadInputError, match="tags name cluster 'other'"):
+        provider.snapshot(volumes, tags(cluster="other"))
+    assert not gcp.requests_to("POST")
