@@ -119,6 +119,23 @@ def restore(
     return _renderer(output).restore_result(restore_run(_inventory(inventory), run, Path(to)))
 
 
+@app.command()
+def trigger(
+    target: Annotated[Optional[str], typer.Argument(help="Engine-specific target (region, table/shard); "
+                                                         "default: everything.")] = None,
+    node: Annotated[Optional[list[str]], typer.Option("--node", "-n", help="Only these nodes (repeatable).")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for each node's jobs.")] = 600.0,
+    inventory: InventoryOpt = None,
+    output: OutputOpt = "text",
+) -> int:
+    """Run the engines' own snapshots (checkpoints) on the chosen nodes and show each job's result."""
+    import asyncio
+
+    from snapctl.trigger import trigger as run_trigger
+
+    return _renderer(output).trigger_result(asyncio.run(run_trigger(_inventory(inventory), node, target, timeout)))
+
+
 @demo_app.command("up")
 def demo_up(inventory: DemoInventoryOpt = "inventory.example.yaml", output: OutputOpt = "text") -> int:
     """Start the demo cluster's agents and writers (idempotent)."""

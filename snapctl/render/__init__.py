@@ -151,6 +151,18 @@ class Renderer:
         self.out.print(table)
         return ExitCode.OK if result.ok else ExitCode.VERIFY_MISMATCH
 
+    def trigger_result(self, results) -> int:
+        table = Table(title="engine snapshots", title_justify="left")
+        for column in ("node", "target", "status", "duration", "detail"):
+            table.add_column(column)
+        for r in results:
+            if r.error:
+                table.add_row(r.node, "-", "[red]failed[/]", "-", r.error)
+            for job in r.jobs:
+                table.add_row(r.node, job.target, _status_text(job.status), _seconds(job.duration_s), job.detail or "")
+        self.out.print(table)
+        return ExitCode.OK if all(r.ok for r in results) else ExitCode.RUN_FAILED
+
     def demo_cluster(self, cluster) -> int:
         for n in cluster.nodes:
             state = f"agent pid {n.pid} at {n.url}" if cluster.action == "up" else (
@@ -212,13 +224,18 @@ class JsonRenderer(Renderer):
         self._emit("restore", {**jsonable(result), "ok": result.ok})
         return ExitCode.OK if result.ok else ExitCode.VERIFY_MISMATCH
 
+    def trigger_result(self, results) -> int:
+        self._emit("trigger", {"nodes": [{**jsonable(r), "ok": r.ok} for r in results]})
+        return ExitCode.OK if all(r.ok for r in results) else ExitCode.RUN_FAILED
+
     def demo_cluster(self, cluster) -> int:
         self._emit(f"demo_{cluster.action}", cluster)
         return ExitCode.OK
 
 
 def _status_text(status: str) -> str:
-    return {"succeeded": "[green]succeeded[/]", "failed": "[red]failed[/]"}.get(status, status)
+    return {"succeeded": "[green]succeeded[/]", "failed": "[red]failed[/]", "running": "[yellow]running[/]"}.get(
+        status, status)
 
 
 def _seconds(value: float | None) -> str:
