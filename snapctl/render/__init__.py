@@ -82,7 +82,8 @@ class Renderer:
         m = result
         table = Table(title=f"backup {m.run_id}: {m.status}", title_justify="left")
         for column in ("node", "freeze window", "snapshots", "bytes", "state"):
-            table.add_column(column, justify="right" if column in ("freeze window", "bytes") else "left")
+            table.add_column(column, justify="right" if column in ("freeze window", "bytes") else "left",
+                             no_wrap=column == "snapshots")
         for name, record in m.nodes.items():
             table.add_row(name, _seconds(record.freeze_window_s),
                           "\n".join(r.snapshot_id for r in record.snapshots) or "-",
@@ -104,10 +105,14 @@ class Renderer:
 
     def run_list(self, entries, problems) -> int:
         table = Table(title="backups (newest first)", title_justify="left")
-        for column in ("run", "status", "started", "nodes", "snapshots", "max freeze", "error"):
-            table.add_column(column)
+        table.add_column("run", no_wrap=True)  # operators copy run ids: never cut them
+        table.add_column("status", no_wrap=True)
+        table.add_column("started (UTC)", no_wrap=True)
+        for column in ("nodes", "snaps", "freeze"):
+            table.add_column(column, no_wrap=True, justify="right")
+        table.add_column("error")
         for e in entries:
-            table.add_row(e.run_id, _status_text(e.status), f"{e.started_at:%Y-%m-%d %H:%M:%S}Z", str(e.nodes),
+            table.add_row(e.run_id, _status_text(e.status), f"{e.started_at:%m-%d %H:%M:%S}", str(e.nodes),
                           str(e.snapshots), _seconds(e.max_freeze_window_s), (e.error or "")[:60])
         self.out.print(table if entries else "no backups yet")
         for problem in problems:
@@ -147,7 +152,8 @@ class Renderer:
             tables = ", ".join(f"{t}={f.rows}" for t, f in (n.facts.tables.items() if n.facts else []))
             verdict = "-" if n.facts is None else ("[green]yes[/]" if not n.mismatches else
                                                    "[red]no: " + "; ".join(n.mismatches) + "[/]")
-            table.add_row(n.node, ", ".join(n.volumes.values()), tables or "-", verdict)
+            volumes = ", ".join(_relative(v, result.target) for v in n.volumes.values())
+            table.add_row(n.node, volumes, tables or "-", verdict)
         self.out.print(table)
         return ExitCode.OK if result.ok else ExitCode.VERIFY_MISMATCH
 
@@ -231,6 +237,10 @@ class JsonRenderer(Renderer):
     def demo_cluster(self, cluster) -> int:
         self._emit(f"demo_{cluster.action}", cluster)
         return ExitCode.OK
+
+
+def _relative(path: str, root: str) -> str:
+    return path[len(root):].lstrip("/") or path if path.startswith(root) else path
 
 
 def _status_text(status: str) -> str:
