@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -104,16 +105,18 @@ class Renderer:
         return ExitCode.PREFLIGHT_REFUSED if refused else ExitCode.OK
 
     def run_list(self, entries, problems) -> int:
-        table = Table(title="backups (newest first)", title_justify="left")
+        table = Table(title="backups (newest first)", title_justify="left", box=box.SIMPLE_HEAD)
         table.add_column("run", no_wrap=True)  # operators copy run ids: never cut them
         table.add_column("status", no_wrap=True)
         table.add_column("started (UTC)", no_wrap=True)
         for column in ("nodes", "snaps", "freeze"):
             table.add_column(column, no_wrap=True, justify="right")
-        table.add_column("error")
+        if any(e.error for e in entries):
+            table.add_column("error")
         for e in entries:
             table.add_row(e.run_id, _status_text(e.status), f"{e.started_at:%m-%d %H:%M:%S}", str(e.nodes),
-                          str(e.snapshots), _seconds(e.max_freeze_window_s), (e.error or "")[:60])
+                          str(e.snapshots), _seconds(e.max_freeze_window_s), *([(e.error or "")[:80]] if any(
+                              x.error for x in entries) else []))
         self.out.print(table if entries else "no backups yet")
         for problem in problems:
             self.err.print(f"[yellow]warning:[/] {problem}")
