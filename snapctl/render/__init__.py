@@ -110,7 +110,7 @@ class Renderer:
         table.add_column("status", no_wrap=True)
         table.add_column("started (UTC)", no_wrap=True)
         for column in ("nodes", "snaps", "freeze"):
-            table.add_column(column, no_wrap=True, justify="right")
+            table.add_column(column, no_wrap=True, justify="right", min_width=len(column))
         if any(e.error for e in entries):
             table.add_column("error")
         for e in entries:
