@@ -1,0 +1,372 @@
+"""QuestDB: hold a checkpoint (``CHECKPOINT CREATE``, ``SNAPSHOT PREPARE`` before 8.1.1) over HTTP /exec.
+
+The checkpoint is global to the server, not to a connection, so anyone can hold or release it.
+This adapter remembers which hold it made and never releases one it did not make; a hold it finds
+(a crashed backup, another tool) is reported with its start time, and only ``force_release``
+lets prepare take it over. Row counts are read *before* the checkpoint is created: writes go on
+during the window, so a restore must hold at least those rows (``exact=False``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+from pydantic import Field
+
+from node_agent.engines.base import EngineSettings
+from node_agent.models import EngineState, EngineStatus, JobResult, TableFacts, VerifyFacts
+from snapctl.errors import EngineBusy, EngineError
+
+log = logging.getLogger("snapctl.agent.questdb")
+
+_BUILD = re.compile(r"QuestDB\s+(\d+)\.(\d+)\.(\d+)")
+_FIRST_CHECKPOINT_VERSION = (8, 1, 1)
+_RESTORE_MARKER_VERSION = (8, 0, 0)
+_RACE_BACKOFF_S = (0.05, 0.1, 0.2, 0.4, 0.8)
+_INSTANCE_ID_KEY = "cairo.snapshot.instance.id"
+# QuestDB's own bookkeeping tables: their rows change on every start, so they are no evidence.
+_SYSTEM_TABLES = re.compile(r"^(sys\.|telemetry$|telemetry_config$)")
+
+
+@dataclass(frozen=True)
+class _Verbs:
+    create: str
+    release: str
+    directory: str  # what the server writes under root while held
+
+
+CHECKPOINT = _Verbs("CHECKPOINT CREATE", "CHECKPOINT RELEASE", ".checkpoint")
+LEGACY = _Verbs("SNAPSHOT PREPARE", "SNAPSHOT COMPLETE", "snapshot")
+_CLOCK_SLACK_S = 1.0
+
+
+@dataclass(frozen=True)
+class _Unconfirmed:
+    """A create whose answer was lost (timeout, reset): the server may hold a checkpoint we made."""
+
+    run_id: str
+    verbs: _Verbs
+    sent: datetime
+    gave_up: datetime
+
+    def may_be(self, since: datetime | None) -> bool:
+        if since is None:  # servers without checkpoint_status() cannot tell: assume it is ours
+            return True
+        slack = timedelta(seconds=_CLOCK_SLACK_S)
+        return self.sent - slack <= since <= self.gave_up + slack
+
+
+class QuestDBSettings(EngineSettings):
+    type: Literal["questdb"] = "questdb"
+    url: str = "http://127.0.0.1:9000"  # the HTTP endpoint serving /exec
+    root: str = Field(min_length=1)  # the server's root directory (db/, conf/); relative to the inventory
+    force_release: bool = False  # prepare may release a checkpoint this agent did not make
+    tables: list[str] | None = None  # verify only these tables (default: every user table)
+    timeout_s: float = Field(default=10.0, gt=0)
+
+
+class QuestDBQueryError(EngineError):
+    """QuestDB answered a query with ``{"error": ...}``; ``server_message`` is its text verbatim."""
+
+    def __init__(self, sql: str, server_message: str, *, hint: str | None = None) -> None:
+        super().__init__(f"questdb refused {sql!r}: {server_message}", hint=hint)
+        self.server_message = server_message
+
+
+class QuestDBEngine:
+    name = "questdb"
+    settings_model = QuestDBSettings
+
+    def __init__(self, settings: QuestDBSettings, *, base_dir: Path) -> None:
+        self.settings = settings
+        root = Path(settings.root).expanduser()
+        self.root = root if root.is_absolute() else Path(base_dir) / root
+        self.url = settings.url.rstrip("/")
+        self._client = httpx.Client(base_url=self.url, timeout=settings.timeout_s, trust_env=False)
+        self._version: tuple[int, int, int] | None = None
+        self._build: str | None = None
+        self._hold_run: str | None = None
+        self._held_since: datetime | None = None
+        self._verbs: _Verbs | None = None
+        self._state: EngineState | None = None
+        self._unconfirmed: _Unconfirmed | None = None
+        self._attempting: _Verbs | None = None
+
+    # ---- the hold -----------------------------------------------------------------------
+
+    def prepare(self, run_id: str) -> EngineState:
+        if self._hold_run == run_id and self._state is not None:
+            return self._state
+        if self._hold_run is not None:
+            raise EngineBusy(f"questdb at {self.url} is held by run {self._hold_run}", hint="complete that run first")
+        deadline = time.monotonic() + self.settings.timeout_s
+        self._detect_version()
+        held, since = self._checkpoint_status()
+        if held and self._unconfirmed is not None and self._unconfirmed.may_be(since):
+            log.warning("releasing the checkpoint left by run %s, whose create went unanswered",
+                        self._unconfirmed.run_id)
+            self._retry_race(self._unconfirmed.verbs.release, deadline)
+        elif held:
+            if not self.settings.force_release:
+                raise _foreign_hold(self.url, since)
+            self._release_foreign(self._verbs_to_try()[0], since, deadline)
+        self._unconfirmed = None
+        facts = self._table_facts(exact=False)
+        sent = datetime.now(timezone.utc)
+        try:
+            verbs = self._create_checkpoint(deadline)
+        except (QuestDBQueryError, EngineBusy):
+            raise  # the server answered: nothing was created
+        except EngineError:
+            # The create may have reached the server with only its answer lost: remember it, so that
+            # complete for this run (or the next prepare) releases what may be this agent's checkpoint.
+            self._unconfirmed = _Unconfirmed(run_id, self._attempting or CHECKPOINT, sent, datetime.now(timezone.utc))
+            raise
+        now = datetime.now(timezone.utc)
+        self._hold_run, self._held_since, self._verbs = run_id, now, verbs
+        self._state = EngineState(
+            engine=self.name,
+            version=self._build,
+            prepared_at=now,
+            facts=facts,
+            files=[str(self.root / "db"), str(self.root / verbs.directory)],
+            details={"url": self.url, "command": verbs.create, "checkpoint_dir": str(self.root / verbs.directory)},
+        )
+        return self._state
+
+    def complete(self, run_id: str) -> None:
+        if self._hold_run is None:
+            if self._unconfirmed is not None and self._unconfirmed.run_id == run_id:
+                held, since = self._checkpoint_status()
+                if held is not False and self._unconfirmed.may_be(since):
+                    self._retry_race(self._unconfirmed.verbs.release, time.monotonic() + self.settings.timeout_s)
+                self._unconfirmed = None
+            return
+        if self._hold_run != run_id:
+            log.warning("complete for run %s ignored: this agent's checkpoint belongs to run %s",
+                        run_id, self._hold_run)
+            return
+        verbs = self._verbs or CHECKPOINT
+        deadline = time.monotonic() + self.settings.timeout_s
+        self._retry_race(verbs.release, deadline)
+        self._hold_run = self._held_since = self._verbs = self._state = None
+
+    # ---- engine snapshot, status, facts ----------------------------------------------------
+
+    def trigger(self, target: str | None) -> list[JobResult]:
+        """QuestDB has no snapshot of its own: its data files are the snapshot. Nothing to run."""
+        return []
+
+    def status(self) -> EngineStatus:
+        ours = self._hold_run is not None
+        details: dict[str, Any] = {"url": self.url, "run_id": self._hold_run}
+        try:
+            self._detect_version(refresh=True)
+            held, since = self._checkpoint_status()
+        except EngineError as exc:
+            return EngineStatus(engine=self.name, version=self._build, reachable=False, held=ours,
+                                held_since=self._held_since, details=details, error=str(exc))
+        details["checkpoint_status"] = "unavailable before 8.1.1" if held is None else "available"
+        if self._unconfirmed is not None:
+            details["unconfirmed_create"] = {"run_id": self._unconfirmed.run_id,
+                                             "sent": self._unconfirmed.sent.isoformat()}
+            ours = ours or bool(held) and self._unconfirmed.may_be(since)
+        foreign = bool(held) and not ours
+        return EngineStatus(
+            engine=self.name,
+            version=self._build,
+            reachable=True,
+            held=ours or bool(held),
+            held_by="another questdb client (a checkpoint this agent did not make)" if foreign else None,
+            held_since=since or self._held_since,
+            details=details,
+        )
+
+    def verify(self) -> VerifyFacts:
+        return self._table_facts(exact=True)
+
+    def restore_prepare(self, path: Path | None) -> None:
+        root = Path(path) if path else self.root
+        if not root.is_dir():
+            raise EngineError(f"questdb root {root} does not exist", hint="restore the volume before restore-prepare")
+        version = self._version
+        if version is None and (root / CHECKPOINT.directory).is_dir():
+            version = _FIRST_CHECKPOINT_VERSION
+        # Unknown version: do both; each mechanism is ignored by the versions that lack it.
+        if version is None or version >= _RESTORE_MARKER_VERSION:
+            (root / "_restore").touch()
+        if version is None or version < _RESTORE_MARKER_VERSION:
+            _write_instance_id(root / "conf" / "server.conf", uuid.uuid4().hex)
+
+    def data_paths(self) -> list[Path]:
+        return [self.root]
+
+    def close(self) -> None:
+        self._client.close()
+
+    # ---- helpers --------------------------------------------------------------------------
+
+    def _exec(self, sql: str) -> dict[str, Any]:
+        try:
+            response = self._client.get("/exec", params={"query": sql})
+        except httpx.TimeoutException as exc:
+            raise EngineError(f"questdb at {self.url} did not answer {sql!r} within {self.settings.timeout_s}s",
+                              hint="is the server overloaded or stuck?") from exc
+        except httpx.HTTPError as exc:
+            raise EngineError(f"questdb at {self.url} is unreachable: {exc}", hint="is questdb running?") from exc
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if isinstance(body, dict) and "error" in body:  # the error key decides, not the status code
+            raise QuestDBQueryError(sql, str(body["error"]))
+        if response.status_code >= 400 or not isinstance(body, dict):
+            raise EngineError(f"questdb at {self.url} answered {sql!r} with HTTP {response.status_code} "
+                              f"and no usable JSON", hint="is the url QuestDB's HTTP port (9000)?")
+        return body
+
+    def _detect_version(self, *, refresh: bool = False) -> None:
+        if self._build is not None and not refresh:
+            return
+        try:
+            body = self._exec("SELECT build()")
+        except QuestDBQueryError:
+            return  # no build(): decided later from the syntax the server accepts
+        text = str((body.get("dataset") or [[""]])[0][0])
+        self._build = text.removeprefix("Build Information: ").split(",")[0].strip() or text
+        match = _BUILD.search(text)
+        self._version = (int(match[1]), int(match[2]), int(match[3])) if match else None
+
+    def _checkpoint_status(self) -> tuple[bool | None, datetime | None]:
+        """(held, since) from ``checkpoint_status()``; (None, None) where the server lacks it."""
+        if self._version is not None and self._version < _FIRST_CHECKPOINT_VERSION:
+            return None, None
+        try:
+            body = self._exec("SELECT * FROM checkpoint_status()")
+        except QuestDBQueryError:
+            return None, None
+        row = (body.get("dataset") or [[False, None]])[0]
+        held = bool(row[0])
+        since = _parse_timestamp(row[1]) if held and len(row) > 1 else None
+        return held, since
+
+    def _verbs_to_try(self) -> list[_Verbs]:
+        if self._version is None:
+            return [CHECKPOINT, LEGACY]
+        return [CHECKPOINT] if self._version >= _FIRST_CHECKPOINT_VERSION else [LEGACY]
+
+    def _release_foreign(self, verbs: _Verbs, since: datetime | None, deadline: float) -> None:
+        log.warning("force_release: releasing a questdb checkpoint held since %s that this agent did not make",
+                    since or "an unknown time")
+        self._retry_race(verbs.release, deadline)
+
+    def _create_checkpoint(self, deadline: float) -> _Verbs:
+        candidates = self._verbs_to_try()
+        for verbs in candidates:
+            self._attempting = verbs
+            try:
+                self._retry_race(verbs.create, deadline)
+                return verbs
+            except QuestDBQueryError as exc:
+                message = exc.server_message
+                if message.startswith("Waiting for"):
+                    # Someone took the checkpoint between our status check and our create.
+                    since = self._checkpoint_status()[1]
+                    if not self.settings.force_release:
+                        raise _foreign_hold(self.url, since, message) from exc
+                    self._release_foreign(verbs, since, deadline)
+                    self._retry_race(verbs.create, deadline)
+                    return verbs
+                if "not supported on Windows" in message or verbs is candidates[-1]:
+                    raise
+                log.info("questdb at %s refused %s (%s); trying %s", self.url, verbs.create, message, LEGACY.create)
+        raise AssertionError("unreachable: the last candidate raises")
+
+    def _retry_race(self, sql: str, deadline: float) -> None:
+        """Run a checkpoint command, retrying while another one is in progress on the server."""
+        for attempt in range(1000):
+            try:
+                self._exec(sql)
+                return
+            except QuestDBQueryError as exc:
+                if "Another checkpoint command is in progress" not in exc.server_message:
+                    raise
+                pause = _RACE_BACKOFF_S[min(attempt, len(_RACE_BACKOFF_S) - 1)]
+                if time.monotonic() + pause >= deadline:
+                    raise EngineBusy(f"questdb at {self.url}: another client keeps running checkpoint commands; "
+                                     f"{sql} did not get through within {self.settings.timeout_s}s",
+                                     hint="find the other backup tool and stop it") from exc
+                time.sleep(pause)
+
+    def _table_facts(self, *, exact: bool) -> VerifyFacts:
+        wanted = set(self.settings.tables) if self.settings.tables else None
+        try:
+            body = self._exec("SELECT tableName,rowCount FROM table_storage()")
+            counts = {str(name): int(rows or 0) for name, rows in body.get("dataset") or []}
+        except QuestDBQueryError:
+            counts = self._count_each_table(wanted)
+        tables = {
+            name: TableFacts(rows=rows)
+            for name, rows in sorted(counts.items())
+            if (wanted is None and not _SYSTEM_TABLES.match(name)) or (wanted is not None and name in wanted)
+        }
+        if wanted:
+            missing = sorted(wanted - tables.keys())
+            if missing:
+                raise EngineError(f"questdb at {self.url} has no table {', '.join(missing)}",
+                                  hint="fix engine.tables in the inventory")
+        return VerifyFacts(tables=tables, exact=exact)
+
+    def _count_each_table(self, wanted: set[str] | None) -> dict[str, int]:
+        body = self._exec("SELECT table_name FROM tables()")
+        names = [str(row[0]) for row in body.get("dataset") or []]
+        counts: dict[str, int] = {}
+        for name in names:
+            if (wanted is not None and name not in wanted) or (wanted is None and _SYSTEM_TABLES.match(name)):
+                continue
+            quoted = name.replace('"', '""')
+            result = self._exec(f'SELECT count() FROM "{quoted}"')
+            counts[name] = int((result.get("dataset") or [[0]])[0][0])
+        return counts
+
+
+def _foreign_hold(url: str, since: datetime | None, server_message: str | None = None) -> EngineBusy:
+    when = f" since {since.isoformat()}" if since else ""
+    said = f" (questdb: {server_message})" if server_message else ""
+    return EngineBusy(
+        f"questdb at {url} is held by a checkpoint{when} that this agent did not make{said}",
+        hint="let its owner release it (CHECKPOINT RELEASE, or SNAPSHOT COMPLETE before 8.1.1), "
+             "or set force_release: true for this node",
+    )
+
+
+def _parse_timestamp(value: Any) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _write_instance_id(conf: Path, instance_id: str) -> None:
+    """Set ``cairo.snapshot.instance.id`` so a pre-8 server sees a new instance and runs recovery."""
+    lines = conf.read_text().splitlines() if conf.exists() else []
+    kept = [line for line in lines if not line.strip().startswith(_INSTANCE_ID_KEY)]
+    kept.append(f"{_INSTANCE_ID_KEY}={instance_id}")
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    tmp = conf.with_suffix(".conf.snapctl-tmp")
+    with open(tmp, "w") as handle:
+        handle.write("\n".join(kept) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, conf)

@@ -1,0 +1,154 @@
+"""The AresDB adapter against the /dbg fake: job progress, failures, disabled jobs, holds."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from node_agent.engines.aresdb import AresDBEngine, AresDBSettings
+from node_agent.engines.base import validate_engine_settings
+from snapctl.errors import BadInputError, EngineBusy, EngineError
+from tests.fakes.aresdb import FakeAresDB
+
+TABLES = [{"name": "dim_city", "shards": [0, 1]}, {"name": "dim_driver", "shards": [0]}]
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    (tmp_path / "ares" / "data").mkdir(parents=True)
+    return tmp_path / "ares"
+
+
+@pytest.fixture
+def make(root: Path) -> Iterator:
+    started: list[tuple[FakeAresDB, AresDBEngine]] = []
+
+    def factory(*, history: bool = True, **settings) -> tuple[FakeAresDB, AresDBEngine]:
+        fake = FakeAresDB({"dim_city": [0, 1], "dim_driver": [0]}, with_history=history).start()
+        options = {"timeout_s": 2, "job_wait_s": 5, "poll_interval_s": 0.01, "tables": TABLES, **settings}
+        engine = AresDBEngine(AresDBSettings(debug_url=fake.url, root=str(root), **options), base_dir=root.parent)
+        started.append((fake, engine))
+        return fake, engine
+
+    yield factory
+    for fake, engine in started:
+        engine.close()
+        fake.stop()
+
+
+@pytest.mark.parametrize("history", [True, False])
+def test_trigger_waits_for_each_job_to_succeed(make, history: bool) -> None:
+    fake, engine = make(history=history)
+    fake.write(3)
+    jobs = engine.trigger(None)
+    assert [(j.target, j.status) for j in jobs] == [
+        ("dim_city/0", "succeeded"), ("dim_city/1", "succeeded"), ("dim_driver/0", "succeeded")]
+    assert all(j.extra["stage"] == "complete" and j.extra["batchOffset"] == 1 for j in jobs)
+    assert "redo log checkpointed at 1700000000/1" in (jobs[0].detail or "")
+    assert all(job["status"] == "succeeded" for job in fake.jobs.values())
+
+
+def test_trigger_one_table_or_one_shard(make) -> None:
+    fake, engine = make()
+    assert [j.target for j in engine.trigger("dim_city")] == ["dim_city/0", "dim_city/1"]
+    assert [j.target for j in engine.trigger("dim_driver/0")] == ["dim_driver/0"]
+    assert [j.target for j in engine.trigger("dim_city|1")] == ["dim_city/1"]
+    with pytest.raises(EngineError, match="not configured"):
+        engine.trigger("dim_nope")
+
+
+def test_disabled_snapshot_jobs_are_an_error_not_a_success(make) -> None:
+    fake, engine = make()
+    fake.disabled = True
+    with httpx.Client() as client:
+        answer = client.post(f"{fake.url}/dbg/dim_city/0/snapshot")
+    assert answer.status_code == 200 and answer.content == b""
+    [job] = engine.trigger("dim_city/0")
+    assert job.status == "failed" and "disabled" in (job.detail or "")
+
+
+def test_an_unknown_shard_fails_with_aresdb_s_message(make) -> None:
+    _, engine = make()
+    [job] = engine.trigger("dim_city/7")
+    assert job.status == "failed"
+    assert "HTTP 400" in (job.detail or "") and "Failed to get Shard 7 for table dim_city" in (job.detail or "")
+
+
+def test_a_failed_job_reports_its_last_error(make) -> None:
+    fake, engine = make()
+    fake.fail[("dim_driver", 0)] = "disk full"
+    jobs = engine.trigger(None)
+    assert [j.status for j in jobs] == ["succeeded", "succeeded", "failed"]
+    assert "stage snapshot: disk full" in (jobs[2].detail or "")
+    assert engine.status().details["failed_jobs"] == ["dim_driver|0|snapshot"]
+
+
+def test_a_job_that_never_runs_fails_after_the_wait(make) -> None:
+    fake, engine = make(job_wait_s=0.3)
+    fake.stuck = True
+    [job] = engine.trigger("dim_city/0")
+    assert job.status == "failed" and "still waiting" in (job.detail or "")
+
+
+def test_prepare_snapshots_every_shard_then_holds(make) -> None:
+    fake, engine = make()
+    fake.write(2)
+    state = engine.prepare("r1")
+    assert state.facts.position == {
+        "dim_city/0": {"redolog_file": 1_700_000_000, "batch_offset": 1},
+        "dim_city/1": {"redolog_file": 1_700_000_000, "batch_offset": 1},
+        "dim_driver/0": {"redolog_file": 1_700_000_000, "batch_offset": 1},
+    }
+    assert engine.prepare("r1") is state
+    with pytest.raises(EngineBusy, match="held by run r1"):
+        engine.trigger(None)
+    with pytest.raises(EngineBusy, match="held by run r1"):
+        engine.prepare("r2")
+    engine.complete("r1")
+    engine.complete("r1")
+    assert not engine.status().held
+
+
+def test_prepare_fails_when_any_shard_fails(make) -> None:
+    fake, engine = make()
+    fake.fail[("dim_city", 1)] = "boom"
+    with pytest.raises(EngineError, match="dim_city/1: snapshot job failed at stage snapshot: boom"):
+        engine.prepare("r1")
+    assert not engine.status().held
+
+
+def test_status_is_the_job_table(make) -> None:
+    fake, engine = make(timeout_s=1)
+    status = engine.status()
+    assert status.reachable and status.version is None
+    assert set(status.details["jobs"]) == {"dim_city|0|snapshot", "dim_city|1|snapshot", "dim_driver|0|snapshot"}
+    with fake.hang():
+        down = engine.status()
+    assert not down.reachable and "did not answer" in (down.error or "")
+
+
+def test_verify_shows_mutations_since_the_last_snapshot(make) -> None:
+    fake, engine = make()
+    before = engine.verify()
+    fake.write(4)
+    after = engine.verify()
+    assert after.position["dim_city/0"]["num_mutations"] == 4
+    assert before.position["dim_city/0"]["num_mutations"] == 0
+
+
+def test_restore_prepare_checks_the_root(make, root: Path, tmp_path: Path) -> None:
+    _, engine = make()
+    engine.restore_prepare(None)
+    with pytest.raises(EngineError, match="no data/ directory"):
+        engine.restore_prepare(tmp_path / "elsewhere")
+    assert engine.data_paths() == [root]
+
+
+def test_settings_reject_unknown_keys() -> None:
+    with pytest.raises(BadInputError, match="shardz"):
+        validate_engine_settings({"type": "aresdb", "root": "r", "tables": [{"name": "t", "shardz": [1]}]})
+    parsed = validate_engine_settings({"type": "aresdb", "root": "r", "tables": [{"name": "t"}]})
+    assert parsed.tables[0].shards == [0]

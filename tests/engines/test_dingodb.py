@@ -1,0 +1,188 @@
+"""The DingoDB adapter against the store fake: RPC eras, snapshot completion, holds, raft status."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from node_agent.engines.dingodb import DingoDBEngine, DingoDBSettings, region_id_of
+from snapctl.errors import EngineBusy, EngineError
+from tests.fakes.dingodb import SERVICES, FakeDingoStore
+
+
+@pytest.fixture
+def make(tmp_path: Path) -> Iterator:
+    started: list[tuple[FakeDingoStore, DingoDBEngine]] = []
+
+    def factory(*, store_options: dict | None = None, **settings) -> tuple[FakeDingoStore, DingoDBEngine]:
+        store = FakeDingoStore(**(store_options or {})).__enter__()
+        options = {"timeout_s": 2, "snapshot_wait_s": 5, "poll_interval_s": 0.01, "data_path": str(tmp_path),
+                   **settings}
+        engine = DingoDBEngine(DingoDBSettings(server=store.server.address, raft=store.raft.address, **options),
+                               base_dir=tmp_path)
+        started.append((store, engine))
+        return store, engine
+
+    yield factory
+    for store, engine in started:
+        engine.close()
+        store.__exit__()
+
+
+@pytest.mark.parametrize("era", ["debug", "region_control", "store"])
+def test_auto_finds_the_snapshot_rpc_of_every_era(make, era: str) -> None:
+    store, engine = make(store_options={"era": era})
+    jobs = engine.trigger(None)
+    assert [(j.target, j.status) for j in jobs] == [("region 1001", "succeeded"), ("region 1002", "succeeded")]
+    assert {s.last_snapshot_index for s in store.regions.values()} == {100}
+    assert {service for service, _ in store.rpc_calls} == {SERVICES[era]}
+    assert engine.status().details["rpc_era"] == era
+    body = store.rpc_calls[0][1]
+    assert body["region_id"] == 1001 and (("request_info" in body) == (era == "debug"))
+
+
+def test_a_configured_era_is_not_probed(make) -> None:
+    store, engine = make(store_options={"era": "debug"}, rpc_era="store")
+    with pytest.raises(EngineError, match=r"HTTP 404 \(brpc error 1001\)") as caught:
+        engine.trigger("1001")
+    assert "rpc_era" in (caught.value.hint or "")
+    assert store.rpc_calls == []
+
+
+def test_the_snapshot_counts_when_last_snapshot_index_reaches_the_applied_index(make) -> None:
+    store, engine = make(store_options={"snapshot_polls": 3})
+    store.write(20)
+    [job] = engine.trigger("1001")
+    assert job.status == "succeeded" and job.extra["wanted_index"] == 120 and job.extra["snapshot_index"] == 120
+    again = engine.trigger("1001")[0]
+    assert again.status == "succeeded" and "already" in (again.detail or "")
+    assert len(store.rpc_calls) == 1, "nothing new since the last snapshot: no RPC"
+
+
+def test_a_snapshot_that_never_lands_fails_after_the_wait(make) -> None:
+    store, engine = make(snapshot_wait_s=0.3)
+    store.lose_snapshots = True
+    [job] = engine.trigger("1002")
+    assert job.status == "failed"
+    assert "below the applied index 100" in (job.detail or "")
+
+
+def test_dingodb_errors_come_as_http_200_with_error(make) -> None:
+    store, engine = make()
+    store.errors[1001] = ("EREGION_NOT_FOUND", "Not found region 1001")
+    first, second = engine.trigger(None)
+    assert first.status == "failed" and "EREGION_NOT_FOUND Not found region 1001" in (first.detail or "")
+    assert second.status == "succeeded"
+
+
+def test_prepare_snapshots_every_region_then_holds(make) -> None:
+    store, engine = make()
+    state = engine.prepare("r1")
+    assert set(state.facts.position) == {"region 1001", "region 1002"}
+    assert state.facts.position["region 1001"]["last_snapshot_index"] == 100
+    assert state.facts.exact is False
+    assert [g.role for g in state.raft] == ["leader", "follower"]
+    assert state.version == "dingo-store 0.9.0"
+    with pytest.raises(EngineBusy, match="held by run r1"):
+        engine.trigger(None)
+    with pytest.raises(EngineBusy, match="held by run r1"):
+        engine.prepare("r2")
+    engine.complete("r2")  # another run's complete does not end r1's hold
+    assert engine.status().held
+    engine.complete("r1")
+    assert engine.trigger("1001")[0].status == "succeeded"
+
+
+def test_prepare_fails_naming_the_region_that_did_not_snapshot(make) -> None:
+    store, engine = make()
+    store.errors[1002] = ("ERAFT_NOTLEADER", "Not leader")
+    with pytest.raises(EngineError, match="region 1002: .*ERAFT_NOTLEADER"):
+        engine.prepare("r1")
+    assert not engine.status().held
+
+
+def test_configured_regions_only(make) -> None:
+    store, engine = make(store_options={"region_ids": (1001, 1002, 1003)}, regions=[1003])
+    assert [j.target for j in engine.trigger(None)] == ["region 1003"]
+    assert set(engine.verify().position) == {"region 1003"}
+    _, wrong = make(regions=[9])
+    with pytest.raises(EngineError, match="has no region 9"):
+        wrong.trigger(None)
+
+
+def test_trigger_by_group_name_and_unknown_group(make) -> None:
+    store, engine = make()
+    group = store.regions[1002].group
+    assert [j.target for j in engine.trigger(group)] == ["region 1002"]
+    with pytest.raises(EngineError, match="no raft group 'nope'"):
+        engine.trigger("nope")
+
+
+@pytest.mark.parametrize(("header", "parts"), [("brackets", 4), ("bare", 3)])
+def test_status_parses_raft_groups_in_both_page_styles(make, header: str, parts: int) -> None:
+    store, engine = make(store_options={"header": header, "peer_parts": parts})
+    store.regions[1001].extra_lines.append("future_field: 7")
+    status = engine.status()
+    assert status.reachable and status.version == "dingo-store 0.9.0"
+    leader, follower = status.raft
+    assert leader.role == "leader" and len(leader.replication) == 2
+    assert follower.role == "follower" and follower.leader
+    assert len(leader.member.split(":")) == parts
+    assert leader.extra["future_field"] == "7"
+    assert status.details["regions"] == [1001, 1002]
+
+
+def test_raft_stat_is_asked_for_console_text(make) -> None:
+    store, engine = make()
+    with httpx.Client() as browser:
+        assert browser.get(f"{store.raft.url}/raft_stat").text.startswith("<!DOCTYPE html>")
+    seen = len(store.raft.requests)
+    assert engine.status().raft
+    ours = [r for r in store.raft.requests[seen:] if r.path.startswith("/raft_stat")]
+    assert ours and all(r.query.get("console") == "1" for r in ours)
+
+
+def test_framework_errors_and_version(make) -> None:
+    store, _ = make()
+    with httpx.Client() as client:
+        bad = client.post(f"{store.server.url}/{SERVICES['debug']}/Snapshot", content=b"not json")
+        assert bad.status_code == 400 and bad.headers["x-bd-error-code"] == "1003"
+        missing = client.post(f"{store.server.url}/{SERVICES['debug']}/Nope", json={})
+        assert missing.status_code == 404 and missing.headers["x-bd-error-code"] == "1002"
+
+
+def test_an_unreachable_store_is_reported_not_raised(make) -> None:
+    store, engine = make(timeout_s=1)
+    with store.hang():
+        status = engine.status()
+        assert not status.reachable and "did not answer" in (status.error or "")
+        with pytest.raises(EngineError):
+            engine.prepare("r1")
+    assert not engine.status().held
+
+
+def test_region_ids_from_group_names() -> None:
+    assert region_id_of("1007") == 1007
+    assert region_id_of("2_XYZ_part_0_1007") == 1007
+    assert region_id_of("Counter") is None
+
+
+def test_restore_prepare_needs_the_data_path(make, tmp_path: Path) -> None:
+    _, engine = make()
+    engine.restore_prepare(None)
+    with pytest.raises(EngineError, match="does not exist"):
+        engine.restore_prepare(tmp_path / "missing")
+    assert engine.data_paths() == [tmp_path]
+
+
+def test_a_garbled_raft_stat_page_is_reported_with_its_line(make) -> None:
+    store, engine = make()
+    store.regions[1001].extra_lines.append("last_snapshot_index: soon")
+    status = engine.status()
+    assert status.reachable and status.raft == []
+    assert "raft_stat line" in (status.error or "") and "last_snapshot_index" in (status.error or "")
+    with pytest.raises(EngineError, match="raft_stat line"):
+        engine.prepare("r1")
