@@ -94,12 +94,55 @@ class Retention(Strict):
     monthly: int = Field(default=6, ge=0)
 
 
+def _agent_address(value: str) -> str:
+    if not re.match(r"^https?://[^/\s:]+(:\d{1,5})?/?$", value):
+        raise ValueError(f"{value!r} is not an agent address (use http(s)://host:port)")
+    return value.rstrip("/")
+
+
+class NodeRestoreConfig(Strict):
+    """Where a restore or drill of one node goes. Local providers restore into ``path/<volume>``;
+    cloud providers make new volumes in ``zone``, attached to ``instance`` when asked. With
+    ``agent``, a scratch agent beside the restored disks runs restore-prepare and verify."""
+
+    path: str | None = None  # local: this node's volumes go to <path>/<volume>
+    zone: str | None = None  # cloud: where the new volumes are made
+    instance: str | None = None  # cloud: attach the new volumes to this instance (restore --attach, drills)
+    device: str | None = None  # the device name when the node has one volume
+    devices: dict[str, str] = Field(default_factory=dict)  # volume name -> device name
+    agent: str | None = None  # http(s)://host:port of a scratch agent that runs the restored engine
+    agent_path: str | None = None  # passed to that agent's restore-prepare (default: its engine's data path)
+    options: dict[str, Any] = Field(default_factory=dict)  # provider options for new volumes (e.g. volume_type)
+
+    @field_validator("agent")
+    @classmethod
+    def _agent(cls, value: str | None) -> str | None:
+        return None if value is None else _agent_address(value)
+
+
+class DrillConfig(Strict):
+    """How `snapctl drill` runs: where local restores go, how long everything may take."""
+
+    scratch_dir: str | None = None  # default: a new temporary directory per drill
+    timeout_s: float = 1800.0  # the whole drill, restores included; past it the drill fails
+    start_timeout_s: float = 120.0  # one engine coming up on restored data
+    junit: str | None = None  # where the JUnit XML report goes (default: ./snapctl-drill.xml)
+
+    @field_validator("timeout_s", "start_timeout_s", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        seconds = parse_duration(value)
+        if seconds <= 0:
+            raise ValueError("must be greater than zero")
+        return seconds
+
+
 class Node(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
     agent: str  # http(s)://host:port, or "embedded"
     engine: dict[str, Any] = Field(default_factory=dict)  # validated by the engine adapter
     volumes: list[Any] = Field(default_factory=list)  # validated by the provider
-    restore: dict[str, Any] = Field(default_factory=dict)  # where restores and drills of this node go
+    restore: NodeRestoreConfig = Field(default_factory=NodeRestoreConfig)  # where restores and drills of this node go
 
     @field_validator("agent")
     @classmethod
@@ -124,6 +167,7 @@ class Inventory(Strict):
     auth: AgentAuth = Field(default_factory=AgentAuth)
     policy: Policy = Field(default_factory=Policy)
     retention: Retention = Field(default_factory=Retention)
+    drill: DrillConfig = Field(default_factory=DrillConfig)
     rpo: float = 86400.0
     tags: dict[str, str] = Field(default_factory=dict)  # extra tags on every snapshot
     nodes: list[Node] = Field(min_length=1)
@@ -213,7 +257,7 @@ def _describe(
     exc: ValidationError, root: yaml.Node | None, source: str, model: type[BaseModel] | None = None
 ) -> str:
     """``model``: the model validated at the top level (default ``Inventory``); the agent's config reuses this."""
-    err = exc.errors()[0]
+    err = first_error(exc)
     loc = tuple(err["loc"])
     line = _line_of(root, loc)
     field = _dotted(loc)
@@ -227,6 +271,13 @@ def _describe(
     msg = err["msg"]
     msg = msg[len("Value error, "):] if msg.startswith("Value error, ") else msg
     return f"{where}: {field}: {msg[:1].lower() + msg[1:]}"
+
+
+def first_error(exc: ValidationError) -> dict[str, Any]:
+    """The error to show: an unknown key first, since a typo'd key also makes its intended key
+    "missing", and the typo is the thing to fix."""
+    errors = exc.errors()
+    return next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
 
 
 def _dotted(loc: tuple[Any, ...]) -> str:
