@@ -29,6 +29,8 @@ InventoryOpt = Annotated[
                  help="Inventory file [default: ./inventory.yaml]."),
 ]
 OutputOpt = Annotated[str, typer.Option("-o", "--output", help="text or json.")]
+TextfileOpt = Annotated[Optional[str], typer.Option("--textfile", metavar="PATH",
+                                                   help="Also write node_exporter metrics to PATH (*.prom).")]
 DemoInventoryOpt = Annotated[
     str, typer.Option("-i", "--inventory", envvar="SNAPCTL_INVENTORY", help="The demo's inventory.")
 ]
@@ -55,6 +57,8 @@ def backup(
     trigger: Annotated[Optional[bool], typer.Option("--trigger/--no-trigger",
                                                     help="Run the engines' own snapshots first.")] = None,
     consistency: Annotated[Optional[str], typer.Option(help="cluster (one barrier) or per-node.")] = None,
+    no_prune: Annotated[bool, typer.Option("--no-prune", help="Skip retention after a successful run.")] = False,
+    textfile: TextfileOpt = None,
     output: OutputOpt = "text",
 ) -> int:
     """Back up the whole cluster: prepare every node, snapshot, complete, record a manifest."""
@@ -65,11 +69,17 @@ def backup(
 
     out = _renderer(output)
     options = BackupOptions(dry_run=dry_run, no_wait=no_wait, force=force, trigger=trigger,
-                            consistency=_choice(consistency, ("cluster", "per-node"), "--consistency"))
+                            consistency=_choice(consistency, ("cluster", "per-node"), "--consistency"),
+                            prune=not no_prune)
     loaded = _inventory(inventory)
     progress = out.progress()
+    run = run_backup(loaded, options, progress)
+    if textfile and not dry_run:
+        from snapctl.metrics import recording_backup
+
+        run = recording_backup(loaded, textfile, run)  # written after the run, succeeded or failed
     try:
-        result = asyncio.run(run_backup(loaded, options, progress))
+        result = asyncio.run(run)
     finally:
         progress.close()
     return out.backup_result(result)
@@ -95,28 +105,85 @@ def show(run: Annotated[str, typer.Argument(help="Run id, unique prefix, or 'lat
 
 
 @app.command()
-def status(inventory: InventoryOpt = None, output: OutputOpt = "text") -> int:
-    """Is the cluster healthy, is it safe to back up, how old is the newest good backup?"""
+def status(
+    inventory: InventoryOpt = None,
+    watch: Annotated[Optional[float], typer.Option("--watch", "-w", metavar="[SECONDS]",
+                                                   help="Refresh in place every SECONDS (default 2) until Ctrl-C.")] = None,
+    node: Annotated[Optional[list[str]], typer.Option("--node", "-n", help="Only these nodes (repeatable).")] = None,
+    group: Annotated[Optional[list[str]], typer.Option("--group", "-g",
+                                                       help="Only raft groups matching this glob (repeatable).")] = None,
+    textfile: TextfileOpt = None,
+    output: OutputOpt = "text",
+) -> int:
+    """Is the cluster healthy, is it safe to back up, how old is the newest good backup? Exit 0/5/6."""
     import asyncio
 
-    from snapctl.status import collect_status
+    from snapctl.status import collect_status, watch_status
 
-    return _renderer(output).status(asyncio.run(collect_status(_inventory(inventory))))
+    out, loaded = _renderer(output), _inventory(inventory)
+    if watch is not None:
+        with out.status_watch() as show:
+            asyncio.run(watch_status(loaded, watch, show, nodes=node, groups=group, textfile=textfile, remember=True))
+        return show.exit_code
+    return out.status(asyncio.run(collect_status(loaded, nodes=node, groups=group, textfile=textfile, remember=True)))
 
 
 @app.command()
 def restore(
     run: Annotated[str, typer.Argument(help="Run id, unique prefix, or 'latest'.")],
-    to: Annotated[str, typer.Option("--to", help="Target directory (local provider).")],
+    to: Annotated[Optional[str], typer.Option("--to", help="Target directory: DIR/<node>/<volume> (local "
+                                                            "provider) [default: each node's restore.path].")] = None,
+    zone: Annotated[Optional[str], typer.Option("--zone", help="Zone for the new volumes (cloud) "
+                                                               "[default: each node's restore.zone].")] = None,
+    attach: Annotated[bool, typer.Option("--attach", help="Attach the new volumes to each node's "
+                                                          "restore.instance (cloud).")] = False,
     inventory: InventoryOpt = None,
     output: OutputOpt = "text",
 ) -> int:
-    """Restore every node's snapshots of a run into a target."""
+    """Restore every node's snapshots of a run into a target and restore-prepare its engine."""
     from pathlib import Path
 
     from snapctl.restore import restore_run
 
-    return _renderer(output).restore_result(restore_run(_inventory(inventory), run, Path(to)))
+    result = restore_run(_inventory(inventory), run, Path(to) if to else None, zone=zone, attach=attach)
+    return _renderer(output).restore_result(result)
+
+
+@app.command()
+def drill(
+    run: Annotated[str, typer.Argument(help="Run id, unique prefix, or 'latest'.")] = "latest",
+    junit: Annotated[Optional[str], typer.Option("--junit", help="Where the JUnit XML report goes "
+                                                                 "[default: drill.junit, or ./snapctl-drill.xml].")] = None,
+    keep: Annotated[bool, typer.Option("--keep", help="Leave the scratch data and restored volumes for "
+                                                      "inspection.")] = False,
+    inventory: InventoryOpt = None,
+    output: OutputOpt = "text",
+) -> int:
+    """Restore drill (CI): restore a run into scratch, start its engines, compare with PREPARE, tear down."""
+    from pathlib import Path
+
+    from snapctl.drill import run_drill
+
+    out = _renderer(output)
+    loaded = _inventory(inventory)
+    progress = out.progress()
+    try:
+        report = run_drill(loaded, run, junit=Path(junit) if junit else None, keep=keep, reporter=progress)
+    finally:
+        progress.close()
+    return out.drill_result(report)
+
+
+@app.command()
+def verify(
+    run: Annotated[str, typer.Argument(help="Run id, unique prefix, or 'latest'.")],
+    inventory: InventoryOpt = None,
+    output: OutputOpt = "text",
+) -> int:
+    """Without restoring: does every snapshot of the run still exist, complete?"""
+    from snapctl.verify import verify_run
+
+    return _renderer(output).verify_result(verify_run(_inventory(inventory), run))
 
 
 @app.command()
@@ -134,6 +201,30 @@ def trigger(
     from snapctl.trigger import trigger as run_trigger
 
     return _renderer(output).trigger_result(asyncio.run(run_trigger(_inventory(inventory), node, target, timeout)))
+
+
+@app.command()
+def prune(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List exactly what would be deleted; delete nothing.")] = False,
+    inventory: InventoryOpt = None,
+    output: OutputOpt = "text",
+) -> int:
+    """Delete old runs (snapshots, then manifests) per the inventory's retention; resumes an interrupted prune."""
+    from snapctl.prune import prune as run_prune
+
+    return _renderer(output).prune_result(run_prune(_inventory(inventory), dry_run=dry_run))
+
+
+@app.command()
+def gc(
+    delete: Annotated[bool, typer.Option("--delete", help="Delete the orphans found (takes the cluster lock).")] = False,
+    inventory: InventoryOpt = None,
+    output: OutputOpt = "text",
+) -> int:
+    """List snapshots tagged with this cluster that no manifest owns; --delete removes them."""
+    from snapctl.prune import gc as run_gc
+
+    return _renderer(output).gc_result(run_gc(_inventory(inventory), delete=delete))
 
 
 @demo_app.command("up")
@@ -172,6 +263,17 @@ def _choice(value: str | None, allowed: tuple[str, ...], flag: str) -> str | Non
     return value
 
 
+def _optional_watch_seconds(argv: list[str]) -> list[str]:
+    """`status --watch [SECONDS]`: click options cannot take an optional value, so a bare --watch gets 2 s."""
+    out: list[str] = []
+    for index, arg in enumerate(argv):
+        out.append(arg)
+        bare = index + 1 == len(argv) or argv[index + 1].startswith("-")
+        if arg in ("--watch", "-w") and bare and "status" in argv[:index]:
+            out.append("2")
+    return out
+
+
 def main() -> None:
     """Entry point: the only place errors become exit codes."""
     import click
@@ -179,7 +281,7 @@ def main() -> None:
     from snapctl.errors import ExitCode, SnapctlError
 
     try:
-        code = app(standalone_mode=False)
+        code = app(args=_optional_watch_seconds(sys.argv[1:]), standalone_mode=False)
     except click.exceptions.Exit as exc:
         code = exc.exit_code
     except click.ClickException as exc:

@@ -12,7 +12,7 @@ from snapctl.providers import SnapshotRef
 
 MANIFEST_VERSION = 1
 
-RunStatus = Literal["running", "succeeded", "failed"]
+RunStatus = Literal["running", "succeeded", "failed", "pruning"]  # pruning: being deleted by retention
 
 
 class NodeRecord(BaseModel):
@@ -27,6 +27,20 @@ class NodeRecord(BaseModel):
     complete_acked_at: datetime | None = None
     freeze_window_s: float | None = None  # complete acknowledged - prepare sent
     error: str | None = None
+
+
+class DrillSummary(BaseModel):
+    """The newest restore drill of a run; the whole report is in the catalog under ``report``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    drill_id: str
+    ok: bool
+    started_at: datetime
+    finished_at: datetime
+    rto_s: float | None = None  # restore start -> every engine verified
+    failed_nodes: list[str] = Field(default_factory=list)
+    report: str  # the catalog key of the drill's report: <cluster>/drills/<run>-<drill>.json
 
 
 class Manifest(BaseModel):
@@ -50,6 +64,7 @@ class Manifest(BaseModel):
     error: str | None = None
     snapshots_completed: bool = False
     extra: dict[str, Any] = Field(default_factory=dict)
+    last_drill: DrillSummary | None = None
 
     def snapshot_refs(self) -> list[SnapshotRef]:
         return [ref for node in self.nodes.values() for ref in node.snapshots]

@@ -1,25 +1,41 @@
-"""Restores: a run's snapshots out to a target, and checks of restored data against the manifest."""
+"""Restores: a run's snapshots out to a target, and the engines prepared to start from them.
+
+Local providers restore into directories (``--to DIR`` gives ``DIR/<node>/<volume>``, else each
+node's ``restore.path/<volume>``); cloud providers make new volumes in a zone (``--zone``, else
+each node's ``restore.zone``), attached to the node's ``restore.instance`` with ``--attach``.
+Then every engine is restore-prepared: in-process on restored files, or by the node's scratch
+agent (``restore.agent``). Engines that read their files directly (SQLite) are verified in place
+against the facts recorded at PREPARE; ``snapctl drill`` starts and verifies every engine.
+"""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from node_agent.models import VerifyFacts
-from snapctl.catalog import open_catalog
+from snapctl.catalog import Catalog, open_catalog
 from snapctl.config import Inventory, Node
 from snapctl.errors import BadInputError
-from snapctl.manifest import Manifest
-from snapctl.providers import RestoreTarget, create_provider
+from snapctl.evidence import compare_facts, missing_files, moved_path, volume_roots
+from snapctl.manifest import Manifest, NodeRecord
+from snapctl.providers import Provider, RestoreTarget, SnapshotRef, create_provider
+
+__all__ = ["NodeRestore", "RestoreResult", "compare_facts", "load_restorable", "remap_paths", "restore_run"]
 
 
 @dataclass
 class NodeRestore:
     node: str
     volumes: dict[str, str] = field(default_factory=dict)  # volume name -> restored path or volume id
+    prepared: str | None = None  # where restore-prepare ran: "in-process" or the scratch agent's address
     facts: VerifyFacts | None = None
     mismatches: list[str] = field(default_factory=list)
+    note: str | None = None  # why the node was not verified, when it was not
 
 
 @dataclass
@@ -33,83 +49,159 @@ class RestoreResult:
         return all(not n.mismatches for n in self.nodes)
 
 
-def restore_run(inventory: Inventory, run_ref: str, to: Path, *, verify: bool = True) -> RestoreResult:
-    """Restore every node's snapshots of a run into ``to/<node>/<volume>`` and, for engines that
-    can run in-process on the restored files, check them against the facts recorded at PREPARE."""
+def restore_run(inventory: Inventory, run_ref: str, to: Path | None = None, *, zone: str | None = None,
+                attach: bool = False, verify: bool = True) -> RestoreResult:
+    """Restore every node's snapshots of a run, restore-prepare each engine, and verify in place
+    the engines that read their files directly."""
     catalog = open_catalog(inventory)
-    manifest = catalog.load(catalog.resolve(run_ref))
-    if manifest.status != "succeeded":
-        raise BadInputError(f"run {manifest.run_id} {manifest.status}: it has nothing to restore",
-                            hint="pick a succeeded run from `snapctl list`")
+    manifest = load_restorable(catalog, run_ref)
+    to = to.absolute() if to is not None else None  # a flag's path is the caller's, not the inventory's
+    nodes = {name: inventory_node(inventory, name) for name in manifest.nodes}
+    for name, node in nodes.items():
+        has_place = to is not None or zone or node.restore.path or node.restore.zone
+        if not has_place and manifest.nodes[name].snapshots:
+            raise BadInputError(f"node {name}: nowhere to restore to",
+                                hint="pass --to DIR (local provider) or --zone ZONE (cloud), "
+                                     "or set restore.path / restore.zone on the node")
     provider = create_provider(inventory.provider, cluster=inventory.cluster, base_dir=inventory.base_dir)
-    result = RestoreResult(manifest.run_id, str(to), [])
+    where = str(to) if to is not None else (f"zone {zone}" if zone else "each node's restore target")
+    result = RestoreResult(manifest.run_id, where, [])
     for name, record in manifest.nodes.items():
+        node = nodes[name]
+        root = to / name if to is not None else (inventory.resolve(node.restore.path) if node.restore.path else None)
         node_result = NodeRestore(name)
-        for ref in record.snapshots:
-            target = RestoreTarget(path=to / name / ref.volume)
-            node_result.volumes[ref.volume] = provider.restore(ref, target)
-        if verify:
-            _verify_node(inventory, manifest, name, node_result)
+        node_result.volumes = restore_volumes(provider, node, record, root=root, zone=zone, attach=attach)
+        _prepare_and_check(inventory, node, record, node_result, verify=verify, attached=attach)
         result.nodes.append(node_result)
     return result
 
 
-def _verify_node(inventory: Inventory, manifest: Manifest, name: str, node_result: NodeRestore) -> None:
-    from node_agent.engines.base import create_engine
+def load_restorable(catalog: Catalog, run_ref: str) -> Manifest:
+    manifest = catalog.load(catalog.resolve(run_ref))
+    if manifest.status != "succeeded":
+        raise BadInputError(f"run {manifest.run_id} {manifest.status}: it has nothing to restore",
+                            hint="pick a succeeded run from `snapctl list`")
+    return manifest
 
-    record = manifest.nodes[name]
-    node = _inventory_node(inventory, name)
-    if node is None or not node.engine or record.state is None:
+
+def inventory_node(inventory: Inventory, name: str) -> Node:
+    for node in inventory.nodes:
+        if node.name == name:
+            return node
+    raise BadInputError(f"node {name} of the run is not in the inventory {inventory.source}",
+                        hint="restore with the inventory the run was made with")
+
+
+def restore_target(node: Node, volume: str, *, root: Path | None, zone: str | None, attach: bool) -> RestoreTarget:
+    """Where one of the node's volumes goes: ``root/<volume>`` (local), or a new volume in the zone,
+    attached to the node's restore instance when ``attach``."""
+    settings = node.restore
+    instance = settings.instance if attach else None
+    if attach and not instance:
+        raise BadInputError(f"node {node.name}: --attach needs restore.instance on the node in the inventory",
+                            hint="e.g. restore: {zone: us-east-1a, instance: i-0123..., devices: {data: /dev/sdf}}")
+    return RestoreTarget(path=root / volume if root is not None else None, zone=zone or settings.zone,
+                         instance=instance, device=(settings.devices.get(volume) or settings.device) if attach else None,
+                         extra=dict(settings.options))
+
+
+def restore_volumes(provider: Provider, node: Node, record: NodeRecord, *, root: Path | None, zone: str | None,
+                    attach: bool, made: list[tuple[SnapshotRef, str]] | None = None) -> dict[str, str]:
+    """Restore each of the node's snapshots; ``made`` collects (ref, restored) as each one lands,
+    so a caller can tear down what exists even when a later volume fails."""
+    restored = {}
+    for ref in record.snapshots:
+        target = restore_target(node, ref.volume, root=root, zone=zone, attach=attach)
+        restored[ref.volume] = provider.restore(ref, target)
+        if made is not None:
+            made.append((ref, restored[ref.volume]))
+    return restored
+
+
+def restored_files(restored: dict[str, str]) -> bool:
+    """True when the provider restored into directories on this machine (not cloud volume ids)."""
+    return bool(restored) and all(Path(v).is_absolute() and Path(v).is_dir() for v in restored.values())
+
+
+def _prepare_and_check(inventory: Inventory, node: Node, record: NodeRecord, result: NodeRestore, *,
+                       verify: bool, attached: bool) -> None:
+    from node_agent.engines.base import create_engine
+    from snapctl.drill_engines import FILE_ENGINES
+
+    if node.restore.agent:
+        if not restored_files(result.volumes) and not attached:
+            result.note = "the restored volumes are attached nowhere: restore-prepare them on their machine"
+            return
+        asyncio.run(_agent_restore_prepare(inventory, node))
+        result.prepared = node.restore.agent
+        result.note = "restore-prepared by the scratch agent; `snapctl drill` verifies it"
         return
-    settings = remap_paths(node.engine, inventory, node, node_result.volumes)
+    if not restored_files(result.volumes):
+        result.note = "restored as cloud volumes: attach them, or run `snapctl drill` with scratch agents"
+        return
+    settings = remap_paths(node.engine, inventory, node, result.volumes)
     if settings is None:
-        return  # the engine's data does not live on a local volume: a drill on scratch agents verifies it
+        result.note = "the engine's data lies on no restored volume: nothing to prepare here"
+        return
     engine = create_engine(settings, base_dir=inventory.base_dir)
     try:
         engine.restore_prepare(None)
-        node_result.facts = engine.verify()
+        result.prepared = "in-process"
+        expected = record.state
+        if expected is not None:
+            result.mismatches = missing_files(expected.files, volume_roots(node.volumes, inventory.resolve),
+                                              result.volumes)
+        if not verify or expected is None:
+            return
+        if settings.get("type") not in FILE_ENGINES:
+            result.note = f"{settings.get('type')} needs its server to verify: `snapctl drill` starts it"
+            return
+        result.facts = engine.verify()
+        result.mismatches += compare_facts(expected.facts, result.facts)
     finally:
         engine.close()
-    node_result.mismatches = compare_facts(record.state.facts, node_result.facts)
+
+
+async def _agent_restore_prepare(inventory: Inventory, node: Node) -> None:
+    async with scratch_agent(inventory, node) as agent:
+        await agent.restore_prepare(node.restore.agent_path)
+
+
+@asynccontextmanager
+async def scratch_agent(inventory: Inventory, node: Node) -> AsyncIterator[Any]:
+    """A client for the node's scratch agent (``restore.agent``), with the inventory's token and TLS."""
+    from snapctl.agent_client import open_agents
+
+    if not node.restore.agent:
+        raise BadInputError(f"node {node.name} has no restore.agent")
+    # The same inventory with this one node, its agent swapped for the scratch one (model_copy
+    # keeps where the inventory was read from, so token and TLS files resolve as they do for backups).
+    scratch = inventory.model_copy(update={"nodes": [node.model_copy(update={"agent": node.restore.agent})]})
+    async with open_agents(scratch) as agents:
+        yield agents[node.name]
 
 
 def remap_paths(engine: dict[str, Any], inventory: Inventory, node: Node, restored: dict[str, str]) -> dict | None:
-    """The node's engine settings with every path that lies on one of its volumes moved to where
-    that volume was restored; None when no setting lies on a restored volume."""
-    volume_paths = {}
-    for volume in node.volumes:
-        name, path = (volume.get("name"), volume.get("path")) if isinstance(volume, dict) else (None, volume)
-        if path:
-            path = inventory.resolve(path).resolve()
-            volume_paths[name or path.name] = path
-    moved = dict(engine)
+    """The node's engine settings with every path that lies on one of its volumes (strings, and
+    lists of strings) moved to where that volume was restored; None when no setting lies on a
+    restored volume."""
+    roots = volume_roots(node.volumes, inventory.resolve)
+    moved: dict[str, Any] = dict(engine)
     changed = False
+
+    def move(value: str) -> str:
+        nonlocal changed
+        target = moved_path(inventory.resolve(value), roots, restored)
+        if target is None:
+            return value
+        changed = True
+        return str(target)
+
     for key, value in engine.items():
-        if not isinstance(value, str) or key == "type":
+        if key == "type":
             continue
-        candidate = inventory.resolve(value).resolve()
-        for volume, root in volume_paths.items():
-            if volume in restored and candidate.is_relative_to(root):
-                moved[key] = str(Path(restored[volume]) / candidate.relative_to(root))
-                changed = True
+        if isinstance(value, str) and value:
+            moved[key] = move(value)
+        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+            moved[key] = [move(v) for v in value]
     return moved if changed else None
-
-
-def compare_facts(expected: VerifyFacts, actual: VerifyFacts) -> list[str]:
-    """What differs, one line each; empty when the restore reproduces what PREPARE recorded."""
-    problems = []
-    for table, want in expected.tables.items():
-        got = actual.tables.get(table)
-        if got is None:
-            problems.append(f"table {table} missing (expected {want.rows} rows)")
-        elif expected.exact and got.rows != want.rows:
-            problems.append(f"table {table}: {got.rows} rows, expected {want.rows}")
-        elif not expected.exact and got.rows < want.rows:
-            problems.append(f"table {table}: {got.rows} rows, expected at least {want.rows}")
-        elif expected.exact and want.checksum and got.checksum != want.checksum:
-            problems.append(f"table {table}: checksum {got.checksum[:12]}, expected {want.checksum[:12]}")
-    return problems
-
-
-def _inventory_node(inventory: Inventory, name: str) -> Node | None:
-    return next((n for n in inventory.nodes if n.name == name), None)

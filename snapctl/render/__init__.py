@@ -93,6 +93,10 @@ class Renderer:
         self.out.print(table)
         self.out.print(f"prepare skew {_seconds(m.prepare_skew_s)}, longest freeze {_seconds(m.max_freeze_window_s)}"
                        + (f", degraded: {'; '.join(m.degradations)}" if m.degradations else ""))
+        from snapctl.render.retention import backup_retention_line
+
+        if retention := backup_retention_line(m):
+            self.out.print(retention)
         return ExitCode.OK
 
     def _plan(self, plan) -> int:
@@ -142,23 +146,31 @@ class Renderer:
 
         return status_text(self, s)
 
+    def status_watch(self):
+        """`status --watch`: a callable shown each refresh, and a context that ends the display."""
+        from snapctl.render.status import LiveStatus
+
+        return LiveStatus(self)
+
     def _findings(self, verdict) -> None:
         colours = {"info": "dim", "degraded": "yellow", "critical": "red"}
         for f in verdict.findings:
             self.out.print(f"  [{colours[f.severity]}]{f.severity}[/] {f.subject}: {f.message}")
 
     def restore_result(self, result) -> int:
-        table = Table(title=f"restore of {result.run_id} into {result.target}", title_justify="left")
-        for column in ("node", "volumes", "tables (rows)", "matches prepare"):
-            table.add_column(column)
-        for n in result.nodes:
-            tables = ", ".join(f"{t}={f.rows}" for t, f in (n.facts.tables.items() if n.facts else []))
-            verdict = "-" if n.facts is None else ("[green]yes[/]" if not n.mismatches else
-                                                   "[red]no: " + "; ".join(n.mismatches) + "[/]")
-            volumes = ", ".join(_relative(v, result.target) for v in n.volumes.values())
-            table.add_row(n.node, volumes, tables or "-", verdict)
-        self.out.print(table)
-        return ExitCode.OK if result.ok else ExitCode.VERIFY_MISMATCH
+        from snapctl.render.restore import restore_text
+
+        return restore_text(self, result)
+
+    def drill_result(self, report) -> int:
+        from snapctl.render.restore import drill_text
+
+        return drill_text(self, report)
+
+    def verify_result(self, result) -> int:
+        from snapctl.render.restore import verify_text
+
+        return verify_text(self, result)
 
     def trigger_result(self, results) -> int:
         table = Table(title="engine snapshots", title_justify="left")
@@ -171,6 +183,16 @@ class Renderer:
                 table.add_row(r.node, job.target, _status_text(job.status), _seconds(job.duration_s), job.detail or "")
         self.out.print(table)
         return ExitCode.OK if all(r.ok for r in results) else ExitCode.RUN_FAILED
+
+    def prune_result(self, result) -> int:
+        from snapctl.render.retention import prune_text
+
+        return prune_text(self, result)
+
+    def gc_result(self, result) -> int:
+        from snapctl.render.retention import gc_text
+
+        return gc_text(self, result)
 
     def demo_cluster(self, cluster) -> int:
         for n in cluster.nodes:
@@ -229,13 +251,44 @@ class JsonRenderer(Renderer):
         self._emit("status", status_document(s))
         return s.exit_code
 
+    def status_watch(self):
+        from snapctl.render.status import JsonLinesStatus
+
+        return JsonLinesStatus()
+
     def restore_result(self, result) -> int:
-        self._emit("restore", {**jsonable(result), "ok": result.ok})
+        from snapctl.render.restore import restore_document
+
+        self._emit("restore", restore_document(result))
+        return ExitCode.OK if result.ok else ExitCode.VERIFY_MISMATCH
+
+    def drill_result(self, report) -> int:
+        from snapctl.render.restore import drill_document
+
+        self._emit("drill", drill_document(report))
+        return report.exit_code
+
+    def verify_result(self, result) -> int:
+        from snapctl.render.restore import verify_document
+
+        self._emit("verify", verify_document(result))
         return ExitCode.OK if result.ok else ExitCode.VERIFY_MISMATCH
 
     def trigger_result(self, results) -> int:
         self._emit("trigger", {"nodes": [{**jsonable(r), "ok": r.ok} for r in results]})
         return ExitCode.OK if all(r.ok for r in results) else ExitCode.RUN_FAILED
+
+    def prune_result(self, result) -> int:
+        from snapctl.render.retention import prune_document, prune_exit
+
+        self._emit("prune", prune_document(result))
+        return prune_exit(result)
+
+    def gc_result(self, result) -> int:
+        from snapctl.render.retention import gc_document, gc_exit
+
+        self._emit("gc", gc_document(result))
+        return gc_exit(result)
 
     def demo_cluster(self, cluster) -> int:
         self._emit(f"demo_{cluster.action}", cluster)

@@ -37,6 +37,7 @@ class AzureSettings(ProviderSettings):
     polling_interval_s: float = Field(default=5.0, gt=0)  # long-running operations and wait()
     tags: dict[str, str] = Field(default_factory=dict)  # extra tags on every snapshot
     insecure_http_for_tests: bool = False  # bearer tokens over plain http: loopback only
+    dummy_credential_for_tests: bool = False  # a fixed fake token instead of DefaultAzureCredential: 127.0.0.1 only
     max_retries: int = Field(default=8, ge=0, le=30)  # throttled / 5xx calls, per call
     max_retry_wait_s: float = Field(default=60.0, gt=0)  # a longer Retry-After fails the call instead
     retry_timeout_s: float = Field(default=300.0, gt=0)  # one call, retries and waits included
@@ -65,6 +66,8 @@ class AzureSettings(ProviderSettings):
             raise ValueError("insecure_http_for_tests is only allowed with a base_url on 127.0.0.1 (tests)")
         if url.scheme == "http" and not self.insecure_http_for_tests:
             raise ValueError("base_url must be https: azure-core sends bearer tokens only over TLS")
+        if self.dummy_credential_for_tests and url.hostname != "127.0.0.1":
+            raise ValueError("dummy_credential_for_tests is only allowed with a base_url on 127.0.0.1 (tests)")
         return self
 
 

@@ -1,0 +1,341 @@
+"""`snapctl drill [RUN|latest]`: the restore drill CI runs, proof that a backup restores.
+
+For every node of the run, in parallel: restore its snapshots into the scratch environment the
+inventory describes, start or attach its engine on the restored data, run the engine's verify,
+and compare with the facts recorded at PREPARE (rows, checksums, vclock, revision, raft indexes).
+Timed from the first restore to the last engine verified: the cluster's RTO. Then, whatever
+happened: tear everything down, write a JUnit XML report, record the drill in the catalog.
+
+Two ways to run a node's engine:
+- embedded (the default): local directories, the engine run on this machine from the restored
+  files (``snapctl.drill_engines``: sqlite, tarantool, etcd);
+- a scratch agent (``nodes[].restore.agent``): the restored volumes are attached to the node's
+  scratch machine (``restore.instance``), its agent restore-prepares them, its engine comes up,
+  and the agent verifies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from node_agent.models import VerifyFacts
+from snapctl.catalog import Catalog, open_catalog
+from snapctl.config import Inventory, Node
+from snapctl.errors import BadInputError, EngineError, ExitCode, SnapctlError
+from snapctl.events import NullReporter, Reporter
+from snapctl.evidence import compare_facts, missing_files, volume_roots
+from snapctl.manifest import DrillSummary, Manifest, NodeRecord
+from snapctl.providers import Provider, SnapshotRef, create_provider
+from snapctl.restore import inventory_node, load_restorable, remap_paths, restore_volumes, restored_files, scratch_agent
+
+NodeVerdict = Literal["passed", "mismatch", "error"]
+DEFAULT_JUNIT = "snapctl-drill.xml"
+_MAX_PARALLEL_NODES = 4  # each may start a server: more than this only fights over the CPUs
+_AGENT_POLL_S = 0.5
+
+
+class NodeDrill(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    node: str
+    engine: str | None = None
+    verdict: NodeVerdict = "passed"
+    runs_on: str | None = None  # "this machine" or the scratch agent's address
+    volumes: dict[str, str] = Field(default_factory=dict)  # volume -> restored directory or volume id
+    expected: VerifyFacts | None = None  # recorded at PREPARE
+    facts: VerifyFacts | None = None  # of the restored engine
+    mismatches: list[str] = Field(default_factory=list)
+    error: str | None = None
+    hint: str | None = None
+    restore_s: float | None = None  # its snapshots restored
+    start_s: float | None = None  # its engine up on the restored data
+    verify_s: float | None = None
+    rto_s: float | None = None  # drill start -> this node verified
+
+
+class DrillReport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cluster: str
+    run_id: str
+    drill_id: str
+    provider: str
+    started_at: datetime
+    finished_at: datetime | None = None
+    rto_s: float | None = None  # drill start -> the last engine verified (every node passed)
+    nodes: list[NodeDrill] = Field(default_factory=list)
+    scratch_dir: str | None = None
+    kept: bool = False  # --keep: scratch directories and restored volumes left for inspection
+    leftovers: list[str] = Field(default_factory=list)  # restored volumes the drill could not delete
+    teardown_errors: list[str] = Field(default_factory=list)
+    junit: str | None = None
+    record: str | None = None  # catalog key of this report
+
+    @property
+    def ok(self) -> bool:
+        return all(n.verdict == "passed" for n in self.nodes) and not self.teardown_errors
+
+    @property
+    def exit_code(self) -> ExitCode:
+        if any(n.verdict == "mismatch" for n in self.nodes):
+            return ExitCode.VERIFY_MISMATCH
+        return ExitCode.OK if self.ok else ExitCode.RUN_FAILED
+
+
+@dataclass
+class _Drill:
+    """What every node's drill shares, and what teardown needs to find."""
+
+    inventory: Inventory
+    manifest: Manifest
+    provider: Provider
+    scratch: Path
+    started: float  # monotonic
+    deadline: float
+    reporter: Reporter
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    made: list[tuple[SnapshotRef, str]] = field(default_factory=list)  # every restored volume, as it lands
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def run_drill(inventory: Inventory, run_ref: str = "latest", *, junit: Path | None = None, keep: bool = False,
+              reporter: Reporter | None = None) -> DrillReport:
+    from snapctl.junit import write_junit
+
+    reporter = reporter or NullReporter()
+    catalog = open_catalog(inventory)
+    manifest = load_restorable(catalog, run_ref)
+    for name in manifest.nodes:
+        inventory_node(inventory, name)  # every node of the run must still be described
+    junit_path = junit or (inventory.resolve(inventory.drill.junit) if inventory.drill.junit else Path(DEFAULT_JUNIT))
+    if not junit_path.parent.is_dir():
+        raise BadInputError(f"cannot write the junit report to {junit_path}: {junit_path.parent} is not a directory")
+    provider = create_provider(inventory.provider, cluster=inventory.cluster, base_dir=inventory.base_dir)
+    started_at = datetime.now(UTC)
+    drill_id = f"{started_at:%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
+    scratch = _scratch_dir(inventory, manifest.run_id, drill_id)
+    report = DrillReport(cluster=inventory.cluster, run_id=manifest.run_id, drill_id=drill_id, provider=provider.name,
+                         started_at=started_at, scratch_dir=str(scratch), kept=keep)
+    started = time.monotonic()
+    drill = _Drill(inventory, manifest, provider, scratch, started, started + inventory.drill.timeout_s, reporter)
+    try:
+        with _sigterm_interrupts():
+            reporter.step("drill", f"restoring run {manifest.run_id} ({len(manifest.nodes)} nodes) into {scratch}")
+            report.nodes = _drill_all(drill)
+    finally:
+        drill.cancelled.set()
+        reporter.step("teardown", "stopping scratch engines, removing restored data" if not keep else "keeping it all")
+        _teardown(drill, report, keep)
+        report.finished_at = datetime.now(UTC)
+    times = [n.rto_s for n in report.nodes if n.rto_s is not None]
+    report.rto_s = max(times) if report.ok and times and len(times) == len(report.nodes) else None
+    report.junit = str(write_junit(report, junit_path))
+    _record(catalog, report)
+    return report
+
+
+def _drill_all(drill: _Drill) -> list[NodeDrill]:
+    names = list(drill.manifest.nodes)
+    with ThreadPoolExecutor(min(_MAX_PARALLEL_NODES, len(names)) or 1, thread_name_prefix="snapctl-drill") as pool:
+        futures = [pool.submit(_drill_node, drill, name) for name in names]
+        try:
+            return [f.result() for f in futures]
+        except BaseException:
+            drill.cancelled.set()  # nodes not started yet do nothing; running ones stop at their next step
+            raise
+
+
+def _drill_node(drill: _Drill, name: str) -> NodeDrill:
+    record = drill.manifest.nodes[name]
+    node = inventory_node(drill.inventory, name)
+    result = NodeDrill(node=name, engine=record.engine or node.engine.get("type"),
+                       expected=record.state.facts if record.state else None)
+    try:
+        if record.state is None:
+            raise BadInputError("the run recorded no engine state for this node: there is nothing to compare with")
+        if not record.snapshots:
+            raise BadInputError("the run recorded no snapshots for this node")
+        _step(drill, name, "restoring")
+        facts = _restore_start_verify(drill, node, record, result)
+        result.facts = facts
+        result.mismatches += compare_facts(record.state.facts, facts)
+        result.rto_s = round(time.monotonic() - drill.started, 3)
+    except SnapctlError as exc:
+        result.error, result.hint = exc.message, exc.hint
+    except Exception as exc:  # noqa: BLE001 - one node's surprise must not hide the others' results
+        result.error = f"{type(exc).__name__}: {exc}"
+    result.verdict = "error" if result.error else ("mismatch" if result.mismatches else "passed")
+    detail = result.error or "; ".join(result.mismatches) or None
+    drill.reporter.node(name, {"passed": "passed", "mismatch": "mismatch", "error": "failed"}[result.verdict], detail)
+    return result
+
+
+def _restore_start_verify(drill: _Drill, node: Node, record: NodeRecord, result: NodeDrill) -> VerifyFacts:
+    """Restore the node's volumes, bring its engine up on them, and return the restored engine's facts."""
+    from snapctl.drill_engines import can_run_here
+
+    inventory, settings = drill.inventory, node.restore
+    engine_type = result.engine
+    if not settings.agent and not can_run_here(engine_type):
+        raise BadInputError(f"a {engine_type} engine cannot be started on this machine",
+                            hint="give the node a scratch agent: restore: {agent: URL, ...} (docs/restore.md)")
+    root = inventory.resolve(settings.path) if settings.path else drill.scratch / node.name
+    made: list[tuple[SnapshotRef, str]] = []
+    began = time.monotonic()
+    try:
+        result.volumes = restore_volumes(drill.provider, node, record, root=root, zone=None,
+                                         attach=bool(settings.agent and settings.instance), made=made)
+    finally:
+        with drill.lock:
+            drill.made.extend(made)
+    result.restore_s = round(time.monotonic() - began, 3)
+    _step(drill, node.name, "starting", f"restored in {result.restore_s:.1f}s")
+    if settings.agent:
+        result.runs_on = settings.agent
+        if not restored_files(result.volumes) and not settings.instance:
+            raise BadInputError("the restored cloud volumes are attached to no machine the scratch agent runs on",
+                                hint="set restore.instance (and restore.device/devices) on the node")
+        return asyncio.run(_through_agent(drill, node, result))
+    if not restored_files(result.volumes):
+        raise BadInputError("the restored volumes are cloud volumes: this machine cannot run an engine on them",
+                            hint="give the node a scratch agent and instance: restore: {agent: URL, instance: ID}")
+    return _on_this_machine(drill, node, record, result)
+
+
+def _on_this_machine(drill: _Drill, node: Node, record: NodeRecord, result: NodeDrill) -> VerifyFacts:
+    from snapctl.drill_engines import scratch_engine
+
+    inventory = drill.inventory
+    result.runs_on = "this machine"
+    settings = remap_paths(node.engine, inventory, node, result.volumes)
+    if settings is None:
+        raise BadInputError("none of the engine's paths lies on a restored volume",
+                            hint="the node's volumes must cover the engine's data paths")
+    assert record.state is not None
+    result.mismatches += missing_files(record.state.files, volume_roots(node.volumes, inventory.resolve),
+                                       result.volumes)
+    began = time.monotonic()
+    start_timeout = min(inventory.drill.start_timeout_s, _remaining(drill))
+    with scratch_engine(settings, base_dir=inventory.base_dir, workdir=drill.scratch / ".engines" / node.name,
+                        start_timeout_s=start_timeout) as engine:
+        result.start_s = round(time.monotonic() - began, 3)
+        _step(drill, node.name, "verifying", f"engine up in {result.start_s:.1f}s")
+        began = time.monotonic()
+        facts = engine.verify()
+        result.verify_s = round(time.monotonic() - began, 3)
+    return facts
+
+
+async def _through_agent(drill: _Drill, node: Node, result: NodeDrill) -> VerifyFacts:
+    async with scratch_agent(drill.inventory, node) as agent:
+        began = time.monotonic()
+        await agent.restore_prepare(node.restore.agent_path)
+        # The scratch machine's own supervisor starts the engine on the restored disks; wait for it.
+        limit = time.monotonic() + min(drill.inventory.drill.start_timeout_s, _remaining(drill))
+        while True:
+            status = await agent.status()
+            if status.engine.reachable:
+                break
+            if time.monotonic() >= limit or drill.cancelled.is_set():
+                raise EngineError(f"the engine behind scratch agent {node.restore.agent} did not come up within "
+                                  f"{drill.inventory.drill.start_timeout_s:g}s: {status.engine.error or 'unreachable'}",
+                                  hint="check the scratch machine; raise drill.start_timeout_s if it is just slow")
+            await asyncio.sleep(_AGENT_POLL_S)
+        result.start_s = round(time.monotonic() - began, 3)
+        _step(drill, node.name, "verifying", f"engine up in {result.start_s:.1f}s")
+        began = time.monotonic()
+        facts = await agent.verify()
+        result.verify_s = round(time.monotonic() - began, 3)
+        return facts
+
+
+def _step(drill: _Drill, node: str, phase: str, detail: str | None = None) -> None:
+    if drill.cancelled.is_set():
+        raise SnapctlError("the drill was interrupted")
+    if time.monotonic() > drill.deadline:
+        raise SnapctlError(f"the drill ran out of its {drill.inventory.drill.timeout_s:g}s before {phase} this node",
+                           hint="raise drill.timeout_s")
+    drill.reporter.node(node, phase, detail)
+
+
+def _remaining(drill: _Drill) -> float:
+    return max(drill.deadline - time.monotonic(), 1.0)
+
+
+def _teardown(drill: _Drill, report: DrillReport, keep: bool) -> None:
+    """Delete what the drill restored and started; scratch engines already stopped with their node."""
+    for ref, restored in drill.made:
+        local = Path(restored).is_absolute() and Path(restored).exists()
+        if keep:
+            report.leftovers.append(restored)
+        elif local:
+            try:
+                shutil.rmtree(restored)
+            except OSError as exc:
+                report.teardown_errors.append(f"node {ref.node}: cannot remove {restored}: {exc.strerror}")
+        else:
+            delete_volume = getattr(drill.provider, "delete_volume", None)
+            if delete_volume is None:
+                report.leftovers.append(restored)  # the provider cannot delete volumes: the report names them
+                continue
+            try:
+                delete_volume(restored)
+            except SnapctlError as exc:
+                report.teardown_errors.append(f"node {ref.node}: cannot delete restored volume {restored}: {exc}")
+                report.leftovers.append(restored)
+    if not keep:
+        shutil.rmtree(drill.scratch, ignore_errors=True)
+
+
+def _record(catalog: Catalog, report: DrillReport) -> None:
+    """The report under <cluster>/drills/, and its summary on the run's manifest."""
+    key = f"{catalog.cluster}/drills/{report.run_id}-{report.drill_id}.json"
+    report.record = key
+    catalog.store.write(key, report.model_dump_json(indent=2).encode())
+    assert report.finished_at is not None
+    summary = DrillSummary(drill_id=report.drill_id, ok=report.ok, started_at=report.started_at,
+                           finished_at=report.finished_at, rto_s=report.rto_s, report=key,
+                           failed_nodes=[n.node for n in report.nodes if n.verdict != "passed"])
+    manifest = catalog.load(report.run_id)  # fresh: retention may have touched it meanwhile
+    if manifest.status == "succeeded":
+        manifest.last_drill = summary
+        catalog.save(manifest)
+
+
+def _scratch_dir(inventory: Inventory, run_id: str, drill_id: str) -> Path:
+    if inventory.drill.scratch_dir:
+        scratch = inventory.resolve(inventory.drill.scratch_dir) / f"{run_id}-{drill_id}"
+        scratch.mkdir(parents=True)
+        return scratch.resolve()
+    return Path(tempfile.mkdtemp(prefix=f"snapctl-drill-{run_id}-")).resolve()
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """SIGTERM (a CI job cancelled) unwinds like Ctrl-C, so teardown still runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

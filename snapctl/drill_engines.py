@@ -1,0 +1,199 @@
+"""Engines started from restored files on this machine: what a drill of the embedded default runs.
+
+SQLite reads the restored file directly. Tarantool gets a scratch instance on the restored
+directories (read-only, no replication). etcd gets a scratch single-member cluster that the
+adapter's own restore-prepare rebuilds from the run's saved snapshot (``etcdctl snapshot restore``).
+Scratch servers listen on 127.0.0.1 on free ports and are killed on exit, whatever happened.
+
+Engines whose servers cannot run here (QuestDB, DingoDB, AresDB) are drilled through a scratch
+agent instead (``nodes[].restore.agent``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Self
+
+from node_agent.engines.base import Engine, create_engine
+from snapctl.errors import BadInputError, EngineError
+
+LOOPBACK = "127.0.0.1"
+# Engines the drill can run on this machine from restored files, and those of them that need no server.
+SCRATCH_ENGINES = ("sqlite", "tarantool", "etcd")
+FILE_ENGINES = ("sqlite",)
+
+# Read-only and without replication: the scratch instance recovers the restored files and never
+# writes to them, nor reaches out to the live replica set.
+TARANTOOL_LUA = """
+local port, work_dir, memtx_dir, wal_dir, vinyl_dir = arg[1], arg[2], arg[3], arg[4], arg[5]
+box.cfg{listen = '127.0.0.1:' .. port, work_dir = work_dir, memtx_dir = memtx_dir, wal_dir = wal_dir,
+        vinyl_dir = vinyl_dir, read_only = true, checkpoint_interval = 0}
+"""
+
+
+def can_run_here(engine_type: str | None) -> bool:
+    return engine_type in SCRATCH_ENGINES
+
+
+@contextmanager
+def scratch_engine(settings: dict[str, Any], *, base_dir: Path, workdir: Path,
+                   start_timeout_s: float) -> Iterator[Engine]:
+    """An engine whose data is the restored files ``settings`` point at (paths already moved onto
+    the restored volumes), restore-prepared and answering; everything started is stopped on exit."""
+    kind = settings.get("type")
+    starters: dict[str, Callable[..., Any]] = {"sqlite": _sqlite, "tarantool": _tarantool, "etcd": _etcd}
+    if kind not in starters:
+        raise BadInputError(f"a {kind} engine cannot be started on this machine for a drill",
+                            hint="give the node a scratch agent (restore.agent) where its engine runs")
+    workdir.mkdir(parents=True, exist_ok=True)
+    with starters[kind](dict(settings), base_dir, workdir, start_timeout_s) as engine:
+        try:
+            yield engine
+        finally:
+            engine.close()
+
+
+@contextmanager
+def _sqlite(settings: dict[str, Any], base_dir: Path, workdir: Path, start_timeout_s: float) -> Iterator[Engine]:
+    engine = create_engine(settings, base_dir=base_dir)
+    engine.restore_prepare(None)
+    yield engine
+
+
+@contextmanager
+def _tarantool(settings: dict[str, Any], base_dir: Path, workdir: Path, start_timeout_s: float) -> Iterator[Engine]:
+    binary = _binary("tarantool", "tarantool")
+    roots = [_resolve(base_dir, p) for p in (settings.get("data_paths") or [settings.get("work_dir")]) if p]
+    memtx_dir = _newest_parent(roots, "*.snap")
+    if memtx_dir is None:
+        raise EngineError(f"no tarantool .snap file in the restored {', '.join(map(str, roots))}",
+                          hint="the restored volumes must cover memtx_dir")
+    port = free_port()
+    settings.update(host=LOOPBACK, port=port)
+    engine = create_engine(settings, base_dir=base_dir)
+    engine.restore_prepare(memtx_dir)  # drops *.inprogress leftovers before recovery could trip on them
+    wal_dir = _newest_parent(roots, "*.xlog") or memtx_dir
+    vinyl_dir = _newest_parent(roots, "*.vylog") or memtx_dir
+    script = workdir / "tarantool-drill.lua"
+    script.write_text(TARANTOOL_LUA)
+    argv = [binary, str(script), str(port), str(workdir), str(memtx_dir), str(wal_dir), str(vinyl_dir)]
+    with ScratchProcess(argv, workdir, "tarantool") as process:
+        def running() -> bool:
+            status = engine.status()
+            return status.reachable and status.details.get("status") == "running"
+
+        process.wait_until(running, start_timeout_s, f"tarantool on {memtx_dir}")
+        yield engine
+
+
+@contextmanager
+def _etcd(settings: dict[str, Any], base_dir: Path, workdir: Path, start_timeout_s: float) -> Iterator[Engine]:
+    binary = _binary("etcd", "etcd-server")
+    _binary("etcdctl", "etcd-client")
+    client, peer = free_port(), free_port()
+    client_url, peer_url = f"http://{LOOPBACK}:{client}", f"http://{LOOPBACK}:{peer}"
+    name, token = "snapctl-drill", f"snapctl-drill-{os.getpid()}-{client}"
+    data_dir = workdir / "etcd-data"
+    # TLS and peers belong to the live cluster: the scratch member is plain HTTP on loopback, alone.
+    for key in ("ca_file", "cert_file", "key_file"):
+        settings.pop(key, None)
+    settings.update(endpoint=client_url, data_dir=str(data_dir), probe_peers=False,
+                    restore={"name": name, "initial_cluster": f"{name}={peer_url}",
+                             "initial_advertise_peer_urls": peer_url, "initial_cluster_token": token})
+    engine = create_engine(settings, base_dir=base_dir)
+    engine.restore_prepare(data_dir)  # etcdctl snapshot restore of the newest saved snapshot
+    argv = [binary, "--name", name, "--data-dir", str(data_dir),
+            "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
+            "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
+            "--initial-cluster", f"{name}={peer_url}", "--initial-cluster-token", token]
+    with ScratchProcess(argv, workdir, "etcd") as process:
+        def serving() -> bool:
+            status = engine.status()
+            return status.reachable and bool(status.raft) and status.raft[0].role == "leader"
+
+        process.wait_until(serving, start_timeout_s, f"etcd from the saved snapshot in {settings['backup_dir']}")
+        yield engine
+
+
+class ScratchProcess:
+    """A server in its own session with its output in a log file; killed (the whole group) on exit."""
+
+    def __init__(self, argv: list[str], workdir: Path, name: str) -> None:
+        self.argv, self.name = argv, name
+        self.log_path = workdir / f"{name}.log"
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Self:
+        with open(self.log_path, "ab") as log:
+            self.popen = subprocess.Popen(self.argv, cwd=self.log_path.parent, stdout=log, stderr=subprocess.STDOUT,
+                                          stdin=subprocess.DEVNULL, start_new_session=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+
+    def kill(self) -> None:
+        if self.popen is None:
+            return
+        if self.popen.poll() is None:
+            try:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.popen.wait(timeout=30)
+
+    def wait_until(self, ready: Callable[[], bool], timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.popen is not None and self.popen.poll() is not None:
+                raise EngineError(f"{what}: {self.name} exited with code {self.popen.returncode}: {self.last_line()}",
+                                  hint=f"its log: {self.log_path}")
+            try:
+                if ready():
+                    return
+            except EngineError:
+                pass  # still starting
+            if time.monotonic() >= deadline:
+                raise EngineError(f"{what}: {self.name} did not come up within {timeout_s:g}s: {self.last_line()}",
+                                  hint=f"raise drill.start_timeout_s if recovery is just slow; its log: {self.log_path}")
+            time.sleep(0.1)
+
+    def last_line(self) -> str:
+        try:
+            lines = [line for line in self.log_path.read_text(errors="replace").splitlines() if line.strip()]
+        except OSError:
+            return "no log"
+        return lines[-1].strip()[-300:] if lines else "no output"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
+def _binary(name: str, package: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        raise EngineError(f"the drill needs {name} on this machine to start the restored engine",
+                          hint=f"install it (Debian: apt-get install {package}), or give the node a restore.agent")
+    return found
+
+
+def _resolve(base_dir: Path, path: str) -> Path:
+    p = Path(os.path.expanduser(path))
+    return (p if p.is_absolute() else base_dir / p).resolve()
+
+
+def _newest_parent(roots: list[Path], pattern: str) -> Path | None:
+    """The directory of the newest file matching ``pattern`` under ``roots``."""
+    found = [p for root in roots if root.is_dir() for p in root.rglob(pattern) if p.is_file()]
+    return max(found, key=lambda p: (p.stat().st_mtime_ns, p.name)).parent if found else None

@@ -1,0 +1,99 @@
+"""A drill as JUnit XML, the report format every CI system shows: one testcase per node, one for
+the cluster. A mismatch is a ``failure`` (the data is wrong), anything else that went wrong an
+``error`` (the drill could not tell); messages name the node and what differs."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from snapctl.drill import DrillReport, NodeDrill
+
+
+def drill_junit(report: DrillReport) -> ET.ElementTree:
+    failures = sum(n.verdict == "mismatch" for n in report.nodes)
+    errors = sum(n.verdict == "error" for n in report.nodes)
+    cluster_failed = bool(failures or errors or report.teardown_errors)
+    total_s = (report.finished_at - report.started_at).total_seconds() if report.finished_at else 0.0
+    counts = {"tests": str(len(report.nodes) + 1), "failures": str(failures + (1 if failures else 0)),
+              "errors": str(errors + (1 if cluster_failed and not failures else 0)), "skipped": "0",
+              "time": f"{total_s:.3f}"}
+    suites = ET.Element("testsuites", name="snapctl drill", **counts)
+    suite = ET.SubElement(suites, "testsuite", name=f"drill {report.cluster} run {report.run_id}",
+                          timestamp=report.started_at.strftime("%Y-%m-%dT%H:%M:%S"), hostname=socket.gethostname(),
+                          **counts)
+    properties = ET.SubElement(suite, "properties")
+    for name, value in (("cluster", report.cluster), ("run_id", report.run_id), ("drill_id", report.drill_id),
+                        ("provider", report.provider), ("rto_s", report.rto_s)):
+        if value is not None:
+            ET.SubElement(properties, "property", name=name, value=str(value))
+    classname = f"snapctl.drill.{report.cluster}"
+    for node in report.nodes:
+        _node_case(suite, classname, node)
+    _cluster_case(suite, classname, report, total_s)
+    ET.indent(suites)
+    return ET.ElementTree(suites)
+
+
+def write_junit(report: DrillReport, path: Path) -> Path:
+    """Write atomically (temp file, rename): a CI job never reads half a report."""
+    tree = drill_junit(report)
+    path = path.resolve()
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            tree.write(out, encoding="utf-8", xml_declaration=True)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _node_case(suite: ET.Element, classname: str, node: NodeDrill) -> None:
+    case = ET.SubElement(suite, "testcase", classname=classname, name=f"node {node.node} ({node.engine or '?'})",
+                         time=f"{node.rto_s or 0.0:.3f}")
+    if node.verdict == "mismatch":
+        message = f"node {node.node}: " + "; ".join(node.mismatches)
+        failure = ET.SubElement(case, "failure", message=message, type="mismatch")
+        failure.text = "\n".join(node.mismatches)
+    elif node.verdict == "error":
+        message = f"node {node.node}: {node.error}"
+        error = ET.SubElement(case, "error", message=message, type="error")
+        error.text = message + (f"\nhint: {node.hint}" if node.hint else "")
+    out = ET.SubElement(case, "system-out")
+    out.text = "\n".join(_node_lines(node))
+
+
+def _cluster_case(suite: ET.Element, classname: str, report: DrillReport, total_s: float) -> None:
+    case = ET.SubElement(suite, "testcase", classname=classname, name=f"cluster {report.cluster}",
+                         time=f"{total_s:.3f}")
+    bad = [n for n in report.nodes if n.verdict != "passed"]
+    if any(n.verdict == "mismatch" for n in bad):
+        names = ", ".join(n.node for n in bad)
+        ET.SubElement(case, "failure", message=f"restored data does not match the backup on: {names}", type="mismatch")
+    elif bad or report.teardown_errors:
+        problems = [f"node {n.node}: {n.error}" for n in bad] + report.teardown_errors
+        ET.SubElement(case, "error", message="; ".join(problems), type="error")
+    lines = [f"rto: {report.rto_s:.3f}s" if report.rto_s is not None else "rto: not measured (a node failed)"]
+    lines += [f"left behind: {item}" for item in report.leftovers]
+    out = ET.SubElement(case, "system-out")
+    out.text = "\n".join(lines)
+
+
+def _node_lines(node: NodeDrill) -> list[str]:
+    lines = [f"runs on: {node.runs_on or '-'}"]
+    lines += [f"volume {name}: {where}" for name, where in node.volumes.items()]
+    for label, value in (("restore", node.restore_s), ("engine start", node.start_s), ("verify", node.verify_s)):
+        if value is not None:
+            lines.append(f"{label}: {value:.3f}s")
+    if node.expected and node.facts:
+        for table, want in node.expected.tables.items():
+            got = node.facts.tables.get(table)
+            lines.append(f"table {table}: {got.rows if got else 'missing'} rows (recorded {want.rows})")
+    return lines

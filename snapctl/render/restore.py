@@ -1,0 +1,85 @@
+"""`snapctl restore`, `drill` and `verify` for people (text) and scripts (JSON)."""
+
+from __future__ import annotations
+
+from rich.markup import escape
+from rich.table import Table
+
+from snapctl.errors import ExitCode
+from snapctl.render import _bytes, _relative, _seconds, jsonable
+
+_VERDICT = {"passed": "[green]passed[/]", "mismatch": "[red]mismatch[/]", "error": "[red]error[/]"}
+
+
+def restore_document(result) -> dict:
+    return {**jsonable(result), "ok": result.ok}
+
+
+def restore_text(r, result) -> int:
+    table = Table(title=f"restore of {result.run_id} into {result.target}", title_justify="left")
+    for column in ("node", "volumes", "prepared", "tables (rows)", "matches prepare"):
+        table.add_column(column)
+    for n in result.nodes:
+        tables = ", ".join(f"{t}={f.rows}" for t, f in (n.facts.tables.items() if n.facts else []))
+        if n.mismatches:
+            verdict = "[red]no: " + escape("; ".join(n.mismatches)) + "[/]"
+        elif n.facts is not None:
+            verdict = "[green]yes[/]"
+        else:
+            verdict = "-"
+        table.add_row(n.node, escape("\n".join(_relative(v, result.target) for v in n.volumes.values())) or "-",
+                      escape(n.prepared or "-"), tables or "-", verdict)
+    r.out.print(table)
+    for n in result.nodes:
+        if n.note:
+            r.out.print(f"  {n.node}: {escape(n.note)}")
+    return ExitCode.OK if result.ok else ExitCode.VERIFY_MISMATCH
+
+
+def drill_document(report) -> dict:
+    return {**jsonable(report), "ok": report.ok, "exit_code": int(report.exit_code)}
+
+
+def drill_text(r, report) -> int:
+    table = Table(title=f"drill of run {report.run_id} (cluster {report.cluster})", title_justify="left")
+    for column in ("node", "engine", "runs on", "restore", "start", "verify", "verdict"):
+        table.add_column(column, justify="right" if column in ("restore", "start", "verify") else "left")
+    for n in report.nodes:
+        table.add_row(n.node, n.engine or "-", escape(n.runs_on or "-"), _seconds(n.restore_s), _seconds(n.start_s),
+                      _seconds(n.verify_s), _VERDICT[n.verdict])
+    r.out.print(table)
+    for n in report.nodes:
+        for mismatch in n.mismatches:
+            r.out.print(f"  [red]{n.node}[/]: {escape(mismatch)}")
+        if n.error:
+            r.out.print(f"  [red]{n.node}[/]: {escape(n.error)}" + (f" (hint: {escape(n.hint)})" if n.hint else ""))
+    for problem in report.teardown_errors:
+        r.err.print(f"[yellow]teardown:[/] {escape(problem)}")
+    for item in report.leftovers:
+        r.err.print(f"[yellow]left behind:[/] {escape(item)}" + ("" if report.kept else " (delete it by hand)"))
+    outcome = "[bold green]passed[/]" if report.ok else "[bold red]failed[/]"
+    rto = f", RTO {_seconds(report.rto_s)}" if report.rto_s is not None else ""
+    r.out.print(f"drill {report.drill_id}: {outcome}{rto}; junit report {escape(report.junit or '-')}")
+    return report.exit_code
+
+
+def verify_document(result) -> dict:
+    return {**jsonable(result), "ok": result.ok}
+
+
+def verify_text(r, result) -> int:
+    table = Table(title=f"snapshots of run {result.run_id} ({result.provider})", title_justify="left")
+    for column in ("node", "volume", "snapshot", "bytes", "state"):
+        table.add_column(column, justify="right" if column == "bytes" else "left")
+    for s in result.snapshots:
+        state = "[green]ok[/]" if s.state == "ok" else f"[red]{s.state}[/]"
+        table.add_row(s.node, s.volume, escape(s.snapshot_id), _bytes(s.bytes), state)
+    r.out.print(table)
+    for s in result.snapshots:
+        for problem in s.problems:
+            r.out.print(f"  [red]{s.node}/{s.volume}[/]: {escape(problem)}")
+    for problem in result.problems:
+        r.out.print(f"  [red]{escape(problem)}[/]")
+    r.out.print("verify: " + ("[bold green]every snapshot is there and complete[/]" if result.ok else
+                              "[bold red]the run cannot be restored as recorded[/]"))
+    return ExitCode.OK if result.ok else ExitCode.VERIFY_MISMATCH

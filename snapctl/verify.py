@@ -1,0 +1,111 @@
+"""`snapctl verify RUN`: without restoring, does every snapshot of a run still exist, complete?
+
+The provider lists the run's snapshots by their run tag; each snapshot the manifest records must
+be among them and completed. Snapshots of the local provider are also opened: every file their
+index lists must be there with its recorded size, and every file PREPARE said the snapshot must
+contain (the engine's checkpoint, its saved backend) must be in it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from snapctl.catalog import open_catalog
+from snapctl.config import Inventory
+from snapctl.errors import BadInputError
+from snapctl.manifest import Manifest
+from snapctl.providers import TAG_RUN, SnapshotRef, create_provider
+
+CheckState = Literal["ok", "missing", "incomplete", "failed", "damaged"]
+# How many problems one snapshot reports before "and N more": a gutted snapshot lists thousands.
+_MAX_PROBLEMS = 5
+
+
+@dataclass
+class SnapshotCheck:
+    node: str
+    volume: str
+    snapshot_id: str
+    state: CheckState
+    problems: list[str] = field(default_factory=list)
+    progress: float | None = None
+    bytes: int | None = None
+
+
+@dataclass
+class VerifyResult:
+    run_id: str
+    provider: str
+    snapshots: list[SnapshotCheck]
+    problems: list[str] = field(default_factory=list)  # about the run, not one snapshot
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and all(s.state == "ok" for s in self.snapshots)
+
+
+def verify_run(inventory: Inventory, run_ref: str) -> VerifyResult:
+    catalog = open_catalog(inventory)
+    manifest = catalog.load(catalog.resolve(run_ref))
+    if manifest.status != "succeeded":
+        raise BadInputError(f"run {manifest.run_id} {manifest.status}: it has no snapshots to verify",
+                            hint="pick a succeeded run from `snapctl list`")
+    provider = create_provider(inventory.provider, cluster=inventory.cluster, base_dir=inventory.base_dir)
+    found = {ref.snapshot_id: ref for ref in provider.find({TAG_RUN: manifest.run_id})}
+    result = VerifyResult(manifest.run_id, provider.name, [])
+    for name, record in manifest.nodes.items():
+        if not record.snapshots:
+            result.problems.append(f"node {name}: the manifest records no snapshots")
+        for ref in record.snapshots:
+            result.snapshots.append(_check(ref, found.get(ref.snapshot_id), manifest))
+    return result
+
+
+def _check(recorded: SnapshotRef, current: SnapshotRef | None, manifest: Manifest) -> SnapshotCheck:
+    check = SnapshotCheck(recorded.node, recorded.volume, recorded.snapshot_id, "ok")
+    if current is None:
+        check.state = "missing"
+        check.problems.append(f"snapshot {recorded.snapshot_id} no longer exists")
+        return check
+    check.progress, check.bytes = current.progress, current.bytes
+    if current.state == "error":
+        check.state = "failed"
+        check.problems.append(f"snapshot {recorded.snapshot_id} is in error: {current.error or 'no reason given'}")
+    elif current.state != "completed":
+        check.state = "incomplete"
+        done = f" ({current.progress:.0f}%)" if current.progress is not None else ""
+        check.problems.append(f"snapshot {recorded.snapshot_id} is still {current.state}{done}")
+    elif current.provider == "local":
+        state = manifest.nodes[recorded.node].state
+        check.problems = _local_contents(current, state.files if state else [])
+        if check.problems:
+            check.state = "damaged"
+    return check
+
+
+def _local_contents(ref: SnapshotRef, engine_files: list[str]) -> list[str]:
+    """Files of a local snapshot against its own index, and the engine's files against the copy."""
+    from snapctl_local.store import DATA, read_metadata
+
+    snap_dir = Path(str(ref.extra.get("path") or ""))
+    meta = read_metadata(snap_dir) if ref.extra.get("path") else None
+    if meta is None:
+        return [f"snapshot {ref.snapshot_id}: its snapshot.json is unreadable"]
+    data = snap_dir / DATA
+    problems = []
+    for rel, facts in sorted((meta.get("files") or {}).items()):
+        file = data / rel
+        if not file.is_file():
+            problems.append(f"file {rel} is missing")
+        elif file.stat().st_size != facts.get("size"):
+            problems.append(f"file {rel} has {file.stat().st_size} bytes, recorded {facts.get('size')}")
+    source = Path(str(meta.get("source") or "")).resolve()
+    for engine_file in engine_files:
+        path = Path(engine_file).resolve()
+        if meta.get("source") and path.is_relative_to(source) and not (data / path.relative_to(source)).exists():
+            problems.append(f"file {path.name} recorded at prepare is not in the snapshot")
+    if len(problems) > _MAX_PROBLEMS:
+        problems = problems[:_MAX_PROBLEMS] + [f"and {len(problems) - _MAX_PROBLEMS} more"]
+    return problems

@@ -1,0 +1,171 @@
+"""`snapctl backup` then `snapctl restore` of the demo cluster with each cloud provider: the demo's
+SQLite agents, their volumes fake cloud disks (moto for aws; local servers answering the GCP and
+Azure REST wire formats), the real SDKs in the CLI process talking HTTP to them."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import yaml
+
+from snapctl.errors import ExitCode
+from tests.e2e.conftest import THIRD_PARTY, Cluster, make_inventory
+from tests.fakes.azure_compute import FakeAzureCompute
+from tests.fakes.gcp_compute import FakeGcpCompute
+from tests.moto_server import DEFAULT_REGION, dummy_aws_credentials, shared_moto_server
+
+NODES = ("node1", "node2", "node3")
+
+
+@contextlib.contextmanager
+def cloud_cluster(directory: Path, provider: dict, volumes: dict[str, list[dict]],
+                  restore: dict[str, dict] | None = None) -> Iterator[Cluster]:
+    """The demo cluster's agents, with each node's volumes on the cloud."""
+    from snapctl import demo
+    from snapctl.config import load_inventory
+
+    path, nodes = make_inventory(directory, provider=provider)
+    data = yaml.safe_load(path.read_text())
+    for node in data["nodes"]:
+        node["volumes"] = volumes[node["name"]]
+        if restore:
+            node["restore"] = restore[node["name"]]
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    sys.path.insert(0, str(THIRD_PARTY))
+    try:
+        demo.up(load_inventory(path))
+        yield Cluster(directory, path, nodes)
+    finally:
+        demo.down(load_inventory(path))
+        sys.path.remove(str(THIRD_PARTY))
+
+
+def backed_up(cluster: Cluster) -> dict:
+    backup = cluster.snapctl("backup", "-o", "json", check_json=True)
+    assert backup.returncode == ExitCode.OK, backup.stderr
+    manifest = backup.json["data"]
+    assert manifest["status"] == "succeeded" and manifest["snapshots_completed"]
+    assert manifest["max_freeze_window_s"] > 0 and manifest["prepare_skew_s"] is not None
+    for name, record in manifest["nodes"].items():
+        [ref] = record["snapshots"]
+        assert record["freeze_window_s"] > 0
+        assert ref["state"] == "completed" and ref["volume"] == "data"
+        assert {k: ref["tags"][k] for k in ("snapctl-cluster", "snapctl-run", "snapctl-node", "snapctl-volume")} == {
+            "snapctl-cluster": "e2e", "snapctl-run": manifest["run_id"], "snapctl-node": name, "snapctl-volume": "data"}
+    return manifest
+
+
+def restored(cluster: Cluster, run_id: str, *flags: str) -> dict[str, str]:
+    restore = cluster.snapctl("restore", run_id, *flags, "-o", "json", check_json=True)
+    assert restore.returncode == ExitCode.OK, restore.stderr
+    return {node["node"]: node["volumes"]["data"] for node in restore.json["data"]["nodes"]}
+
+
+def verified(cluster: Cluster, run_id: str) -> None:
+    verify = cluster.snapctl("verify", run_id, "-o", "json", check_json=True)
+    assert verify.returncode == ExitCode.OK, verify.stdout + verify.stderr
+    assert {s["node"] for s in verify.json["data"]["snapshots"] if s["state"] == "ok"} == set(NODES)
+
+
+def test_aws_backup_then_restore_makes_volumes_from_the_runs_snapshots(tmp_path):
+    import boto3
+
+    moto = shared_moto_server()
+    moto.reset()
+    with dummy_aws_credentials():
+        ec2 = boto3.client("ec2", endpoint_url=moto.endpoint_url, region_name=DEFAULT_REGION)
+        zone, restore_zone = f"{DEFAULT_REGION}a", f"{DEFAULT_REGION}b"
+        sources = {n: ec2.create_volume(Size=8, AvailabilityZone=zone)["VolumeId"] for n in NODES}
+        instances = {n: ec2.run_instances(ImageId="ami-12345678", MinCount=1, MaxCount=1,
+                                          Placement={"AvailabilityZone": restore_zone})["Instances"][0]["InstanceId"]
+                     for n in NODES}
+        provider = {"type": "aws", "region": DEFAULT_REGION, "endpoint_url": moto.endpoint_url, "poll_interval_s": 0.05}
+        with cloud_cluster(tmp_path, provider, {n: [{"volume": sources[n], "name": "data"}] for n in NODES},
+                           {n: {"instance": instances[n], "devices": {"data": "/dev/sdf"}} for n in NODES}) as cluster:
+            manifest = backed_up(cluster)
+            snapshot_ids = {n: r["snapshots"][0]["snapshot_id"] for n, r in manifest["nodes"].items()}
+            for snapshot in ec2.describe_snapshots(SnapshotIds=list(snapshot_ids.values()))["Snapshots"]:
+                tags = {t["Key"]: t["Value"] for t in snapshot["Tags"]}
+                assert snapshot["VolumeId"] == sources[tags["snapctl-node"]]
+                assert tags["snapctl-run"] == manifest["run_id"]
+
+            volumes = restored(cluster, manifest["run_id"], "--zone", restore_zone)
+            for node, volume_id in volumes.items():
+                [volume] = ec2.describe_volumes(VolumeIds=[volume_id])["Volumes"]
+                assert volume["SnapshotId"] == snapshot_ids[node]
+                assert volume["AvailabilityZone"] == restore_zone and not volume["Attachments"]
+
+            attached = restored(cluster, manifest["run_id"], "--zone", restore_zone, "--attach")
+            for node, volume_id in attached.items():
+                [volume] = ec2.describe_volumes(VolumeIds=[volume_id])["Volumes"]
+                assert volume["SnapshotId"] == snapshot_ids[node]
+                assert [(a["InstanceId"], a["Device"]) for a in volume["Attachments"]] == [(instances[node], "/dev/sdf")]
+
+            verified(cluster, manifest["run_id"])
+            ec2.delete_snapshot(SnapshotId=snapshot_ids["node2"])
+            gone = cluster.snapctl("verify", manifest["run_id"])
+            assert gone.returncode == ExitCode.VERIFY_MISMATCH
+            assert f"{snapshot_ids['node2']} no longer exists" in gone.stdout
+
+
+def test_gcp_backup_then_restore_makes_disks_from_the_runs_snapshots(tmp_path):
+    zone, restore_zone = "europe-west1-b", "europe-west1-c"
+    with FakeGcpCompute(op_running_polls=1, creating_polls=1, uploading_polls=1) as fake:
+        for node in NODES:
+            fake.add_disk(zone, f"{node}-data")
+        provider = {"type": "gcp", "project": fake.project, "api_endpoint": fake.url, "anonymous": True,
+                    "poll_interval_s": 0.01}
+        volumes = {n: [{"disk": f"{n}-data", "zone": zone, "name": "data"}] for n in NODES}
+        with cloud_cluster(tmp_path, provider, volumes) as cluster:
+            manifest = backed_up(cluster)
+            for name, record in manifest["nodes"].items():
+                snapshot = fake.snapshots[record["snapshots"][0]["snapshot_id"]]
+                assert snapshot["sourceDisk"].endswith(f"/zones/{zone}/disks/{name}-data")
+                assert snapshot["status"] == "READY" and snapshot["labels"]["snapctl-node"] == name
+
+            disks = restored(cluster, manifest["run_id"], "--zone", restore_zone)
+            for name, disk_path in disks.items():
+                disk = fake.disks[(restore_zone, disk_path.rsplit("/", 1)[-1])]
+                snapshot_id = manifest["nodes"][name]["snapshots"][0]["snapshot_id"]
+                assert disk["sourceSnapshot"].endswith(f"/global/snapshots/{snapshot_id}")
+            verified(cluster, manifest["run_id"])
+
+
+def test_azure_backup_then_restore_makes_disks_from_the_runs_snapshots(tmp_path):
+    group = "rg-e2e"
+    with FakeAzureCompute(op_polls=1, provisioning_polls=1, copy_polls=1) as fake:
+        sources = {n: fake.add_disk(group, f"{n}-data") for n in NODES}
+        provider = {"type": "azure", "subscription_id": fake.subscription, "resource_group": group,
+                    "location": "westeurope", "base_url": fake.url, "insecure_http_for_tests": True,
+                    "dummy_credential_for_tests": True, "polling_interval_s": 0.01}
+        with cloud_cluster(tmp_path, provider, {n: [{"disk_id": sources[n], "name": "data"}] for n in NODES}) as cluster:
+            manifest = backed_up(cluster)
+            snapshots = fake.snapshots()
+            for name, record in manifest["nodes"].items():
+                snapshot = snapshots[record["snapshots"][0]["snapshot_id"].rsplit("/", 1)[-1]]
+                assert snapshot["properties"]["creationData"]["sourceResourceId"] == sources[name]
+                assert snapshot["tags"]["snapctl-run"] == manifest["run_id"]
+
+            disks = restored(cluster, manifest["run_id"], "--zone", "2")
+            made = fake.disks()
+            for name, disk_id in disks.items():
+                disk = made[disk_id.rsplit("/", 1)[-1]]
+                assert disk["properties"]["creationData"]["sourceResourceId"] == \
+                    manifest["nodes"][name]["snapshots"][0]["snapshot_id"]
+                assert disk["zones"] == ["2"]
+            verified(cluster, manifest["run_id"])
+
+
+def test_the_azure_dummy_credential_is_refused_off_loopback():
+    import pytest
+
+    from snapctl.errors import BadInputError
+    from snapctl.providers import create_provider
+
+    settings = {"type": "azure", "subscription_id": "00000000-0000-4000-8000-000000000001", "resource_group": "rg",
+                "location": "westeurope", "dummy_credential_for_tests": True}
+    with pytest.raises(BadInputError, match="dummy_credential_for_tests is only allowed with a base_url on 127.0.0.1"):
+        create_provider({**settings, "base_url": "https://management.azure.com"}, cluster="c", base_dir=Path("."))

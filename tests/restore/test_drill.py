@@ -1,0 +1,177 @@
+"""Drills of embedded SQLite nodes: pass, mismatch, errors, teardown, the record, a scratch agent."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from snapctl.catalog import open_catalog
+from snapctl.drill import run_drill
+from snapctl.errors import ExitCode
+from tests.conftest import free_port
+from tests.restore.conftest import ROWS
+
+
+def junit_cases(path: Path) -> dict[str, ET.Element]:
+    return {case.get("name"): case for case in ET.parse(path).getroot().iter("testcase")}
+
+
+def test_a_drill_restores_verifies_records_and_tears_down(sqlite_cluster, tmp_path):
+    run_id = sqlite_cluster.backup()
+    sqlite_cluster.write("n1", 7)  # the live database moves on; the drill must find the backup's rows
+
+    report = run_drill(sqlite_cluster.inventory, "latest", junit=tmp_path / "drill.xml")
+
+    assert report.ok and report.exit_code == ExitCode.OK
+    assert [(n.node, n.verdict, n.runs_on) for n in report.nodes] == [("n1", "passed", "this machine"),
+                                                                      ("n2", "passed", "this machine")]
+    for node in report.nodes:
+        assert node.facts.tables["items"].rows == ROWS
+        assert node.facts.tables["items"].checksum == node.expected.tables["items"].checksum
+        assert 0 < node.rto_s <= report.rto_s
+    assert not any((sqlite_cluster.directory / "scratch").iterdir()), "scratch data is torn down"
+
+    cases = junit_cases(tmp_path / "drill.xml")
+    assert set(cases) == {"node n1 (sqlite)", "node n2 (sqlite)", "cluster restore-test"}
+    assert not any(case.find("failure") is not None or case.find("error") is not None for case in cases.values())
+
+    catalog = open_catalog(sqlite_cluster.inventory)
+    stored = yaml.safe_load(catalog.store.read(report.record))
+    assert stored["run_id"] == run_id and stored["nodes"][0]["verdict"] == "passed"
+    summary = catalog.load(run_id).last_drill
+    assert summary.ok and summary.report == report.record and summary.failed_nodes == []
+
+
+def test_a_changed_row_in_a_snapshot_fails_the_drill_naming_node_and_table(sqlite_cluster, tmp_path):
+    run_id = sqlite_cluster.backup()
+    with sqlite3.connect(sqlite_cluster.snapshot_data("n2", run_id) / "app.db") as conn:
+        conn.execute("UPDATE items SET payload = 'n2 tampered' WHERE id = 3")  # same length: same file size
+
+    report = run_drill(sqlite_cluster.inventory, run_id[:10], junit=tmp_path / "drill.xml")
+
+    assert report.exit_code == ExitCode.VERIFY_MISMATCH and not report.ok
+    n1, n2 = report.nodes
+    assert n1.verdict == "passed"
+    assert n2.verdict == "mismatch"
+    [mismatch] = n2.mismatches
+    assert mismatch.startswith("table items: checksum ")
+    failure = junit_cases(tmp_path / "drill.xml")["node n2 (sqlite)"].find("failure")
+    assert failure.get("message").startswith("node n2: table items: checksum")
+    assert open_catalog(sqlite_cluster.inventory).load(run_id).last_drill.failed_nodes == ["n2"]
+    assert report.rto_s is None
+    assert not any((sqlite_cluster.directory / "scratch").iterdir())
+
+
+def test_an_unreachable_scratch_agent_is_an_error_for_its_node_only(sqlite_cluster, tmp_path):
+    sqlite_cluster.backup()
+    sqlite_cluster.edit(node_n2={"restore": {"path": "n2-scratch", "agent": f"http://127.0.0.1:{free_port()}"}})
+
+    report = run_drill(sqlite_cluster.inventory, junit=tmp_path / "drill.xml")
+
+    assert report.exit_code == ExitCode.RUN_FAILED
+    assert report.nodes[0].verdict == "passed"
+    assert report.nodes[1].verdict == "error" and "cannot reach the agent" in report.nodes[1].error
+    assert junit_cases(tmp_path / "drill.xml")["node n2 (sqlite)"].find("error") is not None
+    assert not (sqlite_cluster.directory / "n2-scratch" / "data").exists(), "what was restored is removed"
+
+
+def test_a_snapshot_gone_from_the_store_fails_its_node(sqlite_cluster, tmp_path):
+    import shutil
+
+    run_id = sqlite_cluster.backup()
+    shutil.rmtree(sqlite_cluster.snapshot_data("n1", run_id).parent)
+
+    report = run_drill(sqlite_cluster.inventory, junit=tmp_path / "drill.xml")
+
+    assert report.nodes[0].verdict == "error" and "not found" in report.nodes[0].error
+    assert report.nodes[1].verdict == "passed"
+    assert report.exit_code == ExitCode.RUN_FAILED
+
+
+def test_a_drill_past_its_time_budget_fails_with_the_setting_to_raise(sqlite_cluster, tmp_path):
+    sqlite_cluster.backup()
+    sqlite_cluster.edit(drill={"scratch_dir": "scratch", "timeout_s": "1ms"})
+    time.sleep(0.01)
+
+    report = run_drill(sqlite_cluster.inventory, junit=tmp_path / "drill.xml")
+
+    assert {n.verdict for n in report.nodes} == {"error"}
+    assert "ran out of its 0.001s" in report.nodes[0].error and report.nodes[0].hint == "raise drill.timeout_s"
+
+
+def test_keep_leaves_the_restored_data_for_inspection(sqlite_cluster, tmp_path):
+    sqlite_cluster.backup()
+    report = run_drill(sqlite_cluster.inventory, junit=tmp_path / "drill.xml", keep=True)
+    assert report.ok and report.kept
+    assert sorted(Path(p).parent.name for p in report.leftovers) == ["n1", "n2"]
+    assert all((Path(p) / "app.db").is_file() for p in report.leftovers)
+
+
+@contextlib.contextmanager
+def scratch_agent(directory: Path, token_file: Path, database: Path):
+    """A real snapctl-agent beside where the drill restores n1: its engine comes up once the file is there."""
+    port = free_port()
+    config = directory / "scratch-agent.yaml"
+    config.write_text(yaml.safe_dump({"node": "n1-scratch", "listen": "127.0.0.1", "port": port,
+                                      "token_file": str(token_file), "engine": {"type": "sqlite", "path": str(database)}}))
+    with open(directory / "scratch-agent.log", "wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "node_agent.main", "--config", str(config)],
+                                   stdout=log, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(f"{url}/v1/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline and process.poll() is None, (directory / "scratch-agent.log").read_text()
+            time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def test_a_node_with_a_scratch_agent_is_verified_by_that_agent(sqlite_cluster, tmp_path):
+    sqlite_cluster.backup()
+    token_file = tmp_path / "agent-token"
+    token_file.write_text("scratch-agent-token\n")
+    target = tmp_path / "n1-scratch"
+    with scratch_agent(tmp_path, token_file, target / "data" / "app.db") as url:
+        sqlite_cluster.edit(auth={"token_file": str(token_file)},
+                            node_n1={"restore": {"path": str(target), "agent": url}})
+        report = run_drill(sqlite_cluster.inventory, junit=tmp_path / "drill.xml")
+
+    assert report.ok, [n.error for n in report.nodes]
+    n1, n2 = report.nodes
+    assert n1.runs_on == url and n2.runs_on == "this machine"
+    assert n1.facts.tables["items"].rows == ROWS and n1.start_s is not None
+    assert n1.volumes == {"data": str(target / "data")}
+    assert not (target / "data").exists(), "the restored volume is torn down after the drill"
+
+
+def test_only_a_succeeded_run_can_be_drilled(sqlite_cluster, tmp_path):
+    from snapctl.errors import BadInputError
+
+    run_id = sqlite_cluster.backup()
+    catalog = open_catalog(sqlite_cluster.inventory)
+    manifest = catalog.load(run_id)
+    manifest.status = "failed"
+    catalog.save(manifest)
+    with pytest.raises(BadInputError, match=f"run {run_id} failed: it has nothing to restore"):
+        run_drill(sqlite_cluster.inventory, run_id, junit=tmp_path / "drill.xml")

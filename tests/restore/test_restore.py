@@ -1,0 +1,94 @@
+"""`snapctl restore` with the local provider: targets, restore-prepare, in-place verification."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from snapctl.config import parse_inventory
+from snapctl.errors import BadInputError
+from snapctl.providers import RestoreTarget
+from snapctl.restore import remap_paths, restore_run, restore_target
+from tests.restore.conftest import ROWS
+
+
+def test_restore_to_a_directory_prepares_and_verifies_each_node(sqlite_cluster, tmp_path):
+    run_id = sqlite_cluster.backup()
+    sqlite_cluster.write("n2", 5)
+    target = tmp_path / "restored"
+    (target / "n1" / "data").mkdir(parents=True)
+    (target / "n1" / "data" / "app.db-shm").write_bytes(b"stale")  # not empty: the provider refuses
+
+    with pytest.raises(BadInputError, match="is not an empty directory"):
+        restore_run(sqlite_cluster.inventory, run_id, target)
+
+    result = restore_run(sqlite_cluster.inventory, run_id, tmp_path / "again")
+    assert result.ok
+    for node in result.nodes:
+        assert node.volumes == {"data": str(tmp_path / "again" / node.node / "data")}
+        assert node.prepared == "in-process"
+        assert node.facts.tables["items"].rows == ROWS and node.mismatches == []
+
+
+def test_each_node_restores_to_its_own_restore_path_when_no_target_is_given(sqlite_cluster, tmp_path):
+    sqlite_cluster.backup()
+    with pytest.raises(BadInputError, match="node n1: nowhere to restore to"):
+        restore_run(sqlite_cluster.inventory, "latest")
+    sqlite_cluster.edit(node_n1={"restore": {"path": "r/n1"}}, node_n2={"restore": {"path": "r/n2"}})
+    result = restore_run(sqlite_cluster.inventory, "latest")
+    assert [n.volumes["data"] for n in result.nodes] == [str(tmp_path / "r" / n / "data") for n in ("n1", "n2")]
+    with sqlite3.connect(tmp_path / "r" / "n2" / "data" / "app.db") as conn:
+        assert conn.execute("SELECT count(*) FROM items").fetchone()[0] == ROWS
+
+
+def test_a_changed_row_makes_the_restore_report_the_mismatch(sqlite_cluster, tmp_path):
+    run_id = sqlite_cluster.backup()
+    with sqlite3.connect(sqlite_cluster.snapshot_data("n1", run_id) / "app.db") as conn:
+        conn.execute("DELETE FROM items WHERE id = 1")
+    result = restore_run(sqlite_cluster.inventory, run_id, tmp_path / "restored")
+    assert not result.ok
+    assert result.nodes[0].mismatches == [f"table items: {ROWS - 1} rows, expected {ROWS}"]
+    assert result.nodes[1].mismatches == []
+
+
+def test_cloud_targets_come_from_flags_then_the_nodes_restore_block():
+    inventory = parse_inventory("""
+cluster: c
+provider: {type: local}
+nodes:
+  - name: db1
+    agent: http://127.0.0.1:7701
+    volumes: [data]
+    restore: {zone: us-east-1a, instance: i-0123456789abcdef0, devices: {data: /dev/sdf, wal: /dev/sdg},
+              options: {volume_type: gp3}}
+  - name: db2
+    agent: http://127.0.0.1:7702
+    volumes: [data]
+""")
+    db1, db2 = inventory.nodes
+    assert restore_target(db1, "wal", root=None, zone=None, attach=True) == RestoreTarget(
+        zone="us-east-1a", instance="i-0123456789abcdef0", device="/dev/sdg", extra={"volume_type": "gp3"})
+    plain = restore_target(db1, "data", root=None, zone="us-east-1c", attach=False)
+    assert (plain.zone, plain.instance, plain.device) == ("us-east-1c", None, None)
+    with pytest.raises(BadInputError, match="node db2: --attach needs restore.instance"):
+        restore_target(db2, "data", root=None, zone="us-east-1a", attach=True)
+
+
+def test_engine_paths_on_a_volume_move_to_where_it_was_restored(tmp_path):
+    inventory = parse_inventory("""
+cluster: c
+provider: {type: local}
+nodes:
+  - name: tt1
+    agent: embedded
+    engine: {type: tarantool, work_dir: /srv/tt/work, data_paths: [/srv/tt/work/memtx, /srv/wal],
+              password_file: /etc/tt.password, host: 127.0.0.1}
+    volumes: [{name: work, path: /srv/tt/work}, {name: wal, path: /srv/wal}]
+""", base_dir=tmp_path)
+    node = inventory.nodes[0]
+    moved = remap_paths(node.engine, inventory, node, {"work": "/r/work", "wal": "/r/wal"})
+    assert moved["work_dir"] == "/r/work"
+    assert moved["data_paths"] == ["/r/work/memtx", "/r/wal"]
+    assert moved["password_file"] == "/etc/tt.password" and moved["host"] == "127.0.0.1"
+    assert remap_paths(node.engine, inventory, node, {}) is None

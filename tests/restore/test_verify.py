@@ -1,0 +1,49 @@
+"""`snapctl verify RUN`: every snapshot there and complete, without restoring anything."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+from snapctl.errors import ExitCode
+from snapctl.verify import verify_run
+
+
+def test_a_fresh_run_verifies(sqlite_cluster):
+    run_id = sqlite_cluster.backup()
+    result = verify_run(sqlite_cluster.inventory, "latest")
+    assert result.ok and result.run_id == run_id
+    assert sorted((s.node, s.volume, s.state) for s in result.snapshots) == [("n1", "data", "ok"), ("n2", "data", "ok")]
+
+
+def test_a_truncated_file_and_a_deleted_snapshot_are_named(sqlite_cluster):
+    run_id = sqlite_cluster.backup()
+    data = sqlite_cluster.snapshot_data("n1", run_id)
+    (data / "app.db").write_bytes((data / "app.db").read_bytes()[:1024])
+    shutil.rmtree(sqlite_cluster.snapshot_data("n2", run_id).parent)
+
+    result = verify_run(sqlite_cluster.inventory, run_id)
+
+    assert not result.ok
+    n1, n2 = sorted(result.snapshots, key=lambda s: s.node)
+    assert n1.state == "damaged" and n1.problems[0].startswith("file app.db has 1024 bytes, recorded ")
+    assert n2.state == "missing" and n2.problems == [f"snapshot {n2.snapshot_id} no longer exists"]
+
+
+def test_an_engine_file_missing_from_the_snapshot_is_found(sqlite_cluster):
+    run_id = sqlite_cluster.backup()
+    (sqlite_cluster.snapshot_data("n2", run_id) / "app.db").unlink()
+    [_, n2] = sorted(verify_run(sqlite_cluster.inventory, run_id).snapshots, key=lambda s: s.node)
+    assert "file app.db is missing" in n2.problems
+    assert "file app.db recorded at prepare is not in the snapshot" in n2.problems
+
+
+def test_the_cli_exits_7_when_a_snapshot_is_gone(sqlite_cluster):
+    run_id = sqlite_cluster.backup()
+    cli = [sys.executable, "-m", "snapctl.cli", "verify", run_id, "-i", str(sqlite_cluster.inventory_path)]
+    assert subprocess.run(cli, check=False, capture_output=True, text=True, timeout=60).returncode == ExitCode.OK
+    shutil.rmtree(sqlite_cluster.snapshot_data("n1", run_id).parent)
+    failed = subprocess.run(cli, check=False, capture_output=True, text=True, timeout=60)
+    assert failed.returncode == ExitCode.VERIFY_MISMATCH
+    assert "no longer exists" in failed.stdout and "n1" in failed.stdout
