@@ -108,6 +108,16 @@ def create_app(service: AgentService, token: str | None, *, max_body_bytes: int 
     async def verify() -> VerifyFacts:
         return await _call(service.verify)
 
+    from fastapi.responses import PlainTextResponse
+
+    # No token: a scraper must not hold a credential that can freeze the database; no secrets or run ids inside.
+    # Prometheus text, not part of the versioned JSON API: left out of the OpenAPI document.
+    @app.get("/metrics", response_class=PlainTextResponse, include_in_schema=False)
+    async def metrics() -> PlainTextResponse:
+        from snapctl.metrics import CONTENT_TYPE, agent_metrics
+
+        return PlainTextResponse(await run_in_threadpool(agent_metrics, service), media_type=CONTENT_TYPE)
+
     return app
 
 

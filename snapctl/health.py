@@ -2,24 +2,37 @@
 
 Findings are graded: ``critical`` refuses a backup (unless --force), ``degraded`` is reported
 and recorded in the manifest, ``info`` is shown only.
+
+Raft groups are assembled across nodes: each agent reports only its own member's view of a group
+(a DingoDB region, a Tarantool replica set, an etcd cluster), so leader, term agreement and each
+follower's lag come from putting those views side by side.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from node_agent.models import AgentStatus, RaftGroup
+from node_agent.models import AgentStatus, RaftGroup, ReplicationProgress
+from snapctl import __version__
 from snapctl.config import Inventory
 
 Severity = Literal["info", "degraded", "critical"]
 _RANK = {"info": 0, "degraded": 1, "critical": 2}
 
+BUSY_SNAPSHOT_STATES = frozenset({"SAVING", "LOADING", "DOWNLOADING"})
+_LEADING = frozenset({"leader", "transferring"})  # braft's TRANSFERRING is a leader handing over
+
+# How long a member's snapshot has been busy, in seconds, or None when unknown.
+SnapshotAge = Callable[[str, RaftGroup], "float | None"]
+
 
 @dataclass(frozen=True)
 class Finding:
     severity: Severity
-    subject: str  # node name or raft group
+    subject: str  # node name, "raft group <name>", "backups", "catalog"
     message: str
 
     def __str__(self) -> str:
@@ -38,8 +51,49 @@ class NodeProbe:
 
 
 @dataclass
+class MemberView:
+    """One member of a raft group: its own view when its agent answered, else what its peers say."""
+
+    member: str
+    node: str | None  # the node whose agent reported this member; None: only seen as a peer
+    role: str
+    term: int | None = None
+    commit_index: int | None = None
+    applied_index: int | None = None
+    last_log_index: int | None = None
+    last_snapshot_index: int | None = None
+    last_snapshot_term: int | None = None
+    snapshot_status: str | None = None
+    snapshot_busy_s: float | None = None
+    lag_entries: int | None = None  # behind the leader
+    lag_seconds: float | None = None  # where the engine knows
+    replication_state: str | None = None  # as the leader's replicator reports it
+
+
+@dataclass
+class ReplicatorError:
+    peer: str
+    reported_by: str  # node
+    state: str | None
+    error: str
+    consecutive_errors: int
+
+
+@dataclass
+class GroupView:
+    group: str
+    leader: str | None = None
+    leader_node: str | None = None
+    term: int | None = None
+    members: list[MemberView] = field(default_factory=list)
+    replicators_in_error: list[ReplicatorError] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+
+
+@dataclass
 class Verdict:
     findings: list[Finding] = field(default_factory=list)
+    groups: list[GroupView] = field(default_factory=list)
 
     @property
     def level(self) -> Literal["healthy", "degraded", "critical"]:
@@ -50,34 +104,44 @@ class Verdict:
         return [f for f in self.findings if _RANK[f.severity] >= _RANK[severity]]
 
 
-def assess(inventory: Inventory, probes: list[NodeProbe], *, for_backup: bool = False) -> Verdict:
-    """Grade the cluster. With ``for_backup``, a node already held is critical (a backup would collide)."""
+def assess(inventory: Inventory, probes: list[NodeProbe], *, for_backup: bool = False,
+           snapshot_age: SnapshotAge | None = None) -> Verdict:
+    """Grade the cluster. With ``for_backup``, a node already held is critical (a backup would collide).
+    ``snapshot_age`` says how long a member's snapshot has been SAVING/LOADING/DOWNLOADING."""
     verdict = Verdict()
-    add = verdict.findings.append
     for probe in probes:
-        if probe.unauthorized:
-            add(Finding("critical", probe.node, f"agent refused our token: {probe.error}"))
-            continue
-        if probe.status is None:
-            add(Finding("critical", probe.node, f"agent unreachable: {probe.error}"))
-            continue
-        engine = probe.status.engine
-        if not engine.reachable:
-            add(Finding("critical", probe.node, f"engine {engine.engine} is down: {engine.error or 'unreachable'}"))
-        if probe.status.lease is not None:
-            lease = probe.status.lease
-            add(Finding("critical" if for_backup else "info", probe.node,
-                        f"held by run {lease.run_id} until {lease.expires_at:%H:%M:%S}Z"))
-        elif engine.held:
-            add(Finding("critical" if for_backup else "degraded", probe.node,
-                        f"engine already held by {engine.held_by or 'someone else'} (not this agent)"))
-    for group_name, members in raft_groups(probes).items():
-        verdict.findings.extend(assess_raft_group(group_name, members, inventory))
+        verdict.findings.extend(assess_node(probe, for_backup=for_backup))
+    for name, members in raft_groups(probes).items():
+        group = build_group(name, members, inventory, snapshot_age)
+        verdict.groups.append(group)
+        verdict.findings.extend(group.findings)
     return verdict
 
 
+def assess_node(probe: NodeProbe, *, for_backup: bool = False) -> list[Finding]:
+    if probe.unauthorized:
+        return [Finding("critical", probe.node, f"agent refused our token: {probe.error}")]
+    if probe.status is None:
+        return [Finding("critical", probe.node, f"agent unreachable: {probe.error}")]
+    findings: list[Finding] = []
+    add = findings.append
+    engine = probe.status.engine
+    if not engine.reachable:
+        add(Finding("critical", probe.node, f"engine {engine.engine} is down: {engine.error or 'unreachable'}"))
+    if probe.status.lease is not None:
+        lease = probe.status.lease
+        add(Finding("critical" if for_backup else "info", probe.node,
+                    f"held by run {lease.run_id} until {lease.expires_at:%H:%M:%S}Z"))
+    elif engine.held:
+        add(Finding("critical" if for_backup else "degraded", probe.node,
+                    f"engine already held by {engine.held_by or 'someone else'} (not this agent)"))
+    if probe.status.agent_version != __version__:
+        add(Finding("info", probe.node, f"agent version {probe.status.agent_version} differs from snapctl {__version__}"))
+    return findings
+
+
 def raft_groups(probes: list[NodeProbe]) -> dict[str, list[tuple[str, RaftGroup]]]:
-    """Raft groups across nodes: group name -> [(node, that member's view)]."""
+    """Raft groups across nodes: group name -> [(node, that member's view)], in inventory order."""
     groups: dict[str, list[tuple[str, RaftGroup]]] = {}
     for probe in probes:
         if probe.status is None:
@@ -88,25 +152,147 @@ def raft_groups(probes: list[NodeProbe]) -> dict[str, list[tuple[str, RaftGroup]
 
 
 def assess_raft_group(name: str, members: list[tuple[str, RaftGroup]], inventory: Inventory) -> list[Finding]:
+    return build_group(name, members, inventory).findings
+
+
+def build_group(name: str, views: list[tuple[str, RaftGroup]], inventory: Inventory,
+                snapshot_age: SnapshotAge | None = None) -> GroupView:
+    """The group as a whole from its members' own views, with its findings."""
+    own = {g.member: (node, g) for node, g in views}
+    claimed = sorted({g.member for _, g in views if g.role in _LEADING})
+    named = Counter(g.leader for _, g in views if g.leader and g.role not in _LEADING)
+    terms = {g.term for _, g in views if g.term is not None}
+    view = GroupView(group=name)
+    if claimed:  # a stale leader of an older term can still believe it leads: the newest term wins
+        view.leader = max(claimed, key=lambda m: own[m][1].term or -1)
+    elif named:
+        view.leader = named.most_common(1)[0][0]
+    if view.leader in own:
+        view.leader_node, view.term = own[view.leader][0], own[view.leader][1].term
+    elif terms:
+        view.term = max(terms)
+    leader_view = own[view.leader][1] if view.leader in own else None
+
+    for member in _member_ids(views):
+        view.members.append(_member(member, own.get(member), view.leader, leader_view, views, snapshot_age))
+    for node, group in views:
+        for p in group.replication:
+            if p.error or p.consecutive_errors:
+                view.replicators_in_error.append(ReplicatorError(
+                    p.peer, node, p.state, p.error or f"{p.consecutive_errors} consecutive errors",
+                    p.consecutive_errors))
+    view.findings = _grade_group(view, views, claimed, named, terms, inventory)
+    return view
+
+
+def _member_ids(views: list[tuple[str, RaftGroup]]) -> list[str]:
+    """Members with their own view first (in inventory order), then those only seen as peers."""
+    ids = [g.member for _, g in views]
+    seen = set(ids)
+    others = {p for _, g in views for p in [*g.peers, *(r.peer for r in g.replication)]} - seen
+    return list(dict.fromkeys(ids)) + sorted(others)
+
+
+def _member(member: str, mine: tuple[str, RaftGroup] | None, leader: str | None, leader_view: RaftGroup | None,
+            views: list[tuple[str, RaftGroup]], snapshot_age: SnapshotAge | None) -> MemberView:
+    node, g = mine if mine else (None, None)
+    m = MemberView(member=member, node=node, role=g.role if g else ("leader" if member == leader else "unknown"))
+    if g is not None:
+        m.term, m.commit_index, m.applied_index = g.term, g.commit_index, g.applied_index
+        m.last_log_index, m.snapshot_status = g.last_log_index, g.snapshot_status
+        m.last_snapshot_index, m.last_snapshot_term = g.last_snapshot_index, g.last_snapshot_term
+        if g.snapshot_status in BUSY_SNAPSHOT_STATES:
+            known = [a for a in (snapshot_age(node, g) if snapshot_age and node else None,
+                                 _number(g.extra.get("snapshot_busy_s"))) if a is not None]
+            m.snapshot_busy_s = max(known) if known else None
+    if member == leader:
+        return m
+    from_leader = _progress(leader_view, member)
+    if from_leader is not None:
+        m.lag_entries, m.lag_seconds, m.replication_state = from_leader.lag_entries, from_leader.lag_seconds, \
+            from_leader.state
+    elif leader_view is None:  # the leader is not monitored: the worst any member reports
+        reported = [p.lag_entries for _, v in views for p in v.replication if p.peer == member and p.lag_entries is not None]
+        m.lag_entries = max(reported, default=None)
+    if m.lag_entries is None and g is not None and leader_view is not None:
+        ahead = _first(leader_view.commit_index, leader_view.last_log_index)
+        behind = _first(g.applied_index, g.commit_index, g.last_log_index)
+        if ahead is not None and behind is not None:
+            m.lag_entries = max(0, ahead - behind)
+    # The follower's own view of its link to the leader knows the lag in seconds best (tarantool's upstream.lag).
+    own_link = _progress(g, leader) if leader else None
+    if own_link is not None and own_link.lag_seconds is not None:
+        m.lag_seconds = own_link.lag_seconds
+    return m
+
+
+def _grade_group(view: GroupView, views: list[tuple[str, RaftGroup]], claimed: list[str], named: Counter,
+                 terms: set[int], inventory: Inventory) -> list[Finding]:
     findings: list[Finding] = []
-    subject = f"raft group {name}"
-    leaders = {g.member for _, g in members if g.role == "leader"}
-    terms = {g.term for _, g in members if g.term is not None}
-    if not leaders:
-        seen_leader = {g.leader for _, g in members if g.leader}
-        if not seen_leader:
-            findings.append(Finding("critical", subject, "no leader"))
-    elif len(leaders) > 1:
-        findings.append(Finding("critical", subject, f"{len(leaders)} leaders: {', '.join(sorted(leaders))}"))
+    subject = f"raft group {view.group}"
+
+    def add(severity: Severity, message: str) -> None:
+        findings.append(Finding(severity, subject, message))
+
+    by_id = {m.member: m for m in view.members}
+    if not claimed and not named:
+        roles = ", ".join(f"{_who(m)} {m.role}" for m in view.members if m.node)
+        add("critical", f"no leader ({roles})")
+    elif len(claimed) > 1:
+        add("critical", f"{len(claimed)} members claim to lead: "
+            + ", ".join(f"{_who(by_id[m])} (term {by_id[m].term})" for m in claimed))
+    elif not claimed and len(named) > 1:
+        add("degraded", "members disagree on the leader: " + ", ".join(sorted(named)))
     if len(terms) > 1:
-        findings.append(Finding("degraded", subject, f"members disagree on the term: {sorted(terms)}"))
-    limit = inventory.policy.max_follower_lag
-    for node, group in members:
-        for progress in group.replication:
-            if progress.lag_entries is not None and progress.lag_entries > limit:
-                findings.append(Finding("degraded", subject,
-                                        f"follower {progress.peer} lags {progress.lag_entries} entries (limit {limit})"))
-            if progress.error or progress.consecutive_errors:
-                findings.append(Finding("degraded", subject,
-                                        f"replication to {progress.peer} failing: {progress.error or 'consecutive errors'}"))
+        add("degraded", "members disagree on the term: "
+            + ", ".join(f"{_who(m)} {m.term}" for m in view.members if m.term is not None))
+    policy = inventory.policy
+    for m in view.members:
+        if m.role == "candidate":
+            add("degraded", f"{_who(m)} is a candidate: an election is under way")
+        elif m.role == "error":
+            add("degraded", f"{_who(m)} is in the ERROR state and takes no part in the group")
+        if m.lag_entries is not None and m.lag_entries > policy.max_follower_lag:
+            add("degraded", f"follower {_who(m)} lags {m.lag_entries} entries behind the leader "
+                f"(limit {policy.max_follower_lag})")
+        if m.snapshot_busy_s is not None and m.snapshot_busy_s > policy.max_snapshot_busy_s:
+            add("degraded", f"snapshot {m.snapshot_status} on {_who(m)} for {_duration(m.snapshot_busy_s)}, "
+                f"over the limit of {_duration(policy.max_snapshot_busy_s)}")
+    failing: dict[str, list[ReplicatorError]] = {}
+    for error in view.replicators_in_error:
+        failing.setdefault(error.peer, []).append(error)
+    for peer, errors in failing.items():
+        target = by_id.get(peer)
+        reporters = ", ".join(dict.fromkeys(e.reported_by for e in errors))
+        add("degraded", f"replication to {_who(target) if target else peer} failing: {errors[0].error} "
+            f"(reported by {reporters})")
+    changing = [node for node, g in views if g.conf_changing]
+    if changing:
+        add("info", f"membership change in progress (reported by {', '.join(changing)})")
     return findings
+
+
+def _progress(view: RaftGroup | None, peer: str | None) -> ReplicationProgress | None:
+    if view is None or peer is None:
+        return None
+    return next((p for p in view.replication if p.peer == peer), None)
+
+
+def _who(m: MemberView) -> str:
+    return f"{m.member} ({m.node})" if m.node else m.member
+
+
+def _first(*values: int | None) -> int | None:
+    return next((v for v in values if v is not None), None)
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"

@@ -1,17 +1,31 @@
-"""`snapctl status`: every agent at once, one verdict, the newest backups against the RPO."""
+"""`snapctl status`: every agent at once, one verdict, raft groups across nodes, the newest backups
+against the RPO, and what a backup preflight would refuse on right now.
+
+Fan-out is bounded per node (``policy.agent_timeout_s``): a dead or slow agent shows as
+unreachable and never holds up the rest.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import fnmatch
+import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
+from node_agent.models import RaftGroup
 from snapctl.agent_client import open_agents
-from snapctl.catalog import open_catalog
+from snapctl.catalog import LockRecord, open_catalog
 from snapctl.config import Inventory
-from snapctl.errors import ExitCode, SnapctlError
+from snapctl.errors import BadInputError, ExitCode, SnapctlError
 from snapctl.health import Finding, NodeProbe, Verdict, assess
 from snapctl.manifest import IndexEntry
 from snapctl.probe import probe_all
+
+STATUS_VERSION = 1  # of the JSON document (docs/status.schema.json): bumped on incompatible changes only
 
 
 @dataclass
@@ -24,6 +38,9 @@ class ClusterStatus:
     latest_success: IndexEntry | None = None
     latest_failure: IndexEntry | None = None
     catalog_problems: list[str] = field(default_factory=list)
+    preflight: list[Finding] = field(default_factory=list)  # what `snapctl backup` would refuse on now
+    node_filter: list[str] = field(default_factory=list)
+    group_filter: list[str] = field(default_factory=list)
 
     @property
     def exit_code(self) -> ExitCode:
@@ -31,31 +48,179 @@ class ClusterStatus:
             self.verdict.level
         ]
 
+    @property
+    def latest_success_age_s(self) -> float | None:
+        newest = self.latest_success
+        if newest is None:
+            return None
+        return (self.checked_at - (newest.finished_at or newest.started_at)).total_seconds()
 
-async def collect_status(inventory: Inventory) -> ClusterStatus:
-    async with open_agents(inventory) as agents:
+
+class SnapshotMemory:
+    """When snapctl first saw each member's snapshot busy (SAVING/LOADING/DOWNLOADING).
+
+    braft's raft_stat says a snapshot is SAVING but not since when, so a stuck one is measured
+    across refreshes (``--watch``) and, with ``path``, across runs (cron). A snapshot counts as
+    the same one while its member, status and last snapshot index stay the same."""
+
+    def __init__(self, path: Path | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self._clock = clock
+        self._first_seen: dict[str, float] = self._load()
+        self._seen: set[str] = set()
+
+    def age(self, node: str, group: RaftGroup) -> float:
+        key = json.dumps([node, group.group, group.member, group.snapshot_status, group.last_snapshot_index])
+        now = self._clock()
+        self._seen.add(key)
+        return max(0.0, now - self._first_seen.setdefault(key, now))
+
+    def commit(self, answered: set[str]) -> str | None:
+        """Forget snapshots no longer busy on the nodes that ``answered``; save. A problem, or None."""
+        self._first_seen = {k: v for k, v in self._first_seen.items()
+                            if k in self._seen or json.loads(k)[0] not in answered}
+        self._seen = set()
+        if self.path is None or (not self._first_seen and not self.path.exists()):
+            return None  # nothing busy, nothing remembered: leave no file behind
+        from snapctl.metrics import write_atomically
+
+        try:
+            write_atomically(self.path, json.dumps(self._first_seen, indent=1))
+        except OSError as exc:
+            return f"cannot remember busy snapshots in {self.path}: {exc.strerror or exc}"
+        return None
+
+    def _load(self) -> dict[str, float]:
+        if self.path is None:
+            return {}
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}  # missing or torn: start measuring afresh
+        return {k: float(v) for k, v in data.items() if isinstance(v, (int, float))} if isinstance(data, dict) else {}
+
+
+def memory_path(cluster: str) -> Path:
+    """Beside the default catalog, under $XDG_STATE_HOME/snapctl."""
+    from snapctl.catalog.catalog import default_catalog_dir
+
+    return default_catalog_dir().parent / "status" / f"{cluster}.json"
+
+
+async def collect_status(
+    inventory: Inventory,
+    *,
+    nodes: list[str] | None = None,
+    groups: list[str] | None = None,
+    textfile: str | Path | None = None,
+    memory: SnapshotMemory | None = None,
+    remember: bool = False,
+) -> ClusterStatus:
+    """One look at the cluster. ``nodes``: only these nodes; ``groups``: only raft groups matching
+    these glob patterns; ``textfile``: also write node_exporter metrics there; ``remember``: keep
+    busy-snapshot ages across runs (see ``SnapshotMemory``)."""
+    if textfile is not None:
+        from snapctl.metrics import check_textfile_path
+
+        check_textfile_path(textfile)
+    if memory is None and remember:
+        memory = SnapshotMemory(memory_path(inventory.cluster))
+    selected = inventory if not nodes else inventory.model_copy(update={"nodes": inventory.select(nodes)})
+    async with open_agents(selected) as agents:
         probes = await probe_all(agents, inventory.policy.agent_timeout_s)
-    verdict = assess(inventory, probes)
-    result = ClusterStatus(inventory.cluster, datetime.now(UTC), probes, verdict, inventory.rpo)
+    age = memory.age if memory else None
+    verdict = assess(inventory, probes, snapshot_age=age)
+    preflight = assess(inventory, probes, for_backup=True, snapshot_age=age).at_least("critical")
+    if groups:
+        _only_groups(verdict, groups)
+        preflight = [f for f in preflight if not f.subject.startswith("raft group ")
+                     or any(f.subject == f"raft group {g.group}" for g in verdict.groups)]
+    result = ClusterStatus(inventory.cluster, datetime.now(UTC), probes, verdict, inventory.rpo,
+                           preflight=preflight, node_filter=list(nodes or []), group_filter=list(groups or []))
+    if memory is not None:
+        problem = memory.commit({p.node for p in probes if p.status is not None})
+        if problem:
+            verdict.findings.append(Finding("info", "status", problem))
     try:
-        entries, result.catalog_problems = open_catalog(inventory).list()
+        entries, result.catalog_problems, lock = await asyncio.to_thread(_read_catalog, inventory)
     except SnapctlError as exc:
-        entries = []
+        entries, lock = [], None
         verdict.findings.append(Finding("degraded", "catalog", f"cannot read the catalog: {exc}"))
+    if lock is not None and lock.held_at(result.checked_at):
+        running = f"run {lock.run_id} by {lock.owner} holds the cluster lock until {lock.expires_at:%H:%M:%S}Z"
+        verdict.findings.append(Finding("info", "backups", running))
+        result.preflight.append(Finding("critical", "backups", f"a backup now would be refused (exit 4): {running}"))
     result.latest_success = next((e for e in entries if e.status == "succeeded"), None)
     result.latest_failure = next((e for e in entries if e.status == "failed"), None)
     _grade_backups(result)
+    if textfile is not None:
+        from snapctl.metrics import status_textfile, write_textfile
+
+        try:
+            write_textfile(textfile, status_textfile(result))
+        except SnapctlError as exc:
+            verdict.findings.append(Finding("degraded", "metrics", exc.message))
     return result
+
+
+async def watch_status(
+    inventory: Inventory,
+    interval_s: float,
+    show: Callable[[ClusterStatus], None],
+    *,
+    nodes: list[str] | None = None,
+    groups: list[str] | None = None,
+    textfile: str | Path | None = None,
+    remember: bool = False,
+    refreshes: int | None = None,
+) -> ClusterStatus:
+    """``collect_status`` every ``interval_s`` seconds, handing each result to ``show``; until
+    interrupted, or ``refreshes`` times. Returns the last status."""
+    if interval_s <= 0:
+        raise BadInputError(f"--watch {interval_s:g}: the interval must be more than zero seconds")
+    memory = SnapshotMemory(memory_path(inventory.cluster) if remember else None)
+    done = 0
+    while True:
+        started = time.monotonic()
+        status = await collect_status(inventory, nodes=nodes, groups=groups, textfile=textfile, memory=memory)
+        show(status)
+        done += 1
+        if refreshes is not None and done >= refreshes:
+            return status
+        await asyncio.sleep(max(0.0, interval_s - (time.monotonic() - started)))
+
+
+def _read_catalog(inventory: Inventory) -> tuple[list[IndexEntry], list[str], LockRecord | None]:
+    catalog = open_catalog(inventory)
+    entries, problems = catalog.list()
+    return entries, problems, catalog.read_lock()
+
+
+def _only_groups(verdict: Verdict, patterns: list[str]) -> None:
+    """Keep the raft groups matching any pattern (and their findings); node findings all stay."""
+    def wanted(name: str) -> bool:
+        return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+    seen = [g.group for g in verdict.groups]
+    verdict.groups = [g for g in verdict.groups if wanted(g.group)]
+    kept = {f"raft group {g.group}" for g in verdict.groups}
+    verdict.findings = [f for f in verdict.findings if not f.subject.startswith("raft group ") or f.subject in kept]
+    for pattern in patterns:
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in seen):
+            shown = ", ".join(seen[:10]) + (", ..." if len(seen) > 10 else "") if seen else "none"
+            verdict.findings.append(Finding("critical", "raft groups",
+                                            f"no raft group matches --group {pattern!r} (groups seen: {shown})"))
 
 
 def _grade_backups(result: ClusterStatus) -> None:
     add = result.verdict.findings.append
-    newest = result.latest_success
-    if newest is None:
+    newest, age = result.latest_success, result.latest_success_age_s
+    if newest is None or age is None:
         add(Finding("degraded", "backups", "no successful backup yet"))
-        return
-    age = (result.checked_at - (newest.finished_at or newest.started_at)).total_seconds()
-    if age > result.rpo_s:
+    elif age > result.rpo_s:
         add(Finding("critical", "backups",
                     f"newest successful backup {newest.run_id} is {age / 3600:.1f}h old, over the RPO of "
                     f"{result.rpo_s / 3600:.1f}h"))
+    failure = result.latest_failure
+    if failure is not None and (newest is None or failure.started_at > newest.started_at):
+        add(Finding("info", "backups", f"the newest run {failure.run_id} failed: {failure.error or 'no reason recorded'}"))

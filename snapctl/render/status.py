@@ -1,54 +1,228 @@
-"""`snapctl status` for people (text) and scripts (JSON)."""
+"""`snapctl status` for people (text, or refreshed in place with --watch) and scripts (JSON).
+
+The JSON document is built field by field here, not dumped from the core's objects, so that it
+only changes on purpose: docs/status.schema.json is its published schema (``status_version``).
+"""
 
 from __future__ import annotations
 
+import json
+from typing import Any, Self
+
+from rich.console import Group
+from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
-from snapctl.render import _age, _bytes, _n, jsonable
+from snapctl.render import JSON_SCHEMA_VERSION, _age, _bytes, _n
+
+_COLOURS = {"info": "dim", "degraded": "yellow", "critical": "red"}
+_VERDICT_COLOURS = {"healthy": "green", "degraded": "yellow", "critical": "red"}
+_ALL_GROUPS_UP_TO = 12
 
 
-def status_document(s) -> dict:
-    return {**jsonable(s), "verdict": {"level": s.verdict.level, "findings": jsonable(s.verdict.findings)}}
+# ---- JSON ---------------------------------------------------------------------------------------
+
+
+def status_document(s) -> dict[str, Any]:
+    from snapctl.status import STATUS_VERSION
+
+    return {
+        "status_version": STATUS_VERSION,
+        "cluster": s.cluster,
+        "checked_at": s.checked_at.isoformat(),
+        "filters": {"nodes": s.node_filter, "groups": s.group_filter},
+        "verdict": {
+            "level": s.verdict.level,
+            "exit_code": int(s.exit_code),
+            "safe_to_back_up": not s.preflight,
+            "findings": [_finding(f) for f in s.verdict.findings],
+            "preflight_refusals": [_finding(f) for f in s.preflight],
+        },
+        "nodes": [_node(s, p) for p in s.probes],
+        "raft_groups": [_group(g) for g in s.verdict.groups],
+        "backups": {
+            "rpo_s": s.rpo_s,
+            "latest_success": _run(s.latest_success, s.latest_success_age_s),
+            "latest_failure": _run(s.latest_failure, None),
+            "catalog_problems": list(s.catalog_problems),
+        },
+    }
+
+
+def status_json_line(s) -> str:
+    """One refresh of `--watch -o json`: the same envelope as `status -o json`, on one line."""
+    return json.dumps({"schema_version": JSON_SCHEMA_VERSION, "kind": "status", "data": status_document(s)})
+
+
+def _finding(f) -> dict[str, Any]:
+    return {"severity": f.severity, "subject": f.subject, "message": f.message}
+
+
+def _node(s, p) -> dict[str, Any]:
+    doc: dict[str, Any] = {"node": p.node, "reachable": p.status is not None, "authorized": not p.unauthorized,
+                           "error": p.error, "elapsed_s": p.elapsed_s, "agent_version": None, "engine": None,
+                           "lease": None, "free_bytes": None, "data_paths": []}
+    if p.status is None:
+        return doc
+    e, lease = p.status.engine, p.status.lease
+    doc.update(agent_version=p.status.agent_version, free_bytes=p.status.free_bytes,
+               data_paths=list(p.status.data_paths))
+    doc["engine"] = {"type": e.engine, "version": e.version, "up": e.reachable, "error": e.error, "held": e.held,
+                     "held_by": e.held_by, "held_since": e.held_since.isoformat() if e.held_since else None}
+    if lease is not None:
+        doc["lease"] = {"run_id": lease.run_id, "acquired_at": lease.acquired_at.isoformat(),
+                        "expires_at": lease.expires_at.isoformat(),
+                        "age_s": (s.checked_at - lease.acquired_at).total_seconds(),
+                        "expires_in_s": (lease.expires_at - s.checked_at).total_seconds()}
+    return doc
+
+
+def _group(g) -> dict[str, Any]:
+    return {
+        "group": g.group, "leader": g.leader, "leader_node": g.leader_node, "term": g.term,
+        "members": [{
+            "member": m.member, "node": m.node, "role": m.role, "term": m.term, "commit_index": m.commit_index,
+            "applied_index": m.applied_index, "last_log_index": m.last_log_index,
+            "last_snapshot_index": m.last_snapshot_index, "last_snapshot_term": m.last_snapshot_term,
+            "snapshot_status": m.snapshot_status, "snapshot_busy_s": m.snapshot_busy_s,
+            "lag_entries": m.lag_entries, "lag_seconds": m.lag_seconds, "replication_state": m.replication_state,
+        } for m in g.members],
+        "replicators_in_error": [{"peer": r.peer, "reported_by": r.reported_by, "state": r.state, "error": r.error,
+                                  "consecutive_errors": r.consecutive_errors} for r in g.replicators_in_error],
+        "findings": [_finding(f) for f in g.findings],
+    }
+
+
+def _run(entry, age_s: float | None) -> dict[str, Any] | None:
+    if entry is None:
+        return None
+    return {"run_id": entry.run_id, "status": entry.status, "started_at": entry.started_at.isoformat(),
+            "finished_at": entry.finished_at.isoformat() if entry.finished_at else None, "age_s": age_s,
+            "error": entry.error}
+
+
+# ---- text -----------------------------------------------------------------------------------------
 
 
 def status_text(r, s) -> int:
+    r.out.print(status_view(s))
+    return s.exit_code
+
+
+def status_view(s) -> Group:
+    """Everything on one screen: nodes, raft groups, backups, findings, the verdict line last."""
+    parts: list[Any] = [_nodes_table(s)]
+    groups = s.verdict.groups
+    if len(groups) > _ALL_GROUPS_UP_TO and not s.group_filter:
+        # A store can hold thousands of regions: on one screen, only the groups with something to say.
+        groups = [g for g in groups if any(f.severity != "info" for f in g.findings)]
+        hidden = len(s.verdict.groups) - len(groups)
+    else:
+        hidden = 0
+    if groups:
+        parts.append(_raft_table(groups))
+    if hidden:
+        parts.append(Text(f"{hidden} healthy raft groups not shown (--group PATTERN or -o json shows them)"))
+    parts.extend(_backups(s))
+    parts.extend(Text.from_markup(f"  [{_COLOURS[f.severity]}]{f.severity}[/] ") + Text(str(f))
+                 for f in s.verdict.findings)
+    safe = "yes" if not s.preflight else f"no ({len(s.preflight)} critical finding(s))"
+    colour = _VERDICT_COLOURS[s.verdict.level]
+    parts.append(Text.from_markup(f"verdict: [bold {colour}]{s.verdict.level}[/] (exit {int(s.exit_code)}), "
+                                  f"safe to back up: {safe}, checked {s.checked_at:%H:%M:%S}Z"))
+    return Group(*parts)
+
+
+def _nodes_table(s) -> Table:
     table = Table(title=f"cluster {s.cluster}", title_justify="left")
-    for column in ("node", "agent", "engine", "version", "held", "free"):
+    for column in ("node", "agent", "engine", "version", "lease", "free"):
         table.add_column(column)
     for p in s.probes:
         if p.status is None:
-            table.add_row(p.node, "[red]unauthorized[/]" if p.unauthorized else "[red]unreachable[/]",
-                          "-", "-", "-", "-")
+            state = "[red]unauthorized[/]" if p.unauthorized else "[red]unreachable[/]"
+            table.add_row(p.node, state, "-", "-", "-", "-")
             continue
         e, lease = p.status.engine, p.status.lease
-        table.add_row(p.node, "ok", f"{e.engine} {'up' if e.reachable else '[red]down[/]'}", e.version or "-",
-                      f"{lease.run_id} until {lease.expires_at:%H:%M:%S}Z" if lease else
-                      ("[yellow]by " + (e.held_by or "other") + "[/]" if e.held else "no"),
-                      _bytes(p.status.free_bytes))
-    r.out.print(table)
-    _raft(r, s)
-    if s.latest_success:
-        age = (s.checked_at - (s.latest_success.finished_at or s.latest_success.started_at)).total_seconds()
-        r.out.print(f"newest good backup: {s.latest_success.run_id}, {_age(age)} ago (RPO {_age(s.rpo_s)})")
-    if s.latest_failure:
-        r.out.print(f"newest failure: {s.latest_failure.run_id}: {s.latest_failure.error or 'failed'}")
-    r._findings(s.verdict)
-    colour = {"healthy": "green", "degraded": "yellow", "critical": "red"}[s.verdict.level]
-    r.out.print(f"verdict: [bold {colour}]{s.verdict.level}[/]")
-    return s.exit_code
+        if lease is not None:
+            held = (f"{lease.run_id}, {_age((s.checked_at - lease.acquired_at).total_seconds())} old, "
+                    f"expires {lease.expires_at:%H:%M:%S}Z")
+        else:
+            held = f"[yellow]held by {e.held_by or 'other'}[/]" if e.held else "-"
+        table.add_row(p.node, f"ok {p.status.agent_version}", f"{e.engine} {'up' if e.reachable else '[red]down[/]'}",
+                      e.version or "-", held, _bytes(p.status.free_bytes))
+    return table
 
-def _raft(r, s) -> None:
-    from snapctl.health import raft_groups
 
-    groups = raft_groups(s.probes)
-    if not groups:
-        return
+def _raft_table(groups) -> Table:
     table = Table(title="raft groups", title_justify="left")
-    for column in ("group", "node", "role", "term", "commit", "applied", "snapshot", "lag"):
+    for column in ("group", "member", "node", "role", "term", "commit", "applied", "lag", "snapshot"):
         table.add_column(column)
-    for name, members in sorted(groups.items()):
-        for node, g in members:
-            lag = max((p.lag_entries or 0 for p in g.replication), default=None)
-            table.add_row(name, node, g.role, _n(g.term), _n(g.commit_index), _n(g.applied_index),
-                          f"{_n(g.last_snapshot_index)} {g.snapshot_status or ''}".strip(), _n(lag))
-    r.out.print(table)
+    for g in groups:
+        for index, m in enumerate(g.members):
+            role = m.role if m.role in ("leader", "follower", "learner", "witness") else f"[yellow]{m.role}[/]"
+            lag = "-" if m.lag_entries is None else str(m.lag_entries)
+            if m.lag_seconds is not None:
+                lag += f" ({m.lag_seconds:.1f}s)"
+            snapshot = f"{_n(m.last_snapshot_index)}/{_n(m.last_snapshot_term)}"
+            if m.snapshot_status and m.snapshot_status != "IDLE":
+                busy = f" {_age(m.snapshot_busy_s)}" if m.snapshot_busy_s is not None else ""
+                snapshot += f" [yellow]{m.snapshot_status}{busy}[/]"
+            table.add_row(Text(g.group if index == 0 else ""), Text(_short(m.member)),
+                          Text(m.node) if m.node else "[dim]not monitored[/]", role,
+                          _n(m.term), _n(m.commit_index), _n(m.applied_index), lag, snapshot)
+    return table
+
+
+def _backups(s) -> list[Text]:
+    lines: list[Text] = []
+    if s.latest_success is not None:
+        lines.append(Text(f"newest good backup: {s.latest_success.run_id}, {_age(s.latest_success_age_s or 0)} ago "
+                          f"(RPO {_age(s.rpo_s)})"))
+    else:
+        lines.append(Text("newest good backup: none"))
+    if s.latest_failure is not None:
+        lines.append(Text(f"newest failure: {s.latest_failure.run_id}: {s.latest_failure.error or 'failed'}"))
+    return lines
+
+
+def _short(member: str) -> str:
+    return member if len(member) <= 20 else member[:8] + "…" + member[-8:]
+
+
+# ---- --watch --------------------------------------------------------------------------------------
+
+
+class LiveStatus:
+    """`--watch` for a person: the same screen, redrawn in place on every refresh."""
+
+    def __init__(self, r) -> None:
+        self._live = Live(console=r.out, auto_refresh=False, transient=False)
+        self.exit_code = 0
+
+    def __enter__(self) -> Self:
+        self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._live.__exit__(None, None, None)
+
+    def __call__(self, s) -> None:
+        self.exit_code = int(s.exit_code)
+        self._live.update(status_view(s), refresh=True)
+
+
+class JsonLinesStatus:
+    """`--watch -o json`: one status document per refresh, one per line (JSON Lines)."""
+
+    exit_code = 0
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def __call__(self, s) -> None:
+        self.exit_code = int(s.exit_code)
+        print(status_json_line(s), flush=True)

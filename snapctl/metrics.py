@@ -1,0 +1,254 @@
+"""Prometheus text: the agent's ``GET /metrics``, and node_exporter textfiles written by
+`snapctl backup --textfile` and `snapctl status --textfile`.
+
+No secrets and no run ids in any metric: /metrics is served without the agent's token (a scraper
+must not need a credential that can freeze a database), and run ids would make a new series per run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import secrets
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from snapctl.errors import BadInputError, SnapctlError
+
+if TYPE_CHECKING:
+    from node_agent.service import AgentService
+    from snapctl.config import Inventory
+    from snapctl.status import ClusterStatus
+
+log = logging.getLogger("snapctl.metrics")
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+T = TypeVar("T")
+
+
+@dataclass
+class Exposition:
+    """Metric families in the Prometheus text format, each with its HELP and TYPE once."""
+
+    _families: dict[str, tuple[str, str, list[str]]] = field(default_factory=dict)
+
+    def add(self, name: str, kind: str, help_text: str, value: float | bool | None, **labels: Any) -> None:
+        if value is None:
+            return
+        family = self._families.setdefault(name, (kind, help_text, []))
+        family[2].append(f"{name}{_labels(labels)} {_value(value)}")
+
+    def text(self) -> str:
+        lines: list[str] = []
+        for name, (kind, help_text, samples) in self._families.items():
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *samples]
+        return "\n".join(lines) + "\n"
+
+
+def _labels(labels: dict[str, Any]) -> str:
+    pairs = [f'{key}="{_escape(value)}"' for key, value in labels.items() if value is not None]
+    return "{" + ",".join(pairs) + "}" if pairs else ""
+
+
+def _escape(value: Any) -> str:
+    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _value(value: float | bool) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("+Inf" if value > 0 else "-Inf")
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+# ---- the agent's /metrics ---------------------------------------------------------------------
+
+
+def agent_metrics(service: AgentService) -> str:
+    """The agent's counters and its engine's raft state. Blocking (asks the engine): call from a thread."""
+    out = Exposition()
+    stats = service.stats
+    out.add("snapctl_agent_up", "gauge", "The agent answers (always 1 when scraped).", 1)
+    out.add("snapctl_agent_info", "gauge", "The agent's node and version.", 1, node=service.node,
+            version=_agent_version())
+    out.add("snapctl_agent_lease_held", "gauge", "1 while a backup run holds this node's prepare lease.", stats.held)
+    out.add("snapctl_agent_lease_expirations_total", "counter",
+            "Leases the agent released by itself because the run stopped renewing them.", stats.lease_expirations)
+    out.add("snapctl_agent_prepares_total", "counter", "Engine prepares done.", stats.prepares)
+    out.add("snapctl_agent_completes_total", "counter", "Engine completes done.", stats.completes)
+    out.add("snapctl_agent_last_prepare_duration_seconds", "gauge", "How long the last engine prepare took.",
+            stats.last_prepare_s)
+    out.add("snapctl_agent_last_complete_duration_seconds", "gauge", "How long the last engine complete took.",
+            stats.last_complete_s)
+    try:
+        status = service.status()
+    except Exception as exc:  # noqa: BLE001 - a failing engine is a metric, never a failed scrape
+        log.warning("engine status for /metrics failed: %s", exc)
+        out.add("snapctl_engine_up", "gauge", "The engine answers the agent.", 0, engine=service.engine.name)
+        return out.text()
+    engine = status.engine
+    out.add("snapctl_engine_up", "gauge", "The engine answers the agent.", engine.reachable, engine=engine.engine)
+    out.add("snapctl_engine_held_elsewhere", "gauge",
+            "The engine is held by something other than this agent (another backup tool).",
+            engine.held and status.lease is None)
+    out.add("snapctl_agent_free_bytes", "gauge", "Free bytes on the first data path.", status.free_bytes)
+    for g in engine.raft:
+        ids = {"group": g.group, "member": g.member}
+        out.add("snapctl_raft_leader", "gauge", "1 when this member leads its raft group.",
+                g.role in ("leader", "transferring"), **ids)
+        out.add("snapctl_raft_role", "gauge", "This member's raft role (the role label), always 1.", 1,
+                role=g.role, **ids)
+        out.add("snapctl_raft_term", "gauge", "Raft term as this member sees it.", g.term, **ids)
+        out.add("snapctl_raft_commit_index", "gauge", "Raft commit index.", g.commit_index, **ids)
+        out.add("snapctl_raft_applied_index", "gauge", "Raft applied index.", g.applied_index, **ids)
+        out.add("snapctl_raft_last_log_index", "gauge", "Index of the last raft log entry.", g.last_log_index, **ids)
+        out.add("snapctl_raft_last_snapshot_index", "gauge", "Index of the last raft snapshot.",
+                g.last_snapshot_index, **ids)
+        out.add("snapctl_raft_snapshot_busy", "gauge", "1 while a snapshot is SAVING, LOADING or DOWNLOADING.",
+                g.snapshot_status in ("SAVING", "LOADING", "DOWNLOADING"), **ids)
+        for p in g.replication:
+            out.add("snapctl_raft_peer_lag_entries", "gauge", "Entries a peer is behind, as this member sees it.",
+                    p.lag_entries, peer=p.peer, **ids)
+            out.add("snapctl_raft_peer_consecutive_errors", "gauge", "Consecutive replication errors to a peer.",
+                    p.consecutive_errors, peer=p.peer, **ids)
+    return out.text()
+
+
+def _agent_version() -> str:
+    from snapctl import __version__
+
+    return __version__
+
+
+# ---- node_exporter textfiles -----------------------------------------------------------------
+
+
+def check_textfile_path(path: str | os.PathLike[str]) -> Path:
+    """node_exporter reads only ``*.prom`` files in an existing directory: refuse anything else early."""
+    target = Path(path)
+    if target.suffix != ".prom":
+        raise BadInputError(f"--textfile {target}: node_exporter only reads files ending in .prom",
+                            hint="e.g. --textfile /var/lib/node_exporter/textfile_collector/snapctl.prom")
+    if not target.parent.is_dir():
+        raise BadInputError(f"--textfile {target}: directory {target.parent} does not exist",
+                            hint="point it at node_exporter's --collector.textfile.directory")
+    return target
+
+
+def write_textfile(path: str | os.PathLike[str], text: str) -> None:
+    """Atomically (node_exporter may read at any moment): a temp file in the same directory, renamed."""
+    target = check_textfile_path(path)
+    try:
+        write_atomically(target, text)
+    except OSError as exc:
+        raise SnapctlError(f"cannot write the metrics textfile {target}: {exc.strerror or exc}") from exc
+
+
+def write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")  # no .prom suffix: never read half-written
+    try:
+        with open(temp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+def status_textfile(status: ClusterStatus) -> str:
+    out = Exposition()
+    c = {"cluster": status.cluster}
+    level = {"healthy": 0, "degraded": 1, "critical": 2}[status.verdict.level]
+    out.add("snapctl_status_verdict", "gauge", "Cluster verdict: 0 healthy, 1 degraded, 2 critical.", level, **c)
+    out.add("snapctl_status_timestamp_seconds", "gauge", "When this status was taken.",
+            status.checked_at.timestamp(), **c)
+    out.add("snapctl_status_safe_to_back_up", "gauge", "1 when a backup preflight would go ahead now.",
+            not status.preflight, **c)
+    for severity in ("info", "degraded", "critical"):
+        out.add("snapctl_status_findings", "gauge", "Findings by severity.",
+                sum(1 for f in status.verdict.findings if f.severity == severity), severity=severity, **c)
+    for p in status.probes:
+        out.add("snapctl_status_node_reachable", "gauge", "The node's agent answered in time and accepted our token.",
+                p.status is not None, node=p.node, **c)
+        if p.status is not None:
+            out.add("snapctl_status_engine_up", "gauge", "The node's engine answers its agent.",
+                    p.status.engine.reachable, node=p.node, **c)
+            out.add("snapctl_status_lease_held", "gauge", "A backup run holds the node.",
+                    p.status.lease is not None, node=p.node, **c)
+            out.add("snapctl_status_free_bytes", "gauge", "Free bytes on the node's data path.",
+                    p.status.free_bytes, node=p.node, **c)
+    for g in status.verdict.groups:
+        out.add("snapctl_status_raft_has_leader", "gauge", "The raft group has a leader.", g.leader is not None,
+                group=g.group, **c)
+        out.add("snapctl_status_raft_term", "gauge", "The raft group's term (its leader's).", g.term, group=g.group, **c)
+        for m in g.members:
+            out.add("snapctl_status_raft_lag_entries", "gauge", "Entries a member is behind its leader.",
+                    m.lag_entries, group=g.group, member=m.member, **c)
+    out.add("snapctl_status_last_success_age_seconds", "gauge", "Age of the newest successful backup.",
+            status.latest_success_age_s, **c)
+    out.add("snapctl_status_rpo_seconds", "gauge", "The inventory's RPO.", status.rpo_s, **c)
+    return out.text()
+
+
+def backup_textfile(inventory: Inventory) -> str:
+    """The newest run in the catalog (succeeded or failed) and the newest success."""
+    from snapctl.catalog import open_catalog
+
+    catalog = open_catalog(inventory)
+    entries, _ = catalog.list()
+    out = Exposition()
+    c = {"cluster": inventory.cluster}
+    newest_success = next((e for e in entries if e.status == "succeeded"), None)
+    if newest_success is not None:
+        out.add("snapctl_backup_last_success_timestamp_seconds", "gauge", "When the newest successful backup finished.",
+                (newest_success.finished_at or newest_success.started_at).timestamp(), **c)
+    newest = next((e for e in entries if e.status != "running"), None)
+    if newest is None:
+        return out.text()
+    manifest = catalog.load(newest.run_id)
+    out.add("snapctl_backup_last_run_timestamp_seconds", "gauge", "When the newest backup run finished.",
+            (manifest.finished_at or manifest.started_at).timestamp(), **c)
+    out.add("snapctl_backup_last_run_success", "gauge", "1 when the newest backup run succeeded, 0 when it failed.",
+            manifest.status == "succeeded", **c)
+    if manifest.finished_at:
+        out.add("snapctl_backup_last_run_duration_seconds", "gauge", "How long the newest run took.",
+                (manifest.finished_at - manifest.started_at).total_seconds(), **c)
+    out.add("snapctl_backup_prepare_skew_seconds", "gauge", "Spread of prepare acknowledgements in the newest run.",
+            manifest.prepare_skew_s, **c)
+    for name, record in manifest.nodes.items():
+        out.add("snapctl_backup_freeze_seconds", "gauge", "How long each node was held in the newest run.",
+                record.freeze_window_s, node=name, **c)
+        if record.snapshots:
+            out.add("snapctl_backup_snapshot_bytes", "gauge", "Bytes of each node's snapshots in the newest run.",
+                    sum(s.bytes or 0 for s in record.snapshots), node=name, **c)
+            out.add("snapctl_backup_snapshots", "gauge", "Snapshots of each node in the newest run.",
+                    len(record.snapshots), node=name, **c)
+    return out.text()
+
+
+async def recording_backup(inventory: Inventory, path: str | os.PathLike[str], run: Awaitable[T]) -> T:
+    """Await the backup ``run``, then write its textfile, whether it succeeded or failed.
+    When the run failed too, its error is what the caller sees; the textfile's only goes to the log."""
+    try:
+        check_textfile_path(path)
+    except BadInputError:
+        getattr(run, "close", lambda: None)()  # never started: no "coroutine was never awaited" warning
+        raise
+    try:
+        result = await run
+    except BaseException:
+        try:
+            await asyncio.to_thread(lambda: write_textfile(path, backup_textfile(inventory)))
+        except SnapctlError as exc:
+            log.warning("%s", exc)
+        raise
+    await asyncio.to_thread(lambda: write_textfile(path, backup_textfile(inventory)))
+    return result

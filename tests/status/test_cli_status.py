@@ -1,0 +1,195 @@
+"""`snapctl status` and `backup --textfile` as a user runs them: exit codes, the published JSON
+schema, --watch, and node_exporter textfiles."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from snapctl.cli import _optional_watch_seconds
+from snapctl.config import parse_inventory
+from snapctl.errors import ExitCode
+from snapctl.health import assess
+from snapctl.status import ClusterStatus, SnapshotMemory, watch_status
+from tests.conftest import LOOPBACK, free_port
+from tests.status.conftest import VALIDATOR, load, record_run, sqlite_nodes, validated, write_inventory
+from tests.status.promtext import parse, value
+from tests.status.test_health import probe
+
+
+def snapctl(*args: str, cwd: Path, timeout: float = 90) -> subprocess.CompletedProcess:
+    env = {**os.environ, "XDG_STATE_HOME": str(cwd / "state")}
+    return subprocess.run([sys.executable, "-m", "snapctl.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=timeout, check=False)
+
+
+def status_json(tmp_path: Path, *args: str) -> tuple[int, dict]:
+    result = snapctl("status", "-i", "inventory.yaml", "-o", "json", *args, cwd=tmp_path)
+    document = json.loads(result.stdout)
+    VALIDATOR.validate(document)
+    return result.returncode, document
+
+
+def test_healthy_exits_0_and_the_document_matches_the_published_schema(tmp_path):
+    inventory = load(write_inventory(tmp_path, sqlite_nodes(tmp_path, 2)))
+    record_run(inventory, "r-old-failure", "failed", age_s=600, error="node n2: prepare did not answer")
+    record_run(inventory, "r-good", "succeeded", age_s=60)
+    code, doc = status_json(tmp_path)
+    data = doc["data"]
+    assert code == ExitCode.OK == data["verdict"]["exit_code"]
+    assert data["verdict"]["level"] == "healthy" and data["verdict"]["safe_to_back_up"] is True
+    assert [n["node"] for n in data["nodes"]] == ["n1", "n2"] and all(n["engine"]["up"] for n in data["nodes"])
+    assert data["backups"]["latest_success"]["run_id"] == "r-good" and 60 <= data["backups"]["latest_success"]["age_s"]
+    assert data["backups"]["latest_failure"]["error"] == "node n2: prepare did not answer"
+
+
+def test_no_backup_yet_is_degraded_exit_5(tmp_path):
+    write_inventory(tmp_path, sqlite_nodes(tmp_path, 1))
+    code, doc = status_json(tmp_path)
+    assert code == ExitCode.DEGRADED == 5
+    assert doc["data"]["verdict"]["findings"] == [
+        {"severity": "degraded", "subject": "backups", "message": "no successful backup yet"}]
+
+
+def test_an_unreachable_node_or_a_backup_older_than_the_rpo_is_critical_exit_6(tmp_path):
+    nodes = sqlite_nodes(tmp_path, 1) + [{"name": "gone", "agent": f"http://{LOOPBACK}:{free_port()}"}]
+    inventory = load(write_inventory(tmp_path, nodes, rpo="1h"))
+    record_run(inventory, "r-stale", "succeeded", age_s=7200)
+    code, doc = status_json(tmp_path)
+    assert code == ExitCode.CRITICAL == 6
+    findings = {(f["severity"], f["subject"]) for f in doc["data"]["verdict"]["findings"]}
+    assert {("critical", "gone"), ("critical", "backups")} <= findings
+    gone = doc["data"]["nodes"][1]
+    assert gone["reachable"] is False and gone["engine"] is None and "cannot reach" in gone["error"]
+    assert [f["subject"] for f in doc["data"]["verdict"]["preflight_refusals"]] == ["gone"], \
+        "an old backup never refuses a new one"
+
+    text = snapctl("status", "-i", "inventory.yaml", cwd=tmp_path)
+    assert text.returncode == ExitCode.CRITICAL
+    assert "verdict: critical (exit 6)" in text.stdout and "unreachable" in text.stdout
+
+
+def test_node_filter_and_unknown_node(tmp_path):
+    nodes = sqlite_nodes(tmp_path, 1) + [{"name": "gone", "agent": f"http://{LOOPBACK}:{free_port()}"}]
+    write_inventory(tmp_path, nodes)
+    code, doc = status_json(tmp_path, "--node", "n1")
+    assert code == ExitCode.DEGRADED and [n["node"] for n in doc["data"]["nodes"]] == ["n1"]
+    assert doc["data"]["filters"] == {"nodes": ["n1"], "groups": []}
+    unknown = snapctl("status", "-i", "inventory.yaml", "--node", "n9", cwd=tmp_path)
+    assert unknown.returncode == ExitCode.BAD_INPUT and "no node named 'n9'" in unknown.stderr
+
+
+def test_a_held_lease_validates_too():
+    inventory = parse_inventory("cluster: c\nprovider: {type: local}\nnodes: [{name: a, agent: 'http://127.0.0.1:1'}]")
+    probes = [probe("a", lease=True)]
+    now = datetime.now(UTC)
+    status = ClusterStatus("c", now, probes, assess(inventory, probes), 3600.0,
+                           preflight=assess(inventory, probes, for_backup=True).at_least("critical"))
+    doc = validated(status)
+    lease = doc["data"]["nodes"][0]["lease"]
+    assert lease["run_id"] == "r1" and 0 < lease["expires_in_s"] <= 30
+    assert doc["data"]["verdict"]["safe_to_back_up"] is False
+
+
+def test_watch_json_prints_one_valid_document_per_refresh(tmp_path):
+    write_inventory(tmp_path, sqlite_nodes(tmp_path, 1))
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}
+    proc = subprocess.Popen([sys.executable, "-m", "snapctl.cli", "status", "-i", "inventory.yaml", "--watch", "0.2",
+                             "-o", "json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            env=env)
+    try:
+        lines = [proc.stdout.readline() for _ in range(3)]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    documents = [json.loads(line) for line in lines]
+    for document in documents:
+        VALIDATOR.validate(document)
+    assert len({d["data"]["checked_at"] for d in documents}) == 3, "each line is a fresh look"
+    assert proc.returncode == ExitCode.INTERRUPTED
+
+
+def test_watch_in_process_refreshes_and_remembers(tmp_path):
+    inventory = load(write_inventory(tmp_path, sqlite_nodes(tmp_path, 1)))
+    seen: list[ClusterStatus] = []
+    last = asyncio.run(watch_status(inventory, 0.05, seen.append, refreshes=3))
+    assert len(seen) == 3 and last is seen[-1]
+    with pytest.raises(Exception, match="more than zero"):
+        asyncio.run(watch_status(inventory, 0, seen.append, refreshes=1))
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["status", "--watch"], ["status", "--watch", "2"]),
+    (["status", "--watch", "-o", "json"], ["status", "--watch", "2", "-o", "json"]),
+    (["status", "-w", "5"], ["status", "-w", "5"]),
+    (["list", "--watch"], ["list", "--watch"]),
+])
+def test_a_bare_watch_means_every_two_seconds(argv, expected):
+    assert _optional_watch_seconds(argv) == expected
+
+
+def test_busy_snapshot_ages_survive_across_runs(tmp_path):
+    from node_agent.models import RaftGroup
+
+    group = RaftGroup(group="g", member="m1", snapshot_status="SAVING", last_snapshot_index=7)
+    path = tmp_path / "state" / "c.json"
+    first = SnapshotMemory(path, clock=lambda: 100.0)
+    assert first.age("a", group) == 0.0
+    assert first.commit({"a"}) is None and path.exists()
+    second = SnapshotMemory(path, clock=lambda: 250.0)
+    assert second.age("a", group) == 150.0
+    second.commit({"a"})
+    third = SnapshotMemory(path, clock=lambda: 300.0)
+    third.commit({"a"})  # not busy any more on a node that answered: forgotten
+    assert SnapshotMemory(path, clock=lambda: 400.0).age("a", group) == 0.0
+
+
+def test_backup_textfile_after_a_success_and_after_a_refusal(tmp_path):
+    write_inventory(tmp_path, sqlite_nodes(tmp_path, 2))
+    (tmp_path / "prom").mkdir()
+    ok = snapctl("backup", "-i", "inventory.yaml", "--textfile", "prom/snapctl-backup.prom", cwd=tmp_path)
+    assert ok.returncode == ExitCode.OK, ok.stderr
+    good = parse((tmp_path / "prom" / "snapctl-backup.prom").read_text())
+    assert value(good, "snapctl_backup_last_run_success", cluster="st") == 1
+    succeeded_at = value(good, "snapctl_backup_last_success_timestamp_seconds", cluster="st")
+    assert abs(succeeded_at - datetime.now(UTC).timestamp()) < timedelta(minutes=5).total_seconds()
+    assert value(good, "snapctl_backup_freeze_seconds", cluster="st", node="n1") > 0
+    assert value(good, "snapctl_backup_snapshots", cluster="st", node="n2") == 1
+    assert value(good, "snapctl_backup_snapshot_bytes", cluster="st", node="n2") >= 0
+
+    (tmp_path / "n2" / "data.db").write_bytes(b"not a database" * 100)  # engine down: preflight refuses
+    refused = snapctl("backup", "-i", "inventory.yaml", "--textfile", "prom/snapctl-backup.prom", cwd=tmp_path)
+    assert refused.returncode == ExitCode.PREFLIGHT_REFUSED, refused.stderr
+    bad = parse((tmp_path / "prom" / "snapctl-backup.prom").read_text())
+    assert value(bad, "snapctl_backup_last_run_success", cluster="st") == 0
+    assert value(bad, "snapctl_backup_last_success_timestamp_seconds", cluster="st") == succeeded_at
+
+    wrong = snapctl("backup", "-i", "inventory.yaml", "--textfile", "prom/backup.txt", cwd=tmp_path)
+    assert wrong.returncode == ExitCode.BAD_INPUT and ".prom" in wrong.stderr
+    assert "never awaited" not in wrong.stderr
+
+
+def test_a_run_in_progress_makes_backing_up_unsafe_but_the_cluster_healthy(tmp_path):
+    from snapctl.catalog import open_catalog
+    from snapctl.status import collect_status
+
+    inventory = load(write_inventory(tmp_path, sqlite_nodes(tmp_path, 1)))
+    record_run(inventory, "r-good", "succeeded", age_s=60)
+    lock = open_catalog(inventory).acquire_lock("ops@cron:42", "r-running", 60)
+    try:
+        status = asyncio.run(collect_status(inventory))
+    finally:
+        lock.release()
+    assert status.verdict.level == "healthy"
+    (refusal,) = status.preflight
+    assert "refused (exit 4): run r-running by ops@cron:42 holds the cluster lock" in refusal.message
+    assert validated(status)["data"]["verdict"]["safe_to_back_up"] is False
+    assert asyncio.run(collect_status(inventory)).preflight == [], "released: safe again"

@@ -1,0 +1,117 @@
+"""The verdict's rules, on members' views as agents report them (no processes needed)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from node_agent.models import AgentStatus, EngineStatus, LeaseInfo, RaftGroup, ReplicationProgress
+from snapctl import __version__
+from snapctl.config import parse_inventory
+from snapctl.health import NodeProbe, assess, build_group
+
+INVENTORY = parse_inventory("""
+cluster: c
+provider: {type: local}
+policy: {max_follower_lag: 100, max_snapshot_busy_s: 60s}
+nodes:
+  - {name: a, agent: "http://127.0.0.1:1"}
+  - {name: b, agent: "http://127.0.0.1:2"}
+  - {name: c, agent: "http://127.0.0.1:3"}
+""")
+
+
+def view(member: str, role: str = "follower", **fields) -> RaftGroup:
+    return RaftGroup(group="g", member=member, role=role, **fields)
+
+
+def messages(group) -> list[tuple[str, str]]:
+    return [(f.severity, f.message) for f in group.findings]
+
+
+def test_two_leaders_is_critical_and_the_newest_term_is_taken_as_leader():
+    group = build_group("g", [("a", view("m1", "leader", term=3)), ("b", view("m2", "leader", term=4)),
+                              ("c", view("m3", term=4, leader="m2"))], INVENTORY)
+    assert (group.leader, group.leader_node, group.term) == ("m2", "b", 4)
+    assert ("critical", "2 members claim to lead: m1 (a) (term 3), m2 (b) (term 4)") in messages(group)
+    assert ("degraded", "members disagree on the term: m1 (a) 3, m2 (b) 4, m3 (c) 4") in messages(group)
+
+
+def test_a_leader_only_named_by_followers_is_not_a_missing_leader():
+    group = build_group("g", [("b", view("m2", term=2, leader="m1", peers=["m1", "m3"])),
+                              ("c", view("m3", term=2, leader="m1", peers=["m1", "m2"]))], INVENTORY)
+    assert (group.leader, group.leader_node) == ("m1", None)
+    assert [(m.member, m.node, m.role) for m in group.members] == [
+        ("m2", "b", "follower"), ("m3", "c", "follower"), ("m1", None, "leader")]
+    assert messages(group) == []
+
+
+def test_followers_naming_different_leaders_is_degraded():
+    group = build_group("g", [("b", view("m2", leader="m1")), ("c", view("m3", leader="m4")),
+                              ("a", view("m5", leader="m1"))], INVENTORY)
+    assert group.leader == "m1"
+    assert ("degraded", "members disagree on the leader: m1, m4") in messages(group)
+
+
+def test_lag_from_indexes_when_the_leader_reports_no_replicator():
+    group = build_group("g", [("a", view("m1", "leader", commit_index=1000, applied_index=1000)),
+                              ("b", view("m2", leader="m1", applied_index=999)),
+                              ("c", view("m3", leader="m1", applied_index=700))], INVENTORY)
+    assert [m.lag_entries for m in group.members] == [None, 1, 300]
+    assert messages(group) == [("degraded", "follower m3 (c) lags 300 entries behind the leader (limit 100)")]
+
+
+def test_lag_seconds_come_from_the_followers_own_link_to_the_leader():
+    group = build_group("g", [
+        ("a", view("m1", "leader", replication=[ReplicationProgress(peer="m2", lag_entries=5, lag_seconds=0.0)])),
+        ("b", view("m2", leader="m1", replication=[ReplicationProgress(peer="m1", lag_entries=0, lag_seconds=2.5)])),
+    ], INVENTORY)
+    follower = group.members[1]
+    assert (follower.lag_entries, follower.lag_seconds) == (5, 2.5)
+
+
+def test_replication_errors_are_one_finding_per_peer_naming_every_reporter():
+    broken = ReplicationProgress(peer="m3", state="disconnected", consecutive_errors=1, error="connection refused")
+    group = build_group("g", [("a", view("m1", "leader", replication=[broken])),
+                              ("b", view("m2", leader="m1", replication=[broken])),
+                              ("c", view("m3", leader="m1"))], INVENTORY)
+    assert len(group.replicators_in_error) == 2
+    assert messages(group) == [("degraded", "replication to m3 (c) failing: connection refused (reported by a, b)")]
+
+
+def test_an_engine_reported_snapshot_age_counts_and_error_role_and_conf_change_are_reported():
+    group = build_group("g", [
+        ("a", view("m1", "leader", snapshot_status="LOADING", extra={"snapshot_busy_s": 61}, conf_changing=True)),
+        ("b", view("m2", "error", leader="m1")),
+    ], INVENTORY)
+    assert messages(group) == [
+        ("degraded", "snapshot LOADING on m1 (a) for 61s, over the limit of 60s"),
+        ("degraded", "m2 (b) is in the ERROR state and takes no part in the group"),
+        ("info", "membership change in progress (reported by a)"),
+    ]
+
+
+def probe(node: str, *, lease: bool = False, held_elsewhere: bool = False, version: str = __version__) -> NodeProbe:
+    now = datetime.now(UTC)
+    status = AgentStatus(
+        node=node, agent_version=version,
+        engine=EngineStatus(engine="sqlite", reachable=True, held=held_elsewhere or lease, held_by="pg_basebackup"
+                            if held_elsewhere else None),
+        lease=LeaseInfo(run_id="r1", acquired_at=now, expires_at=now + timedelta(seconds=30)) if lease else None)
+    return NodeProbe(node=node, status=status)
+
+
+def test_a_held_node_is_critical_only_for_a_backup():
+    probes = [probe("a", lease=True), probe("b", held_elsewhere=True), probe("c", version="0.0.9")]
+    status_verdict, backup_verdict = assess(INVENTORY, probes), assess(INVENTORY, probes, for_backup=True)
+    assert status_verdict.level == "degraded"
+    assert [(f.severity, f.subject) for f in status_verdict.findings] == [
+        ("info", "a"), ("degraded", "b"), ("info", "c")]
+    assert [(f.subject) for f in backup_verdict.at_least("critical")] == ["a", "b"]
+    assert "differs from snapctl" in status_verdict.findings[2].message
+
+
+def test_unreachable_and_unauthorised_agents_are_critical():
+    probes = [NodeProbe("a", error="no answer within 2s"), NodeProbe("b", error="wrong token", unauthorized=True)]
+    verdict = assess(INVENTORY, probes)
+    assert [(f.severity, f.message) for f in verdict.findings] == [
+        ("critical", "agent unreachable: no answer within 2s"), ("critical", "agent refused our token: wrong token")]

@@ -1,0 +1,125 @@
+"""The agent's GET /metrics (served for real on loopback) and the node_exporter textfiles."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from node_agent.app import create_app
+from node_agent.engines.base import create_engine
+from node_agent.service import AgentService
+from snapctl.errors import BadInputError
+from snapctl.metrics import Exposition, status_textfile, write_textfile
+from snapctl.status import collect_status
+from tests.agent.conftest import serve, wait_until
+from tests.fakes.dingodb import FakeDingoStore
+from tests.status.conftest import FakeAgent, fake_agents, load, make_db, record_run, sqlite_nodes, write_inventory
+from tests.status.promtext import parse, value
+
+TOKEN = "metrics-test-t0ken-9d1e"
+
+
+def test_agent_metrics_need_no_token_and_show_the_lease_and_its_expiry(tmp_path):
+    db = make_db(tmp_path / "data.db")
+    service = AgentService("n1", create_engine({"type": "sqlite", "path": str(db)}, base_dir=tmp_path))
+    try:
+        with serve(create_app(service, TOKEN)) as url:
+            assert httpx.get(f"{url}/v1/status").status_code == 401, "the API still needs the token"
+            before = httpx.get(f"{url}/metrics")
+            assert before.status_code == 200 and before.headers["content-type"].startswith("text/plain; version=0.0.4")
+            samples = parse(before.text)
+            assert value(samples, "snapctl_agent_up") == 1
+            assert value(samples, "snapctl_agent_lease_held") == 0
+            assert value(samples, "snapctl_engine_up", engine="sqlite") == 1
+
+            service.prepare("run-metrics-1", 60)
+            held = parse(httpx.get(f"{url}/metrics").text)
+            assert value(held, "snapctl_agent_lease_held") == 1
+            assert value(held, "snapctl_agent_prepares_total") == 1
+            assert value(held, "snapctl_agent_last_prepare_duration_seconds") >= 0
+
+            service.renew("run-metrics-1", 0.05)  # then stop renewing: the agent releases it by itself
+            wait_until(lambda: service.stats.lease_expirations == 1, what="the lease to expire")
+            after = httpx.get(f"{url}/metrics").text
+            assert value(parse(after), "snapctl_agent_lease_expirations_total") == 1
+            assert value(parse(after), "snapctl_agent_lease_held") == 0
+            assert TOKEN not in after and "run-metrics-1" not in after
+            assert "/metrics" not in httpx.get(f"{url}/openapi.json").text, "not part of the /v1 JSON API"
+    finally:
+        service.close()
+
+
+def test_agent_metrics_carry_the_raft_state_and_survive_a_dead_engine(tmp_path):
+    with FakeDingoStore(region_ids=(1001, 1002)) as store:
+        engine = create_engine({"type": "dingodb", "server": store.server.address, "raft": store.raft.address,
+                                "data_path": str(tmp_path), "timeout_s": 1}, base_dir=tmp_path)
+        service = AgentService("store1", engine)
+        try:
+            with serve(create_app(service, TOKEN)) as url:
+                samples = parse(httpx.get(f"{url}/metrics").text)
+                me = store.peer(store.raft.port)
+                leader = store.regions[1001]
+                ids = {"group": leader.group, "member": me}
+                assert value(samples, "snapctl_raft_leader", **ids) == 1
+                assert value(samples, "snapctl_raft_term", **ids) == leader.term
+                assert value(samples, "snapctl_raft_applied_index", **ids) == leader.applied
+                assert value(samples, "snapctl_raft_role", role="follower", group=store.regions[1002].group,
+                             member=me) == 1
+                assert value(samples, "snapctl_raft_peer_lag_entries", peer=store.peer(store.raft.port + 1), **ids) == 0
+                with store.hang():
+                    down = parse(httpx.get(f"{url}/metrics", timeout=10).text)
+                assert value(down, "snapctl_engine_up", engine="dingodb") == 0
+                assert value(down, "snapctl_agent_up") == 1
+        finally:
+            service.close()
+
+
+def test_label_values_are_escaped():
+    out = Exposition()
+    out.add("x", "gauge", "help", 1, group='a"b\\c\nd')
+    assert parse(out.text()) == {("x", frozenset({("group", 'a\\"b\\\\c\\nd')})): 1.0}
+
+
+def test_status_textfile_is_written_atomically_and_reads_back(tmp_path):
+    inventory = load(write_inventory(tmp_path, sqlite_nodes(tmp_path, 2)))
+    record_run(inventory, "r-good", "succeeded", age_s=120)
+    textfile = tmp_path / "textfile" / "snapctl.prom"
+    textfile.parent.mkdir()
+    status = asyncio.run(collect_status(inventory, textfile=textfile))
+    samples = parse(textfile.read_text())
+    assert value(samples, "snapctl_status_verdict", cluster="st") == 0
+    assert value(samples, "snapctl_status_safe_to_back_up", cluster="st") == 1
+    assert value(samples, "snapctl_status_node_reachable", cluster="st", node="n2") == 1
+    assert 120 <= value(samples, "snapctl_status_last_success_age_seconds", cluster="st") < 600
+    assert [p.name for p in textfile.parent.iterdir()] == ["snapctl.prom"], "no temp file left behind"
+    assert status.verdict.level == "healthy"
+
+
+def test_an_unwritable_textfile_is_a_finding_not_a_lost_status(tmp_path):
+    inventory = load(write_inventory(tmp_path, sqlite_nodes(tmp_path, 1)))
+    record_run(inventory, "r-good", "succeeded", age_s=1)
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "snapctl.prom").mkdir()  # a directory where the file should go: the rename fails
+    status = asyncio.run(collect_status(inventory, textfile=target / "snapctl.prom"))
+    (finding,) = [f for f in status.verdict.findings if f.subject == "metrics"]
+    assert finding.severity == "degraded" and "cannot write the metrics textfile" in finding.message
+
+
+@pytest.mark.parametrize(("name", "problem"), [("snapctl.txt", "ending in .prom"), ("missing/x.prom", "does not exist")])
+def test_textfile_paths_node_exporter_would_never_read_are_refused(tmp_path, name, problem):
+    with pytest.raises(BadInputError, match=problem):
+        write_textfile(tmp_path / name, "")
+
+
+def test_the_textfile_counts_unreachable_nodes(tmp_path):
+    with fake_agents([FakeAgent("up"), FakeAgent("stuck", "hang")]) as fleet:
+        nodes = [{"name": a.node, "agent": a.url} for a in fleet.agents]
+        inventory = load(write_inventory(tmp_path, nodes, policy={"agent_timeout_s": "2s"}))
+        samples = parse(status_textfile(asyncio.run(collect_status(inventory))))
+    assert value(samples, "snapctl_status_node_reachable", cluster="st", node="up") == 1
+    assert value(samples, "snapctl_status_node_reachable", cluster="st", node="stuck") == 0
+    assert value(samples, "snapctl_status_verdict", cluster="st") == 2
+    assert ("snapctl_status_engine_up", frozenset({("cluster", "st"), ("node", "stuck")})) not in samples

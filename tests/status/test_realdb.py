@@ -1,0 +1,109 @@
+"""`snapctl status` against a real Tarantool replica set and a real etcd cluster, one agent per
+member: kill a member and it is flagged on the next refresh; bring it back and the cluster recovers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+from snapctl.status import ClusterStatus, collect_status
+from tests.realdb.etcd import EtcdCluster
+from tests.realdb.procs import wait_until
+from tests.realdb.tarantool import TarantoolReplicaSet
+from tests.status.conftest import load, record_run, write_inventory
+
+pytestmark = pytest.mark.slow
+
+
+def inventory_for(tmp_path, engines: list[dict]):
+    nodes = [{"name": f"m{i + 1}", "agent": "embedded", "engine": engine} for i, engine in enumerate(engines)]
+    inventory = load(write_inventory(tmp_path, nodes, policy={"agent_timeout_s": "5s"}))
+    record_run(inventory, "r-recent", "succeeded", age_s=60)  # so that the backups are not what we look at
+    return inventory
+
+
+def look(inventory) -> ClusterStatus:
+    return asyncio.run(collect_status(inventory))
+
+
+def problems(status: ClusterStatus) -> list[str]:
+    return [str(f) for f in status.verdict.at_least("degraded")]
+
+
+def wait_healthy(inventory, what: str) -> ClusterStatus:
+    last: list[ClusterStatus] = []
+
+    def healthy() -> bool:
+        last[:] = [look(inventory)]
+        return last[0].verdict.level == "healthy"
+
+    try:
+        wait_until(healthy, timeout_s=45, what=what)
+    except TimeoutError as exc:
+        raise AssertionError(f"{what}: still {problems(last[0])}") from exc
+    return last[0]
+
+
+@pytest.fixture
+def replica_set(tmp_path_factory) -> Iterator[TarantoolReplicaSet]:
+    with TarantoolReplicaSet(tmp_path_factory.mktemp("tt"), size=3) as rs:
+        yield rs
+
+
+@pytest.fixture
+def etcd(tmp_path_factory) -> Iterator[EtcdCluster]:
+    with EtcdCluster(tmp_path_factory.mktemp("etcd"), size=3) as cluster:
+        yield cluster
+
+
+def test_tarantool_replica_killed_is_flagged_then_recovers(replica_set, tmp_path):
+    inventory = inventory_for(tmp_path, [replica_set.engine_settings(i, timeout_s=2.0) for i in range(3)])
+    replica_set.write(10)
+    replica_set.wait_replicated()
+    status = wait_healthy(inventory, "the replica set to look healthy")
+    (group,) = status.verdict.groups
+    assert (group.leader, group.leader_node) == (replica_set.master.uuid, "m1")
+    assert [(m.node, m.role) for m in group.members] == [("m1", "leader"), ("m2", "follower"), ("m3", "follower")]
+    assert all(m.lag_entries == 0 for m in group.members[1:])
+
+    killed = replica_set.kill(1)
+    status = look(inventory)
+    assert ("critical", "m2") in {(f.severity, f.subject) for f in status.verdict.findings}, problems(status)
+    dead = next(m for m in status.verdict.groups[0].members if m.member == killed.uuid)
+    assert dead.node is None, "the dead member is only seen as its peers' peer"
+    assert any(f.subject == "m2" for f in status.preflight), "a backup now would be refused"
+
+    replica_set.restart(1)
+    recovered = wait_healthy(inventory, "the replica set to recover")
+    assert [m.node for m in recovered.verdict.groups[0].members] == ["m1", "m2", "m3"]
+
+
+def test_etcd_leader_killed_is_flagged_then_recovers(etcd, tmp_path):
+    inventory = inventory_for(tmp_path, [etcd.engine_settings(i, timeout_s=1.0) for i in range(3)])
+    etcd.write(50)
+    status = wait_healthy(inventory, "the etcd cluster to look healthy")
+    (group,) = status.verdict.groups
+    leader_index = next(i for i, m in enumerate(group.members) if m.role == "leader")
+    assert group.leader_node == f"m{leader_index + 1}" and len({m.term for m in group.members}) == 1
+    assert all(m.lag_entries is not None for m in group.members if m.role == "follower")
+
+    etcd.kill(leader_index)
+    status = look(inventory)
+    flagged = {(f.severity, f.subject) for f in status.verdict.findings}
+    assert ("critical", f"m{leader_index + 1}") in flagged, problems(status)
+    survivors = [m for m in status.verdict.groups[0].members if m.node]
+    assert len(survivors) == 2
+
+    etcd.wait_leader(exclude=etcd.members[leader_index])
+    status = look(inventory)
+    dead_member = etcd.members[leader_index]
+    group = status.verdict.groups[0]
+    assert group.leader_node is not None and group.leader_node != f"m{leader_index + 1}"
+    assert any(e.state == "unreachable" for e in group.replicators_in_error), "the new leader cannot reach it"
+    assert any(f.subject == f"raft group {group.group}" and "failing" in f.message for f in status.verdict.findings)
+
+    etcd.restart(leader_index)
+    recovered = wait_healthy(inventory, f"etcd to recover after {dead_member.name} came back")
+    assert len({m.term for m in recovered.verdict.groups[0].members}) == 1

@@ -1,0 +1,48 @@
+"""The status screen: many raft groups fold to the ones with something to say; names are never markup."""
+
+from __future__ import annotations
+
+import io
+from datetime import UTC, datetime
+
+from rich.console import Console
+
+from node_agent.models import AgentStatus, EngineStatus, RaftGroup
+from snapctl import __version__
+from snapctl.config import parse_inventory
+from snapctl.health import NodeProbe, assess
+from snapctl.render import Renderer
+from snapctl.status import ClusterStatus
+
+INVENTORY = parse_inventory("cluster: c\nprovider: {type: local}\nnodes: [{name: a, agent: 'http://127.0.0.1:1'}]")
+
+
+def screen(groups: list[RaftGroup], group_filter: list[str] | None = None) -> tuple[str, int]:
+    status = AgentStatus(node="a", agent_version=__version__,
+                         engine=EngineStatus(engine="dingodb", reachable=True, raft=groups))
+    probes = [NodeProbe("a", status=status)]
+    cluster = ClusterStatus("c", datetime.now(UTC), probes, assess(INVENTORY, probes), 3600.0,
+                            group_filter=group_filter or [])
+    renderer = Renderer()
+    renderer.out = Console(file=io.StringIO(), width=250, highlight=False)
+    code = renderer.status(cluster)
+    return renderer.out.file.getvalue(), code
+
+
+def region(n: int, role: str = "leader") -> RaftGroup:
+    return RaftGroup(group=f"[1_T_part_0_{n}]", member="127.0.0.1:20101:0", role=role, term=2)
+
+
+def test_many_groups_show_only_the_unhealthy_ones_with_a_count_of_the_rest():
+    text, code = screen([region(n) for n in range(1, 30)] + [region(99, role="candidate")])
+    assert "[1_T_part_0_99]" in text, "a group name with brackets is shown as it is, not as markup"
+    assert "[1_T_part_0_7]" not in text
+    assert "29 healthy raft groups not shown" in text
+    assert code == 6 and "verdict: critical (exit 6)" in text
+
+
+def test_a_few_groups_or_an_explicit_filter_show_every_group():
+    text, _ = screen([region(n) for n in range(1, 4)])
+    assert all(f"[1_T_part_0_{n}]" in text for n in range(1, 4)) and "not shown" not in text
+    text, _ = screen([region(n) for n in range(1, 30)], group_filter=["*"])
+    assert "[1_T_part_0_29]" in text and "not shown" not in text
