@@ -22,7 +22,7 @@ from snapctl import __version__
 from snapctl.agent_client import AgentClient, open_agents
 from snapctl.catalog import Catalog, open_catalog
 from snapctl.config import Inventory
-from snapctl.errors import PreflightRefused, RunFailed, SnapctlError
+from snapctl.errors import AgentUnreachable, PreflightRefused, RunFailed, SnapctlError
 from snapctl.events import NullReporter, Reporter
 from snapctl.health import Verdict, assess
 from snapctl.manifest import Manifest, NodeRecord
@@ -37,6 +37,7 @@ class BackupOptions:
     force: bool = False
     trigger: bool | None = None  # None: the inventory's policy decides
     consistency: str | None = None  # "cluster" | "per-node"; None: the inventory's policy decides
+    prune: bool = True  # apply the inventory's retention after a successful run (`--no-prune`: False)
 
 
 @dataclass
@@ -76,6 +77,7 @@ class _Run:
     held: set[str] = field(default_factory=set)  # prepare sent and not yet completed
     lost_hold: dict[str, str] = field(default_factory=dict)  # node -> why its lease was lost
     in_flight: list[Future[list[SnapshotRef]]] = field(default_factory=list)
+    unrecorded: str | None = None  # why the failed run's manifest could not be saved
     prepare_sent: dict[str, float] = field(default_factory=dict)  # monotonic
     prepare_acked: dict[str, float] = field(default_factory=dict)
 
@@ -103,6 +105,7 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
         lock = catalog.acquire_lock(run_owner(), run_id, policy.lock_ttl_s)
         lock_keeper = _LockKeeper(lock, policy.lock_ttl_s / 3)
         try:
+            _close_abandoned_runs(catalog, run_id)
             # 2. Preflight, before anything is held.
             verdict = await _preflight(inventory, agents, reporter)
             blocking = verdict.at_least("critical")
@@ -131,22 +134,51 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
                 try:
                     await _hold_snapshot_release(run, options)
                     lock_keeper.check()
+                    _measure(manifest)
+                    # 8. The manifest, before the (long) wait; if it cannot be written, nothing owns the
+                    # snapshots: roll back rather than leave them behind.
+                    catalog.save(manifest)
                 except BaseException as exc:
                     await _roll_back(run, exc)
                     raise _as_run_failure(run, exc) from exc
-            _measure(manifest)
-            catalog.save(manifest)  # 8. the manifest, before the (long) wait for completion
 
             if not options.no_wait:
                 await _wait_for_completion(run)
             manifest.status = "succeeded"
             manifest.finished_at = now()
             catalog.save(manifest)
+            if options.prune:  # ... then retention, still under the lock; its failure never fails the run
+                from snapctl.prune import prune_after_backup
+
+                await prune_after_backup(inventory, catalog, provider, manifest, reporter, lock_keeper.check)
             reporter.finished(manifest)
             return manifest
         finally:
             lock_keeper.stop()
-            lock.release()
+            try:
+                lock.release()
+            except SnapctlError as exc:  # it expires by itself; this must not hide how the run ended
+                reporter.step("lock", f"could not release the cluster lock (it expires within "
+                                      f"{policy.lock_ttl_s:g}s): {exc.message}")
+
+
+def _close_abandoned_runs(catalog: Catalog, run_id: str) -> None:
+    """We hold the cluster lock, so any other run still marked running died unfinished (SIGKILL, a
+    lost host): record it as failed. Its leases released its nodes; `snapctl gc` finds snapshots
+    it made that its manifest does not name."""
+    for entry in catalog.list()[0]:
+        if entry.status != "running" or entry.run_id == run_id:
+            continue
+        try:
+            stale = catalog.load(entry.run_id)
+            if stale.status == "running":
+                stale.status, stale.finished_at = "failed", now()
+                stale.error = (f"abandoned: snapctl stopped before the run finished (run {run_id} found it "
+                               "unfinished); its nodes were released by their leases, `snapctl gc` lists its "
+                               "snapshots that this manifest does not name")
+                catalog.save(stale)
+        except SnapctlError:
+            continue  # a record we cannot fix is no reason to refuse a backup
 
 
 async def _preflight(inventory: Inventory, agents: dict[str, AgentClient], reporter: Reporter) -> Verdict:
@@ -174,22 +206,57 @@ async def _hold_snapshot_release(run: _Run, options: BackupOptions) -> None:
             # Each node is held just for its own snapshot: no cluster barrier, shortest freezes.
             run.reporter.step("snapshot", f"per-node: prepare, snapshot, complete on {len(nodes)} nodes")
             limit = asyncio.Semaphore(policy.concurrency)
+            pace = _create_call_pacer(run.provider)
 
             async def one(run: _Run, node: str) -> None:
+                # The provider's rate limit is waited out before the hold, not during it: a node is
+                # prepared just in time for its create calls, so its freeze stays short at any N.
+                await pace(len(run.volumes[node].volumes))
                 async with limit:
                     await _prepare(run, node)
                     await _snapshot_then_complete(run, node)
 
             await _on_every_node(run, nodes, one)
         else:
-            # 4. PREPARE every node in parallel: the barrier.
+            # 4. PREPARE every node in parallel: the barrier. 5 + 6. Each node's snapshot starts as
+            # soon as that node is held, and it is COMPLETEd as soon as its own create calls returned
+            # *and* every node is held. All holds overlap, which is what makes the cut consistent;
+            # snapshots never wait for the slowest prepare, so the barrier adds no freeze time.
             run.reporter.step("prepare", f"preparing {len(nodes)} nodes")
-            await _on_every_node(run, nodes, _prepare)
-            # 5 + 6. Snapshot every node; COMPLETE each as soon as its own create calls returned.
-            run.reporter.step("snapshot", f"snapshotting {len(nodes)} nodes with {run.provider.name}")
-            await _on_every_node(run, nodes, _snapshot_then_complete)
+            all_held, not_yet_held = asyncio.Event(), set(nodes)
+
+            async def hold_then_snapshot(run: _Run, node: str) -> None:
+                await _prepare(run, node)
+                not_yet_held.discard(node)
+                if not not_yet_held:
+                    all_held.set()
+                    run.reporter.step("snapshot", f"all {len(nodes)} nodes held; snapshots with {run.provider.name}")
+                await _snapshot_then_complete(run, node, all_held)
+
+            await _on_every_node(run, nodes, hold_then_snapshot)
     finally:
         renewer.cancel()
+
+
+def _create_call_pacer(provider: Provider):
+    """An async ``pace(calls)`` that waits until the provider's create-call budget (its declared
+    token bucket) covers ``calls`` more calls; a no-op for providers that declare no limit."""
+    caps = provider.capabilities
+    if not caps.max_creates_per_s:
+        async def unlimited(calls: int) -> None:
+            pass
+
+        return unlimited
+    from snapctl.ratelimit import TokenBucket
+
+    bucket = TokenBucket(caps.max_creates_per_s, max(1, caps.create_burst or 1))
+
+    async def pace(calls: int) -> None:
+        wait = bucket.reserve(min(max(calls, 1), bucket.burst))
+        if wait:
+            await asyncio.sleep(wait)
+
+    return pace
 
 
 async def _prepare(run: _Run, node: str) -> None:
@@ -212,7 +279,7 @@ async def _prepare(run: _Run, node: str) -> None:
     run.reporter.node(node, "held")
 
 
-async def _snapshot_then_complete(run: _Run, node: str) -> None:
+async def _snapshot_then_complete(run: _Run, node: str, all_held: asyncio.Event | None = None) -> None:
     policy = run.inventory.policy
     tags = snapshot_tags(run.inventory.cluster, run.manifest.run_id, node, extra=run.inventory.tags)
     run.reporter.node(node, "snapshotting")
@@ -228,6 +295,8 @@ async def _snapshot_then_complete(run: _Run, node: str) -> None:
                         hint="check the provider; raise policy.max_freeze_s if this volume is just slow") from None
     record = run.manifest.nodes[node]
     record.snapshots = refs
+    if all_held is not None:
+        await all_held.wait()  # bounded: a prepare that never answers fails the run (prepare_timeout_s)
     if node in run.lost_hold:
         raise RunFailed(f"node {node}: its hold ended before the snapshot was fixed: {run.lost_hold[node]}")
     await _complete(run, node)
@@ -235,11 +304,21 @@ async def _snapshot_then_complete(run: _Run, node: str) -> None:
 
 async def _complete(run: _Run, node: str) -> None:
     record = run.manifest.nodes[node]
-    await asyncio.wait_for(run.agents[node].complete(run.manifest.run_id), run.inventory.policy.agent_timeout_s)
+    await _completed(run, node)
     run.held.discard(node)
     record.complete_acked_at = now()
     record.freeze_window_s = round(time.monotonic() - run.prepare_sent[node], 6)
     run.reporter.node(node, "released", f"frozen {record.freeze_window_s:.3f}s")
+
+
+async def _completed(run: _Run, node: str) -> None:
+    """COMPLETE one node, bounded: a hung agent is an error naming the node, not a bare timeout."""
+    timeout = run.inventory.policy.agent_timeout_s
+    try:
+        await asyncio.wait_for(run.agents[node].complete(run.manifest.run_id), timeout)
+    except TimeoutError:
+        raise AgentUnreachable(node, f"no answer from the agent to complete within {timeout:g}s",
+                               hint="the agent releases the engine itself when the lease runs out") from None
 
 
 async def _renew_leases(run: _Run) -> None:
@@ -283,7 +362,7 @@ async def _roll_back(run: _Run, cause: BaseException) -> None:
     manifest, policy = run.manifest, run.inventory.policy
     held = sorted(run.held)
     results = await asyncio.gather(
-        *(asyncio.wait_for(run.agents[n].complete(manifest.run_id), policy.agent_timeout_s) for n in held),
+        *(_completed(run, n) for n in held),
         return_exceptions=True,
     )
     for node, result in zip(held, results):
@@ -320,7 +399,10 @@ async def _roll_back(run: _Run, cause: BaseException) -> None:
     manifest.error = _reason(cause)
     manifest.finished_at = now()
     _measure(manifest)
-    run.catalog.save(manifest)
+    try:
+        run.catalog.save(manifest)
+    except SnapctlError as exc:  # released and cleaned up all the same; the next run marks it failed
+        run.unrecorded = exc.message
     run.reporter.finished(manifest)
 
 
@@ -378,6 +460,8 @@ def _as_run_failure(run: _Run, exc: BaseException) -> BaseException:
     if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)):
         return exc
     failed = [f"{n}: {r.error}" for n, r in run.manifest.nodes.items() if r.error]
+    if run.unrecorded:
+        failed.append(f"the catalog could not record the failure: {run.unrecorded}")
     detail = f" ({'; '.join(failed)})" if failed else ""
     hint = exc.hint if isinstance(exc, SnapctlError) else None
     return RunFailed(f"backup run {run.manifest.run_id} failed and was rolled back: {_reason(exc)}{detail}", hint=hint)

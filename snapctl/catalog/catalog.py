@@ -223,14 +223,17 @@ def default_catalog_dir() -> Path:
 
 
 def open_catalog(inventory: Inventory) -> Catalog:
-    """The catalog the inventory names: ``catalog.path``, else the per-user default directory."""
+    """The catalog the inventory names: ``catalog.url`` (s3://), ``catalog.path``, else the per-user default."""
     config = inventory.catalog
     if config.url:
         if config.path:
             raise BadInputError("catalog: set either 'path' or 'url', not both")
-        # --- shared catalogs: the S3 store plugs in here -------------------------------------
+        # --- shared catalogs: the S3 store (boto3 is imported only here, on demand) -----------
         if config.url.startswith("s3://"):
-            raise BadInputError("s3 catalogs are not available in this build")
+            from snapctl.catalog.s3 import S3BlobStore
+
+            store = S3BlobStore(config.url, endpoint_url=config.endpoint_url, region=config.region)
+            return Catalog(store, inventory.cluster)
         raise BadInputError(f"catalog url {config.url!r} is not supported", hint="use s3://bucket/prefix, or catalog.path")
     root = inventory.resolve(config.path) if config.path else default_catalog_dir()
     return Catalog(LocalBlobStore(root), inventory.cluster)

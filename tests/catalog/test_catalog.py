@@ -150,12 +150,6 @@ def test_open_catalog_defaults_under_xdg_state_home(tmp_path: Path, monkeypatch:
     assert catalog.store.root == tmp_path / "state" / "snapctl" / "catalog"
 
 
-def test_open_catalog_s3_is_not_in_this_build(tmp_path: Path) -> None:
-    text = "cluster: prod\nprovider: {type: local}\ncatalog: {url: 's3://bucket/x'}\nnodes: [{name: n1, agent: 'http://127.0.0.1:1'}]\n"
-    with pytest.raises(BadInputError, match="s3 catalogs are not available"):
-        open_catalog(parse_inventory(text, base_dir=tmp_path))
-
-
 def test_listing_an_empty_catalog_writes_nothing(catalog: Catalog) -> None:
     assert catalog.list() == ([], [])
     assert catalog.latest() is None

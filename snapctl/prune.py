@@ -1,0 +1,285 @@
+"""Retention applied (`snapctl prune`, and step 8 of every backup) and `snapctl gc`.
+
+Prune, under the cluster lock:
+1. plan: the policy (snapctl.retention) over every readable manifest; a run already marked
+   ``pruning`` by an earlier, interrupted prune is in the plan whatever the policy says;
+2. mark every doomed run first (status ``pruning``, the old status kept in ``extra.pruning``), so
+   from here on no restore or ``latest`` picks it, and a prune killed at any later point is
+   finished by the next one;
+3. delete each doomed run's snapshots (those its manifest names plus any tagged with its run id),
+   oldest run first, then its manifest. Providers refuse snapshots without this cluster's tag;
+   such a run stays marked and is reported.
+
+gc: every snapshot tagged with this cluster that no manifest owns. Snapshots of the run holding
+the lock (a backup in progress) and of runs whose manifest is unreadable are never orphans.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Self
+
+from snapctl.catalog import Catalog, open_catalog
+from snapctl.errors import CatalogError, SnapctlError, SnapshotNotFound
+from snapctl.providers import TAG_CLUSTER, TAG_RUN, Provider, SnapshotRef, create_provider
+from snapctl.retention import PRUNING, Decision, Run, decide
+
+if TYPE_CHECKING:
+    from snapctl.config import Inventory, Retention
+    from snapctl.events import Reporter
+    from snapctl.manifest import Manifest
+
+StillLocked = Callable[[], None]  # raises when the cluster lock is no longer ours
+
+
+@dataclass
+class RunVerdict:
+    run_id: str
+    started_at: datetime
+    status: str  # before pruning began
+    reasons: list[str]
+    snapshots: list[str] = field(default_factory=list)  # ids that go with the run (doomed runs)
+    error: str | None = None  # why it could not be deleted (it stays marked)
+
+
+@dataclass
+class PruneResult:
+    cluster: str
+    dry_run: bool
+    retention: Retention
+    kept: list[RunVerdict]  # newest first
+    deleted: list[RunVerdict]  # oldest first; on a dry run: what would go
+    unfinished: list[RunVerdict] = field(default_factory=list)  # marked, not (fully) deleted
+    problems: list[str] = field(default_factory=list)  # unreadable manifests, left alone
+
+    @property
+    def ok(self) -> bool:
+        return not self.unfinished
+
+
+@dataclass
+class GcResult:
+    cluster: str
+    delete: bool
+    orphans: list[SnapshotRef]
+    deleted: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # snapshot id -> why not deleted
+    skipped_runs: list[str] = field(default_factory=list)  # runs whose snapshots were not considered
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+# -- prune ---------------------------------------------------------------------------------------
+
+
+def prune(inventory: Inventory, *, dry_run: bool = False) -> PruneResult:
+    """`snapctl prune`: take the cluster lock (not for a dry run), plan, mark, delete."""
+    catalog = open_catalog(inventory)
+    provider = create_provider(inventory.provider, cluster=inventory.cluster, base_dir=inventory.base_dir)
+    if dry_run:
+        return plan(catalog, provider, inventory.retention)
+    with _Locked(catalog, inventory.policy.lock_ttl_s, "prune") as locked:
+        return apply(plan(catalog, provider, inventory.retention), catalog, provider, locked.check)
+
+
+def plan(catalog: Catalog, provider: Provider, retention: Retention) -> PruneResult:
+    """What a prune would do now; reads only. The result of a dry run."""
+    entries, problems = catalog.list()
+    decided = decide([Run(e.run_id, e.started_at, e.status) for e in entries], retention)
+    tagged = _by_run(provider.find({TAG_CLUSTER: catalog.cluster})) if decided.delete else {}
+    result = PruneResult(catalog.cluster, True, retention, [], [], problems=problems)
+    result.kept = [_verdict(d) for d in decided.keep]
+    for decision in decided.delete:
+        verdict = _verdict(decision)
+        try:
+            manifest = catalog.load(decision.run.run_id)
+        except SnapctlError as exc:
+            verdict.error = exc.message
+            result.unfinished.append(verdict)
+            continue
+        verdict.status = str(manifest.extra.get(PRUNING, {}).get("was", manifest.status))
+        refs = _unique(manifest.snapshot_refs() + tagged.get(manifest.run_id, []))
+        verdict.snapshots = [r.snapshot_id for r in refs]
+        result.deleted.append(verdict)
+    return result
+
+
+def apply(planned: PruneResult, catalog: Catalog, provider: Provider, still_locked: StillLocked) -> PruneResult:
+    """Mark every doomed run, then delete their snapshots and manifests, oldest first."""
+    result = PruneResult(planned.cluster, False, planned.retention, planned.kept, [],
+                         list(planned.unfinished), planned.problems)
+    doomed: list[tuple[RunVerdict, Manifest]] = []
+    for verdict in planned.deleted:
+        still_locked()
+        manifest = catalog.load(verdict.run_id)
+        if manifest.status != PRUNING:
+            manifest.extra[PRUNING] = {"was": manifest.status, "since": datetime.now(UTC).isoformat()}
+            manifest.status = PRUNING  # type: ignore[assignment]
+            catalog.save(manifest)
+        doomed.append((verdict, manifest))
+    tagged = _by_run(provider.find({TAG_CLUSTER: catalog.cluster})) if doomed else {}
+    for verdict, manifest in doomed:
+        refs = _unique(manifest.snapshot_refs() + tagged.get(manifest.run_id, []))
+        failures = []
+        for ref in refs:
+            still_locked()
+            try:
+                _delete_snapshot(provider, ref, catalog.cluster)
+            except SnapctlError as exc:
+                failures.append(f"snapshot {ref.snapshot_id}: {exc.message}")
+        if failures:
+            verdict.error = "; ".join(failures)
+            result.unfinished.append(verdict)
+            continue
+        still_locked()
+        catalog.delete(manifest.run_id)
+        result.deleted.append(verdict)
+    return result
+
+
+async def prune_after_backup(
+    inventory: Inventory, catalog: Catalog, provider: Provider, manifest: Manifest, reporter: Reporter,
+    still_locked: StillLocked,
+) -> None:
+    """DESIGN step 8, retention: run under the backup's lock; its outcome goes into
+    ``manifest.extra["retention"]``. A failure is reported there and never fails the backup."""
+    import asyncio
+
+    reporter.step("prune", f"applying retention ({_describe(inventory.retention)})")
+    record: dict[str, object]
+    try:
+        planned = await asyncio.to_thread(plan, catalog, provider, inventory.retention)
+        done = await asyncio.to_thread(apply, planned, catalog, provider, still_locked)
+        record = {"deleted": [v.run_id for v in done.deleted], "kept": len(done.kept)}
+        if done.unfinished:
+            record["error"] = "; ".join(f"run {v.run_id}: {v.error}" for v in done.unfinished)
+    except SnapctlError as exc:
+        record = {"error": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - the backup succeeded; whatever broke here must not undo that
+        record = {"error": f"{type(exc).__name__}: {exc}"}
+    if "error" in record:
+        reporter.step("prune", f"retention did not finish (the backup itself succeeded): {record['error']}")
+    manifest.extra["retention"] = record
+    try:
+        catalog.save(manifest)
+    except SnapctlError as exc:
+        reporter.step("prune", f"could not record the retention outcome in the manifest: {exc}")
+
+
+def _delete_snapshot(provider: Provider, ref: SnapshotRef, cluster: str) -> None:
+    recorded = ref.tags.get(TAG_CLUSTER)
+    if recorded is not None and recorded != cluster:
+        # The provider checks the snapshot itself too; this catches a manifest that names the wrong one.
+        raise CatalogError(f"its {TAG_CLUSTER} tag is {recorded!r}, not {cluster!r}; not deleting it")
+    try:
+        provider.delete(ref)
+    except SnapshotNotFound:
+        pass  # deleted already (by an interrupted prune, or by hand): done
+
+
+# -- gc ------------------------------------------------------------------------------------------
+
+
+def gc(inventory: Inventory, *, delete: bool = False) -> GcResult:
+    """`snapctl gc`: list orphans; with ``delete``, take the cluster lock and delete them."""
+    catalog = open_catalog(inventory)
+    provider = create_provider(inventory.provider, cluster=inventory.cluster, base_dir=inventory.base_dir)
+    if not delete:
+        return find_orphans(catalog, provider)
+    with _Locked(catalog, inventory.policy.lock_ttl_s, "gc") as locked:
+        result = find_orphans(catalog, provider)
+        result.delete = True
+        for ref in result.orphans:
+            locked.check()
+            try:
+                _delete_snapshot(provider, ref, catalog.cluster)
+                result.deleted.append(ref.snapshot_id)
+            except SnapctlError as exc:
+                result.failed[ref.snapshot_id] = exc.message
+        return result
+
+
+def find_orphans(catalog: Catalog, provider: Provider) -> GcResult:
+    entries, _ = catalog.list()
+    # Every manifest file names a run, readable or not: an unreadable one may still own snapshots.
+    manifests = f"{catalog.cluster}/manifests/"
+    stored = {k[len(manifests):-len(".json")] for k in catalog.store.list(manifests) if k.endswith(".json")}
+    protected = stored - {e.run_id for e in entries}
+    owned: set[str] = set()
+    for entry in entries:
+        try:
+            owned.update(r.snapshot_id for r in catalog.load(entry.run_id).snapshot_refs())
+        except SnapctlError:
+            protected.add(entry.run_id)  # deleted or damaged since we listed: do not guess
+    lock = catalog.read_lock()
+    if lock is not None and lock.held_at(datetime.now(UTC)):
+        protected.add(lock.run_id)  # a backup in progress: its snapshots are not in its manifest yet
+    orphans = [ref for ref in provider.find({TAG_CLUSTER: catalog.cluster})
+               if ref.snapshot_id not in owned and ref.tags.get(TAG_RUN) not in protected]
+    return GcResult(catalog.cluster, False, orphans, skipped_runs=sorted(protected))
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+class _Locked:
+    """The cluster lock for a prune or gc, renewed from a thread while the work runs."""
+
+    def __init__(self, catalog: Catalog, ttl_s: float, verb: str) -> None:
+        from snapctl.orchestrator import run_owner
+
+        run_id = f"{verb}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{secrets.token_hex(3)}"
+        self._lock = catalog.acquire_lock(run_owner(), run_id, ttl_s)
+        self._period = ttl_s / 3
+        self._lost: SnapctlError | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew, name="snapctl-lock", daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._lock.release()
+
+    def check(self) -> None:
+        if self._lost is not None:
+            raise self._lost
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self._period):
+            try:
+                self._lock.renew()
+            except SnapctlError as exc:
+                self._lost = exc
+                return
+
+
+def _verdict(decision: Decision) -> RunVerdict:
+    run = decision.run
+    return RunVerdict(run.run_id, run.started_at, run.status, list(decision.reasons))
+
+
+def _by_run(refs: list[SnapshotRef]) -> dict[str, list[SnapshotRef]]:
+    grouped: dict[str, list[SnapshotRef]] = {}
+    for ref in refs:
+        grouped.setdefault(ref.tags.get(TAG_RUN, ""), []).append(ref)
+    return grouped
+
+
+def _unique(refs: list[SnapshotRef]) -> list[SnapshotRef]:
+    return list({r.snapshot_id: r for r in refs}.values())
+
+
+def _describe(retention: Retention) -> str:
+    return (f"keep last {retention.keep_last}, daily {retention.daily}, weekly {retention.weekly}, "
+            f"monthly {retention.monthly}")

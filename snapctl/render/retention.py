@@ -1,0 +1,91 @@
+"""Text and JSON for `snapctl prune`, `snapctl gc` and the retention line of `snapctl backup`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from snapctl.errors import ExitCode
+
+
+def prune_text(renderer: Any, result: Any) -> int:
+    # Plain lines, never a table: run and snapshot ids are printed whole, to be read or copied.
+    r = result.retention
+    policy = f"keep last {r.keep_last}, daily {r.daily}, weekly {r.weekly}, monthly {r.monthly}"
+    say = _printer(renderer.out)
+    say(f"{'dry run: ' if result.dry_run else ''}prune of cluster {result.cluster} ({policy})")
+    if result.deleted:
+        say(f"{'would delete' if result.dry_run else 'deleted'} {len(result.deleted)} run(s), oldest first:")
+        for v in result.deleted:
+            say(f"  {v.run_id}  {v.started_at:%Y-%m-%d %H:%M:%S}Z  {v.status}  ({'; '.join(v.reasons)})")
+            say(f"    snapshots: {', '.join(v.snapshots) or 'none'}")
+    else:
+        say("nothing to delete: the policy keeps every run")
+    if result.kept:
+        say(f"{'would keep' if result.dry_run else 'kept'} {len(result.kept)} run(s):")
+        for v in result.kept:
+            say(f"  {v.run_id}  {v.started_at:%Y-%m-%d %H:%M:%S}Z  {v.status}  ({', '.join(v.reasons)})")
+    warn = _printer(renderer.err)
+    for v in result.unfinished:
+        warn(f"not deleted: run {v.run_id}: {v.error}")
+    if result.unfinished:
+        warn("  hint: these runs stay marked 'pruning' (never restored); the next prune retries them")
+    for problem in result.problems:
+        warn(f"warning: {problem} (left alone)")
+    return prune_exit(result)
+
+
+def prune_document(result: Any) -> dict[str, Any]:
+    from snapctl.render import jsonable
+
+    return {**jsonable(result), "ok": result.ok}
+
+
+def prune_exit(result: Any) -> int:
+    return ExitCode.OK if result.ok else ExitCode.RUN_FAILED
+
+
+def gc_text(renderer: Any, result: Any) -> int:
+    say = _printer(renderer.out)
+    if not result.orphans:
+        say(f"no orphaned snapshots of cluster {result.cluster}: every tagged snapshot has a manifest")
+    else:
+        say(f"{len(result.orphans)} snapshot(s) of cluster {result.cluster} that no manifest owns:")
+        for ref in result.orphans:
+            done = ("  deleted" if ref.snapshot_id in result.deleted else
+                    f"  NOT deleted: {result.failed[ref.snapshot_id]}" if ref.snapshot_id in result.failed else "")
+            say(f"  {ref.snapshot_id}  node {ref.node}  volume {ref.volume}  "
+                f"run {ref.tags.get('snapctl-run', '-')}  created {ref.created_at or '-'}{done}")
+        if not result.delete:
+            say("run `snapctl gc --delete` to delete them")
+    if result.skipped_runs:
+        say("not considered (run in progress, or manifest unreadable): " + ", ".join(result.skipped_runs))
+    return gc_exit(result)
+
+
+def gc_document(result: Any) -> dict[str, Any]:
+    from snapctl.render import jsonable
+
+    return {**jsonable(result), "ok": result.ok}
+
+
+def gc_exit(result: Any) -> int:
+    return ExitCode.OK if result.ok else ExitCode.RUN_FAILED
+
+
+def backup_retention_line(manifest: Any) -> str | None:
+    """One line on what retention did after the backup, or None when it did not run."""
+    record = manifest.extra.get("retention")
+    if not isinstance(record, dict):
+        return None
+    deleted = record.get("deleted") or []
+    line = f"retention: deleted {len(deleted)} old run(s)" + (f" ({', '.join(deleted)})" if deleted else "")
+    if record.get("error"):
+        line += f"; did not finish: {record['error']} (`snapctl prune` retries)"
+    return line
+
+
+def _printer(console: Any):
+    def say(line: str) -> None:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    return say

@@ -1,0 +1,131 @@
+"""Retention policy, pure: which runs to keep given their start times, statuses and the inventory's
+``retention`` block. No I/O here, so the rules can be property-tested; `snapctl.prune` applies them.
+
+The rules (docs/retention.md), over *succeeded* runs, newest first, days in UTC:
+
+- ``keep_last: N``  the N newest runs;
+- ``daily: D``      the newest run of each of the D most recent days that have a run;
+- ``weekly: W``     the same per ISO week (Monday to Sunday);
+- ``monthly: M``    the same per calendar month;
+- the newest succeeded run is always kept, whatever the numbers say.
+
+A run kept by any rule is kept. Runs that did not succeed hold no usable backup but are the
+record of what went wrong: a ``failed`` or ``running`` run is kept while it is newer than the
+oldest kept succeeded run, and deleted once older (a later run took the cluster lock after it,
+so it is over or abandoned). With no succeeded run at all, nothing is deleted. A ``pruning`` run
+was chosen by an earlier prune that did not finish: it goes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from snapctl.config import Retention
+
+SUCCEEDED = "succeeded"
+PRUNING = "pruning"
+
+
+@dataclass(frozen=True)
+class Run:
+    """What the policy needs to know about one run."""
+
+    run_id: str
+    started_at: datetime
+    status: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    run: Run
+    keep: bool
+    reasons: tuple[str, ...]  # why it is kept, or why it goes
+
+
+@dataclass(frozen=True)
+class RetentionPlan:
+    decisions: tuple[Decision, ...]  # newest first
+
+    @property
+    def keep(self) -> list[Decision]:
+        return [d for d in self.decisions if d.keep]
+
+    @property
+    def delete(self) -> list[Decision]:
+        """Runs to delete, oldest first: an interrupted prune has removed the oldest ones."""
+        return [d for d in reversed(self.decisions) if not d.keep]
+
+
+def utc(moment: datetime) -> datetime:
+    """Aware UTC; a naive time is taken to be UTC already (manifests are written in UTC)."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def newest_first(runs: Iterable[Run]) -> list[Run]:
+    # The same order as the catalog's index: start time, then run id, both descending.
+    return sorted(runs, key=lambda r: (utc(r.started_at), r.run_id), reverse=True)
+
+
+def day_of(moment: datetime) -> str:
+    return f"{utc(moment):%Y-%m-%d}"
+
+
+def week_of(moment: datetime) -> str:
+    year, week, _ = utc(moment).isocalendar()
+    return f"{year}-W{week:02d}"
+
+
+def month_of(moment: datetime) -> str:
+    return f"{utc(moment):%Y-%m}"
+
+
+def decide(runs: Iterable[Run], policy: Retention) -> RetentionPlan:
+    ordered = newest_first(runs)
+    succeeded = [r for r in ordered if r.status == SUCCEEDED]
+    reasons: dict[str, list[str]] = {r.run_id: [] for r in succeeded}
+
+    if succeeded:
+        reasons[succeeded[0].run_id].append("newest succeeded")
+    for rank, run in enumerate(succeeded[: policy.keep_last], start=1):
+        reasons[run.run_id].append(f"last {rank}/{policy.keep_last}")
+    for label, count, bucket in (("daily", policy.daily, day_of), ("weekly", policy.weekly, week_of),
+                                 ("monthly", policy.monthly, month_of)):
+        for run, period in _newest_per_period(succeeded, count, bucket):
+            reasons[run.run_id].append(f"{label} {period}")
+
+    kept = [r for r in succeeded if reasons[r.run_id]]
+    oldest_kept = kept[-1] if kept else None
+    decisions = []
+    for run in ordered:
+        if run.status == SUCCEEDED:
+            kept_for = reasons[run.run_id]
+            decisions.append(Decision(run, bool(kept_for), tuple(kept_for) or ("outside the retention policy",)))
+        elif run.status == PRUNING:
+            decisions.append(Decision(run, False, ("an earlier prune did not finish",)))
+        elif oldest_kept is not None and _older(run, oldest_kept):
+            decisions.append(Decision(run, False, (f"{run.status}, older than the oldest kept run {oldest_kept.run_id}",)))
+        else:
+            decisions.append(Decision(run, True, (f"{run.status}, within the retained period",)))
+    return RetentionPlan(tuple(decisions))
+
+
+def _newest_per_period(
+    newest_first_runs: list[Run], count: int, bucket: Callable[[datetime], Hashable]
+) -> list[tuple[Run, Hashable]]:
+    """The first (newest) run of each of the ``count`` most recent periods that have a run."""
+    chosen: list[tuple[Run, Hashable]] = []
+    seen: set[Hashable] = set()
+    for run in newest_first_runs:
+        if len(chosen) >= count:
+            break
+        period = bucket(run.started_at)
+        if period not in seen:
+            seen.add(period)
+            chosen.append((run, period))
+    return chosen
+
+
+def _older(run: Run, than: Run) -> bool:
+    return (utc(run.started_at), run.run_id) < (utc(than.started_at), than.run_id)

@@ -1,0 +1,82 @@
+"""deploy/: the systemd units verify, and every snapctl command in the units, the crontab and the
+CI workflow parses with the real CLI (so a renamed flag breaks this test, not a night's backup)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import typer
+import yaml
+
+from snapctl.cli import app
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+INSTALLED = "/opt/snapctl/bin/"
+# `snapctl` and its words, up to a shell operator or a redirection such as `2>&1`.
+SNAPCTL_CALL = re.compile(r"(?<![\w/.-])snapctl(?:[ \t]+(?!\d*[<>])[^\s|;&()<>]+)*")
+
+
+def parses(command: str) -> list[str]:
+    """Parse a `snapctl ...` command line with the CLI's own parser, without running it."""
+    argv = shlex.split(command)
+    assert Path(argv[0]).name == "snapctl", command
+    group = typer.main.get_command(app)
+    ctx = group.context_class(group, info_name="snapctl")
+    command_obj = group.get_command(ctx, argv[1])
+    assert command_obj is not None, f"no snapctl command {argv[1]!r}: {command}"
+    command_obj.make_context(argv[1], argv[2:], parent=ctx)  # raises click.UsageError on a bad flag
+    return argv[1:]
+
+
+def unit_value(unit: Path, key: str) -> str:
+    return next(line.split("=", 1)[1] for line in unit.read_text().splitlines() if line.startswith(f"{key}="))
+
+
+def test_units_verify_with_systemd(tmp_path: Path) -> None:
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    bin_dir = Path(shutil.which("snapctl", path=str(REPO / ".venv" / "bin")) or "").parent
+    for unit in [*DEPLOY.glob("*.service"), *DEPLOY.glob("*.timer")]:
+        (tmp_path / unit.name).write_text(unit.read_text().replace(INSTALLED, f"{bin_dir}/"))
+    result = subprocess.run(["systemd-analyze", "verify", *sorted(str(p) for p in tmp_path.iterdir())],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+def test_the_backup_unit_and_timer_fit_together() -> None:
+    service = DEPLOY / "snapctl-backup.service"
+    assert parses(unit_value(service, "ExecStart")) == ["backup"]
+    assert unit_value(service, "SuccessExitStatus") == "4"  # the lock's refusal (ExitCode.LOCK_HELD)
+    assert unit_value(DEPLOY / "snapctl-backup.timer", "Unit") == service.name
+    agent = unit_value(DEPLOY / "snapctl-agent.service", "ExecStart")
+    assert shlex.split(agent)[:2] == [f"{INSTALLED}snapctl-agent", "--config"]
+
+
+def test_every_crontab_job_parses() -> None:
+    jobs = [line for line in (DEPLOY / "crontab.example").read_text().splitlines()
+            if line.strip() and not line.startswith("#") and "=" not in line.split()[0]]
+    commands = []
+    for job in jobs:
+        fields = job.split(None, 6)
+        assert len(fields) == 7 and fields[5] == "snapctl", job  # m h dom mon dow user command
+        commands += [parses(call) for call in SNAPCTL_CALL.findall(fields[6])]
+    assert ["backup"] in commands and ["gc"] in commands
+
+
+def test_the_ci_workflow_runs_a_drill_and_uploads_its_report() -> None:
+    workflow = yaml.safe_load((DEPLOY / "ci" / "nightly-drill.yml").read_text())
+    steps = workflow["jobs"]["drill"]["steps"]
+    drill = [parses(s["run"]) for s in steps if s.get("run", "").startswith("snapctl drill")]
+    assert len(drill) == 1 and drill[0][:2] == ["drill", "latest"]
+    report = drill[0][drill[0].index("--junit") + 1]
+    upload = next(s for s in steps if s.get("uses", "").startswith("actions/upload-artifact"))
+    assert upload["with"]["path"] == report and upload["if"] == "always()"
+    assert parses(next(s["run"] for s in steps if s.get("run", "").startswith("snapctl status")).split("||")[0])
+    with pytest.raises(Exception, match="No such option"):
+        parses("snapctl drill latest --no-such-flag")  # the parser really checks

@@ -1,0 +1,282 @@
+"""Prune and gc over a real catalog directory and the real local snapshot store."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from snapctl.catalog import Catalog
+from snapctl.config import Inventory, Retention, parse_inventory
+from snapctl.errors import LockHeld
+from snapctl.events import NullReporter
+from snapctl.prune import apply, gc, plan, prune, prune_after_backup
+from snapctl.retention import Run, decide
+
+from .conftest import CLUSTER, Scene, make_scene
+
+T0 = datetime(2024, 3, 1, tzinfo=UTC)
+
+
+def inventory(scene: Scene, retention: dict | None = None) -> Inventory:
+    text = yaml.safe_dump({
+        "cluster": CLUSTER,
+        "provider": {"type": "local", "store": "snapshots"},
+        "catalog": {"path": "catalog"},
+        "policy": {"lock_ttl_s": "30s"},
+        "retention": retention or {},
+        "nodes": [{"name": n, "agent": "http://127.0.0.1:1"} for n in ("n1", "n2")],
+    })
+    return parse_inventory(text, source="test.yaml", base_dir=scene.root)
+
+
+def snapshots_of(scene: Scene, run_ids: set[str]) -> set[str]:
+    return {r.snapshot_id for r in scene.provider.find({}) if r.tags.get("snapctl-run") in run_ids}
+
+
+# -- the policy, applied -----------------------------------------------------------------------------
+
+
+@st.composite
+def sixty_days(draw) -> list[tuple[str, datetime, str]]:
+    runs = []
+    for day in range(60):
+        for hour in sorted(draw(st.lists(st.integers(0, 23), max_size=2, unique=True))):
+            at = T0 + timedelta(days=day, hours=hour, minutes=draw(st.integers(0, 59)))
+            status = draw(st.sampled_from(["succeeded"] * 5 + ["failed", "running"]))
+            runs.append((f"{at:%Y%m%dT%H%M%SZ}-{len(runs):03x}", at, status))
+    return runs
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(sixty_days(), st.builds(Retention, keep_last=st.integers(1, 5), daily=st.integers(0, 10),
+                                weekly=st.integers(0, 5), monthly=st.integers(0, 3)))
+def test_prune_over_sixty_days_keeps_exactly_what_the_policy_says(runs, retention: Retention) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        scene = make_scene(Path(tmp))
+        for run_id, at, status in runs:
+            scene.add_run(run_id, at, status, recorded=status != "running")
+        expected = {d.run.run_id for d in decide([Run(*r) for r in runs], retention).keep}
+
+        result = prune(inventory(scene, retention.model_dump()))
+
+        assert result.ok and result.problems == []
+        assert scene.run_ids() == expected == {v.run_id for v in result.kept}
+        assert {v.run_id for v in result.deleted} == {r[0] for r in runs} - expected
+        # Every snapshot of a deleted run is gone (recorded or only tagged); every kept run keeps all of its own.
+        assert scene.snapshot_ids() == snapshots_of(scene, expected)
+        assert len(scene.snapshot_ids()) == 2 * len(expected)
+
+
+def test_dry_run_lists_exactly_what_then_goes(scene: Scene) -> None:
+    for day in range(6):
+        scene.add_run(f"r{day}", T0 + timedelta(days=day))
+    scene.add_run("r2-failed", T0 + timedelta(days=2, hours=1), "failed")
+    scene.add_run("r3-killed", T0 + timedelta(days=3, hours=1), "running", recorded=False)
+    inv = inventory(scene, {"keep_last": 2, "daily": 0, "weekly": 0, "monthly": 0})
+    before = scene.snapshot_ids()
+
+    dry = prune(inv, dry_run=True)
+
+    assert dry.dry_run and scene.snapshot_ids() == before and len(scene.run_ids()) == 8  # nothing touched
+    assert [v.run_id for v in dry.deleted] == ["r0", "r1", "r2", "r2-failed", "r3", "r3-killed"]
+    assert dry.deleted[3].reasons == ["failed, older than the oldest kept run r4"]
+    assert dry.deleted[5].snapshots == ["r3-killed-n1-data", "r3-killed-n2-data"]  # found by its run tag
+
+    done = prune(inv)
+
+    assert [(v.run_id, v.snapshots) for v in done.deleted] == [(v.run_id, v.snapshots) for v in dry.deleted]
+    assert before - scene.snapshot_ids() == {s for v in dry.deleted for s in v.snapshots}
+    assert scene.run_ids() == {"r4", "r5"}
+    assert prune(inv, dry_run=True).deleted == []
+
+
+# -- interrupted at every step -------------------------------------------------------------------------
+
+
+class Killed(BaseException):
+    """The process dying: nothing in snapctl catches it."""
+
+
+class Fuse:
+    def __init__(self, after: int) -> None:
+        self.left = after
+
+    def tick(self) -> None:
+        if self.left == 0:
+            raise Killed
+        self.left -= 1
+
+
+class FusedStore:
+    """The real store; every change first burns the fuse (a kill between two writes)."""
+
+    def __init__(self, store, fuse: Fuse) -> None:
+        self._store, self._fuse = store, fuse
+
+    def __getattr__(self, name):
+        attr = getattr(self._store, name)
+        if name in ("write", "create", "replace", "delete"):
+            def fused(*args, **kwargs):
+                self._fuse.tick()
+                return attr(*args, **kwargs)
+            return fused
+        return attr
+
+
+class FusedProvider(FusedStore):
+    def __getattr__(self, name):
+        if name == "delete":
+            def fused(ref):
+                self._fuse.tick()
+                return self._store.delete(ref)
+            return fused
+        return getattr(self._store, name)
+
+
+def _history(scene: Scene) -> None:
+    for day in range(5):
+        scene.add_run(f"r{day}", T0 + timedelta(days=day))
+    scene.add_run("r1-failed", T0 + timedelta(days=1, hours=3), "failed")
+
+
+def test_a_prune_killed_at_any_step_resumes_and_finishes(tmp_path: Path) -> None:
+    retention = {"keep_last": 2, "daily": 0, "weekly": 0, "monthly": 0}
+    reference = make_scene(tmp_path / "reference")
+    _history(reference)
+    prune(inventory(reference, retention))
+    kept_runs, kept_snapshots = reference.run_ids(), reference.snapshot_ids()
+    assert kept_runs == {"r3", "r4"}
+
+    step = 0
+    while True:
+        scene = make_scene(tmp_path / f"kill-{step}")
+        _history(scene)
+        inv = inventory(scene, retention)
+        fuse = Fuse(step)
+        catalog = Catalog(FusedStore(scene.catalog.store, fuse), CLUSTER)
+        try:
+            apply(plan(catalog, scene.provider, inv.retention), catalog, FusedProvider(scene.provider, fuse),
+                  lambda: None)
+        except Killed:
+            pass
+        else:
+            break  # the fuse outlasted the prune: every step has been a kill point
+        # Whatever was done so far: the kept runs are whole and restorable, the rest are marked.
+        entries, problems = scene.catalog.list()
+        assert problems == []
+        assert kept_snapshots <= scene.snapshot_ids()
+        assert {e.run_id for e in entries if e.status != "pruning"} >= kept_runs
+        assert scene.catalog.resolve("latest") == "r4"
+        for run_id in {e.run_id for e in entries} - kept_runs:
+            if snapshots_of(scene, {run_id}) != {f"{run_id}-n1-data", f"{run_id}-n2-data"}:
+                assert scene.catalog.load(run_id).status == "pruning", (step, run_id)  # never a silent half-run
+
+        resumed = prune(inv)
+
+        assert resumed.ok
+        assert scene.run_ids() == kept_runs and scene.snapshot_ids() == kept_snapshots, step
+        step += 1
+    assert step > 10  # marks, snapshot deletions, manifest and index writes: each was a kill point
+
+
+# -- refusals ----------------------------------------------------------------------------------------
+
+
+def test_a_snapshot_without_this_clusters_tag_is_never_deleted(scene: Scene) -> None:
+    old = scene.add_run("r0", T0)
+    scene.add_run("r1", T0 + timedelta(days=1))
+    scene.add_run("r2", T0 + timedelta(days=2))
+    untagged = scene.snapshot("r0-extra", "n1", cluster=None)[0]  # made by hand, no snapctl tags
+    old.nodes["n1"].snapshots.append(untagged)
+    foreign = scene.catalog.load("r2").nodes["n2"].snapshots[0].model_copy(
+        update={"tags": {"snapctl-cluster": "staging"}})  # a damaged manifest naming a kept run's snapshot
+    old.nodes["n2"].snapshots.append(foreign)
+    scene.catalog.save(old)
+
+    result = prune(inventory(scene, {"keep_last": 1, "daily": 0, "weekly": 0, "monthly": 0}))
+
+    assert not result.ok and [v.run_id for v in result.deleted] == ["r1"]
+    [unfinished] = result.unfinished
+    assert unfinished.run_id == "r0"
+    assert f"refusing to delete snapshot {untagged.snapshot_id}" in unfinished.error
+    assert "'staging', not 'prod'" in unfinished.error
+    assert {untagged.snapshot_id, foreign.snapshot_id} <= scene.snapshot_ids()
+    assert scene.catalog.load("r0").status == "pruning"  # stays marked: the next prune retries it
+
+
+def test_unreadable_manifests_are_reported_and_left_alone(scene: Scene) -> None:
+    scene.add_run("r0", T0)
+    scene.add_run("r1", T0 + timedelta(days=1))
+    scene.catalog.store.write(f"{CLUSTER}/manifests/r-broken.json", b"{ not json")
+    result = prune(inventory(scene, {"keep_last": 1, "daily": 0, "weekly": 0, "monthly": 0}))
+    assert [v.run_id for v in result.deleted] == ["r0"]
+    assert result.problems == ["run r-broken: not valid JSON"]
+    assert scene.catalog.store.read(f"{CLUSTER}/manifests/r-broken.json") == b"{ not json"
+
+
+def test_prune_refuses_while_another_run_holds_the_lock(scene: Scene) -> None:
+    scene.add_run("r0", T0)
+    scene.catalog.acquire_lock("ops@other-host:7", "20240301T000000Z-abcdef", ttl_s=300)
+    with pytest.raises(LockHeld, match=r"locked by ops@other-host:7 \(run 20240301T000000Z-abcdef\)"):
+        prune(inventory(scene))
+    assert prune(inventory(scene), dry_run=True).kept  # a dry run takes no lock
+
+
+def test_retention_after_a_backup_reports_failure_without_raising(scene: Scene) -> None:
+    old = scene.add_run("r0", T0)
+    old.nodes["n1"].snapshots.append(scene.snapshot("r0-extra", "n1", cluster=None)[0])
+    scene.catalog.save(old)
+    scene.add_run("r1", T0 + timedelta(days=1))
+    newest = scene.add_run("r2", T0 + timedelta(days=2))
+    inv = inventory(scene, {"keep_last": 1, "daily": 0, "weekly": 0, "monthly": 0})
+
+    asyncio.run(prune_after_backup(inv, scene.catalog, scene.provider, newest, NullReporter(), lambda: None))
+
+    record = scene.catalog.load("r2").extra["retention"]
+    assert record["deleted"] == ["r1"] and record["kept"] == 1
+    assert record["error"].startswith("run r0: snapshot ") and "node n1: refusing to delete" in record["error"]
+
+
+# -- gc --------------------------------------------------------------------------------------------
+
+
+def test_gc_finds_planted_orphans_and_deletes_only_them(scene: Scene) -> None:
+    scene.add_run("r0", T0)
+    scene.add_run("r1", T0 + timedelta(days=1))
+    scene.add_run("r2-killed", T0 + timedelta(days=2), "running", recorded=False)  # SIGKILL before step 8
+    no_manifest = scene.snapshot("r3-lost", "n1")  # a run whose manifest never got written
+    scene.add_run("r4-broken", T0 + timedelta(days=4))
+    scene.catalog.store.write(f"{CLUSTER}/manifests/r4-broken.json", b"{ damaged")  # may own its snapshots
+    planted = {"r2-killed-n1-data", "r2-killed-n2-data", no_manifest[0].snapshot_id}
+    owned = snapshots_of(scene, {"r0", "r1"})
+    inv = inventory(scene)
+
+    found = gc(inv)
+
+    assert {r.snapshot_id for r in found.orphans} == planted and not found.delete
+    assert found.skipped_runs == ["r4-broken"]
+    assert planted <= scene.snapshot_ids()  # listing deletes nothing
+
+    deleted = gc(inv, delete=True)
+
+    assert deleted.ok and set(deleted.deleted) == planted
+    assert scene.snapshot_ids() == owned | snapshots_of(scene, {"r4-broken"})
+    assert gc(inv).orphans == []
+
+
+def test_gc_spares_the_run_in_progress_and_delete_needs_the_lock(scene: Scene) -> None:
+    scene.add_run("r0", T0)
+    in_progress = scene.snapshot("20240305T000000Z-aaaaaa", "n1")  # made, not yet in its manifest
+    scene.catalog.acquire_lock("ops@host:9", "20240305T000000Z-aaaaaa", ttl_s=300)
+    found = gc(inventory(scene))
+    assert found.orphans == [] and found.skipped_runs == ["20240305T000000Z-aaaaaa"]
+    with pytest.raises(LockHeld, match="ops@host:9"):
+        gc(inventory(scene), delete=True)
+    assert in_progress[0].snapshot_id in scene.snapshot_ids()
