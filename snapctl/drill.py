@@ -279,24 +279,17 @@ def _remaining(drill: _Drill) -> float:
 def _teardown(drill: _Drill, report: DrillReport, keep: bool) -> None:
     """Delete what the drill restored and started; scratch engines already stopped with their node."""
     for ref, restored in drill.made:
-        local = Path(restored).is_absolute() and Path(restored).exists()
         if keep:
             report.leftovers.append(restored)
-        elif local:
-            try:
-                shutil.rmtree(restored)
-            except OSError as exc:
-                report.teardown_errors.append(f"node {ref.node}: cannot remove {restored}: {exc.strerror}")
-        else:
-            delete_volume = getattr(drill.provider, "delete_volume", None)
-            if delete_volume is None:
-                report.leftovers.append(restored)  # the provider cannot delete volumes: the report names them
-                continue
-            try:
-                delete_volume(restored)
-            except SnapctlError as exc:
-                report.teardown_errors.append(f"node {ref.node}: cannot delete restored volume {restored}: {exc}")
-                report.leftovers.append(restored)
+            continue
+        try:
+            # Directories and cloud volumes alike: the provider detaches what it attached, and
+            # refuses anything not tagged for this cluster.
+            drill.provider.delete_volume(restored)
+        except Exception as exc:  # noqa: BLE001 - one volume's failure must not leave the others behind
+            reason = str(exc) if isinstance(exc, SnapctlError) else f"{type(exc).__name__}: {exc}"
+            report.teardown_errors.append(f"node {ref.node}: cannot delete restored volume {restored}: {reason}")
+            report.leftovers.append(restored)
     if not keep:
         shutil.rmtree(drill.scratch, ignore_errors=True)
 

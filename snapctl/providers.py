@@ -120,6 +120,13 @@ class Provider(Protocol):
         """Make a new volume (or directory) from ``ref`` at ``target``; return its id or path."""
         ...
 
+    def delete_volume(self, volume_id: str) -> None:
+        """Delete a volume (disk, directory) that ``restore`` made, given the id or path it
+        returned: what a drill's teardown calls. If restore attached it to an instance, detach it
+        first. Not found counts as done. Refuse (``ProviderError``) a volume that does not carry
+        this cluster's ``snapctl-cluster`` tag (restore puts it there, from the snapshot's tags)."""
+        ...
+
 
 class ProviderSettings(BaseModel):
     """Base for each provider's ``provider:`` block; unknown keys are rejected."""

@@ -38,6 +38,8 @@ class ProviderEnv:
     restore_target: Callable[[str], Any]  # name -> snapctl.providers.RestoreTarget
     check_restored: Callable[[Any, str], None] | None = None  # (ref, restored id/path) -> assert content
     untagged_snapshot: Callable[[], Any] | None = None  # make a snapshot lacking the cluster tag -> SnapshotRef
+    volume_exists: Callable[[str], bool] | None = None  # restored id/path -> is it still there?
+    foreign_volume: Callable[[], str] | None = None  # make a volume lacking the cluster tag -> its id/path
     cluster: str = "contract"
     extra: dict[str, Any] = field(default_factory=dict)
 

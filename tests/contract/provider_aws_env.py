@@ -37,6 +37,15 @@ def make_env(tmp_path: Path) -> Iterator[ProviderEnv]:
             assert volume["AvailabilityZone"] == ZONE
             assert {t["Key"]: t["Value"] for t in volume["Tags"]}[TAG_CLUSTER] == CLUSTER
 
+        def volume_exists(volume_id: str) -> bool:
+            found = ec2.describe_volumes(Filters=[{"Name": "volume-id", "Values": [volume_id]}])["Volumes"]
+            return any(v["State"] not in ("deleting", "deleted") for v in found)
+
+        def foreign_volume() -> str:
+            return ec2.create_volume(Size=1, AvailabilityZone=ZONE,
+                                     TagSpecifications=[{"ResourceType": "volume",
+                                                         "Tags": [{"Key": TAG_CLUSTER, "Value": "other"}]}])["VolumeId"]
+
         def untagged_snapshot() -> SnapshotRef:
             answer = ec2.create_snapshot(VolumeId=sources["data"])
             return SnapshotRef(provider="aws", snapshot_id=answer["SnapshotId"], node="n1", volume="data")
@@ -47,5 +56,7 @@ def make_env(tmp_path: Path) -> Iterator[ProviderEnv]:
             restore_target=lambda name: RestoreTarget(zone=ZONE, name=name),
             check_restored=check_restored,
             untagged_snapshot=untagged_snapshot,
+            volume_exists=volume_exists,
+            foreign_volume=foreign_volume,
             cluster=CLUSTER,
         )

@@ -36,6 +36,12 @@ def make_env(tmp_path: Path) -> Iterator[ProviderEnv]:
             assert disk["properties"]["provisioningState"] == "Succeeded"
             assert disk["tags"][TAG_CLUSTER] == CLUSTER
 
+        def volume_exists(disk_id: str) -> bool:
+            return disk_id.rsplit("/", 1)[-1] in fake.disks()
+
+        def foreign_volume() -> str:
+            return fake.add_disk(RESOURCE_GROUP, "made-by-hand", tags={"owner": "someone"})
+
         def untagged_snapshot() -> SnapshotRef:
             snapshot_id = fake.add_snapshot(RESOURCE_GROUP, "made-by-hand", tags={"owner": "someone"})
             return SnapshotRef(provider="azure", snapshot_id=snapshot_id, node="n1", volume="data")
@@ -46,5 +52,7 @@ def make_env(tmp_path: Path) -> Iterator[ProviderEnv]:
             restore_target=lambda name: RestoreTarget(name=name),
             check_restored=check_restored,
             untagged_snapshot=untagged_snapshot,
+            volume_exists=volume_exists,
+            foreign_volume=foreign_volume,
             cluster=CLUSTER,
         )

@@ -36,6 +36,14 @@ def make_env(tmp_path: Path) -> Iterator[ProviderEnv]:
             assert disk["status"] == "READY" and zone == ZONE
             assert disk["labels"][TAG_CLUSTER] == CLUSTER
 
+        def volume_exists(disk_path: str) -> bool:
+            zone, name = disk_path.split("/")[-3], disk_path.split("/")[-1]
+            return (zone, name) in fake.disks
+
+        def foreign_volume() -> str:
+            fake.add_disk(ZONE, "made-by-hand", labels={"owner": "someone"})
+            return f"projects/{fake.project}/zones/{ZONE}/disks/made-by-hand"
+
         def untagged_snapshot() -> SnapshotRef:
             fake.add_snapshot("made-by-hand", labels={"owner": "someone"})
             return SnapshotRef(provider="gcp", snapshot_id="made-by-hand", node="n1", volume="data")
@@ -46,5 +54,7 @@ def make_env(tmp_path: Path) -> Iterator[ProviderEnv]:
             restore_target=lambda name: RestoreTarget(zone=ZONE, name=name),
             check_restored=check_restored,
             untagged_snapshot=untagged_snapshot,
+            volume_exists=volume_exists,
+            foreign_volume=foreign_volume,
             cluster=CLUSTER,
         )

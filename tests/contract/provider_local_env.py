@@ -50,6 +50,12 @@ def make_env(tmp_path: Path) -> Iterator[ProviderEnv]:
     def check_restored(ref: SnapshotRef, restored: str) -> None:
         _same_tree(sources[ref.volume], Path(restored))
 
+    def foreign_volume() -> str:
+        """A directory snapctl did not restore (no marker beside it)."""
+        path = tmp_path / "not-restored"
+        _fill(path, "foreign")
+        return str(path)
+
     def untagged_snapshot() -> SnapshotRef:
         return provider.snapshot(volumes, {TAG_RUN: "untagged"})[0]
 
@@ -59,5 +65,7 @@ def make_env(tmp_path: Path) -> Iterator[ProviderEnv]:
         restore_target=lambda name: RestoreTarget(path=tmp_path / "restores" / name),
         check_restored=check_restored,
         untagged_snapshot=untagged_snapshot,
+        volume_exists=lambda path: os.path.lexists(path),
+        foreign_volume=foreign_volume,
         cluster=CLUSTER,
     )

@@ -142,3 +142,27 @@ def test_delete_refuses_a_snapshot_not_tagged_for_this_cluster(env: ProviderEnv)
     with pytest.raises(ProviderError):
         env.provider.delete(ref)
     assert env.provider.wait([ref], time.monotonic() + WAIT_S)[0].state == "completed", "the refused snapshot must survive"
+
+
+def test_delete_volume_removes_a_restored_volume_and_again_is_done(env: ProviderEnv, snaps: Snapshots) -> None:
+    _, _, refs = snaps.take()
+    refs = env.provider.wait(refs, time.monotonic() + WAIT_S)
+    restored = [env.provider.restore(ref, env.restore_target(f"scratch-{ref.volume}")) for ref in refs]
+    if env.volume_exists:
+        assert all(env.volume_exists(volume) for volume in restored)
+    for volume in restored:
+        env.provider.delete_volume(volume)
+    if env.volume_exists:
+        assert not any(env.volume_exists(volume) for volume in restored)
+    for volume in restored:
+        env.provider.delete_volume(volume)  # not found counts as done
+
+
+def test_delete_volume_refuses_a_volume_not_tagged_for_this_cluster(env: ProviderEnv) -> None:
+    if env.foreign_volume is None:
+        pytest.skip("this env cannot make a volume without the cluster tag")
+    volume = env.foreign_volume()
+    with pytest.raises(ProviderError):
+        env.provider.delete_volume(volume)
+    if env.volume_exists:
+        assert env.volume_exists(volume), "the refused volume must survive"

@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from snapctl.errors import ExitCode
+from tests.conftest import free_port
 from tests.e2e.conftest import THIRD_PARTY, Cluster, make_inventory
 from tests.fakes.azure_compute import FakeAzureCompute
 from tests.fakes.gcp_compute import FakeGcpCompute
@@ -109,6 +110,45 @@ def test_aws_backup_then_restore_makes_volumes_from_the_runs_snapshots(tmp_path)
             gone = cluster.snapctl("verify", manifest["run_id"])
             assert gone.returncode == ExitCode.VERIFY_MISMATCH
             assert f"{snapshot_ids['node2']} no longer exists" in gone.stdout
+
+
+def test_an_aws_drill_deletes_the_volumes_it_restored_and_attached_even_when_it_fails(tmp_path):
+    """Each node's volume is restored and attached to its scratch instance; its scratch agent does
+    not answer, so no node verifies, and the teardown must still detach and delete every volume."""
+    import boto3
+
+    moto = shared_moto_server()
+    moto.reset()
+    with dummy_aws_credentials():
+        ec2 = boto3.client("ec2", endpoint_url=moto.endpoint_url, region_name=DEFAULT_REGION)
+        zone, restore_zone = f"{DEFAULT_REGION}a", f"{DEFAULT_REGION}b"
+        sources = {n: ec2.create_volume(Size=8, AvailabilityZone=zone)["VolumeId"] for n in NODES}
+        instances = {n: ec2.run_instances(ImageId="ami-12345678", MinCount=1, MaxCount=1,
+                                          Placement={"AvailabilityZone": restore_zone})["Instances"][0]["InstanceId"]
+                     for n in NODES}
+        nobody = f"http://127.0.0.1:{free_port()}"  # a scratch agent that never answers
+        provider = {"type": "aws", "region": DEFAULT_REGION, "endpoint_url": moto.endpoint_url, "poll_interval_s": 0.05}
+        restore = {n: {"zone": restore_zone, "instance": instances[n], "devices": {"data": "/dev/sdf"}, "agent": nobody}
+                   for n in NODES}
+        with cloud_cluster(tmp_path, provider, {n: [{"volume": sources[n], "name": "data"}] for n in NODES},
+                           restore) as cluster:
+            manifest = backed_up(cluster)
+            before = {v["VolumeId"] for v in ec2.describe_volumes()["Volumes"]}
+
+            drill = cluster.snapctl("drill", manifest["run_id"], "--junit", str(tmp_path / "drill.xml"),
+                                    "-o", "json", check_json=True)
+
+            assert drill.returncode == ExitCode.RUN_FAILED, drill.stdout + drill.stderr
+            report = drill.json["data"]
+            restored = {node["node"]: node["volumes"].get("data") for node in report["nodes"]}
+            assert all(restored.values()) and not set(restored.values()) & before, "each node had a volume restored"
+            assert {node["verdict"] for node in report["nodes"]} == {"error"}
+            assert report["leftovers"] == [] and report["teardown_errors"] == []
+            assert {v["VolumeId"] for v in ec2.describe_volumes()["Volumes"]} == before, "no restored volume is left"
+            for reservation in ec2.describe_instances(InstanceIds=list(instances.values()))["Reservations"]:
+                for instance in reservation["Instances"]:
+                    assert not {m["Ebs"]["VolumeId"] for m in instance.get("BlockDeviceMappings", [])} & set(
+                        restored.values()), "nothing restored stays attached"
 
 
 def test_gcp_backup_then_restore_makes_disks_from_the_runs_snapshots(tmp_path):

@@ -8,6 +8,7 @@ azure-mgmt-compute speaks).
   ``Succeeded`` (or ``Failed``); ``completionPercent`` then climbs to 100 over ``copy_polls`` more
   GETs while ``snapshotAccessState`` is ``Pending`` (the background copy of Premium v2 / Ultra);
 - resource paths are case-insensitive like ARM's, list pages follow ``nextLink``;
+- a disk attached to a VM (``managedBy``) refuses DELETE with 409 ``OperationNotAllowed``, as ARM does;
 - every request needs a bearer token; faults from ``JsonHttpFake`` (429 + Retry-After, 403).
 """
 
@@ -70,11 +71,16 @@ class FakeAzureCompute(JsonHttpFake):
     def resource_id(self, rg: str, kind: str, name: str) -> str:
         return f"/subscriptions/{self.subscription}/resourceGroups/{rg}/providers/{TYPES[kind]}/{name}"
 
-    def add_disk(self, rg: str, name: str, *, location: str = "westeurope", size_gb: int = 32) -> str:
+    def add_disk(self, rg: str, name: str, *, location: str = "westeurope", size_gb: int = 32,
+                 tags: dict[str, str] | None = None, managed_by: str | None = None) -> str:
+        """``managed_by``: the name of a VM (in ``rg``) the disk is attached to."""
         with self.lock:
-            body = {"location": location, "properties": {"creationData": {"createOption": "Empty"}}}
+            body = {"location": location, "tags": tags or {}, "properties": {"creationData": {"createOption": "Empty"}}}
             disk = self._new("disks", rg, name, body)
             disk["properties"].update(diskSizeGB=size_gb, provisioningState="Succeeded", diskState="Attached")
+            if managed_by:
+                disk["managedBy"] = (f"/subscriptions/{self.subscription}/resourceGroups/{rg}/providers/"
+                                     f"Microsoft.Compute/virtualMachines/{managed_by}")
             return disk["id"]
 
     def add_snapshot(self, rg: str, name: str, *, tags: dict[str, str] | None = None,
@@ -144,6 +150,8 @@ class FakeAzureCompute(JsonHttpFake):
         if method == "DELETE":
             if found is None:
                 return self._not_found(kind, rg, name)
+            if found.get("managedBy"):
+                return self._error(409, f"Disk {name} is attached to VM {found['managedBy']}.", "OperationNotAllowed")
             found["properties"]["provisioningState"] = "Deleting"
             return self._accepted(self._new_op(found, delete=True))
         if method == "PUT":

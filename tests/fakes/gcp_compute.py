@@ -1,13 +1,14 @@
 """A local Compute Engine API (REST v1, the JSON the google-cloud-compute REST transport speaks).
 
 Enough of it for snapshot providers: disks.createSnapshot, snapshots get/list/delete/insert,
-disks insert/get, zone and global operations get/wait. State lives in memory:
+disks insert/get/delete, zone and global operations get/wait. State lives in memory:
 
 - operations stay RUNNING for ``op_running_polls`` get/wait calls, then DONE (with an error when
   a failure was injected);
 - snapshots are CREATING for ``creating_polls`` gets, UPLOADING for ``uploading_polls``, then
   READY (or FAILED);
 - a repeated ``requestId`` returns the first request's operation without acting again;
+- deleting a disk that instances use (``users``) is refused with 400 ``resourceInUseByAnotherResource``;
 - faults from ``JsonHttpFake`` (429 + Retry-After, 403, a 503 after the request took effect).
 """
 
@@ -26,6 +27,7 @@ ROUTES = [
     ("create_snapshot", "POST", PREFIX + r"/zones/(?P<zone>[^/]+)/disks/(?P<disk>[^/]+)/createSnapshot$"),
     ("insert_disk", "POST", PREFIX + r"/zones/(?P<zone>[^/]+)/disks$"),
     ("get_disk", "GET", PREFIX + r"/zones/(?P<zone>[^/]+)/disks/(?P<disk>[^/]+)$"),
+    ("delete_disk", "DELETE", PREFIX + r"/zones/(?P<zone>[^/]+)/disks/(?P<disk>[^/]+)$"),
     ("zone_op", "GET|POST", PREFIX + r"/zones/(?P<zone>[^/]+)/operations/(?P<op>[^/]+?)(?P<wait>/wait)?$"),
     ("global_op", "GET|POST", PREFIX + r"/global/operations/(?P<op>[^/]+?)(?P<wait>/wait)?$"),
     ("list_snapshots", "GET", PREFIX + r"/global/snapshots$"),
@@ -67,11 +69,17 @@ class FakeGcpCompute(JsonHttpFake):
         self._ids = itertools.count(1000)
 
     # --- setup and injection -----------------------------------------------------------------
-    def add_disk(self, zone: str, name: str, size_gb: int = 10) -> dict[str, Any]:
+    def add_disk(self, zone: str, name: str, size_gb: int = 10, *, labels: dict[str, str] | None = None,
+                 users: list[str] | None = None) -> dict[str, Any]:
+        """``users``: instance names the disk is attached to."""
         with self.lock:
             disk = {"kind": "compute#disk", "id": str(next(self._ids)), "name": name,
                     "zone": f"{BASE}/projects/{self.project}/zones/{zone}", "sizeGb": str(size_gb), "status": "READY",
                     "selfLink": self._disk_link(zone, name), "creationTimestamp": _now()}
+            if labels:
+                disk.update(labels=dict(labels), labelFingerprint="42WmSpB8rSM=")
+            if users:
+                disk["users"] = [f"{BASE}/projects/{self.project}/zones/{zone}/instances/{u}" for u in users]
             self.disks[(zone, name)] = disk
             return disk
 
@@ -209,6 +217,21 @@ class FakeGcpCompute(JsonHttpFake):
             return self._error(404, f"The resource 'projects/{self.project}/zones/{zone}/disks/{disk}' was not found")
         return 200, self._public(found), {}
 
+    def _delete_disk(self, zone: str, disk: str, query: dict[str, str], body: Any) -> Reply:
+        found = self.disks.get((zone, disk))
+        if found is None:
+            return self._error(404, f"The resource 'projects/{self.project}/zones/{zone}/disks/{disk}' was not found")
+        if found.get("users"):
+            status, reply, headers = self._error(
+                400, f"The disk resource 'projects/{self.project}/zones/{zone}/disks/{disk}' is already being used "
+                     f"by '{found['users'][0].split('/compute/v1/', 1)[-1]}'")
+            reply["error"]["errors"][0]["reason"] = "resourceInUseByAnotherResource"
+            return status, reply, headers
+        found["status"] = "DELETING"
+        op = self._new_op("delete", found["selfLink"], zone, query)
+        op["_delete_disk"] = (zone, disk)
+        return 200, self._public(op), {}
+
     def _zone_op(self, zone: str, op: str, wait: str | None, query: dict[str, str], body: Any) -> Reply:
         found = self.operations.get(op)
         if found is None or found.get("_zone") != zone:
@@ -283,6 +306,8 @@ class FakeGcpCompute(JsonHttpFake):
                       httpErrorMessage="BAD REQUEST" if failure.at_create else "INTERNAL SERVER ERROR")
         if op.get("_delete"):
             self.snapshots.pop(op["_delete"], None)
+        if op.get("_delete_disk"):
+            self.disks.pop(op["_delete_disk"], None)
         if op.get("_disk") in self.disks:
             self.disks[op["_disk"]]["status"] = "READY"
         return op

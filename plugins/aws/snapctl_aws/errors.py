@@ -21,6 +21,7 @@ BAD_CREDENTIALS = frozenset({
     "RequestExpired", "InvalidAccessKeyId", "UnrecognizedClientException",
 })
 SNAPSHOT_NOT_FOUND = frozenset({"InvalidSnapshot.NotFound"})
+VOLUME_NOT_FOUND = frozenset({"InvalidVolume.NotFound"})
 NOT_FOUND_HINTS = {
     "InvalidVolume.NotFound": "check the node's volumes: block and the provider's region",
     "InvalidInstanceID.NotFound": "check the node's volumes: block and the provider's region",
@@ -33,6 +34,10 @@ CREDENTIALS_HINT = (
     "boto3 found credentials that AWS rejected; check AWS_PROFILE / the provider's profile, "
     "refresh SSO (`aws sso login`) or the instance role (docs/providers/aws.md)"
 )
+
+
+class VolumeNotFound(ProviderError):
+    """The EBS volume does not exist (for delete_volume this counts as done)."""
 
 
 def _extra_permissions(operation: str) -> str:
@@ -71,6 +76,8 @@ def translate_client_error(exc: Any) -> SnapctlError:
         return ProviderThrottled(detail, retry_after=retry_after, hint=hint)
     if code in SNAPSHOT_NOT_FOUND:
         return SnapshotNotFound(detail)
+    if code in VOLUME_NOT_FOUND:
+        return VolumeNotFound(detail, hint=NOT_FOUND_HINTS.get(code))
     return ProviderError(detail, hint=NOT_FOUND_HINTS.get(code))
 
 

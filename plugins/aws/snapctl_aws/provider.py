@@ -20,7 +20,7 @@ from snapctl.providers import (
     RestoreTarget, SnapshotRef,
 )
 from snapctl_aws.client import CREATE, DELETE, DESCRIBE, TAG, Ec2
-from snapctl_aws.restore import restore_volume
+from snapctl_aws.restore import delete_restored_volume, restore_volume
 from snapctl_aws.settings import AwsSettings, InstanceVolumes, VolumeSpec, parse_volumes
 from snapctl_aws.snapshots import STATE_ERROR, aws_tags, ref_from_snapshot, refreshed, tag_filters
 
@@ -196,7 +196,7 @@ class AwsProvider:
                 hint="someone deleted it outside snapctl; the run is failed",
             ) from exc
 
-    # -- delete, find, restore -----------------------------------------------------------------
+    # -- delete, find, restore, delete_volume -------------------------------------------------
 
     def delete(self, ref: SnapshotRef) -> None:
         try:
@@ -239,3 +239,6 @@ class AwsProvider:
     def restore(self, ref: SnapshotRef, target: RestoreTarget) -> str:
         snapshot = self._describe_one(ref.snapshot_id)
         return restore_volume(self, snapshot, ref.volume, target)
+
+    def delete_volume(self, volume_id: str) -> None:
+        delete_restored_volume(self, volume_id)

@@ -1,4 +1,5 @@
-"""A new EBS volume from a snapshot, in a chosen zone, optionally attached to an instance."""
+"""A new EBS volume from a snapshot, in a chosen zone, optionally attached to an instance; and
+its removal when a drill is done with it (detached first, if attached)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from snapctl.errors import BadInputError, ProviderError
 from snapctl.providers import TAG_CLUSTER, RestoreTarget
 from snapctl_aws.client import DELETE, DESCRIBE, VOLUME
+from snapctl_aws.errors import VolumeNotFound
 from snapctl_aws.snapshots import aws_tags
 
 if TYPE_CHECKING:
@@ -68,10 +70,52 @@ def _attached_to(instance: str):
     return check
 
 
-def _wait_volume(provider: AwsProvider, volume_id: str, done, what: str) -> None:
+def delete_restored_volume(provider: AwsProvider, volume_id: str) -> None:
+    """Detach the volume from every instance it is attached to, wait until it is available, delete it."""
+    try:
+        volume = _describe_volume(provider, volume_id)
+        if volume.get("State") in GONE:
+            return
+        tags = {t["Key"]: t["Value"] for t in volume.get("Tags", [])}
+        if tags.get(TAG_CLUSTER) != provider.cluster:
+            raise ProviderError(
+                f"refusing to delete volume {volume_id}: it lacks tag {TAG_CLUSTER}={provider.cluster}"
+                + (f" (it belongs to cluster {tags[TAG_CLUSTER]!r})" if TAG_CLUSTER in tags else ""),
+                hint="snapctl only deletes volumes it restored for this cluster",
+            )
+        attachments = volume.get("Attachments", [])
+        for attachment in attachments:
+            if attachment.get("State") in ("attaching", "attached", "busy"):
+                provider.ec2.call("detach_volume", VOLUME, VolumeId=volume_id,
+                                  InstanceId=attachment["InstanceId"], Device=attachment["Device"])
+        if attachments:
+            instances = ", ".join(sorted({a["InstanceId"] for a in attachments}))
+            _wait_volume(provider, volume_id, _detached, f"detached from {instances}",
+                         hint="unmount it on the instance, or force-detach it: aws ec2 detach-volume --force")
+        provider.ec2.call("delete_volume", DELETE, VolumeId=volume_id)
+    except VolumeNotFound:
+        return
+
+
+GONE = frozenset({"deleting", "deleted"})
+
+
+def _detached(volume: dict[str, Any]) -> bool:
+    return volume.get("State") in GONE or (volume.get("State") == "available" and not volume.get("Attachments"))
+
+
+def _describe_volume(provider: AwsProvider, volume_id: str) -> dict[str, Any]:
+    found = provider.ec2.call("describe_volumes", DESCRIBE, VolumeIds=[volume_id]).get("Volumes", [])
+    if not found:
+        raise VolumeNotFound(f"volume {volume_id} not found")
+    return found[0]
+
+
+def _wait_volume(provider: AwsProvider, volume_id: str, done, what: str,
+                 hint: str = "raise the provider's restore_timeout_s") -> None:
     deadline = provider._clock() + provider.settings.restore_timeout_s
     while True:
-        volume = provider.ec2.call("describe_volumes", DESCRIBE, VolumeIds=[volume_id])["Volumes"][0]
+        volume = _describe_volume(provider, volume_id)
         if volume.get("State") == "error":
             raise ProviderError(f"restored volume {volume_id} went into error state")
         if done(volume):
@@ -79,7 +123,7 @@ def _wait_volume(provider: AwsProvider, volume_id: str, done, what: str) -> None
         remaining = deadline - provider._clock()
         if remaining <= 0:
             raise ProviderError(f"restored volume {volume_id} is not {what} after {provider.settings.restore_timeout_s:.0f}s",
-                                hint="raise the provider's restore_timeout_s")
+                                hint=hint)
         provider._sleep(min(provider.settings.poll_interval_s, remaining))
 
 
@@ -87,5 +131,5 @@ def _discard(provider: AwsProvider, volume_id: str, cluster: str | None) -> None
     """A volume half-restored is only a cost; remove it so a retry starts clean."""
     try:
         provider.ec2.call("delete_volume", DELETE, VolumeId=volume_id)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - the restore's own error is the one to report
         log.warning("could not delete half-restored volume %s (cluster %s): %s", volume_id, cluster, exc)

@@ -58,7 +58,7 @@ class AzureApi:
         """``fn()`` with SDK errors translated; with ``missing_ok`` a 404 gives None."""
         try:
             return fn()
-        except Exception as exc:  # noqa: BLE001 - translated here
+        except Exception as exc:  # translated here, whatever the SDK raised
             if missing_ok and is_not_found(exc):
                 return None
             raise translate(exc, action, permission) from exc

@@ -33,13 +33,19 @@ def code_and_message(exc: Any) -> tuple[str, str]:
     error = getattr(exc, "error", None)
     code, message = getattr(error, "code", None), getattr(error, "message", None)
     if not code:
-        try:
-            body = exc.response.json().get("error", {})
-            code, message = body.get("code"), body.get("message")
-        except Exception:  # noqa: BLE001 - an unreadable body: fall back to the exception text
-            pass
+        body = _error_body(exc)
+        code, message = body.get("code"), body.get("message")
     code = code or getattr(exc, "status_code", None) or "Unknown"
     return str(code), str(message or getattr(exc, "message", "") or exc)
+
+
+def _error_body(exc: Any) -> dict[str, Any]:
+    """ARM's ``error`` object from the response, or {} when there is none to read."""
+    try:
+        body = exc.response.json().get("error", {})
+    except Exception:  # noqa: BLE001 - an unreadable body: the caller falls back to the exception text
+        return {}
+    return body if isinstance(body, dict) else {}
 
 
 def retry_after_of(exc: Any) -> float | None:

@@ -14,7 +14,7 @@ import re
 import time
 import uuid
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from snapctl.providers import (
     SnapshotRef,
 )
 from snapctl_azure.client import AzureApi
-from snapctl_azure.settings import RESOURCE_NAME, SNAPSHOT_ID, AzureSettings, AzureVolume, parse_volumes
+from snapctl_azure.settings import DISK_ID, RESOURCE_NAME, SNAPSHOT_ID, AzureSettings, AzureVolume, parse_volumes
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,8 @@ PERM_CREATE = "Microsoft.Compute/snapshots/write"
 PERM_READ = "Microsoft.Compute/snapshots/read"
 PERM_DELETE = "Microsoft.Compute/snapshots/delete"
 PERM_RESTORE = "Microsoft.Compute/disks/write"
+PERM_DISK_READ = "Microsoft.Compute/disks/read"
+PERM_DISK_DELETE = "Microsoft.Compute/disks/delete"
 TAG_RESTORED_FROM = "snapctl-restored-from"
 
 
@@ -101,7 +103,7 @@ class AzureProvider:
             rg, name, model, polling=False, raw_response_hook=remember_operation))
         return SnapshotRef(
             provider=self.name, snapshot_id=self._snapshot_id(name), node=node, volume=vol.name, tags=raw_tags,
-            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             extra={"resource_group": self.settings.resource_group, "name": name, "disk_id": vol.disk_id,
                    "operation": accepted.get("operation") or None},
         )
@@ -247,6 +249,38 @@ class AzureProvider:
             raise ProviderError(f"azure {action}: still running after {self.settings.operation_timeout_s:g}s",
                                 hint="raise the provider's operation_timeout_s; the disk is still being made")
         return made.id
+
+    def delete_volume(self, volume_id: str) -> None:
+        """Delete a managed disk ``restore`` made, by its resource id; restore never attaches one, so
+        an attached disk is someone else's to detach, and is refused."""
+        match = DISK_ID.match(volume_id)
+        if not match:
+            raise BadInputError(f"{volume_id!r} is not an azure managed disk id",
+                                hint="expected /subscriptions/S/resourceGroups/G/providers/Microsoft.Compute/disks/NAME")
+        if match["sub"].lower() != self.settings.subscription_id.lower():
+            raise ProviderError(f"azure disk {volume_id} is in another subscription",
+                                hint="use an inventory whose provider has that subscription_id")
+        rg, name, disks = match["rg"], match["name"], self.api.client.disks
+        disk = self.api.call(f"get disk {name}", PERM_DISK_READ, lambda: disks.get(rg, name), missing_ok=True)
+        if disk is None:
+            return
+        if (disk.tags or {}).get(TAG_CLUSTER) != self.cluster:
+            raise ProviderError(f"refusing to delete azure disk {name}: it is not tagged {TAG_CLUSTER}={self.cluster}",
+                                hint="snapctl deletes only disks it restored for this cluster")
+        vms = [v.rsplit("/", 1)[-1] for v in [disk.managed_by, *(disk.managed_by_extended or [])] if v]
+        if vms:
+            raise ProviderError(f"azure disk {name} is attached to vm {', '.join(dict.fromkeys(vms))}; snapctl did "
+                                "not attach it and will not detach it",
+                                hint=f"az vm disk detach -g GROUP --vm-name {vms[0]} --name {name}, then delete it again")
+        action = f"delete disk {name}"
+        poller = self.api.call(action, PERM_DISK_DELETE, lambda: disks.begin_delete(rg, name), missing_ok=True)
+        if poller is None:
+            return
+        timeout = self.settings.operation_timeout_s
+        self.api.call(action, PERM_DISK_DELETE, lambda: poller.result(timeout=timeout), missing_ok=True)
+        if not poller.done():
+            raise ProviderError(f"azure {action}: still running after {self.settings.operation_timeout_s:g}s",
+                                hint="raise the provider's operation_timeout_s; the delete goes on in Azure")
 
     def _discard(self, refs: list[SnapshotRef], node: str, tags: Mapping[str, str]) -> None:
         """Best effort: what this call made, including a snapshot whose create answer was lost."""

@@ -51,6 +51,9 @@ PERM_GET = "compute.snapshots.get"
 PERM_LIST = "compute.snapshots.list"
 PERM_DELETE = "compute.snapshots.delete"
 PERM_RESTORE = "compute.disks.create"
+PERM_DISK_GET = "compute.disks.get"
+PERM_DISK_DELETE = "compute.disks.delete"
+DISK_PATH = re.compile(r"(?:^|/)projects/(?P<project>[^/]+)/zones/(?P<zone>[^/]+)/disks/(?P<disk>[^/]+)$")
 TAG_RESTORED_FROM = "snapctl-restored-from"
 CAPTURED = frozenset({"UPLOADING", "READY"})
 STATES = {"READY": "completed", "FAILED": "error"}
@@ -294,6 +297,48 @@ class GcpProvider:
         if failure:
             raise ProviderError(f"gcp {action} failed: {failure[1]}", hint=_hint_for(failure[0]))
         return f"projects/{self.api.project}/zones/{zone}/disks/{name}"
+
+    def delete_volume(self, volume_id: str) -> None:
+        """Delete a disk ``restore`` made (``projects/P/zones/Z/disks/NAME``); restore never attaches
+        one, so an attached disk is someone else's to detach, and is refused."""
+        zone, name = self._disk_location(volume_id)
+        disks, timeout = self.api.client("disks"), self.settings.request_timeout_s
+        disk = self.api.call(f"get disk {name} in {zone}", PERM_DISK_GET, missing_ok=True,
+                             fn=lambda: disks.get(project=self.api.project, zone=zone, disk=name, retry=None,
+                                                  timeout=timeout))
+        if disk is None:
+            return
+        if disk.labels.get(TAG_CLUSTER) != encode_label(self.cluster):
+            raise ProviderError(f"refusing to delete gcp disk {name} in {zone}: "
+                                f"it is not labelled {TAG_CLUSTER}={self.cluster}",
+                                hint="snapctl deletes only disks it restored for this cluster")
+        if disk.users:
+            instances = ", ".join(user.rsplit("/", 1)[-1] for user in disk.users)
+            raise ProviderError(f"gcp disk {name} in {zone} is attached to {instances}; snapctl did not attach it "
+                                "and will not detach it",
+                                hint=f"gcloud compute instances detach-disk INSTANCE --disk {name} --zone {zone}, "
+                                "then delete it again")
+        deadline = time.monotonic() + self.settings.operation_timeout_s
+        request = self.api.types.DeleteDiskRequest(project=self.api.project, zone=zone, disk=name,
+                                                   request_id=str(uuid.uuid4()))
+        action = f"delete disk {name} in {zone}"
+        op = self.api.call(action, PERM_DISK_DELETE, deadline=deadline, missing_ok=True,
+                           fn=lambda: disks.delete_unary(request=request, retry=None, timeout=timeout))
+        if op is None:
+            return
+        op = self.api.wait_operation(op, zone=zone, action=action, deadline=deadline)
+        failure = operation_error(op)
+        if failure and failure[0] not in ("RESOURCE_NOT_FOUND", "404"):
+            raise ProviderError(f"gcp {action} failed: {failure[1]}", hint=_hint_for(failure[0]))
+
+    def _disk_location(self, volume_id: str) -> tuple[str, str]:
+        match = DISK_PATH.search(volume_id)
+        if not match:
+            raise BadInputError(f"{volume_id!r} is not a gcp disk", hint="expected projects/P/zones/Z/disks/NAME")
+        if match["project"] != self.api.project:
+            raise ProviderError(f"gcp disk {volume_id} is in another project than {self.api.project}",
+                                hint="use an inventory whose provider has that project")
+        return match["zone"], match["disk"]
 
     def _discard(self, refs: list[SnapshotRef], node: str, tags: Mapping[str, str]) -> None:
         """Best effort: what this call made, including a snapshot whose create answer was lost."""

@@ -34,8 +34,11 @@ from .store import (
     filename_safe,
     fsync_dir,
     read_metadata,
+    read_restore_marker,
     remove_tree,
+    restore_marker,
     write_metadata,
+    write_restore_marker,
 )
 
 PROVIDER = "local"
@@ -149,23 +152,28 @@ class LocalProvider:
     def restore(self, ref: SnapshotRef, target: RestoreTarget) -> str:
         if target.path is None:
             raise BadInputError(f"node {ref.node}: restoring a local snapshot needs a target path")
-        dest = Path(os.path.expanduser(target.path))
-        dest = Path(os.path.abspath(dest if dest.is_absolute() else self.base_dir / dest))
+        dest = self._restore_path(str(target.path))
         if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
             raise BadInputError(
                 f"node {ref.node}: restore target {dest} is not an empty directory",
                 hint="restore into a new or empty directory; snapctl never overwrites files",
             )
         snap_dir = self._snapshot_dir(ref)
-        if read_metadata(snap_dir) is None:
+        meta = read_metadata(snap_dir)
+        if meta is None:
             raise SnapshotNotFound(f"node {ref.node}: snapshot {ref.snapshot_id} not found in {self.store.cluster_dir}")
         dest.parent.mkdir(parents=True, exist_ok=True)
         staging = self.store.work_dir(dest.parent, RESTORE_PREFIX, dest.name)
+        marked = False
         try:
+            # The marker goes first, so every directory a restore made is one delete_volume may remove.
+            write_restore_marker(dest, ref, meta)
+            marked = True
             # Full copies, never links: snapshot files are shared between snapshots.
             copy_tree(snap_dir / DATA, staging, self._restore_copier)
             os.rename(staging, dest)  # replaces an empty directory atomically
             fsync_dir(dest.parent)
+            marked = False
         except TreeCopyError as exc:
             raise ProviderError(
                 f"node {ref.node}: restore of snapshot {ref.snapshot_id} to {dest} failed at {exc.path}: {exc.cause.strerror}",
@@ -175,7 +183,42 @@ class LocalProvider:
         finally:
             if staging.exists():
                 remove_tree(staging)
+            if marked:
+                restore_marker(dest).unlink(missing_ok=True)
         return str(dest)
+
+    def delete_volume(self, volume_id: str) -> None:
+        """Remove a directory ``restore`` made, and its marker; only one whose marker names this cluster."""
+        dest = self._restore_path(volume_id)
+        marker = restore_marker(dest)
+        recorded = read_restore_marker(dest)
+        if not os.path.lexists(dest):
+            if recorded is not None and recorded.get("cluster") == self.cluster:
+                marker.unlink(missing_ok=True)
+            return
+        if recorded is None:
+            raise ProviderError(
+                f"refusing to delete {dest}: there is no readable {marker.name} beside it, so snapctl's local "
+                "restore did not make it",
+                hint="remove it by hand if you are sure it is a scratch copy",
+            )
+        if recorded.get("cluster") != self.cluster or recorded.get("path") != str(dest):
+            raise ProviderError(
+                f"refusing to delete {dest}: its {marker.name} names {TAG_CLUSTER} {recorded.get('cluster')!r} "
+                f"at {recorded.get('path')!r}, not {self.cluster!r} at this path",
+                hint="snapctl only deletes directories it restored for this cluster",
+            )
+        if dest.is_symlink() or not dest.is_dir():
+            raise ProviderError(f"refusing to delete {dest}: it is no longer the directory restore made")
+        try:
+            remove_tree(dest)
+            marker.unlink(missing_ok=True)  # last: a removal that fails part way can be retried
+        except OSError as exc:
+            raise ProviderError(f"cannot delete the restored directory {dest}: {exc.strerror or exc}") from exc
+
+    def _restore_path(self, volume_id: str) -> Path:
+        dest = Path(os.path.expanduser(volume_id))
+        return Path(os.path.abspath(dest if dest.is_absolute() else self.base_dir / dest))
 
     def _volume(self, node: str, volume: Any) -> LocalVolume:
         if isinstance(volume, LocalVolume):

@@ -10,6 +10,10 @@
 A snapshot is built under a hidden ``.partial-`` name and renamed into place with its metadata
 already inside, so a listed snapshot is always complete. Anything hidden that is left behind
 belongs to a crashed call and is removed by the next snapshot of that node.
+
+A restore into ``<target>`` leaves a marker beside it, ``<target>.snapctl-restore.json`` (outside
+the directory, so the engine sees exactly the snapshot's files): the snapshot's cluster tag and
+the target's path, which ``delete_volume`` checks before it removes anything.
 """
 
 from __future__ import annotations
@@ -23,10 +27,12 @@ import shutil
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from snapctl.errors import ProviderError
+from snapctl.providers import TAG_CLUSTER
 
 METADATA = "snapshot.json"
 DATA = "data"
@@ -34,6 +40,7 @@ PARTIAL_PREFIX = ".partial-"
 DELETING_PREFIX = ".deleting-"
 RESTORE_PREFIX = ".restore-"
 METADATA_FORMAT = 1
+RESTORE_MARKER_SUFFIX = ".snapctl-restore.json"
 
 _SAFE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 
@@ -130,9 +137,40 @@ def read_metadata(snap_dir: Path) -> dict[str, Any] | None:
 
 
 def write_metadata(snap_dir: Path, meta: dict[str, Any]) -> None:
-    target = snap_dir / METADATA
-    temp = snap_dir / f".{METADATA}.tmp"
-    data = json.dumps(meta, indent=1, sort_keys=False).encode()
+    _write_json(snap_dir / METADATA, meta)
+
+
+def restore_marker(dest: Path) -> Path:
+    return dest.with_name(dest.name + RESTORE_MARKER_SUFFIX)
+
+
+def write_restore_marker(dest: Path, ref: Any, meta: dict[str, Any]) -> None:
+    """Record beside ``dest`` what a restore put there (``ref``: the SnapshotRef, ``meta``: its metadata)."""
+    tags = dict(meta.get("tags") or {})
+    _write_json(restore_marker(dest), {
+        "format": METADATA_FORMAT,
+        "path": str(dest),
+        "cluster": tags.get(TAG_CLUSTER),
+        "node": ref.node,
+        "volume": meta.get("volume"),
+        "snapshot_id": ref.snapshot_id,
+        "tags": tags,
+        "restored_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    })
+
+
+def read_restore_marker(dest: Path) -> dict[str, Any] | None:
+    try:
+        marker = json.loads(restore_marker(dest).read_bytes())
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) else None
+
+
+def _write_json(target: Path, document: dict[str, Any]) -> None:
+    """Atomically: a temp file beside ``target``, fsynced, renamed over it."""
+    temp = target.with_name(f".{target.name}.tmp")
+    data = json.dumps(document, indent=1, sort_keys=False).encode()
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
         view = memoryview(data)
@@ -142,7 +180,7 @@ def write_metadata(snap_dir: Path, meta: dict[str, Any]) -> None:
     finally:
         os.close(fd)
     os.rename(temp, target)
-    fsync_dir(snap_dir)
+    fsync_dir(target.parent)
 
 
 def fsync_dir(path: Path) -> None:

@@ -51,3 +51,25 @@ def inject(provider: Any, operation: str, fault: FailFirst) -> FailFirst:
 
 def throttle(times: int) -> FailFirst:
     return FailFirst(times, 503, "RequestLimitExceeded", "Request limit exceeded.")
+
+
+class AcceptWithoutDetaching:
+    """Answers DetachVolume as EC2 does when it accepted the call (``detaching``), leaving the volume attached."""
+
+    def __init__(self, volume_id: str, instance_id: str) -> None:
+        self.volume_id, self.instance_id = volume_id, instance_id
+        self.calls = 0
+
+    def __call__(self, **_):
+        from botocore.awsrequest import AWSResponse
+
+        self.calls += 1
+        body = (
+            '<?xml version="1.0" encoding="UTF-8"?>\n'
+            '<DetachVolumeResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">'
+            "<requestId>00000000-0000-0000-0000-000000000000</requestId>"
+            f"<volumeId>{self.volume_id}</volumeId><instanceId>{self.instance_id}</instanceId>"
+            "<device>/dev/sdh</device><status>detaching</status>"
+            "<attachTime>2026-01-01T00:00:00.000Z</attachTime></DetachVolumeResponse>"
+        ).encode()
+        return AWSResponse("https://ec2.amazonaws.com/", 200, {"Content-Type": "text/xml"}, _Body(body))
