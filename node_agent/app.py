@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPBearer
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from node_agent.models import (
@@ -33,6 +34,7 @@ from node_agent.models import (
     TriggerResponse,
     VerifyFacts,
 )
+from node_agent.ratelimit import DEFAULT_BURST, DEFAULT_RATE_PER_S, ClientRateLimit
 from node_agent.service import AgentService
 from snapctl import __version__
 from snapctl.errors import BadInputError, EngineBusy, EngineError, LeaseConflict, SnapctlError
@@ -50,6 +52,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (409, "the lease is held by another run, or this run does not hold it"),
         (413, "request body too large"),
         (422, "request body does not match the schema"),
+        (429, "too many requests from this client to this endpoint; see Retry-After"),
         (500, "unexpected error in the agent (details in its log)"),
         (502, "the engine failed"),
         (504, "the engine did not answer in time"),
@@ -61,7 +64,9 @@ class _Internal(Exception):
     """Something unexpected failed in an engine call; already logged with its traceback."""
 
 
-def create_app(service: AgentService, token: str | None, *, max_body_bytes: int = 64 * 1024) -> FastAPI:
+def create_app(service: AgentService, token: str | None, *, max_body_bytes: int = 64 * 1024,
+               rate_per_s: float | None = DEFAULT_RATE_PER_S, burst: int = DEFAULT_BURST) -> FastAPI:
+    """``rate_per_s``/``burst``: the per-client, per-endpoint request limit (node_agent.ratelimit); None: off."""
     app = FastAPI(
         title="snapctl-agent",
         version=__version__,
@@ -69,7 +74,9 @@ def create_app(service: AgentService, token: str | None, *, max_body_bytes: int 
     )
     app.add_middleware(BodyLimit, max_body_bytes=max_body_bytes)
     if token:  # none configured: the agent refuses to listen beyond loopback then
-        app.add_middleware(BearerAuth, token=token)  # outermost: nothing is parsed before the token is checked
+        app.add_middleware(BearerAuth, token=token)  # nothing is parsed before the token is checked
+    if rate_per_s is not None:
+        app.add_middleware(ClientRateLimit, rate_per_s=rate_per_s, burst=burst)  # outermost: counts refusals too
     _install_error_handlers(app)
     # Only documents the scheme in OpenAPI; BearerAuth enforces it.
     bearer = HTTPBearer(auto_error=False, description="the agent's token (token_file or $SNAPCTL_AGENT_TOKEN)")
@@ -172,7 +179,17 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def internal(_: Request, exc: _Internal) -> JSONResponse:
         return _error(500, "internal error in the agent", "see the agent's log for details")
 
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        # Starlette's own refusals (unknown path, wrong method, a body that is not UTF-8) answer
+        # an ErrorBody like every other non-2xx, not {"detail": ...}.
+        messages = {400: "request body could not be read (send UTF-8 JSON)", 404: "no such endpoint",
+                    405: f"method {request.method} not allowed here"}
+        error = messages.get(exc.status_code) or str(exc.detail).lower()
+        return _error(exc.status_code, error, "see /openapi.json" if exc.status_code in (404, 405) else None,
+                      **(exc.headers or {}))
+
     handlers.update({
+        HTTPException: http_error,
         LeaseConflict: conflict,
         EngineBusy: conflict,
         BadInputError: bad_input,

@@ -284,7 +284,7 @@ class AgentService:
 
 
 def _check_run_id(run_id: str) -> None:
-    if not _RUN_ID.match(run_id):
+    if not _RUN_ID.fullmatch(run_id):  # fullmatch: "$" alone lets a trailing newline in
         raise BadInputError(f"invalid run id {run_id!r}", hint="letters, digits, '.', '_' and '-', at most 64")
 
 

@@ -129,8 +129,13 @@ class HttpAgentClient:
         import httpx
 
         url = self.base_url + path
+        lean = getattr(self._http, "snapctl_lean", None)  # an AgentTransport: plain-http agents
         try:
-            response = await self._http.request(method, url, json=body, headers=self._headers, timeout=self._timeout_s)
+            if lean is not None:
+                response = await lean.call(method, url, body, self._headers, self._timeout_s)
+            else:
+                response = await self._http.request(method, url, json=body, headers=self._headers,
+                                                    timeout=self._timeout_s)
         except httpx.TimeoutException as exc:
             raise AgentUnreachable(
                 self.node, f"no answer from the agent at {self.base_url} within {self._timeout_s:g}s ({path})",
@@ -241,21 +246,34 @@ _MAX_EMBEDDED_THREADS = 64
 
 @asynccontextmanager
 async def open_agents(inventory: Inventory) -> AsyncIterator[dict[str, AgentClient]]:
-    """A client for every node of ``inventory``, sharing one connection pool sized to the cluster.
-    On exit everything is closed; embedded agents complete whatever they still hold."""
+    """A client for every node of ``inventory``, connections kept alive for the whole run: plain-http
+    agents share one lean transport, TLS agents get a small pool each. On exit everything is
+    closed; embedded agents complete whatever they still hold."""
     remote = [n for n in inventory.nodes if n.agent != "embedded"]
     embedded = [n for n in inventory.nodes if n.agent == "embedded"]
     timeout_s = inventory.policy.agent_timeout_s
     clients: dict[str, AgentClient] = {}
     services: list[EmbeddedAgentClient] = []
-    http: httpx.AsyncClient | None = None
+    pools: list[httpx.AsyncClient] = []
     executor = ThreadPoolExecutor(min(len(embedded), _MAX_EMBEDDED_THREADS), thread_name_prefix="embedded-agent") \
         if embedded else None
     try:
         if remote:
             token = load_agent_token(inventory)
-            http = _http_client(inventory, len(remote))
+            _raise_open_files_limit(len(remote) + 64)
+            tls = _tls_context(inventory, https=any(node.agent.startswith("https:") for node in remote))
+            plain: httpx.AsyncClient | None = None
             for node in remote:
+                # Never one httpcore pool for all: it scans every pooled connection on each
+                # request, so a fan-out over N agents would cost O(N²).
+                if node.agent.startswith("https:"):
+                    http = _http_client(inventory, tls=tls)
+                    pools.append(http)
+                else:
+                    if plain is None:
+                        plain = _http_client(inventory, tls=tls, lean=True)
+                        pools.append(plain)
+                    http = plain
                 clients[node.name] = HttpAgentClient(node.name, node.agent, http, token=token, timeout_s=timeout_s,
                                                      token_env=inventory.auth.token_env,
                                                      client_cert=bool(inventory.auth.client_cert_file))
@@ -273,8 +291,7 @@ async def open_agents(inventory: Inventory) -> AsyncIterator[dict[str, AgentClie
         try:
             await asyncio.gather(*(c.aclose() for c in services), return_exceptions=True)
         finally:
-            if http is not None:
-                await http.aclose()
+            await asyncio.gather(*(http.aclose() for http in pools), return_exceptions=True)
             if executor is not None:
                 executor.shutdown(wait=True)
 
@@ -297,11 +314,11 @@ def load_agent_token(inventory: Inventory) -> str | None:
     return None
 
 
-def _http_client(inventory: Inventory, nodes: int) -> httpx.AsyncClient:
+def _tls_context(inventory: Inventory, *, https: bool = True) -> ssl.SSLContext:
+    """One TLS context for every agent: building one loads a CA store (milliseconds each)."""
     import httpx
 
     auth = inventory.auth
-    verify: ssl.SSLContext | bool = True
     if auth.ca_file or auth.client_cert_file:
         try:
             verify = ssl.create_default_context(cafile=str(inventory.resolve(auth.ca_file)) if auth.ca_file else None)
@@ -310,10 +327,32 @@ def _http_client(inventory: Inventory, nodes: int) -> httpx.AsyncClient:
                 verify.load_cert_chain(str(inventory.resolve(auth.client_cert_file)), key)
         except (OSError, ssl.SSLError) as exc:
             raise InventoryError(f"{inventory.source}: cannot load the TLS files under auth: {exc}") from exc
-    _raise_open_files_limit(nodes + 64)
-    limits = httpx.Limits(max_connections=nodes + 8, max_keepalive_connections=nodes + 8)
-    return httpx.AsyncClient(verify=verify, limits=limits, timeout=inventory.policy.agent_timeout_s,
-                             trust_env=False)
+        return verify
+    if https:
+        return httpx.create_ssl_context(verify=True, trust_env=False)
+    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # plain http: never used, and costs nothing to make
+
+
+def _http_client(inventory: Inventory, nodes: int = 1, *, tls: ssl.SSLContext | None = None,
+                 lean: bool = False) -> httpx.AsyncClient:
+    """A client for ``nodes`` agents (open_agents makes one per TLS agent and shares ``tls``).
+    ``lean``: for plain-http agents, any number, through ``AgentTransport`` (half the CPU)."""
+    import httpx
+
+    if tls is None:
+        _raise_open_files_limit(nodes + 64)
+        tls = _tls_context(inventory)
+    # A few connections per agent: prepare, renew and complete of one run may overlap.
+    limits = httpx.Limits(max_connections=nodes + 3, max_keepalive_connections=nodes + 3)
+    transport = None
+    if lean:
+        from snapctl.agent_transport import AgentTransport
+
+        transport = AgentTransport()
+    client = httpx.AsyncClient(verify=tls, limits=limits, timeout=inventory.policy.agent_timeout_s, trust_env=False,
+                               transport=transport)
+    client.snapctl_lean = transport  # HttpAgentClient sends through it directly (see AgentTransport.call)
+    return client
 
 
 def _raise_open_files_limit(wanted: int) -> None:

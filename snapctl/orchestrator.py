@@ -26,6 +26,7 @@ from snapctl.errors import AgentUnreachable, PreflightRefused, RunFailed, Snapct
 from snapctl.events import NullReporter, Reporter
 from snapctl.health import Verdict, assess
 from snapctl.manifest import Manifest, NodeRecord
+from snapctl.pacing import CreateCallPacer
 from snapctl.probe import probe_all
 from snapctl.providers import TAG_RUN, NodeVolumes, Provider, SnapshotRef, create_provider, snapshot_tags
 
@@ -80,6 +81,7 @@ class _Run:
     unrecorded: str | None = None  # why the failed run's manifest could not be saved
     prepare_sent: dict[str, float] = field(default_factory=dict)  # monotonic
     prepare_acked: dict[str, float] = field(default_factory=dict)
+    pacer: CreateCallPacer | None = None  # per-node runs: the provider's create budget, mirrored
 
 
 async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporter | None = None) -> Manifest | BackupPlan:
@@ -206,12 +208,13 @@ async def _hold_snapshot_release(run: _Run, options: BackupOptions) -> None:
             # Each node is held just for its own snapshot: no cluster barrier, shortest freezes.
             run.reporter.step("snapshot", f"per-node: prepare, snapshot, complete on {len(nodes)} nodes")
             limit = asyncio.Semaphore(policy.concurrency)
-            pace = _create_call_pacer(run.provider)
+            run.pacer = CreateCallPacer.for_provider(run.provider)
 
             async def one(run: _Run, node: str) -> None:
                 # The provider's rate limit is waited out before the hold, not during it: a node is
                 # prepared just in time for its create calls, so its freeze stays short at any N.
-                await pace(len(run.volumes[node].volumes))
+                if run.pacer is not None:
+                    await run.pacer.before_prepare(len(run.volumes[node].volumes))
                 async with limit:
                     await _prepare(run, node)
                     await _snapshot_then_complete(run, node)
@@ -238,27 +241,6 @@ async def _hold_snapshot_release(run: _Run, options: BackupOptions) -> None:
         renewer.cancel()
 
 
-def _create_call_pacer(provider: Provider):
-    """An async ``pace(calls)`` that waits until the provider's create-call budget (its declared
-    token bucket) covers ``calls`` more calls; a no-op for providers that declare no limit."""
-    caps = provider.capabilities
-    if not caps.max_creates_per_s:
-        async def unlimited(calls: int) -> None:
-            pass
-
-        return unlimited
-    from snapctl.ratelimit import TokenBucket
-
-    bucket = TokenBucket(caps.max_creates_per_s, max(1, caps.create_burst or 1))
-
-    async def pace(calls: int) -> None:
-        wait = bucket.reserve(min(max(calls, 1), bucket.burst))
-        if wait:
-            await asyncio.sleep(wait)
-
-    return pace
-
-
 async def _prepare(run: _Run, node: str) -> None:
     record = run.manifest.nodes[node]
     record.prepare_sent_at = now()
@@ -283,6 +265,8 @@ async def _snapshot_then_complete(run: _Run, node: str, all_held: asyncio.Event 
     policy = run.inventory.policy
     tags = snapshot_tags(run.inventory.cluster, run.manifest.run_id, node, extra=run.inventory.tags)
     run.reporter.node(node, "snapshotting")
+    if run.pacer is not None:
+        run.pacer.submitted(len(run.volumes[node].volumes))
     future = run.executor.submit(run.provider.snapshot, run.volumes[node], tags)
     run.in_flight.append(future)
     # A node may stay frozen no longer than max_freeze_s, whatever the provider does.
@@ -304,18 +288,24 @@ async def _snapshot_then_complete(run: _Run, node: str, all_held: asyncio.Event 
 
 async def _complete(run: _Run, node: str) -> None:
     record = run.manifest.nodes[node]
-    await _completed(run, node)
+    released = await _completed(run, node)
     run.held.discard(node)
+    if not released:  # the lease expired, or another token holder completed it: when, we cannot know
+        raise RunFailed(f"node {node}: its hold had already ended when the run completed it, so the "
+                        "snapshot may not be consistent",
+                        hint="raise policy.lease_ttl_s if snapctl stalls; if nobody else should hold the "
+                             "agent's token, rotate it")
     record.complete_acked_at = now()
     record.freeze_window_s = round(time.monotonic() - run.prepare_sent[node], 6)
     run.reporter.node(node, "released", f"frozen {record.freeze_window_s:.3f}s")
 
 
-async def _completed(run: _Run, node: str) -> None:
-    """COMPLETE one node, bounded: a hung agent is an error naming the node, not a bare timeout."""
+async def _completed(run: _Run, node: str) -> bool:
+    """COMPLETE one node, bounded: a hung agent is an error naming the node, not a bare timeout.
+    False: the run's hold had ended before (the agent answers a repeated complete that way)."""
     timeout = run.inventory.policy.agent_timeout_s
     try:
-        await asyncio.wait_for(run.agents[node].complete(run.manifest.run_id), timeout)
+        return (await asyncio.wait_for(run.agents[node].complete(run.manifest.run_id), timeout)).released
     except TimeoutError:
         raise AgentUnreachable(node, f"no answer from the agent to complete within {timeout:g}s",
                                hint="the agent releases the engine itself when the lease runs out") from None

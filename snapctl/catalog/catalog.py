@@ -110,7 +110,7 @@ class Catalog:
     # -- internals -------------------------------------------------------------------------------
 
     def _manifest_key(self, run_id: str) -> str:
-        if not RUN_ID.match(run_id or ""):
+        if not RUN_ID.fullmatch(run_id or ""):  # fullmatch: "$" alone lets a trailing newline in
             raise BadInputError(f"{run_id!r} is not a run id", hint="run ids are letters, digits, '.', '_' and '-'")
         return f"{self._manifests}{run_id}.json"
 
@@ -167,7 +167,7 @@ class Catalog:
             data = self.store.read(f"{self._manifests}{run_id}.json")
             if data is None:
                 continue  # deleted while we looked
-            manifest, problem = self._parse(run_id, data) if RUN_ID.match(run_id) else (None, "not a valid run id")
+            manifest, problem = self._parse(run_id, data) if RUN_ID.fullmatch(run_id) else (None, "not a valid run id")
             if manifest is None:
                 problems[run_id] = problem or "unreadable"
             else:

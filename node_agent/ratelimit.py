@@ -1,0 +1,92 @@
+"""Per-client request rate limits for the agent: one token bucket per client address and endpoint.
+
+Every call under /v1 but health can make the agent touch its engine (a checkpoint, a lock, a scan of
+every table), so a runaway script or a retry storm must not be able to hammer the database through
+its agent. snapctl itself needs a handful of calls per run (status, prepare, a renew every
+lease/3, complete), far below the default. Over the limit the agent answers 429 with
+``Retry-After``. Requests refused before anything ran (body too large, body not matching the
+schema) give their token back: a fuzzer or a broken client is not charged for our refusals,
+while wrong tokens are (guessing costs).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+DEFAULT_RATE_PER_S = 20.0  # sustained requests per second, per client and endpoint
+DEFAULT_BURST = 60  # requests a client may make at once to one endpoint
+_MAX_BUCKETS = 4096  # the least recently seen clients are forgotten beyond this (they start full again)
+_REFUNDED = frozenset({413, 422})
+_EXEMPT = frozenset({"/v1/health"})
+
+
+class ClientRateLimit:
+    """ASGI middleware; put it outermost so it counts requests the token check refuses too."""
+
+    def __init__(self, app: ASGIApp, *, rate_per_s: float = DEFAULT_RATE_PER_S, burst: int = DEFAULT_BURST,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if rate_per_s <= 0 or burst < 1:
+            raise ValueError("rate_per_s must be positive and burst at least 1")
+        self.app = app
+        self.rate_per_s = rate_per_s
+        self.burst = burst
+        self._clock = clock
+        self._buckets: OrderedDict[tuple[str, str], tuple[float, float]] = OrderedDict()  # -> (tokens, at)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not path.startswith("/v1/") or path in _EXEMPT:
+            await self.app(scope, receive, send)
+            return
+        client = (scope.get("client") or ("unknown",))[0]
+        key = (client, path)
+        wait_s = self._take(key)
+        if wait_s > 0:
+            await _too_many(send, client, path, self.rate_per_s, self.burst, wait_s)
+            return
+        status = 0
+
+        async def noting_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        await self.app(scope, receive, noting_send)
+        if status in _REFUNDED:
+            self._give_back(key)
+
+    def _take(self, key: tuple[str, str]) -> float:
+        """Take a token; 0 when granted, else the seconds until one is there."""
+        now = self._clock()
+        tokens, at = self._buckets.pop(key, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - at) * self.rate_per_s)
+        granted = tokens >= 1.0
+        self._buckets[key] = (tokens - 1.0 if granted else tokens, now)
+        while len(self._buckets) > _MAX_BUCKETS:
+            self._buckets.popitem(last=False)
+        return 0.0 if granted else (1.0 - tokens) / self.rate_per_s
+
+    def _give_back(self, key: tuple[str, str]) -> None:
+        if key in self._buckets:
+            tokens, at = self._buckets[key]
+            self._buckets[key] = (min(float(self.burst), tokens + 1.0), at)
+
+
+async def _too_many(send: Send, client: str, path: str, rate: float, burst: int, wait_s: float) -> None:
+    # The agent's ErrorBody shape, built here so this module needs nothing from the app.
+    body = json.dumps({
+        "error": f"too many requests from {client} to {path}: more than {burst} at once or {rate:g} per second",
+        "hint": "slow down; retry after the Retry-After header's seconds",
+        "holder": None,
+    }).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+               (b"retry-after", str(max(1, math.ceil(wait_s))).encode())]
+    await send({"type": "http.response.start", "status": 429, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

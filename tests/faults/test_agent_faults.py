@@ -1,0 +1,105 @@
+"""An agent killed or hung in the middle of prepare or complete, and a network partition between
+snapctl and one agent. In every case the timeouts fire, the run rolls back (failed, naming the
+node), every other node is released by snapctl's own complete, and the faulty node's hold ends
+too: by the process dying, by a late complete, or by its lease.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from snapctl.errors import ExitCode
+from tests.faults.harness import NODES, FaultCluster, wait_until
+
+
+def _failed_run(cluster: FaultCluster, result, node: str) -> dict:
+    assert result.returncode == ExitCode.RUN_FAILED, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr and f"node {node}" in result.stderr
+    [run_id] = cluster.run_ids()
+    manifest = cluster.manifest(run_id)
+    assert manifest["status"] == "failed"
+    assert manifest["nodes"][node]["error"]
+    assert cluster.snapshot_dirs(run_id) == []  # rolled back: every snapshot of the run deleted
+    return manifest
+
+
+def _others_released_by_the_run(cluster: FaultCluster, run_id: str, faulty: str) -> None:
+    for node in NODES:
+        if node != faulty:
+            assert cluster.lease(node) is None
+            assert cluster.released_by(node, run_id) == "completed"  # by snapctl, not by the lease
+            assert cluster.writable(node)
+
+
+@pytest.mark.parametrize("request_line", ["POST /v1/prepare", "POST /v1/complete"], ids=["prepare", "complete"])
+def test_an_agent_killed_mid_request_fails_the_run_and_releases_the_rest(scene: FaultCluster, request_line) -> None:
+    cluster = scene
+    gate = cluster.agents["node1"].proxy.gate(request_line)
+    process = cluster.popen("backup")
+    gate.wait()
+    cluster.kill_agent("node1")  # SIGKILL, with the request on its way
+    gate.open()
+    out, err = process.communicate(timeout=60)
+    result = subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+    manifest = _failed_run(cluster, result, "node1")
+    _others_released_by_the_run(cluster, manifest["run_id"], "node1")
+    assert cluster.writable("node1")  # the OS dropped the dead agent's SQLite lock with it
+
+
+@pytest.mark.parametrize("request_line", ["POST /v1/prepare", "POST /v1/complete"], ids=["prepare", "complete"])
+def test_a_hung_agent_times_out_the_run_and_its_hold_ends_when_it_wakes(scene: FaultCluster, request_line) -> None:
+    cluster = scene
+    gate = cluster.agents["node1"].proxy.gate(request_line)
+    process = cluster.popen("backup")
+    gate.wait()
+    cluster.pause_agent("node1")  # SIGSTOP: the socket accepts, the agent never answers
+    gate.open()
+    try:
+        out, err = process.communicate(timeout=60)
+    finally:
+        cluster.resume_agent("node1")
+    result = subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+    manifest = _failed_run(cluster, result, "node1")
+    assert "no answer from the agent" in manifest["nodes"]["node1"]["error"]
+    _others_released_by_the_run(cluster, manifest["run_id"], "node1")
+    # Awake again, node1 finds the run's requests (its late prepare or complete, the rollback's
+    # complete): whatever it holds ends, by that complete or by the lease.
+    cluster.wait_released(nodes=("node1",))
+    assert cluster.writable("node1")
+
+
+def test_a_partition_during_the_snapshot_fails_the_run_and_the_cut_off_node_releases_itself(scene) -> None:
+    cluster = scene
+    stopping = cluster.write_inventory(cluster.directory / "stopping.yaml", provider={"stop": {"node1": "before"}})
+    process = cluster.popen("backup", inventory=stopping)
+    cluster.wait_reached("node1.entered")  # every node is held; node1's snapshot has not begun
+    cluster.agents["node1"].proxy.partition()
+    # snapctl's renewals no longer arrive: the agent ends the hold by itself when the lease runs out.
+    wait_until(lambda: cluster.lease("node1") is None, 15, "node1's lease to expire")
+    cluster.go("node1.go")
+    try:
+        out, err = process.communicate(timeout=60)
+    finally:
+        cluster.agents["node1"].proxy.heal()
+    result = subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+    manifest = _failed_run(cluster, result, "node1")  # a snapshot taken after the hold ended is not kept
+    assert cluster.released_by("node1", manifest["run_id"]) == "expired"
+    _others_released_by_the_run(cluster, manifest["run_id"], "node1")
+    assert cluster.writable("node1")
+
+
+def test_a_partitioned_agent_is_refused_at_preflight_within_the_timeout(scene: FaultCluster) -> None:
+    cluster = scene
+    cluster.agents["node2"].proxy.partition()
+    result = cluster.snapctl("backup")
+    assert result.returncode == ExitCode.PREFLIGHT_REFUSED, result.stderr
+    assert "node2" in result.stderr and "no answer" in result.stderr
+    assert cluster.held() == set()
+    [run_id] = cluster.run_ids()
+    assert cluster.manifest(run_id)["status"] == "failed"  # the refusal is on record
+    assert cluster.snapshot_dirs(run_id) == []

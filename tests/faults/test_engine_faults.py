@@ -1,0 +1,79 @@
+"""An engine that accepts connections and never answers. The agent bounds every engine call by the
+engine's ``timeout_s`` and answers 504; snapctl refuses at preflight, or (with --force, or when the
+engine hangs mid-run) rolls the run back and releases every other node. A hold the engine could
+not be told to release ends by the agent's lease once the engine answers again.
+
+node1 runs the QuestDB adapter (against a silent socket, or the /exec fake in its ``hang()``
+mode); node2 and node3 run SQLite.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from snapctl.errors import ExitCode
+from tests.conftest import LOOPBACK
+from tests.fakes.questdb import FakeQuestDB
+from tests.faults.harness import FaultCluster, wait_until
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """Accepts connections (the kernel's backlog) and never reads or answers."""
+    with socket.socket() as silent:
+        silent.bind((LOOPBACK, 0))
+        silent.listen(64)
+        yield silent.getsockname()[1]
+
+
+def _questdb(root: Path, url: str) -> dict:
+    (root / "db").mkdir(parents=True, exist_ok=True)
+    return {"type": "questdb", "url": url, "root": str(root), "timeout_s": 1}
+
+
+def test_a_silent_engine_is_refused_at_preflight_and_forced_runs_roll_back(make_cluster, tmp_path, silent_port):
+    cluster: FaultCluster = make_cluster(engines={"node1": _questdb(tmp_path / "qdb", f"http://{LOOPBACK}:{silent_port}")})
+
+    refused = cluster.snapctl("backup")
+    assert refused.returncode == ExitCode.PREFLIGHT_REFUSED, refused.stderr
+    assert "node1" in refused.stderr and "Traceback" not in refused.stderr
+    assert cluster.held() == set()
+
+    forced = cluster.snapctl("backup", "--force")
+    assert forced.returncode == ExitCode.RUN_FAILED, forced.stderr
+    assert "node node1" in forced.stderr and "did not answer" in forced.stderr
+    run_id = max(cluster.run_ids())
+    manifest = cluster.manifest(run_id)
+    assert manifest["status"] == "failed" and manifest["forced"]
+    assert cluster.held() == set()
+    for node in ("node2", "node3"):
+        assert cluster.released_by(node, run_id) == "completed" and cluster.writable(node)
+    assert cluster.snapshot_dirs(run_id) == []
+
+
+def test_an_engine_that_hangs_during_complete_is_released_by_the_lease_once_it_answers(make_cluster, tmp_path):
+    with FakeQuestDB() as questdb:
+        questdb.tables.update({"trades": 10})
+        cluster: FaultCluster = make_cluster(engines={"node1": _questdb(tmp_path / "qdb", questdb.url)})
+        gate = cluster.agents["node1"].proxy.gate("POST /v1/complete")
+        process = cluster.popen("backup")
+        gate.wait()
+        assert questdb.held  # the checkpoint is taken; now the engine stops answering
+        with questdb.hang():
+            gate.open()
+            _, err = process.communicate(timeout=60)
+            assert process.returncode == ExitCode.RUN_FAILED, err
+            assert "node node1" in err and "did not answer" in err
+            [run_id] = cluster.run_ids()
+            assert cluster.manifest(run_id)["status"] == "failed"
+            assert cluster.snapshot_dirs(run_id) == []
+            for node in ("node2", "node3"):
+                assert cluster.released_by(node, run_id) == "completed" and cluster.writable(node)
+            assert cluster.lease("node1") is not None  # the agent could not release: it keeps trying
+        # Answering again, the engine is released by the agent when the dead run's lease runs out.
+        wait_until(lambda: not questdb.held, 20, "questdb's checkpoint to be released")
+        assert cluster.released_by("node1", run_id) == "expired"

@@ -1,0 +1,168 @@
+"""`snapctl backup` SIGKILLed at each step of a run. Whatever the step, afterwards: no node stays held
+past its lease, every snapshot the run made is owned by its manifest (marked failed) or found by
+`snapctl gc`, the catalog still loads, and the next run succeeds.
+
+Each step is reached from outside: a proxy holds one request (the run cannot get past it), the
+fault provider stops inside a snapshot or wait call, or the test holds the catalog directory's
+flock so the manifest write blocks. Then the test kills snapctl where it stands.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.faults.harness import NODES, FaultCluster, wait_until
+
+
+@dataclass
+class Stop:
+    provider: dict  # settings for the fault provider
+    there: Callable[[int], None]  # waits until the run (pid) stands at the step
+    after_kill: Callable[[], None]  # what the world does next (a held request arrives late, ...)
+    has_manifest: bool = True
+
+
+def holding_the_lock(c: FaultCluster) -> Stop:
+    gate = c.agents["node1"].proxy.gate("GET /v1/status")  # preflight's first look: the lock is taken
+
+    def there(_pid: int) -> None:
+        gate.wait()
+        assert c.lock_record() and not c.lock_record().get("released_at")
+
+    return Stop({}, there, gate.open, has_manifest=False)
+
+
+def during_prepare(c: FaultCluster) -> Stop:
+    gate = c.agents["node1"].proxy.gate("POST /v1/prepare")
+
+    def there(_pid: int) -> None:
+        gate.wait()
+        wait_until(lambda: c.held() == {"node2", "node3"}, 30, "node2 and node3 to be held")
+
+    # The dead run's prepare reaches node1 after all: that hold must end by its lease too.
+    return Stop({}, there, gate.open)
+
+
+def between_prepare_and_snapshot(c: FaultCluster) -> Stop:
+    def there(_pid: int) -> None:
+        for node in NODES:
+            c.wait_reached(f"{node}.entered")
+        assert c.held() == set(NODES)
+
+    return Stop({"stop": {n: "before" for n in NODES}}, there, lambda: None)
+
+
+def during_snapshot(c: FaultCluster) -> Stop:
+    def there(_pid: int) -> None:
+        c.wait_reached("node3.made")  # node3's snapshot exists, its create call has not returned
+        c.wait_released(nodes=("node1", "node2"))  # the others were completed as soon as theirs returned
+
+    return Stop({"stop": {"node3": "after"}}, there, lambda: None)
+
+
+def before_complete(c: FaultCluster) -> Stop:
+    gate = c.agents["node1"].proxy.gate("POST /v1/complete")
+
+    def there(_pid: int) -> None:
+        gate.wait()
+        assert "node1" in c.held()
+
+    # The dead run's complete arrives late: it must end that run's hold, nothing more.
+    return Stop({}, there, gate.open)
+
+
+def writing_the_manifest(c: FaultCluster) -> Stop:
+    gate = c.agents["node1"].proxy.gate("POST /v1/complete")
+    lock_file = c.catalog_dir / c.cluster / "manifests" / ".lock"
+    held: list[int] = []
+
+    def there(pid: int) -> None:
+        gate.wait()
+        # The local catalog serialises writers with an flock on the directory's .lock: holding it
+        # here makes the run's step-8 manifest write wait, at the exact point it begins.
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        held.append(fd)
+        gate.open()
+        wait_until(lambda: _waits_for_flock(pid, lock_file), 30, "snapctl to block on the manifest write")
+
+    def after_kill() -> None:
+        os.close(held.pop())
+
+    return Stop({}, there, after_kill)
+
+
+def waiting_for_completion(c: FaultCluster) -> Stop:
+    def there(_pid: int) -> None:
+        c.wait_reached("wait.entered")  # step 8's manifest, with every snapshot in it, is written
+
+    return Stop({"stop_wait": True}, there, lambda: None)
+
+
+def _waits_for_flock(pid: int, path: Path) -> bool:
+    inode = os.stat(path).st_ino
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if "->" in fields and str(pid) in fields and fields[-3].endswith(f":{inode}"):
+            return True
+    return False
+
+
+STEPS = [holding_the_lock, during_prepare, between_prepare_and_snapshot, during_snapshot, before_complete,
+         writing_the_manifest, waiting_for_completion]
+
+
+@pytest.mark.parametrize("step", STEPS, ids=[s.__name__ for s in STEPS])
+def test_sigkill_at_each_step_leaves_nothing_held_or_lost(scene: FaultCluster, step) -> None:
+    cluster = scene
+    stop = step(cluster)
+    # Requests held at the proxy must not time out before the kill: the run stays where it stands.
+    stopping = cluster.write_inventory(cluster.directory / "stopping.yaml", provider=stop.provider,
+                                       policy={"agent_timeout_s": "30s"})
+    process = cluster.popen("backup", "--no-prune", inventory=stopping)
+    try:
+        stop.there(process.pid)
+        run_id = cluster.lock_record()["run_id"]
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.communicate(timeout=30)
+    stop.after_kill()
+
+    # No node stays held past its lease (3 s): every agent releases by itself, writers get in.
+    cluster.wait_released(timeout=15)
+    assert all(cluster.writable(node) for node in NODES)
+
+    # The catalog still loads, with the dead run in it (when it got as far as writing a manifest).
+    entries, problems = cluster.catalog().list()
+    assert problems == []
+    assert (run_id in [e.run_id for e in entries]) == stop.has_manifest
+
+    # The next run succeeds once the dead run's lock has expired, and closes the dead run's record.
+    cluster.wait_lock_free()
+    after = cluster.snapctl("backup", "--no-prune", "-o", "json")
+    assert after.returncode == 0, after.stderr
+    assert after.json["data"]["status"] == "succeeded"
+    owned: set[str] = set()
+    if stop.has_manifest:
+        dead = cluster.manifest(run_id)
+        assert dead["status"] == "failed" and "abandoned" in dead["error"]
+        owned = {ref["snapshot_id"] for record in dead["nodes"].values() for ref in record["snapshots"]}
+    else:
+        assert run_id not in cluster.run_ids()
+
+    # Every snapshot the dead run made is owned by its failed manifest or found by `snapctl gc`;
+    # no half-made copy is left (the next snapshot of each node cleared its work directories).
+    made = {p.name for p in cluster.snapshot_dirs(run_id)}
+    assert not [name for name in made if name.startswith(".")]
+    orphans = {ref.snapshot_id for ref in cluster.gc().orphans if ref.tags["snapctl-run"] == run_id}
+    assert made == owned | orphans and not owned & orphans
+    assert set(cluster.tagged(run_id)) == made
+    assert cluster.gc(delete=True).ok
+    assert {p.name for p in cluster.snapshot_dirs(run_id)} == owned

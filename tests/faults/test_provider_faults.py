@@ -1,0 +1,140 @@
+"""Provider faults during a real run: the GCP provider (the real SDK over HTTP) against the local
+Compute Engine API in tests/fakes, agents as real processes, the real CLI. A throttling storm is
+ridden out (or, past the retries, rolled back); a snapshot that ends in error rolls the run back;
+a create call that timed out after the cloud accepted it is retried with the same request id, so
+no duplicate snapshot survives, and when every answer is lost the run's tags find what was made.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from snapctl.errors import ExitCode
+from tests.fakes.gcp_compute import FakeGcpCompute
+from tests.faults.harness import NODES, FaultCluster
+
+ZONE = "europe-west1-b"
+
+
+class StallingGcp(FakeGcpCompute):
+    """Acts on the next ``stall_creates`` createSnapshot calls, then answers too late for the client."""
+
+    stall_creates = 0
+    stall_s = 2.5
+
+    def start(self) -> StallingGcp:
+        super().start()
+        self._server.handle_error = lambda request, address: None  # the late answer meets a closed socket
+        return self
+
+    def handle(self, method: str, raw_path: str, headers: dict[str, str], raw_body: bytes):
+        reply = super().handle(method, raw_path, headers, raw_body)
+        if "createSnapshot" in raw_path:
+            with self.lock:
+                stall, self.stall_creates = self.stall_creates > 0, max(0, self.stall_creates - 1)
+            if stall:
+                time.sleep(self.stall_s)
+        return reply
+
+
+@pytest.fixture
+def gcp() -> Iterator[StallingGcp]:
+    with StallingGcp(op_running_polls=2, creating_polls=1, uploading_polls=1) as fake:
+        for node in NODES:
+            fake.add_disk(ZONE, f"{node}-disk")
+        yield fake
+
+
+def gcp_inventory(cluster: FaultCluster, gcp: StallingGcp, **settings) -> Path:
+    provider = {"type": "gcp", "project": gcp.project, "api_endpoint": gcp.url, "anonymous": True,
+                "poll_interval_s": 0.02, "max_backoff_s": 2, "request_timeout_s": 1.0, **settings}
+    return cluster.write_inventory(cluster.directory / "gcp.yaml", provider=provider,
+                                   volumes=lambda node: [{"disk": f"{node}-disk", "zone": ZONE, "name": "data"}])
+
+
+def live_snapshots(gcp: StallingGcp) -> Counter:
+    """Snapshots not being deleted, per source disk."""
+    with gcp.lock:
+        return Counter(s["sourceDisk"].rsplit("/", 1)[-1] for s in gcp.snapshots.values() if s["status"] != "DELETING")
+
+
+def assert_released_by(cluster: FaultCluster, run_id: str) -> None:
+    assert cluster.held() == set()
+    assert {cluster.released_by(n, run_id) for n in NODES} == {"completed"}
+
+
+def assert_rolled_back(cluster: FaultCluster, gcp: StallingGcp, result, message: str) -> dict:
+    assert result.returncode == ExitCode.RUN_FAILED, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    [run_id] = cluster.run_ids()
+    manifest = cluster.manifest(run_id)
+    assert manifest["status"] == "failed" and message in manifest["error"]
+    assert live_snapshots(gcp) == Counter()  # every snapshot the run made is deleted
+    assert_released_by(cluster, run_id)
+    return manifest
+
+
+def test_a_throttling_storm_is_ridden_out_with_one_snapshot_per_disk(scene: FaultCluster, gcp: StallingGcp) -> None:
+    gcp.throttle(times=12, retry_after=0.2)  # every kind of call, from every thread
+    result = scene.snapctl("backup", "--no-prune", "-o", "json", inventory=gcp_inventory(scene, gcp))
+    assert result.returncode == 0, result.stderr
+    manifest = result.json["data"]
+    assert manifest["status"] == "succeeded" and manifest["snapshots_completed"]
+    assert len([r for r in gcp.requests if r.status == 429]) == 12
+    assert live_snapshots(gcp) == Counter({f"{node}-disk": 1 for node in NODES})
+    assert_released_by(scene, manifest["run_id"])
+
+
+def test_a_storm_past_the_retries_rolls_the_run_back(scene: FaultCluster, gcp: StallingGcp) -> None:
+    gcp.throttle(times=10_000, retry_after=0.05, path_contains="/disks/node2-disk/createSnapshot")
+    result = scene.snapctl("backup", "--no-prune", inventory=gcp_inventory(scene, gcp, max_retries=2))
+    assert_rolled_back(scene, gcp, result, "rate limit exceeded")
+    assert "create_rate" in result.stderr  # the hint says what to change
+
+
+def test_a_snapshot_that_ends_in_error_rolls_the_run_back(scene: FaultCluster, gcp: StallingGcp) -> None:
+    gcp.fail_next_snapshot("the disk was detached while the snapshot was taken")
+    result = scene.snapctl("backup", "--no-prune", inventory=gcp_inventory(scene, gcp))
+    assert_rolled_back(scene, gcp, result, "the disk was detached while the snapshot was taken")
+
+
+def test_a_create_whose_answer_timed_out_is_retried_without_a_duplicate(scene: FaultCluster, gcp: StallingGcp) -> None:
+    gcp.stall_creates = 1  # the cloud takes the first create, its answer never reaches snapctl
+    result = scene.snapctl("backup", "--no-prune", "-o", "json", inventory=gcp_inventory(scene, gcp))
+    assert result.returncode == 0, result.stderr
+    assert result.json["data"]["status"] == "succeeded"
+    assert live_snapshots(gcp) == Counter({f"{node}-disk": 1 for node in NODES})
+    creates = gcp.requests_to("POST", "createSnapshot")
+    per_disk = Counter(r.path.split("/disks/")[1].split("/")[0] for r in creates)
+    [(stalled, attempts)] = [(disk, n) for disk, n in per_disk.items() if n > 1]
+    assert attempts == 2
+    assert len({r.query["requestId"] for r in creates if f"/{stalled}/" in r.path}) == 1  # one request id: one act
+
+
+def test_when_every_create_answer_is_lost_the_runs_tags_find_what_was_made(scene: FaultCluster, gcp) -> None:
+    gcp.stall_creates = 10_000
+    result = scene.snapctl("backup", "--no-prune", inventory=gcp_inventory(scene, gcp, max_retries=1))
+    assert result.returncode == ExitCode.RUN_FAILED, result.stderr
+    made = {r.body["name"] for r in gcp.requests_to("POST", "createSnapshot")}
+    assert made  # the cloud made snapshots that snapctl never heard of ...
+    [run_id] = scene.run_ids()
+    assert scene.manifest(run_id)["status"] == "failed"
+    assert live_snapshots(gcp) == Counter()  # ... and the rollback found them by the run's tag
+    assert_released_by(scene, run_id)
+
+
+def test_a_snapshot_that_fails_while_uploading_rolls_back_after_every_node_was_released(scene: FaultCluster) -> None:
+    failing = scene.write_inventory(scene.directory / "failing.yaml", provider={"fail_wait": "upload failed"})
+    result = scene.snapctl("backup", "--no-prune", inventory=failing)
+    assert result.returncode == ExitCode.RUN_FAILED, result.stderr
+    assert "upload failed" in result.stderr
+    [run_id] = scene.run_ids()
+    manifest = scene.manifest(run_id)
+    assert manifest["status"] == "failed" and all(r["complete_acked_at"] for r in manifest["nodes"].values())
+    assert scene.snapshot_dirs(run_id) == []
+    assert_released_by(scene, run_id)

@@ -1,0 +1,76 @@
+"""A third-party provider for fault tests, found through the ``snapctl.providers`` entry point: the
+local provider, which can stop at a chosen point of a run until the test lets it go on.
+
+Signal files in ``control`` (a directory): ``<node>.entered`` when ``snapshot()`` of that node
+begins; with ``stop: {node: before}`` it then waits for ``<node>.go`` before copying anything;
+with ``stop: {node: after}`` it copies, writes ``<node>.made`` and waits for ``<node>.go`` before
+returning. ``stop_wait`` does the same in ``wait()`` with ``wait.entered`` / ``wait.go``. So a
+test can SIGKILL snapctl at an exact step, from outside, with no hook in snapctl itself.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from snapctl_local import LocalProvider
+
+from snapctl.errors import ProviderError
+from snapctl.providers import ProviderSettings
+
+
+class FaultSettings(ProviderSettings):
+    type: Literal["fault"]
+    store: str
+    control: str
+    stop: dict[str, Literal["before", "after"]] = Field(default_factory=dict)
+    stop_wait: bool = False
+    fail_wait: str | None = None  # wait() ends in this error: a snapshot the cloud failed
+    stop_timeout_s: float = 120.0
+
+
+class FaultProvider:
+    settings_model = FaultSettings
+
+    def __init__(self, settings: FaultSettings, *, cluster: str, base_dir: Path) -> None:
+        local_settings = LocalProvider.settings_model(type="local", store=settings.store)
+        self._local = LocalProvider(local_settings, cluster=cluster, base_dir=base_dir)
+        self._settings = settings
+        self._control = Path(settings.control) if Path(settings.control).is_absolute() else base_dir / settings.control
+        self._control.mkdir(parents=True, exist_ok=True)
+        self.name = "fault"
+
+    def __getattr__(self, name):
+        return getattr(self._local, name)
+
+    def snapshot(self, volumes, tags):
+        node = volumes.node
+        where = self._settings.stop.get(node)
+        self._signal(f"{node}.entered")
+        if where == "before":
+            self._wait_for(f"{node}.go")
+        refs = self._local.snapshot(volumes, tags)
+        if where == "after":
+            self._signal(f"{node}.made")
+            self._wait_for(f"{node}.go")
+        return refs
+
+    def wait(self, refs, deadline, progress=None):
+        self._signal("wait.entered")
+        if self._settings.stop_wait:
+            self._wait_for("wait.go")
+        if self._settings.fail_wait:
+            raise ProviderError(f"snapshot {refs[0].snapshot_id} ended in error: {self._settings.fail_wait}")
+        return self._local.wait(refs, deadline, progress)
+
+    def _signal(self, name: str) -> None:
+        (self._control / name).touch()
+
+    def _wait_for(self, name: str) -> None:
+        deadline = time.monotonic() + self._settings.stop_timeout_s
+        while not (self._control / name).exists():
+            if time.monotonic() > deadline:
+                raise ProviderError(f"fault provider: nobody created {self._control / name}")
+            time.sleep(0.02)

@@ -1,0 +1,110 @@
+"""Token auth on every agent endpoint except the public ones, checked against a real agent process;
+the comparison is hmac.compare_digest whatever the token's length; where the token comes from."""
+
+from __future__ import annotations
+
+import hmac
+from pathlib import Path
+
+import httpx
+import pytest
+
+from node_agent.app import create_app
+from node_agent.config import parse_agent_config
+from node_agent.engines.sqlite import SqliteEngine, SqliteSettings
+from node_agent.service import AgentService
+from tests.faults.harness import TOKEN, FaultCluster, create_db
+from tests.security.conftest import serve
+
+# Reachable without a token, by design: liveness, the Prometheus scrape (counters only, no run ids
+# or secrets: a scraper must not hold a credential that can freeze the database), the API's docs.
+PUBLIC = {"/v1/health", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+
+BAD_CREDENTIALS = {
+    "none": {},
+    "empty bearer": {"Authorization": "Bearer"},
+    "wrong": {"Authorization": "Bearer not-the-token"},
+    "prefix": {"Authorization": f"Bearer {TOKEN[:-1]}"},
+    "longer": {"Authorization": f"Bearer {TOKEN}0"},
+    "other scheme": {"Authorization": f"Basic {TOKEN}"},
+    "no scheme": {"Authorization": TOKEN},
+    "not ascii": {"Authorization": "Bearer ünïcödé".encode("latin-1")},
+}
+
+
+@pytest.fixture
+def service(tmp_path: Path):
+    create_db(tmp_path / "db.sqlite")
+    service = AgentService("n1", SqliteEngine(SqliteSettings(path="db.sqlite", timeout_s=2), base_dir=tmp_path))
+    yield service
+    service.close()
+
+
+def endpoints(service: AgentService) -> list[tuple[str, str]]:
+    """Every (method, path) the agent's app serves: a new endpoint is covered without editing this test."""
+    found = []
+    for route in create_app(service, TOKEN).routes:
+        for method in sorted(getattr(route, "methods", None) or {"GET"}):
+            if method != "HEAD":
+                found.append((method, route.path))
+    return found
+
+
+def test_every_endpoint_but_the_public_ones_refuses_a_missing_or_wrong_token(solo: FaultCluster, service) -> None:
+    routes = endpoints(service)
+    assert {path for _, path in routes} >= PUBLIC
+    protected = [(m, p) for m, p in routes if p not in PUBLIC]
+    assert {p for _, p in protected} >= {"/v1/status", "/v1/prepare", "/v1/renew", "/v1/complete", "/v1/trigger",
+                                         "/v1/restore-prepare", "/v1/verify"}
+    body = {"run_id": "r-unauthorized", "lease_s": 600}
+    with httpx.Client(base_url=solo.url("solo"), timeout=10) as client:
+        for method, path in protected:
+            for what, headers in BAD_CREDENTIALS.items():
+                response = client.request(method, path, headers=headers, json=body if method == "POST" else None)
+                assert response.status_code == 401, (method, path, what, response.text)
+                assert response.headers["www-authenticate"] == "Bearer"
+                assert response.json()["error"] in ("missing bearer token", "wrong bearer token")
+                assert TOKEN not in response.text
+            right = client.request(method, path, headers={"Authorization": f"Bearer {TOKEN}"},
+                                   json=body if method == "POST" else None)
+            assert right.status_code != 401, (method, path)
+            if path == "/v1/prepare":
+                client.post("/v1/complete", json={"run_id": body["run_id"]},
+                            headers={"Authorization": f"Bearer {TOKEN}"}).raise_for_status()
+        for path in sorted(PUBLIC):
+            response = client.get(path)
+            assert response.status_code == 200, path
+            assert TOKEN not in response.text
+    # Refused requests did nothing: only the authorised prepare ever held the engine.
+    log = solo.agents["solo"].log.read_text()
+    assert log.count("prepared for run r-unauthorized") == 1
+    assert solo.lease("solo") is None
+
+
+def test_the_token_is_compared_with_compare_digest_whatever_its_length(service, monkeypatch) -> None:
+    seen: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def spy(given, expected):
+        seen.append((given, expected))
+        return real(given, expected)
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    offered = ["x" * len(TOKEN), "short", TOKEN + "-and-more", TOKEN]
+    with serve(create_app(service, TOKEN)) as url:
+        codes = [httpx.get(url + "/v1/status", headers={"Authorization": f"Bearer {token}"}).status_code
+                 for token in offered]
+    assert codes == [401, 401, 401, 200]
+    assert seen == [(token.encode(), TOKEN.encode()) for token in offered]
+
+
+def test_the_token_comes_from_the_file_first_then_the_environment(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "token").write_text("  from-the-file \n\n")
+    monkeypatch.setenv("SNAPCTL_AGENT_TOKEN", "from-the-env")
+    base = "node: n1\nengine: {type: sqlite, path: db.sqlite}\n"
+    assert parse_agent_config(base + "token_file: token\n", base_dir=tmp_path).read_token() == "from-the-file"
+    assert parse_agent_config(base, base_dir=tmp_path).read_token() == "from-the-env"
+    monkeypatch.setenv("CUSTOM_TOKEN_VAR", "custom")
+    assert parse_agent_config(base + "token_env: CUSTOM_TOKEN_VAR\n", base_dir=tmp_path).read_token() == "custom"
+    monkeypatch.setenv("SNAPCTL_AGENT_TOKEN", "   ")
+    assert parse_agent_config(base, base_dir=tmp_path).read_token() is None  # blank is no token, not ""

@@ -1,0 +1,98 @@
+"""Requests to the agent are bounded: body size (413, declared or streamed), header size, and a
+request rate per client and endpoint (429 with Retry-After)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from node_agent.app import create_app
+from node_agent.engines.sqlite import SqliteEngine, SqliteSettings
+from node_agent.ratelimit import DEFAULT_BURST, DEFAULT_RATE_PER_S, ClientRateLimit
+from node_agent.service import AgentService
+from tests.faults.harness import TOKEN, FaultCluster, create_db
+from tests.security.conftest import serve
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+LIMIT = 64 * 1024  # the agent's default max_body_bytes
+
+
+def test_oversized_bodies_and_headers_are_refused_and_the_agent_carries_on(solo: FaultCluster) -> None:
+    url = solo.url("solo")
+    declared = httpx.post(url + "/v1/prepare", headers={**AUTH, "Content-Type": "application/json"},
+                          content=b'{"run_id": "' + b"a" * (1024 * 1024) + b'", "lease_s": 60}')
+    assert declared.status_code == 413
+    assert declared.json()["error"] == f"request body larger than {LIMIT} bytes"
+
+    def stream():
+        yield b'{"run_id": "'
+        for _ in range(64):
+            yield b"b" * 16384
+        yield b'", "lease_s": 60}'
+
+    streamed = httpx.post(url + "/v1/prepare", headers={**AUTH, "Content-Type": "application/json"}, content=stream())
+    assert streamed.status_code == 413  # no Content-Length: counted as it arrives
+
+    at_the_limit = httpx.post(url + "/v1/prepare", headers={**AUTH, "Content-Type": "application/json"},
+                              content=b"[" + b" " * (LIMIT - 2) + b"]")
+    assert at_the_limit.status_code == 422  # within the limit: read, then refused for what it says
+
+    try:
+        huge_header = httpx.get(url + "/v1/status", headers={**AUTH, "X-Padding": "p" * (256 * 1024)}, timeout=10)
+        assert 400 <= huge_header.status_code < 500
+    except (httpx.RemoteProtocolError, httpx.ReadError):
+        pass  # or the server drops the connection: either way it is not served
+
+    assert solo.agents["solo"].proc.poll() is None
+    assert httpx.get(url + "/v1/health").status_code == 200
+    assert solo.lease("solo") is None
+
+
+@pytest.fixture
+def service(tmp_path: Path):
+    create_db(tmp_path / "db.sqlite")
+    service = AgentService("n1", SqliteEngine(SqliteSettings(path="db.sqlite", timeout_s=2), base_dir=tmp_path))
+    yield service
+    service.close()
+
+
+def test_the_agent_limits_every_client_by_default(service: AgentService) -> None:
+    app = create_app(service, TOKEN)  # what snapctl-agent serves
+    [limit] = [m for m in app.user_middleware if m.cls is ClientRateLimit]
+    assert limit.kwargs == {"rate_per_s": DEFAULT_RATE_PER_S, "burst": DEFAULT_BURST}
+    assert app.user_middleware[0].cls is ClientRateLimit  # outermost: refused tokens are counted too
+    assert "429" in app.openapi()["paths"]["/v1/prepare"]["post"]["responses"]
+
+
+def test_over_the_rate_a_client_gets_429_on_that_endpoint_only(service: AgentService) -> None:
+    with serve(create_app(service, TOKEN, rate_per_s=1, burst=5)) as url:
+        with httpx.Client(base_url=url, headers=AUTH) as client:
+            codes = [client.post("/v1/renew", json={"run_id": "r1"}).status_code for _ in range(12)]
+            assert codes[:5] == [409] * 5 and set(codes[5:]) <= {409, 429} and codes[-1] == 429
+            refused = client.post("/v1/renew", json={"run_id": "r1"})
+            assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+            assert refused.json()["error"].startswith("too many requests from 127.0.0.1 to /v1/renew")
+            # Other endpoints of the same client, health, and other clients are not held back.
+            assert client.get("/v1/status").status_code == 200
+            assert all(client.get("/v1/health").status_code == 200 for _ in range(20))
+        other = httpx.Client(base_url=url, headers=AUTH, transport=httpx.HTTPTransport(local_address="127.0.0.2"))
+        with other:
+            assert other.post("/v1/renew", json={"run_id": "r1"}).status_code == 409
+        time.sleep(int(refused.headers["retry-after"]) + 0.1)
+        assert httpx.post(url + "/v1/renew", headers=AUTH, json={"run_id": "r1"}).status_code == 409
+
+
+def test_requests_refused_before_reaching_the_engine_are_not_charged(service: AgentService) -> None:
+    app = create_app(service, TOKEN, rate_per_s=1, burst=3)
+    with serve(app) as url, httpx.Client(base_url=url, headers=AUTH) as client:
+        assert {client.post("/v1/prepare", json={"run_id": "../x"}).status_code for _ in range(20)} == {422}
+        prepared = client.post("/v1/prepare", json={"run_id": "r1", "lease_s": 30})
+        assert prepared.status_code == 200
+        assert client.post("/v1/complete", json={"run_id": "r1"}).json()["released"] is True
+        # Wrong tokens are charged: guessing costs.
+        codes = [client.post("/v1/prepare", headers={"Authorization": "Bearer guess"},
+                             json={"run_id": "r2", "lease_s": 30}).status_code for _ in range(5)]
+        assert codes[:2] == [401, 401] and codes[-1] == 429

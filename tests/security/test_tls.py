@@ -1,0 +1,83 @@
+"""TLS with a given certificate and mTLS with a client CA: a whole backup runs over it, snapctl
+verifies agents by the CA it is given, and the agents refuse clients without a certificate from
+theirs."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from snapctl.agent_client import open_agents
+from snapctl.config import load_inventory
+from snapctl.errors import AgentUnreachable, ExitCode
+from tests.agent.certs import make_pki
+from tests.faults.harness import FaultCluster
+
+
+@pytest.fixture
+def mtls_cluster(tmp_path: Path) -> Iterator[FaultCluster]:
+    directory = tmp_path / "cluster"
+    directory.mkdir()
+    cluster = FaultCluster(directory, tls=make_pki(tmp_path / "pki"), nodes=("node1", "node2"))
+    try:
+        yield cluster.start()
+    finally:
+        cluster.close()
+
+
+def status_with(cluster: FaultCluster, **auth: str) -> None:
+    inventory = load_inventory(cluster.write_inventory(cluster.directory / "probe.yaml",
+                                                       auth={"token_file": str(cluster.token_file), **auth}))
+
+    async def status() -> None:
+        async with open_agents(inventory) as agents:
+            await agents["node1"].status()
+
+    asyncio.run(status())
+
+
+def test_a_whole_backup_over_mtls(mtls_cluster: FaultCluster) -> None:
+    cluster = mtls_cluster
+    result = cluster.snapctl("backup", "--no-prune", "-o", "json")
+    assert result.returncode == 0, result.stderr
+    assert result.json["data"]["status"] == "succeeded"
+    for agent in cluster.agents.values():
+        assert f"listening on https://127.0.0.1:{agent.port}" in agent.log.read_text()
+
+
+def test_snapctl_refuses_agents_its_ca_did_not_sign(mtls_cluster: FaultCluster, tmp_path: Path) -> None:
+    cluster = mtls_cluster
+    rogue = make_pki(tmp_path / "rogue")
+    untrusting = cluster.write_inventory(cluster.directory / "untrusting.yaml", auth={
+        "token_file": str(cluster.token_file), "ca_file": str(rogue.ca),
+        "client_cert_file": str(cluster.tls.client_cert), "client_key_file": str(cluster.tls.client_key)})
+    result = cluster.snapctl("backup", inventory=untrusting)
+    assert result.returncode == ExitCode.PREFLIGHT_REFUSED, result.stderr
+    assert "CERTIFICATE_VERIFY_FAILED" in result.stderr and "Traceback" not in result.stderr
+    assert cluster.held() == set()
+
+
+@pytest.mark.parametrize("client", ["none", "signed by another CA"])
+def test_agents_refuse_clients_without_a_certificate_from_their_ca(mtls_cluster, tmp_path, client) -> None:
+    cluster = mtls_cluster
+    auth = {"ca_file": str(cluster.tls.ca)}
+    if client != "none":
+        rogue = make_pki(tmp_path / "rogue")
+        auth.update(client_cert_file=str(rogue.client_cert), client_key_file=str(rogue.client_key))
+    with pytest.raises(AgentUnreachable) as refused:
+        status_with(cluster, **auth)
+    assert refused.value.node == "node1"
+    assert cluster.held() == set()
+
+
+def test_plain_http_to_a_tls_agent_gets_nowhere(mtls_cluster: FaultCluster) -> None:
+    cluster = mtls_cluster
+    inventory = cluster.write_inventory(cluster.directory / "plain.yaml")
+    text = inventory.read_text().replace("https://", "http://")
+    inventory.write_text(text)
+    result = cluster.snapctl("backup", inventory=inventory)
+    assert result.returncode == ExitCode.PREFLIGHT_REFUSED, result.stderr
+    assert cluster.held() == set()
