@@ -65,8 +65,10 @@ class _Internal(Exception):
 
 
 def create_app(service: AgentService, token: str | None, *, max_body_bytes: int = 64 * 1024,
-               rate_per_s: float | None = DEFAULT_RATE_PER_S, burst: int = DEFAULT_BURST) -> FastAPI:
-    """``rate_per_s``/``burst``: the per-client, per-endpoint request limit (node_agent.ratelimit); None: off."""
+               rate_per_s: float | None = DEFAULT_RATE_PER_S, burst: int = DEFAULT_BURST,
+               metrics_token: str | None = None) -> FastAPI:
+    """``rate_per_s``/``burst``: the per-client, per-endpoint request limit (node_agent.ratelimit); None: off.
+    ``metrics_token``: a second token that opens ``/metrics`` only (for scrapers)."""
     app = FastAPI(
         title="snapctl-agent",
         version=__version__,
@@ -74,7 +76,8 @@ def create_app(service: AgentService, token: str | None, *, max_body_bytes: int 
     )
     app.add_middleware(BodyLimit, max_body_bytes=max_body_bytes)
     if token:  # none configured: the agent refuses to listen beyond loopback then
-        app.add_middleware(BearerAuth, token=token)  # nothing is parsed before the token is checked
+        # Nothing is parsed before the token is checked.
+        app.add_middleware(BearerAuth, token=token, metrics_token=metrics_token)
     if rate_per_s is not None:
         app.add_middleware(ClientRateLimit, rate_per_s=rate_per_s, burst=burst)  # outermost: counts refusals too
     _install_error_handlers(app)
@@ -117,8 +120,8 @@ def create_app(service: AgentService, token: str | None, *, max_body_bytes: int 
 
     from fastapi.responses import PlainTextResponse
 
-    # No token: a scraper must not hold a credential that can freeze the database; no secrets or run ids inside.
-    # Prometheus text, not part of the versioned JSON API: left out of the OpenAPI document.
+    # Behind the token like every endpoint but health; a scraper uses the separate metrics token, which
+    # opens this page only. Prometheus text, not part of the versioned JSON API: left out of OpenAPI.
     @app.get("/metrics", response_class=PlainTextResponse, include_in_schema=False)
     async def metrics() -> PlainTextResponse:
         from snapctl.metrics import CONTENT_TYPE, agent_metrics
@@ -218,21 +221,29 @@ def _describe_request_error(exc: RequestValidationError) -> str:
 
 
 class BearerAuth:
-    """401 for every /v1 request but health without the right bearer token (constant-time compare)."""
+    """401 for every /v1 request but health, and for /metrics, without the right bearer token
+    (constant-time compare). The metrics token, when set, opens /metrics and nothing else."""
 
-    def __init__(self, app: ASGIApp, *, token: str) -> None:
+    def __init__(self, app: ASGIApp, *, token: str, metrics_token: str | None = None) -> None:
         self.app = app
         self.expected = token.encode()
+        self.metrics_expected = metrics_token.encode() if metrics_token else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/v1/") or scope["path"] == "/v1/health":
+        path = scope.get("path", "")
+        is_metrics = path == "/metrics"
+        if scope["type"] != "http" or path == "/v1/health" or not (path.startswith("/v1/") or is_metrics):
             await self.app(scope, receive, send)
             return
         header = dict(scope.get("headers") or []).get(b"authorization", b"")
         scheme, _, given = header.partition(b" ")
-        if scheme.lower() != b"bearer" or not given.strip():
+        given = given.strip()
+        accepted = hmac.compare_digest(given, self.expected)
+        if is_metrics and self.metrics_expected is not None:
+            accepted = hmac.compare_digest(given, self.metrics_expected) or accepted
+        if scheme.lower() != b"bearer" or not given:
             problem = "missing bearer token"
-        elif not hmac.compare_digest(given.strip(), self.expected):
+        elif not accepted:
             problem = "wrong bearer token"
         else:
             await self.app(scope, receive, send)

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from node_agent.engines.base import EngineSettings, validate_engine_settings
+from node_agent.ratelimit import DEFAULT_BURST, DEFAULT_RATE_PER_S
 from snapctl.config import _describe, _line_of
 from snapctl.errors import BadInputError
 
@@ -53,6 +54,14 @@ class AgentConfig(Strict):
     engine: dict[str, Any]
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # A scraper gets its own token that opens /metrics only: it must not be able to freeze the database.
+    metrics_token_file: str | None = None
+    metrics_token_env: str | None = "SNAPCTL_METRICS_TOKEN"
+    rate_per_s: float | None = Field(default=DEFAULT_RATE_PER_S, gt=0)  # per client and endpoint; null: off
+    burst: int = Field(default=DEFAULT_BURST, ge=1)
+    # restore-prepare rewrites engine files (markers, stale shared memory): only on a scratch agent
+    # beside restored disks, never on one serving a live database.
+    restore_target: bool = False
 
     # Not part of the file: where it was read from, and the engine block once validated.
     _base_dir: Path = Path(".")
@@ -83,21 +92,28 @@ class AgentConfig(Strict):
 
     def read_token(self) -> str | None:
         """The bearer token from ``token_file`` (stripped), else from ``$token_env``; None: no auth."""
-        if self.token_file:
-            file = self.resolve(self.token_file)
+        return self._read_secret(self.token_file, self.token_env, "token_file")
+
+    def read_metrics_token(self) -> str | None:
+        """The read-only token for /metrics, from ``metrics_token_file`` or ``$metrics_token_env``."""
+        return self._read_secret(self.metrics_token_file, self.metrics_token_env, "metrics_token_file")
+
+    def _read_secret(self, token_file: str | None, token_env: str | None, key: str) -> str | None:
+        if token_file:
+            file = self.resolve(token_file)
             try:
                 token = file.read_text().strip()
             except FileNotFoundError:
-                raise AgentConfigError(f"{self._source}: token_file {file} not found") from None
+                raise AgentConfigError(f"{self._source}: {key} {file} not found") from None
             except OSError as exc:
-                raise AgentConfigError(f"{self._source}: cannot read token_file {file}: {exc.strerror}") from exc
+                raise AgentConfigError(f"{self._source}: cannot read {key} {file}: {exc.strerror}") from exc
             if not token:
                 raise AgentConfigError(
-                    f"{self._source}: token_file {file} is empty", hint="put the token on its first line"
+                    f"{self._source}: {key} {file} is empty", hint="put the token on its first line"
                 )
             return token
-        if self.token_env:
-            return os.environ.get(self.token_env, "").strip() or None
+        if token_env:
+            return os.environ.get(token_env, "").strip() or None
         return None
 
 

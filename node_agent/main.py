@@ -103,10 +103,11 @@ def _serve(config: AgentConfig, token: str | None) -> int:
     except SnapctlError as exc:
         log.error("%s", exc)
         return int(exc.exit_code)
-    service = AgentService(config.node, engine)
+    service = AgentService(config.node, engine, allow_restore_prepare=config.restore_target)
     tls = config.tls if config.uses_tls else None
     uv_config = uvicorn.Config(
-        create_app(service, token, max_body_bytes=config.max_body_bytes),
+        create_app(service, token, max_body_bytes=config.max_body_bytes, rate_per_s=config.rate_per_s,
+                   burst=config.burst, metrics_token=config.read_metrics_token()),
         log_config=None,  # keep our logging setup: one format, no token anywhere
         log_level=config.log_level,
         lifespan="off",

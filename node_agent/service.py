@@ -78,9 +78,11 @@ class AgentService:
         *,
         max_lease_s: float = MAX_LEASE_S,
         clock: Callable[[], float] = time.monotonic,
+        allow_restore_prepare: bool = True,
     ) -> None:
         self.node = node
         self.engine = engine
+        self.allow_restore_prepare = allow_restore_prepare
         self.max_lease_s = max_lease_s
         self._clock = clock
         self._lock = threading.Lock()
@@ -199,6 +201,11 @@ class AgentService:
             return TriggerResponse(jobs=self.engine.trigger(target))
 
     def restore_prepare(self, path: str | Path | None) -> None:
+        if not self.allow_restore_prepare:
+            raise LeaseConflict(
+                f"node {self.node}: restore-prepare refused: this agent serves a live database",
+                hint="run it on a scratch agent beside the restored disks, configured with restore_target: true",
+            )
         with self._lock:
             self._expire_if_due()
             if self._lease is not None:

@@ -235,13 +235,9 @@ def load_inventory(path: str | os.PathLike[str] | None = None) -> Inventory:
 
 def parse_inventory(text: str, *, source: str = "<inventory>", base_dir: Path | None = None) -> Inventory:
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        root, data = load_yaml_with_nodes(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark else source
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise InventoryError(f"{where}: invalid YAML: {problem}") from exc
+        raise InventoryError(_describe_yaml_error(exc, text, source)) from exc
     if not isinstance(data, dict):
         raise InventoryError(f"{source}:1: the inventory must be a mapping with 'cluster', 'provider' and 'nodes'")
     try:
@@ -251,6 +247,17 @@ def parse_inventory(text: str, *, source: str = "<inventory>", base_dir: Path | 
     inventory._base_dir = base_dir or Path.cwd()
     inventory._source = source
     return inventory
+
+
+def load_yaml_with_nodes(text: str) -> tuple[yaml.Node | None, Any]:
+    """The document's node tree (for line numbers in errors) and its data, from one parse with
+    libyaml when present: a 1000-node inventory takes 1.5 s with the pure-Python parser, twice."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
+    try:
+        root = loader.get_single_node()
+        return root, (loader.construct_document(root) if root is not None else None)
+    finally:
+        loader.dispose()
 
 
 def _describe(
@@ -271,6 +278,17 @@ def _describe(
     msg = err["msg"]
     msg = msg[len("Value error, "):] if msg.startswith("Value error, ") else msg
     return f"{where}: {field}: {msg[:1].lower() + msg[1:]}"
+
+
+def _describe_yaml_error(exc: yaml.YAMLError, text: str, source: str) -> str:
+    """One line: PyYAML's own messages span several lines and name '<unicode string>'."""
+    if isinstance(exc, yaml.reader.ReaderError):
+        line = text[: exc.position].count("\n") + 1
+        return f"{source}:{line}: invalid YAML: control character #x{exc.character:02x} is not allowed; remove it"
+    mark = getattr(exc, "problem_mark", None)
+    where = f"{source}:{mark.line + 1}" if mark else source
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"{where}: invalid YAML: {problem}"
 
 
 def first_error(exc: ValidationError) -> dict[str, Any]:

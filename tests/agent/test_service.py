@@ -171,3 +171,16 @@ def test_restore_prepare_is_refused_while_a_run_holds(service: AgentService, db:
     db.with_name(db.name + "-shm").write_bytes(b"")  # pretend a restore left it behind
     service.restore_prepare(str(db.parent))
     assert not db.with_name(db.name + "-shm").exists()
+
+
+def test_restore_prepare_is_refused_on_an_agent_serving_a_live_database(engine: SqliteEngine, db: Path) -> None:
+    live = AgentService("n1", engine, allow_restore_prepare=False)
+    shm = db.with_name(db.name + "-shm")
+    shm.write_bytes(b"in use")
+    try:
+        with pytest.raises(LeaseConflict, match="serves a live database") as refused:
+            live.restore_prepare(None)
+        assert "restore_target: true" in refused.value.hint
+        assert shm.exists(), "nothing was touched"
+    finally:
+        live.close()

@@ -214,8 +214,6 @@ def test_any_text_as_an_inventory_fails_with_one_clear_line_naming_the_file(tmp_
         assert exc.message.startswith("inventory.yaml")
 
 
-@pytest.mark.xfail(strict=True, reason="snapctl/config.py passes YAML reader errors on whole: their second line "
-                                      "names '<unicode string>'; the fix is the first line of str(exc)")
 def test_a_control_character_in_an_inventory_is_one_clear_line(tmp_path: Path) -> None:
     with pytest.raises(SnapctlError) as refused:
         _load_like_a_backup("cluster: c1\x1f\n", tmp_path)

@@ -122,7 +122,8 @@ def scratch_agent(directory: Path, token_file: Path, database: Path):
     port = free_port()
     config = directory / "scratch-agent.yaml"
     config.write_text(yaml.safe_dump({"node": "n1-scratch", "listen": "127.0.0.1", "port": port,
-                                      "token_file": str(token_file), "engine": {"type": "sqlite", "path": str(database)}}))
+                                      "token_file": str(token_file), "restore_target": True,
+                                      "engine": {"type": "sqlite", "path": str(database)}}))
     with open(directory / "scratch-agent.log", "wb") as log:
         process = subprocess.Popen([sys.executable, "-m", "node_agent.main", "--config", str(config)],
                                    stdout=log, stderr=subprocess.STDOUT)

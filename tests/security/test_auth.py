@@ -18,7 +18,7 @@ from tests.security.conftest import serve
 
 # Reachable without a token, by design: liveness, the Prometheus scrape (counters only, no run ids
 # or secrets: a scraper must not hold a credential that can freeze the database), the API's docs.
-PUBLIC = {"/v1/health", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+PUBLIC = {"/v1/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 
 BAD_CREDENTIALS = {
     "none": {},
@@ -55,7 +55,7 @@ def test_every_endpoint_but_the_public_ones_refuses_a_missing_or_wrong_token(sol
     assert {path for _, path in routes} >= PUBLIC
     protected = [(m, p) for m, p in routes if p not in PUBLIC]
     assert {p for _, p in protected} >= {"/v1/status", "/v1/prepare", "/v1/renew", "/v1/complete", "/v1/trigger",
-                                         "/v1/restore-prepare", "/v1/verify"}
+                                         "/v1/restore-prepare", "/v1/verify", "/metrics"}
     body = {"run_id": "r-unauthorized", "lease_s": 600}
     with httpx.Client(base_url=solo.url("solo"), timeout=10) as client:
         for method, path in protected:
@@ -108,3 +108,21 @@ def test_the_token_comes_from_the_file_first_then_the_environment(tmp_path: Path
     assert parse_agent_config(base + "token_env: CUSTOM_TOKEN_VAR\n", base_dir=tmp_path).read_token() == "custom"
     monkeypatch.setenv("SNAPCTL_AGENT_TOKEN", "   ")
     assert parse_agent_config(base, base_dir=tmp_path).read_token() is None  # blank is no token, not ""
+
+
+def test_the_metrics_token_opens_metrics_and_nothing_else(tmp_path) -> None:
+    db = tmp_path / "m.db"
+    create_db(db)
+    service = AgentService("m1", SqliteEngine(SqliteSettings(type="sqlite", path=str(db)), base_dir=tmp_path))
+    scraper = {"Authorization": "Bearer scraper-only-t0ken"}
+    try:
+        with serve(create_app(service, TOKEN, metrics_token="scraper-only-t0ken")) as url:
+            assert httpx.get(f"{url}/metrics", headers=scraper).status_code == 200
+            assert httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+            assert httpx.get(f"{url}/metrics").status_code == 401
+            for method, path in (("GET", "/v1/status"), ("POST", "/v1/prepare"), ("POST", "/v1/complete")):
+                response = httpx.request(method, f"{url}{path}", headers=scraper,
+                                         json={"run_id": "r1", "lease_s": 5} if method == "POST" else None)
+                assert response.status_code == 401, (method, path)
+    finally:
+        service.close()

@@ -21,13 +21,17 @@ from tests.status.promtext import parse, value
 TOKEN = "metrics-test-t0ken-9d1e"
 
 
-def test_agent_metrics_need_no_token_and_show_the_lease_and_its_expiry(tmp_path):
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def test_agent_metrics_need_the_token_and_show_the_lease_and_its_expiry(tmp_path):
     db = make_db(tmp_path / "data.db")
     service = AgentService("n1", create_engine({"type": "sqlite", "path": str(db)}, base_dir=tmp_path))
     try:
         with serve(create_app(service, TOKEN)) as url:
             assert httpx.get(f"{url}/v1/status").status_code == 401, "the API still needs the token"
-            before = httpx.get(f"{url}/metrics")
+            assert httpx.get(f"{url}/metrics").status_code == 401, "metrics are behind the token too"
+            before = httpx.get(f"{url}/metrics", headers=AUTH)
             assert before.status_code == 200 and before.headers["content-type"].startswith("text/plain; version=0.0.4")
             samples = parse(before.text)
             assert value(samples, "snapctl_agent_up") == 1
@@ -35,14 +39,14 @@ def test_agent_metrics_need_no_token_and_show_the_lease_and_its_expiry(tmp_path)
             assert value(samples, "snapctl_engine_up", engine="sqlite") == 1
 
             service.prepare("run-metrics-1", 60)
-            held = parse(httpx.get(f"{url}/metrics").text)
+            held = parse(httpx.get(f"{url}/metrics", headers=AUTH).text)
             assert value(held, "snapctl_agent_lease_held") == 1
             assert value(held, "snapctl_agent_prepares_total") == 1
             assert value(held, "snapctl_agent_last_prepare_duration_seconds") >= 0
 
             service.renew("run-metrics-1", 0.05)  # then stop renewing: the agent releases it by itself
             wait_until(lambda: service.stats.lease_expirations == 1, what="the lease to expire")
-            after = httpx.get(f"{url}/metrics").text
+            after = httpx.get(f"{url}/metrics", headers=AUTH).text
             assert value(parse(after), "snapctl_agent_lease_expirations_total") == 1
             assert value(parse(after), "snapctl_agent_lease_held") == 0
             assert TOKEN not in after and "run-metrics-1" not in after
@@ -58,7 +62,7 @@ def test_agent_metrics_carry_the_raft_state_and_survive_a_dead_engine(tmp_path):
         service = AgentService("store1", engine)
         try:
             with serve(create_app(service, TOKEN)) as url:
-                samples = parse(httpx.get(f"{url}/metrics").text)
+                samples = parse(httpx.get(f"{url}/metrics", headers=AUTH).text)
                 me = store.peer(store.raft.port)
                 leader = store.regions[1001]
                 ids = {"group": leader.group, "member": me}
@@ -69,7 +73,7 @@ def test_agent_metrics_carry_the_raft_state_and_survive_a_dead_engine(tmp_path):
                              member=me) == 1
                 assert value(samples, "snapctl_raft_peer_lag_entries", peer=store.peer(store.raft.port + 1), **ids) == 0
                 with store.hang():
-                    down = parse(httpx.get(f"{url}/metrics", timeout=10).text)
+                    down = parse(httpx.get(f"{url}/metrics", headers=AUTH, timeout=10).text)
                 assert value(down, "snapctl_engine_up", engine="dingodb") == 0
                 assert value(down, "snapctl_agent_up") == 1
         finally:
