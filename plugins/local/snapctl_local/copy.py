@@ -13,6 +13,7 @@ import os
 import stat
 import threading
 from collections.abc import Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -26,6 +27,9 @@ _UNSUPPORTED = {errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno
 _LINK_FALLBACK = {errno.ENOENT, errno.EMLINK, errno.EXDEV, errno.EPERM}
 
 ReflinkMode = Literal["auto", "always", "never"]
+
+# Set by copy_tree for its own thread: the files copied so far, fsynced in one pass at the end.
+_unsynced: ContextVar[list[Path] | None] = ContextVar("unsynced", default=None)
 
 
 class ReflinkUnsupported(OSError):
@@ -89,7 +93,8 @@ class FileCopier:
         self._lock = threading.Lock()
 
     def copy_file(self, src: Path, dst: Path, src_dev: int) -> Literal["reflinked", "copied"]:
-        """Copy ``src``'s data into a new file ``dst`` (which must not exist) and fsync it."""
+        """Copy ``src``'s data into a new file ``dst`` (which must not exist) and fsync it; inside
+        ``copy_tree`` the fsync is left to its final pass (the write-back is only started here)."""
         with open(src, "rb", buffering=0) as source:
             out_fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             try:
@@ -98,7 +103,14 @@ class FileCopier:
                     how = "reflinked"
                 else:
                     copy_data(source.fileno(), out_fd)
-                os.fsync(out_fd)
+                unsynced = _unsynced.get()
+                if unsynced is None:
+                    os.fsync(out_fd)
+                else:
+                    unsynced.append(dst)
+                    # Starts write-back now without waiting for it, so the disk writes this file
+                    # while we copy the next; the snapshot's copy is not read again soon anyway.
+                    os.posix_fadvise(out_fd, 0, 0, os.POSIX_FADV_DONTNEED)
             finally:
                 os.close(out_fd)
         return how
@@ -165,6 +177,29 @@ def copy_tree(src_root: Path, dst_root: Path, copier: FileCopier, link_from: Lin
     stats = CopyStats()
     as_root = os.geteuid() == 0
     dirs: list[tuple[Path, os.stat_result]] = []
+    unsynced: list[Path] = []  # copied files whose data is durable only after the fsync pass below
+    token = _unsynced.set(unsynced)
+    try:
+        _copy_entries(src_root, dst_root, copier, link_from, stats, as_root, dirs)
+    finally:
+        _unsynced.reset(token)
+    # One fsync per file after all are written, not after each: waiting on the disk file by file
+    # made a full snapshot twice as slow; the data is just as durable before anything is published.
+    for path in unsynced:
+        try:
+            _fsync_file(path)
+        except OSError as exc:
+            raise TreeCopyError(path, exc) from exc
+    for dst_dir, dir_stat in reversed(dirs):
+        try:
+            _apply_metadata(dst_dir, dir_stat, as_root, symlink=False)
+        except OSError as exc:
+            raise TreeCopyError(dst_dir, exc) from exc
+    return stats
+
+
+def _copy_entries(src_root: Path, dst_root: Path, copier: FileCopier, link_from: LinkSource | None,
+                  stats: CopyStats, as_root: bool, dirs: list[tuple[Path, os.stat_result]]) -> None:
     pending: list[tuple[Path, Path]] = [(src_root, dst_root)]
     while pending:
         src_dir, dst_dir = pending.pop()
@@ -193,12 +228,6 @@ def copy_tree(src_root: Path, dst_root: Path, copier: FileCopier, link_from: Lin
                 raise
             except OSError as exc:
                 raise TreeCopyError(src, exc) from exc
-    for dst_dir, dir_stat in reversed(dirs):
-        try:
-            _apply_metadata(dst_dir, dir_stat, as_root, symlink=False)
-        except OSError as exc:
-            raise TreeCopyError(dst_dir, exc) from exc
-    return stats
 
 
 def _copy_regular(
@@ -231,6 +260,23 @@ def _copy_regular(
         stats.copied_files += 1
     stats.bytes_copied += st.st_size
     _apply_metadata(dst, st, as_root, symlink=False)
+
+
+def _fsync_file(path: Path) -> None:
+    """fsync a file already given its final mode, which may forbid its owner to open it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except PermissionError:
+        mode = stat.S_IMODE(os.lstat(path).st_mode)
+        os.chmod(path, mode | stat.S_IRUSR)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        finally:
+            os.chmod(path, mode)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _apply_metadata(path: Path, st: os.stat_result, as_root: bool, *, symlink: bool) -> None:

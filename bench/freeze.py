@@ -1,0 +1,180 @@
+"""Freeze windows, prepare skew and wall time of `snapctl backup` over N simulated nodes, the
+rate-limited case (cluster barrier against per-node consistency) and the sequential baseline.
+
+    python -m bench.freeze [--quick] [--nodes 1,10,100,1000] [--prepare-latency 0.05] [--create-latency 0.3]
+
+The backup is snapctl's own `backup()` (preflight, lock, prepare, snapshot, complete, manifest)
+against real agents over loopback HTTP; every number comes from the run's manifest, except the
+snapshot issuance instants, which the simulated provider stamps on each snapshot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.common import emit, median, ms, percentile, ratio, secs, table, timer, verdict
+from bench.simcluster import SimCluster
+
+UNBOUND = {"create_rate": 1_000_000.0, "create_burst": 1_000_000}  # a bucket that never binds
+
+
+@dataclass
+class RunStats:
+    nodes: int
+    wall_s: float
+    freeze: list[float]  # per node: complete acknowledged - prepare sent
+    rtt: list[float]  # per node: prepare acknowledged - prepare sent
+    margin: list[float]  # per node: freeze - (own prepare round trip + create latency)
+    ack_skew_s: float  # spread of prepare acknowledgements, as the manifest reports it
+    hold_skew_s: float  # spread of the instants the engines began to hold (their own clocks)
+    issued: list[float]  # snapshot create calls let through, wall clock, sorted
+    snapctl_cpu_s: float  # CPU time of this process (snapctl: every thread) during the run
+    agents_cpu_s: float  # CPU time of the simulated agents' processes during the run
+
+
+def run_backup(cluster: SimCluster, create_latency_s: float, consistency: str = "cluster") -> RunStats:
+    from snapctl.orchestrator import BackupOptions, backup
+
+    inventory = cluster.inventory()
+    options = BackupOptions(consistency=consistency)
+    if hasattr(options, "prune"):
+        options.prune = False  # retention is not what is measured here
+    agents_before, snapctl_before = process_cpu_s(cluster.agent_pids), time.process_time()
+    with timer() as wall:
+        manifest = asyncio.run(backup(inventory, options))
+    snapctl_cpu, agents_cpu = time.process_time() - snapctl_before, process_cpu_s(cluster.agent_pids) - agents_before
+    if manifest.status != "succeeded":
+        raise RuntimeError(f"backup failed: {manifest.error}")
+    records = list(manifest.nodes.values())
+    rtt = [(r.prepare_acked_at - r.prepare_sent_at).total_seconds() for r in records]
+    freeze = [r.freeze_window_s for r in records]
+    holds = [r.state.prepared_at.timestamp() for r in records if r.state]
+    issued = sorted(ref.extra["issued_at"] for r in records for ref in r.snapshots)
+    return RunStats(len(records), wall[0], freeze, rtt, [f - t - create_latency_s for f, t in zip(freeze, rtt)],
+                    manifest.prepare_skew_s or 0.0, (max(holds) - min(holds)) if holds else 0.0, issued,
+                    snapctl_cpu, agents_cpu)
+
+
+def process_cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds of processes, from /proc."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15 of the full line)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def run_sequential(cluster: SimCluster) -> float:
+    """The single-host way: prepare, snapshot, complete one node after another (same agents,
+    same client, same provider)."""
+    from snapctl.agent_client import open_agents
+    from snapctl.providers import create_provider, snapshot_tags
+
+    inventory = cluster.inventory()
+    provider = create_provider(inventory.provider, cluster=inventory.cluster, base_dir=inventory.base_dir)
+    volumes = {n.name: provider.validate_volumes(n.name, n.volumes, base_dir=inventory.base_dir)
+               for n in inventory.nodes}
+
+    async def sequential() -> None:
+        async with open_agents(inventory) as agents:
+            run_id = f"seq-{time.time_ns()}"
+            for name, agent in agents.items():
+                await agent.prepare(run_id, 60)
+                await asyncio.to_thread(provider.snapshot, volumes[name], snapshot_tags("bench", run_id, name))
+                await agent.complete(run_id)
+
+    with timer() as wall:
+        asyncio.run(sequential())
+    return wall[0]
+
+
+def scaling(sizes: list[int], repeats: int, prepare_latency: float, create_latency: float,
+            baseline_at: int | None) -> str:
+    rows, walls, baseline_rows = [], {}, []
+    for n in sizes:
+        provider = {"type": "sim", "create_latency_s": create_latency, **UNBOUND}
+        with SimCluster(nodes=n, prepare_latency_s=prepare_latency, provider=provider) as cluster:
+            run_backup(cluster, create_latency)  # warm: connections, imports, catalog directory
+            runs = [run_backup(cluster, create_latency) for _ in range(repeats)]
+            if n == baseline_at:
+                seq = [run_sequential(cluster) for _ in range(max(1, repeats // 3))]
+                snap = median([r.wall_s for r in runs])
+                baseline_rows.append([n, secs(median(seq)), secs(snap), ratio(median(seq) / snap),
+                                      verdict(median(seq) / snap >= 10)])
+        def pooled(attr: str, runs: list[RunStats] = runs) -> list[float]:
+            return [v for r in runs for v in getattr(r, attr)]
+
+        walls[n] = median([r.wall_s for r in runs])
+        margin_p99 = percentile(pooled("margin"), 99)
+        ack_skew = median([r.ack_skew_s for r in runs])
+        rows.append([n, len(runs), ms(median(pooled("rtt"))), ms(percentile(pooled("rtt"), 99)),
+                     ms(median(pooled("freeze"))), ms(percentile(pooled("freeze"), 99)), ms(margin_p99),
+                     verdict(margin_p99 <= 0.020), ms(ack_skew), ms(median([r.hold_skew_s for r in runs])),
+                     secs(walls[n]), ms(median([r.snapctl_cpu_s / n for r in runs])),
+                     ms(median([r.agents_cpu_s / n for r in runs]))])
+    reference = walls.get(10)
+    for row, n in zip(rows, sizes):
+        row.append(ratio(walls[n] / reference) if reference else "-")
+    out = table(
+        f"Freeze window and skew, rate limit not binding (prepare {prepare_latency * 1000:.0f} ms, "
+        f"create {create_latency * 1000:.0f} ms; pooled over runs)",
+        ["N", "runs", "prepare RTT p50 ms", "RTT p99", "freeze p50 ms", "freeze p99", "margin p99 ms",
+         "margin<=20ms", "ack skew ms", "hold skew ms", "wall s", "snapctl CPU ms/node", "agents CPU ms/node",
+         "wall / N=10"], rows)
+    out += ("\nmargin = freeze window - (that node's prepare round trip + create latency); "
+            "ack skew = spread of prepare acknowledgements at snapctl; hold skew = spread of the "
+            "instants the engines began holding; CPU per node: snapctl's process (all threads) and the "
+            "simulated agents' processes, which share this machine's cores with it.\n")
+    if baseline_rows:
+        out += "\n" + table("Sequential per-node baseline vs snapctl (same agents, same run)",
+                            ["N", "sequential s", "snapctl s", "speed-up", ">=10x"], baseline_rows)
+    return out
+
+
+def rate_limited(n: int, burst: int, rate: float, prepare_latency: float, create_latency: float) -> str:
+    provider = {"type": "sim", "create_latency_s": create_latency, "create_rate": rate, "create_burst": burst}
+    rows = []
+    ideal = max(0.0, (n - burst) / rate)  # the bucket lets `burst` go at once, then `rate` per second
+    with SimCluster(nodes=n, prepare_latency_s=prepare_latency, provider=provider) as cluster:
+        for mode in ("cluster", "per-node"):
+            stats = run_backup(cluster, create_latency, mode)
+            span = stats.issued[-1] - stats.issued[0]
+            efficiency = ideal / span if span > 0 else 1.0
+            rows.append([mode, n, secs(span), secs(ideal), f"{efficiency * 100:.1f}%", verdict(efficiency >= 0.95),
+                         ms(median(stats.freeze)), ms(percentile(stats.freeze, 99)), ms(max(stats.freeze)),
+                         ms(percentile(stats.margin, 99)), secs(stats.wall_s)])
+    return table(
+        f"Rate limit binding: {n} nodes, token bucket {burst} burst / {rate:g} per s, create {create_latency * 1000:.0f} ms",
+        ["mode", "N", "issuance span s", "bucket allows s", "efficiency", ">=95%", "freeze p50 ms", "freeze p99",
+         "freeze max", "margin p99 ms", "wall s"], rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.freeze", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small N, one run each: under a minute")
+    parser.add_argument("--nodes", help="comma-separated cluster sizes (default 1,10,100,1000; quick: 1,10,50)")
+    parser.add_argument("--repeats", type=int, help="runs per size (default 5; quick: 1)")
+    parser.add_argument("--prepare-latency", type=float, default=0.05, help="engine prepare time, s")
+    parser.add_argument("--create-latency", type=float, default=0.3, help="provider create call time, s")
+    parser.add_argument("--bound-nodes", type=int, help="nodes in the rate-limited case (default 300; quick: 40)")
+    parser.add_argument("--skip-bound", action="store_true", help="leave out the rate-limited case")
+    args = parser.parse_args(argv)
+    sizes = [int(n) for n in (args.nodes or ("1,10,50" if args.quick else "1,10,100,1000")).split(",")]
+    repeats = args.repeats or (1 if args.quick else 5)
+    baseline_at = 100 if 100 in sizes else (10 if args.quick and 10 in sizes else None)
+    emit(scaling(sizes, repeats, args.prepare_latency, args.create_latency, baseline_at))
+    if not args.skip_bound:
+        if args.quick:  # the same shape, scaled down: 4x the burst at 20 per second
+            emit(rate_limited(args.bound_nodes or 40, 10, 20.0, args.prepare_latency, args.create_latency))
+        else:
+            emit(rate_limited(args.bound_nodes or 300, 100, 5.0, args.prepare_latency, args.create_latency))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,243 @@
+"""A simulated cluster of N nodes: real agents on loopback, a few processes each serving many ports.
+
+Every node is the real agent stack (``node_agent.app.create_app`` over an ``AgentService`` with
+the bearer token) around the simulated engine; one uvicorn server per process listens on one
+port per node and hands each connection to that port's app. So a run over 1000 nodes makes 1000
+real HTTP connections to 1000 real agents without 1000 processes.
+
+    python -m bench.simcluster serve --nodes n1,n2 --prepare-latency 0.05   # one server process
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import math
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Self
+
+import yaml
+
+from bench.common import REPO, raise_open_files_limit, use_bench_plugins
+
+TOKEN_ENV = "SNAPCTL_BENCH_AGENT_TOKEN"
+# Optional packages for the simulated agents only (kept out of the project's venv so that no test
+# of the real agent changes behaviour): `pip install --target DIR httptools uvloop`. uvicorn then
+# parses HTTP in C and runs on libuv, which frees CPU for snapctl on a 2-core machine that hosts
+# all N agents at once; real agents each have a host of their own.
+AGENT_DEPS = Path(os.environ.get("SNAPCTL_BENCH_AGENT_DEPS", Path.home() / ".cache" / "snapctl-bench-deps"))
+NODES_PER_PROCESS = 250
+
+
+_serving: ContextVar[Any] = ContextVar("serving")
+
+
+class _ServiceOfThisRequest:
+    """Stands in for one ``AgentService`` inside the shared app: every attribute is that of the
+    service of the node whose port the current request arrived on."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(_serving.get(), name)
+
+
+class ByLocalPort:
+    """ASGI: one real agent app (``create_app``) shared by every node of this process, each request
+    served by the ``AgentService`` of the port it arrived on. One app instead of one per node only
+    saves start-up time; each node keeps its own service, lease and engine."""
+
+    def __init__(self, app: Any, services: dict[int, Any]) -> None:
+        self.app = app
+        self.services = services
+        self._threads_sized = False
+
+    async def __call__(self, scope, receive, send) -> None:
+        if not self._threads_sized:
+            # A real agent is a process of its own with its own worker threads; here many share
+            # one process, so they share a pool big enough that no node waits for another's thread.
+            import anyio.to_thread
+
+            anyio.to_thread.current_default_thread_limiter().total_tokens = max(40, len(self.services) + 8)
+            self._threads_sized = True
+        if scope["type"] == "lifespan":
+            return
+        _serving.set(self.services[scope["server"][1]])  # this request's task only
+        await self.app(scope, receive, send)
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def serve(nodes: list[str], prepare_latency_s: float, complete_latency_s: float) -> int:
+    import uvicorn
+
+    from bench.sim import SimEngine, SimEngineSettings
+    from node_agent.app import create_app
+    from node_agent.service import AgentService
+
+    raise_open_files_limit()
+    token = os.environ[TOKEN_ENV]
+    settings = SimEngineSettings(prepare_latency_s=prepare_latency_s, complete_latency_s=complete_latency_s)
+    sockets, services, ports = [], {}, {}
+    for node in nodes:
+        # proto must say TCP: asyncio sets TCP_NODELAY only on such sockets, and without it every
+        # response waits ~40 ms for a delayed ACK (Nagle).
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1024)
+        port = sock.getsockname()[1]
+        sockets.append(sock)
+        services[port] = AgentService(node, SimEngine(settings, base_dir=Path.cwd()))
+        ports[node] = port
+    # The agent's per-client request limit is per agent; here one app serves many agents, so one
+    # limiter would wrongly pool every node's calls. A run makes ~3 calls per agent: far below it.
+    limits = {"rate_per_s": None} if "rate_per_s" in inspect.signature(create_app).parameters else {}
+    app = ByLocalPort(create_app(_ServiceOfThisRequest(), token, **limits), services)  # type: ignore[arg-type]
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, log_level="warning", lifespan="off",
+                                           access_log=False, server_header=False, backlog=1024))
+
+    def stop(_signum, _frame) -> None:
+        server.should_exit = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    stack = "+".join(m for m in ("httptools", "uvloop") if _importable(m)) or "h11+asyncio"
+    print(json.dumps({"ports": ports, "stack": stack}), flush=True)  # the parent waits for this: all bound
+    try:
+        server.run(sockets=sockets)
+    finally:
+        for service in services.values():
+            service.close()
+    return 0
+
+
+@dataclass
+class SimCluster:
+    """N simulated agents plus an inventory for them. Use as a context manager: every process it
+    started is stopped on exit."""
+
+    nodes: int
+    prepare_latency_s: float = 0.05
+    complete_latency_s: float = 0.0
+    processes: int | None = None
+    provider: dict[str, Any] = field(default_factory=lambda: {"type": "sim"})
+    policy: dict[str, Any] = field(default_factory=dict)
+    directory: Path | None = None
+    ports: dict[str, int] = field(default_factory=dict)
+    agent_stack: str = ""  # how the simulated agents serve HTTP: h11+asyncio, or httptools+uvloop
+    _procs: list[subprocess.Popen] = field(default_factory=list)
+    _tmp: tempfile.TemporaryDirectory | None = None
+
+    def __enter__(self) -> Self:
+        use_bench_plugins()
+        raise_open_files_limit()
+        if self.directory is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="snapctl-bench-")
+            self.directory = Path(self._tmp.name)
+        self.token = secrets.token_urlsafe(24)
+        (self.directory / "agent-token").write_text(self.token + "\n")
+        os.chmod(self.directory / "agent-token", 0o600)
+        names = [f"node{i:04d}" for i in range(1, self.nodes + 1)]
+        count = self.processes or max(1, math.ceil(self.nodes / NODES_PER_PROCESS))
+        env = {**os.environ, TOKEN_ENV: self.token}
+        if AGENT_DEPS.is_dir():
+            env["PYTHONPATH"] = os.pathsep.join([env.get("PYTHONPATH", ""), str(AGENT_DEPS)]).strip(os.pathsep)
+        try:
+            for part in range(count):
+                chunk = names[part::count]
+                if not chunk:
+                    continue
+                self._procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "bench.simcluster", "serve", "--nodes", ",".join(chunk),
+                     "--prepare-latency", str(self.prepare_latency_s),
+                     "--complete-latency", str(self.complete_latency_s)],
+                    stdout=subprocess.PIPE, text=True, env=env, cwd=REPO))
+            for proc in self._procs:
+                line = proc.stdout.readline()
+                if not line:
+                    raise RuntimeError(f"simulated agent process {proc.pid} exited with {proc.wait()}")
+                answer = json.loads(line)
+                self.ports.update(answer["ports"])
+                self.agent_stack = answer["stack"]
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        self.ports = {name: self.ports[name] for name in names}
+        self.write_inventory()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        for proc in self._procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self._procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if proc.stdout:
+                proc.stdout.close()
+        self._procs.clear()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    @property
+    def inventory_path(self) -> Path:
+        assert self.directory is not None
+        return self.directory / "inventory.yaml"
+
+    @property
+    def agent_pids(self) -> list[int]:
+        return [p.pid for p in self._procs]
+
+    def write_inventory(self, **policy: Any) -> Path:
+        """(Re)write the inventory; ``policy`` entries override the defaults of this cluster."""
+        wanted = {"lease_ttl_s": "60s", "max_freeze_s": "600s", "agent_timeout_s": "60s",
+                  "prepare_timeout_s": "120s", "snapshot_timeout_s": "600s", "lock_ttl_s": "600s",
+                  "concurrency": max(64, self.nodes), **self.policy, **policy}
+        inventory = {
+            "cluster": "bench",
+            "provider": self.provider,
+            "catalog": {"path": "catalog"},
+            "auth": {"token_file": "agent-token", "token_env": None},
+            "policy": wanted,
+            "rpo": "24h",
+            "nodes": [{"name": name, "agent": f"http://127.0.0.1:{port}", "engine": {"type": "sim"},
+                       "volumes": ["data"]} for name, port in self.ports.items()],
+        }
+        self.inventory_path.write_text(yaml.safe_dump(inventory, sort_keys=False))
+        return self.inventory_path
+
+    def inventory(self, **policy: Any):
+        from snapctl.config import load_inventory
+
+        return load_inventory(self.write_inventory(**policy))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.simcluster")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve_cmd = sub.add_parser("serve", help="serve simulated agents (one per port) until SIGTERM")
+    serve_cmd.add_argument("--nodes", required=True, help="comma-separated node names")
+    serve_cmd.add_argument("--prepare-latency", type=float, default=0.05)
+    serve_cmd.add_argument("--complete-latency", type=float, default=0.0)
+    args = parser.parse_args(argv)
+    return serve(args.nodes.split(","), args.prepare_latency, args.complete_latency)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

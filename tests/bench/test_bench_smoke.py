@@ -1,0 +1,64 @@
+"""Each benchmark script runs at a tiny size and prints its table. No timing is asserted:
+benchmarks report numbers, tests only check that the scripts work end to end."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def bench(*args: str, timeout: float = 240) -> str:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    result = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout,
+                            cwd=REPO, env=env, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_freeze_prints_scaling_baseline_and_rate_limited_tables() -> None:
+    out = bench("bench.freeze", "--quick", "--nodes", "1,10", "--repeats", "1", "--bound-nodes", "14")
+    assert "### Freeze window and skew" in out
+    assert "### Sequential per-node baseline vs snapctl" in out
+    assert "### Rate limit binding" in out
+    rows = [line for line in out.splitlines() if line.startswith(("| cluster", "| per-node"))]
+    assert len(rows) == 2, out
+
+
+def test_status_fanout_reports_every_node_in_the_cli_json() -> None:
+    out = bench("bench.status_fanout", "--nodes", "5", "--repeats", "1")
+    assert "### Status fan-out over 5 agents" in out
+    assert "5 nodes in JSON" in out
+
+
+def test_startup_shows_no_cloud_sdk_for_a_sim_inventory() -> None:
+    out = bench("bench.startup", "--repeats", "1")
+    assert "| snapctl status --help" in out
+    sdk_rows = [line for line in out.splitlines() if line.startswith("| snapctl") and "INV" in line]
+    assert sdk_rows and all(line.rstrip(" |").endswith("yes") for line in sdk_rows), out
+
+
+def test_local_provider_compares_with_cp_and_cleans_up(tmp_path: Path) -> None:
+    out = bench("bench.local_provider", "--size", "8M", "--repeats", "1", "--dir", str(tmp_path))
+    assert "### Local provider: full snapshot" in out
+    assert "| cp -a " in out
+    assert "### Incremental after changing 5% of the files" in out
+    assert "files hard-linked" in out
+    assert list(tmp_path.iterdir()) == []  # generated data removed
+
+
+def test_agent_round_trips_for_sqlite_and_sim() -> None:
+    out = bench("bench.agent", "--rounds", "3")
+    assert "| sqlite " in out and "| sim " in out
+
+
+@pytest.mark.parametrize("only", ["startup"])
+def test_run_heads_the_output_with_the_machine(only: str) -> None:
+    out = bench("bench.run", "--quick", "--only", only)
+    assert out.startswith("## snapctl benchmarks (quick)")
+    assert "Machine: " in out and "cores" in out

@@ -1,0 +1,166 @@
+"""The lean agent transport against real HTTP servers on loopback: keep-alive reuse, a connection
+the server closed meanwhile, chunked and close-delimited bodies, and httpx's error types."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from snapctl.agent_transport import AgentTransport
+
+
+class RawServer:
+    """A loopback HTTP server answering each request with ``answer(n)`` bytes; counts connections."""
+
+    def __init__(self, answer, *, close_after_each: bool = False) -> None:
+        self.answer, self.close_after_each = answer, close_after_each
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self.requests = 0
+        self.bodies: list[bytes] = []
+        self._threads: list[threading.Thread] = []
+        self._accept = threading.Thread(target=self._serve, daemon=True)
+        self._accept.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            thread = threading.Thread(target=self._handle, args=(conn,), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            buffer = b""
+            while True:
+                while b"\r\n\r\n" not in buffer:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    buffer += chunk
+                head, _, buffer = buffer.partition(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                while len(buffer) < length:
+                    buffer += conn.recv(65536)
+                self.bodies.append(buffer[:length])
+                buffer = buffer[length:]
+                self.requests += 1
+                conn.sendall(self.answer(self.requests))
+                if self.close_after_each:
+                    return
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def server_factory() -> Iterator:
+    servers: list[RawServer] = []
+
+    def make(answer, **kwargs) -> RawServer:
+        servers.append(RawServer(answer, **kwargs))
+        return servers[-1]
+
+    yield make
+    for server in servers:
+        server.close()
+
+
+def json_answer(_n: int) -> bytes:
+    body = b'{"ok": true}'
+    return b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+
+
+async def calls(port: int, count: int, transport: AgentTransport, **request) -> list[httpx.Response]:
+    async with httpx.AsyncClient(transport=transport, timeout=2) as client:
+        return [await client.request(request.get("method", "GET"), f"http://127.0.0.1:{port}/v1/status",
+                                     json=request.get("json")) for _ in range(count)]
+
+
+def test_keeps_one_connection_alive_across_calls(server_factory) -> None:
+    server = server_factory(json_answer)
+    responses = asyncio.run(calls(server.port, 5, AgentTransport()))
+    assert [r.json() for r in responses] == [{"ok": True}] * 5
+    assert server.connections == 1 and server.requests == 5
+
+
+def test_sends_the_json_body_and_its_length(server_factory) -> None:
+    server = server_factory(json_answer)
+    asyncio.run(calls(server.port, 1, AgentTransport(), method="POST", json={"run_id": "r1", "lease_s": 30}))
+    assert [json.loads(body) for body in server.bodies] == [{"run_id": "r1", "lease_s": 30}]
+
+
+def test_a_connection_the_server_closed_is_replaced(server_factory) -> None:
+    server = server_factory(json_answer, close_after_each=True)
+    responses = asyncio.run(calls(server.port, 3, AgentTransport()))
+    assert [r.status_code for r in responses] == [200, 200, 200]
+    assert server.connections == 3
+
+
+def test_chunked_and_close_delimited_bodies(server_factory) -> None:
+    chunked = server_factory(lambda _n: b"HTTP/1.1 409 Conflict\r\ntransfer-encoding: chunked\r\n\r\n"
+                                        b"6\r\n{\"a\": \r\n2\r\n1}\r\n0\r\n\r\n")
+    until_close = server_factory(lambda _n: b"HTTP/1.1 200 OK\r\n\r\n[1, 2]", close_after_each=True)
+    [first] = asyncio.run(calls(chunked.port, 1, AgentTransport()))
+    assert first.status_code == 409 and first.json() == {"a": 1}
+    [second] = asyncio.run(calls(until_close.port, 1, AgentTransport()))
+    assert second.json() == [1, 2]
+
+
+def test_errors_are_httpx_errors(server_factory) -> None:
+    silent = server_factory(lambda _n: b"")  # reads the request, never answers
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        dead_port = unused.getsockname()[1]
+    with pytest.raises(httpx.ConnectError):
+        asyncio.run(calls(dead_port, 1, AgentTransport()))
+
+    async def slow() -> None:
+        async with httpx.AsyncClient(transport=AgentTransport(), timeout=0.2) as client:
+            await client.get(f"http://127.0.0.1:{silent.port}/v1/status")
+
+    with pytest.raises(httpx.ReadTimeout):
+        asyncio.run(slow())
+
+
+def test_call_sends_json_with_its_headers_and_reuses_the_connection(server_factory) -> None:
+    server = server_factory(json_answer)
+    transport = AgentTransport()
+    url = f"http://127.0.0.1:{server.port}/v1/prepare"
+
+    async def two_calls() -> list[httpx.Response]:
+        try:
+            return [await transport.call("POST", url, {"run_id": "r1", "lease_s": 30}, {"Authorization": "Bearer t"}, 2),
+                    await transport.call("POST", url, None, {}, 2)]
+        finally:
+            await transport.aclose()
+
+    first, second = asyncio.run(two_calls())
+    assert first.status_code == 200 and first.json() == {"ok": True} and second.is_success
+    assert [json.loads(body) if body else None for body in server.bodies] == [{"run_id": "r1", "lease_s": 30}, None]
+    assert server.connections == 1
+
+
+def test_call_to_a_dead_port_is_a_connect_error() -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    with pytest.raises(httpx.ConnectError):
+        asyncio.run(AgentTransport().call("GET", f"http://127.0.0.1:{port}/v1/status", None, {}, 2))

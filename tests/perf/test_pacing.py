@@ -1,0 +1,89 @@
+"""Per-node pacing mirrors the provider's token bucket, charged when calls are submitted. Time is
+simulated: a fake clock that only the pacer's sleeps advance."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from snapctl import pacing
+from snapctl.pacing import CreateCallPacer
+from snapctl.providers import Capabilities
+from snapctl.ratelimit import TokenBucket
+
+_real_sleep = asyncio.sleep  # pacing.asyncio is this same module: keep a yield that is not patched
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.hooks: list = []  # (at, fn): run once the clock reaches `at`
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        for at, fn in list(self.hooks):
+            if self.now >= at:
+                self.hooks.remove((at, fn))
+                fn()
+        await _real_sleep(0)
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> FakeTime:
+    fake = FakeTime()
+    monkeypatch.setattr(pacing.asyncio, "sleep", fake.sleep)
+    return fake
+
+
+def pacer_with(fake: FakeTime, rate: float, burst: int) -> CreateCallPacer:
+    pacer = CreateCallPacer(rate, burst)
+    pacer._bucket = TokenBucket(rate, burst, clock=fake.clock)
+    return pacer
+
+
+async def let_through(pacer: CreateCallPacer, fake: FakeTime, nodes: int) -> list[float]:
+    times = []
+    for _ in range(nodes):
+        await pacer.before_prepare(1)
+        times.append(fake.now)
+    return times
+
+
+def test_the_burst_goes_at_once_then_the_rate(fake: FakeTime) -> None:
+    pacer = pacer_with(fake, rate=2.0, burst=3)
+
+    async def scenario() -> list[float]:
+        times = []
+        for _ in range(6):
+            await pacer.before_prepare(1)
+            times.append(fake.now)
+            pacer.submitted(1)  # prepared at once: the call goes out when the node is let through
+        return times
+
+    assert asyncio.run(scenario()) == pytest.approx([0, 0, 0, 0.5, 1.0, 1.5])
+
+
+def test_tokens_after_the_burst_count_from_when_the_burst_was_submitted(fake: FakeTime) -> None:
+    """A slow first burst of prepares (5 s) must not let later nodes be held early: the provider's
+    bucket only starts refilling once those calls reach it."""
+    pacer = pacer_with(fake, rate=1.0, burst=2)
+    fake.hooks.append((5.0, lambda: (pacer.submitted(1), pacer.submitted(1))))
+
+    times = asyncio.run(let_through(pacer, fake, 3))
+    assert times[:2] == [0, 0]
+    assert times[2] == pytest.approx(6.0)  # 5 s (the burst's calls submitted) + 1 s (one token)
+
+
+def test_no_declared_limit_means_no_pacer() -> None:
+    class Unlimited:
+        capabilities = Capabilities()
+
+    class Limited:
+        capabilities = Capabilities(max_creates_per_s=5, create_burst=100)
+
+    assert CreateCallPacer.for_provider(Unlimited()) is None
+    assert isinstance(CreateCallPacer.for_provider(Limited()), CreateCallPacer)
