@@ -276,18 +276,16 @@ def _optional_watch_seconds(argv: list[str]) -> list[str]:
 
 def main() -> None:
     """Entry point: the only place errors become exit codes."""
-    import click
-
     from snapctl.errors import ExitCode, SnapctlError
 
     try:
         code = app(args=_optional_watch_seconds(sys.argv[1:]), standalone_mode=False)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         code = exc.exit_code
-    except click.ClickException as exc:
+    except typer.TyperException as exc:  # usage errors: typer's own (vendored) click raises these
         exc.show()
         code = ExitCode.BAD_INPUT
-    except (click.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         print("snapctl: interrupted", file=sys.stderr)
         code = ExitCode.INTERRUPTED
     except SnapctlError as exc:

@@ -68,9 +68,6 @@ def test_bad_output_flag_is_bad_input(tmp_path):
     assert result.returncode == ExitCode.BAD_INPUT
 
 
-CLOUD_SDKS = ("boto3", "botocore", "google.cloud", "google.api_core", "azure")
-
-
 @pytest.mark.parametrize("argv", [["--help"], ["status", "--help"], ["backup", "--help"]])
 def test_help_imports_no_cloud_sdk(argv):
     code = (
@@ -84,3 +81,10 @@ def test_help_imports_no_cloud_sdk(argv):
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "LOADED []" in result.stdout, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("argv", [["list", "--bogus"], ["nosuch"], ["backup", "--consistency"]])
+def test_usage_errors_are_bad_input_without_a_traceback(argv):
+    result = snapctl(*argv)
+    assert result.returncode == ExitCode.BAD_INPUT
+    assert "Traceback" not in result.stderr and "Error:" in result.stderr
