@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -227,7 +228,9 @@ class JsonRenderer(Renderer):
         if self._bundle is not None:
             self._bundle[kind] = jsonable(payload)
             return
-        print(json.dumps({"schema_version": JSON_SCHEMA_VERSION, "kind": kind, "data": jsonable(payload)}, indent=2))
+        document = {"schema_version": JSON_SCHEMA_VERSION, "kind": kind, "data": jsonable(payload)}
+        # Indented for a person at a terminal; compact for scripts, which lets json use its C encoder.
+        print(json.dumps(document, indent=2 if sys.stdout.isatty() else None))
 
     def backup_result(self, result) -> int:
         from snapctl.orchestrator import BackupPlan
