@@ -172,6 +172,29 @@ def create_provider(raw: Mapping[str, Any], *, cluster: str, base_dir: Path) -> 
     return factory(settings, cluster=cluster, base_dir=base_dir)
 
 
+def discard_partial_snapshots(provider: Provider, node: str, created: list[SnapshotRef], tags: Mapping[str, str]) -> None:
+    """Best effort, after a node's ``snapshot()`` call failed: delete what the call made, then
+    anything tagged with this run and node (a create whose answer was lost, or one an SDK retried
+    after a timeout). Safe because a run snapshots each node in exactly one call. Never raises:
+    the original failure is what the caller reports."""
+    import logging
+
+    log = logging.getLogger(f"snapctl.providers.{provider.name}")
+    leftovers = {ref.snapshot_id: ref for ref in created}
+    if tags.get(TAG_RUN):
+        try:
+            for ref in provider.find({TAG_RUN: tags[TAG_RUN], TAG_NODE: tags.get(TAG_NODE, node)}):
+                leftovers.setdefault(ref.snapshot_id, ref)
+        except Exception as exc:  # noqa: BLE001 - the original error matters more than this one
+            log.warning("node %s: could not look for leftover snapshots: %s", node, exc)
+    for ref in leftovers.values():
+        try:
+            provider.delete(ref)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("node %s: could not delete snapshot %s after a failed snapshot call: %s",
+                        node, ref.snapshot_id, exc)
+
+
 def snapshot_tags(
     cluster: str, run_id: str, node: str, volume: str | None = None, extra: Mapping[str, str] | None = None
 ) -> dict[str, str]:

@@ -16,8 +16,17 @@ from typing import Any
 from snapctl import __version__
 from snapctl.errors import BadInputError, ProviderError, SnapshotNotFound
 from snapctl.providers import (
-    TAG_CLUSTER, TAG_NODE, TAG_RUN, TAG_VERSION, TAG_VOLUME, Capabilities, NodeVolumes, ProgressFn,
-    RestoreTarget, SnapshotRef,
+    TAG_CLUSTER,
+    TAG_NODE,
+    TAG_RUN,
+    TAG_VERSION,
+    TAG_VOLUME,
+    Capabilities,
+    NodeVolumes,
+    ProgressFn,
+    RestoreTarget,
+    SnapshotRef,
+    discard_partial_snapshots,
 )
 from snapctl_aws.client import CREATE, DELETE, DESCRIBE, TAG, Ec2
 from snapctl_aws.restore import delete_restored_volume, restore_volume
@@ -73,7 +82,7 @@ class AwsProvider:
                     raise BadInputError(f"node {volumes.node}: not an aws volume entry: {spec!r}",
                                         hint="pass volumes through validate_volumes first")
         except Exception:
-            self._roll_back(volumes.node, created, base)
+            discard_partial_snapshots(self, volumes.node, created, base)
             raise
         return created
 
@@ -132,24 +141,6 @@ class AwsProvider:
             TagSpecifications=[{"ResourceType": "snapshot", "Tags": aws_tags(tags)}],
         )
         return ref_from_snapshot(answer, node=node, volume=spec.name, region=self.settings.region, tags=tags)
-
-    def _roll_back(self, node: str, created: list[SnapshotRef], base: Mapping[str, str]) -> None:
-        """Best effort: delete what this call made, then anything tagged with this run and node
-        (a create whose answer was lost, or one botocore retried after a timeout). Safe because a
-        run snapshots each node in exactly one call."""
-        leftovers = list(created)
-        if base.get(TAG_RUN):
-            try:
-                known = {r.snapshot_id for r in leftovers}
-                leftovers += [r for r in self.find({TAG_RUN: base[TAG_RUN], TAG_NODE: node}) if r.snapshot_id not in known]
-            except Exception as exc:  # the original error matters more than this one
-                log.warning("node %s: could not look for leftover snapshots: %s", node, exc)
-        for ref in leftovers:
-            try:
-                self.delete(ref)
-            except Exception as exc:
-                log.warning("node %s: could not delete snapshot %s after a failed snapshot call: %s",
-                            node, ref.snapshot_id, exc)
 
     # -- wait ----------------------------------------------------------------------------------
 

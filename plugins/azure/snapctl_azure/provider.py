@@ -18,17 +18,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from snapctl.errors import BadInputError, ProviderError, SnapctlError
+from snapctl.errors import BadInputError, ProviderError
 from snapctl.providers import (
     TAG_CLUSTER,
     TAG_NODE,
-    TAG_RUN,
     TAG_VOLUME,
     Capabilities,
     NodeVolumes,
     ProgressFn,
     RestoreTarget,
     SnapshotRef,
+    discard_partial_snapshots,
 )
 from snapctl_azure.client import AzureApi
 from snapctl_azure.settings import DISK_ID, RESOURCE_NAME, SNAPSHOT_ID, AzureSettings, AzureVolume, parse_volumes
@@ -78,7 +78,7 @@ class AzureProvider:
             for vol in volumes.volumes:
                 created.append(self._create(volumes.node, vol, tags))
         except BaseException:
-            self._discard(created, volumes.node, tags)
+            discard_partial_snapshots(self, volumes.node, created, tags)
             raise
         return created
 
@@ -281,17 +281,3 @@ class AzureProvider:
         if not poller.done():
             raise ProviderError(f"azure {action}: still running after {self.settings.operation_timeout_s:g}s",
                                 hint="raise the provider's operation_timeout_s; the delete goes on in Azure")
-
-    def _discard(self, refs: list[SnapshotRef], node: str, tags: Mapping[str, str]) -> None:
-        """Best effort: what this call made, including a snapshot whose create answer was lost."""
-        refs = list(refs)
-        if tags.get(TAG_RUN):
-            try:
-                refs += self.find({TAG_RUN: tags[TAG_RUN], TAG_NODE: tags.get(TAG_NODE, node)})
-            except SnapctlError as exc:
-                log.warning("could not list the node's partial snapshots: %s", exc)
-        for ref in {r.snapshot_id: r for r in refs}.values():
-            try:
-                self.delete(ref)
-            except SnapctlError as exc:
-                log.warning("could not delete partial snapshot %s: %s", ref.snapshot_id, exc)

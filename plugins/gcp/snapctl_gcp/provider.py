@@ -23,13 +23,13 @@ from snapctl.errors import BadInputError, ProviderError, SnapctlError
 from snapctl.providers import (
     TAG_CLUSTER,
     TAG_NODE,
-    TAG_RUN,
     TAG_VOLUME,
     Capabilities,
     NodeVolumes,
     ProgressFn,
     RestoreTarget,
     SnapshotRef,
+    discard_partial_snapshots,
 )
 from snapctl_gcp.client import GcpApi
 from snapctl_gcp.errors import RATE_OPERATION_CODES, operation_error
@@ -87,7 +87,7 @@ class GcpProvider:
         outcomes: list[Any] = [f.exception() or f.result() for f in futures]
         failures = [o for o in outcomes if isinstance(o, BaseException)]
         if failures:
-            self._discard(created, volumes.node, tags)
+            discard_partial_snapshots(self, volumes.node, created, tags)
             first = failures[0]
             if isinstance(first, SnapctlError):
                 raise first
@@ -339,20 +339,6 @@ class GcpProvider:
             raise ProviderError(f"gcp disk {volume_id} is in another project than {self.api.project}",
                                 hint="use an inventory whose provider has that project")
         return match["zone"], match["disk"]
-
-    def _discard(self, refs: list[SnapshotRef], node: str, tags: Mapping[str, str]) -> None:
-        """Best effort: what this call made, including a snapshot whose create answer was lost."""
-        refs = list(refs)
-        if tags.get(TAG_RUN):
-            try:
-                refs += self.find({TAG_RUN: tags[TAG_RUN], TAG_NODE: tags.get(TAG_NODE, node)})
-            except SnapctlError as exc:
-                log.warning("could not list the node's partial snapshots: %s", exc)
-        for ref in {r.snapshot_id: r for r in refs}.values():
-            try:
-                self.delete(ref)
-            except SnapctlError as exc:
-                log.warning("could not delete partial snapshot %s: %s", ref.snapshot_id, exc)
 
 
 class _Named:
