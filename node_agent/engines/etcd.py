@@ -18,8 +18,6 @@ import json
 import logging
 import os
 import re
-import shutil
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -39,6 +37,7 @@ from node_agent.models import (
     TableFacts,
     VerifyFacts,
 )
+from node_agent.engines.etcd_tools import check_snapshot_file, restore_snapshot, snapshot_tool
 from snapctl.errors import BadInputError, EngineBusy, EngineError
 
 log = logging.getLogger("snapctl.agent.etcd")
@@ -392,61 +391,6 @@ class EtcdEngine:
                 raise EngineError(f"cannot read etcd password file {path}: {exc.strerror}") from exc
             return lines[0] if lines else ""
         raise EngineError(f"etcd user {s.user!r} has no password source", hint="set password_env or password_file")
-
-
-# ---- etcdutl / etcdctl: check and restore saved snapshots ---------------------------------
-
-
-def snapshot_tool(configured: str | None) -> str | None:
-    """etcdutl (3.5+) or etcdctl (3.4, ``snapshot status/restore`` there), or None when neither exists."""
-    if configured:
-        found = shutil.which(configured)
-        if found is None:
-            raise EngineError(f"etcd snapshot_tool {configured!r} not found", hint="give a path to etcdutl or etcdctl")
-        return found
-    return shutil.which("etcdutl") or shutil.which("etcdctl")
-
-
-def _run_tool(tool: str, args: list[str], *, timeout_s: float, what: str) -> str:
-    try:
-        done = subprocess.run([tool, *args], capture_output=True, text=True, timeout=timeout_s,
-                              env={**os.environ, "ETCDCTL_API": "3"}, check=False)
-    except subprocess.TimeoutExpired as exc:
-        raise EngineError(f"{what}: {Path(tool).name} did not finish within {timeout_s:g}s") from exc
-    except OSError as exc:
-        raise EngineError(f"{what}: cannot run {tool}: {exc.strerror}") from exc
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no error output"])[-1]
-        raise EngineError(f"{what}: {Path(tool).name} failed: {last}")
-    return done.stdout
-
-
-def check_snapshot_file(tool: str, path: Path, *, timeout_s: float) -> dict[str, Any]:
-    """``snapshot status``: the file opens as a backend, with its revision and hash."""
-    out = _run_tool(tool, ["snapshot", "status", str(path), "-w", "json"], timeout_s=timeout_s,
-                    what=f"checking etcd snapshot {path}")
-    try:
-        status = json.loads(out)
-    except ValueError as exc:
-        raise EngineError(f"checking etcd snapshot {path}: unreadable output from {Path(tool).name}") from exc
-    return {"revision": status.get("revision"), "hash": status.get("hash"), "total_keys": status.get("totalKey"),
-            "total_size": status.get("totalSize"), "checked_with": Path(tool).name}
-
-
-def restore_snapshot(tool: str, snapshot: Path, data_dir: Path, restore: EtcdRestoreSettings, *,
-                     timeout_s: float) -> None:
-    """Rebuild ``data_dir`` from ``snapshot`` as a member of a new cluster; the old dir is kept aside."""
-    if data_dir.exists() and any(data_dir.iterdir()):
-        aside = data_dir.with_name(f"{data_dir.name}.before-restore-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}")
-        data_dir.rename(aside)
-        log.info("moved %s aside to %s", data_dir, aside)
-    elif data_dir.exists():
-        data_dir.rmdir()  # the tool refuses an existing dir, even an empty one
-    _run_tool(tool, ["snapshot", "restore", str(snapshot), "--data-dir", str(data_dir), "--name", restore.name,
-                     "--initial-cluster", restore.initial_cluster,
-                     "--initial-cluster-token", restore.initial_cluster_token,
-                     "--initial-advertise-peer-urls", restore.initial_advertise_peer_urls],
-              timeout_s=timeout_s, what=f"restoring etcd snapshot {snapshot}")
 
 
 class _TokenExpired(EngineError):
