@@ -128,4 +128,5 @@ def describe_validation_error(exc: ValidationError, model: type[BaseModel]) -> s
         inner = _model_at(tuple(err["loc"])[:-1], model)
         valid = ", ".join(inner.model_fields) if inner else ""
         return f"unknown key {field!r}" + (f" (valid keys: {valid})" if valid else "")
-    return f"{field}: {err['msg'].lower()}"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{field}: {msg[:1].lower() + msg[1:]}"

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from node_agent.engines.base import describe_validation_error
 from snapctl.errors import BadInputError
 from snapctl.providers import ProviderSettings
 
@@ -140,13 +141,7 @@ def parse_volumes(node: str, raw: list[Any]) -> list[InstanceVolumes | VolumeSpe
         try:
             parsed.append(model.model_validate(entry))
         except ValidationError as exc:
-            err = exc.errors()[0]
-            field = ".".join(str(p) for p in err["loc"]) or "(entry)"
-            if err["type"] == "extra_forbidden":
-                valid = ", ".join(model.model_fields)
-                raise BadInputError(f"{where}: unknown key {field!r} (valid keys: {valid})") from exc
-            msg = err["msg"].removeprefix("Value error, ")
-            raise BadInputError(f"{where}: {field}: {msg[:1].lower() + msg[1:]}", hint=VOLUMES_HINT) from exc
+            raise BadInputError(f"{where}: {describe_validation_error(exc, model)}", hint=VOLUMES_HINT) from exc
     _check_mix(node, parsed)
     return parsed
 

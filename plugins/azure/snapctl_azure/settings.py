@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from node_agent.engines.base import describe_validation_error
 from snapctl.errors import BadInputError
 from snapctl.providers import ProviderSettings
 
@@ -114,12 +115,7 @@ def parse_volumes(node: str, raw: list[Any]) -> list[AzureVolume]:
         try:
             parsed.append(AzureVolume.model_validate(entry))
         except ValidationError as exc:
-            err = exc.errors()[0]
-            field = ".".join(str(p) for p in err["loc"]) or "(entry)"
-            if err["type"] == "extra_forbidden":
-                raise BadInputError(f"{where}: unknown key {field!r} (valid keys: disk_id, name)") from exc
-            msg = err["msg"].removeprefix("Value error, ")
-            raise BadInputError(f"{where}: {field}: {msg[:1].lower() + msg[1:]}", hint=VOLUMES_HINT) from exc
+            raise BadInputError(f"{where}: {describe_validation_error(exc, AzureVolume)}", hint=VOLUMES_HINT) from exc
     seen_ids: set[str] = set()
     seen_names: set[str] = set()
     for volume in parsed:
