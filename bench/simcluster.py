@@ -1,9 +1,16 @@
-"""A simulated cluster of N nodes: real agents on loopback, a few processes each serving many ports.
+"""A simulated cluster of N nodes: agents as HTTP servers on loopback, a few processes serving many ports.
 
-Every node is the real agent stack (``node_agent.app.create_app`` over an ``AgentService`` with
-the bearer token) around the simulated engine; one uvicorn server per process listens on one
-port per node and hands each connection to that port's app. So a run over 1000 nodes makes 1000
-real HTTP connections to 1000 real agents without 1000 processes.
+Two agent stacks, same wire API (``--agent-stack``):
+
+- ``lean`` (the default): ``bench.leanagent``, the agent's /v1 API and lease rules on a bare
+  asyncio protocol, ~50 µs of CPU per request. In a real cluster every agent has a host of its
+  own; here 1000 agents share snapctl's 2 cores, so their CPU must stay small for the benchmark to
+  measure snapctl.
+- ``real``: the real agent stack (``node_agent.app.create_app`` over an ``AgentService`` with the
+  bearer token) around the simulated engine, one uvicorn server per process with one port per
+  node. ~1 ms of CPU per request: at 1000 nodes that is what the run measures.
+
+Either way a run over 1000 nodes makes 1000 real HTTP connections without 1000 processes.
 
     python -m bench.simcluster serve --nodes n1,n2 --prepare-latency 0.05   # one server process
 """
@@ -80,6 +87,45 @@ def _importable(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+def _listen() -> socket.socket:
+    # proto must say TCP: asyncio sets TCP_NODELAY only on such sockets, and without it every
+    # response waits ~40 ms for a delayed ACK (Nagle).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1024)
+    return sock
+
+
+def serve_lean(nodes: list[str], prepare_latency_s: float, complete_latency_s: float) -> int:
+    import asyncio
+
+    from bench.leanagent import serve_lean as serve_nodes
+
+    raise_open_files_limit()
+    sockets = {node: _listen() for node in nodes}
+    stack = "lean+uvloop" if _importable("uvloop") else "lean+asyncio"
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        serving = asyncio.create_task(serve_nodes(sockets, os.environ[TOKEN_ENV], prepare_latency_s,
+                                                  complete_latency_s, stop))
+        await asyncio.sleep(0)  # the servers are created before the parent hears the ports
+        ports = {node: sock.getsockname()[1] for node, sock in sockets.items()}
+        print(json.dumps({"ports": ports, "stack": stack}), flush=True)
+        await serving
+
+    if stack.endswith("uvloop"):
+        import uvloop
+
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
+    return 0
+
+
 def serve(nodes: list[str], prepare_latency_s: float, complete_latency_s: float) -> int:
     import uvicorn
 
@@ -92,11 +138,7 @@ def serve(nodes: list[str], prepare_latency_s: float, complete_latency_s: float)
     settings = SimEngineSettings(prepare_latency_s=prepare_latency_s, complete_latency_s=complete_latency_s)
     sockets, services, ports = [], {}, {}
     for node in nodes:
-        # proto must say TCP: asyncio sets TCP_NODELAY only on such sockets, and without it every
-        # response waits ~40 ms for a delayed ACK (Nagle).
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(1024)
+        sock = _listen()
         port = sock.getsockname()[1]
         sockets.append(sock)
         services[port] = AgentService(node, SimEngine(settings, base_dir=Path.cwd()))
@@ -136,7 +178,8 @@ class SimCluster:
     policy: dict[str, Any] = field(default_factory=dict)
     directory: Path | None = None
     ports: dict[str, int] = field(default_factory=dict)
-    agent_stack: str = ""  # how the simulated agents serve HTTP: h11+asyncio, or httptools+uvloop
+    stack: str = "lean"  # "lean" (bench.leanagent) or "real" (the agent's FastAPI app); see the docstring
+    agent_stack: str = ""  # what served, as the agent processes reported it (e.g. lean+uvloop, httptools+uvloop)
     _procs: list[subprocess.Popen] = field(default_factory=list)
     _tmp: tempfile.TemporaryDirectory | None = None
 
@@ -161,6 +204,7 @@ class SimCluster:
                     continue
                 self._procs.append(subprocess.Popen(
                     [sys.executable, "-m", "bench.simcluster", "serve", "--nodes", ",".join(chunk),
+                     "--agent-stack", self.stack,
                      "--prepare-latency", str(self.prepare_latency_s),
                      "--complete-latency", str(self.complete_latency_s)],
                     stdout=subprocess.PIPE, text=True, env=env, cwd=REPO))
@@ -235,8 +279,10 @@ def main(argv: list[str] | None = None) -> int:
     serve_cmd.add_argument("--nodes", required=True, help="comma-separated node names")
     serve_cmd.add_argument("--prepare-latency", type=float, default=0.05)
     serve_cmd.add_argument("--complete-latency", type=float, default=0.0)
+    serve_cmd.add_argument("--agent-stack", choices=("lean", "real"), default="lean")
     args = parser.parse_args(argv)
-    return serve(args.nodes.split(","), args.prepare_latency, args.complete_latency)
+    serving = serve_lean if args.agent_stack == "lean" else serve
+    return serving(args.nodes.split(","), args.prepare_latency, args.complete_latency)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,237 @@
+"""A lean simulated agent: the agent's /v1 wire API on a bare asyncio protocol, many nodes per process.
+
+Why it exists: on this 2-core machine, 1000 simulated agents share the cores with snapctl. The
+real agent stack (FastAPI, pydantic, a thread per engine call) costs ~1 ms of CPU per request, so
+1000 of them on the same cores measure the agents' CPU, not snapctl. In a real cluster each agent
+has a host of its own. This server answers the same requests with the same JSON and the same
+lease rules (bearer token, run-id fencing, 409 with the holder, leases that expire, idempotent
+prepare and complete, ``hold_at``), at ~50 µs per request. ``bench.simcluster`` uses it by default
+(``agent_stack="lean"``); ``agent_stack="real"`` runs the real stack for comparison.
+
+Plain HTTP/1.1 with Content-Length bodies and keep-alive: what snapctl's client sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from snapctl import __version__
+
+_JSON = b"application/json"
+_NO_TOKEN = {"error": "missing bearer token", "hint": "send Authorization: Bearer <token>"}
+_BAD_TOKEN = {"error": "wrong bearer token", "hint": "send Authorization: Bearer <token>"}
+
+
+def _iso(instant: datetime) -> str:
+    return instant.isoformat().replace("+00:00", "Z")
+
+
+class LeanNode:
+    """One simulated node: its engine is a flag, its prepare a timer."""
+
+    def __init__(self, name: str, token: str, prepare_latency_s: float, complete_latency_s: float) -> None:
+        self.name = name
+        self.expected = token.encode()
+        self.prepare_latency_s = prepare_latency_s
+        self.complete_latency_s = complete_latency_s
+        self.holder: str | None = None
+        self.preparing: str | None = None  # run id whose prepare is under way
+        self.lease_s = 0.0
+        self.acquired_at: datetime | None = None
+        self.acquired_mono = 0.0
+        self.expires_mono = 0.0
+        self.prepared_at: datetime | None = None
+        self.ended: dict[str, str] = {}
+        self.cancel_prepare = None  # while a prepare waits for its hold: call to cancel it
+
+    def expire_if_due(self) -> None:
+        if self.holder is not None and time.monotonic() >= self.expires_mono:
+            self.ended[self.holder] = "expired"
+            self.holder = None
+
+    def lease_info(self) -> dict[str, Any]:
+        assert self.acquired_at is not None
+        expires = self.acquired_at + timedelta(seconds=self.expires_mono - self.acquired_mono)
+        return {"run_id": self.holder, "acquired_at": _iso(self.acquired_at), "expires_at": _iso(expires)}
+
+    def state(self) -> dict[str, Any]:
+        assert self.prepared_at is not None
+        return {"engine": "sim", "version": "sim", "prepared_at": _iso(self.prepared_at),
+                "facts": {"tables": {}, "position": {"lsn": 1}, "exact": True}, "files": [], "raft": [],
+                "details": {}}
+
+    def status(self) -> dict[str, Any]:
+        self.expire_if_due()
+        return {"node": self.name, "agent_version": __version__,
+                "engine": {"engine": "sim", "version": "sim", "reachable": True, "held": self.holder is not None,
+                           "held_by": self.holder, "held_since": None, "raft": [], "details": {}, "error": None},
+                "lease": self.lease_info() if self.holder else None, "data_paths": [], "free_bytes": None}
+
+    def conflict(self, message: str) -> tuple[int, dict[str, Any]]:
+        return 409, {"error": message, "hint": "wait until that run completes or its lease expires",
+                     "holder": self.holder or self.preparing}
+
+
+class LeanAgentProtocol(asyncio.Protocol):
+    """One connection to one node: requests are answered in order, one at a time."""
+
+    def __init__(self, node: LeanNode) -> None:
+        self.node = node
+        self.buffer = b""
+        self.busy = False
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        self._next()
+
+    def _next(self) -> None:
+        while not self.busy and self.transport is not None:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = self.buffer[:end].decode("latin-1").split("\r\n")
+            headers = {}
+            for line in head[1:]:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+            length = int(headers.get("content-length", "0"))
+            if len(self.buffer) < end + 4 + length:
+                return
+            body = self.buffer[end + 4:end + 4 + length]
+            self.buffer = self.buffer[end + 4 + length:]
+            method, path, _ = head[0].split(" ", 2)
+            self._handle(method, path, headers, body)
+
+    def _handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> None:
+        node = self.node
+        if path != "/v1/health":
+            scheme, _, given = headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not given:
+                return self._send(401, _NO_TOKEN)
+            if not hmac.compare_digest(given.strip().encode(), node.expected):
+                return self._send(401, _BAD_TOKEN)
+        request = json.loads(body) if body else {}
+        if path == "/v1/health":
+            return self._send(200, {"status": "ok", "agent_version": __version__})
+        if path == "/v1/status":
+            return self._send(200, node.status())
+        if path == "/v1/prepare":
+            return self._prepare(request["run_id"], float(request["lease_s"]), request.get("hold_at"))
+        if path == "/v1/renew":
+            node.expire_if_due()
+            if node.holder != request["run_id"]:
+                return self._send(409, {"error": f"cannot renew: run {request['run_id']} does not hold node "
+                                                 f"{node.name}", "hint": None, "holder": node.holder})
+            node.expires_mono = time.monotonic() + (request.get("lease_s") or node.lease_s)
+            return self._send(200, node.lease_info())
+        if path == "/v1/complete":
+            return self._complete(request["run_id"])
+        if path == "/v1/trigger":
+            return self._send(200, {"jobs": [{"target": request.get("target") or "all", "status": "succeeded",
+                                              "detail": None, "duration_s": 0.0, "extra": {}}]})
+        if path == "/v1/verify":
+            return self._send(200, {"tables": {}, "position": {"lsn": 1}, "exact": True})
+        return self._send(404, {"error": "no such endpoint", "hint": "see /openapi.json"})
+
+    def _prepare(self, run_id: str, lease_s: float, hold_at: str | None) -> None:
+        node = self.node
+        node.expire_if_due()
+        if node.holder == run_id:
+            node.expires_mono = time.monotonic() + lease_s
+            return self._send(200, {"run_id": run_id, "lease": node.lease_info(), "state": node.state()})
+        if node.holder is not None or node.preparing is not None:
+            return self._send(*node.conflict(f"node {node.name} is already held by run "
+                                             f"{node.holder or node.preparing}"))
+        node.preparing = run_id
+        delay = 0.0
+        if hold_at:
+            delay = max(0.0, datetime.fromisoformat(hold_at).timestamp() - time.time())
+
+        def held() -> None:
+            # The engine's work (prepare_latency_s) ends in the hold, as in the real agent: the
+            # hold begins when the engine answers, and prepared_at marks that instant.
+            node.cancel_prepare = None
+            node.preparing, node.holder, node.lease_s = None, run_id, lease_s
+            node.prepared_at = node.acquired_at = datetime.now(UTC)
+            node.acquired_mono = time.monotonic()
+            node.expires_mono = node.acquired_mono + lease_s
+            node.ended.pop(run_id, None)
+            self._send(200, {"run_id": run_id, "lease": node.lease_info(), "state": node.state()})
+
+        handle = self._later(delay + node.prepare_latency_s, held)
+
+        def cancel() -> None:  # a complete of this run came first (a rollback): never hold
+            handle.cancel()
+            node.preparing = node.cancel_prepare = None
+            node.ended[run_id] = "cancelled"
+            self.busy = False
+            self._send(409, {"error": f"node {node.name}: the prepare of run {run_id} was cancelled by its "
+                                      "complete before the hold began; nothing is held", "hint": None,
+                             "holder": None})
+            self._next()
+
+        node.cancel_prepare = cancel
+
+    def _complete(self, run_id: str) -> None:
+        node = self.node
+        node.expire_if_due()
+        if node.holder != run_id:
+            if node.preparing == run_id and node.cancel_prepare is not None:
+                node.cancel_prepare()
+                return self._send(200, {"run_id": run_id, "released": False, "held_for_s": None})
+            if run_id in node.ended:
+                return self._send(200, {"run_id": run_id, "released": False, "held_for_s": None})
+            return self._send(409, {"error": f"cannot complete: run {run_id} does not hold node {node.name}",
+                                    "hint": None, "holder": node.holder})
+
+        def released() -> None:
+            held_for = time.monotonic() - node.acquired_mono
+            node.ended[run_id] = "completed"
+            node.holder = None
+            self._send(200, {"run_id": run_id, "released": True, "held_for_s": held_for})
+
+        self._later(node.complete_latency_s, released)
+
+    def _later(self, delay: float, then) -> asyncio.TimerHandle:
+        """Answer the current request after ``delay``; this connection's next waits until then."""
+        self.busy = True
+
+        def run() -> None:
+            self.busy = False
+            then()
+            self._next()
+
+        return asyncio.get_running_loop().call_later(delay, run)
+
+    def _send(self, status: int, document: dict[str, Any]) -> None:
+        if self.transport is None:
+            return
+        body = json.dumps(document, separators=(",", ":")).encode()
+        reason = {200: "OK", 401: "Unauthorized", 404: "Not Found", 409: "Conflict"}.get(status, "Error")
+        self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n\r\n%s"
+                             % (status, reason.encode(), _JSON, len(body), body))
+
+
+async def serve_lean(sockets: dict[str, Any], token: str, prepare_latency_s: float, complete_latency_s: float,
+                     stop: asyncio.Event) -> None:
+    """Serve one lean node on each listening socket (node name -> socket) until ``stop`` is set."""
+    loop = asyncio.get_running_loop()
+    servers = []
+    for name, sock in sockets.items():
+        node = LeanNode(name, token, prepare_latency_s, complete_latency_s)
+        servers.append(await loop.create_server(lambda node=node: LeanAgentProtocol(node), sock=sock))
+    await stop.wait()
+    for server in servers:
+        server.close()
