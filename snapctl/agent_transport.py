@@ -23,17 +23,87 @@ _MAX_HEAD = 64 * 1024
 _IDLE_KEPT = 4
 
 
-class _Connection:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
+class AgentResponse:
+    """What the agent client needs of an answer: its status and JSON body."""
 
+    __slots__ = ("status_code", "content")
+
+    def __init__(self, status_code: int, content: bytes) -> None:
+        self.status_code, self.content = status_code, content
+
+    @property
+    def is_success(self) -> bool:
+        return 200 <= self.status_code < 300
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection as a bare protocol: bytes are parsed as they arrive, and the one
+    request in flight is answered through a future (asyncio's streams cost twice as much)."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.eof = False
+        self.waiter: asyncio.Future | None = None
+        self.method = ""
+
+    # -- asyncio.Protocol --
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        self._answer()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self._answer()
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.eof = True
+        self._answer(exc)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    # -- ours --
     @property
     def usable(self) -> bool:
         # The agent closes idle connections after its keep-alive timeout; its FIN arrives as EOF.
-        return not (self.writer.is_closing() or self.reader.at_eof())
+        return not self.eof and self.transport is not None and not self.transport.is_closing()
+
+    def send(self, data: bytes, method: str) -> asyncio.Future:
+        assert self.transport is not None
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.method = method
+        self.transport.write(data)
+        return self.waiter
 
     def close(self) -> None:
-        self.writer.close()
+        if self.transport is not None:
+            self.transport.close()
+
+    def _answer(self, lost: Exception | None = None) -> None:
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            return
+        try:
+            answer = _parse_response(self.buffer, self.method, self.eof)
+        except ValueError as exc:
+            waiter.set_exception(exc)
+            return
+        if answer is not None:
+            consumed, response = answer
+            del self.buffer[:consumed]
+            self.waiter = None
+            waiter.set_result(response)
+        elif self.eof:
+            # Nothing of the answer came: the agent closed a kept-alive connection (safe to resend).
+            waiter.set_exception(_Stale() if not self.buffer else ConnectionResetError(str(lost or "connection closed")))
 
 
 class AgentTransport(httpx.AsyncBaseTransport):
@@ -52,8 +122,9 @@ class AgentTransport(httpx.AsyncBaseTransport):
         return httpx.Response(status, headers=headers, content=body, request=request,
                               extensions={"http_version": version.encode()})
 
-    async def call(self, method: str, url: str, body: Any, headers: dict[str, str], timeout: float | None) -> httpx.Response:
-        """One JSON request (``body`` None: no body) to ``url``; errors are httpx's, as for a client."""
+    async def call(self, method: str, url: str, body: Any, headers: dict[str, str], timeout: float | None) -> AgentResponse:
+        """One JSON request (``body`` None: no body) to ``url``; errors are httpx's, as for a client.
+        The answer is an ``AgentResponse``: building an ``httpx.Response`` costs more than the exchange."""
         parts = urlsplit(url)
         host, port = parts.hostname or "", parts.port or 80
         payload = b"" if body is None else json.dumps(body, ensure_ascii=False, separators=(",", ":"),
@@ -66,8 +137,8 @@ class AgentTransport(httpx.AsyncBaseTransport):
         if body is not None or method not in ("GET", "HEAD"):
             lines.append(f"Content-Length: {len(payload)}")
         data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload
-        status, response_headers, content, _ = await self._roundtrip(host, port, data, timeout, timeout, None)
-        return httpx.Response(status, headers=response_headers, content=content)
+        status, _, content, _ = await self._roundtrip(host, port, data, timeout, timeout, None)
+        return AgentResponse(status, content)
 
     async def _roundtrip(self, host: str, port: int, data: bytes, connect_timeout: float | None,
                          read_timeout: float | None, request: httpx.Request | None):
@@ -91,7 +162,11 @@ class AgentTransport(httpx.AsyncBaseTransport):
                 # A kept-alive connection the agent had just closed: the request never reached it.
                 conn.close()
                 conn = await self._connect(host, port, connect_timeout, request)
-                answer = await self._exchange(conn, data, read_timeout, request)
+                try:
+                    answer = await self._exchange(conn, data, read_timeout, request)
+                except _Stale:
+                    raise httpx.RemoteProtocolError("the agent closed the connection without answering",
+                                                    request=request) from None
         except BaseException:
             conn.close()  # half-used (a timeout, a cancel): never reused
             raise
@@ -106,11 +181,8 @@ class AgentTransport(httpx.AsyncBaseTransport):
         self._idle.clear()
         for conn in connections:
             conn.close()
-        for conn in connections:
-            try:
-                await conn.writer.wait_closed()
-            except OSError:
-                pass
+        if connections:  # let the closes reach the agents before the loop ends
+            await asyncio.wait([conn.closed for conn in connections], timeout=1)
 
     @staticmethod
     def _serialize(request: httpx.Request) -> bytes:
@@ -126,38 +198,42 @@ class AgentTransport(httpx.AsyncBaseTransport):
     @staticmethod
     async def _connect(host: str, port: int, timeout: float | None, request: httpx.Request | None) -> _Connection:
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, limit=_MAX_HEAD), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: that costs a task per call
+                _, conn = await asyncio.get_running_loop().create_connection(_Connection, host, port)
         except TimeoutError:
             raise httpx.ConnectTimeout(f"connect to {host}:{port} timed out", request=request) from None
         except OSError as exc:
             raise httpx.ConnectError(exc.strerror or str(exc), request=request) from exc
-        return _Connection(reader, writer)
+        return conn
 
     async def _exchange(self, conn: _Connection, data: bytes, timeout: float | None, request: httpx.Request | None):
         try:
-            conn.writer.write(data)
-            return await asyncio.wait_for(_read_response(conn.reader, request), timeout)
+            async with asyncio.timeout(timeout):
+                return await conn.send(data, request.method if request is not None else "")
         except TimeoutError:
             raise httpx.ReadTimeout("the agent did not answer in time", request=request) from None
-        except (ConnectionError, asyncio.IncompleteReadError) as exc:
-            if isinstance(exc, asyncio.IncompleteReadError) and not exc.partial:
-                raise _Stale() from exc
-            if isinstance(exc, (ConnectionResetError, BrokenPipeError)):
-                raise _Stale() from exc
+        except _Stale:
+            raise
+        except ConnectionError as exc:
             raise httpx.ReadError(str(exc) or type(exc).__name__, request=request) from exc
-        except asyncio.LimitOverrunError as exc:
-            raise httpx.RemoteProtocolError("response headers too large", request=request) from exc
+        except ValueError as exc:
+            raise httpx.RemoteProtocolError(str(exc), request=request) from exc
 
 
-async def _read_response(reader: asyncio.StreamReader, request: httpx.Request | None):
-    """(status, headers, body, http version, keep-alive) of one response."""
-    head = await reader.readuntil(b"\r\n\r\n")
-    status_line, *header_lines = head[:-4].decode("latin-1").split("\r\n")
+def _parse_response(buffer: bytearray, method: str, eof: bool):
+    """(bytes used, (status, headers, body, http version, keep-alive)) once ``buffer`` holds a whole
+    response; None while it does not. ``eof``: the connection ended (a body delimited by it ends)."""
+    end = buffer.find(b"\r\n\r\n")
+    if end < 0:
+        if len(buffer) > _MAX_HEAD:
+            raise ValueError("response headers too large")
+        return None
+    status_line, *header_lines = bytes(buffer[:end]).decode("latin-1").split("\r\n")
     version, _, rest = status_line.partition(" ")
     try:
         status = int(rest[:3])
     except ValueError:
-        raise httpx.RemoteProtocolError(f"malformed status line {status_line[:80]!r}", request=request) from None
+        raise ValueError(f"malformed status line {status_line[:80]!r}") from None
     headers = []
     for line in header_lines:
         name, _, value = line.partition(":")
@@ -166,31 +242,43 @@ async def _read_response(reader: asyncio.StreamReader, request: httpx.Request | 
     keep_alive = lowered.get("connection", "").lower() != "close"
     if version == "HTTP/1.0" and lowered.get("connection", "").lower() != "keep-alive":
         keep_alive = False
-    method = request.method if request is not None else ""
+    start = end + 4
     if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
-        body = b""
-    elif "chunked" in lowered.get("transfer-encoding", "").lower():
-        body = await _read_chunked(reader)
-    elif "content-length" in lowered:
-        body = await reader.readexactly(int(lowered["content-length"]))
-    else:
-        body = await reader.read()  # delimited by the close of the connection
-        keep_alive = False
-    return status, headers, body, version, keep_alive
+        return start, (status, headers, b"", version, keep_alive)
+    if "chunked" in lowered.get("transfer-encoding", "").lower():
+        parsed = _parse_chunked(buffer, start)
+        return None if parsed is None else (parsed[0], (status, headers, parsed[1], version, keep_alive))
+    if "content-length" in lowered:
+        length = int(lowered["content-length"])
+        if len(buffer) < start + length:
+            return None
+        return start + length, (status, headers, bytes(buffer[start:start + length]), version, keep_alive)
+    if not eof:  # delimited by the close of the connection
+        return None
+    return len(buffer), (status, headers, bytes(buffer[start:]), version, False)
 
 
 class _Stale(Exception):
     """The connection ended before any byte of the answer: safe to send the request again."""
 
 
-async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+def _parse_chunked(buffer: bytearray, at: int) -> tuple[int, bytes] | None:
     chunks = []
     while True:
-        size_line = await reader.readuntil(b"\r\n")
-        size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
+        line_end = buffer.find(b"\r\n", at)
+        if line_end < 0:
+            return None
+        size = int(bytes(buffer[at:line_end]).split(b";", 1)[0].strip() or b"0", 16)
+        at = line_end + 2
         if size == 0:
-            while await reader.readuntil(b"\r\n") != b"\r\n":  # trailers
-                pass
-            return b"".join(chunks)
-        chunks.append(await reader.readexactly(size))
-        await reader.readexactly(2)
+            while True:  # trailers, up to the empty line
+                line_end = buffer.find(b"\r\n", at)
+                if line_end < 0:
+                    return None
+                empty, at = line_end == at, line_end + 2
+                if empty:
+                    return at, b"".join(chunks)
+        if len(buffer) < at + size + 2:
+            return None
+        chunks.append(bytes(buffer[at:at + size]))
+        at += size + 2
