@@ -1,0 +1,78 @@
+"""The lean simulated agent answers snapctl's client as the real agent does: the same models, the
+same lease rules (409 naming the holder, idempotent prepare, complete fenced by run id), 401 for
+a wrong token, and hold_at (a complete that arrives first cancels the waiting prepare)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+
+from bench.leanagent import serve_lean
+from snapctl.agent_client import HttpAgentClient
+from snapctl.agent_transport import AgentTransport
+from snapctl.errors import AgentConflict, AgentUnauthorized
+
+TOKEN = "lean-token"
+
+
+async def _with_agent(check) -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    stop = asyncio.Event()
+    server = asyncio.create_task(serve_lean({"n1": sock}, TOKEN, 0.02, 0.0, stop))
+    await asyncio.sleep(0.05)
+    transport = AgentTransport()
+    http = httpx.AsyncClient(transport=transport)
+    http.snapctl_lean = transport
+    try:
+        await check(lambda token=TOKEN: HttpAgentClient("n1", url, http, token=token, timeout_s=5))
+    finally:
+        await http.aclose()
+        stop.set()
+        await server
+
+
+def test_a_lease_cycle_with_the_real_agents_models_and_rules() -> None:
+    async def check(agent) -> None:
+        client = agent()
+        assert (await client.health()).status == "ok"
+        prepared = await client.prepare("run-1", 30)
+        assert prepared.lease.run_id == "run-1" and prepared.state.engine == "sim"
+        assert (await client.prepare("run-1", 30)).state.prepared_at == prepared.state.prepared_at
+        with pytest.raises(AgentConflict) as conflict:
+            await client.prepare("run-2", 30)
+        assert conflict.value.holder == "run-1"
+        status = await client.status()
+        assert status.engine.held and status.lease.run_id == "run-1"
+        assert (await client.renew("run-1")).run_id == "run-1"
+        with pytest.raises(AgentConflict):
+            await client.complete("run-2")
+        assert (await client.complete("run-1")).released is True
+        assert (await client.complete("run-1")).released is False
+        with pytest.raises(AgentUnauthorized):
+            await agent("wrong").status()
+
+    asyncio.run(_with_agent(check))
+
+
+def test_hold_at_delays_the_hold_and_a_complete_first_cancels_it() -> None:
+    async def check(agent) -> None:
+        client = agent()
+        hold_at = datetime.now(UTC) + timedelta(seconds=0.2)
+        assert (await client.prepare("run-1", 30, hold_at)).state.prepared_at >= hold_at
+        await client.complete("run-1")
+
+        waiting = asyncio.create_task(client.prepare("run-2", 30, datetime.now(UTC) + timedelta(seconds=5)))
+        await asyncio.sleep(0.1)
+        assert (await agent().complete("run-2")).released is False
+        with pytest.raises(AgentConflict, match="cancelled by its complete"):
+            await waiting
+        assert not (await client.status()).engine.held
+
+    asyncio.run(_with_agent(check))
