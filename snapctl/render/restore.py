@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from rich.markup import escape
-from rich.table import Table
-
 from snapctl.errors import ExitCode
 from snapctl.render import _bytes, _relative, _seconds, jsonable
 
@@ -16,6 +13,9 @@ def restore_document(result) -> dict:
 
 
 def restore_text(r, result) -> int:
+    from rich.markup import escape
+    from rich.table import Table
+
     table = Table(title=f"restore of {result.run_id} into {result.target}", title_justify="left")
     for column in ("node", "volumes", "prepared", "tables (rows)", "matches prepare"):
         table.add_column(column)
@@ -41,6 +41,9 @@ def drill_document(report) -> dict:
 
 
 def drill_text(r, report) -> int:
+    from rich.markup import escape
+    from rich.table import Table
+
     table = Table(title=f"drill of run {report.run_id} (cluster {report.cluster})", title_justify="left")
     for column in ("node", "engine", "runs on", "restore", "start", "verify", "verdict"):
         table.add_column(column, justify="right" if column in ("restore", "start", "verify") else "left")
@@ -68,6 +71,9 @@ def verify_document(result) -> dict:
 
 
 def verify_text(r, result) -> int:
+    from rich.markup import escape
+    from rich.table import Table
+
     table = Table(title=f"snapshots of run {result.run_id} ({result.provider})", title_justify="left")
     for column in ("node", "volume", "snapshot", "bytes", "state"):
         table.add_column(column, justify="right" if column == "bytes" else "left")

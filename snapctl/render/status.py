@@ -7,18 +7,18 @@ only changes on purpose: docs/status.schema.json is its published schema (``stat
 from __future__ import annotations
 
 import json
-from typing import Any, Self
-
-from rich.console import Group
-from rich.live import Live
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING, Any, Self
 
 from snapctl.render import JSON_SCHEMA_VERSION, _age, _bytes, _n
 
 _COLOURS = {"info": "dim", "degraded": "yellow", "critical": "red"}
 _VERDICT_COLOURS = {"healthy": "green", "degraded": "yellow", "critical": "red"}
 _ALL_GROUPS_UP_TO = 12
+
+if TYPE_CHECKING:
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
 
 
 # ---- JSON ---------------------------------------------------------------------------------------
@@ -102,7 +102,7 @@ def _run(entry, age_s: float | None) -> dict[str, Any] | None:
             "error": entry.error}
 
 
-# ---- text -----------------------------------------------------------------------------------------
+# ---- text (rich is imported here, never for JSON) -------------------------------------------------
 
 
 def status_text(r, s) -> int:
@@ -112,6 +112,9 @@ def status_text(r, s) -> int:
 
 def status_view(s) -> Group:
     """Everything on one screen: nodes, raft groups, backups, findings, the verdict line last."""
+    from rich.console import Group
+    from rich.text import Text
+
     parts: list[Any] = [_nodes_table(s)]
     groups = s.verdict.groups
     if len(groups) > _ALL_GROUPS_UP_TO and not s.group_filter:
@@ -135,6 +138,8 @@ def status_view(s) -> Group:
 
 
 def _nodes_table(s) -> Table:
+    from rich.table import Table
+
     table = Table(title=f"cluster {s.cluster}", title_justify="left")
     for column in ("node", "agent", "engine", "version", "lease", "free"):
         table.add_column(column)
@@ -155,6 +160,9 @@ def _nodes_table(s) -> Table:
 
 
 def _raft_table(groups) -> Table:
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(title="raft groups", title_justify="left")
     for column in ("group", "member", "node", "role", "term", "commit", "applied", "lag", "snapshot"):
         table.add_column(column)
@@ -175,6 +183,8 @@ def _raft_table(groups) -> Table:
 
 
 def _backups(s) -> list[Text]:
+    from rich.text import Text
+
     lines: list[Text] = []
     if s.latest_success is not None:
         lines.append(Text(f"newest good backup: {s.latest_success.run_id}, {_age(s.latest_success_age_s or 0)} ago "
@@ -197,6 +207,8 @@ class LiveStatus:
     """`--watch` for a person: the same screen, redrawn in place on every refresh."""
 
     def __init__(self, r) -> None:
+        from rich.live import Live
+
         self._live = Live(console=r.out, auto_refresh=False, transient=False)
         self.exit_code = 0
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from node_agent.engines.base import validate_engine_settings
-from snapctl.config import load_inventory, parse_duration, parse_inventory
+from snapctl.config import load_inventory, load_yaml_with_nodes, parse_duration, parse_inventory
 from snapctl.errors import BadInputError, InventoryError
 
 BASE = "cluster: c\nprovider: {type: local}\nnodes:\n  - name: n1\n    agent: http://127.0.0.1:7701\n"
@@ -68,3 +69,54 @@ def test_unknown_engine_type_lists_the_installed_ones():
         validate_engine_settings({"type": "mongo"})
     assert "unknown engine type 'mongo'" in str(err.value)
     assert all(name in err.value.hint for name in ("sqlite", "tarantool", "etcd", "questdb", "dingodb", "aresdb"))
+
+
+@pytest.mark.parametrize(("value", "seconds"), [("0", 0.0), ("250ms", 0.25), (1.5, 1.5), (None, None)])
+def test_hold_lead_takes_a_duration_and_zero_turns_it_off(value, seconds):
+    text = BASE + f"policy:\n  hold_lead_s: {'null' if value is None else value}\n"
+    assert parse_inventory(text, source="inv.yaml").policy.hold_lead_s == seconds
+
+
+def test_hold_lead_beyond_ten_seconds_is_refused_with_its_line():
+    with pytest.raises(InventoryError, match=r"inv\.yaml:\d+: policy\.hold_lead_s"):
+        parse_inventory(BASE + "policy:\n  hold_lead_s: 30s\n", source="inv.yaml")
+
+
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # snapctl's: error marks read alike
+
+
+@pytest.mark.parametrize("text", [
+    "a: 1\nb: [2.5, .inf, 0x1F, 1_000, 1:30, ~, yes, off, 2024-01-02, !!str 7, 'q', \"dq\"]\nc: |\n  block\n",
+    "base: &b {x: 1, y: 2}\nchild: {<<: *b, y: 3}\n",  # merge key
+    "a: &a [1, 2]\nb: *a\n",  # alias: one shared list
+    "a: &a [1, *a]\n",  # recursive alias
+    "o: !!omap [a: 1, b: 2]\ns: !!set {a, b}\nbin: !!binary aGk=\n1: one\ntrue: t\n",
+    "- just\n- a list\n", "a scalar\n", "",
+])
+def test_yaml_reads_like_pyyaml_safe_load(text):
+    assert repr(load_yaml_with_nodes(text)[1]) == repr(yaml.load(text, Loader=_SAFE_LOADER))
+
+
+@pytest.mark.parametrize("text", ["? [1, 2]\n: x\n", "a: !custom tag\n", "a: !custom {x: 1}\n", "a: [\n"])
+def test_yaml_that_pyyaml_refuses_is_refused_alike(text):
+    with pytest.raises(yaml.YAMLError) as ours:
+        load_yaml_with_nodes(text)
+    with pytest.raises(yaml.YAMLError) as theirs:
+        yaml.load(text, Loader=_SAFE_LOADER)
+    assert str(ours.value) == str(theirs.value)
+
+
+def test_parsing_leaves_the_garbage_collector_as_it_found_it():
+    import gc
+
+    assert gc.isenabled()
+    parse_inventory(BASE)
+    with pytest.raises(InventoryError):
+        parse_inventory("nodes: [\n")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        parse_inventory(BASE)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
