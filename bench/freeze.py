@@ -19,6 +19,7 @@ from pathlib import Path
 
 from bench.common import emit, median, ms, percentile, ratio, secs, table, timer, verdict
 from bench.simcluster import SimCluster
+from snapctl.runner import run as run_coroutine
 
 UNBOUND = {"create_rate": 1_000_000.0, "create_burst": 1_000_000}  # a bucket that never binds
 
@@ -46,12 +47,15 @@ def run_backup(cluster: SimCluster, create_latency_s: float, consistency: str = 
         options.prune = False  # retention is not what is measured here
     agents_before, snapctl_before = process_cpu_s(cluster.agent_pids), time.process_time()
     with timer() as wall:
-        manifest = asyncio.run(backup(inventory, options))
+        manifest = run_coroutine(backup(inventory, options))
     snapctl_cpu, agents_cpu = time.process_time() - snapctl_before, process_cpu_s(cluster.agent_pids) - agents_before
     if manifest.status != "succeeded":
         raise RuntimeError(f"backup failed: {manifest.error}")
     records = list(manifest.nodes.values())
-    rtt = [(r.prepare_acked_at - r.prepare_sent_at).total_seconds() for r in records]
+    # A node's window opens at the later of its prepare's sending and the agreed hold instant
+    # (hold_at): its round trip is counted from there too, as snapctl's freeze_window_s is.
+    opened = [max(r.prepare_sent_at, manifest.hold_at) if manifest.hold_at else r.prepare_sent_at for r in records]
+    rtt = [(r.prepare_acked_at - start).total_seconds() for r, start in zip(records, opened)]
     freeze = [r.freeze_window_s for r in records]
     holds = [r.state.prepared_at.timestamp() for r in records if r.state]
     issued = sorted(ref.extra["issued_at"] for r in records for ref in r.snapshots)
@@ -94,11 +98,12 @@ def run_sequential(cluster: SimCluster) -> float:
 
 
 def scaling(sizes: list[int], repeats: int, prepare_latency: float, create_latency: float,
-            baseline_at: int | None) -> str:
-    rows, walls, baseline_rows = [], {}, []
+            baseline_at: int | None, stack: str = "lean") -> str:
+    rows, walls, baseline_rows, served = [], {}, [], ""
     for n in sizes:
         provider = {"type": "sim", "create_latency_s": create_latency, **UNBOUND}
-        with SimCluster(nodes=n, prepare_latency_s=prepare_latency, provider=provider) as cluster:
+        with SimCluster(nodes=n, prepare_latency_s=prepare_latency, provider=provider, stack=stack) as cluster:
+            served = cluster.agent_stack
             run_backup(cluster, create_latency)  # warm: connections, imports, catalog directory
             runs = [run_backup(cluster, create_latency) for _ in range(repeats)]
             if n == baseline_at:
@@ -121,13 +126,14 @@ def scaling(sizes: list[int], repeats: int, prepare_latency: float, create_laten
     for row, n in zip(rows, sizes):
         row.append(ratio(walls[n] / reference) if reference else "-")
     out = table(
-        f"Freeze window and skew, rate limit not binding (prepare {prepare_latency * 1000:.0f} ms, "
+        f"Freeze window and skew, rate limit not binding ({served} agents, prepare {prepare_latency * 1000:.0f} ms, "
         f"create {create_latency * 1000:.0f} ms; pooled over runs)",
         ["N", "runs", "prepare RTT p50 ms", "RTT p99", "freeze p50 ms", "freeze p99", "margin p99 ms",
          "margin<=20ms", "ack skew ms", "hold skew ms", "wall s", "snapctl CPU ms/node", "agents CPU ms/node",
          "wall / N=10"], rows)
-    out += ("\nmargin = freeze window - (that node's prepare round trip + create latency); "
-            "ack skew = spread of prepare acknowledgements at snapctl; hold skew = spread of the "
+    out += ("\nfreeze window and prepare round trip count from the later of the prepare's sending and the "
+            "agreed hold instant (hold_at); margin = freeze window - (that node's prepare round trip + create "
+            "latency); ack skew = spread of prepare acknowledgements at snapctl; hold skew = spread of the "
             "instants the engines began holding; CPU per node: snapctl's process (all threads) and the "
             "simulated agents' processes, which share this machine's cores with it.\n")
     if baseline_rows:
@@ -163,11 +169,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--create-latency", type=float, default=0.3, help="provider create call time, s")
     parser.add_argument("--bound-nodes", type=int, help="nodes in the rate-limited case (default 300; quick: 40)")
     parser.add_argument("--skip-bound", action="store_true", help="leave out the rate-limited case")
+    parser.add_argument("--agent-stack", choices=("lean", "real"), default="lean",
+                        help="simulated agents: lean (bench.leanagent, default) or real (the agent's FastAPI app)")
+    parser.add_argument("--real-at", help="also run these sizes with the real agent stack, for comparison "
+                                          "(default 100,1000; quick: none; '' for none)")
     args = parser.parse_args(argv)
     sizes = [int(n) for n in (args.nodes or ("1,10,50" if args.quick else "1,10,100,1000")).split(",")]
     repeats = args.repeats or (1 if args.quick else 5)
     baseline_at = 100 if 100 in sizes else (10 if args.quick and 10 in sizes else None)
-    emit(scaling(sizes, repeats, args.prepare_latency, args.create_latency, baseline_at))
+    emit(scaling(sizes, repeats, args.prepare_latency, args.create_latency, baseline_at, args.agent_stack))
+    real_at = args.real_at if args.real_at is not None else ("" if args.quick or args.agent_stack == "real"
+                                                               else "100,1000")
+    if real_at:
+        emit(scaling([int(n) for n in real_at.split(",")], max(1, repeats // 2), args.prepare_latency,
+                     args.create_latency, None, "real"))
     if not args.skip_bound:
         if args.quick:  # the same shape, scaled down: 4x the burst at 20 per second
             emit(rate_limited(args.bound_nodes or 40, 10, 20.0, args.prepare_latency, args.create_latency))

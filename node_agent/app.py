@@ -95,7 +95,7 @@ def create_app(service: AgentService, token: str | None, *, max_body_bytes: int 
 
     @app.post("/v1/prepare", response_model=PrepareResponse, **v1, tags=["lease"])
     async def prepare(body: PrepareRequest) -> PrepareResponse:
-        return await _call(service.prepare, body.run_id, body.lease_s)
+        return await _call(service.prepare, body.run_id, body.lease_s, body.hold_at)
 
     @app.post("/v1/renew", response_model=LeaseInfo, **v1, tags=["lease"])
     async def renew(body: RenewRequest) -> LeaseInfo:

@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 MAX_LEASE_S = 3600.0
+# How far ahead a prepare may ask to be held (``hold_at``): further than this is a clock problem.
+MAX_HOLD_LEAD_S = 10.0
 
 
 class Model(BaseModel):
@@ -117,6 +119,10 @@ class JobResult(Model):
 class PrepareRequest(Model):
     run_id: str = Field(pattern=RUN_ID_PATTERN)
     lease_s: float = Field(gt=0, le=MAX_LEASE_S)
+    # The instant (UTC, the agent's clock) to begin the hold: every node of a cluster is sent the
+    # same one, so their holds begin together however long sending N prepares takes. A prepare
+    # that arrives later holds at once; absent, the hold begins on arrival.
+    hold_at: datetime | None = None
 
 
 class RenewRequest(Model):

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from node_agent.engines.base import Engine
 from node_agent.models import (
+    MAX_HOLD_LEAD_S,
     MAX_LEASE_S,
     RUN_ID_PATTERN,
     AgentStatus,
@@ -89,6 +90,8 @@ class AgentService:
         self._changed = threading.Condition(self._lock)
         self._lease: _Lease | None = None
         self._ended: OrderedDict[str, str] = OrderedDict()  # run id -> how its hold ended
+        self._waiting: dict[str, int] = {}  # run id -> prepares waiting for their hold_at
+        self._cancelled: set[str] = set()  # runs completed while their prepare waited: it must not hold
         self._stats = AgentStats()
         self._closed = False
         self._watcher = threading.Thread(target=self._watch, name=f"lease-watcher-{node}", daemon=True)
@@ -127,10 +130,13 @@ class AgentService:
 
     # ---- the lease ----------------------------------------------------------------------
 
-    def prepare(self, run_id: str, lease_s: float) -> PrepareResponse:
+    def prepare(self, run_id: str, lease_s: float, hold_at: datetime | None = None) -> PrepareResponse:
         _check_run_id(run_id)
         self._check_lease_s(lease_s)
+        lead = _hold_lead_s(hold_at)
         with self._lock:
+            if lead > 0:
+                self._wait_for_hold_at(run_id, lead)
             if self._closed:
                 raise EngineError(f"the agent of node {self.node} is shutting down", hint="retry when it is back")
             self._expire_if_due()
@@ -175,6 +181,11 @@ class AgentService:
             self._expire_if_due()
             lease = self._lease
             if lease is None or lease.run_id != run_id:
+                if run_id in self._waiting:  # its prepare waits for hold_at: it will not hold
+                    self._cancelled.add(run_id)
+                    self._remember_ended(run_id, "cancelled before it began")
+                    self._changed.notify_all()
+                    return CompleteResponse(run_id=run_id, released=False)
                 if run_id in self._ended:
                     return CompleteResponse(run_id=run_id, released=False)
                 raise self._not_holding(run_id, "complete")
@@ -235,6 +246,24 @@ class AgentService:
 
     # ---- internals (call with the lock held) --------------------------------------------
 
+    def _wait_for_hold_at(self, run_id: str, lead: float) -> None:
+        """Wait (lock released meanwhile) until the hold may begin. A complete of the same run that
+        arrives first, from a run rolling back, cancels the prepare: the engine is never held."""
+        self._waiting[run_id] = self._waiting.get(run_id, 0) + 1
+        try:
+            deadline = time.monotonic() + lead  # hold_at is wall-clock time: not the injectable clock
+            while run_id not in self._cancelled and (remaining := deadline - time.monotonic()) > 0:
+                self._changed.wait(remaining)
+            if run_id in self._cancelled:
+                log.info("prepare of run %s cancelled by its complete before its hold began", run_id)
+                raise LeaseConflict(f"node {self.node}: the prepare of run {run_id} was cancelled by its "
+                                    "complete before the hold began; nothing is held")
+        finally:
+            self._waiting[run_id] -= 1
+            if not self._waiting[run_id]:
+                del self._waiting[run_id]
+                self._cancelled.discard(run_id)
+
     def _expire_if_due(self) -> bool:
         lease = self._lease
         if lease is None or self._clock() < lease.expires_mono:
@@ -250,11 +279,14 @@ class AgentService:
 
     def _end_lease(self, how: str) -> None:
         assert self._lease is not None
-        self._ended[self._lease.run_id] = how
-        while len(self._ended) > _ENDED_RUNS_KEPT:
-            self._ended.popitem(last=False)
+        self._remember_ended(self._lease.run_id, how)
         self._lease = None
         self._changed.notify_all()
+
+    def _remember_ended(self, run_id: str, how: str) -> None:
+        self._ended[run_id] = how
+        while len(self._ended) > _ENDED_RUNS_KEPT:
+            self._ended.popitem(last=False)
 
     def _complete_quietly(self, run_id: str, why: str) -> None:
         try:
@@ -288,6 +320,19 @@ class AgentService:
                 if self._lease is not None:
                     wait = min(wait, max(0.0, self._lease.expires_mono - self._clock()))
                 self._changed.wait(timeout=wait)
+
+
+def _hold_lead_s(hold_at: datetime | None) -> float:
+    """Seconds until ``hold_at`` by this agent's wall clock (0 when absent or past)."""
+    if hold_at is None:
+        return 0.0
+    if hold_at.tzinfo is None:
+        raise BadInputError(f"hold_at {hold_at.isoformat()} has no time zone", hint="send UTC, e.g. ...Z")
+    lead = (hold_at - datetime.now(timezone.utc)).total_seconds()
+    if lead > MAX_HOLD_LEAD_S:
+        raise BadInputError(f"hold_at is {lead:.1f}s ahead of this node's clock; at most {MAX_HOLD_LEAD_S:g}s",
+                            hint="synchronise the clocks of snapctl's host and this node (NTP)")
+    return max(lead, 0.0)
 
 
 def _check_run_id(run_id: str) -> None:

@@ -14,6 +14,7 @@ import ssl
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from node_agent.models import (
@@ -43,6 +44,8 @@ from snapctl.errors import (
 if TYPE_CHECKING:
     import httpx  # imported when the first HTTP client is built: `snapctl --help` stays fast
 
+    from snapctl.agent_transport import AgentResponse
+
 T = TypeVar("T")
 
 
@@ -56,8 +59,9 @@ class AgentClient(Protocol):
 
     async def status(self) -> AgentStatus: ...
 
-    async def prepare(self, run_id: str, lease_s: float) -> PrepareResponse:
-        """Hold the engine under a lease; raises ``AgentConflict`` (with the holder) on 409."""
+    async def prepare(self, run_id: str, lease_s: float, hold_at: datetime | None = None) -> PrepareResponse:
+        """Hold the engine under a lease, beginning at ``hold_at`` (UTC) if given and still ahead;
+        raises ``AgentConflict`` (with the holder) on 409."""
         ...
 
     async def renew(self, run_id: str, lease_s: float | None = None) -> LeaseInfo: ...
@@ -103,9 +107,11 @@ class HttpAgentClient:
     async def status(self) -> AgentStatus:
         return AgentStatus.model_validate(await self._call("GET", "/v1/status"))
 
-    async def prepare(self, run_id: str, lease_s: float) -> PrepareResponse:
-        body = await self._call("POST", "/v1/prepare", {"run_id": run_id, "lease_s": lease_s})
-        return PrepareResponse.model_validate(body)
+    async def prepare(self, run_id: str, lease_s: float, hold_at: datetime | None = None) -> PrepareResponse:
+        request: dict[str, Any] = {"run_id": run_id, "lease_s": lease_s}
+        if hold_at is not None:  # only when asked: an agent older than hold_at rejects the field
+            request["hold_at"] = hold_at.isoformat()
+        return PrepareResponse.model_validate(await self._call("POST", "/v1/prepare", request))
 
     async def renew(self, run_id: str, lease_s: float | None = None) -> LeaseInfo:
         return LeaseInfo.model_validate(await self._call("POST", "/v1/renew", {"run_id": run_id, "lease_s": lease_s}))
@@ -171,7 +177,7 @@ class HttpAgentClient:
                                 hint=self._unreachable_hint)
 
 
-def _error_body(response: httpx.Response) -> ErrorBody | None:
+def _error_body(response: httpx.Response | AgentResponse) -> ErrorBody | None:
     if response.is_success:
         return None
     try:
@@ -197,8 +203,8 @@ class EmbeddedAgentClient:
     async def status(self) -> AgentStatus:
         return await self._call(self.service.status)
 
-    async def prepare(self, run_id: str, lease_s: float) -> PrepareResponse:
-        return await self._call(self.service.prepare, run_id, lease_s)
+    async def prepare(self, run_id: str, lease_s: float, hold_at: datetime | None = None) -> PrepareResponse:
+        return await self._call(self.service.prepare, run_id, lease_s, hold_at)
 
     async def renew(self, run_id: str, lease_s: float | None = None) -> LeaseInfo:
         return await self._call(self.service.renew, run_id, lease_s)

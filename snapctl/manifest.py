@@ -25,7 +25,7 @@ class NodeRecord(BaseModel):
     prepare_sent_at: datetime | None = None
     prepare_acked_at: datetime | None = None
     complete_acked_at: datetime | None = None
-    freeze_window_s: float | None = None  # complete acknowledged - prepare sent
+    freeze_window_s: float | None = None  # complete acknowledged - the later of prepare sent and hold_at
     error: str | None = None
 
 
@@ -56,7 +56,9 @@ class Manifest(BaseModel):
     started_at: datetime
     finished_at: datetime | None = None
     nodes: dict[str, NodeRecord] = Field(default_factory=dict)
-    prepare_skew_s: float | None = None  # spread of prepare acknowledgements
+    prepare_skew_s: float | None = None  # spread of prepare acknowledgements, at snapctl
+    hold_at: datetime | None = None  # the instant every node was asked to begin its hold (cluster mode)
+    hold_skew_s: float | None = None  # spread of the instants the engines began holding (their clocks)
     max_freeze_window_s: float | None = None
     consistency: Literal["cluster", "per-node"] = "cluster"
     forced: bool = False

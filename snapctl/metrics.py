@@ -223,6 +223,9 @@ def backup_textfile(inventory: Inventory) -> str:
                 (manifest.finished_at - manifest.started_at).total_seconds(), **c)
     out.add("snapctl_backup_prepare_skew_seconds", "gauge", "Spread of prepare acknowledgements in the newest run.",
             manifest.prepare_skew_s, **c)
+    out.add("snapctl_backup_hold_skew_seconds", "gauge",
+            "Spread of the instants the engines began holding in the newest run (their own clocks).",
+            manifest.hold_skew_s, **c)
     for name, record in manifest.nodes.items():
         out.add("snapctl_backup_freeze_seconds", "gauge", "How long each node was held in the newest run.",
                 record.freeze_window_s, node=name, **c)

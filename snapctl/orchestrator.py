@@ -9,14 +9,16 @@ agents' leases release the engines, and the run's tags let `snapctl gc` find the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 import os
 import secrets
 import socket
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from snapctl import __version__
 from snapctl.agent_client import AgentClient, open_agents
@@ -29,6 +31,9 @@ from snapctl.manifest import Manifest, NodeRecord
 from snapctl.pacing import CreateCallPacer
 from snapctl.probe import probe_all
 from snapctl.providers import TAG_RUN, NodeVolumes, Provider, SnapshotRef, create_provider, snapshot_tags
+
+
+_MAX_AUTO_HOLD_LEAD_S = 2.0
 
 
 @dataclass
@@ -82,6 +87,9 @@ class _Run:
     prepare_sent: dict[str, float] = field(default_factory=dict)  # monotonic
     prepare_acked: dict[str, float] = field(default_factory=dict)
     pacer: CreateCallPacer | None = None  # per-node runs: the provider's create budget, mirrored
+    fan_out_s: float = 0.0  # how long the preflight took to ask every agent: the cost of one fan-out
+    hold_at: datetime | None = None  # cluster runs: when every node begins its hold
+    hold_at_mono: float = 0.0  # the same instant on the monotonic clock
 
 
 async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporter | None = None) -> Manifest | BackupPlan:
@@ -106,10 +114,17 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
         reporter.step("lock", f"locking cluster {inventory.cluster} in {catalog.describe()}")
         lock = catalog.acquire_lock(run_owner(), run_id, policy.lock_ttl_s)
         lock_keeper = _LockKeeper(lock, policy.lock_ttl_s / 3)
+        workers = min(policy.concurrency, len(inventory.nodes)) or 1
+        executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="snapctl-provider")
+        # Started now, while the preflight waits on the network: a thread start waits until the new
+        # thread runs (~1 ms on a busy host), and on the event loop that would delay the holds.
+        threads = asyncio.ensure_future(asyncio.to_thread(_start_threads, executor, workers))
         try:
             _close_abandoned_runs(catalog, run_id)
             # 2. Preflight, before anything is held.
+            preflight_started = time.monotonic()
             verdict = await _preflight(inventory, agents, reporter)
+            fan_out_s = time.monotonic() - preflight_started
             blocking = verdict.at_least("critical")
             manifest = Manifest(
                 cluster=inventory.cluster, run_id=run_id, provider=provider.name, snapctl_version=__version__,
@@ -130,19 +145,18 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
                 catalog.save(manifest)  # the refusal is on record: `snapctl status` shows why
                 raise refusal
             catalog.save(manifest)  # from here on, every snapshot of the run has an owner
-            with ThreadPoolExecutor(max_workers=min(policy.concurrency, len(inventory.nodes)) or 1,
-                                    thread_name_prefix="snapctl-provider") as executor:
-                run = _Run(inventory, manifest, catalog, provider, agents, volumes, reporter, executor)
-                try:
-                    await _hold_snapshot_release(run, options)
-                    lock_keeper.check()
-                    _measure(manifest)
-                    # 8. The manifest, before the (long) wait; if it cannot be written, nothing owns the
-                    # snapshots: roll back rather than leave them behind.
-                    catalog.save(manifest)
-                except BaseException as exc:
-                    await _roll_back(run, exc)
-                    raise _as_run_failure(run, exc) from exc
+            await threads
+            run = _Run(inventory, manifest, catalog, provider, agents, volumes, reporter, executor, fan_out_s=fan_out_s)
+            try:
+                await _hold_snapshot_release(run, options)
+                lock_keeper.check()
+                _measure(manifest)
+                # 8. The manifest, before the (long) wait; if it cannot be written, nothing owns the
+                # snapshots: roll back rather than leave them behind.
+                catalog.save(manifest)
+            except BaseException as exc:
+                await _roll_back(run, exc)
+                raise _as_run_failure(run, exc) from exc
 
             if not options.no_wait:
                 await _wait_for_completion(run)
@@ -157,11 +171,27 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
             return manifest
         finally:
             lock_keeper.stop()
+            # Every snapshot call was awaited (or given up on by the rollback): nothing to wait for.
+            executor.shutdown(wait=False, cancel_futures=True)
             try:
                 lock.release()
             except SnapctlError as exc:  # it expires by itself; this must not hide how the run ended
                 reporter.step("lock", f"could not release the cluster lock (it expires within "
                                       f"{policy.lock_ttl_s:g}s): {exc.message}")
+
+
+def _start_threads(executor: ThreadPoolExecutor, count: int) -> None:
+    """Make ``executor`` start all ``count`` threads now (it starts one per call otherwise, when no
+    thread is idle). Each warm-up call waits until all have started, so none is reused early."""
+    started = threading.Barrier(count)
+
+    def wait_for_all() -> None:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            started.wait(timeout=2)
+
+    with contextlib.suppress(RuntimeError):  # shut down already: the run ended before it started
+        for _ in range(count):
+            executor.submit(wait_for_all)
 
 
 def _close_abandoned_runs(catalog: Catalog, run_id: str) -> None:
@@ -225,7 +255,12 @@ async def _hold_snapshot_release(run: _Run, options: BackupOptions) -> None:
             # soon as that node is held, and it is COMPLETEd as soon as its own create calls returned
             # *and* every node is held. All holds overlap, which is what makes the cut consistent;
             # snapshots never wait for the slowest prepare, so the barrier adds no freeze time.
-            run.reporter.step("prepare", f"preparing {len(nodes)} nodes")
+            lead = _hold_lead(run)
+            if lead > 0:
+                run.hold_at_mono = time.monotonic() + lead
+                run.hold_at = run.manifest.hold_at = now() + timedelta(seconds=lead)
+            run.reporter.step("prepare", f"preparing {len(nodes)} nodes" + (f", holds begin in {lead * 1000:.0f} ms"
+                                                                           if lead > 0 else ""))
             all_held, not_yet_held = asyncio.Event(), set(nodes)
 
             async def hold_then_snapshot(run: _Run, node: str) -> None:
@@ -248,10 +283,9 @@ async def _prepare(run: _Run, node: str) -> None:
     run.held.add(node)  # from the moment it is sent: a timed-out prepare may still have held
     run.reporter.node(node, "preparing")
     try:
-        response = await asyncio.wait_for(
-            run.agents[node].prepare(run.manifest.run_id, run.inventory.policy.lease_ttl_s),
-            run.inventory.policy.prepare_timeout_s,
-        )
+        async with asyncio.timeout(run.inventory.policy.prepare_timeout_s):  # wait_for would cost a task
+            response = await run.agents[node].prepare(run.manifest.run_id, run.inventory.policy.lease_ttl_s,
+                                                      run.hold_at)
     except TimeoutError:
         raise RunFailed(f"node {node}: prepare did not answer within {run.inventory.policy.prepare_timeout_s:g}s",
                         hint="check the engine on that node; raise policy.prepare_timeout_s if it is just slow") from None
@@ -270,9 +304,11 @@ async def _snapshot_then_complete(run: _Run, node: str, all_held: asyncio.Event 
     future = run.executor.submit(run.provider.snapshot, run.volumes[node], tags)
     run.in_flight.append(future)
     # A node may stay frozen no longer than max_freeze_s, whatever the provider does.
-    budget = min(policy.snapshot_timeout_s, policy.max_freeze_s - (time.monotonic() - run.prepare_sent[node]))
+    frozen_s = time.monotonic() - max(run.prepare_sent[node], run.hold_at_mono)
+    budget = min(policy.snapshot_timeout_s, policy.max_freeze_s - frozen_s)
     try:
-        refs = await asyncio.wait_for(asyncio.wrap_future(future), max(budget, 0.001))
+        async with asyncio.timeout(max(budget, 0.001)):
+            refs = await asyncio.wrap_future(future)
     except TimeoutError:
         raise RunFailed(f"node {node}: snapshot calls did not return within {budget:.1f}s (max freeze "
                         f"{policy.max_freeze_s:g}s, snapshot timeout {policy.snapshot_timeout_s:g}s)",
@@ -296,7 +332,7 @@ async def _complete(run: _Run, node: str) -> None:
                         hint="raise policy.lease_ttl_s if snapctl stalls; if nobody else should hold the "
                              "agent's token, rotate it")
     record.complete_acked_at = now()
-    record.freeze_window_s = round(time.monotonic() - run.prepare_sent[node], 6)
+    record.freeze_window_s = round(time.monotonic() - max(run.prepare_sent[node], run.hold_at_mono), 6)
     run.reporter.node(node, "released", f"frozen {record.freeze_window_s:.3f}s")
 
 
@@ -305,7 +341,8 @@ async def _completed(run: _Run, node: str) -> bool:
     False: the run's hold had ended before (the agent answers a repeated complete that way)."""
     timeout = run.inventory.policy.agent_timeout_s
     try:
-        return (await asyncio.wait_for(run.agents[node].complete(run.manifest.run_id), timeout)).released
+        async with asyncio.timeout(timeout):
+            return (await run.agents[node].complete(run.manifest.run_id)).released
     except TimeoutError:
         raise AgentUnreachable(node, f"no answer from the agent to complete within {timeout:g}s",
                                hint="the agent releases the engine itself when the lease runs out") from None
@@ -413,10 +450,25 @@ async def _wait_for_completion(run: _Run) -> None:
     manifest.snapshots_completed = True
 
 
+def _hold_lead(run: _Run) -> float:
+    """How far ahead of sending the prepares their holds begin: enough to send every one of them
+    (as long again as the preflight took to ask every agent), so no node holds before the last
+    prepare went out. Nodes further than that hold late, and ``hold_skew_s`` says so."""
+    configured = run.inventory.policy.hold_lead_s
+    if configured is not None:
+        return configured
+    if len(run.agents) < 2:
+        return 0.0
+    return min(_MAX_AUTO_HOLD_LEAD_S, 1.5 * run.fan_out_s + 0.002)
+
+
 def _measure(manifest: Manifest) -> None:
     acks = [r.prepare_acked_at for r in manifest.nodes.values() if r.prepare_acked_at]
     if len(acks) > 1:
         manifest.prepare_skew_s = round((max(acks) - min(acks)).total_seconds(), 6)
+    holds = [r.state.prepared_at for r in manifest.nodes.values() if r.state]
+    if len(holds) > 1:
+        manifest.hold_skew_s = round((max(holds) - min(holds)).total_seconds(), 6)
     windows = [r.freeze_window_s for r in manifest.nodes.values() if r.freeze_window_s is not None]
     manifest.max_freeze_window_s = max(windows) if windows else None
 

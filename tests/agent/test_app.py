@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -40,9 +41,11 @@ def error_of(response: httpx.Response) -> ErrorBody:
 
 
 def test_a_backup_cycle_over_http(api: httpx.Client, db: Path) -> None:
-    prepared = api.post("/v1/prepare", json={"run_id": "run-1", "lease_s": 60})
+    hold_at = datetime.now(UTC) + timedelta(seconds=0.2)
+    prepared = api.post("/v1/prepare", json={"run_id": "run-1", "lease_s": 60, "hold_at": hold_at.isoformat()})
     assert prepared.status_code == 200, prepared.text
     state = PrepareResponse.model_validate(prepared.json())
+    assert state.state.prepared_at >= hold_at
     assert state.state.facts.tables["items"].rows == 10
     assert not try_write(db)
 

@@ -184,3 +184,53 @@ def test_restore_prepare_is_refused_on_an_agent_serving_a_live_database(engine: 
         assert shm.exists(), "nothing was touched"
     finally:
         live.close()
+
+
+# ---- hold_at: every node of a cluster begins its hold at one agreed instant ----------------
+
+
+def test_a_prepare_with_hold_at_holds_no_earlier_than_that_instant(service: AgentService, db: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    hold_at = datetime.now(UTC) + timedelta(seconds=0.3)
+    answer = service.prepare("run-1", 30, hold_at)
+    assert answer.state.prepared_at >= hold_at
+    assert not try_write(db)
+    service.complete("run-1")
+    assert try_write(db)
+
+
+def test_a_complete_while_the_prepare_waits_for_hold_at_cancels_it(service: AgentService, db: Path) -> None:
+    """A run rolling back completes every node it sent a prepare to; one still waiting for its
+    hold_at must then never hold the engine."""
+    import threading
+    from datetime import UTC, datetime, timedelta
+
+    outcome: list[BaseException | object] = []
+
+    def prepare() -> None:
+        try:
+            outcome.append(service.prepare("run-1", 30, datetime.now(UTC) + timedelta(seconds=5)))
+        except BaseException as exc:  # noqa: BLE001 - the assertion below says what was expected
+            outcome.append(exc)
+
+    waiting = threading.Thread(target=prepare)
+    waiting.start()
+    wait_until(lambda: "run-1" in service._waiting, what="the prepare to wait for its hold_at")
+    answer = service.complete("run-1")
+    waiting.join(timeout=5)
+
+    assert answer.released is False
+    assert isinstance(outcome[0], LeaseConflict) and "cancelled by its complete" in str(outcome[0])
+    assert service.lease is None and try_write(db)
+
+
+def test_hold_at_far_ahead_or_without_a_time_zone_is_refused(service: AgentService) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    with pytest.raises(BadInputError, match=r"hold_at is 6\d\.\ds ahead of this node's clock; at most 10s") as far:
+        service.prepare("run-1", 30, datetime.now(UTC) + timedelta(seconds=61))
+    assert "NTP" in (far.value.hint or "")
+    with pytest.raises(BadInputError, match="has no time zone"):
+        service.prepare("run-1", 30, datetime.now() + timedelta(seconds=1))
+    assert service.lease is None

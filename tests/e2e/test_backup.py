@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import time
+from datetime import datetime
 from pathlib import Path
 
 import yaml
@@ -26,6 +27,10 @@ def _wait_until(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _instant(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
 def test_backup_under_writers_restores_to_the_facts_recorded_at_prepare(cluster, tmp_path):
     backup = cluster.snapctl("backup", "-o", "json", check_json=True)
     assert backup.returncode == 0, backup.stderr
@@ -36,7 +41,9 @@ def test_backup_under_writers_restores_to_the_facts_recorded_at_prepare(cluster,
         assert record["freeze_window_s"] > 0
         assert record["snapshots"] and record["snapshots"][0]["tags"]["snapctl-run"] == manifest["run_id"]
         assert record["state"]["facts"]["tables"]["events"]["rows"] > 0
-    assert manifest["prepare_skew_s"] is not None
+        # Every node was asked to begin its hold at one instant, and none began earlier.
+        assert _instant(record["state"]["prepared_at"]) >= _instant(manifest["hold_at"])
+    assert manifest["prepare_skew_s"] is not None and manifest["hold_skew_s"] is not None
 
     # The writers kept going after the backup: the live databases moved on, the restore must not.
     _wait_until(lambda: cluster.rows("node1") > manifest["nodes"]["node1"]["state"]["facts"]["tables"]["events"]["rows"],

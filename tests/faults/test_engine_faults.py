@@ -10,6 +10,7 @@ mode); node2 and node3 run SQLite.
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,3 +78,25 @@ def test_an_engine_that_hangs_during_complete_is_released_by_the_lease_once_it_a
         # Answering again, the engine is released by the agent when the dead run's lease runs out.
         wait_until(lambda: not questdb.held, 20, "questdb's checkpoint to be released")
         assert cluster.released_by("node1", run_id) == "expired"
+
+
+def test_a_rollback_while_prepares_wait_for_their_hold_instant_leaves_nothing_held(make_cluster, tmp_path,
+                                                                                   silent_port):
+    """Cluster runs send every node one instant to begin its hold (hold_at). node1's engine never
+    answers, so the run fails (after the engine's 1 s timeout) while node2 and node3 still wait for
+    their instant, 4 s ahead: the rollback's complete cancels their prepares, and they never hold."""
+    cluster: FaultCluster = make_cluster(engines={"node1": _questdb(tmp_path / "qdb", f"http://{LOOPBACK}:{silent_port}")})
+    slow_start = cluster.write_inventory(tmp_path / "lead.yaml", policy={"hold_lead_s": "4s"})
+
+    forced = cluster.snapctl("backup", "--force", inventory=slow_start)
+    assert forced.returncode == ExitCode.RUN_FAILED, forced.stderr
+    run_id = max(cluster.run_ids())
+    manifest = cluster.manifest(run_id)
+    assert manifest["status"] == "failed" and manifest["hold_at"] is not None
+    for node in ("node2", "node3"):
+        log = cluster.agents[node].log.read_text(errors="replace")
+        assert f"prepare of run {run_id} cancelled by its complete before its hold began" in log
+    time.sleep(4.5)  # past the instant the holds would have begun
+    assert cluster.held() == set()
+    assert cluster.writable("node2") and cluster.writable("node3")
+    assert cluster.snapshot_dirs(run_id) == []
