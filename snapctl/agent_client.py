@@ -41,10 +41,10 @@ from snapctl.errors import (
     SnapctlError,
 )
 
-if TYPE_CHECKING:
-    import httpx  # imported when the first HTTP client is built: `snapctl --help` stays fast
+from snapctl.agent_transport import AgentResponse, AgentTransport, TransportError, TransportTimeout
 
-    from snapctl.agent_transport import AgentResponse
+if TYPE_CHECKING:
+    import httpx  # imported only for TLS agents: `snapctl --help` and plain-http runs stay fast
 
 T = TypeVar("T")
 
@@ -84,9 +84,10 @@ _TOKEN_HINT = "set auth.token_file in the inventory (or ${env}) to the token the
 
 
 class HttpAgentClient:
-    """An agent over HTTP(S). ``http`` is shared by every node (one pool); this client never closes it."""
+    """An agent over HTTP(S): ``http`` is an ``AgentTransport`` shared by every plain-http agent, or
+    an httpx client (TLS). Whoever made it closes it; this client never does."""
 
-    def __init__(self, node: str, base_url: str, http: httpx.AsyncClient, *, token: str | None,
+    def __init__(self, node: str, base_url: str, http: httpx.AsyncClient | AgentTransport, *, token: str | None,
                  timeout_s: float, token_env: str | None = None, client_cert: bool = False) -> None:
         self.node = node
         self.base_url = base_url.rstrip("/")
@@ -132,23 +133,24 @@ class HttpAgentClient:
         """Nothing to do: the shared pool is closed by whoever opened it (``open_agents``)."""
 
     async def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        import httpx
-
         url = self.base_url + path
-        lean = getattr(self._http, "snapctl_lean", None)  # an AgentTransport: plain-http agents
-        try:
-            if lean is not None:
-                response = await lean.call(method, url, body, self._headers, self._timeout_s)
-            else:
+        if isinstance(self._http, AgentTransport):
+            try:
+                response = await self._http.call(method, url, body, self._headers, self._timeout_s)
+            except TransportTimeout as exc:
+                raise self._timed_out(path) from exc
+            except TransportError as exc:
+                raise self._transport_error(exc) from exc
+        else:
+            import httpx
+
+            try:
                 response = await self._http.request(method, url, json=body, headers=self._headers,
                                                     timeout=self._timeout_s)
-        except httpx.TimeoutException as exc:
-            raise AgentUnreachable(
-                self.node, f"no answer from the agent at {self.base_url} within {self._timeout_s:g}s ({path})",
-                hint=self._unreachable_hint,
-            ) from exc
-        except httpx.TransportError as exc:
-            raise self._transport_error(exc) from exc
+            except httpx.TimeoutException as exc:
+                raise self._timed_out(path) from exc
+            except httpx.TransportError as exc:
+                raise self._transport_error(exc) from exc
         if response.status_code == 204:
             return None
         error = _error_body(response)
@@ -168,7 +170,11 @@ class HttpAgentClient:
             raise AgentConflict(self.node, message, status=status, hint=hint, holder=error.holder if error else None)
         raise AgentError(self.node, message, status=status, hint=hint)
 
-    def _transport_error(self, exc: httpx.TransportError) -> AgentError:
+    def _timed_out(self, path: str) -> AgentUnreachable:
+        return AgentUnreachable(self.node, f"no answer from the agent at {self.base_url} within {self._timeout_s:g}s "
+                                           f"({path})", hint=self._unreachable_hint)
+
+    def _transport_error(self, exc: Exception) -> AgentError:
         reason = str(exc) or type(exc).__name__
         if "CERTIFICATE_VERIFY_FAILED" in reason or "certificate" in reason.lower():
             return AgentUnreachable(self.node, f"tls with the agent at {self.base_url} failed: {reason}",
@@ -260,24 +266,25 @@ async def open_agents(inventory: Inventory) -> AsyncIterator[dict[str, AgentClie
     timeout_s = inventory.policy.agent_timeout_s
     clients: dict[str, AgentClient] = {}
     services: list[EmbeddedAgentClient] = []
-    pools: list[httpx.AsyncClient] = []
+    pools: list[httpx.AsyncClient | AgentTransport] = []
     executor = ThreadPoolExecutor(min(len(embedded), _MAX_EMBEDDED_THREADS), thread_name_prefix="embedded-agent") \
         if embedded else None
     try:
         if remote:
             token = load_agent_token(inventory)
             _raise_open_files_limit(len(remote) + 64)
-            tls = _tls_context(inventory, https=any(node.agent.startswith("https:") for node in remote))
-            plain: httpx.AsyncClient | None = None
+            tls = _tls_context(inventory) if any(node.agent.startswith("https:") for node in remote) else None
+            plain: AgentTransport | None = None
             for node in remote:
                 # Never one httpcore pool for all: it scans every pooled connection on each
                 # request, so a fan-out over N agents would cost O(N²).
+                http: httpx.AsyncClient | AgentTransport
                 if node.agent.startswith("https:"):
                     http = _http_client(inventory, tls=tls)
                     pools.append(http)
                 else:
                     if plain is None:
-                        plain = _http_client(inventory, tls=tls, lean=True)
+                        plain = AgentTransport()
                         pools.append(plain)
                     http = plain
                 clients[node.name] = HttpAgentClient(node.name, node.agent, http, token=token, timeout_s=timeout_s,
@@ -320,7 +327,7 @@ def load_agent_token(inventory: Inventory) -> str | None:
     return None
 
 
-def _tls_context(inventory: Inventory, *, https: bool = True) -> ssl.SSLContext:
+def _tls_context(inventory: Inventory) -> ssl.SSLContext:
     """One TLS context for every agent: building one loads a CA store (milliseconds each)."""
     import httpx
 
@@ -334,15 +341,11 @@ def _tls_context(inventory: Inventory, *, https: bool = True) -> ssl.SSLContext:
         except (OSError, ssl.SSLError) as exc:
             raise InventoryError(f"{inventory.source}: cannot load the TLS files under auth: {exc}") from exc
         return verify
-    if https:
-        return httpx.create_ssl_context(verify=True, trust_env=False)
-    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # plain http: never used, and costs nothing to make
+    return httpx.create_ssl_context(verify=True, trust_env=False)
 
 
-def _http_client(inventory: Inventory, nodes: int = 1, *, tls: ssl.SSLContext | None = None,
-                 lean: bool = False) -> httpx.AsyncClient:
-    """A client for ``nodes`` agents (open_agents makes one per TLS agent and shares ``tls``).
-    ``lean``: for plain-http agents, any number, through ``AgentTransport`` (half the CPU)."""
+def _http_client(inventory: Inventory, nodes: int = 1, *, tls: ssl.SSLContext | None = None) -> httpx.AsyncClient:
+    """An httpx client for ``nodes`` TLS agents (open_agents makes one per agent and shares ``tls``)."""
     import httpx
 
     if tls is None:
@@ -350,15 +353,7 @@ def _http_client(inventory: Inventory, nodes: int = 1, *, tls: ssl.SSLContext | 
         tls = _tls_context(inventory)
     # A few connections per agent: prepare, renew and complete of one run may overlap.
     limits = httpx.Limits(max_connections=nodes + 3, max_keepalive_connections=nodes + 3)
-    transport = None
-    if lean:
-        from snapctl.agent_transport import AgentTransport
-
-        transport = AgentTransport()
-    client = httpx.AsyncClient(verify=tls, limits=limits, timeout=inventory.policy.agent_timeout_s, trust_env=False,
-                               transport=transport)
-    client.snapctl_lean = transport  # HttpAgentClient sends through it directly (see AgentTransport.call)
-    return client
+    return httpx.AsyncClient(verify=tls, limits=limits, timeout=inventory.policy.agent_timeout_s, trust_env=False)
 
 
 def _raise_open_files_limit(wanted: int) -> None:

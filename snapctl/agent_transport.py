@@ -1,26 +1,35 @@
-"""A lean HTTP/1.1 keep-alive transport for httpx, for plain-http agents.
+"""A lean HTTP/1.1 keep-alive client for plain-http agents, without httpx.
 
-httpx's default stack (httpcore, anyio, h11) costs about a millisecond of CPU per request. A run
-over 1000 agents makes thousands of small requests from one Python thread, so that cost is the
-difference between a fan-out that takes a second and one that takes several. This transport
-speaks just what the agent API needs (one request at a time per connection, Content-Length or
-chunked bodies, keep-alive) on asyncio streams, and finds an agent's idle connections by its
-address in O(1) (httpcore's pool scans every connection on each request: O(N) per call). httpx stays the client: requests, responses,
-timeouts and errors (``httpx.TimeoutException``, ``httpx.TransportError``) are the same.
-TLS agents keep httpx's default transport.
+httpx's stack (httpcore, anyio, h11, its request and response models) costs about a millisecond
+of CPU per request, and importing it ~0.1 s. A run over 1000 agents makes thousands of small
+requests from one Python thread, so that cost is the difference between a fan-out that takes a
+second and one that takes several. This transport speaks just what the agent API needs (one JSON
+request at a time per connection, Content-Length or chunked bodies, keep-alive) on a bare asyncio
+protocol, and finds an agent's idle connections by its address in O(1) (httpcore's pool scans
+every connection on each request: O(N) per call). TLS agents keep httpx.
+
+Errors are ``TransportTimeout`` (no answer in time) and ``TransportError`` (anything else that
+went wrong on the way); the agent client turns both into errors naming the node.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
-
 _MAX_HEAD = 64 * 1024
 _IDLE_KEPT = 4
+
+
+class TransportError(Exception):
+    """The request did not get an answer: connection refused or reset, a malformed response."""
+
+
+class TransportTimeout(TransportError):
+    """No connection, or no answer, within the timeout."""
 
 
 class AgentResponse:
@@ -106,25 +115,14 @@ class _Connection(asyncio.Protocol):
             waiter.set_exception(_Stale() if not self.buffer else ConnectionResetError(str(lost or "connection closed")))
 
 
-class AgentTransport(httpx.AsyncBaseTransport):
-    """Plain HTTP/1.1 to any number of agents, connections kept alive between calls. Serves as an
-    httpx transport, and through ``call`` for the agent client's own requests (past httpx's
-    request and response layers, which cost more than the exchange itself)."""
+class AgentTransport:
+    """Plain HTTP/1.1 to any number of agents, connections kept alive between calls."""
 
     def __init__(self) -> None:
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        timeouts = request.extensions.get("timeout", {})
-        url = request.url
-        status, headers, body, version = await self._roundtrip(
-            url.host, url.port or 80, self._serialize(request), timeouts.get("connect"), timeouts.get("read"), request)
-        return httpx.Response(status, headers=headers, content=body, request=request,
-                              extensions={"http_version": version.encode()})
-
     async def call(self, method: str, url: str, body: Any, headers: dict[str, str], timeout: float | None) -> AgentResponse:
-        """One JSON request (``body`` None: no body) to ``url``; errors are httpx's, as for a client.
-        The answer is an ``AgentResponse``: building an ``httpx.Response`` costs more than the exchange."""
+        """One JSON request (``body`` None: no body) to ``url``."""
         parts = urlsplit(url)
         host, port = parts.hostname or "", parts.port or 80
         payload = b"" if body is None else json.dumps(body, ensure_ascii=False, separators=(",", ":"),
@@ -137,11 +135,10 @@ class AgentTransport(httpx.AsyncBaseTransport):
         if body is not None or method not in ("GET", "HEAD"):
             lines.append(f"Content-Length: {len(payload)}")
         data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload
-        status, _, content, _ = await self._roundtrip(host, port, data, timeout, timeout, None)
+        status, _, content, _ = await self._roundtrip(host, port, data, timeout, method)
         return AgentResponse(status, content)
 
-    async def _roundtrip(self, host: str, port: int, data: bytes, connect_timeout: float | None,
-                         read_timeout: float | None, request: httpx.Request | None):
+    async def _roundtrip(self, host: str, port: int, data: bytes, timeout: float | None, method: str):
         idle = self._idle.setdefault((host, port), [])
         while True:
             conn = idle.pop() if idle else None
@@ -151,22 +148,20 @@ class AgentTransport(httpx.AsyncBaseTransport):
             break
         reused = conn is not None
         if conn is None:
-            conn = await self._connect(host, port, connect_timeout, request)
+            conn = await self._connect(host, port, timeout)
         try:
             try:
-                answer = await self._exchange(conn, data, read_timeout, request)
+                answer = await self._exchange(conn, data, timeout, method)
             except _Stale:
                 if not reused:
-                    raise httpx.RemoteProtocolError("the agent closed the connection without answering",
-                                                    request=request) from None
+                    raise TransportError("the agent closed the connection without answering") from None
                 # A kept-alive connection the agent had just closed: the request never reached it.
                 conn.close()
-                conn = await self._connect(host, port, connect_timeout, request)
+                conn = await self._connect(host, port, timeout)
                 try:
-                    answer = await self._exchange(conn, data, read_timeout, request)
+                    answer = await self._exchange(conn, data, timeout, method)
                 except _Stale:
-                    raise httpx.RemoteProtocolError("the agent closed the connection without answering",
-                                                    request=request) from None
+                    raise TransportError("the agent closed the connection without answering") from None
         except BaseException:
             conn.close()  # half-used (a timeout, a cancel): never reused
             raise
@@ -185,39 +180,29 @@ class AgentTransport(httpx.AsyncBaseTransport):
             await asyncio.wait([conn.closed for conn in connections], timeout=1)
 
     @staticmethod
-    def _serialize(request: httpx.Request) -> bytes:
-        target = request.url.raw_path.decode("ascii")
-        body = request.content
-        lines = [f"{request.method} {target} HTTP/1.1"]
-        for name, value in request.headers.multi_items():
-            lines.append(f"{name}: {value}")
-        if body and "content-length" not in request.headers:
-            lines.append(f"Content-Length: {len(body)}")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
-
-    @staticmethod
-    async def _connect(host: str, port: int, timeout: float | None, request: httpx.Request | None) -> _Connection:
+    async def _connect(host: str, port: int, timeout: float | None) -> _Connection:
         try:
             async with asyncio.timeout(timeout):  # not wait_for: that costs a task per call
                 _, conn = await asyncio.get_running_loop().create_connection(_Connection, host, port)
         except TimeoutError:
-            raise httpx.ConnectTimeout(f"connect to {host}:{port} timed out", request=request) from None
-        except OSError as exc:
-            raise httpx.ConnectError(exc.strerror or str(exc), request=request) from exc
+            raise TransportTimeout(f"connect to {host}:{port} timed out") from None
+        except OSError as exc:  # asyncio words it "Connect call failed (addr)": the errno says why
+            raise TransportError(os.strerror(exc.errno).lower() if exc.errno else str(exc)) from exc
         return conn
 
-    async def _exchange(self, conn: _Connection, data: bytes, timeout: float | None, request: httpx.Request | None):
+    @staticmethod
+    async def _exchange(conn: _Connection, data: bytes, timeout: float | None, method: str):
         try:
             async with asyncio.timeout(timeout):
-                return await conn.send(data, request.method if request is not None else "")
+                return await conn.send(data, method)
         except TimeoutError:
-            raise httpx.ReadTimeout("the agent did not answer in time", request=request) from None
+            raise TransportTimeout("the agent did not answer in time") from None
         except _Stale:
             raise
         except ConnectionError as exc:
-            raise httpx.ReadError(str(exc) or type(exc).__name__, request=request) from exc
+            raise TransportError(str(exc) or type(exc).__name__) from exc
         except ValueError as exc:
-            raise httpx.RemoteProtocolError(str(exc), request=request) from exc
+            raise TransportError(f"malformed answer: {exc}") from exc
 
 
 def _parse_response(buffer: bytearray, method: str, eof: bool):

@@ -8,7 +8,6 @@ import asyncio
 import socket
 from datetime import UTC, datetime, timedelta
 
-import httpx
 import pytest
 
 from bench.leanagent import serve_lean
@@ -28,12 +27,10 @@ async def _with_agent(check) -> None:
     server = asyncio.create_task(serve_lean({"n1": sock}, TOKEN, 0.02, 0.0, stop))
     await asyncio.sleep(0.05)
     transport = AgentTransport()
-    http = httpx.AsyncClient(transport=transport)
-    http.snapctl_lean = transport
     try:
-        await check(lambda token=TOKEN: HttpAgentClient("n1", url, http, token=token, timeout_s=5))
+        await check(lambda token=TOKEN: HttpAgentClient("n1", url, transport, token=token, timeout_s=5))
     finally:
-        await http.aclose()
+        await transport.aclose()
         stop.set()
         await server
 
