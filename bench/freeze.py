@@ -126,7 +126,8 @@ def scaling(sizes: list[int], repeats: int, prepare_latency: float, create_laten
     for row, n in zip(rows, sizes):
         row.append(ratio(walls[n] / reference) if reference else "-")
     out = table(
-        f"Freeze window and skew, rate limit not binding ({served} agents, prepare {prepare_latency * 1000:.0f} ms, "
+        f"Freeze window and skew, rate limit not binding ({'real agent stack, ' if stack == 'real' else ''}"
+        f"{served} agents, prepare {prepare_latency * 1000:.0f} ms, "
         f"create {create_latency * 1000:.0f} ms; pooled over runs)",
         ["N", "runs", "prepare RTT p50 ms", "RTT p99", "freeze p50 ms", "freeze p99", "margin p99 ms",
          "margin<=20ms", "ack skew ms", "hold skew ms", "wall s", "snapctl CPU ms/node", "agents CPU ms/node",
