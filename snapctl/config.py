@@ -77,7 +77,7 @@ class Policy(Strict):
     consistency: Literal["cluster", "per-node"] = "cluster"
     # Cluster mode: every prepare carries one instant to begin the hold, this far ahead of sending
     # them, so holds begin together however long N requests take to send. None: from the
-    # preflight's fan-out time (capped at 2 s); 0: each node holds as its prepare arrives.
+    # preflight's fan-out time (at most 2 s); 0: each node holds as its prepare arrives.
     hold_lead_s: float | None = Field(default=None, ge=0, le=10)
     trigger_engine_snapshot: bool = False
     lock_ttl_s: float = 120.0

@@ -9,14 +9,12 @@ agents' leases release the engines, and the run's tags let `snapctl gc` find the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import getpass
 import os
 import secrets
 import socket
-import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -30,6 +28,7 @@ from snapctl.health import Verdict, assess
 from snapctl.manifest import Manifest, NodeRecord
 from snapctl.pacing import CreateCallPacer
 from snapctl.probe import probe_all
+from snapctl.provider_threads import ProviderThreads
 from snapctl.providers import TAG_RUN, NodeVolumes, Provider, SnapshotRef, create_provider, snapshot_tags
 
 
@@ -79,7 +78,7 @@ class _Run:
     agents: dict[str, AgentClient]
     volumes: dict[str, NodeVolumes]
     reporter: Reporter
-    executor: ThreadPoolExecutor
+    executor: ProviderThreads
     held: set[str] = field(default_factory=set)  # prepare sent and not yet completed
     lost_hold: dict[str, str] = field(default_factory=dict)  # node -> why its lease was lost
     in_flight: list[Future[list[SnapshotRef]]] = field(default_factory=list)
@@ -114,11 +113,8 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
         reporter.step("lock", f"locking cluster {inventory.cluster} in {catalog.describe()}")
         lock = catalog.acquire_lock(run_owner(), run_id, policy.lock_ttl_s)
         lock_keeper = _LockKeeper(lock, policy.lock_ttl_s / 3)
-        workers = min(policy.concurrency, len(inventory.nodes)) or 1
-        executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="snapctl-provider")
-        # Started now, while the preflight waits on the network: a thread start waits until the new
-        # thread runs (~1 ms on a busy host), and on the event loop that would delay the holds.
-        threads = asyncio.ensure_future(asyncio.to_thread(_start_threads, executor, workers))
+        executor = ProviderThreads(min(policy.concurrency, len(inventory.nodes)))
+        executor.start()
         try:
             _close_abandoned_runs(catalog, run_id)
             # 2. Preflight, before anything is held.
@@ -145,7 +141,6 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
                 catalog.save(manifest)  # the refusal is on record: `snapctl status` shows why
                 raise refusal
             catalog.save(manifest)  # from here on, every snapshot of the run has an owner
-            await threads
             run = _Run(inventory, manifest, catalog, provider, agents, volumes, reporter, executor, fan_out_s=fan_out_s)
             try:
                 await _hold_snapshot_release(run, options)
@@ -171,27 +166,12 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
             return manifest
         finally:
             lock_keeper.stop()
-            # Every snapshot call was awaited (or given up on by the rollback): nothing to wait for.
-            executor.shutdown(wait=False, cancel_futures=True)
+            executor.shutdown()  # every snapshot call was awaited, or given up on by the rollback
             try:
                 lock.release()
             except SnapctlError as exc:  # it expires by itself; this must not hide how the run ended
                 reporter.step("lock", f"could not release the cluster lock (it expires within "
                                       f"{policy.lock_ttl_s:g}s): {exc.message}")
-
-
-def _start_threads(executor: ThreadPoolExecutor, count: int) -> None:
-    """Make ``executor`` start all ``count`` threads now (it starts one per call otherwise, when no
-    thread is idle). Each warm-up call waits until all have started, so none is reused early."""
-    started = threading.Barrier(count)
-
-    def wait_for_all() -> None:
-        with contextlib.suppress(threading.BrokenBarrierError):
-            started.wait(timeout=2)
-
-    with contextlib.suppress(RuntimeError):  # shut down already: the run ended before it started
-        for _ in range(count):
-            executor.submit(wait_for_all)
 
 
 def _close_abandoned_runs(catalog: Catalog, run_id: str) -> None:
@@ -451,15 +431,15 @@ async def _wait_for_completion(run: _Run) -> None:
 
 
 def _hold_lead(run: _Run) -> float:
-    """How far ahead of sending the prepares their holds begin: enough to send every one of them
-    (as long again as the preflight took to ask every agent), so no node holds before the last
-    prepare went out. Nodes further than that hold late, and ``hold_skew_s`` says so."""
+    """How far ahead of sending the prepares their holds begin: as long as the preflight took to ask
+    every agent, which opened the connections the prepares now reuse, so sending them takes less.
+    A node whose prepare arrives later holds late, and ``hold_skew_s`` says so."""
     configured = run.inventory.policy.hold_lead_s
     if configured is not None:
         return configured
     if len(run.agents) < 2:
         return 0.0
-    return min(_MAX_AUTO_HOLD_LEAD_S, 1.5 * run.fan_out_s + 0.002)
+    return min(_MAX_AUTO_HOLD_LEAD_S, run.fan_out_s + 0.002)
 
 
 def _measure(manifest: Manifest) -> None:
