@@ -2,7 +2,9 @@
 files, reflinks where the filesystem has them, kernel-side copies otherwise.
 
 Nothing here reads a whole file into memory: data moves in large chunks through
-``copy_file_range``/``sendfile`` and only falls back to a bounded userspace buffer.
+``copy_file_range``/``sendfile`` and only falls back to a bounded userspace buffer. Several files
+are copied at once (the kernel does the copying, outside the GIL), and a copied tree is durable
+when ``copy_tree`` returns: see ``durable.py``.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ import fcntl
 import os
 import stat
 import threading
-from collections.abc import Mapping
-from contextvars import ContextVar
+from collections.abc import Callable, Mapping
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+
+from .durable import Durability, current_durability, fsync_path, using_durability
 
 FICLONE = 0x40049409  # _IOW(0x94, 9, int) from linux/fs.h
 KERNEL_CHUNK = 64 * 1024 * 1024
@@ -28,8 +32,9 @@ _LINK_FALLBACK = {errno.ENOENT, errno.EMLINK, errno.EXDEV, errno.EPERM}
 
 ReflinkMode = Literal["auto", "always", "never"]
 
-# Set by copy_tree for its own thread: the files copied so far, fsynced in one pass at the end.
-_unsynced: ContextVar[list[Path] | None] = ContextVar("unsynced", default=None)
+# Files copied at once. Each copy is one long syscall that releases the GIL; beyond the cores,
+# more threads only queue behind each other (and on a slow disk, all wait for the disk alike).
+COPY_THREADS = max(1, min(4, os.cpu_count() or 1))
 
 
 class ReflinkUnsupported(OSError):
@@ -95,24 +100,24 @@ class FileCopier:
     def copy_file(self, src: Path, dst: Path, src_dev: int) -> Literal["reflinked", "copied"]:
         """Copy ``src``'s data into a new file ``dst`` (which must not exist) and fsync it; inside
         ``copy_tree`` the fsync is left to its final pass (the write-back is only started here)."""
-        with open(src, "rb", buffering=0) as source:
+        in_fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+        try:
             out_fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             try:
                 how: Literal["reflinked", "copied"] = "copied"
-                if self._clone(source.fileno(), out_fd, src_dev):
+                if self._clone(in_fd, out_fd, src_dev):
                     how = "reflinked"
                 else:
-                    copy_data(source.fileno(), out_fd)
-                unsynced = _unsynced.get()
-                if unsynced is None:
+                    copy_data(in_fd, out_fd)
+                durability = current_durability()
+                if durability is None:
                     os.fsync(out_fd)
                 else:
-                    unsynced.append(dst)
-                    # Starts write-back now without waiting for it, so the disk writes this file
-                    # while we copy the next; the snapshot's copy is not read again soon anyway.
-                    os.posix_fadvise(out_fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                    durability.written(out_fd, dst)
             finally:
                 os.close(out_fd)
+        finally:
+            os.close(in_fd)
         return how
 
     def _clone(self, in_fd: int, out_fd: int, src_dev: int) -> bool:
@@ -166,43 +171,111 @@ def _sendfile_chunk(in_fd: int, out_fd: int) -> int:
     return os.sendfile(out_fd, in_fd, None, KERNEL_CHUNK)
 
 
-def copy_tree(src_root: Path, dst_root: Path, copier: FileCopier, link_from: LinkSource | None = None) -> CopyStats:
-    """Recreate ``src_root`` as ``dst_root`` (which must not exist).
+def copy_tree(
+    src_root: Path,
+    dst_root: Path,
+    copier: FileCopier,
+    link_from: LinkSource | None = None,
+    *,
+    durable: bool = True,
+    threads: int = COPY_THREADS,
+) -> CopyStats:
+    """Recreate ``src_root`` as ``dst_root`` (which must not exist), on disk when this returns.
 
     Regular files matching ``link_from``'s index (same relative path, size, mtime and mode) are
-    hard-linked from it; all others are copied. Modes, mtimes and symlinks are kept, and so are
-    owners when running as root. Directory metadata is applied last, children first, because
-    creating entries would change a directory's mtime and a read-only directory takes no entries.
+    hard-linked from it; all others are copied, ``threads`` at a time. Modes, mtimes and symlinks
+    are kept, and so are owners when running as root. Directory metadata is applied last, children
+    first, because creating entries would change a directory's mtime and a read-only directory
+    takes no entries. ``durable=False`` skips every fsync: only for measuring the copy itself.
     """
     stats = CopyStats()
     as_root = os.geteuid() == 0
-    dirs: list[tuple[Path, os.stat_result]] = []
-    unsynced: list[Path] = []  # copied files whose data is durable only after the fsync pass below
-    token = _unsynced.set(unsynced)
+    dirs: list[tuple[str, os.stat_result]] = []
+    durability = Durability(durable)
+    copies = _Copies(threads, stats, durability)
     try:
-        _copy_entries(src_root, dst_root, copier, link_from, stats, as_root, dirs)
+        _copy_entries(src_root, dst_root, copier, link_from, stats, as_root, dirs, copies)
+        copies.finish()
+        durability.stop()
+        for dst_dir, dir_stat in reversed(dirs):
+            try:
+                _apply_metadata(dst_dir, dir_stat, as_root, symlink=False)
+            except OSError as exc:
+                raise TreeCopyError(Path(dst_dir), exc) from exc
+        if durable:
+            # Write-back of every file started as it was copied, so these mostly wait for the last
+            # few files and commit the metadata; the directories make the entries durable.
+            copies.run_all(fsync_path, [*durability.files, *(d for d, _ in dirs)])
     finally:
-        _unsynced.reset(token)
-    # One fsync per file after all are written, not after each: waiting on the disk file by file
-    # made a full snapshot twice as slow; the data is just as durable before anything is published.
-    for path in unsynced:
-        try:
-            _fsync_file(path)
-        except OSError as exc:
-            raise TreeCopyError(path, exc) from exc
-    for dst_dir, dir_stat in reversed(dirs):
-        try:
-            _apply_metadata(dst_dir, dir_stat, as_root, symlink=False)
-        except OSError as exc:
-            raise TreeCopyError(dst_dir, exc) from exc
+        copies.close()
+        durability.stop()
     return stats
 
 
+class _Copies:
+    """File copies on worker threads: a bounded backlog (memory stays flat however many files),
+    counted into ``stats`` as they finish; the first failure stops the tree copy."""
+
+    def __init__(self, threads: int, stats: CopyStats, durability: Durability) -> None:
+        self._executor = ThreadPoolExecutor(max(1, threads), thread_name_prefix="snapctl-copy")
+        self._backlog = 4 * max(1, threads)
+        self._pending: dict[Future[str | None], str | Path] = {}
+        self._stats = stats
+        self._durability = durability
+
+    def submit(self, src: Path, dst: Path, st: os.stat_result, copier: FileCopier, as_root: bool) -> None:
+        if len(self._pending) >= self._backlog:
+            self._collect(FIRST_COMPLETED)
+        future = self._executor.submit(_copy_one, self._durability, copier, src, dst, st, as_root)
+        self._pending[future] = src
+
+    def finish(self) -> None:
+        self._collect(ALL_COMPLETED)
+
+    def run_all(self, call: Callable[[str | Path], None], paths: list[str | Path]) -> None:
+        for path in paths:
+            if len(self._pending) >= self._backlog:
+                self._collect(FIRST_COMPLETED)
+            self._pending[self._executor.submit(call, path)] = path
+        self._collect(ALL_COMPLETED)
+
+    def close(self) -> None:
+        # Also on failure: no worker may still write into a tree the caller is about to remove.
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def _collect(self, return_when: str) -> None:
+        done, _ = wait(self._pending, return_when=return_when)
+        for future in done:
+            path = self._pending.pop(future)
+            try:
+                how = future.result()
+            except ReflinkUnsupported:
+                raise
+            except OSError as exc:
+                raise TreeCopyError(Path(path), exc) from exc
+            if how == "reflinked":
+                self._stats.reflinked_files += 1
+            elif how == "copied":
+                self._stats.copied_files += 1
+
+
+def _copy_one(durability: Durability, copier: FileCopier, src: Path, dst: Path, st: os.stat_result,
+              as_root: bool) -> str:
+    with using_durability(durability):
+        how = copier.copy_file(src, dst, st.st_dev)
+    _apply_metadata(dst, st, as_root, symlink=False)
+    return how
+
+
 def _copy_entries(src_root: Path, dst_root: Path, copier: FileCopier, link_from: LinkSource | None,
-                  stats: CopyStats, as_root: bool, dirs: list[tuple[Path, os.stat_result]]) -> None:
-    pending: list[tuple[Path, Path]] = [(src_root, dst_root)]
+                  stats: CopyStats, as_root: bool, dirs: list[tuple[str, os.stat_result]], copies: _Copies) -> None:
+    # Plain strings, not Paths: pathlib's joins and relative_to cost more than the link or stat
+    # they name, and an incremental snapshot is mostly links.
+    link_dir = "" if link_from is None else os.fspath(link_from.data_dir)
+    link_index: Mapping[str, FileFacts] = {} if link_from is None else link_from.index
+    pending: list[tuple[str, str, str]] = [(os.fspath(src_root), os.fspath(dst_root), "")]
     while pending:
-        src_dir, dst_dir = pending.pop()
+        src_dir, dst_dir, rel_dir = pending.pop()
         try:
             dir_stat = os.lstat(src_dir)
             os.mkdir(dst_dir, 0o700)
@@ -210,76 +283,45 @@ def _copy_entries(src_root: Path, dst_root: Path, copier: FileCopier, link_from:
             with os.scandir(src_dir) as entries:
                 children = sorted(entries, key=lambda e: e.name)
         except OSError as exc:
-            raise TreeCopyError(src_dir, exc) from exc
+            raise TreeCopyError(Path(src_dir), exc) from exc
         for entry in children:
-            src, dst = Path(entry.path), dst_dir / entry.name
+            src, dst, rel = entry.path, os.path.join(dst_dir, entry.name), rel_dir + entry.name
             try:
                 st = entry.stat(follow_symlinks=False)
                 if stat.S_ISDIR(st.st_mode):
-                    pending.append((src, dst))
+                    pending.append((src, dst, rel + "/"))
                 elif stat.S_ISLNK(st.st_mode):
                     os.symlink(os.readlink(src), dst)
                     _apply_metadata(dst, st, as_root, symlink=True)
                 elif stat.S_ISREG(st.st_mode):
-                    _copy_regular(src, dst, st, src_root, copier, link_from, stats, as_root)
+                    facts = FileFacts.of(st)
+                    stats.files[rel] = facts
+                    stats.bytes_total += st.st_size
+                    if not (link_index.get(rel) == facts and _linked(os.path.join(link_dir, rel), dst, stats)):
+                        stats.bytes_copied += st.st_size
+                        copies.submit(Path(src), Path(dst), st, copier, as_root)
                 else:
-                    stats.skipped.append(src.relative_to(src_root).as_posix())
+                    stats.skipped.append(rel)
             except ReflinkUnsupported:
                 raise
             except OSError as exc:
-                raise TreeCopyError(src, exc) from exc
+                raise TreeCopyError(Path(src), exc) from exc
 
 
-def _copy_regular(
-    src: Path,
-    dst: Path,
-    st: os.stat_result,
-    src_root: Path,
-    copier: FileCopier,
-    link_from: LinkSource | None,
-    stats: CopyStats,
-    as_root: bool,
-) -> None:
-    rel = src.relative_to(src_root).as_posix()
-    facts = FileFacts.of(st)
-    stats.files[rel] = facts
-    stats.bytes_total += st.st_size
-    if link_from is not None and link_from.index.get(rel) == facts:
-        try:
-            os.link(link_from.data_dir / rel, dst, follow_symlinks=False)
-            stats.linked_files += 1
-            return
-        except OSError as exc:
-            # The earlier copy vanished (deleted meanwhile) or hit the link limit: copy instead.
-            if exc.errno not in _LINK_FALLBACK:
-                raise
-    how = copier.copy_file(src, dst, st.st_dev)
-    if how == "reflinked":
-        stats.reflinked_files += 1
-    else:
-        stats.copied_files += 1
-    stats.bytes_copied += st.st_size
-    _apply_metadata(dst, st, as_root, symlink=False)
-
-
-def _fsync_file(path: Path) -> None:
-    """fsync a file already given its final mode, which may forbid its owner to open it."""
+def _linked(earlier: str, dst: str, stats: CopyStats) -> bool:
+    """Hard-link an unchanged file from the earlier snapshot; False: copy it instead."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except PermissionError:
-        mode = stat.S_IMODE(os.lstat(path).st_mode)
-        os.chmod(path, mode | stat.S_IRUSR)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        finally:
-            os.chmod(path, mode)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        os.link(earlier, dst, follow_symlinks=False)
+    except OSError as exc:
+        # The earlier copy vanished (deleted meanwhile) or hit the link limit: copy instead.
+        if exc.errno not in _LINK_FALLBACK:
+            raise
+        return False
+    stats.linked_files += 1
+    return True
 
 
-def _apply_metadata(path: Path, st: os.stat_result, as_root: bool, *, symlink: bool) -> None:
+def _apply_metadata(path: str | Path, st: os.stat_result, as_root: bool, *, symlink: bool) -> None:
     if as_root:
         os.chown(path, st.st_uid, st.st_gid, follow_symlinks=False)
     if not symlink:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +69,7 @@ class LocalProvider:
         tagged_cluster = tags.get(TAG_CLUSTER)
         if tagged_cluster is not None and tagged_cluster != self.cluster:
             raise BadInputError(f"node {node}: tags name cluster {tagged_cluster!r} but this provider serves {self.cluster!r}")
-        run = filename_safe(tags.get(TAG_RUN) or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ"))
+        run = filename_safe(tags.get(TAG_RUN) or datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ"))
         refs: list[SnapshotRef] = []
         try:
             with self.store.node_lock(node):
@@ -286,7 +286,7 @@ class LocalProvider:
             "volume": volume.name,
             "source": str(volume.path),
             "state": "completed",
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
+            "created_at": datetime.now(UTC).isoformat(timespec="microseconds"),
             "tags": {**tags, TAG_VOLUME: volume.name},
             "bytes": stats.bytes_total,
             "copied_bytes": stats.bytes_copied,

@@ -137,7 +137,9 @@ def read_metadata(snap_dir: Path) -> dict[str, Any] | None:
 
 
 def write_metadata(snap_dir: Path, meta: dict[str, Any]) -> None:
-    _write_json(snap_dir / METADATA, meta)
+    # Compact: with an indent, json leaves its C encoder for the Python one, 4x slower on the file
+    # index (8 vs 2 ms per thousand files), and that is written inside the engine's freeze window.
+    _write_json(snap_dir / METADATA, meta, indent=None)
 
 
 def restore_marker(dest: Path) -> Path:
@@ -167,10 +169,10 @@ def read_restore_marker(dest: Path) -> dict[str, Any] | None:
     return marker if isinstance(marker, dict) else None
 
 
-def _write_json(target: Path, document: dict[str, Any]) -> None:
+def _write_json(target: Path, document: dict[str, Any], indent: int | None = 1) -> None:
     """Atomically: a temp file beside ``target``, fsynced, renamed over it."""
     temp = target.with_name(f".{target.name}.tmp")
-    data = json.dumps(document, indent=1, sort_keys=False).encode()
+    data = json.dumps(document, indent=indent, separators=None if indent else (",", ":")).encode()
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
         view = memoryview(data)
