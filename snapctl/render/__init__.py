@@ -108,7 +108,8 @@ class Renderer:
                           _bytes(sum(r.bytes or 0 for r in record.snapshots)),
                           ", ".join(sorted({r.state for r in record.snapshots})) or "-")
         self.out.print(table)
-        self.out.print(f"prepare skew {_seconds(m.prepare_skew_s)}, longest freeze {_seconds(m.max_freeze_window_s)}"
+        holds = f"holds began within {_seconds(m.hold_skew_s)}, " if m.hold_skew_s is not None else ""
+        self.out.print(f"{holds}prepare skew {_seconds(m.prepare_skew_s)}, longest freeze {_seconds(m.max_freeze_window_s)}"
                        + (f", degraded: {'; '.join(m.degradations)}" if m.degradations else ""))
         from snapctl.render.retention import backup_retention_line
 
