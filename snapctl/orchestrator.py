@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from snapctl import __version__
 from snapctl.agent_client import AgentClient, open_agents
 from snapctl.catalog import Catalog, open_catalog
+from snapctl.catalog.lock import LockKeeper
 from snapctl.config import Inventory
 from snapctl.errors import AgentUnreachable, PreflightRefused, RunFailed, SnapctlError
 from snapctl.events import NullReporter, Reporter
@@ -112,7 +113,7 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
         # 1. Lock the cluster in the catalog; a stale lock (its holder died) is taken over.
         reporter.step("lock", f"locking cluster {inventory.cluster} in {catalog.describe()}")
         lock = catalog.acquire_lock(run_owner(), run_id, policy.lock_ttl_s)
-        lock_keeper = _LockKeeper(lock, policy.lock_ttl_s / 3)
+        lock_keeper = LockKeeper(lock, policy.lock_ttl_s / 3)
         executor = ProviderThreads(min(policy.concurrency, len(inventory.nodes)))
         executor.start()
         try:
@@ -451,31 +452,6 @@ def _measure(manifest: Manifest) -> None:
         manifest.hold_skew_s = round((max(holds) - min(holds)).total_seconds(), 6)
     windows = [r.freeze_window_s for r in manifest.nodes.values() if r.freeze_window_s is not None]
     manifest.max_freeze_window_s = max(windows) if windows else None
-
-
-class _LockKeeper:
-    """Renews the run lock in the background; a lost lock (another run took it over) fails the run."""
-
-    def __init__(self, lock, period: float) -> None:
-        self.lock, self.period, self.lost = lock, period, None
-        self.task = asyncio.create_task(self._renew())
-
-    async def _renew(self) -> None:
-        while True:
-            await asyncio.sleep(self.period)
-            try:
-                await asyncio.to_thread(self.lock.renew)
-            except SnapctlError as exc:
-                self.lost = exc
-                return
-
-    def check(self) -> None:
-        if self.lost is not None:
-            raise RunFailed(f"lost the cluster lock during the run: {self.lost.message}",
-                            hint="raise policy.lock_ttl_s if the catalog is slow to write")
-
-    def stop(self) -> None:
-        self.task.cancel()
 
 
 def _as_run_failure(run: _Run, exc: BaseException) -> BaseException:

@@ -11,13 +11,14 @@ run takes over like an expired one.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from snapctl.catalog import BlobStore
-from snapctl.errors import CatalogError, LockHeld
+from snapctl.errors import CatalogError, LockHeld, RunFailed, SnapctlError
 
 Clock = Callable[[], datetime]
 
@@ -158,3 +159,29 @@ def acquire(store: BlobStore, key: str, cluster: str, owner: str, run_id: str, t
 def read_lock(store: BlobStore, key: str) -> LockRecord | None:
     data = store.read(key)
     return None if data is None else decode_lock(data, f"{store.describe()}/{key}")
+
+
+class LockKeeper:
+    """Renews the run lock in the background; a lost lock (another run took it over) fails the run."""
+
+    def __init__(self, lock: RunLock, period: float) -> None:
+        self.lock, self.period = lock, period
+        self.lost: SnapctlError | None = None
+        self.task = asyncio.create_task(self._renew())
+
+    async def _renew(self) -> None:
+        while True:
+            await asyncio.sleep(self.period)
+            try:
+                await asyncio.to_thread(self.lock.renew)
+            except SnapctlError as exc:
+                self.lost = exc
+                return
+
+    def check(self) -> None:
+        if self.lost is not None:
+            raise RunFailed(f"lost the cluster lock during the run: {self.lost.message}",
+                            hint="raise policy.lock_ttl_s if the catalog is slow to write")
+
+    def stop(self) -> None:
+        self.task.cancel()
