@@ -195,6 +195,14 @@ def discard_partial_snapshots(provider: Provider, node: str, created: list[Snaps
                         node, ref.snapshot_id, exc)
 
 
+def check_cluster_tag(cluster: str, node: str, tags: Mapping[str, str]) -> None:
+    """Refuse tags naming another cluster: a provider only makes snapshots for the one it serves,
+    so its tag-guarded deletes and `snapctl gc` never reach another cluster's."""
+    tagged = tags.get(TAG_CLUSTER)
+    if tagged is not None and tagged != cluster:
+        raise BadInputError(f"node {node}: tags name cluster {tagged!r} but this provider serves {cluster!r}")
+
+
 def snapshot_tags(
     cluster: str, run_id: str, node: str, volume: str | None = None, extra: Mapping[str, str] | None = None
 ) -> dict[str, str]:

@@ -26,6 +26,7 @@ from snapctl.providers import (
     ProgressFn,
     RestoreTarget,
     SnapshotRef,
+    check_cluster_tag,
     discard_partial_snapshots,
 )
 from snapctl_aws.client import CREATE, DELETE, DESCRIBE, TAG, Ec2
@@ -87,8 +88,7 @@ class AwsProvider:
         return created
 
     def _base_tags(self, node: str, tags: Mapping[str, str]) -> dict[str, str]:
-        if tags.get(TAG_CLUSTER, self.cluster) != self.cluster:
-            raise BadInputError(f"tags name cluster {tags[TAG_CLUSTER]!r} but this provider serves {self.cluster!r}")
+        check_cluster_tag(self.cluster, node, tags)
         base = {**self.settings.tags, **tags}
         base.update({TAG_CLUSTER: self.cluster, TAG_NODE: tags.get(TAG_NODE, node)})
         base.setdefault(TAG_VERSION, __version__)

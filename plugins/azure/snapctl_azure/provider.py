@@ -28,6 +28,7 @@ from snapctl.providers import (
     ProgressFn,
     RestoreTarget,
     SnapshotRef,
+    check_cluster_tag,
     discard_partial_snapshots,
 )
 from snapctl_azure.client import AzureApi
@@ -69,9 +70,7 @@ class AzureProvider:
 
     # --- snapshot ----------------------------------------------------------------------------
     def snapshot(self, volumes: NodeVolumes, tags: Mapping[str, str]) -> list[SnapshotRef]:
-        if tags.get(TAG_CLUSTER, self.cluster) != self.cluster:
-            raise BadInputError(f"node {volumes.node}: tags name cluster {tags[TAG_CLUSTER]!r} "
-                                f"but this provider serves {self.cluster!r}")
+        check_cluster_tag(self.cluster, volumes.node, tags)
         created: list[SnapshotRef] = []
         try:
             # One after another: each PUT returns as soon as ARM accepted it.

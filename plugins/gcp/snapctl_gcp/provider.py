@@ -29,6 +29,7 @@ from snapctl.providers import (
     ProgressFn,
     RestoreTarget,
     SnapshotRef,
+    check_cluster_tag,
     discard_partial_snapshots,
 )
 from snapctl_gcp.client import GcpApi
@@ -75,9 +76,7 @@ class GcpProvider:
 
     # --- snapshot ----------------------------------------------------------------------------
     def snapshot(self, volumes: NodeVolumes, tags: Mapping[str, str]) -> list[SnapshotRef]:
-        if tags.get(TAG_CLUSTER, self.cluster) != self.cluster:
-            raise BadInputError(f"node {volumes.node}: tags name cluster {tags[TAG_CLUSTER]!r} "
-                                f"but this provider serves {self.cluster!r}")
+        check_cluster_tag(self.cluster, volumes.node, tags)
         created: list[SnapshotRef] = []
         lock = threading.Lock()
         workers = max(1, min(8, len(volumes.volumes)))

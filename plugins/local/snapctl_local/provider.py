@@ -19,6 +19,7 @@ from snapctl.providers import (
     ProgressFn,
     RestoreTarget,
     SnapshotRef,
+    check_cluster_tag,
 )
 
 from .copy import CopyStats, FileCopier, FileFacts, LinkSource, ReflinkUnsupported, TreeCopyError, copy_tree
@@ -66,9 +67,7 @@ class LocalProvider:
     def snapshot(self, volumes: NodeVolumes, tags: Mapping[str, str]) -> list[SnapshotRef]:
         node = volumes.node
         local_volumes = [self._volume(node, v) for v in volumes.volumes]
-        tagged_cluster = tags.get(TAG_CLUSTER)
-        if tagged_cluster is not None and tagged_cluster != self.cluster:
-            raise BadInputError(f"node {node}: tags name cluster {tagged_cluster!r} but this provider serves {self.cluster!r}")
+        check_cluster_tag(self.cluster, node, tags)
         run = filename_safe(tags.get(TAG_RUN) or datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ"))
         refs: list[SnapshotRef] = []
         try:
