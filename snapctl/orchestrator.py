@@ -88,8 +88,11 @@ class _Run:
     prepare_acked: dict[str, float] = field(default_factory=dict)
     pacer: CreateCallPacer | None = None  # per-node runs: the provider's create budget, mirrored
     fan_out_s: float = 0.0  # how long the preflight took to ask every agent: the cost of one fan-out
-    hold_at: datetime | None = None  # cluster runs: when every node begins its hold
-    hold_at_mono: float = 0.0  # the same instant on the monotonic clock
+    hold_at_mono: float = 0.0  # cluster runs: manifest.hold_at on the monotonic clock
+
+    def frozen_since(self, node: str) -> float:
+        """When ``node``'s hold began at the latest: its prepare was sent, or the agreed instant."""
+        return max(self.prepare_sent[node], self.hold_at_mono)
 
 
 async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporter | None = None) -> Manifest | BackupPlan:
@@ -239,7 +242,7 @@ async def _hold_snapshot_release(run: _Run, options: BackupOptions) -> None:
             lead = _hold_lead(run)
             if lead > 0:
                 run.hold_at_mono = time.monotonic() + lead
-                run.hold_at = run.manifest.hold_at = now() + timedelta(seconds=lead)
+                run.manifest.hold_at = now() + timedelta(seconds=lead)
             run.reporter.step("prepare", f"preparing {len(nodes)} nodes" + (f", holds begin in {lead * 1000:.0f} ms"
                                                                            if lead > 0 else ""))
             all_held, not_yet_held = asyncio.Event(), set(nodes)
@@ -266,7 +269,7 @@ async def _prepare(run: _Run, node: str) -> None:
     try:
         async with asyncio.timeout(run.inventory.policy.prepare_timeout_s):  # wait_for would cost a task
             response = await run.agents[node].prepare(run.manifest.run_id, run.inventory.policy.lease_ttl_s,
-                                                      run.hold_at)
+                                                      run.manifest.hold_at)
     except TimeoutError:
         raise RunFailed(f"node {node}: prepare did not answer within {run.inventory.policy.prepare_timeout_s:g}s",
                         hint="check the engine on that node; raise policy.prepare_timeout_s if it is just slow") from None
@@ -285,7 +288,7 @@ async def _snapshot_then_complete(run: _Run, node: str, all_held: asyncio.Event 
     future = run.executor.submit(run.provider.snapshot, run.volumes[node], tags)
     run.in_flight.append(future)
     # A node may stay frozen no longer than max_freeze_s, whatever the provider does.
-    frozen_s = time.monotonic() - max(run.prepare_sent[node], run.hold_at_mono)
+    frozen_s = time.monotonic() - run.frozen_since(node)
     budget = min(policy.snapshot_timeout_s, policy.max_freeze_s - frozen_s)
     try:
         async with asyncio.timeout(max(budget, 0.001)):
@@ -313,7 +316,7 @@ async def _complete(run: _Run, node: str) -> None:
                         hint="raise policy.lease_ttl_s if snapctl stalls; if nobody else should hold the "
                              "agent's token, rotate it")
     record.complete_acked_at = now()
-    record.freeze_window_s = round(time.monotonic() - max(run.prepare_sent[node], run.hold_at_mono), 6)
+    record.freeze_window_s = round(time.monotonic() - run.frozen_since(node), 6)
     run.reporter.node(node, "released", f"frozen {record.freeze_window_s:.3f}s")
 
 
