@@ -57,10 +57,9 @@ def run_backup(cluster: SimCluster, create_latency_s: float, consistency: str = 
     opened = [max(r.prepare_sent_at, manifest.hold_at) if manifest.hold_at else r.prepare_sent_at for r in records]
     rtt = [(r.prepare_acked_at - start).total_seconds() for r, start in zip(records, opened)]
     freeze = [r.freeze_window_s for r in records]
-    holds = [r.state.prepared_at.timestamp() for r in records if r.state]
     issued = sorted(ref.extra["issued_at"] for r in records for ref in r.snapshots)
     return RunStats(len(records), wall[0], freeze, rtt, [f - t - create_latency_s for f, t in zip(freeze, rtt)],
-                    manifest.prepare_skew_s or 0.0, (max(holds) - min(holds)) if holds else 0.0, issued,
+                    manifest.prepare_skew_s or 0.0, manifest.hold_skew_s or 0.0, issued,
                     snapctl_cpu, agents_cpu)
 
 
