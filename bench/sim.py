@@ -98,7 +98,8 @@ class SimProviderSettings(ProviderSettings):
 
 class SimProvider:
     """Snapshots that exist only in memory. Each ref's ``extra.issued_at`` is the wall-clock
-    instant its create call was let through the token bucket: what a cloud's limiter meters."""
+    instant its create call was let through the token bucket (what a cloud's limiter meters), and
+    ``extra.returned_at`` the instant the call was about to return."""
 
     name = "sim"
     settings_model = SimProviderSettings
@@ -110,6 +111,7 @@ class SimProvider:
                                           create_burst=settings.create_burst)
         self.bucket = TokenBucket(settings.create_rate, settings.create_burst)
         self._snapshots: dict[str, SnapshotRef] = {}
+        self._deleted: set[str] = set()
         self._lock = threading.Lock()
 
     def validate_volumes(self, node: str, raw: list[Any], *, base_dir: Path) -> NodeVolumes:
@@ -126,6 +128,9 @@ class SimProvider:
             ref = SnapshotRef(provider=self.name, snapshot_id=f"snap-{uuid.uuid4().hex[:17]}", node=volumes.node,
                               volume=volume, created_at=datetime.fromtimestamp(issued, UTC).isoformat(),
                               tags={**tags, TAG_VOLUME: volume}, extra={"issued_at": issued})
+            # When the call really came back, which under a crowd of threads is later than the
+            # latency says: the time spent getting the GIL back and building the result.
+            ref.extra["returned_at"] = time.time()
             with self._lock:
                 self._snapshots[ref.snapshot_id] = ref
             refs.append(ref)
@@ -134,7 +139,9 @@ class SimProvider:
     def wait(self, refs: list[SnapshotRef], deadline: float, progress: ProgressFn | None = None) -> list[SnapshotRef]:
         done = []
         for ref in refs:
-            if ref.snapshot_id not in self._snapshots:
+            # A create made in snapctl's provider worker process is only in that process's memory;
+            # the cluster tag says it is ours all the same.
+            if ref.snapshot_id in self._deleted or ref.tags.get(TAG_CLUSTER) != self.cluster:
                 raise SnapshotNotFound(f"node {ref.node}: snapshot {ref.snapshot_id} is gone")
             done.append(ref.model_copy(update={"state": "completed", "progress": 100.0}))
             if progress:
@@ -144,6 +151,7 @@ class SimProvider:
     def delete(self, ref: SnapshotRef) -> None:
         with self._lock:
             self._snapshots.pop(ref.snapshot_id, None)
+            self._deleted.add(ref.snapshot_id)
 
     def find(self, tags: Mapping[str, str]) -> list[SnapshotRef]:
         wanted = {TAG_CLUSTER: self.cluster, **tags}

@@ -29,11 +29,16 @@ from snapctl.health import Verdict, assess
 from snapctl.manifest import Manifest, NodeRecord
 from snapctl.pacing import CreateCallPacer
 from snapctl.probe import probe_all
-from snapctl.provider_threads import ProviderThreads
+from snapctl.provider_threads import CallRunner, ProviderThreads
+from snapctl.provider_worker import ProviderWorker
 from snapctl.providers import TAG_RUN, NodeVolumes, Provider, SnapshotRef, create_provider, snapshot_tags
 
 
 _MAX_AUTO_HOLD_LEAD_S = 2.0
+# From this many concurrent snapshot calls on, policy.provider_process auto makes them in a child
+# process: below it the threads' GIL contention costs less than the child's start (docs/benchmarks.md).
+PROVIDER_PROCESS_FROM = 256
+_CALL_RUNNER_READY_S = 60.0
 
 
 @dataclass
@@ -79,7 +84,7 @@ class _Run:
     agents: dict[str, AgentClient]
     volumes: dict[str, NodeVolumes]
     reporter: Reporter
-    executor: ProviderThreads
+    executor: CallRunner
     held: set[str] = field(default_factory=set)  # prepare sent and not yet completed
     lost_hold: dict[str, str] = field(default_factory=dict)  # node -> why its lease was lost
     in_flight: list[Future[list[SnapshotRef]]] = field(default_factory=list)
@@ -117,7 +122,7 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
         reporter.step("lock", f"locking cluster {inventory.cluster} in {catalog.describe()}")
         lock = catalog.acquire_lock(run_owner(), run_id, policy.lock_ttl_s)
         lock_keeper = LockKeeper(lock, policy.lock_ttl_s / 3)
-        executor = ProviderThreads(min(policy.concurrency, len(inventory.nodes)))
+        executor = _call_runner(inventory)
         executor.start()
         try:
             _close_abandoned_runs(catalog, run_id)
@@ -147,6 +152,7 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
             catalog.save(manifest)  # from here on, every snapshot of the run has an owner
             run = _Run(inventory, manifest, catalog, provider, agents, volumes, reporter, executor, fan_out_s=fan_out_s)
             try:
+                await executor.ready(_CALL_RUNNER_READY_S)  # before any hold: a slow start must not freeze
                 await _hold_snapshot_release(run, options)
                 lock_keeper.check()
                 _measure(manifest)
@@ -432,6 +438,14 @@ async def _wait_for_completion(run: _Run) -> None:
     for record in manifest.nodes.values():
         record.snapshots = [by_id.get(ref.snapshot_id, ref) for ref in record.snapshots]
     manifest.snapshots_completed = True
+
+
+def _call_runner(inventory: Inventory) -> CallRunner:
+    policy = inventory.policy
+    calls = min(policy.concurrency, len(inventory.nodes))
+    if policy.provider_process == "always" or (policy.provider_process == "auto" and calls >= PROVIDER_PROCESS_FROM):
+        return ProviderWorker(inventory.provider, cluster=inventory.cluster, base_dir=inventory.base_dir, threads=calls)
+    return ProviderThreads(calls)
 
 
 def _hold_lead(run: _Run) -> float:

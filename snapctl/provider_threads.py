@@ -15,7 +15,25 @@ import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, Protocol
+
+
+class CallRunner(Protocol):
+    """Where the provider's blocking calls of one run are made (see also provider_worker.py)."""
+
+    def start(self) -> None:
+        """Begin getting ready; returns at once."""
+
+    async def ready(self, timeout: float) -> None:
+        """Return once calls submitted from now on start without delay; raise ``ProviderError``
+        if that cannot be."""
+
+    def submit(self, call: Callable[..., Any], *args: Any) -> Future:
+        """Run ``call(*args)`` (a method of the run's provider); the Future is never cancelled
+        once the call is under way, so whoever gave up awaiting it can still learn its result."""
+
+    def shutdown(self) -> None:
+        """Let the calls already submitted finish, then free everything; never waits for a call."""
 
 
 class ProviderThreads:
@@ -36,6 +54,9 @@ class ProviderThreads:
                 # from exiting; whatever it made carries the run's tags, so `snapctl gc` finds it.
                 _thread.start_new_thread(self._serve, ())
                 self._started += 1
+
+    async def ready(self, timeout: float) -> None:
+        return  # calls queue until a thread takes them, which start() already set going
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
         future: Future = Future()

@@ -86,7 +86,10 @@ class Provider(Protocol):
 
     Every call is bounded in time, backs off on throttling (honouring Retry-After), and turns
     SDK errors into ``ProviderError`` with a hint (a missing permission names the permission).
-    Methods may be called from several threads at once.
+    Methods may be called from several threads at once, and ``snapshot`` from another process
+    (``policy.provider_process``: a child builds its own provider from the same settings), so
+    state lives where every process sees it (the cloud, the filesystem), and a snapshot's
+    arguments, refs and errors pickle.
     """
 
     name: str

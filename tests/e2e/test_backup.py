@@ -118,6 +118,27 @@ def test_a_failed_snapshot_rolls_back_every_node_and_deletes_the_runs_snapshots(
     assert _snapshot_dirs(cluster) == []
 
 
+def test_snapshot_calls_made_in_the_provider_worker_process_succeed_and_roll_back_alike(cluster):
+    policy = {**yaml.safe_load(cluster.inventory.read_text())["policy"], "provider_process": "always"}
+    provider = {"type": "slow", "store": ".snapctl-demo/snapshots", "delay_s": 0.2}
+    worked = cluster.write_inventory(cluster.directory / "worker.yaml", provider=provider, policy=policy)
+    result = cluster.snapctl("backup", "-i", str(worked), "-o", "json", check_json=True)
+    assert result.returncode == 0, result.stderr
+    manifest = result.json["data"]
+    snapctl_pid = int(manifest["owner"].rsplit(":", 1)[1])
+    made_by = {ref["extra"]["pid"] for record in manifest["nodes"].values() for ref in record["snapshots"]}
+    assert len(made_by) == 1 and snapctl_pid not in made_by  # one child made them all
+    assert len(_snapshot_dirs(cluster)) == 3
+
+    failing = cluster.write_inventory(cluster.directory / "worker-failing.yaml", policy=policy,
+                                      provider={**provider, "fail_nodes": ["node3"]})
+    result = cluster.snapctl("backup", "-i", str(failing), "-o", "json")
+    assert result.returncode == ExitCode.RUN_FAILED
+    assert "injected failure for node node3" in result.stderr  # the child's error, word for word
+    assert all(cluster.agent_status(n)["lease"] is None for n in cluster.nodes)
+    assert len(_snapshot_dirs(cluster)) == 3  # the failed run's snapshots are gone, the first run's stay
+
+
 def test_wrong_token_is_a_clear_message_never_a_traceback(cluster):
     bad_token = cluster.directory / "wrong-token"
     bad_token.write_text("not-the-token\n")

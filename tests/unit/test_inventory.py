@@ -120,3 +120,9 @@ def test_parsing_leaves_the_garbage_collector_as_it_found_it():
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_provider_process_names_its_choices_when_the_value_is_not_one():
+    assert parse_inventory(BASE + "policy:\n  provider_process: always\n", source="inv.yaml").policy.provider_process == "always"
+    with pytest.raises(InventoryError, match=r"inv\.yaml:\d+: policy\.provider_process.*'auto'.*'always'.*'never'"):
+        parse_inventory(BASE + "policy:\n  provider_process: sometimes\n", source="inv.yaml")

@@ -1,8 +1,10 @@
 """A third-party provider, found through the ``snapctl.providers`` entry point like any other:
-the local provider, with a configurable pause before each snapshot (a slow cloud, for tests)."""
+the local provider, with a configurable pause before each snapshot (a slow cloud, for tests).
+Each ref names the process that made it (``extra.pid``)."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Literal
@@ -36,4 +38,14 @@ class SlowProvider:
             from snapctl.errors import ProviderError
 
             raise ProviderError(f"injected failure for node {volumes.node}")
-        return self._local.snapshot(volumes, tags)
+        refs = self._local.snapshot(volumes, tags)
+        for ref in refs:
+            ref.extra["pid"] = os.getpid()
+        return refs
+
+    def wait(self, refs, deadline, progress=None):
+        made_by = {ref.snapshot_id: ref.extra.get("pid") for ref in refs}
+        done = self._local.wait(refs, deadline, progress)
+        for ref in done:
+            ref.extra["pid"] = made_by.get(ref.snapshot_id)
+        return done

@@ -1,0 +1,281 @@
+"""Snapshot calls in a process of their own, for large clusters.
+
+Cloud SDKs block, so each create call in flight needs a thread, and each thread needs the GIL
+again when its call returns and while the SDK builds the result. With hundreds of nodes those
+threads all return within a few milliseconds of each other (the holds began together), and in
+the orchestrator's process they queue for the GIL with the event loop that must send every
+node's COMPLETE: each node stays frozen until both got their turn. Measured at 1000 nodes, create
+calls came back ~0.4 s late and their completes were acknowledged ~0.6 s after that
+(docs/benchmarks.md). Here the threads live in a child process with its own GIL; the loop reads
+their results from a pipe, many per read.
+
+The child builds its own provider from the inventory's provider block (never the parent's
+object: a forked SDK client would share its connections with the parent), starts its threads,
+says it is ready, then runs each call it is sent. Closing its stdin asks it to finish the calls it
+has and exit; a call still running when the parent goes away completes on its own, and what it
+made carries the run's tags (`snapctl gc` finds it), as with threads in the parent.
+
+    wire: 4-byte big-endian length + pickle, both ways. Parent -> child: the init mapping, then
+    (call id, method name, args). Child -> parent: ("ready",), then (call id, ok, result or error).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+import struct
+import subprocess
+import sys
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+from snapctl.errors import ProviderError
+
+_FRAME = struct.Struct("!I")
+_READY = ("ready",)
+_THREADS_HINT = "set policy.provider_process: never to make snapshot calls from snapctl's own threads"
+
+
+def _frame(message: object) -> bytes:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return _FRAME.pack(len(data)) + data
+
+
+def _frames(buffer: bytearray) -> list[Any]:
+    """Every whole frame at the start of ``buffer`` (removed from it), unpickled."""
+    messages, at = [], 0
+    while len(buffer) - at >= _FRAME.size:
+        (size,) = _FRAME.unpack_from(buffer, at)
+        if len(buffer) - at - _FRAME.size < size:
+            break
+        messages.append(pickle.loads(buffer[at + _FRAME.size:at + _FRAME.size + size]))
+        at += _FRAME.size + size
+    del buffer[:at]
+    return messages
+
+
+class _Results(asyncio.Protocol):
+    def __init__(self, worker: ProviderWorker) -> None:
+        self.worker = worker
+        self.buffer = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        for message in _frames(self.buffer):
+            self.worker._received(message)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.worker._ended()
+
+
+class ProviderWorker:
+    """The provider's calls, made by ``threads`` threads in a child process: a ``CallRunner``.
+
+    ``submit`` returns a concurrent Future already marked running, as a thread's would be once
+    taken: a timed-out await cannot cancel it, so the rollback still learns what the call made."""
+
+    def __init__(self, provider_config: Mapping[str, Any], *, cluster: str, base_dir: Path, threads: int) -> None:
+        self._init = {"provider": dict(provider_config), "cluster": cluster, "base_dir": str(base_dir),
+                      "threads": max(1, threads), "sys_path": list(sys.path)}
+        self._process: subprocess.Popen | None = None
+        self._writer: asyncio.WriteTransport | None = None
+        self._reader: asyncio.ReadTransport | None = None
+        self._calls: dict[int, Future] = {}
+        self._next_id = 0
+        self._ready: asyncio.Future[None] | None = None
+        self._closed = False
+
+    def start(self) -> None:
+        """Start the child and hand it the provider's settings; returns at once (the child imports
+        and builds its provider meanwhile: ``ready`` waits for that)."""
+        self._process = subprocess.Popen([sys.executable, "-m", "snapctl.provider_worker"], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, close_fds=True)
+        assert self._process.stdin is not None
+        self._process.stdin.write(_frame(self._init))
+        self._process.stdin.flush()
+
+    async def ready(self, timeout: float) -> None:
+        """Wait until the child has built its provider and started its threads."""
+        assert self._process is not None and self._process.stdin is not None and self._process.stdout is not None
+        loop = asyncio.get_running_loop()
+        self._ready = loop.create_future()
+        self._writer, _ = await loop.connect_write_pipe(asyncio.BaseProtocol, self._process.stdin)
+        self._reader, _ = await loop.connect_read_pipe(lambda: _Results(self), self._process.stdout)
+        try:
+            async with asyncio.timeout(timeout):
+                await self._ready
+        except TimeoutError:
+            raise ProviderError(f"the provider worker process was not ready within {timeout:g}s",
+                                hint=_THREADS_HINT) from None
+
+    def submit(self, call: Callable[..., Any], *args: Any) -> Future:
+        """Run ``call(*args)`` in the child, where ``call`` is a method of the provider: the child
+        calls its own provider's method of that name."""
+        future: Future = Future()
+        future.set_running_or_notify_cancel()
+        if self._closed or self._writer is None or self._writer.is_closing():
+            future.set_exception(self._gone_error())
+            return future
+        try:
+            message = _frame((self._next_id, call.__name__, args))
+        except Exception as exc:  # noqa: BLE001 - a third-party volume model that cannot be pickled
+            future.set_exception(ProviderError(f"cannot hand {call.__name__} to the provider worker process: {exc}",
+                                               hint=_THREADS_HINT))
+            return future
+        self._calls[self._next_id] = future
+        self._next_id += 1
+        self._writer.write(message)
+        return future
+
+    def shutdown(self) -> None:
+        """Let the child end once the calls already submitted are done. Waits (up to 2 s) only for
+        a child with nothing left to do, so that it is gone, and counted, when the run ends."""
+        self._closed = True
+        if self._writer is not None:
+            self._writer.close()
+        if self._process is not None and self._process.stdin and (
+                self._writer is None or not self._writer.get_write_buffer_size()):
+            self._process.stdin.close()  # now, not on the loop's next turn: the child's cue to end
+        if self._calls:
+            return  # answers still due may arrive while the loop runs; Popen reaps the child later
+        if self._reader is not None:
+            self._reader.close()
+        elif self._process is not None and self._process.stdout:
+            self._process.stdout.close()  # never read: the run ended before it needed the child
+        if self._process is not None:
+            try:  # nothing left to do: it exits as soon as it reads the end of its input
+                self._process.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                pass
+
+    def _received(self, message: Any) -> None:
+        if message == _READY:
+            if self._ready is not None and not self._ready.done():
+                self._ready.set_result(None)
+            return
+        call_id, ok, value = message
+        future = self._calls.pop(call_id, None)
+        if future is None:
+            return
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+    def _ended(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+        if self._process is not None:
+            try:  # its output ended: it is exiting, and its exit code says how
+                self._process.wait(timeout=1)
+            except subprocess.TimeoutExpired:
+                pass
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_exception(self._gone_error("before it was ready", "its error is on stderr above"))
+        calls, self._calls = self._calls, {}
+        for future in calls.values():
+            future.set_exception(self._gone_error(
+                f"with {len(calls)} snapshot call(s) unanswered",
+                "what they made carries the run's tags: `snapctl gc` lists snapshots no manifest names"))
+
+    def _gone_error(self, when: str = "", why: str = "") -> ProviderError:
+        code = self._process.poll() if self._process is not None else None
+        return ProviderError(
+            " ".join(filter(None, ["the provider worker process ended",
+                                   f"(exit code {code})" if code is not None else "", when])),
+            hint="; ".join(filter(None, [why, _THREADS_HINT])),
+        )
+
+
+# ---- the child ---------------------------------------------------------------------------------
+
+
+def _portable_error(exc: BaseException) -> BaseException:
+    """``exc`` if it survives pickling, else a ProviderError that says what it was."""
+    try:
+        pickle.loads(pickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL))
+        return exc
+    except Exception:  # noqa: BLE001 - any unpicklable error is reported by its text
+        return ProviderError(f"{type(exc).__name__}: {exc}")
+
+
+def _serve() -> int:
+    import queue
+    import signal
+    import threading
+
+    # Ctrl-C reaches the whole process group, and the parent answers it by rolling back: a create
+    # call cut off here could still make a snapshot nobody hears of. The child ends when the
+    # parent closes its stdin (or dies), once its calls returned.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    channel = os.dup(1)
+    os.dup2(2, 1)  # stray prints of an SDK must not corrupt the frames
+    buffer = bytearray()
+
+    def messages():
+        while chunk := os.read(0, 1 << 16):
+            buffer.extend(chunk)
+            yield from _frames(buffer)
+
+    incoming = messages()
+    init = next(incoming, None)
+    if init is None:
+        return 0
+    sys.path[:] = init["sys_path"]
+    from snapctl.provider_threads import ProviderThreads
+    from snapctl.providers import create_provider
+
+    provider = create_provider(init["provider"], cluster=init["cluster"], base_dir=Path(init["base_dir"]))
+    outgoing: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+
+    def write_results() -> None:
+        # One write for whatever is waiting: under a burst, many results per system call.
+        while (first := outgoing.get()) is not None:
+            batch = [first]
+            while True:
+                try:
+                    item = outgoing.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    outgoing.put(None)
+                    break
+                batch.append(item)
+            data = memoryview(b"".join(batch))
+            try:
+                while data:
+                    data = data[os.write(channel, data):]
+            except OSError:  # the parent is gone: finish the calls, nobody to tell
+                pass
+
+    writer = threading.Thread(target=write_results, name="snapctl-provider-results")
+    writer.start()
+    threads = ProviderThreads(init["threads"])
+    threads.start()
+    outgoing.put(_frame(_READY))
+    pending: list[Future] = []
+    for call_id, method, args in incoming:
+        future = threads.submit(getattr(provider, method), *args)
+
+        def answer(done: Future, call_id: int = call_id) -> None:
+            error = done.exception()
+            reply = (call_id, True, done.result()) if error is None else (call_id, False, _portable_error(error))
+            outgoing.put(_frame(reply))
+
+        future.add_done_callback(answer)
+        pending.append(future)
+    threads.shutdown()
+    for future in pending:
+        future.exception()  # waits
+    outgoing.put(None)
+    writer.join()
+    return 0
+
+
+if __name__ == "__main__":
+    os._exit(_serve())  # no interpreter teardown: provider threads may still be blocked in a call

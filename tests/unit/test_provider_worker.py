@@ -1,0 +1,140 @@
+"""ProviderWorker: snapshot calls made in a child process reach the parent with their results and
+errors (hint included); calls under way survive shutdown and Ctrl-C to the process group; a child
+that dies or cannot start fails its calls with an error that names it and says how to do without."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from snapctl.errors import ProviderError
+from snapctl.provider_worker import ProviderWorker
+from snapctl.providers import available_providers, create_provider, snapshot_tags
+
+THIRD_PARTY = Path(__file__).resolve().parents[1] / "e2e" / "thirdparty"
+
+
+@pytest.fixture
+def slow_provider(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The third-party `slow` provider (the local one, after a pause) and one node's volume."""
+    monkeypatch.syspath_prepend(str(THIRD_PARTY))  # the child gets the parent's sys.path
+    available_providers.cache_clear()
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "table.dat").write_bytes(os.urandom(4096))
+
+    def make(delay_s: float = 0.0, fail_nodes: tuple[str, ...] = (), store: str = "store"):
+        config = {"type": "slow", "store": store, "delay_s": delay_s, "fail_nodes": list(fail_nodes)}
+        provider = create_provider(config, cluster="c1", base_dir=tmp_path)
+        volumes = provider.validate_volumes("n1", [{"name": "data", "path": str(data)}], base_dir=tmp_path)
+        worker = ProviderWorker(config, cluster="c1", base_dir=tmp_path, threads=4)
+        return provider, volumes, worker
+
+    yield make
+    available_providers.cache_clear()
+
+
+def _run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+def test_a_snapshot_call_is_made_in_the_child_and_its_refs_come_back(slow_provider, tmp_path):
+    provider, volumes, worker = slow_provider()
+
+    async def go():
+        worker.start()
+        await worker.ready(30)
+        try:
+            return await asyncio.wrap_future(worker.submit(provider.snapshot, volumes, snapshot_tags("c1", "r1", "n1")))
+        finally:
+            worker.shutdown()
+
+    refs = _run(go())
+    assert [(r.node, r.volume, r.tags["snapctl-run"]) for r in refs] == [("n1", "data", "r1")]
+    assert refs[0].extra["pid"] not in (None, os.getpid())
+    copied = Path(refs[0].extra["path"]) / "data" / "table.dat"
+    assert copied.read_bytes() == (tmp_path / "data" / "table.dat").read_bytes()
+    # The parent's own provider sees what the child made: the state lives on disk, not in a process.
+    assert [r.snapshot_id for r in provider.find({"snapctl-run": "r1"})] == [refs[0].snapshot_id]
+
+
+def test_an_error_in_the_child_arrives_as_the_same_error_with_its_hint(slow_provider, tmp_path):
+    (tmp_path / "not-a-dir").write_text("")
+    provider, volumes, worker = slow_provider(store="not-a-dir/store")
+
+    async def go():
+        worker.start()
+        await worker.ready(30)
+        try:
+            await asyncio.wrap_future(worker.submit(provider.snapshot, volumes, snapshot_tags("c1", "r1", "n1")))
+        finally:
+            worker.shutdown()
+
+    with pytest.raises(ProviderError) as caught:
+        _run(go())
+    assert "cannot use the snapshot store" in caught.value.message
+    assert caught.value.hint == "check that the store directory is writable by this user"
+
+
+def test_a_call_under_way_finishes_after_shutdown_and_after_ctrl_c_to_the_process_group(slow_provider):
+    provider, volumes, worker = slow_provider(delay_s=0.5)
+
+    async def go():
+        worker.start()
+        await worker.ready(30)
+        first = worker.submit(provider.snapshot, volumes, snapshot_tags("c1", "r1", "n1"))
+        os.kill(worker._process.pid, signal.SIGINT)  # what Ctrl-C sends the whole foreground group
+        worker.shutdown()
+        refs = await asyncio.wrap_future(first)
+        late = worker.submit(provider.snapshot, volumes, snapshot_tags("c1", "r2", "n1"))
+        return refs, late, await asyncio.to_thread(worker._process.wait, 10)
+
+    refs, late, exit_code = _run(go())
+    assert refs[0].tags["snapctl-run"] == "r1"
+    assert exit_code == 0  # ended by the end of its input, once its call was done
+    with pytest.raises(ProviderError, match="provider worker process ended"):
+        late.result()
+
+
+def test_calls_of_a_child_that_died_fail_naming_it_and_how_to_do_without(slow_provider):
+    provider, volumes, worker = slow_provider(delay_s=30)
+
+    async def go():
+        worker.start()
+        await worker.ready(30)
+        call = worker.submit(provider.snapshot, volumes, snapshot_tags("c1", "r1", "n1"))
+        worker._process.kill()
+        try:
+            await asyncio.wrap_future(call)
+        finally:
+            worker.shutdown()
+
+    with pytest.raises(ProviderError) as caught:
+        _run(go())
+    assert "provider worker process ended (exit code -9)" in caught.value.message
+    assert "provider_process: never" in caught.value.hint
+
+
+def test_a_child_that_cannot_build_its_provider_fails_ready(tmp_path):
+    worker = ProviderWorker({"type": "no-such-provider"}, cluster="c1", base_dir=tmp_path, threads=1)
+
+    async def go():
+        worker.start()
+        try:
+            await worker.ready(30)
+        finally:
+            worker.shutdown()
+
+    with pytest.raises(ProviderError, match=r"provider worker process ended \(exit code 1\)"):
+        _run(go())
+
+
+def test_a_run_that_ends_before_it_needed_the_child_leaves_no_child_behind(slow_provider):
+    _, _, worker = slow_provider()
+    worker.start()  # as a backup does before its preflight, which may then refuse the run
+    worker.shutdown()
+    assert worker._process.poll() == 0
