@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,21 +35,23 @@ class RunStats:
     ack_skew_s: float  # spread of prepare acknowledgements, as the manifest reports it
     hold_skew_s: float  # spread of the instants the engines began to hold (their own clocks)
     issued: list[float]  # snapshot create calls let through, wall clock, sorted
-    snapctl_cpu_s: float  # CPU time of this process (snapctl: every thread) during the run
+    returned_late: list[float]  # per node: its create call's return - (issue + create latency)
+    to_release: list[float]  # per node: complete acknowledged - its create call's return
+    snapctl_cpu_s: float  # CPU time of snapctl during the run: every thread, and its provider worker
     agents_cpu_s: float  # CPU time of the simulated agents' processes during the run
 
 
-def run_backup(cluster: SimCluster, create_latency_s: float, consistency: str = "cluster") -> RunStats:
+def run_backup(cluster: SimCluster, create_latency_s: float, consistency: str = "cluster", **policy: object) -> RunStats:
     from snapctl.orchestrator import BackupOptions, backup
 
-    inventory = cluster.inventory()
+    inventory = cluster.inventory(**policy)
     options = BackupOptions(consistency=consistency)
     if hasattr(options, "prune"):
         options.prune = False  # retention is not what is measured here
-    agents_before, snapctl_before = process_cpu_s(cluster.agent_pids), time.process_time()
+    agents_before, snapctl_before = process_cpu_s(cluster.agent_pids), snapctl_cpu_s()
     with timer() as wall:
         manifest = run_coroutine(backup(inventory, options))
-    snapctl_cpu, agents_cpu = time.process_time() - snapctl_before, process_cpu_s(cluster.agent_pids) - agents_before
+    snapctl_cpu, agents_cpu = snapctl_cpu_s() - snapctl_before, process_cpu_s(cluster.agent_pids) - agents_before
     if manifest.status != "succeeded":
         raise RuntimeError(f"backup failed: {manifest.error}")
     records = list(manifest.nodes.values())
@@ -58,9 +61,19 @@ def run_backup(cluster: SimCluster, create_latency_s: float, consistency: str = 
     rtt = [(r.prepare_acked_at - start).total_seconds() for r, start in zip(records, opened)]
     freeze = [r.freeze_window_s for r in records]
     issued = sorted(ref.extra["issued_at"] for r in records for ref in r.snapshots)
+    last_calls = [max(r.snapshots, key=lambda ref: ref.extra["returned_at"]).extra for r in records]
+    late = [call["returned_at"] - call["issued_at"] - create_latency_s for call in last_calls]
+    to_release = [r.complete_acked_at.timestamp() - call["returned_at"] for r, call in zip(records, last_calls)]
     return RunStats(len(records), wall[0], freeze, rtt, [f - t - create_latency_s for f, t in zip(freeze, rtt)],
-                    manifest.prepare_skew_s or 0.0, manifest.hold_skew_s or 0.0, issued,
+                    manifest.prepare_skew_s or 0.0, manifest.hold_skew_s or 0.0, issued, late, to_release,
                     snapctl_cpu, agents_cpu)
+
+
+def snapctl_cpu_s() -> float:
+    """This process's CPU and that of its children once ended (the provider worker; the agents
+    are children too but run on until the bench ends)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
 
 
 def process_cpu_s(pids: list[int]) -> float:
@@ -98,44 +111,63 @@ def run_sequential(cluster: SimCluster) -> float:
 
 def scaling(sizes: list[int], repeats: int, prepare_latency: float, create_latency: float,
             baseline_at: int | None, stack: str = "lean") -> str:
+    from snapctl.orchestrator import PROVIDER_PROCESS_FROM
+
     rows, walls, baseline_rows, served = [], {}, [], ""
     for n in sizes:
         provider = {"type": "sim", "create_latency_s": create_latency, **UNBOUND}
+        # Where the create calls run: what policy.provider_process auto picks at this N, and from
+        # PROVIDER_PROCESS_FROM on also the threads it replaces, in alternate runs.
+        variants = {"process" if n >= PROVIDER_PROCESS_FROM else "threads": "auto"}
+        if n >= PROVIDER_PROCESS_FROM:
+            variants["threads"] = "never"
         with SimCluster(nodes=n, prepare_latency_s=prepare_latency, provider=provider, stack=stack) as cluster:
             served = cluster.agent_stack
-            run_backup(cluster, create_latency)  # warm: connections, imports, catalog directory
-            runs = [run_backup(cluster, create_latency) for _ in range(repeats)]
+            runs_of: dict[str, list[RunStats]] = {calls: [] for calls in variants}
+            for calls, setting in variants.items():  # warm: connections, imports, catalog directory
+                run_backup(cluster, create_latency, provider_process=setting)
+            for _ in range(repeats):
+                for calls, setting in variants.items():
+                    runs_of[calls].append(run_backup(cluster, create_latency, provider_process=setting))
             if n == baseline_at:
                 seq = [run_sequential(cluster) for _ in range(max(1, repeats // 3))]
-                snap = median([r.wall_s for r in runs])
+                snap = median([r.wall_s for r in next(iter(runs_of.values()))])
                 baseline_rows.append([n, secs(median(seq)), secs(snap), ratio(median(seq) / snap),
                                       verdict(median(seq) / snap >= 10)])
-        def pooled(attr: str, runs: list[RunStats] = runs) -> list[float]:
-            return [v for r in runs for v in getattr(r, attr)]
+        for calls, runs in runs_of.items():
+            def pooled(attr: str, runs: list[RunStats] = runs) -> list[float]:
+                return [v for r in runs for v in getattr(r, attr)]
 
-        walls[n] = median([r.wall_s for r in runs])
-        margin_p99 = percentile(pooled("margin"), 99)
-        ack_skew = median([r.ack_skew_s for r in runs])
-        rows.append([n, len(runs), ms(median(pooled("rtt"))), ms(percentile(pooled("rtt"), 99)),
-                     ms(median(pooled("freeze"))), ms(percentile(pooled("freeze"), 99)), ms(margin_p99),
-                     verdict(margin_p99 <= 0.020), ms(ack_skew), ms(median([r.hold_skew_s for r in runs])),
-                     secs(walls[n]), ms(median([r.snapctl_cpu_s / n for r in runs])),
-                     ms(median([r.agents_cpu_s / n for r in runs]))])
+            wall = median([r.wall_s for r in runs])
+            walls.setdefault(n, wall)  # auto's choice is what N=10 is compared with
+            margin_p99 = percentile(pooled("margin"), 99)
+            ack_skew = median([r.ack_skew_s for r in runs])
+            rows.append([n, calls, len(runs), ms(median(pooled("rtt"))), ms(percentile(pooled("rtt"), 99)),
+                         ms(median(pooled("freeze"))), ms(percentile(pooled("freeze"), 99)), ms(margin_p99),
+                         verdict(margin_p99 <= 0.020), ms(percentile(pooled("returned_late"), 99)),
+                         ms(percentile(pooled("to_release"), 99)), ms(ack_skew),
+                         ms(median([r.hold_skew_s for r in runs])), secs(wall),
+                         ms(median([r.snapctl_cpu_s / n for r in runs])),
+                         ms(median([r.agents_cpu_s / n for r in runs])), wall])
     reference = walls.get(10)
-    for row, n in zip(rows, sizes):
-        row.append(ratio(walls[n] / reference) if reference else "-")
+    for row in rows:
+        row.append(ratio(row.pop() / reference) if reference else "-")
     out = table(
         f"Freeze window and skew, rate limit not binding ({'real agent stack, ' if stack == 'real' else ''}"
         f"{served} agents, prepare {prepare_latency * 1000:.0f} ms, "
         f"create {create_latency * 1000:.0f} ms; pooled over runs)",
-        ["N", "runs", "prepare RTT p50 ms", "RTT p99", "freeze p50 ms", "freeze p99", "margin p99 ms",
-         "margin<=20ms", "ack skew ms", "hold skew ms", "wall s", "snapctl CPU ms/node", "agents CPU ms/node",
+        ["N", "create calls in", "runs", "prepare RTT p50 ms", "RTT p99", "freeze p50 ms", "freeze p99", "margin p99 ms",
+         "margin<=20ms", "create late p99 ms", "return to release p99 ms", "ack skew ms", "hold skew ms", "wall s", "snapctl CPU ms/node", "agents CPU ms/node",
          "wall / N=10"], rows)
     out += ("\nfreeze window and prepare round trip count from the later of the prepare's sending and the "
             "agreed hold instant (hold_at); margin = freeze window - (that node's prepare round trip + create "
-            "latency); ack skew = spread of prepare acknowledgements at snapctl; hold skew = spread of the "
-            "instants the engines began holding; CPU per node: snapctl's process (all threads) and the "
-            "simulated agents' processes, which share this machine's cores with it.\n")
+            "latency); create late = how much later than the create latency a create call came back "
+            "(the GIL, among the provider threads); return to release = from that return to the complete's "
+            "acknowledgement; ack skew = spread of prepare acknowledgements at snapctl; hold skew = spread of the "
+            "instants the engines began holding; CPU per node: snapctl's process (all threads; with the "
+            "provider worker, its child process too) and the simulated agents' processes, which share this "
+            "machine's cores with it; create calls in: threads of snapctl's process or its provider worker "
+            "process (policy.provider_process; auto's choice first, then the other, in alternate runs).\n")
     if baseline_rows:
         out += "\n" + table("Sequential per-node baseline vs snapctl (same agents, same run)",
                             ["N", "sequential s", "snapctl s", "speed-up", ">=10x"], baseline_rows)
