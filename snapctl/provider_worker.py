@@ -269,6 +269,11 @@ def _serve() -> int:
 
         future.add_done_callback(answer)
         pending.append(future)
+    # The parent is done or dead. Let go of the output we share with it, so that whoever waits for
+    # the end of snapctl's output (a CI job, a pipe) does not wait for the calls still under way.
+    quiet = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(quiet, 1)
+    os.dup2(quiet, 2)
     threads.shutdown()
     for future in pending:
         future.exception()  # waits

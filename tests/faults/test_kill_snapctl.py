@@ -134,7 +134,37 @@ def test_sigkill_at_each_step_leaves_nothing_held_or_lost(scene: FaultCluster, s
         process.send_signal(signal.SIGKILL)
         process.communicate(timeout=30)
     stop.after_kill()
+    _nothing_held_or_lost(cluster, stop, run_id)
 
+
+def test_sigkill_while_the_provider_worker_process_makes_a_snapshot_leaves_nothing_behind(scene) -> None:
+    cluster = scene
+    stop = during_snapshot(cluster)
+    stopping = cluster.write_inventory(cluster.directory / "stopping.yaml", provider=stop.provider,
+                                       policy={"agent_timeout_s": "30s", "provider_process": "always"})
+    process = cluster.popen("backup", "--no-prune", inventory=stopping)
+    try:
+        stop.there(process.pid)
+        run_id = cluster.lock_record()["run_id"]
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.communicate(timeout=30)
+    worker = int((cluster.control / "node3.made").read_text())
+    assert worker != process.pid and _running(worker)  # node3's create call is still under way there
+    (cluster.control / "node3.go").touch()  # ... and now the cloud answers it
+    wait_until(lambda: not _running(worker), 15, "the provider worker to end once its call returned")
+    _nothing_held_or_lost(cluster, stop, run_id)
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"  # an orphan's zombie waits for whoever reaps it: it runs no more
+
+
+def _nothing_held_or_lost(cluster: FaultCluster, stop: Stop, run_id: str) -> None:
     # No node stays held past its lease (3 s): every agent releases by itself, writers get in.
     cluster.wait_released(timeout=15)
     assert all(cluster.writable(node) for node in NODES)

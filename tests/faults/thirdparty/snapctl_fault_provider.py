@@ -10,6 +10,7 @@ test can SIGKILL snapctl at an exact step, from outside, with no hook in snapctl
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Literal
@@ -66,7 +67,7 @@ class FaultProvider:
         return self._local.wait(refs, deadline, progress)
 
     def _signal(self, name: str) -> None:
-        (self._control / name).touch()
+        (self._control / name).write_text(str(os.getpid()))  # which process got there
 
     def _wait_for(self, name: str) -> None:
         deadline = time.monotonic() + self._settings.stop_timeout_s
