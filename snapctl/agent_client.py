@@ -59,9 +59,11 @@ class AgentClient(Protocol):
 
     async def status(self) -> AgentStatus: ...
 
-    async def prepare(self, run_id: str, lease_s: float, hold_at: datetime | None = None) -> PrepareResponse:
+    async def prepare(self, run_id: str, lease_s: float, hold_at: datetime | None = None,
+                      timeout_s: float | None = None) -> PrepareResponse:
         """Hold the engine under a lease, beginning at ``hold_at`` (UTC) if given and still ahead;
-        raises ``AgentConflict`` (with the holder) on 409."""
+        raises ``AgentConflict`` (with the holder) on 409. ``timeout_s``: how long the answer may
+        take (an engine's flush may take longer than any other request); default: the agent timeout."""
         ...
 
     async def renew(self, run_id: str, lease_s: float | None = None) -> LeaseInfo: ...
@@ -108,11 +110,12 @@ class HttpAgentClient:
     async def status(self) -> AgentStatus:
         return AgentStatus.model_validate(await self._call("GET", "/v1/status"))
 
-    async def prepare(self, run_id: str, lease_s: float, hold_at: datetime | None = None) -> PrepareResponse:
+    async def prepare(self, run_id: str, lease_s: float, hold_at: datetime | None = None,
+                      timeout_s: float | None = None) -> PrepareResponse:
         request: dict[str, Any] = {"run_id": run_id, "lease_s": lease_s}
         if hold_at is not None:  # only when asked: an agent older than hold_at rejects the field
             request["hold_at"] = hold_at.isoformat()
-        return PrepareResponse.model_validate(await self._call("POST", "/v1/prepare", request))
+        return PrepareResponse.model_validate(await self._call("POST", "/v1/prepare", request, timeout_s))
 
     async def renew(self, run_id: str, lease_s: float | None = None) -> LeaseInfo:
         return LeaseInfo.model_validate(await self._call("POST", "/v1/renew", {"run_id": run_id, "lease_s": lease_s}))
@@ -132,23 +135,24 @@ class HttpAgentClient:
     async def aclose(self) -> None:
         """Nothing to do: the shared pool is closed by whoever opened it (``open_agents``)."""
 
-    async def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    async def _call(self, method: str, path: str, body: dict[str, Any] | None = None,
+                    timeout_s: float | None = None) -> Any:
         url = self.base_url + path
+        timeout_s = timeout_s or self._timeout_s
         if isinstance(self._http, AgentTransport):
             try:
-                response = await self._http.call(method, url, body, self._headers, self._timeout_s)
+                response = await self._http.call(method, url, body, self._headers, timeout_s)
             except TransportTimeout as exc:
-                raise self._timed_out(path) from exc
+                raise self._timed_out(path, timeout_s) from exc
             except TransportError as exc:
                 raise self._transport_error(exc) from exc
         else:
             import httpx
 
             try:
-                response = await self._http.request(method, url, json=body, headers=self._headers,
-                                                    timeout=self._timeout_s)
+                response = await self._http.request(method, url, json=body, headers=self._headers, timeout=timeout_s)
             except httpx.TimeoutException as exc:
-                raise self._timed_out(path) from exc
+                raise self._timed_out(path, timeout_s) from exc
             except httpx.TransportError as exc:
                 raise self._transport_error(exc) from exc
         if response.status_code == 204:
@@ -170,8 +174,8 @@ class HttpAgentClient:
             raise AgentConflict(self.node, message, status=status, hint=hint, holder=error.holder if error else None)
         raise AgentError(self.node, message, status=status, hint=hint)
 
-    def _timed_out(self, path: str) -> AgentUnreachable:
-        return AgentUnreachable(self.node, f"no answer from the agent at {self.base_url} within {self._timeout_s:g}s "
+    def _timed_out(self, path: str, timeout_s: float) -> AgentUnreachable:
+        return AgentUnreachable(self.node, f"no answer from the agent at {self.base_url} within {timeout_s:g}s "
                                            f"({path})", hint=self._unreachable_hint)
 
     def _transport_error(self, exc: Exception) -> AgentError:
@@ -209,8 +213,9 @@ class EmbeddedAgentClient:
     async def status(self) -> AgentStatus:
         return await self._call(self.service.status)
 
-    async def prepare(self, run_id: str, lease_s: float, hold_at: datetime | None = None) -> PrepareResponse:
-        return await self._call(self.service.prepare, run_id, lease_s, hold_at)
+    async def prepare(self, run_id: str, lease_s: float, hold_at: datetime | None = None,
+                      timeout_s: float | None = None) -> PrepareResponse:
+        return await self._call(self.service.prepare, run_id, lease_s, hold_at)  # bounded by the caller
 
     async def renew(self, run_id: str, lease_s: float | None = None) -> LeaseInfo:
         return await self._call(self.service.renew, run_id, lease_s)

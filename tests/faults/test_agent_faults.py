@@ -7,6 +7,7 @@ too: by the process dying, by a late complete, or by its lease.
 from __future__ import annotations
 
 import subprocess
+import time
 
 import pytest
 
@@ -104,3 +105,17 @@ def test_a_partitioned_agent_is_refused_at_preflight_within_the_timeout(scene: F
     [run_id] = cluster.run_ids()
     assert cluster.manifest(run_id)["status"] == "failed"  # the refusal is on record
     assert cluster.snapshot_dirs(run_id) == []
+
+
+def test_a_prepare_slower_than_the_agent_timeout_but_within_prepare_timeout_succeeds(scene: FaultCluster) -> None:
+    # An engine's flush may take longer than any other request (policy.prepare_timeout_s, 10 s
+    # here), which is why it has a timeout of its own; agent_timeout_s (3 s) must not cut it short.
+    cluster = scene
+    gate = cluster.agents["node1"].proxy.gate("POST /v1/prepare")
+    process = cluster.popen("backup", "--no-prune")
+    gate.wait()
+    time.sleep(4)
+    gate.open()
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    cluster.wait_released()
