@@ -118,12 +118,16 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
             return BackupPlan(inventory.cluster, provider.name,
                               {n: [_volume_name(v) for v in nv.volumes] for n, nv in volumes.items()}, verdict)
 
+        executor = _call_runner(inventory)
+        executor.start()  # first: a provider worker process imports while we lock and look
         # 1. Lock the cluster in the catalog; a stale lock (its holder died) is taken over.
         reporter.step("lock", f"locking cluster {inventory.cluster} in {catalog.describe()}")
-        lock = catalog.acquire_lock(run_owner(), run_id, policy.lock_ttl_s)
+        try:
+            lock = catalog.acquire_lock(run_owner(), run_id, policy.lock_ttl_s)
+        except BaseException:
+            executor.shutdown()
+            raise
         lock_keeper = LockKeeper(lock, policy.lock_ttl_s / 3)
-        executor = _call_runner(inventory)
-        executor.start()
         try:
             _close_abandoned_runs(catalog, run_id)
             # 2. Preflight, before anything is held.
