@@ -10,8 +10,11 @@ the sender's system call) and the servers' share of the cores bound what any cli
 Three clients against the same servers, in turns:
 
 - ``raw``: non-blocking sockets and one epoll loop, no asyncio: the cheapest a Python client gets.
-- ``snapctl transport``: snapctl's ``AgentTransport`` (asyncio), every request its own coroutine,
-  as the orchestrator sends them.
+- ``asyncio protocol``: a bare asyncio protocol per connection that writes and counts answers:
+  what asyncio itself costs.
+- ``snapctl transport``: snapctl's ``AgentTransport`` (asyncio), every request its own coroutine
+  with its own timeout, as the orchestrator sends them; also on uvloop when the simulated agents'
+  optional packages have it (``bench/simcluster.py``), for comparison: snapctl itself runs on asyncio.
 - the servers: the same two epoll processes for both, answering a fixed 200 response.
 """
 
@@ -88,11 +91,28 @@ def raw_fan_out(socks: list[socket.socket], poller: select.epoll) -> None:
                 del waiting[fd]
 
 
+class _Counting(asyncio.Protocol):
+    """The least an asyncio client can do: write, and count whole answers as they arrive."""
+
+    def __init__(self, round_: dict) -> None:
+        self.round = round_
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if data.endswith(BODY):
+            self.round["left"] -= 1
+            if not self.round["left"]:
+                self.round["done"].set_result(None)
+
+
 def measure(nodes: int, ports: list[int], server_pids: list[int], rounds: int) -> dict[str, tuple[float, float, float]]:
     """Per client: (median wall of one fan-out s, client CPU µs per request, servers' CPU µs per request)."""
     from snapctl.agent_transport import AgentTransport
 
-    results: dict[str, list[tuple[float, float, float]]] = {"raw": [], "snapctl transport": []}
+    results: dict[str, list[tuple[float, float, float]]] = {
+        "raw": [], "asyncio protocol": [], "snapctl transport": []}
     socks = []
     for i in range(nodes):
         sock = socket.create_connection(("127.0.0.1", ports[i % len(ports)]))
@@ -105,22 +125,51 @@ def measure(nodes: int, ports: list[int], server_pids: list[int], rounds: int) -
     urls = [f"http://127.0.0.1:{ports[i % len(ports)]}/v1/status" for i in range(nodes)]
     headers = {"Authorization": "Bearer 0123456789abcdef0123456789abcdef"}
 
-    async def transport_rounds() -> None:
+    async def transport_rounds(loop_name: str = "") -> None:
+        loop = asyncio.get_running_loop()
         transport = AgentTransport()
         await asyncio.gather(*(transport.call("GET", url, None, headers, 5) for url in urls))  # connect
+        round_: dict = {}
+        bare = [(await loop.create_connection(lambda: _Counting(round_), "127.0.0.1", ports[i % len(ports)]))[1]
+                for i in range(nodes)]
         for _ in range(rounds):
-            with sampled(results["snapctl transport"], server_pids, nodes):
+            with sampled(results.setdefault(f"snapctl transport{loop_name}", []), server_pids, nodes):
                 await asyncio.gather(*(transport.call("GET", url, None, headers, 5) for url in urls))
+            if loop_name:
+                continue
+            round_.update(left=nodes, done=loop.create_future())
+            with sampled(results["asyncio protocol"], server_pids, nodes):
+                for protocol in bare:
+                    protocol.transport.write(REQUEST)
+                await round_["done"]
             with sampled(results["raw"], server_pids, nodes):
                 raw_fan_out(socks, poller)
+        for protocol in bare:
+            protocol.transport.close()
         await transport.aclose()
 
     raw_fan_out(socks, poller)
     asyncio.run(transport_rounds())
+    uvloop = _uvloop()
+    if uvloop is not None:
+        uvloop.run(transport_rounds(" on uvloop"))
     for sock in socks:
         sock.close()
     return {name: (median([w for w, _, _ in runs]), median([c for _, c, _ in runs]), median([s for _, _, s in runs]))
             for name, runs in results.items()}
+
+
+def _uvloop():
+    """uvloop from the simulated agents' optional packages (bench/simcluster.py), if there."""
+    from bench.simcluster import AGENT_DEPS
+
+    if str(AGENT_DEPS) not in sys.path and AGENT_DEPS.is_dir():
+        sys.path.append(str(AGENT_DEPS))
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop
 
 
 class sampled:
