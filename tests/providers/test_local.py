@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -42,7 +43,9 @@ def _volumes(provider: LocalProvider, tmp_path: Path, *raw) -> NodeVolumes:
 
 
 def _snap(provider: LocalProvider, volumes: NodeVolumes, run: str):
-    return provider.snapshot(volumes, snapshot_tags(CLUSTER, run, volumes.node))
+    """A snapshot as a backup run leaves it: taken, then waited for (completed, on disk)."""
+    refs = provider.snapshot(volumes, snapshot_tags(CLUSTER, run, volumes.node))
+    return provider.wait(refs, time.monotonic() + 60)
 
 
 def _tree(root: Path) -> dict[str, tuple]:
@@ -256,6 +259,7 @@ def test_wait_confirms_and_reports_missing(provider: LocalProvider, tmp_path: Pa
     volumes = _volumes(provider, tmp_path, {"name": "data", "path": "src"})
     refs = _snap(provider, volumes, "run1")
     seen = []
+    # Already completed: nothing left to do, so even a deadline long past is no failure.
     assert [r.state for r in provider.wait(refs, deadline=0, progress=seen.append)] == ["completed"]
     assert [r.snapshot_id for r in seen] == ["run1-n1-data"]
     provider.delete(refs[0])

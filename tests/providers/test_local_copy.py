@@ -1,5 +1,5 @@
-"""The local provider's copy engine: many files at once, exact, on disk when it returns, and
-stopped cleanly by the first failure."""
+"""The local provider's copy engine: many files at once, exact, on disk when it returns (or when
+the caller's fsync_tree does), and stopped cleanly by the first failure."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from snapctl_local import copy as copy_module
 from snapctl_local import durable
-from snapctl_local.copy import FileCopier, FileFacts, LinkSource, TreeCopyError, copy_tree
+from snapctl_local.copy import FileCopier, FileFacts, LinkSource, SyncDeadline, TreeCopyError, copy_tree, fsync_tree
 
 
 def _make_tree(root: Path, files: int = 60) -> None:
@@ -61,7 +61,8 @@ def _identities(root: Path, *, files: bool = True) -> set[tuple[int, int]]:
 
 
 def _copy_threads() -> list[str]:
-    return [t.name for t in threading.enumerate() if t.name.startswith(("snapctl-copy", "snapctl-writeback"))]
+    return [t.name for t in threading.enumerate()
+            if t.name.startswith(("snapctl-copy", "snapctl-writeback", "snapctl-sync"))]
 
 
 def test_many_files_copied_at_once_are_exact(tmp_path: Path) -> None:
@@ -100,12 +101,58 @@ def test_an_incremental_fsyncs_its_copies_and_directories_not_the_linked_files(
     assert second.files["d0/sub0/f000.bin"] == FileFacts.of((tmp_path / "src" / "d0" / "sub0" / "f000.bin").stat())
 
 
-def test_without_durability_nothing_is_fsynced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sync_later_leaves_the_fsyncs_to_fsync_tree_over_what_it_lists(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     _make_tree(tmp_path / "src")
+    first = copy_tree(tmp_path / "src", tmp_path / "one", FileCopier("never"))
+    (tmp_path / "src" / "d0" / "sub0" / "f000.bin").write_bytes(b"changed")
     synced = _record_fsyncs(monkeypatch)
-    copy_tree(tmp_path / "src", tmp_path / "dst", FileCopier("never"), durable=False)
+    stats = copy_tree(tmp_path / "src", tmp_path / "two", FileCopier("never"),
+                      LinkSource(data_dir=tmp_path / "one", index=first.files), sync="later")
     assert synced == set()
-    assert _tree(tmp_path / "dst") == _tree(tmp_path / "src")
+    assert _tree(tmp_path / "two") == _tree(tmp_path / "src")
+    assert "d0/sub0/f000.bin" in stats.unsynced and "d1/sub1/f001.bin" not in stats.unsynced  # linked
+    assert "." in stats.unsynced and "empty" in stats.unsynced
+    fsync_tree(tmp_path / "two", stats.unsynced, threads=3)
+    assert _identities(tmp_path / "two", files=False) <= synced
+    changed = (tmp_path / "two" / "d0" / "sub0" / "f000.bin").stat()
+    assert (changed.st_dev, changed.st_ino) in synced
+
+
+def test_write_back_goes_on_after_copy_tree_returns_even_once_the_tree_is_renamed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: set[tuple[int, int]] = set()
+    release = threading.Event()
+
+    def slow_disk(fd: int) -> None:
+        release.wait(10)  # the disk's queue is full: the copy must not wait for it
+        st = os.fstat(fd)
+        started.add((st.st_dev, st.st_ino))
+
+    monkeypatch.setattr(durable, "_writeback_starter", lambda: slow_disk)
+    _make_tree(tmp_path / "src", files=100)  # more than any backlog a copier might wait on
+    copy_tree(tmp_path / "src", tmp_path / "partial", FileCopier("never"), sync="later")
+    os.rename(tmp_path / "partial", tmp_path / "published")
+    release.set()
+    for thread in threading.enumerate():
+        if thread.name == "snapctl-writeback":
+            thread.join(10)
+    copied = {(st.st_dev, st.st_ino) for p in (tmp_path / "published").rglob("*")
+              if p.is_file() and not p.is_symlink() for st in [p.stat()]}
+    assert copied and copied <= started
+
+
+def test_fsync_tree_stops_at_its_deadline_and_names_a_failing_path(tmp_path: Path) -> None:
+    _make_tree(tmp_path / "src")
+    stats = copy_tree(tmp_path / "src", tmp_path / "dst", FileCopier("never"), sync="later")
+    with pytest.raises(SyncDeadline):
+        fsync_tree(tmp_path / "dst", stats.unsynced, deadline=0)
+    os.unlink(tmp_path / "dst" / "d2" / "sub0" / "f002.bin")
+    with pytest.raises(TreeCopyError) as info:
+        fsync_tree(tmp_path / "dst", stats.unsynced)
+    assert info.value.path == tmp_path / "dst" / "d2" / "sub0" / "f002.bin" and info.value.cause.errno == errno.ENOENT
+    assert _copy_threads() == []
 
 
 def test_a_failing_writeback_start_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,7 +4,7 @@ files, reflinks where the filesystem has them, kernel-side copies otherwise.
 Nothing here reads a whole file into memory: data moves in large chunks through
 ``copy_file_range``/``sendfile`` and only falls back to a bounded userspace buffer. Several files
 are copied at once (the kernel does the copying, outside the GIL), and a copied tree is durable
-when ``copy_tree`` returns: see ``durable.py``.
+when ``copy_tree`` returns, or when the caller's ``fsync_tree`` does: see ``durable.py``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import fcntl
 import os
 import stat
 import threading
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,10 +32,17 @@ _UNSUPPORTED = {errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno
 _LINK_FALLBACK = {errno.ENOENT, errno.EMLINK, errno.EXDEV, errno.EPERM}
 
 ReflinkMode = Literal["auto", "always", "never"]
+# now: on disk when copy_tree returns; later: write-back started, the fsyncs left to the caller
+# (fsync_tree over CopyStats.unsynced).
+SyncMode = Literal["now", "later"]
 
 # Files copied at once. Each copy is one long syscall that releases the GIL; beyond the cores,
 # more threads only queue behind each other (and on a slow disk, all wait for the disk alike).
 COPY_THREADS = max(1, min(4, os.cpu_count() or 1))
+
+
+class SyncDeadline(Exception):
+    """``fsync_tree`` had not started every fsync when its deadline passed."""
 
 
 class ReflinkUnsupported(OSError):
@@ -87,6 +95,9 @@ class CopyStats:
     reflinked_files: int = 0
     copied_files: int = 0
     skipped: list[str] = field(default_factory=list)  # sockets, fifos, devices
+    # What makes the copy durable (copied files, then every directory; relative to the copy's root,
+    # "." for the root itself); hard-linked files are an earlier snapshot's, already on disk.
+    unsynced: list[str] = field(default_factory=list)
 
 
 class FileCopier:
@@ -99,7 +110,7 @@ class FileCopier:
 
     def copy_file(self, src: Path, dst: Path, src_dev: int) -> Literal["reflinked", "copied"]:
         """Copy ``src``'s data into a new file ``dst`` (which must not exist) and fsync it; inside
-        ``copy_tree`` the fsync is left to its final pass (the write-back is only started here)."""
+        ``copy_tree`` the fsync is left to ``fsync_tree`` (the write-back is only started here)."""
         in_fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
         try:
             out_fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -113,7 +124,7 @@ class FileCopier:
                 if durability is None:
                     os.fsync(out_fd)
                 else:
-                    durability.written(out_fd, dst)
+                    durability.written(dst)
             finally:
                 os.close(out_fd)
         finally:
@@ -177,39 +188,81 @@ def copy_tree(
     copier: FileCopier,
     link_from: LinkSource | None = None,
     *,
-    durable: bool = True,
+    sync: SyncMode = "now",
     threads: int = COPY_THREADS,
 ) -> CopyStats:
-    """Recreate ``src_root`` as ``dst_root`` (which must not exist), on disk when this returns.
+    """Recreate ``src_root`` as ``dst_root`` (which must not exist); on disk when this returns,
+    or with ``sync="later"`` once ``fsync_tree(dst_root, stats.unsynced)`` has (see ``SyncMode``).
 
     Regular files matching ``link_from``'s index (same relative path, size, mtime and mode) are
     hard-linked from it; all others are copied, ``threads`` at a time. Modes, mtimes and symlinks
     are kept, and so are owners when running as root. Directory metadata is applied last, children
     first, because creating entries would change a directory's mtime and a read-only directory
-    takes no entries. ``durable=False`` skips every fsync: only for measuring the copy itself.
+    takes no entries.
     """
     stats = CopyStats()
     as_root = os.geteuid() == 0
     dirs: list[tuple[str, os.stat_result]] = []
-    durability = Durability(durable)
+    durability = Durability(dst_root)
     copies = _Copies(threads, stats, durability)
     try:
-        _copy_entries(src_root, dst_root, copier, link_from, stats, as_root, dirs, copies)
-        copies.finish()
-        durability.stop()
+        try:
+            _copy_entries(src_root, dst_root, copier, link_from, stats, as_root, dirs, copies)
+            copies.finish()
+        finally:
+            copies.close()
         for dst_dir, dir_stat in reversed(dirs):
             try:
                 _apply_metadata(dst_dir, dir_stat, as_root, symlink=False)
             except OSError as exc:
                 raise TreeCopyError(Path(dst_dir), exc) from exc
-        if durable:
-            # Write-back of every file started as it was copied, so these mostly wait for the last
-            # few files and commit the metadata; the directories make the entries durable.
-            copies.run_all(fsync_path, [*durability.files, *(d for d, _ in dirs)])
-    finally:
-        copies.close()
-        durability.stop()
+    except BaseException:
+        durability.cancel()
+        raise
+    # "later": the write-back thread goes on after this returns, so the disk keeps writing while
+    # the caller has moved on (a snapshot: the engine is released) until its fsync_tree.
+    durability.finish(wait=sync == "now")
+    prefix = len(os.fspath(dst_root)) + 1
+    stats.unsynced = [*durability.files, *(d[prefix:] or "." for d, _ in dirs)]
+    if sync == "now":
+        fsync_tree(dst_root, stats.unsynced, threads=threads)
     return stats
+
+
+def fsync_tree(root: Path, paths: Sequence[str], *, threads: int = COPY_THREADS,
+               deadline: float | None = None) -> None:
+    """fsync ``paths`` (files and directories, relative to ``root``) ``threads`` at a time.
+
+    Most of the data is usually written already (the copy started its write-back), so these
+    mostly wait for the last files and commit the metadata. Raises ``TreeCopyError`` for the first
+    path that fails, ``SyncDeadline`` when ``deadline`` (time.monotonic()) passes before the last
+    fsync was started; fsyncs already started are waited for, never abandoned.
+    """
+    base = os.fspath(root)
+    backlog = 4 * max(1, threads)
+    pending: dict[Future[None], str] = {}
+    executor = ThreadPoolExecutor(max(1, threads), thread_name_prefix="snapctl-sync")
+    try:
+        for rel in paths:
+            if len(pending) >= backlog:
+                _first_failure(pending, FIRST_COMPLETED)
+            if deadline is not None and time.monotonic() > deadline:
+                raise SyncDeadline(f"{len(paths)} fsyncs under {base} not done by the deadline")
+            path = os.path.join(base, rel)
+            pending[executor.submit(fsync_path, path)] = path
+        _first_failure(pending, ALL_COMPLETED)
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _first_failure(pending: dict[Future[None], str], return_when: str) -> None:
+    done, _ = wait(pending, return_when=return_when)
+    for future in done:
+        path = pending.pop(future)
+        try:
+            future.result()
+        except OSError as exc:
+            raise TreeCopyError(Path(path), exc) from exc
 
 
 class _Copies:
@@ -219,7 +272,7 @@ class _Copies:
     def __init__(self, threads: int, stats: CopyStats, durability: Durability) -> None:
         self._executor = ThreadPoolExecutor(max(1, threads), thread_name_prefix="snapctl-copy")
         self._backlog = 4 * max(1, threads)
-        self._pending: dict[Future[str | None], str | Path] = {}
+        self._pending: dict[Future[str], str | Path] = {}
         self._stats = stats
         self._durability = durability
 
@@ -230,13 +283,6 @@ class _Copies:
         self._pending[future] = src
 
     def finish(self) -> None:
-        self._collect(ALL_COMPLETED)
-
-    def run_all(self, call: Callable[[str | Path], None], paths: list[str | Path]) -> None:
-        for path in paths:
-            if len(self._pending) >= self._backlog:
-                self._collect(FIRST_COMPLETED)
-            self._pending[self._executor.submit(call, path)] = path
         self._collect(ALL_COMPLETED)
 
     def close(self) -> None:

@@ -4,6 +4,7 @@ snapctl out on one machine. See docs/providers/local.md."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,22 +23,38 @@ from snapctl.providers import (
     check_cluster_tag,
 )
 
-from .copy import CopyStats, FileCopier, FileFacts, LinkSource, ReflinkUnsupported, TreeCopyError, copy_tree
+from .copy import (
+    CopyStats,
+    FileCopier,
+    FileFacts,
+    LinkSource,
+    ReflinkUnsupported,
+    SyncDeadline,
+    TreeCopyError,
+    copy_tree,
+    fsync_tree,
+)
+from .durable import fsync_path
 from .settings import LocalSettings, LocalVolume, parse_volumes, resolve_store
 from .store import (
     DATA,
     DELETING_PREFIX,
+    METADATA,
     METADATA_FORMAT,
     PARTIAL_PREFIX,
     RESTORE_PREFIX,
     SnapshotStore,
+    boot_id,
     check_part,
     filename_safe,
     fsync_dir,
+    mark_completed,
+    mark_failed,
     read_metadata,
     read_restore_marker,
     remove_tree,
     restore_marker,
+    snapshot_state,
     write_metadata,
     write_restore_marker,
 )
@@ -46,11 +63,18 @@ PROVIDER = "local"
 
 
 class LocalProvider:
-    """Copies each volume directory into ``<store>/<cluster>/<node>/<snapshot_id>/``."""
+    """Copies each volume directory into ``<store>/<cluster>/<node>/<snapshot_id>/``.
+
+    ``snapshot()`` returns once the copy is complete (its point in time is fixed: the engine can be
+    released) while the disk is still writing it: the snapshot is pending. ``wait()`` fsyncs it and
+    marks it completed, outside the engine's hold, as a cloud's snapshot completes some time after
+    its create call. See docs/providers/local.md#durability.
+    """
 
     name = PROVIDER
     settings_model = LocalSettings
-    capabilities = Capabilities(crash_consistent_group=False, incremental=True, instant=True)
+    # Not instant: the content is fixed when snapshot() returns, but on disk only after wait().
+    capabilities = Capabilities(crash_consistent_group=False, incremental=True, instant=False)
 
     def __init__(self, settings: LocalSettings, *, cluster: str, base_dir: Path) -> None:
         self.settings = settings
@@ -88,16 +112,19 @@ class LocalProvider:
         return refs
 
     def wait(self, refs: list[SnapshotRef], deadline: float, progress: ProgressFn | None = None) -> list[SnapshotRef]:
-        # Copies are finished when snapshot() returns: waiting only confirms they are still there.
+        """Make each pending snapshot durable (fsync its files and directories, then mark it
+        completed); one not finished by ``deadline`` or made before the host restarted raises."""
         done = []
         for ref in refs:
-            meta = read_metadata(self._snapshot_dir(ref))
+            snap_dir = self._snapshot_dir(ref)
+            meta = read_metadata(snap_dir)
             if meta is None:
                 raise SnapshotNotFound(
                     f"node {ref.node}: snapshot {ref.snapshot_id} of volume {ref.volume} is missing from "
                     f"{self.store.cluster_dir}",
                 )
-            updated = self._ref(meta, self._snapshot_dir(ref))
+            self._make_durable(ref.node, snap_dir, meta, deadline)
+            updated = self._ref(meta, snap_dir)
             if progress:
                 progress(updated)
             done.append(updated)
@@ -141,7 +168,7 @@ class LocalProvider:
         found = []
         for snap_dir in self.store.iter_snapshot_dirs():
             meta = read_metadata(snap_dir)
-            if meta is None or meta.get("state") != "completed":
+            if meta is None:
                 continue
             recorded = meta.get("tags") or {}
             if all(recorded.get(key) == value for key, value in tags.items()):
@@ -161,6 +188,8 @@ class LocalProvider:
         meta = read_metadata(snap_dir)
         if meta is None:
             raise SnapshotNotFound(f"node {ref.node}: snapshot {ref.snapshot_id} not found in {self.store.cluster_dir}")
+        # A backup run with --no-wait left it pending: copy out nothing that is not on disk yet.
+        self._make_durable(ref.node, snap_dir, meta, deadline=None)
         dest.parent.mkdir(parents=True, exist_ok=True)
         staging = self.store.work_dir(dest.parent, RESTORE_PREFIX, dest.name)
         marked = False
@@ -250,10 +279,12 @@ class LocalProvider:
         where = f"node {node}: snapshot of volume {volume.name} ({volume.path})"
         try:
             os.mkdir(partial, 0o700)
-            stats = copy_tree(volume.path, partial / DATA, self._copier, link_from)
+            # Nothing here waits for the disk: an fsync now (even of snapshot.json alone) would wait
+            # for the journal, and so for much of the data just copied, inside the engine's hold.
+            stats = copy_tree(volume.path, partial / DATA, self._copier, link_from, sync="later")
             meta = self._metadata(node, volume, snapshot_id, tags, stats, previous[0].name if previous else None)
-            write_metadata(partial, meta)
-            self.store.publish(partial, final)
+            write_metadata(partial, meta, sync=False)
+            self.store.publish(partial, final, sync=False)
         except ReflinkUnsupported as exc:
             raise ProviderError(
                 f"{where} failed: the store {self.store.root} cannot reflink files",
@@ -284,7 +315,8 @@ class LocalProvider:
             "node": node,
             "volume": volume.name,
             "source": str(volume.path),
-            "state": "completed",
+            "state": "pending",
+            "boot_id": boot_id(),
             "created_at": datetime.now(UTC).isoformat(timespec="microseconds"),
             "tags": {**tags, TAG_VOLUME: volume.name},
             "bytes": stats.bytes_total,
@@ -295,16 +327,65 @@ class LocalProvider:
             "linked_from": linked_from,
             "skipped": stats.skipped,
             "files": {rel: facts.to_json() for rel, facts in stats.files.items()},
+            "unsynced": stats.unsynced,  # under data/
         }
 
+    def _make_durable(self, node: str, snap_dir: Path, meta: dict[str, Any], deadline: float | None) -> None:
+        """Bring a pending snapshot to completed: fsync what the copy left unsynced, then the
+        metadata and the entries that name it, and only then write the completed marker."""
+        if snapshot_state(snap_dir, meta)[0] == "completed":
+            return
+        snapshot_id = str(meta.get("snapshot_id") or snap_dir.name)
+        where = f"node {node}: snapshot {snapshot_id} of volume {meta.get('volume')}"
+        # Under the node lock: a restore and a wait may finalize the same snapshot at once, and a
+        # delete must not rename it away half way.
+        with self.store.node_lock(node):
+            if not (snap_dir / METADATA).exists():
+                raise SnapshotNotFound(f"{where} was deleted meanwhile")
+            state, error = snapshot_state(snap_dir, meta)
+            if state == "completed":
+                return
+            if state == "error":
+                raise ProviderError(f"{where} {error}", hint="take a new backup")
+            if deadline is not None and time.monotonic() > deadline:
+                raise self._deadline_error(where)
+            try:
+                fsync_tree(snap_dir / DATA, list(meta.get("unsynced") or ()), deadline=deadline)
+                fsync_path(snap_dir / METADATA)
+                fsync_dir(snap_dir)
+                fsync_dir(snap_dir.parent)  # publishing renamed it into place
+            except SyncDeadline as exc:
+                raise self._deadline_error(where) from exc
+            except (TreeCopyError, OSError) as exc:
+                path, cause = (exc.path, exc.cause) if isinstance(exc, TreeCopyError) else (snap_dir, exc)
+                why = f"could not be written to disk ({path}: {cause.strerror or cause})"
+                try:
+                    mark_failed(snap_dir, why)
+                except OSError:
+                    pass  # the same disk failing: the error below still fails this run
+                raise ProviderError(f"{where} {why}", hint="check the store's disk; take a new backup") from exc
+            try:
+                mark_completed(snap_dir)
+            except OSError as exc:  # all of it is on disk: marking it again later is safe
+                raise ProviderError(f"{where}: cannot mark it completed: {exc.strerror or exc}",
+                                    hint="make room on the store's disk, then wait or restore again") from exc
+
+    def _deadline_error(self, where: str) -> ProviderError:
+        return ProviderError(
+            f"{where} was not on disk by the deadline",
+            hint="raise policy.wait_timeout_s, or use --no-wait (restore makes such a snapshot durable first)",
+        )
+
     def _ref(self, meta: dict[str, Any], snap_dir: Path) -> SnapshotRef:
+        state, error = snapshot_state(snap_dir, meta)
         return SnapshotRef(
             provider=PROVIDER,
             snapshot_id=str(meta.get("snapshot_id") or snap_dir.name),
             node=str(meta.get("node") or snap_dir.parent.name),
             volume=str(meta.get("volume") or ""),
-            state="completed",
-            progress=100.0,
+            state=state,  # type: ignore[arg-type]
+            error=error,
+            progress=100.0 if state == "completed" else None,
             bytes=meta.get("bytes"),
             created_at=meta.get("created_at"),
             tags=dict(meta.get("tags") or {}),

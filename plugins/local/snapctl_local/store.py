@@ -2,14 +2,23 @@
 
 ::
 
-    <store>/<cluster>/<node>/<snapshot_id>/snapshot.json   metadata, written last
+    <store>/<cluster>/<node>/<snapshot_id>/snapshot.json   metadata, written once, before publishing
     <store>/<cluster>/<node>/<snapshot_id>/data/...          the volume's files
+    <store>/<cluster>/<node>/<snapshot_id>/completed.json    written last: all of it is on disk
+    <store>/<cluster>/<node>/<snapshot_id>/failed.json       instead: making it durable failed
     <store>/<cluster>/<node>/.lock                           serialises snapshots of one node
     <store>/<cluster>/<node>/.partial-*  .deleting-*         work in progress (hidden from listings)
 
 A snapshot is built under a hidden ``.partial-`` name and renamed into place with its metadata
-already inside, so a listed snapshot is always complete. Anything hidden that is left behind
-belongs to a crashed call and is removed by the next snapshot of that node.
+already inside, so a listed snapshot is always a complete copy. Anything hidden that is left
+behind belongs to a crashed call and is removed by the next snapshot of that node.
+
+A listed snapshot is *pending* until ``completed.json`` exists: its copy is complete, but only
+the kernel knows which of it is on disk yet. Making it durable (``LocalProvider.wait``) fsyncs
+what ``snapshot.json`` lists as ``unsynced`` and then writes the marker. A pending snapshot that
+was made before the host last restarted (its ``boot_id`` is not this boot's) may have lost data
+in the restart, and so may one whose fsyncs failed: both are in *error* for good. Snapshots of
+format 1 (before pending existed) recorded ``state: completed`` and are completed.
 
 A restore into ``<target>`` leaves a marker beside it, ``<target>.snapctl-restore.json`` (outside
 the directory, so the engine sees exactly the snapshot's files): the snapshot's cluster tag and
@@ -19,6 +28,7 @@ the target's path, which ``delete_volume`` checks before it removes anything.
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
 import re
@@ -39,7 +49,9 @@ DATA = "data"
 PARTIAL_PREFIX = ".partial-"
 DELETING_PREFIX = ".deleting-"
 RESTORE_PREFIX = ".restore-"
-METADATA_FORMAT = 1
+COMPLETED = "completed.json"
+FAILED = "failed.json"
+METADATA_FORMAT = 2  # 2: a snapshot's state comes from its markers, not snapshot.json's "state"
 RESTORE_MARKER_SUFFIX = ".snapctl-restore.json"
 
 _SAFE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
@@ -93,10 +105,11 @@ class SnapshotStore:
     def work_dir(self, parent: Path, prefix: str, name: str) -> Path:
         return parent / f"{prefix}{name}-{secrets.token_hex(4)}"
 
-    def publish(self, partial: Path, final: Path) -> None:
+    def publish(self, partial: Path, final: Path, *, sync: bool = True) -> None:
         # rename(2) refuses a non-empty target, so two writers can never merge into one snapshot.
         os.rename(partial, final)
-        fsync_dir(final.parent)
+        if sync:
+            fsync_dir(final.parent)
 
     def iter_snapshot_dirs(self, node: str | None = None) -> Iterator[Path]:
         nodes = [self.node_dir(node)] if node else _visible_dirs(self.cluster_dir)
@@ -104,7 +117,9 @@ class SnapshotStore:
             yield from _visible_dirs(node_dir)
 
     def previous(self, node: str, volume: str) -> tuple[Path, dict[str, Any]] | None:
-        """The newest complete snapshot of ``volume`` on ``node``, for hard-linking unchanged files."""
+        """The newest completed snapshot of ``volume`` on ``node``, for hard-linking unchanged files.
+
+        Never a pending one: a linked file is not fsynced again, so it must be on disk already."""
         candidates = []
         for snap_dir in self.iter_snapshot_dirs(node):
             try:
@@ -114,7 +129,7 @@ class SnapshotStore:
         # Metadata is written once, so its mtime orders snapshots without parsing every index.
         for _, snap_dir in sorted(candidates, reverse=True):
             meta = read_metadata(snap_dir)
-            if meta and meta.get("volume") == volume and meta.get("state") == "completed":
+            if meta and meta.get("volume") == volume and snapshot_state(snap_dir, meta)[0] == "completed":
                 return snap_dir, meta
         return None
 
@@ -129,17 +144,57 @@ def _visible_dirs(parent: Path) -> list[Path]:
 
 def read_metadata(snap_dir: Path) -> dict[str, Any] | None:
     """The snapshot's metadata, or None when it is missing or unreadable."""
+    return _read_json(snap_dir / METADATA)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
     try:
-        meta = json.loads((snap_dir / METADATA).read_bytes())
+        document = json.loads(path.read_bytes())
     except (OSError, ValueError):
         return None
-    return meta if isinstance(meta, dict) else None
+    return document if isinstance(document, dict) else None
 
 
-def write_metadata(snap_dir: Path, meta: dict[str, Any]) -> None:
+def write_metadata(snap_dir: Path, meta: dict[str, Any], *, sync: bool = True) -> None:
     # Compact: with an indent, json leaves its C encoder for the Python one, 4x slower on the file
     # index (8 vs 2 ms per thousand files), and that is written inside the engine's freeze window.
-    _write_json(snap_dir / METADATA, meta, indent=None)
+    _write_json(snap_dir / METADATA, meta, indent=None, sync=sync)
+
+
+@functools.cache
+def boot_id() -> str | None:
+    """This boot of the host (Linux); None elsewhere, where a restart cannot be told apart."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
+
+
+# Both read after "snapshot <id> of volume <name>": a ref's error and a ProviderError's message.
+NOT_ON_DISK = "was not yet on disk when the host restarted; it may be incomplete"
+
+
+def snapshot_state(snap_dir: Path, meta: dict[str, Any]) -> tuple[str, str | None]:
+    """("completed" | "pending" | "error", why it is in error) of a listed snapshot."""
+    if (snap_dir / COMPLETED).exists() or meta.get("state") == "completed":
+        return "completed", None
+    failed = _read_json(snap_dir / FAILED)
+    if failed is not None:
+        return "error", str(failed.get("error") or "could not be written to disk")
+    if meta.get("boot_id") != boot_id():
+        return "error", NOT_ON_DISK
+    return "pending", None
+
+
+def mark_completed(snap_dir: Path) -> None:
+    """Only once every file and directory of the snapshot is fsynced: this makes it completed."""
+    _write_json(snap_dir / COMPLETED, {"completed_at": datetime.now(UTC).isoformat(timespec="microseconds")})
+
+
+def mark_failed(snap_dir: Path, error: str) -> None:
+    """After a failed fsync: the kernel may since have marked the lost pages clean, so a later
+    fsync could pass without writing them; the snapshot must never become completed."""
+    _write_json(snap_dir / FAILED, {"error": error, "failed_at": datetime.now(UTC).isoformat(timespec="seconds")})
 
 
 def restore_marker(dest: Path) -> Path:
@@ -162,15 +217,11 @@ def write_restore_marker(dest: Path, ref: Any, meta: dict[str, Any]) -> None:
 
 
 def read_restore_marker(dest: Path) -> dict[str, Any] | None:
-    try:
-        marker = json.loads(restore_marker(dest).read_bytes())
-    except (OSError, ValueError):
-        return None
-    return marker if isinstance(marker, dict) else None
+    return _read_json(restore_marker(dest))
 
 
-def _write_json(target: Path, document: dict[str, Any], indent: int | None = 1) -> None:
-    """Atomically: a temp file beside ``target``, fsynced, renamed over it."""
+def _write_json(target: Path, document: dict[str, Any], indent: int | None = 1, *, sync: bool = True) -> None:
+    """Atomically: a temp file beside ``target``, fsynced (unless not ``sync``), renamed over it."""
     temp = target.with_name(f".{target.name}.tmp")
     data = json.dumps(document, indent=indent, separators=None if indent else (",", ":")).encode()
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
@@ -178,11 +229,13 @@ def _write_json(target: Path, document: dict[str, Any], indent: int | None = 1) 
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.rename(temp, target)
-    fsync_dir(target.parent)
+    if sync:
+        fsync_dir(target.parent)
 
 
 def fsync_dir(path: Path) -> None:

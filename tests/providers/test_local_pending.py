@@ -1,0 +1,188 @@
+"""Local snapshots are pending when snapshot() returns (copied, not yet known to be on disk) and
+completed once wait() (or a restore) has fsynced them; one the host restarted under is in error."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+from snapctl_local import LocalProvider
+from snapctl_local import copy as copy_module
+from snapctl_local import store as store_module
+
+from snapctl.errors import ProviderError
+from snapctl.providers import TAG_RUN, NodeVolumes, RestoreTarget, create_provider, snapshot_tags
+
+CLUSTER = "c1"
+LATER = 60.0
+
+
+@pytest.fixture
+def provider(tmp_path: Path) -> LocalProvider:
+    return create_provider({"type": "local", "store": "store"}, cluster=CLUSTER, base_dir=tmp_path)
+
+
+@pytest.fixture
+def volumes(provider: LocalProvider, tmp_path: Path) -> NodeVolumes:
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    for i in range(20):
+        (src / "sub" / f"f{i:02d}.bin").write_bytes(os.urandom(1000 + i))
+    (src / "top.txt").write_text("top")
+    os.symlink("top.txt", src / "link")
+    return provider.validate_volumes("n1", [{"name": "data", "path": "src"}], base_dir=tmp_path)
+
+
+def _take(provider: LocalProvider, volumes: NodeVolumes, run: str):
+    return provider.snapshot(volumes, snapshot_tags(CLUSTER, run, "n1"))
+
+
+def _record_fsyncs(monkeypatch: pytest.MonkeyPatch) -> set[tuple[int, int]]:
+    synced: set[tuple[int, int]] = set()
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        real_fsync(fd)
+        st = os.fstat(fd)
+        synced.add((st.st_dev, st.st_ino))
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    return synced
+
+
+def _identities(root: Path) -> set[tuple[int, int]]:
+    return {(st.st_dev, st.st_ino) for p in [root, *root.rglob("*")] if not p.is_symlink() for st in [p.stat()]}
+
+
+def _state(provider: LocalProvider, run: str) -> list[tuple[str, str | None]]:
+    return [(r.state, r.error) for r in provider.find({TAG_RUN: run})]
+
+
+def _another_boot(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store_module, "boot_id", lambda: "a-later-boot")
+
+
+def test_snapshot_returns_pending_without_waiting_for_the_disk_and_find_lists_it(
+    provider: LocalProvider, volumes: NodeVolumes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced = _record_fsyncs(monkeypatch)
+    (ref,) = _take(provider, volumes, "run1")
+    assert ref.state == "pending" and ref.progress is None
+    assert synced == set()  # no fsync at all while the engine is held
+    assert _state(provider, "run1") == [("pending", None)]
+    assert (Path(ref.extra["path"]) / "data" / "sub" / "f07.bin").stat().st_size == 1007  # the copy is complete
+
+
+def test_wait_fsyncs_the_snapshot_then_marks_it_completed(
+    provider: LocalProvider, volumes: NodeVolumes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refs = _take(provider, volumes, "run1")
+    snap_dir = Path(refs[0].extra["path"])
+    synced = _record_fsyncs(monkeypatch)
+    seen = []
+    (done,) = provider.wait(refs, time.monotonic() + LATER, seen.append)
+    assert done.state == "completed" and done.progress == 100.0 and [r.state for r in seen] == ["completed"]
+    assert _identities(snap_dir) <= synced  # every file and directory, snapshot.json included
+    assert (snap_dir / store_module.COMPLETED).is_file()
+    assert _state(provider, "run1") == [("completed", None)]
+    assert provider.wait(refs, 0)[0].state == "completed"  # nothing left to do: no deadline to miss
+
+
+def test_a_deadline_already_past_leaves_the_snapshot_pending_for_a_later_wait(
+    provider: LocalProvider, volumes: NodeVolumes
+) -> None:
+    refs = _take(provider, volumes, "run1")
+    with pytest.raises(ProviderError, match="run1-n1-data of volume data was not on disk by the deadline") as info:
+        provider.wait(refs, time.monotonic() - 1)
+    assert "wait_timeout_s" in (info.value.hint or "")
+    assert _state(provider, "run1") == [("pending", None)]
+    assert provider.wait(refs, time.monotonic() + LATER)[0].state == "completed"
+
+
+def test_restore_of_a_pending_snapshot_makes_it_durable_first(
+    provider: LocalProvider, volumes: NodeVolumes, tmp_path: Path
+) -> None:
+    (ref,) = _take(provider, volumes, "run1")
+    restored = Path(provider.restore(ref, RestoreTarget(path=tmp_path / "restored")))
+    assert (restored / "sub" / "f03.bin").read_bytes() == (tmp_path / "src" / "sub" / "f03.bin").read_bytes()
+    assert _state(provider, "run1") == [("completed", None)]
+
+
+def test_a_pending_snapshot_from_before_a_restart_is_refused_and_kept(
+    provider: LocalProvider, volumes: NodeVolumes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (ref,) = _take(provider, volumes, "run1")
+    _another_boot(monkeypatch)
+    expected = "node n1: snapshot run1-n1-data of volume data was not yet on disk when the host restarted"
+    with pytest.raises(ProviderError, match=expected) as info:
+        provider.wait([ref], time.monotonic() + LATER)
+    assert "it may be incomplete" in info.value.message and "new backup" in (info.value.hint or "")
+    with pytest.raises(ProviderError, match=expected):
+        provider.restore(ref, RestoreTarget(path=tmp_path / "restored"))
+    assert not (tmp_path / "restored").exists()
+    ((state, error),) = _state(provider, "run1")
+    assert state == "error" and "host restarted" in (error or "")
+    assert Path(ref.extra["path"]).is_dir() and not (Path(ref.extra["path"]) / store_module.COMPLETED).exists()
+    provider.delete(ref)  # deleting it is what the operator (prune, gc) does
+    assert provider.find({}) == []
+
+
+def test_a_failed_fsync_fails_the_snapshot_for_good(
+    provider: LocalProvider, volumes: NodeVolumes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refs = _take(provider, volumes, "run1")
+    real = copy_module.fsync_path
+
+    def failing(path):
+        if str(path).endswith("f05.bin"):
+            raise OSError(errno.EIO, "Input/output error")
+        real(path)
+
+    monkeypatch.setattr(copy_module, "fsync_path", failing)
+    with pytest.raises(ProviderError, match=r"run1-n1-data of volume data could not be written to disk.*f05.bin"):
+        provider.wait(refs, time.monotonic() + LATER)
+    monkeypatch.setattr(copy_module, "fsync_path", real)
+    # After an fsync error the kernel may call the lost pages clean: a second fsync proves nothing.
+    with pytest.raises(ProviderError, match="Input/output error"):
+        provider.wait(refs, time.monotonic() + LATER)
+    assert _state(provider, "run1")[0][0] == "error"
+
+
+def test_a_rollback_finds_and_deletes_pending_snapshots(provider: LocalProvider, volumes: NodeVolumes) -> None:
+    refs = _take(provider, volumes, "run1")
+    found = provider.find({TAG_RUN: "run1"})
+    assert [r.snapshot_id for r in found] == [r.snapshot_id for r in refs]
+    for ref in found:
+        provider.delete(ref)
+    assert provider.find({}) == [] and not Path(refs[0].extra["path"]).exists()
+
+
+def test_an_incremental_links_only_from_a_completed_snapshot(
+    provider: LocalProvider, volumes: NodeVolumes, tmp_path: Path
+) -> None:
+    (pending,) = _take(provider, volumes, "run1")
+    (unlinked,) = _take(provider, volumes, "run2")
+    assert unlinked.extra["linked_files"] == 0  # run1 is not known to be on disk: nothing may share it
+    provider.wait([pending, unlinked], time.monotonic() + LATER)
+    (tmp_path / "src" / "top.txt").write_text("changed")
+    (linked,) = provider.wait(_take(provider, volumes, "run3"), time.monotonic() + LATER)
+    assert linked.extra["linked_files"] == 20 and linked.extra["copied_bytes"] == len("changed")
+    old = Path(unlinked.extra["path"]) / "data" / "sub" / "f00.bin"
+    assert (Path(linked.extra["path"]) / "data" / "sub" / "f00.bin").stat().st_ino == old.stat().st_ino
+
+
+def test_a_snapshot_of_the_first_format_is_completed(provider: LocalProvider, volumes: NodeVolumes) -> None:
+    (ref,) = provider.wait(_take(provider, volumes, "run1"), time.monotonic() + LATER)
+    snap_dir = Path(ref.extra["path"])
+    meta = json.loads((snap_dir / "snapshot.json").read_text())
+    meta.update(format=1, state="completed")
+    for key in ("boot_id", "unsynced"):
+        meta.pop(key)
+    (snap_dir / "snapshot.json").write_text(json.dumps(meta))
+    (snap_dir / store_module.COMPLETED).unlink()
+    assert _state(provider, "run1") == [("completed", None)]
+    assert provider.store.previous("n1", "data") is not None
