@@ -151,7 +151,8 @@ def scaling(sizes: list[int], repeats: int, prepare_latency: float, create_laten
                          ms(median([r.agents_cpu_s / n for r in runs])), wall])
     reference = walls.get(10)
     for row in rows:
-        row.append(ratio(row.pop() / reference) if reference else "-")
+        wall = row.pop()
+        row.append(ratio(wall / reference) if reference else "-")
     out = table(
         f"Freeze window and skew, rate limit not binding ({'real agent stack, ' if stack == 'real' else ''}"
         f"{served} agents, prepare {prepare_latency * 1000:.0f} ms, "
