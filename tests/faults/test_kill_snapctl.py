@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,16 +124,7 @@ STEPS = [holding_the_lock, during_prepare, between_prepare_and_snapshot, during_
 def test_sigkill_at_each_step_leaves_nothing_held_or_lost(scene: FaultCluster, step) -> None:
     cluster = scene
     stop = step(cluster)
-    # Requests held at the proxy must not time out before the kill: the run stays where it stands.
-    stopping = cluster.write_inventory(cluster.directory / "stopping.yaml", provider=stop.provider,
-                                       policy={"agent_timeout_s": "30s"})
-    process = cluster.popen("backup", "--no-prune", inventory=stopping)
-    try:
-        stop.there(process.pid)
-        run_id = cluster.lock_record()["run_id"]
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.communicate(timeout=30)
+    _, run_id = _killed_at(cluster, stop)
     stop.after_kill()
     _nothing_held_or_lost(cluster, stop, run_id)
 
@@ -140,8 +132,19 @@ def test_sigkill_at_each_step_leaves_nothing_held_or_lost(scene: FaultCluster, s
 def test_sigkill_while_the_provider_worker_process_makes_a_snapshot_leaves_nothing_behind(scene) -> None:
     cluster = scene
     stop = during_snapshot(cluster)
+    process, run_id = _killed_at(cluster, stop, provider_process="always")
+    worker = int((cluster.control / "node3.made").read_text())
+    assert worker != process.pid and _running(worker)  # node3's create call is still under way there
+    (cluster.control / "node3.go").touch()  # ... and now the cloud answers it
+    wait_until(lambda: not _running(worker), 15, "the provider worker to end once its call returned")
+    _nothing_held_or_lost(cluster, stop, run_id)
+
+
+def _killed_at(cluster: FaultCluster, stop: Stop, **policy: str) -> tuple[subprocess.Popen, str]:
+    """Start a backup, SIGKILL it once it stands at ``stop``; the process and its run id."""
+    # Requests held at the proxy must not time out before the kill: the run stays where it stands.
     stopping = cluster.write_inventory(cluster.directory / "stopping.yaml", provider=stop.provider,
-                                       policy={"agent_timeout_s": "30s", "provider_process": "always"})
+                                       policy={"agent_timeout_s": "30s", **policy})
     process = cluster.popen("backup", "--no-prune", inventory=stopping)
     try:
         stop.there(process.pid)
@@ -149,11 +152,7 @@ def test_sigkill_while_the_provider_worker_process_makes_a_snapshot_leaves_nothi
     finally:
         process.send_signal(signal.SIGKILL)
         process.communicate(timeout=30)
-    worker = int((cluster.control / "node3.made").read_text())
-    assert worker != process.pid and _running(worker)  # node3's create call is still under way there
-    (cluster.control / "node3.go").touch()  # ... and now the cloud answers it
-    wait_until(lambda: not _running(worker), 15, "the provider worker to end once its call returned")
-    _nothing_held_or_lost(cluster, stop, run_id)
+    return process, run_id
 
 
 def _running(pid: int) -> bool:

@@ -12,6 +12,7 @@ import pytest
 from snapctl_local import copy as copy_module
 from snapctl_local import durable
 from snapctl_local.copy import FileCopier, FileFacts, LinkSource, SyncDeadline, TreeCopyError, copy_tree, fsync_tree
+from tests.providers.fsyncs import record_fsyncs
 
 
 def _make_tree(root: Path, files: int = 60) -> None:
@@ -40,20 +41,6 @@ def _tree(root: Path) -> dict[str, tuple]:
     return out
 
 
-def _record_fsyncs(monkeypatch: pytest.MonkeyPatch) -> set[tuple[int, int]]:
-    """(device, inode) of everything fsynced from now on, from any thread."""
-    synced: set[tuple[int, int]] = set()
-    real_fsync = os.fsync
-
-    def recording_fsync(fd: int) -> None:
-        real_fsync(fd)
-        st = os.fstat(fd)
-        synced.add((st.st_dev, st.st_ino))
-
-    monkeypatch.setattr(os, "fsync", recording_fsync)
-    return synced
-
-
 def _identities(root: Path, *, files: bool = True) -> set[tuple[int, int]]:
     paths = [root, *root.rglob("*")]
     return {(st.st_dev, st.st_ino) for p in paths if not p.is_symlink()
@@ -77,7 +64,7 @@ def test_many_files_copied_at_once_are_exact(tmp_path: Path) -> None:
 def test_every_file_and_directory_is_fsynced_before_copy_tree_returns(tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     _make_tree(tmp_path / "src")
-    synced = _record_fsyncs(monkeypatch)
+    synced = record_fsyncs(monkeypatch)
     copy_tree(tmp_path / "src", tmp_path / "dst", FileCopier("never"), threads=3)
     assert _identities(tmp_path / "dst") <= synced
 
@@ -88,7 +75,7 @@ def test_an_incremental_fsyncs_its_copies_and_directories_not_the_linked_files(
     _make_tree(tmp_path / "src")
     first = copy_tree(tmp_path / "src", tmp_path / "one", FileCopier("never"))
     (tmp_path / "src" / "d0" / "sub0" / "f000.bin").write_bytes(b"changed")
-    synced = _record_fsyncs(monkeypatch)
+    synced = record_fsyncs(monkeypatch)
     second = copy_tree(tmp_path / "src", tmp_path / "two", FileCopier("never"),
                        LinkSource(data_dir=tmp_path / "one", index=first.files))
     assert second.linked_files == 60 and second.copied_files == 1
@@ -106,7 +93,7 @@ def test_sync_later_leaves_the_fsyncs_to_fsync_tree_over_what_it_lists(tmp_path:
     _make_tree(tmp_path / "src")
     first = copy_tree(tmp_path / "src", tmp_path / "one", FileCopier("never"))
     (tmp_path / "src" / "d0" / "sub0" / "f000.bin").write_bytes(b"changed")
-    synced = _record_fsyncs(monkeypatch)
+    synced = record_fsyncs(monkeypatch)
     stats = copy_tree(tmp_path / "src", tmp_path / "two", FileCopier("never"),
                       LinkSource(data_dir=tmp_path / "one", index=first.files), sync="later")
     assert synced == set()
@@ -161,7 +148,7 @@ def test_a_failing_writeback_start_changes_nothing(tmp_path: Path, monkeypatch: 
 
     monkeypatch.setattr(durable, "_writeback_starter", lambda: broken)
     _make_tree(tmp_path / "src", files=200)  # more files than the write-back queue holds
-    synced = _record_fsyncs(monkeypatch)
+    synced = record_fsyncs(monkeypatch)
     copy_tree(tmp_path / "src", tmp_path / "dst", FileCopier("never"), threads=2)
     assert _tree(tmp_path / "dst") == _tree(tmp_path / "src")
     assert _identities(tmp_path / "dst") <= synced

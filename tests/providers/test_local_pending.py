@@ -16,6 +16,7 @@ from snapctl_local import store as store_module
 
 from snapctl.errors import ProviderError
 from snapctl.providers import TAG_RUN, NodeVolumes, RestoreTarget, create_provider, snapshot_tags
+from tests.providers.fsyncs import record_fsyncs
 
 CLUSTER = "c1"
 LATER = 60.0
@@ -41,19 +42,6 @@ def _take(provider: LocalProvider, volumes: NodeVolumes, run: str):
     return provider.snapshot(volumes, snapshot_tags(CLUSTER, run, "n1"))
 
 
-def _record_fsyncs(monkeypatch: pytest.MonkeyPatch) -> set[tuple[int, int]]:
-    synced: set[tuple[int, int]] = set()
-    real_fsync = os.fsync
-
-    def recording_fsync(fd: int) -> None:
-        real_fsync(fd)
-        st = os.fstat(fd)
-        synced.add((st.st_dev, st.st_ino))
-
-    monkeypatch.setattr(os, "fsync", recording_fsync)
-    return synced
-
-
 def _identities(root: Path) -> set[tuple[int, int]]:
     return {(st.st_dev, st.st_ino) for p in [root, *root.rglob("*")] if not p.is_symlink() for st in [p.stat()]}
 
@@ -69,7 +57,7 @@ def _another_boot(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_snapshot_returns_pending_without_waiting_for_the_disk_and_find_lists_it(
     provider: LocalProvider, volumes: NodeVolumes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    synced = _record_fsyncs(monkeypatch)
+    synced = record_fsyncs(monkeypatch)
     (ref,) = _take(provider, volumes, "run1")
     assert ref.state == "pending" and ref.progress is None
     assert synced == set()  # no fsync at all while the engine is held
@@ -82,7 +70,7 @@ def test_wait_fsyncs_the_snapshot_then_marks_it_completed(
 ) -> None:
     refs = _take(provider, volumes, "run1")
     snap_dir = Path(refs[0].extra["path"])
-    synced = _record_fsyncs(monkeypatch)
+    synced = record_fsyncs(monkeypatch)
     seen = []
     (done,) = provider.wait(refs, time.monotonic() + LATER, seen.append)
     assert done.state == "completed" and done.progress == 100.0 and [r.state for r in seen] == ["completed"]
