@@ -111,7 +111,7 @@ def run_sequential(cluster: SimCluster) -> float:
 
 def scaling(sizes: list[int], repeats: int, prepare_latency: float, create_latency: float,
             baseline_at: int | None, stack: str = "lean") -> str:
-    from snapctl.orchestrator import PROVIDER_PROCESS_FROM
+    from snapctl.provider_worker import PROVIDER_PROCESS_FROM
 
     rows, walls, baseline_rows, served = [], {}, [], ""
     for n in sizes:

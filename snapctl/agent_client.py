@@ -27,6 +27,7 @@ from node_agent.models import (
     TriggerResponse,
     VerifyFacts,
 )
+from snapctl.agent_transport import AgentResponse, AgentTransport, TransportError, TransportTimeout
 from snapctl.config import Inventory
 from snapctl.errors import (
     AgentConflict,
@@ -40,8 +41,6 @@ from snapctl.errors import (
     LeaseConflict,
     SnapctlError,
 )
-
-from snapctl.agent_transport import AgentResponse, AgentTransport, TransportError, TransportTimeout
 
 if TYPE_CHECKING:
     import httpx  # imported only for TLS agents: `snapctl --help` and plain-http runs stay fast

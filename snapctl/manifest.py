@@ -71,6 +71,17 @@ class Manifest(BaseModel):
     def snapshot_refs(self) -> list[SnapshotRef]:
         return [ref for node in self.nodes.values() for ref in node.snapshots]
 
+    def measure(self) -> None:
+        """Derive the run's skews and longest freeze from its nodes' records."""
+        acks = [r.prepare_acked_at for r in self.nodes.values() if r.prepare_acked_at]
+        if len(acks) > 1:
+            self.prepare_skew_s = round((max(acks) - min(acks)).total_seconds(), 6)
+        holds = [r.state.prepared_at for r in self.nodes.values() if r.state]
+        if len(holds) > 1:
+            self.hold_skew_s = round((max(holds) - min(holds)).total_seconds(), 6)
+        windows = [r.freeze_window_s for r in self.nodes.values() if r.freeze_window_s is not None]
+        self.max_freeze_window_s = max(windows) if windows else None
+
 
 class IndexEntry(BaseModel):
     """One line of the catalog index: enough to list runs without reading every manifest."""

@@ -29,16 +29,11 @@ from snapctl.health import Verdict, assess
 from snapctl.manifest import Manifest, NodeRecord
 from snapctl.pacing import CreateCallPacer
 from snapctl.probe import probe_all
-from snapctl.provider_threads import CallRunner, ProviderThreads
-from snapctl.provider_worker import ProviderWorker
+from snapctl.provider_threads import CallRunner
+from snapctl.provider_worker import CALL_RUNNER_READY_S, call_runner
 from snapctl.providers import TAG_RUN, NodeVolumes, Provider, SnapshotRef, create_provider, snapshot_tags
 
-
 _MAX_AUTO_HOLD_LEAD_S = 2.0
-# From this many concurrent snapshot calls on, policy.provider_process auto makes them in a child
-# process: below it the threads' GIL contention costs less than the child's start (docs/benchmarks.md).
-PROVIDER_PROCESS_FROM = 256
-_CALL_RUNNER_READY_S = 60.0
 
 
 @dataclass
@@ -118,7 +113,8 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
             return BackupPlan(inventory.cluster, provider.name,
                               {n: [_volume_name(v) for v in nv.volumes] for n, nv in volumes.items()}, verdict)
 
-        executor = _call_runner(inventory)
+        executor = call_runner(inventory.policy, inventory.provider, len(inventory.nodes), inventory.cluster,
+                               inventory.base_dir)
         executor.start()  # first: a provider worker process imports while we lock and look
         # 1. Lock the cluster in the catalog; a stale lock (its holder died) is taken over.
         reporter.step("lock", f"locking cluster {inventory.cluster} in {catalog.describe()}")
@@ -156,10 +152,10 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
             catalog.save(manifest)  # from here on, every snapshot of the run has an owner
             run = _Run(inventory, manifest, catalog, provider, agents, volumes, reporter, executor, fan_out_s=fan_out_s)
             try:
-                await executor.ready(_CALL_RUNNER_READY_S)  # before any hold: a slow start must not freeze
+                await executor.ready(CALL_RUNNER_READY_S)  # before any hold: a slow start must not freeze
                 await _hold_snapshot_release(run, options)
                 lock_keeper.check()
-                _measure(manifest)
+                manifest.measure()
                 # 8. The manifest, before the (long) wait; if it cannot be written, nothing owns the
                 # snapshots: roll back rather than leave them behind.
                 catalog.save(manifest)
@@ -421,7 +417,7 @@ async def _roll_back(run: _Run, cause: BaseException) -> None:
     manifest.status = "failed"
     manifest.error = _reason(cause)
     manifest.finished_at = now()
-    _measure(manifest)
+    manifest.measure()
     try:
         run.catalog.save(manifest)
     except SnapctlError as exc:  # released and cleaned up all the same; the next run marks it failed
@@ -446,14 +442,6 @@ async def _wait_for_completion(run: _Run) -> None:
     manifest.snapshots_completed = True
 
 
-def _call_runner(inventory: Inventory) -> CallRunner:
-    policy = inventory.policy
-    calls = min(policy.concurrency, len(inventory.nodes))
-    if policy.provider_process == "always" or (policy.provider_process == "auto" and calls >= PROVIDER_PROCESS_FROM):
-        return ProviderWorker(inventory.provider, cluster=inventory.cluster, base_dir=inventory.base_dir, threads=calls)
-    return ProviderThreads(calls)
-
-
 def _hold_lead(run: _Run) -> float:
     """How far ahead of sending the prepares their holds begin: as long as the preflight took to ask
     every agent, which opened the connections the prepares now reuse, so sending them takes less.
@@ -464,17 +452,6 @@ def _hold_lead(run: _Run) -> float:
     if len(run.agents) < 2:
         return 0.0
     return min(_MAX_AUTO_HOLD_LEAD_S, run.fan_out_s + 0.002)
-
-
-def _measure(manifest: Manifest) -> None:
-    acks = [r.prepare_acked_at for r in manifest.nodes.values() if r.prepare_acked_at]
-    if len(acks) > 1:
-        manifest.prepare_skew_s = round((max(acks) - min(acks)).total_seconds(), 6)
-    holds = [r.state.prepared_at for r in manifest.nodes.values() if r.state]
-    if len(holds) > 1:
-        manifest.hold_skew_s = round((max(holds) - min(holds)).total_seconds(), 6)
-    windows = [r.freeze_window_s for r in manifest.nodes.values() if r.freeze_window_s is not None]
-    manifest.max_freeze_window_s = max(windows) if windows else None
 
 
 def _as_run_failure(run: _Run, exc: BaseException) -> BaseException:

@@ -30,9 +30,18 @@ import sys
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from snapctl.errors import ProviderError
+from snapctl.provider_threads import CallRunner, ProviderThreads
+
+if TYPE_CHECKING:
+    from snapctl.config import Policy
+
+# From this many concurrent snapshot calls on, policy.provider_process auto makes them in a child
+# process: below it the threads' GIL contention costs less than the child's start (docs/benchmarks.md).
+PROVIDER_PROCESS_FROM = 256
+CALL_RUNNER_READY_S = 60.0  # a child's start: imports and its provider, on a loaded machine
 
 _FRAME = struct.Struct("!I")
 _READY = ("ready",)
@@ -190,6 +199,15 @@ class ProviderWorker:
         )
 
 
+def call_runner(policy: Policy, provider_config: Mapping[str, Any], nodes: int, cluster: str,
+                base_dir: Path) -> CallRunner:
+    """Where a run's snapshot calls are made, as ``policy.provider_process`` says."""
+    calls = min(policy.concurrency, nodes)
+    if policy.provider_process == "always" or (policy.provider_process == "auto" and calls >= PROVIDER_PROCESS_FROM):
+        return ProviderWorker(provider_config, cluster=cluster, base_dir=base_dir, threads=calls)
+    return ProviderThreads(calls)
+
+
 # ---- the child ---------------------------------------------------------------------------------
 
 
@@ -227,7 +245,6 @@ def _serve() -> int:
     if init is None:
         return 0
     sys.path[:] = init["sys_path"]
-    from snapctl.provider_threads import ProviderThreads
     from snapctl.providers import create_provider
 
     provider = create_provider(init["provider"], cluster=init["cluster"], base_dir=Path(init["base_dir"]))

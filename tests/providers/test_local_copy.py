@@ -12,6 +12,7 @@ import pytest
 from snapctl_local import copy as copy_module
 from snapctl_local import durable
 from snapctl_local.copy import FileCopier, FileFacts, LinkSource, SyncDeadline, TreeCopyError, copy_tree, fsync_tree
+
 from tests.providers.fsyncs import record_fsyncs
 
 

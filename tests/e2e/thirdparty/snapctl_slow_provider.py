@@ -9,8 +9,9 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from snapctl.providers import ProviderSettings
 from snapctl_local import LocalProvider
+
+from snapctl.providers import ProviderSettings
 
 
 class SlowSettings(ProviderSettings):
