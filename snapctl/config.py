@@ -68,7 +68,7 @@ class Policy(Strict):
     lease_ttl_s: float = 30.0
     max_freeze_s: float = 60.0  # a node held longer than this fails the run
     agent_timeout_s: float = 10.0  # per request to an agent
-    prepare_timeout_s: float = 60.0
+    prepare_timeout_s: float = 60.0  # the engine's time to answer a prepare, from the hold instant on
     snapshot_timeout_s: float = 120.0  # per node, until its create calls returned
     wait_timeout_s: float = 3600.0  # until every snapshot completed
     max_follower_lag: int = 10_000  # raft entries

@@ -273,14 +273,17 @@ async def _prepare(run: _Run, node: str) -> None:
     run.held.add(node)  # from the moment it is sent: a timed-out prepare may still have held
     run.reporter.node(node, "preparing")
     policy = run.inventory.policy
+    # prepare_timeout_s is the engine's time: it counts from the hold instant, not from sending.
+    budget = policy.prepare_timeout_s + max(0.0, run.hold_at_mono - run.prepare_sent[node])
     try:
-        async with asyncio.timeout(policy.prepare_timeout_s):  # wait_for would cost a task
+        async with asyncio.timeout(budget):  # wait_for would cost a task
             # The request's own timeout is a little longer, so that this one, with its hint, fires.
             response = await run.agents[node].prepare(run.manifest.run_id, policy.lease_ttl_s, run.manifest.hold_at,
-                                                      timeout_s=policy.prepare_timeout_s + 1)
+                                                      timeout_s=budget + 1)
     except TimeoutError:
-        raise RunFailed(f"node {node}: prepare did not answer within {policy.prepare_timeout_s:g}s",
-                        hint="check the engine on that node; raise policy.prepare_timeout_s if it is just slow") from None
+        raise RunFailed(f"node {node}: prepare did not answer within {policy.prepare_timeout_s:g}s of its hold "
+                        "instant", hint="check the engine on that node; raise policy.prepare_timeout_s if it is just "
+                                        "slow") from None
     run.prepare_acked[node] = time.monotonic()
     record.prepare_acked_at = now()
     record.state = response.state

@@ -139,6 +139,15 @@ def test_snapshot_calls_made_in_the_provider_worker_process_succeed_and_roll_bac
     assert len(_snapshot_dirs(cluster)) == 3  # the failed run's snapshots are gone, the first run's stay
 
 
+def test_the_prepare_timeout_counts_from_the_hold_instant_not_from_sending(cluster):
+    policy = {**yaml.safe_load(cluster.inventory.read_text())["policy"], "hold_lead_s": "3s",
+              "prepare_timeout_s": "2s"}
+    late = cluster.write_inventory(cluster.directory / "late.yaml", policy=policy)
+    result = cluster.snapctl("backup", "-i", str(late), "-o", "json", check_json=True)
+    assert result.returncode == 0, result.stderr  # every answer came 3 s after sending, 0 s after the instant
+    assert result.json["data"]["status"] == "succeeded"
+
+
 def test_wrong_token_is_a_clear_message_never_a_traceback(cluster):
     bad_token = cluster.directory / "wrong-token"
     bad_token.write_text("not-the-token\n")
