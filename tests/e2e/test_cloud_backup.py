@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pytest
 import yaml
 
 from snapctl.errors import ExitCode
@@ -23,12 +24,12 @@ NODES = ("node1", "node2", "node3")
 
 @contextlib.contextmanager
 def cloud_cluster(directory: Path, provider: dict, volumes: dict[str, list[dict]],
-                  restore: dict[str, dict] | None = None) -> Iterator[Cluster]:
+                  restore: dict[str, dict] | None = None, policy: dict | None = None) -> Iterator[Cluster]:
     """The demo cluster's agents, with each node's volumes on the cloud."""
     from snapctl import demo
     from snapctl.config import load_inventory
 
-    path, nodes = make_inventory(directory, provider=provider)
+    path, nodes = make_inventory(directory, provider=provider, policy=policy)
     data = yaml.safe_load(path.read_text())
     for node in data["nodes"]:
         node["volumes"] = volumes[node["name"]]
@@ -209,3 +210,55 @@ def test_the_azure_dummy_credential_is_refused_off_loopback():
                 "location": "westeurope", "dummy_credential_for_tests": True}
     with pytest.raises(BadInputError, match="dummy_credential_for_tests is only allowed with a base_url on 127.0.0.1"):
         create_provider({**settings, "base_url": "https://management.azure.com"}, cluster="c", base_dir=Path("."))
+
+
+@contextlib.contextmanager
+def _aws_disks() -> Iterator[tuple[dict, dict[str, list[dict]], Callable[[list[str]], set[str]]]]:
+    import boto3
+
+    moto = shared_moto_server()
+    with dummy_aws_credentials():
+        ec2 = boto3.client("ec2", endpoint_url=moto.endpoint_url, region_name=DEFAULT_REGION)
+        sources = {n: ec2.create_volume(Size=8, AvailabilityZone=f"{DEFAULT_REGION}a")["VolumeId"] for n in NODES}
+        provider = {"type": "aws", "region": DEFAULT_REGION, "endpoint_url": moto.endpoint_url, "poll_interval_s": 0.05}
+
+        def sources_of(ids: list[str]) -> set[str]:
+            return {s["VolumeId"] for s in ec2.describe_snapshots(SnapshotIds=ids)["Snapshots"]}
+
+        yield provider, {n: [{"volume": sources[n], "name": "data"}] for n in NODES}, sources_of
+
+
+@contextlib.contextmanager
+def _gcp_disks() -> Iterator[tuple[dict, dict[str, list[dict]], Callable[[list[str]], set[str]]]]:
+    zone = "europe-west1-b"
+    with FakeGcpCompute(op_running_polls=1, creating_polls=1, uploading_polls=1) as fake:
+        for node in NODES:
+            fake.add_disk(zone, f"{node}-data")
+        provider = {"type": "gcp", "project": fake.project, "api_endpoint": fake.url, "anonymous": True,
+                    "poll_interval_s": 0.01}
+        yield (provider, {n: [{"disk": f"{n}-data", "zone": zone, "name": "data"}] for n in NODES},
+               lambda ids: {fake.snapshots[i]["sourceDisk"].rsplit("/", 1)[-1] for i in ids})
+
+
+@contextlib.contextmanager
+def _azure_disks() -> Iterator[tuple[dict, dict[str, list[dict]], Callable[[list[str]], set[str]]]]:
+    group = "rg-e2e"
+    with FakeAzureCompute(op_polls=1, provisioning_polls=1, copy_polls=1) as fake:
+        sources = {n: fake.add_disk(group, f"{n}-data") for n in NODES}
+        provider = {"type": "azure", "subscription_id": fake.subscription, "resource_group": group,
+                    "location": "westeurope", "base_url": fake.url, "insecure_http_for_tests": True,
+                    "dummy_credential_for_tests": True, "polling_interval_s": 0.01}
+        yield (provider, {n: [{"disk_id": sources[n], "name": "data"}] for n in NODES},
+               lambda ids: {fake.snapshots()[i.rsplit("/", 1)[-1]]["properties"]["creationData"]["sourceResourceId"]
+                            for i in ids})
+
+
+@pytest.mark.parametrize("disks", [_aws_disks, _gcp_disks, _azure_disks], ids=["aws", "gcp", "azure"])
+def test_each_cloud_sdk_makes_the_snapshots_from_the_provider_worker_process(tmp_path, disks):
+    """The child builds its own SDK client from the inventory's settings (credentials from the
+    environment it inherits), and what it makes comes back whole: one snapshot per source disk."""
+    with disks() as (provider, volumes, sources_of), \
+            cloud_cluster(tmp_path, provider, volumes, policy={"provider_process": "always"}) as cluster:
+        manifest = backed_up(cluster)
+        ids = [record["snapshots"][0]["snapshot_id"] for record in manifest["nodes"].values()]
+        assert len(sources_of(ids)) == len(NODES)
