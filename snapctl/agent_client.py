@@ -32,6 +32,7 @@ from snapctl.config import Inventory
 from snapctl.errors import (
     AgentConflict,
     AgentError,
+    AgentTimeout,
     AgentUnauthorized,
     AgentUnreachable,
     BadInputError,
@@ -50,7 +51,9 @@ T = TypeVar("T")
 
 @runtime_checkable
 class AgentClient(Protocol):
-    """One node's agent, as the orchestrator sees it. All methods are coroutines."""
+    """One node's agent, as the orchestrator sees it. All methods are coroutines, and every call
+    is bounded: past the client's timeout (a prepare's own ``timeout_s`` when given) it raises
+    ``AgentTimeout`` naming the node, so callers need no timer of their own."""
 
     node: str
 
@@ -173,8 +176,8 @@ class HttpAgentClient:
             raise AgentConflict(self.node, message, status=status, hint=hint, holder=error.holder if error else None)
         raise AgentError(self.node, message, status=status, hint=hint)
 
-    def _timed_out(self, path: str, timeout_s: float) -> AgentUnreachable:
-        return AgentUnreachable(self.node, f"no answer from the agent at {self.base_url} within {timeout_s:g}s "
+    def _timed_out(self, path: str, timeout_s: float) -> AgentTimeout:
+        return AgentTimeout(self.node, f"no answer from the agent at {self.base_url} within {timeout_s:g}s "
                                            f"({path})", hint=self._unreachable_hint)
 
     def _transport_error(self, exc: Exception) -> AgentError:
@@ -201,9 +204,10 @@ def _error_body(response: httpx.Response | AgentResponse) -> ErrorBody | None:
 class EmbeddedAgentClient:
     """An ``AgentService`` in this process (``agent: embedded``): same errors as over HTTP."""
 
-    def __init__(self, node: str, service: Any, *, executor: Executor | None = None) -> None:
+    def __init__(self, node: str, service: Any, *, timeout_s: float, executor: Executor | None = None) -> None:
         self.node = node
         self.service = service  # node_agent.service.AgentService; not imported here to keep the CLI light
+        self._timeout_s = timeout_s
         self._executor = executor
 
     async def health(self) -> Health:
@@ -214,7 +218,7 @@ class EmbeddedAgentClient:
 
     async def prepare(self, run_id: str, lease_s: float, hold_at: datetime | None = None,
                       timeout_s: float | None = None) -> PrepareResponse:
-        return await self._call(self.service.prepare, run_id, lease_s, hold_at)  # bounded by the caller
+        return await self._call(self.service.prepare, run_id, lease_s, hold_at, timeout_s=timeout_s)
 
     async def renew(self, run_id: str, lease_s: float | None = None) -> LeaseInfo:
         return await self._call(self.service.renew, run_id, lease_s)
@@ -234,11 +238,19 @@ class EmbeddedAgentClient:
     async def aclose(self) -> None:
         await self._call(self.service.close)
 
-    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _call(self, fn: Callable[..., T], *args: Any, timeout_s: float | None = None) -> T:
+        timeout_s = timeout_s or self._timeout_s
+        bound = asyncio.timeout(timeout_s)  # the thread goes on; the agent's lease bounds what it holds
         try:
-            if self._executor is None:
-                return await asyncio.to_thread(fn, *args)
-            return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args))
+            async with bound:
+                if self._executor is None:
+                    return await asyncio.to_thread(fn, *args)
+                return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args))
+        except TimeoutError as exc:
+            if bound.expired():
+                raise AgentTimeout(self.node, f"no answer from the embedded agent within {timeout_s:g}s "
+                                              f"({fn.__name__})") from None
+            raise AgentUnreachable(self.node, f"the embedded engine did not answer in time: {exc}") from exc
         except (LeaseConflict, EngineBusy) as exc:
             raise AgentConflict(self.node, exc.message, status=409, hint=exc.hint,
                                 holder=getattr(exc, "holder", None)) from exc
@@ -248,8 +260,6 @@ class EmbeddedAgentClient:
             raise AgentError(self.node, exc.message, status=502, hint=exc.hint) from exc
         except SnapctlError as exc:
             raise AgentError(self.node, exc.message, status=500, hint=exc.hint) from exc
-        except TimeoutError as exc:
-            raise AgentUnreachable(self.node, f"the embedded engine did not answer in time: {exc}") from exc
         except Exception as exc:
             raise AgentError(self.node, f"embedded agent failed: {type(exc).__name__}: {exc}", status=500) from exc
 
@@ -300,7 +310,8 @@ async def open_agents(inventory: Inventory) -> AsyncIterator[dict[str, AgentClie
 
             for node in embedded:
                 engine = create_engine(node.engine, base_dir=inventory.base_dir)
-                client = EmbeddedAgentClient(node.name, AgentService(node.name, engine), executor=executor)
+                client = EmbeddedAgentClient(node.name, AgentService(node.name, engine), timeout_s=timeout_s,
+                                             executor=executor)
                 services.append(client)
                 clients[node.name] = client
         yield {node.name: clients[node.name] for node in inventory.nodes if node.name in clients}

@@ -141,10 +141,12 @@ class AgentTransport:
         if body is not None or method not in ("GET", "HEAD"):
             lines.append(f"Content-Length: {len(payload)}")
         data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload
-        status, _, content, _ = await self._roundtrip(host, port, data, timeout, method)
+        # One deadline for the whole call, connecting and any resend included: ``timeout`` bounds it all.
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        status, _, content, _ = await self._roundtrip(host, port, data, deadline, method)
         return AgentResponse(status, content)
 
-    async def _roundtrip(self, host: str, port: int, data: bytes, timeout: float | None, method: str):
+    async def _roundtrip(self, host: str, port: int, data: bytes, deadline: float | None, method: str):
         idle = self._idle.setdefault((host, port), [])
         while True:
             conn = idle.pop() if idle else None
@@ -154,18 +156,18 @@ class AgentTransport:
             break
         reused = conn is not None
         if conn is None:
-            conn = await self._connect(host, port, timeout)
+            conn = await self._connect(host, port, deadline)
         try:
             try:
-                answer = await self._exchange(conn, data, timeout, method)
+                answer = await self._exchange(conn, data, deadline, method)
             except _Stale:
                 if not reused:
                     raise TransportError("the agent closed the connection without answering") from None
                 # A kept-alive connection the agent had just closed: the request never reached it.
                 conn.close()
-                conn = await self._connect(host, port, timeout)
+                conn = await self._connect(host, port, deadline)
                 try:
-                    answer = await self._exchange(conn, data, timeout, method)
+                    answer = await self._exchange(conn, data, deadline, method)
                 except _Stale:
                     raise TransportError("the agent closed the connection without answering") from None
         except BaseException:
@@ -186,9 +188,9 @@ class AgentTransport:
             await asyncio.wait([conn.closed for conn in connections], timeout=1)
 
     @staticmethod
-    async def _connect(host: str, port: int, timeout: float | None) -> _Connection:
+    async def _connect(host: str, port: int, deadline: float | None) -> _Connection:
         try:
-            async with asyncio.timeout(timeout):  # not wait_for: that costs a task per call
+            async with asyncio.timeout_at(deadline):  # not wait_for: that costs a task per call
                 _, conn = await asyncio.get_running_loop().create_connection(_Connection, host, port)
         except TimeoutError:
             raise TransportTimeout(f"connect to {host}:{port} timed out") from None
@@ -197,9 +199,9 @@ class AgentTransport:
         return conn
 
     @staticmethod
-    async def _exchange(conn: _Connection, data: bytes, timeout: float | None, method: str):
+    async def _exchange(conn: _Connection, data: bytes, deadline: float | None, method: str):
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout_at(deadline):
                 return await conn.send(data, method)
         except TimeoutError:
             raise TransportTimeout("the agent did not answer in time") from None

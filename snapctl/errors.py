@@ -56,7 +56,11 @@ class AgentError(SnapctlError):
 
 
 class AgentUnreachable(AgentError):
-    """No answer from the agent within the timeout."""
+    """No answer from the agent: it cannot be reached, or did not answer in time."""
+
+
+class AgentTimeout(AgentUnreachable):
+    """The agent did not answer within the call's timeout."""
 
 
 class AgentUnauthorized(AgentError):

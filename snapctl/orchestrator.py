@@ -23,7 +23,7 @@ from snapctl.agent_client import AgentClient, open_agents
 from snapctl.catalog import Catalog, open_catalog
 from snapctl.catalog.lock import LockKeeper
 from snapctl.config import Inventory
-from snapctl.errors import AgentUnreachable, PreflightRefused, RunFailed, SnapctlError
+from snapctl.errors import AgentTimeout, AgentUnreachable, PreflightRefused, RunFailed, SnapctlError
 from snapctl.events import NullReporter, Reporter
 from snapctl.health import Verdict, assess
 from snapctl.manifest import Manifest, NodeRecord
@@ -275,12 +275,10 @@ async def _prepare(run: _Run, node: str) -> None:
     policy = run.inventory.policy
     # prepare_timeout_s is the engine's time: it counts from the hold instant, not from sending.
     budget = policy.prepare_timeout_s + max(0.0, run.hold_at_mono - run.prepare_sent[node])
-    try:
-        async with asyncio.timeout(budget):  # wait_for would cost a task
-            # The request's own timeout is a little longer, so that this one, with its hint, fires.
-            response = await run.agents[node].prepare(run.manifest.run_id, policy.lease_ttl_s, run.manifest.hold_at,
-                                                      timeout_s=budget + 1)
-    except TimeoutError:
+    try:  # the client bounds the call (no timer of ours: at 1000 nodes, one per node costs)
+        response = await run.agents[node].prepare(run.manifest.run_id, policy.lease_ttl_s, run.manifest.hold_at,
+                                                  timeout_s=budget)
+    except AgentTimeout:
         raise RunFailed(f"node {node}: prepare did not answer within {policy.prepare_timeout_s:g}s of its hold "
                         "instant", hint="check the engine on that node; raise policy.prepare_timeout_s if it is just "
                                         "slow") from None
@@ -334,12 +332,11 @@ async def _complete(run: _Run, node: str) -> None:
 async def _completed(run: _Run, node: str) -> bool:
     """COMPLETE one node, bounded: a hung agent is an error naming the node, not a bare timeout.
     False: the run's hold had ended before (the agent answers a repeated complete that way)."""
-    timeout = run.inventory.policy.agent_timeout_s
-    try:
-        async with asyncio.timeout(timeout):
-            return (await run.agents[node].complete(run.manifest.run_id)).released
-    except TimeoutError:
-        raise AgentUnreachable(node, f"no answer from the agent to complete within {timeout:g}s",
+    try:  # bounded by the client, at policy.agent_timeout_s
+        return (await run.agents[node].complete(run.manifest.run_id)).released
+    except AgentTimeout:
+        raise AgentUnreachable(node, f"no answer from the agent to complete within "
+                                     f"{run.inventory.policy.agent_timeout_s:g}s",
                                hint="the agent releases the engine itself when the lease runs out") from None
 
 

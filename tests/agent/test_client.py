@@ -143,6 +143,51 @@ def test_embedded_errors_are_translated_like_http(tmp_path: Path) -> None:
     assert try_write(tmp_path / "e.db")
 
 
+def test_every_client_bounds_every_call_with_an_error_naming_the_node() -> None:
+    """Callers keep no timer of their own (the orchestrator, the probes): the clients must."""
+    import threading
+
+    class StuckService:
+        def __init__(self) -> None:
+            self.let_go = threading.Event()
+
+        def status(self):
+            self.let_go.wait(10)
+
+        def prepare(self, run_id, lease_s, hold_at):
+            self.let_go.wait(10)
+
+    silent = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # accepts (backlog), never answers
+    silent.bind((LOOPBACK, 0))
+    silent.listen(8)
+    stuck = StuckService()
+
+    async def calls() -> None:
+        from snapctl.agent_transport import AgentTransport
+        from snapctl.errors import AgentTimeout
+
+        transport = AgentTransport()
+        over_http = HttpAgentClient("h1", f"http://{LOOPBACK}:{silent.getsockname()[1]}", transport, token=TOKEN,
+                                    timeout_s=0.2)
+        embedded = EmbeddedAgentClient("e1", stuck, timeout_s=0.2)
+        try:
+            for client, node in ((over_http, "h1"), (embedded, "e1")):
+                with pytest.raises(AgentTimeout) as late:
+                    await client.status()
+                assert late.value.node == node and "within 0.2s" in late.value.message
+                # A prepare's own timeout replaces the client's: an engine's flush may take longer.
+                with pytest.raises(AgentTimeout, match="within 0.5s"):
+                    await client.prepare("run-1", 60, timeout_s=0.5)
+        finally:
+            stuck.let_go.set()
+            await transport.aclose()
+
+    try:
+        asyncio.run(calls())
+    finally:
+        silent.close()
+
+
 def test_tls_and_mtls_with_a_real_agent(tmp_path: Path, db: Path) -> None:
     pki = make_pki(tmp_path / "pki")
     tls = (f"tls:\n  cert_file: {pki.server_cert}\n  key_file: {pki.server_key}\n"
