@@ -276,25 +276,36 @@ def _serve() -> int:
     threads = ProviderThreads(init["threads"])
     threads.start()
     outgoing.put(_frame(_READY))
-    pending: list[Future] = []
+    calls = 0
+    answered = threading.Semaphore(0)
     for call_id, method, args in incoming:
         future = threads.submit(getattr(provider, method), *args)
 
-        def answer(done: Future, call_id: int = call_id) -> None:
-            error = done.exception()
-            reply = (call_id, True, done.result()) if error is None else (call_id, False, _portable_error(error))
-            outgoing.put(_frame(reply))
+        def answer(done: Future, call_id: int = call_id, method: str = method) -> None:
+            try:
+                error = done.exception()
+                reply = (call_id, True, done.result()) if error is None else (call_id, False, _portable_error(error))
+                try:
+                    frame = _frame(reply)
+                except Exception as exc:  # noqa: BLE001 - a result that cannot be pickled: say so, never hang
+                    frame = _frame((call_id, False, ProviderError(
+                        f"the provider worker process cannot send back the result of {method}: {exc}",
+                        hint=_THREADS_HINT)))
+                outgoing.put(frame)
+            finally:
+                answered.release()
 
         future.add_done_callback(answer)
-        pending.append(future)
+        calls += 1
     # The parent is done or dead. Let go of the output we share with it, so that whoever waits for
     # the end of snapctl's output (a CI job, a pipe) does not wait for the calls still under way.
     quiet = os.open(os.devnull, os.O_WRONLY)
     os.dup2(quiet, 1)
     os.dup2(quiet, 2)
     threads.shutdown()
-    for future in pending:
-        future.exception()  # waits
+    for _ in range(calls):
+        # Not the futures: a future is done before its callbacks run, and the answer is queued there.
+        answered.acquire()
     outgoing.put(None)
     writer.join()
     return 0
