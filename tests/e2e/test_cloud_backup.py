@@ -175,13 +175,17 @@ def test_gcp_backup_then_restore_makes_disks_from_the_runs_snapshots(tmp_path):
             verified(cluster, manifest["run_id"])
 
 
+def _azure_provider(fake: FakeAzureCompute, group: str) -> dict:
+    return {"type": "azure", "subscription_id": fake.subscription, "resource_group": group, "location": "westeurope",
+            "base_url": fake.url, "insecure_http_for_tests": True, "dummy_credential_for_tests": True,
+            "polling_interval_s": 0.01}
+
+
 def test_azure_backup_then_restore_makes_disks_from_the_runs_snapshots(tmp_path):
     group = "rg-e2e"
     with FakeAzureCompute(op_polls=1, provisioning_polls=1, copy_polls=1) as fake:
         sources = {n: fake.add_disk(group, f"{n}-data") for n in NODES}
-        provider = {"type": "azure", "subscription_id": fake.subscription, "resource_group": group,
-                    "location": "westeurope", "base_url": fake.url, "insecure_http_for_tests": True,
-                    "dummy_credential_for_tests": True, "polling_interval_s": 0.01}
+        provider = _azure_provider(fake, group)
         with cloud_cluster(tmp_path, provider, {n: [{"disk_id": sources[n], "name": "data"}] for n in NODES}) as cluster:
             manifest = backed_up(cluster)
             snapshots = fake.snapshots()
@@ -245,9 +249,7 @@ def _azure_disks() -> Iterator[tuple[dict, dict[str, list[dict]], Callable[[list
     group = "rg-e2e"
     with FakeAzureCompute(op_polls=1, provisioning_polls=1, copy_polls=1) as fake:
         sources = {n: fake.add_disk(group, f"{n}-data") for n in NODES}
-        provider = {"type": "azure", "subscription_id": fake.subscription, "resource_group": group,
-                    "location": "westeurope", "base_url": fake.url, "insecure_http_for_tests": True,
-                    "dummy_credential_for_tests": True, "polling_interval_s": 0.01}
+        provider = _azure_provider(fake, group)
         yield (provider, {n: [{"disk_id": sources[n], "name": "data"}] for n in NODES},
                lambda ids: {fake.snapshots()[i.rsplit("/", 1)[-1]]["properties"]["creationData"]["sourceResourceId"]
                             for i in ids})
