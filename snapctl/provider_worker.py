@@ -96,7 +96,6 @@ class ProviderWorker:
         self._calls: dict[int, Future] = {}
         self._next_id = 0
         self._ready: asyncio.Future[None] | None = None
-        self._closed = False
 
     def start(self) -> None:
         """Start the child and hand it the provider's settings; returns at once (the child imports
@@ -126,7 +125,7 @@ class ProviderWorker:
         calls its own provider's method of that name."""
         future: Future = Future()
         future.set_running_or_notify_cancel()
-        if self._closed or self._writer is None or self._writer.is_closing():
+        if self._writer is None or self._writer.is_closing():  # not ready yet, or shut down
             future.set_exception(self._gone_error())
             return future
         try:
@@ -143,7 +142,6 @@ class ProviderWorker:
     def shutdown(self) -> None:
         """Let the child end once the calls already submitted are done. Waits (up to 2 s) only for
         a child with nothing left to do, so that it is gone, and counted, when the run ends."""
-        self._closed = True
         if self._writer is not None:
             self._writer.close()
         if self._process is not None and self._process.stdin and (
