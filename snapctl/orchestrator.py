@@ -82,7 +82,7 @@ class _Run:
     executor: CallRunner
     held: set[str] = field(default_factory=set)  # prepare sent and not yet completed
     lost_hold: dict[str, str] = field(default_factory=dict)  # node -> why its lease was lost
-    in_flight: list[Future[list[SnapshotRef]]] = field(default_factory=list)
+    in_flight: list[Future[list[SnapshotRef]] | asyncio.Future[list[SnapshotRef]]] = field(default_factory=list)
     unrecorded: str | None = None  # why the failed run's manifest could not be saved
     prepare_sent: dict[str, float] = field(default_factory=dict)  # monotonic
     prepare_acked: dict[str, float] = field(default_factory=dict)
@@ -300,8 +300,8 @@ async def _snapshot_then_complete(run: _Run, node: str, all_held: asyncio.Event 
     frozen_s = time.monotonic() - run.frozen_since(node)
     budget = min(policy.snapshot_timeout_s, policy.max_freeze_s - frozen_s)
     try:
-        async with asyncio.timeout(max(budget, 0.001)):
-            refs = await asyncio.wrap_future(future)
+        async with asyncio.timeout(max(budget, 0.001)):  # shielded: the rollback awaits the call in its turn
+            refs = await asyncio.shield(asyncio.wrap_future(future))
     except TimeoutError:
         raise RunFailed(f"node {node}: snapshot calls did not return within {budget:.1f}s (max freeze "
                         f"{policy.max_freeze_s:g}s, snapshot timeout {policy.snapshot_timeout_s:g}s)",

@@ -11,6 +11,7 @@ calls submitted before a thread is up simply queue.
 from __future__ import annotations
 
 import _thread
+import asyncio
 import queue
 import threading
 from collections.abc import Callable
@@ -28,9 +29,11 @@ class CallRunner(Protocol):
         """Return once calls submitted from now on start without delay; raise ``ProviderError``
         if that cannot be."""
 
-    def submit(self, call: Callable[..., Any], *args: Any) -> Future:
-        """Run ``call(*args)`` (a method of the run's provider); the Future is never cancelled
-        once the call is under way, so whoever gave up awaiting it can still learn its result."""
+    def submit(self, call: Callable[..., Any], *args: Any) -> Future | asyncio.Future:
+        """Run ``call(*args)`` (a method of the run's provider). The future (concurrent, or of the
+        running loop) is never cancelled by the runner once the call is under way: await it
+        through ``asyncio.wrap_future``, shielded wherever the wait may time out, so that whoever
+        gave up waiting can still learn what the call made."""
 
     def shutdown(self) -> None:
         """Let the calls already submitted finish, then free everything; never waits for a call."""

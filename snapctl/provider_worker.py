@@ -84,8 +84,10 @@ class _Results(asyncio.Protocol):
 class ProviderWorker:
     """The provider's calls, made by ``threads`` threads in a child process: a ``CallRunner``.
 
-    ``submit`` returns a concurrent Future already marked running, as a thread's would be once
-    taken: a timed-out await cannot cancel it, so the rollback still learns what the call made."""
+    ``submit`` returns an asyncio Future that the loop itself settles as the child's answers are
+    read, many per read: no thread hands it over, so a burst of 1000 answers costs no wake-up of
+    the loop per answer (a concurrent Future's would). Nothing here cancels it; whoever awaits it
+    with a timeout shields it, so that the rollback still learns what the call made."""
 
     def __init__(self, provider_config: Mapping[str, Any], *, cluster: str, base_dir: Path, threads: int) -> None:
         self._init = {"provider": dict(provider_config), "cluster": cluster, "base_dir": str(base_dir),
@@ -93,7 +95,7 @@ class ProviderWorker:
         self._process: subprocess.Popen | None = None
         self._writer: asyncio.WriteTransport | None = None
         self._reader: asyncio.ReadTransport | None = None
-        self._calls: dict[int, Future] = {}
+        self._calls: dict[int, asyncio.Future] = {}
         self._next_id = 0
         self._ready: asyncio.Future[None] | None = None
 
@@ -120,11 +122,10 @@ class ProviderWorker:
             raise ProviderError(f"the provider worker process was not ready within {timeout:g}s",
                                 hint=_THREADS_HINT) from None
 
-    def submit(self, call: Callable[..., Any], *args: Any) -> Future:
+    def submit(self, call: Callable[..., Any], *args: Any) -> asyncio.Future:
         """Run ``call(*args)`` in the child, where ``call`` is a method of the provider: the child
-        calls its own provider's method of that name."""
-        future: Future = Future()
-        future.set_running_or_notify_cancel()
+        calls its own provider's method of that name. Call it from the loop that awaited ``ready``."""
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
         if self._writer is None or self._writer.is_closing():  # not ready yet, or shut down
             future.set_exception(self._gone_error())
             return future
@@ -166,7 +167,7 @@ class ProviderWorker:
             return
         call_id, ok, value = message
         future = self._calls.pop(call_id, None)
-        if future is None:
+        if future is None or future.done():  # a caller cancelled what it should have shielded
             return
         if ok:
             future.set_result(value)
@@ -185,6 +186,8 @@ class ProviderWorker:
             self._ready.set_exception(self._gone_error("before it was ready", "its error is on stderr above"))
         calls, self._calls = self._calls, {}
         for future in calls.values():
+            if future.done():
+                continue
             future.set_exception(self._gone_error(
                 f"with {len(calls)} snapshot call(s) unanswered",
                 "what they made carries the run's tags: `snapctl gc` lists snapshots no manifest names"))

@@ -139,6 +139,21 @@ def test_snapshot_calls_made_in_the_provider_worker_process_succeed_and_roll_bac
     assert len(_snapshot_dirs(cluster)) == 3  # the failed run's snapshots are gone, the first run's stay
 
 
+def test_a_worker_call_that_outlasts_max_freeze_is_awaited_by_the_rollback_and_its_snapshots_deleted(cluster):
+    # The freeze budget gives up waiting for the call after 1 s; the call goes on in the child and
+    # makes its snapshots at 2.5 s. The rollback must wait for it (not find nothing and leave).
+    policy = {**yaml.safe_load(cluster.inventory.read_text())["policy"], "provider_process": "always",
+              "max_freeze_s": "1s"}
+    slow = cluster.write_inventory(cluster.directory / "worker-slow.yaml", policy=policy,
+                                   provider={"type": "slow", "store": ".snapctl-demo/snapshots", "delay_s": 2.5})
+    result = cluster.snapctl("backup", "-i", str(slow), "-o", "json")
+    assert result.returncode == ExitCode.RUN_FAILED
+    assert "did not return within" in result.stderr
+    assert all(cluster.agent_status(n)["lease"] is None for n in cluster.nodes)
+    time.sleep(3)  # had a call been left running, its snapshot would be on disk by now
+    assert _snapshot_dirs(cluster) == []
+
+
 def test_the_prepare_timeout_counts_from_the_hold_instant_not_from_sending(cluster):
     policy = {**yaml.safe_load(cluster.inventory.read_text())["policy"], "hold_lead_s": "3s",
               "prepare_timeout_s": "2s"}
