@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import os
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,6 +26,10 @@ from snapctl import __version__
 _JSON = b"application/json"
 _NO_TOKEN = {"error": "missing bearer token", "hint": "send Authorization: Bearer <token>"}
 _BAD_TOKEN = {"error": "wrong bearer token", "hint": "send Authorization: Bearer <token>"}
+# bench.trace: where each process writes, when it stops, the wall-clock instants each complete
+# arrived and released its engine (none kept unless set).
+TRACE_DIR_ENV = "SNAPCTL_BENCH_TRACE_DIR"
+_trace: list[tuple[str, str, float]] | None = [] if os.environ.get(TRACE_DIR_ENV) else None
 
 
 def _iso(instant: datetime) -> str:
@@ -137,6 +142,8 @@ class LeanAgentProtocol(asyncio.Protocol):
             node.expires_mono = time.monotonic() + (request.get("lease_s") or node.lease_s)
             return self._send(200, node.lease_info())
         if path == "/v1/complete":
+            if _trace is not None:
+                _trace.append((node.name, "arrived", time.time()))
             return self._complete(request["run_id"])
         if path == "/v1/trigger":
             return self._send(200, {"jobs": [{"target": request.get("target") or "all", "status": "succeeded",
@@ -197,6 +204,8 @@ class LeanAgentProtocol(asyncio.Protocol):
                                     "hint": None, "holder": node.holder})
 
         def released() -> None:
+            if _trace is not None:
+                _trace.append((node.name, "released", time.time()))
             held_for = time.monotonic() - node.acquired_mono
             node.ended[run_id] = "completed"
             node.holder = None
@@ -235,3 +244,6 @@ async def serve_lean(sockets: dict[str, Any], token: str, prepare_latency_s: flo
     await stop.wait()
     for server in servers:
         server.close()
+    if _trace is not None:
+        with open(os.path.join(os.environ[TRACE_DIR_ENV], f"{os.getpid()}.json"), "w") as out:
+            json.dump(_trace, out)

@@ -13,7 +13,7 @@ Three clients against the same servers, in turns:
 - ``asyncio protocol``: a bare asyncio protocol per connection that writes and counts answers:
   what asyncio itself costs.
 - ``snapctl transport``: snapctl's ``AgentTransport`` (asyncio), every request its own coroutine
-  with its own timeout, as the orchestrator sends them; also on uvloop when the simulated agents'
+  with its deadline, as the orchestrator sends them; also on uvloop when the simulated agents'
   optional packages have it (``bench/simcluster.py``), for comparison: snapctl itself runs on asyncio.
 - the servers: the same two epoll processes for both, answering a fixed 200 response.
 """

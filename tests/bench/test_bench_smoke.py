@@ -30,6 +30,14 @@ def test_freeze_prints_scaling_baseline_and_rate_limited_tables() -> None:
     assert len(rows) == 2, out
 
 
+def test_trace_follows_every_complete_to_the_agents_and_back() -> None:
+    out = bench("bench.trace", "--nodes", "3", "--runs", "2")
+    assert "### Where the margin goes: 3 nodes" in out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and " / " in line]
+    # Six stages, each with a p50 / p99 for both runs: every node's complete was seen at its agent.
+    assert len(rows) == 6 and all(row.count(" / ") == 2 for row in rows), out
+
+
 def test_status_fanout_reports_every_node_in_the_cli_json() -> None:
     out = bench("bench.status_fanout", "--nodes", "5", "--repeats", "1")
     assert "### Status fan-out over 5 agents" in out
