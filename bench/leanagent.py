@@ -245,5 +245,9 @@ async def serve_lean(sockets: dict[str, Any], token: str, prepare_latency_s: flo
     for server in servers:
         server.close()
     if _trace is not None:
-        with open(os.path.join(os.environ[TRACE_DIR_ENV], f"{os.getpid()}.json"), "w") as out:
-            json.dump(_trace, out)
+        _dump_trace(_trace)
+
+
+def _dump_trace(trace: list[tuple[str, str, float]]) -> None:
+    with open(os.path.join(os.environ[TRACE_DIR_ENV], f"{os.getpid()}.json"), "w") as out:
+        json.dump(trace, out)

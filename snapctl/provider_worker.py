@@ -39,9 +39,11 @@ if TYPE_CHECKING:
     from snapctl.config import Policy
 
 # From this many concurrent snapshot calls on, policy.provider_process auto makes them in a child
-# process. Below it the freeze windows gain little, and the child's start (~0.25 s) is not hidden
-# behind the preflight: at 300 nodes, margin p99 97 -> 68 ms for 0.3 s of wall (docs/benchmarks.md).
-PROVIDER_PROCESS_FROM = 256
+# process. It costs its start (~0.25 s of imports, of wall time where the preflight is too short to
+# hide it) and buys shorter freezes: alternate runs at 50 and 100 nodes, margin p50 14-21 against
+# 17-38 ms, p99 19-29 against 23-43 ms (docs/benchmarks.md, item 30). A freeze window is what the
+# databases feel; the wall time is not. Below ~50 calls the threads do not crowd each other.
+PROVIDER_PROCESS_FROM = 50
 CALL_RUNNER_READY_S = 60.0  # a child's start: imports and its provider, on a loaded machine
 
 _FRAME = struct.Struct("!I")

@@ -34,8 +34,9 @@ def test_trace_follows_every_complete_to_the_agents_and_back() -> None:
     out = bench("bench.trace", "--nodes", "3", "--runs", "2")
     assert "### Where the margin goes: 3 nodes" in out
     rows = [line for line in out.splitlines() if line.startswith("| ") and " / " in line]
-    # Six stages, each with a p50 / p99 for both runs: every node's complete was seen at its agent.
-    assert len(rows) == 6 and all(row.count(" / ") == 2 for row in rows), out
+    # Seven stages, each with a p50 / p99 for both runs: every node's complete was seen at its agent.
+    assert len(rows) == 7 and all(row.count(" / ") == 2 for row in rows), out
+    assert "CPU per node from sending the prepares to writing the manifest" in out
 
 
 def test_status_fanout_reports_every_node_in_the_cli_json() -> None:

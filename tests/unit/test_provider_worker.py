@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from snapctl.errors import ProviderError
-from snapctl.provider_worker import ProviderWorker
+from snapctl.config import Policy
+from snapctl.provider_threads import ProviderThreads
+from snapctl.provider_worker import PROVIDER_PROCESS_FROM, ProviderWorker, call_runner
 from snapctl.providers import available_providers, create_provider, snapshot_tags
 
 THIRD_PARTY = Path(__file__).resolve().parents[1] / "e2e" / "thirdparty"
@@ -138,3 +140,15 @@ def test_a_run_that_ends_before_it_needed_the_child_leaves_no_child_behind(slow_
     worker.start()  # as a backup does before its preflight, which may then refuse the run
     worker.shutdown()  # waits 2 s at most: a loaded machine may need longer for the child's imports
     assert worker._process.wait(60) == 0  # it ended by itself, at the end of its input
+
+
+@pytest.mark.parametrize(("setting", "concurrency", "nodes", "runner"), [
+    ("auto", 1000, PROVIDER_PROCESS_FROM - 1, ProviderThreads),
+    ("auto", 1000, PROVIDER_PROCESS_FROM, ProviderWorker),
+    ("auto", PROVIDER_PROCESS_FROM - 1, 1000, ProviderThreads),  # calls at once, not nodes, crowd the threads
+    ("always", 1000, 1, ProviderWorker),
+    ("never", 1000, 1000, ProviderThreads),
+])
+def test_provider_process_picks_where_the_calls_run(tmp_path, setting, concurrency, nodes, runner):
+    policy = Policy(provider_process=setting, concurrency=concurrency)
+    assert type(call_runner(policy, {"type": "local", "store": "s"}, nodes, "c1", tmp_path)) is runner
