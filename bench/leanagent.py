@@ -29,6 +29,7 @@ _BAD_TOKEN = {"error": "wrong bearer token", "hint": "send Authorization: Bearer
 # bench.trace: where each process writes, when it stops, the wall-clock instants each complete
 # arrived and released its engine (none kept unless set).
 TRACE_DIR_ENV = "SNAPCTL_BENCH_TRACE_DIR"
+_COMPLETED_FIRST = "completed before its prepare arrived"
 _trace: list[tuple[str, str, float]] | None = [] if os.environ.get(TRACE_DIR_ENV) else None
 
 
@@ -155,6 +156,9 @@ class LeanAgentProtocol(asyncio.Protocol):
     def _prepare(self, run_id: str, lease_s: float, hold_at: str | None) -> None:
         node = self.node
         node.expire_if_due()
+        if node.ended.get(run_id) == _COMPLETED_FIRST:
+            return self._send(409, {"error": f"node {node.name}: run {run_id} completed this node before its "
+                                             "prepare arrived; nothing is held", "hint": None, "holder": None})
         if node.holder == run_id:
             node.expires_mono = time.monotonic() + lease_s
             return self._send(200, {"run_id": run_id, "lease": node.lease_info(), "state": node.state()})
@@ -200,6 +204,8 @@ class LeanAgentProtocol(asyncio.Protocol):
                 return self._send(200, {"run_id": run_id, "released": False, "held_for_s": None})
             if run_id in node.ended:
                 return self._send(200, {"run_id": run_id, "released": False, "held_for_s": None})
+            if node.holder is None:  # as the real agent: this run's prepare, if it comes later, never holds
+                node.ended[run_id] = _COMPLETED_FIRST
             return self._send(409, {"error": f"cannot complete: run {run_id} does not hold node {node.name}",
                                     "hint": None, "holder": node.holder})
 

@@ -41,6 +41,9 @@ log = logging.getLogger("snapctl.agent")
 _RUN_ID = re.compile(RUN_ID_PATTERN)
 # Runs whose hold ended, so their repeated complete is answered "already released" (not 409).
 _ENDED_RUNS_KEPT = 1024
+# A complete that found nothing held may have overtaken its own run's prepare (a rollback's
+# complete goes out on another connection): the run is remembered so, and its prepare never holds.
+_COMPLETED_FIRST = "completed before its prepare arrived"
 # The watcher re-reads the clock at least this often, so an injected clock is honoured too.
 _WATCH_MAX_SLEEP_S = 1.0
 
@@ -135,6 +138,10 @@ class AgentService:
         self._check_lease_s(lease_s)
         lead = _hold_lead_s(hold_at)
         with self._lock:
+            if self._ended.get(run_id) == _COMPLETED_FIRST:
+                log.info("prepare of run %s refused: its complete came first; nothing is held", run_id)
+                raise LeaseConflict(f"node {self.node}: run {run_id} completed this node before its prepare "
+                                    "arrived (a run rolling back); nothing is held")
             if lead > 0:
                 self._wait_for_hold_at(run_id, lead)
             if self._closed:
@@ -188,7 +195,10 @@ class AgentService:
                     return CompleteResponse(run_id=run_id, released=False)
                 if run_id in self._ended:
                     return CompleteResponse(run_id=run_id, released=False)
-                raise self._not_holding(run_id, "complete")
+                refusal = self._not_holding(run_id, "complete")
+                if lease is None:
+                    self._remember_ended(run_id, _COMPLETED_FIRST)
+                raise refusal
             started = self._clock()
             # If the engine fails to release, the lease stays so a retry (or expiry) tries again.
             self.engine.complete(run_id)

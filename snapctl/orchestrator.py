@@ -23,7 +23,7 @@ from snapctl.agent_client import AgentClient, open_agents
 from snapctl.catalog import Catalog, open_catalog
 from snapctl.catalog.lock import LockKeeper
 from snapctl.config import Inventory
-from snapctl.errors import AgentTimeout, AgentUnreachable, PreflightRefused, RunFailed, SnapctlError
+from snapctl.errors import AgentConflict, AgentTimeout, AgentUnreachable, PreflightRefused, RunFailed, SnapctlError
 from snapctl.events import NullReporter, Reporter
 from snapctl.health import Verdict, assess
 from snapctl.manifest import Manifest, NodeRecord
@@ -385,6 +385,8 @@ async def _roll_back(run: _Run, cause: BaseException) -> None:
         return_exceptions=True,
     )
     for node, result in zip(held, results):
+        if isinstance(result, AgentConflict) and result.holder is None:
+            result = False  # nothing held there: the complete overtook the prepare, which the agent now refuses
         if isinstance(result, BaseException):
             manifest.nodes[node].error = _join(manifest.nodes[node].error, f"complete failed ({_reason(result)}); "
                                                f"its lease expires within {policy.lease_ttl_s:g}s")

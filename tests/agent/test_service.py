@@ -115,6 +115,17 @@ def test_complete_from_a_run_that_never_held_says_nothing_is_held(service: Agent
     assert caught.value.holder is None
 
 
+def test_a_prepare_overtaken_by_its_own_runs_complete_never_holds(service: AgentService, db: Path) -> None:
+    # A rolling-back run's complete can reach the agent before that run's prepare (two connections).
+    with pytest.raises(LeaseConflict, match="nothing is held"):
+        service.complete("run-1")
+    with pytest.raises(LeaseConflict, match="completed this node before its prepare arrived"):
+        service.prepare("run-1", 60)
+    assert service.lease is None and try_write(db)
+    assert service.complete("run-1").released is False  # a repeated complete is still safe
+    assert service.prepare("run-2", 60).lease.run_id == "run-2"  # other runs are not affected
+
+
 def test_a_failing_engine_prepare_leaves_nothing_held(db: Path) -> None:
     class FailsAfterHolding(SqliteEngine):
         def prepare(self, run_id: str):

@@ -81,6 +81,28 @@ def test_an_engine_that_hangs_during_complete_is_released_by_the_lease_once_it_a
         wait_until(lambda: cluster.released_by("node1", run_id) == "expired", 10, "the agent to log the expiry")
 
 
+def test_a_prepare_that_arrives_after_its_runs_complete_is_refused_and_never_holds(make_cluster, tmp_path):
+    """A rollback's complete goes out on a connection of its own and can reach an agent before
+    that run's prepare. Here the network holds node2's prepare back until the run has rolled back:
+    the complete finds nothing held, and the prepare, delivered after it, must never hold."""
+    cluster: FaultCluster = make_cluster()
+    slow_start = cluster.write_inventory(tmp_path / "lead.yaml", policy={"hold_lead_s": "2s"})
+    cluster.kill_agent("node1")
+    late = cluster.agents["node2"].proxy.gate("POST /v1/prepare")
+
+    forced = cluster.snapctl("backup", "--force", inventory=slow_start)
+    assert forced.returncode == ExitCode.RUN_FAILED, forced.stderr
+    run_id = max(cluster.run_ids())
+    node2 = cluster.manifest(run_id)["nodes"]["node2"]
+    assert "complete failed" not in (node2["error"] or "")  # nothing was held there: not an error
+    late.open()
+    log = cluster.agents["node2"].log
+    wait_until(lambda: f"prepare of run {run_id} refused: its complete came first" in log.read_text(errors="replace"),
+               10, "node2's agent to refuse the late prepare")
+    time.sleep(2.5)  # past the instant its hold would have begun
+    assert not cluster.lease("node2") and cluster.writable("node2")
+
+
 def test_a_rollback_while_prepares_wait_for_their_hold_instant_leaves_nothing_held(make_cluster, tmp_path):
     """Cluster runs send every node one instant to begin its hold (hold_at), here 4 s ahead.
     node1's agent is gone, so (with --force) its prepare fails at once, while node2 and node3
@@ -98,7 +120,10 @@ def test_a_rollback_while_prepares_wait_for_their_hold_instant_leaves_nothing_he
     assert manifest["status"] == "failed" and manifest["hold_at"] is not None
     for node in ("node2", "node3"):
         log = cluster.agents[node].log.read_text(errors="replace")
-        assert f"prepare of run {run_id} cancelled by its complete before its hold began" in log
+        # The rollback's complete either finds the prepare waiting and cancels it, or (on another
+        # connection) overtakes it, and the agent then refuses the prepare: never held either way.
+        assert (f"prepare of run {run_id} cancelled by its complete before its hold began" in log
+                or f"prepare of run {run_id} refused: its complete came first" in log), log[-2000:]
     time.sleep(4.5)  # past the instant the holds would have begun
     assert not cluster.lease("node2") and not cluster.lease("node3")
     assert cluster.writable("node2") and cluster.writable("node3")
