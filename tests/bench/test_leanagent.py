@@ -73,3 +73,16 @@ def test_hold_at_delays_the_hold_and_a_complete_first_cancels_it() -> None:
         assert not (await client.status()).engine.held
 
     asyncio.run(_with_agent(check))
+
+
+def test_a_prepare_after_its_own_runs_complete_is_refused_as_by_the_real_agent() -> None:
+    async def check(agent) -> None:
+        client = agent()
+        with pytest.raises(AgentConflict, match="does not hold"):
+            await client.complete("run-1")  # it overtook the prepare
+        with pytest.raises(AgentConflict, match="completed this node before its prepare arrived"):
+            await client.prepare("run-1", 30)
+        assert not (await client.status()).engine.held
+        assert (await client.prepare("run-2", 30)).lease.run_id == "run-2"
+
+    asyncio.run(_with_agent(check))
