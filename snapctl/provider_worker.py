@@ -40,9 +40,9 @@ if TYPE_CHECKING:
 
 # From this many concurrent snapshot calls on, policy.provider_process auto makes them in a child
 # process. It costs its start (~0.25 s of imports, of wall time where the preflight is too short to
-# hide it) and buys shorter freezes: alternate runs at 50 and 100 nodes, margin p50 14-21 against
-# 17-38 ms, p99 19-29 against 23-43 ms (docs/benchmarks.md, item 30). A freeze window is what the
-# databases feel; the wall time is not. Below ~50 calls the threads do not crowd each other.
+# hide it) and buys somewhat shorter freezes: in 15 alternate rounds at 50 and 100 nodes the
+# median margin p50 was lower in 13 (by 1-12 ms on a quiet machine), its p99 in 11
+# (docs/benchmarks.md, item 30). A freeze window is what the databases feel; the wall time is not.
 PROVIDER_PROCESS_FROM = 50
 CALL_RUNNER_READY_S = 60.0  # a child's start: imports and its provider, on a loaded machine
 
