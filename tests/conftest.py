@@ -2,15 +2,39 @@
 
 from __future__ import annotations
 
+import random
 import socket
+from pathlib import Path
 
 import pytest
 
 LOOPBACK = "127.0.0.1"
+_LOWEST_PORT = 10000
+
+
+def _ephemeral_ports() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A loopback port for a server a test starts later, chosen below the ephemeral range. A port
+    the kernel hands out (bind to 0) can be taken, before the server binds it, as the local end of
+    any outgoing connection on the machine: an etcd member once failed "address already in use"
+    that way while the suite's other workers were busy connecting."""
+    first_ephemeral, _ = _ephemeral_ports()
+    candidates = range(_LOWEST_PORT, first_ephemeral)
+    for port in random.sample(candidates, min(200, len(candidates))):
+        with socket.socket() as sock:
+            try:
+                sock.bind((LOOPBACK, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # no range below the ephemeral ports on this machine
         sock.bind((LOOPBACK, 0))
         return sock.getsockname()[1]
 
