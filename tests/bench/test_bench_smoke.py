@@ -39,6 +39,13 @@ def test_trace_follows_every_complete_to_the_agents_and_back() -> None:
     assert "CPU per node from sending the prepares to writing the manifest" in out
 
 
+def test_progress_runs_each_reporter_of_the_cli() -> None:
+    out = bench("bench.progress", "--quick")
+    assert "### What the progress output costs" in out
+    rows = [line for line in out.splitlines() if line.startswith("| 10 ")]
+    assert [row.split("|")[2].strip() for row in rows] == ["none", "log lines", "live table"], out
+
+
 def test_status_fanout_reports_every_node_in_the_cli_json() -> None:
     out = bench("bench.status_fanout", "--nodes", "5", "--repeats", "1")
     assert "### Status fan-out over 5 agents" in out
