@@ -41,7 +41,9 @@ class RunStats:
     agents_cpu_s: float  # CPU time of the simulated agents' processes during the run
 
 
-def run_backup(cluster: SimCluster, create_latency_s: float, consistency: str = "cluster", **policy: object) -> RunStats:
+def run_backup(cluster: SimCluster, create_latency_s: float, consistency: str = "cluster", reporter: object = None,
+               **policy: object) -> RunStats:
+    """One backup of ``cluster``; ``reporter``: the progress it reports to (none by default)."""
     from snapctl.orchestrator import BackupOptions, backup
 
     inventory = cluster.inventory(**policy)
@@ -50,7 +52,7 @@ def run_backup(cluster: SimCluster, create_latency_s: float, consistency: str = 
         options.prune = False  # retention is not what is measured here
     agents_before, snapctl_before = process_cpu_s(cluster.agent_pids), snapctl_cpu_s()
     with timer() as wall:
-        manifest = run_coroutine(backup(inventory, options))
+        manifest = run_coroutine(backup(inventory, options, reporter))
     snapctl_cpu, agents_cpu = snapctl_cpu_s() - snapctl_before, process_cpu_s(cluster.agent_pids) - agents_before
     if manifest.status != "succeeded":
         raise RuntimeError(f"backup failed: {manifest.error}")

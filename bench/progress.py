@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from bench.common import emit, median, ms, percentile, secs, table, timer
-from bench.freeze import UNBOUND
+from bench.common import emit, median, ms, percentile, secs, table
+from bench.freeze import UNBOUND, run_backup
 from bench.simcluster import SimCluster
 
 REPORTERS = ("none", "log lines", "live table")
@@ -36,9 +36,6 @@ def _reporter(kind: str, sink):
 
 
 def measure(sizes: list[int], repeats: int, create_latency: float = 0.3) -> str:
-    from snapctl.orchestrator import BackupOptions, backup
-    from snapctl.runner import run as run_coroutine
-
     rows = []
     provider = {"type": "sim", "create_latency_s": create_latency, **UNBOUND}
     with open(os.devnull, "w") as sink:
@@ -46,19 +43,17 @@ def measure(sizes: list[int], repeats: int, create_latency: float = 0.3) -> str:
             freeze: dict[str, list[float]] = {kind: [] for kind in REPORTERS}
             walls: dict[str, list[float]] = {kind: [] for kind in REPORTERS}
             with SimCluster(nodes=n, prepare_latency_s=0.05, provider=provider) as cluster:
-                run_coroutine(backup(cluster.inventory(), BackupOptions(prune=False)))  # warm
+                run_backup(cluster, create_latency)  # warm: connections, imports, catalog directory
                 for _ in range(repeats):
                     for kind in REPORTERS:
                         reporter = _reporter(kind, sink)
                         try:
-                            with timer() as wall:
-                                manifest = run_coroutine(backup(cluster.inventory(), BackupOptions(prune=False),
-                                                                reporter))
+                            stats = run_backup(cluster, create_latency, reporter=reporter)
                         finally:
                             if reporter is not None:
                                 reporter.close()
-                        freeze[kind] += [r.freeze_window_s for r in manifest.nodes.values()]
-                        walls[kind].append(wall[0])
+                        freeze[kind] += stats.freeze
+                        walls[kind].append(stats.wall_s)
             for kind in REPORTERS:
                 rows.append([n, kind, repeats, ms(median(freeze[kind])), ms(percentile(freeze[kind], 99)),
                              secs(median(walls[kind]))])
