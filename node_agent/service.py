@@ -195,6 +195,7 @@ class AgentService:
                     return CompleteResponse(run_id=run_id, released=False)
                 if run_id in self._ended:
                     return CompleteResponse(run_id=run_id, released=False)
+                # Built first: once remembered, the run would read as one whose hold already ended.
                 refusal = self._not_holding(run_id, "complete")
                 if lease is None:
                     self._remember_ended(run_id, _COMPLETED_FIRST)
