@@ -39,6 +39,24 @@ def test_trace_follows_every_complete_to_the_agents_and_back() -> None:
     assert "CPU per node from sending the prepares to writing the manifest" in out
 
 
+def test_floor_holds_the_same_cluster_three_ways_and_prints_each_margin() -> None:
+    out = bench("bench.floor", "--nodes", "3", "--runs", "2")
+    assert "### The margin's floor: 2 alternate runs" in out
+    rows = [line for line in out.splitlines() if line.startswith("| 3 ")]
+    # The two floors and snapctl's own backup, each a p50 / p99: all three held and released every node.
+    assert len(rows) == 1 and rows[0].count(" / ") == 3, out
+
+
+def test_the_floor_stops_with_the_agents_refusal_rather_than_waiting_for_it() -> None:
+    from bench.floor import _floor_runs
+    from bench.simcluster import SimCluster
+
+    with SimCluster(nodes=2, prepare_latency_s=0.0) as cluster:
+        cluster.token = "not-the-token"
+        with pytest.raises(RuntimeError, match="agent answered 401"):
+            _floor_runs(cluster, "timers", 0.01, 1)
+
+
 def test_progress_runs_each_reporter_of_the_cli() -> None:
     out = bench("bench.progress", "--quick")
     assert "### What the progress output costs" in out

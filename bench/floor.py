@@ -1,0 +1,285 @@
+"""The freeze margin's floor on this machine: the same simulated cluster held and released by the
+least an orchestrator can do, beside snapctl's backup, alternate runs.
+
+    python -m bench.floor [--nodes 10,100,1000] [--runs 3] [--create-latency 0.3] [--quick]
+
+The floor is a bare asyncio protocol per agent (connected before the run, as snapctl's preflight
+leaves its connections), raw request bytes, no task per node, no models, no manifest. It sends
+every prepare with one hold instant (``hold_at``, as snapctl does), and when a node's prepare is
+acknowledged starts its create call; the complete goes out as soon as that call has returned and
+every node is held. Its create call is made two ways:
+
+- ``timers``: a loop timer of the create latency. No provider SDK is this cheap, which makes it
+  the floor of the loop's own work: writing N completes and reading N answers on loopback, while
+  the N agents (sharing these cores) do theirs.
+- ``threads``: a blocking sleep of the create latency in a thread of its own, started up front,
+  its end handed to the loop: how a blocking cloud SDK call returns. All N return within
+  milliseconds of each other and queue for the GIL and the scheduler, one wake-up at a time.
+
+A node's margin is measured as snapctl's is (docs/benchmarks.md): its freeze window minus its
+prepare round trip minus the create latency, both counted from the later of sending the prepare
+and the hold instant. That is: from its prepare's acknowledgement to its complete's, minus the
+create latency. Each column is the median over the runs of each run's p50 / p99.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import queue
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from bench.common import emit, median, percentile, table
+from bench.freeze import UNBOUND, run_backup
+from bench.simcluster import SimCluster
+from snapctl.provider_threads import ProviderThreads
+
+_LEASE_S = 30.0
+_HOLD_LEAD_PER_NODE_S = 0.0002  # ahead of writing the prepares (no connects): all arrive before it
+
+
+class _Agent(asyncio.Protocol):
+    """One kept-alive connection to one agent, one request in flight: ``answered`` is called with
+    the loop's time once a whole 2xx answer has arrived; anything else fails the run (``failed``)."""
+
+    def __init__(self, host: str, port: int, token: str) -> None:
+        self.head = (f"Host: {host}:{port}\r\nAuthorization: Bearer {token}\r\n"
+                     "Content-Type: application/json\r\n").encode()
+        self.buffer = bytearray()
+        self.answered: Callable[[float], None] | None = None
+        self.failed: Callable[[Exception], None] = lambda exc: None
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def post(self, path: bytes, body: dict, answered: Callable[[float], None]) -> None:
+        payload = json.dumps(body).encode()
+        self.answered = answered
+        assert self.transport is not None
+        self.transport.write(b"POST %s HTTP/1.1\r\n%sContent-Length: %d\r\n\r\n%s"
+                             % (path, self.head, len(payload), payload))
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = bytes(self.buffer[:end]).lower()
+        length = int(head.split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
+        if len(self.buffer) < end + 4 + length:
+            return
+        at = asyncio.get_running_loop().time()
+        status = int(head[9:12])
+        body = bytes(self.buffer[end + 4:end + 4 + length])
+        del self.buffer[:end + 4 + length]
+        answered, self.answered = self.answered, None
+        if not 200 <= status < 300 or answered is None:
+            self.failed(RuntimeError(f"agent answered {status} unasked or in error: {body!r}"))
+            return
+        answered(at)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.answered is not None:
+            self.failed(RuntimeError(f"agent closed the connection before answering: {exc}"))
+
+
+class _Creates:
+    """Create calls as blocking sleeps, one started thread per node, their ends handed to the loop."""
+
+    def __init__(self, count: int, latency_s: float) -> None:
+        self.latency_s = latency_s
+        self.work: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self.threads = [threading.Thread(target=self._serve, daemon=True) for _ in range(count)]
+        for thread in self.threads:
+            thread.start()
+
+    def _serve(self) -> None:
+        while (returned := self.work.get()) is not None:
+            time.sleep(self.latency_s)
+            returned()
+
+    def close(self) -> None:
+        for _ in self.threads:
+            self.work.put(None)
+
+
+async def _floor_run(cluster: SimCluster, agents: list[_Agent], create: str, latency_s: float,
+                     creates: _Creates | None) -> list[float]:
+    """One hold and release of every node; each node's margin."""
+    loop = asyncio.get_running_loop()
+    run_id = f"floor-{secrets.token_hex(4)}"
+    lead = max(0.02, len(agents) * _HOLD_LEAD_PER_NODE_S)
+    hold_at = (datetime.now(UTC) + timedelta(seconds=lead)).isoformat()
+    acked: dict[int, float] = {}
+    returned: set[int] = set()
+    margins: list[float] = []
+    done = loop.create_future()
+    completed = [0]
+
+    def failed(exc: Exception) -> None:
+        if not done.done():
+            done.set_exception(exc)
+
+    for agent in agents:
+        agent.failed = failed
+
+    def complete(index: int) -> None:
+        def answered(at: float) -> None:
+            margins.append(at - acked[index] - latency_s)
+            completed[0] += 1
+            if completed[0] == len(agents):
+                done.set_result(None)
+        agents[index].post(b"/v1/complete", {"run_id": run_id}, answered)
+
+    def create_returned(index: int) -> None:
+        returned.add(index)
+        if len(acked) == len(agents):
+            complete(index)
+
+    def prepare_answered(index: int, at: float) -> None:
+        acked[index] = at
+        if create == "timers":
+            loop.call_at(at + latency_s, create_returned, index)
+        else:
+            assert creates is not None
+            creates.work.put(lambda: loop.call_soon_threadsafe(create_returned, index))
+        if len(acked) == len(agents):  # the barrier: calls that returned before it complete now
+            for waiting in sorted(returned):
+                complete(waiting)
+
+    for index, agent in enumerate(agents):
+        agent.post(b"/v1/prepare", {"run_id": run_id, "lease_s": _LEASE_S, "hold_at": hold_at},
+                                 lambda at, index=index: prepare_answered(index, at))
+    await asyncio.wait_for(done, timeout=60 + latency_s)
+    return margins
+
+
+def _floor_runs(cluster: SimCluster, create: str, latency_s: float, runs: int) -> list[list[float]]:
+    async def main() -> list[list[float]]:
+        loop = asyncio.get_running_loop()
+        agents = []
+        for port in cluster.ports.values():
+            _, agent = await loop.create_connection(lambda port=port: _Agent("127.0.0.1", port, cluster.token),
+                                                    "127.0.0.1", port)
+            agents.append(agent)
+        creates = _Creates(len(agents), latency_s) if create == "threads" else None
+        try:
+            return [await _floor_run(cluster, agents, create, latency_s, creates) for _ in range(runs)]
+        finally:
+            if creates is not None:
+                creates.close()
+            for agent in agents:
+                assert agent.transport is not None
+                agent.transport.close()
+
+    return asyncio.run(main())
+
+
+async def _client_run(agents: dict, threads: ProviderThreads, create: Callable[[str], tuple], latency_s: float,
+                      run_id: str) -> list[float]:
+    """One hold and release through snapctl's agent client, a task per node as backup() has it."""
+    hold_at = datetime.now(UTC) + timedelta(seconds=max(0.02, len(agents) * _HOLD_LEAD_PER_NODE_S))
+    acked: dict[str, float] = {}
+    all_held = asyncio.Event()
+    margins: list[float] = []
+
+    async def node(name: str) -> None:
+        await agents[name].prepare(run_id, _LEASE_S, hold_at)
+        acked[name] = time.monotonic()
+        if len(acked) == len(agents):
+            all_held.set()
+        await asyncio.wrap_future(threads.submit(*create(name)))
+        await all_held.wait()
+        await agents[name].complete(run_id)
+        margins.append(time.monotonic() - acked[name] - latency_s)
+
+    await asyncio.gather(*(node(name) for name in agents))
+    return margins
+
+
+def _client_runs(cluster: SimCluster, latency_s: float, with_provider: bool, runs: int) -> list[list[float]]:
+    """snapctl's agent client (its transport and response models) in a task per node, and its
+    provider threads making either bare sleeps or the simulated provider's own snapshot calls."""
+    from snapctl.agent_client import open_agents
+    from snapctl.providers import create_provider, snapshot_tags
+
+    inventory = cluster.inventory()
+    provider = create_provider(inventory.provider, cluster=inventory.cluster, base_dir=inventory.base_dir)
+    volumes = {node.name: provider.validate_volumes(node.name, node.volumes, base_dir=inventory.base_dir)
+               for node in inventory.nodes}
+
+    async def main() -> list[list[float]]:
+        threads = ProviderThreads(len(volumes))
+        threads.start()
+        try:
+            async with open_agents(inventory) as agents:
+                await asyncio.gather(*(agent.status() for agent in agents.values()))  # connect, as a preflight does
+                per_run = []
+                for _ in range(runs):
+                    run_id = f"floor-{secrets.token_hex(4)}"
+                    if with_provider:
+                        def create(name: str, run_id: str = run_id) -> tuple:
+                            return provider.snapshot, volumes[name], snapshot_tags(inventory.cluster, run_id, name)
+                    else:
+                        def create(name: str) -> tuple:
+                            return time.sleep, latency_s
+                    per_run.append(await _client_run(agents, threads, create, latency_s, run_id))
+                return per_run
+        finally:
+            threads.shutdown()
+
+    return asyncio.run(main())
+
+
+def _summary(per_run: list[list[float]]) -> str:
+    return f"{median([percentile(m, 50) for m in per_run]) * 1000:.1f} / " \
+           f"{median([percentile(m, 99) for m in per_run]) * 1000:.1f}"
+
+
+# Each variant adds one part of a real run to the one before it; "auto" is what backup() does by default.
+VARIANTS: dict[str, Callable[[SimCluster, float], list[float]]] = {
+    "floor: timers": lambda cluster, latency: _floor_runs(cluster, "timers", latency, 1)[0],
+    "floor: threads": lambda cluster, latency: _floor_runs(cluster, "threads", latency, 1)[0],
+    "+ snapctl's client": lambda cluster, latency: _client_runs(cluster, latency, False, 1)[0],
+    "+ sim provider's calls": lambda cluster, latency: _client_runs(cluster, latency, True, 1)[0],
+    "backup(), threads": lambda cluster, latency: run_backup(cluster, latency, provider_process="never").margin,
+    "backup(), auto": lambda cluster, latency: run_backup(cluster, latency).margin,
+}
+
+
+def floor(sizes: list[int], runs: int, latency_s: float) -> str:
+    rows = []
+    for nodes in sizes:
+        provider = {"type": "sim", "create_latency_s": latency_s, **UNBOUND}
+        margins: dict[str, list[list[float]]] = {name: [] for name in VARIANTS}
+        with SimCluster(nodes=nodes, prepare_latency_s=0.05, provider=provider) as cluster:
+            run_backup(cluster, latency_s)  # warms imports and the agents
+            for _ in range(runs):  # alternate, so that a noisy spell falls on every variant
+                for name, variant in VARIANTS.items():
+                    margins[name].append(variant(cluster, latency_s))
+        rows.append([str(nodes), *(_summary(margins[name]) for name in VARIANTS)])
+    return table(f"The margin's floor, and what each part of a run adds: {runs} alternate runs, create "
+                 f"{latency_s * 1000:.0f} ms, unbound (median of the runs' p50 / p99, ms)", ["N", *VARIANTS], rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.floor", description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", default="10,100,1000", help="cluster sizes, comma-separated")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--create-latency", type=float, default=0.3)
+    parser.add_argument("--quick", action="store_true", help="N=1 and 10, one run each")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.nodes, args.runs = "1,10", 1
+    emit(floor([int(n) for n in args.nodes.split(",")], args.runs, args.create_latency))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
