@@ -2,7 +2,7 @@
 
     python -m bench.run [--quick] [--only freeze,floor,progress,status_fanout,startup,local_provider,agent,loopback]
 
-Full suite: about 8 minutes on 2 cores; --quick: about 40 seconds. Paste the output into
+Full suite: about 10 minutes on 2 cores; --quick: about 45 seconds. Paste the output into
 docs/benchmarks.md. Benchmarks print numbers; nothing here asserts on them.
 """
 
