@@ -19,7 +19,14 @@ every node is held. Its create call is made two ways:
 A node's margin is measured as snapctl's is (docs/benchmarks.md): its freeze window minus its
 prepare round trip minus the create latency, both counted from the later of sending the prepare
 and the hold instant. That is: from its prepare's acknowledgement to its complete's, minus the
-create latency. Each column is the median over the runs of each run's p50 / p99.
+create latency. Each column is the median over the runs of each run's p50 / p99. Between the
+floor and ``backup()`` two more columns add snapctl's parts one at a time: its agent client with
+a task per node, then the simulated provider's own calls.
+
+A second table is the wall time of a whole run, as ``backup()``'s counts it: the floor's with
+fresh connections, one status request to every agent (the preflight's share) and a hold instant
+0.1 ms per node ahead, 20 ms at least (its prepares are written well within it), beside ``backup()``'s, each with
+the hold skew the engines reported, and both as a multiple of ``backup()`` at N=10.
 """
 
 from __future__ import annotations
@@ -40,30 +47,32 @@ from bench.simcluster import SimCluster
 from snapctl.provider_threads import ProviderThreads
 
 _LEASE_S = 30.0
-_HOLD_LEAD_PER_NODE_S = 0.0002  # ahead of writing the prepares (no connects): all arrive before it
+_HOLD_LEAD_PER_NODE_S = 0.0001  # ahead of writing the prepares (no connects): 1000 take ~40 ms
 
 
 class _Agent(asyncio.Protocol):
     """One kept-alive connection to one agent, one request in flight: ``answered`` is called with
-    the loop's time once a whole 2xx answer has arrived; anything else fails the run (``failed``)."""
+    the loop's time and the body once a whole 2xx answer has arrived; anything else fails the run
+    (``failed``)."""
 
     def __init__(self, host: str, port: int, token: str) -> None:
         self.head = (f"Host: {host}:{port}\r\nAuthorization: Bearer {token}\r\n"
                      "Content-Type: application/json\r\n").encode()
         self.buffer = bytearray()
-        self.answered: Callable[[float], None] | None = None
+        self.answered: Callable[[float, bytes], None] | None = None
         self.failed: Callable[[Exception], None] = lambda exc: None
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
-    def post(self, path: bytes, body: dict, answered: Callable[[float], None]) -> None:
-        payload = json.dumps(body).encode()
+    def post(self, path: bytes, body: dict | None, answered: Callable[[float, bytes], None],
+             method: bytes = b"POST") -> None:
+        payload = b"" if body is None else json.dumps(body).encode()
         self.answered = answered
         assert self.transport is not None
-        self.transport.write(b"POST %s HTTP/1.1\r\n%sContent-Length: %d\r\n\r\n%s"
-                             % (path, self.head, len(payload), payload))
+        self.transport.write(b"%s %s HTTP/1.1\r\n%sContent-Length: %d\r\n\r\n%s"
+                             % (method, path, self.head, len(payload), payload))
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -82,7 +91,7 @@ class _Agent(asyncio.Protocol):
         if not 200 <= status < 300 or answered is None:
             self.failed(RuntimeError(f"agent answered {status} unasked or in error: {body!r}"))
             return
-        answered(at)
+        answered(at, body)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.answered is not None:
@@ -110,8 +119,9 @@ class _Creates:
 
 
 async def _floor_run(cluster: SimCluster, agents: list[_Agent], create: str, latency_s: float,
-                     creates: _Creates | None) -> list[float]:
-    """One hold and release of every node; each node's margin."""
+                     creates: _Creates | None) -> tuple[list[float], float]:
+    """One hold and release of every node: each node's margin, and the spread of the instants the
+    engines began holding (the manifest's hold skew)."""
     loop = asyncio.get_running_loop()
     run_id = f"floor-{secrets.token_hex(4)}"
     lead = max(0.02, len(agents) * _HOLD_LEAD_PER_NODE_S)
@@ -119,6 +129,7 @@ async def _floor_run(cluster: SimCluster, agents: list[_Agent], create: str, lat
     acked: dict[int, float] = {}
     returned: set[int] = set()
     margins: list[float] = []
+    holds: list[datetime] = []
     done = loop.create_future()
     completed = [0]
 
@@ -130,7 +141,7 @@ async def _floor_run(cluster: SimCluster, agents: list[_Agent], create: str, lat
         agent.failed = failed
 
     def complete(index: int) -> None:
-        def answered(at: float) -> None:
+        def answered(at: float, body: bytes) -> None:
             margins.append(at - acked[index] - latency_s)
             completed[0] += 1
             if completed[0] == len(agents):
@@ -142,8 +153,9 @@ async def _floor_run(cluster: SimCluster, agents: list[_Agent], create: str, lat
         if len(acked) == len(agents):
             complete(index)
 
-    def prepare_answered(index: int, at: float) -> None:
+    def prepare_answered(index: int, at: float, body: bytes) -> None:
         acked[index] = at
+        holds.append(datetime.fromisoformat(json.loads(body)["state"]["prepared_at"]))
         if create == "timers":
             loop.call_at(at + latency_s, create_returned, index)
         else:
@@ -155,22 +167,64 @@ async def _floor_run(cluster: SimCluster, agents: list[_Agent], create: str, lat
 
     for index, agent in enumerate(agents):
         agent.post(b"/v1/prepare", {"run_id": run_id, "lease_s": _LEASE_S, "hold_at": hold_at},
-                                 lambda at, index=index: prepare_answered(index, at))
+                   lambda at, body, index=index: prepare_answered(index, at, body))
     await asyncio.wait_for(done, timeout=60 + latency_s)
-    return margins
+    return margins, (max(holds) - min(holds)).total_seconds()
+
+
+async def _connect(cluster: SimCluster) -> list[_Agent]:
+    loop = asyncio.get_running_loop()
+    connected = await asyncio.gather(*(loop.create_connection(lambda port=port: _Agent("127.0.0.1", port, cluster.token),
+                                                              "127.0.0.1", port) for port in cluster.ports.values()))
+    return [agent for _, agent in connected]
+
+
+async def _ask_every_agent(agents: list[_Agent]) -> None:
+    """The preflight's share: one status request to every agent, all answered."""
+    done = asyncio.get_running_loop().create_future()
+    left = [len(agents)]
+
+    def answered(at: float, body: bytes) -> None:
+        left[0] -= 1
+        if not left[0]:
+            done.set_result(None)
+
+    def failed(exc: Exception) -> None:
+        if not done.done():
+            done.set_exception(exc)
+
+    for agent in agents:
+        agent.failed = failed
+        agent.post(b"/v1/status", None, answered, method=b"GET")
+    await asyncio.wait_for(done, timeout=60)
+
+
+def _floor_walls(cluster: SimCluster, latency_s: float, runs: int) -> list[tuple[float, float]]:
+    """Whole runs of the floor, as a backup's wall time counts them: fresh connections, a status
+    request to every agent, then the hold and release with the create calls as loop timers."""
+    async def main() -> list[tuple[float, float]]:
+        loop = asyncio.get_running_loop()
+        walls = []
+        for _ in range(runs):
+            started = loop.time()
+            agents = await _connect(cluster)
+            await _ask_every_agent(agents)
+            _, hold_skew_s = await _floor_run(cluster, agents, "timers", latency_s, None)
+            walls.append((loop.time() - started, hold_skew_s))
+            for agent in agents:
+                assert agent.transport is not None
+                agent.transport.close()
+        return walls
+
+    return asyncio.run(main())
 
 
 def _floor_runs(cluster: SimCluster, create: str, latency_s: float, runs: int) -> list[list[float]]:
     async def main() -> list[list[float]]:
-        loop = asyncio.get_running_loop()
-        agents = []
-        for port in cluster.ports.values():
-            _, agent = await loop.create_connection(lambda port=port: _Agent("127.0.0.1", port, cluster.token),
-                                                    "127.0.0.1", port)
-            agents.append(agent)
+        agents = await _connect(cluster)
         creates = _Creates(len(agents), latency_s) if create == "threads" else None
         try:
-            return [await _floor_run(cluster, agents, create, latency_s, creates) for _ in range(runs)]
+            return [(await _floor_run(cluster, agents, create, latency_s, creates))[0] for _ in range(runs)]
         finally:
             if creates is not None:
                 creates.close()
@@ -254,18 +308,32 @@ VARIANTS: dict[str, Callable[[SimCluster, float], list[float]]] = {
 
 
 def floor(sizes: list[int], runs: int, latency_s: float) -> str:
-    rows = []
+    rows, walls = [], {}
     for nodes in sizes:
         provider = {"type": "sim", "create_latency_s": latency_s, **UNBOUND}
         margins: dict[str, list[list[float]]] = {name: [] for name in VARIANTS}
+        floor_walls: list[tuple[float, float]] = []
+        backups = []
         with SimCluster(nodes=nodes, prepare_latency_s=0.05, provider=provider) as cluster:
             run_backup(cluster, latency_s)  # warms imports and the agents
             for _ in range(runs):  # alternate, so that a noisy spell falls on every variant
                 for name, variant in VARIANTS.items():
                     margins[name].append(variant(cluster, latency_s))
+                floor_walls += _floor_walls(cluster, latency_s, 1)
+                backups.append(run_backup(cluster, latency_s))
         rows.append([str(nodes), *(_summary(margins[name]) for name in VARIANTS)])
+        walls[nodes] = (median([wall for wall, _ in floor_walls]), median([skew for _, skew in floor_walls]),
+                        median([stats.wall_s for stats in backups]), median([stats.hold_skew_s for stats in backups]))
+    reference = walls[10][2] if 10 in walls else None
+    wall_rows = [[str(n), f"{floor_s:.3f}", f"{backup_s:.3f}", f"{floor_skew * 1000:.1f}", f"{backup_skew * 1000:.1f}",
+                  f"{floor_s / reference:.1f}x" if reference else "-", f"{backup_s / reference:.1f}x" if reference else "-"]
+                 for n, (floor_s, floor_skew, backup_s, backup_skew) in walls.items()]
     return table(f"The margin's floor, and what each part of a run adds: {runs} alternate runs, create "
-                 f"{latency_s * 1000:.0f} ms, unbound (median of the runs' p50 / p99, ms)", ["N", *VARIANTS], rows)
+                 f"{latency_s * 1000:.0f} ms, unbound (median of the runs' p50 / p99, ms)", ["N", *VARIANTS], rows) + "\n" + \
+        table("Wall time: the floor's whole run (fresh connections, a status request to every agent, then the "
+              "hold, create calls as timers) and backup()'s (median s)",
+              ["N", "floor s", "backup() s", "floor hold skew ms", "backup() hold skew ms", "floor / backup() at N=10",
+               "backup() / backup() at N=10"], wall_rows)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,10 +42,13 @@ def test_trace_follows_every_complete_to_the_agents_and_back() -> None:
 def test_floor_holds_the_same_cluster_every_way_and_prints_each_margin() -> None:
     out = bench("bench.floor", "--nodes", "3", "--runs", "2")
     assert "### The margin's floor, and what each part of a run adds: 2 alternate runs" in out
-    rows = [line for line in out.splitlines() if line.startswith("| 3 ")]
+    margins, walls = (line for line in out.splitlines() if line.startswith("| 3 "))
     # The two floors, snapctl's client with sleeps and with the provider's calls, and backup() on
     # threads and by default: each a p50 / p99, so every variant held and released every node.
-    assert len(rows) == 1 and rows[0].count(" / ") == 6, out
+    assert margins.count(" / ") == 6, out
+    # The floor's whole run and backup()'s, each with the hold skew its engines reported.
+    assert "### Wall time: the floor's whole run" in out
+    assert len([cell for cell in walls.split("|") if cell.strip()]) == 7, out
 
 
 def test_the_floor_stops_with_the_agents_refusal_rather_than_waiting_for_it() -> None:
