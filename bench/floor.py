@@ -25,14 +25,15 @@ a task per node, then the simulated provider's own calls.
 
 A second table is the wall time of a whole run, as ``backup()``'s counts it: the floor's with
 fresh connections, one status request to every agent (the preflight's share) and a hold instant
-0.1 ms per node ahead, 20 ms at least (its prepares are written well within it), beside ``backup()``'s, each with
-the hold skew the engines reported, and both as a multiple of ``backup()`` at N=10.
+0.1 ms per node ahead (20 ms at least), beside ``backup()``'s, each with the hold skew the
+engines reported, and both as a multiple of ``backup()`` at N=10.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import queue
 import secrets
@@ -47,7 +48,7 @@ from bench.simcluster import SimCluster
 from snapctl.provider_threads import ProviderThreads
 
 _LEASE_S = 30.0
-_HOLD_LEAD_PER_NODE_S = 0.0001  # ahead of writing the prepares (no connects): 1000 take ~40 ms
+_HOLD_LEAD_PER_NODE_S = 0.0001  # the hold instant's lead: the skews it gives are in the wall table
 
 
 class _Agent(asyncio.Protocol):
@@ -66,8 +67,7 @@ class _Agent(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
-    def post(self, path: bytes, body: dict | None, answered: Callable[[float, bytes], None],
-             method: bytes = b"POST") -> None:
+    def send(self, method: bytes, path: bytes, body: dict | None, answered: Callable[[float, bytes], None]) -> None:
         payload = b"" if body is None else json.dumps(body).encode()
         self.answered = answered
         assert self.transport is not None
@@ -118,7 +118,7 @@ class _Creates:
             self.work.put(None)
 
 
-async def _floor_run(cluster: SimCluster, agents: list[_Agent], create: str, latency_s: float,
+async def _floor_run(agents: list[_Agent], create: str, latency_s: float,
                      creates: _Creates | None) -> tuple[list[float], float]:
     """One hold and release of every node: each node's margin, and the spread of the instants the
     engines began holding (the manifest's hold skew)."""
@@ -146,7 +146,7 @@ async def _floor_run(cluster: SimCluster, agents: list[_Agent], create: str, lat
             completed[0] += 1
             if completed[0] == len(agents):
                 done.set_result(None)
-        agents[index].post(b"/v1/complete", {"run_id": run_id}, answered)
+        agents[index].send(b"POST", b"/v1/complete", {"run_id": run_id}, answered)
 
     def create_returned(index: int) -> None:
         returned.add(index)
@@ -166,7 +166,7 @@ async def _floor_run(cluster: SimCluster, agents: list[_Agent], create: str, lat
                 complete(waiting)
 
     for index, agent in enumerate(agents):
-        agent.post(b"/v1/prepare", {"run_id": run_id, "lease_s": _LEASE_S, "hold_at": hold_at},
+        agent.send(b"POST", b"/v1/prepare", {"run_id": run_id, "lease_s": _LEASE_S, "hold_at": hold_at},
                    lambda at, body, index=index: prepare_answered(index, at, body))
     await asyncio.wait_for(done, timeout=60 + latency_s)
     return margins, (max(holds) - min(holds)).total_seconds()
@@ -174,9 +174,16 @@ async def _floor_run(cluster: SimCluster, agents: list[_Agent], create: str, lat
 
 async def _connect(cluster: SimCluster) -> list[_Agent]:
     loop = asyncio.get_running_loop()
-    connected = await asyncio.gather(*(loop.create_connection(lambda port=port: _Agent("127.0.0.1", port, cluster.token),
-                                                              "127.0.0.1", port) for port in cluster.ports.values()))
+    connected = await asyncio.gather(*(
+        loop.create_connection(lambda port=port: _Agent("127.0.0.1", port, cluster.token), "127.0.0.1", port)
+        for port in cluster.ports.values()))
     return [agent for _, agent in connected]
+
+
+def _close(agents: list[_Agent]) -> None:
+    for agent in agents:
+        if agent.transport is not None:
+            agent.transport.close()
 
 
 async def _ask_every_agent(agents: list[_Agent]) -> None:
@@ -195,7 +202,7 @@ async def _ask_every_agent(agents: list[_Agent]) -> None:
 
     for agent in agents:
         agent.failed = failed
-        agent.post(b"/v1/status", None, answered, method=b"GET")
+        agent.send(b"GET", b"/v1/status", None, answered)
     await asyncio.wait_for(done, timeout=60)
 
 
@@ -208,12 +215,12 @@ def _floor_walls(cluster: SimCluster, latency_s: float, runs: int) -> list[tuple
         for _ in range(runs):
             started = loop.time()
             agents = await _connect(cluster)
-            await _ask_every_agent(agents)
-            _, hold_skew_s = await _floor_run(cluster, agents, "timers", latency_s, None)
-            walls.append((loop.time() - started, hold_skew_s))
-            for agent in agents:
-                assert agent.transport is not None
-                agent.transport.close()
+            try:
+                await _ask_every_agent(agents)
+                _, hold_skew_s = await _floor_run(agents, "timers", latency_s, None)
+                walls.append((loop.time() - started, hold_skew_s))
+            finally:
+                _close(agents)
         return walls
 
     return asyncio.run(main())
@@ -224,13 +231,11 @@ def _floor_runs(cluster: SimCluster, create: str, latency_s: float, runs: int) -
         agents = await _connect(cluster)
         creates = _Creates(len(agents), latency_s) if create == "threads" else None
         try:
-            return [(await _floor_run(cluster, agents, create, latency_s, creates))[0] for _ in range(runs)]
+            return [(await _floor_run(agents, create, latency_s, creates))[0] for _ in range(runs)]
         finally:
             if creates is not None:
                 creates.close()
-            for agent in agents:
-                assert agent.transport is not None
-                agent.transport.close()
+            _close(agents)
 
     return asyncio.run(main())
 
@@ -318,22 +323,30 @@ def floor(sizes: list[int], runs: int, latency_s: float) -> str:
             run_backup(cluster, latency_s)  # warms imports and the agents
             for _ in range(runs):  # alternate, so that a noisy spell falls on every variant
                 for name, variant in VARIANTS.items():
+                    gc.collect()  # the variant before left a loop's worth of garbage: not this one's pause
                     margins[name].append(variant(cluster, latency_s))
+                gc.collect()
                 floor_walls += _floor_walls(cluster, latency_s, 1)
+                gc.collect()
                 backups.append(run_backup(cluster, latency_s))
         rows.append([str(nodes), *(_summary(margins[name]) for name in VARIANTS)])
         walls[nodes] = (median([wall for wall, _ in floor_walls]), median([skew for _, skew in floor_walls]),
                         median([stats.wall_s for stats in backups]), median([stats.hold_skew_s for stats in backups]))
     reference = walls[10][2] if 10 in walls else None
+    def times_n10(seconds: float) -> str:
+        return f"{seconds / reference:.1f}x" if reference else "-"
+
     wall_rows = [[str(n), f"{floor_s:.3f}", f"{backup_s:.3f}", f"{floor_skew * 1000:.1f}", f"{backup_skew * 1000:.1f}",
-                  f"{floor_s / reference:.1f}x" if reference else "-", f"{backup_s / reference:.1f}x" if reference else "-"]
+                  times_n10(floor_s), times_n10(backup_s)]
                  for n, (floor_s, floor_skew, backup_s, backup_skew) in walls.items()]
-    return table(f"The margin's floor, and what each part of a run adds: {runs} alternate runs, create "
-                 f"{latency_s * 1000:.0f} ms, unbound (median of the runs' p50 / p99, ms)", ["N", *VARIANTS], rows) + "\n" + \
-        table("Wall time: the floor's whole run (fresh connections, a status request to every agent, then the "
-              "hold, create calls as timers) and backup()'s (median s)",
-              ["N", "floor s", "backup() s", "floor hold skew ms", "backup() hold skew ms", "floor / backup() at N=10",
-               "backup() / backup() at N=10"], wall_rows)
+    margin_table = table(f"The margin's floor, and what each part of a run adds: {runs} alternate runs, create "
+                         f"{latency_s * 1000:.0f} ms, unbound (median of the runs' p50 / p99, ms)",
+                         ["N", *VARIANTS], rows)
+    wall_table = table("Wall time: the floor's whole run (fresh connections, a status request to every agent, then "
+                       "the hold, create calls as timers) and backup()'s (median s)",
+                       ["N", "floor s", "backup() s", "floor hold skew ms", "backup() hold skew ms",
+                        "floor / backup() at N=10", "backup() / backup() at N=10"], wall_rows)
+    return margin_table + "\n" + wall_table
 
 
 def main(argv: list[str] | None = None) -> int:
