@@ -206,32 +206,30 @@ async def _ask_every_agent(agents: list[_Agent]) -> None:
     await asyncio.wait_for(done, timeout=60)
 
 
-def _floor_walls(cluster: SimCluster, latency_s: float, runs: int) -> list[tuple[float, float]]:
-    """Whole runs of the floor, as a backup's wall time counts them: fresh connections, a status
-    request to every agent, then the hold and release with the create calls as loop timers."""
-    async def main() -> list[tuple[float, float]]:
+def _floor_wall(cluster: SimCluster, latency_s: float) -> tuple[float, float]:
+    """One whole run of the floor, as a backup's wall time counts it (fresh connections, a status
+    request to every agent, then the hold and release with the create calls as loop timers): its
+    wall time and hold skew."""
+    async def main() -> tuple[float, float]:
         loop = asyncio.get_running_loop()
-        walls = []
-        for _ in range(runs):
-            started = loop.time()
-            agents = await _connect(cluster)
-            try:
-                await _ask_every_agent(agents)
-                _, hold_skew_s = await _floor_run(agents, "timers", latency_s, None)
-                walls.append((loop.time() - started, hold_skew_s))
-            finally:
-                _close(agents)
-        return walls
+        started = loop.time()
+        agents = await _connect(cluster)
+        try:
+            await _ask_every_agent(agents)
+            _, hold_skew_s = await _floor_run(agents, "timers", latency_s, None)
+            return loop.time() - started, hold_skew_s
+        finally:
+            _close(agents)
 
     return asyncio.run(main())
 
 
-def _floor_runs(cluster: SimCluster, create: str, latency_s: float, runs: int) -> list[list[float]]:
-    async def main() -> list[list[float]]:
+def _floor_margins(cluster: SimCluster, create: str, latency_s: float) -> list[float]:
+    async def main() -> list[float]:
         agents = await _connect(cluster)
         creates = _Creates(len(agents), latency_s) if create == "threads" else None
         try:
-            return [(await _floor_run(agents, create, latency_s, creates))[0] for _ in range(runs)]
+            return (await _floor_run(agents, create, latency_s, creates))[0]
         finally:
             if creates is not None:
                 creates.close()
@@ -262,7 +260,7 @@ async def _client_run(agents: dict, threads: ProviderThreads, create: Callable[[
     return margins
 
 
-def _client_runs(cluster: SimCluster, latency_s: float, with_provider: bool, runs: int) -> list[list[float]]:
+def _client_margins(cluster: SimCluster, latency_s: float, with_provider: bool) -> list[float]:
     """snapctl's agent client (its transport and response models) in a task per node, and its
     provider threads making either bare sleeps or the simulated provider's own snapshot calls."""
     from snapctl.agent_client import open_agents
@@ -272,24 +270,20 @@ def _client_runs(cluster: SimCluster, latency_s: float, with_provider: bool, run
     provider = create_provider(inventory.provider, cluster=inventory.cluster, base_dir=inventory.base_dir)
     volumes = {node.name: provider.validate_volumes(node.name, node.volumes, base_dir=inventory.base_dir)
                for node in inventory.nodes}
+    run_id = f"floor-{secrets.token_hex(4)}"
 
-    async def main() -> list[list[float]]:
+    def create(name: str) -> tuple:
+        if with_provider:
+            return provider.snapshot, volumes[name], snapshot_tags(inventory.cluster, run_id, name)
+        return time.sleep, latency_s
+
+    async def main() -> list[float]:
         threads = ProviderThreads(len(volumes))
         threads.start()
         try:
             async with open_agents(inventory) as agents:
                 await asyncio.gather(*(agent.status() for agent in agents.values()))  # connect, as a preflight does
-                per_run = []
-                for _ in range(runs):
-                    run_id = f"floor-{secrets.token_hex(4)}"
-                    if with_provider:
-                        def create(name: str, run_id: str = run_id) -> tuple:
-                            return provider.snapshot, volumes[name], snapshot_tags(inventory.cluster, run_id, name)
-                    else:
-                        def create(name: str) -> tuple:
-                            return time.sleep, latency_s
-                    per_run.append(await _client_run(agents, threads, create, latency_s, run_id))
-                return per_run
+                return await _client_run(agents, threads, create, latency_s, run_id)
         finally:
             threads.shutdown()
 
@@ -303,10 +297,10 @@ def _summary(per_run: list[list[float]]) -> str:
 
 # Each variant adds one part of a real run to the one before it; "auto" is what backup() does by default.
 VARIANTS: dict[str, Callable[[SimCluster, float], list[float]]] = {
-    "floor: timers": lambda cluster, latency: _floor_runs(cluster, "timers", latency, 1)[0],
-    "floor: threads": lambda cluster, latency: _floor_runs(cluster, "threads", latency, 1)[0],
-    "+ snapctl's client": lambda cluster, latency: _client_runs(cluster, latency, False, 1)[0],
-    "+ sim provider's calls": lambda cluster, latency: _client_runs(cluster, latency, True, 1)[0],
+    "floor: timers": lambda cluster, latency: _floor_margins(cluster, "timers", latency),
+    "floor: threads": lambda cluster, latency: _floor_margins(cluster, "threads", latency),
+    "+ snapctl's client": lambda cluster, latency: _client_margins(cluster, latency, False),
+    "+ sim provider's calls": lambda cluster, latency: _client_margins(cluster, latency, True),
     "backup(), threads": lambda cluster, latency: run_backup(cluster, latency, provider_process="never").margin,
     "backup(), auto": lambda cluster, latency: run_backup(cluster, latency).margin,
 }
@@ -326,7 +320,7 @@ def floor(sizes: list[int], runs: int, latency_s: float) -> str:
                     gc.collect()  # the variant before left a loop's worth of garbage: not this one's pause
                     margins[name].append(variant(cluster, latency_s))
                 gc.collect()
-                floor_walls += _floor_walls(cluster, latency_s, 1)
+                floor_walls.append(_floor_wall(cluster, latency_s))
                 gc.collect()
                 backups.append(run_backup(cluster, latency_s))
         rows.append([str(nodes), *(_summary(margins[name]) for name in VARIANTS)])

@@ -52,13 +52,13 @@ def test_floor_holds_the_same_cluster_every_way_and_prints_each_margin() -> None
 
 
 def test_the_floor_stops_with_the_agents_refusal_rather_than_waiting_for_it() -> None:
-    from bench.floor import _floor_runs
+    from bench.floor import _floor_margins
     from bench.simcluster import SimCluster
 
     with SimCluster(nodes=2, prepare_latency_s=0.0) as cluster:
         cluster.token = "not-the-token"
         with pytest.raises(RuntimeError, match="agent answered 401"):
-            _floor_runs(cluster, "timers", 0.01, 1)
+            _floor_margins(cluster, "timers", 0.01)
 
 
 def test_progress_runs_each_reporter_of_the_cli() -> None:
