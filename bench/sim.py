@@ -94,6 +94,7 @@ class SimProviderSettings(ProviderSettings):
     create_latency_s: float = Field(default=0.3, ge=0)
     create_rate: float = Field(default=5.0, gt=0)  # EC2 CreateSnapshot(s): 5 per second ...
     create_burst: int = Field(default=100, ge=1)  # ... after a burst of 100
+    warm_up_s: float = Field(default=0.0, ge=0)  # a cloud SDK's import and client, paid once per process
 
 
 class SimProvider:
@@ -113,13 +114,25 @@ class SimProvider:
         self._snapshots: dict[str, SnapshotRef] = {}
         self._deleted: set[str] = set()
         self._lock = threading.Lock()
+        self._warm = False
 
     def validate_volumes(self, node: str, raw: list[Any], *, base_dir: Path) -> NodeVolumes:
         if not raw or not all(isinstance(v, str) and v for v in raw):
             raise BadInputError(f"node {node}: sim volumes are a non-empty list of names")
         return NodeVolumes(node=node, volumes=list(raw))
 
+    def warm_up(self) -> None:
+        if self._warm:
+            return
+        with self._lock:  # callers wait for the one who loads, as for a cloud plugin's client
+            if not self._warm:
+                end = time.perf_counter() + self.settings.warm_up_s
+                while time.perf_counter() < end:
+                    pass  # an import is CPU, under the GIL: a sleep would leave the loop alone
+                self._warm = True
+
     def snapshot(self, volumes: NodeVolumes, tags: Mapping[str, str]) -> list[SnapshotRef]:
+        self.warm_up()  # done already if snapctl warmed up; else the first call pays, as a lazy SDK client does
         refs = []
         for volume in volumes.volumes:
             self.bucket.acquire()

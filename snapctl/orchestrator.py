@@ -113,9 +113,9 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
             return BackupPlan(inventory.cluster, provider.name,
                               {n: [_volume_name(v) for v in nv.volumes] for n, nv in volumes.items()}, verdict)
 
-        executor = call_runner(inventory.policy, inventory.provider, len(inventory.nodes), inventory.cluster,
-                               inventory.base_dir)
-        executor.start()  # first: a provider worker process imports while we lock and look
+        executor = call_runner(inventory.policy, provider, inventory.provider, len(inventory.nodes),
+                               inventory.cluster, inventory.base_dir)
+        executor.start()  # first: the provider warms up (its SDK, a worker process) while we lock and look
         # 1. Lock the cluster in the catalog; a stale lock (its holder died) is taken over.
         reporter.step("lock", f"locking cluster {inventory.cluster} in {catalog.describe()}")
         try:
@@ -152,7 +152,9 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
             catalog.save(manifest)  # from here on, every snapshot of the run has an owner
             run = _Run(inventory, manifest, catalog, provider, agents, volumes, reporter, executor, fan_out_s=fan_out_s)
             try:
-                await executor.ready(CALL_RUNNER_READY_S)  # before any hold: a slow start must not freeze
+                # Before any hold: the provider's SDK and credentials load here, not in a freeze.
+                reporter.step("provider", f"getting {provider.name} ready (its SDK, its credentials)")
+                await executor.ready(CALL_RUNNER_READY_S)
                 await _hold_snapshot_release(run, options)
                 lock_keeper.check()
                 manifest.measure()

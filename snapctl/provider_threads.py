@@ -18,6 +18,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, Protocol
 
+from snapctl.errors import ProviderError, SnapctlError
+
 
 class CallRunner(Protocol):
     """Where the provider's blocking calls of one run are made (see also provider_worker.py)."""
@@ -26,8 +28,8 @@ class CallRunner(Protocol):
         """Begin getting ready; returns at once."""
 
     async def ready(self, timeout: float) -> None:
-        """Return once calls submitted from now on start without delay; raise ``ProviderError``
-        if that cannot be."""
+        """Return once calls submitted from now on start without delay (the provider warmed up,
+        in the process that makes them); raise ``ProviderError`` if that cannot be."""
 
     def submit(self, call: Callable[..., Any], *args: Any) -> Future | asyncio.Future:
         """Run ``call(*args)`` (a method of the run's provider). The future (concurrent, or of the
@@ -39,16 +41,29 @@ class CallRunner(Protocol):
         """Let the calls already submitted finish, then free everything; never waits for a call."""
 
 
+def not_ready(exc: Exception) -> SnapctlError:
+    """A failed warm-up as the error a run reports: a plugin's own error, or what it was."""
+    if isinstance(exc, SnapctlError):
+        return exc
+    return ProviderError(f"the provider could not get ready: {type(exc).__name__}: {exc}")
+
+
 class ProviderThreads:
-    def __init__(self, count: int) -> None:
+    """``count`` threads; the first of them runs ``warm_up`` (the provider's) before any call."""
+
+    def __init__(self, count: int, warm_up: Callable[[], None] | None = None) -> None:
         self.count = max(1, count)
         self._work: queue.SimpleQueue[tuple[Future, Callable[..., Any], tuple[Any, ...]] | None] = queue.SimpleQueue()
         self._started = 0
         self._closed = False
         self._lock = threading.Lock()
+        self._warm_up = warm_up
+        self._warmed: Future | None = None
 
     def start(self) -> None:
-        """Start every thread; returns at once."""
+        """Start every thread, the provider's warm-up queued first; returns at once."""
+        if self._warm_up is not None and self._warmed is None:
+            self._warmed = self.submit(self._warm_up)
         with self._lock:
             for _ in range(self.count - self._started):
                 if self._closed:
@@ -59,7 +74,17 @@ class ProviderThreads:
                 self._started += 1
 
     async def ready(self, timeout: float) -> None:
-        return  # calls queue until a thread takes them, which start() already set going
+        """Wait for the warm-up (calls queue until a thread takes them, which start() set going)."""
+        if self._warmed is None:
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.wrap_future(self._warmed)
+        except TimeoutError:
+            raise ProviderError(f"the provider was not ready within {timeout:g}s (loading its SDK, finding "
+                                "its credentials)", hint="check the provider's credentials and network") from None
+        except Exception as exc:
+            raise not_ready(exc) from exc
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
         future: Future = Future()

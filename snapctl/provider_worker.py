@@ -10,13 +10,16 @@ calls came back ~0.4 s late and their completes were acknowledged ~0.6 s after t
 their results from a pipe, many per read.
 
 The child builds its own provider from the inventory's provider block (never the parent's
-object: a forked SDK client would share its connections with the parent), starts its threads,
-says it is ready, then runs each call it is sent. Closing its stdin asks it to finish the calls it
-has and exit; a call still running when the parent goes away completes on its own, and what it
-made carries the run's tags (`snapctl gc` finds it), as with threads in the parent.
+object: a forked SDK client would share its connections with the parent), warms it up (the SDK's
+import and client: the calls it makes during the holds must not pay for them), starts its
+threads, says it is ready (or why it cannot be), then runs each call it is sent. Closing its
+stdin asks it to finish the calls it has and exit; a call still running when the parent goes
+away completes on its own, and what it made carries the run's tags (`snapctl gc` finds it), as
+with threads in the parent.
 
     wire: 4-byte big-endian length + pickle, both ways. Parent -> child: the init mapping, then
-    (call id, method name, args). Child -> parent: ("ready",), then (call id, ok, result or error).
+    (call id, method name, args). Child -> parent: ("ready", None or the warm-up's error), then
+    (call id, ok, result or error).
 """
 
 from __future__ import annotations
@@ -33,10 +36,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from snapctl.errors import ProviderError
-from snapctl.provider_threads import CallRunner, ProviderThreads
+from snapctl.provider_threads import CallRunner, ProviderThreads, not_ready
 
 if TYPE_CHECKING:
     from snapctl.config import Policy
+    from snapctl.providers import Provider
 
 # From this many concurrent snapshot calls on, policy.provider_process auto makes them in a child
 # process. It costs its start (~0.25 s of imports, of wall time where the preflight is too short to
@@ -47,7 +51,7 @@ PROVIDER_PROCESS_FROM = 50
 CALL_RUNNER_READY_S = 60.0  # a child's start: imports and its provider, on a loaded machine
 
 _FRAME = struct.Struct("!I")
-_READY = ("ready",)
+_READY = "ready"
 _THREADS_HINT = "set policy.provider_process: never to make snapshot calls from snapctl's own threads"
 
 
@@ -163,9 +167,12 @@ class ProviderWorker:
                 pass
 
     def _received(self, message: Any) -> None:
-        if message == _READY:
+        if message[0] == _READY:
             if self._ready is not None and not self._ready.done():
-                self._ready.set_result(None)
+                if message[1] is None:
+                    self._ready.set_result(None)
+                else:
+                    self._ready.set_exception(message[1])
             return
         call_id, ok, value = message
         future = self._calls.pop(call_id, None)
@@ -203,13 +210,15 @@ class ProviderWorker:
         )
 
 
-def call_runner(policy: Policy, provider_config: Mapping[str, Any], nodes: int, cluster: str,
+def call_runner(policy: Policy, provider: Provider, provider_config: Mapping[str, Any], nodes: int, cluster: str,
                 base_dir: Path) -> CallRunner:
-    """Where a run's snapshot calls are made, as ``policy.provider_process`` says."""
+    """Where a run's snapshot calls are made, as ``policy.provider_process`` says: by ``provider``
+    in threads of this process, or by a child's own provider built from ``provider_config``. Either
+    is warmed up by the time it is ready."""
     calls = min(policy.concurrency, nodes)
     if policy.provider_process == "always" or (policy.provider_process == "auto" and calls >= PROVIDER_PROCESS_FROM):
         return ProviderWorker(provider_config, cluster=cluster, base_dir=base_dir, threads=calls)
-    return ProviderThreads(calls)
+    return ProviderThreads(calls, warm_up=provider.warm_up)
 
 
 # ---- the child ---------------------------------------------------------------------------------
@@ -252,6 +261,11 @@ def _serve() -> int:
     from snapctl.providers import create_provider
 
     provider = create_provider(init["provider"], cluster=init["cluster"], base_dir=Path(init["base_dir"]))
+    try:
+        provider.warm_up()
+    except Exception as exc:  # noqa: BLE001 - the parent raises it from ready(): nothing is held yet
+        os.write(channel, _frame((_READY, _portable_error(not_ready(exc)))))
+        return 0
     outgoing: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
 
     def write_results() -> None:
@@ -278,7 +292,7 @@ def _serve() -> int:
     writer.start()
     threads = ProviderThreads(init["threads"])
     threads.start()
-    outgoing.put(_frame(_READY))
+    outgoing.put(_frame((_READY, None)))
     calls = 0
     answered = threading.Semaphore(0)
     for call_id, method, args in incoming:

@@ -99,6 +99,14 @@ class Provider(Protocol):
         """Check a node's ``volumes:`` block; raise ``BadInputError`` saying what is wrong."""
         ...
 
+    def warm_up(self) -> None:
+        """Do now whatever one-time work the first ``snapshot`` call would otherwise do: import the
+        SDK, build its client, find the credentials. A backup calls it before any node is held (and
+        in the process that will make the calls), so that no freeze window pays for it; a failure
+        here (say, no credentials) stops the run before anything is held. Change nothing in the
+        cloud; calling it again does nothing."""
+        ...
+
     def snapshot(self, volumes: NodeVolumes, tags: Mapping[str, str]) -> list[SnapshotRef]:
         """Start snapshots of all of the node's volumes and return as soon as their point in time
         is fixed (the cloud accepted the create call), one ref per volume, every snapshot carrying

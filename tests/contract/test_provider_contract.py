@@ -80,6 +80,15 @@ def test_provider_has_the_provider_shape(env: ProviderEnv) -> None:
     assert env.volumes.node == "n1" and env.volumes.volumes
 
 
+def test_warm_up_changes_nothing_in_the_cloud_and_again_does_nothing(env: ProviderEnv, snaps: Snapshots) -> None:
+    before = sorted(r.snapshot_id for r in env.provider.find({}))
+    env.provider.warm_up()
+    env.provider.warm_up()
+    assert sorted(r.snapshot_id for r in env.provider.find({})) == before
+    _, _, refs = snaps.take()  # and the snapshot calls work after it, as a backup's do
+    assert len(refs) == len(env.volumes.volumes)
+
+
 def test_snapshot_returns_one_ref_per_volume_with_all_tags(env: ProviderEnv, snaps: Snapshots) -> None:
     run, tags, refs = snaps.take(team="dba")
     assert sorted(r.volume for r in refs) == sorted(_volume_names(env))

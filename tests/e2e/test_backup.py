@@ -7,6 +7,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import pytest
 import yaml
 
 from snapctl.errors import ExitCode
@@ -137,6 +138,30 @@ def test_snapshot_calls_made_in_the_provider_worker_process_succeed_and_roll_bac
     assert "injected failure for node node3" in result.stderr  # the child's error, word for word
     assert all(cluster.agent_status(n)["lease"] is None for n in cluster.nodes)
     assert len(_snapshot_dirs(cluster)) == 3  # the failed run's snapshots are gone, the first run's stay
+
+
+@pytest.mark.parametrize("provider_process", ["never", "always"])
+def test_the_provider_warms_up_before_any_hold_and_a_failed_warm_up_holds_nothing(cluster, provider_process):
+    # A cloud SDK's import and client cost 0.3-3 s: paid inside the holds if the first create call
+    # pays it. In threads of snapctl or in its worker child, the calls must find the provider warm.
+    policy = {**yaml.safe_load(cluster.inventory.read_text())["policy"], "provider_process": provider_process}
+    provider = {"type": "slow", "store": ".snapctl-demo/snapshots"}
+    warmed = cluster.write_inventory(cluster.directory / "warmed.yaml", provider=provider, policy=policy)
+    result = cluster.snapctl("backup", "-i", str(warmed), "-o", "json", check_json=True)
+    assert result.returncode == 0, result.stderr
+    refs = [ref for record in result.json["data"]["nodes"].values() for ref in record["snapshots"]]
+    assert len(refs) == 3 and all(ref["extra"]["warm"] is True for ref in refs)
+
+    cold = cluster.write_inventory(cluster.directory / "cold.yaml", policy=policy,
+                                   provider={**provider, "fail_warm_up": "slow: no credentials found"})
+    result = cluster.snapctl("backup", "-i", str(cold), "-o", "json")
+    assert result.returncode == ExitCode.RUN_FAILED
+    assert "slow: no credentials found" in result.stderr and "give the provider its credentials" in result.stderr
+    newest = cluster.snapctl("list", "-o", "json", check_json=True).json["data"]["runs"][0]
+    failed = cluster.snapctl("show", newest["run_id"], "-o", "json", check_json=True).json["data"]
+    assert failed["status"] == "failed"
+    assert all(record["prepare_sent_at"] is None for record in failed["nodes"].values())  # no node was held
+    assert len(_snapshot_dirs(cluster)) == 3  # the first run's
 
 
 def test_a_worker_call_that_outlasts_max_freeze_is_awaited_by_the_rollback_and_its_snapshots_deleted(cluster):

@@ -1,14 +1,17 @@
 """ProviderThreads: results and errors reach the future, a call cancelled before it ran never
-runs, calls submitted before the threads are up still run, and shutdown ends every thread."""
+runs, calls submitted before the threads are up still run, shutdown ends every thread, and the
+provider's warm-up is what ``ready`` waits for, and says why it failed."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import threading
 import time
 
 import pytest
 
+from snapctl.errors import ProviderError
 from snapctl.provider_threads import ProviderThreads
 
 
@@ -63,3 +66,41 @@ def test_shutdown_ends_every_thread_once_its_call_is_done():
     while _threads_of(pool) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert _threads_of(pool) == 0
+
+
+def test_ready_waits_for_the_warm_up_so_calls_after_it_find_the_provider_warm():
+    warm = threading.Event()
+    release = threading.Event()
+
+    def warm_up() -> None:
+        release.wait(5)
+        warm.set()
+
+    pool = ProviderThreads(4, warm_up=warm_up)
+    pool.start()
+
+    async def ready() -> bool:
+        waiting = asyncio.ensure_future(pool.ready(5))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()  # still loading
+        release.set()
+        await waiting
+        return await asyncio.wrap_future(pool.submit(warm.is_set))
+
+    assert asyncio.run(ready()) is True
+    pool.shutdown()
+
+
+@pytest.mark.parametrize(("failure", "message"), [
+    (ProviderError("aws: no usable credentials (NoCredentialsError)"), "aws: no usable credentials"),
+    (RuntimeError("boom"), "the provider could not get ready: RuntimeError: boom"),
+])
+def test_a_failed_warm_up_fails_ready_with_a_provider_error(failure, message):
+    def warm_up() -> None:
+        raise failure
+
+    pool = ProviderThreads(1, warm_up=warm_up)
+    pool.start()
+    with pytest.raises(ProviderError, match=message):
+        asyncio.run(pool.ready(5))
+    pool.shutdown()

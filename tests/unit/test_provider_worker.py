@@ -29,8 +29,10 @@ def slow_provider(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     data.mkdir()
     (data / "table.dat").write_bytes(os.urandom(4096))
 
-    def make(delay_s: float = 0.0, fail_nodes: tuple[str, ...] = (), store: str = "store"):
-        config = {"type": "slow", "store": store, "delay_s": delay_s, "fail_nodes": list(fail_nodes)}
+    def make(delay_s: float = 0.0, fail_nodes: tuple[str, ...] = (), store: str = "store",
+             fail_warm_up: str | None = None):
+        config = {"type": "slow", "store": store, "delay_s": delay_s, "fail_nodes": list(fail_nodes),
+                  "fail_warm_up": fail_warm_up}
         provider = create_provider(config, cluster="c1", base_dir=tmp_path)
         volumes = provider.validate_volumes("n1", [{"name": "data", "path": str(data)}], base_dir=tmp_path)
         worker = ProviderWorker(config, cluster="c1", base_dir=tmp_path, threads=4)
@@ -58,6 +60,7 @@ def test_a_snapshot_call_is_made_in_the_child_and_its_refs_come_back(slow_provid
     refs = _run(go())
     assert [(r.node, r.volume, r.tags["snapctl-run"]) for r in refs] == [("n1", "data", "r1")]
     assert refs[0].extra["pid"] not in (None, os.getpid())
+    assert refs[0].extra["warm"] is True  # the child warmed its provider up before saying it was ready
     copied = Path(refs[0].extra["path"]) / "data" / "table.dat"
     assert copied.read_bytes() == (tmp_path / "data" / "table.dat").read_bytes()
     # The parent's own provider sees what the child made: the state lives on disk, not in a process.
@@ -135,6 +138,23 @@ def test_a_child_that_cannot_build_its_provider_fails_ready(tmp_path):
         _run(go())
 
 
+def test_a_child_whose_provider_cannot_warm_up_fails_ready_with_that_error_and_ends(slow_provider):
+    _, _, worker = slow_provider(fail_warm_up="slow: no credentials found")
+
+    async def go():
+        worker.start()
+        try:
+            await worker.ready(30)
+        finally:
+            worker.shutdown()
+
+    with pytest.raises(ProviderError) as caught:
+        _run(go())
+    assert caught.value.message == "slow: no credentials found"
+    assert caught.value.hint == "give the provider its credentials"
+    assert worker._process.wait(60) == 0
+
+
 def test_a_run_that_ends_before_it_needed_the_child_leaves_no_child_behind(slow_provider):
     _, _, worker = slow_provider()
     worker.start()  # as a backup does before its preflight, which may then refuse the run
@@ -151,4 +171,6 @@ def test_a_run_that_ends_before_it_needed_the_child_leaves_no_child_behind(slow_
 ])
 def test_provider_process_picks_where_the_calls_run(tmp_path, setting, concurrency, nodes, runner):
     policy = Policy(provider_process=setting, concurrency=concurrency)
-    assert type(call_runner(policy, {"type": "local", "store": "s"}, nodes, "c1", tmp_path)) is runner
+    config = {"type": "local", "store": "s"}
+    provider = create_provider(config, cluster="c1", base_dir=tmp_path)
+    assert type(call_runner(policy, provider, config, nodes, "c1", tmp_path)) is runner

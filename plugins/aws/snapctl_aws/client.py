@@ -49,6 +49,7 @@ class Ec2:
         self.settings = settings
         self._sleep = sleep
         self._client: Any = None
+        self._credentials: Any = None  # botocore's, once the client is made
         self._client_lock = threading.Lock()
         self.buckets = {
             CREATE: TokenBucket(settings.create_rate, settings.create_burst),
@@ -67,6 +68,19 @@ class Ec2:
                     self._client = self._make_client()
         return self._client
 
+    def warm_up(self) -> None:
+        """Build the client and load the credentials (an assumed role or SSO fetches them on first
+        use): the first call then sends at once, and having none is an error now, not mid-hold."""
+        from botocore.exceptions import BotoCoreError, NoCredentialsError
+
+        _ = self.client
+        if self._credentials is None:
+            raise translate_botocore_error(NoCredentialsError())
+        try:
+            self._credentials.get_frozen_credentials()
+        except BotoCoreError as exc:
+            raise translate_botocore_error(exc) from exc
+
     def _make_client(self) -> Any:
         import boto3
         from botocore.config import Config
@@ -84,7 +98,9 @@ class Ec2:
             session = boto3.session.Session(
                 botocore_session=_botocore_session(), profile_name=s.profile, region_name=s.region,
             )
-            return session.client("ec2", endpoint_url=s.endpoint_url, config=config)
+            client = session.client("ec2", endpoint_url=s.endpoint_url, config=config)
+            self._credentials = session.get_credentials()  # found by client() already: cached
+            return client
         except BotoCoreError as exc:
             raise translate_botocore_error(exc) from exc
 

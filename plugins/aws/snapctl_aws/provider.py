@@ -68,6 +68,11 @@ class AwsProvider:
     def validate_volumes(self, node: str, raw: list[Any], *, base_dir: Path) -> NodeVolumes:
         return NodeVolumes(node=node, volumes=parse_volumes(node, raw))
 
+    def warm_up(self) -> None:
+        # boto3's import and EC2's service model: 0.3-0.7 s of CPU that the first create call
+        # of a hold would otherwise pay, with every node frozen (docs/benchmarks.md).
+        self.ec2.warm_up()
+
     # -- snapshot ------------------------------------------------------------------------------
 
     def snapshot(self, volumes: NodeVolumes, tags: Mapping[str, str]) -> list[SnapshotRef]:

@@ -27,6 +27,7 @@ class AzureApi:
         self._credential = credential
         self._lock = threading.Lock()
         self._client: Any | None = None
+        self._credential_in_use: Any = None
         self.create_bucket = TokenBucket(settings.create_rate, settings.create_burst)
 
     @property
@@ -52,7 +53,15 @@ class AzureApi:
             kwargs["per_call_policies"] = [_allow_plain_http_policy()]
         credential = self._credential or (_DummyCredential() if settings.dummy_credential_for_tests
                                           else _default_credential())
+        self._credential_in_use = credential
         return ComputeManagementClient(credential, settings.subscription_id, **kwargs)
+
+    def warm_up(self) -> None:
+        """Build the client and get a token: the first call then sends at once (and a missing
+        credential is an error now, not in the middle of a hold)."""
+        _ = self.client
+        credential = self._credential_in_use
+        self.call("get an access token", "", lambda: credential.get_token(f"{PUBLIC_ARM}/.default"))
 
     def call(self, action: str, permission: str, fn: Callable[[], T], *, missing_ok: bool = False) -> T | None:
         """``fn()`` with SDK errors translated; with ``missing_ok`` a 404 gives None."""

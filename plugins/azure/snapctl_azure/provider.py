@@ -68,6 +68,14 @@ class AzureProvider:
     def validate_volumes(self, node: str, raw: list[Any], *, base_dir: Path) -> NodeVolumes:
         return NodeVolumes(node, parse_volumes(node, raw))
 
+    def warm_up(self) -> None:
+        # The SDK's import, its models and the credential chain (which may probe the instance
+        # metadata service or run the az CLI): never inside a hold.
+        from azure.mgmt.compute.models import CreationData, Snapshot  # noqa: F401 - what _create imports
+
+        _ = self._snapshots
+        self.api.warm_up()
+
     # --- snapshot ----------------------------------------------------------------------------
     def snapshot(self, volumes: NodeVolumes, tags: Mapping[str, str]) -> list[SnapshotRef]:
         check_cluster_tag(self.cluster, volumes.node, tags)

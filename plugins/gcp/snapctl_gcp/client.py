@@ -32,6 +32,7 @@ class GcpApi:
         self._sleep = sleep
         self._lock = threading.Lock()
         self._clients: dict[str, Any] | None = None
+        self._credentials_in_use: Any = None
         self.create_bucket = TokenBucket(settings.create_rate, settings.create_burst)
 
     # --- clients -----------------------------------------------------------------------------
@@ -42,7 +43,7 @@ class GcpApi:
         kwargs: dict[str, Any] = {"transport": "rest"}
         if self.settings.api_endpoint:
             kwargs["client_options"] = ClientOptions(api_endpoint=self.settings.api_endpoint)
-        kwargs["credentials"] = self._credentials()
+        kwargs["credentials"] = self._credentials_in_use = self._credentials()
         return {
             "types": compute_v1,
             "disks": compute_v1.DisksClient(**kwargs),
@@ -63,6 +64,20 @@ class GcpApi:
         except Exception as exc:  # noqa: BLE001 - translated below
             raise translate(exc, "find credentials", "") from exc
         return credentials
+
+    def warm_up(self) -> None:
+        """Build the clients and fetch an access token: the first call then sends at once."""
+        with self._lock:
+            if self._clients is None:
+                self._clients = self._build()
+            credentials = self._credentials_in_use
+        if credentials is not None and not credentials.valid:
+            from google.auth.transport.requests import Request
+
+            try:
+                credentials.refresh(Request())
+            except Exception as exc:  # noqa: BLE001 - translated: no token, no snapshot
+                raise translate(exc, "get an access token", "") from exc
 
     def client(self, name: str) -> Any:
         with self._lock:

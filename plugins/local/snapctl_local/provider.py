@@ -88,6 +88,9 @@ class LocalProvider:
     def validate_volumes(self, node: str, raw: list[Any], *, base_dir: Path) -> NodeVolumes:
         return NodeVolumes(node=node, volumes=parse_volumes(node, raw, base_dir=base_dir))
 
+    def warm_up(self) -> None:
+        pass  # no SDK, no client: a snapshot's first copy costs what every other one does
+
     def snapshot(self, volumes: NodeVolumes, tags: Mapping[str, str]) -> list[SnapshotRef]:
         node = volumes.node
         local_volumes = [self._volume(node, v) for v in volumes.volumes]

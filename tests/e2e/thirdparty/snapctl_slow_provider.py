@@ -1,6 +1,8 @@
 """A third-party provider, found through the ``snapctl.providers`` entry point like any other:
 the local provider, with a configurable pause before each snapshot (a slow cloud, for tests).
-Each ref names the process that made it (``extra.pid``)."""
+Each ref names the process that made it (``extra.pid``) and whether that process's provider had
+warmed up before the call (``extra.warm``); ``fail_warm_up`` makes ``warm_up`` fail with that
+message, as a cloud plugin's does without credentials."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ class SlowSettings(ProviderSettings):
     store: str
     delay_s: float = 0.0
     fail_nodes: list[str] = []
+    fail_warm_up: str | None = None
 
 
 class SlowProvider:
@@ -29,11 +32,20 @@ class SlowProvider:
         self._local = LocalProvider(local_settings, cluster=cluster, base_dir=base_dir)
         self._settings = settings
         self.name = "slow"
+        self._warm = False
 
     def __getattr__(self, name):
         return getattr(self._local, name)
 
+    def warm_up(self):
+        if self._settings.fail_warm_up:
+            from snapctl.errors import ProviderError
+
+            raise ProviderError(self._settings.fail_warm_up, hint="give the provider its credentials")
+        self._warm = True
+
     def snapshot(self, volumes, tags):
+        warm = self._warm
         time.sleep(self._settings.delay_s)
         if volumes.node in self._settings.fail_nodes:
             from snapctl.errors import ProviderError
@@ -42,11 +54,12 @@ class SlowProvider:
         refs = self._local.snapshot(volumes, tags)
         for ref in refs:
             ref.extra["pid"] = os.getpid()
+            ref.extra["warm"] = warm
         return refs
 
     def wait(self, refs, deadline, progress=None):
-        made_by = {ref.snapshot_id: ref.extra.get("pid") for ref in refs}
+        made_by = {ref.snapshot_id: {k: ref.extra.get(k) for k in ("pid", "warm")} for ref in refs}
         done = self._local.wait(refs, deadline, progress)
         for ref in done:
-            ref.extra["pid"] = made_by.get(ref.snapshot_id)
+            ref.extra.update(made_by.get(ref.snapshot_id, {}))
         return done

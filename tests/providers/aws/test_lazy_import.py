@@ -37,3 +37,13 @@ def test_the_sdk_is_imported_on_first_use():
                             env={"PATH": "/usr/bin:/bin", "AWS_EC2_METADATA_DISABLED": "true"})
     assert result.returncode == 0, result.stderr
     assert "boto3" in result.stdout.split(",")
+
+
+def test_warm_up_imports_the_sdk_and_builds_the_client_that_the_calls_then_use():
+    check = CHECK.format(module="snapctl_aws").replace(
+        "loaded = ", "provider.warm_up()\nassert provider.ec2._client is not None\nloaded = ")
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60,
+                            env={"PATH": "/usr/bin:/bin", "AWS_EC2_METADATA_DISABLED": "true",
+                                 "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
+    assert result.returncode == 0, result.stderr
+    assert "boto3" in result.stdout.split(",")

@@ -67,7 +67,8 @@ def test_bad_volume_entries_name_the_node_and_the_problem(raw, problem):
     assert "node db-3" in caught.value.message
 
 
-def test_missing_credentials_say_where_boto3_looks(monkeypatch, tmp_path):
+@pytest.mark.parametrize("first_use", ["find", "warm_up"])
+def test_missing_credentials_say_where_boto3_looks(monkeypatch, tmp_path, first_use):
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
@@ -78,7 +79,7 @@ def test_missing_credentials_say_where_boto3_looks(monkeypatch, tmp_path):
     provider = make(endpoint_url="http://127.0.0.1:9")  # never reached: signing fails first
 
     with pytest.raises(ProviderError, match="no usable credentials") as caught:
-        provider.find({})
+        provider.find({}) if first_use == "find" else provider.warm_up()  # a backup's: before any hold
     assert "environment" in caught.value.hint and "role" in caught.value.hint
 
 

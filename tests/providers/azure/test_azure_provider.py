@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from snapctl.errors import BadInputError, ProviderError, ProviderThrottled
 from snapctl.providers import TAG_CLUSTER, TAG_RUN, TAG_VOLUME, RestoreTarget, SnapshotRef, snapshot_tags
+from tests.fakes.azure_compute import StaticTokenCredential
 from tests.fakes.json_http import Fault
 
 RUN = "20250101T000000Z.Run-7"
@@ -211,3 +213,44 @@ def test_tags_for_another_cluster_are_refused(azure, provider, volumes):
     with pytest.raises(BadInputError, match="tags name cluster 'other'"):
         provider.snapshot(volumes, tags(cluster="other"))
     assert not azure.requests_to("PUT")
+
+
+class _CountingCredential(StaticTokenCredential):
+    def __init__(self, error: Exception | None = None) -> None:
+        self.scopes: list[tuple[str, ...]] = []
+        self.error = error
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> Any:
+        self.scopes.append(scopes)
+        if self.error is not None:
+            raise self.error
+        return super().get_token(*scopes, **kwargs)
+
+
+def _with_credential(provider, credential):
+    from snapctl_azure.client import AzureApi
+
+    provider.api = AzureApi(provider.settings, credential)
+    return provider
+
+
+def test_warm_up_gets_the_token_before_any_request_and_the_snapshot_calls_then_send(azure, provider, volumes):
+    credential = _CountingCredential()
+    provider = _with_credential(provider, credential)
+    provider.warm_up()
+    assert credential.scopes == [("https://management.azure.com/.default",)]
+    assert azure.requests == []  # a token, and no request to the cloud: warm_up changes nothing there
+    refs = provider.snapshot(volumes, snapshot_tags("Prod.EU", "r1", "n1"))
+    assert len(refs) == 2 and len(azure.requests_to("PUT")) == 2
+
+
+def test_warm_up_without_usable_credentials_fails_before_any_hold(azure, provider):
+    from azure.core.exceptions import ClientAuthenticationError
+
+    provider = _with_credential(provider, _CountingCredential(
+        ClientAuthenticationError("DefaultAzureCredential failed to retrieve a token from the included credentials.")))
+    with pytest.raises(ProviderError) as caught:
+        provider.warm_up()
+    assert caught.value.message.startswith("azure get an access token: no usable credentials: DefaultAzureCredential")
+    assert caught.value.hint
+    assert azure.requests == []

@@ -10,6 +10,8 @@ import pytest
 from snapctl.errors import BadInputError, ProviderError, ProviderThrottled
 from snapctl.providers import TAG_CLUSTER, TAG_RUN, TAG_VOLUME, RestoreTarget, SnapshotRef, snapshot_tags
 from tests.fakes.json_http import Fault
+from tests.providers.gcp.conftest import volumes_of
+
 ZONE = "europe-west1-b"  # where conftest's disks live
 RUN = "20250101T000000Z.Run-7"
 
@@ -230,3 +232,56 @@ def test_tags_for_another_cluster_are_refused(gcp, provider, volumes):
     with pytest.raises(BadInputError, match="tags name cluster 'other'"):
         provider.snapshot(volumes, tags(cluster="other"))
     assert not gcp.requests_to("POST")
+
+
+def _credentials(error: Exception | None = None):
+    from google.auth.credentials import Credentials
+
+    class Expired(Credentials):
+        """No token yet, as Application Default Credentials start: the first use fetches one."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.refreshes = 0
+
+        def refresh(self, request) -> None:
+            self.refreshes += 1
+            if error is not None:
+                raise error
+            self.token = "fake-token-for-tests"
+
+    return Expired()
+
+
+def _with_credentials(provider, credentials):
+    from snapctl_gcp.client import GcpApi
+
+    class Api(GcpApi):
+        def _credentials(self):
+            return credentials
+
+    provider.api = Api(provider.settings)
+    return provider
+
+
+def test_warm_up_fetches_the_token_before_any_request_and_the_snapshot_calls_reuse_it(gcp, make_provider):
+    credentials = _credentials()
+    provider = _with_credentials(make_provider(anonymous=False), credentials)
+    provider.warm_up()
+    assert credentials.refreshes == 1 and credentials.valid
+    assert gcp.requests == []  # a token, and no request to the cloud: warm_up changes nothing there
+    refs = provider.snapshot(volumes_of(provider), snapshot_tags("Prod.EU", "r1", "n1"))
+    assert len(refs) == 2
+    assert credentials.refreshes == 1
+
+
+def test_warm_up_with_credentials_that_cannot_refresh_fails_before_any_hold(gcp, make_provider):
+    from google.auth.exceptions import RefreshError
+
+    provider = _with_credentials(make_provider(anonymous=False), _credentials(RefreshError("invalid_grant: account gone")))
+    with pytest.raises(ProviderError) as caught:
+        provider.warm_up()
+    assert caught.value.message == ("gcp get an access token: credentials could not be refreshed: "
+                                    "invalid_grant: account gone")
+    assert caught.value.hint
+    assert gcp.requests == []
