@@ -28,6 +28,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,6 +180,7 @@ class SimCluster:
     directory: Path | None = None
     ports: dict[str, int] = field(default_factory=dict)
     stack: str = "lean"  # "lean" (bench.leanagent) or "real" (the agent's FastAPI app); see the docstring
+    volumes_of: Callable[[str], list[Any]] | None = None  # node name -> its volumes block (default: ["data"])
     agent_stack: str = ""  # what served, as the agent processes reported it (e.g. lean+uvloop, httptools+uvloop)
     _procs: list[subprocess.Popen] = field(default_factory=list)
     _tmp: tempfile.TemporaryDirectory | None = None
@@ -261,7 +263,8 @@ class SimCluster:
             "policy": wanted,
             "rpo": "24h",
             "nodes": [{"name": name, "agent": f"http://127.0.0.1:{port}", "engine": {"type": "sim"},
-                       "volumes": ["data"]} for name, port in self.ports.items()],
+                       "volumes": self.volumes_of(name) if self.volumes_of else ["data"]}
+                      for name, port in self.ports.items()],
         }
         self.inventory_path.write_text(yaml.safe_dump(inventory, sort_keys=False))
         return self.inventory_path
