@@ -11,14 +11,16 @@ calls submitted before a thread is up simply queue.
 from __future__ import annotations
 
 import _thread
-import asyncio
 import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from snapctl.errors import ProviderError, SnapctlError
+
+if TYPE_CHECKING:  # the provider worker's child imports this module and never runs a loop
+    import asyncio
 
 
 class CallRunner(Protocol):
@@ -77,6 +79,8 @@ class ProviderThreads:
         """Wait for the warm-up (calls queue until a thread takes them, which start() set going)."""
         if self._warmed is None:
             return
+        import asyncio
+
         try:
             async with asyncio.timeout(timeout):
                 await asyncio.wrap_future(self._warmed)

@@ -9,68 +9,39 @@ calls came back ~0.4 s late and their completes were acknowledged ~0.6 s after t
 (docs/benchmarks.md). Here the threads live in a child process with its own GIL; the loop reads
 their results from a pipe, many per read.
 
-The child builds its own provider from the inventory's provider block (never the parent's
-object: a forked SDK client would share its connections with the parent), warms it up (the SDK's
-import and client: the calls it makes during the holds must not pay for them), starts its
-threads, says it is ready (or why it cannot be), then runs each call it is sent. Closing its
-stdin asks it to finish the calls it has and exit; a call still running when the parent goes
-away completes on its own, and what it made carries the run's tags (`snapctl gc` finds it), as
-with threads in the parent.
-
-    wire: 4-byte big-endian length + pickle, both ways. Parent -> child: the init mapping, then
-    (call id, method name, args). Child -> parent: ("ready", None or the warm-up's error), then
-    (call id, ok, result or error).
+The child (``snapctl/provider_child.py``, its wire format there) builds its own provider from the
+inventory's provider block (never the parent's object: a forked SDK client would share its
+connections with the parent) and warms it up before it says it is ready. Closing its stdin asks it
+to finish the calls it has and exit; a call still running when the parent goes away completes on
+its own, and what it made carries the run's tags (`snapctl gc` finds it), as with threads in the
+parent.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import pickle
-import struct
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from snapctl.errors import ProviderError
-from snapctl.provider_threads import CallRunner, ProviderThreads, not_ready
+from snapctl.provider_child import READY, THREADS_HINT, frame, frames
+from snapctl.provider_threads import CallRunner, ProviderThreads
+from snapctl.providers import provider_factory_path
 
 if TYPE_CHECKING:
     from snapctl.config import Policy
     from snapctl.providers import Provider
 
 # From this many concurrent snapshot calls on, policy.provider_process auto makes them in a child
-# process. It costs its start (~0.25 s of imports, of wall time where the preflight is too short to
-# hide it) and buys somewhat shorter freezes: in 15 alternate rounds at 50 and 100 nodes the
+# process. It costs its start (~0.2 s of imports, and the provider's warm-up, which threads pay
+# too; wall time where the preflight is too short to hide it) and buys somewhat shorter freezes: in 15 alternate rounds at 50 and 100 nodes the
 # median margin p50 was lower in 13 (by 1-12 ms on a quiet machine), its p99 in 11
 # (docs/benchmarks.md, item 30). A freeze window is what the databases feel; the wall time is not.
 PROVIDER_PROCESS_FROM = 50
 CALL_RUNNER_READY_S = 60.0  # a child's start: imports and its provider, on a loaded machine
-
-_FRAME = struct.Struct("!I")
-_READY = "ready"
-_THREADS_HINT = "set policy.provider_process: never to make snapshot calls from snapctl's own threads"
-
-
-def _frame(message: object) -> bytes:
-    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    return _FRAME.pack(len(data)) + data
-
-
-def _frames(buffer: bytearray) -> list[Any]:
-    """Every whole frame at the start of ``buffer`` (removed from it), unpickled."""
-    messages, at = [], 0
-    while len(buffer) - at >= _FRAME.size:
-        (size,) = _FRAME.unpack_from(buffer, at)
-        if len(buffer) - at - _FRAME.size < size:
-            break
-        messages.append(pickle.loads(buffer[at + _FRAME.size:at + _FRAME.size + size]))
-        at += _FRAME.size + size
-    del buffer[:at]
-    return messages
 
 
 class _Results(asyncio.Protocol):
@@ -80,7 +51,7 @@ class _Results(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
-        for message in _frames(self.buffer):
+        for message in frames(self.buffer):
             self.worker._received(message)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -96,7 +67,8 @@ class ProviderWorker:
     with a timeout shields it, so that the rollback still learns what the call made."""
 
     def __init__(self, provider_config: Mapping[str, Any], *, cluster: str, base_dir: Path, threads: int) -> None:
-        self._init = {"provider": dict(provider_config), "cluster": cluster, "base_dir": str(base_dir),
+        self._init = {"provider": dict(provider_config), "factory": provider_factory_path(provider_config["type"]),
+                      "cluster": cluster, "base_dir": str(base_dir),
                       "threads": max(1, threads), "sys_path": list(sys.path)}
         self._process: subprocess.Popen | None = None
         self._writer: asyncio.WriteTransport | None = None
@@ -108,10 +80,10 @@ class ProviderWorker:
     def start(self) -> None:
         """Start the child and hand it the provider's settings; returns at once (the child imports
         and builds its provider meanwhile: ``ready`` waits for that)."""
-        self._process = subprocess.Popen([sys.executable, "-m", "snapctl.provider_worker"], stdin=subprocess.PIPE,
+        self._process = subprocess.Popen([sys.executable, "-m", "snapctl.provider_child"], stdin=subprocess.PIPE,
                                          stdout=subprocess.PIPE, close_fds=True)
         assert self._process.stdin is not None
-        self._process.stdin.write(_frame(self._init))
+        self._process.stdin.write(frame(self._init))
         self._process.stdin.flush()
 
     async def ready(self, timeout: float) -> None:
@@ -126,7 +98,7 @@ class ProviderWorker:
                 await self._ready
         except TimeoutError:
             raise ProviderError(f"the provider worker process was not ready within {timeout:g}s",
-                                hint=_THREADS_HINT) from None
+                                hint=THREADS_HINT) from None
 
     def submit(self, call: Callable[..., Any], *args: Any) -> asyncio.Future:
         """Run ``call(*args)`` in the child, where ``call`` is a method of the provider: the child
@@ -136,10 +108,10 @@ class ProviderWorker:
             future.set_exception(self._gone_error())
             return future
         try:
-            message = _frame((self._next_id, call.__name__, args))
+            message = frame((self._next_id, call.__name__, args))
         except Exception as exc:  # noqa: BLE001 - a third-party volume model that cannot be pickled
             future.set_exception(ProviderError(f"cannot hand {call.__name__} to the provider worker process: {exc}",
-                                               hint=_THREADS_HINT))
+                                               hint=THREADS_HINT))
             return future
         self._calls[self._next_id] = future
         self._next_id += 1
@@ -167,7 +139,7 @@ class ProviderWorker:
                 pass
 
     def _received(self, message: Any) -> None:
-        if message[0] == _READY:
+        if message[0] == READY:
             if self._ready is not None and not self._ready.done():
                 if message[1] is None:
                     self._ready.set_result(None)
@@ -206,7 +178,7 @@ class ProviderWorker:
         return ProviderError(
             " ".join(filter(None, ["the provider worker process ended",
                                    f"(exit code {code})" if code is not None else "", when])),
-            hint="; ".join(filter(None, [why, _THREADS_HINT])),
+            hint="; ".join(filter(None, [why, THREADS_HINT])),
         )
 
 
@@ -219,114 +191,3 @@ def call_runner(policy: Policy, provider: Provider, provider_config: Mapping[str
     if policy.provider_process == "always" or (policy.provider_process == "auto" and calls >= PROVIDER_PROCESS_FROM):
         return ProviderWorker(provider_config, cluster=cluster, base_dir=base_dir, threads=calls)
     return ProviderThreads(calls, warm_up=provider.warm_up)
-
-
-# ---- the child ---------------------------------------------------------------------------------
-
-
-def _portable_error(exc: BaseException) -> BaseException:
-    """``exc`` if it survives pickling, else a ProviderError that says what it was."""
-    try:
-        pickle.loads(pickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL))
-        return exc
-    except Exception:  # noqa: BLE001 - any unpicklable error is reported by its text
-        return ProviderError(f"{type(exc).__name__}: {exc}")
-
-
-def _serve() -> int:
-    import queue
-    import signal
-    import threading
-
-    # Ctrl-C reaches the whole process group, and the parent answers it by rolling back: a create
-    # call cut off here could still make a snapshot nobody hears of. The child ends when the
-    # parent closes its stdin (or dies), once its calls returned.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-    channel = os.dup(1)
-    os.dup2(2, 1)  # stray prints of an SDK must not corrupt the frames
-    buffer = bytearray()
-
-    def messages():
-        while chunk := os.read(0, 1 << 16):
-            buffer.extend(chunk)
-            yield from _frames(buffer)
-
-    incoming = messages()
-    init = next(incoming, None)
-    if init is None:
-        return 0
-    sys.path[:] = init["sys_path"]
-    from snapctl.providers import create_provider
-
-    provider = create_provider(init["provider"], cluster=init["cluster"], base_dir=Path(init["base_dir"]))
-    try:
-        provider.warm_up()
-    except Exception as exc:  # noqa: BLE001 - the parent raises it from ready(): nothing is held yet
-        os.write(channel, _frame((_READY, _portable_error(not_ready(exc)))))
-        return 0
-    outgoing: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-
-    def write_results() -> None:
-        # One write for whatever is waiting: under a burst, many results per system call.
-        while (first := outgoing.get()) is not None:
-            batch = [first]
-            while True:
-                try:
-                    item = outgoing.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    outgoing.put(None)
-                    break
-                batch.append(item)
-            data = memoryview(b"".join(batch))
-            try:
-                while data:
-                    data = data[os.write(channel, data):]
-            except OSError:  # the parent is gone: finish the calls, nobody to tell
-                pass
-
-    writer = threading.Thread(target=write_results, name="snapctl-provider-results")
-    writer.start()
-    threads = ProviderThreads(init["threads"])
-    threads.start()
-    outgoing.put(_frame((_READY, None)))
-    calls = 0
-    answered = threading.Semaphore(0)
-    for call_id, method, args in incoming:
-        future = threads.submit(getattr(provider, method), *args)
-
-        def answer(done: Future, call_id: int = call_id, method: str = method) -> None:
-            try:
-                error = done.exception()
-                reply = (call_id, True, done.result()) if error is None else (call_id, False, _portable_error(error))
-                try:
-                    frame = _frame(reply)
-                except Exception as exc:  # noqa: BLE001 - a result that cannot be pickled: say so, never hang
-                    frame = _frame((call_id, False, ProviderError(
-                        f"the provider worker process cannot send back the result of {method}: {exc}",
-                        hint=_THREADS_HINT)))
-                outgoing.put(frame)
-            finally:
-                answered.release()
-
-        future.add_done_callback(answer)
-        calls += 1
-    # The parent is done or dead. Let go of the output we share with it, so that whoever waits for
-    # the end of snapctl's output (a CI job, a pipe) does not wait for the calls still under way.
-    quiet = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(quiet, 1)
-    os.dup2(quiet, 2)
-    threads.shutdown()
-    for _ in range(calls):
-        # Not the futures: a future is done before its callbacks run, and the answer is queued there.
-        answered.acquire()
-    outgoing.put(None)
-    writer.join()
-    return 0
-
-
-if __name__ == "__main__":
-    os._exit(_serve())  # no interpreter teardown: provider threads may still be blocked in a call

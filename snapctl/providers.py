@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import cache
-from importlib.metadata import entry_points
+from functools import cache, reduce
+from importlib import import_module
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -155,10 +155,13 @@ class ProviderFactory(Protocol):
 
 @cache
 def available_providers() -> dict[str, Any]:
+    from importlib.metadata import entry_points  # scanning every installed package: only when asked
+
     return {ep.name: ep for ep in entry_points(group="snapctl.providers")}
 
 
-def load_provider_factory(provider_type: str) -> ProviderFactory:
+def provider_factory_path(provider_type: str) -> str:
+    """Where ``provider_type``'s factory lives, as ``module:attribute``: what its entry point names."""
     eps = available_providers()
     if provider_type not in eps:
         known = ", ".join(sorted(eps)) or "none installed"
@@ -166,19 +169,31 @@ def load_provider_factory(provider_type: str) -> ProviderFactory:
             f"unknown provider type {provider_type!r}",
             hint=f"installed providers: {known}; cloud providers install from plugins/ (README)",
         )
-    return eps[provider_type].load()
+    return f"{eps[provider_type].module}:{eps[provider_type].attr}"
 
 
-def create_provider(raw: Mapping[str, Any], *, cluster: str, base_dir: Path) -> Provider:
-    from node_agent.engines.base import describe_validation_error
+def load_provider_factory(provider_type: str) -> ProviderFactory:
+    return import_factory(provider_factory_path(provider_type))
 
+
+def import_factory(path: str) -> ProviderFactory:
+    module, _, attribute = path.partition(":")
+    return reduce(getattr, attribute.split("."), import_module(module))
+
+
+def create_provider(raw: Mapping[str, Any], *, cluster: str, base_dir: Path,
+                    factory: ProviderFactory | None = None) -> Provider:
+    """The provider ``raw`` (an inventory's provider block) describes; ``factory`` if the caller
+    already has it (a provider worker process is told where it is, rather than scan for it)."""
     provider_type = raw.get("type")
     if not isinstance(provider_type, str):
         raise BadInputError("the provider block needs a 'type'", hint="e.g. type: local")
-    factory = load_provider_factory(provider_type)
+    factory = factory or load_provider_factory(provider_type)
     try:
         settings = factory.settings_model.model_validate(dict(raw))
     except ValidationError as exc:
+        from node_agent.engines.base import describe_validation_error
+
         raise BadInputError(f"provider {provider_type}: {describe_validation_error(exc, factory.settings_model)}") from exc
     return factory(settings, cluster=cluster, base_dir=base_dir)
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from snapctl.errors import ProviderError
 from snapctl.config import Policy
+from snapctl.errors import BadInputError, ProviderError
 from snapctl.provider_threads import ProviderThreads
 from snapctl.provider_worker import PROVIDER_PROCESS_FROM, ProviderWorker, call_runner
 from snapctl.providers import available_providers, create_provider, snapshot_tags
@@ -124,8 +124,10 @@ def test_calls_of_a_child_that_died_fail_naming_it_and_how_to_do_without(slow_pr
     assert "provider_process: never" in caught.value.hint
 
 
-def test_a_child_that_cannot_build_its_provider_fails_ready(tmp_path):
-    worker = ProviderWorker({"type": "no-such-provider"}, cluster="c1", base_dir=tmp_path, threads=1)
+def test_a_child_that_cannot_build_its_provider_fails_ready_saying_why(slow_provider, tmp_path):
+    slow_provider()  # the slow provider's entry point, on the path the child gets
+    worker = ProviderWorker({"type": "slow", "store": "s", "delay_s": "not a number"}, cluster="c1",
+                            base_dir=tmp_path, threads=1)
 
     async def go():
         worker.start()
@@ -134,7 +136,23 @@ def test_a_child_that_cannot_build_its_provider_fails_ready(tmp_path):
         finally:
             worker.shutdown()
 
-    with pytest.raises(ProviderError, match=r"provider worker process ended \(exit code 1\)"):
+    with pytest.raises(BadInputError, match=r"^provider slow: .*delay_s"):
+        _run(go())
+    assert worker._process.wait(60) == 0  # it said why, and ended
+
+
+def test_a_child_killed_before_it_was_ready_fails_ready_naming_its_end(slow_provider):
+    _, _, worker = slow_provider()
+
+    async def go():
+        worker.start()
+        worker._process.kill()
+        try:
+            await worker.ready(30)
+        finally:
+            worker.shutdown()
+
+    with pytest.raises(ProviderError, match=r"provider worker process ended \(exit code -9\) before it was ready"):
         _run(go())
 
 

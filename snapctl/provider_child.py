@@ -1,0 +1,156 @@
+"""The provider worker's child: a process of its own for the provider's snapshot calls (the
+parent side, and why, is ``snapctl/provider_worker.py``).
+
+It builds its own provider from the inventory's provider block and the factory's place, which the
+parent found (no entry point scan here), warms it up, starts its threads, says it is ready (or
+why it cannot be), then runs each call it is sent. It imports what that takes and nothing else
+(no asyncio, no entry points, no agent models): its start is the wall time of runs that need it.
+
+    wire: 4-byte big-endian length + pickle, both ways. Parent -> child: the init mapping, then
+    (call id, method name, args). Child -> parent: ("ready", None or the warm-up's error), then
+    (call id, ok, result or error).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import struct
+import sys
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+from snapctl.errors import ProviderError
+from snapctl.provider_threads import ProviderThreads, not_ready
+
+FRAME = struct.Struct("!I")
+READY = "ready"
+THREADS_HINT = "set policy.provider_process: never to make snapshot calls from snapctl's own threads"
+
+
+def frame(message: object) -> bytes:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return FRAME.pack(len(data)) + data
+
+
+def frames(buffer: bytearray) -> list[Any]:
+    """Every whole frame at the start of ``buffer`` (removed from it), unpickled."""
+    messages, at = [], 0
+    while len(buffer) - at >= FRAME.size:
+        (size,) = FRAME.unpack_from(buffer, at)
+        if len(buffer) - at - FRAME.size < size:
+            break
+        messages.append(pickle.loads(buffer[at + FRAME.size:at + FRAME.size + size]))
+        at += FRAME.size + size
+    del buffer[:at]
+    return messages
+
+
+def _portable_error(exc: BaseException) -> BaseException:
+    """``exc`` if it survives pickling, else a ProviderError that says what it was."""
+    try:
+        pickle.loads(pickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL))
+        return exc
+    except Exception:  # noqa: BLE001 - any unpicklable error is reported by its text
+        return ProviderError(f"{type(exc).__name__}: {exc}")
+
+
+def serve() -> int:
+    import queue
+    import signal
+    import threading
+
+    # Ctrl-C reaches the whole process group, and the parent answers it by rolling back: a create
+    # call cut off here could still make a snapshot nobody hears of. The child ends when the
+    # parent closes its stdin (or dies), once its calls returned.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    channel = os.dup(1)
+    os.dup2(2, 1)  # stray prints of an SDK must not corrupt the frames
+    buffer = bytearray()
+
+    def messages():
+        while chunk := os.read(0, 1 << 16):
+            buffer.extend(chunk)
+            yield from frames(buffer)
+
+    incoming = messages()
+    init = next(incoming, None)
+    if init is None:
+        return 0
+    sys.path[:] = init["sys_path"]
+    from snapctl.providers import create_provider, import_factory
+
+    try:
+        provider = create_provider(init["provider"], cluster=init["cluster"], base_dir=Path(init["base_dir"]),
+                                   factory=import_factory(init["factory"]))
+        provider.warm_up()
+    except Exception as exc:  # noqa: BLE001 - the parent raises it from ready(): nothing is held yet
+        os.write(channel, frame((READY, _portable_error(not_ready(exc)))))
+        return 0
+    outgoing: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+
+    def write_results() -> None:
+        # One write for whatever is waiting: under a burst, many results per system call.
+        while (first := outgoing.get()) is not None:
+            batch = [first]
+            while True:
+                try:
+                    item = outgoing.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    outgoing.put(None)
+                    break
+                batch.append(item)
+            data = memoryview(b"".join(batch))
+            try:
+                while data:
+                    data = data[os.write(channel, data):]
+            except OSError:  # the parent is gone: finish the calls, nobody to tell
+                pass
+
+    writer = threading.Thread(target=write_results, name="snapctl-provider-results")
+    writer.start()
+    threads = ProviderThreads(init["threads"])
+    threads.start()
+    outgoing.put(frame((READY, None)))
+    calls = 0
+    answered = threading.Semaphore(0)
+    for call_id, method, args in incoming:
+        future = threads.submit(getattr(provider, method), *args)
+
+        def answer(done: Future, call_id: int = call_id, method: str = method) -> None:
+            try:
+                error = done.exception()
+                reply = (call_id, True, done.result()) if error is None else (call_id, False, _portable_error(error))
+                try:
+                    reply_frame = frame(reply)
+                except Exception as exc:  # noqa: BLE001 - a result that cannot be pickled: say so, never hang
+                    reply_frame = frame((call_id, False, ProviderError(
+                        f"the provider worker process cannot send back the result of {method}: {exc}",
+                        hint=THREADS_HINT)))
+                outgoing.put(reply_frame)
+            finally:
+                answered.release()
+
+        future.add_done_callback(answer)
+        calls += 1
+    # The parent is done or dead. Let go of the output we share with it, so that whoever waits for
+    # the end of snapctl's output (a CI job, a pipe) does not wait for the calls still under way.
+    quiet = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(quiet, 1)
+    os.dup2(quiet, 2)
+    threads.shutdown()
+    for _ in range(calls):
+        # Not the futures: a future is done before its callbacks run, and the answer is queued there.
+        answered.acquire()
+    outgoing.put(None)
+    writer.join()
+    return 0
+
+
+if __name__ == "__main__":
+    os._exit(serve())  # no interpreter teardown: provider threads may still be blocked in a call
