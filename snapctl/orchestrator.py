@@ -153,7 +153,7 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
             run = _Run(inventory, manifest, catalog, provider, agents, volumes, reporter, executor, fan_out_s=fan_out_s)
             try:
                 # Before any hold: the provider's SDK and credentials load here, not in a freeze.
-                reporter.step("provider", f"getting {provider.name} ready (its SDK, its credentials)")
+                reporter.step("provider", f"getting {provider.name} ready before any node is held")
                 await executor.ready(CALL_RUNNER_READY_S)
                 await _hold_snapshot_release(run, options)
                 lock_keeper.check()

@@ -124,50 +124,34 @@ def test_calls_of_a_child_that_died_fail_naming_it_and_how_to_do_without(slow_pr
     assert "provider_process: never" in caught.value.hint
 
 
+async def _started_then_ready(worker: ProviderWorker, before_ready=lambda: None) -> None:
+    worker.start()
+    before_ready()
+    try:
+        await worker.ready(30)
+    finally:
+        worker.shutdown()
+
+
 def test_a_child_that_cannot_build_its_provider_fails_ready_saying_why(slow_provider, tmp_path):
     slow_provider()  # the slow provider's entry point, on the path the child gets
     worker = ProviderWorker({"type": "slow", "store": "s", "delay_s": "not a number"}, cluster="c1",
                             base_dir=tmp_path, threads=1)
-
-    async def go():
-        worker.start()
-        try:
-            await worker.ready(30)
-        finally:
-            worker.shutdown()
-
     with pytest.raises(BadInputError, match=r"^provider slow: .*delay_s"):
-        _run(go())
+        _run(_started_then_ready(worker))
     assert worker._process.wait(60) == 0  # it said why, and ended
 
 
 def test_a_child_killed_before_it_was_ready_fails_ready_naming_its_end(slow_provider):
     _, _, worker = slow_provider()
-
-    async def go():
-        worker.start()
-        worker._process.kill()
-        try:
-            await worker.ready(30)
-        finally:
-            worker.shutdown()
-
     with pytest.raises(ProviderError, match=r"provider worker process ended \(exit code -9\) before it was ready"):
-        _run(go())
+        _run(_started_then_ready(worker, lambda: worker._process.kill()))
 
 
 def test_a_child_whose_provider_cannot_warm_up_fails_ready_with_that_error_and_ends(slow_provider):
     _, _, worker = slow_provider(fail_warm_up="slow: no credentials found")
-
-    async def go():
-        worker.start()
-        try:
-            await worker.ready(30)
-        finally:
-            worker.shutdown()
-
     with pytest.raises(ProviderError) as caught:
-        _run(go())
+        _run(_started_then_ready(worker))
     assert caught.value.message == "slow: no credentials found"
     assert caught.value.hint == "give the provider its credentials"
     assert worker._process.wait(60) == 0
