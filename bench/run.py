@@ -1,6 +1,6 @@
 """Run every benchmark (or some) and print their tables, headed by the machine they ran on.
 
-    python -m bench.run [--quick] [--only freeze,floor,progress,cloud_sdk,status_fanout,startup,local_provider,agent,loopback]
+    python -m bench.run [--quick] [--only freeze,floor,progress,cloud_sdk,tls_fanout,status_fanout,startup,local_provider,agent,loopback]
 
 Full suite: about 11 minutes on 2 cores; --quick: about 75 seconds. Paste the output into
 docs/benchmarks.md. Benchmarks print numbers; nothing here asserts on them.
@@ -15,7 +15,7 @@ import time
 
 from bench.common import emit, machine, raise_open_files_limit, use_bench_plugins
 
-BENCHES = ("startup", "agent", "loopback", "status_fanout", "freeze", "floor", "progress", "cloud_sdk",
+BENCHES = ("startup", "agent", "loopback", "tls_fanout", "status_fanout", "freeze", "floor", "progress", "cloud_sdk",
            "local_provider")
 
 

@@ -1,4 +1,4 @@
-"""Talking to node agents: over HTTP (httpx, one pooled client) or in-process ("embedded").
+"""Talking to node agents: over HTTP(S) (``AgentTransport``, keep-alive) or in-process ("embedded").
 
 Every call is bounded by the inventory's ``agent_timeout_s`` and raises ``AgentError``
 subclasses naming the node; secrets (the token) never appear in messages.
@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from node_agent.models import (
     AgentStatus,
@@ -42,9 +42,6 @@ from snapctl.errors import (
     LeaseConflict,
     SnapctlError,
 )
-
-if TYPE_CHECKING:
-    import httpx  # imported only for TLS agents: `snapctl --help` and plain-http runs stay fast
 
 T = TypeVar("T")
 
@@ -88,10 +85,10 @@ _TOKEN_HINT = "set auth.token_file in the inventory (or ${env}) to the token the
 
 
 class HttpAgentClient:
-    """An agent over HTTP(S): ``http`` is an ``AgentTransport`` shared by every plain-http agent, or
-    an httpx client (TLS). Whoever made it closes it; this client never does."""
+    """An agent over HTTP(S): ``http`` is the ``AgentTransport`` shared by every agent of its scheme.
+    Whoever made it closes it; this client never does."""
 
-    def __init__(self, node: str, base_url: str, http: httpx.AsyncClient | AgentTransport, *, token: str | None,
+    def __init__(self, node: str, base_url: str, http: AgentTransport, *, token: str | None,
                  timeout_s: float, token_env: str | None = None, client_cert: bool = False) -> None:
         self.node = node
         self.base_url = base_url.rstrip("/")
@@ -141,22 +138,12 @@ class HttpAgentClient:
                     timeout_s: float | None = None) -> Any:
         url = self.base_url + path
         timeout_s = timeout_s or self._timeout_s
-        if isinstance(self._http, AgentTransport):
-            try:
-                response = await self._http.call(method, url, body, self._headers, timeout_s)
-            except TransportTimeout as exc:
-                raise self._timed_out(path, timeout_s) from exc
-            except TransportError as exc:
-                raise self._transport_error(exc) from exc
-        else:
-            import httpx
-
-            try:
-                response = await self._http.request(method, url, json=body, headers=self._headers, timeout=timeout_s)
-            except httpx.TimeoutException as exc:
-                raise self._timed_out(path, timeout_s) from exc
-            except httpx.TransportError as exc:
-                raise self._transport_error(exc) from exc
+        try:
+            response = await self._http.call(method, url, body, self._headers, timeout_s)
+        except TransportTimeout as exc:
+            raise self._timed_out(path, timeout_s) from exc
+        except TransportError as exc:
+            raise self._transport_error(exc) from exc
         if response.status_code == 204:
             return None
         error = _error_body(response)
@@ -189,7 +176,7 @@ class HttpAgentClient:
                                 hint=self._unreachable_hint)
 
 
-def _error_body(response: httpx.Response | AgentResponse) -> ErrorBody | None:
+def _error_body(response: AgentResponse) -> ErrorBody | None:
     if response.is_success:
         return None
     try:
@@ -272,36 +259,29 @@ _MAX_EMBEDDED_THREADS = 64
 
 @asynccontextmanager
 async def open_agents(inventory: Inventory) -> AsyncIterator[dict[str, AgentClient]]:
-    """A client for every node of ``inventory``, connections kept alive for the whole run: plain-http
-    agents share one lean transport, TLS agents get a small pool each. On exit everything is
-    closed; embedded agents complete whatever they still hold."""
+    """A client for every node of ``inventory``, connections kept alive for the whole run: the
+    plain-http agents share one lean transport, the TLS agents another (one TLS context). On exit
+    everything is closed; embedded agents complete whatever they still hold."""
     remote = [n for n in inventory.nodes if n.agent != "embedded"]
     embedded = [n for n in inventory.nodes if n.agent == "embedded"]
     timeout_s = inventory.policy.agent_timeout_s
     clients: dict[str, AgentClient] = {}
     services: list[EmbeddedAgentClient] = []
-    pools: list[httpx.AsyncClient | AgentTransport] = []
+    pools: list[AgentTransport] = []
     executor = ThreadPoolExecutor(min(len(embedded), _MAX_EMBEDDED_THREADS), thread_name_prefix="embedded-agent") \
         if embedded else None
     try:
         if remote:
             token = load_agent_token(inventory)
             _raise_open_files_limit(len(remote) + 64)
-            tls = _tls_context(inventory) if any(node.agent.startswith("https:") for node in remote) else None
-            plain: AgentTransport | None = None
+            transports: dict[str, AgentTransport] = {}  # by scheme
             for node in remote:
-                # Never one httpcore pool for all: it scans every pooled connection on each
-                # request, so a fan-out over N agents would cost O(N²).
-                http: httpx.AsyncClient | AgentTransport
-                if node.agent.startswith("https:"):
-                    http = _http_client(inventory, tls=tls)
-                    pools.append(http)
-                else:
-                    if plain is None:
-                        plain = AgentTransport()
-                        pools.append(plain)
-                    http = plain
-                clients[node.name] = HttpAgentClient(node.name, node.agent, http, token=token, timeout_s=timeout_s,
+                scheme = "https" if node.agent.startswith("https:") else "http"
+                if scheme not in transports:
+                    transports[scheme] = AgentTransport(_tls_context(inventory) if scheme == "https" else None)
+                    pools.append(transports[scheme])
+                clients[node.name] = HttpAgentClient(node.name, node.agent, transports[scheme], token=token,
+                                                     timeout_s=timeout_s,
                                                      token_env=inventory.auth.token_env,
                                                      client_cert=bool(inventory.auth.client_cert_file))
         if embedded:
@@ -357,18 +337,6 @@ def _tls_context(inventory: Inventory) -> ssl.SSLContext:
             raise InventoryError(f"{inventory.source}: cannot load the TLS files under auth: {exc}") from exc
         return verify
     return httpx.create_ssl_context(verify=True, trust_env=False)
-
-
-def _http_client(inventory: Inventory, nodes: int = 1, *, tls: ssl.SSLContext | None = None) -> httpx.AsyncClient:
-    """An httpx client for ``nodes`` TLS agents (open_agents makes one per agent and shares ``tls``)."""
-    import httpx
-
-    if tls is None:
-        _raise_open_files_limit(nodes + 64)
-        tls = _tls_context(inventory)
-    # A few connections per agent: prepare, renew and complete of one run may overlap.
-    limits = httpx.Limits(max_connections=nodes + 3, max_keepalive_connections=nodes + 3)
-    return httpx.AsyncClient(verify=tls, limits=limits, timeout=inventory.policy.agent_timeout_s, trust_env=False)
 
 
 def _raise_open_files_limit(wanted: int) -> None:

@@ -1,4 +1,4 @@
-"""A lean HTTP/1.1 keep-alive client for plain-http agents, without httpx.
+"""A lean HTTP/1.1 keep-alive client for agents, plain or over TLS, without httpx.
 
 httpx's stack (httpcore, anyio, h11, its request and response models) costs about a millisecond
 of CPU per request, and importing it ~0.1 s. A run over 1000 agents makes thousands of small
@@ -6,7 +6,8 @@ requests from one Python thread, so that cost is the difference between a fan-ou
 second and one that takes several. This transport speaks just what the agent API needs (one JSON
 request at a time per connection, Content-Length or chunked bodies, keep-alive) on a bare asyncio
 protocol, and finds an agent's idle connections by its address in O(1) (httpcore's pool scans
-every connection on each request: O(N) per call). TLS agents keep httpx.
+every connection on each request: O(N) per call). Over TLS it is the same protocol on asyncio's
+TLS transport, with the one context ``open_agents`` builds (CA, client certificate).
 
 Errors are ``TransportTimeout`` (no answer in time) and ``TransportError`` (anything else that
 went wrong on the way); the agent client turns both into errors naming the node.
@@ -19,6 +20,7 @@ import functools
 import json
 import math
 import os
+import ssl
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -56,7 +58,7 @@ class AgentResponse:
 @functools.lru_cache(maxsize=16384)  # a few endpoints per agent; parsing each call cost ~20 µs
 def _split(url: str) -> tuple[str, int, str, str]:
     parts = urlsplit(url)
-    return parts.hostname or "", parts.port or 80, parts.netloc, \
+    return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80), parts.netloc, \
         f"{parts.path or '/'}{'?' + parts.query if parts.query else ''}"
 
 
@@ -160,11 +162,13 @@ class _Deadlines:
 
 
 class AgentTransport:
-    """Plain HTTP/1.1 to any number of agents, connections kept alive between calls."""
+    """HTTP/1.1 to any number of agents, connections kept alive between calls; over TLS with
+    ``tls`` (every agent of this transport: one transport per scheme)."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
         self._deadlines = _Deadlines()
+        self._tls = tls
 
     async def call(self, method: str, url: str, body: Any, headers: dict[str, str], timeout: float | None) -> AgentResponse:
         """One JSON request (``body`` None: no body) to ``url``."""
@@ -225,13 +229,14 @@ class AgentTransport:
         if connections:  # let the closes reach the agents before the loop ends
             await asyncio.wait([conn.closed for conn in connections], timeout=1)
 
-    @staticmethod
-    async def _connect(host: str, port: int, deadline: float | None) -> _Connection:
+    async def _connect(self, host: str, port: int, deadline: float | None) -> _Connection:
         try:
             async with asyncio.timeout_at(deadline):  # not wait_for: that costs a task per call
-                _, conn = await asyncio.get_running_loop().create_connection(_Connection, host, port)
+                _, conn = await asyncio.get_running_loop().create_connection(_Connection, host, port, ssl=self._tls)
         except TimeoutError:
             raise TransportTimeout(f"connect to {host}:{port} timed out") from None
+        except ssl.SSLError as exc:  # the handshake: its own words (CERTIFICATE_VERIFY_FAILED, ...) say why
+            raise TransportError(str(exc)) from exc
         except OSError as exc:  # asyncio words it "Connect call failed (addr)": the errno says why
             raise TransportError(os.strerror(exc.errno).lower() if exc.errno else str(exc)) from exc
         return conn

@@ -1,24 +1,28 @@
 """The lean agent transport against real HTTP servers on loopback: keep-alive reuse, a connection
-the server closed meanwhile, chunked and close-delimited bodies, and its two error types."""
+the server closed meanwhile, chunked and close-delimited bodies, its two error types, and all of
+it over TLS, where an agent is trusted only by the CA it is given."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from snapctl.agent_transport import AgentResponse, AgentTransport, TransportError, TransportTimeout
+from tests.agent.certs import make_pki
 
 
 class RawServer:
     """A loopback HTTP server answering each request with ``answer(n)`` bytes; counts connections."""
 
-    def __init__(self, answer, *, close_after_each: bool = False) -> None:
-        self.answer, self.close_after_each = answer, close_after_each
+    def __init__(self, answer, *, close_after_each: bool = False, tls: ssl.SSLContext | None = None) -> None:
+        self.answer, self.close_after_each, self.tls = answer, close_after_each, tls
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(16)
@@ -42,6 +46,12 @@ class RawServer:
             self._threads.append(thread)
 
     def _handle(self, conn: socket.socket) -> None:
+        if self.tls is not None:
+            try:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            except (ssl.SSLError, OSError):  # the client gave up on the handshake: nothing was asked
+                conn.close()
+                return
         with conn:
             buffer = b""
             while True:
@@ -87,9 +97,10 @@ def json_answer(_n: int) -> bytes:
     return b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
 
 
-async def calls(port: int, count: int, transport: AgentTransport, **request) -> list[AgentResponse]:
+async def calls(port: int, count: int, transport: AgentTransport, scheme: str = "http",
+                **request) -> list[AgentResponse]:
     try:
-        return [await transport.call(request.get("method", "GET"), f"http://127.0.0.1:{port}/v1/status",
+        return [await transport.call(request.get("method", "GET"), f"{scheme}://127.0.0.1:{port}/v1/status",
                                      request.get("json"), {}, 2) for _ in range(count)]
     finally:
         await transport.aclose()
@@ -162,3 +173,29 @@ def test_call_to_a_dead_port_is_a_connect_error() -> None:
         port = unused.getsockname()[1]
     with pytest.raises(TransportError):
         asyncio.run(AgentTransport().call("GET", f"http://127.0.0.1:{port}/v1/status", None, {}, 2))
+
+
+def _tls_server(server_factory, pki_dir: Path) -> tuple[RawServer, Path]:
+    pki = make_pki(pki_dir)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pki.server_cert, pki.server_key)
+    return server_factory(json_answer, tls=context), pki.ca
+
+
+def test_over_tls_one_connection_stays_alive_across_calls(server_factory, tmp_path) -> None:
+    server, ca = _tls_server(server_factory, tmp_path / "pki")
+    transport = AgentTransport(ssl.create_default_context(cafile=str(ca)))
+    responses = asyncio.run(calls(server.port, 5, transport, scheme="https", method="POST", json={"run_id": "r1"}))
+    assert [r.json() for r in responses] == [{"ok": True}] * 5
+    assert [json.loads(body) for body in server.bodies] == [{"run_id": "r1"}] * 5
+    assert server.connections == 1 and server.requests == 5
+
+
+def test_over_tls_an_agent_another_ca_signed_is_refused_before_any_request(server_factory, tmp_path) -> None:
+    server, _ = _tls_server(server_factory, tmp_path / "pki")
+    rogue = make_pki(tmp_path / "rogue")
+    with pytest.raises(TransportError, match="CERTIFICATE_VERIFY_FAILED") as refused:
+        asyncio.run(calls(server.port, 1, AgentTransport(ssl.create_default_context(cafile=str(rogue.ca))),
+                          scheme="https"))
+    assert not isinstance(refused.value, TransportTimeout)
+    assert server.requests == 0
