@@ -69,7 +69,7 @@ class AwsProvider:
         return NodeVolumes(node=node, volumes=parse_volumes(node, raw))
 
     def warm_up(self) -> None:
-        # boto3's import and EC2's service model: 0.3-0.7 s of CPU that the first create call
+        # boto3's import and EC2's service model: 0.3-0.4 s of CPU that the first create call
         # of a hold would otherwise pay, with every node frozen (docs/benchmarks.md).
         self.ec2.warm_up()
 
