@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import os
 import pickle
+import queue
+import signal
 import struct
 import sys
+import threading
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -57,10 +60,6 @@ def _portable_error(exc: BaseException) -> BaseException:
 
 
 def serve() -> int:
-    import queue
-    import signal
-    import threading
-
     # Ctrl-C reaches the whole process group, and the parent answers it by rolling back: a create
     # call cut off here could still make a snapshot nobody hears of. The child ends when the
     # parent closes its stdin (or dies), once its calls returned.
