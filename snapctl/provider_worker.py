@@ -97,8 +97,9 @@ class ProviderWorker:
             async with asyncio.timeout(timeout):
                 await self._ready
         except TimeoutError:
-            raise ProviderError(f"the provider worker process was not ready within {timeout:g}s",
-                                hint=THREADS_HINT) from None
+            raise ProviderError(f"the provider worker process was not ready within {timeout:g}s (its start, "
+                                "then the provider's SDK and credentials)",
+                                hint=f"check the provider's credentials and network; or {THREADS_HINT}") from None
 
     def submit(self, call: Callable[..., Any], *args: Any) -> asyncio.Future:
         """Run ``call(*args)`` in the child, where ``call`` is a method of the provider: the child

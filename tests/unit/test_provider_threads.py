@@ -104,3 +104,13 @@ def test_a_failed_warm_up_fails_ready_with_a_provider_error(failure, message):
     with pytest.raises(ProviderError, match=message):
         asyncio.run(pool.ready(5))
     pool.shutdown()
+
+
+def test_a_warm_up_still_running_at_the_deadline_fails_ready_saying_what_it_waited_for():
+    release = threading.Event()
+    pool = ProviderThreads(1, warm_up=lambda: release.wait(5))
+    pool.start()
+    with pytest.raises(ProviderError, match=r"the provider was not ready within 0.2s \(loading its SDK"):
+        asyncio.run(pool.ready(0.2))
+    release.set()
+    pool.shutdown()

@@ -30,9 +30,9 @@ def slow_provider(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     (data / "table.dat").write_bytes(os.urandom(4096))
 
     def make(delay_s: float = 0.0, fail_nodes: tuple[str, ...] = (), store: str = "store",
-             fail_warm_up: str | None = None):
+             fail_warm_up: str | None = None, warm_up_s: float = 0.0):
         config = {"type": "slow", "store": store, "delay_s": delay_s, "fail_nodes": list(fail_nodes),
-                  "fail_warm_up": fail_warm_up}
+                  "fail_warm_up": fail_warm_up, "warm_up_s": warm_up_s}
         provider = create_provider(config, cluster="c1", base_dir=tmp_path)
         volumes = provider.validate_volumes("n1", [{"name": "data", "path": str(data)}], base_dir=tmp_path)
         worker = ProviderWorker(config, cluster="c1", base_dir=tmp_path, threads=4)
@@ -155,6 +155,23 @@ def test_a_child_whose_provider_cannot_warm_up_fails_ready_with_that_error_and_e
     assert caught.value.message == "slow: no credentials found"
     assert caught.value.hint == "give the provider its credentials"
     assert worker._process.wait(60) == 0
+
+
+def test_a_child_still_warming_up_at_the_deadline_fails_ready_saying_what_it_waited_for(slow_provider):
+    _, _, worker = slow_provider(warm_up_s=30)
+    worker.start()
+
+    async def go():
+        try:
+            await worker.ready(1)
+        finally:
+            worker.shutdown()
+
+    with pytest.raises(ProviderError) as caught:
+        _run(go())
+    assert caught.value.message.startswith("the provider worker process was not ready within 1s")
+    assert "credentials" in caught.value.hint and "provider_process: never" in caught.value.hint
+    worker._process.kill()  # still asleep in its warm-up: nothing of it is needed
 
 
 def test_a_run_that_ends_before_it_needed_the_child_leaves_no_child_behind(slow_provider):

@@ -1,8 +1,8 @@
 """A third-party provider, found through the ``snapctl.providers`` entry point like any other:
 the local provider, with a configurable pause before each snapshot (a slow cloud, for tests).
 Each ref names the process that made it (``extra.pid``) and whether that process's provider had
-warmed up before the call (``extra.warm``); ``fail_warm_up`` makes ``warm_up`` fail with that
-message, as a cloud plugin's does without credentials."""
+warmed up before the call (``extra.warm``); ``warm_up_s`` makes ``warm_up`` take that long, and
+``fail_warm_up`` makes it fail with that message, as a cloud plugin's does without credentials."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ class SlowSettings(ProviderSettings):
     delay_s: float = 0.0
     fail_nodes: list[str] = []
     fail_warm_up: str | None = None
+    warm_up_s: float = 0.0
 
 
 class SlowProvider:
@@ -38,6 +39,7 @@ class SlowProvider:
         return getattr(self._local, name)
 
     def warm_up(self):
+        time.sleep(self._settings.warm_up_s)
         if self._settings.fail_warm_up:
             from snapctl.errors import ProviderError
 
