@@ -240,13 +240,14 @@ class LeanAgentProtocol(asyncio.Protocol):
 
 
 async def serve_lean(sockets: dict[str, Any], token: str, prepare_latency_s: float, complete_latency_s: float,
-                     stop: asyncio.Event) -> None:
-    """Serve one lean node on each listening socket (node name -> socket) until ``stop`` is set."""
+                     stop: asyncio.Event, tls: Any = None) -> None:
+    """Serve one lean node on each listening socket (node name -> socket) until ``stop`` is set;
+    over TLS with ``tls`` (a server ``ssl.SSLContext``)."""
     loop = asyncio.get_running_loop()
     servers = []
     for name, sock in sockets.items():
         node = LeanNode(name, token, prepare_latency_s, complete_latency_s)
-        servers.append(await loop.create_server(lambda node=node: LeanAgentProtocol(node), sock=sock))
+        servers.append(await loop.create_server(lambda node=node: LeanAgentProtocol(node), sock=sock, ssl=tls))
     await stop.wait()
     for server in servers:
         server.close()

@@ -97,14 +97,21 @@ def _listen() -> socket.socket:
     return sock
 
 
-def serve_lean(nodes: list[str], prepare_latency_s: float, complete_latency_s: float) -> int:
+def serve_lean(nodes: list[str], prepare_latency_s: float, complete_latency_s: float,
+               tls_files: list[str] | None = None) -> int:
     import asyncio
+    import ssl
 
     from bench.leanagent import serve_lean as serve_nodes
 
     raise_open_files_limit()
     sockets = {node: _listen() for node in nodes}
     stack = "lean+uvloop" if _importable("uvloop") else "lean+asyncio"
+    tls = None
+    if tls_files:
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(*tls_files)
+        stack += "+tls"
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -112,7 +119,7 @@ def serve_lean(nodes: list[str], prepare_latency_s: float, complete_latency_s: f
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         serving = asyncio.create_task(serve_nodes(sockets, os.environ[TOKEN_ENV], prepare_latency_s,
-                                                  complete_latency_s, stop))
+                                                  complete_latency_s, stop, tls))
         await asyncio.sleep(0)  # the servers are created before the parent hears the ports
         ports = {node: sock.getsockname()[1] for node, sock in sockets.items()}
         print(json.dumps({"ports": ports, "stack": stack}), flush=True)
@@ -181,9 +188,11 @@ class SimCluster:
     ports: dict[str, int] = field(default_factory=dict)
     stack: str = "lean"  # "lean" (bench.leanagent) or "real" (the agent's FastAPI app); see the docstring
     volumes_of: Callable[[str], list[Any]] | None = None  # node name -> its volumes block (default: ["data"])
+    tls: bool = False  # lean agents over TLS, with a throwaway CA's certificate (auth.ca_file in the inventory)
     agent_stack: str = ""  # what served, as the agent processes reported it (e.g. lean+uvloop, httptools+uvloop)
     _procs: list[subprocess.Popen] = field(default_factory=list)
     _tmp: tempfile.TemporaryDirectory | None = None
+    _pki: Any = None
 
     def __enter__(self) -> Self:
         use_bench_plugins()
@@ -197,6 +206,14 @@ class SimCluster:
         names = [f"node{i:04d}" for i in range(1, self.nodes + 1)]
         count = self.processes or max(1, math.ceil(self.nodes / NODES_PER_PROCESS))
         env = {**os.environ, TOKEN_ENV: self.token}
+        tls_args: list[str] = []
+        if self.tls:
+            if self.stack != "lean":
+                raise ValueError("tls: the lean agent stack only")
+            from tests.agent.certs import make_pki  # the throwaway CA the TLS tests use
+
+            self._pki = make_pki(self.directory / "pki")
+            tls_args = ["--tls-cert", str(self._pki.server_cert), "--tls-key", str(self._pki.server_key)]
         if AGENT_DEPS.is_dir():
             env["PYTHONPATH"] = os.pathsep.join([env.get("PYTHONPATH", ""), str(AGENT_DEPS)]).strip(os.pathsep)
         try:
@@ -208,7 +225,7 @@ class SimCluster:
                     [sys.executable, "-m", "bench.simcluster", "serve", "--nodes", ",".join(chunk),
                      "--agent-stack", self.stack,
                      "--prepare-latency", str(self.prepare_latency_s),
-                     "--complete-latency", str(self.complete_latency_s)],
+                     "--complete-latency", str(self.complete_latency_s), *tls_args],
                     stdout=subprocess.PIPE, text=True, env=env, cwd=REPO))
             for proc in self._procs:
                 line = proc.stdout.readline()
@@ -259,10 +276,12 @@ class SimCluster:
             "cluster": "bench",
             "provider": self.provider,
             "catalog": {"path": "catalog"},
-            "auth": {"token_file": "agent-token", "token_env": None},
+            "auth": {"token_file": "agent-token", "token_env": None,
+                     **({"ca_file": str(self._pki.ca)} if self.tls else {})},
             "policy": wanted,
             "rpo": "24h",
-            "nodes": [{"name": name, "agent": f"http://127.0.0.1:{port}", "engine": {"type": "sim"},
+            "nodes": [{"name": name, "agent": f"{'https' if self.tls else 'http'}://127.0.0.1:{port}",
+                       "engine": {"type": "sim"},
                        "volumes": self.volumes_of(name) if self.volumes_of else ["data"]}
                       for name, port in self.ports.items()],
         }
@@ -283,9 +302,13 @@ def main(argv: list[str] | None = None) -> int:
     serve_cmd.add_argument("--prepare-latency", type=float, default=0.05)
     serve_cmd.add_argument("--complete-latency", type=float, default=0.0)
     serve_cmd.add_argument("--agent-stack", choices=("lean", "real"), default="lean")
+    serve_cmd.add_argument("--tls-cert", help="lean stack: serve over TLS with this certificate ...")
+    serve_cmd.add_argument("--tls-key", help="... and its key")
     args = parser.parse_args(argv)
-    serving = serve_lean if args.agent_stack == "lean" else serve
-    return serving(args.nodes.split(","), args.prepare_latency, args.complete_latency)
+    if args.agent_stack == "lean":
+        tls_files = [args.tls_cert, args.tls_key] if args.tls_cert else None
+        return serve_lean(args.nodes.split(","), args.prepare_latency, args.complete_latency, tls_files)
+    return serve(args.nodes.split(","), args.prepare_latency, args.complete_latency)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """TLS agents: one fan-out of N requests over N kept-alive TLS connections on loopback, through
 snapctl's ``AgentTransport`` and through httpx (one client per agent, one shared TLS context:
-what snapctl used for TLS agents before), with the plain-http transport beside them.
+what snapctl used for TLS agents before), with the plain-http transport beside them; then whole
+backups of N lean simulated agents over TLS and over plain http, in alternate runs.
 
-    python -m bench.tls_fanout [--quick] [--nodes 100,1000] [--rounds 10]
+    python -m bench.tls_fanout [--quick] [--nodes 100,1000] [--rounds 10] [--backups 3]
 
 The servers: two processes (one per core), a port per node, each an asyncio server that answers
 every request with the same small JSON body, over TLS with a certificate from a throwaway CA
@@ -139,6 +140,34 @@ def run(sizes: list[int], rounds: int) -> str:
                   "client CPU per fan-out ms"], rows)
 
 
+def backups(sizes: list[int], runs: int) -> str:
+    from bench.common import percentile
+    from bench.freeze import UNBOUND, run_backup
+    from bench.simcluster import SimCluster
+
+    rows = []
+    provider = {"type": "sim", "create_latency_s": 0.3, **UNBOUND}
+    for nodes in sizes:
+        with SimCluster(nodes=nodes, provider=provider, tls=True) as over_tls, \
+                SimCluster(nodes=nodes, provider=provider) as plain:
+            measured: dict[str, list] = {"TLS": [], "plain http": []}
+            for cluster in (over_tls, plain):  # warm: imports, the catalog's directories
+                run_backup(cluster, 0.3)
+            for _ in range(runs):
+                for label, cluster in (("TLS", over_tls), ("plain http", plain)):
+                    measured[label].append(run_backup(cluster, 0.3))
+            for label, stats in measured.items():
+                rows.append([str(nodes), label, f"{median([median(s.margin) for s in stats]) * 1000:.1f}",
+                             f"{median([percentile(s.margin, 99) for s in stats]) * 1000:.1f}",
+                             f"{median([s.hold_skew_s for s in stats]) * 1000:.1f}",
+                             f"{median([s.wall_s for s in stats]):.2f}"])
+    return table(f"Backups over TLS and plain http: lean simulated agents (prepare 50 ms), create 300 ms, rate limit "
+                 f"not binding (median of {runs} alternate runs' figures)",
+                 ["N", "agents", "margin p50 ms", "margin p99 ms", "hold skew ms", "wall s"], rows) + (
+        "\nmargin = a node's freeze window less its own prepare round trip and the create latency, as in "
+        "bench.freeze; the first run of each cluster (its TLS handshakes, in the preflight) is not counted.\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
@@ -149,10 +178,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="N=10, 3 rounds: a few seconds")
     parser.add_argument("--nodes", help="comma-separated sizes (default 100,1000; quick: 10)")
     parser.add_argument("--rounds", type=int, help="fan-outs per client after the first (default 10; quick: 3)")
+    parser.add_argument("--backups", type=int, help="backups per size and kind of agent (default 3; quick: 1; 0: none)")
     args = parser.parse_args(argv)
     sizes = [int(n) for n in (args.nodes or ("10" if args.quick else "100,1000")).split(",")]
     sys.path.insert(0, str(REPO))
     emit(run(sizes, args.rounds or (3 if args.quick else 10)))
+    runs = args.backups if args.backups is not None else (1 if args.quick else 3)
+    if runs:
+        emit(backups(sizes, runs))
     return 0
 
 

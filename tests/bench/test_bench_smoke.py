@@ -71,11 +71,12 @@ def test_cloud_sdk_measures_a_real_sdk_cold_and_warmed_up_and_both_kinds_of_back
                                                            "loaded by the first create call"], out
 
 
-def test_tls_fanout_answers_every_client_over_tls_and_plain_http() -> None:
-    out = bench("bench.tls_fanout", "--nodes", "4", "--rounds", "2")
-    assert "### Agents over TLS" in out
+def test_tls_fanout_answers_every_client_and_backs_up_over_tls_and_plain_http() -> None:
+    out = bench("bench.tls_fanout", "--nodes", "4", "--rounds", "2", "--backups", "1")
+    assert "### Agents over TLS" in out and "### Backups over TLS and plain http" in out
     rows = [line.split("|")[2].strip() for line in out.splitlines() if line.startswith("| 4 ")]
-    assert rows == ["snapctl transport, TLS", "httpx, a client per agent, TLS", "snapctl transport, plain http"], out
+    assert rows == ["snapctl transport, TLS", "httpx, a client per agent, TLS", "snapctl transport, plain http",
+                    "TLS", "plain http"], out
 
 
 def test_progress_runs_each_reporter_of_the_cli() -> None:
