@@ -2,7 +2,7 @@
 
     python -m bench.run [--quick] [--only freeze,floor,progress,cloud_sdk,tls_fanout,status_fanout,startup,local_provider,agent,loopback]
 
-Full suite: about 12 minutes on 2 cores; --quick: about 75 seconds. Paste the output into
+Full suite: about 13 minutes on 2 cores; --quick: about 80 seconds. Paste the output into
 docs/benchmarks.md. Benchmarks print numbers; nothing here asserts on them.
 """
 
