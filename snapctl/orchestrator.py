@@ -34,6 +34,12 @@ from snapctl.provider_worker import CALL_RUNNER_READY_S, call_runner
 from snapctl.providers import TAG_RUN, NodeVolumes, Provider, SnapshotRef, create_provider, snapshot_tags
 
 _MAX_AUTO_HOLD_LEAD_S = 2.0
+# Sending a prepare on an open connection, and its agent reading it, costs each side ~0.1 ms of
+# CPU; the preflight (which opened the connections) took ~0.4 ms per node in plain http on the
+# 2-core benchmark machine, and ~2 ms over TLS, nearly all of it handshakes the prepares do not
+# repeat. A lead past this only waits: over TLS at 1000 nodes 0.4 s gave the same or shorter
+# freezes than the preflight's 2 s, and a run 1.3-1.5 s shorter (docs/benchmarks.md, item 35).
+_AUTO_HOLD_LEAD_BASE_S, _AUTO_HOLD_LEAD_PER_NODE_S = 0.02, 0.0005
 
 
 @dataclass
@@ -448,14 +454,20 @@ async def _wait_for_completion(run: _Run) -> None:
 
 def _hold_lead(run: _Run) -> float:
     """How far ahead of sending the prepares their holds begin: as long as the preflight took to ask
-    every agent, which opened the connections the prepares now reuse, so sending them takes less.
-    A node whose prepare arrives later holds late, and ``hold_skew_s`` says so."""
+    every agent, which opened the connections the prepares now reuse, so sending them takes less;
+    no longer than sending N prepares needs with room to spare, which the preflight's TLS
+    handshakes would overstate. A node whose prepare arrives later holds late, and
+    ``hold_skew_s`` says so."""
     configured = run.inventory.policy.hold_lead_s
     if configured is not None:
         return configured
-    if len(run.agents) < 2:
+    return auto_hold_lead(len(run.agents), run.fan_out_s)
+
+
+def auto_hold_lead(nodes: int, fan_out_s: float) -> float:
+    if nodes < 2:
         return 0.0
-    return min(_MAX_AUTO_HOLD_LEAD_S, run.fan_out_s + 0.002)
+    return min(_MAX_AUTO_HOLD_LEAD_S, fan_out_s + 0.002, _AUTO_HOLD_LEAD_BASE_S + nodes * _AUTO_HOLD_LEAD_PER_NODE_S)
 
 
 def _as_run_failure(run: _Run, exc: BaseException) -> BaseException:
