@@ -67,10 +67,8 @@ class GcpApi:
 
     def warm_up(self) -> None:
         """Build the clients and fetch an access token: the first call then sends at once."""
-        with self._lock:
-            if self._clients is None:
-                self._clients = self._build()
-            credentials = self._credentials_in_use
+        self.client("disks")  # builds them all, and finds the credentials they share
+        credentials = self._credentials_in_use
         if credentials is not None and not credentials.valid:
             from google.auth.transport.requests import Request
 
