@@ -25,10 +25,9 @@ from snapctl.catalog.lock import LockKeeper
 from snapctl.config import Inventory
 from snapctl.errors import AgentConflict, AgentTimeout, AgentUnreachable, PreflightRefused, RunFailed, SnapctlError
 from snapctl.events import NullReporter, Reporter
-from snapctl.health import Verdict, assess
 from snapctl.manifest import Manifest, NodeRecord
 from snapctl.pacing import CreateCallPacer
-from snapctl.probe import probe_all
+from snapctl.preflight import BackupPlan, dry_run, preflight
 from snapctl.provider_threads import CallRunner
 from snapctl.provider_worker import CALL_RUNNER_READY_S, call_runner
 from snapctl.providers import TAG_RUN, NodeVolumes, Provider, SnapshotRef, create_provider, snapshot_tags
@@ -50,16 +49,6 @@ class BackupOptions:
     trigger: bool | None = None  # None: the inventory's policy decides
     consistency: str | None = None  # "cluster" | "per-node"; None: the inventory's policy decides
     prune: bool = True  # apply the inventory's retention after a successful run (`--no-prune`: False)
-
-
-@dataclass
-class BackupPlan:
-    """What a dry run reports: what would be held and snapshotted, and the preflight verdict."""
-
-    cluster: str
-    provider: str
-    nodes: dict[str, list[str]]  # node -> volume names
-    verdict: Verdict
 
 
 def new_run_id() -> str:
@@ -115,9 +104,7 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
     async with open_agents(inventory) as agents:
         # Step 2 comes before step 1 on a dry run: it takes no lock and holds nothing.
         if options.dry_run:
-            verdict = await _preflight(inventory, agents, reporter)
-            return BackupPlan(inventory.cluster, provider.name,
-                              {n: [_volume_name(v) for v in nv.volumes] for n, nv in volumes.items()}, verdict)
+            return await dry_run(inventory, provider, volumes, agents, reporter)
 
         executor = call_runner(inventory.policy, provider, inventory.provider, len(inventory.nodes),
                                inventory.cluster, inventory.base_dir)
@@ -134,7 +121,7 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
             _close_abandoned_runs(catalog, run_id)
             # 2. Preflight, before anything is held.
             preflight_started = time.monotonic()
-            verdict = await _preflight(inventory, agents, reporter)
+            verdict = await preflight(inventory, agents, reporter)
             fan_out_s = time.monotonic() - preflight_started
             blocking = verdict.at_least("critical")
             manifest = Manifest(
@@ -209,15 +196,6 @@ def _close_abandoned_runs(catalog: Catalog, run_id: str) -> None:
                 catalog.save(stale)
         except SnapctlError:
             continue  # a record we cannot fix is no reason to refuse a backup
-
-
-async def _preflight(inventory: Inventory, agents: dict[str, AgentClient], reporter: Reporter) -> Verdict:
-    reporter.step("preflight", f"checking {len(agents)} agents")
-    probes = await probe_all(agents, inventory.policy.agent_timeout_s)
-    verdict = assess(inventory, probes, for_backup=True)
-    for finding in verdict.findings:
-        reporter.finding(finding)
-    return verdict
 
 
 async def _hold_snapshot_release(run: _Run, options: BackupOptions) -> None:
@@ -492,6 +470,3 @@ def _reason(exc: BaseException) -> str:
 def _join(first: str | None, second: str) -> str:
     return f"{first}; {second}" if first else second
 
-
-def _volume_name(volume) -> str:
-    return getattr(volume, "name", None) or str(volume)

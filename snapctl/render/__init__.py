@@ -91,7 +91,7 @@ class Renderer:
     # ---- results ---------------------------------------------------------------------------
 
     def backup_result(self, result) -> int:
-        from snapctl.orchestrator import BackupPlan
+        from snapctl.preflight import BackupPlan
 
         if isinstance(result, BackupPlan):
             return self._plan(result)
@@ -256,7 +256,7 @@ class JsonRenderer(Renderer):
         print(json.dumps(document, indent=2 if sys.stdout.isatty() else None))
 
     def backup_result(self, result) -> int:
-        from snapctl.orchestrator import BackupPlan
+        from snapctl.preflight import BackupPlan
 
         self._emit("plan" if isinstance(result, BackupPlan) else "backup", result)
         if isinstance(result, BackupPlan) and result.verdict.at_least("critical"):

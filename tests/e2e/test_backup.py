@@ -164,6 +164,33 @@ def test_the_provider_warms_up_before_any_hold_and_a_failed_warm_up_holds_nothin
     assert len(_snapshot_dirs(cluster)) == 3  # the first run's
 
 
+def test_a_dry_run_holds_nothing_and_refuses_where_the_provider_could_not_get_ready(cluster):
+    # A dry run in CI is how an operator learns that the run from cron would fail: missing cloud
+    # credentials included, which a real run finds only after it has locked and probed.
+    runs_before = len(cluster.snapctl("list", "-o", "json", check_json=True).json["data"]["runs"])
+    provider = {"type": "slow", "store": ".snapctl-demo/snapshots"}
+    ready = cluster.write_inventory(cluster.directory / "dry-ready.yaml", provider=provider)
+    plan = cluster.snapctl("backup", "--dry-run", "-i", str(ready), "-o", "json", check_json=True)
+    assert plan.returncode == ExitCode.OK, plan.stderr
+    assert plan.json["data"]["nodes"] == {n: ["data"] for n in ("node1", "node2", "node3")}
+    assert not [f for f in plan.json["data"]["verdict"]["findings"] if f["severity"] == "critical"]
+
+    cold = cluster.write_inventory(cluster.directory / "dry-cold.yaml",
+                                   provider={**provider, "fail_warm_up": "slow: no credentials found"})
+    refused = cluster.snapctl("backup", "--dry-run", "-i", str(cold), "-o", "json", check_json=True)
+    assert refused.returncode == ExitCode.PREFLIGHT_REFUSED, refused.stderr
+    [finding] = [f for f in refused.json["data"]["verdict"]["findings"] if f["severity"] == "critical"]
+    assert finding["subject"] == "provider"
+    assert "slow: no credentials found" in finding["message"] and "give the provider its credentials" in finding["message"]
+    text = cluster.snapctl("backup", "--dry-run", "-i", str(cold))
+    assert text.returncode == ExitCode.PREFLIGHT_REFUSED
+    assert "provider: slow: no credentials found" in text.stdout and "would refuse" in text.stdout
+
+    assert len(cluster.snapctl("list", "-o", "json", check_json=True).json["data"]["runs"]) == runs_before
+    assert all(cluster.agent_status(n)["lease"] is None for n in cluster.nodes)
+    assert _snapshot_dirs(cluster) == []
+
+
 def test_a_worker_call_that_outlasts_max_freeze_is_awaited_by_the_rollback_and_its_snapshots_deleted(cluster):
     # The freeze budget gives up waiting for the call after 1 s; the call goes on in the child and
     # makes its snapshots at 2.5 s. The rollback must wait for it (not find nothing and leave).
