@@ -36,36 +36,44 @@ AZURE_GROUP = "rg-bench"
 
 
 @contextlib.contextmanager
-def _clouds(nodes: list[str]) -> Iterator[dict[str, tuple[dict, dict[str, list], dict[str, str]]]]:
-    """Each cloud: (provider block, node -> volumes block, environment), its server on 127.0.0.1."""
+def _clouds(nodes: list[str], providers: list[str]) -> Iterator[dict[str, tuple[dict, dict[str, list], dict[str, str]]]]:
+    """Each of ``providers``: (provider block, node -> volumes block, environment), its server on
+    127.0.0.1; only those servers start."""
     sys.path.insert(0, str(REPO))  # the local cloud servers live with the tests
-    from tests.fakes.azure_compute import FakeAzureCompute
-    from tests.fakes.gcp_compute import FakeGcpCompute
-    from tests.moto_server import DEFAULT_REGION, DUMMY_AWS_ENV, dummy_aws_credentials, shared_moto_server
+    clouds: dict[str, tuple[dict, dict[str, list], dict[str, str]]] = {}
+    with contextlib.ExitStack() as stack:
+        if "aws" in providers:
+            from tests.moto_server import DEFAULT_REGION, DUMMY_AWS_ENV, dummy_aws_credentials, shared_moto_server
 
-    moto = shared_moto_server()
-    moto.reset()
-    with dummy_aws_credentials():
-        import boto3
+            moto = shared_moto_server()
+            moto.reset()
+            with dummy_aws_credentials():
+                import boto3
 
-        ec2 = boto3.client("ec2", endpoint_url=moto.endpoint_url, region_name=DEFAULT_REGION)
-        aws_volumes = {n: [{"volume": ec2.create_volume(Size=8, AvailabilityZone=f"{DEFAULT_REGION}a")["VolumeId"],
-                            "name": "data"}] for n in nodes}
-    with FakeGcpCompute(op_running_polls=1, creating_polls=0, uploading_polls=0) as gcp, \
-            FakeAzureCompute(op_polls=1, provisioning_polls=0) as azure:
-        for node in nodes:
-            gcp.add_disk(GCP_ZONE, f"{node}-data")
-        gcp_volumes = {n: [{"disk": f"{n}-data", "zone": GCP_ZONE, "name": "data"}] for n in nodes}
-        azure_volumes = {n: [{"disk_id": azure.add_disk(AZURE_GROUP, f"{n}-data"), "name": "data"}] for n in nodes}
-        yield {
-            "aws": ({"type": "aws", "region": DEFAULT_REGION, "endpoint_url": moto.endpoint_url,
-                     "poll_interval_s": 0.05}, aws_volumes, dict(DUMMY_AWS_ENV)),
-            "gcp": ({"type": "gcp", "project": gcp.project, "api_endpoint": gcp.url, "anonymous": True,
-                     "poll_interval_s": 0.05}, gcp_volumes, {}),
-            "azure": ({"type": "azure", "subscription_id": azure.subscription, "resource_group": AZURE_GROUP,
-                       "location": "westeurope", "base_url": azure.url, "insecure_http_for_tests": True,
-                       "dummy_credential_for_tests": True, "polling_interval_s": 0.05}, azure_volumes, {}),
-        }
+                ec2 = boto3.client("ec2", endpoint_url=moto.endpoint_url, region_name=DEFAULT_REGION)
+                volumes = {n: [{"volume": ec2.create_volume(Size=8, AvailabilityZone=f"{DEFAULT_REGION}a")["VolumeId"],
+                                "name": "data"}] for n in nodes}
+            clouds["aws"] = ({"type": "aws", "region": DEFAULT_REGION, "endpoint_url": moto.endpoint_url,
+                              "poll_interval_s": 0.05}, volumes, dict(DUMMY_AWS_ENV))
+        if "gcp" in providers:
+            from tests.fakes.gcp_compute import FakeGcpCompute
+
+            gcp = stack.enter_context(FakeGcpCompute(op_running_polls=1, creating_polls=0, uploading_polls=0))
+            for node in nodes:
+                gcp.add_disk(GCP_ZONE, f"{node}-data")
+            clouds["gcp"] = ({"type": "gcp", "project": gcp.project, "api_endpoint": gcp.url, "anonymous": True,
+                              "poll_interval_s": 0.05},
+                             {n: [{"disk": f"{n}-data", "zone": GCP_ZONE, "name": "data"}] for n in nodes}, {})
+        if "azure" in providers:
+            from tests.fakes.azure_compute import FakeAzureCompute
+
+            azure = stack.enter_context(FakeAzureCompute(op_polls=1, provisioning_polls=0))
+            clouds["azure"] = ({"type": "azure", "subscription_id": azure.subscription, "resource_group": AZURE_GROUP,
+                                "location": "westeurope", "base_url": azure.url, "insecure_http_for_tests": True,
+                                "dummy_credential_for_tests": True, "polling_interval_s": 0.05},
+                               {n: [{"disk_id": azure.add_disk(AZURE_GROUP, f"{n}-data"), "name": "data"}]
+                                for n in nodes}, {})
+        yield clouds
 
 
 def _child(args: list[str], env: dict[str, str]) -> dict[str, Any]:
@@ -121,7 +129,7 @@ def _backup(inventory_path: Path, warm: bool) -> dict[str, Any]:
 
 def first_calls(runs: int, providers: list[str]) -> str:
     rows = []
-    with _clouds(["node0001"]) as clouds:
+    with _clouds(["node0001"], providers) as clouds:
         for name in providers:
             block, volumes, env = clouds[name]
             cold, warm = [], []
@@ -139,7 +147,7 @@ def first_calls(runs: int, providers: list[str]) -> str:
 def backups(nodes: int, runs: int, providers: list[str]) -> str:
     rows = []
     names = [f"node{i:04d}" for i in range(1, nodes + 1)]
-    with _clouds(names) as clouds:
+    with _clouds(names, providers) as clouds:
         for name in providers:
             block, volumes, env = clouds[name]
             measured: dict[str, list[dict[str, Any]]] = {"warm_up before the holds": [],
