@@ -18,6 +18,7 @@ import hmac
 import json
 import os
 import time
+from collections.abc import Callable, Hashable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -35,6 +36,48 @@ _trace: list[tuple[str, str, float]] | None = [] if os.environ.get(TRACE_DIR_ENV
 
 def _iso(instant: datetime) -> str:
     return instant.isoformat().replace("+00:00", "Z")
+
+
+class _Cancellable:
+    """One callback's place in a ``_SharedInstants`` group."""
+
+    def __init__(self, group: list[Callable[[], None]], callback: Callable[[], None]) -> None:
+        self.group, self.callback = group, callback
+
+    def cancel(self) -> None:
+        if self.callback in self.group:
+            self.group.remove(self.callback)
+
+
+class _SharedInstants:
+    """One loop timer for every callback of this process that falls due at one named instant.
+
+    Why: in a real cluster every agent has a host of its own, and all of them begin their hold
+    at ``hold_at`` by their own clocks. Here 250 share one event loop. With a timer each, their
+    due times differ by the microseconds between their prepares' arrivals (uvloop rounds them
+    to milliseconds), the loop runs them over several passes, and between passes it writes the
+    answers of the nodes that began first: each pass's answers (~0.1 ms a node, more while the
+    other processes share the cores) delayed the next pass's holds by tens of milliseconds,
+    a skew a cluster of hosts does not have. One timer begins them all in one pass.
+    """
+
+    def __init__(self) -> None:
+        self._groups: dict[Hashable, list[Callable[[], None]]] = {}
+
+    def call_later(self, instant: Hashable, delay: float, callback: Callable[[], None]) -> _Cancellable:
+        group = self._groups.get(instant)
+        if group is None:
+            group = self._groups[instant] = []
+            asyncio.get_running_loop().call_later(delay, self._fire, instant)
+        group.append(callback)
+        return _Cancellable(group, callback)
+
+    def _fire(self, instant: Hashable) -> None:
+        for callback in self._groups.pop(instant, []):
+            callback()
+
+
+_SHARED_INSTANTS = _SharedInstants()
 
 
 class LeanNode:
@@ -170,7 +213,7 @@ class LeanAgentProtocol(asyncio.Protocol):
         if hold_at:
             delay = max(0.0, datetime.fromisoformat(hold_at).timestamp() - time.time())
 
-        def held() -> None:
+        def hold() -> None:
             # The engine's work (prepare_latency_s) ends in the hold, as in the real agent: the
             # hold begins when the engine answers, and prepared_at marks that instant.
             node.cancel_prepare = None
@@ -179,9 +222,14 @@ class LeanAgentProtocol(asyncio.Protocol):
             node.acquired_mono = time.monotonic()
             node.expires_mono = node.acquired_mono + lease_s
             node.ended.pop(run_id, None)
+
+        def answer() -> None:
             self._send(200, {"run_id": run_id, "lease": node.lease_info(), "state": node.state()})
 
-        handle = self._later(delay + node.prepare_latency_s, held)
+        # Prepares that arrive before the hold instant all hold at that instant plus the engine's
+        # time: one timer for all of them (see _SharedInstants); a late one holds when it can.
+        instant = (hold_at, node.prepare_latency_s) if delay > 0 else None
+        handle = self._later(delay + node.prepare_latency_s, answer, begin=hold, instant=instant)
 
         def cancel() -> None:  # a complete of this run came first (a rollback): never hold
             handle.cancel()
@@ -219,16 +267,30 @@ class LeanAgentProtocol(asyncio.Protocol):
 
         self._later(node.complete_latency_s, released)
 
-    def _later(self, delay: float, then) -> asyncio.TimerHandle:
-        """Answer the current request after ``delay``; this connection's next waits until then."""
+    def _later(self, delay: float, then: Callable[[], None], begin: Callable[[], None] | None = None,
+               instant: Hashable | None = None) -> asyncio.TimerHandle | _Cancellable:
+        """Answer the current request after ``delay`` (``then``); this connection's next waits
+        until then. ``begin``, if given, is what the engine does at that instant: it runs first,
+        and the answer in the loop's next pass. ``instant`` names a moment other nodes of this
+        process wait for too (a cluster's ``hold_at``): they all begin in one pass, before any of
+        them answers."""
         self.busy = True
+        loop = asyncio.get_running_loop()
 
-        def run() -> None:
+        def answer() -> None:
             self.busy = False
             then()
             self._next()
 
-        return asyncio.get_running_loop().call_later(delay, run)
+        def run() -> None:
+            if begin is None:
+                return answer()
+            begin()
+            loop.call_soon(answer)
+
+        if instant is not None:
+            return _SHARED_INSTANTS.call_later(instant, delay, run)
+        return loop.call_later(delay, run)
 
     def _send(self, status: int, document: dict[str, Any]) -> None:
         if self.transport is None:

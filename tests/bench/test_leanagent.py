@@ -86,3 +86,58 @@ def test_a_prepare_after_its_own_runs_complete_is_refused_as_by_the_real_agent()
         assert (await client.prepare("run-2", 30)).lease.run_id == "run-2"
 
     asyncio.run(_with_agent(check))
+
+
+def test_nodes_of_one_process_sharing_a_hold_instant_all_hold_before_any_answers(monkeypatch) -> None:
+    """On hosts of their own no agent's answer delays another's hold; the simulation's nodes share
+    a loop, so they must all begin before any of them writes its answer (bench.leanagent's
+    _SharedInstants): otherwise the answers of the first become the others' hold skew."""
+    import bench.leanagent as lean
+
+    nodes: list[lean.LeanNode] = []
+    held_at_each_answer: list[int] = []
+
+    class RecordedNode(lean.LeanNode):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            nodes.append(self)
+
+    send = lean.LeanAgentProtocol._send
+
+    def recorded_send(self, status, document) -> None:
+        if "lease" in document:  # a prepare's answer
+            held_at_each_answer.append(sum(node.holder is not None for node in nodes))
+        send(self, status, document)
+
+    monkeypatch.setattr(lean, "LeanNode", RecordedNode)
+    monkeypatch.setattr(lean.LeanAgentProtocol, "_send", recorded_send)
+
+    async def main() -> None:
+        sockets = {}
+        for index in range(20):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+            sock.bind(("127.0.0.1", 0))
+            sock.listen(4)
+            sockets[f"n{index}"] = sock
+        urls = {name: f"http://127.0.0.1:{sock.getsockname()[1]}" for name, sock in sockets.items()}
+        stop = asyncio.Event()
+        server = asyncio.create_task(serve_lean(sockets, TOKEN, 0.02, 0.0, stop))
+        await asyncio.sleep(0.05)
+        transport = AgentTransport()
+        try:
+            clients = [HttpAgentClient(name, url, transport, token=TOKEN, timeout_s=5) for name, url in urls.items()]
+            hold_at = datetime.now(UTC) + timedelta(seconds=0.3)
+            prepared = await asyncio.gather(*(client.prepare("run-1", 30, hold_at) for client in clients))
+            assert all(answer.state.prepared_at >= hold_at for answer in prepared)
+            # a prepare that arrives after the instant holds on its own, when its engine is done
+            await asyncio.gather(*(client.complete("run-1") for client in clients))
+            late = await clients[0].prepare("run-2", 30, datetime.now(UTC) - timedelta(seconds=1))
+            assert late.lease.run_id == "run-2"
+        finally:
+            await transport.aclose()
+            stop.set()
+            await server
+
+    asyncio.run(main())
+    assert len(nodes) == 20
+    assert held_at_each_answer[:20] == [20] * 20
