@@ -77,14 +77,14 @@ class _SharedInstants:
             callback()
 
 
-_SHARED_INSTANTS = _SharedInstants()
-
 
 class LeanNode:
     """One simulated node: its engine is a flag, its prepare a timer."""
 
-    def __init__(self, name: str, token: str, prepare_latency_s: float, complete_latency_s: float) -> None:
+    def __init__(self, name: str, token: str, prepare_latency_s: float, complete_latency_s: float,
+                 instants: _SharedInstants) -> None:
         self.name = name
+        self.instants = instants  # shared by the nodes of one serve_lean()
         self.expected = token.encode()
         self.prepare_latency_s = prepare_latency_s
         self.complete_latency_s = complete_latency_s
@@ -289,7 +289,7 @@ class LeanAgentProtocol(asyncio.Protocol):
             loop.call_soon(answer)
 
         if instant is not None:
-            return _SHARED_INSTANTS.call_later(instant, delay, run)
+            return self.node.instants.call_later(instant, delay, run)
         return loop.call_later(delay, run)
 
     def _send(self, status: int, document: dict[str, Any]) -> None:
@@ -307,8 +307,9 @@ async def serve_lean(sockets: dict[str, Any], token: str, prepare_latency_s: flo
     over TLS with ``tls`` (a server ``ssl.SSLContext``)."""
     loop = asyncio.get_running_loop()
     servers = []
+    instants = _SharedInstants()
     for name, sock in sockets.items():
-        node = LeanNode(name, token, prepare_latency_s, complete_latency_s)
+        node = LeanNode(name, token, prepare_latency_s, complete_latency_s, instants)
         servers.append(await loop.create_server(lambda node=node: LeanAgentProtocol(node), sock=sock, ssl=tls))
     await stop.wait()
     for server in servers:
