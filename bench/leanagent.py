@@ -77,7 +77,6 @@ class _SharedInstants:
             callback()
 
 
-
 class LeanNode:
     """One simulated node: its engine is a flag, its prepare a timer."""
 

@@ -18,17 +18,23 @@ from snapctl.errors import AgentConflict, AgentUnauthorized
 TOKEN = "lean-token"
 
 
-async def _with_agent(check) -> None:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(16)
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+async def _with_agent(check, nodes: int = 1) -> None:
+    """Serve ``nodes`` lean nodes (n1, n2, ...) in this process and hand ``check`` a client
+    factory: ``agent(token, name="n1")``."""
+    sockets = {}
+    for index in range(1, nodes + 1):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        sockets[f"n{index}"] = sock
+    urls = {name: f"http://127.0.0.1:{sock.getsockname()[1]}" for name, sock in sockets.items()}
     stop = asyncio.Event()
-    server = asyncio.create_task(serve_lean({"n1": sock}, TOKEN, 0.02, 0.0, stop))
+    server = asyncio.create_task(serve_lean(sockets, TOKEN, 0.02, 0.0, stop))
     await asyncio.sleep(0.05)
     transport = AgentTransport()
     try:
-        await check(lambda token=TOKEN: HttpAgentClient("n1", url, transport, token=token, timeout_s=5))
+        await check(lambda token=TOKEN, name="n1": HttpAgentClient(name, urls[name], transport, token=token,
+                                                                    timeout_s=5))
     finally:
         await transport.aclose()
         stop.set()
@@ -112,32 +118,16 @@ def test_nodes_of_one_process_sharing_a_hold_instant_all_hold_before_any_answers
     monkeypatch.setattr(lean, "LeanNode", RecordedNode)
     monkeypatch.setattr(lean.LeanAgentProtocol, "_send", recorded_send)
 
-    async def main() -> None:
-        sockets = {}
-        for index in range(20):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-            sock.bind(("127.0.0.1", 0))
-            sock.listen(4)
-            sockets[f"n{index}"] = sock
-        urls = {name: f"http://127.0.0.1:{sock.getsockname()[1]}" for name, sock in sockets.items()}
-        stop = asyncio.Event()
-        server = asyncio.create_task(serve_lean(sockets, TOKEN, 0.02, 0.0, stop))
-        await asyncio.sleep(0.05)
-        transport = AgentTransport()
-        try:
-            clients = [HttpAgentClient(name, url, transport, token=TOKEN, timeout_s=5) for name, url in urls.items()]
-            hold_at = datetime.now(UTC) + timedelta(seconds=0.3)
-            prepared = await asyncio.gather(*(client.prepare("run-1", 30, hold_at) for client in clients))
-            assert all(answer.state.prepared_at >= hold_at for answer in prepared)
-            # a prepare that arrives after the instant holds on its own, when its engine is done
-            await asyncio.gather(*(client.complete("run-1") for client in clients))
-            late = await clients[0].prepare("run-2", 30, datetime.now(UTC) - timedelta(seconds=1))
-            assert late.lease.run_id == "run-2"
-        finally:
-            await transport.aclose()
-            stop.set()
-            await server
+    async def check(agent) -> None:
+        clients = [agent(name=f"n{index}") for index in range(1, 21)]
+        hold_at = datetime.now(UTC) + timedelta(seconds=0.3)
+        prepared = await asyncio.gather(*(client.prepare("run-1", 30, hold_at) for client in clients))
+        assert all(answer.state.prepared_at >= hold_at for answer in prepared)
+        # a prepare that arrives after the instant holds on its own, when its engine is done
+        await asyncio.gather(*(client.complete("run-1") for client in clients))
+        late = await clients[0].prepare("run-2", 30, datetime.now(UTC) - timedelta(seconds=1))
+        assert late.lease.run_id == "run-2"
 
-    asyncio.run(main())
+    asyncio.run(_with_agent(check, nodes=20))
     assert len(nodes) == 20
     assert held_at_each_answer[:20] == [20] * 20
