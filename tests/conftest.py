@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,15 @@ def free_port() -> int:
     with socket.socket() as sock:  # no range below the ephemeral ports on this machine
         sock.bind((LOOPBACK, 0))
         return sock.getsockname()[1]
+
+
+def with_ctrl_c(argv: list[str]) -> list[str]:
+    """``argv`` (a Python program's) started with SIGINT at its default, as a terminal's foreground
+    job gets it. A shell without job control starts background commands with SIGINT ignored, and
+    Python keeps an inherited ignore: in a suite launched that way, a child would never see the
+    Ctrl-C a test sends it."""
+    reset = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
+    return [sys.executable, "-c", reset, *argv]
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from snapctl.config import parse_inventory
 from snapctl.errors import ExitCode
 from snapctl.health import assess
 from snapctl.status import ClusterStatus, SnapshotMemory, watch_status
-from tests.conftest import LOOPBACK, free_port
+from tests.conftest import LOOPBACK, free_port, with_ctrl_c
 from tests.status.conftest import VALIDATOR, load, record_run, sqlite_nodes, validated, write_inventory
 from tests.status.promtext import parse, value
 from tests.status.test_health import probe
@@ -102,8 +102,8 @@ def test_a_held_lease_validates_too():
 def test_watch_json_prints_one_valid_document_per_refresh(tmp_path):
     write_inventory(tmp_path, sqlite_nodes(tmp_path, 1))
     env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}
-    proc = subprocess.Popen([sys.executable, "-m", "snapctl.cli", "status", "-i", "inventory.yaml", "--watch", "0.2",
-                             "-o", "json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+    argv = [sys.executable, "-m", "snapctl.cli", "status", "-i", "inventory.yaml", "--watch", "0.2", "-o", "json"]
+    proc = subprocess.Popen(with_ctrl_c(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
                             env=env)
     try:
         lines = [proc.stdout.readline() for _ in range(3)]
