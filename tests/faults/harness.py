@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import yaml
 
-from tests.conftest import LOOPBACK
+from tests.conftest import LOOPBACK, with_ctrl_c
 from tests.faults.proxy import LoopbackProxy
 
 REPO = Path(__file__).resolve().parents[2]
@@ -278,8 +278,9 @@ class FaultCluster:
         return result
 
     def popen(self, *args: str, inventory: Path | None = None) -> subprocess.Popen:
+        """The CLI in the background, as Ctrl-C would reach it in a terminal (``with_ctrl_c``)."""
         cmd = [sys.executable, "-m", "snapctl.cli", *args, "-i", str(inventory or self.inventory)]
-        process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env())
+        process = subprocess.Popen(with_ctrl_c(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env())
         self._runs.append(process)
         return process
 

@@ -99,7 +99,8 @@ def test_a_held_lease_validates_too():
     assert doc["data"]["verdict"]["safe_to_back_up"] is False
 
 
-def test_watch_json_prints_one_valid_document_per_refresh(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["Ctrl-C", "SIGTERM"])
+def test_watch_json_prints_one_valid_document_per_refresh_until_stopped(tmp_path, sig):
     write_inventory(tmp_path, sqlite_nodes(tmp_path, 1))
     env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}
     argv = [sys.executable, "-m", "snapctl.cli", "status", "-i", "inventory.yaml", "--watch", "0.2", "-o", "json"]
@@ -108,7 +109,7 @@ def test_watch_json_prints_one_valid_document_per_refresh(tmp_path):
     try:
         lines = [proc.stdout.readline() for _ in range(3)]
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         proc.wait(timeout=30)
     documents = [json.loads(line) for line in lines]
     for document in documents:
