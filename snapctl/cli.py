@@ -94,8 +94,9 @@ def list_runs(inventory: InventoryOpt = None, output: OutputOpt = "text") -> int
     """List the backups in the catalog, newest first."""
     from snapctl.catalog import open_catalog
 
+    out = _renderer(output)  # first: it decides how an error is shown, the inventory's too
     entries, problems = open_catalog(_inventory(inventory)).list()
-    return _renderer(output).run_list(entries, problems)
+    return out.run_list(entries, problems)
 
 
 @app.command()
@@ -104,8 +105,9 @@ def show(run: Annotated[str, typer.Argument(help="Run id, unique prefix, or 'lat
     """Show one run's manifest."""
     from snapctl.catalog import open_catalog
 
+    out = _renderer(output)
     catalog = open_catalog(_inventory(inventory))
-    return _renderer(output).manifest(catalog.load(catalog.resolve(run)))
+    return out.manifest(catalog.load(catalog.resolve(run)))
 
 
 @app.command()
@@ -123,11 +125,15 @@ def status(
     from snapctl.config import gc_paused
 
     if watch is not None:
+        from snapctl.errors import Interrupted
         from snapctl.status import watch_status
 
         out, loaded = _renderer(output), _inventory(inventory)
         with out.status_watch() as show:
-            _run(watch_status(loaded, watch, show, nodes=node, groups=group, textfile=textfile, remember=True))
+            try:
+                _run(watch_status(loaded, watch, show, nodes=node, groups=group, textfile=textfile, remember=True))
+            except Interrupted as stopped:  # how a watch ends: nothing to report
+                return stopped.exit_code
         return show.exit_code
     # One look, then the process exits: the cyclic GC would walk the objects of every node, which
     # stay alive until the document is out, again and again (~0.25 s at 1000 nodes).
@@ -155,8 +161,9 @@ def restore(
 
     from snapctl.restore import restore_run
 
+    out = _renderer(output)
     result = restore_run(_inventory(inventory), run, Path(to) if to else None, zone=zone, attach=attach)
-    return _renderer(output).restore_result(result)
+    return out.restore_result(result)
 
 
 @app.command()
@@ -260,7 +267,30 @@ def demo_run(
     """Start the demo cluster, back it up, restore the newest backup and check the rows match."""
     from snapctl import demo
 
-    return demo.run(_inventory(inventory), _renderer(output), keep=keep)
+    out = _renderer(output)
+    return demo.run(_inventory(inventory), out, keep=keep)
+
+
+def _reporting_interrupts(command):
+    """typer answers a KeyboardInterrupt with a silent exit 130; snapctl reports it as it does any
+    error, so that `-o json` still prints its one document. Async commands get ``Interrupted``
+    from ``snapctl.runner`` already (Ctrl-C and SIGTERM); this covers the others' Ctrl-C."""
+    import functools
+
+    @functools.wraps(command)
+    def reporting(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except KeyboardInterrupt:
+            from snapctl.errors import Interrupted
+
+            raise Interrupted() from None
+
+    return reporting
+
+
+for _info in [*app.registered_commands, *demo_app.registered_commands]:
+    _info.callback = _reporting_interrupts(_info.callback)
 
 
 def _choice(value: str | None, allowed: tuple[str, ...], flag: str) -> str | None:
@@ -282,11 +312,18 @@ def _optional_watch_seconds(argv: list[str]) -> list[str]:
     return out
 
 
+def _report(exc) -> int:
+    from snapctl import render
+
+    render.error(exc)
+    return exc.exit_code
+
+
 def main() -> None:
     """Entry point: the only place errors become exit codes."""
     import gc  # here: the module's `gc` is the command
 
-    from snapctl.errors import ExitCode, SnapctlError
+    from snapctl.errors import ExitCode, Interrupted, SnapctlError
 
     try:
         code = app(args=_optional_watch_seconds(sys.argv[1:]), standalone_mode=False)
@@ -295,14 +332,10 @@ def main() -> None:
     except typer.TyperException as exc:  # usage errors: typer's own (vendored) click raises these
         exc.show()
         code = ExitCode.BAD_INPUT
-    except (typer.Abort, KeyboardInterrupt):
-        print("snapctl: interrupted", file=sys.stderr)
-        code = ExitCode.INTERRUPTED
+    except (typer.Abort, KeyboardInterrupt):  # outside any command: typer's own start
+        code = _report(Interrupted())
     except SnapctlError as exc:
-        from snapctl import render
-
-        render.error(exc)
-        code = exc.exit_code
+        code = _report(exc)
     # The interpreter's last garbage collections walk every object still alive, modules included:
     # ~20 ms of `snapctl --help`, more after a large status. They skip frozen objects; module
     # teardown still frees what it reaches, and the commands close what they open themselves.

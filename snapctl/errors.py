@@ -129,6 +129,15 @@ class RunFailed(SnapctlError):
     """A backup run failed and was rolled back."""
 
 
+class Interrupted(SnapctlError):
+    """Ctrl-C or SIGTERM stopped the command; it unwound first (a backup rolls back)."""
+
+    exit_code = ExitCode.INTERRUPTED
+
+    def __init__(self) -> None:
+        super().__init__("interrupted (Ctrl-C or SIGTERM)")
+
+
 class VerifyMismatch(SnapctlError):
     """A restore drill or verify found data that does not match the manifest."""
 

@@ -4,7 +4,8 @@ SIGTERM is how cron's and CI's timeouts, systemd, Kubernetes and ``timeout(1)`` 
 By default it kills the process where it stands: a backup's nodes would stay held until their
 leases ran out and its manifest would say "running". Here it cancels the command's task, as
 ``asyncio.run`` does on Ctrl-C, so the command unwinds (a backup rolls back: every held node is
-completed first) and ends with ``KeyboardInterrupt``. A second SIGTERM does not cut that short;
+completed first). Either signal then ends ``run`` with ``Interrupted``, which the CLI reports
+(exit 130) like any other error. A second SIGTERM does not cut the unwinding short;
 SIGKILL does. A SIGTERM that was ignored when snapctl started (``nohup``-style) stays ignored, as
 an ignored SIGINT does.
 
@@ -22,6 +23,8 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from snapctl.errors import Interrupted
+
 T = TypeVar("T")
 
 
@@ -35,9 +38,11 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
     try:
         asyncio.run(main())
+    except KeyboardInterrupt:  # asyncio.run's answer to Ctrl-C, once the task has unwound
+        raise Interrupted() from None
     except asyncio.CancelledError:
         if terminated.is_set():
-            raise KeyboardInterrupt from None
+            raise Interrupted() from None
         raise
     return result[0]
 

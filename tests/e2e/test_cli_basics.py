@@ -1,7 +1,9 @@
-"""Bad input gets one line with file:line and exit code 2; --help loads no cloud SDK."""
+"""Bad input gets one line with file:line and exit code 2; --help loads no cloud SDK; an interrupted
+command says so and exits 130."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -88,3 +90,44 @@ def test_usage_errors_are_bad_input_without_a_traceback(argv):
     result = snapctl(*argv)
     assert result.returncode == ExitCode.BAD_INPUT
     assert "Traceback" not in result.stderr and "Error:" in result.stderr
+
+
+# A command that Ctrl-C stops while it loads its inventory (typer alone would exit 130 in silence).
+_INTERRUPTED = """
+import sys
+
+import snapctl.cli as cli
+
+
+def interrupted(path):
+    raise KeyboardInterrupt
+
+
+cli._inventory = interrupted
+sys.argv = ["snapctl", *sys.argv[1:]]
+cli.main()
+"""
+
+
+@pytest.mark.parametrize("argv", [["drill", "latest"], ["list", "-o", "json"]], ids=["drill", "list-json"])
+def test_an_interrupted_command_says_so_and_exits_130(argv):
+    result = subprocess.run([sys.executable, "-c", _INTERRUPTED, *argv], capture_output=True, text=True, timeout=60,
+                            check=False)
+    assert result.returncode == ExitCode.INTERRUPTED, result.stderr
+    assert result.stderr.splitlines()[-1] == "snapctl: error: interrupted (Ctrl-C or SIGTERM)"
+    if "json" in argv:
+        assert json.loads(result.stdout) == {"schema_version": 1, "error": "interrupted (Ctrl-C or SIGTERM)",
+                                             "hint": None, "exit_code": ExitCode.INTERRUPTED}
+    else:
+        assert result.stdout == ""
+
+
+@pytest.mark.parametrize("command", [["backup"], ["list"], ["show", "latest"], ["status"], ["restore", "latest"],
+                                     ["drill"], ["verify", "latest"], ["trigger"], ["prune"], ["gc"],
+                                     ["demo", "up"], ["demo", "down"], ["demo", "run"]],
+                         ids=lambda command: " ".join(command))
+def test_with_json_output_every_command_prints_its_error_as_the_one_document(tmp_path, command):
+    result = snapctl(*command, "-i", "missing.yaml", "-o", "json", cwd=tmp_path)
+    assert result.returncode == ExitCode.BAD_INPUT, result.stderr
+    document = json.loads(result.stdout)
+    assert document["exit_code"] == ExitCode.BAD_INPUT and "missing.yaml: inventory file not found" in document["error"]

@@ -1,10 +1,11 @@
 """`snapctl backup` stopped mid-run by SIGTERM (how cron's and CI's timeouts, systemd and Kubernetes
 stop a command) or SIGINT (Ctrl-C) rolls back as any failure does: every held node is completed by
 snapctl at once rather than left to its lease, the run's snapshots are deleted, its manifest says
-failed, its lock is released, and it exits 130."""
+failed, its lock is released, and it exits 130 saying so (with `-o json`, in its one document)."""
 
 from __future__ import annotations
 
+import json
 import signal
 
 import pytest
@@ -12,11 +13,12 @@ import pytest
 from tests.faults.harness import NODES, FaultCluster
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_a_backup_stopped_while_a_node_is_held_releases_it_and_rolls_back(scene: FaultCluster, sig) -> None:
+@pytest.mark.parametrize(("sig", "output"), [(signal.SIGTERM, "text"), (signal.SIGINT, "text"), (signal.SIGTERM, "json")],
+                         ids=["SIGTERM", "SIGINT", "SIGTERM-json"])
+def test_a_backup_stopped_while_a_node_is_held_releases_it_and_rolls_back(scene: FaultCluster, sig, output) -> None:
     cluster = scene
     stopping = cluster.write_inventory(cluster.directory / "stopping.yaml", provider={"stop": {"node3": "after"}})
-    process = cluster.popen("backup", "--no-prune", inventory=stopping)
+    process = cluster.popen("backup", "--no-prune", "-o", output, inventory=stopping)
     cluster.wait_reached("node3.made")  # node3's snapshot exists, its create call has not returned
     cluster.wait_released(nodes=("node1", "node2"))
     run_id = cluster.lock_record()["run_id"]
@@ -26,10 +28,15 @@ def test_a_backup_stopped_while_a_node_is_held_releases_it_and_rolls_back(scene:
     cluster.wait_released(nodes=("node3",), timeout=10)
     assert process.poll() is None, "it waits for the call under way, to delete what that call made"
     cluster.go("node3.go")
-    _, stderr = process.communicate(timeout=60)
+    stdout, stderr = process.communicate(timeout=60)
 
     assert process.returncode == 130, stderr
-    assert "rolling back: interrupted" in stderr
+    assert stderr.splitlines()[-1] == "snapctl: error: interrupted (Ctrl-C or SIGTERM)"
+    if output == "json":
+        assert json.loads(stdout) == {"schema_version": 1, "error": "interrupted (Ctrl-C or SIGTERM)", "hint": None,
+                                      "exit_code": 130}
+    else:
+        assert "rolling back: interrupted" in stderr
     # Completed by snapctl, not expired: its leases (3 s) would have released them too.
     assert {node: cluster.released_by(node, run_id) for node in NODES} == dict.fromkeys(NODES, "completed")
     assert all(cluster.writable(node) for node in NODES)

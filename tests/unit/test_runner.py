@@ -1,5 +1,5 @@
 """snapctl.runner.run: asyncio.run's result and errors, without the task holding the result; SIGTERM
-unwinds a command as Ctrl-C does."""
+unwinds a command as Ctrl-C does, and both end it as ``Interrupted``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from snapctl.errors import RunFailed
+from snapctl.errors import ExitCode, RunFailed
 from snapctl.runner import run
 
 
@@ -39,42 +39,47 @@ def test_run_raises_what_the_coroutine_raised():
         run(_fail())
 
 
-# SIGTERM: each case runs in a process of its own, which signals itself.
-_SIGTERM_PROGRAM = """
+# Signals: each case runs in a process of its own, which signals itself.
+_SIGNALLED_PROGRAM = """
 import asyncio, os, signal, sys
+from snapctl.errors import Interrupted
 from snapctl.runner import run
 
-if sys.argv[1] == "ignored":
+mode = sys.argv[1]
+sig = signal.SIGINT if mode == "sigint" else signal.SIGTERM
+if mode == "ignored":
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 async def command():
-    os.kill(os.getpid(), signal.SIGTERM)
+    os.kill(os.getpid(), sig)
     try:
         await asyncio.sleep(1)
         return "finished"
     except asyncio.CancelledError:
         print("unwinding", flush=True)
-        os.kill(os.getpid(), signal.SIGTERM)  # a second one must not cut the unwinding short
+        if sig == signal.SIGTERM:
+            os.kill(os.getpid(), sig)  # a second SIGTERM must not cut the unwinding short
         await asyncio.sleep(0.2)
         print("unwound", flush=True)
         raise
 
 try:
     print(run(command()), flush=True)
-except KeyboardInterrupt:
-    print("KeyboardInterrupt", flush=True)
+except Interrupted as exc:
+    print(f"{type(exc).__name__}:{exc.exit_code}", flush=True)
 """
 
 
 def _signalled(mode: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", _SIGTERM_PROGRAM, mode], check=False, capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run([sys.executable, "-c", _SIGNALLED_PROGRAM, mode], check=False, capture_output=True,
+                          text=True, timeout=60)
 
 
-def test_sigterm_unwinds_the_command_and_ends_as_an_interrupt():
-    result = _signalled("default")
+@pytest.mark.parametrize("mode", ["sigterm", "sigint"])
+def test_sigterm_and_ctrl_c_unwind_the_command_and_end_as_interrupted(mode):
+    result = _signalled(mode)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["unwinding", "unwound", "KeyboardInterrupt"]
+    assert result.stdout.split() == ["unwinding", "unwound", f"Interrupted:{ExitCode.INTERRUPTED}"]
 
 
 def test_a_sigterm_ignored_from_the_start_stays_ignored():
