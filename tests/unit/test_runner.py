@@ -10,6 +10,7 @@ import pytest
 
 from snapctl.errors import ExitCode, RunFailed
 from snapctl.runner import run
+from tests.conftest import with_ctrl_c
 
 
 async def _answer(value):
@@ -71,8 +72,8 @@ except Interrupted as exc:
 
 
 def _signalled(mode: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", _SIGNALLED_PROGRAM, mode], check=False, capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(with_ctrl_c([sys.executable, "-c", _SIGNALLED_PROGRAM, mode]), check=False,
+                          capture_output=True, text=True, timeout=60)
 
 
 @pytest.mark.parametrize("mode", ["sigterm", "sigint"])
