@@ -272,15 +272,19 @@ def demo_run(
 
 
 def _reporting_interrupts(command):
-    """typer answers a KeyboardInterrupt with a silent exit 130; snapctl reports it as it does any
-    error, so that `-o json` still prints its one document. Async commands get ``Interrupted``
-    from ``snapctl.runner`` already (Ctrl-C and SIGTERM); this covers the others' Ctrl-C."""
+    """Every command: SIGTERM stops it as Ctrl-C does (``snapctl.runner``), and the interruption is
+    reported as any error is, so that `-o json` still prints its one document (typer's own answer
+    to a KeyboardInterrupt is a silent exit 130). Async commands get ``Interrupted`` from
+    ``snapctl.runner.run`` already; this covers the others."""
     import functools
 
     @functools.wraps(command)
     def reporting(*args, **kwargs):
+        from snapctl.runner import sigterm_as_ctrl_c
+
         try:
-            return command(*args, **kwargs)
+            with sigterm_as_ctrl_c():
+                return command(*args, **kwargs)
         except KeyboardInterrupt:
             from snapctl.errors import Interrupted
 

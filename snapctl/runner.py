@@ -1,13 +1,17 @@
-"""``run``: ``asyncio.run`` for the CLI's coroutines, which SIGTERM interrupts as Ctrl-C does.
+"""SIGTERM stops a command as Ctrl-C does, and ``run`` (``asyncio.run`` for the CLI's coroutines).
 
 SIGTERM is how cron's and CI's timeouts, systemd, Kubernetes and ``timeout(1)`` stop a command.
 By default it kills the process where it stands: a backup's nodes would stay held until their
-leases ran out and its manifest would say "running". Here it cancels the command's task, as
-``asyncio.run`` does on Ctrl-C, so the command unwinds (a backup rolls back: every held node is
-completed first). Either signal then ends ``run`` with ``Interrupted``, which the CLI reports
-(exit 130) like any other error. A second SIGTERM does not cut the unwinding short;
-SIGKILL does. A SIGTERM that was ignored when snapctl started (``nohup``-style) stays ignored, as
-an ignored SIGINT does.
+leases ran out, its manifest would say "running", a restore would leave its half-copied staging
+directory and a drill its scratch engines. The CLI wraps every command in ``sigterm_as_ctrl_c``,
+so SIGTERM raises ``KeyboardInterrupt`` as Ctrl-C does and the command unwinds through its own
+``finally`` blocks. While a coroutine runs, ``run`` swaps that for a handler that cancels the
+command's task, as ``asyncio.run`` does on Ctrl-C: an exception raised in the middle of the event
+loop's callbacks would cut through whatever they were doing, where a cancelled task unwinds (a
+backup rolls back: every held node is completed first). Either way the command ends with
+``Interrupted``, which the CLI reports (exit 130) like any other error. A second SIGTERM does
+not cut a backup's rollback short; SIGKILL does. A SIGTERM that was ignored or handled when
+snapctl started (``nohup``-style) stays as it was, as an ignored SIGINT does.
 
 ``asyncio.run`` installs a SIGINT handler that refers to its main task; restoring the old handler
 at exit converts it through an enum, which formats the task's repr, and a finished task's repr
@@ -18,9 +22,10 @@ Keeping the result out of the task avoids it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
 
 from snapctl.errors import Interrupted
@@ -28,12 +33,59 @@ from snapctl.errors import Interrupted
 T = TypeVar("T")
 
 
+def _raise_keyboard_interrupt(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: a second SIGTERM must not cut the unwinding short
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def sigterm_as_ctrl_c() -> Iterator[None]:
+    """Within it, the first SIGTERM raises ``KeyboardInterrupt`` in the main thread, as Ctrl-C does,
+    and later ones are ignored: the code unwinds and its cleanup runs. Nested uses and other
+    threads leave things as they are."""
+    if threading.current_thread() is not threading.main_thread() \
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield  # ignored on purpose, someone else's handler, or ours already
+        return
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Ctrl-C and SIGTERM that arrive within the block take effect as it ends, for code that must
+    not be cut in the middle: a ``KeyboardInterrupt`` inside ``ThreadPoolExecutor.submit`` (which
+    waits for the thread it starts) leaves that thread running the work with no future to wait for."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived: list[int] = []
+    deferred = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(signum)
+        if callable(handler):  # ignored or default (a kill) signals stay as they are
+            deferred[signum] = handler
+            signal.signal(signum, lambda signum, frame: arrived.append(signum))
+    try:
+        yield
+    finally:
+        for signum, handler in deferred.items():
+            signal.signal(signum, handler)
+        if arrived:
+            deferred[arrived[0]](arrived[0], None)
+
+
 def run(coro: Coroutine[Any, Any, T]) -> T:
     result: list[T] = []
     terminated = threading.Event()
+    handler = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
 
     async def main() -> None:
-        _cancel_on_sigterm(asyncio.current_task(), terminated)
+        if handler in (signal.SIG_DFL, _raise_keyboard_interrupt):
+            _cancel_on_sigterm(asyncio.current_task(), terminated)
         result.append(await coro)
 
     try:
@@ -44,14 +96,15 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
         if terminated.is_set():
             raise Interrupted() from None
         raise
+    finally:
+        if handler is _raise_keyboard_interrupt:  # the loop put SIGTERM back to its default on closing
+            signal.signal(signal.SIGTERM, signal.SIG_IGN if terminated.is_set() else handler)
     return result[0]
 
 
 def _cancel_on_sigterm(task: asyncio.Task | None, terminated: threading.Event) -> None:
-    if task is None or threading.current_thread() is not threading.main_thread():
-        return  # only the main thread gets signals
-    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-        return  # ignored on purpose, or someone else's handler
+    if task is None:
+        return
 
     def on_sigterm() -> None:
         if not terminated.is_set():

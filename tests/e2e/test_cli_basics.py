@@ -92,27 +92,35 @@ def test_usage_errors_are_bad_input_without_a_traceback(argv):
     assert "Traceback" not in result.stderr and "Error:" in result.stderr
 
 
-# A command that Ctrl-C stops while it loads its inventory (typer alone would exit 130 in silence).
+# A command that Ctrl-C (typer alone would exit 130 in silence) or SIGTERM (by default the process
+# would die where it stands) stops while it loads its inventory.
 _INTERRUPTED = """
-import sys
+import os, signal, sys, time
 
 import snapctl.cli as cli
 
+how = sys.argv[1]
+
 
 def interrupted(path):
+    if how == "sigterm":
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)
     raise KeyboardInterrupt
 
 
 cli._inventory = interrupted
-sys.argv = ["snapctl", *sys.argv[1:]]
+sys.argv = ["snapctl", *sys.argv[2:]]
 cli.main()
 """
 
 
-@pytest.mark.parametrize("argv", [["drill", "latest"], ["list", "-o", "json"]], ids=["drill", "list-json"])
-def test_an_interrupted_command_says_so_and_exits_130(argv):
-    result = subprocess.run([sys.executable, "-c", _INTERRUPTED, *argv], capture_output=True, text=True, timeout=60,
-                            check=False)
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+@pytest.mark.parametrize("argv", [["drill", "latest"], ["list", "-o", "json"], ["verify", "latest"],
+                                  ["status", "-o", "json"]], ids=" ".join)
+def test_an_interrupted_command_says_so_and_exits_130(argv, how):
+    result = subprocess.run([sys.executable, "-c", _INTERRUPTED, how, *argv], capture_output=True, text=True,
+                            timeout=60, check=False)
     assert result.returncode == ExitCode.INTERRUPTED, result.stderr
     assert result.stderr.splitlines()[-1] == "snapctl: error: interrupted (Ctrl-C or SIGTERM)"
     if "json" in argv:

@@ -1,5 +1,7 @@
-"""snapctl.runner.run: asyncio.run's result and errors, without the task holding the result; SIGTERM
-unwinds a command as Ctrl-C does, and both end it as ``Interrupted``."""
+"""snapctl.runner: ``run`` gives asyncio.run's result and errors, without the task holding the
+result; SIGTERM unwinds a command as Ctrl-C does (``sigterm_as_ctrl_c`` for synchronous code, the
+main task cancelled for a coroutine), a second SIGTERM does not cut the unwinding short, and a
+coroutine ends as ``Interrupted``."""
 
 from __future__ import annotations
 
@@ -87,3 +89,88 @@ def test_a_sigterm_ignored_from_the_start_stays_ignored():
     result = _signalled("ignored")
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["finished"]
+
+
+_SYNC_PROGRAM = """
+import os, signal, sys, time
+from snapctl.runner import run, sigterm_as_ctrl_c
+
+async def answer():
+    return "answered"
+
+with sigterm_as_ctrl_c():
+    print(run(answer()), flush=True)  # a coroutine run inside puts the handler back when it ends
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+        print("slept", flush=True)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)  # ignored while the code unwinds
+        time.sleep(0.2)
+        print("unwound", flush=True)
+print("default" if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL else "changed", flush=True)
+"""
+
+
+def test_sigterm_interrupts_synchronous_code_as_ctrl_c_does_and_only_once():
+    result = subprocess.run([sys.executable, "-c", _SYNC_PROGRAM], check=False, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["answered", "interrupted", "unwound", "default"]
+
+
+_NESTED_PROGRAM = """
+import asyncio, os, signal
+from snapctl.errors import Interrupted
+from snapctl.runner import run, sigterm_as_ctrl_c
+
+async def command():
+    os.kill(os.getpid(), signal.SIGTERM)
+    try:
+        await asyncio.sleep(5)
+    except asyncio.CancelledError:
+        print("cancelled", flush=True)  # unwound as a task, not cut through by KeyboardInterrupt
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.sleep(0.2)
+        raise
+
+with sigterm_as_ctrl_c():
+    try:
+        run(command())
+    except Interrupted:
+        print("interrupted", flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)  # still unwinding: ignored
+    print("survived", flush=True)
+"""
+
+
+def test_a_coroutine_under_sigterm_as_ctrl_c_is_cancelled_and_a_later_sigterm_ignored():
+    result = subprocess.run([sys.executable, "-c", _NESTED_PROGRAM], check=False, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["cancelled", "interrupted", "survived"]
+
+
+_DEFERRED_PROGRAM = """
+import os, signal, sys
+from snapctl.runner import interrupts_deferred, sigterm_as_ctrl_c
+
+sig = signal.SIGINT if sys.argv[1] == "sigint" else signal.SIGTERM
+with sigterm_as_ctrl_c():
+    try:
+        with interrupts_deferred():
+            os.kill(os.getpid(), sig)
+            print("block finished", flush=True)
+        print("not interrupted", flush=True)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+"""
+
+
+@pytest.mark.parametrize("mode", ["sigterm", "sigint"])
+def test_interrupts_deferred_act_when_the_block_ends(mode):
+    result = subprocess.run(with_ctrl_c([sys.executable, "-c", _DEFERRED_PROGRAM, mode]), check=False,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["block", "finished", "interrupted"]
