@@ -4,7 +4,8 @@ For every node of the run, in parallel: restore its snapshots into the scratch e
 inventory describes, start or attach its engine on the restored data, run the engine's verify,
 and compare with the facts recorded at PREPARE (rows, checksums, vclock, revision, raft indexes).
 Timed from the first restore to the last engine verified: the cluster's RTO. Then, whatever
-happened: tear everything down, write a JUnit XML report, record the drill in the catalog.
+happened, Ctrl-C and SIGTERM included: tear everything down, write a JUnit XML report, record the
+drill in the catalog.
 
 Two ways to run a node's engine:
 - embedded (the default): local directories, the engine run on this machine from the restored
@@ -17,14 +18,12 @@ Two ways to run a node's engine:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import secrets
 import shutil
-import signal
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +40,7 @@ from snapctl.evidence import compare_facts, missing_files, volume_roots
 from snapctl.manifest import DrillSummary, Manifest, NodeRecord
 from snapctl.providers import Provider, SnapshotRef, create_provider
 from snapctl.restore import inventory_node, load_restorable, remap_paths, restore_volumes, restored_files, scratch_agent
+from snapctl.runner import interrupts_deferred, sigterm_as_ctrl_c
 
 NodeVerdict = Literal["passed", "mismatch", "error"]
 DEFAULT_JUNIT = "snapctl-drill.xml"
@@ -80,6 +80,7 @@ class DrillReport(BaseModel):
     nodes: list[NodeDrill] = Field(default_factory=list)
     scratch_dir: str | None = None
     kept: bool = False  # --keep: scratch directories and restored volumes left for inspection
+    interrupted: bool = False  # Ctrl-C or SIGTERM: the nodes not yet verified are errors
     leftovers: list[str] = Field(default_factory=list)  # restored volumes the drill could not delete
     teardown_errors: list[str] = Field(default_factory=list)
     junit: str | None = None
@@ -87,7 +88,7 @@ class DrillReport(BaseModel):
 
     @property
     def ok(self) -> bool:
-        return all(n.verdict == "passed" for n in self.nodes) and not self.teardown_errors
+        return all(n.verdict == "passed" for n in self.nodes) and not self.teardown_errors and not self.interrupted
 
     @property
     def exit_code(self) -> ExitCode:
@@ -133,9 +134,9 @@ def run_drill(inventory: Inventory, run_ref: str = "latest", *, junit: Path | No
     started = time.monotonic()
     drill = _Drill(inventory, manifest, provider, scratch, started, started + inventory.drill.timeout_s, reporter)
     try:
-        with _sigterm_interrupts():
+        with sigterm_as_ctrl_c():  # a CI job cancelled: teardown, the report and the record still happen
             reporter.step("drill", f"restoring run {manifest.run_id} ({len(manifest.nodes)} nodes) into {scratch}")
-            report.nodes = _drill_all(drill)
+            report.nodes, report.interrupted = _drill_all(drill)
     finally:
         drill.cancelled.set()
         reporter.step("teardown", "stopping scratch engines, removing restored data" if not keep else "keeping it all")
@@ -145,18 +146,27 @@ def run_drill(inventory: Inventory, run_ref: str = "latest", *, junit: Path | No
     report.rto_s = max(times) if report.ok and times and len(times) == len(report.nodes) else None
     report.junit = str(write_junit(report, junit_path))
     _record(catalog, report)
+    if report.interrupted:  # reported as the command's error (exit 130) once the evidence is written
+        reporter.step("drill", f"interrupted; junit report {report.junit}, recorded as {report.record}")
+        raise KeyboardInterrupt
     return report
 
 
-def _drill_all(drill: _Drill) -> list[NodeDrill]:
+def _drill_all(drill: _Drill) -> tuple[list[NodeDrill], bool]:
+    """Every node's drill, in manifest order, and whether Ctrl-C or SIGTERM cut the drill short.
+    Interrupted, nodes not started yet fail at once and running ones at their next step, each
+    with its own error, so the report still has every node."""
     names = list(drill.manifest.nodes)
+    interrupted = False
     with ThreadPoolExecutor(min(_MAX_PARALLEL_NODES, len(names)) or 1, thread_name_prefix="snapctl-drill") as pool:
-        futures = [pool.submit(_drill_node, drill, name) for name in names]
         try:
-            return [f.result() for f in futures]
-        except BaseException:
-            drill.cancelled.set()  # nodes not started yet do nothing; running ones stop at their next step
-            raise
+            with interrupts_deferred():  # until every node has its future: none may run unseen
+                futures = [pool.submit(_drill_node, drill, name) for name in names]
+            wait(futures)
+        except KeyboardInterrupt:
+            drill.cancelled.set()
+            interrupted = True
+    return [f.result() for f in futures], interrupted
 
 
 def _drill_node(drill: _Drill, name: str) -> NodeDrill:
@@ -250,7 +260,9 @@ async def _through_agent(drill: _Drill, node: Node, result: NodeDrill) -> Verify
             status = await agent.status()
             if status.engine.reachable:
                 break
-            if time.monotonic() >= limit or drill.cancelled.is_set():
+            if drill.cancelled.is_set():
+                raise SnapctlError("the drill was interrupted (Ctrl-C or SIGTERM) while its engine was starting")
+            if time.monotonic() >= limit:
                 raise EngineError(f"the engine behind scratch agent {node.restore.agent} did not come up within "
                                   f"{drill.inventory.drill.start_timeout_s:g}s: {status.engine.error or 'unreachable'}",
                                   hint="check the scratch machine; raise drill.start_timeout_s if it is just slow")
@@ -265,7 +277,7 @@ async def _through_agent(drill: _Drill, node: Node, result: NodeDrill) -> Verify
 
 def _step(drill: _Drill, node: str, phase: str, detail: str | None = None) -> None:
     if drill.cancelled.is_set():
-        raise SnapctlError("the drill was interrupted")
+        raise SnapctlError(f"the drill was interrupted (Ctrl-C or SIGTERM) before {phase} this node")
     if time.monotonic() > drill.deadline:
         raise SnapctlError(f"the drill ran out of its {drill.inventory.drill.timeout_s:g}s before {phase} this node",
                            hint="raise drill.timeout_s")
@@ -315,20 +327,3 @@ def _scratch_dir(inventory: Inventory, run_id: str, drill_id: str) -> Path:
         scratch.mkdir(parents=True)
         return scratch.resolve()
     return Path(tempfile.mkdtemp(prefix=f"snapctl-drill-{run_id}-")).resolve()
-
-
-@contextlib.contextmanager
-def _sigterm_interrupts():
-    """SIGTERM (a CI job cancelled) unwinds like Ctrl-C, so teardown still runs."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

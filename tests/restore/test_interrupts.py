@@ -1,0 +1,102 @@
+"""`snapctl restore` and `snapctl drill` stopped by SIGTERM (how CI's and cron's timeouts stop a
+command) unwind as on Ctrl-C: a restore leaves no half-copied directory, a drill tears down and
+still writes its JUnit report and its record; both say so and exit 130.
+
+Each runs the real CLI in a process of its own, in which one step of the work, once done, sends
+the process its SIGTERM: the signal lands at a known point, on any machine."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import yaml
+
+from snapctl.catalog import open_catalog
+from snapctl.errors import ExitCode
+
+INTERRUPTED = "snapctl: error: interrupted (Ctrl-C or SIGTERM)"
+
+# argv: MODULE FUNCTION SNAPCTL-ARGS...; FUNCTION runs, then SIGTERM arrives.
+_STOPPED_AFTER = """
+import importlib, os, signal, sys, threading
+
+import snapctl.cli as cli
+
+module = importlib.import_module(sys.argv[1])
+original = getattr(module, sys.argv[2])
+sent = threading.Event()
+
+
+def then_sigterm(*args, **kwargs):
+    result = original(*args, **kwargs)
+    if not sent.is_set():
+        sent.set()
+        os.kill(os.getpid(), signal.SIGTERM)
+        # In the main thread the handler interrupts this wait; in a drill's node thread it ends
+        # when the main thread has cancelled the drill.
+        getattr(args[0], "cancelled", threading.Event()).wait(30)
+    return result
+
+
+setattr(module, sys.argv[2], then_sigterm)
+sys.argv = ["snapctl", *sys.argv[3:]]
+cli.main()
+"""
+
+
+def stopped_after(module: str, function: str, *snapctl_args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", _STOPPED_AFTER, module, function, *snapctl_args], cwd=cwd,
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def files_under(directory: Path) -> list[Path]:
+    return [path for path in directory.rglob("*") if not path.is_dir()]
+
+
+def test_a_restore_stopped_mid_copy_leaves_no_partial_directory(sqlite_cluster, tmp_path):
+    run_id = sqlite_cluster.backup()
+    target = tmp_path / "restored"
+
+    # The first volume's files are copied into the restore's staging directory, then SIGTERM.
+    result = stopped_after("snapctl_local.provider", "copy_tree", "restore", run_id, "--to", str(target),
+                           "-i", str(sqlite_cluster.inventory_path), cwd=tmp_path)
+
+    assert result.returncode == ExitCode.INTERRUPTED, result.stderr
+    assert result.stderr.splitlines()[-1] == INTERRUPTED
+    assert files_under(target) == [], "neither the staging copy nor the restore marker is left"
+
+    again = subprocess.run([sys.executable, "-m", "snapctl.cli", "restore", run_id, "--to", str(target),
+                            "-i", str(sqlite_cluster.inventory_path), "-o", "json"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)
+    assert again.returncode == ExitCode.OK, again.stderr  # the target was left empty: a retry just works
+    assert all(node["mismatches"] == [] for node in yaml.safe_load(again.stdout)["data"]["nodes"])
+
+
+def test_a_drill_stopped_by_sigterm_tears_down_and_still_writes_its_report(sqlite_cluster, tmp_path):
+    run_id = sqlite_cluster.backup()
+    junit = tmp_path / "drill.xml"
+
+    # The first node's drill starts (its volumes are restored next), then SIGTERM.
+    result = stopped_after("snapctl.drill", "_step", "drill", run_id, "--junit", str(junit),
+                           "-i", str(sqlite_cluster.inventory_path), cwd=tmp_path)
+
+    assert result.returncode == ExitCode.INTERRUPTED, result.stderr
+    assert result.stderr.splitlines()[-1] == INTERRUPTED
+    assert not any((sqlite_cluster.directory / "scratch").iterdir()), "restored data and scratch engines are gone"
+
+    cases = {case.get("name"): case for case in ET.parse(junit).getroot().iter("testcase")}
+    assert set(cases) == {"node n1 (sqlite)", "node n2 (sqlite)", "cluster restore-test"}
+    cluster_error = cases["cluster restore-test"].find("error")
+    assert cluster_error is not None and "the drill was interrupted (Ctrl-C or SIGTERM)" in cluster_error.get("message")
+    for name in ("node n1 (sqlite)", "node n2 (sqlite)"):
+        error = cases[name].find("error")
+        assert error is not None and "interrupted (Ctrl-C or SIGTERM) before" in error.get("message"), name
+
+    catalog = open_catalog(sqlite_cluster.inventory)
+    summary = catalog.load(run_id).last_drill
+    assert summary is not None and not summary.ok and set(summary.failed_nodes) == {"n1", "n2"}
+    stored = yaml.safe_load(catalog.store.read(summary.report))
+    assert stored["interrupted"] is True and stored["leftovers"] == [] and stored["teardown_errors"] == []
