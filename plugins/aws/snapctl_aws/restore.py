@@ -57,7 +57,7 @@ def restore_volume(provider: AwsProvider, snapshot: dict[str, Any], volume: str,
         if target.instance:
             ec2.call("attach_volume", VOLUME, VolumeId=volume_id, InstanceId=target.instance, Device=device)
             _wait_volume(provider, volume_id, _attached_to(target.instance), f"attached to {target.instance}")
-    except Exception:
+    except BaseException:  # Ctrl-C and SIGTERM too: a half-made restore leaves no volume behind
         _discard(provider, volume_id, tags.get(TAG_CLUSTER))
         raise
     return volume_id

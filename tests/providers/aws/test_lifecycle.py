@@ -193,3 +193,19 @@ def test_a_failed_attach_deletes_the_new_volume(provider, ec2, volume):
         provider.restore(ref, RestoreTarget(zone=ZONE, instance="i-0123456789abcdef0", device="/dev/sdh"))
 
     assert {v["VolumeId"] for v in ec2.describe_volumes()["Volumes"]} == before
+
+
+def test_a_restore_interrupted_while_the_volume_is_made_deletes_it(provider, ec2, volume, monkeypatch):
+    import snapctl_aws.restore
+
+    [ref] = take(provider, [volume])
+    before = {v["VolumeId"] for v in ec2.describe_volumes()["Volumes"]}
+
+    def interrupted(*args, **kwargs):  # Ctrl-C, or SIGTERM through snapctl's handler, while it waits
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(snapctl_aws.restore, "_wait_volume", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        provider.restore(ref, RestoreTarget(zone=ZONE))
+
+    assert {v["VolumeId"] for v in ec2.describe_volumes()["Volumes"]} == before
