@@ -16,6 +16,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -44,17 +45,18 @@ def can_run_here(engine_type: str | None) -> bool:
 
 
 @contextmanager
-def scratch_engine(settings: dict[str, Any], *, base_dir: Path, workdir: Path,
-                   start_timeout_s: float) -> Iterator[Engine]:
+def scratch_engine(settings: dict[str, Any], *, base_dir: Path, workdir: Path, start_timeout_s: float,
+                   cancelled: threading.Event | None = None) -> Iterator[Engine]:
     """An engine whose data is the restored files ``settings`` point at (paths already moved onto
-    the restored volumes), restore-prepared and answering; everything started is stopped on exit."""
+    the restored volumes), restore-prepared and answering; everything started is stopped on exit.
+    ``cancelled`` (an interrupted drill) ends the wait for a starting engine at once."""
     kind = settings.get("type")
     starters: dict[str, Callable[..., Any]] = {"sqlite": _sqlite, "tarantool": _tarantool, "etcd": _etcd}
     if kind not in starters:
         raise BadInputError(f"a {kind} engine cannot be started on this machine for a drill",
                             hint="give the node a scratch agent (restore.agent) where its engine runs")
     workdir.mkdir(parents=True, exist_ok=True)
-    with starters[kind](dict(settings), base_dir, workdir, start_timeout_s) as engine:
+    with starters[kind](dict(settings), base_dir, workdir, start_timeout_s, cancelled) as engine:
         try:
             yield engine
         finally:
@@ -62,14 +64,16 @@ def scratch_engine(settings: dict[str, Any], *, base_dir: Path, workdir: Path,
 
 
 @contextmanager
-def _sqlite(settings: dict[str, Any], base_dir: Path, workdir: Path, start_timeout_s: float) -> Iterator[Engine]:
+def _sqlite(settings: dict[str, Any], base_dir: Path, workdir: Path, start_timeout_s: float,
+            cancelled: threading.Event | None) -> Iterator[Engine]:
     engine = create_engine(settings, base_dir=base_dir)
     engine.restore_prepare(None)
     yield engine
 
 
 @contextmanager
-def _tarantool(settings: dict[str, Any], base_dir: Path, workdir: Path, start_timeout_s: float) -> Iterator[Engine]:
+def _tarantool(settings: dict[str, Any], base_dir: Path, workdir: Path, start_timeout_s: float,
+               cancelled: threading.Event | None) -> Iterator[Engine]:
     binary = _binary("tarantool", "tarantool")
     roots = [_resolve(base_dir, p) for p in (settings.get("data_paths") or [settings.get("work_dir")]) if p]
     memtx_dir = _newest_parent(roots, "*.snap")
@@ -90,12 +94,13 @@ def _tarantool(settings: dict[str, Any], base_dir: Path, workdir: Path, start_ti
             status = engine.status()
             return status.reachable and status.details.get("status") == "running"
 
-        process.wait_until(running, start_timeout_s, f"tarantool on {memtx_dir}")
+        process.wait_until(running, start_timeout_s, f"tarantool on {memtx_dir}", cancelled)
         yield engine
 
 
 @contextmanager
-def _etcd(settings: dict[str, Any], base_dir: Path, workdir: Path, start_timeout_s: float) -> Iterator[Engine]:
+def _etcd(settings: dict[str, Any], base_dir: Path, workdir: Path, start_timeout_s: float,
+          cancelled: threading.Event | None) -> Iterator[Engine]:
     binary = _binary("etcd", "etcd-server")
     _binary("etcdctl", "etcd-client")
     client, peer = free_port(), free_port()
@@ -119,7 +124,8 @@ def _etcd(settings: dict[str, Any], base_dir: Path, workdir: Path, start_timeout
             status = engine.status()
             return status.reachable and bool(status.raft) and status.raft[0].role == "leader"
 
-        process.wait_until(serving, start_timeout_s, f"etcd from the saved snapshot in {settings['backup_dir']}")
+        process.wait_until(serving, start_timeout_s, f"etcd from the saved snapshot in {settings['backup_dir']}",
+                           cancelled)
         yield engine
 
 
@@ -150,9 +156,13 @@ class ScratchProcess:
                 pass
         self.popen.wait(timeout=30)
 
-    def wait_until(self, ready: Callable[[], bool], timeout_s: float, what: str) -> None:
+    def wait_until(self, ready: Callable[[], bool], timeout_s: float, what: str,
+                   cancelled: threading.Event | None = None) -> None:
         deadline = time.monotonic() + timeout_s
+        pause = cancelled.wait if cancelled is not None else time.sleep
         while True:
+            if cancelled is not None and cancelled.is_set():
+                raise EngineError(f"{what}: the drill was interrupted (Ctrl-C or SIGTERM) while {self.name} was starting")
             if self.popen is not None and self.popen.poll() is not None:
                 raise EngineError(f"{what}: {self.name} exited with code {self.popen.returncode}: {self.last_line()}",
                                   hint=f"its log: {self.log_path}")
@@ -164,7 +174,7 @@ class ScratchProcess:
             if time.monotonic() >= deadline:
                 raise EngineError(f"{what}: {self.name} did not come up within {timeout_s:g}s: {self.last_line()}",
                                   hint=f"raise drill.start_timeout_s if recovery is just slow; its log: {self.log_path}")
-            time.sleep(0.1)
+            pause(0.1)
 
     def last_line(self) -> str:
         try:
