@@ -16,6 +16,7 @@ import yaml
 
 from snapctl.catalog import open_catalog
 from snapctl.errors import ExitCode
+from tests.restore.conftest import SqliteCluster
 
 INTERRUPTED = "snapctl: error: interrupted (Ctrl-C or SIGTERM)"
 
@@ -47,9 +48,14 @@ cli.main()
 """
 
 
-def stopped_after(module: str, function: str, *snapctl_args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", _STOPPED_AFTER, module, function, *snapctl_args], cwd=cwd,
-                          capture_output=True, text=True, timeout=120, check=False)
+def stopped_after(module: str, function: str, *snapctl_args: str, cluster: SqliteCluster) -> None:
+    """``snapctl SNAPCTL-ARGS`` on ``cluster``, SIGTERMed once ``module.function`` has run: it must
+    say it was interrupted and exit 130."""
+    result = subprocess.run([sys.executable, "-c", _STOPPED_AFTER, module, function, *snapctl_args,
+                             "-i", str(cluster.inventory_path)], cwd=cluster.directory,
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == ExitCode.INTERRUPTED, result.stderr
+    assert result.stderr.splitlines()[-1] == INTERRUPTED
 
 
 def files_under(directory: Path) -> list[Path]:
@@ -61,11 +67,9 @@ def test_a_restore_stopped_mid_copy_leaves_no_partial_directory(sqlite_cluster, 
     target = tmp_path / "restored"
 
     # The first volume's files are copied into the restore's staging directory, then SIGTERM.
-    result = stopped_after("snapctl_local.provider", "copy_tree", "restore", run_id, "--to", str(target),
-                           "-i", str(sqlite_cluster.inventory_path), cwd=tmp_path)
+    stopped_after("snapctl_local.provider", "copy_tree", "restore", run_id, "--to", str(target),
+                  cluster=sqlite_cluster)
 
-    assert result.returncode == ExitCode.INTERRUPTED, result.stderr
-    assert result.stderr.splitlines()[-1] == INTERRUPTED
     assert files_under(target) == [], "neither the staging copy nor the restore marker is left"
 
     again = subprocess.run([sys.executable, "-m", "snapctl.cli", "restore", run_id, "--to", str(target),
@@ -80,11 +84,8 @@ def test_a_drill_stopped_by_sigterm_tears_down_and_still_writes_its_report(sqlit
     junit = tmp_path / "drill.xml"
 
     # The first node's drill starts (its volumes are restored next), then SIGTERM.
-    result = stopped_after("snapctl.drill", "_step", "drill", run_id, "--junit", str(junit),
-                           "-i", str(sqlite_cluster.inventory_path), cwd=tmp_path)
+    stopped_after("snapctl.drill", "_step", "drill", run_id, "--junit", str(junit), cluster=sqlite_cluster)
 
-    assert result.returncode == ExitCode.INTERRUPTED, result.stderr
-    assert result.stderr.splitlines()[-1] == INTERRUPTED
     assert not any((sqlite_cluster.directory / "scratch").iterdir()), "restored data and scratch engines are gone"
 
     cases = {case.get("name"): case for case in ET.parse(junit).getroot().iter("testcase")}
