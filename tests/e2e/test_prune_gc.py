@@ -1,10 +1,11 @@
 """`snapctl prune` and `snapctl gc` as real processes against the demo cluster: a dry run, a prune
-SIGKILLed halfway and resumed, retention after a backup, and planted orphans."""
+SIGKILLed halfway and resumed, one stopped by SIGTERM, retention after a backup, and planted orphans."""
 
 from __future__ import annotations
 
 import fcntl
 import json
+import signal
 import time
 from pathlib import Path
 
@@ -93,6 +94,34 @@ def test_prune_dry_run_then_sigkill_halfway_then_resume(cluster, tmp_path: Path)
 
     assert [r["run_id"] for r in cluster.snapctl("list", "-o", "json", check_json=True).json["data"]["runs"]] == kept[::-1]
     assert _on_disk(cluster) == {f"{r}-node{i}-data" for r in kept for i in (1, 2, 3)}
+
+
+def _lock_record(cluster) -> dict:
+    return json.loads((cluster.directory / ".snapctl-demo" / "catalog" / "e2e" / "lock.json").read_text())
+
+
+def test_a_prune_stopped_by_sigterm_releases_the_lock_and_the_next_one_finishes(cluster) -> None:
+    cluster.write_inventory(retention=KEEP_TWO)
+    doomed = _backups(cluster, 3)[0]
+
+    # As above, the prune blocks on node2's snapshot; SIGTERM (cron's `timeout`, systemd) stops it there.
+    with open(_store(cluster) / "node2" / ".lock", "a+b") as node2_lock:
+        fcntl.flock(node2_lock.fileno(), fcntl.LOCK_EX)
+        process = cluster.popen("prune")
+        try:
+            _wait_until(lambda: f"{doomed}-node1-data" not in _on_disk(cluster), 60, "the first deletion")
+            process.send_signal(signal.SIGTERM)
+            _, stderr = process.communicate(timeout=30)
+        finally:
+            process.kill()
+            process.communicate()
+
+    assert process.returncode == ExitCode.INTERRUPTED, stderr
+    assert stderr.splitlines()[-1] == "snapctl: error: interrupted (Ctrl-C or SIGTERM)"
+    assert _lock_record(cluster)["released_at"], "the lock is released, not left to expire"
+    resumed = cluster.snapctl("prune", "-o", "json", check_json=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert [v["run_id"] for v in resumed.json["data"]["deleted"]] == [doomed]
 
 
 def test_backup_applies_retention_and_gc_finds_planted_orphans(cluster) -> None:
