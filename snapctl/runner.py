@@ -33,9 +33,18 @@ from snapctl.errors import Interrupted
 T = TypeVar("T")
 
 
-def _raise_keyboard_interrupt(signum, frame) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: a second SIGTERM must not cut the unwinding short
-    raise KeyboardInterrupt
+class _CtrlCOnSigterm:
+    """The SIGTERM handler: the first raises ``KeyboardInterrupt``; later ones do nothing, so that
+    they do not cut the unwinding short. (Not ``SIG_IGN``: processes started meanwhile would
+    inherit it.)"""
+
+    def __init__(self) -> None:
+        self.fired = False
+
+    def __call__(self, signum, frame) -> None:
+        if not self.fired:
+            self.fired = True
+            raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
@@ -47,7 +56,7 @@ def sigterm_as_ctrl_c() -> Iterator[None]:
             or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         yield  # ignored on purpose, someone else's handler, or ours already
         return
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    signal.signal(signal.SIGTERM, _CtrlCOnSigterm())
     try:
         yield
     finally:
@@ -84,7 +93,7 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     handler = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
 
     async def main() -> None:
-        if handler in (signal.SIG_DFL, _raise_keyboard_interrupt):
+        if handler is signal.SIG_DFL or (isinstance(handler, _CtrlCOnSigterm) and not handler.fired):
             _cancel_on_sigterm(asyncio.current_task(), terminated)
         result.append(await coro)
 
@@ -97,8 +106,9 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
             raise Interrupted() from None
         raise
     finally:
-        if handler is _raise_keyboard_interrupt:  # the loop put SIGTERM back to its default on closing
-            signal.signal(signal.SIGTERM, signal.SIG_IGN if terminated.is_set() else handler)
+        if isinstance(handler, _CtrlCOnSigterm):  # the loop put SIGTERM back to its default on closing
+            handler.fired = handler.fired or terminated.is_set()
+            signal.signal(signal.SIGTERM, handler)
     return result[0]
 
 
