@@ -159,9 +159,9 @@ class ScratchProcess:
     def wait_until(self, ready: Callable[[], bool], timeout_s: float, what: str,
                    cancelled: threading.Event | None = None) -> None:
         deadline = time.monotonic() + timeout_s
-        pause = cancelled.wait if cancelled is not None else time.sleep
+        cancelled = cancelled or threading.Event()
         while True:
-            if cancelled is not None and cancelled.is_set():
+            if cancelled.is_set():
                 raise EngineError(f"{what}: the drill was interrupted (Ctrl-C or SIGTERM) while {self.name} was starting")
             if self.popen is not None and self.popen.poll() is not None:
                 raise EngineError(f"{what}: {self.name} exited with code {self.popen.returncode}: {self.last_line()}",
@@ -174,7 +174,7 @@ class ScratchProcess:
             if time.monotonic() >= deadline:
                 raise EngineError(f"{what}: {self.name} did not come up within {timeout_s:g}s: {self.last_line()}",
                                   hint=f"raise drill.start_timeout_s if recovery is just slow; its log: {self.log_path}")
-            pause(0.1)
+            cancelled.wait(0.1)
 
     def last_line(self) -> str:
         try:
