@@ -169,11 +169,10 @@ class TarantoolEngine:
     def prepare(self, run_id: str) -> EngineState:
         if self._held_run == run_id and self._state is not None:
             return self._state
-        with self._session() as conn:
+        with self._session(self.settings.snapshot_timeout_s) as conn:
             try:
                 result = self._eval(conn, PREPARE_LUA, run_id, self.settings.snapshot_on_prepare,
-                                    what="box.snapshot() and box.backup.start()",
-                                    timeout_s=self.settings.snapshot_timeout_s)
+                                    what="box.snapshot() and box.backup.start()")
             except EngineError as exc:
                 if exc.__cause__ is not None and _is_network(exc.__cause__):
                     self._uncertain_run = run_id  # the call went out: the server may pin after all
@@ -238,9 +237,8 @@ class TarantoolEngine:
         deadline = started + self.settings.snapshot_timeout_s
         while True:
             try:
-                with self._session() as conn:
-                    signature, vclock = self._eval(conn, SNAPSHOT_LUA, what="box.snapshot()",
-                                                   timeout_s=max(deadline - time.monotonic(), 0.1), whole=True)
+                with self._session(max(deadline - time.monotonic(), 0.1)) as conn:
+                    signature, vclock = self._eval(conn, SNAPSHOT_LUA, what="box.snapshot()", whole=True)
                 break
             except EngineBusy as exc:
                 # The checkpoint daemon (or another client) is writing one: wait for it, then take ours.
@@ -278,8 +276,8 @@ class TarantoolEngine:
         )
 
     def verify(self) -> VerifyFacts:
-        with self._session() as conn:
-            result = self._eval(conn, VERIFY_LUA, what="counting tuples", timeout_s=self.settings.snapshot_timeout_s)
+        with self._session(self.settings.snapshot_timeout_s) as conn:
+            result = self._eval(conn, VERIFY_LUA, what="counting tuples")
         return VerifyFacts(tables=_tables(result["tables"]), position=_position(result["info"]), exact=False)
 
     def restore_prepare(self, path: Path | None) -> None:
@@ -329,13 +327,16 @@ class TarantoolEngine:
         return None
 
     @contextmanager
-    def _session(self) -> Iterator[Any]:
+    def _session(self, call_timeout_s: float | None = None) -> Iterator[Any]:
+        """A connection for one call. Connecting is bounded by ``timeout_s``; the call's answer by
+        ``call_timeout_s`` (default ``timeout_s``), which long calls such as box.snapshot() raise:
+        the client applies its socket timeout when it connects, and only then."""
         import tarantool  # optional dependency (snapctl[tarantool]); only agents running this engine need it
 
         try:
             conn = tarantool.Connection(
                 self.settings.host, self.settings.port, user=self.settings.user, password=self._password(),
-                socket_timeout=self.settings.timeout_s, connection_timeout=self.settings.timeout_s,
+                socket_timeout=call_timeout_s or self.settings.timeout_s, connection_timeout=self.settings.timeout_s,
                 reconnect_max_attempts=0, fetch_schema=False, connect_now=True,
             )
         except tarantool.DatabaseError as exc:
@@ -345,18 +346,13 @@ class TarantoolEngine:
         finally:
             conn.close()
 
-    def _eval(self, conn: Any, lua: str, *args: Any, what: str, timeout_s: float | None = None,
-              whole: bool = False) -> Any:
+    def _eval(self, conn: Any, lua: str, *args: Any, what: str, whole: bool = False) -> Any:
         import tarantool
 
-        if timeout_s is not None:
-            # The client has one socket timeout per connection; long calls stretch it for themselves.
-            conn.socket_timeout = timeout_s
-            conn._socket.settimeout(timeout_s)
         try:
             data = conn.eval(lua, list(args)).data
         except tarantool.DatabaseError as exc:  # NetworkError included: _translate tells them apart
-            raise self._translate(exc, what, timeout_s) from exc
+            raise self._translate(exc, what, conn.socket_timeout) from exc
         return data if whole else (data[0] if data else None)
 
     def _translate(self, exc: Exception, what: str, timeout_s: float | None = None) -> EngineError:

@@ -125,7 +125,7 @@ def test_complete_releases_what_a_timed_out_prepare_pinned_later(tmp_path):
         single.eval("for i = 1, 2000 do box.space.items:replace{i, require('digest').urandom(1000)} end "
                     "box.cfg{snap_io_rate_limit = 1}")
         engine = create_engine(single.engine_settings(snapshot_timeout_s=0.5), base_dir=tmp_path)
-        with pytest.raises(EngineError, match="no answer"):
+        with pytest.raises(EngineError, match=r"no answer to box.snapshot\(\) and box.backup.start\(\) within 0.5s"):
             engine.prepare("run-late")
         # The server goes on: box.snapshot() finishes and box.backup.start() pins for run-late.
         wait_until(lambda: pinned(single), timeout_s=30, what="the late pin")
@@ -134,6 +134,18 @@ def test_complete_releases_what_a_timed_out_prepare_pinned_later(tmp_path):
             other.prepare("run-next")
         engine.complete("run-late")
         assert not pinned(single)
+
+
+def test_a_checkpoint_slower_than_timeout_s_gets_snapshot_timeout_s(tmp_path):
+    with TarantoolReplicaSet(tmp_path / "slow-ok", size=1) as single:
+        single.eval("for i = 1, 2000 do box.space.items:replace{i, require('digest').urandom(1000)} end "
+                    "box.cfg{snap_io_rate_limit = 1}")  # box.snapshot() takes ~2 s
+        engine = create_engine(single.engine_settings(timeout_s=0.5, snapshot_timeout_s=30), base_dir=tmp_path)
+        state = engine.prepare("run-slow")
+        try:
+            assert state.facts.tables["items"].rows == 2000 and pinned(single)
+        finally:
+            engine.complete("run-slow")
 
 
 def test_status_shows_a_killed_replica_and_its_return(replica_set, tmp_path):
