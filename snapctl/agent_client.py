@@ -28,7 +28,7 @@ from node_agent.models import (
     VerifyFacts,
 )
 from snapctl.agent_transport import AgentResponse, AgentTransport, TransportError, TransportTimeout
-from snapctl.config import Inventory
+from snapctl.config import Inventory, Node
 from snapctl.errors import (
     AgentConflict,
     AgentError,
@@ -82,6 +82,7 @@ class AgentClient(Protocol):
 
 _UNREACHABLE_HINT = "is snapctl-agent running there, and listening on that address?"
 _TOKEN_HINT = "set auth.token_file in the inventory (or ${env}) to the token the agent was started with"
+_NODE_TOKEN_HINT = "the node's token_file ({path}) must hold the token its agent was started with"
 
 
 class HttpAgentClient:
@@ -89,13 +90,13 @@ class HttpAgentClient:
     Whoever made it closes it; this client never does."""
 
     def __init__(self, node: str, base_url: str, http: AgentTransport, *, token: str | None,
-                 timeout_s: float, token_env: str | None = None, client_cert: bool = False) -> None:
+                 timeout_s: float, token_hint: str | None = None, client_cert: bool = False) -> None:
         self.node = node
         self.base_url = base_url.rstrip("/")
         self._http = http
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._timeout_s = timeout_s
-        self._token_env = token_env or "SNAPCTL_AGENT_TOKEN"
+        self._token_hint = token_hint or _TOKEN_HINT.format(env="$SNAPCTL_AGENT_TOKEN")
         self._unreachable_hint = _UNREACHABLE_HINT
         if self.base_url.startswith("https:") and not client_cert:
             # An mTLS agent drops a client without a certificate after the handshake: it looks like a dead agent.
@@ -158,7 +159,7 @@ class HttpAgentClient:
         hint = error.hint if error else None
         if status in (401, 403):
             raise AgentUnauthorized(self.node, f"the agent at {self.base_url} refused us: {message}", status=status,
-                                    hint=_TOKEN_HINT.format(env="$" + self._token_env))
+                                    hint=self._token_hint)
         if status == 409:
             raise AgentConflict(self.node, message, status=status, hint=hint, holder=error.holder if error else None)
         raise AgentError(self.node, message, status=status, hint=hint)
@@ -272,7 +273,7 @@ async def open_agents(inventory: Inventory) -> AsyncIterator[dict[str, AgentClie
         if embedded else None
     try:
         if remote:
-            token = load_agent_token(inventory)
+            tokens = _Tokens(inventory)
             _raise_open_files_limit(len(remote) + 64)
             transports: dict[str, AgentTransport] = {}  # by scheme
             for node in remote:
@@ -280,9 +281,9 @@ async def open_agents(inventory: Inventory) -> AsyncIterator[dict[str, AgentClie
                 if scheme not in transports:
                     transports[scheme] = AgentTransport(_tls_context(inventory) if scheme == "https" else None)
                     pools.append(transports[scheme])
-                clients[node.name] = HttpAgentClient(node.name, node.agent, transports[scheme], token=token,
+                clients[node.name] = HttpAgentClient(node.name, node.agent, transports[scheme],
+                                                     token=tokens.of(node), token_hint=tokens.hint(node),
                                                      timeout_s=timeout_s,
-                                                     token_env=inventory.auth.token_env,
                                                      client_cert=bool(inventory.auth.client_cert_file))
         if embedded:
             from node_agent.engines.base import create_engine
@@ -308,18 +309,47 @@ def load_agent_token(inventory: Inventory) -> str | None:
     """The bearer token for agents: ``auth.token_file`` (relative to the inventory), else ``$auth.token_env``."""
     auth = inventory.auth
     if auth.token_file:
-        file = inventory.resolve(auth.token_file)
-        try:
-            token = file.read_text().strip()
-        except OSError as exc:
-            raise InventoryError(f"{inventory.source}: cannot read auth.token_file {file}: {exc.strerror}",
-                                 hint="create it with the agents' token, readable only by you") from exc
-        if not token:
-            raise InventoryError(f"{inventory.source}: auth.token_file {file} is empty")
-        return token
+        return _read_token(inventory, auth.token_file, "auth.token_file")
     if auth.token_env:
         return os.environ.get(auth.token_env, "").strip() or None
     return None
+
+
+class _Tokens:
+    """Each node's bearer token: its own ``token_file``, else the inventory's (``load_agent_token``).
+    Every file is read once, however many nodes name it; the shared token only if a node uses it."""
+
+    def __init__(self, inventory: Inventory) -> None:
+        self._inventory = inventory
+        self._files: dict[str, str] = {}
+        self._shared: list[str | None] = []
+
+    def of(self, node: Node) -> str | None:
+        if node.token_file:
+            if node.token_file not in self._files:
+                self._files[node.token_file] = _read_token(self._inventory, node.token_file,
+                                                           f"the token_file of node {node.name}")
+            return self._files[node.token_file]
+        if not self._shared:
+            self._shared.append(load_agent_token(self._inventory))
+        return self._shared[0]
+
+    def hint(self, node: Node) -> str:
+        if node.token_file:
+            return _NODE_TOKEN_HINT.format(path=self._inventory.resolve(node.token_file))
+        return _TOKEN_HINT.format(env="$" + (self._inventory.auth.token_env or "SNAPCTL_AGENT_TOKEN"))
+
+
+def _read_token(inventory: Inventory, path: str, setting: str) -> str:
+    file = inventory.resolve(path)
+    try:
+        token = file.read_text().strip()
+    except OSError as exc:
+        raise InventoryError(f"{inventory.source}: cannot read {setting} {file}: {exc.strerror}",
+                             hint="create it with the agent's token, readable only by you") from exc
+    if not token:
+        raise InventoryError(f"{inventory.source}: {setting} {file} is empty")
+    return token
 
 
 def _tls_context(inventory: Inventory) -> ssl.SSLContext:

@@ -159,6 +159,9 @@ class Node(Strict):
     engine: dict[str, Any] = Field(default_factory=dict)  # validated by the engine adapter
     volumes: list[Any] = Field(default_factory=list)  # validated by the provider
     restore: NodeRestoreConfig = Field(default_factory=NodeRestoreConfig)  # where restores and drills of this node go
+    # This node's own agent token (a file, relative to the inventory), for agents that do not all
+    # share auth.token_file: a token stolen from one host then opens only that host's agent.
+    token_file: str | None = None
 
     @field_validator("agent")
     @classmethod

@@ -22,8 +22,8 @@ async def probe(name: str, client: AgentClient, timeout_s: float) -> NodeProbe:
         # The client bounds the call itself (AgentClient): a second timer per node is CPU for
         # nothing (a warm 1000-agent fan-out: 146 -> 128 ms without it, docs/benchmarks.md item 26).
         result.status = await client.status()
-    except AgentUnauthorized as exc:
-        result.unauthorized, result.error = True, exc.message
+    except AgentUnauthorized as exc:  # with its hint: which token setting to fix
+        result.unauthorized, result.error = True, str(exc)
     except AgentTimeout:
         result.error = f"no answer within {timeout_s:g}s"
     except SnapctlError as exc:

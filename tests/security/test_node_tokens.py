@@ -1,0 +1,86 @@
+"""A token per node (`nodes[].token_file`): agents that do not share one token, so that a token
+stolen from one host opens only that host's agent. Real agent processes on loopback, the real CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from snapctl.errors import ExitCode
+from tests.agent.conftest import agent_process, make_db
+
+TOKENS = {"n1": "shared-token-of-the-cluster-1a", "n2": "n2-own-token-9f"}
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
+    """Two agents, each started with its own token; an inventory that gives n1 the inventory's
+    shared token and n2 its own token_file. Yields the inventory and the agents' URLs."""
+    urls = {}
+    with ExitStack() as stack:
+        for node, token in TOKENS.items():
+            data = tmp_path / node / "data"
+            data.mkdir(parents=True)
+            make_db(data / "app.db")
+            (tmp_path / f"{node}.agent.token").write_text(token + "\n")
+            config = tmp_path / f"{node}.agent.yaml"
+            config.write_text(yaml.safe_dump({"node": node, "token_file": f"{node}.agent.token",
+                                              "engine": {"type": "sqlite", "path": f"{node}/data/app.db"}}))
+            urls[node] = stack.enter_context(agent_process(config)).url
+        (tmp_path / "cluster.token").write_text(TOKENS["n1"] + "\n")
+        (tmp_path / "n2.token").write_text(TOKENS["n2"] + "\n")
+        inventory = tmp_path / "inventory.yaml"
+        inventory.write_text(yaml.safe_dump({
+            "cluster": "tokens", "provider": {"type": "local", "store": "store"}, "catalog": {"path": "catalog"},
+            "auth": {"token_file": "cluster.token"},
+            "nodes": [{"name": "n1", "agent": urls["n1"], "volumes": [{"name": "data", "path": "n1/data"}]},
+                      {"name": "n2", "agent": urls["n2"], "token_file": "n2.token",
+                       "volumes": [{"name": "data", "path": "n2/data"}]}],
+        }))
+        yield inventory, urls
+
+
+def snapctl(inventory: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "snapctl.cli", *args, "-i", str(inventory), "-o", "json"],
+                          cwd=inventory.parent, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_each_node_is_asked_with_its_own_token(cluster):
+    inventory, urls = cluster
+    backup = snapctl(inventory, "backup", "--no-prune")
+    assert backup.returncode == ExitCode.OK, backup.stderr
+    assert set(json.loads(backup.stdout)["data"]["nodes"]) == {"n1", "n2"}
+    # Neither token opens the other agent: the cluster's shared token is no key to n2.
+    refused = httpx.get(urls["n2"] + "/v1/status", headers={"Authorization": f"Bearer {TOKENS['n1']}"}, timeout=5)
+    assert refused.status_code == 401
+
+
+def test_a_wrong_node_token_names_that_node_and_its_file_and_never_the_token(cluster):
+    inventory, _ = cluster
+    (inventory.parent / "n2.token").write_text("a-stale-token-of-n2\n")
+    status = snapctl(inventory, "status")
+    assert status.returncode == ExitCode.CRITICAL, status.stderr
+    document = json.loads(status.stdout)["data"]
+    nodes = {node["node"]: node for node in document["nodes"]}
+    assert nodes["n1"]["authorized"] and nodes["n1"]["error"] is None
+    assert not nodes["n2"]["authorized"]
+    assert f"the node's token_file ({inventory.parent / 'n2.token'}) must hold the token" in nodes["n2"]["error"]
+    for secret in ("a-stale-token-of-n2", *TOKENS.values()):
+        assert secret not in status.stdout + status.stderr
+
+
+def test_an_unreadable_node_token_file_is_a_bad_inventory(cluster):
+    inventory, _ = cluster
+    (inventory.parent / "n2.token").unlink()
+    status = snapctl(inventory, "status")
+    assert status.returncode == ExitCode.BAD_INPUT, status.stderr
+    error = json.loads(status.stdout)["error"]
+    assert "cannot read the token_file of node n2" in error and "n2.token" in error
