@@ -6,7 +6,6 @@ the databases, the snapshot store and the catalog.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import secrets
 import signal
@@ -91,19 +90,21 @@ def run(inventory: Inventory, renderer, *, keep: bool = False) -> int:
     from snapctl.catalog import open_catalog
     from snapctl.orchestrator import BackupOptions, backup
     from snapctl.restore import restore_run
+    from snapctl.runner import interrupts_deferred
+    from snapctl.runner import run as run_coroutine  # SIGTERM cancels the backup: it rolls back
     from snapctl.status import collect_status
 
     with renderer.bundle("demo"):
-        renderer.demo_cluster(up(inventory))
         try:
+            renderer.demo_cluster(up(inventory))  # in the try: what it started is stopped, whatever happens
             time.sleep(0.5)  # let the writers put some rows in first
             progress = renderer.progress()
             try:
-                manifest = asyncio.run(backup(inventory, BackupOptions(), progress))
+                manifest = run_coroutine(backup(inventory, BackupOptions(), progress))
             finally:
                 progress.close()
             renderer.backup_result(manifest)
-            renderer.status(asyncio.run(collect_status(inventory)))
+            renderer.status(run_coroutine(collect_status(inventory)))
             renderer.run_list(*open_catalog(inventory).list())
             newest = open_catalog(inventory).resolve("latest")
             scratch = inventory.resolve(DEMO_DIR) / "restore" / newest
@@ -111,7 +112,8 @@ def run(inventory: Inventory, renderer, *, keep: bool = False) -> int:
             code = renderer.restore_result(result)
         finally:
             if not keep:
-                renderer.demo_cluster(down(inventory))
+                with interrupts_deferred():  # a Ctrl-C or SIGTERM now waits until every process is stopped
+                    renderer.demo_cluster(down(inventory))
     return code if code else ExitCode.OK
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -47,6 +48,41 @@ def with_ctrl_c(argv: list[str]) -> list[str]:
     Ctrl-C a test sends it."""
     reset = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
     return [sys.executable, "-c", reset, *argv]
+
+
+# argv: MODULE FUNCTION SNAPCTL-ARGS...; FUNCTION runs, then SIGTERM arrives.
+_STOPPED_AFTER = """
+import importlib, os, signal, sys, threading
+
+import snapctl.cli as cli
+
+module = importlib.import_module(sys.argv[1])
+original = getattr(module, sys.argv[2])
+sent = threading.Event()
+
+
+def then_sigterm(*args, **kwargs):
+    result = original(*args, **kwargs)
+    if not sent.is_set():
+        sent.set()
+        os.kill(os.getpid(), signal.SIGTERM)
+        # In the main thread the handler interrupts this wait; in a drill's node thread it ends
+        # when the main thread has cancelled the drill.
+        getattr(args[0], "cancelled", threading.Event()).wait(30)
+    return result
+
+
+setattr(module, sys.argv[2], then_sigterm)
+sys.argv = ["snapctl", *sys.argv[3:]]
+cli.main()
+"""
+
+
+def snapctl_sigtermed_after(module: str, function: str, *snapctl_args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The real CLI in a process of its own, which sends itself SIGTERM once ``module.function``
+    (a step of the command's work) has returned: the signal lands at a known point on any machine."""
+    return subprocess.run([sys.executable, "-c", _STOPPED_AFTER, module, function, *snapctl_args], cwd=cwd,
+                          capture_output=True, text=True, timeout=120, check=False)
 
 
 @pytest.fixture

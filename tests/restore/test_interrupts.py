@@ -1,9 +1,7 @@
 """`snapctl restore` and `snapctl drill` stopped by SIGTERM (how CI's and cron's timeouts stop a
 command) unwind as on Ctrl-C: a restore leaves no half-copied directory, a drill tears down and
-still writes its JUnit report and its record; both say so and exit 130.
-
-Each runs the real CLI in a process of its own, in which one step of the work, once done, sends
-the process its SIGTERM: the signal lands at a known point, on any machine."""
+still writes its JUnit report and its record; both say so and exit 130. The signal comes from
+inside the command, after one step of its work (``snapctl_sigtermed_after``)."""
 
 from __future__ import annotations
 
@@ -16,44 +14,17 @@ import yaml
 
 from snapctl.catalog import open_catalog
 from snapctl.errors import ExitCode
+from tests.conftest import snapctl_sigtermed_after
 from tests.restore.conftest import SqliteCluster
 
 INTERRUPTED = "snapctl: error: interrupted (Ctrl-C or SIGTERM)"
-
-# argv: MODULE FUNCTION SNAPCTL-ARGS...; FUNCTION runs, then SIGTERM arrives.
-_STOPPED_AFTER = """
-import importlib, os, signal, sys, threading
-
-import snapctl.cli as cli
-
-module = importlib.import_module(sys.argv[1])
-original = getattr(module, sys.argv[2])
-sent = threading.Event()
-
-
-def then_sigterm(*args, **kwargs):
-    result = original(*args, **kwargs)
-    if not sent.is_set():
-        sent.set()
-        os.kill(os.getpid(), signal.SIGTERM)
-        # In the main thread the handler interrupts this wait; in a drill's node thread it ends
-        # when the main thread has cancelled the drill.
-        getattr(args[0], "cancelled", threading.Event()).wait(30)
-    return result
-
-
-setattr(module, sys.argv[2], then_sigterm)
-sys.argv = ["snapctl", *sys.argv[3:]]
-cli.main()
-"""
 
 
 def stopped_after(module: str, function: str, *snapctl_args: str, cluster: SqliteCluster) -> None:
     """``snapctl SNAPCTL-ARGS`` on ``cluster``, SIGTERMed once ``module.function`` has run: it must
     say it was interrupted and exit 130."""
-    result = subprocess.run([sys.executable, "-c", _STOPPED_AFTER, module, function, *snapctl_args,
-                             "-i", str(cluster.inventory_path)], cwd=cluster.directory,
-                            capture_output=True, text=True, timeout=120, check=False)
+    result = snapctl_sigtermed_after(module, function, *snapctl_args, "-i", str(cluster.inventory_path),
+                                     cwd=cluster.directory)
     assert result.returncode == ExitCode.INTERRUPTED, result.stderr
     assert result.stderr.splitlines()[-1] == INTERRUPTED
 
