@@ -10,7 +10,6 @@ against the facts recorded at PREPARE; ``snapctl drill`` starts and verifies eve
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -132,7 +131,9 @@ def _prepare_and_check(inventory: Inventory, node: Node, record: NodeRecord, res
         if not restored_files(result.volumes) and not attached:
             result.note = "the restored volumes are attached nowhere: restore-prepare them on their machine"
             return
-        asyncio.run(_agent_restore_prepare(inventory, node))
+        from snapctl.runner import run as run_coroutine  # SIGTERM cancels the call, as Ctrl-C does
+
+        run_coroutine(_agent_restore_prepare(inventory, node))
         result.prepared = node.restore.agent
         result.note = "restore-prepared by the scratch agent; `snapctl drill` verifies it"
         return
