@@ -4,15 +4,21 @@ snapshots, a real catalog, all in the test's directory. Backups run in-process."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
 from snapctl.config import Inventory, load_inventory
+from tests.conftest import free_port
 
 NODES = ("n1", "n2")
 ROWS = 50
@@ -79,3 +85,34 @@ def sqlite_cluster(tmp_path: Path) -> SqliteCluster:
     path = tmp_path / "inventory.yaml"
     path.write_text(yaml.safe_dump(inventory, sort_keys=False))
     return SqliteCluster(tmp_path, path)
+
+@contextlib.contextmanager
+def scratch_agent(directory: Path, token_file: Path, database: Path):
+    """A real snapctl-agent beside where a drill or restore puts n1: its engine comes up once the file is there."""
+    port = free_port()
+    config = directory / "scratch-agent.yaml"
+    config.write_text(yaml.safe_dump({"node": "n1-scratch", "listen": "127.0.0.1", "port": port,
+                                      "token_file": str(token_file), "restore_target": True,
+                                      "engine": {"type": "sqlite", "path": str(database)}}))
+    with open(directory / "scratch-agent.log", "wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "node_agent.main", "--config", str(config)],
+                                   stdout=log, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(f"{url}/v1/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline and process.poll() is None, (directory / "scratch-agent.log").read_text()
+            time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

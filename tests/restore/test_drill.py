@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
-import subprocess
-import sys
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 
@@ -18,7 +14,7 @@ from snapctl.catalog import open_catalog
 from snapctl.drill import run_drill
 from snapctl.errors import ExitCode
 from tests.conftest import free_port
-from tests.restore.conftest import ROWS
+from tests.restore.conftest import ROWS, scratch_agent
 
 
 def junit_cases(path: Path) -> dict[str, ET.Element]:
@@ -115,37 +111,6 @@ def test_keep_leaves_the_restored_data_for_inspection(sqlite_cluster, tmp_path):
     assert sorted(Path(p).parent.name for p in report.leftovers) == ["n1", "n2"]
     assert all((Path(p) / "app.db").is_file() for p in report.leftovers)
 
-
-@contextlib.contextmanager
-def scratch_agent(directory: Path, token_file: Path, database: Path):
-    """A real snapctl-agent beside where the drill restores n1: its engine comes up once the file is there."""
-    port = free_port()
-    config = directory / "scratch-agent.yaml"
-    config.write_text(yaml.safe_dump({"node": "n1-scratch", "listen": "127.0.0.1", "port": port,
-                                      "token_file": str(token_file), "restore_target": True,
-                                      "engine": {"type": "sqlite", "path": str(database)}}))
-    with open(directory / "scratch-agent.log", "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "node_agent.main", "--config", str(config)],
-                                   stdout=log, stderr=subprocess.STDOUT)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"{url}/v1/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline and process.poll() is None, (directory / "scratch-agent.log").read_text()
-            time.sleep(0.1)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def test_a_node_with_a_scratch_agent_is_verified_by_that_agent(sqlite_cluster, tmp_path):

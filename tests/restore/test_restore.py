@@ -10,7 +10,7 @@ from snapctl.config import parse_inventory
 from snapctl.errors import BadInputError
 from snapctl.providers import RestoreTarget
 from snapctl.restore import remap_paths, restore_run, restore_target
-from tests.restore.conftest import ROWS
+from tests.restore.conftest import ROWS, scratch_agent
 
 
 def test_restore_to_a_directory_prepares_and_verifies_each_node(sqlite_cluster, tmp_path):
@@ -92,3 +92,19 @@ nodes:
     assert moved["data_paths"] == ["/r/work/memtx", "/r/wal"]
     assert moved["password_file"] == "/etc/tt.password" and moved["host"] == "127.0.0.1"
     assert remap_paths(node.engine, inventory, node, {}) is None
+
+
+def test_a_node_with_a_scratch_agent_is_restore_prepared_by_that_agent(sqlite_cluster, tmp_path):
+    run_id = sqlite_cluster.backup()
+    token_file = tmp_path / "agent-token"
+    token_file.write_text("scratch-agent-token\n")
+    target = tmp_path / "n1-scratch"
+    with scratch_agent(tmp_path, token_file, target / "data" / "app.db") as url:
+        sqlite_cluster.edit(auth={"token_file": str(token_file)},
+                            node_n1={"restore": {"path": str(target), "agent": url}},
+                            node_n2={"restore": {"path": str(tmp_path / "n2-restored")}})
+        result = restore_run(sqlite_cluster.inventory, run_id)
+    n1, n2 = result.nodes
+    assert n1.volumes == {"data": str(target / "data")} and (target / "data" / "app.db").is_file()
+    assert n1.prepared == url and "scratch agent" in n1.note
+    assert n2.prepared == "in-process" and n2.facts.tables["items"].rows == ROWS
