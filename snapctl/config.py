@@ -176,6 +176,8 @@ class Node(Strict):
     def _embedded_needs_engine(self) -> Node:
         if self.agent == "embedded" and not self.engine:
             raise ValueError("an embedded agent needs an 'engine' block (e.g. {type: sqlite, path: ...})")
+        if self.agent == "embedded" and self.token_file:
+            raise ValueError("an embedded agent runs inside snapctl and takes no token: remove its token_file")
         return self
 
 

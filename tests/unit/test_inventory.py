@@ -39,6 +39,14 @@ def test_embedded_agent_without_engine_is_refused_with_line():
         parse_inventory(text, source="inv.yaml")
 
 
+def test_a_token_file_on_an_embedded_agent_is_refused_rather_than_ignored():
+    text = ("cluster: c\nprovider: {type: local}\nnodes:\n  - name: n1\n    agent: embedded\n"
+            "    engine: {type: sqlite, path: a.db}\n    token_file: n1.token\n")
+    with pytest.raises(InventoryError, match=r"inv.yaml:4: nodes\[0\]: an embedded agent runs inside snapctl and "
+                                             r"takes no token: remove its token_file"):
+        parse_inventory(text, source="inv.yaml")
+
+
 @pytest.mark.parametrize(("value", "seconds"), [(30, 30), ("30s", 30), ("15m", 900), ("1.5h", 5400), ("7d", 604800),
                                                 ("250ms", 0.25)])
 def test_durations(value, seconds):
