@@ -322,17 +322,16 @@ class _Tokens:
     def __init__(self, inventory: Inventory) -> None:
         self._inventory = inventory
         self._files: dict[str, str] = {}
-        self._shared: list[str | None] = []
+        shared_needed = any(not node.token_file and node.agent != "embedded" for node in inventory.nodes)
+        self._shared = load_agent_token(inventory) if shared_needed else None
 
     def of(self, node: Node) -> str | None:
-        if node.token_file:
-            if node.token_file not in self._files:
-                self._files[node.token_file] = _read_token(self._inventory, node.token_file,
-                                                           f"the token_file of node {node.name}")
-            return self._files[node.token_file]
-        if not self._shared:
-            self._shared.append(load_agent_token(self._inventory))
-        return self._shared[0]
+        if not node.token_file:
+            return self._shared
+        if node.token_file not in self._files:
+            self._files[node.token_file] = _read_token(self._inventory, node.token_file,
+                                                       f"the token_file of node {node.name}")
+        return self._files[node.token_file]
 
     def hint(self, node: Node) -> str:
         if node.token_file:
