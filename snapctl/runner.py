@@ -10,8 +10,9 @@ command's task, as ``asyncio.run`` does on Ctrl-C: an exception raised in the mi
 loop's callbacks would cut through whatever they were doing, where a cancelled task unwinds (a
 backup rolls back: every held node is completed first). Either way the command ends with
 ``Interrupted``, which the CLI reports (exit 130) like any other error. A second SIGTERM does
-not cut a backup's rollback short; SIGKILL does. A SIGTERM that was ignored or handled when
-snapctl started (``nohup``-style) stays as it was, as an ignored SIGINT does.
+not cut the unwinding (a backup's rollback) short; SIGKILL does. ``interrupts_deferred`` holds
+both signals back over the few steps that must not be cut at all. A SIGTERM that was ignored or
+handled when snapctl started (``nohup``-style) stays as it was, as an ignored SIGINT does.
 
 ``asyncio.run`` installs a SIGINT handler that refers to its main task; restoring the old handler
 at exit converts it through an enum, which formats the task's repr, and a finished task's repr
