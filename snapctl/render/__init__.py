@@ -236,9 +236,11 @@ class JsonRenderer(Renderer):
         self._bundle = {}
         try:
             yield
-        finally:
-            doc, self._bundle = self._bundle, None
-            self._emit(name, doc)
+        except BaseException:  # the command's one document is then its error, which the CLI prints
+            self._bundle = None
+            raise
+        doc, self._bundle = self._bundle, None
+        self._emit(name, doc)
 
     def progress(self):
         from snapctl.events import NullReporter

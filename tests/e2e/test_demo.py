@@ -57,9 +57,11 @@ def test_demo_run_backs_up_restores_matching_rows_and_stops_everything(inventory
 
 def test_a_demo_run_stopped_by_sigterm_as_it_starts_stops_everything_it_started(inventory):
     # The agents and the writer are up, then SIGTERM: before anything else of the run.
-    result = snapctl_sigtermed_after("snapctl.demo", "up", "demo", "run", "-i", str(inventory),
+    result = snapctl_sigtermed_after("snapctl.demo", "up", "demo", "run", "-i", str(inventory), "-o", "json",
                                      cwd=inventory.parent)
 
     assert result.returncode == ExitCode.INTERRUPTED, result.stderr
     assert result.stderr.splitlines()[-1] == "snapctl: error: interrupted (Ctrl-C or SIGTERM)"
+    assert json.loads(result.stdout) == {"schema_version": 1, "error": "interrupted (Ctrl-C or SIGTERM)",
+                                         "hint": None, "exit_code": ExitCode.INTERRUPTED}  # the one document
     assert processes_naming(inventory.parent) == []
