@@ -77,6 +77,9 @@ def _check(recorded: SnapshotRef, current: SnapshotRef | None, manifest: Manifes
         check.state = "incomplete"
         done = f" ({current.progress:.0f}%)" if current.progress is not None else ""
         check.problems.append(f"snapshot {recorded.snapshot_id} is still {current.state}{done}")
+        if current.provider == "local" and not manifest.snapshots_completed:
+            check.problems.append("its run did not wait for the disk (backup --no-wait): nothing completes a local "
+                                  "snapshot after that but a restore of it, which makes it durable first")
     elif current.provider == "local":
         state = manifest.nodes[recorded.node].state
         check.problems = _local_contents(current, state.files if state else [])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 import sys
@@ -47,3 +48,21 @@ def test_the_cli_exits_7_when_a_snapshot_is_gone(sqlite_cluster):
     failed = subprocess.run(cli, check=False, capture_output=True, text=True, timeout=60)
     assert failed.returncode == ExitCode.VERIFY_MISMATCH
     assert "no longer exists" in failed.stdout and "n1" in failed.stdout
+
+
+def test_a_no_wait_local_run_stays_pending_until_a_restore_makes_it_durable(sqlite_cluster, tmp_path):
+    from snapctl.orchestrator import BackupOptions, backup
+    from snapctl.restore import restore_run
+
+    manifest = asyncio.run(backup(sqlite_cluster.inventory, BackupOptions(no_wait=True)))
+    assert manifest.status == "succeeded" and not manifest.snapshots_completed
+
+    pending = verify_run(sqlite_cluster.inventory, manifest.run_id)
+    assert not pending.ok and {s.state for s in pending.snapshots} == {"incomplete"}
+    why = ("its run did not wait for the disk (backup --no-wait): nothing completes a local snapshot after that "
+           "but a restore of it, which makes it durable first")
+    for check in pending.snapshots:
+        assert check.problems == [f"snapshot {check.snapshot_id} is still pending", why]
+
+    assert restore_run(sqlite_cluster.inventory, manifest.run_id, tmp_path / "restored").ok
+    assert verify_run(sqlite_cluster.inventory, manifest.run_id).ok
