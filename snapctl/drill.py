@@ -130,7 +130,10 @@ def run_drill(inventory: Inventory, run_ref: str = "latest", *, junit: Path | No
     drill_id = f"{started_at:%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
     scratch = _scratch_dir(inventory, manifest.run_id, drill_id)
     report = DrillReport(cluster=inventory.cluster, run_id=manifest.run_id, drill_id=drill_id, provider=provider.name,
-                         started_at=started_at, scratch_dir=str(scratch), kept=keep)
+                         started_at=started_at, scratch_dir=str(scratch), kept=keep,
+                         record=f"{catalog.cluster}/drills/{manifest.run_id}-{drill_id}.json")
+    # On record from the start, unfinished: a prune meanwhile leaves this run's snapshots alone.
+    catalog.store.write(report.record, report.model_dump_json(indent=2).encode())
     started = time.monotonic()
     drill = _Drill(inventory, manifest, provider, scratch, started, started + inventory.drill.timeout_s, reporter)
     try:
@@ -307,11 +310,10 @@ def _teardown(drill: _Drill, report: DrillReport, keep: bool) -> None:
 
 
 def _record(catalog: Catalog, report: DrillReport) -> None:
-    """The report under <cluster>/drills/, and its summary on the run's manifest."""
-    key = f"{catalog.cluster}/drills/{report.run_id}-{report.drill_id}.json"
-    report.record = key
+    """The finished report under <cluster>/drills/, and its summary on the run's manifest."""
+    key = report.record
+    assert key is not None and report.finished_at is not None
     catalog.store.write(key, report.model_dump_json(indent=2).encode())
-    assert report.finished_at is not None
     summary = DrillSummary(drill_id=report.drill_id, ok=report.ok, started_at=report.started_at,
                            finished_at=report.finished_at, rto_s=report.rto_s, report=key,
                            failed_nodes=[n.node for n in report.nodes if n.verdict != "passed"])

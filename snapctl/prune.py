@@ -2,7 +2,8 @@
 
 Prune, under the cluster lock:
 1. plan: the policy (snapctl.retention) over every readable manifest; a run already marked
-   ``pruning`` by an earlier, interrupted prune is in the plan whatever the policy says;
+   ``pruning`` by an earlier, interrupted prune is in the plan whatever the policy says; a run a
+   drill is restoring is kept (drills take no lock: they would wait for, and hold up, backups);
 2. mark every doomed run first (status ``pruning``, the old status kept in ``extra.pruning``), so
    from here on no restore or ``latest`` picks it, and a prune killed at any later point is
    finished by the next one;
@@ -16,6 +17,7 @@ the lock (a backup in progress) and of runs whose manifest is unreadable are nev
 
 from __future__ import annotations
 
+import json
 import secrets
 import threading
 import time
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
     from snapctl.manifest import Manifest
 
 StillLocked = Callable[[], None]  # raises when the cluster lock is no longer ours
+_DRILL_TEARDOWN_S = 600.0  # beyond drill.timeout_s, what an unfinished drill record still protects
 
 
 @dataclass
@@ -83,13 +86,15 @@ def prune(inventory: Inventory, *, dry_run: bool = False) -> PruneResult:
     """`snapctl prune`: take the cluster lock (not for a dry run), plan, mark, delete."""
     catalog = open_catalog(inventory)
     provider = create_provider(inventory.provider, cluster=inventory.cluster, base_dir=inventory.base_dir)
+    drill_timeout_s = inventory.drill.timeout_s
     if dry_run:
-        return plan(catalog, provider, inventory.retention)
+        return plan(catalog, provider, inventory.retention, drill_timeout_s)
     with _Locked(catalog, inventory.policy.lock_ttl_s, "prune") as locked:
-        return apply(plan(catalog, provider, inventory.retention), catalog, provider, locked.check)
+        planned = plan(catalog, provider, inventory.retention, drill_timeout_s)
+        return apply(planned, catalog, provider, locked.check, drill_timeout_s)
 
 
-def plan(catalog: Catalog, provider: Provider, retention: Retention) -> PruneResult:
+def plan(catalog: Catalog, provider: Provider, retention: Retention, drill_timeout_s: float) -> PruneResult:
     """What a prune would do now; reads only. The result of a dry run."""
     entries, problems = catalog.list()
     decided = decide([Run(e.run_id, e.started_at, e.status) for e in entries], retention)
@@ -98,6 +103,8 @@ def plan(catalog: Catalog, provider: Provider, retention: Retention) -> PruneRes
     result.kept = [_verdict(d) for d in decided.keep]
     for decision in decided.delete:
         verdict = _verdict(decision)
+        if _spared_for_a_drill(catalog, verdict, result, drill_timeout_s):
+            continue
         try:
             manifest = catalog.load(decision.run.run_id)
         except SnapctlError as exc:
@@ -111,13 +118,16 @@ def plan(catalog: Catalog, provider: Provider, retention: Retention) -> PruneRes
     return result
 
 
-def apply(planned: PruneResult, catalog: Catalog, provider: Provider, still_locked: StillLocked) -> PruneResult:
+def apply(planned: PruneResult, catalog: Catalog, provider: Provider, still_locked: StillLocked,
+          drill_timeout_s: float) -> PruneResult:
     """Mark every doomed run, then delete their snapshots and manifests, oldest first."""
-    result = PruneResult(planned.cluster, False, planned.retention, planned.kept, [],
+    result = PruneResult(planned.cluster, False, planned.retention, list(planned.kept), [],
                          list(planned.unfinished), planned.problems)
     doomed: list[tuple[RunVerdict, Manifest]] = []
     for verdict in planned.deleted:
         still_locked()
+        if _spared_for_a_drill(catalog, verdict, result, drill_timeout_s):  # one began since the plan
+            continue
         manifest = catalog.load(verdict.run_id)
         if manifest.status != PRUNING:
             manifest.extra[PRUNING] = {"was": manifest.status, "since": datetime.now(UTC).isoformat()}
@@ -155,8 +165,8 @@ async def prune_after_backup(
     reporter.step("prune", f"applying retention ({_describe(inventory.retention)})")
     record: dict[str, object]
     try:
-        planned = await asyncio.to_thread(plan, catalog, provider, inventory.retention)
-        done = await asyncio.to_thread(apply, planned, catalog, provider, still_locked)
+        planned = await asyncio.to_thread(plan, catalog, provider, inventory.retention, inventory.drill.timeout_s)
+        done = await asyncio.to_thread(apply, planned, catalog, provider, still_locked, inventory.drill.timeout_s)
         record = {"deleted": [v.run_id for v in done.deleted], "kept": len(done.kept)}
         if done.unfinished:
             record["error"] = "; ".join(f"run {v.run_id}: {v.error}" for v in done.unfinished)
@@ -262,6 +272,25 @@ class _Locked:
             except SnapctlError as exc:
                 self._lost = exc
                 return
+
+
+def _spared_for_a_drill(catalog: Catalog, verdict: RunVerdict, result: PruneResult, drill_timeout_s: float) -> bool:
+    """Keep ``verdict``'s run when a drill of it is under way: the drill restores from its
+    snapshots. A drill's record says it finished; one killed outright never does, so a record
+    older than the drill's time budget and its teardown no longer counts."""
+    now = datetime.now(UTC)
+    for key in catalog.store.list(f"{catalog.cluster}/drills/{verdict.run_id}-"):
+        try:
+            record = json.loads(catalog.store.read(key) or b"{}")
+            started = datetime.fromisoformat(record["started_at"])
+        except (ValueError, KeyError, TypeError):
+            continue  # unreadable: it cannot say a drill is running
+        if record.get("finished_at") is None and (now - started).total_seconds() < drill_timeout_s + _DRILL_TEARDOWN_S:
+            kept = RunVerdict(verdict.run_id, verdict.started_at, verdict.status,
+                              [f"being drilled (drill {record.get('drill_id')}, started {started:%Y-%m-%d %H:%M}Z)"])
+            result.kept = sorted([*result.kept, kept], key=lambda v: v.started_at, reverse=True)
+            return True
+    return False
 
 
 def _verdict(decision: Decision) -> RunVerdict:

@@ -141,3 +141,28 @@ def test_only_a_succeeded_run_can_be_drilled(sqlite_cluster, tmp_path):
     catalog.save(manifest)
     with pytest.raises(BadInputError, match=f"run {run_id} failed: it has nothing to restore"):
         run_drill(sqlite_cluster.inventory, run_id, junit=tmp_path / "drill.xml")
+
+
+def test_a_prune_during_a_drill_spares_the_run_being_drilled(sqlite_cluster, tmp_path, monkeypatch):
+    import snapctl.drill
+    from snapctl.prune import prune
+
+    older = sqlite_cluster.backup()
+    sqlite_cluster.backup()
+    sqlite_cluster.edit(retention={"keep_last": 1, "daily": 0, "weekly": 0, "monthly": 0})  # `older` is due
+    pruned_meanwhile = []
+    drill_node = snapctl.drill._drill_node
+
+    def prune_first(drill, name):  # cron's backup and its retention, while the drill restores
+        if name == "n1":
+            pruned_meanwhile.append(prune(sqlite_cluster.inventory))
+        return drill_node(drill, name)
+
+    monkeypatch.setattr(snapctl.drill, "_drill_node", prune_first)
+    report = run_drill(sqlite_cluster.inventory, older, junit=tmp_path / "drill.xml")
+
+    assert report.ok, [n.error for n in report.nodes]
+    [during] = pruned_meanwhile
+    assert during.deleted == [] and any(v.run_id == older and v.reasons[0].startswith("being drilled")
+                                        for v in during.kept)
+    assert [v.run_id for v in prune(sqlite_cluster.inventory).deleted] == [older]  # the drill is over

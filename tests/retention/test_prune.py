@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -162,8 +163,8 @@ def test_a_prune_killed_at_any_step_resumes_and_finishes(tmp_path: Path) -> None
         fuse = Fuse(step)
         catalog = Catalog(FusedStore(scene.catalog.store, fuse), CLUSTER)
         try:
-            apply(plan(catalog, scene.provider, inv.retention), catalog, FusedProvider(scene.provider, fuse),
-                  lambda: None)
+            apply(plan(catalog, scene.provider, inv.retention, inv.drill.timeout_s), catalog,
+                  FusedProvider(scene.provider, fuse), lambda: None, inv.drill.timeout_s)
         except Killed:
             pass
         else:
@@ -219,6 +220,50 @@ def test_unreadable_manifests_are_reported_and_left_alone(scene: Scene) -> None:
     assert [v.run_id for v in result.deleted] == ["r0"]
     assert result.problems == ["run r-broken: not valid JSON"]
     assert scene.catalog.store.read(f"{CLUSTER}/manifests/r-broken.json") == b"{ not json"
+
+
+def _drill_record(scene: Scene, run_id: str, drill_id: str, started_at: datetime, *, finished: bool) -> None:
+    """A drill's record as snapctl drill writes it: on its start unfinished, at its end finished."""
+    record = {"cluster": CLUSTER, "run_id": run_id, "drill_id": drill_id, "provider": "local",
+              "started_at": started_at.isoformat(), "finished_at": (started_at + timedelta(minutes=1)).isoformat()
+              if finished else None, "nodes": []}
+    scene.catalog.store.write(f"{CLUSTER}/drills/{run_id}-{drill_id}.json", json.dumps(record).encode())
+
+
+def test_a_run_being_drilled_is_kept_until_its_drill_finishes(scene: Scene) -> None:
+    for index in range(4):
+        scene.add_run(f"r{index}", T0 + timedelta(days=index))
+    now = datetime.now(UTC)
+    _drill_record(scene, "r1", "d-live", now - timedelta(minutes=5), finished=False)
+    _drill_record(scene, "r0", "d-dead", now - timedelta(hours=2), finished=False)  # killed outright, long ago
+    _drill_record(scene, "r2", "d-done", now - timedelta(minutes=5), finished=True)
+    inv = inventory(scene, {"keep_last": 1, "daily": 0, "weekly": 0, "monthly": 0})  # drill.timeout_s: 30m
+
+    result = prune(inv)
+
+    assert [v.run_id for v in result.deleted] == ["r0", "r2"]
+    live_since = now - timedelta(minutes=5)
+    assert [(v.run_id, v.reasons) for v in result.kept] == [
+        ("r3", ["newest succeeded", "last 1/1"]),
+        ("r1", [f"being drilled (drill d-live, started {live_since:%Y-%m-%d %H:%M}Z)"])]
+    assert scene.run_ids() == {"r1", "r3"} and snapshots_of(scene, {"r1"})
+
+    _drill_record(scene, "r1", "d-live", now - timedelta(minutes=5), finished=True)
+    assert [v.run_id for v in prune(inv).deleted] == ["r1"]
+
+
+def test_a_drill_that_begins_after_the_plan_still_spares_its_run(scene: Scene) -> None:
+    scene.add_run("r0", T0)
+    scene.add_run("r1", T0 + timedelta(days=1))
+    inv = inventory(scene, {"keep_last": 1, "daily": 0, "weekly": 0, "monthly": 0})
+    planned = plan(scene.catalog, scene.provider, inv.retention, inv.drill.timeout_s)
+    assert [v.run_id for v in planned.deleted] == ["r0"]
+
+    _drill_record(scene, "r0", "d-late", datetime.now(UTC), finished=False)
+    done = apply(planned, scene.catalog, scene.provider, lambda: None, inv.drill.timeout_s)
+
+    assert done.deleted == [] and [v.run_id for v in done.kept] == ["r1", "r0"]
+    assert scene.catalog.load("r0").status == "succeeded" and snapshots_of(scene, {"r0"})
 
 
 def test_prune_refuses_while_another_run_holds_the_lock(scene: Scene) -> None:
