@@ -132,11 +132,12 @@ def run_drill(inventory: Inventory, run_ref: str = "latest", *, junit: Path | No
     report = DrillReport(cluster=inventory.cluster, run_id=manifest.run_id, drill_id=drill_id, provider=provider.name,
                          started_at=started_at, scratch_dir=str(scratch), kept=keep,
                          record=f"{catalog.cluster}/drills/{manifest.run_id}-{drill_id}.json")
-    # On record from the start, unfinished: a prune meanwhile leaves this run's snapshots alone.
-    catalog.store.write(report.record, report.model_dump_json(indent=2).encode())
     started = time.monotonic()
     drill = _Drill(inventory, manifest, provider, scratch, started, started + inventory.drill.timeout_s, reporter)
     try:
+        # On record from the start, unfinished: a prune meanwhile leaves this run's snapshots alone.
+        # In the try: if the catalog refuses it, the scratch directory still goes.
+        catalog.store.write(report.record, report.model_dump_json(indent=2).encode())
         with sigterm_as_ctrl_c():  # a CI job cancelled: teardown, the report and the record still happen
             reporter.step("drill", f"restoring run {manifest.run_id} ({len(manifest.nodes)} nodes) into {scratch}")
             report.nodes, report.interrupted = _drill_all(drill)
