@@ -38,7 +38,7 @@ from snapctl.errors import BadInputError, EngineError, ExitCode, SnapctlError
 from snapctl.events import NullReporter, Reporter
 from snapctl.evidence import compare_facts, missing_files, volume_roots
 from snapctl.manifest import DrillSummary, Manifest, NodeRecord
-from snapctl.providers import Provider, SnapshotRef, create_provider
+from snapctl.providers import Provider, SnapshotRef, create_provider, stoppable_by
 from snapctl.restore import inventory_node, load_restorable, remap_paths, restore_volumes, restored_files, scratch_agent
 from snapctl.runner import interrupts_deferred, sigterm_as_ctrl_c
 
@@ -184,7 +184,8 @@ def _drill_node(drill: _Drill, name: str) -> NodeDrill:
         if not record.snapshots:
             raise BadInputError("the run recorded no snapshots for this node")
         _step(drill, name, "restoring")
-        facts = _restore_start_verify(drill, node, record, result)
+        with stoppable_by(drill.cancelled):  # an interrupt stops this node's copies part-way
+            facts = _restore_start_verify(drill, node, record, result)
         result.facts = facts
         result.mismatches += compare_facts(record.state.facts, facts)
         result.rto_s = round(time.monotonic() - drill.started, 3)

@@ -134,8 +134,9 @@ class Interrupted(SnapctlError):
 
     exit_code = ExitCode.INTERRUPTED
 
-    def __init__(self) -> None:
-        super().__init__("interrupted (Ctrl-C or SIGTERM)")
+    def __init__(self, what: str | None = None) -> None:
+        """``what``: the step that was cut short, e.g. "node n1: restore of snapshot S to D"."""
+        super().__init__(f"{what} was interrupted (Ctrl-C or SIGTERM)" if what else "interrupted (Ctrl-C or SIGTERM)")
 
 
 class VerifyMismatch(SnapctlError):

@@ -7,7 +7,10 @@ is imported inside the provider, lazily, when first used: never at module import
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import cache, reduce
 from importlib import import_module
@@ -128,7 +131,9 @@ class Provider(Protocol):
         ...
 
     def restore(self, ref: SnapshotRef, target: RestoreTarget) -> str:
-        """Make a new volume (or directory) from ``ref`` at ``target``; return its id or path."""
+        """Make a new volume (or directory) from ``ref`` at ``target``; return its id or path.
+        Once ``stop_requested()`` (read in the calling thread) is set, a long restore should give
+        up part-way, remove what it made and raise ``Interrupted``: a drill's Ctrl-C or SIGTERM."""
         ...
 
     def delete_volume(self, volume_id: str) -> None:
@@ -137,6 +142,28 @@ class Provider(Protocol):
         first. Not found counts as done. Refuse (``ProviderError``) a volume that does not carry
         this cluster's ``snapctl-cluster`` tag (restore puts it there, from the snapshot's tags)."""
         ...
+
+
+_stop: ContextVar[threading.Event | None] = ContextVar("snapctl_restore_stop", default=None)
+
+
+@contextmanager
+def stoppable_by(event: threading.Event) -> Iterator[None]:
+    """Within it, in this thread, ``stop_requested()`` is ``event``. ``KeyboardInterrupt`` reaches
+    the main thread only; a drill restores its nodes in threads of its own and sets ``event`` when
+    it is interrupted, so that a long copy stops instead of finishing first (a CI job's grace
+    period before SIGKILL may be shorter)."""
+    token = _stop.set(event)
+    try:
+        yield
+    finally:
+        _stop.reset(token)
+
+
+def stop_requested() -> threading.Event | None:
+    """What tells this thread's restore to stop part-way (``stoppable_by``), if anything. A provider
+    reads it in the calling thread and hands it to the threads it starts."""
+    return _stop.get()
 
 
 class ProviderSettings(BaseModel):

@@ -13,6 +13,8 @@ backup rolls back: every held node is completed first). Either way the command e
 not cut the unwinding (a backup's rollback) short; SIGKILL does. ``interrupts_deferred`` holds
 both signals back over the few steps that must not be cut at all. A SIGTERM that was ignored or
 handled when snapctl started (``nohup``-style) stays as it was, as an ignored SIGINT does.
+``KeyboardInterrupt`` reaches the main thread only: a drill, which restores its nodes in threads
+of its own, tells their restores to stop through ``snapctl.providers.stoppable_by``.
 
 ``asyncio.run`` installs a SIGINT handler that refers to its main task; restoring the old handler
 at exit converts it through an enum, which formats the task's repr, and a finished task's repr

@@ -52,7 +52,7 @@ def with_ctrl_c(argv: list[str]) -> list[str]:
 
 # argv: MODULE FUNCTION SNAPCTL-ARGS...; FUNCTION runs, then SIGTERM arrives.
 _STOPPED_AFTER = """
-import importlib, os, signal, sys, threading
+import importlib, signal, sys, threading, time
 
 import snapctl.cli as cli
 
@@ -65,10 +65,18 @@ def then_sigterm(*args, **kwargs):
     result = original(*args, **kwargs)
     if not sent.is_set():
         sent.set()
-        os.kill(os.getpid(), signal.SIGTERM)
-        # In the main thread the handler interrupts this wait; in a drill's node thread it ends
-        # when the main thread has cancelled the drill.
-        getattr(args[0], "cancelled", threading.Event()).wait(30)
+        # To the main thread, as a kill from outside lands: sent to the process from this thread,
+        # Linux may deliver it here, and the main thread's wait for a lock would not be woken.
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
+        # In the main thread the handler interrupts this wait. In another thread it ends once the
+        # step has been told: a drill's node by its `cancelled`, a file copy by its `stopped()`.
+        cancelled = getattr(args[0], "cancelled", None) if args else None
+        told = cancelled.is_set if cancelled is not None else next((a for a in args if callable(a)), None)
+        if told is None:
+            threading.Event().wait(30)
+        deadline = time.monotonic() + 30
+        while told is not None and not told() and time.monotonic() < deadline:
+            time.sleep(0.01)
     return result
 
 

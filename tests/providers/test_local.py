@@ -187,10 +187,10 @@ def test_failure_part_way_removes_everything_this_call_made(
     volumes = _volumes(provider, tmp_path, {"name": "data", "path": "src"}, {"name": "wal", "path": "wal"})
     real_copy = copy_module.FileCopier.copy_file
 
-    def failing_copy(self, src, dst, src_dev):
+    def failing_copy(self, src, dst, src_dev, *rest):
         if src.name == "000001.log":
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real_copy(self, src, dst, src_dev)
+        return real_copy(self, src, dst, src_dev, *rest)
 
     monkeypatch.setattr(copy_module.FileCopier, "copy_file", failing_copy)
     with pytest.raises(ProviderError) as info:

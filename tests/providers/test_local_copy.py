@@ -1,17 +1,28 @@
 """The local provider's copy engine: many files at once, exact, on disk when it returns (or when
-the caller's fsync_tree does), and stopped cleanly by the first failure."""
+the caller's fsync_tree does), and stopped cleanly, part-way through the files under way, by the
+first failure, an interrupt or its caller's stop event."""
 
 from __future__ import annotations
 
 import errno
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
 from snapctl_local import copy as copy_module
 from snapctl_local import durable
-from snapctl_local.copy import FileCopier, FileFacts, LinkSource, SyncDeadline, TreeCopyError, copy_tree, fsync_tree
+from snapctl_local.copy import (
+    CopyStopped,
+    FileCopier,
+    FileFacts,
+    LinkSource,
+    SyncDeadline,
+    TreeCopyError,
+    copy_tree,
+    fsync_tree,
+)
 
 from tests.providers.fsyncs import record_fsyncs
 
@@ -164,11 +175,11 @@ def test_the_first_failure_stops_the_copy_and_no_worker_outlives_it(tmp_path: Pa
     real_copy = copy_module.FileCopier.copy_file
     calls = []
 
-    def failing_copy(self, source, dst, src_dev):
+    def failing_copy(self, source, dst, src_dev, *rest):
         calls.append(source.name)
         if source.name == "f005":
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real_copy(self, source, dst, src_dev)
+        return real_copy(self, source, dst, src_dev, *rest)
 
     monkeypatch.setattr(copy_module.FileCopier, "copy_file", failing_copy)
     with pytest.raises(TreeCopyError) as info:
@@ -176,3 +187,87 @@ def test_the_first_failure_stops_the_copy_and_no_worker_outlives_it(tmp_path: Pa
     assert info.value.path == src / "f005" and info.value.cause.errno == errno.ENOSPC
     assert len(calls) < 100  # stopped soon after, not at the end of the tree
     assert _copy_threads() == []  # so nothing writes into the tree the caller now removes
+
+
+class _Chunks:
+    """Counts the kernel copy chunks (made 4 KiB and 1 ms each, so each file of ``_big_files``
+    takes 16 of them and a whole tree 192), and runs ``then`` after the ``after``-th."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, after: int, then) -> None:
+        self.count = 0
+        self.at_then = -1
+        self._lock = threading.Lock()
+        monkeypatch.setattr(copy_module, "KERNEL_CHUNK", 4096)
+        for name in ("_copy_file_range_chunk", "_sendfile_chunk"):  # whichever this filesystem uses
+            monkeypatch.setattr(copy_module, name, self._counting(getattr(copy_module, name), after, then))
+
+    @property
+    def after_then(self) -> int:
+        """Chunks copied since ``then`` ran. Told to stop, each of the 4 files under way may finish
+        a chunk or two while the word gets round: at most 8, against the 15 left in each file."""
+        return self.count - self.at_then
+
+    def _counting(self, chunk, after, then):
+        def counted(in_fd: int, out_fd: int) -> int:
+            copied = chunk(in_fd, out_fd)
+            if copied:
+                time.sleep(0.001)
+                with self._lock:
+                    self.count += 1
+                    reached = self.count == after
+                    if reached:
+                        self.at_then = self.count
+                if reached:
+                    then()
+            return copied
+
+        return counted
+
+
+def _big_files(root: Path, files: int = 12) -> None:
+    root.mkdir()
+    for i in range(files):
+        (root / f"f{i:02d}").write_bytes(os.urandom(64 * 1024))
+
+
+def test_a_stop_ends_the_copy_within_a_chunk_of_each_file_under_way(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    _big_files(tmp_path / "src")
+    stop = threading.Event()
+    chunks = _Chunks(monkeypatch, after=1, then=stop.set)
+    with pytest.raises(CopyStopped):
+        copy_tree(tmp_path / "src", tmp_path / "dst", FileCopier("never"), threads=4, stop=stop)
+    # Without the stop the files under way would go on for 15 more chunks each, and the tree for 191.
+    assert chunks.after_then <= 8
+    assert _copy_threads() == []
+
+
+def test_an_interrupt_in_the_calling_thread_stops_the_files_under_way(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    _big_files(tmp_path / "src")
+    interrupt = threading.Event()
+    chunks = _Chunks(monkeypatch, after=8, then=interrupt.set)
+
+    def interrupted_wait(*args, **kwargs):  # Ctrl-C, while copy_tree waits for its workers
+        interrupt.wait(10)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(copy_module, "wait", interrupted_wait)
+    with pytest.raises(KeyboardInterrupt):
+        copy_tree(tmp_path / "src", tmp_path / "dst", FileCopier("never"), threads=4)
+    assert chunks.after_then <= 8
+    assert _copy_threads() == []  # the caller (a restore) removes the partial tree next
+
+
+def test_a_failure_stops_the_other_files_under_way_part_way(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _big_files(tmp_path / "src")
+
+    def disk_error() -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    chunks = _Chunks(monkeypatch, after=8, then=disk_error)
+    with pytest.raises(TreeCopyError) as info:
+        copy_tree(tmp_path / "src", tmp_path / "dst", FileCopier("never"), threads=4)
+    assert info.value.cause.errno == errno.EIO
+    assert chunks.after_then <= 8
+    assert _copy_threads() == []

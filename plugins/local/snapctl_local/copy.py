@@ -15,7 +15,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +43,10 @@ COPY_THREADS = max(1, min(4, os.cpu_count() or 1))
 
 class SyncDeadline(Exception):
     """``fsync_tree`` had not started every fsync when its deadline passed."""
+
+
+class CopyStopped(Exception):
+    """``copy_tree`` gave up part-way because its ``stop`` event was set."""
 
 
 class ReflinkUnsupported(OSError):
@@ -108,9 +112,11 @@ class FileCopier:
         self._reflink_works: dict[int, bool] = {}
         self._lock = threading.Lock()
 
-    def copy_file(self, src: Path, dst: Path, src_dev: int) -> Literal["reflinked", "copied"]:
+    def copy_file(self, src: Path, dst: Path, src_dev: int,
+                  stopped: Callable[[], bool] | None = None) -> Literal["reflinked", "copied"]:
         """Copy ``src``'s data into a new file ``dst`` (which must not exist) and fsync it; inside
-        ``copy_tree`` the fsync is left to ``fsync_tree`` (the write-back is only started here)."""
+        ``copy_tree`` the fsync is left to ``fsync_tree`` (the write-back is only started here).
+        ``stopped`` is asked between chunks: once it says yes, ``CopyStopped`` (``dst`` is partial)."""
         in_fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
         try:
             out_fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -119,7 +125,7 @@ class FileCopier:
                 if self._clone(in_fd, out_fd, src_dev):
                     how = "reflinked"
                 else:
-                    copy_data(in_fd, out_fd)
+                    copy_data(in_fd, out_fd, stopped)
                 durability = current_durability()
                 if durability is None:
                     os.fsync(out_fd)
@@ -153,19 +159,24 @@ class FileCopier:
         return True
 
 
-def copy_data(in_fd: int, out_fd: int) -> int:
-    """Copy from the current offset of ``in_fd`` to EOF; the kernel moves the bytes when it can."""
+def copy_data(in_fd: int, out_fd: int, stopped: Callable[[], bool] | None = None) -> int:
+    """Copy from the current offset of ``in_fd`` to EOF; the kernel moves the bytes when it can.
+    ``stopped`` is asked before each chunk (a kernel chunk takes a fraction of a second)."""
     total = 0
     for kernel_copy in (_copy_file_range_chunk, _sendfile_chunk):
         try:
             while (n := kernel_copy(in_fd, out_fd)) > 0:
                 total += n
+                if stopped is not None and stopped():
+                    raise CopyStopped()
             return total
         except OSError as exc:
             # Both calls advance the file offsets, so a fallback resumes where this one stopped.
             if exc.errno not in _UNSUPPORTED:
                 raise
     while chunk := os.read(in_fd, USERSPACE_CHUNK):
+        if stopped is not None and stopped():
+            raise CopyStopped()
         view = memoryview(chunk)
         while view:
             written = os.write(out_fd, view)
@@ -190,6 +201,7 @@ def copy_tree(
     *,
     sync: SyncMode = "now",
     threads: int = COPY_THREADS,
+    stop: threading.Event | None = None,
 ) -> CopyStats:
     """Recreate ``src_root`` as ``dst_root`` (which must not exist); on disk when this returns,
     or with ``sync="later"`` once ``fsync_tree(dst_root, stats.unsynced)`` has (see ``SyncMode``).
@@ -199,16 +211,23 @@ def copy_tree(
     are kept, and so are owners when running as root. Directory metadata is applied last, children
     first, because creating entries would change a directory's mtime and a read-only directory
     takes no entries.
+
+    Once ``stop`` is set, the copy gives up within a chunk of each file under way (``CopyStopped``);
+    so do the other files' copies when one fails or the calling thread is interrupted, rather than
+    finishing first. Either way ``dst_root`` is left partial, for the caller to remove.
     """
     stats = CopyStats()
     as_root = os.geteuid() == 0
     dirs: list[tuple[str, os.stat_result]] = []
     durability = Durability(dst_root)
-    copies = _Copies(threads, stats, durability)
+    copies = _Copies(threads, stats, durability, stop)
     try:
         try:
             _copy_entries(src_root, dst_root, copier, link_from, stats, as_root, dirs, copies)
             copies.finish()
+        except BaseException:
+            copies.abandon()
+            raise
         finally:
             copies.close()
         for dst_dir, dir_stat in reversed(dirs):
@@ -267,19 +286,35 @@ def _first_failure(pending: dict[Future[None], str], return_when: str) -> None:
 
 class _Copies:
     """File copies on worker threads: a bounded backlog (memory stays flat however many files),
-    counted into ``stats`` as they finish; the first failure stops the tree copy."""
+    counted into ``stats`` as they finish; the first failure stops the tree copy, and ``stop``
+    (or ``abandon``) the copies under way."""
 
-    def __init__(self, threads: int, stats: CopyStats, durability: Durability) -> None:
+    def __init__(self, threads: int, stats: CopyStats, durability: Durability,
+                 stop: threading.Event | None = None) -> None:
         self._executor = ThreadPoolExecutor(max(1, threads), thread_name_prefix="snapctl-copy")
         self._backlog = 4 * max(1, threads)
         self._pending: dict[Future[str], str | Path] = {}
         self._stats = stats
         self._durability = durability
+        self._stop = stop
+        self._abandoned = threading.Event()
+
+    def stopped(self) -> bool:
+        return self._abandoned.is_set() or (self._stop is not None and self._stop.is_set())
+
+    def check(self) -> None:
+        if self._stop is not None and self._stop.is_set():
+            raise CopyStopped()
+
+    def abandon(self) -> None:
+        """The tree copy failed or was interrupted: files under way stop at their next chunk."""
+        self._abandoned.set()
 
     def submit(self, src: Path, dst: Path, st: os.stat_result, copier: FileCopier, as_root: bool) -> None:
+        self.check()
         if len(self._pending) >= self._backlog:
             self._collect(FIRST_COMPLETED)
-        future = self._executor.submit(_copy_one, self._durability, copier, src, dst, st, as_root)
+        future = self._executor.submit(self._copy_one, copier, src, dst, st, as_root)
         self._pending[future] = src
 
     def finish(self) -> None:
@@ -289,16 +324,28 @@ class _Copies:
         # Also on failure: no worker may still write into a tree the caller is about to remove.
         self._executor.shutdown(wait=True, cancel_futures=True)
 
+    def _copy_one(self, copier: FileCopier, src: Path, dst: Path, st: os.stat_result, as_root: bool) -> str:
+        try:
+            return _copy_one(self._durability, copier, src, dst, st, as_root, self.stopped)
+        except BaseException:
+            self.abandon()  # the other files under way stop at their next chunk, not at their end
+            raise
+
     def _collect(self, return_when: str) -> None:
         done, _ = wait(self._pending, return_when=return_when)
-        for future in done:
-            path = self._pending.pop(future)
-            try:
-                how = future.result()
-            except ReflinkUnsupported:
-                raise
-            except OSError as exc:
+        if any(future.exception() is not None for future in done):
+            # The others stop (CopyStopped) once one fails: wait for them, then report the failure
+            # itself, or the stop when nothing else failed.
+            done, _ = wait(self._pending, return_when=ALL_COMPLETED)
+            failed = [(self._pending[f], f.exception()) for f in done if f.exception() is not None]
+            self._pending.clear()
+            path, exc = next(((p, e) for p, e in failed if not isinstance(e, CopyStopped)), failed[0])
+            if isinstance(exc, OSError) and not isinstance(exc, ReflinkUnsupported):
                 raise TreeCopyError(Path(path), exc) from exc
+            raise exc
+        for future in done:
+            self._pending.pop(future)
+            how = future.result()
             if how == "reflinked":
                 self._stats.reflinked_files += 1
             elif how == "copied":
@@ -306,9 +353,11 @@ class _Copies:
 
 
 def _copy_one(durability: Durability, copier: FileCopier, src: Path, dst: Path, st: os.stat_result,
-              as_root: bool) -> str:
+              as_root: bool, stopped: Callable[[], bool]) -> str:
+    if stopped():  # queued before the tree copy was stopped
+        raise CopyStopped()
     with using_durability(durability):
-        how = copier.copy_file(src, dst, st.st_dev)
+        how = copier.copy_file(src, dst, st.st_dev, stopped)
     _apply_metadata(dst, st, as_root, symlink=False)
     return how
 
@@ -321,6 +370,7 @@ def _copy_entries(src_root: Path, dst_root: Path, copier: FileCopier, link_from:
     link_index: Mapping[str, FileFacts] = {} if link_from is None else link_from.index
     pending: list[tuple[str, str, str]] = [(os.fspath(src_root), os.fspath(dst_root), "")]
     while pending:
+        copies.check()  # also for a tree of links only, which submits no copies
         src_dir, dst_dir, rel_dir = pending.pop()
         try:
             dir_stat = os.lstat(src_dir)

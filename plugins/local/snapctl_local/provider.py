@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from snapctl.errors import BadInputError, ProviderError, SnapshotNotFound
+from snapctl.errors import BadInputError, Interrupted, ProviderError, SnapshotNotFound
 from snapctl.providers import (
     TAG_CLUSTER,
     TAG_RUN,
@@ -21,10 +21,12 @@ from snapctl.providers import (
     RestoreTarget,
     SnapshotRef,
     check_cluster_tag,
+    stop_requested,
 )
 
 from .copy import (
     CopyStats,
+    CopyStopped,
     FileCopier,
     FileFacts,
     LinkSource,
@@ -201,10 +203,12 @@ class LocalProvider:
             write_restore_marker(dest, ref, meta)
             marked = True
             # Full copies, never links: snapshot files are shared between snapshots.
-            copy_tree(snap_dir / DATA, staging, self._restore_copier)
+            copy_tree(snap_dir / DATA, staging, self._restore_copier, stop=stop_requested())
             os.rename(staging, dest)  # replaces an empty directory atomically
             fsync_dir(dest.parent)
             marked = False
+        except CopyStopped as exc:  # a drill interrupted: its other nodes' copies stop too
+            raise Interrupted(f"node {ref.node}: restore of snapshot {ref.snapshot_id} to {dest}") from exc
         except TreeCopyError as exc:
             raise ProviderError(
                 f"node {ref.node}: restore of snapshot {ref.snapshot_id} to {dest} failed at {exc.path}: {exc.cause.strerror}",
