@@ -189,8 +189,8 @@ def _drill_node(drill: _Drill, name: str) -> NodeDrill:
         result.facts = facts
         result.mismatches += compare_facts(record.state.facts, facts)
         result.rto_s = round(time.monotonic() - drill.started, 3)
-    except SnapctlError as exc:
-        result.error, result.hint = exc.message, exc.hint
+    except SnapctlError as exc:  # the report names the node; a provider's message does too
+        result.error, result.hint = exc.message.removeprefix(f"node {name}: "), exc.hint
     except Exception as exc:  # noqa: BLE001 - one node's surprise must not hide the others' results
         result.error = f"{type(exc).__name__}: {exc}"
     result.verdict = "error" if result.error else ("mismatch" if result.mismatches else "passed")

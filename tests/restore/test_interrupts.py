@@ -92,3 +92,4 @@ def test_a_drill_stopped_mid_copy_stops_the_copy_instead_of_finishing_it(sqlite_
     assert any("restore of snapshot" in error and "was interrupted (Ctrl-C or SIGTERM)" in error
                for error in errors), errors
     assert all("interrupted (Ctrl-C or SIGTERM)" in error for error in errors), errors
+    assert not any(error.count("node n") > 1 for error in errors), "the report names the node once"
