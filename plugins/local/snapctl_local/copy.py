@@ -161,7 +161,7 @@ class FileCopier:
 
 def copy_data(in_fd: int, out_fd: int, stopped: Callable[[], bool] | None = None) -> int:
     """Copy from the current offset of ``in_fd`` to EOF; the kernel moves the bytes when it can.
-    ``stopped`` is asked before each chunk (a kernel chunk takes a fraction of a second)."""
+    ``stopped`` is asked between chunks (a kernel chunk takes a fraction of a second)."""
     total = 0
     for kernel_copy in (_copy_file_range_chunk, _sendfile_chunk):
         try:
