@@ -317,6 +317,16 @@ def test_restore_into_an_existing_empty_directory(provider: LocalProvider, tmp_p
     assert _tree(tmp_path / "empty-target") == _tree(source)
 
 
+def test_restore_under_a_file_is_bad_input_not_a_traceback(provider: LocalProvider, tmp_path: Path,
+                                                          source: Path) -> None:
+    (ref,) = _snap(provider, _volumes(provider, tmp_path, {"name": "data", "path": "src"}), "run1")
+    (tmp_path / "a-file").write_text("not a directory")
+    with pytest.raises(BadInputError, match=r"cannot restore to .*/a-file/n1/data: Not a directory") as info:
+        provider.restore(ref, RestoreTarget(path=tmp_path / "a-file" / "n1" / "data"))
+    assert "--to DIR" in info.value.hint
+    assert (tmp_path / "a-file").read_text() == "not a directory"
+
+
 def test_restore_refuses_a_non_empty_target(provider: LocalProvider, tmp_path: Path, source: Path) -> None:
     (ref,) = _snap(provider, _volumes(provider, tmp_path, {"name": "data", "path": "src"}), "run1")
     with pytest.raises(BadInputError, match="restore target .*/src is not an empty directory"):

@@ -184,18 +184,24 @@ class LocalProvider:
         if target.path is None:
             raise BadInputError(f"node {ref.node}: restoring a local snapshot needs a target path")
         dest = self._restore_path(str(target.path))
-        if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-            raise BadInputError(
-                f"node {ref.node}: restore target {dest} is not an empty directory",
-                hint="restore into a new or empty directory; snapctl never overwrites files",
-            )
+        try:
+            if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+                raise BadInputError(
+                    f"node {ref.node}: restore target {dest} is not an empty directory",
+                    hint="restore into a new or empty directory; snapctl never overwrites files",
+                )
+        except OSError as exc:
+            raise _unusable_target(ref, dest, exc) from exc
         snap_dir = self._snapshot_dir(ref)
         meta = read_metadata(snap_dir)
         if meta is None:
             raise SnapshotNotFound(f"node {ref.node}: snapshot {ref.snapshot_id} not found in {self.store.cluster_dir}")
         # A backup run with --no-wait left it pending: copy out nothing that is not on disk yet.
         self._make_durable(ref.node, snap_dir, meta, deadline=None)
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # e.g. --to names a file, or a directory snapctl may not write to
+            raise _unusable_target(ref, dest, exc) from exc
         staging = self.store.work_dir(dest.parent, RESTORE_PREFIX, dest.name)
         marked = False
         try:
@@ -402,3 +408,8 @@ class LocalProvider:
                 "path": str(snap_dir),
             },
         )
+
+
+def _unusable_target(ref: SnapshotRef, dest: Path, exc: OSError) -> BadInputError:
+    return BadInputError(f"node {ref.node}: cannot restore to {dest}: {exc.strerror or exc}",
+                         hint="restore into a directory that snapctl can create and write to (--to DIR, or restore.path)")
