@@ -125,6 +125,9 @@ def run_drill(inventory: Inventory, run_ref: str = "latest", *, junit: Path | No
     junit_path = junit or (inventory.resolve(inventory.drill.junit) if inventory.drill.junit else Path(DEFAULT_JUNIT))
     if not junit_path.parent.is_dir():
         raise BadInputError(f"cannot write the junit report to {junit_path}: {junit_path.parent} is not a directory")
+    if junit_path.is_dir():
+        raise BadInputError(f"cannot write the junit report to {junit_path}: it is a directory",
+                            hint=f"name a file, e.g. --junit {junit_path / 'drill.xml'}")
     provider = create_provider(inventory.provider, cluster=inventory.cluster, base_dir=inventory.base_dir)
     started_at = datetime.now(UTC)
     drill_id = f"{started_at:%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
@@ -148,8 +151,10 @@ def run_drill(inventory: Inventory, run_ref: str = "latest", *, junit: Path | No
         report.finished_at = datetime.now(UTC)
     times = [n.rto_s for n in report.nodes if n.rto_s is not None]
     report.rto_s = max(times) if report.ok and times and len(times) == len(report.nodes) else None
-    report.junit = str(write_junit(report, junit_path))
-    _record(catalog, report)
+    try:
+        report.junit = str(write_junit(report, junit_path))
+    finally:  # a report that could not be written still leaves the drill on record
+        _record(catalog, report)
     if report.interrupted:  # reported as the command's error (exit 130) once the evidence is written
         reporter.step("drill", f"interrupted; junit report {report.junit}, recorded as {report.record}")
         raise KeyboardInterrupt
@@ -326,8 +331,14 @@ def _record(catalog: Catalog, report: DrillReport) -> None:
 
 
 def _scratch_dir(inventory: Inventory, run_id: str, drill_id: str) -> Path:
-    if inventory.drill.scratch_dir:
-        scratch = inventory.resolve(inventory.drill.scratch_dir) / f"{run_id}-{drill_id}"
+    where = inventory.resolve(inventory.drill.scratch_dir) if inventory.drill.scratch_dir else None
+    try:
+        if where is None:
+            return Path(tempfile.mkdtemp(prefix=f"snapctl-drill-{run_id}-")).resolve()
+        scratch = where / f"{run_id}-{drill_id}"
         scratch.mkdir(parents=True)
         return scratch.resolve()
-    return Path(tempfile.mkdtemp(prefix=f"snapctl-drill-{run_id}-")).resolve()
+    except OSError as exc:
+        shown = where if where is not None else f"in {tempfile.gettempdir()}"
+        raise BadInputError(f"cannot create the drill's scratch directory {shown}: {exc.strerror or exc}",
+                            hint="set drill.scratch_dir (or TMPDIR) to a directory snapctl can write to") from exc

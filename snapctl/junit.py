@@ -11,6 +11,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from snapctl.errors import SnapctlError
+
 if TYPE_CHECKING:
     from snapctl.drill import DrillReport, NodeDrill
 
@@ -44,14 +46,18 @@ def write_junit(report: DrillReport, path: Path) -> Path:
     """Write atomically (temp file, rename): a CI job never reads half a report."""
     tree = drill_junit(report)
     path = path.resolve()
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as out:
-            tree.write(out, encoding="utf-8", xml_declaration=True)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                tree.write(out, encoding="utf-8", xml_declaration=True)
+            os.replace(temp, path)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
+    except OSError as exc:  # checked before the drill began; the disk or the directory changed since
+        raise SnapctlError(f"cannot write the junit report to {path}: {exc.strerror or exc}",
+                           hint="the drill is on record in the catalog: `snapctl show RUN`") from exc
     return path
 
 

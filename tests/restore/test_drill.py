@@ -143,6 +143,51 @@ def test_only_a_succeeded_run_can_be_drilled(sqlite_cluster, tmp_path):
         run_drill(sqlite_cluster.inventory, run_id, junit=tmp_path / "drill.xml")
 
 
+def test_a_scratch_dir_that_cannot_be_made_is_bad_input_and_nothing_is_recorded(sqlite_cluster, tmp_path):
+    from snapctl.errors import BadInputError
+
+    run_id = sqlite_cluster.backup()
+    (tmp_path / "a-file").write_text("not a directory")
+    sqlite_cluster.edit(drill={"scratch_dir": "a-file/scratch"})
+    with pytest.raises(BadInputError, match=r"cannot create the drill's scratch directory .*/a-file/scratch: "
+                                            r"Not a directory") as info:
+        run_drill(sqlite_cluster.inventory, run_id, junit=tmp_path / "drill.xml")
+    assert "drill.scratch_dir" in info.value.hint
+    assert open_catalog(sqlite_cluster.inventory).load(run_id).last_drill is None
+    assert not (tmp_path / "drill.xml").exists()
+
+
+def test_a_junit_path_that_is_a_directory_is_refused_before_anything_starts(sqlite_cluster, tmp_path):
+    from snapctl.errors import BadInputError
+
+    run_id = sqlite_cluster.backup()
+    with pytest.raises(BadInputError, match=f"cannot write the junit report to {tmp_path}: it is a directory") as info:
+        run_drill(sqlite_cluster.inventory, run_id, junit=tmp_path)
+    assert info.value.hint == f"name a file, e.g. --junit {tmp_path / 'drill.xml'}"
+    assert open_catalog(sqlite_cluster.inventory).load(run_id).last_drill is None
+
+
+def test_a_report_that_cannot_be_written_still_leaves_the_drill_on_record(sqlite_cluster, tmp_path, monkeypatch):
+    import errno
+    import types
+
+    import snapctl.junit
+    from snapctl.errors import SnapctlError
+
+    run_id = sqlite_cluster.backup()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(snapctl.junit, "tempfile", types.SimpleNamespace(mkstemp=disk_full))  # the report only
+    with pytest.raises(SnapctlError, match=r"cannot write the junit report to .*drill.xml: No space left") as info:
+        run_drill(sqlite_cluster.inventory, run_id, junit=tmp_path / "drill.xml")
+    assert "snapctl show" in info.value.hint
+    summary = open_catalog(sqlite_cluster.inventory).load(run_id).last_drill
+    assert summary is not None and summary.ok  # the drill itself passed, and its record says so
+    assert not any((sqlite_cluster.directory / "scratch").iterdir())
+
+
 def test_a_prune_during_a_drill_spares_the_run_being_drilled(sqlite_cluster, tmp_path, monkeypatch):
     import snapctl.drill
     from snapctl.prune import prune
