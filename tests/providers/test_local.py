@@ -332,3 +332,12 @@ def test_restore_refuses_a_non_empty_target(provider: LocalProvider, tmp_path: P
     with pytest.raises(BadInputError, match="restore target .*/src is not an empty directory"):
         provider.restore(ref, RestoreTarget(path=source))
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".restore-")] == []
+
+
+def test_a_store_under_a_file_is_bad_input_when_the_provider_is_made(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("not a directory")
+    with pytest.raises(BadInputError, match=r"provider.store .*/a-file/store: .*/a-file is not a directory"):
+        create_provider({"type": "local", "store": "a-file/store"}, cluster=CLUSTER, base_dir=tmp_path)
+    # A store that does not exist yet is fine: the first snapshot creates it.
+    create_provider({"type": "local", "store": "new/store"}, cluster=CLUSTER, base_dir=tmp_path)
+    assert not (tmp_path / "new").exists()

@@ -68,12 +68,13 @@ def test_a_snapshot_call_is_made_in_the_child_and_its_refs_come_back(slow_provid
 
 
 def test_an_error_in_the_child_arrives_as_the_same_error_with_its_hint(slow_provider, tmp_path):
-    (tmp_path / "not-a-dir").write_text("")
     provider, volumes, worker = slow_provider(store="not-a-dir/store")
 
     async def go():
         worker.start()
         await worker.ready(30)
+        # Made a file once both providers exist (each checks its store when it is made).
+        (tmp_path / "not-a-dir").write_text("")
         try:
             await asyncio.wrap_future(worker.submit(provider.snapshot, volumes, snapshot_tags("c1", "r1", "n1")))
         finally:

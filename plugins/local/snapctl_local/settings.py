@@ -41,10 +41,20 @@ def default_store() -> Path:
 
 
 def resolve_store(settings: LocalSettings, base_dir: Path) -> Path:
-    if not settings.store:
-        return default_store()
-    store = Path(os.path.expanduser(settings.store))
-    return store if store.is_absolute() else (base_dir / store)
+    """The store's directory. It need not exist yet (the first snapshot creates it), but the
+    nearest part of its path that does must be a directory: found now, not by a traceback later."""
+    if settings.store:
+        store = Path(os.path.expanduser(settings.store))
+        store = store if store.is_absolute() else (base_dir / store)
+    else:
+        store = default_store()
+    existing = store
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise BadInputError(f"provider.store {store}: {existing} is not a directory",
+                            hint="set provider.store to a directory; snapctl creates it if it is missing")
+    return store
 
 
 def parse_volumes(node: str, raw: list[Any], *, base_dir: Path) -> list[LocalVolume]:
