@@ -110,9 +110,15 @@ class Retention(Strict):
     monthly: int = Field(default=6, ge=0)
 
 
-def _agent_address(value: str) -> str:
-    if not re.match(r"^https?://[^/\s:]+(:\d{1,5})?/?$", value):
-        raise ValueError(f"{value!r} is not an agent address (use http(s)://host:port)")
+_AGENT_ADDRESS = re.compile(r"^https?://[^/\s:]+(?::(\d{1,5}))?/?$")
+
+
+def _agent_address(value: str, usage: str = "http(s)://host:port") -> str:
+    match = _AGENT_ADDRESS.match(value)
+    if not match:
+        raise ValueError(f"{value!r} is not an agent address (use {usage})")
+    if match[1] is not None and not 0 < int(match[1]) < 65536:
+        raise ValueError(f"{value!r}: port {int(match[1])} is not between 1 and 65535")
     return value.rstrip("/")
 
 
@@ -166,11 +172,7 @@ class Node(Strict):
     @field_validator("agent")
     @classmethod
     def _agent(cls, value: str) -> str:
-        if value == "embedded":
-            return value
-        if not re.match(r"^https?://[^/\s:]+(:\d{1,5})?/?$", value):
-            raise ValueError(f"{value!r} is not an agent address (use http(s)://host:port or 'embedded')")
-        return value.rstrip("/")
+        return value if value == "embedded" else _agent_address(value, "http(s)://host:port or 'embedded'")
 
     @model_validator(mode="after")
     def _embedded_needs_engine(self) -> Node:

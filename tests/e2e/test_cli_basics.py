@@ -32,9 +32,11 @@ def snapctl(*args: str, cwd=None) -> subprocess.CompletedProcess:
         ("cluster: c\nprovider: {type: local}\nnodes:" + GOOD_NODE + GOOD_NODE, "duplicate node name 'n1'"),
         ("cluster: c\nprovider: {type: local}\nnodes:\n  - name: n1\n    agent: 127.0.0.1:7701\n",
          "inv.yaml:5: nodes[0].agent: '127.0.0.1:7701' is not an agent address"),
+        ("cluster: c\nprovider: {type: local}\nnodes:\n  - name: n1\n    agent: http://127.0.0.1:99999\n",
+         "inv.yaml:5: nodes[0].agent: 'http://127.0.0.1:99999': port 99999 is not between 1 and 65535"),
         ("cluster: c\nprovider: {type: local}\nnodes: [\n", "inv.yaml:"),
     ],
-    ids=["unknown-key", "wrong-type", "duplicate-names", "bad-agent-address", "bad-yaml"],
+    ids=["unknown-key", "wrong-type", "duplicate-names", "bad-agent-address", "agent-port-out-of-range", "bad-yaml"],
 )
 def test_bad_inventory_is_one_line_with_file_and_line(tmp_path, text, expected):
     (tmp_path / "inv.yaml").write_text(text)
