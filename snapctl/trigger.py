@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from node_agent.models import JobResult
 from snapctl.agent_client import open_agents
 from snapctl.config import Inventory
-from snapctl.errors import SnapctlError
+from snapctl.errors import BadInputError, SnapctlError
 
 
 @dataclass
@@ -23,6 +23,8 @@ class NodeJobs:
 
 
 async def trigger(inventory: Inventory, nodes: list[str] | None, target: str | None, timeout_s: float) -> list[NodeJobs]:
+    if timeout_s <= 0:  # every node would fail at once, as if its engine had not answered
+        raise BadInputError(f"--timeout {timeout_s:g}: the timeout must be more than zero seconds")
     chosen = [n.name for n in inventory.select(nodes)]
     async with open_agents(inventory) as agents:
         return list(await asyncio.gather(*(_one(agents[name], name, target, timeout_s) for name in chosen)))
