@@ -137,6 +137,9 @@ def _serve(config: AgentConfig, token: str | None) -> int:
         shown = f"[{host}]" if ":" in host else host
         scheme = "https" if tls else "http"
         log.info("snapctl-agent %s listening on %s://%s:%d engine=%s", config.node, scheme, shown, port, settings.type)
+        if token is None:  # allowed on loopback only (main refuses otherwise), and still worth a word
+            log.warning("no token configured: any user or process on this host can hold the engine; "
+                        "set token_file in %s (docs/security.md)", config.source)
         server.run(sockets=[sock])
     finally:
         service.close()

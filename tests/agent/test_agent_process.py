@@ -61,6 +61,14 @@ def test_the_token_can_come_from_the_environment(tmp_path: Path, db: Path) -> No
         assert httpx.get(agent.url + "/v1/status", headers={"Authorization": "Bearer from-env"}).status_code == 200
 
 
+def test_without_a_token_on_loopback_it_serves_and_warns_in_its_log(tmp_path: Path, db: Path) -> None:
+    config = write_config(tmp_path, db, token=None)
+    with agent_process(config) as agent:
+        assert httpx.get(agent.url + "/v1/status").status_code == 200
+    assert (f"WARNING snapctl.agent: no token configured: any user or process on this host can hold the engine; "
+            f"set token_file in {config} (docs/security.md)") in agent.log
+
+
 def test_refuses_a_non_loopback_address_without_a_token(tmp_path: Path, db: Path) -> None:
     result = run_agent("--config", str(write_config(tmp_path, db, token=None)), "--listen", "0.0.0.0")
     assert result.returncode == 2
