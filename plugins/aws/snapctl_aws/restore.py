@@ -4,10 +4,11 @@ its removal when a drill is done with it (detached first, if attached)."""
 from __future__ import annotations
 
 import logging
+import threading
 from typing import TYPE_CHECKING, Any
 
-from snapctl.errors import BadInputError, ProviderError
-from snapctl.providers import TAG_CLUSTER, RestoreTarget
+from snapctl.errors import BadInputError, Interrupted, ProviderError
+from snapctl.providers import TAG_CLUSTER, RestoreTarget, stop_requested
 from snapctl_aws.client import DELETE, DESCRIBE, VOLUME
 from snapctl_aws.errors import VolumeNotFound
 from snapctl_aws.snapshots import aws_tags
@@ -52,11 +53,13 @@ def restore_volume(provider: AwsProvider, snapshot: dict[str, Any], volume: str,
         SnapshotId=snapshot_id, AvailabilityZone=target.zone,
         TagSpecifications=[{"ResourceType": "volume", "Tags": aws_tags(tags)}], **options,
     )["VolumeId"]
+    stop = stop_requested()  # a drill's Ctrl-C or SIGTERM: checked at every poll
     try:
-        _wait_volume(provider, volume_id, lambda v: v["State"] == "available", "available")
+        _wait_volume(provider, volume_id, lambda v: v["State"] == "available", "available", stop=stop)
         if target.instance:
             ec2.call("attach_volume", VOLUME, VolumeId=volume_id, InstanceId=target.instance, Device=device)
-            _wait_volume(provider, volume_id, _attached_to(target.instance), f"attached to {target.instance}")
+            _wait_volume(provider, volume_id, _attached_to(target.instance), f"attached to {target.instance}",
+                         stop=stop)
     except BaseException:  # Ctrl-C and SIGTERM too: a half-made restore leaves no volume behind
         _discard(provider, volume_id, tags.get(TAG_CLUSTER))
         raise
@@ -112,9 +115,11 @@ def _describe_volume(provider: AwsProvider, volume_id: str) -> dict[str, Any]:
 
 
 def _wait_volume(provider: AwsProvider, volume_id: str, done, what: str,
-                 hint: str = "raise the provider's restore_timeout_s") -> None:
+                 hint: str = "raise the provider's restore_timeout_s", stop: threading.Event | None = None) -> None:
     deadline = provider._clock() + provider.settings.restore_timeout_s
     while True:
+        if stop is not None and stop.is_set():
+            raise Interrupted(f"restore of volume {volume_id} (waiting until it is {what})")
         volume = _describe_volume(provider, volume_id)
         if volume.get("State") == "error":
             raise ProviderError(f"restored volume {volume_id} went into error state")

@@ -209,3 +209,21 @@ def test_a_restore_interrupted_while_the_volume_is_made_deletes_it(provider, ec2
         provider.restore(ref, RestoreTarget(zone=ZONE))
 
     assert {v["VolumeId"] for v in ec2.describe_volumes()["Volumes"]} == before
+
+
+def test_a_drill_stopped_while_its_volume_is_made_deletes_it(provider, ec2, volume):
+    import threading
+
+    from snapctl.errors import Interrupted
+    from snapctl.providers import stoppable_by
+
+    [ref] = take(provider, [volume])
+    before = {v["VolumeId"] for v in ec2.describe_volumes()["Volumes"]}
+    stop = threading.Event()
+    stop.set()  # the drill was interrupted once the volume was asked for: its first poll sees it
+    with stoppable_by(stop), pytest.raises(Interrupted, match=r"restore of volume vol-\w+ \(waiting until it is "
+                                                              r"available\) was interrupted"):
+        provider.restore(ref, RestoreTarget(zone=ZONE))
+
+    assert {v["VolumeId"] for v in ec2.describe_volumes()["Volumes"]} == before
+    provider.restore(ref, RestoreTarget(zone=ZONE))  # outside a stopped drill, the same restore works
