@@ -314,7 +314,7 @@ class _Copies:
         self.check()
         if len(self._pending) >= self._backlog:
             self._collect(FIRST_COMPLETED)
-        future = self._executor.submit(self._copy_one, copier, src, dst, st, as_root)
+        future = self._executor.submit(self._copy_or_abandon, copier, src, dst, st, as_root)
         self._pending[future] = src
 
     def finish(self) -> None:
@@ -324,7 +324,7 @@ class _Copies:
         # Also on failure: no worker may still write into a tree the caller is about to remove.
         self._executor.shutdown(wait=True, cancel_futures=True)
 
-    def _copy_one(self, copier: FileCopier, src: Path, dst: Path, st: os.stat_result, as_root: bool) -> str:
+    def _copy_or_abandon(self, copier: FileCopier, src: Path, dst: Path, st: os.stat_result, as_root: bool) -> str:
         try:
             return _copy_one(self._durability, copier, src, dst, st, as_root, self.stopped)
         except BaseException:
