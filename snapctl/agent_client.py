@@ -290,7 +290,10 @@ async def open_agents(inventory: Inventory) -> AsyncIterator[dict[str, AgentClie
             from node_agent.service import AgentService
 
             for node in embedded:
-                engine = create_engine(node.engine, base_dir=inventory.base_dir)
+                try:
+                    engine = create_engine(node.engine, base_dir=inventory.base_dir)
+                except BadInputError as exc:  # which of many nodes' engine blocks is wrong
+                    raise BadInputError(f"node {node.name}: {exc.message}", hint=exc.hint) from exc
                 client = EmbeddedAgentClient(node.name, AgentService(node.name, engine), timeout_s=timeout_s,
                                              executor=executor)
                 services.append(client)

@@ -53,6 +53,16 @@ def test_unknown_key_lists_the_valid_ones(tmp_path):
     assert "valid keys: lease_ttl_s" in result.stderr
 
 
+def test_an_embedded_nodes_bad_engine_block_names_the_node(tmp_path):
+    (tmp_path / "inv.yaml").write_text(
+        "cluster: c\nprovider: {type: local}\nnodes:\n"
+        "  - {name: n1, agent: embedded, engine: {type: sqlite, path: a.db}, volumes: [data]}\n"
+        "  - {name: n2, agent: embedded, engine: {type: sqlite, pathx: b.db}, volumes: [data]}\n")
+    result = snapctl("status", "-i", "inv.yaml", cwd=tmp_path)
+    assert result.returncode == ExitCode.BAD_INPUT
+    assert result.stderr.startswith("snapctl: error: node n2: engine sqlite: unknown key 'pathx'"), result.stderr
+
+
 def test_missing_inventory_names_the_file_and_the_fix(tmp_path):
     result = snapctl("list", cwd=tmp_path)
     assert result.returncode == ExitCode.BAD_INPUT
