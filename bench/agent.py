@@ -24,6 +24,7 @@ from pathlib import Path
 import yaml
 
 from bench.common import emit, median, ms, percentile, table, use_bench_plugins
+from bench.freeze import process_cpu_s
 
 ROUND_S = 0.06
 
@@ -70,11 +71,15 @@ def measure(engine: dict, directory: Path, rounds: int) -> list[object]:
             "nodes": [{"name": "n1", "agent": f"http://127.0.0.1:{port}", "volumes": ["data"]}],
         }), base_dir=directory)
 
+        cpu: list[float] = []  # the agent's CPU seconds when the measured rounds begin and end
+
         async def rounds_of_calls() -> tuple[list[float], list[float], list[float]]:
             prepares, completes, statuses = [], [], []
             async with open_agents(inventory) as agents:
                 agent = agents["n1"]
                 for i in range(rounds + 10):
+                    if i == 10:
+                        cpu.append(process_cpu_s([proc.pid]))
                     run_id = f"bench-{i}"
                     started = time.perf_counter()
                     await agent.status()
@@ -92,9 +97,11 @@ def measure(engine: dict, directory: Path, rounds: int) -> list[object]:
             return prepares, completes, statuses
 
         prepares, completes, statuses = asyncio.run(rounds_of_calls())
+        cpu_per_call = (process_cpu_s([proc.pid]) - cpu[0]) / (3 * rounds)  # status, prepare, complete
         pairs = [p + c for p, c in zip(prepares, completes)]
         return [engine["type"], rounds, ms(median(prepares)), ms(percentile(prepares, 99)), ms(median(completes)),
-                ms(percentile(completes, 99)), ms(median(pairs)), ms(median(statuses)), f"{rss_idle:.0f}",
+                ms(percentile(completes, 99)), ms(median(pairs)), ms(median(statuses)), ms(cpu_per_call),
+                f"{rss_idle:.0f}",
                 f"{_rss_mib(proc.pid):.0f}"]
     finally:
         proc.terminate()
@@ -119,9 +126,11 @@ def run(rounds: int) -> str:
                 measure({"type": "sim"}, directory, rounds)]
     return table(f"Agent round trips on loopback ({rounds} rounds, snapctl's HTTP client)",
                  ["engine", "rounds", "prepare p50 ms", "prepare p99", "complete p50 ms", "complete p99",
-                  "prepare+complete p50 ms", "status p50 ms", "RSS idle MiB", "RSS after MiB"], rows) + (
+                  "prepare+complete p50 ms", "status p50 ms", "agent CPU ms per call", "RSS idle MiB",
+                  "RSS after MiB"], rows) + (
         "\nsqlite: 10,000 rows; prepare checkpoints the WAL, takes BEGIN IMMEDIATE and reads row counts and "
-        "checksums (the manifest's evidence). sim: no engine work, the agent's own cost.\n")
+        "checksums (the manifest's evidence). sim: no engine work, the agent's own cost. Agent CPU: the agent "
+        "process's user and system time over the measured rounds, per call (status, prepare and complete alike).\n")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -110,7 +110,7 @@ def test_local_provider_compares_with_cp_and_cleans_up(tmp_path: Path) -> None:
 
 def test_agent_round_trips_for_sqlite_and_sim() -> None:
     out = bench("bench.agent", "--rounds", "3")
-    assert "| sqlite " in out and "| sim " in out
+    assert "| sqlite " in out and "| sim " in out and "| agent CPU ms per call |" in out
 
 
 @pytest.mark.parametrize("only", ["startup"])
