@@ -76,11 +76,13 @@ def backup(
                             consistency=_choice(consistency, ("cluster", "per-node"), "--consistency"),
                             prune=not no_prune)
     loaded = _inventory(inventory)
+    if textfile:
+        from snapctl.metrics import check_textfile_path, recording_backup
+
+        check_textfile_path(textfile)  # a dry run too: the real run would refuse it
     progress = out.progress()
     run = run_backup(loaded, options, progress)
     if textfile and not dry_run:
-        from snapctl.metrics import recording_backup
-
         run = recording_backup(loaded, textfile, run)  # written after the run, succeeded or failed
     try:
         result = _run(run)

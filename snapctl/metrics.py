@@ -135,7 +135,8 @@ def check_textfile_path(path: str | os.PathLike[str]) -> Path:
         raise BadInputError(f"--textfile {target}: node_exporter only reads files ending in .prom",
                             hint="e.g. --textfile /var/lib/node_exporter/textfile_collector/snapctl.prom")
     if not target.parent.is_dir():
-        raise BadInputError(f"--textfile {target}: directory {target.parent} does not exist",
+        problem = "is not a directory" if target.parent.exists() else "does not exist"
+        raise BadInputError(f"--textfile {target}: {target.parent} {problem}",
                             hint="point it at node_exporter's --collector.textfile.directory")
     return target
 
@@ -239,12 +240,8 @@ def backup_textfile(inventory: Inventory) -> str:
 
 async def recording_backup(inventory: Inventory, path: str | os.PathLike[str], run: Awaitable[T]) -> T:
     """Await the backup ``run``, then write its textfile, whether it succeeded or failed.
-    When the run failed too, its error is what the caller sees; the textfile's only goes to the log."""
-    try:
-        check_textfile_path(path)
-    except BadInputError:
-        getattr(run, "close", lambda: None)()  # never started: no "coroutine was never awaited" warning
-        raise
+    When the run failed too, its error is what the caller sees; the textfile's only goes to the log.
+    Check ``path`` first (``check_textfile_path``), so that a bad one refuses the run before it starts."""
     try:
         result = await run
     except BaseException:

@@ -177,6 +177,12 @@ def test_backup_textfile_after_a_success_and_after_a_refusal(tmp_path):
     assert wrong.returncode == ExitCode.BAD_INPUT and ".prom" in wrong.stderr
     assert "never awaited" not in wrong.stderr
 
+    # A dry run checks the path as the real run would; a file where the directory should be is named.
+    planned = snapctl("backup", "-i", "inventory.yaml", "--dry-run", "--textfile", "prom/snapctl-backup.prom/x.prom",
+                      cwd=tmp_path)
+    assert planned.returncode == ExitCode.BAD_INPUT
+    assert "--textfile prom/snapctl-backup.prom/x.prom: prom/snapctl-backup.prom is not a directory" in planned.stderr
+
 
 def test_a_run_in_progress_makes_backing_up_unsafe_but_the_cluster_healthy(tmp_path):
     from snapctl.catalog import open_catalog
