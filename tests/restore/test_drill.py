@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import errno
 import sqlite3
 import time
+import types
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 import yaml
 
+import snapctl.junit
 from snapctl.catalog import open_catalog
 from snapctl.drill import run_drill
-from snapctl.errors import ExitCode
+from snapctl.errors import BadInputError, ExitCode, SnapctlError
 from tests.conftest import free_port
 from tests.restore.conftest import ROWS, scratch_agent
 
@@ -132,8 +135,6 @@ def test_a_node_with_a_scratch_agent_is_verified_by_that_agent(sqlite_cluster, t
 
 
 def test_only_a_succeeded_run_can_be_drilled(sqlite_cluster, tmp_path):
-    from snapctl.errors import BadInputError
-
     run_id = sqlite_cluster.backup()
     catalog = open_catalog(sqlite_cluster.inventory)
     manifest = catalog.load(run_id)
@@ -144,8 +145,6 @@ def test_only_a_succeeded_run_can_be_drilled(sqlite_cluster, tmp_path):
 
 
 def test_a_scratch_dir_that_cannot_be_made_is_bad_input_and_nothing_is_recorded(sqlite_cluster, tmp_path):
-    from snapctl.errors import BadInputError
-
     run_id = sqlite_cluster.backup()
     (tmp_path / "a-file").write_text("not a directory")
     sqlite_cluster.edit(drill={"scratch_dir": "a-file/scratch"})
@@ -158,8 +157,6 @@ def test_a_scratch_dir_that_cannot_be_made_is_bad_input_and_nothing_is_recorded(
 
 
 def test_a_junit_path_that_is_a_directory_is_refused_before_anything_starts(sqlite_cluster, tmp_path):
-    from snapctl.errors import BadInputError
-
     run_id = sqlite_cluster.backup()
     with pytest.raises(BadInputError, match=f"cannot write the junit report to {tmp_path}: it is a directory") as info:
         run_drill(sqlite_cluster.inventory, run_id, junit=tmp_path)
@@ -168,12 +165,6 @@ def test_a_junit_path_that_is_a_directory_is_refused_before_anything_starts(sqli
 
 
 def test_a_report_that_cannot_be_written_still_leaves_the_drill_on_record(sqlite_cluster, tmp_path, monkeypatch):
-    import errno
-    import types
-
-    import snapctl.junit
-    from snapctl.errors import SnapctlError
-
     run_id = sqlite_cluster.backup()
 
     def disk_full(*args, **kwargs):
