@@ -107,7 +107,7 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
             return await dry_run(inventory, provider, volumes, agents, reporter)
 
         executor = call_runner(inventory.policy, provider, inventory.provider, len(inventory.nodes),
-                               inventory.cluster, inventory.base_dir)
+                               inventory.cluster, inventory.base_dir, sum(len(v.volumes) for v in volumes.values()))
         executor.start()  # first: the provider warms up (its SDK, a worker process) while we lock and look
         # 1. Lock the cluster in the catalog; a stale lock (its holder died) is taken over.
         reporter.step("lock", f"locking cluster {inventory.cluster} in {catalog.describe()}")

@@ -11,8 +11,11 @@ their results from a pipe, many per read.
 
 The child (``snapctl/provider_child.py``, its wire format there) builds its own provider from the
 inventory's provider block (never the parent's object: a forked SDK client would share its
-connections with the parent) and warms it up before it says it is ready. Closing its stdin asks it
-to finish the calls it has and exit; a call still running when the parent goes away completes on
+connections with the parent) and warms it up before it says it is ready. Past a few hundred
+concurrent calls one process's GIL is itself the queue (its threads return together and take it
+in turn), so the child forks siblings once its imports are done, each with its own provider,
+threads and pipes, and the calls are dealt out among them (``worker_processes``). Closing its
+stdin asks it to finish the calls it has and exit; a call still running when the parent goes away completes on
 its own, and what it made carries the run's tags (`snapctl gc` finds it), as with threads in the
 parent.
 """
@@ -20,6 +23,7 @@ parent.
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
@@ -29,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from snapctl.errors import ProviderError
 from snapctl.provider_child import READY, THREADS_HINT, frame, frames
 from snapctl.provider_threads import CallRunner, ProviderThreads
-from snapctl.providers import provider_factory_path
+from snapctl.providers import Capabilities, provider_factory_path
 
 if TYPE_CHECKING:
     from snapctl.config import Policy
@@ -41,58 +45,90 @@ if TYPE_CHECKING:
 # median margin p50 was lower in 13 (by 1-12 ms on a quiet machine), its p99 in 11
 # (docs/benchmarks.md, item 30). A freeze window is what the databases feel; the wall time is not.
 PROVIDER_PROCESS_FROM = 50
+# One process per this many concurrent calls, up to the cap. At 1000 calls (2 cores, simulated
+# 300 ms calls, alternate runs) 4 processes held the freeze margin's p99 at 63-84 ms against 92-135
+# with one (docs/benchmarks.md, item 42); siblings are forked from the first child after its
+# imports, so each costs milliseconds to start, not the ~0.2 s of a new interpreter.
+CALLS_PER_PROCESS, MAX_PROCESSES = 250, 4
 CALL_RUNNER_READY_S = 60.0  # a child's start: imports and its provider, on a loaded machine
 
 
-class _Results(asyncio.Protocol):
-    def __init__(self, worker: ProviderWorker) -> None:
-        self.worker = worker
+class _Channel(asyncio.Protocol):
+    """The pipes to one of the worker's processes, and the calls it has not answered yet."""
+
+    def __init__(self, worker: ProviderWorker, index: int) -> None:
+        self.worker, self.index = worker, index
         self.buffer = bytearray()
+        self.writer: asyncio.WriteTransport | None = None
+        self.to_child: Any = None  # the pipe under ``writer``: closed at once when the run ends
+        self.reader: asyncio.ReadTransport | None = None
+        self.calls: dict[int, asyncio.Future] = {}
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
         for message in frames(self.buffer):
-            self.worker._received(message)
+            self.worker._received(self, message)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.worker._ended()
+        self.worker._ended(self)
 
 
 class ProviderWorker:
-    """The provider's calls, made by ``threads`` threads in a child process: a ``CallRunner``.
+    """The provider's calls, made by ``threads`` threads in ``processes`` child processes (the first
+    started here, the others forked from it): a ``CallRunner``.
 
-    ``submit`` returns an asyncio Future that the loop itself settles as the child's answers are
+    ``submit`` returns an asyncio Future that the loop itself settles as the children's answers are
     read, many per read: no thread hands it over, so a burst of 1000 answers costs no wake-up of
     the loop per answer (a concurrent Future's would). Nothing here cancels it; whoever awaits it
     with a timeout shields it, so that the rollback still learns what the call made."""
 
-    def __init__(self, provider_config: Mapping[str, Any], *, cluster: str, base_dir: Path, threads: int) -> None:
+    def __init__(self, provider_config: Mapping[str, Any], *, cluster: str, base_dir: Path, threads: int,
+                 processes: int = 1) -> None:
+        self.processes = max(1, processes)
         self._init = {"provider": dict(provider_config), "factory": provider_factory_path(provider_config["type"]),
                       "cluster": cluster, "base_dir": str(base_dir),
-                      "threads": max(1, threads), "sys_path": list(sys.path)}
+                      "threads": -(-max(1, threads) // self.processes), "sys_path": list(sys.path)}
         self._process: subprocess.Popen | None = None
-        self._writer: asyncio.WriteTransport | None = None
-        self._reader: asyncio.ReadTransport | None = None
-        self._calls: dict[int, asyncio.Future] = {}
+        self._sibling_pipes: list[tuple[int, int]] = []  # ours: (write to, read from) each forked sibling
+        self._channels: list[_Channel] = []
         self._next_id = 0
         self._ready: asyncio.Future[None] | None = None
+        self._not_ready = self.processes  # processes that have not said they are ready
 
     def start(self) -> None:
-        """Start the child and hand it the provider's settings; returns at once (the child imports
-        and builds its provider meanwhile: ``ready`` waits for that)."""
-        self._process = subprocess.Popen([sys.executable, "-m", "snapctl.provider_child"], stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, close_fds=True)
+        """Start the child and hand it the provider's settings; returns at once (the child imports,
+        forks its siblings and builds its provider meanwhile: ``ready`` waits for that)."""
+        theirs = []
+        for _ in range(self.processes - 1):
+            (to_read, to_write), (from_read, from_write) = os.pipe(), os.pipe()
+            theirs.append((to_read, from_write))
+            self._sibling_pipes.append((to_write, from_read))
+        try:
+            self._process = subprocess.Popen([sys.executable, "-m", "snapctl.provider_child"], stdin=subprocess.PIPE,
+                                             stdout=subprocess.PIPE, close_fds=True,
+                                             pass_fds=[fd for pair in theirs for fd in pair])
+        finally:
+            for fd in (fd for pair in theirs for fd in pair):
+                os.close(fd)  # the child has them; kept here, a sibling's end would never be seen
         assert self._process.stdin is not None
-        self._process.stdin.write(frame(self._init))
+        self._process.stdin.write(frame({**self._init, "siblings": theirs}))
         self._process.stdin.flush()
 
     async def ready(self, timeout: float) -> None:
-        """Wait until the child has built its provider and started its threads."""
+        """Wait until every process has built its provider and started its threads."""
         assert self._process is not None and self._process.stdin is not None and self._process.stdout is not None
         loop = asyncio.get_running_loop()
         self._ready = loop.create_future()
-        self._writer, _ = await loop.connect_write_pipe(asyncio.BaseProtocol, self._process.stdin)
-        self._reader, _ = await loop.connect_read_pipe(lambda: _Results(self), self._process.stdout)
+        pipes = [(self._process.stdin, self._process.stdout)] + [
+            (os.fdopen(write_fd, "wb", buffering=0), os.fdopen(read_fd, "rb", buffering=0))  # the transports own them
+            for write_fd, read_fd in self._sibling_pipes]
+        self._sibling_pipes = []
+        for index, (to_child, from_child) in enumerate(pipes):
+            channel = _Channel(self, index)
+            self._channels.append(channel)
+            channel.to_child = to_child
+            channel.writer, _ = await loop.connect_write_pipe(asyncio.BaseProtocol, to_child)
+            channel.reader, _ = await loop.connect_read_pipe(lambda channel=channel: channel, from_child)
         try:
             async with asyncio.timeout(timeout):
                 await self._ready
@@ -102,10 +138,12 @@ class ProviderWorker:
                                 hint=f"check the provider's credentials and network; or {THREADS_HINT}") from None
 
     def submit(self, call: Callable[..., Any], *args: Any) -> asyncio.Future:
-        """Run ``call(*args)`` in the child, where ``call`` is a method of the provider: the child
-        calls its own provider's method of that name. Call it from the loop that awaited ``ready``."""
+        """Run ``call(*args)`` in a child, where ``call`` is a method of the provider: the child
+        calls its own provider's method of that name. Call it from the loop that awaited ``ready``.
+        Calls are dealt to the processes in turn."""
         future: asyncio.Future = asyncio.get_running_loop().create_future()
-        if self._writer is None or self._writer.is_closing():  # not ready yet, or shut down
+        channel = self._channels[self._next_id % len(self._channels)] if self._channels else None
+        if channel is None or channel.writer is None or channel.writer.is_closing():  # not ready, or shut down
             future.set_exception(self._gone_error())
             return future
         try:
@@ -114,24 +152,31 @@ class ProviderWorker:
             future.set_exception(ProviderError(f"cannot hand {call.__name__} to the provider worker process: {exc}",
                                                hint=THREADS_HINT))
             return future
-        self._calls[self._next_id] = future
+        channel.calls[self._next_id] = future
         self._next_id += 1
-        self._writer.write(message)
+        channel.writer.write(message)
         return future
 
     def shutdown(self) -> None:
-        """Let the child end once the calls already submitted are done. Waits (up to 2 s) only for
-        a child with nothing left to do, so that it is gone, and counted, when the run ends."""
-        if self._writer is not None:
-            self._writer.close()
-        if self._process is not None and self._process.stdin and (
-                self._writer is None or not self._writer.get_write_buffer_size()):
-            self._process.stdin.close()  # now, not on the loop's next turn: the child's cue to end
-        if self._calls:
+        """Let the children end once the calls already submitted are done. Waits (up to 2 s) only for
+        children with nothing left to do, so that they are gone, and counted, when the run ends."""
+        for write_fd, read_fd in self._sibling_pipes:  # never connected: the run ended before ready
+            os.close(write_fd)
+            os.close(read_fd)
+        self._sibling_pipes = []
+        for channel in self._channels:
+            if channel.writer is not None:
+                channel.writer.close()
+                if not channel.writer.get_write_buffer_size():
+                    channel.to_child.close()  # now, not on the loop's next turn: the process's cue to end
+        if not self._channels and self._process is not None and self._process.stdin:
+            self._process.stdin.close()
+        if any(channel.calls for channel in self._channels):
             return  # answers still due may arrive while the loop runs; Popen reaps the child later
-        if self._reader is not None:
-            self._reader.close()
-        elif self._process is not None and self._process.stdout:
+        for channel in self._channels:
+            if channel.reader is not None:
+                channel.reader.close()
+        if not self._channels and self._process is not None and self._process.stdout:
             self._process.stdout.close()  # never read: the run ended before it needed the child
         if self._process is not None:
             try:  # nothing left to do: it exits as soon as it reads the end of its input
@@ -139,16 +184,18 @@ class ProviderWorker:
             except subprocess.TimeoutExpired:
                 pass
 
-    def _received(self, message: Any) -> None:
+    def _received(self, channel: _Channel, message: Any) -> None:
         if message[0] == READY:
             if self._ready is not None and not self._ready.done():
-                if message[1] is None:
-                    self._ready.set_result(None)
-                else:
+                if message[1] is not None:
                     self._ready.set_exception(message[1])
+                else:
+                    self._not_ready -= 1
+                    if not self._not_ready:
+                        self._ready.set_result(None)
             return
         call_id, ok, value = message
-        future = self._calls.pop(call_id, None)
+        future = channel.calls.pop(call_id, None)
         if future is None or future.done():  # a caller cancelled what it should have shielded
             return
         if ok:
@@ -156,39 +203,55 @@ class ProviderWorker:
         else:
             future.set_exception(value)
 
-    def _ended(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
-        if self._process is not None:
+    def _ended(self, channel: _Channel) -> None:
+        if channel.reader is not None:
+            channel.reader.close()
+        if channel.index == 0 and self._process is not None:
             try:  # its output ended: it is exiting, and its exit code says how
                 self._process.wait(timeout=1)
             except subprocess.TimeoutExpired:
                 pass
         if self._ready is not None and not self._ready.done():
-            self._ready.set_exception(self._gone_error("before it was ready", "its error is on stderr above"))
-        calls, self._calls = self._calls, {}
+            self._ready.set_exception(self._gone_error("before it was ready", "its error is on stderr above",
+                                                       channel.index))
+        calls, channel.calls = channel.calls, {}
         for future in calls.values():
             if future.done():
                 continue
             future.set_exception(self._gone_error(
                 f"with {len(calls)} snapshot call(s) unanswered",
-                "what they made carries the run's tags: `snapctl gc` lists snapshots no manifest names"))
+                "what they made carries the run's tags: `snapctl gc` lists snapshots no manifest names",
+                channel.index))
 
-    def _gone_error(self, when: str = "", why: str = "") -> ProviderError:
-        code = self._process.poll() if self._process is not None else None
+    def _gone_error(self, when: str = "", why: str = "", index: int = 0) -> ProviderError:
+        # Only the first child is ours to wait for; a sibling's exit code is its parent's to read.
+        code = self._process.poll() if self._process is not None and index == 0 else None
+        which = "the provider worker process" if index == 0 else f"the provider worker's process {index + 1}"
         return ProviderError(
-            " ".join(filter(None, ["the provider worker process ended",
-                                   f"(exit code {code})" if code is not None else "", when])),
+            " ".join(filter(None, [which, "ended", f"(exit code {code})" if code is not None else "", when])),
             hint="; ".join(filter(None, [why, THREADS_HINT])),
         )
 
 
+def worker_processes(calls: int, creates: int, capabilities: Capabilities) -> int:
+    """How many processes make ``calls`` concurrent snapshot calls (``creates`` create calls in the
+    run): one per ``CALLS_PER_PROCESS``, at most ``MAX_PROCESSES``; one only, when the provider
+    meters its create calls with a token bucket the run could empty, since each process would
+    keep a bucket of its own and together overrun the cloud's limit."""
+    if capabilities.max_creates_per_s and creates > (capabilities.create_burst or 1):
+        return 1
+    return max(1, min(MAX_PROCESSES, -(-calls // CALLS_PER_PROCESS)))
+
+
 def call_runner(policy: Policy, provider: Provider, provider_config: Mapping[str, Any], nodes: int, cluster: str,
-                base_dir: Path) -> CallRunner:
+                base_dir: Path, creates: int | None = None) -> CallRunner:
     """Where a run's snapshot calls are made, as ``policy.provider_process`` says: by ``provider``
-    in threads of this process, or by a child's own provider built from ``provider_config``. Either
-    is warmed up by the time it is ready."""
+    in threads of this process, or by children's own providers built from ``provider_config``
+    (``worker_processes`` of them). Either is warmed up by the time it is ready. ``creates``: the
+    run's create calls (its volumes), ``nodes`` if not given."""
     calls = min(policy.concurrency, nodes)
     if policy.provider_process == "always" or (policy.provider_process == "auto" and calls >= PROVIDER_PROCESS_FROM):
-        return ProviderWorker(provider_config, cluster=cluster, base_dir=base_dir, threads=calls)
+        return ProviderWorker(provider_config, cluster=cluster, base_dir=base_dir, threads=calls,
+                              processes=worker_processes(calls, nodes if creates is None else creates,
+                                                         provider.capabilities))
     return ProviderThreads(calls, warm_up=provider.warm_up)

@@ -1,6 +1,7 @@
-"""ProviderWorker: snapshot calls made in a child process reach the parent with their results and
-errors (hint included); calls under way survive shutdown and Ctrl-C to the process group; a child
-that dies or cannot start fails its calls with an error that names it and says how to do without."""
+"""ProviderWorker: snapshot calls made in a child process (or several) reach the parent with their
+results and errors (hint included); calls under way survive shutdown and Ctrl-C to the process
+group; a child that dies or cannot start fails its calls with an error that names it and says how
+to do without; a provider whose token bucket a run could empty keeps its calls in one process."""
 
 from __future__ import annotations
 
@@ -14,8 +15,15 @@ import pytest
 from snapctl.config import Policy
 from snapctl.errors import BadInputError, ProviderError
 from snapctl.provider_threads import ProviderThreads
-from snapctl.provider_worker import PROVIDER_PROCESS_FROM, ProviderWorker, call_runner
-from snapctl.providers import available_providers, create_provider, snapshot_tags
+from snapctl.provider_worker import (
+    CALLS_PER_PROCESS,
+    MAX_PROCESSES,
+    PROVIDER_PROCESS_FROM,
+    ProviderWorker,
+    call_runner,
+    worker_processes,
+)
+from snapctl.providers import Capabilities, available_providers, create_provider, snapshot_tags
 
 THIRD_PARTY = Path(__file__).resolve().parents[1] / "e2e" / "thirdparty"
 
@@ -30,12 +38,12 @@ def slow_provider(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     (data / "table.dat").write_bytes(os.urandom(4096))
 
     def make(delay_s: float = 0.0, fail_nodes: tuple[str, ...] = (), store: str = "store",
-             fail_warm_up: str | None = None, warm_up_s: float = 0.0):
+             fail_warm_up: str | None = None, warm_up_s: float = 0.0, processes: int = 1):
         config = {"type": "slow", "store": store, "delay_s": delay_s, "fail_nodes": list(fail_nodes),
                   "fail_warm_up": fail_warm_up, "warm_up_s": warm_up_s}
         provider = create_provider(config, cluster="c1", base_dir=tmp_path)
         volumes = provider.validate_volumes("n1", [{"name": "data", "path": str(data)}], base_dir=tmp_path)
-        worker = ProviderWorker(config, cluster="c1", base_dir=tmp_path, threads=4)
+        worker = ProviderWorker(config, cluster="c1", base_dir=tmp_path, threads=4, processes=processes)
         return provider, volumes, worker
 
     yield make
@@ -194,3 +202,92 @@ def test_provider_process_picks_where_the_calls_run(tmp_path, setting, concurren
     config = {"type": "local", "store": "s"}
     provider = create_provider(config, cluster="c1", base_dir=tmp_path)
     assert type(call_runner(policy, provider, config, nodes, "c1", tmp_path)) is runner
+
+
+def test_call_runner_sizes_the_worker_by_the_runs_calls_and_creates(tmp_path):
+    config = {"type": "local", "store": "s"}
+    provider = create_provider(config, cluster="c1", base_dir=tmp_path)
+    assert call_runner(Policy(concurrency=1000), provider, config, 1000, "c1", tmp_path).processes == MAX_PROCESSES
+    assert call_runner(Policy(concurrency=100), provider, config, 1000, "c1", tmp_path).processes == 1
+    provider.capabilities = Capabilities(max_creates_per_s=5, create_burst=100)
+    assert call_runner(Policy(concurrency=1000), provider, config, 1000, "c1", tmp_path, 1000).processes == 1
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_calls_are_dealt_out_to_every_process_of_the_worker_and_all_end_with_it(slow_provider):
+    provider, volumes, worker = slow_provider(processes=3)
+
+    async def go():
+        worker.start()
+        await worker.ready(30)
+        try:
+            calls = [worker.submit(provider.snapshot, volumes, snapshot_tags("c1", f"r{i}", "n1")) for i in range(6)]
+            return await asyncio.gather(*calls)
+        finally:
+            worker.shutdown()
+
+    results = _run(go())
+    assert [refs[0].tags["snapctl-run"] for refs in results] == [f"r{i}" for i in range(6)]
+    made_by = [refs[0].extra["pid"] for refs in results]
+    assert len(set(made_by)) == 3 and os.getpid() not in made_by  # in turn: 0, 1, 2, 0, 1, 2
+    assert made_by[:3] == made_by[3:]
+    assert all(refs[0].extra["warm"] for refs in results)  # each process warmed its own provider up
+    assert worker._process.wait(10) == 0
+    assert not any(_alive(pid) for pid in made_by)  # the first child reaped its forked siblings
+
+
+def test_a_forked_process_that_dies_fails_its_own_calls_naming_it_and_not_the_others(slow_provider):
+    provider, volumes, worker = slow_provider(delay_s=1.0, processes=2)
+
+    async def go():
+        worker.start()
+        await worker.ready(30)
+        try:
+            first = worker.submit(provider.snapshot, volumes, snapshot_tags("c1", "r1", "n1"))
+            second = worker.submit(provider.snapshot, volumes, snapshot_tags("c1", "r2", "n1"))
+            sibling = [pid for pid in _children_of(worker._process.pid)]
+            assert len(sibling) == 1
+            os.kill(sibling[0], signal.SIGKILL)
+            return await asyncio.gather(first, second, return_exceptions=True)
+        finally:
+            worker.shutdown()
+
+    made, lost = _run(go())
+    assert made[0].tags["snapctl-run"] == "r1"  # the first child's call was not disturbed
+    assert isinstance(lost, ProviderError)
+    assert lost.message == "the provider worker's process 2 ended with 1 snapshot call(s) unanswered"
+    assert "snapctl gc" in lost.hint and "provider_process: never" in lost.hint
+
+
+def _children_of(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def test_a_provider_that_cannot_start_fails_ready_once_however_many_processes(slow_provider, tmp_path):
+    slow_provider()
+    worker = ProviderWorker({"type": "slow", "store": "s", "delay_s": "not a number"}, cluster="c1",
+                            base_dir=tmp_path, threads=4, processes=3)
+    with pytest.raises(BadInputError, match=r"^provider slow: .*delay_s"):
+        _run(_started_then_ready(worker))
+    assert worker._process.wait(60) == 0
+
+
+@pytest.mark.parametrize(("calls", "creates", "capabilities", "processes"), [
+    (PROVIDER_PROCESS_FROM, PROVIDER_PROCESS_FROM, Capabilities(), 1),
+    (CALLS_PER_PROCESS + 1, 1000, Capabilities(), 2),
+    (1000, 1000, Capabilities(), MAX_PROCESSES),
+    (4000, 4000, Capabilities(), MAX_PROCESSES),
+    # EC2's bucket (100 at once): 1000 creates would empty it, and each process would have its own.
+    (1000, 1000, Capabilities(max_creates_per_s=5, create_burst=100), 1),
+    (1000, 1000, Capabilities(max_creates_per_s=1e6, create_burst=10**6), MAX_PROCESSES),  # it never binds
+])
+def test_worker_processes_splits_the_calls_unless_a_token_bucket_could_bind(calls, creates, capabilities,
+                                                                             processes):
+    assert worker_processes(calls, creates, capabilities) == processes
