@@ -8,7 +8,9 @@ why it cannot be), then runs each call it is sent. It imports what that takes an
 
     wire: 4-byte big-endian length + pickle, both ways. Parent -> child: the init mapping, then
     (call id, method name, args). Child -> parent: ("ready", None or the warm-up's error), then
-    (call id, ok, result or error).
+    (call id, ok, result or error). The init's "siblings" lists pipe ends (read, write) the parent
+    passed: for each, a sibling is forked after the imports and speaks the same wire over them,
+    from its own ready on; this process reaps them before it exits.
 """
 
 from __future__ import annotations

@@ -11,13 +11,13 @@ their results from a pipe, many per read.
 
 The child (``snapctl/provider_child.py``, its wire format there) builds its own provider from the
 inventory's provider block (never the parent's object: a forked SDK client would share its
-connections with the parent) and warms it up before it says it is ready. Past a few hundred
+connections with the parent) and warms it up before it says it is ready. Past fifty or so
 concurrent calls one process's GIL is itself the queue (its threads return together and take it
-in turn), so the child forks siblings once its imports are done, each with its own provider,
-threads and pipes, and the calls are dealt out among them (``worker_processes``). Closing its
-stdin asks it to finish the calls it has and exit; a call still running when the parent goes away completes on
-its own, and what it made carries the run's tags (`snapctl gc` finds it), as with threads in the
-parent.
+in turn), so the child forks siblings once its imports are done and before it builds anything,
+each with its own provider, threads and pipes, and the calls are dealt out among them
+(``worker_processes``). Closing a process's stdin asks it to finish the calls it has and exit; a
+call still running when the parent goes away completes on its own, and what it made carries the
+run's tags (`snapctl gc` finds it), as with threads in the parent.
 """
 
 from __future__ import annotations
@@ -45,11 +45,12 @@ if TYPE_CHECKING:
 # median margin p50 was lower in 13 (by 1-12 ms on a quiet machine), its p99 in 11
 # (docs/benchmarks.md, item 30). A freeze window is what the databases feel; the wall time is not.
 PROVIDER_PROCESS_FROM = 50
-# One process per this many concurrent calls, up to the cap. At 1000 calls (2 cores, simulated
-# 300 ms calls, alternate runs) 4 processes held the freeze margin's p99 at 63-84 ms against 92-135
-# with one (docs/benchmarks.md, item 42); siblings are forked from the first child after its
-# imports, so each costs milliseconds to start, not the ~0.2 s of a new interpreter.
-CALLS_PER_PROCESS, MAX_PROCESSES = 250, 4
+# One process per this many concurrent calls, up to the cap. On this 2-core machine (simulated
+# 300 ms calls, alternate runs; docs/benchmarks.md, item 42) the freeze margin's p99 read, with
+# 1 / 2 / 4 processes: 18-21 / 15-17 / 26 ms at 100 calls, - / 37-39 / 33-35 ms at 300, and
+# 79-158 / - / 57-120 ms at 1000 (8: no better than 4). Siblings are forked from the first child
+# after its imports, so each costs milliseconds to start, not the ~0.2 s of a new interpreter.
+CALLS_PER_PROCESS, MAX_PROCESSES = 50, 4
 CALL_RUNNER_READY_S = 60.0  # a child's start: imports and its provider, on a loaded machine
 
 

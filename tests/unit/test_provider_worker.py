@@ -208,7 +208,7 @@ def test_call_runner_sizes_the_worker_by_the_runs_calls_and_creates(tmp_path):
     config = {"type": "local", "store": "s"}
     provider = create_provider(config, cluster="c1", base_dir=tmp_path)
     assert call_runner(Policy(concurrency=1000), provider, config, 1000, "c1", tmp_path).processes == MAX_PROCESSES
-    assert call_runner(Policy(concurrency=100), provider, config, 1000, "c1", tmp_path).processes == 1
+    assert call_runner(Policy(concurrency=CALLS_PER_PROCESS), provider, config, 1000, "c1", tmp_path).processes == 1
     provider.capabilities = Capabilities(max_creates_per_s=5, create_burst=100)
     assert call_runner(Policy(concurrency=1000), provider, config, 1000, "c1", tmp_path, 1000).processes == 1
 
