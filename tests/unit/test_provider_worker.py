@@ -266,6 +266,26 @@ def test_a_forked_process_that_dies_fails_its_own_calls_naming_it_and_not_the_ot
     assert "snapctl gc" in lost.hint and "provider_process: never" in lost.hint
 
 
+def test_calls_under_way_in_every_process_finish_after_shutdown_and_ctrl_c(slow_provider):
+    provider, volumes, worker = slow_provider(delay_s=0.5, processes=2)
+
+    async def go():
+        worker.start()
+        await worker.ready(30)
+        calls = [worker.submit(provider.snapshot, volumes, snapshot_tags("c1", f"r{i}", "n1")) for i in range(2)]
+        processes = [worker._process.pid, *_children_of(worker._process.pid)]
+        for pid in processes:  # what Ctrl-C sends the whole foreground group
+            os.kill(pid, signal.SIGINT)
+        worker.shutdown()
+        results = await asyncio.gather(*calls)
+        return results, processes, await asyncio.to_thread(worker._process.wait, 10)
+
+    results, processes, exit_code = _run(go())
+    assert [refs[0].tags["snapctl-run"] for refs in results] == ["r0", "r1"]
+    assert {refs[0].extra["pid"] for refs in results} == set(processes)
+    assert exit_code == 0 and not _alive(processes[1])  # both ended at the end of their input
+
+
 def _children_of(pid: int) -> list[int]:
     return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
