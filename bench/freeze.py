@@ -113,14 +113,18 @@ def run_sequential(cluster: SimCluster) -> float:
 
 def scaling(sizes: list[int], repeats: int, prepare_latency: float, create_latency: float,
             baseline_at: int | None, stack: str = "lean") -> str:
-    from snapctl.provider_worker import PROVIDER_PROCESS_FROM
+    from snapctl.provider_worker import PROVIDER_PROCESS_FROM, worker_processes
+    from snapctl.providers import Capabilities
 
     rows, walls, baseline_rows, served = [], {}, [], ""
     for n in sizes:
         provider = {"type": "sim", "create_latency_s": create_latency, **UNBOUND}
         # Where the create calls run: what policy.provider_process auto picks at this N, and from
         # PROVIDER_PROCESS_FROM on also the threads it replaces, in alternate runs.
-        variants = {"process" if n >= PROVIDER_PROCESS_FROM else "threads": "auto"}
+        workers = worker_processes(n, n, Capabilities(max_creates_per_s=UNBOUND["create_rate"],
+                                                       create_burst=UNBOUND["create_burst"]))
+        worker = f"worker, {workers} process{'es' if workers > 1 else ''}"
+        variants = {worker if n >= PROVIDER_PROCESS_FROM else "threads": "auto"}
         if n >= PROVIDER_PROCESS_FROM:
             variants["threads"] = "never"
         with SimCluster(nodes=n, prepare_latency_s=prepare_latency, provider=provider, stack=stack) as cluster:
@@ -168,9 +172,9 @@ def scaling(sizes: list[int], repeats: int, prepare_latency: float, create_laten
             "(the GIL, among the provider threads); return to release = from that return to the complete's "
             "acknowledgement; ack skew = spread of prepare acknowledgements at snapctl; hold skew = spread of the "
             "instants the engines began holding; CPU per node: snapctl's process (all threads; with the "
-            "provider worker, its child process too) and the simulated agents' processes, which share this "
-            "machine's cores with it; create calls in: threads of snapctl's process or its provider worker "
-            "process (policy.provider_process; auto's choice first, then the other, in alternate runs).\n")
+            "provider worker, its processes too) and the simulated agents' processes, which share this "
+            "machine's cores with it; create calls in: threads of snapctl's process or its provider worker's "
+            "processes (policy.provider_process; auto's choice first, then the other, in alternate runs).\n")
     if baseline_rows:
         out += "\n" + table("Sequential per-node baseline vs snapctl (same agents, same run)",
                             ["N", "sequential s", "snapctl s", "speed-up", ">=10x"], baseline_rows)
