@@ -2,7 +2,8 @@
 
     python -m bench.run [--quick] [--only freeze,floor,progress,cloud_sdk,tls_fanout,status_fanout,startup,local_provider,agent,loopback]
 
-Full suite: about 13 minutes on 2 cores; --quick: about 80 seconds. Paste the output into
+Full suite: 7-13 minutes on 2 cores; --quick: about 80 seconds. `./dev bench` installs what it compares
+with (rsync; the simulated agents' httptools and uvloop) and runs it. Paste the output into
 docs/benchmarks.md. Benchmarks print numbers; nothing here asserts on them.
 """
 

@@ -47,8 +47,8 @@ if TYPE_CHECKING:
 PROVIDER_PROCESS_FROM = 50
 # One process per this many concurrent calls, up to the cap. On this 2-core machine (simulated
 # 300 ms calls, alternate runs; docs/benchmarks.md, item 42) the freeze margin's p99 read, with
-# 1 / 2 / 4 processes: 18-21 / 15-17 / 26 ms at 100 calls, - / 37-39 / 33-35 ms at 300, and
-# 79-158 / - / 57-120 ms at 1000 (8: no better than 4). Siblings are forked from the first child
+# 1 / 2 / 4 processes: 18-21 / 15-17 / 20-26 ms at 100 calls, - / 37-39 / 33-35 ms at 300, and
+# 95-180 / - / 55-121 ms at 1000 (8: no better than 4). Siblings are forked from the first child
 # after its imports, so each costs milliseconds to start, not the ~0.2 s of a new interpreter.
 CALLS_PER_PROCESS, MAX_PROCESSES = 50, 4
 CALL_RUNNER_READY_S = 60.0  # a child's start: imports and its provider, on a loaded machine
