@@ -34,11 +34,12 @@ from snapctl.providers import TAG_RUN, NodeVolumes, Provider, SnapshotRef, creat
 
 _MAX_AUTO_HOLD_LEAD_S = 2.0
 # Sending a prepare on an open connection, and its agent reading it, costs each side ~0.1 ms of
-# CPU; the preflight (which opened the connections) took ~0.4 ms per node in plain http on the
-# 2-core benchmark machine, and ~2 ms over TLS, nearly all of it handshakes the prepares do not
-# repeat. A lead past this only waits: over TLS at 1000 nodes 0.4 s gave the same or shorter
-# freezes than the preflight's 2 s, and a run 1.3-1.5 s shorter (docs/benchmarks.md, item 35).
-_AUTO_HOLD_LEAD_BASE_S, _AUTO_HOLD_LEAD_PER_NODE_S = 0.02, 0.0005
+# CPU: snapctl wrote 1000 prepares in 28-133 ms on the 2-core benchmark machine. The preflight,
+# which opened the connections, takes longer: ~0.2-0.4 ms per node in plain http, ~2 ms over TLS,
+# connects and handshakes the prepares do not repeat. A lead past the sending only waits: at 1000
+# nodes 0.17 s instead of the preflight's 0.2-0.3 s gave the same holds and freezes and a run
+# ~0.2 s shorter (docs/benchmarks.md, item 44; over TLS, item 35).
+_AUTO_HOLD_LEAD_BASE_S, _AUTO_HOLD_LEAD_PER_NODE_S = 0.02, 0.00015
 
 
 @dataclass
