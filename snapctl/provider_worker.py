@@ -108,6 +108,9 @@ class ProviderWorker:
             self._process = subprocess.Popen([sys.executable, "-m", "snapctl.provider_child"], stdin=subprocess.PIPE,
                                              stdout=subprocess.PIPE, close_fds=True,
                                              pass_fds=[fd for pair in theirs for fd in pair])
+        except BaseException:
+            self.shutdown()  # closes our ends of the siblings' pipes
+            raise
         finally:
             for fd in (fd for pair in theirs for fd in pair):
                 os.close(fd)  # the child has them; kept here, a sibling's end would never be seen
