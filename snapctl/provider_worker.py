@@ -61,7 +61,6 @@ class _Channel(asyncio.Protocol):
         self.worker, self.index = worker, index
         self.buffer = bytearray()
         self.writer: asyncio.WriteTransport | None = None
-        self.to_child: Any = None  # the pipe under ``writer``: closed at once when the run ends
         self.reader: asyncio.ReadTransport | None = None
         self.calls: dict[int, asyncio.Future] = {}
 
@@ -130,7 +129,6 @@ class ProviderWorker:
         for index, (to_child, from_child) in enumerate(pipes):
             channel = _Channel(self, index)
             self._channels.append(channel)
-            channel.to_child = to_child
             channel.writer, _ = await loop.connect_write_pipe(asyncio.BaseProtocol, to_child)
             channel.reader, _ = await loop.connect_read_pipe(lambda channel=channel: channel, from_child)
         try:
@@ -172,7 +170,8 @@ class ProviderWorker:
             if channel.writer is not None:
                 channel.writer.close()
                 if not channel.writer.get_write_buffer_size():
-                    channel.to_child.close()  # now, not on the loop's next turn: the process's cue to end
+                    # The pipe itself now, not on the loop's next turn: the process's cue to end.
+                    channel.writer.get_extra_info("pipe").close()
         if not self._channels and self._process is not None and self._process.stdin:
             self._process.stdin.close()
         if any(channel.calls for channel in self._channels):
