@@ -15,6 +15,7 @@ why it cannot be), then runs each call it is sent. It imports what that takes an
 
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
 import queue
@@ -86,6 +87,8 @@ def serve() -> int:
         factory = import_factory(init["factory"])
     except Exception as exc:  # noqa: BLE001 - said below, by every process, as the provider's error
         factory = exc
+    if init.get("siblings") and not isinstance(factory, Exception):
+        _import_sdk(getattr(factory, "sdk_modules", ()))
     # Forked after the imports, before any thread: a sibling starts in milliseconds, not ~0.2 s.
     siblings = _fork_siblings(init.get("siblings", ()))
     if siblings is None:  # this is a sibling, now on its own pipes (0 and 1)
@@ -166,6 +169,17 @@ def serve() -> int:
     writer.join()
     _reap(siblings)
     return 0
+
+
+def _import_sdk(modules: tuple[str, ...]) -> None:
+    """Import the provider's SDK once, for this process and the siblings it forks (the
+    provider's ``sdk_modules``). A module that fails to import is left to ``warm_up``, which
+    says why in each process as it would without this."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001, S112 - reported by warm_up, with the plugin's own words
+            continue
 
 
 def _fork_siblings(pipes: list[tuple[int, int]]) -> list[int] | None:

@@ -7,6 +7,8 @@ every cloud. An env's volumes belong to node ``n1``; snapshots a test makes are 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 import uuid
 
@@ -78,6 +80,19 @@ def test_provider_has_the_provider_shape(env: ProviderEnv) -> None:
     assert isinstance(provider.capabilities, Capabilities)
     assert issubclass(type(provider).settings_model, ProviderSettings)
     assert env.volumes.node == "n1" and env.volumes.volumes
+
+
+def test_its_sdk_modules_import_and_start_no_thread(env: ProviderEnv) -> None:
+    # The provider worker imports them before it forks its processes: a thread would not survive.
+    modules = getattr(type(env.provider), "sdk_modules", ())
+    assert isinstance(modules, tuple) and all(isinstance(name, str) for name in modules)
+    script = "import importlib, os, sys\nfor name in sys.argv[1:]:\n    importlib.import_module(name)\n" \
+             "print(len(os.listdir('/proc/self/task')))"
+    # A new interpreter: in this one the SDK was imported long ago, by other tests.
+    done = subprocess.run([sys.executable, "-c", script, *modules], capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["1"]
 
 
 def test_warm_up_changes_nothing_in_the_cloud_and_again_does_nothing(env: ProviderEnv, snaps: Snapshots) -> None:

@@ -286,6 +286,16 @@ def test_calls_under_way_in_every_process_finish_after_shutdown_and_ctrl_c(slow_
     assert exit_code == 0 and not _alive(processes[1])  # both ended at the end of their input
 
 
+def test_the_sdk_is_imported_once_before_the_siblings_are_forked(slow_provider, tmp_path, monkeypatch):
+    imports = tmp_path / "sdk-imports"
+    monkeypatch.setenv("SNAPCTL_SLOW_SDK_IMPORTS", str(imports))  # the children inherit it
+    _, _, worker = slow_provider(processes=3)
+    _run(_started_then_ready(worker))
+    assert worker._process.wait(10) == 0
+    # Each process's warm_up imports it, but the first child had it before it forked the others.
+    assert imports.read_text().split() == [str(worker._process.pid)]
+
+
 def _children_of(pid: int) -> list[int]:
     return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 

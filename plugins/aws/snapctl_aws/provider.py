@@ -44,6 +44,7 @@ class AwsProvider:
 
     name = "aws"
     settings_model = AwsSettings
+    sdk_modules = ("boto3", "botocore.config", "botocore.exceptions")  # what warm_up imports: once for all worker processes
 
     def __init__(self, settings: AwsSettings, *, cluster: str, base_dir: Path) -> None:
         self.settings = settings

@@ -57,6 +57,8 @@ def snapshot_name(cluster: str, node: str, volume: str) -> str:
 class AzureProvider:
     name = "azure"
     settings_model = AzureSettings
+    sdk_modules = ("azure.identity", "azure.core.rest", "azure.core.pipeline.policies", "azure.mgmt.compute",
+                   "azure.mgmt.compute.models")  # what warm_up imports: once for all worker processes
 
     def __init__(self, settings: AzureSettings, *, cluster: str, base_dir: Path, credential: Any | None = None) -> None:
         self.settings = settings

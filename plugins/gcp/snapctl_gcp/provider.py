@@ -63,6 +63,8 @@ STATES = {"READY": "completed", "FAILED": "error"}
 class GcpProvider:
     name = "gcp"
     settings_model = GcpSettings
+    sdk_modules = ("google.auth", "google.auth.transport.requests", "google.api_core.client_options",
+                   "google.api_core.exceptions", "google.cloud.compute_v1")  # what warm_up imports: once for all worker processes
 
     def __init__(self, settings: GcpSettings, *, cluster: str, base_dir: Path, api: GcpApi | None = None) -> None:
         self.settings = settings

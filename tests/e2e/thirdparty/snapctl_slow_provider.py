@@ -2,7 +2,8 @@
 the local provider, with a configurable pause before each snapshot (a slow cloud, for tests).
 Each ref names the process that made it (``extra.pid``) and whether that process's provider had
 warmed up before the call (``extra.warm``); ``warm_up_s`` makes ``warm_up`` take that long, and
-``fail_warm_up`` makes it fail with that message, as a cloud plugin's does without credentials."""
+``fail_warm_up`` makes it fail with that message, as a cloud plugin's does without credentials.
+Its "SDK" is ``snapctl_slow_sdk``, which ``warm_up`` imports and ``sdk_modules`` names."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ class SlowSettings(ProviderSettings):
 
 class SlowProvider:
     settings_model = SlowSettings
+    sdk_modules = ("snapctl_slow_sdk",)
 
     def __init__(self, settings: SlowSettings, *, cluster: str, base_dir: Path) -> None:
         local_settings = LocalProvider.settings_model(type="local", store=settings.store)
@@ -39,6 +41,8 @@ class SlowProvider:
         return getattr(self._local, name)
 
     def warm_up(self):
+        import snapctl_slow_sdk  # noqa: F401 - as a cloud plugin imports its SDK here
+
         time.sleep(self._settings.warm_up_s)
         if self._settings.fail_warm_up:
             from snapctl.errors import ProviderError
