@@ -44,7 +44,8 @@ class AwsProvider:
 
     name = "aws"
     settings_model = AwsSettings
-    sdk_modules = ("boto3", "botocore.config", "botocore.exceptions")  # what warm_up imports: once for all worker processes
+    # What warm_up imports: the provider worker imports it once, before it forks (snapctl.providers).
+    sdk_modules = ("boto3", "botocore.config", "botocore.exceptions")
 
     def __init__(self, settings: AwsSettings, *, cluster: str, base_dir: Path) -> None:
         self.settings = settings

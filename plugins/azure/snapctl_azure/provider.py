@@ -57,8 +57,9 @@ def snapshot_name(cluster: str, node: str, volume: str) -> str:
 class AzureProvider:
     name = "azure"
     settings_model = AzureSettings
+    # What warm_up imports: the provider worker imports it once, before it forks (snapctl.providers).
     sdk_modules = ("azure.identity", "azure.core.rest", "azure.core.pipeline.policies", "azure.mgmt.compute",
-                   "azure.mgmt.compute.models")  # what warm_up imports: once for all worker processes
+                   "azure.mgmt.compute.models")
 
     def __init__(self, settings: AzureSettings, *, cluster: str, base_dir: Path, credential: Any | None = None) -> None:
         self.settings = settings

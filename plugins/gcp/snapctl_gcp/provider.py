@@ -63,8 +63,9 @@ STATES = {"READY": "completed", "FAILED": "error"}
 class GcpProvider:
     name = "gcp"
     settings_model = GcpSettings
+    # What warm_up imports: the provider worker imports it once, before it forks (snapctl.providers).
     sdk_modules = ("google.auth", "google.auth.transport.requests", "google.api_core.client_options",
-                   "google.api_core.exceptions", "google.cloud.compute_v1")  # what warm_up imports: once for all worker processes
+                   "google.api_core.exceptions", "google.cloud.compute_v1")
 
     def __init__(self, settings: GcpSettings, *, cluster: str, base_dir: Path, api: GcpApi | None = None) -> None:
         self.settings = settings
