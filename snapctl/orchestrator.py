@@ -33,13 +33,16 @@ from snapctl.provider_worker import CALL_RUNNER_READY_S, call_runner
 from snapctl.providers import TAG_RUN, NodeVolumes, Provider, SnapshotRef, create_provider, snapshot_tags
 
 _MAX_AUTO_HOLD_LEAD_S = 2.0
-# Sending a prepare on an open connection, and its agent reading it, costs each side ~0.1 ms of
-# CPU: snapctl wrote 1000 prepares in 28-133 ms on the 2-core benchmark machine. The preflight,
-# which opened the connections, takes longer: ~0.2-0.4 ms per node in plain http, ~2 ms over TLS,
-# connects and handshakes the prepares do not repeat. A lead past the sending only waits: at 1000
-# nodes 0.17 s instead of the preflight's 0.2-0.3 s gave the same holds and freezes and a run
-# ~0.2 s shorter (docs/benchmarks.md, item 44; over TLS, item 35).
-_AUTO_HOLD_LEAD_BASE_S, _AUTO_HOLD_LEAD_PER_NODE_S = 0.02, 0.00015
+# What the lead is for: writing every prepare on the connections the preflight opened, and every
+# agent reading its own. In plain http that costs each side ~30-40 µs of CPU: snapctl wrote 1000
+# prepares in 28-41 ms on the 2-core benchmark machine, and a lead of 0.07 s still began the holds
+# together there (0.05 s did not). Over TLS the same write costs half again, and leads of 0.07-0.09 s
+# let the holds spread by 40-100 ms. So the cap is about twice the writing, per scheme. The preflight takes longer
+# (~0.2-0.3 ms per node in plain http, ~2 ms over TLS: connects and handshakes the prepares do not
+# repeat), and a lead past the sending only waits: every millisecond of it is a millisecond of the
+# run (docs/benchmarks.md, items 44 and 46; over TLS, item 35).
+_AUTO_HOLD_LEAD_BASE_S = 0.02
+_AUTO_HOLD_LEAD_PER_NODE_S, _AUTO_HOLD_LEAD_PER_TLS_NODE_S = 0.00007, 0.00015
 
 
 @dataclass
@@ -150,6 +153,7 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
                 reporter.step("provider", f"getting {provider.name} ready before any node is held")
                 await executor.ready(CALL_RUNNER_READY_S)
                 await _hold_snapshot_release(run, options)
+                executor.shutdown(wait=False)  # no call is left to make: its processes end meanwhile
                 lock_keeper.check()
                 manifest.measure()
                 # 8. The manifest, before the (long) wait; if it cannot be written, nothing owns the
@@ -434,19 +438,23 @@ async def _wait_for_completion(run: _Run) -> None:
 def _hold_lead(run: _Run) -> float:
     """How far ahead of sending the prepares their holds begin: as long as the preflight took to ask
     every agent, which opened the connections the prepares now reuse, so sending them takes less;
-    no longer than sending N prepares needs with room to spare, which the preflight's TLS
-    handshakes would overstate. A node whose prepare arrives later holds late, and
+    no longer than sending N prepares needs with room to spare, which the preflight's connects and
+    TLS handshakes would overstate. A node whose prepare arrives later holds late, and
     ``hold_skew_s`` says so."""
     configured = run.inventory.policy.hold_lead_s
     if configured is not None:
         return configured
-    return auto_hold_lead(len(run.agents), run.fan_out_s)
+    tls_nodes = sum(1 for node in run.inventory.nodes if node.agent.startswith("https:"))
+    return auto_hold_lead(len(run.agents), run.fan_out_s, tls_nodes)
 
 
-def auto_hold_lead(nodes: int, fan_out_s: float) -> float:
+def auto_hold_lead(nodes: int, fan_out_s: float, tls_nodes: int = 0) -> float:
+    """``tls_nodes`` of the ``nodes`` speak TLS, whose prepares take longer to write and read."""
     if nodes < 2:
         return 0.0
-    return min(_MAX_AUTO_HOLD_LEAD_S, fan_out_s + 0.002, _AUTO_HOLD_LEAD_BASE_S + nodes * _AUTO_HOLD_LEAD_PER_NODE_S)
+    sending = (_AUTO_HOLD_LEAD_BASE_S + (nodes - tls_nodes) * _AUTO_HOLD_LEAD_PER_NODE_S
+               + tls_nodes * _AUTO_HOLD_LEAD_PER_TLS_NODE_S)
+    return min(_MAX_AUTO_HOLD_LEAD_S, fan_out_s + 0.002, sending)
 
 
 def _as_run_failure(run: _Run, exc: BaseException) -> BaseException:

@@ -39,8 +39,11 @@ class CallRunner(Protocol):
         through ``asyncio.wrap_future``, shielded wherever the wait may time out, so that whoever
         gave up waiting can still learn what the call made."""
 
-    def shutdown(self) -> None:
-        """Let the calls already submitted finish, then free everything; never waits for a call."""
+    def shutdown(self, wait: bool = True) -> None:
+        """Let the calls already submitted finish, then free everything; never waits for a call.
+        ``wait=False``: only say that no more calls will come, so that whatever has to wind down
+        (a child process) does it while the run goes on; a later ``shutdown()`` frees the rest.
+        Either may be called again."""
 
 
 def not_ready(exc: Exception) -> SnapctlError:
@@ -95,9 +98,12 @@ class ProviderThreads:
         self._work.put((future, fn, args))
         return future
 
-    def shutdown(self) -> None:
-        """Let every thread end once the calls already submitted are done."""
+    def shutdown(self, wait: bool = True) -> None:
+        """Let every thread end once the calls already submitted are done (at once either way: a
+        thread is never waited for)."""
         with self._lock:
+            if self._closed:
+                return
             self._closed = True
             for _ in range(self._started):
                 self._work.put(None)

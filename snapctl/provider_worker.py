@@ -159,9 +159,11 @@ class ProviderWorker:
         channel.writer.write(message)
         return future
 
-    def shutdown(self) -> None:
+    def shutdown(self, wait: bool = True) -> None:
         """Let the children end once the calls already submitted are done. Waits (up to 2 s) only for
-        children with nothing left to do, so that they are gone, and counted, when the run ends."""
+        children with nothing left to do, so that they are gone, and counted, when the run ends.
+        ``wait=False``: only close their input, their cue to end, and return at once; they exit
+        (a thousand threads: 20-40 ms) while the run writes its manifest."""
         for write_fd, read_fd in self._sibling_pipes:  # never connected: the run ended before ready
             os.close(write_fd)
             os.close(read_fd)
@@ -174,7 +176,7 @@ class ProviderWorker:
                     channel.writer.get_extra_info("pipe").close()
         if not self._channels and self._process is not None and self._process.stdin:
             self._process.stdin.close()
-        if any(channel.calls for channel in self._channels):
+        if not wait or any(channel.calls for channel in self._channels):
             return  # answers still due may arrive while the loop runs; Popen reaps the child later
         for channel in self._channels:
             if channel.reader is not None:

@@ -243,6 +243,32 @@ def test_calls_are_dealt_out_to_every_process_of_the_worker_and_all_end_with_it(
     assert not any(_alive(pid) for pid in made_by)  # the first child reaped its forked siblings
 
 
+def test_shutdown_without_waiting_lets_every_process_end_while_the_loop_goes_on(slow_provider):
+    provider, volumes, worker = slow_provider(processes=2)
+
+    async def go():
+        worker.start()
+        await worker.ready(30)
+        refs = await worker.submit(provider.snapshot, volumes, snapshot_tags("c1", "r1", "n1"))
+        processes = [worker._process.pid, *_children_of(worker._process.pid)]
+        worker.shutdown(wait=False)  # as a run does once its last call returned
+        assert worker._process.returncode is None  # it returned without waiting for them
+        late = worker.submit(provider.snapshot, volumes, snapshot_tags("c1", "r2", "n1"))
+        for _ in range(600):  # they end by themselves while the loop runs on
+            if worker._process.poll() is not None:
+                break
+            await asyncio.sleep(0.05)
+        ended = worker._process.poll()
+        worker.shutdown()  # again, as the run's end does: nothing left to wait for
+        return refs, processes, late, ended
+
+    refs, processes, late, ended = _run(go())
+    assert refs[0].tags["snapctl-run"] == "r1"
+    assert ended == 0 and not any(_alive(pid) for pid in processes)
+    with pytest.raises(ProviderError, match="provider worker process ended"):
+        late.result()  # a call after it, by mistake, fails at once instead of hanging
+
+
 def test_a_forked_process_that_dies_fails_its_own_calls_naming_it_and_not_the_others(slow_provider):
     provider, volumes, worker = slow_provider(delay_s=1.0, processes=2)
 
