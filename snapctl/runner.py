@@ -20,12 +20,17 @@ of its own, tells their restores to stop through ``snapctl.providers.stoppable_b
 at exit converts it through an enum, which formats the task's repr, and a finished task's repr
 includes its result. For a 1000-node manifest that repr costs 10-50 ms of pure waste per command.
 Keeping the result out of the task avoids it.
+
+While a coroutine runs, what existed before it is frozen out of the garbage collector's scans
+(``gc.freeze``): it stays alive to the command's end anyway, and scanning it again is what made
+a full collection in the middle of a 1000-node backup's holds take tens of milliseconds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 import threading
 from collections.abc import Coroutine, Iterator
@@ -100,6 +105,10 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
             _cancel_on_sigterm(asyncio.current_task(), terminated)
         result.append(await coro)
 
+    # What the command imported and built before it runs (modules, models, the inventory) stays
+    # alive to its end: the collector need not look at it again. Unfrozen, a full collection in a
+    # 1000-node backup took 25-62 ms, in the middle of the holds; frozen, 11-25 ms (item 47).
+    gc.freeze()
     try:
         asyncio.run(main())
     except KeyboardInterrupt:  # asyncio.run's answer to Ctrl-C, once the task has unwound
@@ -109,6 +118,7 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
             raise Interrupted() from None
         raise
     finally:
+        gc.unfreeze()
         if isinstance(handler, _CtrlCOnSigterm):  # the loop put SIGTERM back to its default on closing
             handler.fired = handler.fired or terminated.is_set()
             signal.signal(signal.SIGTERM, handler)

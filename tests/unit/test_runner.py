@@ -1,10 +1,12 @@
 """snapctl.runner: ``run`` gives asyncio.run's result and errors, without the task holding the
 result; SIGTERM unwinds a command as Ctrl-C does (``sigterm_as_ctrl_c`` for synchronous code, the
 main task cancelled for a coroutine), a second SIGTERM does not cut the unwinding short, and a
-coroutine ends as ``Interrupted``."""
+coroutine ends as ``Interrupted``; the garbage collector leaves what existed before a command alone
+while it runs."""
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 
@@ -40,6 +42,19 @@ def test_run_returns_the_result_and_never_formats_it():
 def test_run_raises_what_the_coroutine_raised():
     with pytest.raises(RunFailed, match="backup run r1 failed"):
         run(_fail())
+
+
+async def _freeze_count() -> int:
+    return gc.get_freeze_count()
+
+
+def test_what_existed_before_the_command_is_left_out_of_collections_while_it_runs():
+    before = len(gc.get_objects())
+    assert run(_freeze_count()) >= before  # frozen: a collection during the run does not scan them
+    assert gc.get_freeze_count() == 0  # and back to normal afterwards, failed run or not
+    with pytest.raises(RunFailed):
+        run(_fail())
+    assert gc.get_freeze_count() == 0
 
 
 # Signals: each case runs in a process of its own, which signals itself.
