@@ -9,6 +9,10 @@ script when snapctl's client began each complete, the lean agents when it arrive
 engine was released, the manifest when snapctl processed each answer. One table per run, p50 /
 p99 in ms, and the CPU time snapctl's event loop thread spent per node from sending the
 prepares to writing the manifest.
+
+A second table follows the whole run phase by phase, with how many of the machine's cores were
+busy in each (every process's, the agents' included: from /proc/stat, sampled every 5 ms by a
+process of its own), which says where the run waits and where it is short of CPU.
 """
 
 from __future__ import annotations
@@ -16,9 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
+from bisect import bisect_left
+from itertools import pairwise
 from pathlib import Path
+from typing import Self
 
 from bench.common import emit, percentile, table
 from bench.freeze import UNBOUND
@@ -28,14 +37,82 @@ from snapctl.events import NullReporter
 
 
 class _LoopCpu(NullReporter):
-    """The loop thread's CPU clock at the prepare step and at the wait step (after the manifest)."""
+    """The loop thread's CPU clock at the prepare step and at the wait step (after the manifest),
+    and the wall clock (time.time) at every step."""
 
     def __init__(self) -> None:
         self.marks: dict[str, float] = {}
+        self.steps: dict[str, float] = {}
 
     def step(self, name: str, message: str) -> None:
+        self.steps.setdefault(name, time.time())
         if name in ("prepare", "wait"):
             self.marks[name] = time.thread_time()
+
+
+class _BusyCores:
+    """Samples /proc/stat's busy jiffies (all cores) with the wall clock, in a process of its own:
+    a thread of this one would take the GIL from snapctl's loop every few milliseconds."""
+
+    _SAMPLER = ("import sys, time\n"
+                "every = float(sys.argv[1])\n"
+                "while True:\n"
+                "    with open('/proc/stat') as stat:\n"
+                "        jiffies = [int(f) for f in stat.readline().split()[1:]]\n"
+                "    print(time.time(), sum(jiffies) - jiffies[3] - jiffies[4], flush=True)\n"
+                "    time.sleep(every)\n")
+
+    def __init__(self, every_s: float = 0.005) -> None:
+        self.samples: list[tuple[float, int]] = []
+        self._every_s = every_s
+        self._out = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed by __exit__
+        self._process: subprocess.Popen | None = None
+
+    def __enter__(self) -> Self:
+        self._process = subprocess.Popen([sys.executable, "-c", self._SAMPLER, str(self._every_s)], stdout=self._out)
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        assert self._process is not None
+        self._process.kill()
+        self._process.wait()
+        self._out.close()
+
+    def _read(self) -> None:
+        self._out.seek(0)
+        lines = [line.split() for line in self._out.read().splitlines()]
+        self.samples = [(float(line[0]), int(line[1])) for line in lines if len(line) == 2]
+
+    def cores(self, start: float, end: float) -> float | None:
+        """Cores busy on average from ``start`` to ``end`` (wall clock), between the samples around them."""
+        self._read()
+        times = [sample[0] for sample in self.samples]
+        first, last = max(0, bisect_left(times, start) - 1), min(len(times) - 1, bisect_left(times, end))
+        if last <= first:
+            return None
+        (t0, busy0), (t1, busy1) = self.samples[first], self.samples[last]
+        return (busy1 - busy0) / os.sysconf("SC_CLK_TCK") / (t1 - t0) if t1 > t0 else None
+
+
+_RESOLVABLE_S = 0.02  # /proc/stat counts in 10 ms ticks: a shorter phase's share of them says nothing
+PHASES = ["start -> preflight done (lock, connects, a status request to every agent)",
+          "-> prepares sent (provider worker ready)", "-> hold instant (the lead)",
+          "-> last prepare answer processed", "-> first complete acknowledged (create calls under way)",
+          "-> last complete acknowledged", "-> backup() returned (manifest, wait, cleanup)"]
+
+
+def _phases(manifest, steps: dict[str, float], started: float, ended: float, busy: _BusyCores) -> list[str]:
+    hold_at = manifest.hold_at.timestamp() if manifest.hold_at else steps["prepare"]
+    records = list(manifest.nodes.values())
+    bounds = [started, steps["provider"], steps["prepare"], hold_at,
+              max(r.prepare_acked_at.timestamp() for r in records),
+              min(r.complete_acked_at.timestamp() for r in records),
+              max(r.complete_acked_at.timestamp() for r in records), ended]
+    cells = []
+    for start, end in pairwise(bounds):
+        cores = busy.cores(start, end) if end - start >= _RESOLVABLE_S else None
+        cells.append(f"{(end - start) * 1000:.0f} ms, {'-' if cores is None else f'{cores:.1f}'}")
+    return cells
 
 STAGES = ["prepare acknowledged -> create call started", "create call's sleep ended -> call returned",
           "call returned -> snapctl sent the complete",
@@ -56,20 +133,24 @@ def trace(nodes: int, runs: int, provider_process: str, create_latency: float = 
         return await complete(self, run_id)
 
     agent_client.HttpAgentClient.complete = timed_complete  # type: ignore[method-assign]
-    columns, manifests, loop_cpu = [], [], []
+    columns, manifests, loop_cpu, phases = [], [], [], []
     with tempfile.TemporaryDirectory(prefix="snapctl-trace-") as trace_dir:
         os.environ[TRACE_DIR_ENV] = trace_dir
         try:
             provider = {"type": "sim", "create_latency_s": create_latency, **UNBOUND}
-            with SimCluster(nodes=nodes, prepare_latency_s=0.05, provider=provider) as cluster:
+            with SimCluster(nodes=nodes, prepare_latency_s=0.05, provider=provider) as cluster, \
+                    _BusyCores() as busy:
                 for attempt in range(runs + 1):  # the first warms connections and imports
                     sent.clear()
                     clock = _LoopCpu()
-                    manifest = run_coroutine(backup(cluster.inventory(provider_process=provider_process),
-                                                    BackupOptions(prune=False), clock))
+                    inventory = cluster.inventory(provider_process=provider_process)
+                    started = time.time()
+                    manifest = run_coroutine(backup(inventory, BackupOptions(prune=False), clock))
+                    ended = time.time()
                     if attempt:
                         manifests.append((manifest, dict(sent)))
                         loop_cpu.append((clock.marks["wait"] - clock.marks["prepare"]) / nodes)
+                        phases.append(_phases(manifest, clock.steps, started, ended, busy))
         finally:
             del os.environ[TRACE_DIR_ENV]
             agent_client.HttpAgentClient.complete = complete  # type: ignore[method-assign]
@@ -94,11 +175,14 @@ def trace(nodes: int, runs: int, provider_process: str, create_latency: float = 
                 stage.append(value)
         columns.append([f"{percentile(v, 50) * 1000:.1f} / {percentile(v, 99) * 1000:.1f}" for v in stages])
     rows = [[stage, *(column[i] for column in columns)] for i, stage in enumerate(STAGES)]
+    runs_header = [f"run {i + 1}" for i in range(len(columns))]
     return table(f"Where the margin goes: {nodes} nodes, create {create_latency * 1000:.0f} ms, "
-                 f"provider_process {provider_process} (p50 / p99 ms)",
-                 ["from -> to", *(f"run {i + 1}" for i in range(len(columns)))], rows) + (
+                 f"provider_process {provider_process} (p50 / p99 ms)", ["from -> to", *runs_header], rows) + (
         "\nsnapctl's event loop thread, CPU per node from sending the prepares to writing the manifest: "
-        + ", ".join(f"{cpu * 1e6:.0f} µs" for cpu in loop_cpu) + "\n")
+        + ", ".join(f"{cpu * 1e6:.0f} µs" for cpu in loop_cpu) + "\n\n") + table(
+        f"The run's phases: {nodes} nodes (duration, and cores busy on average: every process's, out of "
+        f"{os.cpu_count()}; '-' under 20 ms)", ["phase", *runs_header],
+        [[phase, *(run[i] for run in phases)] for i, phase in enumerate(PHASES)])
 
 
 def main(argv: list[str] | None = None) -> int:
