@@ -15,6 +15,7 @@ why it cannot be), then runs each call it is sent. It imports what that takes an
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 import pickle
@@ -89,6 +90,10 @@ def serve() -> int:
         factory = exc
     if init.get("siblings") and not isinstance(factory, Exception):
         _import_sdk(getattr(factory, "sdk_modules", ()))
+    # What is imported lives as long as the process: frozen out of the collector's scans, which a
+    # burst of returning calls would otherwise wait for (docs/benchmarks.md, item 48), and out of
+    # the pages the siblings share with this process until one of them writes.
+    gc.freeze()
     # Forked after the imports, before any thread: a sibling starts in milliseconds, not ~0.2 s.
     siblings = _fork_siblings(init.get("siblings", ()))
     if siblings is None:  # this is a sibling, now on its own pipes (0 and 1)
@@ -134,6 +139,7 @@ def serve() -> int:
     writer.start()
     threads = ProviderThreads(init["threads"])
     threads.start()
+    gc.freeze()  # the provider too: its SDK's clients and sessions
     outgoing.put(frame((READY, None)))
     calls = 0
     answered = threading.Semaphore(0)

@@ -239,6 +239,9 @@ def test_calls_are_dealt_out_to_every_process_of_the_worker_and_all_end_with_it(
     assert len(set(made_by)) == 3 and os.getpid() not in made_by  # in turn: 0, 1, 2, 0, 1, 2
     assert made_by[:3] == made_by[3:]
     assert all(refs[0].extra["warm"] for refs in results)  # each process warmed its own provider up
+    # ... and froze what it imported and built out of the collector's scans, which a burst of
+    # returning calls would otherwise wait for.
+    assert all(refs[0].extra["gc_frozen"] > 1000 for refs in results)
     assert worker._process.wait(10) == 0
     assert not any(_alive(pid) for pid in made_by)  # the first child reaped its forked siblings
 

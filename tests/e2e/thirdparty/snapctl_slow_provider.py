@@ -1,12 +1,14 @@
 """A third-party provider, found through the ``snapctl.providers`` entry point like any other:
 the local provider, with a configurable pause before each snapshot (a slow cloud, for tests).
-Each ref names the process that made it (``extra.pid``) and whether that process's provider had
-warmed up before the call (``extra.warm``); ``warm_up_s`` makes ``warm_up`` take that long, and
+Each ref names the process that made it (``extra.pid``), whether that process's provider had
+warmed up before the call (``extra.warm``) and how many objects that process had frozen out of
+the garbage collector's scans (``extra.gc_frozen``); ``warm_up_s`` makes ``warm_up`` take that long, and
 ``fail_warm_up`` makes it fail with that message, as a cloud plugin's does without credentials.
 Its "SDK" is ``snapctl_slow_sdk``, which ``warm_up`` imports and ``sdk_modules`` names."""
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from pathlib import Path
@@ -61,10 +63,11 @@ class SlowProvider:
         for ref in refs:
             ref.extra["pid"] = os.getpid()
             ref.extra["warm"] = warm
+            ref.extra["gc_frozen"] = gc.get_freeze_count()
         return refs
 
     def wait(self, refs, deadline, progress=None):
-        made_by = {ref.snapshot_id: {k: ref.extra.get(k) for k in ("pid", "warm")} for ref in refs}
+        made_by = {ref.snapshot_id: {k: ref.extra.get(k) for k in ("pid", "warm", "gc_frozen")} for ref in refs}
         done = self._local.wait(refs, deadline, progress)
         for ref in done:
             ref.extra.update(made_by.get(ref.snapshot_id, {}))
