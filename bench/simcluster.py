@@ -18,6 +18,7 @@ Either way a run over 1000 nodes makes 1000 real HTTP connections without 1000 p
 from __future__ import annotations
 
 import argparse
+import gc
 import inspect
 import json
 import math
@@ -121,6 +122,8 @@ def serve_lean(nodes: list[str], prepare_latency_s: float, complete_latency_s: f
         serving = asyncio.create_task(serve_nodes(sockets, os.environ[TOKEN_ENV], prepare_latency_s,
                                                   complete_latency_s, stop, tls))
         await asyncio.sleep(0)  # the servers are created before the parent hears the ports
+        gc.collect()  # then frozen out of the collector's scans, as the real agent does before it serves
+        gc.freeze()
         ports = {node: sock.getsockname()[1] for node, sock in sockets.items()}
         print(json.dumps({"ports": ports, "stack": stack}), flush=True)
         await serving
@@ -165,6 +168,8 @@ def serve(nodes: list[str], prepare_latency_s: float, complete_latency_s: float)
     signal.signal(signal.SIGINT, stop)
     stack = "+".join(m for m in ("httptools", "uvloop") if _importable(m)) or "h11+asyncio"
     print(json.dumps({"ports": ports, "stack": stack}), flush=True)  # the parent waits for this: all bound
+    gc.collect()  # frozen out of the collector's scans, as the real agent does before it serves
+    gc.freeze()
     try:
         server.run(sockets=sockets)
     finally:
