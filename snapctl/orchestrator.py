@@ -36,11 +36,11 @@ _MAX_AUTO_HOLD_LEAD_S = 2.0
 # What the lead is for: writing every prepare on the connections the preflight opened, and every
 # agent reading its own. In plain http that costs each side ~30-40 µs of CPU: snapctl wrote 1000
 # prepares in 28-41 ms on the 2-core benchmark machine, and a lead of 0.07 s still began the holds
-# together there (0.05 s did not). Over TLS the same write costs half again, and leads of 0.07-0.09 s
-# let the holds spread by 40-100 ms. So the cap is about twice the writing, per scheme. The preflight takes longer
-# (~0.2-0.3 ms per node in plain http, ~2 ms over TLS: connects and handshakes the prepares do not
-# repeat), and a lead past the sending only waits: every millisecond of it is a millisecond of the
-# run (docs/benchmarks.md, items 44 and 46; over TLS, item 35).
+# together there (0.05 s did not). Over TLS the same writes cost half again, and leads of
+# 0.07-0.09 s let the holds spread by 40-100 ms. So the cap is about twice the writing, per
+# scheme. The preflight takes longer (~0.2-0.3 ms per node in plain http, ~2 ms over TLS: connects
+# and handshakes the prepares do not repeat), and a lead past the sending only waits: every
+# millisecond of it is a millisecond of the run (docs/benchmarks.md, items 44 and 46; TLS: 35).
 _AUTO_HOLD_LEAD_BASE_S = 0.02
 _AUTO_HOLD_LEAD_PER_NODE_S, _AUTO_HOLD_LEAD_PER_TLS_NODE_S = 0.00007, 0.00015
 
