@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from bench.common import emit, median, ms, percentile, table, use_bench_plugins
+from bench.common import emit, median, ms, percentile, summary, table, use_bench_plugins
 from bench.freeze import process_cpu_s
 
 ROUND_S = 0.06
@@ -134,7 +134,7 @@ def run(rounds: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.agent", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.agent", description=summary(__doc__))
     parser.add_argument("--quick", action="store_true", help="30 rounds")
     parser.add_argument("--rounds", type=int)
     args = parser.parse_args(argv)

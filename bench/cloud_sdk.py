@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO, emit, median, ms, secs, table, timer
+from bench.common import REPO, emit, median, ms, secs, summary, table, timer
 from bench.simcluster import SimCluster
 
 GCP_ZONE = "europe-west1-b"
@@ -173,7 +173,7 @@ def backups(nodes: int, runs: int, providers: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.cloud_sdk", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.cloud_sdk", description=summary(__doc__))
     sub = parser.add_subparsers(dest="command")
     calls = sub.add_parser("calls", help="(internal) one provider's calls in this process")
     calls.add_argument("provider")

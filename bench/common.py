@@ -41,6 +41,11 @@ def raise_open_files_limit(wanted: int = 16384) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
+def summary(doc: str | None) -> str:
+    """A script's docstring's first paragraph on one line: its ``--help`` description."""
+    return " ".join((doc or "").strip().split("\n\n")[0].split())
+
+
 def percentile(values: Sequence[float], pct: float) -> float:
     """Nearest-rank percentile: p99 of 100 values is the 99th smallest, never an interpolation."""
     ordered = sorted(values)

@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from bench.common import emit, median, percentile, table
+from bench.common import emit, median, percentile, summary, table
 from bench.freeze import UNBOUND, run_backup
 from bench.simcluster import SimCluster
 from snapctl.provider_threads import ProviderThreads
@@ -344,7 +344,7 @@ def floor(sizes: list[int], runs: int, latency_s: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.floor", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.floor", description=summary(__doc__))
     parser.add_argument("--nodes", default="10,100,1000", help="cluster sizes, comma-separated")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--create-latency", type=float, default=0.3)

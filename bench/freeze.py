@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import emit, median, ms, percentile, ratio, secs, table, timer, verdict
+from bench.common import emit, median, ms, percentile, ratio, secs, summary, table, timer, verdict
 from bench.simcluster import SimCluster
 from snapctl.runner import run as run_coroutine
 
@@ -200,7 +200,7 @@ def rate_limited(n: int, burst: int, rate: float, prepare_latency: float, create
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.freeze", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.freeze", description=summary(__doc__))
     parser.add_argument("--quick", action="store_true", help="small N, one run each: under a minute")
     parser.add_argument("--nodes", help="comma-separated cluster sizes (default 1,10,100,1000; quick: 1,10,50)")
     parser.add_argument("--repeats", type=int, help="runs per size (default 5; quick: 1)")

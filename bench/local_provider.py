@@ -27,7 +27,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.common import REPO, emit, median, ratio, secs, table, timer, tool_version, verdict
+from bench.common import REPO, emit, median, ratio, secs, summary, table, timer, tool_version, verdict
 
 BIG_FILE = 64 * 2**20
 SMALL_FILE = 1 * 2**20
@@ -213,7 +213,7 @@ def run(size: int, base: Path, repeats: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.local_provider", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.local_provider", description=summary(__doc__))
     parser.add_argument("--quick", action="store_true", help="128 MiB, one run")
     parser.add_argument("--size", help="data size, e.g. 2G, 512M (default 2G; quick: 128M)")
     parser.add_argument("--dir", default=tempfile.gettempdir(), help="where to generate the data")

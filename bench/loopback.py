@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 
-from bench.common import emit, median, table
+from bench.common import emit, median, summary, table
 from bench.freeze import process_cpu_s
 
 REQUEST = (b"GET /v1/status HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/json\r\n"
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None and sys.argv[1:2] == ["serve"]:
         serve(int(sys.argv[2]))
         return 0
-    parser = argparse.ArgumentParser(prog="python -m bench.loopback", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.loopback", description=summary(__doc__))
     parser.add_argument("--quick", action="store_true", help="N = 10, 100; 5 rounds")
     parser.add_argument("--nodes", help="comma-separated N (default 10,100,1000)")
     parser.add_argument("--rounds", type=int, help="fan-outs per N and client (default 20)")

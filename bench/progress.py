@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from bench.common import emit, median, ms, percentile, secs, table
+from bench.common import emit, median, ms, percentile, secs, summary, table
 from bench.freeze import UNBOUND, run_backup
 from bench.simcluster import SimCluster
 
@@ -63,7 +63,7 @@ def measure(sizes: list[int], repeats: int, create_latency: float = 0.3) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.progress", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.progress", description=summary(__doc__))
     parser.add_argument("--quick", action="store_true", help="10 nodes, one run each")
     parser.add_argument("--nodes", help="comma-separated cluster sizes (default 100,1000; quick: 10)")
     parser.add_argument("--repeats", type=int, help="runs per size and reporter (default 3; quick: 1)")

@@ -14,14 +14,14 @@ import importlib
 import os
 import time
 
-from bench.common import emit, machine, raise_open_files_limit, use_bench_plugins
+from bench.common import emit, machine, raise_open_files_limit, summary, use_bench_plugins
 
 BENCHES = ("startup", "agent", "loopback", "tls_fanout", "status_fanout", "freeze", "floor", "progress", "cloud_sdk",
            "local_provider")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=summary(__doc__))
     parser.add_argument("--quick", action="store_true", help="small sizes, one run each: about a minute")
     parser.add_argument("--only", help="comma-separated: " + ",".join(BENCHES))
     args = parser.parse_args(argv)

@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 
-from bench.common import emit, median, ms, table, timer, verdict
+from bench.common import emit, median, ms, summary, table, timer, verdict
 from bench.simcluster import SimCluster
 
 CLOUD_SDKS = ("boto3", "botocore", "google.cloud", "google.api_core", "azure")
@@ -76,7 +76,7 @@ def run(repeats: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.startup", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.startup", description=summary(__doc__))
     parser.add_argument("--quick", action="store_true", help="3 runs each")
     parser.add_argument("--repeats", type=int)
     args = parser.parse_args(argv)

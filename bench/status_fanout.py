@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 
-from bench.common import emit, median, ms, percentile, secs, table, timer, verdict
+from bench.common import emit, median, ms, percentile, secs, summary, table, timer, verdict
 from bench.simcluster import SimCluster
 
 
@@ -63,7 +63,7 @@ def run(nodes: int, repeats: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.status_fanout", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.status_fanout", description=summary(__doc__))
     parser.add_argument("--quick", action="store_true", help="50 agents, one run")
     parser.add_argument("--nodes", type=int)
     parser.add_argument("--repeats", type=int)

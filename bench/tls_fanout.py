@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import REPO, emit, median, table
+from bench.common import REPO, emit, median, summary, table
 from bench.loopback import BODY, RESPONSE
 
 SERVERS = 2
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["serve"]:
         serve(int(argv[1]), *(argv[2:4] or (None, None)))
         return 0
-    parser = argparse.ArgumentParser(prog="python -m bench.tls_fanout", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.tls_fanout", description=summary(__doc__))
     parser.add_argument("--quick", action="store_true", help="N=10, 3 rounds: a few seconds")
     parser.add_argument("--nodes", help="comma-separated sizes (default 100,1000; quick: 10)")
     parser.add_argument("--rounds", type=int, help="fan-outs per client after the first (default 10; quick: 3)")

@@ -29,7 +29,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Self
 
-from bench.common import emit, percentile, table
+from bench.common import emit, percentile, summary, table
 from bench.freeze import UNBOUND
 from bench.leanagent import TRACE_DIR_ENV
 from bench.simcluster import SimCluster
@@ -186,7 +186,7 @@ def trace(nodes: int, runs: int, provider_process: str, create_latency: float = 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.trace", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.trace", description=summary(__doc__))
     parser.add_argument("--nodes", type=int, default=100)
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--provider-process", choices=("auto", "always", "never"), default="auto")

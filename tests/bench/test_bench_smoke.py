@@ -123,3 +123,15 @@ def test_run_heads_the_output_with_the_machine(only: str) -> None:
     out = bench("bench.run", "--quick", "--only", only)
     assert out.startswith("## snapctl benchmarks (quick)")
     assert "Machine: " in out and "cores" in out
+
+
+@pytest.mark.parametrize("script", ["bench.freeze", "bench.trace", "bench.floor", "bench.run"])
+def test_help_says_what_the_script_measures_in_whole_sentences(script: str) -> None:
+    import importlib
+
+    from bench.common import summary
+
+    expected = summary(importlib.import_module(script).__doc__)
+    assert expected.endswith(".") and "\n" not in expected  # the docstring's first paragraph, not its first line
+    out = " ".join(bench(script, "--help", timeout=60).split())
+    assert expected in out
