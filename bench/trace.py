@@ -78,14 +78,14 @@ class _BusyCores:
         self._process.wait()
         self._out.close()
 
-    def _read(self) -> None:
+    def read(self) -> None:
+        """Take in what the sampler wrote so far (``cores`` looks only at what was read)."""
         self._out.seek(0)
         lines = [line.split() for line in self._out.read().splitlines()]
         self.samples = [(float(line[0]), int(line[1])) for line in lines if len(line) == 2]
 
     def cores(self, start: float, end: float) -> float | None:
         """Cores busy on average from ``start`` to ``end`` (wall clock), between the samples around them."""
-        self._read()
         times = [sample[0] for sample in self.samples]
         first, last = max(0, bisect_left(times, start) - 1), min(len(times) - 1, bisect_left(times, end))
         if last <= first:
@@ -104,6 +104,7 @@ PHASES = ["start -> preflight done (lock, connects, a status request to every ag
 def _phases(manifest, steps: dict[str, float], started: float, ended: float, busy: _BusyCores) -> list[str]:
     hold_at = manifest.hold_at.timestamp() if manifest.hold_at else steps["prepare"]
     records = list(manifest.nodes.values())
+    busy.read()
     bounds = [started, steps["provider"], steps["prepare"], hold_at,
               max(r.prepare_acked_at.timestamp() for r in records),
               min(r.complete_acked_at.timestamp() for r in records),
