@@ -167,9 +167,9 @@ def serve(nodes: list[str], prepare_latency_s: float, complete_latency_s: float)
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     stack = "+".join(m for m in ("httptools", "uvloop") if _importable(m)) or "h11+asyncio"
+    gc.collect()  # frozen out of the collector's scans, as the real agent does before it serves; before
+    gc.freeze()  # the ports are printed, so that no run the parent starts meets this collection
     print(json.dumps({"ports": ports, "stack": stack}), flush=True)  # the parent waits for this: all bound
-    gc.collect()  # frozen out of the collector's scans, as the real agent does before it serves
-    gc.freeze()
     try:
         server.run(sockets=sockets)
     finally:
