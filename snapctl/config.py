@@ -6,6 +6,7 @@ Every error names the file, the line and the field; unknown keys list the valid 
 from __future__ import annotations
 
 import gc
+import ipaddress
 import os
 import re
 from collections.abc import Iterator
@@ -111,15 +112,23 @@ class Retention(Strict):
     monthly: int = Field(default=6, ge=0)
 
 
-_AGENT_ADDRESS = re.compile(r"^https?://[^/\s:]+(?::(\d{1,5}))?/?$")
+_AGENT_ADDRESS = re.compile(r"^https?://(?:\[(?P<ipv6>[^\]/\s]+)\]|[^/\s:\[\]]+)(?::(?P<port>\d{1,5}))?/?$")
 
 
 def _agent_address(value: str, usage: str = "http(s)://host:port") -> str:
     match = _AGENT_ADDRESS.match(value)
     if not match:
+        if value.count(":") > 2 and "[" not in value:  # http://fd00::1:7700: which colon starts the port?
+            raise ValueError(f"{value!r} is not an agent address: put an IPv6 address in brackets "
+                             "(http://[fd00::1]:7700)")
         raise ValueError(f"{value!r} is not an agent address (use {usage})")
-    if match[1] is not None and not 0 < int(match[1]) < 65536:
-        raise ValueError(f"{value!r}: port {int(match[1])} is not between 1 and 65535")
+    if match["ipv6"] is not None:
+        try:
+            ipaddress.IPv6Address(match["ipv6"])
+        except ValueError:
+            raise ValueError(f"{value!r}: {match['ipv6']!r} in brackets is not an IPv6 address") from None
+    if match["port"] is not None and not 0 < int(match["port"]) < 65536:
+        raise ValueError(f"{value!r}: port {int(match['port'])} is not between 1 and 65535")
     return value.rstrip("/")
 
 

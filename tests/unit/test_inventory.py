@@ -134,3 +134,31 @@ def test_provider_process_names_its_choices_when_the_value_is_not_one():
     assert parse_inventory(BASE + "policy:\n  provider_process: always\n", source="inv.yaml").policy.provider_process == "always"
     with pytest.raises(InventoryError, match=r"inv\.yaml:\d+: policy\.provider_process.*'auto'.*'always'.*'never'"):
         parse_inventory(BASE + "policy:\n  provider_process: sometimes\n", source="inv.yaml")
+
+
+NODE_AT = "cluster: c\nprovider: {type: local}\nnodes:\n  - name: n1\n    agent: %s\n"
+
+
+@pytest.mark.parametrize(("agent", "stored", "host", "netloc"), [
+    ("http://[fd00::1]:7700", "http://[fd00::1]:7700", "fd00::1", "[fd00::1]:7700"),
+    ("https://[::1]:7700/", "https://[::1]:7700", "::1", "[::1]:7700"),
+    ("http://agent-3.db.internal:7700", "http://agent-3.db.internal:7700", "agent-3.db.internal",
+     "agent-3.db.internal:7700"),
+])
+def test_an_agent_address_may_be_an_ipv6_literal_in_brackets(agent, stored, host, netloc):
+    from snapctl.agent_transport import _split
+
+    node = parse_inventory(NODE_AT % agent).nodes[0]
+    assert node.agent == stored
+    # what the transport connects to, and the Host header it sends
+    assert _split(node.agent + "/v1/status")[:3] == (host, 7700, netloc)
+
+
+@pytest.mark.parametrize(("agent", "message"), [
+    ("http://fd00::1:7700", r"'http://fd00::1:7700' is not an agent address: put an IPv6 address in brackets"),
+    ("http://[db-1]:7700", r"'db-1' in brackets is not an IPv6 address"),
+    ("http://[::1]:70000", r"port 70000 is not between 1 and 65535"),
+])
+def test_a_bad_ipv6_agent_address_says_what_is_wrong(agent, message):
+    with pytest.raises(InventoryError, match=r"inv\.yaml:5: nodes\[0\]\.agent: .*" + message):
+        parse_inventory(NODE_AT % agent, source="inv.yaml")
