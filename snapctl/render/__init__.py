@@ -8,6 +8,7 @@ one JSON document per command (schemas in docs/json-output.md).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import sys
 from contextlib import contextmanager
@@ -28,9 +29,11 @@ def error(exc: SnapctlError) -> None:
         print(json.dumps({"schema_version": JSON_SCHEMA_VERSION, "error": exc.message, "hint": exc.hint,
                           "exit_code": int(exc.exit_code)}))
     from rich.console import Console
+    from rich.markup import escape
 
     console = Console(stderr=True, highlight=False)
-    console.print(f"[bold red]snapctl: error:[/] {exc.message}", markup=True, soft_wrap=True)
+    # escaped: a message quotes what it got (an address "[fd00::1]", a path), which is not markup
+    console.print(f"[bold red]snapctl: error:[/] {escape(exc.message)}", markup=True, soft_wrap=True)
     if exc.hint:
         console.print(f"  hint: {exc.hint}", soft_wrap=True, markup=False)
 
@@ -95,6 +98,7 @@ class Renderer:
 
         if isinstance(result, BackupPlan):
             return self._plan(result)
+        from rich.markup import escape
         from rich.table import Table
 
         m = result
@@ -104,13 +108,13 @@ class Renderer:
                              no_wrap=column == "snapshots")
         for name, record in m.nodes.items():
             table.add_row(name, _seconds(record.freeze_window_s),
-                          "\n".join(r.snapshot_id for r in record.snapshots) or "-",
+                          escape("\n".join(r.snapshot_id for r in record.snapshots)) or "-",
                           _bytes(sum(r.bytes or 0 for r in record.snapshots)),
-                          ", ".join(sorted({r.state for r in record.snapshots})) or "-")
+                          escape(", ".join(sorted({r.state for r in record.snapshots}))) or "-")
         self.out.print(table)
         holds = f"holds began within {_seconds(m.hold_skew_s)}, " if m.hold_skew_s is not None else ""
         self.out.print(f"{holds}prepare skew {_seconds(m.prepare_skew_s)}, longest freeze {_seconds(m.max_freeze_window_s)}"
-                       + (f", degraded: {'; '.join(m.degradations)}" if m.degradations else ""))
+                       + (f", degraded: {'; '.join(m.degradations)}" if m.degradations else ""), markup=False)
         from snapctl.render.retention import backup_retention_line
 
         if retention := backup_retention_line(m):
@@ -118,9 +122,9 @@ class Renderer:
         return ExitCode.OK
 
     def _plan(self, plan) -> int:
-        self.out.print(f"dry run: would back up cluster {plan.cluster} with provider {plan.provider}")
+        self.out.print(f"dry run: would back up cluster {plan.cluster} with provider {plan.provider}", markup=False)
         for node, volumes in plan.nodes.items():
-            self.out.print(f"  {node}: {', '.join(volumes) or 'no volumes'}")
+            self.out.print(f"  {node}: {', '.join(volumes) or 'no volumes'}", markup=False)
         self._findings(plan.verdict)
         refused = bool(plan.verdict.at_least("critical"))
         self.out.print("preflight: " + ("would refuse (see above)" if refused else "ok"))
@@ -128,6 +132,7 @@ class Renderer:
 
     def run_list(self, entries, problems) -> int:
         from rich import box
+        from rich.markup import escape
         from rich.table import Table
 
         table = Table(title="backups (newest first)", title_justify="left", box=box.SIMPLE_HEAD)
@@ -140,26 +145,27 @@ class Renderer:
             table.add_column("error")
         for e in entries:
             table.add_row(e.run_id, _status_text(e.status), f"{e.started_at:%m-%d %H:%M:%S}", str(e.nodes),
-                          str(e.snapshots), _seconds(e.max_freeze_window_s), *([(e.error or "")[:80]] if any(
+                          str(e.snapshots), _seconds(e.max_freeze_window_s), *([escape((e.error or "")[:80])] if any(
                               x.error for x in entries) else []))
         self.out.print(table if entries else "no backups yet")
         for problem in problems:
-            self.err.print(f"[yellow]warning:[/] {problem}")
+            self.err.print(f"[yellow]warning:[/] {escape(problem)}")
         return ExitCode.OK
 
     def manifest(self, m) -> int:
-        self.out.print(f"run {m.run_id} of cluster {m.cluster}: {m.status}, provider {m.provider}, by {m.owner}")
-        self.out.print(f"started {m.started_at:%Y-%m-%d %H:%M:%S}Z, finished "
-                       f"{f'{m.finished_at:%H:%M:%S}Z' if m.finished_at else '-'}, skew {_seconds(m.prepare_skew_s)}")
+        say = functools.partial(self.out.print, markup=False)  # it quotes agents, engines and clouds
+        say(f"run {m.run_id} of cluster {m.cluster}: {m.status}, provider {m.provider}, by {m.owner}")
+        say(f"started {m.started_at:%Y-%m-%d %H:%M:%S}Z, finished "
+            f"{f'{m.finished_at:%H:%M:%S}Z' if m.finished_at else '-'}, skew {_seconds(m.prepare_skew_s)}")
         if m.error:
-            self.out.print(f"error: {m.error}")
+            say(f"error: {m.error}")
         for name, r in m.nodes.items():
-            self.out.print(f"  {name}: freeze {_seconds(r.freeze_window_s)}, "
-                           f"{len(r.snapshots)} snapshot(s) {', '.join(s.snapshot_id for s in r.snapshots)}"
-                           + (f", error: {r.error}" if r.error else ""))
+            say(f"  {name}: freeze {_seconds(r.freeze_window_s)}, "
+                f"{len(r.snapshots)} snapshot(s) {', '.join(s.snapshot_id for s in r.snapshots)}"
+                + (f", error: {r.error}" if r.error else ""))
             if r.state and r.state.facts.tables:
                 facts = ", ".join(f"{t}={f.rows}" for t, f in r.state.facts.tables.items())
-                self.out.print(f"    facts at prepare: {facts}")
+                say(f"    facts at prepare: {facts}")
         return ExitCode.OK
 
     def status(self, s) -> int:
@@ -174,9 +180,11 @@ class Renderer:
         return LiveStatus(self)
 
     def _findings(self, verdict) -> None:
+        from rich.markup import escape
+
         colours = {"info": "dim", "degraded": "yellow", "critical": "red"}
         for f in verdict.findings:
-            self.out.print(f"  [{colours[f.severity]}]{f.severity}[/] {f.subject}: {f.message}")
+            self.out.print(f"  [{colours[f.severity]}]{f.severity}[/] {escape(f'{f.subject}: {f.message}')}")
 
     def restore_result(self, result) -> int:
         from snapctl.render.restore import restore_text
@@ -194,6 +202,7 @@ class Renderer:
         return verify_text(self, result)
 
     def trigger_result(self, results) -> int:
+        from rich.markup import escape
         from rich.table import Table
 
         table = Table(title="engine snapshots", title_justify="left")
@@ -201,9 +210,10 @@ class Renderer:
             table.add_column(column)
         for r in results:
             if r.error:
-                table.add_row(r.node, "-", "[red]failed[/]", "-", r.error)
+                table.add_row(r.node, "-", "[red]failed[/]", "-", escape(r.error))
             for job in r.jobs:
-                table.add_row(r.node, job.target, _status_text(job.status), _seconds(job.duration_s), job.detail or "")
+                table.add_row(r.node, escape(job.target), _status_text(job.status), _seconds(job.duration_s),
+                              escape(job.detail or ""))
         self.out.print(table)
         return ExitCode.OK if all(r.ok for r in results) else ExitCode.RUN_FAILED
 
@@ -221,7 +231,7 @@ class Renderer:
         for n in cluster.nodes:
             state = f"agent pid {n.pid} at {n.url}" if cluster.action == "up" else (
                 f"stopped agent pid {n.pid}" if n.pid else "was not running")
-            self.out.print(f"demo {cluster.action}: {n.name}: {state}, database {n.database}")
+            self.out.print(f"demo {cluster.action}: {n.name}: {state}, database {n.database}", markup=False)
         return ExitCode.OK
 
 

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 
 class LineProgress:
@@ -67,7 +68,7 @@ class LiveProgress(LineProgress):
 
     def _table(self) -> Table:
         phases = list(self.phases.items())  # one copy: the loop keeps adding nodes while this renders
-        table = Table(title=f"{self.current}  ({time.monotonic() - self.started:.1f}s)", title_justify="left")
+        table = Table(title=Text(f"{self.current}  ({time.monotonic() - self.started:.1f}s)"), title_justify="left")
         if len(phases) > self.MAX_ROWS:
             table.add_column("phase")
             table.add_column("nodes", justify="right")
@@ -78,7 +79,7 @@ class LiveProgress(LineProgress):
         table.add_column("phase")
         table.add_column("detail")
         for node, (phase, detail) in phases:
-            table.add_row(node, phase, detail)
+            table.add_row(node, phase, Text(detail))  # an agent's or a cloud's words, not markup
         return table
 
     def step(self, name: str, message: str) -> None:

@@ -16,7 +16,7 @@ def restore_text(r, result) -> int:
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=f"restore of {result.run_id} into {result.target}", title_justify="left")
+    table = Table(title=escape(f"restore of {result.run_id} into {result.target}"), title_justify="left")
     for column in ("node", "volumes", "prepared", "tables (rows)", "matches prepare"):
         table.add_column(column)
     for n in result.nodes:

@@ -138,6 +138,7 @@ def status_view(s) -> Group:
 
 
 def _nodes_table(s) -> Table:
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=f"cluster {s.cluster}", title_justify="left")
@@ -150,16 +151,18 @@ def _nodes_table(s) -> Table:
             continue
         e, lease = p.status.engine, p.status.lease
         if lease is not None:
-            held = (f"{lease.run_id}, {_age((s.checked_at - lease.acquired_at).total_seconds())} old, "
+            held = escape(f"{lease.run_id}, {_age((s.checked_at - lease.acquired_at).total_seconds())} old, "
                     f"expires {lease.expires_at:%H:%M:%S}Z")
         else:
-            held = f"[yellow]held by {e.held_by or 'other'}[/]" if e.held else "-"
-        table.add_row(p.node, f"ok {p.status.agent_version}", f"{e.engine} {'up' if e.reachable else '[red]down[/]'}",
-                      e.version or "-", held, _bytes(p.status.free_bytes))
+            held = f"[yellow]held by {escape(e.held_by or 'other')}[/]" if e.held else "-"
+        table.add_row(p.node, escape(f"ok {p.status.agent_version}"),
+                      f"{escape(e.engine)} {'up' if e.reachable else '[red]down[/]'}",
+                      escape(e.version or "-"), held, _bytes(p.status.free_bytes))
     return table
 
 
 def _raft_table(groups) -> Table:
+    from rich.markup import escape
     from rich.table import Table
     from rich.text import Text
 
@@ -168,14 +171,14 @@ def _raft_table(groups) -> Table:
         table.add_column(column)
     for g in groups:
         for index, m in enumerate(g.members):
-            role = m.role if m.role in ("leader", "follower", "learner", "witness") else f"[yellow]{m.role}[/]"
+            role = m.role if m.role in ("leader", "follower", "learner", "witness") else f"[yellow]{escape(m.role)}[/]"
             lag = "-" if m.lag_entries is None else str(m.lag_entries)
             if m.lag_seconds is not None:
                 lag += f" ({m.lag_seconds:.1f}s)"
             snapshot = f"{_n(m.last_snapshot_index)}/{_n(m.last_snapshot_term)}"
             if m.snapshot_status and m.snapshot_status != "IDLE":
                 busy = f" {_age(m.snapshot_busy_s)}" if m.snapshot_busy_s is not None else ""
-                snapshot += f" [yellow]{m.snapshot_status}{busy}[/]"
+                snapshot += f" [yellow]{escape(m.snapshot_status)}{busy}[/]"
             table.add_row(Text(g.group if index == 0 else ""), Text(_short(m.member)),
                           Text(m.node) if m.node else "[dim]not monitored[/]", role,
                           _n(m.term), _n(m.commit_index), _n(m.applied_index), lag, snapshot)

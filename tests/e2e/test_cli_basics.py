@@ -35,8 +35,13 @@ def snapctl(*args: str, cwd=None) -> subprocess.CompletedProcess:
         ("cluster: c\nprovider: {type: local}\nnodes:\n  - name: n1\n    agent: http://127.0.0.1:99999\n",
          "inv.yaml:5: nodes[0].agent: 'http://127.0.0.1:99999': port 99999 is not between 1 and 65535"),
         ("cluster: c\nprovider: {type: local}\nnodes: [\n", "inv.yaml:"),
+        ("cluster: c\nprovider: {type: local}\nnodes:\n  - name: n1\n    agent: http://fd00::1:7701\n",
+         "is not an agent address: put an IPv6 address in brackets (http://[fd00::1]:7700)"),
+        ("cluster: c\nprovider: {type: local}\nnodes:\n  - name: n1\n    agent: 'http://[/x]:7701'\n",
+         "inv.yaml:5: nodes[0].agent: 'http://[/x]:7701' is not an agent address"),
     ],
-    ids=["unknown-key", "wrong-type", "duplicate-names", "bad-agent-address", "agent-port-out-of-range", "bad-yaml"],
+    ids=["unknown-key", "wrong-type", "duplicate-names", "bad-agent-address", "agent-port-out-of-range", "bad-yaml",
+         "ipv6-without-brackets", "brackets-in-the-message"],
 )
 def test_bad_inventory_is_one_line_with_file_and_line(tmp_path, text, expected):
     (tmp_path / "inv.yaml").write_text(text)

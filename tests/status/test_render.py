@@ -46,3 +46,18 @@ def test_a_few_groups_or_an_explicit_filter_show_every_group():
     assert all(f"[1_T_part_0_{n}]" in text for n in range(1, 4)) and "not shown" not in text
     text, _ = screen([region(n) for n in range(1, 30)], group_filter=["*"])
     assert "[1_T_part_0_29]" in text and "not shown" not in text
+
+
+def test_what_an_agent_reports_is_shown_as_it_is_not_as_markup():
+    status = AgentStatus(node="a", agent_version="[/v]",
+                         engine=EngineStatus(engine="dingodb", version="[bold]3.0", reachable=True, held=True,
+                                             held_by="[/ops]",
+                                             raft=[RaftGroup(group="g", member="m", role="leader", term=2,
+                                                                 snapshot_status="[/odd]")]))
+    probes = [NodeProbe("a", status=status)]
+    cluster = ClusterStatus("c", datetime.now(UTC), probes, assess(INVENTORY, probes), 3600.0)
+    renderer = Renderer()
+    renderer.out = Console(file=io.StringIO(), width=250, highlight=False)
+    renderer.status(cluster)
+    text = renderer.out.file.getvalue()
+    assert all(word in text for word in ("ok [/v]", "[bold]3.0", "held by [/ops]", "[/odd]")), text

@@ -1,0 +1,75 @@
+"""Text output quotes what agents, engines, clouds and people wrote: square brackets in it are
+shown as they are, never taken for rich markup (which would drop "[fd00::1]" or fail on "[/x]")."""
+
+from __future__ import annotations
+
+import io
+from datetime import UTC, datetime
+
+import pytest
+from rich.console import Console
+
+from node_agent.models import JobResult
+from snapctl import render
+from snapctl.errors import BadInputError
+from snapctl.health import Finding, Verdict
+from snapctl.manifest import Manifest, NodeRecord
+from snapctl.render import Renderer
+from snapctl.render.progress import LiveProgress
+from snapctl.trigger import NodeJobs
+
+QUOTED = "[/x] [fd00::1] [bold]not bold"
+
+
+def renderer() -> Renderer:
+    r = Renderer()
+    r.out = Console(file=io.StringIO(), width=400, highlight=False)
+    r.err = Console(file=io.StringIO(), width=400, highlight=False)
+    return r
+
+
+def test_an_error_message_is_printed_as_it_is(capsys, monkeypatch):
+    monkeypatch.setattr(render, "_json_mode", False)
+    render.error(BadInputError(f"'http://{QUOTED}' is not an agent address", hint=f"see {QUOTED}"))
+    err = capsys.readouterr().err
+    assert f"snapctl: error: 'http://{QUOTED}' is not an agent address" in err
+    assert f"hint: see {QUOTED}" in err
+
+
+def test_a_manifest_shows_its_errors_and_engine_words_as_they_are():
+    r = renderer()
+    m = Manifest(cluster="c", run_id="r1", provider="local", snapctl_version="0", owner="u@h:1",
+                 started_at=datetime.now(UTC), status="failed", error=f"run failed: {QUOTED}",
+                 nodes={"n1": NodeRecord(name="n1", error=f"agent said {QUOTED}")})
+    r.manifest(m)
+    text = r.out.file.getvalue()
+    assert f"error: run failed: {QUOTED}" in text
+    assert f"error: agent said {QUOTED}" in text
+
+
+def test_findings_list_warnings_and_trigger_results_keep_their_brackets():
+    r = renderer()
+    r._findings(Verdict(findings=[Finding("critical", "n1", f"unreachable: {QUOTED}")]))
+    r.run_list([], [f"run r9: {QUOTED}"])
+    r.trigger_result([NodeJobs("n1", error=f"boom {QUOTED}"),
+                      NodeJobs("n2", jobs=[JobResult(target=f"t {QUOTED}", status="failed", detail=f"d {QUOTED}")])])
+    out, err = r.out.file.getvalue(), r.err.file.getvalue()
+    assert f"n1: unreachable: {QUOTED}" in out
+    assert f"warning: run r9: {QUOTED}" in err
+    assert f"boom {QUOTED}" in out and f"t {QUOTED}" in out and f"d {QUOTED}" in out
+
+
+@pytest.mark.parametrize("detail", [QUOTED, "[/]"])
+def test_the_live_table_shows_a_node_detail_and_a_step_as_they_are(detail):
+    console = Console(file=io.StringIO(), width=400, highlight=False, force_terminal=True)
+    progress = LiveProgress(console)
+    try:
+        progress.step("lock", f"locking cluster c in /tmp/{detail}")
+        progress.node("n1", "preflight", detail)
+        plain = Console(file=io.StringIO(), width=400, highlight=False)
+        plain.print(progress._table())
+    finally:
+        progress.live.stop()
+    title, _, rows = plain.file.getvalue().partition("\n\u250f")  # the title wraps at the table's width
+    assert f"locking cluster c in /tmp/{detail}" in " ".join(title.split())
+    assert f"\u2502 {detail} " in rows
