@@ -114,7 +114,8 @@ class Renderer:
         self.out.print(table)
         holds = f"holds began within {_seconds(m.hold_skew_s)}, " if m.hold_skew_s is not None else ""
         self.out.print(f"{holds}prepare skew {_seconds(m.prepare_skew_s)}, longest freeze {_seconds(m.max_freeze_window_s)}"
-                       + (f", degraded: {'; '.join(m.degradations)}" if m.degradations else ""), markup=False)
+                       + (f", degraded: {'; '.join(m.degradations)}" if m.degradations else ""), markup=False,
+                       soft_wrap=True)
         from snapctl.render.retention import backup_retention_line
 
         if retention := backup_retention_line(m):
@@ -122,9 +123,10 @@ class Renderer:
         return ExitCode.OK
 
     def _plan(self, plan) -> int:
-        self.out.print(f"dry run: would back up cluster {plan.cluster} with provider {plan.provider}", markup=False)
+        say = functools.partial(self.out.print, markup=False, soft_wrap=True)
+        say(f"dry run: would back up cluster {plan.cluster} with provider {plan.provider}")
         for node, volumes in plan.nodes.items():
-            self.out.print(f"  {node}: {', '.join(volumes) or 'no volumes'}", markup=False)
+            say(f"  {node}: {', '.join(volumes) or 'no volumes'}")
         self._findings(plan.verdict)
         refused = bool(plan.verdict.at_least("critical"))
         self.out.print("preflight: " + ("would refuse (see above)" if refused else "ok"))
@@ -149,11 +151,11 @@ class Renderer:
                               x.error for x in entries) else []))
         self.out.print(table if entries else "no backups yet")
         for problem in problems:
-            self.err.print(f"[yellow]warning:[/] {escape(problem)}")
+            self.err.print(f"[yellow]warning:[/] {escape(problem)}", soft_wrap=True)
         return ExitCode.OK
 
     def manifest(self, m) -> int:
-        say = functools.partial(self.out.print, markup=False)  # it quotes agents, engines and clouds
+        say = functools.partial(self.out.print, markup=False, soft_wrap=True)  # it quotes agents, engines and clouds
         say(f"run {m.run_id} of cluster {m.cluster}: {m.status}, provider {m.provider}, by {m.owner}")
         say(f"started {m.started_at:%Y-%m-%d %H:%M:%S}Z, finished "
             f"{f'{m.finished_at:%H:%M:%S}Z' if m.finished_at else '-'}, skew {_seconds(m.prepare_skew_s)}")
@@ -184,7 +186,8 @@ class Renderer:
 
         colours = {"info": "dim", "degraded": "yellow", "critical": "red"}
         for f in verdict.findings:
-            self.out.print(f"  [{colours[f.severity]}]{f.severity}[/] {escape(f'{f.subject}: {f.message}')}")
+            self.out.print(f"  [{colours[f.severity]}]{f.severity}[/] {escape(f'{f.subject}: {f.message}')}",
+                           soft_wrap=True)
 
     def restore_result(self, result) -> int:
         from snapctl.render.restore import restore_text
@@ -231,7 +234,8 @@ class Renderer:
         for n in cluster.nodes:
             state = f"agent pid {n.pid} at {n.url}" if cluster.action == "up" else (
                 f"stopped agent pid {n.pid}" if n.pid else "was not running")
-            self.out.print(f"demo {cluster.action}: {n.name}: {state}, database {n.database}", markup=False)
+            self.out.print(f"demo {cluster.action}: {n.name}: {state}, database {n.database}", markup=False,
+                           soft_wrap=True)
         return ExitCode.OK
 
 

@@ -32,7 +32,7 @@ def restore_text(r, result) -> int:
     r.out.print(table)
     for n in result.nodes:
         if n.note:
-            r.out.print(f"  {n.node}: {escape(n.note)}")
+            r.out.print(f"  {n.node}: {escape(n.note)}", soft_wrap=True)
     return ExitCode.OK if result.ok else ExitCode.VERIFY_MISMATCH
 
 
@@ -53,16 +53,18 @@ def drill_text(r, report) -> int:
     r.out.print(table)
     for n in report.nodes:
         for mismatch in n.mismatches:
-            r.out.print(f"  [red]{n.node}[/]: {escape(mismatch)}")
+            r.out.print(f"  [red]{n.node}[/]: {escape(mismatch)}", soft_wrap=True)
         if n.error:
-            r.out.print(f"  [red]{n.node}[/]: {escape(n.error)}" + (f" (hint: {escape(n.hint)})" if n.hint else ""))
+            r.out.print(f"  [red]{n.node}[/]: {escape(n.error)}" + (f" (hint: {escape(n.hint)})" if n.hint else ""),
+                        soft_wrap=True)
     for problem in report.teardown_errors:
-        r.err.print(f"[yellow]teardown:[/] {escape(problem)}")
+        r.err.print(f"[yellow]teardown:[/] {escape(problem)}", soft_wrap=True)
     for item in report.leftovers:
-        r.err.print(f"[yellow]left behind:[/] {escape(item)}" + ("" if report.kept else " (delete it by hand)"))
+        r.err.print(f"[yellow]left behind:[/] {escape(item)}" + ("" if report.kept else " (delete it by hand)"),
+                    soft_wrap=True)
     outcome = "[bold green]passed[/]" if report.ok else "[bold red]failed[/]"
     rto = f", RTO {_seconds(report.rto_s)}" if report.rto_s is not None else ""
-    r.out.print(f"drill {report.drill_id}: {outcome}{rto}; junit report {escape(report.junit or '-')}")
+    r.out.print(f"drill {report.drill_id}: {outcome}{rto}; junit report {escape(report.junit or '-')}", soft_wrap=True)
     return report.exit_code
 
 
@@ -83,9 +85,9 @@ def verify_text(r, result) -> int:
     r.out.print(table)
     for s in result.snapshots:
         for problem in s.problems:
-            r.out.print(f"  [red]{s.node}/{s.volume}[/]: {escape(problem)}")
+            r.out.print(f"  [red]{s.node}/{s.volume}[/]: {escape(problem)}", soft_wrap=True)
     for problem in result.problems:
-        r.out.print(f"  [red]{escape(problem)}[/]")
+        r.out.print(f"  [red]{escape(problem)}[/]", soft_wrap=True)
     r.out.print("verify: " + ("[bold green]every snapshot is there and complete[/]" if result.ok else
                               "[bold red]the run cannot be restored as recorded[/]"))
     return ExitCode.OK if result.ok else ExitCode.VERIFY_MISMATCH

@@ -73,3 +73,12 @@ def test_the_live_table_shows_a_node_detail_and_a_step_as_they_are(detail):
     title, _, rows = plain.file.getvalue().partition("\n\u250f")  # the title wraps at the table's width
     assert f"locking cluster c in /tmp/{detail}" in " ".join(title.split())
     assert f"\u2502 {detail} " in rows
+
+
+def test_a_long_line_is_one_line_in_a_log_not_cut_at_the_console_width():
+    r = renderer()
+    r.out = Console(file=io.StringIO(), width=80, highlight=False)  # what rich assumes when stdout is a file
+    path = "/var/lib/snapctl/" + "very-long-directory-name/" * 6 + "demo.db"
+    r.manifest(Manifest(cluster="c", run_id="r1", provider="local", snapctl_version="0", owner="u@h:1",
+                        started_at=datetime.now(UTC), status="failed", error=f"cannot read {path}: permission denied"))
+    assert f"error: cannot read {path}: permission denied\n" in r.out.file.getvalue()
