@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import sys
 from contextlib import contextmanager
 from datetime import datetime
@@ -21,6 +22,7 @@ from pydantic import BaseModel
 from snapctl.errors import BadInputError, ExitCode, SnapctlError
 
 JSON_SCHEMA_VERSION = 1
+PIPED_WIDTH = 200  # text output's width when stdout is not a terminal (COLUMNS overrides it)
 _json_mode = False  # so that errors raised before a renderer exists still come out as JSON
 
 
@@ -66,7 +68,11 @@ class Renderer:
     def out(self):
         from rich.console import Console
 
-        return Console(highlight=False, soft_wrap=False)
+        console = Console(highlight=False, soft_wrap=False)
+        if not console.is_terminal and "COLUMNS" not in os.environ:
+            # A log or a pipe has no width to fit: rich's 80 columns would cut a run's table ("complet…").
+            console.width = PIPED_WIDTH
+        return console
 
     @cached_property
     def err(self):

@@ -14,6 +14,7 @@ from snapctl import render
 from snapctl.errors import BadInputError
 from snapctl.health import Finding, Verdict
 from snapctl.manifest import Manifest, NodeRecord
+from snapctl.providers import SnapshotRef
 from snapctl.render import Renderer
 from snapctl.render.progress import LiveProgress
 from snapctl.trigger import NodeJobs
@@ -82,3 +83,15 @@ def test_a_long_line_is_one_line_in_a_log_not_cut_at_the_console_width():
     r.manifest(Manifest(cluster="c", run_id="r1", provider="local", snapctl_version="0", owner="u@h:1",
                         started_at=datetime.now(UTC), status="failed", error=f"cannot read {path}: permission denied"))
     assert f"error: cannot read {path}: permission denied\n" in r.out.file.getvalue()
+
+
+def test_a_run_table_written_to_a_pipe_is_not_cut_to_eighty_columns(capsys, monkeypatch):
+    monkeypatch.delenv("COLUMNS", raising=False)
+    snapshots = [SnapshotRef(provider="local", snapshot_id=f"20261206T083257Z-d8c3eb-node{i}-data", node=f"node{i}",
+                             volume="data", state="completed", bytes=352256) for i in (1, 2)]
+    manifest = Manifest(cluster="c", run_id="20261206T083257Z-d8c3eb", provider="local", snapctl_version="0",
+                        owner="u@h:1", started_at=datetime.now(UTC), status="succeeded",
+                        nodes={s.node: NodeRecord(name=s.node, snapshots=[s], freeze_window_s=0.049) for s in snapshots})
+    Renderer().backup_result(manifest)
+    rows = [line for line in capsys.readouterr().out.splitlines() if "-data" in line]
+    assert len(rows) == 2 and all("20261206T083257Z-d8c3eb-node" in r and "completed" in r for r in rows), rows
