@@ -52,6 +52,7 @@ class AgentError(SnapctlError):
     def __init__(self, node: str, message: str, *, status: int | None = None, hint: str | None = None):
         super().__init__(f"node {node}: {message}", hint=hint)
         self.node = node
+        self.reason = message  # without the node: for where the node is named already
         self.status = status
 
 

@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from snapctl.agent_client import AgentClient
-from snapctl.errors import AgentTimeout, AgentUnauthorized, SnapctlError
+from snapctl.errors import AgentError, AgentTimeout, AgentUnauthorized, SnapctlError
 from snapctl.health import NodeProbe
 
 
@@ -23,9 +23,12 @@ async def probe(name: str, client: AgentClient, timeout_s: float) -> NodeProbe:
         # nothing (a warm 1000-agent fan-out: 146 -> 128 ms without it, docs/benchmarks.md item 26).
         result.status = await client.status()
     except AgentUnauthorized as exc:  # with its hint: which token setting to fix
-        result.unauthorized, result.error = True, str(exc)
+        result.unauthorized = True
+        result.error = f"{exc.reason} (hint: {exc.hint})" if exc.hint else exc.reason
     except AgentTimeout:
         result.error = f"no answer within {timeout_s:g}s"
+    except AgentError as exc:  # its finding names the node already
+        result.error = exc.reason
     except SnapctlError as exc:
         result.error = exc.message
     result.elapsed_s = time.monotonic() - started
