@@ -142,7 +142,7 @@ class HttpAgentClient:
         try:
             response = await self._http.call(method, url, body, self._headers, timeout_s)
         except TransportTimeout as exc:
-            raise self._timed_out(path, timeout_s) from exc
+            raise self._timed_out(path, timeout_s, delivered=exc.sent) from exc
         except TransportError as exc:
             raise self._transport_error(exc) from exc
         if response.status_code == 204:
@@ -164,17 +164,18 @@ class HttpAgentClient:
             raise AgentConflict(self.node, message, status=status, hint=hint, holder=error.holder if error else None)
         raise AgentError(self.node, message, status=status, hint=hint)
 
-    def _timed_out(self, path: str, timeout_s: float) -> AgentTimeout:
+    def _timed_out(self, path: str, timeout_s: float, delivered: bool = True) -> AgentTimeout:
         return AgentTimeout(self.node, f"no answer from the agent at {self.base_url} within {timeout_s:g}s "
-                                           f"({path})", hint=self._unreachable_hint)
+                                       f"({path})", hint=self._unreachable_hint, delivered=delivered)
 
-    def _transport_error(self, exc: Exception) -> AgentError:
+    def _transport_error(self, exc: TransportError) -> AgentError:
         reason = str(exc) or type(exc).__name__
         if "CERTIFICATE_VERIFY_FAILED" in reason or "certificate" in reason.lower():
             return AgentUnreachable(self.node, f"tls with the agent at {self.base_url} failed: {reason}",
-                                    hint="point auth.ca_file at the CA that signed the agent's certificate")
+                                    hint="point auth.ca_file at the CA that signed the agent's certificate",
+                                    delivered=exc.sent)
         return AgentUnreachable(self.node, f"cannot reach the agent at {self.base_url}: {reason}",
-                                hint=self._unreachable_hint)
+                                hint=self._unreachable_hint, delivered=exc.sent)
 
 
 def _error_body(response: AgentResponse) -> ErrorBody | None:

@@ -32,7 +32,10 @@ _encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow
 
 
 class TransportError(Exception):
-    """The request did not get an answer: connection refused or reset, a malformed response."""
+    """The request did not get an answer: connection refused or reset, a malformed response.
+    ``sent`` is False when no connection was made, so the agent cannot have seen the request."""
+
+    sent = True
 
 
 class TransportTimeout(TransportError):
@@ -234,11 +237,11 @@ class AgentTransport:
             async with asyncio.timeout_at(deadline):  # not wait_for: that costs a task per call
                 _, conn = await asyncio.get_running_loop().create_connection(_Connection, host, port, ssl=self._tls)
         except TimeoutError:
-            raise TransportTimeout(f"connect to {host}:{port} timed out") from None
+            raise _not_sent(TransportTimeout(f"connect to {host}:{port} timed out")) from None
         except ssl.SSLError as exc:  # the handshake: its own words (CERTIFICATE_VERIFY_FAILED, ...) say why
-            raise TransportError(str(exc)) from exc
+            raise _not_sent(TransportError(str(exc))) from exc
         except OSError as exc:  # asyncio words it "Connect call failed (addr)": the errno says why
-            raise TransportError(os.strerror(exc.errno).lower() if exc.errno else str(exc)) from exc
+            raise _not_sent(TransportError(os.strerror(exc.errno).lower() if exc.errno else str(exc))) from exc
         return conn
 
     async def _exchange(self, conn: _Connection, data: bytes, deadline: float | None, method: str):
@@ -250,6 +253,11 @@ class AgentTransport:
             raise TransportError(str(exc) or type(exc).__name__) from exc
         except ValueError as exc:
             raise TransportError(f"malformed answer: {exc}") from exc
+
+
+def _not_sent(exc: TransportError) -> TransportError:
+    exc.sent = False
+    return exc
 
 
 def _parse_response(buffer: bytearray, method: str, eof: bool):

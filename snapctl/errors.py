@@ -57,7 +57,12 @@ class AgentError(SnapctlError):
 
 
 class AgentUnreachable(AgentError):
-    """No answer from the agent: it cannot be reached, or did not answer in time."""
+    """No answer from the agent: it cannot be reached, or did not answer in time. ``delivered`` is
+    False when the request certainly never reached it (no connection could be made)."""
+
+    def __init__(self, node: str, message: str, *, hint: str | None = None, delivered: bool = True):
+        super().__init__(node, message, hint=hint)
+        self.delivered = delivered
 
 
 class AgentTimeout(AgentUnreachable):

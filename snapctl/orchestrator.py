@@ -269,7 +269,11 @@ async def _prepare(run: _Run, node: str) -> None:
     try:  # the client bounds the call (no timer of ours: at 1000 nodes, one per node costs)
         response = await run.agents[node].prepare(run.manifest.run_id, policy.lease_ttl_s, run.manifest.hold_at,
                                                   timeout_s=budget)
-    except AgentTimeout:
+    except AgentUnreachable as exc:
+        if not exc.delivered:  # no connection was made: nothing can be held there, nothing to release
+            run.held.discard(node)
+        if not isinstance(exc, AgentTimeout):
+            raise
         raise RunFailed(f"node {node}: prepare did not answer within {policy.prepare_timeout_s:g}s of its hold "
                         "instant", hint="check the engine on that node; raise policy.prepare_timeout_s if it is just "
                                         "slow") from None
@@ -465,12 +469,16 @@ def auto_hold_lead(nodes: int, fan_out_s: float, tls_nodes: int = 0) -> float:
 def _as_run_failure(run: _Run, exc: BaseException) -> BaseException:
     if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)):
         return exc
-    failed = [f"{n}: {r.error}" for n, r in run.manifest.nodes.items() if r.error]
+    cause = _reason(exc)
+    # Each node once: its record's error less the "node <name>: " its message starts with, and not
+    # the cause again.
+    failed = [f"{n}: {r.error.removeprefix(f'node {n}: ')}" for n, r in run.manifest.nodes.items()
+              if r.error and r.error != cause]
     if run.unrecorded:
         failed.append(f"the catalog could not record the failure: {run.unrecorded}")
     detail = f" ({'; '.join(failed)})" if failed else ""
     hint = exc.hint if isinstance(exc, SnapctlError) else None
-    return RunFailed(f"backup run {run.manifest.run_id} failed and was rolled back: {_reason(exc)}{detail}", hint=hint)
+    return RunFailed(f"backup run {run.manifest.run_id} failed and was rolled back: {cause}{detail}", hint=hint)
 
 
 def _reason(exc: BaseException) -> str:

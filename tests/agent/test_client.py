@@ -74,6 +74,7 @@ def test_an_unreachable_agent_names_the_node_and_address(tmp_path: Path) -> None
         asyncio.run(call())
     assert caught.value.message.startswith(f"node n7: cannot reach the agent at {url}")
     assert "is snapctl-agent running there" in caught.value.hint
+    assert caught.value.delivered is False  # no connection: a prepare sent this way held nothing
 
 
 def test_an_agent_that_never_answers_is_unreachable(tmp_path: Path) -> None:
@@ -87,8 +88,9 @@ def test_an_agent_that_never_answers_is_unreachable(tmp_path: Path) -> None:
             async with open_agents(inv) as agents:
                 await agents["n1"].prepare("run-1", 60)
 
-        with pytest.raises(AgentUnreachable, match="no answer from the agent at .* within 0.2s"):
+        with pytest.raises(AgentUnreachable, match="no answer from the agent at .* within 0.2s") as caught:
             asyncio.run(call())
+        assert caught.value.delivered is True  # connected: the agent may have the prepare and hold
 
 
 def test_wrong_token_and_conflicts_are_mapped(tmp_path: Path, engine: SqliteEngine) -> None:

@@ -10,8 +10,10 @@ import subprocess
 import time
 
 import pytest
+import yaml
 
 from snapctl.errors import ExitCode
+from tests.conftest import LOOPBACK, free_port
 from tests.faults.harness import NODES, FaultCluster, wait_until
 
 
@@ -119,3 +121,21 @@ def test_a_prepare_slower_than_the_agent_timeout_but_within_prepare_timeout_succ
     out, err = process.communicate(timeout=60)
     assert process.returncode == 0, err
     cluster.wait_released()
+
+
+def test_a_node_nothing_listens_for_fails_a_forced_run_without_a_hold_to_release(scene: FaultCluster) -> None:
+    # --force backs up past the preflight's refusal; the prepare then finds no agent at all. It
+    # never left snapctl, so the rollback completes the other nodes and not that one, and the
+    # error does not send anyone to wait for a lease that was never taken.
+    cluster = scene
+    inventory = cluster.write_inventory(cluster.directory / f"{cluster.cluster}.dead-node2.yaml")
+    data = yaml.safe_load(inventory.read_text())
+    data["nodes"][1]["agent"] = f"http://{LOOPBACK}:{free_port()}"
+    inventory.write_text(yaml.safe_dump(data, sort_keys=False))
+
+    result = cluster.snapctl("backup", "--force", inventory=inventory)
+    manifest = _failed_run(cluster, result, "node2")
+    error_line = next(line for line in result.stderr.splitlines() if line.startswith("snapctl: error:"))
+    assert error_line.count("cannot reach the agent") == 1, error_line
+    assert "lease" not in error_line and "complete failed" not in manifest["nodes"]["node2"]["error"]
+    _others_released_by_the_run(cluster, manifest["run_id"], "node2")
