@@ -8,7 +8,6 @@ one JSON document per command (schemas in docs/json-output.md).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import sys
@@ -92,6 +91,11 @@ class Renderer:
     def bundle(self, name: str):
         yield
 
+    def line(self, text: str) -> None:
+        """One line as written: it quotes agents, engines, clouds and paths (never markup), and is
+        not cut at the console's width (a log keeps it whole)."""
+        self.out.print(text, markup=False, soft_wrap=True)
+
     def progress(self):
         from snapctl.render.progress import LineProgress, LiveProgress
 
@@ -119,9 +123,8 @@ class Renderer:
                           escape(", ".join(sorted({r.state for r in record.snapshots}))) or "-")
         self.out.print(table)
         holds = f"holds began within {_seconds(m.hold_skew_s)}, " if m.hold_skew_s is not None else ""
-        self.out.print(f"{holds}prepare skew {_seconds(m.prepare_skew_s)}, longest freeze {_seconds(m.max_freeze_window_s)}"
-                       + (f", degraded: {'; '.join(m.degradations)}" if m.degradations else ""), markup=False,
-                       soft_wrap=True)
+        self.line(f"{holds}prepare skew {_seconds(m.prepare_skew_s)}, longest freeze {_seconds(m.max_freeze_window_s)}"
+                  + (f", degraded: {'; '.join(m.degradations)}" if m.degradations else ""))
         from snapctl.render.retention import backup_retention_line
 
         if retention := backup_retention_line(m):
@@ -129,10 +132,9 @@ class Renderer:
         return ExitCode.OK
 
     def _plan(self, plan) -> int:
-        say = functools.partial(self.out.print, markup=False, soft_wrap=True)
-        say(f"dry run: would back up cluster {plan.cluster} with provider {plan.provider}")
+        self.line(f"dry run: would back up cluster {plan.cluster} with provider {plan.provider}")
         for node, volumes in plan.nodes.items():
-            say(f"  {node}: {', '.join(volumes) or 'no volumes'}")
+            self.line(f"  {node}: {', '.join(volumes) or 'no volumes'}")
         self._findings(plan.verdict)
         refused = bool(plan.verdict.at_least("critical"))
         self.out.print("preflight: " + ("would refuse (see above)" if refused else "ok"))
@@ -161,19 +163,18 @@ class Renderer:
         return ExitCode.OK
 
     def manifest(self, m) -> int:
-        say = functools.partial(self.out.print, markup=False, soft_wrap=True)  # it quotes agents, engines and clouds
-        say(f"run {m.run_id} of cluster {m.cluster}: {m.status}, provider {m.provider}, by {m.owner}")
-        say(f"started {m.started_at:%Y-%m-%d %H:%M:%S}Z, finished "
-            f"{f'{m.finished_at:%H:%M:%S}Z' if m.finished_at else '-'}, skew {_seconds(m.prepare_skew_s)}")
+        self.line(f"run {m.run_id} of cluster {m.cluster}: {m.status}, provider {m.provider}, by {m.owner}")
+        self.line(f"started {m.started_at:%Y-%m-%d %H:%M:%S}Z, finished "
+                  f"{f'{m.finished_at:%H:%M:%S}Z' if m.finished_at else '-'}, skew {_seconds(m.prepare_skew_s)}")
         if m.error:
-            say(f"error: {m.error}")
+            self.line(f"error: {m.error}")
         for name, r in m.nodes.items():
-            say(f"  {name}: freeze {_seconds(r.freeze_window_s)}, "
-                f"{len(r.snapshots)} snapshot(s) {', '.join(s.snapshot_id for s in r.snapshots)}"
-                + (f", error: {r.error}" if r.error else ""))
+            self.line(f"  {name}: freeze {_seconds(r.freeze_window_s)}, "
+                      f"{len(r.snapshots)} snapshot(s) {', '.join(s.snapshot_id for s in r.snapshots)}"
+                      + (f", error: {r.error}" if r.error else ""))
             if r.state and r.state.facts.tables:
                 facts = ", ".join(f"{t}={f.rows}" for t, f in r.state.facts.tables.items())
-                say(f"    facts at prepare: {facts}")
+                self.line(f"    facts at prepare: {facts}")
         return ExitCode.OK
 
     def status(self, s) -> int:
@@ -240,8 +241,7 @@ class Renderer:
         for n in cluster.nodes:
             state = f"agent pid {n.pid} at {n.url}" if cluster.action == "up" else (
                 f"stopped agent pid {n.pid}" if n.pid else "was not running")
-            self.out.print(f"demo {cluster.action}: {n.name}: {state}, database {n.database}", markup=False,
-                           soft_wrap=True)
+            self.line(f"demo {cluster.action}: {n.name}: {state}, database {n.database}")
         return ExitCode.OK
 
 
