@@ -115,6 +115,8 @@ class FakeAgentFleet:
     agents: list[FakeAgent]
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
     _servers: list[asyncio.Server] = field(default_factory=list)
+    # ("asked" | "answered", node) in the order the fleet's one loop saw them
+    events: list[tuple[str, str]] = field(default_factory=list)
     _handlers: set[asyncio.Task] = field(default_factory=set)
 
     def start(self) -> None:
@@ -151,6 +153,7 @@ class FakeAgentFleet:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
                 agent.requests += 1
+                self.events.append(("asked", agent.node))
                 if agent.behaviour == "hang":
                     await asyncio.Event().wait()
                 if agent.behaviour == "slow":
@@ -158,6 +161,7 @@ class FakeAgentFleet:
                 path = head.split(b" ", 2)[1]
                 body = json.dumps(agent_status(agent.node) if path == b"/v1/status" else {"error": "no"}).encode()
                 status = b"200 OK" if path == b"/v1/status" else b"404 Not Found"
+                self.events.append(("answered", agent.node))
                 writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\nContent-Length: "
                              + str(len(body)).encode() + b"\r\n\r\n" + body)
                 await writer.drain()
