@@ -207,24 +207,32 @@ def _short(member: str) -> str:
 
 
 class LiveStatus:
-    """`--watch` for a person: the same screen, redrawn in place on every refresh."""
+    """`--watch` for a person: the same screen, redrawn in place on every refresh; into a log or a
+    pipe (no terminal to redraw), every refresh's screen after the last."""
 
     def __init__(self, r) -> None:
         from rich.live import Live
 
-        self._live = Live(console=r.out, auto_refresh=False, transient=False)
+        self._out = r.out
+        self._live = Live(console=r.out, auto_refresh=False, transient=False) if r.out.is_terminal else None
         self.exit_code = 0
 
     def __enter__(self) -> Self:
-        self._live.__enter__()
+        if self._live is not None:
+            self._live.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._live.__exit__(None, None, None)
+        if self._live is not None:
+            self._live.__exit__(None, None, None)
 
     def __call__(self, s) -> None:
         self.exit_code = int(s.exit_code)
-        self._live.update(status_view(s), refresh=True)
+        if self._live is None:
+            self._out.print(status_view(s))
+            self._out.file.flush()  # a `tail -f` of the log sees each refresh when it is made
+        else:
+            self._live.update(status_view(s), refresh=True)
 
 
 class JsonLinesStatus:

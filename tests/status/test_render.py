@@ -61,3 +61,14 @@ def test_what_an_agent_reports_is_shown_as_it_is_not_as_markup():
     renderer.status(cluster)
     text = renderer.out.file.getvalue()
     assert all(word in text for word in ("ok [/v]", "[bold]3.0", "held by [/ops]", "[/odd]")), text
+
+
+def test_watch_into_a_pipe_writes_every_refresh_after_the_last():
+    status = AgentStatus(node="a", agent_version=__version__, engine=EngineStatus(engine="dingodb", reachable=True))
+    probes = [NodeProbe("a", status=status)]
+    renderer = Renderer()
+    renderer.out = Console(file=io.StringIO(), width=250, highlight=False)  # not a terminal
+    with renderer.status_watch() as show:
+        for _ in range(3):
+            show(ClusterStatus("c", datetime.now(UTC), probes, assess(INVENTORY, probes), 3600.0))
+    assert renderer.out.file.getvalue().count("verdict: healthy (exit 0)") == 3
