@@ -57,11 +57,7 @@ def run_backup(cluster: SimCluster, create_latency_s: float, consistency: str = 
     if manifest.status != "succeeded":
         raise RuntimeError(f"backup failed: {manifest.error}")
     records = list(manifest.nodes.values())
-    # A node's window opens at the later of its prepare's sending and the agreed hold instant
-    # (hold_at): its round trip is counted from there too, as snapctl's freeze_window_s is.
-    opened = [max(r.prepare_sent_at, manifest.hold_at) if manifest.hold_at else r.prepare_sent_at for r in records]
-    rtt = [(r.prepare_acked_at - start).total_seconds() for r, start in zip(records, opened)]
-    freeze = [r.freeze_window_s for r in records]
+    freeze, rtt = windows(manifest)
     issued = sorted(ref.extra["issued_at"] for r in records for ref in r.snapshots)
     last_calls = [max(r.snapshots, key=lambda ref: ref.extra["returned_at"]).extra for r in records]
     late = [call["returned_at"] - call["issued_at"] - create_latency_s for call in last_calls]
@@ -69,6 +65,16 @@ def run_backup(cluster: SimCluster, create_latency_s: float, consistency: str = 
     return RunStats(len(records), wall[0], freeze, rtt, [f - t - create_latency_s for f, t in zip(freeze, rtt)],
                     manifest.prepare_skew_s or 0.0, manifest.hold_skew_s or 0.0, issued, late, to_release,
                     snapctl_cpu, agents_cpu)
+
+
+def windows(manifest) -> tuple[list[float], list[float]]:
+    """Per node, in the manifest's order: its freeze window and its prepare round trip. A node's
+    window opens at the later of its prepare's sending and the agreed hold instant (hold_at): its
+    round trip is counted from there too, as snapctl's freeze_window_s is."""
+    records = list(manifest.nodes.values())
+    opened = [max(r.prepare_sent_at, manifest.hold_at) if manifest.hold_at else r.prepare_sent_at for r in records]
+    return ([r.freeze_window_s for r in records],
+            [(r.prepare_acked_at - start).total_seconds() for r, start in zip(records, opened)])
 
 
 def snapctl_cpu_s() -> float:

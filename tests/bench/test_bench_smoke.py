@@ -118,6 +118,16 @@ def test_agent_round_trips_for_sqlite_and_sim() -> None:
     assert "| sqlite " in out and "| sim " in out and "| agent CPU ms per call |" in out
 
 
+def test_shards_backs_up_every_share_at_once_for_each_number_of_loops() -> None:
+    out = bench("bench.shards", "--nodes", "6", "--loops", "1,3", "--sets", "1", "--runs", "1")
+    assert "### Several orchestrator loops, an upper bound: 6 lean agents" in out
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in out.splitlines()
+            if line.startswith(("| 1 ", "| 3 "))]
+    # Each number of loops split the 6 nodes evenly and measured every node's freeze and margin.
+    assert [row[:3] for row in rows] == [["1", "6", "1"], ["3", "2", "1"]], out
+    assert all(row[4].count(" / ") == 1 and row[5].count(" / ") == 1 for row in rows), out
+
+
 @pytest.mark.parametrize("only", ["startup"])
 def test_run_heads_the_output_with_the_machine(only: str) -> None:
     out = bench("bench.run", "--quick", "--only", only)
@@ -125,7 +135,7 @@ def test_run_heads_the_output_with_the_machine(only: str) -> None:
     assert "Machine: " in out and "cores" in out
 
 
-@pytest.mark.parametrize("script", ["bench.freeze", "bench.trace", "bench.floor", "bench.run"])
+@pytest.mark.parametrize("script", ["bench.freeze", "bench.trace", "bench.floor", "bench.shards", "bench.run"])
 def test_help_says_what_the_script_measures_in_whole_sentences(script: str) -> None:
     import importlib
 

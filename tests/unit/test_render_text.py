@@ -91,7 +91,8 @@ def test_a_run_table_written_to_a_pipe_is_not_cut_to_eighty_columns(capsys, monk
                              volume="data", state="completed", bytes=352256) for i in (1, 2)]
     manifest = Manifest(cluster="c", run_id="20261206T083257Z-d8c3eb", provider="local", snapctl_version="0",
                         owner="u@h:1", started_at=datetime.now(UTC), status="succeeded",
-                        nodes={s.node: NodeRecord(name=s.node, snapshots=[s], freeze_window_s=0.049) for s in snapshots})
+                        nodes={s.node: NodeRecord(name=s.node, snapshots=[s], freeze_window_s=0.049)
+                               for s in snapshots})
     Renderer().backup_result(manifest)
     rows = [line for line in capsys.readouterr().out.splitlines() if "-data" in line]
     assert len(rows) == 2 and all("20261206T083257Z-d8c3eb-node" in r and "completed" in r for r in rows), rows
