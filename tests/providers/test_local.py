@@ -95,6 +95,18 @@ def test_validate_volumes_refuses_bad_blocks(provider: LocalProvider, tmp_path: 
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("volume", [".", "store/c1"], ids=["store-inside-the-volume", "volume-inside-the-store"])
+def test_a_volume_and_the_store_inside_one_another_are_refused(provider: LocalProvider, tmp_path: Path,
+                                                               volume: str) -> None:
+    (tmp_path / volume).mkdir(parents=True, exist_ok=True)
+    # Copied as asked, the store inside the volume went into itself until "File name too long".
+    with pytest.raises(BadInputError, match=r"node n1: volume \S+ \(.+\) (contains|is inside) the snapshot store "
+                                            + str(tmp_path / "store")) as caught:
+        provider.validate_volumes("n1", [{"name": "data", "path": volume}], base_dir=tmp_path)
+    assert "apart from every node's data directories" in caught.value.hint
+    assert not (tmp_path / "store" / CLUSTER / "n1").exists()  # refused before anything was copied
+
+
 def test_default_store_is_under_xdg_state_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     provider = create_provider({"type": "local"}, cluster=CLUSTER, base_dir=tmp_path)

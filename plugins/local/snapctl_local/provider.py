@@ -88,7 +88,19 @@ class LocalProvider:
         self._restore_copier = FileCopier("never" if settings.reflink == "never" else "auto")
 
     def validate_volumes(self, node: str, raw: list[Any], *, base_dir: Path) -> NodeVolumes:
-        return NodeVolumes(node=node, volumes=parse_volumes(node, raw, base_dir=base_dir))
+        volumes = parse_volumes(node, raw, base_dir=base_dir)
+        # A store inside a volume is copied into itself, deeper on each level, until the path is
+        # too long; a volume inside the store is copied from what snapctl writes and deletes.
+        store = Path(os.path.realpath(self.store.root))
+        for volume in volumes:
+            path = Path(os.path.realpath(volume.path))
+            if store.is_relative_to(path) or path.is_relative_to(store):
+                where = "contains" if store.is_relative_to(path) else "is inside"
+                raise BadInputError(
+                    f"node {node}: volume {volume.name} ({volume.path}) {where} the snapshot store {self.store.root}",
+                    hint="set provider.store to a directory apart from every node's data directories",
+                )
+        return NodeVolumes(node=node, volumes=volumes)
 
     def warm_up(self) -> None:
         pass  # no SDK, no client: a snapshot's first copy costs what every other one does
