@@ -133,6 +133,19 @@ def test_snapshot_copies_the_tree_faithfully(provider: LocalProvider, tmp_path: 
     assert os.readlink(snap_data / "link-to-a") == "a.txt"
 
 
+def test_a_volume_reached_through_a_symlink_keeps_its_directorys_mode(provider: LocalProvider, tmp_path: Path,
+                                                                      source: Path) -> None:
+    source.chmod(0o750)
+    os.symlink(source, tmp_path / "current")  # e.g. /var/lib/db/current -> releases/42
+    (ref,) = _snap(provider, _volumes(provider, tmp_path, {"name": "data", "path": "current"}), "run1")
+    snap_data = Path(ref.extra["path"]) / "data"
+    assert snap_data.is_dir() and not snap_data.is_symlink()
+    assert (snap_data.stat().st_mode & 0o777) == 0o750, "the link's 0777, not the directory's mode"
+    restored = tmp_path / "restored"
+    provider.restore(ref, RestoreTarget(path=restored))
+    assert (restored.stat().st_mode & 0o777) == 0o750
+
+
 def test_second_snapshot_hard_links_unchanged_files(provider: LocalProvider, tmp_path: Path, source: Path) -> None:
     volumes = _volumes(provider, tmp_path, {"name": "data", "path": "src"})
     (first,) = _snap(provider, volumes, "run1")

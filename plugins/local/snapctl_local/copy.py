@@ -373,7 +373,9 @@ def _copy_entries(src_root: Path, dst_root: Path, copier: FileCopier, link_from:
         copies.check()  # also for a tree of links only, which submits no copies
         src_dir, dst_dir, rel_dir = pending.pop()
         try:
-            dir_stat = os.lstat(src_dir)
+            # The root may be a symlink to the data directory (the volume's path): its mode and times
+            # are the directory's, not the link's 0777.
+            dir_stat = os.stat(src_dir) if not rel_dir else os.lstat(src_dir)
             os.mkdir(dst_dir, 0o700)
             dirs.append((dst_dir, dir_stat))
             with os.scandir(src_dir) as entries:
