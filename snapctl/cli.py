@@ -25,14 +25,17 @@ app.add_typer(demo_app, name="demo")
 
 InventoryOpt = Annotated[
     str | None,
-    typer.Option("-i", "--inventory", envvar="SNAPCTL_INVENTORY", show_envvar=True,
+    typer.Option("-i", "--inventory", envvar="SNAPCTL_INVENTORY", show_envvar=True, metavar="FILE",
                  help="Inventory file [default: ./inventory.yaml]."),
 ]
-OutputOpt = Annotated[str, typer.Option("-o", "--output", help="text or json.")]
+OutputOpt = Annotated[str, typer.Option("-o", "--output", metavar="text|json", help="text or json.")]
+NodesOpt = Annotated[list[str] | None,
+                     typer.Option("--node", "-n", metavar="NODE", help="Only these nodes (repeatable).")]
 TextfileOpt = Annotated[str | None, typer.Option("--textfile", metavar="PATH",
                                                    help="Also write node_exporter metrics to PATH (*.prom).")]
 DemoInventoryOpt = Annotated[
-    str, typer.Option("-i", "--inventory", envvar="SNAPCTL_INVENTORY", help="The demo's inventory.")
+    str, typer.Option("-i", "--inventory", envvar="SNAPCTL_INVENTORY", metavar="FILE",
+                      help="The demo's inventory.")
 ]
 
 
@@ -62,7 +65,8 @@ def backup(
     force: Annotated[bool, typer.Option("--force", help="Go on despite critical preflight findings.")] = False,
     trigger: Annotated[bool | None, typer.Option("--trigger/--no-trigger",
                                                     help="Run the engines' own snapshots first.")] = None,
-    consistency: Annotated[str | None, typer.Option(help="cluster (one barrier) or per-node.")] = None,
+    consistency: Annotated[str | None, typer.Option(metavar="cluster|per-node",
+                                                    help="cluster (one barrier) or per-node.")] = None,
     no_prune: Annotated[bool, typer.Option("--no-prune", help="Skip retention after a successful run.")] = False,
     textfile: TextfileOpt = None,
     output: OutputOpt = "text",
@@ -117,8 +121,8 @@ def status(
     inventory: InventoryOpt = None,
     watch: Annotated[float | None, typer.Option("--watch", "-w", metavar="[SECONDS]",
                                                    help="Refresh in place every SECONDS (default 2) until Ctrl-C.")] = None,
-    node: Annotated[list[str] | None, typer.Option("--node", "-n", help="Only these nodes (repeatable).")] = None,
-    group: Annotated[list[str] | None, typer.Option("--group", "-g",
+    node: NodesOpt = None,
+    group: Annotated[list[str] | None, typer.Option("--group", "-g", metavar="GLOB",
                                                        help="Only raft groups matching this glob (repeatable).")] = None,
     textfile: TextfileOpt = None,
     output: OutputOpt = "text",
@@ -149,9 +153,9 @@ def status(
 @app.command()
 def restore(
     run: Annotated[str, typer.Argument(help="Run id, unique prefix, or 'latest'.")],
-    to: Annotated[str | None, typer.Option("--to", help="Target directory: DIR/<node>/<volume> (local "
+    to: Annotated[str | None, typer.Option("--to", metavar="DIR", help="Target directory: DIR/<node>/<volume> (local "
                                                             "provider) [default: each node's restore.path].")] = None,
-    zone: Annotated[str | None, typer.Option("--zone", help="Zone for the new volumes (cloud) "
+    zone: Annotated[str | None, typer.Option("--zone", metavar="ZONE", help="Zone for the new volumes (cloud) "
                                                                "[default: each node's restore.zone].")] = None,
     attach: Annotated[bool, typer.Option("--attach", help="Attach the new volumes to each node's "
                                                           "restore.instance (cloud).")] = False,
@@ -171,7 +175,7 @@ def restore(
 @app.command()
 def drill(
     run: Annotated[str, typer.Argument(help="Run id, unique prefix, or 'latest'.")] = "latest",
-    junit: Annotated[str | None, typer.Option("--junit", help="Where the JUnit XML report goes "
+    junit: Annotated[str | None, typer.Option("--junit", metavar="FILE", help="Where the JUnit XML report goes "
                                                                  "[default: drill.junit, or ./snapctl-drill.xml].")] = None,
     keep: Annotated[bool, typer.Option("--keep", help="Leave the scratch data and restored volumes for "
                                                       "inspection.")] = False,
@@ -209,8 +213,8 @@ def verify(
 def trigger(
     target: Annotated[str | None, typer.Argument(help="Engine-specific target (region, table/shard); "
                                                          "default: everything.")] = None,
-    node: Annotated[list[str] | None, typer.Option("--node", "-n", help="Only these nodes (repeatable).")] = None,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for each node's jobs.")] = 600.0,
+    node: NodesOpt = None,
+    timeout: Annotated[float, typer.Option(metavar="SECONDS", help="Seconds to wait for each node's jobs.")] = 600.0,
     inventory: InventoryOpt = None,
     output: OutputOpt = "text",
 ) -> int:
