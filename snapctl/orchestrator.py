@@ -125,7 +125,7 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
             _close_abandoned_runs(catalog, run_id)
             # 2. Preflight, before anything is held.
             preflight_started = time.monotonic()
-            verdict = await preflight(inventory, agents, reporter)
+            verdict = await preflight(inventory, agents, reporter, volumes)
             fan_out_s = time.monotonic() - preflight_started
             blocking = verdict.at_least("critical")
             manifest = Manifest(

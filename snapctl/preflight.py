@@ -3,13 +3,17 @@ dry run, which is that preflight plus what a real run gets ready before its firs
 
 from __future__ import annotations
 
+import ipaddress
+import os
 from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
 
 from snapctl.agent_client import AgentClient
 from snapctl.config import Inventory
 from snapctl.errors import SnapctlError
 from snapctl.events import Reporter
-from snapctl.health import Finding, Verdict, assess
+from snapctl.health import Finding, NodeProbe, Verdict, assess
 from snapctl.probe import probe_all
 from snapctl.provider_threads import ProviderThreads
 from snapctl.provider_worker import CALL_RUNNER_READY_S
@@ -26,14 +30,48 @@ class BackupPlan:
     verdict: Verdict
 
 
-async def preflight(inventory: Inventory, agents: dict[str, AgentClient], reporter: Reporter) -> Verdict:
-    """Ask every agent and grade the answers as a backup would: a node already held is critical."""
+async def preflight(inventory: Inventory, agents: dict[str, AgentClient], reporter: Reporter,
+                    volumes: dict[str, NodeVolumes]) -> Verdict:
+    """Ask every agent and grade the answers as a backup would: a node already held is critical,
+    and so is one whose engine keeps its data outside the directories that would be snapshotted."""
     reporter.step("preflight", f"checking {len(agents)} agents")
     probes = await probe_all(agents, inventory.policy.agent_timeout_s)
     verdict = assess(inventory, probes, for_backup=True)
+    verdict.findings += uncovered_data(inventory, probes, volumes)
     for finding in verdict.findings:
         reporter.finding(finding)
     return verdict
+
+
+def uncovered_data(inventory: Inventory, probes: list[NodeProbe], volumes: dict[str, NodeVolumes]) -> list[Finding]:
+    """A critical finding for each node whose engine reports data in none of its volumes, where
+    both are directories of this host (volumes of the local provider, an agent embedded or on
+    loopback): its snapshot would not contain the database. Elsewhere the paths are another
+    host's, or disks, and nothing is said."""
+    agent_of = {node.name: node.agent for node in inventory.nodes}
+    findings = []
+    for probe in probes:
+        directories = volumes[probe.node].directories if probe.node in volumes else None
+        if probe.status is None or directories is None or not _on_this_host(agent_of.get(probe.node, "")):
+            continue
+        roots = [Path(os.path.realpath(d)) for d in directories]
+        for data in probe.status.data_paths:
+            if not any(Path(os.path.realpath(data)).is_relative_to(root) for root in roots):
+                listed = ", ".join(map(str, directories))
+                findings.append(Finding("critical", probe.node, (
+                    f"its engine keeps its data in {data}, in none of its volumes ({listed}): the snapshot would "
+                    "not contain it; list that directory (or one above it) in the node's volumes")))
+    return findings
+
+
+def _on_this_host(agent: str) -> bool:
+    if agent == "embedded":
+        return True
+    host = urlsplit(agent).hostname or ""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: maybe another host, whose paths are not ours to check
 
 
 async def dry_run(inventory: Inventory, provider: Provider, volumes: dict[str, NodeVolumes],
@@ -44,7 +82,7 @@ async def dry_run(inventory: Inventory, provider: Provider, volumes: dict[str, N
     checker = ProviderThreads(1, warm_up=provider.warm_up)
     checker.start()  # in a thread of its own: loading an SDK overlaps the preflight's fan-out
     try:
-        verdict = await preflight(inventory, agents, reporter)
+        verdict = await preflight(inventory, agents, reporter, volumes)
         reporter.step("provider", f"checking that {provider.name} is ready (its SDK, its credentials)")
         try:
             await checker.ready(CALL_RUNNER_READY_S)

@@ -66,6 +66,9 @@ class NodeVolumes:
 
     node: str
     volumes: list[Any]  # the provider's own validated volume models
+    # The volumes as directories of this host, when they are (the local provider): the preflight
+    # then checks that the engine's data lies inside them. None for disks of a cloud.
+    directories: list[Path] | None = None
 
 
 @dataclass

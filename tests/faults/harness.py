@@ -81,9 +81,11 @@ class FaultCluster:
         self.token_file.write_text(TOKEN + "\n")
         self.token_file.chmod(0o600)
         for name in self.nodes:
-            volume = self.directory / name / "data"
-            volume.mkdir(parents=True, exist_ok=True)
             engine = self.engines.get(name)
+            # The node's volume holds its engine's data, as the preflight insists: a QuestDB root, or
+            # the directory of the SQLite file made below.
+            volume = Path(engine["root"]) if engine and "root" in engine else self.directory / name / "data"
+            volume.mkdir(parents=True, exist_ok=True)
             database = None
             if engine is None:
                 database = volume / "db.sqlite"

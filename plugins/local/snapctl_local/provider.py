@@ -100,7 +100,7 @@ class LocalProvider:
                     f"node {node}: volume {volume.name} ({volume.path}) {where} the snapshot store {self.store.root}",
                     hint="set provider.store to a directory apart from every node's data directories",
                 )
-        return NodeVolumes(node=node, volumes=volumes)
+        return NodeVolumes(node=node, volumes=volumes, directories=[v.path for v in volumes])
 
     def warm_up(self) -> None:
         pass  # no SDK, no client: a snapshot's first copy costs what every other one does
