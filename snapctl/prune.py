@@ -204,7 +204,7 @@ def gc(inventory: Inventory, *, delete: bool = False) -> GcResult:
     if not delete:
         return find_orphans(catalog, provider)
     with _Locked(catalog, inventory.policy.lock_ttl_s, "gc") as locked:
-        result = find_orphans(catalog, provider)
+        result = find_orphans(catalog, provider, ours=locked.run_id)
         result.delete = True
         for ref in result.orphans:
             locked.check()
@@ -216,7 +216,8 @@ def gc(inventory: Inventory, *, delete: bool = False) -> GcResult:
         return result
 
 
-def find_orphans(catalog: Catalog, provider: Provider) -> GcResult:
+def find_orphans(catalog: Catalog, provider: Provider, ours: str | None = None) -> GcResult:
+    """``ours``: the run id of the lock the caller holds, which is not a run in progress."""
     entries, _ = catalog.list()
     # Every manifest file names a run, readable or not: an unreadable one may still own snapshots.
     manifests = f"{catalog.cluster}/manifests/"
@@ -229,7 +230,7 @@ def find_orphans(catalog: Catalog, provider: Provider) -> GcResult:
         except SnapctlError:
             protected.add(entry.run_id)  # deleted or damaged since we listed: do not guess
     lock = catalog.read_lock()
-    if lock is not None and lock.held_at(datetime.now(UTC)):
+    if lock is not None and lock.held_at(datetime.now(UTC)) and lock.run_id != ours:
         protected.add(lock.run_id)  # a backup in progress: its snapshots are not in its manifest yet
     orphans = [ref for ref in provider.find({TAG_CLUSTER: catalog.cluster})
                if ref.snapshot_id not in owned and ref.tags.get(TAG_RUN) not in protected]
@@ -245,8 +246,8 @@ class _Locked:
     def __init__(self, catalog: Catalog, ttl_s: float, verb: str) -> None:
         from snapctl.orchestrator import run_owner
 
-        run_id = f"{verb}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{secrets.token_hex(3)}"
-        self._lock = catalog.acquire_lock(run_owner(), run_id, ttl_s)
+        self.run_id = f"{verb}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{secrets.token_hex(3)}"
+        self._lock = catalog.acquire_lock(run_owner(), self.run_id, ttl_s)
         self._period = ttl_s / 3
         self._lost: SnapctlError | None = None
         self._stop = threading.Event()

@@ -312,6 +312,7 @@ def test_gc_finds_planted_orphans_and_deletes_only_them(scene: Scene) -> None:
     deleted = gc(inv, delete=True)
 
     assert deleted.ok and set(deleted.deleted) == planted
+    assert deleted.skipped_runs == ["r4-broken"]  # not gc's own lock, as if a run were in progress
     assert scene.snapshot_ids() == owned | snapshots_of(scene, {"r4-broken"})
     assert gc(inv).orphans == []
 
