@@ -106,7 +106,7 @@ def list_runs(inventory: InventoryOpt = None, output: OutputOpt = "text") -> int
 
 
 @app.command()
-def show(run: Annotated[str, typer.Argument(help="Run id, unique prefix, or 'latest'.")],
+def show(run: Annotated[str, typer.Argument(metavar="RUN", help="Run id, unique prefix, or 'latest'.")],
          inventory: InventoryOpt = None, output: OutputOpt = "text") -> int:
     """Show one run's manifest."""
     from snapctl.catalog import open_catalog
@@ -152,7 +152,7 @@ def status(
 
 @app.command()
 def restore(
-    run: Annotated[str, typer.Argument(help="Run id, unique prefix, or 'latest'.")],
+    run: Annotated[str, typer.Argument(metavar="RUN", help="Run id, unique prefix, or 'latest'.")],
     to: Annotated[str | None, typer.Option("--to", metavar="DIR", help="Target directory: DIR/<node>/<volume> (local "
                                                             "provider) [default: each node's restore.path].")] = None,
     zone: Annotated[str | None, typer.Option("--zone", metavar="ZONE", help="Zone for the new volumes (cloud) "
@@ -174,7 +174,7 @@ def restore(
 
 @app.command()
 def drill(
-    run: Annotated[str, typer.Argument(help="Run id, unique prefix, or 'latest'.")] = "latest",
+    run: Annotated[str, typer.Argument(metavar="RUN", help="Run id, unique prefix, or 'latest'.")] = "latest",
     junit: Annotated[str | None, typer.Option("--junit", metavar="FILE", help="Where the JUnit XML report goes "
                                                                  "[default: drill.junit, or ./snapctl-drill.xml].")] = None,
     keep: Annotated[bool, typer.Option("--keep", help="Leave the scratch data and restored volumes for "
@@ -199,7 +199,7 @@ def drill(
 
 @app.command()
 def verify(
-    run: Annotated[str, typer.Argument(help="Run id, unique prefix, or 'latest'.")],
+    run: Annotated[str, typer.Argument(metavar="RUN", help="Run id, unique prefix, or 'latest'.")],
     inventory: InventoryOpt = None,
     output: OutputOpt = "text",
 ) -> int:
@@ -211,7 +211,7 @@ def verify(
 
 @app.command()
 def trigger(
-    target: Annotated[str | None, typer.Argument(help="Engine-specific target (region, table/shard); "
+    target: Annotated[str | None, typer.Argument(metavar="TARGET", help="Engine-specific target (region, table/shard); "
                                                          "default: everything.")] = None,
     node: NodesOpt = None,
     timeout: Annotated[float, typer.Option(metavar="SECONDS", help="Seconds to wait for each node's jobs.")] = 600.0,
