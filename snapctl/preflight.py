@@ -47,21 +47,32 @@ def uncovered_data(inventory: Inventory, probes: list[NodeProbe], volumes: dict[
     """A critical finding for each node whose engine reports data in none of its volumes, where
     both are directories of this host (volumes of the local provider, an agent embedded or on
     loopback): its snapshot would not contain the database. Elsewhere the paths are another
-    host's, or disks, and nothing is said."""
+    host's, or disks, and nothing is said. Directories are compared by device and inode, so a
+    symlink or a bind mount to a volume still holds it."""
     agent_of = {node.name: node.agent for node in inventory.nodes}
     findings = []
     for probe in probes:
         directories = volumes[probe.node].directories if probe.node in volumes else None
         if probe.status is None or directories is None or not _on_this_host(agent_of.get(probe.node, "")):
             continue
-        roots = [Path(os.path.realpath(d)) for d in directories]
+        roots = {_identity(d) for d in directories} - {None}
         for data in probe.status.data_paths:
-            if not any(Path(os.path.realpath(data)).is_relative_to(root) for root in roots):
+            if not any(_identity(d) in roots for d in (Path(data), *Path(data).parents)):
                 listed = ", ".join(map(str, directories))
                 findings.append(Finding("critical", probe.node, (
                     f"its engine keeps its data in {data}, in none of its volumes ({listed}): the snapshot would "
                     "not contain it; list that directory (or one above it) in the node's volumes")))
     return findings
+
+
+def _identity(directory: Path) -> tuple[int, int] | None:
+    """The directory itself, however it is reached: through a symlink or a bind mount, the same
+    device and inode."""
+    try:
+        st = os.stat(directory)
+    except OSError:
+        return None  # not there (yet): its parents say whether a volume holds it
+    return st.st_dev, st.st_ino
 
 
 def _on_this_host(agent: str) -> bool:

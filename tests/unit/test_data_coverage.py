@@ -32,6 +32,8 @@ def _inventory(agent: str):
 @pytest.mark.parametrize("agent", ["http://127.0.0.1:7701", "http://localhost:7701", "http://[::1]:7701"])
 def test_data_outside_every_volume_of_an_agent_on_this_host_is_critical(tmp_path, agent):
     data, other = tmp_path / "data", tmp_path / "other"
+    data.mkdir()
+    other.mkdir()
     [finding] = uncovered_data(_inventory(agent), [_probe("n1", data)],
                                {"n1": NodeVolumes("n1", ["other"], directories=[other])})
     assert finding.severity == "critical" and finding.subject == "n1"
@@ -39,6 +41,8 @@ def test_data_outside_every_volume_of_an_agent_on_this_host_is_critical(tmp_path
 
 
 def test_data_inside_a_volume_even_through_a_symlink_is_covered(tmp_path):
+    # Compared by device and inode, as a bind mount of the volume would be too (not made here: it
+    # needs mount(2)).
     (tmp_path / "releases" / "42" / "db").mkdir(parents=True)
     os.symlink(tmp_path / "releases" / "42", tmp_path / "current")
     volumes = {"n1": NodeVolumes("n1", ["data"], directories=[tmp_path / "current"])}
