@@ -47,8 +47,9 @@ def uncovered_data(inventory: Inventory, probes: list[NodeProbe], volumes: dict[
     """A critical finding for each node whose engine reports data in none of its volumes, where
     both are directories of this host (volumes of the local provider, an agent embedded or on
     loopback): its snapshot would not contain the database. Elsewhere the paths are another
-    host's, or disks, and nothing is said. Directories are compared by device and inode, so a
-    symlink or a bind mount to a volume still holds it."""
+    host's, or disks, and nothing is said; so is a data path this host does not have (an agent in
+    a container of its own). Directories are compared by device and inode, so a symlink or a bind
+    mount to a volume still holds it."""
     agent_of = {node.name: node.agent for node in inventory.nodes}
     findings = []
     for probe in probes:
@@ -57,6 +58,8 @@ def uncovered_data(inventory: Inventory, probes: list[NodeProbe], volumes: dict[
             continue
         roots = {_identity(d) for d in directories} - {None}
         for data in probe.status.data_paths:
+            if _identity(Path(data)) is None:
+                continue  # not a path of this host (an agent in a container of its own, say): no comparison
             if not any(_identity(d) in roots for d in (Path(data), *Path(data).parents)):
                 listed = ", ".join(map(str, directories))
                 findings.append(Finding("critical", probe.node, (
@@ -71,7 +74,7 @@ def _identity(directory: Path) -> tuple[int, int] | None:
     try:
         st = os.stat(directory)
     except OSError:
-        return None  # not there (yet): its parents say whether a volume holds it
+        return None
     return st.st_dev, st.st_ino
 
 

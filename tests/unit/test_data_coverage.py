@@ -50,14 +50,16 @@ def test_data_inside_a_volume_even_through_a_symlink_is_covered(tmp_path):
     assert uncovered_data(_inventory("http://127.0.0.1:7701"), probes, volumes) == []
 
 
-@pytest.mark.parametrize(("agent", "directories"), [
-    ("http://db1.internal:7701", [Path("/elsewhere")]),  # another host's paths: not ours to compare
-    ("http://10.0.0.5:7701", [Path("/elsewhere")]),
-    ("http://127.0.0.1:7701", None),  # a cloud's disks, not directories
+@pytest.mark.parametrize(("agent", "directories", "data"), [
+    ("http://db1.internal:7701", [Path("/elsewhere")], "data"),  # another host's paths: not ours to compare
+    ("http://10.0.0.5:7701", [Path("/elsewhere")], "data"),
+    ("http://127.0.0.1:7701", None, "data"),  # a cloud's disks, not directories
+    ("http://127.0.0.1:7701", [Path("/elsewhere")], "absent"),  # e.g. an agent in a container: its own paths
 ])
-def test_nothing_is_said_where_the_paths_cannot_be_compared(tmp_path, agent, directories):
+def test_nothing_is_said_where_the_paths_cannot_be_compared(tmp_path, agent, directories, data):
+    (tmp_path / "data").mkdir()
     volumes = {"n1": NodeVolumes("n1", ["vol-1"], directories=directories)}
-    assert uncovered_data(_inventory(agent), [_probe("n1", tmp_path / "data")], volumes) == []
+    assert uncovered_data(_inventory(agent), [_probe("n1", tmp_path / data)], volumes) == []
 
 
 def test_a_backup_of_a_database_outside_its_volume_is_refused_and_forced_on_record(tmp_path):
