@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import ipaddress
 import logging
 import re
 import signal
@@ -20,6 +19,7 @@ from types import FrameType
 
 from node_agent.config import AgentConfig, load_agent_config
 from node_agent.engines.base import load_engine_factory
+from snapctl.config import is_loopback
 from snapctl.errors import BadInputError, ExitCode, SnapctlError
 
 log = logging.getLogger("snapctl.agent")
@@ -80,15 +80,6 @@ def _load_config(args: argparse.Namespace) -> AgentConfig:
 
 def _absolute(path: str) -> str:
     return str(Path(path).expanduser().resolve())
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a host name other than localhost may resolve to anything
 
 
 def _serve(config: AgentConfig, token: str | None) -> int:

@@ -132,6 +132,16 @@ def _agent_address(value: str, usage: str = "http(s)://host:port") -> str:
     return value.rstrip("/")
 
 
+def is_loopback(host: str) -> bool:
+    """``host`` (a name, an address, an IPv6 address in brackets) is this machine itself."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve to anything
+
+
 class NodeRestoreConfig(Strict):
     """Where a restore or drill of one node goes. Local providers restore into ``path/<volume>``;
     cloud providers make new volumes in ``zone``, attached to ``instance`` when asked. With

@@ -3,14 +3,13 @@ dry run, which is that preflight plus what a real run gets ready before its firs
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from snapctl.agent_client import AgentClient
-from snapctl.config import Inventory
+from snapctl.config import Inventory, is_loopback
 from snapctl.errors import SnapctlError
 from snapctl.events import Reporter
 from snapctl.health import Finding, NodeProbe, Verdict, assess
@@ -58,9 +57,10 @@ def uncovered_data(inventory: Inventory, probes: list[NodeProbe], volumes: dict[
             continue
         roots = {_identity(d) for d in directories} - {None}
         for data in probe.status.data_paths:
-            if _identity(Path(data)) is None:
+            own = _identity(Path(data))
+            if own is None:
                 continue  # not a path of this host (an agent in a container of its own, say): no comparison
-            if not any(_identity(d) in roots for d in (Path(data), *Path(data).parents)):
+            if own not in roots and not any(_identity(d) in roots for d in Path(data).parents):
                 listed = ", ".join(map(str, directories))
                 findings.append(Finding("critical", probe.node, (
                     f"its engine keeps its data in {data}, in none of its volumes ({listed}): the snapshot would "
@@ -79,13 +79,7 @@ def _identity(directory: Path) -> tuple[int, int] | None:
 
 
 def _on_this_host(agent: str) -> bool:
-    if agent == "embedded":
-        return True
-    host = urlsplit(agent).hostname or ""
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a name: maybe another host, whose paths are not ours to check
+    return agent == "embedded" or is_loopback(urlsplit(agent).hostname or "")
 
 
 async def dry_run(inventory: Inventory, provider: Provider, volumes: dict[str, NodeVolumes],
