@@ -152,7 +152,7 @@ def _nodes_table(s) -> Table:
         e, lease = p.status.engine, p.status.lease
         if lease is not None:
             held = escape(f"{lease.run_id}, {_age((s.checked_at - lease.acquired_at).total_seconds())} old, "
-                    f"expires {lease.expires_at:%H:%M:%S}Z")
+                          f"expires {lease.expires_at:%H:%M:%S}Z")
         else:
             held = f"[yellow]held by {escape(e.held_by or 'other')}[/]" if e.held else "-"
         table.add_row(p.node, escape(f"ok {p.status.agent_version}"),
@@ -171,7 +171,7 @@ def _raft_table(groups) -> Table:
         table.add_column(column)
     for g in groups:
         for index, m in enumerate(g.members):
-            role = m.role if m.role in ("leader", "follower", "learner", "witness") else f"[yellow]{escape(m.role)}[/]"
+            role = m.role if m.role in ("leader", "follower", "learner", "witness") else f"[yellow]{m.role}[/]"
             lag = "-" if m.lag_entries is None else str(m.lag_entries)
             if m.lag_seconds is not None:
                 lag += f" ({m.lag_seconds:.1f}s)"
