@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from node_agent.engines.base import EngineSettings, validate_engine_settings
 from node_agent.ratelimit import DEFAULT_BURST, DEFAULT_RATE_PER_S
 from snapctl.config import _describe, _line_of
-from snapctl.errors import BadInputError
+from snapctl.errors import BadInputError, os_reason
 
 DEFAULT_PORT = 7700
 DEFAULT_TOKEN_ENV = "SNAPCTL_AGENT_TOKEN"
@@ -106,7 +106,7 @@ class AgentConfig(Strict):
             except FileNotFoundError:
                 raise AgentConfigError(f"{self._source}: {key} {file} not found") from None
             except OSError as exc:
-                raise AgentConfigError(f"{self._source}: cannot read {key} {file}: {exc.strerror}") from exc
+                raise AgentConfigError(f"{self._source}: cannot read {key} {file}: {os_reason(exc)}") from exc
             if not token:
                 raise AgentConfigError(
                     f"{self._source}: {key} {file} is empty", hint="put the token on its first line"
@@ -126,7 +126,7 @@ def load_agent_config(path: str | os.PathLike[str]) -> AgentConfig:
             f"{file}: agent config file not found", hint="pass --config FILE (see docs/agent.md)"
         ) from None
     except OSError as exc:
-        raise AgentConfigError(f"{file}: cannot read agent config: {exc.strerror}") from exc
+        raise AgentConfigError(f"{file}: cannot read agent config: {os_reason(exc)}") from exc
     return parse_agent_config(text, source=str(file), base_dir=file.resolve().parent)
 
 

@@ -20,7 +20,7 @@ from types import FrameType
 from node_agent.config import AgentConfig, load_agent_config
 from node_agent.engines.base import load_engine_factory
 from snapctl.config import is_loopback
-from snapctl.errors import BadInputError, ExitCode, SnapctlError
+from snapctl.errors import BadInputError, ExitCode, SnapctlError, os_reason
 
 log = logging.getLogger("snapctl.agent")
 
@@ -151,7 +151,7 @@ def _bind(host: str, port: int) -> socket.socket:
             host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )[0]
     except socket.gaierror as exc:
-        raise BadInputError(f"cannot resolve listen address {host!r}: {exc.strerror}") from exc
+        raise BadInputError(f"cannot resolve listen address {host!r}: {os_reason(exc)}") from exc
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -159,7 +159,7 @@ def _bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise BadInputError(
-            f"cannot listen on {host}:{port}: {exc.strerror}", hint="pick another --port, or stop what uses it"
+            f"cannot listen on {host}:{port}: {os_reason(exc)}", hint="pick another --port, or stop what uses it"
         ) from exc
     return sock
 

@@ -41,6 +41,7 @@ from snapctl.errors import (
     InventoryError,
     LeaseConflict,
     SnapctlError,
+    os_reason,
 )
 
 T = TypeVar("T")
@@ -348,7 +349,7 @@ def _read_token(inventory: Inventory, path: str, setting: str) -> str:
     try:
         token = file.read_text().strip()
     except OSError as exc:
-        raise InventoryError(f"{inventory.source}: cannot read {setting} {file}: {exc.strerror}",
+        raise InventoryError(f"{inventory.source}: cannot read {setting} {file}: {os_reason(exc)}",
                              hint="create it with the agent's token, readable only by you") from exc
     if not token:
         raise InventoryError(f"{inventory.source}: {setting} {file} is empty")

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from snapctl.errors import InventoryError
+from snapctl.errors import InventoryError, os_reason
 
 DEFAULT_INVENTORY = "inventory.yaml"
 INVENTORY_ENV = "SNAPCTL_INVENTORY"
@@ -272,7 +272,7 @@ def load_inventory(path: str | os.PathLike[str] | None = None) -> Inventory:
             hint="pass -i FILE, set SNAPCTL_INVENTORY, or copy inventory.example.yaml to inventory.yaml",
         ) from None
     except OSError as exc:
-        raise InventoryError(f"{file}: cannot read inventory: {exc.strerror}") from exc
+        raise InventoryError(f"{file}: cannot read inventory: {os_reason(exc)}") from exc
     return parse_inventory(text, source=str(file), base_dir=file.resolve().parent)
 
 

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from node_agent.models import VerifyFacts
 from snapctl.catalog import Catalog, open_catalog
 from snapctl.config import Inventory, Node
-from snapctl.errors import BadInputError, EngineError, ExitCode, SnapctlError
+from snapctl.errors import BadInputError, EngineError, ExitCode, SnapctlError, os_reason
 from snapctl.events import NullReporter, Reporter
 from snapctl.evidence import compare_facts, missing_files, volume_roots
 from snapctl.manifest import DrillSummary, Manifest, NodeRecord
@@ -340,5 +340,5 @@ def _scratch_dir(inventory: Inventory, run_id: str, drill_id: str) -> Path:
         return scratch.resolve()
     except OSError as exc:
         shown = where if where is not None else f"in {tempfile.gettempdir()}"
-        raise BadInputError(f"cannot create the drill's scratch directory {shown}: {exc.strerror or exc}",
+        raise BadInputError(f"cannot create the drill's scratch directory {shown}: {os_reason(exc)}",
                             hint="set drill.scratch_dir (or TMPDIR) to a directory snapctl can write to") from exc

@@ -22,6 +22,13 @@ class ExitCode(IntEnum):
     INTERRUPTED = 130
 
 
+def os_reason(exc: OSError) -> str:
+    """The OS's reason for ``exc`` as a message part: "permission denied", not "Permission denied"."""
+    if not exc.strerror:
+        return str(exc)
+    return exc.strerror[:1].lower() + exc.strerror[1:]
+
+
 class SnapctlError(Exception):
     """Root of every error snapctl raises on purpose."""
 

@@ -11,7 +11,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from snapctl.errors import SnapctlError
+from snapctl.errors import SnapctlError, os_reason
 
 if TYPE_CHECKING:
     from snapctl.drill import DrillReport, NodeDrill
@@ -56,7 +56,7 @@ def write_junit(report: DrillReport, path: Path) -> Path:
             Path(temp).unlink(missing_ok=True)
             raise
     except OSError as exc:  # checked before the drill began; the disk or the directory changed since
-        raise SnapctlError(f"cannot write the junit report to {path}: {exc.strerror or exc}",
+        raise SnapctlError(f"cannot write the junit report to {path}: {os_reason(exc)}",
                            hint="the drill is on record in the catalog: `snapctl show RUN`") from exc
     return path
 

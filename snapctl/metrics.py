@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from snapctl.errors import BadInputError, SnapctlError
+from snapctl.errors import BadInputError, SnapctlError, os_reason
 
 if TYPE_CHECKING:
     from node_agent.service import AgentService
@@ -147,7 +147,7 @@ def write_textfile(path: str | os.PathLike[str], text: str) -> None:
     try:
         write_atomically(target, text)
     except OSError as exc:
-        raise SnapctlError(f"cannot write the metrics textfile {target}: {exc.strerror or exc}") from exc
+        raise SnapctlError(f"cannot write the metrics textfile {target}: {os_reason(exc)}") from exc
 
 
 def write_atomically(path: Path, text: str) -> None:

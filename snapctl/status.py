@@ -20,7 +20,7 @@ from node_agent.models import RaftGroup
 from snapctl.agent_client import open_agents
 from snapctl.catalog import LockRecord, open_catalog
 from snapctl.config import Inventory
-from snapctl.errors import BadInputError, ExitCode, SnapctlError
+from snapctl.errors import BadInputError, ExitCode, SnapctlError, os_reason
 from snapctl.health import Finding, NodeProbe, Verdict, assess
 from snapctl.manifest import IndexEntry
 from snapctl.probe import probe_all
@@ -92,7 +92,7 @@ class SnapshotMemory:
         try:
             write_atomically(self.path, json.dumps(self._first_seen, indent=1))
         except OSError as exc:
-            return f"cannot remember busy snapshots in {self.path}: {exc.strerror or exc}"
+            return f"cannot remember busy snapshots in {self.path}: {os_reason(exc)}"
         return None
 
     def _load(self) -> dict[str, float]:

@@ -38,7 +38,7 @@ from node_agent.models import (
     VerifyFacts,
 )
 from node_agent.engines.etcd_tools import check_snapshot_file, restore_snapshot, snapshot_tool
-from snapctl.errors import BadInputError, EngineBusy, EngineError
+from snapctl.errors import BadInputError, EngineBusy, EngineError, os_reason
 
 log = logging.getLogger("snapctl.agent.etcd")
 
@@ -160,7 +160,7 @@ class EtcdEngine:
             raise EngineError(f"etcd at {self.endpoint}: snapshot failed: {_reason(exc)}",
                               hint="is etcd running there?") from exc
         except OSError as exc:
-            raise EngineError(f"cannot write etcd snapshot {partial}: {exc.strerror or exc}",
+            raise EngineError(f"cannot write etcd snapshot {partial}: {os_reason(exc)}",
                               hint="backup_dir must be writable by the agent, with room for the whole backend") from exc
         finally:
             partial.unlink(missing_ok=True)  # gone already when the snapshot made it into place
@@ -388,7 +388,7 @@ class EtcdEngine:
             try:
                 lines = path.read_text().splitlines()
             except OSError as exc:
-                raise EngineError(f"cannot read etcd password file {path}: {exc.strerror}") from exc
+                raise EngineError(f"cannot read etcd password file {path}: {os_reason(exc)}") from exc
             return lines[0] if lines else ""
         raise EngineError(f"etcd user {s.user!r} has no password source", hint="set password_env or password_file")
 

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from snapctl.errors import EngineError
+from snapctl.errors import EngineError, os_reason
 
 if TYPE_CHECKING:
     from node_agent.engines.etcd import EtcdRestoreSettings
@@ -37,7 +37,7 @@ def _run_tool(tool: str, args: list[str], *, timeout_s: float, what: str) -> str
     except subprocess.TimeoutExpired as exc:
         raise EngineError(f"{what}: {Path(tool).name} did not finish within {timeout_s:g}s") from exc
     except OSError as exc:
-        raise EngineError(f"{what}: cannot run {tool}: {exc.strerror}") from exc
+        raise EngineError(f"{what}: cannot run {tool}: {os_reason(exc)}") from exc
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no error output"])[-1]
         raise EngineError(f"{what}: {Path(tool).name} failed: {last}")

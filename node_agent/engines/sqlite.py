@@ -24,7 +24,7 @@ from pydantic import Field
 
 from node_agent.engines.base import EngineSettings
 from node_agent.models import EngineState, EngineStatus, JobResult, TableFacts, VerifyFacts
-from snapctl.errors import BadInputError, EngineBusy, EngineError
+from snapctl.errors import BadInputError, EngineBusy, EngineError, os_reason
 
 log = logging.getLogger("snapctl.agent.sqlite")
 
@@ -175,7 +175,7 @@ class SqliteEngine:
         except FileNotFoundError:
             pass
         except OSError as exc:
-            raise EngineError(f"cannot remove stale {shm}: {exc.strerror}") from exc
+            raise EngineError(f"cannot remove stale {shm}: {os_reason(exc)}") from exc
 
     def data_paths(self) -> list[Path]:
         return [self.db_path.parent]

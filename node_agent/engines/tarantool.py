@@ -35,7 +35,7 @@ from node_agent.models import (
     TableFacts,
     VerifyFacts,
 )
-from snapctl.errors import BadInputError, EngineBusy, EngineError
+from snapctl.errors import BadInputError, EngineBusy, EngineError, os_reason
 
 log = logging.getLogger("snapctl.agent.tarantool")
 
@@ -323,7 +323,7 @@ class TarantoolEngine:
             try:
                 return path.read_text().splitlines()[0] if path.stat().st_size else ""
             except OSError as exc:
-                raise EngineError(f"cannot read tarantool password file {path}: {exc.strerror}") from exc
+                raise EngineError(f"cannot read tarantool password file {path}: {os_reason(exc)}") from exc
         return None
 
     @contextmanager

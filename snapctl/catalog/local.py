@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from snapctl.errors import BadInputError, CatalogError
+from snapctl.errors import BadInputError, CatalogError, os_reason
 
 
 class LocalBlobStore:
@@ -33,7 +33,7 @@ class LocalBlobStore:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise CatalogError(f"cannot read {path}: {exc.strerror}") from exc
+            raise CatalogError(f"cannot read {path}: {os_reason(exc)}") from exc
 
     def write(self, key: str, data: bytes) -> None:
         path = self._path(key)
@@ -50,7 +50,7 @@ class LocalBlobStore:
                 raise
             _fsync_dir(path.parent)
         except OSError as exc:
-            raise CatalogError(f"cannot write {path}: {exc.strerror}", hint=_permission_hint(exc, path)) from exc
+            raise CatalogError(f"cannot write {path}: {os_reason(exc)}", hint=_permission_hint(exc, path)) from exc
 
     def create(self, key: str, data: bytes) -> bool:
         path = self._path(key)
@@ -66,7 +66,7 @@ class LocalBlobStore:
             _fsync_dir(path.parent)
             return True
         except OSError as exc:
-            raise CatalogError(f"cannot create {path}: {exc.strerror}", hint=_permission_hint(exc, path)) from exc
+            raise CatalogError(f"cannot create {path}: {os_reason(exc)}", hint=_permission_hint(exc, path)) from exc
 
     def replace(self, key: str, data: bytes, expected: bytes) -> bool:
         path = self._path(key)
@@ -84,7 +84,7 @@ class LocalBlobStore:
             except FileNotFoundError:
                 return
             except OSError as exc:
-                raise CatalogError(f"cannot delete {path}: {exc.strerror}") from exc
+                raise CatalogError(f"cannot delete {path}: {os_reason(exc)}") from exc
             _fsync_dir(path.parent)
 
     def list(self, prefix: str) -> list[str]:
@@ -137,7 +137,7 @@ class LocalBlobStore:
             path.parent.mkdir(parents=True, exist_ok=True)
             lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as exc:
-            raise CatalogError(f"cannot lock {path}: {exc.strerror}", hint=_permission_hint(exc, path)) from exc
+            raise CatalogError(f"cannot lock {path}: {os_reason(exc)}", hint=_permission_hint(exc, path)) from exc
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
             yield

@@ -221,7 +221,7 @@ def test_failure_part_way_removes_everything_this_call_made(
     with pytest.raises(ProviderError) as info:
         _snap(provider, volumes, "run1")
     message = str(info.value)
-    assert "node n1" in message and "volume wal" in message and "000001.log" in message and "No space left" in message
+    assert "node n1" in message and "volume wal" in message and "000001.log" in message and "no space left" in message
     assert [p.name for p in _node_dir(provider).iterdir()] == [".lock"]
     assert provider.find({}) == []
 
@@ -346,7 +346,7 @@ def test_restore_under_a_file_is_bad_input_not_a_traceback(provider: LocalProvid
                                                           source: Path) -> None:
     (ref,) = _snap(provider, _volumes(provider, tmp_path, {"name": "data", "path": "src"}), "run1")
     (tmp_path / "a-file").write_text("not a directory")
-    with pytest.raises(BadInputError, match=r"cannot restore to .*/a-file/n1/data: Not a directory") as info:
+    with pytest.raises(BadInputError, match=r"cannot restore to .*/a-file/n1/data: not a directory") as info:
         provider.restore(ref, RestoreTarget(path=tmp_path / "a-file" / "n1" / "data"))
     assert "--to DIR" in info.value.hint
     assert (tmp_path / "a-file").read_text() == "not a directory"

@@ -105,7 +105,7 @@ def test_a_failed_restore_leaves_no_marker(provider, volumes, tmp_path, monkeypa
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(local_provider, "copy_tree", no_space)
-    with pytest.raises(ProviderError, match="No space left on device"):
+    with pytest.raises(ProviderError, match="no space left on device"):
         provider.restore(ref, RestoreTarget(path=tmp_path / "restored"))
 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src", "store"]

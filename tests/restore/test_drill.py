@@ -149,7 +149,7 @@ def test_a_scratch_dir_that_cannot_be_made_is_bad_input_and_nothing_is_recorded(
     (tmp_path / "a-file").write_text("not a directory")
     sqlite_cluster.edit(drill={"scratch_dir": "a-file/scratch"})
     with pytest.raises(BadInputError, match=r"cannot create the drill's scratch directory .*/a-file/scratch: "
-                                            r"Not a directory") as info:
+                                            r"not a directory") as info:
         run_drill(sqlite_cluster.inventory, run_id, junit=tmp_path / "drill.xml")
     assert "drill.scratch_dir" in info.value.hint
     assert open_catalog(sqlite_cluster.inventory).load(run_id).last_drill is None
@@ -171,7 +171,7 @@ def test_a_report_that_cannot_be_written_still_leaves_the_drill_on_record(sqlite
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(snapctl.junit, "tempfile", types.SimpleNamespace(mkstemp=disk_full))  # the report only
-    with pytest.raises(SnapctlError, match=r"cannot write the junit report to .*drill.xml: No space left") as info:
+    with pytest.raises(SnapctlError, match=r"cannot write the junit report to .*drill.xml: no space left") as info:
         run_drill(sqlite_cluster.inventory, run_id, junit=tmp_path / "drill.xml")
     assert "snapctl show" in info.value.hint
     summary = open_catalog(sqlite_cluster.inventory).load(run_id).last_drill

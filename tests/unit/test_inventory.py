@@ -162,3 +162,9 @@ def test_an_agent_address_may_be_an_ipv6_literal_in_brackets(agent, stored, host
 def test_a_bad_ipv6_agent_address_says_what_is_wrong(agent, message):
     with pytest.raises(InventoryError, match=r"inv\.yaml:5: nodes\[0\]\.agent: .*" + message):
         parse_inventory(NODE_AT % agent, source="inv.yaml")
+
+
+def test_the_os_reason_an_inventory_cannot_be_read_is_lowercase_like_every_message(tmp_path):
+    with pytest.raises(InventoryError) as info:
+        load_inventory(tmp_path)
+    assert str(info.value) == f"{tmp_path}: cannot read inventory: is a directory"

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from snapctl.errors import os_reason
+
 from .durable import Durability, current_durability, fsync_path, using_durability
 
 FICLONE = 0x40049409  # _IOW(0x94, 9, int) from linux/fs.h
@@ -57,7 +59,7 @@ class TreeCopyError(Exception):
     """A file or directory of the tree could not be copied; ``path`` is the source path."""
 
     def __init__(self, path: Path, cause: OSError) -> None:
-        super().__init__(f"{path}: {cause.strerror or cause}")
+        super().__init__(f"{path}: {os_reason(cause)}")
         self.path = path
         self.cause = cause
 

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from snapctl.errors import BadInputError, Interrupted, ProviderError, SnapshotNotFound
+from snapctl.errors import BadInputError, Interrupted, ProviderError, SnapshotNotFound, os_reason
 from snapctl.providers import (
     TAG_CLUSTER,
     TAG_RUN,
@@ -123,7 +123,7 @@ class LocalProvider:
                     raise
         except OSError as exc:
             raise ProviderError(
-                f"node {node}: cannot use the snapshot store {self.store.root}: {exc.strerror or exc}",
+                f"node {node}: cannot use the snapshot store {self.store.root}: {os_reason(exc)}",
                 hint="check that the store directory is writable by this user",
             ) from exc
         return refs
@@ -175,9 +175,9 @@ class LocalProvider:
             return
         except OSError as exc:
             if not doomed.exists():
-                raise ProviderError(f"node {ref.node}: cannot delete snapshot {ref.snapshot_id}: {exc.strerror}") from exc
+                raise ProviderError(f"node {ref.node}: cannot delete snapshot {ref.snapshot_id}: {os_reason(exc)}") from exc
             raise ProviderError(
-                f"node {ref.node}: snapshot {ref.snapshot_id} is hidden but not fully removed: {exc.strerror}",
+                f"node {ref.node}: snapshot {ref.snapshot_id} is hidden but not fully removed: {os_reason(exc)}",
                 hint=f"the next snapshot of node {ref.node} retries the removal of {doomed}",
             ) from exc
 
@@ -229,10 +229,10 @@ class LocalProvider:
             raise Interrupted(f"node {ref.node}: restore of snapshot {ref.snapshot_id} to {dest}") from exc
         except TreeCopyError as exc:
             raise ProviderError(
-                f"node {ref.node}: restore of snapshot {ref.snapshot_id} to {dest} failed at {exc.path}: {exc.cause.strerror}",
+                f"node {ref.node}: restore of snapshot {ref.snapshot_id} to {dest} failed at {exc.path}: {os_reason(exc.cause)}",
             ) from exc
         except OSError as exc:
-            raise ProviderError(f"node {ref.node}: restore of snapshot {ref.snapshot_id} to {dest} failed: {exc.strerror}") from exc
+            raise ProviderError(f"node {ref.node}: restore of snapshot {ref.snapshot_id} to {dest} failed: {os_reason(exc)}") from exc
         finally:
             if staging.exists():
                 remove_tree(staging)
@@ -267,7 +267,7 @@ class LocalProvider:
             remove_tree(dest)
             marker.unlink(missing_ok=True)  # last: a removal that fails part way can be retried
         except OSError as exc:
-            raise ProviderError(f"cannot delete the restored directory {dest}: {exc.strerror or exc}") from exc
+            raise ProviderError(f"cannot delete the restored directory {dest}: {os_reason(exc)}") from exc
 
     def _restore_path(self, volume_id: str) -> Path:
         dest = Path(os.path.expanduser(volume_id))
@@ -316,9 +316,9 @@ class LocalProvider:
                 hint="set reflink: auto (falls back to copies) or put the store on btrfs/xfs/zfs with reflink",
             ) from exc
         except TreeCopyError as exc:
-            raise ProviderError(f"{where} failed at {exc.path}: {exc.cause.strerror or exc.cause}") from exc
+            raise ProviderError(f"{where} failed at {exc.path}: {os_reason(exc.cause)}") from exc
         except OSError as exc:
-            raise ProviderError(f"{where} failed writing {partial}: {exc.strerror or exc}") from exc
+            raise ProviderError(f"{where} failed writing {partial}: {os_reason(exc)}") from exc
         finally:
             if partial.exists():
                 remove_tree(partial)
@@ -383,7 +383,7 @@ class LocalProvider:
                 raise self._deadline_error(where) from exc
             except (TreeCopyError, OSError) as exc:
                 path, cause = (exc.path, exc.cause) if isinstance(exc, TreeCopyError) else (snap_dir, exc)
-                why = f"could not be written to disk ({path}: {cause.strerror or cause})"
+                why = f"could not be written to disk ({path}: {os_reason(cause)})"
                 try:
                     mark_failed(snap_dir, why)
                 except OSError:
@@ -392,7 +392,7 @@ class LocalProvider:
             try:
                 mark_completed(snap_dir)
             except OSError as exc:  # all of it is on disk: marking it again later is safe
-                raise ProviderError(f"{where}: cannot mark it completed: {exc.strerror or exc}",
+                raise ProviderError(f"{where}: cannot mark it completed: {os_reason(exc)}",
                                     hint="make room on the store's disk, then wait or restore again") from exc
 
     def _deadline_error(self, where: str) -> ProviderError:
@@ -423,5 +423,5 @@ class LocalProvider:
 
 
 def _unusable_target(ref: SnapshotRef, dest: Path, exc: OSError) -> BadInputError:
-    return BadInputError(f"node {ref.node}: cannot restore to {dest}: {exc.strerror or exc}",
+    return BadInputError(f"node {ref.node}: cannot restore to {dest}: {os_reason(exc)}",
                          hint="restore into a directory that snapctl can create and write to (--to DIR, or restore.path)")
