@@ -26,23 +26,11 @@ from snapctl.config import Inventory
 from snapctl.errors import AgentConflict, AgentTimeout, AgentUnreachable, PreflightRefused, RunFailed, SnapctlError
 from snapctl.events import NullReporter, Reporter
 from snapctl.manifest import Manifest, NodeRecord
-from snapctl.pacing import CreateCallPacer
+from snapctl.pacing import CreateCallPacer, auto_hold_lead
 from snapctl.preflight import BackupPlan, dry_run, preflight
 from snapctl.provider_threads import CallRunner
 from snapctl.provider_worker import CALL_RUNNER_READY_S, call_runner
 from snapctl.providers import TAG_RUN, NodeVolumes, Provider, SnapshotRef, create_provider, snapshot_tags
-
-_MAX_AUTO_HOLD_LEAD_S = 2.0
-# What the lead is for: writing every prepare on the connections the preflight opened, and every
-# agent reading its own. In plain http that costs each side ~30-40 µs of CPU: snapctl wrote 1000
-# prepares in 28-41 ms on the 2-core benchmark machine, and a lead of 0.07 s still began the holds
-# together there (0.05 s did not). Over TLS the same writes cost half again, and leads of
-# 0.07-0.09 s let the holds spread by 40-100 ms. So the cap is about twice the writing, per
-# scheme. The preflight takes longer (~0.2-0.3 ms per node in plain http, ~2 ms over TLS: connects
-# and handshakes the prepares do not repeat), and a lead past the sending only waits: every
-# millisecond of it is a millisecond of the run (docs/benchmarks.md, items 44 and 46; TLS: 35).
-_AUTO_HOLD_LEAD_BASE_S = 0.02
-_AUTO_HOLD_LEAD_PER_NODE_S, _AUTO_HOLD_LEAD_PER_TLS_NODE_S = 0.00007, 0.00015
 
 
 @dataclass
@@ -455,15 +443,6 @@ def _hold_lead(run: _Run) -> float:
         return configured
     tls_nodes = sum(1 for node in run.inventory.nodes if node.agent.startswith("https:"))
     return auto_hold_lead(len(run.agents), run.fan_out_s, tls_nodes)
-
-
-def auto_hold_lead(nodes: int, fan_out_s: float, tls_nodes: int = 0) -> float:
-    """``tls_nodes`` of the ``nodes`` speak TLS, whose prepares take longer to write and read."""
-    if nodes < 2:
-        return 0.0
-    sending = (_AUTO_HOLD_LEAD_BASE_S + (nodes - tls_nodes) * _AUTO_HOLD_LEAD_PER_NODE_S
-               + tls_nodes * _AUTO_HOLD_LEAD_PER_TLS_NODE_S)
-    return min(_MAX_AUTO_HOLD_LEAD_S, fan_out_s + 0.002, sending)
 
 
 def _as_run_failure(run: _Run, exc: BaseException) -> BaseException:

@@ -1,4 +1,5 @@
-"""Pacing per-node runs by the provider's create-call budget, *before* each node is held.
+"""When holds begin: the lead a cluster run gives its prepares, and, in per-node runs, the provider's
+create-call budget, which each node waits for *before* it is held.
 
 In per-node consistency each node is prepared just for its own snapshot. When the provider's rate
 limit binds (EC2: 100 calls at once, then 5 per second), preparing a node whose create call will
@@ -43,3 +44,25 @@ class CreateCallPacer:
         calls = min(max(calls, 1), self._bucket.burst)
         self._promised = max(0.0, self._promised - calls)
         self._bucket.reserve(calls)
+
+
+_MAX_AUTO_HOLD_LEAD_S = 2.0
+# What the lead is for: writing every prepare on the connections the preflight opened, and every
+# agent reading its own. In plain http that costs each side ~30-40 µs of CPU: snapctl wrote 1000
+# prepares in 28-41 ms on the 2-core benchmark machine, and a lead of 0.07 s still began the holds
+# together there (0.05 s did not). Over TLS the same writes cost half again, and leads of
+# 0.07-0.09 s let the holds spread by 40-100 ms. So the cap is about twice the writing, per
+# scheme. The preflight takes longer (~0.2-0.3 ms per node in plain http, ~2 ms over TLS: connects
+# and handshakes the prepares do not repeat), and a lead past the sending only waits: every
+# millisecond of it is a millisecond of the run (docs/benchmarks.md, items 44 and 46; TLS: 35).
+_AUTO_HOLD_LEAD_BASE_S = 0.02
+_AUTO_HOLD_LEAD_PER_NODE_S, _AUTO_HOLD_LEAD_PER_TLS_NODE_S = 0.00007, 0.00015
+
+
+def auto_hold_lead(nodes: int, fan_out_s: float, tls_nodes: int = 0) -> float:
+    """``tls_nodes`` of the ``nodes`` speak TLS, whose prepares take longer to write and read."""
+    if nodes < 2:
+        return 0.0
+    sending = (_AUTO_HOLD_LEAD_BASE_S + (nodes - tls_nodes) * _AUTO_HOLD_LEAD_PER_NODE_S
+               + tls_nodes * _AUTO_HOLD_LEAD_PER_TLS_NODE_S)
+    return min(_MAX_AUTO_HOLD_LEAD_S, fan_out_s + 0.002, sending)

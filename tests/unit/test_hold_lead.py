@@ -10,7 +10,8 @@ from types import SimpleNamespace
 import pytest
 
 from snapctl.config import parse_inventory
-from snapctl.orchestrator import _hold_lead, auto_hold_lead
+from snapctl.orchestrator import _hold_lead
+from snapctl.pacing import auto_hold_lead
 
 
 def test_one_node_needs_no_lead() -> None:
