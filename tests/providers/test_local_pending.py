@@ -135,7 +135,7 @@ def test_a_failed_fsync_fails_the_snapshot_for_good(
         provider.wait(refs, time.monotonic() + LATER)
     monkeypatch.setattr(copy_module, "fsync_path", real)
     # After an fsync error the kernel may call the lost pages clean: a second fsync proves nothing.
-    with pytest.raises(ProviderError, match="Input/output error"):
+    with pytest.raises(ProviderError, match="input/output error"):
         provider.wait(refs, time.monotonic() + LATER)
     assert _state(provider, "run1")[0][0] == "error"
 
