@@ -139,10 +139,13 @@ def _serve(config: AgentConfig, token: str | None) -> int:
         gc.freeze()
         server.run(sockets=[sock])
     finally:
-        service.close()
+        still_held = service.close()
         sock.close()
-        log.info("snapctl-agent %s stopped; nothing held", config.node)
-    return int(ExitCode.OK)
+        if still_held is None:
+            log.info("snapctl-agent %s stopped; nothing held", config.node)
+        else:
+            log.error("snapctl-agent %s stopped; its engine is still held for run %s", config.node, still_held)
+    return int(ExitCode.OK if still_held is None else ExitCode.RUN_FAILED)
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -14,7 +14,8 @@ import shutil
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -27,6 +28,7 @@ from node_agent.models import (
     AgentStatus,
     CompleteResponse,
     EngineState,
+    EngineStatus,
     Health,
     LeaseInfo,
     PrepareResponse,
@@ -46,6 +48,12 @@ _ENDED_RUNS_KEPT = 1024
 _COMPLETED_FIRST = "completed before its prepare arrived"
 # The watcher re-reads the clock at least this often, so an injected clock is honoured too.
 _WATCH_MAX_SLEEP_S = 1.0
+# An expired lease whose engine would not release (the engine unreachable) is retried this often,
+# until the engine answers: a database must not stay held because it was down when the lease ran out.
+_RELEASE_RETRY_S = 2.0
+# How long /v1/status and /metrics wait for an engine call under way (a prepare's checkpoint can
+# take minutes) before they answer from what they last saw, rather than look like a dead agent.
+_STATUS_WAIT_S = 0.5
 
 
 @dataclass
@@ -68,6 +76,12 @@ class _Lease:
     acquired_mono: float  # the service clock, for expiry
     expires_mono: float
     state: EngineState
+    release_error: str | None = None  # expired, and the engine would not release: why, the last time
+    retry_mono: float = 0.0  # when the watcher tries the release again
+
+    @property
+    def releasing(self) -> bool:
+        return self.release_error is not None
 
     def info(self) -> LeaseInfo:
         ttl = timedelta(seconds=self.expires_mono - self.acquired_mono)
@@ -97,6 +111,8 @@ class AgentService:
         self._cancelled: set[str] = set()  # runs completed while their prepare waited: it must not hold
         self._stats = AgentStats()
         self._closed = False
+        self._busy: tuple[str, float] | None = None  # the engine call under way, and since when
+        self._last_status: tuple[EngineStatus, list[Path]] | None = None
         self._watcher = threading.Thread(target=self._watch, name=f"lease-watcher-{node}", daemon=True)
         self._watcher.start()
 
@@ -104,8 +120,8 @@ class AgentService:
 
     @property
     def stats(self) -> AgentStats:
-        with self._lock:
-            return replace(self._stats, held=self._lease is not None)
+        # No lock: counters for a scrape need not wait for an engine call under way.
+        return replace(self._stats, held=self._lease is not None)
 
     @property
     def lease(self) -> LeaseInfo | None:
@@ -117,11 +133,17 @@ class AgentService:
         return Health(agent_version=__version__)
 
     def status(self) -> AgentStatus:
-        with self._lock:
+        if not self._lock.acquire(timeout=_STATUS_WAIT_S):
+            return self._status_while_busy()
+        try:
             self._expire_if_due()
             engine_status = self.engine.status()
             paths = self.engine.data_paths()
             lease = self._lease.info() if self._lease else None
+            self._last_status = (engine_status, paths)
+            engine_status = self._with_release_error(engine_status)
+        finally:
+            self._lock.release()
         return AgentStatus(
             node=self.node,
             agent_version=__version__,
@@ -130,6 +152,27 @@ class AgentService:
             data_paths=[str(p) for p in paths],
             free_bytes=_free_bytes(paths[0]) if paths else None,
         )
+
+    def _status_while_busy(self) -> AgentStatus:
+        """The status without asking the engine, which is busy with a call of its own: what it
+        said last, and what it is doing now (``engine.details["busy"]``)."""
+        busy, lease = self._busy, self._lease
+        doing = f"{busy[0]} under way for {self._clock() - busy[1]:.1f}s" if busy else "busy"
+        last, paths = self._last_status or (None, self.engine.data_paths())
+        engine = (last.model_copy(update={"details": {**last.details, "busy": doing}}) if last is not None
+                  else EngineStatus(engine=self.engine.name, reachable=True, details={"busy": doing}))
+        return AgentStatus(node=self.node, agent_version=__version__, engine=self._with_release_error(engine),
+                           lease=lease.info() if lease else None, data_paths=[str(p) for p in paths],
+                           free_bytes=_free_bytes(paths[0]) if paths else None)
+
+    def _with_release_error(self, engine: EngineStatus) -> EngineStatus:
+        """An expired lease the engine would not release is said in ``details["releasing"]``: the
+        wire's lease has no field for it, and a snapctl of an older version must still read it."""
+        lease = self._lease
+        if lease is None or not lease.releasing:
+            return engine
+        releasing = f"the lease of run {lease.run_id} expired and the engine would not release: {lease.release_error}"
+        return engine.model_copy(update={"details": {**engine.details, "releasing": releasing}})
 
     # ---- the lease ----------------------------------------------------------------------
 
@@ -151,11 +194,14 @@ class AgentService:
             if self._lease is not None:
                 if self._lease.run_id != run_id:
                     raise self._conflict(f"node {self.node} is already held by run {self._lease.run_id}")
+                if self._lease.releasing:
+                    raise self._releasing(self._lease, "prepare")
                 self._lease.expires_mono, self._lease.lease_s = now + lease_s, lease_s
                 self._changed.notify_all()
                 return PrepareResponse(run_id=run_id, lease=self._lease.info(), state=self._lease.state)
             try:
-                state = self.engine.prepare(run_id)
+                with self._engine_busy(f"prepare of run {run_id}"):
+                    state = self.engine.prepare(run_id)
             except BaseException:
                 self._complete_quietly(run_id, "after a failed prepare")
                 raise
@@ -177,6 +223,8 @@ class AgentService:
             lease = self._lease
             if lease is None or lease.run_id != run_id:
                 raise self._not_holding(run_id, "renew")
+            if lease.releasing:
+                raise self._releasing(lease, "renew")
             lease.lease_s = lease_s or lease.lease_s
             lease.expires_mono = self._clock() + lease.lease_s
             self._changed.notify_all()
@@ -202,7 +250,8 @@ class AgentService:
                 raise refusal
             started = self._clock()
             # If the engine fails to release, the lease stays so a retry (or expiry) tries again.
-            self.engine.complete(run_id)
+            with self._engine_busy(f"complete of run {run_id}"):
+                self.engine.complete(run_id)
             done = self._clock()
             self._end_lease("completed")
             self._stats.completes += 1
@@ -220,7 +269,8 @@ class AgentService:
     def trigger(self, target: str | None) -> TriggerResponse:
         with self._lock:
             self._expire_if_due()
-            return TriggerResponse(jobs=self.engine.trigger(target))
+            with self._engine_busy(f"trigger of {target or 'the engine snapshot'}"):
+                return TriggerResponse(jobs=self.engine.trigger(target))
 
     def restore_prepare(self, path: str | Path | None) -> None:
         if not self.allow_restore_prepare:
@@ -232,28 +282,39 @@ class AgentService:
             self._expire_if_due()
             if self._lease is not None:
                 raise self._conflict(f"node {self.node} is held by run {self._lease.run_id}: restore-prepare refused")
-            self.engine.restore_prepare(Path(path) if path else None)
+            with self._engine_busy("restore-prepare"):
+                self.engine.restore_prepare(Path(path) if path else None)
 
     def verify(self) -> VerifyFacts:
         with self._lock:
             self._expire_if_due()
-            return self.engine.verify()
+            with self._engine_busy("verify"):
+                return self.engine.verify()
 
-    def close(self) -> None:
-        """Complete any held lease (nothing stays held), stop the watcher, close the engine."""
+    def close(self) -> str | None:
+        """Complete any held lease, stop the watcher, close the engine. Returns the run whose hold
+        the engine would not release (it stays held until released by hand), or None."""
+        still_held = None
         with self._lock:
             if self._closed:
-                return
+                return None
             self._closed = True
             if self._lease is not None:
                 run_id = self._lease.run_id
                 log.warning("agent stopping while run %s holds the engine: completing it", run_id)
-                self._complete_quietly(run_id, "on shutdown")
-                self._end_lease("released on shutdown")
-                self._stats.completes += 1
+                try:
+                    self.engine.complete(run_id)
+                except Exception as exc:  # noqa: BLE001 - reported, and the agent stops all the same
+                    still_held = run_id
+                    log.error("agent stopping, and the engine would not release run %s: %s; it stays held "
+                              "until released by hand (docs/agent.md, 'an engine left held')", run_id, exc)
+                else:
+                    self._stats.completes += 1
+                self._end_lease("released on shutdown" if still_held is None else "left held on shutdown")
             self._changed.notify_all()
         self._watcher.join(timeout=5)
         self.engine.close()
+        return still_held
 
     # ---- internals (call with the lock held) --------------------------------------------
 
@@ -277,16 +338,38 @@ class AgentService:
 
     def _expire_if_due(self) -> bool:
         lease = self._lease
-        if lease is None or self._clock() < lease.expires_mono:
+        now = self._clock()
+        if lease is None or now < lease.expires_mono or (lease.releasing and now < lease.retry_mono):
             return False
-        self._complete_quietly(lease.run_id, "on lease expiry")
+        try:
+            with self._engine_busy(f"release of run {lease.run_id}, whose lease expired"):
+                self.engine.complete(lease.run_id)
+        except Exception as exc:  # noqa: BLE001 - the engine stays held: retried until it answers
+            if not lease.releasing:
+                self._stats.lease_expirations += 1
+                log.error("lease of run %s expired after %.1fs without renewal, and the engine would not "
+                          "release: %s; retrying every %gs until it does", lease.run_id, lease.lease_s, exc,
+                          _RELEASE_RETRY_S)
+            lease.release_error = str(exc)
+            lease.retry_mono = self._clock() + _RELEASE_RETRY_S
+            return False
+        if lease.releasing:
+            log.warning("engine released for run %s, %.1fs after its lease expired", lease.run_id,
+                        self._clock() - lease.expires_mono)
+        else:
+            self._stats.lease_expirations += 1
+            log.warning("lease of run %s expired after %.1fs without renewal: engine completed by the agent",
+                        lease.run_id, lease.lease_s)
         self._end_lease("expired")
-        self._stats.lease_expirations += 1
-        log.warning(
-            "lease of run %s expired after %.1fs without renewal: engine completed by the agent",
-            lease.run_id, lease.lease_s,
-        )
         return True
+
+    @contextmanager
+    def _engine_busy(self, doing: str) -> Iterator[None]:
+        self._busy = (doing, self._clock())
+        try:
+            yield
+        finally:
+            self._busy = None
 
     def _end_lease(self, how: str) -> None:
         assert self._lease is not None
@@ -306,8 +389,17 @@ class AgentService:
             log.exception("engine complete for run %s %s failed", run_id, why)
 
     def _conflict(self, message: str) -> LeaseConflict:
-        holder = self._lease.run_id if self._lease else None
-        return LeaseConflict(message, holder=holder, hint="wait until that run completes or its lease expires")
+        lease = self._lease
+        if lease is not None and lease.releasing:
+            return LeaseConflict(f"{message}, whose lease expired; the engine would not release ({lease.release_error})",
+                                 holder=lease.run_id, hint="the agent retries the release until the engine answers")
+        return LeaseConflict(message, holder=lease.run_id if lease else None,
+                             hint="wait until that run completes or its lease expires")
+
+    def _releasing(self, lease: _Lease, verb: str) -> LeaseConflict:
+        return LeaseConflict(f"cannot {verb}: the lease of run {lease.run_id} on node {self.node} expired; the "
+                             f"agent is releasing the engine, which would not release yet ({lease.release_error})",
+                             holder=lease.run_id, hint="start a new run once the engine is released")
 
     def _not_holding(self, run_id: str, verb: str) -> LeaseConflict:
         ended = self._ended.get(run_id)
@@ -328,8 +420,9 @@ class AgentService:
             while not self._closed:
                 self._expire_if_due()
                 wait = _WATCH_MAX_SLEEP_S
-                if self._lease is not None:
-                    wait = min(wait, max(0.0, self._lease.expires_mono - self._clock()))
+                if (lease := self._lease) is not None:
+                    due = lease.retry_mono if lease.releasing else lease.expires_mono
+                    wait = min(wait, max(0.0, due - self._clock()))
                 self._changed.wait(timeout=wait)
 
 

@@ -95,7 +95,12 @@ class EngineError(SnapctlError):
 
 
 class EngineBusy(EngineError):
-    """The engine is already held by someone else (another backup tool, another run)."""
+    """The engine is already held by someone else (another backup tool, another run); ``holder``:
+    the snapctl run that holds it, when the engine knows."""
+
+    def __init__(self, message: str, *, hint: str | None = None, holder: str | None = None):
+        super().__init__(message, hint=hint)
+        self.holder = holder
 
 
 class ProviderError(SnapctlError):

@@ -128,13 +128,18 @@ def assess_node(probe: NodeProbe, *, for_backup: bool = False) -> list[Finding]:
     engine = probe.status.engine
     if not engine.reachable:
         add(Finding("critical", probe.node, f"engine {engine.engine} is down: {engine.error or 'unreachable'}"))
-    if probe.status.lease is not None:
+    releasing, busy = engine.details.get("releasing"), engine.details.get("busy")
+    if releasing:  # a database frozen past its lease, until the engine answers the agent again
+        add(Finding("critical", probe.node, f"engine still held: {releasing}; the agent retries the release"))
+    elif probe.status.lease is not None:
         lease = probe.status.lease
         add(Finding("critical" if for_backup else "info", probe.node,
                     f"held by run {lease.run_id} until {lease.expires_at:%H:%M:%S}Z"))
     elif engine.held:
         add(Finding("critical" if for_backup else "degraded", probe.node,
                     f"engine already held by {engine.held_by or 'someone else'} (not this agent)"))
+    if busy:  # the engine's figures above are the agent's last, from before this call began
+        add(Finding("critical" if for_backup else "info", probe.node, f"engine busy: {busy}"))
     if probe.status.agent_version != __version__:
         add(Finding("info", probe.node, f"agent version {probe.status.agent_version} differs from snapctl {__version__}"))
     return findings

@@ -68,7 +68,8 @@ class AresDBEngine:
         if self._hold_run == run_id and self._state is not None:
             return self._state
         if self._hold_run is not None:
-            raise EngineBusy(f"aresdb at {self.url} is held by run {self._hold_run}", hint="complete that run first")
+            raise EngineBusy(f"aresdb at {self.url} is held by run {self._hold_run}", hint="complete that run first",
+                             holder=self._hold_run)
         jobs = [self._snapshot_shard(table, shard) for table, shard in self._shards(None)]
         failed = [job for job in jobs if job.status != "succeeded"]
         if failed:

@@ -107,7 +107,8 @@ class QuestDBEngine:
         if self._hold_run == run_id and self._state is not None:
             return self._state
         if self._hold_run is not None:
-            raise EngineBusy(f"questdb at {self.url} is held by run {self._hold_run}", hint="complete that run first")
+            raise EngineBusy(f"questdb at {self.url} is held by run {self._hold_run}", hint="complete that run first",
+                             holder=self._hold_run)
         deadline = time.monotonic() + self.settings.timeout_s
         self._detect_version()
         held, since = self._checkpoint_status()

@@ -62,7 +62,7 @@ class SqliteEngine:
                 return self._state
             raise EngineBusy(
                 f"sqlite database {self.db_path} is already held by run {self._hold_run}",
-                hint="complete that run first",
+                hint="complete that run first", holder=self._hold_run,
             )
         conn = self._connect()
         try:

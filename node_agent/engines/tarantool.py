@@ -180,7 +180,9 @@ class TarantoolEngine:
         if "held_by" in result:
             raise EngineBusy(
                 f"tarantool at {self.address} is held by snapctl run {result['held_by']}",
-                hint="complete that run first (its agent's lease also expires by itself)",
+                hint="its agent releases it when that run completes or its lease expires; if no agent holds it "
+                     "any more, run box.backup.stop() on the instance (docs/agent.md, 'an engine left held')",
+                holder=str(result["held_by"]),
             )
         info = result["info"]
         files = [str(f) for f in result["files"]]

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import pytest
 
 from node_agent.engines.base import create_engine, validate_engine_settings
 from node_agent.engines.tarantool import TarantoolEngine, raft_group
+from node_agent.service import AgentService
 from snapctl.errors import BadInputError, EngineBusy, EngineError
 from tests.engines_real.conftest import backup_and_restore
 from tests.realdb.procs import wait_until
@@ -85,8 +88,10 @@ def test_a_restarted_agent_repeats_its_prepare_and_refuses_other_runs(replica_se
     first.prepare("run-a")
     restarted = engine_for(replica_set, 0, tmp_path)  # no memory of run-a
     try:
-        with pytest.raises(EngineBusy, match="run-a"):
+        with pytest.raises(EngineBusy, match="run-a") as busy:
             restarted.prepare("run-b")
+        assert busy.value.holder == "run-a"  # the 409's holder
+        assert "box.backup.stop()" in busy.value.hint  # for a pin no agent holds any more
         again = restarted.prepare("run-a")
         assert again.files and pinned(replica_set)
         assert restarted.status().held_by is None
@@ -133,6 +138,27 @@ def test_complete_releases_what_a_timed_out_prepare_pinned_later(tmp_path):
         with pytest.raises(EngineBusy, match="run-late"):
             other.prepare("run-next")
         engine.complete("run-late")
+        assert not pinned(single)
+
+
+def test_a_lease_that_expires_while_tarantool_is_stopped_is_released_once_it_answers(tmp_path):
+    with TarantoolReplicaSet(tmp_path / "stopped", size=1) as single:
+        service = AgentService("t1", create_engine(single.engine_settings(timeout_s=0.5), base_dir=tmp_path))
+        pid = single.instances[0].process.pid
+        try:
+            service.prepare("run-stop", 1.0)
+            assert pinned(single)
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                wait_until(lambda: service.stats.lease_expirations == 1, timeout_s=20, what="the expiry")
+                assert service.lease is not None  # box.backup.stop() could not be sent: still held
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            wait_until(lambda: service.lease is None, timeout_s=20, what="the retried release")
+            assert not pinned(single)
+            assert service.prepare("run-next", 5).lease.run_id == "run-next"
+        finally:
+            service.close()
         assert not pinned(single)
 
 
