@@ -66,8 +66,11 @@ class SqliteEngine:
             )
         conn = self._connect()
         try:
-            with self._bounded(conn, "prepare"):
+            with self._bounded(conn, "prepare") as deadline:
                 checkpoint = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                # A writer that kept the checkpoint waiting has used that much of timeout_s: the
+                # lock waits what is left, so the whole prepare holds the other nodes no longer.
+                conn.execute(f"PRAGMA busy_timeout = {max(1, int((deadline - time.monotonic()) * 1000))}")
                 conn.execute("BEGIN IMMEDIATE")
                 facts = table_facts(conn)
                 details = self._describe(conn)
@@ -205,14 +208,14 @@ class SqliteEngine:
         return conn
 
     @contextmanager
-    def _bounded(self, conn: sqlite3.Connection, what: str) -> Iterator[None]:
+    def _bounded(self, conn: sqlite3.Connection, what: str) -> Iterator[float]:
         """Bound a step by timeout_s (busy waits by busy_timeout, long scans by a progress
-        handler) and turn sqlite's errors into ours."""
+        handler) and turn sqlite's errors into ours. Yields the deadline (monotonic)."""
         timeout = self.settings.timeout_s
         deadline = time.monotonic() + timeout
         conn.set_progress_handler(lambda: int(time.monotonic() > deadline), _PROGRESS_EVERY)
         try:
-            yield
+            yield deadline
         except sqlite3.OperationalError as exc:
             text = str(exc)
             if "interrupted" in text:

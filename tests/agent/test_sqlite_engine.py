@@ -163,3 +163,30 @@ def test_settings_come_through_the_entry_point(tmp_path: Path) -> None:
     assert engine.data_paths() == [tmp_path.resolve()]
     with pytest.raises(BadInputError, match=r"unknown key 'bogus' \(valid keys: type, timeout_s, path\)"):
         validate_engine_settings({"type": "sqlite", "path": "x.db", "bogus": 1})
+
+
+def test_a_writer_that_keeps_the_lock_costs_the_prepare_one_timeout_not_one_per_step(tmp_path: Path) -> None:
+    # The checkpoint and the lock each waited the whole busy timeout: 2x timeout_s holding the
+    # other nodes, under an error that said 1x. What the engine asks SQLite shows the budget.
+    db = make_db(tmp_path / "data.db")
+    statements: list[str] = []
+
+    class Traced(SqliteEngine):
+        def _connect(self) -> sqlite3.Connection:
+            conn = super()._connect()
+            conn.set_trace_callback(statements.append)
+            return conn
+
+    writer = sqlite3.connect(db, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    engine = Traced(SqliteSettings(path=str(db), timeout_s=0.5), base_dir=tmp_path)
+    try:
+        with pytest.raises(EngineBusy, match="stayed locked by another connection for 0.5s during prepare"):
+            engine.prepare("run-1")
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    lock_wait = [s for s in statements if s.startswith("PRAGMA busy_timeout")]
+    assert statements.index(lock_wait[0]) == statements.index("BEGIN IMMEDIATE") - 1
+    assert int(lock_wait[0].split("=")[1]) < 250  # what the checkpoint's wait left of the 500 ms
+    assert engine.status().held is False and try_write(db)
