@@ -82,7 +82,7 @@ class AgentClient(Protocol):
 # ---- HTTP -----------------------------------------------------------------------------------
 
 _UNREACHABLE_HINT = "is snapctl-agent running there, and listening on that address?"
-_TOKEN_HINT = "set auth.token_file in the inventory (or ${env}) to the token the agent was started with"
+_TOKEN_HINT = "set auth.token_file in the inventory (or {env}) to the token the agent was started with"
 _NODE_TOKEN_HINT = "the node's token_file ({path}) must hold the token its agent was started with"
 
 
@@ -347,10 +347,13 @@ class _Tokens:
 def _read_token(inventory: Inventory, path: str, setting: str) -> str:
     file = inventory.resolve(path)
     try:
-        token = file.read_text().strip()
+        text = file.read_text()
     except OSError as exc:
         raise InventoryError(f"{inventory.source}: cannot read {setting} {file}: {os_reason(exc)}",
                              hint="create it with the agent's token, readable only by you") from exc
+    # The first line, as the agent reads its own: a second line (a note, a rotated token) must not
+    # go out inside the Authorization header, where it broke the request into an HTTP 400.
+    token = next((line.strip() for line in text.splitlines() if line.strip()), "")
     if not token:
         raise InventoryError(f"{inventory.source}: {setting} {file} is empty")
     return token

@@ -84,3 +84,17 @@ def test_an_unreadable_node_token_file_is_a_bad_inventory(cluster):
     assert status.returncode == ExitCode.BAD_INPUT, status.stderr
     error = json.loads(status.stdout)["error"]
     assert "cannot read the token_file of node n2" in error and "n2.token" in error
+
+
+def test_a_token_file_is_read_to_its_first_line_and_the_hint_names_the_variable_once(cluster):
+    inventory, _ = cluster
+    # A note under the token: its line went into the Authorization header, and the agent
+    # answered HTTP 400, shown as "agent unreachable".
+    (inventory.parent / "n2.token").write_text(f"\n{TOKENS['n2']}\nrotated 2026-12-01, next due 2027-03\n")
+    healthy = snapctl(inventory, "status")
+    nodes = {node["node"]: node for node in json.loads(healthy.stdout)["data"]["nodes"]}
+    assert nodes["n2"]["authorized"] and nodes["n2"]["error"] is None
+    (inventory.parent / "cluster.token").write_text("wrong-token\n")
+    refused = snapctl(inventory, "status")
+    nodes = {node["node"]: node for node in json.loads(refused.stdout)["data"]["nodes"]}
+    assert "(or $SNAPCTL_AGENT_TOKEN) to the token" in nodes["n1"]["error"]
