@@ -123,8 +123,11 @@ def run_drill(inventory: Inventory, run_ref: str = "latest", *, junit: Path | No
     for name in manifest.nodes:
         inventory_node(inventory, name)  # every node of the run must still be described
     junit_path = junit or (inventory.resolve(inventory.drill.junit) if inventory.drill.junit else Path(DEFAULT_JUNIT))
-    if not junit_path.parent.is_dir():
-        raise BadInputError(f"cannot write the junit report to {junit_path}: {junit_path.parent} is not a directory")
+    try:  # as pytest's --junitxml does: a CI job's fresh checkout has no reports/ yet
+        junit_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BadInputError(f"cannot write the junit report to {junit_path}: cannot create {junit_path.parent}: "
+                            f"{os_reason(exc)}", hint="name a file in a directory that exists or can be made") from exc
     if junit_path.is_dir():
         raise BadInputError(f"cannot write the junit report to {junit_path}: it is a directory",
                             hint=f"name a file, e.g. --junit {junit_path / 'drill.xml'}")

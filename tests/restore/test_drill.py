@@ -28,7 +28,8 @@ def test_a_drill_restores_verifies_records_and_tears_down(sqlite_cluster, tmp_pa
     run_id = sqlite_cluster.backup()
     sqlite_cluster.write("n1", 7)  # the live database moves on; the drill must find the backup's rows
 
-    report = run_drill(sqlite_cluster.inventory, "latest", junit=tmp_path / "drill.xml")
+    # reports/ does not exist, as in a CI job's fresh checkout (deploy/ci/nightly-drill.yml)
+    report = run_drill(sqlite_cluster.inventory, "latest", junit=tmp_path / "reports" / "drill.xml")
 
     assert report.ok and report.exit_code == ExitCode.OK
     assert [(n.node, n.verdict, n.runs_on) for n in report.nodes] == [("n1", "passed", "this machine"),
@@ -39,7 +40,7 @@ def test_a_drill_restores_verifies_records_and_tears_down(sqlite_cluster, tmp_pa
         assert 0 < node.rto_s <= report.rto_s
     assert not any((sqlite_cluster.directory / "scratch").iterdir()), "scratch data is torn down"
 
-    cases = junit_cases(tmp_path / "drill.xml")
+    cases = junit_cases(tmp_path / "reports" / "drill.xml")
     assert set(cases) == {"node n1 (sqlite)", "node n2 (sqlite)", "cluster restore-test"}
     assert not any(case.find("failure") is not None or case.find("error") is not None for case in cases.values())
 
@@ -161,6 +162,15 @@ def test_a_junit_path_that_is_a_directory_is_refused_before_anything_starts(sqli
     with pytest.raises(BadInputError, match=f"cannot write the junit report to {tmp_path}: it is a directory") as info:
         run_drill(sqlite_cluster.inventory, run_id, junit=tmp_path)
     assert info.value.hint == f"name a file, e.g. --junit {tmp_path / 'drill.xml'}"
+    assert open_catalog(sqlite_cluster.inventory).load(run_id).last_drill is None
+
+
+def test_a_junit_directory_that_cannot_be_made_is_refused_before_anything_starts(sqlite_cluster, tmp_path):
+    run_id = sqlite_cluster.backup()
+    (tmp_path / "reports").write_text("a file where the directory would go")
+    with pytest.raises(BadInputError, match=f"cannot write the junit report to {tmp_path}/reports/ci/drill.xml: "
+                                            f"cannot create {tmp_path}/reports/ci: not a directory"):
+        run_drill(sqlite_cluster.inventory, run_id, junit=tmp_path / "reports" / "ci" / "drill.xml")
     assert open_catalog(sqlite_cluster.inventory).load(run_id).last_drill is None
 
 
