@@ -138,6 +138,12 @@ def check_textfile_path(path: str | os.PathLike[str]) -> Path:
         problem = "is not a directory" if target.parent.exists() else "does not exist"
         raise BadInputError(f"--textfile {target}: {target.parent} {problem}",
                             hint="point it at node_exporter's --collector.textfile.directory")
+    if target.is_dir():
+        raise BadInputError(f"--textfile {target}: it is a directory",
+                            hint=f"name a file in it, e.g. --textfile {target / 'snapctl.prom'}")
+    if not os.access(target.parent, os.W_OK | os.X_OK):
+        raise BadInputError(f"--textfile {target}: {target.parent} is not writable by this user",
+                            hint="run snapctl as a user that may write node_exporter's textfile directory")
     return target
 
 
@@ -240,15 +246,14 @@ def backup_textfile(inventory: Inventory) -> str:
 
 async def recording_backup(inventory: Inventory, path: str | os.PathLike[str], run: Awaitable[T]) -> T:
     """Await the backup ``run``, then write its textfile, whether it succeeded or failed.
-    When the run failed too, its error is what the caller sees; the textfile's only goes to the log.
-    Check ``path`` first (``check_textfile_path``), so that a bad one refuses the run before it starts."""
+    A textfile that cannot be written is a warning, never the run's outcome: a backup that
+    succeeded exits 0 with its manifest, one that failed with its own error. Check ``path`` first
+    (``check_textfile_path``), so that a bad one refuses the run before it starts."""
     try:
-        result = await run
-    except BaseException:
+        return await run
+    finally:
         try:
             await asyncio.to_thread(lambda: write_textfile(path, backup_textfile(inventory)))
         except SnapctlError as exc:
-            log.warning("%s", exc)
-        raise
-    await asyncio.to_thread(lambda: write_textfile(path, backup_textfile(inventory)))
-    return result
+            log.warning("%s (the run's outcome stands; monitoring sees the previous textfile until the next run)",
+                        exc)

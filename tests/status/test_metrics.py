@@ -7,11 +7,13 @@ import asyncio
 import httpx
 import pytest
 
+import snapctl.metrics
+
 from node_agent.app import create_app
 from node_agent.engines.base import create_engine
 from node_agent.service import AgentService
 from snapctl.errors import BadInputError
-from snapctl.metrics import Exposition, status_textfile, write_textfile
+from snapctl.metrics import Exposition, recording_backup, status_textfile, write_textfile
 from snapctl.status import collect_status
 from tests.agent.conftest import serve, wait_until
 from tests.fakes.dingodb import FakeDingoStore
@@ -101,19 +103,26 @@ def test_status_textfile_is_written_atomically_and_reads_back(tmp_path):
     assert status.verdict.level == "healthy"
 
 
-def test_an_unwritable_textfile_is_a_finding_not_a_lost_status(tmp_path):
+def test_an_unwritable_textfile_is_a_finding_not_a_lost_status(tmp_path, monkeypatch):
     inventory = load(write_inventory(tmp_path, sqlite_nodes(tmp_path, 1)))
     record_run(inventory, "r-good", "succeeded", age_s=1)
     target = tmp_path / "out"
     target.mkdir()
-    (target / "snapctl.prom").mkdir()  # a directory where the file should go: the rename fails
+
+    def disk_full(path, text):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(snapctl.metrics, "write_atomically", disk_full)
     status = asyncio.run(collect_status(inventory, textfile=target / "snapctl.prom"))
     (finding,) = [f for f in status.verdict.findings if f.subject == "metrics"]
     assert finding.severity == "degraded" and "cannot write the metrics textfile" in finding.message
+    assert "no space left on device" in finding.message
 
 
-@pytest.mark.parametrize(("name", "problem"), [("snapctl.txt", "ending in .prom"), ("missing/x.prom", "does not exist")])
+@pytest.mark.parametrize(("name", "problem"), [("snapctl.txt", "ending in .prom"), ("missing/x.prom", "does not exist"),
+                                              ("taken.prom", "it is a directory")])
 def test_textfile_paths_node_exporter_would_never_read_are_refused(tmp_path, name, problem):
+    (tmp_path / "taken.prom").mkdir()
     with pytest.raises(BadInputError, match=problem):
         write_textfile(tmp_path / name, "")
 
@@ -127,3 +136,18 @@ def test_the_textfile_counts_unreachable_nodes(tmp_path):
     assert value(samples, "snapctl_status_node_reachable", cluster="st", node="stuck") == 0
     assert value(samples, "snapctl_status_verdict", cluster="st") == 2
     assert ("snapctl_status_engine_up", frozenset({("cluster", "st"), ("node", "stuck")})) not in samples
+
+
+def test_a_textfile_that_cannot_be_written_after_the_run_is_a_warning_not_the_runs_outcome(tmp_path, caplog):
+    inventory = load(write_inventory(tmp_path, sqlite_nodes(tmp_path, 1)))
+    prom = tmp_path / "prom"
+    prom.mkdir()
+
+    async def succeeding_run() -> str:
+        prom.rmdir()
+        prom.write_text("a file where node_exporter's directory was")  # the disk changed under the run
+        return "the manifest"
+
+    assert asyncio.run(recording_backup(inventory, prom / "snapctl.prom", succeeding_run())) == "the manifest"
+    assert f"--textfile {prom / 'snapctl.prom'}: {prom} is not a directory" in caplog.text
+    assert "the run's outcome stands" in caplog.text
