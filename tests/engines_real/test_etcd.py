@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 from pathlib import Path
 
 import httpx
@@ -45,6 +47,28 @@ def test_prepare_saves_a_checked_snapshot_into_the_backup_dir(etcd_cluster, tmp_
         assert snapshot["revision"] >= state.facts.position["revision"]
     assert Path(saved).exists(), "complete keeps the saved snapshot: it is the backup"
     assert all(Path(p).is_absolute() for p in engine.data_paths())
+
+
+def test_saved_snapshots_are_readable_by_the_agents_user_alone(etcd_cluster, tmp_path):
+    backup_dir = tmp_path / "created" / "backup"
+    engine = engine_for(etcd_cluster, 0, tmp_path, backup_dir=str(backup_dir), keep_snapshots=3)
+    old_umask = os.umask(0)  # no help from the umask: the modes are the adapter's own
+    try:
+        state = engine.prepare("run-private")
+        engine.complete("run-private")
+        (job,) = engine.trigger("snapshot")
+        # A .part left behind world-readable (a crash mid-download) must not pass its mode on.
+        (backup_dir / "run-stale.db.part").write_bytes(b"left over")
+        (backup_dir / "run-stale.db.part").chmod(0o644)
+        stale = engine.prepare("run-stale")
+        engine.complete("run-stale")
+    finally:
+        os.umask(old_umask)
+    assert job.status == "succeeded"
+    for saved in (state.files[0], job.extra["file"], stale.files[0]):
+        assert stat.S_IMODE(os.stat(saved).st_mode) == 0o600, saved
+    for created in (backup_dir, backup_dir.parent):
+        assert stat.S_IMODE(created.stat().st_mode) == 0o700, created
 
 
 def test_every_member_agrees_on_one_leader_and_term(etcd_cluster, tmp_path):
