@@ -176,7 +176,9 @@ class EtcdEngine:
         return checked
 
     def _prune(self, keep: Path) -> None:
-        saved = sorted((p for p in self.backup_dir.iterdir() if SNAPSHOT_NAME.match(p.name) and p != keep),
+        # The held run's file is what its disk snapshot must contain, however many were saved since.
+        spared = {keep} | ({self.backup_dir / f"{self._held_run}.db"} if self._held_run else set())
+        saved = sorted((p for p in self.backup_dir.iterdir() if SNAPSHOT_NAME.match(p.name) and p not in spared),
                        key=lambda p: p.stat().st_mtime, reverse=True)
         for old in saved[self.settings.keep_snapshots - 1:]:
             old.unlink(missing_ok=True)
@@ -187,22 +189,29 @@ class EtcdEngine:
     def trigger(self, target: str | None) -> list[JobResult]:
         """etcd cuts its raft snapshots by itself (every --snapshot-count entries); the operator's
         snapshot is a saved backend copy, and ``defragment`` compacts the backend file."""
+        name = target or "snapshot"
+        if name not in ("snapshot", "defragment"):
+            raise BadInputError(f"etcd: unknown trigger target {target!r}",
+                                hint="use 'snapshot' (default) or 'defragment'")
+        if self._held_run is not None:
+            # The held run's disk snapshot is being taken of backup_dir (and maybe the data dir):
+            # a new file there, the pruning after it, or a rewritten backend would change what it copies.
+            return [JobResult(target=name, status="failed",
+                              detail=f"held by run {self._held_run}: {name} after complete")]
         started = time.monotonic()
-        if target in (None, "", "snapshot"):
-            name = datetime.now(timezone.utc).strftime("manual-%Y%m%dT%H%M%S%fZ.db")
+        if name == "snapshot":
+            target_file = self.backup_dir / datetime.now(timezone.utc).strftime("manual-%Y%m%dT%H%M%S%fZ.db")
             try:
-                saved = self._save_snapshot(self.backup_dir / name)
+                saved = self._save_snapshot(target_file)
             except EngineError as exc:
                 return [JobResult(target="snapshot", status="failed", detail=exc.message,
                                   duration_s=time.monotonic() - started)]
-            self._prune(keep=self.backup_dir / name)
+            self._prune(keep=target_file)
             return [JobResult(target="snapshot", status="succeeded", detail=f"saved {saved['file']}",
                               duration_s=time.monotonic() - started, extra=saved)]
-        if target == "defragment":
-            self._post("/v3/maintenance/defragment", {}, timeout_s=self.settings.snapshot_timeout_s)
-            return [JobResult(target="defragment", status="succeeded", detail="backend defragmented",
-                              duration_s=time.monotonic() - started)]
-        raise BadInputError(f"etcd: unknown trigger target {target!r}", hint="use 'snapshot' (default) or 'defragment'")
+        self._post("/v3/maintenance/defragment", {}, timeout_s=self.settings.snapshot_timeout_s)
+        return [JobResult(target="defragment", status="succeeded", detail="backend defragmented",
+                          duration_s=time.monotonic() - started)]
 
     def status(self) -> EngineStatus:
         held = dict(held=self._held_run is not None, held_since=self._state.prepared_at if self._state else None)

@@ -133,6 +133,21 @@ def test_old_saved_snapshots_are_pruned(etcd_cluster, tmp_path):
     assert kept == sorted(["run-p3.db", Path(job.extra["file"]).name])
 
 
+def test_a_trigger_during_a_hold_is_refused_and_the_held_runs_snapshot_stays(etcd_cluster, tmp_path):
+    engine = engine_for(etcd_cluster, 1, tmp_path, keep_snapshots=2)
+    held = Path(engine.prepare("held1").files[0])
+    try:
+        jobs = [engine.trigger(target) for target in (None, "snapshot", "defragment")]
+        assert held.exists(), "the held run's disk snapshot must find its saved snapshot"
+    finally:
+        engine.complete("held1")
+    for (job,) in jobs:
+        assert job.status == "failed" and "held by run held1" in job.detail and "after complete" in job.detail
+    assert sorted(p.name for p in held.parent.iterdir()) == ["held1.db"], "nothing saved during the hold"
+    (after,) = engine.trigger("snapshot")
+    assert after.status == "succeeded" and held.exists()
+
+
 def test_trigger_defragments_and_rejects_unknown_targets(etcd_cluster, tmp_path):
     engine = engine_for(etcd_cluster, 2, tmp_path)
     (job,) = engine.trigger("defragment")
