@@ -44,6 +44,8 @@ log = logging.getLogger("snapctl.agent.etcd")
 
 ALL_KEYS = {"key": base64.b64encode(b"\0").decode(), "range_end": base64.b64encode(b"\0").decode(), "count_only": True}
 SNAPSHOT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\.db$")
+NO_USER_HINT = "set user: and password_file: or password_env: in the engine block, for a user with etcd's root role"
+ROOT_ROLE_HINT = "grant it etcd's root role (etcdctl user grant-role {user} root): etcd serves snapshots to root only"
 
 
 class EtcdRestoreSettings(BaseModel):
@@ -97,6 +99,7 @@ class EtcdEngine:
         self.backup_dir = self._resolve(settings.backup_dir)
         self._client: httpx.Client | None = None
         self._token: str | None = None
+        self._root_role_seen = False  # the configured user's root role, once status has seen it
         self._held_run: str | None = None
         self._state: EngineState | None = None
 
@@ -140,7 +143,7 @@ class EtcdEngine:
                     if time.monotonic() > deadline:
                         raise EngineError(f"etcd snapshot from {self.endpoint} took longer than "
                                           f"{self.settings.snapshot_timeout_s:g}s", hint="raise snapshot_timeout_s")
-                    chunk = _snapshot_chunk(line, self.endpoint)
+                    chunk = self._snapshot_chunk(line)
                     out.write(chunk)
                     # The last 32 bytes are the sha256 of everything before them: hash with a lag of 32.
                     trailer += chunk
@@ -229,9 +232,15 @@ class EtcdEngine:
         }
         if self._held_run:
             details["held_for_run"] = self._held_run
+        raft = [self._raft_group(status, members)]
+        try:
+            self._check_access(has_leader=bool(_int(status.get("leader"))))
+        except EngineError as exc:
+            # It answers, but refuses what prepare asks of it: a backup would fail here, so not ready.
+            return EngineStatus(engine=self.name, version=status.get("version"), reachable=False, raft=raft,
+                                details=details, error=str(exc), **held)
         return EngineStatus(engine=self.name, version=status.get("version"), reachable=True,
-                            raft=[self._raft_group(status, members)], details=details,
-                            error="; ".join(errors) or None, **held)
+                            raft=raft, details=details, error="; ".join(errors) or None, **held)
 
     def verify(self) -> VerifyFacts:
         return _key_facts(self._post("/v3/kv/range", ALL_KEYS))
@@ -272,6 +281,31 @@ class EtcdEngine:
         status = self._post("/v3/maintenance/status", {})
         members = self._post("/v3/cluster/member/list", {}).get("members", [])
         return status, members
+
+    def _check_access(self, *, has_leader: bool) -> None:
+        """Raise when etcd would refuse prepare: status and the member list answer anyone, but with
+        auth on, the range needs a user with read access to every key, and the snapshot the root role."""
+        self._post("/v3/kv/range", {**ALL_KEYS, "serializable": True})
+        if not self.settings.user or self._root_role_seen or not has_leader:
+            return
+        # etcd 3.4 answers auth reads through raft (a log entry each): ask once, not at every status.
+        user = self.settings.user
+        if "root" not in (self._post("/v3/auth/user/get", {"name": user}).get("roles") or []):
+            raise EngineError(f"etcd user {user!r} at {self.endpoint} lacks the root role, which snapshots need",
+                              hint=ROOT_ROLE_HINT.format(user=user))
+        self._root_role_seen = True
+
+    def _refusal(self, base: str, what: str, reason: str) -> EngineError | None:
+        """etcd's auth refusing ``what``, as an error that says what to configure; None for other errors."""
+        user = self.settings.user
+        if "user name is empty" in reason and not user:
+            return EngineError(f"etcd at {base} has auth enabled and no user is configured: {what} refused ({reason})",
+                               hint=NO_USER_HINT)
+        if "permission denied" in reason and user:
+            self._root_role_seen = False  # taken away since: the next status asks again
+            return EngineError(f"etcd at {base}: {what} refused for user {user!r} ({reason})",
+                               hint=ROOT_ROLE_HINT.format(user=user))
+        return None
 
     def _raft_group(self, status: dict[str, Any], members: list[dict[str, Any]]) -> RaftGroup:
         header = status.get("header", {})
@@ -367,6 +401,8 @@ class EtcdEngine:
             message = message or response.reason_phrase
             if "token" in str(message) and self.settings.user:
                 raise _TokenExpired(str(message))
+            if refused := self._refusal(base, what, str(message)):
+                raise refused
             if "authentication failed" in str(message) or response.status_code in (401, 403):
                 raise EngineError(f"etcd at {base}: {what}: {message}",
                                   hint="check user and password_env/password_file")
@@ -374,6 +410,20 @@ class EtcdEngine:
         if not isinstance(data, dict):
             raise EngineError(f"etcd at {base}: {what}: unexpected answer")
         return data
+
+    def _snapshot_chunk(self, line: str) -> bytes:
+        if not line.strip():
+            return b""
+        try:
+            message = json.loads(line)
+        except ValueError as exc:
+            raise EngineError(f"etcd snapshot from {self.endpoint}: unreadable stream message") from exc
+        if "error" in message:
+            err = message["error"]
+            reason = str(err.get("message") if isinstance(err, dict) else err)
+            raise (self._refusal(self.endpoint, "/v3/maintenance/snapshot", reason)
+                   or EngineError(f"etcd snapshot from {self.endpoint} failed: {reason}"))
+        return base64.b64decode(message.get("result", {}).get("blob", ""))
 
     def _stream(self, path: str) -> Any:
         return self._http().stream("POST", self.endpoint + path, json={}, headers=self._headers())
@@ -427,20 +477,6 @@ def _create_private(path: Path) -> BinaryIO:
     except BaseException:
         os.close(fd)
         raise
-
-
-def _snapshot_chunk(line: str, endpoint: str) -> bytes:
-    if not line.strip():
-        return b""
-    try:
-        message = json.loads(line)
-    except ValueError as exc:
-        raise EngineError(f"etcd snapshot from {endpoint}: unreadable stream message") from exc
-    if "error" in message:
-        err = message["error"]
-        reason = err.get("message") if isinstance(err, dict) else err
-        raise EngineError(f"etcd snapshot from {endpoint} failed: {reason}")
-    return base64.b64decode(message.get("result", {}).get("blob", ""))
 
 
 def _key_facts(keys: dict[str, Any]) -> VerifyFacts:

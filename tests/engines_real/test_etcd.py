@@ -5,14 +5,17 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from node_agent.engines.base import create_engine, validate_engine_settings
 from node_agent.engines.etcd import EtcdEngine, snapshot_tool
-from snapctl.errors import BadInputError, EngineError
+from snapctl.errors import BadInputError, EngineError, ExitCode
 from tests.engines_real.conftest import backup_and_restore
 from tests.realdb.etcd import EtcdCluster, b64
 from tests.realdb.procs import wait_until
@@ -201,6 +204,83 @@ def test_auth_uses_a_token_and_a_bad_password_is_reported_without_it(tmp_path):
         wrong = engine_for(single, 0, tmp_path, user="root", password_file=str(bad)).status()
         assert not wrong.reachable and "authentication failed" in wrong.error
         assert secret not in wrong.error
+
+
+@pytest.fixture
+def auth_on(tmp_path):
+    """One member with auth on: root; backup, with the root role (what prepare needs: etcd serves
+    snapshots to root only); reader, who may read every key. Passwords in tmp_path/<user>.password."""
+    with EtcdCluster(tmp_path / "auth-on", size=1) as single:
+        single.write(3)
+        single.post("/v3/auth/role/add", {"name": "read-all"})
+        single.post("/v3/auth/role/grant", {"name": "read-all", "perm": {"permType": "READ", "key": b64(b"\0"),
+                                                                          "range_end": b64(b"\0")}})
+        for user, role in (("root", "root"), ("backup", "root"), ("reader", "read-all")):
+            single.post("/v3/auth/user/add", {"name": user, "password": f"{user}-secret"})
+            single.post("/v3/auth/user/grant", {"user": user, "role": role})
+            (tmp_path / f"{user}.password").write_text(f"{user}-secret\n")
+        single.post("/v3/auth/enable", {})
+        yield single
+
+
+def as_root(cluster: EtcdCluster, path: str, body: dict) -> None:
+    login = cluster.post("/v3/auth/authenticate", {"name": "root", "password": "root-secret"})
+    httpx.post(cluster.members[0].endpoint + path, json=body, headers={"Authorization": login["token"]},
+               timeout=5).raise_for_status()
+
+
+def test_with_auth_on_and_no_user_the_engine_is_not_ready_and_prepare_says_what_to_configure(auth_on, tmp_path):
+    engine = engine_for(auth_on, 0, tmp_path)
+    status = engine.status()
+    assert not status.reachable, "etcd refuses what prepare asks: a backup would fail there"
+    assert "no user is configured" in status.error and "user name is empty" in status.error
+    assert "user:" in status.error and "password_file:" in status.error, "the hint says what to configure"
+    assert status.raft and status.raft[0].role == "leader", "the member itself is fine, and still shown"
+    with pytest.raises(EngineError, match="user name is empty") as refused:
+        engine.prepare("run-no-user")
+    assert "user:" in refused.value.hint and "password_file:" in refused.value.hint
+
+
+def test_with_auth_on_and_no_user_a_dry_run_refuses_the_backup(auth_on, tmp_path):
+    settings = auth_on.engine_settings(0)
+    del settings["data_dir"]  # not on the node's volume: the preflight would refuse for that alone
+    Path(settings["backup_dir"]).mkdir(parents=True)
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text(yaml.safe_dump({
+        "cluster": "etcd-auth", "provider": {"type": "local", "store": "store"}, "catalog": {"path": "catalog"},
+        "nodes": [{"name": "etcd1", "agent": "embedded", "engine": settings,
+                   "volumes": [{"name": "backup", "path": settings["backup_dir"]}]}]}))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    dry_run = subprocess.run([sys.executable, "-m", "snapctl.cli", "backup", "--dry-run", "-i", str(inventory)],
+                             capture_output=True, text=True, timeout=120, env=env)
+    assert dry_run.returncode == ExitCode.PREFLIGHT_REFUSED, dry_run.stdout + dry_run.stderr
+    said = " ".join((dry_run.stdout + dry_run.stderr).split())
+    assert "no user is configured" in said and "password_file:" in said, said
+
+
+def test_a_user_with_the_root_role_passes_and_one_without_is_not_ready(auth_on, tmp_path):
+    backup = engine_for(auth_on, 0, tmp_path, user="backup", password_file=str(tmp_path / "backup.password"))
+    status = backup.status()
+    assert status.reachable and status.error is None
+    assert backup.prepare("run-backup-user").files
+    backup.complete("run-backup-user")
+
+    reader = engine_for(auth_on, 0, tmp_path, user="reader", password_file=str(tmp_path / "reader.password"))
+    status = reader.status()
+    assert not status.reachable and "root role" in status.error
+    assert "etcdctl user grant-role reader root" in status.error, "the hint says what to grant"
+    with pytest.raises(EngineError, match="permission denied") as refused:
+        reader.prepare("run-reader")
+    assert "etcdctl user grant-role reader root" in refused.value.hint
+
+    # The role taken away after a status saw it: prepare says what is missing, the next status looks again.
+    as_root(auth_on, "/v3/auth/user/grant", {"user": "backup", "role": "read-all"})
+    as_root(auth_on, "/v3/auth/user/revoke", {"name": "backup", "role": "root"})
+    with pytest.raises(EngineError, match="permission denied") as refused:
+        backup.prepare("run-revoked")
+    assert "etcdctl user grant-role backup root" in refused.value.hint
+    status = backup.status()
+    assert not status.reachable and "etcdctl user grant-role backup root" in status.error
 
 
 def test_settings_are_validated():
