@@ -23,7 +23,15 @@ from snapctl.agent_client import AgentClient, open_agents
 from snapctl.catalog import Catalog, open_catalog
 from snapctl.catalog.lock import LockKeeper
 from snapctl.config import Inventory
-from snapctl.errors import AgentConflict, AgentTimeout, AgentUnreachable, PreflightRefused, RunFailed, SnapctlError
+from snapctl.errors import (
+    AgentConflict,
+    AgentError,
+    AgentTimeout,
+    AgentUnreachable,
+    PreflightRefused,
+    RunFailed,
+    SnapctlError,
+)
 from snapctl.events import NullReporter, Reporter
 from snapctl.manifest import Manifest, NodeRecord
 from snapctl.pacing import CreateCallPacer, auto_hold_lead
@@ -265,6 +273,10 @@ async def _prepare(run: _Run, node: str) -> None:
         raise RunFailed(f"node {node}: prepare did not answer within {policy.prepare_timeout_s:g}s of its hold "
                         "instant", hint="check the engine on that node; raise policy.prepare_timeout_s if it is just "
                                         "slow") from None
+    except AgentError as exc:
+        if exc.status is not None and 400 <= exc.status < 500:  # refused (token, conflict, request): held nothing
+            run.held.discard(node)
+        raise
     run.prepare_acked[node] = time.monotonic()
     record.prepare_acked_at = now()
     record.state = response.state
@@ -333,7 +345,7 @@ async def _renew_leases(run: _Run) -> None:
                                        return_exceptions=True)
         for node, result in zip(held, results):
             if isinstance(result, SnapctlError) and node in run.held:
-                run.lost_hold[node] = str(result)
+                run.lost_hold[node] = _node_reason(result)
 
 
 async def _on_every_node(run: _Run, nodes: list[str], step) -> None:
@@ -375,8 +387,12 @@ async def _roll_back(run: _Run, cause: BaseException) -> None:
     for node, result in zip(held, results):
         if isinstance(result, AgentConflict) and result.holder is None:
             result = False  # nothing held there: the complete overtook the prepare, which the agent now refuses
-        if isinstance(result, BaseException):
-            manifest.nodes[node].error = _join(manifest.nodes[node].error, f"complete failed ({_reason(result)}); "
+        if isinstance(result, AgentUnreachable) and not result.delivered:  # nothing listens: no lease to wait for
+            manifest.nodes[node].error = _join(manifest.nodes[node].error, f"complete could not be sent "
+                                               f"({result.reason}): no agent runs there now (docs/agent.md, "
+                                               "'an engine left held')")
+        elif isinstance(result, BaseException):
+            manifest.nodes[node].error = _join(manifest.nodes[node].error, f"complete failed ({_node_reason(result)}); "
                                                f"its lease expires within {policy.lease_ttl_s:g}s")
         else:
             run.held.discard(node)
@@ -451,8 +467,8 @@ def _as_run_failure(run: _Run, exc: BaseException) -> BaseException:
     cause = _reason(exc)
     # Each node once: its record's error less the "node <name>: " its message starts with, and not
     # the cause again.
-    failed = [f"{n}: {r.error.removeprefix(f'node {n}: ')}" for n, r in run.manifest.nodes.items()
-              if r.error and r.error != cause]
+    failed = [f"{n}: {r.error.removeprefix(cause + '; ').removeprefix(f'node {n}: ')}"
+              for n, r in run.manifest.nodes.items() if r.error and r.error != cause]
     if run.unrecorded:
         failed.append(f"the catalog could not record the failure: {run.unrecorded}")
     detail = f" ({'; '.join(failed)})" if failed else ""
@@ -466,6 +482,11 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)):
         return "interrupted"
     return f"{type(exc).__name__}: {exc}"
+
+
+def _node_reason(exc: BaseException) -> str:
+    """``exc``'s reason where its node is named already: without "node N: " and the hint."""
+    return exc.reason if isinstance(exc, AgentError) else _reason(exc)
 
 
 def _join(first: str | None, second: str) -> str:

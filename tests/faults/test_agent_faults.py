@@ -143,3 +143,23 @@ def test_a_node_nothing_listens_for_fails_a_forced_run_without_a_hold_to_release
         # before their prepares leave. Never left to a lease.
         assert cluster.lease(node) is None and cluster.writable(node)
         assert cluster.released_by(node, manifest["run_id"]) != "expired"
+
+
+def test_a_node_that_refuses_the_prepare_fails_a_forced_run_without_a_hold_to_release(scene: FaultCluster) -> None:
+    # The agent answered 401: it holds nothing, so the rollback neither completes it nor sends
+    # anyone to wait for its lease, and the error says why once.
+    cluster = scene
+    inventory = cluster.write_inventory(cluster.directory / f"{cluster.cluster}.wrong-token.yaml")
+    (cluster.directory / "stale.token").write_text("a-token-node2-was-never-started-with\n")
+    data = yaml.safe_load(inventory.read_text())
+    data["nodes"][1]["token_file"] = str(cluster.directory / "stale.token")
+    inventory.write_text(yaml.safe_dump(data, sort_keys=False))
+
+    result = cluster.snapctl("backup", "--force", inventory=inventory)
+    manifest = _failed_run(cluster, result, "node2")
+    error_line = next(line for line in result.stderr.splitlines() if line.startswith("snapctl: error:"))
+    assert error_line.count("wrong bearer token") == 1 and error_line.count("node2") == 1, error_line
+    assert "lease" not in error_line and "complete" not in manifest["nodes"]["node2"]["error"]
+    assert cluster.released_by("node2", manifest["run_id"]) is None  # never asked to complete
+    for node in NODES:
+        assert cluster.lease(node) is None and cluster.writable(node)
