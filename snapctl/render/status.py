@@ -14,6 +14,7 @@ from snapctl.render import JSON_SCHEMA_VERSION, _age, _bytes, _n
 _COLOURS = {"info": "dim", "degraded": "yellow", "critical": "red"}
 _VERDICT_COLOURS = {"healthy": "green", "degraded": "yellow", "critical": "red"}
 _ALL_GROUPS_UP_TO = 12
+_REFUSALS_SHOWN = 3  # on the verdict line; -o json lists them all
 
 if TYPE_CHECKING:
     from rich.console import Group
@@ -130,10 +131,15 @@ def status_view(s) -> Group:
     parts.extend(_backups(s))
     parts.extend(Text.from_markup(f"  [{_COLOURS[f.severity]}]{f.severity}[/] ") + Text(str(f))
                  for f in s.verdict.findings)
-    safe = "yes" if not s.preflight else f"no ({len(s.preflight)} critical finding(s))"
+    # The preflight's refusals, which may be info findings above (a held lease), said where they
+    # decide: the reader should not have to find them in -o json.
+    shown = "; ".join(str(f) for f in s.preflight[:_REFUSALS_SHOWN])
+    more = f"; and {len(s.preflight) - _REFUSALS_SHOWN} more" if len(s.preflight) > _REFUSALS_SHOWN else ""
+    safe = "yes" if not s.preflight else f"no, a backup would be refused: {shown}{more}"
     colour = _VERDICT_COLOURS[s.verdict.level]
     parts.append(Text.from_markup(f"verdict: [bold {colour}]{s.verdict.level}[/] (exit {int(s.exit_code)}), "
-                                  f"safe to back up: {safe}, checked {s.checked_at:%H:%M:%S}Z"))
+                                  f"checked {s.checked_at:%H:%M:%S}Z, safe to back up: ")
+                 + Text(safe))
     return Group(*parts)
 
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from rich.console import Console
 
-from node_agent.models import AgentStatus, EngineStatus, RaftGroup
+from node_agent.models import AgentStatus, EngineStatus, LeaseInfo, RaftGroup
 from snapctl import __version__
 from snapctl.config import parse_inventory
 from snapctl.health import NodeProbe, assess
@@ -72,3 +72,20 @@ def test_watch_into_a_pipe_writes_every_refresh_after_the_last():
         for _ in range(3):
             show(ClusterStatus("c", datetime.now(UTC), probes, assess(INVENTORY, probes), 3600.0))
     assert renderer.out.file.getvalue().count("verdict: healthy (exit 0)") == 3
+
+
+def test_the_verdict_line_says_what_a_backup_would_be_refused_on():
+    # A held lease is an info finding in status and a refusal in the preflight: the refusal was
+    # counted on the verdict line ("1 critical finding(s)") and shown nowhere but -o json.
+    lease = LeaseInfo(run_id="r-7", acquired_at=datetime.now(UTC), expires_at=datetime.now(UTC))
+    status = AgentStatus(node="a", agent_version=__version__, lease=lease,
+                         engine=EngineStatus(engine="sqlite", reachable=True))
+    probes = [NodeProbe("a", status=status)]
+    cluster = ClusterStatus("c", datetime.now(UTC), probes, assess(INVENTORY, probes), 3600.0,
+                            preflight=assess(INVENTORY, probes, for_backup=True).at_least("critical"))
+    renderer = Renderer()
+    renderer.out = Console(file=io.StringIO(), width=250, highlight=False)
+    renderer.status(cluster)
+    verdict = renderer.out.file.getvalue().splitlines()[-1]
+    assert verdict.endswith("safe to back up: no, a backup would be refused: a: held by run r-7 until "
+                            f"{lease.expires_at:%H:%M:%S}Z"), verdict
