@@ -322,6 +322,13 @@ def _optional_watch_seconds(argv: list[str]) -> list[str]:
     return out
 
 
+def _asks_for_json(argv: list[str]) -> bool:
+    """``-o json`` anywhere on a command line typer could not parse, in any of its spellings."""
+    pairs = zip(argv, [*argv[1:], ""])
+    return any((arg in ("-o", "--output") and value == "json") or arg in ("-ojson", "--output=json")
+               for arg, value in pairs)
+
+
 def _report(exc) -> int:
     from snapctl import render
 
@@ -342,6 +349,14 @@ def main() -> None:
     except typer.TyperException as exc:  # usage errors: typer's own (vendored) click raises these
         exc.show()
         code = ExitCode.BAD_INPUT
+        if _asks_for_json(sys.argv[1:]):  # a script reads stdout: give it its one document, the error's
+            from snapctl import render
+            from snapctl.errors import BadInputError
+
+            message = (exc.format_message() if hasattr(exc, "format_message") else str(exc)).rstrip(".")
+            ctx = getattr(exc, "ctx", None)
+            render.error_document(BadInputError(message[:1].lower() + message[1:],
+                                                hint=f"see `{ctx.command_path if ctx else 'snapctl'} --help`"))
     except (typer.Abort, KeyboardInterrupt):  # outside any command: typer's own start
         code = _report(Interrupted())
     except SnapctlError as exc:

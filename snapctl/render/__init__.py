@@ -27,8 +27,7 @@ _json_mode = False  # so that errors raised before a renderer exists still come 
 
 def error(exc: SnapctlError) -> None:
     if _json_mode:
-        print(json.dumps({"schema_version": JSON_SCHEMA_VERSION, "error": exc.message, "hint": exc.hint,
-                          "exit_code": int(exc.exit_code)}))
+        error_document(exc)
     from rich.console import Console
     from rich.markup import escape
 
@@ -37,6 +36,12 @@ def error(exc: SnapctlError) -> None:
     console.print(f"[bold red]snapctl: error:[/] {escape(exc.message)}", markup=True, soft_wrap=True)
     if exc.hint:
         console.print(f"  hint: {exc.hint}", soft_wrap=True, markup=False)
+
+
+def error_document(exc: SnapctlError) -> None:
+    """The one JSON document of a command that failed: on stdout, as its result would have been."""
+    print(json.dumps({"schema_version": JSON_SCHEMA_VERSION, "error": exc.message, "hint": exc.hint,
+                      "exit_code": int(exc.exit_code)}))
 
 
 _PLAIN = frozenset({str, int, float, bool, type(None)})  # exact types: an IntEnum still becomes a plain int below

@@ -156,3 +156,17 @@ def test_with_json_output_every_command_prints_its_error_as_the_one_document(tmp
     assert result.returncode == ExitCode.BAD_INPUT, result.stderr
     document = json.loads(result.stdout)
     assert document["exit_code"] == ExitCode.BAD_INPUT and "missing.yaml: inventory file not found" in document["error"]
+
+
+@pytest.mark.parametrize(("argv", "error", "hint"), [
+    (["show", "latest", "-o", "json", "--bogus"], "no such option: --bogus", "show --help`"),
+    (["show", "--output=json"], "missing argument 'RUN'", "show --help`"),
+    (["restore", "latest", "-ojson", "--zone"], "option '--zone' requires an argument", "--help`"),
+])
+def test_with_json_output_a_usage_error_is_the_one_document_too(argv, error, hint):
+    result = snapctl(*argv)
+    assert result.returncode == ExitCode.BAD_INPUT
+    document = json.loads(result.stdout)
+    assert document["exit_code"] == ExitCode.BAD_INPUT and document["error"].startswith(error), document
+    assert document["hint"].startswith("see `") and document["hint"].endswith(hint)
+    assert "Error:" in result.stderr  # the person at the terminal still gets click's own lines
