@@ -81,6 +81,7 @@ class AgentClient(Protocol):
 
 # ---- HTTP -----------------------------------------------------------------------------------
 
+_CLOSED_UNANSWERED = "the agent closed the connection without answering"  # agent_transport's words
 _UNREACHABLE_HINT = "is snapctl-agent running there, and listening on that address?"
 _TOKEN_HINT = "set auth.token_file in the inventory (or {env}) to the token the agent was started with"
 _NODE_TOKEN_HINT = "the node's token_file ({path}) must hold the token its agent was started with"
@@ -99,6 +100,7 @@ class HttpAgentClient:
         self._timeout_s = timeout_s
         self._token_hint = token_hint or _TOKEN_HINT.format(env="$SNAPCTL_AGENT_TOKEN")
         self._unreachable_hint = _UNREACHABLE_HINT
+        self._client_cert = client_cert
         if self.base_url.startswith("https:") and not client_cert:
             # An mTLS agent drops a client without a certificate after the handshake: it looks like a dead agent.
             self._unreachable_hint += (
@@ -171,10 +173,21 @@ class HttpAgentClient:
 
     def _transport_error(self, exc: TransportError) -> AgentError:
         reason = str(exc) or type(exc).__name__
+        tls = self.base_url.startswith("https:")
         if "CERTIFICATE_VERIFY_FAILED" in reason or "certificate" in reason.lower():
             return AgentUnreachable(self.node, f"tls with the agent at {self.base_url} failed: {reason}",
                                     hint="point auth.ca_file at the CA that signed the agent's certificate",
                                     delivered=exc.sent)
+        if tls and "WRONG_VERSION_NUMBER" in reason:
+            return AgentUnreachable(self.node, f"tls with the agent at {self.base_url} failed: it answers in plain "
+                                    "http", hint="use http:// for it, or give the agent tls.cert_file and key_file",
+                                    delivered=exc.sent)
+        if reason == _CLOSED_UNANSWERED:  # the reason is in the reason: `snapctl status` shows no hints per node
+            if not tls:
+                reason += " (a tls agent does so to plain http: use https:// for it)"
+            elif not self._client_cert:
+                reason += (" (an agent that requires client certificates does so: set auth.client_cert_file and "
+                           "client_key_file)")
         return AgentUnreachable(self.node, f"cannot reach the agent at {self.base_url}: {reason}",
                                 hint=self._unreachable_hint, delivered=exc.sent)
 

@@ -70,6 +70,8 @@ def test_agents_refuse_clients_without_a_certificate_from_their_ca(mtls_cluster,
     with pytest.raises(AgentUnreachable) as refused:
         status_with(cluster, **auth)
     assert refused.value.node == "node1"
+    if client == "none":  # what `snapctl status` shows for the node, which carries no hint
+        assert "set auth.client_cert_file and client_key_file" in refused.value.reason
     assert cluster.held() == set()
 
 
@@ -80,4 +82,19 @@ def test_plain_http_to_a_tls_agent_gets_nowhere(mtls_cluster: FaultCluster) -> N
     inventory.write_text(text)
     result = cluster.snapctl("backup", inventory=inventory)
     assert result.returncode == ExitCode.PREFLIGHT_REFUSED, result.stderr
+    assert "use https:// for it" in result.stderr
     assert cluster.held() == set()
+
+
+def test_https_to_a_plain_http_agent_says_it_answers_in_plain_http(tmp_path: Path) -> None:
+    (tmp_path / "plain").mkdir()
+    cluster = FaultCluster(tmp_path / "plain", nodes=("node1",))
+    try:
+        cluster.start()
+        inventory = cluster.write_inventory(cluster.directory / "tls.yaml")
+        inventory.write_text(inventory.read_text().replace("http://", "https://"))
+        result = cluster.snapctl("status", inventory=inventory)
+        assert result.returncode == ExitCode.CRITICAL, result.stderr
+        assert "tls with the agent at https://127.0.0.1:" in result.stdout and "it answers in plain http" in result.stdout
+    finally:
+        cluster.close()
