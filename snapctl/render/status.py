@@ -186,7 +186,7 @@ def _raft_table(groups) -> Table:
                 busy = f" {_age(m.snapshot_busy_s)}" if m.snapshot_busy_s is not None else ""
                 snapshot += f" [yellow]{escape(m.snapshot_status)}{busy}[/]"
             table.add_row(Text(g.group if index == 0 else ""), Text(_short(m.member)),
-                          Text(m.node) if m.node else "[dim]not monitored[/]", role,
+                          Text(m.node) if m.node else "[dim]seen by peers only[/]", role,
                           _n(m.term), _n(m.commit_index), _n(m.applied_index), lag, snapshot)
     return table
 
