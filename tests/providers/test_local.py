@@ -222,6 +222,9 @@ def test_failure_part_way_removes_everything_this_call_made(
         _snap(provider, volumes, "run1")
     message = str(info.value)
     assert "node n1" in message and "volume wal" in message and "000001.log" in message and "no space left" in message
+    # The store is full, not the database's disk: the path named is the copy's, in the store.
+    assert f"failed writing {provider.store.root}/" in message and str(tmp_path / "wal") + "/" not in message
+    assert info.value.hint.startswith(f"free space in the snapshot store {provider.store.root}")
     assert [p.name for p in _node_dir(provider).iterdir()] == [".lock"]
     assert provider.find({}) == []
 

@@ -32,6 +32,8 @@ USERSPACE_CHUNK = 1024 * 1024
 # Errors that mean "this kind of copy is not possible here", as opposed to a real I/O failure.
 _UNSUPPORTED = {errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EPERM, errno.EBADF}
 _LINK_FALLBACK = {errno.ENOENT, errno.EMLINK, errno.EXDEV, errno.EPERM}
+# Errors only a copy's destination gives (the source is only read), whatever path they name.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 
 ReflinkMode = Literal["auto", "always", "never"]
 # now: on disk when copy_tree returns; later: write-back started, the fsyncs left to the caller
@@ -56,12 +58,19 @@ class ReflinkUnsupported(OSError):
 
 
 class TreeCopyError(Exception):
-    """A file or directory of the tree could not be copied; ``path`` is the source path."""
+    """A file or directory of the tree could not be copied. ``path`` is where it failed: the copy's
+    side (``writing``) when the error is the destination's (a full store, a directory that cannot
+    be made), else the source's, so that a full store is never blamed on the database's disk."""
 
-    def __init__(self, path: Path, cause: OSError) -> None:
-        super().__init__(f"{path}: {os_reason(cause)}")
-        self.path = path
+    def __init__(self, path: Path, cause: OSError, *, dst: str | os.PathLike[str] | None = None,
+                 writing: bool = False) -> None:
+        if dst is not None and not writing:
+            named = {os.fspath(n) for n in (cause.filename, cause.filename2) if isinstance(n, (str, os.PathLike))}
+            writing = os.fspath(dst) in named or cause.errno in _WRITE_ERRNOS
+        self.path = Path(dst) if writing and dst is not None else path
+        self.writing = writing
         self.cause = cause
+        super().__init__(f"{self.path}: {os_reason(cause)}")
 
 
 @dataclass(frozen=True)
@@ -236,7 +245,7 @@ def copy_tree(
             try:
                 _apply_metadata(dst_dir, dir_stat, as_root, symlink=False)
             except OSError as exc:
-                raise TreeCopyError(Path(dst_dir), exc) from exc
+                raise TreeCopyError(Path(dst_dir), exc, writing=True) from exc
     except BaseException:
         durability.cancel()
         raise
@@ -295,7 +304,7 @@ class _Copies:
                  stop: threading.Event | None = None) -> None:
         self._executor = ThreadPoolExecutor(max(1, threads), thread_name_prefix="snapctl-copy")
         self._backlog = 4 * max(1, threads)
-        self._pending: dict[Future[str], str | Path] = {}
+        self._pending: dict[Future[str], tuple[Path, Path]] = {}  # the copy -> (source, destination)
         self._stats = stats
         self._durability = durability
         self._stop = stop
@@ -317,7 +326,7 @@ class _Copies:
         if len(self._pending) >= self._backlog:
             self._collect(FIRST_COMPLETED)
         future = self._executor.submit(self._copy_or_abandon, copier, src, dst, st, as_root)
-        self._pending[future] = src
+        self._pending[future] = (src, dst)
 
     def finish(self) -> None:
         self._collect(ALL_COMPLETED)
@@ -341,9 +350,9 @@ class _Copies:
             done, _ = wait(self._pending, return_when=ALL_COMPLETED)
             failed = [(self._pending[f], f.exception()) for f in done if f.exception() is not None]
             self._pending.clear()
-            path, exc = next(((p, e) for p, e in failed if not isinstance(e, CopyStopped)), failed[0])
+            (src, dst), exc = next(((p, e) for p, e in failed if not isinstance(e, CopyStopped)), failed[0])
             if isinstance(exc, OSError) and not isinstance(exc, ReflinkUnsupported):
-                raise TreeCopyError(Path(path), exc) from exc
+                raise TreeCopyError(src, exc, dst=dst) from exc
             raise exc
         for future in done:
             self._pending.pop(future)
@@ -383,7 +392,7 @@ def _copy_entries(src_root: Path, dst_root: Path, copier: FileCopier, link_from:
             with os.scandir(src_dir) as entries:
                 children = sorted(entries, key=lambda e: e.name)
         except OSError as exc:
-            raise TreeCopyError(Path(src_dir), exc) from exc
+            raise TreeCopyError(Path(src_dir), exc, dst=dst_dir) from exc
         for entry in children:
             src, dst, rel = entry.path, os.path.join(dst_dir, entry.name), rel_dir + entry.name
             try:
@@ -405,7 +414,7 @@ def _copy_entries(src_root: Path, dst_root: Path, copier: FileCopier, link_from:
             except ReflinkUnsupported:
                 raise
             except OSError as exc:
-                raise TreeCopyError(Path(src), exc) from exc
+                raise TreeCopyError(Path(src), exc, dst=dst) from exc
 
 
 def _linked(earlier: str, dst: str, stats: CopyStats) -> bool:

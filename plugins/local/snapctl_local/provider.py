@@ -3,6 +3,7 @@ snapctl out on one machine. See docs/providers/local.md."""
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from collections.abc import Mapping
@@ -316,6 +317,9 @@ class LocalProvider:
                 hint="set reflink: auto (falls back to copies) or put the store on btrfs/xfs/zfs with reflink",
             ) from exc
         except TreeCopyError as exc:
+            if exc.writing:
+                raise ProviderError(f"{where} failed writing {exc.path}: {os_reason(exc.cause)}",
+                                    hint=_store_hint(exc.cause, self.store.root)) from exc
             raise ProviderError(f"{where} failed at {exc.path}: {os_reason(exc.cause)}") from exc
         except OSError as exc:
             raise ProviderError(f"{where} failed writing {partial}: {os_reason(exc)}") from exc
@@ -425,3 +429,11 @@ class LocalProvider:
 def _unusable_target(ref: SnapshotRef, dest: Path, exc: OSError) -> BadInputError:
     return BadInputError(f"node {ref.node}: cannot restore to {dest}: {os_reason(exc)}",
                          hint="restore into a directory that snapctl can create and write to (--to DIR, or restore.path)")
+
+
+def _store_hint(cause: OSError, store: Path) -> str | None:
+    if cause.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"free space in the snapshot store {store} (snapctl prune deletes old runs), or point provider.store elsewhere"
+    if cause.errno == errno.EROFS:
+        return f"the snapshot store {store} is read-only: remount it read-write, or point provider.store elsewhere"
+    return None
