@@ -396,6 +396,9 @@ async def _roll_back(run: _Run, cause: BaseException) -> None:
                                                f"its lease expires within {policy.lease_ttl_s:g}s")
         else:
             run.held.discard(node)
+            record = manifest.nodes[node]
+            if node in run.prepare_acked and record.freeze_window_s is None:  # how long the failure held it
+                record.freeze_window_s = round(time.monotonic() - run.frozen_since(node), 6)
             run.reporter.node(node, "released", "rolled back")
     # Snapshot calls still running in threads finish (bounded by the provider's own timeouts)
     # before we look for what they made.
