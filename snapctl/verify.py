@@ -16,7 +16,7 @@ from snapctl.catalog import open_catalog
 from snapctl.config import Inventory
 from snapctl.errors import BadInputError
 from snapctl.manifest import Manifest
-from snapctl.providers import TAG_RUN, SnapshotRef, create_provider
+from snapctl.providers import TAG_RUN, Provider, SnapshotRef, create_provider
 
 CheckState = Literal["ok", "missing", "incomplete", "failed", "damaged"]
 # How many problems one snapshot reports before "and N more": a gutted snapshot lists thousands.
@@ -59,15 +59,20 @@ def verify_run(inventory: Inventory, run_ref: str) -> VerifyResult:
         if not record.snapshots:
             result.problems.append(f"node {name}: the manifest records no snapshots")
         for ref in record.snapshots:
-            result.snapshots.append(_check(ref, found.get(ref.snapshot_id), manifest))
+            result.snapshots.append(_check(ref, found.get(ref.snapshot_id), manifest, provider))
     return result
 
 
-def _check(recorded: SnapshotRef, current: SnapshotRef | None, manifest: Manifest) -> SnapshotCheck:
+def _check(recorded: SnapshotRef, current: SnapshotRef | None, manifest: Manifest, provider: Provider) -> SnapshotCheck:
     check = SnapshotCheck(recorded.node, recorded.volume, recorded.snapshot_id, "ok")
     if current is None:
-        check.state = "missing"
-        check.problems.append(f"snapshot {recorded.snapshot_id} no longer exists")
+        # Unlisted can also mean unreadable: the local provider lists a snapshot by the tags in
+        # its snapshot.json, so a damaged one is not found although its files are all there.
+        damage = getattr(provider, "damage", None)
+        why = damage(recorded) if damage is not None and recorded.provider == provider.name else None
+        check.state = "damaged" if why else "missing"
+        check.problems.append(f"snapshot {recorded.snapshot_id} is damaged: {why}" if why else
+                              f"snapshot {recorded.snapshot_id} no longer exists")
         return check
     check.progress, check.bytes = current.progress, current.bytes
     if current.state == "error":

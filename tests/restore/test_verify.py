@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import subprocess
 import sys
+
+import pytest
 
 from snapctl.errors import ExitCode
 from snapctl.verify import verify_run
@@ -66,3 +69,26 @@ def test_a_no_wait_local_run_stays_pending_until_a_restore_makes_it_durable(sqli
 
     assert restore_run(sqlite_cluster.inventory, manifest.run_id, tmp_path / "restored").ok
     assert verify_run(sqlite_cluster.inventory, manifest.run_id).ok
+
+
+def test_a_damaged_snapshot_json_is_reported_as_damaged_not_as_missing(sqlite_cluster, tmp_path):
+    from snapctl.errors import ProviderError, SnapshotNotFound
+    from snapctl.restore import restore_run
+
+    run_id = sqlite_cluster.backup()
+    metadata = sqlite_cluster.snapshot_data("n2", run_id).parent / "snapshot.json"
+    metadata.write_bytes(b'{"x')  # the directory and its files are all there
+
+    [n1, n2] = sorted(verify_run(sqlite_cluster.inventory, run_id).snapshots, key=lambda s: s.node)
+    assert n1.state == "ok"
+    damaged = f"snapshot {n2.snapshot_id} is damaged: {metadata} is not valid JSON"
+    assert n2.state == "damaged" and n2.problems == [damaged]
+
+    with pytest.raises(ProviderError, match=re.escape(f"node n2: {damaged}")) as raised:
+        restore_run(sqlite_cluster.inventory, run_id, tmp_path / "restored")
+    assert not isinstance(raised.value, SnapshotNotFound)
+    assert "restore another run" in raised.value.hint
+
+    metadata.unlink()  # a restart that lost it: still there, still not a missing snapshot
+    [_, n2] = sorted(verify_run(sqlite_cluster.inventory, run_id).snapshots, key=lambda s: s.node)
+    assert n2.problems == [f"snapshot {n2.snapshot_id} is damaged: {metadata} is missing"]

@@ -212,6 +212,22 @@ def test_a_snapshot_without_this_clusters_tag_is_never_deleted(scene: Scene) -> 
     assert scene.catalog.load("r0").status == "pruning"  # stays marked: the next prune retries it
 
 
+def test_a_snapshot_with_a_damaged_snapshot_json_is_named_as_damaged_and_kept(scene: Scene) -> None:
+    old = scene.add_run("r0", T0)
+    scene.add_run("r1", T0 + timedelta(days=1))
+    damaged = old.nodes["n1"].snapshots[0]
+    metadata = Path(damaged.extra["path"]) / "snapshot.json"
+    metadata.write_bytes(b'{"x')
+
+    result = prune(inventory(scene, {"keep_last": 1, "daily": 0, "weekly": 0, "monthly": 0}))
+
+    [unfinished] = result.unfinished
+    assert unfinished.run_id == "r0"
+    assert unfinished.error == (f"snapshot {damaged.snapshot_id}: node n1: refusing to delete snapshot "
+                                f"{damaged.snapshot_id}: {metadata} is not valid JSON")
+    assert metadata.parent.is_dir() and scene.catalog.load("r0").status == "pruning"
+
+
 def test_unreadable_manifests_are_reported_and_left_alone(scene: Scene) -> None:
     scene.add_run("r0", T0)
     scene.add_run("r1", T0 + timedelta(days=1))

@@ -53,6 +53,7 @@ from .store import (
     fsync_dir,
     mark_completed,
     mark_failed,
+    metadata_damage,
     read_metadata,
     read_restore_marker,
     remove_tree,
@@ -137,6 +138,8 @@ class LocalProvider:
             snap_dir = self._snapshot_dir(ref)
             meta = read_metadata(snap_dir)
             if meta is None:
+                if damage := metadata_damage(snap_dir):
+                    raise _damaged(ref, damage, hint="take a new backup")
                 raise SnapshotNotFound(
                     f"node {ref.node}: snapshot {ref.snapshot_id} of volume {ref.volume} is missing from "
                     f"{self.store.cluster_dir}",
@@ -154,9 +157,11 @@ class LocalProvider:
             return
         meta = read_metadata(snap_dir)
         if meta is None:
+            damage = metadata_damage(snap_dir) or f"{snap_dir / METADATA} is unreadable"
             raise ProviderError(
-                f"node {ref.node}: {snap_dir} has no readable snapshot.json; refusing to delete it",
-                hint="snapctl did not make it, or it is damaged: remove it by hand if you are sure",
+                f"node {ref.node}: refusing to delete snapshot {ref.snapshot_id}: {damage}",
+                hint=f"without it snapctl cannot tell whose snapshot this is: remove {snap_dir} by hand if you "
+                     "are sure",
             )
         recorded = (meta.get("tags") or {}).get(TAG_CLUSTER)
         if recorded != self.cluster:
@@ -193,6 +198,11 @@ class LocalProvider:
                 found.append(self._ref(meta, snap_dir))
         return sorted(found, key=lambda r: (r.created_at or "", r.node, r.volume))
 
+    def damage(self, ref: SnapshotRef) -> str | None:
+        """Why a snapshot that ``find`` does not list is there but unusable (its snapshot.json is
+        damaged or missing, so its tags cannot be read); None when it is gone. For `snapctl verify`."""
+        return metadata_damage(self._snapshot_dir(ref))
+
     def restore(self, ref: SnapshotRef, target: RestoreTarget) -> str:
         if target.path is None:
             raise BadInputError(f"node {ref.node}: restoring a local snapshot needs a target path")
@@ -208,6 +218,9 @@ class LocalProvider:
         snap_dir = self._snapshot_dir(ref)
         meta = read_metadata(snap_dir)
         if meta is None:
+            if damage := metadata_damage(snap_dir):
+                raise _damaged(ref, damage, hint="restore another run (`snapctl list`); `snapctl verify RUN` checks "
+                                                 "a run's snapshots without restoring")
             raise SnapshotNotFound(f"node {ref.node}: snapshot {ref.snapshot_id} not found in {self.store.cluster_dir}")
         # A backup run with --no-wait left it pending: copy out nothing that is not on disk yet.
         self._make_durable(ref.node, snap_dir, meta, deadline=None)
@@ -424,6 +437,11 @@ class LocalProvider:
                 "path": str(snap_dir),
             },
         )
+
+
+def _damaged(ref: SnapshotRef, damage: str, *, hint: str) -> ProviderError:
+    # Not SnapshotNotFound: for a delete that counts as done, and the directory is still there.
+    return ProviderError(f"node {ref.node}: snapshot {ref.snapshot_id} is damaged: {damage}", hint=hint)
 
 
 def _unusable_target(ref: SnapshotRef, dest: Path, exc: OSError) -> BadInputError:

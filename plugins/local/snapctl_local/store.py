@@ -41,7 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from snapctl.errors import ProviderError
+from snapctl.errors import ProviderError, os_reason
 from snapctl.providers import TAG_CLUSTER
 
 METADATA = "snapshot.json"
@@ -145,6 +145,22 @@ def _visible_dirs(parent: Path) -> list[Path]:
 def read_metadata(snap_dir: Path) -> dict[str, Any] | None:
     """The snapshot's metadata, or None when it is missing or unreadable."""
     return _read_json(snap_dir / METADATA)
+
+
+def metadata_damage(snap_dir: Path) -> str | None:
+    """What is wrong with the ``snapshot.json`` of a snapshot directory that is there ("<path> is
+    not valid JSON"); None when it reads, or when the directory itself is gone. ``read_metadata``
+    says None for both, and a damaged snapshot must not be reported as a missing one."""
+    path = snap_dir / METADATA
+    try:
+        document = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return f"{path} is missing" if snap_dir.is_dir() else None
+    except OSError as exc:
+        return f"{path} cannot be read: {os_reason(exc)}"
+    except ValueError:
+        return f"{path} is not valid JSON"
+    return None if isinstance(document, dict) else f"{path} is not a JSON object"
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
