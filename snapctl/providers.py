@@ -101,6 +101,10 @@ class Provider(Protocol):
     run in several worker processes, the first imports these once and then forks the others, so
     that each does not import the SDK again (google-cloud-compute's import is ~1.6 s of CPU).
     Only modules that start no thread and open nothing when imported belong there.
+
+    Optional: a method ``check_restore(ref, target)`` that raises what ``restore`` would refuse
+    (``BadInputError`` for an unusable target, ``ProviderError`` for an unusable snapshot) and
+    makes nothing. `snapctl restore` calls it for every volume of the run before restoring any.
     """
 
     name: str

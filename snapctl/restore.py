@@ -10,6 +10,7 @@ against the facts recorded at PREPARE; ``snapctl drill`` starts and verifies eve
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -19,10 +20,12 @@ from typing import Any
 from node_agent.models import VerifyFacts
 from snapctl.catalog import Catalog, open_catalog
 from snapctl.config import Inventory, Node
-from snapctl.errors import BadInputError
+from snapctl.errors import BadInputError, SnapctlError
 from snapctl.evidence import compare_facts, missing_files, moved_path, volume_roots
 from snapctl.manifest import Manifest, NodeRecord
 from snapctl.providers import Provider, RestoreTarget, SnapshotRef, create_provider
+
+_NAMED = 5  # restored volumes a failure's hint names, of a cluster's hundreds
 
 __all__ = ["NodeRestore", "RestoreResult", "compare_facts", "load_restorable", "remap_paths", "restore_run"]
 
@@ -64,15 +67,49 @@ def restore_run(inventory: Inventory, run_ref: str, to: Path | None = None, *, z
                                      "or set restore.path / restore.zone on the node")
     provider = create_provider(inventory.provider, cluster=inventory.cluster, base_dir=inventory.base_dir)
     where = str(to) if to is not None else (f"zone {zone}" if zone else "each node's restore target")
+    roots = {name: to / name if to is not None else
+             (inventory.resolve(node.restore.path) if node.restore.path else None) for name, node in nodes.items()}
+    check_targets(provider, manifest, nodes, roots, zone=zone, attach=attach)
     result = RestoreResult(manifest.run_id, where, [])
-    for name, record in manifest.nodes.items():
-        node = nodes[name]
-        root = to / name if to is not None else (inventory.resolve(node.restore.path) if node.restore.path else None)
-        node_result = NodeRestore(name)
-        node_result.volumes = restore_volumes(provider, node, record, root=root, zone=zone, attach=attach)
-        _prepare_and_check(inventory, node, record, node_result, verify=verify, attached=attach)
-        result.nodes.append(node_result)
+    made: list[tuple[SnapshotRef, str]] = []
+    try:
+        for name, record in manifest.nodes.items():
+            node = nodes[name]
+            node_result = NodeRestore(name)
+            node_result.volumes = restore_volumes(provider, node, record, root=roots[name], zone=zone, attach=attach,
+                                                  made=made)
+            _prepare_and_check(inventory, node, record, node_result, verify=verify, attached=attach)
+            result.nodes.append(node_result)
+    except SnapctlError as exc:
+        if made:  # a retry into the same place would now find them: say what they are
+            done = ", ".join(f"{ref.node}/{ref.volume} at {restored}" for ref, restored in made[:_NAMED])
+            done += f" and {len(made) - _NAMED} more" if len(made) > _NAMED else ""
+            cleanup = ("remove them, and the .snapctl-restore.json beside each, before restoring into the same "
+                       "place again" if restored_files({r: r for _, r in made}) else "delete them if you restore again")
+            exc.hint = (f"{exc.hint}; " if exc.hint else "") + f"restored before this failure: {done}; {cleanup}"
+        raise
     return result
+
+
+def check_targets(provider: Provider, manifest: Manifest, nodes: dict[str, Node], roots: dict[str, Path | None], *,
+                  zone: str | None, attach: bool) -> None:
+    """Every volume's target and snapshot, before any is restored: a target found unusable after
+    other nodes were copied would leave a partial restore, which then blocks the retry (a local
+    target must be empty). Providers without ``check_restore`` find out as they restore."""
+    check = getattr(provider, "check_restore", None)
+    claimed: dict[Path, str] = {}
+    for name, record in manifest.nodes.items():
+        for ref in record.snapshots:
+            target = restore_target(nodes[name], ref.volume, root=roots[name], zone=zone, attach=attach)
+            if target.path is not None:
+                path = Path(os.path.abspath(target.path))
+                if path in claimed:
+                    raise BadInputError(f"{claimed[path]} and node {name} volume {ref.volume} would both be "
+                                        f"restored to {path}",
+                                        hint="give each node its own restore.path")
+                claimed[path] = f"node {name} volume {ref.volume}"
+            if check is not None:
+                check(ref, target)
 
 
 def load_restorable(catalog: Catalog, run_ref: str) -> Manifest:

@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 
 from snapctl.config import parse_inventory
-from snapctl.errors import BadInputError
+from snapctl.errors import BadInputError, SnapctlError
 from snapctl.providers import RestoreTarget
 from snapctl.restore import remap_paths, restore_run, restore_target
 from tests.restore.conftest import ROWS, scratch_agent
@@ -29,6 +29,44 @@ def test_restore_to_a_directory_prepares_and_verifies_each_node(sqlite_cluster, 
         assert node.volumes == {"data": str(tmp_path / "again" / node.node / "data")}
         assert node.prepared == "in-process"
         assert node.facts.tables["items"].rows == ROWS and node.mismatches == []
+
+
+def test_every_target_is_checked_before_any_node_is_restored(sqlite_cluster, tmp_path):
+    run_id = sqlite_cluster.backup()
+    target = tmp_path / "restored"
+    (target / "n2" / "data").mkdir(parents=True)
+    (target / "n2" / "data" / "x").write_bytes(b"")  # only n2's target is in the way
+
+    with pytest.raises(BadInputError, match=f"node n2: restore target {target / 'n2' / 'data'} is not an empty"):
+        restore_run(sqlite_cluster.inventory, run_id, target)
+    assert not (target / "n1").exists(), "n1 was not restored before n2's target was found unusable"
+
+    (target / "n2" / "data" / "x").unlink()
+    assert restore_run(sqlite_cluster.inventory, run_id, target).ok  # so the retry just works
+
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(BadInputError, match=f"node n1: cannot restore to {tmp_path / 'file' / 'n1' / 'data'}: "
+                                            f"{tmp_path / 'file'} is not a directory"):
+        restore_run(sqlite_cluster.inventory, run_id, tmp_path / "file")
+
+    sqlite_cluster.edit(node_n1={"restore": {"path": "same"}}, node_n2={"restore": {"path": "same"}})
+    with pytest.raises(BadInputError, match=f"node n1 volume data and node n2 volume data would both be restored to "
+                                            f"{tmp_path / 'same' / 'data'}"):
+        restore_run(sqlite_cluster.inventory, run_id)
+    assert not (tmp_path / "same").exists()
+
+
+def test_a_restore_that_fails_after_restoring_some_volumes_names_them(sqlite_cluster, tmp_path):
+    run_id = sqlite_cluster.backup()
+    (sqlite_cluster.snapshot_data("n2", run_id) / "app.db").write_bytes(b"not a database" * 512)
+    target = tmp_path / "restored"
+
+    with pytest.raises(SnapctlError) as raised:
+        restore_run(sqlite_cluster.inventory, run_id, target)
+
+    assert raised.value.hint.endswith(
+        f"restored before this failure: n1/data at {target / 'n1' / 'data'}, n2/data at {target / 'n2' / 'data'}; "
+        "remove them, and the .snapctl-restore.json beside each, before restoring into the same place again")
 
 
 def test_each_node_restores_to_its_own_restore_path_when_no_target_is_given(sqlite_cluster, tmp_path):

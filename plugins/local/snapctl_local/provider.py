@@ -203,25 +203,33 @@ class LocalProvider:
         damaged or missing, so its tags cannot be read); None when it is gone. For `snapctl verify`."""
         return metadata_damage(self._snapshot_dir(ref))
 
-    def restore(self, ref: SnapshotRef, target: RestoreTarget) -> str:
-        if target.path is None:
-            raise BadInputError(f"node {ref.node}: restoring a local snapshot needs a target path")
-        dest = self._restore_path(str(target.path))
-        try:
-            if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-                raise BadInputError(
-                    f"node {ref.node}: restore target {dest} is not an empty directory",
-                    hint="restore into a new or empty directory; snapctl never overwrites files",
-                )
-        except OSError as exc:
-            raise _unusable_target(ref, dest, exc) from exc
+    def check_restore(self, ref: SnapshotRef, target: RestoreTarget) -> None:
+        """What ``restore`` would refuse, without copying anything: a restore of several volumes
+        checks them all first, so that a bad target or snapshot is not found after other volumes
+        were copied (and then block the retry: a target must be empty)."""
+        dest = self._restore_dest(ref, target)
+        # restore() makes the missing directories and renames its staging directory into place
+        # there; the nearest one that exists must let it.
+        parent = dest.parent
+        while not os.path.lexists(parent):
+            parent = parent.parent
+        if not parent.is_dir():
+            raise BadInputError(f"node {ref.node}: cannot restore to {dest}: {parent} is not a directory",
+                                hint=_TARGET_HINT)
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise BadInputError(f"node {ref.node}: cannot restore to {dest}: {parent} is not writable",
+                                hint=_TARGET_HINT)
         snap_dir = self._snapshot_dir(ref)
-        meta = read_metadata(snap_dir)
-        if meta is None:
-            if damage := metadata_damage(snap_dir):
-                raise _damaged(ref, damage, hint="restore another run (`snapctl list`); `snapctl verify RUN` checks "
-                                                 "a run's snapshots without restoring")
-            raise SnapshotNotFound(f"node {ref.node}: snapshot {ref.snapshot_id} not found in {self.store.cluster_dir}")
+        meta = self._restorable_metadata(ref, snap_dir)
+        state, error = snapshot_state(snap_dir, meta)
+        if state == "error":
+            raise ProviderError(f"node {ref.node}: snapshot {ref.snapshot_id} of volume {meta.get('volume')} {error}",
+                                hint="take a new backup")
+
+    def restore(self, ref: SnapshotRef, target: RestoreTarget) -> str:
+        dest = self._restore_dest(ref, target)
+        snap_dir = self._snapshot_dir(ref)
+        meta = self._restorable_metadata(ref, snap_dir)
         # A backup run with --no-wait left it pending: copy out nothing that is not on disk yet.
         self._make_durable(ref.node, snap_dir, meta, deadline=None)
         try:
@@ -282,6 +290,30 @@ class LocalProvider:
             marker.unlink(missing_ok=True)  # last: a removal that fails part way can be retried
         except OSError as exc:
             raise ProviderError(f"cannot delete the restored directory {dest}: {os_reason(exc)}") from exc
+
+    def _restore_dest(self, ref: SnapshotRef, target: RestoreTarget) -> Path:
+        """The target's directory, which must not exist yet or be empty."""
+        if target.path is None:
+            raise BadInputError(f"node {ref.node}: restoring a local snapshot needs a target path")
+        dest = self._restore_path(str(target.path))
+        try:
+            if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+                raise BadInputError(
+                    f"node {ref.node}: restore target {dest} is not an empty directory",
+                    hint="restore into a new or empty directory; snapctl never overwrites files",
+                )
+        except OSError as exc:
+            raise _unusable_target(ref, dest, exc) from exc
+        return dest
+
+    def _restorable_metadata(self, ref: SnapshotRef, snap_dir: Path) -> dict[str, Any]:
+        meta = read_metadata(snap_dir)
+        if meta is None:
+            if damage := metadata_damage(snap_dir):
+                raise _damaged(ref, damage, hint="restore another run (`snapctl list`); `snapctl verify RUN` checks "
+                                                 "a run's snapshots without restoring")
+            raise SnapshotNotFound(f"node {ref.node}: snapshot {ref.snapshot_id} not found in {self.store.cluster_dir}")
+        return meta
 
     def _restore_path(self, volume_id: str) -> Path:
         dest = Path(os.path.expanduser(volume_id))
@@ -444,9 +476,11 @@ def _damaged(ref: SnapshotRef, damage: str, *, hint: str) -> ProviderError:
     return ProviderError(f"node {ref.node}: snapshot {ref.snapshot_id} is damaged: {damage}", hint=hint)
 
 
+_TARGET_HINT = "restore into a directory that snapctl can create and write to (--to DIR, or restore.path)"
+
+
 def _unusable_target(ref: SnapshotRef, dest: Path, exc: OSError) -> BadInputError:
-    return BadInputError(f"node {ref.node}: cannot restore to {dest}: {os_reason(exc)}",
-                         hint="restore into a directory that snapctl can create and write to (--to DIR, or restore.path)")
+    return BadInputError(f"node {ref.node}: cannot restore to {dest}: {os_reason(exc)}", hint=_TARGET_HINT)
 
 
 def _store_hint(cause: OSError, store: Path) -> str | None:
