@@ -3,12 +3,14 @@
 Prune, under the cluster lock:
 1. plan: the policy (snapctl.retention) over every readable manifest; a run already marked
    ``pruning`` by an earlier, interrupted prune is in the plan whatever the policy says; a run a
-   drill is restoring is kept (drills take no lock: they would wait for, and hold up, backups);
+   restore or drill is restoring is kept (they take no lock: they would wait for, and hold up,
+   backups; each is on record in the catalog while it runs instead);
 2. mark every doomed run first (status ``pruning``, the old status kept in ``extra.pruning``), so
    from here on no restore or ``latest`` picks it, and a prune killed at any later point is
    finished by the next one;
 3. delete each doomed run's snapshots (those its manifest names plus any tagged with its run id),
-   oldest run first, then its manifest. Providers refuse snapshots without this cluster's tag;
+   oldest run first, then its manifest; a run a restore or drill began on meanwhile is unmarked
+   and kept instead. Providers refuse snapshots without this cluster's tag;
    such a run stays marked and is reported.
 
 gc: every snapshot tagged with this cluster that no manifest owns. Snapshots of the run holding
@@ -38,6 +40,24 @@ if TYPE_CHECKING:
 
 StillLocked = Callable[[], None]  # raises when the cluster lock is no longer ours
 _DRILL_TEARDOWN_S = 600.0  # beyond drill.timeout_s, what an unfinished drill record still protects
+# What an unfinished restore record protects, from the restore's start. A restore has no time
+# limit of its own (a large local copy can take hours); a day outlasts any plausible one, and a
+# restore killed outright then holds back its run's deletion by a day at most.
+RESTORE_GUARD_S = 86400.0
+
+
+@dataclass(frozen=True)
+class _InUse:
+    """A command that restores a run without the cluster lock, and records itself instead in
+    ``<cluster>/<folder>/<run>-<id>.json`` with ``started_at``, ``finished_at`` and ``<noun>_id``."""
+
+    folder: str
+    noun: str
+    doing: str  # as in "being <doing>"
+
+
+_RESTORE = _InUse("restores", "restore", "restored")
+_DRILL = _InUse("drills", "drill", "drilled")
 
 
 @dataclass
@@ -103,7 +123,7 @@ def plan(catalog: Catalog, provider: Provider, retention: Retention, drill_timeo
     result.kept = [_verdict(d) for d in decided.keep]
     for decision in decided.delete:
         verdict = _verdict(decision)
-        if _spared_for_a_drill(catalog, verdict, result, drill_timeout_s):
+        if _spared_while_in_use(catalog, verdict, result, drill_timeout_s):
             continue
         try:
             manifest = catalog.load(decision.run.run_id)
@@ -124,18 +144,28 @@ def apply(planned: PruneResult, catalog: Catalog, provider: Provider, still_lock
     result = PruneResult(planned.cluster, False, planned.retention, list(planned.kept), [],
                          list(planned.unfinished), planned.problems)
     doomed: list[tuple[RunVerdict, Manifest]] = []
+    marked: set[str] = set()  # by this prune
     for verdict in planned.deleted:
         still_locked()
-        if _spared_for_a_drill(catalog, verdict, result, drill_timeout_s):  # one began since the plan
+        if _spared_while_in_use(catalog, verdict, result, drill_timeout_s):  # one began since the plan
             continue
         manifest = catalog.load(verdict.run_id)
         if manifest.status != PRUNING:
             manifest.extra[PRUNING] = {"was": manifest.status, "since": datetime.now(UTC).isoformat()}
             manifest.status = PRUNING  # type: ignore[assignment]
             catalog.save(manifest)
+            marked.add(manifest.run_id)
         doomed.append((verdict, manifest))
     tagged = _by_run(provider.find({TAG_CLUSTER: catalog.cluster})) if doomed else {}
     for verdict, manifest in doomed:
+        still_locked()
+        # Once more, now that the run is marked: a restore records itself before it reads the run's
+        # status, so one that read it just before the mark (and goes on) is on record by now.
+        if _spared_while_in_use(catalog, verdict, result, drill_timeout_s):
+            if manifest.run_id in marked:
+                manifest.status = manifest.extra.pop(PRUNING)["was"]
+                catalog.save(manifest)
+            continue
         refs = _unique(manifest.snapshot_refs() + tagged.get(manifest.run_id, []))
         failures = []
         for ref in refs:
@@ -275,22 +305,24 @@ class _Locked:
                 return
 
 
-def _spared_for_a_drill(catalog: Catalog, verdict: RunVerdict, result: PruneResult, drill_timeout_s: float) -> bool:
-    """Keep ``verdict``'s run when a drill of it is under way: the drill restores from its
-    snapshots. A drill's record says it finished; one killed outright never does, so a record
-    older than the drill's time budget and its teardown no longer counts."""
+def _spared_while_in_use(catalog: Catalog, verdict: RunVerdict, result: PruneResult, drill_timeout_s: float) -> bool:
+    """Keep ``verdict``'s run when a restore or drill of it is under way: it restores from the
+    run's snapshots. Its record says when it finished; one killed outright never does, so a record
+    older than its time budget (a drill's: drill.timeout_s and its teardown) no longer counts."""
     now = datetime.now(UTC)
-    for key in catalog.store.list(f"{catalog.cluster}/drills/{verdict.run_id}-"):
-        try:
-            record = json.loads(catalog.store.read(key) or b"{}")
-            started = datetime.fromisoformat(record["started_at"])
-        except (ValueError, KeyError, TypeError):
-            continue  # unreadable: it cannot say a drill is running
-        if record.get("finished_at") is None and (now - started).total_seconds() < drill_timeout_s + _DRILL_TEARDOWN_S:
-            kept = RunVerdict(verdict.run_id, verdict.started_at, verdict.status,
-                              [f"being drilled (drill {record.get('drill_id')}, started {started:%Y-%m-%d %H:%M}Z)"])
-            result.kept = sorted([*result.kept, kept], key=lambda v: v.started_at, reverse=True)
-            return True
+    for use, budget_s in ((_RESTORE, RESTORE_GUARD_S), (_DRILL, drill_timeout_s + _DRILL_TEARDOWN_S)):
+        for key in catalog.store.list(f"{catalog.cluster}/{use.folder}/{verdict.run_id}-"):
+            try:
+                record = json.loads(catalog.store.read(key) or b"{}")
+                started = datetime.fromisoformat(record["started_at"])
+            except (ValueError, KeyError, TypeError, AttributeError):
+                continue  # unreadable: it cannot say a restore or drill is running
+            if record.get("finished_at") is None and (now - started).total_seconds() < budget_s:
+                what = f"{use.noun} {record.get(f'{use.noun}_id')}"
+                why = f"being {use.doing} ({what}, started {started:%Y-%m-%d %H:%M}Z)"
+                kept = RunVerdict(verdict.run_id, verdict.started_at, verdict.status, [why])
+                result.kept = sorted([*result.kept, kept], key=lambda v: v.started_at, reverse=True)
+                return True
     return False
 
 

@@ -11,23 +11,28 @@ against the facts recorded at PREPARE; ``snapctl drill`` starts and verifies eve
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from node_agent.models import VerifyFacts
 from snapctl.catalog import Catalog, open_catalog
 from snapctl.config import Inventory, Node
-from snapctl.errors import BadInputError, SnapctlError
+from snapctl.errors import BadInputError, CatalogError, Interrupted, SnapctlError
 from snapctl.evidence import compare_facts, missing_files, moved_path, volume_roots
 from snapctl.manifest import Manifest, NodeRecord
 from snapctl.providers import Provider, RestoreTarget, SnapshotRef, create_provider
 
 _NAMED = 5  # restored volumes a failure's hint names, of a cluster's hundreds
 
-__all__ = ["NodeRestore", "RestoreResult", "compare_facts", "load_restorable", "remap_paths", "restore_run"]
+__all__ = ["NodeRestore", "RestoreRecord", "RestoreResult", "compare_facts", "load_restorable", "remap_paths",
+           "restore_run"]
 
 
 @dataclass
@@ -45,19 +50,81 @@ class RestoreResult:
     run_id: str
     target: str
     nodes: list[NodeRestore]
+    record: str | None = None  # catalog key of the restore's record
 
     @property
     def ok(self) -> bool:
         return all(not n.mismatches for n in self.nodes)
 
 
+class RestoreRecord(BaseModel):
+    """A restore on record in the catalog, ``<cluster>/restores/<run>-<restore>.json``, unfinished
+    from its start: a prune (or a backup's retention) meanwhile keeps the run, as for a drill's
+    report. Finished, it stays: what was restored where, by whom, and how it ended."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cluster: str
+    run_id: str
+    restore_id: str
+    owner: str  # user@host:pid
+    target: str
+    started_at: datetime
+    finished_at: datetime | None = None
+    outcome: Literal["restored", "mismatch", "failed", "interrupted"] | None = None
+    error: str | None = None
+    volumes: dict[str, str] = Field(default_factory=dict)  # "<node>/<volume>" -> restored path or volume id
+
+    @property
+    def key(self) -> str:
+        return f"{self.cluster}/restores/{self.run_id}-{self.restore_id}.json"
+
+
 def restore_run(inventory: Inventory, run_ref: str, to: Path | None = None, *, zone: str | None = None,
                 attach: bool = False, verify: bool = True) -> RestoreResult:
     """Restore every node's snapshots of a run, restore-prepare each engine, and verify in place
-    the engines that read their files directly."""
+    the engines that read their files directly; on record in the catalog while it runs."""
+    from snapctl.orchestrator import run_owner
+    from snapctl.runner import interrupts_deferred
+
     catalog = open_catalog(inventory)
-    manifest = load_restorable(catalog, run_ref)
+    run_id = catalog.resolve(run_ref)
     to = to.absolute() if to is not None else None  # a flag's path is the caller's, not the inventory's
+    where = str(to) if to is not None else (f"zone {zone}" if zone else "each node's restore target")
+    started_at = datetime.now(UTC)
+    record = RestoreRecord(cluster=catalog.cluster, run_id=run_id, owner=run_owner(), target=where,
+                           restore_id=f"{started_at:%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}", started_at=started_at)
+    # On record before the run's status is read: a prune that marks the run after that read looks
+    # at the records again before it deletes anything, and so finds this one.
+    try:
+        catalog.store.write(record.key, record.model_dump_json(indent=2).encode())
+    except CatalogError as exc:
+        raise CatalogError(f"cannot put the restore on record, which keeps a prune from deleting run {run_id} "
+                           f"meanwhile: {exc.message}", hint=exc.hint) from exc
+    made: list[tuple[SnapshotRef, str]] = []
+    try:
+        result = _restore(inventory, catalog, run_id, to, where, zone=zone, attach=attach, verify=verify, made=made)
+        result.record = record.key
+        record.outcome = "restored" if result.ok else "mismatch"
+        return result
+    except BaseException as exc:
+        record.outcome = "interrupted" if isinstance(exc, KeyboardInterrupt | Interrupted) else "failed"
+        record.error = exc.message if isinstance(exc, SnapctlError) else (
+            "interrupted (Ctrl-C or SIGTERM)" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        record.volumes = {f"{ref.node}/{ref.volume}": restored for ref, restored in made}
+        record.finished_at = datetime.now(UTC)
+        with interrupts_deferred():  # a second Ctrl-C must not leave the record unfinished
+            try:
+                catalog.store.write(record.key, record.model_dump_json(indent=2).encode())
+            except SnapctlError:
+                pass  # left unfinished, it keeps the run from prune only for a while (prune.RESTORE_GUARD_S)
+
+
+def _restore(inventory: Inventory, catalog: Catalog, run_id: str, to: Path | None, where: str, *, zone: str | None,
+             attach: bool, verify: bool, made: list[tuple[SnapshotRef, str]]) -> RestoreResult:
+    manifest = load_restorable(catalog, run_id)
     nodes = {name: inventory_node(inventory, name) for name in manifest.nodes}
     for name, node in nodes.items():
         has_place = to is not None or zone or node.restore.path or node.restore.zone
@@ -66,12 +133,10 @@ def restore_run(inventory: Inventory, run_ref: str, to: Path | None = None, *, z
                                 hint="pass --to DIR (local provider) or --zone ZONE (cloud), "
                                      "or set restore.path / restore.zone on the node")
     provider = create_provider(inventory.provider, cluster=inventory.cluster, base_dir=inventory.base_dir)
-    where = str(to) if to is not None else (f"zone {zone}" if zone else "each node's restore target")
     roots = {name: to / name if to is not None else
              (inventory.resolve(node.restore.path) if node.restore.path else None) for name, node in nodes.items()}
     check_targets(provider, manifest, nodes, roots, zone=zone, attach=attach)
     result = RestoreResult(manifest.run_id, where, [])
-    made: list[tuple[SnapshotRef, str]] = []
     try:
         for name, record in manifest.nodes.items():
             node = nodes[name]

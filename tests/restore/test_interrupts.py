@@ -50,6 +50,20 @@ def test_a_restore_stopped_mid_copy_leaves_no_partial_directory(sqlite_cluster, 
     assert all(node["mismatches"] == [] for node in yaml.safe_load(again.stdout)["data"]["nodes"])
 
 
+def test_a_restore_stopped_by_sigterm_finishes_its_record_so_it_protects_its_run_no_longer(sqlite_cluster, tmp_path):
+    from snapctl.restore import RestoreRecord
+
+    run_id = sqlite_cluster.backup()
+    stopped_after("snapctl_local.provider", "copy_tree", "restore", run_id, "--to", str(tmp_path / "restored"),
+                  cluster=sqlite_cluster)
+
+    catalog = open_catalog(sqlite_cluster.inventory)
+    [key] = catalog.store.list(f"restore-test/restores/{run_id}-")
+    record = RestoreRecord.model_validate_json(catalog.store.read(key))
+    assert record.finished_at is not None
+    assert (record.outcome, record.error, record.volumes) == ("interrupted", "interrupted (Ctrl-C or SIGTERM)", {})
+
+
 def test_a_drill_stopped_by_sigterm_tears_down_and_still_writes_its_report(sqlite_cluster, tmp_path):
     run_id = sqlite_cluster.backup()
     junit = tmp_path / "drill.xml"

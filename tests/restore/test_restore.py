@@ -9,7 +9,7 @@ import pytest
 from snapctl.config import parse_inventory
 from snapctl.errors import BadInputError, SnapctlError
 from snapctl.providers import RestoreTarget
-from snapctl.restore import remap_paths, restore_run, restore_target
+from snapctl.restore import RestoreRecord, remap_paths, restore_run, restore_target
 from tests.restore.conftest import ROWS, scratch_agent
 
 
@@ -146,3 +146,53 @@ def test_a_node_with_a_scratch_agent_is_restore_prepared_by_that_agent(sqlite_cl
     assert n1.volumes == {"data": str(target / "data")} and (target / "data" / "app.db").is_file()
     assert n1.prepared == url and "scratch agent" in n1.note
     assert n2.prepared == "in-process" and n2.facts.tables["items"].rows == ROWS
+
+
+def test_a_prune_during_a_restore_keeps_the_run_being_restored(sqlite_cluster, tmp_path, monkeypatch):
+    import snapctl.restore
+    from snapctl.catalog import open_catalog
+    from snapctl.prune import prune
+
+    restoring = sqlite_cluster.backup()
+    sqlite_cluster.backup()
+    sqlite_cluster.edit(retention={"keep_last": 1, "daily": 0, "weekly": 0, "monthly": 0})
+    inventory = sqlite_cluster.inventory
+    pruned = []
+    prepare = snapctl.restore._prepare_and_check
+
+    def prune_after_the_first_node(inventory_, node, *args, **kwargs):
+        prepare(inventory_, node, *args, **kwargs)
+        if node.name == "n1":  # n1 is restored, n2 not yet: what cron's backup did to the explorer
+            pruned.append(prune(inventory))
+
+    monkeypatch.setattr(snapctl.restore, "_prepare_and_check", prune_after_the_first_node)
+    result = restore_run(inventory, restoring, tmp_path / "restored")
+
+    assert result.ok and [n.node for n in result.nodes] == ["n1", "n2"]
+    [during] = pruned
+    assert during.deleted == [] and during.ok
+    [kept] = [v for v in during.kept if v.run_id == restoring]
+    assert kept.reasons[0].startswith("being restored (restore ")
+
+    catalog = open_catalog(inventory)
+    record = RestoreRecord.model_validate_json(catalog.store.read(result.record))
+    assert (record.run_id, record.outcome, record.error) == (restoring, "restored", None)
+    assert record.finished_at is not None and sorted(record.volumes) == ["n1/data", "n2/data"]
+    monkeypatch.undo()
+    assert [v.run_id for v in prune(inventory).deleted] == [restoring]  # finished: it protects no more
+
+
+def test_a_failed_restore_finishes_its_record(sqlite_cluster, tmp_path):
+    from snapctl.catalog import open_catalog
+
+    run_id = sqlite_cluster.backup()
+    (tmp_path / "restored" / "n1" / "data").mkdir(parents=True)
+    (tmp_path / "restored" / "n1" / "data" / "x").write_bytes(b"")
+    with pytest.raises(BadInputError):
+        restore_run(sqlite_cluster.inventory, run_id, tmp_path / "restored")
+
+    catalog = open_catalog(sqlite_cluster.inventory)
+    [key] = catalog.store.list(f"restore-test/restores/{run_id}-")
+    record = RestoreRecord.model_validate_json(catalog.store.read(key))
+    assert record.finished_at is not None and record.outcome == "failed"
+    assert record.error.startswith("node n1: restore target ") and record.volumes == {}
