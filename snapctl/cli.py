@@ -242,7 +242,7 @@ def gc(
     inventory: InventoryOpt = None,
     output: OutputOpt = "text",
 ) -> int:
-    """List snapshots tagged with this cluster that no manifest owns; --delete removes them."""
+    """Snapshots tagged with this cluster that no manifest owns, and dead calls' leftovers; --delete removes them."""
     from snapctl.prune import gc as run_gc
 
     return _renderer(output).gc_result(run_gc(_inventory(inventory), delete=delete))

@@ -83,6 +83,18 @@ class RestoreTarget:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class Leftover:
+    """Something in a provider's store that is no snapshot: the work of a call that died part-way
+    (the local provider's hidden ``.partial-*`` copy or ``.deleting-*`` removal after a SIGKILL
+    or a second Ctrl-C). `snapctl gc` lists them and ``--delete`` removes them."""
+
+    node: str
+    path: str
+    kind: Literal["partial", "deleting"]  # a snapshot being made, or one being deleted
+    bytes: int | None = None  # what removing it frees (files no snapshot shares), when known
+
+
 ProgressFn = Callable[[SnapshotRef], None]
 
 
@@ -105,6 +117,11 @@ class Provider(Protocol):
     Optional: a method ``check_restore(ref, target)`` that raises what ``restore`` would refuse
     (``BadInputError`` for an unusable target, ``ProviderError`` for an unusable snapshot) and
     makes nothing. `snapctl restore` calls it for every volume of the run before restoring any.
+
+    Optional: ``find_leftovers() -> list[Leftover]``, the work of calls that died part-way and is
+    no snapshot (never that of a call still running), and ``delete_leftover(leftover)``, which
+    removes one (gone counts as done; one a call is now using raises ``ProviderError``). `snapctl
+    gc` lists them with the orphaned snapshots and removes them with ``--delete``.
     """
 
     name: str

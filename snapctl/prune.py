@@ -14,7 +14,9 @@ Prune, under the cluster lock:
    such a run stays marked and is reported.
 
 gc: every snapshot tagged with this cluster that no manifest owns. Snapshots of the run holding
-the lock (a backup in progress) and of runs whose manifest is unreadable are never orphans.
+the lock (a backup in progress) and of runs whose manifest is unreadable are never orphans. And
+what provider calls that died part-way left in the store that is no snapshot (the local
+provider's ``.partial-*`` copies): the provider lists only those no running call is using.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import TYPE_CHECKING, Self
 
 from snapctl.catalog import Catalog, open_catalog
 from snapctl.errors import CatalogError, SnapctlError, SnapshotNotFound
-from snapctl.providers import TAG_CLUSTER, TAG_RUN, Provider, SnapshotRef, create_provider
+from snapctl.providers import TAG_CLUSTER, TAG_RUN, Leftover, Provider, SnapshotRef, create_provider
 from snapctl.retention import PRUNING, Decision, Run, decide
 
 if TYPE_CHECKING:
@@ -91,8 +93,10 @@ class GcResult:
     delete: bool
     orphans: list[SnapshotRef]
     deleted: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)  # snapshot id -> why not deleted
+    failed: dict[str, str] = field(default_factory=dict)  # snapshot id, or a leftover's path -> why not deleted
     skipped_runs: list[str] = field(default_factory=list)  # runs whose snapshots were not considered
+    leftovers: list[Leftover] = field(default_factory=list)  # what dead provider calls left that is no snapshot
+    leftovers_deleted: list[str] = field(default_factory=list)  # their paths
 
     @property
     def ok(self) -> bool:
@@ -243,6 +247,13 @@ def gc(inventory: Inventory, *, delete: bool = False) -> GcResult:
                 result.deleted.append(ref.snapshot_id)
             except SnapctlError as exc:
                 result.failed[ref.snapshot_id] = exc.message
+        for leftover in result.leftovers:
+            locked.check()
+            try:
+                provider.delete_leftover(leftover)  # type: ignore[attr-defined]  # listed, so it has one
+                result.leftovers_deleted.append(leftover.path)
+            except SnapctlError as exc:
+                result.failed[leftover.path] = exc.message
         return result
 
 
@@ -264,7 +275,9 @@ def find_orphans(catalog: Catalog, provider: Provider, ours: str | None = None) 
         protected.add(lock.run_id)  # a backup in progress: its snapshots are not in its manifest yet
     orphans = [ref for ref in provider.find({TAG_CLUSTER: catalog.cluster})
                if ref.snapshot_id not in owned and ref.tags.get(TAG_RUN) not in protected]
-    return GcResult(catalog.cluster, False, orphans, skipped_runs=sorted(protected))
+    find_leftovers = getattr(provider, "find_leftovers", None)
+    leftovers = find_leftovers() if find_leftovers is not None else []
+    return GcResult(catalog.cluster, False, orphans, skipped_runs=sorted(protected), leftovers=leftovers)
 
 
 # -- helpers -------------------------------------------------------------------------------------

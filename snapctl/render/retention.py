@@ -45,6 +45,8 @@ def prune_exit(result: Any) -> int:
 
 
 def gc_text(renderer: Any, result: Any) -> int:
+    from snapctl.render import _bytes
+
     say = _printer(renderer.out)
     if not result.orphans:
         say(f"no orphaned snapshots of cluster {result.cluster}: every tagged snapshot has a manifest")
@@ -55,8 +57,15 @@ def gc_text(renderer: Any, result: Any) -> int:
                     f"  NOT deleted: {result.failed[ref.snapshot_id]}" if ref.snapshot_id in result.failed else "")
             say(f"  {ref.snapshot_id}  node {ref.node}  volume {ref.volume}  "
                 f"run {ref.tags.get('snapctl-run', '-')}  created {ref.created_at or '-'}{done}")
-        if not result.delete:
-            say("run `snapctl gc --delete` to delete them")
+    if result.leftovers:
+        say(f"{len(result.leftovers)} leftover(s) in the snapshot store of calls that died part-way (no snapshots):")
+        for leftover in result.leftovers:
+            done = ("  deleted" if leftover.path in result.leftovers_deleted else
+                    f"  NOT deleted: {result.failed[leftover.path]}" if leftover.path in result.failed else "")
+            what = {"partial": "an unfinished copy", "deleting": "an unfinished delete"}[leftover.kind]
+            say(f"  {leftover.path}  node {leftover.node}  {what}, {_bytes(leftover.bytes)}{done}")
+    if (result.orphans or result.leftovers) and not result.delete:
+        say("run `snapctl gc --delete` to delete them")
     if result.skipped_runs:
         say("not considered (run in progress, or manifest unreadable): " + ", ".join(result.skipped_runs))
     return gc_exit(result)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -386,6 +387,42 @@ def test_gc_finds_planted_orphans_and_deletes_only_them(scene: Scene) -> None:
     assert deleted.skipped_runs == ["r4-broken"]  # not gc's own lock, as if a run were in progress
     assert scene.snapshot_ids() == owned | snapshots_of(scene, {"r4-broken"})
     assert gc(inv).orphans == []
+
+
+def test_gc_lists_and_deletes_what_killed_snapshot_calls_left_in_the_store(scene: Scene) -> None:
+    from snapctl_local.store import DELETING_PREFIX, PARTIAL_PREFIX
+
+    scene.add_run("r0", T0)
+    store = scene.provider.store
+    [linked] = (Path(scene.catalog.load("r0").nodes["n1"].snapshots[0].extra["path"]) / "data").iterdir()
+
+    def left_behind(node: str, prefix: str, snapshot_id: str) -> Path:
+        """What a snapshot (or delete) call SIGKILLed part-way leaves: a hidden work directory."""
+        work = store.work_dir(store.node_dir(node), prefix, snapshot_id)
+        (work / "data").mkdir(parents=True)
+        (work / "data" / "copied.bin").write_bytes(b"x" * 5000)
+        os.link(linked, work / "data" / "linked")  # an unchanged file: shared with r0, frees nothing
+        return work
+
+    partial = left_behind("n1", PARTIAL_PREFIX, "r1-n1-data")
+    deleting = left_behind("n1", DELETING_PREFIX, "r-old-n1-data")
+    in_use = left_behind("n2", PARTIAL_PREFIX, "r2-n2-data")  # a snapshot of n2 is under way
+    inv = inventory(scene)
+
+    with store.node_lock("n2"):
+        found = gc(inv)
+        assert found.orphans == [] and found.ok
+        assert [(x.node, x.path, x.kind, x.bytes) for x in found.leftovers] == [
+            ("n1", str(deleting), "deleting", 5000), ("n1", str(partial), "partial", 5000)]
+        assert partial.is_dir() and deleting.is_dir()  # listing deletes nothing
+
+        deleted = gc(inv, delete=True)
+
+        assert deleted.ok and sorted(deleted.leftovers_deleted) == sorted([str(partial), str(deleting)])
+        assert not partial.exists() and not deleting.exists() and in_use.is_dir()
+        assert linked.is_file() and snapshots_of(scene, {"r0"}) == {"r0-n1-data", "r0-n2-data"}
+
+    assert [x.path for x in gc(inv).leftovers] == [str(in_use)]  # its call died after all
 
 
 def test_gc_spares_the_run_in_progress_and_delete_needs_the_lock(scene: Scene) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ from snapctl.providers import (
     TAG_RUN,
     TAG_VOLUME,
     Capabilities,
+    Leftover,
     NodeVolumes,
     ProgressFn,
     RestoreTarget,
@@ -42,6 +44,7 @@ from .settings import LocalSettings, LocalVolume, parse_volumes, resolve_store
 from .store import (
     DATA,
     DELETING_PREFIX,
+    LEFTOVER_PREFIXES,
     METADATA,
     METADATA_FORMAT,
     PARTIAL_PREFIX,
@@ -197,6 +200,36 @@ class LocalProvider:
             if all(recorded.get(key) == value for key, value in tags.items()):
                 found.append(self._ref(meta, snap_dir))
         return sorted(found, key=lambda r: (r.created_at or "", r.node, r.volume))
+
+    def find_leftovers(self) -> list[Leftover]:
+        """The hidden work directories of calls that died. Each node's are listed under its lock,
+        taken only if free: every call that makes one holds that lock until it is gone, so what is
+        there then is a dead call's; a node in use now is passed over (its call cleans up itself,
+        or the next gc lists it)."""
+        found = []
+        for node in self.store.nodes():
+            with self.store.node_lock_if_free(node) as free:
+                if free:
+                    for path in self.store.leftovers(node):
+                        kind = "partial" if path.name.startswith(PARTIAL_PREFIX) else "deleting"
+                        found.append(Leftover(node=node, path=str(path), kind=kind, bytes=_unshared_bytes(path)))
+        return found
+
+    def delete_leftover(self, leftover: Leftover) -> None:
+        path = Path(leftover.path)
+        node_dir = self.store.node_dir(leftover.node)
+        if path.parent != node_dir or not path.name.startswith(LEFTOVER_PREFIXES):
+            raise ProviderError(f"refusing to delete {path}: it is not a leftover in {node_dir}")
+        with self.store.node_lock_if_free(leftover.node) as free:
+            if not free:
+                raise ProviderError(f"node {leftover.node}: not deleting {path}: a snapctl call is using the node's "
+                                    "part of the store now", hint="run `snapctl gc --delete` again once it is done")
+            if not os.path.lexists(path):
+                return
+            try:
+                remove_tree(path)
+            except OSError as exc:
+                raise ProviderError(f"node {leftover.node}: cannot delete {path}: {os_reason(exc)}") from exc
 
     def damage(self, ref: SnapshotRef) -> str | None:
         """Why a snapshot that ``find`` does not list is there but unusable (its snapshot.json is
@@ -469,6 +502,21 @@ class LocalProvider:
                 "path": str(snap_dir),
             },
         )
+
+
+def _unshared_bytes(path: Path) -> int:
+    """The size of the regular files under ``path`` that nothing else links to (an unchanged file
+    is a hard link into the previous snapshot): about what removing it frees."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                facts = os.lstat(os.path.join(root, name))
+            except OSError:
+                continue
+            if stat.S_ISREG(facts.st_mode) and facts.st_nlink == 1:
+                total += facts.st_size
+    return total
 
 
 def _damaged(ref: SnapshotRef, damage: str, *, hint: str) -> ProviderError:

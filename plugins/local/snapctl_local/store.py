@@ -10,8 +10,9 @@
     <store>/<cluster>/<node>/.partial-*  .deleting-*         work in progress (hidden from listings)
 
 A snapshot is built under a hidden ``.partial-`` name and renamed into place with its metadata
-already inside, so a listed snapshot is always a complete copy. Anything hidden that is left
-behind belongs to a crashed call and is removed by the next snapshot of that node.
+already inside, so a listed snapshot is always a complete copy. Every call that makes a hidden
+directory holds the node's lock until it is gone, so one found under that lock belongs to a call
+that died: the next snapshot of that node removes it, and `snapctl gc` lists and removes it.
 
 A listed snapshot is *pending* until ``completed.json`` exists: its copy is complete, but only
 the kernel knows which of it is on disk yet. Making it durable (``LocalProvider.wait``) fsyncs
@@ -49,6 +50,7 @@ DATA = "data"
 PARTIAL_PREFIX = ".partial-"
 DELETING_PREFIX = ".deleting-"
 RESTORE_PREFIX = ".restore-"
+LEFTOVER_PREFIXES = (PARTIAL_PREFIX, DELETING_PREFIX)  # in a node's directory: work in progress, or a dead call's
 COMPLETED = "completed.json"
 FAILED = "failed.json"
 METADATA_FORMAT = 2  # 2: a snapshot's state comes from its markers, not snapshot.json's "state"
@@ -92,14 +94,40 @@ class SnapshotStore:
             finally:
                 fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
 
+    @contextmanager
+    def node_lock_if_free(self, node: str) -> Iterator[bool]:
+        """``node_lock`` without waiting: True inside when it was free (and is now held)."""
+        node_dir = self.node_dir(node)
+        node_dir.mkdir(parents=True, exist_ok=True)
+        with open(node_dir / ".lock", "a+b") as lock_file:
+            try:
+                fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
+
+    def nodes(self) -> list[str]:
+        return [d.name for d in _visible_dirs(self.cluster_dir)]
+
+    def leftovers(self, node: str) -> list[Path]:
+        """The node's hidden work directories; those of crashed calls only while holding ``node_lock(node)``."""
+        node_dir = self.node_dir(node)
+        try:
+            entries = sorted(node_dir.iterdir())
+        except FileNotFoundError:
+            return []
+        return [e for e in entries if e.name.startswith(LEFTOVER_PREFIXES) and e.is_dir() and not e.is_symlink()]
+
     def clean_leftovers(self, node: str) -> list[str]:
         """Remove what crashed calls left; only call while holding ``node_lock(node)``."""
         removed = []
-        node_dir = self.node_dir(node)
-        for entry in sorted(node_dir.iterdir()) if node_dir.is_dir() else []:
-            if entry.name.startswith((PARTIAL_PREFIX, DELETING_PREFIX)) and entry.is_dir():
-                remove_tree(entry)
-                removed.append(entry.name)
+        for entry in self.leftovers(node):
+            remove_tree(entry)
+            removed.append(entry.name)
         return removed
 
     def work_dir(self, parent: Path, prefix: str, name: str) -> Path:
