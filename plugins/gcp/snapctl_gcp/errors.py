@@ -7,6 +7,7 @@ plugin must not pull in the SDK until it talks to GCP.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from snapctl.errors import ProviderError, ProviderThrottled, SnapctlError
@@ -69,7 +70,7 @@ def translate(exc: BaseException, action: str, permission: str) -> SnapctlError:
     if isinstance(exc, SnapctlError):
         return exc
     if isinstance(exc, auth_exc.DefaultCredentialsError):
-        return ProviderError(f"gcp {action}: no credentials found", hint=CREDENTIALS_HINT)
+        return _credentials_error(exc, action)
     if isinstance(exc, auth_exc.RefreshError):
         return ProviderError(f"gcp {action}: credentials could not be refreshed: {exc}", hint=CREDENTIALS_HINT)
     if isinstance(exc, (req_exc.ConnectionError, req_exc.Timeout, auth_exc.TransportError)):
@@ -91,6 +92,24 @@ def translate(exc: BaseException, action: str, permission: str) -> SnapctlError:
         return ProviderError(f"gcp {action}: permission denied, the credentials lack {permission}",
                              hint=f"grant {permission} to this service account ({DOCS}); google said: {exc.message}")
     return ProviderError(detail)
+
+
+def _credentials_error(exc: BaseException, action: str) -> ProviderError:
+    """google-auth's own reason (a missing or unreadable key file names its path), or "no
+    credentials found" when the chain found nothing at all."""
+    # Only the first argument: google-auth's sentence, which names files, never their content.
+    # Later arguments carry the underlying parser's exception.
+    first = exc.args[0] if exc.args and isinstance(exc.args[0], str) else ""
+    reason = (first.strip().splitlines() or [""])[0][:300].rstrip(".")
+    if not reason or reason.startswith("Your default credentials were not found"):
+        return ProviderError(f"gcp {action}: no credentials found", hint=CREDENTIALS_HINT)
+    hint = CREDENTIALS_HINT
+    key_file = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+    if key_file and key_file in reason:
+        hint = (f"GOOGLE_APPLICATION_CREDENTIALS names {key_file}: point it at a valid service-account key or "
+                "workload identity federation config, or unset it to use the rest of the chain; "
+                "see docs/providers/gcp.md")
+    return ProviderError(f"gcp {action}: credentials could not be loaded: {reason}", hint=hint)
 
 
 def operation_error(op: Any) -> tuple[str, str] | None:

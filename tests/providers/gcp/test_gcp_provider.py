@@ -285,3 +285,27 @@ def test_warm_up_with_credentials_that_cannot_refresh_fails_before_any_hold(gcp,
                                     "invalid_grant: account gone")
     assert caught.value.hint
     assert gcp.requests == []
+
+
+@pytest.mark.parametrize("content, reason", [
+    (None, "credentials could not be loaded: File {path} was not found"),
+    ('{"type": "service_account", "client_email": "a@b.iam.gserviceaccount.com", "token_uri": "https://x.invalid",'
+     ' "private_key": "-----BEGIN PRIVATE KEY-----\\nSECRET-KEY-MARKER\\n-----END PRIVATE KEY-----\\n"}',
+     "credentials could not be loaded: Failed to load service account credentials from {path}"),
+    ("{not json SECRET-KEY-MARKER", "credentials could not be loaded: File {path} is not a valid json file"),
+], ids=["missing", "bad-key", "not-json"])
+def test_a_key_file_that_cannot_be_loaded_is_named_with_google_auths_reason(gcp, make_provider, monkeypatch,
+                                                                           tmp_path, content, reason):
+    # google-auth fails on GOOGLE_APPLICATION_CREDENTIALS before it tries anything else (no network).
+    path = tmp_path / "sa.json"
+    if content is not None:
+        path.write_text(content)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(path))
+
+    with pytest.raises(ProviderError) as caught:
+        make_provider(anonymous=False).warm_up()
+
+    assert caught.value.message == f"gcp find credentials: {reason.format(path=path)}"
+    assert f"GOOGLE_APPLICATION_CREDENTIALS names {path}" in caught.value.hint
+    assert "SECRET-KEY-MARKER" not in caught.value.message + caught.value.hint
+    assert gcp.requests == []
