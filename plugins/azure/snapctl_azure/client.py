@@ -7,6 +7,7 @@ sleeping for an hour) and the total time of one call.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -95,7 +96,17 @@ class AzureApi:
 def _default_credential() -> Any:
     from azure.identity import DefaultAzureCredential
 
+    _quiet_credential_chain_log()
     return DefaultAzureCredential()
+
+
+def _quiet_credential_chain_log() -> None:
+    """A chain that finds no credential logs a WARNING naming every credential it tried (about 14
+    lines, on every attempt: a failed run asks again while rolling back), then raises the same
+    text, which snapctl reports as one line with a hint. A level someone set on purpose is kept."""
+    logger = logging.getLogger("azure.identity")
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.ERROR)
 
 
 class _DummyCredential:
