@@ -122,6 +122,10 @@ class Provider(Protocol):
     no snapshot (never that of a call still running), and ``delete_leftover(leftover)``, which
     removes one (gone counts as done; one a call is now using raises ``ProviderError``). `snapctl
     gc` lists them with the orphaned snapshots and removes them with ``--delete``.
+
+    Optional: a class attribute ``restore_place_optional = True`` when ``restore`` has a default
+    place for a target with neither ``path`` nor ``zone`` (gcp: the source disk's zone); without
+    it, ``snapctl restore`` refuses such a node up front, before anything is restored.
     """
 
     name: str

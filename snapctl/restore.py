@@ -126,13 +126,15 @@ def _restore(inventory: Inventory, catalog: Catalog, run_id: str, to: Path | Non
              attach: bool, verify: bool, made: list[tuple[SnapshotRef, str]]) -> RestoreResult:
     manifest = load_restorable(catalog, run_id)
     nodes = {name: inventory_node(inventory, name) for name in manifest.nodes}
+    provider = create_provider(inventory.provider, cluster=inventory.cluster, base_dir=inventory.base_dir)
+    # gcp (the source disk's zone) and azure (the provider's location, no zone) have a default.
+    place_optional = getattr(provider, "restore_place_optional", False)
     for name, node in nodes.items():
-        has_place = to is not None or zone or node.restore.path or node.restore.zone
+        has_place = to is not None or zone or node.restore.path or node.restore.zone or place_optional
         if not has_place and manifest.nodes[name].snapshots:
             raise BadInputError(f"node {name}: nowhere to restore to",
                                 hint="pass --to DIR (local provider) or --zone ZONE (cloud), "
                                      "or set restore.path / restore.zone on the node")
-    provider = create_provider(inventory.provider, cluster=inventory.cluster, base_dir=inventory.base_dir)
     roots = {name: to / name if to is not None else
              (inventory.resolve(node.restore.path) if node.restore.path else None) for name, node in nodes.items()}
     check_targets(provider, manifest, nodes, roots, zone=zone, attach=attach)

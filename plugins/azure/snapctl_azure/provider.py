@@ -57,6 +57,7 @@ def snapshot_name(cluster: str, node: str, volume: str) -> str:
 class AzureProvider:
     name = "azure"
     settings_model = AzureSettings
+    restore_place_optional = True  # a restore without a zone goes to the provider's location, zoneless
     # What warm_up imports: the provider worker imports it once, before it forks (snapctl.providers).
     sdk_modules = ("azure.identity", "azure.core.rest", "azure.core.pipeline.policies", "azure.mgmt.compute",
                    "azure.mgmt.compute.models")

@@ -1,0 +1,81 @@
+"""`snapctl restore` of cloud runs, in-process, with the real SDKs: an embedded SQLite node whose
+volume is a cloud disk on the local emulators (moto for aws; local servers answering the GCP and
+Azure wire formats)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import yaml
+
+from snapctl.config import load_inventory
+from snapctl.restore import restore_run
+from tests.fakes.azure_compute import FakeAzureCompute
+from tests.fakes.gcp_compute import FakeGcpCompute
+
+GCP_ZONE = "europe-west1-b"
+AZURE_GROUP = "rg-restore"
+
+
+def _inventory(directory: Path, provider: dict, volume: dict, restore: dict | None = None) -> Path:
+    data = directory / "db1"
+    data.mkdir(exist_ok=True)
+    with sqlite3.connect(data / "app.db") as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS items (id INTEGER PRIMARY KEY)")
+    node = {"name": "db1", "agent": "embedded", "engine": {"type": "sqlite", "path": str(data / "app.db")},
+            "volumes": [volume]}
+    if restore:
+        node["restore"] = restore
+    path = directory / "inventory.yaml"
+    path.write_text(yaml.safe_dump({"cluster": "cloud-restore", "provider": provider, "catalog": {"path": "catalog"},
+                                    "nodes": [node]}, sort_keys=False))
+    return path
+
+
+def _backup(path: Path) -> str:
+    from snapctl.orchestrator import BackupOptions, backup
+
+    manifest = asyncio.run(backup(load_inventory(path), BackupOptions(prune=False)))
+    assert manifest.status == "succeeded", manifest.error
+    return manifest.run_id
+
+
+@contextlib.contextmanager
+def gcp_node(directory: Path, restore: dict | None = None) -> Iterator[tuple[FakeGcpCompute, Path]]:
+    with FakeGcpCompute(op_running_polls=1, creating_polls=1, uploading_polls=1) as fake:
+        fake.add_disk(GCP_ZONE, "db1-data")
+        provider = {"type": "gcp", "project": fake.project, "api_endpoint": fake.url, "anonymous": True,
+                    "poll_interval_s": 0.01}
+        yield fake, _inventory(directory, provider, {"disk": "db1-data", "zone": GCP_ZONE, "name": "data"}, restore)
+
+
+@contextlib.contextmanager
+def azure_node(directory: Path, restore: dict | None = None) -> Iterator[tuple[FakeAzureCompute, Path]]:
+    with FakeAzureCompute(op_polls=1, provisioning_polls=1) as fake:
+        disk = fake.add_disk(AZURE_GROUP, "db1-data")
+        provider = {"type": "azure", "subscription_id": fake.subscription, "resource_group": AZURE_GROUP,
+                    "location": "westeurope", "base_url": fake.url, "insecure_http_for_tests": True,
+                    "dummy_credential_for_tests": True, "polling_interval_s": 0.01}
+        yield fake, _inventory(directory, provider, {"disk_id": disk, "name": "data"}, restore)
+
+
+def test_a_gcp_restore_without_a_zone_makes_the_disk_in_the_source_disks_zone(tmp_path):
+    with gcp_node(tmp_path) as (fake, inventory):
+        run_id = _backup(inventory)
+        result = restore_run(load_inventory(inventory), run_id)
+        [node] = result.nodes
+        zone, name = node.volumes["data"].split("/zones/", 1)[1].split("/disks/")
+        assert zone == GCP_ZONE and (GCP_ZONE, name) in fake.disks
+
+
+def test_an_azure_restore_without_a_zone_makes_a_zoneless_disk_in_the_providers_location(tmp_path):
+    with azure_node(tmp_path) as (fake, inventory):
+        run_id = _backup(inventory)
+        result = restore_run(load_inventory(inventory), run_id)
+        [node] = result.nodes
+        disk = fake.disks()[node.volumes["data"].rsplit("/", 1)[-1]]
+        assert disk["location"] == "westeurope" and "zones" not in disk
