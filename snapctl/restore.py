@@ -242,7 +242,8 @@ def _prepare_and_check(inventory: Inventory, node: Node, record: NodeRecord, res
         result.note = "restore-prepared by the scratch agent; `snapctl drill` verifies it"
         return
     if not restored_files(result.volumes):
-        result.note = "restored as cloud volumes: attach them, or run `snapctl drill` with scratch agents"
+        result.note = (_attached_note(node, result.volumes) if attached else
+                       "restored as cloud volumes: attach them, or run `snapctl drill` with scratch agents")
         return
     settings = remap_paths(node.engine, inventory, node, result.volumes)
     if settings is None:
@@ -265,6 +266,14 @@ def _prepare_and_check(inventory: Inventory, node: Node, record: NodeRecord, res
         result.mismatches += compare_facts(expected.facts, result.facts)
     finally:
         engine.close()
+
+
+def _attached_note(node: Node, volumes: dict[str, str]) -> str:
+    settings = node.restore
+    where = ", ".join(f"{volume} at {device}" if (device := settings.devices.get(volume) or settings.device) else volume
+                      for volume in volumes)
+    return (f"attached to {settings.instance} ({where}): restore-prepare and start the engine there, "
+            "or give the node a scratch agent (restore.agent) to do it")
 
 
 async def _agent_restore_prepare(inventory: Inventory, node: Node) -> None:

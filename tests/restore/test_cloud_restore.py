@@ -16,6 +16,7 @@ from snapctl.config import load_inventory
 from snapctl.restore import restore_run
 from tests.fakes.azure_compute import FakeAzureCompute
 from tests.fakes.gcp_compute import FakeGcpCompute
+from tests.moto_server import DEFAULT_REGION, dummy_aws_credentials, shared_moto_server
 
 GCP_ZONE = "europe-west1-b"
 AZURE_GROUP = "rg-restore"
@@ -79,3 +80,26 @@ def test_an_azure_restore_without_a_zone_makes_a_zoneless_disk_in_the_providers_
         [node] = result.nodes
         disk = fake.disks()[node.volumes["data"].rsplit("/", 1)[-1]]
         assert disk["location"] == "westeurope" and "zones" not in disk
+
+
+def test_an_aws_restore_with_attach_says_where_it_attached_each_volume(tmp_path):
+    import boto3
+
+    moto = shared_moto_server()
+    with dummy_aws_credentials():
+        ec2 = boto3.client("ec2", endpoint_url=moto.endpoint_url, region_name=DEFAULT_REGION)
+        zone = f"{DEFAULT_REGION}b"
+        source = ec2.create_volume(Size=8, AvailabilityZone=zone)["VolumeId"]
+        instance = ec2.run_instances(ImageId="ami-12345678", MinCount=1, MaxCount=1,
+                                     Placement={"AvailabilityZone": zone})["Instances"][0]["InstanceId"]
+        provider = {"type": "aws", "region": DEFAULT_REGION, "endpoint_url": moto.endpoint_url, "poll_interval_s": 0.05}
+        inventory = _inventory(tmp_path, provider, {"volume": source, "name": "data"},
+                               {"zone": zone, "instance": instance, "devices": {"data": "/dev/sdf"}})
+        run_id = _backup(inventory)
+
+        [node] = restore_run(load_inventory(inventory), run_id, attach=True).nodes
+
+        [volume] = ec2.describe_volumes(VolumeIds=[node.volumes["data"]])["Volumes"]
+        assert [(a["InstanceId"], a["Device"]) for a in volume["Attachments"]] == [(instance, "/dev/sdf")]
+        assert node.note.startswith(f"attached to {instance} (data at /dev/sdf): restore-prepare and start the engine")
+        assert "attach them" not in node.note
