@@ -97,10 +97,21 @@ def _slug(text: str, limit: int) -> str:
     return slug or "x"
 
 
+def cluster_prefix(cluster: str) -> str:
+    """What every snapshot name of the cluster starts with: ``snapctl-<slug>--``.
+
+    IAM conditions can test names but not labels, so this prefix is how a role is kept to one
+    cluster. A slug never holds "--" nor ends in "-", so no cluster's prefix is a prefix of
+    another's (with one "-", ``snapctl-prod-`` matched ``snapctl-prod-eu-...``). Clusters whose
+    slugs are equal (``Prod.EU`` and ``prod-eu``, or the same first 20 characters) share it.
+    """
+    return f"snapctl-{_slug(cluster, 20)}--"
+
+
 def snapshot_name(cluster: str, node: str, volume: str) -> str:
-    """Unique, at most 63 characters, ``[a-z]([-a-z0-9]*[a-z0-9])?``: readable prefix, random tail."""
-    # The cluster part is a stable prefix per cluster, so IAM conditions can match on it.
-    return f"snapctl-{_slug(cluster, 20)}-{_slug(node, 12)}-{_slug(volume, 8)}-{uuid.uuid4().hex[:10]}"
+    """Unique, at most 63 characters, ``[a-z]([-a-z0-9]*[a-z0-9])?``: readable prefix, random tail.
+    Nothing reads a name back (snapshots are found by their labels), so the scheme may change."""
+    return f"{cluster_prefix(cluster)}{_slug(node, 12)}-{_slug(volume, 8)}-{uuid.uuid4().hex[:10]}"
 
 
 def restored_disk_name(snapshot: str) -> str:

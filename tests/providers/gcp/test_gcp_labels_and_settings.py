@@ -12,7 +12,15 @@ from pydantic import ValidationError
 
 from snapctl.errors import BadInputError
 from snapctl_gcp import GcpProvider, GcpSettings
-from snapctl_gcp.labels import decode_label, encode_key, encode_label, filter_for, snapshot_name, tags_of
+from snapctl_gcp.labels import (
+    cluster_prefix,
+    decode_label,
+    encode_key,
+    encode_label,
+    filter_for,
+    snapshot_name,
+    tags_of,
+)
 
 LEGAL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
 LEGAL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
@@ -54,6 +62,23 @@ def test_raw_tags_come_back_from_the_description_or_the_labels():
 def test_snapshot_names_are_legal_and_unique(cluster, node, volume):
     first, second = snapshot_name(cluster, node, volume), snapshot_name(cluster, node, volume)
     assert NAME.match(first) and len(first) <= 63 and first != second
+
+
+@given(st.text(max_size=40), st.text(max_size=3), st.text(max_size=40), st.text(max_size=30), st.text(max_size=30))
+def test_a_clusters_name_prefix_matches_no_other_clusters_snapshots(cluster, separator, tail, node, volume):
+    # The IAM condition docs/providers/gcp.md gives: startsWith(".../snapshots/" + prefix). The
+    # other cluster's name often starts with this one's: "prod" and "prod-eu".
+    other = cluster + separator + tail
+    prefix, theirs = cluster_prefix(cluster), snapshot_name(other, node, volume)
+    assert snapshot_name(cluster, node, volume).startswith(prefix)
+    assert theirs.startswith(prefix) == (cluster_prefix(other) == prefix)
+
+
+def test_a_cluster_named_like_the_start_of_another_does_not_share_its_prefix():
+    assert cluster_prefix("prod") == "snapctl-prod--"
+    assert not snapshot_name("prod-eu", "node1", "data").startswith(cluster_prefix("prod"))
+    assert not snapshot_name("prod.x", "n", "d").startswith(cluster_prefix("prod"))
+    assert cluster_prefix("Prod.EU") == cluster_prefix("prod-eu")  # the documented caveat: equal slugs share it
 
 
 def settings(**extra):
