@@ -9,6 +9,8 @@ azure-mgmt-compute speaks).
   GETs while ``snapshotAccessState`` is ``Pending`` (the background copy of Premium v2 / Ultra);
 - resource paths are case-insensitive like ARM's, list pages follow ``nextLink``;
 - a disk attached to a VM (``managedBy``) refuses DELETE with 409 ``OperationNotAllowed``, as ARM does;
+- virtual machines (``add_vm``): GET, and PUT/PATCH of ``storageProfile.dataDisks``, which attaches
+  and detaches managed disks (their ``managedBy``), refusing a disk another VM holds and a LUN twice;
 - every request needs a bearer token; faults from ``JsonHttpFake`` (429 + Retry-After, 403).
 """
 
@@ -25,13 +27,14 @@ from typing import Any
 from tests.fakes.json_http import Fault, JsonHttpFake, Reply
 
 SUB = r"^/subscriptions/(?P<sub>[^/]+)"
-GROUP = SUB + r"/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.Compute/(?P<kind>snapshots|disks)"
+GROUP = SUB + r"/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.Compute/(?P<kind>snapshots|disks|virtualMachines)"
 RESOURCE = GROUP + r"/(?P<name>[^/]+)$"
 COLLECTION = GROUP + r"$"
 OPERATION = SUB + r"/providers/Microsoft\.Compute/locations/(?P<loc>[^/]+)/operations/(?P<op>[^/]+)$"
 CODES = {400: "InvalidParameter", 401: "AuthenticationFailed", 403: "AuthorizationFailed", 404: "ResourceNotFound",
          409: "Conflict", 429: "TooManyRequests", 500: "InternalServerError", 503: "ServiceUnavailable"}
-TYPES = {"snapshots": "Microsoft.Compute/snapshots", "disks": "Microsoft.Compute/disks"}
+TYPES = {"snapshots": "Microsoft.Compute/snapshots", "disks": "Microsoft.Compute/disks",
+         "virtualmachines": "Microsoft.Compute/virtualMachines"}
 
 
 @dataclass
@@ -82,6 +85,25 @@ class FakeAzureCompute(JsonHttpFake):
                 disk["managedBy"] = (f"/subscriptions/{self.subscription}/resourceGroups/{rg}/providers/"
                                      f"Microsoft.Compute/virtualMachines/{managed_by}")
             return disk["id"]
+
+    def add_vm(self, rg: str, name: str, *, location: str = "westeurope", zones: list[str] | None = None) -> str:
+        with self.lock:
+            body = {"location": location, "properties": {
+                "hardwareProfile": {"vmSize": "Standard_D2s_v5"},
+                "storageProfile": {"osDisk": {"osType": "Linux", "name": f"{name}-os", "createOption": "FromImage"},
+                                   "dataDisks": []}}}
+            if zones:
+                body["zones"] = zones
+            vm = self._new("virtualmachines", rg, name, body)
+            vm["properties"].update(provisioningState="Succeeded", vmId=str(uuid.uuid4()))
+            return vm["id"]
+
+    def data_disks(self, rg: str, vm: str) -> dict[int, str]:
+        """The VM's data disks: LUN -> disk name."""
+        with self.lock:
+            found = self.resources[("virtualmachines", rg.lower(), vm.lower())]
+            return {d["lun"]: d["managedDisk"]["id"].rsplit("/", 1)[-1]
+                    for d in found["properties"]["storageProfile"]["dataDisks"]}
 
     def add_snapshot(self, rg: str, name: str, *, tags: dict[str, str] | None = None,
                      location: str = "westeurope") -> str:
@@ -147,6 +169,12 @@ class FakeAzureCompute(JsonHttpFake):
                 return self._not_found(kind, rg, name)
             self._advance(found)
             return 200, self._public(found), {}
+        if kind == "virtualmachines":
+            if found is None:
+                return self._not_found(kind, rg, name)
+            if method in ("PUT", "PATCH"):
+                return self._update_vm(found, body or {})
+            return self._error(405, f"method {method} is not allowed", "MethodNotAllowed")
         if method == "DELETE":
             if found is None:
                 return self._not_found(kind, rg, name)
@@ -157,6 +185,42 @@ class FakeAzureCompute(JsonHttpFake):
         if method == "PUT":
             return self._put(kind, rg, name, body or {})
         return self._error(405, f"method {method} is not allowed", "MethodNotAllowed")
+
+    def _update_vm(self, vm: dict[str, Any], body: dict[str, Any]) -> Reply:
+        """Only the data disks change: each listed one is attached (``managedBy``), each dropped one detached."""
+        wanted = ((body.get("properties") or {}).get("storageProfile") or {}).get("dataDisks")
+        if wanted is None:
+            _, reply, headers = self._accepted(self._new_op(vm), self._public(vm))
+            return 200, reply, headers
+        disks, luns = [], set()
+        for entry in wanted:
+            disk_id = (entry.get("managedDisk") or {}).get("id", "")
+            disk = next((r for r in self.resources.values() if r["id"].lower() == disk_id.lower()), None)
+            if disk is None:
+                return self._error(404, f"Resource {disk_id} not found.", "NotFound")
+            if disk.get("managedBy") and disk["managedBy"].lower() != vm["id"].lower():
+                return self._error(409, f"Disk {disk['name']} is already attached to VM {disk['managedBy']}.",
+                                   "OperationNotAllowed")
+            if entry.get("lun") in luns:
+                return self._error(400, f"A disk at LUN {entry.get('lun')} already exists.", "InvalidParameter")
+            luns.add(entry.get("lun"))
+            disks.append((disk, {"lun": entry.get("lun"), "name": disk["name"], "createOption": "Attach",
+                                 "caching": entry.get("caching") or "None",
+                                 "managedDisk": {"id": disk["id"], "storageAccountType": "Standard_LRS"},
+                                 "diskSizeGB": disk["properties"].get("diskSizeGB")}))
+        kept = {disk["id"].lower() for disk, _ in disks}
+        for resource in self.resources.values():
+            managed_by = resource.get("managedBy") or ""
+            if managed_by.lower() == vm["id"].lower() and resource["id"].lower() not in kept:
+                resource.pop("managedBy")
+                resource["properties"]["diskState"] = "Unattached"
+        for disk, _ in disks:
+            disk["managedBy"] = vm["id"]
+            disk["properties"]["diskState"] = "Attached"
+        vm["properties"]["storageProfile"]["dataDisks"] = [entry for _, entry in disks]
+        vm["properties"]["provisioningState"] = "Updating"
+        _, reply, headers = self._accepted(self._new_op(vm), self._public(vm))
+        return 200, reply, headers  # ARM answers a VM update 200 (the SDK accepts nothing else), polled like a 202
 
     def _not_found(self, kind: str, rg: str, name: str) -> Reply:
         return self._error(404, f"The Resource '{TYPES[kind]}/{name}' under resource group '{rg}' was not found. "

@@ -1,7 +1,8 @@
 """A local Compute Engine API (REST v1, the JSON the google-cloud-compute REST transport speaks).
 
 Enough of it for snapshot providers: disks.createSnapshot, snapshots get/list/delete/insert,
-disks insert/get/delete, zone and global operations get/wait. State lives in memory:
+disks insert/get/delete, instances get/attachDisk/detachDisk, zone and global operations
+get/wait. State lives in memory:
 
 - operations stay RUNNING for ``op_running_polls`` get/wait calls, then DONE (with an error when
   a failure was injected);
@@ -9,6 +10,8 @@ disks insert/get/delete, zone and global operations get/wait. State lives in mem
   READY (or FAILED);
 - a repeated ``requestId`` returns the first request's operation without acting again;
 - deleting a disk that instances use (``users``) is refused with 400 ``resourceInUseByAnotherResource``;
+- attachDisk takes effect at once (the disk's ``users``, the instance's ``disks``) and refuses, as
+  GCP does, a disk of another zone, a disk another instance uses, and a device name in use;
 - faults from ``JsonHttpFake`` (429 + Retry-After, 403, a 503 after the request took effect).
 """
 
@@ -28,6 +31,9 @@ ROUTES = [
     ("insert_disk", "POST", PREFIX + r"/zones/(?P<zone>[^/]+)/disks$"),
     ("get_disk", "GET", PREFIX + r"/zones/(?P<zone>[^/]+)/disks/(?P<disk>[^/]+)$"),
     ("delete_disk", "DELETE", PREFIX + r"/zones/(?P<zone>[^/]+)/disks/(?P<disk>[^/]+)$"),
+    ("get_instance", "GET", PREFIX + r"/zones/(?P<zone>[^/]+)/instances/(?P<instance>[^/]+)$"),
+    ("attach_disk", "POST", PREFIX + r"/zones/(?P<zone>[^/]+)/instances/(?P<instance>[^/]+)/attachDisk$"),
+    ("detach_disk", "POST", PREFIX + r"/zones/(?P<zone>[^/]+)/instances/(?P<instance>[^/]+)/detachDisk$"),
     ("zone_op", "GET|POST", PREFIX + r"/zones/(?P<zone>[^/]+)/operations/(?P<op>[^/]+?)(?P<wait>/wait)?$"),
     ("global_op", "GET|POST", PREFIX + r"/global/operations/(?P<op>[^/]+?)(?P<wait>/wait)?$"),
     ("list_snapshots", "GET", PREFIX + r"/global/snapshots$"),
@@ -62,6 +68,7 @@ class FakeGcpCompute(JsonHttpFake):
         self.uploading_polls = uploading_polls
         self.page_size = page_size
         self.disks: dict[tuple[str, str], dict[str, Any]] = {}
+        self.instances: dict[tuple[str, str], dict[str, Any]] = {}
         self.snapshots: dict[str, dict[str, Any]] = {}
         self.operations: dict[str, dict[str, Any]] = {}
         self._request_ids: dict[str, str] = {}
@@ -82,6 +89,26 @@ class FakeGcpCompute(JsonHttpFake):
                 disk["users"] = [f"{BASE}/projects/{self.project}/zones/{zone}/instances/{u}" for u in users]
             self.disks[(zone, name)] = disk
             return disk
+
+    def add_instance(self, zone: str, name: str) -> dict[str, Any]:
+        """A running instance with its boot disk (``<name>-boot``, attached as device ``persistent-disk-0``)."""
+        with self.lock:
+            boot = self.add_disk(zone, f"{name}-boot")
+            instance = {"kind": "compute#instance", "id": str(next(self._ids)), "name": name, "status": "RUNNING",
+                        "zone": f"{BASE}/projects/{self.project}/zones/{zone}",
+                        "selfLink": f"{BASE}/projects/{self.project}/zones/{zone}/instances/{name}",
+                        "disks": [{"kind": "compute#attachedDisk", "type": "PERSISTENT", "mode": "READ_WRITE",
+                                   "source": boot["selfLink"], "deviceName": "persistent-disk-0", "index": 0,
+                                   "boot": True, "autoDelete": True}]}
+            boot["users"] = [instance["selfLink"]]
+            self.instances[(zone, name)] = instance
+            return instance
+
+    def attached(self, zone: str, instance: str) -> dict[str, str]:
+        """The instance's disks other than its boot disk: device name -> disk name."""
+        with self.lock:
+            return {d["deviceName"]: d["source"].rsplit("/", 1)[-1]
+                    for d in self.instances[(zone, instance)]["disks"] if not d.get("boot")}
 
     def add_snapshot(self, name: str, *, labels: dict[str, str] | None = None, status: str = "READY") -> dict[str, Any]:
         with self.lock:
@@ -231,6 +258,58 @@ class FakeGcpCompute(JsonHttpFake):
         op = self._new_op("delete", found["selfLink"], zone, query)
         op["_delete_disk"] = (zone, disk)
         return 200, self._public(op), {}
+
+    def _get_instance(self, zone: str, instance: str, query: dict[str, str], body: Any) -> Reply:
+        found = self.instances.get((zone, instance))
+        if found is None:
+            return self._error(404, f"The resource 'projects/{self.project}/zones/{zone}/instances/{instance}' "
+                                    "was not found")
+        return 200, self._public(found), {}
+
+    def _attach_disk(self, zone: str, instance: str, query: dict[str, str], body: dict[str, Any]) -> Reply:
+        found = self.instances.get((zone, instance))
+        if found is None:
+            return self._error(404, f"The resource 'projects/{self.project}/zones/{zone}/instances/{instance}' "
+                                    "was not found")
+        match = re.search(r"zones/([^/]+)/disks/([^/]+)$", body.get("source", ""))
+        if not match or (match[1], match[2]) not in self.disks:
+            return self._error(404, f"The resource '{body.get('source')}' was not found")
+        if match[1] != zone:
+            return self._error(400, f"Invalid value for field 'resource.source': '{body['source']}'. "
+                                    "Disk must be in the same zone as the instance.")
+        disk = self.disks[(match[1], match[2])]
+        device = body.get("deviceName") or f"persistent-disk-{len(found['disks'])}"
+        if disk.get("users"):
+            status, reply, headers = self._error(
+                400, f"The disk resource '{disk['selfLink'].split('/compute/v1/', 1)[-1]}' is already being used "
+                     f"by '{disk['users'][0].split('/compute/v1/', 1)[-1]}'")
+            reply["error"]["errors"][0]["reason"] = "resourceInUseByAnotherResource"
+            return status, reply, headers
+        if any(d["deviceName"] == device for d in found["disks"]):
+            return self._error(400, f"Invalid value for field 'resource.deviceName': '{device}'. "
+                                    "Device name is already in use.")
+        found["disks"].append({"kind": "compute#attachedDisk", "type": "PERSISTENT",
+                               "mode": body.get("mode", "READ_WRITE"), "source": disk["selfLink"],
+                               "deviceName": device, "index": len(found["disks"]), "boot": False,
+                               "autoDelete": bool(body.get("autoDelete"))})
+        disk["users"] = [found["selfLink"]]
+        return 200, self._public(self._new_op("attachDisk", found["selfLink"], zone, query)), {}
+
+    def _detach_disk(self, zone: str, instance: str, query: dict[str, str], body: Any) -> Reply:
+        found = self.instances.get((zone, instance))
+        if found is None:
+            return self._error(404, f"The resource 'projects/{self.project}/zones/{zone}/instances/{instance}' "
+                                    "was not found")
+        device = query.get("deviceName", "")
+        attached = next((d for d in found["disks"] if d["deviceName"] == device), None)
+        if attached is None:
+            return self._error(400, f"Invalid value for field 'deviceName': '{device}'. "
+                                    f"No attached disk found with device name '{device}'")
+        found["disks"].remove(attached)
+        disk = self.disks.get(tuple(attached["source"].split("/zones/", 1)[1].split("/disks/")))
+        if disk is not None:
+            disk["users"] = [u for u in disk.get("users", []) if u != found["selfLink"]]
+        return 200, self._public(self._new_op("detachDisk", found["selfLink"], zone, query)), {}
 
     def _zone_op(self, zone: str, op: str, wait: str | None, query: dict[str, str], body: Any) -> Reply:
         found = self.operations.get(op)

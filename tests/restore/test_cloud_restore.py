@@ -6,23 +6,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
 
+import pytest
+
 from snapctl.config import load_inventory
+from snapctl.drill import run_drill
 from snapctl.restore import restore_run
 from tests.fakes.azure_compute import FakeAzureCompute
 from tests.fakes.gcp_compute import FakeGcpCompute
 from tests.moto_server import DEFAULT_REGION, dummy_aws_credentials, shared_moto_server
+from tests.restore.conftest import scratch_agent
 
 GCP_ZONE = "europe-west1-b"
 AZURE_GROUP = "rg-restore"
 
 
-def _inventory(directory: Path, provider: dict, volume: dict, restore: dict | None = None) -> Path:
+def _inventory(directory: Path, provider: dict, volume: dict, restore: dict | None = None,
+               auth: dict | None = None) -> Path:
     data = directory / "db1"
     data.mkdir(exist_ok=True)
     with sqlite3.connect(data / "app.db") as conn:
@@ -32,8 +38,10 @@ def _inventory(directory: Path, provider: dict, volume: dict, restore: dict | No
     if restore:
         node["restore"] = restore
     path = directory / "inventory.yaml"
-    path.write_text(yaml.safe_dump({"cluster": "cloud-restore", "provider": provider, "catalog": {"path": "catalog"},
-                                    "nodes": [node]}, sort_keys=False))
+    inventory = {"cluster": "cloud-restore", "provider": provider, "catalog": {"path": "catalog"}, "nodes": [node]}
+    if auth:
+        inventory["auth"] = auth
+    path.write_text(yaml.safe_dump(inventory, sort_keys=False))
     return path
 
 
@@ -46,22 +54,39 @@ def _backup(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def gcp_node(directory: Path, restore: dict | None = None) -> Iterator[tuple[FakeGcpCompute, Path]]:
+def gcp_node(directory: Path, restore: dict | None = None, auth: dict | None = None
+             ) -> Iterator[tuple[FakeGcpCompute, Path]]:
     with FakeGcpCompute(op_running_polls=1, creating_polls=1, uploading_polls=1) as fake:
         fake.add_disk(GCP_ZONE, "db1-data")
+        fake.add_instance(GCP_ZONE, "scratch")
         provider = {"type": "gcp", "project": fake.project, "api_endpoint": fake.url, "anonymous": True,
                     "poll_interval_s": 0.01}
-        yield fake, _inventory(directory, provider, {"disk": "db1-data", "zone": GCP_ZONE, "name": "data"}, restore)
+        yield fake, _inventory(directory, provider, {"disk": "db1-data", "zone": GCP_ZONE, "name": "data"}, restore,
+                               auth)
 
 
 @contextlib.contextmanager
-def azure_node(directory: Path, restore: dict | None = None) -> Iterator[tuple[FakeAzureCompute, Path]]:
+def azure_node(directory: Path, restore: dict | None = None, auth: dict | None = None
+               ) -> Iterator[tuple[FakeAzureCompute, Path]]:
     with FakeAzureCompute(op_polls=1, provisioning_polls=1) as fake:
         disk = fake.add_disk(AZURE_GROUP, "db1-data")
+        fake.add_vm(AZURE_GROUP, "scratch")
         provider = {"type": "azure", "subscription_id": fake.subscription, "resource_group": AZURE_GROUP,
                     "location": "westeurope", "base_url": fake.url, "insecure_http_for_tests": True,
                     "dummy_credential_for_tests": True, "polling_interval_s": 0.01}
-        yield fake, _inventory(directory, provider, {"disk_id": disk, "name": "data"}, restore)
+        yield fake, _inventory(directory, provider, {"disk_id": disk, "name": "data"}, restore, auth)
+
+
+def attached_disks(fake) -> list[str]:
+    """The names of the data disks attached to the scratch machine."""
+    if isinstance(fake, FakeGcpCompute):
+        return sorted(fake.attached(GCP_ZONE, "scratch").values())
+    return sorted(fake.data_disks(AZURE_GROUP, "scratch").values())
+
+
+def restored_disks(fake) -> list[str]:
+    names = [name for (_, name) in fake.disks] if isinstance(fake, FakeGcpCompute) else list(fake.disks())
+    return sorted(n for n in names if n not in ("db1-data", "scratch-boot"))
 
 
 def test_a_gcp_restore_without_a_zone_makes_the_disk_in_the_source_disks_zone(tmp_path):
@@ -103,3 +128,41 @@ def test_an_aws_restore_with_attach_says_where_it_attached_each_volume(tmp_path)
         assert [(a["InstanceId"], a["Device"]) for a in volume["Attachments"]] == [(instance, "/dev/sdf")]
         assert node.note.startswith(f"attached to {instance} (data at /dev/sdf): restore-prepare and start the engine")
         assert "attach them" not in node.note
+
+
+@pytest.mark.parametrize("cloud", [gcp_node, azure_node], ids=["gcp", "azure"])
+def test_a_gcp_or_azure_restore_with_attach_attaches_each_disk_to_the_nodes_instance(tmp_path, cloud):
+    with cloud(tmp_path, {"instance": "scratch"}) as (fake, inventory):
+        run_id = _backup(inventory)
+
+        [node] = restore_run(load_inventory(inventory), run_id, attach=True).nodes
+
+        [disk] = restored_disks(fake)
+        assert node.volumes["data"].endswith(f"/disks/{disk}") and attached_disks(fake) == [disk]
+        assert node.note.startswith("attached to scratch (data): restore-prepare and start the engine there")
+
+
+@pytest.mark.parametrize("cloud", [gcp_node, azure_node], ids=["gcp", "azure"])
+def test_a_gcp_or_azure_run_is_drilled_through_a_scratch_agent_and_torn_down(tmp_path, cloud):
+    """The drill restores the node's disk, attaches it to the scratch machine, verifies the engine
+    the scratch agent serves there, then detaches and deletes the disk. The emulators' disks hold
+    no bytes: the scratch agent's database is a copy of the one backed up, as the disk would hold."""
+    token_file = tmp_path / "agent-token"
+    token_file.write_text("scratch-agent-token\n")
+    scratch_db = tmp_path / "scratch-machine" / "data" / "app.db"
+    scratch_db.parent.mkdir(parents=True)
+    auth = {"token_file": str(token_file)}
+    with scratch_agent(tmp_path, token_file, scratch_db) as url, \
+            cloud(tmp_path, {"instance": "scratch", "agent": url}, auth) as (fake, inventory):
+        run_id = _backup(inventory)
+        shutil.copy(tmp_path / "db1" / "app.db", scratch_db)
+
+        report = run_drill(load_inventory(inventory), run_id, junit=tmp_path / "drill.xml")
+
+        [node] = report.nodes
+        assert (node.verdict, node.runs_on, node.error) == ("passed", url, None), node.hint
+        assert report.ok and report.leftovers == [] and report.teardown_errors == []
+        attaches = fake.requests_to("POST", "/attachDisk") if isinstance(fake, FakeGcpCompute) else \
+            fake.requests_to("PATCH", "/virtualMachines/scratch")
+        assert len(attaches) == (1 if isinstance(fake, FakeGcpCompute) else 2)  # azure: attach, then detach
+        assert restored_disks(fake) == [] and attached_disks(fake) == [], "the drill's disk is detached and deleted"

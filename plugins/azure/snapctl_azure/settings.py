@@ -21,6 +21,7 @@ GUID = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F
 _ARM_PREFIX = r"^/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.Compute/"
 DISK_ID = re.compile(_ARM_PREFIX + r"disks/(?P<name>[^/]+)$", re.IGNORECASE)
 SNAPSHOT_ID = re.compile(_ARM_PREFIX + r"snapshots/(?P<name>[^/]+)$", re.IGNORECASE)
+VM_ID = re.compile(_ARM_PREFIX + r"virtualMachines/(?P<name>[^/]+)$", re.IGNORECASE)
 RESOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,78}[A-Za-z0-9_]$|^[A-Za-z0-9]$")
 # Azure allows 50 tags per resource; snapctl's own take 6, the inventory's `tags:` some more.
 MAX_USER_TAGS = 40

@@ -47,6 +47,7 @@ class GcpApi:
         return {
             "types": compute_v1,
             "disks": compute_v1.DisksClient(**kwargs),
+            "instances": compute_v1.InstancesClient(**kwargs),
             "snapshots": compute_v1.SnapshotsClient(**kwargs),
             "zone_ops": compute_v1.ZoneOperationsClient(**kwargs),
             "global_ops": compute_v1.GlobalOperationsClient(**kwargs),

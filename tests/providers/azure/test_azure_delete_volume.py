@@ -84,3 +84,25 @@ def test_a_disk_of_another_subscription_or_not_a_disk_is_refused(azure, provider
     with pytest.raises(BadInputError, match="is not an azure managed disk id"):
         provider.delete_volume("/tmp/restored/data")
     assert not azure.requests_to("GET", "/disks/")
+
+
+def test_a_disk_restore_attached_is_detached_from_that_vm_then_deleted(azure, provider, volumes):
+    azure.add_vm(RG, "scratch")
+    ref = provider.snapshot(volumes, snapshot_tags(provider.cluster, "run-1", "n1"))[0]
+    disk_id = provider.restore(ref, RestoreTarget(instance="scratch", name="restored-data"))
+    assert azure.data_disks(RG, "scratch") == {0: "restored-data"}
+
+    provider.delete_volume(disk_id)
+
+    assert azure.data_disks(RG, "scratch") == {} and "restored-data" not in azure.disks()
+
+
+def test_a_disk_restore_attached_that_another_vm_holds_is_refused(azure, provider):
+    ours = azure.resource_id(RG, "virtualmachines", "scratch")
+    disk_id = azure.add_disk(RG, "moved", tags={TAG_CLUSTER: provider.cluster, "snapctl-attached-to": ours},
+                             managed_by="prod-db")
+
+    with pytest.raises(ProviderError, match="attached to vm prod-db; snapctl did not attach it there"):
+        provider.delete_volume(disk_id)
+
+    assert "moved" in azure.disks() and not azure.requests_to("PATCH") and not azure.requests_to("DELETE")

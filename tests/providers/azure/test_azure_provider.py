@@ -171,10 +171,44 @@ def test_restore_makes_a_disk_from_the_snapshot(azure, provider, volumes):
     assert made["tags"] == {TAG_CLUSTER: "Prod.EU", "snapctl-restored-from": ref.snapshot_id}
 
 
-def test_restore_refuses_attaching(provider, volumes):
-    ref = SnapshotRef(provider="azure", snapshot_id="/x", node="n1", volume="data")
-    with pytest.raises(BadInputError, match="does not attach"):
-        provider.restore(ref, RestoreTarget(instance="vm-1"))
+def test_restore_attaches_the_disk_to_the_vm_at_a_free_lun_in_the_vms_zone(azure, provider, volumes):
+    vm_id = azure.add_vm(RG, "scratch", zones=["3"])
+    data, wal = provider.snapshot(volumes, tags())
+
+    first = provider.restore(data, RestoreTarget(instance="scratch", name="r-data"))
+    second = provider.restore(wal, RestoreTarget(instance=vm_id, name="r-wal", device="lun5"))
+
+    assert azure.data_disks(RG, "scratch") == {0: "r-data", 5: "r-wal"}
+    made = azure.disks()
+    assert made["r-data"]["zones"] == ["3"] and made["r-data"]["managedBy"] == vm_id
+    assert made["r-wal"]["tags"]["snapctl-attached-to"] == vm_id
+    assert (first, second) == (azure.resource_id(RG, "disks", "r-data"), azure.resource_id(RG, "disks", "r-wal"))
+
+
+def test_an_attach_that_fails_deletes_the_disk_it_made(azure, provider, volumes):
+    azure.add_vm(RG, "scratch")
+    ref = provider.snapshot(volumes, tags())[0]
+    azure.deny("Microsoft.Compute/virtualMachines/write", method="PATCH")
+
+    with pytest.raises(ProviderError, match="lack Microsoft.Compute/virtualMachines/write"):
+        provider.restore(ref, RestoreTarget(instance="scratch", name="r-data"))
+
+    assert "r-data" not in azure.disks() and azure.data_disks(RG, "scratch") == {}
+
+
+@pytest.mark.parametrize("instance, device, error, message", [
+    ("absent", None, ProviderError, "azure vm absent not found in resource group rg-snapctl"),
+    ("/subscriptions/00000000-0000-4000-8000-00000000dead/resourceGroups/g/providers/Microsoft.Compute/"
+     "virtualMachines/v", None, BadInputError, "in another subscription"),
+    ("scratch", "/dev/sdf", BadInputError, "'/dev/sdf' is not a lun"),
+])
+def test_an_attach_that_cannot_work_is_refused_before_a_disk_is_made(azure, provider, volumes, instance, device,
+                                                                     error, message):
+    azure.add_vm(RG, "scratch")
+    ref = provider.snapshot(volumes, tags())[0]
+    with pytest.raises(error, match=message):
+        provider.restore(ref, RestoreTarget(instance=instance, device=device))
+    assert not azure.requests_to("PUT", "/disks/")
 
 
 def test_missing_credentials_say_where_they_are_looked_for(azure, make_provider, volumes):

@@ -98,3 +98,25 @@ def test_a_disk_of_another_project_or_not_a_disk_is_refused(gcp, provider):
     with pytest.raises(BadInputError, match="is not a gcp disk"):
         provider.delete_volume("/tmp/restored/data")
     assert not gcp.requests_to("GET", "/disks/")
+
+
+def test_a_disk_restore_attached_is_detached_from_that_instance_then_deleted(gcp, provider, volumes):
+    gcp.add_instance(RESTORE_ZONE, "scratch")
+    ref = provider.snapshot(volumes, snapshot_tags(provider.cluster, "run-1", "n1"))[0]
+    disk = provider.restore(ref, RestoreTarget(zone=RESTORE_ZONE, instance="scratch", name="restored-data"))
+    assert gcp.attached(RESTORE_ZONE, "scratch") == {"restored-data": "restored-data"}
+
+    provider.delete_volume(disk)
+
+    assert gcp.attached(RESTORE_ZONE, "scratch") == {} and (RESTORE_ZONE, "restored-data") not in gcp.disks
+    assert [r.query["deviceName"] for r in gcp.requests_to("POST", "/detachDisk")] == ["restored-data"]
+
+
+def test_a_disk_restore_attached_that_someone_also_attached_elsewhere_is_refused(gcp, provider):
+    labels = {"snapctl-cluster": encode_label(provider.cluster), "snapctl-attached-to": "scratch"}
+    gcp.add_disk(RESTORE_ZONE, "moved", labels=labels, users=["prod-db"])
+
+    with pytest.raises(ProviderError, match="attached to prod-db; snapctl did not attach it there"):
+        provider.delete_volume(f"projects/{gcp.project}/zones/{RESTORE_ZONE}/disks/moved")
+
+    assert (RESTORE_ZONE, "moved") in gcp.disks and not gcp.requests_to("POST", "/detachDisk")

@@ -199,13 +199,50 @@ def test_restore_makes_a_disk_from_the_snapshot(gcp, provider, volumes):
     assert len(gcp.requests_to("POST", "/zones/europe-west1-c/operations/")) == 3
 
 
-def test_restore_defaults_to_the_source_zone_and_refuses_attaching(gcp, provider, volumes):
+def test_restore_defaults_to_the_source_zone(gcp, provider, volumes):
     ref = provider.snapshot(volumes, tags())[0]
     disk = provider.restore(ref, RestoreTarget())
     assert disk.startswith(f"projects/{gcp.project}/zones/{ZONE}/disks/snapctl-")
 
-    with pytest.raises(BadInputError, match="does not attach"):
-        provider.restore(ref, RestoreTarget(instance="vm-1"))
+
+def test_restore_attaches_the_disk_to_the_instance_in_the_instances_zone(gcp, provider, volumes):
+    gcp.add_instance("europe-west1-c", "scratch")
+    data, wal = provider.snapshot(volumes, tags())
+
+    first = provider.restore(data, RestoreTarget(instance="zones/europe-west1-c/instances/scratch", name="r-data"))
+    second = provider.restore(wal, RestoreTarget(zone="europe-west1-c", instance="scratch", name="r-wal",
+                                                 device="/dev/disk/by-id/google-wal"))
+
+    assert first == f"projects/{gcp.project}/zones/europe-west1-c/disks/r-data"  # the instance's zone, not the source's
+    assert second == f"projects/{gcp.project}/zones/europe-west1-c/disks/r-wal"
+    assert gcp.attached("europe-west1-c", "scratch") == {"r-data": "r-data", "wal": "r-wal"}
+    assert gcp.disks[("europe-west1-c", "r-data")]["labels"]["snapctl-attached-to"] == "scratch"
+    assert len({r.query["requestId"] for r in gcp.requests_to("POST", "/attachDisk")}) == 2
+
+
+def test_an_attach_that_fails_deletes_the_disk_it_made(gcp, provider, volumes):
+    gcp.add_instance("europe-west1-c", "scratch")
+    ref = provider.snapshot(volumes, tags())[0]
+    gcp.deny("compute.instances.attachDisk", path_contains="/attachDisk")
+
+    with pytest.raises(ProviderError, match="lack compute.instances.attachDisk"):
+        provider.restore(ref, RestoreTarget(zone="europe-west1-c", instance="scratch", name="r-data"))
+
+    assert ("europe-west1-c", "r-data") not in gcp.disks and gcp.attached("europe-west1-c", "scratch") == {}
+
+
+@pytest.mark.parametrize("instance, device, message", [
+    ("zones/europe-west1-d/instances/scratch", None, "instance scratch is in europe-west1-d, the disk would be in"),
+    ("projects/elsewhere/zones/europe-west1-c/instances/scratch", None, "in another project"),
+    ("Scratch VM", None, "is not a gcp instance"),
+    ("scratch", "/dev/sdf", "'/dev/sdf' is not a device name"),
+])
+def test_an_attach_that_cannot_work_is_refused_before_a_disk_is_made(gcp, provider, volumes, instance, device,
+                                                                     message):
+    ref = provider.snapshot(volumes, tags())[0]
+    with pytest.raises(BadInputError, match=message):
+        provider.restore(ref, RestoreTarget(zone="europe-west1-c", instance=instance, device=device))
+    assert not [r for r in gcp.requests_to("POST") if r.path.endswith("/disks")]
 
 
 def test_a_403_rate_limit_counts_as_throttling_and_is_retried(gcp, provider, volumes):
