@@ -184,7 +184,8 @@ def test_the_first_failure_stops_the_copy_and_no_worker_outlives_it(tmp_path: Pa
     monkeypatch.setattr(copy_module.FileCopier, "copy_file", failing_copy)
     with pytest.raises(TreeCopyError) as info:
         copy_tree(src, tmp_path / "dst", FileCopier("never"), threads=2)
-    assert info.value.path == src / "f005" and info.value.cause.errno == errno.ENOSPC
+    assert info.value.cause.errno == errno.ENOSPC
+    assert info.value.path == tmp_path / "dst" / "f005" and info.value.writing  # a full disk is the copy's
     assert len(calls) < 100  # stopped soon after, not at the end of the tree
     assert _copy_threads() == []  # so nothing writes into the tree the caller now removes
 
