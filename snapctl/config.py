@@ -12,10 +12,18 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from snapctl.errors import InventoryError, os_reason
 
@@ -29,7 +37,7 @@ _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None
 def parse_duration(value: Any) -> float:
     """Seconds from ``30``, ``"30s"``, ``"15m"``, ``"24h"``, ``"7d"``."""
     if isinstance(value, bool):
-        raise ValueError("expected a duration like 30s, 15m, 24h")
+        raise ValueError("expected a duration like 30s, 15m, 24h, not a YAML boolean (yes/no, true/false, on/off)")
     if isinstance(value, (int, float)):
         return float(value)
     match = _DURATION.match(str(value))
@@ -40,6 +48,20 @@ def parse_duration(value: Any) -> float:
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+NOT_A_NUMBER = "expected a number, not a YAML boolean (yes/no, true/false, on/off)"
+
+
+def _not_a_boolean(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError(NOT_A_NUMBER)
+    return value
+
+
+# A whole number that a YAML boolean is not: pydantic's lax mode reads `keep_last: yes` as 1,
+# which would keep one backup where the operator meant something else entirely.
+Count = Annotated[int, BeforeValidator(_not_a_boolean)]
 
 
 class Duration(float):
@@ -72,9 +94,9 @@ class Policy(Strict):
     prepare_timeout_s: float = 60.0  # the engine's time to answer a prepare, from the hold instant on
     snapshot_timeout_s: float = 120.0  # per node, until its create calls returned
     wait_timeout_s: float = 3600.0  # until every snapshot completed
-    max_follower_lag: int = 10_000  # raft entries
+    max_follower_lag: Count = 10_000  # raft entries
     max_snapshot_busy_s: float = 600.0  # SAVING/LOADING/DOWNLOADING longer than this is flagged
-    concurrency: int = Field(default=64, ge=1, le=4096)
+    concurrency: Count = Field(default=64, ge=1, le=4096)
     consistency: Literal["cluster", "per-node"] = "cluster"
     # Cluster mode: every prepare carries one instant to begin the hold, this far ahead of sending
     # them, so holds begin together however long N requests take to send. None: from the
@@ -106,10 +128,10 @@ class Policy(Strict):
 
 
 class Retention(Strict):
-    keep_last: int = Field(default=7, ge=1)
-    daily: int = Field(default=7, ge=0)
-    weekly: int = Field(default=4, ge=0)
-    monthly: int = Field(default=6, ge=0)
+    keep_last: Count = Field(default=7, ge=1)
+    daily: Count = Field(default=7, ge=0)
+    weekly: Count = Field(default=4, ge=0)
+    monthly: Count = Field(default=6, ge=0)
 
 
 _AGENT_ADDRESS = re.compile(r"^https?://(?:\[(?P<ipv6>[^\]/\s]+)\]|[^/\s:\[\]]+)(?::(?P<port>\d{1,5}))?/?$")

@@ -59,6 +59,36 @@ def test_bad_durations(value):
         parse_duration(value)
 
 
+@pytest.mark.parametrize(("block", "where"), [
+    ("retention:\n  keep_last: yes\n", "inv.yaml:7: retention.keep_last"),
+    ("retention: {daily: true}\n", "inv.yaml:6: retention.daily"),
+    ("retention:\n  weekly: off\n", "inv.yaml:7: retention.weekly"),
+    ("retention:\n  monthly: no\n", "inv.yaml:7: retention.monthly"),
+    ("policy:\n  concurrency: on\n", "inv.yaml:7: policy.concurrency"),
+    ("policy:\n  max_follower_lag: yes\n", "inv.yaml:7: policy.max_follower_lag"),
+    ("policy:\n  lease_ttl_s: yes\n", "inv.yaml:7: policy.lease_ttl_s"),
+    ("policy:\n  hold_lead_s: on\n", "inv.yaml:7: policy.hold_lead_s"),
+    ("drill:\n  timeout_s: true\n", "inv.yaml:7: drill.timeout_s"),
+    ("rpo: yes\n", "inv.yaml:6: rpo"),
+])
+def test_a_yaml_boolean_is_not_read_as_a_number(block, where):
+    # pydantic's lax mode reads `keep_last: yes` as 1: a retention that deletes all but one backup.
+    with pytest.raises(InventoryError) as err:
+        parse_inventory(BASE + block, source="inv.yaml")
+    message = str(err.value)
+    assert message.startswith(f"{where}: expected ") and "\n" not in message
+    assert message.endswith("not a YAML boolean (yes/no, true/false, on/off)")
+
+
+def test_counts_and_durations_still_take_the_forms_the_docs_use():
+    inventory = parse_inventory(BASE + "retention: {keep_last: 3, daily: 0, weekly: 2, monthly: 1}\n"
+                                       "policy: {concurrency: 16, max_follower_lag: 1_000, lease_ttl_s: 15s}\n"
+                                       "rpo: 24h\n", source="inv.yaml")
+    assert (inventory.retention.keep_last, inventory.retention.daily, inventory.retention.weekly) == (3, 0, 2)
+    assert (inventory.policy.concurrency, inventory.policy.max_follower_lag) == (16, 1000)
+    assert inventory.policy.lease_ttl_s == 15 and inventory.rpo == 86400
+
+
 def test_engine_settings_typo_names_the_key_and_the_valid_ones():
     with pytest.raises(BadInputError) as err:
         validate_engine_settings({"type": "sqlite", "pathx": "db.sqlite"})
