@@ -301,14 +301,12 @@ async def open_agents(inventory: Inventory) -> AsyncIterator[dict[str, AgentClie
                                                      timeout_s=timeout_s,
                                                      client_cert=bool(inventory.auth.client_cert_file))
         if embedded:
-            from node_agent.engines.base import create_engine
+            from node_agent.engines.base import load_engine_factory
             from node_agent.service import AgentService
 
             for node in embedded:
-                try:
-                    engine = create_engine(node.engine, base_dir=inventory.base_dir)
-                except BadInputError as exc:  # which of many nodes' engine blocks is wrong
-                    raise BadInputError(f"node {node.name}: {exc.message}", hint=exc.hint) from exc
+                settings = inventory.engine_settings(node)  # which of many nodes' engine blocks is wrong, and where
+                engine = load_engine_factory(settings.type)(settings, base_dir=inventory.base_dir)
                 client = EmbeddedAgentClient(node.name, AgentService(node.name, engine), timeout_s=timeout_s,
                                              executor=executor)
                 services.append(client)

@@ -12,7 +12,8 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -25,7 +26,10 @@ from pydantic import (
     model_validator,
 )
 
-from snapctl.errors import InventoryError, os_reason
+from snapctl.errors import InventoryError, SnapctlError, os_reason
+
+if TYPE_CHECKING:
+    from node_agent.engines.base import EngineSettings
 
 DEFAULT_INVENTORY = "inventory.yaml"
 INVENTORY_ENV = "SNAPCTL_INVENTORY"
@@ -237,10 +241,14 @@ class Inventory(Strict):
     tags: dict[str, str] = Field(default_factory=dict)  # extra tags on every snapshot
     nodes: list[Node] = Field(min_length=1)
 
-    # Not part of the file: where it was read from, so relative paths resolve against it.
+    # Not part of the file: where it was read from, so relative paths resolve against it, and its
+    # text and each node's place in it, so that errors in blocks checked later (a provider's
+    # settings, an engine's, a node's volumes) name file:line like the rest.
     model_config = ConfigDict(extra="forbid")
     _base_dir: Path = Path(".")
     _source: str = "<memory>"
+    _text: str | None = None
+    _node_index: dict[str, int] = {}
 
     @field_validator("rpo", mode="before")
     @classmethod
@@ -279,6 +287,60 @@ class Inventory(Strict):
     def select(self, names: list[str] | None) -> list[Node]:
         return [self.node(n) for n in names] if names else list(self.nodes)
 
+    # -- blocks the plugins validate, with errors that name file:line -------------------------
+
+    def where(self, *loc: str | int) -> str:
+        """``file:line`` of the key ``loc`` reaches (e.g. "provider", "region"), or of the deepest
+        part of it the file has. The text is parsed again for it: only errors need lines."""
+        root = None
+        if self._text is not None:
+            try:
+                root = yaml.compose(self._text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+            except yaml.YAMLError:
+                pass  # it parsed when it was loaded; a line is a nicety here
+        line = _line_of(root, loc) if root is not None else None
+        return f"{self._source}:{line}" if line else self._source
+
+    def node_loc(self, name: str) -> tuple[str | int, ...]:
+        """Where node ``name`` is in the file: ("nodes", index), whatever subset of nodes this is."""
+        index = self._node_index.get(name)
+        return ("nodes", index) if index is not None else ("nodes",)
+
+    def located(self, exc: SnapctlError, *loc: str | int) -> InventoryError:
+        """``exc``, raised checking the block at ``loc`` (a plugin's own message), naming file:line."""
+        return InventoryError(f"{self.where(*loc)}: {exc.message}", hint=exc.hint)
+
+    def check_block(self, model: type[BaseModel], raw: dict[str, Any], loc: tuple[str | int, ...], what: str) -> Any:
+        """``raw``, the block at ``loc``, validated by ``model`` (a plugin's); ``what`` begins every
+        error (e.g. "provider aws"), after the file:line of the key at fault."""
+        boolean = _boolean_for_a_number(model, raw)
+        if boolean is not None:
+            raise InventoryError(f"{self.where(*loc, *boolean)}: {what}: {_dotted(boolean)}: {NOT_A_NUMBER}")
+        try:
+            return model.model_validate(dict(raw))
+        except ValidationError as exc:
+            err = first_error(exc)
+            hint = None
+            if err["type"] == "missing":
+                hint = f"add {_dotted(tuple(err['loc']))}: to the {_dotted(loc)} block"
+            raise InventoryError(f"{self.where(*loc, *err['loc'])}: {what}: {_explain(err, model)}",
+                                 hint=hint) from exc
+
+    def engine_settings(self, node: Node) -> EngineSettings:
+        """``node``'s engine block, validated by its adapter; errors name file:line."""
+        from node_agent.engines.base import load_engine_factory
+
+        loc = (*self.node_loc(node.name), "engine")
+        engine_type = node.engine.get("type")
+        if not isinstance(engine_type, str):
+            raise InventoryError(f"{self.where(*loc)}: node {node.name}: the engine block needs a 'type'",
+                                 hint="e.g. engine: {type: sqlite, path: /var/lib/app/app.db}")
+        try:
+            factory = load_engine_factory(engine_type)
+        except SnapctlError as exc:
+            raise self.located(exc, *loc, "type") from exc
+        return self.check_block(factory.settings_model, node.engine, loc, f"node {node.name}: engine {engine_type}")
+
 
 def inventory_path(explicit: str | None) -> Path:
     return Path(explicit or os.environ.get(INVENTORY_ENV) or DEFAULT_INVENTORY)
@@ -312,6 +374,8 @@ def parse_inventory(text: str, *, source: str = "<inventory>", base_dir: Path | 
             raise InventoryError(_describe(exc, root, source)) from exc
     inventory._base_dir = base_dir or Path.cwd()
     inventory._source = source
+    inventory._text = text
+    inventory._node_index = {node.name: index for index, node in enumerate(inventory.nodes)}
     return inventory
 
 
@@ -377,19 +441,69 @@ def _describe(
 ) -> str:
     """``model``: the model validated at the top level (default ``Inventory``); the agent's config reuses this."""
     err = first_error(exc)
-    loc = tuple(err["loc"])
-    line = _line_of(root, loc)
-    field = _dotted(loc)
+    line = _line_of(root, tuple(err["loc"]))
     where = f"{source}:{line}" if line else source
+    return f"{where}: {_explain(err, model or Inventory)}"
+
+
+def _explain(err: dict[str, Any], model: type[BaseModel]) -> str:
+    """One pydantic error of ``model`` as the rest of a message: the field and what is wrong."""
+    loc = tuple(err["loc"])
+    field = _dotted(loc)
     if err["type"] == "extra_forbidden":
-        inner = _model_at(loc[:-1], model or Inventory)
+        inner = _model_at(loc[:-1], model)
         valid = ", ".join(inner.model_fields) if inner else ""
-        return f"{where}: unknown key {field!r}" + (f" (valid keys: {valid})" if valid else "")
+        return f"unknown key {field!r}" + (f" (valid keys: {valid})" if valid else "")
     if err["type"] == "missing":
-        return f"{where}: missing required key {field!r}"
+        return f"missing required key {field!r}"
     msg = err["msg"]
     msg = msg[len("Value error, "):] if msg.startswith("Value error, ") else msg
-    return f"{where}: {field}: {msg[:1].lower() + msg[1:]}"
+    return f"{field}: {msg[:1].lower() + msg[1:]}"
+
+
+def _boolean_for_a_number(model: type[BaseModel], data: Any) -> tuple[str | int, ...] | None:
+    """Where ``data`` has a YAML boolean for a field of ``model`` that takes a number and no boolean:
+    pydantic's lax mode reads `timeout_s: yes` as 1. For the plugins' models (a provider's settings,
+    an engine's), which the core cannot declare with ``Count``."""
+    if not isinstance(data, dict):
+        return None
+    for name, field in model.model_fields.items():
+        key = field.alias or name
+        if key in data:
+            found = _boolean_in(field.annotation, data[key])
+            if found is not None:
+                return (key, *found)
+    return None
+
+
+def _boolean_in(annotation: Any, value: Any) -> tuple[str | int, ...] | None:
+    kinds = _kinds(annotation)
+    if isinstance(value, bool):
+        numbers = [k for k in kinds if isinstance(k, type) and issubclass(k, (int, float)) and k is not bool]
+        return () if numbers and bool not in kinds and Any not in kinds else None
+    for kind in kinds:
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            found = _boolean_for_a_number(kind, value)
+            if found is not None:
+                return found
+        elif get_origin(kind) is list and isinstance(value, list):
+            for index, item in enumerate(value):
+                found = _boolean_in(get_args(kind)[0], item)
+                if found is not None:
+                    return (index, *found)
+    return None
+
+
+def _kinds(annotation: Any) -> list[Any]:
+    """What ``annotation`` admits: unions flattened, ``Annotated`` unwrapped, literals as their types."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _kinds(get_args(annotation)[0])
+    if origin is Union or origin is UnionType:
+        return [kind for arg in get_args(annotation) for kind in _kinds(arg)]
+    if origin is Literal:
+        return [type(value) for value in get_args(annotation)]
+    return [annotation]
 
 
 def _describe_yaml_error(exc: yaml.YAMLError, text: str, source: str) -> str:

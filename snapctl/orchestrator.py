@@ -38,7 +38,7 @@ from snapctl.pacing import CreateCallPacer, auto_hold_lead
 from snapctl.preflight import BackupPlan, dry_run, preflight
 from snapctl.provider_threads import CallRunner
 from snapctl.provider_worker import CALL_RUNNER_READY_S, call_runner
-from snapctl.providers import TAG_RUN, NodeVolumes, Provider, SnapshotRef, create_provider, snapshot_tags
+from snapctl.providers import TAG_RUN, NodeVolumes, Provider, SnapshotRef, node_volumes, open_provider, snapshot_tags
 
 
 @dataclass
@@ -93,11 +93,8 @@ class _Run:
 async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporter | None = None) -> Manifest | BackupPlan:
     reporter = reporter or NullReporter()
     policy = inventory.policy
-    provider = create_provider(inventory.provider, cluster=inventory.cluster, base_dir=inventory.base_dir)
-    volumes = {
-        node.name: provider.validate_volumes(node.name, node.volumes, base_dir=inventory.base_dir)
-        for node in inventory.nodes
-    }
+    provider = open_provider(inventory)
+    volumes = node_volumes(inventory, provider)
     catalog = open_catalog(inventory)
     run_id = new_run_id()
 

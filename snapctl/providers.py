@@ -15,11 +15,14 @@ from dataclasses import dataclass, field
 from functools import cache, reduce
 from importlib import import_module
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from snapctl.errors import BadInputError
+from snapctl.errors import BadInputError, InventoryError
+
+if TYPE_CHECKING:
+    from snapctl.config import Inventory
 
 # Tag keys every snapshot carries; `find`, `prune` and `gc` rely on them.
 TAG_CLUSTER = "snapctl-cluster"
@@ -256,6 +259,51 @@ def create_provider(raw: Mapping[str, Any], *, cluster: str, base_dir: Path,
 
         raise BadInputError(f"provider {provider_type}: {describe_validation_error(exc, factory.settings_model)}") from exc
     return factory(settings, cluster=cluster, base_dir=base_dir)
+
+
+def provider_settings(inventory: Inventory) -> tuple[ProviderFactory, ProviderSettings]:
+    """The inventory's provider factory and its validated ``provider:`` block; errors name file:line.
+    Imports the provider's module, not its SDK: what `snapctl status` checks as well."""
+    raw = inventory.provider
+    provider_type = raw.get("type")
+    if not isinstance(provider_type, str):
+        raise InventoryError(f"{inventory.where('provider')}: the provider block needs a 'type'",
+                             hint="e.g. type: local")
+    try:
+        factory = load_provider_factory(provider_type)
+    except BadInputError as exc:
+        raise inventory.located(exc, "provider", "type") from exc
+    return factory, inventory.check_block(factory.settings_model, raw, ("provider",), f"provider {provider_type}")
+
+
+def open_provider(inventory: Inventory) -> Provider:
+    """The provider the inventory describes; a problem with its block names file:line."""
+    factory, settings = provider_settings(inventory)
+    try:
+        return factory(settings, cluster=inventory.cluster, base_dir=inventory.base_dir)
+    except BadInputError as exc:  # settings the model alone cannot judge (local: a store that is a file)
+        raise inventory.located(exc, "provider") from exc
+
+
+def node_volumes(inventory: Inventory, provider: Provider) -> dict[str, NodeVolumes]:
+    """Every node's ``volumes:`` as the provider validates them; a problem names file:line."""
+    return {node.name: _node_volumes(inventory, provider, node.name, node.volumes) for node in inventory.nodes}
+
+
+def _node_volumes(inventory: Inventory, provider: Provider, node: str, raw: list[Any]) -> NodeVolumes:
+    try:
+        return provider.validate_volumes(node, raw, base_dir=inventory.base_dir)
+    except BadInputError as exc:
+        loc = (*inventory.node_loc(node), "volumes")
+        # The provider's message names the entry its own way; the line is that of the first entry
+        # whose addition makes the list fail (validate_volumes only reads), else the list's.
+        for count in range(1, len(raw) + 1):
+            try:
+                provider.validate_volumes(node, raw[:count], base_dir=inventory.base_dir)
+            except BadInputError:
+                loc = (*loc, count - 1)
+                break
+        raise inventory.located(exc, *loc) from exc
 
 
 def discard_partial_snapshots(provider: Provider, node: str, created: list[SnapshotRef], tags: Mapping[str, str]) -> None:

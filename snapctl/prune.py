@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Self
 
 from snapctl.catalog import Catalog, open_catalog
 from snapctl.errors import CatalogError, SnapctlError, SnapshotNotFound
-from snapctl.providers import TAG_CLUSTER, TAG_RUN, Leftover, Provider, SnapshotRef, create_provider
+from snapctl.providers import TAG_CLUSTER, TAG_RUN, Leftover, Provider, SnapshotRef, open_provider
 from snapctl.retention import PRUNING, Decision, Run, decide
 
 if TYPE_CHECKING:
@@ -109,7 +109,7 @@ class GcResult:
 def prune(inventory: Inventory, *, dry_run: bool = False) -> PruneResult:
     """`snapctl prune`: take the cluster lock (not for a dry run), plan, mark, delete."""
     catalog = open_catalog(inventory)
-    provider = create_provider(inventory.provider, cluster=inventory.cluster, base_dir=inventory.base_dir)
+    provider = open_provider(inventory)
     drill_timeout_s = inventory.drill.timeout_s
     if dry_run:
         return plan(catalog, provider, inventory.retention, drill_timeout_s)
@@ -234,7 +234,7 @@ def _delete_snapshot(provider: Provider, ref: SnapshotRef, cluster: str) -> None
 def gc(inventory: Inventory, *, delete: bool = False) -> GcResult:
     """`snapctl gc`: list orphans; with ``delete``, take the cluster lock and delete them."""
     catalog = open_catalog(inventory)
-    provider = create_provider(inventory.provider, cluster=inventory.cluster, base_dir=inventory.base_dir)
+    provider = open_provider(inventory)
     if not delete:
         return find_orphans(catalog, provider)
     with _Locked(catalog, inventory.policy.lock_ttl_s, "gc") as locked:

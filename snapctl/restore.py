@@ -27,7 +27,7 @@ from snapctl.config import Inventory, Node
 from snapctl.errors import BadInputError, CatalogError, Interrupted, SnapctlError
 from snapctl.evidence import compare_facts, missing_files, moved_path, volume_roots
 from snapctl.manifest import Manifest, NodeRecord
-from snapctl.providers import Provider, RestoreTarget, SnapshotRef, create_provider
+from snapctl.providers import Provider, RestoreTarget, SnapshotRef, open_provider
 
 _NAMED = 5  # restored volumes a failure's hint names, of a cluster's hundreds
 
@@ -126,7 +126,7 @@ def _restore(inventory: Inventory, catalog: Catalog, run_id: str, to: Path | Non
              attach: bool, verify: bool, made: list[tuple[SnapshotRef, str]]) -> RestoreResult:
     manifest = load_restorable(catalog, run_id)
     nodes = {name: inventory_node(inventory, name) for name in manifest.nodes}
-    provider = create_provider(inventory.provider, cluster=inventory.cluster, base_dir=inventory.base_dir)
+    provider = open_provider(inventory)
     # gcp (the source disk's zone) and azure (the provider's location, no zone) have a default.
     place_optional = getattr(provider, "restore_place_optional", False)
     for name, node in nodes.items():

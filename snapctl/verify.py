@@ -16,7 +16,7 @@ from snapctl.catalog import open_catalog
 from snapctl.config import Inventory
 from snapctl.errors import BadInputError
 from snapctl.manifest import Manifest
-from snapctl.providers import TAG_RUN, Provider, SnapshotRef, create_provider
+from snapctl.providers import TAG_RUN, Provider, SnapshotRef, open_provider
 
 CheckState = Literal["ok", "missing", "incomplete", "failed", "damaged"]
 # How many problems one snapshot reports before "and N more": a gutted snapshot lists thousands.
@@ -52,7 +52,7 @@ def verify_run(inventory: Inventory, run_ref: str) -> VerifyResult:
     if manifest.status != "succeeded":
         raise BadInputError(f"run {manifest.run_id} {manifest.status}: it has no snapshots to verify",
                             hint="pick a succeeded run from `snapctl list`")
-    provider = create_provider(inventory.provider, cluster=inventory.cluster, base_dir=inventory.base_dir)
+    provider = open_provider(inventory)
     found = {ref.snapshot_id: ref for ref in provider.find({TAG_RUN: manifest.run_id})}
     result = VerifyResult(manifest.run_id, provider.name, [])
     for name, record in manifest.nodes.items():

@@ -65,7 +65,8 @@ def test_an_embedded_nodes_bad_engine_block_names_the_node(tmp_path):
         "  - {name: n2, agent: embedded, engine: {type: sqlite, pathx: b.db}, volumes: [data]}\n")
     result = snapctl("status", "-i", "inv.yaml", cwd=tmp_path)
     assert result.returncode == ExitCode.BAD_INPUT
-    assert result.stderr.startswith("snapctl: error: node n2: engine sqlite: unknown key 'pathx'"), result.stderr
+    assert result.stderr.startswith("snapctl: error: inv.yaml:5: node n2: engine sqlite: unknown key 'pathx'"), \
+        result.stderr
 
 
 def test_missing_inventory_names_the_file_and_the_fix(tmp_path):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 import yaml
 
 from node_agent.engines.base import validate_engine_settings
+from snapctl.orchestrator import BackupOptions, backup
 from snapctl.config import load_inventory, load_yaml_with_nodes, parse_duration, parse_inventory
 from snapctl.errors import BadInputError, InventoryError
 
@@ -87,6 +90,50 @@ def test_counts_and_durations_still_take_the_forms_the_docs_use():
     assert (inventory.retention.keep_last, inventory.retention.daily, inventory.retention.weekly) == (3, 0, 2)
     assert (inventory.policy.concurrency, inventory.policy.max_follower_lag) == (16, 1000)
     assert inventory.policy.lease_ttl_s == 15 and inventory.rpo == 86400
+
+
+LOCAL = "cluster: c\nprovider:\n  type: local\n  store: st\nnodes:\n"
+REMOTE_NODE = "  - name: db1\n    agent: http://127.0.0.1:1\n"
+AWS = ("cluster: c\nprovider:\n  type: aws\n  region: eu-west-1\nnodes:\n" + REMOTE_NODE
+       + "    volumes: [{volume: vol-0123456789abcdef0, name: data}]\n")
+
+
+@pytest.mark.parametrize(("text", "message", "hint"), [
+    (AWS.replace("region", "regoin"), "inv.yaml:4: provider aws: unknown key 'regoin' (valid keys: type, region, ",
+     None),
+    (AWS.replace("  region: eu-west-1\n", ""), "inv.yaml:2: provider aws: missing required key 'region'",
+     "add region: to the provider block"),
+    (AWS.replace("region: eu-west-1", "region: eu-west-1\n  max_attempts: yes"),
+     "inv.yaml:5: provider aws: max_attempts: expected a number, not a YAML boolean", None),
+    (LOCAL.replace("store: st", "reflnk: auto") + REMOTE_NODE + "    volumes: [data]\n",
+     "inv.yaml:4: provider local: unknown key 'reflnk' (valid keys: type, store, reflink)", None),
+    (LOCAL.replace("type: local", "type: ibm") + REMOTE_NODE, "inv.yaml:3: unknown provider type 'ibm'",
+     "installed providers: "),
+    (LOCAL.replace("store: st", "store: data/../inv.yaml/st") + REMOTE_NODE + "    volumes: [data]\n",
+     "inv.yaml:2: provider.store ", "set provider.store to a directory"),
+    (LOCAL + "  - name: db1\n    agent: embedded\n    engine:\n      type: sqlite\n      pathh: a.db\n"
+     "    volumes: [data]\n", "inv.yaml:10: node db1: engine sqlite: unknown key 'pathh' (valid keys: ", None),
+    (LOCAL + "  - name: db1\n    agent: embedded\n    engine: {type: sqlite, path: a.db, timeout_s: on}\n"
+     "    volumes: [data]\n", "inv.yaml:8: node db1: engine sqlite: timeout_s: expected a number, not a YAML ", None),
+    (LOCAL + "  - name: db1\n    agent: embedded\n    engine: {type: mongo}\n    volumes: [data]\n",
+     "inv.yaml:8: unknown engine type 'mongo'", "valid engine types: "),
+    (LOCAL + REMOTE_NODE + "    volumes:\n      - data\n      - {name: gone, path: gone}\n",
+     "inv.yaml:10: node db1: volume gone path ", None),
+    (LOCAL + REMOTE_NODE + "    volumes:\n      - data\n      - {name: other, path: data}\n      - {path: data}\n",
+     "inv.yaml:11: node db1: volume name 'data' is used twice", "volume names must be unique per node"),
+    (LOCAL + REMOTE_NODE, "inv.yaml:6: node db1: no volumes listed", "add e.g. volumes: "),
+], ids=["provider-unknown-key", "provider-missing-key", "provider-boolean", "local-unknown-key",
+        "unknown-provider", "store-not-a-directory", "engine-unknown-key", "engine-boolean", "unknown-engine",
+        "volume-path", "volume-name-twice", "no-volumes"])
+def test_provider_engine_and_volume_errors_name_file_and_line_like_the_rest(tmp_path, text, message, hint):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "inv.yaml").write_text(text)
+    inventory = load_inventory(tmp_path / "inv.yaml")
+    with pytest.raises(InventoryError) as err:
+        asyncio.run(backup(inventory, BackupOptions(dry_run=True)))
+    assert err.value.message.startswith(str(tmp_path / message)), err.value.message
+    assert "\n" not in err.value.message
+    assert err.value.hint is None if hint is None else err.value.hint.startswith(hint)
 
 
 def test_engine_settings_typo_names_the_key_and_the_valid_ones():
