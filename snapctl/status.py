@@ -24,6 +24,7 @@ from snapctl.errors import BadInputError, ExitCode, SnapctlError, os_reason
 from snapctl.health import Finding, NodeProbe, Verdict, assess
 from snapctl.manifest import IndexEntry
 from snapctl.probe import probe_all
+from snapctl.providers import provider_settings
 
 STATUS_VERSION = 1  # of the JSON document (docs/status.schema.json): bumped on incompatible changes only
 
@@ -124,6 +125,9 @@ async def collect_status(
     """One look at the cluster. ``nodes``: only these nodes; ``groups``: only raft groups matching
     these glob patterns; ``textfile``: also write node_exporter metrics there; ``remember``: keep
     busy-snapshot ages across runs (see ``SnapshotMemory``)."""
+    # A provider block `snapctl backup` would refuse is bad input here too (exit 2), as any other
+    # inventory error is: checked as backup does, but without its SDK, client or credentials.
+    provider_settings(inventory)
     if textfile is not None:
         from snapctl.metrics import check_textfile_path
 

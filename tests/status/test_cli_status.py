@@ -87,6 +87,30 @@ def test_node_filter_and_unknown_node(tmp_path):
     assert unknown.returncode == ExitCode.BAD_INPUT and "no node named 'n9'" in unknown.stderr
 
 
+@pytest.mark.parametrize("provider", [{"type": "ibm"}, {"type": "aws", "regoin": "eu-west-1"},
+                                      {"type": "local", "reflnk": "auto"}, {"type": "aws"}],
+                         ids=["unknown-type", "aws-unknown-key", "local-unknown-key", "aws-missing-region"])
+def test_a_provider_block_backup_would_refuse_is_bad_input_for_status_too(tmp_path, provider):
+    write_inventory(tmp_path, sqlite_nodes(tmp_path, 1), provider=provider)
+    status = snapctl("status", "-i", "inventory.yaml", cwd=tmp_path)
+    backup = snapctl("backup", "--dry-run", "-i", "inventory.yaml", cwd=tmp_path)
+    assert status.returncode == backup.returncode == ExitCode.BAD_INPUT, status.stdout
+    assert status.stderr == backup.stderr and status.stderr.startswith("snapctl: error: inventory.yaml:")
+    assert "safe to back up" not in status.stdout
+
+
+def test_status_checks_a_cloud_provider_block_without_importing_its_sdk(tmp_path):
+    write_inventory(tmp_path, sqlite_nodes(tmp_path, 1), provider={"type": "aws", "region": "eu-west-1"})
+    code = ("import sys\n"
+            "sys.argv = ['snapctl', 'status', '-i', 'inventory.yaml']\n"
+            "from snapctl.cli import main\n"
+            "try:\n    main()\nexcept SystemExit as exc:\n    print('EXIT', exc.code)\n"
+            "print('LOADED', sorted(m for m in sys.modules if m.split('.')[0] in {'boto3', 'botocore'}))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=90,
+                            env={**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}, check=False)
+    assert f"EXIT {ExitCode.DEGRADED}" in result.stdout and "LOADED []" in result.stdout, result.stdout + result.stderr
+
+
 def test_a_held_lease_validates_too():
     inventory = parse_inventory("cluster: c\nprovider: {type: local}\nnodes: [{name: a, agent: 'http://127.0.0.1:1'}]")
     probes = [probe("a", lease=True)]
