@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from node_agent.models import VerifyFacts
 from snapctl.catalog import Catalog, open_catalog
 from snapctl.config import Inventory, Node
+from snapctl.drill_engines import engine_type
 from snapctl.errors import BadInputError, EngineError, ExitCode, SnapctlError, os_reason
 from snapctl.events import NullReporter, Reporter
 from snapctl.evidence import compare_facts, missing_files, volume_roots
@@ -184,7 +185,7 @@ def _drill_all(drill: _Drill) -> tuple[list[NodeDrill], bool]:
 def _drill_node(drill: _Drill, name: str) -> NodeDrill:
     record = drill.manifest.nodes[name]
     node = inventory_node(drill.inventory, name)
-    result = NodeDrill(node=name, engine=record.engine or node.engine.get("type"),
+    result = NodeDrill(node=name, engine=engine_type(node, record),
                        expected=record.state.facts if record.state else None)
     try:
         if record.state is None:
@@ -209,13 +210,17 @@ def _drill_node(drill: _Drill, name: str) -> NodeDrill:
 
 def _restore_start_verify(drill: _Drill, node: Node, record: NodeRecord, result: NodeDrill) -> VerifyFacts:
     """Restore the node's volumes, bring its engine up on them, and return the restored engine's facts."""
-    from snapctl.drill_engines import can_run_here
+    from snapctl.drill_engines import can_run_here, engine_block, no_engine_block
 
     inventory, settings = drill.inventory, node.restore
-    engine_type = result.engine
-    if not settings.agent and not can_run_here(engine_type):
-        raise BadInputError(f"a {engine_type} engine cannot be started on this machine",
-                            hint="give the node a scratch agent: restore: {agent: URL, ...} (docs/restore.md)")
+    engine = None
+    if not settings.agent:
+        if not can_run_here(result.engine):
+            raise BadInputError(f"a {result.engine} engine cannot be started on this machine",
+                                hint="give the node a scratch agent: restore: {agent: URL, ...} (docs/restore.md)")
+        engine = engine_block(inventory, node, record)  # before restoring: a node that cannot start costs no copy
+        if engine is None:
+            raise no_engine_block(node, record)
     root = inventory.resolve(settings.path) if settings.path else drill.scratch / node.name
     made: list[tuple[SnapshotRef, str]] = []
     began = time.monotonic()
@@ -236,15 +241,16 @@ def _restore_start_verify(drill: _Drill, node: Node, record: NodeRecord, result:
     if not restored_files(result.volumes):
         raise BadInputError("the restored volumes are cloud volumes: this machine cannot run an engine on them",
                             hint="give the node a scratch agent and instance: restore: {agent: URL, instance: ID}")
-    return _on_this_machine(drill, node, record, result)
+    assert engine is not None
+    return _on_this_machine(drill, node, record, engine, result)
 
 
-def _on_this_machine(drill: _Drill, node: Node, record: NodeRecord, result: NodeDrill) -> VerifyFacts:
+def _on_this_machine(drill: _Drill, node: Node, record: NodeRecord, engine: dict, result: NodeDrill) -> VerifyFacts:
     from snapctl.drill_engines import scratch_engine
 
     inventory = drill.inventory
     result.runs_on = "this machine"
-    settings = remap_paths(node.engine, inventory, node, result.volumes)
+    settings = remap_paths(engine, inventory, node, result.volumes)
     if settings is None:
         raise BadInputError("none of the engine's paths lies on a restored volume",
                             hint="the node's volumes must cover the engine's data paths")

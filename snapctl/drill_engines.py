@@ -21,10 +21,14 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from node_agent.engines.base import Engine, create_engine
 from snapctl.errors import BadInputError, EngineError
+
+if TYPE_CHECKING:
+    from snapctl.config import Inventory, Node
+    from snapctl.manifest import NodeRecord
 
 LOOPBACK = "127.0.0.1"
 # Engines the drill can run on this machine from restored files, and those of them that need no server.
@@ -42,6 +46,34 @@ box.cfg{listen = '127.0.0.1:' .. port, work_dir = work_dir, memtx_dir = memtx_di
 
 def can_run_here(engine_type: str | None) -> bool:
     return engine_type in SCRATCH_ENGINES
+
+
+def engine_type(node: Node, record: NodeRecord) -> str | None:
+    """The node's engine: as the run recorded it, else as the inventory has it."""
+    return record.engine or (record.state.engine if record.state else None) or node.engine.get("type")
+
+
+def engine_block(inventory: Inventory, node: Node, record: NodeRecord) -> dict[str, Any] | None:
+    """The engine settings a restore of ``node`` starts from: its inventory block (checked: its
+    errors name file:line), else what the run recorded of the engine at prepare, for engines whose
+    record is all they need (SQLite: the database file); None when neither says enough. A node
+    whose agent runs elsewhere need not repeat the agent's engine block in the inventory."""
+    if node.engine:
+        inventory.engine_settings(node)
+        return node.engine
+    state = record.state
+    if state is not None and state.engine == "sqlite":
+        path = state.details.get("path") or next(iter(state.files), None)
+        if isinstance(path, str) and path:
+            return {"type": "sqlite", "path": path}
+    return None
+
+
+def no_engine_block(node: Node, record: NodeRecord) -> BadInputError:
+    kind = engine_type(node, record)
+    recorded = f"too little of its {kind} engine to start it" if kind else "no engine for it"
+    return BadInputError(f"node {node.name}: no engine block in the inventory, and the run recorded {recorded}",
+                         hint="add the node's engine block to the inventory, as in its agent's config")
 
 
 @contextmanager

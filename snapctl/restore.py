@@ -229,7 +229,7 @@ def restored_files(restored: dict[str, str]) -> bool:
 def _prepare_and_check(inventory: Inventory, node: Node, record: NodeRecord, result: NodeRestore, *,
                        verify: bool, attached: bool) -> None:
     from node_agent.engines.base import create_engine
-    from snapctl.drill_engines import FILE_ENGINES
+    from snapctl.drill_engines import FILE_ENGINES, engine_block, no_engine_block
 
     if node.restore.agent:
         if not restored_files(result.volumes) and not attached:
@@ -245,9 +245,15 @@ def _prepare_and_check(inventory: Inventory, node: Node, record: NodeRecord, res
         result.note = (_attached_note(node, result.volumes) if attached else
                        "restored as cloud volumes: attach them, or run `snapctl drill` with scratch agents")
         return
-    settings = remap_paths(node.engine, inventory, node, result.volumes)
+    engine_settings = engine_block(inventory, node, record)
+    if engine_settings is None:
+        missing = no_engine_block(node, record)
+        result.note = (f"{missing.message.removeprefix(f'node {node.name}: ')}: restored, neither restore-prepared "
+                       f"nor verified ({missing.hint})")
+        return
+    settings = remap_paths(engine_settings, inventory, node, result.volumes)
     if settings is None:
-        result.note = "the engine's data lies on no restored volume: nothing to prepare here"
+        result.note = "none of the engine's paths lies on a restored volume: neither restore-prepared nor verified"
         return
     engine = create_engine(settings, base_dir=inventory.base_dir)
     try:

@@ -116,3 +116,19 @@ def scratch_agent(directory: Path, token_file: Path, database: Path):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@contextlib.contextmanager
+def node_without_engine_block(cluster: SqliteCluster, node: str):
+    """``node`` served by a real agent process and described in the inventory without an engine
+    block, as README's provider examples are: the run learns its engine from the agent's prepare."""
+    token_file = cluster.directory / "agent-token"
+    token_file.write_text("agent-token\n")
+    with scratch_agent(cluster.directory, token_file, cluster.database(node)) as url:
+        data = yaml.safe_load(cluster.inventory_path.read_text())
+        entry = next(n for n in data["nodes"] if n["name"] == node)
+        del entry["engine"]
+        entry["agent"] = url
+        data["auth"] = {"token_file": str(token_file)}
+        cluster.inventory_path.write_text(yaml.safe_dump(data, sort_keys=False))
+        yield url

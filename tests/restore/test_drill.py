@@ -17,7 +17,7 @@ from snapctl.catalog import open_catalog
 from snapctl.drill import run_drill
 from snapctl.errors import BadInputError, ExitCode, SnapctlError
 from tests.conftest import free_port
-from tests.restore.conftest import ROWS, scratch_agent
+from tests.restore.conftest import ROWS, node_without_engine_block, scratch_agent
 
 
 def junit_cases(path: Path) -> dict[str, ET.Element]:
@@ -133,6 +133,35 @@ def test_a_node_with_a_scratch_agent_is_verified_by_that_agent(sqlite_cluster, t
     assert n1.facts.tables["items"].rows == ROWS and n1.start_s is not None
     assert n1.volumes == {"data": str(target / "data")}
     assert not (target / "data").exists(), "the restored volume is torn down after the drill"
+
+
+def test_a_node_without_an_engine_block_is_drilled_from_what_the_run_recorded(sqlite_cluster, tmp_path):
+    with node_without_engine_block(sqlite_cluster, "n1"):
+        sqlite_cluster.backup()
+
+    report = run_drill(sqlite_cluster.inventory, junit=tmp_path / "drill.xml")
+
+    assert report.ok, [n.error for n in report.nodes]
+    n1, _ = report.nodes
+    assert (n1.engine, n1.runs_on, n1.facts.tables["items"].rows) == ("sqlite", "this machine", ROWS)
+
+
+def test_a_node_whose_record_cannot_start_its_engine_fails_its_drill_asking_for_the_block(sqlite_cluster, tmp_path):
+    with node_without_engine_block(sqlite_cluster, "n1"):
+        run_id = sqlite_cluster.backup()
+    catalog = open_catalog(sqlite_cluster.inventory)
+    manifest = catalog.load(run_id)
+    manifest.nodes["n1"].state.engine = "tarantool"  # its record names files, not how to start it
+    catalog.save(manifest)
+
+    report = run_drill(sqlite_cluster.inventory, junit=tmp_path / "drill.xml")
+
+    n1, n2 = report.nodes
+    assert report.exit_code == ExitCode.RUN_FAILED and n2.verdict == "passed"
+    assert (n1.verdict, n1.engine, n1.volumes) == ("error", "tarantool", {}), "nothing is restored for it"
+    assert n1.error == ("no engine block in the inventory, and the run recorded too little of its tarantool engine "
+                        "to start it")
+    assert n1.hint == "add the node's engine block to the inventory, as in its agent's config"
 
 
 def test_only_a_succeeded_run_can_be_drilled(sqlite_cluster, tmp_path):

@@ -6,11 +6,12 @@ import sqlite3
 
 import pytest
 
+from snapctl.catalog import open_catalog
 from snapctl.config import parse_inventory
 from snapctl.errors import BadInputError, SnapctlError
 from snapctl.providers import RestoreTarget
 from snapctl.restore import RestoreRecord, remap_paths, restore_run, restore_target
-from tests.restore.conftest import ROWS, scratch_agent
+from tests.restore.conftest import ROWS, node_without_engine_block, scratch_agent
 
 
 def test_restore_to_a_directory_prepares_and_verifies_each_node(sqlite_cluster, tmp_path):
@@ -196,3 +197,34 @@ def test_a_failed_restore_finishes_its_record(sqlite_cluster, tmp_path):
     record = RestoreRecord.model_validate_json(catalog.store.read(key))
     assert record.finished_at is not None and record.outcome == "failed"
     assert record.error.startswith("node n1: restore target ") and record.volumes == {}
+def test_a_node_without_an_engine_block_is_prepared_and_verified_from_what_the_run_recorded(sqlite_cluster, tmp_path):
+    with node_without_engine_block(sqlite_cluster, "n1"):
+        run_id = sqlite_cluster.backup()
+    record = open_catalog(sqlite_cluster.inventory).load(run_id).nodes["n1"]
+    assert record.engine is None and record.state.engine == "sqlite"
+
+    n1, _ = restore_run(sqlite_cluster.inventory, run_id, tmp_path / "restored").nodes
+    assert n1.prepared == "in-process" and n1.note is None and not n1.mismatches
+    assert n1.facts.tables["items"].rows == ROWS
+
+    with sqlite3.connect(sqlite_cluster.snapshot_data("n1", run_id) / "app.db") as conn:
+        conn.execute("DELETE FROM items WHERE id = 1")  # the check runs: a changed snapshot is found
+    tampered = restore_run(sqlite_cluster.inventory, run_id, tmp_path / "again")
+    assert not tampered.ok and tampered.nodes[0].mismatches == [f"table items: {ROWS - 1} rows, expected {ROWS}"]
+
+
+def test_a_node_whose_record_cannot_start_its_engine_is_restored_with_a_note_asking_for_the_block(sqlite_cluster,
+                                                                                                   tmp_path):
+    with node_without_engine_block(sqlite_cluster, "n1"):
+        run_id = sqlite_cluster.backup()
+    catalog = open_catalog(sqlite_cluster.inventory)
+    manifest = catalog.load(run_id)
+    manifest.nodes["n1"].state.engine = "tarantool"  # its record names files, not how to start it
+    catalog.save(manifest)
+
+    n1, n2 = restore_run(sqlite_cluster.inventory, run_id, tmp_path / "restored").nodes
+    assert n1.volumes and n1.prepared is None and n1.facts is None
+    assert n1.note == ("no engine block in the inventory, and the run recorded too little of its tarantool engine to "
+                       "start it: restored, neither restore-prepared nor verified (add the node's engine block to the "
+                       "inventory, as in its agent's config)")
+    assert n2.facts.tables["items"].rows == ROWS
