@@ -45,6 +45,25 @@ class VerifyResult:
     def ok(self) -> bool:
         return not self.problems and all(s.state == "ok" for s in self.snapshots)
 
+    @property
+    def pending(self) -> bool:
+        """Not ok only because snapshots are not complete yet (a `backup --no-wait` run, a cloud
+        still uploading): nothing is missing, failed or damaged."""
+        return (not self.ok and not self.problems
+                and all(s.state in ("ok", "incomplete") for s in self.snapshots))
+
+    @property
+    def verdict(self) -> str:
+        if self.ok:
+            return "every snapshot is there and complete"
+        if not self.pending:
+            return "the run cannot be restored as recorded"
+        waiting = [s for s in self.snapshots if s.state == "incomplete"]
+        if self.provider == "local":  # their files were checked: only the fsync is left, and restore does it
+            return (f"every snapshot is there and holds its files; {len(waiting)} not yet durable: a restore makes "
+                    "them durable first")
+        return f"every snapshot is there, {len(waiting)} still pending: verify again once the provider completes them"
+
 
 def verify_run(inventory: Inventory, run_ref: str) -> VerifyResult:
     catalog = open_catalog(inventory)
@@ -85,11 +104,12 @@ def _check(recorded: SnapshotRef, current: SnapshotRef | None, manifest: Manifes
         if current.provider == "local" and not manifest.snapshots_completed:
             check.problems.append("its run did not wait for the disk (backup --no-wait): nothing completes a local "
                                   "snapshot after that but a restore of it, which makes it durable first")
-    elif current.provider == "local":
+    if current.provider == "local" and check.state in ("ok", "incomplete"):
+        # A pending local snapshot is a whole copy not yet synced: its files are there to check.
         state = manifest.nodes[recorded.node].state
-        check.problems = _local_contents(current, state.files if state else [])
-        if check.problems:
-            check.state = "damaged"
+        damage = _local_contents(current, state.files if state else [])
+        if damage:
+            check.state, check.problems = "damaged", damage
     return check
 
 

@@ -69,7 +69,7 @@ def drill_text(r, report) -> int:
 
 
 def verify_document(result) -> dict:
-    return {**jsonable(result), "ok": result.ok}
+    return {**jsonable(result), "ok": result.ok, "pending": result.pending, "verdict": result.verdict}
 
 
 def verify_text(r, result) -> int:
@@ -88,6 +88,6 @@ def verify_text(r, result) -> int:
             r.out.print(f"  [red]{s.node}/{s.volume}[/]: {escape(problem)}", soft_wrap=True)
     for problem in result.problems:
         r.out.print(f"  [red]{escape(problem)}[/]", soft_wrap=True)
-    r.out.print("verify: " + ("[bold green]every snapshot is there and complete[/]" if result.ok else
-                              "[bold red]the run cannot be restored as recorded[/]"))
+    colour = "bold green" if result.ok else ("bold yellow" if result.pending else "bold red")
+    r.out.print(f"verify: [{colour}]{escape(result.verdict)}[/]", soft_wrap=True)
     return ExitCode.OK if result.ok else ExitCode.VERIFY_MISMATCH

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import shutil
 import subprocess
@@ -92,3 +93,35 @@ def test_a_damaged_snapshot_json_is_reported_as_damaged_not_as_missing(sqlite_cl
     metadata.unlink()  # a restart that lost it: still there, still not a missing snapshot
     [_, n2] = sorted(verify_run(sqlite_cluster.inventory, run_id).snapshots, key=lambda s: s.node)
     assert n2.problems == [f"snapshot {n2.snapshot_id} is damaged: {metadata} is missing"]
+def test_verify_of_a_no_wait_run_says_not_yet_durable_not_that_it_cannot_be_restored(sqlite_cluster, tmp_path):
+    from snapctl.orchestrator import BackupOptions, backup
+    from snapctl.restore import restore_run
+
+    run_id = asyncio.run(backup(sqlite_cluster.inventory, BackupOptions(no_wait=True))).run_id
+    cli = [sys.executable, "-m", "snapctl.cli", "verify", run_id, "-i", str(sqlite_cluster.inventory_path)]
+
+    pending = subprocess.run(cli, check=False, capture_output=True, text=True, timeout=60)
+    assert pending.returncode == ExitCode.VERIFY_MISMATCH
+    last = pending.stdout.strip().splitlines()[-1]
+    assert last == ("verify: every snapshot is there and holds its files; 2 not yet durable: a restore makes them "
+                    "durable first"), pending.stdout
+    document = json.loads(subprocess.run([*cli, "-o", "json"], check=False, capture_output=True, text=True,
+                                         timeout=60).stdout)["data"]
+    assert document["pending"] is True and document["ok"] is False and document["verdict"] in last
+
+    assert restore_run(sqlite_cluster.inventory, run_id, tmp_path / "restored").ok  # what the verdict promised
+    done = subprocess.run(cli, check=False, capture_output=True, text=True, timeout=60)
+    assert done.returncode == ExitCode.OK and done.stdout.strip().endswith("every snapshot is there and complete")
+
+
+def test_a_damaged_pending_snapshot_is_damaged_not_pending(sqlite_cluster):
+    from snapctl.orchestrator import BackupOptions, backup
+
+    run_id = asyncio.run(backup(sqlite_cluster.inventory, BackupOptions(no_wait=True))).run_id
+    (sqlite_cluster.snapshot_data("n1", run_id) / "app.db").unlink()
+
+    result = verify_run(sqlite_cluster.inventory, run_id)
+
+    n1, n2 = sorted(result.snapshots, key=lambda s: s.node)
+    assert (n1.state, n2.state) == ("damaged", "incomplete") and "file app.db is missing" in n1.problems
+    assert not result.pending and result.verdict == "the run cannot be restored as recorded"
