@@ -173,6 +173,12 @@ class Renderer:
                   f"{f'{m.finished_at:%H:%M:%S}Z' if m.finished_at else '-'}, skew {_seconds(m.prepare_skew_s)}")
         if m.error:
             self.line(f"error: {m.error}")
+        if m.last_drill is not None:
+            d = m.last_drill
+            outcome = "passed" if d.ok else "failed" + (f" ({', '.join(d.failed_nodes)})" if d.failed_nodes else "")
+            rto = f", RTO {_seconds(d.rto_s)}" if d.rto_s is not None else ""
+            self.line(f"last drill {d.drill_id}: {outcome}{rto}, finished {d.finished_at:%Y-%m-%d %H:%M:%S}Z; "
+                      f"report {d.report}")
         for name, r in m.nodes.items():
             self.line(f"  {name}: freeze {_seconds(r.freeze_window_s)}, "
                       f"{len(r.snapshots)} snapshot(s) {', '.join(s.snapshot_id for s in r.snapshots)}"

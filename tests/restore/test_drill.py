@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import sqlite3
+import subprocess
+import sys
 import time
 import types
 import xml.etree.ElementTree as ET
@@ -162,6 +164,22 @@ def test_a_node_whose_record_cannot_start_its_engine_fails_its_drill_asking_for_
     assert n1.error == ("no engine block in the inventory, and the run recorded too little of its tarantool engine "
                         "to start it")
     assert n1.hint == "add the node's engine block to the inventory, as in its agent's config"
+
+
+def test_show_prints_the_runs_last_drill(sqlite_cluster, tmp_path):
+    run_id = sqlite_cluster.backup()
+    cli = [sys.executable, "-m", "snapctl.cli", "show", run_id, "-i", str(sqlite_cluster.inventory_path)]
+    assert "last drill" not in subprocess.run(cli, capture_output=True, text=True, timeout=60, check=True).stdout
+
+    passed = run_drill(sqlite_cluster.inventory, run_id, junit=tmp_path / "passed.xml")
+    shown = subprocess.run(cli, capture_output=True, text=True, timeout=60, check=True).stdout
+    assert f"last drill {passed.drill_id}: passed, RTO " in shown and f"; report {passed.record}" in shown
+
+    with sqlite3.connect(sqlite_cluster.snapshot_data("n2", run_id) / "app.db") as conn:
+        conn.execute("DELETE FROM items WHERE id = 1")
+    failed = run_drill(sqlite_cluster.inventory, run_id, junit=tmp_path / "failed.xml")
+    shown = subprocess.run(cli, capture_output=True, text=True, timeout=60, check=True).stdout
+    assert f"last drill {failed.drill_id}: failed (n2), finished " in shown and passed.drill_id not in shown
 
 
 def test_only_a_succeeded_run_can_be_drilled(sqlite_cluster, tmp_path):
