@@ -261,8 +261,8 @@ def _grade_group(view: GroupView, views: list[tuple[str, RaftGroup]], claimed: l
             add("degraded", f"follower {_who(m)} lags {m.lag_entries} entries behind the leader "
                 f"(limit {policy.max_follower_lag})")
         if m.snapshot_busy_s is not None and m.snapshot_busy_s > policy.max_snapshot_busy_s:
-            add("degraded", f"snapshot {m.snapshot_status} on {_who(m)} for {_duration(m.snapshot_busy_s)}, "
-                f"over the limit of {_duration(policy.max_snapshot_busy_s)}")
+            add("degraded", f"snapshot {m.snapshot_status} on {_who(m)} for {duration_text(m.snapshot_busy_s)}, "
+                f"over the limit of {duration_text(policy.max_snapshot_busy_s)}")
     failing: dict[str, list[ReplicatorError]] = {}
     for error in view.replicators_in_error:
         failing.setdefault(error.peer, []).append(error)
@@ -295,7 +295,10 @@ def _number(value: object) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def _duration(seconds: float) -> str:
+def duration_text(seconds: float) -> str:
+    """A duration in the unit that fits it: 250ms, 45s, 15m, 2.5h."""
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
     if seconds < 120:
         return f"{seconds:.0f}s"
     if seconds < 7200:

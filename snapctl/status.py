@@ -21,7 +21,7 @@ from snapctl.agent_client import open_agents
 from snapctl.catalog import LockRecord, open_catalog
 from snapctl.config import Inventory
 from snapctl.errors import BadInputError, ExitCode, SnapctlError, os_reason
-from snapctl.health import Finding, NodeProbe, Verdict, assess
+from snapctl.health import Finding, NodeProbe, Verdict, assess, duration_text
 from snapctl.manifest import IndexEntry
 from snapctl.probe import probe_all
 from snapctl.providers import provider_settings
@@ -228,8 +228,8 @@ def _grade_backups(result: ClusterStatus) -> None:
         add(Finding("degraded", "backups", "no successful backup yet"))
     elif age > result.rpo_s:
         add(Finding("critical", "backups",
-                    f"newest successful backup {newest.run_id} is {age / 3600:.1f}h old, over the RPO of "
-                    f"{result.rpo_s / 3600:.1f}h"))
+                    f"newest successful backup {newest.run_id} is {duration_text(age)} old, over the RPO of "
+                    f"{duration_text(result.rpo_s)}"))
     failure = result.latest_failure
     if failure is not None and (newest is None or failure.started_at > newest.started_at):
         add(Finding("info", "backups", f"the newest run {failure.run_id} failed: {failure.error or 'no reason recorded'}"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -75,6 +76,20 @@ def test_an_unreachable_node_or_a_backup_older_than_the_rpo_is_critical_exit_6(t
     text = snapctl("status", "-i", "inventory.yaml", cwd=tmp_path)
     assert text.returncode == ExitCode.CRITICAL
     assert "verdict: critical (exit 6)" in text.stdout and "unreachable" in text.stdout
+
+
+@pytest.mark.parametrize(("rpo", "age_s", "said"), [("1s", 30, r"\d+s old, over the RPO of 1s"),
+                                                    ("250ms", 5, r"\d+s old, over the RPO of 250ms"),
+                                                    ("15m", 3600, r"60m old, over the RPO of 15m"),
+                                                    ("24h", 30 * 3600, r"30\.0h old, over the RPO of 24\.0h")])
+def test_the_age_of_a_backup_over_the_rpo_is_said_in_the_unit_that_fits(tmp_path, rpo, age_s, said):
+    from snapctl.status import collect_status
+
+    inventory = load(write_inventory(tmp_path, sqlite_nodes(tmp_path, 1), rpo=rpo))
+    record_run(inventory, "r-old", "succeeded", age_s=age_s)
+    findings = asyncio.run(collect_status(inventory)).verdict.findings
+    [message] = [f.message for f in findings if f.subject == "backups" and f.severity == "critical"]
+    assert re.fullmatch(f"newest successful backup r-old is {said}", message), message
 
 
 def test_node_filter_and_unknown_node(tmp_path):
