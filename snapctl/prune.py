@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Self
 from snapctl.catalog import Catalog, open_catalog
 from snapctl.errors import CatalogError, SnapctlError, SnapshotNotFound
 from snapctl.providers import TAG_CLUSTER, TAG_RUN, Leftover, Provider, SnapshotRef, open_provider
-from snapctl.retention import PRUNING, Decision, Run, decide
+from snapctl.retention import PRUNING, SUCCEEDED, Decision, RetentionPlan, Run, decide
 
 if TYPE_CHECKING:
     from snapctl.config import Inventory, Retention
@@ -120,8 +120,7 @@ def prune(inventory: Inventory, *, dry_run: bool = False) -> PruneResult:
 
 def plan(catalog: Catalog, provider: Provider, retention: Retention, drill_timeout_s: float) -> PruneResult:
     """What a prune would do now; reads only. The result of a dry run."""
-    entries, problems = catalog.list()
-    decided = decide([Run(e.run_id, e.started_at, e.status) for e in entries], retention)
+    decided, problems = _decide_over_readable_runs(catalog, retention)
     tagged = _by_run(provider.find({TAG_CLUSTER: catalog.cluster})) if decided.delete else {}
     result = PruneResult(catalog.cluster, True, retention, [], [], problems=problems)
     result.kept = [_verdict(d) for d in decided.keep]
@@ -337,6 +336,30 @@ def _spared_while_in_use(catalog: Catalog, verdict: RunVerdict, result: PruneRes
                 result.kept = sorted([*result.kept, kept], key=lambda v: v.started_at, reverse=True)
                 return True
     return False
+
+
+def _decide_over_readable_runs(catalog: Catalog, retention: Retention) -> tuple[RetentionPlan, list[str]]:
+    """The policy over the catalog's runs, where every succeeded run it keeps has had its manifest
+    read: a kept run is the reason others go, so it must be a backup that can be restored, not just
+    a line in the index. A damaged manifest behind an intact line would otherwise stand in for the
+    newest backup while the readable ones went. Unreadable runs are left out (reported, left
+    alone) and the policy decided again without them, until every run it keeps was read."""
+    entries, problems = catalog.list()
+    runs = {e.run_id: e for e in entries}
+    confirmed: set[str] = set()
+    while True:
+        decided = decide([Run(e.run_id, e.started_at, e.status) for e in runs.values()], retention)
+        doubtful = [d.run.run_id for d in decided.keep if d.run.status == SUCCEEDED and d.run.run_id not in confirmed]
+        if not doubtful:
+            return decided, sorted(problems)
+        current, unreadable = catalog.confirm(doubtful)
+        confirmed.update(doubtful)
+        problems += [f"run {run_id}: {reason}" for run_id, reason in unreadable.items()]
+        for run_id in doubtful:
+            if run_id in current:  # maybe no longer succeeded: marked by a prune killed before its index line
+                runs[run_id] = current[run_id]
+            else:
+                del runs[run_id]
 
 
 def _verdict(decision: Decision) -> RunVerdict:

@@ -155,6 +155,8 @@ async def collect_status(
     except SnapctlError as exc:
         entries, lock = [], None
         verdict.findings.append(Finding("degraded", "catalog", f"cannot read the catalog: {exc}"))
+    for problem in result.catalog_problems:  # a backup whose record is damaged cannot be restored
+        verdict.findings.append(Finding("degraded", "catalog", f"unreadable manifest: {problem}"))
     if lock is not None and lock.held_at(result.checked_at):
         running = f"run {lock.run_id} by {lock.owner} holds the cluster lock until {lock.expires_at:%H:%M:%S}Z"
         verdict.findings.append(Finding("info", "backups", running))

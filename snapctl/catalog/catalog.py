@@ -1,14 +1,16 @@
 """The catalog of one cluster's backups: manifests, an index to list them fast, and the run lock.
 
 Manifests are the truth; the index is a cache of them (newest first) that is repaired from the
-manifests whenever it is missing, unreadable or out of step. See docs/catalog.md.
+manifests whenever it is missing, unreadable or out of step. A line of the index says what its
+manifest said when it was written, so the manifests that decisions rest on are read again (see
+``Catalog._confirm`` and ``Catalog.confirm``). See docs/catalog.md.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,6 +29,7 @@ RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _INDEX = TypeAdapter(list[IndexEntry])
 _MAX_CANDIDATES = 8
 _INDEX_RETRIES = 10
+_SUCCEEDED = "succeeded"
 
 
 class Catalog:
@@ -98,6 +101,27 @@ class Catalog:
         shown = ", ".join(matches[:_MAX_CANDIDATES]) + (f" and {len(matches) - _MAX_CANDIDATES} more" if len(matches) > _MAX_CANDIDATES else "")
         raise BadInputError(f"{ref!r} matches {len(matches)} runs: {shown}", hint="give more of the run id")
 
+    def confirm(self, run_ids: Iterable[str]) -> tuple[dict[str, IndexEntry], dict[str, str]]:
+        """Each run's index line as its manifest says now, every one of them read: for the runs a
+        decision rests on (retention keeps a run as the reason to delete others). A manifest that
+        cannot be parsed comes back as a problem (run id -> reason), a run deleted meanwhile in
+        neither. The index is repaired where it was wrong: an unreadable run leaves it, so that
+        `list` reports it from then on."""
+        indexed, raw = self._read_index()  # before the manifests: a save after our reads fails our swap
+        current: dict[str, IndexEntry] = {}
+        problems: dict[str, str] = {}
+        for run_id in run_ids:
+            entry, problem = self._current(run_id)
+            if entry is not None:
+                current[run_id] = entry
+            elif problem is not None:
+                problems[run_id] = problem
+        if indexed is not None:
+            repaired = [current.get(e.run_id, e) for e in indexed if e.run_id not in problems]
+            if newest_first(repaired) != newest_first(indexed):
+                self._write_index_quietly(repaired, raw)
+        return current, problems
+
     # -- the run lock --------------------------------------------------------------------------
 
     def acquire_lock(self, owner: str, run_id: str, ttl_s: float) -> RunLock:
@@ -147,41 +171,80 @@ class Catalog:
             return None, data
 
     def _scan(self) -> tuple[list[IndexEntry], dict[str, str]]:
-        """Index entries for every stored manifest, reading only the manifests the index lacks."""
+        """Index entries for every stored manifest, reading only the manifests the index lacks and
+        the ones decisions rest on (``_confirm``); the index is repaired where it was out of step."""
         indexed, raw_index = self._read_index()
-        entries, problems = self._collect({e.run_id: e for e in indexed or []})
-        stale = [e.run_id for e in entries] != [e.run_id for e in newest_first(indexed or [])]
-        if stale or (indexed is None and raw_index is not None):
-            try:
-                self._write_index(entries, raw_index)  # losing a race to a save is fine
-            except CatalogError:
-                pass  # a read-only catalog still lists; the next save repairs the index
+        entries, problems, read = self._collect({e.run_id: e for e in indexed or []})
+        entries = self._confirm(entries, problems, read)
+        if entries != newest_first(indexed or []) or (indexed is None and raw_index is not None):
+            self._write_index_quietly(entries, raw_index)
         return entries, problems
 
-    def _collect(self, known: dict[str, IndexEntry]) -> tuple[list[IndexEntry], dict[str, str]]:
-        entries, problems = [], {}
+    def _confirm(self, entries: list[IndexEntry], problems: dict[str, str], read: set[str]) -> list[IndexEntry]:
+        """``entries`` (newest first) with the manifest of the newest succeeded run read again, and
+        the next one's if that one is not (or no longer) a good backup: it is what `latest` names,
+        status's newest good backup and its age against the RPO. A damaged manifest behind an intact
+        index line is then a problem, never the newest backup. Older runs are taken from the
+        index as they are, which is what it is for: retention confirms the ones it keeps itself.
+        ``read``: runs whose manifest was read just now."""
+        confirmed: list[IndexEntry] = []
+        newest_found = False
+        for entry in entries:
+            if not newest_found and entry.status == _SUCCEEDED and entry.run_id not in read:
+                current, problem = self._current(entry.run_id)
+                if current is None:
+                    if problem is not None:
+                        problems[entry.run_id] = problem
+                    continue
+                entry = current
+            newest_found = newest_found or entry.status == _SUCCEEDED
+            confirmed.append(entry)
+        return newest_first(confirmed)
+
+    def _current(self, run_id: str) -> tuple[IndexEntry | None, str | None]:
+        """The run's index line as its manifest says now; (None, reason) when it cannot be parsed,
+        (None, None) when it is gone. A manifest the store cannot read at all raises: a passing
+        failure to read must not make another run the newest backup."""
+        data = self.store.read(f"{self._manifests}{run_id}.json")
+        if data is None:
+            return None, None  # deleted while we looked
+        manifest, problem = self._parse(run_id, data) if RUN_ID.fullmatch(run_id) else (None, "not a valid run id")
+        if manifest is None:
+            return None, problem or "unreadable"
+        return index_entry(manifest), None
+
+    def _collect(self, known: dict[str, IndexEntry]) -> tuple[list[IndexEntry], dict[str, str], set[str]]:
+        """Entries for every stored manifest (``known`` ones taken as they are, the rest read), the
+        problems found, and the run ids whose manifests were read."""
+        entries, problems, read = [], {}, set()
         for run_id in self._stored_run_ids():
             if run_id in known:
                 entries.append(known[run_id])
                 continue
-            data = self.store.read(f"{self._manifests}{run_id}.json")
-            if data is None:
-                continue  # deleted while we looked
-            manifest, problem = self._parse(run_id, data) if RUN_ID.fullmatch(run_id) else (None, "not a valid run id")
-            if manifest is None:
-                problems[run_id] = problem or "unreadable"
-            else:
-                entries.append(index_entry(manifest))
-        return newest_first(entries), problems
+            entry, problem = self._current(run_id)
+            read.add(run_id)
+            if entry is not None:
+                entries.append(entry)
+            elif problem is not None:
+                problems[run_id] = problem
+        return newest_first(entries), problems, read
 
     def rebuild_index(self) -> list[str]:
         """Rewrite the index from the manifests alone; returns the problems found."""
         for _ in range(_INDEX_RETRIES):
             _, raw = self._read_index()
-            entries, problems = self._collect({})
+            entries, problems, _ = self._collect({})
             if self._write_index(entries, raw):
                 return [f"run {run_id}: {reason}" for run_id, reason in sorted(problems.items())]
         raise CatalogError(f"could not rebuild the index {self.store.describe()}/{self._index_key}: it keeps changing")
+
+    def _write_index_quietly(self, entries: list[IndexEntry], expected: bytes | None) -> None:
+        """A repair of the index on the way: losing a race to a save is fine (that save wrote a
+        newer index), and a read-only catalog still answers; the next save repairs it."""
+        try:
+            self._write_index(entries, expected)
+        except CatalogError:
+            pass
 
     def _write_index(self, entries: list[IndexEntry], expected: bytes | None) -> bool:
         data = _INDEX.dump_json(newest_first(entries), indent=1)

@@ -173,3 +173,74 @@ def test_read_only_catalog_still_lists(catalog: Catalog, monkeypatch: pytest.Mon
     monkeypatch.setattr(catalog.store, "create", refuse)
     monkeypatch.setattr(catalog.store, "replace", refuse)
     assert _ids(catalog) == ["r0"]
+
+
+class CountingStore(LocalBlobStore):
+    """The real store, counting the manifests read."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.manifest_reads: list[str] = []
+
+    def read(self, key: str) -> bytes | None:
+        if "/manifests/" in key:
+            self.manifest_reads.append(key.rsplit("/", 1)[1].removesuffix(".json"))
+        return super().read(key)
+
+
+def _damage(catalog: Catalog, run_id: str) -> None:
+    """Bit rot, a bad edit, a partial copy: the manifest's first bytes only; its index line intact."""
+    key = f"prod/manifests/{run_id}.json"
+    catalog.store.write(key, catalog.store.read(key)[:200])
+
+
+def test_a_damaged_newest_manifest_behind_an_intact_index_line_is_never_latest(catalog: Catalog) -> None:
+    for i in range(3):
+        catalog.save(make_manifest(f"r{i}", minutes=i))
+    _damage(catalog, "r2")
+
+    entries, problems = catalog.list()
+
+    assert [e.run_id for e in entries] == ["r1", "r0"]
+    assert problems == ["run r2: not valid JSON"]
+    assert catalog.resolve("latest") == "r1" and catalog.latest().run_id == "r1"
+    # From then on the index no longer vouches for it: every later listing reports it too.
+    assert [e["run_id"] for e in json.loads(catalog.store.read("prod/index.json"))] == ["r1", "r0"]
+    assert catalog.list()[1] == ["run r2: not valid JSON"]
+
+
+def test_a_damaged_manifest_that_is_no_longer_the_newest_good_one_is_passed_over_too(catalog: Catalog) -> None:
+    catalog.save(make_manifest("r0", minutes=0))
+    catalog.save(make_manifest("r1", minutes=1))
+    catalog.save(make_manifest("r2", minutes=2, status="failed"))
+    catalog.store.write("prod/manifests/r1.json", json.dumps({"cluster": "prod"}).encode())
+    assert catalog.resolve("latest") == "r0"
+    entries, problems = catalog.list()
+    assert [e.run_id for e in entries] == ["r2", "r0"] and problems == ["run r1: missing field run_id"]
+
+
+def test_listing_reads_only_the_newest_good_manifest_not_every_one(tmp_path: Path) -> None:
+    store = CountingStore(tmp_path / "catalog")
+    catalog = Catalog(store, "prod")
+    for i in range(5):
+        catalog.save(make_manifest(f"r{i}", minutes=i))
+    catalog.save(make_manifest("r5", minutes=5, status="failed"))
+    store.manifest_reads.clear()
+
+    catalog.list()
+    catalog.resolve("latest")
+
+    assert store.manifest_reads == ["r4", "r4"]
+
+
+def test_confirm_reads_each_manifest_and_drops_a_damaged_one_from_the_index(catalog: Catalog) -> None:
+    for i in range(3):
+        catalog.save(make_manifest(f"r{i}", minutes=i))
+    _damage(catalog, "r0")
+
+    current, problems = catalog.confirm(["r0", "r1"])
+
+    assert list(current) == ["r1"] and current["r1"].status == "succeeded"
+    assert problems == {"r0": "not valid JSON"}
+    assert [e["run_id"] for e in json.loads(catalog.store.read("prod/index.json"))] == ["r2", "r1"]
+    assert catalog.list()[1] == ["run r0: not valid JSON"]

@@ -116,6 +116,37 @@ def test_corrupted_manifests_are_reported_and_the_rest_still_listed(scene: Fault
     assert cluster.snapshot_dirs(damaged)
 
 
+def test_a_damaged_manifest_behind_an_intact_index_is_never_taken_for_the_newest_backup(scene: FaultCluster) -> None:
+    # The common case of damage: one manifest (bit rot, a bad edit, a partial copy), the index fine.
+    cluster = scene
+    runs = []
+    for _ in range(3):
+        result = cluster.snapctl("backup", "--no-prune", "-o", "json")
+        assert result.returncode == 0, result.stderr
+        runs.append(result.json["data"]["run_id"])
+    old, good, damaged = runs
+    cluster.manifest_file(damaged).write_bytes(cluster.manifest_file(damaged).read_bytes()[:500])
+
+    listed = cluster.snapctl("list", "-o", "json")
+    assert [r["run_id"] for r in listed.json["data"]["runs"]] == [good, old]
+    assert listed.json["data"]["problems"] == [f"run {damaged}: not valid JSON"]
+    assert f"warning: run {damaged}: not valid JSON" in cluster.snapctl("list").stderr
+    assert cluster.snapctl("show", "latest", "-o", "json").json["data"]["run_id"] == good
+    status = cluster.snapctl("status", "-o", "json").json["data"]
+    assert status["backups"]["latest_success"]["run_id"] == good
+    assert {"severity": "degraded", "subject": "catalog",
+            "message": f"unreadable manifest: run {damaged}: not valid JSON"} in status["verdict"]["findings"]
+
+    keep_one = cluster.write_inventory(cluster.directory / "keep-one.yaml",
+                                       retention={"keep_last": 1, "daily": 0, "weekly": 0, "monthly": 0})
+    pruned = cluster.snapctl("prune", "-o", "json", inventory=keep_one)
+    assert pruned.returncode == 0, pruned.stderr
+    assert [v["run_id"] for v in pruned.json["data"]["kept"]] == [good]
+    assert [v["run_id"] for v in pruned.json["data"]["deleted"]] == [old]
+    assert cluster.snapshot_dirs(good) and cluster.snapshot_dirs(damaged)  # the damaged run is left alone
+    assert cluster.snapctl("drill", "latest", "--junit", str(cluster.directory / "drill.xml")).returncode == 0
+
+
 def test_two_concurrent_runs_on_one_cluster_exactly_one_runs(scene: FaultCluster) -> None:
     cluster = scene
     stopping = cluster.write_inventory(cluster.directory / "stopping.yaml", provider={"stop": {"node1": "before"}})

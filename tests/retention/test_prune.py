@@ -240,6 +240,70 @@ def test_unreadable_manifests_are_reported_and_left_alone(scene: Scene) -> None:
     assert scene.catalog.store.read(f"{CLUSTER}/manifests/r-broken.json") == b"{ not json"
 
 
+def _damage(scene: Scene, run_id: str) -> bytes:
+    """Bit rot, a bad edit, a partial copy: the manifest's first bytes only, its index line intact."""
+    key = f"{CLUSTER}/manifests/{run_id}.json"
+    damaged = scene.catalog.store.read(key)[:300]
+    scene.catalog.store.write(key, damaged)
+    return damaged
+
+
+def test_a_damaged_newest_manifest_behind_an_intact_index_line_never_stands_for_the_newest_backup(scene: Scene) -> None:
+    for day in range(4):
+        scene.add_run(f"r{day}", T0 + timedelta(days=day))
+    damaged = _damage(scene, "r3")
+    inv = inventory(scene, {"keep_last": 1, "daily": 0, "weekly": 0, "monthly": 0})
+
+    dry = prune(inv, dry_run=True)
+    done = prune(inv)
+
+    for result in (dry, done):
+        assert [(v.run_id, v.reasons) for v in result.kept] == [("r2", ["newest succeeded", "last 1/1"])]
+        assert [v.run_id for v in result.deleted] == ["r0", "r1"]
+        assert result.problems == ["run r3: not valid JSON"]
+    assert scene.run_ids() == {"r2"} and snapshots_of(scene, {"r2"})  # the newest backup that can be restored
+    assert scene.catalog.store.read(f"{CLUSTER}/manifests/r3.json") == damaged and snapshots_of(scene, {"r3"})
+
+
+def test_a_damaged_run_among_the_kept_ones_gives_its_place_to_the_next_readable_run(scene: Scene) -> None:
+    for day in range(5):
+        scene.add_run(f"r{day}", T0 + timedelta(days=day))
+    _damage(scene, "r3")
+
+    result = prune(inventory(scene, {"keep_last": 2, "daily": 0, "weekly": 0, "monthly": 0}))
+
+    assert [(v.run_id, v.reasons) for v in result.kept] == [("r4", ["newest succeeded", "last 1/2"]),
+                                                            ("r2", ["last 2/2"])]
+    assert [v.run_id for v in result.deleted] == ["r0", "r1"] and result.problems == ["run r3: not valid JSON"]
+    assert snapshots_of(scene, {"r2", "r3", "r4"}) == scene.snapshot_ids()
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.data(), st.builds(Retention, keep_last=st.integers(1, 4), daily=st.integers(0, 6),
+                            weekly=st.integers(0, 3), monthly=st.integers(0, 2)))
+def test_damaged_manifests_never_cost_a_readable_backup_its_place(data, retention: Retention) -> None:
+    # Whichever succeeded runs are damaged: the prune keeps exactly what the policy keeps of the
+    # readable runs alone, deletes the rest of them, and leaves every damaged run as it was.
+    runs = data.draw(sixty_days().map(lambda runs: runs[:25]))
+    succeeded = [r[0] for r in runs if r[2] == "succeeded"]
+    damaged = set(data.draw(st.lists(st.sampled_from(succeeded), max_size=6, unique=True)) if succeeded else [])
+    with tempfile.TemporaryDirectory() as tmp:
+        scene = make_scene(Path(tmp))
+        for run_id, at, status in runs:
+            scene.add_run(run_id, at, status, recorded=status != "running")
+        before = {run_id: _damage(scene, run_id) for run_id in damaged}
+        readable = [Run(*r) for r in runs if r[0] not in damaged]
+        expected = decide(readable, retention)
+
+        result = prune(inventory(scene, retention.model_dump()))
+
+        assert {v.run_id for v in result.kept} == {d.run.run_id for d in expected.keep}
+        assert {v.run_id for v in result.deleted} == {d.run.run_id for d in expected.delete}
+        assert scene.snapshot_ids() == snapshots_of(scene, {d.run.run_id for d in expected.keep} | damaged)
+        for run_id, content in before.items():
+            assert scene.catalog.store.read(f"{CLUSTER}/manifests/{run_id}.json") == content
+
+
 def _drill_record(scene: Scene, run_id: str, drill_id: str, started_at: datetime, *, finished: bool) -> None:
     """A drill's record as snapctl drill writes it: on its start unfinished, at its end finished."""
     record = {"cluster": CLUSTER, "run_id": run_id, "drill_id": drill_id, "provider": "local",
