@@ -180,7 +180,9 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
 def _close_abandoned_runs(catalog: Catalog, run_id: str) -> None:
     """We hold the cluster lock, so any other run still marked running died unfinished (SIGKILL, a
     lost host): record it as failed. Its leases released its nodes; `snapctl gc` finds snapshots
-    it made that its manifest does not name."""
+    it made that its manifest does not name. A run that died after its manifest said how it ended
+    but before its index line did is not one of them: listing read that manifest, and put its
+    status (succeeded, or failed) into the index."""
     for entry in catalog.list()[0]:
         if entry.status != "running" or entry.run_id == run_id:
             continue

@@ -30,6 +30,7 @@ _INDEX = TypeAdapter(list[IndexEntry])
 _MAX_CANDIDATES = 8
 _INDEX_RETRIES = 10
 _SUCCEEDED = "succeeded"
+_RUNNING = "running"
 
 
 class Catalog:
@@ -181,16 +182,23 @@ class Catalog:
         return entries, problems
 
     def _confirm(self, entries: list[IndexEntry], problems: dict[str, str], read: set[str]) -> list[IndexEntry]:
-        """``entries`` (newest first) with the manifest of the newest succeeded run read again, and
-        the next one's if that one is not (or no longer) a good backup: it is what `latest` names,
-        status's newest good backup and its age against the RPO. A damaged manifest behind an intact
-        index line is then a problem, never the newest backup. Older runs are taken from the
-        index as they are, which is what it is for: retention confirms the ones it keeps itself.
-        ``read``: runs whose manifest was read just now."""
+        """``entries`` (newest first) with some manifests read again:
+
+        - the newest succeeded run's, and the next one's if that one is not (or no longer) a good
+          backup: it is what `latest` names, status's newest good backup and its age against the
+          RPO. A damaged manifest behind an intact index line is then a problem, never the newest
+          backup;
+        - every run the index says is running: a run killed between its manifest write and its
+          index update left its line behind (a good backup listed as running, never `latest`,
+          deleted by retention as a dead run). There are few: the run under way, and the dead.
+
+        Older runs are taken from the index as they are, which is what it is for: retention
+        confirms the ones it keeps itself. ``read``: runs whose manifest was read just now."""
         confirmed: list[IndexEntry] = []
         newest_found = False
         for entry in entries:
-            if not newest_found and entry.status == _SUCCEEDED and entry.run_id not in read:
+            doubtful = entry.status == _RUNNING or (not newest_found and entry.status == _SUCCEEDED)
+            if doubtful and entry.run_id not in read:
                 current, problem = self._current(entry.run_id)
                 if current is None:
                     if problem is not None:

@@ -244,3 +244,17 @@ def test_confirm_reads_each_manifest_and_drops_a_damaged_one_from_the_index(cata
     assert problems == {"r0": "not valid JSON"}
     assert [e["run_id"] for e in json.loads(catalog.store.read("prod/index.json"))] == ["r2", "r1"]
     assert catalog.list()[1] == ["run r0: not valid JSON"]
+
+
+@pytest.mark.parametrize("ended", ["succeeded", "failed"])
+def test_an_index_line_left_running_catches_up_with_its_manifest(catalog: Catalog, ended: str) -> None:
+    catalog.save(make_manifest("r0", minutes=0))
+    catalog.save(make_manifest("r1", minutes=1, status="running"))
+    # The run ended and wrote its manifest, then died before its index line said so.
+    catalog.store.write("prod/manifests/r1.json", make_manifest("r1", minutes=1, status=ended).model_dump_json().encode())
+
+    entries, problems = catalog.list()
+
+    assert [(e.run_id, e.status) for e in entries] == [("r1", ended), ("r0", "succeeded")] and problems == []
+    assert [e["status"] for e in json.loads(catalog.store.read("prod/index.json"))] == [ended, "succeeded"]
+    assert catalog.resolve("latest") == ("r1" if ended == "succeeded" else "r0")

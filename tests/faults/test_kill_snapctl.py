@@ -10,6 +10,7 @@ flock so the manifest write blocks. Then the test kills snapctl where it stands.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import signal
 import subprocess
@@ -195,3 +196,41 @@ def _nothing_held_or_lost(cluster: FaultCluster, stop: Stop, run_id: str) -> Non
     assert set(cluster.tagged(run_id)) == made
     assert cluster.gc(delete=True).ok
     assert {p.name for p in cluster.snapshot_dirs(run_id)} == owned
+
+
+def test_sigkill_between_the_succeeded_manifest_and_its_index_line_leaves_a_good_backup(scene) -> None:
+    cluster = scene
+    stopping = cluster.write_inventory(cluster.directory / "stopping.yaml", provider={"stop_wait": True},
+                                       policy={"agent_timeout_s": "30s"})
+    process = cluster.popen("backup", "--no-prune", inventory=stopping)
+    # The index's directory lock, not the manifests': the manifest says succeeded, its index line
+    # cannot follow. Taken once step 8's manifest and index line (running) are written.
+    index_lock = cluster.catalog_dir / cluster.cluster / ".lock"
+    try:
+        cluster.wait_reached("wait.entered")
+        run_id = cluster.lock_record()["run_id"]
+        fd = os.open(index_lock, os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            cluster.go("wait.go")
+            wait_until(lambda: cluster.manifest(run_id)["status"] == "succeeded", 30, "the succeeded manifest")
+            process.send_signal(signal.SIGKILL)
+            process.communicate(timeout=30)
+            index = (cluster.catalog_dir / cluster.cluster / "index.json").read_text()
+            assert [e["status"] for e in json.loads(index) if e["run_id"] == run_id] == ["running"]
+        finally:
+            os.close(fd)
+    finally:
+        process.kill()
+        process.communicate()
+
+    listed = cluster.snapctl("list", "-o", "json").json["data"]
+    assert [(r["run_id"], r["status"]) for r in listed["runs"]] == [(run_id, "succeeded")]
+    assert cluster.snapctl("show", "latest", "-o", "json").json["data"]["run_id"] == run_id
+    cluster.wait_lock_free()
+    after = cluster.snapctl("backup", "--no-prune", "-o", "json")
+    assert after.returncode == 0, after.stderr
+    assert cluster.manifest(run_id)["status"] == "succeeded"  # never marked failed as abandoned
+    index = json.loads((cluster.catalog_dir / cluster.cluster / "index.json").read_text())
+    assert [e["status"] for e in index if e["run_id"] == run_id] == ["succeeded"]
+    assert cluster.gc().orphans == [] and cluster.snapshot_dirs(run_id)

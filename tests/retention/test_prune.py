@@ -304,6 +304,22 @@ def test_damaged_manifests_never_cost_a_readable_backup_its_place(data, retentio
             assert scene.catalog.store.read(f"{CLUSTER}/manifests/{run_id}.json") == content
 
 
+def test_a_good_backup_whose_index_line_still_says_running_is_kept_as_the_backup_it_is(scene: Scene) -> None:
+    for day in range(3):
+        scene.add_run(f"r{day}", T0 + timedelta(days=day))
+    killed = scene.add_run("r3", T0 + timedelta(days=3), "running")
+    killed.status = "succeeded"  # its manifest says so; the run died before its index line did
+    scene.catalog.store.write(f"{CLUSTER}/manifests/r3.json", killed.model_dump_json().encode())
+    scene.add_run("r4", T0 + timedelta(days=4))
+
+    result = prune(inventory(scene, {"keep_last": 2, "daily": 0, "weekly": 0, "monthly": 0}))
+
+    assert [(v.run_id, v.status, v.reasons) for v in result.kept] == [
+        ("r4", "succeeded", ["newest succeeded", "last 1/2"]), ("r3", "succeeded", ["last 2/2"])]
+    assert [v.run_id for v in result.deleted] == ["r0", "r1", "r2"]
+    assert scene.snapshot_ids() == snapshots_of(scene, {"r3", "r4"})
+
+
 def _drill_record(scene: Scene, run_id: str, drill_id: str, started_at: datetime, *, finished: bool) -> None:
     """A drill's record as snapctl drill writes it: on its start unfinished, at its end finished."""
     record = {"cluster": CLUSTER, "run_id": run_id, "drill_id": drill_id, "provider": "local",
