@@ -101,7 +101,7 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
     async with open_agents(inventory) as agents:
         # Step 2 comes before step 1 on a dry run: it takes no lock and holds nothing.
         if options.dry_run:
-            return await dry_run(inventory, provider, volumes, agents, reporter)
+            return await dry_run(inventory, provider, volumes, agents, reporter, catalog)
 
         executor = call_runner(inventory.policy, provider, inventory.provider, len(inventory.nodes),
                                inventory.cluster, inventory.base_dir, sum(len(v.volumes) for v in volumes.values()))

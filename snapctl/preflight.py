@@ -3,12 +3,15 @@ dry run, which is that preflight plus what a real run gets ready before its firs
 
 from __future__ import annotations
 
+import asyncio
 import os
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from snapctl.agent_client import AgentClient
+from snapctl.catalog import Catalog
 from snapctl.config import Inventory, is_loopback
 from snapctl.errors import SnapctlError
 from snapctl.events import Reporter
@@ -83,14 +86,24 @@ def _on_this_host(agent: str) -> bool:
 
 
 async def dry_run(inventory: Inventory, provider: Provider, volumes: dict[str, NodeVolumes],
-                  agents: dict[str, AgentClient], reporter: Reporter) -> BackupPlan:
-    """The preflight, and the provider warmed up (its SDK, its credentials) as a real run does
-    before its first hold: a dry run in CI should fail where the run from cron would. A provider
-    that cannot get ready is a critical finding. Takes no lock, holds nothing, writes nothing."""
+                  agents: dict[str, AgentClient], reporter: Reporter, catalog: Catalog) -> BackupPlan:
+    """The preflight, the catalog as the run's first step needs it (``Catalog.look``), and the
+    provider warmed up (its SDK, its credentials) as a real run does before its first hold: a dry
+    run in CI should fail where the run from cron would. A catalog the run could not lock, read or
+    write, a lock another run holds, and a provider that cannot get ready are critical findings.
+    Takes no lock, holds nothing, writes nothing."""
     checker = ProviderThreads(1, warm_up=provider.warm_up)
     checker.start()  # in a thread of its own: loading an SDK overlaps the preflight's fan-out
     try:
         verdict = await preflight(inventory, agents, reporter, volumes)
+        reporter.step("catalog", f"checking that {catalog.describe()} can be locked, read and written")
+        look = await asyncio.to_thread(catalog.look)
+        found = [Finding("critical", "catalog", f"a backup now would fail: {o}") for o in look.obstacles]
+        if (running := look.holder(datetime.now(UTC))) is not None:
+            found.append(Finding("critical", "backups", f"a backup now would be refused (exit 4): {running}"))
+        for finding in found:
+            verdict.findings.append(finding)
+            reporter.finding(finding)
         reporter.step("provider", f"checking that {provider.name} is ready (its SDK, its credentials)")
         try:
             await checker.ready(CALL_RUNNER_READY_S)

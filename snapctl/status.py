@@ -18,7 +18,8 @@ from pathlib import Path
 
 from node_agent.models import RaftGroup
 from snapctl.agent_client import open_agents
-from snapctl.catalog import LockRecord, open_catalog
+from snapctl.catalog import open_catalog
+from snapctl.catalog.catalog import CatalogLook
 from snapctl.config import Inventory
 from snapctl.errors import BadInputError, ExitCode, SnapctlError, os_reason
 from snapctl.health import Finding, NodeProbe, Verdict, assess, duration_text
@@ -39,6 +40,7 @@ class ClusterStatus:
     latest_success: IndexEntry | None = None
     latest_failure: IndexEntry | None = None
     catalog_problems: list[str] = field(default_factory=list)
+    catalog_read: bool = True  # False: the runs could not be read, so the backups above are unknown
     preflight: list[Finding] = field(default_factory=list)  # what `snapctl backup` would refuse on now
     node_filter: list[str] = field(default_factory=list)
     group_filter: list[str] = field(default_factory=list)
@@ -150,17 +152,17 @@ async def collect_status(
         problem = memory.commit({p.node for p in probes if p.status is not None})
         if problem:
             verdict.findings.append(Finding("info", "status", problem))
-    try:
-        entries, result.catalog_problems, lock = await asyncio.to_thread(_read_catalog, inventory)
-    except SnapctlError as exc:
-        entries, lock = [], None
-        verdict.findings.append(Finding("degraded", "catalog", f"cannot read the catalog: {exc}"))
+    look = await asyncio.to_thread(_look_at_catalog, inventory)
+    result.catalog_problems, result.catalog_read = look.problems, look.entries is not None
+    for obstacle in look.obstacles:  # what the run would fail on is what makes backing up unsafe
+        verdict.findings.append(Finding("degraded", "catalog", obstacle))
+        result.preflight.append(Finding("critical", "catalog", f"a backup now would fail: {obstacle}"))
     for problem in result.catalog_problems:  # a backup whose record is damaged cannot be restored
         verdict.findings.append(Finding("degraded", "catalog", f"unreadable manifest: {problem}"))
-    if lock is not None and lock.held_at(result.checked_at):
-        running = f"run {lock.run_id} by {lock.owner} holds the cluster lock until {lock.expires_at:%H:%M:%S}Z"
+    if (running := look.holder(result.checked_at)) is not None:
         verdict.findings.append(Finding("info", "backups", running))
         result.preflight.append(Finding("critical", "backups", f"a backup now would be refused (exit 4): {running}"))
+    entries = look.entries or []
     result.latest_success = next((e for e in entries if e.status == "succeeded"), None)
     result.latest_failure = next((e for e in entries if e.status == "failed"), None)
     _grade_backups(result)
@@ -201,10 +203,12 @@ async def watch_status(
         await asyncio.sleep(max(0.0, interval_s - (time.monotonic() - started)))
 
 
-def _read_catalog(inventory: Inventory) -> tuple[list[IndexEntry], list[str], LockRecord | None]:
-    catalog = open_catalog(inventory)
-    entries, problems = catalog.list()
-    return entries, problems, catalog.read_lock()
+def _look_at_catalog(inventory: Inventory) -> CatalogLook:
+    try:
+        catalog = open_catalog(inventory)
+    except SnapctlError as exc:
+        return CatalogLook(obstacles=[f"cannot read the catalog: {exc}"])
+    return catalog.look()
 
 
 def _only_groups(verdict: Verdict, patterns: list[str]) -> None:
@@ -224,6 +228,8 @@ def _only_groups(verdict: Verdict, patterns: list[str]) -> None:
 
 
 def _grade_backups(result: ClusterStatus) -> None:
+    if not result.catalog_read:
+        return  # how old the newest backup is, nobody can tell: the catalog finding says why
     add = result.verdict.findings.append
     newest, age = result.latest_success, result.latest_success_age_s
     if newest is None or age is None:

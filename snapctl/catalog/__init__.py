@@ -40,6 +40,11 @@ class BlobStore(Protocol):
         """Keys starting with ``prefix``, sorted."""
         ...
 
+    def check_writable(self, directory: str) -> None:
+        """Raise ``CatalogError`` where writing keys under ``directory`` would certainly fail, judged
+        without writing (a dry run writes nothing); return where the store cannot tell."""
+        ...
+
     def describe(self) -> str:
         """Where this store lives, for messages (no secrets)."""
         ...

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,7 +21,7 @@ from pydantic import TypeAdapter, ValidationError
 from snapctl.catalog import BlobStore
 from snapctl.catalog.local import LocalBlobStore
 from snapctl.catalog.lock import Clock, LockRecord, RunLock, acquire, read_lock, utc_now
-from snapctl.errors import BadInputError, CatalogError
+from snapctl.errors import BadInputError, CatalogError, SnapctlError
 from snapctl.manifest import IndexEntry, Manifest
 
 if TYPE_CHECKING:
@@ -31,6 +33,24 @@ _MAX_CANDIDATES = 8
 _INDEX_RETRIES = 10
 _SUCCEEDED = "succeeded"
 _RUNNING = "running"
+
+
+@dataclass
+class CatalogLook:
+    """The catalog as the first step of a backup would find it, looked at without taking the lock
+    or writing anything: what `snapctl status` and `backup --dry-run` report."""
+
+    entries: list[IndexEntry] | None = None  # None: the runs could not be read
+    problems: list[str] = field(default_factory=list)  # manifests that cannot be read: reported, no obstacle
+    lock: LockRecord | None = None
+    obstacles: list[str] = field(default_factory=list)  # each fails a backup before it holds anything
+
+    def holder(self, now: datetime) -> str | None:
+        """Who holds the cluster lock at ``now`` (a backup would exit 4), or None."""
+        lock = self.lock
+        if lock is None or not lock.held_at(now):
+            return None
+        return f"run {lock.run_id} by {lock.owner} holds the cluster lock until {lock.expires_at:%H:%M:%S}Z"
 
 
 class Catalog:
@@ -131,6 +151,29 @@ class Catalog:
     def read_lock(self) -> LockRecord | None:
         """The lock record as stored (held or not: see ``LockRecord.held_at``), None if never taken."""
         return read_lock(self.store, self._lock_key)
+
+    def look(self) -> CatalogLook:
+        """What a backup's first step needs, checked without taking the lock or writing: the runs
+        readable (the run lists them as soon as it holds the lock), the lock readable (a record no
+        run can parse, no run can take over) and not held, and where the store can tell, the
+        directories of the lock, the index and the manifests writable."""
+        look = CatalogLook()
+        try:
+            look.entries, look.problems = self.list()
+        except SnapctlError as exc:
+            look.obstacles.append(f"cannot read the catalog: {exc}")
+        try:
+            look.lock = self.read_lock()
+        except SnapctlError as exc:
+            if not look.obstacles:  # else most likely the same cause, said once
+                look.obstacles.append(str(exc))
+        if not look.obstacles:
+            try:
+                for directory in (self.cluster, self._manifests.rstrip("/")):
+                    self.store.check_writable(directory)
+            except SnapctlError as exc:
+                look.obstacles.append(str(exc))
+        return look
 
     # -- internals -------------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ import errno
 import fcntl
 import os
 import secrets
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -102,6 +103,31 @@ class LocalBlobStore:
                 if key.startswith(prefix):
                     keys.append(key)
         return sorted(keys)
+
+    def check_writable(self, directory: str) -> None:
+        """The directory, or the nearest one above it that exists (below which a write makes the
+        rest), must be a directory this process may write in: its mode and owner, a read-only
+        mount and an immutable directory (chattr +i) all refuse, even root."""
+        path = self._path(directory)
+        for existing in (path, *path.parents):
+            try:
+                st = os.stat(existing)
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # made by the first write, if the directory above allows it
+            except OSError as exc:
+                raise CatalogError(f"cannot reach {existing}: {os_reason(exc)}",
+                                   hint=_permission_hint(exc, existing / "x")) from exc
+            break
+        else:
+            return
+        if not stat.S_ISDIR(st.st_mode):
+            raise CatalogError(f"cannot write the catalog in {path}: {existing} is not a directory",
+                               hint="set catalog.path in the inventory to a directory")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise CatalogError(
+                f"cannot write the catalog in {existing}: this process may not write there",
+                hint=f"check the owner and mode of {existing}, that its file system is mounted read-write and that "
+                     "it is not immutable (lsattr -d), or set catalog.path in the inventory")
 
     def describe(self) -> str:
         return str(self.root)

@@ -198,6 +198,8 @@ def _backups(s) -> list[Text]:
     if s.latest_success is not None:
         lines.append(Text(f"newest good backup: {s.latest_success.run_id}, {_age(s.latest_success_age_s or 0)} ago "
                           f"(RPO {_age(s.rpo_s)})"))
+    elif not s.catalog_read:
+        lines.append(Text("newest good backup: unknown (the catalog cannot be read)"))
     else:
         lines.append(Text("newest good backup: none"))
     if s.latest_failure is not None:

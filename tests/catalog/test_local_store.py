@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 from pathlib import Path
 
@@ -134,3 +135,30 @@ def test_unwritable_root_is_a_catalog_error(tmp_path: Path) -> None:
 
 def test_list_of_missing_root_is_empty(tmp_path: Path) -> None:
     assert LocalBlobStore(tmp_path / "nowhere").list("") == []
+
+
+def test_check_writable_says_what_a_write_would_fail_on_without_writing(tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path / "catalog")
+    store.check_writable("c/manifests")  # nothing there yet: the first write makes it
+    assert not (tmp_path / "catalog").exists()
+    (tmp_path / "catalog").write_text("a file")
+    with pytest.raises(CatalogError, match=f"in {tmp_path}/catalog/c/manifests: {tmp_path}/catalog is not a directory"):
+        store.check_writable("c/manifests")
+    (tmp_path / "catalog").unlink()
+    store.write("c/manifests/r1.json", b"{}")
+    store.check_writable("c/manifests")
+    read_only = tmp_path / "catalog" / "c" / "manifests"
+    if os.geteuid() == 0:
+        if subprocess.run(["chattr", "+i", str(read_only)], capture_output=True, check=False).returncode != 0:
+            pytest.skip("root writes anywhere, and this file system has no immutable directories")
+        undo = ["chattr", "-i", str(read_only)]
+    else:
+        read_only.chmod(0o555)
+        undo = ["chmod", "755", str(read_only)]
+    try:
+        with pytest.raises(CatalogError, match="this process may not write there") as info:
+            store.check_writable("c/manifests")
+        assert "lsattr -d" in info.value.hint
+        store.check_writable("c")  # the directory above is writable
+    finally:
+        subprocess.run(undo, check=True)

@@ -10,6 +10,8 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -239,3 +241,110 @@ def test_a_run_in_progress_makes_backing_up_unsafe_but_the_cluster_healthy(tmp_p
     assert "refused (exit 4): run r-running by ops@cron:42 holds the cluster lock" in refusal.message
     assert validated(status)["data"]["verdict"]["safe_to_back_up"] is False
     assert asyncio.run(collect_status(inventory)).preflight == [], "released: safe again"
+
+
+def _catalog_findings(doc: dict) -> tuple[list[str], list[str]]:
+    verdict = doc["data"]["verdict"]
+    return ([f["message"] for f in verdict["findings"] if f["subject"] == "catalog"],
+            [f["message"] for f in verdict["preflight_refusals"] if f["subject"] == "catalog"])
+
+
+def test_an_unreadable_cluster_lock_makes_backing_up_unsafe_and_the_newest_backup_still_shows(tmp_path):
+    inventory = load(write_inventory(tmp_path, sqlite_nodes(tmp_path, 1)))
+    record_run(inventory, "r-good", "succeeded", age_s=60)
+    lock = tmp_path / "catalog" / "st" / "lock.json"
+    lock.write_text("{")
+
+    code, doc = status_json(tmp_path)
+
+    assert code == ExitCode.DEGRADED
+    assert doc["data"]["backups"]["latest_success"]["run_id"] == "r-good"
+    assert "no successful backup yet" not in json.dumps(doc)
+    findings, refusals = _catalog_findings(doc)
+    assert findings == [f"the cluster lock {lock} is unreadable (hint: no run can take it over safely; remove it "
+                        "by hand if no backup is running)"]
+    assert refusals == [f"a backup now would fail: {findings[0]}"]
+    assert doc["data"]["verdict"]["safe_to_back_up"] is False
+
+    # The dry run refuses as a preflight does, for what the real run then fails on; and writes nothing.
+    planned = snapctl("backup", "-i", "inventory.yaml", "--dry-run", "-o", "json", cwd=tmp_path)
+    assert planned.returncode == ExitCode.PREFLIGHT_REFUSED, planned.stderr
+    [critical] = [f for f in json.loads(planned.stdout)["data"]["verdict"]["findings"] if f["severity"] == "critical"]
+    assert critical == {"severity": "critical", "subject": "catalog", "message": refusals[0]}
+    assert lock.read_text() == "{" and [p.name for p in (tmp_path / "catalog" / "st" / "manifests").glob("*.json")] == [
+        "r-good.json"]
+    real = snapctl("backup", "-i", "inventory.yaml", cwd=tmp_path)
+    assert real.returncode == ExitCode.RUN_FAILED and f"the cluster lock {lock} is unreadable" in real.stderr
+
+
+def test_a_catalog_that_cannot_be_read_is_not_taken_for_an_empty_one(tmp_path):
+    write_inventory(tmp_path, sqlite_nodes(tmp_path, 1), catalog={"path": "catalog-file"})
+    (tmp_path / "catalog-file").write_text("a file where the catalog's directory should be")
+
+    code, doc = status_json(tmp_path)
+
+    assert code == ExitCode.DEGRADED
+    index = tmp_path / "catalog-file" / "st" / "index.json"
+    findings, refusals = _catalog_findings(doc)
+    assert findings == [f"cannot read the catalog: cannot read {index}: not a directory"]
+    assert refusals == [f"a backup now would fail: {findings[0]}"]
+    assert "no successful backup yet" not in json.dumps(doc)  # nobody can tell
+    text = snapctl("status", "-i", "inventory.yaml", cwd=tmp_path)
+    assert "newest good backup: unknown (the catalog cannot be read)" in text.stdout
+    planned = snapctl("backup", "-i", "inventory.yaml", "--dry-run", cwd=tmp_path)
+    assert planned.returncode == ExitCode.PREFLIGHT_REFUSED
+    assert f"critical catalog: a backup now would fail: cannot read the catalog: cannot read {index}" in planned.stdout
+
+
+@contextmanager
+def _unwritable(directory: Path) -> Iterator[None]:
+    """A directory this process may not write in: by its mode, or for root (whom modes do not
+    stop), immutable."""
+    if os.geteuid() != 0:
+        directory.chmod(0o555)
+        try:
+            yield
+        finally:
+            directory.chmod(0o755)
+        return
+    made = subprocess.run(["chattr", "+i", str(directory)], capture_output=True, text=True, check=False)
+    if made.returncode != 0:
+        pytest.skip(f"cannot make {directory} immutable here: {made.stderr.strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(directory)], check=True)
+
+
+def test_an_unwritable_catalog_refuses_a_dry_run_where_the_real_run_would_fail(tmp_path):
+    inventory = load(write_inventory(tmp_path, sqlite_nodes(tmp_path, 1)))
+    record_run(inventory, "r-good", "succeeded", age_s=60)
+    manifests = tmp_path / "catalog" / "st" / "manifests"
+
+    with _unwritable(manifests):
+        code, doc = status_json(tmp_path)
+        planned = snapctl("backup", "-i", "inventory.yaml", "--dry-run", cwd=tmp_path)
+        real = snapctl("backup", "-i", "inventory.yaml", cwd=tmp_path)
+
+    assert code == ExitCode.DEGRADED and doc["data"]["backups"]["latest_success"]["run_id"] == "r-good"
+    findings, refusals = _catalog_findings(doc)
+    assert [f.split(" (hint: ")[0] for f in findings] == [
+        f"cannot write the catalog in {manifests}: this process may not write there"]
+    assert refusals == [f"a backup now would fail: {findings[0]}"]
+    assert planned.returncode == ExitCode.PREFLIGHT_REFUSED
+    assert f"a backup now would fail: cannot write the catalog in {manifests}" in planned.stdout
+    assert real.returncode == ExitCode.RUN_FAILED and f"cannot write {manifests}/" in real.stderr
+
+
+def test_a_dry_run_while_another_run_holds_the_lock_says_the_real_run_would_be_refused(tmp_path):
+    from snapctl.catalog import open_catalog
+
+    inventory = load(write_inventory(tmp_path, sqlite_nodes(tmp_path, 1)))
+    lock = open_catalog(inventory).acquire_lock("ops@cron:42", "r-running", 60)
+    try:
+        planned = snapctl("backup", "-i", "inventory.yaml", "--dry-run", cwd=tmp_path)
+    finally:
+        lock.release()
+    assert planned.returncode == ExitCode.PREFLIGHT_REFUSED
+    assert "a backup now would be refused (exit 4): run r-running by ops@cron:42 holds the cluster lock" in planned.stdout
+    assert snapctl("backup", "-i", "inventory.yaml", "--dry-run", cwd=tmp_path).returncode == ExitCode.OK
