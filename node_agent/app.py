@@ -75,11 +75,14 @@ def create_app(service: AgentService, token: str | None, *, max_body_bytes: int 
         description="Node agent of snapctl: holds one database engine in a snapshot-safe state under a lease.",
     )
     app.add_middleware(BodyLimit, max_body_bytes=max_body_bytes)
-    if token:  # none configured: the agent refuses to listen beyond loopback then
+    check = TokenCheck(token, metrics_token) if token else None
+    if check:  # none configured: the agent refuses to listen beyond loopback then
         # Nothing is parsed before the token is checked.
-        app.add_middleware(BearerAuth, token=token, metrics_token=metrics_token)
+        app.add_middleware(BearerAuth, check=check)
     if rate_per_s is not None:
-        app.add_middleware(ClientRateLimit, rate_per_s=rate_per_s, burst=burst)  # outermost: counts refusals too
+        # Outermost: counts refusals too, wrong tokens apart from the right one (see ratelimit).
+        app.add_middleware(ClientRateLimit, rate_per_s=rate_per_s, burst=burst,
+                           authorised=(lambda scope: check(scope) is None) if check else None)
     _install_error_handlers(app)
     # Only documents the scheme in OpenAPI; BearerAuth enforces it.
     bearer = HTTPBearer(auto_error=False, description="the agent's token (token_file or $SNAPCTL_AGENT_TOKEN)")
@@ -220,32 +223,51 @@ def _describe_request_error(exc: RequestValidationError) -> str:
     return f"{field}: {msg[:1].lower() + msg[1:]}"
 
 
-class BearerAuth:
-    """401 for every /v1 request but health, and for /metrics, without the right bearer token
-    (constant-time compare). The metrics token, when set, opens /metrics and nothing else."""
+class TokenCheck:
+    """Whether a request presents a token its path accepts: the agent's token anywhere, the metrics
+    token on /metrics only (constant-time compare). Decided once per request and kept in its
+    scope, so the rate limit (which counts wrong tokens apart) and BearerAuth agree without
+    comparing twice."""
 
-    def __init__(self, app: ASGIApp, *, token: str, metrics_token: str | None = None) -> None:
-        self.app = app
+    _KEY = "snapctl.token_problem"
+
+    def __init__(self, token: str, metrics_token: str | None = None) -> None:
         self.expected = token.encode()
         self.metrics_expected = metrics_token.encode() if metrics_token else None
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "")
-        is_metrics = path == "/metrics"
-        if scope["type"] != "http" or path == "/v1/health" or not (path.startswith("/v1/") or is_metrics):
-            await self.app(scope, receive, send)
-            return
+    def __call__(self, scope: Scope) -> str | None:
+        """None when the token is accepted, else what is wrong ("missing/wrong bearer token")."""
+        if self._KEY not in scope:
+            scope[self._KEY] = self._problem(scope)
+        return scope[self._KEY]
+
+    def _problem(self, scope: Scope) -> str | None:
         header = dict(scope.get("headers") or []).get(b"authorization", b"")
         scheme, _, given = header.partition(b" ")
         given = given.strip()
         accepted = hmac.compare_digest(given, self.expected)
-        if is_metrics and self.metrics_expected is not None:
+        if scope.get("path") == "/metrics" and self.metrics_expected is not None:
             accepted = hmac.compare_digest(given, self.metrics_expected) or accepted
         if scheme.lower() != b"bearer" or not given:
-            problem = "missing bearer token"
-        elif not accepted:
-            problem = "wrong bearer token"
-        else:
+            return "missing bearer token"
+        return None if accepted else "wrong bearer token"
+
+
+class BearerAuth:
+    """401 for every /v1 request but health, and for /metrics, without the right bearer token.
+    The metrics token, when set, opens /metrics and nothing else."""
+
+    def __init__(self, app: ASGIApp, *, check: TokenCheck) -> None:
+        self.app = app
+        self.check = check
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path == "/v1/health" or not (path.startswith("/v1/") or path == "/metrics"):
+            await self.app(scope, receive, send)
+            return
+        problem = self.check(scope)
+        if problem is None:
             await self.app(scope, receive, send)
             return
         await _send(send, _error(401, problem, _AUTH_HINT, **{"WWW-Authenticate": "Bearer"}))

@@ -1,12 +1,18 @@
-"""Per-client request rate limits for the agent: one token bucket per client address and endpoint.
+"""Per-client request rate limits for the agent: one token bucket per client address, endpoint, and
+whether the request presents a valid token.
 
 Every call under /v1 but health can make the agent touch its engine (a checkpoint, a lock, a scan of
 every table), so a runaway script or a retry storm must not be able to hammer the database through
-its agent. snapctl itself needs a handful of calls per run (status, prepare, a renew every
-lease/3, complete), far below the default. Over the limit the agent answers 429 with
-``Retry-After``. Requests refused before anything ran (body too large, body not matching the
-schema) give their token back: a fuzzer or a broken client is not charged for our refusals,
-while wrong tokens are (guessing costs).
+its agent. snapctl itself needs a handful of calls
+per run (status, prepare, a renew every lease/3, complete), far below the default. Over the limit
+the agent answers 429 with ``Retry-After``. Requests refused before anything ran (body too large,
+body not matching the schema) give their token back: a fuzzer or a broken client is not charged
+for our refusals, while wrong tokens are (guessing costs).
+
+Requests without a valid token are counted apart from those with one. Otherwise anyone who can
+reach the agent from the holder's address (any local user, on loopback) could spend the holder's
+budget with wrong tokens and have its complete refused (429), leaving the database held until
+the lease ran out.
 """
 
 from __future__ import annotations
@@ -27,17 +33,22 @@ _EXEMPT = frozenset({"/v1/health"})
 
 
 class ClientRateLimit:
-    """ASGI middleware; put it outermost so it counts requests the token check refuses too."""
+    """ASGI middleware; put it outermost so it counts requests the token check refuses too.
+
+    ``authorised`` says whether a request presents a token its path accepts (None: the agent has
+    no token, every request is one kind)."""
 
     def __init__(self, app: ASGIApp, *, rate_per_s: float = DEFAULT_RATE_PER_S, burst: int = DEFAULT_BURST,
+                 authorised: Callable[[Scope], bool] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if rate_per_s <= 0 or burst < 1:
             raise ValueError("rate_per_s must be positive and burst at least 1")
         self.app = app
         self.rate_per_s = rate_per_s
         self.burst = burst
+        self._authorised = authorised
         self._clock = clock
-        self._buckets: OrderedDict[tuple[str, str], tuple[float, float]] = OrderedDict()  # -> (tokens, at)
+        self._buckets: OrderedDict[tuple[str, str, bool], tuple[float, float]] = OrderedDict()  # -> (tokens, at)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -45,10 +56,11 @@ class ClientRateLimit:
             await self.app(scope, receive, send)
             return
         client = (scope.get("client") or ("unknown",))[0]
-        key = (client, path)
+        authorised = self._authorised is None or self._authorised(scope)
+        key = (client, path, authorised)
         wait_s = self._take(key)
         if wait_s > 0:
-            await _too_many(send, client, path, self.rate_per_s, self.burst, wait_s)
+            await _too_many(send, client, path, authorised, self.rate_per_s, self.burst, wait_s)
             return
         status = 0
 
@@ -62,7 +74,7 @@ class ClientRateLimit:
         if status in _REFUNDED:
             self._give_back(key)
 
-    def _take(self, key: tuple[str, str]) -> float:
+    def _take(self, key: tuple[str, str, bool]) -> float:
         """Take a token; 0 when granted, else the seconds until one is there."""
         now = self._clock()
         tokens, at = self._buckets.pop(key, (float(self.burst), now))
@@ -73,17 +85,21 @@ class ClientRateLimit:
             self._buckets.popitem(last=False)
         return 0.0 if granted else (1.0 - tokens) / self.rate_per_s
 
-    def _give_back(self, key: tuple[str, str]) -> None:
+    def _give_back(self, key: tuple[str, str, bool]) -> None:
         if key in self._buckets:
             tokens, at = self._buckets[key]
             self._buckets[key] = (min(float(self.burst), tokens + 1.0), at)
 
 
-async def _too_many(send: Send, client: str, path: str, rate: float, burst: int, wait_s: float) -> None:
-    # The agent's ErrorBody shape, built here so this module needs nothing from the app.
+async def _too_many(send: Send, client: str, path: str, authorised: bool, rate: float, burst: int,
+                    wait_s: float) -> None:
+    # The agent's ErrorBody shape, built here so this module needs nothing from the app. Saying
+    # "without a valid token" tells a guesser nothing its 401s did not.
+    who = f"from {client}" if authorised else f"without a valid token from {client}"
+    hint = "slow down; retry after the Retry-After header's seconds"
     body = json.dumps({
-        "error": f"too many requests from {client} to {path}: more than {burst} at once or {rate:g} per second",
-        "hint": "slow down; retry after the Retry-After header's seconds",
+        "error": f"too many requests {who} to {path}: more than {burst} at once or {rate:g} per second",
+        "hint": hint if authorised else f"send the agent's token; {hint}",
         "holder": None,
     }).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),

@@ -13,6 +13,8 @@ from node_agent.app import create_app
 from node_agent.engines.sqlite import SqliteEngine, SqliteSettings
 from node_agent.ratelimit import DEFAULT_BURST, DEFAULT_RATE_PER_S, ClientRateLimit
 from node_agent.service import AgentService
+from tests.agent.conftest import TOKEN as AGENT_TOKEN
+from tests.agent.conftest import agent_process, make_db, try_write, write_config
 from tests.faults.harness import TOKEN, FaultCluster, create_db
 from tests.security.conftest import serve
 
@@ -62,7 +64,8 @@ def service(tmp_path: Path):
 def test_the_agent_limits_every_client_by_default(service: AgentService) -> None:
     app = create_app(service, TOKEN)  # what snapctl-agent serves
     [limit] = [m for m in app.user_middleware if m.cls is ClientRateLimit]
-    assert limit.kwargs == {"rate_per_s": DEFAULT_RATE_PER_S, "burst": DEFAULT_BURST}
+    assert (limit.kwargs["rate_per_s"], limit.kwargs["burst"]) == (DEFAULT_RATE_PER_S, DEFAULT_BURST)
+    assert limit.kwargs["authorised"] is not None  # wrong tokens are counted apart from the right one
     assert app.user_middleware[0].cls is ClientRateLimit  # outermost: refused tokens are counted too
     assert "429" in app.openapi()["paths"]["/v1/prepare"]["post"]["responses"]
 
@@ -96,3 +99,30 @@ def test_requests_refused_before_reaching_the_engine_are_not_charged(service: Ag
         codes = [client.post("/v1/prepare", headers={"Authorization": "Bearer guess"},
                              json={"run_id": "r2", "lease_s": 30}).status_code for _ in range(5)]
         assert codes[:2] == [401, 401] and codes[-1] == 429
+
+
+def slow_agent_config(tmp_path: Path, extra: str = "") -> Path:
+    """A real agent whose bucket refills so slowly (one request per 100 s) that no test outruns it."""
+    return write_config(tmp_path, make_db(tmp_path / "data.db"), extra="rate_per_s: 0.01\nburst: 5\n" + extra)
+
+
+@pytest.mark.parametrize("path", ["/v1/complete", "/v1/renew"])
+def test_a_flood_of_wrong_tokens_does_not_lock_the_holder_out(tmp_path: Path, path: str) -> None:
+    holder = {"Authorization": f"Bearer {AGENT_TOKEN}"}
+    with agent_process(slow_agent_config(tmp_path)) as agent, httpx.Client(base_url=agent.url) as client:
+        assert client.post("/v1/prepare", headers=holder, json={"run_id": "r1", "lease_s": 600}).status_code == 200
+        flood = [client.post(path, headers=headers, json={"run_id": "r1"})
+                 for headers in [{"Authorization": "Bearer nope"}, {}] * 5]
+        # Guessing still costs: past the burst, wrong and missing tokens share one bucket and get 429.
+        assert [r.status_code for r in flood] == [401] * 5 + [429] * 5
+        # The holder's own budget is untouched: it renews and completes, and the database is free.
+        assert client.post("/v1/renew", headers=holder, json={"run_id": "r1"}).status_code == 200
+        completed = client.post("/v1/complete", headers=holder, json={"run_id": "r1"})
+        assert completed.status_code == 200 and completed.json()["released"] is True
+        # ...and that budget is still limited on its own.
+        codes = [client.post(path, headers=holder, json={"run_id": "r1"}).status_code for _ in range(6)]
+        assert codes[-1] == 429 and 429 not in codes[:3]
+    assert flood[-1].json()["error"] == ("too many requests without a valid token from 127.0.0.1 to "
+                                         f"{path}: more than 5 at once or 0.01 per second")
+    assert try_write(tmp_path / "data.db")
+
