@@ -1,9 +1,9 @@
 """Per-client request rate limits for the agent: one token bucket per client address, endpoint, and
 whether the request presents a valid token.
 
-Every call under /v1 but health can make the agent touch its engine (a checkpoint, a lock, a scan of
-every table), so a runaway script or a retry storm must not be able to hammer the database through
-its agent. snapctl itself needs a handful of calls
+Every call under /v1 but health, and every /metrics scrape, can make the agent touch its engine (a
+checkpoint, a lock, a scan of every table, a status query), so a runaway script or a retry storm
+must not be able to hammer the database through its agent. snapctl itself needs a handful of calls
 per run (status, prepare, a renew every lease/3, complete), far below the default. Over the limit
 the agent answers 429 with ``Retry-After``. Requests refused before anything ran (body too large,
 body not matching the schema) give their token back: a fuzzer or a broken client is not charged
@@ -30,6 +30,7 @@ DEFAULT_BURST = 60  # requests a client may make at once to one endpoint
 _MAX_BUCKETS = 4096  # the least recently seen clients are forgotten beyond this (they start full again)
 _REFUNDED = frozenset({413, 422})
 _EXEMPT = frozenset({"/v1/health"})
+_METRICS = "/metrics"
 
 
 class ClientRateLimit:
@@ -52,7 +53,7 @@ class ClientRateLimit:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if scope["type"] != "http" or not path.startswith("/v1/") or path in _EXEMPT:
+        if scope["type"] != "http" or not (path.startswith("/v1/") or path == _METRICS) or path in _EXEMPT:
             await self.app(scope, receive, send)
             return
         client = (scope.get("client") or ("unknown",))[0]

@@ -1,8 +1,9 @@
 """Prometheus text: the agent's ``GET /metrics``, and node_exporter textfiles written by
 `snapctl backup --textfile` and `snapctl status --textfile`.
 
-No secrets and no run ids in any metric: /metrics is served without the agent's token (a scraper
-must not need a credential that can freeze a database), and run ids would make a new series per run.
+No secrets and no run ids in any metric: a scraper reads /metrics with its own token, which must
+not be worth more than the page (it cannot freeze a database), and run ids would make a new series
+per run.
 """
 
 from __future__ import annotations

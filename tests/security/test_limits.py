@@ -126,3 +126,16 @@ def test_a_flood_of_wrong_tokens_does_not_lock_the_holder_out(tmp_path: Path, pa
                                          f"{path}: more than 5 at once or 0.01 per second")
     assert try_write(tmp_path / "data.db")
 
+
+def test_metrics_is_rate_limited_like_every_endpoint(tmp_path: Path) -> None:
+    (tmp_path / "scrape.token").write_text("scraper-only-t0ken\n")
+    config = slow_agent_config(tmp_path, "metrics_token_file: scrape.token\n")
+    with agent_process(config) as agent, httpx.Client(base_url=agent.url) as client:
+        # Guesses at either token are charged on /metrics too...
+        guesses = [client.get("/metrics", headers={"Authorization": f"Bearer guess-{i}"}).status_code
+                   for i in range(7)]
+        assert guesses == [401] * 5 + [429] * 2
+        # ...and scrapes, each of which asks the engine for its status, are bounded (but not by the guesses).
+        scrapes = [client.get("/metrics", headers={"Authorization": f"Bearer {token}"}).status_code
+                   for token in ("scraper-only-t0ken", AGENT_TOKEN) * 4]
+        assert scrapes == [200] * 5 + [429] * 3
