@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = _load_config(args)
         token = config.read_token()
+        metrics_token = config.read_metrics_token()
         if token is None and not is_loopback(config.listen):
             raise BadInputError(
                 f"refusing to listen on {config.listen} without a token",
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
-    return _serve(config, token)
+    return _serve(config, token, metrics_token)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -82,7 +83,7 @@ def _absolute(path: str) -> str:
     return str(Path(path).expanduser().resolve())
 
 
-def _serve(config: AgentConfig, token: str | None) -> int:
+def _serve(config: AgentConfig, token: str | None, metrics_token: str | None) -> int:
     import uvicorn
 
     from node_agent.app import create_app
@@ -99,7 +100,7 @@ def _serve(config: AgentConfig, token: str | None) -> int:
     tls = config.tls if config.uses_tls else None
     uv_config = uvicorn.Config(
         create_app(service, token, max_body_bytes=config.max_body_bytes, rate_per_s=config.rate_per_s,
-                   burst=config.burst, metrics_token=config.read_metrics_token()),
+                   burst=config.burst, metrics_token=metrics_token),
         log_config=None,  # keep our logging setup: one format, no token anywhere
         log_level=config.log_level,
         lifespan="off",

@@ -89,3 +89,15 @@ def test_config_errors_name_file_line_and_field(tmp_path: Path, db: Path) -> Non
 
     result = run_agent("--config", str(tmp_path / "missing.yaml"))
     assert result.returncode == 2 and "agent config file not found" in result.stderr
+
+
+@pytest.mark.parametrize("problem", ["missing", "empty"])
+def test_a_bad_metrics_token_file_is_one_line_and_exit_2(tmp_path: Path, db: Path, problem: str) -> None:
+    scrape = tmp_path / "scrape.token"
+    if problem == "empty":
+        scrape.write_text("\n")
+    config = write_config(tmp_path, db, extra="metrics_token_file: scrape.token\n")
+    result = run_agent("--config", str(config))
+    assert result.returncode == 2
+    what = "not found" if problem == "missing" else "is empty (hint: put the token on its first line)"
+    assert result.stderr.splitlines() == [f"snapctl-agent: error: {config}: metrics_token_file {scrape} {what}"]
