@@ -7,6 +7,7 @@ so a config works wherever the agent is started from.
 from __future__ import annotations
 
 import os
+import ssl
 from pathlib import Path
 from typing import Any, Literal
 
@@ -98,6 +99,56 @@ class AgentConfig(Strict):
         """The read-only token for /metrics, from ``metrics_token_file`` or ``$metrics_token_env``."""
         return self._read_secret(self.metrics_token_file, self.metrics_token_env, "metrics_token_file")
 
+    def check_tls_files(self) -> None:
+        """Load the TLS files as the server will, so that a bad one is named with its setting at
+        start: OpenSSL alone says "[SSL] PEM lib" or "No such file or directory", naming neither."""
+        if not (self.tls and self.tls.cert_file and self.tls.key_file):
+            return
+        cert, key = self.resolve(self.tls.cert_file), self.resolve(self.tls.key_file)
+        ca = self.resolve(self.tls.client_ca_file) if self.tls.client_ca_file else None
+        for setting, file in (("cert_file", cert), ("key_file", key), ("client_ca_file", ca)):
+            if file is not None:
+                self._check_readable(f"tls.{setting}", file)
+        probe = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        for setting, file in (("cert_file", cert), ("client_ca_file", ca)):
+            if file is None:
+                continue
+            try:
+                probe.load_verify_locations(cafile=file)  # parses every certificate in the file
+            except ssl.SSLError as exc:
+                what = ("the agent's certificate; its private key goes in tls.key_file" if setting == "cert_file"
+                        else "the certificate of the CA that signs the clients' certificates")
+                raise AgentConfigError(f"{self._source}: tls.{setting} {file} holds no PEM certificate",
+                                       hint=f"give a PEM file with {what}") from exc
+        try:
+            probe.load_cert_chain(cert, key, password=_no_passphrase)
+        except _PassphraseNeeded:
+            raise AgentConfigError(
+                f"{self._source}: tls.key_file {key} is encrypted, and the agent cannot ask for its passphrase",
+                hint=f"decrypt it into a file only the agent's user can read: openssl pkey -in {key} -out NEW.key",
+            ) from None
+        except ssl.SSLError as exc:
+            if exc.reason == "KEY_VALUES_MISMATCH":
+                raise AgentConfigError(
+                    f"{self._source}: tls.key_file {key} is not the private key of tls.cert_file {cert}",
+                    hint="give the key the certificate was issued for, or the certificate of this key",
+                ) from exc
+            # The certificate parsed above, so what OpenSSL could not read is the key.
+            raise AgentConfigError(f"{self._source}: tls.key_file {key} holds no PEM private key",
+                                   hint="give the PEM private key that belongs to tls.cert_file") from exc
+
+    def _check_readable(self, setting: str, file: Path) -> None:
+        try:
+            with open(file, "rb"):
+                pass
+        except FileNotFoundError:
+            raise AgentConfigError(f"{self._source}: {setting} {file} not found",
+                                   hint=f"fix the path in {self._source}; a relative path starts from that file's directory",
+                                   ) from None
+        except OSError as exc:
+            raise AgentConfigError(f"{self._source}: cannot read {setting} {file}: {os_reason(exc)}",
+                                   hint="name a file that the agent's user can read") from exc
+
     def _read_secret(self, token_file: str | None, token_env: str | None, key: str) -> str | None:
         if token_file:
             file = self.resolve(token_file)
@@ -115,6 +166,15 @@ class AgentConfig(Strict):
         if token_env:
             return os.environ.get(token_env, "").strip() or None
         return None
+
+
+class _PassphraseNeeded(Exception):
+    pass
+
+
+def _no_passphrase() -> str:
+    # Without a callback OpenSSL would prompt on the terminal (or fail obscurely under systemd).
+    raise _PassphraseNeeded()
 
 
 def load_agent_config(path: str | os.PathLike[str]) -> AgentConfig:

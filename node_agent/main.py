@@ -18,7 +18,7 @@ from pathlib import Path
 from types import FrameType
 
 from node_agent.config import AgentConfig, load_agent_config
-from node_agent.engines.base import load_engine_factory
+from node_agent.engines.base import Engine, load_engine_factory
 from snapctl.config import is_loopback
 from snapctl.errors import BadInputError, ExitCode, SnapctlError, os_reason
 
@@ -31,6 +31,14 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         config = _load_config(args)
+    except SnapctlError as exc:
+        return _fail(exc)
+    logging.basicConfig(
+        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    # Everything that can stop the agent at start is checked before it serves, and said the same
+    # way: one line, exit 2 for what the operator must fix.
+    try:
         token = config.read_token()
         metrics_token = config.read_metrics_token()
         if token is None and not is_loopback(config.listen):
@@ -38,13 +46,22 @@ def main(argv: list[str] | None = None) -> int:
                 f"refusing to listen on {config.listen} without a token",
                 hint=f"set token_file in {config.source}, pass --token-file FILE, or set ${config.token_env}",
             )
+        config.check_tls_files()
+        sock = _bind(config.listen, config.port)
     except SnapctlError as exc:
-        print(f"snapctl-agent: error: {exc}", file=sys.stderr)
-        return int(exc.exit_code)
-    logging.basicConfig(
-        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
-    return _serve(config, token, metrics_token)
+        return _fail(exc)
+    settings = config.engine_settings
+    try:
+        engine = load_engine_factory(settings.type)(settings, base_dir=config.base_dir)
+    except SnapctlError as exc:
+        sock.close()
+        return _fail(exc)
+    return _serve(config, token, metrics_token, engine, sock)
+
+
+def _fail(exc: SnapctlError) -> int:
+    print(f"snapctl-agent: error: {exc}", file=sys.stderr)
+    return int(exc.exit_code)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -83,19 +100,14 @@ def _absolute(path: str) -> str:
     return str(Path(path).expanduser().resolve())
 
 
-def _serve(config: AgentConfig, token: str | None, metrics_token: str | None) -> int:
+def _serve(config: AgentConfig, token: str | None, metrics_token: str | None, engine: Engine,
+           sock: socket.socket) -> int:
     import uvicorn
 
     from node_agent.app import create_app
     from node_agent.service import AgentService
 
     settings = config.engine_settings
-    try:
-        engine = load_engine_factory(settings.type)(settings, base_dir=config.base_dir)
-        sock = _bind(config.listen, config.port)
-    except SnapctlError as exc:
-        log.error("%s", exc)
-        return int(exc.exit_code)
     service = AgentService(config.node, engine, allow_restore_prepare=config.restore_target)
     tls = config.tls if config.uses_tls else None
     uv_config = uvicorn.Config(
@@ -113,12 +125,14 @@ def _serve(config: AgentConfig, token: str | None, metrics_token: str | None) ->
     )
     server = uvicorn.Server(uv_config)
     try:
-        try:
-            uv_config.load()
-        except (OSError, ssl.SSLError) as exc:
-            log.error("cannot load the TLS certificate or key named in %s: %s", config.source, exc)
-            return int(ExitCode.BAD_INPUT)
-
+        uv_config.load()
+    except (OSError, ssl.SSLError) as exc:  # check_tls_files() passed, so only if a file changed since
+        service.close()
+        sock.close()
+        reason = (exc.reason or str(exc)).lower() if isinstance(exc, ssl.SSLError) else os_reason(exc)
+        return _fail(BadInputError(f"{config.source}: cannot load the tls files: {reason}",
+                                   hint="check tls.cert_file, tls.key_file and tls.client_ca_file"))
+    try:
         def stop(signum: int, _frame: FrameType | None) -> None:
             # Before uvicorn takes the signals over, and after it hands them back (it re-raises
             # the one it caught): either way, just ask the server to stop; `finally` releases.

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 from pathlib import Path
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives import serialization
 
+from tests.agent.certs import make_pki
 from tests.agent.conftest import AGENT_BIN, TOKEN, agent_process, try_write, write_config
 
 NO_ENV_TOKEN = {"SNAPCTL_AGENT_TOKEN": ""}
@@ -101,3 +104,65 @@ def test_a_bad_metrics_token_file_is_one_line_and_exit_2(tmp_path: Path, db: Pat
     assert result.returncode == 2
     what = "not found" if problem == "missing" else "is empty (hint: put the token on its first line)"
     assert result.stderr.splitlines() == [f"snapctl-agent: error: {config}: metrics_token_file {scrape} {what}"]
+
+
+def tls_config(tmp_path: Path, db: Path, **files: Path) -> Path:
+    tls = "".join(f"  {setting}: {path}\n" for setting, path in files.items())
+    return write_config(tmp_path, db, extra=f"tls:\n{tls}")
+
+
+def encrypted_copy(key: Path, to: Path) -> Path:
+    loaded = serialization.load_pem_private_key(key.read_bytes(), password=None)
+    to.write_bytes(loaded.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                        serialization.BestAvailableEncryption(b"passphrase")))
+    return to
+
+
+TLS_PROBLEMS = {
+    "cert missing": (lambda pki, o, d: {"cert_file": d / "nope.pem", "key_file": pki.server_key},
+                     "tls.cert_file {cert_file} not found"),
+    "key missing": (lambda pki, o, d: {"cert_file": pki.server_cert, "key_file": d / "nope.key"},
+                    "tls.key_file {key_file} not found"),
+    "client ca missing": (lambda pki, o, d: {"cert_file": pki.server_cert, "key_file": pki.server_key,
+                                             "client_ca_file": d / "nope-ca.pem"},
+                          "tls.client_ca_file {client_ca_file} not found"),
+    "a directory as the cert": (lambda pki, o, d: {"cert_file": d, "key_file": pki.server_key},
+                                "cannot read tls.cert_file {cert_file}: is a directory"),
+    "the key as the cert": (lambda pki, o, d: {"cert_file": pki.server_key, "key_file": pki.server_key},
+                            "tls.cert_file {cert_file} holds no PEM certificate"),
+    "the cert as the key": (lambda pki, o, d: {"cert_file": pki.server_cert, "key_file": pki.server_cert},
+                            "tls.key_file {key_file} holds no PEM private key"),
+    "another certificate's key": (lambda pki, o, d: {"cert_file": pki.server_cert, "key_file": o.server_key},
+                                  "tls.key_file {key_file} is not the private key of tls.cert_file {cert_file}"),
+    "an encrypted key": (lambda pki, o, d: {"cert_file": pki.server_cert,
+                                            "key_file": encrypted_copy(pki.server_key, d / "encrypted.key")},
+                         "tls.key_file {key_file} is encrypted, and the agent cannot ask for its passphrase"),
+    "a key as the client ca": (lambda pki, o, d: {"cert_file": pki.server_cert, "key_file": pki.server_key,
+                                                  "client_ca_file": pki.client_key},
+                               "tls.client_ca_file {client_ca_file} holds no PEM certificate"),
+}
+
+
+@pytest.mark.parametrize("problem", TLS_PROBLEMS)
+def test_a_bad_tls_file_is_named_with_its_setting_in_one_line(tmp_path: Path, db: Path, problem: str) -> None:
+    make, expected = TLS_PROBLEMS[problem]
+    files = make(make_pki(tmp_path / "pki"), make_pki(tmp_path / "other"), tmp_path)
+    config = tls_config(tmp_path, db, **files)
+    result = run_agent("--config", str(config), "--port", "0")
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"snapctl-agent: error: {config}: {expected.format(**files)} (hint: "), line
+    assert result.stdout == ""
+
+
+def test_a_port_in_use_is_one_error_line_and_exit_2(tmp_path: Path, db: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_agent("--config", str(write_config(tmp_path, db)), "--port", str(port))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"snapctl-agent: error: cannot listen on 127.0.0.1:{port}: address already in use "
+        "(hint: pick another --port, or stop what uses it)"
+    ]
