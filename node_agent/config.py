@@ -6,8 +6,10 @@ so a config works wherever the agent is started from.
 
 from __future__ import annotations
 
+import logging
 import os
 import ssl
+import stat
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +23,8 @@ from snapctl.errors import BadInputError, os_reason
 
 DEFAULT_PORT = 7700
 DEFAULT_TOKEN_ENV = "SNAPCTL_AGENT_TOKEN"
+
+log = logging.getLogger("snapctl.agent")
 
 
 class AgentConfigError(BadInputError):
@@ -108,7 +112,7 @@ class AgentConfig(Strict):
         ca = self.resolve(self.tls.client_ca_file) if self.tls.client_ca_file else None
         for setting, file in (("cert_file", cert), ("key_file", key), ("client_ca_file", ca)):
             if file is not None:
-                self._check_readable(f"tls.{setting}", file)
+                self._check_readable(f"tls.{setting}", file, secret=setting == "key_file")
         probe = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         for setting, file in (("cert_file", cert), ("client_ca_file", ca)):
             if file is None:
@@ -137,14 +141,16 @@ class AgentConfig(Strict):
             raise AgentConfigError(f"{self._source}: tls.key_file {key} holds no PEM private key",
                                    hint="give the PEM private key that belongs to tls.cert_file") from exc
 
-    def _check_readable(self, setting: str, file: Path) -> None:
+    def _check_readable(self, setting: str, file: Path, *, secret: bool) -> None:
         try:
-            with open(file, "rb"):
-                pass
+            with open(file, "rb") as opened:
+                if secret:
+                    self._warn_if_open(setting, file, os.fstat(opened.fileno()).st_mode)
         except FileNotFoundError:
-            raise AgentConfigError(f"{self._source}: {setting} {file} not found",
-                                   hint=f"fix the path in {self._source}; a relative path starts from that file's directory",
-                                   ) from None
+            raise AgentConfigError(
+                f"{self._source}: {setting} {file} not found",
+                hint=f"fix the path in {self._source}; a relative path starts from that file's directory",
+            ) from None
         except OSError as exc:
             raise AgentConfigError(f"{self._source}: cannot read {setting} {file}: {os_reason(exc)}",
                                    hint="name a file that the agent's user can read") from exc
@@ -153,7 +159,9 @@ class AgentConfig(Strict):
         if token_file:
             file = self.resolve(token_file)
             try:
-                token = file.read_text().strip()
+                with open(file) as opened:
+                    self._warn_if_open(key, file, os.fstat(opened.fileno()).st_mode)
+                    token = opened.read().strip()
             except FileNotFoundError:
                 raise AgentConfigError(f"{self._source}: {key} {file} not found") from None
             except OSError as exc:
@@ -166,6 +174,16 @@ class AgentConfig(Strict):
         if token_env:
             return os.environ.get(token_env, "").strip() or None
         return None
+
+    def _warn_if_open(self, setting: str, file: Path, mode: int) -> None:
+        # Warned, not refused: refusing would stop agents that run today at their next restart.
+        can = [what for what, bits in (("readable", stat.S_IRGRP | stat.S_IROTH),
+                                       ("writable", stat.S_IWGRP | stat.S_IWOTH)) if mode & bits]
+        who = [name for name, bits in (("its group", stat.S_IRGRP | stat.S_IWGRP),
+                                       ("other users", stat.S_IROTH | stat.S_IWOTH)) if mode & bits]
+        if can:
+            log.warning("%s: %s %s is %s by %s (mode %04o); chmod 600 %s so that only the agent's user can read it",
+                        self._source, setting, file, " and ".join(can), " and ".join(who), stat.S_IMODE(mode), file)
 
 
 class _PassphraseNeeded(Exception):

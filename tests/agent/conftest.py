@@ -145,6 +145,7 @@ def write_config(tmp_path: Path, db: Path, *, extra: str = "", token: str | None
     lines = ["node: n1", "engine:", "  type: sqlite", f"  path: {db.name}", "  timeout_s: 5"]
     if token is not None:
         (tmp_path / "agent.token").write_text(token + "\n")
+        (tmp_path / "agent.token").chmod(0o600)  # as deployed: a looser mode is warned about at start
         lines.append("token_file: agent.token")
     config = tmp_path / "agent.yaml"
     config.write_text("\n".join(lines) + "\n" + extra)

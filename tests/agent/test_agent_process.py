@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 from pathlib import Path
 
@@ -99,6 +100,7 @@ def test_a_bad_metrics_token_file_is_one_line_and_exit_2(tmp_path: Path, db: Pat
     scrape = tmp_path / "scrape.token"
     if problem == "empty":
         scrape.write_text("\n")
+        scrape.chmod(0o600)
     config = write_config(tmp_path, db, extra="metrics_token_file: scrape.token\n")
     result = run_agent("--config", str(config))
     assert result.returncode == 2
@@ -147,6 +149,9 @@ TLS_PROBLEMS = {
 def test_a_bad_tls_file_is_named_with_its_setting_in_one_line(tmp_path: Path, db: Path, problem: str) -> None:
     make, expected = TLS_PROBLEMS[problem]
     files = make(make_pki(tmp_path / "pki"), make_pki(tmp_path / "other"), tmp_path)
+    for file in files.values():
+        if file.is_file():
+            file.chmod(0o600)  # a looser mode is warned about, which is not what this test is about
     config = tls_config(tmp_path, db, **files)
     result = run_agent("--config", str(config), "--port", "0")
     assert result.returncode == 2, result.stderr
@@ -166,3 +171,34 @@ def test_a_port_in_use_is_one_error_line_and_exit_2(tmp_path: Path, db: Path) ->
         f"snapctl-agent: error: cannot listen on 127.0.0.1:{port}: address already in use "
         "(hint: pick another --port, or stop what uses it)"
     ]
+
+
+def test_secret_files_open_to_other_users_are_warned_about_at_start(tmp_path: Path, db: Path) -> None:
+    pki = make_pki(tmp_path / "pki")
+    (tmp_path / "scrape.token").write_text("scraper-t0ken\n")
+    config = write_config(tmp_path, db, extra=("metrics_token_file: scrape.token\n"
+                                               f"tls: {{cert_file: {pki.server_cert}, key_file: {pki.server_key}}}\n"))
+    token, scrape = tmp_path / "agent.token", tmp_path / "scrape.token"
+    token.chmod(0o644)
+    scrape.chmod(0o660)
+    pki.server_key.chmod(0o640)
+    trust = ssl.create_default_context(cafile=str(pki.ca))
+    # Warned, not refused: a running deployment keeps working after an upgrade.
+    with agent_process(config, verify=trust, scheme="https") as agent:
+        assert httpx.get(agent.url + "/v1/status", headers={"Authorization": f"Bearer {TOKEN}"},
+                         verify=trust).status_code == 200
+    warnings = [line.split(" WARNING snapctl.agent: ", 1)[1] for line in agent.log.splitlines() if " WARNING " in line]
+    assert warnings == [
+        f"{config}: token_file {token} is readable by its group and other users (mode 0644); "
+        f"chmod 600 {token} so that only the agent's user can read it",
+        f"{config}: metrics_token_file {scrape} is readable and writable by its group (mode 0660); "
+        f"chmod 600 {scrape} so that only the agent's user can read it",
+        f"{config}: tls.key_file {pki.server_key} is readable by its group (mode 0640); "
+        f"chmod 600 {pki.server_key} so that only the agent's user can read it",
+    ]
+
+    for secret in (token, scrape, pki.server_key):
+        secret.chmod(0o600)
+    with agent_process(config, verify=trust, scheme="https") as agent:
+        pass
+    assert " WARNING " not in agent.log
