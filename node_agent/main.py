@@ -105,6 +105,7 @@ def _serve(config: AgentConfig, token: str | None, metrics_token: str | None, en
     import uvicorn
 
     from node_agent.app import create_app
+    from node_agent.ratelimit import quiet_refusals
     from node_agent.service import AgentService
 
     settings = config.engine_settings
@@ -124,6 +125,7 @@ def _serve(config: AgentConfig, token: str | None, metrics_token: str | None, en
         ssl_cert_reqs=ssl.CERT_REQUIRED if tls and tls.client_ca_file else ssl.CERT_NONE,
     )
     server = uvicorn.Server(uv_config)
+    logging.getLogger("uvicorn.access").addFilter(quiet_refusals)  # the rate limit logs them summed up
     try:
         uv_config.load()
     except (OSError, ssl.SSLError) as exc:  # check_tls_files() passed, so only if a file changed since

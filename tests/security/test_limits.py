@@ -3,6 +3,7 @@ request rate per client and endpoint (429 with Retry-After)."""
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from node_agent.engines.sqlite import SqliteEngine, SqliteSettings
 from node_agent.ratelimit import DEFAULT_BURST, DEFAULT_RATE_PER_S, ClientRateLimit
 from node_agent.service import AgentService
 from tests.agent.conftest import TOKEN as AGENT_TOKEN
-from tests.agent.conftest import agent_process, make_db, try_write, write_config
+from tests.agent.conftest import agent_process, make_db, try_write, wait_until, write_config
 from tests.faults.harness import TOKEN, FaultCluster, create_db
 from tests.security.conftest import serve
 
@@ -139,3 +140,39 @@ def test_metrics_is_rate_limited_like_every_endpoint(tmp_path: Path) -> None:
         scrapes = [client.get("/metrics", headers={"Authorization": f"Bearer {token}"}).status_code
                    for token in ("scraper-only-t0ken", AGENT_TOKEN) * 4]
         assert scrapes == [200] * 5 + [429] * 3
+
+
+def test_a_flood_is_logged_summed_up_not_line_by_line(tmp_path: Path) -> None:
+    with agent_process(slow_agent_config(tmp_path)) as agent, httpx.Client(base_url=agent.url) as client:
+        codes = [client.post("/v1/complete", headers={"Authorization": "Bearer nope"}, json={"run_id": "r1"})
+                 .status_code for _ in range(40)]
+    assert codes == [401] * 5 + [429] * 35
+    log = agent.log.splitlines()
+    assert sum('"POST /v1/complete HTTP/1.1" 401' in line for line in log) == 5  # what was answered is logged...
+    assert not [line for line in log if " 429" in line]  # ...but not each refusal: one line says they began
+    assert [line.split("WARNING snapctl.agent: ")[1] for line in log if "refusing requests" in line] == [
+        "refusing requests without a valid token from 127.0.0.1 to /v1/complete: more than 5 at once or "
+        "0.01 per second (429); further refusals are counted and logged every 10s"
+    ]
+
+
+def test_refusals_after_the_first_are_logged_as_a_count(caplog: pytest.LogCaptureFixture) -> None:
+    async def ok(scope, receive, send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    def logged() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "snapctl.agent"]
+
+    def accounted() -> int:  # every refusal is in the log: one line each that begins a run, the rest counted
+        lines = logged()
+        return (sum(line.startswith("refusing ") for line in lines)
+                + sum(int(line.split()[1]) for line in lines if line.startswith("refused ")))
+
+    caplog.set_level("WARNING", logger="snapctl.agent")
+    with serve(ClientRateLimit(ok, rate_per_s=0.01, burst=2, report_every_s=0.5)) as url, httpx.Client() as client:
+        assert [client.get(url + "/v1/status").status_code for _ in range(30)] == [200] * 2 + [429] * 28
+        wait_until(lambda: accounted() == 28, what="every refusal to be logged")
+    assert logged()[0] == ("refusing requests from 127.0.0.1 to /v1/status: more than 2 at once or 0.01 per second "
+                           "(429); further refusals are counted and logged every 0.5s")
+    assert re.fullmatch(r"refused \d+ more requests? from 127\.0\.0\.1 to /v1/status in the last 0\.5s", logged()[-1])
