@@ -80,9 +80,9 @@ def create_app(service: AgentService, token: str | None, *, max_body_bytes: int 
         # Nothing is parsed before the token is checked.
         app.add_middleware(BearerAuth, check=check)
     if rate_per_s is not None:
-        # Outermost: counts refusals too, wrong tokens apart from the right one (see ratelimit).
+        # Outermost: counts refusals too, wrong tokens apart from a known holder's (see ratelimit).
         app.add_middleware(ClientRateLimit, rate_per_s=rate_per_s, burst=burst,
-                           authorised=(lambda scope: check(scope) is None) if check else None)
+                           credential=check.accepted if check else None)
     _install_error_handlers(app)
     # Only documents the scheme in OpenAPI; BearerAuth enforces it.
     bearer = HTTPBearer(auto_error=False, description="the agent's token (token_file or $SNAPCTL_AGENT_TOKEN)")
@@ -229,7 +229,7 @@ class TokenCheck:
     scope, so the rate limit (which counts wrong tokens apart) and BearerAuth agree without
     comparing twice."""
 
-    _KEY = "snapctl.token_problem"
+    _KEY = "snapctl.token_check"
 
     def __init__(self, token: str, metrics_token: str | None = None) -> None:
         self.expected = token.encode()
@@ -237,20 +237,30 @@ class TokenCheck:
 
     def __call__(self, scope: Scope) -> str | None:
         """None when the token is accepted, else what is wrong ("missing/wrong bearer token")."""
+        return self._decide(scope)[0]
+
+    def accepted(self, scope: Scope) -> str | None:
+        """Which token the request presents: "agent", "metrics", or None (none this path accepts)."""
+        return self._decide(scope)[1]
+
+    def _decide(self, scope: Scope) -> tuple[str | None, str | None]:
         if self._KEY not in scope:
-            scope[self._KEY] = self._problem(scope)
+            scope[self._KEY] = self._compare(scope)
         return scope[self._KEY]
 
-    def _problem(self, scope: Scope) -> str | None:
+    def _compare(self, scope: Scope) -> tuple[str | None, str | None]:
         header = dict(scope.get("headers") or []).get(b"authorization", b"")
         scheme, _, given = header.partition(b" ")
         given = given.strip()
-        accepted = hmac.compare_digest(given, self.expected)
+        agent = hmac.compare_digest(given, self.expected)
+        metrics = False
         if scope.get("path") == "/metrics" and self.metrics_expected is not None:
-            accepted = hmac.compare_digest(given, self.metrics_expected) or accepted
+            metrics = hmac.compare_digest(given, self.metrics_expected)
         if scheme.lower() != b"bearer" or not given:
-            return "missing bearer token"
-        return None if accepted else "wrong bearer token"
+            return "missing bearer token", None
+        if agent or metrics:
+            return None, "agent" if agent else "metrics"
+        return "wrong bearer token", None
 
 
 class BearerAuth:

@@ -1,5 +1,5 @@
-"""Per-client request rate limits for the agent: one token bucket per client address, endpoint, and
-whether the request presents a valid token.
+"""Per-client request rate limits for the agent: one token bucket per client address and endpoint,
+and one apart for a known token holder's requests.
 
 Every call under /v1 but health, and every /metrics scrape, can make the agent touch its engine (a
 checkpoint, a lock, a scan of every table, a status query), so a runaway script or a retry storm
@@ -9,10 +9,14 @@ the agent answers 429 with ``Retry-After``. Requests refused before anything ran
 body not matching the schema) give their token back: a fuzzer or a broken client is not charged
 for our refusals, while wrong tokens are (guessing costs).
 
-Requests without a valid token are counted apart from those with one. Otherwise anyone who can
+Requests that present a valid token from an address that token was accepted from before (a
+holder: snapctl after its first call) are counted apart from the rest. Otherwise anyone who can
 reach the agent from the holder's address (any local user, on loopback) could spend the holder's
 budget with wrong tokens and have its complete refused (429), leaving the database held until
-the lease ran out.
+the lease ran out. A valid token from an address new to it shares the bucket of wrong ones: if it
+did not, a guesser over its budget would be told each right guess by its not getting 429, at any
+rate. (From a holder's own address it is told so; on loopback that is any local user, who could
+also spread guesses over 127.0.0.0/8.)
 
 Refusals are logged as one line when they begin and then one line per ``report_every_s`` with
 their count, and uvicorn's access log leaves them out (``quiet_refusals``): a flood must not write
@@ -34,6 +38,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 DEFAULT_RATE_PER_S = 20.0  # sustained requests per second, per client and endpoint
 DEFAULT_BURST = 60  # requests a client may make at once to one endpoint
 _MAX_BUCKETS = 4096  # the least recently seen clients are forgotten beyond this (they start full again)
+_MAX_HOLDERS = 256  # addresses a valid token was accepted from; only a token holder can add to them
 REPORT_EVERY_S = 10.0  # refusals of one client and endpoint are logged as one line per this
 _REFUNDED = frozenset({413, 422})
 _EXEMPT = frozenset({"/v1/health"})
@@ -41,26 +46,30 @@ _METRICS = "/metrics"
 
 log = logging.getLogger("snapctl.agent")
 
+_Key = tuple[str, str, str | None]  # client, path, the holder's credential (None: not a known holder's)
+
 
 class ClientRateLimit:
     """ASGI middleware; put it outermost so it counts requests the token check refuses too.
 
-    ``authorised`` says whether a request presents a token its path accepts (None: the agent has
-    no token, every request is one kind)."""
+    ``credential`` names the token a request presents that its path accepts ("agent", "metrics"),
+    None for none (the argument None: the agent has no token, every request is one kind)."""
 
     def __init__(self, app: ASGIApp, *, rate_per_s: float = DEFAULT_RATE_PER_S, burst: int = DEFAULT_BURST,
-                 authorised: Callable[[Scope], bool] | None = None, report_every_s: float = REPORT_EVERY_S,
+                 credential: Callable[[Scope], str | None] | None = None, report_every_s: float = REPORT_EVERY_S,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if rate_per_s <= 0 or burst < 1:
             raise ValueError("rate_per_s must be positive and burst at least 1")
         self.app = app
         self.rate_per_s = rate_per_s
         self.burst = burst
-        self._authorised = authorised
+        self._credential = credential
         self._report_every_s = report_every_s
         self._clock = clock
-        self._buckets: OrderedDict[tuple[str, str, bool], tuple[float, float]] = OrderedDict()  # -> (tokens, at)
-        self._unreported: dict[tuple[str, str, bool], int] = {}  # refusals since the last log line
+        # (client, path, the holder's credential or None) -> (tokens, at)
+        self._buckets: OrderedDict[_Key, tuple[float, float]] = OrderedDict()
+        self._holders: OrderedDict[tuple[str, str], None] = OrderedDict()  # (client, credential)
+        self._unreported: dict[_Key, int] = {}  # refusals since the last log line
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -68,13 +77,19 @@ class ClientRateLimit:
             await self.app(scope, receive, send)
             return
         client = (scope.get("client") or ("unknown",))[0]
-        authorised = self._authorised is None or self._authorised(scope)
-        key = (client, path, authorised)
+        credential = self._credential(scope) if self._credential else None
+        holder = credential is not None and (client, credential) in self._holders
+        key = (client, path, credential if holder else None)
         wait_s = self._take(key)
         if wait_s > 0:
             self._count_refusal(key)
             await _too_many(send, key, self.rate_per_s, self.burst, wait_s)
             return
+        if credential is not None:
+            self._holders[(client, credential)] = None
+            self._holders.move_to_end((client, credential))
+            while len(self._holders) > _MAX_HOLDERS:
+                self._holders.popitem(last=False)
         status = 0
 
         async def noting_send(message: Message) -> None:
@@ -87,7 +102,7 @@ class ClientRateLimit:
         if status in _REFUNDED:
             self._give_back(key)
 
-    def _take(self, key: tuple[str, str, bool]) -> float:
+    def _take(self, key: _Key) -> float:
         """Take a token; 0 when granted, else the seconds until one is there."""
         now = self._clock()
         tokens, at = self._buckets.pop(key, (float(self.burst), now))
@@ -98,28 +113,36 @@ class ClientRateLimit:
             self._buckets.popitem(last=False)
         return 0.0 if granted else (1.0 - tokens) / self.rate_per_s
 
-    def _give_back(self, key: tuple[str, str, bool]) -> None:
+    def _give_back(self, key: _Key) -> None:
         if key in self._buckets:
             tokens, at = self._buckets[key]
             self._buckets[key] = (min(float(self.burst), tokens + 1.0), at)
 
-    def _count_refusal(self, key: tuple[str, str, bool]) -> None:
+    def _count_refusal(self, key: _Key) -> None:
         if key in self._unreported:
             self._unreported[key] += 1
             return
         self._unreported[key] = 0
         log.warning("refusing requests %s: more than %d at once or %g per second (429); "
                     "further refusals are counted and logged every %gs",
-                    _requests(*key), self.burst, self.rate_per_s, self._report_every_s)
+                    self._requests(key), self.burst, self.rate_per_s, self._report_every_s)
         asyncio.get_running_loop().call_later(self._report_every_s, self._report, key)
 
-    def _report(self, key: tuple[str, str, bool]) -> None:
+    def _report(self, key: _Key) -> None:
         count = self._unreported.pop(key, 0)
         if count:  # else the refusals stopped: the next one is logged at once again
             log.warning("refused %d more %s %s in the last %gs", count, "request" if count == 1 else "requests",
-                        _requests(*key), self._report_every_s)
+                        self._requests(key), self._report_every_s)
             self._unreported[key] = 0
             asyncio.get_running_loop().call_later(self._report_every_s, self._report, key)
+
+    def _requests(self, key: _Key) -> str:
+        client, path, holder = key
+        if self._credential is None:
+            return f"from {client} to {path}"
+        if holder is None:
+            return f"from {client} to {path} (wrong or no token, or one not yet accepted from there)"
+        return f"with the {holder} token from {client} to {path}"
 
 
 def quiet_refusals(record: logging.LogRecord) -> bool:
@@ -128,17 +151,14 @@ def quiet_refusals(record: logging.LogRecord) -> bool:
     return not (isinstance(args, tuple) and args and args[-1] == 429)
 
 
-def _requests(client: str, path: str, authorised: bool) -> str:
-    # Saying "without a valid token" tells a guesser nothing its 401s did not.
-    return f"from {client} to {path}" if authorised else f"without a valid token from {client} to {path}"
-
-
-async def _too_many(send: Send, key: tuple[str, str, bool], rate: float, burst: int, wait_s: float) -> None:
-    # The agent's ErrorBody shape, built here so this module needs nothing from the app.
-    hint = "slow down; retry after the Retry-After header's seconds"
+async def _too_many(send: Send, key: _Key, rate: float, burst: int, wait_s: float) -> None:
+    # The agent's ErrorBody shape, built here so this module needs nothing from the app. The same
+    # words whichever bucket refused: a guesser must not learn from them what the agent thought
+    # of the token.
+    client, path, _ = key
     body = json.dumps({
-        "error": f"too many requests {_requests(*key)}: more than {burst} at once or {rate:g} per second",
-        "hint": hint if key[2] else f"send the agent's token; {hint}",
+        "error": f"too many requests from {client} to {path}: more than {burst} at once or {rate:g} per second",
+        "hint": "slow down; retry after the Retry-After header's seconds",
         "holder": None,
     }).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),

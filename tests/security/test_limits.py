@@ -66,7 +66,7 @@ def test_the_agent_limits_every_client_by_default(service: AgentService) -> None
     app = create_app(service, TOKEN)  # what snapctl-agent serves
     [limit] = [m for m in app.user_middleware if m.cls is ClientRateLimit]
     assert (limit.kwargs["rate_per_s"], limit.kwargs["burst"]) == (DEFAULT_RATE_PER_S, DEFAULT_BURST)
-    assert limit.kwargs["authorised"] is not None  # wrong tokens are counted apart from the right one
+    assert limit.kwargs["credential"] is not None  # wrong tokens are counted apart from a holder's
     assert app.user_middleware[0].cls is ClientRateLimit  # outermost: refused tokens are counted too
     assert "429" in app.openapi()["paths"]["/v1/prepare"]["post"]["responses"]
 
@@ -123,23 +123,47 @@ def test_a_flood_of_wrong_tokens_does_not_lock_the_holder_out(tmp_path: Path, pa
         # ...and that budget is still limited on its own.
         codes = [client.post(path, headers=holder, json={"run_id": "r1"}).status_code for _ in range(6)]
         assert codes[-1] == 429 and 429 not in codes[:3]
-    assert flood[-1].json()["error"] == ("too many requests without a valid token from 127.0.0.1 to "
-                                         f"{path}: more than 5 at once or 0.01 per second")
+
+
+def test_a_right_guess_over_the_budget_is_refused_like_a_wrong_one(tmp_path: Path) -> None:
+    right = {"Authorization": f"Bearer {AGENT_TOKEN}"}
+    with agent_process(slow_agent_config(tmp_path)) as agent:
+        def client(address: str) -> httpx.Client:
+            return httpx.Client(base_url=agent.url, transport=httpx.HTTPTransport(local_address=address))
+
+        # An address the token was never accepted from: once its guesses have spent the budget, the
+        # right token gets the same 429 as a wrong one, so a guesser cannot tell a right guess by it.
+        with client("127.0.0.2") as guesser:
+            codes = [guesser.get("/v1/status", headers={"Authorization": f"Bearer guess-{i}"}).status_code
+                     for i in range(6)]
+            assert codes == [401] * 5 + [429]
+            wrong = guesser.get("/v1/status", headers={"Authorization": "Bearer x"})
+            right_guess = guesser.get("/v1/status", headers=right)
+            assert (right_guess.status_code, right_guess.json()) == (wrong.status_code, wrong.json())
+            assert right_guess.status_code == 429
+        # An address the token was accepted from (a holder) keeps a budget of its own.
+        with client("127.0.0.3") as holder:
+            assert holder.get("/v1/status", headers=right).status_code == 200
+            codes = [holder.get("/v1/status", headers={"Authorization": "Bearer nope"}).status_code for _ in range(6)]
+            assert codes == [401] * 4 + [429] * 2  # the first right token came out of the shared budget
+            assert holder.get("/v1/status", headers=right).status_code == 200
     assert try_write(tmp_path / "data.db")
 
 
 def test_metrics_is_rate_limited_like_every_endpoint(tmp_path: Path) -> None:
     (tmp_path / "scrape.token").write_text("scraper-only-t0ken\n")
+    (tmp_path / "scrape.token").chmod(0o600)
     config = slow_agent_config(tmp_path, "metrics_token_file: scrape.token\n")
     with agent_process(config) as agent, httpx.Client(base_url=agent.url) as client:
+        def scrape(token: str) -> int:
+            return client.get("/metrics", headers={"Authorization": f"Bearer {token}"}).status_code
+
+        assert scrape("scraper-only-t0ken") == 200 and scrape(AGENT_TOKEN) == 200  # both accepted from here now
         # Guesses at either token are charged on /metrics too...
-        guesses = [client.get("/metrics", headers={"Authorization": f"Bearer guess-{i}"}).status_code
-                   for i in range(7)]
-        assert guesses == [401] * 5 + [429] * 2
+        assert [scrape(f"guess-{i}") for i in range(5)] == [401] * 3 + [429] * 2
         # ...and scrapes, each of which asks the engine for its status, are bounded (but not by the guesses).
-        scrapes = [client.get("/metrics", headers={"Authorization": f"Bearer {token}"}).status_code
-                   for token in ("scraper-only-t0ken", AGENT_TOKEN) * 4]
-        assert scrapes == [200] * 5 + [429] * 3
+        assert [scrape("scraper-only-t0ken") for _ in range(6)] == [200] * 5 + [429]
+        assert [scrape(AGENT_TOKEN) for _ in range(6)] == [200] * 5 + [429]
 
 
 def test_a_flood_is_logged_summed_up_not_line_by_line(tmp_path: Path) -> None:
@@ -151,8 +175,8 @@ def test_a_flood_is_logged_summed_up_not_line_by_line(tmp_path: Path) -> None:
     assert sum('"POST /v1/complete HTTP/1.1" 401' in line for line in log) == 5  # what was answered is logged...
     assert not [line for line in log if " 429" in line]  # ...but not each refusal: one line says they began
     assert [line.split("WARNING snapctl.agent: ")[1] for line in log if "refusing requests" in line] == [
-        "refusing requests without a valid token from 127.0.0.1 to /v1/complete: more than 5 at once or "
-        "0.01 per second (429); further refusals are counted and logged every 10s"
+        "refusing requests from 127.0.0.1 to /v1/complete (wrong or no token, or one not yet accepted from there): "
+        "more than 5 at once or 0.01 per second (429); further refusals are counted and logged every 10s"
     ]
 
 
