@@ -161,7 +161,8 @@ class AgentConfig(Strict):
             try:
                 with open(file) as opened:
                     self._warn_if_open(key, file, os.fstat(opened.fileno()).st_mode)
-                    token = opened.read().strip()
+                    # The first line, as snapctl reads its own (a second line may be a note).
+                    token = next((line.strip() for line in opened.read().splitlines() if line.strip()), "")
             except FileNotFoundError:
                 raise AgentConfigError(f"{self._source}: {key} {file} not found") from None
             except OSError as exc:

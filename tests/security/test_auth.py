@@ -99,7 +99,7 @@ def test_the_token_is_compared_with_compare_digest_whatever_its_length(service, 
 
 
 def test_the_token_comes_from_the_file_first_then_the_environment(tmp_path: Path, monkeypatch) -> None:
-    (tmp_path / "token").write_text("  from-the-file \n\n")
+    (tmp_path / "token").write_text("\n  from-the-file \nrotated 2026-12-01: a note, not the token\n")
     monkeypatch.setenv("SNAPCTL_AGENT_TOKEN", "from-the-env")
     base = "node: n1\nengine: {type: sqlite, path: db.sqlite}\n"
     assert parse_agent_config(base + "token_file: token\n", base_dir=tmp_path).read_token() == "from-the-file"
