@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from node_agent.engines.base import EngineSettings, validate_engine_settings
 from node_agent.ratelimit import DEFAULT_BURST, DEFAULT_RATE_PER_S
-from snapctl.config import _describe, _line_of
+from snapctl.config import _describe, _line_of, first_error
 from snapctl.errors import BadInputError, os_reason
 
 DEFAULT_PORT = 7700
@@ -231,7 +231,7 @@ def parse_agent_config(text: str, *, source: str = "<agent config>", base_dir: P
         cause = exc.__cause__
         loc: tuple[Any, ...] = ("engine",)
         if isinstance(cause, ValidationError):
-            loc += tuple(cause.errors()[0]["loc"])
+            loc += tuple(first_error(cause)["loc"])  # the error the message names: an unknown key first
         elif "type" in config.engine:
             loc += ("type",)
         line = _line_of(root, loc)

@@ -33,6 +33,9 @@ def test_defaults_and_relative_paths(tmp_path: Path) -> None:
         ("engine:\n  type: sqlite\n  path: x\n", "agent.yaml:1: missing required key 'node'"),
         ("node: n1\nengine:\n  type: sqlite\n  path: x\n  journal: wal\n",
          "agent.yaml:5: engine sqlite: unknown key 'journal' (valid keys: type, timeout_s, path)"),
+        # The typo'd key also makes 'path' missing: the line is the typo's, which the message names.
+        ("node: n1\nengine:\n  type: sqlite\n  pth: x\n",
+         "agent.yaml:4: engine sqlite: unknown key 'pth' (valid keys: type, timeout_s, path)"),
         ("node: n1\nengine:\n  type: nosuchdb\n", "agent.yaml:3: unknown engine type 'nosuchdb'"),
         ("node: n1\nengine: [\n", "agent.yaml:3: invalid YAML"),
         ("- just a list\n", "agent.yaml:1: the agent config must be a mapping"),
