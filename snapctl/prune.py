@@ -130,12 +130,14 @@ def plan(catalog: Catalog, provider: Provider, retention: Retention, drill_timeo
             continue
         try:
             manifest = catalog.load(decision.run.run_id)
-        except SnapctlError as exc:
-            verdict.error = exc.message
-            result.unfinished.append(verdict)
+        except SnapctlError as exc:  # never marked: a problem left alone, like any unreadable manifest
+            result.problems.append(f"run {verdict.run_id}: {exc.message.removeprefix(f'run {verdict.run_id}: ')}")
             continue
         verdict.status = str(manifest.extra.get(PRUNING, {}).get("was", manifest.status))
         refs = _unique(manifest.snapshot_refs() + tagged.get(manifest.run_id, []))
+        if manifest.status == PRUNING:  # an earlier prune deleted some already: name what is left
+            left = {r.snapshot_id for r in tagged.get(manifest.run_id, [])}
+            refs = [r for r in refs if r.snapshot_id in left]
         verdict.snapshots = [r.snapshot_id for r in refs]
         result.deleted.append(verdict)
     return result

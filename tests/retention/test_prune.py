@@ -20,7 +20,7 @@ from snapctl.errors import LockHeld
 from snapctl.events import NullReporter
 from snapctl.prune import apply, gc, plan, prune, prune_after_backup
 from snapctl.restore import RestoreRecord
-from snapctl.retention import Run, decide
+from snapctl.retention import PRUNING, Run, decide
 
 from .conftest import CLUSTER, Scene, make_scene
 
@@ -514,3 +514,31 @@ def test_gc_spares_the_run_in_progress_and_delete_needs_the_lock(scene: Scene) -
     with pytest.raises(LockHeld, match="ops@host:9"):
         gc(inventory(scene), delete=True)
     assert in_progress[0].snapshot_id in scene.snapshot_ids()
+
+
+def test_a_damaged_manifest_the_policy_would_delete_is_a_problem_left_alone_not_an_unfinished_deletion(
+    scene: Scene,
+) -> None:
+    # It was reported as "not deleted: run r0: run r0: ..." under a hint that it stays marked
+    # 'pruning', which an unreadable manifest cannot be, and was missing from the JSON's problems.
+    scene.add_run("r0", T0)
+    scene.add_run("r1", T0 + timedelta(days=1))
+    damaged = _damage(scene, "r0")
+    inv = inventory(scene, {"keep_last": 1, "daily": 0, "weekly": 0, "monthly": 0})
+    for result in (prune(inv, dry_run=True), prune(inv)):
+        assert result.deleted == [] and result.unfinished == []
+        [problem] = result.problems
+        assert problem.startswith("run r0: ") and not problem.startswith("run r0: run r0")
+    assert scene.catalog.store.read(f"{CLUSTER}/manifests/r0.json") == damaged
+
+
+def test_a_dry_run_names_only_the_snapshots_a_half_done_prune_left(scene: Scene) -> None:
+    run = scene.add_run("r0", T0)
+    scene.add_run("r1", T0 + timedelta(days=1))
+    run.extra[PRUNING] = {"was": "succeeded", "since": T0.isoformat()}
+    run.status = PRUNING  # type: ignore[assignment]  # a prune killed after deleting n1's snapshot
+    scene.catalog.save(run)
+    scene.provider.delete(run.nodes["n1"].snapshots[0])
+    dry = prune(inventory(scene, {"keep_last": 1, "daily": 0, "weekly": 0, "monthly": 0}), dry_run=True)
+    [verdict] = dry.deleted
+    assert verdict.snapshots == [run.nodes["n2"].snapshots[0].snapshot_id]
