@@ -107,11 +107,22 @@ def _run(entry, age_s: float | None) -> dict[str, Any] | None:
 
 
 def status_text(r, s) -> int:
-    r.out.print(status_view(s))
+    print_status(r.out, s)
     return s.exit_code
 
 
-def status_view(s) -> Group:
+def print_status(out, s) -> None:
+    """On a terminal, the screen as it is; into a log or a pipe, the tables, then the findings and
+    the verdict each on one whole line: they quote agents and engines, and a log keeps them whole."""
+    if out.is_terminal:
+        out.print(status_view(s))
+        return
+    out.print(status_view(s, lines=False))
+    for line in status_lines(s):
+        out.print(line, soft_wrap=True)
+
+
+def status_view(s, *, lines: bool = True) -> Group:
     """Everything on one screen: nodes, raft groups, backups, findings, the verdict line last."""
     from rich.console import Group
     from rich.text import Text
@@ -129,18 +140,27 @@ def status_view(s) -> Group:
     if hidden:
         parts.append(Text(f"{hidden} healthy raft groups not shown (--group PATTERN or -o json shows them)"))
     parts.extend(_backups(s))
-    parts.extend(Text.from_markup(f"  [{_COLOURS[f.severity]}]{f.severity}[/] ") + Text(str(f))
-                 for f in s.verdict.findings)
+    if lines:
+        parts.extend(status_lines(s))
+    return Group(*parts)
+
+
+def status_lines(s) -> list[Text]:
+    """The findings, then the verdict line."""
+    from rich.text import Text
+
+    lines = [Text.from_markup(f"  [{_COLOURS[f.severity]}]{f.severity}[/] ") + Text(str(f))
+             for f in s.verdict.findings]
     # The preflight's refusals, which may be info findings above (a held lease), said where they
     # decide: the reader should not have to find them in -o json.
     shown = "; ".join(str(f) for f in s.preflight[:_REFUSALS_SHOWN])
     more = f"; and {len(s.preflight) - _REFUSALS_SHOWN} more" if len(s.preflight) > _REFUSALS_SHOWN else ""
     safe = "yes" if not s.preflight else f"no, a backup would be refused: {shown}{more}"
     colour = _VERDICT_COLOURS[s.verdict.level]
-    parts.append(Text.from_markup(f"verdict: [bold {colour}]{s.verdict.level}[/] (exit {int(s.exit_code)}), "
+    lines.append(Text.from_markup(f"verdict: [bold {colour}]{s.verdict.level}[/] (exit {int(s.exit_code)}), "
                                   f"checked {s.checked_at:%H:%M:%S}Z, safe to back up: ")
                  + Text(safe))
-    return Group(*parts)
+    return lines
 
 
 def _nodes_table(s) -> Table:
@@ -237,7 +257,7 @@ class LiveStatus:
     def __call__(self, s) -> None:
         self.exit_code = int(s.exit_code)
         if self._live is None:
-            self._out.print(status_view(s))
+            print_status(self._out, s)
             self._out.file.flush()  # a `tail -f` of the log sees each refresh when it is made
         else:
             self._live.update(status_view(s), refresh=True)

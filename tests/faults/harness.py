@@ -324,13 +324,15 @@ class FaultCluster:
 
     def released_by(self, name: str, run_id: str) -> str | None:
         """How the agent's log says the run's hold on it ended: "completed" (snapctl asked),
-        "cancelled" (snapctl's complete came while the prepare still waited for its hold_at, so
-        it never held), "expired" (the lease ran out), or None."""
+        "cancelled" (snapctl's complete came while the prepare still waited for its hold_at, or
+        before the prepare arrived at all, so it never held), "expired" (the lease ran out), or None."""
         log = self.agents[name].log.read_text(errors="replace")
         if f"completed run {run_id} " in log:
             return "completed"
         if f"prepare of run {run_id} cancelled by its complete" in log:
             return "cancelled"
+        if f"prepare of run {run_id} refused: its complete came first" in log:
+            return "cancelled"  # the rollback's complete overtook the prepare: never held
         if f"lease of run {run_id} expired" in log:
             return "expired"
         return None
