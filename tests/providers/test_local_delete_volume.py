@@ -97,14 +97,14 @@ def test_a_marker_moved_to_another_directory_does_not_make_it_deletable(provider
 
 
 def test_a_failed_restore_leaves_no_marker(provider, volumes, tmp_path, monkeypatch):
-    import snapctl_local.provider as local_provider
+    import snapctl_local.restores as local_restores
 
     [ref] = provider.snapshot(volumes, snapshot_tags(CLUSTER, "run1", "n1"))
 
     def no_space(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(local_provider, "copy_tree", no_space)
+    monkeypatch.setattr(local_restores, "copy_tree", no_space)
     with pytest.raises(ProviderError, match="no space left on device"):
         provider.restore(ref, RestoreTarget(path=tmp_path / "restored"))
 

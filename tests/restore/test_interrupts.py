@@ -38,7 +38,7 @@ def test_a_restore_stopped_mid_copy_leaves_no_partial_directory(sqlite_cluster, 
     target = tmp_path / "restored"
 
     # The first volume's files are copied into the restore's staging directory, then SIGTERM.
-    stopped_after("snapctl_local.provider", "copy_tree", "restore", run_id, "--to", str(target),
+    stopped_after("snapctl_local.restores", "copy_tree", "restore", run_id, "--to", str(target),
                   cluster=sqlite_cluster)
 
     assert files_under(target) == [], "neither the staging copy nor the restore marker is left"
@@ -54,7 +54,7 @@ def test_a_restore_stopped_by_sigterm_finishes_its_record_so_it_protects_its_run
     from snapctl.restore import RestoreRecord
 
     run_id = sqlite_cluster.backup()
-    stopped_after("snapctl_local.provider", "copy_tree", "restore", run_id, "--to", str(tmp_path / "restored"),
+    stopped_after("snapctl_local.restores", "copy_tree", "restore", run_id, "--to", str(tmp_path / "restored"),
                   cluster=sqlite_cluster)
 
     catalog = open_catalog(sqlite_cluster.inventory)

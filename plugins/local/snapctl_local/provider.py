@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from snapctl.errors import BadInputError, Interrupted, ProviderError, SnapshotNotFound, os_reason
+from snapctl.errors import BadInputError, ProviderError, SnapshotNotFound, os_reason
 from snapctl.providers import (
     TAG_CLUSTER,
     TAG_RUN,
@@ -21,15 +21,12 @@ from snapctl.providers import (
     Leftover,
     NodeVolumes,
     ProgressFn,
-    RestoreTarget,
     SnapshotRef,
     check_cluster_tag,
-    stop_requested,
 )
 
 from .copy import (
     CopyStats,
-    CopyStopped,
     FileCopier,
     FileFacts,
     LinkSource,
@@ -40,6 +37,7 @@ from .copy import (
     fsync_tree,
 )
 from .durable import fsync_path
+from .restores import LocalRestores, damaged
 from .settings import LocalSettings, LocalVolume, parse_volumes, resolve_store
 from .store import (
     DATA,
@@ -48,7 +46,6 @@ from .store import (
     METADATA,
     METADATA_FORMAT,
     PARTIAL_PREFIX,
-    RESTORE_PREFIX,
     SnapshotStore,
     boot_id,
     check_part,
@@ -58,18 +55,15 @@ from .store import (
     mark_failed,
     metadata_damage,
     read_metadata,
-    read_restore_marker,
     remove_tree,
-    restore_marker,
     snapshot_state,
     write_metadata,
-    write_restore_marker,
 )
 
 PROVIDER = "local"
 
 
-class LocalProvider:
+class LocalProvider(LocalRestores):
     """Copies each volume directory into ``<store>/<cluster>/<node>/<snapshot_id>/``.
 
     ``snapshot()`` returns once the copy is complete (its point in time is fixed: the engine can be
@@ -142,7 +136,7 @@ class LocalProvider:
             meta = read_metadata(snap_dir)
             if meta is None:
                 if damage := metadata_damage(snap_dir):
-                    raise _damaged(ref, damage, hint="take a new backup")
+                    raise damaged(ref, damage, hint="take a new backup")
                 raise SnapshotNotFound(
                     f"node {ref.node}: snapshot {ref.snapshot_id} of volume {ref.volume} is missing from "
                     f"{self.store.cluster_dir}",
@@ -235,122 +229,6 @@ class LocalProvider:
         """Why a snapshot that ``find`` does not list is there but unusable (its snapshot.json is
         damaged or missing, so its tags cannot be read); None when it is gone. For `snapctl verify`."""
         return metadata_damage(self._snapshot_dir(ref))
-
-    def check_restore(self, ref: SnapshotRef, target: RestoreTarget) -> None:
-        """What ``restore`` would refuse, without copying anything: a restore of several volumes
-        checks them all first, so that a bad target or snapshot is not found after other volumes
-        were copied (and then block the retry: a target must be empty)."""
-        dest = self._restore_dest(ref, target)
-        # restore() makes the missing directories and renames its staging directory into place
-        # there; the nearest one that exists must let it.
-        parent = dest.parent
-        while not os.path.lexists(parent):
-            parent = parent.parent
-        if not parent.is_dir():
-            raise BadInputError(f"node {ref.node}: cannot restore to {dest}: {parent} is not a directory",
-                                hint=_TARGET_HINT)
-        if not os.access(parent, os.W_OK | os.X_OK):
-            raise BadInputError(f"node {ref.node}: cannot restore to {dest}: {parent} is not writable",
-                                hint=_TARGET_HINT)
-        snap_dir = self._snapshot_dir(ref)
-        meta = self._restorable_metadata(ref, snap_dir)
-        state, error = snapshot_state(snap_dir, meta)
-        if state == "error":
-            raise ProviderError(f"node {ref.node}: snapshot {ref.snapshot_id} of volume {meta.get('volume')} {error}",
-                                hint="take a new backup")
-
-    def restore(self, ref: SnapshotRef, target: RestoreTarget) -> str:
-        dest = self._restore_dest(ref, target)
-        snap_dir = self._snapshot_dir(ref)
-        meta = self._restorable_metadata(ref, snap_dir)
-        # A backup run with --no-wait left it pending: copy out nothing that is not on disk yet.
-        self._make_durable(ref.node, snap_dir, meta, deadline=None)
-        try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:  # e.g. --to names a file, or a directory snapctl may not write to
-            raise _unusable_target(ref, dest, exc) from exc
-        staging = self.store.work_dir(dest.parent, RESTORE_PREFIX, dest.name)
-        marked = False
-        try:
-            # The marker goes first, so every directory a restore made is one delete_volume may remove.
-            write_restore_marker(dest, ref, meta)
-            marked = True
-            # Full copies, never links: snapshot files are shared between snapshots.
-            copy_tree(snap_dir / DATA, staging, self._restore_copier, stop=stop_requested())
-            os.rename(staging, dest)  # replaces an empty directory atomically
-            fsync_dir(dest.parent)
-            marked = False
-        except CopyStopped as exc:  # a drill interrupted: its other nodes' copies stop too
-            raise Interrupted(f"node {ref.node}: restore of snapshot {ref.snapshot_id} to {dest}") from exc
-        except TreeCopyError as exc:
-            raise ProviderError(
-                f"node {ref.node}: restore of snapshot {ref.snapshot_id} to {dest} failed at {exc.path}: {os_reason(exc.cause)}",
-            ) from exc
-        except OSError as exc:
-            raise ProviderError(f"node {ref.node}: restore of snapshot {ref.snapshot_id} to {dest} failed: {os_reason(exc)}") from exc
-        finally:
-            if staging.exists():
-                remove_tree(staging)
-            if marked:
-                restore_marker(dest).unlink(missing_ok=True)
-        return str(dest)
-
-    def delete_volume(self, volume_id: str) -> None:
-        """Remove a directory ``restore`` made, and its marker; only one whose marker names this cluster."""
-        dest = self._restore_path(volume_id)
-        marker = restore_marker(dest)
-        recorded = read_restore_marker(dest)
-        if not os.path.lexists(dest):
-            if recorded is not None and recorded.get("cluster") == self.cluster:
-                marker.unlink(missing_ok=True)
-            return
-        if recorded is None:
-            raise ProviderError(
-                f"refusing to delete {dest}: there is no readable {marker.name} beside it, so snapctl's local "
-                "restore did not make it",
-                hint="remove it by hand if you are sure it is a scratch copy",
-            )
-        if recorded.get("cluster") != self.cluster or recorded.get("path") != str(dest):
-            raise ProviderError(
-                f"refusing to delete {dest}: its {marker.name} names {TAG_CLUSTER} {recorded.get('cluster')!r} "
-                f"at {recorded.get('path')!r}, not {self.cluster!r} at this path",
-                hint="snapctl only deletes directories it restored for this cluster",
-            )
-        if dest.is_symlink() or not dest.is_dir():
-            raise ProviderError(f"refusing to delete {dest}: it is no longer the directory restore made")
-        try:
-            remove_tree(dest)
-            marker.unlink(missing_ok=True)  # last: a removal that fails part way can be retried
-        except OSError as exc:
-            raise ProviderError(f"cannot delete the restored directory {dest}: {os_reason(exc)}") from exc
-
-    def _restore_dest(self, ref: SnapshotRef, target: RestoreTarget) -> Path:
-        """The target's directory, which must not exist yet or be empty."""
-        if target.path is None:
-            raise BadInputError(f"node {ref.node}: restoring a local snapshot needs a target path")
-        dest = self._restore_path(str(target.path))
-        try:
-            if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-                raise BadInputError(
-                    f"node {ref.node}: restore target {dest} is not an empty directory",
-                    hint="restore into a new or empty directory; snapctl never overwrites files",
-                )
-        except OSError as exc:
-            raise _unusable_target(ref, dest, exc) from exc
-        return dest
-
-    def _restorable_metadata(self, ref: SnapshotRef, snap_dir: Path) -> dict[str, Any]:
-        meta = read_metadata(snap_dir)
-        if meta is None:
-            if damage := metadata_damage(snap_dir):
-                raise _damaged(ref, damage, hint="restore another run (`snapctl list`); `snapctl verify RUN` checks "
-                                                 "a run's snapshots without restoring")
-            raise SnapshotNotFound(f"node {ref.node}: snapshot {ref.snapshot_id} not found in {self.store.cluster_dir}")
-        return meta
-
-    def _restore_path(self, volume_id: str) -> Path:
-        dest = Path(os.path.expanduser(volume_id))
-        return Path(os.path.abspath(dest if dest.is_absolute() else self.base_dir / dest))
 
     def _volume(self, node: str, volume: Any) -> LocalVolume:
         if isinstance(volume, LocalVolume):
@@ -517,18 +395,6 @@ def _unshared_bytes(path: Path) -> int:
             if stat.S_ISREG(facts.st_mode) and facts.st_nlink == 1:
                 total += facts.st_size
     return total
-
-
-def _damaged(ref: SnapshotRef, damage: str, *, hint: str) -> ProviderError:
-    # Not SnapshotNotFound: for a delete that counts as done, and the directory is still there.
-    return ProviderError(f"node {ref.node}: snapshot {ref.snapshot_id} is damaged: {damage}", hint=hint)
-
-
-_TARGET_HINT = "restore into a directory that snapctl can create and write to (--to DIR, or restore.path)"
-
-
-def _unusable_target(ref: SnapshotRef, dest: Path, exc: OSError) -> BadInputError:
-    return BadInputError(f"node {ref.node}: cannot restore to {dest}: {os_reason(exc)}", hint=_TARGET_HINT)
 
 
 def _store_hint(cause: OSError, store: Path) -> str | None:
