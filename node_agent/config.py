@@ -18,8 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from node_agent.engines.base import EngineSettings, validate_engine_settings
 from node_agent.ratelimit import DEFAULT_BURST, DEFAULT_RATE_PER_S
-from snapctl.config import _describe, _line_of, first_error
 from snapctl.errors import BadInputError, os_reason
+from snapctl.yaml_errors import describe, first_error, line_of
 
 DEFAULT_PORT = 7700
 DEFAULT_TOKEN_ENV = "SNAPCTL_AGENT_TOKEN"
@@ -222,7 +222,7 @@ def parse_agent_config(text: str, *, source: str = "<agent config>", base_dir: P
     try:
         config = AgentConfig.model_validate(data)
     except ValidationError as exc:
-        raise AgentConfigError(_describe(exc, root, source, AgentConfig)) from exc
+        raise AgentConfigError(describe(exc, root, source, AgentConfig)) from exc
     config._base_dir = base_dir or Path.cwd()
     config._source = source
     try:
@@ -234,7 +234,7 @@ def parse_agent_config(text: str, *, source: str = "<agent config>", base_dir: P
             loc += tuple(first_error(cause)["loc"])  # the error the message names: an unknown key first
         elif "type" in config.engine:
             loc += ("type",)
-        line = _line_of(root, loc)
+        line = line_of(root, loc)
         where = f"{source}:{line}" if line else source
         raise AgentConfigError(f"{where}: {exc.message}", hint=exc.hint) from exc
     return config

@@ -128,7 +128,7 @@ def status(
     output: OutputOpt = "text",
 ) -> int:
     """Is the cluster healthy, is it safe to back up, how old is the newest good backup? Exit 0/5/6."""
-    from snapctl.config import gc_paused
+    from snapctl.yaml_errors import gc_paused
 
     if watch is not None:
         from snapctl.errors import Interrupted

@@ -5,15 +5,11 @@ Every error names the file, the line and the field; unknown keys list the valid 
 
 from __future__ import annotations
 
-import gc
 import ipaddress
 import os
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from types import UnionType
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -27,6 +23,17 @@ from pydantic import (
 )
 
 from snapctl.errors import InventoryError, SnapctlError, os_reason
+from snapctl.yaml_errors import (
+    boolean_for_a_number,
+    describe,
+    describe_yaml_error,
+    dotted,
+    explain,
+    first_error,
+    gc_paused,
+    line_of,
+    load_yaml_with_nodes,
+)
 
 if TYPE_CHECKING:
     from node_agent.engines.base import EngineSettings
@@ -298,7 +305,7 @@ class Inventory(Strict):
                 root = yaml.compose(self._text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
             except yaml.YAMLError:
                 pass  # it parsed when it was loaded; a line is a nicety here
-        line = _line_of(root, loc) if root is not None else None
+        line = line_of(root, loc) if root is not None else None
         return f"{self._source}:{line}" if line else self._source
 
     def node_loc(self, name: str) -> tuple[str | int, ...]:
@@ -313,17 +320,17 @@ class Inventory(Strict):
     def check_block(self, model: type[BaseModel], raw: dict[str, Any], loc: tuple[str | int, ...], what: str) -> Any:
         """``raw``, the block at ``loc``, validated by ``model`` (a plugin's); ``what`` begins every
         error (e.g. "provider aws"), after the file:line of the key at fault."""
-        boolean = _boolean_for_a_number(model, raw)
+        boolean = boolean_for_a_number(model, raw)
         if boolean is not None:
-            raise InventoryError(f"{self.where(*loc, *boolean)}: {what}: {_dotted(boolean)}: {NOT_A_NUMBER}")
+            raise InventoryError(f"{self.where(*loc, *boolean)}: {what}: {dotted(boolean)}: {NOT_A_NUMBER}")
         try:
             return model.model_validate(dict(raw))
         except ValidationError as exc:
             err = first_error(exc)
             hint = None
             if err["type"] == "missing":
-                hint = f"add {_dotted(tuple(err['loc']))}: to the {_dotted(loc)} block"
-            raise InventoryError(f"{self.where(*loc, *err['loc'])}: {what}: {_explain(err, model)}",
+                hint = f"add {dotted(tuple(err['loc']))}: to the {dotted(loc)} block"
+            raise InventoryError(f"{self.where(*loc, *err['loc'])}: {what}: {explain(err, model)}",
                                  hint=hint) from exc
 
     def engine_settings(self, node: Node) -> EngineSettings:
@@ -365,202 +372,15 @@ def parse_inventory(text: str, *, source: str = "<inventory>", base_dir: Path | 
         try:
             root, data = load_yaml_with_nodes(text)
         except yaml.YAMLError as exc:
-            raise InventoryError(_describe_yaml_error(exc, text, source)) from exc
+            raise InventoryError(describe_yaml_error(exc, text, source)) from exc
         if not isinstance(data, dict):
             raise InventoryError(f"{source}:1: the inventory must be a mapping with 'cluster', 'provider' and 'nodes'")
         try:
             inventory = Inventory.model_validate(data)
         except ValidationError as exc:
-            raise InventoryError(_describe(exc, root, source)) from exc
+            raise InventoryError(describe(exc, root, source, Inventory)) from exc
     inventory._base_dir = base_dir or Path.cwd()
     inventory._source = source
     inventory._text = text
     inventory._node_index = {node.name: index for index, node in enumerate(inventory.nodes)}
     return inventory
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """No cyclic GC inside (nests): for bursts of objects that all stay alive, walked for nothing."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
-def load_yaml_with_nodes(text: str) -> tuple[yaml.Node | None, Any]:
-    """The document's node tree (for line numbers in errors) and its data, from one parse with
-    libyaml when present: a 1000-node inventory takes 1.5 s with the pure-Python parser, twice."""
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
-    try:
-        root = loader.get_single_node()
-        try:
-            return root, (_construct_plain(loader, root, set()) if root is not None else None)
-        except _NotPlain:
-            return root, loader.construct_document(root)
-    finally:
-        loader.dispose()
-
-
-_MAP, _SEQ, _STR = "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq", "tag:yaml.org,2002:str"
-_SCALAR_KEYS = frozenset({_STR, *(f"tag:yaml.org,2002:{t}" for t in ("int", "float", "bool", "null"))})
-
-
-class _NotPlain(Exception):
-    """The document needs PyYAML's own constructor: aliases, merge keys, unhashable keys."""
-
-
-def _construct_plain(loader: yaml.BaseLoader, node: yaml.Node, seen: set[int]) -> Any:
-    """The maps, lists and strings of an inventory without PyYAML's generic machinery (5 ms, not 25,
-    for 1000 nodes); other scalars still go to PyYAML, and anything else to PyYAML altogether."""
-    tag = node.tag
-    if tag == _STR:
-        return node.value
-    if tag in (_MAP, _SEQ):
-        if id(node) in seen:  # an alias: PyYAML shares one object (and handles recursive ones)
-            raise _NotPlain
-        seen.add(id(node))
-        if tag == _SEQ:
-            return [_construct_plain(loader, item, seen) for item in node.value]
-        out = {}
-        for key, value in node.value:
-            if key.tag not in _SCALAR_KEYS:
-                raise _NotPlain  # merge keys (<<), collections as keys, explicit tags
-            out[_construct_plain(loader, key, seen)] = _construct_plain(loader, value, seen)
-        return out
-    if isinstance(node, yaml.ScalarNode):
-        return loader.construct_object(node)
-    raise _NotPlain
-
-
-def _describe(
-    exc: ValidationError, root: yaml.Node | None, source: str, model: type[BaseModel] | None = None
-) -> str:
-    """``model``: the model validated at the top level (default ``Inventory``); the agent's config reuses this."""
-    err = first_error(exc)
-    line = _line_of(root, tuple(err["loc"]))
-    where = f"{source}:{line}" if line else source
-    return f"{where}: {_explain(err, model or Inventory)}"
-
-
-def _explain(err: dict[str, Any], model: type[BaseModel]) -> str:
-    """One pydantic error of ``model`` as the rest of a message: the field and what is wrong."""
-    loc = tuple(err["loc"])
-    field = _dotted(loc)
-    if err["type"] == "extra_forbidden":
-        inner = _model_at(loc[:-1], model)
-        valid = ", ".join(inner.model_fields) if inner else ""
-        return f"unknown key {field!r}" + (f" (valid keys: {valid})" if valid else "")
-    if err["type"] == "missing":
-        return f"missing required key {field!r}"
-    msg = err["msg"]
-    msg = msg[len("Value error, "):] if msg.startswith("Value error, ") else msg
-    return f"{field}: {msg[:1].lower() + msg[1:]}"
-
-
-def _boolean_for_a_number(model: type[BaseModel], data: Any) -> tuple[str | int, ...] | None:
-    """Where ``data`` has a YAML boolean for a field of ``model`` that takes a number and no boolean:
-    pydantic's lax mode reads `timeout_s: yes` as 1. For the plugins' models (a provider's settings,
-    an engine's), which the core cannot declare with ``Count``."""
-    if not isinstance(data, dict):
-        return None
-    for name, field in model.model_fields.items():
-        key = field.alias or name
-        if key in data:
-            found = _boolean_in(field.annotation, data[key])
-            if found is not None:
-                return (key, *found)
-    return None
-
-
-def _boolean_in(annotation: Any, value: Any) -> tuple[str | int, ...] | None:
-    kinds = _kinds(annotation)
-    if isinstance(value, bool):
-        numbers = [k for k in kinds if isinstance(k, type) and issubclass(k, (int, float)) and k is not bool]
-        return () if numbers and bool not in kinds and Any not in kinds else None
-    for kind in kinds:
-        if isinstance(kind, type) and issubclass(kind, BaseModel):
-            found = _boolean_for_a_number(kind, value)
-            if found is not None:
-                return found
-        elif get_origin(kind) is list and isinstance(value, list):
-            for index, item in enumerate(value):
-                found = _boolean_in(get_args(kind)[0], item)
-                if found is not None:
-                    return (index, *found)
-    return None
-
-
-def _kinds(annotation: Any) -> list[Any]:
-    """What ``annotation`` admits: unions flattened, ``Annotated`` unwrapped, literals as their types."""
-    origin = get_origin(annotation)
-    if origin is Annotated:
-        return _kinds(get_args(annotation)[0])
-    if origin is Union or origin is UnionType:
-        return [kind for arg in get_args(annotation) for kind in _kinds(arg)]
-    if origin is Literal:
-        return [type(value) for value in get_args(annotation)]
-    return [annotation]
-
-
-def _describe_yaml_error(exc: yaml.YAMLError, text: str, source: str) -> str:
-    """One line: PyYAML's own messages span several lines and name '<unicode string>'."""
-    if isinstance(exc, yaml.reader.ReaderError):
-        line = text[: exc.position].count("\n") + 1
-        return f"{source}:{line}: invalid YAML: control character #x{exc.character:02x} is not allowed; remove it"
-    mark = getattr(exc, "problem_mark", None)
-    where = f"{source}:{mark.line + 1}" if mark else source
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-    return f"{where}: invalid YAML: {problem}"
-
-
-def first_error(exc: ValidationError) -> dict[str, Any]:
-    """The error to show: an unknown key first, since a typo'd key also makes its intended key
-    "missing", and the typo is the thing to fix."""
-    errors = exc.errors()
-    return next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-
-
-def _dotted(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
-
-
-def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
-    """The 1-based line of the deepest YAML node that ``loc`` reaches."""
-    line = node.start_mark.line + 1 if node is not None else None
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                if key.value == part:
-                    node = value if not isinstance(value, yaml.ScalarNode) or value.value else key
-                    line = (key if isinstance(part, str) else value).start_mark.line + 1
-                    break
-            else:
-                return line
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-            node = node.value[part]
-            line = node.start_mark.line + 1
-        else:
-            return line
-    return line
-
-
-def _model_at(loc: tuple[Any, ...], root_model: type[BaseModel] | None = None) -> type[BaseModel] | None:
-    model: type[BaseModel] | None = root_model or Inventory
-    for part in loc:
-        if isinstance(part, int) or model is None:
-            continue
-        field = model.model_fields.get(part)
-        if field is None:
-            return None
-        annotation = field.annotation
-        inner = getattr(annotation, "__args__", None)
-        candidates = inner if inner else (annotation,)
-        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
-    return model

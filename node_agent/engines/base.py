@@ -120,12 +120,12 @@ def create_engine(raw: Mapping[str, Any], *, base_dir: Path) -> Engine:
 
 def describe_validation_error(exc: ValidationError, model: type[BaseModel]) -> str:
     """One line for the first error, naming the field; unknown keys list the valid ones."""
-    from snapctl.config import _model_at, first_error
+    from snapctl.yaml_errors import first_error, model_at
 
     err = first_error(exc)
     field = ".".join(str(p) for p in err["loc"]) or "(top level)"
     if err["type"] == "extra_forbidden":
-        inner = _model_at(tuple(err["loc"])[:-1], model)
+        inner = model_at(tuple(err["loc"])[:-1], model)
         valid = ", ".join(inner.model_fields) if inner else ""
         return f"unknown key {field!r}" + (f" (valid keys: {valid})" if valid else "")
     msg = err["msg"].removeprefix("Value error, ")

@@ -8,9 +8,10 @@ import pytest
 import yaml
 
 from node_agent.engines.base import validate_engine_settings
-from snapctl.orchestrator import BackupOptions, backup
-from snapctl.config import load_inventory, load_yaml_with_nodes, parse_duration, parse_inventory
+from snapctl.config import load_inventory, parse_duration, parse_inventory
 from snapctl.errors import BadInputError, InventoryError
+from snapctl.orchestrator import BackupOptions, backup
+from snapctl.yaml_errors import load_yaml_with_nodes
 
 BASE = "cluster: c\nprovider: {type: local}\nnodes:\n  - name: n1\n    agent: http://127.0.0.1:7701\n"
 
