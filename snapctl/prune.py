@@ -377,7 +377,12 @@ def _by_run(refs: list[SnapshotRef]) -> dict[str, list[SnapshotRef]]:
 
 
 def _unique(refs: list[SnapshotRef]) -> list[SnapshotRef]:
-    return list({r.snapshot_id: r for r in refs}.values())
+    """The first of each snapshot id: the manifest's entry before the provider's, so that the
+    cluster tag the manifest recorded is the one checked."""
+    unique: dict[str, SnapshotRef] = {}
+    for ref in refs:
+        unique.setdefault(ref.snapshot_id, ref)
+    return list(unique.values())
 
 
 def _describe(retention: Retention) -> str:

@@ -542,3 +542,19 @@ def test_a_dry_run_names_only_the_snapshots_a_half_done_prune_left(scene: Scene)
     dry = prune(inventory(scene, {"keep_last": 1, "daily": 0, "weekly": 0, "monthly": 0}), dry_run=True)
     [verdict] = dry.deleted
     assert verdict.snapshots == [run.nodes["n2"].snapshots[0].snapshot_id]
+
+
+def test_a_runs_own_snapshot_whose_recorded_tag_names_another_cluster_is_not_deleted(scene: Scene) -> None:
+    # The provider lists the snapshot under this run too; its entry replaced the manifest's, so
+    # the recorded tag was never looked at.
+    old = scene.add_run("r0", T0)
+    scene.add_run("r1", T0 + timedelta(days=1))
+    [ref] = old.nodes["n1"].snapshots
+    old.nodes["n1"].snapshots = [ref.model_copy(update={"tags": {**ref.tags, "snapctl-cluster": "other"}})]
+    scene.catalog.save(old)
+
+    result = prune(inventory(scene, {"keep_last": 1, "daily": 0, "weekly": 0, "monthly": 0}))
+
+    [unfinished] = result.unfinished
+    assert unfinished.run_id == "r0" and "'other', not 'prod'" in unfinished.error
+    assert ref.snapshot_id in scene.snapshot_ids()
