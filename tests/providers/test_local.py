@@ -267,6 +267,21 @@ def test_reflink_always_fails_clearly_where_unsupported(tmp_path: Path, source: 
         assert _tree(Path(ref.extra["path"]) / "data") == _tree(source)
 
 
+def test_reflink_always_is_checked_before_any_hold_as_a_dry_run_does(tmp_path: Path, source: Path) -> None:
+    # warm_up() runs before the first hold, and in `backup --dry-run`, which passed where the run failed.
+    provider = create_provider({"type": "local", "store": "store", "reflink": "always"}, cluster=CLUSTER, base_dir=tmp_path)
+    works = copy_module.can_reflink(tmp_path)
+    if works:
+        provider.warm_up()  # btrfs, xfs: nothing to refuse
+        return
+    assert works is False, "O_TMPFILE should work on this filesystem"
+    with pytest.raises(ProviderError, match=r"the store .*/store cannot reflink files \(reflink: always\)") as info:
+        provider.warm_up()
+    assert "reflink: auto" in info.value.hint
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]  # the probe left nothing, made no store
+    create_provider({"type": "local", "store": "store", "reflink": "auto"}, cluster=CLUSTER, base_dir=tmp_path).warm_up()
+
+
 # -- wait, find, delete -------------------------------------------------------------------------
 
 

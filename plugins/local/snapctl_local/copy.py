@@ -170,6 +170,30 @@ class FileCopier:
         return True
 
 
+def can_reflink(directory: Path) -> bool | None:
+    """Whether files in ``directory``'s filesystem can be cloned: one clone between two unnamed
+    temporary files (O_TMPFILE), which leave nothing behind. None when it cannot be told (no such
+    directory yet, or O_TMPFILE refused)."""
+    try:
+        src = os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return None
+    try:
+        os.write(src, b"snapctl reflink probe")
+        dst = os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.ioctl(dst, FICLONE, src)
+        except OSError as exc:
+            if exc.errno in _UNSUPPORTED:
+                return False
+            raise
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)
+    return True
+
+
 def copy_data(in_fd: int, out_fd: int, stopped: Callable[[], bool] | None = None) -> int:
     """Copy from the current offset of ``in_fd`` to EOF; the kernel moves the bytes when it can.
     ``stopped`` is asked between chunks (a kernel chunk takes a fraction of a second)."""

@@ -33,6 +33,7 @@ from .copy import (
     ReflinkUnsupported,
     SyncDeadline,
     TreeCopyError,
+    can_reflink,
     copy_tree,
     fsync_tree,
 )
@@ -102,7 +103,22 @@ class LocalProvider(LocalRestores):
         return NodeVolumes(node=node, volumes=volumes, directories=[v.path for v in volumes])
 
     def warm_up(self) -> None:
-        pass  # no SDK, no client: a snapshot's first copy costs what every other one does
+        """No SDK, no client: a snapshot's first copy costs what every other one does. With
+        ``reflink: always``, whether the store's filesystem can clone at all: before any hold, and
+        in a dry run too, which otherwise passes where the run fails."""
+        if self.settings.reflink != "always":
+            return
+        existing = self.store.root
+        while not existing.is_dir() and existing != existing.parent:
+            existing = existing.parent
+        try:
+            works = can_reflink(existing)
+        except OSError as exc:
+            raise ProviderError(f"cannot check that the store {self.store.root} can reflink files: "
+                                f"{os_reason(exc)}") from exc
+        if works is False:
+            raise ProviderError(f"the store {self.store.root} cannot reflink files (reflink: always)",
+                                hint=_REFLINK_HINT)
 
     def snapshot(self, volumes: NodeVolumes, tags: Mapping[str, str]) -> list[SnapshotRef]:
         node = volumes.node
@@ -269,8 +285,7 @@ class LocalProvider(LocalRestores):
             self.store.publish(partial, final, sync=False)
         except ReflinkUnsupported as exc:
             raise ProviderError(
-                f"{where} failed: the store {self.store.root} cannot reflink files",
-                hint="set reflink: auto (falls back to copies) or put the store on btrfs/xfs/zfs with reflink",
+                f"{where} failed: the store {self.store.root} cannot reflink files", hint=_REFLINK_HINT,
             ) from exc
         except TreeCopyError as exc:
             if exc.writing:
@@ -395,6 +410,9 @@ def _unshared_bytes(path: Path) -> int:
             if stat.S_ISREG(facts.st_mode) and facts.st_nlink == 1:
                 total += facts.st_size
     return total
+
+
+_REFLINK_HINT = "set reflink: auto (falls back to copies) or put the store on btrfs/xfs/zfs with reflink"
 
 
 def _store_hint(cause: OSError, store: Path) -> str | None:
