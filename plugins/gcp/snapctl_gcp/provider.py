@@ -245,12 +245,8 @@ class GcpProvider:
         snapshots, timeout = self.api.client("snapshots"), self.settings.request_timeout_s
         op = self.api.call(f"delete snapshot {name}", PERM_DELETE, deadline=deadline, missing_ok=True,
                            fn=lambda: snapshots.delete_unary(request=request, retry=None, timeout=timeout))
-        if op is None:
-            return
-        op = self.api.wait_operation(op, zone=None, action=f"delete snapshot {name}", deadline=deadline)
-        failure = operation_error(op)
-        if failure and failure[0] not in ("RESOURCE_NOT_FOUND", "404"):
-            raise ProviderError(f"gcp delete snapshot {name} failed: {failure[1]}", hint=_hint_for(failure[0]))
+        if op is not None:
+            self._finish(op, None, f"delete snapshot {name}", deadline, gone_ok=True)
 
     def find(self, tags: Mapping[str, str]) -> list[SnapshotRef]:
         wanted = {**tags, TAG_CLUSTER: self.cluster}
@@ -315,10 +311,7 @@ class GcpProvider:
         action, timeout = f"create disk {name} from snapshot {ref.snapshot_id}", self.settings.request_timeout_s
         op = self.api.call(action, PERM_RESTORE, deadline=deadline,
                            fn=lambda: disks.insert_unary(request=request, retry=None, timeout=timeout))
-        op = self.api.wait_operation(op, zone=zone, action=action, deadline=deadline)
-        failure = operation_error(op)
-        if failure:
-            raise ProviderError(f"gcp {action} failed: {failure[1]}", hint=_hint_for(failure[0]))
+        self._finish(op, zone, action, deadline)
         made = f"projects/{self.api.project}/zones/{zone}/disks/{name}"
         if instance:
             assert device is not None
@@ -338,10 +331,7 @@ class GcpProvider:
         action, timeout = f"attach disk {disk} to instance {instance} in {zone}", self.settings.request_timeout_s
         op = self.api.call(action, PERM_ATTACH, deadline=deadline,
                            fn=lambda: instances.attach_disk_unary(request=request, retry=None, timeout=timeout))
-        op = self.api.wait_operation(op, zone=zone, action=action, deadline=deadline)
-        failure = operation_error(op)
-        if failure:
-            raise ProviderError(f"gcp {action} failed: {failure[1]}", hint=_hint_for(failure[0]))
+        self._finish(op, zone, action, deadline)
 
     def _discard_disk(self, disk: str) -> None:
         try:
@@ -380,11 +370,14 @@ class GcpProvider:
         disks = self.api.client("disks")
         op = self.api.call(action, PERM_DISK_DELETE, deadline=deadline, missing_ok=True,
                            fn=lambda: disks.delete_unary(request=request, retry=None, timeout=timeout))
-        if op is None:
-            return
+        if op is not None:
+            self._finish(op, zone, action, deadline, gone_ok=True)
+
+    def _finish(self, op: Any, zone: str | None, action: str, deadline: float, *, gone_ok: bool = False) -> None:
+        """Wait for ``op`` and raise what it failed with; ``gone_ok``: a resource already gone is done."""
         op = self.api.wait_operation(op, zone=zone, action=action, deadline=deadline)
         failure = operation_error(op)
-        if failure and failure[0] not in ("RESOURCE_NOT_FOUND", "404"):
+        if failure and not (gone_ok and failure[0] in ("RESOURCE_NOT_FOUND", "404")):
             raise ProviderError(f"gcp {action} failed: {failure[1]}", hint=_hint_for(failure[0]))
 
     def _get_disk(self, zone: str, name: str) -> Any:
@@ -408,12 +401,8 @@ class GcpProvider:
         action = f"detach disk {disk} from instance {instance} in {zone}"
         op = self.api.call(action, PERM_DETACH, deadline=deadline, missing_ok=True,
                            fn=lambda: instances.detach_disk_unary(request=request, retry=None, timeout=timeout))
-        if op is None:
-            return
-        op = self.api.wait_operation(op, zone=zone, action=action, deadline=deadline)
-        failure = operation_error(op)
-        if failure and failure[0] not in ("RESOURCE_NOT_FOUND", "404"):
-            raise ProviderError(f"gcp {action} failed: {failure[1]}", hint=_hint_for(failure[0]))
+        if op is not None:
+            self._finish(op, zone, action, deadline, gone_ok=True)
 
     def _disk_location(self, volume_id: str) -> tuple[str, str]:
         match = DISK_PATH.search(volume_id)
