@@ -48,6 +48,7 @@ def measure(engine: dict, directory: Path, rounds: int) -> list[object]:
 
     token = secrets.token_urlsafe(24)
     (directory / "token").write_text(token)
+    (directory / "token").chmod(0o600)  # as deployed: the agent warns about a token others can read
     port = _free_port()
     config = directory / f"agent-{engine['type']}.yaml"
     config.write_text(yaml.safe_dump({"node": "n1", "port": port, "token_file": "token", "engine": engine,
