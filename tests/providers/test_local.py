@@ -199,7 +199,9 @@ def test_leftovers_of_a_crashed_snapshot_are_cleaned(provider: LocalProvider, tm
     half_deleted = _node_dir(provider) / ".deleting-run0-n1-data-cafe"
     half_deleted.mkdir()
     assert [r.snapshot_id for r in provider.find({})] == ["run1-n1-data"]
-    _snap(provider, volumes, "run3")
+    refs = provider.snapshot(volumes, snapshot_tags(CLUSTER, "run3", "n1"))
+    assert crashed.exists(), "removed inside the engine's hold: a killed copy can be as large as the volume"
+    provider.wait(refs, time.monotonic() + 60)  # after the hold
     assert not crashed.exists() and not half_deleted.exists()
     assert sorted(r.snapshot_id for r in provider.find({})) == ["run1-n1-data", "run3-n1-data"]
 

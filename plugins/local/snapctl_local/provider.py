@@ -127,8 +127,7 @@ class LocalProvider(LocalRestores):
         run = filename_safe(tags.get(TAG_RUN) or datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ"))
         refs: list[SnapshotRef] = []
         try:
-            with self.store.node_lock(node):
-                self.store.clean_leftovers(node)
+            with self.store.node_lock(node):  # leftovers of crashed calls wait for wait(): not inside the hold
                 try:
                     for volume in local_volumes:
                         refs.append(self._snapshot_volume(node, volume, run, tags))
@@ -340,6 +339,9 @@ class LocalProvider(LocalRestores):
         # Under the node lock: a restore and a wait may finalize the same snapshot at once, and a
         # delete must not rename it away half way.
         with self.store.node_lock(node):
+            # What crashed calls left, removed here, after the hold: a killed copy's .partial can be
+            # as large as the volume (`snapctl gc --delete` removes them too).
+            self.store.clean_leftovers(node)
             if not (snap_dir / METADATA).exists():
                 raise SnapshotNotFound(f"{where} was deleted meanwhile")
             state, error = snapshot_state(snap_dir, meta)
