@@ -206,6 +206,29 @@ def test_leftovers_of_a_crashed_snapshot_are_cleaned(provider: LocalProvider, tm
     assert sorted(r.snapshot_id for r in provider.find({})) == ["run1-n1-data", "run3-n1-data"]
 
 
+def test_a_snapshot_waits_for_a_busy_store_only_briefly_inside_the_hold(
+    provider: LocalProvider, tmp_path: Path, source: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another process kept the node's store lock (a stalled run): the snapshot waited for it with
+    # the engine held, until max_freeze_s failed the run 60 s later, saying nothing of why.
+    import fcntl
+
+    import snapctl_local.provider as local_provider
+    from snapctl_local.store import StoreBusy
+
+    volumes = _volumes(provider, tmp_path, {"name": "data", "path": "src"})
+    _snap(provider, volumes, "run1")
+    monkeypatch.setattr(local_provider, "HELD_LOCK_WAIT_S", 0.2)
+    with open(_node_dir(provider) / ".lock", "a+b") as other:  # its own open file: another holder
+        fcntl.flock(other.fileno(), fcntl.LOCK_EX)
+        with pytest.raises(StoreBusy, match="node n1: the snapshot store is busy with another snapctl process "
+                                            "for more than 0.2s") as info:
+            provider.snapshot(volumes, snapshot_tags(CLUSTER, "run2", "n1"))
+        assert "retry once it is done" in info.value.hint
+    assert [r.snapshot_id for r in provider.find({})] == ["run1-n1-data"]
+    _snap(provider, volumes, "run3")  # free again: as before
+
+
 def test_failure_part_way_removes_everything_this_call_made(
     provider: LocalProvider, tmp_path: Path, source: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

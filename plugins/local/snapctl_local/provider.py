@@ -62,6 +62,7 @@ from .store import (
 )
 
 PROVIDER = "local"
+HELD_LOCK_WAIT_S = 5.0  # how long a snapshot, inside the engine's hold, waits for its node's store lock
 
 
 class LocalProvider(LocalRestores):
@@ -127,7 +128,9 @@ class LocalProvider(LocalRestores):
         run = filename_safe(tags.get(TAG_RUN) or datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ"))
         refs: list[SnapshotRef] = []
         try:
-            with self.store.node_lock(node):  # leftovers of crashed calls wait for wait(): not inside the hold
+            # The engine is held: another process's use of the store (a restore making a pending
+            # snapshot durable, a stalled run) may delay it a little, not for max_freeze_s.
+            with self.store.node_lock(node, wait_s=HELD_LOCK_WAIT_S):  # leftovers: cleaned by wait()
                 try:
                     for volume in local_volumes:
                         refs.append(self._snapshot_volume(node, volume, run, tags))

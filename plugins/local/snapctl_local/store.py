@@ -36,6 +36,7 @@ import re
 import secrets
 import shutil
 import stat
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -83,12 +84,16 @@ class SnapshotStore:
         return self.node_dir(node) / check_part("snapshot id", snapshot_id)
 
     @contextmanager
-    def node_lock(self, node: str) -> Iterator[None]:
-        """Exclusive per node, across threads and processes (each open() is its own flock)."""
+    def node_lock(self, node: str, *, wait_s: float | None = None) -> Iterator[None]:
+        """Exclusive per node, across threads and processes (each open() is its own flock).
+        ``wait_s``: give up after that long with ``StoreBusy`` (None: wait as long as it takes)."""
         node_dir = self.node_dir(node)
         node_dir.mkdir(parents=True, exist_ok=True)
         with open(node_dir / ".lock", "a+b") as lock_file:
-            fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
+            if wait_s is None:
+                fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
+            else:
+                _flock_within(lock_file.fileno(), wait_s, node)
             try:
                 yield
             finally:
@@ -310,3 +315,23 @@ def remove_tree(path: Path) -> None:
             if not os.path.islink(child):
                 os.chmod(child, stat.S_IRWXU)
     shutil.rmtree(path)
+
+
+class StoreBusy(ProviderError):
+    """Another process kept a node's store lock longer than the caller would wait."""
+
+
+def _flock_within(fd: int, wait_s: float, node: str) -> None:
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise StoreBusy(
+                    f"node {node}: the snapshot store is busy with another snapctl process for more than "
+                    f"{wait_s:g}s (a restore or drill making a pending snapshot durable, or a run that stalled)",
+                    hint="retry once it is done; a --no-wait backup's snapshots become durable at its next "
+                         "run's wait or a restore") from None
+            time.sleep(0.05)
