@@ -15,7 +15,7 @@ import asyncio
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
 
 from snapctl.catalog import BlobStore
 from snapctl.errors import CatalogError, LockHeld, RunFailed, SnapctlError
@@ -32,9 +32,10 @@ class LockRecord(BaseModel):
 
     owner: str
     run_id: str
-    acquired_at: datetime
-    expires_at: datetime
-    released_at: datetime | None = None
+    # With an offset: one without cannot be compared with now (a hand-edited lock crashed every command).
+    acquired_at: AwareDatetime
+    expires_at: AwareDatetime
+    released_at: AwareDatetime | None = None
 
     def held_at(self, now: datetime) -> bool:
         return self.released_at is None and self.expires_at > now

@@ -249,11 +249,16 @@ def _catalog_findings(doc: dict) -> tuple[list[str], list[str]]:
             [f["message"] for f in verdict["preflight_refusals"] if f["subject"] == "catalog"])
 
 
-def test_an_unreadable_cluster_lock_makes_backing_up_unsafe_and_the_newest_backup_still_shows(tmp_path):
+@pytest.mark.parametrize("text", [
+    "{",
+    # Times without an offset (edited by hand) crashed every command with a traceback.
+    '{"owner": "x@h:1", "run_id": "r", "acquired_at": "2026-12-06T11:00:00", "expires_at": "2026-12-06T11:00:00"}',
+], ids=["not json", "naive times"])
+def test_an_unreadable_cluster_lock_makes_backing_up_unsafe_and_the_newest_backup_still_shows(tmp_path, text):
     inventory = load(write_inventory(tmp_path, sqlite_nodes(tmp_path, 1)))
     record_run(inventory, "r-good", "succeeded", age_s=60)
     lock = tmp_path / "catalog" / "st" / "lock.json"
-    lock.write_text("{")
+    lock.write_text(text)
 
     code, doc = status_json(tmp_path)
 
@@ -271,7 +276,7 @@ def test_an_unreadable_cluster_lock_makes_backing_up_unsafe_and_the_newest_backu
     assert planned.returncode == ExitCode.PREFLIGHT_REFUSED, planned.stderr
     [critical] = [f for f in json.loads(planned.stdout)["data"]["verdict"]["findings"] if f["severity"] == "critical"]
     assert critical == {"severity": "critical", "subject": "catalog", "message": refusals[0]}
-    assert lock.read_text() == "{" and [p.name for p in (tmp_path / "catalog" / "st" / "manifests").glob("*.json")] == [
+    assert lock.read_text() == text and [p.name for p in (tmp_path / "catalog" / "st" / "manifests").glob("*.json")] == [
         "r-good.json"]
     real = snapctl("backup", "-i", "inventory.yaml", cwd=tmp_path)
     assert real.returncode == ExitCode.RUN_FAILED and f"the cluster lock {lock} is unreadable" in real.stderr
