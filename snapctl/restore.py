@@ -164,17 +164,22 @@ def check_targets(provider: Provider, manifest: Manifest, nodes: dict[str, Node]
     other nodes were copied would leave a partial restore, which then blocks the retry (a local
     target must be empty). Providers without ``check_restore`` find out as they restore."""
     check = getattr(provider, "check_restore", None)
-    claimed: dict[Path, str] = {}
+    claimed: dict[Path, tuple[str, Path]] = {}  # the target as resolved (symlinks too) -> (who, as given)
     for name, record in manifest.nodes.items():
         for ref in record.snapshots:
             target = restore_target(nodes[name], ref.volume, root=roots[name], zone=zone, attach=attach)
             if target.path is not None:
-                path = Path(os.path.abspath(target.path))
-                if path in claimed:
-                    raise BadInputError(f"{claimed[path]} and node {name} volume {ref.volume} would both be "
-                                        f"restored to {path}",
-                                        hint="give each node its own restore.path")
-                claimed[path] = f"node {name} volume {ref.volume}"
+                given = Path(os.path.abspath(target.path))
+                path = Path(os.path.realpath(given))
+                who = f"node {name} volume {ref.volume}"
+                for other, (other_who, other_given) in claimed.items():
+                    # One inside the other is as bad as the same place: a volume would hold another's.
+                    if path == other or path.is_relative_to(other) or other.is_relative_to(path):
+                        where = f"{other_given}" if path == other else f"{other_given} and {given}"
+                        raise BadInputError(f"{other_who} and {who} would be restored to "
+                                            f"{'the same place' if path == other else 'one inside the other'}: "
+                                            f"{where}", hint="give each node its own restore.path, none inside another")
+                claimed[path] = (who, given)
             if check is not None:
                 check(ref, target)
 

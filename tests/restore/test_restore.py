@@ -51,10 +51,24 @@ def test_every_target_is_checked_before_any_node_is_restored(sqlite_cluster, tmp
         restore_run(sqlite_cluster.inventory, run_id, tmp_path / "file")
 
     sqlite_cluster.edit(node_n1={"restore": {"path": "same"}}, node_n2={"restore": {"path": "same"}})
-    with pytest.raises(BadInputError, match=f"node n1 volume data and node n2 volume data would both be restored to "
-                                            f"{tmp_path / 'same' / 'data'}"):
+    with pytest.raises(BadInputError, match=f"node n1 volume data and node n2 volume data would be restored to "
+                                            f"the same place: {tmp_path / 'same' / 'data'}"):
         restore_run(sqlite_cluster.inventory, run_id)
     assert not (tmp_path / "same").exists()
+
+    # One inside the other (n2 would land inside n1's restored volume), and the same place
+    # through a symlink: refused before either is copied too.
+    sqlite_cluster.edit(node_n1={"restore": {"path": "nest"}}, node_n2={"restore": {"path": "nest/data"}})
+    with pytest.raises(BadInputError, match="node n1 volume data and node n2 volume data would be restored to "
+                                            "one inside the other"):
+        restore_run(sqlite_cluster.inventory, run_id)
+    assert not (tmp_path / "nest").exists()
+    (tmp_path / "real").mkdir()
+    (tmp_path / "alias").symlink_to(tmp_path / "real")
+    sqlite_cluster.edit(node_n1={"restore": {"path": "real"}}, node_n2={"restore": {"path": "alias"}})
+    with pytest.raises(BadInputError, match="would be restored to the same place"):
+        restore_run(sqlite_cluster.inventory, run_id)
+    assert list((tmp_path / "real").iterdir()) == []
 
 
 def test_a_restore_that_fails_after_restoring_some_volumes_names_them(sqlite_cluster, tmp_path):
