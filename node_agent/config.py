@@ -16,10 +16,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from node_agent.engines.base import EngineSettings, validate_engine_settings
+from node_agent.engines.base import EngineSettings, load_engine_factory, validate_engine_settings
 from node_agent.ratelimit import DEFAULT_BURST, DEFAULT_RATE_PER_S
 from snapctl.errors import BadInputError, os_reason
-from snapctl.yaml_errors import describe, first_error, line_of
+from snapctl.yaml_errors import NOT_A_NUMBER, boolean_for_a_number, describe, dotted, first_error, line_of
 
 DEFAULT_PORT = 7700
 DEFAULT_TOKEN_ENV = "SNAPCTL_AGENT_TOKEN"
@@ -219,6 +219,17 @@ def parse_agent_config(text: str, *, source: str = "<agent config>", base_dir: P
         raise AgentConfigError(f"{where}: invalid YAML: {getattr(exc, 'problem', None) or exc}") from exc
     if not isinstance(data, dict):
         raise AgentConfigError(f"{source}:1: the agent config must be a mapping with 'node' and 'engine'")
+    # pydantic's lax mode reads `port: yes` as 1, as the inventory's check_block refuses too.
+    _refuse_booleans_for_numbers(AgentConfig, data, (), root, source)
+    engine_type = data.get("engine", {}).get("type") if isinstance(data.get("engine"), dict) else None
+    if isinstance(engine_type, str):
+        try:
+            _refuse_booleans_for_numbers(load_engine_factory(engine_type).settings_model, data["engine"],
+                                         ("engine",), root, source)
+        except BadInputError as exc:
+            if isinstance(exc, AgentConfigError):
+                raise
+            # an unknown engine type: said with its line below
     try:
         config = AgentConfig.model_validate(data)
     except ValidationError as exc:
@@ -238,3 +249,12 @@ def parse_agent_config(text: str, *, source: str = "<agent config>", base_dir: P
         where = f"{source}:{line}" if line else source
         raise AgentConfigError(f"{where}: {exc.message}", hint=exc.hint) from exc
     return config
+
+
+def _refuse_booleans_for_numbers(model: type[BaseModel], data: Any, loc: tuple[Any, ...], root: yaml.Node | None,
+                                 source: str) -> None:
+    boolean = boolean_for_a_number(model, data)
+    if boolean is not None:
+        line = line_of(root, (*loc, *boolean))
+        raise AgentConfigError(f"{source}:{line}: {dotted((*loc, *boolean))}: {NOT_A_NUMBER}" if line else
+                               f"{source}: {dotted((*loc, *boolean))}: {NOT_A_NUMBER}")

@@ -24,6 +24,7 @@ from pydantic import (
 
 from snapctl.errors import InventoryError, SnapctlError, os_reason
 from snapctl.yaml_errors import (
+    NOT_A_NUMBER,
     boolean_for_a_number,
     describe,
     describe_yaml_error,
@@ -59,9 +60,6 @@ def parse_duration(value: Any) -> float:
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-NOT_A_NUMBER = "expected a number, not a YAML boolean (yes/no, true/false, on/off)"
 
 
 def _not_a_boolean(value: Any) -> Any:

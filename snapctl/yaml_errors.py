@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
+NOT_A_NUMBER = "expected a number, not a YAML boolean (yes/no, true/false, on/off)"
+
 
 @contextmanager
 def gc_paused() -> Iterator[None]:

@@ -37,6 +37,11 @@ def test_defaults_and_relative_paths(tmp_path: Path) -> None:
         ("node: n1\nengine:\n  type: sqlite\n  pth: x\n",
          "agent.yaml:4: engine sqlite: unknown key 'pth' (valid keys: type, timeout_s, path)"),
         ("node: n1\nengine:\n  type: nosuchdb\n", "agent.yaml:3: unknown engine type 'nosuchdb'"),
+        # pydantic's lax mode read these as 1: an agent on port 1, a 1 s engine timeout.
+        (MINIMAL + "port: yes\n", "agent.yaml:5: port: expected a number, not a YAML boolean"),
+        (MINIMAL + "burst: on\n", "agent.yaml:5: burst: expected a number, not a YAML boolean"),
+        ("node: n1\nengine:\n  type: sqlite\n  path: x\n  timeout_s: yes\n",
+         "agent.yaml:5: engine.timeout_s: expected a number, not a YAML boolean"),
         ("node: n1\nengine: [\n", "agent.yaml:3: invalid YAML"),
         ("- just a list\n", "agent.yaml:1: the agent config must be a mapping"),
     ],
