@@ -323,10 +323,15 @@ def _optional_watch_seconds(argv: list[str]) -> list[str]:
 
 
 def _asks_for_json(argv: list[str]) -> bool:
-    """``-o json`` anywhere on a command line typer could not parse, in any of its spellings."""
-    pairs = zip(argv, [*argv[1:], ""])
-    return any((arg in ("-o", "--output") and value == "json") or arg in ("-ojson", "--output=json")
-               for arg, value in pairs)
+    """The last ``-o`` of a command line typer could not parse, in any of its spellings, is json
+    (as on a line it can parse, where the last one wins)."""
+    chosen = None
+    for arg, value in zip(argv, [*argv[1:], ""]):
+        if arg in ("-o", "--output"):
+            chosen = value
+        elif arg.startswith(("-o", "--output=")):
+            chosen = arg.removeprefix("--output=").removeprefix("-o")
+    return chosen == "json"
 
 
 def _report(exc) -> int:

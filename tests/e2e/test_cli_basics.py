@@ -171,3 +171,8 @@ def test_with_json_output_a_usage_error_is_the_one_document_too(argv, error, hin
     assert document["exit_code"] == ExitCode.BAD_INPUT and document["error"].startswith(error), document
     assert document["hint"].startswith("see `") and document["hint"].endswith(hint)
     assert "Error:" in result.stderr  # the person at the terminal still gets click's own lines
+
+
+def test_with_a_later_text_output_a_usage_error_is_no_json_document():
+    result = snapctl("list", "-o", "json", "-o", "text", "--bogus")  # the last -o wins, as when it parses
+    assert result.returncode == ExitCode.BAD_INPUT and result.stdout == ""
