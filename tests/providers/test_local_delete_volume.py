@@ -109,3 +109,25 @@ def test_a_failed_restore_leaves_no_marker(provider, volumes, tmp_path, monkeypa
         provider.restore(ref, RestoreTarget(path=tmp_path / "restored"))
 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src", "store"]
+
+
+def test_a_second_restore_into_a_place_another_is_writing_to_leaves_that_ones_marker(provider, volumes, tmp_path):
+    # Two restores into one target at once: the one that lost the final rename removed the winner's
+    # marker (so a drill's teardown would refuse the winner's directory) and said only "directory
+    # not empty". The marker is now taken exclusively, first, and the loser says who got there.
+    from snapctl.errors import BadInputError
+
+    [ref] = provider.snapshot(volumes, snapshot_tags(CLUSTER, "run1", "n1"))
+    target = tmp_path / "restores" / "data"
+    target.parent.mkdir()
+    marker_of(target).write_text('{"note": "another restore, still copying"}')
+    for call in (provider.check_restore, provider.restore):
+        with pytest.raises(BadInputError, match=f"node n1: another restore is writing to {target}") as info:
+            call(ref, RestoreTarget(path=target))
+        assert ".restore-* directory" in info.value.hint
+    assert marker_of(target).read_text() == '{"note": "another restore, still copying"}'
+    assert sorted(p.name for p in target.parent.iterdir()) == [marker_of(target).name]
+
+    marker_of(target).unlink()  # it finished elsewhere, or was killed and cleaned up by hand
+    assert Path(provider.restore(ref, RestoreTarget(path=target))) == target
+    assert json.loads(marker_of(target).read_text())["snapshot_id"] == ref.snapshot_id

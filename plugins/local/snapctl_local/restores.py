@@ -56,6 +56,8 @@ class LocalRestores:
         if not os.access(parent, os.W_OK | os.X_OK):
             raise BadInputError(f"node {ref.node}: cannot restore to {dest}: {parent} is not writable",
                                 hint=_TARGET_HINT)
+        if os.path.lexists(restore_marker(dest)):  # the target is empty: a restore is under way, or died
+            raise _busy_target(ref, dest)
         snap_dir = self._snapshot_dir(ref)
         meta = self._restorable_metadata(ref, snap_dir)
         state, error = snapshot_state(snap_dir, meta)
@@ -77,7 +79,10 @@ class LocalRestores:
         marked = False
         try:
             # The marker goes first, so every directory a restore made is one delete_volume may remove.
-            write_restore_marker(dest, ref, meta)
+            try:
+                write_restore_marker(dest, ref, meta)
+            except FileExistsError:
+                raise _busy_target(ref, dest) from None
             marked = True
             # Full copies, never links: snapshot files are shared between snapshots.
             copy_tree(snap_dir / DATA, staging, self._restore_copier, stop=stop_requested())
@@ -168,3 +173,10 @@ _TARGET_HINT = "restore into a directory that snapctl can create and write to (-
 
 def _unusable_target(ref: SnapshotRef, dest: Path, exc: OSError) -> BadInputError:
     return BadInputError(f"node {ref.node}: cannot restore to {dest}: {os_reason(exc)}", hint=_TARGET_HINT)
+
+
+def _busy_target(ref: SnapshotRef, dest: Path) -> BadInputError:
+    return BadInputError(f"node {ref.node}: another restore is writing to {dest} (its marker "
+                         f"{restore_marker(dest).name} is there)",
+                         hint="wait for it; if none is running (one was killed), remove the marker and any "
+                              f"{RESTORE_PREFIX}* directory beside {dest.name}")

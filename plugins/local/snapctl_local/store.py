@@ -251,9 +251,13 @@ def restore_marker(dest: Path) -> Path:
 
 
 def write_restore_marker(dest: Path, ref: Any, meta: dict[str, Any]) -> None:
-    """Record beside ``dest`` what a restore put there (``ref``: the SnapshotRef, ``meta``: its metadata)."""
+    """Record beside ``dest`` what a restore put there (``ref``: the SnapshotRef, ``meta``: its
+    metadata). Exclusive: ``FileExistsError`` when a marker is there already, another restore's
+    into the same place (which must keep it: it names what that restore made)."""
     tags = dict(meta.get("tags") or {})
-    _write_json(restore_marker(dest), {
+    marker = restore_marker(dest)
+    temp = marker.with_name(f".{marker.name}.{secrets.token_hex(4)}.tmp")
+    _write_json(temp, {
         "format": METADATA_FORMAT,
         "path": str(dest),
         "cluster": tags.get(TAG_CLUSTER),
@@ -263,6 +267,10 @@ def write_restore_marker(dest: Path, ref: Any, meta: dict[str, Any]) -> None:
         "tags": tags,
         "restored_at": datetime.now(UTC).isoformat(timespec="seconds"),
     })
+    try:
+        os.link(temp, marker)  # link(2), unlike rename(2), never replaces
+    finally:
+        temp.unlink(missing_ok=True)
 
 
 def read_restore_marker(dest: Path) -> dict[str, Any] | None:
