@@ -198,6 +198,8 @@ class Catalog:
             return None, f"{field}: {err['msg'].lower()}"
         if manifest.run_id != run_id or manifest.cluster != self.cluster:
             return None, f"it records run {manifest.run_id} of cluster {manifest.cluster}"
+        if manifest.status == "succeeded" and not manifest.nodes:  # no run succeeds with no node
+            return None, "a succeeded run that names no node: nothing in it can be restored"
         return manifest, None
 
     def _stored_run_ids(self) -> list[str]:

@@ -278,6 +278,23 @@ def test_a_damaged_run_among_the_kept_ones_gives_its_place_to_the_next_readable_
     assert snapshots_of(scene, {"r2", "r3", "r4"}) == scene.snapshot_ids()
 
 
+def test_a_succeeded_manifest_that_names_no_node_is_damaged_not_the_newest_backup(scene: Scene) -> None:
+    # Valid JSON with its nodes emptied: it was the newest good backup, prune kept it and deleted a
+    # readable one, and restore, verify and drill of it all "passed" with nothing restored.
+    for day in range(3):
+        scene.add_run(f"r{day}", T0 + timedelta(days=day))
+    key = f"{CLUSTER}/manifests/r2.json"
+    emptied = json.loads(scene.catalog.store.read(key))
+    emptied["nodes"] = {}
+    scene.catalog.store.write(key, json.dumps(emptied).encode())
+
+    result = prune(inventory(scene, {"keep_last": 1, "daily": 0, "weekly": 0, "monthly": 0}))
+
+    assert [v.run_id for v in result.kept] == ["r1"] and [v.run_id for v in result.deleted] == ["r0"]
+    assert result.problems == ["run r2: a succeeded run that names no node: nothing in it can be restored"]
+    assert scene.catalog.resolve("latest") == "r1"
+
+
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(st.data(), st.builds(Retention, keep_last=st.integers(1, 4), daily=st.integers(0, 6),
                             weekly=st.integers(0, 3), monthly=st.integers(0, 2)))
