@@ -25,7 +25,7 @@ from snapctl.errors import BadInputError, ExitCode, SnapctlError, os_reason
 from snapctl.health import Finding, NodeProbe, Verdict, assess, duration_text
 from snapctl.manifest import IndexEntry
 from snapctl.probe import probe_all
-from snapctl.providers import provider_settings
+from snapctl.providers import node_volumes, open_provider, provider_settings
 
 STATUS_VERSION = 1  # of the JSON document (docs/status.schema.json): bumped on incompatible changes only
 
@@ -152,6 +152,8 @@ async def collect_status(
         problem = memory.commit({p.node for p in probes if p.status is not None})
         if problem:
             verdict.findings.append(Finding("info", "status", problem))
+    if (refusal := _backup_refuses_volumes(inventory)) is not None:
+        result.preflight.append(Finding("critical", "inventory", refusal))
     look = await asyncio.to_thread(_look_at_catalog, inventory)
     result.catalog_problems, result.catalog_read = look.problems, look.entries is not None
     for obstacle in look.obstacles:  # what the run would fail on is what makes backing up unsafe
@@ -174,6 +176,17 @@ async def collect_status(
         except SnapctlError as exc:
             verdict.findings.append(Finding("degraded", "metrics", exc.message))
     return result
+
+
+def _backup_refuses_volumes(inventory: Inventory) -> str | None:
+    """What `snapctl backup` would refuse in the provider's own checks of the store and the
+    nodes' volumes (exit 2), which need no SDK: not an error here, where an inventory that only
+    watches the agents may leave volumes out, but then not safe to back up either."""
+    try:
+        node_volumes(inventory, open_provider(inventory))
+    except BadInputError as exc:
+        return str(exc)
+    return None
 
 
 async def watch_status(

@@ -63,7 +63,9 @@ def test_no_backup_yet_is_degraded_exit_5(tmp_path):
 
 
 def test_an_unreachable_node_or_a_backup_older_than_the_rpo_is_critical_exit_6(tmp_path):
-    nodes = sqlite_nodes(tmp_path, 1) + [{"name": "gone", "agent": f"http://{LOOPBACK}:{free_port()}"}]
+    (tmp_path / "gone").mkdir()
+    nodes = sqlite_nodes(tmp_path, 1) + [{"name": "gone", "agent": f"http://{LOOPBACK}:{free_port()}",
+                                          "volumes": [{"name": "data", "path": "gone"}]}]
     inventory = load(write_inventory(tmp_path, nodes, rpo="1h"))
     record_run(inventory, "r-stale", "succeeded", age_s=7200)
     code, doc = status_json(tmp_path)
@@ -353,3 +355,22 @@ def test_a_dry_run_while_another_run_holds_the_lock_says_the_real_run_would_be_r
     assert planned.returncode == ExitCode.PREFLIGHT_REFUSED
     assert "a backup now would be refused (exit 4): run r-running by ops@cron:42 holds the cluster lock" in planned.stdout
     assert snapctl("backup", "-i", "inventory.yaml", "--dry-run", cwd=tmp_path).returncode == ExitCode.OK
+
+
+@pytest.mark.parametrize(("volumes", "refusal"), [
+    ([{"name": "data", "path": "n2", "foo": 1}], "node n2: volumes[0]: unknown key 'foo'"),
+    ([{"name": "data", "path": "nodir"}], "volume data path"),
+], ids=["unknown key", "missing path"])
+def test_status_is_not_safe_to_back_up_where_backup_would_refuse_the_volumes(tmp_path, volumes, refusal):
+    # It said "healthy ... safe to back up: yes" (exit 0) for inventories `backup` refuses (exit 2).
+    nodes = sqlite_nodes(tmp_path, 2)
+    nodes[1]["volumes"] = volumes
+    inventory = load(write_inventory(tmp_path, nodes))
+    record_run(inventory, "r-good", "succeeded", age_s=60)
+    code, doc = status_json(tmp_path)
+    assert code == ExitCode.OK  # the cluster is healthy: it is the inventory that a backup refuses
+    [refused] = doc["data"]["verdict"]["preflight_refusals"]
+    assert refused["subject"] == "inventory" and refusal in refused["message"]
+    assert doc["data"]["verdict"]["safe_to_back_up"] is False
+    planned = snapctl("backup", "-i", "inventory.yaml", "--dry-run", cwd=tmp_path)
+    assert planned.returncode == ExitCode.BAD_INPUT and refusal in planned.stderr
