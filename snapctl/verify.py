@@ -18,7 +18,7 @@ from snapctl.errors import BadInputError
 from snapctl.manifest import Manifest
 from snapctl.providers import TAG_RUN, Provider, SnapshotRef, open_provider
 
-CheckState = Literal["ok", "missing", "incomplete", "failed", "damaged"]
+CheckState = Literal["ok", "missing", "pending", "failed", "damaged"]  # pending: not complete yet, nothing wrong
 # How many problems one snapshot reports before "and N more": a gutted snapshot lists thousands.
 _MAX_PROBLEMS = 5
 
@@ -50,7 +50,7 @@ class VerifyResult:
         """Not ok only because snapshots are not complete yet (a `backup --no-wait` run, a cloud
         still uploading): nothing is missing, failed or damaged."""
         return (not self.ok and not self.problems
-                and all(s.state in ("ok", "incomplete") for s in self.snapshots))
+                and all(s.state in ("ok", "pending") for s in self.snapshots))
 
     @property
     def verdict(self) -> str:
@@ -58,7 +58,7 @@ class VerifyResult:
             return "every snapshot is there and complete"
         if not self.pending:
             return "the run cannot be restored as recorded"
-        waiting = [s for s in self.snapshots if s.state == "incomplete"]
+        waiting = [s for s in self.snapshots if s.state == "pending"]
         if self.provider == "local":  # their files were checked: only the fsync is left, and restore does it
             return (f"every snapshot is there and holds its files; {len(waiting)} not yet durable: a restore makes "
                     "them durable first")
@@ -98,13 +98,13 @@ def _check(recorded: SnapshotRef, current: SnapshotRef | None, manifest: Manifes
         check.state = "failed"
         check.problems.append(f"snapshot {recorded.snapshot_id} is in error: {current.error or 'no reason given'}")
     elif current.state != "completed":
-        check.state = "incomplete"
+        check.state = "pending"
         done = f" ({current.progress:.0f}%)" if current.progress is not None else ""
         check.problems.append(f"snapshot {recorded.snapshot_id} is still {current.state}{done}")
         if current.provider == "local" and not manifest.snapshots_completed:
             check.problems.append("its run did not wait for the disk (backup --no-wait): nothing completes a local "
                                   "snapshot after that but a restore of it, which makes it durable first")
-    if current.provider == "local" and check.state in ("ok", "incomplete"):
+    if current.provider == "local" and check.state in ("ok", "pending"):
         # A pending local snapshot is a whole copy not yet synced: its files are there to check.
         state = manifest.nodes[recorded.node].state
         damage = _local_contents(current, state.files if state else [])

@@ -62,7 +62,7 @@ def test_a_no_wait_local_run_stays_pending_until_a_restore_makes_it_durable(sqli
     assert manifest.status == "succeeded" and not manifest.snapshots_completed
 
     pending = verify_run(sqlite_cluster.inventory, manifest.run_id)
-    assert not pending.ok and {s.state for s in pending.snapshots} == {"incomplete"}
+    assert not pending.ok and {s.state for s in pending.snapshots} == {"pending"}
     why = ("its run did not wait for the disk (backup --no-wait): nothing completes a local snapshot after that "
            "but a restore of it, which makes it durable first")
     for check in pending.snapshots:
@@ -123,5 +123,5 @@ def test_a_damaged_pending_snapshot_is_damaged_not_pending(sqlite_cluster):
     result = verify_run(sqlite_cluster.inventory, run_id)
 
     n1, n2 = sorted(result.snapshots, key=lambda s: s.node)
-    assert (n1.state, n2.state) == ("damaged", "incomplete") and "file app.db is missing" in n1.problems
+    assert (n1.state, n2.state) == ("damaged", "pending") and "file app.db is missing" in n1.problems
     assert not result.pending and result.verdict == "the run cannot be restored as recorded"
