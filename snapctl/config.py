@@ -46,10 +46,13 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
 
 
+NOT_A_DURATION = "expected a duration like 30s, 15m, 24h, not a YAML boolean (yes/no, true/false, on/off)"
+
+
 def parse_duration(value: Any) -> float:
     """Seconds from ``30``, ``"30s"``, ``"15m"``, ``"24h"``, ``"7d"``."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration like 30s, 15m, 24h, not a YAML boolean (yes/no, true/false, on/off)")
+    if isinstance(value, bool):  # a ValueError, which pydantic reports as the field's error
+        raise ValueError(NOT_A_DURATION)  # noqa: TRY004
     if isinstance(value, (int, float)):
         return float(value)
     match = _DURATION.match(str(value))
@@ -64,7 +67,7 @@ class Strict(BaseModel):
 
 def _not_a_boolean(value: Any) -> Any:
     if isinstance(value, bool):
-        raise ValueError(NOT_A_NUMBER)
+        raise ValueError(NOT_A_NUMBER)  # noqa: TRY004 - pydantic reports a ValueError as the field's error
     return value
 
 

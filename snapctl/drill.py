@@ -260,11 +260,11 @@ def _on_this_machine(drill: _Drill, node: Node, record: NodeRecord, engine: dict
     began = time.monotonic()
     start_timeout = min(inventory.drill.start_timeout_s, _remaining(drill))
     with scratch_engine(settings, base_dir=inventory.base_dir, workdir=drill.scratch / ".engines" / node.name,
-                        start_timeout_s=start_timeout, cancelled=drill.cancelled) as engine:
+                        start_timeout_s=start_timeout, cancelled=drill.cancelled) as running:
         result.start_s = round(time.monotonic() - began, 3)
         _step(drill, node.name, "verifying", f"engine up in {result.start_s:.1f}s")
         began = time.monotonic()
-        facts = engine.verify()
+        facts = running.verify()
         result.verify_s = round(time.monotonic() - began, 3)
     return facts
 

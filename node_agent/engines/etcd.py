@@ -28,6 +28,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from node_agent.engines.base import EngineSettings
+from node_agent.engines.etcd_tools import check_snapshot_file, restore_snapshot, snapshot_tool
 from node_agent.models import (
     EngineState,
     EngineStatus,
@@ -37,7 +38,6 @@ from node_agent.models import (
     TableFacts,
     VerifyFacts,
 )
-from node_agent.engines.etcd_tools import check_snapshot_file, restore_snapshot, snapshot_tool
 from snapctl.errors import BadInputError, EngineBusy, EngineError, os_reason
 
 log = logging.getLogger("snapctl.agent.etcd")

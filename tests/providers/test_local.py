@@ -9,11 +9,19 @@ import time
 from pathlib import Path
 
 import pytest
-
-from snapctl.errors import BadInputError, ProviderError
-from snapctl.providers import TAG_CLUSTER, TAG_RUN, TAG_VOLUME, NodeVolumes, RestoreTarget, create_provider, snapshot_tags
 from snapctl_local import LocalProvider
 from snapctl_local import copy as copy_module
+
+from snapctl.errors import BadInputError, ProviderError
+from snapctl.providers import (
+    TAG_CLUSTER,
+    TAG_RUN,
+    TAG_VOLUME,
+    NodeVolumes,
+    RestoreTarget,
+    create_provider,
+    snapshot_tags,
+)
 
 CLUSTER = "c1"
 

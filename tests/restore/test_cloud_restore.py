@@ -11,9 +11,8 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
-import yaml
-
 import pytest
+import yaml
 
 from snapctl.config import load_inventory
 from snapctl.drill import run_drill

@@ -8,7 +8,6 @@ import httpx
 import pytest
 
 import snapctl.metrics
-
 from node_agent.app import create_app
 from node_agent.engines.base import create_engine
 from node_agent.service import AgentService

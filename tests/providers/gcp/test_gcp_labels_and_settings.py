@@ -9,8 +9,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
-
-from snapctl.errors import BadInputError
 from snapctl_gcp import GcpProvider, GcpSettings
 from snapctl_gcp.labels import (
     cluster_prefix,
@@ -21,6 +19,8 @@ from snapctl_gcp.labels import (
     snapshot_name,
     tags_of,
 )
+
+from snapctl.errors import BadInputError
 
 LEGAL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
 LEGAL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
