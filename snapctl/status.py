@@ -245,7 +245,9 @@ def _grade_backups(result: ClusterStatus) -> None:
         return  # how old the newest backup is, nobody can tell: the catalog finding says why
     add = result.verdict.findings.append
     newest, age = result.latest_success, result.latest_success_age_s
-    if newest is None or age is None:
+    if (newest is None or age is None) and result.catalog_problems:  # one may be among them
+        add(Finding("degraded", "backups", "no readable successful backup (see the unreadable manifests)"))
+    elif newest is None or age is None:
         add(Finding("degraded", "backups", "no successful backup yet"))
     elif age > result.rpo_s:
         add(Finding("critical", "backups",

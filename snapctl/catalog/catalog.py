@@ -105,6 +105,11 @@ class Catalog:
         entries, problems = self._scan()
         if ref == "latest":
             newest = next((e for e in entries if e.status == "succeeded"), None)
+            if newest is None and problems:  # there may be one: its manifest cannot be read
+                unreadable = ", ".join(f"{r} ({why})" for r, why in sorted(problems.items())[:_MAX_CANDIDATES])
+                raise BadInputError(
+                    f"no readable succeeded backup of cluster {self.cluster}: the manifests of {unreadable} "
+                    "cannot be read", hint="name a run to restore, or repair the manifest from a copy of the catalog")
             if newest is None:
                 raise BadInputError(
                     f"no succeeded backup of cluster {self.cluster} in the catalog yet",

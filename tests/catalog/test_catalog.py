@@ -209,6 +209,15 @@ def test_a_damaged_newest_manifest_behind_an_intact_index_line_is_never_latest(c
     assert catalog.list()[1] == ["run r2: not valid JSON"]
 
 
+def test_latest_with_only_a_damaged_succeeded_manifest_says_so_not_that_there_is_none(catalog: Catalog) -> None:
+    # It said "no succeeded backup ... yet": there is one, whose manifest cannot be read.
+    catalog.save(make_manifest("r0", minutes=0))
+    _damage(catalog, "r0")
+    with pytest.raises(BadInputError, match=r"no readable succeeded backup of cluster prod: the manifests of "
+                                            r"r0 \(not valid JSON\) cannot be read"):
+        catalog.resolve("latest")
+
+
 def test_a_damaged_manifest_that_is_no_longer_the_newest_good_one_is_passed_over_too(catalog: Catalog) -> None:
     catalog.save(make_manifest("r0", minutes=0))
     catalog.save(make_manifest("r1", minutes=1))

@@ -374,3 +374,15 @@ def test_status_is_not_safe_to_back_up_where_backup_would_refuse_the_volumes(tmp
     assert doc["data"]["verdict"]["safe_to_back_up"] is False
     planned = snapctl("backup", "-i", "inventory.yaml", "--dry-run", cwd=tmp_path)
     assert planned.returncode == ExitCode.BAD_INPUT and refusal in planned.stderr
+
+
+def test_with_the_only_successful_manifest_unreadable_status_does_not_say_there_is_none(tmp_path):
+    inventory = load(write_inventory(tmp_path, sqlite_nodes(tmp_path, 1)))
+    record_run(inventory, "r-good", "succeeded", age_s=60)
+    (tmp_path / "catalog" / "st" / "manifests" / "r-good.json").write_text("{ not json")
+    code, doc = status_json(tmp_path)
+    assert code == ExitCode.DEGRADED
+    messages = [f["message"] for f in doc["data"]["verdict"]["findings"]]
+    assert "no readable successful backup (see the unreadable manifests)" in messages
+    assert "no successful backup yet" not in messages
+    assert any(m.startswith("unreadable manifest: run r-good") for m in messages)
