@@ -177,8 +177,10 @@ def _nodes_table(s) -> Table:
             continue
         e, lease = p.status.engine, p.status.lease
         if lease is not None:
-            held = escape(f"{lease.run_id}, {_age((s.checked_at - lease.acquired_at).total_seconds())} old, "
-                          f"expires {lease.expires_at:%H:%M:%S}Z")
+            # An expired lease still shown is one whose engine would not release: say that, not a past expiry.
+            ends = (f"[red]expired {lease.expires_at:%H:%M:%S}Z, still held[/]" if e.details.get("releasing")
+                    else escape(f"expires {lease.expires_at:%H:%M:%S}Z"))
+            held = escape(f"{lease.run_id}, {_age((s.checked_at - lease.acquired_at).total_seconds())} old, ") + ends
         else:
             held = f"[yellow]held by {escape(e.held_by or 'other')}[/]" if e.held else "-"
         table.add_row(p.node, escape(f"ok {p.status.agent_version}"),

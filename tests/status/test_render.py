@@ -89,3 +89,19 @@ def test_the_verdict_line_says_what_a_backup_would_be_refused_on():
     verdict = renderer.out.file.getvalue().splitlines()[-1]
     assert verdict.endswith("safe to back up: no, a backup would be refused: a: held by run r-7 until "
                             f"{lease.expires_at:%H:%M:%S}Z"), verdict
+
+
+def test_a_lease_past_its_expiry_whose_engine_would_not_release_says_so_in_the_lease_column():
+    now = datetime.now(UTC)
+    lease = LeaseInfo(run_id="r-8", acquired_at=now, expires_at=now)
+    releasing = "the lease of run r-8 expired and the engine would not release: unreachable"
+    status = AgentStatus(node="a", agent_version=__version__, lease=lease,
+                         engine=EngineStatus(engine="tarantool", reachable=True, details={"releasing": releasing}))
+    probes = [NodeProbe("a", status=status)]
+    cluster = ClusterStatus("c", now, probes, assess(INVENTORY, probes), 3600.0)
+    renderer = Renderer()
+    renderer.out = Console(file=io.StringIO(), width=250, highlight=False)
+    renderer.status(cluster)
+    text = renderer.out.file.getvalue()
+    assert f"r-8, 0s old, expired {now:%H:%M:%S}Z, still held" in text
+    assert "critical a: engine still held" in text
