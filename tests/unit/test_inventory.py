@@ -123,9 +123,11 @@ AWS = ("cluster: c\nprovider:\n  type: aws\n  region: eu-west-1\nnodes:\n" + REM
     (LOCAL + REMOTE_NODE + "    volumes:\n      - data\n      - {name: other, path: data}\n      - {path: data}\n",
      "inv.yaml:11: node db1: volume name 'data' is used twice", "volume names must be unique per node"),
     (LOCAL + REMOTE_NODE, "inv.yaml:6: node db1: no volumes listed", "add e.g. volumes: "),
+    (LOCAL + REMOTE_NODE + "    volumes: [{name: data, path: yes}]\n",
+     "inv.yaml:8: node db1: volumes[0]: path must be a directory path, not bool True", "e.g. {name: data"),
 ], ids=["provider-unknown-key", "provider-missing-key", "provider-boolean", "local-unknown-key",
         "unknown-provider", "store-not-a-directory", "engine-unknown-key", "engine-boolean", "unknown-engine",
-        "volume-path", "volume-name-twice", "no-volumes"])
+        "volume-path", "volume-name-twice", "no-volumes", "volume-path-boolean"])
 def test_provider_engine_and_volume_errors_name_file_and_line_like_the_rest(tmp_path, text, message, hint):
     (tmp_path / "data").mkdir()
     (tmp_path / "inv.yaml").write_text(text)

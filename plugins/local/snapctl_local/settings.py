@@ -100,7 +100,10 @@ def _name_and_path(node: str, index: int, item: Any) -> tuple[str, str]:
         if unknown:
             raise BadInputError(f"node {node}: volumes[{index}]: unknown key {unknown[0]!r} (valid keys: name, path)")
         path = item.get("path")
-        if not isinstance(path, str) or not path:
+        if path is not None and not isinstance(path, str):  # `path: yes` is there, and no path
+            raise BadInputError(f"node {node}: volumes[{index}]: path must be a directory path, not "
+                                f"{type(path).__name__} {path!r}", hint="e.g. {name: data, path: /var/lib/db}")
+        if not path:
             raise BadInputError(f"node {node}: volumes[{index}] needs a 'path'", hint="e.g. {name: data, path: /var/lib/db}")
         name = item.get("name")
         if name is None:
