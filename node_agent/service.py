@@ -405,7 +405,12 @@ class AgentService:
         ended = self._ended.get(run_id)
         past = f" (its hold already {ended})" if ended else ""
         if self._lease is None:
-            return LeaseConflict(f"cannot {verb}: run {run_id} does not hold node {self.node}{past}; nothing is held")
+            # A run this agent never heard of may be one a previous agent process held for: its
+            # engine may still be held (a Tarantool pin), which this agent cannot know of.
+            hint = None if ended else ("if this agent was restarted while that run held the engine, the engine "
+                                       "may still be held: docs/agent.md, 'an engine left held'")
+            return LeaseConflict(f"cannot {verb}: run {run_id} does not hold node {self.node}{past}; nothing is held",
+                                 hint=hint)
         holder = self._lease.run_id
         return LeaseConflict(
             f"cannot {verb}: node {self.node} is held by run {holder}, not by run {run_id}{past}", holder=holder

@@ -113,6 +113,8 @@ def test_complete_from_a_run_that_never_held_says_nothing_is_held(service: Agent
     with pytest.raises(LeaseConflict, match="nothing is held") as caught:
         service.complete("run-9")
     assert caught.value.holder is None
+    # A run this agent never heard of: perhaps one a previous agent process held the engine for.
+    assert "an engine left held" in caught.value.hint
 
 
 def test_a_prepare_overtaken_by_its_own_runs_complete_never_holds(service: AgentService, db: Path) -> None:
