@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import yaml
 
 from snapctl.catalog import Catalog, LocalBlobStore
+from snapctl.config import Inventory, parse_inventory
 from snapctl.manifest import Manifest, NodeRecord
 from snapctl.providers import NodeVolumes, SnapshotRef, create_provider, snapshot_tags
 
@@ -62,3 +64,22 @@ def make_scene(root: Path) -> Scene:
 @pytest.fixture
 def scene(tmp_path: Path) -> Scene:
     return make_scene(tmp_path)
+
+
+T0 = datetime(2024, 3, 1, tzinfo=UTC)
+
+
+def inventory(scene: Scene, retention: dict | None = None) -> Inventory:
+    text = yaml.safe_dump({
+        "cluster": CLUSTER,
+        "provider": {"type": "local", "store": "snapshots"},
+        "catalog": {"path": "catalog"},
+        "policy": {"lock_ttl_s": "30s"},
+        "retention": retention or {},
+        "nodes": [{"name": n, "agent": "http://127.0.0.1:1"} for n in ("n1", "n2")],
+    })
+    return parse_inventory(text, source="test.yaml", base_dir=scene.root)
+
+
+def snapshots_of(scene: Scene, run_ids: set[str]) -> set[str]:
+    return {r.snapshot_id for r in scene.provider.find({}) if r.tags.get("snapctl-run") in run_ids}

@@ -4,44 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from snapctl.catalog import Catalog
-from snapctl.config import Inventory, Retention, parse_inventory
+from snapctl.config import Retention
 from snapctl.errors import LockHeld
 from snapctl.events import NullReporter
-from snapctl.prune import apply, gc, plan, prune, prune_after_backup
+from snapctl.prune import apply, plan, prune, prune_after_backup
 from snapctl.restore import RestoreRecord
 from snapctl.retention import PRUNING, Run, decide
 
-from .conftest import CLUSTER, Scene, make_scene
-
-T0 = datetime(2024, 3, 1, tzinfo=UTC)
-
-
-def inventory(scene: Scene, retention: dict | None = None) -> Inventory:
-    text = yaml.safe_dump({
-        "cluster": CLUSTER,
-        "provider": {"type": "local", "store": "snapshots"},
-        "catalog": {"path": "catalog"},
-        "policy": {"lock_ttl_s": "30s"},
-        "retention": retention or {},
-        "nodes": [{"name": n, "agent": "http://127.0.0.1:1"} for n in ("n1", "n2")],
-    })
-    return parse_inventory(text, source="test.yaml", base_dir=scene.root)
-
-
-def snapshots_of(scene: Scene, run_ids: set[str]) -> set[str]:
-    return {r.snapshot_id for r in scene.provider.find({}) if r.tags.get("snapctl-run") in run_ids}
-
+from .conftest import CLUSTER, T0, Scene, inventory, make_scene, snapshots_of
 
 # -- the policy, applied -----------------------------------------------------------------------------
 
@@ -456,81 +435,6 @@ def test_retention_after_a_backup_reports_failure_without_raising(scene: Scene) 
     record = scene.catalog.load("r2").extra["retention"]
     assert record["deleted"] == ["r1"] and record["kept"] == 1
     assert record["error"].startswith("run r0: snapshot ") and "node n1: refusing to delete" in record["error"]
-
-
-# -- gc --------------------------------------------------------------------------------------------
-
-
-def test_gc_finds_planted_orphans_and_deletes_only_them(scene: Scene) -> None:
-    scene.add_run("r0", T0)
-    scene.add_run("r1", T0 + timedelta(days=1))
-    scene.add_run("r2-killed", T0 + timedelta(days=2), "running", recorded=False)  # SIGKILL before step 8
-    no_manifest = scene.snapshot("r3-lost", "n1")  # a run whose manifest never got written
-    scene.add_run("r4-broken", T0 + timedelta(days=4))
-    scene.catalog.store.write(f"{CLUSTER}/manifests/r4-broken.json", b"{ damaged")  # may own its snapshots
-    planted = {"r2-killed-n1-data", "r2-killed-n2-data", no_manifest[0].snapshot_id}
-    owned = snapshots_of(scene, {"r0", "r1"})
-    inv = inventory(scene)
-
-    found = gc(inv)
-
-    assert {r.snapshot_id for r in found.orphans} == planted and not found.delete
-    assert found.skipped_runs == ["r4-broken"]
-    assert planted <= scene.snapshot_ids()  # listing deletes nothing
-
-    deleted = gc(inv, delete=True)
-
-    assert deleted.ok and set(deleted.deleted) == planted
-    assert deleted.skipped_runs == ["r4-broken"]  # not gc's own lock, as if a run were in progress
-    assert scene.snapshot_ids() == owned | snapshots_of(scene, {"r4-broken"})
-    assert gc(inv).orphans == []
-
-
-def test_gc_lists_and_deletes_what_killed_snapshot_calls_left_in_the_store(scene: Scene) -> None:
-    from snapctl_local.store import DELETING_PREFIX, PARTIAL_PREFIX
-
-    scene.add_run("r0", T0)
-    store = scene.provider.store
-    [linked] = (Path(scene.catalog.load("r0").nodes["n1"].snapshots[0].extra["path"]) / "data").iterdir()
-
-    def left_behind(node: str, prefix: str, snapshot_id: str) -> Path:
-        """What a snapshot (or delete) call SIGKILLed part-way leaves: a hidden work directory."""
-        work = store.work_dir(store.node_dir(node), prefix, snapshot_id)
-        (work / "data").mkdir(parents=True)
-        (work / "data" / "copied.bin").write_bytes(b"x" * 5000)
-        os.link(linked, work / "data" / "linked")  # an unchanged file: shared with r0, frees nothing
-        return work
-
-    partial = left_behind("n1", PARTIAL_PREFIX, "r1-n1-data")
-    deleting = left_behind("n1", DELETING_PREFIX, "r-old-n1-data")
-    in_use = left_behind("n2", PARTIAL_PREFIX, "r2-n2-data")  # a snapshot of n2 is under way
-    inv = inventory(scene)
-
-    with store.node_lock("n2"):
-        found = gc(inv)
-        assert found.orphans == [] and found.ok
-        assert [(x.node, x.path, x.kind, x.bytes) for x in found.leftovers] == [
-            ("n1", str(deleting), "deleting", 5000), ("n1", str(partial), "partial", 5000)]
-        assert partial.is_dir() and deleting.is_dir()  # listing deletes nothing
-
-        deleted = gc(inv, delete=True)
-
-        assert deleted.ok and sorted(deleted.leftovers_deleted) == sorted([str(partial), str(deleting)])
-        assert not partial.exists() and not deleting.exists() and in_use.is_dir()
-        assert linked.is_file() and snapshots_of(scene, {"r0"}) == {"r0-n1-data", "r0-n2-data"}
-
-    assert [x.path for x in gc(inv).leftovers] == [str(in_use)]  # its call died after all
-
-
-def test_gc_spares_the_run_in_progress_and_delete_needs_the_lock(scene: Scene) -> None:
-    scene.add_run("r0", T0)
-    in_progress = scene.snapshot("20240305T000000Z-aaaaaa", "n1")  # made, not yet in its manifest
-    scene.catalog.acquire_lock("ops@host:9", "20240305T000000Z-aaaaaa", ttl_s=300)
-    found = gc(inventory(scene))
-    assert found.orphans == [] and found.skipped_runs == ["20240305T000000Z-aaaaaa"]
-    with pytest.raises(LockHeld, match="ops@host:9"):
-        gc(inventory(scene), delete=True)
-    assert in_progress[0].snapshot_id in scene.snapshot_ids()
 
 
 def test_a_damaged_manifest_the_policy_would_delete_is_a_problem_left_alone_not_an_unfinished_deletion(
