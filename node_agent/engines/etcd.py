@@ -22,13 +22,19 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, Literal
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from node_agent.engines.base import EngineSettings
-from node_agent.engines.etcd_tools import check_snapshot_file, restore_snapshot, snapshot_tool
+from node_agent.engines.etcd_tools import (
+    check_snapshot_file,
+    create_private,
+    make_private_dirs,
+    restore_snapshot,
+    snapshot_tool,
+)
 from node_agent.models import (
     EngineState,
     EngineStatus,
@@ -137,8 +143,8 @@ class EtcdEngine:
         deadline = started + self.settings.snapshot_timeout_s
         digest, size, trailer = hashlib.sha256(), 0, b""
         try:
-            _make_private_dirs(self.backup_dir)
-            with _create_private(partial) as out, self._stream("/v3/maintenance/snapshot") as response:
+            make_private_dirs(self.backup_dir)
+            with create_private(partial) as out, self._stream("/v3/maintenance/snapshot") as response:
                 for line in response.iter_lines():
                     if time.monotonic() > deadline:
                         raise EngineError(f"etcd snapshot from {self.endpoint} took longer than "
@@ -454,29 +460,6 @@ class EtcdEngine:
 
 class _TokenExpired(EngineError):
     """etcd dropped our auth token (expiry, or the member restarted): authenticate again once."""
-
-
-def _make_private_dirs(path: Path) -> None:
-    """Create ``path`` and any missing parents 0700; directories that exist keep their mode."""
-    missing = []
-    while not path.exists():
-        missing.append(path)
-        path = path.parent
-    for directory in reversed(missing):
-        directory.mkdir(mode=0o700, exist_ok=True)
-
-
-def _create_private(path: Path) -> BinaryIO:
-    """A new file only the agent's user can read: a saved snapshot is the whole keyspace, secrets
-    and all, and etcd keeps its own data dir 0700."""
-    path.unlink(missing_ok=True)  # a leftover would keep its old mode through O_CREAT
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # exact, whatever the umask took away
-        return os.fdopen(fd, "wb")
-    except BaseException:
-        os.close(fd)
-        raise
 
 
 def _key_facts(keys: dict[str, Any]) -> VerifyFacts:

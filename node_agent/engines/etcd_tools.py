@@ -1,5 +1,6 @@
-"""etcd's own tools for saved snapshot files: ``etcdutl`` (3.5+) or ``etcdctl`` (3.4) check a
-file (``snapshot status``) and rebuild a data dir from one (``snapshot restore``)."""
+"""etcd's saved snapshot files: made readable by the agent's user alone, and handled with etcd's
+own tools, ``etcdutl`` (3.5+) or ``etcdctl`` (3.4), which check a file (``snapshot status``) and
+rebuild a data dir from one (``snapshot restore``)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import shutil
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from snapctl.errors import EngineError, os_reason
 
@@ -70,3 +71,26 @@ def restore_snapshot(tool: str, snapshot: Path, data_dir: Path, restore: EtcdRes
                      "--initial-cluster-token", restore.initial_cluster_token,
                      "--initial-advertise-peer-urls", restore.initial_advertise_peer_urls],
               timeout_s=timeout_s, what=f"restoring etcd snapshot {snapshot}")
+
+
+def make_private_dirs(path: Path) -> None:
+    """Create ``path`` and any missing parents 0700; directories that exist keep their mode."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        directory.mkdir(mode=0o700, exist_ok=True)
+
+
+def create_private(path: Path) -> BinaryIO:
+    """A new file only the agent's user can read: a saved snapshot is the whole keyspace, secrets
+    and all, and etcd keeps its own data dir 0700."""
+    path.unlink(missing_ok=True)  # a leftover would keep its old mode through O_CREAT
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # exact, whatever the umask took away
+        return os.fdopen(fd, "wb")
+    except BaseException:
+        os.close(fd)
+        raise
