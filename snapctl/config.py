@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -334,20 +335,29 @@ class Inventory(Strict):
             raise InventoryError(f"{self.where(*loc, *err['loc'])}: {what}: {explain(err, model)}",
                                  hint=hint) from exc
 
+    def plugin_block(self, raw: dict[str, Any], loc: tuple[str | int, ...], load: Callable[[str], Any], *,
+                     whose: str = "", example: str) -> tuple[Any, Any]:
+        """A plugin's block (a provider's, an engine's) at ``loc``: the factory ``load`` finds for its
+        ``type``, and the block validated by that factory's ``settings_model``. Errors name
+        file:line, begin with ``whose`` (e.g. "node db1: "), and a missing type hints ``example``."""
+        block = loc[-1]
+        kind = raw.get("type")
+        if not isinstance(kind, str):
+            raise InventoryError(f"{self.where(*loc)}: {whose}the {block} block needs a 'type'", hint=f"e.g. {example}")
+        try:
+            factory = load(kind)
+        except SnapctlError as exc:
+            raise self.located(exc, *loc, "type") from exc
+        return factory, self.check_block(factory.settings_model, raw, loc, f"{whose}{block} {kind}")
+
     def engine_settings(self, node: Node) -> EngineSettings:
         """``node``'s engine block, validated by its adapter; errors name file:line."""
         from node_agent.engines.base import load_engine_factory
 
-        loc = (*self.node_loc(node.name), "engine")
-        engine_type = node.engine.get("type")
-        if not isinstance(engine_type, str):
-            raise InventoryError(f"{self.where(*loc)}: node {node.name}: the engine block needs a 'type'",
-                                 hint="e.g. engine: {type: sqlite, path: /var/lib/app/app.db}")
-        try:
-            factory = load_engine_factory(engine_type)
-        except SnapctlError as exc:
-            raise self.located(exc, *loc, "type") from exc
-        return self.check_block(factory.settings_model, node.engine, loc, f"node {node.name}: engine {engine_type}")
+        _, settings = self.plugin_block(node.engine, (*self.node_loc(node.name), "engine"), load_engine_factory,
+                                        whose=f"node {node.name}: ",
+                                        example="engine: {type: sqlite, path: /var/lib/app/app.db}")
+        return settings
 
 
 def inventory_path(explicit: str | None) -> Path:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from snapctl.errors import BadInputError, InventoryError
+from snapctl.errors import BadInputError
 
 if TYPE_CHECKING:
     from snapctl.config import Inventory
@@ -264,16 +264,7 @@ def create_provider(raw: Mapping[str, Any], *, cluster: str, base_dir: Path,
 def provider_settings(inventory: Inventory) -> tuple[ProviderFactory, ProviderSettings]:
     """The inventory's provider factory and its validated ``provider:`` block; errors name file:line.
     Imports the provider's module, not its SDK: what `snapctl status` checks as well."""
-    raw = inventory.provider
-    provider_type = raw.get("type")
-    if not isinstance(provider_type, str):
-        raise InventoryError(f"{inventory.where('provider')}: the provider block needs a 'type'",
-                             hint="e.g. type: local")
-    try:
-        factory = load_provider_factory(provider_type)
-    except BadInputError as exc:
-        raise inventory.located(exc, "provider", "type") from exc
-    return factory, inventory.check_block(factory.settings_model, raw, ("provider",), f"provider {provider_type}")
+    return inventory.plugin_block(inventory.provider, ("provider",), load_provider_factory, example="type: local")
 
 
 def open_provider(inventory: Inventory) -> Provider:
