@@ -267,9 +267,10 @@ def provider_settings(inventory: Inventory) -> tuple[ProviderFactory, ProviderSe
     return inventory.plugin_block(inventory.provider, ("provider",), load_provider_factory, example="type: local")
 
 
-def open_provider(inventory: Inventory) -> Provider:
-    """The provider the inventory describes; a problem with its block names file:line."""
-    factory, settings = provider_settings(inventory)
+def open_provider(inventory: Inventory, checked: tuple[ProviderFactory, ProviderSettings] | None = None) -> Provider:
+    """The provider the inventory describes; a problem with its block names file:line.
+    ``checked``: what ``provider_settings`` already returned for it."""
+    factory, settings = checked or provider_settings(inventory)
     try:
         return factory(settings, cluster=inventory.cluster, base_dir=inventory.base_dir)
     except BadInputError as exc:  # settings the model alone cannot judge (local: a store that is a file)

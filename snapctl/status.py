@@ -25,7 +25,7 @@ from snapctl.errors import BadInputError, ExitCode, SnapctlError, os_reason
 from snapctl.health import Finding, NodeProbe, Verdict, assess, duration_text
 from snapctl.manifest import IndexEntry
 from snapctl.probe import probe_all
-from snapctl.providers import node_volumes, open_provider, provider_settings
+from snapctl.providers import ProviderFactory, ProviderSettings, node_volumes, open_provider, provider_settings
 
 STATUS_VERSION = 1  # of the JSON document (docs/status.schema.json): bumped on incompatible changes only
 
@@ -129,7 +129,7 @@ async def collect_status(
     busy-snapshot ages across runs (see ``SnapshotMemory``)."""
     # A provider block `snapctl backup` would refuse is bad input here too (exit 2), as any other
     # inventory error is: checked as backup does, but without its SDK, client or credentials.
-    provider_settings(inventory)
+    provider = provider_settings(inventory)
     if textfile is not None:
         from snapctl.metrics import check_textfile_path
 
@@ -152,7 +152,7 @@ async def collect_status(
         problem = memory.commit({p.node for p in probes if p.status is not None})
         if problem:
             verdict.findings.append(Finding("info", "status", problem))
-    if (refusal := _backup_refuses_volumes(inventory)) is not None:
+    if (refusal := _backup_refuses_volumes(inventory, provider)) is not None:
         result.preflight.append(Finding("critical", "inventory", refusal))
     look = await asyncio.to_thread(_look_at_catalog, inventory)
     result.catalog_problems, result.catalog_read = look.problems, look.entries is not None
@@ -178,12 +178,12 @@ async def collect_status(
     return result
 
 
-def _backup_refuses_volumes(inventory: Inventory) -> str | None:
+def _backup_refuses_volumes(inventory: Inventory, provider: tuple[ProviderFactory, ProviderSettings]) -> str | None:
     """What `snapctl backup` would refuse in the provider's own checks of the store and the
     nodes' volumes (exit 2), which need no SDK: not an error here, where an inventory that only
     watches the agents may leave volumes out, but then not safe to back up either."""
     try:
-        node_volumes(inventory, open_provider(inventory))
+        node_volumes(inventory, open_provider(inventory, provider))
     except BadInputError as exc:
         return str(exc)
     return None
