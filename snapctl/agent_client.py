@@ -27,7 +27,7 @@ from node_agent.models import (
     TriggerResponse,
     VerifyFacts,
 )
-from snapctl.agent_transport import AgentResponse, AgentTransport, TransportError, TransportTimeout
+from snapctl.agent_transport import CLOSED_UNANSWERED, AgentResponse, AgentTransport, TransportError, TransportTimeout
 from snapctl.config import Inventory, Node
 from snapctl.errors import (
     AgentConflict,
@@ -81,7 +81,6 @@ class AgentClient(Protocol):
 
 # ---- HTTP -----------------------------------------------------------------------------------
 
-_CLOSED_UNANSWERED = "the agent closed the connection without answering"  # agent_transport's words
 _UNREACHABLE_HINT = "is snapctl-agent running there, and listening on that address?"
 _TOKEN_HINT = "set auth.token_file in the inventory (or {env}) to the token the agent was started with"
 _NODE_TOKEN_HINT = "the node's token_file ({path}) must hold the token its agent was started with"
@@ -182,7 +181,7 @@ class HttpAgentClient:
             return AgentUnreachable(self.node, f"tls with the agent at {self.base_url} failed: it answers in plain "
                                     "http", hint="use http:// for it, or give the agent tls.cert_file and key_file",
                                     delivered=exc.sent)
-        if reason == _CLOSED_UNANSWERED:  # the reason is in the reason: `snapctl status` shows no hints per node
+        if reason == CLOSED_UNANSWERED:  # the reason is in the reason: `snapctl status` shows no hints per node
             if not tls:
                 reason += " (a tls agent does so to plain http: use https:// for it)"
             elif not self._client_cert:

@@ -30,6 +30,8 @@ _GRAIN = 0.05  # s: how finely request deadlines are kept (_Deadlines)
 # One encoder for every call: json.dumps with these options builds a new encoder each time.
 _encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
+CLOSED_UNANSWERED = "the agent closed the connection without answering"  # the client adds why it may have
+
 
 class TransportError(Exception):
     """The request did not get an answer: connection refused or reset, a malformed response.
@@ -206,14 +208,14 @@ class AgentTransport:
                 answer = await self._exchange(conn, data, deadline, method)
             except _Stale:
                 if not reused:
-                    raise TransportError("the agent closed the connection without answering") from None
+                    raise TransportError(CLOSED_UNANSWERED) from None
                 # A kept-alive connection the agent had just closed: the request never reached it.
                 conn.close()
                 conn = await self._connect(host, port, deadline)
                 try:
                     answer = await self._exchange(conn, data, deadline, method)
                 except _Stale:
-                    raise TransportError("the agent closed the connection without answering") from None
+                    raise TransportError(CLOSED_UNANSWERED) from None
         except BaseException:
             conn.close()  # half-used (a timeout, a cancel): never reused
             raise
