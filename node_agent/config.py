@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import ssl
-import stat
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from node_agent.engines.base import EngineSettings, load_engine_factory, validate_engine_settings
 from node_agent.ratelimit import DEFAULT_BURST, DEFAULT_RATE_PER_S
 from snapctl.errors import BadInputError, os_reason
+from snapctl.secret_files import read_first_line, warn_if_open
 from snapctl.yaml_errors import NOT_A_NUMBER, boolean_for_a_number, describe, dotted, first_error, line_of
 
 DEFAULT_PORT = 7700
@@ -159,14 +159,12 @@ class AgentConfig(Strict):
         if token_file:
             file = self.resolve(token_file)
             try:
-                with open(file) as opened:
-                    self._warn_if_open(key, file, os.fstat(opened.fileno()).st_mode)
-                    # The first line, as snapctl reads its own (a second line may be a note).
-                    token = next((line.strip() for line in opened.read().splitlines() if line.strip()), "")
+                token, mode = read_first_line(file)
             except FileNotFoundError:
                 raise AgentConfigError(f"{self._source}: {key} {file} not found") from None
             except OSError as exc:
                 raise AgentConfigError(f"{self._source}: cannot read {key} {file}: {os_reason(exc)}") from exc
+            self._warn_if_open(key, file, mode)
             if not token:
                 raise AgentConfigError(
                     f"{self._source}: {key} {file} is empty", hint="put the token on its first line"
@@ -177,14 +175,7 @@ class AgentConfig(Strict):
         return None
 
     def _warn_if_open(self, setting: str, file: Path, mode: int) -> None:
-        # Warned, not refused: refusing would stop agents that run today at their next restart.
-        can = [what for what, bits in (("readable", stat.S_IRGRP | stat.S_IROTH),
-                                       ("writable", stat.S_IWGRP | stat.S_IWOTH)) if mode & bits]
-        who = [name for name, bits in (("its group", stat.S_IRGRP | stat.S_IWGRP),
-                                       ("other users", stat.S_IROTH | stat.S_IWOTH)) if mode & bits]
-        if can:
-            log.warning("%s: %s %s is %s by %s (mode %04o); chmod 600 %s so that only the agent's user can read it",
-                        self._source, setting, file, " and ".join(can), " and ".join(who), stat.S_IMODE(mode), file)
+        warn_if_open(log, self._source, setting, file, mode, "the agent's user")
 
 
 class _PassphraseNeeded(Exception):

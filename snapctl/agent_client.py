@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import os
 import ssl
 from collections.abc import AsyncIterator, Callable
@@ -43,8 +44,10 @@ from snapctl.errors import (
     SnapctlError,
     os_reason,
 )
+from snapctl.secret_files import read_first_line, warn_if_open
 
 T = TypeVar("T")
+log = logging.getLogger("snapctl.auth")
 
 
 @runtime_checkable
@@ -357,13 +360,14 @@ class _Tokens:
 def _read_token(inventory: Inventory, path: str, setting: str) -> str:
     file = inventory.resolve(path)
     try:
-        text = file.read_text()
+        # The first line, as the agent reads its own: a second line (a note, a rotated token) must not
+        # go out inside the Authorization header, where it broke the request into an HTTP 400.
+        token, mode = read_first_line(file)
     except OSError as exc:
         raise InventoryError(f"{inventory.source}: cannot read {setting} {file}: {os_reason(exc)}",
                              hint="create it with the agent's token, readable only by you") from exc
-    # The first line, as the agent reads its own: a second line (a note, a rotated token) must not
-    # go out inside the Authorization header, where it broke the request into an HTTP 400.
-    token = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    # Whoever reads it can freeze every database of the cluster.
+    warn_if_open(log, inventory.source, setting, file, mode, "snapctl's user")
     if not token:
         raise InventoryError(f"{inventory.source}: {setting} {file} is empty")
     return token

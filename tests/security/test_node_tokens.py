@@ -98,3 +98,28 @@ def test_a_token_file_is_read_to_its_first_line_and_the_hint_names_the_variable_
     refused = snapctl(inventory, "status")
     nodes = {node["node"]: node for node in json.loads(refused.stdout)["data"]["nodes"]}
     assert "(or $SNAPCTL_AGENT_TOKEN) to the token" in nodes["n1"]["error"]
+
+
+def test_token_files_other_users_can_read_are_warned_about_and_still_used(cluster):
+    inventory, _ = cluster
+    shared, own = inventory.parent / "cluster.token", inventory.parent / "n2.token"
+    shared.chmod(0o600)
+    own.chmod(0o600)
+    quiet = snapctl(inventory, "status")  # critical: no backup yet, which is not what is tested
+    assert all(node["authorized"] for node in json.loads(quiet.stdout)["data"]["nodes"])
+    assert quiet.stderr == ""
+    # Whoever reads one can freeze the databases: warned, not refused, so that a cron job that
+    # runs today keeps running after an upgrade, and says on every run what to fix.
+    shared.chmod(0o644)
+    own.chmod(0o660)
+    warned = snapctl(inventory, "status")
+    assert warned.returncode == quiet.returncode, warned.stderr
+    assert all(node["authorized"] for node in json.loads(warned.stdout)["data"]["nodes"])
+    assert warned.stderr.splitlines() == [
+        f"{inventory}: auth.token_file {shared} is readable by its group and other users (mode 0644); "
+        f"chmod 600 {shared} so that only snapctl's user can read it",
+        f"{inventory}: the token_file of node n2 {own} is readable and writable by its group (mode 0660); "
+        f"chmod 600 {own} so that only snapctl's user can read it",
+    ]
+    for secret in TOKENS.values():
+        assert secret not in warned.stdout + warned.stderr

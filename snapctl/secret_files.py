@@ -1,0 +1,44 @@
+"""Files that hold a secret (tokens, passwords, private keys), read the one way both sides need.
+
+A secret file that other users can read is warned about, not refused: refusing would stop an
+agent or a cron job that runs today, at its next start, for a file that has been readable for
+months. The warning names the file, who can read it and the command that fixes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from pathlib import Path
+
+
+def open_to_others(mode: int) -> str | None:
+    """What a file of ``mode`` lets others do, as a message part ("readable by its group (mode
+    0640)"), or None when only its owner can read or write it."""
+    can = [what for what, bits in (("readable", stat.S_IRGRP | stat.S_IROTH),
+                                   ("writable", stat.S_IWGRP | stat.S_IWOTH)) if mode & bits]
+    if not can:
+        return None
+    who = [name for name, bits in (("its group", stat.S_IRGRP | stat.S_IWGRP),
+                                   ("other users", stat.S_IROTH | stat.S_IWOTH)) if mode & bits]
+    return f"{' and '.join(can)} by {' and '.join(who)} (mode {stat.S_IMODE(mode):04o})"
+
+
+def warn_if_open(log: logging.Logger, where: str, setting: str, file: Path, mode: int, owner: str) -> None:
+    """Log a warning when the secret ``file`` (named by ``setting`` in ``where``) is open to others.
+    ``owner``: whose alone it should be ("the agent's user")."""
+    exposure = open_to_others(mode)
+    if exposure:
+        log.warning("%s: %s %s is %s; chmod 600 %s so that only %s can read it",
+                    where, setting, file, exposure, file, owner)
+
+
+def read_first_line(file: Path) -> tuple[str, int]:
+    """The first non-blank line of ``file``, stripped ("" if none), and the file's mode.
+    Only the first line: a second one (a note, a rotated token) must never go out with it.
+    Raises OSError as ``open`` does."""
+    with open(file) as opened:
+        mode = os.fstat(opened.fileno()).st_mode
+        line = next((line.strip() for line in opened.read().splitlines() if line.strip()), "")
+    return line, mode
