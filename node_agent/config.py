@@ -19,7 +19,7 @@ from node_agent.engines.base import EngineSettings, load_engine_factory, validat
 from node_agent.ratelimit import DEFAULT_BURST, DEFAULT_RATE_PER_S
 from snapctl.errors import BadInputError, os_reason
 from snapctl.secret_files import read_first_line, warn_if_open
-from snapctl.yaml_errors import NOT_A_NUMBER, boolean_for_a_number, describe, dotted, first_error, line_of
+from snapctl.yaml_errors import Flag, describe, dotted, first_error, line_of, mistyped_scalar
 
 DEFAULT_PORT = 7700
 DEFAULT_TOKEN_ENV = "SNAPCTL_AGENT_TOKEN"
@@ -66,7 +66,7 @@ class AgentConfig(Strict):
     burst: int = Field(default=DEFAULT_BURST, ge=1)
     # restore-prepare rewrites engine files (markers, stale shared memory): only on a scratch agent
     # beside restored disks, never on one serving a live database.
-    restore_target: bool = False
+    restore_target: Flag = False
 
     # Not part of the file: where it was read from, and the engine block once validated.
     _base_dir: Path = Path(".")
@@ -211,12 +211,12 @@ def parse_agent_config(text: str, *, source: str = "<agent config>", base_dir: P
     if not isinstance(data, dict):
         raise AgentConfigError(f"{source}:1: the agent config must be a mapping with 'node' and 'engine'")
     # pydantic's lax mode reads `port: yes` as 1, as the inventory's check_block refuses too.
-    _refuse_booleans_for_numbers(AgentConfig, data, (), root, source)
+    _refuse_mistyped_scalars(AgentConfig, data, (), root, source)
     engine_type = data.get("engine", {}).get("type") if isinstance(data.get("engine"), dict) else None
     if isinstance(engine_type, str):
         try:
-            _refuse_booleans_for_numbers(load_engine_factory(engine_type).settings_model, data["engine"],
-                                         ("engine",), root, source)
+            _refuse_mistyped_scalars(load_engine_factory(engine_type).settings_model, data["engine"],
+                                     ("engine",), root, source)
         except BadInputError as exc:
             if isinstance(exc, AgentConfigError):
                 raise
@@ -242,10 +242,11 @@ def parse_agent_config(text: str, *, source: str = "<agent config>", base_dir: P
     return config
 
 
-def _refuse_booleans_for_numbers(model: type[BaseModel], data: Any, loc: tuple[Any, ...], root: yaml.Node | None,
-                                 source: str) -> None:
-    boolean = boolean_for_a_number(model, data)
-    if boolean is not None:
-        line = line_of(root, (*loc, *boolean))
-        raise AgentConfigError(f"{source}:{line}: {dotted((*loc, *boolean))}: {NOT_A_NUMBER}" if line else
-                               f"{source}: {dotted((*loc, *boolean))}: {NOT_A_NUMBER}")
+def _refuse_mistyped_scalars(model: type[BaseModel], data: Any, loc: tuple[Any, ...], root: yaml.Node | None,
+                             source: str) -> None:
+    mistyped = mistyped_scalar(model, data)
+    if mistyped is not None:
+        at, message = mistyped
+        line = line_of(root, (*loc, *at))
+        raise AgentConfigError(f"{source}:{line}: {dotted((*loc, *at))}: {message}" if line else
+                               f"{source}: {dotted((*loc, *at))}: {message}")

@@ -10,12 +10,11 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -25,8 +24,8 @@ from pydantic import (
 
 from snapctl.errors import InventoryError, SnapctlError, os_reason
 from snapctl.yaml_errors import (
-    NOT_A_NUMBER,
-    boolean_for_a_number,
+    Count,
+    Flag,
     describe,
     describe_yaml_error,
     dotted,
@@ -35,6 +34,7 @@ from snapctl.yaml_errors import (
     gc_paused,
     line_of,
     load_yaml_with_nodes,
+    mistyped_scalar,
 )
 
 if TYPE_CHECKING:
@@ -64,17 +64,6 @@ def parse_duration(value: Any) -> float:
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-def _not_a_boolean(value: Any) -> Any:
-    if isinstance(value, bool):
-        raise ValueError(NOT_A_NUMBER)  # noqa: TRY004 - pydantic reports a ValueError as the field's error
-    return value
-
-
-# A whole number that a YAML boolean is not: pydantic's lax mode reads `keep_last: yes` as 1,
-# which would keep one backup where the operator meant something else entirely.
-Count = Annotated[int, BeforeValidator(_not_a_boolean)]
 
 
 class Duration(float):
@@ -115,7 +104,7 @@ class Policy(Strict):
     # them, so holds begin together however long N requests take to send. None: from the
     # preflight's fan-out time (at most 2 s); 0: each node holds as its prepare arrives.
     hold_lead_s: float | None = Field(default=None, ge=0, le=10)
-    trigger_engine_snapshot: bool = False
+    trigger_engine_snapshot: Flag = False
     lock_ttl_s: float = 120.0
     # Where snapshot calls are made: a child process of their own (its GIL is not the event loop's,
     # so hundreds of calls returning at once do not delay the completes) or threads in snapctl's.
@@ -322,9 +311,10 @@ class Inventory(Strict):
     def check_block(self, model: type[BaseModel], raw: dict[str, Any], loc: tuple[str | int, ...], what: str) -> Any:
         """``raw``, the block at ``loc``, validated by ``model`` (a plugin's); ``what`` begins every
         error (e.g. "provider aws"), after the file:line of the key at fault."""
-        boolean = boolean_for_a_number(model, raw)
-        if boolean is not None:
-            raise InventoryError(f"{self.where(*loc, *boolean)}: {what}: {dotted(boolean)}: {NOT_A_NUMBER}")
+        mistyped = mistyped_scalar(model, raw)
+        if mistyped is not None:
+            at, message = mistyped
+            raise InventoryError(f"{self.where(*loc, *at)}: {what}: {dotted(at)}: {message}")
         try:
             return model.model_validate(dict(raw))
         except ValidationError as exc:

@@ -10,9 +10,10 @@ from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, BeforeValidator, ValidationError
 
 NOT_A_NUMBER = "expected a number, not a YAML boolean (yes/no, true/false, on/off)"
+NOT_A_BOOLEAN = "expected true or false"
 
 
 @contextmanager
@@ -96,36 +97,65 @@ def explain(err: dict[str, Any], model: type[BaseModel]) -> str:
     return f"{field}: {msg[:1].lower() + msg[1:]}"
 
 
-def boolean_for_a_number(model: type[BaseModel], data: Any) -> tuple[str | int, ...] | None:
-    """Where ``data`` has a YAML boolean for a field of ``model`` that takes a number and no boolean:
-    pydantic's lax mode reads `timeout_s: yes` as 1. For the plugins' models (a provider's settings,
-    an engine's), which the core cannot declare with ``Count``."""
+def not_a_boolean(value: Any) -> str:
+    """The error for ``value`` given where true or false belongs."""
+    shown = repr(value)
+    return f"{NOT_A_BOOLEAN}, not {shown if len(shown) <= 40 else shown[:37] + '...'}"
+
+
+def _only_a_number(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError(NOT_A_NUMBER)  # noqa: TRY004 - pydantic reports a ValueError as the field's error
+    return value
+
+
+def _only_a_boolean(value: Any) -> Any:
+    if not isinstance(value, bool):
+        raise ValueError(not_a_boolean(value))  # noqa: TRY004 - as above
+    return value
+
+
+# pydantic's lax mode reads `keep_last: yes` as 1, which would keep one backup where the operator
+# meant something else entirely, and `restore_target: 1` or `force_release: "no"` as booleans.
+Count = Annotated[int, BeforeValidator(_only_a_number)]
+Flag = Annotated[bool, BeforeValidator(_only_a_boolean)]
+
+
+def mistyped_scalar(model: type[BaseModel], data: Any) -> tuple[tuple[str | int, ...], str] | None:
+    """Where ``data`` has a YAML boolean for a field of ``model`` that takes a number and no boolean,
+    or anything but a boolean for a field that takes only a boolean, and the error to show: what
+    pydantic's lax mode would have converted. For the plugins' models (a provider's settings, an
+    engine's), which the core cannot declare with ``Count`` and ``Flag``."""
     if not isinstance(data, dict):
         return None
     for name, field in model.model_fields.items():
         key = field.alias or name
         if key in data:
-            found = _boolean_in(field.annotation, data[key])
+            found = _mistyped_in(field.annotation, data[key])
             if found is not None:
-                return (key, *found)
+                return (key, *found[0]), found[1]
     return None
 
 
-def _boolean_in(annotation: Any, value: Any) -> tuple[str | int, ...] | None:
+def _mistyped_in(annotation: Any, value: Any) -> tuple[tuple[str | int, ...], str] | None:
     kinds = _kinds(annotation)
+    if Any in kinds:
+        return None
     if isinstance(value, bool):
         numbers = [k for k in kinds if isinstance(k, type) and issubclass(k, (int, float)) and k is not bool]
-        return () if numbers and bool not in kinds and Any not in kinds else None
+        return ((), NOT_A_NUMBER) if numbers and bool not in kinds else None
+    if value is not None and bool in kinds and all(k is bool or k is type(None) for k in kinds):
+        return (), not_a_boolean(value)
     for kind in kinds:
         if isinstance(kind, type) and issubclass(kind, BaseModel):
-            found = boolean_for_a_number(kind, value)
+            found = mistyped_scalar(kind, value)
             if found is not None:
                 return found
         elif get_origin(kind) is list and isinstance(value, list):
             for index, item in enumerate(value):
-                found = _boolean_in(get_args(kind)[0], item)
+                found = _mistyped_in(get_args(kind)[0], item)
                 if found is not None:
-                    return (index, *found)
+                    return (index, *found[0]), found[1]
     return None
 
 

@@ -42,6 +42,12 @@ def test_defaults_and_relative_paths(tmp_path: Path) -> None:
         (MINIMAL + "burst: on\n", "agent.yaml:5: burst: expected a number, not a YAML boolean"),
         ("node: n1\nengine:\n  type: sqlite\n  path: x\n  timeout_s: yes\n",
          "agent.yaml:5: engine.timeout_s: expected a number, not a YAML boolean"),
+        # ...and these as true: a live agent that rewrites engine files, one that releases a
+        # checkpoint it did not make.
+        (MINIMAL + "restore_target: 1\n", "agent.yaml:5: restore_target: expected true or false, not 1"),
+        (MINIMAL + "restore_target: 'no'\n", "agent.yaml:5: restore_target: expected true or false, not 'no'"),
+        ("node: n1\nengine:\n  type: questdb\n  force_release: 'false'\n",
+         "agent.yaml:4: engine.force_release: expected true or false, not 'false'"),
         ("node: n1\nengine: [\n", "agent.yaml:3: invalid YAML"),
         ("- just a list\n", "agent.yaml:1: the agent config must be a mapping"),
     ],

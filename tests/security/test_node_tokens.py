@@ -116,10 +116,10 @@ def test_token_files_other_users_can_read_are_warned_about_and_still_used(cluste
     assert warned.returncode == quiet.returncode, warned.stderr
     assert all(node["authorized"] for node in json.loads(warned.stdout)["data"]["nodes"])
     assert warned.stderr.splitlines() == [
-        f"{inventory}: auth.token_file {shared} is readable by its group and other users (mode 0644); "
-        f"chmod 600 {shared} so that only snapctl's user can read it",
-        f"{inventory}: the token_file of node n2 {own} is readable and writable by its group (mode 0660); "
-        f"chmod 600 {own} so that only snapctl's user can read it",
+        (f"{inventory}: auth.token_file {shared} is readable by its group and other users (mode 0644); "
+         f"chmod 600 {shared} so that only snapctl's user can read it"),
+        (f"{inventory}: the token_file of node n2 {own} is readable and writable by its group (mode 0660); "
+         f"chmod 600 {own} so that only snapctl's user can read it"),
     ]
     for secret in TOKENS.values():
         assert secret not in warned.stdout + warned.stderr

@@ -84,6 +84,17 @@ def test_a_yaml_boolean_is_not_read_as_a_number(block, where):
     assert message.endswith("not a YAML boolean (yes/no, true/false, on/off)")
 
 
+@pytest.mark.parametrize("value", ["1", "0", "'yes'", "'true'", "null"])
+def test_a_flag_takes_true_or_false_and_nothing_read_as_one(value):
+    with pytest.raises(InventoryError) as err:
+        parse_inventory(BASE + f"policy: {{trigger_engine_snapshot: {value}}}\n", source="inv.yaml")
+    message = str(err.value)
+    assert message.startswith("inv.yaml:6: policy.trigger_engine_snapshot: expected true or false, not ")
+    assert "\n" not in message
+    assert parse_inventory(BASE + "policy: {trigger_engine_snapshot: yes}\n",
+                           source="inv.yaml").policy.trigger_engine_snapshot is True
+
+
 def test_counts_and_durations_still_take_the_forms_the_docs_use():
     inventory = parse_inventory(BASE + "retention: {keep_last: 3, daily: 0, weekly: 2, monthly: 1}\n"
                                        "policy: {concurrency: 16, max_follower_lag: 1_000, lease_ttl_s: 15s}\n"
@@ -106,6 +117,8 @@ AWS = ("cluster: c\nprovider:\n  type: aws\n  region: eu-west-1\nnodes:\n" + REM
      "add region: to the provider block"),
     (AWS.replace("region: eu-west-1", "region: eu-west-1\n  max_attempts: yes"),
      "inv.yaml:5: provider aws: max_attempts: expected a number, not a YAML boolean", None),
+    (AWS.replace("type: aws\n  region: eu-west-1", "type: gcp\n  project: my-project\n  guest_flush: 0"),
+     "inv.yaml:5: provider gcp: guest_flush: expected true or false, not 0", None),
     (LOCAL.replace("store: st", "reflnk: auto") + REMOTE_NODE + "    volumes: [data]\n",
      "inv.yaml:4: provider local: unknown key 'reflnk' (valid keys: type, store, reflink)", None),
     (LOCAL.replace("type: local", "type: ibm") + REMOTE_NODE, "inv.yaml:3: unknown provider type 'ibm'",
@@ -125,7 +138,8 @@ AWS = ("cluster: c\nprovider:\n  type: aws\n  region: eu-west-1\nnodes:\n" + REM
     (LOCAL + REMOTE_NODE, "inv.yaml:6: node db1: no volumes listed", "add e.g. volumes: "),
     (LOCAL + REMOTE_NODE + "    volumes: [{name: data, path: yes}]\n",
      "inv.yaml:8: node db1: volumes[0]: path must be a directory path, not bool True", "e.g. {name: data"),
-], ids=["provider-unknown-key", "provider-missing-key", "provider-boolean", "local-unknown-key",
+], ids=["provider-unknown-key", "provider-missing-key", "provider-boolean", "provider-flag",
+        "local-unknown-key",
         "unknown-provider", "store-not-a-directory", "engine-unknown-key", "engine-boolean", "unknown-engine",
         "volume-path", "volume-name-twice", "no-volumes", "volume-path-boolean"])
 def test_provider_engine_and_volume_errors_name_file_and_line_like_the_rest(tmp_path, text, message, hint):
