@@ -183,8 +183,8 @@ def _close_abandoned_runs(catalog: Catalog, run_id: str) -> None:
     it made that its manifest does not name. A run that died after its manifest said how it ended
     but before its index line did is not one of them: listing read that manifest, and put its
     status (succeeded, or failed) into the index."""
-    for entry in catalog.list()[0]:
-        if entry.status != "running" or entry.run_id == run_id:
+    for entry in catalog.unfinished():
+        if entry.run_id == run_id:
             continue
         try:
             stale = catalog.load(entry.run_id)

@@ -267,3 +267,23 @@ def test_an_index_line_left_running_catches_up_with_its_manifest(catalog: Catalo
     assert [(e.run_id, e.status) for e in entries] == [("r1", ended), ("r0", "succeeded")] and problems == []
     assert [e["status"] for e in json.loads(catalog.store.read("prod/index.json"))] == [ended, "succeeded"]
     assert catalog.resolve("latest") == ("r1" if ended == "succeeded" else "r0")
+
+
+def test_unfinished_reads_only_the_runs_marked_running_and_returns_those_still_running(tmp_path: Path) -> None:
+    # What a backup asks before its preflight, with the lock held: the newest good backup's manifest
+    # (a megabyte at 1000 nodes) is no part of the answer, so it is not read.
+    store = CountingStore(tmp_path / "catalog")
+    catalog = Catalog(store, "prod")
+    for i in range(3):
+        catalog.save(make_manifest(f"r{i}", minutes=i))
+    catalog.save(make_manifest("dead", minutes=3, status="running"))
+    catalog.save(make_manifest("ended", minutes=4, status="running"))
+    # This one ended and wrote its manifest, then died before its index line said so.
+    store.write("prod/manifests/ended.json", make_manifest("ended", minutes=4, status="failed").model_dump_json().encode())
+    store.manifest_reads.clear()
+
+    unfinished = catalog.unfinished()
+
+    assert [e.run_id for e in unfinished] == ["dead"]
+    assert sorted(store.manifest_reads) == ["dead", "ended"]
+    assert [e["status"] for e in json.loads(store.read("prod/index.json"))][:2] == ["failed", "running"]
