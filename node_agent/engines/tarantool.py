@@ -331,18 +331,25 @@ class TarantoolEngine:
     @contextmanager
     def _session(self, call_timeout_s: float | None = None) -> Iterator[Any]:
         """A connection for one call. Connecting is bounded by ``timeout_s``; the call's answer by
-        ``call_timeout_s`` (default ``timeout_s``), which long calls such as box.snapshot() raise:
-        the client applies its socket timeout when it connects, and only then."""
+        ``call_timeout_s`` (default ``timeout_s``), which long calls such as box.snapshot() raise.
+        The client's ``connection_timeout`` covers the TCP connect only: the greeting and the login
+        are read under ``socket_timeout``. So the connection is made with ``timeout_s`` as its socket
+        timeout, and only then widened for the call: a stopped instance (SIGSTOP, a hung event loop)
+        accepts connections in the kernel and never greets, and must fail within ``timeout_s``, not
+        ``snapshot_timeout_s``."""
         import tarantool  # optional dependency (snapctl[tarantool]); only agents running this engine need it
 
         try:
             conn = tarantool.Connection(
                 self.settings.host, self.settings.port, user=self.settings.user, password=self._password(),
-                socket_timeout=call_timeout_s or self.settings.timeout_s, connection_timeout=self.settings.timeout_s,
+                socket_timeout=self.settings.timeout_s, connection_timeout=self.settings.timeout_s,
                 reconnect_max_attempts=0, fetch_schema=False, connect_now=True,
             )
         except tarantool.DatabaseError as exc:
             raise self._translate(exc, "connecting") from exc
+        if call_timeout_s and call_timeout_s != self.settings.timeout_s:
+            conn.socket_timeout = call_timeout_s
+            conn._socket.settimeout(call_timeout_s)  # the client reads its attribute only when it connects
         try:
             yield conn
         finally:

@@ -1,0 +1,38 @@
+"""The Tarantool adapter against a listener that is not a working Tarantool (no real server needed)."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from node_agent.engines.base import create_engine
+from snapctl.errors import EngineError
+
+pytest.importorskip("tarantool")
+
+
+@pytest.fixture
+def silent_listener() -> Iterator[int]:
+    """A port whose kernel completes the TCP handshake and nobody ever greets: a Tarantool stopped
+    with SIGSTOP, or with its event loop stuck, looks exactly so."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        yield sock.getsockname()[1]
+
+
+def test_an_instance_that_never_greets_fails_prepare_within_timeout_s_not_snapshot_timeout_s(silent_listener,
+                                                                                              tmp_path: Path):
+    engine = create_engine({"type": "tarantool", "port": silent_listener, "work_dir": str(tmp_path),
+                            "timeout_s": 0.5, "snapshot_timeout_s": 30}, base_dir=tmp_path)
+    started = time.monotonic()
+    with pytest.raises(EngineError, match=r"no answer to connecting within 0.5s"):
+        engine.prepare("run-stopped")
+    assert time.monotonic() - started < 5, "connecting waited for snapshot_timeout_s"
+    started = time.monotonic()
+    assert not engine.status().reachable
+    assert time.monotonic() - started < 5
