@@ -41,6 +41,9 @@ _SERVICES: dict[str, str] = {
 _PROBE_ORDER: tuple[Era, ...] = ("debug", "region_control", "store")
 _OK_CODES = (None, 0, "0", "OK")
 _REGION_SUFFIX = re.compile(r"(?:^|_)(\d+)$")
+# Reads of raft_stat showing the region idle and behind after a Snapshot request before it is sent
+# again: a request the store dropped never shows as SAVING.
+_RESEND_AFTER_IDLE_READS = 4
 
 
 class DingoDBSettings(EngineSettings):
@@ -210,19 +213,33 @@ class DingoDBEngine:
                 return result("succeeded", f"snapshot already at index {before.last_snapshot_index}",
                               snapshot_index=before.last_snapshot_index)
             self._call_snapshot(region)
+            sends, idle_reads = 1, 0
             deadline = started + self.settings.snapshot_wait_s
             current = before
             while current.last_snapshot_index is None or current.last_snapshot_index < wanted:
                 if time.monotonic() + self.settings.poll_interval_s > deadline:
                     return result("failed", f"last_snapshot_index stayed at {current.last_snapshot_index} "
                                   f"(snapshot_status {current.snapshot_status}), below the applied index {wanted} "
-                                  f"of the trigger, for {self.settings.snapshot_wait_s}s", wanted_index=wanted)
+                                  f"of the trigger, for {self.settings.snapshot_wait_s}s", wanted_index=wanted,
+                                  requests=sends)
                 time.sleep(self.settings.poll_interval_s)
-                current = self._group(group)
+                previous, current = current, self._group(group)
+                # A request that arrives while a snapshot is saving (DingoDB's own timer, or another
+                # region's on this store) is answered OK and dropped: braft's EBUSY reaches only the
+                # store's log. A snapshot that ended short of our index, or a region idle for a few
+                # reads, means ours was dropped: ask again (a spare request costs one more snapshot).
+                if _saving(current) or (current.last_snapshot_index or 0) >= wanted:
+                    idle_reads = 0
+                    continue
+                idle_reads += 1
+                ended_short = _saving(previous) or current.last_snapshot_index != previous.last_snapshot_index
+                if ended_short or idle_reads >= _RESEND_AFTER_IDLE_READS:
+                    self._call_snapshot(region)
+                    sends, idle_reads = sends + 1, 0
         except DingoRpcError as exc:
             return result("failed", str(exc))
         return result("succeeded", f"snapshot at index {current.last_snapshot_index}",
-                      snapshot_index=current.last_snapshot_index, wanted_index=wanted)
+                      snapshot_index=current.last_snapshot_index, wanted_index=wanted, requests=sends)
 
     # ---- the wire ---------------------------------------------------------------------------
 
@@ -281,6 +298,11 @@ class DingoDBEngine:
         except httpx.HTTPError as exc:
             raise EngineError(f"dingodb at {url.split('/')[2]} is unreachable: {exc}",
                               hint="is the store running?") from exc
+
+
+def _saving(group: RaftGroup) -> bool:
+    machine = str(group.extra.get("state_machine") or "")
+    return group.snapshot_status not in (None, "IDLE") or machine.startswith("Saving")
 
 
 def _facts(groups: list[RaftGroup], wanted: set[int]) -> VerifyFacts:

@@ -186,3 +186,25 @@ def test_a_garbled_raft_stat_page_is_reported_with_its_line(make) -> None:
     assert "raft_stat line" in (status.error or "") and "last_snapshot_index" in (status.error or "")
     with pytest.raises(EngineError, match="raft_stat line"):
         engine.prepare("r1")
+
+
+def test_a_trigger_dropped_because_the_region_was_saving_its_own_timer_snapshot_is_sent_again(make) -> None:
+    store, engine = make(snapshot_wait_s=3)
+    # DingoDB's snapshot timer began a snapshot of region 1001 at index 80; 20 more entries were
+    # applied since. braft drops a Snapshot request while one is saving (its EBUSY reaches only the
+    # store's log), so the RPC is answered OK and the timer's snapshot lands short of our index.
+    region = store.regions[1001]
+    region.applied, region.saving_target, region.polls_left = 100, 80, 4
+    [job] = engine.trigger("1001")
+    assert job.status == "succeeded", job.detail
+    assert job.extra["snapshot_index"] == 100 and region.last_snapshot_index == 100
+    assert len(store.rpc_calls) >= 2, "the dropped request was sent again once the store was idle"
+
+
+def test_a_trigger_dropped_while_another_region_of_the_store_was_saving_is_sent_again(make) -> None:
+    store, engine = make(snapshot_wait_s=3)
+    other = store.regions[1002]
+    other.saving_target, other.polls_left = other.applied, 4  # the store's one snapshot at a time
+    [job] = engine.trigger("1001")
+    assert job.status == "succeeded", job.detail
+    assert store.regions[1001].last_snapshot_index == 100 and job.extra["requests"] >= 2
