@@ -64,7 +64,7 @@ local function snapctl_info()
     local group = (info.replicaset and info.replicaset.uuid) or (info.cluster and info.cluster.uuid)
     return {{version = info.version, id = info.id, uuid = info.uuid, ro = info.ro, status = info.status,
         group = group, vclock = info.vclock, lsn = info.lsn, signature = info.signature,
-        replication = replication, election = info.election,
+        replication = replication, election = info.election, election_mode = box.cfg.election_mode,
         checkpoint_in_progress = gc.checkpoint_is_in_progress,
         checkpoint_vclock = last and last.vclock, checkpoint_signature = last and last.signature,
         pinned = backup_pinned(), holder = rawget(_G, HOLDER)}}
@@ -407,7 +407,10 @@ def raft_group(info: dict[str, Any]) -> RaftGroup:
     vclock = _vclock(info.get("vclock"))
     election = info.get("election") or None
     role, term, leader = ("follower" if info.get("ro") else "leader"), None, (None if info.get("ro") else me)
-    if isinstance(election, dict) and election.get("state"):
+    # With election_mode=off (the default from 2.6.1 on) box.info.election is still there, saying
+    # "follower" with no leader on every instance, the writable master too: raft is not in charge.
+    raft_on = info.get("election_mode") != "off"
+    if isinstance(election, dict) and election.get("state") and raft_on:
         role = election["state"] if election["state"] in ("leader", "follower", "candidate") else "unknown"
         term = election.get("term")
         leader_entry = by_id.get(election.get("leader"))
@@ -424,7 +427,8 @@ def raft_group(info: dict[str, Any]) -> RaftGroup:
         progress.append(_progress(uuid, up, down, vclock))
     extra: dict[str, Any] = {"vclock": vclock, "status": info.get("status"), "ro": info.get("ro"),
                              "instance_id": info.get("id"), "peer_addresses": addresses,
-                             "election": election if isinstance(election, dict) else None}
+                             "election": election if isinstance(election, dict) else None,
+                             "election_mode": info.get("election_mode")}
     return RaftGroup(
         group=info.get("group") or "tarantool", member=me, role=role, term=term, leader=leader,
         applied_index=info.get("signature"), last_log_index=info.get("signature"),

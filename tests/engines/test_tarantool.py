@@ -36,3 +36,22 @@ def test_an_instance_that_never_greets_fails_prepare_within_timeout_s_not_snapsh
     started = time.monotonic()
     assert not engine.status().reachable
     assert time.monotonic() - started < 5
+
+
+def test_with_election_mode_off_the_writable_instance_leads_though_box_info_election_says_follower():
+    # box.info on 2.6.1+ with election_mode=off, the default: raft reports every instance as a
+    # follower with no leader (0), the writable master included.
+    from node_agent.engines.tarantool import raft_group
+
+    info = {
+        "uuid": "u1", "id": 1, "ro": False, "status": "running", "group": "rs", "vclock": {1: 10}, "signature": 10,
+        "election": {"state": "follower", "term": 1, "vote": 0, "leader": 0}, "election_mode": "off",
+        "replication": [{"id": 1, "uuid": "u1", "lsn": 10},
+                        {"id": 2, "uuid": "u2", "lsn": 0, "upstream": {"status": "follow", "lag": 0.01},
+                         "downstream": {"status": "follow", "vclock": {1: 10}}}],
+    }
+    master = raft_group(info)
+    assert (master.role, master.leader) == ("leader", "u1")
+    replica = raft_group({**info, "uuid": "u2", "id": 2, "ro": True})
+    assert (replica.role, replica.leader) == ("follower", None)
+    assert master.extra["election_mode"] == "off"
