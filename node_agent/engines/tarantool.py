@@ -169,6 +169,12 @@ class TarantoolEngine:
     def prepare(self, run_id: str) -> EngineState:
         if self._held_run == run_id and self._state is not None:
             return self._state
+        if self._uncertain_run is not None and self._uncertain_run != run_id:
+            # An earlier prepare went unanswered and its run's complete found no pin yet (the agent
+            # completes a failed prepare at once, while the server may still be checkpointing):
+            # the pin may have come since, and nobody else will ever release it.
+            log.warning("releasing what the unanswered prepare of run %s may have pinned", self._uncertain_run)
+            self._release(self._uncertain_run)
         with self._session(self.settings.snapshot_timeout_s) as conn:
             try:
                 result = self._eval(conn, PREPARE_LUA, run_id, self.settings.snapshot_on_prepare,
@@ -224,7 +230,9 @@ class TarantoolEngine:
             log.warning("complete from run %s ignored: the pin belongs to run %s", run_id, result["holder"])
         if self._held_run == run_id:
             self._held_run, self._state = None, None
-        if self._uncertain_run == run_id:
+        if self._uncertain_run == run_id and (result.get("released") or result.get("holder") is not None):
+            # Only then: with no pin at all, the unanswered prepare may still pin later (its
+            # box.snapshot() goes on): the next prepare releases it.
             self._uncertain_run = None
 
     # ---- the rest of the contract -------------------------------------------------------

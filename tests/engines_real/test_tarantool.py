@@ -141,6 +141,24 @@ def test_complete_releases_what_a_timed_out_prepare_pinned_later(tmp_path):
         assert not pinned(single)
 
 
+def test_a_pin_that_a_timed_out_prepare_made_after_the_agent_gave_up_is_released_by_the_next_prepare(tmp_path):
+    with TarantoolReplicaSet(tmp_path / "late-agent", size=1) as single:
+        single.eval("for i = 1, 2000 do box.space.items:replace{i, require('digest').urandom(1000)} end "
+                    "box.cfg{snap_io_rate_limit = 1}")
+        service = AgentService("t1", create_engine(single.engine_settings(snapshot_timeout_s=0.5), base_dir=tmp_path))
+        try:
+            with pytest.raises(EngineError, match="no answer to box.snapshot"):
+                service.prepare("run-late", 5)  # the agent completes the failed prepare at once: nothing pinned yet
+            wait_until(lambda: pinned(single), timeout_s=30, what="the late pin")
+            assert service.lease is None
+            single.eval("box.cfg{snap_io_rate_limit = 1000}")
+            assert service.prepare("run-next", 5).lease.run_id == "run-next", "run-late's pin is released first"
+            assert service.complete("run-next").released
+            assert not pinned(single)
+        finally:
+            service.close()
+
+
 def test_a_lease_that_expires_while_tarantool_is_stopped_is_released_once_it_answers(tmp_path):
     with TarantoolReplicaSet(tmp_path / "stopped", size=1) as single:
         service = AgentService("t1", create_engine(single.engine_settings(timeout_s=0.5), base_dir=tmp_path))
