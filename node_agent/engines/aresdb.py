@@ -22,7 +22,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
-from node_agent.engines.base import EngineSettings
+from node_agent.engines.base import EngineSettings, split_user_info
 from node_agent.models import EngineState, EngineStatus, JobResult, VerifyFacts
 from snapctl.errors import EngineBusy, EngineError
 
@@ -56,8 +56,9 @@ class AresDBEngine:
         self.settings = settings
         root = Path(settings.root).expanduser()
         self.root = root if root.is_absolute() else Path(base_dir) / root
-        self.url = settings.debug_url.rstrip("/")
-        self._client = httpx.Client(base_url=self.url, timeout=settings.timeout_s, trust_env=False)
+        # User info in debug_url (a proxy in front of the debug port) is sent as basic auth, never shown.
+        self.url, auth = split_user_info(settings.debug_url.rstrip("/"))
+        self._client = httpx.Client(base_url=self.url, auth=auth, timeout=settings.timeout_s, trust_env=False)
         self._hold_run: str | None = None
         self._held_since: datetime | None = None
         self._state: EngineState | None = None

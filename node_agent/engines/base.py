@@ -11,6 +11,7 @@ from functools import cache
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -116,6 +117,17 @@ def validate_engine_settings(raw: Mapping[str, Any]) -> EngineSettings:
 def create_engine(raw: Mapping[str, Any], *, base_dir: Path) -> Engine:
     settings = validate_engine_settings(raw)
     return load_engine_factory(settings.type)(settings, base_dir=base_dir)
+
+
+def split_user_info(url: str) -> tuple[str, tuple[str, str] | None]:
+    """``url`` without its user info, and that user info as basic-auth credentials (or None).
+    Only the bare URL may be shown (errors, status, a manifest's evidence) or handed to httpx as a
+    URL: httpx logs every request's URL at INFO, user info and password included."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, None
+    bare = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    return bare, (unquote(parts.username or ""), unquote(parts.password or ""))
 
 
 def describe_validation_error(exc: ValidationError, model: type[BaseModel]) -> str:

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import httpx
 from pydantic import Field
 
-from node_agent.engines.base import EngineSettings
+from node_agent.engines.base import EngineSettings, split_user_info
 from node_agent.models import EngineState, EngineStatus, JobResult, TableFacts, VerifyFacts
 from snapctl.errors import EngineBusy, EngineError
 
@@ -90,8 +90,9 @@ class QuestDBEngine:
         self.settings = settings
         root = Path(settings.root).expanduser()
         self.root = root if root.is_absolute() else Path(base_dir) / root
-        self.url = settings.url.rstrip("/")
-        self._client = httpx.Client(base_url=self.url, timeout=settings.timeout_s, trust_env=False)
+        # http://user:password@host:9000 (QuestDB's http.user/http.password) is sent as basic auth.
+        self.url, auth = split_user_info(settings.url.rstrip("/"))
+        self._client = httpx.Client(base_url=self.url, auth=auth, timeout=settings.timeout_s, trust_env=False)
         self._version: tuple[int, int, int] | None = None
         self._build: str | None = None
         self._hold_run: str | None = None

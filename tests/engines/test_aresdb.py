@@ -152,3 +152,17 @@ def test_settings_reject_unknown_keys() -> None:
         validate_engine_settings({"type": "aresdb", "root": "r", "tables": [{"name": "t", "shardz": [1]}]})
     parsed = validate_engine_settings({"type": "aresdb", "root": "r", "tables": [{"name": "t"}]})
     assert parsed.tables[0].shards == [0]
+
+
+def test_a_password_in_the_debug_url_is_sent_as_basic_auth_and_never_shown(make, caplog) -> None:
+    caplog.set_level("DEBUG")
+    fake, plain = make()
+    secret = "ares-proxy-s3cret"
+    engine = AresDBEngine(AresDBSettings(debug_url=f"http://ops:{secret}@{fake.address}", root=str(plain.root),
+                                         tables=TABLES, timeout_s=2, job_wait_s=5, poll_interval_s=0.01),
+                          base_dir=plain.root.parent)
+    state = engine.prepare("r1")
+    assert fake.requests[-1].headers.get("authorization", "").startswith("Basic ")
+    assert secret not in state.model_dump_json() and secret not in engine.status().model_dump_json()
+    engine.close()
+    assert secret not in caplog.text

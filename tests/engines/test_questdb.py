@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -265,3 +266,30 @@ def test_a_lost_create_is_taken_back_by_the_next_prepare(make) -> None:
     assert fake.queries.count("CHECKPOINT RELEASE") == 1 and fake.held
     engine.complete("r2")
     assert not fake.held
+
+
+def test_a_password_in_the_url_reaches_questdb_but_no_error_status_evidence_or_log(root: Path, caplog) -> None:
+    caplog.set_level(logging.DEBUG)
+    secret = "qdb-http-s3cret"
+    with FakeQuestDB() as fake:
+        fake.tables["trades"] = 3
+        engine = QuestDBEngine(QuestDBSettings(root=str(root), url=f"http://admin:{secret}@{fake.address}",
+                                               timeout_s=1), base_dir=root.parent)
+        try:
+            state = engine.prepare("r1")
+            assert fake.requests[-1].headers.get("authorization", "").startswith("Basic "), "basic auth is sent"
+            status = engine.status()
+            engine.complete("r1")
+        finally:
+            engine.close()
+    assert secret not in state.model_dump_json() and secret not in status.model_dump_json()
+    assert state.details["url"] == fake.url
+    gone = QuestDBEngine(QuestDBSettings(root=str(root), url=f"http://admin:{secret}@127.0.0.1:{free_port()}",
+                                         timeout_s=1), base_dir=root.parent)
+    try:
+        with pytest.raises(EngineError) as caught:
+            gone.prepare("r2")
+        assert secret not in str(caught.value) and secret not in (gone.status().error or "")
+    finally:
+        gone.close()
+    assert secret not in caplog.text, "httpx logs each request's url at INFO"
