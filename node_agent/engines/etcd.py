@@ -31,17 +31,21 @@ from node_agent.engines.base import EngineSettings
 from node_agent.engines.etcd_tools import (
     check_snapshot_file,
     create_private,
+    key_facts,
     make_private_dirs,
+    member_name,
     restore_snapshot,
     snapshot_tool,
+    status_position,
 )
+from node_agent.engines.etcd_tools import gateway_int as _int
+from node_agent.engines.etcd_tools import member_hex as _hex
 from node_agent.models import (
     EngineState,
     EngineStatus,
     JobResult,
     RaftGroup,
     ReplicationProgress,
-    TableFacts,
     VerifyFacts,
 )
 from snapctl.errors import BadInputError, EngineBusy, EngineError, os_reason
@@ -121,12 +125,12 @@ class EtcdEngine:
         target = self.backup_dir / f"{run_id}.db"
         saved = self._save_snapshot(target)
         self._prune(keep=target)
-        facts = _key_facts(keys)
-        facts.position.update(_position(status), snapshot_revision=saved.get("revision"))
+        facts = key_facts(keys)
+        facts.position.update(status_position(status), snapshot_revision=saved.get("revision"))
         self._state = EngineState(
             engine=self.name, version=status.get("version"), prepared_at=datetime.now(timezone.utc),
             facts=facts, files=[str(target)], raft=[self._raft_group(status, members)],
-            details={"snapshot": saved, "member": _member_name(status, members)},
+            details={"snapshot": saved, "member": member_name(status, members)},
         )
         self._held_run = run_id
         return self._state
@@ -230,7 +234,7 @@ class EtcdEngine:
             return EngineStatus(engine=self.name, reachable=False, error=exc.message, **held)
         errors = [str(e) for e in status.get("errors") or []]
         details = {
-            "member": _member_name(status, members), "endpoint": self.endpoint,
+            "member": member_name(status, members), "endpoint": self.endpoint,
             "revision": _int(status.get("header", {}).get("revision")), "db_size": _int(status.get("dbSize")),
             "db_size_in_use": _int(status.get("dbSizeInUse")), "errors": errors,
             "members": [{"id": _hex(m.get("ID")), "name": m.get("name"), "peer_urls": m.get("peerURLs", []),
@@ -249,7 +253,7 @@ class EtcdEngine:
                             raft=raft, details=details, error="; ".join(errors) or None, **held)
 
     def verify(self) -> VerifyFacts:
-        return _key_facts(self._post("/v3/kv/range", ALL_KEYS))
+        return key_facts(self._post("/v3/kv/range", ALL_KEYS))
 
     def restore_prepare(self, path: Path | None) -> None:
         """Check the newest saved snapshot; with ``restore:`` settings, rebuild the data dir from it."""
@@ -460,34 +464,6 @@ class EtcdEngine:
 
 class _TokenExpired(EngineError):
     """etcd dropped our auth token (expiry, or the member restarted): authenticate again once."""
-
-
-def _key_facts(keys: dict[str, Any]) -> VerifyFacts:
-    """Live keys and the store revision: what a restore from a later point must at least hold."""
-    return VerifyFacts(tables={"keys": TableFacts(rows=_int(keys.get("count")))},
-                       position={"revision": _int(keys.get("header", {}).get("revision"))}, exact=False)
-
-
-def _position(status: dict[str, Any]) -> dict[str, Any]:
-    header = status.get("header", {})
-    return {"raft_term": _int(status.get("raftTerm")),
-            "raft_index": _int(status.get("raftIndex")), "applied_index": _int(status.get("raftAppliedIndex")),
-            "member_id": _hex(header.get("member_id")), "cluster_id": _hex(header.get("cluster_id"))}
-
-
-def _member_name(status: dict[str, Any], members: list[dict[str, Any]]) -> str | None:
-    me = _int(status.get("header", {}).get("member_id"))
-    return next((m.get("name") for m in members if _int(m.get("ID")) == me), None)
-
-
-def _int(value: Any) -> int:
-    """The gateway sends uint64/int64 as decimal strings and leaves zeros out."""
-    return int(value) if value not in (None, "") else 0
-
-
-def _hex(value: Any) -> str:
-    """Member and cluster ids as etcdctl prints them."""
-    return format(_int(value), "x")
 
 
 def _reason(exc: httpx.HTTPError) -> str:

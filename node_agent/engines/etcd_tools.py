@@ -1,6 +1,6 @@
 """etcd's saved snapshot files: made readable by the agent's user alone, and handled with etcd's
 own tools, ``etcdutl`` (3.5+) or ``etcdctl`` (3.4), which check a file (``snapshot status``) and
-rebuild a data dir from one (``snapshot restore``)."""
+rebuild a data dir from one (``snapshot restore``); and the gRPC gateway's JSON read into facts."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from node_agent.models import TableFacts, VerifyFacts
 from snapctl.errors import EngineError, os_reason
 
 if TYPE_CHECKING:
@@ -94,3 +95,34 @@ def create_private(path: Path) -> BinaryIO:
     except BaseException:
         os.close(fd)
         raise
+
+
+# ---- the gRPC gateway's JSON, read into snapctl's facts --------------------------------
+
+
+def key_facts(keys: dict[str, Any]) -> VerifyFacts:
+    """Live keys and the store revision: what a restore from a later point must at least hold."""
+    return VerifyFacts(tables={"keys": TableFacts(rows=gateway_int(keys.get("count")))},
+                       position={"revision": gateway_int(keys.get("header", {}).get("revision"))}, exact=False)
+
+
+def status_position(status: dict[str, Any]) -> dict[str, Any]:
+    header = status.get("header", {})
+    return {"raft_term": gateway_int(status.get("raftTerm")), "raft_index": gateway_int(status.get("raftIndex")),
+            "applied_index": gateway_int(status.get("raftAppliedIndex")),
+            "member_id": member_hex(header.get("member_id")), "cluster_id": member_hex(header.get("cluster_id"))}
+
+
+def member_name(status: dict[str, Any], members: list[dict[str, Any]]) -> str | None:
+    me = gateway_int(status.get("header", {}).get("member_id"))
+    return next((m.get("name") for m in members if gateway_int(m.get("ID")) == me), None)
+
+
+def gateway_int(value: Any) -> int:
+    """The gateway sends uint64/int64 as decimal strings and leaves zeros out."""
+    return int(value) if value not in (None, "") else 0
+
+
+def member_hex(value: Any) -> str:
+    """Member and cluster ids as etcdctl prints them."""
+    return format(gateway_int(value), "x")
