@@ -142,6 +142,15 @@ class EtcdEngine:
 
     def _save_snapshot(self, target: Path) -> dict[str, Any]:
         """Stream the backend into ``target`` (via a temp file) and check it; returns what was checked."""
+        try:
+            return self._save_snapshot_once(target)
+        except _TokenExpired:
+            # The stream is the one call that does not go through _post: renew here. etcd drops a
+            # token unused for --auth-token-ttl (300 s), and a trigger is often the first call in hours.
+            self._headers(renew=True)
+            return self._save_snapshot_once(target)
+
+    def _save_snapshot_once(self, target: Path) -> dict[str, Any]:
         partial = target.with_name(target.name + ".part")
         started = time.monotonic()
         deadline = started + self.settings.snapshot_timeout_s
@@ -431,6 +440,8 @@ class EtcdEngine:
         if "error" in message:
             err = message["error"]
             reason = str(err.get("message") if isinstance(err, dict) else err)
+            if "invalid auth token" in reason and self.settings.user:
+                raise _TokenExpired(f"etcd snapshot from {self.endpoint} failed: {reason}")
             raise (self._refusal(self.endpoint, "/v3/maintenance/snapshot", reason)
                    or EngineError(f"etcd snapshot from {self.endpoint} failed: {reason}"))
         return base64.b64decode(message.get("result", {}).get("blob", ""))

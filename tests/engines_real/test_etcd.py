@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -204,6 +205,21 @@ def test_auth_uses_a_token_and_a_bad_password_is_reported_without_it(tmp_path):
         wrong = engine_for(single, 0, tmp_path, user="root", password_file=str(bad)).status()
         assert not wrong.reachable and "authentication failed" in wrong.error
         assert secret not in wrong.error
+
+
+def test_a_trigger_after_the_auth_token_expired_logs_in_again(tmp_path):
+    cluster = EtcdCluster(tmp_path / "ttl", size=1)
+    cluster.members[0].process.argv += ["--auth-token-ttl", "1"]  # etcd drops a token unused this long (300 s)
+    with cluster:
+        cluster.post("/v3/auth/user/add", {"name": "root", "password": "ttl-secret"})
+        cluster.post("/v3/auth/user/grant", {"user": "root", "role": "root"})
+        cluster.post("/v3/auth/enable", {})
+        (tmp_path / "root.password").write_text("ttl-secret\n")
+        engine = engine_for(cluster, 0, tmp_path, user="root", password_file=str(tmp_path / "root.password"))
+        assert engine.status().reachable  # logged in
+        time.sleep(2.5)  # the token expires unused (etcd checks every second or so)
+        (job,) = engine.trigger("snapshot")  # the first call since: the snapshot stream
+        assert job.status == "succeeded", job.detail
 
 
 @pytest.fixture
