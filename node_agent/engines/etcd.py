@@ -120,8 +120,14 @@ class EtcdEngine:
             return self._state
         if self._held_run is not None:
             raise EngineBusy(f"etcd at {self.endpoint} is held by run {self._held_run}", hint="complete that run first")
-        keys = self._post("/v3/kv/range", ALL_KEYS)
         status, members = self._status_and_members()
+        if not _int(status.get("leader")):
+            # The range below would wait for a leader until timeout_s and blame the member itself.
+            said = "; ".join(str(e) for e in status.get("errors") or []) or "no leader"
+            raise EngineError(f"etcd at {self.endpoint} answers but its cluster has no leader ({said})",
+                              hint="a majority of members is down or cut off, or an election is under way: "
+                                   "check the other members (snapctl status)")
+        keys = self._post("/v3/kv/range", ALL_KEYS)
         target = self.backup_dir / f"{run_id}.db"
         saved = self._save_snapshot(target)
         self._prune(keep=target)

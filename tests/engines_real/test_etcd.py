@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -124,6 +125,24 @@ def test_a_killed_leader_is_replaced_and_status_follows(etcd_cluster, tmp_path):
         etcd_cluster.write(3)  # the cluster still takes writes
     finally:
         etcd_cluster.restart(old_index)
+
+
+def test_a_member_without_quorum_fails_prepare_at_once_saying_there_is_no_leader(tmp_path):
+    with EtcdCluster(tmp_path / "no-quorum", size=3) as cluster:
+        engine = engine_for(cluster, 0, tmp_path, timeout_s=3)
+        others = [m.process.pid for m in cluster.members[1:]]
+        for pid in others:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            wait_until(lambda: not engine.status().raft[0].leader, timeout_s=15, what="the leader is lost")
+            started = time.monotonic()
+            with pytest.raises(EngineError, match="has no leader") as caught:
+                engine.prepare("run-no-quorum")
+            assert time.monotonic() - started < 2, "it did not wait timeout_s for a leader"
+            assert "majority of members" in (caught.value.hint or "")
+        finally:
+            for pid in others:
+                os.kill(pid, signal.SIGCONT)
 
 
 def test_old_saved_snapshots_are_pruned(etcd_cluster, tmp_path):
