@@ -251,11 +251,15 @@ class AgentService:
             started = self._clock()
             # If the engine fails to release, the lease stays so a retry (or expiry) tries again.
             with self._engine_busy(f"complete of run {run_id}"):
-                self.engine.complete(run_id)
+                lost = self.engine.complete(run_id) is False
             done = self._clock()
-            self._end_lease("completed")
+            self._end_lease("completed" if not lost else "lost on the engine before complete")
             self._stats.completes += 1
             self._stats.last_complete_s = done - started
+            if lost:
+                # released: false fails the run: the hold ended behind its back (an engine restart).
+                log.warning("run %s: the engine's hold had already ended when complete came", run_id)
+                return CompleteResponse(run_id=run_id, released=False)
             log.info("completed run %s after %.3fs held", run_id, done - lease.acquired_mono)
             return CompleteResponse(run_id=run_id, released=True, held_for_s=done - lease.acquired_mono)
 

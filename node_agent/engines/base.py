@@ -38,8 +38,10 @@ class Engine(Protocol):
         holds the engine; never take over or release a hold this adapter did not make."""
         ...
 
-    def complete(self, run_id: str) -> None:
-        """Release what ``prepare`` holds. Safe to call twice and when nothing is held."""
+    def complete(self, run_id: str) -> bool | None:
+        """Release what ``prepare`` holds. Safe to call twice and when nothing is held. Return False
+        when this run's hold had already ended on the engine before this call (the engine restarted,
+        or someone else released it): the run's snapshot may not be consistent. None otherwise."""
         ...
 
     def trigger(self, target: str | None) -> list[JobResult]:

@@ -116,13 +116,14 @@ end
 return result
 """
 
-RELEASE_LUA = f"""
+RELEASE_LUA = _LUA_HELPERS + """
 local run_id = ...
-local holder = rawget(_G, '{HOLDER_GLOBAL}')
-if holder ~= run_id then return {{released = false, holder = holder}} end
+local holder = rawget(_G, HOLDER)
+if holder ~= run_id then return {released = false, holder = holder} end
+local pinned = backup_pinned()  -- false: someone ran box.backup.stop() under our marker
 box.backup.stop()
-rawset(_G, '{HOLDER_GLOBAL}', nil)
-return {{released = true}}
+rawset(_G, HOLDER, nil)
+return {released = true, pinned = pinned}
 """
 
 SNAPSHOT_LUA = "box.snapshot() return box.info.signature, box.info.vclock"
@@ -213,16 +214,24 @@ class TarantoolEngine:
         self._held_run, self._uncertain_run = run_id, None
         return self._state
 
-    def complete(self, run_id: str) -> None:
+    def complete(self, run_id: str) -> bool | None:
         known = run_id in (self._held_run, self._uncertain_run)
+        held = self._held_run == run_id
         try:
-            self._release(run_id)
+            result = self._release(run_id)
         except EngineError:
             if not known:
-                return  # nothing of this run is recorded as held, and the engine cannot be asked
+                return None  # nothing of this run is recorded as held, and the engine cannot be asked
             raise
+        if held and not (result.get("released") and result.get("pinned")):
+            # The pin went before complete: the instance restarted (a pin lives in memory), or someone
+            # ran box.backup.stop(). Checkpoint files the snapshot needed may have been collected since.
+            log.warning("run %s: the tarantool pin had already gone when complete came (restart, or "
+                        "box.backup.stop() by hand)", run_id)
+            return False
+        return None
 
-    def _release(self, run_id: str) -> None:
+    def _release(self, run_id: str) -> dict[str, Any]:
         with self._session() as conn:
             result = self._eval(conn, RELEASE_LUA, run_id, what="box.backup.stop()")
         if not result.get("released") and result.get("holder"):
@@ -234,6 +243,7 @@ class TarantoolEngine:
             # Only then: with no pin at all, the unanswered prepare may still pin later (its
             # box.snapshot() goes on): the next prepare releases it.
             self._uncertain_run = None
+        return result
 
     # ---- the rest of the contract -------------------------------------------------------
 

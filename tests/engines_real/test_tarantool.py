@@ -180,6 +180,27 @@ def test_a_lease_that_expires_while_tarantool_is_stopped_is_released_once_it_ans
         assert not pinned(single)
 
 
+@pytest.mark.parametrize("how", ["restart", "backup.stop by hand"])
+def test_a_pin_lost_before_complete_is_answered_released_false(tmp_path, how):
+    with TarantoolReplicaSet(tmp_path / "lost", size=1) as single:
+        service = AgentService("t1", create_engine(single.engine_settings(), base_dir=tmp_path))
+        try:
+            service.prepare("run-lost", 30)
+            if how == "restart":  # a pin lives in the instance's memory
+                single.restart(0)
+            else:
+                single.eval("box.backup.stop()")
+            assert not pinned(single)
+            answer = service.complete("run-lost")
+            assert not answer.released, "the run must fail: its checkpoint was not pinned all along"
+            assert service.lease is None
+            assert service.complete("run-lost").released is False  # a repeat, as before
+            assert service.prepare("run-next", 30).lease.run_id == "run-next"
+            assert service.complete("run-next").released and not pinned(single)
+        finally:
+            service.close()
+
+
 def test_a_checkpoint_slower_than_timeout_s_gets_snapshot_timeout_s(tmp_path):
     with TarantoolReplicaSet(tmp_path / "slow-ok", size=1) as single:
         single.eval("for i = 1, 2000 do box.space.items:replace{i, require('digest').urandom(1000)} end "
