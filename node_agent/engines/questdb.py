@@ -145,22 +145,30 @@ class QuestDBEngine:
         )
         return self._state
 
-    def complete(self, run_id: str) -> None:
+    def complete(self, run_id: str) -> bool | None:
         if self._hold_run is None:
             if self._unconfirmed is not None and self._unconfirmed.run_id == run_id:
                 held, since = self._checkpoint_status()
                 if held is not False and self._unconfirmed.may_be(since):
                     self._retry_race(self._unconfirmed.verbs.release, time.monotonic() + self.settings.timeout_s)
                 self._unconfirmed = None
-            return
+            return None
         if self._hold_run != run_id:
             log.warning("complete for run %s ignored: this agent's checkpoint belongs to run %s",
                         run_id, self._hold_run)
-            return
+            return None
         verbs = self._verbs or CHECKPOINT
         deadline = time.monotonic() + self.settings.timeout_s
+        # The checkpoint is the server's, not this connection's: any client's RELEASE (or a restart)
+        # ends it. Gone before our release means the files were not held all along.
+        held, _ = self._checkpoint_status()
         self._retry_race(verbs.release, deadline)
         self._hold_run = self._held_since = self._verbs = self._state = None
+        if held is False:
+            log.warning("run %s: the questdb checkpoint had already been released when complete came "
+                        "(another client's release, or a restart)", run_id)
+            return False
+        return None
 
     # ---- engine snapshot, status, facts ----------------------------------------------------
 

@@ -293,3 +293,19 @@ def test_a_password_in_the_url_reaches_questdb_but_no_error_status_evidence_or_l
     finally:
         gone.close()
     assert secret not in caplog.text, "httpx logs each request's url at INFO"
+
+
+def test_a_checkpoint_released_by_someone_else_before_complete_is_answered_released_false(make) -> None:
+    from node_agent.service import AgentService
+
+    fake, engine = make()
+    service = AgentService("q1", engine)
+    try:
+        service.prepare("r1", 30)
+        fake.held_since = None  # another client's CHECKPOINT RELEASE (the state is the server's), or a restart
+        assert service.complete("r1").released is False, "the run must fail: the files were not held all along"
+        assert service.lease is None
+        service.prepare("r2", 30)
+        assert service.complete("r2").released is True and not fake.held
+    finally:
+        service.close()
