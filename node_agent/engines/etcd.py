@@ -197,7 +197,8 @@ class EtcdEngine:
         tool = snapshot_tool(self.settings.snapshot_tool)
         if tool is not None:
             try:
-                checked.update(check_snapshot_file(tool, target, timeout_s=self.settings.timeout_s))
+                # The tool reads and hashes the whole backend (up to etcd's 8 GiB quota): no short call.
+                checked.update(check_snapshot_file(tool, target, timeout_s=self.settings.snapshot_timeout_s))
             except EngineError:
                 target.unlink(missing_ok=True)  # a file the tool cannot read is no backup
                 raise
@@ -283,7 +284,7 @@ class EtcdEngine:
         tool = snapshot_tool(self.settings.snapshot_tool)
         if self.settings.restore is None or data_dir is None:
             if tool is not None:
-                check_snapshot_file(tool, saved[-1], timeout_s=self.settings.timeout_s)
+                check_snapshot_file(tool, saved[-1], timeout_s=self.settings.snapshot_timeout_s)
             return  # the crash-consistent data dir starts as it is; the saved snapshot stays for a rebuild
         if tool is None:
             raise EngineError("etcd restore needs etcdutl or etcdctl", hint="install etcd-client, or set snapshot_tool")

@@ -54,6 +54,21 @@ def test_prepare_saves_a_checked_snapshot_into_the_backup_dir(etcd_cluster, tmp_
     assert all(Path(p).is_absolute() for p in engine.data_paths())
 
 
+def test_checking_a_big_snapshot_file_gets_snapshot_timeout_s_not_timeout_s(etcd_cluster, tmp_path):
+    needs_snapshot_tool()
+    # etcdctl/etcdutl snapshot status reads and hashes the whole backend: seconds per GiB. A wrapper
+    # that takes 2 s stands in for a big one.
+    slow = tmp_path / "slow-etcdctl"
+    slow.write_text(f"#!/bin/sh\nsleep 2\nexec {snapshot_tool(None)} \"$@\"\n")
+    slow.chmod(0o755)
+    engine = engine_for(etcd_cluster, 0, tmp_path, snapshot_tool=str(slow), timeout_s=1, snapshot_timeout_s=30)
+    state = engine.prepare("run-big")
+    engine.complete("run-big")
+    assert state.details["snapshot"]["checked_with"] == "slow-etcdctl"
+    assert Path(state.files[0]).exists()
+    engine.restore_prepare(None)  # checks the newest saved file the same way
+
+
 def test_saved_snapshots_are_readable_by_the_agents_user_alone(etcd_cluster, tmp_path):
     backup_dir = tmp_path / "created" / "backup"
     engine = engine_for(etcd_cluster, 0, tmp_path, backup_dir=str(backup_dir), keep_snapshots=3)
