@@ -466,8 +466,11 @@ def _progress(uuid: str, up: dict[str, Any], down: dict[str, Any], vclock: dict[
         lag_entries = sum(max(lsn - confirmed.get(i, 0), 0) for i, lsn in vclock.items() if i != 0)
     if down.get("status") and up.get("status") and down["status"] != up["status"]:
         state = f"{up['status']}/{down['status']}"
+    # upstream.lag is the age of the last row received when it was received: once the link is down
+    # it stays at its last value (a stopped peer showed 0.00006 s), so it means something only live.
+    lag_seconds = up.get("lag") if up.get("status") in ("follow", "sync") else None
     return ReplicationProgress(
-        peer=uuid, state=state, lag_entries=lag_entries, lag_seconds=up.get("lag"),
+        peer=uuid, state=state, lag_entries=lag_entries, lag_seconds=lag_seconds,
         consecutive_errors=len(errors), error="; ".join(errors) or None,
     )
 

@@ -55,3 +55,24 @@ def test_with_election_mode_off_the_writable_instance_leads_though_box_info_elec
     replica = raft_group({**info, "uuid": "u2", "id": 2, "ro": True})
     assert (replica.role, replica.leader) == ("follower", None)
     assert master.extra["election_mode"] == "off"
+
+
+def test_a_peer_whose_link_is_down_has_no_lag_in_seconds():
+    # What a master showed 3 s after a replica was stopped with SIGSTOP: upstream.lag keeps the
+    # value of the last row received, long after the link went down.
+    from node_agent.engines.tarantool import raft_group
+
+    info = {
+        "uuid": "u1", "id": 1, "ro": False, "status": "running", "group": "rs", "vclock": {1: 113}, "signature": 113,
+        "replication": [
+            {"id": 1, "uuid": "u1", "lsn": 113},
+            {"id": 2, "uuid": "u2", "lsn": 0, "upstream": {"status": "follow", "lag": 0.0001, "idle": 0.1},
+             "downstream": {"status": "follow", "vclock": {1: 113}}},
+            {"id": 3, "uuid": "u3", "lsn": 0,
+             "upstream": {"status": "connect", "lag": 6.4e-05, "idle": 3.1, "message": "timed out"},
+             "downstream": {"status": "stopped", "message": "timed out"}},
+        ],
+    }
+    live, stopped = raft_group(info).replication
+    assert live.lag_seconds == 0.0001
+    assert stopped.state == "connect/stopped" and stopped.lag_seconds is None and stopped.error
