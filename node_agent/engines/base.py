@@ -6,6 +6,8 @@ each entry point naming an ``EngineFactory``.
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Mapping
 from functools import cache
 from importlib.metadata import entry_points
@@ -16,7 +18,8 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from node_agent.models import EngineState, EngineStatus, JobResult, VerifyFacts
-from snapctl.errors import BadInputError
+from snapctl.errors import BadInputError, EngineError, os_reason
+from snapctl.secret_files import warn_if_open
 
 
 @runtime_checkable
@@ -144,3 +147,25 @@ def describe_validation_error(exc: ValidationError, model: type[BaseModel]) -> s
         return f"unknown key {field!r}" + (f" (valid keys: {valid})" if valid else "")
     msg = err["msg"].removeprefix("Value error, ")
     return f"{field}: {msg[:1].lower() + msg[1:]}"
+
+
+class PasswordFile:
+    """An engine's ``password_file``: its first line, as written (a password may begin or end with
+    a space), read again on every use so that a rotated password is picked up without a restart.
+    A file that other users can read or write is warned about once, in the agent's log."""
+
+    def __init__(self, engine: str, path: Path, log: logging.Logger) -> None:
+        self.engine, self.path, self._log = engine, path, log
+        self._checked = False
+
+    def read(self) -> str:
+        try:
+            with open(self.path) as opened:
+                mode = os.fstat(opened.fileno()).st_mode
+                lines = opened.read().splitlines()
+        except OSError as exc:
+            raise EngineError(f"cannot read {self.engine} password file {self.path}: {os_reason(exc)}") from exc
+        if not self._checked:
+            self._checked = True
+            warn_if_open(self._log, f"engine {self.engine}", "password_file", self.path, mode, "the agent's user")
+        return lines[0] if lines else ""

@@ -27,7 +27,7 @@ from typing import Any, Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from node_agent.engines.base import EngineSettings
+from node_agent.engines.base import EngineSettings, PasswordFile
 from node_agent.engines.etcd_tools import (
     check_snapshot_file,
     create_private,
@@ -112,6 +112,8 @@ class EtcdEngine:
         self._root_role_seen = False  # the configured user's root role, once status has seen it
         self._held_run: str | None = None
         self._state: EngineState | None = None
+        self._password_file = (PasswordFile("etcd", self._resolve(settings.password_file), log)
+                               if settings.password_file else None)
 
     # ---- the hold: a saved snapshot -----------------------------------------------------
 
@@ -470,13 +472,8 @@ class EtcdEngine:
                 raise EngineError(f"etcd password variable {s.password_env} is not set",
                                   hint="export it in the agent's environment, or use password_file")
             return value
-        if s.password_file:
-            path = self._resolve(s.password_file)
-            try:
-                lines = path.read_text().splitlines()
-            except OSError as exc:
-                raise EngineError(f"cannot read etcd password file {path}: {os_reason(exc)}") from exc
-            return lines[0] if lines else ""
+        if self._password_file is not None:
+            return self._password_file.read()
         raise EngineError(f"etcd user {s.user!r} has no password source", hint="set password_env or password_file")
 
 

@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from node_agent.engines.base import EngineSettings
+from node_agent.engines.base import EngineSettings, PasswordFile
 from node_agent.models import (
     EngineState,
     EngineStatus,
@@ -35,7 +35,7 @@ from node_agent.models import (
     TableFacts,
     VerifyFacts,
 )
-from snapctl.errors import BadInputError, EngineBusy, EngineError, os_reason
+from snapctl.errors import BadInputError, EngineBusy, EngineError
 
 log = logging.getLogger("snapctl.agent.tarantool")
 
@@ -164,6 +164,8 @@ class TarantoolEngine:
         self._held_run: str | None = None
         self._state: EngineState | None = None
         self._uncertain_run: str | None = None  # a prepare whose answer never came may have pinned
+        self._password_file = (PasswordFile("tarantool", self._resolve(settings.password_file), log)
+                               if settings.password_file else None)
 
     # ---- the hold -----------------------------------------------------------------------
 
@@ -338,12 +340,8 @@ class TarantoolEngine:
                 raise EngineError(f"tarantool password variable {s.password_env} is not set",
                                   hint="export it in the agent's environment, or use password_file")
             return value
-        if s.password_file:
-            path = self._resolve(s.password_file)
-            try:
-                return path.read_text().splitlines()[0] if path.stat().st_size else ""
-            except OSError as exc:
-                raise EngineError(f"cannot read tarantool password file {path}: {os_reason(exc)}") from exc
+        if self._password_file is not None:
+            return self._password_file.read()
         return None
 
     @contextmanager
