@@ -41,7 +41,7 @@ def test_an_instance_that_never_greets_fails_prepare_within_timeout_s_not_snapsh
 def test_with_election_mode_off_the_writable_instance_leads_though_box_info_election_says_follower():
     # box.info on 2.6.1+ with election_mode=off, the default: raft reports every instance as a
     # follower with no leader (0), the writable master included.
-    from node_agent.engines.tarantool import raft_group
+    from node_agent.engines.tarantool_info import raft_group
 
     info = {
         "uuid": "u1", "id": 1, "ro": False, "status": "running", "group": "rs", "vclock": {1: 10}, "signature": 10,
@@ -60,7 +60,7 @@ def test_with_election_mode_off_the_writable_instance_leads_though_box_info_elec
 def test_a_peer_whose_link_is_down_has_no_lag_in_seconds():
     # What a master showed 3 s after a replica was stopped with SIGSTOP: upstream.lag keeps the
     # value of the last row received, long after the link went down.
-    from node_agent.engines.tarantool import raft_group
+    from node_agent.engines.tarantool_info import raft_group
 
     info = {
         "uuid": "u1", "id": 1, "ro": False, "status": "running", "group": "rs", "vclock": {1: 113}, "signature": 113,

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from node_agent.engines.base import create_engine, validate_engine_settings
-from node_agent.engines.tarantool import TarantoolEngine, raft_group
+from node_agent.engines.tarantool import TarantoolEngine
+from node_agent.engines.tarantool_info import raft_group
 from node_agent.service import AgentService
 from snapctl.errors import BadInputError, EngineBusy, EngineError
 from tests.engines_real.conftest import backup_and_restore
