@@ -27,15 +27,23 @@ log = logging.getLogger("snapctl.agent")
 _NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    if level != "debug":
+        # httpx logs every request the engine adapters make at INFO: a line per status poll and
+        # per /metrics scrape, which buried what the agent itself had to say.
+        for chatty in ("httpx", "httpcore"):
+            logging.getLogger(chatty).setLevel(logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         config = _load_config(args)
     except SnapctlError as exc:
         return _fail(exc)
-    logging.basicConfig(
-        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    configure_logging(config.log_level)
     # Everything that can stop the agent at start is checked before it serves, and said the same
     # way: one line, exit 2 for what the operator must fix.
     try:

@@ -202,3 +202,26 @@ def test_secret_files_open_to_other_users_are_warned_about_at_start(tmp_path: Pa
     with agent_process(config, verify=trust, scheme="https") as agent:
         pass
     assert " WARNING " not in agent.log
+
+
+@pytest.mark.parametrize("level", ["info", "debug"])
+def test_the_engine_adapters_http_requests_are_logged_at_debug_only(tmp_path: Path, level: str) -> None:
+    # httpx logs each request at INFO: with a QuestDB engine every status poll and scrape was a line.
+    from tests.fakes.questdb import FakeQuestDB
+
+    (tmp_path / "qdb" / "db").mkdir(parents=True)
+    fake = FakeQuestDB().start()
+    try:
+        (tmp_path / "agent.token").write_text(TOKEN + "\n")
+        (tmp_path / "agent.token").chmod(0o600)
+        config = tmp_path / "agent.yaml"
+        config.write_text(f"node: n1\ntoken_file: agent.token\nlog_level: {level}\n"
+                          f"engine: {{type: questdb, root: qdb, url: '{fake.url}'}}\n")
+        with agent_process(config) as agent:
+            for _ in range(3):
+                status = httpx.get(agent.url + "/v1/status", headers={"Authorization": f"Bearer {TOKEN}"})
+                assert status.json()["engine"]["reachable"], status.text
+    finally:
+        fake.stop()
+    requests_logged = [line for line in agent.log.splitlines() if "HTTP Request:" in line]
+    assert (len(requests_logged) >= 3) if level == "debug" else requests_logged == []
