@@ -4,8 +4,9 @@ The page is ``NodeImpl::describe`` per node: a group line (``[group]`` in consol
 name when copied from the HTML view), then ``key: value`` lines written by several braft classes
 with different line endings, then one ``replicator_*`` line per follower on a leader. Every field
 is kept in ``RaftGroup.extra`` (typed where the format is known), unknown ``key: value`` lines
-under their key and any other line in ``extra["unknown_lines"]``, so a newer braft never loses
-data. A page that is not this format fails with ``RaftStatError`` naming the line.
+under their key, a state it does not know as role "unknown", and any other line in
+``extra["unknown_lines"]``, so a newer braft never loses data. A page that is not this format
+fails with ``RaftStatError`` naming the line.
 """
 
 from __future__ import annotations
@@ -53,7 +54,6 @@ _STATES: dict[str, RaftRole] = {
     "LEADER": "leader", "TRANSFERRING": "transferring", "CANDIDATE": "candidate", "FOLLOWER": "follower",
     "ERROR": "error", "UNINITIALIZED": "unknown", "SHUTTING": "unknown", "SHUTDOWN": "unknown",
 }
-_SNAPSHOT_STATUSES = frozenset({"IDLE", "SAVING", "LOADING", "DOWNLOADING"})
 _WITNESS_ROLE = "1"
 
 
@@ -185,12 +185,9 @@ def _store_field(block: _Block, key: str, value: str, line_no: int, line: str) -
     elif key == "leader":
         if value not in _NO_LEADER and not _PEER_ID.match(value):
             raise fail("leader is not a peer id (ip:port:index[:role])")
-    elif key == "state":
-        if value not in _STATES:
-            raise fail(f"unknown raft state {value!r}")
-    elif key == "snapshot_status":
-        if value not in _SNAPSHOT_STATUSES:
-            raise fail(f"unknown snapshot_status {value!r}")
+    # A state or snapshot status this parser does not know (braft prints UNKNOWN for a value out
+    # of its own table; a newer braft may add one) is kept as written: the node's role is then
+    # "unknown", which status and the preflight report, and the page's other groups still count.
     elif key in _META_KEYS:
         parsed = _parse_snapshot_meta(value)
     block.fields[key] = parsed
