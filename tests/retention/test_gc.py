@@ -85,3 +85,24 @@ def test_gc_spares_the_run_in_progress_and_delete_needs_the_lock(scene: Scene) -
     with pytest.raises(LockHeld, match="ops@host:9"):
         gc(inventory(scene), delete=True)
     assert in_progress[0].snapshot_id in scene.snapshot_ids()
+
+
+def test_gc_refuses_a_catalog_that_holds_no_run_while_the_cluster_has_snapshots(scene: Scene) -> None:
+    """A catalog path that is wrong, not mounted or lost is an empty catalog: every backup of the
+    cluster would look orphaned, and `gc --delete` deleted them all."""
+    from snapctl.errors import CatalogError
+
+    scene.add_run("r0", T0)
+    scene.add_run("r1", T0 + timedelta(days=1))
+    backups = scene.snapshot_ids()
+    right = inventory(scene)
+    inv = right.model_copy(update={"catalog": right.catalog.model_copy(update={"path": "catalog-not-mounted"})})
+
+    for delete in (False, True):
+        with pytest.raises(CatalogError, match=r"the catalog at .*/catalog-not-mounted holds no run of cluster "
+                                               r"prod, yet 4 snapshot\(s\) carry its tag") as caught:
+            gc(inv, delete=delete)
+        assert "catalog.path" in caught.value.hint
+    assert scene.snapshot_ids() == backups  # every backup is still there
+
+    assert gc(right).orphans == []  # the right catalog: nothing to refuse
