@@ -165,3 +165,77 @@ def test_a_gcp_or_azure_run_is_drilled_through_a_scratch_agent_and_torn_down(tmp
             fake.requests_to("PATCH", "/virtualMachines/scratch")
         assert len(attaches) == (1 if isinstance(fake, FakeGcpCompute) else 2)  # azure: attach, then detach
         assert restored_disks(fake) == [] and attached_disks(fake) == [], "the drill's disk is detached and deleted"
+
+
+@contextlib.contextmanager
+def two_volume_node(tmp_path: Path, cloud: str):
+    """A node with two disks on ``cloud``: (inventory, remove(snapshot_id), fail(snapshot_id), restored())."""
+    if cloud == "aws":
+        import boto3
+
+        moto = shared_moto_server()
+        with dummy_aws_credentials():
+            ec2 = boto3.client("ec2", endpoint_url=moto.endpoint_url, region_name=DEFAULT_REGION)
+            zone = f"{DEFAULT_REGION}a"
+            sources = [ec2.create_volume(Size=8, AvailabilityZone=zone)["VolumeId"] for _ in range(2)]
+            provider = {"type": "aws", "region": DEFAULT_REGION, "endpoint_url": moto.endpoint_url,
+                        "poll_interval_s": 0.05}
+            inventory = _inventory(tmp_path, provider, {"volume": sources[0], "name": "a"}, {"zone": zone})
+            _add_volume(inventory, {"volume": sources[1], "name": "b"})
+
+            def fail(snapshot_id: str) -> None:
+                moto.ec2_backend().snapshots[snapshot_id].status = "error"
+
+            def restored() -> list[str]:
+                volumes = ec2.describe_volumes()["Volumes"]
+                return [v["VolumeId"] for v in volumes if v["VolumeId"] not in sources]
+
+            yield inventory, lambda snapshot_id: ec2.delete_snapshot(SnapshotId=snapshot_id), fail, restored
+    elif cloud == "gcp":
+        with gcp_node(tmp_path) as (fake, inventory):
+            fake.add_disk(GCP_ZONE, "db1-data2")
+            _add_volume(inventory, {"disk": "db1-data2", "zone": GCP_ZONE, "name": "b"})
+            yield (inventory, lambda name: fake.snapshots.pop(name),
+                   lambda name: fake.snapshots[name].update(status="FAILED"),
+                   lambda: [n for n in restored_disks(fake) if n != "db1-data2"])
+    else:
+        with azure_node(tmp_path) as (fake, inventory):
+            disk = fake.add_disk(AZURE_GROUP, "db1-data2")
+            _add_volume(inventory, {"disk_id": disk, "name": "b"})
+
+            def remove(snapshot_id: str) -> None:
+                fake.resources = {k: r for k, r in fake.resources.items() if r["id"] != snapshot_id}
+
+            def fail(snapshot_id: str) -> None:
+                next(r for r in fake.resources.values() if r["id"] == snapshot_id)["properties"].update(
+                    provisioningState="Failed")
+
+            yield inventory, remove, fail, lambda: [n for n in restored_disks(fake) if n != "db1-data2"]
+
+
+def _add_volume(inventory: Path, volume: dict) -> None:
+    data = yaml.safe_load(inventory.read_text())
+    data["nodes"][0]["volumes"].append(volume)
+    inventory.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+@pytest.mark.parametrize("cloud", ["aws", "gcp", "azure"])
+def test_a_cloud_run_whose_snapshot_is_gone_or_failed_is_refused_before_any_volume_is_made(tmp_path, cloud):
+    from snapctl.catalog import open_catalog
+    from snapctl.errors import ProviderError
+
+    with two_volume_node(tmp_path, cloud) as (inventory, remove, fail, restored):
+        run_id = _backup(inventory)
+        [_, second] = open_catalog(load_inventory(inventory)).load(run_id).nodes["db1"].snapshots
+
+        fail(second.snapshot_id)
+        with pytest.raises(ProviderError, match=rf"node db1: .*snapshot .* of volume b (is in error state|is FAILED|"
+                                                rf"failed).*cannot be restored"):
+            restore_run(load_inventory(inventory), run_id)
+        assert restored() == [], "volume a was made before b's snapshot was found failed"
+
+        remove(second.snapshot_id)
+        with pytest.raises(ProviderError, match=r"node db1: .*snapshot .* of volume b no longer exists") as caught:
+            restore_run(load_inventory(inventory), run_id)
+        assert "snapctl verify" in caught.value.hint and "restored before this failure" not in caught.value.hint
+        assert restored() == [], "volume a was made before b's snapshot was found gone"

@@ -30,13 +30,14 @@ from snapctl.providers import (
     discard_partial_snapshots,
 )
 from snapctl_aws.client import CREATE, DELETE, DESCRIBE, TAG, Ec2
-from snapctl_aws.restore import delete_restored_volume, restore_volume
+from snapctl_aws.restore import check_restore_volume, delete_restored_volume, restore_volume
 from snapctl_aws.settings import AwsSettings, InstanceVolumes, VolumeSpec, parse_volumes
 from snapctl_aws.snapshots import STATE_ERROR, aws_tags, ref_from_snapshot, refreshed, tag_filters
 
 log = logging.getLogger(__name__)
 
 DESCRIBE_BATCH = 200  # snapshot ids per DescribeSnapshots while waiting
+GONE_HINT = "restore another run (`snapctl list`); `snapctl verify RUN` checks a run's snapshots without restoring"
 
 
 class AwsProvider:
@@ -234,9 +235,20 @@ class AwsProvider:
                                           region=self.settings.region))
         return sorted(refs, key=lambda r: (r.created_at or "", r.node, r.volume, r.snapshot_id))
 
+    def check_restore(self, ref: SnapshotRef, target: RestoreTarget) -> None:
+        """What ``restore`` would refuse, making nothing: `snapctl restore` asks for every volume
+        of a run first, so that a snapshot gone or failed is not found after others were made."""
+        check_restore_volume(self._restorable(ref), ref.volume, target, ref.node)
+
     def restore(self, ref: SnapshotRef, target: RestoreTarget) -> str:
-        snapshot = self._describe_one(ref.snapshot_id)
-        return restore_volume(self, snapshot, ref.volume, target)
+        return restore_volume(self, self._restorable(ref), ref.volume, target, ref.node)
+
+    def _restorable(self, ref: SnapshotRef) -> dict[str, Any]:
+        try:
+            return self._describe_one(ref.snapshot_id)
+        except SnapshotNotFound as exc:
+            raise SnapshotNotFound(f"node {ref.node}: snapshot {ref.snapshot_id} of volume {ref.volume} no longer "
+                                   f"exists ({exc.message})", hint=GONE_HINT) from exc
 
     def delete_volume(self, volume_id: str) -> None:
         delete_restored_volume(self, volume_id)

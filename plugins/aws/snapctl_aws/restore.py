@@ -23,8 +23,9 @@ TAG_RESTORED_FROM = "snapctl-restored-from"
 VOLUME_OPTIONS = {"volume_type": "VolumeType", "iops": "Iops", "throughput": "Throughput", "kms_key_id": "KmsKeyId"}
 
 
-def restore_volume(provider: AwsProvider, snapshot: dict[str, Any], volume: str, target: RestoreTarget) -> str:
-    """``volume`` is the snapshot's volume name, which picks its device from ``extra["devices"]``."""
+def check_restore_volume(snapshot: dict[str, Any], volume: str, target: RestoreTarget, node: str = "") -> str | None:
+    """What ``restore_volume`` refuses before it makes anything: the target's settings and a
+    snapshot that is not completed. Returns the device to attach at (None: no attach)."""
     snapshot_id = snapshot["SnapshotId"]
     if not target.zone:
         raise BadInputError(f"restoring {snapshot_id} needs an availability zone", hint="set restore.zone, e.g. us-east-1a")
@@ -37,8 +38,22 @@ def restore_volume(provider: AwsProvider, snapshot: dict[str, Any], volume: str,
     if target.instance and not device:
         raise BadInputError(f"attaching the restored volume {volume} to {target.instance} needs a device name",
                             hint="set restore.device (one volume) or restore.devices: {volume: /dev/sdf, ...}")
+    if snapshot.get("State") == "error":
+        who = f"node {node}: " if node else ""
+        raise ProviderError(f"{who}snapshot {snapshot_id} of volume {volume} is in error state: "
+                            f"{snapshot.get('StateMessage') or 'no reason given'}; it cannot be restored",
+                            hint="restore another run (`snapctl list`); `snapctl verify RUN` checks a run's snapshots "
+                                 "without restoring")
     if snapshot.get("State") != "completed":
         raise ProviderError(f"snapshot {snapshot_id} is {snapshot.get('State')}, not completed; it cannot be restored yet")
+    return device
+
+
+def restore_volume(provider: AwsProvider, snapshot: dict[str, Any], volume: str, target: RestoreTarget,
+                   node: str = "") -> str:
+    """``volume`` is the snapshot's volume name, which picks its device from ``extra["devices"]``."""
+    snapshot_id = snapshot["SnapshotId"]
+    device = check_restore_volume(snapshot, volume, target, node)
 
     # The snapshot's tags travel with the volume (minus AWS-reserved keys, which cannot be set),
     # so a restored volume is traceable to its cluster, run and node.

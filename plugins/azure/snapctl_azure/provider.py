@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from snapctl.errors import BadInputError, ProviderError
+from snapctl.errors import BadInputError, ProviderError, SnapshotNotFound
 from snapctl.providers import (
     TAG_CLUSTER,
     TAG_NODE,
@@ -55,6 +55,7 @@ PERM_VM_READ = "Microsoft.Compute/virtualMachines/read"
 PERM_VM_WRITE = "Microsoft.Compute/virtualMachines/write"
 TAG_RESTORED_FROM = "snapctl-restored-from"
 TAG_ATTACHED_TO = "snapctl-attached-to"  # on a restored disk: the vm restore attached it to
+GONE_HINT = "restore another run (`snapctl list`); `snapctl verify RUN` checks a run's snapshots without restoring"
 
 
 def _slug(text: str, limit: int) -> str:
@@ -286,6 +287,21 @@ class AzureProvider:
                 self._discard_disk(made.id)
                 raise
         return made.id
+
+    def check_restore(self, ref: SnapshotRef, target: RestoreTarget) -> None:
+        """What ``restore`` would refuse, making nothing: `snapctl restore` asks for every volume
+        of a run first, so that a snapshot gone or failed is not found after other disks were made."""
+        if target.instance:
+            self._vm_location(target.instance)
+            _lun(target.device)
+        snap = self._get(ref)
+        name = ref.extra.get("name") or ref.snapshot_id.rsplit("/", 1)[-1]
+        if snap is None:
+            raise SnapshotNotFound(f"node {ref.node}: azure snapshot {name} of volume {ref.volume} no longer exists",
+                                   hint=GONE_HINT)
+        if snap.provisioning_state == "Failed":
+            raise ProviderError(f"node {ref.node}: azure snapshot {name} of volume {ref.volume} failed; it cannot be "
+                                "restored", hint=GONE_HINT)
 
     def _vm_location(self, instance: str) -> tuple[str, str]:
         """(resource group, name) of a VM given by name (in the provider's group) or resource id."""

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from snapctl.errors import BadInputError, ProviderError, SnapctlError
+from snapctl.errors import BadInputError, ProviderError, SnapctlError, SnapshotNotFound
 from snapctl.providers import (
     TAG_CLUSTER,
     TAG_NODE,
@@ -65,6 +65,7 @@ INSTANCE_PATH = re.compile(r"^(?:(?:.*/)?projects/(?P<project>[^/]+)/)?(?:zones/
                            r"(?P<instance>[^/]+)$")
 DEVICE_PREFIX = "/dev/disk/by-id/google-"
 CAPTURED = frozenset({"UPLOADING", "READY"})
+GONE_HINT = "restore another run (`snapctl list`); `snapctl verify RUN` checks a run's snapshots without restoring"
 STATES = {"READY": "completed", "FAILED": "error"}
 
 
@@ -279,20 +280,7 @@ class GcpProvider:
         when it names one, else the source disk's). ``target.extra`` may carry ``disk_type`` (e.g.
         pd-ssd) and ``size_gb``. With ``target.instance`` the disk is attached to it, as device
         ``target.device`` (default: the disk's name); an attach that fails deletes the disk."""
-        instance = _instance_location(target.instance, self.api.project) if target.instance else None
-        zone = target.zone or (instance[0] if instance else None) or ref.extra.get("zone")
-        if not zone:
-            raise BadInputError(f"gcp restore of {ref.snapshot_id}: no zone to create the disk in",
-                                hint="give the restore target a zone, e.g. europe-west1-b")
-        if instance and instance[0] and instance[0] != zone:
-            raise BadInputError(f"gcp restore: instance {instance[1]} is in {instance[0]}, the disk would be in {zone}",
-                                hint="a disk attaches only to an instance in its own zone: make restore.zone the "
-                                     "instance's zone")
-        name = target.name or restored_disk_name(ref.snapshot_id)
-        if not re.match(RESOURCE_NAME, name):
-            raise BadInputError(f"gcp restore: {name!r} is not a valid disk name",
-                                hint="lowercase letters, digits and '-', at most 63")
-        device = _device_name(target.device, default=name) if instance else None
+        instance, zone, name, device = self._restore_place(ref, target)
         deadline = time.monotonic() + self.settings.operation_timeout_s
         self.wait([ref], deadline)  # a disk can only be made from a READY snapshot
         types, disks = self.api.types, self.api.client("disks")
@@ -321,6 +309,37 @@ class GcpProvider:
                 self._discard_disk(made)
                 raise
         return made
+
+    def check_restore(self, ref: SnapshotRef, target: RestoreTarget) -> None:
+        """What ``restore`` would refuse, making nothing: `snapctl restore` asks for every volume
+        of a run first, so that a snapshot gone or failed is not found after other disks were made."""
+        self._restore_place(ref, target)
+        snap = self._get(ref.snapshot_id)
+        if snap is None:
+            raise SnapshotNotFound(f"node {ref.node}: gcp snapshot {ref.snapshot_id} of volume {ref.volume} no longer "
+                                   "exists", hint=GONE_HINT)
+        if snap.status == "FAILED":
+            raise ProviderError(f"node {ref.node}: gcp snapshot {ref.snapshot_id} of volume {ref.volume} is FAILED; "
+                                "it cannot be restored", hint=GONE_HINT)
+
+    def _restore_place(self, ref: SnapshotRef, target: RestoreTarget) -> tuple[tuple[str | None, str] | None, str, str,
+                                                                               str | None]:
+        """(instance, zone, disk name, device name) of a restore, or what is wrong with the target."""
+        instance = _instance_location(target.instance, self.api.project) if target.instance else None
+        zone = target.zone or (instance[0] if instance else None) or ref.extra.get("zone")
+        if not zone:
+            raise BadInputError(f"gcp restore of {ref.snapshot_id}: no zone to create the disk in",
+                                hint="give the restore target a zone, e.g. europe-west1-b")
+        if instance and instance[0] and instance[0] != zone:
+            raise BadInputError(f"gcp restore: instance {instance[1]} is in {instance[0]}, the disk would be in {zone}",
+                                hint="a disk attaches only to an instance in its own zone: make restore.zone the "
+                                     "instance's zone")
+        name = target.name or restored_disk_name(ref.snapshot_id)
+        if not re.match(RESOURCE_NAME, name):
+            raise BadInputError(f"gcp restore: {name!r} is not a valid disk name",
+                                hint="lowercase letters, digits and '-', at most 63")
+        device = _device_name(target.device, default=name) if instance else None
+        return instance, zone, name, device
 
     def _attach(self, zone: str, instance: str, disk: str, device: str, deadline: float) -> None:
         types, instances = self.api.types, self.api.client("instances")
