@@ -40,7 +40,15 @@ from snapctl.events import NullReporter, Reporter
 from snapctl.evidence import compare_facts, missing_files, volume_roots
 from snapctl.manifest import DrillSummary, Manifest, NodeRecord
 from snapctl.providers import Provider, SnapshotRef, open_provider, stoppable_by
-from snapctl.restore import inventory_node, load_restorable, remap_paths, restore_volumes, restored_files, scratch_agent
+from snapctl.restore import (
+    check_provider,
+    inventory_node,
+    load_restorable,
+    remap_paths,
+    restore_volumes,
+    restored_files,
+    scratch_agent,
+)
 from snapctl.runner import interrupts_deferred, sigterm_as_ctrl_c
 
 NodeVerdict = Literal["passed", "mismatch", "error"]
@@ -133,6 +141,7 @@ def run_drill(inventory: Inventory, run_ref: str = "latest", *, junit: Path | No
         raise BadInputError(f"cannot write the junit report to {junit_path}: it is a directory",
                             hint=f"name a file, e.g. --junit {junit_path / 'drill.xml'}")
     provider = open_provider(inventory)
+    check_provider(manifest, provider)
     started_at = datetime.now(UTC)
     drill_id = f"{started_at:%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
     scratch = _scratch_dir(inventory, manifest.run_id, drill_id)

@@ -31,8 +31,8 @@ from snapctl.providers import Provider, RestoreTarget, SnapshotRef, open_provide
 
 _NAMED = 5  # restored volumes a failure's hint names, of a cluster's hundreds
 
-__all__ = ["NodeRestore", "RestoreRecord", "RestoreResult", "compare_facts", "load_restorable", "remap_paths",
-           "restore_run"]
+__all__ = ["NodeRestore", "RestoreRecord", "RestoreResult", "check_provider", "compare_facts", "load_restorable",
+           "remap_paths", "restore_run"]
 
 
 @dataclass
@@ -127,6 +127,7 @@ def _restore(inventory: Inventory, catalog: Catalog, run_id: str, to: Path | Non
     manifest = load_restorable(catalog, run_id)
     nodes = {name: inventory_node(inventory, name) for name in manifest.nodes}
     provider = open_provider(inventory)
+    check_provider(manifest, provider)
     # gcp (the source disk's zone) and azure (the provider's location, no zone) have a default.
     place_optional = getattr(provider, "restore_place_optional", False)
     for name, node in nodes.items():
@@ -190,6 +191,15 @@ def load_restorable(catalog: Catalog, run_ref: str) -> Manifest:
         raise BadInputError(f"run {manifest.run_id} {manifest.status}: it has nothing to restore",
                             hint="pick a succeeded run from `snapctl list`")
     return manifest
+
+
+def check_provider(manifest: Manifest, provider: Provider) -> None:
+    """A run's snapshots are only its own provider's to find: another would call them all gone."""
+    if manifest.provider != provider.name:
+        raise BadInputError(f"run {manifest.run_id} was made with the {manifest.provider} provider, not "
+                            f"{provider.name} (the inventory's): {provider.name} cannot find or restore its snapshots",
+                            hint=f"use an inventory whose provider is the one the run was made with "
+                                 f"(provider: {{type: {manifest.provider}, ...}})")
 
 
 def inventory_node(inventory: Inventory, name: str) -> Node:

@@ -17,6 +17,7 @@ from snapctl.config import Inventory
 from snapctl.errors import BadInputError
 from snapctl.manifest import Manifest
 from snapctl.providers import TAG_RUN, Provider, SnapshotRef, open_provider
+from snapctl.restore import check_provider
 
 CheckState = Literal["ok", "missing", "pending", "failed", "damaged"]  # pending: not complete yet, nothing wrong
 # How many problems one snapshot reports before "and N more": a gutted snapshot lists thousands.
@@ -72,6 +73,7 @@ def verify_run(inventory: Inventory, run_ref: str) -> VerifyResult:
         raise BadInputError(f"run {manifest.run_id} {manifest.status}: it has no snapshots to verify",
                             hint="pick a succeeded run from `snapctl list`")
     provider = open_provider(inventory)
+    check_provider(manifest, provider)
     found = {ref.snapshot_id: ref for ref in provider.find({TAG_RUN: manifest.run_id})}
     result = VerifyResult(manifest.run_id, provider.name, [])
     for name, record in manifest.nodes.items():

@@ -125,3 +125,30 @@ def test_a_damaged_pending_snapshot_is_damaged_not_pending(sqlite_cluster):
     n1, n2 = sorted(result.snapshots, key=lambda s: s.node)
     assert (n1.state, n2.state) == ("damaged", "pending") and "file app.db is missing" in n1.problems
     assert not result.pending and result.verdict == "the run cannot be restored as recorded"
+
+
+def test_a_run_made_with_another_provider_is_refused_not_reported_gone(sqlite_cluster, tmp_path):
+    """A local run read through an inventory whose provider is now gcp (a migration, the wrong
+    inventory): the gcp provider cannot find local snapshots, which verify called "no longer
+    exists" (the run "cannot be restored"), and restore and drill failed on "no zone"."""
+    from snapctl.drill import run_drill
+    from snapctl.errors import BadInputError
+    from snapctl.restore import restore_run
+    from tests.fakes.gcp_compute import FakeGcpCompute
+
+    run_id = sqlite_cluster.backup()
+    with FakeGcpCompute() as fake:
+        sqlite_cluster.edit(provider={"type": "gcp", "project": fake.project, "api_endpoint": fake.url,
+                                      "anonymous": True})
+        for node in ("n1", "n2"):
+            fake.add_disk("europe-west1-b", f"{node}-data")
+            sqlite_cluster.edit(**{f"node_{node}": {"volumes": [{"disk": f"{node}-data", "zone": "europe-west1-b",
+                                                                 "name": "data"}]}})
+        inventory = sqlite_cluster.inventory
+        expected = rf"run {run_id} was made with the local provider, not gcp \(the inventory's\)"
+        for call in (lambda: verify_run(inventory, run_id), lambda: restore_run(inventory, run_id, tmp_path / "r"),
+                     lambda: run_drill(inventory, run_id, junit=tmp_path / "drill.xml")):
+            with pytest.raises(BadInputError, match=expected) as caught:
+                call()
+            assert "provider: {type: local" in caught.value.hint
+        assert fake.requests_to("POST", "/disks") == [] and not (tmp_path / "r").exists()
