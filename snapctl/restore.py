@@ -166,13 +166,22 @@ def check_targets(provider: Provider, manifest: Manifest, nodes: dict[str, Node]
     target must be empty). Providers without ``check_restore`` find out as they restore."""
     check = getattr(provider, "check_restore", None)
     claimed: dict[Path, tuple[str, Path]] = {}  # the target as resolved (symlinks too) -> (who, as given)
+    attached: dict[tuple[str, str], str] = {}  # (instance, device) -> who
     for name, record in manifest.nodes.items():
         for ref in record.snapshots:
             target = restore_target(nodes[name], ref.volume, root=roots[name], zone=zone, attach=attach)
+            who = f"node {name} volume {ref.volume}"
+            if target.instance and target.device:
+                # The cloud refuses the second only after its disk (and the first) were made.
+                other_who = attached.setdefault((target.instance, str(target.device)), who)
+                if other_who != who:
+                    raise BadInputError(f"{other_who} and {who} would both be attached to {target.instance} at "
+                                        f"{target.device}", hint="give each volume its own device: restore.devices: "
+                                                                 "{volume: device, ...} (restore.device is for a "
+                                                                 "node with one volume)")
             if target.path is not None:
                 given = Path(os.path.abspath(target.path))
                 path = Path(os.path.realpath(given))
-                who = f"node {name} volume {ref.volume}"
                 for other, (other_who, other_given) in claimed.items():
                     # One inside the other is as bad as the same place: a volume would hold another's.
                     if path == other or path.is_relative_to(other) or other.is_relative_to(path):

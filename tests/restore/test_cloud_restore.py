@@ -239,3 +239,23 @@ def test_a_cloud_run_whose_snapshot_is_gone_or_failed_is_refused_before_any_volu
             restore_run(load_inventory(inventory), run_id)
         assert "snapctl verify" in caught.value.hint and "restored before this failure" not in caught.value.hint
         assert restored() == [], "volume a was made before b's snapshot was found gone"
+
+
+@pytest.mark.parametrize("cloud", ["gcp", "azure"])
+def test_two_volumes_given_one_device_are_refused_before_any_disk_is_made(tmp_path, cloud):
+    """`restore.device` is for a node with one volume: with two, both asked for the same device;
+    the first disk was made and attached, the second made, refused by the cloud, deleted."""
+    from snapctl.errors import BadInputError
+
+    with two_volume_node(tmp_path, cloud) as (inventory, _, _, restored):
+        run_id = _backup(inventory)
+        data = yaml.safe_load(inventory.read_text())
+        device = "3" if cloud == "azure" else "db1-disk"
+        data["nodes"][0]["restore"] = {"instance": "scratch", "device": device}
+        inventory.write_text(yaml.safe_dump(data, sort_keys=False))
+
+        with pytest.raises(BadInputError, match=f"node db1 volume data and node db1 volume b would both be attached "
+                                                f"to scratch at {device}") as caught:
+            restore_run(load_inventory(inventory), run_id, attach=True)
+        assert "restore.devices" in caught.value.hint
+        assert restored() == []
