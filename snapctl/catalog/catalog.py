@@ -30,6 +30,10 @@ if TYPE_CHECKING:
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _INDEX = TypeAdapter(list[IndexEntry])
 _MAX_CANDIDATES = 8
+# Where a catalog is: the inventory's catalog.path, else a directory per user, so cron's runs
+# are not in the catalog of a user who restores by hand.
+_WHERE_HINT = ("the catalog is the inventory's catalog.path (or catalog.url), else $XDG_STATE_HOME/snapctl/catalog "
+               "of the user running snapctl: use the inventory and user the backups run with")
 _INDEX_RETRIES = 10
 _SUCCEEDED = "succeeded"
 _RUNNING = "running"
@@ -119,9 +123,12 @@ class Catalog:
                     f"no readable succeeded backup of cluster {self.cluster}: the manifests of {unreadable} "
                     "cannot be read", hint="name a run to restore, or repair the manifest from a copy of the catalog")
             if newest is None:
+                missing = self._missing_root()
                 raise BadInputError(
-                    f"no succeeded backup of cluster {self.cluster} in the catalog yet",
-                    hint="`snapctl list` shows every run; `snapctl backup` makes one",
+                    f"no succeeded backup of cluster {self.cluster} in the catalog at {self.store.describe()}"
+                    + (", which does not exist" if missing else " yet"),
+                    hint=(_WHERE_HINT if missing else f"`snapctl list` shows every run; `snapctl backup` makes one; "
+                          f"{_WHERE_HINT}"),
                 )
             return newest.run_id
         run_ids = [e.run_id for e in entries] + sorted(problems)
@@ -131,9 +138,16 @@ class Catalog:
         if len(matches) == 1:
             return matches[0]
         if not matches:
-            raise BadInputError(f"no run of cluster {self.cluster} matches {ref!r}", hint="`snapctl list` shows run ids")
+            raise BadInputError(f"no run of cluster {self.cluster} matches {ref!r} in the catalog at "
+                                f"{self.store.describe()}" + (", which does not exist" if self._missing_root() else ""),
+                                hint=f"`snapctl list` shows run ids; {_WHERE_HINT}")
         shown = ", ".join(matches[:_MAX_CANDIDATES]) + (f" and {len(matches) - _MAX_CANDIDATES} more" if len(matches) > _MAX_CANDIDATES else "")
         raise BadInputError(f"{ref!r} matches {len(matches)} runs: {shown}", hint="give more of the run id")
+
+    def _missing_root(self) -> bool:
+        """A local catalog whose directory does not exist (a mistyped path, another user's default)."""
+        root = getattr(self.store, "root", None)
+        return root is not None and not os.path.lexists(root)
 
     def confirm(self, run_ids: Iterable[str]) -> tuple[dict[str, IndexEntry], dict[str, str]]:
         """Each run's index line as its manifest says now, every one of them read: for the runs a

@@ -287,3 +287,21 @@ def test_unfinished_reads_only_the_runs_marked_running_and_returns_those_still_r
     assert [e.run_id for e in unfinished] == ["dead"]
     assert sorted(store.manifest_reads) == ["dead", "ended"]
     assert [e["status"] for e in json.loads(store.read("prod/index.json"))][:2] == ["failed", "running"]
+
+
+def test_no_backup_found_names_the_catalog_it_looked_in(tmp_path: Path) -> None:
+    """The default catalog is per user (~/.local/state): a restore run as another user than the
+    cron backups, or with a mistyped catalog.path, was told "no succeeded backup ... yet"."""
+    missing = Catalog(LocalBlobStore(tmp_path / "not-there"), "prod")
+    with pytest.raises(BadInputError, match=rf"no succeeded backup of cluster prod in the catalog at "
+                                            rf"{tmp_path / 'not-there'}, which does not exist") as caught:
+        missing.resolve("latest")
+    assert "catalog.path" in caught.value.hint
+    with pytest.raises(BadInputError, match=rf"no run of cluster prod matches 'r1' in the catalog at "
+                                            rf"{tmp_path / 'not-there'}, which does not exist"):
+        missing.resolve("r1")
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BadInputError, match=rf"no succeeded backup of cluster prod in the catalog at "
+                                            rf"{tmp_path / 'empty'} yet"):
+        Catalog(LocalBlobStore(tmp_path / "empty"), "prod").resolve("latest")
