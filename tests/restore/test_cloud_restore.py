@@ -186,9 +186,10 @@ def two_volume_node(tmp_path: Path, cloud: str):
             def fail(snapshot_id: str) -> None:
                 moto.ec2_backend().snapshots[snapshot_id].status = "error"
 
+            before = {v["VolumeId"] for v in ec2.describe_volumes()["Volumes"]}  # other tests' too: one moto
+
             def restored() -> list[str]:
-                volumes = ec2.describe_volumes()["Volumes"]
-                return [v["VolumeId"] for v in volumes if v["VolumeId"] not in sources]
+                return [v["VolumeId"] for v in ec2.describe_volumes()["Volumes"] if v["VolumeId"] not in before]
 
             yield inventory, lambda snapshot_id: ec2.delete_snapshot(SnapshotId=snapshot_id), fail, restored
     elif cloud == "gcp":
