@@ -242,3 +242,25 @@ def test_a_node_whose_record_cannot_start_its_engine_is_restored_with_a_note_ask
                        "start it: restored, neither restore-prepared nor verified (add the node's engine block to the "
                        "inventory, as in its agent's config)")
     assert n2.facts.tables["items"].rows == ROWS
+
+
+def test_a_snapshot_missing_a_recorded_file_is_refused_as_damaged_before_anything_is_copied(sqlite_cluster, tmp_path):
+    """A file the snapshot's index records gone (a partial copy of the store, a hand clean-up):
+    `verify` said the run cannot be restored, `restore` exited 0 "matches prepare: yes", since
+    the file was none the in-place check reads (a Tarantool xlog, a second data file)."""
+    from snapctl.errors import ProviderError
+
+    (sqlite_cluster.directory / "n2" / "data" / "00000000000000000042.xlog").write_bytes(b"x" * 4096)
+    run_id = sqlite_cluster.backup()
+    data = sqlite_cluster.snapshot_data("n2", run_id)
+    (data / "00000000000000000042.xlog").unlink()
+    target = tmp_path / "restored"
+
+    with pytest.raises(ProviderError, match=r"node n2: snapshot .*-n2-data is damaged: file "
+                                            r"00000000000000000042.xlog is missing") as caught:
+        restore_run(sqlite_cluster.inventory, run_id, target)
+    assert "snapctl verify" in caught.value.hint
+    assert not target.exists(), "n1 was copied before n2's snapshot was found damaged"
+
+    (data / "00000000000000000042.xlog").write_bytes(b"x" * 4096)
+    assert restore_run(sqlite_cluster.inventory, run_id, target).ok
