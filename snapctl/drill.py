@@ -222,6 +222,8 @@ def _restore_start_verify(drill: _Drill, node: Node, record: NodeRecord, result:
     from snapctl.drill_engines import can_run_here, engine_block, no_engine_block
 
     inventory, settings = drill.inventory, node.restore
+    if getattr(drill.provider, "restore_makes_cloud_volumes", False) and not (settings.agent and settings.instance):
+        raise _needs_agent_and_instance(drill.provider)  # before restoring: a disk nothing can use costs no copy
     engine = None
     if not settings.agent:
         if not can_run_here(result.engine):
@@ -252,6 +254,13 @@ def _restore_start_verify(drill: _Drill, node: Node, record: NodeRecord, result:
                             hint="give the node a scratch agent and instance: restore: {agent: URL, instance: ID}")
     assert engine is not None
     return _on_this_machine(drill, node, record, engine, result)
+
+
+def _needs_agent_and_instance(provider: Provider) -> BadInputError:
+    return BadInputError(f"a {provider.name} volume is drilled through a scratch agent on the machine it is attached "
+                         "to: the node needs restore.agent and restore.instance",
+                         hint="e.g. restore: {agent: http://10.0.9.11:7700, instance: ..., devices: {...}} "
+                              "(docs/restore.md)")
 
 
 def _on_this_machine(drill: _Drill, node: Node, record: NodeRecord, engine: dict, result: NodeDrill) -> VerifyFacts:

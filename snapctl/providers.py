@@ -126,6 +126,10 @@ class Provider(Protocol):
     removes one (gone counts as done; one a call is now using raises ``ProviderError``). `snapctl
     gc` lists them with the orphaned snapshots and removes them with ``--delete``.
 
+    Optional: a class attribute ``restore_makes_cloud_volumes = True`` when ``restore`` makes cloud
+    volumes rather than directories on this machine: a drill then refuses a node without
+    ``restore.agent`` and ``restore.instance`` before it restores anything.
+
     Optional: a class attribute ``restore_place_optional = True`` when ``restore`` has a default
     place for a target with neither ``path`` nor ``zone`` (gcp: the source disk's zone); without
     it, ``snapctl restore`` refuses such a node up front, before anything is restored.

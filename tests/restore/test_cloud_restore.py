@@ -260,3 +260,20 @@ def test_two_volumes_given_one_device_are_refused_before_any_disk_is_made(tmp_pa
             restore_run(load_inventory(inventory), run_id, attach=True)
         assert "restore.devices" in caught.value.hint
         assert restored() == []
+
+
+@pytest.mark.parametrize("restore", [None, {"instance": "scratch"}, {"agent": "http://127.0.0.1:9"}],
+                         ids=["neither", "no agent", "no instance"])
+def test_a_cloud_node_that_cannot_be_drilled_fails_before_its_disk_is_made(tmp_path, restore):
+    """A cloud node is drilled through a scratch agent on its restore instance: without both, the
+    drill made the disk (minutes and money for a large one), then said it could not use it."""
+    with gcp_node(tmp_path, restore) as (fake, inventory):
+        run_id = _backup(inventory)
+
+        report = run_drill(load_inventory(inventory), run_id, junit=tmp_path / "drill.xml")
+
+        [node] = report.nodes
+        assert node.verdict == "error" and node.volumes == {}
+        assert node.error.startswith("a gcp volume is drilled through a scratch agent on the machine it is attached "
+                                     "to: the node needs restore.agent and restore.instance"), node.error
+        assert [r for r in fake.requests_to("POST") if r.path.endswith("/disks")] == [] and restored_disks(fake) == []

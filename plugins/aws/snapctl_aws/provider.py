@@ -45,6 +45,7 @@ class AwsProvider:
 
     name = "aws"
     settings_model = AwsSettings
+    restore_makes_cloud_volumes = True  # a drill needs a scratch agent on the instance they are attached to
     # What warm_up imports: the provider worker imports it once, before it forks (snapctl.providers).
     sdk_modules = ("boto3", "botocore.config", "botocore.exceptions")
 

@@ -70,6 +70,7 @@ def snapshot_name(cluster: str, node: str, volume: str) -> str:
 class AzureProvider:
     name = "azure"
     settings_model = AzureSettings
+    restore_makes_cloud_volumes = True  # a drill needs a scratch agent on the instance they are attached to
     restore_place_optional = True  # a restore without a zone goes to the provider's location, zoneless
     # What warm_up imports: the provider worker imports it once, before it forks (snapctl.providers).
     sdk_modules = ("azure.identity", "azure.core.rest", "azure.core.pipeline.policies", "azure.mgmt.compute",

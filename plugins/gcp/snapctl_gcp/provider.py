@@ -72,6 +72,7 @@ STATES = {"READY": "completed", "FAILED": "error"}
 class GcpProvider:
     name = "gcp"
     settings_model = GcpSettings
+    restore_makes_cloud_volumes = True  # a drill needs a scratch agent on the instance they are attached to
     restore_place_optional = True  # a restore without a zone goes to the source disk's zone
     # What warm_up imports: the provider worker imports it once, before it forks (snapctl.providers).
     sdk_modules = ("google.auth", "google.auth.transport.requests", "google.api_core.client_options",
