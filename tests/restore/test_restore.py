@@ -264,3 +264,23 @@ def test_a_snapshot_missing_a_recorded_file_is_refused_as_damaged_before_anythin
 
     (data / "00000000000000000042.xlog").write_bytes(b"x" * 4096)
     assert restore_run(sqlite_cluster.inventory, run_id, target).ok
+
+
+def test_a_target_that_is_a_symlink_to_an_empty_directory_is_restored_into_that_directory(sqlite_cluster, tmp_path):
+    """A symlink pointing a target at a larger disk passed the up-front check (an empty directory),
+    then the final rename failed on it, "not a directory", with n1 already restored."""
+    run_id = sqlite_cluster.backup()
+    big = tmp_path / "big" / "n2-data"
+    big.mkdir(parents=True)
+    target = tmp_path / "restored"
+    (target / "n2").mkdir(parents=True)
+    (target / "n2" / "data").symlink_to(big)
+
+    result = restore_run(sqlite_cluster.inventory, run_id, target)
+
+    assert result.ok
+    n1, n2 = result.nodes
+    assert n1.volumes == {"data": str(target / "n1" / "data")} and n2.volumes == {"data": str(big)}
+    assert (big / "app.db").is_file() and n2.facts.tables["items"].rows == ROWS
+    assert (target / "n2" / "data").is_symlink() and (target / "n2" / "data" / "app.db").is_file()
+    assert (big.parent / "n2-data.snapctl-restore.json").is_file()

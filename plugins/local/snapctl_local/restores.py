@@ -141,6 +141,10 @@ class LocalRestores:
         if target.path is None:
             raise BadInputError(f"node {ref.node}: restoring a local snapshot needs a target path")
         dest = self._restore_path(str(target.path))
+        if dest.is_symlink():
+            # The place it points to (a larger disk, say): the copy is made beside that place and
+            # renamed over it (a rename over the link itself fails: "not a directory").
+            dest = Path(os.path.realpath(dest))
         try:
             if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
                 raise BadInputError(
