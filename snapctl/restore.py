@@ -131,6 +131,10 @@ def _restore(inventory: Inventory, catalog: Catalog, run_id: str, to: Path | Non
     # gcp (the source disk's zone) and azure (the provider's location, no zone) have a default.
     place_optional = getattr(provider, "restore_place_optional", False)
     for name, node in nodes.items():
+        if not manifest.nodes[name].snapshots:  # no real run succeeds so: a damaged or edited manifest
+            raise CatalogError(f"node {name}: run {run_id} recorded no snapshot of this node: nothing of it can be "
+                               "restored", hint="restore another run (`snapctl list`); `snapctl verify RUN` checks a "
+                                                "run without restoring")
         has_place = to is not None or zone or node.restore.path or node.restore.zone or place_optional
         if not has_place and manifest.nodes[name].snapshots:
             raise BadInputError(f"node {name}: nowhere to restore to",

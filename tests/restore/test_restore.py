@@ -284,3 +284,22 @@ def test_a_target_that_is_a_symlink_to_an_empty_directory_is_restored_into_that_
     assert (big / "app.db").is_file() and n2.facts.tables["items"].rows == ROWS
     assert (target / "n2" / "data").is_symlink() and (target / "n2" / "data" / "app.db").is_file()
     assert (big.parent / "n2-data.snapctl-restore.json").is_file()
+
+
+def test_a_node_the_run_recorded_no_snapshot_of_is_refused_not_reported_restored(sqlite_cluster, tmp_path):
+    """A succeeded manifest whose node lost its snapshots (a hand edit, a damaged copy): verify
+    said the run cannot be restored, restore exited 0 with the node "restored as cloud volumes"."""
+    from snapctl.errors import CatalogError
+
+    run_id = sqlite_cluster.backup()
+    catalog = open_catalog(sqlite_cluster.inventory)
+    manifest = catalog.load(run_id)
+    manifest.nodes["n2"].snapshots = []
+    catalog.save(manifest)
+    target = tmp_path / "restored"
+
+    with pytest.raises(CatalogError, match=f"node n2: run {run_id} recorded no snapshot of this node: nothing of it "
+                                           "can be restored") as caught:
+        restore_run(sqlite_cluster.inventory, run_id, target)
+    assert "snapctl verify" in caught.value.hint
+    assert not target.exists(), "n1 was restored before n2 was found to have nothing to restore"
