@@ -277,3 +277,34 @@ def test_a_cloud_node_that_cannot_be_drilled_fails_before_its_disk_is_made(tmp_p
         assert node.error.startswith("a gcp volume is drilled through a scratch agent on the machine it is attached "
                                      "to: the node needs restore.agent and restore.instance"), node.error
         assert [r for r in fake.requests_to("POST") if r.path.endswith("/disks")] == [] and restored_disks(fake) == []
+
+
+@pytest.mark.parametrize("cloud", [gcp_node, azure_node], ids=["gcp", "azure"])
+def test_an_attach_to_an_instance_that_is_not_there_is_refused_before_any_disk_is_made(tmp_path, cloud):
+    """db2's restore.instance is mistyped: db1's disk was made and attached, then db2's attach (gcp:
+    after its disk was made too) failed, leaving db1's disk attached to the scratch machine."""
+    from snapctl.errors import SnapctlError
+
+    with cloud(tmp_path, {"instance": "scratch"}) as (fake, inventory):
+        data = yaml.safe_load(inventory.read_text())
+        db2 = yaml.safe_load(yaml.safe_dump(data["nodes"][0]))
+        db2["name"] = "db2"
+        db2["restore"] = {"instance": "scratch-typo"}
+        db2["engine"]["path"] = str(tmp_path / "db2" / "app.db")
+        (tmp_path / "db2").mkdir()
+        with sqlite3.connect(tmp_path / "db2" / "app.db") as conn:
+            conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY)")
+        if cloud is gcp_node:
+            fake.add_disk(GCP_ZONE, "db2-data")
+            db2["volumes"] = [{"disk": "db2-data", "zone": GCP_ZONE, "name": "data"}]
+        else:
+            db2["volumes"] = [{"disk_id": fake.add_disk(AZURE_GROUP, "db2-data"), "name": "data"}]
+        data["nodes"].append(db2)
+        inventory.write_text(yaml.safe_dump(data, sort_keys=False))
+        run_id = _backup(inventory)
+
+        with pytest.raises(SnapctlError, match=r"(gcp instance scratch-typo not found in zone europe-west1-b|"
+                                               r"azure vm scratch-typo not found in resource group rg-restore)"):
+            restore_run(load_inventory(inventory), run_id, attach=True)
+
+        assert [d for d in restored_disks(fake) if d != "db2-data"] == [] and attached_disks(fake) == []

@@ -293,8 +293,8 @@ class AzureProvider:
         """What ``restore`` would refuse, making nothing: `snapctl restore` asks for every volume
         of a run first, so that a snapshot gone or failed is not found after other disks were made."""
         if target.instance:
-            self._vm_location(target.instance)
             _lun(target.device)
+            self._get_vm(*self._vm_location(target.instance))  # not found: refused before any disk is made
         snap = self._get(ref)
         name = ref.extra.get("name") or ref.snapshot_id.rsplit("/", 1)[-1]
         if snap is None:

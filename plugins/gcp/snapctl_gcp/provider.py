@@ -314,7 +314,18 @@ class GcpProvider:
     def check_restore(self, ref: SnapshotRef, target: RestoreTarget) -> None:
         """What ``restore`` would refuse, making nothing: `snapctl restore` asks for every volume
         of a run first, so that a snapshot gone or failed is not found after other disks were made."""
-        self._restore_place(ref, target)
+        instance, zone, _, _ = self._restore_place(ref, target)
+        if instance:  # the disk attaches in its own zone: an instance not there fails only once the disk is made
+            instances, timeout = self.api.client("instances"), self.settings.request_timeout_s
+            found = self.api.call(f"get instance {instance[1]} in {zone}", PERM_INSTANCE_GET, missing_ok=True,
+                                  fn=lambda: instances.get(project=self.api.project, zone=zone, instance=instance[1],
+                                                           retry=None, timeout=timeout))
+            if found is None:
+                raise BadInputError(f"node {ref.node}: gcp instance {instance[1]} not found in zone {zone}, where the "
+                                    f"disk of volume {ref.volume} would be made",
+                                    hint="restore.instance names an instance of the provider's project in the disk's "
+                                         "zone: set restore.zone (or --zone) to its zone, or give zones/ZONE/instances/"
+                                         "NAME")
         snap = self._get(ref.snapshot_id)
         if snap is None:
             raise SnapshotNotFound(f"node {ref.node}: gcp snapshot {ref.snapshot_id} of volume {ref.volume} no longer "
