@@ -7,7 +7,10 @@ azure-mgmt-compute speaks).
 - a snapshot's ``provisioningState`` is ``Creating`` for ``provisioning_polls`` GETs, then
   ``Succeeded`` (or ``Failed``); ``completionPercent`` then climbs to 100 over ``copy_polls`` more
   GETs while ``snapshotAccessState`` is ``Pending`` (the background copy of Premium v2 / Ultra);
-- resource paths are case-insensitive like ARM's, list pages follow ``nextLink``;
+- resource paths are case-insensitive like ARM's, list pages follow ``nextLink``; with
+  ``upper_group_ids`` the ``id`` of every resource names its resource group in capitals, as the
+  Compute resource provider often answers (``/resourceGroups/RG-DB/...`` for a group made as
+  ``rg-db``): ids are to be compared case-insensitively;
 - a disk attached to a VM (``managedBy``) refuses DELETE with 409 ``OperationNotAllowed``, as ARM does;
 - virtual machines (``add_vm``): GET, and PUT/PATCH of ``storageProfile.dataDisks``, which attaches
   and detaches managed disks (their ``managedBy``), refusing a disk another VM holds and a LUN twice;
@@ -58,8 +61,10 @@ def _now() -> str:
 
 class FakeAzureCompute(JsonHttpFake):
     def __init__(self, subscription: str = "00000000-0000-4000-8000-000000000001", *, op_polls: int = 2,
-                 provisioning_polls: int = 1, copy_polls: int = 0, page_size: int = 100) -> None:
+                 provisioning_polls: int = 1, copy_polls: int = 0, page_size: int = 100,
+                 upper_group_ids: bool = False) -> None:
         super().__init__()
+        self.upper_group_ids = upper_group_ids
         self.subscription = subscription
         self.op_polls = op_polls
         self.provisioning_polls = provisioning_polls
@@ -272,7 +277,8 @@ class FakeAzureCompute(JsonHttpFake):
     # --- state -------------------------------------------------------------------------------
     def _new(self, kind: str, rg: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
         resource = {
-            "id": self.resource_id(rg, kind, name), "name": name, "type": TYPES[kind], "location": body["location"],
+            "id": self.resource_id(rg.upper() if self.upper_group_ids else rg, kind, name), "name": name,
+            "type": TYPES[kind], "location": body["location"],
             "tags": dict(body.get("tags") or {}),
             "sku": body.get("sku") or {"name": "Standard_LRS", "tier": "Standard"},
             "properties": {**(body.get("properties") or {}), "timeCreated": _now(), "uniqueId": str(uuid.uuid4())},

@@ -65,9 +65,9 @@ def gcp_node(directory: Path, restore: dict | None = None, auth: dict | None = N
 
 
 @contextlib.contextmanager
-def azure_node(directory: Path, restore: dict | None = None, auth: dict | None = None
+def azure_node(directory: Path, restore: dict | None = None, auth: dict | None = None, *, upper_group_ids: bool = False
                ) -> Iterator[tuple[FakeAzureCompute, Path]]:
-    with FakeAzureCompute(op_polls=1, provisioning_polls=1) as fake:
+    with FakeAzureCompute(op_polls=1, provisioning_polls=1, upper_group_ids=upper_group_ids) as fake:
         disk = fake.add_disk(AZURE_GROUP, "db1-data")
         fake.add_vm(AZURE_GROUP, "scratch")
         provider = {"type": "azure", "subscription_id": fake.subscription, "resource_group": AZURE_GROUP,
@@ -308,3 +308,21 @@ def test_an_attach_to_an_instance_that_is_not_there_is_refused_before_any_disk_i
             restore_run(load_inventory(inventory), run_id, attach=True)
 
         assert [d for d in restored_disks(fake) if d != "db2-data"] == [] and attached_disks(fake) == []
+
+
+def test_azure_ids_that_name_the_resource_group_in_capitals_are_the_same_snapshots(tmp_path):
+    """Azure's Compute provider often answers ids with the resource group in capitals: the ids the
+    list gave were compared as strings with those the run recorded, so `verify` said every
+    snapshot "no longer exists" and `gc` took every backup for an orphan (`--delete` deleted them)."""
+    from snapctl.prune import gc
+    from snapctl.verify import verify_run
+
+    with azure_node(tmp_path, upper_group_ids=True) as (fake, inventory):
+        run_id = _backup(inventory)
+        inv = load_inventory(inventory)
+        assert all("/resourceGroups/RG-RESTORE/" in r["id"] for r in fake.snapshots().values())
+
+        result = verify_run(inv, run_id)
+        assert result.ok, [s.problems for s in result.snapshots]
+        assert gc(inv).orphans == []
+        assert gc(inv, delete=True).deleted == [] and len(fake.snapshots()) == 1

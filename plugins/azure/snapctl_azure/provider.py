@@ -236,7 +236,10 @@ class AzureProvider:
 
     def _ref_from(self, snap: Any) -> SnapshotRef:
         tags = dict(snap.tags or {})
-        ref = SnapshotRef(provider=self.name, snapshot_id=snap.id, node=tags.get(TAG_NODE, ""),
+        # The id as _create records it, not as ARM spells it: ids are case-insensitive and the
+        # Compute provider often answers the resource group in capitals, which compared as a
+        # string with the manifest's would make every snapshot missing to verify, an orphan to gc.
+        ref = SnapshotRef(provider=self.name, snapshot_id=self._snapshot_id(snap.name), node=tags.get(TAG_NODE, ""),
                           volume=tags.get(TAG_VOLUME, ""), tags=tags,
                           created_at=snap.time_created.isoformat() if snap.time_created else None,
                           extra={"resource_group": self.settings.resource_group, "name": snap.name,
