@@ -238,6 +238,8 @@ def gc(inventory: Inventory, *, delete: bool = False) -> GcResult:
     provider = open_provider(inventory)
     if not delete:
         return find_orphans(catalog, provider)
+    if not catalog.store.list(f"{catalog.cluster}/manifests/"):
+        find_orphans(catalog, provider)  # the wrong catalog is refused before its lock is made there
     with _Locked(catalog, inventory.policy.lock_ttl_s, "gc") as locked:
         result = find_orphans(catalog, provider, ours=locked.run_id)
         result.delete = True

@@ -104,5 +104,6 @@ def test_gc_refuses_a_catalog_that_holds_no_run_while_the_cluster_has_snapshots(
             gc(inv, delete=delete)
         assert "catalog.path" in caught.value.hint
     assert scene.snapshot_ids() == backups  # every backup is still there
+    assert not (scene.root / "catalog-not-mounted").exists(), "gc --delete made a catalog (its lock) there"
 
     assert gc(right).orphans == []  # the right catalog: nothing to refuse
