@@ -326,3 +326,29 @@ def test_azure_ids_that_name_the_resource_group_in_capitals_are_the_same_snapsho
         assert result.ok, [s.problems for s in result.snapshots]
         assert gc(inv).orphans == []
         assert gc(inv, delete=True).deleted == [] and len(fake.snapshots()) == 1
+
+
+@pytest.mark.parametrize("cloud", [gcp_node, azure_node], ids=["gcp", "azure"])
+def test_a_snapshot_being_deleted_is_not_pending(tmp_path, cloud):
+    """GCP's DELETING and Azure's Deleting are not "complete" yet, but neither will they ever be:
+    verify said "still pending: verify again once the provider completes them", and restore went
+    ahead and waited for it, making the other volumes' disks meanwhile."""
+    from snapctl.catalog import open_catalog
+    from snapctl.errors import ProviderError
+    from snapctl.verify import verify_run
+
+    with cloud(tmp_path) as (fake, inventory):
+        run_id = _backup(inventory)
+        [ref] = open_catalog(load_inventory(inventory)).load(run_id).nodes["db1"].snapshots
+        if cloud is gcp_node:
+            fake.snapshots[ref.snapshot_id]["status"] = "DELETING"
+        else:
+            fake.snapshots()[ref.extra["name"]]["properties"]["provisioningState"] = "Deleting"
+
+        result = verify_run(load_inventory(inventory), run_id)
+        [check] = result.snapshots
+        assert not result.pending and check.state == "failed" and "being deleted" in check.problems[0]
+
+        with pytest.raises(ProviderError, match="being deleted"):
+            restore_run(load_inventory(inventory), run_id)
+        assert restored_disks(fake) == []

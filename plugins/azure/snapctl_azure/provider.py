@@ -55,6 +55,7 @@ PERM_VM_READ = "Microsoft.Compute/virtualMachines/read"
 PERM_VM_WRITE = "Microsoft.Compute/virtualMachines/write"
 TAG_RESTORED_FROM = "snapctl-restored-from"
 TAG_ATTACHED_TO = "snapctl-attached-to"  # on a restored disk: the vm restore attached it to
+BEING_DELETED = "the snapshot is being deleted"
 GONE_HINT = "restore another run (`snapctl list`); `snapctl verify RUN` checks a run's snapshots without restoring"
 
 
@@ -159,8 +160,9 @@ class AzureProvider:
                 ref = current[index]
                 snap = self._get(ref)
                 where = f"azure snapshot {ref.extra.get('name') or ref.snapshot_id} ({ref.node}/{ref.volume})"
-                if snap is None:
-                    raise ProviderError(f"{where} no longer exists", hint="it was deleted while snapctl waited for it")
+                if snap is None or snap.provisioning_state == "Deleting":
+                    raise ProviderError(f"{where} no longer exists" if snap is None else f"{where}: {BEING_DELETED}",
+                                        hint="it was deleted while snapctl waited for it")
                 if snap.provisioning_state == "Failed":
                     raise ProviderError(f"{where} failed: {self._failure(ref)}")
                 updated = self._refresh(ref, snap)
@@ -183,8 +185,11 @@ class AzureProvider:
         percent = snap.completion_percent
         done = (snap.provisioning_state == "Succeeded" and (percent is None or percent >= 100)
                 and (snap.snapshot_access_state or "") != "Pending")
+        deleting = snap.provisioning_state == "Deleting"  # no step towards complete: as unusable as failed
+        failed = snap.provisioning_state == "Failed" or deleting
         return ref.model_copy(update={
-            "state": "completed" if done else ("error" if snap.provisioning_state == "Failed" else "pending"),
+            "state": "completed" if done else ("error" if failed else "pending"),
+            "error": BEING_DELETED if deleting else ref.error,
             "progress": float(percent) if percent is not None else (100.0 if done else ref.progress),
             "bytes": snap.disk_size_bytes if done and snap.disk_size_bytes else ref.bytes,
             "extra": {**ref.extra, "provisioning_state": snap.provisioning_state},
@@ -303,8 +308,9 @@ class AzureProvider:
         if snap is None:
             raise SnapshotNotFound(f"node {ref.node}: azure snapshot {name} of volume {ref.volume} no longer exists",
                                    hint=GONE_HINT)
-        if snap.provisioning_state == "Failed":
-            raise ProviderError(f"node {ref.node}: azure snapshot {name} of volume {ref.volume} failed; it cannot be "
+        if snap.provisioning_state in ("Failed", "Deleting"):
+            why = "failed" if snap.provisioning_state == "Failed" else BEING_DELETED.removeprefix("the snapshot ")
+            raise ProviderError(f"node {ref.node}: azure snapshot {name} of volume {ref.volume} {why}; it cannot be "
                                 "restored", hint=GONE_HINT)
 
     def _vm_location(self, instance: str) -> tuple[str, str]:

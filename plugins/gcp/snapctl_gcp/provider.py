@@ -66,7 +66,9 @@ INSTANCE_PATH = re.compile(r"^(?:(?:.*/)?projects/(?P<project>[^/]+)/)?(?:zones/
 DEVICE_PREFIX = "/dev/disk/by-id/google-"
 CAPTURED = frozenset({"UPLOADING", "READY"})
 GONE_HINT = "restore another run (`snapctl list`); `snapctl verify RUN` checks a run's snapshots without restoring"
-STATES = {"READY": "completed", "FAILED": "error"}
+# DELETING is no step towards READY: a snapshot on its way out is as unusable as a failed one.
+STATES = {"READY": "completed", "FAILED": "error", "DELETING": "error"}
+BEING_DELETED = "the snapshot is being deleted"
 
 
 class GcpProvider:
@@ -187,8 +189,9 @@ class GcpProvider:
                 ref = current[index]
                 snap = self._get(ref.snapshot_id, deadline)
                 where = f"gcp snapshot {ref.snapshot_id} ({ref.node}/{ref.volume})"
-                if snap is None:
-                    raise ProviderError(f"{where} no longer exists", hint="it was deleted while snapctl waited for it")
+                if snap is None or snap.status == "DELETING":
+                    raise ProviderError(f"{where} no longer exists" if snap is None else f"{where}: {BEING_DELETED}",
+                                        hint="it was deleted while snapctl waited for it")
                 if snap.status == "FAILED":
                     code, message = self._failure(ref) or ("FAILED", "the snapshot ended FAILED")
                     raise ProviderError(f"{where} failed: {message}", hint=_hint_for(code))
@@ -273,7 +276,8 @@ class GcpProvider:
                            volume=raw.get(TAG_VOLUME, ""), state=STATES.get(snap.status, "pending"),
                            progress=100.0 if snap.status == "READY" else None,
                            bytes=int(snap.storage_bytes) if snap.storage_bytes else None,
-                           created_at=snap.creation_timestamp or None, tags=raw, extra=extra)
+                           created_at=snap.creation_timestamp or None, tags=raw, extra=extra,
+                           error=BEING_DELETED if snap.status == "DELETING" else None)
 
     # --- restore -----------------------------------------------------------------------------
     def restore(self, ref: SnapshotRef, target: RestoreTarget) -> str:
@@ -330,8 +334,9 @@ class GcpProvider:
         if snap is None:
             raise SnapshotNotFound(f"node {ref.node}: gcp snapshot {ref.snapshot_id} of volume {ref.volume} no longer "
                                    "exists", hint=GONE_HINT)
-        if snap.status == "FAILED":
-            raise ProviderError(f"node {ref.node}: gcp snapshot {ref.snapshot_id} of volume {ref.volume} is FAILED; "
+        if snap.status in ("FAILED", "DELETING"):
+            why = "is FAILED" if snap.status == "FAILED" else BEING_DELETED.removeprefix("the snapshot ")
+            raise ProviderError(f"node {ref.node}: gcp snapshot {ref.snapshot_id} of volume {ref.volume} {why}; "
                                 "it cannot be restored", hint=GONE_HINT)
 
     def _restore_place(self, ref: SnapshotRef, target: RestoreTarget) -> tuple[tuple[str | None, str] | None, str, str,
