@@ -267,6 +267,7 @@ def find_orphans(catalog: Catalog, provider: Provider, ours: str | None = None) 
     manifests = f"{catalog.cluster}/manifests/"
     stored = {k[len(manifests):-len(".json")] for k in catalog.store.list(manifests) if k.endswith(".json")}
     protected = stored - {e.run_id for e in entries}
+    protected |= set(catalog.runs_without_manifest())  # lost manifests: their snapshots may be all that is left
     owned: set[str] = set()
     for entry in entries:
         try:

@@ -37,6 +37,7 @@ _WHERE_HINT = ("the catalog is the inventory's catalog.path (or catalog.url), el
 _INDEX_RETRIES = 10
 _SUCCEEDED = "succeeded"
 _RUNNING = "running"
+_PRUNING = "pruning"  # a prune deletes the manifest, then the line: a line left so lost nothing
 
 
 @dataclass
@@ -249,9 +250,29 @@ class Catalog:
         indexed, raw_index = self._read_index()
         entries, problems, read = self._collect({e.run_id: e for e in indexed or []})
         entries = self._confirm(entries, problems, read, confirm_newest=confirm_newest)
-        if entries != newest_first(indexed or []) or (indexed is None and raw_index is not None):
-            self._write_index_quietly(entries, raw_index)
+        # A line whose manifest is gone, but not by a prune: the run's snapshots may be all there
+        # is of a good backup. Its line stays, so that every listing reports it and gc never takes
+        # its snapshots for orphans; deleting index.json (a rebuild) forgets it.
+        lost = self._without_manifest(indexed or [], {e.run_id for e in entries} | set(problems))
+        for entry in lost:
+            problems[entry.run_id] = (f"its manifest {self._where(entry.run_id)} is missing, though the index lists "
+                                      f"the run as {entry.status}")
+        kept = newest_first(entries + lost)
+        if kept != newest_first(indexed or []) or (indexed is None and raw_index is not None):
+            self._write_index_quietly(kept, raw_index)
         return entries, problems
+
+    def _without_manifest(self, indexed: list[IndexEntry], present: set[str]) -> list[IndexEntry]:
+        missing = [e for e in indexed if e.run_id not in present and e.status != _PRUNING]
+        if not missing:
+            return []
+        stored = set(self._stored_run_ids())  # read again: one saved since the scan began is not lost
+        return [e for e in missing if e.run_id not in stored]
+
+    def runs_without_manifest(self) -> list[str]:
+        """Runs the index lists, not as pruned, whose manifest is missing (lost, or deleted by hand)."""
+        indexed, _ = self._read_index()
+        return sorted(e.run_id for e in self._without_manifest(indexed or [], set(self._stored_run_ids())))
 
     def _confirm(self, entries: list[IndexEntry], problems: dict[str, str], read: set[str], *,
                  confirm_newest: bool = True) -> list[IndexEntry]:

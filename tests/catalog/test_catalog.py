@@ -305,3 +305,26 @@ def test_no_backup_found_names_the_catalog_it_looked_in(tmp_path: Path) -> None:
     with pytest.raises(BadInputError, match=rf"no succeeded backup of cluster prod in the catalog at "
                                             rf"{tmp_path / 'empty'} yet"):
         Catalog(LocalBlobStore(tmp_path / "empty"), "prod").resolve("latest")
+
+
+def test_a_manifest_lost_behind_its_index_line_is_reported_every_time_not_forgotten(catalog: Catalog) -> None:
+    """A manifest file gone (a partial copy of the catalog, a hand clean-up) while its line says
+    succeeded: the first listing dropped the line without a word, so nothing showed the run had
+    been there, and `gc` then took its snapshots, a whole backup, for orphans."""
+    catalog.save(make_manifest("r-old", minutes=0))
+    catalog.save(make_manifest("r-new", minutes=10))
+    catalog.save(make_manifest("r-gone", minutes=5, status="pruning"))
+    catalog.store.delete("prod/manifests/r-old.json")
+    catalog.store.delete("prod/manifests/r-gone.json")  # a prune killed between its two deletes
+
+    for _ in range(2):  # not only the first listing: the line stays to say so
+        entries, problems = catalog.list()
+        assert [e.run_id for e in entries] == ["r-new"]
+        assert problems == [f"run r-old: its manifest {catalog.store.describe()}/prod/manifests/r-old.json is "
+                            "missing, though the index lists the run as succeeded"]
+    assert catalog.runs_without_manifest() == ["r-old"]
+    assert [e["run_id"] for e in json.loads(catalog.store.read("prod/index.json"))] == ["r-new", "r-old"]
+
+    catalog.store.delete("prod/index.json")  # a rebuild from the manifests forgets it, as documented
+    entries, problems = catalog.list()
+    assert [e.run_id for e in entries] == ["r-new"] and problems == [] and catalog.runs_without_manifest() == []

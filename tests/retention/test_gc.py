@@ -107,3 +107,14 @@ def test_gc_refuses_a_catalog_that_holds_no_run_while_the_cluster_has_snapshots(
     assert not (scene.root / "catalog-not-mounted").exists(), "gc --delete made a catalog (its lock) there"
 
     assert gc(right).orphans == []  # the right catalog: nothing to refuse
+
+
+def test_gc_never_takes_the_snapshots_of_a_run_whose_manifest_was_lost_for_orphans(scene: Scene) -> None:
+    scene.add_run("r0", T0)
+    scene.add_run("r1", T0 + timedelta(days=1))
+    scene.catalog.store.delete(f"{CLUSTER}/manifests/r0.json")  # its index line still says succeeded
+    backups = scene.snapshot_ids()
+
+    found = gc(inventory(scene))
+    assert found.orphans == [] and "r0" in found.skipped_runs
+    assert gc(inventory(scene), delete=True).deleted == [] and scene.snapshot_ids() == backups
