@@ -153,6 +153,12 @@ class LocalRestores:
                 )
         except OSError as exc:
             raise _unusable_target(ref, dest, exc) from exc
+        if os.path.ismount(dest):  # a fresh disk mounted there: the copy would go to the one below
+            raise BadInputError(
+                f"node {ref.node}: cannot restore to {dest}: it is a mount point, and a restore is built beside "
+                "its target (here: on the file system below it) and renamed into place, which a mount point refuses",
+                hint=f"restore into a directory inside it, e.g. restore.path: {dest}/restore (or --to a directory "
+                     "on that disk)")
         return dest
 
     def _restorable_metadata(self, ref: SnapshotRef, snap_dir: Path) -> dict[str, Any]:
