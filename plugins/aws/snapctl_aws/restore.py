@@ -89,7 +89,7 @@ def _attached_to(instance: str):
 
 
 def delete_restored_volume(provider: AwsProvider, volume_id: str) -> None:
-    """Detach the volume from every instance it is attached to, wait until it is available, delete it."""
+    """A volume restore made, by its cluster tag (refused without it): detached, then deleted."""
     try:
         volume = _describe_volume(provider, volume_id)
         if volume.get("State") in GONE:
@@ -101,6 +101,14 @@ def delete_restored_volume(provider: AwsProvider, volume_id: str) -> None:
                 + (f" (it belongs to cluster {tags[TAG_CLUSTER]!r})" if TAG_CLUSTER in tags else ""),
                 hint="snapctl only deletes volumes it restored for this cluster",
             )
+        _detach_and_delete(provider, volume_id, volume)
+    except VolumeNotFound:
+        return
+
+
+def _detach_and_delete(provider: AwsProvider, volume_id: str, volume: dict[str, Any]) -> None:
+    """Detach the volume from every instance it is attached to, wait until it is available, delete it."""
+    try:
         attachments = volume.get("Attachments", [])
         for attachment in attachments:
             if attachment.get("State") in ("attaching", "attached", "busy"):
@@ -147,9 +155,22 @@ def _wait_volume(provider: AwsProvider, volume_id: str, done, what: str,
         provider._sleep(min(provider.settings.poll_interval_s, remaining))
 
 
+DISCARD_WAIT_S = 60.0  # how long a half-restored volume still `creating` is waited for, to delete it
+
+
 def _discard(provider: AwsProvider, volume_id: str, cluster: str | None) -> None:
-    """A volume half-restored is only a cost; remove it so a retry starts clean."""
+    """A volume half-restored is only a cost; remove it so a retry starts clean. EC2 deletes only
+    a volume that is available (or in error): one still `creating` (a restore that timed out or
+    was interrupted meanwhile) is waited for, briefly, first; one attached part-way is detached."""
     try:
-        provider.ec2.call("delete_volume", DELETE, VolumeId=volume_id)
+        deadline = provider._clock() + DISCARD_WAIT_S
+        while (volume := _describe_volume(provider, volume_id)).get("State") == "creating":
+            if provider._clock() >= deadline:
+                break  # the delete below says why, and the warning names the volume
+            provider._sleep(provider.settings.poll_interval_s)
+        if volume.get("State") not in GONE:
+            _detach_and_delete(provider, volume_id, volume)  # ours: made by this call, whatever its tags
+    except VolumeNotFound:
+        return
     except Exception as exc:  # noqa: BLE001 - the restore's own error is the one to report
         log.warning("could not delete half-restored volume %s (cluster %s): %s", volume_id, cluster, exc)

@@ -86,3 +86,47 @@ def test_delete_volume_without_permission_names_the_permission(provider, ec2, vo
         provider.delete_volume(restored)
     assert restored in volume_ids(ec2)
 
+
+
+class StillCreating:
+    """EC2 while a new volume is being made from its snapshot: DescribeVolumes says ``creating``
+    for the first ``polls`` calls, and DeleteVolume refuses the volume meanwhile (``IncorrectState``:
+    EC2 deletes only an available volume). moto makes volumes available at once."""
+
+    def __init__(self, polls: int) -> None:
+        self.polls, self.describes, self.refused = polls, 0, 0
+
+    @property
+    def creating(self) -> bool:
+        return self.describes < self.polls
+
+    def describe(self, parsed, **_) -> None:
+        self.describes += 1
+        if self.creating or self.describes == self.polls:
+            for volume in parsed.get("Volumes", []):
+                volume["State"] = "creating" if self.creating else volume["State"]
+
+    def delete(self, **_):
+        from tests.providers.aws.faults import ec2_error
+
+        if self.creating:
+            self.refused += 1
+            return ec2_error(400, "IncorrectState", "The volume is 'creating'.")
+        return None
+
+
+def test_a_restore_that_gives_up_on_a_volume_still_being_made_deletes_it_once_ec2_allows(make_provider, ec2, volume):
+    """The restore timed out (or was interrupted) while the volume was still `creating`: its
+    immediate delete was refused, only logged, and the volume stayed, unnamed anywhere."""
+    provider = make_provider(restore_timeout_s=0.2, poll_interval_s=0.05)
+    volumes = provider.validate_volumes("n1", [{"volume": volume, "name": "data"}], base_dir=Path("."))
+    [ref] = provider.snapshot(volumes, snapshot_tags(provider.cluster, "run-1", "n1"))
+    before = volume_ids(ec2)
+    creating = StillCreating(polls=12)
+    provider.client.meta.events.register("after-call.ec2.DescribeVolumes", creating.describe)
+    provider.client.meta.events.register("before-send.ec2.DeleteVolume", creating.delete)
+
+    with pytest.raises(ProviderError, match="is not available after"):
+        provider.restore(ref, RestoreTarget(zone=ZONE))
+
+    assert creating.refused == 0 and volume_ids(ec2) == before, "the half-made volume was left behind"
