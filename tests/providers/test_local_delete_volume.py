@@ -131,3 +131,33 @@ def test_a_second_restore_into_a_place_another_is_writing_to_leaves_that_ones_ma
     marker_of(target).unlink()  # it finished elsewhere, or was killed and cleaned up by hand
     assert Path(provider.restore(ref, RestoreTarget(path=target))) == target
     assert json.loads(marker_of(target).read_text())["snapshot_id"] == ref.snapshot_id
+
+
+@pytest.mark.parametrize("emptied", ["removed", "emptied"])
+def test_a_rerun_into_a_place_whose_finished_restore_was_removed_by_hand_goes_ahead(provider, volumes, tmp_path,
+                                                                                    emptied):
+    # The marker outlives the restore (it names what teardown may delete): after `rm -r` of the
+    # restored directory alone, the rerun said "another restore is writing" with none running.
+    from snapctl.errors import BadInputError
+    from snapctl_local.store import remove_tree
+
+    [ref] = provider.snapshot(volumes, snapshot_tags(CLUSTER, "run1", "n1"))
+    target = tmp_path / "restores" / "data"
+    provider.restore(ref, RestoreTarget(path=target))
+    assert json.loads(marker_of(target).read_text())["finished_at"]
+    remove_tree(target)  # as `rm -r` by hand; the sub-directory is read-only
+    if emptied == "emptied":
+        target.mkdir()
+
+    provider.check_restore(ref, RestoreTarget(path=target))
+    assert Path(provider.restore(ref, RestoreTarget(path=target))) == target
+    assert (target / "meta.txt").read_text() == "meta\n"
+    assert json.loads(marker_of(target).read_text())["finished_at"]
+
+    # A marker that does not say its restore finished is one under way, or killed: still refused.
+    remove_tree(target)
+    marker = json.loads(marker_of(target).read_text())
+    del marker["finished_at"]
+    marker_of(target).write_text(json.dumps(marker))
+    with pytest.raises(BadInputError, match="another restore is writing"):
+        provider.restore(ref, RestoreTarget(path=target))

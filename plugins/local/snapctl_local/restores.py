@@ -3,6 +3,7 @@ restore half of ``LocalProvider``, which mixes this class in."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,6 +16,8 @@ from .store import (
     DATA,
     RESTORE_PREFIX,
     SnapshotStore,
+    finish_restore_marker,
+    finished_restore_marker,
     fsync_dir,
     metadata_damage,
     read_metadata,
@@ -56,7 +59,9 @@ class LocalRestores:
         if not os.access(parent, os.W_OK | os.X_OK):
             raise BadInputError(f"node {ref.node}: cannot restore to {dest}: {parent} is not writable",
                                 hint=_TARGET_HINT)
-        if os.path.lexists(restore_marker(dest)):  # the target is empty: a restore is under way, or died
+        # The target is empty: a restore is under way or died, or one finished and its directory
+        # was emptied by hand since (restore() then removes that marker).
+        if os.path.lexists(restore_marker(dest)) and not finished_restore_marker(dest):
             raise _busy_target(ref, dest)
         snap_dir = self._snapshot_dir(ref)
         meta = self._restorable_metadata(ref, snap_dir)
@@ -81,6 +86,8 @@ class LocalRestores:
         marked = False
         try:
             # The marker goes first, so every directory a restore made is one delete_volume may remove.
+            if finished_restore_marker(dest):  # its restore's directory was removed by hand: it names nothing
+                restore_marker(dest).unlink(missing_ok=True)
             try:
                 write_restore_marker(dest, ref, meta)
             except FileExistsError:
@@ -91,6 +98,8 @@ class LocalRestores:
             os.rename(staging, dest)  # replaces an empty directory atomically
             fsync_dir(dest.parent)
             marked = False
+            with contextlib.suppress(OSError):  # restored: a marker left unfinished only blocks a rerun
+                finish_restore_marker(dest)
         except CopyStopped as exc:  # a drill interrupted: its other nodes' copies stop too
             raise Interrupted(f"node {ref.node}: restore of snapshot {ref.snapshot_id} to {dest}") from exc
         except TreeCopyError as exc:

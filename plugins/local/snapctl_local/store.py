@@ -277,6 +277,20 @@ def read_restore_marker(dest: Path) -> dict[str, Any] | None:
     return _read_json(restore_marker(dest))
 
 
+def finish_restore_marker(dest: Path) -> None:
+    """Record in the marker that the restore into ``dest`` finished: a marker that says so, beside
+    a ``dest`` found gone or empty later, is one that was emptied by hand, not a restore under way."""
+    document = read_restore_marker(dest)
+    if document is not None:
+        _write_json(restore_marker(dest), {**document, "finished_at": datetime.now(UTC).isoformat(timespec="seconds")})
+
+
+def finished_restore_marker(dest: Path) -> bool:
+    """The marker beside ``dest`` is one a restore that finished left there (see ``finish_restore_marker``)."""
+    document = read_restore_marker(dest)
+    return bool(document and document.get("finished_at") and document.get("path") == str(dest))
+
+
 def _write_json(target: Path, document: dict[str, Any], indent: int | None = 1, *, sync: bool = True) -> None:
     """Atomically: a temp file beside ``target``, fsynced (unless not ``sync``), renamed over it."""
     temp = target.with_name(f".{target.name}.tmp")
