@@ -242,6 +242,22 @@ def test_a_cloud_run_whose_snapshot_is_gone_or_failed_is_refused_before_any_volu
         assert restored() == [], "volume a was made before b's snapshot was found gone"
 
 
+def test_an_aws_snapshot_still_pending_is_refused_naming_it_with_what_to_do(tmp_path):
+    from snapctl.catalog import open_catalog
+    from snapctl.errors import ProviderError
+
+    with two_volume_node(tmp_path, "aws") as (inventory, _, _, restored):
+        run_id = _backup(inventory)
+        [_, second] = open_catalog(load_inventory(inventory)).load(run_id).nodes["db1"].snapshots
+        shared_moto_server().ec2_backend().snapshots[second.snapshot_id].status = "pending"
+
+        with pytest.raises(ProviderError, match=rf"node db1: snapshot {second.snapshot_id} of volume b is pending"
+                                                r".*not completed; it cannot be restored yet") as caught:
+            restore_run(load_inventory(inventory), run_id)
+        assert "snapctl verify" in caught.value.hint and "snapctl list" in caught.value.hint
+        assert restored() == [], "volume a was made before b's snapshot was found pending"
+
+
 @pytest.mark.parametrize("cloud", ["gcp", "azure"])
 def test_two_volumes_given_one_device_are_refused_before_any_disk_is_made(tmp_path, cloud):
     """`restore.device` is for a node with one volume: with two, both asked for the same device;

@@ -45,7 +45,12 @@ def check_restore_volume(snapshot: dict[str, Any], volume: str, target: RestoreT
                             hint="restore another run (`snapctl list`); `snapctl verify RUN` checks a run's snapshots "
                                  "without restoring")
     if snapshot.get("State") != "completed":
-        raise ProviderError(f"snapshot {snapshot_id} is {snapshot.get('State')}, not completed; it cannot be restored yet")
+        who = f"node {node}: " if node else ""
+        progress = f" ({snapshot['Progress']})" if snapshot.get("Progress") else ""
+        raise ProviderError(f"{who}snapshot {snapshot_id} of volume {volume} is {snapshot.get('State')}{progress}, "
+                            "not completed; it cannot be restored yet",
+                            hint="EBS is still copying it: restore again once `snapctl verify RUN` says the run's "
+                                 "snapshots are completed, or restore an older run (`snapctl list`)")
     return device
 
 
