@@ -22,16 +22,15 @@ provider's ``.partial-*`` copies): the provider lists only those no running call
 from __future__ import annotations
 
 import json
-import secrets
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING
 
 from snapctl.catalog import Catalog, open_catalog
-from snapctl.errors import CatalogError, SnapctlError, SnapshotNotFound
+from snapctl.catalog.lock import ThreadLockKeeper
+from snapctl.errors import CatalogError, Interrupted, SnapctlError, SnapshotNotFound
 from snapctl.providers import TAG_CLUSTER, TAG_RUN, Leftover, Provider, SnapshotRef, open_provider
 from snapctl.retention import PRUNING, SUCCEEDED, Decision, RetentionPlan, Run, decide
 
@@ -113,7 +112,7 @@ def prune(inventory: Inventory, *, dry_run: bool = False) -> PruneResult:
     drill_timeout_s = inventory.drill.timeout_s
     if dry_run:
         return plan(catalog, provider, inventory.retention, drill_timeout_s)
-    with _Locked(catalog, inventory.policy.lock_ttl_s, "prune") as locked:
+    with ThreadLockKeeper(catalog, inventory.policy.lock_ttl_s, "prune") as locked:
         planned = plan(catalog, provider, inventory.retention, drill_timeout_s)
         return apply(planned, catalog, provider, locked.check, drill_timeout_s)
 
@@ -194,21 +193,41 @@ async def prune_after_backup(
     still_locked: StillLocked,
 ) -> None:
     """DESIGN step 8, retention: run under the backup's lock; its outcome goes into
-    ``manifest.extra["retention"]``. A failure is reported there and never fails the backup."""
+    ``manifest.extra["retention"]``. A failure is reported there and never fails the backup. Ctrl-C
+    or SIGTERM stops its thread before its next deletion (a cancelled await would leave it deleting
+    after the lock's release); the runs it marked stay marked for the next prune."""
     import asyncio
 
     reporter.step("prune", f"applying retention ({_describe(inventory.retention)})")
-    record: dict[str, object]
-    try:
-        planned = await asyncio.to_thread(plan, catalog, provider, inventory.retention, inventory.drill.timeout_s)
-        done = await asyncio.to_thread(apply, planned, catalog, provider, still_locked, inventory.drill.timeout_s)
-        record = {"deleted": [v.run_id for v in done.deleted], "kept": len(done.kept)}
+    stop = threading.Event()
+
+    def checked() -> None:
+        if stop.is_set():
+            raise SnapctlError("interrupted (Ctrl-C or SIGTERM) before it finished; the runs it marked "
+                               "'pruning' are deleted by the next prune")
+        still_locked()
+
+    def work() -> dict[str, object]:
+        try:
+            planned = plan(catalog, provider, inventory.retention, inventory.drill.timeout_s)
+            checked()
+            done = apply(planned, catalog, provider, checked, inventory.drill.timeout_s)
+        except SnapctlError as exc:
+            return {"error": str(exc)}
+        except Exception as exc:  # noqa: BLE001 - the backup succeeded; whatever broke here must not undo that
+            return {"error": f"{type(exc).__name__}: {exc}"}
+        record: dict[str, object] = {"deleted": [v.run_id for v in done.deleted], "kept": len(done.kept)}
         if done.unfinished:
             record["error"] = "; ".join(f"run {v.run_id}: {v.error}" for v in done.unfinished)
-    except SnapctlError as exc:
-        record = {"error": str(exc)}
-    except Exception as exc:  # noqa: BLE001 - the backup succeeded; whatever broke here must not undo that
-        record = {"error": f"{type(exc).__name__}: {exc}"}
+        return record
+
+    worker = asyncio.get_running_loop().run_in_executor(None, work)
+    while not worker.done():
+        try:
+            await asyncio.shield(worker)
+        except asyncio.CancelledError:
+            stop.set()  # the deletion under way ends; none begins after it
+    record = worker.result()
     if "error" in record:
         reporter.step("prune", f"retention did not finish (the backup itself succeeded): {record['error']}")
     manifest.extra["retention"] = record
@@ -216,6 +235,8 @@ async def prune_after_backup(
         catalog.save(manifest)
     except SnapctlError as exc:
         reporter.step("prune", f"could not record the retention outcome in the manifest: {exc}")
+    if stop.is_set():
+        raise Interrupted(f"retention after backup {manifest.run_id} (which succeeded)")
 
 
 def _delete_snapshot(provider: Provider, ref: SnapshotRef, cluster: str) -> None:
@@ -240,7 +261,7 @@ def gc(inventory: Inventory, *, delete: bool = False) -> GcResult:
         return find_orphans(catalog, provider)
     if not catalog.store.list(f"{catalog.cluster}/manifests/"):
         find_orphans(catalog, provider)  # the wrong catalog is refused before its lock is made there
-    with _Locked(catalog, inventory.policy.lock_ttl_s, "gc") as locked:
+    with ThreadLockKeeper(catalog, inventory.policy.lock_ttl_s, "gc") as locked:
         result = find_orphans(catalog, provider, ours=locked.run_id)
         result.delete = True
         for ref in result.orphans:
@@ -294,41 +315,6 @@ def find_orphans(catalog: Catalog, provider: Provider, ours: str | None = None) 
 
 
 # -- helpers -------------------------------------------------------------------------------------
-
-
-class _Locked:
-    """The cluster lock for a prune or gc, renewed from a thread while the work runs."""
-
-    def __init__(self, catalog: Catalog, ttl_s: float, verb: str) -> None:
-        from snapctl.orchestrator import run_owner
-
-        self.run_id = f"{verb}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{secrets.token_hex(3)}"
-        self._lock = catalog.acquire_lock(run_owner(), self.run_id, ttl_s)
-        self._period = ttl_s / 3
-        self._lost: SnapctlError | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._renew, name="snapctl-lock", daemon=True)
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._lock.release()
-
-    def check(self) -> None:
-        if self._lost is not None:
-            raise self._lost
-
-    def _renew(self) -> None:
-        while not self._stop.wait(self._period):
-            try:
-                self._lock.renew()
-            except SnapctlError as exc:
-                self._lost = exc
-                return
 
 
 def _spared_while_in_use(catalog: Catalog, verdict: RunVerdict, result: PruneResult, drill_timeout_s: float) -> bool:

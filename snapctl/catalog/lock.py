@@ -12,13 +12,20 @@ run takes over like an expired one.
 from __future__ import annotations
 
 import asyncio
+import secrets
+import threading
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Self
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
 
 from snapctl.catalog import BlobStore
 from snapctl.errors import CatalogError, LockHeld, RunFailed, SnapctlError
+
+if TYPE_CHECKING:
+    from snapctl.catalog.catalog import Catalog
 
 Clock = Callable[[], datetime]
 
@@ -186,3 +193,39 @@ class LockKeeper:
 
     def stop(self) -> None:
         self.task.cancel()
+
+
+class ThreadLockKeeper:
+    """The cluster lock for a command that is not a coroutine (prune, gc --delete), renewed from a
+    thread while the work runs; ``check`` raises once it is lost."""
+
+    def __init__(self, catalog: Catalog, ttl_s: float, verb: str) -> None:
+        from snapctl.orchestrator import run_owner
+
+        self.run_id = f"{verb}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{secrets.token_hex(3)}"
+        self._lock = catalog.acquire_lock(run_owner(), self.run_id, ttl_s)
+        self._period = ttl_s / 3
+        self._lost: SnapctlError | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew, name="snapctl-lock", daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._lock.release()
+
+    def check(self) -> None:
+        if self._lost is not None:
+            raise self._lost
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self._period):
+            try:
+                self._lock.renew()
+            except SnapctlError as exc:
+                self._lost = exc
+                return

@@ -479,3 +479,49 @@ def test_a_runs_own_snapshot_whose_recorded_tag_names_another_cluster_is_not_del
     [unfinished] = result.unfinished
     assert unfinished.run_id == "r0" and "'other', not 'prod'" in unfinished.error
     assert ref.snapshot_id in scene.snapshot_ids()
+
+
+def test_retention_after_a_backup_stopped_by_ctrl_c_deletes_nothing_more_before_the_backup_unwinds(
+        scene: Scene) -> None:
+    # SIGTERM during a backup's retention cancelled the task, and the lock was released at once,
+    # while the prune's thread went on deleting every doomed run, unlocked, until the last.
+    import threading
+
+    from snapctl.errors import Interrupted
+
+    for day in range(4):
+        scene.add_run(f"r{day}", T0 + timedelta(days=day))
+    newest = scene.catalog.load("r3")
+    deleting, go_on = threading.Event(), threading.Event()
+    real_delete = scene.provider.delete
+    deleted: list[str] = []
+
+    def slow_delete(ref):
+        deleting.set()
+        go_on.wait(10)
+        real_delete(ref)
+        deleted.append(ref.snapshot_id)
+
+    scene.provider.delete = slow_delete
+    inv = inventory(scene, {"keep_last": 1, "daily": 0, "weekly": 0, "monthly": 0})
+
+    async def backup_stopped_while_deleting() -> None:
+        task = asyncio.create_task(prune_after_backup(inv, scene.catalog, scene.provider, newest, NullReporter(),
+                                                      lambda: None))
+        await asyncio.to_thread(deleting.wait, 10)
+        task.cancel()  # what SIGTERM and Ctrl-C do to a backup
+        await asyncio.sleep(0.2)
+        assert not task.done(), "the backup unwinds (and releases its lock) only once the deletion under way ends"
+        go_on.set()
+        with pytest.raises(Interrupted, match=r"retention after backup r3 \(which succeeded\) was interrupted"):
+            await task
+
+    asyncio.run(backup_stopped_while_deleting())
+
+    assert len(deleted) == 1, "no deletion begins after the interruption"
+    assert scene.run_ids() == {"r0", "r1", "r2", "r3"}
+    assert {scene.catalog.load(r).status for r in ("r0", "r1", "r2")} == {PRUNING}, "the next prune finishes them"
+    record = scene.catalog.load("r3").extra["retention"]
+    assert record["error"].startswith("interrupted (Ctrl-C or SIGTERM) before it finished")
+    scene.provider.delete = real_delete
+    assert prune(inv).ok and scene.run_ids() == {"r3"}
