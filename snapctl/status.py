@@ -202,8 +202,9 @@ async def watch_status(
 ) -> ClusterStatus:
     """``collect_status`` every ``interval_s`` seconds, handing each result to ``show``; until
     interrupted, or ``refreshes`` times. Returns the last status."""
-    if interval_s <= 0:
-        raise BadInputError(f"--watch {interval_s:g}: the interval must be more than zero seconds")
+    if not 0 < interval_s < float("inf"):  # NaN too: it asked every agent again at once, for ever
+        raise BadInputError(f"--watch {interval_s:g}: the interval must be a number of seconds more than zero",
+                            hint="e.g. --watch 5, or a bare --watch for every 2 seconds")
     memory = SnapshotMemory(memory_path(inventory.cluster) if remember else None)
     done = 0
     while True:

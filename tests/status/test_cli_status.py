@@ -386,3 +386,15 @@ def test_with_the_only_successful_manifest_unreadable_status_does_not_say_there_
     assert "no readable successful backup (see the unreadable manifests)" in messages
     assert "no successful backup yet" not in messages
     assert any(m.startswith("unreadable manifest: run r-good") for m in messages)
+
+
+@pytest.mark.parametrize("seconds", ["nan", "inf"])
+def test_a_watch_interval_that_is_no_number_of_seconds_is_refused(tmp_path, seconds):
+    # `--watch nan` asked every agent again as fast as it could, forever (NaN <= 0 is false); `inf` never refreshed.
+    write_inventory(tmp_path, sqlite_nodes(tmp_path, 1))
+    proc = subprocess.run([sys.executable, "-m", "snapctl.cli", "status", "-i", "inventory.yaml", "--watch", seconds,
+                           "-o", "json"], cwd=tmp_path, capture_output=True, text=True, timeout=20, check=False)
+    assert proc.returncode == ExitCode.BAD_INPUT
+    document = json.loads(proc.stdout)
+    assert document["error"] == f"--watch {seconds}: the interval must be a number of seconds more than zero"
+    assert document["hint"] == "e.g. --watch 5, or a bare --watch for every 2 seconds"
