@@ -101,8 +101,9 @@ def list_runs(inventory: InventoryOpt = None, output: OutputOpt = "text") -> int
     from snapctl.catalog import open_catalog
 
     out = _renderer(output)  # first: it decides how an error is shown, the inventory's too
-    entries, problems = open_catalog(_inventory(inventory)).list()
-    return out.run_list(entries, problems)
+    catalog = open_catalog(_inventory(inventory))
+    entries, problems = catalog.list()
+    return out.run_list(entries, problems, catalog.describe())
 
 
 @app.command()

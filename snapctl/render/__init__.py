@@ -145,7 +145,7 @@ class Renderer:
         self.out.print("preflight: " + ("would refuse (see above)" if refused else "ok"))
         return ExitCode.PREFLIGHT_REFUSED if refused else ExitCode.OK
 
-    def run_list(self, entries, problems) -> int:
+    def run_list(self, entries, problems, where: str = "the catalog") -> int:
         from rich import box
         from rich.markup import escape
         from rich.table import Table
@@ -162,7 +162,10 @@ class Renderer:
             table.add_row(e.run_id, _status_text(e.status), f"{e.started_at:%m-%d %H:%M:%S}", str(e.nodes),
                           str(e.snapshots), _seconds(e.max_freeze_window_s), *([escape((e.error or "")[:80])] if any(
                               x.error for x in entries) else []))
-        self.out.print(table if entries else "no backups yet")
+        if not entries:  # which catalog: cron's user, CI and you may each have one (catalog: unset)
+            self.line(f"no backups yet in {where}")
+        else:
+            self.out.print(table)
         for problem in problems:
             self.err.print(f"[yellow]warning:[/] {escape(problem)}", soft_wrap=True)
         return ExitCode.OK
@@ -296,7 +299,7 @@ class JsonRenderer(Renderer):
             return ExitCode.PREFLIGHT_REFUSED
         return ExitCode.OK
 
-    def run_list(self, entries, problems) -> int:
+    def run_list(self, entries, problems, where: str = "the catalog") -> int:
         self._emit("list", {"runs": entries, "problems": problems})
         return ExitCode.OK
 

@@ -4,6 +4,7 @@ command says so and exits 130."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -176,3 +177,23 @@ def test_with_json_output_a_usage_error_is_the_one_document_too(argv, error, hin
 def test_with_a_later_text_output_a_usage_error_is_no_json_document():
     result = snapctl("list", "-o", "json", "-o", "text", "--bogus")  # the last -o wins, as when it parses
     assert result.returncode == ExitCode.BAD_INPUT and result.stdout == ""
+
+
+def test_with_no_backups_list_and_latest_say_which_catalog_they_looked_in(tmp_path):
+    # Without `catalog:` the catalog is per user: cron's user had backups, the operator's `snapctl list`
+    # said "no backups yet" and `drill latest` "no succeeded backup ... in the catalog yet", naming none.
+    (tmp_path / "inv.yaml").write_text("cluster: c\nprovider: {type: local, store: snaps}\nnodes:" + GOOD_NODE)
+    env = {**os.environ, "HOME": str(tmp_path / "home")}
+    env.pop("XDG_STATE_HOME", None)
+    where = tmp_path / "home" / ".local" / "state" / "snapctl" / "catalog"
+
+    listed = subprocess.run([sys.executable, "-m", "snapctl.cli", "list", "-i", "inv.yaml"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60, check=False)
+    drilled = subprocess.run([sys.executable, "-m", "snapctl.cli", "drill", "latest", "-i", "inv.yaml"], cwd=tmp_path,
+                             env=env, capture_output=True, text=True, timeout=60, check=False)
+
+    assert listed.returncode == 0 and listed.stdout.strip() == f"no backups yet in {where} (cluster c)"
+    assert drilled.returncode == ExitCode.BAD_INPUT
+    assert (f"snapctl: error: no succeeded backup of cluster c in the catalog at {where}, which does not exist"
+            in drilled.stderr)
+    assert "$XDG_STATE_HOME/snapctl/catalog of the user running snapctl" in drilled.stderr
