@@ -124,13 +124,9 @@ class _Drill:
 
 def run_drill(inventory: Inventory, run_ref: str = "latest", *, junit: Path | None = None, keep: bool = False,
               reporter: Reporter | None = None) -> DrillReport:
-    from snapctl.junit import write_junit
+    from snapctl.junit import write_junit, write_junit_refusal
 
     reporter = reporter or NullReporter()
-    catalog = open_catalog(inventory)
-    manifest = load_restorable(catalog, run_ref)
-    for name in manifest.nodes:
-        inventory_node(inventory, name)  # every node of the run must still be described
     junit_path = junit or (inventory.resolve(inventory.drill.junit) if inventory.drill.junit else Path(DEFAULT_JUNIT))
     try:  # as pytest's --junitxml does: a CI job's fresh checkout has no reports/ yet
         junit_path.parent.mkdir(parents=True, exist_ok=True)
@@ -140,8 +136,16 @@ def run_drill(inventory: Inventory, run_ref: str = "latest", *, junit: Path | No
     if junit_path.is_dir():
         raise BadInputError(f"cannot write the junit report to {junit_path}: it is a directory",
                             hint=f"name a file, e.g. --junit {junit_path / 'drill.xml'}")
-    provider = open_provider(inventory)
-    check_provider(manifest, provider)
+    try:  # a drill that cannot begin (no backup yet, the catalog unreadable) still leaves CI a report saying why
+        catalog = open_catalog(inventory)
+        manifest = load_restorable(catalog, run_ref)
+        for name in manifest.nodes:
+            inventory_node(inventory, name)  # every node of the run must still be described
+        provider = open_provider(inventory)
+        check_provider(manifest, provider)
+    except SnapctlError as exc:
+        write_junit_refusal(junit_path, inventory.cluster, run_ref, exc)
+        raise
     started_at = datetime.now(UTC)
     drill_id = f"{started_at:%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
     scratch = _scratch_dir(inventory, manifest.run_id, drill_id)
@@ -153,7 +157,11 @@ def run_drill(inventory: Inventory, run_ref: str = "latest", *, junit: Path | No
     try:
         # On record from the start, unfinished: a prune meanwhile leaves this run's snapshots alone.
         # In the try: if the catalog refuses it, the scratch directory still goes.
-        catalog.store.write(report.record, report.model_dump_json(indent=2).encode())
+        try:
+            catalog.store.write(report.record, report.model_dump_json(indent=2).encode())
+        except SnapctlError as exc:  # nothing restored yet: the drill does not begin unrecorded
+            write_junit_refusal(junit_path, inventory.cluster, run_ref, exc)
+            raise
         with sigterm_as_ctrl_c():  # a CI job cancelled: teardown, the report and the record still happen
             reporter.step("drill", f"restoring run {manifest.run_id} ({len(manifest.nodes)} nodes) into {scratch}")
             report.nodes, report.interrupted = _drill_all(drill)

@@ -42,9 +42,30 @@ def drill_junit(report: DrillReport) -> ET.ElementTree:
     return ET.ElementTree(suites)
 
 
+def write_junit_refusal(path: Path, cluster: str, run_ref: str, exc: SnapctlError) -> None:
+    """The report of a drill that could not begin: one errored case saying why, so that a CI job
+    publishing reports shows the reason, not "no test results". Best effort: ``exc`` is what matters."""
+    suites = ET.Element("testsuites", name="snapctl drill", tests="1", failures="0", errors="1", skipped="0",
+                        time="0.000")
+    suite = ET.SubElement(suites, "testsuite", name=f"drill {cluster} run {run_ref}", tests="1", failures="0",
+                          errors="1", skipped="0", time="0.000", hostname=socket.gethostname())
+    case = ET.SubElement(suite, "testcase", classname=f"snapctl.drill.{cluster}", name=f"cluster {cluster}",
+                         time="0.000")
+    error = ET.SubElement(case, "error", message=f"the drill could not begin: {exc.message}", type="error")
+    error.text = exc.message + (f"\nhint: {exc.hint}" if exc.hint else "")
+    ET.indent(suites)
+    try:
+        _write(ET.ElementTree(suites), path)
+    except SnapctlError:
+        pass
+
+
 def write_junit(report: DrillReport, path: Path) -> Path:
     """Write atomically (temp file, rename): a CI job never reads half a report."""
-    tree = drill_junit(report)
+    return _write(drill_junit(report), path)
+
+
+def _write(tree: ET.ElementTree, path: Path) -> Path:
     path = path.resolve()
     try:
         fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)

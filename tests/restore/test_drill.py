@@ -259,3 +259,20 @@ def test_a_prune_during_a_drill_spares_the_run_being_drilled(sqlite_cluster, tmp
     assert during.deleted == [] and any(v.run_id == older and v.reasons[0].startswith("being drilled")
                                         for v in during.kept)
     assert [v.run_id for v in prune(sqlite_cluster.inventory).deleted] == [older]  # the drill is over
+
+
+def test_a_drill_that_cannot_begin_still_writes_a_junit_report_saying_why(sqlite_cluster, tmp_path):
+    # The nightly CI drill of a cluster whose backups had all failed exited 2 with no report: the
+    # publishing step found "no test results", or last night's passing report where it was kept.
+    report_path = tmp_path / "reports" / "drill.xml"
+    report_path.parent.mkdir()
+    report_path.write_text("<testsuites name='snapctl drill' tests='4' failures='0' errors='0'/>")  # last night's
+
+    with pytest.raises(BadInputError, match="no succeeded backup of cluster restore-test"):
+        run_drill(sqlite_cluster.inventory, "latest", junit=report_path)
+
+    root = ET.parse(report_path).getroot()
+    assert (root.get("tests"), root.get("errors"), root.get("failures")) == ("1", "1", "0")
+    [error] = junit_cases(report_path)["cluster restore-test"].findall("error")
+    assert error.get("message").startswith("the drill could not begin: no succeeded backup of cluster restore-test")
+    assert "hint: the catalog is the inventory's catalog.path" in error.text
