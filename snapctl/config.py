@@ -357,14 +357,17 @@ def inventory_path(explicit: str | None) -> Path:
 def load_inventory(path: str | os.PathLike[str] | None = None) -> Inventory:
     file = inventory_path(str(path) if path else None)
     try:
-        text = file.read_text()
+        data = file.read_bytes()
+        text = data.decode("utf-8")  # YAML is UTF-8 text: not whatever the locale says (cron's may be C)
     except FileNotFoundError:
-        raise InventoryError(
-            f"{file}: inventory file not found",
-            hint="pass -i FILE, set SNAPCTL_INVENTORY, or copy inventory.example.yaml to inventory.yaml",
-        ) from None
+        raise InventoryError(f"{file}: inventory file not found", hint="pass -i FILE, set SNAPCTL_INVENTORY, "
+                             "or copy inventory.example.yaml to inventory.yaml") from None
     except OSError as exc:
         raise InventoryError(f"{file}: cannot read inventory: {os_reason(exc)}") from exc
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise InventoryError(f"{file}:{line}: not UTF-8 text (byte {data[exc.start]:#04x})",
+                             hint="save the inventory as UTF-8") from None
     return parse_inventory(text, source=str(file), base_dir=file.resolve().parent)
 
 

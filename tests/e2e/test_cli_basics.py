@@ -197,3 +197,14 @@ def test_with_no_backups_list_and_latest_say_which_catalog_they_looked_in(tmp_pa
     assert (f"snapctl: error: no succeeded backup of cluster c in the catalog at {where}, which does not exist"
             in drilled.stderr)
     assert "$XDG_STATE_HOME/snapctl/catalog of the user running snapctl" in drilled.stderr
+
+
+def test_an_inventory_that_is_not_utf8_is_one_line_naming_the_line(tmp_path):
+    # A comment saved as Latin-1 (or a binary file passed to -i) ended every command in a traceback, exit 1.
+    (tmp_path / "inv.yaml").write_bytes(b"cluster: c\n# r\xe9sum\xe9 of the nodes\nprovider: {type: local}\nnodes:"
+                                        + GOOD_NODE.encode())
+    result = snapctl("list", "-i", "inv.yaml", "-o", "json", cwd=tmp_path)
+    assert result.returncode == ExitCode.BAD_INPUT, result.stderr
+    assert json.loads(result.stdout) == {"schema_version": 1, "error": "inv.yaml:2: not UTF-8 text (byte 0xe9)",
+                                         "hint": "save the inventory as UTF-8", "exit_code": 2}
+    assert "Traceback" not in result.stderr
