@@ -162,8 +162,9 @@ class AgentConfig(Strict):
                 token, mode = read_first_line(file)
             except FileNotFoundError:
                 raise AgentConfigError(f"{self._source}: {key} {file} not found") from None
-            except OSError as exc:
-                raise AgentConfigError(f"{self._source}: cannot read {key} {file}: {os_reason(exc)}") from exc
+            except (OSError, UnicodeDecodeError) as exc:
+                why = os_reason(exc) if isinstance(exc, OSError) else "not UTF-8 text"
+                raise AgentConfigError(f"{self._source}: cannot read {key} {file}: {why}") from exc
             self._warn_if_open(key, file, mode)
             if not token:
                 raise AgentConfigError(

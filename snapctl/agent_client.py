@@ -363,8 +363,9 @@ def _read_token(inventory: Inventory, path: str, setting: str) -> str:
         # The first line, as the agent reads its own: a second line (a note, a rotated token) must not
         # go out inside the Authorization header, where it broke the request into an HTTP 400.
         token, mode = read_first_line(file)
-    except OSError as exc:
-        raise InventoryError(f"{inventory.source}: cannot read {setting} {file}: {os_reason(exc)}",
+    except (OSError, UnicodeDecodeError) as exc:  # not UTF-8: not a token file (a traceback, before)
+        why = os_reason(exc) if isinstance(exc, OSError) else "not UTF-8 text"
+        raise InventoryError(f"{inventory.source}: cannot read {setting} {file}: {why}",
                              hint="create it with the agent's token, readable only by you") from exc
     # Whoever reads it can freeze every database of the cluster.
     warn_if_open(log, inventory.source, setting, file, mode, "snapctl's user")

@@ -37,8 +37,9 @@ def warn_if_open(log: logging.Logger, where: str, setting: str, file: Path, mode
 def read_first_line(file: Path) -> tuple[str, int]:
     """The first non-blank line of ``file``, stripped ("" if none), and the file's mode.
     Only the first line: a second one (a note, a rotated token) must never go out with it.
-    Raises OSError as ``open`` does."""
-    with open(file) as opened:
+    Raises OSError as ``open`` does, UnicodeDecodeError for a file that is not UTF-8 text
+    (whatever the locale: cron's is often C)."""
+    with open(file, encoding="utf-8") as opened:
         mode = os.fstat(opened.fileno()).st_mode
         line = next((line.strip() for line in opened.read().splitlines() if line.strip()), "")
     return line, mode

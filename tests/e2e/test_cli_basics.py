@@ -208,3 +208,15 @@ def test_an_inventory_that_is_not_utf8_is_one_line_naming_the_line(tmp_path):
     assert json.loads(result.stdout) == {"schema_version": 1, "error": "inv.yaml:2: not UTF-8 text (byte 0xe9)",
                                          "hint": "save the inventory as UTF-8", "exit_code": 2}
     assert "Traceback" not in result.stderr
+
+
+def test_a_token_file_that_is_not_utf8_is_one_line_naming_it(tmp_path):
+    # `auth.token_file` pointing at a binary file (a key, a keytab) ended the command in a traceback.
+    (tmp_path / "agent.key").write_bytes(b"\xff\xfe\x00secret")
+    (tmp_path / "inv.yaml").write_text("cluster: c\nprovider: {type: local, store: snaps}\n"
+                                       "auth: {token_file: agent.key}\nnodes:" + GOOD_NODE)
+    result = snapctl("status", "-i", "inv.yaml", cwd=tmp_path)
+    assert result.returncode == ExitCode.BAD_INPUT, result.stderr
+    assert result.stderr.splitlines()[0] == (f"snapctl: error: inv.yaml: cannot read auth.token_file "
+                                             f"{tmp_path / 'agent.key'}: not UTF-8 text")
+    assert "Traceback" not in result.stderr
