@@ -5,6 +5,7 @@ the cluster. A mismatch is a ``failure`` (the data is wrong), anything else that
 from __future__ import annotations
 
 import os
+import re
 import socket
 import tempfile
 import xml.etree.ElementTree as ET
@@ -65,7 +66,16 @@ def write_junit(report: DrillReport, path: Path) -> Path:
     return _write(drill_junit(report), path)
 
 
+# What XML 1.0 allows; anything else (an ANSI colour code or a NUL in a scratch engine's last log
+# line, an agent's error) made the whole report unreadable to CI's parser.
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
 def _write(tree: ET.ElementTree, path: Path) -> Path:
+    for element in tree.iter():
+        element.text = _NOT_XML.sub("\ufffd", element.text) if element.text else element.text
+        for key, value in element.attrib.items():
+            element.attrib[key] = _NOT_XML.sub("\ufffd", value)
     path = path.resolve()
     try:
         fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)

@@ -276,3 +276,20 @@ def test_a_drill_that_cannot_begin_still_writes_a_junit_report_saying_why(sqlite
     [error] = junit_cases(report_path)["cluster restore-test"].findall("error")
     assert error.get("message").startswith("the drill could not begin: no succeeded backup of cluster restore-test")
     assert "hint: the catalog is the inventory's catalog.path" in error.text
+
+
+def test_a_control_character_in_an_error_leaves_the_junit_report_readable(tmp_path):
+    # A scratch engine's last log line with an ANSI colour code (or a NUL) went into the report as
+    # is: not XML, and the CI job's report parser rejected the whole file.
+    from datetime import UTC, datetime
+
+    from snapctl.drill import DrillReport, NodeDrill
+
+    report = DrillReport(cluster="c", run_id="r1", drill_id="d1", provider="local", started_at=datetime.now(UTC),
+                         finished_at=datetime.now(UTC),
+                         nodes=[NodeDrill(node="n1", engine="tarantool", verdict="error",
+                                          error="tarantool exited with code 1: \x1b[31mfatal\x1b[0m \x00 bad")])
+    snapctl.junit.write_junit(report, tmp_path / "drill.xml")
+
+    error = junit_cases(tmp_path / "drill.xml")["node n1 (tarantool)"].find("error")
+    assert error.get("message") == "node n1: tarantool exited with code 1: \ufffd[31mfatal\ufffd[0m \ufffd bad"
