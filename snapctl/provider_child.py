@@ -69,6 +69,7 @@ def serve() -> int:
     # parent closes its stdin (or dies), once its calls returned.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a terminal that goes away sends it to the group too
 
     buffer = bytearray()
 

@@ -55,20 +55,29 @@ class _CtrlCOnSigterm:
             raise KeyboardInterrupt
 
 
+# SIGHUP too: an ssh session or terminal that goes away sends it, and by default it killed a
+# backup or drill where it stood, as SIGKILL does (nodes left to their leases, a drill's scratch
+# engines and restored volumes left behind). `nohup` ignores it, and then it stays ignored.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
 @contextlib.contextmanager
 def sigterm_as_ctrl_c() -> Iterator[None]:
-    """Within it, the first SIGTERM raises ``KeyboardInterrupt`` in the main thread, as Ctrl-C does,
-    and later ones are ignored: the code unwinds and its cleanup runs. Nested uses and other
-    threads leave things as they are."""
-    if threading.current_thread() is not threading.main_thread() \
-            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-        yield  # ignored on purpose, someone else's handler, or ours already
+    """Within it, the first SIGTERM (or SIGHUP) raises ``KeyboardInterrupt`` in the main thread, as
+    Ctrl-C does, and later ones are ignored: the code unwinds and its cleanup runs. Nested uses,
+    other threads and signals someone else handles or ignores are left as they are."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
         return
-    signal.signal(signal.SIGTERM, _CtrlCOnSigterm())
+    ours = [signum for signum in STOP_SIGNALS if signal.getsignal(signum) is signal.SIG_DFL]
+    handler = _CtrlCOnSigterm()  # one for both: a SIGHUP after a SIGTERM does not cut the unwinding short
+    for signum in ours:
+        signal.signal(signum, handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for signum in ours:
+            signal.signal(signum, signal.SIG_DFL)
 
 
 @contextlib.contextmanager
@@ -81,7 +90,7 @@ def interrupts_deferred() -> Iterator[None]:
         return
     arrived: list[int] = []
     deferred = {}
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in (signal.SIGINT, *STOP_SIGNALS):
         handler = signal.getsignal(signum)
         if callable(handler):  # ignored or default (a kill) signals stay as they are
             deferred[signum] = handler
@@ -98,11 +107,13 @@ def interrupts_deferred() -> Iterator[None]:
 def run(coro: Coroutine[Any, Any, T]) -> T:
     result: list[T] = []
     terminated = threading.Event()
-    handler = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    main_thread = threading.current_thread() is threading.main_thread()
+    handlers = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS} if main_thread else {}
+    stopping = [signum for signum, handler in handlers.items() if handler is signal.SIG_DFL
+                or (isinstance(handler, _CtrlCOnSigterm) and not handler.fired)]
 
     async def main() -> None:
-        if handler is signal.SIG_DFL or (isinstance(handler, _CtrlCOnSigterm) and not handler.fired):
-            _cancel_on_sigterm(asyncio.current_task(), terminated)
+        _cancel_on_sigterm(asyncio.current_task(), terminated, stopping)
         result.append(await coro)
 
     # What the command imported and built before it runs (modules, models, the inventory) stays
@@ -119,13 +130,14 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
         raise
     finally:
         gc.unfreeze()
-        if isinstance(handler, _CtrlCOnSigterm):  # the loop put SIGTERM back to its default on closing
-            handler.fired = handler.fired or terminated.is_set()
-            signal.signal(signal.SIGTERM, handler)
+        for signum, handler in handlers.items():
+            if isinstance(handler, _CtrlCOnSigterm):  # the loop put it back to its default on closing
+                handler.fired = handler.fired or terminated.is_set()
+                signal.signal(signum, handler)
     return result[0]
 
 
-def _cancel_on_sigterm(task: asyncio.Task | None, terminated: threading.Event) -> None:
+def _cancel_on_sigterm(task: asyncio.Task | None, terminated: threading.Event, signals: list[int]) -> None:
     if task is None:
         return
 
@@ -134,5 +146,6 @@ def _cancel_on_sigterm(task: asyncio.Task | None, terminated: threading.Event) -
             terminated.set()
             task.cancel()
 
-    # The loop removes it when it closes, which puts SIGTERM back to its default.
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
+    # The loop removes them when it closes, which puts each back to its default.
+    for signum in signals:
+        asyncio.get_running_loop().add_signal_handler(signum, on_sigterm)
