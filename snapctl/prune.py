@@ -117,12 +117,18 @@ def prune(inventory: Inventory, *, dry_run: bool = False) -> PruneResult:
         return apply(planned, catalog, provider, locked.check, drill_timeout_s)
 
 
-def plan(catalog: Catalog, provider: Provider, retention: Retention, drill_timeout_s: float) -> PruneResult:
-    """What a prune would do now; reads only. The result of a dry run."""
-    decided, problems = _decide_over_readable_runs(catalog, retention)
+def plan(catalog: Catalog, provider: Provider, retention: Retention, drill_timeout_s: float,
+         pending: Manifest | None = None) -> PruneResult:
+    """What a prune would do now; reads only. The result of a dry run. ``pending``: a run whose
+    snapshots are not complete yet (`backup --no-wait`): kept, and not counted, so that the runs
+    it would replace stay until it is known to be a backup."""
+    decided, problems = _decide_over_readable_runs(catalog, retention, pending.run_id if pending else None)
     tagged = _by_run(provider.find({TAG_CLUSTER: catalog.cluster})) if decided.delete else {}
     result = PruneResult(catalog.cluster, True, retention, [], [], problems=problems)
     result.kept = [_verdict(d) for d in decided.keep]
+    if pending is not None:
+        result.kept.insert(0, RunVerdict(pending.run_id, pending.started_at, pending.status,
+                                         ["its snapshots are not complete yet (--no-wait): not counted"]))
     for decision in decided.delete:
         verdict = _verdict(decision)
         if _spared_while_in_use(catalog, verdict, result, drill_timeout_s):
@@ -209,7 +215,8 @@ async def prune_after_backup(
 
     def work() -> dict[str, object]:
         try:
-            planned = plan(catalog, provider, inventory.retention, inventory.drill.timeout_s)
+            planned = plan(catalog, provider, inventory.retention, inventory.drill.timeout_s,
+                           None if manifest.snapshots_completed else manifest)
             checked()
             done = apply(planned, catalog, provider, checked, inventory.drill.timeout_s)
         except SnapctlError as exc:
@@ -338,14 +345,15 @@ def _spared_while_in_use(catalog: Catalog, verdict: RunVerdict, result: PruneRes
     return False
 
 
-def _decide_over_readable_runs(catalog: Catalog, retention: Retention) -> tuple[RetentionPlan, list[str]]:
+def _decide_over_readable_runs(catalog: Catalog, retention: Retention,
+                               left_out: str | None = None) -> tuple[RetentionPlan, list[str]]:
     """The policy over the catalog's runs, where every succeeded run it keeps has had its manifest
     read: a kept run is the reason others go, so it must be a backup that can be restored, not just
     a line in the index. A damaged manifest behind an intact line would otherwise stand in for the
     newest backup while the readable ones went. Unreadable runs are left out (reported, left
     alone) and the policy decided again without them, until every run it keeps was read."""
     entries, problems = catalog.list()
-    runs = {e.run_id: e for e in entries}
+    runs = {e.run_id: e for e in entries if e.run_id != left_out}
     confirmed: set[str] = set()
     while True:
         decided = decide([Run(e.run_id, e.started_at, e.status) for e in runs.values()], retention)

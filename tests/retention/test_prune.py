@@ -428,6 +428,7 @@ def test_retention_after_a_backup_reports_failure_without_raising(scene: Scene) 
     scene.catalog.save(old)
     scene.add_run("r1", T0 + timedelta(days=1))
     newest = scene.add_run("r2", T0 + timedelta(days=2))
+    newest.snapshots_completed = True  # a backup that waited for them
     inv = inventory(scene, {"keep_last": 1, "daily": 0, "weekly": 0, "monthly": 0})
 
     asyncio.run(prune_after_backup(inv, scene.catalog, scene.provider, newest, NullReporter(), lambda: None))
@@ -492,6 +493,7 @@ def test_retention_after_a_backup_stopped_by_ctrl_c_deletes_nothing_more_before_
     for day in range(4):
         scene.add_run(f"r{day}", T0 + timedelta(days=day))
     newest = scene.catalog.load("r3")
+    newest.snapshots_completed = True
     deleting, go_on = threading.Event(), threading.Event()
     real_delete = scene.provider.delete
     deleted: list[str] = []
@@ -525,3 +527,20 @@ def test_retention_after_a_backup_stopped_by_ctrl_c_deletes_nothing_more_before_
     assert record["error"].startswith("interrupted (Ctrl-C or SIGTERM) before it finished")
     scene.provider.delete = real_delete
     assert prune(inv).ok and scene.run_ids() == {"r3"}
+
+
+def test_retention_after_a_no_wait_backup_does_not_count_it_so_the_backups_it_replaces_stay(scene: Scene) -> None:
+    # With keep_last: 1, `backup --no-wait` deleted every completed backup and kept only its own,
+    # whose snapshots were still pending (not durable, or a cloud snapshot that may yet fail).
+    scene.add_run("r0", T0)
+    scene.add_run("r1", T0 + timedelta(days=1))
+    pending = scene.add_run("r2", T0 + timedelta(days=2))
+    assert not pending.snapshots_completed
+    inv = inventory(scene, {"keep_last": 1, "daily": 0, "weekly": 0, "monthly": 0})
+
+    asyncio.run(prune_after_backup(inv, scene.catalog, scene.provider, pending, NullReporter(), lambda: None))
+
+    assert scene.run_ids() == {"r1", "r2"}, "the newest completed backup stays beside the pending one"
+    assert scene.catalog.load("r2").extra["retention"] == {"deleted": ["r0"], "kept": 2}
+    kept = plan(scene.catalog, scene.provider, inv.retention, 600.0, pending).kept
+    assert kept[0].reasons == ["its snapshots are not complete yet (--no-wait): not counted"]
