@@ -12,7 +12,9 @@ run takes over like an expired one.
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -64,13 +66,30 @@ def decode_lock(data: bytes, where: str) -> LockRecord:
 def held_error(cluster: str, record: LockRecord, where: str, now: datetime) -> LockHeld:
     expires = record.expires_at.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     remaining = max(0, int((record.expires_at - now).total_seconds()))
+    hint = ("wait for that run to finish (its lock is taken over automatically once expired); "
+            f"remove {where} only if that process is gone")
+    if _gone_from_this_host(record.owner):  # killed (SIGKILL, the OOM killer): nobody need go and look
+        hint = (f"that process is no longer running on this host: the next run takes the lock over once it "
+                f"expires, or remove {where} to run now")
     return LockHeld(
         f"cluster {cluster} is locked by {record.owner} (run {record.run_id}) until {expires} ({remaining}s from now)",
-        hint=(
-            "wait for that run to finish (its lock is taken over automatically once expired); "
-            f"remove {where} only if that process is gone"
-        ),
+        hint=hint,
     )
+
+
+def _gone_from_this_host(owner: str) -> bool:
+    """``owner`` (``user@host:pid``) names this host and a process that does not exist. Any doubt
+    (another host, a pid that some process has, one we may not signal) is not gone."""
+    host, _, pid = owner.rpartition("@")[2].rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 class RunLock:

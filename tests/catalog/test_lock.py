@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 
 import pytest
@@ -107,3 +108,26 @@ def test_concurrent_first_acquires_have_one_winner(store: LocalBlobStore, clock:
 def test_lock_is_per_cluster(store: LocalBlobStore, clock: FakeClock) -> None:
     Catalog(store, "prod", clock=clock).acquire_lock("ops@host:1", "r1", ttl_s=60)
     assert Catalog(store, "staging", clock=clock).acquire_lock("ops@host:1", "r2", ttl_s=60).run_id == "r2"
+
+
+def test_a_lock_whose_holder_is_gone_from_this_host_says_so(catalog: Catalog, clock: FakeClock) -> None:
+    # A backup SIGKILLed (the OOM killer) left its lock: the next run's hint asked the operator to
+    # find out whether `root@vm:31025` was still running, though snapctl could tell on its own host.
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    here = socket.gethostname()
+    catalog.acquire_lock(f"ops@{here}:{dead.stdout.strip()}", "r1", ttl_s=120)
+    with pytest.raises(LockHeld) as gone:
+        catalog.acquire_lock(f"ops@{here}:2", "r2", ttl_s=60)
+    assert gone.value.hint.startswith("that process is no longer running on this host: the next run takes the lock "
+                                      "over once it expires, or remove ")
+
+    catalog.store.delete("prod/lock.json")
+    catalog.acquire_lock(f"ops@{here}:{os.getpid()}", "r3", ttl_s=120)  # alive: the usual hint
+    with pytest.raises(LockHeld) as alive:
+        catalog.acquire_lock(f"ops@{here}:2", "r4", ttl_s=60)
+    assert alive.value.hint.startswith("wait for that run to finish")
