@@ -376,7 +376,7 @@ def parse_inventory(text: str, *, source: str = "<inventory>", base_dir: Path | 
         try:
             root, data = load_yaml_with_nodes(text)
         except yaml.YAMLError as exc:
-            raise InventoryError(describe_yaml_error(exc, text, source)) from exc
+            raise InventoryError(describe_yaml_error(exc, text, source), hint=getattr(exc, "hint", None)) from exc
         if not isinstance(data, dict):
             raise InventoryError(f"{source}:1: the inventory must be a mapping with 'cluster', 'provider' and 'nodes'")
         try:

@@ -220,3 +220,15 @@ def test_a_token_file_that_is_not_utf8_is_one_line_naming_it(tmp_path):
     assert result.stderr.splitlines()[0] == (f"snapctl: error: inv.yaml: cannot read auth.token_file "
                                              f"{tmp_path / 'agent.key'}: not UTF-8 text")
     assert "Traceback" not in result.stderr
+
+
+def test_a_key_given_twice_is_refused_naming_both_lines(tmp_path):
+    # A second `nodes:` appended to add a node: YAML kept the last alone, and `backup --dry-run`
+    # planned a backup of n2 only, n1 silently dropped.
+    (tmp_path / "inv.yaml").write_text("cluster: c\nprovider: {type: local}\nnodes:" + GOOD_NODE
+                                       + "nodes:" + GOOD_NODE.replace("n1", "n2"))
+    result = snapctl("backup", "--dry-run", "-i", "inv.yaml", cwd=tmp_path)
+    assert result.returncode == ExitCode.BAD_INPUT, result.stdout + result.stderr
+    assert result.stderr.splitlines() == [
+        "snapctl: error: inv.yaml:7: invalid YAML: duplicate key 'nodes' (first at line 3): only the last would count",
+        "  hint: merge the two 'nodes' entries into one, or remove one"]
