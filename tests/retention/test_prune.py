@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import tempfile
 from datetime import UTC, datetime, timedelta
@@ -15,8 +14,7 @@ from hypothesis import strategies as st
 from snapctl.catalog import Catalog
 from snapctl.config import Retention
 from snapctl.errors import LockHeld
-from snapctl.events import NullReporter
-from snapctl.prune import apply, plan, prune, prune_after_backup
+from snapctl.prune import apply, plan, prune
 from snapctl.restore import RestoreRecord
 from snapctl.retention import PRUNING, Run, decide
 
@@ -422,22 +420,6 @@ def test_prune_refuses_while_another_run_holds_the_lock(scene: Scene) -> None:
     assert prune(inventory(scene), dry_run=True).kept  # a dry run takes no lock
 
 
-def test_retention_after_a_backup_reports_failure_without_raising(scene: Scene) -> None:
-    old = scene.add_run("r0", T0)
-    old.nodes["n1"].snapshots.append(scene.snapshot("r0-extra", "n1", cluster=None)[0])
-    scene.catalog.save(old)
-    scene.add_run("r1", T0 + timedelta(days=1))
-    newest = scene.add_run("r2", T0 + timedelta(days=2))
-    newest.snapshots_completed = True  # a backup that waited for them
-    inv = inventory(scene, {"keep_last": 1, "daily": 0, "weekly": 0, "monthly": 0})
-
-    asyncio.run(prune_after_backup(inv, scene.catalog, scene.provider, newest, NullReporter(), lambda: None))
-
-    record = scene.catalog.load("r2").extra["retention"]
-    assert record["deleted"] == ["r1"] and record["kept"] == 1
-    assert record["error"].startswith("run r0: snapshot ") and "node n1: refusing to delete" in record["error"]
-
-
 def test_a_damaged_manifest_the_policy_would_delete_is_a_problem_left_alone_not_an_unfinished_deletion(
     scene: Scene,
 ) -> None:
@@ -480,67 +462,3 @@ def test_a_runs_own_snapshot_whose_recorded_tag_names_another_cluster_is_not_del
     [unfinished] = result.unfinished
     assert unfinished.run_id == "r0" and "'other', not 'prod'" in unfinished.error
     assert ref.snapshot_id in scene.snapshot_ids()
-
-
-def test_retention_after_a_backup_stopped_by_ctrl_c_deletes_nothing_more_before_the_backup_unwinds(
-        scene: Scene) -> None:
-    # SIGTERM during a backup's retention cancelled the task, and the lock was released at once,
-    # while the prune's thread went on deleting every doomed run, unlocked, until the last.
-    import threading
-
-    from snapctl.errors import Interrupted
-
-    for day in range(4):
-        scene.add_run(f"r{day}", T0 + timedelta(days=day))
-    newest = scene.catalog.load("r3")
-    newest.snapshots_completed = True
-    deleting, go_on = threading.Event(), threading.Event()
-    real_delete = scene.provider.delete
-    deleted: list[str] = []
-
-    def slow_delete(ref):
-        deleting.set()
-        go_on.wait(10)
-        real_delete(ref)
-        deleted.append(ref.snapshot_id)
-
-    scene.provider.delete = slow_delete
-    inv = inventory(scene, {"keep_last": 1, "daily": 0, "weekly": 0, "monthly": 0})
-
-    async def backup_stopped_while_deleting() -> None:
-        task = asyncio.create_task(prune_after_backup(inv, scene.catalog, scene.provider, newest, NullReporter(),
-                                                      lambda: None))
-        await asyncio.to_thread(deleting.wait, 10)
-        task.cancel()  # what SIGTERM and Ctrl-C do to a backup
-        await asyncio.sleep(0.2)
-        assert not task.done(), "the backup unwinds (and releases its lock) only once the deletion under way ends"
-        go_on.set()
-        with pytest.raises(Interrupted, match=r"retention after backup r3 \(which succeeded\) was interrupted"):
-            await task
-
-    asyncio.run(backup_stopped_while_deleting())
-
-    assert len(deleted) == 1, "no deletion begins after the interruption"
-    assert scene.run_ids() == {"r0", "r1", "r2", "r3"}
-    assert {scene.catalog.load(r).status for r in ("r0", "r1", "r2")} == {PRUNING}, "the next prune finishes them"
-    record = scene.catalog.load("r3").extra["retention"]
-    assert record["error"].startswith("interrupted (Ctrl-C or SIGTERM) before it finished")
-    scene.provider.delete = real_delete
-    assert prune(inv).ok and scene.run_ids() == {"r3"}
-
-
-def test_retention_after_a_no_wait_backup_does_not_count_it_so_the_backups_it_replaces_stay(scene: Scene) -> None:
-    # With keep_last: 1, `backup --no-wait` deleted every completed backup and kept only its own,
-    # whose snapshots were still pending (not durable, or a cloud snapshot that may yet fail).
-    scene.add_run("r0", T0)
-    scene.add_run("r1", T0 + timedelta(days=1))
-    pending = scene.add_run("r2", T0 + timedelta(days=2))
-    assert not pending.snapshots_completed
-    inv = inventory(scene, {"keep_last": 1, "daily": 0, "weekly": 0, "monthly": 0})
-
-    asyncio.run(prune_after_backup(inv, scene.catalog, scene.provider, pending, NullReporter(), lambda: None))
-
-    assert scene.run_ids() == {"r1", "r2"}, "the newest completed backup stays beside the pending one"
-    assert scene.catalog.load("r2").extra["retention"] == {"deleted": ["r0"], "kept": 2}
-    kept = plan(scene.catalog, scene.provider, inv.retention, 600.0, pending).kept
-    assert kept[0].reasons == ["its snapshots are not complete yet (--no-wait): not counted"]
