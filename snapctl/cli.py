@@ -308,7 +308,8 @@ def _choice(value: str | None, allowed: tuple[str, ...], flag: str) -> str | Non
     from snapctl.errors import BadInputError
 
     if value is not None and value not in allowed:
-        raise BadInputError(f"{flag} {value!r} is not one of: {', '.join(allowed)}")
+        raise BadInputError(f"{flag} {value!r} is not one of: {', '.join(allowed)}",
+                            hint=f"e.g. {flag} {allowed[0]}")
     return value
 
 

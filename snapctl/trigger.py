@@ -23,8 +23,9 @@ class NodeJobs:
 
 
 async def trigger(inventory: Inventory, nodes: list[str] | None, target: str | None, timeout_s: float) -> list[NodeJobs]:
-    if timeout_s <= 0:  # every node would fail at once, as if its engine had not answered
-        raise BadInputError(f"--timeout {timeout_s:g}: the timeout must be more than zero seconds")
+    if not 0 < timeout_s < float("inf"):  # every node would fail at once (NaN too), as if no engine answered
+        raise BadInputError(f"--timeout {timeout_s:g}: the timeout must be a number of seconds more than zero",
+                            hint="e.g. --timeout 600 (the default)")
     chosen = [n.name for n in inventory.select(nodes)]
     async with open_agents(inventory) as agents:
         return list(await asyncio.gather(*(_one(agents[name], name, target, timeout_s) for name in chosen)))

@@ -88,7 +88,8 @@ class Renderer:
     def for_output(output: str) -> Renderer:
         global _json_mode
         if output not in ("text", "json"):
-            raise BadInputError(f"--output {output!r} is not one of: text, json")
+            raise BadInputError(f"--output {output!r} is not one of: text, json",
+                                hint="-o json for scripts, or leave it out")
         _json_mode = output == "json"
         return JsonRenderer() if _json_mode else Renderer()
 

@@ -232,3 +232,20 @@ def test_a_key_given_twice_is_refused_naming_both_lines(tmp_path):
     assert result.stderr.splitlines() == [
         "snapctl: error: inv.yaml:7: invalid YAML: duplicate key 'nodes' (first at line 3): only the last would count",
         "  hint: merge the two 'nodes' entries into one, or remove one"]
+
+
+@pytest.mark.parametrize(("argv", "error", "hint"), [
+    (["backup", "--consistency", "per_node"], "--consistency 'per_node' is not one of: cluster, per-node",
+     "e.g. --consistency cluster"),
+    (["list", "-o", "yaml"], "--output 'yaml' is not one of: text, json", "-o json for scripts, or leave it out"),
+    (["trigger", "--timeout", "nan"], "--timeout nan: the timeout must be a number of seconds more than zero",
+     "e.g. --timeout 600 (the default)"),
+], ids=["consistency", "output", "trigger-timeout-nan"])
+def test_a_bad_flag_value_says_what_to_give_instead(tmp_path, argv, error, hint):
+    # These said what was wrong with no hint; `trigger --timeout nan` waited for nothing and failed
+    # every node ("no result within nans", exit 1) instead of refusing the flag.
+    (tmp_path / "inv.yaml").write_text("cluster: c\nprovider: {type: local, store: snaps}\nnodes:"
+                                       + GOOD_NODE.replace("volumes: [data]", "volumes: []"))
+    result = snapctl(*argv, "-i", "inv.yaml", cwd=tmp_path)
+    assert result.returncode == ExitCode.BAD_INPUT, result.stdout + result.stderr
+    assert result.stderr.splitlines() == [f"snapctl: error: {error}", f"  hint: {hint}"]

@@ -31,4 +31,4 @@ def test_trigger_reports_an_unreachable_node_and_fails(cluster):
 def test_a_timeout_of_zero_or_less_is_bad_input(cluster):
     result = cluster.snapctl("trigger", "--timeout", "0", "-o", "json", check_json=True)
     assert result.returncode == ExitCode.BAD_INPUT
-    assert result.json["error"] == "--timeout 0: the timeout must be more than zero seconds"
+    assert result.json["error"] == "--timeout 0: the timeout must be a number of seconds more than zero"
