@@ -19,7 +19,17 @@ from node_agent.engines.base import EngineSettings, load_engine_factory, validat
 from node_agent.ratelimit import DEFAULT_BURST, DEFAULT_RATE_PER_S
 from snapctl.errors import BadInputError, os_reason
 from snapctl.secret_files import read_first_line, warn_if_open
-from snapctl.yaml_errors import Flag, describe, dotted, first_error, line_of, mistyped_scalar
+from snapctl.yaml_errors import (
+    Flag,
+    describe,
+    describe_not_utf8,
+    describe_yaml_error,
+    dotted,
+    first_error,
+    line_of,
+    load_yaml_with_nodes,
+    mistyped_scalar,
+)
 
 DEFAULT_PORT = 7700
 DEFAULT_TOKEN_ENV = "SNAPCTL_AGENT_TOKEN"
@@ -191,24 +201,24 @@ def _no_passphrase() -> str:
 def load_agent_config(path: str | os.PathLike[str]) -> AgentConfig:
     file = Path(path)
     try:
-        text = file.read_text()
+        data = file.read_bytes()
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise AgentConfigError(
             f"{file}: agent config file not found", hint="pass --config FILE (see docs/agent.md)"
         ) from None
     except OSError as exc:
         raise AgentConfigError(f"{file}: cannot read agent config: {os_reason(exc)}") from exc
+    except UnicodeDecodeError as exc:
+        raise AgentConfigError(describe_not_utf8(data, exc, str(file)), hint="save the config as UTF-8") from None
     return parse_agent_config(text, source=str(file), base_dir=file.resolve().parent)
 
 
 def parse_agent_config(text: str, *, source: str = "<agent config>", base_dir: Path | None = None) -> AgentConfig:
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        root, data = load_yaml_with_nodes(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark else source
-        raise AgentConfigError(f"{where}: invalid YAML: {getattr(exc, 'problem', None) or exc}") from exc
+        raise AgentConfigError(describe_yaml_error(exc, text, source), hint=getattr(exc, "hint", None)) from exc
     if not isinstance(data, dict):
         raise AgentConfigError(f"{source}:1: the agent config must be a mapping with 'node' and 'engine'")
     # pydantic's lax mode reads `port: yes` as 1, as the inventory's check_block refuses too.

@@ -27,6 +27,7 @@ from snapctl.yaml_errors import (
     Count,
     Flag,
     describe,
+    describe_not_utf8,
     describe_yaml_error,
     dotted,
     explain,
@@ -365,9 +366,7 @@ def load_inventory(path: str | os.PathLike[str] | None = None) -> Inventory:
     except OSError as exc:
         raise InventoryError(f"{file}: cannot read inventory: {os_reason(exc)}") from exc
     except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise InventoryError(f"{file}:{line}: not UTF-8 text (byte {data[exc.start]:#04x})",
-                             hint="save the inventory as UTF-8") from None
+        raise InventoryError(describe_not_utf8(data, exc, str(file)), hint="save the inventory as UTF-8") from None
     return parse_inventory(text, source=str(file), base_dir=file.resolve().parent)
 
 

@@ -185,6 +185,14 @@ def _kinds(annotation: Any) -> list[Any]:
     return [annotation]
 
 
+def describe_not_utf8(data: bytes, exc: UnicodeDecodeError, source: str) -> str:
+    """One line for a YAML file that is not UTF-8 text, naming the line and the byte. YAML files are
+    decoded as UTF-8 whatever the locale says: cron's is often C, which made a comment with an
+    accent a UnicodeDecodeError traceback."""
+    line = data.count(b"\n", 0, exc.start) + 1
+    return f"{source}:{line}: not UTF-8 text (byte {data[exc.start]:#04x})"
+
+
 def describe_yaml_error(exc: yaml.YAMLError, text: str, source: str) -> str:
     """One line: PyYAML's own messages span several lines and name '<unicode string>'."""
     if isinstance(exc, yaml.reader.ReaderError):

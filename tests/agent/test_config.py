@@ -77,3 +77,28 @@ def test_token_from_the_named_environment_variable(tmp_path: Path, monkeypatch: 
     assert config.read_token() is None
     monkeypatch.setenv("MY_AGENT_TOKEN", "abc\n")
     assert config.read_token() == "abc"
+
+
+def test_a_key_given_twice_in_the_agent_config_is_refused_naming_both_lines() -> None:
+    # As the inventory does: PyYAML kept the last `engine:`, and the agent served another database.
+    with pytest.raises(AgentConfigError) as caught:
+        parse_agent_config("node: n1\nengine: {type: sqlite, path: a.db}\nengine: {type: sqlite, path: b.db}\n",
+                           source="agent.yaml")
+    assert caught.value.message == ("agent.yaml:3: invalid YAML: duplicate key 'engine' (first at line 2): "
+                                    "only the last would count")
+    assert caught.value.hint == "merge the two 'engine' entries into one, or remove one"
+
+
+def test_an_agent_config_or_token_file_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    # Read in the locale's encoding (systemd's and cron's may be C), an accent in a comment was a
+    # UnicodeDecodeError traceback at start.
+    config = tmp_path / "agent.yaml"
+    config.write_bytes(b"node: n1\n# r\xe9sum\xe9\nengine: {type: sqlite, path: a.db}\n")
+    with pytest.raises(AgentConfigError) as caught:
+        load_agent_config(config)
+    assert (caught.value.message, caught.value.hint) == (f"{config}:2: not UTF-8 text (byte 0xe9)",
+                                                         "save the config as UTF-8")
+    config.write_text(MINIMAL + "token_file: tok\n")
+    (tmp_path / "tok").write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(AgentConfigError, match=rf"cannot read token_file {tmp_path / 'tok'}: not UTF-8 text$"):
+        load_agent_config(config).read_token()
