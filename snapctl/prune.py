@@ -138,6 +138,11 @@ def plan(catalog: Catalog, provider: Provider, retention: Retention, drill_timeo
         except SnapctlError as exc:  # never marked: a problem left alone, like any unreadable manifest
             result.problems.append(f"run {verdict.run_id}: {exc.message.removeprefix(f'run {verdict.run_id}: ')}")
             continue
+        if manifest.provider != provider.name:  # this provider finds none of its snapshots: only the manifest would go
+            result.problems.append(f"run {verdict.run_id}: made with the {manifest.provider} provider, not "
+                                   f"{provider.name} (the inventory's): left alone, with its snapshots; prune it "
+                                   f"with an inventory whose provider is {manifest.provider}")
+            continue
         verdict.status = str(manifest.extra.get(PRUNING, {}).get("was", manifest.status))
         refs = _unique(manifest.snapshot_refs() + tagged.get(manifest.run_id, []))
         if manifest.status == PRUNING:  # an earlier prune deleted some already: name what is left

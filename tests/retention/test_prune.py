@@ -462,3 +462,24 @@ def test_a_runs_own_snapshot_whose_recorded_tag_names_another_cluster_is_not_del
     [unfinished] = result.unfinished
     assert unfinished.run_id == "r0" and "'other', not 'prod'" in unfinished.error
     assert ref.snapshot_id in scene.snapshot_ids()
+
+
+def test_a_run_made_with_another_provider_is_left_alone_not_reported_deleted_with_its_snapshots(scene: Scene) -> None:
+    # An inventory switched to another provider found none of an old run's snapshots, counted that
+    # as done, deleted the manifest and said "deleted with their snapshots": the snapshots stayed,
+    # with nothing left that names them.
+    for day in range(3):
+        scene.add_run(f"r{day}", T0 + timedelta(days=day))
+    old = scene.catalog.load("r0")
+    old.provider = "gcp"
+    scene.catalog.save(old)
+    inv = inventory(scene, {"keep_last": 1, "daily": 0, "weekly": 0, "monthly": 0})
+    before = scene.snapshot_ids()
+
+    done = prune(inv)
+
+    assert [v.run_id for v in done.deleted] == ["r1"]
+    assert done.problems == ["run r0: made with the gcp provider, not local (the inventory's): left alone, with its "
+                             "snapshots; prune it with an inventory whose provider is gcp"]
+    assert scene.run_ids() == {"r0", "r2"}
+    assert before - scene.snapshot_ids() == {"r1-n1-data", "r1-n2-data"}  # r0's are still there
