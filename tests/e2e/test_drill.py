@@ -110,7 +110,7 @@ def backup_while_writing(cluster: Cluster, write: Callable[[], None]) -> dict:
 
 def drill_green(cluster: Cluster, tmp_path: Path) -> dict:
     drill = cluster.snapctl("drill", "--junit", str(tmp_path / "drill.xml"), "-o", "json", check_json=True)
-    assert drill.returncode == ExitCode.OK, (drill.json["data"]["nodes"], drill.stderr)
+    assert drill.returncode == ExitCode.OK, (drill.json, drill.stderr)
     return drill.json["data"]
 
 
