@@ -97,6 +97,7 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
     volumes = node_volumes(inventory, provider)
     catalog = open_catalog(inventory)
     run_id = new_run_id()
+    started_at = now()  # the run's, not its manifest's: a slow preflight is part of it
 
     async with open_agents(inventory) as agents:
         # Step 2 comes before step 1 on a dry run: it takes no lock and holds nothing.
@@ -123,7 +124,7 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
             blocking = verdict.at_least("critical")
             manifest = Manifest(
                 cluster=inventory.cluster, run_id=run_id, provider=provider.name, snapctl_version=__version__,
-                owner=run_owner(), started_at=now(), forced=options.force and bool(blocking),
+                owner=run_owner(), started_at=started_at, forced=options.force and bool(blocking),
                 consistency=options.consistency or policy.consistency,  # type: ignore[arg-type]
                 degradations=[str(f) for f in verdict.at_least("degraded")],
                 nodes={n.name: NodeRecord(name=n.name, engine=n.engine.get("type")) for n in inventory.nodes},

@@ -163,3 +163,24 @@ def test_a_node_that_refuses_the_prepare_fails_a_forced_run_without_a_hold_to_re
     assert cluster.released_by("node2", manifest["run_id"]) is None  # never asked to complete
     for node in NODES:
         assert cluster.lease(node) is None and cluster.writable(node)
+
+
+def test_a_runs_start_is_before_its_preflight_however_long_that_takes(scene: FaultCluster) -> None:
+    # started_at was set once the preflight had answered: a run refused after a 5 s preflight
+    # showed a duration of 0.0001 s in its textfile, and `list` its start 5 s late.
+    from datetime import datetime
+
+    cluster = scene
+    gate = cluster.agents["node1"].proxy.gate("GET /v1/status")
+    began = time.time()
+    process = cluster.popen("backup")
+    gate.wait()
+    time.sleep(1.5)  # a slow preflight
+    gate.open()
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == ExitCode.OK, out + err
+    [run_id] = cluster.run_ids()
+    manifest = cluster.manifest(run_id)
+    started = datetime.fromisoformat(manifest["started_at"]).timestamp()
+    assert began <= started < began + 1.5, (began, started)
+    assert datetime.fromisoformat(manifest["finished_at"]).timestamp() - started >= 1.5
