@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import socket
-import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -77,14 +77,16 @@ def _write(tree: ET.ElementTree, path: Path) -> Path:
         for key, value in element.attrib.items():
             element.attrib[key] = _NOT_XML.sub("\ufffd", value)
     path = path.resolve()
+    # Not mkstemp's 0600: the report is no secret, and the CI step that publishes it may run as
+    # another user. The umask decides, as for any file the job writes.
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
-        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         try:
-            with os.fdopen(fd, "wb") as out:
+            with open(temp, "xb") as out:
                 tree.write(out, encoding="utf-8", xml_declaration=True)
             os.replace(temp, path)
         except BaseException:
-            Path(temp).unlink(missing_ok=True)
+            temp.unlink(missing_ok=True)
             raise
     except OSError as exc:  # checked before the drill began; the disk or the directory changed since
         raise SnapctlError(f"cannot write the junit report to {path}: {os_reason(exc)}",

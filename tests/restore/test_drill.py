@@ -7,7 +7,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-import types
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -227,7 +226,7 @@ def test_a_report_that_cannot_be_written_still_leaves_the_drill_on_record(sqlite
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(snapctl.junit, "tempfile", types.SimpleNamespace(mkstemp=disk_full))  # the report only
+    monkeypatch.setattr(snapctl.junit, "open", disk_full, raising=False)  # the report's file only
     with pytest.raises(SnapctlError, match=r"cannot write the junit report to .*drill.xml: no space left") as info:
         run_drill(sqlite_cluster.inventory, run_id, junit=tmp_path / "drill.xml")
     assert "snapctl show" in info.value.hint
@@ -293,3 +292,22 @@ def test_a_control_character_in_an_error_leaves_the_junit_report_readable(tmp_pa
 
     error = junit_cases(tmp_path / "drill.xml")["node n1 (tarantool)"].find("error")
     assert error.get("message") == "node n1: tarantool exited with code 1: \ufffd[31mfatal\ufffd[0m \ufffd bad"
+
+
+def test_the_junit_report_is_readable_by_the_ci_step_that_publishes_it(tmp_path):
+    # Written through mkstemp it was 0600: a publisher running as another user could not read it.
+    import os
+    import stat
+    from datetime import UTC, datetime
+
+    from snapctl.drill import DrillReport, NodeDrill
+
+    report = DrillReport(cluster="c", run_id="r1", drill_id="d1", provider="local", started_at=datetime.now(UTC),
+                         finished_at=datetime.now(UTC), nodes=[NodeDrill(node="n1", engine="sqlite", verdict="passed")])
+    old = os.umask(0o022)
+    try:
+        snapctl.junit.write_junit(report, tmp_path / "drill.xml")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "drill.xml").stat().st_mode) == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["drill.xml"]  # no temp file left beside it
