@@ -80,3 +80,25 @@ def test_the_ci_workflow_runs_a_drill_and_uploads_its_report() -> None:
     assert parses(next(s["run"] for s in steps if s.get("run", "").startswith("snapctl status")).split("||")[0])
     with pytest.raises(Exception, match="No such option"):
         parses("snapctl drill latest --no-such-flag")  # the parser really checks
+
+
+@pytest.mark.parametrize(("said", "mailed"), [
+    ("no orphaned snapshots of cluster prod: every tagged snapshot has a manifest", False),
+    ("2 snapshot(s) of cluster prod that no manifest owns:\n  snap-1  node n1 ...\n"
+     "run `snapctl gc --delete` to delete them", True),
+    ("no orphaned snapshots of cluster prod: every tagged snapshot has a manifest\n"
+     "1 leftover(s) in the snapshot store of calls that died part-way (no snapshots):\n  /x  node n1",
+     True),
+    ("snapctl: error: cannot read the catalog (hint: ...)", True),
+])
+def test_the_weekly_gc_job_mails_only_when_there_is_something_to_look_at(tmp_path: Path, said: str,
+                                                                        mailed: bool) -> None:
+    # Cron mails whatever a job prints: the weekly gc mailed "no orphaned snapshots" every week.
+    [job] = [line.split(None, 6)[6] for line in (DEPLOY / "crontab.example").read_text().splitlines()
+             if not line.startswith("#") and " gc" in line]
+    fake = tmp_path / "snapctl"
+    fake.write_text(f"#!/bin/sh\ncat <<'EOF'\n{said}\nEOF\n")
+    fake.chmod(0o755)
+    ran = subprocess.run(["/bin/sh", "-c", job], env={"PATH": f"{tmp_path}:/usr/bin:/bin"},
+                         capture_output=True, text=True, timeout=10, check=True)
+    assert ran.stdout == (said + "\n" if mailed else "")
