@@ -25,7 +25,8 @@ class LineProgress:
         self._lock = threading.Lock()
 
     def _line(self, text: str) -> None:
-        line = f"{datetime.now(UTC):%H:%M:%S} {text}\n"
+        # The date too, and that it is UTC: cron appends night after night to one log.
+        line = f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ} {text}\n"
         with self._lock:
             self.console.file.write(line)
             self.console.file.flush()
