@@ -160,6 +160,9 @@ def restore(
                                                                "[default: each node's restore.zone].")] = None,
     attach: Annotated[bool, typer.Option("--attach", help="Attach the new volumes to each node's "
                                                           "restore.instance (cloud).")] = False,
+    no_record: Annotated[bool, typer.Option("--no-record", help="Write nothing to the catalog (a read-only copy of "
+                                                                "it): nothing then keeps a prune from deleting "
+                                                                "the run meanwhile.")] = False,
     inventory: InventoryOpt = None,
     output: OutputOpt = "text",
 ) -> int:
@@ -169,7 +172,8 @@ def restore(
     from snapctl.restore import restore_run
 
     out = _renderer(output)
-    result = restore_run(_inventory(inventory), run, Path(to) if to else None, zone=zone, attach=attach)
+    result = restore_run(_inventory(inventory), run, Path(to) if to else None, zone=zone, attach=attach,
+                         record_it=not no_record)
     return out.restore_result(result)
 
 

@@ -81,9 +81,10 @@ class RestoreRecord(BaseModel):
 
 
 def restore_run(inventory: Inventory, run_ref: str, to: Path | None = None, *, zone: str | None = None,
-                attach: bool = False, verify: bool = True) -> RestoreResult:
+                attach: bool = False, verify: bool = True, record_it: bool = True) -> RestoreResult:
     """Restore every node's snapshots of a run, restore-prepare each engine, and verify in place
-    the engines that read their files directly; on record in the catalog while it runs."""
+    the engines that read their files directly; on record in the catalog while it runs, unless
+    not ``record_it`` (a catalog that cannot be written: a read-only copy, in a disaster)."""
     from snapctl.orchestrator import run_owner
     from snapctl.runner import interrupts_deferred
 
@@ -97,14 +98,17 @@ def restore_run(inventory: Inventory, run_ref: str, to: Path | None = None, *, z
     # On record before the run's status is read: a prune that marks the run after that read looks
     # at the records again before it deletes anything, and so finds this one.
     try:
-        catalog.store.write(record.key, record.model_dump_json(indent=2).encode())
+        if record_it:
+            catalog.store.write(record.key, record.model_dump_json(indent=2).encode())
     except CatalogError as exc:
         raise CatalogError(f"cannot put the restore on record, which keeps a prune from deleting run {run_id} "
-                           f"meanwhile: {exc.message}", hint=exc.hint) from exc
+                           f"meanwhile: {exc.message}",
+                           hint=(f"{exc.hint}; or " if exc.hint else "") + "pass --no-record if no prune can run "
+                                "meanwhile (a read-only copy of the catalog, in a disaster)") from exc
     made: list[tuple[SnapshotRef, str]] = []
     try:
         result = _restore(inventory, catalog, run_id, to, where, zone=zone, attach=attach, verify=verify, made=made)
-        result.record = record.key
+        result.record = record.key if record_it else None
         record.outcome = "restored" if result.ok else "mismatch"
         return result
     except BaseException as exc:
@@ -117,7 +121,8 @@ def restore_run(inventory: Inventory, run_ref: str, to: Path | None = None, *, z
         record.finished_at = datetime.now(UTC)
         with interrupts_deferred():  # a second Ctrl-C must not leave the record unfinished
             try:
-                catalog.store.write(record.key, record.model_dump_json(indent=2).encode())
+                if record_it:
+                    catalog.store.write(record.key, record.model_dump_json(indent=2).encode())
             except SnapctlError:
                 pass  # left unfinished, it keeps the run from prune only for a while (prune.RESTORE_GUARD_S)
 

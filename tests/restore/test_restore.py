@@ -211,6 +211,36 @@ def test_a_failed_restore_finishes_its_record(sqlite_cluster, tmp_path):
     record = RestoreRecord.model_validate_json(catalog.store.read(key))
     assert record.finished_at is not None and record.outcome == "failed"
     assert record.error.startswith("node n1: restore target ") and record.volumes == {}
+
+
+def test_a_catalog_that_cannot_be_written_refuses_the_restore_unless_told_no_prune_can_run(sqlite_cluster, tmp_path):
+    # A disaster restore from a read-only copy of the catalog: the record that keeps a prune away
+    # cannot be written, and the only way forward was to make the copy writable.
+    import json
+    import subprocess
+    import sys
+
+    run_id = sqlite_cluster.backup()
+    # A file where the records' directory goes: no write there succeeds, not even as root.
+    (sqlite_cluster.directory / "catalog" / "restore-test" / "restores").write_text("")
+
+    def restore(*flags: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "snapctl.cli", "restore", run_id, "--to", "restored", *flags,
+                               "-i", str(sqlite_cluster.inventory_path), "-o", "json"], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=120, check=False)
+
+    refused = restore()
+    document = json.loads(refused.stdout)
+    assert refused.returncode != 0 and document["error"].startswith("cannot put the restore on record")
+    assert "pass --no-record if no prune can run meanwhile" in document["hint"]
+    assert not (tmp_path / "restored").exists()
+
+    done = restore("--no-record")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(done.stdout)["data"]["record"] is None
+    assert sorted(p.name for p in (tmp_path / "restored").iterdir()) == ["n1", "n2"]
+
+
 def test_a_node_without_an_engine_block_is_prepared_and_verified_from_what_the_run_recorded(sqlite_cluster, tmp_path):
     with node_without_engine_block(sqlite_cluster, "n1"):
         run_id = sqlite_cluster.backup()
