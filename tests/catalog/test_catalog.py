@@ -320,8 +320,8 @@ def test_a_manifest_lost_behind_its_index_line_is_reported_every_time_not_forgot
     for _ in range(2):  # not only the first listing: the line stays to say so
         entries, problems = catalog.list()
         assert [e.run_id for e in entries] == ["r-new"]
-        assert problems == [f"run r-old: its manifest {catalog.store.describe()}/prod/manifests/r-old.json is "
-                            "missing, though the index lists the run as succeeded"]
+        assert problems == [(f"run r-old: its manifest {catalog.store.describe()}/prod/manifests/r-old.json is "
+                            "missing, though the index lists the run as succeeded")]
     assert catalog.runs_without_manifest() == ["r-old"]
     assert [e["run_id"] for e in json.loads(catalog.store.read("prod/index.json"))] == ["r-new", "r-old"]
 

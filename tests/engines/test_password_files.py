@@ -35,8 +35,8 @@ def test_a_password_file_others_can_read_is_warned_about_once_and_still_used(
         secret.write_text("rotated\n")  # picked up without a restart
         assert adapter._password() == "rotated"
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert warnings == [f"engine {engine}: password_file {secret} is readable by its group and other users "
-                        f"(mode 0644); chmod 600 {secret} so that only the agent's user can read it"]
+    assert warnings == [(f"engine {engine}: password_file {secret} is readable by its group and other users "
+                        f"(mode 0644); chmod 600 {secret} so that only the agent's user can read it")]
     assert "pass phrase" not in caplog.text and "rotated\n" not in caplog.text
 
 

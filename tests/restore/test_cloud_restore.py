@@ -230,8 +230,8 @@ def test_a_cloud_run_whose_snapshot_is_gone_or_failed_is_refused_before_any_volu
         [_, second] = open_catalog(load_inventory(inventory)).load(run_id).nodes["db1"].snapshots
 
         fail(second.snapshot_id)
-        with pytest.raises(ProviderError, match=rf"node db1: .*snapshot .* of volume b (is in error state|is FAILED|"
-                                                rf"failed).*cannot be restored"):
+        with pytest.raises(ProviderError, match=r"node db1: .*snapshot .* of volume b (is in error state|is FAILED|"
+                                                r"failed).*cannot be restored"):
             restore_run(load_inventory(inventory), run_id)
         assert restored() == [], "volume a was made before b's snapshot was found failed"
 

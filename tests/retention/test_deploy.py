@@ -84,10 +84,10 @@ def test_the_ci_workflow_runs_a_drill_and_uploads_its_report() -> None:
 
 @pytest.mark.parametrize(("said", "mailed"), [
     ("no orphaned snapshots of cluster prod: every tagged snapshot has a manifest", False),
-    ("2 snapshot(s) of cluster prod that no manifest owns:\n  snap-1  node n1 ...\n"
-     "run `snapctl gc --delete` to delete them", True),
-    ("no orphaned snapshots of cluster prod: every tagged snapshot has a manifest\n"
-     "1 leftover(s) in the snapshot store of calls that died part-way (no snapshots):\n  /x  node n1",
+    (("2 snapshot(s) of cluster prod that no manifest owns:\n  snap-1  node n1 ...\n"
+     "run `snapctl gc --delete` to delete them"), True),
+    (("no orphaned snapshots of cluster prod: every tagged snapshot has a manifest\n"
+     "1 leftover(s) in the snapshot store of calls that died part-way (no snapshots):\n  /x  node n1"),
      True),
     ("snapctl: error: cannot read the catalog (hint: ...)", True),
 ])

@@ -479,7 +479,7 @@ def test_a_run_made_with_another_provider_is_left_alone_not_reported_deleted_wit
     done = prune(inv)
 
     assert [v.run_id for v in done.deleted] == ["r1"]
-    assert done.problems == ["run r0: made with the gcp provider, not local (the inventory's): left alone, with its "
-                             "snapshots; prune it with an inventory whose provider is gcp"]
+    assert done.problems == [("run r0: made with the gcp provider, not local (the inventory's): left alone, with its "
+                             "snapshots; prune it with an inventory whose provider is gcp")]
     assert scene.run_ids() == {"r0", "r2"}
     assert before - scene.snapshot_ids() == {"r1-n1-data", "r1-n2-data"}  # r0's are still there
