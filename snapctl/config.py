@@ -113,6 +113,16 @@ class Policy(Strict):
     # and one more process per 50 calls, up to 4, unless the provider's rate limit could bind.
     provider_process: Literal["auto", "always", "never"] = "auto"
 
+    @field_validator("lease_ttl_s", mode="after")
+    @classmethod
+    def _lease_within_the_agents_cap(cls, value: float) -> float:
+        # Every agent refuses a longer lease (422), so every prepare of every run would fail.
+        from node_agent.models import MAX_LEASE_S  # noqa: PLC0415 (pure pydantic, cheap)
+
+        if value > MAX_LEASE_S:
+            raise ValueError(f"at most {MAX_LEASE_S:g}s (1h): agents refuse longer leases")
+        return value
+
     @field_validator("hold_lead_s", mode="before")
     @classmethod
     def _lead(cls, value: Any) -> float | None:

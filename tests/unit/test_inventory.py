@@ -184,6 +184,13 @@ def test_hold_lead_beyond_ten_seconds_is_refused_with_its_line():
         parse_inventory(BASE + "policy:\n  hold_lead_s: 30s\n", source="inv.yaml")
 
 
+def test_a_lease_longer_than_the_agents_accept_is_refused_with_its_line():
+    # Agents cap a lease at 3600 s (422 above it): such an inventory passed, and every run failed.
+    with pytest.raises(InventoryError, match=r"inv\.yaml:\d+: policy\.lease_ttl_s: at most 3600s"):
+        parse_inventory(BASE + "policy:\n  lease_ttl_s: 2h\n", source="inv.yaml")
+    assert parse_inventory(BASE + "policy:\n  lease_ttl_s: 1h\n", source="inv.yaml").policy.lease_ttl_s == 3600
+
+
 _SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # snapctl's: error marks read alike
 
 
