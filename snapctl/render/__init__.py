@@ -177,6 +177,10 @@ class Renderer:
                   f"{f'{m.finished_at:%H:%M:%S}Z' if m.finished_at else '-'}, skew {_seconds(m.prepare_skew_s)}")
         if m.error:
             self.line(f"error: {m.error}")
+        if m.forced:  # a run --force took past critical preflight findings: say so before anything else
+            self.line("forced: backed up with --force despite the preflight's critical findings")
+        for degradation in m.degradations:
+            self.line(f"degraded: {degradation}")
         if m.last_drill is not None:
             d = m.last_drill
             outcome = "passed" if d.ok else "failed" + (f" ({', '.join(d.failed_nodes)})" if d.failed_nodes else "")

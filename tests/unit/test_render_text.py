@@ -48,6 +48,19 @@ def test_a_manifest_shows_its_errors_and_engine_words_as_they_are():
     assert f"error: agent said {QUOTED}" in text
 
 
+def test_show_says_a_run_was_forced_and_what_it_was_forced_past():
+    # `backup --force` records the preflight's findings in the manifest; `show` printed neither.
+    r = renderer()
+    m = Manifest(cluster="c", run_id="r1", provider="local", snapctl_version="0", owner="u@h:1",
+                 started_at=datetime.now(UTC), status="succeeded", forced=True,
+                 degradations=["e1: its engine keeps its data in /d, in none of its volumes"],
+                 nodes={"n1": NodeRecord(name="n1")})
+    r.manifest(m)
+    text = r.out.file.getvalue()
+    assert "forced: backed up with --force" in text
+    assert "degraded: e1: its engine keeps its data in /d, in none of its volumes" in text
+
+
 def test_findings_list_warnings_and_trigger_results_keep_their_brackets():
     r = renderer()
     r._findings(Verdict(findings=[Finding("critical", "n1", f"unreachable: {QUOTED}")]))
