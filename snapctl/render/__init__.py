@@ -173,8 +173,10 @@ class Renderer:
 
     def manifest(self, m) -> int:
         self.line(f"run {m.run_id} of cluster {m.cluster}: {m.status}, provider {m.provider}, by {m.owner}")
+        holds = f"holds began within {_seconds(m.hold_skew_s)}, " if m.hold_skew_s is not None else ""
         self.line(f"started {m.started_at:%Y-%m-%d %H:%M:%S}Z, finished "
-                  f"{f'{m.finished_at:%H:%M:%S}Z' if m.finished_at else '-'}, skew {_seconds(m.prepare_skew_s)}")
+                  f"{f'{m.finished_at:%H:%M:%S}Z' if m.finished_at else '-'}, "
+                  f"{holds}prepare skew {_seconds(m.prepare_skew_s)}")
         if m.error:
             self.line(f"error: {m.error}")
         if m.forced:  # a run --force took past critical preflight findings: say so before anything else

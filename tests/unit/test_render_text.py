@@ -61,6 +61,17 @@ def test_show_says_a_run_was_forced_and_what_it_was_forced_past():
     assert "degraded: e1: its engine keeps its data in /d, in none of its volumes" in text
 
 
+def test_show_names_both_skews_as_the_backup_summary_does():
+    # `show` printed one bare "skew", the prepare skew, and never the hold skew the README describes.
+    r = renderer()
+    m = Manifest(cluster="c", run_id="r1", provider="local", snapctl_version="0", owner="u@h:1",
+                 started_at=datetime.now(UTC), status="succeeded", nodes={"n1": NodeRecord(name="n1")},
+                 hold_skew_s=0.015, prepare_skew_s=0.014)
+    r.manifest(m)
+    text = r.out.file.getvalue()
+    assert "holds began within 15 ms, prepare skew 14 ms" in text
+
+
 def test_findings_list_warnings_and_trigger_results_keep_their_brackets():
     r = renderer()
     r._findings(Verdict(findings=[Finding("critical", "n1", f"unreachable: {QUOTED}")]))
