@@ -410,6 +410,18 @@ def test_restore_refuses_a_non_empty_target(provider: LocalProvider, tmp_path: P
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".restore-")] == []
 
 
+def test_restore_refuses_a_target_inside_the_snapshot_store(provider: LocalProvider, tmp_path: Path,
+                                                            source: Path) -> None:
+    # `snapctl restore latest --to <store>/<cluster>` restored every node into the store, for good.
+    (ref,) = _snap(provider, _volumes(provider, tmp_path, {"name": "data", "path": "src"}), "run1")
+    target = tmp_path / "store" / CLUSTER / "n1" / "data"
+    with pytest.raises(BadInputError, match=r"cannot restore to .*/n1/data: it is inside the snapshot store"):
+        provider.check_restore(ref, RestoreTarget(path=target))
+    with pytest.raises(BadInputError, match="inside the snapshot store"):
+        provider.restore(ref, RestoreTarget(path=target))
+    assert not target.exists()
+
+
 def test_a_store_under_a_file_is_bad_input_when_the_provider_is_made(tmp_path: Path) -> None:
     (tmp_path / "a-file").write_text("not a directory")
     with pytest.raises(BadInputError, match=r"provider.store .*/a-file/store: .*/a-file is not a directory"):

@@ -154,6 +154,12 @@ class LocalRestores:
             # The place it points to (a larger disk, say): the copy is made beside that place and
             # renamed over it (a rename over the link itself fails: "not a directory").
             dest = Path(os.path.realpath(dest))
+        # The store is snapctl's own (its files are shared between snapshots): a restore there would
+        # be left in it for good, found by nothing that cleans the store.
+        store = Path(os.path.realpath(self.store.root))
+        if Path(os.path.realpath(dest)).is_relative_to(store):
+            raise BadInputError(f"node {ref.node}: cannot restore to {dest}: it is inside the snapshot store {store}",
+                                hint="restore into a directory apart from provider.store (--to DIR, or restore.path)")
         try:
             if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
                 raise BadInputError(
