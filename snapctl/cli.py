@@ -243,7 +243,8 @@ def prune(
 
 @app.command()
 def gc(
-    delete: Annotated[bool, typer.Option("--delete", help="Delete the orphans found (takes the cluster lock).")] = False,
+    delete: Annotated[bool, typer.Option(
+        "--delete", help="Delete the orphans and leftovers found (takes the cluster lock).")] = False,
     inventory: InventoryOpt = None,
     output: OutputOpt = "text",
 ) -> int:
