@@ -61,7 +61,8 @@ def _run(coro):
 def backup(
     inventory: InventoryOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Preflight and show the plan; hold nothing.")] = False,
-    no_wait: Annotated[bool, typer.Option("--no-wait", help="Return once snapshots are fixed, not uploaded.")] = False,
+    no_wait: Annotated[bool, typer.Option(
+        "--no-wait", help="Return once snapshots are fixed, without waiting for them to complete.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Go on despite critical preflight findings.")] = False,
     trigger: Annotated[bool | None, typer.Option("--trigger/--no-trigger",
                                                     help="Run the engines' own snapshots first.")] = None,

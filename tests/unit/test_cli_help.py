@@ -16,3 +16,11 @@ def _help(*command: str) -> str:
 def test_gc_delete_says_it_removes_the_leftovers_too():
     # docs/retention.md: `gc --delete` deletes the orphans and the dead calls' leftovers it lists.
     assert "Delete the orphans and leftovers found" in _help("gc")
+
+
+def test_backup_no_wait_speaks_of_completing_not_uploading():
+    # README step 8: the run waits for the snapshots to complete, or not (--no-wait); a local
+    # snapshot is never "uploaded", it is made durable.
+    text = _help("backup")
+    assert "without waiting for them to complete" in text
+    assert "uploaded" not in text
