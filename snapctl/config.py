@@ -262,7 +262,10 @@ class Inventory(Strict):
     @field_validator("rpo", mode="before")
     @classmethod
     def _rpo(cls, value: Any) -> float:
-        return parse_duration(value)
+        seconds = parse_duration(value)
+        if seconds <= 0:  # every status would be critical, "over the RPO of 0ms"
+            raise ValueError("must be greater than zero (the age the newest backup may reach, e.g. 24h)")
+        return seconds
 
     @field_validator("nodes")
     @classmethod

@@ -95,6 +95,13 @@ def test_a_flag_takes_true_or_false_and_nothing_read_as_one(value):
                            source="inv.yaml").policy.trigger_engine_snapshot is True
 
 
+@pytest.mark.parametrize("rpo", ["0s", "0"])
+def test_an_rpo_of_zero_is_refused_as_every_other_duration_is(rpo):
+    with pytest.raises(InventoryError) as err:
+        parse_inventory(BASE + f"rpo: {rpo}\n", source="inv.yaml")
+    assert str(err.value).startswith("inv.yaml:6: rpo: must be greater than zero")
+
+
 def test_counts_and_durations_still_take_the_forms_the_docs_use():
     inventory = parse_inventory(BASE + "retention: {keep_last: 3, daily: 0, weekly: 2, monthly: 1}\n"
                                        "policy: {concurrency: 16, max_follower_lag: 1_000, lease_ttl_s: 15s}\n"
