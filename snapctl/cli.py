@@ -31,6 +31,7 @@ InventoryOpt = Annotated[
 OutputOpt = Annotated[str, typer.Option("-o", "--output", metavar="text|json", help="text or json.")]
 NodesOpt = Annotated[list[str] | None,
                      typer.Option("--node", "-n", metavar="NODE", help="Only these nodes (repeatable).")]
+_PROM_EXAMPLE = "/var/lib/node_exporter/textfile/snapctl.prom"
 TextfileOpt = Annotated[str | None, typer.Option("--textfile", metavar="PATH",
                                                    help="Also write node_exporter metrics to PATH (*.prom).")]
 DemoInventoryOpt = Annotated[
@@ -81,7 +82,7 @@ def backup(
                             consistency=_choice(consistency, ("cluster", "per-node"), "--consistency"),
                             prune=not no_prune)
     loaded = _inventory(inventory)
-    if textfile:
+    if _path(textfile, "--textfile", _PROM_EXAMPLE):
         from snapctl.metrics import check_textfile_path, recording_backup
 
         check_textfile_path(textfile)  # a dry run too: the real run would refuse it
@@ -132,11 +133,13 @@ def status(
     """Is the cluster healthy, is it safe to back up, how old is the newest good backup? Exit 0/5/6."""
     from snapctl.yaml_errors import gc_paused
 
+    out = _renderer(output)
+    _path(textfile, "--textfile", _PROM_EXAMPLE)
     if watch is not None:
         from snapctl.errors import Interrupted
         from snapctl.status import watch_status
 
-        out, loaded = _renderer(output), _inventory(inventory)
+        loaded = _inventory(inventory)
         with out.status_watch() as show:
             try:
                 _run(watch_status(loaded, watch, show, nodes=node, groups=group, textfile=textfile, remember=True))
@@ -148,7 +151,7 @@ def status(
     with gc_paused():
         from snapctl.status import collect_status
 
-        out, loaded = _renderer(output), _inventory(inventory)
+        loaded = _inventory(inventory)
         return out.status(_run(collect_status(loaded, nodes=node, groups=group, textfile=textfile, remember=True)))
 
 
@@ -168,12 +171,10 @@ def restore(
     output: OutputOpt = "text",
 ) -> int:
     """Restore every node's snapshots of a run into a target and restore-prepare its engine."""
-    from pathlib import Path
-
     from snapctl.restore import restore_run
 
     out = _renderer(output)
-    result = restore_run(_inventory(inventory), run, Path(to) if to else None, zone=zone, attach=attach,
+    result = restore_run(_inventory(inventory), run, _path(to, "--to", "/srv/restore"), zone=zone, attach=attach,
                          record_it=not no_record)
     return out.restore_result(result)
 
@@ -189,15 +190,14 @@ def drill(
     output: OutputOpt = "text",
 ) -> int:
     """Restore drill (CI): restore a run into scratch, start its engines, compare with PREPARE, tear down."""
-    from pathlib import Path
-
     from snapctl.drill import run_drill
 
     out = _renderer(output)
     loaded = _inventory(inventory)
     progress = out.progress()
     try:
-        report = run_drill(loaded, run, junit=Path(junit) if junit else None, keep=keep, reporter=progress)
+        report = run_drill(loaded, run, junit=_path(junit, "--junit", "reports/drill.xml"), keep=keep,
+                           reporter=progress)
     finally:
         progress.close()
     return out.drill_result(report)
@@ -308,6 +308,20 @@ def _reporting_interrupts(command):
 
 for _info in [*app.registered_commands, *demo_app.registered_commands]:
     _info.callback = _reporting_interrupts(_info.callback)
+
+
+def _path(value: str | None, flag: str, example: str):
+    """The flag's path, None when not given. An empty one is refused: ``--to ""`` acted as if the
+    flag were missing (and ``Path("")`` is the current directory)."""
+    from pathlib import Path
+
+    from snapctl.errors import BadInputError
+
+    if value is None:
+        return None
+    if not value.strip():
+        raise BadInputError(f"{flag} '': give a path, not an empty string", hint=f"e.g. {flag} {example}")
+    return Path(value)
 
 
 def _choice(value: str | None, allowed: tuple[str, ...], flag: str) -> str | None:

@@ -249,3 +249,20 @@ def test_a_bad_flag_value_says_what_to_give_instead(tmp_path, argv, error, hint)
     result = snapctl(*argv, "-i", "inv.yaml", cwd=tmp_path)
     assert result.returncode == ExitCode.BAD_INPUT, result.stdout + result.stderr
     assert result.stderr.splitlines() == [f"snapctl: error: {error}", f"  hint: {hint}"]
+
+
+@pytest.mark.parametrize("args", [("restore", "latest", "--to", ""), ("drill", "--junit", " "),
+                                  ("backup", "--textfile", ""), ("status", "--textfile", "")],
+                         ids=["restore-to", "drill-junit", "backup-textfile", "status-textfile"])
+def test_an_empty_path_flag_is_refused_not_taken_for_no_flag(tmp_path, args):
+    # `--to ""` acted as if it were missing (each node's restore.path), `--junit ""` wrote the
+    # default report, `--textfile ""` wrote none: a script's unset variable went unnoticed.
+    (tmp_path / "data").mkdir()
+    (tmp_path / "inv.yaml").write_text("cluster: c\nprovider: {type: local, store: snaps}\nnodes:" + GOOD_NODE)
+    result = snapctl(*args, "-i", "inv.yaml", "-o", "json", cwd=tmp_path)
+    assert result.returncode == ExitCode.BAD_INPUT, result.stdout + result.stderr
+    document = json.loads(result.stdout)
+    flag = args[-2]
+    assert document["error"] == f"{flag} '': give a path, not an empty string"
+    assert document["hint"].startswith(f"e.g. {flag} ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "inv.yaml"]  # nothing written anywhere
