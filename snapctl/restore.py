@@ -133,6 +133,10 @@ def _restore(inventory: Inventory, catalog: Catalog, run_id: str, to: Path | Non
     nodes = {name: inventory_node(inventory, name) for name in manifest.nodes}
     provider = open_provider(inventory)
     check_provider(manifest, provider)
+    if not getattr(provider, "restore_makes_cloud_volumes", False) and (attach or zone):
+        flag = "--attach" if attach else "--zone"
+        raise BadInputError(f"{flag} is for the cloud providers: the {provider.name} provider restores into "
+                            "directories", hint="drop it; --to DIR (or restore.path on each node) says where")
     # gcp (the source disk's zone) and azure (the provider's location, no zone) have a default.
     place_optional = getattr(provider, "restore_place_optional", False)
     for name, node in nodes.items():

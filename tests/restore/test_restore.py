@@ -367,3 +367,15 @@ def test_a_target_that_is_a_mount_point_is_refused_before_anything_is_copied(sql
         restore_run(sqlite_cluster.inventory, run_id, target)
     assert "inside" in caught.value.hint
     assert not (target / "n1").exists() and list((target / "n2").iterdir()) == [target / "n2" / "data"]
+
+
+@pytest.mark.parametrize("flags", [{"attach": True}, {"zone": "eu-west-1a"}], ids=["attach", "zone"])
+def test_cloud_only_flags_on_the_local_provider_say_so(sqlite_cluster, tmp_path, flags):
+    # They said "--attach needs restore.instance" and "needs a target path", as if the fix were there.
+    run_id = sqlite_cluster.backup()
+    flag = "--attach" if "attach" in flags else "--zone"
+    with pytest.raises(BadInputError, match=f"^{flag} is for the cloud providers: the local provider restores into "
+                                            "directories") as caught:
+        restore_run(sqlite_cluster.inventory, run_id, tmp_path / "restored", **flags)
+    assert "--to DIR" in caught.value.hint
+    assert not (tmp_path / "restored").exists()
