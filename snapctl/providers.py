@@ -128,7 +128,8 @@ class Provider(Protocol):
 
     Optional: a class attribute ``restore_makes_cloud_volumes = True`` when ``restore`` makes cloud
     volumes rather than directories on this machine: a drill then refuses a node without
-    ``restore.agent`` and ``restore.instance`` before it restores anything.
+    ``restore.agent`` and ``restore.instance`` before it restores anything, and `restore` takes
+    ``--zone`` and ``--attach`` (without it, both are refused as the cloud providers' flags).
 
     Optional: a class attribute ``restore_place_optional = True`` when ``restore`` has a default
     place for a target with neither ``path`` nor ``zone`` (gcp: the source disk's zone); without
