@@ -151,7 +151,9 @@ def _restore(inventory: Inventory, catalog: Catalog, run_id: str, to: Path | Non
                                      "or set restore.path / restore.zone on the node")
     roots = {name: to / name if to is not None else
              (inventory.resolve(node.restore.path) if node.restore.path else None) for name, node in nodes.items()}
-    check_targets(provider, manifest, nodes, roots, zone=zone, attach=attach)
+    live = {f"node {n} volume {v}": root for n, node in nodes.items()
+            for v, root in volume_roots(node.volumes, inventory.resolve).items()}
+    check_targets(provider, manifest, nodes, roots, zone=zone, attach=attach, live=live)
     result = RestoreResult(manifest.run_id, where, [])
     try:
         for name, record in manifest.nodes.items():
@@ -173,10 +175,11 @@ def _restore(inventory: Inventory, catalog: Catalog, run_id: str, to: Path | Non
 
 
 def check_targets(provider: Provider, manifest: Manifest, nodes: dict[str, Node], roots: dict[str, Path | None], *,
-                  zone: str | None, attach: bool) -> None:
+                  zone: str | None, attach: bool, live: dict[str, Path] | None = None) -> None:
     """Every volume's target and snapshot, before any is restored: a target found unusable after
     other nodes were copied would leave a partial restore, which then blocks the retry (a local
-    target must be empty). Providers without ``check_restore`` find out as they restore."""
+    target must be empty). Providers without ``check_restore`` find out as they restore. ``live``:
+    the directories of the nodes' volumes (who -> path), which no target may lie inside."""
     check = getattr(provider, "check_restore", None)
     claimed: dict[Path, tuple[str, Path]] = {}  # the target as resolved (symlinks too) -> (who, as given)
     attached: dict[tuple[str, str], str] = {}  # (instance, device) -> who
@@ -195,6 +198,14 @@ def check_targets(provider: Provider, manifest: Manifest, nodes: dict[str, Node]
             if target.path is not None:
                 given = Path(os.path.abspath(target.path))
                 path = Path(os.path.realpath(given))
+                # Its own directory, emptied, is a restore in place; inside it, every later snapshot
+                # of that volume would carry the copy (and a backup of it the next one).
+                inside = next((w for w, root in (live or {}).items() if path != root and path.is_relative_to(root)), None)
+                if inside is not None:
+                    raise BadInputError(f"{who} would be restored to {given}, inside the live data of {inside} "
+                                        f"({live[inside]}): every later snapshot of it would carry the copy",
+                                        hint="restore outside the nodes' volumes (--to DIR, restore.path), or into "
+                                             "the volume's own directory once its data is moved aside")
                 for other, (other_who, other_given) in claimed.items():
                     # One inside the other is as bad as the same place: a volume would hold another's.
                     if path == other or path.is_relative_to(other) or other.is_relative_to(path):

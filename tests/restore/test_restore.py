@@ -379,3 +379,15 @@ def test_cloud_only_flags_on_the_local_provider_say_so(sqlite_cluster, tmp_path,
         restore_run(sqlite_cluster.inventory, run_id, tmp_path / "restored", **flags)
     assert "--to DIR" in caught.value.hint
     assert not (tmp_path / "restored").exists()
+
+
+def test_a_target_inside_a_nodes_live_volume_is_refused_before_anything_is_copied(sqlite_cluster, tmp_path):
+    # `--to n1/data/oops` put every node's copy inside n1's live data: every later snapshot of n1
+    # carried them, and a backup of them the next.
+    run_id = sqlite_cluster.backup()
+    inside = sqlite_cluster.directory / "n1" / "data" / "oops"
+    with pytest.raises(BadInputError, match=r"would be restored to .*oops/n1/data, inside the live data of node n1 "
+                                            r"volume data \(") as caught:
+        restore_run(sqlite_cluster.inventory, run_id, inside)
+    assert "once its data is moved aside" in caught.value.hint
+    assert not inside.exists()
