@@ -214,8 +214,7 @@ def _member(member: str, mine: tuple[str, RaftGroup] | None, leader: str | None,
         return m
     from_leader = _progress(leader_view, member)
     if from_leader is not None:
-        m.lag_entries, m.lag_seconds, m.replication_state = from_leader.lag_entries, from_leader.lag_seconds, \
-            from_leader.state
+        m.lag_entries, m.replication_state = from_leader.lag_entries, from_leader.state
     elif leader_view is None:  # the leader is not monitored: the worst any member reports
         reported = [p.lag_entries for _, v in views for p in v.replication if p.peer == member and p.lag_entries is not None]
         m.lag_entries = max(reported, default=None)
@@ -224,10 +223,10 @@ def _member(member: str, mine: tuple[str, RaftGroup] | None, leader: str | None,
         behind = _first(g.applied_index, g.commit_index, g.last_log_index)
         if ahead is not None and behind is not None:
             m.lag_entries = max(0, ahead - behind)
-    # The follower's own view of its link to the leader knows the lag in seconds best (tarantool's upstream.lag).
+    # Only the follower's own link to the leader knows its lag in seconds (tarantool's upstream.lag is
+    # how far the reporter is behind the peer: the leader's figure is the leader's lag behind it).
     own_link = _progress(g, leader) if leader else None
-    if own_link is not None and own_link.lag_seconds is not None:
-        m.lag_seconds = own_link.lag_seconds
+    m.lag_seconds = own_link.lag_seconds if own_link is not None else None
     return m
 
 

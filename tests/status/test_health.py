@@ -69,6 +69,19 @@ def test_lag_seconds_come_from_the_followers_own_link_to_the_leader():
     assert (follower.lag_entries, follower.lag_seconds) == (5, 2.5)
 
 
+
+def test_a_follower_whose_own_link_to_the_leader_stopped_has_no_lag_in_seconds_from_the_leaders_upstream():
+    # Tarantool's upstream.lag is how far the reporter is behind the peer: the leader's figure for a
+    # follower is the leader's own lag behind it. A follower with replication off (400 entries behind,
+    # its upstream gone) was shown "400 (0.0s)" from the leader's live upstream from it.
+    group = build_group("g", [
+        ("a", view("m1", "leader", replication=[ReplicationProgress(peer="m3", state="follow/stopped",
+                                                                     lag_entries=400, lag_seconds=0.00005)])),
+        ("c", view("m3", leader="m1", replication=[ReplicationProgress(peer="m1", state="stopped")])),
+    ], INVENTORY)
+    follower = group.members[1]
+    assert (follower.lag_entries, follower.lag_seconds) == (400, None)
+
 def test_replication_errors_are_one_finding_per_peer_naming_every_reporter():
     broken = ReplicationProgress(peer="m3", state="disconnected", consecutive_errors=1, error="connection refused")
     group = build_group("g", [("a", view("m1", "leader", replication=[broken])),
