@@ -54,6 +54,7 @@ _RELEASE_RETRY_S = 2.0
 # How long /v1/status and /metrics wait for an engine call under way (a prepare's checkpoint can
 # take minutes) before they answer from what they last saw, rather than look like a dead agent.
 _STATUS_WAIT_S = 0.5
+STATUS_QUERY = "status query of the engine"  # engine.details["busy"] while one has not answered
 
 
 @dataclass
@@ -137,8 +138,9 @@ class AgentService:
             return self._status_while_busy()
         try:
             self._expire_if_due()
-            engine_status = self.engine.status()
-            paths = self.engine.data_paths()
+            with self._engine_busy(STATUS_QUERY):  # a caller meanwhile learns the engine is slow to answer
+                engine_status = self.engine.status()
+                paths = self.engine.data_paths()
             lease = self._lease.info() if self._lease else None
             self._last_status = (engine_status, paths)
             engine_status = self._with_release_error(engine_status)
@@ -158,9 +160,12 @@ class AgentService:
         said last, and what it is doing now (``engine.details["busy"]``)."""
         busy, lease = self._busy, self._lease
         doing = f"{busy[0]} under way for {self._clock() - busy[1]:.1f}s" if busy else "busy"
+        said = {"busy": doing}
+        if busy and busy[0] == STATUS_QUERY:  # not a call that takes long by nature: the engine is slow or hung
+            said["busy_status_query"] = True
         last, paths = self._last_status or (None, self.engine.data_paths())
-        engine = (last.model_copy(update={"details": {**last.details, "busy": doing}}) if last is not None
-                  else EngineStatus(engine=self.engine.name, reachable=True, details={"busy": doing}))
+        engine = (last.model_copy(update={"details": {**last.details, **said}}) if last is not None
+                  else EngineStatus(engine=self.engine.name, reachable=True, details=said))
         return AgentStatus(node=self.node, agent_version=__version__, engine=self._with_release_error(engine),
                            lease=lease.info() if lease else None, data_paths=[str(p) for p in paths],
                            free_bytes=_free_bytes(paths[0]) if paths else None)

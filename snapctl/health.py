@@ -138,7 +138,10 @@ def assess_node(probe: NodeProbe, *, for_backup: bool = False) -> list[Finding]:
     elif engine.held:
         add(Finding("critical" if for_backup else "degraded", probe.node,
                     f"engine already held by {engine.held_by or 'someone else'} (not this agent)"))
-    if busy:  # the engine's figures above are the agent's last, from before this call began
+    if busy and engine.details.get("busy_status_query"):  # nothing long by nature: the engine is slow or hung
+        add(Finding("critical" if for_backup else "degraded", probe.node,
+                    f"engine slow to answer: {busy} (what is shown is from its last answer)"))
+    elif busy:  # the engine's figures above are the agent's last, from before this call began
         add(Finding("critical" if for_backup else "info", probe.node, f"engine busy: {busy}"))
     if probe.status.agent_version != __version__:
         add(Finding("info", probe.node, f"agent version {probe.status.agent_version} differs from snapctl {__version__}"))

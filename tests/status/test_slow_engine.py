@@ -1,0 +1,54 @@
+"""An engine that stops answering its agent's status queries (a frozen etcd or Tarantool): a
+second caller meanwhile (a scrape, another `snapctl status`) must not be shown the engine's last
+answer as if it were fine."""
+
+from __future__ import annotations
+
+import threading
+
+from node_agent.engines.sqlite import SqliteEngine, SqliteSettings
+from node_agent.service import AgentService
+from snapctl.health import NodeProbe, assess_node
+from tests.status.conftest import make_db
+
+
+class Freezes(SqliteEngine):
+    """Answers status until ``frozen`` is set, then hangs in it until ``thaw``."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.frozen, self.entered, self.thaw = False, threading.Event(), threading.Event()
+
+    def status(self):
+        if self.frozen:
+            self.entered.set()
+            self.thaw.wait(10)
+        return super().status()
+
+
+def test_a_status_query_the_engine_has_not_answered_is_degraded_not_an_info_busy(tmp_path):
+    # Reproduced with a real 3-member etcd, its leader SIGSTOPped: a scrape of /metrics hung on it for
+    # the engine's timeout, and `snapctl status` meanwhile showed that node "info engine busy: busy"
+    # with the frozen leader still leading, engine up, verdict healthy but for the backups.
+    db = make_db(tmp_path / "data.db")
+    engine = Freezes(SqliteSettings(path=db.name, timeout_s=5), base_dir=tmp_path)
+    svc = AgentService("n1", engine)
+    svc.status()
+    engine.frozen = True
+    first = threading.Thread(target=svc.status)
+    first.start()
+    try:
+        assert engine.entered.wait(10)
+        during = svc.status()
+        assert during.engine.details["busy"].startswith("status query of the engine under way for ")
+        findings = assess_node(NodeProbe("n1", status=during))
+        assert [(f.severity, f.message.split(":")[0]) for f in findings] == [("degraded", "engine slow to answer")]
+        assert "from its last answer" in findings[0].message
+        assert [f.severity for f in assess_node(NodeProbe("n1", status=during), for_backup=True)] == ["critical"]
+    finally:
+        engine.thaw.set()
+        first.join(10)
+    after = svc.status()
+    assert "busy" not in after.engine.details and assess_node(NodeProbe("n1", status=after)) == []
+    svc.close()
+    engine.close()
