@@ -200,8 +200,11 @@ def status_textfile(status: ClusterStatus) -> str:
         for m in g.members:
             out.add("snapctl_status_raft_lag_entries", "gauge", "Entries a member is behind its leader.",
                     m.lag_entries, group=g.group, member=m.member, **c)
-    out.add("snapctl_status_last_success_age_seconds", "gauge", "Age of the newest successful backup.",
-            status.latest_success_age_s, **c)
+    age = status.latest_success_age_s
+    if age is None and status.catalog_read and not status.catalog_problems:
+        age = math.inf  # none yet: over any RPO (an unreadable catalog leaves it unknown, absent)
+    out.add("snapctl_status_last_success_age_seconds", "gauge",
+            "Age of the newest successful backup (+Inf: none yet).", age, **c)
     out.add("snapctl_status_rpo_seconds", "gauge", "The inventory's RPO.", status.rpo_s, **c)
     return out.text()
 
@@ -215,9 +218,11 @@ def backup_textfile(inventory: Inventory) -> str:
     out = Exposition()
     c = {"cluster": inventory.cluster}
     newest_success = next((e for e in entries if e.status == "succeeded"), None)
-    if newest_success is not None:
-        out.add("snapctl_backup_last_success_timestamp_seconds", "gauge", "When the newest successful backup finished.",
-                (newest_success.finished_at or newest_success.started_at).timestamp(), **c)
+    # 0 when there is none: an absent series would keep `time() - ... > RPO` from ever firing for a
+    # cluster whose backups have all failed since the first.
+    out.add("snapctl_backup_last_success_timestamp_seconds", "gauge",
+            "When the newest successful backup finished (0: none yet).",
+            (newest_success.finished_at or newest_success.started_at).timestamp() if newest_success else 0, **c)
     newest = next((e for e in entries if e.status != "running"), None)
     if newest is None:
         return out.text()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx
 import pytest
@@ -12,7 +13,7 @@ from node_agent.app import create_app
 from node_agent.engines.base import create_engine
 from node_agent.service import AgentService
 from snapctl.errors import BadInputError
-from snapctl.metrics import Exposition, recording_backup, status_textfile, write_textfile
+from snapctl.metrics import Exposition, backup_textfile, recording_backup, status_textfile, write_textfile
 from snapctl.status import collect_status
 from tests.agent.conftest import serve, wait_until
 from tests.fakes.dingodb import FakeDingoStore
@@ -150,3 +151,20 @@ def test_a_textfile_that_cannot_be_written_after_the_run_is_a_warning_not_the_ru
     assert asyncio.run(recording_backup(inventory, prom / "snapctl.prom", succeeding_run())) == "the manifest"
     assert f"--textfile {prom / 'snapctl.prom'}: {prom} is not a directory" in caplog.text
     assert "the run's outcome stands" in caplog.text
+
+
+def test_the_documented_rpo_alert_fires_for_a_cluster_whose_every_backup_failed(tmp_path):
+    # docs/status.md: `time() - snapctl_backup_last_success_timestamp_seconds > 86400`. After only
+    # failed runs the series was absent, so the alert never fired, however long nothing succeeded.
+    inventory = load(write_inventory(tmp_path, sqlite_nodes(tmp_path, 1)))
+    record_run(inventory, "r-failed", "failed", age_s=3 * 86400, error="boom")
+    backup = parse(backup_textfile(inventory))
+    assert value(backup, "snapctl_backup_last_run_success", cluster="st") == 0
+    assert time.time() - value(backup, "snapctl_backup_last_success_timestamp_seconds", cluster="st") > 86400
+    samples = parse(status_textfile(asyncio.run(collect_status(inventory))))
+    age = value(samples, "snapctl_status_last_success_age_seconds", cluster="st")
+    assert age > value(samples, "snapctl_status_rpo_seconds", cluster="st")
+
+    record_run(inventory, "r-good", "succeeded", age_s=60)  # and it stops firing once one succeeds
+    assert time.time() - value(parse(backup_textfile(inventory)), "snapctl_backup_last_success_timestamp_seconds",
+                               cluster="st") < 86400
