@@ -170,11 +170,21 @@ def build_group(name: str, views: list[tuple[str, RaftGroup]], inventory: Invent
     claimed = sorted({g.member for _, g in views if g.role in _LEADING})
     named = Counter(g.leader for _, g in views if g.leader and g.role not in _LEADING)
     terms = {g.term for _, g in views if g.term is not None}
+    # The newest term each named leader is followed in: a leader followed in a newer term than any
+    # claimer's leads, and a claimer of an older term is a stale leader (two leaders, not one).
+    followed_in: dict[str, int] = {}
+    for _, g in views:
+        if g.leader and g.role not in _LEADING:
+            followed_in[g.leader] = max(followed_in.get(g.leader, -1), g.term if g.term is not None else -1)
     view = GroupView(group=name)
     if claimed:  # a stale leader of an older term can still believe it leads: the newest term wins
         view.leader = max(claimed, key=lambda m: own[m][1].term or -1)
+        newest = max(followed_in, key=lambda m: followed_in[m], default=None)
+        if newest is not None and newest not in claimed and followed_in[newest] > (own[view.leader][1].term or -1):
+            view.leader = newest
     elif named:
         view.leader = named.most_common(1)[0][0]
+    leaders = [*claimed, *([view.leader] if claimed and view.leader not in claimed else [])]
     if view.leader in own:
         view.leader_node, view.term = own[view.leader][0], own[view.leader][1].term
     elif terms:
@@ -189,7 +199,7 @@ def build_group(name: str, views: list[tuple[str, RaftGroup]], inventory: Invent
                 view.replicators_in_error.append(ReplicatorError(
                     p.peer, node, p.state, p.error or f"{p.consecutive_errors} consecutive errors",
                     p.consecutive_errors))
-    view.findings = _grade_group(view, views, claimed, named, terms, inventory)
+    view.findings = _grade_group(view, views, leaders, named, terms, inventory, followed_in)
     return view
 
 
@@ -233,8 +243,8 @@ def _member(member: str, mine: tuple[str, RaftGroup] | None, leader: str | None,
     return m
 
 
-def _grade_group(view: GroupView, views: list[tuple[str, RaftGroup]], claimed: list[str], named: Counter,
-                 terms: set[int], inventory: Inventory) -> list[Finding]:
+def _grade_group(view: GroupView, views: list[tuple[str, RaftGroup]], leaders: list[str], named: Counter,
+                 terms: set[int], inventory: Inventory, followed_in: dict[str, int]) -> list[Finding]:
     findings: list[Finding] = []
     subject = f"raft group {view.group}"
 
@@ -242,13 +252,17 @@ def _grade_group(view: GroupView, views: list[tuple[str, RaftGroup]], claimed: l
         findings.append(Finding(severity, subject, message))
 
     by_id = {m.member: m for m in view.members}
-    if not claimed and not named:
+    def term_of(m: str) -> str:  # a leader not monitored: the term its followers follow it in
+        own = by_id[m].term
+        return f"term {own}" if own is not None else f"term {followed_in.get(m)}, as its followers see it"
+
+    if not leaders and not named:
         roles = ", ".join(f"{_who(m)} {m.role}" for m in view.members if m.node)
         add("critical", f"no leader ({roles})")
-    elif len(claimed) > 1:
-        add("critical", f"{len(claimed)} members claim to lead: "
-            + ", ".join(f"{_who(by_id[m])} (term {by_id[m].term})" for m in claimed))
-    elif not claimed and len(named) > 1:
+    elif len(leaders) > 1:
+        add("critical", f"{len(leaders)} members claim to lead: "
+            + ", ".join(f"{_who(by_id[m])} ({term_of(m)})" for m in leaders))
+    elif not leaders and len(named) > 1:
         add("degraded", "members disagree on the leader: " + ", ".join(sorted(named)))
     if len(terms) > 1:
         add("degraded", "members disagree on the term: "

@@ -36,6 +36,17 @@ def test_two_leaders_is_critical_and_the_newest_term_is_taken_as_leader():
     assert ("degraded", "members disagree on the term: m1 (a) 3, m2 (b) 4, m3 (c) 4") in messages(group)
 
 
+
+def test_a_stale_leader_of_an_older_term_beside_a_newer_leader_not_monitored_is_two_leaders():
+    # m1 was partitioned in term 2 and still believes it leads; m3 follows m2 in term 3, and m2's
+    # agent does not answer. Status showed m1 as the leader (term 2) and only "disagree on the term".
+    group = build_group("g", [("a", view("m1", "leader", term=2, peers=["m2", "m3"])),
+                              ("c", view("m3", term=3, leader="m2", peers=["m1", "m2"]))], INVENTORY)
+    assert (group.leader, group.leader_node, group.term) == ("m2", None, 3)
+    assert [(m.member, m.role) for m in group.members] == [("m1", "leader"), ("m3", "follower"), ("m2", "leader")]
+    assert ("critical", "2 members claim to lead: m1 (a) (term 2), m2 (term 3, as its followers see it)") \
+        in messages(group)
+
 def test_a_leader_only_named_by_followers_is_not_a_missing_leader():
     group = build_group("g", [("b", view("m2", term=2, leader="m1", peers=["m1", "m3"])),
                               ("c", view("m3", term=2, leader="m1", peers=["m1", "m2"]))], INVENTORY)
