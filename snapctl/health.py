@@ -123,6 +123,11 @@ def assess_node(probe: NodeProbe, *, for_backup: bool = False) -> list[Finding]:
         return [Finding("critical", probe.node, f"agent refused our token: {probe.error}")]
     if probe.status is None:
         return [Finding("critical", probe.node, f"agent unreachable: {probe.error}")]
+    if probe.status.node != probe.node:  # its engine is another node's: nothing it says is this node's
+        return [Finding("critical", probe.node,
+                        f"the agent answers as node {probe.status.node!r}: the inventory points {probe.node} at "
+                        f"another node's agent (hint: set {probe.node}'s agent: to its own agent's address, or "
+                        f"node: {probe.node} in that agent's config if it is {probe.node}'s)")]
     findings: list[Finding] = []
     add = findings.append
     engine = probe.status.engine
@@ -152,7 +157,7 @@ def raft_groups(probes: list[NodeProbe]) -> dict[str, list[tuple[str, RaftGroup]
     """Raft groups across nodes: group name -> [(node, that member's view)], in inventory order."""
     groups: dict[str, list[tuple[str, RaftGroup]]] = {}
     for probe in probes:
-        if probe.status is None:
+        if probe.status is None or probe.status.node != probe.node:  # another node's agent: not this node's view
             continue
         for group in probe.status.engine.raft:
             groups.setdefault(group.group, []).append((probe.node, group))

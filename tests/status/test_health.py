@@ -139,3 +139,22 @@ def test_unreachable_and_unauthorised_agents_are_critical():
     verdict = assess(INVENTORY, probes)
     assert [(f.severity, f.message) for f in verdict.findings] == [
         ("critical", "agent unreachable: no answer within 2s"), ("critical", "agent refused our token: wrong token")]
+
+
+def test_a_node_pointed_at_another_nodes_agent_is_critical_and_lends_no_raft_view():
+    # Reproduced with a real 3-member etcd: inventory node e3 given e1's agent URL showed e3 "ok, etcd
+    # up", e1's member as e3's leader, e3's own member "seen by peers only", and no finding; a backup
+    # would have held e1 twice and snapshotted e3's volumes with nothing held.
+    def answering_as(node: str, member: str, role: str) -> AgentStatus:
+        engine = EngineStatus(engine="etcd", reachable=True, raft=[view(member, role, term=2, leader="m1")])
+        return AgentStatus(node=node, agent_version=__version__, engine=engine)
+
+    probes = [NodeProbe("a", status=answering_as("a", "m1", "leader")),
+              NodeProbe("b", status=answering_as("b", "m2", "follower")),
+              NodeProbe("c", status=answering_as("a", "m1", "leader"))]
+    for for_backup in (False, True):
+        verdict = assess(INVENTORY, probes, for_backup=for_backup)
+        assert [(f.severity, f.subject) for f in verdict.at_least("degraded")] == [("critical", "c")]
+        assert "the agent answers as node 'a': the inventory points c at another node's agent" in \
+            verdict.findings[0].message
+        assert [(m.member, m.node) for m in verdict.groups[0].members] == [("m1", "a"), ("m2", "b")]
