@@ -25,7 +25,8 @@ from snapctl.errors import BadInputError, ExitCode, SnapctlError, os_reason
 from snapctl.health import Finding, NodeProbe, Verdict, assess, duration_text
 from snapctl.manifest import IndexEntry
 from snapctl.probe import probe_all
-from snapctl.providers import ProviderFactory, ProviderSettings, node_volumes, open_provider, provider_settings
+from snapctl.providers import (NodeVolumes, ProviderFactory, ProviderSettings, node_volumes, open_provider,
+                               provider_settings)
 
 STATUS_VERSION = 1  # of the JSON document (docs/status.schema.json): bumped on incompatible changes only
 
@@ -152,8 +153,13 @@ async def collect_status(
         problem = memory.commit({p.node for p in probes if p.status is not None})
         if problem:
             verdict.findings.append(Finding("info", "status", problem))
-    if (refusal := _backup_refuses_volumes(inventory, provider)) is not None:
+    refusal, volumes = _backup_volumes(inventory, provider)
+    if refusal is not None:
         result.preflight.append(Finding("critical", "inventory", refusal))
+    else:  # as the backup's preflight does: a database outside its node's volumes would not be in the snapshot
+        from snapctl.preflight import uncovered_data
+
+        result.preflight += uncovered_data(inventory, probes, volumes)
     look = await asyncio.to_thread(_look_at_catalog, inventory)
     result.catalog_problems, result.catalog_read = look.problems, look.entries is not None
     for obstacle in look.obstacles:  # what the run would fail on is what makes backing up unsafe
@@ -178,15 +184,16 @@ async def collect_status(
     return result
 
 
-def _backup_refuses_volumes(inventory: Inventory, provider: tuple[ProviderFactory, ProviderSettings]) -> str | None:
-    """What `snapctl backup` would refuse in the provider's own checks of the store and the
-    nodes' volumes (exit 2), which need no SDK: not an error here, where an inventory that only
-    watches the agents may leave volumes out, but then not safe to back up either."""
+def _backup_volumes(inventory: Inventory, provider: tuple[ProviderFactory, ProviderSettings]
+                    ) -> tuple[str | None, dict[str, NodeVolumes]]:
+    """The nodes' volumes as `snapctl backup` would see them, or what it would refuse in the
+    provider's own checks of the store and the volumes (exit 2), which need no SDK: not an error
+    here, where an inventory that only watches the agents may leave volumes out, but then not safe
+    to back up either."""
     try:
-        node_volumes(inventory, open_provider(inventory, provider))
+        return None, node_volumes(inventory, open_provider(inventory, provider))
     except BadInputError as exc:
-        return str(exc)
-    return None
+        return str(exc), {}
 
 
 async def watch_status(

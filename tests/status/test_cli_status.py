@@ -398,3 +398,21 @@ def test_a_watch_interval_that_is_no_number_of_seconds_is_refused(tmp_path, seco
     document = json.loads(proc.stdout)
     assert document["error"] == f"--watch {seconds}: the interval must be a number of seconds more than zero"
     assert document["hint"] == "e.g. --watch 5, or a bare --watch for every 2 seconds"
+
+
+def test_safe_to_back_up_is_no_when_the_backup_would_refuse_a_database_outside_its_volumes(tmp_path):
+    # Reproduced with a real etcd cluster and agents on loopback: `snapctl status` said "safe to back
+    # up: yes", and `snapctl backup` right after refused (exit 3): the engines kept data in their
+    # backup_dir, in none of the nodes' volumes.
+    nodes = sqlite_nodes(tmp_path, 2)
+    (tmp_path / "elsewhere").mkdir()
+    nodes[1]["volumes"] = [{"name": "data", "path": "elsewhere"}]
+    inventory = load(write_inventory(tmp_path, nodes))
+    record_run(inventory, "r-good", "succeeded", age_s=60)
+    code, doc = status_json(tmp_path)
+    verdict = doc["data"]["verdict"]
+    assert code == ExitCode.OK and verdict["safe_to_back_up"] is False
+    assert [(f["severity"], f["subject"]) for f in verdict["preflight_refusals"]] == [("critical", "n2")]
+    assert "in none of its volumes" in verdict["preflight_refusals"][0]["message"]
+    dry = snapctl("backup", "--dry-run", "-i", "inventory.yaml", cwd=tmp_path)
+    assert dry.returncode == ExitCode.PREFLIGHT_REFUSED and "in none of its volumes" in dry.stderr
