@@ -124,14 +124,17 @@ async def collect_status(
     textfile: str | Path | None = None,
     memory: SnapshotMemory | None = None,
     remember: bool = False,
+    refresh: bool = False,
 ) -> ClusterStatus:
     """One look at the cluster. ``nodes``: only these nodes; ``groups``: only raft groups matching
     these glob patterns; ``textfile``: also write node_exporter metrics there; ``remember``: keep
-    busy-snapshot ages across runs (see ``SnapshotMemory``)."""
+    busy-snapshot ages across runs (see ``SnapshotMemory``); ``refresh``: a later look of a
+    ``--watch``, whose textfile path was checked at its start (now a textfile that cannot be
+    written is a finding, never the end of the watch)."""
     # A provider block `snapctl backup` would refuse is bad input here too (exit 2), as any other
     # inventory error is: checked as backup does, but without its SDK, client or credentials.
     provider = provider_settings(inventory)
-    if textfile is not None:
+    if textfile is not None and not refresh:
         from snapctl.metrics import check_textfile_path
 
         check_textfile_path(textfile)
@@ -216,7 +219,8 @@ async def watch_status(
     done = 0
     while True:
         started = time.monotonic()
-        status = await collect_status(inventory, nodes=nodes, groups=groups, textfile=textfile, memory=memory)
+        status = await collect_status(inventory, nodes=nodes, groups=groups, textfile=textfile, memory=memory,
+                                      refresh=done > 0)
         show(status)
         done += 1
         if refreshes is not None and done >= refreshes:

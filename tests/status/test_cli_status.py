@@ -170,6 +170,27 @@ def test_watch_in_process_refreshes_and_remembers(tmp_path):
         asyncio.run(watch_status(inventory, 0, seen.append, refreshes=1))
 
 
+
+def test_a_watch_whose_textfile_directory_goes_away_keeps_watching_with_a_finding(tmp_path):
+    # `status --watch 0.5 --textfile tf/s.prom`, then `rm -rf tf`: the watch ended, exit 2 ("tf does
+    # not exist"), though a textfile that cannot be written is documented as a finding, never a lost status.
+    inventory = load(write_inventory(tmp_path, sqlite_nodes(tmp_path, 1)))
+    record_run(inventory, "r-good", "succeeded", age_s=60)
+    directory = tmp_path / "tf"
+    directory.mkdir()
+    seen: list[ClusterStatus] = []
+
+    def show(status: ClusterStatus) -> None:
+        seen.append(status)
+        if len(seen) == 1:
+            (directory / "s.prom").unlink()
+            directory.rmdir()
+
+    asyncio.run(watch_status(inventory, 0.05, show, textfile=directory / "s.prom", refreshes=3))
+    assert len(seen) == 3 and seen[0].verdict.level == "healthy"
+    assert [(f.severity, f.subject) for f in seen[-1].verdict.findings] == [("degraded", "metrics")]
+    assert "does not exist" in seen[-1].verdict.findings[0].message
+
 @pytest.mark.parametrize(("argv", "expected"), [
     (["status", "--watch"], ["status", "--watch", "2"]),
     (["status", "--watch", "-o", "json"], ["status", "--watch", "2", "-o", "json"]),
