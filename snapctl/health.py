@@ -171,7 +171,11 @@ def assess_raft_group(name: str, members: list[tuple[str, RaftGroup]], inventory
 def build_group(name: str, views: list[tuple[str, RaftGroup]], inventory: Inventory,
                 snapshot_age: SnapshotAge | None = None) -> GroupView:
     """The group as a whole from its members' own views, with its findings."""
-    own = {g.member: (node, g) for node, g in views}
+    own: dict[str, tuple[str, RaftGroup]] = {}
+    reported_by: dict[str, list[str]] = {}
+    for node, g in views:
+        own.setdefault(g.member, (node, g))
+        reported_by.setdefault(g.member, []).append(node)
     claimed = sorted({g.member for _, g in views if g.role in _LEADING})
     named = Counter(g.leader for _, g in views if g.leader and g.role not in _LEADING)
     terms = {g.term for _, g in views if g.term is not None}
@@ -205,6 +209,11 @@ def build_group(name: str, views: list[tuple[str, RaftGroup]], inventory: Invent
                     p.peer, node, p.state, p.error or f"{p.consecutive_errors} consecutive errors",
                     p.consecutive_errors))
     view.findings = _grade_group(view, views, leaders, named, terms, inventory, followed_in)
+    for member, nodes in reported_by.items():  # one engine, two agents: one node's database is watched by none
+        if len(nodes) > 1:
+            view.findings.insert(0, Finding("critical", f"raft group {name}", (
+                f"member {member} is reported by {', '.join(nodes)}: their agents watch the same engine (hint: "
+                "point each node's engine: block at its own database)")))
     return view
 
 

@@ -158,3 +158,14 @@ def test_a_node_pointed_at_another_nodes_agent_is_critical_and_lends_no_raft_vie
         assert "the agent answers as node 'a': the inventory points c at another node's agent" in \
             verdict.findings[0].message
         assert [(m.member, m.node) for m in verdict.groups[0].members] == [("m1", "a"), ("m2", "b")]
+
+
+def test_one_member_reported_by_two_nodes_is_critical_and_stays_with_the_first():
+    # Reproduced with a real etcd: e3's engine block given e1's endpoint. e1's member was listed as
+    # e3's, e1 vanished from the group, and the verdict was healthy; a backup would have held e1's
+    # etcd twice and snapshotted e3's disks with its own etcd never held.
+    group = build_group("g", [("a", view("m1", "leader", term=2)), ("b", view("m2", term=2, leader="m1")),
+                              ("c", view("m1", "leader", term=2))], INVENTORY)
+    assert [(m.member, m.node) for m in group.members] == [("m1", "a"), ("m2", "b")]
+    assert messages(group)[0] == ("critical", "member m1 is reported by a, c: their agents watch the same engine "
+                                              "(hint: point each node's engine: block at its own database)")
