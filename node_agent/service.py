@@ -67,6 +67,7 @@ class AgentStats:
     last_prepare_s: float | None = None
     last_complete_s: float | None = None
     held: bool = False
+    releasing: bool = False  # the lease expired and the engine would not release: still held, no run
 
 
 @dataclass
@@ -122,7 +123,8 @@ class AgentService:
     @property
     def stats(self) -> AgentStats:
         # No lock: counters for a scrape need not wait for an engine call under way.
-        return replace(self._stats, held=self._lease is not None)
+        lease = self._lease
+        return replace(self._stats, held=lease is not None, releasing=lease is not None and lease.releasing)
 
     @property
     def lease(self) -> LeaseInfo | None:

@@ -78,6 +78,9 @@ def agent_metrics(service: AgentService) -> str:
     out.add("snapctl_agent_info", "gauge", "The agent's node and version.", 1, node=service.node,
             version=_agent_version())
     out.add("snapctl_agent_lease_held", "gauge", "1 while a backup run holds this node's prepare lease.", stats.held)
+    out.add("snapctl_agent_lease_expired_still_held", "gauge",
+            "1 while the engine stays held after its lease expired (it would not release; the agent retries).",
+            stats.releasing)
     out.add("snapctl_agent_lease_expirations_total", "counter",
             "Leases the agent released by itself because the run stopped renewing them.", stats.lease_expirations)
     out.add("snapctl_agent_prepares_total", "counter", "Engine prepares done.", stats.prepares)

@@ -12,6 +12,7 @@ import pytest
 import snapctl.metrics
 from node_agent.app import create_app
 from node_agent.engines.base import create_engine
+from node_agent.engines.sqlite import SqliteSettings
 from node_agent.service import AgentService
 from snapctl.errors import BadInputError
 from snapctl.metrics import Exposition, backup_textfile, recording_backup, status_textfile, write_textfile
@@ -191,3 +192,34 @@ def test_every_metric_written_is_named_in_the_docs(tmp_path):
     names = {line.split()[2] for line in written.splitlines() if line.startswith("# TYPE ")}
     assert {"snapctl_status_timestamp_seconds", "snapctl_raft_peer_lag_entries"} <= names
     assert sorted(n for n in names if f"`{n}`" not in docs and f"`{n}{{" not in docs) == []
+
+
+def test_an_engine_held_past_its_lease_is_told_apart_from_a_hold_on_agent_metrics(tmp_path):
+    # A lease that expired while the engine could not be reached leaves the database frozen with no
+    # run (status: critical "engine still held"), and /metrics said only snapctl_agent_lease_held 1,
+    # as during any backup: no alert could tell a frozen database from a backup in progress.
+    from tests.agent.test_service import FakeClock
+    from tests.agent.test_service_engine_trouble import GoesDown
+
+    db = make_db(tmp_path / "data.db")
+    engine, clock = GoesDown(SqliteSettings(path=db.name, timeout_s=5), base_dir=tmp_path), FakeClock()
+    service = AgentService("n1", engine, clock=clock)
+    try:
+        service.prepare("run-1", 10)
+        held = parse(snapctl.metrics.agent_metrics(service))
+        assert (value(held, "snapctl_agent_lease_held"), value(held, "snapctl_agent_lease_expired_still_held")) == (1, 0)
+        engine.down = True
+        clock.advance(11)
+        service.expire_if_due()
+        stuck = parse(snapctl.metrics.agent_metrics(service))
+        assert value(stuck, "snapctl_agent_lease_expired_still_held") == 1
+        assert value(stuck, "snapctl_agent_lease_expirations_total") == 1
+        engine.down = False
+        clock.advance(60)
+        service.expire_if_due()
+        released = parse(snapctl.metrics.agent_metrics(service))
+        assert (value(released, "snapctl_agent_lease_held"), value(released, "snapctl_agent_lease_expired_still_held")) \
+            == (0, 0)
+    finally:
+        service.close()
+        engine.close()
