@@ -272,7 +272,15 @@ def _grade_group(view: GroupView, views: list[tuple[str, RaftGroup]], leaders: l
 
     if not leaders and not named:
         roles = ", ".join(f"{_who(m)} {m.role}" for m in view.members if m.node)
-        add("critical", f"no leader ({roles})")
+        unseen = [m.member for m in view.members if m.node is None]
+        # Followers with no term name no leader (tarantool without raft elections: the writable
+        # instance leads): with members not asked, the leader may well be one of them.
+        blind = all(g.role == "follower" and g.leader is None and g.term is None for _, g in views)
+        if blind and unseen:
+            add("info", f"no leader among the members asked ({roles}); these followers do not name theirs, and "
+                f"it may be one only seen by peers: {', '.join(unseen)}")
+        else:
+            add("critical", f"no leader ({roles})")
     elif len(leaders) > 1:
         add("critical", f"{len(leaders)} members claim to lead: "
             + ", ".join(f"{_who(by_id[m])} ({term_of(m)})" for m in leaders))

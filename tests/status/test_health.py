@@ -169,3 +169,18 @@ def test_one_member_reported_by_two_nodes_is_critical_and_stays_with_the_first()
     assert [(m.member, m.node) for m in group.members] == [("m1", "a"), ("m2", "b")]
     assert messages(group)[0] == ("critical", "member m1 is reported by a, c: their agents watch the same engine "
                                               "(hint: point each node's engine: block at its own database)")
+
+
+def test_followers_that_name_no_leader_are_no_missing_leader_while_a_member_was_not_asked():
+    # Reproduced with a real Tarantool 2.6.0 replica set (no raft elections: the writable instance
+    # leads, and followers name no leader): `snapctl status --node m2` on a healthy set said
+    # "critical ... no leader (m2 follower)", exit 6.
+    follower = view("m2", peers=["m1", "m3"])
+    (finding,) = build_group("g", [("b", follower)], INVENTORY).findings
+    assert finding.severity == "info" and finding.message.startswith("no leader among the members asked (m2 (b) follower)")
+    assert finding.message.endswith("it may be one only seen by peers: m1, m3")
+    # Every member asked and none leads, or followers that would name a leader (a term: raft in
+    # charge) and name none: still a missing leader.
+    everyone = [("a", view("m1", peers=["m2"])), ("b", view("m2", peers=["m1"]))]
+    assert messages(build_group("g", everyone, INVENTORY)) == [("critical", "no leader (m1 (a) follower, m2 (b) follower)")]
+    assert messages(build_group("g", [("b", view("m2", term=4, peers=["m1", "m3"]))], INVENTORY))[0][0] == "critical"
