@@ -96,7 +96,10 @@ def agent_metrics(service: AgentService) -> str:
         out.add("snapctl_engine_up", "gauge", "The engine answers the agent.", 0, engine=service.engine.name)
         return out.text()
     engine = status.engine
-    out.add("snapctl_engine_up", "gauge", "The engine answers the agent.", engine.reachable, engine=engine.engine)
+    # A status query of the engine already waiting (another caller's): the rest is its last answer,
+    # but up it is not, now.
+    up = engine.reachable and not engine.details.get("busy_status_query")
+    out.add("snapctl_engine_up", "gauge", "The engine answers the agent.", up, engine=engine.engine)
     out.add("snapctl_engine_held_elsewhere", "gauge",
             "The engine is held by something other than this agent (another backup tool).",
             engine.held and status.lease is None)

@@ -52,3 +52,27 @@ def test_a_status_query_the_engine_has_not_answered_is_degraded_not_an_info_busy
     assert "busy" not in after.engine.details and assess_node(NodeProbe("n1", status=after)) == []
     svc.close()
     engine.close()
+
+
+def test_a_scrape_meanwhile_says_the_engine_is_not_up(tmp_path):
+    # Two Prometheus servers (an HA pair) scraping one agent whose etcd froze: the scrape that came
+    # second answered from the engine's last status, snapctl_engine_up 1, for a frozen engine.
+    import snapctl.metrics
+    from tests.status.promtext import parse, value
+
+    db = make_db(tmp_path / "data.db")
+    engine = Freezes(SqliteSettings(path=db.name, timeout_s=5), base_dir=tmp_path)
+    svc = AgentService("n1", engine)
+    assert value(parse(snapctl.metrics.agent_metrics(svc)), "snapctl_engine_up", engine="sqlite") == 1
+    engine.frozen = True
+    first = threading.Thread(target=snapctl.metrics.agent_metrics, args=(svc,))
+    first.start()
+    try:
+        assert engine.entered.wait(10)
+        assert value(parse(snapctl.metrics.agent_metrics(svc)), "snapctl_engine_up", engine="sqlite") == 0
+    finally:
+        engine.thaw.set()
+        first.join(10)
+    assert value(parse(snapctl.metrics.agent_metrics(svc)), "snapctl_engine_up", engine="sqlite") == 1
+    svc.close()
+    engine.close()
