@@ -194,7 +194,8 @@ def status_textfile(status: ClusterStatus) -> str:
                 p.status is not None, node=p.node, **c)
         if p.status is not None:
             out.add("snapctl_status_engine_up", "gauge", "The node's engine answers its agent.",
-                    p.status.engine.reachable, node=p.node, **c)
+                    p.status.engine.reachable and not p.status.engine.details.get("busy_status_query"),
+                    node=p.node, **c)
             out.add("snapctl_status_lease_held", "gauge", "A backup run holds the node.",
                     p.status.lease is not None, node=p.node, **c)
             out.add("snapctl_status_free_bytes", "gauge", "Free bytes on the node's data path.",

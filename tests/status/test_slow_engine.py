@@ -76,3 +76,30 @@ def test_a_scrape_meanwhile_says_the_engine_is_not_up(tmp_path):
     assert value(parse(snapctl.metrics.agent_metrics(svc)), "snapctl_engine_up", engine="sqlite") == 1
     svc.close()
     engine.close()
+
+
+def test_the_status_textfile_says_an_engine_slow_to_answer_is_not_up(tmp_path):
+    # The same stale answer made `snapctl status --textfile` write snapctl_status_engine_up 1.
+    from datetime import UTC, datetime
+
+    from snapctl.health import Verdict
+    from snapctl.metrics import status_textfile
+    from snapctl.status import ClusterStatus
+    from tests.status.promtext import parse, value
+
+    db = make_db(tmp_path / "data.db")
+    engine = Freezes(SqliteSettings(path=db.name, timeout_s=5), base_dir=tmp_path)
+    svc = AgentService("n1", engine)
+    svc.status()
+    engine.frozen = True
+    first = threading.Thread(target=svc.status)
+    first.start()
+    try:
+        assert engine.entered.wait(10)
+        status = ClusterStatus("c", datetime.now(UTC), [NodeProbe("n1", status=svc.status())], Verdict(), 86400.0)
+        assert value(parse(status_textfile(status)), "snapctl_status_engine_up", cluster="c", node="n1") == 0
+    finally:
+        engine.thaw.set()
+        first.join(10)
+    svc.close()
+    engine.close()
