@@ -76,13 +76,14 @@ def create_app(service: AgentService, token: str | None, *, max_body_bytes: int 
     )
     app.add_middleware(BodyLimit, max_body_bytes=max_body_bytes)
     check = TokenCheck(token, metrics_token) if token else None
+    endpoints: set[str] = set()  # filled once the routes are added, below
     if check:  # none configured: the agent refuses to listen beyond loopback then
         # Nothing is parsed before the token is checked.
         app.add_middleware(BearerAuth, check=check)
     if rate_per_s is not None:
         # Outermost: counts refusals too, wrong tokens apart from a known holder's (see ratelimit).
         app.add_middleware(ClientRateLimit, rate_per_s=rate_per_s, burst=burst,
-                           credential=check.accepted if check else None)
+                           credential=check.accepted if check else None, endpoints=endpoints)
     _install_error_handlers(app)
     # Only documents the scheme in OpenAPI; BearerAuth enforces it.
     bearer = HTTPBearer(auto_error=False, description="the agent's token (token_file or $SNAPCTL_AGENT_TOKEN)")
@@ -131,6 +132,7 @@ def create_app(service: AgentService, token: str | None, *, max_body_bytes: int 
 
         return PlainTextResponse(await run_in_threadpool(agent_metrics, service), media_type=CONTENT_TYPE)
 
+    endpoints.update(route.path for route in app.routes if hasattr(route, "path"))
     return app
 
 

@@ -31,7 +31,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -43,6 +43,10 @@ REPORT_EVERY_S = 10.0  # refusals of one client and endpoint are logged as one l
 _REFUNDED = frozenset({413, 422})
 _EXEMPT = frozenset({"/v1/health"})
 _METRICS = "/metrics"
+# Every path that is no endpoint shares one bucket per client: were each its own, a guesser could
+# send every guess to a new path (/v1/x1, /v1/x2, ...; 401 for a wrong token, 404 for a right one)
+# and never be limited.
+UNKNOWN_PATHS = "paths that are no endpoint"
 
 log = logging.getLogger("snapctl.agent")
 
@@ -57,7 +61,7 @@ class ClientRateLimit:
 
     def __init__(self, app: ASGIApp, *, rate_per_s: float = DEFAULT_RATE_PER_S, burst: int = DEFAULT_BURST,
                  credential: Callable[[Scope], str | None] | None = None, report_every_s: float = REPORT_EVERY_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, endpoints: Collection[str] | None = None) -> None:
         if rate_per_s <= 0 or burst < 1:
             raise ValueError("rate_per_s must be positive and burst at least 1")
         self.app = app
@@ -66,6 +70,9 @@ class ClientRateLimit:
         self._credential = credential
         self._report_every_s = report_every_s
         self._clock = clock
+        # The paths that are endpoints (the app's routes; read at each request, so the app may fill
+        # it after adding this middleware). None: every path is counted apart (a bare ASGI app).
+        self._endpoints = endpoints
         # (client, path, the holder's credential or None) -> (tokens, at)
         self._buckets: OrderedDict[_Key, tuple[float, float]] = OrderedDict()
         self._holders: OrderedDict[tuple[str, str], None] = OrderedDict()  # (client, credential)
@@ -77,6 +84,8 @@ class ClientRateLimit:
             await self.app(scope, receive, send)
             return
         client = (scope.get("client") or ("unknown",))[0]
+        if self._endpoints is not None and path not in self._endpoints:
+            path = UNKNOWN_PATHS
         credential = self._credential(scope) if self._credential else None
         holder = credential is not None and (client, credential) in self._holders
         key = (client, path, credential if holder else None)

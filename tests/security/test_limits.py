@@ -200,3 +200,17 @@ def test_refusals_after_the_first_are_logged_as_a_count(caplog: pytest.LogCaptur
     assert logged()[0] == ("refusing requests from 127.0.0.1 to /v1/status: more than 2 at once or 0.01 per second "
                            "(429); further refusals are counted and logged every 0.5s")
     assert re.fullmatch(r"refused \d+ more requests? from 127\.0\.0\.1 to /v1/status in the last 0\.5s", logged()[-1])
+
+
+def test_guesses_spread_over_paths_that_are_no_endpoint_share_one_budget(service: AgentService) -> None:
+    # Were each unknown path its own bucket, a guesser could send every guess to a new one (a wrong
+    # token gets 401, a right one 404) and never be limited.
+    with serve(create_app(service, TOKEN, rate_per_s=0.01, burst=3)) as url, httpx.Client(base_url=url) as client:
+        codes = [client.get(f"/v1/status-{i}", headers={"Authorization": f"Bearer guess-{i}"}).status_code
+                 for i in range(6)]
+        assert codes == [401] * 3 + [429] * 3
+        right = client.get("/v1/status-99", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert right.status_code == 429
+        assert right.json()["error"].startswith("too many requests from 127.0.0.1 to paths that are no endpoint")
+        # The endpoints keep budgets of their own.
+        assert client.get("/v1/status", headers=AUTH).status_code == 200
