@@ -113,7 +113,7 @@ def _serve(config: AgentConfig, token: str | None, metrics_token: str | None, en
     import uvicorn
 
     from node_agent.app import create_app
-    from node_agent.ratelimit import quiet_refusals
+    from node_agent.ratelimit import guarded_http, quiet_refusals
     from node_agent.service import AgentService
 
     settings = config.engine_settings
@@ -126,6 +126,7 @@ def _serve(config: AgentConfig, token: str | None, metrics_token: str | None, en
         log_level=config.log_level,
         lifespan="off",
         server_header=False,
+        http=guarded_http(),  # half-sent requests are timed out, and connections per client bounded
         timeout_graceful_shutdown=int(settings.timeout_s) + 5,
         ssl_certfile=str(config.resolve(tls.cert_file)) if tls and tls.cert_file else None,
         ssl_keyfile=str(config.resolve(tls.key_file)) if tls and tls.key_file else None,

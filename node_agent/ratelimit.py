@@ -174,3 +174,75 @@ async def _too_many(send: Send, key: _Key, rate: float, burst: int, wait_s: floa
                (b"retry-after", str(max(1, math.ceil(wait_s))).encode())]
     await send({"type": "http.response.start", "status": 429, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+# ---- connections -------------------------------------------------------------------------------
+
+REQUEST_TIMEOUT_S = 10.0  # a request must arrive whole within this of its connection opening or its last answer
+MAX_CONNECTIONS_PER_CLIENT = 32  # open connections per client address; snapctl needs a few
+
+
+def guarded_http(request_timeout_s: float = REQUEST_TIMEOUT_S,
+                 max_per_client: int = MAX_CONNECTIONS_PER_CLIENT) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP/1.1 protocol with two bounds on connections, for ``uvicorn.Config(http=...)``.
+
+    uvicorn waits for a request's headers for ever: anyone who can reach the port (no token
+    needed) could open connections that send half a request, until the agent ran out of file
+    descriptors and snapctl's renew and complete could no longer connect. So a connection whose
+    request has not arrived whole (headers and body) ``request_timeout_s`` after it opened or after
+    its last answer is closed (a request the app is working on, a prepare waiting for its hold, is
+    not timed), and a client address gets at most ``max_per_client`` connections open at once:
+    those beyond are closed at once."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    open_per_client: dict[str, int] = {}
+    warned: set[str] = set()
+
+    class GuardedH11Protocol(H11Protocol):
+        _slow_timer: asyncio.TimerHandle | None = None
+        _counted: str | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            host = str((self.client or ("unknown",))[0])
+            self._counted = host
+            open_per_client[host] = open_per_client.get(host, 0) + 1
+            if open_per_client[host] > max_per_client:
+                if host not in warned:
+                    warned.add(host)
+                    log.warning("refusing connections from %s: more than %d open at once; closing those beyond",
+                                host, max_per_client)
+                transport.close()
+                return
+            self._arm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._slow_timer is not None:
+                self._slow_timer.cancel()
+            host, self._counted = self._counted, None
+            if host is not None:
+                open_per_client[host] -= 1
+                if not open_per_client[host]:
+                    del open_per_client[host]
+                    warned.discard(host)
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            if self._slow_timer is not None:
+                self._slow_timer.cancel()
+            self._slow_timer = self.loop.call_later(request_timeout_s, self._too_slow)
+
+        def _too_slow(self) -> None:
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_complete and not cycle.more_body:
+                return  # received whole: the app is answering it (on_response_complete re-arms)
+            if not self.transport.is_closing():
+                log.debug("closing a connection from %s: no whole request within %gs",
+                         self._counted, request_timeout_s)
+                self.transport.close()
+
+    return GuardedH11Protocol

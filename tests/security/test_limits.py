@@ -4,11 +4,17 @@ request rate per client and endpoint (429 with Retry-After)."""
 from __future__ import annotations
 
 import re
+import socket
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
 import pytest
+import uvicorn
 
 from node_agent.app import create_app
 from node_agent.engines.sqlite import SqliteEngine, SqliteSettings
@@ -214,3 +220,71 @@ def test_guesses_spread_over_paths_that_are_no_endpoint_share_one_budget(service
         assert right.json()["error"].startswith("too many requests from 127.0.0.1 to paths that are no endpoint")
         # The endpoints keep budgets of their own.
         assert client.get("/v1/status", headers=AUTH).status_code == 200
+
+
+@contextmanager
+def serve_server(server: uvicorn.Server) -> Iterator[tuple[str, int]]:
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started, what="uvicorn to start")
+        yield server.servers[0].sockets[0].getsockname()[:2]
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> bool:
+    sock.settimeout(seconds)
+    try:
+        return sock.recv(1) == b""
+    except TimeoutError:
+        return False
+    except OSError:
+        return True  # reset: closed too
+
+
+def test_half_sent_requests_are_timed_out_and_connections_per_client_bounded(service: AgentService) -> None:
+    # uvicorn waited for a request's headers for ever: connections that sent half a request, from
+    # anyone (no token needed), ran the agent out of file descriptors and snapctl could not connect.
+    from node_agent.ratelimit import guarded_http
+
+    app = create_app(service, TOKEN)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off",
+                                           http=guarded_http(request_timeout_s=1.0, max_per_client=4)))
+    with serve_server(server) as (host, port):
+        half = socket.create_connection((host, port))
+        half.sendall(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n")  # and never the end of the headers
+        silent = socket.create_connection((host, port))
+        assert _closed_within(half, 5) and _closed_within(silent, 5)
+        # A request the app is answering is not timed out: a prepare waiting for its hold_at.
+        hold_at = (datetime.now(timezone.utc) + timedelta(seconds=2)).isoformat()
+        prepared = httpx.post(f"http://{host}:{port}/v1/prepare", headers=AUTH, timeout=10,
+                              json={"run_id": "r1", "lease_s": 30, "hold_at": hold_at})
+        assert prepared.status_code == 200
+        assert service.complete("r1").released
+        # At most 4 connections open at once from one address; the 5th is closed at once.
+        held = [socket.create_connection((host, port)) for _ in range(4)]
+        extra = socket.create_connection((host, port))
+        assert _closed_within(extra, 2)
+        other = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"))
+        with other:
+            assert other.get(f"http://{host}:{port}/v1/status", headers=AUTH).status_code == 200
+        for sock in held:
+            sock.close()
+        time.sleep(0.2)
+        assert httpx.get(f"http://{host}:{port}/v1/status", headers=AUTH).status_code == 200
+
+
+def test_the_agent_process_bounds_connections_per_client(tmp_path: Path) -> None:
+    from node_agent.ratelimit import MAX_CONNECTIONS_PER_CLIENT
+
+    with agent_process(write_config(tmp_path, make_db(tmp_path / "data.db"))) as agent:
+        host, port = agent.url.split("//")[1].split(":")
+        held = [socket.create_connection((host, int(port))) for _ in range(MAX_CONNECTIONS_PER_CLIENT)]
+        extra = socket.create_connection((host, int(port)))
+        assert _closed_within(extra, 5)
+        for sock in held:
+            sock.close()
+        wait_until(lambda: httpx.get(agent.url + "/v1/status", headers={"Authorization": f"Bearer {AGENT_TOKEN}"})
+                   .status_code == 200, what="the agent to serve again")
