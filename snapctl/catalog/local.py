@@ -139,7 +139,7 @@ class LocalBlobStore:
         return self.root.joinpath(*parts)
 
     def _write_temp(self, path: Path, data: bytes) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_dirs(path.parent)
         temp = path.parent / f".{path.name}.tmp-{secrets.token_hex(6)}"
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
@@ -160,7 +160,7 @@ class LocalBlobStore:
         # be left behind by every deleted key (unlinking a lock file others may wait on is unsafe).
         lock_path = path.parent / ".lock"
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            _make_dirs(path.parent)
             lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as exc:
             raise CatalogError(f"cannot lock {path}: {os_reason(exc)}", hint=_permission_hint(exc, path)) from exc
@@ -169,6 +169,18 @@ class LocalBlobStore:
             yield
         finally:
             os.close(lock_fd)  # closing drops the flock
+
+
+def _make_dirs(path: Path) -> None:
+    """``path`` and its missing parents, none writable by group or others whatever the umask: under
+    umask 0 (or 002) others could otherwise swap manifests in, and steer what prune deletes."""
+    if path.is_dir():
+        return
+    _make_dirs(path.parent)
+    try:
+        os.mkdir(path, 0o755)
+    except FileExistsError:
+        pass
 
 
 def _fsync_dir(path: Path) -> None:
