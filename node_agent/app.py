@@ -37,6 +37,7 @@ from node_agent.models import (
 from node_agent.ratelimit import DEFAULT_BURST, DEFAULT_RATE_PER_S, ClientRateLimit
 from node_agent.service import AgentService
 from snapctl import __version__
+from snapctl.config import is_loopback
 from snapctl.errors import BadInputError, EngineBusy, EngineError, LeaseConflict, SnapctlError
 
 log = logging.getLogger("snapctl.agent")
@@ -80,6 +81,8 @@ def create_app(service: AgentService, token: str | None, *, max_body_bytes: int 
     if check:  # none configured: the agent refuses to listen beyond loopback then
         # Nothing is parsed before the token is checked.
         app.add_middleware(BearerAuth, check=check)
+    else:  # ...and answers loopback names only: a web page must not reach it by DNS rebinding
+        app.add_middleware(LoopbackHostOnly)
     if rate_per_s is not None:
         # Outermost: counts refusals too, wrong tokens apart from a known holder's (see ratelimit).
         app.add_middleware(ClientRateLimit, rate_per_s=rate_per_s, burst=burst,
@@ -283,6 +286,38 @@ class BearerAuth:
             await self.app(scope, receive, send)
             return
         await _send(send, _error(401, problem, _AUTH_HINT, **{"WWW-Authenticate": "Bearer"}))
+
+
+class LoopbackHostOnly:
+    """For an agent without a token (it listens on loopback only): 421 to every request whose
+    ``Host`` is not a loopback name (localhost, 127.0.0.0/8, ::1). Else any web page a browser on
+    the host opens could reach it by DNS rebinding (its own name, re-resolved to 127.0.0.1) and
+    hold the database with no token at all."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        raw = dict(scope.get("headers") or []).get(b"host")
+        host = _host_name(raw.decode("latin-1")) if raw is not None else None
+        if host is None or is_loopback(host):
+            await self.app(scope, receive, send)
+            return
+        shown = host if host.isprintable() and len(host) <= 64 else "(unprintable or too long)"
+        await _send(send, _error(421, f"refusing a request for host {shown}: this agent has no token and "
+                                      "answers only requests for localhost, 127.0.0.0/8 or [::1]",
+                                 "address it as 127.0.0.1 or localhost, or give it a token (docs/security.md)"))
+
+
+def _host_name(host: str) -> str:
+    """The name in a ``Host`` header, without its port: "[::1]:7700" -> "::1", "a:7700" -> "a"."""
+    host = host.strip()
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
 
 
 async def _send(send: Send, response: JSONResponse) -> None:

@@ -27,7 +27,14 @@ CHECKS = [not_an_internal_error, status_code_conformance, content_type_conforman
 def test_every_answer_is_declared_and_never_a_server_error(engine: SqliteEngine) -> None:
     service = AgentService("n1", engine)
     try:
-        schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(service, None))
+        app = create_app(service, None)
+
+        async def on_loopback(scope, receive, send) -> None:
+            # An agent without a token answers loopback names only; the ASGI client says "testserver".
+            headers = [(k, v) for k, v in scope.get("headers", []) if k != b"host"] + [(b"host", b"127.0.0.1")]
+            await app({**scope, "headers": headers}, receive, send)
+
+        schema = schemathesis.openapi.from_asgi("/openapi.json", on_loopback)
         operations = [result.ok() for result in schema.get_all_operations()]
         assert len(operations) == 8
         for operation in operations:

@@ -126,3 +126,26 @@ def test_the_metrics_token_opens_metrics_and_nothing_else(tmp_path) -> None:
                 assert response.status_code == 401, (method, path)
     finally:
         service.close()
+
+
+def test_an_agent_without_a_token_answers_loopback_names_only(tmp_path: Path) -> None:
+    # A web page opened on the host could reach a token-less agent by DNS rebinding (its own name,
+    # re-resolved to 127.0.0.1: a same-origin JSON POST) and hold the database for an hour.
+    create_db(tmp_path / "db.sqlite")
+    service = AgentService("n1", SqliteEngine(SqliteSettings(path="db.sqlite", timeout_s=2), base_dir=tmp_path))
+    try:
+        with serve(create_app(service, None)) as url, httpx.Client(base_url=url) as client:
+            body = {"run_id": "evil", "lease_s": 3600}
+            for host in ("evil.example:7700", "evil.example", "127.0.0.1.evil.example", "10.0.0.5:7700"):
+                refused = client.post("/v1/prepare", json=body, headers={"Host": host})
+                assert refused.status_code == 421, host
+                assert refused.json()["error"].startswith(f"refusing a request for host {host.split(':')[0]}: ")
+                assert "hint" in refused.json() and refused.json()["hint"]
+            assert service.lease is None
+            port = url.rsplit(":", 1)[1]
+            for host in (f"127.0.0.1:{port}", "localhost", f"localhost:{port}", "127.1.2.3", f"[::1]:{port}"):
+                assert client.get("/v1/status", headers={"Host": host}).status_code == 200, host
+            assert client.post("/v1/prepare", json={"run_id": "r1", "lease_s": 30}).status_code == 200
+            assert client.post("/v1/complete", json={"run_id": "r1"}).json()["released"] is True
+    finally:
+        service.close()
