@@ -26,6 +26,7 @@ a log line per request.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import math
@@ -51,6 +52,22 @@ UNKNOWN_PATHS = "paths that are no endpoint"
 log = logging.getLogger("snapctl.agent")
 
 _Key = tuple[str, str, str | None]  # client, path, the holder's credential (None: not a known holder's)
+
+
+def client_of(address: str) -> str:
+    """Who a request's address counts as: the address itself, but for IPv6 its /64 (one host is
+    routinely given a whole /64, so counting each address apart would let one machine take a
+    fresh budget with every request). IPv4-mapped addresses count as the IPv4 address."""
+    try:
+        ip = ipaddress.ip_address(address.partition("%")[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        if not ip.is_loopback:
+            return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return address
 
 
 class ClientRateLimit:
@@ -83,7 +100,7 @@ class ClientRateLimit:
         if scope["type"] != "http" or not (path.startswith("/v1/") or path == _METRICS) or path in _EXEMPT:
             await self.app(scope, receive, send)
             return
-        client = (scope.get("client") or ("unknown",))[0]
+        client = client_of((scope.get("client") or ("unknown",))[0])
         if self._endpoints is not None and path not in self._endpoints:
             path = UNKNOWN_PATHS
         credential = self._credential(scope) if self._credential else None
@@ -204,7 +221,7 @@ def guarded_http(request_timeout_s: float = REQUEST_TIMEOUT_S,
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            host = str((self.client or ("unknown",))[0])
+            host = client_of(str((self.client or ("unknown",))[0]))
             self._counted = host
             open_per_client[host] = open_per_client.get(host, 0) + 1
             if open_per_client[host] > max_per_client:

@@ -288,3 +288,37 @@ def test_the_agent_process_bounds_connections_per_client(tmp_path: Path) -> None
             sock.close()
         wait_until(lambda: httpx.get(agent.url + "/v1/status", headers={"Authorization": f"Bearer {AGENT_TOKEN}"})
                    .status_code == 200, what="the agent to serve again")
+
+
+def test_an_ipv6_client_is_counted_by_its_64_not_by_each_address() -> None:
+    # One host routinely has a whole /64: counted per address, it took a fresh budget (and another
+    # 32 connections) with every request, from any of its 2**64 addresses.
+    from node_agent.ratelimit import client_of
+
+    async def ok(scope, receive, send) -> None:
+        await send({"type": "http.response.start", "status": 401, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    sent: list[int] = []
+
+    async def send(message) -> None:
+        if message["type"] == "http.response.start":
+            sent.append(message["status"])
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    limit = ClientRateLimit(ok, rate_per_s=0.01, burst=3)
+
+    async def calls() -> None:
+        for i in range(6):
+            scope = {"type": "http", "path": "/v1/status", "headers": [], "client": (f"2001:db8:1:2::{i + 1:x}", 5000)}
+            await limit(scope, receive, send)
+
+    import asyncio
+
+    asyncio.run(calls())
+    assert sent == [401] * 3 + [429] * 3
+    assert client_of("2001:db8:1:2::7") == "2001:db8:1:2::/64" == client_of("2001:db8:1:2:ffff::1")
+    assert client_of("::ffff:10.0.0.5") == "10.0.0.5" and client_of("10.0.0.5") == "10.0.0.5"
+    assert client_of("::1") == "::1" and client_of("127.0.0.2") == "127.0.0.2"
