@@ -371,7 +371,8 @@ def _scratch_dir(inventory: Inventory, run_id: str, drill_id: str) -> Path:
         if where is None:
             return Path(tempfile.mkdtemp(prefix=f"snapctl-drill-{run_id}-")).resolve()
         scratch = where / f"{run_id}-{drill_id}"
-        scratch.mkdir(parents=True)
+        where.mkdir(parents=True, exist_ok=True)
+        scratch.mkdir(mode=0o700)  # restored data: as private as mkdtemp's, whatever the umask
         return scratch.resolve()
     except OSError as exc:
         shown = where if where is not None else f"in {tempfile.gettempdir()}"

@@ -46,3 +46,22 @@ def test_the_textfile_stays_readable_by_node_exporter_under_umask_077(tmp_path: 
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "snapctl.prom").stat().st_mode) == 0o644
+
+
+def test_a_drill_scratch_dir_is_private_under_umask_0(tmp_path: Path, open_umask: None) -> None:
+    # It holds restored copies of the databases; under umask 0 it was 0777: anyone could read them,
+    # or swap files in before the drill checked them.
+    from types import SimpleNamespace
+
+    from snapctl.drill import _scratch_dir
+
+    inventory = SimpleNamespace(drill=SimpleNamespace(scratch_dir="scratch"), resolve=lambda p: tmp_path / p)
+    scratch = _scratch_dir(inventory, "20261206T000000Z-abcdef", "d1")  # type: ignore[arg-type]
+    assert scratch.parent == tmp_path / "scratch"
+    assert stat.S_IMODE(scratch.stat().st_mode) == 0o700
+    inventory.drill.scratch_dir = None
+    temporary = _scratch_dir(inventory, "20261206T000000Z-abcdef", "d2")  # type: ignore[arg-type]
+    try:
+        assert stat.S_IMODE(temporary.stat().st_mode) == 0o700
+    finally:
+        temporary.rmdir()
