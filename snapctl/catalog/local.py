@@ -174,13 +174,14 @@ class LocalBlobStore:
 def _make_dirs(path: Path) -> None:
     """``path`` and its missing parents, none writable by group or others whatever the umask: under
     umask 0 (or 002) others could otherwise swap manifests in, and steer what prune deletes."""
-    if path.is_dir():
-        return
-    _make_dirs(path.parent)
     try:
-        os.mkdir(path, 0o755)
+        os.mkdir(path, 0o755)  # as Path.mkdir(parents=True, exist_ok=True) does it, with this mode for all
+    except FileNotFoundError:
+        _make_dirs(path.parent)
+        _make_dirs(path)
     except FileExistsError:
-        pass
+        if not path.is_dir():
+            raise
 
 
 def _fsync_dir(path: Path) -> None:

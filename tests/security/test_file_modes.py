@@ -65,3 +65,25 @@ def test_a_drill_scratch_dir_is_private_under_umask_0(tmp_path: Path, open_umask
         assert stat.S_IMODE(temporary.stat().st_mode) == 0o700
     finally:
         temporary.rmdir()
+
+
+def test_the_local_snapshot_store_and_restore_targets_are_not_writable_by_others_under_umask_0(
+        tmp_path: Path, open_umask: None) -> None:
+    # Under umask 0 the store's directories were 0777 and its node locks 0666: anyone could rename
+    # a snapshot away and put a forged one in its place (restored later as the backup), or hold a
+    # node's lock for ever; a restore target's parents were 0777 too.
+    import time
+
+    from snapctl.providers import RestoreTarget, create_provider, snapshot_tags
+
+    (tmp_path / "src").mkdir(mode=0o755)
+    (tmp_path / "src" / "db").write_text("rows")
+    (tmp_path / "src" / "db").chmod(0o640)  # a copy keeps its source's mode
+    provider = create_provider({"type": "local", "store": "store"}, cluster="c1", base_dir=tmp_path)
+    volumes = provider.validate_volumes("n1", [{"name": "data", "path": "src"}], base_dir=tmp_path)
+    refs = provider.wait(provider.snapshot(volumes, snapshot_tags("c1", "run1", "n1")), time.monotonic() + 60)
+    provider.restore(refs[0], RestoreTarget(path=tmp_path / "restore" / "run1" / "n1" / "data"))
+    store, restored = _modes(tmp_path / "store"), _modes(tmp_path / "restore")
+    assert not [name for name, mode in {**store, **restored}.items() if mode & 0o022], (store, restored)
+    assert store["c1/n1/.lock"] == 0o600
+    assert (tmp_path / "restore" / "run1" / "n1" / "data" / "db").read_text() == "rows"

@@ -19,6 +19,7 @@ from .store import (
     finish_restore_marker,
     finished_restore_marker,
     fsync_dir,
+    make_dirs,
     metadata_damage,
     read_metadata,
     read_restore_marker,
@@ -79,7 +80,7 @@ class LocalRestores:
         # A backup run with --no-wait left it pending: copy out nothing that is not on disk yet.
         self._make_durable(ref.node, snap_dir, meta, deadline=None)
         try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
+            make_dirs(dest.parent)
         except OSError as exc:  # e.g. --to names a file, or a directory snapctl may not write to
             raise _unusable_target(ref, dest, exc) from exc
         staging = self.store.work_dir(dest.parent, RESTORE_PREFIX, dest.name)

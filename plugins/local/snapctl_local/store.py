@@ -71,6 +71,24 @@ def filename_safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "run"
 
 
+def make_dirs(path: Path) -> None:
+    """``path`` and its missing parents, none writable by group or others whatever the umask:
+    under umask 0 others could otherwise swap a snapshot or a restored copy for their own."""
+    try:
+        os.mkdir(path, 0o755)  # as Path.mkdir(parents=True, exist_ok=True) does it, with this mode for all
+    except FileNotFoundError:
+        make_dirs(path.parent)
+        make_dirs(path)
+    except FileExistsError:
+        if not path.is_dir():
+            raise
+
+
+def _private(path: str, flags: int) -> int:
+    """An opener for files only snapctl's user may open: a lock others could open, they could hold."""
+    return os.open(path, flags, 0o600)
+
+
 class SnapshotStore:
     def __init__(self, root: Path, cluster: str) -> None:
         self.root = root
@@ -88,8 +106,8 @@ class SnapshotStore:
         """Exclusive per node, across threads and processes (each open() is its own flock).
         ``wait_s``: give up after that long with ``StoreBusy`` (None: wait as long as it takes)."""
         node_dir = self.node_dir(node)
-        node_dir.mkdir(parents=True, exist_ok=True)
-        with open(node_dir / ".lock", "a+b") as lock_file:
+        make_dirs(node_dir)
+        with open(node_dir / ".lock", "a+b", opener=_private) as lock_file:
             if wait_s is None:
                 fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
             else:
@@ -103,8 +121,8 @@ class SnapshotStore:
     def node_lock_if_free(self, node: str) -> Iterator[bool]:
         """``node_lock`` without waiting: True inside when it was free (and is now held)."""
         node_dir = self.node_dir(node)
-        node_dir.mkdir(parents=True, exist_ok=True)
-        with open(node_dir / ".lock", "a+b") as lock_file:
+        make_dirs(node_dir)
+        with open(node_dir / ".lock", "a+b", opener=_private) as lock_file:
             try:
                 fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
