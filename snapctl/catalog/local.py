@@ -11,6 +11,7 @@ Internal files (temps, lock sidecars) start with a dot and are never listed.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -161,9 +162,14 @@ class LocalBlobStore:
         lock_path = path.parent / ".lock"
         try:
             _make_dirs(path.parent)
-            lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            # 0600: any user who can open a file, even read-only, can hold an flock on it, and would
+            # stall every catalog write (and so every backup) for as long as they like.
+            lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise CatalogError(f"cannot lock {path}: {os_reason(exc)}", hint=_permission_hint(exc, path)) from exc
+        if os.fstat(lock_fd).st_mode & 0o077:  # one an older snapctl made 0644
+            with contextlib.suppress(OSError):  # not ours to change: it stays as it is
+                os.fchmod(lock_fd, 0o600)
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
             yield

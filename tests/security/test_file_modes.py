@@ -87,3 +87,15 @@ def test_the_local_snapshot_store_and_restore_targets_are_not_writable_by_others
     assert not [name for name, mode in {**store, **restored}.items() if mode & 0o022], (store, restored)
     assert store["c1/n1/.lock"] == 0o600
     assert (tmp_path / "restore" / "run1" / "n1" / "data" / "db").read_text() == "rows"
+
+
+def test_the_catalog_lock_is_its_users_alone(tmp_path: Path) -> None:
+    # 0644 let any user open it read-only, and a read-only descriptor holds an exclusive flock: one
+    # `flock` by anyone stalled every catalog write, and so every backup, for as long as they liked.
+    store = LocalBlobStore(tmp_path / "catalog")
+    store.write("runs/index.json", b"{}")
+    lock = tmp_path / "catalog" / "runs" / ".lock"
+    assert stat.S_IMODE(lock.stat().st_mode) == 0o600
+    lock.chmod(0o644)  # as an older snapctl left it
+    store.write("runs/index.json", b"{}")
+    assert stat.S_IMODE(lock.stat().st_mode) == 0o600
