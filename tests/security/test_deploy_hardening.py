@@ -1,4 +1,4 @@
-"""deploy/snapctl-agent.service confines the agent: systemd's own audit rates it, offline."""
+"""deploy/'s units confine the agent and the backup run: systemd's own audit rates them, offline."""
 
 from __future__ import annotations
 
@@ -19,15 +19,18 @@ def test_the_agent_unit_drops_every_privilege_and_keeps_its_files_to_itself() ->
     assert unit_value(UNIT, "UMask") == "0077"
     assert unit_value(UNIT, "NoNewPrivileges") == "yes"
     assert unit_value(UNIT, "ProtectSystem") == "strict"
+    backup = DEPLOY / "snapctl-backup.service"
+    assert unit_value(backup, "CapabilityBoundingSet") == "" and unit_value(backup, "UMask") == "0027"
 
 
-def test_systemd_rates_the_agent_unit_ok_not_exposed(tmp_path: Path) -> None:
-    # Before: 8.0 EXPOSED (capabilities, devices, kernel logs and modules, namespaces, system calls,
-    # address families, umask all left open).
+@pytest.mark.parametrize("name", ["snapctl-agent.service", "snapctl-backup.service"])
+def test_systemd_rates_the_units_ok_not_exposed(tmp_path: Path, name: str) -> None:
+    # Before: 8.0 and 8.5 EXPOSED (capabilities, devices, kernel logs and modules, namespaces,
+    # system calls, address families, umask all left open).
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze is not installed")
-    unit = tmp_path / UNIT.name
-    unit.write_text(UNIT.read_text().replace(INSTALLED, f"{REPO / '.venv' / 'bin'}/"))
+    unit = tmp_path / name
+    unit.write_text((DEPLOY / name).read_text().replace(INSTALLED, f"{REPO / '.venv' / 'bin'}/"))
     result = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager", str(unit)],
                             capture_output=True, text=True, check=False, timeout=60)
     found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
