@@ -11,6 +11,7 @@ against the facts recorded at PREPARE; ``snapctl drill`` starts and verifies eve
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -29,6 +30,8 @@ from snapctl.evidence import compare_facts, missing_files, moved_path, volume_ro
 from snapctl.manifest import Manifest, NodeRecord
 from snapctl.providers import Provider, RestoreTarget, SnapshotRef, open_provider
 
+# A volume's directory under the restore root: one plain name, as the inventory allows them.
+_VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _NAMED = 5  # restored volumes a failure's hint names, of a cluster's hundreds
 
 __all__ = ["NodeRestore", "RestoreRecord", "RestoreResult", "check_provider", "compare_facts", "load_restorable",
@@ -251,6 +254,13 @@ def restore_target(node: Node, volume: str, *, root: Path | None, zone: str | No
     if attach and not instance:
         raise BadInputError(f"node {node.name}: --attach needs restore.instance on the node in the inventory",
                             hint="e.g. restore: {zone: us-east-1a, instance: i-0123..., devices: {data: /dev/sdf}}")
+    if root is not None and not _VOLUME_NAME.fullmatch(volume):
+        # The name comes from the manifest: whoever can write the catalog must not steer a restore
+        # outside --to DIR ("../../home/me/.ssh").
+        raise CatalogError(f"node {node.name}: the run's manifest names volume {volume!r}, which is not a volume "
+                           f"name; refusing to restore it outside {root}",
+                           hint="the catalog may have been written by someone else: see who can write it "
+                                "(docs/security.md, 'Who can delete snapshots?')")
     return RestoreTarget(path=root / volume if root is not None else None, zone=zone or settings.zone,
                          instance=instance, device=(settings.devices.get(volume) or settings.device) if attach else None,
                          extra=dict(settings.options))
