@@ -62,6 +62,19 @@ def test_nothing_is_said_where_the_paths_cannot_be_compared(tmp_path, agent, dir
     assert uncovered_data(_inventory(agent), [_probe("n1", tmp_path / data)], volumes) == []
 
 
+def test_a_directory_not_made_yet_counts_where_it_will_be_made_when_the_engines_other_paths_are_here(tmp_path):
+    # etcd's backup_dir is made by its first prepare: skipped as "not a path of this host", the
+    # first backup went through with its snapshot file written outside every volume.
+    live, elsewhere = tmp_path / "etcd" / "data", tmp_path / "elsewhere"
+    live.mkdir(parents=True)
+    elsewhere.mkdir()
+    volumes = {"n1": NodeVolumes("n1", ["data"], directories=[live])}
+    inventory = _inventory("http://127.0.0.1:7701")
+    [finding] = uncovered_data(inventory, [_probe("n1", elsewhere / "backups", live)], volumes)
+    assert f"keeps its data in {elsewhere / 'backups'}, in none of its volumes" in finding.message
+    assert uncovered_data(inventory, [_probe("n1", live / "backups" / "etcd", live)], volumes) == []
+
+
 def test_a_backup_of_a_database_outside_its_volume_is_refused_and_forced_on_record(tmp_path):
     import sqlite3
 
