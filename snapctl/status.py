@@ -59,10 +59,13 @@ class ClusterStatus:
 
     @property
     def latest_success_age_s(self) -> float | None:
+        """The age of the newest good backup's data, against the RPO: from its run's start, seconds
+        before its holds. Not from its end: a wait of hours for the cloud to complete the snapshots
+        made the data look hours younger than it was."""
         newest = self.latest_success
         if newest is None:
             return None
-        return (self.checked_at - (newest.finished_at or newest.started_at)).total_seconds()
+        return (self.checked_at - newest.started_at).total_seconds()
 
 
 class SnapshotMemory:

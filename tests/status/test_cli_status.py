@@ -437,3 +437,17 @@ def test_safe_to_back_up_is_no_when_the_backup_would_refuse_a_database_outside_i
     assert "in none of its volumes" in verdict["preflight_refusals"][0]["message"]
     dry = snapctl("backup", "--dry-run", "-i", "inventory.yaml", cwd=tmp_path)
     assert dry.returncode == ExitCode.PREFLIGHT_REFUSED and "in none of its volumes" in dry.stderr
+
+
+def test_the_newest_backups_age_counts_from_when_its_data_was_taken_not_from_its_end():
+    # A cloud's snapshots took 5 h to complete: counted from the end, the data looked 5 h younger
+    # than it was, and an RPO of 24 h was over by 5 h before status said so.
+    from snapctl.manifest import IndexEntry
+
+    inventory = parse_inventory("cluster: c\nprovider: {type: local}\nnodes: [{name: a, agent: 'http://127.0.0.1:1'}]")
+    probes = [probe("a")]
+    now = datetime.now(UTC)
+    newest = IndexEntry(run_id="r1", status="succeeded", started_at=now - timedelta(hours=26),
+                        finished_at=now - timedelta(hours=21), nodes=1, snapshots=1)
+    status = ClusterStatus("c", now, probes, assess(inventory, probes), 86400.0, latest_success=newest)
+    assert status.latest_success_age_s == pytest.approx(26 * 3600)
