@@ -87,11 +87,12 @@ def sqlite_cluster(tmp_path: Path) -> SqliteCluster:
     return SqliteCluster(tmp_path, path)
 
 @contextlib.contextmanager
-def scratch_agent(directory: Path, token_file: Path, database: Path):
-    """A real snapctl-agent beside where a drill or restore puts n1: its engine comes up once the file is there."""
+def scratch_agent(directory: Path, token_file: Path, database: Path, name: str = "n1-scratch"):
+    """A real snapctl-agent beside where a drill or restore puts n1: its engine comes up once the file is there.
+    ``name``: its node name (a node's own agent answers with the inventory's name for it)."""
     port = free_port()
     config = directory / "scratch-agent.yaml"
-    config.write_text(yaml.safe_dump({"node": "n1-scratch", "listen": "127.0.0.1", "port": port,
+    config.write_text(yaml.safe_dump({"node": name, "listen": "127.0.0.1", "port": port,
                                       "token_file": str(token_file), "restore_target": True,
                                       "engine": {"type": "sqlite", "path": str(database)}}))
     with open(directory / "scratch-agent.log", "wb") as log:
@@ -124,7 +125,7 @@ def node_without_engine_block(cluster: SqliteCluster, node: str):
     block, as README's provider examples are: the run learns its engine from the agent's prepare."""
     token_file = cluster.directory / "agent-token"
     token_file.write_text("agent-token\n")
-    with scratch_agent(cluster.directory, token_file, cluster.database(node)) as url:
+    with scratch_agent(cluster.directory, token_file, cluster.database(node), name=node) as url:
         data = yaml.safe_load(cluster.inventory_path.read_text())
         entry = next(n for n in data["nodes"] if n["name"] == node)
         del entry["engine"]
