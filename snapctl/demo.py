@@ -24,6 +24,7 @@ from snapctl.errors import BadInputError, ExitCode, SnapctlError
 
 DEMO_DIR = ".snapctl-demo"
 START_TIMEOUT_S = 20.0
+AGENT, WRITER = "node_agent.main", "snapctl.demo_writer"  # what the demo's processes run: `python -m ...`
 
 
 @dataclass
@@ -56,18 +57,18 @@ def up(inventory: Inventory) -> DemoCluster:
         database.parent.mkdir(parents=True, exist_ok=True)
         _create_schema(database)
         databases.append(str(database))
-        pid = _read_pid(state / f"{node.name}.pid")
+        pid = _read_pid(state / f"{node.name}.pid", AGENT)
         if pid is None:
             config = state / f"{node.name}.agent.yaml"
             config.write_text(yaml.safe_dump({
                 "node": node.name, "listen": host, "port": port, "token_file": str(token_file),
                 "engine": {"type": "sqlite", "path": str(database)},
             }))
-            pid = _spawn([sys.executable, "-m", "node_agent.main", "--config", str(config)],
+            pid = _spawn([sys.executable, "-m", AGENT, "--config", str(config)],
                          state / f"{node.name}.agent.log", state / f"{node.name}.pid")
         cluster.nodes.append(DemoNode(node.name, node.agent, str(database), pid, True))
-    cluster.writer_pid = _read_pid(state / "writer.pid") or _spawn(
-        [sys.executable, "-m", "snapctl.demo_writer", *databases], state / "writer.log", state / "writer.pid"
+    cluster.writer_pid = _read_pid(state / "writer.pid", WRITER) or _spawn(
+        [sys.executable, "-m", WRITER, *databases], state / "writer.log", state / "writer.pid"
     )
     _wait_healthy(inventory, state)
     return cluster
@@ -77,9 +78,9 @@ def down(inventory: Inventory) -> DemoCluster:
     """Stop the writer and the agents. SIGTERM first: an agent completes any held lease on its way out."""
     state = inventory.resolve(DEMO_DIR)
     cluster = DemoCluster(str(state), action="down")
-    cluster.writer_pid = _stop(state / "writer.pid")
+    cluster.writer_pid = _stop(state / "writer.pid", WRITER)
     for node in inventory.nodes:
-        pid = _stop(state / f"{node.name}.pid")
+        pid = _stop(state / f"{node.name}.pid", AGENT)
         cluster.nodes.append(DemoNode(node.name, node.agent, str(_database(inventory, node)), pid, False))
     return cluster
 
@@ -158,20 +159,26 @@ def _spawn(argv: list[str], log: Path, pid_file: Path) -> int:
     return process.pid
 
 
-def _read_pid(pid_file: Path) -> int | None:
+def _read_pid(pid_file: Path, runs: str) -> int | None:
+    """The pid in ``pid_file`` if that process is still the demo's (its command line runs ``runs``);
+    else None, and the file is removed. A pid is reused once its process is gone: `demo down`
+    must not stop whatever process has it now."""
     try:
         pid = int(pid_file.read_text())
         os.kill(pid, 0)
+        cmdline = Path(f"/proc/{pid}/cmdline")
+        if Path("/proc/self").exists() and runs not in cmdline.read_bytes().decode(errors="replace").split("\0"):
+            raise ProcessLookupError(pid)
     except (FileNotFoundError, ValueError, ProcessLookupError):
         pid_file.unlink(missing_ok=True)
         return None
     except PermissionError:
-        pass
+        return None  # another user's process: not one this demo started
     return pid
 
 
-def _stop(pid_file: Path, grace_s: float = 10.0) -> int | None:
-    pid = _read_pid(pid_file)
+def _stop(pid_file: Path, runs: str, grace_s: float = 10.0) -> int | None:
+    pid = _read_pid(pid_file, runs)
     if pid is None:
         return None
     os.kill(pid, signal.SIGTERM)

@@ -65,3 +65,24 @@ def test_a_demo_run_stopped_by_sigterm_as_it_starts_stops_everything_it_started(
     assert json.loads(result.stdout) == {"schema_version": 1, "error": "interrupted (Ctrl-C or SIGTERM)",
                                          "hint": None, "exit_code": ExitCode.INTERRUPTED}  # the one document
     assert processes_naming(inventory.parent) == []
+
+
+def test_demo_down_never_stops_a_process_that_only_reuses_a_demo_pid(inventory):
+    # `demo down` SIGTERMed, then SIGKILLed, whatever process had the pid in its files: after a
+    # reboot or a long while, a reused pid, or a pid file planted in the demo's directory.
+    state = inventory.parent / ".snapctl-demo"
+    state.mkdir()
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        for name in ("node1", "node2", "node3", "writer"):
+            (state / f"{name}.pid").write_text(str(bystander.pid))
+        result = subprocess.run([sys.executable, "-m", "snapctl.cli", "demo", "down", "-i", str(inventory), "-o",
+                                 "json"], cwd=inventory.parent, capture_output=True, text=True, timeout=60,
+                                check=False)
+        assert result.returncode == ExitCode.OK, result.stderr
+        assert bystander.poll() is None, "a process the demo never started was stopped"
+        assert [n["pid"] for n in json.loads(result.stdout)["data"]["nodes"]] == [None, None, None]
+        assert not any(state.glob("*.pid"))  # stale: removed
+    finally:
+        bystander.kill()
+        bystander.wait()
