@@ -87,6 +87,11 @@ def test_the_local_snapshot_store_and_restore_targets_are_not_writable_by_others
     assert not [name for name, mode in {**store, **restored}.items() if mode & 0o022], (store, restored)
     assert store["c1/n1/.lock"] == 0o600
     assert (tmp_path / "restore" / "run1" / "n1" / "data" / "db").read_text() == "rows"
+    # A node lock an older snapctl left 0644 is tightened the next time it is taken.
+    lock = tmp_path / "store" / "c1" / "n1" / ".lock"
+    lock.chmod(0o644)
+    provider.wait(provider.snapshot(volumes, snapshot_tags("c1", "run2", "n1")), time.monotonic() + 60)
+    assert stat.S_IMODE(lock.stat().st_mode) == 0o600
 
 
 def test_the_catalog_lock_is_its_users_alone(tmp_path: Path) -> None:

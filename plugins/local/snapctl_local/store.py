@@ -28,6 +28,7 @@ the target's path, which ``delete_volume`` checks before it removes anything.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import json
@@ -85,8 +86,13 @@ def make_dirs(path: Path) -> None:
 
 
 def _private(path: str, flags: int) -> int:
-    """An opener for files only snapctl's user may open: a lock others could open, they could hold."""
-    return os.open(path, flags, 0o600)
+    """An opener for files only snapctl's user may open: a lock others could open, they could hold.
+    One an older snapctl made 0644 is tightened, where it is ours to change."""
+    fd = os.open(path, flags, 0o600)
+    if os.fstat(fd).st_mode & 0o077:
+        with contextlib.suppress(OSError):  # another user's: it stays as it is
+            os.fchmod(fd, 0o600)
+    return fd
 
 
 class SnapshotStore:
