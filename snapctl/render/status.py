@@ -156,6 +156,8 @@ def status_lines(s) -> list[Text]:
     shown = "; ".join(str(f) for f in s.preflight[:_REFUSALS_SHOWN])
     more = f"; and {len(s.preflight) - _REFUSALS_SHOWN} more" if len(s.preflight) > _REFUSALS_SHOWN else ""
     safe = "yes" if not s.preflight else f"no, a backup would be refused: {shown}{more}"
+    if not s.preflight and s.node_filter:  # a backup holds every node, and only these were asked
+        safe = f"yes for the nodes asked ({', '.join(s.node_filter)}); a backup holds every node"
     colour = _VERDICT_COLOURS[s.verdict.level]
     lines.append(Text.from_markup(f"verdict: [bold {colour}]{s.verdict.level}[/] (exit {int(s.exit_code)}), "
                                   f"checked {s.checked_at:%H:%M:%S}Z, safe to back up: ")

@@ -17,12 +17,13 @@ from snapctl.status import ClusterStatus
 INVENTORY = parse_inventory("cluster: c\nprovider: {type: local}\nnodes: [{name: a, agent: 'http://127.0.0.1:1'}]")
 
 
-def screen(groups: list[RaftGroup], group_filter: list[str] | None = None) -> tuple[str, int]:
+def screen(groups: list[RaftGroup], group_filter: list[str] | None = None,
+           node_filter: list[str] | None = None) -> tuple[str, int]:
     status = AgentStatus(node="a", agent_version=__version__,
                          engine=EngineStatus(engine="dingodb", reachable=True, raft=groups))
     probes = [NodeProbe("a", status=status)]
     cluster = ClusterStatus("c", datetime.now(UTC), probes, assess(INVENTORY, probes), 3600.0,
-                            group_filter=group_filter or [])
+                            group_filter=group_filter or [], node_filter=node_filter or [])
     renderer = Renderer()
     renderer.out = Console(file=io.StringIO(), width=250, highlight=False)
     code = renderer.status(cluster)
@@ -105,3 +106,11 @@ def test_a_lease_past_its_expiry_whose_engine_would_not_release_says_so_in_the_l
     text = renderer.out.file.getvalue()
     assert f"r-8, 0s old, expired {now:%H:%M:%S}Z, still held" in text
     assert "critical a: engine still held" in text
+
+
+def test_safe_to_back_up_with_some_nodes_asked_says_a_backup_holds_every_node():
+    # `status --node a` said "safe to back up: yes" with the other nodes down: a backup asks them all.
+    whole, _ = screen([region(1)])
+    some, _ = screen([region(1)], node_filter=["a"])
+    assert whole.rstrip().endswith("safe to back up: yes")
+    assert some.rstrip().endswith("safe to back up: yes for the nodes asked (a); a backup holds every node")
