@@ -25,8 +25,14 @@ from snapctl.errors import BadInputError, ExitCode, SnapctlError, os_reason
 from snapctl.health import Finding, NodeProbe, Verdict, assess, duration_text
 from snapctl.manifest import IndexEntry
 from snapctl.probe import probe_all
-from snapctl.providers import (NodeVolumes, ProviderFactory, ProviderSettings, node_volumes, open_provider,
-                               provider_settings)
+from snapctl.providers import (
+    NodeVolumes,
+    ProviderFactory,
+    ProviderSettings,
+    node_volumes,
+    open_provider,
+    provider_settings,
+)
 
 STATUS_VERSION = 1  # of the JSON document (docs/status.schema.json): bumped on incompatible changes only
 

@@ -11,7 +11,6 @@ Internal files (temps, lock sidecars) start with a dot and are never listed.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import os
@@ -22,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from snapctl.errors import BadInputError, CatalogError, os_reason
+from snapctl.fsmodes import make_dirs, open_private
 
 
 class LocalBlobStore:
@@ -140,7 +140,7 @@ class LocalBlobStore:
         return self.root.joinpath(*parts)
 
     def _write_temp(self, path: Path, data: bytes) -> Path:
-        _make_dirs(path.parent)
+        make_dirs(path.parent)
         temp = path.parent / f".{path.name}.tmp-{secrets.token_hex(6)}"
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
@@ -161,33 +161,16 @@ class LocalBlobStore:
         # be left behind by every deleted key (unlinking a lock file others may wait on is unsafe).
         lock_path = path.parent / ".lock"
         try:
-            _make_dirs(path.parent)
-            # 0600: any user who can open a file, even read-only, can hold an flock on it, and would
-            # stall every catalog write (and so every backup) for as long as they like.
-            lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            make_dirs(path.parent)
+            # 0600: anyone who could open it could stall every catalog write (and every backup).
+            lock_fd = open_private(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC)
         except OSError as exc:
             raise CatalogError(f"cannot lock {path}: {os_reason(exc)}", hint=_permission_hint(exc, path)) from exc
-        if os.fstat(lock_fd).st_mode & 0o077:  # one an older snapctl made 0644
-            with contextlib.suppress(OSError):  # not ours to change: it stays as it is
-                os.fchmod(lock_fd, 0o600)
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
             yield
         finally:
             os.close(lock_fd)  # closing drops the flock
-
-
-def _make_dirs(path: Path) -> None:
-    """``path`` and its missing parents, none writable by group or others whatever the umask: under
-    umask 0 (or 002) others could otherwise swap manifests in, and steer what prune deletes."""
-    try:
-        os.mkdir(path, 0o755)  # as Path.mkdir(parents=True, exist_ok=True) does it, with this mode for all
-    except FileNotFoundError:
-        _make_dirs(path.parent)
-        _make_dirs(path)
-    except FileExistsError:
-        if not path.is_dir():
-            raise
 
 
 def _fsync_dir(path: Path) -> None:

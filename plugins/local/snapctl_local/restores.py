@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from snapctl.errors import BadInputError, Interrupted, ProviderError, SnapshotNotFound, os_reason
+from snapctl.fsmodes import make_dirs
 from snapctl.providers import TAG_CLUSTER, RestoreTarget, SnapshotRef, stop_requested
 
 from .copy import CopyStopped, FileCopier, TreeCopyError, copy_tree
@@ -19,7 +20,6 @@ from .store import (
     finish_restore_marker,
     finished_restore_marker,
     fsync_dir,
-    make_dirs,
     metadata_damage,
     read_metadata,
     read_restore_marker,

@@ -28,7 +28,6 @@ the target's path, which ``delete_volume`` checks before it removes anything.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import functools
 import json
@@ -45,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from snapctl.errors import ProviderError, os_reason
+from snapctl.fsmodes import make_dirs, open_private
 from snapctl.providers import TAG_CLUSTER
 
 METADATA = "snapshot.json"
@@ -72,29 +72,6 @@ def filename_safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "run"
 
 
-def make_dirs(path: Path) -> None:
-    """``path`` and its missing parents, none writable by group or others whatever the umask:
-    under umask 0 others could otherwise swap a snapshot or a restored copy for their own."""
-    try:
-        os.mkdir(path, 0o755)  # as Path.mkdir(parents=True, exist_ok=True) does it, with this mode for all
-    except FileNotFoundError:
-        make_dirs(path.parent)
-        make_dirs(path)
-    except FileExistsError:
-        if not path.is_dir():
-            raise
-
-
-def _private(path: str, flags: int) -> int:
-    """An opener for files only snapctl's user may open: a lock others could open, they could hold.
-    One an older snapctl made 0644 is tightened, where it is ours to change."""
-    fd = os.open(path, flags, 0o600)
-    if os.fstat(fd).st_mode & 0o077:
-        with contextlib.suppress(OSError):  # another user's: it stays as it is
-            os.fchmod(fd, 0o600)
-    return fd
-
-
 class SnapshotStore:
     def __init__(self, root: Path, cluster: str) -> None:
         self.root = root
@@ -113,7 +90,7 @@ class SnapshotStore:
         ``wait_s``: give up after that long with ``StoreBusy`` (None: wait as long as it takes)."""
         node_dir = self.node_dir(node)
         make_dirs(node_dir)
-        with open(node_dir / ".lock", "a+b", opener=_private) as lock_file:
+        with open(node_dir / ".lock", "a+b", opener=open_private) as lock_file:
             if wait_s is None:
                 fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
             else:
@@ -128,7 +105,7 @@ class SnapshotStore:
         """``node_lock`` without waiting: True inside when it was free (and is now held)."""
         node_dir = self.node_dir(node)
         make_dirs(node_dir)
-        with open(node_dir / ".lock", "a+b", opener=_private) as lock_file:
+        with open(node_dir / ".lock", "a+b", opener=open_private) as lock_file:
             try:
                 fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

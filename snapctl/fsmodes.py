@@ -1,0 +1,33 @@
+"""Directories and lock files snapctl creates, with modes that do not depend on the umask cron or
+a CI runner starts it with (docs/security.md): the catalog's and the local provider's alike."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+
+def make_dirs(path: Path) -> None:
+    """``path`` and its missing parents, none writable by group or others whatever the umask:
+    under umask 0 others could otherwise swap manifests in (and steer what prune deletes), or a
+    snapshot or a restored copy for their own."""
+    try:
+        os.mkdir(path, 0o755)  # as Path.mkdir(parents=True, exist_ok=True) does it, with this mode for all
+    except FileNotFoundError:
+        make_dirs(path.parent)
+        make_dirs(path)
+    except FileExistsError:
+        if not path.is_dir():
+            raise
+
+
+def open_private(path: str | os.PathLike[str], flags: int) -> int:
+    """``os.open`` for a file only snapctl's user may open (an opener for ``open()`` too): a lock
+    file anyone could open, even read-only, they could hold an ``flock`` on for as long as they
+    liked. One an older snapctl made 0644 is tightened, where it is ours to change."""
+    fd = os.open(path, flags, 0o600)
+    if os.fstat(fd).st_mode & 0o077:
+        with contextlib.suppress(OSError):  # another user's: it stays as it is
+            os.fchmod(fd, 0o600)
+    return fd
