@@ -34,6 +34,7 @@ from snapctl.providers import (
     provider_settings,
 )
 
+MIN_WATCH_S = 0.1  # 10 refreshes a second: half the agents' default rate limit per client and endpoint
 STATUS_VERSION = 1  # of the JSON document (docs/status.schema.json): bumped on incompatible changes only
 
 
@@ -224,6 +225,10 @@ async def watch_status(
     if not 0 < interval_s < float("inf"):  # NaN too: it asked every agent again at once, for ever
         raise BadInputError(f"--watch {interval_s:g}: the interval must be a number of seconds more than zero",
                             hint="e.g. --watch 5, or a bare --watch for every 2 seconds")
+    if interval_s < MIN_WATCH_S:  # each refresh asks every agent: faster trips their rate limit (429)
+        raise BadInputError(f"--watch {interval_s:g}: at least {MIN_WATCH_S:g}s between refreshes, each of which "
+                            "asks every agent (faster, the agents' rate limit answers 429 and status calls them "
+                            "unreachable)", hint="e.g. --watch 5, or a bare --watch for every 2 seconds")
     memory = SnapshotMemory(memory_path(inventory.cluster) if remember else None)
     done = 0
     while True:

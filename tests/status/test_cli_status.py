@@ -164,7 +164,7 @@ def test_watch_json_prints_one_valid_document_per_refresh_until_stopped(tmp_path
 def test_watch_in_process_refreshes_and_remembers(tmp_path):
     inventory = load(write_inventory(tmp_path, sqlite_nodes(tmp_path, 1)))
     seen: list[ClusterStatus] = []
-    last = asyncio.run(watch_status(inventory, 0.05, seen.append, refreshes=3))
+    last = asyncio.run(watch_status(inventory, 0.1, seen.append, refreshes=3))
     assert len(seen) == 3 and last is seen[-1]
     with pytest.raises(Exception, match="more than zero"):
         asyncio.run(watch_status(inventory, 0, seen.append, refreshes=1))
@@ -186,7 +186,7 @@ def test_a_watch_whose_textfile_directory_goes_away_keeps_watching_with_a_findin
             (directory / "s.prom").unlink()
             directory.rmdir()
 
-    asyncio.run(watch_status(inventory, 0.05, show, textfile=directory / "s.prom", refreshes=3))
+    asyncio.run(watch_status(inventory, 0.1, show, textfile=directory / "s.prom", refreshes=3))
     assert len(seen) == 3 and seen[0].verdict.level == "healthy"
     assert [(f.severity, f.subject) for f in seen[-1].verdict.findings] == [("degraded", "metrics")]
     assert "does not exist" in seen[-1].verdict.findings[0].message
@@ -419,6 +419,16 @@ def test_a_watch_interval_that_is_no_number_of_seconds_is_refused(tmp_path, seco
     document = json.loads(proc.stdout)
     assert document["error"] == f"--watch {seconds}: the interval must be a number of seconds more than zero"
     assert document["hint"] == "e.g. --watch 5, or a bare --watch for every 2 seconds"
+
+
+def test_a_watch_faster_than_the_agents_rate_limit_allows_is_refused(tmp_path):
+    # `--watch 0.001` tripped every agent's rate limit (429), and status then called them all
+    # unreachable: critical, for a cluster that was fine.
+    write_inventory(tmp_path, sqlite_nodes(tmp_path, 1))
+    proc = subprocess.run([sys.executable, "-m", "snapctl.cli", "status", "-i", "inventory.yaml", "--watch", "0.001",
+                           "-o", "json"], cwd=tmp_path, capture_output=True, text=True, timeout=20, check=False)
+    assert proc.returncode == ExitCode.BAD_INPUT, proc.stdout + proc.stderr
+    assert json.loads(proc.stdout)["error"].startswith("--watch 0.001: at least 0.1s between refreshes")
 
 
 def test_safe_to_back_up_is_no_when_the_backup_would_refuse_a_database_outside_its_volumes(tmp_path):
