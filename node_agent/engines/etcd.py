@@ -51,6 +51,10 @@ from node_agent.models import (
 from snapctl.errors import BadInputError, EngineBusy, EngineError, os_reason
 
 log = logging.getLogger("snapctl.agent.etcd")
+# A member answers its status in milliseconds. A stopped one must not hold this member's own status
+# for timeout_s: snapctl status waits policy.agent_timeout_s for every agent, and called them all
+# unreachable when one peer of theirs was stopped.
+PEER_PROBE_TIMEOUT_S = 1.0
 
 ALL_KEYS = {"key": base64.b64encode(b"\0").decode(), "range_end": base64.b64encode(b"\0").decode(), "count_only": True}
 SNAPSHOT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\.db$")
@@ -365,7 +369,8 @@ class EtcdEngine:
         if not urls:
             return ReplicationProgress(peer=peer, state="not started", error="member has no client URL yet")
         try:
-            theirs = self._post("/v3/maintenance/status", {}, url=urls[0].rstrip("/"))
+            theirs = self._post("/v3/maintenance/status", {}, url=urls[0].rstrip("/"),
+                                timeout_s=min(self.settings.timeout_s, PEER_PROBE_TIMEOUT_S))
         except EngineError as exc:
             return ReplicationProgress(peer=peer, state="unreachable", consecutive_errors=1, error=exc.message)
         applied, leader = _int(theirs.get("raftAppliedIndex")), _int(theirs.get("leader"))

@@ -160,6 +160,23 @@ def test_a_member_without_quorum_fails_prepare_at_once_saying_there_is_no_leader
                 os.kill(pid, signal.SIGCONT)
 
 
+def test_a_stopped_peer_holds_a_members_status_for_a_second_not_timeout_s(tmp_path):
+    # Each agent asks the other members for their status: one stopped member held every agent's
+    # status for timeout_s, and snapctl status (policy.agent_timeout_s) called all three unreachable.
+    with EtcdCluster(tmp_path / "stopped-peer", size=3) as cluster:
+        engine = engine_for(cluster, 0, tmp_path, timeout_s=5)
+        stopped = cluster.members[2].process.pid
+        os.kill(stopped, signal.SIGSTOP)
+        try:
+            status = engine.status()
+        finally:
+            os.kill(stopped, signal.SIGCONT)
+    [group] = status.raft
+    assert status.reachable
+    unreachable = [p for p in group.replication if p.state == "unreachable"]
+    assert len(unreachable) == 1 and "within 1s" in unreachable[0].error, group.replication
+
+
 def test_old_saved_snapshots_are_pruned(etcd_cluster, tmp_path):
     engine = engine_for(etcd_cluster, 1, tmp_path, keep_snapshots=2)
     for run in ("run-p1", "run-p2", "run-p3"):
