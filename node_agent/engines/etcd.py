@@ -54,7 +54,7 @@ log = logging.getLogger("snapctl.agent.etcd")
 # A member answers its status in milliseconds. A stopped one must not hold this member's own status
 # for timeout_s: snapctl status waits policy.agent_timeout_s for every agent, and called them all
 # unreachable when one peer of theirs was stopped.
-PEER_PROBE_TIMEOUT_S = 1.0
+PEER_PROBE_TIMEOUT_S = 2.0  # room for a TLS handshake to a remote member; far below agent_timeout_s (10 s)
 
 ALL_KEYS = {"key": base64.b64encode(b"\0").decode(), "range_end": base64.b64encode(b"\0").decode(), "count_only": True}
 SNAPSHOT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\.db$")
