@@ -83,14 +83,19 @@ CORRUPTIONS = {
 }
 
 
-def test_corrupted_manifests_are_reported_and_the_rest_still_listed(scene: FaultCluster) -> None:
-    cluster = scene
+def _backups(cluster: FaultCluster, count: int) -> list[str]:
+    """``count`` succeeded backups, oldest first: their run ids."""
     runs = []
-    for _ in range(2):
+    for _ in range(count):
         result = cluster.snapctl("backup", "--no-prune", "-o", "json")
         assert result.returncode == 0, result.stderr
         runs.append(result.json["data"]["run_id"])
-    good, damaged = runs
+    return runs
+
+
+def test_corrupted_manifests_are_reported_and_the_rest_still_listed(scene: FaultCluster) -> None:
+    cluster = scene
+    good, damaged = _backups(cluster, 2)
     text = cluster.manifest_file(damaged).read_text()
     (cluster.catalog_dir / cluster.cluster / "index.json").write_text("{not an index")
     for kind, corrupt in CORRUPTIONS.items():
@@ -119,12 +124,7 @@ def test_corrupted_manifests_are_reported_and_the_rest_still_listed(scene: Fault
 def test_a_damaged_manifest_behind_an_intact_index_is_never_taken_for_the_newest_backup(scene: FaultCluster) -> None:
     # The common case of damage: one manifest (bit rot, a bad edit, a partial copy), the index fine.
     cluster = scene
-    runs = []
-    for _ in range(3):
-        result = cluster.snapctl("backup", "--no-prune", "-o", "json")
-        assert result.returncode == 0, result.stderr
-        runs.append(result.json["data"]["run_id"])
-    old, good, damaged = runs
+    old, good, damaged = _backups(cluster, 3)
     cluster.manifest_file(damaged).write_bytes(cluster.manifest_file(damaged).read_bytes()[:500])
 
     listed = cluster.snapctl("list", "-o", "json")
