@@ -59,16 +59,16 @@ def uncovered_data(inventory: Inventory, probes: list[NodeProbe], volumes: dict[
         if probe.status is None or directories is None or not _on_this_host(agent_of.get(probe.node, "")):
             continue
         roots = {_identity(d) for d in directories} - {None}
-        seen_here = any(_identity(Path(data)) is not None for data in probe.status.data_paths)
-        for data in probe.status.data_paths:
+        own = {data: _identity(Path(data)) for data in probe.status.data_paths}
+        if not any(own.values()):
+            continue  # not paths of this host (an agent in a container of its own, say): no comparison
+        for data, identity in own.items():
             path = Path(data)
-            if _identity(path) is None:
-                if not seen_here:
-                    continue  # not paths of this host (an agent in a container of its own, say): no comparison
+            if identity is None:
                 # Not made yet (etcd's backup_dir before its first prepare) by an engine whose other
                 # paths are here: it will be made where its nearest existing directory is.
                 path = next((p for p in path.parents if _identity(p) is not None), path)
-            if _identity(path) not in roots and not any(_identity(d) in roots for d in path.parents):
+            if not any(_identity(d) in roots for d in (path, *path.parents)):
                 listed = ", ".join(map(str, directories))
                 findings.append(Finding("critical", probe.node, (
                     f"its engine keeps its data in {data}, in none of its volumes ({listed}): the snapshot would "
