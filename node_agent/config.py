@@ -226,12 +226,11 @@ def parse_agent_config(text: str, *, source: str = "<agent config>", base_dir: P
     engine_type = data.get("engine", {}).get("type") if isinstance(data.get("engine"), dict) else None
     if isinstance(engine_type, str):
         try:
-            _refuse_mistyped_scalars(load_engine_factory(engine_type).settings_model, data["engine"],
-                                     ("engine",), root, source)
-        except BadInputError as exc:
-            if isinstance(exc, AgentConfigError):
-                raise
-            # an unknown engine type: said with its line below
+            factory = load_engine_factory(engine_type)
+        except BadInputError:
+            factory = None  # an unknown engine type: said with its line below
+        if factory is not None:
+            _refuse_mistyped_scalars(factory.settings_model, data["engine"], ("engine",), root, source)
     try:
         config = AgentConfig.model_validate(data)
     except ValidationError as exc:

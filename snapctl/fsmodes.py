@@ -8,15 +8,15 @@ import os
 from pathlib import Path
 
 
-def make_dirs(path: Path) -> None:
-    """``path`` and its missing parents, none writable by group or others whatever the umask:
-    under umask 0 others could otherwise swap manifests in (and steer what prune deletes), or a
-    snapshot or a restored copy for their own."""
+def make_dirs(path: Path, mode: int = 0o755) -> None:
+    """``path`` and its missing parents, at most ``mode`` whatever the umask, none writable by group
+    or others by default: under umask 0 others could otherwise swap manifests in (and steer what prune
+    deletes), or a snapshot or a restored copy for their own. Directories that exist keep theirs."""
     try:
-        os.mkdir(path, 0o755)  # as Path.mkdir(parents=True, exist_ok=True) does it, with this mode for all
+        os.mkdir(path, mode)  # as Path.mkdir(parents=True, exist_ok=True) does it, with this mode for all
     except FileNotFoundError:
-        make_dirs(path.parent)
-        make_dirs(path)
+        make_dirs(path.parent, mode)
+        make_dirs(path, mode)
     except FileExistsError:
         if not path.is_dir():
             raise

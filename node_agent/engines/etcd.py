@@ -32,7 +32,6 @@ from node_agent.engines.etcd_tools import (
     check_snapshot_file,
     create_private,
     key_facts,
-    make_private_dirs,
     member_name,
     restore_snapshot,
     snapshot_tool,
@@ -49,6 +48,7 @@ from node_agent.models import (
     VerifyFacts,
 )
 from snapctl.errors import BadInputError, EngineBusy, EngineError, os_reason
+from snapctl.fsmodes import make_dirs
 
 log = logging.getLogger("snapctl.agent.etcd")
 # A member answers its status in milliseconds. A stopped one must not hold this member's own status
@@ -168,7 +168,7 @@ class EtcdEngine:
         deadline = started + self.settings.snapshot_timeout_s
         digest, size, trailer = hashlib.sha256(), 0, b""
         try:
-            make_private_dirs(self.backup_dir)
+            make_dirs(self.backup_dir, 0o700)
             with create_private(partial) as out, self._stream("/v3/maintenance/snapshot") as response:
                 for line in response.iter_lines():
                     if time.monotonic() > deadline:

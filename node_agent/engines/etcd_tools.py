@@ -74,16 +74,6 @@ def restore_snapshot(tool: str, snapshot: Path, data_dir: Path, restore: EtcdRes
               timeout_s=timeout_s, what=f"restoring etcd snapshot {snapshot}")
 
 
-def make_private_dirs(path: Path) -> None:
-    """Create ``path`` and any missing parents 0700; directories that exist keep their mode."""
-    missing = []
-    while not path.exists():
-        missing.append(path)
-        path = path.parent
-    for directory in reversed(missing):
-        directory.mkdir(mode=0o700, exist_ok=True)
-
-
 def create_private(path: Path) -> BinaryIO:
     """A new file only the agent's user can read: a saved snapshot is the whole keyspace, secrets
     and all, and etcd keeps its own data dir 0700."""
