@@ -132,7 +132,7 @@ def restore_run(inventory: Inventory, run_ref: str, to: Path | None = None, *, z
 
 def _restore(inventory: Inventory, catalog: Catalog, run_id: str, to: Path | None, where: str, *, zone: str | None,
              attach: bool, verify: bool, made: list[tuple[SnapshotRef, str]]) -> RestoreResult:
-    manifest = load_restorable(catalog, run_id)
+    manifest = _restorable(catalog.load(run_id))  # resolved by restore_run already: no second scan
     nodes = {name: inventory_node(inventory, name) for name in manifest.nodes}
     provider = open_provider(inventory)
     check_provider(manifest, provider)
@@ -222,7 +222,10 @@ def check_targets(provider: Provider, manifest: Manifest, nodes: dict[str, Node]
 
 
 def load_restorable(catalog: Catalog, run_ref: str) -> Manifest:
-    manifest = catalog.load(catalog.resolve(run_ref))
+    return _restorable(catalog.load(catalog.resolve(run_ref)))
+
+
+def _restorable(manifest: Manifest) -> Manifest:
     if manifest.status != "succeeded":
         raise BadInputError(f"run {manifest.run_id} {manifest.status}: it has nothing to restore",
                             hint="pick a succeeded run from `snapctl list`")
