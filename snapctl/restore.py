@@ -148,7 +148,7 @@ def _restore(inventory: Inventory, catalog: Catalog, run_id: str, to: Path | Non
                                "restored", hint="restore another run (`snapctl list`); `snapctl verify RUN` checks a "
                                                 "run without restoring")
         has_place = to is not None or zone or node.restore.path or node.restore.zone or place_optional
-        if not has_place and manifest.nodes[name].snapshots:
+        if not has_place:
             raise BadInputError(f"node {name}: nowhere to restore to",
                                 hint="pass --to DIR (local provider) or --zone ZONE (cloud), "
                                      "or set restore.path / restore.zone on the node")
@@ -178,7 +178,7 @@ def _restore(inventory: Inventory, catalog: Catalog, run_id: str, to: Path | Non
 
 
 def check_targets(provider: Provider, manifest: Manifest, nodes: dict[str, Node], roots: dict[str, Path | None], *,
-                  zone: str | None, attach: bool, live: dict[str, Path] | None = None) -> None:
+                  zone: str | None, attach: bool, live: dict[str, Path]) -> None:
     """Every volume's target and snapshot, before any is restored: a target found unusable after
     other nodes were copied would leave a partial restore, which then blocks the retry (a local
     target must be empty). Providers without ``check_restore`` find out as they restore. ``live``:
@@ -203,7 +203,7 @@ def check_targets(provider: Provider, manifest: Manifest, nodes: dict[str, Node]
                 path = Path(os.path.realpath(given))
                 # Its own directory, emptied, is a restore in place; inside it, every later snapshot
                 # of that volume would carry the copy (and a backup of it the next one).
-                inside = next((w for w, root in (live or {}).items() if path != root and path.is_relative_to(root)), None)
+                inside = next((w for w, root in live.items() if path != root and path.is_relative_to(root)), None)
                 if inside is not None:
                     raise BadInputError(f"{who} would be restored to {given}, inside the live data of {inside} "
                                         f"({live[inside]}): every later snapshot of it would carry the copy",
