@@ -272,7 +272,7 @@ class Catalog:
     def runs_without_manifest(self) -> list[str]:
         """Runs the index lists, not as pruned, whose manifest is missing (lost, or deleted by hand)."""
         indexed, _ = self._read_index()
-        return sorted(e.run_id for e in self._without_manifest(indexed or [], set(self._stored_run_ids())))
+        return sorted(e.run_id for e in self._without_manifest(indexed or [], set()))  # it lists the manifests
 
     def _confirm(self, entries: list[IndexEntry], problems: dict[str, str], read: set[str], *,
                  confirm_newest: bool = True) -> list[IndexEntry]:
