@@ -271,8 +271,8 @@ def gc(inventory: Inventory, *, delete: bool = False) -> GcResult:
     provider = open_provider(inventory)
     if not delete:
         return find_orphans(catalog, provider)
-    if not catalog.store.list(f"{catalog.cluster}/manifests/"):
-        find_orphans(catalog, provider)  # the wrong catalog is refused before its lock is made there
+    if not catalog.store.list(f"{catalog.cluster}/manifests/"):  # refused before its lock is made there
+        _refuse_a_wrong_catalog(catalog, provider.find({TAG_CLUSTER: catalog.cluster}))
     with ThreadLockKeeper(catalog, inventory.policy.lock_ttl_s, "gc") as locked:
         result = find_orphans(catalog, provider, ours=locked.run_id)
         result.delete = True
@@ -311,19 +311,24 @@ def find_orphans(catalog: Catalog, provider: Provider, ours: str | None = None) 
     if lock is not None and lock.held_at(datetime.now(UTC)) and lock.run_id != ours:
         protected.add(lock.run_id)  # a backup in progress: its snapshots are not in its manifest yet
     tagged = provider.find({TAG_CLUSTER: catalog.cluster})
-    if tagged and not stored and not entries:
-        # A run's manifest is written before its first snapshot, so snapshots with no run at all
-        # in the catalog mean the wrong catalog (a typo, a share not mounted, a lost one), whose
-        # every backup would look orphaned: they may be the only backups left.
+    if not stored and not entries:
+        _refuse_a_wrong_catalog(catalog, tagged)
+    orphans = [ref for ref in tagged if ref.snapshot_id not in owned and ref.tags.get(TAG_RUN) not in protected]
+    find_leftovers = getattr(provider, "find_leftovers", None)
+    leftovers = find_leftovers() if find_leftovers is not None else []
+    return GcResult(catalog.cluster, False, orphans, skipped_runs=sorted(protected), leftovers=leftovers)
+
+
+def _refuse_a_wrong_catalog(catalog: Catalog, tagged: list[SnapshotRef]) -> None:
+    """For a catalog that holds no run: a run's manifest is written before its first snapshot, so
+    snapshots with no run at all in the catalog mean the wrong catalog (a typo, a share not
+    mounted, a lost one), whose every backup would look orphaned: they may be the only backups left."""
+    if tagged:
         raise CatalogError(f"the catalog at {catalog.store.describe()} holds no run of cluster {catalog.cluster}, "
                            f"yet {len(tagged)} snapshot(s) carry its tag: gc would take every one for an orphan",
                            hint="check catalog.path (or catalog.url) in the inventory, and that its share is mounted; "
                                 "if the catalog is lost, these snapshots may be the only backups left: delete them "
                                 "with the provider's own tools only if you are sure")
-    orphans = [ref for ref in tagged if ref.snapshot_id not in owned and ref.tags.get(TAG_RUN) not in protected]
-    find_leftovers = getattr(provider, "find_leftovers", None)
-    leftovers = find_leftovers() if find_leftovers is not None else []
-    return GcResult(catalog.cluster, False, orphans, skipped_runs=sorted(protected), leftovers=leftovers)
 
 
 # -- helpers -------------------------------------------------------------------------------------
