@@ -31,7 +31,7 @@ InventoryOpt = Annotated[
 OutputOpt = Annotated[str, typer.Option("-o", "--output", metavar="text|json", help="text or json.")]
 NodesOpt = Annotated[list[str] | None,
                      typer.Option("--node", "-n", metavar="NODE", help="Only these nodes (repeatable).")]
-_PROM_EXAMPLE = "/var/lib/node_exporter/textfile/snapctl.prom"
+_PROM_EXAMPLE = "/var/lib/node_exporter/textfile_collector/snapctl.prom"  # as metrics' own hint
 TextfileOpt = Annotated[str | None, typer.Option("--textfile", metavar="PATH",
                                                    help="Also write node_exporter metrics to PATH (*.prom).")]
 DemoInventoryOpt = Annotated[
