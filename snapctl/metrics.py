@@ -70,6 +70,12 @@ def _value(value: float | bool) -> str:
 # ---- the agent's /metrics ---------------------------------------------------------------------
 
 
+def _engine_up(engine: Any) -> bool:
+    """Up, as the agent answered: not when a status query of the engine was already waiting (another
+    caller's): the rest of the answer is then the engine's last one, but up it is not, now."""
+    return bool(engine.reachable and not engine.details.get("busy_status_query"))
+
+
 def agent_metrics(service: AgentService) -> str:
     """The agent's counters and its engine's raft state. Blocking (asks the engine): call from a thread."""
     out = Exposition()
@@ -96,10 +102,7 @@ def agent_metrics(service: AgentService) -> str:
         out.add("snapctl_engine_up", "gauge", "The engine answers the agent.", 0, engine=service.engine.name)
         return out.text()
     engine = status.engine
-    # A status query of the engine already waiting (another caller's): the rest is its last answer,
-    # but up it is not, now.
-    up = engine.reachable and not engine.details.get("busy_status_query")
-    out.add("snapctl_engine_up", "gauge", "The engine answers the agent.", up, engine=engine.engine)
+    out.add("snapctl_engine_up", "gauge", "The engine answers the agent.", _engine_up(engine), engine=engine.engine)
     out.add("snapctl_engine_held_elsewhere", "gauge",
             "The engine is held by something other than this agent (another backup tool).",
             engine.held and status.lease is None)
@@ -197,8 +200,7 @@ def status_textfile(status: ClusterStatus) -> str:
                 p.status is not None, node=p.node, **c)
         if p.status is not None:
             out.add("snapctl_status_engine_up", "gauge", "The node's engine answers its agent.",
-                    p.status.engine.reachable and not p.status.engine.details.get("busy_status_query"),
-                    node=p.node, **c)
+                    _engine_up(p.status.engine), node=p.node, **c)
             out.add("snapctl_status_lease_held", "gauge", "A backup run holds the node.",
                     p.status.lease is not None, node=p.node, **c)
             out.add("snapctl_status_free_bytes", "gauge", "Free bytes on the node's data path.",
