@@ -31,6 +31,10 @@ TAG_NODE = "snapctl-node"
 TAG_VOLUME = "snapctl-volume"
 TAG_VERSION = "snapctl-version"
 
+# A snapshot gone, damaged, failed or being deleted, in every provider: what its restore says to do.
+GONE_HINT = "restore another run (`snapctl list`); `snapctl verify RUN` checks a run's snapshots without restoring"
+BEING_DELETED = "the snapshot is being deleted"
+
 SnapshotState = Literal["pending", "completed", "error"]
 
 

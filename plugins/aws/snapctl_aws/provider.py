@@ -16,6 +16,7 @@ from typing import Any
 from snapctl import __version__
 from snapctl.errors import BadInputError, ProviderError, SnapshotNotFound
 from snapctl.providers import (
+    GONE_HINT,
     TAG_CLUSTER,
     TAG_NODE,
     TAG_RUN,
@@ -37,7 +38,6 @@ from snapctl_aws.snapshots import STATE_ERROR, aws_tags, ref_from_snapshot, refr
 log = logging.getLogger(__name__)
 
 DESCRIBE_BATCH = 200  # snapshot ids per DescribeSnapshots while waiting
-GONE_HINT = "restore another run (`snapctl list`); `snapctl verify RUN` checks a run's snapshots without restoring"
 
 
 class AwsProvider:

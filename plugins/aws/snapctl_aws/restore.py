@@ -8,7 +8,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from snapctl.errors import BadInputError, Interrupted, ProviderError
-from snapctl.providers import TAG_CLUSTER, RestoreTarget, stop_requested
+from snapctl.providers import GONE_HINT, TAG_CLUSTER, RestoreTarget, stop_requested
 from snapctl_aws.client import DELETE, DESCRIBE, VOLUME
 from snapctl_aws.errors import VolumeNotFound
 from snapctl_aws.snapshots import aws_tags
@@ -38,14 +38,12 @@ def check_restore_volume(snapshot: dict[str, Any], volume: str, target: RestoreT
     if target.instance and not device:
         raise BadInputError(f"attaching the restored volume {volume} to {target.instance} needs a device name",
                             hint="set restore.device (one volume) or restore.devices: {volume: /dev/sdf, ...}")
+    who = f"node {node}: " if node else ""
     if snapshot.get("State") == "error":
-        who = f"node {node}: " if node else ""
         raise ProviderError(f"{who}snapshot {snapshot_id} of volume {volume} is in error state: "
                             f"{snapshot.get('StateMessage') or 'no reason given'}; it cannot be restored",
-                            hint="restore another run (`snapctl list`); `snapctl verify RUN` checks a run's snapshots "
-                                 "without restoring")
+                            hint=GONE_HINT)
     if snapshot.get("State") != "completed":
-        who = f"node {node}: " if node else ""
         progress = f" ({snapshot['Progress']})" if snapshot.get("Progress") else ""
         raise ProviderError(f"{who}snapshot {snapshot_id} of volume {volume} is {snapshot.get('State')}{progress}, "
                             "not completed; it cannot be restored yet",

@@ -21,6 +21,8 @@ from typing import Any
 
 from snapctl.errors import BadInputError, ProviderError, SnapshotNotFound
 from snapctl.providers import (
+    BEING_DELETED,
+    GONE_HINT,
     TAG_CLUSTER,
     TAG_NODE,
     TAG_VOLUME,
@@ -55,8 +57,6 @@ PERM_VM_READ = "Microsoft.Compute/virtualMachines/read"
 PERM_VM_WRITE = "Microsoft.Compute/virtualMachines/write"
 TAG_RESTORED_FROM = "snapctl-restored-from"
 TAG_ATTACHED_TO = "snapctl-attached-to"  # on a restored disk: the vm restore attached it to
-BEING_DELETED = "the snapshot is being deleted"
-GONE_HINT = "restore another run (`snapctl list`); `snapctl verify RUN` checks a run's snapshots without restoring"
 
 
 def _slug(text: str, limit: int) -> str:

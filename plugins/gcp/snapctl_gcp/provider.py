@@ -21,6 +21,8 @@ from typing import Any
 
 from snapctl.errors import BadInputError, ProviderError, SnapctlError, SnapshotNotFound
 from snapctl.providers import (
+    BEING_DELETED,
+    GONE_HINT,
     TAG_CLUSTER,
     TAG_NODE,
     TAG_VOLUME,
@@ -65,10 +67,8 @@ INSTANCE_PATH = re.compile(r"^(?:(?:.*/)?projects/(?P<project>[^/]+)/)?(?:zones/
                            r"(?P<instance>[^/]+)$")
 DEVICE_PREFIX = "/dev/disk/by-id/google-"
 CAPTURED = frozenset({"UPLOADING", "READY"})
-GONE_HINT = "restore another run (`snapctl list`); `snapctl verify RUN` checks a run's snapshots without restoring"
 # DELETING is no step towards READY: a snapshot on its way out is as unusable as a failed one.
 STATES = {"READY": "completed", "FAILED": "error", "DELETING": "error"}
-BEING_DELETED = "the snapshot is being deleted"
 
 
 class GcpProvider:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from snapctl.errors import BadInputError, Interrupted, ProviderError, SnapshotNotFound, os_reason
 from snapctl.fsmodes import make_dirs
-from snapctl.providers import TAG_CLUSTER, RestoreTarget, SnapshotRef, stop_requested
+from snapctl.providers import GONE_HINT, TAG_CLUSTER, RestoreTarget, SnapshotRef, stop_requested
 
 from .copy import CopyStopped, FileCopier, TreeCopyError, copy_tree
 from .store import (
@@ -181,8 +181,7 @@ class LocalRestores:
         meta = read_metadata(snap_dir)
         if meta is None:
             if damage := metadata_damage(snap_dir):
-                raise damaged(ref, damage, hint="restore another run (`snapctl list`); `snapctl verify RUN` checks "
-                                                 "a run's snapshots without restoring")
+                raise damaged(ref, damage, hint=GONE_HINT)
             raise SnapshotNotFound(f"node {ref.node}: snapshot {ref.snapshot_id} not found in {self.store.cluster_dir}")
         return meta
 
@@ -196,8 +195,7 @@ class LocalRestores:
         if problems:
             more = len(problems) - _NAMED
             shown = ", ".join(problems[:_NAMED]) + (f" and {more} more" if more > 0 else "")
-            raise damaged(ref, shown, hint="restore another run (`snapctl list`); `snapctl verify RUN` checks a run's "
-                                           "snapshots without restoring")
+            raise damaged(ref, shown, hint=GONE_HINT)
 
     def _restore_path(self, volume_id: str) -> Path:
         dest = Path(os.path.expanduser(volume_id))
