@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from snapctl.agent_client import AgentClient
 from snapctl.catalog import Catalog
+from snapctl.catalog.catalog import CatalogLook
 from snapctl.config import Inventory, is_loopback
 from snapctl.errors import SnapctlError
 from snapctl.events import Reporter
@@ -43,6 +44,15 @@ async def preflight(inventory: Inventory, agents: dict[str, AgentClient], report
     for finding in verdict.findings:
         reporter.finding(finding)
     return verdict
+
+
+def catalog_refusals(look: CatalogLook, now: datetime) -> list[Finding]:
+    """What a backup's first step would refuse on in the catalog ``look`` found: each obstacle
+    (it could not lock, read or write), and a lock another run holds at ``now`` (exit 4)."""
+    found = [Finding("critical", "catalog", f"a backup now would fail: {o}") for o in look.obstacles]
+    if (running := look.holder(now)) is not None:
+        found.append(Finding("critical", "backups", f"a backup now would be refused (exit 4): {running}"))
+    return found
 
 
 def uncovered_data(inventory: Inventory, probes: list[NodeProbe], volumes: dict[str, NodeVolumes]) -> list[Finding]:
@@ -103,10 +113,7 @@ async def dry_run(inventory: Inventory, provider: Provider, volumes: dict[str, N
         verdict = await preflight(inventory, agents, reporter, volumes)
         reporter.step("catalog", f"checking that {catalog.describe()} can be locked, read and written")
         look = await asyncio.to_thread(catalog.look)
-        found = [Finding("critical", "catalog", f"a backup now would fail: {o}") for o in look.obstacles]
-        if (running := look.holder(datetime.now(UTC))) is not None:
-            found.append(Finding("critical", "backups", f"a backup now would be refused (exit 4): {running}"))
-        for finding in found:
+        for finding in catalog_refusals(look, datetime.now(UTC)):
             verdict.findings.append(finding)
             reporter.finding(finding)
         reporter.step("provider", f"checking that {provider.name} is ready (its SDK, its credentials)")

@@ -177,12 +177,13 @@ async def collect_status(
     result.catalog_problems, result.catalog_read = look.problems, look.entries is not None
     for obstacle in look.obstacles:  # what the run would fail on is what makes backing up unsafe
         verdict.findings.append(Finding("degraded", "catalog", obstacle))
-        result.preflight.append(Finding("critical", "catalog", f"a backup now would fail: {obstacle}"))
     for problem in result.catalog_problems:  # a backup whose record is damaged cannot be restored
         verdict.findings.append(Finding("degraded", "catalog", f"unreadable manifest: {problem}"))
     if (running := look.holder(result.checked_at)) is not None:
         verdict.findings.append(Finding("info", "backups", running))
-        result.preflight.append(Finding("critical", "backups", f"a backup now would be refused (exit 4): {running}"))
+    from snapctl.preflight import catalog_refusals
+
+    result.preflight += catalog_refusals(look, result.checked_at)
     entries = look.entries or []
     result.latest_success = next((e for e in entries if e.status == "succeeded"), None)
     result.latest_failure = next((e for e in entries if e.status == "failed"), None)
