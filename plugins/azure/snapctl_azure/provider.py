@@ -328,10 +328,10 @@ class AzureProvider:
                                      "virtualMachines/NAME")
         return self.settings.resource_group, instance
 
-    def _get_vm(self, rg: str, name: str) -> Any:
+    def _get_vm(self, rg: str, name: str, *, missing_ok: bool = False) -> Any:
         vms = self.api.client.virtual_machines
         vm = self.api.call(f"get vm {name}", PERM_VM_READ, lambda: vms.get(rg, name), missing_ok=True)
-        if vm is None:
+        if vm is None and not missing_ok:
             raise ProviderError(f"azure vm {name} not found in resource group {rg}",
                                 hint="restore.instance names the vm to attach restored disks to")
         return vm
@@ -374,8 +374,7 @@ class AzureProvider:
             return
         rg, name = match["rg"], match["name"]
         with _vm_lock(rg, name):
-            vms = self.api.client.virtual_machines
-            vm = self.api.call(f"get vm {name}", PERM_VM_READ, lambda: vms.get(rg, name), missing_ok=True)
+            vm = self._get_vm(rg, name, missing_ok=True)
             data_disks = list(vm.storage_profile.data_disks or []) if vm is not None else []
             kept = [d for d in data_disks
                     if ((d.managed_disk.id if d.managed_disk else "") or "").lower() != disk_id.lower()]

@@ -319,17 +319,12 @@ class GcpProvider:
         """What ``restore`` would refuse, making nothing: `snapctl restore` asks for every volume
         of a run first, so that a snapshot gone or failed is not found after other disks were made."""
         instance, zone, _, _ = self._restore_place(ref, target)
-        if instance:  # the disk attaches in its own zone: an instance not there fails only once the disk is made
-            instances, timeout = self.api.client("instances"), self.settings.request_timeout_s
-            found = self.api.call(f"get instance {instance[1]} in {zone}", PERM_INSTANCE_GET, missing_ok=True,
-                                  fn=lambda: instances.get(project=self.api.project, zone=zone, instance=instance[1],
-                                                           retry=None, timeout=timeout))
-            if found is None:
-                raise BadInputError(f"node {ref.node}: gcp instance {instance[1]} not found in zone {zone}, where the "
-                                    f"disk of volume {ref.volume} would be made",
-                                    hint="restore.instance names an instance of the provider's project in the disk's "
-                                         "zone: set restore.zone (or --zone) to its zone, or give zones/ZONE/instances/"
-                                         "NAME")
+        # The disk attaches in its own zone: an instance not there fails only once the disk is made.
+        if instance and self._get_instance(zone, instance[1]) is None:
+            raise BadInputError(f"node {ref.node}: gcp instance {instance[1]} not found in zone {zone}, where the "
+                                f"disk of volume {ref.volume} would be made",
+                                hint="restore.instance names an instance of the provider's project in the disk's "
+                                     "zone: set restore.zone (or --zone) to its zone, or give zones/ZONE/instances/NAME")
         snap = self._get(ref.snapshot_id)
         if snap is None:
             raise SnapshotNotFound(f"node {ref.node}: gcp snapshot {ref.snapshot_id} of volume {ref.volume} no longer "
@@ -422,12 +417,16 @@ class GcpProvider:
                              fn=lambda: disks.get(project=self.api.project, zone=zone, disk=name, retry=None,
                                                   timeout=timeout))
 
+    def _get_instance(self, zone: str, name: str, deadline: float | None = None) -> Any:
+        instances, timeout = self.api.client("instances"), self.settings.request_timeout_s
+        return self.api.call(f"get instance {name} in {zone}", PERM_INSTANCE_GET, deadline=deadline, missing_ok=True,
+                             fn=lambda: instances.get(project=self.api.project, zone=zone, instance=name, retry=None,
+                                                      timeout=timeout))
+
     def _detach(self, zone: str, instance: str, disk: str, deadline: float) -> None:
         """Detach the disk from the instance restore attached it to: by its device name there."""
         instances, timeout = self.api.client("instances"), self.settings.request_timeout_s
-        found = self.api.call(f"get instance {instance} in {zone}", PERM_INSTANCE_GET, deadline=deadline,
-                              missing_ok=True, fn=lambda: instances.get(project=self.api.project, zone=zone,
-                                                                        instance=instance, retry=None, timeout=timeout))
+        found = self._get_instance(zone, instance, deadline)
         devices = [d.device_name for d in (found.disks if found is not None else [])
                    if re.search(rf"/zones/{re.escape(zone)}/disks/{re.escape(disk)}$", d.source or "")]
         if not devices:
