@@ -88,33 +88,37 @@ class SnapshotStore:
     def node_lock(self, node: str, *, wait_s: float | None = None) -> Iterator[None]:
         """Exclusive per node, across threads and processes (each open() is its own flock).
         ``wait_s``: give up after that long with ``StoreBusy`` (None: wait as long as it takes)."""
-        node_dir = self.node_dir(node)
-        make_dirs(node_dir)
-        with open(node_dir / ".lock", "a+b", opener=open_private) as lock_file:
+        with self._lock_file(node) as fd:
             if wait_s is None:
-                fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
+                fcntl.flock(fd, fcntl.LOCK_EX)
             else:
-                _flock_within(lock_file.fileno(), wait_s, node)
+                _flock_within(fd, wait_s, node)
             try:
                 yield
             finally:
-                fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
+                fcntl.flock(fd, fcntl.LOCK_UN)
 
     @contextmanager
     def node_lock_if_free(self, node: str) -> Iterator[bool]:
         """``node_lock`` without waiting: True inside when it was free (and is now held)."""
-        node_dir = self.node_dir(node)
-        make_dirs(node_dir)
-        with open(node_dir / ".lock", "a+b", opener=open_private) as lock_file:
+        with self._lock_file(node) as fd:
             try:
-                fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 yield False
                 return
             try:
                 yield True
             finally:
-                fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+    @contextmanager
+    def _lock_file(self, node: str) -> Iterator[int]:
+        """The node's lock file, open (its descriptor): the caller chooses how to flock it."""
+        node_dir = self.node_dir(node)
+        make_dirs(node_dir)
+        with open(node_dir / ".lock", "a+b", opener=open_private) as lock_file:
+            yield lock_file.fileno()
 
     def nodes(self) -> list[str]:
         return [d.name for d in _visible_dirs(self.cluster_dir)]
