@@ -39,7 +39,7 @@ from .copy import (
 )
 from .durable import fsync_path
 from .restores import LocalRestores, damaged
-from .settings import LocalSettings, LocalVolume, parse_volumes, resolve_store
+from .settings import LocalSettings, LocalVolume, nearest_existing, parse_volumes, resolve_store
 from .store import (
     DATA,
     DELETING_PREFIX,
@@ -109,11 +109,8 @@ class LocalProvider(LocalRestores):
         in a dry run too, which otherwise passes where the run fails."""
         if self.settings.reflink != "always":
             return
-        existing = self.store.root
-        while not existing.is_dir() and existing != existing.parent:
-            existing = existing.parent
-        try:
-            works = can_reflink(existing)
+        try:  # resolve_store refused a nearest existing part that is no directory
+            works = can_reflink(nearest_existing(self.store.root))
         except OSError as exc:
             raise ProviderError(f"cannot check that the store {self.store.root} can reflink files: "
                                 f"{os_reason(exc)}") from exc

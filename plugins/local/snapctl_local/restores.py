@@ -13,6 +13,7 @@ from snapctl.fsmodes import make_dirs
 from snapctl.providers import GONE_HINT, TAG_CLUSTER, RestoreTarget, SnapshotRef, stop_requested
 
 from .copy import CopyStopped, FileCopier, TreeCopyError, copy_tree
+from .settings import nearest_existing
 from .store import (
     DATA,
     RESTORE_PREFIX,
@@ -51,9 +52,7 @@ class LocalRestores:
         dest = self._restore_dest(ref, target)
         # restore() makes the missing directories and renames its staging directory into place
         # there; the nearest one that exists must let it.
-        parent = dest.parent
-        while not os.path.lexists(parent):
-            parent = parent.parent
+        parent = nearest_existing(dest.parent)
         if not parent.is_dir():
             raise BadInputError(f"node {ref.node}: cannot restore to {dest}: {parent} is not a directory",
                                 hint=_TARGET_HINT)

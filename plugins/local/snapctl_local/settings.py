@@ -40,6 +40,13 @@ def default_store() -> Path:
     return base / "snapctl" / "snapshots"
 
 
+def nearest_existing(path: Path) -> Path:
+    """``path``, or the nearest of its parents that exists (what a mkdir -p of it would start from)."""
+    while not os.path.lexists(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
 def resolve_store(settings: LocalSettings, base_dir: Path) -> Path:
     """The store's directory. It need not exist yet (the first snapshot creates it), but the
     nearest part of its path that does must be a directory: found now, not by a traceback later."""
@@ -48,9 +55,7 @@ def resolve_store(settings: LocalSettings, base_dir: Path) -> Path:
         store = store if store.is_absolute() else (base_dir / store)
     else:
         store = default_store()
-    existing = store
-    while not os.path.lexists(existing) and existing != existing.parent:
-        existing = existing.parent
+    existing = nearest_existing(store)
     if not existing.is_dir():
         raise BadInputError(f"provider.store {store}: {existing} is not a directory",
                             hint="set provider.store to a directory; snapctl creates it if it is missing")
