@@ -362,7 +362,7 @@ def _decide_over_readable_runs(catalog: Catalog, retention: Retention,
     a line in the index. A damaged manifest behind an intact line would otherwise stand in for the
     newest backup while the readable ones went. Unreadable runs are left out (reported, left
     alone) and the policy decided again without them, until every run it keeps was read."""
-    entries, problems = catalog.list()
+    entries, problems = catalog.list(confirm_newest=False)  # the loop below reads what it keeps, once
     runs = {e.run_id: e for e in entries if e.run_id != left_out}
     confirmed: set[str] = set()
     while True:

@@ -94,9 +94,11 @@ class Catalog:
         self.store.delete(self._manifest_key(run_id))
         self._update_index(lambda entries: [e for e in entries if e.run_id != run_id])
 
-    def list(self) -> tuple[list[IndexEntry], list[str]]:
-        """Runs newest first, and problems ("run <id>: <reason>") for manifests that cannot be read."""
-        entries, problems = self._scan()
+    def list(self, *, confirm_newest: bool = True) -> tuple[list[IndexEntry], list[str]]:
+        """Runs newest first, and problems ("run <id>: <reason>") for manifests that cannot be read.
+        ``confirm_newest`` False: the newest good backup is taken from the index, for a caller that
+        reads the runs it relies on itself (``confirm``); the running ones are read either way."""
+        entries, problems = self._scan(confirm_newest=confirm_newest)
         return entries, [f"run {run_id}: {reason}" for run_id, reason in sorted(problems.items())]
 
     def unfinished(self) -> list[IndexEntry]:

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from snapctl.catalog import Catalog, LocalBlobStore, open_catalog
-from snapctl.config import parse_inventory
+from snapctl.config import Retention, parse_inventory
 from snapctl.errors import BadInputError, CatalogError
+from snapctl.prune import plan
 
 from .conftest import make_manifest
 
@@ -240,6 +241,19 @@ def test_listing_reads_only_the_newest_good_manifest_not_every_one(tmp_path: Pat
     catalog.resolve("latest")
 
     assert store.manifest_reads == ["r4", "r4"]
+
+
+def test_retention_reads_each_manifest_it_keeps_once(tmp_path: Path) -> None:
+    store = CountingStore(tmp_path / "catalog")
+    catalog = Catalog(store, "prod")
+    for i in range(3):
+        catalog.save(make_manifest(f"r{i}", minutes=i))
+    store.manifest_reads.clear()
+
+    planned = plan(catalog, None, Retention(keep_last=5), 60.0)  # type: ignore[arg-type]  # nothing to delete: no provider call
+
+    assert [v.run_id for v in planned.kept] == ["r2", "r1", "r0"] and planned.deleted == []
+    assert sorted(store.manifest_reads) == ["r0", "r1", "r2"]  # once each: listing left the newest to plan
 
 
 def test_confirm_reads_each_manifest_and_drops_a_damaged_one_from_the_index(catalog: Catalog) -> None:
