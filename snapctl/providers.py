@@ -330,6 +330,18 @@ def discard_partial_snapshots(provider: Provider, node: str, created: list[Snaps
                         node, ref.snapshot_id, exc)
 
 
+def discard_restored_volume(provider: Provider, volume_id: str) -> None:
+    """Best effort, after attaching a volume ``restore`` made failed: delete the volume. Never
+    raises: the attach's own error is the one the caller reports."""
+    import logging
+
+    try:
+        provider.delete_volume(volume_id)
+    except Exception as exc:  # noqa: BLE001
+        logging.getLogger(f"snapctl.providers.{provider.name}").warning(
+            "could not delete volume %s after its attach failed: %s", volume_id, exc)
+
+
 def check_cluster_tag(cluster: str, node: str, tags: Mapping[str, str]) -> None:
     """Refuse tags naming another cluster: a provider only makes snapshots for the one it serves,
     so its tag-guarded deletes and `snapctl gc` never reach another cluster's."""

@@ -33,6 +33,7 @@ from snapctl.providers import (
     SnapshotRef,
     check_cluster_tag,
     discard_partial_snapshots,
+    discard_restored_volume,
 )
 from snapctl_azure.client import AzureApi
 from snapctl_azure.settings import (
@@ -293,7 +294,7 @@ class AzureProvider:
             try:
                 self._attach(vm_group, vm_name, made.id, lun, deadline)
             except BaseException:  # Ctrl-C and SIGTERM too: a disk attached nowhere is only a cost
-                self._discard_disk(made.id)
+                discard_restored_volume(self, made.id)
                 raise
         return made.id
 
@@ -381,12 +382,6 @@ class AzureProvider:
             if len(kept) == len(data_disks):
                 return  # detached meanwhile, or the vm is gone
             self._set_data_disks(rg, name, kept, f"detach disk {disk_id.rsplit('/', 1)[-1]} from vm {name}", deadline)
-
-    def _discard_disk(self, disk_id: str) -> None:
-        try:
-            self.delete_volume(disk_id)
-        except Exception as exc:  # noqa: BLE001 - the attach's own error is the one to report
-            log.warning("could not delete disk %s after its attach failed: %s", disk_id, exc)
 
     def delete_volume(self, volume_id: str) -> None:
         """Delete a managed disk ``restore`` made, by its resource id. One it attached is detached

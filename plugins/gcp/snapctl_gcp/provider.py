@@ -33,6 +33,7 @@ from snapctl.providers import (
     SnapshotRef,
     check_cluster_tag,
     discard_partial_snapshots,
+    discard_restored_volume,
 )
 from snapctl_gcp.client import GcpApi
 from snapctl_gcp.errors import RATE_OPERATION_CODES, operation_error
@@ -311,7 +312,7 @@ class GcpProvider:
             try:
                 self._attach(zone, instance[1], name, device, deadline)
             except BaseException:  # Ctrl-C and SIGTERM too: a disk attached nowhere is only a cost
-                self._discard_disk(made)
+                discard_restored_volume(self, made)
                 raise
         return made
 
@@ -363,12 +364,6 @@ class GcpProvider:
         op = self.api.call(action, PERM_ATTACH, deadline=deadline,
                            fn=lambda: instances.attach_disk_unary(request=request, retry=None, timeout=timeout))
         self._finish(op, zone, action, deadline)
-
-    def _discard_disk(self, disk: str) -> None:
-        try:
-            self.delete_volume(disk)
-        except Exception as exc:  # noqa: BLE001 - the attach's own error is the one to report
-            log.warning("could not delete disk %s after its attach failed: %s", disk, exc)
 
     def delete_volume(self, volume_id: str) -> None:
         """Delete a disk ``restore`` made (``projects/P/zones/Z/disks/NAME``). One it attached is
