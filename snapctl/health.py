@@ -48,6 +48,8 @@ class NodeProbe:
     error: str | None = None
     unauthorized: bool = False
     elapsed_s: float | None = None
+    # What it answered, 200 with its status; None: no answer (no connection, or none in time).
+    http_status: int | None = None
 
 
 @dataclass
@@ -121,6 +123,8 @@ def assess(inventory: Inventory, probes: list[NodeProbe], *, for_backup: bool = 
 def assess_node(probe: NodeProbe, *, for_backup: bool = False) -> list[Finding]:
     if probe.unauthorized:
         return [Finding("critical", probe.node, f"agent refused our token: {probe.error}")]
+    if probe.status is None and probe.http_status is not None:  # it answered: the network is not the problem
+        return [Finding("critical", probe.node, f"agent answered HTTP {probe.http_status}: {probe.error}")]
     if probe.status is None:
         return [Finding("critical", probe.node, f"agent unreachable: {probe.error}")]
     if probe.status.node != probe.node:  # its engine is another node's: nothing it says is this node's

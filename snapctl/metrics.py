@@ -196,8 +196,14 @@ def status_textfile(status: ClusterStatus) -> str:
         out.add("snapctl_status_findings", "gauge", "Findings by severity.",
                 sum(1 for f in status.verdict.findings if f.severity == severity), severity=severity, **c)
     for p in status.probes:
-        out.add("snapctl_status_node_reachable", "gauge", "The node's agent answered in time and accepted our token.",
+        out.add("snapctl_status_node_reachable", "gauge",
+                "The node's agent answered in time with its status (0: no answer, or an error answer).",
                 p.status is not None, node=p.node, **c)
+        # Always written, 0 for no answer: an alert can tell a network or host problem (0) from an
+        # agent that answers but refuses or fails (401, 429, 500, ...).
+        out.add("snapctl_status_node_http_status", "gauge",
+                "HTTP status the node's agent answered status with (200 ok; 0: no answer at all).",
+                p.http_status or 0, node=p.node, **c)
         if p.status is not None:
             out.add("snapctl_status_engine_up", "gauge", "The node's engine answers its agent.",
                     _engine_up(p.status.engine), node=p.node, **c)

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 from snapctl.agent_client import AgentClient
-from snapctl.errors import AgentError, AgentTimeout, AgentUnauthorized, SnapctlError
+from snapctl.errors import AgentError, AgentTimeout, AgentUnauthorized, AgentUnreachable, SnapctlError
 from snapctl.health import NodeProbe
+
+# Said to whoever reads the finding, not to the client the agent's own hint ("slow down") is for.
+RATE_LIMITED_HINT = ("the agent limits requests per client address and endpoint (rate_per_s, burst in its config): "
+                     "something else from this address asks it too often (a fast --watch, a script); its log names "
+                     "the refused client")
+_SAID_AT_MOST = 300  # characters of what an agent said: a finding is one line of a log
 
 
 async def probe_all(agents: dict[str, AgentClient], timeout_s: float) -> list[NodeProbe]:
@@ -22,14 +29,27 @@ async def probe(name: str, client: AgentClient, timeout_s: float) -> NodeProbe:
         # The client bounds the call itself (AgentClient): a second timer per node is CPU for
         # nothing (a warm 1000-agent fan-out: 146 -> 128 ms without it, docs/benchmarks.md item 26).
         result.status = await client.status()
+        result.http_status = 200
     except AgentUnauthorized as exc:  # with its hint: which token setting to fix
-        result.unauthorized = True
+        result.unauthorized, result.http_status = True, exc.status
         result.error = f"{exc.reason} (hint: {exc.hint})" if exc.hint else exc.reason
     except AgentTimeout:
         result.error = f"no answer within {timeout_s:g}s"
-    except AgentError as exc:  # its finding names the node already
+    except AgentUnreachable as exc:  # its finding names the node already
         result.error = exc.reason
+    except AgentError as exc:  # it answered, with an error: the network is not the problem
+        result.http_status = exc.status
+        hint = RATE_LIMITED_HINT if exc.status == 429 else exc.hint
+        said = _one_line(exc.reason)
+        result.error = f"{said} (hint: {_one_line(hint)})" if hint else said
     except SnapctlError as exc:
         result.error = exc.message
     result.elapsed_s = time.monotonic() - started
     return result
+
+
+def _one_line(text: str) -> str:
+    """An agent's words as one bounded line: an engine's error may span lines (a server's own
+    message, a stack), and status prints every finding on one line of a log."""
+    line = re.sub(r"\s+", " ", text).strip()
+    return line if len(line) <= _SAID_AT_MOST else line[:_SAID_AT_MOST - 1] + "…"

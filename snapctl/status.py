@@ -228,8 +228,8 @@ async def watch_status(
                             hint="e.g. --watch 5, or a bare --watch for every 2 seconds")
     if interval_s < MIN_WATCH_S:  # each refresh asks every agent: faster trips their rate limit (429)
         raise BadInputError(f"--watch {interval_s:g}: at least {MIN_WATCH_S:g}s between refreshes, each of which "
-                            "asks every agent (faster, the agents' rate limit answers 429 and status calls them "
-                            "unreachable)", hint="e.g. --watch 5, or a bare --watch for every 2 seconds")
+                            "asks every agent (faster, the agents' rate limit answers 429 and every node reads "
+                            "critical)", hint="e.g. --watch 5, or a bare --watch for every 2 seconds")
     memory = SnapshotMemory(memory_path(inventory.cluster) if remember else None)
     done = 0
     while True:

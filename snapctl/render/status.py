@@ -62,8 +62,8 @@ def _finding(f) -> dict[str, Any]:
 
 def _node(s, p) -> dict[str, Any]:
     doc: dict[str, Any] = {"node": p.node, "reachable": p.status is not None, "authorized": not p.unauthorized,
-                           "error": p.error, "elapsed_s": p.elapsed_s, "agent_version": None, "engine": None,
-                           "lease": None, "free_bytes": None, "data_paths": []}
+                           "http_status": p.http_status, "error": p.error, "elapsed_s": p.elapsed_s,
+                           "agent_version": None, "engine": None, "lease": None, "free_bytes": None, "data_paths": []}
     if p.status is None:
         return doc
     e, lease = p.status.engine, p.status.lease
@@ -174,7 +174,8 @@ def _nodes_table(s) -> Table:
         table.add_column(column)
     for p in s.probes:
         if p.status is None:
-            state = "[red]unauthorized[/]" if p.unauthorized else "[red]unreachable[/]"
+            state = ("[red]unauthorized[/]" if p.unauthorized else f"[red]HTTP {p.http_status}[/]"
+                     if p.http_status is not None else "[red]unreachable[/]")
             table.add_row(p.node, state, "-", "-", "-", "-")
             continue
         e, lease = p.status.engine, p.status.lease

@@ -1,0 +1,105 @@
+"""An agent that answered with an error is not an agent that could not be reached: `snapctl status`
+said "agent unreachable" for both, and an operator went looking for a network problem that was
+not there. Real agents on loopback: a `snapctl-agent` process whose rate limit is driven for real
+(429), and the agent's app with an engine that fails in a way it reports as 500."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from node_agent.app import create_app
+from node_agent.engines.sqlite import SqliteEngine, SqliteSettings
+from node_agent.service import AgentService
+from snapctl.errors import ExitCode
+from snapctl.status import collect_status
+from tests.agent.conftest import TOKEN, agent_process, serve, write_config
+from tests.conftest import LOOPBACK, free_port
+from tests.status.conftest import VALIDATOR, load, make_db, record_run, validated, write_inventory
+from tests.status.promtext import parse, value
+
+
+def _inventory(tmp_path: Path, url: str) -> Path:
+    (tmp_path / "agents.token").write_text(TOKEN + "\n")
+    (tmp_path / "agents.token").chmod(0o600)
+    (tmp_path / "gone").mkdir(exist_ok=True)
+    nodes = [{"name": n, "agent": a, "volumes": [{"name": "data", "path": n}]}
+             for n, a in (("n1", url), ("gone", f"http://{LOOPBACK}:{free_port()}"))]
+    path = write_inventory(tmp_path, nodes, auth={"token_file": "agents.token"})
+    record_run(load(path), "r-good", "succeeded", age_s=60)
+    return path
+
+
+def _findings(doc: dict) -> dict[str, tuple[str, str]]:
+    return {f["subject"]: (f["severity"], f["message"]) for f in doc["data"]["verdict"]["findings"]}
+
+
+def test_an_agent_over_its_rate_limit_is_said_to_answer_429_not_to_be_unreachable(tmp_path):
+    (tmp_path / "n1").mkdir()
+    db = make_db(tmp_path / "n1" / "data.db")
+    config = write_config(tmp_path / "n1", db, extra="rate_per_s: 0.001\nburst: 2\n")
+    with agent_process(config) as agent:
+        inventory = _inventory(tmp_path, agent.url)
+        # Another client from this address with the token (a script, a fast --watch) spends the budget.
+        with httpx.Client(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10) as other:
+            answers = [other.get(agent.url + "/v1/status").status_code for _ in range(5)]
+        assert answers[-1] == 429, answers
+        env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}
+        (tmp_path / "prom").mkdir()
+        run = subprocess.run([sys.executable, "-m", "snapctl.cli", "status", "-i", str(inventory), "-o", "json",
+                              "--textfile", "prom/status.prom"], capture_output=True, text=True, cwd=tmp_path,
+                             env=env, timeout=90, check=False)
+        text = subprocess.run([sys.executable, "-m", "snapctl.cli", "status", "-i", str(inventory)],
+                              capture_output=True, text=True, cwd=tmp_path, env=env, timeout=90, check=False)
+    assert run.returncode == ExitCode.CRITICAL, run.stderr
+    doc = json.loads(run.stdout)
+    VALIDATOR.validate(doc)
+    severity, message = _findings(doc)["n1"]
+    assert severity == "critical"
+    assert message.startswith("agent answered HTTP 429: too many requests from 127.0.0.1 to /v1/status"), message
+    assert "unreachable" not in message
+    assert "hint: the agent limits requests per client address and endpoint (rate_per_s, burst" in message
+    assert _findings(doc)["gone"][1].startswith("agent unreachable: cannot reach the agent at"), \
+        "a node nothing listens for is still unreachable"
+    n1, gone = doc["data"]["nodes"]
+    assert (n1["reachable"], n1["authorized"], n1["http_status"]) == (False, True, 429)
+    assert (gone["reachable"], gone["http_status"]) == (False, None)
+    assert doc["data"]["verdict"]["safe_to_back_up"] is False
+    assert "n1" in {f["subject"] for f in doc["data"]["verdict"]["preflight_refusals"]}
+    samples = parse((tmp_path / "prom" / "status.prom").read_text())
+    assert value(samples, "snapctl_status_node_reachable", cluster="st", node="n1") == 0
+    assert value(samples, "snapctl_status_node_http_status", cluster="st", node="n1") == 429
+    assert value(samples, "snapctl_status_node_http_status", cluster="st", node="gone") == 0
+    assert text.returncode == ExitCode.CRITICAL
+    table_row = next(line for line in text.stdout.splitlines() if line.strip().startswith("│ n1"))
+    assert "HTTP 429" in table_row and "unreachable" not in table_row
+    assert TOKEN not in run.stdout + run.stderr + text.stdout + text.stderr
+
+
+class FailsToSayItsStatus(SqliteEngine):
+    """An engine adapter with a bug: its status raises what the agent does not expect."""
+
+    def status(self):
+        raise RuntimeError("adapter bug at /srv/internal/detail")
+
+
+def test_an_agent_that_answers_500_is_said_to_and_with_its_own_message(tmp_path):
+    db = make_db(tmp_path / "n1" / "data.db")
+    service = AgentService("n1", FailsToSayItsStatus(SqliteSettings(path=db.name), base_dir=db.parent))
+    try:
+        with serve(create_app(service, TOKEN)) as url:
+            status = asyncio.run(collect_status(load(_inventory(tmp_path, url))))
+    finally:
+        service.close()
+    doc = validated(status)
+    assert _findings(doc)["n1"] == (
+        "critical", "agent answered HTTP 500: internal error in the agent (hint: see the agent's log for details)")
+    assert doc["data"]["nodes"][0]["http_status"] == 500
+    assert doc["data"]["verdict"]["level"] == "critical" and doc["data"]["verdict"]["safe_to_back_up"] is False
+    assert "/srv/internal/detail" not in json.dumps(doc), "internals stay in the agent's log"
