@@ -18,6 +18,8 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
+from pydantic import BaseModel, ValidationError
+
 from node_agent.models import (
     AgentStatus,
     CompleteResponse,
@@ -47,6 +49,7 @@ from snapctl.errors import (
 from snapctl.secret_files import read_first_line, warn_if_open
 
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 log = logging.getLogger("snapctl.auth")
 
 
@@ -87,6 +90,8 @@ class AgentClient(Protocol):
 _UNREACHABLE_HINT = "is snapctl-agent running there, and listening on that address?"
 _TOKEN_HINT = "set auth.token_file in the inventory (or {env}) to the token the agent was started with"
 _NODE_TOKEN_HINT = "the node's token_file ({path}) must hold the token its agent was started with"
+_UNREADABLE_HINT = ("is a snapctl-agent listening there, of a version this snapctl speaks? its /v1/health names its "
+                    "version")
 
 
 class HttpAgentClient:
@@ -110,38 +115,38 @@ class HttpAgentClient:
             )
 
     async def health(self) -> Health:
-        return Health.model_validate(await self._call("GET", "/v1/health"))
+        return await self._call("GET", "/v1/health", model=Health)
 
     async def status(self) -> AgentStatus:
-        return AgentStatus.model_validate(await self._call("GET", "/v1/status"))
+        return await self._call("GET", "/v1/status", model=AgentStatus)
 
     async def prepare(self, run_id: str, lease_s: float, hold_at: datetime | None = None,
                       timeout_s: float | None = None) -> PrepareResponse:
         request: dict[str, Any] = {"run_id": run_id, "lease_s": lease_s}
         if hold_at is not None:  # only when asked: an agent older than hold_at rejects the field
             request["hold_at"] = hold_at.isoformat()
-        return PrepareResponse.model_validate(await self._call("POST", "/v1/prepare", request, timeout_s))
+        return await self._call("POST", "/v1/prepare", request, timeout_s, model=PrepareResponse)
 
     async def renew(self, run_id: str, lease_s: float | None = None) -> LeaseInfo:
-        return LeaseInfo.model_validate(await self._call("POST", "/v1/renew", {"run_id": run_id, "lease_s": lease_s}))
+        return await self._call("POST", "/v1/renew", {"run_id": run_id, "lease_s": lease_s}, model=LeaseInfo)
 
     async def complete(self, run_id: str) -> CompleteResponse:
-        return CompleteResponse.model_validate(await self._call("POST", "/v1/complete", {"run_id": run_id}))
+        return await self._call("POST", "/v1/complete", {"run_id": run_id}, model=CompleteResponse)
 
     async def trigger(self, target: str | None = None) -> TriggerResponse:
-        return TriggerResponse.model_validate(await self._call("POST", "/v1/trigger", {"target": target}))
+        return await self._call("POST", "/v1/trigger", {"target": target}, model=TriggerResponse)
 
     async def restore_prepare(self, path: str | None = None) -> None:
         await self._call("POST", "/v1/restore-prepare", {"path": path})
 
     async def verify(self) -> VerifyFacts:
-        return VerifyFacts.model_validate(await self._call("POST", "/v1/verify"))
+        return await self._call("POST", "/v1/verify", model=VerifyFacts)
 
     async def aclose(self) -> None:
         """Nothing to do: the shared pool is closed by whoever opened it (``open_agents``)."""
 
     async def _call(self, method: str, path: str, body: dict[str, Any] | None = None,
-                    timeout_s: float | None = None) -> Any:
+                    timeout_s: float | None = None, *, model: type[M] | None = None) -> Any:
         url = self.base_url + path
         timeout_s = timeout_s or self._timeout_s
         try:
@@ -155,10 +160,16 @@ class HttpAgentClient:
         error = _error_body(response)
         if response.is_success:
             try:
-                return response.json()
+                data = response.json()
             except ValueError as exc:
                 raise AgentError(self.node, f"the agent at {self.base_url} answered {path} with a non-JSON body",
                                  status=response.status_code) from exc
+            try:
+                return data if model is None else model.model_validate(data)
+            except ValidationError as exc:  # another service on its port, or an agent of another version
+                raise AgentError(self.node, f"the agent at {self.base_url} answered {path} with a document snapctl "
+                                 f"cannot read ({_first_problem(exc)})", status=response.status_code,
+                                 hint=_UNREADABLE_HINT) from exc
         status = response.status_code
         message = error.error if error else f"HTTP {status} from {self.base_url}{path}"
         hint = error.hint if error else None
@@ -192,6 +203,13 @@ class HttpAgentClient:
                            "client_key_file)")
         return AgentUnreachable(self.node, f"cannot reach the agent at {self.base_url}: {reason}",
                                 hint=self._unreachable_hint, delivered=exc.sent)
+
+
+def _first_problem(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    where = ".".join(str(part) for part in error.get("loc", ())) or "the document"
+    message = str(error.get("msg", "invalid"))
+    return f"{where}: {message[:1].lower() + message[1:]}"
 
 
 def _error_body(response: AgentResponse) -> ErrorBody | None:

@@ -10,6 +10,10 @@ import json
 import os
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -36,6 +40,12 @@ def _inventory(tmp_path: Path, url: str) -> Path:
     return path
 
 
+def _snapctl(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}
+    return subprocess.run([sys.executable, "-m", "snapctl.cli", *args], capture_output=True, text=True, cwd=tmp_path,
+                          env=env, timeout=90, check=False)
+
+
 def _findings(doc: dict) -> dict[str, tuple[str, str]]:
     return {f["subject"]: (f["severity"], f["message"]) for f in doc["data"]["verdict"]["findings"]}
 
@@ -50,13 +60,9 @@ def test_an_agent_over_its_rate_limit_is_said_to_answer_429_not_to_be_unreachabl
         with httpx.Client(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10) as other:
             answers = [other.get(agent.url + "/v1/status").status_code for _ in range(5)]
         assert answers[-1] == 429, answers
-        env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}
         (tmp_path / "prom").mkdir()
-        run = subprocess.run([sys.executable, "-m", "snapctl.cli", "status", "-i", str(inventory), "-o", "json",
-                              "--textfile", "prom/status.prom"], capture_output=True, text=True, cwd=tmp_path,
-                             env=env, timeout=90, check=False)
-        text = subprocess.run([sys.executable, "-m", "snapctl.cli", "status", "-i", str(inventory)],
-                              capture_output=True, text=True, cwd=tmp_path, env=env, timeout=90, check=False)
+        run = _snapctl(tmp_path, "status", "-i", str(inventory), "-o", "json", "--textfile", "prom/status.prom")
+        text = _snapctl(tmp_path, "status", "-i", str(inventory))
     assert run.returncode == ExitCode.CRITICAL, run.stderr
     doc = json.loads(run.stdout)
     VALIDATOR.validate(doc)
@@ -103,3 +109,50 @@ def test_an_agent_that_answers_500_is_said_to_and_with_its_own_message(tmp_path)
     assert doc["data"]["nodes"][0]["http_status"] == 500
     assert doc["data"]["verdict"]["level"] == "critical" and doc["data"]["verdict"]["safe_to_back_up"] is False
     assert "/srv/internal/detail" not in json.dumps(doc), "internals stay in the agent's log"
+
+
+@contextmanager
+def answering(status: int, body: bytes) -> Iterator[str]:
+    """Something other than a snapctl-agent at a node's address (another service given its port):
+    every GET answered with ``status`` and the JSON ``body``."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{LOOPBACK}:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_json_answer_that_is_no_agent_status_is_a_finding_not_a_traceback(tmp_path):
+    # Another service's health document on the agent's port: `snapctl status` ended in a pydantic
+    # traceback (exit 1, no JSON document for -o json), and so did the backup's preflight.
+    (tmp_path / "n1").mkdir()
+    with answering(200, b'{"status": "ok", "service": "something else"}') as url:
+        inventory = _inventory(tmp_path, url)
+        status = _snapctl(tmp_path, "status", "-i", str(inventory), "-o", "json")
+        backup = _snapctl(tmp_path, "backup", "-i", str(inventory))
+    assert "Traceback" not in status.stderr + backup.stderr, status.stderr + backup.stderr
+    assert status.returncode == ExitCode.CRITICAL, status.stderr
+    doc = json.loads(status.stdout)
+    VALIDATOR.validate(doc)
+    assert _findings(doc)["n1"][1] == (
+        f"agent answered HTTP 200: the agent at {url} answered /v1/status with a document snapctl cannot read "
+        "(node: field required) (hint: is a snapctl-agent listening there, of a version this snapctl speaks? "
+        "its /v1/health names its version)")
+    assert doc["data"]["nodes"][0]["http_status"] == 200 and doc["data"]["nodes"][0]["reachable"] is False
+    assert backup.returncode == ExitCode.PREFLIGHT_REFUSED, backup.stderr
+    assert "n1: agent answered HTTP 200: the agent at" in backup.stderr
