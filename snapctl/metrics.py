@@ -13,12 +13,13 @@ import logging
 import math
 import os
 import secrets
+import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from snapctl.errors import BadInputError, SnapctlError, os_reason
+from snapctl.errors import BadInputError, ExitCode, SnapctlError, os_reason
 
 if TYPE_CHECKING:
     from node_agent.service import AgentService
@@ -227,8 +228,17 @@ def status_textfile(status: ClusterStatus) -> str:
     return out.text()
 
 
-def backup_textfile(inventory: Inventory) -> str:
-    """The newest run in the catalog (succeeded or failed) and the newest success."""
+@dataclass(frozen=True)
+class Attempt:
+    """How this host's `snapctl backup` ended: when, and its exit code (4: another run held the lock)."""
+
+    ended_at: float
+    exit_code: int
+
+
+def backup_textfile(inventory: Inventory, attempt: Attempt | None = None) -> str:
+    """The newest success in the catalog, this host's ``attempt``, and the newest run in the catalog
+    (succeeded or failed), unless the attempt stood by because another run held the lock."""
     from snapctl.catalog import open_catalog
 
     catalog = open_catalog(inventory)
@@ -241,6 +251,17 @@ def backup_textfile(inventory: Inventory) -> str:
     out.add("snapctl_backup_last_success_timestamp_seconds", "gauge",
             "When the newest successful backup finished (0: none yet).",
             (newest_success.finished_at or newest_success.started_at).timestamp() if newest_success else 0, **c)
+    if attempt is not None:
+        out.add("snapctl_backup_last_attempt_timestamp_seconds", "gauge",
+                "When snapctl backup last ended on this host, whatever the outcome (a standby's exit 4 too).",
+                attempt.ended_at, **c)
+        out.add("snapctl_backup_last_attempt_exit_code", "gauge",
+                "Its exit code: 0 succeeded, 1 failed, 3 refused by the preflight, 4 stood by (another run held "
+                "the cluster lock), 130 interrupted.", attempt.exit_code, **c)
+        if attempt.exit_code == ExitCode.LOCK_HELD:
+            # The newest run this host can see is being superseded by the lock holder's, which has not
+            # finished: written here, a failure of the night before would read as this host's for a day.
+            return out.text()
     newest = next((e for e in entries if e.status != "running"), None)
     if newest is None:
         return out.text()
@@ -269,15 +290,25 @@ def backup_textfile(inventory: Inventory) -> str:
 
 
 async def recording_backup(inventory: Inventory, path: str | os.PathLike[str], run: Awaitable[T]) -> T:
-    """Await the backup ``run``, then write its textfile, whether it succeeded or failed.
+    """Await the backup ``run``, then write its textfile, however it ended (``Attempt``).
     A textfile that cannot be written is a warning, never the run's outcome: a backup that
     succeeded exits 0 with its manifest, one that failed with its own error. Check ``path`` first
     (``check_textfile_path``), so that a bad one refuses the run before it starts."""
+    exit_code: int = ExitCode.RUN_FAILED
     try:
-        return await run
+        result = await run
+        exit_code = ExitCode.OK
+        return result
+    except SnapctlError as exc:
+        exit_code = exc.exit_code
+        raise
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        exit_code = ExitCode.INTERRUPTED
+        raise
     finally:
+        attempt = Attempt(time.time(), int(exit_code))
         try:
-            await asyncio.to_thread(lambda: write_textfile(path, backup_textfile(inventory)))
+            await asyncio.to_thread(lambda: write_textfile(path, backup_textfile(inventory, attempt)))
         except SnapctlError as exc:
             log.warning("%s (the run's outcome stands; monitoring sees the previous textfile until the next run)",
                         exc)
