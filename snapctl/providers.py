@@ -124,6 +124,9 @@ class Provider(Protocol):
     Optional: a method ``check_restore(ref, target)`` that raises what ``restore`` would refuse
     (``BadInputError`` for an unusable target, ``ProviderError`` for an unusable snapshot) and
     makes nothing. `snapctl restore` calls it for every volume of the run before restoring any.
+    Optional with it: ``check_restore_space(planned)``, given every (ref, target) of the restore
+    once each passed ``check_restore``: ``BadInputError`` when a place the restore writes to lacks
+    room for what goes there (local: a filesystem, for all the volumes restored onto it).
 
     Optional: ``find_leftovers() -> list[Leftover]``, the work of calls that died part-way and is
     no snapshot (never that of a call still running), and ``delete_leftover(leftover)``, which

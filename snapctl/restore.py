@@ -184,6 +184,8 @@ def check_targets(provider: Provider, manifest: Manifest, nodes: dict[str, Node]
     target must be empty). Providers without ``check_restore`` find out as they restore. ``live``:
     the directories of the nodes' volumes (who -> path), which no target may lie inside."""
     check = getattr(provider, "check_restore", None)
+    check_space = getattr(provider, "check_restore_space", None)
+    planned: list[tuple[SnapshotRef, RestoreTarget]] = []
     claimed: dict[Path, tuple[str, Path]] = {}  # the target as resolved (symlinks too) -> (who, as given)
     attached: dict[tuple[str, str], str] = {}  # (instance, device) -> who
     for name, record in manifest.nodes.items():
@@ -219,6 +221,9 @@ def check_targets(provider: Provider, manifest: Manifest, nodes: dict[str, Node]
                 claimed[path] = (who, given)
             if check is not None:
                 check(ref, target)
+            planned.append((ref, target))
+    if check_space is not None:  # volumes that share a disk need room there together
+        check_space(planned)
 
 
 def load_restorable(catalog: Catalog, run_ref: str) -> Manifest:

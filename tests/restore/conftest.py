@@ -86,6 +86,26 @@ def sqlite_cluster(tmp_path: Path) -> SqliteCluster:
     path.write_text(yaml.safe_dump(inventory, sort_keys=False))
     return SqliteCluster(tmp_path, path)
 
+@pytest.fixture
+def mounted():
+    """Mounts an empty tmpfs of ``size`` at a directory: a fresh disk where a node is restored, or
+    a small one that really runs out of space. Skips the test where mounting needs root."""
+    mounts = []
+
+    def mount(path: Path, size: str = "16m") -> Path:
+        path.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)],
+                              capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+        mounts.append(path)
+        return path
+
+    yield mount
+    for path in reversed(mounts):
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
 @contextlib.contextmanager
 def scratch_agent(directory: Path, token_file: Path, database: Path, name: str = "n1-scratch"):
     """A real snapctl-agent beside where a drill or restore puts n1: its engine comes up once the file is there.

@@ -335,26 +335,6 @@ def test_a_node_the_run_recorded_no_snapshot_of_is_refused_not_reported_restored
     assert not target.exists(), "n1 was restored before n2 was found to have nothing to restore"
 
 
-@pytest.fixture
-def mounted(tmp_path):
-    """An empty tmpfs mounted at a directory: a fresh disk mounted where a node is restored."""
-    import subprocess
-
-    mounts = []
-
-    def mount(path):
-        path.mkdir(parents=True)
-        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(path)],
-                          capture_output=True, check=False).returncode != 0:
-            pytest.skip("cannot mount a tmpfs here (needs root)")
-        mounts.append(path)
-        return path
-
-    yield mount
-    for path in mounts:
-        subprocess.run(["umount", str(path)], check=False)
-
-
 def test_a_target_that_is_a_mount_point_is_refused_before_anything_is_copied(sqlite_cluster, tmp_path, mounted):
     """A fresh disk mounted at the target: the copy was built beside it, on the parent file system
     (which it could fill), then the rename over the mount point failed "device or resource busy"."""

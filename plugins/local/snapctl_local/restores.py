@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +15,7 @@ from snapctl.providers import GONE_HINT, TAG_CLUSTER, RestoreTarget, SnapshotRef
 
 from .copy import CopyStopped, FileCopier, TreeCopyError, copy_tree
 from .settings import nearest_existing
+from .space import Room
 from .store import (
     DATA,
     RESTORE_PREFIX,
@@ -70,6 +72,24 @@ class LocalRestores:
             raise ProviderError(f"node {ref.node}: snapshot {ref.snapshot_id} of volume {meta.get('volume')} {error}",
                                 hint="take a new backup")
         self._check_contents(ref, snap_dir, meta)
+
+    def check_restore_space(self, planned: Sequence[tuple[SnapshotRef, RestoreTarget]]) -> None:
+        """Room on every filesystem the restore writes to, for all its volumes there together,
+        before anything is copied (after ``check_restore`` passed for each)."""
+        rooms: dict[int, Room] = {}
+        for ref, target in planned:
+            dest = self._restore_dest(ref, target)
+            # restore() makes the copy beside dest, in the directories it makes from this one.
+            where = nearest_existing(dest.parent)
+            try:
+                device = os.stat(where).st_dev
+                room = rooms.get(device) or rooms.setdefault(device, Room(where, os.statvfs(where)))
+            except OSError as exc:
+                raise _unusable_target(ref, dest, exc) from exc
+            meta = self._restorable_metadata(ref, self._snapshot_dir(ref))
+            room.add(f"node {ref.node} volume {ref.volume}", meta)
+        for room in rooms.values():
+            room.check()
 
     def restore(self, ref: SnapshotRef, target: RestoreTarget) -> str:
         dest = self._restore_dest(ref, target)
