@@ -1,10 +1,13 @@
 """A local restore checks, before it copies anything, that every filesystem it writes to has room
-for all the volumes going there: on real small filesystems (a tmpfs), so ENOSPC is the kernel's."""
+for all the volumes going there: on real small filesystems (a tmpfs; a btrfs, which clones files,
+on a loop device), so ENOSPC is the kernel's."""
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
+import subprocess
 
 import pytest
 
@@ -12,6 +15,27 @@ from snapctl.errors import BadInputError
 from snapctl.restore import restore_run
 
 BLOB = 160 * 1024  # per node: one node's volume fits a 256 KiB disk, two do not
+BIG = 16 << 20  # per node, on a 128 MiB btrfs (about 47 MiB free when new)
+
+
+@pytest.fixture
+def btrfs(tmp_path):
+    """A fresh 128 MiB btrfs, which clones files (reflinks). Skips where it cannot be made and mounted."""
+    if shutil.which("mkfs.btrfs") is None:
+        pytest.skip("no mkfs.btrfs here (Debian: btrfs-progs; ./dev test installs it)")
+    image, mount_point = tmp_path / "btrfs.img", tmp_path / "btrfs"
+    with open(image, "wb") as out:
+        out.truncate(128 << 20)
+    subprocess.run(["mkfs.btrfs", "-q", str(image)], check=True, capture_output=True)
+    mount_point.mkdir()
+    done = subprocess.run(["mount", "-o", "loop", str(image), str(mount_point)], capture_output=True, text=True,
+                          check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a btrfs image here (needs root and a loop device): {done.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=False)
 
 
 @pytest.fixture
@@ -46,3 +70,20 @@ def test_a_volume_that_fits_its_disk_is_restored_beside_others_on_another(big_vo
 
     assert result.ok and [n.facts is not None for n in result.nodes] == [True, True]
     assert (small / "n1" / "data" / "blob.bin").stat().st_size == BLOB
+
+
+def test_a_restore_that_reflinks_on_the_stores_own_filesystem_needs_no_room_for_the_data(sqlite_cluster, btrfs):
+    # Its files are clones of the snapshot's, sharing their blocks: counting full copies refused a
+    # restore that fits.
+    for node in ("n1", "n2"):
+        (sqlite_cluster.directory / node / "data" / "big.bin").write_bytes(os.urandom(BIG))
+    sqlite_cluster.edit(provider={"type": "local", "store": str(btrfs / "store")})
+    run_id = sqlite_cluster.backup()
+    subprocess.run(["sync", "-f", str(btrfs)], check=True)  # btrfs counts its free space at a commit
+    vfs = os.statvfs(btrfs)
+    assert vfs.f_bavail * vfs.f_frsize < 2 * BIG, "as full copies, the restore would not fit"
+
+    result = restore_run(sqlite_cluster.inventory, run_id, btrfs / "restored")
+
+    assert result.ok and all(n.facts is not None for n in result.nodes)
+    assert [(btrfs / "restored" / node / "data" / "big.bin").stat().st_size for node in ("n1", "n2")] == [BIG, BIG]

@@ -170,17 +170,17 @@ class FileCopier:
         return True
 
 
-def can_reflink(directory: Path) -> bool | None:
-    """Whether files in ``directory``'s filesystem can be cloned: one clone between two unnamed
-    temporary files (O_TMPFILE), which leave nothing behind. None when it cannot be told (no such
-    directory yet, or O_TMPFILE refused)."""
+def can_reflink(directory: Path, into: Path | None = None) -> bool | None:
+    """Whether files in ``directory``'s filesystem can be cloned (into ``into``'s, when given): one
+    clone between two unnamed temporary files (O_TMPFILE), which leave nothing behind. None when it
+    cannot be told (no such directory yet, or O_TMPFILE refused)."""
     try:
         src = os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
     except OSError:
         return None
     try:
         os.write(src, b"snapctl reflink probe")
-        dst = os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        dst = os.open(into or directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
         try:
             fcntl.ioctl(dst, FICLONE, src)
         except OSError as exc:

@@ -13,7 +13,7 @@ from snapctl.errors import BadInputError, Interrupted, ProviderError, SnapshotNo
 from snapctl.fsmodes import make_dirs
 from snapctl.providers import GONE_HINT, TAG_CLUSTER, RestoreTarget, SnapshotRef, stop_requested
 
-from .copy import CopyStopped, FileCopier, TreeCopyError, copy_tree
+from .copy import CopyStopped, FileCopier, TreeCopyError, can_reflink, copy_tree
 from .settings import nearest_existing
 from .space import Room
 from .store import (
@@ -77,6 +77,7 @@ class LocalRestores:
         """Room on every filesystem the restore writes to, for all its volumes there together,
         before anything is copied (after ``check_restore`` passed for each)."""
         rooms: dict[int, Room] = {}
+        clones: dict[tuple[int, int], bool] = {}  # (store's device, target's) -> restore() reflinks there
         for ref, target in planned:
             dest = self._restore_dest(ref, target)
             # restore() makes the copy beside dest, in the directories it makes from this one.
@@ -86,10 +87,25 @@ class LocalRestores:
                 room = rooms.get(device) or rooms.setdefault(device, Room(where, os.statvfs(where)))
             except OSError as exc:
                 raise _unusable_target(ref, dest, exc) from exc
-            meta = self._restorable_metadata(ref, self._snapshot_dir(ref))
-            room.add(f"node {ref.node} volume {ref.volume}", meta)
+            snap_dir = self._snapshot_dir(ref)
+            meta = self._restorable_metadata(ref, snap_dir)
+            room.add(f"node {ref.node} volume {ref.volume}", meta, clones=self._clones_into(snap_dir, where, clones))
         for room in rooms.values():
             room.check()
+
+    def _clones_into(self, snap_dir: Path, where: Path, known: dict[tuple[int, int], bool]) -> bool:
+        """Whether restore()'s copies from ``snap_dir`` into ``where`` will be reflinks, which share
+        the snapshot's blocks (the store's own filesystem, one that clones): then the data needs no
+        room. Probed from one to the other, as the copy goes; when that cannot be told, no."""
+        if self._restore_copier.reflink == "never":
+            return False
+        try:
+            devices = (os.stat(snap_dir).st_dev, os.stat(where).st_dev)
+            if devices not in known:
+                known[devices] = can_reflink(snap_dir, where) is True
+        except OSError:
+            return False
+        return known[devices]
 
     def restore(self, ref: SnapshotRef, target: RestoreTarget) -> str:
         dest = self._restore_dest(ref, target)

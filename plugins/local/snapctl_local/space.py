@@ -29,9 +29,9 @@ class Room:
         # f_bavail, not f_bfree: the blocks reserved for root are the system's, not a restore's.
         return self.vfs.f_bavail * self.vfs.f_frsize
 
-    def add(self, who: str, meta: dict[str, Any]) -> None:
+    def add(self, who: str, meta: dict[str, Any], *, clones: bool = False) -> None:
         self.volumes.append(who)
-        self.needed += copy_size(meta, self.vfs.f_frsize)
+        self.needed += copy_size(meta, self.vfs.f_frsize, clones=clones)
 
     def check(self) -> None:
         if self.needed <= self.free:
@@ -45,16 +45,17 @@ class Room:
                                  "(--to DIR or restore.path; a drill: drill.scratch_dir)")
 
 
-def copy_size(meta: dict[str, Any], block: int) -> int:
+def copy_size(meta: dict[str, Any], block: int, *, clones: bool = False) -> int:
     """What a full copy of a snapshot takes, in bytes of ``block``-sized blocks: every file in its
-    index rounded up to whole blocks, and a block for each directory and for the restore marker.
-    The apparent size counts: a copy fills a sparse file's holes. Metadata blocks (inodes, extent
-    trees) are left out, so a disk with exactly this much free may still be short."""
+    index rounded up to whole blocks (none when the files are ``clones``: reflinks share the
+    snapshot's blocks), and a block for each directory and for the restore marker. The apparent
+    size counts: a copy fills a sparse file's holes. Metadata blocks (inodes, extent trees) are
+    left out, so a disk with exactly this much free may still be short."""
     files: dict[str, dict[str, int]] = meta.get("files") or {}
     directories = {PurePosixPath(".")}
     for rel in files:
         directories.update(PurePosixPath(rel).parents)
-    data = sum(-(-int(facts.get("size", 0)) // block) * block for facts in files.values())
+    data = 0 if clones else sum(-(-int(facts.get("size", 0)) // block) * block for facts in files.values())
     return data + (len(directories) + 1) * block
 
 
