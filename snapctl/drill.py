@@ -1,6 +1,8 @@
 """`snapctl drill [RUN|latest]`: the restore drill CI runs, proof that a backup restores.
 
-For every node of the run, in parallel: restore its snapshots into the scratch environment the
+First, `snapctl restore`'s own checks of every node's targets and snapshots (the same code): a
+refusal fails the drill, as it would that restore, before anything is restored. Then for every
+node of the run, in parallel: restore its snapshots into the scratch environment the
 inventory describes, start or attach its engine on the restored data, run the engine's verify,
 and compare with the facts recorded at PREPARE (rows, checksums, vclock, revision, raft indexes).
 Timed from the first restore to the last engine verified: the cluster's RTO. Then, whatever
@@ -41,6 +43,7 @@ from snapctl.evidence import compare_facts, missing_files, volume_roots
 from snapctl.manifest import DrillSummary, Manifest, NodeRecord
 from snapctl.providers import Provider, SnapshotRef, open_provider, stoppable_by
 from snapctl.restore import (
+    check_before_restoring,
     check_provider,
     inventory_node,
     load_restorable,
@@ -94,10 +97,13 @@ class DrillReport(BaseModel):
     teardown_errors: list[str] = Field(default_factory=list)
     junit: str | None = None
     record: str | None = None  # catalog key of this report
+    error: str | None = None  # restore's checks refused the run before any node was restored
+    hint: str | None = None
 
     @property
     def ok(self) -> bool:
-        return all(n.verdict == "passed" for n in self.nodes) and not self.teardown_errors and not self.interrupted
+        return (all(n.verdict == "passed" for n in self.nodes) and not self.teardown_errors and not self.interrupted
+                and not self.error)
 
     @property
     def exit_code(self) -> ExitCode:
@@ -154,6 +160,7 @@ def run_drill(inventory: Inventory, run_ref: str = "latest", *, junit: Path | No
                          record=f"{catalog.cluster}/drills/{manifest.run_id}-{drill_id}.json")
     started = time.monotonic()
     drill = _Drill(inventory, manifest, provider, scratch, started, started + inventory.drill.timeout_s, reporter)
+    refused: SnapctlError | None = None
     try:
         # On record from the start, unfinished: a prune meanwhile leaves this run's snapshots alone.
         # In the try: if the catalog refuses it, the scratch directory still goes.
@@ -164,7 +171,11 @@ def run_drill(inventory: Inventory, run_ref: str = "latest", *, junit: Path | No
             raise
         with sigterm_as_ctrl_c():  # a CI job cancelled: teardown, the report and the record still happen
             reporter.step("drill", f"restoring run {manifest.run_id} ({len(manifest.nodes)} nodes) into {scratch}")
-            report.nodes, report.interrupted = _drill_all(drill)
+            try:
+                report.nodes, report.interrupted = _drill_all(drill)
+            except SnapctlError as exc:  # what `snapctl restore` refuses up front: on record, then the error
+                refused = exc
+                report.error, report.hint = exc.message, exc.hint
     finally:
         drill.cancelled.set()
         reporter.step("teardown", "stopping scratch engines, removing restored data" if not keep else "keeping it all")
@@ -179,6 +190,10 @@ def run_drill(inventory: Inventory, run_ref: str = "latest", *, junit: Path | No
     if report.interrupted:  # reported as the command's error (exit 130) once the evidence is written
         reporter.step("drill", f"interrupted; junit report {report.junit}, recorded as {report.record}")
         raise KeyboardInterrupt
+    if refused is not None:  # the command fails as `snapctl restore` of the run would, with its message
+        reporter.step("drill", f"refused before restoring anything; junit report {report.junit}, recorded as "
+                               f"{report.record}")
+        raise refused
     return report
 
 
@@ -188,6 +203,11 @@ def _drill_all(drill: _Drill) -> tuple[list[NodeDrill], bool]:
     with its own error, so the report still has every node."""
     names = list(drill.manifest.nodes)
     interrupted = False
+    try:
+        _check_before_restoring(drill)  # its SnapctlError is the drill's, not one node's: nothing is restored
+    except KeyboardInterrupt:
+        drill.cancelled.set()  # every node then fails at its first step, saying so
+        interrupted = True
     with ThreadPoolExecutor(min(_MAX_PARALLEL_NODES, len(names)) or 1, thread_name_prefix="snapctl-drill") as pool:
         try:
             with interrupts_deferred():  # until every node has its future: none may run unseen
@@ -199,6 +219,24 @@ def _drill_all(drill: _Drill) -> tuple[list[NodeDrill], bool]:
     return [f.result() for f in futures], interrupted
 
 
+def _check_before_restoring(drill: _Drill) -> None:
+    """Restore's own checks of every node, as `snapctl restore` makes them before restoring any: a
+    target in the way, a snapshot gone, a disk without room, found before any node is copied."""
+    nodes = {name: inventory_node(drill.inventory, name) for name in drill.manifest.nodes}
+    check_before_restoring(drill.inventory, drill.provider, drill.manifest, nodes,
+                           {name: _restore_root(drill, node) for name, node in nodes.items()}, zone=None,
+                           attached={name for name, node in nodes.items() if _attaches(node)})
+
+
+def _restore_root(drill: _Drill, node: Node) -> Path:
+    return drill.inventory.resolve(node.restore.path) if node.restore.path else drill.scratch / node.name
+
+
+def _attaches(node: Node) -> bool:
+    """A node drilled through a scratch agent on its restore instance gets its volumes attached there."""
+    return bool(node.restore.agent and node.restore.instance)
+
+
 def _drill_node(drill: _Drill, name: str) -> NodeDrill:
     record = drill.manifest.nodes[name]
     node = inventory_node(drill.inventory, name)
@@ -207,8 +245,6 @@ def _drill_node(drill: _Drill, name: str) -> NodeDrill:
     try:
         if record.state is None:
             raise BadInputError("the run recorded no engine state for this node: there is nothing to compare with")
-        if not record.snapshots:
-            raise BadInputError("the run recorded no snapshots for this node")
         _step(drill, name, "restoring")
         with stoppable_by(drill.cancelled):  # an interrupt stops this node's copies part-way
             facts = _restore_start_verify(drill, node, record, result)
@@ -240,12 +276,11 @@ def _restore_start_verify(drill: _Drill, node: Node, record: NodeRecord, result:
         engine = engine_block(inventory, node, record)  # before restoring: a node that cannot start costs no copy
         if engine is None:
             raise no_engine_block(node, record)
-    root = inventory.resolve(settings.path) if settings.path else drill.scratch / node.name
     made: list[tuple[SnapshotRef, str]] = []
     began = time.monotonic()
     try:
-        result.volumes = restore_volumes(drill.provider, node, record, root=root, zone=None,
-                                         attach=bool(settings.agent and settings.instance), made=made)
+        result.volumes = restore_volumes(drill.provider, node, record, root=_restore_root(drill, node), zone=None,
+                                         attach=_attaches(node), made=made)
     finally:
         with drill.lock:
             drill.made.extend(made)

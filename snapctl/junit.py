@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 def drill_junit(report: DrillReport) -> ET.ElementTree:
     failures = sum(n.verdict == "mismatch" for n in report.nodes)
     errors = sum(n.verdict == "error" for n in report.nodes)
-    cluster_failed = bool(failures or errors or report.teardown_errors or report.interrupted)
+    cluster_failed = bool(failures or errors or report.teardown_errors or report.interrupted or report.error)
     total_s = (report.finished_at - report.started_at).total_seconds() if report.finished_at else 0.0
     counts = {"tests": str(len(report.nodes) + 1), "failures": str(failures + (1 if failures else 0)),
               "errors": str(errors + (1 if cluster_failed and not failures else 0)), "skipped": "0",
@@ -116,11 +116,15 @@ def _cluster_case(suite: ET.Element, classname: str, report: DrillReport, total_
     if any(n.verdict == "mismatch" for n in bad):
         names = ", ".join(n.node for n in bad)
         ET.SubElement(case, "failure", message=f"restored data does not match the backup on: {names}", type="mismatch")
-    elif bad or report.teardown_errors or report.interrupted:
-        problems = (["the drill was interrupted (Ctrl-C or SIGTERM)"] if report.interrupted else [])
+    elif bad or report.teardown_errors or report.interrupted or report.error:
+        problems = [f"refused before restoring anything: {report.error}"] if report.error else []
+        problems += ["the drill was interrupted (Ctrl-C or SIGTERM)"] if report.interrupted else []
         problems += [f"node {n.node}: {n.error}" for n in bad] + report.teardown_errors
-        ET.SubElement(case, "error", message="; ".join(problems), type="error")
-    lines = [f"rto: {report.rto_s:.3f}s" if report.rto_s is not None else "rto: not measured (a node failed)"]
+        error = ET.SubElement(case, "error", message="; ".join(problems), type="error")
+        if report.error:
+            error.text = report.error + (f"\nhint: {report.hint}" if report.hint else "")
+    unmeasured = "rto: not measured (" + ("nothing was restored)" if report.error else "a node failed)")
+    lines = [f"rto: {report.rto_s:.3f}s" if report.rto_s is not None else unmeasured]
     lines += [f"left behind: {item}" for item in report.leftovers]
     out = ET.SubElement(case, "system-out")
     out.text = "\n".join(lines)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,8 +34,8 @@ from snapctl.providers import Provider, RestoreTarget, SnapshotRef, open_provide
 _VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _NAMED = 5  # restored volumes a failure's hint names, of a cluster's hundreds
 
-__all__ = ["NodeRestore", "RestoreRecord", "RestoreResult", "check_provider", "compare_facts", "load_restorable",
-           "remap_paths", "restore_run"]
+__all__ = ["NodeRestore", "RestoreRecord", "RestoreResult", "check_before_restoring", "check_provider",
+           "compare_facts", "load_restorable", "remap_paths", "restore_run"]
 
 
 @dataclass
@@ -140,23 +140,10 @@ def _restore(inventory: Inventory, catalog: Catalog, run_id: str, to: Path | Non
         flag = "--attach" if attach else "--zone"
         raise BadInputError(f"{flag} is for the cloud providers: the {provider.name} provider restores into "
                             "directories", hint="drop it; --to DIR (or restore.path on each node) says where")
-    # gcp (the source disk's zone) and azure (the provider's location, no zone) have a default.
-    place_optional = getattr(provider, "restore_place_optional", False)
-    for name, node in nodes.items():
-        if not manifest.nodes[name].snapshots:  # no real run succeeds so: a damaged or edited manifest
-            raise CatalogError(f"node {name}: run {run_id} recorded no snapshot of this node: nothing of it can be "
-                               "restored", hint="restore another run (`snapctl list`); `snapctl verify RUN` checks a "
-                                                "run without restoring")
-        has_place = to is not None or zone or node.restore.path or node.restore.zone or place_optional
-        if not has_place:
-            raise BadInputError(f"node {name}: nowhere to restore to",
-                                hint="pass --to DIR (local provider) or --zone ZONE (cloud), "
-                                     "or set restore.path / restore.zone on the node")
     roots = {name: to / name if to is not None else
              (inventory.resolve(node.restore.path) if node.restore.path else None) for name, node in nodes.items()}
-    live = {f"node {n} volume {v}": root for n, node in nodes.items()
-            for v, root in volume_roots(node.volumes, inventory.resolve).items()}
-    check_targets(provider, manifest, nodes, roots, zone=zone, attach=attach, live=live)
+    check_before_restoring(inventory, provider, manifest, nodes, roots, zone=zone,
+                           attached=set(nodes) if attach else set())
     result = RestoreResult(manifest.run_id, where, [])
     try:
         for name, record in manifest.nodes.items():
@@ -177,8 +164,30 @@ def _restore(inventory: Inventory, catalog: Catalog, run_id: str, to: Path | Non
     return result
 
 
+def check_before_restoring(inventory: Inventory, provider: Provider, manifest: Manifest, nodes: dict[str, Node],
+                           roots: dict[str, Path | None], *, zone: str | None, attached: Collection[str]) -> None:
+    """What `snapctl restore` and `snapctl drill` both check before restoring anything: every node
+    has snapshots and a place to go, and every volume its target and snapshot (``check_targets``).
+    ``roots``: each node's directory for its volumes (None: none given); ``attached``: the nodes
+    whose new volumes are attached to their ``restore.instance``."""
+    # gcp (the source disk's zone) and azure (the provider's location, no zone) have a default.
+    place_optional = getattr(provider, "restore_place_optional", False)
+    for name, node in nodes.items():
+        if not manifest.nodes[name].snapshots:  # no real run succeeds so: a damaged or edited manifest
+            raise CatalogError(f"node {name}: run {manifest.run_id} recorded no snapshot of this node: nothing of it "
+                               "can be restored", hint="restore another run (`snapctl list`); `snapctl verify RUN` "
+                                                       "checks a run without restoring")
+        if not (roots[name] is not None or zone or node.restore.zone or place_optional):
+            raise BadInputError(f"node {name}: nowhere to restore to",
+                                hint="pass --to DIR (local provider) or --zone ZONE (cloud), "
+                                     "or set restore.path / restore.zone on the node")
+    live = {f"node {n} volume {v}": root for n, node in nodes.items()
+            for v, root in volume_roots(node.volumes, inventory.resolve).items()}
+    check_targets(provider, manifest, nodes, roots, zone=zone, attached=attached, live=live)
+
+
 def check_targets(provider: Provider, manifest: Manifest, nodes: dict[str, Node], roots: dict[str, Path | None], *,
-                  zone: str | None, attach: bool, live: dict[str, Path]) -> None:
+                  zone: str | None, attached: Collection[str], live: dict[str, Path]) -> None:
     """Every volume's target and snapshot, before any is restored: a target found unusable after
     other nodes were copied would leave a partial restore, which then blocks the retry (a local
     target must be empty). Providers without ``check_restore`` find out as they restore. ``live``:
@@ -187,14 +196,14 @@ def check_targets(provider: Provider, manifest: Manifest, nodes: dict[str, Node]
     check_space = getattr(provider, "check_restore_space", None)
     planned: list[tuple[SnapshotRef, RestoreTarget]] = []
     claimed: dict[Path, tuple[str, Path]] = {}  # the target as resolved (symlinks too) -> (who, as given)
-    attached: dict[tuple[str, str], str] = {}  # (instance, device) -> who
+    devices: dict[tuple[str, str], str] = {}  # (instance, device) -> who
     for name, record in manifest.nodes.items():
         for ref in record.snapshots:
-            target = restore_target(nodes[name], ref.volume, root=roots[name], zone=zone, attach=attach)
+            target = restore_target(nodes[name], ref.volume, root=roots[name], zone=zone, attach=name in attached)
             who = f"node {name} volume {ref.volume}"
             if target.instance and target.device:
                 # The cloud refuses the second only after its disk (and the first) were made.
-                other_who = attached.setdefault((target.instance, str(target.device)), who)
+                other_who = devices.setdefault((target.instance, str(target.device)), who)
                 if other_who != who:
                     raise BadInputError(f"{other_who} and {who} would both be attached to {target.instance} at "
                                         f"{target.device}", hint="give each volume its own device: restore.devices: "

@@ -16,7 +16,8 @@ import yaml
 import snapctl.junit
 from snapctl.catalog import open_catalog
 from snapctl.drill import run_drill
-from snapctl.errors import BadInputError, ExitCode, SnapctlError
+from snapctl.errors import BadInputError, ExitCode, SnapctlError, SnapshotNotFound
+from snapctl.restore import restore_run
 from tests.conftest import free_port
 from tests.restore.conftest import ROWS, node_without_engine_block, scratch_agent
 
@@ -85,17 +86,46 @@ def test_an_unreachable_scratch_agent_is_an_error_for_its_node_only(sqlite_clust
     assert not (sqlite_cluster.directory / "n2-scratch" / "data").exists(), "what was restored is removed"
 
 
-def test_a_snapshot_gone_from_the_store_fails_its_node(sqlite_cluster, tmp_path):
+def test_a_drill_refuses_what_restore_refuses_before_restoring_any_node(sqlite_cluster, tmp_path):
+    # Before, the drill had none of restore's checks up front: n1 was copied and drilled, and n2
+    # failed on its own ("not an empty directory") once it came to restoring.
+    run_id = sqlite_cluster.backup()
+    sqlite_cluster.edit(node_n1={"restore": {"path": "n1-restore"}}, node_n2={"restore": {"path": "n2-restore"}})
+    in_the_way = sqlite_cluster.directory / "n2-restore" / "data"
+    in_the_way.mkdir(parents=True)
+    (in_the_way / "app.db").write_bytes(b"")
+    with pytest.raises(BadInputError) as restore_said:
+        restore_run(sqlite_cluster.inventory, run_id)
+
+    with pytest.raises(BadInputError) as drill_said:
+        run_drill(sqlite_cluster.inventory, run_id, junit=tmp_path / "drill.xml")
+
+    assert drill_said.value.message == restore_said.value.message == (f"node n2: restore target {in_the_way} is not "
+                                                                       "an empty directory")
+    assert drill_said.value.hint == restore_said.value.hint
+    assert not (sqlite_cluster.directory / "n1-restore").exists(), "nothing was restored"
+    assert not any((sqlite_cluster.directory / "scratch").iterdir())
+    cases = junit_cases(tmp_path / "drill.xml")
+    [error] = cases.pop("cluster restore-test").findall("error")
+    assert error.get("message") == f"refused before restoring anything: {restore_said.value.message}"
+    assert error.text.endswith(f"hint: {restore_said.value.hint}") and cases == {}
+    catalog = open_catalog(sqlite_cluster.inventory)
+    summary = catalog.load(run_id).last_drill
+    assert summary is not None and not summary.ok
+    assert yaml.safe_load(catalog.store.read(summary.report))["error"] == restore_said.value.message
+
+
+def test_a_snapshot_gone_from_the_store_fails_the_drill_before_any_node_is_restored(sqlite_cluster, tmp_path):
     import shutil
 
     run_id = sqlite_cluster.backup()
-    shutil.rmtree(sqlite_cluster.snapshot_data("n1", run_id).parent)
+    shutil.rmtree(sqlite_cluster.snapshot_data("n2", run_id).parent)
 
-    report = run_drill(sqlite_cluster.inventory, junit=tmp_path / "drill.xml")
+    with pytest.raises(SnapshotNotFound, match=r"^node n2: snapshot \S+-n2-data not found in "):
+        run_drill(sqlite_cluster.inventory, junit=tmp_path / "drill.xml")
 
-    assert report.nodes[0].verdict == "error" and "not found" in report.nodes[0].error
-    assert report.nodes[1].verdict == "passed"
-    assert report.exit_code == ExitCode.RUN_FAILED
+    assert not any((sqlite_cluster.directory / "scratch").iterdir()), "n1 was not restored meanwhile"
+    assert not open_catalog(sqlite_cluster.inventory).load(run_id).last_drill.ok
 
 
 def test_a_drill_past_its_time_budget_fails_with_the_setting_to_raise(sqlite_cluster, tmp_path):

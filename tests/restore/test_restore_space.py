@@ -11,6 +11,7 @@ import subprocess
 
 import pytest
 
+from snapctl.drill import run_drill
 from snapctl.errors import BadInputError
 from snapctl.restore import restore_run
 
@@ -70,6 +71,21 @@ def test_a_volume_that_fits_its_disk_is_restored_beside_others_on_another(big_vo
 
     assert result.ok and [n.facts is not None for n in result.nodes] == [True, True]
     assert (small / "n1" / "data" / "blob.bin").stat().st_size == BLOB
+
+
+def test_a_drill_whose_scratch_disk_lacks_room_is_refused_before_restoring_any_node(big_volumes, tmp_path, mounted):
+    # Restore's checks are the drill's too: before, n1 was copied and n2 failed part-way.
+    run_id = big_volumes.backup()
+    small = mounted(tmp_path / "small", "256k")
+    big_volumes.edit(drill={"scratch_dir": str(small)})
+
+    with pytest.raises(BadInputError) as caught:
+        run_drill(big_volumes.inventory, run_id, junit=tmp_path / "drill.xml")
+
+    assert re.fullmatch(rf"not enough space at {small}/{run_id}-\S+ to restore node n1 volume data and node n2 volume "
+                        r"data: \d+\.\d KiB needed, 256\.0 KiB free", caught.value.message)
+
+    assert list(small.iterdir()) == [], "nothing restored, the scratch directory removed"
 
 
 def test_a_restore_that_reflinks_on_the_stores_own_filesystem_needs_no_room_for_the_data(sqlite_cluster, btrfs):
