@@ -165,7 +165,9 @@ class HttpAgentClient:
                 raise AgentError(self.node, f"the agent at {self.base_url} answered {path} with a non-JSON body",
                                  status=response.status_code) from exc
             try:
-                return data if model is None else model.model_validate(data)
+                # Fields snapctl does not know are left out: agents add fields and never repurpose
+                # one (node_agent/models.py), so an agent upgraded before its control host still serves it.
+                return data if model is None else model.model_validate(data, extra="ignore")
             except ValidationError as exc:  # another service on its port, or an agent of another version
                 raise AgentError(self.node, f"the agent at {self.base_url} answered {path} with a document snapctl "
                                  f"cannot read ({_first_problem(exc)})", status=response.status_code,
