@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import TypeAdapter, ValidationError
 
+from snapctl import __version__
 from snapctl.catalog import BlobStore
 from snapctl.catalog.local import LocalBlobStore
 from snapctl.catalog.lock import Clock, LockRecord, RunLock, acquire, read_lock, utc_now
@@ -56,6 +57,22 @@ class CatalogLook:
         if lock is None or not lock.held_at(now):
             return None
         return f"run {lock.run_id} by {lock.owner} holds the cluster lock until {lock.expires_at:%H:%M:%S}Z"
+
+
+def _newer_snapctl(data: bytes, errors: list) -> str:
+    """Why a manifest whose only fault is fields this snapctl does not know cannot be used: a
+    newer snapctl wrote it (a standby or CI host not upgraded yet). Not damage, and not to be
+    guessed at: a restore must not leave out what a newer version recorded for it."""
+    import json
+
+    fields = sorted({".".join(str(part) for part in e["loc"]) for e in errors})
+    shown = ", ".join(fields[:3]) + (f" and {len(fields) - 3} more" if len(fields) > 3 else "")
+    try:
+        written_by = f"snapctl {json.loads(data)['snapctl_version']}"
+    except (ValueError, KeyError, TypeError):
+        written_by = "another snapctl"
+    return (f"written by {written_by}, with fields this snapctl ({__version__}) does not know ({shown}): "
+            "upgrade snapctl on this host to read it")
 
 
 class Catalog:
@@ -219,9 +236,12 @@ class Catalog:
         try:
             manifest = Manifest.model_validate_json(data)
         except ValidationError as exc:
-            err = exc.errors()[0]
+            errors = exc.errors()
+            err = errors[0]
             if err["type"] == "json_invalid":
                 return None, "not valid JSON"
+            if all(e["type"] == "extra_forbidden" for e in errors):
+                return None, _newer_snapctl(data, errors)
             field = ".".join(str(p) for p in err["loc"]) or "(top level)"
             if err["type"] == "missing":
                 return None, f"missing field {field}"

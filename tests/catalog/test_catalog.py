@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from snapctl import __version__
 from snapctl.catalog import Catalog, LocalBlobStore, open_catalog
 from snapctl.config import Retention, parse_inventory
 from snapctl.errors import BadInputError, CatalogError
@@ -254,6 +255,22 @@ def test_retention_reads_each_manifest_it_keeps_once(tmp_path: Path) -> None:
 
     assert [v.run_id for v in planned.kept] == ["r2", "r1", "r0"] and planned.deleted == []
     assert sorted(store.manifest_reads) == ["r0", "r1", "r2"]  # once each: listing left the newest to plan
+
+
+def test_a_manifest_from_a_newer_snapctl_says_so_and_is_not_taken_for_damage_or_a_backup(catalog: Catalog) -> None:
+    catalog.save(make_manifest("r0", minutes=0))
+    catalog.save(make_manifest("r1", minutes=1))
+    newer = json.loads(catalog.store.read("prod/manifests/r1.json"))
+    newer["snapctl_version"], newer["encryption"] = "9.0.0", {"key_id": "k"}
+    newer["nodes"]["n1"]["restore_order"] = 2
+    catalog.store.write("prod/manifests/r1.json", json.dumps(newer).encode())
+
+    _, problems = catalog.list()
+
+    assert problems == [f"run r1: written by snapctl 9.0.0, with fields this snapctl ({__version__}) does not know "
+                        "(encryption, nodes.n1.restore_order): upgrade snapctl on this host to read it"]
+    assert catalog.resolve("latest") == "r0"  # what this snapctl can read in full
+    assert json.loads(catalog.store.read("prod/manifests/r1.json")) == newer  # left as it was
 
 
 def test_confirm_reads_each_manifest_and_drops_a_damaged_one_from_the_index(catalog: Catalog) -> None:
