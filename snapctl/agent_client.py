@@ -104,6 +104,7 @@ class HttpAgentClient:
         self.base_url = base_url.rstrip("/")
         self._http = http
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._token = token
         self._timeout_s = timeout_s
         self._token_hint = token_hint or _TOKEN_HINT.format(env="$SNAPCTL_AGENT_TOKEN")
         self._unreachable_hint = _UNREACHABLE_HINT
@@ -173,14 +174,19 @@ class HttpAgentClient:
                                  f"cannot read ({_first_problem(exc)})", status=response.status_code,
                                  hint=_UNREADABLE_HINT) from exc
         status = response.status_code
-        message = error.error if error else f"HTTP {status} from {self.base_url}{path}"
-        hint = error.hint if error else None
+        message = self._blanked(error.error) if error else f"HTTP {status} from {self.base_url}{path}"
+        hint = self._blanked(error.hint) if error else None
         if status in (401, 403):
             raise AgentUnauthorized(self.node, f"the agent at {self.base_url} refused us: {message}", status=status,
                                     hint=self._token_hint)
         if status == 409:
             raise AgentConflict(self.node, message, status=status, hint=hint, holder=error.holder if error else None)
         raise AgentError(self.node, message, status=status, hint=hint)
+
+    def _blanked(self, said: str | None) -> str | None:
+        """What the agent said, with our token blanked: a proxy or gateway in front of an agent may
+        echo the request it refused, and the message goes to logs, status output and manifests."""
+        return said.replace(self._token, "<token>") if said and self._token else said
 
     def _timed_out(self, path: str, timeout_s: float, delivered: bool = True) -> AgentTimeout:
         return AgentTimeout(self.node, f"no answer from the agent at {self.base_url} within {timeout_s:g}s "
@@ -218,7 +224,7 @@ def _error_body(response: AgentResponse) -> ErrorBody | None:
     if response.is_success:
         return None
     try:
-        return ErrorBody.model_validate(response.json())
+        return ErrorBody.model_validate(response.json(), extra="ignore")  # a newer agent's fields too
     except ValueError:
         return None
 

@@ -177,3 +177,17 @@ def test_an_agent_newer_than_snapctl_is_read_without_the_fields_it_added(tmp_pat
     n1 = doc["data"]["nodes"][0]
     assert (n1["reachable"], n1["http_status"], n1["engine"]["up"]) == (True, 200, True)
     assert "n1" not in _findings(doc), _findings(doc)
+
+
+def test_an_error_that_echoes_our_token_is_shown_with_the_token_blanked(tmp_path):
+    # A gateway in front of an agent that refuses a request and repeats it back, header and all:
+    # its words went into the finding, the JSON document and the textfile's neighbours as they came.
+    body = json.dumps({"error": f"upstream refused GET /v1/status (Authorization: Bearer {TOKEN})",
+                       "hint": f"retry with a token other than {TOKEN}", "added_by_a_newer_agent": 1}).encode()
+    with answering(502, body) as url:
+        status = asyncio.run(collect_status(load(_inventory(tmp_path, url))))
+    doc = validated(status)
+    assert _findings(doc)["n1"] == ("critical", "agent answered HTTP 502: upstream refused GET /v1/status "
+                                                "(Authorization: Bearer <token>) (hint: retry with a token other "
+                                                "than <token>)")
+    assert TOKEN not in json.dumps(doc)
