@@ -89,10 +89,13 @@ def _check(recorded: SnapshotRef, current: SnapshotRef | None, manifest: Manifes
     if current is None:
         # Unlisted can also mean unreadable: the local provider lists a snapshot by the tags in
         # its snapshot.json, so a damaged one is not found although its files are all there.
-        damage = getattr(provider, "damage", None)
-        why = damage(recorded) if damage is not None and recorded.provider == provider.name else None
+        damage, elsewhere = getattr(provider, "damage", None), getattr(provider, "elsewhere", None)
+        ours = recorded.provider == provider.name
+        why = damage(recorded) if damage is not None and ours else None
+        where = elsewhere(recorded) if elsewhere is not None and ours and not why else None
         check.state = "damaged" if why else "missing"
         check.problems.append(f"snapshot {recorded.snapshot_id} is damaged: {why}" if why else
+                              f"snapshot {recorded.snapshot_id}: {where}" if where else
                               f"snapshot {recorded.snapshot_id} no longer exists")
         return check
     check.progress, check.bytes = current.progress, current.bytes

@@ -166,6 +166,9 @@ class LocalProvider(LocalRestores):
     def delete(self, ref: SnapshotRef) -> None:
         snap_dir = self._snapshot_dir(ref)
         if not snap_dir.exists():
+            if where := self.elsewhere(ref):  # not gone: the store moved, and it may be a kept backup's twin
+                raise ProviderError(f"node {ref.node}: cannot delete snapshot {ref.snapshot_id}: {where}",
+                                    hint=self.elsewhere_hint(ref))
             return
         meta = read_metadata(snap_dir)
         if meta is None:
@@ -244,6 +247,21 @@ class LocalProvider(LocalRestores):
         """Why a snapshot that ``find`` does not list is there but unusable (its snapshot.json is
         damaged or missing, so its tags cannot be read); None when it is gone. For `snapctl verify`."""
         return metadata_damage(self._snapshot_dir(ref))
+
+    def elsewhere(self, ref: SnapshotRef) -> str | None:
+        """Why a snapshot missing from this store is not gone: it is where its run recorded it, in
+        another store (``provider.store`` changed since the run); None otherwise. For `snapctl
+        verify`, restore and delete, which would otherwise call it gone (and a prune drop its run)."""
+        recorded = Path(str(ref.extra.get("path") or ""))
+        if (not recorded.is_absolute() or len(recorded.parents) < 3 or self._snapshot_dir(ref).exists()
+                or not (recorded / METADATA).is_file()):
+            return None
+        return (f"it is not in the store {self.store.root} but in {recorded.parents[2]}, where its run recorded it: "
+                "provider.store has changed since the run")
+
+    def elsewhere_hint(self, ref: SnapshotRef) -> str:
+        old = Path(str(ref.extra.get("path"))).parents[2]
+        return f"set provider.store back to {old} for this run, or move the snapshots in {old} into {self.store.root}"
 
     def _volume(self, node: str, volume: Any) -> LocalVolume:
         if isinstance(volume, LocalVolume):

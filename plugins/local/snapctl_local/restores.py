@@ -45,6 +45,10 @@ class LocalRestores:
 
         def _snapshot_dir(self, ref: SnapshotRef) -> Path: ...
 
+        def elsewhere(self, ref: SnapshotRef) -> str | None: ...
+
+        def elsewhere_hint(self, ref: SnapshotRef) -> str: ...
+
         def _make_durable(self, node: str, snap_dir: Path, meta: dict[str, Any], deadline: float | None) -> None: ...
 
     def check_restore(self, ref: SnapshotRef, target: RestoreTarget) -> None:
@@ -217,6 +221,8 @@ class LocalRestores:
         if meta is None:
             if damage := metadata_damage(snap_dir):
                 raise damaged(ref, damage, hint=GONE_HINT)
+            if where := self.elsewhere(ref):
+                raise ProviderError(f"node {ref.node}: snapshot {ref.snapshot_id}: {where}", hint=self.elsewhere_hint(ref))
             raise SnapshotNotFound(f"node {ref.node}: snapshot {ref.snapshot_id} not found in {self.store.cluster_dir}")
         return meta
 
