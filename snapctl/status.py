@@ -267,6 +267,9 @@ def _only_groups(verdict: Verdict, patterns: list[str]) -> None:
                                             f"no raft group matches --group {pattern!r} (groups seen: {shown})"))
 
 
+FUTURE_TOLERANCE_S = 60.0  # how far in the future a run may have started (clocks a little apart) unremarked
+
+
 def _grade_backups(result: ClusterStatus) -> None:
     if not result.catalog_read:
         return  # how old the newest backup is, nobody can tell: the catalog finding says why
@@ -276,6 +279,11 @@ def _grade_backups(result: ClusterStatus) -> None:
         add(Finding("degraded", "backups", "no readable successful backup (see the unreadable manifests)"))
     elif newest is None or age is None:
         add(Finding("degraded", "backups", "no successful backup yet"))
+    elif age < -FUTURE_TOLERANCE_S:  # its age, and so the RPO, cannot be judged: a clock is wrong
+        add(Finding("degraded", "backups",
+                    f"newest successful backup {newest.run_id} started {duration_text(-age)} in the future by this "
+                    "host's clock, so the RPO cannot be checked: the clock of the host that ran it was ahead, or "
+                    "this host's is behind (NTP)"))
     elif age > result.rpo_s:
         add(Finding("critical", "backups",
                     f"newest successful backup {newest.run_id} is {duration_text(age)} old, over the RPO of "

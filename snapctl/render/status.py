@@ -221,8 +221,9 @@ def _backups(s) -> list[Text]:
 
     lines: list[Text] = []
     if s.latest_success is not None:
-        lines.append(Text(f"newest good backup: {s.latest_success.run_id}, {_age(s.latest_success_age_s or 0)} ago "
-                          f"(RPO {_age(s.rpo_s)})"))
+        age = s.latest_success_age_s or 0
+        when = f"{_age(age)} ago" if age >= 0 else f"started {_age(-age)} in the future"
+        lines.append(Text(f"newest good backup: {s.latest_success.run_id}, {when} (RPO {_age(s.rpo_s)})"))
     elif not s.catalog_read:
         lines.append(Text("newest good backup: unknown (the catalog cannot be read)"))
     else:

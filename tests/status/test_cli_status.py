@@ -96,6 +96,21 @@ def test_the_age_of_a_backup_over_the_rpo_is_said_in_the_unit_that_fits(tmp_path
     assert re.fullmatch(f"newest successful backup r-old is {said}", message), message
 
 
+def test_a_newest_backup_that_started_in_the_future_is_a_wrong_clock_not_a_fresh_backup(tmp_path):
+    # A control host whose clock ran two days ahead made the newest run: its age was negative
+    # ("-172800s ago"), under any RPO, so status said healthy while no backup was made for two days.
+    inventory = load(write_inventory(tmp_path, sqlite_nodes(tmp_path, 1), rpo="24h"))
+    record_run(inventory, "r-ahead", "succeeded", age_s=-2 * 86400)
+    code, doc = status_json(tmp_path)
+    assert code == ExitCode.DEGRADED
+    [finding] = [f for f in doc["data"]["verdict"]["findings"] if f["subject"] == "backups"]
+    assert finding["severity"] == "degraded"
+    assert re.match(r"newest successful backup r-ahead started 48\.0h in the future by this host's clock, so the RPO "
+                    r"cannot be checked", finding["message"]), finding
+    text = snapctl("status", "-i", "inventory.yaml", cwd=tmp_path)
+    assert "newest good backup: r-ahead, started 48.0h in the future (RPO 24.0h)" in text.stdout, text.stdout
+
+
 def test_node_filter_and_unknown_node(tmp_path):
     nodes = sqlite_nodes(tmp_path, 1) + [{"name": "gone", "agent": f"http://{LOOPBACK}:{free_port()}"}]
     write_inventory(tmp_path, nodes)
