@@ -47,6 +47,7 @@ from snapctl.restore import (
     check_provider,
     inventory_node,
     load_restorable,
+    no_engine_path,
     remap_paths,
     restore_volumes,
     restored_files,
@@ -313,8 +314,7 @@ def _on_this_machine(drill: _Drill, node: Node, record: NodeRecord, engine: dict
     result.runs_on = "this machine"
     settings = remap_paths(engine, inventory, node, result.volumes)
     if settings is None:
-        raise BadInputError("none of the engine's paths lies on a restored volume",
-                            hint="the node's volumes must cover the engine's data paths")
+        raise no_engine_path(inventory, node, result.volumes)
     assert record.state is not None
     result.mismatches += missing_files(record.state.files, volume_roots(node.volumes, inventory.resolve),
                                        result.volumes)

@@ -328,7 +328,8 @@ def _prepare_and_check(inventory: Inventory, node: Node, record: NodeRecord, res
         return
     settings = remap_paths(engine_settings, inventory, node, result.volumes)
     if settings is None:
-        result.note = "none of the engine's paths lies on a restored volume: neither restore-prepared nor verified"
+        unmapped = no_engine_path(inventory, node, result.volumes)
+        result.note = f"{unmapped.message}: neither restore-prepared nor verified ({unmapped.hint})"
         return
     engine = create_engine(settings, base_dir=inventory.base_dir)
     try:
@@ -374,6 +375,20 @@ async def scratch_agent(inventory: Inventory, node: Node) -> AsyncIterator[Any]:
     scratch = inventory.model_copy(update={"nodes": [node.model_copy(update={"agent": node.restore.agent})]})
     async with open_agents(scratch) as agents:
         yield agents[node.name]
+
+
+def no_engine_path(inventory: Inventory, node: Node, restored: dict[str, str]) -> BadInputError:
+    """Why ``remap_paths`` found no engine path on the restored volumes. A volume is matched to
+    the inventory's by name: one renamed since the run matches none."""
+    names = list(volume_roots(node.volumes, inventory.resolve))
+    if unknown := [volume for volume in restored if volume not in names]:
+        return BadInputError(
+            f"none of the engine's paths lies on a restored volume: the run's volume {', '.join(unknown)} is not "
+            f"among the node's volumes in the inventory ({', '.join(names) or 'none'}), renamed since the run?",
+            hint="give the volume back the name it had in the run: a restore finds the engine's data on a volume "
+                 "by its name")
+    return BadInputError("none of the engine's paths lies on a restored volume",
+                         hint="the node's volumes must cover the engine's data paths")
 
 
 def remap_paths(engine: dict[str, Any], inventory: Inventory, node: Node, restored: dict[str, str]) -> dict | None:

@@ -341,3 +341,22 @@ def test_the_junit_report_is_readable_by_the_ci_step_that_publishes_it(tmp_path)
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "drill.xml").stat().st_mode) == 0o644
     assert sorted(p.name for p in tmp_path.iterdir()) == ["drill.xml"]  # no temp file left beside it
+
+
+def test_a_volume_renamed_in_the_inventory_since_the_run_is_named_not_taken_for_data_outside_the_volumes(
+        sqlite_cluster, tmp_path):
+    # `volumes: [{name: data}]` became `{name: db}` (same directory): every older run's drill failed
+    # "none of the engine's paths lies on a restored volume", hint "the node's volumes must cover
+    # the engine's data paths", which they do; restore said the same and exited 0.
+    run_id = sqlite_cluster.backup()
+    for node in ("n1", "n2"):
+        sqlite_cluster.edit(**{f"node_{node}": {"volumes": [{"name": "db", "path": f"{node}/data"}]}})
+
+    report = run_drill(sqlite_cluster.inventory, run_id, junit=tmp_path / "drill.xml")
+    assert [n.verdict for n in report.nodes] == ["error", "error"]
+    assert "the run's volume data is not among the node's volumes in the inventory (db), renamed since the run?" \
+        in report.nodes[0].error, report.nodes[0].error
+    assert report.nodes[0].hint.startswith("give the volume back the name it had in the run")
+
+    restored = restore_run(sqlite_cluster.inventory, run_id, tmp_path / "restored", record_it=False)
+    assert "renamed since the run?" in restored.nodes[0].note, restored.nodes[0].note
