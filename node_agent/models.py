@@ -7,9 +7,10 @@ Everything here is versioned under the agent's ``/v1`` API; add fields, never re
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 
 RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 MAX_LEASE_S = 3600.0
@@ -116,29 +117,55 @@ class JobResult(Model):
 # ---- agent API (/v1) -----------------------------------------------------------------------
 
 
-class PrepareRequest(Model):
+class Request(Model):
+    """A request body the agent parses: strict, so a value of the wrong JSON type is refused (422)
+    rather than coerced (``"lease_s": "30"`` as 30, ``true`` as 1). Only an integer is taken for a
+    number of seconds: JSON has one number type, and ``30`` is how most clients write thirty."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+def _iso_time_only(value: Any) -> Any:
+    # JSON has no time type: the only way to send one is an ISO 8601 string. Lax datetime parsing
+    # would also take a number as Unix seconds, which no client of this API means.
+    if isinstance(value, str):
+        return value
+    raise PydanticCustomError("datetime_type", "input should be an ISO 8601 time with its zone")
+
+
+def _with_zone(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise PydanticCustomError("timezone_aware", "input should have a time zone")
+    return value
+
+
+# strict=False lets the string be parsed into a datetime; the validators keep it to strings with a zone.
+IsoTime = Annotated[datetime, Field(strict=False), BeforeValidator(_iso_time_only), AfterValidator(_with_zone)]
+
+
+class PrepareRequest(Request):
     run_id: str = Field(pattern=RUN_ID_PATTERN)
     lease_s: float = Field(gt=0, le=MAX_LEASE_S)
     # The instant (UTC, the agent's clock) to begin the hold: every node of a cluster is sent the
     # same one, so their holds begin together however long sending N prepares takes. A prepare
     # that arrives later holds at once; absent, the hold begins on arrival.
-    hold_at: datetime | None = None
+    hold_at: IsoTime | None = None
 
 
-class RenewRequest(Model):
+class RenewRequest(Request):
     run_id: str = Field(pattern=RUN_ID_PATTERN)
     lease_s: float | None = Field(default=None, gt=0, le=MAX_LEASE_S)
 
 
-class CompleteRequest(Model):
+class CompleteRequest(Request):
     run_id: str = Field(pattern=RUN_ID_PATTERN)
 
 
-class TriggerRequest(Model):
+class TriggerRequest(Request):
     target: str | None = Field(default=None, max_length=256)
 
 
-class RestorePrepareRequest(Model):
+class RestorePrepareRequest(Request):
     path: str | None = Field(default=None, max_length=4096)
 
 

@@ -92,6 +92,42 @@ def test_invalid_requests_get_one_line_naming_the_field(api: httpx.Client) -> No
     assert bad_target.status_code == 400 and "unknown trigger target" in error_of(bad_target).error
 
 
+@pytest.mark.parametrize(("path", "body", "error", "hint"), [
+    ("/v1/prepare", {"run_id": "r1", "lease_s": "30"}, 'lease_s: expected a number, got a string ("30")',
+     'send the number itself, not a string: "lease_s": 30'),
+    ("/v1/prepare", {"run_id": "r1", "lease_s": True}, "lease_s: expected a number, got true", None),
+    ("/v1/renew", {"run_id": "r1", "lease_s": "12.5"}, 'lease_s: expected a number, got a string ("12.5")',
+     'send the number itself, not a string: "lease_s": 12.5'),
+    ("/v1/prepare", {"run_id": 42, "lease_s": 30}, "run_id: expected a string, got a number (42)", None),
+    ("/v1/complete", {"run_id": ["r1"]}, "run_id: expected a string, got an array", None),
+    ("/v1/prepare", {"run_id": "r1", "lease_s": 30, "hold_at": 1767225600},
+     "hold_at: expected an ISO 8601 time with its zone, got a number (1767225600)",
+     "send UTC with its zone, e.g. 2026-12-06T02:15:03Z"),
+    ("/v1/prepare", {"run_id": "r1", "lease_s": 30, "hold_at": "2026-01-01T00:00:00"},
+     'hold_at: expected an ISO 8601 time with its zone, got a time without one ("2026-01-01T00:00:00")',
+     "send UTC with its zone, e.g. 2026-12-06T02:15:03Z"),
+    ("/v1/trigger", {"target": 7}, "target: expected a string, got a number (7)", None),
+    ("/v1/restore-prepare", {"path": False}, "path: expected a string, got false", None),
+    ("/v1/prepare", ["r1", 30], "request body: expected a JSON object, got an array", None),
+], ids=["lease-as-string", "lease-as-bool", "renew-lease-as-string", "run-id-as-number", "run-id-as-array",
+        "hold-at-as-number", "hold-at-without-zone", "target-as-number", "path-as-bool", "body-as-array"])
+def test_values_of_the_wrong_json_type_are_refused_not_coerced(api: httpx.Client, db: Path, path: str, body: object,
+                                                                error: str, hint: str | None) -> None:
+    # pydantic's lax mode took "30" for 30 and true for 1: a client's type mistake held the database.
+    refused = api.post(path, json=body)
+    assert refused.status_code == 422, refused.text
+    assert (error_of(refused).error, error_of(refused).hint) == (error, hint)
+    assert api.get("/v1/status").json()["lease"] is None and try_write(db)
+
+
+def test_an_integer_for_seconds_and_null_where_allowed_are_still_taken(api: httpx.Client) -> None:
+    # JSON has one number type: 30 is thirty seconds, as 30.0 is.
+    assert api.post("/v1/prepare", json={"run_id": "r1", "lease_s": 30}).status_code == 200
+    assert api.post("/v1/renew", json={"run_id": "r1", "lease_s": 45.5}).status_code == 200
+    assert api.post("/v1/renew", json={"run_id": "r1", "lease_s": None}).status_code == 200
+    assert api.post("/v1/complete", json={"run_id": "r1"}).json()["released"] is True
+
+
 def test_oversized_bodies_get_413(engine: SqliteEngine) -> None:
     with served(engine, max_body_bytes=1024) as api:
         big = {"run_id": "run-1", "lease_s": 60, "pad": "x" * 2048}

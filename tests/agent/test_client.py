@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -44,10 +45,14 @@ def test_a_backup_cycle_through_open_agents(tmp_path: Path, engine: SqliteEngine
                     assert list(agents) == ["n1", "n2"]
                     assert isinstance(agents["n1"], HttpAgentClient)
                     assert isinstance(agents["n2"], EmbeddedAgentClient)
-                    states = await asyncio.gather(*(a.prepare("run-1", 60) for a in agents.values()))
+                    # What a cluster run sends: a float lease and an aware hold_at, which the agent's
+                    # strict request models must take as they are.
+                    hold_at = datetime.now(UTC) + timedelta(seconds=0.1)
+                    states = await asyncio.gather(*(a.prepare("run-1", 60.0, hold_at) for a in agents.values()))
                     assert [s.state.facts.tables["items"].rows for s in states] == [10, 10]
                     assert not try_write(db) and not try_write(tmp_path / "embedded.db")
                     await agents["n1"].renew("run-1")
+                    await agents["n1"].renew("run-1", 45.0)
                     assert (await agents["n1"].status()).lease.run_id == "run-1"
                     assert (await agents["n1"].complete("run-1")).released is True
                     assert (await agents["n1"].verify()).tables["items"].rows == 10
