@@ -14,8 +14,12 @@ from pydantic_core import PydanticCustomError
 
 RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 MAX_LEASE_S = 3600.0
-# How far ahead a prepare may ask to be held (``hold_at``): further than this is a clock problem.
+# The longest hold lead snapctl may be configured with (policy.hold_lead_s; its automatic lead is
+# at most 2 s, 0.17 s for 1000 nodes over TLS). An agent accepts a ``hold_at`` that far ahead of its
+# clock plus 1 s, as snapctl's host may be a little ahead of it (NTP keeps them milliseconds
+# apart); further ahead is a clock problem, or a prepare that only means to keep a connection busy.
 MAX_HOLD_LEAD_S = 10.0
+MAX_HOLD_AT_AHEAD_S = MAX_HOLD_LEAD_S + 1.0
 
 
 class Model(BaseModel):

@@ -3,7 +3,8 @@
 A prepare is a lease. If the holding run stops renewing it (snapctl crashed, the network split),
 the watcher completes the engine by itself when the lease runs out: a backup can never leave a
 database frozen. Leases are fenced by run id, so a late call from a dead run cannot release a
-newer run's hold. Synchronous and thread-safe: one lock, engine calls never overlap.
+newer run's hold. Synchronous and thread-safe: one lock, engine calls never overlap. The one
+coroutine, ``wait_for_hold_at``, lets the HTTP app wait for a prepare's instant on its event loop.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from node_agent.engines.base import Engine
+from node_agent.hold_waits import HoldWaits
 from node_agent.models import (
+    MAX_HOLD_AT_AHEAD_S,
     MAX_HOLD_LEAD_S,
     MAX_LEASE_S,
     RUN_ID_PATTERN,
@@ -109,8 +112,7 @@ class AgentService:
         self._changed = threading.Condition(self._lock)
         self._lease: _Lease | None = None
         self._ended: OrderedDict[str, str] = OrderedDict()  # run id -> how its hold ended
-        self._waiting: dict[str, int] = {}  # run id -> prepares waiting for their hold_at
-        self._cancelled: set[str] = set()  # runs completed while their prepare waited: it must not hold
+        self._waiting = HoldWaits()  # prepares waiting for their hold_at, which their run's complete cancels
         self._stats = AgentStats()
         self._closed = False
         self._busy: tuple[str, float] | None = None  # the engine call under way, and since when
@@ -184,16 +186,13 @@ class AgentService:
     # ---- the lease ----------------------------------------------------------------------
 
     def prepare(self, run_id: str, lease_s: float, hold_at: datetime | None = None) -> PrepareResponse:
-        _check_run_id(run_id)
-        self._check_lease_s(lease_s)
-        lead = _hold_lead_s(hold_at)
+        """Hold the engine, from ``hold_at`` on when it is ahead (waiting in this thread; the HTTP
+        app waits with ``wait_for_hold_at`` instead, then calls this without it)."""
+        lead = self._lead_before_hold(run_id, lease_s, hold_at)
+        if lead > 0 and not self._waiting.wait(run_id, lead):
+            raise self._cancelled_before_hold(run_id)
         with self._lock:
-            if self._ended.get(run_id) == _COMPLETED_FIRST:
-                log.info("prepare of run %s refused: its complete came first; nothing is held", run_id)
-                raise LeaseConflict(f"node {self.node}: run {run_id} completed this node before its prepare "
-                                    "arrived (a run rolling back); nothing is held")
-            if lead > 0:
-                self._wait_for_hold_at(run_id, lead)
+            self._refuse_if_completed_first(run_id)
             if self._closed:
                 raise EngineError(f"the agent of node {self.node} is shutting down", hint="retry when it is back")
             self._expire_if_due()
@@ -221,6 +220,14 @@ class AgentService:
             log.info("prepared for run %s (lease %.1fs, engine took %.3fs)", run_id, lease_s, done - now)
             return PrepareResponse(run_id=run_id, lease=self._lease.info(), state=state)
 
+    async def wait_for_hold_at(self, run_id: str, lease_s: float, hold_at: datetime | None) -> None:
+        """The wait of ``prepare(run_id, lease_s, hold_at)`` for its instant, as a coroutine: it
+        occupies no thread. The caller then calls ``prepare(run_id, lease_s)``. What prepare would
+        refuse at once (a bad lease, an instant too far ahead) is refused here first, without waiting."""
+        lead = self._lead_before_hold(run_id, lease_s, hold_at)
+        if lead > 0 and not await self._waiting.wait_async(run_id, lead):
+            raise self._cancelled_before_hold(run_id)
+
     def renew(self, run_id: str, lease_s: float | None = None) -> LeaseInfo:
         _check_run_id(run_id)
         if lease_s is not None:
@@ -243,10 +250,8 @@ class AgentService:
             self._expire_if_due()
             lease = self._lease
             if lease is None or lease.run_id != run_id:
-                if run_id in self._waiting:  # its prepare waits for hold_at: it will not hold
-                    self._cancelled.add(run_id)
+                if self._waiting.cancel(run_id):  # its prepare waits for hold_at: it will not hold
                     self._remember_ended(run_id, "cancelled before it began")
-                    self._changed.notify_all()
                     return CompleteResponse(run_id=run_id, released=False)
                 if run_id in self._ended:
                     return CompleteResponse(run_id=run_id, released=False)
@@ -327,25 +332,32 @@ class AgentService:
         self.engine.close()
         return still_held
 
-    # ---- internals (call with the lock held) --------------------------------------------
+    # ---- hold_at: checked, and waited for, without the lock --------------------------------
 
-    def _wait_for_hold_at(self, run_id: str, lead: float) -> None:
-        """Wait (lock released meanwhile) until the hold may begin. A complete of the same run that
-        arrives first, from a run rolling back, cancels the prepare: the engine is never held."""
-        self._waiting[run_id] = self._waiting.get(run_id, 0) + 1
-        try:
-            deadline = time.monotonic() + lead  # hold_at is wall-clock time: not the injectable clock
-            while run_id not in self._cancelled and (remaining := deadline - time.monotonic()) > 0:
-                self._changed.wait(remaining)
-            if run_id in self._cancelled:
-                log.info("prepare of run %s cancelled by its complete before its hold began", run_id)
-                raise LeaseConflict(f"node {self.node}: the prepare of run {run_id} was cancelled by its "
-                                    "complete before the hold began; nothing is held")
-        finally:
-            self._waiting[run_id] -= 1
-            if not self._waiting[run_id]:
-                del self._waiting[run_id]
-                self._cancelled.discard(run_id)
+    def _lead_before_hold(self, run_id: str, lease_s: float, hold_at: datetime | None) -> float:
+        """Seconds until a prepare's hold may begin, once what prepare checks up front has passed."""
+        _check_run_id(run_id)
+        self._check_lease_s(lease_s)
+        lead = _hold_lead_s(hold_at)
+        if lead > 0:
+            self._refuse_if_completed_first(run_id)
+            log.debug("prepare of run %s waits %.3fs for its hold_at", run_id, lead)
+        return lead
+
+    def _refuse_if_completed_first(self, run_id: str) -> None:
+        # Also read before a prepare waits, without the lock (an engine call may hold it for
+        # minutes): refused at once rather than after the wait. Under the lock, it is the check that counts.
+        if self._ended.get(run_id) == _COMPLETED_FIRST:
+            log.info("prepare of run %s refused: its complete came first; nothing is held", run_id)
+            raise LeaseConflict(f"node {self.node}: run {run_id} completed this node before its prepare "
+                                "arrived (a run rolling back); nothing is held")
+
+    def _cancelled_before_hold(self, run_id: str) -> LeaseConflict:
+        log.info("prepare of run %s cancelled by its complete before its hold began", run_id)
+        return LeaseConflict(f"node {self.node}: the prepare of run {run_id} was cancelled by its "
+                             "complete before the hold began; nothing is held")
+
+    # ---- internals (call with the lock held) --------------------------------------------
 
     def _expire_if_due(self) -> bool:
         lease = self._lease
@@ -449,9 +461,12 @@ def _hold_lead_s(hold_at: datetime | None) -> float:
     if hold_at.tzinfo is None:
         raise BadInputError(f"hold_at {hold_at.isoformat()} has no time zone", hint="send UTC, e.g. ...Z")
     lead = (hold_at - datetime.now(timezone.utc)).total_seconds()
-    if lead > MAX_HOLD_LEAD_S:
-        raise BadInputError(f"hold_at is {lead:.1f}s ahead of this node's clock; at most {MAX_HOLD_LEAD_S:g}s",
-                            hint="synchronise the clocks of snapctl's host and this node (NTP)")
+    if lead > MAX_HOLD_AT_AHEAD_S:
+        raise BadInputError(
+            f"hold_at is {lead:.1f}s ahead of this node's clock; at most {MAX_HOLD_AT_AHEAD_S:g}s (snapctl's "
+            f"policy.hold_lead_s is at most {MAX_HOLD_LEAD_S:g}s, and {MAX_HOLD_AT_AHEAD_S - MAX_HOLD_LEAD_S:g}s "
+            "more is allowed for clocks apart)",
+            hint="synchronise the clocks of snapctl's host and this node (NTP)")
     return max(lead, 0.0)
 
 

@@ -104,7 +104,7 @@ class Policy(Strict):
     # Cluster mode: every prepare carries one instant to begin the hold, this far ahead of sending
     # them, so holds begin together however long N requests take to send. None: from the
     # preflight's fan-out time (at most 2 s); 0: each node holds as its prepare arrives.
-    hold_lead_s: float | None = Field(default=None, ge=0, le=10)
+    hold_lead_s: float | None = Field(default=None, ge=0)
     trigger_engine_snapshot: Flag = False
     lock_ttl_s: float = 120.0
     # Where snapshot calls are made: a child process of their own (its GIL is not the event loop's,
@@ -127,6 +127,16 @@ class Policy(Strict):
     @classmethod
     def _lead(cls, value: Any) -> float | None:
         return None if value is None else parse_duration(value)  # 0 is allowed: holds begin on arrival
+
+    @field_validator("hold_lead_s", mode="after")
+    @classmethod
+    def _lead_within_the_agents_bound(cls, value: float | None) -> float | None:
+        # Agents refuse a hold_at further ahead (400), so every prepare of every run would fail.
+        from node_agent.models import MAX_HOLD_LEAD_S
+
+        if value is not None and value > MAX_HOLD_LEAD_S:
+            raise ValueError(f"at most {MAX_HOLD_LEAD_S:g}s: agents refuse a hold instant further ahead")
+        return value
 
     @field_validator(
         "lease_ttl_s", "max_freeze_s", "agent_timeout_s", "prepare_timeout_s", "snapshot_timeout_s",

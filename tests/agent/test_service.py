@@ -241,9 +241,35 @@ def test_a_complete_while_the_prepare_waits_for_hold_at_cancels_it(service: Agen
 def test_hold_at_far_ahead_or_without_a_time_zone_is_refused(service: AgentService) -> None:
     from datetime import UTC, datetime, timedelta
 
-    with pytest.raises(BadInputError, match=r"hold_at is 6\d\.\ds ahead of this node's clock; at most 10s") as far:
+    with pytest.raises(BadInputError, match=r"hold_at is 6\d\.\ds ahead of this node's clock; at most 11s "
+                       r"\(snapctl's policy.hold_lead_s is at most 10s, and 1s more is allowed for clocks apart\)") as far:
         service.prepare("run-1", 30, datetime.now(UTC) + timedelta(seconds=61))
     assert "NTP" in (far.value.hint or "")
     with pytest.raises(BadInputError, match="has no time zone"):
         service.prepare("run-1", 30, datetime.now() + timedelta(seconds=1))
     assert service.lease is None
+
+
+def test_the_longest_lead_snapctl_sends_is_waited_for_from_a_clock_a_little_ahead(service: AgentService) -> None:
+    """policy.hold_lead_s may be up to MAX_HOLD_LEAD_S; were snapctl's clock half a second ahead of
+    this node's, its hold_at would lie that much further ahead. The agent refused it (the bound was
+    the lead itself), so every prepare of such a run failed; it now waits for it."""
+    import threading
+    from datetime import UTC, datetime, timedelta
+
+    from node_agent.models import MAX_HOLD_LEAD_S
+
+    outcome: list[BaseException | object] = []
+
+    def prepare() -> None:
+        try:
+            outcome.append(service.prepare("run-1", 30, datetime.now(UTC) + timedelta(seconds=MAX_HOLD_LEAD_S + 0.5)))
+        except BaseException as exc:  # noqa: BLE001 - the assertion below says what was expected
+            outcome.append(exc)
+
+    waiting = threading.Thread(target=prepare)
+    waiting.start()
+    wait_until(lambda: "run-1" in service._waiting or bool(outcome), what="the prepare to wait or be refused")
+    service.complete("run-1")  # not to wait the instant out: a waiting prepare is cancelled
+    waiting.join(timeout=5)
+    assert isinstance(outcome[0], LeaseConflict) and "cancelled by its complete" in str(outcome[0]), outcome

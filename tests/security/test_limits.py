@@ -3,13 +3,14 @@ request rate per client and endpoint (429 with Retry-After)."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
@@ -288,6 +289,46 @@ def test_the_agent_process_bounds_connections_per_client(tmp_path: Path) -> None
             sock.close()
         wait_until(lambda: httpx.get(agent.url + "/v1/status", headers={"Authorization": f"Bearer {AGENT_TOKEN}"})
                    .status_code == 200, what="the agent to serve again")
+
+
+def test_prepares_waiting_for_their_hold_at_leave_the_worker_threads_free(tmp_path: Path) -> None:
+    # The wait for hold_at ran in one of the 40 worker threads anyio gives starlette: a token
+    # holder's prepares naming an instant 10 s ahead occupied every one, and snapctl's status and
+    # complete queued behind them until that instant. 48 prepares from two addresses (under the
+    # connection bound of each) now all wait at once, and are cancelled meanwhile.
+    db = make_db(tmp_path / "data.db")
+    holder = {"Authorization": f"Bearer {AGENT_TOKEN}"}
+    runs = [f"flood-{i}" for i in range(48)]
+    with agent_process(write_config(tmp_path, db, extra="log_level: debug\n")) as agent:
+        hold_at = (datetime.now(UTC) + timedelta(seconds=10)).isoformat()
+
+        def waiting() -> int:
+            return agent.log.count("for its hold_at")  # the agent's debug line as each prepare begins to wait
+
+        async def flood() -> tuple[list[httpx.Response], httpx.Response, list[httpx.Response]]:
+            senders = [httpx.AsyncClient(base_url=agent.url, headers=holder, timeout=60,
+                                         transport=httpx.AsyncHTTPTransport(local_address=address))
+                       for address in ("127.0.0.2", "127.0.0.3")]
+            try:
+                prepares = [asyncio.create_task(senders[i % 2].post(
+                    "/v1/prepare", json={"run_id": run, "lease_s": 60, "hold_at": hold_at}))
+                    for i, run in enumerate(runs)]
+                await asyncio.to_thread(wait_until, lambda: waiting() == len(runs),
+                                        what="every prepare to wait for its hold_at at once")
+                async with httpx.AsyncClient(base_url=agent.url, headers=holder, timeout=60) as snapctl:
+                    status = await snapctl.get("/v1/status")
+                    completes = [await snapctl.post("/v1/complete", json={"run_id": run}) for run in runs]
+                return completes, status, await asyncio.gather(*prepares)
+            finally:
+                for sender in senders:
+                    await sender.aclose()
+
+        completes, status, prepares = asyncio.run(flood())
+    assert status.status_code == 200 and status.json()["lease"] is None
+    assert [c.json()["released"] for c in completes] == [False] * len(runs)
+    assert {p.status_code for p in prepares} == {409}
+    assert all("cancelled by its complete before the hold began" in p.json()["error"] for p in prepares)
+    assert "prepared for run" not in agent.log and try_write(db)
 
 
 def test_an_ipv6_client_is_counted_by_its_64_not_by_each_address() -> None:
