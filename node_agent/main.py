@@ -118,7 +118,14 @@ def _serve(config: AgentConfig, token: str | None, metrics_token: str | None, en
 
     settings = config.engine_settings
     service = AgentService(config.node, engine, allow_restore_prepare=config.restore_target)
-    tls = config.tls if config.uses_tls else None
+    try:
+        tls = _tls_context(config) if config.uses_tls else None
+    except (OSError, ssl.SSLError) as exc:  # check_tls_files() passed, so only if a file changed since
+        service.close()
+        sock.close()
+        reason = (exc.reason or str(exc)).lower() if isinstance(exc, ssl.SSLError) else os_reason(exc)
+        return _fail(BadInputError(f"{config.source}: cannot load the tls files: {reason}",
+                                   hint="check tls.cert_file, tls.key_file and tls.client_ca_file"))
     uv_config = uvicorn.Config(
         create_app(service, token, max_body_bytes=config.max_body_bytes, rate_per_s=config.rate_per_s,
                    burst=config.burst, metrics_token=metrics_token),
@@ -126,23 +133,14 @@ def _serve(config: AgentConfig, token: str | None, metrics_token: str | None, en
         log_level=config.log_level,
         lifespan="off",
         server_header=False,
-        http=guarded_http(),  # half-sent requests are timed out, and connections per client bounded
+        # Half-sent requests and TLS handshakes are timed out, and connections per client bounded
+        # from their TCP connect on: so the protocol does TLS, and uvicorn is given no ssl settings.
+        http=guarded_http(tls=tls),
         timeout_graceful_shutdown=int(settings.timeout_s) + 5,
-        ssl_certfile=str(config.resolve(tls.cert_file)) if tls and tls.cert_file else None,
-        ssl_keyfile=str(config.resolve(tls.key_file)) if tls and tls.key_file else None,
-        ssl_ca_certs=str(config.resolve(tls.client_ca_file)) if tls and tls.client_ca_file else None,
-        ssl_cert_reqs=ssl.CERT_REQUIRED if tls and tls.client_ca_file else ssl.CERT_NONE,
     )
     server = uvicorn.Server(uv_config)
     logging.getLogger("uvicorn.access").addFilter(quiet_refusals)  # the rate limit logs them summed up
-    try:
-        uv_config.load()
-    except (OSError, ssl.SSLError) as exc:  # check_tls_files() passed, so only if a file changed since
-        service.close()
-        sock.close()
-        reason = (exc.reason or str(exc)).lower() if isinstance(exc, ssl.SSLError) else os_reason(exc)
-        return _fail(BadInputError(f"{config.source}: cannot load the tls files: {reason}",
-                                   hint="check tls.cert_file, tls.key_file and tls.client_ca_file"))
+    uv_config.load()  # here, not in server.run: what it loads is frozen out of the collector's scans below
     try:
         def stop(signum: int, _frame: FrameType | None) -> None:
             # Before uvicorn takes the signals over, and after it hands them back (it re-raises
@@ -172,6 +170,18 @@ def _serve(config: AgentConfig, token: str | None, metrics_token: str | None, en
         else:
             log.error("snapctl-agent %s stopped; its engine is still held for run %s", config.node, still_held)
     return int(ExitCode.OK if still_held is None else ExitCode.RUN_FAILED)
+
+
+def _tls_context(config: AgentConfig) -> ssl.SSLContext:
+    """The server side of TLS, as uvicorn made it from its ssl settings, but with Python's default
+    ciphers (TLS 1.2 and up) and never a passphrase prompt (check_tls_files refused encrypted keys)."""
+    assert config.tls is not None and config.tls.cert_file and config.tls.key_file
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(config.resolve(config.tls.cert_file), config.resolve(config.tls.key_file), password="")
+    if config.tls.client_ca_file:
+        context.load_verify_locations(config.resolve(config.tls.client_ca_file))
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -30,6 +30,7 @@ import ipaddress
 import json
 import logging
 import math
+import ssl
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection
@@ -199,8 +200,8 @@ REQUEST_TIMEOUT_S = 10.0  # a request must arrive whole within this of its conne
 MAX_CONNECTIONS_PER_CLIENT = 32  # open connections per client address; snapctl needs a few
 
 
-def guarded_http(request_timeout_s: float = REQUEST_TIMEOUT_S,
-                 max_per_client: int = MAX_CONNECTIONS_PER_CLIENT) -> type[asyncio.Protocol]:
+def guarded_http(request_timeout_s: float = REQUEST_TIMEOUT_S, max_per_client: int = MAX_CONNECTIONS_PER_CLIENT,
+                 tls: ssl.SSLContext | None = None) -> type[asyncio.Protocol]:
     """uvicorn's HTTP/1.1 protocol with two bounds on connections, for ``uvicorn.Config(http=...)``.
 
     uvicorn waits for a request's headers for ever: anyone who can reach the port (no token
@@ -209,8 +210,15 @@ def guarded_http(request_timeout_s: float = REQUEST_TIMEOUT_S,
     request has not arrived whole (headers and body) ``request_timeout_s`` after it opened or after
     its last answer is closed (a request the app is working on, a prepare waiting for its hold, is
     not timed), and a client address gets at most ``max_per_client`` connections open at once:
-    those beyond are closed at once."""
+    those beyond are closed at once.
+
+    ``tls``: serve HTTPS, the handshake done here (give uvicorn no ssl settings then). Left to
+    uvicorn, it came before the protocol saw the connection: a client that never finished its
+    handshake held the connection for asyncio's 60 s and was not counted against its address. Here
+    a connection is counted from its TCP connect, and the handshake falls within the same
+    ``request_timeout_s`` as the request that follows it."""
     from uvicorn.protocols.http.h11_impl import H11Protocol
+    from uvicorn.protocols.utils import get_remote_addr
 
     open_per_client: dict[str, int] = {}
     warned: set[str] = set()
@@ -218,26 +226,66 @@ def guarded_http(request_timeout_s: float = REQUEST_TIMEOUT_S,
     class GuardedH11Protocol(H11Protocol):
         _slow_timer: asyncio.TimerHandle | None = None
         _counted: str | None = None
+        _raw: asyncio.Transport | None = None  # the TCP connection while its TLS handshake runs
+        _early: list[bytes] | None = None  # requests TLS decrypted before the HTTP side was told of it
+        _handshake: asyncio.Task[None] | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            host = client_of(str((self.client or ("unknown",))[0]))
-            self._counted = host
-            open_per_client[host] = open_per_client.get(host, 0) + 1
-            if open_per_client[host] > max_per_client:
-                if host not in warned:
-                    warned.add(host)
-                    log.warning("refusing connections from %s: more than %d open at once; closing those beyond",
-                                host, max_per_client)
-                transport.close()
+            if tls is None:
+                super().connection_made(transport)
+            if not self._admit(transport):
                 return
             self._arm()
+            if tls is not None:
+                self._raw, self._early = transport, []
+                self._handshake = self.loop.create_task(self._start_tls(transport))
+
+        def _admit(self, transport: asyncio.Transport) -> bool:
+            host = client_of(str((get_remote_addr(transport) or ("unknown",))[0]))
+            self._counted = host
+            open_per_client[host] = open_per_client.get(host, 0) + 1
+            if open_per_client[host] <= max_per_client:
+                return True
+            if host not in warned:
+                warned.add(host)
+                log.warning("refusing connections from %s: more than %d open at once; closing those beyond",
+                            host, max_per_client)
+            transport.close()
+            return False
+
+        async def _start_tls(self, raw: asyncio.Transport) -> None:
+            assert tls is not None
+            try:
+                secure = await self.loop.start_tls(raw, self, tls, server_side=True,
+                                                   ssl_handshake_timeout=request_timeout_s)
+            except Exception as exc:  # noqa: BLE001 - any failed handshake ends the connection alike
+                log.debug("tls handshake from %s failed: %s", self._counted, exc)
+                secure = None
+            self._raw = None
+            if secure is None:  # failed, or closed meanwhile (by _too_slow, or by the client)
+                self._release()
+                return
+            super().connection_made(secure)  # type: ignore[arg-type]
+            early, self._early = self._early or [], None
+            for data in early:
+                super().data_received(data)
+
+        def data_received(self, data: bytes) -> None:
+            if self._early is not None:  # decrypted as the handshake ended, before _start_tls resumed
+                self._early.append(data)
+            else:
+                super().data_received(data)
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
             self._arm()
 
         def connection_lost(self, exc: Exception | None) -> None:
+            self._release()
+            if self.transport is not None:  # else refused, or TLS never came up: HTTP never began
+                super().connection_lost(exc)
+
+        def _release(self) -> None:
             if self._slow_timer is not None:
                 self._slow_timer.cancel()
             host, self._counted = self._counted, None
@@ -246,7 +294,6 @@ def guarded_http(request_timeout_s: float = REQUEST_TIMEOUT_S,
                 if not open_per_client[host]:
                     del open_per_client[host]
                     warned.discard(host)
-            super().connection_lost(exc)
 
         def _arm(self) -> None:
             if self._slow_timer is not None:
@@ -257,9 +304,10 @@ def guarded_http(request_timeout_s: float = REQUEST_TIMEOUT_S,
             cycle = self.cycle
             if cycle is not None and not cycle.response_complete and not cycle.more_body:
                 return  # received whole: the app is answering it (on_response_complete re-arms)
-            if not self.transport.is_closing():
+            transport = self._raw or self.transport
+            if transport is not None and not transport.is_closing():
                 log.debug("closing a connection from %s: no whole request within %gs",
                          self._counted, request_timeout_s)
-                self.transport.close()
+                transport.close()
 
     return GuardedH11Protocol

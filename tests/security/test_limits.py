@@ -291,6 +291,61 @@ def test_the_agent_process_bounds_connections_per_client(tmp_path: Path) -> None
                    .status_code == 200, what="the agent to serve again")
 
 
+def test_a_stalled_tls_handshake_is_timed_out_like_a_half_sent_request(tmp_path: Path, service: AgentService) -> None:
+    # uvicorn did TLS before the protocol saw a connection: one that never finished its handshake
+    # was held for asyncio's 60 s, whatever the agent's own request timeout.
+    import ssl
+
+    from node_agent.ratelimit import guarded_http
+    from tests.agent.certs import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(pki.server_cert, pki.server_key)
+    client_tls = ssl.create_default_context(cafile=str(pki.ca))
+    server = uvicorn.Server(uvicorn.Config(create_app(service, TOKEN), host="127.0.0.1", port=0, log_level="warning",
+                                           lifespan="off", http=guarded_http(request_timeout_s=1.0, tls=server_tls)))
+    with serve_server(server) as (host, port):
+        url = f"https://{host}:{port}/v1/status"
+        assert httpx.get(url, headers=AUTH, verify=client_tls).status_code == 200
+        silent = socket.create_connection((host, port))  # connects, and never says hello
+        half = socket.create_connection((host, port))
+        half.sendall(b"\x16\x03\x01\x02\x00\x01")  # the start of a ClientHello, and no more
+        assert _closed_within(silent, 5) and _closed_within(half, 5)
+        with httpx.Client(base_url=f"https://{host}:{port}", headers=AUTH, verify=client_tls) as client:
+            assert client.get("/v1/status").status_code == 200
+            prepared = client.post("/v1/prepare", json={"run_id": "r1", "lease_s": 30})
+            assert prepared.status_code == 200
+            assert client.post("/v1/complete", json={"run_id": "r1"}).json()["released"] is True
+
+
+def test_the_tls_agent_process_bounds_connections_per_client_before_the_handshake(tmp_path: Path) -> None:
+    # Counted only once their handshake was done, connections that never began one were not
+    # counted at all: one address could hold any number open, each for 60 s.
+    import ssl
+
+    from node_agent.ratelimit import MAX_CONNECTIONS_PER_CLIENT
+    from tests.agent.certs import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    config = write_config(tmp_path, make_db(tmp_path / "data.db"),
+                          extra=f"tls:\n  cert_file: {pki.server_cert}\n  key_file: {pki.server_key}\n")
+    client_tls = ssl.create_default_context(cafile=str(pki.ca))
+    holder = {"Authorization": f"Bearer {AGENT_TOKEN}"}
+    with agent_process(config, verify=client_tls, scheme="https") as agent:
+        host, port = agent.url.split("//")[1].split(":")
+        held = [socket.create_connection((host, int(port))) for _ in range(MAX_CONNECTIONS_PER_CLIENT)]
+        extra = socket.create_connection((host, int(port)))
+        assert _closed_within(extra, 5)  # before, it waited in its handshake for 60 s, uncounted
+        other = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2", verify=client_tls))
+        with other:
+            assert other.get(agent.url + "/v1/status", headers=holder).status_code == 200
+        for sock in held:
+            sock.close()
+        wait_until(lambda: httpx.get(agent.url + "/v1/status", headers=holder, verify=client_tls)
+                   .status_code == 200, what="the agent to serve again")
+
+
 def test_prepares_waiting_for_their_hold_at_leave_the_worker_threads_free(tmp_path: Path) -> None:
     # The wait for hold_at ran in one of the 40 worker threads anyio gives starlette: a token
     # holder's prepares naming an instant 10 s ahead occupied every one, and snapctl's status and
