@@ -237,6 +237,9 @@ def guarded_http(request_timeout_s: float = REQUEST_TIMEOUT_S, max_per_client: i
                 return
             self._arm()
             if tls is not None:
+                # Nothing is read until start_tls hands the connection to TLS: the ClientHello is
+                # the handshake's to read, never HTTP's.
+                transport.pause_reading()
                 self._raw, self._early = transport, []
                 self._handshake = self.loop.create_task(self._start_tls(transport))
 

@@ -4,8 +4,10 @@ request rate per client and endpoint (429 with Retry-After)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -294,8 +296,6 @@ def test_the_agent_process_bounds_connections_per_client(tmp_path: Path) -> None
 def test_a_stalled_tls_handshake_is_timed_out_like_a_half_sent_request(tmp_path: Path, service: AgentService) -> None:
     # uvicorn did TLS before the protocol saw a connection: one that never finished its handshake
     # was held for asyncio's 60 s, whatever the agent's own request timeout.
-    import ssl
-
     from node_agent.ratelimit import guarded_http
     from tests.agent.certs import make_pki
 
@@ -317,13 +317,40 @@ def test_a_stalled_tls_handshake_is_timed_out_like_a_half_sent_request(tmp_path:
             prepared = client.post("/v1/prepare", json={"run_id": "r1", "lease_s": 30})
             assert prepared.status_code == 200
             assert client.post("/v1/complete", json={"run_id": "r1"}).json()["released"] is True
+        # A request sent in the same write as the client's last handshake message (TLS 1.3) is
+        # decrypted as the handshake ends, before the HTTP side has been told of the connection.
+        answer = _request_with_the_handshakes_last_flight(host, port, client_tls)
+        assert answer.startswith(b"HTTP/1.1 200 ") and b'"status":"ok"' in answer
+
+
+def _request_with_the_handshakes_last_flight(host: str, port: int, client_tls: ssl.SSLContext) -> bytes:
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = client_tls.wrap_bio(incoming, outgoing, server_hostname=host)
+    with socket.create_connection((host, port), timeout=10) as sock:
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                sock.sendall(outgoing.read())
+                incoming.write(sock.recv(65536))
+        tls.write(b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        sock.sendall(outgoing.read())  # the client's Finished and the request, in one segment
+        answer = b""
+        while not answer.endswith(b"}"):
+            data = sock.recv(65536)
+            if not data:
+                break
+            incoming.write(data)
+            with contextlib.suppress(ssl.SSLWantReadError):
+                while chunk := tls.read(65536):
+                    answer += chunk
+    return answer
 
 
 def test_the_tls_agent_process_bounds_connections_per_client_before_the_handshake(tmp_path: Path) -> None:
     # Counted only once their handshake was done, connections that never began one were not
     # counted at all: one address could hold any number open, each for 60 s.
-    import ssl
-
     from node_agent.ratelimit import MAX_CONNECTIONS_PER_CLIENT
     from tests.agent.certs import make_pki
 
