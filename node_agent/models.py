@@ -123,8 +123,8 @@ class JobResult(Model):
 
 class Request(Model):
     """A request body the agent parses: strict, so a value of the wrong JSON type is refused (422)
-    rather than coerced (``"lease_s": "30"`` as 30, ``true`` as 1). Only an integer is taken for a
-    number of seconds: JSON has one number type, and ``30`` is how most clients write thirty."""
+    rather than coerced (``"lease_s": "30"`` as 30, ``true`` as 1). An integer still counts where a
+    number of seconds goes: JSON has one number type, and ``30`` is how most clients write thirty."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
