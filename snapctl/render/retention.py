@@ -18,6 +18,8 @@ def prune_text(renderer: Any, result: Any) -> int:
         for v in result.deleted:
             say(f"  {v.run_id}  {v.started_at:%Y-%m-%d %H:%M:%S}Z  {v.status}  ({'; '.join(v.reasons)})")
             say(f"    snapshots: {', '.join(v.snapshots) or 'none'}")
+    elif result.unfinished:  # the policy did let runs go: their deletes were refused, below
+        say(f"deleted no run: the {len(result.unfinished)} the policy lets go could not be deleted")
     else:
         say("nothing to delete: the policy keeps every run")
     if result.kept:

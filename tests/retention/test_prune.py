@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import tempfile
 from datetime import UTC, datetime, timedelta
@@ -10,11 +11,14 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from rich.console import Console
 
 from snapctl.catalog import Catalog
 from snapctl.config import Retention
-from snapctl.errors import LockHeld
+from snapctl.errors import ExitCode, LockHeld
 from snapctl.prune import apply, plan, prune
+from snapctl.render import Renderer
+from snapctl.render.retention import prune_text
 from snapctl.restore import RestoreRecord
 from snapctl.retention import PRUNING, Run, decide
 
@@ -205,6 +209,22 @@ def test_a_snapshot_with_a_damaged_snapshot_json_is_named_as_damaged_and_kept(sc
     assert unfinished.error == (f"snapshot {damaged.snapshot_id}: node n1: refusing to delete snapshot "
                                 f"{damaged.snapshot_id}: {metadata} is not valid JSON")
     assert metadata.parent.is_dir() and scene.catalog.load("r0").status == "pruning"
+
+
+def test_a_prune_whose_every_delete_was_refused_does_not_say_the_policy_keeps_every_run(scene: Scene) -> None:
+    old = scene.add_run("r0", T0)
+    scene.add_run("r1", T0 + timedelta(days=1))
+    (Path(old.nodes["n1"].snapshots[0].extra["path"]) / "snapshot.json").write_bytes(b'{"x')
+    result = prune(inventory(scene, {"keep_last": 1, "daily": 0, "weekly": 0, "monthly": 0}))
+    shown = Renderer()
+    shown.out = Console(file=io.StringIO(), width=400)
+    shown.err = Console(file=io.StringIO(), width=400)
+
+    assert prune_text(shown, result) == ExitCode.RUN_FAILED
+    out, err = shown.out.file.getvalue(), shown.err.file.getvalue()
+    assert "the policy keeps every run" not in out
+    assert "deleted no run: the 1 the policy lets go could not be deleted" in out
+    assert "not deleted: run r0: snapshot" in err
 
 
 def test_unreadable_manifests_are_reported_and_left_alone(scene: Scene) -> None:
