@@ -87,6 +87,20 @@ def _construct_plain(loader: yaml.BaseLoader, node: yaml.Node, seen: set[int]) -
     raise _NotPlain
 
 
+# The patterns of the settings' names and addresses, in words: a regular expression is no way to
+# tell an operator what a name may be. A pattern not listed here is shown as pydantic says it.
+_FORMS = {
+    r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$": "a valid name: 1-63 letters, digits, '.', '_' or '-', beginning with a "
+                                          "letter or digit",
+    r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$": "a valid name: 1-128 letters, digits, '.', '_', '/' or '-', beginning "
+                                            "with a letter or digit",
+    r"^https?://": "a URL: it must begin with http:// or https://",
+    r"^[a-z]{2}(-[a-z0-9]+)+-\d+$": "an AWS region, such as eu-west-1",
+    r"^[a-z]+-[a-z]+[0-9]+-[a-z]$": "a GCP zone, such as europe-west1-b",
+    r"^[a-z0-9]+$": "an Azure location: lowercase letters and digits, such as westeurope",
+}
+
+
 def describe(exc: ValidationError, root: yaml.Node | None, source: str, model: type[BaseModel]) -> str:
     """``exc`` as one line, ``source:line: field: what is wrong``; ``model``: the one validated at
     the top level (the inventory, the agent's config)."""
@@ -106,6 +120,10 @@ def explain(err: dict[str, Any], model: type[BaseModel]) -> str:
         return f"unknown key {field!r}" + (f" (valid keys: {valid})" if valid else "")
     if err["type"] == "missing":
         return f"missing required key {field!r}"
+    form = _FORMS.get(str(err.get("ctx", {}).get("pattern"))) if err["type"] == "string_pattern_mismatch" else None
+    if form is not None:
+        shown = repr(err.get("input"))
+        return f"{field}: {shown if len(shown) <= 70 else shown[:67] + '...'} is not {form}"
     msg = err["msg"]
     msg = msg.removeprefix("Value error, ")
     return f"{field}: {msg[:1].lower() + msg[1:]}"

@@ -137,16 +137,9 @@ def split_user_info(url: str) -> tuple[str, tuple[str, str] | None]:
 
 def describe_validation_error(exc: ValidationError, model: type[BaseModel]) -> str:
     """One line for the first error, naming the field; unknown keys list the valid ones."""
-    from snapctl.yaml_errors import first_error, model_at
+    from snapctl.yaml_errors import explain, first_error
 
-    err = first_error(exc)
-    field = ".".join(str(p) for p in err["loc"]) or "(top level)"
-    if err["type"] == "extra_forbidden":
-        inner = model_at(tuple(err["loc"])[:-1], model)
-        valid = ", ".join(inner.model_fields) if inner else ""
-        return f"unknown key {field!r}" + (f" (valid keys: {valid})" if valid else "")
-    msg = err["msg"].removeprefix("Value error, ")
-    return f"{field}: {msg[:1].lower() + msg[1:]}"
+    return explain(first_error(exc), model)
 
 
 class PasswordFile:

@@ -40,9 +40,12 @@ def snapctl(*args: str, cwd=None) -> subprocess.CompletedProcess:
          "is not an agent address: put an IPv6 address in brackets (http://[fd00::1]:7700)"),
         ("cluster: c\nprovider: {type: local}\nnodes:\n  - name: n1\n    agent: 'http://[/x]:7701'\n",
          "inv.yaml:5: nodes[0].agent: 'http://[/x]:7701' is not an agent address"),
+        ("cluster: c\nprovider: {type: local}\nnodes:\n  - name: db 1\n    agent: http://127.0.0.1:7701\n",
+         "inv.yaml:4: nodes[0].name: 'db 1' is not a valid name: 1-63 letters, digits, '.', '_' or '-', beginning "
+         "with a letter or digit"),
     ],
     ids=["unknown-key", "wrong-type", "duplicate-names", "bad-agent-address", "agent-port-out-of-range", "bad-yaml",
-         "ipv6-without-brackets", "brackets-in-the-message"],
+         "ipv6-without-brackets", "brackets-in-the-message", "name-in-words"],
 )
 def test_bad_inventory_is_one_line_with_file_and_line(tmp_path, text, expected):
     (tmp_path / "inv.yaml").write_text(text)

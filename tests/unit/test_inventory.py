@@ -170,7 +170,7 @@ def test_engine_settings_nested_typo_lists_the_nested_block_keys():
     with pytest.raises(BadInputError) as err:
         validate_engine_settings({"type": "aresdb", "debug_url": "http://127.0.0.1:1",
                                   "tables": [{"name": "t", "shardz": [0]}]})
-    assert "unknown key 'tables.0.shardz' (valid keys: name, shards)" in str(err.value)
+    assert "unknown key 'tables[0].shardz' (valid keys: name, shards)" in str(err.value)
 
 
 def test_unknown_engine_type_lists_the_installed_ones():
