@@ -19,7 +19,7 @@ from snapctl.drill import run_drill
 from snapctl.errors import BadInputError, ExitCode, SnapctlError, SnapshotNotFound
 from snapctl.restore import restore_run
 from tests.conftest import free_port
-from tests.restore.conftest import ROWS, node_without_engine_block, scratch_agent
+from tests.restore.conftest import ROWS, checkpointed, node_without_engine_block, scratch_agent
 
 
 def junit_cases(path: Path) -> dict[str, ET.Element]:
@@ -57,6 +57,7 @@ def test_a_changed_row_in_a_snapshot_fails_the_drill_naming_node_and_table(sqlit
     run_id = sqlite_cluster.backup()
     with sqlite3.connect(sqlite_cluster.snapshot_data("n2", run_id) / "app.db") as conn:
         conn.execute("UPDATE items SET payload = 'n2 tampered' WHERE id = 3")  # same length: same file size
+    checkpointed(sqlite_cluster.snapshot_data("n2", run_id) / "app.db")
 
     report = run_drill(sqlite_cluster.inventory, run_id[:10], junit=tmp_path / "drill.xml")
 
@@ -206,6 +207,7 @@ def test_show_prints_the_runs_last_drill(sqlite_cluster, tmp_path):
 
     with sqlite3.connect(sqlite_cluster.snapshot_data("n2", run_id) / "app.db") as conn:
         conn.execute("DELETE FROM items WHERE id = 1")
+    checkpointed(sqlite_cluster.snapshot_data("n2", run_id) / "app.db")
     failed = run_drill(sqlite_cluster.inventory, run_id, junit=tmp_path / "failed.xml")
     shown = subprocess.run(cli, capture_output=True, text=True, timeout=60, check=True).stdout
     assert f"last drill {failed.drill_id}: failed (n2), finished " in shown and passed.drill_id not in shown

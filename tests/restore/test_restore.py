@@ -11,7 +11,7 @@ from snapctl.config import parse_inventory
 from snapctl.errors import BadInputError, SnapctlError
 from snapctl.providers import RestoreTarget
 from snapctl.restore import RestoreRecord, remap_paths, restore_run, restore_target
-from tests.restore.conftest import ROWS, node_without_engine_block, scratch_agent
+from tests.restore.conftest import ROWS, checkpointed, node_without_engine_block, scratch_agent
 
 
 def test_restore_to_a_directory_prepares_and_verifies_each_node(sqlite_cluster, tmp_path):
@@ -73,7 +73,8 @@ def test_every_target_is_checked_before_any_node_is_restored(sqlite_cluster, tmp
 
 def test_a_restore_that_fails_after_restoring_some_volumes_names_them(sqlite_cluster, tmp_path):
     run_id = sqlite_cluster.backup()
-    (sqlite_cluster.snapshot_data("n2", run_id) / "app.db").write_bytes(b"not a database" * 512)
+    database = sqlite_cluster.snapshot_data("n2", run_id) / "app.db"
+    database.write_bytes(b"x" * database.stat().st_size)  # not a database, of its recorded size
     target = tmp_path / "restored"
 
     with pytest.raises(SnapctlError) as raised:
@@ -99,6 +100,7 @@ def test_a_changed_row_makes_the_restore_report_the_mismatch(sqlite_cluster, tmp
     run_id = sqlite_cluster.backup()
     with sqlite3.connect(sqlite_cluster.snapshot_data("n1", run_id) / "app.db") as conn:
         conn.execute("DELETE FROM items WHERE id = 1")
+    checkpointed(sqlite_cluster.snapshot_data("n1", run_id) / "app.db")
     result = restore_run(sqlite_cluster.inventory, run_id, tmp_path / "restored")
     assert not result.ok
     assert result.nodes[0].mismatches == [f"table items: {ROWS - 1} rows, expected {ROWS}"]
@@ -253,6 +255,7 @@ def test_a_node_without_an_engine_block_is_prepared_and_verified_from_what_the_r
 
     with sqlite3.connect(sqlite_cluster.snapshot_data("n1", run_id) / "app.db") as conn:
         conn.execute("DELETE FROM items WHERE id = 1")  # the check runs: a changed snapshot is found
+    checkpointed(sqlite_cluster.snapshot_data("n1", run_id) / "app.db")
     tampered = restore_run(sqlite_cluster.inventory, run_id, tmp_path / "again")
     assert not tampered.ok and tampered.nodes[0].mismatches == [f"table items: {ROWS - 1} rows, expected {ROWS}"]
 
@@ -294,6 +297,30 @@ def test_a_snapshot_missing_a_recorded_file_is_refused_as_damaged_before_anythin
 
     (data / "00000000000000000042.xlog").write_bytes(b"x" * 4096)
     assert restore_run(sqlite_cluster.inventory, run_id, target).ok
+
+
+def test_a_snapshot_file_cut_short_is_refused_as_damaged_by_restore_and_drill(sqlite_cluster, tmp_path):
+    """A file of the snapshot truncated in the store (a disk error, a partial copy of the store):
+    `verify` called the run damaged ("has 1000 bytes, recorded 65536"), yet `restore` exited 0,
+    "matches prepare: yes", with the short file in the restored volume, and the drill passed."""
+    from snapctl.drill import run_drill
+    from snapctl.errors import ProviderError
+
+    (sqlite_cluster.directory / "n2" / "data" / "00000000000000000042.xlog").write_bytes(b"x" * 65536)
+    run_id = sqlite_cluster.backup()
+    xlog = sqlite_cluster.snapshot_data("n2", run_id) / "00000000000000000042.xlog"
+    with open(xlog, "r+b") as f:
+        f.truncate(1000)
+    target = tmp_path / "restored"
+
+    damage = (r"node n2: snapshot .*-n2-data is damaged: file 00000000000000000042.xlog has 1000 bytes, "
+              r"recorded 65536")
+    with pytest.raises(ProviderError, match=damage):
+        restore_run(sqlite_cluster.inventory, run_id, target)
+    assert not target.exists(), "n1 was copied before n2's snapshot was found damaged"
+    with pytest.raises(ProviderError, match=damage):
+        run_drill(sqlite_cluster.inventory, run_id, junit=tmp_path / "drill.xml")
+    assert not open_catalog(sqlite_cluster.inventory).load(run_id).last_drill.ok
 
 
 def test_a_target_that_is_a_symlink_to_an_empty_directory_is_restored_into_that_directory(sqlite_cluster, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -227,12 +228,26 @@ class LocalRestores:
         return meta
 
     def _check_contents(self, ref: SnapshotRef, snap_dir: Path, meta: dict[str, Any]) -> None:
-        """Every file the snapshot's index records is there (as `snapctl verify` checks): a copy
-        without one would restore "fine" when no in-place check reads that file (a Tarantool xlog).
-        A changed file is left to the in-place check and the drill, which name what differs."""
+        """Every file the snapshot's index records is there with its recorded size (as `snapctl
+        verify` checks): a copy without one, or with one cut short, would restore "fine" when no
+        in-place check reads that file (a Tarantool xlog). A changed byte of the same size is left
+        to the in-place check and the drill, which name what differs."""
         data = snap_dir / DATA
-        problems = [f"file {rel} is missing" for rel in sorted(meta.get("files") or {})
-                    if not os.path.lexists(data / rel)]
+        problems = []
+        for rel, facts in sorted((meta.get("files") or {}).items()):
+            try:
+                found = os.lstat(data / rel)
+            except FileNotFoundError:
+                problems.append(f"file {rel} is missing")
+                continue
+            except OSError as exc:
+                problems.append(f"file {rel} cannot be read: {os_reason(exc)}")
+                continue
+            size = facts.get("size") if isinstance(facts, dict) else None
+            if not stat.S_ISREG(found.st_mode):
+                problems.append(f"file {rel} is no longer a regular file")
+            elif size is not None and found.st_size != size:
+                problems.append(f"file {rel} has {found.st_size} bytes, recorded {size}")
         if problems:
             more = len(problems) - _NAMED
             shown = ", ".join(problems[:_NAMED]) + (f" and {more} more" if more > 0 else "")
