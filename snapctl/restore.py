@@ -153,15 +153,26 @@ def _restore(inventory: Inventory, catalog: Catalog, run_id: str, to: Path | Non
                                                   made=made)
             _prepare_and_check(inventory, node, record, node_result, verify=verify, attached=attach)
             result.nodes.append(node_result)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the volumes already restored stay, and are named
+        if not made:
+            raise
+        raise _naming_restored(Interrupted(), made) from None
     except SnapctlError as exc:
-        if made:  # a retry into the same place would now find them: say what they are
-            done = ", ".join(f"{ref.node}/{ref.volume} at {restored}" for ref, restored in made[:_NAMED])
-            done += f" and {len(made) - _NAMED} more" if len(made) > _NAMED else ""
-            cleanup = ("remove them, and the .snapctl-restore.json beside each, before restoring into the same "
-                       "place again" if restored_files({r: r for _, r in made}) else "delete them if you restore again")
-            exc.hint = (f"{exc.hint}; " if exc.hint else "") + f"restored before this failure: {done}; {cleanup}"
+        _naming_restored(exc, made)
         raise
     return result
+
+
+def _naming_restored(exc: SnapctlError, made: list[tuple[SnapshotRef, str]]) -> SnapctlError:
+    """``exc`` with a hint naming the volumes restored before it: a retry into the same place
+    would find them in its way."""
+    if made:
+        done = ", ".join(f"{ref.node}/{ref.volume} at {restored}" for ref, restored in made[:_NAMED])
+        done += f" and {len(made) - _NAMED} more" if len(made) > _NAMED else ""
+        cleanup = ("remove them, and the .snapctl-restore.json beside each, before restoring into the same "
+                   "place again" if restored_files({r: r for _, r in made}) else "delete them if you restore again")
+        exc.hint = (f"{exc.hint}; " if exc.hint else "") + f"restored before this failure: {done}; {cleanup}"
+    return exc
 
 
 def check_before_restoring(inventory: Inventory, provider: Provider, manifest: Manifest, nodes: dict[str, Node],

@@ -107,3 +107,25 @@ def test_a_drill_stopped_mid_copy_stops_the_copy_instead_of_finishing_it(sqlite_
                for error in errors), errors
     assert all("interrupted (Ctrl-C or SIGTERM)" in error for error in errors), errors
     assert not any(error.count("node n") > 1 for error in errors), "the report names the node once"
+
+
+def test_a_restore_stopped_after_some_volumes_names_them_as_a_failure_does(sqlite_cluster, tmp_path):
+    """SIGTERM (or Ctrl-C) once n1 was restored said only "interrupted (Ctrl-C or SIGTERM)": n1's
+    complete copy stayed, unnamed, and the rerun into the same place failed on it, "restore target
+    .../n1/data is not an empty directory"."""
+    import json
+
+    run_id = sqlite_cluster.backup()
+    target = tmp_path / "restored"
+
+    result = snapctl_sigtermed_after("snapctl.restore", "_prepare_and_check", "restore", run_id, "--to", str(target),
+                                     "-i", str(sqlite_cluster.inventory_path), "-o", "json",
+                                     cwd=sqlite_cluster.directory)
+
+    assert result.returncode == ExitCode.INTERRUPTED, result.stderr
+    document = json.loads(result.stdout)
+    assert document["error"] == "interrupted (Ctrl-C or SIGTERM)"
+    assert document["hint"] == (f"restored before this failure: n1/data at {target / 'n1' / 'data'}; remove them, and "
+                                "the .snapctl-restore.json beside each, before restoring into the same place again")
+    assert result.stderr.splitlines()[-2:] == [INTERRUPTED, f"  hint: {document['hint']}"]
+    assert files_under(target / "n2") == [], "n2's copy was not under way, or went with its staging directory"
