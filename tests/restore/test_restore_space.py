@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 from snapctl.drill import run_drill
-from snapctl.errors import BadInputError
+from snapctl.errors import BadInputError, SnapctlError
 from snapctl.restore import restore_run
 
 BLOB = 160 * 1024  # per node: one node's volume fits a 256 KiB disk, two do not
@@ -103,3 +103,39 @@ def test_a_restore_that_reflinks_on_the_stores_own_filesystem_needs_no_room_for_
 
     assert result.ok and all(n.facts is not None for n in result.nodes)
     assert [(btrfs / "restored" / node / "data" / "big.bin").stat().st_size for node in ("n1", "n2")] == [BIG, BIG]
+
+
+def fill(disk, name: str = "filler") -> None:
+    """Another program writing to ``disk`` until it is full."""
+    fd = os.open(disk / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        while os.write(fd, b"\0" * 4096):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def test_a_disk_filled_by_another_writer_during_the_copy_says_what_to_free(big_volumes, tmp_path, mounted, monkeypatch):
+    # The up-front check found room; then another program took it while n1 was being copied: the
+    # error said "no space left on device" and no more: no hint of what to free, or that the check had passed.
+    import snapctl_local.restores as restores
+
+    run_id = big_volumes.backup()
+    disk = mounted(tmp_path / "disk", "1m")
+    marked = restores.write_restore_marker
+
+    def then_another_writer_fills_the_disk(*args, **kwargs):
+        marked(*args, **kwargs)
+        fill(disk)
+
+    monkeypatch.setattr(restores, "write_restore_marker", then_another_writer_fills_the_disk)
+    with pytest.raises(SnapctlError) as caught:
+        restore_run(big_volumes.inventory, run_id, disk / "restored")
+
+    assert "no space left on device" in caught.value.message, caught.value.message
+    assert caught.value.message.startswith("node n1: ")
+    assert caught.value.hint.startswith(f"free space at {disk / 'restored' / 'n1'} (it had room for the restore "
+                                        "when the restore began: something else wrote there meanwhile)")
+    assert [p for p in disk.rglob("*") if not p.is_dir()] == [disk / "filler"], "the copy and its marker went"

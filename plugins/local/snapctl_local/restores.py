@@ -4,6 +4,7 @@ restore half of ``LocalProvider``, which mixes this class in."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 from collections.abc import Sequence
@@ -147,9 +148,11 @@ class LocalRestores:
             raise ProviderError(
                 f"node {ref.node}: restore of snapshot {ref.snapshot_id} to {dest} failed "
                 f"{'writing' if exc.writing else 'at'} {exc.path}: {os_reason(exc.cause)}",
+                hint=_full_target_hint(exc.cause, dest) if exc.writing else None,
             ) from exc
         except OSError as exc:
-            raise ProviderError(f"node {ref.node}: restore of snapshot {ref.snapshot_id} to {dest} failed: {os_reason(exc)}") from exc
+            raise ProviderError(f"node {ref.node}: restore of snapshot {ref.snapshot_id} to {dest} failed: "
+                                f"{os_reason(exc)}", hint=_full_target_hint(exc, dest)) from exc
         finally:
             if staging.exists():
                 remove_tree(staging)
@@ -265,6 +268,16 @@ def damaged(ref: SnapshotRef, damage: str, *, hint: str) -> ProviderError:
 
 _NAMED = 5  # damaged files an error names, of a snapshot's thousands
 _TARGET_HINT = "restore into a directory that snapctl can create and write to (--to DIR, or restore.path)"
+
+
+def _full_target_hint(exc: OSError, dest: Path) -> str | None:
+    """A disk that filled up during the copy, though it had room when the restore began: something
+    else wrote to it meanwhile (or its metadata took the last blocks)."""
+    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    return (f"free space at {dest.parent} (it had room for the restore when the restore began: something else "
+            "wrote there meanwhile), or restore onto a disk with room (--to DIR or restore.path; a drill: "
+            "drill.scratch_dir)")
 
 
 def _unusable_target(ref: SnapshotRef, dest: Path, exc: OSError) -> BadInputError:
