@@ -139,3 +139,27 @@ def test_a_disk_filled_by_another_writer_during_the_copy_says_what_to_free(big_v
     assert caught.value.hint.startswith(f"free space at {disk / 'restored' / 'n1'} (it had room for the restore "
                                         "when the restore began: something else wrote there meanwhile)")
     assert [p for p in disk.rglob("*") if not p.is_dir()] == [disk / "filler"], "the copy and its marker went"
+
+
+def test_a_disk_that_fills_once_a_volume_is_copied_is_left_without_half_written_files(big_volumes, tmp_path, mounted,
+                                                                                         monkeypatch):
+    # n1 copied, then another program filled the disk: writing n1's marker as finished failed, and
+    # so did n2's marker; each left its temporary file behind, hidden and half-written.
+    import snapctl_local.restores as restores
+
+    run_id = big_volumes.backup()
+    disk = mounted(tmp_path / "disk", "1m")
+    copied = restores.copy_tree
+
+    def then_another_writer_fills_the_disk(*args, **kwargs):
+        copied(*args, **kwargs)
+        fill(disk)
+
+    monkeypatch.setattr(restores, "copy_tree", then_another_writer_fills_the_disk)
+    with pytest.raises(SnapctlError, match=r"^node n2: .*no space left on device") as caught:
+        restore_run(big_volumes.inventory, run_id, disk / "restored")
+
+    restored = disk / "restored"
+    left = {str(p.relative_to(disk)) for p in disk.rglob("*") if not p.is_dir()}
+    assert left == {"filler", "restored/n1/data.snapctl-restore.json",
+                    *(str(p.relative_to(disk)) for p in (restored / "n1" / "data").iterdir())}

@@ -302,14 +302,18 @@ def _write_json(target: Path, document: dict[str, Any], indent: int | None = 1, 
     data = json.dumps(document, indent=indent, separators=None if indent else (",", ":")).encode()
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        if sync:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(temp, target)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if sync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(temp, target)
+    except BaseException:  # a full disk: no half-written file is left behind, hidden
+        temp.unlink(missing_ok=True)
+        raise
     if sync:
         fsync_dir(target.parent)
 
