@@ -35,7 +35,7 @@ _VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _NAMED = 5  # restored volumes a failure's hint names, of a cluster's hundreds
 
 __all__ = ["NodeRestore", "RestoreRecord", "RestoreResult", "check_before_restoring", "check_provider",
-           "compare_facts", "load_restorable", "remap_paths", "restore_run"]
+           "compare_facts", "load_restorable", "not_succeeded", "remap_paths", "restore_run"]
 
 
 @dataclass
@@ -252,9 +252,19 @@ def load_restorable(catalog: Catalog, run_ref: str) -> Manifest:
 
 def _restorable(manifest: Manifest) -> Manifest:
     if manifest.status != "succeeded":
-        raise BadInputError(f"run {manifest.run_id} {manifest.status}: it has nothing to restore",
-                            hint="pick a succeeded run from `snapctl list`")
+        raise not_succeeded(manifest, "it has nothing to restore")
     return manifest
+
+
+def not_succeeded(manifest: Manifest, nothing: str) -> BadInputError:
+    """Only a succeeded run is restored, drilled or verified. One a prune marked is being deleted,
+    whatever snapshots it still has: "nothing to restore" would send the operator after lost data."""
+    if manifest.status == "pruning":
+        return BadInputError(f"run {manifest.run_id} is being deleted by a prune: it cannot be used any more",
+                             hint="pick another succeeded run from `snapctl list`; the prune that marked it, or the "
+                                  "next one, deletes what is left of it")
+    return BadInputError(f"run {manifest.run_id} {manifest.status}: {nothing}",
+                         hint="pick a succeeded run from `snapctl list`")
 
 
 def check_provider(manifest: Manifest, provider: Provider) -> None:

@@ -14,10 +14,9 @@ from typing import Literal
 
 from snapctl.catalog import open_catalog
 from snapctl.config import Inventory
-from snapctl.errors import BadInputError
 from snapctl.manifest import Manifest
 from snapctl.providers import TAG_RUN, Provider, SnapshotRef, open_provider
-from snapctl.restore import check_provider
+from snapctl.restore import check_provider, not_succeeded
 
 CheckState = Literal["ok", "missing", "pending", "failed", "damaged"]  # pending: not complete yet, nothing wrong
 # How many problems one snapshot reports before "and N more": a gutted snapshot lists thousands.
@@ -70,8 +69,7 @@ def verify_run(inventory: Inventory, run_ref: str) -> VerifyResult:
     catalog = open_catalog(inventory)
     manifest = catalog.load(catalog.resolve(run_ref))
     if manifest.status != "succeeded":
-        raise BadInputError(f"run {manifest.run_id} {manifest.status}: it has no snapshots to verify",
-                            hint="pick a succeeded run from `snapctl list`")
+        raise not_succeeded(manifest, "it has no snapshots to verify")
     provider = open_provider(inventory)
     check_provider(manifest, provider)
     found = {ref.snapshot_id: ref for ref in provider.find({TAG_RUN: manifest.run_id})}

@@ -398,3 +398,29 @@ def test_a_target_inside_a_nodes_live_volume_is_refused_before_anything_is_copie
         restore_run(sqlite_cluster.inventory, run_id, inside)
     assert "once its data is moved aside" in caught.value.hint
     assert not inside.exists()
+
+
+def test_a_run_a_prune_is_deleting_is_said_to_be_so_not_to_have_nothing_to_restore(sqlite_cluster, tmp_path):
+    """A prune stopped (SIGTERM) once it had marked the older run and deleted n1's snapshot of it:
+    restore, drill and verify of that run said "run R pruning: it has nothing to restore" (or "no
+    snapshots to verify"), as if the backup had been empty, not that a prune was deleting it."""
+    from snapctl.drill import run_drill
+    from snapctl.verify import verify_run
+    from tests.conftest import snapctl_sigtermed_after
+
+    old = sqlite_cluster.backup()
+    sqlite_cluster.backup()
+    sqlite_cluster.edit(retention={"keep_last": 1, "daily": 0, "weekly": 0, "monthly": 0})
+    stopped = snapctl_sigtermed_after("snapctl.prune", "_delete_snapshot", "prune",
+                                      "-i", str(sqlite_cluster.inventory_path), cwd=sqlite_cluster.directory)
+    assert stopped.returncode == 130, stopped.stderr
+    assert open_catalog(sqlite_cluster.inventory).load(old).status == "pruning", stopped.stderr
+
+    said = (f"run {old} is being deleted by a prune: it cannot be used any more", "pick another succeeded run from "
+            "`snapctl list`; the prune that marked it, or the next one, deletes what is left of it")
+    for attempt in (lambda: restore_run(sqlite_cluster.inventory, old, tmp_path / "restored"),
+                    lambda: run_drill(sqlite_cluster.inventory, old, junit=tmp_path / "drill.xml"),
+                    lambda: verify_run(sqlite_cluster.inventory, old)):
+        with pytest.raises(BadInputError) as caught:
+            attempt()
+        assert (caught.value.message, caught.value.hint) == said
