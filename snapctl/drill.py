@@ -177,17 +177,30 @@ def run_drill(inventory: Inventory, run_ref: str = "latest", *, junit: Path | No
             except SnapctlError as exc:  # what `snapctl restore` refuses up front: on record, then the error
                 refused = exc
                 report.error, report.hint = exc.message, exc.hint
+    except KeyboardInterrupt:  # outside the nodes' own drills: just before them, or once they were done
+        report.interrupted = True
     finally:
-        drill.cancelled.set()
-        reporter.step("teardown", "stopping scratch engines, removing restored data" if not keep else "keeping it all")
-        _teardown(drill, report, keep)
+        # Cut short, the teardown would leave restored data, and the report (an older drill's stays at
+        # the junit path) and the record (the run kept from prune) unwritten: later interrupts wait.
+        try:
+            with interrupts_deferred():
+                drill.cancelled.set()
+                reporter.step("teardown", "stopping scratch engines, removing restored data" if not keep
+                              else "keeping it all")
+                _teardown(drill, report, keep)
+        except KeyboardInterrupt:
+            report.interrupted = True
         report.finished_at = datetime.now(UTC)
     times = [n.rto_s for n in report.nodes if n.rto_s is not None]
     report.rto_s = max(times) if report.ok and times and len(times) == len(report.nodes) else None
     try:
-        report.junit = str(write_junit(report, junit_path))
-    finally:  # a report that could not be written still leaves the drill on record
-        _record(catalog, report)
+        with interrupts_deferred():
+            try:
+                report.junit = str(write_junit(report, junit_path))
+            finally:  # a report that could not be written still leaves the drill on record
+                _record(catalog, report)
+    except KeyboardInterrupt:
+        report.interrupted = True  # written as it was: what the drill found stands
     if report.interrupted:  # reported as the command's error (exit 130) once the evidence is written
         reporter.step("drill", f"interrupted; junit report {report.junit}, recorded as {report.record}")
         raise KeyboardInterrupt

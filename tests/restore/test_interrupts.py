@@ -129,3 +129,28 @@ def test_a_restore_stopped_after_some_volumes_names_them_as_a_failure_does(sqlit
                                 "the .snapctl-restore.json beside each, before restoring into the same place again")
     assert result.stderr.splitlines()[-2:] == [INTERRUPTED, f"  hint: {document['hint']}"]
     assert files_under(target / "n2") == [], "n2's copy was not under way, or went with its staging directory"
+
+
+def test_a_drill_stopped_as_it_tears_down_still_writes_its_report_and_record(sqlite_cluster, tmp_path):
+    """SIGTERM (a CI job's timeout) once both nodes had passed, as the drill tore down: the
+    command exited 130 without writing its JUnit report, so the previous drill's stayed at the
+    path for CI to publish, and its record stayed unfinished (keeping the run from prune), with no
+    `last_drill`. Ctrl-C pressed again during a teardown cut the teardown itself short likewise."""
+    run_id = sqlite_cluster.backup()
+    junit = tmp_path / "drill.xml"
+    junit.write_text("<testsuites name='an older drill'/>")
+
+    stopped_after("snapctl.drill", "_teardown", "drill", run_id, "--junit", str(junit), cluster=sqlite_cluster)
+
+    assert not any((sqlite_cluster.directory / "scratch").iterdir()), "restored data and scratch engines are gone"
+    cases = {case.get("name"): case for case in ET.parse(junit).getroot().iter("testcase")}
+    assert set(cases) == {"node n1 (sqlite)", "node n2 (sqlite)", "cluster restore-test"}
+    assert cases["node n1 (sqlite)"].find("error") is None and cases["node n2 (sqlite)"].find("error") is None
+    cluster_error = cases["cluster restore-test"].find("error")
+    assert cluster_error is not None and "the drill was interrupted (Ctrl-C or SIGTERM)" in cluster_error.get("message")
+
+    catalog = open_catalog(sqlite_cluster.inventory)
+    summary = catalog.load(run_id).last_drill
+    assert summary is not None and not summary.ok and summary.failed_nodes == []
+    stored = yaml.safe_load(catalog.store.read(summary.report))
+    assert stored["interrupted"] is True and stored["finished_at"] is not None and stored["leftovers"] == []
