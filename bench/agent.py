@@ -42,7 +42,8 @@ def _rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def measure(engine: dict, directory: Path, rounds: int) -> list[object]:
+def measure(engine: dict, directory: Path, rounds: int, pki=None) -> list[object]:
+    """``pki``: serve over TLS with its server certificate (``tests.agent.certs.Pki``)."""
     from snapctl.agent_client import open_agents
     from snapctl.config import parse_inventory
 
@@ -51,8 +52,9 @@ def measure(engine: dict, directory: Path, rounds: int) -> list[object]:
     (directory / "token").chmod(0o600)  # as deployed: the agent warns about a token others can read
     port = _free_port()
     config = directory / f"agent-{engine['type']}.yaml"
+    tls = {"cert_file": str(pki.server_cert), "key_file": str(pki.server_key)} if pki else None
     config.write_text(yaml.safe_dump({"node": "n1", "port": port, "token_file": "token", "engine": engine,
-                                      "log_level": "warning"}))
+                                      "log_level": "warning", **({"tls": tls} if tls else {})}))
     agent_bin = os.path.join(os.path.dirname(sys.executable), "snapctl-agent")
     command = [agent_bin] if os.path.exists(agent_bin) else [sys.executable, "-m", "node_agent.main"]
     proc = subprocess.Popen([*command, "--config", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -68,8 +70,9 @@ def measure(engine: dict, directory: Path, rounds: int) -> list[object]:
                 time.sleep(0.05)
         rss_idle = _rss_mib(proc.pid)
         inventory = parse_inventory(yaml.safe_dump({
-            "cluster": "bench", "provider": {"type": "sim"}, "auth": {"token_file": "token", "token_env": None},
-            "nodes": [{"name": "n1", "agent": f"http://127.0.0.1:{port}", "volumes": ["data"]}],
+            "cluster": "bench", "provider": {"type": "sim"},
+            "auth": {"token_file": "token", "token_env": None, **({"ca_file": str(pki.ca)} if pki else {})},
+            "nodes": [{"name": "n1", "agent": f"http{'s' if pki else ''}://127.0.0.1:{port}", "volumes": ["data"]}],
         }), base_dir=directory)
 
         cpu: list[float] = []  # the agent's CPU seconds when the measured rounds begin and end
@@ -100,7 +103,7 @@ def measure(engine: dict, directory: Path, rounds: int) -> list[object]:
         prepares, completes, statuses = asyncio.run(rounds_of_calls())
         cpu_per_call = (process_cpu_s([proc.pid]) - cpu[0]) / (3 * rounds)  # status, prepare, complete
         pairs = [p + c for p, c in zip(prepares, completes)]
-        return [engine["type"], rounds, ms(median(prepares)), ms(percentile(prepares, 99)), ms(median(completes)),
+        return [engine["type"] + (", tls" if pki else ""), rounds, ms(median(prepares)), ms(percentile(prepares, 99)), ms(median(completes)),
                 ms(percentile(completes, 99)), ms(median(pairs)), ms(median(statuses)), ms(cpu_per_call),
                 f"{rss_idle:.0f}",
                 f"{_rss_mib(proc.pid):.0f}"]
@@ -123,14 +126,17 @@ def run(rounds: int) -> str:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("CREATE TABLE events (id INTEGER PRIMARY KEY, payload TEXT)")
             conn.executemany("INSERT INTO events (payload) VALUES (?)", [("x" * 100,)] * 10_000)
+        from tests.agent.certs import make_pki  # a throwaway CA, as the TLS tests use
+
         rows = [measure({"type": "sqlite", "path": str(db)}, directory, rounds),
-                measure({"type": "sim"}, directory, rounds)]
+                measure({"type": "sim"}, directory, rounds),
+                measure({"type": "sim"}, directory, rounds, make_pki(directory / "pki"))]
     return table(f"Agent round trips on loopback ({rounds} rounds, snapctl's HTTP client)",
                  ["engine", "rounds", "prepare p50 ms", "prepare p99", "complete p50 ms", "complete p99",
                   "prepare+complete p50 ms", "status p50 ms", "agent CPU ms per call", "RSS idle MiB",
                   "RSS after MiB"], rows) + (
         "\nsqlite: 10,000 rows; prepare checkpoints the WAL, takes BEGIN IMMEDIATE and reads row counts and "
-        "checksums (the manifest's evidence). sim: no engine work, the agent's own cost. Agent CPU: the agent "
+        "checksums (the manifest's evidence). sim: no engine work, the agent's own cost; sim, tls: the same over TLS, connections kept alive (the handshake, in the first calls, not counted). Agent CPU: the agent "
         "process's user and system time over the measured rounds, per call (status, prepare and complete alike).\n")
 
 
