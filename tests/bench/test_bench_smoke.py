@@ -113,9 +113,9 @@ def test_local_provider_compares_with_cp_and_cleans_up(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []  # generated data removed
 
 
-def test_agent_round_trips_for_sqlite_and_sim() -> None:
+def test_agent_round_trips_for_sqlite_and_sim_in_plain_http_and_over_tls() -> None:
     out = bench("bench.agent", "--rounds", "3")
-    assert "| sqlite " in out and "| sim " in out and "| agent CPU ms per call |" in out
+    assert "| sqlite " in out and "| sim " in out and "| sim, tls " in out and "| agent CPU ms per call |" in out
 
 
 def test_shards_backs_up_every_share_at_once_for_each_number_of_loops() -> None:
