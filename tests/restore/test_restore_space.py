@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -117,20 +118,26 @@ def fill(disk, name: str = "filler") -> None:
         os.close(fd)
 
 
+def fill_after(monkeypatch, step: str, disk: Path) -> None:
+    """Another program fills ``disk`` (a real tmpfs) right after the local restore's ``step``."""
+    import snapctl_local.restores as restores
+
+    original = getattr(restores, step)
+
+    def then_another_writer_fills_the_disk(*args, **kwargs):
+        done = original(*args, **kwargs)
+        fill(disk)
+        return done
+
+    monkeypatch.setattr(restores, step, then_another_writer_fills_the_disk)
+
+
 def test_a_disk_filled_by_another_writer_during_the_copy_says_what_to_free(big_volumes, tmp_path, mounted, monkeypatch):
     # The up-front check found room; then another program took it while n1 was being copied: the
     # error said "no space left on device" and no more: no hint of what to free, or that the check had passed.
-    import snapctl_local.restores as restores
-
     run_id = big_volumes.backup()
     disk = mounted(tmp_path / "disk", "1m")
-    marked = restores.write_restore_marker
-
-    def then_another_writer_fills_the_disk(*args, **kwargs):
-        marked(*args, **kwargs)
-        fill(disk)
-
-    monkeypatch.setattr(restores, "write_restore_marker", then_another_writer_fills_the_disk)
+    fill_after(monkeypatch, "write_restore_marker", disk)
     with pytest.raises(SnapctlError) as caught:
         restore_run(big_volumes.inventory, run_id, disk / "restored")
 
@@ -145,17 +152,9 @@ def test_a_disk_that_fills_once_a_volume_is_copied_is_left_without_half_written_
                                                                                          monkeypatch):
     # n1 copied, then another program filled the disk: writing n1's marker as finished failed, and
     # so did n2's marker; each left its temporary file behind, hidden and half-written.
-    import snapctl_local.restores as restores
-
     run_id = big_volumes.backup()
     disk = mounted(tmp_path / "disk", "1m")
-    copied = restores.copy_tree
-
-    def then_another_writer_fills_the_disk(*args, **kwargs):
-        copied(*args, **kwargs)
-        fill(disk)
-
-    monkeypatch.setattr(restores, "copy_tree", then_another_writer_fills_the_disk)
+    fill_after(monkeypatch, "copy_tree", disk)
     with pytest.raises(SnapctlError, match=r"^node n2: .*no space left on device") as caught:
         restore_run(big_volumes.inventory, run_id, disk / "restored")
 
