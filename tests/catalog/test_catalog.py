@@ -267,8 +267,9 @@ def test_a_manifest_from_a_newer_snapctl_says_so_and_is_not_taken_for_damage_or_
 
     _, problems = catalog.list()
 
-    assert problems == [f"run r1: written by snapctl 9.0.0, with fields this snapctl ({__version__}) does not know "
-                        "(encryption, nodes.n1.restore_order): upgrade snapctl on this host to read it"]
+    said = (f"run r1: written by snapctl 9.0.0, with fields this snapctl ({__version__}) does not know "
+            "(encryption, nodes.n1.restore_order): upgrade snapctl on this host to read it")
+    assert problems == [said]
     assert catalog.resolve("latest") == "r0"  # what this snapctl can read in full
     assert json.loads(catalog.store.read("prod/manifests/r1.json")) == newer  # left as it was
 

@@ -41,8 +41,8 @@ def snapctl(*args: str, cwd=None) -> subprocess.CompletedProcess:
         ("cluster: c\nprovider: {type: local}\nnodes:\n  - name: n1\n    agent: 'http://[/x]:7701'\n",
          "inv.yaml:5: nodes[0].agent: 'http://[/x]:7701' is not an agent address"),
         ("cluster: c\nprovider: {type: local}\nnodes:\n  - name: db 1\n    agent: http://127.0.0.1:7701\n",
-         "inv.yaml:4: nodes[0].name: 'db 1' is not a valid name: 1-63 letters, digits, '.', '_' or '-', beginning "
-         "with a letter or digit"),
+         ("inv.yaml:4: nodes[0].name: 'db 1' is not a valid name: 1-63 letters, digits, '.', '_' or '-', beginning "
+          "with a letter or digit")),
     ],
     ids=["unknown-key", "wrong-type", "duplicate-names", "bad-agent-address", "agent-port-out-of-range", "bad-yaml",
          "ipv6-without-brackets", "brackets-in-the-message", "name-in-words"],

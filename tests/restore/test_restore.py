@@ -416,8 +416,9 @@ def test_a_run_a_prune_is_deleting_is_said_to_be_so_not_to_have_nothing_to_resto
     assert stopped.returncode == 130, stopped.stderr
     assert open_catalog(sqlite_cluster.inventory).load(old).status == "pruning", stopped.stderr
 
-    said = (f"run {old} is being deleted by a prune: it cannot be used any more", "pick another succeeded run from "
-            "`snapctl list`; the prune that marked it, or the next one, deletes what is left of it")
+    said = (f"run {old} is being deleted by a prune: it cannot be used any more",
+            ("pick another succeeded run from `snapctl list`; the prune that marked it, or the next one, deletes "
+             "what is left of it"))
     for attempt in (lambda: restore_run(sqlite_cluster.inventory, old, tmp_path / "restored"),
                     lambda: run_drill(sqlite_cluster.inventory, old, junit=tmp_path / "drill.xml"),
                     lambda: verify_run(sqlite_cluster.inventory, old)):

@@ -120,7 +120,7 @@ def fill(disk, name: str = "filler") -> None:
 
 def fill_after(monkeypatch, step: str, disk: Path) -> None:
     """Another program fills ``disk`` (a real tmpfs) right after the local restore's ``step``."""
-    import snapctl_local.restores as restores
+    from snapctl_local import restores
 
     original = getattr(restores, step)
 
@@ -155,7 +155,7 @@ def test_a_disk_that_fills_once_a_volume_is_copied_is_left_without_half_written_
     run_id = big_volumes.backup()
     disk = mounted(tmp_path / "disk", "1m")
     fill_after(monkeypatch, "copy_tree", disk)
-    with pytest.raises(SnapctlError, match=r"^node n2: .*no space left on device") as caught:
+    with pytest.raises(SnapctlError, match=r"^node n2: .*no space left on device"):
         restore_run(big_volumes.inventory, run_id, disk / "restored")
 
     restored = disk / "restored"

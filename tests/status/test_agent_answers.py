@@ -187,7 +187,7 @@ def test_an_error_that_echoes_our_token_is_shown_with_the_token_blanked(tmp_path
     with answering(502, body) as url:
         status = asyncio.run(collect_status(load(_inventory(tmp_path, url))))
     doc = validated(status)
-    assert _findings(doc)["n1"] == ("critical", "agent answered HTTP 502: upstream refused GET /v1/status "
-                                                "(Authorization: Bearer <token>) (hint: retry with a token other "
-                                                "than <token>)")
+    assert _findings(doc)["n1"] == ("critical", ("agent answered HTTP 502: upstream refused GET /v1/status "
+                                                 "(Authorization: Bearer <token>) (hint: retry with a token other "
+                                                 "than <token>)"))
     assert TOKEN not in json.dumps(doc)
