@@ -81,7 +81,7 @@ def test_prune_dry_run_then_sigkill_halfway_then_resume(cluster, tmp_path: Path)
     assert [(r["run_id"], r["status"]) for r in listed] == [(kept[1], "succeeded"), (kept[0], "succeeded"),
                                                             (doomed[1], "pruning"), (doomed[0], "pruning")]
     refused = cluster.snapctl("restore", doomed[0], "--to", str(tmp_path / "half-gone"))
-    assert refused.returncode == ExitCode.BAD_INPUT and "pruning" in refused.stderr
+    assert refused.returncode == ExitCode.BAD_INPUT and "is being deleted by a prune" in refused.stderr
 
     # The killed prune's lock expires (lock_ttl_s 3 s); until then a prune is refused, naming it.
     deadline = time.monotonic() + 60
