@@ -92,6 +92,9 @@ class DrillReport(BaseModel):
     rto_s: float | None = None  # drill start -> the last engine verified (every node passed)
     nodes: list[NodeDrill] = Field(default_factory=list)
     scratch_dir: str | None = None
+    owner: str | None = None  # user@host:pid: the next drill on this host cleans up after it if it is killed
+    abandoned: bool = False  # killed before it finished; found and cleaned up by a later drill or gc
+    cleaned_up: list[str] = Field(default_factory=list)  # what this drill cleaned up of earlier killed drills
     kept: bool = False  # --keep: scratch directories and restored volumes left for inspection
     interrupted: bool = False  # Ctrl-C or SIGTERM: the nodes not yet verified are errors
     leftovers: list[str] = Field(default_factory=list)  # restored volumes the drill could not delete
@@ -104,7 +107,7 @@ class DrillReport(BaseModel):
     @property
     def ok(self) -> bool:
         return (all(n.verdict == "passed" for n in self.nodes) and not self.teardown_errors and not self.interrupted
-                and not self.error)
+                and not self.error and not self.abandoned)
 
     @property
     def exit_code(self) -> ExitCode:
@@ -131,6 +134,7 @@ class _Drill:
 
 def run_drill(inventory: Inventory, run_ref: str = "latest", *, junit: Path | None = None, keep: bool = False,
               reporter: Reporter | None = None) -> DrillReport:
+    from snapctl.drill_leftovers import clean_up_killed_drills, drill_owner
     from snapctl.junit import write_junit, write_junit_refusal
 
     reporter = reporter or NullReporter()
@@ -155,10 +159,12 @@ def run_drill(inventory: Inventory, run_ref: str = "latest", *, junit: Path | No
         raise
     started_at = datetime.now(UTC)
     drill_id = f"{started_at:%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
-    scratch = _scratch_dir(inventory, manifest.run_id, drill_id)
+    cleaned_up = clean_up_killed_drills(catalog, f"drill {drill_id}", reporter)
+    record = f"{catalog.cluster}/drills/{manifest.run_id}-{drill_id}.json"
+    scratch = _scratch_dir(inventory, manifest.run_id, drill_id, record)
     report = DrillReport(cluster=inventory.cluster, run_id=manifest.run_id, drill_id=drill_id, provider=provider.name,
-                         started_at=started_at, scratch_dir=str(scratch), kept=keep,
-                         record=f"{catalog.cluster}/drills/{manifest.run_id}-{drill_id}.json")
+                         started_at=started_at, scratch_dir=str(scratch), owner=drill_owner(), kept=keep, record=record,
+                         cleaned_up=cleaned_up)
     started = time.monotonic()
     drill = _Drill(inventory, manifest, provider, scratch, started, started + inventory.drill.timeout_s, reporter)
     refused: SnapctlError | None = None
@@ -413,15 +419,23 @@ def _record(catalog: Catalog, report: DrillReport) -> None:
         catalog.save(manifest)
 
 
-def _scratch_dir(inventory: Inventory, run_id: str, drill_id: str) -> Path:
+def _scratch_dir(inventory: Inventory, run_id: str, drill_id: str, record: str) -> Path:
+    from snapctl.drill_leftovers import drill_owner, write_marker
+
     where = inventory.resolve(inventory.drill.scratch_dir) if inventory.drill.scratch_dir else None
     try:
         if where is None:
-            return Path(tempfile.mkdtemp(prefix=f"snapctl-drill-{run_id}-")).resolve()
-        scratch = where / f"{run_id}-{drill_id}"
-        where.mkdir(parents=True, exist_ok=True)
-        scratch.mkdir(mode=0o700)  # restored data: as private as mkdtemp's, whatever the umask
-        return scratch.resolve()
+            scratch = Path(tempfile.mkdtemp(prefix=f"snapctl-drill-{run_id}-")).resolve()
+        else:
+            where.mkdir(parents=True, exist_ok=True)
+            (where / f"{run_id}-{drill_id}").mkdir(mode=0o700)  # restored data: as private as mkdtemp's
+            scratch = (where / f"{run_id}-{drill_id}").resolve()
+        try:  # before the record names it: only a directory with it is ever removed as a killed drill's
+            write_marker(scratch, cluster=inventory.cluster, drill_id=drill_id, record=record, owner=drill_owner())
+        except OSError:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
+        return scratch
     except OSError as exc:
         shown = where if where is not None else f"in {tempfile.gettempdir()}"
         raise BadInputError(f"cannot create the drill's scratch directory {shown}: {os_reason(exc)}",

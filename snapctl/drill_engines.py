@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 from node_agent.engines.base import Engine, create_engine
+from snapctl.drill_leftovers import write_pid_file
 from snapctl.errors import BadInputError, EngineError
 
 if TYPE_CHECKING:
@@ -173,6 +174,11 @@ class ScratchProcess:
         with open(self.log_path, "ab") as log:
             self.popen = subprocess.Popen(self.argv, cwd=self.log_path.parent, stdout=log, stderr=subprocess.STDOUT,
                                           stdin=subprocess.DEVNULL, start_new_session=True)
+        try:  # if this drill is killed outright, the next one stops the engine by this file
+            write_pid_file(self.log_path.parent, self.name, self.popen.pid)
+        except BaseException:
+            self.kill()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:

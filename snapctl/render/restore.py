@@ -57,6 +57,8 @@ def drill_text(r, report) -> int:
         if n.error:
             r.out.print(f"  [red]{n.node}[/]: {escape(n.error)}" + (f" (hint: {escape(n.hint)})" if n.hint else ""),
                         soft_wrap=True)
+    for line in report.cleaned_up:
+        r.out.print(f"cleaned up: {escape(line)}", soft_wrap=True)
     for problem in report.teardown_errors:
         r.err.print(f"[yellow]teardown:[/] {escape(problem)}", soft_wrap=True)
     for item in report.leftovers:

@@ -1,0 +1,318 @@
+"""What a drill killed outright (SIGKILL, the OOM killer, its host going down) left behind, found
+and cleaned up by the next drill and by `snapctl gc`.
+
+Such a drill never tears down: its scratch directory stays, full of restored volumes, its scratch
+engines (Tarantool, etcd: each in a session of its own) keep running, and its catalog record stays
+unfinished. With a fixed ``drill.scratch_dir`` one of these a night fills the disk.
+
+Nothing is touched without proof, each piece of it checked here:
+
+- the drill is gone: its record is unfinished and its ``owner`` (``user@host:pid``) names this host
+  and a process that is not running, or one that is but began at another time or before a reboot
+  (the marker below records the boot and the drill process's start). A drill of another host, and
+  a record that names no owner (an older snapctl's), are never judged;
+- the directory is that drill's scratch: the record's ``scratch_dir`` holds the marker the drill
+  wrote into it first (``.snapctl-drill.json``), naming the same cluster, drill and record;
+- a scratch engine is ours: its pid file in that directory names a process of this boot with the
+  recorded start time whose working directory is in that directory. The command line cannot
+  tell: Tarantool rewrites its own (``tarantool-drill.lua <running>``).
+
+The record is then finished as ``abandoned``, which also ends the hold it had on its run (prune).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import stat
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from snapctl.errors import os_reason
+
+if TYPE_CHECKING:
+    from snapctl.catalog import Catalog
+    from snapctl.events import Reporter
+
+MARKER = ".snapctl-drill.json"
+PID_SUFFIX = ".pid.json"
+_STOP_WAIT_S = 10.0  # a SIGKILLed engine is gone within moments; past this, say so and keep its directory
+
+
+# -- what a drill writes as it goes ------------------------------------------------------------------
+
+
+def drill_owner() -> str:
+    from snapctl.orchestrator import run_owner  # user@host:pid, as the cluster lock names its holder
+
+    return run_owner()
+
+
+def write_marker(scratch: Path, *, cluster: str, drill_id: str, record: str, owner: str) -> None:
+    """The proof that ``scratch`` is this drill's, written before anything is restored into it."""
+    _write_json(scratch / MARKER, {"cluster": cluster, "drill_id": drill_id, "record": record, "owner": owner,
+                                   **(identity(os.getpid()) or {})})
+
+
+def write_pid_file(workdir: Path, name: str, pid: int) -> None:
+    """A scratch engine's pid with its start time: a pid alone may be another process's by the next day."""
+    found = identity(pid)
+    if found is not None:
+        _write_json(workdir / f"{name}{PID_SUFFIX}", found)
+
+
+def identity(pid: int) -> dict[str, Any] | None:
+    """``{"pid", "boot_id", "started"}`` of a process that exists (its start in clock ticks since
+    boot), else None; a zombie is none: it runs nothing, and no one may have reaped it yet."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+    fields = stat_line.rpartition(")")[2].split()  # the name before it may hold spaces and parentheses
+    if fields[0] == "Z":
+        return None
+    return {"pid": pid, "boot_id": boot_id, "started": int(fields[19])}
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(json.dumps(data))
+    os.replace(temp, path)
+
+
+# -- finding them ------------------------------------------------------------------------------------
+
+
+@dataclass
+class AbandonedDrill:
+    """An unfinished drill record whose process is gone from this host."""
+
+    key: str  # the catalog record
+    drill_id: str
+    run_id: str
+    owner: str
+    scratch: Path | None
+    proven: bool  # the scratch directory carries the drill's own marker
+    kept: bool  # --keep: its data was asked to stay
+    raw: bytes = field(repr=False, default=b"")
+
+    def describe(self) -> str:
+        return f"drill {self.drill_id} of run {self.run_id} ({self.owner}, no longer running)"
+
+
+def find_abandoned(catalog: Catalog) -> list[AbandonedDrill]:
+    """Every drill of the cluster that this host can prove is gone without having finished."""
+    found = []
+    for key in catalog.store.list(f"{catalog.cluster}/drills/"):
+        raw = catalog.store.read(key)
+        try:
+            record = json.loads(raw or b"")
+            unfinished, owner = record.get("finished_at") is None, record.get("owner")
+        except (ValueError, AttributeError):
+            continue  # unreadable: it proves nothing
+        if not unfinished or not isinstance(owner, str):
+            continue
+        scratch = Path(record["scratch_dir"]) if isinstance(record.get("scratch_dir"), str) else None
+        marker = _marker(scratch, catalog.cluster, record.get("drill_id"), key)
+        if not _gone_from_this_host(owner, marker):
+            continue
+        found.append(AbandonedDrill(key, str(record.get("drill_id")), str(record.get("run_id")), owner, scratch,
+                                    marker is not None, bool(record.get("kept")), raw or b""))
+    return found
+
+
+def _marker(scratch: Path | None, cluster: str, drill_id: object, key: str) -> dict[str, Any] | None:
+    """The scratch directory's marker, if it is a real directory (no symlink) and the marker names
+    this drill and record."""
+    if scratch is None or not scratch.is_absolute() or scratch.is_symlink() or not scratch.is_dir():
+        return None
+    try:
+        marker = json.loads((scratch / MARKER).read_bytes())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(marker, dict) or (marker.get("cluster"), marker.get("drill_id"), marker.get("record")) != (
+            cluster, drill_id, key):
+        return None
+    return marker
+
+
+def _gone_from_this_host(owner: str, marker: dict[str, Any] | None) -> bool:
+    """As the cluster lock judges its holder (any doubt is not gone), and, with the marker's
+    record of the drill process, a live pid that began at another time or boot is another process."""
+    host, _, pid = owner.rpartition("@")[2].rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    now = identity(int(pid))
+    if now is None:
+        return _not_running(int(pid))
+    if marker is None or marker.get("pid") != int(pid):
+        return False
+    return (marker.get("boot_id"), marker.get("started")) != (now["boot_id"], now["started"])
+
+
+def _not_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    try:  # a zombie runs no more code; its parent may just not have reaped it
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+# -- cleaning them up ----------------------------------------------------------------------------------
+
+
+def clean_up_killed_drills(catalog: Catalog, by: str, reporter: Reporter) -> list[str]:
+    """What drills killed outright on this host left, cleaned up before a drill adds its own.
+    Housekeeping: what it cannot do it says, and the drill goes on."""
+    from snapctl.errors import SnapctlError
+
+    try:
+        lines = clean_abandoned(catalog, find_abandoned(catalog), by)
+    except (SnapctlError, OSError) as exc:
+        lines = [f"could not look for drills killed before they finished: {exc}"]
+    for line in lines:
+        reporter.step("cleanup", line)
+    return lines
+
+
+def clean_abandoned(catalog: Catalog, found: list[AbandonedDrill], by: str) -> list[str]:
+    """Stop each abandoned drill's scratch engines, remove its scratch directory, finish its record
+    as abandoned; one line for each. Whatever could not be done is said, and the record is left
+    unfinished so that the next drill tries again. ``by``: who cleans up, for the record."""
+    lines = []
+    for drill in found:
+        line, done = _clean_one(drill)
+        if done:
+            _finish(catalog, drill, by)
+        lines.append(f"{drill.describe()}: {line}")
+    return lines
+
+
+def _clean_one(drill: AbandonedDrill) -> tuple[str, bool]:
+    scratch = drill.scratch
+    if scratch is None or not os.path.lexists(scratch):
+        return f"its scratch directory {scratch or '(none recorded)'} is already gone; record marked abandoned", True
+    if not drill.proven:
+        return (f"left {scratch} alone: it holds no {MARKER} naming this drill, so it may not be the drill's; "
+                "record marked abandoned; hint: remove it by hand if it is a drill's scratch directory"), True
+    stopped, unstoppable = _stop_engines(scratch)
+    engines = f", stopped {', '.join(stopped)}" if stopped else ""
+    if unstoppable:
+        return (f"could not stop {', '.join(unstoppable)}{engines}; kept {scratch} for the next drill to retry; "
+                "hint: stop them and remove it by hand"), False
+    if drill.kept:
+        return f"kept {scratch} as --keep asked{engines}; record marked abandoned; hint: remove it by hand", True
+    size = _size(scratch)
+    try:
+        _remove_scratch(scratch)
+    except OSError as exc:
+        return f"could not remove {scratch}: {os_reason(exc)}{engines}; the next drill tries again", False
+    return f"removed its scratch directory {scratch} ({_bytes(size)}){engines}; record marked abandoned", True
+
+
+def _stop_engines(scratch: Path) -> tuple[list[str], list[str]]:
+    """SIGKILL to the session of every scratch engine recorded in ``scratch`` that is provably
+    still that engine; (stopped, could not be stopped). A pid now another process's is left alone."""
+    stopped, unstoppable = [], []
+    for pid_file in sorted((scratch / ".engines").glob(f"*/*{PID_SUFFIX}")):
+        try:
+            recorded = json.loads(pid_file.read_bytes())
+            pid = int(recorded["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        name = f"{pid_file.name.removesuffix(PID_SUFFIX)} pid {pid}"
+        if not _is_recorded_engine(pid, recorded, scratch):
+            continue
+        try:
+            os.killpg(pid, signal.SIGKILL)  # its own session's group: what ScratchProcess.kill stops
+        except ProcessLookupError:
+            continue
+        except OSError as exc:
+            unstoppable.append(f"{name} ({os_reason(exc)})")
+            continue
+        deadline = time.monotonic() + _STOP_WAIT_S
+        while _is_recorded_engine(pid, recorded, scratch) and time.monotonic() < deadline:
+            time.sleep(0.05)  # a zombie's cwd is gone, so a reaped or dying engine no longer matches
+        (unstoppable if _is_recorded_engine(pid, recorded, scratch) else stopped).append(name)
+    return stopped, unstoppable
+
+
+def _is_recorded_engine(pid: int, recorded: dict[str, Any], scratch: Path) -> bool:
+    now = identity(pid)
+    if now is None or (now["boot_id"], now["started"]) != (recorded.get("boot_id"), recorded.get("started")):
+        return False
+    try:
+        cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+    except OSError:
+        return False
+    return cwd == scratch or scratch in cwd.parents
+
+
+def _remove_scratch(scratch: Path) -> None:
+    """Everything in it, the marker last: a removal cut short leaves the proof for the next try."""
+    for child in scratch.iterdir():
+        if child.name == MARKER:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            _remove_tree(child)
+        else:
+            child.unlink(missing_ok=True)
+    (scratch / MARKER).unlink(missing_ok=True)
+    scratch.rmdir()
+
+
+def _remove_tree(path: Path) -> None:
+    """Restored volumes may hold read-only directories, copied as they were: those are made
+    writable. Never files: a restore may share them with the snapshot store."""
+    try:
+        shutil.rmtree(path)
+        return
+    except FileNotFoundError:
+        return
+    except OSError:
+        pass
+    for root, dirs, _ in os.walk(path):
+        os.chmod(root, stat.S_IRWXU)
+        for name in dirs:
+            child = os.path.join(root, name)
+            if not os.path.islink(child):
+                os.chmod(child, stat.S_IRWXU)
+    shutil.rmtree(path)
+
+
+def _finish(catalog: Catalog, drill: AbandonedDrill, by: str) -> None:
+    """The record finished as abandoned, only if it is still as read: another cleaner may have won."""
+    record = json.loads(drill.raw)
+    record.update(finished_at=datetime.now(UTC).isoformat().replace("+00:00", "Z"), abandoned=True,
+                  error=f"abandoned: its process {drill.owner} was gone before the drill finished; cleaned up by {by}",
+                  hint=None)
+    catalog.store.replace(drill.key, json.dumps(record, indent=2).encode(), expected=drill.raw)
+
+
+def _size(path: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def _bytes(size: int) -> str:
+    from snapctl.render import _bytes as shown  # as gc shows what a store leftover frees
+
+    return shown(size)

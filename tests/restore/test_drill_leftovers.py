@@ -1,0 +1,222 @@
+"""A drill killed outright (SIGKILL: the OOM killer, a CI runner's hard kill) tears nothing down:
+its scratch directory of restored volumes stays, so do its scratch engines, and its record stays
+unfinished. The next drill on the host cleans that up, and only that: a drill still running, a
+drill of another host, and a directory that is not provably a drill's scratch are left alone.
+
+Every drill here is the real CLI in a process of its own; the one to be killed stops at a known
+step (``paused_at``) and gets a real SIGKILL from the test."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from snapctl.catalog import open_catalog
+from snapctl.errors import ExitCode
+from tests.restore.conftest import SqliteCluster
+
+REPO = Path(__file__).resolve().parents[2]
+
+_PAUSED_AT = """
+import os, sys, threading
+from pathlib import Path
+import snapctl.cli as cli, snapctl.drill as drill
+
+node, phase, reached = sys.argv[1:4]
+original = drill._step
+
+
+def step(d, name, at, detail=None):
+    result = original(d, name, at, detail)
+    if (name, at) == (node, phase):
+        Path(reached).write_text(str(os.getpid()))
+        threading.Event().wait()  # until the test kills (or lets go of) this process
+    return result
+
+
+drill._step = step
+sys.argv = ["snapctl", *sys.argv[4:]]
+cli.main()
+"""
+
+
+def paused_at(cluster: SqliteCluster, node: str, phase: str, tmp_path: Path) -> subprocess.Popen:
+    """`snapctl drill latest` in its own process, stopped for good once ``node`` has reached ``phase``."""
+    reached = tmp_path / f"reached-{node}-{phase}"
+    process = subprocess.Popen([sys.executable, "-c", _PAUSED_AT, node, phase, str(reached), "drill", "latest",
+                                "-i", str(cluster.inventory_path)], cwd=cluster.directory,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not reached.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"the drill never reached {node} {phase}: {process.communicate()[1]}")
+        time.sleep(0.05)
+    return process
+
+
+def killed(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+def drill(cluster: SqliteCluster) -> dict:
+    result = subprocess.run([sys.executable, "-m", "snapctl.cli", "drill", "latest", "-i", str(cluster.inventory_path),
+                             "-o", "json"], cwd=cluster.directory, capture_output=True, text=True, timeout=180,
+                            check=False)
+    assert result.returncode == ExitCode.OK, result.stdout + result.stderr
+    return json.loads(result.stdout)["data"]
+
+
+def records(cluster: SqliteCluster) -> dict[str, dict]:
+    catalog = open_catalog(cluster.inventory)
+    return {json.loads(catalog.store.read(key))["drill_id"]: json.loads(catalog.store.read(key))
+            for key in catalog.store.list("restore-test/drills/")}
+
+
+def only_unfinished(cluster: SqliteCluster) -> dict:
+    [record] = [r for r in records(cluster).values() if r["finished_at"] is None]
+    return record
+
+
+def rewrite(cluster: SqliteCluster, record: dict, **changes: object) -> None:
+    open_catalog(cluster.inventory).store.write(f"restore-test/drills/{record['run_id']}-{record['drill_id']}.json",
+                                                json.dumps({**record, **changes}).encode())
+
+
+def test_the_scratch_of_a_drill_killed_outright_is_removed_by_the_next_drill(sqlite_cluster, tmp_path):
+    sqlite_cluster.backup()
+    victim = paused_at(sqlite_cluster, "n1", "starting", tmp_path)  # n1's volume restored into its scratch
+    killed(victim)
+    dead = only_unfinished(sqlite_cluster)
+    scratch = Path(dead["scratch_dir"])
+    assert (scratch / "n1" / "data" / "app.db").exists(), "the killed drill left its restored data"
+
+    data = drill(sqlite_cluster)
+
+    assert not scratch.exists()
+    [line] = data["cleaned_up"]
+    assert line.startswith(f"drill {dead['drill_id']} of run {dead['run_id']} (") and "no longer running" in line
+    assert f"removed its scratch directory {scratch} (" in line and line.endswith("; record marked abandoned")
+    after = records(sqlite_cluster)
+    assert after[dead["drill_id"]]["abandoned"] is True and after[dead["drill_id"]]["finished_at"] is not None
+    assert after[dead["drill_id"]]["error"].startswith("abandoned: its process ")
+    assert not Path(data["scratch_dir"]).exists() and os.listdir(sqlite_cluster.directory / "scratch") == []
+
+    assert drill(sqlite_cluster)["cleaned_up"] == [], "cleaned up once, said once"
+
+
+def test_a_live_drills_scratch_is_left_alone(sqlite_cluster, tmp_path):
+    sqlite_cluster.backup()
+    running = paused_at(sqlite_cluster, "n1", "starting", tmp_path)
+    try:
+        live = only_unfinished(sqlite_cluster)
+
+        data = drill(sqlite_cluster)
+
+        assert data["cleaned_up"] == []
+        assert (Path(live["scratch_dir"]) / "n1" / "data" / "app.db").exists()
+        assert records(sqlite_cluster)[live["drill_id"]]["finished_at"] is None
+        assert running.poll() is None
+    finally:
+        killed(running)
+
+
+def test_a_killed_drill_of_another_host_is_left_alone(sqlite_cluster, tmp_path):
+    sqlite_cluster.backup()
+    killed(paused_at(sqlite_cluster, "n1", "starting", tmp_path))
+    dead = only_unfinished(sqlite_cluster)
+    user, pid = dead["owner"].partition("@")[0], dead["owner"].rpartition(":")[2]
+    rewrite(sqlite_cluster, dead, owner=f"{user}@another-host:{pid}")  # that pid, elsewhere, may well run
+
+    assert drill(sqlite_cluster)["cleaned_up"] == []
+    assert (Path(dead["scratch_dir"]) / "n1" / "data" / "app.db").exists()
+    assert records(sqlite_cluster)[dead["drill_id"]]["finished_at"] is None
+
+
+def test_a_directory_without_the_drills_marker_is_left_alone(sqlite_cluster, tmp_path):
+    sqlite_cluster.backup()
+    killed(paused_at(sqlite_cluster, "n1", "starting", tmp_path))
+    dead = only_unfinished(sqlite_cluster)
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "keep.txt").write_text("not a drill's")
+    rewrite(sqlite_cluster, dead, scratch_dir=str(precious))  # a record edited, or a directory reused since
+
+    [line] = drill(sqlite_cluster)["cleaned_up"]
+
+    assert (precious / "keep.txt").read_text() == "not a drill's"
+    assert f"left {precious} alone: it holds no .snapctl-drill.json naming this drill" in line
+    assert "hint: remove it by hand" in line
+    assert records(sqlite_cluster)[dead["drill_id"]]["abandoned"] is True
+
+
+@pytest.fixture
+def tarantool_cluster(tmp_path):
+    """One real Tarantool node, backed up, drilled with a scratch Tarantool instance."""
+    import yaml
+
+    from tests.realdb.tarantool import TarantoolReplicaSet
+
+    with TarantoolReplicaSet(tmp_path / "tt", size=1) as rs:
+        rs.write(20)
+        inventory = {"cluster": "restore-test", "provider": {"type": "local", "store": "store"},
+                     "catalog": {"path": "catalog"}, "drill": {"scratch_dir": "scratch", "start_timeout_s": "60s"},
+                     "nodes": [{"name": "t1", "agent": "embedded", "engine": rs.engine_settings(0),
+                                "volumes": [{"name": "work", "path": str(rs.instances[0].work_dir)}]}]}
+        path = tmp_path / "inventory.yaml"
+        path.write_text(yaml.safe_dump(inventory, sort_keys=False))
+        cluster = SqliteCluster(tmp_path, path)
+        cluster.backup()
+        yield cluster
+
+
+def running(pid: int) -> bool:
+    """Running code: a zombie waiting for a parent that does not reap it (pid 1 in some containers) is not."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_the_scratch_engine_of_a_drill_killed_outright_is_stopped_by_the_next_drill(tarantool_cluster, tmp_path):
+    killed(paused_at(tarantool_cluster, "t1", "verifying", tmp_path))  # its scratch tarantool up
+    dead = only_unfinished(tarantool_cluster)
+    [pid_file] = (Path(dead["scratch_dir"]) / ".engines" / "t1").glob("*.pid.json")
+    engine = json.loads(pid_file.read_text())["pid"]
+    assert running(engine), "the killed drill left its scratch tarantool running"
+
+    [line] = drill(tarantool_cluster)["cleaned_up"]
+
+    assert not running(engine)
+    assert f"stopped tarantool pid {engine}" in line and not Path(dead["scratch_dir"]).exists()
+
+
+def test_a_recorded_engine_pid_now_another_process_is_left_running(sqlite_cluster, tmp_path):
+    sqlite_cluster.backup()
+    killed(paused_at(sqlite_cluster, "n1", "starting", tmp_path))
+    dead = only_unfinished(sqlite_cluster)
+    stranger = subprocess.Popen(["sleep", "300"], cwd=Path(dead["scratch_dir"]), start_new_session=True)
+    try:
+        # As after a reboot or a pid reused: the pid file's pid is now a process that began at another time.
+        from snapctl.drill_leftovers import identity
+
+        workdir = Path(dead["scratch_dir"]) / ".engines" / "n1"
+        workdir.mkdir(parents=True, exist_ok=True)
+        recorded = {**identity(stranger.pid), "started": identity(stranger.pid)["started"] - 1}
+        (workdir / "tarantool.pid.json").write_text(json.dumps(recorded))
+
+        [line] = drill(sqlite_cluster)["cleaned_up"]
+
+        assert stranger.poll() is None, "a process that is not the recorded engine is not killed"
+        assert "stopped" not in line and "removed its scratch directory" in line
+    finally:
+        stranger.kill()
+        stranger.wait()
