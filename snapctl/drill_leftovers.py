@@ -106,6 +106,12 @@ class AbandonedDrill:
     def describe(self) -> str:
         return f"drill {self.drill_id} of run {self.run_id} ({self.owner}, no longer running)"
 
+    def listed(self) -> str:
+        """What `snapctl gc` lists before it cleans up."""
+        where = f"scratch directory {self.scratch}" if self.scratch else "no scratch directory recorded"
+        unproven = "" if self.proven or self.scratch is None else f" (no {MARKER} there: would be left alone)"
+        return f"{self.describe()}: {where}{unproven}"
+
 
 def find_abandoned(catalog: Catalog) -> list[AbandonedDrill]:
     """Every drill of the cluster that this host can prove is gone without having finished."""
@@ -179,7 +185,7 @@ def clean_up_killed_drills(catalog: Catalog, by: str, reporter: Reporter) -> lis
     from snapctl.errors import SnapctlError
 
     try:
-        lines = clean_abandoned(catalog, find_abandoned(catalog), by)
+        lines = [line for line, _ in clean_abandoned(catalog, find_abandoned(catalog), by)]
     except (SnapctlError, OSError) as exc:
         lines = [f"could not look for drills killed before they finished: {exc}"]
     for line in lines:
@@ -187,16 +193,16 @@ def clean_up_killed_drills(catalog: Catalog, by: str, reporter: Reporter) -> lis
     return lines
 
 
-def clean_abandoned(catalog: Catalog, found: list[AbandonedDrill], by: str) -> list[str]:
+def clean_abandoned(catalog: Catalog, found: list[AbandonedDrill], by: str) -> list[tuple[str, bool]]:
     """Stop each abandoned drill's scratch engines, remove its scratch directory, finish its record
-    as abandoned; one line for each. Whatever could not be done is said, and the record is left
-    unfinished so that the next drill tries again. ``by``: who cleans up, for the record."""
+    as abandoned; one line for each, and whether it was done. Whatever could not be done is said,
+    and the record is left unfinished so that the next try finds it again. ``by``: who cleans up."""
     lines = []
     for drill in found:
         line, done = _clean_one(drill)
         if done:
             _finish(catalog, drill, by)
-        lines.append(f"{drill.describe()}: {line}")
+        lines.append((f"{drill.describe()}: {line}", done))
     return lines
 
 

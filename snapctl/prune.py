@@ -16,7 +16,9 @@ Prune, under the cluster lock:
 gc: every snapshot tagged with this cluster that no manifest owns. Snapshots of the run holding
 the lock (a backup in progress) and of runs whose manifest is unreadable are never orphans. And
 what provider calls that died part-way left in the store that is no snapshot (the local
-provider's ``.partial-*`` copies): the provider lists only those no running call is using.
+provider's ``.partial-*`` copies): the provider lists only those no running call is using. And
+the scratch directories and engines of drills killed outright on this host
+(``snapctl.drill_leftovers``), which the next drill would clean up too.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import TYPE_CHECKING
 
 from snapctl.catalog import Catalog, open_catalog
 from snapctl.catalog.lock import ThreadLockKeeper
+from snapctl.drill_leftovers import clean_abandoned, find_abandoned
 from snapctl.errors import CatalogError, Interrupted, SnapctlError, SnapshotNotFound
 from snapctl.providers import TAG_CLUSTER, TAG_RUN, Leftover, Provider, SnapshotRef, open_provider
 from snapctl.retention import PRUNING, SUCCEEDED, Decision, RetentionPlan, Run, decide
@@ -96,6 +99,8 @@ class GcResult:
     skipped_runs: list[str] = field(default_factory=list)  # runs whose snapshots were not considered
     leftovers: list[Leftover] = field(default_factory=list)  # what dead provider calls left that is no snapshot
     leftovers_deleted: list[str] = field(default_factory=list)  # their paths
+    killed_drills: list[str] = field(default_factory=list)  # drills killed outright on this host, and their scratch
+    killed_drills_cleaned: list[str] = field(default_factory=list)  # --delete: what was done of each
 
     @property
     def ok(self) -> bool:
@@ -270,7 +275,9 @@ def gc(inventory: Inventory, *, delete: bool = False) -> GcResult:
     catalog = open_catalog(inventory)
     provider = open_provider(inventory)
     if not delete:
-        return find_orphans(catalog, provider)
+        result = find_orphans(catalog, provider)
+        result.killed_drills = [drill.listed() for drill in find_abandoned(catalog)]
+        return result
     if not catalog.store.list(f"{catalog.cluster}/manifests/"):  # refused before its lock is made there
         _refuse_a_wrong_catalog(catalog, provider.find({TAG_CLUSTER: catalog.cluster}))
     with ThreadLockKeeper(catalog, inventory.policy.lock_ttl_s, "gc") as locked:
@@ -290,6 +297,13 @@ def gc(inventory: Inventory, *, delete: bool = False) -> GcResult:
                 result.leftovers_deleted.append(leftover.path)
             except SnapctlError as exc:
                 result.failed[leftover.path] = exc.message
+        locked.check()
+        killed = find_abandoned(catalog)
+        result.killed_drills = [drill.listed() for drill in killed]
+        for drill, (line, done) in zip(killed, clean_abandoned(catalog, killed, f"gc {locked.run_id}"), strict=True):
+            result.killed_drills_cleaned.append(line)
+            if not done:
+                result.failed[str(drill.scratch)] = line
         return result
 
 

@@ -66,7 +66,11 @@ def gc_text(renderer: Any, result: Any) -> int:
                     f"  NOT deleted: {result.failed[leftover.path]}" if leftover.path in result.failed else "")
             what = {"partial": "an unfinished copy", "deleting": "an unfinished delete"}[leftover.kind]
             say(f"  {leftover.path}  node {leftover.node}  {what}, {_bytes(leftover.bytes)}{done}")
-    if (result.orphans or result.leftovers) and not result.delete:
+    if result.killed_drills:
+        say(f"{len(result.killed_drills)} drill(s) killed on this host before they finished, and what they left:")
+        for line in result.killed_drills_cleaned or result.killed_drills:
+            say(f"  {line}")
+    if (result.orphans or result.leftovers or result.killed_drills) and not result.delete:
         say("run `snapctl gc --delete` to delete them")
     if result.skipped_runs:
         say("not considered (run in progress, or manifest unreadable): " + ", ".join(result.skipped_runs))

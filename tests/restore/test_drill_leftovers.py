@@ -220,3 +220,31 @@ def test_a_recorded_engine_pid_now_another_process_is_left_running(sqlite_cluste
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def gc(cluster: SqliteCluster, *flags: str) -> dict:
+    result = subprocess.run([sys.executable, "-m", "snapctl.cli", "gc", *flags, "-i", str(cluster.inventory_path),
+                             "-o", "json"], cwd=cluster.directory, capture_output=True, text=True, timeout=180,
+                            check=False)
+    assert result.returncode == ExitCode.OK, result.stdout + result.stderr
+    return json.loads(result.stdout)["data"]
+
+
+def test_gc_lists_what_a_drill_killed_outright_left_and_delete_cleans_it_up(sqlite_cluster, tmp_path):
+    sqlite_cluster.backup()
+    killed(paused_at(sqlite_cluster, "n1", "starting", tmp_path))
+    dead = only_unfinished(sqlite_cluster)
+    scratch = Path(dead["scratch_dir"])
+
+    [listed] = gc(sqlite_cluster)["killed_drills"]
+
+    assert listed == f"drill {dead['drill_id']} of run {dead['run_id']} ({dead['owner']}, no longer running): " \
+                     f"scratch directory {scratch}"
+    assert (scratch / "n1" / "data" / "app.db").exists(), "listing removes nothing"
+
+    deleted = gc(sqlite_cluster, "--delete")
+
+    [line] = deleted["killed_drills_cleaned"]
+    assert f"removed its scratch directory {scratch}" in line and not scratch.exists()
+    assert records(sqlite_cluster)[dead["drill_id"]]["abandoned"] is True
+    assert gc(sqlite_cluster)["killed_drills"] == []
