@@ -175,7 +175,23 @@ def tarantool_cluster(tmp_path):
         path.write_text(yaml.safe_dump(inventory, sort_keys=False))
         cluster = SqliteCluster(tmp_path, path)
         cluster.backup()
-        yield cluster
+        try:
+            yield cluster
+        finally:  # a test that failed may leave a scratch engine: every process working in this test's directory
+            for pid in working_in(tmp_path / "scratch"):
+                os.kill(pid, signal.SIGKILL)
+
+
+def working_in(directory: Path) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cwd = Path(os.readlink(entry / "cwd").removesuffix(" (deleted)"))
+        except (OSError, ValueError):
+            continue
+        if entry.name.isdigit() and (cwd == directory or directory in cwd.parents):
+            found.append(int(entry.name))
+    return found
 
 
 def running(pid: int) -> bool:
