@@ -30,7 +30,7 @@ import socket
 import stat
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +42,9 @@ if TYPE_CHECKING:
 
 MARKER = ".snapctl-drill.json"
 PID_SUFFIX = ".pid.json"
+# A killed drill is found by the next drill, or by the weekly gc. Older records are not read again:
+# a catalog of years of nightly drills would cost every drill (on S3, a request each) all of them.
+LOOK_BACK_DAYS = 31
 _STOP_WAIT_S = 10.0  # a SIGKILLed engine is gone within moments; past this, say so and keep its directory
 
 
@@ -114,9 +117,14 @@ class AbandonedDrill:
 
 
 def find_abandoned(catalog: Catalog) -> list[AbandonedDrill]:
-    """Every drill of the cluster that this host can prove is gone without having finished."""
+    """Every drill of the cluster begun in the last ``LOOK_BACK_DAYS`` that this host can prove is
+    gone without having finished."""
     found = []
+    since = datetime.now(UTC) - timedelta(days=LOOK_BACK_DAYS)
     for key in catalog.store.list(f"{catalog.cluster}/drills/"):
+        began = _began(key)
+        if began is not None and began < since:
+            continue  # not read: its id says when it began
         raw = catalog.store.read(key)
         try:
             record = json.loads(raw or b"")
@@ -132,6 +140,15 @@ def find_abandoned(catalog: Catalog) -> list[AbandonedDrill]:
         found.append(AbandonedDrill(key, str(record.get("drill_id")), str(record.get("run_id")), owner, scratch,
                                     marker is not None, bool(record.get("kept")), raw or b""))
     return found
+
+
+def _began(key: str) -> datetime | None:
+    """When a drill began, from its record's key (``<run>-<drill id>.json``, the id from its start)."""
+    parts = key.rsplit("/", 1)[-1].removesuffix(".json").rsplit("-", 2)
+    try:
+        return datetime.strptime(parts[-2], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    except (ValueError, IndexError):
+        return None
 
 
 def _marker(scratch: Path | None, cluster: str, drill_id: object, key: str) -> dict[str, Any] | None:

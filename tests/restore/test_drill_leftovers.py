@@ -11,14 +11,17 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from snapctl.catalog import open_catalog
+from snapctl.catalog import Catalog, LocalBlobStore, open_catalog
+from snapctl.drill_leftovers import LOOK_BACK_DAYS, find_abandoned, write_marker
 from snapctl.errors import ExitCode
 from tests.restore.conftest import SqliteCluster
 
@@ -264,3 +267,34 @@ def test_gc_lists_what_a_drill_killed_outright_left_and_delete_cleans_it_up(sqli
     assert f"removed its scratch directory {scratch}" in line and not scratch.exists()
     assert records(sqlite_cluster)[dead["drill_id"]]["abandoned"] is True
     assert gc(sqlite_cluster)["killed_drills"] == []
+
+
+def test_only_drills_begun_in_the_last_month_are_read_for_leftovers(tmp_path):
+    # Years of nightly drills leave a record each: every drill and gc read them all (on S3, a
+    # request each) to find the one a kill left unfinished, which the next night's drill finds.
+    catalog = Catalog(LocalBlobStore(tmp_path / "catalog"), "c")
+    owner = f"ops@{socket.gethostname()}:{_a_pid_no_process_has()}"  # a drill process gone from this host
+    recent = datetime.now(UTC) - timedelta(days=LOOK_BACK_DAYS - 1)
+    old = datetime.now(UTC) - timedelta(days=LOOK_BACK_DAYS + 1)
+    for began in (recent, old):
+        drill_id = f"{began:%Y%m%dT%H%M%SZ}-ab12"
+        key = f"c/drills/20240101T000000Z-abcdef-{drill_id}.json"
+        scratch = tmp_path / "scratch" / drill_id
+        scratch.mkdir(parents=True)
+        write_marker(scratch, cluster="c", drill_id=drill_id, record=key, owner=owner)
+        catalog.store.write(key, json.dumps({"drill_id": drill_id, "run_id": "20240101T000000Z-abcdef",
+                                             "owner": owner, "scratch_dir": str(scratch),
+                                             "started_at": began.isoformat(), "finished_at": None}).encode())
+
+    assert [d.drill_id for d in find_abandoned(catalog)] == [f"{recent:%Y%m%dT%H%M%SZ}-ab12"]
+
+
+def _a_pid_no_process_has() -> int:
+    for pid in range(os.getpid() + 50_000, 4_194_304):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return pid
+        except OSError:
+            continue
+    raise AssertionError("every pid is taken")
