@@ -20,6 +20,7 @@ Two ways to run a node's engine:
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import shutil
 import tempfile
@@ -29,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -93,6 +94,7 @@ class DrillReport(BaseModel):
     nodes: list[NodeDrill] = Field(default_factory=list)
     scratch_dir: str | None = None
     owner: str | None = None  # user@host:pid: the next drill on this host cleans up after it if it is killed
+    owner_process: dict[str, Any] | None = None  # its boot, pid namespace and start: what makes the pid proof
     abandoned: bool = False  # killed before it finished; found and cleaned up by a later drill or gc
     cleaned_up: list[str] = Field(default_factory=list)  # what this drill cleaned up of earlier killed drills
     kept: bool = False  # --keep: scratch directories and restored volumes left for inspection
@@ -134,7 +136,7 @@ class _Drill:
 
 def run_drill(inventory: Inventory, run_ref: str = "latest", *, junit: Path | None = None, keep: bool = False,
               reporter: Reporter | None = None) -> DrillReport:
-    from snapctl.drill_leftovers import clean_up_killed_drills, drill_owner
+    from snapctl.drill_leftovers import clean_up_killed_drills, drill_owner, identity
     from snapctl.junit import write_junit, write_junit_refusal
 
     reporter = reporter or NullReporter()
@@ -163,7 +165,8 @@ def run_drill(inventory: Inventory, run_ref: str = "latest", *, junit: Path | No
     record = f"{catalog.cluster}/drills/{manifest.run_id}-{drill_id}.json"
     scratch = _scratch_dir(inventory, manifest.run_id, drill_id, record)
     report = DrillReport(cluster=inventory.cluster, run_id=manifest.run_id, drill_id=drill_id, provider=provider.name,
-                         started_at=started_at, scratch_dir=str(scratch), owner=drill_owner(), kept=keep, record=record,
+                         started_at=started_at, scratch_dir=str(scratch), owner=drill_owner(),
+                         owner_process=identity(os.getpid()), kept=keep, record=record,
                          cleaned_up=cleaned_up)
     started = time.monotonic()
     drill = _Drill(inventory, manifest, provider, scratch, started, started + inventory.drill.timeout_s, reporter)

@@ -7,10 +7,11 @@ unfinished. With a fixed ``drill.scratch_dir`` one of these a night fills the di
 
 Nothing is touched without proof, each piece of it checked here:
 
-- the drill is gone: its record is unfinished and its ``owner`` (``user@host:pid``) names this host
-  and a process that is not running, or one that is but began at another time or before a reboot
-  (the marker below records the boot and the drill process's start). A drill of another host, and
-  a record that names no owner (an older snapctl's), are never judged;
+- the drill is gone: its record is unfinished, its ``owner`` (``user@host:pid``) names this host,
+  its ``owner_process`` (the boot, the pid namespace and the start of the drill's process) this
+  boot and this pid namespace, and that pid is not running, or runs a process begun at another
+  time. A drill of another host, of another container sharing this host name, and a record that
+  names no owner process (an older snapctl's) are never judged: a pid means nothing there;
 - the directory is that drill's scratch: the record's ``scratch_dir`` holds the marker the drill
   wrote into it first (``.snapctl-drill.json``), naming the same cluster, drill and record;
 - a scratch engine is ours: its pid file in that directory names a process of this boot with the
@@ -71,17 +72,18 @@ def write_pid_file(workdir: Path, name: str, pid: int) -> None:
 
 
 def identity(pid: int) -> dict[str, Any] | None:
-    """``{"pid", "boot_id", "started"}`` of a process that exists (its start in clock ticks since
-    boot), else None; a zombie is none: it runs nothing, and no one may have reaped it yet."""
+    """``{"pid", "boot_id", "pid_ns", "started"}`` of a process that exists (its start in clock
+    ticks since boot), else None; a zombie is none: it runs nothing, and no one may have reaped it."""
     try:
         stat_line = Path(f"/proc/{pid}/stat").read_text()
         boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        pid_ns = os.readlink(f"/proc/{pid}/ns/pid")
     except OSError:
         return None
     fields = stat_line.rpartition(")")[2].split()  # the name before it may hold spaces and parentheses
     if fields[0] == "Z":
         return None
-    return {"pid": pid, "boot_id": boot_id, "started": int(fields[19])}
+    return {"pid": pid, "boot_id": boot_id, "pid_ns": pid_ns, "started": int(fields[19])}
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -135,7 +137,7 @@ def find_abandoned(catalog: Catalog) -> list[AbandonedDrill]:
             continue
         scratch = Path(record["scratch_dir"]) if isinstance(record.get("scratch_dir"), str) else None
         marker = _marker(scratch, catalog.cluster, record.get("drill_id"), key)
-        if not _gone_from_this_host(owner, marker):
+        if not _gone_from_this_host(owner, record.get("owner_process")):
             continue
         found.append(AbandonedDrill(key, str(record.get("drill_id")), str(record.get("run_id")), owner, scratch,
                                     marker is not None, bool(record.get("kept")), raw or b""))
@@ -166,18 +168,20 @@ def _marker(scratch: Path | None, cluster: str, drill_id: object, key: str) -> d
     return marker
 
 
-def _gone_from_this_host(owner: str, marker: dict[str, Any] | None) -> bool:
-    """As the cluster lock judges its holder (any doubt is not gone), and, with the marker's
-    record of the drill process, a live pid that began at another time or boot is another process."""
+def _gone_from_this_host(owner: str, process: object) -> bool:
+    """As the cluster lock judges its holder (any doubt is not gone), with the proof a pid needs:
+    the drill's process was of this boot and this pid namespace (``process``, as the drill recorded
+    it), and its pid now runs nothing, or a process begun at another time."""
     host, _, pid = owner.rpartition("@")[2].rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
+    if host != socket.gethostname() or not pid.isdigit() or not isinstance(process, dict):
+        return False
+    ours = identity(os.getpid())
+    if ours is None or (process.get("boot_id"), process.get("pid_ns")) != (ours["boot_id"], ours["pid_ns"]):
         return False
     now = identity(int(pid))
     if now is None:
         return _not_running(int(pid))
-    if marker is None or marker.get("pid") != int(pid):
-        return False
-    return (marker.get("boot_id"), marker.get("started")) != (now["boot_id"], now["started"])
+    return process.get("pid") != int(pid) or process.get("started") != now["started"]
 
 
 def _not_running(pid: int) -> bool:
@@ -214,35 +218,42 @@ def clean_abandoned(catalog: Catalog, found: list[AbandonedDrill], by: str) -> l
     """Stop each abandoned drill's scratch engines, remove its scratch directory, finish its record
     as abandoned; one line for each, and whether it was done. Whatever could not be done is said,
     and the record is left unfinished so that the next try finds it again. ``by``: who cleans up."""
+    from snapctl.errors import SnapctlError
+
     lines = []
     for drill in found:
-        line, done = _clean_one(drill)
+        said, hint, done = _clean_one(drill)
         if done:
-            _finish(catalog, drill, by)
-        lines.append((f"{drill.describe()}: {line}", done))
+            try:  # what was done is said either way: one record that cannot be written ends nothing else
+                finished = _finish(catalog, drill, by)
+                said += "; record marked abandoned" if finished else "; its record was finished meanwhile, by another"
+            except SnapctlError as exc:
+                said, done = f"{said}; its record could not be finished ({exc.message}): the next try does", False
+        lines.append((f"{drill.describe()}: {said}" + (f"; hint: {hint}" if hint else ""), done))
     return lines
 
 
-def _clean_one(drill: AbandonedDrill) -> tuple[str, bool]:
+def _clean_one(drill: AbandonedDrill) -> tuple[str, str | None, bool]:
+    """What was done, a hint if there is one for the operator, and whether the record may be finished."""
     scratch = drill.scratch
     if scratch is None or not os.path.lexists(scratch):
-        return f"its scratch directory {scratch or '(none recorded)'} is already gone; record marked abandoned", True
+        return f"its scratch directory {scratch or '(none recorded)'} is already gone", None, True
     if not drill.proven:
-        return (f"left {scratch} alone: it holds no {MARKER} naming this drill, so it may not be the drill's; "
-                "record marked abandoned; hint: remove it by hand if it is a drill's scratch directory"), True
+        return (f"left {scratch} alone: it holds no {MARKER} naming this drill, so it may not be the drill's",
+                "remove it by hand if it is a drill's scratch directory", True)
     stopped, unstoppable = _stop_engines(scratch)
     engines = f", stopped {', '.join(stopped)}" if stopped else ""
     if unstoppable:
-        return (f"could not stop {', '.join(unstoppable)}{engines}; kept {scratch} for the next drill to retry; "
-                "hint: stop them and remove it by hand"), False
+        return (f"could not stop {', '.join(unstoppable)}{engines}; kept {scratch} for the next drill to retry",
+                "stop them and remove it by hand", False)
     if drill.kept:
-        return f"kept {scratch} as --keep asked{engines}; record marked abandoned; hint: remove it by hand", True
+        return f"kept {scratch} as --keep asked{engines}", "remove it by hand", True
     size = _size(scratch)
     try:
         _remove_scratch(scratch)
     except OSError as exc:
-        return f"could not remove {scratch}: {os_reason(exc)}{engines}; the next drill tries again", False
-    return f"removed its scratch directory {scratch} ({_bytes(size)}){engines}; record marked abandoned", True
+        return f"could not remove {scratch}: {os_reason(exc)}{engines}; the next drill tries again", None, False
+    return f"removed its scratch directory {scratch} ({_bytes(size)}){engines}", None, True
 
 
 def _stop_engines(scratch: Path) -> tuple[list[str], list[str]]:
@@ -315,13 +326,13 @@ def _remove_tree(path: Path) -> None:
     shutil.rmtree(path)
 
 
-def _finish(catalog: Catalog, drill: AbandonedDrill, by: str) -> None:
-    """The record finished as abandoned, only if it is still as read: another cleaner may have won."""
+def _finish(catalog: Catalog, drill: AbandonedDrill, by: str) -> bool:
+    """The record finished as abandoned, only if it is still as read; False: another cleaner won."""
     record = json.loads(drill.raw)
     record.update(finished_at=datetime.now(UTC).isoformat().replace("+00:00", "Z"), abandoned=True,
                   error=f"abandoned: its process {drill.owner} was gone before the drill finished; cleaned up by {by}",
                   hint=None)
-    catalog.store.replace(drill.key, json.dumps(record, indent=2).encode(), expected=drill.raw)
+    return catalog.store.replace(drill.key, json.dumps(record, indent=2).encode(), expected=drill.raw)
 
 
 def _size(path: Path) -> int:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from snapctl.catalog import Catalog, LocalBlobStore, open_catalog
-from snapctl.drill_leftovers import LOOK_BACK_DAYS, find_abandoned, write_marker
+from snapctl.drill_leftovers import LOOK_BACK_DAYS, clean_abandoned, find_abandoned, identity, write_marker
 from snapctl.errors import ExitCode
 from tests.restore.conftest import SqliteCluster
 
@@ -138,6 +138,19 @@ def test_a_killed_drill_of_another_host_is_left_alone(sqlite_cluster, tmp_path):
     dead = only_unfinished(sqlite_cluster)
     user, pid = dead["owner"].partition("@")[0], dead["owner"].rpartition(":")[2]
     rewrite(sqlite_cluster, dead, owner=f"{user}@another-host:{pid}")  # that pid, elsewhere, may well run
+
+    assert drill(sqlite_cluster)["cleaned_up"] == []
+    assert (Path(dead["scratch_dir"]) / "n1" / "data" / "app.db").exists()
+    assert records(sqlite_cluster)[dead["drill_id"]]["finished_at"] is None
+
+
+def test_a_killed_drill_of_another_pid_namespace_on_a_same_named_host_is_left_alone(sqlite_cluster, tmp_path):
+    # Two containers given one host name, sharing the catalog and the scratch volume: the other's
+    # drill pid is not one this host can see, which proves nothing about that drill.
+    sqlite_cluster.backup()
+    killed(paused_at(sqlite_cluster, "n1", "starting", tmp_path))
+    dead = only_unfinished(sqlite_cluster)
+    rewrite(sqlite_cluster, dead, owner_process={**dead["owner_process"], "pid_ns": "pid:[1]"})
 
     assert drill(sqlite_cluster)["cleaned_up"] == []
     assert (Path(dead["scratch_dir"]) / "n1" / "data" / "app.db").exists()
@@ -273,7 +286,9 @@ def test_only_drills_begun_in_the_last_month_are_read_for_leftovers(tmp_path):
     # Years of nightly drills leave a record each: every drill and gc read them all (on S3, a
     # request each) to find the one a kill left unfinished, which the next night's drill finds.
     catalog = Catalog(LocalBlobStore(tmp_path / "catalog"), "c")
-    owner = f"ops@{socket.gethostname()}:{_a_pid_no_process_has()}"  # a drill process gone from this host
+    gone = _a_pid_no_process_has()
+    owner = f"ops@{socket.gethostname()}:{gone}"  # a drill process gone from this host
+    process = {**identity(os.getpid()), "pid": gone}
     recent = datetime.now(UTC) - timedelta(days=LOOK_BACK_DAYS - 1)
     old = datetime.now(UTC) - timedelta(days=LOOK_BACK_DAYS + 1)
     for began in (recent, old):
@@ -283,10 +298,30 @@ def test_only_drills_begun_in_the_last_month_are_read_for_leftovers(tmp_path):
         scratch.mkdir(parents=True)
         write_marker(scratch, cluster="c", drill_id=drill_id, record=key, owner=owner)
         catalog.store.write(key, json.dumps({"drill_id": drill_id, "run_id": "20240101T000000Z-abcdef",
-                                             "owner": owner, "scratch_dir": str(scratch),
+                                             "owner": owner, "owner_process": process, "scratch_dir": str(scratch),
                                              "started_at": began.isoformat(), "finished_at": None}).encode())
 
     assert [d.drill_id for d in find_abandoned(catalog)] == [f"{recent:%Y%m%dT%H%M%SZ}-ab12"]
+
+
+def test_a_record_another_cleaner_finished_meanwhile_is_said_so_not_marked_twice(tmp_path):
+    catalog = Catalog(LocalBlobStore(tmp_path / "catalog"), "c")
+    gone = _a_pid_no_process_has()
+    owner = f"ops@{socket.gethostname()}:{gone}"
+    drill_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-ab12"
+    key = f"c/drills/20240101T000000Z-abcdef-{drill_id}.json"
+    catalog.store.write(key, json.dumps({"drill_id": drill_id, "run_id": "20240101T000000Z-abcdef", "owner": owner,
+                                         "owner_process": {**identity(os.getpid()), "pid": gone},
+                                         "scratch_dir": str(tmp_path / "gone-already"),
+                                         "finished_at": None}).encode())
+    [found] = find_abandoned(catalog)
+    theirs = json.dumps({"drill_id": drill_id, "finished_at": "2026-01-01T00:00:00Z", "abandoned": True}).encode()
+    catalog.store.write(key, theirs)  # the gc of another shell, between our look and our write
+
+    [(line, done)] = clean_abandoned(catalog, [found], "drill d")
+
+    assert done and line.endswith("is already gone; its record was finished meanwhile, by another"), line
+    assert catalog.store.read(key) == theirs
 
 
 def _a_pid_no_process_has() -> int:
