@@ -20,6 +20,7 @@ from node_agent.ratelimit import DEFAULT_BURST, DEFAULT_RATE_PER_S
 from snapctl.errors import BadInputError, os_reason
 from snapctl.secret_files import read_first_line, warn_if_open
 from snapctl.yaml_errors import (
+    NAME_PATTERN,
     Flag,
     describe,
     describe_not_utf8,
@@ -60,7 +61,7 @@ class TlsConfig(Strict):
 
 
 class AgentConfig(Strict):
-    node: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+    node: str = Field(pattern=NAME_PATTERN)
     listen: str = "127.0.0.1"
     port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)
     token_file: str | None = None

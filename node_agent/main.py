@@ -21,10 +21,11 @@ from node_agent.config import AgentConfig, load_agent_config
 from node_agent.engines.base import Engine, load_engine_factory
 from snapctl.config import is_loopback
 from snapctl.errors import BadInputError, ExitCode, SnapctlError, os_reason
+from snapctl.yaml_errors import NAME_PATTERN
 
 log = logging.getLogger("snapctl.agent")
 
-_NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_NODE_NAME = re.compile(NAME_PATTERN)
 
 
 def configure_logging(level: str) -> None:

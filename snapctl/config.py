@@ -24,6 +24,7 @@ from pydantic import (
 
 from snapctl.errors import InventoryError, SnapctlError, os_reason
 from snapctl.yaml_errors import (
+    NAME_PATTERN,
     Count,
     Flag,
     describe,
@@ -225,7 +226,7 @@ class DrillConfig(Strict):
 
 
 class Node(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+    name: str = Field(pattern=NAME_PATTERN)
     agent: str  # http(s)://host:port, or "embedded"
     engine: dict[str, Any] = Field(default_factory=dict)  # validated by the engine adapter
     volumes: list[Any] = Field(default_factory=list)  # validated by the provider
@@ -249,7 +250,7 @@ class Node(Strict):
 
 
 class Inventory(Strict):
-    cluster: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+    cluster: str = Field(pattern=NAME_PATTERN)
     provider: dict[str, Any]  # validated by the provider plugin
     catalog: CatalogConfig = Field(default_factory=CatalogConfig)
     auth: AgentAuth = Field(default_factory=AgentAuth)

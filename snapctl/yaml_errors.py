@@ -89,16 +89,20 @@ def _construct_plain(loader: yaml.BaseLoader, node: yaml.Node, seen: set[int]) -
 
 # The patterns of the settings' names and addresses, in words: a regular expression is no way to
 # tell an operator what a name may be. A pattern not listed here is shown as pydantic says it.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"  # nodes, clusters, volumes: safe in paths, tags and keys
+URL_PATTERN = r"^https?://"
 _FORMS = {
-    r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$": "a valid name: 1-63 letters, digits, '.', '_' or '-', beginning with a "
+    NAME_PATTERN: "a valid name: 1-63 letters, digits, '.', '_' or '-', beginning with a "
                                           "letter or digit",
     r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$": "a valid name: 1-128 letters, digits, '.', '_', '/' or '-', beginning "
                                             "with a letter or digit",
-    r"^https?://": "a URL: it must begin with http:// or https://",
+    URL_PATTERN: "a URL: it must begin with http:// or https://",
     r"^[a-z]{2}(-[a-z0-9]+)+-\d+$": "an AWS region, such as eu-west-1",
     r"^[a-z]+-[a-z]+[0-9]+-[a-z]$": "a GCP zone, such as europe-west1-b",
     r"^[a-z0-9]+$": "an Azure location: lowercase letters and digits, such as westeurope",
 }
+# What was given is not repeated for these: a URL may carry a user and password (user:secret@host).
+_NOT_REPEATED = {URL_PATTERN}
 
 
 def describe(exc: ValidationError, root: yaml.Node | None, source: str, model: type[BaseModel]) -> str:
@@ -120,7 +124,10 @@ def explain(err: dict[str, Any], model: type[BaseModel]) -> str:
         return f"unknown key {field!r}" + (f" (valid keys: {valid})" if valid else "")
     if err["type"] == "missing":
         return f"missing required key {field!r}"
-    form = _FORMS.get(str(err.get("ctx", {}).get("pattern"))) if err["type"] == "string_pattern_mismatch" else None
+    pattern = str(err.get("ctx", {}).get("pattern")) if err["type"] == "string_pattern_mismatch" else None
+    form = _FORMS.get(pattern) if pattern else None
+    if form is not None and pattern in _NOT_REPEATED:
+        return f"{field}: not {form}"
     if form is not None:
         shown = repr(err.get("input"))
         return f"{field}: {shown if len(shown) <= 70 else shown[:67] + '...'} is not {form}"

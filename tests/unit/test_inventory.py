@@ -276,3 +276,16 @@ def test_the_os_reason_an_inventory_cannot_be_read_is_lowercase_like_every_messa
     with pytest.raises(InventoryError) as info:
         load_inventory(tmp_path)
     assert str(info.value) == f"{tmp_path}: cannot read inventory: is a directory"
+
+
+def test_a_malformed_url_is_not_repeated_in_its_error_it_may_carry_credentials(tmp_path):
+    (tmp_path / "inv.yaml").write_text(
+        "cluster: c\nprovider: {type: aws, region: eu-west-1, endpoint_url: 'AKIAX:wJalrSECRET@minio.local:9000'}\n"
+        "nodes:\n  - {name: n1, agent: 'http://127.0.0.1:7701', volumes: [{name: data, volume_id: vol-1}]}\n")
+    from snapctl.providers import provider_settings
+
+    with pytest.raises(InventoryError) as caught:
+        provider_settings(load_inventory(tmp_path / "inv.yaml"))
+    assert str(caught.value.message).endswith("inv.yaml:2: provider aws: endpoint_url: not a URL: it must begin "
+                                              "with http:// or https://")
+    assert "SECRET" not in str(caught.value) and "AKIAX" not in str(caught.value)

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from node_agent.engines.base import describe_validation_error
 from snapctl.errors import BadInputError
 from snapctl.providers import ProviderSettings
+from snapctl.yaml_errors import URL_PATTERN
 
 VOLUME_ID = r"^vol-(?:[0-9a-f]{8}|[0-9a-f]{17})$"
 INSTANCE_ID = r"^i-(?:[0-9a-f]{8}|[0-9a-f]{17})$"
@@ -30,7 +31,7 @@ class AwsSettings(ProviderSettings):
 
     type: Literal["aws"]
     region: str = Field(pattern=r"^[a-z]{2}(-[a-z0-9]+)+-\d+$")
-    endpoint_url: str | None = Field(default=None, pattern=r"^https?://")  # tests, VPC endpoints
+    endpoint_url: str | None = Field(default=None, pattern=URL_PATTERN)  # tests, VPC endpoints
     profile: str | None = None  # a named profile in ~/.aws/config; default: the standard chain
     max_attempts: int = Field(default=8, ge=1, le=20)  # botocore standard retry mode, first call included
     connect_timeout_s: float = Field(default=10.0, gt=0)

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from node_agent.engines.base import describe_validation_error
 from snapctl.errors import BadInputError
 from snapctl.providers import ProviderSettings
+from snapctl.yaml_errors import NAME_PATTERN, URL_PATTERN
 
 GUID = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 _ARM_PREFIX = r"^/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.Compute/"
@@ -35,7 +36,7 @@ class AzureSettings(ProviderSettings):
     subscription_id: str = Field(pattern=GUID)
     resource_group: str = Field(pattern=r"^[-\w.()]{0,89}[-\w()]$")  # where snapshots and restored disks go
     location: str = Field(pattern=r"^[a-z0-9]+$")  # the disks' region, e.g. westeurope
-    base_url: str | None = Field(default=None, pattern=r"^https?://")  # sovereign clouds, tests
+    base_url: str | None = Field(default=None, pattern=URL_PATTERN)  # sovereign clouds, tests
     polling_interval_s: float = Field(default=5.0, gt=0)  # long-running operations and wait()
     tags: dict[str, str] = Field(default_factory=dict)  # extra tags on every snapshot
     insecure_http_for_tests: bool = False  # bearer tokens over plain http: loopback only
@@ -79,7 +80,7 @@ class AzureVolume(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     disk_id: str
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+    name: str = Field(pattern=NAME_PATTERN)
 
     @model_validator(mode="before")
     @classmethod

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from node_agent.engines.base import describe_validation_error
 from snapctl.errors import BadInputError
 from snapctl.providers import ProviderSettings
+from snapctl.yaml_errors import NAME_PATTERN, URL_PATTERN
 
 RESOURCE_NAME = r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$"  # disks, snapshots (RFC 1035)
 LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
@@ -31,7 +32,7 @@ class GcpSettings(ProviderSettings):
 
     type: Literal["gcp"]
     project: str = Field(pattern=r"^([a-z][-a-z0-9.]*[a-z0-9]:)?[a-z][-a-z0-9]{4,28}[a-z0-9]$")
-    api_endpoint: str | None = Field(default=None, pattern=r"^https?://")  # tests, private endpoints
+    api_endpoint: str | None = Field(default=None, pattern=URL_PATTERN)  # tests, private endpoints
     anonymous: bool = False  # no credentials at all: only for a loopback api_endpoint (tests)
     guest_flush: bool = False  # ask the guest agent to flush (VSS on Windows) before capture
     storage_locations: list[str] = Field(default_factory=list)  # e.g. ["eu"]; default: nearest multi-region
@@ -72,7 +73,7 @@ class GcpVolume(BaseModel):
 
     disk: str = Field(pattern=RESOURCE_NAME)
     zone: str = Field(pattern=r"^[a-z]+-[a-z]+[0-9]+-[a-z]$")
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+    name: str = Field(pattern=NAME_PATTERN)
 
     @model_validator(mode="before")
     @classmethod

@@ -11,9 +11,10 @@ from pydantic import BaseModel, ConfigDict
 
 from snapctl.errors import BadInputError
 from snapctl.providers import ProviderSettings
+from snapctl.yaml_errors import NAME_PATTERN
 
 # Volume names become directory and snapshot-id parts, so they stay filename-safe.
-VOLUME_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+VOLUME_NAME = re.compile(NAME_PATTERN)
 
 
 class LocalSettings(ProviderSettings):
