@@ -126,8 +126,8 @@ class _Drill:
     manifest: Manifest
     provider: Provider
     scratch: Path
-    started: float  # monotonic
-    deadline: float
+    started: float  # monotonic; the RTO's start, moved past restore's checks once they passed
+    deadline: float  # the checks count against drill.timeout_s
     reporter: Reporter
     cancelled: threading.Event = field(default_factory=threading.Event)
     made: list[tuple[SnapshotRef, str]] = field(default_factory=list)  # every restored volume, as it lands
@@ -228,6 +228,7 @@ def _drill_all(drill: _Drill) -> tuple[list[NodeDrill], bool]:
     interrupted = False
     try:
         _check_before_restoring(drill)  # its SnapctlError is the drill's, not one node's: nothing is restored
+        drill.started = time.monotonic()  # the RTO counts from the first restore, as a real restore's would
     except KeyboardInterrupt:
         drill.cancelled.set()  # every node then fails at its first step, saying so
         interrupted = True
