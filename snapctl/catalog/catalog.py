@@ -8,6 +8,7 @@ manifest said when it was written, so the manifests that decisions rest on are r
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Callable, Iterable
@@ -59,20 +60,24 @@ class CatalogLook:
         return f"run {lock.run_id} by {lock.owner} holds the cluster lock until {lock.expires_at:%H:%M:%S}Z"
 
 
-def _newer_snapctl(data: bytes, errors: list) -> str:
-    """Why a manifest whose only fault is fields this snapctl does not know cannot be used: a
-    newer snapctl wrote it (a standby or CI host not upgraded yet). Not damage, and not to be
-    guessed at: a restore must not leave out what a newer version recorded for it."""
-    import json
-
+def _newer_snapctl(data: bytes, errors: list) -> str | None:
+    """Why a manifest whose only fault is fields this snapctl does not know cannot be used, when a
+    newer snapctl wrote it (a standby or CI host not upgraded yet): not damage, and not to be
+    guessed at, for a restore must not leave out what a newer version recorded for it. None when
+    the version it names is not newer: then it is damage (a hand edit), said as such."""
+    written = _version(json.loads(data).get("snapctl_version"))
+    if written is None or written <= (_version(__version__) or ()):
+        return None
     fields = sorted({".".join(str(part) for part in e["loc"]) for e in errors})
     shown = ", ".join(fields[:3]) + (f" and {len(fields) - 3} more" if len(fields) > 3 else "")
-    try:
-        written_by = f"snapctl {json.loads(data)['snapctl_version']}"
-    except (ValueError, KeyError, TypeError):
-        written_by = "another snapctl"
-    return (f"written by {written_by}, with fields this snapctl ({__version__}) does not know ({shown}): "
-            "upgrade snapctl on this host to read it")
+    return (f"written by snapctl {'.'.join(map(str, written))}, with fields this snapctl ({__version__}) does not "
+            f"know ({shown}): upgrade snapctl on this host to read it")
+
+
+def _version(text: object) -> tuple[int, ...] | None:
+    """``1.2.3`` (any suffix after the numbers ignored) as numbers to compare; None if it is none."""
+    match = re.match(r"(\d+(?:\.\d+)*)", text) if isinstance(text, str) else None
+    return tuple(int(part) for part in match[1].split(".")) if match else None
 
 
 class Catalog:
@@ -240,8 +245,9 @@ class Catalog:
             err = errors[0]
             if err["type"] == "json_invalid":
                 return None, "not valid JSON"
-            if all(e["type"] == "extra_forbidden" for e in errors):
-                return None, _newer_snapctl(data, errors)
+            newer = _newer_snapctl(data, errors) if all(e["type"] == "extra_forbidden" for e in errors) else None
+            if newer is not None:
+                return None, newer
             field = ".".join(str(p) for p in err["loc"]) or "(top level)"
             if err["type"] == "missing":
                 return None, f"missing field {field}"

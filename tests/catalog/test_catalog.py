@@ -274,6 +274,15 @@ def test_a_manifest_from_a_newer_snapctl_says_so_and_is_not_taken_for_damage_or_
     assert json.loads(catalog.store.read("prod/manifests/r1.json")) == newer  # left as it was
 
 
+def test_a_manifest_with_a_field_added_by_hand_is_damaged_not_from_a_newer_snapctl(catalog: Catalog) -> None:
+    catalog.save(make_manifest("r0", minutes=0))
+    edited = json.loads(catalog.store.read("prod/manifests/r0.json"))
+    edited["note"] = "checked by hand"  # its snapctl_version is this one's: no newer snapctl wrote that
+    catalog.store.write("prod/manifests/r0.json", json.dumps(edited).encode())
+
+    assert catalog.list()[1] == ["run r0: note: extra inputs are not permitted"]
+
+
 def test_confirm_reads_each_manifest_and_drops_a_damaged_one_from_the_index(catalog: Catalog) -> None:
     for i in range(3):
         catalog.save(make_manifest(f"r{i}", minutes=i))
