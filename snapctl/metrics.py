@@ -256,7 +256,7 @@ def backup_textfile(inventory: Inventory, attempt: Attempt | None = None) -> str
                 "When snapctl backup last ended on this host, whatever the outcome (a standby's exit 4 too).",
                 attempt.ended_at, **c)
         out.add("snapctl_backup_last_attempt_exit_code", "gauge",
-                "Its exit code: 0 succeeded, 1 failed, 3 refused by the preflight, 4 stood by (another run held "
+                "Its exit code: 0 succeeded, 1 failed, 2 bad input, 3 refused by the preflight, 4 stood by (another run held "
                 "the cluster lock), 130 interrupted.", attempt.exit_code, **c)
         if attempt.exit_code == ExitCode.LOCK_HELD:
             # The newest run this host can see is being superseded by the lock holder's, which has not

@@ -275,8 +275,8 @@ def _full_target_hint(exc: OSError, dest: Path) -> str | None:
     else wrote to it meanwhile (or its metadata took the last blocks)."""
     if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
         return None
-    return (f"free space at {dest.parent} (it had room for the restore when the restore began: something else "
-            "wrote there meanwhile), or restore onto a disk with room (--to DIR or restore.path; a drill: "
+    return (f"free space at {dest.parent} (it had room for the data when the restore began: something else "
+            "wrote there meanwhile, or the filesystem's own metadata took the rest), or restore onto a disk with room (--to DIR or restore.path; a drill: "
             "drill.scratch_dir)")
 
 
