@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
-import stat
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -36,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from snapctl.errors import os_reason
+from snapctl.fsmodes import remove_tree
 
 if TYPE_CHECKING:
     from snapctl.catalog import Catalog
@@ -300,30 +299,11 @@ def _remove_scratch(scratch: Path) -> None:
         if child.name == MARKER:
             continue
         if child.is_dir() and not child.is_symlink():
-            _remove_tree(child)
+            remove_tree(child)
         else:
             child.unlink(missing_ok=True)
     (scratch / MARKER).unlink(missing_ok=True)
     scratch.rmdir()
-
-
-def _remove_tree(path: Path) -> None:
-    """Restored volumes may hold read-only directories, copied as they were: those are made
-    writable. Never files: a restore may share them with the snapshot store."""
-    try:
-        shutil.rmtree(path)
-        return
-    except FileNotFoundError:
-        return
-    except OSError:
-        pass
-    for root, dirs, _ in os.walk(path):
-        os.chmod(root, stat.S_IRWXU)
-        for name in dirs:
-            child = os.path.join(root, name)
-            if not os.path.islink(child):
-                os.chmod(child, stat.S_IRWXU)
-    shutil.rmtree(path)
 
 
 def _finish(catalog: Catalog, drill: AbandonedDrill, by: str) -> bool:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import stat
 from pathlib import Path
 
 
@@ -31,3 +33,23 @@ def open_private(path: str | os.PathLike[str], flags: int) -> int:
         with contextlib.suppress(OSError):  # another user's: it stays as it is
             os.fchmod(fd, 0o600)
     return fd
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a tree of copied data (a snapshot, a drill's scratch directory), even one holding
+    read-only directories copied from a volume. Only directories are made writable: files may be
+    hard links shared with snapshots, and their modes must stay as recorded."""
+    try:
+        shutil.rmtree(path)
+        return
+    except FileNotFoundError:
+        return
+    except OSError:
+        pass
+    os.chmod(path, stat.S_IRWXU)
+    for root, dirs, _files in os.walk(path):
+        for name in dirs:
+            child = os.path.join(root, name)
+            if not os.path.islink(child):
+                os.chmod(child, stat.S_IRWXU)
+    shutil.rmtree(path)

@@ -138,9 +138,8 @@ def test_a_rerun_into_a_place_whose_finished_restore_was_removed_by_hand_goes_ah
                                                                                     emptied):
     # The marker outlives the restore (it names what teardown may delete): after `rm -r` of the
     # restored directory alone, the rerun said "another restore is writing" with none running.
-    from snapctl_local.store import remove_tree
-
     from snapctl.errors import BadInputError
+    from snapctl.fsmodes import remove_tree
 
     [ref] = provider.snapshot(volumes, snapshot_tags(CLUSTER, "run1", "n1"))
     target = tmp_path / "restores" / "data"

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from snapctl.errors import BadInputError, ProviderError, SnapshotNotFound, os_reason
+from snapctl.fsmodes import remove_tree
 from snapctl.providers import (
     TAG_CLUSTER,
     TAG_RUN,
@@ -56,7 +57,6 @@ from .store import (
     mark_failed,
     metadata_damage,
     read_metadata,
-    remove_tree,
     snapshot_state,
     write_metadata,
 )

@@ -34,8 +34,6 @@ import json
 import os
 import re
 import secrets
-import shutil
-import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from snapctl.errors import ProviderError, os_reason
-from snapctl.fsmodes import make_dirs, open_private
+from snapctl.fsmodes import make_dirs, open_private, remove_tree
 from snapctl.providers import TAG_CLUSTER
 
 METADATA = "snapshot.json"
@@ -324,28 +322,6 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def remove_tree(path: Path) -> None:
-    """Remove a snapshot tree, even one holding read-only directories copied from a volume.
-
-    Only directories are made writable: files may be hard links shared with other snapshots,
-    and their modes must stay as recorded.
-    """
-    try:
-        shutil.rmtree(path)
-        return
-    except FileNotFoundError:
-        return
-    except OSError:
-        pass
-    os.chmod(path, stat.S_IRWXU)
-    for root, dirs, _files in os.walk(path):
-        for name in dirs:
-            child = os.path.join(root, name)
-            if not os.path.islink(child):
-                os.chmod(child, stat.S_IRWXU)
-    shutil.rmtree(path)
 
 
 class StoreBusy(ProviderError):
