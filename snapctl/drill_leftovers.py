@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from snapctl.errors import os_reason
-from snapctl.fsmodes import remove_tree
+from snapctl.fsmodes import open_private, remove_tree
 
 if TYPE_CHECKING:
     from snapctl.catalog import Catalog
@@ -86,9 +86,15 @@ def identity(pid: int) -> dict[str, Any] | None:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Whole or not at all, and snapctl's user's alone whatever the umask (it is the proof)."""
     temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(json.dumps(data))
-    os.replace(temp, path)
+    try:
+        with open(temp, "w", encoding="utf-8", opener=open_private) as out:
+            out.write(json.dumps(data))
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
 
 
 # -- finding them ------------------------------------------------------------------------------------

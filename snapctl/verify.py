@@ -118,7 +118,7 @@ def _check(recorded: SnapshotRef, current: SnapshotRef | None, manifest: Manifes
 
 def _local_contents(ref: SnapshotRef, engine_files: list[str]) -> list[str]:
     """Files of a local snapshot against its own index, and the engine's files against the copy."""
-    from snapctl_local.store import DATA, read_metadata
+    from snapctl_local.store import DATA, read_metadata, size_problem
 
     snap_dir = Path(str(ref.extra.get("path") or ""))
     meta = read_metadata(snap_dir) if ref.extra.get("path") else None
@@ -130,8 +130,8 @@ def _local_contents(ref: SnapshotRef, engine_files: list[str]) -> list[str]:
         file = data / rel
         if not file.is_file():
             problems.append(f"file {rel} is missing")
-        elif file.stat().st_size != facts.get("size"):
-            problems.append(f"file {rel} has {file.stat().st_size} bytes, recorded {facts.get('size')}")
+        elif (wrong := size_problem(rel, file.stat().st_size, facts, meta)) is not None:
+            problems.append(wrong)
     source = Path(str(meta.get("source") or "")).resolve()
     for engine_file in engine_files:
         path = Path(engine_file).resolve()

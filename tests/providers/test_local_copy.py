@@ -73,6 +73,32 @@ def test_many_files_copied_at_once_are_exact(tmp_path: Path) -> None:
     assert _copy_threads() == []
 
 
+class AppendedBeforeCopy(FileCopier):
+    """A real copier; the engine appends to ``log`` after the walk saw it and before its copy (a
+    held Tarantool goes on writing its xlog)."""
+
+    def copy_file(self, src, dst, src_dev, stopped=None):
+        if src.name == "log":
+            with open(src, "ab") as log:
+                log.write(b"written after the walk")
+        return super().copy_file(src, dst, src_dev, stopped)
+
+
+def test_a_file_written_to_between_the_walk_and_its_copy_is_indexed_as_copied(tmp_path: Path) -> None:
+    # The index kept the size the walk saw, so restore and verify called the snapshot damaged
+    # ("file log has 42 bytes, recorded 20"), every time a held engine wrote its log meanwhile.
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "log").write_bytes(b"before the snapshot.")
+    earlier = (tmp_path / "src" / "log").stat()
+    stats = copy_tree(tmp_path / "src", tmp_path / "dst", AppendedBeforeCopy("never"))
+
+    copied = (tmp_path / "dst" / "log").stat()
+    assert copied.st_size == len(b"before the snapshot.written after the walk")
+    assert stats.files["log"].size == copied.st_size
+    # The walk's mtime stays: the source never had that size at that time, so nothing links to it later.
+    assert stats.files["log"].mtime_ns == earlier.st_mtime_ns
+
+
 def test_every_file_and_directory_is_fsynced_before_copy_tree_returns(tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     _make_tree(tmp_path / "src")

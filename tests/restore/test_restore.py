@@ -323,6 +323,35 @@ def test_a_snapshot_file_cut_short_is_refused_as_damaged_by_restore_and_drill(sq
     assert not open_catalog(sqlite_cluster.inventory).load(run_id).last_drill.ok
 
 
+@pytest.mark.parametrize(("snapshot_format", "whole"), [(2, True), (3, False)])
+def test_a_log_longer_than_its_index_says_is_whole_in_a_format_2_snapshot_only(sqlite_cluster, tmp_path,
+                                                                              snapshot_format, whole):
+    """Before format 3 the index kept the size the walk saw, and a log a held Tarantool appended to
+    meanwhile was copied longer: restore called such backups damaged. Since format 3 the index
+    says what was copied, and any difference is damage."""
+    import json
+
+    from snapctl.errors import ProviderError
+    from snapctl.verify import verify_run
+
+    (sqlite_cluster.directory / "n2" / "data" / "00000000000000000042.xlog").write_bytes(b"x" * 4096)
+    run_id = sqlite_cluster.backup()
+    data = sqlite_cluster.snapshot_data("n2", run_id)
+    with open(data / "00000000000000000042.xlog", "ab") as xlog:
+        xlog.write(b"appended by the held engine after the walk")
+    index = json.loads((data.parent / "snapshot.json").read_text())
+    assert index["format"] == 3, "what this snapctl writes"
+    (data.parent / "snapshot.json").write_text(json.dumps({**index, "format": snapshot_format}))
+
+    if whole:
+        assert restore_run(sqlite_cluster.inventory, run_id, tmp_path / "restored").ok
+        assert {c.state for c in verify_run(sqlite_cluster.inventory, run_id).snapshots} == {"ok"}
+    else:
+        with pytest.raises(ProviderError, match=r"file 00000000000000000042.xlog has 4138 bytes, recorded 4096"):
+            restore_run(sqlite_cluster.inventory, run_id, tmp_path / "restored")
+        assert "damaged" in {c.state for c in verify_run(sqlite_cluster.inventory, run_id).snapshots}
+
+
 def test_a_target_that_is_a_symlink_to_an_empty_directory_is_restored_into_that_directory(sqlite_cluster, tmp_path):
     """A symlink pointing a target at a larger disk passed the up-front check (an empty directory),
     then the final rename failed on it, "not a directory", with n1 already restored."""

@@ -4,6 +4,7 @@ cron or a CI runner starts it with."""
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,16 +56,18 @@ def test_a_drill_scratch_dir_is_private_under_umask_0(tmp_path: Path, open_umask
 
     from snapctl.drill import _scratch_dir
 
-    inventory = SimpleNamespace(drill=SimpleNamespace(scratch_dir="scratch"), resolve=lambda p: tmp_path / p)
-    scratch = _scratch_dir(inventory, "20261206T000000Z-abcdef", "d1")  # type: ignore[arg-type]
+    inventory = SimpleNamespace(cluster="c", drill=SimpleNamespace(scratch_dir="scratch"),
+                                resolve=lambda p: tmp_path / p)
+    scratch = _scratch_dir(inventory, "20261206T000000Z-abcdef", "d1", "c/drills/r-d1.json")  # type: ignore[arg-type]
     assert scratch.parent == tmp_path / "scratch"
     assert stat.S_IMODE(scratch.stat().st_mode) == 0o700
     inventory.drill.scratch_dir = None
-    temporary = _scratch_dir(inventory, "20261206T000000Z-abcdef", "d2")  # type: ignore[arg-type]
+    temporary = _scratch_dir(inventory, "20261206T000000Z-abcdef", "d2", "c/drills/r-d2.json")  # type: ignore[arg-type]
     try:
         assert stat.S_IMODE(temporary.stat().st_mode) == 0o700
+        assert stat.S_IMODE((temporary / ".snapctl-drill.json").stat().st_mode) & 0o077 == 0
     finally:
-        temporary.rmdir()
+        shutil.rmtree(temporary)
 
 
 def test_the_local_snapshot_store_and_restore_targets_are_not_writable_by_others_under_umask_0(

@@ -304,14 +304,15 @@ def test_a_stalled_tls_handshake_is_timed_out_like_a_half_sent_request(tmp_path:
     server_tls.load_cert_chain(pki.server_cert, pki.server_key)
     client_tls = ssl.create_default_context(cafile=str(pki.ca))
     server = uvicorn.Server(uvicorn.Config(create_app(service, TOKEN), host="127.0.0.1", port=0, log_level="warning",
-                                           lifespan="off", http=guarded_http(request_timeout_s=1.0, tls=server_tls)))
+                                           lifespan="off", http=guarded_http(request_timeout_s=3.0, tls=server_tls)))
+    # 3 s, not less: each handshake below must finish within it while the whole suite loads the machine.
     with serve_server(server) as (host, port):
         url = f"https://{host}:{port}/v1/status"
         assert httpx.get(url, headers=AUTH, verify=client_tls).status_code == 200
         silent = socket.create_connection((host, port))  # connects, and never says hello
         half = socket.create_connection((host, port))
         half.sendall(b"\x16\x03\x01\x02\x00\x01")  # the start of a ClientHello, and no more
-        assert _closed_within(silent, 5) and _closed_within(half, 5)
+        assert _closed_within(silent, 10) and _closed_within(half, 10)  # not asyncio's 60 s
         with httpx.Client(base_url=f"https://{host}:{port}", headers=AUTH, verify=client_tls) as client:
             assert client.get("/v1/status").status_code == 200
             prepared = client.post("/v1/prepare", json={"run_id": "r1", "lease_s": 30})

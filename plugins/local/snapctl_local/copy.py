@@ -345,11 +345,11 @@ class _Copies:
         """The tree copy failed or was interrupted: files under way stop at their next chunk."""
         self._abandoned.set()
 
-    def submit(self, src: Path, dst: Path, st: os.stat_result, copier: FileCopier, as_root: bool) -> None:
+    def submit(self, src: Path, dst: Path, st: os.stat_result, copier: FileCopier, as_root: bool, rel: str) -> None:
         self.check()
         if len(self._pending) >= self._backlog:
             self._collect(FIRST_COMPLETED)
-        future = self._executor.submit(self._copy_or_abandon, copier, src, dst, st, as_root)
+        future = self._executor.submit(self._copy_or_abandon, copier, src, dst, st, as_root, rel)
         self._pending[future] = (src, dst)
 
     def finish(self) -> None:
@@ -359,9 +359,18 @@ class _Copies:
         # Also on failure: no worker may still write into a tree the caller is about to remove.
         self._executor.shutdown(wait=True, cancel_futures=True)
 
-    def _copy_or_abandon(self, copier: FileCopier, src: Path, dst: Path, st: os.stat_result, as_root: bool) -> str:
+    def _copy_or_abandon(self, copier: FileCopier, src: Path, dst: Path, st: os.stat_result, as_root: bool,
+                         rel: str) -> str:
         try:
-            return _copy_one(self._durability, copier, src, dst, st, as_root, self.stopped)
+            how = _copy_one(self._durability, copier, src, dst, st, as_root, self.stopped)
+            copied = os.stat(dst).st_size
+            if copied != st.st_size:
+                # Written to between the walk and its copy (a log the engine appends to while it is
+                # held, Tarantool's xlog): the index says what the snapshot holds. The walk's mtime
+                # stays, so the next snapshot copies the file again rather than link this copy.
+                self._stats.files[rel] = FileFacts(size=copied, mtime_ns=st.st_mtime_ns,
+                                                   mode=stat.S_IMODE(st.st_mode))
+            return how
         except BaseException:
             self.abandon()  # the other files under way stop at their next chunk, not at their end
             raise
@@ -432,7 +441,7 @@ def _copy_entries(src_root: Path, dst_root: Path, copier: FileCopier, link_from:
                     stats.bytes_total += st.st_size
                     if not (link_index.get(rel) == facts and _linked(os.path.join(link_dir, rel), dst, stats)):
                         stats.bytes_copied += st.st_size
-                        copies.submit(Path(src), Path(dst), st, copier, as_root)
+                        copies.submit(Path(src), Path(dst), st, copier, as_root, rel)
                 else:
                     stats.skipped.append(rel)
             except ReflinkUnsupported:

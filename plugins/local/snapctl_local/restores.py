@@ -30,6 +30,7 @@ from .store import (
     read_restore_marker,
     remove_tree,
     restore_marker,
+    size_problem,
     snapshot_state,
     write_restore_marker,
 )
@@ -246,11 +247,10 @@ class LocalRestores:
             except OSError as exc:
                 problems.append(f"file {rel} cannot be read: {os_reason(exc)}")
                 continue
-            size = facts.get("size") if isinstance(facts, dict) else None
             if not stat.S_ISREG(found.st_mode):
                 problems.append(f"file {rel} is no longer a regular file")
-            elif size is not None and found.st_size != size:
-                problems.append(f"file {rel} has {found.st_size} bytes, recorded {size}")
+            elif (wrong := size_problem(rel, found.st_size, facts, meta)) is not None:
+                problems.append(wrong)
         if problems:
             more = len(problems) - _NAMED
             shown = ", ".join(problems[:_NAMED]) + (f" and {more} more" if more > 0 else "")

@@ -53,7 +53,9 @@ RESTORE_PREFIX = ".restore-"
 LEFTOVER_PREFIXES = (PARTIAL_PREFIX, DELETING_PREFIX)  # in a node's directory: work in progress, or a dead call's
 COMPLETED = "completed.json"
 FAILED = "failed.json"
-METADATA_FORMAT = 2  # 2: a snapshot's state comes from its markers, not snapshot.json's "state"
+# 2: a snapshot's state comes from its markers, not snapshot.json's "state"; 3: each file's size is
+# the size copied, where 2 kept the size the walk saw (a held engine's log may grow in between).
+METADATA_FORMAT = 3
 RESTORE_MARKER_SUFFIX = ".snapctl-restore.json"
 
 _SAFE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
@@ -342,3 +344,20 @@ def _flock_within(fd: int, wait_s: float, node: str) -> None:
                     hint="retry once it is done; a --no-wait backup's snapshots become durable at its next "
                          "run's wait or a restore") from None
             time.sleep(0.05)
+
+
+def size_problem(rel: str, found: int, facts: object, meta: dict[str, Any]) -> str | None:
+    """What is wrong with a snapshot's file of ``found`` bytes against its index entry, if anything.
+    Before format 3 the index kept the size the walk saw, and a log the engine appended to while
+    it was held (Tarantool's xlog) was copied longer: longer is whole there, shorter never is."""
+    size = facts.get("size") if isinstance(facts, dict) else None
+    if size is None or found == size:
+        return None
+    if found > size and _format(meta) < 3:
+        return None
+    return f"file {rel} has {found} bytes, recorded {size}"
+
+
+def _format(meta: dict[str, Any]) -> int:
+    value = meta.get("format")
+    return value if isinstance(value, int) and not isinstance(value, bool) else 1
