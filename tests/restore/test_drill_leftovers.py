@@ -94,6 +94,13 @@ def rewrite(cluster: SqliteCluster, record: dict, **changes: object) -> None:
                                                 json.dumps({**record, **changes}).encode())
 
 
+def assert_left_alone(cluster: SqliteCluster, record: dict) -> None:
+    """The next drill cleans up nothing of ``record``'s drill: its data and its unfinished record stay."""
+    assert drill(cluster)["cleaned_up"] == []
+    assert (Path(record["scratch_dir"]) / "n1" / "data" / "app.db").exists()
+    assert records(cluster)[record["drill_id"]]["finished_at"] is None
+
+
 def test_the_scratch_of_a_drill_killed_outright_is_removed_by_the_next_drill(sqlite_cluster, tmp_path):
     sqlite_cluster.backup()
     victim = paused_at(sqlite_cluster, "n1", "starting", tmp_path)  # n1's volume restored into its scratch
@@ -139,9 +146,7 @@ def test_a_killed_drill_of_another_host_is_left_alone(sqlite_cluster, tmp_path):
     user, pid = dead["owner"].partition("@")[0], dead["owner"].rpartition(":")[2]
     rewrite(sqlite_cluster, dead, owner=f"{user}@another-host:{pid}")  # that pid, elsewhere, may well run
 
-    assert drill(sqlite_cluster)["cleaned_up"] == []
-    assert (Path(dead["scratch_dir"]) / "n1" / "data" / "app.db").exists()
-    assert records(sqlite_cluster)[dead["drill_id"]]["finished_at"] is None
+    assert_left_alone(sqlite_cluster, dead)
 
 
 def test_a_killed_drill_of_another_pid_namespace_on_a_same_named_host_is_left_alone(sqlite_cluster, tmp_path):
@@ -152,9 +157,7 @@ def test_a_killed_drill_of_another_pid_namespace_on_a_same_named_host_is_left_al
     dead = only_unfinished(sqlite_cluster)
     rewrite(sqlite_cluster, dead, owner_process={**dead["owner_process"], "pid_ns": "pid:[1]"})
 
-    assert drill(sqlite_cluster)["cleaned_up"] == []
-    assert (Path(dead["scratch_dir"]) / "n1" / "data" / "app.db").exists()
-    assert records(sqlite_cluster)[dead["drill_id"]]["finished_at"] is None
+    assert_left_alone(sqlite_cluster, dead)
 
 
 def test_a_directory_without_the_drills_marker_is_left_alone(sqlite_cluster, tmp_path):
