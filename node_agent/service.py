@@ -255,6 +255,9 @@ class AgentService:
                     return CompleteResponse(run_id=run_id, released=False)
                 if run_id in self._ended:
                     return CompleteResponse(run_id=run_id, released=False)
+                if lease is None and (left := self._release_left_hold(run_id)) is not None:
+                    self._remember_ended(run_id, "released, left by an earlier agent process")
+                    return CompleteResponse(run_id=run_id, released=left)
                 # Built first: once remembered, the run would read as one whose hold already ended.
                 refusal = self._not_holding(run_id, "complete")
                 if lease is None:
@@ -410,6 +413,18 @@ class AgentService:
             self.engine.complete(run_id)
         except Exception:
             log.exception("engine complete for run %s %s failed", run_id, why)
+
+    def _release_left_hold(self, run_id: str) -> bool | None:
+        """What the engine kept held for ``run_id`` from a killed agent process, released: ``Engine.complete``."""
+        if (release := getattr(self.engine, "release_left_hold", None)) is None:
+            return None
+        try:
+            with self._engine_busy(f"complete of run {run_id}"):
+                return release(run_id)
+        except EngineError as exc:  # answered as before: nothing held here, and the hint says where to look
+            log.warning("complete of run %s: could not ask the engine for a hold left by an earlier agent "
+                        "process: %s", run_id, exc.message)
+            return None
 
     def _conflict(self, message: str) -> LeaseConflict:
         lease = self._lease

@@ -44,7 +44,13 @@ class Engine(Protocol):
     def complete(self, run_id: str) -> bool | None:
         """Release what ``prepare`` holds. Safe to call twice and when nothing is held. Return False
         when this run's hold had already ended on the engine before this call (the engine restarted,
-        or someone else released it): the run's snapshot may not be consistent. None otherwise."""
+        or someone else released it): the run's snapshot may not be consistent. None otherwise.
+
+        An adapter whose hold lives on the server, fenced there by run id (Tarantool's pin), may
+        also have ``release_left_hold(run_id) -> bool | None``: the agent calls it for a run it
+        does not know (a previous agent process held for it and was killed), and answers that
+        run's complete from it: True released a hold kept all along, False found it ended, None
+        found none of that run's."""
         ...
 
     def trigger(self, target: str | None) -> list[JobResult]:

@@ -231,6 +231,16 @@ class TarantoolEngine:
             return False
         return None
 
+    def release_left_hold(self, run_id: str) -> bool | None:
+        """Release the pin an earlier agent process made for ``run_id`` (killed with it held: a pin
+        outlives the agent), fenced by the run's marker on the server. True: it was pinned all along
+        and is released now; False: its marker was there, the pin had gone; None: none of this run."""
+        result = self._release(run_id)
+        if not result.get("released"):
+            return None
+        log.warning("released the pin of run %s, which an earlier agent process made", run_id)
+        return bool(result.get("pinned"))
+
     def _release(self, run_id: str) -> dict[str, Any]:
         with self._session() as conn:
             result = self._eval(conn, RELEASE_LUA, run_id, what="box.backup.stop()")

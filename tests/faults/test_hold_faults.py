@@ -1,0 +1,74 @@
+"""The hold itself under faults, with a real engine and real agent processes: node1's agent holds a
+real Tarantool (its pin lives in the server, not in the agent), node2 and node3 hold SQLite.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from snapctl.errors import ExitCode
+from tests.faults.harness import FaultCluster
+from tests.realdb.tarantool import TarantoolReplicaSet
+
+pytestmark = pytest.mark.slow
+
+PIN = ("local refs = {} for _, c in ipairs(box.info.gc().checkpoints) do for _, r in ipairs(c.references) do "
+       "refs[#refs + 1] = r end end return refs, rawget(_G, 'snapctl_backup_run')")
+
+
+def pin_of(tt: TarantoolReplicaSet) -> str | None:
+    """The run whose pin holds the instance's checkpoint, or None when nothing is pinned."""
+    refs, holder = tt.eval(PIN)
+    return holder if "backup" in refs else None
+
+
+def inventory(cluster: FaultCluster, tt: TarantoolReplicaSet, path: Path, **changes) -> Path:
+    def volumes(node: str) -> list[dict]:
+        where = tt.master.work_dir if node == "node1" else cluster.agents[node].volume
+        return [{"name": "data", "path": str(where)}]
+
+    return cluster.write_inventory(path, volumes=volumes, **changes)
+
+
+# The agent is SIGKILLed while its Tarantool is pinned, and started again before the run completes.
+# The pin outlived the agent (it is the server's); the new agent did not know the run, so its
+# complete was answered "nothing is held", the rollback reported node1 "released", and the pin
+# stayed for ever: every later backup was refused, "engine already held by snapctl run R".
+@pytest.mark.parametrize("lease", ["30s", "3s"], ids=["complete-first", "renew-first"])
+def test_a_pin_left_by_an_agent_killed_mid_hold_is_released_by_its_runs_complete(make_cluster, tmp_path, lease):
+    with TarantoolReplicaSet(tmp_path / "tt", size=1) as tt:
+        cluster: FaultCluster = make_cluster(engines={"node1": tt.engine_settings()})
+        stopping = inventory(cluster, tt, tmp_path / "stopping.yaml", provider={"stop": {"node1": "after"}},
+                             policy={"lease_ttl_s": lease})
+        process = cluster.popen("backup", "--no-prune", inventory=stopping)
+        cluster.wait_reached("node1.made")  # node1's snapshot is made; its create call has not returned
+        run_id = cluster.lock_record()["run_id"]
+        assert pin_of(tt) == run_id
+
+        cluster.kill_agent("node1")
+        cluster.start_agent("node1")
+        assert pin_of(tt) == run_id, "a pin is the server's: it outlives the agent that made it"
+        proxy = cluster.agents["node1"].proxy
+        if lease == "3s":  # snapctl renews every second: the new agent refuses, not knowing the run
+            first = proxy.gate("POST /v1/renew")
+            first.wait()
+            first.open()
+            proxy.gate("POST /v1/renew").wait()  # the next one: snapctl has read the refusal of the first
+        cluster.go("node1.go")
+        _, stderr = process.communicate(timeout=90)
+
+        assert "Traceback" not in stderr
+        assert pin_of(tt) is None, "the run's complete must release the pin the killed agent made"
+        manifest = cluster.manifest(run_id)
+        if lease == "30s":  # pinned under the run's marker all along: the cut is consistent
+            assert process.returncode == 0, stderr
+            assert manifest["status"] == "succeeded"
+        else:  # the renew was refused: the run cannot tell, and fails
+            assert process.returncode == ExitCode.RUN_FAILED, stderr
+            assert manifest["status"] == "failed" and "node1" in manifest["error"]
+
+        after = cluster.snapctl("backup", "--no-prune", inventory=inventory(cluster, tt, tmp_path / "plain.yaml"))
+        assert after.returncode == 0, after.stderr
+        assert pin_of(tt) is None
