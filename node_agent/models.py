@@ -185,10 +185,14 @@ class PrepareResponse(Model):
     state: EngineState
 
 
+LOST_ON_ENGINE = "lost on the engine before complete"  # a CompleteResponse.ended: an engine restart, say
+
+
 class CompleteResponse(Model):
     run_id: str
     released: bool  # False when this run's hold had already ended (idempotent repeat, or expired)
     held_for_s: float | None = None
+    ended: str | None = None  # released false: how the hold had ended ("expired", "completed", LOST_ON_ENGINE)
 
 
 class TriggerResponse(Model):

@@ -24,6 +24,7 @@ from pathlib import Path
 from node_agent.engines.base import Engine
 from node_agent.hold_waits import HoldWaits
 from node_agent.models import (
+    LOST_ON_ENGINE,
     MAX_HOLD_AT_AHEAD_S,
     MAX_HOLD_LEAD_S,
     MAX_LEASE_S,
@@ -254,10 +255,10 @@ class AgentService:
                     self._remember_ended(run_id, "cancelled before it began")
                     return CompleteResponse(run_id=run_id, released=False)
                 if run_id in self._ended:
-                    return CompleteResponse(run_id=run_id, released=False)
+                    return CompleteResponse(run_id=run_id, released=False, ended=self._ended[run_id])
                 if lease is None and (left := self._release_left_hold(run_id)) is not None:
-                    self._remember_ended(run_id, "released, left by an earlier agent process")
-                    return CompleteResponse(run_id=run_id, released=left)
+                    self._remember_ended(run_id, "completed" if left else LOST_ON_ENGINE)
+                    return CompleteResponse(run_id=run_id, released=left, ended=None if left else LOST_ON_ENGINE)
                 # Built first: once remembered, the run would read as one whose hold already ended.
                 refusal = self._not_holding(run_id, "complete")
                 if lease is None:
@@ -268,13 +269,13 @@ class AgentService:
             with self._engine_busy(f"complete of run {run_id}"):
                 lost = self.engine.complete(run_id) is False
             done = self._clock()
-            self._end_lease("completed" if not lost else "lost on the engine before complete")
+            self._end_lease("completed" if not lost else LOST_ON_ENGINE)
             self._stats.completes += 1
             self._stats.last_complete_s = done - started
             if lost:
                 # released: false fails the run: the hold ended behind its back (an engine restart).
                 log.warning("run %s: the engine's hold had already ended when complete came", run_id)
-                return CompleteResponse(run_id=run_id, released=False)
+                return CompleteResponse(run_id=run_id, released=False, ended=LOST_ON_ENGINE)
             log.info("completed run %s after %.3fs held", run_id, done - lease.acquired_mono)
             return CompleteResponse(run_id=run_id, released=True, held_for_s=done - lease.acquired_mono)
 
@@ -422,8 +423,7 @@ class AgentService:
             with self._engine_busy(f"complete of run {run_id}"):
                 return release(run_id)
         except EngineError as exc:  # answered as before: nothing held here, and the hint says where to look
-            log.warning("complete of run %s: could not ask the engine for a hold left by an earlier agent "
-                        "process: %s", run_id, exc.message)
+            log.warning("complete of run %s: could not ask the engine for a hold a killed agent left: %s", run_id, exc)
             return None
 
     def _conflict(self, message: str) -> LeaseConflict:

@@ -18,6 +18,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from node_agent.models import CompleteResponse
 from snapctl import __version__
 from snapctl.agent_client import AgentClient, open_agents
 from snapctl.catalog import Catalog, open_catalog
@@ -31,6 +32,7 @@ from snapctl.errors import (
     PreflightRefused,
     RunFailed,
     SnapctlError,
+    hold_ended_before_complete,
 )
 from snapctl.events import NullReporter, Reporter
 from snapctl.manifest import Manifest, NodeRecord
@@ -312,23 +314,20 @@ async def _snapshot_then_complete(run: _Run, node: str, all_held: asyncio.Event 
 
 async def _complete(run: _Run, node: str) -> None:
     record = run.manifest.nodes[node]
-    released = await _completed(run, node)
+    answer = await _completed(run, node)
     run.held.discard(node)
-    if not released:  # the lease expired, or another token holder completed it: when, we cannot know
-        raise RunFailed(f"node {node}: its hold had already ended when the run completed it, so the "
-                        "snapshot may not be consistent",
-                        hint="raise policy.lease_ttl_s if snapctl stalls; if nobody else should hold the "
-                             "agent's token, rotate it")
+    if not answer.released:  # the lease expired, the engine restarted, another token holder completed it
+        raise hold_ended_before_complete(node, answer.ended)
     record.complete_acked_at = now()
     record.freeze_window_s = round(time.monotonic() - run.frozen_since(node), 6)
     run.reporter.node(node, "released", f"frozen {record.freeze_window_s:.3f}s")
 
 
-async def _completed(run: _Run, node: str) -> bool:
+async def _completed(run: _Run, node: str) -> CompleteResponse:
     """COMPLETE one node, bounded: a hung agent is an error naming the node, not a bare timeout.
-    False: the run's hold had ended before (the agent answers a repeated complete that way)."""
+    ``released`` false: the run's hold had ended before (a repeated complete is answered so too)."""
     try:  # bounded by the client, at policy.agent_timeout_s
-        return (await run.agents[node].complete(run.manifest.run_id)).released
+        return await run.agents[node].complete(run.manifest.run_id)
     except AgentTimeout:
         raise AgentUnreachable(node, f"no answer from the agent to complete within "
                                      f"{run.inventory.policy.agent_timeout_s:g}s",

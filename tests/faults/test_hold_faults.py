@@ -4,12 +4,13 @@ real Tarantool (its pin lives in the server, not in the agent), node2 and node3 
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
 
 from snapctl.errors import ExitCode
-from tests.faults.harness import FaultCluster
+from tests.faults.harness import NODES, FaultCluster, wait_until
 from tests.realdb.tarantool import TarantoolReplicaSet
 
 pytestmark = pytest.mark.slow
@@ -72,3 +73,53 @@ def test_a_pin_left_by_an_agent_killed_mid_hold_is_released_by_its_runs_complete
         after = cluster.snapctl("backup", "--no-prune", inventory=inventory(cluster, tt, tmp_path / "plain.yaml"))
         assert after.returncode == 0, after.stderr
         assert pin_of(tt) is None
+
+
+# The instance restarted while held (its pin lives in memory): the agent answered the complete
+# `released: false` and the run failed, as it must, but said to "raise policy.lease_ttl_s if snapctl
+# stalls" or rotate the token: the run had taken 0.2 s of a 30 s lease, and nobody else held the token.
+def test_an_engine_restarted_mid_hold_fails_the_run_naming_the_restart(make_cluster, tmp_path):
+    with TarantoolReplicaSet(tmp_path / "tt", size=1) as tt:
+        cluster: FaultCluster = make_cluster(engines={"node1": tt.engine_settings()})
+        stopping = inventory(cluster, tt, tmp_path / "stopping.yaml", provider={"stop": {"node1": "after"}},
+                             policy={"lease_ttl_s": "30s"})
+        process = cluster.popen("backup", "--no-prune", inventory=stopping)
+        cluster.wait_reached("node1.made")
+        run_id = cluster.lock_record()["run_id"]
+        tt.restart(0)
+        assert pin_of(tt) is None
+        cluster.go("node1.go")
+        _, stderr = process.communicate(timeout=90)
+
+        assert process.returncode == ExitCode.RUN_FAILED, stderr
+        error, hint = stderr.splitlines()[-2:]
+        assert ("node node1: its hold had already ended when the run completed it (the engine dropped it before "
+                "complete: it restarted, or someone released its hold by hand)") in error
+        assert "lease_ttl_s" not in hint and "token" not in hint and "engine restarted" in hint, hint
+        manifest = cluster.manifest(run_id)
+        assert manifest["status"] == "failed" and "the engine dropped it" in manifest["nodes"]["node1"]["error"]
+
+
+# snapctl stopped (SIGSTOP: a control host paused, swapped out) past its nodes' leases while node3's
+# snapshot was being made: node3's agent released it. Resumed, snapctl must fail the run, and say why.
+def test_snapctl_stopped_past_the_lease_fails_the_run_saying_the_lease_expired(scene: FaultCluster):
+    cluster = scene
+    stopping = cluster.write_inventory(cluster.directory / "stopping.yaml", provider={"stop": {"node3": "after"}})
+    process = cluster.popen("backup", "--no-prune", inventory=stopping)
+    cluster.wait_reached("node3.made")
+    cluster.wait_released(nodes=("node1", "node2"))  # completed by snapctl: node3 alone is held
+    run_id = cluster.lock_record()["run_id"]
+    process.send_signal(signal.SIGSTOP)
+    try:
+        wait_until(lambda: cluster.released_by("node3", run_id) == "expired", 20, "node3's lease to expire")
+        cluster.go("node3.go")
+    finally:
+        process.send_signal(signal.SIGCONT)
+    _, stderr = process.communicate(timeout=60)
+
+    assert process.returncode == ExitCode.RUN_FAILED, stderr
+    error, hint = stderr.splitlines()[-2:]
+    assert "node node3: its hold had already ended when the run completed it (its lease expired" in error, error
+    assert "policy.lease_ttl_s" in hint and "token" not in hint
+    assert cluster.manifest(run_id)["status"] == "failed"
+    assert cluster.snapshot_dirs(run_id) == [] and all(cluster.writable(n) for n in NODES)
