@@ -34,6 +34,7 @@ from node_agent.engines.etcd_tools import (
     key_facts,
     member_name,
     restore_snapshot,
+    retry_while_electing,
     snapshot_tool,
     status_position,
 )
@@ -133,7 +134,7 @@ class EtcdEngine:
             raise EngineError(f"etcd at {self.endpoint} answers but its cluster has no leader ({said})",
                               hint="a majority of members is down or cut off, or an election is under way: "
                                    "check the other members (snapctl status)")
-        keys = self._post("/v3/kv/range", ALL_KEYS)
+        keys = retry_while_electing(lambda: self._post("/v3/kv/range", ALL_KEYS), self.settings.timeout_s)
         target = self.backup_dir / f"{run_id}.db"
         saved = self._save_snapshot(target)
         self._prune(keep=target)

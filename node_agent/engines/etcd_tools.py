@@ -9,6 +9,8 @@ import logging
 import os
 import shutil
 import subprocess
+import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -116,3 +118,24 @@ def gateway_int(value: Any) -> int:
 def member_hex(value: Any) -> str:
     """Member and cluster ids as etcdctl prints them."""
     return format(gateway_int(value), "x")
+
+
+LEADER_CHANGED = "etcdserver: leader changed"
+
+
+def retry_while_electing(call: Callable[[], Any], within_s: float) -> Any:
+    """``call()``, repeated while etcd aborts it with "leader changed": a linearizable read whose
+    leader was replaced under it (killed, or stepped down), safe to repeat once a new one is elected,
+    an election timeout or so later. Past ``within_s`` the last refusal is raised, with a hint."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            return call()
+        except EngineError as exc:
+            if LEADER_CHANGED not in exc.message:
+                raise
+            if time.monotonic() >= deadline:
+                raise EngineError(f"{exc.message} (still, after {within_s:g}s of retries)",
+                                  hint="the cluster keeps changing leader: check its members (snapctl status) "
+                                       "and run the backup again") from exc
+        time.sleep(0.1)
