@@ -20,6 +20,7 @@ Two ways to run a node's engine:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import shutil
@@ -137,45 +138,49 @@ class _Drill:
 def run_drill(inventory: Inventory, run_ref: str = "latest", *, junit: Path | None = None, keep: bool = False,
               reporter: Reporter | None = None) -> DrillReport:
     from snapctl.drill_leftovers import clean_up_killed_drills, drill_owner, identity
-    from snapctl.junit import write_junit, write_junit_refusal
+    from snapctl.junit import usable_report_path, write_junit, write_junit_refusal
 
     reporter = reporter or NullReporter()
-    junit_path = junit or (inventory.resolve(inventory.drill.junit) if inventory.drill.junit else Path(DEFAULT_JUNIT))
-    try:  # as pytest's --junitxml does: a CI job's fresh checkout has no reports/ yet
-        junit_path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise BadInputError(f"cannot write the junit report to {junit_path}: cannot create {junit_path.parent}: "
-                            f"{os_reason(exc)}", hint="name a file in a directory that exists or can be made") from exc
-    if junit_path.is_dir():
-        raise BadInputError(f"cannot write the junit report to {junit_path}: it is a directory",
-                            hint=f"name a file, e.g. --junit {junit_path / 'drill.xml'}")
+    junit_path = usable_report_path(junit or (inventory.resolve(inventory.drill.junit) if inventory.drill.junit
+                                              else Path(DEFAULT_JUNIT)))
+    started_at = datetime.now(UTC)
+    drill_id = f"{started_at:%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
+    report: DrillReport | None = None
     try:  # a drill that cannot begin (no backup yet, the catalog unreadable) still leaves CI a report saying why
         catalog = open_catalog(inventory)
-        manifest = load_restorable(catalog, run_ref)
+        run_id = catalog.resolve(run_ref)
+        report = DrillReport(cluster=inventory.cluster, run_id=run_id, drill_id=drill_id,
+                             provider=str(inventory.provider.get("type")), started_at=started_at, owner=drill_owner(),
+                             owner_process=identity(os.getpid()), kept=keep,
+                             record=f"{catalog.cluster}/drills/{run_id}-{drill_id}.json")
+        # On record, unfinished, before the run's status is read (as a restore is): a prune that marks
+        # the run after that read looks at the records again before it deletes anything, and so
+        # finds this one; one that marked it before, this read sees.
+        _write_record(catalog, report)
+        manifest = load_restorable(catalog, run_id)
         for name in manifest.nodes:
             inventory_node(inventory, name)  # every node of the run must still be described
         provider = open_provider(inventory)
         check_provider(manifest, provider)
     except SnapctlError as exc:
         write_junit_refusal(junit_path, inventory.cluster, run_ref, exc)
+        if report is not None:  # on record already: finished, saying why
+            report.error, report.hint, report.finished_at = exc.message, exc.hint, datetime.now(UTC)
+            with contextlib.suppress(SnapctlError):
+                _write_record(catalog, report)
         raise
-    started_at = datetime.now(UTC)
-    drill_id = f"{started_at:%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
-    cleaned_up = clean_up_killed_drills(catalog, f"drill {drill_id}", reporter)
-    record = f"{catalog.cluster}/drills/{manifest.run_id}-{drill_id}.json"
-    scratch = _scratch_dir(inventory, manifest.run_id, drill_id, record)
-    report = DrillReport(cluster=inventory.cluster, run_id=manifest.run_id, drill_id=drill_id, provider=provider.name,
-                         started_at=started_at, scratch_dir=str(scratch), owner=drill_owner(),
-                         owner_process=identity(os.getpid()), kept=keep, record=record,
-                         cleaned_up=cleaned_up)
+    report.cleaned_up = clean_up_killed_drills(catalog, f"drill {drill_id}", reporter)
+    scratch = _scratch_dir(inventory, manifest.run_id, drill_id, report.record)
+    report.provider, report.scratch_dir = provider.name, str(scratch)
     started = time.monotonic()
     drill = _Drill(inventory, manifest, provider, scratch, started, started + inventory.drill.timeout_s, reporter)
     refused: SnapctlError | None = None
     try:
-        # On record from the start, unfinished: a prune meanwhile leaves this run's snapshots alone.
-        # In the try: if the catalog refuses it, the scratch directory still goes.
+        # The record names the scratch directory now, which holds the drill's marker: a drill killed
+        # from here on is cleaned up by the next one. In the try: if the catalog refuses it, the
+        # scratch directory still goes.
         try:
-            catalog.store.write(report.record, report.model_dump_json(indent=2).encode())
+            _write_record(catalog, report)
         except SnapctlError as exc:  # nothing restored yet: the drill does not begin unrecorded
             write_junit_refusal(junit_path, inventory.cluster, run_ref, exc)
             raise
@@ -413,7 +418,7 @@ def _record(catalog: Catalog, report: DrillReport) -> None:
     """The finished report under <cluster>/drills/, and its summary on the run's manifest."""
     key = report.record
     assert key is not None and report.finished_at is not None
-    catalog.store.write(key, report.model_dump_json(indent=2).encode())
+    _write_record(catalog, report)
     summary = DrillSummary(drill_id=report.drill_id, ok=report.ok, started_at=report.started_at,
                            finished_at=report.finished_at, rto_s=report.rto_s, report=key,
                            failed_nodes=[n.node for n in report.nodes if n.verdict != "passed"])
@@ -421,6 +426,11 @@ def _record(catalog: Catalog, report: DrillReport) -> None:
     if manifest.status == "succeeded":
         manifest.last_drill = summary
         catalog.save(manifest)
+
+
+def _write_record(catalog: Catalog, report: DrillReport) -> None:
+    assert report.record is not None
+    catalog.store.write(report.record, report.model_dump_json(indent=2).encode())
 
 
 def _scratch_dir(inventory: Inventory, run_id: str, drill_id: str, record: str) -> Path:

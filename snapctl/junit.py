@@ -43,6 +43,22 @@ def drill_junit(report: DrillReport) -> ET.ElementTree:
     return ET.ElementTree(suites)
 
 
+def usable_report_path(path: Path) -> Path:
+    """``path``, its directory made as pytest's --junitxml does (a CI job's fresh checkout has no
+    reports/ yet); bad input where no report can be written there."""
+    from snapctl.errors import BadInputError
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BadInputError(f"cannot write the junit report to {path}: cannot create {path.parent}: "
+                            f"{os_reason(exc)}", hint="name a file in a directory that exists or can be made") from exc
+    if path.is_dir():
+        raise BadInputError(f"cannot write the junit report to {path}: it is a directory",
+                            hint=f"name a file, e.g. --junit {path / 'drill.xml'}")
+    return path
+
+
 def write_junit_refusal(path: Path, cluster: str, run_ref: str, exc: SnapctlError) -> None:
     """The report of a drill that could not begin: one errored case saying why, so that a CI job
     publishing reports shows the reason, not "no test results". Best effort: ``exc`` is what matters."""

@@ -292,6 +292,47 @@ def test_a_prune_during_a_drill_spares_the_run_being_drilled(sqlite_cluster, tmp
     assert [v.run_id for v in prune(sqlite_cluster.inventory).deleted] == [older]  # the drill is over
 
 
+def test_a_drill_that_read_its_run_just_before_a_prune_began_still_keeps_it(sqlite_cluster, tmp_path, monkeypatch):
+    # The drill read the run's status, then cleaned up after killed drills and made its scratch
+    # directory before it put itself on record: a prune (cron's backup) in between found no drill,
+    # deleted the run, and the drill ended "no run R in the catalog" (exit 2), CI's drill red.
+    import snapctl.drill_leftovers
+    from snapctl.prune import prune
+
+    older = sqlite_cluster.backup()
+    sqlite_cluster.backup()
+    sqlite_cluster.edit(retention={"keep_last": 1, "daily": 0, "weekly": 0, "monthly": 0})  # `older` is due
+    pruned_meanwhile = []
+    clean_up = snapctl.drill_leftovers.clean_up_killed_drills
+
+    def prune_first(*args, **kwargs):  # the drill has read its run, and is about to begin
+        pruned_meanwhile.append(prune(sqlite_cluster.inventory))
+        return clean_up(*args, **kwargs)
+
+    monkeypatch.setattr(snapctl.drill_leftovers, "clean_up_killed_drills", prune_first)
+    report = run_drill(sqlite_cluster.inventory, older, junit=tmp_path / "drill.xml")
+
+    assert report.ok, (report.error, [n.error for n in report.nodes])
+    [during] = pruned_meanwhile
+    assert during.deleted == [] and any(v.run_id == older and v.reasons[0].startswith("being drilled")
+                                        for v in during.kept)
+    assert open_catalog(sqlite_cluster.inventory).load(older).last_drill.ok
+
+
+def test_a_drill_refused_after_it_went_on_record_finishes_its_record(sqlite_cluster, tmp_path):
+    run_id = sqlite_cluster.backup()
+    sqlite_cluster.edit(provider={"type": "aws", "region": "eu-west-1"})  # the run's provider is local
+
+    with pytest.raises(BadInputError, match=f"run {run_id} was made with the local provider"):
+        run_drill(sqlite_cluster.inventory, run_id, junit=tmp_path / "drill.xml")
+
+    catalog = open_catalog(sqlite_cluster.inventory)
+    [key] = catalog.store.list("restore-test/drills/")
+    record = yaml.safe_load(catalog.store.read(key))
+    assert record["finished_at"] is not None, "an unfinished record would keep the run from prune for 40 minutes"
+    assert record["error"].startswith(f"run {run_id} was made with the local provider")
+
+
 def test_a_drill_that_cannot_begin_still_writes_a_junit_report_saying_why(sqlite_cluster, tmp_path):
     # The nightly CI drill of a cluster whose backups had all failed exited 2 with no report: the
     # publishing step found "no test results", or last night's passing report where it was kept.
