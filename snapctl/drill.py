@@ -24,7 +24,6 @@ import contextlib
 import os
 import secrets
 import shutil
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -39,7 +38,7 @@ from node_agent.models import VerifyFacts
 from snapctl.catalog import Catalog, open_catalog
 from snapctl.config import Inventory, Node
 from snapctl.drill_engines import engine_type
-from snapctl.errors import BadInputError, EngineError, ExitCode, SnapctlError, os_reason
+from snapctl.errors import BadInputError, EngineError, ExitCode, SnapctlError
 from snapctl.events import NullReporter, Reporter
 from snapctl.evidence import compare_facts, missing_files, volume_roots
 from snapctl.manifest import DrillSummary, Manifest, NodeRecord
@@ -137,7 +136,7 @@ class _Drill:
 
 def run_drill(inventory: Inventory, run_ref: str = "latest", *, junit: Path | None = None, keep: bool = False,
               reporter: Reporter | None = None) -> DrillReport:
-    from snapctl.drill_leftovers import clean_up_killed_drills, drill_owner, identity
+    from snapctl.drill_leftovers import clean_up_killed_drills, drill_owner, identity, make_scratch_dir
     from snapctl.junit import usable_report_path, write_junit, write_junit_refusal
 
     reporter = reporter or NullReporter()
@@ -149,13 +148,12 @@ def run_drill(inventory: Inventory, run_ref: str = "latest", *, junit: Path | No
     try:  # a drill that cannot begin (no backup yet, the catalog unreadable) still leaves CI a report saying why
         catalog = open_catalog(inventory)
         run_id = catalog.resolve(run_ref)
-        report = DrillReport(cluster=inventory.cluster, run_id=run_id, drill_id=drill_id,
-                             provider=str(inventory.provider.get("type")), started_at=started_at, owner=drill_owner(),
-                             owner_process=identity(os.getpid()), kept=keep,
-                             record=f"{catalog.cluster}/drills/{run_id}-{drill_id}.json")
+        record = f"{catalog.cluster}/drills/{run_id}-{drill_id}.json"
+        report = DrillReport(cluster=inventory.cluster, run_id=run_id, drill_id=drill_id, started_at=started_at,
+                             provider=str(inventory.provider.get("type")), owner=drill_owner(), kept=keep,
+                             owner_process=identity(os.getpid()), record=record)
         # On record, unfinished, before the run's status is read (as a restore is): a prune that marks
-        # the run after that read looks at the records again before it deletes anything, and so
-        # finds this one; one that marked it before, this read sees.
+        # the run after this read checks the records again before deleting, and finds this one.
         _write_record(catalog, report)
         manifest = load_restorable(catalog, run_id)
         for name in manifest.nodes:
@@ -164,21 +162,21 @@ def run_drill(inventory: Inventory, run_ref: str = "latest", *, junit: Path | No
         check_provider(manifest, provider)
     except SnapctlError as exc:
         write_junit_refusal(junit_path, inventory.cluster, run_ref, exc)
-        if report is not None:  # on record already: finished, saying why
-            report.error, report.hint, report.finished_at = exc.message, exc.hint, datetime.now(UTC)
-            with contextlib.suppress(SnapctlError):
-                _write_record(catalog, report)
+        _finish_refused(catalog, report, exc)
         raise
     report.cleaned_up = clean_up_killed_drills(catalog, f"drill {drill_id}", reporter)
-    scratch = _scratch_dir(inventory, manifest.run_id, drill_id, report.record)
+    try:
+        scratch = make_scratch_dir(inventory, manifest.run_id, drill_id, record)
+    except SnapctlError as exc:
+        _finish_refused(catalog, report, exc)
+        raise
     report.provider, report.scratch_dir = provider.name, str(scratch)
     started = time.monotonic()
     drill = _Drill(inventory, manifest, provider, scratch, started, started + inventory.drill.timeout_s, reporter)
     refused: SnapctlError | None = None
     try:
-        # The record names the scratch directory now, which holds the drill's marker: a drill killed
-        # from here on is cleaned up by the next one. In the try: if the catalog refuses it, the
-        # scratch directory still goes.
+        # Now naming the scratch directory (and its marker): the next drill cleans up after a kill.
+        # In the try: if the catalog refuses it, the scratch directory still goes.
         try:
             _write_record(catalog, report)
         except SnapctlError as exc:  # nothing restored yet: the drill does not begin unrecorded
@@ -415,42 +413,28 @@ def _teardown(drill: _Drill, report: DrillReport, keep: bool) -> None:
 
 
 def _record(catalog: Catalog, report: DrillReport) -> None:
-    """The finished report under <cluster>/drills/, and its summary on the run's manifest."""
-    key = report.record
-    assert key is not None and report.finished_at is not None
-    _write_record(catalog, report)
-    summary = DrillSummary(drill_id=report.drill_id, ok=report.ok, started_at=report.started_at,
-                           finished_at=report.finished_at, rto_s=report.rto_s, report=key,
-                           failed_nodes=[n.node for n in report.nodes if n.verdict != "passed"])
-    manifest = catalog.load(report.run_id)  # fresh: retention may have touched it meanwhile
-    if manifest.status == "succeeded":
-        manifest.last_drill = summary
-        catalog.save(manifest)
+    """The summary on the run's manifest while the unfinished record still keeps the run from prune
+    (a prune between the two could delete it: the save would write it back), then the record."""
+    assert report.record is not None and report.finished_at is not None
+    try:
+        summary = DrillSummary(drill_id=report.drill_id, ok=report.ok, started_at=report.started_at,
+                               finished_at=report.finished_at, rto_s=report.rto_s, report=report.record,
+                               failed_nodes=[n.node for n in report.nodes if n.verdict != "passed"])
+        manifest = catalog.load(report.run_id)  # fresh: retention may have touched it meanwhile
+        if manifest.status == "succeeded":
+            manifest.last_drill = summary
+            catalog.save(manifest)
+    finally:
+        _write_record(catalog, report)
+
+
+def _finish_refused(catalog: Catalog, report: DrillReport | None, exc: SnapctlError) -> None:
+    """A drill refused once on record (``report``) finishes its record, saying why."""
+    if report is not None:
+        report.error, report.hint, report.finished_at = exc.message, exc.hint, datetime.now(UTC)
+        with contextlib.suppress(SnapctlError):
+            _write_record(catalog, report)
 
 
 def _write_record(catalog: Catalog, report: DrillReport) -> None:
-    assert report.record is not None
-    catalog.store.write(report.record, report.model_dump_json(indent=2).encode())
-
-
-def _scratch_dir(inventory: Inventory, run_id: str, drill_id: str, record: str) -> Path:
-    from snapctl.drill_leftovers import drill_owner, write_marker
-
-    where = inventory.resolve(inventory.drill.scratch_dir) if inventory.drill.scratch_dir else None
-    try:
-        if where is None:
-            scratch = Path(tempfile.mkdtemp(prefix=f"snapctl-drill-{run_id}-")).resolve()
-        else:
-            where.mkdir(parents=True, exist_ok=True)
-            (where / f"{run_id}-{drill_id}").mkdir(mode=0o700)  # restored data: as private as mkdtemp's
-            scratch = (where / f"{run_id}-{drill_id}").resolve()
-        try:  # before the record names it: only a directory with it is ever removed as a killed drill's
-            write_marker(scratch, cluster=inventory.cluster, drill_id=drill_id, record=record, owner=drill_owner())
-        except OSError:
-            shutil.rmtree(scratch, ignore_errors=True)
-            raise
-        return scratch
-    except OSError as exc:
-        shown = where if where is not None else f"in {tempfile.gettempdir()}"
-        raise BadInputError(f"cannot create the drill's scratch directory {shown}: {os_reason(exc)}",
-                            hint="set drill.scratch_dir (or TMPDIR) to a directory snapctl can write to") from exc
+    catalog.store.write(str(report.record), report.model_dump_json(indent=2).encode())

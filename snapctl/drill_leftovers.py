@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -38,6 +40,7 @@ from snapctl.fsmodes import open_private, remove_tree
 
 if TYPE_CHECKING:
     from snapctl.catalog import Catalog
+    from snapctl.config import Inventory
     from snapctl.events import Reporter
 
 MARKER = ".snapctl-drill.json"
@@ -61,6 +64,30 @@ def write_marker(scratch: Path, *, cluster: str, drill_id: str, record: str, own
     """The proof that ``scratch`` is this drill's, written before anything is restored into it."""
     _write_json(scratch / MARKER, {"cluster": cluster, "drill_id": drill_id, "record": record, "owner": owner,
                                    **(identity(os.getpid()) or {})})
+
+
+def make_scratch_dir(inventory: Inventory, run_id: str, drill_id: str, record: str) -> Path:
+    """The drill's private scratch directory, its marker in it first."""
+    from snapctl.errors import BadInputError
+
+    where = inventory.resolve(inventory.drill.scratch_dir) if inventory.drill.scratch_dir else None
+    try:
+        if where is None:
+            scratch = Path(tempfile.mkdtemp(prefix=f"snapctl-drill-{run_id}-")).resolve()
+        else:
+            where.mkdir(parents=True, exist_ok=True)
+            (where / f"{run_id}-{drill_id}").mkdir(mode=0o700)  # restored data: as private as mkdtemp's
+            scratch = (where / f"{run_id}-{drill_id}").resolve()
+        try:  # before the record names it: only a directory with it is ever removed as a killed drill's
+            write_marker(scratch, cluster=inventory.cluster, drill_id=drill_id, record=record, owner=drill_owner())
+        except OSError:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
+        return scratch
+    except OSError as exc:
+        shown = where if where is not None else f"in {tempfile.gettempdir()}"
+        raise BadInputError(f"cannot create the drill's scratch directory {shown}: {os_reason(exc)}",
+                            hint="set drill.scratch_dir (or TMPDIR) to a directory snapctl can write to") from exc
 
 
 def write_pid_file(workdir: Path, name: str, pid: int) -> None:

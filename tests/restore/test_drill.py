@@ -319,6 +319,47 @@ def test_a_drill_that_read_its_run_just_before_a_prune_began_still_keeps_it(sqli
     assert open_catalog(sqlite_cluster.inventory).load(older).last_drill.ok
 
 
+def test_a_prune_as_a_drill_finishes_neither_fails_the_drill_nor_brings_its_run_back(sqlite_cluster, tmp_path,
+                                                                                      monkeypatch):
+    # The drill finished its record, then read the run's manifest to put `last_drill` on it: a
+    # prune between the two deleted the run (its drill was over), and the drill, which had passed,
+    # ended "no run R in the catalog" (exit 2); a prune between that read and its save had the
+    # save write the deleted run's manifest back, a succeeded backup whose snapshots were gone.
+    import snapctl.drill
+    from snapctl.prune import prune
+
+    older = sqlite_cluster.backup()
+    sqlite_cluster.backup()
+    sqlite_cluster.edit(retention={"keep_last": 1, "daily": 0, "weekly": 0, "monthly": 0})  # `older` is due
+    pruned = []
+
+    class PruneOnceTheDrillIsOver:  # the real store; cron's prune runs the moment the drill's record is finished
+        def __init__(self, store):
+            self._store = store
+
+        def __getattr__(self, name):
+            return getattr(self._store, name)
+
+        def write(self, key, data):
+            self._store.write(key, data)
+            if "/drills/" in key and yaml.safe_load(data)["finished_at"] and not pruned:
+                pruned.append(prune(sqlite_cluster.inventory))
+
+    def catalog_of(inventory):
+        catalog = open_catalog(inventory)
+        catalog.store = PruneOnceTheDrillIsOver(catalog.store)
+        return catalog
+
+    monkeypatch.setattr(snapctl.drill, "open_catalog", catalog_of)
+    report = run_drill(sqlite_cluster.inventory, older, junit=tmp_path / "drill.xml")
+
+    assert report.ok, (report.error, [n.error for n in report.nodes])
+    assert [v.run_id for v in pruned[0].deleted] == [older]  # the drill was over: its run may go
+    catalog = open_catalog(sqlite_cluster.inventory)
+    assert older not in {e.run_id for e in catalog.list()[0]} and not catalog.store.read(
+        f"restore-test/manifests/{older}.json"), "a pruned run stays deleted"
+
+
 def test_a_drill_refused_after_it_went_on_record_finishes_its_record(sqlite_cluster, tmp_path):
     run_id = sqlite_cluster.backup()
     sqlite_cluster.edit(provider={"type": "aws", "region": "eu-west-1"})  # the run's provider is local

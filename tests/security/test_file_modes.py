@@ -54,15 +54,15 @@ def test_a_drill_scratch_dir_is_private_under_umask_0(tmp_path: Path, open_umask
     # or swap files in before the drill checked them.
     from types import SimpleNamespace
 
-    from snapctl.drill import _scratch_dir
+    from snapctl.drill_leftovers import make_scratch_dir
 
     inventory = SimpleNamespace(cluster="c", drill=SimpleNamespace(scratch_dir="scratch"),
                                 resolve=lambda p: tmp_path / p)
-    scratch = _scratch_dir(inventory, "20261206T000000Z-abcdef", "d1", "c/drills/r-d1.json")  # type: ignore[arg-type]
+    scratch = make_scratch_dir(inventory, "20261206T000000Z-abcdef", "d1", "c/drills/r-d1.json")  # type: ignore[arg-type]
     assert scratch.parent == tmp_path / "scratch"
     assert stat.S_IMODE(scratch.stat().st_mode) == 0o700
     inventory.drill.scratch_dir = None
-    temporary = _scratch_dir(inventory, "20261206T000000Z-abcdef", "d2", "c/drills/r-d2.json")  # type: ignore[arg-type]
+    temporary = make_scratch_dir(inventory, "20261206T000000Z-abcdef", "d2", "c/drills/r-d2.json")  # type: ignore[arg-type]
     try:
         assert stat.S_IMODE(temporary.stat().st_mode) == 0o700
         assert stat.S_IMODE((temporary / ".snapctl-drill.json").stat().st_mode) & 0o077 == 0
