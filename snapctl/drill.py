@@ -420,10 +420,13 @@ def _record(catalog: Catalog, report: DrillReport) -> None:
         summary = DrillSummary(drill_id=report.drill_id, ok=report.ok, started_at=report.started_at,
                                finished_at=report.finished_at, rto_s=report.rto_s, report=report.record,
                                failed_nodes=[n.node for n in report.nodes if n.verdict != "passed"])
-        manifest = catalog.load(report.run_id)  # fresh: retention may have touched it meanwhile
-        if manifest.status == "succeeded":
+        def summarised(manifest: Manifest) -> bool:  # as it is now: retention may be recording its outcome
             manifest.last_drill = summary
-            catalog.save(manifest)
+            return manifest.status == "succeeded"
+
+        if catalog.update(report.run_id, summarised) is None:
+            raise BadInputError(f"no run {report.run_id} in the catalog {catalog.describe()}",
+                                hint="`snapctl list` shows the runs")
     finally:
         _write_record(catalog, report)
 

@@ -99,13 +99,34 @@ class Catalog:
         if manifest.cluster != self.cluster:
             raise CatalogError(f"manifest of run {manifest.run_id} is for cluster {manifest.cluster}, not {self.cluster}")
         self.store.write(self._manifest_key(manifest.run_id), manifest.model_dump_json(indent=2).encode())
-        entry = index_entry(manifest)
+        self._put_line(index_entry(manifest))
+
+    def _put_line(self, entry: IndexEntry) -> None:
         self._update_index(lambda entries: [e for e in entries if e.run_id != entry.run_id] + [entry])
+
+    def update(self, run_id: str, change: Callable[[Manifest], bool]) -> Manifest | None:
+        """``change`` (False: write nothing) on the manifest as it is now, by compare-and-swap: another
+        command's change meanwhile (a drill's summary, a retention outcome) is not written over."""
+        key = self._manifest_key(run_id)
+        for _ in range(_INDEX_RETRIES):
+            data = self.store.read(key)
+            if data is None:
+                return None
+            manifest = self._readable(run_id, data)
+            if not change(manifest):
+                return manifest
+            if self.store.replace(key, manifest.model_dump_json(indent=2).encode(), expected=data):
+                self._put_line(index_entry(manifest))
+                return manifest
+        raise CatalogError(f"could not update {self._where(run_id)}: it keeps changing")
 
     def load(self, run_id: str) -> Manifest:
         data = self.store.read(self._manifest_key(run_id))
         if data is None:
             raise BadInputError(f"no run {run_id} in the catalog {self.describe()}", hint="`snapctl list` shows the runs")
+        return self._readable(run_id, data)
+
+    def _readable(self, run_id: str, data: bytes) -> Manifest:
         manifest, problem = self._parse(run_id, data)
         if manifest is None:
             raise CatalogError(f"run {run_id}: manifest is unreadable: {problem}", hint=f"see {self._where(run_id)}")

@@ -192,6 +192,24 @@ def test_racing_index_updates_lose_no_run(moto: MotoServer) -> None:
     assert sorted(e.run_id for e in stored) == [f"r{i}" for i in range(5)]
 
 
+def test_racing_updates_of_one_manifest_lose_no_change(moto: MotoServer) -> None:
+    # A drill's summary and a backup's retention outcome, written onto one run's manifest from two
+    # hosts at once: each change is made on the manifest as the other left it.
+    Catalog(_store(moto), "prod").save(make_manifest("r0"))
+    catalogs = [Catalog(_store(moto), "prod") for _ in range(5)]
+
+    def note(i: int):
+        def change(manifest):
+            manifest.extra[f"host-{i}"] = i
+            return True
+        return catalogs[i].update("r0", change)
+
+    _race(5, note)
+    assert {k: v for k, v in catalogs[0].load("r0").extra.items() if k.startswith("host-")} == {
+        f"host-{i}": i for i in range(5)}
+    assert catalogs[0].update("gone", lambda manifest: True) is None
+
+
 def test_missing_bucket_is_named_with_a_hint(moto: MotoServer) -> None:
     store = _store(moto, "s3://no-such-bucket/x")
     with pytest.raises(CatalogError, match="bucket no-such-bucket does not exist") as info:

@@ -4,7 +4,9 @@ local provider, which can stop at a chosen point of a run until the test lets it
 Signal files in ``control`` (a directory): ``<node>.entered`` when ``snapshot()`` of that node
 begins; with ``stop: {node: before}`` it then waits for ``<node>.go`` before copying anything;
 with ``stop: {node: after}`` it copies, writes ``<node>.made`` and waits for ``<node>.go`` before
-returning. ``stop_wait`` does the same in ``wait()`` with ``wait.entered`` / ``wait.go``. So a
+returning. ``stop_wait`` does the same in ``wait()`` with ``wait.entered`` / ``wait.go``, and
+``stop_delete`` in ``delete()`` (a prune's, or a backup's retention) with ``delete.entered`` /
+``delete.go``. So a
 test can SIGKILL snapctl at an exact step, from outside, with no hook in snapctl itself.
 """
 
@@ -28,6 +30,7 @@ class FaultSettings(ProviderSettings):
     control: str
     stop: dict[str, Literal["before", "after"]] = Field(default_factory=dict)
     stop_wait: bool = False
+    stop_delete: bool = False
     fail_wait: str | None = None  # wait() ends in this error: a snapshot the cloud failed
     stop_timeout_s: float = 120.0
 
@@ -65,6 +68,12 @@ class FaultProvider:
         if self._settings.fail_wait:
             raise ProviderError(f"snapshot {refs[0].snapshot_id} ended in error: {self._settings.fail_wait}")
         return self._local.wait(refs, deadline, progress)
+
+    def delete(self, ref):
+        self._signal("delete.entered")
+        if self._settings.stop_delete:
+            self._wait_for("delete.go")
+        return self._local.delete(ref)
 
     def _signal(self, name: str) -> None:
         (self._control / name).write_text(str(os.getpid()))  # which process got there
