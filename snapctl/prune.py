@@ -315,9 +315,7 @@ def gc(inventory: Inventory, *, delete: bool = False) -> GcResult:
 def find_orphans(catalog: Catalog, provider: Provider, ours: str | None = None) -> GcResult:
     """``ours``: the run id of the lock the caller holds, which is not a run in progress."""
     entries, _ = catalog.list()
-    # Every manifest file names a run, readable or not: an unreadable one may still own snapshots.
-    manifests = f"{catalog.cluster}/manifests/"
-    stored = {k[len(manifests):-len(".json")] for k in catalog.store.list(manifests) if k.endswith(".json")}
+    stored = _stored_runs(catalog)  # every manifest file names a run, readable or not: it may own snapshots
     protected = stored - {e.run_id for e in entries}
     protected |= set(catalog.runs_without_manifest())  # lost manifests: their snapshots may be all that is left
     owned: set[str] = set()
@@ -326,16 +324,29 @@ def find_orphans(catalog: Catalog, provider: Provider, ours: str | None = None) 
             owned.update(r.snapshot_id for r in catalog.load(entry.run_id).snapshot_refs())
         except SnapctlError:
             protected.add(entry.run_id)  # deleted or damaged since we listed: do not guess
-    lock = catalog.read_lock()
-    if lock is not None and lock.held_at(datetime.now(UTC)) and lock.run_id != ours:
-        protected.add(lock.run_id)  # a backup in progress: its snapshots are not in its manifest yet
     tagged = provider.find({TAG_CLUSTER: catalog.cluster})
     if not stored and not entries:
         _refuse_a_wrong_catalog(catalog, tagged)
+    # After the snapshots were found: a backup in progress then holds the lock now (its snapshots are
+    # not in its manifest yet), or has finished, and its manifest, read again, names them.
+    lock = catalog.read_lock()
+    if lock is not None and lock.held_at(datetime.now(UTC)) and lock.run_id != ours:
+        protected.add(lock.run_id)
+    unowned = {ref.tags.get(TAG_RUN, "") for ref in tagged if ref.snapshot_id not in owned} - protected
+    for run_id in unowned & _stored_runs(catalog):
+        try:
+            owned.update(r.snapshot_id for r in catalog.load(run_id).snapshot_refs())
+        except SnapctlError:
+            protected.add(run_id)  # damaged meanwhile, or deleted: do not guess
     orphans = [ref for ref in tagged if ref.snapshot_id not in owned and ref.tags.get(TAG_RUN) not in protected]
     find_leftovers = getattr(provider, "find_leftovers", None)
     leftovers = find_leftovers() if find_leftovers is not None else []
     return GcResult(catalog.cluster, False, orphans, skipped_runs=sorted(protected), leftovers=leftovers)
+
+
+def _stored_runs(catalog: Catalog) -> set[str]:
+    manifests = f"{catalog.cluster}/manifests/"
+    return {k[len(manifests):-len(".json")] for k in catalog.store.list(manifests) if k.endswith(".json")}
 
 
 def _refuse_a_wrong_catalog(catalog: Catalog, tagged: list[SnapshotRef]) -> None:

@@ -87,6 +87,41 @@ def test_gc_spares_the_run_in_progress_and_delete_needs_the_lock(scene: Scene) -
     assert in_progress[0].snapshot_id in scene.snapshot_ids()
 
 
+def test_gc_never_lists_the_snapshots_of_a_backup_that_finished_while_it_looked(scene: Scene, monkeypatch) -> None:
+    # gc read the manifests (the backup's still named none of its snapshots), then the lock: the
+    # backup had recorded its snapshots and released the lock in between, so the lock protected
+    # it no longer and its manifest was not read again: a good backup's snapshots listed as orphans.
+    import snapctl.prune
+    from snapctl.catalog import Catalog
+
+    scene.add_run("r0", T0)
+    running = scene.add_run("20240305T000000Z-aaaaaa", T0 + timedelta(days=4), "running", recorded=False)
+    lock = scene.catalog.acquire_lock("ops@host:9", running.run_id, ttl_s=300)
+
+    class BackupEndsAsTheLockIsRead:  # the real store
+        def __init__(self, store) -> None:
+            self._store = store
+
+        def __getattr__(self, name):
+            return getattr(self._store, name)
+
+        def read(self, key):
+            if key.endswith("/lock.json") and not lock._released:
+                for node in running.nodes.values():
+                    node.snapshots = scene.provider.find({"snapctl-run": running.run_id, "snapctl-node": node.name})
+                running.status = "succeeded"
+                scene.catalog.save(running)
+                lock.release()
+            return self._store.read(key)
+
+    monkeypatch.setattr(snapctl.prune, "open_catalog",
+                        lambda inv: Catalog(BackupEndsAsTheLockIsRead(scene.catalog.store), CLUSTER))
+    found = gc(inventory(scene))
+
+    assert running.status == "succeeded" and snapshots_of(scene, {running.run_id})
+    assert found.orphans == [], [r.snapshot_id for r in found.orphans]
+
+
 def test_gc_refuses_a_catalog_that_holds_no_run_while_the_cluster_has_snapshots(scene: Scene) -> None:
     """A catalog path that is wrong, not mounted or lost is an empty catalog: every backup of the
     cluster would look orphaned, and `gc --delete` deleted them all."""
