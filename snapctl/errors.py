@@ -159,8 +159,8 @@ def hold_ended_before_complete(node: str, ended: str | None) -> RunFailed:
     elif ended == "completed":
         why = ("another caller completed it", "if nobody else should hold the agent's token, rotate it")
     else:
-        why = (ended, "raise policy.lease_ttl_s if snapctl stalls; if nobody else should hold the agent's token, "
-                      "rotate it")
+        why = (ended, ("raise policy.lease_ttl_s if snapctl stalls; if nobody else should hold the agent's token, "
+                       "rotate it"))
     return RunFailed(f"node {node}: its hold had already ended when the run completed it"
                      + (f" ({why[0]})" if why[0] else "") + ", so the snapshot may not be consistent", hint=why[1])
 

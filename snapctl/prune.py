@@ -28,6 +28,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import TYPE_CHECKING
 
 from snapctl.catalog import Catalog, open_catalog
@@ -169,11 +170,12 @@ def apply(planned: PruneResult, catalog: Catalog, provider: Provider, still_lock
         still_locked()
         if _spared_while_in_use(catalog, verdict, result, drill_timeout_s):  # one began since the plan
             continue
-        manifest = catalog.load(verdict.run_id)
-        if manifest.status != PRUNING:
-            manifest.extra[PRUNING] = {"was": manifest.status, "since": datetime.now(UTC).isoformat()}
-            manifest.status = PRUNING  # type: ignore[assignment]
-            catalog.save(manifest)
+        # As it is now, by compare-and-swap: a drill's summary written meanwhile is not lost.
+        since = datetime.now(UTC).isoformat()
+        manifest = catalog.update(verdict.run_id, partial(_mark_pruning, since=since))
+        if manifest is None:
+            continue  # deleted meanwhile: nothing of it is left to prune
+        if manifest.extra[PRUNING]["since"] == since:  # this prune's mark, not an earlier one's
             marked.add(manifest.run_id)
         doomed.append((verdict, manifest))
     tagged = _by_run(provider.find({TAG_CLUSTER: catalog.cluster})) if doomed else {}
@@ -183,8 +185,7 @@ def apply(planned: PruneResult, catalog: Catalog, provider: Provider, still_lock
         # status, so one that read it just before the mark (and goes on) is on record by now.
         if _spared_while_in_use(catalog, verdict, result, drill_timeout_s):
             if manifest.run_id in marked:
-                manifest.status = manifest.extra.pop(PRUNING)["was"]
-                catalog.save(manifest)
+                catalog.update(manifest.run_id, _unmark_pruning)
             continue
         refs = _unique(manifest.snapshot_refs() + tagged.get(manifest.run_id, []))
         failures = []
@@ -362,6 +363,23 @@ def _refuse_a_wrong_catalog(catalog: Catalog, tagged: list[SnapshotRef]) -> None
 
 
 # -- helpers -------------------------------------------------------------------------------------
+
+
+def _mark_pruning(manifest: Manifest, since: str) -> bool:
+    """Marked as being deleted, with the status it had (for a restore or drill that begins meanwhile)."""
+    if manifest.status == PRUNING:
+        return False
+    manifest.extra[PRUNING] = {"was": manifest.status, "since": since}
+    manifest.status = PRUNING  # type: ignore[assignment]
+    return True
+
+
+def _unmark_pruning(manifest: Manifest) -> bool:
+    """Back to the status the run had before this prune marked it (a restore or drill began)."""
+    if manifest.status != PRUNING:
+        return False
+    manifest.status = manifest.extra.pop(PRUNING)["was"]
+    return True
 
 
 def _spared_while_in_use(catalog: Catalog, verdict: RunVerdict, result: PruneResult, drill_timeout_s: float) -> bool:
