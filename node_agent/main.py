@@ -137,6 +137,9 @@ def _serve(config: AgentConfig, token: str | None, metrics_token: str | None, en
         # Half-sent requests and TLS handshakes are timed out, and connections per client bounded
         # from their TCP connect on: so the protocol does TLS, and uvicorn is given no ssl settings.
         http=guarded_http(tls=tls),
+        # uvloop (which uvicorn picks when it is installed) reads a new connection before the
+        # protocol can pause it: the ClientHello reached HTTP, and the handshake stalled.
+        loop="asyncio" if tls else "auto",
         timeout_graceful_shutdown=int(settings.timeout_s) + 5,
     )
     server = uvicorn.Server(uv_config)

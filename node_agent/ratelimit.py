@@ -216,7 +216,9 @@ def guarded_http(request_timeout_s: float = REQUEST_TIMEOUT_S, max_per_client: i
     uvicorn, it came before the protocol saw the connection: a client that never finished its
     handshake held the connection for asyncio's 60 s and was not counted against its address. Here
     a connection is counted from its TCP connect, and the handshake falls within the same
-    ``request_timeout_s`` as the request that follows it."""
+    ``request_timeout_s`` as the request that follows it. With ``tls``, run on asyncio's own loop
+    (``uvicorn.Config(loop="asyncio")``): uvloop delivers a connection's first bytes even when
+    ``connection_made`` paused reading, so the ClientHello went to HTTP and the handshake stalled."""
     from uvicorn.protocols.http.h11_impl import H11Protocol
     from uvicorn.protocols.utils import get_remote_addr
 

@@ -304,7 +304,8 @@ def test_a_stalled_tls_handshake_is_timed_out_like_a_half_sent_request(tmp_path:
     server_tls.load_cert_chain(pki.server_cert, pki.server_key)
     client_tls = ssl.create_default_context(cafile=str(pki.ca))
     server = uvicorn.Server(uvicorn.Config(create_app(service, TOKEN), host="127.0.0.1", port=0, log_level="warning",
-                                           lifespan="off", http=guarded_http(request_timeout_s=3.0, tls=server_tls)))
+                                           lifespan="off", loop="asyncio",  # as the agent runs it with TLS
+                                           http=guarded_http(request_timeout_s=3.0, tls=server_tls)))
     # 3 s, not less: each handshake below must finish within it while the whole suite loads the machine.
     with serve_server(server) as (host, port):
         url = f"https://{host}:{port}/v1/status"
