@@ -267,13 +267,18 @@ def test_a_report_that_cannot_be_written_still_leaves_the_drill_on_record(sqlite
     assert not any((sqlite_cluster.directory / "scratch").iterdir())
 
 
+def _older_of_two_backups_due_for_pruning(cluster) -> str:
+    older = cluster.backup()
+    cluster.backup()
+    cluster.edit(retention={"keep_last": 1, "daily": 0, "weekly": 0, "monthly": 0})
+    return older
+
+
 def test_a_prune_during_a_drill_spares_the_run_being_drilled(sqlite_cluster, tmp_path, monkeypatch):
     import snapctl.drill
     from snapctl.prune import prune
 
-    older = sqlite_cluster.backup()
-    sqlite_cluster.backup()
-    sqlite_cluster.edit(retention={"keep_last": 1, "daily": 0, "weekly": 0, "monthly": 0})  # `older` is due
+    older = _older_of_two_backups_due_for_pruning(sqlite_cluster)
     pruned_meanwhile = []
     drill_node = snapctl.drill._drill_node
 
@@ -299,9 +304,7 @@ def test_a_drill_that_read_its_run_just_before_a_prune_began_still_keeps_it(sqli
     import snapctl.drill_leftovers
     from snapctl.prune import prune
 
-    older = sqlite_cluster.backup()
-    sqlite_cluster.backup()
-    sqlite_cluster.edit(retention={"keep_last": 1, "daily": 0, "weekly": 0, "monthly": 0})  # `older` is due
+    older = _older_of_two_backups_due_for_pruning(sqlite_cluster)
     pruned_meanwhile = []
     clean_up = snapctl.drill_leftovers.clean_up_killed_drills
 
