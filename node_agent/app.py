@@ -7,9 +7,7 @@ fix is known, the lease holder on 409. Internals (tracebacks, paths of the code)
 from __future__ import annotations
 
 import hmac
-import json
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -37,6 +35,7 @@ from node_agent.models import (
     VerifyFacts,
 )
 from node_agent.ratelimit import DEFAULT_BURST, DEFAULT_RATE_PER_S, ClientRateLimit
+from node_agent.request_checks import describe_request_error
 from node_agent.service import AgentService
 from snapctl import __version__
 from snapctl.config import is_loopback
@@ -180,7 +179,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error(400, exc.message, exc.hint)
 
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return _error(422, *_describe_request_error(exc))
+        return _error(422, *describe_request_error(exc))
 
     async def engine_failed(_: Request, exc: EngineError) -> JSONResponse:
         return _error(504 if _caused_by_timeout(exc) else 502, exc.message, exc.hint)
@@ -217,61 +216,6 @@ def _install_error_handlers(app: FastAPI) -> None:
     })
     for exc_type, handler in handlers.items():
         app.add_exception_handler(exc_type, handler)
-
-
-# What a field of the wrong JSON type should have been (the request models are strict: no coercion).
-_EXPECTED = {
-    "float_type": "a number", "int_type": "an integer", "string_type": "a string", "bool_type": "true or false",
-    "datetime_type": "an ISO 8601 time with its zone", "timezone_aware": "an ISO 8601 time with its zone",
-    "model_type": "a JSON object", "model_attributes_type": "a JSON object", "dict_type": "a JSON object",
-}
-_TIME_HINT = "send UTC with its zone, e.g. 2026-12-06T02:15:03Z"
-_JSON_NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
-
-
-def _describe_request_error(exc: RequestValidationError) -> tuple[str, str | None]:
-    """One line naming the field and what is wrong, and a hint where the fix is plain."""
-    err = exc.errors()[0]
-    loc = [str(p) for p in err.get("loc", ()) if p != "body"]
-    kind = err.get("type")
-    if kind == "json_invalid":
-        return "request body is not valid JSON", None
-    if kind == "missing" and not loc:
-        return "request body is missing", None
-    field = ".".join(loc) or "request body"
-    if kind == "extra_forbidden":
-        return f"unknown field {field!r}", None
-    if kind in _EXPECTED:
-        given = err.get("input")
-        if kind == "timezone_aware":
-            return f"{field}: expected {_EXPECTED[kind]}, got a time without one ({_shown(given)})", _TIME_HINT
-        hint = _TIME_HINT if kind == "datetime_type" else None
-        if kind in ("float_type", "int_type") and isinstance(given, str) and _is_number(given):
-            hint = f'send the number itself, not a string: "{field}": {given.strip()}'
-        return f"{field}: expected {_EXPECTED[kind]}, got {_json_kind(given)}", hint
-    msg = str(err.get("msg", "invalid"))
-    return f"{field}: {msg[:1].lower() + msg[1:]}", None
-
-
-def _json_kind(value: Any) -> str:
-    """What a client sent, in JSON's words: 'a string ("30")', 'true', 'an array'."""
-    if value is None or isinstance(value, bool):
-        return json.dumps(value)
-    if isinstance(value, int | float):
-        return f"a number ({_shown(value)})"
-    if isinstance(value, str):
-        return f"a string ({_shown(value)})"
-    return "an array" if isinstance(value, list) else "an object" if isinstance(value, dict) else "another type"
-
-
-def _shown(value: Any) -> str:
-    # A client's input goes into one log-safe line: short and printable, or not shown at all.
-    text = json.dumps(value, ensure_ascii=False)
-    return text if len(text) <= 40 and text.isprintable() else "not shown: long or unprintable"
-
-
-def _is_number(text: str) -> bool:
-    return _JSON_NUMBER.fullmatch(text.strip()) is not None
 
 
 class TokenCheck:

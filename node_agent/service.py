@@ -10,7 +10,6 @@ coroutine, ``wait_for_hold_at``, lets the HTTP app wait for a prepare's instant 
 from __future__ import annotations
 
 import logging
-import re
 import shutil
 import threading
 import time
@@ -25,10 +24,7 @@ from node_agent.engines.base import Engine
 from node_agent.hold_waits import HoldWaits
 from node_agent.models import (
     LOST_ON_ENGINE,
-    MAX_HOLD_AT_AHEAD_S,
-    MAX_HOLD_LEAD_S,
     MAX_LEASE_S,
-    RUN_ID_PATTERN,
     AgentStatus,
     CompleteResponse,
     EngineState,
@@ -39,12 +35,12 @@ from node_agent.models import (
     TriggerResponse,
     VerifyFacts,
 )
+from node_agent.request_checks import check_run_id, hold_lead_s
 from snapctl import __version__
 from snapctl.errors import BadInputError, EngineError, LeaseConflict
 
 log = logging.getLogger("snapctl.agent")
 
-_RUN_ID = re.compile(RUN_ID_PATTERN)
 # Runs whose hold ended, so their repeated complete is answered "already released" (not 409).
 _ENDED_RUNS_KEPT = 1024
 # A complete that found nothing held may have overtaken its own run's prepare (a rollback's
@@ -230,7 +226,7 @@ class AgentService:
             raise self._cancelled_before_hold(run_id)
 
     def renew(self, run_id: str, lease_s: float | None = None) -> LeaseInfo:
-        _check_run_id(run_id)
+        check_run_id(run_id)
         if lease_s is not None:
             self._check_lease_s(lease_s)
         with self._lock:
@@ -246,7 +242,7 @@ class AgentService:
             return lease.info()
 
     def complete(self, run_id: str) -> CompleteResponse:
-        _check_run_id(run_id)
+        check_run_id(run_id)
         with self._lock:
             self._expire_if_due()
             lease = self._lease
@@ -340,9 +336,9 @@ class AgentService:
 
     def _lead_before_hold(self, run_id: str, lease_s: float, hold_at: datetime | None) -> float:
         """Seconds until a prepare's hold may begin, once what prepare checks up front has passed."""
-        _check_run_id(run_id)
+        check_run_id(run_id)
         self._check_lease_s(lease_s)
-        lead = _hold_lead_s(hold_at)
+        lead = hold_lead_s(hold_at)
         if lead > 0:
             self._refuse_if_completed_first(run_id)
             log.debug("prepare of run %s waits %.3fs for its hold_at", run_id, lead)
@@ -467,27 +463,6 @@ class AgentService:
                     due = lease.retry_mono if lease.releasing else lease.expires_mono
                     wait = min(wait, max(0.0, due - self._clock()))
                 self._changed.wait(timeout=wait)
-
-
-def _hold_lead_s(hold_at: datetime | None) -> float:
-    """Seconds until ``hold_at`` by this agent's wall clock (0 when absent or past)."""
-    if hold_at is None:
-        return 0.0
-    if hold_at.tzinfo is None:
-        raise BadInputError(f"hold_at {hold_at.isoformat()} has no time zone", hint="send UTC, e.g. ...Z")
-    lead = (hold_at - datetime.now(timezone.utc)).total_seconds()
-    if lead > MAX_HOLD_AT_AHEAD_S:
-        raise BadInputError(
-            f"hold_at is {lead:.1f}s ahead of this node's clock; at most {MAX_HOLD_AT_AHEAD_S:g}s (snapctl's "
-            f"policy.hold_lead_s is at most {MAX_HOLD_LEAD_S:g}s, and {MAX_HOLD_AT_AHEAD_S - MAX_HOLD_LEAD_S:g}s "
-            "more is allowed for clocks apart)",
-            hint="synchronise the clocks of snapctl's host and this node (NTP)")
-    return max(lead, 0.0)
-
-
-def _check_run_id(run_id: str) -> None:
-    if not _RUN_ID.fullmatch(run_id):  # fullmatch: "$" alone lets a trailing newline in
-        raise BadInputError(f"invalid run id {run_id!r}", hint="letters, digits, '.', '_' and '-', at most 64")
 
 
 def _free_bytes(path: Path) -> int | None:

@@ -1,0 +1,92 @@
+"""What the agent's requests may hold, checked where the models cannot, and what to tell a client
+whose request does not: one line naming the field, with a hint where the fix is plain."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi.exceptions import RequestValidationError
+
+from node_agent.models import MAX_HOLD_AT_AHEAD_S, MAX_HOLD_LEAD_S, RUN_ID_PATTERN
+from snapctl.errors import BadInputError
+
+_RUN_ID = re.compile(RUN_ID_PATTERN)
+
+
+def hold_lead_s(hold_at: datetime | None) -> float:
+    """Seconds until ``hold_at`` by this agent's wall clock (0 when absent or past)."""
+    if hold_at is None:
+        return 0.0
+    if hold_at.tzinfo is None:
+        raise BadInputError(f"hold_at {hold_at.isoformat()} has no time zone", hint="send UTC, e.g. ...Z")
+    lead = (hold_at - datetime.now(UTC)).total_seconds()
+    if lead > MAX_HOLD_AT_AHEAD_S:
+        raise BadInputError(
+            f"hold_at is {lead:.1f}s ahead of this node's clock; at most {MAX_HOLD_AT_AHEAD_S:g}s (snapctl's "
+            f"policy.hold_lead_s is at most {MAX_HOLD_LEAD_S:g}s, and {MAX_HOLD_AT_AHEAD_S - MAX_HOLD_LEAD_S:g}s "
+            "more is allowed for clocks apart)",
+            hint="synchronise the clocks of snapctl's host and this node (NTP)")
+    return max(lead, 0.0)
+
+
+def check_run_id(run_id: str) -> None:
+    if not _RUN_ID.fullmatch(run_id):  # fullmatch: "$" alone lets a trailing newline in
+        raise BadInputError(f"invalid run id {run_id!r}", hint="letters, digits, '.', '_' and '-', at most 64")
+
+
+# What a field of the wrong JSON type should have been (the request models are strict: no coercion).
+_EXPECTED = {
+    "float_type": "a number", "int_type": "an integer", "string_type": "a string", "bool_type": "true or false",
+    "datetime_type": "an ISO 8601 time with its zone", "timezone_aware": "an ISO 8601 time with its zone",
+    "model_type": "a JSON object", "model_attributes_type": "a JSON object", "dict_type": "a JSON object",
+}
+_TIME_HINT = "send UTC with its zone, e.g. 2026-12-06T02:15:03Z"
+_JSON_NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
+
+
+def describe_request_error(exc: RequestValidationError) -> tuple[str, str | None]:
+    """One line naming the field and what is wrong, and a hint where the fix is plain."""
+    err = exc.errors()[0]
+    loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+    kind = err.get("type")
+    if kind == "json_invalid":
+        return "request body is not valid JSON", None
+    if kind == "missing" and not loc:
+        return "request body is missing", None
+    field = ".".join(loc) or "request body"
+    if kind == "extra_forbidden":
+        return f"unknown field {field!r}", None
+    if kind in _EXPECTED:
+        given = err.get("input")
+        if kind == "timezone_aware":
+            return f"{field}: expected {_EXPECTED[kind]}, got a time without one ({_shown(given)})", _TIME_HINT
+        hint = _TIME_HINT if kind == "datetime_type" else None
+        if kind in ("float_type", "int_type") and isinstance(given, str) and _is_number(given):
+            hint = f'send the number itself, not a string: "{field}": {given.strip()}'
+        return f"{field}: expected {_EXPECTED[kind]}, got {_json_kind(given)}", hint
+    msg = str(err.get("msg", "invalid"))
+    return f"{field}: {msg[:1].lower() + msg[1:]}", None
+
+
+def _json_kind(value: Any) -> str:
+    """What a client sent, in JSON's words: 'a string ("30")', 'true', 'an array'."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, int | float):
+        return f"a number ({_shown(value)})"
+    if isinstance(value, str):
+        return f"a string ({_shown(value)})"
+    return "an array" if isinstance(value, list) else "an object" if isinstance(value, dict) else "another type"
+
+
+def _shown(value: Any) -> str:
+    # A client's input goes into one log-safe line: short and printable, or not shown at all.
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 40 and text.isprintable() else "not shown: long or unprintable"
+
+
+def _is_number(text: str) -> bool:
+    return _JSON_NUMBER.fullmatch(text.strip()) is not None
