@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 import tempfile
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -19,7 +19,6 @@ from snapctl.errors import ExitCode, LockHeld
 from snapctl.prune import apply, plan, prune
 from snapctl.render import Renderer
 from snapctl.render.retention import prune_text
-from snapctl.restore import RestoreRecord
 from snapctl.retention import PRUNING, Run, decide
 
 from .conftest import CLUSTER, T0, Scene, inventory, make_scene, snapshots_of
@@ -332,104 +331,6 @@ def test_a_good_backup_whose_index_line_still_says_running_is_kept_as_the_backup
         ("r4", "succeeded", ["newest succeeded", "last 1/2"]), ("r3", "succeeded", ["last 2/2"])]
     assert [v.run_id for v in result.deleted] == ["r0", "r1", "r2"]
     assert scene.snapshot_ids() == snapshots_of(scene, {"r3", "r4"})
-
-
-def _drill_record(scene: Scene, run_id: str, drill_id: str, started_at: datetime, *, finished: bool) -> None:
-    """A drill's record as snapctl drill writes it: on its start unfinished, at its end finished."""
-    record = {"cluster": CLUSTER, "run_id": run_id, "drill_id": drill_id, "provider": "local",
-              "started_at": started_at.isoformat(), "finished_at": (started_at + timedelta(minutes=1)).isoformat()
-              if finished else None, "nodes": []}
-    scene.catalog.store.write(f"{CLUSTER}/drills/{run_id}-{drill_id}.json", json.dumps(record).encode())
-
-
-def test_a_run_being_drilled_is_kept_until_its_drill_finishes(scene: Scene) -> None:
-    for index in range(4):
-        scene.add_run(f"r{index}", T0 + timedelta(days=index))
-    now = datetime.now(UTC)
-    _drill_record(scene, "r1", "d-live", now - timedelta(minutes=5), finished=False)
-    _drill_record(scene, "r0", "d-dead", now - timedelta(hours=2), finished=False)  # killed outright, long ago
-    _drill_record(scene, "r2", "d-done", now - timedelta(minutes=5), finished=True)
-    inv = inventory(scene, {"keep_last": 1, "daily": 0, "weekly": 0, "monthly": 0})  # drill.timeout_s: 30m
-
-    result = prune(inv)
-
-    assert [v.run_id for v in result.deleted] == ["r0", "r2"]
-    live_since = now - timedelta(minutes=5)
-    assert [(v.run_id, v.reasons) for v in result.kept] == [
-        ("r3", ["newest succeeded", "last 1/1"]),
-        ("r1", [f"being drilled (drill d-live, started {live_since:%Y-%m-%d %H:%M}Z)"])]
-    assert scene.run_ids() == {"r1", "r3"} and snapshots_of(scene, {"r1"})
-
-    _drill_record(scene, "r1", "d-live", now - timedelta(minutes=5), finished=True)
-    assert [v.run_id for v in prune(inv).deleted] == ["r1"]
-
-
-def test_a_drill_that_begins_after_the_plan_still_spares_its_run(scene: Scene) -> None:
-    scene.add_run("r0", T0)
-    scene.add_run("r1", T0 + timedelta(days=1))
-    inv = inventory(scene, {"keep_last": 1, "daily": 0, "weekly": 0, "monthly": 0})
-    planned = plan(scene.catalog, scene.provider, inv.retention, inv.drill.timeout_s)
-    assert [v.run_id for v in planned.deleted] == ["r0"]
-
-    _drill_record(scene, "r0", "d-late", datetime.now(UTC), finished=False)
-    done = apply(planned, scene.catalog, scene.provider, lambda: None, inv.drill.timeout_s)
-
-    assert done.deleted == [] and [v.run_id for v in done.kept] == ["r1", "r0"]
-    assert scene.catalog.load("r0").status == "succeeded" and snapshots_of(scene, {"r0"})
-
-
-def _restore_record(scene: Scene, run_id: str, restore_id: str, started_at: datetime, *, finished: bool) -> None:
-    """A restore's record as snapctl restore writes it: on its start unfinished, at its end finished."""
-    record = RestoreRecord(cluster=CLUSTER, run_id=run_id, restore_id=restore_id, owner="ops@host:1",
-                           target="/srv/restore", started_at=started_at,
-                           finished_at=started_at + timedelta(minutes=1) if finished else None,
-                           outcome="restored" if finished else None)
-    scene.catalog.store.write(record.key, record.model_dump_json().encode())
-
-
-def test_a_run_being_restored_is_kept_until_its_restore_finishes(scene: Scene) -> None:
-    for index in range(4):
-        scene.add_run(f"r{index}", T0 + timedelta(days=index))
-    now = datetime.now(UTC)
-    _restore_record(scene, "r1", "x-live", now - timedelta(hours=5), finished=False)  # a long copy
-    _restore_record(scene, "r0", "x-dead", now - timedelta(hours=25), finished=False)  # killed outright, long ago
-    _restore_record(scene, "r2", "x-done", now - timedelta(minutes=5), finished=True)
-    _drill_record(scene, "r2", "d-live", now - timedelta(minutes=5), finished=False)
-    inv = inventory(scene, {"keep_last": 1, "daily": 0, "weekly": 0, "monthly": 0})
-
-    assert [v.run_id for v in prune(inv, dry_run=True).deleted] == ["r0"]
-    result = prune(inv)
-
-    assert [v.run_id for v in result.deleted] == ["r0"]
-    since = now - timedelta(hours=5), now - timedelta(minutes=5)
-    assert [(v.run_id, v.reasons) for v in result.kept] == [
-        ("r3", ["newest succeeded", "last 1/1"]),
-        ("r2", [f"being drilled (drill d-live, started {since[1]:%Y-%m-%d %H:%M}Z)"]),
-        ("r1", [f"being restored (restore x-live, started {since[0]:%Y-%m-%d %H:%M}Z)"])]
-    assert snapshots_of(scene, {"r1", "r2"}) and not snapshots_of(scene, {"r0"})
-
-    _restore_record(scene, "r1", "x-live", now - timedelta(hours=5), finished=True)
-    assert [v.run_id for v in prune(inv).deleted] == ["r1"]
-
-
-def test_a_restore_that_read_its_run_just_before_prune_marked_it_still_keeps_it(scene: Scene) -> None:
-    scene.add_run("r0", T0)
-    scene.add_run("r1", T0 + timedelta(days=1))
-    inv = inventory(scene, {"keep_last": 1, "daily": 0, "weekly": 0, "monthly": 0})
-    planned = plan(scene.catalog, scene.provider, inv.retention, inv.drill.timeout_s)
-
-    def restore_begins_as_the_run_is_marked() -> None:
-        # A restore on record by now, which read r0's status just before the mark: still succeeded.
-        if scene.catalog.load("r0").status == "pruning":
-            _restore_record(scene, "r0", "x-racing", datetime.now(UTC), finished=False)
-
-    done = apply(planned, scene.catalog, scene.provider, restore_begins_as_the_run_is_marked, inv.drill.timeout_s)
-
-    assert done.deleted == [] and [v.run_id for v in done.kept] == ["r1", "r0"]
-    assert done.kept[1].reasons[0].startswith("being restored (restore x-racing, started ")
-    restored = scene.catalog.load("r0")
-    assert restored.status == "succeeded" and "pruning" not in restored.extra, "unmarked: restorable again"
-    assert snapshots_of(scene, {"r0"})
 
 
 def test_prune_refuses_while_another_run_holds_the_lock(scene: Scene) -> None:
