@@ -42,11 +42,16 @@ def test_a_run_being_drilled_is_kept_until_its_drill_finishes(scene: Scene) -> N
     assert [v.run_id for v in prune(inv).deleted] == ["r1"]
 
 
-def test_a_drill_that_begins_after_the_plan_still_spares_its_run(scene: Scene) -> None:
+def _r0_planned_for_deletion(scene: Scene):
+    """Two runs, keep_last 1: the plan deletes r0, and nothing has been applied yet."""
     scene.add_run("r0", T0)
     scene.add_run("r1", T0 + timedelta(days=1))
     inv = inventory(scene, {"keep_last": 1, "daily": 0, "weekly": 0, "monthly": 0})
-    planned = plan(scene.catalog, scene.provider, inv.retention, inv.drill.timeout_s)
+    return inv, plan(scene.catalog, scene.provider, inv.retention, inv.drill.timeout_s)
+
+
+def test_a_drill_that_begins_after_the_plan_still_spares_its_run(scene: Scene) -> None:
+    inv, planned = _r0_planned_for_deletion(scene)
     assert [v.run_id for v in planned.deleted] == ["r0"]
 
     _drill_record(scene, "r0", "d-late", datetime.now(UTC), finished=False)
@@ -91,10 +96,7 @@ def test_a_run_being_restored_is_kept_until_its_restore_finishes(scene: Scene) -
 
 
 def test_a_restore_that_read_its_run_just_before_prune_marked_it_still_keeps_it(scene: Scene) -> None:
-    scene.add_run("r0", T0)
-    scene.add_run("r1", T0 + timedelta(days=1))
-    inv = inventory(scene, {"keep_last": 1, "daily": 0, "weekly": 0, "monthly": 0})
-    planned = plan(scene.catalog, scene.provider, inv.retention, inv.drill.timeout_s)
+    inv, planned = _r0_planned_for_deletion(scene)
 
     def restore_begins_as_the_run_is_marked() -> None:
         # A restore on record by now, which read r0's status just before the mark: still succeeded.
