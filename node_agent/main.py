@@ -19,6 +19,7 @@ from types import FrameType
 
 from node_agent.config import AgentConfig, load_agent_config
 from node_agent.engines.base import Engine, load_engine_factory
+from snapctl import __version__
 from snapctl.config import is_loopback
 from snapctl.errors import BadInputError, ExitCode, SnapctlError, os_reason
 from snapctl.yaml_errors import NAME_PATTERN
@@ -77,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="snapctl-agent", description="snapctl node agent: one database engine behind a small HTTP API."
     )
+    parser.add_argument("--version", action="version", version=f"snapctl-agent {__version__}")
     parser.add_argument("--config", required=True, metavar="FILE", help="agent config file (YAML), see docs/agent.md")
     parser.add_argument("--listen", metavar="HOST", help="address to bind (default from the config: 127.0.0.1)")
     parser.add_argument("--port", type=_port, metavar="PORT", help="port to bind (default from the config: 7700)")

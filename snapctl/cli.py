@@ -23,6 +23,22 @@ demo_app = typer.Typer(help="The local demo cluster: 3 agents with SQLite databa
                        no_args_is_help=True)
 app.add_typer(demo_app, name="demo")
 
+
+def _print_version(asked: bool) -> None:
+    if asked:  # eager: before any command parses, so `snapctl --version` needs nothing else
+        from snapctl import __version__
+
+        typer.echo(f"snapctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print snapctl's version and exit.")] = False,
+) -> None:
+    pass
+
 InventoryOpt = Annotated[
     str | None,
     typer.Option("-i", "--inventory", envvar="SNAPCTL_INVENTORY", show_envvar=True, metavar="FILE",

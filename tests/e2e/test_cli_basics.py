@@ -269,3 +269,14 @@ def test_an_empty_path_flag_is_refused_not_taken_for_no_flag(tmp_path, args):
     assert document["error"] == f"{flag} '': give a path, not an empty string"
     assert document["hint"].startswith(f"e.g. {flag} ")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "inv.yaml"]  # nothing written anywhere
+
+
+@pytest.mark.parametrize(("module", "prog"), [("snapctl.cli", "snapctl"), ("node_agent.main", "snapctl-agent")])
+def test_version_is_the_installed_distributions(module, prog):
+    # Bug reports and mixed fleets (an agent upgraded before its control host) start from this line:
+    # it must be the version pip installed, not a constant that drifted from pyproject.toml.
+    from importlib.metadata import version
+
+    result = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"{prog} {version('snapctl')}"
