@@ -45,12 +45,16 @@ class TransportTimeout(TransportError):
 
 
 class AgentResponse:
-    """What the agent client needs of an answer: its status and JSON body."""
+    """What the agent client needs of an answer: its status and JSON body; ``headers`` (names
+    lowered, values as sent, both bytes) and ``deadline`` (loop time) for a 429's repeat, which
+    waits for ``Retry-After`` and must still end within the call's timeout."""
 
-    __slots__ = ("status_code", "content")
+    __slots__ = ("status_code", "content", "headers", "deadline")
 
-    def __init__(self, status_code: int, content: bytes) -> None:
-        self.status_code, self.content = status_code, content
+    def __init__(self, status_code: int, content: bytes, headers: dict[bytes, bytes] | None = None,
+                 deadline: float | None = None) -> None:
+        # Both were made for every answer anyway: keeping them adds no work to the 2xx path.
+        self.status_code, self.content, self.headers, self.deadline = status_code, content, headers, deadline
 
     @property
     def is_success(self) -> bool:
@@ -189,8 +193,8 @@ class AgentTransport:
         data = (head + "\r\n").encode("latin-1") + payload
         # One deadline for the whole call, connecting and any resend included: ``timeout`` bounds it all.
         deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
-        status, content = await self._roundtrip(host, port, data, deadline, method)
-        return AgentResponse(status, content)
+        status, content, fields = await self._roundtrip(host, port, data, deadline, method)
+        return AgentResponse(status, content, fields, deadline)
 
     async def _roundtrip(self, host: str, port: int, data: bytes, deadline: float | None, method: str):
         idle = self._idle.setdefault((host, port), [])
@@ -219,12 +223,12 @@ class AgentTransport:
         except BaseException:
             conn.close()  # half-used (a timeout, a cancel): never reused
             raise
-        status, content, keep_alive = answer
+        status, content, keep_alive, fields = answer
         if not keep_alive or len(idle) >= _IDLE_KEPT:
             conn.close()
         else:
             idle.append(conn)
-        return status, content
+        return status, content, fields
 
     async def aclose(self) -> None:
         connections = [conn for idle in self._idle.values() for conn in idle]
@@ -263,8 +267,8 @@ def _not_sent(exc: TransportError) -> TransportError:
 
 
 def _parse_response(buffer: bytearray, method: str, eof: bool):
-    """(bytes used, (status, body, keep-alive)) once ``buffer`` holds a whole response; None while
-    it does not. ``eof``: the connection ended (a body delimited by it ends)."""
+    """(bytes used, (status, body, keep-alive, headers)) once ``buffer`` holds a whole response; None
+    while it does not. ``eof``: the connection ended (a body delimited by it ends)."""
     end = buffer.find(b"\r\n\r\n")
     if end < 0:
         if len(buffer) > _MAX_HEAD:
@@ -276,7 +280,7 @@ def _parse_response(buffer: bytearray, method: str, eof: bool):
         status = int(rest[:3])
     except ValueError:
         raise ValueError(f"malformed status line {status_line[:80]!r}") from None
-    fields = {}  # only three matter; names lowered, values as sent
+    fields = {}  # names lowered, values as sent; the client reads Retry-After of a 429
     for line in header_lines:
         name, _, value = line.partition(b":")
         fields[name.strip().lower()] = value.strip()
@@ -284,18 +288,18 @@ def _parse_response(buffer: bytearray, method: str, eof: bool):
     keep_alive = connection != b"close" and (version != b"HTTP/1.0" or connection == b"keep-alive")
     start = end + 4
     if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
-        return start, (status, b"", keep_alive)
+        return start, (status, b"", keep_alive, fields)
     if b"chunked" in fields.get(b"transfer-encoding", b"").lower():
         parsed = _parse_chunked(buffer, start)
-        return None if parsed is None else (parsed[0], (status, parsed[1], keep_alive))
+        return None if parsed is None else (parsed[0], (status, parsed[1], keep_alive, fields))
     if (length_field := fields.get(b"content-length")) is not None:
         length = int(length_field)
         if len(buffer) < start + length:
             return None
-        return start + length, (status, bytes(buffer[start:start + length]), keep_alive)
+        return start + length, (status, bytes(buffer[start:start + length]), keep_alive, fields)
     if not eof:  # delimited by the close of the connection
         return None
-    return len(buffer), (status, bytes(buffer[start:]), False)
+    return len(buffer), (status, bytes(buffer[start:]), False, fields)
 
 
 class _Stale(Exception):
