@@ -46,6 +46,7 @@ from snapctl.errors import (
     SnapctlError,
     os_reason,
 )
+from snapctl.ratelimit import parse_retry_after
 from snapctl.secret_files import read_first_line, warn_if_open
 
 T = TypeVar("T")
@@ -90,6 +91,19 @@ class AgentClient(Protocol):
 _UNREACHABLE_HINT = "is snapctl-agent running there, and listening on that address?"
 _TOKEN_HINT = "set auth.token_file in the inventory (or {env}) to the token the agent was started with"
 _NODE_TOKEN_HINT = "the node's token_file ({path}) must hold the token its agent was started with"
+# Said to the operator, not to the client the agent's own hint ("slow down") is for.
+RATE_LIMITED_HINT = ("the agent limits requests per client address and endpoint (rate_per_s, burst in its config): "
+                     "something else from this address asks it too often (a fast --watch, a script); its log names "
+                     "the refused client")
+# Sent again after a 429's Retry-After: the requests the agent answers alike however often they
+# come, the reads and the lease's verbs, fenced by run id (a prepare of the run holding extends its
+# lease; a complete of a hold that ended answers released: false). The agent's own 429 comes before
+# anything runs, but a proxy's in front of it need not: trigger (another engine snapshot each time)
+# and restore-prepare (an etcd data dir rebuilt anew) are not repeated.
+_REPEATABLE_ON_429 = frozenset({"/v1/health", "/v1/status", "/v1/prepare", "/v1/renew", "/v1/complete",
+                                "/v1/verify"})
+_TRIES_ON_429 = 4  # in all: a limit that still refuses after three waits is no passing burst
+_RETRY_AFTER_UNSAID_S = 1.0  # a 429 without a Retry-After snapctl can read (a proxy's)
 _UNREADABLE_HINT = ("is a snapctl-agent listening there, of a version this snapctl speaks? its /v1/health names its "
                     "version")
 
@@ -156,9 +170,10 @@ class HttpAgentClient:
             raise self._timed_out(path, timeout_s, delivered=exc.sent) from exc
         except TransportError as exc:
             raise self._transport_error(exc) from exc
+        if response.status_code == 429:  # refused before the agent did anything: maybe repeated
+            response = await self._after_rate_limit(method, url, path, body, timeout_s, response)
         if response.status_code == 204:
             return None
-        error = _error_body(response)
         if response.is_success:
             try:
                 data = response.json()
@@ -174,6 +189,7 @@ class HttpAgentClient:
                                  f"cannot read ({_first_problem(exc)})", status=response.status_code,
                                  hint=_UNREADABLE_HINT) from exc
         status = response.status_code
+        error = _error_body(response)
         message = self._blanked(error.error) if error else f"HTTP {status} from {self.base_url}{path}"
         hint = self._blanked(error.hint) if error else None
         if status in (401, 403):
@@ -182,6 +198,36 @@ class HttpAgentClient:
         if status == 409:
             raise AgentConflict(self.node, message, status=status, hint=hint, holder=error.holder if error else None)
         raise AgentError(self.node, message, status=status, hint=hint)
+
+    async def _after_rate_limit(self, method: str, url: str, path: str, body: dict[str, Any] | None,
+                                timeout_s: float, response: AgentResponse) -> AgentResponse:
+        """The answer to a request the agent refused with ``response`` (429): sent again after each
+        Retry-After if it is safe to repeat, while the wait ends within the call's timeout, at most
+        ``_TRIES_ON_429`` times in all. A refusal that stands is raised naming the rate limit."""
+        loop = asyncio.get_running_loop()
+        deadline = response.deadline if response.deadline is not None else loop.time() + timeout_s
+        tries, past_s = 1, None
+        while path in _REPEATABLE_ON_429 and tries < _TRIES_ON_429:
+            wait_s = _retry_after_s(response)
+            if loop.time() + wait_s >= deadline:  # waiting it out would outlast the call: said now
+                past_s = wait_s
+                break
+            await asyncio.sleep(wait_s)
+            try:
+                response = await self._http.call(method, url, body, self._headers, deadline - loop.time())
+            except TransportTimeout as exc:
+                raise self._timed_out(path, timeout_s, delivered=exc.sent) from exc
+            except TransportError as exc:
+                raise self._transport_error(exc) from exc
+            if response.status_code != 429:
+                return response
+            tries += 1
+        error = _error_body(response)
+        said = self._blanked(error.error) if error else f"HTTP 429 from {self.base_url}{path}"
+        times = "once" if tries == 1 else f"{tries} times in {loop.time() - (deadline - timeout_s):.1f}s"
+        waited = f" (it asked to wait {past_s:g}s, past the call's {timeout_s:g}s timeout)" if past_s is not None else ""
+        raise AgentError(self.node, f"the agent's rate limit refused {path} {times}{waited}: {said}", status=429,
+                         hint=RATE_LIMITED_HINT)
 
     def _blanked(self, said: str | None) -> str | None:
         """What the agent said, with our token blanked: a proxy or gateway in front of an agent may
@@ -211,6 +257,12 @@ class HttpAgentClient:
                            "client_key_file)")
         return AgentUnreachable(self.node, f"cannot reach the agent at {self.base_url}: {reason}",
                                 hint=self._unreachable_hint, delivered=exc.sent)
+
+
+def _retry_after_s(response: AgentResponse) -> float:
+    said = (response.headers or {}).get(b"retry-after")
+    seconds = parse_retry_after(said.decode("latin-1") if said else None)
+    return _RETRY_AFTER_UNSAID_S if seconds is None else seconds
 
 
 def _first_problem(exc: ValidationError) -> str:

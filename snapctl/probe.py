@@ -10,10 +10,6 @@ from snapctl.agent_client import AgentClient
 from snapctl.errors import AgentError, AgentTimeout, AgentUnauthorized, AgentUnreachable, SnapctlError
 from snapctl.health import NodeProbe
 
-# Said to whoever reads the finding, not to the client the agent's own hint ("slow down") is for.
-RATE_LIMITED_HINT = ("the agent limits requests per client address and endpoint (rate_per_s, burst in its config): "
-                     "something else from this address asks it too often (a fast --watch, a script); its log names "
-                     "the refused client")
 _SAID_AT_MOST = 300  # characters of what an agent said: a finding is one line of a log
 
 
@@ -39,7 +35,7 @@ async def probe(name: str, client: AgentClient, timeout_s: float) -> NodeProbe:
         result.error = exc.reason
     except AgentError as exc:  # it answered, with an error: the network is not the problem
         result.http_status = exc.status
-        hint = RATE_LIMITED_HINT if exc.status == 429 else exc.hint
+        hint = exc.hint  # a 429's names the rate limit (agent_client.RATE_LIMITED_HINT)
         said = _one_line(exc.reason)
         result.error = f"{said} (hint: {_one_line(hint)})" if hint else said
     except SnapctlError as exc:

@@ -1,0 +1,197 @@
+"""snapctl's client against an agent over its rate limit (429 with Retry-After): a refused
+prepare, renew, complete or status was an error, so a backup failed, its rollback's complete could
+be refused too and the database stayed held until the lease ran out. Those requests are sent again
+after Retry-After, within the call's timeout and a bounded number of tries. Real agent processes
+on loopback, their buckets spent by another client of the same token and address (a script)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+
+from snapctl.agent_client import RATE_LIMITED_HINT, HttpAgentClient
+from snapctl.agent_transport import AgentTransport
+from snapctl.errors import AgentError
+from snapctl.status import collect_status
+from tests.agent.conftest import TOKEN, agent_process, make_db, try_write, write_config
+from tests.conftest import LOOPBACK
+from tests.status.conftest import load, validated, write_inventory
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def spend(agent_url: str, method: str, path: str, body: dict | None = None) -> None:
+    """Another client with the same token from the same address (a script) spends ``path``'s budget:
+    requests the agent refuses without doing anything, until it answers 429."""
+    with httpx.Client(base_url=agent_url, headers=AUTH, timeout=10) as other:
+        for _ in range(20):
+            if other.request(method, path, json=body).status_code == 429:
+                return
+    raise AssertionError(f"{path} never answered 429")
+
+
+def client(url: str, transport: AgentTransport, timeout_s: float = 5.0) -> HttpAgentClient:
+    return HttpAgentClient("n1", url, transport, token=TOKEN, timeout_s=timeout_s)
+
+
+def test_a_prepare_renew_and_complete_refused_429_are_repeated_and_the_database_released(tmp_path: Path) -> None:
+    db = make_db(tmp_path / "data.db")
+    # A token a second: Retry-After says 1, and one is there by then.
+    config = write_config(tmp_path, db, extra="rate_per_s: 1\nburst: 2\n")
+
+    async def backup_cycle(url: str) -> bool:
+        transport = AgentTransport()
+        try:
+            agent = client(url, transport)
+            await agent.status()  # the token accepted from this address: its requests have a budget of their own
+            too_far = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+            await asyncio.to_thread(spend, url, "POST", "/v1/prepare", {"run_id": "x", "lease_s": 30,
+                                                                        "hold_at": too_far})
+            await agent.prepare("r1", 600)
+            held = not try_write(db)
+            await asyncio.to_thread(spend, url, "POST", "/v1/renew", {"run_id": "nope"})
+            await agent.renew("r1")
+            await asyncio.to_thread(spend, url, "POST", "/v1/complete", {"run_id": "nope"})
+            assert (await agent.complete("r1")).released is True
+            return held
+        finally:
+            await transport.aclose()
+
+    with agent_process(config) as process:
+        assert asyncio.run(backup_cycle(process.url)) is True
+        assert try_write(db), "the database is released"
+        for path in ("/v1/prepare", "/v1/renew", "/v1/complete"):  # each call of ours did meet a 429
+            assert f"refusing requests with the agent token from 127.0.0.1 to {path}:" in process.log
+
+
+def test_a_rate_limit_that_would_outlast_the_call_fails_at_once_naming_node_and_limit(tmp_path: Path) -> None:
+    db = make_db(tmp_path / "data.db")
+    config = write_config(tmp_path, db, extra="rate_per_s: 0.01\nburst: 2\n")  # Retry-After: 100 s
+
+    async def complete(url: str) -> None:
+        transport = AgentTransport()
+        try:
+            agent = client(url, transport, timeout_s=3)
+            await agent.prepare("r1", 600)
+            await asyncio.to_thread(spend, url, "POST", "/v1/complete", {"run_id": "nope"})
+            await agent.complete("r1")
+        finally:
+            await transport.aclose()
+
+    with agent_process(config) as process:
+        with pytest.raises(AgentError) as caught:
+            asyncio.run(complete(process.url))
+    error = caught.value
+    assert error.status == 429
+    assert error.message == (
+        "node n1: the agent's rate limit refused /v1/complete once (it asked to wait 100s, past the call's 3s "
+        "timeout): too many requests from 127.0.0.1 to /v1/complete: more than 2 at once or 0.01 per second")
+    assert error.hint == RATE_LIMITED_HINT
+    assert try_write(db), "the agent released its hold when it stopped"
+
+
+@contextmanager
+def always_429(retry_after: str | None = "0") -> Iterator[tuple[str, list[str]]]:
+    """Something in front of an agent (a proxy) that answers every request 429; yields its URL and
+    the paths it was asked."""
+    asked: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _refuse(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            asked.append(self.path)
+            body = json.dumps({"error": "slow down", "hint": None, "holder": None}).encode()
+            self.send_response(429)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            if retry_after is not None:
+                self.send_header("Retry-After", retry_after)
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _refuse
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{LOOPBACK}:{server.server_address[1]}", asked
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def call(url: str, verb: str, *args) -> None:
+    async def go() -> None:
+        transport = AgentTransport()
+        try:
+            await getattr(client(url, transport), verb)(*args)
+        finally:
+            await transport.aclose()
+
+    asyncio.run(go())
+
+
+def test_an_agent_that_keeps_answering_429_is_tried_a_bounded_number_of_times() -> None:
+    with always_429() as (url, asked), pytest.raises(AgentError) as caught:
+        call(url, "renew", "r1")
+    assert asked == ["/v1/renew"] * 4
+    assert caught.value.status == 429 and caught.value.hint == RATE_LIMITED_HINT
+    assert caught.value.message.startswith("node n1: the agent's rate limit refused /v1/renew 4 times in ")
+    assert caught.value.message.endswith("s: slow down")
+
+
+@pytest.mark.parametrize("verb, path", [("trigger", "/v1/trigger"), ("restore_prepare", "/v1/restore-prepare")])
+def test_requests_that_are_not_safe_to_repeat_are_sent_once(verb: str, path: str) -> None:
+    with always_429() as (url, asked), pytest.raises(AgentError) as caught:
+        call(url, verb)
+    assert asked == [path]
+    assert caught.value.message == f"node n1: the agent's rate limit refused {path} once: slow down"
+    assert caught.value.hint == RATE_LIMITED_HINT
+
+
+def test_a_429_without_retry_after_is_repeated_after_a_second_within_the_calls_timeout() -> None:
+    async def status() -> None:
+        transport = AgentTransport()
+        try:
+            await client(url, transport, timeout_s=2.5).status()
+        finally:
+            await transport.aclose()
+
+    with always_429(retry_after=None) as (url, asked), pytest.raises(AgentError) as caught:
+        asyncio.run(status())
+    assert asked == ["/v1/status"] * 3  # a fourth would go out at about 3 s, past the 2.5 s
+    assert caught.value.message.startswith("node n1: the agent's rate limit refused /v1/status 3 times in ")
+    assert caught.value.message.endswith("(it asked to wait 1s, past the call's 2.5s timeout): slow down")
+
+
+def test_status_over_a_rate_limited_agent_is_repeated_within_its_timeout(tmp_path: Path) -> None:
+    (tmp_path / "n1").mkdir()
+    db = make_db(tmp_path / "n1" / "data.db")
+    config = write_config(tmp_path / "n1", db, extra="rate_per_s: 1\nburst: 2\n")
+    (tmp_path / "agents.token").write_text(TOKEN + "\n")
+    (tmp_path / "agents.token").chmod(0o600)
+    with agent_process(config) as process:
+        inventory = write_inventory(tmp_path, [{"name": "n1", "agent": process.url,
+                                                "volumes": [{"name": "data", "path": "n1"}]}],
+                                    auth={"token_file": "agents.token"})  # agent_timeout_s: 3s
+        spend(process.url, "GET", "/v1/status")  # a fast --watch from this host
+        doc = validated(asyncio.run(collect_status(load(inventory))))
+        assert "refusing requests with the agent token from 127.0.0.1 to /v1/status:" in process.log
+    node = doc["data"]["nodes"][0]
+    assert (node["reachable"], node["http_status"]) == (True, 200), node
+    assert not [f for f in doc["data"]["verdict"]["findings"] if f["subject"] == "n1" and f["severity"] == "critical"]
