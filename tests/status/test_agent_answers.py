@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -68,10 +69,11 @@ def test_an_agent_over_its_rate_limit_is_said_to_answer_429_not_to_be_unreachabl
     VALIDATOR.validate(doc)
     severity, message = _findings(doc)["n1"]
     assert severity == "critical"
-    # Not repeated: the agent asks for 1000 s, past the 3 s the call may take.
-    assert message.startswith("agent answered HTTP 429: the agent's rate limit refused /v1/status once (it asked "
-                              "to wait 1000s, past the call's 3s timeout): too many requests from 127.0.0.1 to "
-                              "/v1/status"), message
+    # Not repeated: the agent asks for ~1000 s (less by the seconds its bucket refilled meanwhile, on
+    # a loaded machine), past the 3 s the call may take.
+    assert re.match(r"agent answered HTTP 429: the agent's rate limit refused /v1/status once \(it asked to wait "
+                    r"(?:9\d\d|1000)s, past the call's 3s timeout\): too many requests from 127\.0\.0\.1 to /v1/status",
+                    message), message
     assert "unreachable" not in message
     assert "hint: the agent limits requests per client address and endpoint (rate_per_s, burst" in message
     assert _findings(doc)["gone"][1].startswith("agent unreachable: cannot reach the agent at"), \
