@@ -23,10 +23,14 @@ CODE_HINTS = {
     "NotFound": "check subscription_id, resource_group and the disk ids in the inventory",
     "ResourceGroupNotFound": "create the provider's resource_group, or fix its name",
     "SubscriptionNotFound": "check the provider's subscription_id",
-    "OperationNotAllowed": "Azure allows 7 incremental snapshots per disk per 5 minutes and 500 in all; "
-                           "wait, or prune old snapshots",
     "InvalidParameter": "the snapshot and its disk must be in the provider's location",
 }
+# ARM says OperationNotAllowed for any request the resource's state forbids: on a snapshot PUT
+# that is the per-disk snapshot limit, on a delete a disk attached to a vm or a snapshot in use.
+SNAPSHOT_LIMIT_HINT = ("Azure allows 7 incremental snapshots per disk per 5 minutes and 500 in all; "
+                       "wait, or prune old snapshots")
+NOT_ALLOWED_HINT = ("azure refused it in the resource's present state (azure's message says why): detach the disk "
+                    "from its vm, or let what uses the snapshot finish (`az snapshot revoke-access`), then try again")
 
 
 def code_and_message(exc: Any) -> tuple[str, str]:
@@ -86,4 +90,7 @@ def translate(exc: BaseException, action: str, permission: str) -> SnapctlError:
         return ProviderError(f"azure {action}: permission denied, the credentials lack {permission}",
                              hint=f"grant {permission} on the resource group (roles in docs/providers/azure.md); "
                              f"azure said: {message}")
+    if code == "OperationNotAllowed":
+        limit = action.startswith("create snapshot")
+        return ProviderError(detail, hint=SNAPSHOT_LIMIT_HINT if limit else NOT_ALLOWED_HINT)
     return ProviderError(detail, hint=CODE_HINTS.get(code))

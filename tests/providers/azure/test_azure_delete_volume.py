@@ -64,9 +64,11 @@ def test_an_attached_answer_from_arm_is_a_provider_error(azure, provider, volume
     azure.inject(Fault(409, method="DELETE", message="Disk restored-data is attached to VM x.",
                        extra={"code": "OperationNotAllowed"}))
 
-    with pytest.raises(ProviderError, match="OperationNotAllowed: Disk restored-data is attached"):
+    with pytest.raises(ProviderError, match="OperationNotAllowed: Disk restored-data is attached") as raised:
         provider.delete_volume(disk_id)
     assert "restored-data" in azure.disks()
+    # The snapshot-rate hint that goes with a refused snapshot PUT would send the operator astray.
+    assert "incremental snapshots" not in raised.value.hint and "detach" in raised.value.hint
 
 
 def test_denied_delete_names_the_permission(azure, provider, volumes):

@@ -112,6 +112,15 @@ def test_a_missing_disk_fails_the_node_and_deletes_what_was_made(azure, provider
     assert azure.snapshots() == {}
 
 
+def test_a_snapshot_put_refused_as_too_frequent_says_what_azure_allows(azure, provider, volumes):
+    azure.inject(Fault(409, method="PUT", path_contains="/snapshots/", extra={"code": "OperationNotAllowed"},
+                       message="Too many incremental snapshots were taken of this disk recently."))
+
+    with pytest.raises(ProviderError, match="OperationNotAllowed: Too many incremental snapshots") as raised:
+        provider.snapshot(volumes, tags())
+    assert "7 incremental snapshots per disk per 5 minutes" in raised.value.hint
+
+
 def test_delete_waits_for_the_long_running_operation(azure, provider, volumes):
     azure.op_polls = 3
     ref = provider.snapshot(volumes, tags())[0]
