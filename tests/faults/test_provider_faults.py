@@ -16,6 +16,7 @@ import pytest
 
 from snapctl.errors import ExitCode
 from tests.fakes.gcp_compute import FakeGcpCompute
+from tests.fakes.json_http import Fault
 from tests.faults.harness import NODES, FaultCluster
 
 ZONE = "europe-west1-b"
@@ -138,3 +139,38 @@ def test_a_snapshot_that_fails_while_uploading_rolls_back_after_every_node_was_r
     assert manifest["status"] == "failed" and all(r["complete_acked_at"] for r in manifest["nodes"].values())
     assert scene.snapshot_dirs(run_id) == []
     assert_released_by(scene, run_id)
+
+
+class ThrottledUploads(StallingGcp):
+    """Answers 429 to the next ``throttled_polls`` reads of a snapshot that is uploading: only the
+    backup's wait reads one then, after its point in time was fixed and every node released."""
+
+    throttled_polls = 0
+    throttled = 0  # 429s answered
+
+    def handle(self, method: str, raw_path: str, headers: dict[str, str], raw_body: bytes):
+        name = raw_path.split("?")[0].rsplit("/global/snapshots/", 1)[-1] if "/global/snapshots/" in raw_path else ""
+        with self.lock:
+            uploading = method == "GET" and self.snapshots.get(name, {}).get("status") == "UPLOADING"
+            throttle = uploading and self.throttled < self.throttled_polls
+            self.throttled += throttle
+        if throttle:
+            return self.fault_reply(Fault(429, retry_after=0.05, message="rate limit exceeded"))
+        return super().handle(method, raw_path, headers, raw_body)
+
+
+def test_throttling_while_the_snapshots_upload_is_waited_out_not_rolled_back(scene: FaultCluster) -> None:
+    """The wait polls for hours at most; a poll throttled past one call's retries is no reason to
+    delete snapshots whose point in time was fixed and whose nodes were all released."""
+    with ThrottledUploads(op_running_polls=1, creating_polls=1, uploading_polls=1) as gcp:
+        for node in NODES:
+            gcp.add_disk(ZONE, f"{node}-disk")
+        gcp.throttled_polls = 6  # max_retries=1: two calls' worth per snapshot
+        result = scene.snapctl("backup", "--no-prune", "-o", "json",
+                               inventory=gcp_inventory(scene, gcp, max_retries=1))
+        assert result.returncode == 0, result.stderr
+        manifest = result.json["data"]
+        assert manifest["status"] == "succeeded" and manifest["snapshots_completed"]
+        assert gcp.throttled == 6
+        assert live_snapshots(gcp) == Counter({f"{node}-disk": 1 for node in NODES})
+        assert_released_by(scene, manifest["run_id"])
