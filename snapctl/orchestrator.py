@@ -81,7 +81,9 @@ class _Run:
     executor: CallRunner
     held: set[str] = field(default_factory=set)  # prepare sent and not yet completed
     lost_hold: dict[str, str] = field(default_factory=dict)  # node -> why its lease was lost
-    in_flight: list[Future[list[SnapshotRef]] | asyncio.Future[list[SnapshotRef]]] = field(default_factory=list)
+    in_flight: list[tuple[str, Future[list[SnapshotRef]] | asyncio.Future[list[SnapshotRef]]]] = field(
+        default_factory=list)  # (node, its snapshot call)
+    timed_out: dict[str, SnapctlError | None] = field(default_factory=dict)  # node -> how its call ended later
     unrecorded: str | None = None  # why the failed run's manifest could not be saved
     prepare_sent: dict[str, float] = field(default_factory=dict)  # monotonic
     prepare_acked: dict[str, float] = field(default_factory=dict)
@@ -294,7 +296,7 @@ async def _snapshot_then_complete(run: _Run, node: str, all_held: asyncio.Event 
     if run.pacer is not None:
         run.pacer.submitted(len(run.volumes[node].volumes))
     future = run.executor.submit(run.provider.snapshot, run.volumes[node], tags)
-    run.in_flight.append(future)
+    run.in_flight.append((node, future))
     # A node may stay frozen no longer than max_freeze_s, whatever the provider does.
     frozen_s = time.monotonic() - run.frozen_since(node)
     budget = min(policy.snapshot_timeout_s, policy.max_freeze_s - frozen_s)
@@ -302,6 +304,7 @@ async def _snapshot_then_complete(run: _Run, node: str, all_held: asyncio.Event 
         async with asyncio.timeout(max(budget, 0.001)):  # shielded: the rollback awaits the call in its turn
             refs = await asyncio.shield(asyncio.wrap_future(future))
     except TimeoutError:
+        run.timed_out[node] = None
         raise RunFailed(f"node {node}: snapshot calls did not return within {budget:.1f}s (max freeze "
                         f"{policy.max_freeze_s:g}s, snapshot timeout {policy.snapshot_timeout_s:g}s)",
                         hint="check the provider; raise policy.max_freeze_s if this volume is just slow") from None
@@ -404,9 +407,13 @@ async def _roll_back(run: _Run, cause: BaseException) -> None:
     # Snapshot calls still running in threads finish (bounded by the provider's own timeouts)
     # before we look for what they made.
     refs: list[SnapshotRef] = [r for rec in manifest.nodes.values() for r in rec.snapshots]
-    for future in run.in_flight:
+    for node, future in run.in_flight:
         try:
             refs.extend(await asyncio.wait_for(asyncio.wrap_future(future), policy.snapshot_timeout_s))
+        except SnapctlError as exc:
+            if node in run.timed_out:  # why the freeze ran out (throttling waited out, say): the operator's clue
+                run.timed_out[node] = exc
+                manifest.nodes[node].error = _join(manifest.nodes[node].error, f"the call then failed: {exc.message}")
         except BaseException:  # noqa: BLE001 - a failed call made nothing we can name; the sweep below finds it
             pass
     try:
@@ -493,6 +500,8 @@ def _as_run_failure(run: _Run, exc: BaseException) -> BaseException:
         failed.append(f"the catalog could not record the failure: {run.unrecorded}")
     detail = f" ({'; '.join(failed)})" if failed else ""
     hint = exc.hint if isinstance(exc, SnapctlError) else None
+    # A call that outlasted the freeze and then failed says better what to do than "raise max_freeze_s".
+    hint = next((late.hint for late in run.timed_out.values() if late is not None and late.hint), hint)
     return RunFailed(f"backup run {run.manifest.run_id} failed and was rolled back: {cause}{detail}", hint=hint)
 
 

@@ -51,10 +51,10 @@ def gcp() -> Iterator[StallingGcp]:
         yield fake
 
 
-def gcp_inventory(cluster: FaultCluster, gcp: StallingGcp, **settings) -> Path:
+def gcp_inventory(cluster: FaultCluster, gcp: StallingGcp, policy: dict | None = None, **settings) -> Path:
     provider = {"type": "gcp", "project": gcp.project, "api_endpoint": gcp.url, "anonymous": True,
                 "poll_interval_s": 0.02, "max_backoff_s": 2, "request_timeout_s": 1.0, **settings}
-    return cluster.write_inventory(cluster.directory / "gcp.yaml", provider=provider,
+    return cluster.write_inventory(cluster.directory / "gcp.yaml", provider=provider, policy=policy,
                                    volumes=lambda node: [{"disk": f"{node}-disk", "zone": ZONE, "name": "data"}])
 
 
@@ -174,3 +174,21 @@ def test_throttling_while_the_snapshots_upload_is_waited_out_not_rolled_back(sce
         assert gcp.throttled == 6
         assert live_snapshots(gcp) == Counter({f"{node}-disk": 1 for node in NODES})
         assert_released_by(scene, manifest["run_id"])
+
+
+def test_a_snapshot_call_throttled_past_the_freeze_budget_names_the_throttling(scene: FaultCluster,
+                                                                               gcp: StallingGcp) -> None:
+    """The node is released when its freeze budget ends; the call, still waiting out the cloud's
+    Retry-After, fails later: that failure is why, and the operator must read it, not only that
+    the call "did not return", whose hint says to freeze the database longer."""
+    gcp.throttle(times=10_000, retry_after=2, path_contains="/disks/node2-disk/createSnapshot")
+    result = scene.snapctl("backup", "--no-prune",
+                           inventory=gcp_inventory(scene, gcp, policy={"max_freeze_s": "1s"}, max_retries=1))
+    assert result.returncode == ExitCode.RUN_FAILED, result.stderr
+    [run_id] = scene.run_ids()
+    node2 = scene.manifest(run_id)["nodes"]["node2"]["error"]
+    assert "did not return within" in node2 and "429" in node2 and "rate limit exceeded" in node2
+    assert "rate limit exceeded" in result.stderr
+    assert "create_rate" in result.stderr and "max_freeze_s if" not in result.stderr  # the throttling's hint
+    assert live_snapshots(gcp) == Counter()
+    assert_released_by(scene, run_id)
