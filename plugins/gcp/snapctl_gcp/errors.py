@@ -72,7 +72,10 @@ def translate(exc: BaseException, action: str, permission: str) -> SnapctlError:
     if isinstance(exc, auth_exc.DefaultCredentialsError):
         return _credentials_error(exc, action)
     if isinstance(exc, auth_exc.RefreshError):
-        return ProviderError(f"gcp {action}: credentials could not be refreshed: {exc}", hint=CREDENTIALS_HINT)
+        # google-auth's reason is the first argument; the second is the token endpoint's whole answer.
+        first = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
+        reason = (first.strip().splitlines() or [""])[0][:300]
+        return ProviderError(f"gcp {action}: credentials could not be refreshed: {reason}", hint=CREDENTIALS_HINT)
     if isinstance(exc, (req_exc.ConnectionError, req_exc.Timeout, auth_exc.TransportError)):
         return ProviderError(f"gcp {action}: no answer from the compute api ({type(exc).__name__})",
                              hint="check network access to compute.googleapis.com (or the provider's api_endpoint)")

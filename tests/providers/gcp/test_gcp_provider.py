@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 
 from snapctl.errors import BadInputError, ProviderError, ProviderThrottled
 from snapctl.providers import TAG_CLUSTER, TAG_RUN, TAG_VOLUME, RestoreTarget, SnapshotRef, snapshot_tags
-from tests.fakes.json_http import Fault
+from tests.fakes.json_http import Fault, JsonHttpFake
 from tests.providers.gcp.conftest import volumes_of
 
 ZONE = "europe-west1-b"  # where conftest's disks live
@@ -346,3 +347,33 @@ def test_a_key_file_that_cannot_be_loaded_is_named_with_google_auths_reason(gcp,
     assert f"GOOGLE_APPLICATION_CREDENTIALS names {path}" in caught.value.hint
     assert "SECRET-KEY-MARKER" not in caught.value.message + caught.value.hint
     assert gcp.requests == []
+
+
+class _TokenEndpoint(JsonHttpFake):
+    """Google's OAuth token endpoint refusing a service account's signed grant (a deleted key)."""
+
+    def handle(self, method: str, raw_path: str, headers: dict[str, str], raw_body: bytes):
+        return 400, {"error": "invalid_grant", "error_description": "Invalid JWT Signature."}, {}
+
+
+def test_a_service_account_whose_grant_is_refused_is_one_line_with_googles_reason(gcp, make_provider, monkeypatch,
+                                                                                 tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    with _TokenEndpoint() as token:
+        path = tmp_path / "sa.json"
+        path.write_text(json.dumps({"type": "service_account", "project_id": gcp.project, "private_key_id": "k1",
+                                    "private_key": key, "client_email": "backup@p.iam.gserviceaccount.com",
+                                    "client_id": "1", "token_uri": f"{token.url}/token"}))
+        monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(path))
+
+        with pytest.raises(ProviderError) as caught:
+            make_provider(anonymous=False).warm_up()
+
+    # google-auth's RefreshError carries the token endpoint's whole answer as a second argument.
+    assert caught.value.message == ("gcp get an access token: credentials could not be refreshed: "
+                                    "invalid_grant: Invalid JWT Signature.")
+    assert caught.value.hint and gcp.requests == []
