@@ -63,6 +63,7 @@ class AwsProvider:
         )
         self._sleep = time.sleep
         self._clock = time.monotonic
+        self._credentials_accepted = False  # warm_up asked EC2 once, and it answered
 
     @property
     def client(self) -> Any:
@@ -76,6 +77,12 @@ class AwsProvider:
         # boto3's import and EC2's service model: 0.3-0.4 s of CPU that the first create call
         # of a hold would otherwise pay, with every node frozen (docs/benchmarks.md).
         self.ec2.warm_up()
+        if not self._credentials_accepted:
+            # Keys are judged by AWS alone (a deactivated key, an expired session): one read of this
+            # cluster's snapshots, changing nothing, rather than the first create, with every node held.
+            self.ec2.call("describe_snapshots", DESCRIBE, OwnerIds=["self"], MaxResults=5,
+                          Filters=tag_filters({TAG_CLUSTER: self.cluster}))
+            self._credentials_accepted = True
 
     # -- snapshot ------------------------------------------------------------------------------
 

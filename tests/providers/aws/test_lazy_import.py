@@ -40,8 +40,12 @@ def test_the_sdk_is_imported_on_first_use():
 
 
 def test_warm_up_imports_the_sdk_and_builds_the_client_that_the_calls_then_use():
+    from tests.moto_server import shared_moto_server
+
+    endpoint = shared_moto_server().endpoint_url  # warm_up asks EC2 once whether it takes the credentials
     check = CHECK.format(module="snapctl_aws").replace(
-        "loaded = ", "provider.warm_up()\nassert provider.ec2._client is not None\nloaded = ")
+        "loaded = ", "provider.warm_up()\nassert provider.ec2._client is not None\nloaded = ").replace(
+        '"region": "eu-west-1"', f'"region": "eu-west-1", "endpoint_url": "{endpoint}"')
     result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60,
                             env={"PATH": "/usr/bin:/bin", "AWS_EC2_METADATA_DISABLED": "true",
                                  "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})

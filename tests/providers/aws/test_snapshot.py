@@ -174,6 +174,23 @@ def test_permission_denied_names_the_permission(provider, volume):
     assert "ec2:CreateSnapshot" in caught.value.hint and "ec2:CreateTags" in caught.value.hint
 
 
+@pytest.mark.parametrize("code", ["AuthFailure", "ExpiredToken"])
+def test_credentials_aws_rejects_stop_the_warm_up_before_any_hold(make_provider, ec2, code):
+    """boto3 finds a deactivated access key or an expired session as readily as a good one: only
+    AWS can say, so the warm-up asks once, else the first create in the hold would be the first to."""
+    provider = make_provider()
+    rejected = inject(provider, "DescribeSnapshots", FailFirst(1, 401, code, "AWS was not able to validate the "
+                                                                "provided access credentials"))
+
+    with pytest.raises(ProviderError, match=rf"credentials rejected \({code}\)") as caught:
+        provider.warm_up()
+    assert "aws sso login" in caught.value.hint and "testing" not in caught.value.message + caught.value.hint
+
+    provider.warm_up()  # accepted now, and asked once: calling it again asks nothing
+    provider.warm_up()
+    assert rejected.calls == 2
+
+
 def test_unknown_volume_is_a_provider_error_with_a_hint(provider):
     volumes = provider.validate_volumes("n1", [{"volume": "vol-0123456789abcdef0"}], base_dir=Path("."))
     with pytest.raises(ProviderError, match="InvalidVolume.NotFound") as caught:
