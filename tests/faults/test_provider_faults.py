@@ -192,3 +192,20 @@ def test_a_snapshot_call_throttled_past_the_freeze_budget_names_the_throttling(s
     assert "create_rate" in result.stderr and "max_freeze_s if" not in result.stderr  # the throttling's hint
     assert live_snapshots(gcp) == Counter()
     assert_released_by(scene, run_id)
+
+
+def test_throttling_that_outlasts_the_wait_fails_the_run_saying_so(scene: FaultCluster) -> None:
+    with ThrottledUploads(op_running_polls=1, creating_polls=1, uploading_polls=1) as gcp:
+        for node in NODES:
+            gcp.add_disk(ZONE, f"{node}-disk")
+        gcp.throttled_polls = 10_000
+        result = scene.snapctl("backup", "--no-prune", inventory=gcp_inventory(
+            scene, gcp, policy={"wait_timeout_s": "2s"}, max_retries=1))
+        assert result.returncode == ExitCode.RUN_FAILED and "rate limit exceeded" in result.stderr
+        [run_id] = scene.run_ids()
+        manifest = scene.manifest(run_id)
+        assert manifest["status"] == "failed" and "rate limit exceeded" in manifest["error"]
+        assert_released_by(scene, run_id)
+        # Still throttled, the rollback could not read them to delete them: on record, for gc.
+        [leftovers] = [d for d in manifest["degradations"] if d.startswith("snapshots not deleted")]
+        assert all(s in leftovers for s in gcp.snapshots) and len(gcp.snapshots) == len(NODES)
