@@ -202,6 +202,7 @@ def test_throttling_that_outlasts_the_wait_fails_the_run_saying_so(scene: FaultC
         result = scene.snapctl("backup", "--no-prune", inventory=gcp_inventory(
             scene, gcp, policy={"wait_timeout_s": "2s"}, max_retries=1))
         assert result.returncode == ExitCode.RUN_FAILED and "rate limit exceeded" in result.stderr
+        assert "create_rate" not in result.stderr and "max_retries" in result.stderr  # polls are no creates
         [run_id] = scene.run_ids()
         manifest = scene.manifest(run_id)
         assert manifest["status"] == "failed" and "rate limit exceeded" in manifest["error"]

@@ -83,9 +83,12 @@ def translate(exc: BaseException, action: str, permission: str) -> SnapctlError:
     code, message = code_and_message(exc)
     detail = f"azure {action}: {code}: {message}"
     if exc.status_code == 429 or code in THROTTLE_CODES:
+        # create_rate paces snapshot creates only: for any other call it is no remedy.
+        remedy = ("lower the provider's create_rate" if action.startswith("create snapshot")
+                  else "raise the provider's max_retries / max_retry_wait_s")
         return ProviderThrottled(detail, retry_after=retry_after_of(exc),
-                                 hint="azure resource manager throttled this subscription after all retries; lower "
-                                 "the provider's create_rate or run fewer clusters at once")
+                                 hint=f"azure resource manager throttled this subscription after all retries; "
+                                 f"{remedy} or run fewer clusters at once")
     if exc.status_code == 403 or code in DENIED_CODES:
         return ProviderError(f"azure {action}: permission denied, the credentials lack {permission}",
                              hint=f"grant {permission} on the resource group (roles in docs/providers/azure.md); "

@@ -84,9 +84,12 @@ def translate(exc: BaseException, action: str, permission: str) -> SnapctlError:
     status = exc.code if isinstance(exc.code, int) else None
     detail = f"gcp {action}: {status or ''} {exc.message}".replace("  ", " ")
     if is_throttle(exc):
+        # create_rate paces snapshot creates only: for any other call it is no remedy.
+        remedy = ("lower the provider's create_rate" if action.startswith("create snapshot")
+                  else "raise the provider's max_retries / max_backoff_s")
         return ProviderThrottled(detail, retry_after=retry_after_of(exc),
-                                 hint="compute engine throttled this project after all retries; lower the provider's "
-                                 "create_rate or run fewer clusters at once")
+                                 hint=f"compute engine throttled this project after all retries; {remedy} "
+                                 "or run fewer clusters at once")
     if isinstance(exc, gexc.Unauthorized):
         return ProviderError(f"gcp {action}: credentials rejected", hint=CREDENTIALS_HINT)
     if isinstance(exc, gexc.NotFound):

@@ -85,6 +85,16 @@ def test_throttling_beyond_max_retries_is_a_provider_throttled(azure, make_provi
     assert len(azure.requests_to("PUT")) == 2
 
 
+def test_a_read_throttled_past_the_retries_is_not_blamed_on_the_create_rate(azure, make_provider, volumes):
+    provider = make_provider(max_retries=1)
+    refs = provider.snapshot(volumes, tags())
+    azure.throttle(5, retry_after=0.01, method="GET")
+
+    with pytest.raises(ProviderThrottled) as err:
+        provider.wait(refs, deadline())
+    assert "create_rate" not in err.value.hint and "max_retries" in err.value.hint
+
+
 def test_a_retry_after_longer_than_allowed_fails_at_once(azure, make_provider, volumes):
     provider = make_provider(max_retry_wait_s=5)
     azure.throttle(1, retry_after=3600, method="PUT")

@@ -131,6 +131,16 @@ def test_throttling_beyond_max_retries_is_a_provider_throttled(gcp, make_provide
     with pytest.raises(ProviderThrottled) as err:
         provider.snapshot(volumes, tags())
     assert err.value.retry_after == 1
+    assert "create_rate" in err.value.hint
+
+
+def test_a_read_throttled_past_the_retries_is_not_blamed_on_the_create_rate(gcp, make_provider, volumes):
+    provider = make_provider(max_retries=1)
+    gcp.throttle(5, retry_after=0.01, method="GET", path_contains="/global/snapshots")
+
+    with pytest.raises(ProviderThrottled) as err:
+        provider.find({TAG_RUN: RUN})
+    assert "create_rate" not in err.value.hint and "max_retries" in err.value.hint
 
 
 def test_permission_denied_names_the_permission(gcp, provider, volumes):
