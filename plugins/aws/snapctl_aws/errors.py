@@ -67,8 +67,9 @@ def translate_client_error(exc: Any) -> SnapctlError:
         headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {}) or {}
         retry_after = parse_retry_after(headers.get("retry-after") or headers.get("x-amz-retry-after"))
         hint = (
-            "AWS allows a few snapshots in progress per volume; wait for them to complete, "
-            "or raise per_volume_retries / per_volume_retry_wait_s"
+            "AWS allows 5 snapshots in progress per volume (1 for st1/sc1): run backups further apart or let "
+            "the earlier ones complete; per_volume_retries wait inside the hold, so more of them need "
+            "policy.max_freeze_s above their waits"
             if code == PER_VOLUME_RATE
             else "EC2 throttled this account and region after all retries; lower the provider's "
             "*_rate settings or run fewer clusters at once"

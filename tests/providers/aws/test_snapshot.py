@@ -145,8 +145,10 @@ def test_per_volume_rate_limit_gives_up_after_its_retries(make_provider, volume)
     inject(provider, "CreateSnapshot", FailFirst(100, 400, "SnapshotCreationPerVolumeRateExceeded", "too many"))
     volumes = provider.validate_volumes("n1", [{"volume": volume}], base_dir=Path("."))
 
-    with pytest.raises(ProviderThrottled, match="SnapshotCreationPerVolumeRateExceeded: too many"):
+    with pytest.raises(ProviderThrottled, match="SnapshotCreationPerVolumeRateExceeded: too many") as caught:
         provider.snapshot(volumes, run_tags())
+    # Its retries wait inside the hold: more of them alone would only meet the freeze budget.
+    assert "further apart" in caught.value.hint and "policy.max_freeze_s" in caught.value.hint
 
 
 def test_a_failure_part_way_deletes_what_the_call_created(provider, ec2, volume):
