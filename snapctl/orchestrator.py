@@ -500,8 +500,10 @@ def _as_run_failure(run: _Run, exc: BaseException) -> BaseException:
         failed.append(f"the catalog could not record the failure: {run.unrecorded}")
     detail = f" ({'; '.join(failed)})" if failed else ""
     hint = exc.hint if isinstance(exc, SnapctlError) else None
-    # A call that outlasted the freeze and then failed says better what to do than "raise max_freeze_s".
-    hint = next((late.hint for late in run.timed_out.values() if late is not None and late.hint), hint)
+    # The cause's call, having outlasted the freeze, then failed: it says better what to do than
+    # "raise max_freeze_s".
+    hint = next((late.hint for n, late in run.timed_out.items() if late is not None and late.hint
+                 and (run.manifest.nodes[n].error or "").startswith(cause)), hint)
     return RunFailed(f"backup run {run.manifest.run_id} failed and was rolled back: {cause}{detail}", hint=hint)
 
 
