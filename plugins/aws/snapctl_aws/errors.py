@@ -35,6 +35,11 @@ CREDENTIALS_HINT = (
     "refresh SSO (`aws sso login`) or the instance role (docs/providers/aws.md)"
 )
 
+# The profile signs in through IAM Identity Center: its token is missing, expired or refused.
+SSO_ERRORS = frozenset({"SSOError", "SSOTokenLoadError", "UnauthorizedSSOTokenError", "TokenRetrievalError"})
+SSO_HINT = ("the profile signs in through AWS IAM Identity Center (SSO): run `aws sso login --profile PROFILE` "
+            "as the user snapctl runs as, or use an instance role on a host that backs up unattended")
+
 
 class VolumeNotFound(ProviderError):
     """The EBS volume does not exist (for delete_volume this counts as done)."""
@@ -91,6 +96,9 @@ def translate_botocore_error(exc: Exception) -> SnapctlError:
             hint="boto3 looks in AWS_* environment variables, the provider's profile in ~/.aws, SSO, "
             "then the instance or task role; see docs/providers/aws.md",
         )
+    if kind in SSO_ERRORS:
+        reason = (str(exc).strip().splitlines() or [""])[0]
+        return ProviderError(f"aws: no usable credentials ({kind}): {reason}", hint=SSO_HINT)
     if kind == "ProfileNotFound":
         return ProviderError(f"aws: {exc}", hint="fix the provider's 'profile' or add it to ~/.aws/config")
     if kind in {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError"}:

@@ -83,6 +83,45 @@ def test_missing_credentials_say_where_boto3_looks(monkeypatch, tmp_path, first_
     assert "environment" in caught.value.hint and "role" in caught.value.hint
 
 
+SSO_CONFIG = """
+[profile legacy]
+sso_start_url = https://example.awsapps.com/start
+sso_region = us-east-1
+sso_account_id = 123456789012
+sso_role_name = Backup
+
+[profile session]
+sso_session = corp
+sso_account_id = 123456789012
+sso_role_name = Backup
+
+[sso-session corp]
+sso_start_url = https://example.awsapps.com/start
+sso_region = us-east-1
+"""
+
+
+@pytest.mark.parametrize("profile, problem", [
+    ("legacy", "Token for https://example.awsapps.com/start does not exist"),
+    ("session", "Token for corp does not exist"),
+])
+def test_an_sso_profile_without_a_login_says_to_log_in(monkeypatch, tmp_path, profile, problem):
+    # An expired login (`UnauthorizedSSOTokenError`, "The SSO session associated with this profile has
+    # expired") is answered the same way; botocore fixes its token cache's path when imported.
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    (tmp_path / "config").write_text(SSO_CONFIG)
+    provider = make(profile=profile, endpoint_url="http://127.0.0.1:9")  # never reached: no credentials to sign with
+
+    with pytest.raises(ProviderError, match="no usable credentials") as caught:
+        provider.warm_up()
+    assert problem in caught.value.message
+    assert "aws sso login" in caught.value.hint
+
+
 def test_an_unknown_profile_is_reported(monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     with pytest.raises(ProviderError, match="profile") as caught:
