@@ -43,6 +43,7 @@ from snapctl.preflight import BackupPlan, dry_run, preflight
 from snapctl.provider_threads import CallRunner
 from snapctl.provider_worker import CALL_RUNNER_READY_S, call_runner
 from snapctl.providers import TAG_RUN, NodeVolumes, Provider, SnapshotRef, node_volumes, open_provider, snapshot_tags
+from snapctl.run_failure import joined, node_reason, reason, run_failure
 
 
 @dataclass
@@ -349,7 +350,7 @@ async def _renew_leases(run: _Run) -> None:
                                        return_exceptions=True)
         for node, result in zip(held, results):
             if isinstance(result, SnapctlError) and node in run.held:
-                run.lost_hold[node] = _node_reason(result)
+                run.lost_hold[node] = node_reason(result)
 
 
 async def _on_every_node(run: _Run, nodes: list[str], step) -> None:
@@ -381,7 +382,7 @@ async def _on_every_node(run: _Run, nodes: list[str], step) -> None:
 
 async def _roll_back(run: _Run, cause: BaseException) -> None:
     """Step 7: complete every held node, delete this run's snapshots, mark the manifest failed."""
-    run.reporter.step("rollback", f"rolling back: {_reason(cause)}")
+    run.reporter.step("rollback", f"rolling back: {reason(cause)}")
     manifest, policy = run.manifest, run.inventory.policy
     held = sorted(run.held)
     results = await asyncio.gather(
@@ -392,12 +393,13 @@ async def _roll_back(run: _Run, cause: BaseException) -> None:
         if isinstance(result, AgentConflict) and result.holder is None:
             result = False  # nothing held there: the complete overtook the prepare, which the agent now refuses
         if isinstance(result, AgentUnreachable) and not result.delivered:  # nothing listens: no lease to wait for
-            manifest.nodes[node].error = _join(manifest.nodes[node].error, f"complete could not be sent "
-                                               f"({result.reason}): no agent runs there now (docs/agent.md, "
-                                               "'an engine left held')")
+            manifest.nodes[node].error = joined(manifest.nodes[node].error, f"complete could not be sent "
+                                                f"({result.reason}): no agent runs there now (docs/agent.md, "
+                                                "'an engine left held')")
         elif isinstance(result, BaseException):
-            manifest.nodes[node].error = _join(manifest.nodes[node].error, f"complete failed ({_node_reason(result)}); "
-                                               f"its lease expires within {policy.lease_ttl_s:g}s")
+            manifest.nodes[node].error = joined(manifest.nodes[node].error,
+                                                f"complete failed ({node_reason(result)}); "
+                                                f"its lease expires within {policy.lease_ttl_s:g}s")
         else:
             run.held.discard(node)
             record = manifest.nodes[node]
@@ -413,7 +415,7 @@ async def _roll_back(run: _Run, cause: BaseException) -> None:
         except SnapctlError as exc:
             if node in run.timed_out:  # why the freeze ran out (throttling waited out, say): the operator's clue
                 run.timed_out[node] = exc
-                manifest.nodes[node].error = _join(manifest.nodes[node].error, f"the call then failed: {exc.message}")
+                manifest.nodes[node].error = joined(manifest.nodes[node].error, f"the call then failed: {exc.message}")
         except BaseException:  # noqa: BLE001 - a failed call made nothing we can name; the sweep below finds it
             pass
     try:
@@ -432,7 +434,7 @@ async def _roll_back(run: _Run, cause: BaseException) -> None:
     for record in manifest.nodes.values():
         record.snapshots = [r for r in record.snapshots if r.snapshot_id in leftover]
     manifest.status = "failed"
-    manifest.error = _reason(cause)
+    manifest.error = reason(cause)
     manifest.finished_at = now()
     manifest.measure()
     try:
@@ -489,37 +491,4 @@ def _hold_lead(run: _Run) -> float:
 
 
 def _as_run_failure(run: _Run, exc: BaseException) -> BaseException:
-    if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)):
-        return exc
-    cause = _reason(exc)
-    # Each node once: its record's error less the "node <name>: " its message starts with, and not
-    # the cause again.
-    failed = [f"{n}: {r.error.removeprefix(cause + '; ').removeprefix(f'node {n}: ')}"
-              for n, r in run.manifest.nodes.items() if r.error and r.error != cause]
-    if run.unrecorded:
-        failed.append(f"the catalog could not record the failure: {run.unrecorded}")
-    detail = f" ({'; '.join(failed)})" if failed else ""
-    hint = exc.hint if isinstance(exc, SnapctlError) else None
-    # The cause's call, having outlasted the freeze, then failed: it says better what to do than
-    # "raise max_freeze_s".
-    hint = next((late.hint for n, late in run.timed_out.items() if late is not None and late.hint
-                 and (run.manifest.nodes[n].error or "").startswith(cause)), hint)
-    return RunFailed(f"backup run {run.manifest.run_id} failed and was rolled back: {cause}{detail}", hint=hint)
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, SnapctlError):
-        return exc.message
-    if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)):
-        return "interrupted"
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _node_reason(exc: BaseException) -> str:
-    """``exc``'s reason where its node is named already: without "node N: " and the hint."""
-    return exc.reason if isinstance(exc, AgentError) else _reason(exc)
-
-
-def _join(first: str | None, second: str) -> str:
-    return f"{first}; {second}" if first else second
-
+    return run_failure(run.manifest, exc, run.unrecorded, run.timed_out)

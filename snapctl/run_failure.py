@@ -1,0 +1,49 @@
+"""How a failed backup run is told: one line naming the cause, each node's own error once, and the
+hint that says best what to do."""
+
+from __future__ import annotations
+
+import asyncio
+
+from snapctl.errors import AgentError, RunFailed, SnapctlError
+from snapctl.manifest import Manifest
+
+
+def run_failure(manifest: Manifest, exc: BaseException, unrecorded: str | None,
+                timed_out: dict[str, SnapctlError | None]) -> BaseException:
+    """The error a failed run raises, its cause ``exc`` (an interrupt stays itself); ``unrecorded``:
+    why the catalog could not record the failure; ``timed_out``: node -> how its snapshot call,
+    which outlasted the freeze, ended later."""
+    if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)):
+        return exc
+    cause = reason(exc)
+    # Each node once: its record's error less the "node <name>: " its message starts with, and not
+    # the cause again.
+    failed = [f"{n}: {r.error.removeprefix(cause + '; ').removeprefix(f'node {n}: ')}"
+              for n, r in manifest.nodes.items() if r.error and r.error != cause]
+    if unrecorded:
+        failed.append(f"the catalog could not record the failure: {unrecorded}")
+    detail = f" ({'; '.join(failed)})" if failed else ""
+    hint = exc.hint if isinstance(exc, SnapctlError) else None
+    # The cause's call, having outlasted the freeze, then failed: it says better what to do than
+    # "raise max_freeze_s".
+    hint = next((late.hint for n, late in timed_out.items() if late is not None and late.hint
+                 and (manifest.nodes[n].error or "").startswith(cause)), hint)
+    return RunFailed(f"backup run {manifest.run_id} failed and was rolled back: {cause}{detail}", hint=hint)
+
+
+def reason(exc: BaseException) -> str:
+    if isinstance(exc, SnapctlError):
+        return exc.message
+    if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)):
+        return "interrupted"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def node_reason(exc: BaseException) -> str:
+    """``exc``'s reason where its node is named already: without "node N: " and the hint."""
+    return exc.reason if isinstance(exc, AgentError) else reason(exc)
+
+
+def joined(first: str | None, second: str) -> str:
+    return f"{first}; {second}" if first else second
