@@ -30,6 +30,9 @@ TAG_RUN = "snapctl-run"
 TAG_NODE = "snapctl-node"
 TAG_VOLUME = "snapctl-volume"
 TAG_VERSION = "snapctl-version"
+# On a volume a drill restores (RestoreTarget.tags): the drill's id, by which the cleanup after a
+# drill killed outright finds what it made (``find_restored``) and deletes nothing else.
+TAG_DRILL = "snapctl-drill"
 
 # A snapshot gone, damaged, failed or being deleted, in every provider: what its restore says to do.
 GONE_HINT = "restore another run (`snapctl list`); `snapctl verify RUN` checks a run's snapshots without restoring"
@@ -88,6 +91,7 @@ class RestoreTarget:
     device: str | None = None
     name: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)  # the made volume carries them too (a drill's TAG_DRILL)
 
 
 @dataclass
@@ -127,6 +131,13 @@ class Provider(Protocol):
     Optional with it: ``check_restore_space(planned)``, given every (ref, target) of the restore
     once each passed ``check_restore``: ``BadInputError`` when a place the restore writes to lacks
     room for what goes there (local: a filesystem, for all the volumes restored onto it).
+
+    Optional: ``find_restored(tags, places) -> list[str]``, the ids (as ``restore`` returned them)
+    of the volumes ``restore`` made carrying all of ``tags`` (``RestoreTarget.tags``) and this
+    cluster's tag, including one whose restore was cut short; ``places``: the target paths that
+    restore may have used, for a provider that cannot list its volumes (local: the directories,
+    found by the marker beside each). The cleanup after a drill killed outright deletes them with
+    ``delete_volume``; without it, that cleanup says it cannot find them.
 
     Optional: ``find_leftovers() -> list[Leftover]``, the work of calls that died part-way and is
     no snapshot (never that of a call still running), and ``delete_leftover(leftover)``, which

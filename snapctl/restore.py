@@ -284,9 +284,10 @@ def inventory_node(inventory: Inventory, name: str) -> Node:
                         hint="restore with the inventory the run was made with")
 
 
-def restore_target(node: Node, volume: str, *, root: Path | None, zone: str | None, attach: bool) -> RestoreTarget:
+def restore_target(node: Node, volume: str, *, root: Path | None, zone: str | None, attach: bool,
+                   tags: dict[str, str] | None = None) -> RestoreTarget:
     """Where one of the node's volumes goes: ``root/<volume>`` (local), or a new volume in the zone,
-    attached to the node's restore instance when ``attach``."""
+    attached to the node's restore instance when ``attach``; the made volume carries ``tags``."""
     settings = node.restore
     instance = settings.instance if attach else None
     if attach and not instance:
@@ -301,16 +302,17 @@ def restore_target(node: Node, volume: str, *, root: Path | None, zone: str | No
                                 "(docs/security.md, 'Who can delete snapshots?')")
     return RestoreTarget(path=root / volume if root is not None else None, zone=zone or settings.zone,
                          instance=instance, device=(settings.devices.get(volume) or settings.device) if attach else None,
-                         extra=dict(settings.options))
+                         extra=dict(settings.options), tags=dict(tags or {}))
 
 
 def restore_volumes(provider: Provider, node: Node, record: NodeRecord, *, root: Path | None, zone: str | None,
-                    attach: bool, made: list[tuple[SnapshotRef, str]] | None = None) -> dict[str, str]:
+                    attach: bool, made: list[tuple[SnapshotRef, str]] | None = None,
+                    tags: dict[str, str] | None = None) -> dict[str, str]:
     """Restore each of the node's snapshots; ``made`` collects (ref, restored) as each one lands,
     so a caller can tear down what exists even when a later volume fails."""
     restored = {}
     for ref in record.snapshots:
-        target = restore_target(node, ref.volume, root=root, zone=zone, attach=attach)
+        target = restore_target(node, ref.volume, root=root, zone=zone, attach=attach, tags=tags)
         restored[ref.volume] = provider.restore(ref, target)
         if made is not None:
             made.append((ref, restored[ref.volume]))

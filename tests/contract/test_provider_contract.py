@@ -17,6 +17,7 @@ import pytest
 from snapctl.errors import ProviderError
 from snapctl.providers import (
     TAG_CLUSTER,
+    TAG_DRILL,
     TAG_NODE,
     TAG_RUN,
     TAG_VOLUME,
@@ -190,3 +191,24 @@ def test_delete_volume_refuses_a_volume_not_tagged_for_this_cluster(env: Provide
         env.provider.delete_volume(volume)
     if env.volume_exists:
         assert env.volume_exists(volume), "the refused volume must survive"
+
+
+def test_find_restored_finds_exactly_the_volumes_restored_with_the_tags(env: ProviderEnv, snaps: Snapshots) -> None:
+    # What the cleanup after a drill killed outright deletes: only that drill's volumes.
+    _, _, refs = snaps.take()
+    ref = env.provider.wait(refs, time.monotonic() + WAIT_S)[0]
+    ours, other = {TAG_DRILL: f"d-{uuid.uuid4().hex[:6]}"}, {TAG_DRILL: f"d-{uuid.uuid4().hex[:6]}"}
+    made = []
+    try:
+        for name, tags in (("ours", ours), ("other", other), ("plain", {})):
+            target = env.restore_target(f"scratch-{name}-{ref.volume}")
+            target.tags = tags
+            made.append(env.provider.restore(ref, target))
+        places = [str(env.restore_target(f"scratch-{n}-{ref.volume}").path) for n in ("ours", "other", "plain")]
+
+        assert env.provider.find_restored(ours, places) == [made[0]]
+        assert env.provider.find_restored({TAG_DRILL: "d-none"}, places) == []
+    finally:
+        for volume in made:
+            env.provider.delete_volume(volume)
+    assert env.provider.find_restored(ours, places) == []

@@ -1,7 +1,7 @@
 """A local Compute Engine API (REST v1, the JSON the google-cloud-compute REST transport speaks).
 
 Enough of it for snapshot providers: disks.createSnapshot, snapshots get/list/delete/insert,
-disks insert/get/delete, instances get/attachDisk/detachDisk, zone and global operations
+disks insert/get/delete/aggregatedList, instances get/attachDisk/detachDisk, zone and global operations
 get/wait. State lives in memory:
 
 - operations stay RUNNING for ``op_running_polls`` get/wait calls, then DONE (with an error when
@@ -29,6 +29,7 @@ PREFIX = r"^/compute/v1/projects/(?P<project>[^/]+)"
 ROUTES = [
     ("create_snapshot", "POST", PREFIX + r"/zones/(?P<zone>[^/]+)/disks/(?P<disk>[^/]+)/createSnapshot$"),
     ("insert_disk", "POST", PREFIX + r"/zones/(?P<zone>[^/]+)/disks$"),
+    ("aggregated_disks", "GET", PREFIX + r"/aggregated/disks$"),
     ("get_disk", "GET", PREFIX + r"/zones/(?P<zone>[^/]+)/disks/(?P<disk>[^/]+)$"),
     ("delete_disk", "DELETE", PREFIX + r"/zones/(?P<zone>[^/]+)/disks/(?P<disk>[^/]+)$"),
     ("get_instance", "GET", PREFIX + r"/zones/(?P<zone>[^/]+)/instances/(?P<instance>[^/]+)$"),
@@ -237,6 +238,17 @@ class FakeGcpCompute(JsonHttpFake):
         op = self._new_op("insert", disk["selfLink"], zone, query)
         op["_disk"] = (zone, name)
         return 200, self._public(op), {}
+
+    def _aggregated_disks(self, query: dict[str, str], body: Any) -> Reply:
+        """Every zone's disks matching the label filter, in one page."""
+        wanted = self._parse_filter(query.get("filter", ""))
+        if wanted is None:
+            return self._error(400, f"Invalid value for field 'filter': '{query.get('filter')}'.")
+        items: dict[str, Any] = {}
+        for (zone, _), disk in self.disks.items():
+            if all(disk.get("labels", {}).get(k) == v for k, v in wanted.items()):
+                items.setdefault(f"zones/{zone}", {"disks": []})["disks"].append(self._public(disk))
+        return 200, {"kind": "compute#diskAggregatedList", "items": items}, {}
 
     def _get_disk(self, zone: str, disk: str, query: dict[str, str], body: Any) -> Reply:
         found = self.disks.get((zone, disk))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from snapctl.providers import (
     discard_partial_snapshots,
 )
 from snapctl_aws.client import CREATE, DELETE, DESCRIBE, TAG, Ec2
-from snapctl_aws.restore import check_restore_volume, delete_restored_volume, restore_volume
+from snapctl_aws.restore import check_restore_volume, delete_restored_volume, find_restored_volumes, restore_volume
 from snapctl_aws.settings import AwsSettings, InstanceVolumes, VolumeSpec, parse_volumes
 from snapctl_aws.snapshots import STATE_ERROR, aws_tags, ref_from_snapshot, refreshed, tag_filters
 
@@ -257,6 +257,9 @@ class AwsProvider:
         except SnapshotNotFound as exc:
             raise SnapshotNotFound(f"node {ref.node}: snapshot {ref.snapshot_id} of volume {ref.volume} no longer "
                                    f"exists ({exc.message})", hint=GONE_HINT) from exc
+
+    def find_restored(self, tags: Mapping[str, str], places: Sequence[str] = ()) -> list[str]:
+        return find_restored_volumes(self, tags)
 
     def delete_volume(self, volume_id: str) -> None:
         delete_restored_volume(self, volume_id)

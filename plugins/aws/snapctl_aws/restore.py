@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from snapctl.errors import BadInputError, Interrupted, ProviderError
 from snapctl.providers import GONE_HINT, TAG_CLUSTER, RestoreTarget, stop_requested
 from snapctl_aws.client import DELETE, DESCRIBE, VOLUME
 from snapctl_aws.errors import VolumeNotFound
-from snapctl_aws.snapshots import aws_tags
+from snapctl_aws.snapshots import aws_tags, tag_filters
 
 if TYPE_CHECKING:
     from snapctl_aws.provider import AwsProvider
@@ -62,6 +63,7 @@ def restore_volume(provider: AwsProvider, snapshot: dict[str, Any], volume: str,
     # so a restored volume is traceable to its cluster, run and node.
     tags = {t["Key"]: t["Value"] for t in snapshot.get("Tags", []) if not t["Key"].lower().startswith("aws:")}
     tags[TAG_RESTORED_FROM] = snapshot_id
+    tags.update(target.tags)
     if target.name:
         tags["Name"] = target.name
     options = {VOLUME_OPTIONS[key]: value for key, value in target.extra.items() if key in VOLUME_OPTIONS}
@@ -82,6 +84,14 @@ def restore_volume(provider: AwsProvider, snapshot: dict[str, Any], volume: str,
         _discard(provider, volume_id, tags.get(TAG_CLUSTER))
         raise
     return volume_id
+
+
+def find_restored_volumes(provider: AwsProvider, tags: Mapping[str, str]) -> list[str]:
+    """The volumes of this cluster carrying ``tags`` and made by restore (not yet being deleted)."""
+    wanted = {**tags, TAG_CLUSTER: provider.cluster}
+    volumes = provider.ec2.pages("describe_volumes", DESCRIBE, "Volumes",
+                                 Filters=[*tag_filters(wanted), {"Name": "tag-key", "Values": [TAG_RESTORED_FROM]}])
+    return sorted(v["VolumeId"] for v in volumes if v.get("State") not in GONE)
 
 
 def _attached_to(instance: str):

@@ -14,7 +14,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -273,7 +273,7 @@ class AzureProvider:
             vm_id, zone = vm.id, zone or next(iter(vm.zones or []), None)
         deadline = time.monotonic() + self.settings.operation_timeout_s
         self.wait([ref], deadline)  # a disk can only be copied from a complete snapshot
-        tags = {TAG_CLUSTER: self.cluster, TAG_RESTORED_FROM: ref.snapshot_id}
+        tags = {**target.tags, TAG_CLUSTER: self.cluster, TAG_RESTORED_FROM: ref.snapshot_id}
         if vm_id:
             tags[TAG_ATTACHED_TO] = vm_id  # what delete_volume may detach it from, and nothing else
         disk = Disk(location=self.settings.location, tags=tags,
@@ -382,6 +382,14 @@ class AzureProvider:
             if len(kept) == len(data_disks):
                 return  # detached meanwhile, or the vm is gone
             self._set_data_disks(rg, name, kept, f"detach disk {disk_id.rsplit('/', 1)[-1]} from vm {name}", deadline)
+
+    def find_restored(self, tags: Mapping[str, str], places: Sequence[str] = ()) -> list[str]:
+        """Managed disks restore made for this cluster carrying ``tags``, in the provider's resource group."""
+        wanted = {**tags, TAG_CLUSTER: self.cluster}
+        rg, disks = self.settings.resource_group, self.api.client.disks
+        items = self.api.call("list disks", PERM_DISK_READ, lambda: list(disks.list_by_resource_group(rg)))
+        return sorted(d.id for d in items or [] if TAG_RESTORED_FROM in (d.tags or {})
+                      and all((d.tags or {}).get(k) == v for k, v in wanted.items()))
 
     def delete_volume(self, volume_id: str) -> None:
         """Delete a managed disk ``restore`` made, by its resource id. One it attached is detached

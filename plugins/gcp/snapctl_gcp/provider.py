@@ -13,7 +13,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
@@ -40,6 +40,7 @@ from snapctl_gcp.errors import RATE_OPERATION_CODES, operation_error
 from snapctl_gcp.labels import (
     decode_label,
     description_for,
+    encode_key,
     encode_label,
     filter_for,
     labels_for,
@@ -58,6 +59,7 @@ PERM_DELETE = "compute.snapshots.delete"
 PERM_RESTORE = "compute.disks.create"
 PERM_DISK_GET = "compute.disks.get"
 PERM_DISK_DELETE = "compute.disks.delete"
+PERM_DISK_LIST = "compute.disks.list"
 PERM_ATTACH = "compute.instances.attachDisk"  # and compute.disks.use on the disk
 PERM_DETACH = "compute.instances.detachDisk"
 PERM_INSTANCE_GET = "compute.instances.get"
@@ -290,7 +292,7 @@ class GcpProvider:
         deadline = time.monotonic() + self.settings.operation_timeout_s
         self.wait([ref], deadline)  # a disk can only be made from a READY snapshot
         types, disks = self.api.types, self.api.client("disks")
-        tags = {TAG_CLUSTER: self.cluster, TAG_RESTORED_FROM: ref.snapshot_id}
+        tags = {**target.tags, TAG_CLUSTER: self.cluster, TAG_RESTORED_FROM: ref.snapshot_id}
         if instance:
             tags[TAG_ATTACHED_TO] = instance[1]  # what delete_volume may detach it from, and nothing else
         labels = labels_for(tags, self.settings.labels)
@@ -364,6 +366,18 @@ class GcpProvider:
         op = self.api.call(action, PERM_ATTACH, deadline=deadline,
                            fn=lambda: instances.attach_disk_unary(request=request, retry=None, timeout=timeout))
         self._finish(op, zone, action, deadline)
+
+    def find_restored(self, tags: Mapping[str, str], places: Sequence[str] = ()) -> list[str]:
+        """Disks restore made for this cluster carrying ``tags``, in any zone (as ``restore`` names them)."""
+        wanted = labels_for({**tags, TAG_CLUSTER: self.cluster})
+        request = self.api.types.AggregatedListDisksRequest(project=self.api.project, filter=filter_for(
+            {**tags, TAG_CLUSTER: self.cluster}))
+        disks, timeout = self.api.client("disks"), self.settings.request_timeout_s
+        scopes = self.api.call("list disks", PERM_DISK_LIST,
+                               fn=lambda: list(disks.aggregated_list(request=request, retry=None, timeout=timeout)))
+        return sorted(f"projects/{self.api.project}/{scope}/disks/{disk.name}" for scope, listed in scopes or []
+                      for disk in listed.disks if all(disk.labels.get(k) == v for k, v in wanted.items())
+                      and encode_key(TAG_RESTORED_FROM) in disk.labels)
 
     def delete_volume(self, volume_id: str) -> None:
         """Delete a disk ``restore`` made (``projects/P/zones/Z/disks/NAME``). One it attached is

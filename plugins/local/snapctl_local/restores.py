@@ -7,7 +7,7 @@ import contextlib
 import errno
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -132,7 +132,7 @@ class LocalRestores:
             if finished_restore_marker(dest):  # its restore's directory was removed by hand: it names nothing
                 restore_marker(dest).unlink(missing_ok=True)
             try:
-                write_restore_marker(dest, ref, meta)
+                write_restore_marker(dest, ref, meta, staging=staging, tags=target.tags)
             except FileExistsError:
                 raise _busy_target(ref, dest) from None
             marked = True
@@ -161,11 +161,32 @@ class LocalRestores:
                 restore_marker(dest).unlink(missing_ok=True)
         return str(dest)
 
+    def find_restored(self, tags: Mapping[str, str], places: Sequence[str]) -> list[str]:
+        """Of ``places`` (restore targets), those whose marker says a restore made or began there
+        for this cluster, carrying ``tags``: directories have no tags of their own to list by."""
+        found = []
+        for place in places:
+            dest = self._restore_path(place)
+            if dest.is_symlink():  # as restore() resolved it: the marker is beside the place it points to
+                dest = Path(os.path.realpath(dest))
+            recorded = read_restore_marker(dest)
+            if (recorded is not None and recorded.get("cluster") == self.cluster and recorded.get("path") == str(dest)
+                    and all((recorded.get("tags") or {}).get(k) == v for k, v in tags.items())):
+                found.append(str(dest))
+        return found
+
     def delete_volume(self, volume_id: str) -> None:
-        """Remove a directory ``restore`` made, and its marker; only one whose marker names this cluster."""
+        """Remove a directory ``restore`` made, and its marker; only one whose marker names this cluster.
+        A restore killed part-way (its marker unfinished) made only its staging copy: that goes,
+        and the target, absent or empty as it was before, stays."""
         dest = self._restore_path(volume_id)
         marker = restore_marker(dest)
         recorded = read_restore_marker(dest)
+        if recorded is not None and recorded.get("cluster") == self.cluster and recorded.get("path") == str(dest):
+            self._remove_staging(dest, recorded)
+            if not recorded.get("finished_at") and (not os.path.lexists(dest) or _empty_dir(dest)):
+                marker.unlink(missing_ok=True)
+                return
         if not os.path.lexists(dest):
             if recorded is not None and recorded.get("cluster") == self.cluster:
                 marker.unlink(missing_ok=True)
@@ -189,6 +210,19 @@ class LocalRestores:
             marker.unlink(missing_ok=True)  # last: a removal that fails part way can be retried
         except OSError as exc:
             raise ProviderError(f"cannot delete the restored directory {dest}: {os_reason(exc)}") from exc
+
+    def _remove_staging(self, dest: Path, recorded: dict[str, Any]) -> None:
+        """The staging copy the marker names, if it is one of this target's (beside it, named for it)."""
+        staging = Path(str(recorded.get("staging") or ""))
+        if (recorded.get("staging") and staging.parent == dest.parent
+                and staging.name.startswith(f"{RESTORE_PREFIX}{dest.name}-") and os.path.lexists(staging)):
+            try:
+                if staging.is_dir() and not staging.is_symlink():
+                    remove_tree(staging)
+                else:
+                    staging.unlink()
+            except OSError as exc:
+                raise ProviderError(f"cannot delete {staging}, a restore's staging copy: {os_reason(exc)}") from exc
 
     def _restore_dest(self, ref: SnapshotRef, target: RestoreTarget) -> Path:
         """The target's directory, which must not exist yet or be empty."""
@@ -259,6 +293,13 @@ class LocalRestores:
     def _restore_path(self, volume_id: str) -> Path:
         dest = Path(os.path.expanduser(volume_id))
         return Path(os.path.abspath(dest if dest.is_absolute() else self.base_dir / dest))
+
+
+def _empty_dir(path: Path) -> bool:
+    try:
+        return path.is_dir() and not path.is_symlink() and not any(path.iterdir())
+    except OSError:
+        return False
 
 
 def damaged(ref: SnapshotRef, damage: str, *, hint: str) -> ProviderError:

@@ -255,11 +255,13 @@ def restore_marker(dest: Path) -> Path:
     return dest.with_name(dest.name + RESTORE_MARKER_SUFFIX)
 
 
-def write_restore_marker(dest: Path, ref: Any, meta: dict[str, Any]) -> None:
+def write_restore_marker(dest: Path, ref: Any, meta: dict[str, Any], *, staging: Path | None = None,
+                         tags: dict[str, str] | None = None) -> None:
     """Record beside ``dest`` what a restore put there (``ref``: the SnapshotRef, ``meta``: its
-    metadata). Exclusive: ``FileExistsError`` when a marker is there already, another restore's
-    into the same place (which must keep it: it names what that restore made)."""
-    tags = dict(meta.get("tags") or {})
+    metadata), with the restore's own ``tags`` (a drill's id) and its ``staging`` copy, which a
+    restore killed part-way leaves. Exclusive: ``FileExistsError`` when a marker is there already,
+    another restore's into the same place (which must keep it: it names what that restore made)."""
+    tags = {**(meta.get("tags") or {}), **(tags or {})}
     marker = restore_marker(dest)
     temp = marker.with_name(f".{marker.name}.{secrets.token_hex(4)}.tmp")
     _write_json(temp, {
@@ -270,6 +272,7 @@ def write_restore_marker(dest: Path, ref: Any, meta: dict[str, Any]) -> None:
         "volume": meta.get("volume"),
         "snapshot_id": ref.snapshot_id,
         "tags": tags,
+        "staging": str(staging) if staging is not None else None,
         "restored_at": datetime.now(UTC).isoformat(timespec="seconds"),
     })
     try:
