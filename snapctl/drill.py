@@ -42,7 +42,7 @@ from snapctl.errors import BadInputError, EngineError, ExitCode, SnapctlError
 from snapctl.events import NullReporter, Reporter
 from snapctl.evidence import compare_facts, missing_files, volume_roots
 from snapctl.manifest import DrillSummary, Manifest, NodeRecord
-from snapctl.providers import Provider, SnapshotRef, open_provider, stoppable_by
+from snapctl.providers import TAG_DRILL, Provider, SnapshotRef, open_provider, stoppable_by
 from snapctl.restore import (
     check_before_restoring,
     check_provider,
@@ -129,6 +129,7 @@ class _Drill:
     started: float  # monotonic; the RTO's start, moved past restore's checks once they passed
     deadline: float  # the checks count against drill.timeout_s
     reporter: Reporter
+    tags: dict[str, str] = field(default_factory=dict)  # every volume it restores carries them: TAG_DRILL
     cancelled: threading.Event = field(default_factory=threading.Event)
     made: list[tuple[SnapshotRef, str]] = field(default_factory=list)  # every restored volume, as it lands
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -164,7 +165,7 @@ def run_drill(inventory: Inventory, run_ref: str = "latest", *, junit: Path | No
         write_junit_refusal(junit_path, inventory.cluster, run_ref, exc)
         _finish_refused(catalog, report, exc)
         raise
-    report.cleaned_up = clean_up_killed_drills(catalog, f"drill {drill_id}", reporter)
+    report.cleaned_up = clean_up_killed_drills(catalog, provider, f"drill {drill_id}", reporter)
     try:
         scratch = make_scratch_dir(inventory, manifest.run_id, drill_id, record)
     except SnapctlError as exc:
@@ -172,7 +173,8 @@ def run_drill(inventory: Inventory, run_ref: str = "latest", *, junit: Path | No
         raise
     report.provider, report.scratch_dir = provider.name, str(scratch)
     started = time.monotonic()
-    drill = _Drill(inventory, manifest, provider, scratch, started, started + inventory.drill.timeout_s, reporter)
+    drill = _Drill(inventory, manifest, provider, scratch, started, started + inventory.drill.timeout_s, reporter,
+                   tags={TAG_DRILL: drill_id})
     refused: SnapctlError | None = None
     try:
         # Now naming the scratch directory (and its marker): the next drill cleans up after a kill.
@@ -231,6 +233,7 @@ def _drill_all(drill: _Drill) -> tuple[list[NodeDrill], bool]:
     interrupted = False
     try:
         _check_before_restoring(drill)  # its SnapctlError is the drill's, not one node's: nothing is restored
+        _mark_restore_places(drill)
         drill.started = time.monotonic()  # the RTO counts from the first restore, as a real restore's would
     except KeyboardInterrupt:
         drill.cancelled.set()  # every node then fails at its first step, saying so
@@ -253,6 +256,19 @@ def _check_before_restoring(drill: _Drill) -> None:
     check_before_restoring(drill.inventory, drill.provider, drill.manifest, nodes,
                            {name: _restore_root(drill, node) for name, node in nodes.items()}, zone=None,
                            attached={name for name, node in nodes.items() if _attaches(node)})
+
+
+def _mark_restore_places(drill: _Drill) -> None:
+    """Every target outside the scratch directory, in its marker before anything is restored: a
+    drill killed outright leaves them too, and only the marker tells the cleanup where to look."""
+    from snapctl.drill_leftovers import mark_restore_places
+
+    places = []
+    for name, record in drill.manifest.nodes.items():
+        root = _restore_root(drill, inventory_node(drill.inventory, name))
+        if root != drill.scratch and drill.scratch not in root.parents:
+            places += [str(root / ref.volume) for ref in record.snapshots]
+    mark_restore_places(drill.scratch, places)
 
 
 def _restore_root(drill: _Drill, node: Node) -> Path:
@@ -307,7 +323,7 @@ def _restore_start_verify(drill: _Drill, node: Node, record: NodeRecord, result:
     began = time.monotonic()
     try:
         result.volumes = restore_volumes(drill.provider, node, record, root=_restore_root(drill, node), zone=None,
-                                         attach=_attaches(node), made=made)
+                                         attach=_attaches(node), made=made, tags=drill.tags)
     finally:
         with drill.lock:
             drill.made.extend(made)

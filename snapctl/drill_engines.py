@@ -16,6 +16,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 from node_agent.engines.base import Engine, create_engine
-from snapctl.drill_leftovers import write_pid_file
+from snapctl.drill_leftovers import PID_SUFFIX, RECORD_THEN_EXEC
 from snapctl.errors import BadInputError, EngineError
 
 if TYPE_CHECKING:
@@ -171,14 +172,14 @@ class ScratchProcess:
         self.popen: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Self:
+        # If this drill is killed outright, the next one stops the engine by its pid file, which the
+        # child writes before it becomes the engine: written here, a kill just after the start
+        # would leave the engine running, unrecorded.
+        pid_file = self.log_path.parent / f"{self.name}{PID_SUFFIX}"
+        argv = [sys.executable, "-c", RECORD_THEN_EXEC, str(pid_file), *self.argv]
         with open(self.log_path, "ab") as log:
-            self.popen = subprocess.Popen(self.argv, cwd=self.log_path.parent, stdout=log, stderr=subprocess.STDOUT,
+            self.popen = subprocess.Popen(argv, cwd=self.log_path.parent, stdout=log, stderr=subprocess.STDOUT,
                                           stdin=subprocess.DEVNULL, start_new_session=True)
-        try:  # if this drill is killed outright, the next one stops the engine by this file
-            write_pid_file(self.log_path.parent, self.name, self.popen.pid)
-        except BaseException:
-            self.kill()
-            raise
         return self
 
     def __exit__(self, *exc: object) -> None:

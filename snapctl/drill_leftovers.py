@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from snapctl.catalog import Catalog
     from snapctl.config import Inventory
     from snapctl.events import Reporter
+    from snapctl.providers import Provider
 
 MARKER = ".snapctl-drill.json"
 PID_SUFFIX = ".pid.json"
@@ -60,10 +61,30 @@ def drill_owner() -> str:
     return run_owner()
 
 
-def write_marker(scratch: Path, *, cluster: str, drill_id: str, record: str, owner: str) -> None:
-    """The proof that ``scratch`` is this drill's, written before anything is restored into it."""
+def write_marker(scratch: Path, *, cluster: str, drill_id: str, record: str, owner: str,
+                 provider: str | None = None) -> None:
+    """The proof that ``scratch`` is this drill's, written before anything is restored into it, and
+    of what it restores elsewhere: volumes tagged ``restore_tags`` by ``provider``, and (once it
+    knows them, ``mark_restore_places``) the directories outside ``scratch`` it restores into."""
+    from snapctl.providers import TAG_DRILL
+
     _write_json(scratch / MARKER, {"cluster": cluster, "drill_id": drill_id, "record": record, "owner": owner,
+                                   "provider": provider, "restore_tags": {TAG_DRILL: drill_id},
                                    **(identity(os.getpid()) or {})})
+
+
+def mark_restore_places(scratch: Path, places: list[str]) -> None:
+    """The restore targets outside ``scratch``, added to its marker before any is restored into."""
+    from snapctl.errors import BadInputError
+
+    try:
+        marker = json.loads((scratch / MARKER).read_bytes())
+        _write_json(scratch / MARKER, {**marker, "restore_places": places})
+    except (OSError, ValueError) as exc:
+        reason = os_reason(exc) if isinstance(exc, OSError) else "it is not json"
+        raise BadInputError(f"cannot record the drill's restore targets in {scratch / MARKER}: {reason}",
+                            hint="a drill killed outright could not be cleaned up after: make the scratch "
+                                 "directory writable (drill.scratch_dir)") from exc
 
 
 def make_scratch_dir(inventory: Inventory, run_id: str, drill_id: str, record: str) -> Path:
@@ -79,7 +100,8 @@ def make_scratch_dir(inventory: Inventory, run_id: str, drill_id: str, record: s
             (where / f"{run_id}-{drill_id}").mkdir(mode=0o700)  # restored data: as private as mkdtemp's
             scratch = (where / f"{run_id}-{drill_id}").resolve()
         try:  # before the record names it: only a directory with it is ever removed as a killed drill's
-            write_marker(scratch, cluster=inventory.cluster, drill_id=drill_id, record=record, owner=drill_owner())
+            write_marker(scratch, cluster=inventory.cluster, drill_id=drill_id, record=record, owner=drill_owner(),
+                         provider=str(inventory.provider.get("type")))
         except OSError:
             shutil.rmtree(scratch, ignore_errors=True)
             raise
@@ -95,6 +117,18 @@ def write_pid_file(workdir: Path, name: str, pid: int) -> None:
     found = identity(pid)
     if found is not None:
         _write_json(workdir / f"{name}{PID_SUFFIX}", found)
+
+
+# The engine's own process records itself, then becomes the engine (same pid, same start): a drill
+# killed the moment it started an engine leaves no engine without its pid file.
+RECORD_THEN_EXEC = "import sys; from snapctl.drill_leftovers import exec_recorded; exec_recorded(sys.argv[1:])"
+
+
+def exec_recorded(args: list[str]) -> None:
+    """``[pid file, program, *its args]``: the pid file of this process, then exec of the program."""
+    pid_file, argv = Path(args[0]), args[1:]
+    write_pid_file(pid_file.parent, pid_file.name.removesuffix(PID_SUFFIX), os.getpid())
+    os.execv(argv[0], argv)
 
 
 def identity(pid: int) -> dict[str, Any] | None:
@@ -139,6 +173,7 @@ class AbandonedDrill:
     proven: bool  # the scratch directory carries the drill's own marker
     kept: bool  # --keep: its data was asked to stay
     raw: bytes = field(repr=False, default=b"")
+    marker: dict[str, Any] = field(default_factory=dict)  # the proof, and what it restored outside scratch
 
     def describe(self) -> str:
         return f"drill {self.drill_id} of run {self.run_id} ({self.owner}, no longer running)"
@@ -147,7 +182,9 @@ class AbandonedDrill:
         """What `snapctl gc` lists before it cleans up."""
         where = f"scratch directory {self.scratch}" if self.scratch else "no scratch directory recorded"
         unproven = "" if self.proven or self.scratch is None else f" (no {MARKER} there: would be left alone)"
-        return f"{self.describe()}: {where}{unproven}"
+        places = _places(self.marker)
+        outside = f"; restore targets outside it: {', '.join(places)}" if places else ""
+        return f"{self.describe()}: {where}{unproven}{outside}"
 
 
 def find_abandoned(catalog: Catalog) -> list[AbandonedDrill]:
@@ -172,7 +209,7 @@ def find_abandoned(catalog: Catalog) -> list[AbandonedDrill]:
         if not _gone_from_this_host(owner, record.get("owner_process")):
             continue
         found.append(AbandonedDrill(key, str(record.get("drill_id")), str(record.get("run_id")), owner, scratch,
-                                    marker is not None, bool(record.get("kept")), raw or b""))
+                                    marker is not None, bool(record.get("kept")), raw or b"", marker or {}))
     return found
 
 
@@ -232,13 +269,13 @@ def _not_running(pid: int) -> bool:
 # -- cleaning them up ----------------------------------------------------------------------------------
 
 
-def clean_up_killed_drills(catalog: Catalog, by: str, reporter: Reporter) -> list[str]:
+def clean_up_killed_drills(catalog: Catalog, provider: Provider, by: str, reporter: Reporter) -> list[str]:
     """What drills killed outright on this host left, cleaned up before a drill adds its own.
     Housekeeping: what it cannot do it says, and the drill goes on."""
     from snapctl.errors import SnapctlError
 
     try:
-        lines = [line for line, _ in clean_abandoned(catalog, find_abandoned(catalog), by)]
+        lines = [line for line, _ in clean_abandoned(catalog, find_abandoned(catalog), by, provider)]
     except (SnapctlError, OSError) as exc:
         lines = [f"could not look for drills killed before they finished: {exc}"]
     for line in lines:
@@ -246,15 +283,17 @@ def clean_up_killed_drills(catalog: Catalog, by: str, reporter: Reporter) -> lis
     return lines
 
 
-def clean_abandoned(catalog: Catalog, found: list[AbandonedDrill], by: str) -> list[tuple[str, bool]]:
-    """Stop each abandoned drill's scratch engines, remove its scratch directory, finish its record
-    as abandoned; one line for each, and whether it was done. Whatever could not be done is said,
-    and the record is left unfinished so that the next try finds it again. ``by``: who cleans up."""
+def clean_abandoned(catalog: Catalog, found: list[AbandonedDrill], by: str,
+                    provider: Provider | None = None) -> list[tuple[str, bool]]:
+    """Stop each abandoned drill's scratch engines, delete the volumes it restored (``provider``,
+    the inventory's), remove its scratch directory, finish its record as abandoned; one line for
+    each, and whether it was done. Whatever could not be done is said, and the record is left
+    unfinished so that the next try finds it again. ``by``: who cleans up."""
     from snapctl.errors import SnapctlError
 
     lines = []
     for drill in found:
-        said, hint, done = _clean_one(drill)
+        said, hint, done = _clean_one(drill, provider)
         if done:
             try:  # what was done is said either way: one record that cannot be written ends nothing else
                 finished = _finish(catalog, drill, by)
@@ -265,7 +304,7 @@ def clean_abandoned(catalog: Catalog, found: list[AbandonedDrill], by: str) -> l
     return lines
 
 
-def _clean_one(drill: AbandonedDrill) -> tuple[str, str | None, bool]:
+def _clean_one(drill: AbandonedDrill, provider: Provider | None) -> tuple[str, str | None, bool]:
     """What was done, a hint if there is one for the operator, and whether the record may be finished."""
     scratch = drill.scratch
     if scratch is None or not os.path.lexists(scratch):
@@ -280,12 +319,54 @@ def _clean_one(drill: AbandonedDrill) -> tuple[str, str | None, bool]:
                 "stop them and remove it by hand", False)
     if drill.kept:
         return f"kept {scratch} as --keep asked{engines}", "remove it by hand", True
+    deleted, trouble = _delete_restored(drill.marker, provider)
+    volumes = f", deleted the volumes it restored: {', '.join(deleted)}" if deleted else ""
+    if trouble is not None:  # the marker stays with the scratch directory: it is what proves them the drill's
+        return (f"{trouble}{volumes}{engines}; kept {scratch} for the next drill to retry",
+                "delete them by hand, or fix the cause and run `snapctl gc --delete`", False)
     size = _size(scratch)
     try:
         _remove_scratch(scratch)
     except OSError as exc:
-        return f"could not remove {scratch}: {os_reason(exc)}{engines}; the next drill tries again", None, False
-    return f"removed its scratch directory {scratch} ({_bytes(size)}){engines}", None, True
+        return (f"could not remove {scratch}: {os_reason(exc)}{volumes}{engines}; the next drill tries again", None,
+                False)
+    return f"removed its scratch directory {scratch} ({_bytes(size)}){volumes}{engines}", None, True
+
+
+def _places(marker: dict[str, Any]) -> list[str]:
+    places = marker.get("restore_places")
+    return [p for p in places if isinstance(p, str)] if isinstance(places, list) else []
+
+
+def _delete_restored(marker: dict[str, Any], provider: Provider | None) -> tuple[list[str], str | None]:
+    """The volumes a killed drill restored outside its scratch directory, deleted: only those its
+    provider finds carrying the drill's own tags (local: at the targets it recorded, with a marker
+    naming the drill). (what was deleted, what could not be done)."""
+    from snapctl.errors import SnapctlError
+
+    tags = marker.get("restore_tags")
+    if not isinstance(tags, dict) or not tags:
+        return [], None  # a drill of an older snapctl: it recorded none
+    tagged = ", ".join(f"{k}={v}" for k, v in tags.items())
+    recorded = marker.get("provider")
+    if provider is None or (recorded is not None and recorded != provider.name):
+        return [], (f"could not look for the volumes it restored with the {recorded} provider (tagged {tagged}): "
+                    f"the inventory's provider is {provider.name if provider else 'not open'}")
+    find = getattr(provider, "find_restored", None)
+    if find is None:
+        return [], (f"could not look for the volumes it restored (tagged {tagged}): the {provider.name} provider "
+                    "cannot list them")
+    deleted, failed = [], []
+    try:
+        for volume_id in find({str(k): str(v) for k, v in tags.items()}, _places(marker)):
+            try:
+                provider.delete_volume(volume_id)
+                deleted.append(volume_id)
+            except SnapctlError as exc:
+                failed.append(f"{volume_id} ({exc.message})")
+    except SnapctlError as exc:
+        return deleted, f"could not look for the volumes it restored (tagged {tagged}): {exc.message}"
+    return deleted, (f"could not delete the volumes it restored: {'; '.join(failed)}" if failed else None)
 
 
 def _stop_engines(scratch: Path) -> tuple[list[str], list[str]]:

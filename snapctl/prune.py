@@ -306,7 +306,7 @@ def gc(inventory: Inventory, *, delete: bool = False) -> GcResult:
         locked.check()
         killed = find_abandoned(catalog)
         result.killed_drills = [drill.listed() for drill in killed]
-        for drill, (line, done) in zip(killed, clean_abandoned(catalog, killed, f"gc {locked.run_id}"), strict=True):
+        for drill, (line, done) in zip(killed, clean_abandoned(catalog, killed, f"gc {locked.run_id}", provider), strict=True):
             result.killed_drills_cleaned.append(line)
             if not done:
                 result.failed[str(drill.scratch)] = line
