@@ -8,7 +8,7 @@ is imported inside the provider, lazily, when first used: never at module import
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -187,6 +187,12 @@ class Provider(Protocol):
 
     def find(self, tags: Mapping[str, str]) -> list[SnapshotRef]:
         """Every snapshot carrying all of ``tags`` (always scoped to this cluster)."""
+        ...
+
+    def describe(self, refs: Sequence[SnapshotRef]) -> list[SnapshotRef]:
+        """Each of ``refs`` that still exists, looked up by its ``snapshot_id`` whatever its tags
+        now, as it is now: state, progress, bytes, and its tags as ``find`` matches them (a tag an
+        operator or a policy removed or changed is not there). Those gone are left out."""
         ...
 
     def restore(self, ref: SnapshotRef, target: RestoreTarget) -> str:

@@ -1,7 +1,8 @@
 """`snapctl verify RUN`: without restoring, does every snapshot of a run still exist, complete?
 
-The provider lists the run's snapshots by their run tag; each snapshot the manifest records must
-be among them and completed. Snapshots of the local provider are also opened: every file their
+The provider looks up each snapshot the manifest records by its id (an operator or a cloud policy
+may have changed or removed its tags since): it must be there and completed. One whose tags no
+longer name it as this run's is verified all the same, with a warning. Snapshots of the local provider are also opened: every file their
 index lists must be there with its recorded size, and every file PREPARE said the snapshot must
 contain (the engine's checkpoint, its saved backend) must be in it.
 """
@@ -15,7 +16,7 @@ from typing import Literal
 from snapctl.catalog import open_catalog
 from snapctl.config import Inventory
 from snapctl.manifest import Manifest
-from snapctl.providers import TAG_RUN, Provider, SnapshotRef, open_provider
+from snapctl.providers import TAG_CLUSTER, TAG_NODE, TAG_RUN, TAG_VOLUME, Provider, SnapshotRef, open_provider
 from snapctl.restore import check_provider, not_succeeded
 
 CheckState = Literal["ok", "missing", "pending", "failed", "damaged"]  # pending: not complete yet, nothing wrong
@@ -30,6 +31,7 @@ class SnapshotCheck:
     snapshot_id: str
     state: CheckState
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # nothing a restore minds: its tags changed
     progress: float | None = None
     bytes: int | None = None
 
@@ -72,14 +74,35 @@ def verify_run(inventory: Inventory, run_ref: str) -> VerifyResult:
         raise not_succeeded(manifest, "it has no snapshots to verify")
     provider = open_provider(inventory)
     check_provider(manifest, provider)
-    found = {ref.snapshot_id: ref for ref in provider.find({TAG_RUN: manifest.run_id})}
+    recorded = [ref for record in manifest.nodes.values() for ref in record.snapshots]
+    describe = getattr(provider, "describe", None)
+    # A provider plugin older than describe() finds them by run tag: a snapshot re-tagged is then missing.
+    now = describe(recorded) if describe is not None else provider.find({TAG_RUN: manifest.run_id})
+    found = {ref.snapshot_id: ref for ref in now}
     result = VerifyResult(manifest.run_id, provider.name, [])
     for name, record in manifest.nodes.items():
         if not record.snapshots:
             result.problems.append(f"node {name}: the manifest records no snapshots")
         for ref in record.snapshots:
-            result.snapshots.append(_check(ref, found.get(ref.snapshot_id), manifest, provider))
+            check = _check(ref, found.get(ref.snapshot_id), manifest, provider)
+            if ref.snapshot_id in found:
+                check.warnings += _retagged(ref, found[ref.snapshot_id], inventory.cluster, manifest.run_id)
+            result.snapshots.append(check)
     return result
+
+
+def _retagged(recorded: SnapshotRef, current: SnapshotRef, cluster: str, run_id: str) -> list[str]:
+    """A snapshot whose tags no longer say what the run made it as. It restores all the same (a
+    restore goes by id), but what goes by tags treats it otherwise: `snapctl gc` and prune find
+    it by snapctl-cluster (without it, prune's delete refuses it), and prune also deletes the
+    snapshots tagged with the run it deletes."""
+    expected = {TAG_CLUSTER: cluster, TAG_RUN: run_id, TAG_NODE: recorded.node, TAG_VOLUME: recorded.volume}
+    changed = [f"{key} is {current.tags[key]!r}, not {value!r}" if key in current.tags else f"{key} is gone"
+               for key, value in expected.items() if current.tags.get(key) != value]
+    if not changed:
+        return []
+    return [f"snapshot {recorded.snapshot_id}: its tags were changed since the run ({'; '.join(changed)}): found by "
+            f"its id, but gc and prune go by tags; put them back ({', '.join(f'{k}={v}' for k, v in expected.items())})"]
 
 
 def _check(recorded: SnapshotRef, current: SnapshotRef | None, manifest: Manifest, provider: Provider) -> SnapshotCheck:

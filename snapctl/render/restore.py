@@ -88,6 +88,8 @@ def verify_text(r, result) -> int:
     for s in result.snapshots:
         for problem in s.problems:
             r.out.print(f"  [red]{s.node}/{s.volume}[/]: {escape(problem)}", soft_wrap=True)
+        for warning in s.warnings:
+            r.out.print(f"  [yellow]{s.node}/{s.volume}[/]: warning: {escape(warning)}", soft_wrap=True)
     for problem in result.problems:
         r.out.print(f"  [red]{escape(problem)}[/]", soft_wrap=True)
     colour = "bold green" if result.ok else ("bold yellow" if result.pending else "bold red")

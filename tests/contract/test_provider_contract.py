@@ -212,3 +212,17 @@ def test_find_restored_finds_exactly_the_volumes_restored_with_the_tags(env: Pro
         for volume in made:
             env.provider.delete_volume(volume)
     assert env.provider.find_restored(ours, places) == []
+
+
+def test_describe_looks_snapshots_up_by_id_and_leaves_out_those_gone(env: ProviderEnv, snaps: Snapshots) -> None:
+    run, tags, refs = snaps.take()
+    refs = env.provider.wait(refs, time.monotonic() + WAIT_S)
+    gone, *kept = refs
+    env.provider.delete(gone)
+
+    now = env.provider.describe(refs)
+
+    assert sorted(r.snapshot_id for r in now) == sorted(r.snapshot_id for r in kept)
+    for ref in now:
+        assert ref.state == "completed" and ref.tags[TAG_RUN] == run and ref.tags[TAG_CLUSTER] == env.cluster
+    assert env.provider.describe([gone]) == []

@@ -235,13 +235,22 @@ class AwsProvider:
         snapshots = self.ec2.pages(
             "describe_snapshots", DESCRIBE, "Snapshots", OwnerIds=["self"], Filters=tag_filters(wanted), MaxResults=1000,
         )
-        refs = []
-        for snapshot in snapshots:
-            snap_tags = {t["Key"]: t["Value"] for t in snapshot.get("Tags", [])}
-            refs.append(ref_from_snapshot(snapshot, node=snap_tags.get(TAG_NODE, ""),
-                                          volume=snap_tags.get(TAG_VOLUME, snapshot.get("VolumeId", "")),
-                                          region=self.settings.region))
+        refs = [self._ref_of(snapshot) for snapshot in snapshots]
         return sorted(refs, key=lambda r: (r.created_at or "", r.node, r.volume, r.snapshot_id))
+
+    def _ref_of(self, snapshot: dict[str, Any]) -> SnapshotRef:
+        snap_tags = {t["Key"]: t["Value"] for t in snapshot.get("Tags", [])}
+        return ref_from_snapshot(snapshot, node=snap_tags.get(TAG_NODE, ""),
+                                 volume=snap_tags.get(TAG_VOLUME, snapshot.get("VolumeId", "")),
+                                 region=self.settings.region)
+
+    def describe(self, refs: Sequence[SnapshotRef]) -> list[SnapshotRef]:
+        ids = list(dict.fromkeys(ref.snapshot_id for ref in refs))
+        found = []
+        for start in range(0, len(ids), 200):  # by filter, not SnapshotIds: one gone fails no call
+            found += self.ec2.pages("describe_snapshots", DESCRIBE, "Snapshots", OwnerIds=["self"], MaxResults=1000,
+                                    Filters=[{"Name": "snapshot-id", "Values": ids[start:start + 200]}])
+        return [self._ref_of(snapshot) for snapshot in found]
 
     def check_restore(self, ref: SnapshotRef, target: RestoreTarget) -> None:
         """What ``restore`` would refuse, making nothing: `snapctl restore` asks for every volume

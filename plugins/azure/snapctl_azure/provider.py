@@ -240,6 +240,9 @@ class AzureProvider:
         items = self.api.call("list snapshots", PERM_READ, lambda: list(self._snapshots.list_by_resource_group(rg)))
         return [self._ref_from(s) for s in items or [] if all((s.tags or {}).get(k) == v for k, v in wanted.items())]
 
+    def describe(self, refs: Sequence[SnapshotRef]) -> list[SnapshotRef]:
+        return [self._ref_from(snap) for ref in refs if (snap := self._get(ref)) is not None]
+
     def _ref_from(self, snap: Any) -> SnapshotRef:
         tags = dict(snap.tags or {})
         # The id as _create records it, not as ARM spells it: ids are case-insensitive and the

@@ -270,6 +270,14 @@ class GcpProvider:
                 refs.append(self._ref_from(snap, raw))
         return refs
 
+    def describe(self, refs: Sequence[SnapshotRef]) -> list[SnapshotRef]:
+        found = []
+        for ref in refs:
+            snap = self._get(ref.snapshot_id)
+            if snap is not None:
+                found.append(self._ref_from(snap, _as_labelled(snap)))
+        return found
+
     def _ref_from(self, snap: Any, raw: dict[str, str]) -> SnapshotRef:
         source = re.search(r"zones/([^/]+)/disks/([^/]+)$", snap.source_disk or "")
         extra: dict[str, Any] = {"project": self.api.project, "status": snap.status}
@@ -456,6 +464,19 @@ class GcpProvider:
             raise ProviderError(f"gcp disk {volume_id} is in another project than {self.api.project}",
                                 hint="use an inventory whose provider has that project")
         return match["zone"], match["disk"]
+
+
+def _as_labelled(snap: Any) -> dict[str, str]:
+    """A snapshot's tags as ``find`` matches them, by label: its description keeps the tags it was
+    made with, whatever was relabelled or unlabelled since."""
+    raw = {}
+    for key, value in tags_of(snap.description, snap.labels).items():
+        label = snap.labels.get(encode_key(key))
+        if label == encode_label(value):
+            raw[key] = value
+        elif label is not None and (now := decode_label(label)) is not None:
+            raw[key] = now
+    return raw
 
 
 def _instance_location(instance: str, project: str) -> tuple[str | None, str]:

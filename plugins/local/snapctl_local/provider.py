@@ -7,7 +7,7 @@ import errno
 import os
 import stat
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -212,6 +212,15 @@ class LocalProvider(LocalRestores):
             if all(recorded.get(key) == value for key, value in tags.items()):
                 found.append(self._ref(meta, snap_dir))
         return sorted(found, key=lambda r: (r.created_at or "", r.node, r.volume))
+
+    def describe(self, refs: Sequence[SnapshotRef]) -> list[SnapshotRef]:
+        found = []
+        for ref in refs:
+            snap_dir = self._snapshot_dir(ref)
+            meta = read_metadata(snap_dir)
+            if meta is not None:  # unreadable: `verify` asks damage() why
+                found.append(self._ref(meta, snap_dir))
+        return found
 
     def find_leftovers(self) -> list[Leftover]:
         """The hidden work directories of calls that died. Each node's are listed under its lock,
