@@ -130,6 +130,7 @@ def plan(catalog: Catalog, provider: Provider, retention: Retention, drill_timeo
     it would replace stay until it is known to be a backup."""
     decided, problems = _decide_over_readable_runs(catalog, retention, pending.run_id if pending else None)
     tagged = _by_run(provider.find({TAG_CLUSTER: catalog.cluster})) if decided.delete else {}
+    owners = _Owners(catalog)
     result = PruneResult(catalog.cluster, True, retention, [], [], problems=problems)
     result.kept = [_verdict(d) for d in decided.keep]
     if pending is not None:
@@ -150,7 +151,7 @@ def plan(catalog: Catalog, provider: Provider, retention: Retention, drill_timeo
                                    f"with an inventory whose provider is {manifest.provider}")
             continue
         verdict.status = str(manifest.extra.get(PRUNING, {}).get("was", manifest.status))
-        refs = _unique(manifest.snapshot_refs() + tagged.get(manifest.run_id, []))
+        refs = _doomed_refs(manifest, tagged, owners)
         if manifest.status == PRUNING:  # an earlier prune deleted some already: name what is left
             left = {r.snapshot_id for r in tagged.get(manifest.run_id, [])}
             refs = [r for r in refs if r.snapshot_id in left]
@@ -179,6 +180,7 @@ def apply(planned: PruneResult, catalog: Catalog, provider: Provider, still_lock
             marked.add(manifest.run_id)
         doomed.append((verdict, manifest))
     tagged = _by_run(provider.find({TAG_CLUSTER: catalog.cluster})) if doomed else {}
+    owners = _Owners(catalog)
     for verdict, manifest in doomed:
         still_locked()
         # Once more, now that the run is marked: a restore records itself before it reads the run's
@@ -187,7 +189,7 @@ def apply(planned: PruneResult, catalog: Catalog, provider: Provider, still_lock
             if manifest.run_id in marked:
                 catalog.update(manifest.run_id, _unmark_pruning)
             continue
-        refs = _unique(manifest.snapshot_refs() + tagged.get(manifest.run_id, []))
+        refs = _doomed_refs(manifest, tagged, owners)
         failures = []
         for ref in refs:
             still_locked()
@@ -438,6 +440,40 @@ def _by_run(refs: list[SnapshotRef]) -> dict[str, list[SnapshotRef]]:
     for ref in refs:
         grouped.setdefault(ref.tags.get(TAG_RUN, ""), []).append(ref)
     return grouped
+
+
+class _Owners:
+    """Which readable run's manifest names each snapshot id. Read once, and only for a run that
+    has snapshots tagged with it which its manifest does not name. (A run whose manifest cannot be
+    read keeps what is tagged with it, as gc does: those snapshots are not tagged with this run.)"""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self._owners: dict[str, str] | None = None
+
+    def __call__(self) -> dict[str, str]:
+        if self._owners is None:
+            self._owners = {}
+            for run_id in sorted(_stored_runs(self.catalog)):
+                try:
+                    refs = self.catalog.load(run_id).snapshot_refs()
+                except SnapctlError:
+                    continue
+                self._owners.update((ref.snapshot_id, run_id) for ref in refs)
+        return self._owners
+
+
+def _doomed_refs(manifest: Manifest, tagged: dict[str, list[SnapshotRef]], owners: _Owners) -> list[SnapshotRef]:
+    """A run's snapshots: its manifest's, and those tagged with it that it does not name (a backup
+    killed before it recorded them), unless another run's manifest names them: a tag changed by
+    hand, or by a policy, to this run's id must not cost that run its snapshot."""
+    own = manifest.snapshot_refs()
+    named = {ref.snapshot_id for ref in own}
+    extra = [ref for ref in tagged.get(manifest.run_id, []) if ref.snapshot_id not in named]
+    if extra:
+        others = owners()
+        extra = [ref for ref in extra if ref.snapshot_id not in others]
+    return _unique(own + extra)
 
 
 def _unique(refs: list[SnapshotRef]) -> list[SnapshotRef]:

@@ -404,3 +404,21 @@ def test_a_run_made_with_another_provider_is_left_alone_not_reported_deleted_wit
                              "snapshots; prune it with an inventory whose provider is gcp")]
     assert scene.run_ids() == {"r0", "r2"}
     assert before - scene.snapshot_ids() == {"r1-n1-data", "r1-n2-data"}  # r0's are still there
+
+
+def test_a_kept_runs_snapshot_retagged_with_a_pruned_runs_id_is_not_deleted_with_that_run(scene: Scene) -> None:
+    # Prune deletes a run's snapshots and those tagged with it (a backup killed before its manifest
+    # named them): a tag changed by hand or by a tagging policy took a kept run's snapshot along.
+    scene.add_run("r0", T0, recorded=False)  # its snapshots unrecorded: still deleted with it, by their tag
+    unrecorded = snapshots_of(scene, {"r0"})
+    kept = scene.add_run("r1", T0 + timedelta(days=1))
+    [ref] = kept.nodes["n1"].snapshots
+    meta_path = Path(ref.extra["path"]) / "snapshot.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "tags": {**meta["tags"], "snapctl-run": "r0"}}))
+
+    result = prune(inventory(scene, {"keep_last": 1, "daily": 0, "weekly": 0, "monthly": 0}))
+
+    [deleted] = result.deleted
+    assert deleted.run_id == "r0" and ref.snapshot_id not in deleted.snapshots
+    assert ref.snapshot_id in scene.snapshot_ids() and len(unrecorded) == 2 and not unrecorded & scene.snapshot_ids()
