@@ -319,18 +319,20 @@ def _clean_one(drill: AbandonedDrill, provider: Provider | None) -> tuple[str, s
                 "stop them and remove it by hand", False)
     if drill.kept:
         return f"kept {scratch} as --keep asked{engines}", "remove it by hand", True
-    deleted, trouble = _delete_restored(drill.marker, provider)
+    deleted, trouble, retry = _delete_restored(drill.marker, provider)
     volumes = f", deleted the volumes it restored: {', '.join(deleted)}" if deleted else ""
-    if trouble is not None:  # the marker stays with the scratch directory: it is what proves them the drill's
+    if trouble is not None and retry:  # the marker stays with the scratch directory: it proves them the drill's
         return (f"{trouble}{volumes}{engines}; kept {scratch} for the next drill to retry",
                 "delete them by hand, or fix the cause and run `snapctl gc --delete`", False)
+    unlooked = f"; {trouble}" if trouble is not None else ""  # no retry would do better: said, with a hint
+    hint = "delete them by hand with the provider's own tools" if trouble is not None else None
     size = _size(scratch)
     try:
         _remove_scratch(scratch)
     except OSError as exc:
-        return (f"could not remove {scratch}: {os_reason(exc)}{volumes}{engines}; the next drill tries again", None,
-                False)
-    return f"removed its scratch directory {scratch} ({_bytes(size)}){volumes}{engines}", None, True
+        return (f"could not remove {scratch}: {os_reason(exc)}{volumes}{engines}{unlooked}; the next drill tries "
+                "again", hint, False)
+    return f"removed its scratch directory {scratch} ({_bytes(size)}){volumes}{engines}{unlooked}", hint, True
 
 
 def _places(marker: dict[str, Any]) -> list[str]:
@@ -338,24 +340,25 @@ def _places(marker: dict[str, Any]) -> list[str]:
     return [p for p in places if isinstance(p, str)] if isinstance(places, list) else []
 
 
-def _delete_restored(marker: dict[str, Any], provider: Provider | None) -> tuple[list[str], str | None]:
+def _delete_restored(marker: dict[str, Any], provider: Provider | None) -> tuple[list[str], str | None, bool]:
     """The volumes a killed drill restored outside its scratch directory, deleted: only those its
     provider finds carrying the drill's own tags (local: at the targets it recorded, with a marker
-    naming the drill). (what was deleted, what could not be done)."""
+    naming the drill). (what was deleted, what could not be done, whether a later try may do it:
+    not with another provider, or one that cannot list its volumes)."""
     from snapctl.errors import SnapctlError
 
     tags = marker.get("restore_tags")
     if not isinstance(tags, dict) or not tags:
-        return [], None  # a drill of an older snapctl: it recorded none
+        return [], None, False  # a drill of an older snapctl: it recorded none
     tagged = ", ".join(f"{k}={v}" for k, v in tags.items())
     recorded = marker.get("provider")
     if provider is None or (recorded is not None and recorded != provider.name):
-        return [], (f"could not look for the volumes it restored with the {recorded} provider (tagged {tagged}): "
-                    f"the inventory's provider is {provider.name if provider else 'not open'}")
+        return [], (f"did not look for the volumes it restored with the {recorded} provider (tagged {tagged}): "
+                    f"the inventory's provider is {provider.name if provider else 'not open'}"), provider is None
     find = getattr(provider, "find_restored", None)
     if find is None:
-        return [], (f"could not look for the volumes it restored (tagged {tagged}): the {provider.name} provider "
-                    "cannot list them")
+        return [], (f"did not look for the volumes it restored (tagged {tagged}): the {provider.name} provider "
+                    "cannot list them"), False
     deleted, failed = [], []
     try:
         for volume_id in find({str(k): str(v) for k, v in tags.items()}, _places(marker)):
@@ -365,8 +368,8 @@ def _delete_restored(marker: dict[str, Any], provider: Provider | None) -> tuple
             except SnapctlError as exc:
                 failed.append(f"{volume_id} ({exc.message})")
     except SnapctlError as exc:
-        return deleted, f"could not look for the volumes it restored (tagged {tagged}): {exc.message}"
-    return deleted, (f"could not delete the volumes it restored: {'; '.join(failed)}" if failed else None)
+        return deleted, f"could not look for the volumes it restored (tagged {tagged}): {exc.message}", True
+    return deleted, (f"could not delete the volumes it restored: {'; '.join(failed)}" if failed else None), True
 
 
 def _stop_engines(scratch: Path) -> tuple[list[str], list[str]]:

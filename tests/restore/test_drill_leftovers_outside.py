@@ -181,3 +181,35 @@ def test_a_cloud_volume_without_the_killed_drills_tag_is_left_alone(aws_drilled,
 def _volumes_of(ec2, drill_id: str) -> list[dict]:
     found = ec2.describe_volumes(Filters=[{"Name": "tag:snapctl-drill", "Values": [drill_id]}])["Volumes"]
     return [v for v in found if v["State"] not in ("deleting", "deleted")]
+
+
+def test_volumes_of_another_provider_are_named_not_looked_for_and_the_scratch_still_goes(tmp_path):
+    # The inventory's provider changed since the killed drill (aws then, local now): no later try
+    # could find its aws volumes, so the line says so with a hint, and the rest is cleaned up.
+    import os
+    import socket
+    from datetime import UTC, datetime
+
+    from snapctl.catalog import Catalog, LocalBlobStore
+    from snapctl.drill_leftovers import clean_abandoned, find_abandoned, identity, write_marker
+    from snapctl.providers import create_provider
+    from tests.restore.test_drill_leftovers import _a_pid_no_process_has
+
+    catalog = Catalog(LocalBlobStore(tmp_path / "catalog"), "c")
+    owner = f"ops@{socket.gethostname()}:{_a_pid_no_process_has()}"
+    drill_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-ab12"
+    key = f"c/drills/20240101T000000Z-abcdef-{drill_id}.json"
+    scratch = tmp_path / "scratch" / drill_id
+    scratch.mkdir(parents=True)
+    write_marker(scratch, cluster="c", drill_id=drill_id, record=key, owner=owner, provider="aws")
+    catalog.store.write(key, json.dumps({"drill_id": drill_id, "run_id": "20240101T000000Z-abcdef", "owner": owner,
+                                         "owner_process": {**identity(os.getpid()), "pid": int(owner.rpartition(":")[2])},
+                                         "scratch_dir": str(scratch), "finished_at": None}).encode())
+    local = create_provider({"type": "local", "store": str(tmp_path / "store")}, cluster="c", base_dir=tmp_path)
+
+    [(line, done)] = clean_abandoned(catalog, find_abandoned(catalog), "drill d", local)
+
+    assert done and not scratch.exists()
+    assert f"did not look for the volumes it restored with the aws provider (tagged snapctl-drill={drill_id}): " \
+           "the inventory's provider is local" in line
+    assert "hint: delete them by hand with the provider's own tools" in line
