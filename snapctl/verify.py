@@ -2,9 +2,10 @@
 
 The provider looks up each snapshot the manifest records by its id (an operator or a cloud policy
 may have changed or removed its tags since): it must be there and completed. One whose tags no
-longer name it as this run's is verified all the same, with a warning. Snapshots of the local provider are also opened: every file their
-index lists must be there with its recorded size, and every file PREPARE said the snapshot must
-contain (the engine's checkpoint, its saved backend) must be in it.
+longer name it as this run's is verified all the same, with a warning. Snapshots of the local
+provider are also opened: every file their index lists must be there with its recorded size, and
+every file PREPARE said the snapshot must contain (the engine's checkpoint, its saved backend)
+must be in it.
 """
 
 from __future__ import annotations
