@@ -167,7 +167,7 @@ def run_drill(inventory: Inventory, run_ref: str = "latest", *, junit: Path | No
         raise
     report.cleaned_up = clean_up_killed_drills(catalog, provider, f"drill {drill_id}", reporter)
     try:
-        scratch = make_scratch_dir(inventory, manifest.run_id, drill_id, record)
+        scratch = make_scratch_dir(inventory, manifest.run_id, drill_id, record, provider.name)
     except SnapctlError as exc:
         _finish_refused(catalog, report, exc)
         raise

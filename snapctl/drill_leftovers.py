@@ -87,8 +87,10 @@ def mark_restore_places(scratch: Path, places: list[str]) -> None:
                                  "directory writable (drill.scratch_dir)") from exc
 
 
-def make_scratch_dir(inventory: Inventory, run_id: str, drill_id: str, record: str) -> Path:
-    """The drill's private scratch directory, its marker in it first."""
+def make_scratch_dir(inventory: Inventory, run_id: str, drill_id: str, record: str,
+                     provider: str | None = None) -> Path:
+    """The drill's private scratch directory, its marker in it first (``provider``: the name of
+    the one the drill restores with)."""
     from snapctl.errors import BadInputError
 
     where = inventory.resolve(inventory.drill.scratch_dir) if inventory.drill.scratch_dir else None
@@ -101,7 +103,7 @@ def make_scratch_dir(inventory: Inventory, run_id: str, drill_id: str, record: s
             scratch = (where / f"{run_id}-{drill_id}").resolve()
         try:  # before the record names it: only a directory with it is ever removed as a killed drill's
             write_marker(scratch, cluster=inventory.cluster, drill_id=drill_id, record=record, owner=drill_owner(),
-                         provider=str(inventory.provider.get("type")))
+                         provider=provider)
         except OSError:
             shutil.rmtree(scratch, ignore_errors=True)
             raise
