@@ -128,3 +128,12 @@ def operation_error(op: Any) -> tuple[str, str] | None:
     if getattr(op, "http_error_status_code", 0) and op.http_error_status_code >= 400:
         return str(op.http_error_status_code), op.http_error_message or "operation failed"
     return None
+
+
+def operation_hint(code: str) -> str | None:
+    """What to do about an operation that failed with ``code``, where it is known."""
+    if code in RATE_OPERATION_CODES:
+        return "GCP limits how often one disk may be snapshotted; wait a few minutes before the next run"
+    if code == "QUOTA_EXCEEDED":
+        return "a project quota (e.g. SNAPSHOTS) is exhausted; delete old snapshots or ask for more quota"
+    return None
