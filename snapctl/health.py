@@ -137,6 +137,8 @@ def assess_node(probe: NodeProbe, *, for_backup: bool = False) -> list[Finding]:
     engine = probe.status.engine
     if not engine.reachable:
         add(Finding("critical", probe.node, f"engine {engine.engine} is down: {engine.error or 'unreachable'}"))
+    elif engine.error:  # it answers, but says something is wrong (an etcd alarm, a raft page it cannot read)
+        add(Finding("degraded", probe.node, f"engine {engine.engine} reports a problem: {engine.error}"))
     releasing, busy = engine.details.get("releasing"), engine.details.get("busy")
     if releasing:  # a database frozen past its lease, until the engine answers the agent again
         add(Finding("critical", probe.node, f"engine still held: {releasing}; the agent retries the release"))

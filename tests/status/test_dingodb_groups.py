@@ -227,3 +227,17 @@ def test_a_hanging_store_is_an_engine_down_not_a_stalled_status(stores, tmp_path
     store3 = next(p for p in status.probes if p.node == "store3")
     assert store3.status is not None and not store3.status.engine.reachable
     assert ("critical", "store3") in {(f.severity, f.subject) for f in status.verdict.findings}
+
+
+def test_a_raft_stat_page_that_does_not_parse_is_a_degraded_finding_not_a_healthy_store(stores, tmp_path):
+    # The store answers, so its engine is up, but none of its regions can be read: a status that
+    # listed no problem would hide every region of that store behind "healthy".
+    stores[2].views[HEALTHY].term = "soon"  # type: ignore[assignment]: "term: soon" on its page
+    status = asyncio.run(collect_status(inventory_for(stores, tmp_path)))
+    document = validated(status)
+    store3 = next(n for n in document["data"]["nodes"] if n["node"] == "store3")
+    assert store3["engine"]["up"] is True and "raft_stat line" in store3["engine"]["error"]
+    (finding,) = [f for f in status.verdict.findings if f.subject == "store3"]
+    assert finding.severity == "degraded"
+    assert finding.message.startswith("engine dingodb reports a problem: raft_stat line ")
+    assert "term is not an integer" in finding.message
