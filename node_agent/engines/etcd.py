@@ -31,6 +31,8 @@ from node_agent.engines.base import EngineSettings, PasswordFile
 from node_agent.engines.etcd_tools import (
     check_snapshot_file,
     create_private,
+    describe_errors,
+    is_alarm,
     key_facts,
     member_name,
     restore_snapshot,
@@ -272,8 +274,9 @@ class EtcdEngine:
             # It answers, but refuses what prepare asks of it: a backup would fail here, so not ready.
             return EngineStatus(engine=self.name, version=status.get("version"), reachable=False, raft=raft,
                                 details=details, error=str(exc), **held)
+        names = {_hex(m.get("ID")): m.get("name") for m in members}
         return EngineStatus(engine=self.name, version=status.get("version"), reachable=True,
-                            raft=raft, details=details, error="; ".join(errors) or None, **held)
+                            raft=raft, details=details, error=describe_errors(errors, names), **held)
 
     def verify(self) -> VerifyFacts:
         return key_facts(self._post("/v3/kv/range", ALL_KEYS))
@@ -377,7 +380,8 @@ class EtcdEngine:
         applied, leader = _int(theirs.get("raftAppliedIndex")), _int(theirs.get("leader"))
         their_id = _int(theirs.get("header", {}).get("member_id"))
         state = "leader" if leader and leader == their_id else "follower" if leader else "no leader"
-        errors = [str(e) for e in theirs.get("errors") or []]
+        # Alarms are the cluster's, listed by every member: not this peer's replication failing.
+        errors = [str(e) for e in theirs.get("errors") or [] if not is_alarm(str(e))]
         return ReplicationProgress(peer=peer, state=state, match_index=applied,
                                    lag_entries=max(commit_index - applied, 0),
                                    consecutive_errors=len(errors), error="; ".join(errors) or None)

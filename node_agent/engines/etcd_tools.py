@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -118,6 +119,42 @@ def gateway_int(value: Any) -> int:
 def member_hex(value: Any) -> str:
     """Member and cluster ids as etcdctl prints them."""
     return format(gateway_int(value), "x")
+
+
+# An alarm is the cluster's, not the reporting member's: every member's status lists every alarm,
+# as "memberID:<decimal id> alarm:<type> " (etcd's AlarmMember.String()).
+_ALARM = re.compile(r"memberID:(?P<id>\d+)\s+alarm:(?P<alarm>[A-Z_]+)")
+_ALARM_MEANING = {
+    "NOSPACE": ("its backend reached --quota-backend-bytes: the cluster refuses every write",
+                "etcdctl compact <revision>, etcdctl defrag on every member, then etcdctl alarm disarm; "
+                "or restart the members with a larger --quota-backend-bytes"),
+    "CORRUPT": ("its data differs from the other members': the cluster refuses requests",
+                "replace that member (etcdctl member remove, then add it back with an empty data dir), then "
+                "etcdctl alarm disarm"),
+}
+
+
+def is_alarm(error: str) -> bool:
+    return _ALARM.search(error) is not None
+
+
+def describe_errors(errors: list[str], names: dict[str, str | None]) -> str | None:
+    """The status' ``errors`` as one line: alarms said with what they mean and what clears them;
+    "no leader" left out (the raft group says it). ``names``: member hex id -> name."""
+    said: list[str] = []
+    for error in errors:
+        alarm = _ALARM.search(error)
+        if alarm is None:
+            if "no leader" not in error:
+                said.append(error.strip())
+            continue
+        member = member_hex(alarm["id"])
+        who = f"{names[member]} ({member})" if names.get(member) else member
+        meaning, hint = _ALARM_MEANING.get(alarm["alarm"], ("", "see etcd's alarm documentation, then etcdctl alarm "
+                                                                "disarm"))
+        said.append(f"alarm {alarm['alarm']} raised for member {who}" + (f": {meaning}" if meaning else "")
+                    + f" (hint: {hint})")
+    return "; ".join(dict.fromkeys(said)) or None
 
 
 LEADER_CHANGED = "etcdserver: leader changed"

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from node_agent.engines.base import create_engine
 from snapctl.status import ClusterStatus, collect_status
 from tests.realdb.etcd import EtcdCluster
 from tests.realdb.procs import wait_until
@@ -107,3 +108,31 @@ def test_etcd_leader_killed_is_flagged_then_recovers(etcd, tmp_path):
     etcd.restart(leader_index)
     recovered = wait_healthy(inventory, f"etcd to recover after {dead_member.name} came back")
     assert len({m.term for m in recovered.verdict.groups[0].members}) == 1
+
+
+def test_an_etcd_alarm_is_one_finding_per_member_saying_what_it_means_not_replication_failing(etcd, tmp_path):
+    inventory = inventory_for(tmp_path, [etcd.engine_settings(i, timeout_s=1.0) for i in range(3)])
+    wait_healthy(inventory, "the etcd cluster to look healthy")
+    member_id = etcd.post("/v3/maintenance/status", {}, member=0)["header"]["member_id"]
+    # The alarm etcd raises when the backend reaches --quota-backend-bytes; every member lists it.
+    etcd.post("/v3/maintenance/alarm", {"action": "ACTIVATE", "memberID": member_id, "alarm": "NOSPACE"})
+
+    status = look(inventory)
+    assert status.verdict.level == "degraded", problems(status)
+    said = [(f.severity, f.subject, f.message) for f in status.verdict.findings]
+    assert [subject for _, subject, _ in said] == ["m1", "m2", "m3"], said
+    for severity, _, message in said:
+        assert severity == "degraded"
+        assert message.startswith(f"engine etcd reports a problem: alarm NOSPACE raised for member etcd1 "
+                                  f"({etcd.member_id(0)}): ")
+        assert "refuses every write" in message and "etcdctl alarm disarm" in message
+    assert status.verdict.groups[0].replicators_in_error == [], "an alarm is no replication failure"
+
+    # What a backup needs still works on a full cluster: prepare saves its snapshot.
+    engine = create_engine(etcd.engine_settings(1, backup_dir=str(tmp_path / "backup")), base_dir=tmp_path)
+    engine.prepare("run-full")
+    engine.complete("run-full")
+    assert (tmp_path / "backup" / "run-full.db").is_file()
+
+    etcd.post("/v3/maintenance/alarm", {"action": "DEACTIVATE", "memberID": member_id, "alarm": "NOSPACE"})
+    wait_healthy(inventory, "etcd to look healthy once the alarm is disarmed")
