@@ -110,8 +110,17 @@ class AresDBEngine:
             return EngineStatus(engine=self.name, reachable=False, held=held, held_since=self._held_since,
                                 details=details, error=str(exc))
         details["jobs"] = jobs
-        details["failed_jobs"] = sorted(key for key, job in jobs.items() if job.get("status") == "failed")
-        return EngineStatus(engine=self.name, reachable=True, held=held, held_since=self._held_since, details=details)
+        failed = {key: job for key, job in sorted(jobs.items()) if job.get("status") == "failed"}
+        details["failed_jobs"] = list(failed)
+        # A shard whose last snapshot failed keeps its whole redo log and fails the next prepare:
+        # said as the engine's error, so status shows it (the scheduler retries only on its own interval).
+        error = "; ".join(f"snapshot job {key.removesuffix('|snapshot').replace('|', '/')} failed at stage "
+                          f"{job.get('stage') or '?'} (run {job.get('lastRun') or '?'}): "
+                          f"{_error_text(job.get('lastError'))}" for key, job in failed.items())
+        if error:
+            error += " (hint: see the aresdb log; snapctl trigger TABLE/SHARD runs it again)"
+        return EngineStatus(engine=self.name, reachable=True, held=held, held_since=self._held_since, details=details,
+                            error=error or None)
 
     def verify(self) -> VerifyFacts:
         """Each configured shard's last checkpoint and the mutations since: positions, not row counts."""
