@@ -42,6 +42,9 @@ class ReplicationProgress(Model):
     lag_seconds: float | None = None
     consecutive_errors: int = 0
     error: str | None = None
+    # Which link ``error`` is about, from the reporter: "to_peer" (a leader's replicator, tarantool's
+    # downstream), "from_peer" (tarantool's upstream: the reporter not receiving from the peer), "both".
+    error_direction: Literal["to_peer", "from_peer", "both"] = "to_peer"
 
 
 class RaftGroup(Model):

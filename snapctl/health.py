@@ -79,6 +79,7 @@ class ReplicatorError:
     state: str | None
     error: str
     consecutive_errors: int
+    direction: str = "to_peer"  # ReplicationProgress.error_direction
 
 
 @dataclass
@@ -213,7 +214,7 @@ def build_group(name: str, views: list[tuple[str, RaftGroup]], inventory: Invent
             if p.error or p.consecutive_errors:
                 view.replicators_in_error.append(ReplicatorError(
                     p.peer, node, p.state, p.error or f"{p.consecutive_errors} consecutive errors",
-                    p.consecutive_errors))
+                    p.consecutive_errors, p.error_direction))
     view.findings = _grade_group(view, views, leaders, named, terms, inventory, followed_in)
     for member, nodes in reported_by.items():  # one engine, two agents: one node's database is watched by none
         if len(nodes) > 1:
@@ -307,14 +308,18 @@ def _grade_group(view: GroupView, views: list[tuple[str, RaftGroup]], leaders: l
         if m.snapshot_busy_s is not None and m.snapshot_busy_s > policy.max_snapshot_busy_s:
             add("degraded", f"snapshot {m.snapshot_status} on {_who(m)} for {duration_text(m.snapshot_busy_s)}, "
                 f"over the limit of {duration_text(policy.max_snapshot_busy_s)}")
-    failing: dict[str, list[ReplicatorError]] = {}
+    failing: dict[tuple[str, str], list[ReplicatorError]] = {}
     for error in view.replicators_in_error:
-        failing.setdefault(error.peer, []).append(error)
-    for peer, errors in failing.items():
+        failing.setdefault((error.peer, error.direction), []).append(error)
+    for (peer, direction), errors in failing.items():
         target = by_id.get(peer)
+        who = _who(target) if target else peer
         reporters = ", ".join(dict.fromkeys(e.reported_by for e in errors))
-        add("degraded", f"replication to {_who(target) if target else peer} failing: {errors[0].error} "
-            f"(reported by {reporters})")
+        if direction == "from_peer":  # the reporters are the ones not receiving: name them as the target
+            add("degraded", f"replication from {who} to {reporters} failing: {errors[0].error}")
+        else:
+            link = "to and from" if direction == "both" else "to"
+            add("degraded", f"replication {link} {who} failing: {errors[0].error} (reported by {reporters})")
     changing = [node for node, g in views if g.conf_changing]
     if changing:
         add("info", f"membership change in progress (reported by {', '.join(changing)})")

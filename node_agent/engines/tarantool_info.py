@@ -50,7 +50,10 @@ def raft_group(info: dict[str, Any]) -> RaftGroup:
 
 def _progress(uuid: str, up: dict[str, Any], down: dict[str, Any], vclock: dict[int, int]) -> ReplicationProgress:
     state = up.get("status") or down.get("status")
-    errors = [_error_text(side, d) for side, d in (("upstream", up), ("downstream", down)) if d.get("message")]
+    failing = [side for side, d in (("upstream", up), ("downstream", down)) if d.get("message")]
+    errors = [_error_text(side, up if side == "upstream" else down) for side in failing]
+    # upstream: this instance receiving from the peer; downstream: the peer receiving from it.
+    direction = {("upstream",): "from_peer", ("upstream", "downstream"): "both"}.get(tuple(failing), "to_peer")
     lag_entries = None
     if "vclock" in down:
         confirmed = vclock_of(down["vclock"])
@@ -63,13 +66,18 @@ def _progress(uuid: str, up: dict[str, Any], down: dict[str, Any], vclock: dict[
     lag_seconds = up.get("lag") if up.get("status") in ("follow", "sync") else None
     return ReplicationProgress(
         peer=uuid, state=state, lag_entries=lag_entries, lag_seconds=lag_seconds,
-        consecutive_errors=len(errors), error="; ".join(errors) or None,
+        consecutive_errors=len(errors), error="; ".join(errors) or None, error_direction=direction,
     )
 
 
 def _error_text(side: str, d: dict[str, Any]) -> str:
     text = f"{side} {d.get('status', '?')}: {d['message']}"
-    return f"{text} ({d['system_message'].lower()})" if d.get("system_message") else text
+    if d.get("system_message"):
+        text += f" ({d['system_message'].lower()})"
+    if side == "upstream" and d.get("status") == "stopped":  # an applier stopped on an error never retries
+        text += (" (hint: fix its cause on the receiving instance, then box.cfg{replication = box.cfg.replication} "
+                 "there restarts it)")
+    return text
 
 
 def vclock_of(raw: Any) -> dict[int, int]:

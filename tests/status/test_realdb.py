@@ -136,3 +136,28 @@ def test_an_etcd_alarm_is_one_finding_per_member_saying_what_it_means_not_replic
 
     etcd.post("/v3/maintenance/alarm", {"action": "DEACTIVATE", "memberID": member_id, "alarm": "NOSPACE"})
     wait_healthy(inventory, "etcd to look healthy once the alarm is disarmed")
+
+
+def test_a_replica_whose_upstream_stopped_is_said_to_receive_nothing_not_to_send_nothing(replica_set, tmp_path):
+    inventory = inventory_for(tmp_path, [replica_set.engine_settings(i, timeout_s=2.0) for i in range(3)])
+    replica_set.write(5)
+    replica_set.wait_replicated()
+    wait_healthy(inventory, "the replica set to look healthy")
+    # m2 refuses every row replicated into items: its appliers stop with that error, as on a conflict.
+    replica_set.eval("box.space.items:before_replace(function() if box.session.type() == 'applier' then "
+                     "box.error(box.error.PROC_LUA, 'refused by trigger') end end)", inst=1)
+    replica_set.write(1)
+    master, replica = replica_set.master.uuid, replica_set.instances[1].uuid
+
+    def stopped() -> bool:
+        upstream = replica_set.eval("return box.info.replication[1].upstream", inst=1)[0] or {}
+        return upstream.get("status") == "stopped"
+
+    wait_until(stopped, timeout_s=10, what="m2's upstream from the master to stop")
+    status = look(inventory)
+    said = [f.message for f in status.verdict.findings if f.subject.startswith("raft group")]
+    assert (f"replication from {master} (m1) to m2 failing: upstream stopped: refused by trigger (hint: fix its "
+            "cause on the receiving instance, then box.cfg{replication = box.cfg.replication} there restarts it)"
+            in said), said
+    assert not any(m.startswith(f"replication to {master} (m1)") for m in said), "m1 sends; m2 does not apply"
+    assert all(m.startswith(("replication from ", f"replication to {replica} (m2)")) for m in said), said
