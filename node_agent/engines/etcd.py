@@ -29,11 +29,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from node_agent.engines.base import EngineSettings, PasswordFile
 from node_agent.engines.etcd_tools import (
+    ALL_KEYS,
     check_snapshot_file,
     create_private,
     describe_errors,
     is_alarm,
     key_facts,
+    learner_refusal,
     member_name,
     restore_snapshot,
     retry_while_electing,
@@ -41,6 +43,7 @@ from node_agent.engines.etcd_tools import (
     status_position,
 )
 from node_agent.engines.etcd_tools import gateway_int as _int
+from node_agent.engines.etcd_tools import all_keys as _all_keys
 from node_agent.engines.etcd_tools import member_hex as _hex
 from node_agent.models import (
     EngineState,
@@ -59,7 +62,6 @@ log = logging.getLogger("snapctl.agent.etcd")
 # unreachable when one peer of theirs was stopped.
 PEER_PROBE_TIMEOUT_S = 2.0  # room for a TLS handshake to a remote member; far below agent_timeout_s (10 s)
 
-ALL_KEYS = {"key": base64.b64encode(b"\0").decode(), "range_end": base64.b64encode(b"\0").decode(), "count_only": True}
 SNAPSHOT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\.db$")
 NO_USER_HINT = "set user: and password_file: or password_env: in the engine block, for a user with etcd's root role"
 ROOT_ROLE_HINT = "grant it etcd's root role (etcdctl user grant-role {user} root): etcd serves snapshots to root only"
@@ -130,13 +132,15 @@ class EtcdEngine:
         if self._held_run is not None:
             raise EngineBusy(f"etcd at {self.endpoint} is held by run {self._held_run}", hint="complete that run first")
         status, members = self._status_and_members()
+        if status.get("isLearner") and not members:
+            raise learner_refusal(self.endpoint, status)
         if not _int(status.get("leader")):
             # The range below would wait for a leader until timeout_s and blame the member itself.
             said = "; ".join(str(e) for e in status.get("errors") or []) or "no leader"
             raise EngineError(f"etcd at {self.endpoint} answers but its cluster has no leader ({said})",
                               hint="a majority of members is down or cut off, or an election is under way: "
                                    "check the other members (snapctl status)")
-        keys = retry_while_electing(lambda: self._post("/v3/kv/range", ALL_KEYS), self.settings.timeout_s)
+        keys = retry_while_electing(lambda: self._post("/v3/kv/range", _all_keys(status)), self.settings.timeout_s)
         target = self.backup_dir / f"{run_id}.db"
         saved = self._save_snapshot(target)
         self._prune(keep=target)
@@ -268,6 +272,9 @@ class EtcdEngine:
         if self._held_run:
             details["held_for_run"] = self._held_run
         raft = [self._raft_group(status, members)]
+        if status.get("isLearner") and not members:  # it answers, but a backup would fail here
+            return EngineStatus(engine=self.name, version=status.get("version"), reachable=False, raft=raft,
+                                details=details, error=str(learner_refusal(self.endpoint, status)), **held)
         try:
             self._check_access(has_leader=bool(_int(status.get("leader"))))
         except EngineError as exc:
@@ -279,7 +286,7 @@ class EtcdEngine:
                             raft=raft, details=details, error=describe_errors(errors, names), **held)
 
     def verify(self) -> VerifyFacts:
-        return key_facts(self._post("/v3/kv/range", ALL_KEYS))
+        return key_facts(self._post("/v3/kv/range", _all_keys(self._post("/v3/maintenance/status", {}))))
 
     def restore_prepare(self, path: Path | None) -> None:
         """Check the newest saved snapshot; with ``restore:`` settings, rebuild the data dir from it."""
@@ -315,7 +322,12 @@ class EtcdEngine:
 
     def _status_and_members(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         status = self._post("/v3/maintenance/status", {})
-        members = self._post("/v3/cluster/member/list", {}).get("members", [])
+        try:
+            members = self._post("/v3/cluster/member/list", {}).get("members", [])
+        except EngineError:
+            if not status.get("isLearner"):
+                raise
+            members = []  # etcd 3.4 serves a learner's clients Status and serializable ranges only
         return status, members
 
     def _check_access(self, *, has_leader: bool) -> None:

@@ -4,6 +4,7 @@ rebuild a data dir from one (``snapshot restore``); and the gRPC gateway's JSON 
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -109,6 +110,24 @@ def status_position(status: dict[str, Any]) -> dict[str, Any]:
 def member_name(status: dict[str, Any], members: list[dict[str, Any]]) -> str | None:
     me = gateway_int(status.get("header", {}).get("member_id"))
     return next((m.get("name") for m in members if gateway_int(m.get("ID")) == me), None)
+
+
+ALL_KEYS = {"key": base64.b64encode(b"\0").decode(), "range_end": base64.b64encode(b"\0").decode(), "count_only": True}
+
+
+def all_keys(status: dict[str, Any]) -> dict[str, Any]:
+    """The range over every key, for the member whose ``status`` this is. A learner refuses a
+    linearizable range ("rpc not supported for learner"): it counts its own copy."""
+    return {**ALL_KEYS, "serializable": True} if status.get("isLearner") else ALL_KEYS
+
+
+def learner_refusal(endpoint: str, status: dict[str, Any]) -> EngineError:
+    """A learner of an etcd (3.4) that serves its clients no member list and no snapshot."""
+    member = member_hex(status.get("header", {}).get("member_id"))
+    return EngineError(f"etcd at {endpoint} is a learner member ({member}), and this etcd ({status.get('version')}) "
+                       "serves a learner's clients neither the member list nor a snapshot: a backup of this node "
+                       "would fail", hint=f"promote it once it has caught up (etcdctl member promote {member}), or "
+                                      "point this node's engine at a voting member")
 
 
 def gateway_int(value: Any) -> int:

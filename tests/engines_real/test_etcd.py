@@ -378,3 +378,34 @@ def test_settings_are_validated():
         validate_engine_settings({"type": "etcd", "endpoint": "http://127.0.0.1:2379"})
     with pytest.raises(BadInputError, match="needs a user"):
         validate_engine_settings({"type": "etcd", "backup_dir": "/b", "password_env": "ETCD_PW"})
+
+
+def test_a_learner_member_is_shown_as_one_and_its_backup_refused_saying_why(tmp_path):
+    # etcd 3.4 serves a learner's clients Status and serializable ranges, and refuses the rest ("rpc
+    # not supported for learner"): its member list and its snapshot among them.
+    with EtcdCluster(tmp_path / "etcd", size=1) as cluster:
+        cluster.write(7)
+        learner = cluster.add_learner()
+        engine = engine_for(cluster, 1, tmp_path)
+        member = cluster.member_id(learner)
+
+        status = engine.status()
+        (group,) = status.raft
+        assert (group.role, group.member, group.leader) == ("learner", member, cluster.member_id(0))
+        assert not status.reachable, "a backup of this node would fail: preflight must refuse it"
+        assert status.error == (
+            f"etcd at {learner.endpoint} is a learner member ({member}), and this etcd ({status.version}) serves a "
+            "learner's clients neither the member list nor a snapshot: a backup of this node would fail (hint: "
+            f"promote it once it has caught up (etcdctl member promote {member}), or point this node's engine at a "
+            "voting member)")
+        with pytest.raises(EngineError, match="is a learner member"):
+            engine.prepare("run-learner")
+        assert not engine.status().held and list((tmp_path / "backup-1").glob("*")) == []
+        wait_until(lambda: engine.verify().tables["keys"].rows >= 7, timeout_s=10, what="the learner to catch up")
+
+        # Promoted, it is a voting member like any other: status and prepare work.
+        cluster.post("/v3/cluster/member/promote", {"ID": str(int(member, 16))})
+        assert engine.status().reachable and engine.status().raft[0].role == "follower"
+        state = engine.prepare("run-promoted")
+        engine.complete("run-promoted")
+        assert Path(state.files[0]).is_file() and state.facts.tables["keys"].rows >= 7

@@ -110,6 +110,29 @@ class EtcdCluster:
         self.wait_ready(member)
         return member
 
+    def add_learner(self) -> EtcdMember:
+        """A new member added as a raft learner (it votes in nothing), started and seeing the leader."""
+        name = f"etcd{len(self.members) + 1}"
+        proc = ServerProcess([], cwd=self.root, log_path=self.root / f"{name}.log")
+        member = EtcdMember(name, free_port(), free_port(), self.root / name, proc)
+        # etcd refuses a member change until its members have been connected for a few seconds.
+        added: list[dict[str, Any]] = []
+
+        def add() -> bool:
+            try:
+                added[:] = [self.post("/v3/cluster/member/add", {"peerURLs": [member.peer_url], "isLearner": True})]
+            except httpx.HTTPStatusError:
+                return False
+            return True
+
+        wait_until(add, timeout_s=15, what=f"etcd to accept {name} as a learner")
+        self.members.append(member)
+        cluster = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+        proc.argv = etcd_argv(require_binary("etcd"), member, cluster, self.token, state="existing")
+        proc.start()
+        self.wait_ready(member)
+        return member
+
     def wait_ready(self, member: EtcdMember, timeout_s: float = START_TIMEOUT_S) -> None:
         """Until the member answers and sees a leader."""
 
