@@ -302,8 +302,21 @@ class TarantoolEngine:
             engine=self.name, version=info.get("version"), reachable=True,
             held=bool(info.get("pinned")), held_by=held_by,
             held_since=self._state.prepared_at if self._state and holder == self._held_run else None,
-            raft=[raft_group(info)], details=details,
+            raft=[raft_group(info)], details=details, error=self._not_running(info.get("status")),
         )
+
+    def _not_running(self, status: Any) -> str | None:
+        """box.info.status other than running, said with what it means: it answers, but read-only."""
+        where = f"tarantool at {self.address}"
+        if status in (None, "running"):
+            return None
+        if status == "orphan":
+            return (f"{where} is an orphan: it has not connected to replication_connect_quorum of its peers "
+                    "(box.cfg.replication) and stays read-only until it does (hint: check that those peers are up "
+                    "and reachable from it, and box.info.replication there)")
+        if status == "loading":
+            return f"{where} is still loading its data (recovery or bootstrap): read-only until it finishes"
+        return f"{where} reports box.info.status {status!r}, not running"
 
     def verify(self) -> VerifyFacts:
         with self._session(self.settings.snapshot_timeout_s) as conn:

@@ -10,6 +10,7 @@ import pytest
 
 from node_agent.engines.base import create_engine
 from snapctl.status import ClusterStatus, collect_status
+from tests.conftest import free_port
 from tests.realdb.etcd import EtcdCluster
 from tests.realdb.procs import wait_until
 from tests.realdb.tarantool import TarantoolReplicaSet
@@ -161,3 +162,21 @@ def test_a_replica_whose_upstream_stopped_is_said_to_receive_nothing_not_to_send
             in said), said
     assert not any(m.startswith(f"replication to {master} (m1)") for m in said), "m1 sends; m2 does not apply"
     assert all(m.startswith(("replication from ", f"replication to {replica} (m2)")) for m in said), said
+
+
+def test_an_orphan_replica_is_said_to_be_one(replica_set, tmp_path):
+    inventory = inventory_for(tmp_path, [replica_set.engine_settings(i, timeout_s=2.0) for i in range(3)])
+    wait_healthy(inventory, "the replica set to look healthy")
+    # m2 is told to replicate from two peers that are not there and to need both: an orphan, read-only.
+    nowhere = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
+    replica_set.eval("box.cfg{replication_connect_timeout = 0.5, replication_connect_quorum = 2, replication = ...}",
+                     nowhere, inst=1)
+    assert replica_set.eval("return box.info.status", inst=1) == ["orphan"]
+
+    status = look(inventory)
+    said = {f.subject: (f.severity, f.message) for f in status.verdict.findings}
+    address = f"127.0.0.1:{replica_set.instances[1].port}"
+    assert said["m2"] == ("degraded", f"engine tarantool reports a problem: tarantool at {address} is an orphan: it "
+                          "has not connected to replication_connect_quorum of its peers (box.cfg.replication) and "
+                          "stays read-only until it does (hint: check that those peers are up and reachable from it, "
+                          "and box.info.replication there)"), said
