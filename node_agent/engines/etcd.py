@@ -260,7 +260,7 @@ class EtcdEngine:
         try:
             status, members = self._status_and_members()
         except EngineError as exc:
-            return EngineStatus(engine=self.name, reachable=False, error=exc.message, **held)
+            return EngineStatus(engine=self.name, reachable=False, error=str(exc), **held)
         errors = [str(e) for e in status.get("errors") or []]
         details = {
             "member": member_name(status, members), "endpoint": self.endpoint,

@@ -137,12 +137,12 @@ class SqliteEngine:
         try:
             conn = self._connect()
         except EngineError as exc:
-            return EngineStatus(reachable=False, error=exc.message, **common)
+            return EngineStatus(reachable=False, error=str(exc), **common)
         try:
             with self._bounded(conn, "status"):
                 details = self._describe(conn)
         except EngineError as exc:
-            return EngineStatus(reachable=False, error=exc.message, **common)
+            return EngineStatus(reachable=False, error=str(exc), **common)
         finally:
             conn.close()
         if self._hold_run:

@@ -287,7 +287,7 @@ class TarantoolEngine:
         except EngineError as exc:
             held_since = self._state.prepared_at if self._state else None
             return EngineStatus(engine=self.name, reachable=False, held=self._held_run is not None,
-                                held_since=held_since, error=exc.message)
+                                held_since=held_since, error=str(exc))
         holder = info.get("holder") if info.get("pinned") else None
         held_by = None
         if holder is not None and holder != self._held_run:

@@ -476,3 +476,20 @@ def test_the_newest_backups_age_counts_from_when_its_data_was_taken_not_from_its
                         finished_at=now - timedelta(hours=21), nodes=1, snapshots=1)
     status = ClusterStatus("c", now, probes, assess(inventory, probes), 86400.0, latest_success=newest)
     assert status.latest_success_age_s == pytest.approx(26 * 3600)
+
+
+def test_an_engine_that_is_down_is_said_with_its_hint(tmp_path):
+    nodes = sqlite_nodes(tmp_path, 1) + [
+        {"name": "t1", "agent": "embedded", "volumes": [{"name": "data", "path": "t1"}],
+         "engine": {"type": "tarantool", "host": LOOPBACK, "port": free_port(), "work_dir": "t1", "timeout_s": 1}}]
+    (tmp_path / "t1").mkdir()
+    inventory = load(write_inventory(tmp_path, nodes))
+    record_run(inventory, "r-good", "succeeded", age_s=60)
+    (tmp_path / "n1" / "data.db").unlink()  # moved away since the inventory was written
+    code, doc = status_json(tmp_path)
+    assert code == ExitCode.CRITICAL
+    said = {f["subject"]: f["message"] for f in doc["data"]["verdict"]["findings"]}
+    assert said["n1"] == (f"engine sqlite is down: no sqlite database at {tmp_path / 'n1' / 'data.db'} (hint: check "
+                          "engine.path (relative paths resolve against the config file's directory))")
+    assert said["t1"].startswith("engine tarantool is down: tarantool at ")
+    assert said["t1"].endswith(" (hint: is tarantool running and listening there?)")
