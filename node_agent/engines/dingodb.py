@@ -274,15 +274,25 @@ class DingoDBEngine:
                           hint="is server the store's service port? set rpc_era if the probe is wrong")
 
     def _raft_groups(self) -> list[RaftGroup]:
-        return parse_raft_stat(self._request("GET", f"{self.settings.raft}/raft_stat", params={"console": "1"}).text)
+        return parse_raft_stat(self._raft_page(f"{self.settings.raft}/raft_stat"))
 
     def _group(self, group: str) -> RaftGroup:
         url = f"{self.settings.raft}/raft_stat/{quote(group, safe='')}"
-        groups = [g for g in parse_raft_stat(self._request("GET", url, params={"console": "1"}).text)
-                  if g.group == group]
+        groups = [g for g in parse_raft_stat(self._raft_page(url)) if g.group == group]
         if not groups:
             raise EngineError(f"raft group {group} is gone from {self.settings.raft} (moved or deleted?)")
         return groups[0]
+
+    def _raft_page(self, url: str) -> str:
+        response = self._request("GET", url, params={"console": "1"})
+        if response.status_code != 200:
+            # brpc's own failure (a port without braft's builtin service): not a page to parse.
+            code = response.headers.get("x-bd-error-code")
+            raise EngineError(f"dingodb at {self.settings.raft} answered /raft_stat with HTTP {response.status_code}"
+                              + (f" (brpc error {code})" if code else "") + f": {response.text.strip()[:200]}",
+                              hint="raft must be the store's raft port (the one serving /raft_stat), not its "
+                                   "server port")
+        return response.text
 
     def _version(self) -> str | None:
         response = self._request("GET", f"{self.settings.server}/version")

@@ -208,3 +208,22 @@ def test_a_trigger_dropped_while_another_region_of_the_store_was_saving_is_sent_
     [job] = engine.trigger("1001")
     assert job.status == "succeeded", job.detail
     assert store.regions[1001].last_snapshot_index == 100 and job.extra["requests"] >= 2
+
+
+def test_a_raft_port_without_raft_stat_is_said_to_be_the_wrong_port_not_a_garbled_page(make, tmp_path) -> None:
+    store, _ = make()
+    # The two ports swapped in the engine block: the server port's brpc has no /raft_stat (404).
+    engine = DingoDBEngine(DingoDBSettings(server=store.raft.address, raft=store.server.address, timeout_s=2,
+                                           data_path=str(tmp_path)), base_dir=tmp_path)
+    try:
+        status = engine.status()
+        said = (f"dingodb at {store.server.url} answered /raft_stat with HTTP 404 (brpc error 1001): "
+                "[E1001]Fail to find service=/raft_stat")
+        assert not status.reachable, "a backup would fail here"
+        assert status.error == f"{said} (hint: raft must be the store's raft port (the one serving /raft_stat), " \
+                               "not its server port)"
+        with pytest.raises(EngineError) as raised:
+            engine.prepare("r1")
+        assert raised.value.message == said and not engine.status().held
+    finally:
+        engine.close()
