@@ -286,6 +286,10 @@ def _grade_group(view: GroupView, views: list[tuple[str, RaftGroup]], leaders: l
         if blind and unseen:
             add("info", f"no leader among the members asked ({roles}); these followers do not name theirs, and "
                 f"it may be one only seen by peers: {', '.join(unseen)}")
+        elif blind:  # every member asked: none is writable
+            add("critical", f"no leader ({roles}): none of them is writable (hint: where the writable member leads, "
+                "as in Tarantool without raft elections, make the master writable: box.cfg{read_only = false}, "
+                "or see why it is read-only in its box.info.status)")
         else:
             add("critical", f"no leader ({roles})")
     elif len(leaders) > 1:

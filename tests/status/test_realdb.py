@@ -180,3 +180,19 @@ def test_an_orphan_replica_is_said_to_be_one(replica_set, tmp_path):
                           "has not connected to replication_connect_quorum of its peers (box.cfg.replication) and "
                           "stays read-only until it does (hint: check that those peers are up and reachable from it, "
                           "and box.info.replication there)"), said
+
+
+def test_a_read_only_master_leaves_no_leader_and_the_finding_says_none_is_writable(replica_set, tmp_path):
+    inventory = inventory_for(tmp_path, [replica_set.engine_settings(i, timeout_s=2.0) for i in range(3)])
+    wait_healthy(inventory, "the replica set to look healthy")
+    replica_set.eval("box.cfg{read_only = true}")
+    try:
+        status = look(inventory)
+    finally:
+        replica_set.eval("box.cfg{read_only = false}")
+    assert status.verdict.level == "critical"
+    (finding,) = [f for f in status.verdict.findings if f.subject.startswith("raft group")]
+    assert finding.message.startswith("no leader (") and finding.message.endswith(
+        "follower): none of them is writable (hint: where the writable member leads, as in Tarantool without raft "
+        "elections, make the master writable: box.cfg{read_only = false}, or see why it is read-only in its "
+        "box.info.status)")
