@@ -33,17 +33,19 @@ from node_agent.engines.etcd_tools import (
     check_snapshot_file,
     create_private,
     describe_errors,
+    http_reason,
     is_alarm,
     key_facts,
     learner_refusal,
     member_name,
+    not_started,
     restore_snapshot,
     retry_while_electing,
     snapshot_tool,
     status_position,
 )
-from node_agent.engines.etcd_tools import gateway_int as _int
 from node_agent.engines.etcd_tools import all_keys as _all_keys
+from node_agent.engines.etcd_tools import gateway_int as _int
 from node_agent.engines.etcd_tools import member_hex as _hex
 from node_agent.models import (
     EngineState,
@@ -198,10 +200,10 @@ class EtcdEngine:
             raise EngineError(f"etcd at {self.endpoint}: the snapshot stream stalled for {self.settings.timeout_s:g}s",
                               hint="is the member overloaded or stuck? raise timeout_s if it is just slow") from exc
         except httpx.HTTPError as exc:
-            raise EngineError(f"etcd at {self.endpoint}: snapshot failed: {_reason(exc)}",
+            raise EngineError(f"etcd at {self.endpoint}: snapshot failed: {http_reason(exc)}",
                               hint="is etcd running there?") from exc
         except OSError as exc:
-            raise EngineError(f"cannot write etcd snapshot {partial}: {os_reason(exc)}",
+            raise EngineError(f"cannot write etcd snapshot {partial}: {oshttp_reason(exc)}",
                               hint="backup_dir must be writable by the agent, with room for the whole backend") from exc
         finally:
             partial.unlink(missing_ok=True)  # gone already when the snapshot made it into place
@@ -383,7 +385,7 @@ class EtcdEngine:
         peer = _hex(member.get("ID"))
         urls = member.get("clientURLs") or []
         if not urls:
-            return ReplicationProgress(peer=peer, state="not started", error="member has no client URL yet")
+            return ReplicationProgress(peer=peer, state="not started", error=not_started(member))
         try:
             theirs = self._post("/v3/maintenance/status", {}, url=urls[0].rstrip("/"),
                                 timeout_s=min(self.settings.timeout_s, PEER_PROBE_TIMEOUT_S))
@@ -437,7 +439,7 @@ class EtcdEngine:
             raise EngineError(f"etcd at {base}: no answer to {what} within {timeout.read:g}s",
                               hint="is the member overloaded or stuck? raise timeout_s if it is just slow") from exc
         except httpx.HTTPError as exc:
-            raise EngineError(f"etcd at {base}: {what} failed: {_reason(exc)}", hint="is etcd running there?") from exc
+            raise EngineError(f"etcd at {base}: {what} failed: {http_reason(exc)}", hint="is etcd running there?") from exc
         return self._answer(response, base, what)
 
     def _answer(self, response: httpx.Response, base: str, what: str) -> dict[str, Any]:
@@ -501,9 +503,3 @@ class EtcdEngine:
 
 class _TokenExpired(EngineError):
     """etcd dropped our auth token (expiry, or the member restarted): authenticate again once."""
-
-
-def _reason(exc: httpx.HTTPError) -> str:
-    cause = exc.__cause__ or exc.__context__
-    text = str(exc) or (str(cause) if cause else "") or type(exc).__name__
-    return text.lower()

@@ -17,6 +17,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+import httpx
+
 from node_agent.models import TableFacts, VerifyFacts
 from snapctl.errors import EngineError, os_reason
 
@@ -130,6 +132,15 @@ def learner_refusal(endpoint: str, status: dict[str, Any]) -> EngineError:
                                       "point this node's engine at a voting member")
 
 
+def not_started(member: dict[str, Any]) -> str:
+    """A member added (etcdctl member add) whose etcd has not joined yet: it publishes no client URL."""
+    if member.get("isLearner"):
+        return "learner added but not started (no client url yet)"
+    return ("member added but not started (no client url yet): it counts toward the quorum, so the cluster "
+            "tolerates one failed member fewer until it joins (hint: start it with --initial-cluster-state existing, "
+            "or etcdctl member remove it)")
+
+
 def gateway_int(value: Any) -> int:
     """The gateway sends uint64/int64 as decimal strings and leaves zeros out."""
     return int(value) if value not in (None, "") else 0
@@ -195,3 +206,9 @@ def retry_while_electing(call: Callable[[], Any], within_s: float) -> Any:
                                   hint="the cluster keeps changing leader: check its members (snapctl status) "
                                        "and run the backup again") from exc
         time.sleep(0.1)
+
+
+def http_reason(exc: httpx.HTTPError) -> str:
+    cause = exc.__cause__ or exc.__context__
+    text = str(exc) or (str(cause) if cause else "") or type(exc).__name__
+    return text.lower()

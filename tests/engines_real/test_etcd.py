@@ -385,7 +385,11 @@ def test_a_learner_member_is_shown_as_one_and_its_backup_refused_saying_why(tmp_
     # not supported for learner"): its member list and its snapshot among them.
     with EtcdCluster(tmp_path / "etcd", size=1) as cluster:
         cluster.write(7)
-        learner = cluster.add_learner()
+        learner = cluster.add_member(start=False)
+        (link,) = engine_for(cluster, 0, tmp_path).status().raft[0].replication
+        assert (link.state, link.error) == ("not started", "learner added but not started (no client url yet)")
+        learner.process.start()
+        cluster.wait_ready(learner)
         engine = engine_for(cluster, 1, tmp_path)
         member = cluster.member_id(learner)
 
@@ -409,3 +413,15 @@ def test_a_learner_member_is_shown_as_one_and_its_backup_refused_saying_why(tmp_
         state = engine.prepare("run-promoted")
         engine.complete("run-promoted")
         assert Path(state.files[0]).is_file() and state.facts.tables["keys"].rows >= 7
+
+
+def test_a_voting_member_added_but_not_started_is_said_to_cost_the_cluster_a_tolerated_failure(tmp_path):
+    with EtcdCluster(tmp_path / "etcd", size=3) as cluster:
+        added = cluster.add_member(learner=False, start=False)
+        links = engine_for(cluster, 0, tmp_path).status().raft[0].replication
+        (link,) = [p for p in links if p.state == "not started"]
+        assert link.error == (
+            "member added but not started (no client url yet): it counts toward the quorum, so the cluster tolerates "
+            "one failed member fewer until it joins (hint: start it with --initial-cluster-state existing, or "
+            "etcdctl member remove it)")
+        assert link.peer not in {cluster.member_id(i) for i in range(3)} and added.name == "etcd4"

@@ -110,8 +110,9 @@ class EtcdCluster:
         self.wait_ready(member)
         return member
 
-    def add_learner(self) -> EtcdMember:
-        """A new member added as a raft learner (it votes in nothing), started and seeing the leader."""
+    def add_member(self, *, learner: bool = True, start: bool = True) -> EtcdMember:
+        """A new member added, by default as a raft learner (it votes in nothing), and started (unless
+        ``start`` is False) until it sees the leader."""
         name = f"etcd{len(self.members) + 1}"
         proc = ServerProcess([], cwd=self.root, log_path=self.root / f"{name}.log")
         member = EtcdMember(name, free_port(), free_port(), self.root / name, proc)
@@ -120,17 +121,18 @@ class EtcdCluster:
 
         def add() -> bool:
             try:
-                added[:] = [self.post("/v3/cluster/member/add", {"peerURLs": [member.peer_url], "isLearner": True})]
+                added[:] = [self.post("/v3/cluster/member/add", {"peerURLs": [member.peer_url], "isLearner": learner})]
             except httpx.HTTPStatusError:
                 return False
             return True
 
-        wait_until(add, timeout_s=15, what=f"etcd to accept {name} as a learner")
+        wait_until(add, timeout_s=15, what=f"etcd to accept {name} as a member")
         self.members.append(member)
         cluster = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
         proc.argv = etcd_argv(require_binary("etcd"), member, cluster, self.token, state="existing")
-        proc.start()
-        self.wait_ready(member)
+        if start:
+            proc.start()
+            self.wait_ready(member)
         return member
 
     def wait_ready(self, member: EtcdMember, timeout_s: float = START_TIMEOUT_S) -> None:
