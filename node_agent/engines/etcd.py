@@ -13,6 +13,7 @@ strings, keys and values as base64, and zero-valued fields are left out.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import logging
@@ -203,10 +204,12 @@ class EtcdEngine:
             raise EngineError(f"etcd at {self.endpoint}: snapshot failed: {http_reason(exc)}",
                               hint="is etcd running there?") from exc
         except OSError as exc:
-            raise EngineError(f"cannot write etcd snapshot {partial}: {oshttp_reason(exc)}",
+            raise EngineError(f"cannot write etcd snapshot {partial}: {os_reason(exc)}",
                               hint="backup_dir must be writable by the agent, with room for the whole backend") from exc
         finally:
-            partial.unlink(missing_ok=True)  # gone already when the snapshot made it into place
+            # The error above is the operator's: a backup_dir that is a file would fail this too.
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)  # gone already when the snapshot made it into place
         checked: dict[str, Any] = {"file": str(target), "bytes": size, "sha256": trailer.hex(),
                                    "duration_s": round(time.monotonic() - started, 3)}
         tool = snapshot_tool(self.settings.snapshot_tool)

@@ -55,6 +55,17 @@ def test_prepare_saves_a_checked_snapshot_into_the_backup_dir(etcd_cluster, tmp_
     assert all(Path(p).is_absolute() for p in engine.data_paths())
 
 
+def test_a_backup_dir_that_cannot_be_written_is_one_line_saying_so_and_holds_nothing(etcd_cluster, tmp_path):
+    (tmp_path / "not-a-dir").write_text("")  # backup_dir set to a file by mistake: root's permissions cannot hide it
+    engine = engine_for(etcd_cluster, 0, tmp_path, backup_dir="not-a-dir/backups")
+    with pytest.raises(EngineError) as caught:
+        engine.prepare("r1")
+    partial = tmp_path / "not-a-dir" / "backups" / "r1.db.part"
+    assert caught.value.message == f"cannot write etcd snapshot {partial}: not a directory", caught.value
+    assert "backup_dir must be writable by the agent" in (caught.value.hint or "")
+    assert not engine.status().held
+
+
 def test_checking_a_big_snapshot_file_gets_snapshot_timeout_s_not_timeout_s(etcd_cluster, tmp_path):
     needs_snapshot_tool()
     # etcdctl/etcdutl snapshot status reads and hashes the whole backend: seconds per GiB. A wrapper
