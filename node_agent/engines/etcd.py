@@ -23,12 +23,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from node_agent.engines.base import EngineSettings, PasswordFile
+from node_agent.engines.base import PasswordFile
+from node_agent.engines.etcd_settings import EtcdSettings
 from node_agent.engines.etcd_tools import (
     ALL_KEYS,
     check_snapshot_file,
@@ -68,44 +68,6 @@ PEER_PROBE_TIMEOUT_S = 2.0  # room for a TLS handshake to a remote member; far b
 SNAPSHOT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\.db$")
 NO_USER_HINT = "set user: and password_file: or password_env: in the engine block, for a user with etcd's root role"
 ROOT_ROLE_HINT = "grant it etcd's root role (etcdctl user grant-role {user} root): etcd serves snapshots to root only"
-
-
-class EtcdRestoreSettings(BaseModel):
-    """How this member rejoins a cluster restored from the saved snapshot (``etcdctl snapshot restore``)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str
-    initial_cluster: str  # name1=http://host1:2380,name2=...
-    initial_advertise_peer_urls: str
-    initial_cluster_token: str = "etcd-cluster"
-
-
-class EtcdSettings(EngineSettings):
-    type: Literal["etcd"] = "etcd"
-    endpoint: str = Field(default="http://127.0.0.1:2379", pattern=r"^https?://[^/\s]+/?$")
-    backup_dir: str  # where prepare saves <run_id>.db: must lie on a snapshotted volume
-    data_dir: str | None = None  # the member's --data-dir, when it should be snapshotted too
-    user: str | None = None  # etcd auth; the password comes from password_env or password_file
-    password_env: str | None = None
-    password_file: str | None = None
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-    timeout_s: float = Field(default=10.0, gt=0)  # every request, and each read of the snapshot stream
-    snapshot_timeout_s: float = Field(default=600.0, gt=0)  # the whole snapshot download
-    keep_snapshots: int = Field(default=2, ge=1)  # saved snapshot files kept in backup_dir
-    probe_peers: bool = True  # ask every other member for its status: per-follower progress in the raft model
-    snapshot_tool: str | None = None  # etcdutl or etcdctl used to check/restore snapshots; default: found on PATH
-    restore: EtcdRestoreSettings | None = None
-
-    @model_validator(mode="after")
-    def _one_password_source(self) -> EtcdSettings:
-        if self.password_env and self.password_file:
-            raise ValueError("give password_env or password_file, not both")
-        if (self.password_env or self.password_file) and not self.user:
-            raise ValueError("a password needs a user")
-        return self
 
 
 class EtcdEngine:

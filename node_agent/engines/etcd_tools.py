@@ -23,7 +23,7 @@ from node_agent.models import TableFacts, VerifyFacts
 from snapctl.errors import EngineError, os_reason
 
 if TYPE_CHECKING:
-    from node_agent.engines.etcd import EtcdRestoreSettings
+    from node_agent.engines.etcd_settings import EtcdRestoreSettings
 
 log = logging.getLogger("snapctl.agent.etcd")
 
