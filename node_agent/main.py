@@ -22,7 +22,7 @@ from node_agent.engines.base import Engine, load_engine_factory
 from snapctl import __version__
 from snapctl.config import is_loopback
 from snapctl.errors import BadInputError, ExitCode, SnapctlError, os_reason
-from snapctl.yaml_errors import NAME_PATTERN
+from snapctl.yaml_errors import NAME_IN_WORDS, NAME_PATTERN
 
 log = logging.getLogger("snapctl.agent")
 
@@ -95,7 +95,7 @@ def _port(value: str) -> int:
 
 def _node(value: str) -> str:
     if not _NODE_NAME.match(value):
-        raise argparse.ArgumentTypeError(f"{value!r} is not a node name (letters, digits, '.', '_', '-')")
+        raise argparse.ArgumentTypeError(f"{value!r} is not {NAME_IN_WORDS}")  # as the config's node: says
     return value
 
 

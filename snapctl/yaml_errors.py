@@ -90,10 +90,10 @@ def _construct_plain(loader: yaml.BaseLoader, node: yaml.Node, seen: set[int]) -
 # The patterns of the settings' names and addresses, in words: a regular expression is no way to
 # tell an operator what a name may be. A pattern not listed here is shown as pydantic says it.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"  # nodes, clusters, volumes: safe in paths, tags and keys
+NAME_IN_WORDS = "a valid name: 1-63 letters, digits, '.', '_' or '-', beginning with a letter or digit"
 URL_PATTERN = r"^https?://"
 _FORMS = {
-    NAME_PATTERN: "a valid name: 1-63 letters, digits, '.', '_' or '-', beginning with a "
-                                          "letter or digit",
+    NAME_PATTERN: NAME_IN_WORDS,
     r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$": "a valid name: 1-128 letters, digits, '.', '_', '/' or '-', beginning "
                                             "with a letter or digit",
     URL_PATTERN: "a URL: it must begin with http:// or https://",

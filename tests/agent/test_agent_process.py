@@ -173,6 +173,20 @@ def test_a_port_in_use_is_one_error_line_and_exit_2(tmp_path: Path, db: Path) ->
     ]
 
 
+@pytest.mark.parametrize("name", [".n1", "-n1", "n" * 64, "n 1"])
+def test_a_node_name_refused_by_the_flag_is_explained_as_the_config_explains_it(tmp_path: Path, db: Path,
+                                                                                name: str) -> None:
+    # `--node .n1` said "not a node name (letters, digits, '.', '_', '-')": every character it
+    # has is among those, so the operator could not tell what was wrong with it.
+    said = "is not a valid name: 1-63 letters, digits, '.', '_' or '-', beginning with a letter or digit"
+    result = run_agent("--config", str(write_config(tmp_path, db)), f"--node={name}")
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == f"snapctl-agent: error: argument --node: {name!r} {said}"
+    (tmp_path / "named.yaml").write_text(f"node: {name!r}\nengine: {{type: sqlite, path: {db}}}\n")
+    in_config = run_agent("--config", str(tmp_path / "named.yaml"))
+    assert in_config.returncode == 2 and f"{name!r} {said}" in in_config.stderr
+
+
 def test_secret_files_open_to_other_users_are_warned_about_at_start(tmp_path: Path, db: Path) -> None:
     pki = make_pki(tmp_path / "pki")
     (tmp_path / "scrape.token").write_text("scraper-t0ken\n")
