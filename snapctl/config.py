@@ -8,7 +8,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -364,6 +364,15 @@ class Inventory(Strict):
         except SnapctlError as exc:
             raise self.located(exc, *loc, "type") from exc
         return factory, self.check_block(factory.settings_model, raw, loc, f"{whose}{block} {kind}")
+
+    def check_engine_blocks(self, names: Collection[str] | None = None) -> None:
+        """Every node's engine block (only those of ``names``, if given), validated by its adapter;
+        errors name file:line. A node whose agent runs elsewhere needs none, but the block it has is
+        what its restores and drills start the engine from: a mistake in it is bad input for every
+        command that reads the inventory to act, found then, not once a restore is under way."""
+        for node in self.nodes:
+            if node.engine and (names is None or node.name in names):
+                self.engine_settings(node)
 
     def engine_settings(self, node: Node) -> EngineSettings:
         """``node``'s engine block, validated by its adapter; errors name file:line."""

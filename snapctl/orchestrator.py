@@ -102,6 +102,7 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
     policy = inventory.policy
     provider = open_provider(inventory)
     volumes = node_volumes(inventory, provider)
+    inventory.check_engine_blocks()  # restores of this run start their engines from them
     catalog = open_catalog(inventory)
     run_id = new_run_id()
     started_at = now()  # the run's, not its manifest's: a slow preflight is part of it

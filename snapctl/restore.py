@@ -178,9 +178,13 @@ def _naming_restored(exc: SnapctlError, made: list[tuple[SnapshotRef, str]]) -> 
 def check_before_restoring(inventory: Inventory, provider: Provider, manifest: Manifest, nodes: dict[str, Node],
                            roots: dict[str, Path | None], *, zone: str | None, attached: Collection[str]) -> None:
     """What `snapctl restore` and `snapctl drill` both check before restoring anything: every node
-    has snapshots and a place to go, and every volume its target and snapshot (``check_targets``).
+    has snapshots, a place to go and a valid engine block (if any), and every volume its target and
+    snapshot (``check_targets``).
     ``roots``: each node's directory for its volumes (None: none given); ``attached``: the nodes
     whose new volumes are attached to their ``restore.instance``."""
+    # An engine block is read when its node's turn comes: a mistake in one must not wait for the
+    # nodes before it to be restored.
+    inventory.check_engine_blocks(nodes)
     # gcp (the source disk's zone) and azure (the provider's location, no zone) have a default.
     place_optional = getattr(provider, "restore_place_optional", False)
     for name, node in nodes.items():

@@ -144,6 +144,7 @@ async def collect_status(
     # A provider block `snapctl backup` would refuse is bad input here too (exit 2), as any other
     # inventory error is: checked as backup does, but without its SDK, client or credentials.
     provider = provider_settings(inventory)
+    inventory.check_engine_blocks()  # as backup checks them
     if textfile is not None and not refresh:
         from snapctl.metrics import check_textfile_path
 
