@@ -199,6 +199,27 @@ def test_the_agent_doc_shows_every_key_of_its_config_file() -> None:
     assert set(AgentConfig.model_fields) <= shown, f"{where}: {sorted(set(AgentConfig.model_fields) - shown)}"
 
 
+DOTTED = re.compile(r"`(?P<block>policy|drill|catalog|auth|retention|restore|nodes\[\])\.(?P<key>[a-z_]+)")
+
+
+def test_every_setting_the_docs_name_by_its_place_exists() -> None:
+    # `policy.max_freeze_s`, `nodes[].token_file`, ...; a manifest's `nodes[].state` is said so.
+    from snapctl.config import Node, NodeRestoreConfig
+
+    blocks = {name: type(Inventory.model_fields[name].default_factory()) for name in
+              ("policy", "drill", "catalog", "auth", "retention")} | {"restore": NodeRestoreConfig, "nodes[]": Node}
+    named = 0
+    for doc in DOCS:
+        text = doc.read_text()
+        for found in DOTTED.finditer(text):
+            said = text[max(0, found.start() - 40):found.end() + 20]
+            if "manifest" in said:
+                continue
+            assert found["key"] in blocks[found["block"]].model_fields, f"{_where(doc, text, found.start())}: {found[0]}"
+            named += 1
+    assert named > 20
+
+
 # -- the command line -----------------------------------------------------------------------------
 
 CODE = re.compile(r"```\w*\n(.*?)```|`([^`\n]+)`", re.S)
