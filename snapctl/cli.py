@@ -21,7 +21,7 @@ app = typer.Typer(
 )
 demo_app = typer.Typer(help="The local demo cluster: 3 agents with SQLite databases being written to.",
                        no_args_is_help=True)
-app.add_typer(demo_app, name="demo")
+app.add_typer(demo_app, name="demo", short_help="The local demo cluster: up, down, run.")
 
 
 def _print_version(asked: bool) -> None:
@@ -74,7 +74,7 @@ def _run(coro):
     return run(coro)
 
 
-@app.command()
+@app.command(short_help="Back up the whole cluster.")
 def backup(
     inventory: InventoryOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Preflight and show the plan; hold nothing.")] = False,
@@ -135,7 +135,7 @@ def show(run: Annotated[str, typer.Argument(metavar="RUN", help="Run id, unique 
     return out.manifest(catalog.load(catalog.resolve(run)))
 
 
-@app.command()
+@app.command(short_help="Agents, engines, raft groups, newest backup; exit 0/5/6.")
 def status(
     inventory: InventoryOpt = None,
     watch: Annotated[float | None, typer.Option("--watch", "-w", metavar="[SECONDS]",
@@ -171,7 +171,7 @@ def status(
         return out.status(_run(collect_status(loaded, nodes=node, groups=group, textfile=textfile, remember=True)))
 
 
-@app.command()
+@app.command(short_help="Restore a run's snapshots; restore-prepare each engine.")
 def restore(
     run: Annotated[str, typer.Argument(metavar="RUN", help="Run id, unique prefix, or 'latest'.")],
     to: Annotated[str | None, typer.Option("--to", metavar="DIR", help="Target directory: DIR/<node>/<volume> (local "
@@ -195,7 +195,7 @@ def restore(
     return out.restore_result(result)
 
 
-@app.command()
+@app.command(short_help="Restore drill for CI: restore, start, compare, tear down.")
 def drill(
     run: Annotated[str, typer.Argument(metavar="RUN", help="Run id, unique prefix, or 'latest'.")] = "latest",
     junit: Annotated[str | None, typer.Option("--junit", metavar="FILE", help="Where the JUnit XML report goes "
@@ -219,7 +219,7 @@ def drill(
     return out.drill_result(report)
 
 
-@app.command()
+@app.command(short_help="Check that a run's snapshots exist and are complete.")
 def verify(
     run: Annotated[str, typer.Argument(metavar="RUN", help="Run id, unique prefix, or 'latest'.")],
     inventory: InventoryOpt = None,
@@ -231,7 +231,7 @@ def verify(
     return _renderer(output).verify_result(verify_run(_inventory(inventory), run))
 
 
-@app.command()
+@app.command(short_help="Run the engines' own snapshots (checkpoints).")
 def trigger(
     target: Annotated[str | None, typer.Argument(metavar="TARGET", help="Engine-specific target (region, table/shard); "
                                                          "default: everything.")] = None,
@@ -246,7 +246,7 @@ def trigger(
     return _renderer(output).trigger_result(_run(run_trigger(_inventory(inventory), node, target, timeout)))
 
 
-@app.command()
+@app.command(short_help="Delete the runs the retention policy no longer keeps.")
 def prune(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List exactly what would be deleted; delete nothing.")] = False,
     inventory: InventoryOpt = None,
@@ -258,7 +258,7 @@ def prune(
     return _renderer(output).prune_result(run_prune(_inventory(inventory), dry_run=dry_run))
 
 
-@app.command()
+@app.command(short_help="Snapshots no manifest owns, and leftovers; --delete removes them.")
 def gc(
     delete: Annotated[bool, typer.Option(
         "--delete", help="Delete the orphans and leftovers found (takes the cluster lock).")] = False,
@@ -287,7 +287,7 @@ def demo_down(inventory: DemoInventoryOpt = "inventory.example.yaml", output: Ou
     return _renderer(output).demo_cluster(demo.down(_inventory(inventory)))
 
 
-@demo_app.command("run")
+@demo_app.command("run", short_help="Start the demo cluster, back it up, restore, check the rows.")
 def demo_run(
     inventory: DemoInventoryOpt = "inventory.example.yaml",
     keep: Annotated[bool, typer.Option("--keep", help="Leave the cluster running afterwards.")] = False,

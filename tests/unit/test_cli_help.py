@@ -24,3 +24,14 @@ def test_backup_no_wait_speaks_of_completing_not_uploading():
     text = _help("backup")
     assert "without waiting for them to complete" in text
     assert "uploaded" not in text
+
+
+def test_no_command_is_summed_up_in_a_cut_off_sentence():
+    # `snapctl --help` listed eight of its eleven commands as half a sentence ("Back up the whole
+    # cluster: prepare every node, snapshot,..."): click cuts a first sentence longer than the
+    # line leaves room for, on an 80-column terminal and any wider one.
+    for group in ([], ["demo"]):
+        result = CliRunner().invoke(app, [*group, "--help"], terminal_width=80)
+        assert result.exit_code == 0, result.output
+        listed = result.output.split("Commands:", 1)[1].strip().splitlines()
+        assert len(listed) >= 3 and not [line for line in listed if line.rstrip().endswith("...")], result.output
