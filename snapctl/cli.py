@@ -39,6 +39,16 @@ def _options(
 ) -> None:
     pass
 
+
+class _RequiredAsDocumented(typer.core.TyperCommand):
+    """Usage lines name a required argument as the docs and the argument's own help do, `RUN`:
+    typer writes `{RUN}`, which reads as a set of choices to pick from."""
+
+    def collect_usage_pieces(self, ctx):
+        return [piece[1:-1] if piece.startswith("{") and piece.endswith("}") else piece
+                for piece in super().collect_usage_pieces(ctx)]
+
+
 InventoryOpt = Annotated[
     str | None,
     typer.Option("-i", "--inventory", envvar="SNAPCTL_INVENTORY", show_envvar=True, metavar="FILE",
@@ -124,7 +134,7 @@ def list_runs(inventory: InventoryOpt = None, output: OutputOpt = "text") -> int
     return out.run_list(entries, problems, catalog.describe())
 
 
-@app.command()
+@app.command(cls=_RequiredAsDocumented)
 def show(run: Annotated[str, typer.Argument(metavar="RUN", help="Run id, unique prefix, or 'latest'.")],
          inventory: InventoryOpt = None, output: OutputOpt = "text") -> int:
     """Show one run's manifest."""
@@ -171,7 +181,7 @@ def status(
         return out.status(_run(collect_status(loaded, nodes=node, groups=group, textfile=textfile, remember=True)))
 
 
-@app.command(short_help="Restore a run's snapshots; restore-prepare each engine.")
+@app.command(short_help="Restore a run's snapshots; restore-prepare each engine.", cls=_RequiredAsDocumented)
 def restore(
     run: Annotated[str, typer.Argument(metavar="RUN", help="Run id, unique prefix, or 'latest'.")],
     to: Annotated[str | None, typer.Option("--to", metavar="DIR", help="Target directory: DIR/<node>/<volume> (local "
@@ -219,7 +229,7 @@ def drill(
     return out.drill_result(report)
 
 
-@app.command(short_help="Check that a run's snapshots exist and are complete.")
+@app.command(short_help="Check that a run's snapshots exist and are complete.", cls=_RequiredAsDocumented)
 def verify(
     run: Annotated[str, typer.Argument(metavar="RUN", help="Run id, unique prefix, or 'latest'.")],
     inventory: InventoryOpt = None,

@@ -35,3 +35,14 @@ def test_no_command_is_summed_up_in_a_cut_off_sentence():
         assert result.exit_code == 0, result.output
         listed = result.output.split("Commands:", 1)[1].strip().splitlines()
         assert len(listed) >= 3 and not [line for line in listed if line.rstrip().endswith("...")], result.output
+
+
+def test_usage_lines_name_a_required_run_as_the_docs_do():
+    # typer wrote `snapctl show [OPTIONS] {RUN}`; README and docs/ write `snapctl show RUN`.
+    import typer
+
+    commands = typer.main.get_command(app).commands
+    for name in [*commands, *(f"demo {sub}" for sub in commands["demo"].commands)]:
+        usage = CliRunner().invoke(app, [*name.split(), "--help"], terminal_width=200).output.splitlines()[0]
+        assert usage.startswith(f"Usage: snapctl {name} ") and "{" not in usage, usage
+    assert _help("show").startswith("Usage: snapctl show [OPTIONS] RUN ")
