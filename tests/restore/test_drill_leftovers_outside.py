@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from snapctl.config import load_inventory
 from snapctl.restore import restore_run
 from tests.moto_server import DEFAULT_REGION, dummy_aws_credentials, shared_moto_server
 from tests.restore.conftest import SqliteCluster, scratch_agent

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-
-import uuid
 
 import pytest
 import yaml
@@ -20,8 +19,15 @@ from snapctl.config import load_inventory
 from snapctl.prune import gc
 from snapctl.verify import verify_run
 from tests.moto_server import DEFAULT_REGION, dummy_aws_credentials, shared_moto_server
-from tests.restore.test_cloud_restore import AZURE_GROUP, GCP_ZONE, _add_volume, _backup, _inventory, azure_node, \
-    gcp_node
+from tests.restore.test_cloud_restore import (
+    AZURE_GROUP,
+    GCP_ZONE,
+    _add_volume,
+    _backup,
+    _inventory,
+    azure_node,
+    gcp_node,
+)
 
 Retag = Callable[[str, str, str | None], None]  # (snapshot id, tag, new value or None: removed)
 
