@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import httpx
@@ -23,7 +22,7 @@ from snapctl.agent_transport import AgentTransport
 from snapctl.errors import AgentError
 from snapctl.status import collect_status
 from tests.agent.conftest import TOKEN, agent_process, make_db, try_write, write_config
-from tests.conftest import LOOPBACK
+from tests.fakes.serving import serving
 from tests.status.conftest import load, validated, write_inventory
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -125,14 +124,8 @@ def always_429(retry_after: str | None = "0") -> Iterator[tuple[str, list[str]]]
         def log_message(self, *args) -> None:
             pass
 
-    server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://{LOOPBACK}:{server.server_address[1]}", asked
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(Handler) as url:
+        yield url, asked
 
 
 def call(url: str, verb: str, *args) -> None:

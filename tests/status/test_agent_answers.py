@@ -11,10 +11,9 @@ import os
 import re
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import httpx
@@ -26,6 +25,7 @@ from snapctl.errors import ExitCode
 from snapctl.status import collect_status
 from tests.agent.conftest import TOKEN, agent_process, serve, write_config
 from tests.conftest import LOOPBACK, free_port
+from tests.fakes.serving import serving
 from tests.status.conftest import VALIDATOR, load, make_db, record_run, validated, write_inventory
 from tests.status.promtext import parse, value
 
@@ -132,14 +132,8 @@ def answering(status: int, body: bytes) -> Iterator[str]:
         def log_message(self, *args) -> None:
             pass
 
-    server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://{LOOPBACK}:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(Handler) as url:
+        yield url
 
 
 def test_a_json_answer_that_is_no_agent_status_is_a_finding_not_a_traceback(tmp_path):
