@@ -115,6 +115,12 @@ class ProviderThrottled(ProviderError):
         self.retry_after = retry_after
 
 
+class ProviderUnreachable(ProviderError):
+    """No answer from the cloud's API after the SDK's own retries: the connection was refused,
+    dropped or timed out. Never a refusal the cloud answered (4xx, credentials rejected): asking
+    again later may well succeed, so a backup's wait does (docs/reliability.md)."""
+
+
 class SnapshotNotFound(ProviderError):
     """The snapshot does not exist (for delete this counts as done)."""
 

@@ -1,5 +1,6 @@
 """The common part of the cloud fakes: a JSON-over-HTTP server on 127.0.0.1 in a thread, a log
-of every request it answered, and injectable faults (throttling, denial, failures after commit).
+of every request it answered, and injectable faults (throttling, denial, failures after commit,
+connections dropped without an answer).
 
 Subclasses implement ``route`` (the cloud's wire format) and ``error_body`` (its error shape).
 """
@@ -16,6 +17,7 @@ from urllib.parse import parse_qsl, urlsplit
 LOOPBACK = "127.0.0.1"
 
 Reply = tuple[int, Any, dict[str, str]]  # status, JSON body (None: empty), extra headers
+DROP: Reply = (0, None, {})  # no answer: the connection is closed, as a network blip ends it
 
 
 @dataclass
@@ -104,6 +106,10 @@ class JsonHttpFake:
         """HTTP 429 with Retry-After for the next ``times`` matching requests."""
         return self.inject(Fault(429, times, retry_after, method, path_contains, message="rate limit exceeded"))
 
+    def drop(self, times: int = 1, *, method: str | None = None, path_contains: str | None = None) -> Fault:
+        """Close the connection without an answer to the next ``times`` matching requests."""
+        return self.inject(Fault(DROP[0], times, method=method, path_contains=path_contains))
+
     def requests_to(self, method: str | None = None, path_contains: str | None = None) -> list[Recorded]:
         with self.lock:
             return [
@@ -120,6 +126,8 @@ class JsonHttpFake:
         return None
 
     def fault_reply(self, fault: Fault) -> Reply:
+        if fault.status == DROP[0]:
+            return DROP
         headers = {"Retry-After": _seconds(fault.retry_after)} if fault.retry_after is not None else {}
         return fault.status, self.error_body(fault.status, fault.message, fault), headers
 
@@ -168,6 +176,9 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {k.lower(): v for k, v in self.headers.items()}
         fake: JsonHttpFake = self.server.fake  # type: ignore[attr-defined]
         status, body, extra = fake.handle(self.command, self.path, headers, raw_body)
+        if status == DROP[0]:
+            self.close_connection = True
+            return
         payload = b"" if body is None else json.dumps(body).encode()
         self.send_response(status)
         if body is not None:

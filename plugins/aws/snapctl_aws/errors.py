@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from snapctl.errors import ProviderError, ProviderThrottled, SnapctlError, SnapshotNotFound
+from snapctl.errors import ProviderError, ProviderThrottled, ProviderUnreachable, SnapctlError, SnapshotNotFound
 from snapctl.ratelimit import parse_retry_after
 
 PER_VOLUME_RATE = "SnapshotCreationPerVolumeRateExceeded"
@@ -19,6 +19,12 @@ DENIED = frozenset({"UnauthorizedOperation", "AccessDenied", "AccessDeniedExcept
 BAD_CREDENTIALS = frozenset({
     "AuthFailure", "InvalidClientTokenId", "SignatureDoesNotMatch", "ExpiredToken",
     "RequestExpired", "InvalidAccessKeyId", "UnrecognizedClientException",
+})
+# botocore's errors for a request that got no answer after its retries: refused, dropped or timed
+# out on the way. Not SSLError: a certificate that does not verify will not verify later either.
+UNREACHABLE = frozenset({
+    "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
+    "ProxyConnectionError", "ResponseStreamingError",
 })
 SNAPSHOT_NOT_FOUND = frozenset({"InvalidSnapshot.NotFound"})
 VOLUME_NOT_FOUND = frozenset({"InvalidVolume.NotFound"})
@@ -101,8 +107,9 @@ def translate_botocore_error(exc: Exception) -> SnapctlError:
         return ProviderError(f"aws: no usable credentials ({kind}): {reason}", hint=SSO_HINT)
     if kind == "ProfileNotFound":
         return ProviderError(f"aws: {exc}", hint="fix the provider's 'profile' or add it to ~/.aws/config")
-    if kind in {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError"}:
-        return ProviderError(f"aws: no answer from EC2 ({kind}): {exc}", hint="check network access to the EC2 endpoint")
+    if kind in UNREACHABLE:
+        return ProviderUnreachable(f"aws: no answer from EC2 ({kind}): {exc}",
+                                   hint="check network access to the EC2 endpoint")
     return ProviderError(f"aws: {kind}: {exc}")
 
 

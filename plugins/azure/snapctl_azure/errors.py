@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from snapctl.errors import ProviderError, ProviderThrottled, SnapctlError
+from snapctl.errors import ProviderError, ProviderThrottled, ProviderUnreachable, SnapctlError
 from snapctl.ratelimit import parse_retry_after
 
 THROTTLE_CODES = frozenset({"TooManyRequests", "SubscriptionRequestsThrottled", "ResourceRequestsThrottled",
@@ -76,8 +76,8 @@ def translate(exc: BaseException, action: str, permission: str) -> SnapctlError:
         first_line = (getattr(exc, "message", None) or str(exc)).strip().splitlines()[0]
         return ProviderError(f"azure {action}: no usable credentials: {first_line}", hint=CREDENTIALS_HINT)
     if isinstance(exc, (aexc.ServiceRequestError, aexc.ServiceResponseError)):
-        return ProviderError(f"azure {action}: no answer from azure resource manager ({type(exc).__name__})",
-                             hint="check network access to management.azure.com (or the provider's base_url)")
+        return ProviderUnreachable(f"azure {action}: no answer from azure resource manager ({type(exc).__name__})",
+                                   hint="check network access to management.azure.com (or the provider's base_url)")
     if not isinstance(exc, aexc.HttpResponseError):
         return ProviderError(f"azure {action}: {type(exc).__name__}: {exc}")
     code, message = code_and_message(exc)

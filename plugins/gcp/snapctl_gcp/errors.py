@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from snapctl.errors import ProviderError, ProviderThrottled, SnapctlError
+from snapctl.errors import ProviderError, ProviderThrottled, ProviderUnreachable, SnapctlError
 from snapctl.ratelimit import parse_retry_after
 
 RATE_REASONS = frozenset({"rateLimitExceeded", "userRateLimitExceeded", "RATE_LIMIT_EXCEEDED"})
@@ -77,8 +77,9 @@ def translate(exc: BaseException, action: str, permission: str) -> SnapctlError:
         reason = (first.strip().splitlines() or [""])[0][:300]
         return ProviderError(f"gcp {action}: credentials could not be refreshed: {reason}", hint=CREDENTIALS_HINT)
     if isinstance(exc, (req_exc.ConnectionError, req_exc.Timeout, auth_exc.TransportError)):
-        return ProviderError(f"gcp {action}: no answer from the compute api ({type(exc).__name__})",
-                             hint="check network access to compute.googleapis.com (or the provider's api_endpoint)")
+        return ProviderUnreachable(f"gcp {action}: no answer from the compute api ({type(exc).__name__})",
+                                   hint="check network access to compute.googleapis.com (or the provider's "
+                                   "api_endpoint)")
     if not isinstance(exc, gexc.GoogleAPICallError):
         return ProviderError(f"gcp {action}: {type(exc).__name__}: {exc}")
     status = exc.code if isinstance(exc.code, int) else None

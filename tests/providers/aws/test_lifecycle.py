@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from snapctl.errors import BadInputError, ProviderError, SnapshotNotFound
+from snapctl.errors import BadInputError, ProviderError, ProviderUnreachable, SnapshotNotFound
 from snapctl.providers import TAG_CLUSTER, TAG_NODE, TAG_RUN, RestoreTarget, snapshot_tags
+from tests.conftest import free_port
 from tests.providers.aws.conftest import CLUSTER, ZONE
 from tests.providers.aws.faults import FailFirst, inject
 
@@ -76,6 +77,20 @@ def test_wait_gives_up_at_the_deadline(provider, moto, volume):
 
     with pytest.raises(ProviderError, match=r"still pending at the deadline: .*5\.0%"):
         provider.wait([ref], time.monotonic() + 0.05)
+
+
+def test_a_wait_that_reaches_no_ec2_is_unreachable_and_a_refusal_is_not(make_provider, provider, moto, volume):
+    """Unreachable is what a backup's wait rides out: never an answer EC2 gave."""
+    [ref] = take(provider, [volume])
+    nobody = make_provider(endpoint_url=f"http://127.0.0.1:{free_port()}", max_attempts=1)
+    with pytest.raises(ProviderUnreachable, match=r"no answer from EC2 \(EndpointConnectionError\)") as caught:
+        nobody.wait([ref], time.monotonic() + 30)
+    assert "network access" in caught.value.hint
+
+    inject(provider, "DescribeSnapshots", FailFirst(1, 403, "UnauthorizedOperation", "not authorized"))
+    with pytest.raises(ProviderError, match="permission denied") as refused:
+        provider.wait([ref], time.monotonic() + 30)
+    assert not isinstance(refused.value, ProviderUnreachable)
 
 
 def test_wait_reports_a_snapshot_deleted_underneath(provider, ec2, moto, volume):

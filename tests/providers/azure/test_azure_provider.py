@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from snapctl.errors import BadInputError, ProviderError, ProviderThrottled
+from snapctl.errors import BadInputError, ProviderError, ProviderThrottled, ProviderUnreachable
 from snapctl.providers import TAG_CLUSTER, TAG_RUN, TAG_VOLUME, RestoreTarget, SnapshotRef, snapshot_tags
 from tests.fakes.azure_compute import StaticTokenCredential
 from tests.fakes.json_http import Fault
@@ -93,6 +93,21 @@ def test_a_read_throttled_past_the_retries_is_not_blamed_on_the_create_rate(azur
     with pytest.raises(ProviderThrottled) as err:
         provider.wait(refs, deadline())
     assert "create_rate" not in err.value.hint and "max_retries" in err.value.hint
+
+
+def test_a_read_whose_connection_drops_past_the_retries_is_unreachable_and_a_refusal_is_not(azure, make_provider,
+                                                                                            volumes):
+    provider = make_provider(max_retries=1)
+    refs = provider.snapshot(volumes, tags())
+    azure.drop(2, method="GET", path_contains="/snapshots/")
+    with pytest.raises(ProviderUnreachable, match="no answer from azure resource manager") as caught:
+        provider.wait(refs, deadline())
+    assert "network access" in caught.value.hint
+
+    azure.deny("Microsoft.Compute/snapshots/read", method="GET")
+    with pytest.raises(ProviderError, match="lack Microsoft.Compute/snapshots/read") as refused:
+        provider.wait(refs, deadline())
+    assert not isinstance(refused.value, ProviderUnreachable)
 
 
 def test_a_retry_after_longer_than_allowed_fails_at_once(azure, make_provider, volumes):

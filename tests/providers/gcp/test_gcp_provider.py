@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from snapctl.errors import BadInputError, ProviderError, ProviderThrottled
+from snapctl.errors import BadInputError, ProviderError, ProviderThrottled, ProviderUnreachable
 from snapctl.providers import TAG_CLUSTER, TAG_RUN, TAG_VOLUME, RestoreTarget, SnapshotRef, snapshot_tags
 from tests.fakes.json_http import Fault, JsonHttpFake
 from tests.providers.gcp.conftest import volumes_of
@@ -141,6 +141,20 @@ def test_a_read_throttled_past_the_retries_is_not_blamed_on_the_create_rate(gcp,
     with pytest.raises(ProviderThrottled) as err:
         provider.find({TAG_RUN: RUN})
     assert "create_rate" not in err.value.hint and "max_retries" in err.value.hint
+
+
+def test_a_read_whose_connection_drops_past_the_retries_is_unreachable_and_a_refusal_is_not(gcp, make_provider,
+                                                                                            volumes):
+    provider = make_provider(max_retries=1)
+    refs = provider.snapshot(volumes, tags())
+    gcp.drop(2, method="GET", path_contains="/global/snapshots/")
+    with pytest.raises(ProviderUnreachable, match=r"no answer from the compute api \(ConnectionError\)"):
+        provider.wait(refs, time.monotonic() + 30)
+
+    gcp.deny("compute.snapshots.get", method="GET", path_contains="/global/snapshots/", times=2)
+    with pytest.raises(ProviderError, match="lack compute.snapshots.get") as refused:
+        provider.wait(refs, time.monotonic() + 30)
+    assert not isinstance(refused.value, ProviderUnreachable)
 
 
 def test_permission_denied_names_the_permission(gcp, provider, volumes):
