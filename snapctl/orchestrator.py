@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import getpass
-import itertools
 import os
 import secrets
 import socket
@@ -31,7 +30,6 @@ from snapctl.errors import (
     AgentTimeout,
     AgentUnreachable,
     PreflightRefused,
-    ProviderThrottled,
     RunFailed,
     SnapctlError,
     hold_ended_before_complete,
@@ -41,6 +39,7 @@ from snapctl.manifest import Manifest, NodeRecord
 from snapctl.pacing import CreateCallPacer, auto_hold_lead
 from snapctl.preflight import BackupPlan, dry_run, preflight
 from snapctl.provider_threads import CallRunner
+from snapctl.provider_wait import wait_out_transient
 from snapctl.provider_worker import CALL_RUNNER_READY_S, call_runner
 from snapctl.providers import TAG_RUN, NodeVolumes, Provider, SnapshotRef, node_volumes, open_provider, snapshot_tags
 from snapctl.run_failure import joined, node_reason, reason, run_failure
@@ -452,7 +451,8 @@ async def _wait_for_completion(run: _Run) -> None:
     run.reporter.step("wait", f"waiting for {len(refs)} snapshots to complete")
     deadline = time.monotonic() + run.inventory.policy.wait_timeout_s
     try:
-        done = await _wait_out_throttling(run, refs, deadline)
+        done = await wait_out_transient(run.provider, refs, deadline, run.reporter,
+                                        run.inventory.policy.wait_timeout_s)
     except BaseException as exc:
         await _roll_back(run, exc)
         raise _as_run_failure(run, exc) from exc
@@ -460,22 +460,6 @@ async def _wait_for_completion(run: _Run) -> None:
     for record in manifest.nodes.values():
         record.snapshots = [by_id.get(ref.snapshot_id, ref) for ref in record.snapshots]
     manifest.snapshots_completed = True
-
-
-async def _wait_out_throttling(run: _Run, refs: list[SnapshotRef], deadline: float) -> list[SnapshotRef]:
-    """``provider.wait``, asked again after a poll throttled past one call's retries: every node is
-    released and the snapshots fixed, so only the deadline ends a wait, never a rollback that
-    deletes good snapshots because the cloud said "slow down" (a wait may last hours)."""
-    for attempt in itertools.count():
-        try:
-            return await asyncio.to_thread(run.provider.wait, refs, deadline, run.reporter.snapshot_progress)
-        except ProviderThrottled as exc:
-            pause = exc.retry_after if exc.retry_after is not None else min(60.0, 2.0 ** attempt)
-            if time.monotonic() + pause >= deadline:
-                raise
-            run.reporter.step("wait", f"throttled, polling again in {pause:.1f}s: {exc.message}")
-            await asyncio.sleep(pause)
-    raise AssertionError("unreachable")
 
 
 def _hold_lead(run: _Run) -> float:

@@ -114,7 +114,10 @@ class Provider(Protocol):
     """Disk snapshots for one cluster on one provider.
 
     Every call is bounded in time, backs off on throttling (honouring Retry-After), and turns
-    SDK errors into ``ProviderError`` with a hint (a missing permission names the permission).
+    SDK errors into ``ProviderError`` with a hint (a missing permission names the permission):
+    ``ProviderThrottled`` when the cloud still says "slow down" after the retries,
+    ``ProviderUnreachable`` when it gave no answer at all (refused, dropped, timed out), which a
+    backup's wait rides out until its deadline.
     Methods may be called from several threads at once, and ``snapshot`` from another process
     (``policy.provider_process``: a child builds its own provider from the same settings), so
     state lives where every process sees it (the cloud, the filesystem), and a snapshot's

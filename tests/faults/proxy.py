@@ -6,6 +6,7 @@ with the faults a real network has.
   stops a run at an exact step from outside, and how it delivers a dead run's request late.
 - ``partition()`` drops every byte both ways on every connection, old and new, without closing
   anything: the peer sees silence, not a reset, as with a pulled cable. ``heal()`` ends it.
+  ``dropped_requests`` counts the requests it swallowed.
 
 HTTP/1.1 clients send the next request on a connection only after the previous answer, so a
 request's first bytes start a ``recv`` chunk: matching on the chunk's start is enough here.
@@ -18,6 +19,7 @@ import threading
 from dataclasses import dataclass, field
 
 LOOPBACK = "127.0.0.1"
+HTTP_METHODS = (b"GET ", b"POST ", b"PUT ", b"DELETE ", b"HEAD ", b"PATCH ")
 
 
 @dataclass(eq=False)
@@ -88,6 +90,7 @@ class LoopbackProxy:
         self.port = self._listener.getsockname()[1]
         self._gates: list[Gate] = []
         self._partitioned = False
+        self.dropped_requests = 0
         self._connections: set[_Connection] = set()
         self._closed = False
         threading.Thread(target=self._accept, name=f"proxy-{self.port}", daemon=True).start()
@@ -152,6 +155,7 @@ class LoopbackProxy:
             while data := conn.client.recv(65536):
                 with self.lock:
                     if self._partitioned:
+                        self.dropped_requests += data.startswith(HTTP_METHODS)
                         continue
                     gate = None if conn.held_by else next((g for g in self._gates if g.matches(data)), None)
                     if gate is not None:

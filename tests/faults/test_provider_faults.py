@@ -16,7 +16,7 @@ import pytest
 
 from snapctl.errors import ExitCode
 from tests.fakes.gcp_compute import FakeGcpCompute
-from tests.fakes.json_http import Fault
+from tests.fakes.json_http import DROP, Fault, Reply
 from tests.faults.harness import NODES, FaultCluster
 
 ZONE = "europe-west1-b"
@@ -141,22 +141,37 @@ def test_a_snapshot_that_fails_while_uploading_rolls_back_after_every_node_was_r
     assert_released_by(scene, run_id)
 
 
-class ThrottledUploads(StallingGcp):
-    """Answers 429 to the next ``throttled_polls`` reads of a snapshot that is uploading: only the
-    backup's wait reads one then, after its point in time was fixed and every node released."""
+class UploadPollFaults(StallingGcp):
+    """Answers the next ``faulty_polls`` reads of a snapshot that is uploading with ``poll_fault()``:
+    only the backup's wait reads one then, after its point in time was fixed and every node released."""
 
-    throttled_polls = 0
-    throttled = 0  # 429s answered
+    faulty_polls = 0
+    faulted = 0  # polls answered with the fault
+
+    def poll_fault(self) -> Reply:
+        raise NotImplementedError
 
     def handle(self, method: str, raw_path: str, headers: dict[str, str], raw_body: bytes):
         name = raw_path.split("?")[0].rsplit("/global/snapshots/", 1)[-1] if "/global/snapshots/" in raw_path else ""
         with self.lock:
             uploading = method == "GET" and self.snapshots.get(name, {}).get("status") == "UPLOADING"
-            throttle = uploading and self.throttled < self.throttled_polls
-            self.throttled += throttle
-        if throttle:
-            return self.fault_reply(Fault(429, retry_after=0.05, message="rate limit exceeded"))
+            fault = uploading and self.faulted < self.faulty_polls
+            self.faulted += fault
+        if fault:
+            return self.poll_fault()
         return super().handle(method, raw_path, headers, raw_body)
+
+
+class ThrottledUploads(UploadPollFaults):
+    def poll_fault(self) -> Reply:
+        return self.fault_reply(Fault(429, retry_after=0.05, message="rate limit exceeded"))
+
+
+class DroppedUploads(UploadPollFaults):
+    """The connection ends without an answer: a network blip between snapctl and the cloud."""
+
+    def poll_fault(self) -> Reply:
+        return DROP
 
 
 def test_throttling_while_the_snapshots_upload_is_waited_out_not_rolled_back(scene: FaultCluster) -> None:
@@ -165,13 +180,13 @@ def test_throttling_while_the_snapshots_upload_is_waited_out_not_rolled_back(sce
     with ThrottledUploads(op_running_polls=1, creating_polls=1, uploading_polls=1) as gcp:
         for node in NODES:
             gcp.add_disk(ZONE, f"{node}-disk")
-        gcp.throttled_polls = 6  # max_retries=1: two calls' worth per snapshot
+        gcp.faulty_polls = 6  # max_retries=1: two calls' worth per snapshot
         result = scene.snapctl("backup", "--no-prune", "-o", "json",
                                inventory=gcp_inventory(scene, gcp, max_retries=1))
         assert result.returncode == 0, result.stderr
         manifest = result.json["data"]
         assert manifest["status"] == "succeeded" and manifest["snapshots_completed"]
-        assert gcp.throttled == 6
+        assert gcp.faulted == 6
         assert live_snapshots(gcp) == Counter({f"{node}-disk": 1 for node in NODES})
         assert_released_by(scene, manifest["run_id"])
 
@@ -198,7 +213,7 @@ def test_throttling_that_outlasts_the_wait_fails_the_run_saying_so(scene: FaultC
     with ThrottledUploads(op_running_polls=1, creating_polls=1, uploading_polls=1) as gcp:
         for node in NODES:
             gcp.add_disk(ZONE, f"{node}-disk")
-        gcp.throttled_polls = 10_000
+        gcp.faulty_polls = 10_000
         result = scene.snapctl("backup", "--no-prune", inventory=gcp_inventory(
             scene, gcp, policy={"wait_timeout_s": "2s"}, max_retries=1))
         assert result.returncode == ExitCode.RUN_FAILED and "rate limit exceeded" in result.stderr
@@ -208,5 +223,46 @@ def test_throttling_that_outlasts_the_wait_fails_the_run_saying_so(scene: FaultC
         assert manifest["status"] == "failed" and "rate limit exceeded" in manifest["error"]
         assert_released_by(scene, run_id)
         # Still throttled, the rollback could not read them to delete them: on record, for gc.
+        [leftovers] = [d for d in manifest["degradations"] if d.startswith("snapshots not deleted")]
+        assert all(s in leftovers for s in gcp.snapshots) and len(gcp.snapshots) == len(NODES)
+
+
+def uploading_disks(fake: UploadPollFaults) -> UploadPollFaults:
+    for node in NODES:
+        fake.add_disk(ZONE, f"{node}-disk")
+    return fake
+
+
+def test_a_network_outage_while_the_snapshots_upload_is_waited_out_not_rolled_back(scene: FaultCluster) -> None:
+    """A blip that outlasts one poll's retries is no reason to delete snapshots whose point in time
+    was fixed and whose nodes were all released: the wait asks again."""
+    with uploading_disks(DroppedUploads(op_running_polls=1, creating_polls=1, uploading_polls=1)) as gcp:
+        gcp.faulty_polls = 4  # max_retries=1: two polls' worth, each failing the wait once
+        result = scene.snapctl("backup", "--no-prune", inventory=gcp_inventory(scene, gcp, max_retries=1))
+        assert result.returncode == 0, result.stderr
+        [run_id] = scene.run_ids()
+        manifest = scene.manifest(run_id)
+        assert manifest["status"] == "succeeded" and manifest["snapshots_completed"]
+        assert gcp.faulted == 4
+        assert result.stderr.count("cloud unreachable, polling again") == 2  # each retry reported
+        assert gcp.requests_to("DELETE") == []
+        assert live_snapshots(gcp) == Counter({f"{node}-disk": 1 for node in NODES})
+        assert_released_by(scene, run_id)
+
+
+def test_an_outage_that_outlasts_the_wait_fails_the_run_saying_so(scene: FaultCluster) -> None:
+    with uploading_disks(DroppedUploads(op_running_polls=1, creating_polls=1, uploading_polls=1)) as gcp:
+        gcp.faulty_polls = 10_000
+        result = scene.snapctl("backup", "--no-prune", inventory=gcp_inventory(
+            scene, gcp, policy={"wait_timeout_s": "2s"}, max_retries=1))
+        assert result.returncode == ExitCode.RUN_FAILED, result.stderr
+        said = "the cloud could not be reached when the wait for the snapshots ran out (policy.wait_timeout_s 2s)"
+        assert said in result.stderr and "no answer from the compute api" in result.stderr
+        assert "snapctl gc" in result.stderr  # the hint: what is left, and where
+        [run_id] = scene.run_ids()
+        manifest = scene.manifest(run_id)
+        assert manifest["status"] == "failed" and said in manifest["error"]
+        assert_released_by(scene, run_id)
+        # Still unreachable, the rollback could not read them to delete them: on record, for gc.
         [leftovers] = [d for d in manifest["degradations"] if d.startswith("snapshots not deleted")]
         assert all(s in leftovers for s in gcp.snapshots) and len(gcp.snapshots) == len(NODES)

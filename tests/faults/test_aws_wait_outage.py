@@ -1,0 +1,108 @@
+"""A network outage between snapctl and EC2 while a backup waits for its snapshots: boto3 in the
+real CLI against moto's server behind a loopback proxy that the test partitions (every byte
+dropped, as with a pulled cable) and heals. Snapshots are made ``pending`` in moto's backend,
+which runs in this process, so the wait has something to wait for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from snapctl.errors import ExitCode
+from tests.faults.harness import NODES, FaultCluster, wait_until
+from tests.faults.proxy import LoopbackProxy
+from tests.faults.test_provider_faults import assert_released_by
+from tests.moto_server import DEFAULT_REGION, MotoServer, dummy_aws_credentials, shared_moto_server
+
+
+@dataclass
+class Ec2Behind:
+    moto: MotoServer
+    proxy: LoopbackProxy  # between the CLI and moto
+    volumes: dict[str, str]  # node -> its EBS volume
+
+    def snapshots(self) -> dict[str, Any]:
+        return dict(self.moto.ec2_backend().snapshots)
+
+
+@pytest.fixture
+def ec2(monkeypatch: pytest.MonkeyPatch) -> Iterator[Ec2Behind]:
+    import boto3
+    from moto.ec2.models.elastic_block_store import Snapshot
+
+    moto = shared_moto_server()
+    moto.reset()
+    made_completed = Snapshot.__init__
+
+    def made_pending(self, *args: Any, **kwargs: Any) -> None:
+        made_completed(self, *args, **kwargs)
+        self.status = "pending"  # uploading, until the test says otherwise
+
+    monkeypatch.setattr(Snapshot, "__init__", made_pending)
+    with dummy_aws_credentials():
+        client = boto3.client("ec2", endpoint_url=moto.endpoint_url, region_name=DEFAULT_REGION)
+        volumes = {n: client.create_volume(Size=8, AvailabilityZone=f"{DEFAULT_REGION}a")["VolumeId"] for n in NODES}
+        proxy = LoopbackProxy(int(moto.endpoint_url.rsplit(":", 1)[1]))
+        try:
+            yield Ec2Behind(moto, proxy, volumes)
+        finally:
+            proxy.close()
+
+
+def aws_inventory(scene: FaultCluster, ec2: Ec2Behind, policy: dict | None = None):
+    # Two attempts of half a second each: one call gives up on a silent network within seconds.
+    provider = {"type": "aws", "region": DEFAULT_REGION, "endpoint_url": ec2.proxy.url, "poll_interval_s": 0.05,
+                "max_attempts": 2, "connect_timeout_s": 0.5, "read_timeout_s": 0.5}
+    return scene.write_inventory(scene.directory / "aws.yaml", provider=provider, policy=policy,
+                                 volumes=lambda node: [{"volume": ec2.volumes[node], "name": "data"}])
+
+
+def partitioned_while_waiting(scene: FaultCluster, ec2: Ec2Behind) -> dict[str, Any]:
+    """Cut the network once the run's snapshots are made and every node released: only the wait
+    asks EC2 anything after that. The snapshots, by id."""
+    wait_until(lambda: len(ec2.snapshots()) == len(NODES) and not scene.held(), 60,
+               "the run's snapshots to be made and every node released")
+    ec2.proxy.partition()
+    return ec2.snapshots()
+
+
+def test_a_network_outage_while_the_snapshots_upload_is_waited_out(scene: FaultCluster, ec2: Ec2Behind) -> None:
+    run = scene.popen("backup", "--no-prune", inventory=aws_inventory(scene, ec2))
+    snapshots = partitioned_while_waiting(scene, ec2)
+    # Past one call's two attempts: without asking again, the run would have given up by now.
+    wait_until(lambda: ec2.proxy.dropped_requests >= 4, 60, "four of the wait's requests lost")
+    for snapshot in snapshots.values():
+        snapshot.status = "completed"  # the upload went on meanwhile
+    ec2.proxy.heal()
+    _, stderr = run.communicate(timeout=120)
+
+    assert run.returncode == 0, stderr
+    assert "cloud unreachable, polling again" in stderr and "no answer from EC2" in stderr
+    [run_id] = scene.run_ids()
+    manifest = scene.manifest(run_id)
+    assert manifest["status"] == "succeeded" and manifest["snapshots_completed"]
+    made = {r["snapshots"][0]["snapshot_id"] for r in manifest["nodes"].values()}
+    assert made == set(snapshots) == set(ec2.snapshots())  # nothing deleted
+    assert_released_by(scene, run_id)
+
+
+def test_an_outage_that_outlasts_the_wait_fails_the_run_keeping_what_it_could_not_delete(
+        scene: FaultCluster, ec2: Ec2Behind) -> None:
+    run = scene.popen("backup", "--no-prune", inventory=aws_inventory(scene, ec2, policy={"wait_timeout_s": "3s"}))
+    snapshots = partitioned_while_waiting(scene, ec2)
+    _, stderr = run.communicate(timeout=120)
+
+    assert run.returncode == ExitCode.RUN_FAILED, stderr
+    said = "the cloud could not be reached when the wait for the snapshots ran out (policy.wait_timeout_s 3s)"
+    assert said in stderr and "no answer from EC2" in stderr and "snapctl gc" in stderr
+    [run_id] = scene.run_ids()
+    manifest = scene.manifest(run_id)
+    assert manifest["status"] == "failed" and said in manifest["error"]
+    assert_released_by(scene, run_id)
+    # The rollback's deletes met the same silence: on record for gc, and still there.
+    [leftovers] = [d for d in manifest["degradations"] if d.startswith("snapshots not deleted")]
+    assert all(s in leftovers for s in snapshots) and set(ec2.snapshots()) == set(snapshots)
