@@ -30,6 +30,7 @@ from snapctl.errors import (
     AgentTimeout,
     AgentUnreachable,
     PreflightRefused,
+    ProviderUnreachable,
     RunFailed,
     SnapctlError,
     hold_ended_before_complete,
@@ -418,16 +419,24 @@ async def _roll_back(run: _Run, cause: BaseException) -> None:
                 manifest.nodes[node].error = joined(manifest.nodes[node].error, f"the call then failed: {exc.message}")
         except BaseException:  # noqa: BLE001 - a failed call made nothing we can name; the sweep below finds it
             pass
+    unreachable: ProviderUnreachable | None = None
     try:
         refs.extend(await asyncio.to_thread(run.provider.find, {TAG_RUN: manifest.run_id}))
     except SnapctlError as exc:
         manifest.degradations.append(f"could not list the run's snapshots for cleanup: {exc}")
+        unreachable = exc if isinstance(exc, ProviderUnreachable) else None
     leftover: dict[str, str] = {}  # snapshot id -> why it could not be deleted
     for ref in {r.snapshot_id: r for r in refs}.values():
+        if unreachable is not None:
+            # Each delete would spend the SDK's every retry and timeout on a silent network (minutes
+            # per call with the defaults): the rest are left to gc at once.
+            leftover[ref.snapshot_id] = f"not tried, the cloud could not be reached: {unreachable.message}"
+            continue
         try:
             await asyncio.to_thread(run.provider.delete, ref)
         except SnapctlError as exc:
             leftover[ref.snapshot_id] = str(exc)
+            unreachable = exc if isinstance(exc, ProviderUnreachable) else None
     if leftover:
         manifest.degradations.append("snapshots not deleted (snapctl gc finds them): "
                                      + ", ".join(f"{i} ({why})" for i, why in leftover.items()))
