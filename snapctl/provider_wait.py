@@ -36,9 +36,10 @@ async def wait_out_transient(provider: Provider, refs: list[SnapshotRef], deadli
                 raise ProviderUnreachable(
                     f"the cloud could not be reached when the wait for the snapshots ran out (policy.wait_timeout_s "
                     f"{wait_timeout_s:g}s): {exc.message}",
-                    hint="the snapshots may still complete, but the run is failed: those it could not delete are "
-                         "named in the manifest for `snapctl gc`; check network access to the cloud's api, or raise "
-                         "policy.wait_timeout_s to ride out longer outages") from exc
+                    hint="the snapshots may still complete, but the run is failed: those its rollback could not "
+                         "delete are named in the manifest for `snapctl gc`; "
+                         f"{exc.hint or 'check network access to the cloud'}, or raise policy.wait_timeout_s to ride "
+                         "out longer outages") from exc
             # Cut short at the deadline rather than skipped: one last look then may find them done.
             pause = min(_backoff(attempt), remaining)
             reporter.step("wait", f"cloud unreachable, polling again in {pause:.1f}s: {exc.message}")
