@@ -25,10 +25,12 @@ def run_failure(manifest: Manifest, exc: BaseException, unrecorded: str | None,
         failed.append(f"the catalog could not record the failure: {unrecorded}")
     detail = f" ({'; '.join(failed)})" if failed else ""
     hint = exc.hint if isinstance(exc, SnapctlError) else None
-    # The cause's call, having outlasted the freeze, then failed: it says better what to do than
-    # "raise max_freeze_s".
-    hint = next((late.hint for n, late in timed_out.items() if late is not None and late.hint
-                 and (manifest.nodes[n].error or "").startswith(cause)), hint)
+    # A call that outlasted the freeze and then failed says better what to do than "raise
+    # max_freeze_s": the cause's own, else another's (a cloud's Retry-After on one node's call
+    # also holds up the calls queued behind it, and one of those may have timed out first).
+    if any((manifest.nodes[n].error or "").startswith(cause) for n in timed_out):
+        late_hints = sorted(timed_out, key=lambda n: not (manifest.nodes[n].error or "").startswith(cause))
+        hint = next((late.hint for n in late_hints if (late := timed_out[n]) is not None and late.hint), hint)
     return RunFailed(f"backup run {manifest.run_id} failed and was rolled back: {cause}{detail}", hint=hint)
 
 
