@@ -48,4 +48,4 @@ async def wait_out_transient(provider: Provider, refs: list[SnapshotRef], deadli
 
 
 def _backoff(attempt: int) -> float:
-    return min(MAX_PAUSE_S, 2.0 ** attempt)
+    return min(MAX_PAUSE_S, 2.0 ** min(attempt, 16))  # 2.0 ** 1024 overflows: a day-long wait gets there

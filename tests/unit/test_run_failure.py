@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 from snapctl.errors import ProviderThrottled, RunFailed
 from snapctl.manifest import Manifest, NodeRecord
+from snapctl.provider_wait import MAX_PAUSE_S, _backoff
 from snapctl.run_failure import run_failure
 
 TIMED_OUT = "node {}: snapshot calls did not return within 1.0s (max freeze 1s, snapshot timeout 60s)"
@@ -40,3 +41,8 @@ def test_the_causes_own_late_failure_comes_first_and_a_cause_that_is_no_timeout_
     manifest = _manifest(node2=TIMED_OUT.format("node2"), node3=refused.message)
     assert run_failure(manifest, refused, None, {"node2": other}).hint == "the agent's own hint"
 
+
+def test_the_waits_backoff_stays_at_its_ceiling_however_long_the_wait():
+    # 2.0 ** 1024 overflows: a wait throttled for a day would have failed the run on an OverflowError.
+    assert [_backoff(n) for n in (0, 1, 5)] == [1.0, 2.0, 32.0]
+    assert _backoff(6) == _backoff(1024) == _backoff(10**6) == MAX_PAUSE_S
