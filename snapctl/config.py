@@ -369,10 +369,19 @@ class Inventory(Strict):
         """Every node's engine block (only those of ``names``, if given), validated by its adapter;
         errors name file:line. A node whose agent runs elsewhere needs none, but the block it has is
         what its restores and drills start the engine from: a mistake in it is bad input for every
-        command that reads the inventory to act, found then, not once a restore is under way."""
+        command that reads the inventory to act, found then, not once a restore is under way.
+
+        Without ``names`` (backup, status) a block whose type no engine installed here knows is
+        left to its agent: an engine plugin may be installed on the database hosts alone, and only
+        a restore or a drill starts engines on this host (they name their nodes, and refuse it)."""
+        from node_agent.engines.base import available_engines
+
         for node in self.nodes:
-            if node.engine and (names is None or node.name in names):
-                self.engine_settings(node)
+            if not node.engine or (names is not None and node.name not in names):
+                continue
+            if names is None and node.engine.get("type") not in available_engines():
+                continue
+            self.engine_settings(node)
 
     def engine_settings(self, node: Node) -> EngineSettings:
         """``node``'s engine block, validated by its adapter; errors name file:line."""

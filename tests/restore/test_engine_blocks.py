@@ -54,3 +54,19 @@ def test_restore_and_drill_refuse_it_before_restoring_any_node(sqlite_cluster, w
     with pytest.raises(BadInputError, match=f": {re.escape(WRONG)}$"):
         run_drill(sqlite_cluster.inventory, wrong_block, junit=tmp_path / "drill.xml")
     assert not any((sqlite_cluster.directory / "scratch").iterdir()), "n1 was drilled before n2's block was read"
+
+
+def test_an_engine_installed_on_its_agents_host_alone_is_left_to_that_agent_by_backup_and_status(sqlite_cluster,
+                                                                                                  tmp_path):
+    # A third-party engine plugin (README: entry points) on the database hosts only: this host
+    # cannot read the block, and backup and status, which start no engine here, need not.
+    with node_without_engine_block(sqlite_cluster, "n2"):
+        sqlite_cluster.edit(node_n2={"engine": {"type": "vendordb", "dsn": "vendordb://n2"}})
+        manifest = asyncio.run(backup(sqlite_cluster.inventory, BackupOptions()))
+        assert manifest.status == "succeeded" and manifest.nodes["n2"].snapshots
+        status = asyncio.run(collect_status(sqlite_cluster.inventory))
+        assert {p.node: p.status is not None for p in status.probes} == {"n1": True, "n2": True}
+        # A restore starts engines from the blocks: there it is bad input, before any node is restored.
+        with pytest.raises(BadInputError, match=r"unknown engine type 'vendordb'"):
+            restore_run(sqlite_cluster.inventory, manifest.run_id, tmp_path / "restored")
+        assert not (tmp_path / "restored" / "n1").exists()
