@@ -89,8 +89,9 @@ def _group(g) -> dict[str, Any]:
             "snapshot_status": m.snapshot_status, "snapshot_busy_s": m.snapshot_busy_s,
             "lag_entries": m.lag_entries, "lag_seconds": m.lag_seconds, "replication_state": m.replication_state,
         } for m in g.members],
-        "replicators_in_error": [{"peer": r.peer, "reported_by": r.reported_by, "state": r.state, "error": r.error,
-                                  "consecutive_errors": r.consecutive_errors} for r in g.replicators_in_error],
+        "replicators_in_error": [{"peer": r.peer, "reported_by": r.reported_by, "direction": r.direction,
+                                  "state": r.state, "error": r.error, "consecutive_errors": r.consecutive_errors}
+                                 for r in g.replicators_in_error],
         "findings": [_finding(f) for f in g.findings],
     }
 

@@ -186,3 +186,21 @@ def test_followers_that_name_no_leader_are_no_missing_leader_while_a_member_was_
     assert severity == "critical" and message.startswith("no leader (m1 (a) follower, m2 (b) follower): none of them "
                                                          "is writable (hint: ")
     assert messages(build_group("g", [("b", view("m2", term=4, peers=["m1", "m3"]))], INVENTORY))[0][0] == "critical"
+
+
+def test_the_json_document_says_which_way_each_failing_link_runs():
+    # A tarantool upstream error is reported by the member not receiving (from_peer): without the
+    # direction, a script reading `peer` and `reported_by` would take the sender for the broken end.
+    from snapctl.status import ClusterStatus
+    from tests.status.conftest import validated
+
+    upstream = ReplicationProgress(peer="m1", state="stopped", error="upstream stopped", error_direction="from_peer")
+    downstream = ReplicationProgress(peer="m3", state="disconnected", error="connection refused")
+    probes = [NodeProbe(n, status=AgentStatus(node=n, agent_version=__version__, engine=EngineStatus(
+        engine="tarantool", reachable=True, raft=[group]))) for n, group in (
+        ("a", view("m1", "leader", replication=[downstream])), ("b", view("m2", leader="m1", replication=[upstream])),
+        ("c", view("m3", leader="m1")))]
+    status = ClusterStatus("c", datetime.now(UTC), probes, assess(INVENTORY, probes), 3600.0)
+    [group] = validated(status)["data"]["raft_groups"]
+    assert sorted((e["peer"], e["reported_by"], e["direction"]) for e in group["replicators_in_error"]) == [
+        ("m1", "b", "from_peer"), ("m3", "a", "to_peer")]
