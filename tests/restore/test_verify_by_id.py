@@ -7,27 +7,16 @@ from __future__ import annotations
 
 import contextlib
 import json
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
 from snapctl.catalog import open_catalog
 from snapctl.config import load_inventory
 from snapctl.prune import gc
 from snapctl.verify import verify_run
-from tests.moto_server import DEFAULT_REGION, dummy_aws_credentials, shared_moto_server
-from tests.restore.test_cloud_restore import (
-    AZURE_GROUP,
-    GCP_ZONE,
-    _add_volume,
-    _backup,
-    _inventory,
-    azure_node,
-    gcp_node,
-)
+from tests.restore.clouds import _backup, two_volume_node
 
 Retag = Callable[[str, str, str | None], None]  # (snapshot id, tag, new value or None: removed)
 
@@ -36,59 +25,38 @@ Retag = Callable[[str, str, str | None], None]  # (snapshot id, tag, new value o
 def two_volumes(tmp_path: Path, cloud: str) -> Iterator[tuple[Path, Retag]]:
     """A node with two volumes on ``cloud``, and what changes one snapshot's tag there, as an
     operator or a tagging policy would."""
+    with two_volume_node(tmp_path, cloud) as node:
+        yield node.inventory, retagger(node, cloud)
+
+
+def retagger(node, cloud: str) -> Retag:
     if cloud == "aws":
-        import boto3
+        ec2 = node.ec2
 
-        moto = shared_moto_server()
-        with dummy_aws_credentials():
-            ec2 = boto3.client("ec2", endpoint_url=moto.endpoint_url, region_name=DEFAULT_REGION)
-            zone = f"{DEFAULT_REGION}a"
-            sources = [ec2.create_volume(Size=8, AvailabilityZone=zone)["VolumeId"] for _ in range(2)]
-            provider = {"type": "aws", "region": DEFAULT_REGION, "endpoint_url": moto.endpoint_url,
-                        "poll_interval_s": 0.05}
-            inventory = _inventory(tmp_path, provider, {"volume": sources[0], "name": "a"}, {"zone": zone})
-            _add_volume(inventory, {"volume": sources[1], "name": "b"})
-            # One moto for every test of this process: another's snapshots of the cluster would be gc's orphans.
-            data = yaml.safe_load(inventory.read_text())
-            inventory.write_text(yaml.safe_dump({**data, "cluster": f"verify-{uuid.uuid4().hex[:8]}"}, sort_keys=False))
-
-            def retag(snapshot_id: str, key: str, value: str | None) -> None:
-                if value is None:
-                    [old] = [t["Value"] for t in ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"][0]["Tags"]
-                             if t["Key"] == key]
-                    ec2.delete_tags(Resources=[snapshot_id], Tags=[{"Key": key, "Value": old}])
-                else:
-                    ec2.create_tags(Resources=[snapshot_id], Tags=[{"Key": key, "Value": value}])
-
-            yield inventory, retag
+        def retag(snapshot_id: str, key: str, value: str | None) -> None:
+            if value is None:
+                [old] = [t["Value"] for t in ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"][0]["Tags"]
+                         if t["Key"] == key]
+                ec2.delete_tags(Resources=[snapshot_id], Tags=[{"Key": key, "Value": old}])
+            else:
+                ec2.create_tags(Resources=[snapshot_id], Tags=[{"Key": key, "Value": value}])
     elif cloud == "gcp":
         from snapctl_gcp.labels import encode_key, encode_label
 
-        with gcp_node(tmp_path) as (fake, inventory):
-            fake.add_disk(GCP_ZONE, "db1-data2")
-            _add_volume(inventory, {"disk": "db1-data2", "zone": GCP_ZONE, "name": "b"})
-
-            def retag(snapshot_id: str, key: str, value: str | None) -> None:
-                labels = fake.snapshots[snapshot_id]["labels"]  # the description keeps the tags given at creation
-                if value is None:
-                    del labels[encode_key(key)]
-                else:
-                    labels[encode_key(key)] = encode_label(value)
-
-            yield inventory, retag
+        def retag(snapshot_id: str, key: str, value: str | None) -> None:
+            labels = node.fake.snapshots[snapshot_id]["labels"]  # the description keeps the tags given at creation
+            if value is None:
+                del labels[encode_key(key)]
+            else:
+                labels[encode_key(key)] = encode_label(value)
     else:
-        with azure_node(tmp_path) as (fake, inventory):
-            disk = fake.add_disk(AZURE_GROUP, "db1-data2")
-            _add_volume(inventory, {"disk_id": disk, "name": "b"})
-
-            def retag(snapshot_id: str, key: str, value: str | None) -> None:
-                [snap] = [r for r in fake.snapshots().values() if r["id"].lower() == snapshot_id.lower()]
-                if value is None:
-                    del snap["tags"][key]
-                else:
-                    snap["tags"][key] = value
-
-            yield inventory, retag
+        def retag(snapshot_id: str, key: str, value: str | None) -> None:
+            [snap] = [r for r in node.fake.snapshots().values() if r["id"].lower() == snapshot_id.lower()]
+            if value is None:
+                del snap["tags"][key]
+            else:
+                snap["tags"][key] = value
+    return retag
 
 
 @pytest.mark.parametrize("cloud", ["aws", "gcp", "azure"])
