@@ -66,6 +66,9 @@ def restore_volume(provider: AwsProvider, snapshot: dict[str, Any], volume: str,
     tags.update(target.tags)
     if target.name:
         tags["Name"] = target.name
+    # This cluster's, whatever the snapshot carries now (an operator may have removed or changed
+    # its tag): delete_volume and find_restored go by it, so a drill's volume is never left behind.
+    tags[TAG_CLUSTER] = provider.cluster
     options = {VOLUME_OPTIONS[key]: value for key, value in target.extra.items() if key in VOLUME_OPTIONS}
     ec2 = provider.ec2
     volume_id = ec2.call(
@@ -81,7 +84,7 @@ def restore_volume(provider: AwsProvider, snapshot: dict[str, Any], volume: str,
             _wait_volume(provider, volume_id, _attached_to(target.instance), f"attached to {target.instance}",
                          stop=stop)
     except BaseException:  # Ctrl-C and SIGTERM too: a half-made restore leaves no volume behind
-        _discard(provider, volume_id, tags.get(TAG_CLUSTER))
+        _discard(provider, volume_id, provider.cluster)
         raise
     return volume_id
 
