@@ -31,7 +31,13 @@ from snapctl.providers import (
     discard_partial_snapshots,
 )
 from snapctl_aws.client import CREATE, DELETE, DESCRIBE, TAG, Ec2
-from snapctl_aws.restore import check_restore_volume, delete_restored_volume, find_restored_volumes, restore_volume
+from snapctl_aws.restore import (
+    TAG_RESTORED_FROM,
+    check_restore_volume,
+    delete_restored_volume,
+    find_restored_volumes,
+    restore_volume,
+)
 from snapctl_aws.settings import AwsSettings, InstanceVolumes, VolumeSpec, parse_volumes
 from snapctl_aws.snapshots import STATE_ERROR, aws_tags, ref_from_snapshot, refreshed, tag_filters
 
@@ -235,7 +241,10 @@ class AwsProvider:
         snapshots = self.ec2.pages(
             "describe_snapshots", DESCRIBE, "Snapshots", OwnerIds=["self"], Filters=tag_filters(wanted), MaxResults=1000,
         )
-        refs = [self._ref_of(snapshot) for snapshot in snapshots]
+        # One carrying snapctl-restored-from was made of a restored volume, copying its tags (which
+        # include this cluster's): someone else's snapshot, never snapctl's, so no run's and no orphan.
+        refs = [self._ref_of(snapshot) for snapshot in snapshots
+                if not any(t["Key"] == TAG_RESTORED_FROM for t in snapshot.get("Tags", []))]
         return sorted(refs, key=lambda r: (r.created_at or "", r.node, r.volume, r.snapshot_id))
 
     def _ref_of(self, snapshot: dict[str, Any]) -> SnapshotRef:

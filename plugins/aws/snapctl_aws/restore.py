@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from snapctl.errors import BadInputError, Interrupted, ProviderError
-from snapctl.providers import GONE_HINT, TAG_CLUSTER, RestoreTarget, stop_requested
+from snapctl.providers import GONE_HINT, TAG_CLUSTER, TAG_RUN, RestoreTarget, stop_requested
 from snapctl_aws.client import DELETE, DESCRIBE, VOLUME
 from snapctl_aws.errors import VolumeNotFound
 from snapctl_aws.snapshots import aws_tags, tag_filters
@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TAG_RESTORED_FROM = "snapctl-restored-from"
+TAG_RESTORED_RUN = "snapctl-restored-run"  # on a restored volume: the run of its snapshot
+SNAPCTL_TAGS = "snapctl-"  # every tag snapctl sets starts so
 # Volume options an operator may pass in RestoreTarget.extra, with the CreateVolume parameter each sets.
 VOLUME_OPTIONS = {"volume_type": "VolumeType", "iops": "Iops", "throughput": "Throughput", "kms_key_id": "KmsKeyId"}
 
@@ -59,16 +61,7 @@ def restore_volume(provider: AwsProvider, snapshot: dict[str, Any], volume: str,
     snapshot_id = snapshot["SnapshotId"]
     device = check_restore_volume(snapshot, volume, target, node)
 
-    # The snapshot's tags travel with the volume (minus AWS-reserved keys, which cannot be set),
-    # so a restored volume is traceable to its cluster, run and node.
-    tags = {t["Key"]: t["Value"] for t in snapshot.get("Tags", []) if not t["Key"].lower().startswith("aws:")}
-    tags[TAG_RESTORED_FROM] = snapshot_id
-    tags.update(target.tags)
-    if target.name:
-        tags["Name"] = target.name
-    # This cluster's, whatever the snapshot carries now (an operator may have removed or changed
-    # its tag): delete_volume and find_restored go by it, so a drill's volume is never left behind.
-    tags[TAG_CLUSTER] = provider.cluster
+    tags = restored_volume_tags(provider.cluster, snapshot, target)
     options = {VOLUME_OPTIONS[key]: value for key, value in target.extra.items() if key in VOLUME_OPTIONS}
     ec2 = provider.ec2
     volume_id = ec2.call(
@@ -87,6 +80,27 @@ def restore_volume(provider: AwsProvider, snapshot: dict[str, Any], volume: str,
         _discard(provider, volume_id, provider.cluster)
         raise
     return volume_id
+
+
+def restored_volume_tags(cluster: str, snapshot: dict[str, Any], target: RestoreTarget) -> dict[str, str]:
+    """The snapshot's other tags (the inventory's `tags:`) travel with the volume; AWS-reserved
+    keys cannot be set. snapctl's do not under their own names: a snapshot of the volume that
+    copies its tags (Data Lifecycle Manager's CopyTags, the console's "copy tags from volume")
+    would be one of that run's, for prune to delete with it. Where the volume came from goes
+    under restored-volume names instead."""
+    snapshot_tags = {t["Key"]: t["Value"] for t in snapshot.get("Tags", [])}
+    tags = {key: value for key, value in snapshot_tags.items()
+            if not key.lower().startswith(("aws:", SNAPCTL_TAGS))}
+    tags[TAG_RESTORED_FROM] = snapshot["SnapshotId"]
+    if snapshot_tags.get(TAG_RUN):
+        tags[TAG_RESTORED_RUN] = snapshot_tags[TAG_RUN]
+    tags.update(target.tags)
+    if target.name:
+        tags["Name"] = target.name
+    # This cluster's, whatever the snapshot carries now (an operator may have removed or changed
+    # its tag): delete_volume and find_restored go by it, so a drill's volume is never left behind.
+    tags[TAG_CLUSTER] = cluster
+    return tags
 
 
 def find_restored_volumes(provider: AwsProvider, tags: Mapping[str, str]) -> list[str]:

@@ -19,8 +19,9 @@ from snapctl.yaml_errors import URL_PATTERN
 VOLUME_ID = r"^vol-(?:[0-9a-f]{8}|[0-9a-f]{17})$"
 INSTANCE_ID = r"^i-(?:[0-9a-f]{8}|[0-9a-f]{17})$"
 
-# EC2 allows 50 tags per resource; snapctl's own take 6 (five on every snapshot, plus
-# snapctl-restored-from on restored volumes), and the inventory's `tags:` may add a few more.
+# EC2 allows 50 tags per resource. snapctl's own take five on a snapshot, and at most five on a
+# restored volume (snapctl-cluster, -restored-from, -restored-run, a drill's snapctl-drill, Name),
+# which also carries the user's tags its snapshot had: these 40 leave room for both.
 MAX_USER_TAGS = 40
 
 
