@@ -2,7 +2,9 @@
 prepare, renew, complete or status was an error, so a backup failed, its rollback's complete could
 be refused too and the database stayed held until the lease ran out. Those requests are sent again
 after Retry-After, within the call's timeout and a bounded number of tries. Real agent processes
-on loopback, their buckets spent by another client of the same token and address (a script)."""
+on loopback, their buckets spent by another client of the same token and address (a script), our
+client's requests counted by a proxy in front of the agent: what it sent, whatever the agent's log
+says of the script's."""
 
 from __future__ import annotations
 
@@ -10,7 +12,6 @@ import asyncio
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from snapctl.errors import AgentError
 from snapctl.status import collect_status
 from tests.agent.conftest import TOKEN, agent_process, make_db, try_write, write_config
 from tests.fakes.serving import serving
+from tests.faults.proxy import LoopbackProxy
 from tests.status.conftest import load, validated, write_inventory
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -42,34 +44,49 @@ def client(url: str, transport: AgentTransport, timeout_s: float = 5.0) -> HttpA
     return HttpAgentClient("n1", url, transport, token=TOKEN, timeout_s=timeout_s)
 
 
-def test_a_prepare_renew_and_complete_refused_429_are_repeated_and_the_database_released(tmp_path: Path) -> None:
-    db = make_db(tmp_path / "data.db")
-    # A token a second: Retry-After says 1, and one is there by then.
-    config = write_config(tmp_path, db, extra="rate_per_s: 1\nburst: 2\n")
+@contextmanager
+def counted(agent_url: str) -> Iterator[LoopbackProxy]:
+    """A proxy in front of the agent: its ``requests`` are what our client sent, refused or not."""
+    proxy = LoopbackProxy(httpx.URL(agent_url).port)
+    try:
+        yield proxy
+    finally:
+        proxy.close()
 
-    async def backup_cycle(url: str) -> bool:
+
+def sent(proxy: LoopbackProxy, method: str, path: str) -> int:
+    return proxy.requests.count(f"{method} {path} HTTP/1.1")
+
+
+# Retry-After 2: a token comes back 2 s after the script's last request, far more than the moment
+# between it and ours, so ours is refused by the agent itself and only its repeat is answered.
+SLOW_REFILL = "rate_per_s: 0.5\nburst: 2\n"
+
+
+def test_a_renew_and_complete_refused_429_are_repeated_and_the_database_released(tmp_path: Path) -> None:
+    db = make_db(tmp_path / "data.db")
+    config = write_config(tmp_path, db, extra=SLOW_REFILL)
+
+    async def backup_cycle(url: str, agent_url: str) -> bool:
         transport = AgentTransport()
         try:
             agent = client(url, transport)
             await agent.status()  # the token accepted from this address: its requests have a budget of their own
-            too_far = (datetime.now(UTC) + timedelta(days=1)).isoformat()
-            await asyncio.to_thread(spend, url, "POST", "/v1/prepare", {"run_id": "x", "lease_s": 30,
-                                                                        "hold_at": too_far})
             await agent.prepare("r1", 600)
             held = not try_write(db)
-            await asyncio.to_thread(spend, url, "POST", "/v1/renew", {"run_id": "nope"})
+            await asyncio.to_thread(spend, agent_url, "POST", "/v1/renew", {"run_id": "nope"})
             await agent.renew("r1")
-            await asyncio.to_thread(spend, url, "POST", "/v1/complete", {"run_id": "nope"})
+            await asyncio.to_thread(spend, agent_url, "POST", "/v1/complete", {"run_id": "nope"})
             assert (await agent.complete("r1")).released is True
             return held
         finally:
             await transport.aclose()
 
-    with agent_process(config) as process:
-        assert asyncio.run(backup_cycle(process.url)) is True
+    with agent_process(config) as process, counted(process.url) as proxy:
+        assert asyncio.run(backup_cycle(proxy.url, process.url)) is True
         assert try_write(db), "the database is released"
-        for path in ("/v1/prepare", "/v1/renew", "/v1/complete"):  # each call of ours did meet a 429
-            assert f"refusing requests with the agent token from 127.0.0.1 to {path}:" in process.log
+    for path in ("/v1/renew", "/v1/complete"):  # ours refused once, then answered
+        assert sent(proxy, "POST", path) == 2, proxy.requests
 
 
 def test_a_rate_limit_that_would_outlast_the_call_fails_at_once_naming_node_and_limit(tmp_path: Path) -> None:
@@ -148,10 +165,11 @@ def test_an_agent_that_keeps_answering_429_is_tried_a_bounded_number_of_times() 
     assert caught.value.message.endswith("s: slow down")
 
 
-@pytest.mark.parametrize("verb, path", [("trigger", "/v1/trigger"), ("restore_prepare", "/v1/restore-prepare")])
-def test_requests_that_are_not_safe_to_repeat_are_sent_once(verb: str, path: str) -> None:
+@pytest.mark.parametrize("verb, args, path", [("trigger", (), "/v1/trigger"),
+                                               ("restore_prepare", (), "/v1/restore-prepare")])
+def test_requests_that_are_not_safe_to_repeat_are_sent_once(verb: str, args: tuple, path: str) -> None:
     with always_429() as (url, asked), pytest.raises(AgentError) as caught:
-        call(url, verb)
+        call(url, verb, *args)
     assert asked == [path]
     assert caught.value.message == f"node n1: the agent's rate limit refused {path} once: slow down"
     assert caught.value.hint == RATE_LIMITED_HINT
@@ -175,16 +193,16 @@ def test_a_429_without_retry_after_is_repeated_after_a_second_within_the_calls_t
 def test_status_over_a_rate_limited_agent_is_repeated_within_its_timeout(tmp_path: Path) -> None:
     (tmp_path / "n1").mkdir()
     db = make_db(tmp_path / "n1" / "data.db")
-    config = write_config(tmp_path / "n1", db, extra="rate_per_s: 1\nburst: 2\n")
+    config = write_config(tmp_path / "n1", db, extra=SLOW_REFILL)  # Retry-After 2, within the 3 s
     (tmp_path / "agents.token").write_text(TOKEN + "\n")
     (tmp_path / "agents.token").chmod(0o600)
-    with agent_process(config) as process:
-        inventory = write_inventory(tmp_path, [{"name": "n1", "agent": process.url,
+    with agent_process(config) as process, counted(process.url) as proxy:
+        inventory = write_inventory(tmp_path, [{"name": "n1", "agent": proxy.url,
                                                 "volumes": [{"name": "data", "path": "n1"}]}],
                                     auth={"token_file": "agents.token"})  # agent_timeout_s: 3s
         spend(process.url, "GET", "/v1/status")  # a fast --watch from this host
         doc = validated(asyncio.run(collect_status(load(inventory))))
-        assert "refusing requests with the agent token from 127.0.0.1 to /v1/status:" in process.log
+    assert sent(proxy, "GET", "/v1/status") == 2, proxy.requests  # ours refused once, then answered
     node = doc["data"]["nodes"][0]
     assert (node["reachable"], node["http_status"]) == (True, 200), node
     assert not [f for f in doc["data"]["verdict"]["findings"] if f["subject"] == "n1" and f["severity"] == "critical"]

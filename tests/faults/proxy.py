@@ -7,6 +7,8 @@ with the faults a real network has.
 - ``partition()`` drops every byte both ways on every connection, old and new, without closing
   anything: the peer sees silence, not a reset, as with a pulled cable. ``heal()`` ends it.
   ``dropped_requests`` counts the requests it swallowed.
+- ``requests``: the request line of every request that came through (``"POST /v1/renew HTTP/1.1"``),
+  held and dropped ones too: what the client itself sent, however the agent answered it.
 
 HTTP/1.1 clients send the next request on a connection only after the previous answer, so a
 request's first bytes start a ``recv`` chunk: matching on the chunk's start is enough here.
@@ -91,6 +93,7 @@ class LoopbackProxy:
         self._gates: list[Gate] = []
         self._partitioned = False
         self.dropped_requests = 0
+        self.requests: list[str] = []
         self._connections: set[_Connection] = set()
         self._closed = False
         threading.Thread(target=self._accept, name=f"proxy-{self.port}", daemon=True).start()
@@ -154,6 +157,8 @@ class LoopbackProxy:
         try:
             while data := conn.client.recv(65536):
                 with self.lock:
+                    if data.startswith(HTTP_METHODS):
+                        self.requests.append(data.split(b"\r\n", 1)[0].decode("latin-1"))
                     if self._partitioned:
                         self.dropped_requests += data.startswith(HTTP_METHODS)
                         continue
