@@ -96,12 +96,13 @@ RATE_LIMITED_HINT = ("the agent limits requests per client address and endpoint 
                      "something else from this address asks it too often (a fast --watch, a script); its log names "
                      "the refused client")
 # Sent again after a 429's Retry-After: the requests the agent answers alike however often they
-# come, the reads and the lease's verbs, fenced by run id (a prepare of the run holding extends its
-# lease; a complete of a hold that ended answers released: false). The agent's own 429 comes before
-# anything runs, but a proxy's in front of it need not: trigger (another engine snapshot each time)
-# and restore-prepare (an etcd data dir rebuilt anew) are not repeated.
-_REPEATABLE_ON_429 = frozenset({"/v1/health", "/v1/status", "/v1/prepare", "/v1/renew", "/v1/complete",
-                                "/v1/verify"})
+# come, the reads and the lease's verbs, fenced by run id (a complete of a hold that ended answers
+# released: false). The agent's own 429 comes before anything runs, but a proxy's in front of it
+# need not: trigger (another engine snapshot each time) and restore-prepare (an etcd data dir rebuilt
+# anew) are not repeated. Nor is prepare: in a cluster backup the nodes already held wait at the
+# barrier while it waits out a Retry-After (the agent's is 1 s at least), frozen for as long as
+# prepare_timeout_s allows, not max_freeze_s; failing at once releases them all.
+_REPEATABLE_ON_429 = frozenset({"/v1/health", "/v1/status", "/v1/renew", "/v1/complete", "/v1/verify"})
 _TRIES_ON_429 = 4  # in all: a limit that still refuses after three waits is no passing burst
 _RETRY_AFTER_UNSAID_S = 1.0  # a 429 without a Retry-After snapctl can read (a proxy's)
 _UNREADABLE_HINT = ("is a snapctl-agent listening there, of a version this snapctl speaks? its /v1/health names its "

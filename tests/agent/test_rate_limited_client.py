@@ -1,10 +1,10 @@
-"""snapctl's client against an agent over its rate limit (429 with Retry-After): a refused
-prepare, renew, complete or status was an error, so a backup failed, its rollback's complete could
-be refused too and the database stayed held until the lease ran out. Those requests are sent again
-after Retry-After, within the call's timeout and a bounded number of tries. Real agent processes
-on loopback, their buckets spent by another client of the same token and address (a script), our
-client's requests counted by a proxy in front of the agent: what it sent, whatever the agent's log
-says of the script's."""
+"""snapctl's client against an agent over its rate limit (429 with Retry-After): a refused renew,
+complete or status was an error, so a backup failed, its rollback's complete could be refused too
+and the database stayed held until the lease ran out. Those requests are sent again after
+Retry-After, within the call's timeout and a bounded number of tries; a prepare is not (the nodes
+already held would wait for it, frozen). Real agent processes on loopback, their buckets spent by
+another client of the same token and address (a script), our client's requests counted by a proxy
+in front of the agent: what it sent, whatever the agent's log says of the script's."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import asyncio
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
@@ -87,6 +88,33 @@ def test_a_renew_and_complete_refused_429_are_repeated_and_the_database_released
         assert try_write(db), "the database is released"
     for path in ("/v1/renew", "/v1/complete"):  # ours refused once, then answered
         assert sent(proxy, "POST", path) == 2, proxy.requests
+
+
+def test_a_prepare_refused_429_is_sent_once_naming_the_limit_and_holds_nothing(tmp_path: Path) -> None:
+    db = make_db(tmp_path / "data.db")
+    config = write_config(tmp_path, db, extra=SLOW_REFILL)
+
+    async def prepare(url: str, agent_url: str) -> None:
+        transport = AgentTransport()
+        try:
+            agent = client(url, transport)
+            await agent.status()
+            too_far = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+            await asyncio.to_thread(spend, agent_url, "POST", "/v1/prepare", {"run_id": "x", "lease_s": 30,
+                                                                              "hold_at": too_far})
+            await agent.prepare("r1", 600)
+        finally:
+            await transport.aclose()
+
+    with agent_process(config) as process, counted(process.url) as proxy:
+        with pytest.raises(AgentError) as caught:
+            asyncio.run(prepare(proxy.url, process.url))
+        assert try_write(db), "nothing held"
+    assert sent(proxy, "POST", "/v1/prepare") == 1, proxy.requests
+    assert caught.value.status == 429 and caught.value.hint == RATE_LIMITED_HINT
+    assert caught.value.message == (
+        "node n1: the agent's rate limit refused /v1/prepare once: too many requests from 127.0.0.1 to /v1/prepare: "
+        "more than 2 at once or 0.5 per second")
 
 
 def test_a_rate_limit_that_would_outlast_the_call_fails_at_once_naming_node_and_limit(tmp_path: Path) -> None:
@@ -166,7 +194,8 @@ def test_an_agent_that_keeps_answering_429_is_tried_a_bounded_number_of_times() 
 
 
 @pytest.mark.parametrize("verb, args, path", [("trigger", (), "/v1/trigger"),
-                                               ("restore_prepare", (), "/v1/restore-prepare")])
+                                               ("restore_prepare", (), "/v1/restore-prepare"),
+                                               ("prepare", ("r1", 30), "/v1/prepare")])
 def test_requests_that_are_not_safe_to_repeat_are_sent_once(verb: str, args: tuple, path: str) -> None:
     with always_429() as (url, asked), pytest.raises(AgentError) as caught:
         call(url, verb, *args)

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import subprocess
 import time
+from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
 import yaml
 
 from snapctl.errors import ExitCode
 from tests.conftest import LOOPBACK, free_port
-from tests.faults.harness import NODES, FaultCluster, wait_until
+from tests.faults.harness import NODES, TOKEN, FaultCluster, wait_until
 
 
 def _failed_run(cluster: FaultCluster, result, node: str) -> dict:
@@ -185,3 +187,33 @@ def test_a_runs_start_is_before_its_preflight_however_long_that_takes(scene: Fau
     started = datetime.fromisoformat(manifest["started_at"]).timestamp()
     assert began <= started <= asked, (began, started, asked)
     assert datetime.fromisoformat(manifest["finished_at"]).timestamp() - started >= 1.5
+
+
+def test_a_prepare_the_agents_rate_limit_refuses_is_sent_once_and_every_node_released(make_cluster) -> None:
+    # Waiting out the agent's Retry-After (1 s at least) kept the nodes already held frozen at the
+    # barrier, as long as prepare_timeout_s allowed and past max_freeze_s; the run fails at once instead.
+    cluster = make_cluster(agent_extra={"rate_per_s": 0.2})  # a token per 5 s: none comes back meanwhile
+    proxy = cluster.agents["node2"].proxy
+    first = proxy.gate("POST /v1/prepare")
+    again = proxy.gate("POST /v1/prepare")  # catches a second prepare, once the first is let through
+    process = cluster.popen("backup", "--no-prune")
+    first.wait()
+    # A script on the control host with the same token spends node2's prepare budget; the
+    # agent refuses its requests before doing anything (a hold_at a day ahead holds nothing).
+    too_far = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    with httpx.Client(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10, verify=cluster.verify) as script:
+        statuses = [script.post(cluster.url("node2") + "/v1/prepare",
+                                json={"run_id": "script", "lease_s": 30, "hold_at": too_far}).status_code
+                    for _ in range(70)]
+    assert statuses[-1] == 429, statuses
+    first.open()
+    out, err = process.communicate(timeout=60)
+    result = subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+    manifest = _failed_run(cluster, result, "node2")
+    assert not again.caught.is_set(), "the refused prepare was sent again"
+    error = manifest["nodes"]["node2"]["error"]
+    assert "the agent's rate limit refused /v1/prepare once: too many requests from 127.0.0.1 to /v1/prepare" in error
+    assert "rate_per_s, burst in its config" in err  # the hint: where the limit is, who else asks
+    _others_released_by_the_run(cluster, manifest["run_id"], "node2")
+    assert cluster.lease("node2") is None and cluster.writable("node2")
