@@ -7,6 +7,7 @@ changed default breaks this test, not their next backup."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -223,7 +224,19 @@ def test_every_setting_the_docs_name_by_its_place_exists() -> None:
 # -- the command line -----------------------------------------------------------------------------
 
 CODE = re.compile(r"```\w*\n(.*?)```|`([^`\n]+)`", re.S)
-CALL = re.compile(r"(?<![\w/-])snapctl (?P<command>demo (?:up|down|run)|[a-z]+)(?P<rest>[^\n|;&()]*)")
+# `snapctl ...` as written, or run from a virtualenv (`.venv/bin/snapctl ...`); not a path that
+# merely ends in snapctl (a bucket's `acme-backups/snapctl`).
+CALL = re.compile(r"(?:(?<![\w/-])|(?<=bin/))snapctl (?P<command>demo (?:up|down|run)|[a-z]+)(?P<rest>[^\n|;&()]*)")
+# A Markdown table cell writes the `|` of `[cluster|per-node]` as `\|`: the command goes on past it.
+TABLE_PIPE = "\\|"
+
+
+def _calls(text: str) -> Iterator[tuple[int, list[str], list[str]]]:
+    """Every `snapctl CMD ...` in ``text``'s code: where its code begins, CMD's words, its flags."""
+    for span in CODE.finditer(text):
+        for call in CALL.finditer((span[1] or span[2]).replace(TABLE_PIPE, " ")):
+            flags = re.findall(r"(?<![\w-])--?[a-zA-Z][-\w]*", call["rest"])
+            yield span.start(), call["command"].split(), flags
 
 
 def _flags_of(command: list[str]) -> set[str]:
@@ -233,20 +246,25 @@ def _flags_of(command: list[str]) -> set[str]:
     return {flag for param in click_command.params for flag in (*param.opts, *param.secondary_opts)} | {"--help"}
 
 
+def test_the_flag_reader_reads_a_table_cells_command_whole_and_one_run_from_a_virtualenv() -> None:
+    cell = "| `snapctl backup [--force] [--consistency cluster\\|per-node] [--textfile F] [--no-prune]` | back up |"
+    assert [(words, flags) for _, words, flags in _calls(cell)] == [
+        (["backup"], ["--force", "--consistency", "--textfile", "--no-prune"])]
+    prose = "run `.venv/bin/snapctl status -o json | jq .` or `snapctl list --limit 3`; the bucket `acme/snapctl x`"
+    assert [(words, flags) for _, words, flags in _calls(prose)] == [(["status"], ["-o"]), (["list"], ["--limit"])]
+
+
 def test_every_flag_the_docs_give_a_command_is_one_it_has() -> None:
     commands = set(typer.main.get_command(app).commands)
     checked = 0
     for doc in DOCS:
         text = doc.read_text()
-        for span in CODE.finditer(text):
-            for call in CALL.finditer(span[1] or span[2]):
-                words = call["command"].split()
-                if words[0] not in commands:
-                    continue  # `snapctl list` is a command; "snapctl never deletes" is prose
-                flags = re.findall(r"(?<![\w-])--?[a-zA-Z][-\w]*", call["rest"])
-                unknown = sorted(set(flags) - _flags_of(words))
-                assert not unknown, f"{_where(doc, text, span.start())}: snapctl {call['command']} has no {unknown}"
-                checked += len(flags)
+        for offset, words, flags in _calls(text):
+            if words[0] not in commands:
+                continue  # `snapctl list` is a command; "snapctl never deletes" is prose
+            unknown = sorted(set(flags) - _flags_of(words))
+            assert not unknown, f"{_where(doc, text, offset)}: snapctl {' '.join(words)} has no {unknown}"
+            checked += len(flags)
     assert checked > 30
 
 
