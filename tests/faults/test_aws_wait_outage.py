@@ -6,6 +6,7 @@ which runs in this process, so the wait has something to wait for.
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -70,11 +71,30 @@ def partitioned_while_waiting(scene: FaultCluster, ec2: Ec2Behind) -> dict[str, 
     return ec2.snapshots()
 
 
+def lost_while_running(run: subprocess.Popen, ec2: Ec2Behind, requests: int) -> None:
+    """Wait for ``requests`` of the run's to be lost in the partition; a run that ended first, or
+    that asked nothing, fails the test with what it said (the one clue once the suite is done)."""
+    def lost() -> bool:
+        if run.poll() is not None:
+            raise AssertionError(f"the backup ended (exit {run.returncode}) with {ec2.proxy.dropped_requests} requests "
+                                 f"lost: {run.communicate()[1][-3000:]}")
+        return ec2.proxy.dropped_requests >= requests
+
+    try:
+        wait_until(lost, 60, f"{requests} of the wait's requests lost")
+    except AssertionError as exc:
+        if run.poll() is None:
+            run.kill()
+            exc.args = (f"{exc.args[0]} ({ec2.proxy.dropped_requests} lost, requests through the proxy: "
+                        f"{ec2.proxy.requests[-5:]}); the run said: {run.communicate()[1][-3000:]}",)
+        raise
+
+
 def test_a_network_outage_while_the_snapshots_upload_is_waited_out(scene: FaultCluster, ec2: Ec2Behind) -> None:
     run = scene.popen("backup", "--no-prune", inventory=aws_inventory(scene, ec2))
     snapshots = partitioned_while_waiting(scene, ec2)
     # Past one call's two attempts: without asking again, the run would have given up by now.
-    wait_until(lambda: ec2.proxy.dropped_requests >= 4, 60, "four of the wait's requests lost")
+    lost_while_running(run, ec2, 4)
     for snapshot in snapshots.values():
         snapshot.status = "completed"  # the upload went on meanwhile
     ec2.proxy.heal()
