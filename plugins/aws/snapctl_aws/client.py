@@ -110,6 +110,7 @@ class Ec2:
         waited out here when ``per_volume_retry`` is set."""
         client = self.client
         from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.parsers import ResponseParserError  # no BotoCoreError: it escaped every translation
 
         attempts_left = self.settings.per_volume_retries if per_volume_retry else 0
         while True:
@@ -128,7 +129,7 @@ class Ec2:
                     # botocore's retries are spent: hold every thread sharing the bucket back.
                     self.buckets[bucket].pause(error.retry_after or THROTTLED_PAUSE_S)
                 raise error from exc
-            except BotoCoreError as exc:
+            except (BotoCoreError, ResponseParserError) as exc:
                 raise translate_botocore_error(exc) from exc
 
     def pages(self, method: str, bucket: str, result_key: str, **kwargs: Any) -> list[dict[str, Any]]:

@@ -110,6 +110,11 @@ def translate_botocore_error(exc: Exception) -> SnapctlError:
     if kind in UNREACHABLE:
         return ProviderUnreachable(f"aws: no answer from EC2 ({kind}): {exc}",
                                    hint="check network access to the EC2 endpoint")
+    if kind == "ResponseParserError":  # an answer cut short on the way (b'' for a body): botocore says retry
+        said = (str(exc).strip().splitlines() or [""])[0]
+        return ProviderUnreachable(f"aws: no whole answer from EC2 ({kind}): {said}",
+                                   hint="check network access to the EC2 endpoint (a proxy or a link that cuts "
+                                        "answers short)")
     return ProviderError(f"aws: {kind}: {exc}")
 
 

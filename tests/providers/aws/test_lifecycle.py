@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from snapctl.errors import BadInputError, ProviderError, ProviderUnreachable, SnapshotNotFound
 from snapctl.providers import TAG_CLUSTER, TAG_NODE, TAG_RUN, RestoreTarget, snapshot_tags
 from tests.conftest import free_port
+from tests.fakes.serving import serving
 from tests.providers.aws.conftest import CLUSTER, ZONE
 from tests.providers.aws.faults import FailFirst, inject
 
@@ -91,6 +93,33 @@ def test_a_wait_that_reaches_no_ec2_is_unreachable_and_a_refusal_is_not(make_pro
     with pytest.raises(ProviderError, match="permission denied") as refused:
         provider.wait([ref], time.monotonic() + 30)
     assert not isinstance(refused.value, ProviderUnreachable)
+
+
+def test_an_answer_cut_short_is_unreachable_on_one_line_not_an_untranslated_parser_error(make_provider, provider,
+                                                                                          volume):
+    # A link that cuts EC2's answer short gives botocore an empty body: its ResponseParserError is no
+    # BotoCoreError, escaped the plugin as it was, and a backup's wait rolled back good snapshots.
+    [ref] = take(provider, [volume])
+
+    class CutShort(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(200)
+            self.send_header("Content-Type", "text/xml")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    with serving(CutShort) as url:
+        cut = make_provider(endpoint_url=url, max_attempts=1)
+        with pytest.raises(ProviderUnreachable) as caught:
+            cut.wait([ref], time.monotonic() + 30)
+    assert caught.value.message.startswith("aws: no whole answer from EC2 (ResponseParserError): Unable to parse")
+    assert "\n" not in caught.value.message and "network access" in caught.value.hint
 
 
 def test_wait_reports_a_snapshot_deleted_underneath(provider, ec2, moto, volume):
