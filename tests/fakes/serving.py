@@ -23,3 +23,28 @@ def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def cut_short(*, truncated: bool) -> type[BaseHTTPRequestHandler]:
+    """A server whose every answer the network cut short: 200 with an empty body, or (``truncated``)
+    the first bytes of a longer one and then the connection closed, as a dropped link leaves it."""
+
+    class CutShort(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _answer(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "500" if truncated else "0")
+            self.end_headers()
+            if truncated:
+                self.wfile.write(b'{"name": "snap1", "sta')
+                self.close_connection = True
+
+        do_GET = do_POST = do_PUT = _answer
+
+        def log_message(self, *args) -> None:
+            pass
+
+    return CutShort

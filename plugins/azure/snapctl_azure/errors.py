@@ -6,6 +6,7 @@ are imported inside the functions: the plugin must not load the SDK until it tal
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from snapctl.errors import ProviderError, ProviderThrottled, ProviderUnreachable, SnapctlError
@@ -78,6 +79,13 @@ def translate(exc: BaseException, action: str, permission: str) -> SnapctlError:
     if isinstance(exc, (aexc.ServiceRequestError, aexc.ServiceResponseError)):
         return ProviderUnreachable(f"azure {action}: no answer from azure resource manager ({type(exc).__name__})",
                                    hint="check network access to management.azure.com (or the provider's base_url)")
+    if isinstance(exc, (aexc.DecodeError, json.JSONDecodeError)):
+        # An answer the network cut short: the connection closed mid-body (IncompleteReadError), or
+        # an empty body. Asked again, it may well come whole.
+        return ProviderUnreachable(f"azure {action}: no whole answer from azure resource manager "
+                                   f"({type(exc).__name__})",
+                                   hint="check network access to management.azure.com (or the provider's base_url): "
+                                   "something on the way cuts answers short")
     if not isinstance(exc, aexc.HttpResponseError):
         return ProviderError(f"azure {action}: {type(exc).__name__}: {exc}")
     code, message = code_and_message(exc)

@@ -80,6 +80,12 @@ def translate(exc: BaseException, action: str, permission: str) -> SnapctlError:
         return ProviderUnreachable(f"gcp {action}: no answer from the compute api ({type(exc).__name__})",
                                    hint="check network access to compute.googleapis.com (or the provider's "
                                    "api_endpoint)")
+    if isinstance(exc, req_exc.ChunkedEncodingError) or type(exc).__name__ == "ParseError":
+        # An answer the network cut short: the connection closed mid-body, or an empty body that
+        # json_format cannot parse. Asked again, it may well come whole.
+        return ProviderUnreachable(f"gcp {action}: no whole answer from the compute api ({type(exc).__name__})",
+                                   hint="check network access to compute.googleapis.com (or the provider's "
+                                   "api_endpoint): something on the way cuts answers short")
     if not isinstance(exc, gexc.GoogleAPICallError):
         return ProviderError(f"gcp {action}: {type(exc).__name__}: {exc}")
     status = exc.code if isinstance(exc.code, int) else None

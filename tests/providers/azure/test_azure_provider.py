@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from snapctl.errors import BadInputError, ProviderError, ProviderThrottled, Prov
 from snapctl.providers import TAG_CLUSTER, TAG_RUN, TAG_VOLUME, RestoreTarget, SnapshotRef, snapshot_tags
 from tests.fakes.azure_compute import StaticTokenCredential
 from tests.fakes.json_http import Fault
+from tests.fakes.serving import cut_short, serving
 
 RUN = "20250101T000000Z.Run-7"
 RG = "rg-snapctl"  # conftest's resource group
@@ -322,3 +324,17 @@ def test_warm_up_without_usable_credentials_fails_before_any_hold(azure, provide
     assert caught.value.message.startswith("azure get an access token: no usable credentials: DefaultAzureCredential")
     assert caught.value.hint
     assert azure.requests == []
+
+
+@pytest.mark.parametrize("truncated", [False, True], ids=["empty", "truncated"])
+def test_an_answer_cut_short_is_unreachable_not_a_refusal(make_provider, azure, volumes, truncated):
+    # An empty body (JSONDecodeError) or azure-core's IncompleteReadError (an HttpResponseError) was a plain
+    # ProviderError, and a backup's wait rolled back good snapshots instead of asking again.
+    refs = make_provider().snapshot(volumes, tags())
+    with serving(cut_short(truncated=truncated)) as url:
+        with pytest.raises(ProviderUnreachable) as caught:
+            make_provider(base_url=url, max_retries=0).wait(refs, deadline())
+    assert re.fullmatch(r"azure get snapshot \S+: no whole answer from azure resource manager "
+                        r"\((JSONDecodeError|IncompleteReadError)\)", caught.value.message), caught.value.message
+    assert "network access" in caught.value.hint
+

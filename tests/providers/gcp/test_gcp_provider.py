@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from snapctl.errors import BadInputError, ProviderError, ProviderThrottled, ProviderUnreachable
 from snapctl.providers import TAG_CLUSTER, TAG_RUN, TAG_VOLUME, RestoreTarget, SnapshotRef, snapshot_tags
 from tests.fakes.json_http import Fault, JsonHttpFake
+from tests.fakes.serving import cut_short, serving
 from tests.providers.gcp.conftest import volumes_of
 
 ZONE = "europe-west1-b"  # where conftest's disks live
@@ -401,3 +403,18 @@ def test_a_service_account_whose_grant_is_refused_is_one_line_with_googles_reaso
     assert caught.value.message == ("gcp get an access token: credentials could not be refreshed: "
                                     "invalid_grant: Invalid JWT Signature.")
     assert caught.value.hint and gcp.requests == []
+
+
+@pytest.mark.parametrize("truncated", [False, True], ids=["empty", "truncated"])
+def test_an_answer_cut_short_is_unreachable_not_a_refusal(make_provider, truncated):
+    # An empty body (ParseError) or a connection closed mid-body (ChunkedEncodingError) was a plain
+    # ProviderError: a backup's wait rolled back, deleting good snapshots, instead of asking again.
+    ref = SnapshotRef(provider="gcp", snapshot_id="snap1", node="n1", volume="data",
+                      extra={"zone": "europe-west1-b"})
+    with serving(cut_short(truncated=truncated)) as url:
+        with pytest.raises(ProviderUnreachable) as caught:
+            make_provider(api_endpoint=url, max_retries=1).wait([ref], deadline())
+    assert re.fullmatch(r"gcp get snapshot snap1: no whole answer from the compute api "
+                        r"\((ParseError|ChunkedEncodingError)\)", caught.value.message), caught.value.message
+    assert "network access" in caught.value.hint
+
