@@ -153,24 +153,6 @@ class RunFailed(SnapctlError):
     """A backup run failed and was rolled back."""
 
 
-def hold_ended_before_complete(node: str, ended: str | None) -> RunFailed:
-    """A node whose agent answered the run's complete ``released: false``, and how the agent says
-    its hold had ended (``CompleteResponse.ended``; None from an agent before that field)."""
-    if ended == "lost on the engine before complete":
-        why = ("the engine dropped it before complete: it restarted, or someone released its hold by hand",
-               "check why the engine restarted on that node (its log), then run the backup again")
-    elif ended == "expired":
-        why = ("its lease expired: snapctl did not renew it in time",
-               "raise policy.lease_ttl_s if snapctl stalls (a slow or stopped control host)")
-    elif ended == "completed":
-        why = ("another caller completed it", "if nobody else should hold the agent's token, rotate it")
-    else:
-        why = (ended, ("raise policy.lease_ttl_s if snapctl stalls; if nobody else should hold the agent's token, "
-                       "rotate it"))
-    return RunFailed(f"node {node}: its hold had already ended when the run completed it"
-                     + (f" ({why[0]})" if why[0] else "") + ", so the snapshot may not be consistent", hint=why[1])
-
-
 class Interrupted(SnapctlError):
     """Ctrl-C or SIGTERM stopped the command; it unwound first (a backup rolls back)."""
 

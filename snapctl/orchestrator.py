@@ -33,7 +33,6 @@ from snapctl.errors import (
     ProviderUnreachable,
     RunFailed,
     SnapctlError,
-    hold_ended_before_complete,
 )
 from snapctl.events import NullReporter, Reporter
 from snapctl.manifest import Manifest, NodeRecord
@@ -43,7 +42,7 @@ from snapctl.provider_threads import CallRunner
 from snapctl.provider_wait import wait_out_transient
 from snapctl.provider_worker import CALL_RUNNER_READY_S, call_runner
 from snapctl.providers import TAG_RUN, NodeVolumes, Provider, SnapshotRef, node_volumes, open_provider, snapshot_tags
-from snapctl.run_failure import joined, node_reason, reason, run_failure
+from snapctl.run_failure import hold_ended_before_complete, joined, node_reason, reason, run_failure
 
 
 @dataclass

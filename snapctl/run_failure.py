@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+from node_agent.models import LOST_ON_ENGINE
 from snapctl.errors import AgentError, RunFailed, SnapctlError
 from snapctl.manifest import Manifest
 
@@ -32,6 +33,24 @@ def run_failure(manifest: Manifest, exc: BaseException, unrecorded: str | None,
         late_hints = sorted(timed_out, key=lambda n: not (manifest.nodes[n].error or "").startswith(cause))
         hint = next((late.hint for n in late_hints if (late := timed_out[n]) is not None and late.hint), hint)
     return RunFailed(f"backup run {manifest.run_id} failed and was rolled back: {cause}{detail}", hint=hint)
+
+
+def hold_ended_before_complete(node: str, ended: str | None) -> RunFailed:
+    """A node whose agent answered the run's complete ``released: false``, and how the agent says
+    its hold had ended (``CompleteResponse.ended``; None from an agent before that field)."""
+    if ended == LOST_ON_ENGINE:
+        why = ("the engine dropped it before complete: it restarted, or someone released its hold by hand",
+               "check why the engine restarted on that node (its log), then run the backup again")
+    elif ended == "expired":
+        why = ("its lease expired: snapctl did not renew it in time",
+               "raise policy.lease_ttl_s if snapctl stalls (a slow or stopped control host)")
+    elif ended == "completed":
+        why = ("another caller completed it", "if nobody else should hold the agent's token, rotate it")
+    else:
+        why = (ended, ("raise policy.lease_ttl_s if snapctl stalls; if nobody else should hold the agent's token, "
+                       "rotate it"))
+    return RunFailed(f"node {node}: its hold had already ended when the run completed it"
+                     + (f" ({why[0]})" if why[0] else "") + ", so the snapshot may not be consistent", hint=why[1])
 
 
 def reason(exc: BaseException) -> str:
