@@ -94,15 +94,17 @@ NAME_IN_WORDS = "a valid name: 1-63 letters, digits, '.', '_' or '-', beginning 
 URL_PATTERN = r"^https?://"
 _FORMS = {
     NAME_PATTERN: NAME_IN_WORDS,
-    r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$": "a valid name: 1-128 letters, digits, '.', '_', '/' or '-', beginning "
-                                            "with a letter or digit",
     URL_PATTERN: "a URL: it must begin with http:// or https://",
-    r"^[a-z]{2}(-[a-z0-9]+)+-\d+$": "an AWS region, such as eu-west-1",
-    r"^[a-z]+-[a-z]+[0-9]+-[a-z]$": "a GCP zone, such as europe-west1-b",
-    r"^[a-z0-9]+$": "an Azure location: lowercase letters and digits, such as westeurope",
 }
 # What was given is not repeated for these: a URL may carry a user and password (user:secret@host).
 _NOT_REPEATED = {URL_PATTERN}
+
+
+def in_words(pattern: str, words: str) -> str:
+    """``pattern``, for ``Field(pattern=...)``, with how an error names what it wants ("an AWS
+    region, such as eu-west-1"): a plugin's settings say their own forms where they define them."""
+    _FORMS[pattern] = words
+    return pattern
 
 
 def describe(exc: ValidationError, root: yaml.Node | None, source: str, model: type[BaseModel]) -> str:

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from node_agent.engines.base import describe_validation_error
 from snapctl.errors import BadInputError
 from snapctl.providers import ProviderSettings
-from snapctl.yaml_errors import URL_PATTERN
+from snapctl.yaml_errors import URL_PATTERN, in_words
 
 VOLUME_ID = r"^vol-(?:[0-9a-f]{8}|[0-9a-f]{17})$"
 INSTANCE_ID = r"^i-(?:[0-9a-f]{8}|[0-9a-f]{17})$"
@@ -31,7 +31,7 @@ class AwsSettings(ProviderSettings):
     filtered Describe* 100 / 20."""
 
     type: Literal["aws"]
-    region: str = Field(pattern=r"^[a-z]{2}(-[a-z0-9]+)+-\d+$")
+    region: str = Field(pattern=in_words(r"^[a-z]{2}(-[a-z0-9]+)+-\d+$", "an AWS region, such as eu-west-1"))
     endpoint_url: str | None = Field(default=None, pattern=URL_PATTERN)  # tests, VPC endpoints
     profile: str | None = None  # a named profile in ~/.aws/config; default: the standard chain
     max_attempts: int = Field(default=8, ge=1, le=20)  # botocore standard retry mode, first call included
@@ -109,7 +109,8 @@ class VolumeSpec(_Strict):
     """One EBS volume by id; ``name`` is what the catalog and tags call it (default: the id)."""
 
     volume: str
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
+    name: str = Field(pattern=in_words(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$", "a valid name: 1-128 letters, digits, "
+                                       "'.', '_', '/' or '-', beginning with a letter or digit"))
 
     @field_validator("volume")
     @classmethod

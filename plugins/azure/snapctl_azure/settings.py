@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from node_agent.engines.base import describe_validation_error
 from snapctl.errors import BadInputError
 from snapctl.providers import ProviderSettings
-from snapctl.yaml_errors import NAME_PATTERN, URL_PATTERN
+from snapctl.yaml_errors import NAME_PATTERN, URL_PATTERN, in_words
 
 GUID = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 _ARM_PREFIX = r"^/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.Compute/"
@@ -35,7 +35,8 @@ class AzureSettings(ProviderSettings):
     type: Literal["azure"]
     subscription_id: str = Field(pattern=GUID)
     resource_group: str = Field(pattern=r"^[-\w.()]{0,89}[-\w()]$")  # where snapshots and restored disks go
-    location: str = Field(pattern=r"^[a-z0-9]+$")  # the disks' region, e.g. westeurope
+    location: str = Field(pattern=in_words(r"^[a-z0-9]+$", "an Azure location: lowercase letters and digits, "
+                                           "such as westeurope"))  # the disks' region
     base_url: str | None = Field(default=None, pattern=URL_PATTERN)  # sovereign clouds, tests
     polling_interval_s: float = Field(default=5.0, gt=0)  # long-running operations and wait()
     tags: dict[str, str] = Field(default_factory=dict)  # extra tags on every snapshot

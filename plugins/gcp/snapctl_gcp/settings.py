@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from node_agent.engines.base import describe_validation_error
 from snapctl.errors import BadInputError
 from snapctl.providers import ProviderSettings
-from snapctl.yaml_errors import NAME_PATTERN, URL_PATTERN
+from snapctl.yaml_errors import NAME_PATTERN, URL_PATTERN, in_words
 
 RESOURCE_NAME = r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$"  # disks, snapshots (RFC 1035)
 LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
@@ -72,7 +72,7 @@ class GcpVolume(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     disk: str = Field(pattern=RESOURCE_NAME)
-    zone: str = Field(pattern=r"^[a-z]+-[a-z]+[0-9]+-[a-z]$")
+    zone: str = Field(pattern=in_words(r"^[a-z]+-[a-z]+[0-9]+-[a-z]$", "a GCP zone, such as europe-west1-b"))
     name: str = Field(pattern=NAME_PATTERN)
 
     @model_validator(mode="before")
