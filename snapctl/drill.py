@@ -436,6 +436,7 @@ def _record(catalog: Catalog, report: DrillReport) -> None:
         summary = DrillSummary(drill_id=report.drill_id, ok=report.ok, started_at=report.started_at,
                                finished_at=report.finished_at, rto_s=report.rto_s, report=report.record,
                                failed_nodes=[n.node for n in report.nodes if n.verdict != "passed"])
+
         def summarised(manifest: Manifest) -> bool:  # as it is now: retention may be recording its outcome
             manifest.last_drill = summary
             return manifest.status == "succeeded"

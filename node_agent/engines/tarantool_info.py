@@ -50,10 +50,11 @@ def raft_group(info: dict[str, Any]) -> RaftGroup:
 
 def _progress(uuid: str, up: dict[str, Any], down: dict[str, Any], vclock: dict[int, int]) -> ReplicationProgress:
     state = up.get("status") or down.get("status")
-    failing = [side for side, d in (("upstream", up), ("downstream", down)) if d.get("message")]
-    errors = [_error_text(side, up if side == "upstream" else down) for side in failing]
+    failing = [(side, d) for side, d in (("upstream", up), ("downstream", down)) if d.get("message")]
+    errors = [_error_text(side, d) for side, d in failing]
     # upstream: this instance receiving from the peer; downstream: the peer receiving from it.
-    direction = {("upstream",): "from_peer", ("upstream", "downstream"): "both"}.get(tuple(failing), "to_peer")
+    direction = {("upstream",): "from_peer", ("upstream", "downstream"): "both"}.get(
+        tuple(side for side, _ in failing), "to_peer")
     lag_entries = None
     if "vclock" in down:
         confirmed = vclock_of(down["vclock"])

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from snapctl.errors import BadInputError, Interrupted, ProviderError, SnapshotNotFound, os_reason
-from snapctl.fsmodes import make_dirs
+from snapctl.fsmodes import make_dirs, remove_tree
 from snapctl.providers import GONE_HINT, TAG_CLUSTER, RestoreTarget, SnapshotRef, stop_requested
 
 from .copy import CopyStopped, FileCopier, TreeCopyError, can_reflink, copy_tree
@@ -28,7 +28,6 @@ from .store import (
     metadata_damage,
     read_metadata,
     read_restore_marker,
-    remove_tree,
     restore_marker,
     size_problem,
     snapshot_state,
@@ -317,8 +316,8 @@ def _full_target_hint(exc: OSError, dest: Path) -> str | None:
     if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
         return None
     return (f"free space at {dest.parent} (it had room for the data when the restore began: something else "
-            "wrote there meanwhile, or the filesystem's own metadata took the rest), or restore onto a disk with room (--to DIR or restore.path; a drill: "
-            "drill.scratch_dir)")
+            "wrote there meanwhile, or the filesystem's own metadata took the rest), or restore onto a disk with "
+            "room (--to DIR or restore.path; a drill: drill.scratch_dir)")
 
 
 def _unusable_target(ref: SnapshotRef, dest: Path, exc: OSError) -> BadInputError:
