@@ -308,7 +308,8 @@ def gc(inventory: Inventory, *, delete: bool = False) -> GcResult:
         locked.check()
         killed = find_abandoned(catalog)
         result.killed_drills = [drill.listed() for drill in killed]
-        for drill, (line, done) in zip(killed, clean_abandoned(catalog, killed, f"gc {locked.run_id}", provider), strict=True):
+        cleaned = clean_abandoned(catalog, killed, f"gc {locked.run_id}", provider)
+        for drill, (line, done) in zip(killed, cleaned, strict=True):
             result.killed_drills_cleaned.append(line)
             if not done:
                 result.failed[str(drill.scratch)] = line
@@ -321,12 +322,9 @@ def find_orphans(catalog: Catalog, provider: Provider, ours: str | None = None) 
     stored = _stored_runs(catalog)  # every manifest file names a run, readable or not: it may own snapshots
     protected = stored - {e.run_id for e in entries}
     protected |= set(catalog.runs_without_manifest())  # lost manifests: their snapshots may be all that is left
-    owned: set[str] = set()
-    for entry in entries:
-        try:
-            owned.update(r.snapshot_id for r in catalog.load(entry.run_id).snapshot_refs())
-        except SnapctlError:
-            protected.add(entry.run_id)  # deleted or damaged since we listed: do not guess
+    named, unreadable = _named_by(catalog, [e.run_id for e in entries])
+    owned = set(named)
+    protected |= unreadable  # deleted or damaged since we listed: do not guess
     tagged = provider.find({TAG_CLUSTER: catalog.cluster})
     if not stored and not entries:
         _refuse_a_wrong_catalog(catalog, tagged)
@@ -336,15 +334,26 @@ def find_orphans(catalog: Catalog, provider: Provider, ours: str | None = None) 
     if lock is not None and lock.held_at(datetime.now(UTC)) and lock.run_id != ours:
         protected.add(lock.run_id)
     unowned = {ref.tags.get(TAG_RUN, "") for ref in tagged if ref.snapshot_id not in owned} - protected
-    for run_id in unowned & _stored_runs(catalog):
-        try:
-            owned.update(r.snapshot_id for r in catalog.load(run_id).snapshot_refs())
-        except SnapctlError:
-            protected.add(run_id)  # damaged meanwhile, or deleted: do not guess
+    named, unreadable = _named_by(catalog, sorted(unowned & _stored_runs(catalog)))
+    owned |= set(named)
+    protected |= unreadable  # damaged meanwhile, or deleted: do not guess
     orphans = [ref for ref in tagged if ref.snapshot_id not in owned and ref.tags.get(TAG_RUN) not in protected]
     find_leftovers = getattr(provider, "find_leftovers", None)
     leftovers = find_leftovers() if find_leftovers is not None else []
     return GcResult(catalog.cluster, False, orphans, skipped_runs=sorted(protected), leftovers=leftovers)
+
+
+def _named_by(catalog: Catalog, run_ids: list[str]) -> tuple[dict[str, str], set[str]]:
+    """Snapshot id -> the run whose manifest names it, of ``run_ids``; and those whose manifest
+    could not be read (gone, damaged)."""
+    named: dict[str, str] = {}
+    unreadable: set[str] = set()
+    for run_id in run_ids:
+        try:
+            named.update((ref.snapshot_id, run_id) for ref in catalog.load(run_id).snapshot_refs())
+        except SnapctlError:
+            unreadable.add(run_id)
+    return named, unreadable
 
 
 def _stored_runs(catalog: Catalog) -> set[str]:
@@ -453,13 +462,7 @@ class _Owners:
 
     def __call__(self) -> dict[str, str]:
         if self._owners is None:
-            self._owners = {}
-            for run_id in sorted(_stored_runs(self.catalog)):
-                try:
-                    refs = self.catalog.load(run_id).snapshot_refs()
-                except SnapctlError:
-                    continue
-                self._owners.update((ref.snapshot_id, run_id) for ref in refs)
+            self._owners = _named_by(self.catalog, sorted(_stored_runs(self.catalog)))[0]
         return self._owners
 
 
