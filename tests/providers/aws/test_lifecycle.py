@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,7 @@ import pytest
 from snapctl.errors import BadInputError, ProviderError, ProviderUnreachable, SnapshotNotFound
 from snapctl.providers import TAG_CLUSTER, TAG_NODE, TAG_RUN, RestoreTarget, snapshot_tags
 from tests.conftest import free_port
-from tests.fakes.serving import serving
+from tests.fakes.serving import cut_short, serving
 from tests.providers.aws.conftest import CLUSTER, ZONE
 from tests.providers.aws.faults import FailFirst, inject
 
@@ -101,20 +100,7 @@ def test_an_answer_cut_short_is_unreachable_on_one_line_not_an_untranslated_pars
     # BotoCoreError, escaped the plugin as it was, and a backup's wait rolled back good snapshots.
     [ref] = take(provider, [volume])
 
-    class CutShort(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            self.send_response(200)
-            self.send_header("Content-Type", "text/xml")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args) -> None:
-            pass
-
-    with serving(CutShort) as url:
+    with serving(cut_short(truncated=False)) as url:
         cut = make_provider(endpoint_url=url, max_attempts=1)
         with pytest.raises(ProviderUnreachable) as caught:
             cut.wait([ref], time.monotonic() + 30)
