@@ -13,8 +13,8 @@ import itertools
 import json
 import re
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -44,8 +44,14 @@ def spend(agent_url: str, method: str, path: str, body: dict | None = None) -> N
     raise AssertionError(f"{path} never answered 429")
 
 
-def client(url: str, transport: AgentTransport, timeout_s: float = 5.0) -> HttpAgentClient:
-    return HttpAgentClient("n1", url, transport, token=TOKEN, timeout_s=timeout_s)
+@asynccontextmanager
+async def client(url: str, timeout_s: float = 5.0) -> AsyncIterator[HttpAgentClient]:
+    """snapctl's client of node n1 at ``url``, on a transport of its own, closed on the way out."""
+    transport = AgentTransport()
+    try:
+        yield HttpAgentClient("n1", url, transport, token=TOKEN, timeout_s=timeout_s)
+    finally:
+        await transport.aclose()
 
 
 @contextmanager
@@ -72,9 +78,7 @@ def test_a_renew_and_complete_refused_429_are_repeated_and_the_database_released
     config = write_config(tmp_path, db, extra=SLOW_REFILL)
 
     async def backup_cycle(url: str, agent_url: str) -> bool:
-        transport = AgentTransport()
-        try:
-            agent = client(url, transport)
+        async with client(url) as agent:
             await agent.status()  # the token accepted from this address: its requests have a budget of their own
             await agent.prepare("r1", 600)
             held = not try_write(db)
@@ -83,8 +87,6 @@ def test_a_renew_and_complete_refused_429_are_repeated_and_the_database_released
             await asyncio.to_thread(spend, agent_url, "POST", "/v1/complete", {"run_id": "nope"})
             assert (await agent.complete("r1")).released is True
             return held
-        finally:
-            await transport.aclose()
 
     with agent_process(config) as process, counted(process.url) as proxy:
         assert asyncio.run(backup_cycle(proxy.url, process.url)) is True
@@ -98,16 +100,12 @@ def test_a_prepare_refused_429_is_sent_once_naming_the_limit_and_holds_nothing(t
     config = write_config(tmp_path, db, extra=SLOW_REFILL)
 
     async def prepare(url: str, agent_url: str) -> None:
-        transport = AgentTransport()
-        try:
-            agent = client(url, transport)
+        async with client(url) as agent:
             await agent.status()
             too_far = (datetime.now(UTC) + timedelta(days=1)).isoformat()
             await asyncio.to_thread(spend, agent_url, "POST", "/v1/prepare", {"run_id": "x", "lease_s": 30,
                                                                               "hold_at": too_far})
             await agent.prepare("r1", 600)
-        finally:
-            await transport.aclose()
 
     with agent_process(config) as process, counted(process.url) as proxy:
         with pytest.raises(AgentError) as caught:
@@ -125,14 +123,10 @@ def test_a_rate_limit_that_would_outlast_the_call_fails_at_once_naming_node_and_
     config = write_config(tmp_path, db, extra="rate_per_s: 0.01\nburst: 2\n")  # Retry-After: 100 s
 
     async def complete(url: str) -> None:
-        transport = AgentTransport()
-        try:
-            agent = client(url, transport, timeout_s=3)
+        async with client(url, timeout_s=3) as agent:
             await agent.prepare("r1", 600)
             await asyncio.to_thread(spend, url, "POST", "/v1/complete", {"run_id": "nope"})
             await agent.complete("r1")
-        finally:
-            await transport.aclose()
 
     with agent_process(config) as process:
         with pytest.raises(AgentError) as caught:
@@ -180,11 +174,8 @@ def always_429(retry_after: str | None = "0", arrived: list[float] | None = None
 
 def call(url: str, verb: str, *args) -> None:
     async def go() -> None:
-        transport = AgentTransport()
-        try:
-            await getattr(client(url, transport), verb)(*args)
-        finally:
-            await transport.aclose()
+        async with client(url) as agent:
+            await getattr(agent, verb)(*args)
 
     asyncio.run(go())
 
@@ -211,11 +202,8 @@ def test_requests_that_are_not_safe_to_repeat_are_sent_once(verb: str, args: tup
 
 def test_a_429_without_retry_after_is_repeated_after_a_second_within_the_calls_timeout() -> None:
     async def status() -> None:
-        transport = AgentTransport()
-        try:
-            await client(url, transport, timeout_s=2.5).status()
-        finally:
-            await transport.aclose()
+        async with client(url, timeout_s=2.5) as agent:
+            await agent.status()
 
     arrived: list[float] = []
     with always_429(retry_after=None, arrived=arrived) as (url, asked), pytest.raises(AgentError) as caught:
