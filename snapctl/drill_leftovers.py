@@ -206,10 +206,10 @@ def find_abandoned(catalog: Catalog) -> list[AbandonedDrill]:
             continue  # unreadable: it proves nothing
         if not unfinished or not isinstance(owner, str):
             continue
+        if not _gone_from_this_host(owner, record.get("owner_process")):
+            continue  # a drill under way (or another host's): its scratch directory is not looked at
         scratch = Path(record["scratch_dir"]) if isinstance(record.get("scratch_dir"), str) else None
         marker = _marker(scratch, catalog.cluster, record.get("drill_id"), key)
-        if not _gone_from_this_host(owner, record.get("owner_process")):
-            continue
         found.append(AbandonedDrill(key, str(record.get("drill_id")), str(record.get("run_id")), owner, scratch,
                                     marker is not None, bool(record.get("kept")), raw or b"", marker or {}))
     return found
