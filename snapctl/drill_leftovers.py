@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from snapctl.errors import os_reason
 from snapctl.fsmodes import open_private, remove_tree
+from snapctl.units import human_bytes
 
 if TYPE_CHECKING:
     from snapctl.catalog import Catalog
@@ -334,7 +335,7 @@ def _clean_one(drill: AbandonedDrill, provider: Provider | None) -> tuple[str, s
     except OSError as exc:
         return (f"could not remove {scratch}: {os_reason(exc)}{volumes}{engines}{unlooked}; the next drill tries "
                 "again", hint, False)
-    return f"removed its scratch directory {scratch} ({_bytes(size)}){volumes}{engines}{unlooked}", hint, True
+    return f"removed its scratch directory {scratch} ({human_bytes(size)}){volumes}{engines}{unlooked}", hint, True
 
 
 def _places(marker: dict[str, Any]) -> list[str]:
@@ -444,8 +445,3 @@ def _size(path: Path) -> int:
                 pass
     return total
 
-
-def _bytes(size: int) -> str:
-    from snapctl.render import _bytes as shown  # as gc shows what a store leftover frees
-
-    return shown(size)

@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from snapctl.errors import BadInputError, ExitCode, SnapctlError
+from snapctl.units import human_bytes
 
 JSON_SCHEMA_VERSION = 1
 PIPED_WIDTH = 200  # text output's width when stdout is not a terminal (COLUMNS overrides it)
@@ -125,7 +126,7 @@ class Renderer:
         for name, record in m.nodes.items():
             table.add_row(name, _seconds(record.freeze_window_s),
                           escape("\n".join(r.snapshot_id for r in record.snapshots)) or "-",
-                          _bytes(sum(r.bytes or 0 for r in record.snapshots)),
+                          human_bytes(sum(r.bytes or 0 for r in record.snapshots)),
                           escape(", ".join(sorted({r.state for r in record.snapshots}))) or "-")
         self.out.print(table)
         holds = f"holds began within {_seconds(m.hold_skew_s)}, " if m.hold_skew_s is not None else ""
@@ -377,16 +378,6 @@ def _seconds(value: float | None) -> str:
     if value is None:
         return "-"
     return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
-
-
-def _bytes(value: int | None) -> str:
-    if value is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return str(value)
 
 
 def _age(seconds: float) -> str:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from snapctl.errors import ExitCode
-from snapctl.render import _bytes, _relative, _seconds, jsonable
+from snapctl.render import _relative, _seconds, jsonable
+from snapctl.units import human_bytes
 
 _VERDICT = {"passed": "[green]passed[/]", "mismatch": "[red]mismatch[/]", "error": "[red]error[/]"}
 
@@ -83,7 +84,7 @@ def verify_text(r, result) -> int:
         table.add_column(column, justify="right" if column == "bytes" else "left")
     for s in result.snapshots:
         state = "[green]ok[/]" if s.state == "ok" else f"[red]{s.state}[/]"
-        table.add_row(s.node, s.volume, escape(s.snapshot_id), _bytes(s.bytes), state)
+        table.add_row(s.node, s.volume, escape(s.snapshot_id), human_bytes(s.bytes), state)
     r.out.print(table)
     for s in result.snapshots:
         for problem in s.problems:

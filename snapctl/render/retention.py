@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from snapctl.errors import ExitCode
+from snapctl.units import human_bytes
 
 
 def prune_text(renderer: Any, result: Any) -> int:
@@ -47,8 +48,6 @@ def prune_exit(result: Any) -> int:
 
 
 def gc_text(renderer: Any, result: Any) -> int:
-    from snapctl.render import _bytes
-
     say = _printer(renderer.out)
     if not result.orphans:
         say(f"no orphaned snapshots of cluster {result.cluster}: every tagged snapshot has a manifest")
@@ -65,7 +64,7 @@ def gc_text(renderer: Any, result: Any) -> int:
             done = ("  deleted" if leftover.path in result.leftovers_deleted else
                     f"  NOT deleted: {result.failed[leftover.path]}" if leftover.path in result.failed else "")
             what = {"partial": "an unfinished copy", "deleting": "an unfinished delete"}[leftover.kind]
-            say(f"  {leftover.path}  node {leftover.node}  {what}, {_bytes(leftover.bytes)}{done}")
+            say(f"  {leftover.path}  node {leftover.node}  {what}, {human_bytes(leftover.bytes)}{done}")
     if result.killed_drills:
         say(f"{len(result.killed_drills)} drill(s) killed on this host before they finished, and what they left:")
         for line in result.killed_drills_cleaned or result.killed_drills:

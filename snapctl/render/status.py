@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any, Self
 
-from snapctl.render import JSON_SCHEMA_VERSION, _age, _bytes, _n
+from snapctl.render import JSON_SCHEMA_VERSION, _age, _n
+from snapctl.units import human_bytes
 
 _COLOURS = {"info": "dim", "degraded": "yellow", "critical": "red"}
 _VERDICT_COLOURS = {"healthy": "green", "degraded": "yellow", "critical": "red"}
@@ -189,7 +190,7 @@ def _nodes_table(s) -> Table:
             held = f"[yellow]held by {escape(e.held_by or 'other')}[/]" if e.held else "-"
         table.add_row(p.node, escape(f"ok {p.status.agent_version}"),
                       f"{escape(e.engine)} {'up' if e.reachable else '[red]down[/]'}",
-                      escape(e.version or "-"), held, _bytes(p.status.free_bytes))
+                      escape(e.version or "-"), held, human_bytes(p.status.free_bytes))
     return table
 
 

@@ -10,6 +10,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from snapctl.errors import BadInputError
+from snapctl.units import human_bytes
 
 _NAMED = 5  # volumes a refusal names, of a cluster's hundreds
 
@@ -36,12 +37,12 @@ class Room:
     def check(self) -> None:
         if self.needed <= self.free:
             return
-        needed, free = _size(self.needed), _size(self.free)
+        needed, free = human_bytes(self.needed, unit="bytes"), human_bytes(self.free, unit="bytes")
         if needed == free:  # 1.0 MiB against 1.0 MiB says nothing
             needed, free = f"{self.needed} bytes", f"{self.free} bytes"
         raise BadInputError(f"not enough space at {self.where} to restore {_who(self.volumes)}: {needed} needed, "
                             f"{free} free",
-                            hint=f"free {_size(self.needed - self.free)} there, or restore onto a disk with room "
+                            hint=f"free {human_bytes(self.needed - self.free, unit='bytes')} there, or restore onto a disk with room "
                                  "(--to DIR or restore.path; a drill: drill.scratch_dir)")
 
 
@@ -65,10 +66,3 @@ def _who(volumes: list[str]) -> str:
     shown = ", ".join(volumes[:_NAMED]) + (f" and {len(volumes) - _NAMED} more" if len(volumes) > _NAMED else "")
     return f"{len(volumes)} volumes ({shown})"
 
-
-def _size(value: float) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "bytes" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
