@@ -319,8 +319,13 @@ def _reporting_interrupts(command):
 
     @functools.wraps(command)
     def reporting(*args, **kwargs):
+        from snapctl.entry import end_deferral
         from snapctl.runner import sigterm_as_ctrl_c
 
+        if end_deferral():  # Ctrl-C came while the command line was parsed: stop before doing anything
+            from snapctl.errors import Interrupted
+
+            raise Interrupted()
         try:
             with sigterm_as_ctrl_c():
                 return command(*args, **kwargs)
@@ -370,21 +375,14 @@ def _optional_watch_seconds(argv: list[str]) -> list[str]:
     return out
 
 
-def _asks_for_json(argv: list[str]) -> bool:
-    """The last ``-o`` of a command line typer could not parse, in any of its spellings, is json
-    (as on a line it can parse, where the last one wins)."""
-    chosen = None
-    for arg, value in zip(argv, [*argv[1:], ""]):
-        if arg in ("-o", "--output"):
-            chosen = value
-        elif arg.startswith(("-o", "--output=")):
-            chosen = arg.removeprefix("--output=").removeprefix("-o")
-    return chosen == "json"
-
-
 def _report(exc) -> int:
     from snapctl import render
+    from snapctl.entry import asks_for_json
 
+    # Before a command chose its output (typer parsing, a Ctrl-C as it began), a script that
+    # asked for json still reads its one document on stdout.
+    if not render.json_mode() and asks_for_json(sys.argv[1:]):
+        render.error_document(exc)
     render.error(exc)
     return exc.exit_code
 
@@ -393,6 +391,7 @@ def main() -> None:
     """Entry point: the only place errors become exit codes."""
     import gc  # here: the module's `gc` is the command
 
+    from snapctl.entry import asks_for_json, end_deferral
     from snapctl.errors import ExitCode, Interrupted, SnapctlError
 
     try:
@@ -402,7 +401,7 @@ def main() -> None:
     except typer.TyperException as exc:  # usage errors: typer's own (vendored) click raises these
         exc.show()
         code = ExitCode.BAD_INPUT
-        if _asks_for_json(sys.argv[1:]):  # a script reads stdout: give it its one document, the error's
+        if asks_for_json(sys.argv[1:]):  # a script reads stdout: give it its one document, the error's
             from snapctl import render
             from snapctl.errors import BadInputError
 
@@ -414,6 +413,8 @@ def main() -> None:
         code = _report(Interrupted())
     except SnapctlError as exc:
         code = _report(exc)
+    if end_deferral():  # a Ctrl-C while typer parsed, and no command ran to notice it (`--help`, a usage error)
+        code = _report(Interrupted())
     # The interpreter's last garbage collections walk every object still alive, modules included:
     # ~20 ms of `snapctl --help`, more after a large status. They skip frozen objects; module
     # teardown still frees what it reaches, and the commands close what they open themselves.

@@ -26,6 +26,11 @@ PIPED_WIDTH = 200  # text output's width when stdout is not a terminal (COLUMNS 
 _json_mode = False  # so that errors raised before a renderer exists still come out as JSON
 
 
+def json_mode() -> bool:
+    """A command chose ``-o json``: its errors, too, are a document on stdout."""
+    return _json_mode
+
+
 def error(exc: SnapctlError) -> None:
     if _json_mode:
         error_document(exc)
