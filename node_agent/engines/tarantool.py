@@ -13,6 +13,7 @@ restarted agent never releases a pin it did not make, and a pin made by another 
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
@@ -27,6 +28,7 @@ from pydantic import Field, model_validator
 
 from node_agent.engines.base import EngineSettings, PasswordFile
 from node_agent.engines.tarantool_info import position_of, raft_group, table_facts, vclock_of
+from node_agent.engines.tarantool_local import explain_refused
 from node_agent.models import (
     EngineState,
     EngineStatus,
@@ -39,7 +41,9 @@ log = logging.getLogger("snapctl.agent.tarantool")
 
 HOLDER_GLOBAL = "snapctl_backup_run"
 ER_ACCESS_DENIED, ER_CREDS_MISMATCH, ER_NO_SUCH_USER = 42, 47, 45
-ER_MISSING_SNAPSHOT, ER_CHECKPOINT_IN_PROGRESS, ER_BACKUP_IN_PROGRESS = 93, 120, 129
+ER_MISSING_SNAPSHOT, ER_LOADING, ER_CHECKPOINT_IN_PROGRESS, ER_BACKUP_IN_PROGRESS = 93, 116, 120, 129
+LOADING_HINT = ("wait for recovery to finish; check the instance's log (box.cfg.log) for its progress or what it "
+                "waits for")
 GRANT_HINT = "the user needs: box.schema.user.grant('<user>', 'read,write,execute', 'universe')"
 
 # Shared Lua: the instance's state, and tuples per persistent user space (ids from 512 up).
@@ -315,7 +319,8 @@ class TarantoolEngine:
                     "(box.cfg.replication) and stays read-only until it does (hint: check that those peers are up "
                     "and reachable from it, and box.info.replication there)")
         if status == "loading":
-            return f"{where} is still loading its data (recovery or bootstrap): read-only until it finishes"
+            return f"{where} is still loading its data (recovery or bootstrap): read-only until it finishes " \
+                   f"(hint: {LOADING_HINT})"
         return f"{where} reports box.info.status {status!r}, not running"
 
     def verify(self) -> VerifyFacts:
@@ -410,6 +415,12 @@ class TarantoolEngine:
                                hint="is the instance overloaded or stuck? if it is just slow, raise "
                                     "timeout_s (snapshot_timeout_s for box.snapshot)")
         if isinstance(cause, OSError):
+            if cause.errno == errno.ECONNREFUSED:
+                # A hot standby listens only once it takes over, a starting instance once it has the WAL lock:
+                # say which, when this node shows it.
+                explained = explain_refused(where, self.data_paths(), LOADING_HINT)
+                if explained is not None:
+                    return explained
             reason = cause.strerror or str(cause) or "connection lost"
             return EngineError(f"{where}: {what} failed: {reason.lower()}",
                                hint="is tarantool running and listening there?")
@@ -420,6 +431,9 @@ class TarantoolEngine:
         if code == ER_CHECKPOINT_IN_PROGRESS:
             return EngineBusy(f"{where}: a snapshot is already in progress",
                               hint="retry once box.info.gc().checkpoint_is_in_progress is false")
+        if code == ER_LOADING:  # every request, the login included, until box.cfg{} has finished
+            return EngineError(f"{where} is still loading its data (local recovery, or bootstrap waiting for its "
+                               "replication peers): it answers no request until it finishes", hint=LOADING_HINT)
         if code == ER_MISSING_SNAPSHOT:
             return EngineError(f"{where}: no checkpoint to back up ({message})",
                                hint="set snapshot_on_prepare: true, or run box.snapshot() first")

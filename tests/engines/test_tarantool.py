@@ -76,3 +76,13 @@ def test_a_peer_whose_link_is_down_has_no_lag_in_seconds():
     live, stopped = raft_group(info).replication
     assert live.lag_seconds == 0.0001
     assert stopped.state == "connect/stopped" and stopped.lag_seconds is None and stopped.error
+
+
+def test_box_info_status_loading_comes_with_the_hint_to_wait(tmp_path: Path):
+    # 2.6.0 refuses every request while loading (error 116, tests/engines_real/test_tarantool_not_ready.py);
+    # a server that answered box.info while loading would be said the same way.
+    engine = create_engine({"type": "tarantool", "port": 3301, "work_dir": str(tmp_path)}, base_dir=tmp_path)
+    assert engine._not_running("loading") == (
+        "tarantool at 127.0.0.1:3301 is still loading its data (recovery or bootstrap): read-only until it finishes "
+        "(hint: wait for recovery to finish; check the instance's log (box.cfg.log) for its progress or what it "
+        "waits for)")

@@ -5,6 +5,7 @@ read-only replicas, all replicating from each other (full mesh). The master crea
 ``read,write,execute`` on universe (its password in a file, as the adapter reads it), a memtx
 space ``items`` and a vinyl space ``vitems``. ``size=1`` gives one standalone instance, and
 ``work_dirs=[path]`` starts instances on existing data (a restored snapshot) instead of fresh dirs.
+``start_hot_standby(i)`` adds a hot standby of instance ``i`` (same ``work_dir``, its own port).
 
 Use it as a context manager: every process is killed on exit, whatever happened.
 """
@@ -26,6 +27,7 @@ START_TIMEOUT_S = 30.0
 
 INSTANCE_LUA = r"""
 local port, work_dir, peers, master, user, password_file = arg[1], arg[2], arg[3], arg[4] == '1', arg[5], arg[6]
+local hot_standby = arg[7] == '1'
 local f = assert(io.open(password_file)); local password = f:read('*l'); f:close()
 local replication = {}
 for p in string.gmatch(peers, '[^,]+') do
@@ -36,7 +38,9 @@ box.cfg{
     work_dir = work_dir,
     replication = replication,
     read_only = not master,
-    replication_connect_timeout = 5,
+    hot_standby = hot_standby,
+    -- how long a restarted instance waits for its peers, loading (TT_CONNECT_TIMEOUT: longer)
+    replication_connect_timeout = tonumber(os.getenv('TT_CONNECT_TIMEOUT')) or 5,
     replication_timeout = 0.3,  -- reconnect quickly while the others bootstrap
     memtx_memory = 32 * 1024 * 1024,
     vinyl_memory = 16 * 1024 * 1024,
@@ -74,6 +78,7 @@ class TarantoolReplicaSet:
     size: int = 3
     work_dirs: list[Path] | None = None  # existing data (e.g. a restored snapshot) instead of fresh dirs
     instances: list[TarantoolInstance] = field(default_factory=list)
+    standbys: list[TarantoolInstance] = field(default_factory=list)
     next_id: int = 1
 
     def __post_init__(self) -> None:
@@ -93,7 +98,7 @@ class TarantoolReplicaSet:
             work_dir = self.work_dirs[index - 1] if self.work_dirs else self.root / name
             work_dir.mkdir(exist_ok=True)
             argv = [binary, str(script), str(port), str(work_dir), peers, "1" if index == 1 else "0", USER,
-                    str(self.password_file)]
+                    str(self.password_file), "0"]
             proc = ServerProcess(argv, cwd=self.root, log_path=self.root / f"{name}.log")
             self.instances.append(TarantoolInstance(name, port, work_dir, index == 1, proc))
 
@@ -118,8 +123,25 @@ class TarantoolReplicaSet:
         self.wait_mesh()
 
     def close(self) -> None:
-        for inst in self.instances:
+        for inst in [*self.standbys, *self.instances]:
             inst.process.kill()
+
+    def start_hot_standby(self, index: int = 0) -> TarantoolInstance:
+        """A hot standby of instance ``index``: its box.cfg with ``hot_standby = true`` on the same
+        work_dir, but its own listen port, so that the two can be told apart. Returns once the
+        standby follows the primary's WAL; it opens its port only when it takes over."""
+        primary = self.instances[index]
+        name = f"{primary.name}-standby"
+        argv = [*primary.process.argv[:-1], "1"]
+        argv[2] = str(free_port())
+        log_path = self.root / f"{name}.log"
+        proc = ServerProcess(argv, cwd=self.root, log_path=log_path)
+        standby = TarantoolInstance(name, int(argv[2]), primary.work_dir, primary.master, proc)
+        self.standbys.append(standby)
+        proc.start()
+        wait_until(lambda: "Entering hot standby mode" in log_path.read_text(errors="replace"),
+                   timeout_s=START_TIMEOUT_S, what=f"{name} to enter hot standby", processes=[proc])
+        return standby
 
     def kill(self, index: int) -> TarantoolInstance:
         inst = self.instances[index]
