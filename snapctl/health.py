@@ -275,7 +275,11 @@ def _grade_group(view: GroupView, views: list[tuple[str, RaftGroup]], leaders: l
     by_id = {m.member: m for m in view.members}
     def term_of(m: str) -> str:  # a leader not monitored: the term its followers follow it in
         own = by_id[m].term
-        return f"term {own}" if own is not None else f"term {followed_in.get(m)}, as its followers see it"
+        if own is not None:
+            return f"term {own}"
+        if by_id[m].node or m not in followed_in:
+            return "no term"
+        return f"term {followed_in[m]}, as its followers see it"
 
     if not leaders and not named:
         roles = ", ".join(f"{_who(m)} {m.role}" for m in view.members if m.node)
@@ -292,6 +296,16 @@ def _grade_group(view: GroupView, views: list[tuple[str, RaftGroup]], leaders: l
                 "or see why it is read-only in its box.info.status)")
         else:
             add("critical", f"no leader ({roles})")
+    elif len(leaders) > 1 and not named and all(by_id[m].node and by_id[m].term is None for m in leaders):
+        # No term anywhere: no election runs, so these are writable by configuration (Tarantool's
+        # read_only = false), not leaders of rival terms. A topology, not a split brain: degraded.
+        writers = ", ".join(_who(m) for m in view.members if m.member in leaders)  # in inventory order
+        add("degraded", f"master-master replication: {writers} are all writable, "
+            "with no leader election; each takes writes the others get only by replication, so each node's snapshot "
+            "is cut at its own position and none is sure to hold the others' latest writes: the backup is no "
+            "consistent cut of the group (hint: for one, make all members but one read-only while it runs, "
+            "box.cfg{read_only = true}, or let an election choose the one writer: box.cfg{election_mode = "
+            "'candidate'}, Tarantool 2.6.1 and later)")
     elif len(leaders) > 1:
         add("critical", f"{len(leaders)} members claim to lead: "
             + ", ".join(f"{_who(by_id[m])} ({term_of(m)})" for m in leaders))

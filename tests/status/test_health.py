@@ -204,3 +204,19 @@ def test_the_json_document_says_which_way_each_failing_link_runs():
     [group] = validated(status)["data"]["raft_groups"]
     assert sorted((e["peer"], e["reported_by"], e["direction"]) for e in group["replicators_in_error"]) == [
         ("m1", "b", "from_peer"), ("m3", "a", "to_peer")]
+
+
+def test_writable_members_with_no_term_are_master_master_degraded_not_two_leaders():
+    # Tarantool without elections: every writable instance is a leader of its own view, with no term.
+    group = build_group("g", [("a", view("m1", "leader", leader="m1")), ("b", view("m2", "leader", leader="m2")),
+                              ("c", view("m3"))], INVENTORY)
+    (finding,) = group.findings
+    assert finding.severity == "degraded"
+    assert finding.message.startswith("master-master replication: m1 (a), m2 (b) are all writable, with no leader "
+                                      "election; ")
+
+
+def test_a_leader_with_a_term_beside_one_without_is_two_leaders_and_says_which_has_no_term():
+    group = build_group("g", [("a", view("m1", "leader", term=3)), ("b", view("m2", "leader", leader="m2"))],
+                        INVENTORY)
+    assert ("critical", "2 members claim to lead: m1 (a) (term 3), m2 (b) (no term)") in messages(group)

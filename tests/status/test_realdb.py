@@ -196,3 +196,27 @@ def test_a_read_only_master_leaves_no_leader_and_the_finding_says_none_is_writab
         "follower): none of them is writable (hint: where the writable member leads, as in Tarantool without raft "
         "elections, make the master writable: box.cfg{read_only = false}, or see why it is read-only in its "
         "box.info.status)")
+
+
+def test_two_writable_instances_are_said_to_be_master_master_not_two_leaders(tmp_path):
+    with TarantoolReplicaSet(tmp_path / "tt", size=2) as rs:
+        inventory = inventory_for(tmp_path, [rs.engine_settings(i, timeout_s=2.0) for i in range(2)])
+        wait_healthy(inventory, "the replica set to look healthy")
+        rs.eval("box.cfg{read_only = false}", inst=1)
+        # Both take writes, and each gets the other's: master-master, as Tarantool runs it.
+        rs.eval("box.space.items:replace{1001, 'written on tt2'}", inst=1)
+        rs.write(1)
+        wait_until(lambda: rs.eval("return box.space.items:get(1001) ~= nil", inst=0) == [True]
+                   and rs.eval("return box.space.items:get(1) ~= nil", inst=1) == [True],
+                   timeout_s=10, what="writes on each to reach the other")
+
+        status = look(inventory)
+    first, second = rs.instances[0].uuid, rs.instances[1].uuid
+    said = [(f.severity, f.message) for f in status.verdict.findings]
+    assert said == [("degraded", (
+        f"master-master replication: {first} (m1), {second} (m2) are all writable, with no leader election; each "
+        "takes writes the others get only by replication, so each node's snapshot is cut at its own position and "
+        "none is sure to hold the others' latest writes: the backup is no consistent cut of the group (hint: for "
+        "one, make all members but one read-only while it runs, box.cfg{read_only = true}, or let an election "
+        "choose the one writer: box.cfg{election_mode = 'candidate'}, Tarantool 2.6.1 and later)"))], said
+    assert status.verdict.level == "degraded"
