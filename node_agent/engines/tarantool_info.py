@@ -78,6 +78,8 @@ def _error_text(side: str, d: dict[str, Any]) -> str:
     if side == "upstream" and d.get("status") == "stopped":  # an applier stopped on an error never retries
         text += (" (hint: fix its cause on the receiving instance, then box.cfg{replication = box.cfg.replication} "
                  "there restarts it)")
+    elif side == "upstream" and d.get("status") == "loading":  # the peer answered error 116; the applier retries
+        text += " (hint: the peer is still loading its data: wait for its recovery to finish, and check its log)"
     return text
 
 

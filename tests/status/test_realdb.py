@@ -220,3 +220,33 @@ def test_two_writable_instances_are_said_to_be_master_master_not_two_leaders(tmp
         "one, make all members but one read-only while it runs, box.cfg{read_only = true}, or let an election "
         "choose the one writer: box.cfg{election_mode = 'candidate'}, Tarantool 2.6.1 and later)"))], said
     assert status.verdict.level == "degraded"
+
+
+def test_a_replica_restarting_and_still_loading_is_said_to_be_loading_by_itself_and_its_peer(tmp_path):
+    with TarantoolReplicaSet(tmp_path / "tt", size=2) as rs:
+        inventory = inventory_for(tmp_path, [rs.engine_settings(i, timeout_s=2.0) for i in range(2)])
+        wait_healthy(inventory, "the replica set to look healthy")
+        replica = rs.instances[1]
+        replica.process.kill()
+        # Back with a third peer that is not there: box.cfg{} waits for it, loading, and answers nothing.
+        replica.process.argv[4] = f"{rs.master.port},{replica.port},{free_port()}"
+        replica.process.env = {"TT_CONNECT_TIMEOUT": "300"}
+        replica.process.start()
+
+        def upstream_loading() -> bool:
+            return rs.eval("return box.info.replication[2].upstream.status")[0] == "loading"
+
+        wait_until(upstream_loading, timeout_s=30, what="the master to see its peer loading",
+                   processes=[replica.process])
+        status = look(inventory)
+    said = {f.subject: (f.severity, f.message) for f in status.verdict.findings}
+    address = f"127.0.0.1:{replica.port}"
+    assert said["m2"] == ("critical", f"engine tarantool is down: tarantool at {address} is still loading its data "
+                          "(local recovery, or bootstrap waiting for its replication peers): it answers no request "
+                          "until it finishes (hint: wait for recovery to finish; check the instance's log "
+                          "(box.cfg.log) for its progress or what it waits for)")
+    group = said[f"raft group {status.verdict.groups[0].group}"]
+    assert group[0] == "degraded"
+    assert group[1].startswith(f"replication to and from {replica.uuid} failing: upstream loading: Instance bootstrap "
+                               "hasn't finished yet (hint: the peer is still loading its data: wait for its recovery "
+                               "to finish, and check its log); downstream stopped: "), group
