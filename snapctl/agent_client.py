@@ -35,6 +35,7 @@ from snapctl.config import Inventory, Node
 from snapctl.errors import (
     AgentConflict,
     AgentError,
+    AgentRateLimited,
     AgentTimeout,
     AgentUnauthorized,
     AgentUnreachable,
@@ -99,9 +100,10 @@ RATE_LIMITED_HINT = ("the agent limits requests per client address and endpoint 
 # come, the reads and the lease's verbs, fenced by run id (a complete of a hold that ended answers
 # released: false). The agent's own 429 comes before anything runs, but a proxy's in front of it
 # need not: trigger (another engine snapshot each time) and restore-prepare (an etcd data dir rebuilt
-# anew) are not repeated. Nor is prepare: in a cluster backup the nodes already held wait at the
+# anew) are not repeated. Nor is prepare here: in a cluster backup the nodes already held wait at the
 # barrier while it waits out a Retry-After (the agent's is 1 s at least), frozen for as long as
-# prepare_timeout_s allows, not max_freeze_s; failing at once releases them all.
+# prepare_timeout_s allows, not max_freeze_s; failing at once releases them all. A per-node backup,
+# where no other node waits on it, sends it again itself (orchestrator._prepare).
 _REPEATABLE_ON_429 = frozenset({"/v1/health", "/v1/status", "/v1/renew", "/v1/complete", "/v1/verify"})
 _TRIES_ON_429 = 4  # in all: a limit that still refuses after three waits is no passing burst
 _RETRY_AFTER_UNSAID_S = 1.0  # a 429 without a Retry-After snapctl can read (a proxy's)
@@ -227,8 +229,8 @@ class HttpAgentClient:
         said = self._blanked(error.error) if error else f"HTTP 429 from {self.base_url}{path}"
         times = "once" if tries == 1 else f"{tries} times in {loop.time() - (deadline - timeout_s):.1f}s"
         waited = f" (it asked to wait {past_s:g}s, past the call's {timeout_s:g}s timeout)" if past_s is not None else ""
-        raise AgentError(self.node, f"the agent's rate limit refused {path} {times}{waited}: {said}", status=429,
-                         hint=RATE_LIMITED_HINT)
+        raise AgentRateLimited(self.node, f"the agent's rate limit refused {path} {times}{waited}: {said}",
+                               retry_after_s=_retry_after_s(response), said=said or "", hint=RATE_LIMITED_HINT)
 
     def _blanked(self, said: str | None) -> str | None:
         """What the agent said, with our token blanked: a proxy or gateway in front of an agent may

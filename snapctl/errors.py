@@ -63,6 +63,16 @@ class AgentError(SnapctlError):
         self.status = status
 
 
+class AgentRateLimited(AgentError):
+    """The agent's rate limit refused a request (429), which the agent does before anything runs.
+    ``retry_after_s``: when it said to come back; ``said``: its words, without the node."""
+
+    def __init__(self, node: str, message: str, *, retry_after_s: float, said: str, hint: str | None = None):
+        super().__init__(node, message, status=429, hint=hint)
+        self.retry_after_s = retry_after_s
+        self.said = said
+
+
 class AgentUnreachable(AgentError):
     """No answer from the agent: it cannot be reached, or did not answer in time. ``delivered`` is
     False when the request certainly never reached it (no connection could be made)."""

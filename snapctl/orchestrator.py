@@ -36,7 +36,7 @@ from snapctl.errors import (
 )
 from snapctl.events import NullReporter, Reporter
 from snapctl.manifest import Manifest, NodeRecord
-from snapctl.pacing import CreateCallPacer, auto_hold_lead
+from snapctl.pacing import CreateCallPacer, auto_hold_lead, prepare_within_rate_limit
 from snapctl.preflight import BackupPlan, dry_run, preflight
 from snapctl.provider_threads import CallRunner
 from snapctl.provider_wait import wait_out_transient
@@ -230,7 +230,10 @@ async def _hold_snapshot_release(run: _Run, options: BackupOptions) -> None:
                 if run.pacer is not None:
                     await run.pacer.before_prepare(len(run.volumes[node].volumes))
                 async with limit:
-                    await _prepare(run, node)
+                    await prepare_within_rate_limit(
+                        node, lambda: _prepare(run, node),
+                        lambda wait_s: run.reporter.node(node, "rate-limited",
+                                                         f"the agent's rate limit: prepare sent again in {wait_s:g}s"))
                     await _snapshot_then_complete(run, node)
 
             await _on_every_node(run, nodes, one)

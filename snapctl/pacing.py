@@ -7,12 +7,17 @@ then queue in the limiter only lengthens its freeze. ``CreateCallPacer`` mirrors
 token bucket (its declared ``Capabilities``) and lets a node be prepared only once its call will go
 through at once. The mirror is charged when a call is actually submitted, exactly as the provider's
 own bucket is, so a slow first burst of prepares cannot put the two out of step.
+
+The agent's own rate limit is waited out before the hold too: a per-node prepare it refuses (429,
+answered before anything runs: nothing is held) is sent again once after its ``Retry-After``.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
+from snapctl.errors import AgentRateLimited
 from snapctl.providers import Provider
 from snapctl.ratelimit import TokenBucket
 
@@ -66,3 +71,35 @@ def auto_hold_lead(nodes: int, fan_out_s: float, tls_nodes: int = 0) -> float:
     sending = (_AUTO_HOLD_LEAD_BASE_S + (nodes - tls_nodes) * _AUTO_HOLD_LEAD_PER_NODE_S
                + tls_nodes * _AUTO_HOLD_LEAD_PER_TLS_NODE_S)
     return min(_MAX_AUTO_HOLD_LEAD_S, fan_out_s + 0.002, sending)
+
+
+# Waited out only this long: a Retry-After of more is a limit spent by something else asking all the
+# while, no passing burst. A cluster run never sends a prepare again: the nodes already held would
+# wait at its barrier, frozen (agent_client.py).
+PREPARE_RETRY_AFTER_MAX_S = 5.0
+
+
+async def prepare_within_rate_limit(node: str, prepare: Callable[[], Awaitable[None]],
+                                    waiting: Callable[[float], None]) -> None:
+    """``prepare`` one node of a per-node run; refused by its agent's rate limit, once more after the
+    ``Retry-After`` (``waiting`` is told how long), up to ``PREPARE_RETRY_AFTER_MAX_S``. No other
+    node's hold waits on this one: each is held just for its own snapshot."""
+    try:
+        await prepare()
+        return
+    except AgentRateLimited as exc:
+        refused = exc
+    wait_s = refused.retry_after_s
+    if wait_s > PREPARE_RETRY_AFTER_MAX_S:
+        raise AgentRateLimited(node, f"the agent's rate limit refused /v1/prepare and asked to wait {wait_s:g}s, "
+                               f"more than the {PREPARE_RETRY_AFTER_MAX_S:g}s a per-node prepare waits to be sent "
+                               f"again: {refused.said}", retry_after_s=wait_s, said=refused.said,
+                               hint=refused.hint) from None
+    waiting(wait_s)
+    await asyncio.sleep(wait_s)
+    try:
+        await prepare()
+    except AgentRateLimited as again:
+        raise AgentRateLimited(node, f"the agent's rate limit refused /v1/prepare twice, {wait_s:g}s apart (its "
+                               f"Retry-After): {again.said}", retry_after_s=again.retry_after_s, said=again.said,
+                               hint=again.hint) from None
