@@ -114,22 +114,22 @@ def _subdirs(root: Path) -> list[Path]:
 def explain_refused(where: str, data_paths: list[Path], loading_hint: str) -> EngineError | None:
     """What a refused connection to ``where`` means, when this node shows it; None when it does not."""
     holder = wal_lock_holder(data_paths)
-    primary, wal_dir = (holder if holder and holder[0].status else (None, None))
-    if primary is not None and primary.status == "loading":
+    if holder is None or holder[0].status is None:  # no tarantool owns the data here: refused is all there is
+        return None
+    primary, wal_dir = holder
+    if primary.status == "loading":
         # Its first moments: it takes the lock before it listens.
         return EngineError(f"{where} is still loading its data: tarantool pid {primary.pid} holds the WAL lock of "
                            f"{wal_dir} and does not listen yet", hint=loading_hint)
     standby = next(iter(hot_standbys(data_paths)), None)
-    if standby is not None and primary is not None:
+    if standby is not None:
         return EngineError(
             f"{where} is a hot standby (tarantool pid {standby.pid}, box.cfg.hot_standby): it waits for the WAL lock "
             f"of {wal_dir}, held by its primary (pid {primary.pid}), and answers no request until the primary stops; "
             f"a backup cannot pin a checkpoint through it, and a disk snapshot of {wal_dir} holds the primary's files",
             hint="back up through the primary: point this engine at the address the primary listens on; give the "
                  "standby the same box.cfg.listen, so that it takes that address over on failover")
-    if primary is not None:
-        return EngineError(
-            f"{where} refuses connections, yet tarantool pid {primary.pid} ({primary.title}) holds the WAL lock of "
-            f"{wal_dir}: that instance listens elsewhere, or the one configured here is a hot standby waiting for it",
-            hint="point this engine at the address that instance listens on (its box.cfg.listen)")
-    return None
+    return EngineError(
+        f"{where} refuses connections, yet tarantool pid {primary.pid} ({primary.title}) holds the WAL lock of "
+        f"{wal_dir}: that instance listens elsewhere, or the one configured here is a hot standby waiting for it",
+        hint="point this engine at the address that instance listens on (its box.cfg.listen)")
