@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
+from snapctl.timestamps import UtcTime
+
 RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 MAX_LEASE_S = 3600.0
 # The longest hold lead snapctl may be configured with (policy.hold_lead_s; its automatic lead is
@@ -91,7 +93,7 @@ class EngineState(Model):
 
     engine: str
     version: str | None = None
-    prepared_at: datetime
+    prepared_at: UtcTime
     facts: VerifyFacts = Field(default_factory=VerifyFacts)
     files: list[str] = Field(default_factory=list)  # files the disk snapshot must contain
     raft: list[RaftGroup] = Field(default_factory=list)
@@ -104,7 +106,7 @@ class EngineStatus(Model):
     reachable: bool
     held: bool = False
     held_by: str | None = None  # who holds the engine when it is not this agent
-    held_since: datetime | None = None
+    held_since: UtcTime | None = None
     raft: list[RaftGroup] = Field(default_factory=list)
     details: dict[str, Any] = Field(default_factory=dict)
     error: str | None = None
@@ -178,8 +180,8 @@ class RestorePrepareRequest(Request):
 
 class LeaseInfo(Model):
     run_id: str
-    acquired_at: datetime
-    expires_at: datetime
+    acquired_at: UtcTime
+    expires_at: UtcTime
 
 
 class PrepareResponse(Model):

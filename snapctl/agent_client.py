@@ -49,6 +49,7 @@ from snapctl.errors import (
 )
 from snapctl.ratelimit import parse_retry_after
 from snapctl.secret_files import read_first_line, warn_if_open
+from snapctl.timestamps import utc_text
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -142,7 +143,7 @@ class HttpAgentClient:
                       timeout_s: float | None = None) -> PrepareResponse:
         request: dict[str, Any] = {"run_id": run_id, "lease_s": lease_s}
         if hold_at is not None:  # only when asked: an agent older than hold_at rejects the field
-            request["hold_at"] = hold_at.isoformat()
+            request["hold_at"] = utc_text(hold_at)
         return await self._call("POST", "/v1/prepare", request, timeout_s, model=PrepareResponse)
 
     async def renew(self, run_id: str, lease_s: float | None = None) -> LeaseInfo:

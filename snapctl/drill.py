@@ -55,6 +55,7 @@ from snapctl.restore import (
     scratch_agent,
 )
 from snapctl.runner import interrupts_deferred, sigterm_as_ctrl_c
+from snapctl.timestamps import UtcTime
 
 NodeVerdict = Literal["passed", "mismatch", "error"]
 DEFAULT_JUNIT = "snapctl-drill.xml"
@@ -88,8 +89,8 @@ class DrillReport(BaseModel):
     run_id: str
     drill_id: str
     provider: str
-    started_at: datetime
-    finished_at: datetime | None = None
+    started_at: UtcTime
+    finished_at: UtcTime | None = None
     rto_s: float | None = None  # drill start -> the last engine verified (every node passed)
     nodes: list[NodeDrill] = Field(default_factory=list)
     scratch_dir: str | None = None

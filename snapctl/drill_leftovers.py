@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from snapctl.errors import os_reason
 from snapctl.fsmodes import open_private, remove_tree
+from snapctl.timestamps import utc_text
 from snapctl.units import human_bytes
 
 if TYPE_CHECKING:
@@ -429,7 +430,7 @@ def _remove_scratch(scratch: Path) -> None:
 def _finish(catalog: Catalog, drill: AbandonedDrill, by: str) -> bool:
     """The record finished as abandoned, only if it is still as read; False: another cleaner won."""
     record = json.loads(drill.raw)
-    record.update(finished_at=datetime.now(UTC).isoformat().replace("+00:00", "Z"), abandoned=True,
+    record.update(finished_at=utc_text(datetime.now(UTC)), abandoned=True,
                   error=f"abandoned: its process {drill.owner} was gone before the drill finished; cleaned up by {by}",
                   hint=None)
     return catalog.store.replace(drill.key, json.dumps(record, indent=2).encode(), expected=drill.raw)

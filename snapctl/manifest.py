@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from node_agent.models import EngineState
 from snapctl.providers import SnapshotRef
+from snapctl.timestamps import UtcTime
 
 MANIFEST_VERSION = 1
 
@@ -22,9 +22,9 @@ class NodeRecord(BaseModel):
     engine: str | None = None
     state: EngineState | None = None
     snapshots: list[SnapshotRef] = Field(default_factory=list)
-    prepare_sent_at: datetime | None = None
-    prepare_acked_at: datetime | None = None
-    complete_acked_at: datetime | None = None
+    prepare_sent_at: UtcTime | None = None
+    prepare_acked_at: UtcTime | None = None
+    complete_acked_at: UtcTime | None = None
     freeze_window_s: float | None = None  # complete acknowledged - the later of prepare sent and hold_at
     error: str | None = None
 
@@ -36,8 +36,8 @@ class DrillSummary(BaseModel):
 
     drill_id: str
     ok: bool
-    started_at: datetime
-    finished_at: datetime
+    started_at: UtcTime
+    finished_at: UtcTime
     rto_s: float | None = None  # restore start -> every engine verified
     failed_nodes: list[str] = Field(default_factory=list)
     report: str  # the catalog key of the drill's report: <cluster>/drills/<run>-<drill>.json
@@ -53,11 +53,11 @@ class Manifest(BaseModel):
     provider: str
     snapctl_version: str
     owner: str  # user@host:pid that ran it
-    started_at: datetime
-    finished_at: datetime | None = None
+    started_at: UtcTime
+    finished_at: UtcTime | None = None
     nodes: dict[str, NodeRecord] = Field(default_factory=dict)
     prepare_skew_s: float | None = None  # spread of prepare acknowledgements, at snapctl
-    hold_at: datetime | None = None  # the instant every node was asked to begin its hold (cluster mode)
+    hold_at: UtcTime | None = None  # the instant every node was asked to begin its hold (cluster mode)
     hold_skew_s: float | None = None  # spread of the instants the engines began holding (their clocks)
     max_freeze_window_s: float | None = None
     consistency: Literal["cluster", "per-node"] = "cluster"
@@ -90,8 +90,8 @@ class IndexEntry(BaseModel):
 
     run_id: str
     status: RunStatus
-    started_at: datetime
-    finished_at: datetime | None = None
+    started_at: UtcTime
+    finished_at: UtcTime | None = None
     nodes: int
     snapshots: int
     max_freeze_window_s: float | None = None

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from snapctl.errors import BadInputError
+from snapctl.timestamps import TimeText
 
 if TYPE_CHECKING:
     from snapctl.config import Inventory
@@ -53,7 +54,7 @@ class SnapshotRef(BaseModel):
     state: SnapshotState = "pending"
     progress: float | None = None  # 0..100 when known
     bytes: int | None = None
-    created_at: str | None = None
+    created_at: TimeText | None = None  # as snapctl writes times, whatever form the cloud answered in
     tags: dict[str, str] = Field(default_factory=dict)
     error: str | None = None
     extra: dict[str, Any] = Field(default_factory=dict)

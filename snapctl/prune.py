@@ -37,6 +37,7 @@ from snapctl.drill_leftovers import clean_abandoned, find_abandoned
 from snapctl.errors import CatalogError, Interrupted, SnapctlError, SnapshotNotFound
 from snapctl.providers import TAG_CLUSTER, TAG_RUN, Leftover, Provider, SnapshotRef, open_provider
 from snapctl.retention import PRUNING, SUCCEEDED, Decision, RetentionPlan, Run, decide
+from snapctl.timestamps import parse_utc, utc_text
 
 if TYPE_CHECKING:
     from snapctl.config import Inventory, Retention
@@ -172,7 +173,7 @@ def apply(planned: PruneResult, catalog: Catalog, provider: Provider, still_lock
         if _spared_while_in_use(catalog, verdict, result, drill_timeout_s):  # one began since the plan
             continue
         # As it is now, by compare-and-swap: a drill's summary written meanwhile is not lost.
-        since = datetime.now(UTC).isoformat()
+        since = utc_text(datetime.now(UTC))
         manifest = catalog.update(verdict.run_id, partial(_mark_pruning, since=since))
         if manifest is None:
             continue  # deleted meanwhile: nothing of it is left to prune
@@ -402,7 +403,7 @@ def _spared_while_in_use(catalog: Catalog, verdict: RunVerdict, result: PruneRes
         for key in catalog.store.list(f"{catalog.cluster}/{use.folder}/{verdict.run_id}-"):
             try:
                 record = json.loads(catalog.store.read(key) or b"{}")
-                started = datetime.fromisoformat(record["started_at"])
+                started = parse_utc(record["started_at"])
             except (ValueError, KeyError, TypeError, AttributeError):
                 continue  # unreadable: it cannot say a restore or drill is running
             if record.get("finished_at") is None and (now - started).total_seconds() < budget_s:

@@ -29,6 +29,7 @@ from snapctl.errors import BadInputError, CatalogError, Interrupted, SnapctlErro
 from snapctl.evidence import compare_facts, missing_files, moved_path, volume_roots
 from snapctl.manifest import Manifest, NodeRecord
 from snapctl.providers import Provider, RestoreTarget, SnapshotRef, open_provider
+from snapctl.timestamps import UtcTime
 
 # A volume's directory under the restore root: one plain name, as the inventory allows them.
 _VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
@@ -72,8 +73,8 @@ class RestoreRecord(BaseModel):
     restore_id: str
     owner: str  # user@host:pid
     target: str
-    started_at: datetime
-    finished_at: datetime | None = None
+    started_at: UtcTime
+    finished_at: UtcTime | None = None
     outcome: Literal["restored", "mismatch", "failed", "interrupted"] | None = None
     error: str | None = None
     volumes: dict[str, str] = Field(default_factory=dict)  # "<node>/<volume>" -> restored path or volume id

@@ -25,6 +25,7 @@ from pydantic import Field
 from node_agent.engines.base import EngineSettings, split_user_info
 from node_agent.models import EngineState, EngineStatus, JobResult, TableFacts, VerifyFacts
 from snapctl.errors import EngineBusy, EngineError
+from snapctl.timestamps import utc_text
 
 log = logging.getLogger("snapctl.agent.questdb")
 
@@ -188,7 +189,7 @@ class QuestDBEngine:
         details["checkpoint_status"] = "unavailable before 8.1.1" if held is None else "available"
         if self._unconfirmed is not None:
             details["unconfirmed_create"] = {"run_id": self._unconfirmed.run_id,
-                                             "sent": self._unconfirmed.sent.isoformat()}
+                                             "sent": utc_text(self._unconfirmed.sent)}
             ours = ours or bool(held) and self._unconfirmed.may_be(since)
         foreign = bool(held) and not ours
         return EngineStatus(
@@ -350,7 +351,7 @@ class QuestDBEngine:
 
 
 def _foreign_hold(url: str, since: datetime | None, server_message: str | None = None) -> EngineBusy:
-    when = f" since {since.isoformat()}" if since else ""
+    when = f" since {utc_text(since)}" if since else ""
     said = f" (questdb: {server_message})" if server_message else ""
     return EngineBusy(
         f"questdb at {url} is held by a checkpoint{when} that this agent did not make{said}",

@@ -21,10 +21,11 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Self
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from snapctl.catalog import BlobStore
 from snapctl.errors import CatalogError, LockHeld, RunFailed, SnapctlError
+from snapctl.timestamps import AwareUtcTime
 
 if TYPE_CHECKING:
     from snapctl.catalog.catalog import Catalog
@@ -42,9 +43,9 @@ class LockRecord(BaseModel):
     owner: str
     run_id: str
     # With an offset: one without cannot be compared with now (a hand-edited lock crashed every command).
-    acquired_at: AwareDatetime
-    expires_at: AwareDatetime
-    released_at: AwareDatetime | None = None
+    acquired_at: AwareUtcTime
+    expires_at: AwareUtcTime
+    released_at: AwareUtcTime | None = None
 
     def held_at(self, now: datetime) -> bool:
         return self.released_at is None and self.expires_at > now

@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from snapctl.errors import BadInputError, ExitCode, SnapctlError
+from snapctl.timestamps import utc_text
 from snapctl.units import human_bytes
 
 JSON_SCHEMA_VERSION = 1
@@ -65,7 +66,7 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, (list, tuple, set)):
         return [jsonable(v) for v in value]
     if isinstance(value, datetime):
-        return value.isoformat()
+        return utc_text(value)
     if hasattr(value, "value") and hasattr(value, "name") and isinstance(value.value, int):
         return int(value.value)
     return value

@@ -10,6 +10,7 @@ import json
 from typing import TYPE_CHECKING, Any, Self
 
 from snapctl.render import JSON_SCHEMA_VERSION, _age, _n
+from snapctl.timestamps import utc_text
 from snapctl.units import human_bytes
 
 _COLOURS = {"info": "dim", "degraded": "yellow", "critical": "red"}
@@ -32,7 +33,7 @@ def status_document(s) -> dict[str, Any]:
     return {
         "status_version": STATUS_VERSION,
         "cluster": s.cluster,
-        "checked_at": s.checked_at.isoformat(),
+        "checked_at": utc_text(s.checked_at),
         "filters": {"nodes": s.node_filter, "groups": s.group_filter},
         "verdict": {
             "level": s.verdict.level,
@@ -71,10 +72,10 @@ def _node(s, p) -> dict[str, Any]:
     doc.update(agent_version=p.status.agent_version, free_bytes=p.status.free_bytes,
                data_paths=list(p.status.data_paths))
     doc["engine"] = {"type": e.engine, "version": e.version, "up": e.reachable, "error": e.error, "held": e.held,
-                     "held_by": e.held_by, "held_since": e.held_since.isoformat() if e.held_since else None}
+                     "held_by": e.held_by, "held_since": utc_text(e.held_since) if e.held_since else None}
     if lease is not None:
-        doc["lease"] = {"run_id": lease.run_id, "acquired_at": lease.acquired_at.isoformat(),
-                        "expires_at": lease.expires_at.isoformat(),
+        doc["lease"] = {"run_id": lease.run_id, "acquired_at": utc_text(lease.acquired_at),
+                        "expires_at": utc_text(lease.expires_at),
                         "age_s": (s.checked_at - lease.acquired_at).total_seconds(),
                         "expires_in_s": (lease.expires_at - s.checked_at).total_seconds()}
     return doc
@@ -100,8 +101,8 @@ def _group(g) -> dict[str, Any]:
 def _run(entry, age_s: float | None) -> dict[str, Any] | None:
     if entry is None:
         return None
-    return {"run_id": entry.run_id, "status": entry.status, "started_at": entry.started_at.isoformat(),
-            "finished_at": entry.finished_at.isoformat() if entry.finished_at else None, "age_s": age_s,
+    return {"run_id": entry.run_id, "status": entry.status, "started_at": utc_text(entry.started_at),
+            "finished_at": utc_text(entry.finished_at) if entry.finished_at else None, "age_s": age_s,
             "error": entry.error}
 
 

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from snapctl.providers import SnapshotRef, SnapshotState
+from snapctl.timestamps import utc_text
 
 STATE_ERROR = "error"
 # recoverable / recovering: AWS is retrying the upload by itself, so the snapshot is not done
@@ -43,7 +44,7 @@ def progress_of(snapshot: Mapping[str, Any]) -> float | None:
 def _created_at(snapshot: Mapping[str, Any]) -> str | None:
     start = snapshot.get("StartTime")
     if isinstance(start, datetime):
-        return start.isoformat()
+        return utc_text(start)
     return str(start) if start else None
 
 

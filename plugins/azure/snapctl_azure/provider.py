@@ -35,6 +35,7 @@ from snapctl.providers import (
     discard_partial_snapshots,
     discard_restored_volume,
 )
+from snapctl.timestamps import utc_text
 from snapctl_azure.client import AzureApi
 from snapctl_azure.settings import (
     DISK_ID,
@@ -130,7 +131,7 @@ class AzureProvider:
             rg, name, model, polling=False, raw_response_hook=remember_operation))
         return SnapshotRef(
             provider=self.name, snapshot_id=self._snapshot_id(name), node=node, volume=vol.name, tags=raw_tags,
-            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            created_at=utc_text(datetime.now(UTC)),
             extra={"resource_group": self.settings.resource_group, "name": name, "disk_id": vol.disk_id,
                    "operation": accepted.get("operation") or None},
         )
@@ -250,7 +251,7 @@ class AzureProvider:
         # string with the manifest's would make every snapshot missing to verify, an orphan to gc.
         ref = SnapshotRef(provider=self.name, snapshot_id=self._snapshot_id(snap.name), node=tags.get(TAG_NODE, ""),
                           volume=tags.get(TAG_VOLUME, ""), tags=tags,
-                          created_at=snap.time_created.isoformat() if snap.time_created else None,
+                          created_at=utc_text(snap.time_created) if snap.time_created else None,
                           extra={"resource_group": self.settings.resource_group, "name": snap.name,
                                  "disk_id": getattr(snap.creation_data, "source_resource_id", None)})
         return self._refresh(ref, snap)

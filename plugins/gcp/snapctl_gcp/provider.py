@@ -32,6 +32,7 @@ from snapctl.providers import (
     check_cluster_tag,
     discard_partial_snapshots,
 )
+from snapctl.timestamps import utc_text
 from snapctl_gcp.client import GcpApi
 from snapctl_gcp.disks import RestoredDisks
 from snapctl_gcp.errors import RATE_OPERATION_CODES, operation_error, operation_hint
@@ -139,7 +140,7 @@ class GcpProvider(RestoredDisks):
                            bucket=self.api.create_bucket,
                            fn=lambda: disks.create_snapshot_unary(request=request, retry=None, timeout=timeout))
         ref = SnapshotRef(provider=self.name, snapshot_id=name, node=node, volume=vol.name, tags=raw_tags,
-                          created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                          created_at=utc_text(datetime.now(timezone.utc)),
                           extra={"project": self.api.project, "zone": vol.zone, "disk": vol.disk,
                                  "operation": op.name, "request_id": request.request_id})
         return ref, op

@@ -25,6 +25,7 @@ from snapctl.providers import (
     SnapshotRef,
     check_cluster_tag,
 )
+from snapctl.timestamps import utc_text
 
 from .copy import (
     CopyStats,
@@ -343,7 +344,7 @@ class LocalProvider(LocalRestores):
             "source": str(volume.path),
             "state": "pending",
             "boot_id": boot_id(),
-            "created_at": datetime.now(UTC).isoformat(timespec="microseconds"),
+            "created_at": utc_text(datetime.now(UTC)),
             "tags": {**tags, TAG_VOLUME: volume.name},
             "bytes": stats.bytes_total,
             "copied_bytes": stats.bytes_copied,

@@ -44,6 +44,7 @@ from typing import Any
 from snapctl.errors import ProviderError, os_reason
 from snapctl.fsmodes import make_dirs, open_private, remove_tree
 from snapctl.providers import TAG_CLUSTER
+from snapctl.timestamps import utc_text
 
 METADATA = "snapshot.json"
 DATA = "data"
@@ -242,13 +243,13 @@ def snapshot_state(snap_dir: Path, meta: dict[str, Any]) -> tuple[str, str | Non
 
 def mark_completed(snap_dir: Path) -> None:
     """Only once every file and directory of the snapshot is fsynced: this makes it completed."""
-    _write_json(snap_dir / COMPLETED, {"completed_at": datetime.now(UTC).isoformat(timespec="microseconds")})
+    _write_json(snap_dir / COMPLETED, {"completed_at": utc_text(datetime.now(UTC))})
 
 
 def mark_failed(snap_dir: Path, error: str) -> None:
     """After a failed fsync: the kernel may since have marked the lost pages clean, so a later
     fsync could pass without writing them; the snapshot must never become completed."""
-    _write_json(snap_dir / FAILED, {"error": error, "failed_at": datetime.now(UTC).isoformat(timespec="seconds")})
+    _write_json(snap_dir / FAILED, {"error": error, "failed_at": utc_text(datetime.now(UTC))})
 
 
 def restore_marker(dest: Path) -> Path:
@@ -273,7 +274,7 @@ def write_restore_marker(dest: Path, ref: Any, meta: dict[str, Any], *, staging:
         "snapshot_id": ref.snapshot_id,
         "tags": tags,
         "staging": str(staging) if staging is not None else None,
-        "restored_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "restored_at": utc_text(datetime.now(UTC)),
     })
     try:
         os.link(temp, marker)  # link(2), unlike rename(2), never replaces
@@ -290,7 +291,7 @@ def finish_restore_marker(dest: Path) -> None:
     a ``dest`` found gone or empty later, is one that was emptied by hand, not a restore under way."""
     document = read_restore_marker(dest)
     if document is not None:
-        _write_json(restore_marker(dest), {**document, "finished_at": datetime.now(UTC).isoformat(timespec="seconds")})
+        _write_json(restore_marker(dest), {**document, "finished_at": utc_text(datetime.now(UTC))})
 
 
 def finished_restore_marker(dest: Path) -> bool:
