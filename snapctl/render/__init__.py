@@ -2,7 +2,7 @@
 when it prints text: `-o json` never loads it (~40 ms).
 
 Text goes to stdout, progress and errors to stderr; with ``--output json`` stdout carries exactly
-one JSON document per command (schemas in docs/json-output.md).
+one JSON document per command (README "Commands"; `status`'s schema is docs/status.schema.json).
 """
 
 from __future__ import annotations
