@@ -131,6 +131,18 @@ class ProviderUnreachable(ProviderError):
     again later may well succeed, so a backup's wait does (docs/reliability.md)."""
 
 
+class ProviderUnavailable(ProviderError):
+    """The cloud's API answered with a server error (HTTP 5xx) after the SDK's own retries: it is
+    failing on its side. Not a refusal, and not a snapshot that failed (that is a plain
+    ``ProviderError``): asking again later may well succeed, so a backup's wait does, as for
+    ``ProviderUnreachable``."""
+
+
+# The cloud failing to answer, or answering with a server error: what a wait rides out and a
+# rollback does not keep asking.
+CLOUD_OUTAGE = (ProviderUnreachable, ProviderUnavailable)
+
+
 class SnapshotNotFound(ProviderError):
     """The snapshot does not exist (for delete this counts as done)."""
 

@@ -117,8 +117,9 @@ class Provider(Protocol):
     Every call is bounded in time, backs off on throttling (honouring Retry-After), and turns
     SDK errors into ``ProviderError`` with a hint (a missing permission names the permission):
     ``ProviderThrottled`` when the cloud still says "slow down" after the retries,
-    ``ProviderUnreachable`` when it gave no answer at all (refused, dropped, timed out), which a
-    backup's wait rides out until its deadline.
+    ``ProviderUnreachable`` when it gave no answer at all (refused, dropped, timed out) and
+    ``ProviderUnavailable`` when it answered with a server error (5xx), both of which a backup's
+    wait rides out until its deadline. A snapshot whose own state says it failed is neither.
     Methods may be called from several threads at once, and ``snapshot`` from another process
     (``policy.provider_process``: a child builds its own provider from the same settings), so
     state lives where every process sees it (the cloud, the filesystem), and a snapshot's

@@ -7,7 +7,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from snapctl.errors import ProviderError, ProviderThrottled, ProviderUnreachable, SnapctlError, SnapshotNotFound
+from snapctl.errors import (
+    ProviderError,
+    ProviderThrottled,
+    ProviderUnavailable,
+    ProviderUnreachable,
+    SnapctlError,
+    SnapshotNotFound,
+)
 from snapctl.ratelimit import parse_retry_after
 
 PER_VOLUME_RATE = "SnapshotCreationPerVolumeRateExceeded"
@@ -26,6 +33,11 @@ UNREACHABLE = frozenset({
     "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
     "ProxyConnectionError", "ResponseStreamingError",
 })
+# EC2 failing on its side (any 5xx says so too), past botocore's retries: asked again later, the
+# same call may well pass. Not a snapshot in state error: that is the snapshot's own answer.
+SERVER_ERRORS = frozenset({"InternalError", "InternalFailure", "ServiceUnavailable", "Unavailable"})
+SERVER_ERROR_HINT = ("EC2 is failing on its side: look for an outage in the region on the AWS Health Dashboard, "
+                     "and try again later")
 SNAPSHOT_NOT_FOUND = frozenset({"InvalidSnapshot.NotFound"})
 VOLUME_NOT_FOUND = frozenset({"InvalidVolume.NotFound"})
 NOT_FOUND_HINTS = {
@@ -86,6 +98,8 @@ def translate_client_error(exc: Any) -> SnapctlError:
             "*_rate settings or run fewer clusters at once"
         )
         return ProviderThrottled(detail, retry_after=retry_after, hint=hint)
+    if code in SERVER_ERRORS or _http_status(exc) >= 500:
+        return ProviderUnavailable(detail, hint=SERVER_ERROR_HINT)
     if code in SNAPSHOT_NOT_FOUND:
         return SnapshotNotFound(detail)
     if code in VOLUME_NOT_FOUND:
@@ -116,6 +130,12 @@ def translate_botocore_error(exc: Exception) -> SnapctlError:
                                    hint="check network access to the EC2 endpoint (a proxy or a link that cuts "
                                         "answers short)")
     return ProviderError(f"aws: {kind}: {exc}")
+
+
+def _http_status(exc: Any) -> int:
+    response = exc.response if isinstance(exc.response, dict) else {}
+    status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+    return status if isinstance(status, int) else 0
 
 
 def error_code(exc: Any) -> str | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from snapctl.errors import ProviderError, ProviderThrottled, ProviderUnreachable, SnapctlError
+from snapctl.errors import ProviderError, ProviderThrottled, ProviderUnavailable, ProviderUnreachable, SnapctlError
 from snapctl.ratelimit import parse_retry_after
 
 THROTTLE_CODES = frozenset({"TooManyRequests", "SubscriptionRequestsThrottled", "ResourceRequestsThrottled",
@@ -97,6 +97,9 @@ def translate(exc: BaseException, action: str, permission: str) -> SnapctlError:
         return ProviderThrottled(detail, retry_after=retry_after_of(exc),
                                  hint=f"azure resource manager throttled this subscription after all retries; "
                                  f"{remedy} or run fewer clusters at once")
+    if (exc.status_code or 0) >= 500:
+        return ProviderUnavailable(detail, hint="azure resource manager is failing on its side: look for an outage "
+                                   "on status.azure.com (or the subscription's service health), and try again later")
     if exc.status_code == 403 or code in DENIED_CODES:
         return ProviderError(f"azure {action}: permission denied, the credentials lack {permission}",
                              hint=f"grant {permission} on the resource group (roles in docs/providers/azure.md); "

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from snapctl.errors import ProviderError, ProviderThrottled, ProviderUnreachable, SnapctlError
+from snapctl.errors import ProviderError, ProviderThrottled, ProviderUnavailable, ProviderUnreachable, SnapctlError
 from snapctl.ratelimit import parse_retry_after
 
 RATE_REASONS = frozenset({"rateLimitExceeded", "userRateLimitExceeded", "RATE_LIMIT_EXCEEDED"})
@@ -47,16 +47,20 @@ def is_throttle(exc: BaseException) -> bool:
     return isinstance(exc, gexc.Forbidden) and bool(reasons(exc) & RATE_REASONS)
 
 
+def is_server_error(exc: BaseException) -> bool:
+    """Compute Engine failing on its side (500, 502, 503, 504): not 501, which no retry changes."""
+    from google.api_core import exceptions as gexc
+
+    return isinstance(exc, (gexc.InternalServerError, gexc.BadGateway, gexc.ServiceUnavailable, gexc.GatewayTimeout,
+                            gexc.DeadlineExceeded))
+
+
 def is_transient(exc: BaseException) -> bool:
     """Worth another try with the same request id: throttling, 5xx, a dropped connection."""
-    from google.api_core import exceptions as gexc
     from google.auth import exceptions as auth_exc
     from requests import exceptions as req_exc
 
-    if is_throttle(exc):
-        return True
-    if isinstance(exc, (gexc.InternalServerError, gexc.BadGateway, gexc.ServiceUnavailable, gexc.GatewayTimeout,
-                        gexc.DeadlineExceeded)):
+    if is_throttle(exc) or is_server_error(exc):
         return True
     return isinstance(exc, (req_exc.ConnectionError, req_exc.Timeout, auth_exc.TransportError))
 
@@ -97,6 +101,9 @@ def translate(exc: BaseException, action: str, permission: str) -> SnapctlError:
         return ProviderThrottled(detail, retry_after=retry_after_of(exc),
                                  hint=f"compute engine throttled this project after all retries; {remedy} "
                                  "or run fewer clusters at once")
+    if is_server_error(exc):
+        return ProviderUnavailable(detail, hint="compute engine is failing on its side: look for an outage on "
+                                   "status.cloud.google.com, and try again later")
     if isinstance(exc, gexc.Unauthorized):
         return ProviderError(f"gcp {action}: credentials rejected", hint=CREDENTIALS_HINT)
     if isinstance(exc, gexc.NotFound):

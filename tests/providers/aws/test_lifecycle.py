@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from snapctl.errors import BadInputError, ProviderError, ProviderUnreachable, SnapshotNotFound
+from snapctl.errors import BadInputError, ProviderError, ProviderUnavailable, ProviderUnreachable, SnapshotNotFound
 from snapctl.providers import TAG_CLUSTER, TAG_NODE, TAG_RUN, RestoreTarget, snapshot_tags
 from tests.conftest import free_port
 from tests.fakes.serving import cut_short, serving
@@ -70,6 +70,7 @@ def test_a_snapshot_in_error_fails_wait_with_the_clouds_message(provider, moto, 
         provider.wait([ref], time.monotonic() + 30)
 
     assert ref.snapshot_id in caught.value.message and "node n1" in caught.value.message
+    assert not isinstance(caught.value, ProviderUnavailable)  # the snapshot's own answer: no wait rides it out
 
 
 def test_wait_gives_up_at_the_deadline(provider, moto, volume):
@@ -92,6 +93,22 @@ def test_a_wait_that_reaches_no_ec2_is_unreachable_and_a_refusal_is_not(make_pro
     with pytest.raises(ProviderError, match="permission denied") as refused:
         provider.wait([ref], time.monotonic() + 30)
     assert not isinstance(refused.value, ProviderUnreachable)
+
+
+@pytest.mark.parametrize(("status", "code"), [(500, "InternalError"), (503, "Unavailable"),
+                                            (503, "ServiceUnavailable"), (502, "BadGateway")])
+def test_a_server_error_past_the_retries_is_unavailable(make_provider, volume, status, code):
+    """EC2 failing on its side is what a backup's wait rides out, as it does no answer at all; a
+    502 whose code EC2 never uses is one by its status."""
+    provider = make_provider(max_attempts=2)
+    [ref] = take(provider, [volume])
+    fault = inject(provider, "DescribeSnapshots", FailFirst(2, status, code, "An internal error has occurred."))
+
+    with pytest.raises(ProviderUnavailable) as caught:
+        provider.wait([ref], time.monotonic() + 30)
+    assert fault.calls == 2  # botocore's own retries came first
+    assert caught.value.message == f"aws DescribeSnapshots: {code}: An internal error has occurred."
+    assert "failing on its side" in caught.value.hint
 
 
 def test_an_answer_cut_short_is_unreachable_on_one_line_not_an_untranslated_parser_error(make_provider, provider,

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from snapctl.errors import BadInputError, ProviderError, ProviderThrottled, ProviderUnreachable
+from snapctl.errors import BadInputError, ProviderError, ProviderThrottled, ProviderUnavailable, ProviderUnreachable
 from snapctl.providers import TAG_CLUSTER, TAG_RUN, TAG_VOLUME, RestoreTarget, SnapshotRef, snapshot_tags
 from tests.fakes.azure_compute import StaticTokenCredential
 from tests.fakes.json_http import Fault
@@ -110,6 +110,22 @@ def test_a_read_whose_connection_drops_past_the_retries_is_unreachable_and_a_ref
     with pytest.raises(ProviderError, match="lack Microsoft.Compute/snapshots/read") as refused:
         provider.wait(refs, deadline())
     assert not isinstance(refused.value, ProviderUnreachable)
+
+
+@pytest.mark.parametrize("status", [500, 503])
+def test_a_server_error_past_the_retries_is_unavailable(azure, make_provider, volumes, status):
+    """ARM failing on its side is what a backup's wait rides out, as it does no answer."""
+    provider = make_provider(max_retries=1)
+    refs = provider.snapshot(volumes, tags())
+    azure.inject(Fault(status, times=2, method="GET", path_contains="/snapshots/", message="try again later"))
+
+    with pytest.raises(ProviderUnavailable) as caught:
+        provider.wait(refs, deadline())
+    name = refs[0].extra["name"]
+    code = {500: "InternalServerError", 503: "ServiceUnavailable"}[status]
+    assert caught.value.message == f"azure get snapshot {name}: {code}: try again later"
+    assert "failing on its side" in caught.value.hint
+    assert [r.status for r in azure.requests_to("GET", "/snapshots/")] == [status, status]
 
 
 def test_a_retry_after_longer_than_allowed_fails_at_once(azure, make_provider, volumes):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from snapctl.errors import BadInputError, ProviderError, ProviderThrottled, ProviderUnreachable
+from snapctl.errors import BadInputError, ProviderError, ProviderThrottled, ProviderUnavailable, ProviderUnreachable
 from snapctl.providers import TAG_CLUSTER, TAG_RUN, TAG_VOLUME, RestoreTarget, SnapshotRef, snapshot_tags
 from tests.fakes.json_http import Fault, JsonHttpFake
 from tests.fakes.serving import cut_short, serving
@@ -157,6 +157,21 @@ def test_a_read_whose_connection_drops_past_the_retries_is_unreachable_and_a_ref
     with pytest.raises(ProviderError, match="lack compute.snapshots.get") as refused:
         provider.wait(refs, time.monotonic() + 30)
     assert not isinstance(refused.value, ProviderUnreachable)
+
+
+@pytest.mark.parametrize("status", [500, 502, 503])
+def test_a_server_error_past_the_retries_is_unavailable(gcp, make_provider, volumes, status):
+    """Compute Engine failing on its side is what a backup's wait rides out, as it does no answer."""
+    provider = make_provider(max_retries=1)
+    refs = provider.snapshot(volumes, tags())
+    gcp.inject(Fault(status, times=2, method="GET", path_contains="/global/snapshots/", message="backend error"))
+
+    with pytest.raises(ProviderUnavailable) as caught:
+        provider.wait(refs, deadline())
+    said = caught.value.message
+    assert said.startswith(f"gcp get snapshot {refs[0].snapshot_id}: {status} ") and said.endswith(": backend error")
+    assert "failing on its side" in caught.value.hint
+    assert [r.status for r in gcp.requests_to("GET", "/global/snapshots/")][-2:] == [status, status]  # one retry
 
 
 def test_permission_denied_names_the_permission(gcp, provider, volumes):
