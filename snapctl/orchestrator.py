@@ -28,8 +28,10 @@ from snapctl.errors import (
     AgentConflict,
     AgentError,
     AgentTimeout,
+    CLOUD_OUTAGE,
     AgentUnreachable,
     PreflightRefused,
+    ProviderError,
     ProviderUnreachable,
     RunFailed,
     SnapctlError,
@@ -421,24 +423,26 @@ async def _roll_back(run: _Run, cause: BaseException) -> None:
                 manifest.nodes[node].error = joined(manifest.nodes[node].error, f"the call then failed: {exc.message}")
         except BaseException:  # noqa: BLE001 - a failed call made nothing we can name; the sweep below finds it
             pass
-    unreachable: ProviderUnreachable | None = None
+    outage: ProviderError | None = None  # the cloud not answering, or answering 5xx
     try:
         refs.extend(await asyncio.to_thread(run.provider.find, {TAG_RUN: manifest.run_id}))
     except SnapctlError as exc:
         manifest.degradations.append(f"could not list the run's snapshots for cleanup: {exc}")
-        unreachable = exc if isinstance(exc, ProviderUnreachable) else None
+        outage = exc if isinstance(exc, CLOUD_OUTAGE) else None
     leftover: dict[str, str] = {}  # snapshot id -> why it could not be deleted
     for ref in {r.snapshot_id: r for r in refs}.values():
-        if unreachable is not None:
-            # Each delete would spend the SDK's every retry and timeout on a silent network (minutes
-            # per call with the defaults): the rest are left to gc at once.
-            leftover[ref.snapshot_id] = f"not tried, the cloud could not be reached: {unreachable.message}"
+        if outage is not None:
+            # Each delete would spend the SDK's every retry and timeout on a silent or failing cloud
+            # (minutes per call with the defaults): the rest are left to gc at once.
+            said = ("could not be reached" if isinstance(outage, ProviderUnreachable)
+                    else "answered with a server error")
+            leftover[ref.snapshot_id] = f"not tried, the cloud {said}: {outage.message}"
             continue
         try:
             await asyncio.to_thread(run.provider.delete, ref)
         except SnapctlError as exc:
             leftover[ref.snapshot_id] = str(exc)
-            unreachable = exc if isinstance(exc, ProviderUnreachable) else None
+            outage = exc if isinstance(exc, CLOUD_OUTAGE) else None
     if leftover:
         manifest.degradations.append("snapshots not deleted (snapctl gc finds them): "
                                      + ", ".join(f"{i} ({why})" for i, why in leftover.items()))

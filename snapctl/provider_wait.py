@@ -1,9 +1,10 @@
 """A backup's wait for its snapshots to complete (step 8), ridden through the cloud throttling its
-polls or not answering them at all.
+polls, not answering them at all, or answering them with server errors (5xx).
 
 By then every node is released and the snapshots' point in time fixed: only the deadline
 (``policy.wait_timeout_s``) ends the wait, never a rollback that deletes good snapshots because
-the cloud said "slow down" or a network blip cut a poll short; a wait may last hours.
+the cloud said "slow down", had a bad minute (5xx) or a network blip cut a poll short; a wait may
+last hours. A snapshot whose own state says it failed is no such error and still fails the wait.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import asyncio
 import itertools
 import time
 
-from snapctl.errors import ProviderThrottled, ProviderUnreachable
+from snapctl.errors import CLOUD_OUTAGE, ProviderThrottled, ProviderUnavailable, ProviderUnreachable
 from snapctl.events import Reporter
 from snapctl.providers import Provider, SnapshotRef
 
@@ -21,7 +22,8 @@ MAX_PAUSE_S = 60.0
 
 async def wait_out_transient(provider: Provider, refs: list[SnapshotRef], deadline: float, reporter: Reporter,
                              wait_timeout_s: float) -> list[SnapshotRef]:
-    """``provider.wait``, asked again after a poll throttled or unanswered past one call's retries."""
+    """``provider.wait``, asked again after a poll throttled, unanswered or answered with a server
+    error past one call's retries."""
     for attempt in itertools.count():
         try:
             return await asyncio.to_thread(provider.wait, refs, deadline, reporter.snapshot_progress)
@@ -30,19 +32,23 @@ async def wait_out_transient(provider: Provider, refs: list[SnapshotRef], deadli
             if time.monotonic() + pause >= deadline:
                 raise
             reporter.step("wait", f"throttled, polling again in {pause:.1f}s: {exc.message}")
-        except ProviderUnreachable as exc:
+        except CLOUD_OUTAGE as exc:
+            unreachable = isinstance(exc, ProviderUnreachable)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise ProviderUnreachable(
-                    f"the cloud could not be reached when the wait for the snapshots ran out (policy.wait_timeout_s "
+                what = "the cloud could not be reached" if unreachable else "the cloud answered with a server error"
+                remedy = exc.hint or ("check network access to the cloud" if unreachable
+                                      else "look for an outage on the cloud's status page")
+                raise (ProviderUnreachable if unreachable else ProviderUnavailable)(
+                    f"{what} when the wait for the snapshots ran out (policy.wait_timeout_s "
                     f"{wait_timeout_s:g}s): {exc.message}",
                     hint="the snapshots may still complete, but the run is failed: those its rollback could not "
-                         "delete are named in the manifest for `snapctl gc`; "
-                         f"{exc.hint or 'check network access to the cloud'}, or raise policy.wait_timeout_s to ride "
-                         "out longer outages") from exc
+                         f"delete are named in the manifest for `snapctl gc`; {remedy}, or raise "
+                         "policy.wait_timeout_s to ride out longer outages") from exc
             # Cut short at the deadline rather than skipped: one last look then may find them done.
             pause = min(_backoff(attempt), remaining)
-            reporter.step("wait", f"cloud unreachable, polling again in {pause:.1f}s: {exc.message}")
+            said = "cloud unreachable" if unreachable else "cloud server error"
+            reporter.step("wait", f"{said}, polling again in {pause:.1f}s: {exc.message}")
         await asyncio.sleep(pause)
     raise AssertionError("unreachable")
 

@@ -1,11 +1,13 @@
 """A request handler class served on 127.0.0.1 in a thread, for the tests whose other end is no
 agent and no cloud (a proxy, another service on an agent's port): one place for the start and
-the shutdown."""
+the shutdown. And handlers for what the network or the cloud does to answers: cut them short,
+or answer some requests itself in front of a real server."""
 
 from __future__ import annotations
 
+import http.client
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -48,3 +50,45 @@ def cut_short(*, truncated: bool) -> type[BaseHTTPRequestHandler]:
             pass
 
     return CutShort
+
+
+Answer = tuple[int, str, bytes]  # status, content type, body
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length"})
+
+
+def in_front_of(upstream: str, answer: Callable[[str, bytes], Answer | None]) -> type[BaseHTTPRequestHandler]:
+    """A server that passes each request on to ``upstream`` (``http://127.0.0.1:PORT``) and its
+    answer back, except those ``answer(path, body)`` answers itself: a cloud's front end failing."""
+    host, port = upstream.removeprefix("http://").rsplit(":", 1)
+
+    class InFrontOf(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _pass(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            own = answer(self.path, body)
+            if own is None:
+                own = self._upstream(body)
+            status, content_type, payload = own
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def _upstream(self, body: bytes) -> Answer:
+            connection = http.client.HTTPConnection(host, int(port), timeout=30)
+            try:
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+                connection.request(self.command, self.path, body=body, headers=headers)
+                response = connection.getresponse()
+                return response.status, response.getheader("Content-Type") or "text/plain", response.read()
+            finally:
+                connection.close()
+
+        do_GET = do_POST = do_PUT = do_DELETE = _pass
+
+        def log_message(self, *args) -> None:
+            pass
+
+    return InFrontOf

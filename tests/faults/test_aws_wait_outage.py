@@ -1,13 +1,16 @@
 """A network outage between snapctl and EC2 while a backup waits for its snapshots: boto3 in the
 real CLI against moto's server behind a loopback proxy that the test partitions (every byte
-dropped, as with a pulled cable) and heals. Snapshots are made ``pending`` in moto's backend,
-which runs in this process, so the wait has something to wait for.
+dropped, as with a pulled cable) and heals. And EC2 failing on its side meanwhile: a loopback
+front end that answers the wait's DescribeSnapshots with 503 ``Unavailable`` for a while.
+Snapshots are made ``pending`` in moto's backend, which runs in this process, so the wait has
+something to wait for.
 """
 
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +20,9 @@ from snapctl.errors import ExitCode
 from tests.faults.harness import NODES, FaultCluster, wait_until
 from tests.faults.proxy import LoopbackProxy
 from tests.faults.test_provider_faults import assert_released_by
+from tests.fakes.serving import Answer, in_front_of, serving
 from tests.moto_server import DEFAULT_REGION, MotoServer, dummy_aws_credentials, shared_moto_server
+from tests.providers.aws.faults import ec2_error_body
 
 
 @dataclass
@@ -54,9 +59,10 @@ def ec2(monkeypatch: pytest.MonkeyPatch) -> Iterator[Ec2Behind]:
             proxy.close()
 
 
-def aws_inventory(scene: FaultCluster, ec2: Ec2Behind, policy: dict | None = None):
+def aws_inventory(scene: FaultCluster, ec2: Ec2Behind, policy: dict | None = None, endpoint_url: str | None = None):
     # Two attempts of half a second each: one call gives up on a silent network within seconds.
-    provider = {"type": "aws", "region": DEFAULT_REGION, "endpoint_url": ec2.proxy.url, "poll_interval_s": 0.05,
+    provider = {"type": "aws", "region": DEFAULT_REGION, "endpoint_url": endpoint_url or ec2.proxy.url,
+                "poll_interval_s": 0.05,
                 "max_attempts": 2, "connect_timeout_s": 0.5, "read_timeout_s": 0.5}
     return scene.write_inventory(scene.directory / "aws.yaml", provider=provider, policy=policy,
                                  volumes=lambda node: [{"volume": ec2.volumes[node], "name": "data"}])
@@ -128,3 +134,90 @@ def test_an_outage_that_outlasts_the_wait_fails_the_run_keeping_what_it_could_no
     [leftovers] = [d for d in manifest["degradations"] if d.startswith("snapshots not deleted")]
     assert all(s in leftovers for s in snapshots) and set(ec2.snapshots()) == set(snapshots)
     assert leftovers.count("not tried, the cloud could not be reached") == len(NODES)
+
+
+class FailingDescribes:
+    """EC2's front end answering every DescribeSnapshots with 503 ``Unavailable`` while ``failing``:
+    the wait's polls, and the rollback's search for the run's snapshots."""
+
+    def __init__(self) -> None:
+        self.failing = False
+        self.failed = 0  # requests answered 503
+        self._lock = threading.Lock()
+
+    def __call__(self, path: str, body: bytes) -> Answer | None:
+        if not self.failing or b"Action=DescribeSnapshots" not in body:
+            return None
+        with self._lock:
+            self.failed += 1
+        return 503, "text/xml", ec2_error_body("Unavailable", "The service is unavailable. Please try again shortly.")
+
+
+@pytest.fixture
+def front(ec2: Ec2Behind) -> Iterator[tuple[str, FailingDescribes]]:
+    """The URL of a front end in front of moto, and its faults."""
+    failing = FailingDescribes()
+    with serving(in_front_of(ec2.moto.endpoint_url, failing)) as url:
+        yield url, failing
+
+
+def released_with_snapshots(scene: FaultCluster, ec2: Ec2Behind) -> dict[str, Any]:
+    wait_until(lambda: len(ec2.snapshots()) == len(NODES) and not scene.held(), 60,
+               "the run's snapshots to be made and every node released")
+    return ec2.snapshots()
+
+
+def while_running(run: subprocess.Popen, reached: Callable[[], bool], what: str) -> None:
+    """Wait for ``reached()``; a run that ended first fails the test with what it said."""
+    def check() -> bool:
+        if run.poll() is not None:
+            raise AssertionError(f"the backup ended (exit {run.returncode}) before {what}: {run.communicate()[1][-3000:]}")
+        return reached()
+
+    wait_until(check, 60, what)
+
+
+def test_server_errors_while_the_snapshots_upload_are_waited_out(scene: FaultCluster, ec2: Ec2Behind, front) -> None:
+    url, describes = front
+    run = scene.popen("backup", "--no-prune", inventory=aws_inventory(scene, ec2, endpoint_url=url))
+    snapshots = released_with_snapshots(scene, ec2)
+    describes.failing = True
+    # Past one call's two attempts: without asking again, the run would have rolled back by now.
+    while_running(run, lambda: describes.failed >= 4, "four of the wait's polls answered 503")
+    for snapshot in snapshots.values():
+        snapshot.status = "completed"  # the upload went on meanwhile
+    describes.failing = False
+    _, stderr = run.communicate(timeout=120)
+
+    assert run.returncode == 0, stderr
+    assert "cloud server error, polling again" in stderr and "aws DescribeSnapshots: Unavailable" in stderr
+    [run_id] = scene.run_ids()
+    manifest = scene.manifest(run_id)
+    assert manifest["status"] == "succeeded" and manifest["snapshots_completed"]
+    made = {r["snapshots"][0]["snapshot_id"] for r in manifest["nodes"].values()}
+    assert made == set(snapshots) == set(ec2.snapshots())  # nothing deleted
+    assert_released_by(scene, run_id)
+
+
+def test_server_errors_that_outlast_the_wait_fail_the_run_keeping_what_it_could_not_delete(
+        scene: FaultCluster, ec2: Ec2Behind, front) -> None:
+    url, describes = front
+    run = scene.popen("backup", "--no-prune",
+                      inventory=aws_inventory(scene, ec2, policy={"wait_timeout_s": "3s"}, endpoint_url=url))
+    snapshots = released_with_snapshots(scene, ec2)
+    describes.failing = True
+    _, stderr = run.communicate(timeout=120)
+
+    assert run.returncode == ExitCode.RUN_FAILED, stderr
+    said = "the cloud answered with a server error when the wait for the snapshots ran out (policy.wait_timeout_s 3s)"
+    [error] = [line for line in stderr.splitlines() if line.startswith("snapctl: error:")]  # on one line
+    assert said in error and "aws DescribeSnapshots: Unavailable" in error, stderr
+    assert "snapctl gc" in stderr and "outage in the region on the AWS Health Dashboard" in stderr  # where to look
+    [run_id] = scene.run_ids()
+    manifest = scene.manifest(run_id)
+    assert manifest["status"] == "failed" and said in manifest["error"]
+    assert_released_by(scene, run_id)
+    # The rollback's search met the same 503, so it tried no delete: on record for gc, still there.
+    [leftovers] = [d for d in manifest["degradations"] if d.startswith("snapshots not deleted")]
+    assert all(s in leftovers for s in snapshots) and set(ec2.snapshots()) == set(snapshots)
+    assert leftovers.count("not tried, the cloud answered with a server error") == len(NODES)

@@ -174,6 +174,13 @@ class DroppedUploads(UploadPollFaults):
         return DROP
 
 
+class FailingUploads(UploadPollFaults):
+    """Compute Engine failing on its side: 503, as its front end answers in an outage."""
+
+    def poll_fault(self) -> Reply:
+        return self.fault_reply(Fault(503, message="the service is currently unavailable"))
+
+
 def test_throttling_while_the_snapshots_upload_is_waited_out_not_rolled_back(scene: FaultCluster) -> None:
     """The wait polls for hours at most; a poll throttled past one call's retries is no reason to
     delete snapshots whose point in time was fixed and whose nodes were all released."""
@@ -268,3 +275,42 @@ def test_an_outage_that_outlasts_the_wait_fails_the_run_saying_so(scene: FaultCl
         [leftovers] = [d for d in manifest["degradations"] if d.startswith("snapshots not deleted")]
         assert all(s in leftovers for s in gcp.snapshots) and len(gcp.snapshots) == len(NODES)
         assert leftovers.count("not tried, the cloud could not be reached") == len(NODES) - 1
+
+
+def test_server_errors_while_the_snapshots_upload_are_waited_out_not_rolled_back(scene: FaultCluster) -> None:
+    """A cloud failing on its side for longer than one poll's retries is no reason to delete
+    snapshots whose point in time was fixed and whose nodes were all released: the wait asks again."""
+    with uploading_disks(FailingUploads(op_running_polls=1, creating_polls=1, uploading_polls=1)) as gcp:
+        gcp.faulty_polls = 4  # max_retries=1: two polls' worth, each failing the wait once
+        result = scene.snapctl("backup", "--no-prune", inventory=gcp_inventory(scene, gcp, max_retries=1))
+        assert result.returncode == 0, result.stderr
+        [run_id] = scene.run_ids()
+        manifest = scene.manifest(run_id)
+        assert manifest["status"] == "succeeded" and manifest["snapshots_completed"]
+        assert gcp.faulted == 4
+        assert result.stderr.count("cloud server error, polling again") == 2  # each retry reported
+        assert "the service is currently unavailable" in result.stderr
+        assert gcp.requests_to("DELETE") == []
+        assert live_snapshots(gcp) == Counter({f"{node}-disk": 1 for node in NODES})
+        assert_released_by(scene, run_id)
+
+
+def test_server_errors_that_outlast_the_wait_fail_the_run_saying_so(scene: FaultCluster) -> None:
+    with uploading_disks(FailingUploads(op_running_polls=1, creating_polls=1, uploading_polls=1)) as gcp:
+        gcp.faulty_polls = 10_000
+        result = scene.snapctl("backup", "--no-prune", inventory=gcp_inventory(
+            scene, gcp, policy={"wait_timeout_s": "2s"}, max_retries=1))
+        assert result.returncode == ExitCode.RUN_FAILED, result.stderr
+        said = "the cloud answered with a server error when the wait for the snapshots ran out (policy.wait_timeout_s 2s)"
+        [error] = [line for line in result.stderr.splitlines() if line.startswith("snapctl: error:")]
+        assert said in error and "503" in error and "the service is currently unavailable" in error
+        assert "snapctl gc" in result.stderr and "status.cloud.google.com" in result.stderr  # what is left; where to look
+        [run_id] = scene.run_ids()
+        manifest = scene.manifest(run_id)
+        assert manifest["status"] == "failed" and said in manifest["error"]
+        assert_released_by(scene, run_id)
+        # Still failing, the rollback's first delete could not read its snapshot, and it asked the
+        # failing cloud to delete no other: on record, for gc.
+        [leftovers] = [d for d in manifest["degradations"] if d.startswith("snapshots not deleted")]
+        assert all(s in leftovers for s in gcp.snapshots) and len(gcp.snapshots) == len(NODES)
+        assert leftovers.count("not tried, the cloud answered with a server error") == len(NODES) - 1

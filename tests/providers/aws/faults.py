@@ -17,15 +17,20 @@ class _Body:
         yield self._data
 
 
-def ec2_error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Any:
-    """An EC2 query-protocol error response, as the real service sends it."""
-    from botocore.awsrequest import AWSResponse
-
-    body = (
+def ec2_error_body(code: str, message: str) -> bytes:
+    """The body of an EC2 query-protocol error, as the real service sends it."""
+    return (
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
         f"<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors>"
         "<RequestID>00000000-0000-0000-0000-000000000000</RequestID></Response>"
     ).encode()
+
+
+def ec2_error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Any:
+    """An EC2 query-protocol error response, as the real service sends it."""
+    from botocore.awsrequest import AWSResponse
+
+    body = ec2_error_body(code, message)
     return AWSResponse("https://ec2.amazonaws.com/", status, {"Content-Type": "text/xml", **(headers or {})}, _Body(body))
 
 
