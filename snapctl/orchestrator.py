@@ -25,10 +25,10 @@ from snapctl.catalog import Catalog, open_catalog
 from snapctl.catalog.lock import LockKeeper
 from snapctl.config import Inventory
 from snapctl.errors import (
+    CLOUD_OUTAGE,
     AgentConflict,
     AgentError,
     AgentTimeout,
-    CLOUD_OUTAGE,
     AgentUnreachable,
     PreflightRefused,
     ProviderError,
@@ -432,8 +432,9 @@ async def _roll_back(run: _Run, cause: BaseException) -> None:
     leftover: dict[str, str] = {}  # snapshot id -> why it could not be deleted
     for ref in {r.snapshot_id: r for r in refs}.values():
         if outage is not None:
-            # Each delete would spend the SDK's every retry and timeout on a silent or failing cloud
-            # (minutes per call with the defaults): the rest are left to gc at once.
+            # Each delete would spend the SDK's every retry on a cloud that is failing, or every
+            # timeout too on a silent network (minutes per call with the defaults): the rest are
+            # left to gc at once.
             said = ("could not be reached" if isinstance(outage, ProviderUnreachable)
                     else "answered with a server error")
             leftover[ref.snapshot_id] = f"not tried, the cloud {said}: {outage.message}"

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 from snapctl.errors import ExitCode
+from tests.fakes.serving import Answer, in_front_of, serving
 from tests.faults.harness import NODES, FaultCluster, wait_until
 from tests.faults.proxy import LoopbackProxy
 from tests.faults.test_provider_faults import assert_released_by
-from tests.fakes.serving import Answer, in_front_of, serving
 from tests.moto_server import DEFAULT_REGION, MotoServer, dummy_aws_credentials, shared_moto_server
 from tests.providers.aws.faults import ec2_error_body
 
@@ -171,7 +171,8 @@ def while_running(run: subprocess.Popen, reached: Callable[[], bool], what: str)
     """Wait for ``reached()``; a run that ended first fails the test with what it said."""
     def check() -> bool:
         if run.poll() is not None:
-            raise AssertionError(f"the backup ended (exit {run.returncode}) before {what}: {run.communicate()[1][-3000:]}")
+            said = run.communicate()[1][-3000:]
+            raise AssertionError(f"the backup ended (exit {run.returncode}) before {what}: {said}")
         return reached()
 
     wait_until(check, 60, what)

@@ -301,10 +301,12 @@ def test_server_errors_that_outlast_the_wait_fail_the_run_saying_so(scene: Fault
         result = scene.snapctl("backup", "--no-prune", inventory=gcp_inventory(
             scene, gcp, policy={"wait_timeout_s": "2s"}, max_retries=1))
         assert result.returncode == ExitCode.RUN_FAILED, result.stderr
-        said = "the cloud answered with a server error when the wait for the snapshots ran out (policy.wait_timeout_s 2s)"
+        said = ("the cloud answered with a server error when the wait for the snapshots ran out "
+                "(policy.wait_timeout_s 2s)")
         [error] = [line for line in result.stderr.splitlines() if line.startswith("snapctl: error:")]
         assert said in error and "503" in error and "the service is currently unavailable" in error
-        assert "snapctl gc" in result.stderr and "status.cloud.google.com" in result.stderr  # what is left; where to look
+        assert "snapctl gc" in result.stderr  # what is left ...
+        assert "status.cloud.google.com" in result.stderr  # ... and where to look
         [run_id] = scene.run_ids()
         manifest = scene.manifest(run_id)
         assert manifest["status"] == "failed" and said in manifest["error"]
