@@ -189,3 +189,28 @@ class VerifyMismatch(SnapctlError):
     """A restore drill or verify found data that does not match the manifest."""
 
     exit_code = ExitCode.VERIFY_MISMATCH
+
+
+def certificate_refused(exc: BaseException) -> str | None:
+    """Why TLS refused the server's certificate (OpenSSL's reason: "self-signed certificate in
+    certificate chain", "Hostname mismatch, ..."), if that is what ``exc`` comes down to; else None.
+
+    SDKs wrap it several layers deep (requests' SSLError around urllib3's MaxRetryError around
+    ssl's own error; azure-core's ServiceRequestError around those) and file it with connection
+    errors. It is none: a certificate that does not verify will not verify on the next try, and
+    "check network access" sends the operator the wrong way (a proxy that inspects TLS, a private
+    CA not trusted here)."""
+    import ssl
+
+    seen: set[int] = set()
+    pending: list[object] = [exc]
+    while pending:
+        current = pending.pop()
+        if not isinstance(current, BaseException) or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return current.verify_message or str(current)
+        pending.extend([current.__cause__, current.__context__, getattr(current, "reason", None),
+                        getattr(current, "inner_exception", None), *current.args])
+    return None

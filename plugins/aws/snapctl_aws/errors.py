@@ -14,6 +14,7 @@ from snapctl.errors import (
     ProviderUnreachable,
     SnapctlError,
     SnapshotNotFound,
+    certificate_refused,
 )
 from snapctl.ratelimit import parse_retry_after
 
@@ -121,6 +122,11 @@ def translate_botocore_error(exc: Exception) -> SnapctlError:
         return ProviderError(f"aws: no usable credentials ({kind}): {reason}", hint=SSO_HINT)
     if kind == "ProfileNotFound":
         return ProviderError(f"aws: {exc}", hint="fix the provider's 'profile' or add it to ~/.aws/config")
+    if reason := certificate_refused(exc):
+        return ProviderError(f"aws: the EC2 endpoint's TLS certificate was refused: {reason}",
+                             hint="trust the CA that signed it (AWS_CA_BUNDLE=/path/to/bundle.pem, or ca_bundle in "
+                             "~/.aws/config; a proxy that inspects TLS has its own), or check the provider's "
+                             "endpoint_url")
     if kind in UNREACHABLE:
         return ProviderUnreachable(f"aws: no answer from EC2 ({kind}): {exc}",
                                    hint="check network access to the EC2 endpoint")

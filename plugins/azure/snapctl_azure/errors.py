@@ -9,7 +9,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from snapctl.errors import ProviderError, ProviderThrottled, ProviderUnavailable, ProviderUnreachable, SnapctlError
+from snapctl.errors import (
+    ProviderError,
+    ProviderThrottled,
+    ProviderUnavailable,
+    ProviderUnreachable,
+    SnapctlError,
+    certificate_refused,
+)
 from snapctl.ratelimit import parse_retry_after
 
 THROTTLE_CODES = frozenset({"TooManyRequests", "SubscriptionRequestsThrottled", "ResourceRequestsThrottled",
@@ -76,6 +83,10 @@ def translate(exc: BaseException, action: str, permission: str) -> SnapctlError:
             return ProviderError(f"azure {action}: credentials rejected", hint=CREDENTIALS_HINT)
         first_line = (getattr(exc, "message", None) or str(exc)).strip().splitlines()[0]
         return ProviderError(f"azure {action}: no usable credentials: {first_line}", hint=CREDENTIALS_HINT)
+    if reason := certificate_refused(exc):
+        return ProviderError(f"azure {action}: azure resource manager's TLS certificate was refused: {reason}",
+                             hint="trust the CA that signed it (REQUESTS_CA_BUNDLE=/path/to/bundle.pem; a proxy that "
+                             "inspects TLS has its own), or check the provider's base_url")
     if isinstance(exc, (aexc.ServiceRequestError, aexc.ServiceResponseError)):
         return ProviderUnreachable(f"azure {action}: no answer from azure resource manager ({type(exc).__name__})",
                                    hint="check network access to management.azure.com (or the provider's base_url)")

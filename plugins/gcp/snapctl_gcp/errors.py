@@ -10,7 +10,14 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from snapctl.errors import ProviderError, ProviderThrottled, ProviderUnavailable, ProviderUnreachable, SnapctlError
+from snapctl.errors import (
+    ProviderError,
+    ProviderThrottled,
+    ProviderUnavailable,
+    ProviderUnreachable,
+    SnapctlError,
+    certificate_refused,
+)
 from snapctl.ratelimit import parse_retry_after
 
 RATE_REASONS = frozenset({"rateLimitExceeded", "userRateLimitExceeded", "RATE_LIMIT_EXCEEDED"})
@@ -62,6 +69,8 @@ def is_transient(exc: BaseException) -> bool:
 
     if is_throttle(exc) or is_server_error(exc):
         return True
+    if certificate_refused(exc):
+        return False
     return isinstance(exc, (req_exc.ConnectionError, req_exc.Timeout, auth_exc.TransportError))
 
 
@@ -80,6 +89,10 @@ def translate(exc: BaseException, action: str, permission: str) -> SnapctlError:
         first = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
         reason = (first.strip().splitlines() or [""])[0][:300]
         return ProviderError(f"gcp {action}: credentials could not be refreshed: {reason}", hint=CREDENTIALS_HINT)
+    if reason := certificate_refused(exc):
+        return ProviderError(f"gcp {action}: the compute api's TLS certificate was refused: {reason}",
+                             hint="trust the CA that signed it (REQUESTS_CA_BUNDLE=/path/to/bundle.pem; a proxy that "
+                             "inspects TLS has its own), or check the provider's api_endpoint")
     if isinstance(exc, (req_exc.ConnectionError, req_exc.Timeout, auth_exc.TransportError)):
         return ProviderUnreachable(f"gcp {action}: no answer from the compute api ({type(exc).__name__})",
                                    hint="check network access to compute.googleapis.com (or the provider's "
