@@ -130,6 +130,14 @@ def translate(exc: BaseException, action: str, permission: str) -> SnapctlError:
 def _credentials_error(exc: BaseException, action: str) -> ProviderError:
     """google-auth's own reason (a missing or unreadable key file names its path), or "no
     credentials found" when the chain found nothing at all."""
+    key_file = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+    if key_file and not _could_be_a_path(key_file):
+        # The key itself, pasted into the variable (a CI secret exported as is): google-auth takes it
+        # for a file name and says "File {...the whole key...} was not found".
+        return ProviderError(f"gcp {action}: GOOGLE_APPLICATION_CREDENTIALS holds what looks like a key's "
+                             "content, not the path of a key file",
+                             hint="write the key to a file only snapctl's user can read and set "
+                             "GOOGLE_APPLICATION_CREDENTIALS to its path; see docs/providers/gcp.md")
     # Only the first argument: google-auth's sentence, which names files, never their content.
     # Later arguments carry the underlying parser's exception.
     first = exc.args[0] if exc.args and isinstance(exc.args[0], str) else ""
@@ -137,12 +145,16 @@ def _credentials_error(exc: BaseException, action: str) -> ProviderError:
     if not reason or reason.startswith("Your default credentials were not found"):
         return ProviderError(f"gcp {action}: no credentials found", hint=CREDENTIALS_HINT)
     hint = CREDENTIALS_HINT
-    key_file = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
     if key_file and key_file in reason:
         hint = (f"GOOGLE_APPLICATION_CREDENTIALS names {key_file}: point it at a valid service-account key or "
                 "workload identity federation config, or unset it to use the rest of the chain; "
                 "see docs/providers/gcp.md")
     return ProviderError(f"gcp {action}: credentials could not be loaded: {reason}", hint=hint)
+
+
+def _could_be_a_path(value: str) -> bool:
+    """A key's JSON has braces, quotes and (pretty-printed) line breaks; no key file's path does."""
+    return not any(c in value for c in '{}"\n') and len(value) < 4096
 
 
 def operation_error(op: Any) -> tuple[str, str] | None:

@@ -390,6 +390,27 @@ def test_a_key_file_that_cannot_be_loaded_is_named_with_google_auths_reason(gcp,
     assert gcp.requests == []
 
 
+@pytest.mark.parametrize("indent", [None, 2], ids=["one-line", "pretty-printed"])
+def test_a_key_pasted_into_the_variable_is_said_without_any_of_the_key(gcp, make_provider, monkeypatch, indent):
+    # A CI secret exported as is: google-auth took the key for a file name and said
+    # "File {...} was not found", and its first 300 characters, private_key_id and the start of
+    # the private key, went into the message.
+    key = {"type": "service_account", "project_id": gcp.project, "private_key_id": "KEY-ID-MARKER-0123456789",
+           "private_key": "-----BEGIN PRIVATE KEY-----\nSECRET-KEY-MARKER\n-----END PRIVATE KEY-----\n",
+           "client_email": "backup@p.iam.gserviceaccount.com", "client_id": "1"}
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", json.dumps(key, indent=indent))
+
+    with pytest.raises(ProviderError) as caught:
+        make_provider(anonymous=False).warm_up()
+
+    said = str(caught.value)
+    assert caught.value.message == ("gcp find credentials: GOOGLE_APPLICATION_CREDENTIALS holds what looks like "
+                                    "a key's content, not the path of a key file")
+    assert "set GOOGLE_APPLICATION_CREDENTIALS to its path" in caught.value.hint
+    assert "MARKER" not in said and "BEGIN" not in said and "backup@" not in said
+    assert gcp.requests == []
+
+
 class _TokenEndpoint(JsonHttpFake):
     """Google's OAuth token endpoint refusing a service account's signed grant (a deleted key)."""
 
