@@ -1,11 +1,14 @@
 """The one exception tree. Only the CLI turns these into exit codes.
 
-Messages are lowercase and specific; where a fix is known the error carries a ``hint``.
+Messages are lowercase and specific; where a fix is known the error carries a ``hint``. Neither
+ever holds a credential: both go through ``snapctl.redact``.
 """
 
 from __future__ import annotations
 
 from enum import IntEnum
+
+from snapctl.redact import redact
 
 
 class ExitCode(IntEnum):
@@ -35,9 +38,11 @@ class SnapctlError(Exception):
     exit_code: ExitCode = ExitCode.RUN_FAILED
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
+        # Many messages carry what an SDK or a server said, which may hold a credential.
+        message = redact(message)
         super().__init__(message)
         self.message = message
-        self.hint = hint
+        self.hint = redact(hint) if hint else hint
 
     def __str__(self) -> str:
         return f"{self.message} (hint: {self.hint})" if self.hint else self.message
@@ -59,7 +64,7 @@ class AgentError(SnapctlError):
     def __init__(self, node: str, message: str, *, status: int | None = None, hint: str | None = None):
         super().__init__(f"node {node}: {message}", hint=hint)
         self.node = node
-        self.reason = message  # without the node: for where the node is named already
+        self.reason = redact(message)  # without the node: for where the node is named already
         self.status = status
 
 

@@ -441,6 +441,37 @@ def test_a_service_account_whose_grant_is_refused_is_one_line_with_googles_reaso
     assert caught.value.hint and gcp.requests == []
 
 
+def test_a_gateway_that_echoes_the_request_does_not_put_the_access_token_in_the_message(make_provider):
+    # google-api-core puts an answer that is not JSON in its message whole: a proxy or gateway
+    # that echoes the request it refused carried "Authorization: Bearer <the access token>" into
+    # snapctl's error, its output and the run's manifest.
+    from http.server import BaseHTTPRequestHandler
+
+    class Echo(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            body = f"request refused: {self.requestline} Authorization: {self.headers['Authorization']}".encode()
+            self.send_response(400)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    ref = SnapshotRef(provider="gcp", snapshot_id="snap1", node="n1", volume="data",
+                      extra={"zone": "europe-west1-b"})
+    with serving(Echo) as url:
+        provider = _with_credentials(make_provider(api_endpoint=url, anonymous=False, max_retries=0), _credentials())
+        with pytest.raises(ProviderError) as caught:
+            provider.wait([ref], deadline())
+    said = str(caught.value)
+    assert "request refused: GET /compute/v1/projects/" in said  # the gateway's words are kept...
+    assert "fake-token-for-tests" not in said and "Authorization: <redacted>" in said  # ...but not the token
+
+
 @pytest.mark.parametrize("truncated", [False, True], ids=["empty", "truncated"])
 def test_an_answer_cut_short_is_unreachable_not_a_refusal(make_provider, truncated):
     # An empty body (ParseError) or a connection closed mid-body (ChunkedEncodingError) was a plain

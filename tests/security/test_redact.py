@@ -1,0 +1,81 @@
+"""What an SDK says, wrapped in snapctl's errors, never carries a credential out: the real SDKs'
+own words (botocore repeating a URL with its user and password, google-api-core repeating a
+gateway's answer that echoed the Authorization header), and the shapes such words take."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from snapctl.errors import AgentError, ProviderError, SnapctlError
+from snapctl.redact import redact
+from tests.conftest import LOOPBACK, free_port
+from tests.moto_server import DEFAULT_REGION, dummy_aws_credentials
+
+SECRET = "wJalrXUtnFEMIsecret9f8e7"
+
+
+@pytest.mark.parametrize("service", ["ec2", "s3"])
+def test_an_endpoint_url_with_a_password_is_not_repeated_by_botocores_error(monkeypatch, tmp_path: Path, service):
+    # botocore reads AWS_ENDPOINT_URL_<SERVICE> itself (no inventory check sees it) and, when the
+    # endpoint does not answer, says "Could not connect to the endpoint URL: "http://user:pw@..."".
+    endpoint = f"http://AKIAUSER:{SECRET}@{LOOPBACK}:{free_port()}"
+    monkeypatch.setenv(f"AWS_ENDPOINT_URL_{service.upper()}", endpoint)
+    with dummy_aws_credentials(), pytest.raises(SnapctlError) as caught:
+        if service == "ec2":
+            from snapctl.providers import create_provider
+
+            provider = create_provider({"type": "aws", "region": DEFAULT_REGION, "max_attempts": 1,
+                                        "connect_timeout_s": 2}, cluster="c1", base_dir=tmp_path)
+            provider.find({"snapctl-run": "r1"})
+        else:
+            from snapctl.catalog.s3 import S3BlobStore
+
+            S3BlobStore("s3://bucket/prefix", region=DEFAULT_REGION).read("index.json")
+
+    said = str(caught.value)
+    assert "Could not connect to the endpoint URL" in said, said  # botocore's words, the URL in them
+    assert SECRET not in said and "AKIAUSER" not in said, said
+    assert f"http://<redacted>@{LOOPBACK}:" in said
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("GET https://a.blob.core.windows.net/c/d.vhd?sv=2022-11-02&sr=b&sp=r&sig=AbC%2Bd%3D failed",
+     "GET https://a.blob.core.windows.net/c/d.vhd?sv=2022-11-02&sr=b&sp=r&sig=<redacted> failed"),
+    ("DefaultEndpointsProtocol=https;AccountName=a;AccountKey=Zm9v+YmFy==;EndpointSuffix=core.windows.net",
+     "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=<redacted>;EndpointSuffix=core.windows.net"),
+    ("Endpoint=sb://n.servicebus.windows.net/;SharedAccessKeyName=k;SharedAccessKey=c2VjcmV0",
+     "Endpoint=sb://n.servicebus.windows.net/;SharedAccessKeyName=k;SharedAccessKey=<redacted>"),
+    ("https://s3.amazonaws.com/b/k?X-Amz-Credential=AKIA%2F&X-Amz-Security-Token=FwoG&X-Amz-Signature=abc1",
+     "https://s3.amazonaws.com/b/k?X-Amz-Credential=<redacted>&X-Amz-Security-Token=<redacted>"
+     "&X-Amz-Signature=<redacted>"),
+    ("400 Bad Request: Authorization: Bearer ya29.a0Af-xyz; Host: x", "400 Bad Request: Authorization: <redacted>; Host: x"),
+    ("headers={'Authorization': b'AWS4-HMAC-SHA256 Credential=AKIA/x', 'X-Amz-Security-Token': b'FwoG'}",
+     "headers={'Authorization': <redacted>, 'X-Amz-Security-Token': <redacted>}"),
+    ("unable to parse: aws_secret_access_key = wJalrXUtnFEMI", "unable to parse: aws_secret_access_key = <redacted>"),
+    ('File {"private_key_id": "0a1b", "private_key": "-----BEGIN PRIVATE KEY-----\\nMIIEvQ...',
+     'File {"private_key_id": <redacted>, "private_key": "<redacted>'),
+    ("-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY-----\n and after", "<redacted>\n and after"),
+    ("http://user:pa55@proxy:3128 refused", "http://<redacted>@proxy:3128 refused"),
+])
+def test_credentials_in_the_shapes_sdks_repeat_them_are_redacted(text, expected):
+    assert redact(text) == expected
+
+
+@pytest.mark.parametrize("text", [
+    "node n1: the agent at http://127.0.0.1:7700 refused us: wrong bearer token",
+    "send 'Authorization: Bearer <token>' with the agent's token (token_file or $SNAPCTL_AGENT_TOKEN)",
+    "inventory.yaml: auth.token_file /etc/snapctl/cluster.token is readable by its group (mode 0640)",
+    "gcp create snapshot snapctl-prod--r1--n1--data: 409 POST https://compute.googleapis.com/compute/v1/projects/"
+    "p/zones/z/disks/d/createSnapshot?requestId=5f0c: already exists",
+    "aws CreateSnapshots: InvalidVolume.NotFound: The volume 'vol-0123456789abcdef0' does not exist.",
+])
+def test_words_without_a_credential_are_left_as_they_are(text):
+    assert redact(text) == text
+
+
+def test_every_snapctl_error_is_redacted_message_hint_and_reason():
+    error = AgentError("n1", f"a gateway said: Authorization: Bearer {SECRET}", hint=f"see https://x/?token={SECRET}")
+    assert SECRET not in str(error) and SECRET not in error.reason and SECRET not in error.hint
+    assert SECRET not in ProviderError(f"http://u:{SECRET}@h/").message
