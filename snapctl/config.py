@@ -25,6 +25,7 @@ from pydantic import (
 from snapctl.errors import InventoryError, SnapctlError, os_reason
 from snapctl.yaml_errors import (
     NAME_PATTERN,
+    URL_PATTERN,
     Count,
     Flag,
     describe,
@@ -77,7 +78,7 @@ class CatalogConfig(Strict):
 
     path: str | None = None
     url: str | None = None  # s3://bucket/prefix for a shared catalog
-    endpoint_url: str | None = None  # S3-compatible endpoint (tests: moto)
+    endpoint_url: str | None = Field(default=None, pattern=URL_PATTERN)  # S3-compatible endpoint (tests: moto)
     region: str | None = None
 
 
@@ -162,6 +163,9 @@ _AGENT_ADDRESS = re.compile(r"^https?://(?:\[(?P<ipv6>[^\]/\s]+)\]|[^/\s:\[\]]+)
 
 
 def _agent_address(value: str, usage: str = "http(s)://host:port") -> str:
+    if "@" in value:  # not repeated: what is before the @ may well be the token
+        raise ValueError("an agent address takes no user or password (user:secret@host): the agent's token "
+                         "goes in a file, auth.token_file or the node's token_file")
     match = _AGENT_ADDRESS.match(value)
     if not match:
         if value.count(":") > 2 and "[" not in value:  # http://fd00::1:7700: which colon starts the port?

@@ -91,10 +91,12 @@ def _construct_plain(loader: yaml.BaseLoader, node: yaml.Node, seen: set[int]) -
 # tell an operator what a name may be. A pattern not listed here is shown as pydantic says it.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"  # nodes, clusters, volumes: safe in paths, tags and keys
 NAME_IN_WORDS = "a valid name: 1-63 letters, digits, '.', '_' or '-', beginning with a letter or digit"
-URL_PATTERN = r"^https?://"
+# No user or password before the host: botocore and the other SDKs repeat the URL in their errors,
+# and credentials come from each SDK's own chain.
+URL_PATTERN = r"^https?://[^/?#@]*(?:[/?#]|$)"
 _FORMS = {
     NAME_PATTERN: NAME_IN_WORDS,
-    URL_PATTERN: "a URL: it must begin with http:// or https://",
+    URL_PATTERN: "a URL: it must begin with http:// or https://, with no user:password@ before the host",
 }
 # What was given is not repeated for these: a URL may carry a user and password (user:secret@host).
 _NOT_REPEATED = {URL_PATTERN}

@@ -34,6 +34,9 @@ _PERMISSIONS = "s3:GetObject, s3:PutObject, s3:DeleteObject and s3:ListBucket"
 def parse_s3_url(url: str) -> tuple[str, str]:
     """``s3://bucket/some/prefix`` -> (bucket, "some/prefix")."""
     parts = urlsplit(url)
+    if "@" in parts.netloc:  # not repeated: s3://KEY:SECRET@bucket, as some tools take it, holds a secret key
+        raise BadInputError("catalog url: an s3 url takes no user or password (s3://key:secret@bucket)",
+                            hint="use s3://bucket/prefix; boto3 finds the credentials (environment, profile, role)")
     if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment:
         raise BadInputError(f"catalog url {url!r} is not an s3 url", hint="use s3://bucket or s3://bucket/prefix")
     prefix = parts.path.strip("/")

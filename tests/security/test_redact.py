@@ -79,3 +79,44 @@ def test_every_snapctl_error_is_redacted_message_hint_and_reason():
     error = AgentError("n1", f"a gateway said: Authorization: Bearer {SECRET}", hint=f"see https://x/?token={SECRET}")
     assert SECRET not in str(error) and SECRET not in error.reason and SECRET not in error.hint
     assert SECRET not in ProviderError(f"http://u:{SECRET}@h/").message
+
+
+_INVENTORY = "cluster: c\nprovider: {provider}\n{catalog}nodes:\n  - {{name: n1, agent: '{agent}', {node}}}\n"
+_AWS = "{type: aws, region: eu-west-1%s}"
+_VOL = "volumes: [{name: data, volume: vol-0123456789abcdef0}]"
+
+
+@pytest.mark.parametrize("provider, catalog, agent, node, said", [
+    ("{type: local}", "", f"http://ops:{SECRET}@127.0.0.1:7700", "",
+     "nodes[0].agent: an agent address takes no user or password"),
+    ("{type: local}", "", f"http://{SECRET}@127.0.0.1:7700", "",  # a token where a user goes: accepted, before
+     "nodes[0].agent: an agent address takes no user or password"),
+    ("{type: local}", "", "http://127.0.0.1:7700", f"restore: {{agent: 'https://ops:{SECRET}@10.0.0.9:7700'}}",
+     "nodes[0].restore.agent: an agent address takes no user or password"),
+    (_AWS % f", endpoint_url: 'http://AKIAUSER:{SECRET}@127.0.0.1:9000'", "", "http://127.0.0.1:7700", _VOL,
+     "provider aws: endpoint_url: not a URL: it must begin with http:// or https://, with no user:password@"),
+    ("{type: local}", f"catalog: {{url: 's3://bucket/p', endpoint_url: 'http://AKIAUSER:{SECRET}@127.0.0.1:9'}}\n",
+     "http://127.0.0.1:7700", "", "catalog.endpoint_url: not a URL: it must begin with http:// or https://"),
+    ("{type: local}", f"catalog: {{url: 's3://AKIAUSER:{SECRET}@bucket/p'}}\n", "http://127.0.0.1:7700", "",
+     "catalog url: an s3 url takes no user or password"),
+], ids=["agent", "agent-token-as-user", "restore-agent", "aws-endpoint", "catalog-endpoint", "catalog-url"])
+def test_a_url_with_a_user_or_password_is_refused_without_repeating_it(tmp_path: Path, provider, catalog, agent,
+                                                                        node, said):
+    import json
+    import subprocess
+    import sys
+
+    inventory = tmp_path / "inv.yaml"
+    if provider == "{type: local}":
+        node = ", ".join(part for part in (node, f"volumes: [{{name: data, path: {tmp_path}}}]") if part)
+    catalog = catalog or f"catalog: {{path: '{tmp_path / 'catalog'}'}}\n"
+    inventory.write_text(_INVENTORY.format(provider=provider, catalog=catalog, agent=agent, node=node))
+    for output in ("text", "json"):
+        result = subprocess.run([sys.executable, "-m", "snapctl.cli", "backup", "--dry-run", "-i", str(inventory),
+                                 "-o", output],
+                                capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert said in result.stderr + result.stdout
+        assert SECRET not in result.stdout + result.stderr and "AKIAUSER" not in result.stdout + result.stderr
+        if output == "json":
+            json.loads(result.stdout)
