@@ -65,6 +65,16 @@ class GcpSettings(ProviderSettings):
             raise ValueError("anonymous: true is only allowed with a loopback api_endpoint (tests)")
         return self
 
+    @field_validator("api_endpoint")
+    @classmethod
+    def _https_beyond_loopback(cls, value: str | None) -> str | None:
+        # google-auth sends the access token (an hour of the service account's compute rights) with
+        # every request, whatever the endpoint's scheme: over http, in clear.
+        url = urlsplit(value or "")
+        if url.scheme == "http" and url.hostname not in LOOPBACK_HOSTS:
+            raise ValueError("must be https beyond loopback: every request carries an access token")
+        return value
+
 
 class GcpVolume(BaseModel):
     """One persistent disk; ``name`` is what the catalog and labels call it."""

@@ -93,6 +93,25 @@ def test_anonymous_credentials_only_for_a_loopback_endpoint():
         settings(anonymous=True)
 
 
+def test_an_http_endpoint_beyond_loopback_is_refused_it_would_carry_the_access_token_in_clear(tmp_path):
+    # google-auth adds "Authorization: Bearer <token>" to every request, https or not: a private
+    # endpoint given as http:// sent an hour's worth of the service account's rights over the network.
+    from snapctl.config import load_inventory
+    from snapctl.errors import InventoryError
+    from snapctl.providers import provider_settings
+
+    (tmp_path / "inv.yaml").write_text(
+        "cluster: c\nprovider: {type: gcp, project: proj-one, api_endpoint: 'http://10.20.30.40:8080'}\n"
+        "nodes:\n  - {name: n1, agent: 'http://127.0.0.1:7701', volumes: [{disk: d1, zone: europe-west1-b}]}\n")
+    with pytest.raises(InventoryError) as caught:
+        provider_settings(load_inventory(tmp_path / "inv.yaml"))
+    assert caught.value.message.endswith("inv.yaml:2: provider gcp: api_endpoint: must be https beyond loopback: every "
+                                         "request carries an access token")
+    for loopback in ("http://127.0.0.1:9", "http://localhost:9", "http://[::1]:9"):
+        assert settings(api_endpoint=loopback).api_endpoint == loopback  # tests and local emulators
+    assert settings(api_endpoint="https://10.20.30.40:8443").api_endpoint == "https://10.20.30.40:8443"
+
+
 @pytest.mark.parametrize("labels", [{"Team": "x"}, {"team": "Storage"}, {"snapctl-run": "x"}])
 def test_user_labels_must_be_legal_and_not_snapctls(labels):
     with pytest.raises(ValidationError):
