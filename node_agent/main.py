@@ -162,6 +162,11 @@ def _serve(config: AgentConfig, token: str | None, metrics_token: str | None, en
         if token is None:  # allowed on loopback only (main refuses otherwise), and still worth a word
             log.warning("no token configured: any user or process on this host can hold the engine; "
                         "set token_file in %s (docs/security.md)", config.source)
+        elif tls is None and not is_loopback(config.listen):
+            # Warned, not refused: agents on a private network over http run today, and would not
+            # start after an upgrade. But whoever can watch that network can take the token.
+            log.warning("serving plain http on %s: the token crosses the network in clear with every request; "
+                        "set tls.cert_file and tls.key_file in %s (docs/security.md)", config.listen, config.source)
         # What the agent loaded to serve (its imports, the app, the engine's client) lives as long as
         # it does. Frozen out of the collector's scans, a full collection during a hold no longer
         # adds its ~13 ms (48,000 objects after the imports) to the node's freeze.

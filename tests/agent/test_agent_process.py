@@ -73,6 +73,27 @@ def test_without_a_token_on_loopback_it_serves_and_warns_in_its_log(tmp_path: Pa
             f"set token_file in {config} (docs/security.md)") in agent.log
 
 
+def test_a_token_over_plain_http_beyond_loopback_is_warned_about_at_start(tmp_path: Path, db: Path) -> None:
+    # A name other than localhost may resolve to anything, as for the refusal without a token: this
+    # host's own name, when it resolves to 127.0.0.1, lets the test listen on loopback only.
+    name = socket.gethostname()
+    try:
+        resolved = {info[4][0] for info in socket.getaddrinfo(name, 0, type=socket.SOCK_STREAM)}
+    except socket.gaierror:
+        resolved = set()
+    if resolved != {"127.0.0.1"}:
+        pytest.skip(f"this host's name {name!r} does not resolve to 127.0.0.1 alone")
+    config = write_config(tmp_path, db)
+    with agent_process(config, "--listen", name) as agent:
+        assert httpx.get(agent.url + "/v1/status", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+    warnings = [line.split(" WARNING snapctl.agent: ", 1)[1] for line in agent.log.splitlines() if " WARNING " in line]
+    assert warnings == [f"serving plain http on {name}: the token crosses the network in clear with every request; "
+                        f"set tls.cert_file and tls.key_file in {config} (docs/security.md)"]
+    with agent_process(config) as agent:  # on 127.0.0.1 the token never leaves the host
+        pass
+    assert " WARNING " not in agent.log
+
+
 def test_refuses_a_non_loopback_address_without_a_token(tmp_path: Path, db: Path) -> None:
     result = run_agent("--config", str(write_config(tmp_path, db, token=None)), "--listen", "0.0.0.0")
     assert result.returncode == 2
