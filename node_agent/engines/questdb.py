@@ -9,9 +9,11 @@ during the window, so a restore must hold at least those rows (``exact=False``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+import stat
 import time
 import uuid
 from dataclasses import dataclass
@@ -376,7 +378,18 @@ def _write_instance_id(conf: Path, instance_id: str) -> None:
     kept.append(f"{_INSTANCE_ID_KEY}={instance_id}")
     conf.parent.mkdir(parents=True, exist_ok=True)
     tmp = conf.with_suffix(".conf.snapctl-tmp")
-    with open(tmp, "w") as handle:
+    # server.conf may hold QuestDB's passwords (pg.password, http.password): the copy that replaces
+    # it keeps its mode and owner, not the agent's umask (0644 under 022 made it readable by all).
+    try:
+        before = conf.stat()
+    except FileNotFoundError:
+        before = None
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600 if before else 0o644)
+    with open(fd, "w") as handle:
+        if before is not None:
+            os.fchmod(fd, stat.S_IMODE(before.st_mode))
+            with contextlib.suppress(OSError):  # only root may give a file away; the agent's user owns it then
+                os.fchown(fd, before.st_uid, before.st_gid)
         handle.write("\n".join(kept) + "\n")
         handle.flush()
         os.fsync(handle.fileno())

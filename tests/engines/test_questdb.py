@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -221,6 +223,25 @@ def test_restore_prepare_by_version(make, root: Path, version: str, marker: bool
     conf = (root / "conf" / "server.conf").read_text()
     assert ("cairo.snapshot.instance.id=old" not in conf) is new_id
     assert "http.bind.to=0.0.0.0:9000" in conf
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o640], ids=["0600", "0640"])
+def test_restore_prepare_keeps_the_mode_of_a_server_conf_that_holds_passwords(make, root: Path, mode: int) -> None:
+    # A 7.x restore rewrites server.conf with a new instance id. The copy used to be made under the
+    # agent's umask: 0644 under 022, so the pg and http passwords in it became readable by every user.
+    _, engine = make("7.3.10")
+    engine.status()
+    conf = root / "conf" / "server.conf"
+    conf.parent.mkdir()
+    conf.write_text("pg.password=quest-secret\ncairo.snapshot.instance.id=old\n")
+    conf.chmod(mode)
+    previous = os.umask(0o022)
+    try:
+        engine.restore_prepare(None)
+    finally:
+        os.umask(previous)
+    assert "cairo.snapshot.instance.id=old" not in conf.read_text() and "pg.password=quest-secret" in conf.read_text()
+    assert stat.S_IMODE(conf.stat().st_mode) == mode
 
 
 def test_restore_prepare_unknown_version_does_both(tmp_path: Path) -> None:
