@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ValidationError
@@ -467,10 +468,21 @@ def _tls_context(inventory: Inventory) -> ssl.SSLContext:
             if auth.client_cert_file:
                 key = str(inventory.resolve(auth.client_key_file)) if auth.client_key_file else None
                 verify.load_cert_chain(str(inventory.resolve(auth.client_cert_file)), key)
+                # Whoever reads the key can be snapctl to every agent that requires client certificates.
+                setting = "auth.client_key_file" if key else "auth.client_cert_file (which holds the key)"
+                _warn_if_key_open(inventory, setting, inventory.resolve(key or auth.client_cert_file))
         except (OSError, ssl.SSLError) as exc:
             raise InventoryError(f"{inventory.source}: cannot load the TLS files under auth: {exc}") from exc
         return verify
     return httpx.create_ssl_context(verify=True, trust_env=False)
+
+
+def _warn_if_key_open(inventory: Inventory, setting: str, file: Path) -> None:
+    try:
+        mode = file.stat().st_mode
+    except OSError:  # it was just loaded: gone since, nothing to warn about
+        return
+    warn_if_open(log, inventory.source, setting, file, mode, "snapctl's user")
 
 
 def _raise_open_files_limit(wanted: int) -> None:

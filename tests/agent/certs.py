@@ -29,6 +29,7 @@ def _name(common_name: str) -> x509.Name:
 def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> Path:
     path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                        serialization.NoEncryption()))
+    path.chmod(0o600)  # as deployed: a looser key is warned about, by the agent and by snapctl
     return path
 
 

@@ -48,6 +48,32 @@ def test_a_whole_backup_over_mtls(mtls_cluster: FaultCluster) -> None:
         assert f"listening on https://127.0.0.1:{agent.port}" in agent.log.read_text()
 
 
+@pytest.mark.parametrize("key_in_cert", [False, True], ids=["client_key_file", "key-in-cert-file"])
+def test_a_client_key_other_users_can_read_is_warned_about_and_still_used(mtls_cluster, key_in_cert) -> None:
+    # The token files were warned about, the client key of mTLS was not: whoever reads it is
+    # snapctl to every agent that requires client certificates.
+    cluster = mtls_cluster
+    key = cluster.tls.client_key
+    auth = {"token_file": str(cluster.token_file), "ca_file": str(cluster.tls.ca)}
+    if key_in_cert:
+        key = cluster.directory / "client.pem"
+        key.write_bytes(cluster.tls.client_cert.read_bytes() + cluster.tls.client_key.read_bytes())
+        auth["client_cert_file"] = str(key)
+        setting = "auth.client_cert_file (which holds the key)"
+    else:
+        auth.update(client_cert_file=str(cluster.tls.client_cert), client_key_file=str(key))
+        setting = "auth.client_key_file"
+    inventory = cluster.write_inventory(cluster.directory / "keyed.yaml", auth=auth)
+    key.chmod(0o644)
+    warned = cluster.snapctl("status", "-o", "json", inventory=inventory)
+    assert all(node["authorized"] for node in warned.json["data"]["nodes"]), warned.stdout
+    assert warned.stderr.splitlines() == [
+        f"{inventory}: {setting} {key} is readable by its group and other users (mode 0644); "
+        f"chmod 600 {key} so that only snapctl's user can read it"]
+    key.chmod(0o600)
+    assert cluster.snapctl("status", "-o", "json", inventory=inventory).stderr == ""
+
+
 def test_snapctl_refuses_agents_its_ca_did_not_sign(mtls_cluster: FaultCluster, tmp_path: Path) -> None:
     cluster = mtls_cluster
     rogue = make_pki(tmp_path / "rogue")
