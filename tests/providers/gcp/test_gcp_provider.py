@@ -472,6 +472,37 @@ def test_a_gateway_that_echoes_the_request_does_not_put_the_access_token_in_the_
     assert "fake-token-for-tests" not in said and "Authorization: <redacted>" in said  # ...but not the token
 
 
+class _EchoingTokenEndpoint(JsonHttpFake):
+    """A proxy in front of Google's token endpoint refusing the grant, its answer a string echoing it."""
+
+    def handle(self, method: str, raw_path: str, headers: dict[str, str], raw_body: bytes):
+        return 400, f"request refused: {raw_body.decode()}", {}
+
+
+def test_a_token_endpoint_that_echoes_the_grant_does_not_put_the_signed_assertion_in_the_message(
+        gcp, make_provider, monkeypatch, tmp_path):
+    # google-auth makes a plain-text refusal its RefreshError's reason whole: the echoed grant,
+    # "assertion=<JWT signed with the service account's key>" (good for an hour of access tokens),
+    # went into snapctl's message.
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    with _EchoingTokenEndpoint() as token:
+        path = tmp_path / "sa.json"
+        path.write_text(json.dumps({"type": "service_account", "project_id": gcp.project, "private_key_id": "k1",
+                                    "private_key": key, "client_email": "backup@p.iam.gserviceaccount.com",
+                                    "client_id": "1", "token_uri": f"{token.url}/token"}))
+        monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(path))
+        with pytest.raises(ProviderError) as caught:
+            make_provider(anonymous=False).warm_up()
+
+    said = str(caught.value)
+    assert "credentials could not be refreshed: request refused: assertion=<redacted>" in said
+    assert "eyJ" not in said, said  # no part of the JWT
+
+
 @pytest.mark.parametrize("truncated", [False, True], ids=["empty", "truncated"])
 def test_an_answer_cut_short_is_unreachable_not_a_refusal(make_provider, truncated):
     # An empty body (ParseError) or a connection closed mid-body (ChunkedEncodingError) was a plain
