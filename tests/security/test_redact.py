@@ -58,6 +58,10 @@ def test_an_endpoint_url_with_a_password_is_not_repeated_by_botocores_error(monk
      'File {"private_key_id": <redacted>, "private_key": "<redacted>'),
     ("-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY-----\n and after", "<redacted>\n and after"),
     ("http://user:pa55@proxy:3128 refused", "http://<redacted>@proxy:3128 refused"),
+    ("AADSTS: client_id=1&client_secret=Qx8~abc&grant_type=client_credentials",  # an echoed azure-identity grant
+     "AADSTS: client_id=1&client_secret=<redacted>&grant_type=client_credentials"),
+    ("grant_type=refresh_token&refresh_token=1//0gAbC&client_secret=GOCSPX-x",  # a gcloud user's grant
+     "grant_type=refresh_token&refresh_token=<redacted>&client_secret=<redacted>"),
 ])
 def test_credentials_in_the_shapes_sdks_repeat_them_are_redacted(text, expected):
     assert redact(text) == expected
