@@ -102,10 +102,13 @@ _FORMS = {
 _NOT_REPEATED = {URL_PATTERN}
 
 
-def in_words(pattern: str, words: str) -> str:
+def in_words(pattern: str, words: str, *, repeated: bool = True) -> str:
     """``pattern``, for ``Field(pattern=...)``, with how an error names what it wants ("an AWS
-    region, such as eu-west-1"): a plugin's settings say their own forms where they define them."""
+    region, such as eu-west-1"): a plugin's settings say their own forms where they define them.
+    ``repeated=False`` for values that may carry a credential: an error then leaves them out."""
     _FORMS[pattern] = words
+    if not repeated:
+        _NOT_REPEATED.add(pattern)
     return pattern
 
 

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from node_agent.engines.base import EngineSettings
+from snapctl.yaml_errors import in_words
 
 
 class EtcdRestoreSettings(BaseModel):
@@ -23,7 +24,11 @@ class EtcdRestoreSettings(BaseModel):
 
 class EtcdSettings(EngineSettings):
     type: Literal["etcd"] = "etcd"
-    endpoint: str = Field(default="http://127.0.0.1:2379", pattern=r"^https?://[^/\s]+/?$")
+    # No user:password@: httpx would send it as basic auth (etcd ignores that) and log it with every
+    # request at debug, and status shows the endpoint. etcd's own auth is user: and password_file:.
+    endpoint: str = Field(default="http://127.0.0.1:2379", pattern=in_words(
+        r"^https?://[^/\s@]+/?$", "an etcd client URL, http(s)://host:port, with no user:password@ (etcd's auth "
+        "takes user: with password_file: or password_env:)", repeated=False))
     backup_dir: str  # where prepare saves <run_id>.db: must lie on a snapshotted volume
     data_dir: str | None = None  # the member's --data-dir, when it should be snapshotted too
     user: str | None = None  # etcd auth; the password comes from password_env or password_file

@@ -103,7 +103,12 @@ _VOL = "volumes: [{name: data, volume: vol-0123456789abcdef0}]"
      "http://127.0.0.1:7700", "", "catalog.endpoint_url: not a URL: it must begin with http:// or https://"),
     ("{type: local}", f"catalog: {{url: 's3://AKIAUSER:{SECRET}@bucket/p'}}\n", "http://127.0.0.1:7700", "",
      "catalog url: an s3 url takes no user or password"),
-], ids=["agent", "agent-token-as-user", "restore-agent", "aws-endpoint", "catalog-endpoint", "catalog-url"])
+    # httpx sent it as basic auth (etcd ignores that) and logged it at debug; status showed the endpoint.
+    ("{type: local}", "", "embedded",
+     f"engine: {{type: etcd, endpoint: 'http://root:{SECRET}@127.0.0.1:2379', backup_dir: b}}",
+     "engine etcd: endpoint: not an etcd client URL, http(s)://host:port, with no user:password@"),
+], ids=["agent", "agent-token-as-user", "restore-agent", "aws-endpoint", "catalog-endpoint", "catalog-url",
+        "etcd-endpoint"])
 def test_a_url_with_a_user_or_password_is_refused_without_repeating_it(tmp_path: Path, provider, catalog, agent,
                                                                         node, said):
     import json
