@@ -5,8 +5,8 @@ botocore ``EndpointConnectionError`` repeats the request URL (``user:password@``
 google-api-core error the body of an answer that was not JSON (a gateway echoing the request,
 ``Authorization: Bearer ya29...`` included), a connection string or a SAS URL would keep its
 ``AccountKey=`` or ``sig=``. Every ``SnapctlError`` passes its message and hint through
-``redact`` (snapctl/errors.py), so whatever the wrapped text held, what reaches stderr,
-``-o json``, the manifests and the logs holds ``<redacted>`` in its place.
+``redact`` (snapctl/errors.py), so whatever the wrapped text held, what stderr, ``-o json``,
+the manifests and the logs say of the error holds ``<redacted>`` in its place.
 
 Only what is certainly a credential is replaced: a value after a name that says so. A run id, a
 snapshot id or a path is never touched, so a message stays as useful as it was.
@@ -29,12 +29,13 @@ _PARAMETER = (
     r"assertion|api_key|apikey|key|token|password|accountkey|sharedaccesskey|sharedaccesssignature)=)"
     r"[^&;:\s\"'<>)]+")
 # Headers and settings named as secrets, as a request dump or a config file writes them:
-# "Authorization: Bearer ...", "'X-Amz-Security-Token': b'...'", "aws_secret_access_key = ...". A
-# quoted value goes whole; a placeholder (<token>, in snapctl's own hints) is left alone.
+# "Authorization: Bearer ...", "'X-Amz-Security-Token': b'...'", "aws_secret_access_key = ...".
+# A quoted value goes whole (cut short: to the end); a placeholder (<token>, in snapctl's own
+# hints) is left alone.
 _NAMED = (
     r"(?i)(\b(?:authorization|proxy-authorization|x-amz-security-token|x-goog-api-key|x-api-key|"
     r"aws_secret_access_key|aws_session_token|secret_access_key|session_token|client_secret|private_key_id)"
-    r"[\"']?\s*[:=]\s*)(?:b?([\"'])(?!<)[^\"'\n]*\2|"
+    r"[\"']?\s*[:=]\s*)(?:b?([\"'])(?!<)[^\"'\n]*(?:\2|$)|"
     r"(?:(?:bearer|basic|sharedkey|aws4-hmac-sha256)\s+)?+(?!<)[^\s\"',;&}]+)")
 # A PEM private key, whole or cut short, its line breaks real or JSON-escaped.
 _PRIVATE_KEY = r"(?s)-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)"

@@ -50,9 +50,11 @@ def test_an_endpoint_url_with_a_password_is_not_repeated_by_botocores_error(monk
     ("https://s3.amazonaws.com/b/k?X-Amz-Credential=AKIA%2F&X-Amz-Security-Token=FwoG&X-Amz-Signature=abc1",
      "https://s3.amazonaws.com/b/k?X-Amz-Credential=<redacted>&X-Amz-Security-Token=<redacted>"
      "&X-Amz-Signature=<redacted>"),
-    ("400 Bad Request: Authorization: Bearer ya29.a0Af-xyz; Host: x", "400 Bad Request: Authorization: <redacted>; Host: x"),
+    ("400 Bad Request: Authorization: Bearer ya29.a0Af-xyz; Host: x",
+     "400 Bad Request: Authorization: <redacted>; Host: x"),
     ("headers={'Authorization': b'AWS4-HMAC-SHA256 Credential=AKIA/x', 'X-Amz-Security-Token': b'FwoG'}",
      "headers={'Authorization': <redacted>, 'X-Amz-Security-Token': <redacted>}"),
+    ("headers={'Authorization': 'Bearer ya29.cut-short-by-a-limit", "headers={'Authorization': <redacted>"),
     ("unable to parse: aws_secret_access_key = wJalrXUtnFEMI", "unable to parse: aws_secret_access_key = <redacted>"),
     ('File {"private_key_id": "0a1b", "private_key": "-----BEGIN PRIVATE KEY-----\\nMIIEvQ...',
      'File {"private_key_id": <redacted>, "private_key": "<redacted>'),
