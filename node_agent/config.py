@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from node_agent.engines.base import EngineSettings, load_engine_factory, validate_engine_settings
 from node_agent.ratelimit import DEFAULT_BURST, DEFAULT_RATE_PER_S
 from snapctl.errors import BadInputError, os_reason
-from snapctl.secret_files import read_first_line, warn_if_open
+from snapctl.secret_files import UNFIT_TOKEN, UNFIT_TOKEN_HINT, read_first_line, unfit_token, warn_if_open
 from snapctl.yaml_errors import (
     NAME_PATTERN,
     Flag,
@@ -181,9 +181,14 @@ class AgentConfig(Strict):
                 raise AgentConfigError(
                     f"{self._source}: {key} {file} is empty", hint="put the token on its first line"
                 )
+            if unfit_token(token):
+                raise AgentConfigError(f"{self._source}: {key} {file} {UNFIT_TOKEN}", hint=UNFIT_TOKEN_HINT)
             return token
         if token_env:
-            return os.environ.get(token_env, "").strip() or None
+            token = os.environ.get(token_env, "").strip() or None
+            if token and unfit_token(token):
+                raise AgentConfigError(f"${token_env} {UNFIT_TOKEN}", hint=UNFIT_TOKEN_HINT)
+            return token
         return None
 
     def _warn_if_open(self, setting: str, file: Path, mode: int) -> None:

@@ -49,7 +49,7 @@ from snapctl.errors import (
     os_reason,
 )
 from snapctl.ratelimit import parse_retry_after
-from snapctl.secret_files import read_first_line, warn_if_open
+from snapctl.secret_files import UNFIT_TOKEN, UNFIT_TOKEN_HINT, read_first_line, unfit_token, warn_if_open
 from snapctl.timestamps import utc_text
 
 T = TypeVar("T")
@@ -412,7 +412,10 @@ def load_agent_token(inventory: Inventory) -> str | None:
     if auth.token_file:
         return _read_token(inventory, auth.token_file, "auth.token_file")
     if auth.token_env:
-        return os.environ.get(auth.token_env, "").strip() or None
+        token = os.environ.get(auth.token_env, "").strip() or None
+        if token and unfit_token(token):
+            raise InventoryError(f"${auth.token_env} {UNFIT_TOKEN}", hint=UNFIT_TOKEN_HINT)
+        return token
     return None
 
 
@@ -454,6 +457,8 @@ def _read_token(inventory: Inventory, path: str, setting: str) -> str:
     warn_if_open(log, inventory.source, setting, file, mode, "snapctl's user")
     if not token:
         raise InventoryError(f"{inventory.source}: {setting} {file} is empty")
+    if unfit_token(token):
+        raise InventoryError(f"{inventory.source}: {setting} {file} {UNFIT_TOKEN}", hint=UNFIT_TOKEN_HINT)
     return token
 
 

@@ -34,6 +34,17 @@ def warn_if_open(log: logging.Logger, where: str, setting: str, file: Path, mode
                     where, setting, file, exposure, file, owner)
 
 
+# What a bearer token can be made of here: snapctl writes headers as latin-1 and the agent compares
+# the UTF-8 bytes of its own token, so anything beyond printable ASCII could never be sent (a
+# UnicodeEncodeError and its traceback) or never match (a 401 for the right token).
+UNFIT_TOKEN = "holds a character a bearer token cannot carry (printable ASCII only)"
+UNFIT_TOKEN_HINT = "generate one that is, e.g. (umask 077 && openssl rand -hex 32 > FILE)"
+
+
+def unfit_token(token: str) -> bool:
+    return not (token.isascii() and token.isprintable())
+
+
 def read_first_line(file: Path) -> tuple[str, int]:
     """The first non-blank line of ``file``, stripped ("" if none), and the file's mode.
     Only the first line: a second one (a note, a rotated token) must never go out with it.
