@@ -9,7 +9,6 @@ import json
 import re
 import signal
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
