@@ -61,7 +61,26 @@ original = getattr(module, sys.argv[2])
 sent = threading.Event()
 
 
+def told_of(args):
+    # How a step in another thread learns it was told to stop: a drill's node by its `cancelled`,
+    # a file copy by its `stopped()`; None for a step of the main thread.
+    cancelled = getattr(args[0], "cancelled", None) if args else None
+    return cancelled.is_set if cancelled is not None else next((a for a in args if callable(a)), None)
+
+
+def until_told(told):
+    deadline = time.monotonic() + 30
+    while told is not None and not told() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def then_sigterm(*args, **kwargs):
+    if sent.is_set():
+        # The same step in another thread, after the signal: it waits to be told too, or on a
+        # loaded machine the work (a copy's other files) could run to its end before the main
+        # thread handled the signal, and there would be nothing left to stop.
+        until_told(told_of(args))
+        return original(*args, **kwargs)
     result = original(*args, **kwargs)
     if not sent.is_set():
         sent.set()
@@ -69,14 +88,11 @@ def then_sigterm(*args, **kwargs):
         # Linux may deliver it here, and the main thread's wait for a lock would not be woken.
         signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
         # In the main thread the handler interrupts this wait. In another thread it ends once the
-        # step has been told: a drill's node by its `cancelled`, a file copy by its `stopped()`.
-        cancelled = getattr(args[0], "cancelled", None) if args else None
-        told = cancelled.is_set if cancelled is not None else next((a for a in args if callable(a)), None)
+        # step has been told.
+        told = told_of(args)
         if told is None:
             threading.Event().wait(30)
-        deadline = time.monotonic() + 30
-        while told is not None and not told() and time.monotonic() < deadline:
-            time.sleep(0.01)
+        until_told(told)
     return result
 
 
