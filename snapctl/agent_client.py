@@ -9,14 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import logging
-import os
-import ssl
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ValidationError
@@ -31,8 +27,9 @@ from node_agent.models import (
     TriggerResponse,
     VerifyFacts,
 )
+from snapctl.agent_credentials import TOKEN_HINT, AgentTokens, tls_context
 from snapctl.agent_transport import CLOSED_UNANSWERED, AgentResponse, AgentTransport, TransportError, TransportTimeout
-from snapctl.config import Inventory, Node
+from snapctl.config import Inventory
 from snapctl.errors import (
     AgentConflict,
     AgentError,
@@ -43,18 +40,14 @@ from snapctl.errors import (
     BadInputError,
     EngineBusy,
     EngineError,
-    InventoryError,
     LeaseConflict,
     SnapctlError,
-    os_reason,
 )
 from snapctl.ratelimit import parse_retry_after
-from snapctl.secret_files import UNFIT_TOKEN, UNFIT_TOKEN_HINT, read_first_line, unfit_token, warn_if_open
 from snapctl.timestamps import utc_text
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
-log = logging.getLogger("snapctl.auth")
 
 
 @runtime_checkable
@@ -92,8 +85,6 @@ class AgentClient(Protocol):
 # ---- HTTP -----------------------------------------------------------------------------------
 
 _UNREACHABLE_HINT = "is snapctl-agent running there, and listening on that address?"
-_TOKEN_HINT = "set auth.token_file in the inventory (or {env}) to the token the agent was started with"
-_NODE_TOKEN_HINT = "the node's token_file ({path}) must hold the token its agent was started with"
 # Said to the operator, not to the client the agent's own hint ("slow down") is for.
 RATE_LIMITED_HINT = ("the agent limits requests per client address and endpoint (rate_per_s, burst in its config): "
                      "something else from this address asks it too often (a fast --watch, a script); its log names "
@@ -125,7 +116,7 @@ class HttpAgentClient:
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._token = token
         self._timeout_s = timeout_s
-        self._token_hint = token_hint or _TOKEN_HINT.format(env="$SNAPCTL_AGENT_TOKEN")
+        self._token_hint = token_hint or TOKEN_HINT.format(env="$SNAPCTL_AGENT_TOKEN")
         self._unreachable_hint = _UNREACHABLE_HINT
         self._client_cert = client_cert
         if self.base_url.startswith("https:") and not client_cert:
@@ -373,13 +364,13 @@ async def open_agents(inventory: Inventory) -> AsyncIterator[dict[str, AgentClie
         if embedded else None
     try:
         if remote:
-            tokens = _Tokens(inventory)
+            tokens = AgentTokens(inventory)
             _raise_open_files_limit(len(remote) + 64)
             transports: dict[str, AgentTransport] = {}  # by scheme
             for node in remote:
                 scheme = "https" if node.agent.startswith("https:") else "http"
                 if scheme not in transports:
-                    transports[scheme] = AgentTransport(_tls_context(inventory) if scheme == "https" else None)
+                    transports[scheme] = AgentTransport(tls_context(inventory) if scheme == "https" else None)
                     pools.append(transports[scheme])
                 clients[node.name] = HttpAgentClient(node.name, node.agent, transports[scheme],
                                                      token=tokens.of(node), token_hint=tokens.hint(node),
@@ -404,90 +395,6 @@ async def open_agents(inventory: Inventory) -> AsyncIterator[dict[str, AgentClie
             await asyncio.gather(*(http.aclose() for http in pools), return_exceptions=True)
             if executor is not None:
                 executor.shutdown(wait=True)
-
-
-def load_agent_token(inventory: Inventory) -> str | None:
-    """The bearer token for agents: ``auth.token_file`` (relative to the inventory), else ``$auth.token_env``."""
-    auth = inventory.auth
-    if auth.token_file:
-        return _read_token(inventory, auth.token_file, "auth.token_file")
-    if auth.token_env:
-        token = os.environ.get(auth.token_env, "").strip() or None
-        if token and unfit_token(token):
-            raise InventoryError(f"${auth.token_env} {UNFIT_TOKEN}", hint=UNFIT_TOKEN_HINT)
-        return token
-    return None
-
-
-class _Tokens:
-    """Each node's bearer token: its own ``token_file``, else the inventory's (``load_agent_token``).
-    Every file is read once, however many nodes name it; the shared token only if a node uses it."""
-
-    def __init__(self, inventory: Inventory) -> None:
-        self._inventory = inventory
-        self._files: dict[str, str] = {}
-        shared_needed = any(not node.token_file and node.agent != "embedded" for node in inventory.nodes)
-        self._shared = load_agent_token(inventory) if shared_needed else None
-
-    def of(self, node: Node) -> str | None:
-        if not node.token_file:
-            return self._shared
-        if node.token_file not in self._files:
-            self._files[node.token_file] = _read_token(self._inventory, node.token_file,
-                                                       f"the token_file of node {node.name}")
-        return self._files[node.token_file]
-
-    def hint(self, node: Node) -> str:
-        if node.token_file:
-            return _NODE_TOKEN_HINT.format(path=self._inventory.resolve(node.token_file))
-        return _TOKEN_HINT.format(env="$" + (self._inventory.auth.token_env or "SNAPCTL_AGENT_TOKEN"))
-
-
-def _read_token(inventory: Inventory, path: str, setting: str) -> str:
-    file = inventory.resolve(path)
-    try:
-        # The first line, as the agent reads its own: a second line (a note, a rotated token) must not
-        # go out inside the Authorization header, where it broke the request into an HTTP 400.
-        token, mode = read_first_line(file)
-    except (OSError, UnicodeDecodeError) as exc:  # not UTF-8: not a token file (a traceback, before)
-        why = os_reason(exc) if isinstance(exc, OSError) else "not UTF-8 text"
-        raise InventoryError(f"{inventory.source}: cannot read {setting} {file}: {why}",
-                             hint="create it with the agent's token, readable only by you") from exc
-    # Whoever reads it can freeze every database of the cluster.
-    warn_if_open(log, inventory.source, setting, file, mode, "snapctl's user")
-    if not token:
-        raise InventoryError(f"{inventory.source}: {setting} {file} is empty")
-    if unfit_token(token):
-        raise InventoryError(f"{inventory.source}: {setting} {file} {UNFIT_TOKEN}", hint=UNFIT_TOKEN_HINT)
-    return token
-
-
-def _tls_context(inventory: Inventory) -> ssl.SSLContext:
-    """One TLS context for every agent: building one loads a CA store (milliseconds each)."""
-    import httpx
-
-    auth = inventory.auth
-    if auth.ca_file or auth.client_cert_file:
-        try:
-            verify = ssl.create_default_context(cafile=str(inventory.resolve(auth.ca_file)) if auth.ca_file else None)
-            if auth.client_cert_file:
-                key = str(inventory.resolve(auth.client_key_file)) if auth.client_key_file else None
-                verify.load_cert_chain(str(inventory.resolve(auth.client_cert_file)), key)
-                # Whoever reads the key can be snapctl to every agent that requires client certificates.
-                setting = "auth.client_key_file" if key else "auth.client_cert_file (which holds the key)"
-                _warn_if_key_open(inventory, setting, inventory.resolve(key or auth.client_cert_file))
-        except (OSError, ssl.SSLError) as exc:
-            raise InventoryError(f"{inventory.source}: cannot load the TLS files under auth: {exc}") from exc
-        return verify
-    return httpx.create_ssl_context(verify=True, trust_env=False)
-
-
-def _warn_if_key_open(inventory: Inventory, setting: str, file: Path) -> None:
-    try:
-        mode = file.stat().st_mode
-    except OSError:  # it was just loaded: gone since, nothing to warn about
-        return
-    warn_if_open(log, inventory.source, setting, file, mode, "snapctl's user")
 
 
 def _raise_open_files_limit(wanted: int) -> None:

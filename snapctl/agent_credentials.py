@@ -1,0 +1,105 @@
+"""The credentials snapctl shows its agents: bearer tokens (the inventory's, or a node's own
+``token_file``) and the TLS context (a private CA, a client certificate for agents that require
+one). Each secret file is read once per command, and one that other users can read is warned
+about: whoever reads it can freeze every database of the cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+from pathlib import Path
+
+from snapctl.config import Inventory, Node
+from snapctl.errors import InventoryError, os_reason
+from snapctl.secret_files import UNFIT_TOKEN, UNFIT_TOKEN_HINT, read_first_line, unfit_token, warn_if_open
+
+log = logging.getLogger("snapctl.auth")
+
+TOKEN_HINT = "set auth.token_file in the inventory (or {env}) to the token the agent was started with"
+NODE_TOKEN_HINT = "the node's token_file ({path}) must hold the token its agent was started with"
+
+
+def load_agent_token(inventory: Inventory) -> str | None:
+    """The bearer token for agents: ``auth.token_file`` (relative to the inventory), else ``$auth.token_env``."""
+    auth = inventory.auth
+    if auth.token_file:
+        return _read_token(inventory, auth.token_file, "auth.token_file")
+    if auth.token_env:
+        token = os.environ.get(auth.token_env, "").strip() or None
+        if token and unfit_token(token):
+            raise InventoryError(f"${auth.token_env} {UNFIT_TOKEN}", hint=UNFIT_TOKEN_HINT)
+        return token
+    return None
+
+
+class AgentTokens:
+    """Each node's bearer token: its own ``token_file``, else the inventory's (``load_agent_token``).
+    Every file is read once, however many nodes name it; the shared token only if a node uses it."""
+
+    def __init__(self, inventory: Inventory) -> None:
+        self._inventory = inventory
+        self._files: dict[str, str] = {}
+        shared_needed = any(not node.token_file and node.agent != "embedded" for node in inventory.nodes)
+        self._shared = load_agent_token(inventory) if shared_needed else None
+
+    def of(self, node: Node) -> str | None:
+        if not node.token_file:
+            return self._shared
+        if node.token_file not in self._files:
+            self._files[node.token_file] = _read_token(self._inventory, node.token_file,
+                                                       f"the token_file of node {node.name}")
+        return self._files[node.token_file]
+
+    def hint(self, node: Node) -> str:
+        if node.token_file:
+            return NODE_TOKEN_HINT.format(path=self._inventory.resolve(node.token_file))
+        return TOKEN_HINT.format(env="$" + (self._inventory.auth.token_env or "SNAPCTL_AGENT_TOKEN"))
+
+
+def _read_token(inventory: Inventory, path: str, setting: str) -> str:
+    file = inventory.resolve(path)
+    try:
+        # The first line, as the agent reads its own: a second line (a note, a rotated token) must not
+        # go out inside the Authorization header, where it broke the request into an HTTP 400.
+        token, mode = read_first_line(file)
+    except (OSError, UnicodeDecodeError) as exc:  # not UTF-8: not a token file (a traceback, before)
+        why = os_reason(exc) if isinstance(exc, OSError) else "not UTF-8 text"
+        raise InventoryError(f"{inventory.source}: cannot read {setting} {file}: {why}",
+                             hint="create it with the agent's token, readable only by you") from exc
+    # Whoever reads it can freeze every database of the cluster.
+    warn_if_open(log, inventory.source, setting, file, mode, "snapctl's user")
+    if not token:
+        raise InventoryError(f"{inventory.source}: {setting} {file} is empty")
+    if unfit_token(token):
+        raise InventoryError(f"{inventory.source}: {setting} {file} {UNFIT_TOKEN}", hint=UNFIT_TOKEN_HINT)
+    return token
+
+
+def tls_context(inventory: Inventory) -> ssl.SSLContext:
+    """One TLS context for every agent: building one loads a CA store (milliseconds each)."""
+    import httpx
+
+    auth = inventory.auth
+    if auth.ca_file or auth.client_cert_file:
+        try:
+            verify = ssl.create_default_context(cafile=str(inventory.resolve(auth.ca_file)) if auth.ca_file else None)
+            if auth.client_cert_file:
+                key = str(inventory.resolve(auth.client_key_file)) if auth.client_key_file else None
+                verify.load_cert_chain(str(inventory.resolve(auth.client_cert_file)), key)
+                # Whoever reads the key can be snapctl to every agent that requires client certificates.
+                setting = "auth.client_key_file" if key else "auth.client_cert_file (which holds the key)"
+                _warn_if_key_open(inventory, setting, inventory.resolve(key or auth.client_cert_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise InventoryError(f"{inventory.source}: cannot load the TLS files under auth: {exc}") from exc
+        return verify
+    return httpx.create_ssl_context(verify=True, trust_env=False)
+
+
+def _warn_if_key_open(inventory: Inventory, setting: str, file: Path) -> None:
+    try:
+        mode = file.stat().st_mode
+    except OSError:  # it was just loaded: gone since, nothing to warn about
+        return
+    warn_if_open(log, inventory.source, setting, file, mode, "snapctl's user")
