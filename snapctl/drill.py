@@ -256,7 +256,7 @@ def _check_before_restoring(drill: _Drill) -> None:
     nodes = {name: inventory_node(drill.inventory, name) for name in drill.manifest.nodes}
     check_before_restoring(drill.inventory, drill.provider, drill.manifest, nodes,
                            {name: _restore_root(drill, node) for name, node in nodes.items()}, zone=None,
-                           attached={name for name, node in nodes.items() if _attaches(node)})
+                           attached={name for name, node in nodes.items() if _attaches(node)}, drill=True)
 
 
 def _mark_restore_places(drill: _Drill) -> None:
@@ -355,7 +355,7 @@ def _on_this_machine(drill: _Drill, node: Node, record: NodeRecord, engine: dict
 
     inventory = drill.inventory
     result.runs_on = "this machine"
-    settings = remap_paths(engine, inventory, node, result.volumes)
+    settings = remap_paths(engine, inventory, node, result.volumes, drill=True)
     if settings is None:
         raise no_engine_path(inventory, node, result.volumes)
     assert record.state is not None

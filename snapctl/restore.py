@@ -26,7 +26,8 @@ from node_agent.models import VerifyFacts
 from snapctl.catalog import Catalog, open_catalog
 from snapctl.config import Inventory, Node
 from snapctl.errors import BadInputError, CatalogError, Interrupted, SnapctlError
-from snapctl.evidence import compare_facts, missing_files, moved_path, volume_roots
+from snapctl.engine_paths import no_engine_path, remap_paths
+from snapctl.evidence import compare_facts, missing_files, volume_roots
 from snapctl.manifest import Manifest, NodeRecord
 from snapctl.providers import Provider, RestoreTarget, SnapshotRef, open_provider
 from snapctl.timestamps import UtcTime
@@ -36,7 +37,7 @@ _VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _NAMED = 5  # restored volumes a failure's hint names, of a cluster's hundreds
 
 __all__ = ["NodeRestore", "RestoreRecord", "RestoreResult", "check_before_restoring", "check_provider",
-           "compare_facts", "load_restorable", "not_succeeded", "remap_paths", "restore_run"]
+           "compare_facts", "load_restorable", "no_engine_path", "not_succeeded", "remap_paths", "restore_run"]
 
 
 @dataclass
@@ -177,12 +178,13 @@ def _naming_restored(exc: SnapctlError, made: list[tuple[SnapshotRef, str]]) -> 
 
 
 def check_before_restoring(inventory: Inventory, provider: Provider, manifest: Manifest, nodes: dict[str, Node],
-                           roots: dict[str, Path | None], *, zone: str | None, attached: Collection[str]) -> None:
+                           roots: dict[str, Path | None], *, zone: str | None, attached: Collection[str],
+                           drill: bool = False) -> None:
     """What `snapctl restore` and `snapctl drill` both check before restoring anything: every node
-    has snapshots, a place to go and a valid engine block (if any), and every volume its target and
-    snapshot (``check_targets``).
+    has snapshots, a place to go and a valid engine block (if any), every volume its target and
+    snapshot (``check_targets``), and every engine prepared here its data on the restored volumes.
     ``roots``: each node's directory for its volumes (None: none given); ``attached``: the nodes
-    whose new volumes are attached to their ``restore.instance``."""
+    whose new volumes are attached to their ``restore.instance``; ``drill``: for a drill."""
     # An engine block is read when its node's turn comes: a mistake in one must not wait for the
     # nodes before it to be restored.
     inventory.check_engine_blocks(nodes)
@@ -200,6 +202,23 @@ def check_before_restoring(inventory: Inventory, provider: Provider, manifest: M
     live = {f"node {n} volume {v}": root for n, node in nodes.items()
             for v, root in volume_roots(node.volumes, inventory.resolve).items()}
     check_targets(provider, manifest, nodes, roots, zone=zone, attached=attached, live=live)
+    if not getattr(provider, "restore_makes_cloud_volumes", False):
+        _check_engine_paths(inventory, manifest, nodes, roots, drill=drill)
+
+
+def _check_engine_paths(inventory: Inventory, manifest: Manifest, nodes: dict[str, Node],
+                        roots: dict[str, Path | None], *, drill: bool) -> None:
+    """``remap_paths``'s refusal of an engine path left on this host's live files, before any copy."""
+    from snapctl.drill_engines import engine_block
+
+    for name, node in nodes.items():
+        root = roots[name]
+        if node.restore.agent or root is None:  # a scratch agent prepares with its own config
+            continue
+        engine = engine_block(inventory, node, manifest.nodes[name])
+        if engine is not None:
+            remap_paths(engine, inventory, node, {ref.volume: str(root / ref.volume)
+                                                  for ref in manifest.nodes[name].snapshots}, drill=drill)
 
 
 def check_targets(provider: Provider, manifest: Manifest, nodes: dict[str, Node], roots: dict[str, Path | None], *,
@@ -403,43 +422,3 @@ async def scratch_agent(inventory: Inventory, node: Node) -> AsyncIterator[Any]:
     scratch = inventory.model_copy(update={"nodes": [node.model_copy(update={"agent": node.restore.agent})]})
     async with open_agents(scratch) as agents:
         yield agents[node.name]
-
-
-def no_engine_path(inventory: Inventory, node: Node, restored: dict[str, str]) -> BadInputError:
-    """Why ``remap_paths`` found no engine path on the restored volumes. A volume is matched to
-    the inventory's by name: one renamed since the run matches none."""
-    names = list(volume_roots(node.volumes, inventory.resolve))
-    if unknown := [volume for volume in restored if volume not in names]:
-        return BadInputError(
-            f"none of the engine's paths lies on a restored volume: the run's volume {', '.join(unknown)} is not "
-            f"among the node's volumes in the inventory ({', '.join(names) or 'none'}), renamed since the run?",
-            hint="give the volume back the name it had in the run: a restore finds the engine's data on a volume "
-                 "by its name")
-    return BadInputError("none of the engine's paths lies on a restored volume",
-                         hint="the node's volumes must cover the engine's data paths")
-
-
-def remap_paths(engine: dict[str, Any], inventory: Inventory, node: Node, restored: dict[str, str]) -> dict | None:
-    """The node's engine settings with every path that lies on one of its volumes (strings, and
-    lists of strings) moved to where that volume was restored; None when no setting lies on a
-    restored volume."""
-    roots = volume_roots(node.volumes, inventory.resolve)
-    moved: dict[str, Any] = dict(engine)
-    changed = False
-
-    def move(value: str) -> str:
-        nonlocal changed
-        target = moved_path(inventory.resolve(value), roots, restored)
-        if target is None:
-            return value
-        changed = True
-        return str(target)
-
-    for key, value in engine.items():
-        if key == "type":
-            continue
-        if isinstance(value, str) and value:
-            moved[key] = move(value)
-        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
-            moved[key] = [move(v) for v in value]
-    return moved if changed else None
