@@ -248,8 +248,16 @@ def check_targets(provider: Provider, manifest: Manifest, nodes: dict[str, Node]
                 given = Path(os.path.abspath(target.path))
                 path = Path(os.path.realpath(given))
                 # Its own directory, emptied, is a restore in place; inside it, every later snapshot
-                # of that volume would carry the copy (and a backup of it the next one).
-                inside = next((w for w, root in live.items() if path != root and path.is_relative_to(root)), None)
+                # of that volume would carry the copy (and a backup of it the next one). Another
+                # volume's directory, even emptied, would take this one's data for its own.
+                inside = next((w for w, root in live.items()
+                               if path.is_relative_to(root) and not (path == root and w == who)), None)
+                if inside is not None and path == live[inside]:
+                    raise BadInputError(f"{who} would be restored to {given}, the live data directory of {inside}: "
+                                        "that volume would start from another's data",
+                                        hint="restore each volume outside the nodes' volumes (--to DIR, "
+                                             "restore.path), or into its own directory; check the node's "
+                                             "restore.path")
                 if inside is not None:
                     raise BadInputError(f"{who} would be restored to {given}, inside the live data of {inside} "
                                         f"({live[inside]}): every later snapshot of it would carry the copy",

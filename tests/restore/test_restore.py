@@ -454,3 +454,29 @@ def test_a_run_a_prune_is_deleting_is_said_to_be_so_not_to_have_nothing_to_resto
         with pytest.raises(BadInputError) as caught:
             attempt()
         assert (caught.value.message, caught.value.hint) == said
+
+
+def test_only_the_nodes_own_volume_directory_is_a_restore_in_place_not_another_nodes(sqlite_cluster, tmp_path):
+    # n1's restore.path mistyped as n2's directory, n2's volume empty (its disk replaced): n1's data
+    # went into n2's live volume, exit 0, as if that were n2's own restore in place.
+    import shutil
+
+    run_id = sqlite_cluster.backup()
+    n1, n2 = sqlite_cluster.directory / "n1", sqlite_cluster.directory / "n2"
+    shutil.rmtree(n2 / "data")
+    (n2 / "data").mkdir()
+    sqlite_cluster.edit(node_n1={"restore": {"path": "n2"}}, node_n2={"restore": {"path": str(tmp_path / "r2")}})
+
+    with pytest.raises(BadInputError) as caught:
+        restore_run(sqlite_cluster.inventory, run_id)
+    assert caught.value.message == (f"node n1 volume data would be restored to {n2 / 'data'}, the live data directory "
+                                    "of node n2 volume data: that volume would start from another's data")
+    assert "check the node's restore.path" in caught.value.hint
+    assert not any((n2 / "data").iterdir()) and not (tmp_path / "r2").exists()
+
+    # Each node's own directory, emptied, is its restore in place.
+    shutil.rmtree(n1 / "data")
+    (n1 / "data").mkdir()
+    sqlite_cluster.edit(node_n1={"restore": {"path": "n1"}}, node_n2={"restore": {"path": "n2"}})
+    result = restore_run(sqlite_cluster.inventory, run_id)
+    assert result.ok and sqlite_cluster.rows("n1") == sqlite_cluster.rows("n2") == ROWS
