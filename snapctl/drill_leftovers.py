@@ -208,7 +208,7 @@ def find_abandoned(catalog: Catalog) -> list[AbandonedDrill]:
             continue  # unreadable: it proves nothing
         if not unfinished or not isinstance(owner, str):
             continue
-        if not _gone_from_this_host(owner, record.get("owner_process")):
+        if not gone_from_this_host(owner, record.get("owner_process")):
             continue  # a drill under way (or another host's): its scratch directory is not looked at
         scratch = Path(record["scratch_dir"]) if isinstance(record.get("scratch_dir"), str) else None
         marker = _marker(scratch, catalog.cluster, record.get("drill_id"), key)
@@ -241,10 +241,10 @@ def _marker(scratch: Path | None, cluster: str, drill_id: object, key: str) -> d
     return marker
 
 
-def _gone_from_this_host(owner: str, process: object) -> bool:
+def gone_from_this_host(owner: str, process: object) -> bool:
     """As the cluster lock judges its holder (any doubt is not gone), with the proof a pid needs:
-    the drill's process was of this boot and this pid namespace (``process``, as the drill recorded
-    it), and its pid now runs nothing, or a process begun at another time."""
+    the drill's (or a restore's) process was of this boot and this pid namespace (``process``, as
+    ``identity`` recorded it), and its pid now runs nothing, or a process begun at another time."""
     host, _, pid = owner.rpartition("@")[2].rpartition(":")
     if host != socket.gethostname() or not pid.isdigit() or not isinstance(process, dict):
         return False

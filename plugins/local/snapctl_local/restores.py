@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
+import secrets
 import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -69,7 +71,7 @@ class LocalRestores:
                                 hint=_TARGET_HINT)
         # The target is empty: a restore is under way or died, or one finished and its directory
         # was emptied by hand since (restore() then removes that marker).
-        if os.path.lexists(restore_marker(dest)) and not finished_restore_marker(dest):
+        if os.path.lexists(restore_marker(dest)) and not finished_restore_marker(dest) and not self._killed(dest):
             raise _busy_target(ref, dest)
         snap_dir = self._snapshot_dir(ref)
         meta = self._restorable_metadata(ref, snap_dir)
@@ -130,6 +132,8 @@ class LocalRestores:
             # The marker goes first, so every directory a restore made is one delete_volume may remove.
             if finished_restore_marker(dest):  # its restore's directory was removed by hand: it names nothing
                 restore_marker(dest).unlink(missing_ok=True)
+            else:
+                self._clear_killed(dest)
             try:
                 write_restore_marker(dest, ref, meta, staging=staging, tags=target.tags)
             except FileExistsError:
@@ -209,6 +213,39 @@ class LocalRestores:
             marker.unlink(missing_ok=True)  # last: a removal that fails part way can be retried
         except OSError as exc:
             raise ProviderError(f"cannot delete the restored directory {dest}: {os_reason(exc)}") from exc
+
+    def _killed(self, dest: Path, recorded: dict[str, Any] | None = None) -> bool:
+        """The unfinished marker beside ``dest`` is this cluster's, of a restore that made nothing
+        there yet, whose process is proven gone from this host (killed: SIGKILL, the OOM killer, a
+        reboot). Any doubt (another host, an older marker naming no process) is not gone."""
+        from snapctl.drill_leftovers import gone_from_this_host
+
+        recorded = read_restore_marker(dest) if recorded is None else recorded
+        return bool(recorded is not None and not recorded.get("finished_at") and recorded.get("cluster") == self.cluster
+                    and recorded.get("path") == str(dest) and (not os.path.lexists(dest) or _empty_dir(dest))
+                    and gone_from_this_host(str(recorded.get("owner") or ""), recorded.get("owner_process")))
+
+    def _clear_killed(self, dest: Path) -> None:
+        """A killed restore's marker and staging copy, before this restore writes its own marker.
+        The marker is first moved aside, and checked to be the one judged: a rerun racing this one
+        may have replaced it with the marker of a restore that is running."""
+        marker = restore_marker(dest)
+        recorded = read_restore_marker(dest)
+        if recorded is None or not self._killed(dest, recorded):
+            return
+        claimed = marker.with_name(f".{marker.name}.{secrets.token_hex(4)}.killed")
+        try:
+            os.rename(marker, claimed)
+        except FileNotFoundError:
+            return  # another rerun cleared it
+        try:
+            if json.loads(claimed.read_bytes()) != recorded:  # not the one judged: put it back
+                with contextlib.suppress(FileExistsError):
+                    os.link(claimed, marker)
+                return
+            self._remove_staging(dest, recorded)
+        finally:
+            claimed.unlink(missing_ok=True)
 
     def _remove_staging(self, dest: Path, recorded: dict[str, Any]) -> None:
         """The staging copy the marker names, if it is one of this target's (beside it, named for it)."""
@@ -325,7 +362,11 @@ def _unusable_target(ref: SnapshotRef, dest: Path, exc: OSError) -> BadInputErro
 
 
 def _busy_target(ref: SnapshotRef, dest: Path) -> BadInputError:
-    return BadInputError(f"node {ref.node}: another restore is writing to {dest} (its marker "
-                         f"{restore_marker(dest).name} is there)",
-                         hint="wait for it; if none is running (one was killed), remove the marker and any "
-                              f"{RESTORE_PREFIX}* directory beside {dest.name}")
+    marker = restore_marker(dest)
+    recorded = read_restore_marker(dest) or {}
+    owner = f" by {recorded['owner']}" if recorded.get("owner") else ""
+    staging = recorded.get("staging") or str(dest.parent / f"{RESTORE_PREFIX}{dest.name}-*")
+    return BadInputError(f"node {ref.node}: another restore is writing to {dest}{owner} (its marker {marker} "
+                         "is there)",
+                         hint=f"wait for it; if it is not running (killed, or on another host), remove {marker} "
+                              f"and {staging}")

@@ -262,6 +262,8 @@ def write_restore_marker(dest: Path, ref: Any, meta: dict[str, Any], *, staging:
     metadata), with the restore's own ``tags`` (a drill's id) and its ``staging`` copy, which a
     restore killed part-way leaves. Exclusive: ``FileExistsError`` when a marker is there already,
     another restore's into the same place (which must keep it: it names what that restore made)."""
+    from snapctl.drill_leftovers import drill_owner, identity
+
     tags = {**(meta.get("tags") or {}), **(tags or {})}
     marker = restore_marker(dest)
     temp = marker.with_name(f".{marker.name}.{secrets.token_hex(4)}.tmp")
@@ -275,6 +277,9 @@ def write_restore_marker(dest: Path, ref: Any, meta: dict[str, Any], *, staging:
         "tags": tags,
         "staging": str(staging) if staging is not None else None,
         "restored_at": utc_text(datetime.now(UTC)),
+        # Who writes it: a rerun that finds the marker unfinished clears it once that process is proven gone.
+        "owner": drill_owner(),
+        "owner_process": identity(os.getpid()),
     })
     try:
         os.link(temp, marker)  # link(2), unlike rename(2), never replaces

@@ -1,0 +1,82 @@
+"""A restore killed outright (SIGKILL, the OOM killer) mid-copy leaves its hidden staging copy and
+an unfinished marker beside its target. The rerun into the same place said "another restore is
+writing" until both were removed by hand. It now clears them once the marker's process is proven
+gone from this host, and leaves a running restore's alone, naming exactly what is in the way.
+
+The restore to be killed is the real CLI in a process of its own, stopped mid-copy (``paused``)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from snapctl.errors import BadInputError
+from snapctl.restore import restore_run
+from tests.restore.conftest import ROWS, SqliteCluster
+
+_PAUSED = """
+import os, sys, threading
+from pathlib import Path
+import snapctl.cli as cli, snapctl_local.restores as restores
+
+reached = sys.argv[1]
+original = restores.copy_tree
+
+
+def copy_tree(source, staging, *args, **kwargs):
+    result = original(source, staging, *args, **kwargs)
+    Path(reached).write_text(str(staging))
+    threading.Event().wait()  # until the test kills this process
+    return result
+
+
+restores.copy_tree = copy_tree
+sys.argv = ["snapctl", *sys.argv[2:]]
+cli.main()
+"""
+
+
+def paused_restore(cluster: SqliteCluster, target: Path, tmp_path: Path) -> tuple[subprocess.Popen, Path]:
+    """`snapctl restore latest --to target`, stopped for good with n1's copy made in its staging directory."""
+    reached = tmp_path / "reached"
+    process = subprocess.Popen([sys.executable, "-c", _PAUSED, str(reached), "restore", "latest", "--to", str(target),
+                                "-i", str(cluster.inventory_path)], cwd=cluster.directory,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not reached.exists() or not reached.read_text():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"the restore never reached its copy: {process.communicate()[1]}")
+        time.sleep(0.05)
+    return process, Path(reached.read_text())
+
+
+def test_the_rerun_clears_what_a_killed_restore_left_and_never_a_running_ones(sqlite_cluster, tmp_path):
+    sqlite_cluster.backup()
+    target = tmp_path / "restored"
+    process, staging = paused_restore(sqlite_cluster, target, tmp_path)
+    marker = target / "n1" / "data.snapctl-restore.json"
+    try:
+        assert staging.parent == target / "n1" and (staging / "app.db").exists() and marker.exists()
+
+        with pytest.raises(BadInputError) as busy:  # its restore is running: nothing of it is touched
+            restore_run(sqlite_cluster.inventory, "latest", target)
+        assert busy.value.message.startswith(f"node n1: another restore is writing to {target / 'n1' / 'data'} by ")
+        assert busy.value.hint.endswith(f"remove {marker} and {staging}")
+        assert (staging / "app.db").exists() and marker.exists()
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+
+    result = restore_run(sqlite_cluster.inventory, "latest", target)
+
+    assert result.ok and not staging.exists()
+    assert sorted(p.name for p in (target / "n1").iterdir()) == ["data", marker.name]
+    assert json.loads(marker.read_text())["finished_at"]
+    assert len(result.nodes) == 2 and all(n.facts and n.facts.tables["items"].rows == ROWS for n in result.nodes)
