@@ -104,6 +104,7 @@ class DrillReport(BaseModel):
     teardown_errors: list[str] = Field(default_factory=list)
     junit: str | None = None
     record: str | None = None  # catalog key of this report
+    warnings: list[str] = Field(default_factory=list)  # newer runs `latest` passed over, and why
     error: str | None = None  # restore's checks refused the run before any node was restored
     hint: str | None = None
 
@@ -149,11 +150,12 @@ def run_drill(inventory: Inventory, run_ref: str = "latest", *, junit: Path | No
     report: DrillReport | None = None
     try:  # a drill that cannot begin (no backup yet, the catalog unreadable) still leaves CI a report saying why
         catalog = open_catalog(inventory)
-        run_id = catalog.resolve(run_ref)
+        skipped: list[str] = []
+        run_id = catalog.resolve(run_ref, skipped)
         record = f"{catalog.cluster}/drills/{run_id}-{drill_id}.json"
         report = DrillReport(cluster=inventory.cluster, run_id=run_id, drill_id=drill_id, started_at=started_at,
                              provider=str(inventory.provider.get("type")), owner=drill_owner(), kept=keep,
-                             owner_process=identity(os.getpid()), record=record)
+                             owner_process=identity(os.getpid()), record=record, warnings=skipped)
         # On record, unfinished, before the run's status is read (as a restore is): a prune that marks
         # the run after this read checks the records again before deleting, and finds this one.
         _write_record(catalog, report)

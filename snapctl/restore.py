@@ -56,6 +56,7 @@ class RestoreResult:
     target: str
     nodes: list[NodeRestore]
     record: str | None = None  # catalog key of the restore's record
+    warnings: list[str] = field(default_factory=list)  # newer runs `latest` passed over, and why
 
     @property
     def ok(self) -> bool:
@@ -94,7 +95,8 @@ def restore_run(inventory: Inventory, run_ref: str, to: Path | None = None, *, z
     from snapctl.runner import interrupts_deferred
 
     catalog = open_catalog(inventory)
-    run_id = catalog.resolve(run_ref)
+    skipped: list[str] = []
+    run_id = catalog.resolve(run_ref, skipped)
     to = to.absolute() if to is not None else None  # a flag's path is the caller's, not the inventory's
     where = str(to) if to is not None else (f"zone {zone}" if zone else "each node's restore target")
     started_at = datetime.now(UTC)
@@ -114,6 +116,7 @@ def restore_run(inventory: Inventory, run_ref: str, to: Path | None = None, *, z
     try:
         result = _restore(inventory, catalog, run_id, to, where, zone=zone, attach=attach, verify=verify, made=made)
         result.record = record.key if record_it else None
+        result.warnings = skipped
         record.outcome = "restored" if result.ok else "mismatch"
         return result
     except BaseException as exc:

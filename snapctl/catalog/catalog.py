@@ -13,7 +13,7 @@ import os
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -157,12 +157,17 @@ class Catalog:
         entries, _ = self._scan()
         return next((e for e in entries if status is None or e.status == status), None)
 
-    def resolve(self, ref: str) -> str:
-        """A run id from a full id, a unique prefix of one, or ``latest`` (the newest succeeded run)."""
+    def resolve(self, ref: str, skipped: list[str] | None = None) -> str:
+        """A run id from a full id, a unique prefix of one, or ``latest`` (the newest succeeded run).
+        ``skipped`` collects a warning for each run ``latest`` passed over that may be newer: its
+        manifest cannot be read (or is missing), so whether it is a good backup cannot be told."""
         ref = ref.strip()
-        entries, problems = self._scan()
+        indexed: dict[str, IndexEntry] = {}
+        entries, problems = self._scan(seen=indexed)
         if ref == "latest":
             newest = next((e for e in entries if e.status == "succeeded"), None)
+            if newest is not None and skipped is not None:
+                skipped += _skipped_newer(newest, problems, indexed, self._where)
             if newest is None and problems:  # there may be one: its manifest cannot be read
                 unreadable = ", ".join(f"{r} ({why})" for r, why in sorted(problems.items())[:_MAX_CANDIDATES])
                 raise BadInputError(
@@ -293,10 +298,14 @@ class Catalog:
         except ValidationError:
             return None, data
 
-    def _scan(self, *, confirm_newest: bool = True) -> tuple[list[IndexEntry], dict[str, str]]:
+    def _scan(self, *, confirm_newest: bool = True,
+              seen: dict[str, IndexEntry] | None = None) -> tuple[list[IndexEntry], dict[str, str]]:
         """Index entries for every stored manifest, reading only the manifests the index lacks and
-        the ones decisions rest on (``_confirm``); the index is repaired where it was out of step."""
+        the ones decisions rest on (``_confirm``); the index is repaired where it was out of step.
+        ``seen`` gets the index's lines as they were read, before that repair."""
         indexed, raw_index = self._read_index()
+        if seen is not None:
+            seen.update((e.run_id, e) for e in indexed or [])
         entries, problems, read = self._collect({e.run_id: e for e in indexed or []})
         entries = self._confirm(entries, problems, read, confirm_newest=confirm_newest)
         # A line whose manifest is gone, but not by a prune: the run's snapshots may be all there
@@ -425,6 +434,32 @@ def index_entry(manifest: Manifest) -> IndexEntry:
         max_freeze_window_s=manifest.max_freeze_window_s,
         error=manifest.error,
     )
+
+
+def _skipped_newer(chosen: IndexEntry, problems: dict[str, str], indexed: dict[str, IndexEntry],
+                   where: Callable[[str], str]) -> list[str]:
+    """A warning for each run with a problem that the index does not show older than ``chosen``."""
+    warnings = []
+    for run_id, why in sorted(problems.items()):
+        line = indexed.get(run_id)
+        # A line the index lost (it drops an unreadable manifest's): a run id is its start, as snapctl makes them.
+        started = line.started_at if line is not None else _stamped(run_id)
+        if line is not None and (started, run_id) <= (chosen.started_at, chosen.run_id):
+            continue  # older: never what latest names
+        if line is None and started is not None and started < chosen.started_at.replace(microsecond=0):
+            continue  # older by its id, to the second
+        age = f"started {started:%Y-%m-%d %H:%M:%S}Z" if started is not None else "of unknown age"
+        listed = f"listed as {line.status}" if line is not None else "not in the index"
+        why = why if why.startswith("its manifest") else f"its manifest {where(run_id)} cannot be read: {why}"
+        warnings.append(f"latest is run {chosen.run_id}, not run {run_id} ({age}, {listed}): {why}")
+    return warnings
+
+
+def _stamped(run_id: str) -> datetime | None:
+    try:
+        return datetime.strptime(run_id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return None
 
 
 def newest_first(entries: list[IndexEntry]) -> list[IndexEntry]:

@@ -31,6 +31,7 @@ def restore_text(r, result) -> int:
         table.add_row(n.node, escape("\n".join(_relative(v, result.target) for v in n.volumes.values())) or "-",
                       escape(n.prepared or "-"), tables or "-", verdict)
     r.out.print(table)
+    _warnings(r, result.warnings)
     for n in result.nodes:
         if n.note:
             r.out.print(f"  {n.node}: {escape(n.note)}", soft_wrap=True)
@@ -52,6 +53,7 @@ def drill_text(r, report) -> int:
         table.add_row(n.node, n.engine or "-", escape(n.runs_on or "-"), _seconds(n.restore_s), _seconds(n.start_s),
                       _seconds(n.verify_s), _VERDICT[n.verdict])
     r.out.print(table)
+    _warnings(r, report.warnings)
     for n in report.nodes:
         for mismatch in n.mismatches:
             r.out.print(f"  [red]{n.node}[/]: {escape(mismatch)}", soft_wrap=True)
@@ -69,6 +71,13 @@ def drill_text(r, report) -> int:
     rto = f", RTO {_seconds(report.rto_s)}" if report.rto_s is not None else ""
     r.out.print(f"drill {report.drill_id}: {outcome}{rto}; junit report {escape(report.junit or '-')}", soft_wrap=True)
     return report.exit_code
+
+
+def _warnings(r, warnings: list[str]) -> None:
+    from rich.markup import escape
+
+    for warning in warnings:
+        r.err.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
 
 
 def verify_document(result) -> dict:

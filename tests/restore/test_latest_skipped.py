@@ -1,0 +1,44 @@
+"""`restore latest` and `drill latest` whose newest run's manifest cannot be read took the run before
+it without a word: the operator restored last week's data believing it was last night's."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from snapctl.errors import ExitCode
+
+
+def snapctl(cluster, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "snapctl.cli", *args, "-i", str(cluster.inventory_path)],
+                          cwd=cluster.directory, capture_output=True, text=True, timeout=180, check=False)
+
+
+def test_latest_warns_naming_the_newer_run_it_passed_over_and_why(sqlite_cluster, tmp_path):
+    older = sqlite_cluster.backup()
+    newer = sqlite_cluster.backup()
+    manifest = sqlite_cluster.directory / "catalog" / "restore-test" / "manifests" / f"{newer}.json"
+    manifest.write_text(manifest.read_text()[:200])  # cut short: a disk that filled up, a bad copy
+
+    restored = snapctl(sqlite_cluster, "restore", "latest", "--to", str(tmp_path / "json"), "-o", "json")
+    assert restored.returncode == ExitCode.OK, restored.stdout + restored.stderr
+    data = json.loads(restored.stdout)["data"]
+    assert data["run_id"] == older
+    [warning] = data["warnings"]
+    assert warning.startswith(f"latest is run {older}, not run {newer} (started ") and "listed as succeeded" in warning
+    assert warning.endswith(f"its manifest {manifest} cannot be read: not valid JSON"), warning  # and why
+
+    text = snapctl(sqlite_cluster, "restore", "latest", "--to", str(tmp_path / "text"))
+    assert text.returncode == ExitCode.OK, text.stdout + text.stderr
+    assert f"warning: latest is run {older}, not run {newer}" in " ".join(text.stderr.split())
+
+    drilled = snapctl(sqlite_cluster, "drill", "latest", "--junit", str(tmp_path / "drill.xml"), "-o", "json")
+    assert drilled.returncode == ExitCode.OK, drilled.stdout + drilled.stderr
+    report = json.loads(drilled.stdout)["data"]
+    [again] = report["warnings"]  # the index no longer lists it: its age comes from its run id
+    assert again.startswith(f"latest is run {older}, not run {newer} (started ") and "not in the index" in again
+    assert again.endswith("cannot be read: not valid JSON")
+
+    named = snapctl(sqlite_cluster, "restore", older, "--to", str(tmp_path / "named"), "-o", "json")
+    assert json.loads(named.stdout)["data"]["warnings"] == [], "a run named is not `latest`: nothing passed over"
