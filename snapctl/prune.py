@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 from snapctl.catalog import Catalog, open_catalog
 from snapctl.catalog.lock import ThreadLockKeeper
 from snapctl.drill_leftovers import clean_abandoned, find_abandoned
+from snapctl.restore_leftovers import clean_killed_restores, find_killed_restores
 from snapctl.errors import CatalogError, Interrupted, SnapctlError, SnapshotNotFound
 from snapctl.providers import TAG_CLUSTER, TAG_RUN, Leftover, Provider, SnapshotRef, open_provider
 from snapctl.retention import PRUNING, SUCCEEDED, Decision, RetentionPlan, Run, decide
@@ -103,6 +104,8 @@ class GcResult:
     leftovers_deleted: list[str] = field(default_factory=list)  # their paths
     killed_drills: list[str] = field(default_factory=list)  # drills killed outright on this host, and their scratch
     killed_drills_cleaned: list[str] = field(default_factory=list)  # --delete: what was done of each
+    killed_restores: list[str] = field(default_factory=list)  # staging copies of restores killed on this host
+    killed_restores_cleaned: list[str] = field(default_factory=list)  # --delete: what was done of each
 
     @property
     def ok(self) -> bool:
@@ -286,6 +289,7 @@ def gc(inventory: Inventory, *, delete: bool = False) -> GcResult:
     if not delete:
         result = find_orphans(catalog, provider)
         result.killed_drills = [drill.listed() for drill in find_abandoned(catalog)]
+        result.killed_restores = [line for _, line in find_killed_restores(catalog, inventory, provider)]
         return result
     if not catalog.store.list(f"{catalog.cluster}/manifests/"):  # refused before its lock is made there
         _refuse_a_wrong_catalog(catalog, provider.find({TAG_CLUSTER: catalog.cluster}))
@@ -314,6 +318,10 @@ def gc(inventory: Inventory, *, delete: bool = False) -> GcResult:
             result.killed_drills_cleaned.append(line)
             if not done:
                 result.failed[str(drill.scratch)] = line
+        locked.check()
+        killed_restores = find_killed_restores(catalog, inventory, provider)
+        result.killed_restores = [line for _, line in killed_restores]
+        result.killed_restores_cleaned = clean_killed_restores(provider, killed_restores, result.failed, locked.check)
         return result
 
 

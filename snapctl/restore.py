@@ -30,6 +30,7 @@ from snapctl.engine_paths import no_engine_path, remap_paths
 from snapctl.evidence import compare_facts, missing_files, volume_roots
 from snapctl.manifest import Manifest, NodeRecord
 from snapctl.providers import Provider, RestoreTarget, SnapshotRef, open_provider
+from snapctl.restore_leftovers import EACH_NODE
 from snapctl.timestamps import UtcTime
 
 # A volume's directory under the restore root: one plain name, as the inventory allows them.
@@ -98,7 +99,7 @@ def restore_run(inventory: Inventory, run_ref: str, to: Path | None = None, *, z
     skipped: list[str] = []
     run_id = catalog.resolve(run_ref, skipped)
     to = to.absolute() if to is not None else None  # a flag's path is the caller's, not the inventory's
-    where = str(to) if to is not None else (f"zone {zone}" if zone else "each node's restore target")
+    where = str(to) if to is not None else (f"zone {zone}" if zone else EACH_NODE)
     started_at = datetime.now(UTC)
     record = RestoreRecord(cluster=catalog.cluster, run_id=run_id, owner=run_owner(), target=where,
                            restore_id=f"{started_at:%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}", started_at=started_at)

@@ -69,7 +69,11 @@ def gc_text(renderer: Any, result: Any) -> int:
         say(f"{len(result.killed_drills)} drill(s) killed on this host before they finished, and what they left:")
         for line in result.killed_drills_cleaned or result.killed_drills:
             say(f"  {line}")
-    if (result.orphans or result.leftovers or result.killed_drills) and not result.delete:
+    if result.killed_restores:
+        say(f"{len(result.killed_restores)} restore(s) killed on this host before they finished, and what they left:")
+        for line in result.killed_restores_cleaned or result.killed_restores:
+            say(f"  {line}")
+    if (result.orphans or result.leftovers or result.killed_drills or result.killed_restores) and not result.delete:
         say("run `snapctl gc --delete` to delete them")
     if result.skipped_runs:
         say("not considered (run in progress, or manifest unreadable): " + ", ".join(result.skipped_runs))

@@ -80,3 +80,29 @@ def test_the_rerun_clears_what_a_killed_restore_left_and_never_a_running_ones(sq
     assert sorted(p.name for p in (target / "n1").iterdir()) == ["data", marker.name]
     assert json.loads(marker.read_text())["finished_at"]
     assert len(result.nodes) == 2 and all(n.facts and n.facts.tables["items"].rows == ROWS for n in result.nodes)
+
+
+def test_gc_lists_and_removes_what_a_killed_restore_left_and_never_a_running_ones(sqlite_cluster, tmp_path):
+    # Restored elsewhere after the kill, the hidden copy stayed for good: gc listed nothing of it.
+    from snapctl.prune import gc
+
+    sqlite_cluster.backup()
+    target = tmp_path / "restored"
+    process, staging = paused_restore(sqlite_cluster, target, tmp_path)
+    marker = target / "n1" / "data.snapctl-restore.json"
+    try:
+        assert gc(sqlite_cluster.inventory).killed_restores == [], "a running restore is nobody's leftover"
+        assert gc(sqlite_cluster.inventory, delete=True).killed_restores == []
+        assert (staging / "app.db").exists() and marker.exists()
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+
+    [listed] = gc(sqlite_cluster.inventory).killed_restores
+    assert listed.startswith(f"{target / 'n1' / 'data'}: a killed restore's staging copy {staging}, ")
+    assert staging.exists(), "listing removes nothing"
+
+    deleted = gc(sqlite_cluster.inventory, delete=True)
+    assert deleted.ok and deleted.killed_restores_cleaned == [f"{listed}: removed"]
+    assert not staging.exists() and not marker.exists()
+    assert gc(sqlite_cluster.inventory).killed_restores == []

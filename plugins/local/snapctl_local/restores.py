@@ -214,6 +214,30 @@ class LocalRestores:
         except OSError as exc:
             raise ProviderError(f"cannot delete the restored directory {dest}: {os_reason(exc)}") from exc
 
+    def find_killed_restores(self, places: Sequence[str]) -> list[tuple[str, str, int]]:
+        """Of ``places`` (restore targets), those where a restore proven killed (``_killed``) left
+        its marker: (target, its staging copy or "", the copy's bytes). For `snapctl gc`, which
+        learns the places from the catalog's unfinished restore records."""
+        found = []
+        for place in places:
+            dest = self._restore_path(place)
+            if dest.is_symlink():
+                dest = Path(os.path.realpath(dest))
+            recorded = read_restore_marker(dest)
+            if recorded is None or not self._killed(dest, recorded):
+                continue
+            staging = self._staging_of(dest, recorded)
+            found.append((str(dest), str(staging or ""), _tree_bytes(staging) if staging is not None else 0))
+        return found
+
+    def clear_killed_restore(self, place: str) -> None:
+        """What ``find_killed_restores`` found at ``place``, removed: its staging copy, then its marker."""
+        dest = self._restore_path(place)
+        try:
+            self._clear_killed(dest)
+        except OSError as exc:
+            raise ProviderError(f"cannot remove what a killed restore left beside {dest}: {os_reason(exc)}") from exc
+
     def _killed(self, dest: Path, recorded: dict[str, Any] | None = None) -> bool:
         """The unfinished marker beside ``dest`` is this cluster's, of a restore that made nothing
         there yet, whose process is proven gone from this host (killed: SIGKILL, the OOM killer, a
@@ -247,11 +271,18 @@ class LocalRestores:
         finally:
             claimed.unlink(missing_ok=True)
 
-    def _remove_staging(self, dest: Path, recorded: dict[str, Any]) -> None:
-        """The staging copy the marker names, if it is one of this target's (beside it, named for it)."""
+    @staticmethod
+    def _staging_of(dest: Path, recorded: dict[str, Any]) -> Path | None:
+        """The staging copy the marker names, if it is there and one of this target's (beside it, named for it)."""
         staging = Path(str(recorded.get("staging") or ""))
         if (recorded.get("staging") and staging.parent == dest.parent
                 and staging.name.startswith(f"{RESTORE_PREFIX}{dest.name}-") and os.path.lexists(staging)):
+            return staging
+        return None
+
+    def _remove_staging(self, dest: Path, recorded: dict[str, Any]) -> None:
+        staging = self._staging_of(dest, recorded)
+        if staging is not None:
             try:
                 if staging.is_dir() and not staging.is_symlink():
                     remove_tree(staging)
@@ -329,6 +360,15 @@ class LocalRestores:
     def _restore_path(self, volume_id: str) -> Path:
         dest = Path(os.path.expanduser(volume_id))
         return Path(os.path.abspath(dest if dest.is_absolute() else self.base_dir / dest))
+
+
+def _tree_bytes(path: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
 
 
 def _empty_dir(path: Path) -> bool:
