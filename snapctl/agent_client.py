@@ -27,7 +27,7 @@ from node_agent.models import (
     TriggerResponse,
     VerifyFacts,
 )
-from snapctl.agent_credentials import TOKEN_HINT, AgentTokens, tls_context
+from snapctl.agent_credentials import TOKEN_HINT, AgentTokens, tls_context, warn_if_sent_in_clear
 from snapctl.agent_transport import CLOSED_UNANSWERED, AgentResponse, AgentTransport, TransportError, TransportTimeout
 from snapctl.config import Inventory
 from snapctl.errors import (
@@ -221,7 +221,8 @@ class HttpAgentClient:
         error = _error_body(response)
         said = self._blanked(error.error) if error else f"HTTP 429 from {self.base_url}{path}"
         times = "once" if tries == 1 else f"{tries} times in {loop.time() - (deadline - timeout_s):.1f}s"
-        waited = f" (it asked to wait {past_s:g}s, past the call's {timeout_s:g}s timeout)" if past_s is not None else ""
+        waited = (f" (it asked to wait {past_s:g}s, past the call's {timeout_s:g}s timeout)"
+                  if past_s is not None else "")
         raise AgentRateLimited(self.node, f"the agent's rate limit refused {path} {times}{waited}: {said}",
                                retry_after_s=_retry_after_s(response), said=said or "", hint=RATE_LIMITED_HINT)
 
@@ -365,6 +366,7 @@ async def open_agents(inventory: Inventory) -> AsyncIterator[dict[str, AgentClie
     try:
         if remote:
             tokens = AgentTokens(inventory)
+            warn_if_sent_in_clear(inventory, tokens)
             _raise_open_files_limit(len(remote) + 64)
             transports: dict[str, AgentTransport] = {}  # by scheme
             for node in remote:

@@ -10,8 +10,9 @@ import logging
 import os
 import ssl
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from snapctl.config import Inventory, Node
+from snapctl.config import Inventory, Node, is_loopback
 from snapctl.errors import InventoryError, os_reason
 from snapctl.secret_files import UNFIT_TOKEN, UNFIT_TOKEN_HINT, read_first_line, unfit_token, warn_if_open
 
@@ -103,3 +104,17 @@ def _warn_if_key_open(inventory: Inventory, setting: str, file: Path) -> None:
     except OSError:  # it was just loaded: gone since, nothing to warn about
         return
     warn_if_open(log, inventory.source, setting, file, mode, "snapctl's user")
+
+
+def warn_if_sent_in_clear(inventory: Inventory, tokens: AgentTokens) -> None:
+    """One warning for every agent reached over plain http beyond this host with a token: whoever
+    can watch that network can take the token, and with it hold every database of the cluster.
+    Warned, not refused, as the agent does: agents on a private network over http run today."""
+    exposed = [node for node in inventory.nodes if node.agent.startswith("http:")
+               and not is_loopback(urlsplit(node.agent).hostname or "") and tokens.of(node)]
+    if exposed:
+        first = exposed[0]
+        more = f" and {len(exposed) - 1} more" if len(exposed) > 1 else ""
+        log.warning("%s: the agent token crosses the network in clear to node %s (%s)%s; serve the agents over "
+                    "https (tls.cert_file in their config) and use https:// addresses (docs/security.md)",
+                    inventory.source, first.name, first.agent, more)
