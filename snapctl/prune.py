@@ -1,7 +1,9 @@
 """Retention applied (`snapctl prune`, and step 8 of every backup) and `snapctl gc`.
 
 Prune, under the cluster lock:
-1. plan: the policy (snapctl.retention) over every readable manifest; a run already marked
+1. plan: the policy (snapctl.retention) over every readable manifest, where a run made with
+   `backup --no-wait` that it would keep counts only once the provider says its snapshots are
+   complete (and is recorded so, once the lock is held); a run already marked
    ``pruning`` by an earlier, interrupted prune is in the plan whatever the policy says; a run a
    restore or drill is restoring is kept (they take no lock: they would wait for, and hold up,
    backups; each is on record in the catalog while it runs instead);
@@ -86,6 +88,9 @@ class PruneResult:
     deleted: list[RunVerdict]  # oldest first; on a dry run: what would go
     unfinished: list[RunVerdict] = field(default_factory=list)  # marked, not (fully) deleted
     problems: list[str] = field(default_factory=list)  # unreadable manifests, left alone
+    # `backup --no-wait` runs whose snapshots the provider found complete: counted, and (not on a
+    # dry run) recorded in their manifests, so that the provider is asked once
+    confirmed: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -132,10 +137,11 @@ def plan(catalog: Catalog, provider: Provider, retention: Retention, drill_timeo
     """What a prune would do now; reads only. The result of a dry run. ``pending``: a run whose
     snapshots are not complete yet (`backup --no-wait`): kept, and not counted, so that the runs
     it would replace stay until it is known to be a backup."""
-    decided, problems = _decide_over_readable_runs(catalog, retention, pending.run_id if pending else None)
+    decided, problems, confirmed = _decide_over_readable_runs(catalog, provider, retention,
+                                                              pending.run_id if pending else None)
     tagged = _by_run(provider.find({TAG_CLUSTER: catalog.cluster})) if decided.delete else {}
     owners = _Owners(catalog)
-    result = PruneResult(catalog.cluster, True, retention, [], [], problems=problems)
+    result = PruneResult(catalog.cluster, True, retention, [], [], problems=problems, confirmed=confirmed)
     result.kept = [_verdict(d) for d in decided.keep]
     if pending is not None:
         result.kept.insert(0, RunVerdict(pending.run_id, pending.started_at, pending.status,
@@ -168,7 +174,13 @@ def apply(planned: PruneResult, catalog: Catalog, provider: Provider, still_lock
           drill_timeout_s: float) -> PruneResult:
     """Mark every doomed run, then delete their snapshots and manifests, oldest first."""
     result = PruneResult(planned.cluster, False, planned.retention, list(planned.kept), [],
-                         list(planned.unfinished), planned.problems)
+                         list(planned.unfinished), planned.problems, list(planned.confirmed))
+    for run_id in planned.confirmed:
+        still_locked()
+        try:
+            catalog.update(run_id, _mark_completed)
+        except SnapctlError as exc:  # asked again next time: nothing lost
+            result.problems.append(f"run {run_id}: could not record that its snapshots completed: {exc.message}")
     doomed: list[tuple[RunVerdict, Manifest]] = []
     marked: set[str] = set()  # by this prune
     for verdict in planned.deleted:
@@ -394,6 +406,13 @@ def _mark_pruning(manifest: Manifest, since: str) -> bool:
     return True
 
 
+def _mark_completed(manifest: Manifest) -> bool:
+    if manifest.status != SUCCEEDED or manifest.snapshots_completed:
+        return False
+    manifest.snapshots_completed = True
+    return True
+
+
 def _unmark_pruning(manifest: Manifest) -> bool:
     """Back to the status the run had before this prune marked it (a restore or drill began)."""
     if manifest.status != PRUNING:
@@ -423,29 +442,76 @@ def _spared_while_in_use(catalog: Catalog, verdict: RunVerdict, result: PruneRes
     return False
 
 
-def _decide_over_readable_runs(catalog: Catalog, retention: Retention,
-                               left_out: str | None = None) -> tuple[RetentionPlan, list[str]]:
+def _decide_over_readable_runs(catalog: Catalog, provider: Provider, retention: Retention,
+                               left_out: str | None = None) -> tuple[RetentionPlan, list[str], list[str]]:
     """The policy over the catalog's runs, where every succeeded run it keeps has had its manifest
     read: a kept run is the reason others go, so it must be a backup that can be restored, not just
     a line in the index. A damaged manifest behind an intact line would otherwise stand in for the
     newest backup while the readable ones went. Unreadable runs are left out (reported, left
-    alone) and the policy decided again without them, until every run it keeps was read."""
+    alone) and the policy decided again without them, until every run it keeps was read. A kept
+    run whose manifest does not say its snapshots completed (`backup --no-wait`) is asked about at
+    the provider: a run whose snapshots failed later must not count as the backup that replaces
+    the good ones. Also returns those the provider found complete."""
     entries, problems = catalog.list(confirm_newest=False)  # the loop below reads what it keeps, once
     runs = {e.run_id: e for e in entries if e.run_id != left_out}
     confirmed: set[str] = set()
+    doubts: dict[str, tuple[str, bool]] = {}  # run id -> (why it is not counted, whether it is held)
+    completed: list[str] = []
     while True:
-        decided = decide([Run(e.run_id, e.started_at, e.status) for e in runs.values()], retention)
+        decided = decide([Run(e.run_id, e.started_at, e.status, *doubts.get(e.run_id, (None, False)))
+                          for e in runs.values()], retention)
         doubtful = [d.run.run_id for d in decided.keep if d.run.status == SUCCEEDED and d.run.run_id not in confirmed]
         if not doubtful:
-            return decided, sorted(problems)
+            return decided, sorted(problems), completed
         current, unreadable = catalog.confirm(doubtful)
         confirmed.update(doubtful)
         problems += [f"run {run_id}: {reason}" for run_id, reason in unreadable.items()]
         for run_id in doubtful:
-            if run_id in current:  # maybe no longer succeeded: marked by a prune killed before its index line
-                runs[run_id] = current[run_id]
-            else:
+            if run_id not in current:
                 del runs[run_id]
+                continue
+            runs[run_id] = current[run_id]  # maybe no longer succeeded: marked by a prune killed before its index line
+            if current[run_id].status == SUCCEEDED and catalog.unconfirmed(run_id):
+                doubt = _snapshots_doubt(catalog, provider, run_id)
+                if doubt is None:
+                    completed.append(run_id)
+                else:
+                    doubts[run_id] = doubt
+
+
+def _snapshots_doubt(catalog: Catalog, provider: Provider, run_id: str) -> tuple[str, bool] | None:
+    """None when every snapshot of a run that did not wait for them is complete now; else why it is
+    no backup to count, and whether it must be held (nobody could tell, so it is not deleted
+    either). A local snapshot stays pending until a restore makes it durable, and a restart of
+    its host before then puts it in error: pending is not counted."""
+    try:
+        manifest = catalog.load(run_id)
+    except SnapctlError as exc:
+        return f"whether its snapshots completed is unknown (backup --no-wait): {exc.message}", True
+    if manifest.provider != provider.name:
+        return (f"whether its snapshots completed is unknown (backup --no-wait): made with the {manifest.provider} "
+                f"provider, not {provider.name}"), True
+    refs = manifest.snapshot_refs()
+    describe = getattr(provider, "describe", None)
+    if describe is None:  # a provider plugin older than describe()
+        return "whether its snapshots completed is unknown (backup --no-wait): the provider cannot say", True
+    try:
+        found = {ref.snapshot_id: ref for ref in describe(refs)}
+    except SnapctlError as exc:
+        return (f"whether its snapshots completed is unknown (backup --no-wait): the provider could not say: "
+                f"{exc.message}"), True
+    broken = [f"snapshot {ref.snapshot_id} no longer exists" if ref.snapshot_id not in found else
+              f"snapshot {ref.snapshot_id} is in error: {found[ref.snapshot_id].error or 'no reason given'}"
+              for ref in refs if ref.snapshot_id not in found or found[ref.snapshot_id].state == "error"]
+    if broken or not refs:
+        more = f" (and {len(broken) - 1} more)" if len(broken) > 1 else ""
+        first = broken[0] if broken else "none recorded"
+        return f"its snapshots did not complete (backup --no-wait): {first}{more}", False
+    waiting = [ref.snapshot_id for ref in refs if found[ref.snapshot_id].state != "completed"]
+    if waiting:
+        more = f" (and {len(waiting) - 1} more)" if len(waiting) > 1 else ""
+        return f"its snapshots are not complete yet (backup --no-wait): snapshot {waiting[0]} is pending{more}", False
+    return None
 
 
 def _verdict(decision: Decision) -> RunVerdict:

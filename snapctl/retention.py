@@ -7,13 +7,16 @@ The rules (docs/retention.md), over *succeeded* runs, newest first, days in UTC:
 - ``daily: D``      the newest run of each of the D most recent days that have a run;
 - ``weekly: W``     the same per ISO week (Monday to Sunday);
 - ``monthly: M``    the same per calendar month;
-- the newest succeeded run is always kept, whatever the numbers say.
+- the newest succeeded (counted) run is always kept, whatever the numbers say.
 
-A run kept by any rule is kept. Runs that did not succeed hold no usable backup but are the
-record of what went wrong: a ``failed`` or ``running`` run is kept while it is newer than the
-oldest kept succeeded run, and deleted once older (a later run took the cluster lock after it,
-so it is over or abandoned). With no succeeded run at all, nothing is deleted. A ``pruning`` run
-was chosen by an earlier prune that did not finish: it goes.
+A run kept by any rule is kept. Only a succeeded run whose snapshots are known to be complete is
+counted: one with a ``doubt`` (made with `backup --no-wait`, and its snapshots since found failed,
+missing or still pending) is treated like a failed run, and one that must be ``held`` (nobody
+could tell: the cloud did not answer) is kept without being counted. Runs that did not succeed
+hold no usable backup but are the record of what went wrong: a ``failed`` or ``running`` run is
+kept while it is newer than the oldest kept succeeded run, and deleted once older (a later run
+took the cluster lock after it, so it is over or abandoned). With no succeeded run at all, nothing
+is deleted. A ``pruning`` run was chosen by an earlier prune that did not finish: it goes.
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ class Run:
     run_id: str
     started_at: datetime
     status: str
+    # Why a succeeded run is no backup to count: its snapshots are not known to be complete.
+    doubt: str | None = None
+    held: bool = False  # with a doubt: whether they are complete could not be told; never deleted
 
 
 @dataclass(frozen=True)
@@ -83,7 +89,7 @@ def month_of(moment: datetime) -> str:
 
 def decide(runs: Iterable[Run], policy: Retention) -> RetentionPlan:
     ordered = newest_first(runs)
-    succeeded = [r for r in ordered if r.status == SUCCEEDED]
+    succeeded = [r for r in ordered if r.status == SUCCEEDED and r.doubt is None]
     reasons: dict[str, list[str]] = {r.run_id: [] for r in succeeded}
 
     if succeeded:
@@ -99,7 +105,15 @@ def decide(runs: Iterable[Run], policy: Retention) -> RetentionPlan:
     oldest_kept = kept[-1] if kept else None
     decisions = []
     for run in ordered:
-        if run.status == SUCCEEDED:
+        if run.status == SUCCEEDED and run.doubt is not None and run.held:
+            decisions.append(Decision(run, True, (f"{run.doubt}: not counted, not deleted",)))
+        elif run.status == SUCCEEDED and run.doubt is not None:  # no backup: the record of one that failed
+            if oldest_kept is not None and _older(run, oldest_kept):
+                why = f"{run.doubt}, older than the oldest kept run {oldest_kept.run_id}"
+                decisions.append(Decision(run, False, (why,)))
+            else:
+                decisions.append(Decision(run, True, (f"{run.doubt}: not counted",)))
+        elif run.status == SUCCEEDED:
             kept_for = reasons[run.run_id]
             decisions.append(Decision(run, bool(kept_for), tuple(kept_for) or ("outside the retention policy",)))
         elif run.status == PRUNING:

@@ -46,6 +46,9 @@ class ClusterStatus:
     verdict: Verdict
     rpo_s: float
     latest_success: IndexEntry | None = None
+    # Made with `backup --no-wait`, and no prune has found its snapshots complete since: it may yet
+    # turn out to be no backup (prune asks the provider; status stays cheap and does not).
+    latest_success_unconfirmed: bool = False
     latest_failure: IndexEntry | None = None
     catalog_problems: list[str] = field(default_factory=list)
     catalog_read: bool = True  # False: the runs could not be read, so the backups above are unknown
@@ -187,6 +190,8 @@ async def collect_status(
     result.preflight += catalog_refusals(look, result.checked_at)
     entries = look.entries or []
     result.latest_success = next((e for e in entries if e.status == "succeeded"), None)
+    newest = result.latest_success
+    result.latest_success_unconfirmed = newest is not None and newest.run_id in look.unconfirmed
     result.latest_failure = next((e for e in entries if e.status == "failed"), None)
     _grade_backups(result)
     if textfile is not None:

@@ -51,6 +51,7 @@ class CatalogLook:
     problems: list[str] = field(default_factory=list)  # manifests that cannot be read: reported, no obstacle
     lock: LockRecord | None = None
     obstacles: list[str] = field(default_factory=list)  # each fails a backup before it holds anything
+    unconfirmed: set[str] = field(default_factory=set)  # succeeded runs read whose snapshots may not have completed
 
     def holder(self, now: datetime) -> str | None:
         """Who holds the cluster lock at ``now`` (a backup would exit 4), or None."""
@@ -88,6 +89,9 @@ class Catalog:
         self._manifests = f"{cluster}/manifests/"
         self._index_key = f"{cluster}/index.json"
         self._lock_key = f"{cluster}/lock.json"
+        # Succeeded runs whose manifest, as last read here, does not say their snapshots completed
+        # (`backup --no-wait`). Not an index field: older snapctl versions refuse unknown ones.
+        self._unconfirmed: set[str] = set()
 
     def describe(self) -> str:
         return f"{self.store.describe()} (cluster {self.cluster})"
@@ -238,6 +242,7 @@ class Catalog:
         look = CatalogLook()
         try:
             look.entries, look.problems = self.list()
+            look.unconfirmed = set(self._unconfirmed)
         except SnapctlError as exc:
             look.obstacles.append(f"cannot read the catalog: {exc}")
         try:
@@ -372,7 +377,17 @@ class Catalog:
         manifest, problem = self._parse(run_id, data) if RUN_ID.fullmatch(run_id) else (None, "not a valid run id")
         if manifest is None:
             return None, problem or "unreadable"
+        if manifest.status == _SUCCEEDED and not manifest.snapshots_completed:
+            self._unconfirmed.add(run_id)
+        else:
+            self._unconfirmed.discard(run_id)
         return index_entry(manifest), None
+
+    def unconfirmed(self, run_id: str) -> bool:
+        """Whether the run's manifest, read by this catalog's last ``list``/``confirm``, says it
+        succeeded without its snapshots confirmed complete. A run only the index was read for is
+        not known to be unconfirmed: retention reads every run it keeps, status the newest."""
+        return run_id in self._unconfirmed
 
     def _collect(self, known: dict[str, IndexEntry]) -> tuple[list[IndexEntry], dict[str, str], set[str]]:
         """Entries for every stored manifest (``known`` ones taken as they are, the rest read), the

@@ -46,7 +46,8 @@ def status_document(s) -> dict[str, Any]:
         "raft_groups": [_group(g) for g in s.verdict.groups],
         "backups": {
             "rpo_s": s.rpo_s,
-            "latest_success": _run(s.latest_success, s.latest_success_age_s),
+            "latest_success": _unconfirmed(_run(s.latest_success, s.latest_success_age_s),
+                                           s.latest_success_unconfirmed),
             "latest_failure": _run(s.latest_failure, None),
             "catalog_problems": list(s.catalog_problems),
         },
@@ -104,6 +105,10 @@ def _run(entry, age_s: float | None) -> dict[str, Any] | None:
     return {"run_id": entry.run_id, "status": entry.status, "started_at": utc_text(entry.started_at),
             "finished_at": utc_text(entry.finished_at) if entry.finished_at else None, "age_s": age_s,
             "error": entry.error}
+
+
+def _unconfirmed(run: dict[str, Any] | None, unconfirmed: bool) -> dict[str, Any] | None:
+    return None if run is None else {**run, "snapshots_unconfirmed": unconfirmed}
 
 
 # ---- text (rich is imported here, never for JSON) -------------------------------------------------
@@ -226,7 +231,9 @@ def _backups(s) -> list[Text]:
     if s.latest_success is not None:
         age = s.latest_success_age_s or 0
         when = f"{_age(age)} ago" if age >= 0 else f"started {_age(-age)} in the future"
-        lines.append(Text(f"newest good backup: {s.latest_success.run_id}, {when} (RPO {_age(s.rpo_s)})"))
+        unconfirmed = ", its snapshots not confirmed complete (backup --no-wait)" if s.latest_success_unconfirmed \
+            else ""
+        lines.append(Text(f"newest good backup: {s.latest_success.run_id}, {when} (RPO {_age(s.rpo_s)}){unconfirmed}"))
     elif not s.catalog_read:
         lines.append(Text("newest good backup: unknown (the catalog cannot be read)"))
     else:

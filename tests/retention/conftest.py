@@ -31,15 +31,19 @@ class Scene:
         return self.provider.snapshot(self.volumes[node], tags)
 
     def add_run(self, run_id: str, started_at: datetime, status: str = "succeeded", *,
-                recorded: bool = True) -> Manifest:
+                recorded: bool = True, waited: bool = True) -> Manifest:
         """A run with one snapshot per node; ``recorded=False``: a run killed before its manifest
-        named its snapshots (they exist, tagged with its run id, but the manifest lacks them)."""
+        named its snapshots (they exist, tagged with its run id, but the manifest lacks them);
+        ``waited=False``: a `backup --no-wait` run (its snapshots pending, its manifest says so)."""
         nodes = {}
         for node in NODES:
             refs = self.snapshot(run_id, node)
+            if waited:
+                refs = self.provider.wait(refs, deadline=float("inf"))
             nodes[node] = NodeRecord(name=node, engine="sqlite", snapshots=refs if recorded else [])
         manifest = Manifest(cluster=CLUSTER, run_id=run_id, status=status, provider="local", snapctl_version="0.1.0",
-                            owner="ops@host:1", started_at=started_at, nodes=nodes)
+                            owner="ops@host:1", started_at=started_at, nodes=nodes,
+                            snapshots_completed=waited and status == "succeeded")
         self.catalog.save(manifest)
         return manifest
 

@@ -77,12 +77,15 @@ def sqlite_nodes(directory: Path, count: int = 2) -> list[dict[str, Any]]:
     return nodes
 
 
-def record_run(inventory: Inventory, run_id: str, status: str, *, age_s: float, error: str | None = None) -> None:
-    """A finished run in the catalog, ``age_s`` seconds old."""
+def record_run(inventory: Inventory, run_id: str, status: str, *, age_s: float, error: str | None = None,
+               waited: bool = True) -> None:
+    """A finished run in the catalog, ``age_s`` seconds old; ``waited=False``: by `backup --no-wait`."""
     finished = datetime.now(UTC) - timedelta(seconds=age_s)
     manifest = Manifest(cluster=inventory.cluster, run_id=run_id, status=status, provider="local",
                         snapctl_version=__version__, owner="test@host:1", started_at=finished - timedelta(seconds=5),
-                        finished_at=finished, error=error, nodes={n.name: NodeRecord(name=n.name) for n in inventory.nodes})
+                        finished_at=finished, error=error,
+                        nodes={n.name: NodeRecord(name=n.name) for n in inventory.nodes},
+                        snapshots_completed=waited and status == "succeeded")
     open_catalog(inventory).save(manifest)
 
 

@@ -52,6 +52,20 @@ def test_healthy_exits_0_and_the_document_matches_the_published_schema(tmp_path)
     assert [n["node"] for n in data["nodes"]] == ["n1", "n2"] and all(n["engine"]["up"] for n in data["nodes"])
     assert data["backups"]["latest_success"]["run_id"] == "r-good" and 60 <= data["backups"]["latest_success"]["age_s"]
     assert data["backups"]["latest_failure"]["error"] == "node n2: prepare did not answer"
+    assert data["backups"]["latest_success"]["snapshots_unconfirmed"] is False
+
+
+def test_a_newest_backup_made_with_no_wait_is_said_to_have_unconfirmed_snapshots(tmp_path):
+    # Its snapshots may yet fail (a cloud's in error, a local one its host restarted before syncing):
+    # the RPO it meets is that of a backup that may turn out to be none.
+    inventory = load(write_inventory(tmp_path, sqlite_nodes(tmp_path, 1)))
+    record_run(inventory, "r-waited", "succeeded", age_s=600)
+    record_run(inventory, "r-nowait", "succeeded", age_s=60, waited=False)
+    code, doc = status_json(tmp_path)
+    newest = doc["data"]["backups"]["latest_success"]
+    assert newest["run_id"] == "r-nowait" and newest["snapshots_unconfirmed"] is True
+    text = " ".join(snapctl("status", "-i", "inventory.yaml", cwd=tmp_path).stdout.split())  # rich wraps it
+    assert "newest good backup: r-nowait" in text and "its snapshots not confirmed complete (backup --no-wait)" in text
 
 
 def test_no_backup_yet_is_degraded_exit_5(tmp_path):
