@@ -272,13 +272,20 @@ def prune(
 def gc(
     delete: Annotated[bool, typer.Option(
         "--delete", help="Delete the orphans and leftovers found (takes the cluster lock).")] = False,
+    include_unknown_runs: Annotated[bool, typer.Option(
+        "--include-unknown-runs", help="With --delete, delete also the snapshots of runs this catalog has never "
+        "heard of: they may be another catalog's backups (an older copy of this one, another user's).")] = False,
     inventory: InventoryOpt = None,
     output: OutputOpt = "text",
 ) -> int:
     """Snapshots tagged with this cluster that no manifest owns, and dead calls' leftovers; --delete removes them."""
+    from snapctl.errors import BadInputError
     from snapctl.prune import gc as run_gc
 
-    return _renderer(output).gc_result(run_gc(_inventory(inventory), delete=delete))
+    if include_unknown_runs and not delete:
+        raise BadInputError("--include-unknown-runs goes with --delete", hint="without --delete, gc lists them anyway")
+    return _renderer(output).gc_result(run_gc(_inventory(inventory), delete=delete,
+                                              include_unknown_runs=include_unknown_runs))
 
 
 @demo_app.command("up")

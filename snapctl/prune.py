@@ -16,7 +16,10 @@ Prune, under the cluster lock:
    such a run stays marked and is reported.
 
 gc: every snapshot tagged with this cluster that no manifest owns. Snapshots of the run holding
-the lock (a backup in progress) and of runs whose manifest is unreadable are never orphans. And
+the lock (a backup in progress) and of runs whose manifest is unreadable are never orphans. Those
+of runs this catalog has never heard of are listed apart, and deleted only when asked to: every
+run writes its manifest before its first snapshot, so they are another catalog's backups (an
+older copy of this one, restored; another user's), not leftovers. And
 what provider calls that died part-way left in the store that is no snapshot (the local
 provider's ``.partial-*`` copies): the provider lists only those no running call is using. And
 the scratch directories and engines of drills killed outright on this host
@@ -102,6 +105,10 @@ class GcResult:
     cluster: str
     delete: bool
     orphans: list[SnapshotRef]
+    # Tagged with a run id that no manifest or index line of this catalog has: not deleted
+    # unless ``include_unknown_runs``.
+    unknown_runs: list[SnapshotRef] = field(default_factory=list)
+    include_unknown_runs: bool = False
     deleted: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # snapshot id, or a leftover's path -> why not deleted
     skipped_runs: list[str] = field(default_factory=list)  # runs whose snapshots were not considered
@@ -294,8 +301,9 @@ def _delete_snapshot(provider: Provider, ref: SnapshotRef, cluster: str) -> None
 # -- gc ------------------------------------------------------------------------------------------
 
 
-def gc(inventory: Inventory, *, delete: bool = False) -> GcResult:
-    """`snapctl gc`: list orphans; with ``delete``, take the cluster lock and delete them."""
+def gc(inventory: Inventory, *, delete: bool = False, include_unknown_runs: bool = False) -> GcResult:
+    """`snapctl gc`: list orphans; with ``delete``, take the cluster lock and delete them, and with
+    ``include_unknown_runs`` too the snapshots of runs this catalog has never heard of."""
     catalog = open_catalog(inventory)
     provider = open_provider(inventory)
     if not delete:
@@ -307,8 +315,8 @@ def gc(inventory: Inventory, *, delete: bool = False) -> GcResult:
         _refuse_a_wrong_catalog(catalog, provider.find({TAG_CLUSTER: catalog.cluster}))
     with ThreadLockKeeper(catalog, inventory.policy.lock_ttl_s, "gc") as locked:
         result = find_orphans(catalog, provider, ours=locked.run_id)
-        result.delete = True
-        for ref in result.orphans:
+        result.delete, result.include_unknown_runs = True, include_unknown_runs
+        for ref in result.orphans + (result.unknown_runs if include_unknown_runs else []):
             locked.check()
             try:
                 _delete_snapshot(provider, ref, catalog.cluster)
@@ -358,10 +366,14 @@ def find_orphans(catalog: Catalog, provider: Provider, ours: str | None = None) 
     named, unreadable = _named_by(catalog, sorted(unowned & _stored_runs(catalog)))
     owned |= set(named)
     protected |= unreadable  # damaged meanwhile, or deleted: do not guess
-    orphans = [ref for ref in tagged if ref.snapshot_id not in owned and ref.tags.get(TAG_RUN) not in protected]
+    unowned_refs = [ref for ref in tagged if ref.snapshot_id not in owned and ref.tags.get(TAG_RUN) not in protected]
+    # Read after the snapshots were found, like the lock: a run saved meanwhile is known.
+    known = _stored_runs(catalog) | {e.run_id for e in entries} | protected
+    orphans = [ref for ref in unowned_refs if ref.tags.get(TAG_RUN, "") in known]
+    unknown = [ref for ref in unowned_refs if ref.tags.get(TAG_RUN, "") not in known]
     find_leftovers = getattr(provider, "find_leftovers", None)
     leftovers = find_leftovers() if find_leftovers is not None else []
-    return GcResult(catalog.cluster, False, orphans, skipped_runs=sorted(protected), leftovers=leftovers)
+    return GcResult(catalog.cluster, False, orphans, unknown, skipped_runs=sorted(protected), leftovers=leftovers)
 
 
 def _named_by(catalog: Catalog, run_ids: list[str]) -> tuple[dict[str, str], set[str]]:

@@ -58,6 +58,18 @@ def gc_text(renderer: Any, result: Any) -> int:
                     f"  NOT deleted: {result.failed[ref.snapshot_id]}" if ref.snapshot_id in result.failed else "")
             say(f"  {ref.snapshot_id}  node {ref.node}  volume {ref.volume}  "
                 f"run {ref.tags.get('snapctl-run', '-')}  created {ref.created_at or '-'}{done}")
+    if result.unknown_runs:
+        say(f"{len(result.unknown_runs)} snapshot(s) of cluster {result.cluster} of runs not in this catalog "
+            "(another catalog's backups, maybe: an older copy of this one, another user's):")
+        for ref in result.unknown_runs:
+            done = ("  deleted" if ref.snapshot_id in result.deleted else
+                    f"  NOT deleted: {result.failed[ref.snapshot_id]}" if ref.snapshot_id in result.failed else
+                    "" if not result.delete else "  kept")
+            say(f"  {ref.snapshot_id}  node {ref.node}  volume {ref.volume}  "
+                f"run {ref.tags.get('snapctl-run', '-')}  created {ref.created_at or '-'}{done}")
+        if not result.include_unknown_runs:
+            say("  gc never deletes these unless told to: check catalog.path (or catalog.url) first; "
+                "`snapctl gc --delete --include-unknown-runs` deletes them")
     if result.leftovers:
         say(f"{len(result.leftovers)} leftover(s) in the snapshot store of calls that died part-way (no snapshots):")
         for leftover in result.leftovers:

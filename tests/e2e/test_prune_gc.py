@@ -137,7 +137,16 @@ def test_backup_applies_retention_and_gc_finds_planted_orphans(cluster) -> None:
     owned = {f"{run_id}-node{i}-data" for i in (1, 2, 3)}
     assert _on_disk(cluster) == owned
 
-    # A run SIGKILLed before its manifest named its snapshots: tagged, owned by nobody.
+    # A run SIGKILLed before its manifest named its snapshots: tagged, owned by nobody. Its manifest
+    # was written before its first snapshot (without one, gc would take it for another catalog's run).
+    from datetime import UTC, datetime
+
+    from snapctl.catalog import Catalog, LocalBlobStore
+    from snapctl.manifest import Manifest
+
+    Catalog(LocalBlobStore(cluster.directory / ".snapctl-demo" / "catalog"), "e2e").save(Manifest(
+        cluster="e2e", run_id="20240101T000000Z-dead00", provider="local", snapctl_version="0.1.0",
+        owner="ops@host:1", started_at=datetime(2024, 1, 1, tzinfo=UTC)))
     provider = create_provider({"type": "local", "store": ".snapctl-demo/snapshots"}, cluster="e2e",
                                base_dir=cluster.directory)
     volumes = provider.validate_volumes("node1", [{"name": "data", "path": ".snapctl-demo/node1/data"}],

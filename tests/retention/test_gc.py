@@ -19,16 +19,18 @@ def test_gc_finds_planted_orphans_and_deletes_only_them(scene: Scene) -> None:
     scene.add_run("r0", T0)
     scene.add_run("r1", T0 + timedelta(days=1))
     scene.add_run("r2-killed", T0 + timedelta(days=2), "running", recorded=False)  # SIGKILL before step 8
-    no_manifest = scene.snapshot("r3-lost", "n1")  # a run whose manifest never got written
+    # Another catalog's run (this catalog has never heard of it): a run writes its manifest first.
+    [stranger] = scene.snapshot("r3-unknown", "n1")
     scene.add_run("r4-broken", T0 + timedelta(days=4))
     scene.catalog.store.write(f"{CLUSTER}/manifests/r4-broken.json", b"{ damaged")  # may own its snapshots
-    planted = {"r2-killed-n1-data", "r2-killed-n2-data", no_manifest[0].snapshot_id}
+    planted = {"r2-killed-n1-data", "r2-killed-n2-data"}
     owned = snapshots_of(scene, {"r0", "r1"})
     inv = inventory(scene)
 
     found = gc(inv)
 
     assert {r.snapshot_id for r in found.orphans} == planted and not found.delete
+    assert [r.snapshot_id for r in found.unknown_runs] == [stranger.snapshot_id]
     assert found.skipped_runs == ["r4-broken"]
     assert planted <= scene.snapshot_ids()  # listing deletes nothing
 
@@ -36,8 +38,11 @@ def test_gc_finds_planted_orphans_and_deletes_only_them(scene: Scene) -> None:
 
     assert deleted.ok and set(deleted.deleted) == planted
     assert deleted.skipped_runs == ["r4-broken"]  # not gc's own lock, as if a run were in progress
-    assert scene.snapshot_ids() == owned | snapshots_of(scene, {"r4-broken"})
+    assert scene.snapshot_ids() == owned | snapshots_of(scene, {"r4-broken"}) | {stranger.snapshot_id}
     assert gc(inv).orphans == []
+
+    assert gc(inv, delete=True, include_unknown_runs=True).deleted == [stranger.snapshot_id]
+    assert scene.snapshot_ids() == owned | snapshots_of(scene, {"r4-broken"})
 
 
 def test_gc_lists_and_deletes_what_killed_snapshot_calls_left_in_the_store(scene: Scene) -> None:
@@ -153,3 +158,72 @@ def test_gc_never_takes_the_snapshots_of_a_run_whose_manifest_was_lost_for_orpha
     found = gc(inventory(scene))
     assert found.orphans == [] and "r0" in found.skipped_runs
     assert gc(inventory(scene), delete=True).deleted == [] and scene.snapshot_ids() == backups
+
+
+def test_gc_with_a_catalog_restored_from_an_older_copy_never_deletes_the_newer_backups(scene: Scene) -> None:
+    # Only an empty catalog was refused: one restored from last night's copy took tonight's
+    # backup for an orphan, and `gc --delete` deleted the newest good backup.
+    import shutil
+
+    scene.add_run("r0", T0)
+    scene.add_run("r1", T0 + timedelta(days=1))
+    shutil.copytree(scene.root / "catalog", scene.root / "catalog-copy")
+    scene.add_run("r2", T0 + timedelta(days=2))
+    shutil.rmtree(scene.root / "catalog")
+    shutil.copytree(scene.root / "catalog-copy", scene.root / "catalog")
+    backups = scene.snapshot_ids()
+    inv = inventory(scene)
+
+    found = gc(inv)
+    assert found.orphans == [] and sorted(r.snapshot_id for r in found.unknown_runs) == ["r2-n1-data", "r2-n2-data"]
+    done = gc(inv, delete=True)
+    assert done.ok and done.deleted == [] and scene.snapshot_ids() == backups
+
+
+def test_gc_with_another_users_catalog_never_deletes_the_backups_recorded_in_the_right_one(scene: Scene) -> None:
+    from snapctl.catalog import Catalog, LocalBlobStore
+
+    right = scene.catalog
+    scene.catalog = Catalog(LocalBlobStore(scene.root / "cron-catalog"), CLUSTER)
+    for day in range(3):
+        scene.add_run(f"cron{day}", T0 + timedelta(days=day))
+    scene.catalog = right  # the inventory's catalog, which holds one run made by hand
+    scene.add_run("byhand", T0 + timedelta(days=3))
+    backups = scene.snapshot_ids()
+
+    done = gc(inventory(scene), delete=True)
+
+    assert done.deleted == [] and scene.snapshot_ids() == backups
+    assert {r.tags["snapctl-run"] for r in done.unknown_runs} == {"cron0", "cron1", "cron2"}
+
+
+def test_gc_cli_lists_snapshots_of_unknown_runs_apart_and_deletes_them_only_when_told(scene: Scene) -> None:
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+
+    scene.add_run("r0", T0)
+    [stranger] = scene.snapshot("r9-elsewhere", "n2")
+    (scene.root / "inv.yaml").write_text(yaml.safe_dump({
+        "cluster": CLUSTER, "provider": {"type": "local", "store": "snapshots"}, "catalog": {"path": "catalog"},
+        "nodes": [{"name": n, "agent": "http://127.0.0.1:1"} for n in ("n1", "n2")]}))
+
+    def snapctl(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "snapctl.cli", "gc", "-i", "inv.yaml", *args], cwd=scene.root,
+                              capture_output=True, text=True, check=False, timeout=60)
+
+    listed = snapctl("--delete")
+    assert listed.returncode == 0, listed.stderr
+    assert "1 snapshot(s) of cluster prod of runs not in this catalog" in listed.stdout
+    assert f"{stranger.snapshot_id}  node n2  volume data  run r9-elsewhere" in listed.stdout
+    assert "--include-unknown-runs` deletes them" in listed.stdout and stranger.snapshot_id in scene.snapshot_ids()
+
+    refused = snapctl("--include-unknown-runs")
+    assert refused.returncode == 2 and "--include-unknown-runs goes with --delete" in refused.stderr
+
+    deleted = snapctl("--delete", "--include-unknown-runs", "-o", "json")
+    assert deleted.returncode == 0, deleted.stderr
+    assert json.loads(deleted.stdout)["data"]["deleted"] == [stranger.snapshot_id]
+    assert stranger.snapshot_id not in scene.snapshot_ids()
