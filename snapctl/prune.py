@@ -42,8 +42,8 @@ from snapctl.drill_leftovers import clean_abandoned, find_abandoned
 from snapctl.restore_leftovers import clean_killed_restores, find_killed_restores
 from snapctl.errors import CatalogError, Interrupted, SnapctlError, SnapshotNotFound
 from snapctl.providers import TAG_CLUSTER, TAG_RUN, Leftover, Provider, SnapshotRef, open_provider
-from snapctl.retention import PRUNING, SUCCEEDED, Decision, RetentionPlan, Run, decide
-from snapctl.timestamps import parse_utc, utc_text
+from snapctl.retention import PRUNING, SUCCEEDED, Decision, RetentionPlan, Run, decide, utc
+from snapctl.timestamps import utc_text
 
 if TYPE_CHECKING:
     from snapctl.config import Inventory, Retention
@@ -442,7 +442,8 @@ def _spared_while_in_use(catalog: Catalog, verdict: RunVerdict, result: PruneRes
         for key in catalog.store.list(f"{catalog.cluster}/{use.folder}/{verdict.run_id}-"):
             try:
                 record = json.loads(catalog.store.read(key) or b"{}")
-                started = parse_utc(record["started_at"])
+                # Without an offset (hand-edited, another tool): UTC, as snapctl writes them.
+                started = utc(datetime.fromisoformat(record["started_at"]))
             except (ValueError, KeyError, TypeError, AttributeError):
                 continue  # unreadable: it cannot say a restore or drill is running
             if record.get("finished_at") is None and (now - started).total_seconds() < budget_s:

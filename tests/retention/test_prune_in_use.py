@@ -110,3 +110,23 @@ def test_a_restore_that_read_its_run_just_before_prune_marked_it_still_keeps_it(
     restored = scene.catalog.load("r0")
     assert restored.status == "succeeded" and "pruning" not in restored.extra, "unmarked: restorable again"
     assert snapshots_of(scene, {"r0"})
+
+
+def test_a_record_whose_start_has_no_utc_offset_is_taken_as_utc_not_a_traceback_for_every_prune(scene: Scene) -> None:
+    # A hand-edited record (or another tool's) with a naive started_at made every prune fail on
+    # "can't subtract offset-naive and offset-aware datetimes".
+    for index in range(3):
+        scene.add_run(f"r{index}", T0 + timedelta(days=index))
+    live = (datetime.now(UTC) - timedelta(minutes=5)).replace(tzinfo=None)
+    scene.catalog.store.write(f"{CLUSTER}/restores/r0-x.json",
+                              json.dumps({"started_at": live.isoformat(), "restore_id": "x"}).encode())
+    scene.catalog.store.write(f"{CLUSTER}/drills/r1-old.json",
+                              json.dumps({"started_at": "2024-03-01T00:00:00", "drill_id": "old"}).encode())
+    inv = inventory(scene, {"keep_last": 1, "daily": 0, "weekly": 0, "monthly": 0})
+
+    result = prune(inv)
+
+    assert [v.run_id for v in result.deleted] == ["r1"], "a drill record two years old protects nothing"
+    assert dict((v.run_id, v.reasons) for v in result.kept)["r0"] == [
+        f"being restored (restore x, started {live:%Y-%m-%d %H:%M}Z)"]
+    assert scene.run_ids() == {"r0", "r2"}
