@@ -484,23 +484,20 @@ def _decide_over_readable_runs(catalog: Catalog, provider: Provider, retention: 
                 del runs[run_id]
                 continue
             runs[run_id] = current[run_id]  # maybe no longer succeeded: marked by a prune killed before its index line
-            if current[run_id].status == SUCCEEDED and catalog.unconfirmed(run_id):
-                doubt = _snapshots_doubt(catalog, provider, run_id)
+            unconfirmed = catalog.unconfirmed(run_id) if current[run_id].status == SUCCEEDED else None
+            if unconfirmed is not None:
+                doubt = _snapshots_doubt(unconfirmed, provider)
                 if doubt is None:
                     completed.append(run_id)
                 else:
                     doubts[run_id] = doubt
 
 
-def _snapshots_doubt(catalog: Catalog, provider: Provider, run_id: str) -> tuple[str, bool] | None:
+def _snapshots_doubt(manifest: Manifest, provider: Provider) -> tuple[str, bool] | None:
     """None when every snapshot of a run that did not wait for them is complete now; else why it is
     no backup to count, and whether it must be held (nobody could tell, so it is not deleted
     either). A local snapshot stays pending until a restore makes it durable, and a restart of
     its host before then puts it in error: pending is not counted."""
-    try:
-        manifest = catalog.load(run_id)
-    except SnapctlError as exc:
-        return f"whether its snapshots completed is unknown (backup --no-wait): {exc.message}", True
     if manifest.provider != provider.name:
         return (f"whether its snapshots completed is unknown (backup --no-wait): made with the {manifest.provider} "
                 f"provider, not {provider.name}"), True

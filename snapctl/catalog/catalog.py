@@ -91,7 +91,9 @@ class Catalog:
         self._lock_key = f"{cluster}/lock.json"
         # Succeeded runs whose manifest, as last read here, does not say their snapshots completed
         # (`backup --no-wait`). Not an index field: older snapctl versions refuse unknown ones.
-        self._unconfirmed: set[str] = set()
+        # Kept whole (they are few, and only until a prune records them complete): retention asks
+        # the provider about their snapshots without reading the manifest again.
+        self._unconfirmed: dict[str, Manifest] = {}
 
     def describe(self) -> str:
         return f"{self.store.describe()} (cluster {self.cluster})"
@@ -378,16 +380,16 @@ class Catalog:
         if manifest is None:
             return None, problem or "unreadable"
         if manifest.status == _SUCCEEDED and not manifest.snapshots_completed:
-            self._unconfirmed.add(run_id)
+            self._unconfirmed[run_id] = manifest
         else:
-            self._unconfirmed.discard(run_id)
+            self._unconfirmed.pop(run_id, None)
         return index_entry(manifest), None
 
-    def unconfirmed(self, run_id: str) -> bool:
-        """Whether the run's manifest, read by this catalog's last ``list``/``confirm``, says it
-        succeeded without its snapshots confirmed complete. A run only the index was read for is
-        not known to be unconfirmed: retention reads every run it keeps, status the newest."""
-        return run_id in self._unconfirmed
+    def unconfirmed(self, run_id: str) -> Manifest | None:
+        """The run's manifest when, as this catalog's last ``list``/``confirm`` read it, it says the
+        run succeeded without its snapshots confirmed complete; else None. A run only the index was
+        read for is not known to be unconfirmed: retention reads every run it keeps, status the newest."""
+        return self._unconfirmed.get(run_id)
 
     def _collect(self, known: dict[str, IndexEntry]) -> tuple[list[IndexEntry], dict[str, str], set[str]]:
         """Entries for every stored manifest (``known`` ones taken as they are, the rest read), the

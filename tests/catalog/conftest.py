@@ -51,4 +51,5 @@ def make_manifest(run_id: str, *, minutes: int = 0, status: str = "succeeded", c
         owner="ops@host:1",
         started_at=START + timedelta(minutes=minutes),
         nodes={"n1": NodeRecord(name="n1", engine="sqlite", snapshots=[ref])},
+        snapshots_completed=status == "succeeded",  # a backup that waited for them
     )
