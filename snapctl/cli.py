@@ -280,7 +280,7 @@ def gc(
 ) -> int:
     """Snapshots tagged with this cluster that no manifest owns, and dead calls' leftovers; --delete removes them."""
     from snapctl.errors import BadInputError
-    from snapctl.prune import gc as run_gc
+    from snapctl.gc import gc as run_gc
 
     if include_unknown_runs and not delete:
         raise BadInputError("--include-unknown-runs goes with --delete", hint="without --delete, gc lists them anyway")

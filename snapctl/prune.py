@@ -15,15 +15,7 @@ Prune, under the cluster lock:
    and kept instead. Providers refuse snapshots without this cluster's tag;
    such a run stays marked and is reported.
 
-gc: every snapshot tagged with this cluster that no manifest owns. Snapshots of the run holding
-the lock (a backup in progress) and of runs whose manifest is unreadable are never orphans. Those
-of runs this catalog has never heard of are listed apart, and deleted only when asked to: every
-run writes its manifest before its first snapshot, so they are another catalog's backups (an
-older copy of this one, restored; another user's), not leftovers. And
-what provider calls that died part-way left in the store that is no snapshot (the local
-provider's ``.partial-*`` copies): the provider lists only those no running call is using. And
-the scratch directories and engines of drills killed outright on this host
-(``snapctl.drill_leftovers``), which the next drill would clean up too.
+`snapctl gc` is snapctl.gc.
 """
 
 from __future__ import annotations
@@ -38,10 +30,12 @@ from typing import TYPE_CHECKING
 
 from snapctl.catalog import Catalog, open_catalog
 from snapctl.catalog.lock import ThreadLockKeeper
-from snapctl.drill_leftovers import clean_abandoned, find_abandoned
-from snapctl.restore_leftovers import clean_killed_restores, find_killed_restores
-from snapctl.errors import CatalogError, Interrupted, SnapctlError, SnapshotNotFound
-from snapctl.providers import TAG_CLUSTER, TAG_RUN, Leftover, Provider, SnapshotRef, open_provider
+from snapctl.errors import Interrupted, SnapctlError
+from snapctl.gc import GcResult, find_orphans, gc  # noqa: F401  # importable from here, as before the split
+from snapctl.gc import delete_snapshot as _delete_snapshot
+from snapctl.gc import named_by as _named_by
+from snapctl.gc import stored_runs as _stored_runs
+from snapctl.providers import TAG_CLUSTER, TAG_RUN, Provider, SnapshotRef, open_provider
 from snapctl.retention import PRUNING, SUCCEEDED, Decision, RetentionPlan, Run, decide, utc
 from snapctl.timestamps import utc_text
 
@@ -98,30 +92,6 @@ class PruneResult:
     @property
     def ok(self) -> bool:
         return not self.unfinished
-
-
-@dataclass
-class GcResult:
-    cluster: str
-    delete: bool
-    orphans: list[SnapshotRef]
-    # Tagged with a run id that no manifest or index line of this catalog has: not deleted
-    # unless ``include_unknown_runs``.
-    unknown_runs: list[SnapshotRef] = field(default_factory=list)
-    include_unknown_runs: bool = False
-    deleted: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)  # snapshot id, or a leftover's path -> why not deleted
-    skipped_runs: list[str] = field(default_factory=list)  # runs whose snapshots were not considered
-    leftovers: list[Leftover] = field(default_factory=list)  # what dead provider calls left that is no snapshot
-    leftovers_deleted: list[str] = field(default_factory=list)  # their paths
-    killed_drills: list[str] = field(default_factory=list)  # drills killed outright on this host, and their scratch
-    killed_drills_cleaned: list[str] = field(default_factory=list)  # --delete: what was done of each
-    killed_restores: list[str] = field(default_factory=list)  # staging copies of restores killed on this host
-    killed_restores_cleaned: list[str] = field(default_factory=list)  # --delete: what was done of each
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed
 
 
 # -- prune ---------------------------------------------------------------------------------------
@@ -285,125 +255,6 @@ async def prune_after_backup(
         reporter.step("prune", f"could not record the retention outcome in the manifest: {exc}")
     if stop.is_set():
         raise Interrupted(f"retention after backup {manifest.run_id} (which succeeded)")
-
-
-def _delete_snapshot(provider: Provider, ref: SnapshotRef, cluster: str) -> None:
-    recorded = ref.tags.get(TAG_CLUSTER)
-    if recorded is not None and recorded != cluster:
-        # The provider checks the snapshot itself too; this catches a manifest that names the wrong one.
-        raise CatalogError(f"its {TAG_CLUSTER} tag is {recorded!r}, not {cluster!r}; not deleting it")
-    try:
-        provider.delete(ref)
-    except SnapshotNotFound:
-        pass  # deleted already (by an interrupted prune, or by hand): done
-
-
-# -- gc ------------------------------------------------------------------------------------------
-
-
-def gc(inventory: Inventory, *, delete: bool = False, include_unknown_runs: bool = False) -> GcResult:
-    """`snapctl gc`: list orphans; with ``delete``, take the cluster lock and delete them, and with
-    ``include_unknown_runs`` too the snapshots of runs this catalog has never heard of."""
-    catalog = open_catalog(inventory)
-    provider = open_provider(inventory)
-    if not delete:
-        result = find_orphans(catalog, provider)
-        result.killed_drills = [drill.listed() for drill in find_abandoned(catalog)]
-        result.killed_restores = [line for _, line in find_killed_restores(catalog, inventory, provider)]
-        return result
-    if not catalog.store.list(f"{catalog.cluster}/manifests/"):  # refused before its lock is made there
-        _refuse_a_wrong_catalog(catalog, provider.find({TAG_CLUSTER: catalog.cluster}))
-    with ThreadLockKeeper(catalog, inventory.policy.lock_ttl_s, "gc") as locked:
-        result = find_orphans(catalog, provider, ours=locked.run_id)
-        result.delete, result.include_unknown_runs = True, include_unknown_runs
-        for ref in result.orphans + (result.unknown_runs if include_unknown_runs else []):
-            locked.check()
-            try:
-                _delete_snapshot(provider, ref, catalog.cluster)
-                result.deleted.append(ref.snapshot_id)
-            except SnapctlError as exc:
-                result.failed[ref.snapshot_id] = exc.message
-        for leftover in result.leftovers:
-            locked.check()
-            try:
-                provider.delete_leftover(leftover)  # type: ignore[attr-defined]  # listed, so it has one
-                result.leftovers_deleted.append(leftover.path)
-            except SnapctlError as exc:
-                result.failed[leftover.path] = exc.message
-        locked.check()
-        killed = find_abandoned(catalog)
-        result.killed_drills = [drill.listed() for drill in killed]
-        cleaned = clean_abandoned(catalog, killed, f"gc {locked.run_id}", provider)
-        for drill, (line, done) in zip(killed, cleaned, strict=True):
-            result.killed_drills_cleaned.append(line)
-            if not done:
-                result.failed[str(drill.scratch)] = line
-        locked.check()
-        killed_restores = find_killed_restores(catalog, inventory, provider)
-        result.killed_restores = [line for _, line in killed_restores]
-        result.killed_restores_cleaned = clean_killed_restores(provider, killed_restores, result.failed, locked.check)
-        return result
-
-
-def find_orphans(catalog: Catalog, provider: Provider, ours: str | None = None) -> GcResult:
-    """``ours``: the run id of the lock the caller holds, which is not a run in progress."""
-    entries, _ = catalog.list()
-    stored = _stored_runs(catalog)  # every manifest file names a run, readable or not: it may own snapshots
-    protected = stored - {e.run_id for e in entries}
-    protected |= set(catalog.runs_without_manifest())  # lost manifests: their snapshots may be all that is left
-    named, unreadable = _named_by(catalog, [e.run_id for e in entries])
-    owned = set(named)
-    protected |= unreadable  # deleted or damaged since we listed: do not guess
-    tagged = provider.find({TAG_CLUSTER: catalog.cluster})
-    if not stored and not entries:
-        _refuse_a_wrong_catalog(catalog, tagged)
-    # After the snapshots were found: a backup in progress then holds the lock now (its snapshots are
-    # not in its manifest yet), or has finished, and its manifest, read again, names them.
-    lock = catalog.read_lock()
-    if lock is not None and lock.held_at(datetime.now(UTC)) and lock.run_id != ours:
-        protected.add(lock.run_id)
-    unowned = {ref.tags.get(TAG_RUN, "") for ref in tagged if ref.snapshot_id not in owned} - protected
-    named, unreadable = _named_by(catalog, sorted(unowned & _stored_runs(catalog)))
-    owned |= set(named)
-    protected |= unreadable  # damaged meanwhile, or deleted: do not guess
-    unowned_refs = [ref for ref in tagged if ref.snapshot_id not in owned and ref.tags.get(TAG_RUN) not in protected]
-    # Read after the snapshots were found, like the lock: a run saved meanwhile is known.
-    known = _stored_runs(catalog) | {e.run_id for e in entries} | protected
-    orphans = [ref for ref in unowned_refs if ref.tags.get(TAG_RUN, "") in known]
-    unknown = [ref for ref in unowned_refs if ref.tags.get(TAG_RUN, "") not in known]
-    find_leftovers = getattr(provider, "find_leftovers", None)
-    leftovers = find_leftovers() if find_leftovers is not None else []
-    return GcResult(catalog.cluster, False, orphans, unknown, skipped_runs=sorted(protected), leftovers=leftovers)
-
-
-def _named_by(catalog: Catalog, run_ids: list[str]) -> tuple[dict[str, str], set[str]]:
-    """Snapshot id -> the run whose manifest names it, of ``run_ids``; and those whose manifest
-    could not be read (gone, damaged)."""
-    named: dict[str, str] = {}
-    unreadable: set[str] = set()
-    for run_id in run_ids:
-        try:
-            named.update((ref.snapshot_id, run_id) for ref in catalog.load(run_id).snapshot_refs())
-        except SnapctlError:
-            unreadable.add(run_id)
-    return named, unreadable
-
-
-def _stored_runs(catalog: Catalog) -> set[str]:
-    manifests = f"{catalog.cluster}/manifests/"
-    return {k[len(manifests):-len(".json")] for k in catalog.store.list(manifests) if k.endswith(".json")}
-
-
-def _refuse_a_wrong_catalog(catalog: Catalog, tagged: list[SnapshotRef]) -> None:
-    """For a catalog that holds no run: a run's manifest is written before its first snapshot, so
-    snapshots with no run at all in the catalog mean the wrong catalog (a typo, a share not
-    mounted, a lost one), whose every backup would look orphaned: they may be the only backups left."""
-    if tagged:
-        raise CatalogError(f"the catalog at {catalog.store.describe()} holds no run of cluster {catalog.cluster}, "
-                           f"yet {len(tagged)} snapshot(s) carry its tag: gc would take every one for an orphan",
-                           hint="check catalog.path (or catalog.url) in the inventory, and that its share is mounted; "
-                                "if the catalog is lost, these snapshots may be the only backups left: delete them "
-                                "with the provider's own tools only if you are sure")
 
 
 # -- helpers -------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from snapctl.errors import LockHeld
-from snapctl.prune import gc
+from snapctl.gc import gc
 
 from .conftest import CLUSTER, T0, Scene, inventory, snapshots_of
 
@@ -96,7 +96,7 @@ def test_gc_never_lists_the_snapshots_of_a_backup_that_finished_while_it_looked(
     # gc read the manifests (the backup's still named none of its snapshots), then the lock: the
     # backup had recorded its snapshots and released the lock in between, so the lock protected
     # it no longer and its manifest was not read again: a good backup's snapshots listed as orphans.
-    import snapctl.prune
+    import snapctl.gc
     from snapctl.catalog import Catalog
 
     scene.add_run("r0", T0)
@@ -119,7 +119,7 @@ def test_gc_never_lists_the_snapshots_of_a_backup_that_finished_while_it_looked(
                 lock.release()
             return self._store.read(key)
 
-    monkeypatch.setattr(snapctl.prune, "open_catalog",
+    monkeypatch.setattr(snapctl.gc, "open_catalog",
                         lambda inv: Catalog(BackupEndsAsTheLockIsRead(scene.catalog.store), CLUSTER))
     found = gc(inventory(scene))
 

@@ -127,6 +127,6 @@ def test_a_record_whose_start_has_no_utc_offset_is_taken_as_utc_not_a_traceback_
     result = prune(inv)
 
     assert [v.run_id for v in result.deleted] == ["r1"], "a drill record two years old protects nothing"
-    assert dict((v.run_id, v.reasons) for v in result.kept)["r0"] == [
+    assert {v.run_id: v.reasons for v in result.kept}["r0"] == [
         f"being restored (restore x, started {live:%Y-%m-%d %H:%M}Z)"]
     assert scene.run_ids() == {"r0", "r2"}

@@ -97,8 +97,8 @@ def test_a_no_wait_run_still_pending_is_not_counted_and_goes_once_a_newer_backup
 
     assert prune(inv).ok and scene.run_ids() == {"r1", "r2"}
     assert _reasons(prune(inv, dry_run=True))["r2"] == [
-        "its snapshots are not complete yet (backup --no-wait): snapshot r2-n1-data is pending (and 1 more): "
-        "not counted"]
+        ("its snapshots are not complete yet (backup --no-wait): snapshot r2-n1-data is pending (and 1 more): "
+         "not counted")]
 
     scene.add_run("r3", T0 + timedelta(days=2))
     assert prune(inv).ok and scene.run_ids() == {"r3"}

@@ -61,7 +61,7 @@ def test_a_newest_backup_made_with_no_wait_is_said_to_have_unconfirmed_snapshots
     inventory = load(write_inventory(tmp_path, sqlite_nodes(tmp_path, 1)))
     record_run(inventory, "r-waited", "succeeded", age_s=600)
     record_run(inventory, "r-nowait", "succeeded", age_s=60, waited=False)
-    code, doc = status_json(tmp_path)
+    _, doc = status_json(tmp_path)
     newest = doc["data"]["backups"]["latest_success"]
     assert newest["run_id"] == "r-nowait" and newest["snapshots_unconfirmed"] is True
     text = " ".join(snapctl("status", "-i", "inventory.yaml", cwd=tmp_path).stdout.split())  # rich wraps it
