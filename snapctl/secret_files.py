@@ -54,3 +54,23 @@ def read_first_line(file: Path) -> tuple[str, int]:
         mode = os.fstat(opened.fileno()).st_mode
         line = next((line.strip() for line in opened.read().splitlines() if line.strip()), "")
     return line, mode
+
+
+_WARNED_IN_CLEAR: set[str] = set()
+
+
+def warn_if_in_clear(log: logging.Logger, setting: str, url: str | None, exposed: str) -> None:
+    """Log a warning, once per process and URL, when ``url`` is plain http to another host.
+    ``exposed``: what an onlooker on that network gets. Warned, not refused: an S3-compatible
+    store or a VPC endpoint on a private network over http is a setup that runs today."""
+    from urllib.parse import urlsplit
+
+    from snapctl.config import is_loopback
+
+    if not url or not url.lower().startswith("http://") or url in _WARNED_IN_CLEAR:
+        return
+    if is_loopback(urlsplit(url).hostname or ""):
+        return
+    _WARNED_IN_CLEAR.add(url)
+    log.warning("%s %s is plain http to another host: whoever can watch that network %s; use https "
+                "(docs/security.md)", setting, url, exposed)

@@ -19,12 +19,16 @@ boto3 is imported when a store is made, never at module import (``pip install 's
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any
 from urllib.parse import urlsplit
 
 from snapctl.errors import BadInputError, CatalogError
+from snapctl.secret_files import warn_if_in_clear
+
+log = logging.getLogger("snapctl.catalog")
 
 _CONFLICT_RETRIES = 5  # 409 ConditionalRequestConflict: another conditional write was in flight
 _CONFLICT_PAUSE_S = 0.2
@@ -186,6 +190,9 @@ def _make_client(endpoint_url: str | None, region: str | None) -> Any:
             "the s3 catalog needs boto3, which is not installed",
             hint="pip install 'snapctl[s3]' (or pip install boto3) where snapctl runs",
         ) from exc
+    warn_if_in_clear(log, "catalog.endpoint_url", endpoint_url,
+                     "sees the requests (a session token among them, if one is used) and can change the manifests "
+                     "that restore and prune read")
     config = Config(
         region_name=region,
         connect_timeout=5,

@@ -15,6 +15,7 @@ from typing import Any
 from snapctl import __version__
 from snapctl.errors import ProviderThrottled
 from snapctl.ratelimit import TokenBucket
+from snapctl.secret_files import warn_if_in_clear
 from snapctl_aws.errors import PER_VOLUME_RATE, error_code, translate_botocore_error, translate_client_error
 from snapctl_aws.settings import AwsSettings
 
@@ -87,6 +88,9 @@ class Ec2:
         from botocore.exceptions import BotoCoreError
 
         s = self.settings
+        warn_if_in_clear(log, "the aws provider's endpoint_url", s.endpoint_url,
+                         "sees the requests (a session token among them, if one is used) and can change EC2's "
+                         "answers")
         config = Config(
             region_name=s.region,
             retries={"mode": "standard", "total_max_attempts": s.max_attempts},
