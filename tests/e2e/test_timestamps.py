@@ -111,13 +111,14 @@ def test_each_clouds_snapshot_times_are_written_in_the_same_form(tmp_path, disks
     with disks() as (provider, volumes, _), cloud_cluster(tmp_path, provider, volumes) as cluster:
         manifest = backed_up(cluster)
         backed_up(cluster)  # gc looks for orphans only in a catalog that has runs
-        # Forgotten by the catalog, the run's snapshots are orphans: listed as the cloud describes them.
+        # Forgotten by the catalog, the run's snapshots are listed (as of a run it does not know) as
+        # the cloud describes them.
         catalog = cluster.directory / ".snapctl-demo" / "catalog" / "e2e"
         (catalog / "manifests" / f"{manifest['run_id']}.json").unlink()
         (catalog / "index.json").unlink()
         listed = _json(cluster.snapctl("gc", "-o", "json"))
         assert "data" in listed, listed
-        orphans = listed["data"]["orphans"]
+        orphans = listed["data"]["unknown_runs"]
         assert len(orphans) == 3
         found = _times(manifest, "backup", {})
         _times(orphans, "gc", found)
