@@ -19,8 +19,11 @@ import re
 
 MARK = "<redacted>"
 
-# A URL's user and password: scheme://user:secret@host -> scheme://<redacted>@host.
-_USERINFO = r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s?#@\"'<>]+@"
+# A URL's user and password: scheme://user:secret@host -> scheme://<redacted>@host. Up to the
+# last @ of the word: a secret key may hold / and @ (AWS's own example key holds /). The scheme
+# starts where no scheme character comes before it, not at any \b: within a long run of such
+# characters every \b was a start to try again from, and 40,000 of them took most of a second.
+_USERINFO = r"((?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]*://)[^\s\"'<>]*@"
 # Query parameters and connection-string fields that hold a credential (SAS signatures, signed
 # URLs of S3 and GCS, OAuth tokens, Azure account keys), in a URL or a connection string.
 _PARAMETER = (
@@ -28,13 +31,15 @@ _PARAMETER = (
     r"x-goog-signature|x-goog-credential|access_token|id_token|refresh_token|client_secret|client_assertion|"
     r"assertion|api_key|apikey|key|token|password|accountkey|sharedaccesskey|sharedaccesssignature)=)"
     r"[^&;:\s\"'<>)]+")
-# Headers and settings named as secrets, as a request dump or a config file writes them:
-# "Authorization: Bearer ...", "'X-Amz-Security-Token': b'...'", "aws_secret_access_key = ...".
+# Headers and settings named as secrets, as a request dump, a config file or a JSON body writes
+# them: "Authorization: Bearer ...", "'X-Amz-Security-Token': b'...'", "aws_secret_access_key =
+# ...", '"password": "..."', "pg.password=...".
 # A quoted value goes whole (cut short: to the end); a placeholder (<token>, in snapctl's own
 # hints) is left alone.
 _NAMED = (
     r"(?i)(\b(?:authorization|proxy-authorization|x-amz-security-token|x-goog-api-key|x-api-key|"
-    r"aws_secret_access_key|aws_session_token|secret_access_key|session_token|client_secret|private_key_id)"
+    r"aws_secret_access_key|aws_session_token|secret_access_key|session_token|client_secret|private_key_id|"
+    r"password|passwd|access_token|refresh_token|id_token|api_key|apikey)"
     r"[\"']?\s*[:=]\s*)(?:b?([\"'])(?!<)[^\"'\n]*(?:\2|$)|"
     r"(?:(?:bearer|basic|sharedkey|aws4-hmac-sha256)\s+)?+(?!<)[^\s\"',;&}]+)")
 # A PEM private key, whole or cut short, its line breaks real or JSON-escaped.

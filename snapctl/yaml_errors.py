@@ -93,10 +93,12 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"  # nodes, clusters, volumes:
 NAME_IN_WORDS = "a valid name: 1-63 letters, digits, '.', '_' or '-', beginning with a letter or digit"
 # No user or password before the host: botocore and the other SDKs repeat the URL in their errors,
 # and credentials come from each SDK's own chain.
-URL_PATTERN = r"^https?://[^/?#@]*(?:[/?#]|$)"
+# No @ anywhere: a user:secret@ before the host, and a secret holding / (which urlsplit then
+# reads as the start of the path) alike; no endpoint snapctl talks to has one in its path.
+URL_PATTERN = r"^https?://[^@]*$"
 _FORMS = {
     NAME_PATTERN: NAME_IN_WORDS,
-    URL_PATTERN: "a URL: it must begin with http:// or https://, with no user:password@ before the host",
+    URL_PATTERN: "a URL: it must begin with http:// or https://, with no user:password@ (no @ at all) in it",
 }
 # What was given is not repeated for these: a URL may carry a user and password (user:secret@host).
 _NOT_REPEATED = {URL_PATTERN}

@@ -38,7 +38,9 @@ _PERMISSIONS = "s3:GetObject, s3:PutObject, s3:DeleteObject and s3:ListBucket"
 def parse_s3_url(url: str) -> tuple[str, str]:
     """``s3://bucket/some/prefix`` -> (bucket, "some/prefix")."""
     parts = urlsplit(url)
-    if "@" in parts.netloc:  # not repeated: s3://KEY:SECRET@bucket, as some tools take it, holds a secret key
+    # Not repeated: s3://KEY:SECRET@bucket, as some tools take it, holds a secret key, which may
+    # hold a / (urlsplit then puts the rest in the path): no @ anywhere, as no bucket name has one.
+    if "@" in url:
         raise BadInputError("catalog url: an s3 url takes no user or password (s3://key:secret@bucket)",
                             hint="use s3://bucket/prefix; boto3 finds the credentials (environment, profile, role)")
     if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment:

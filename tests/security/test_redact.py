@@ -64,6 +64,14 @@ def test_an_endpoint_url_with_a_password_is_not_repeated_by_botocores_error(monk
      "AADSTS: client_id=1&client_secret=<redacted>&grant_type=client_credentials"),
     ("grant_type=refresh_token&refresh_token=1//0gAbC&client_secret=GOCSPX-x",  # a gcloud user's grant
      "grant_type=refresh_token&refresh_token=<redacted>&client_secret=<redacted>"),
+    # AWS's own example secret key holds a /: the whole userinfo goes, up to its last @.
+    ("cannot read s3://AKIAIOSFODNN7EXAMPLE:wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY@bucket/prefix/index.json",
+     "cannot read s3://<redacted>@bucket/prefix/index.json"),
+    ("http://user:p@ss@proxy:3128 refused", "http://<redacted>@proxy:3128 refused"),
+    ('{"password": "hunter2", "user": "ops"}', '{"password": <redacted>, "user": "ops"}'),
+    ("{'access_token': 'ya29.a0Af', 'expires_in': 3599}", "{'access_token': <redacted>, 'expires_in': 3599}"),
+    ('{"refresh_token": "1//0gAbC"}', '{"refresh_token": <redacted>}'),
+    ("server.conf: pg.password=quest", "server.conf: pg.password=<redacted>"),
 ])
 def test_credentials_in_the_shapes_sdks_repeat_them_are_redacted(text, expected):
     assert redact(text) == expected
@@ -76,6 +84,7 @@ def test_credentials_in_the_shapes_sdks_repeat_them_are_redacted(text, expected)
     "gcp create snapshot snapctl-prod--r1--n1--data: 409 POST https://compute.googleapis.com/compute/v1/projects/"
     "p/zones/z/disks/d/createSnapshot?requestId=5f0c: already exists",
     "aws CreateSnapshots: InvalidVolume.NotFound: The volume 'vol-0123456789abcdef0' does not exist.",
+    "set password_file in the engine block, not a password",
 ])
 def test_words_without_a_credential_are_left_as_they_are(text):
     assert redact(text) == text
@@ -105,12 +114,17 @@ _VOL = "volumes: [{name: data, volume: vol-0123456789abcdef0}]"
      "http://127.0.0.1:7700", "", "catalog.endpoint_url: not a URL: it must begin with http:// or https://"),
     ("{type: local}", f"catalog: {{url: 's3://AKIAUSER:{SECRET}@bucket/p'}}\n", "http://127.0.0.1:7700", "",
      "catalog url: an s3 url takes no user or password"),
+    # A secret key holding a / (AWS's own example key does): urlsplit reads the rest as the path.
+    ("{type: local}", f"catalog: {{url: 's3://AKIAUSER:{SECRET}/K7MDENG@bucket/p'}}\n", "http://127.0.0.1:7700",
+     "", "catalog url: an s3 url takes no user or password"),
+    ("{type: local}", "", f"http://ops:{SECRET}/K7@10.0.0.9:7700", "",
+     "nodes[0].agent: an agent address takes no user or password"),
     # httpx sent it as basic auth (etcd ignores that) and logged it at debug; status showed the endpoint.
     ("{type: local}", "", "embedded",
      f"engine: {{type: etcd, endpoint: 'http://root:{SECRET}@127.0.0.1:2379', backup_dir: b}}",
      "engine etcd: endpoint: not an etcd client URL, http(s)://host:port, with no user:password@"),
 ], ids=["agent", "agent-token-as-user", "restore-agent", "aws-endpoint", "catalog-endpoint", "catalog-url",
-        "etcd-endpoint"])
+        "catalog-url-key-with-slash", "agent-password-with-slash", "etcd-endpoint"])
 def test_a_url_with_a_user_or_password_is_refused_without_repeating_it(tmp_path: Path, provider, catalog, agent,
                                                                         node, said):
     import json
@@ -131,3 +145,4 @@ def test_a_url_with_a_user_or_password_is_refused_without_repeating_it(tmp_path:
         assert SECRET not in result.stdout + result.stderr and "AKIAUSER" not in result.stdout + result.stderr
         if output == "json":
             json.loads(result.stdout)
+

@@ -287,5 +287,5 @@ def test_a_malformed_url_is_not_repeated_in_its_error_it_may_carry_credentials(t
     with pytest.raises(InventoryError) as caught:
         provider_settings(load_inventory(tmp_path / "inv.yaml"))
     assert str(caught.value.message).endswith("inv.yaml:2: provider aws: endpoint_url: not a URL: it must begin "
-                                              "with http:// or https://, with no user:password@ before the host")
+                                              "with http:// or https://, with no user:password@ (no @ at all) in it")
     assert "SECRET" not in str(caught.value) and "AKIAX" not in str(caught.value)
