@@ -23,9 +23,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from snapctl.config import Retention
+from snapctl.timestamps import as_utc
 
 SUCCEEDED = "succeeded"
 PRUNING = "pruning"
@@ -64,9 +65,7 @@ class RetentionPlan:
         return [d for d in reversed(self.decisions) if not d.keep]
 
 
-def utc(moment: datetime) -> datetime:
-    """Aware UTC; a naive time is taken to be UTC already (manifests are written in UTC)."""
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+utc = as_utc  # a naive time is taken to be UTC already (manifests are written in UTC)
 
 
 def newest_first(runs: Iterable[Run]) -> list[Run]:

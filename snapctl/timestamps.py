@@ -26,6 +26,12 @@ def utc_text(moment: datetime) -> str:
                                                     moment.minute, moment.second, moment.microsecond)
 
 
+def as_utc(moment: datetime) -> datetime:
+    """Aware UTC; a naive time (hand-edited, another tool's) is taken to be UTC already, as every
+    time snapctl writes is: comparing it with an aware one would raise TypeError."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
 def parse_utc(text: str) -> datetime:
     """A time written with its zone (``Z`` or any offset) as an aware UTC time; ValueError if it
     is not one (a time without a zone says nothing certain)."""

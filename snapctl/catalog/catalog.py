@@ -25,6 +25,7 @@ from snapctl.catalog.local import LocalBlobStore
 from snapctl.catalog.lock import Clock, LockRecord, RunLock, acquire, read_lock, utc_now
 from snapctl.errors import BadInputError, CatalogError, SnapctlError
 from snapctl.manifest import IndexEntry, Manifest
+from snapctl.timestamps import as_utc
 
 if TYPE_CHECKING:
     from snapctl.config import Inventory
@@ -460,10 +461,10 @@ def _skipped_newer(chosen: IndexEntry, problems: dict[str, str], indexed: dict[s
     for run_id, why in sorted(problems.items()):
         line = indexed.get(run_id)
         # A line the index lost (it drops an unreadable manifest's): a run id is its start, as snapctl makes them.
-        started = line.started_at if line is not None else _stamped(run_id)
-        if line is not None and (started, run_id) <= (chosen.started_at, chosen.run_id):
+        started = as_utc(line.started_at) if line is not None else _stamped(run_id)
+        if line is not None and (started, run_id) <= (as_utc(chosen.started_at), chosen.run_id):
             continue  # older: never what latest names
-        if line is None and started is not None and started < chosen.started_at.replace(microsecond=0):
+        if line is None and started is not None and started < as_utc(chosen.started_at).replace(microsecond=0):
             continue  # older by its id, to the second
         age = f"started {started:%Y-%m-%d %H:%M:%S}Z" if started is not None else "of unknown age"
         listed = f"listed as {line.status}" if line is not None else "not in the index"

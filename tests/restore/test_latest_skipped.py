@@ -42,3 +42,23 @@ def test_latest_warns_naming_the_newer_run_it_passed_over_and_why(sqlite_cluster
 
     named = snapctl(sqlite_cluster, "restore", older, "--to", str(tmp_path / "named"), "-o", "json")
     assert json.loads(named.stdout)["data"]["warnings"] == [], "a run named is not `latest`: nothing passed over"
+
+
+def test_latest_with_a_start_time_written_without_its_zone_still_warns(sqlite_cluster, tmp_path):
+    """A hand-edited manifest whose started_at lost its Z, beside a newer unreadable one: comparing
+    the two times raised TypeError (offset-naive against offset-aware), a traceback."""
+    older = sqlite_cluster.backup()
+    newer = sqlite_cluster.backup()
+    manifests = sqlite_cluster.directory / "catalog" / "restore-test" / "manifests"
+    document = json.loads((manifests / f"{older}.json").read_text())
+    document["started_at"] = document["started_at"].removesuffix("Z")
+    (manifests / f"{older}.json").write_text(json.dumps(document))
+    (manifests / f"{newer}.json").write_text("{")
+    (manifests.parent / "index.json").unlink()
+
+    restored = snapctl(sqlite_cluster, "restore", "latest", "--to", str(tmp_path / "r"), "-o", "json")
+    assert restored.returncode == ExitCode.OK, restored.stdout + restored.stderr
+    data = json.loads(restored.stdout)["data"]
+    assert data["run_id"] == older
+    [warning] = data["warnings"]
+    assert warning.startswith(f"latest is run {older}, not run {newer} (started "), warning
