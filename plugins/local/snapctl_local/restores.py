@@ -221,13 +221,18 @@ class LocalRestores:
         found = []
         for place in places:
             dest = self._restore_path(place)
-            if dest.is_symlink():
-                dest = Path(os.path.realpath(dest))
-            recorded = read_restore_marker(dest)
-            if recorded is None or not self._killed(dest, recorded):
+            try:
+                if dest.is_symlink():
+                    dest = Path(os.path.realpath(dest))
+                recorded = read_restore_marker(dest)
+                if recorded is None or not self._killed(dest, recorded):
+                    continue
+                staging = self._staging_of(dest, recorded)
+                found.append((str(dest), str(staging or ""), _tree_bytes(staging) if staging is not None else 0))
+            except OSError:
+                # A place this user cannot look into (another user's restore, a name too long here):
+                # nothing it can prove killed, and no reason to fail the whole listing.
                 continue
-            staging = self._staging_of(dest, recorded)
-            found.append((str(dest), str(staging or ""), _tree_bytes(staging) if staging is not None else 0))
         return found
 
     def clear_killed_restore(self, place: str) -> None:
