@@ -99,6 +99,10 @@ def translate_client_error(exc: Any) -> SnapctlError:
             "*_rate settings or run fewer clusters at once"
         )
         return ProviderThrottled(detail, retry_after=retry_after, hint=hint)
+    if code.startswith("Insufficient") and code.endswith("Capacity"):
+        # EC2 answers these with a 5xx too, but no outage is to be waited out: the zone is full.
+        return ProviderError(detail, hint="this availability zone has no capacity for it now: restore into "
+                             "another zone (restore.zone, or --zone), or try again later")
     if code in SERVER_ERRORS or _http_status(exc) >= 500:
         return ProviderUnavailable(detail, hint=SERVER_ERROR_HINT)
     if code in SNAPSHOT_NOT_FOUND:

@@ -111,6 +111,20 @@ def test_a_server_error_past_the_retries_is_unavailable(make_provider, volume, s
     assert "failing on its side" in caught.value.hint
 
 
+def test_a_zone_out_of_capacity_is_a_refusal_naming_the_remedy_not_an_outage_to_wait_out(make_provider, volume):
+    # EC2 answers InsufficientVolumeCapacity with a 503 too: "failing on its side, look for an
+    # outage" sent the operator the wrong way, when another zone is the fix.
+    provider = make_provider(max_attempts=1)
+    [ref] = take(provider, [volume])
+    inject(provider, "DescribeSnapshots", FailFirst(1, 503, "InsufficientVolumeCapacity", "There is not enough "
+                                                    "capacity to fulfill your request."))
+    with pytest.raises(ProviderError) as caught:
+        provider.wait([ref], time.monotonic() + 30)
+    assert not isinstance(caught.value, ProviderUnavailable)
+    assert caught.value.message.startswith("aws DescribeSnapshots: InsufficientVolumeCapacity: There is not enough")
+    assert "another zone" in caught.value.hint
+
+
 def test_an_answer_cut_short_is_unreachable_on_one_line_not_an_untranslated_parser_error(make_provider, provider,
                                                                                           volume):
     # A link that cuts EC2's answer short gives botocore an empty body: its ResponseParserError is no
