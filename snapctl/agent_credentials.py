@@ -21,6 +21,8 @@ log = logging.getLogger("snapctl.auth")
 TOKEN_HINT = "set auth.token_file in the inventory (or {env}) to the token the agent was started with"
 NODE_TOKEN_HINT = "the node's token_file ({path}) must hold the token its agent was started with"
 
+_WARNED: set[tuple[str, ...]] = set()
+
 
 def load_agent_token(inventory: Inventory) -> str | None:
     """The bearer token for agents: ``auth.token_file`` (relative to the inventory), else ``$auth.token_env``."""
@@ -112,7 +114,9 @@ def warn_if_sent_in_clear(inventory: Inventory, tokens: AgentTokens) -> None:
     Warned, not refused, as the agent does: agents on a private network over http run today."""
     exposed = [node for node in inventory.nodes if node.agent.startswith("http:")
                and not is_loopback(urlsplit(node.agent).hostname or "") and tokens.of(node)]
-    if exposed:
+    said = (str(inventory.source), *(node.agent for node in exposed))
+    if exposed and said not in _WARNED:  # once a process: `status --watch` opens the agents every refresh
+        _WARNED.add(said)
         first = exposed[0]
         more = f" and {len(exposed) - 1} more" if len(exposed) > 1 else ""
         log.warning("%s: the agent token crosses the network in clear to node %s (%s)%s; serve the agents over "

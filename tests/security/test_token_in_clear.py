@@ -8,8 +8,14 @@ import asyncio
 import pytest
 import yaml
 
+from snapctl import agent_credentials
 from snapctl.agent_client import open_agents
 from snapctl.config import load_inventory
+
+
+@pytest.fixture(autouse=True)
+def _fresh(monkeypatch):
+    monkeypatch.setattr(agent_credentials, "_WARNED", set())
 
 
 def _inventory(tmp_path, agents: dict[str, str], *, token: bool = True):
@@ -24,12 +30,13 @@ def _inventory(tmp_path, agents: dict[str, str], *, token: bool = True):
     return load_inventory(tmp_path / "inv.yaml")
 
 
-def _warnings(caplog, inventory) -> list[str]:
+def _warnings(caplog, inventory, *, opened: int = 1) -> list[str]:
     caplog.set_level("WARNING", logger="snapctl.auth")
 
     async def open_only():
-        async with open_agents(inventory):
-            pass
+        for _ in range(opened):  # as `status --watch` does, every refresh
+            async with open_agents(inventory):
+                pass
 
     asyncio.run(open_only())
     return [r.getMessage() for r in caplog.records if r.name == "snapctl.auth"]
@@ -38,7 +45,7 @@ def _warnings(caplog, inventory) -> list[str]:
 def test_a_token_sent_in_clear_beyond_this_host_is_warned_about_once(tmp_path, caplog):
     inventory = _inventory(tmp_path, {"n1": "http://10.0.0.11:7700", "n2": "http://db2.internal:7700",
                                       "n3": "https://10.0.0.13:7700", "n4": "http://127.0.0.1:7700"})
-    [warning] = _warnings(caplog, inventory)
+    [warning] = _warnings(caplog, inventory, opened=3)
     assert "the agent token crosses the network in clear to node n1 (http://10.0.0.11:7700) and 1 more" in warning
     assert "a-token-of-the-cluster" not in warning
 
