@@ -1,4 +1,4 @@
-"""Retention applied (`snapctl prune`, and step 8 of every backup) and `snapctl gc`.
+"""Retention applied: `snapctl prune`, and step 8 of every backup (`snapctl gc` is snapctl.gc).
 
 Prune, under the cluster lock:
 1. plan: the policy (snapctl.retention) over every readable manifest, where a run made with
@@ -14,8 +14,6 @@ Prune, under the cluster lock:
    oldest run first, then its manifest; a run a restore or drill began on meanwhile is unmarked
    and kept instead. Providers refuse snapshots without this cluster's tag;
    such a run stays marked and is reported.
-
-`snapctl gc` is snapctl.gc.
 """
 
 from __future__ import annotations

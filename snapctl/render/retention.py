@@ -49,8 +49,10 @@ def prune_exit(result: Any) -> int:
 
 def gc_text(renderer: Any, result: Any) -> int:
     say = _printer(renderer.out)
-    if not result.orphans:
+    if not result.orphans and not result.unknown_runs:  # these words exactly: cron jobs match them
         say(f"no orphaned snapshots of cluster {result.cluster}: every tagged snapshot has a manifest")
+    elif not result.orphans:
+        say(f"no orphaned snapshots of the runs in this catalog of cluster {result.cluster}")
     else:
         say(f"{len(result.orphans)} snapshot(s) of cluster {result.cluster} that no manifest owns:")
         for ref in result.orphans:
