@@ -20,8 +20,9 @@ def utc_text(moment: datetime) -> str:
     # is, and so are the engines' answers (QuestDB's checkpoint time).
     if offset := moment.utcoffset():
         moment -= offset
-    # By hand: a 1000-node manifest holds 4000 times, and this costs 30% less than isoformat (and
-    # strftime's %Y does not pad years before 1000 on every libc).
+    # By hand, not isoformat: it drops the fraction on a whole second (snapctl always writes six
+    # digits, so the times sort as text), and strftime's %Y does not pad years before 1000 on
+    # every libc. As quick as isoformat (~2 µs).
     return "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ" % (moment.year, moment.month, moment.day, moment.hour,
                                                     moment.minute, moment.second, moment.microsecond)
 
