@@ -124,7 +124,7 @@ class SnapshotMemory:
 
 def memory_path(cluster: str) -> Path:
     """Beside the default catalog, under $XDG_STATE_HOME/snapctl."""
-    from snapctl.catalog.catalog import default_catalog_dir
+    from snapctl.catalog.stores import default_catalog_dir
 
     return default_catalog_dir().parent / "status" / f"{cluster}.json"
 

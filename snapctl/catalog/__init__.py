@@ -51,8 +51,9 @@ class BlobStore(Protocol):
 
 
 # Implementations, re-exported for callers (imported last: they depend on BlobStore above).
-from snapctl.catalog.catalog import Catalog, open_catalog  # noqa: E402
+from snapctl.catalog.catalog import Catalog  # noqa: E402
 from snapctl.catalog.local import LocalBlobStore  # noqa: E402
 from snapctl.catalog.lock import LockRecord, RunLock  # noqa: E402
+from snapctl.catalog.stores import open_catalog  # noqa: E402
 
 __all__ = ["BlobStore", "Catalog", "LocalBlobStore", "LockRecord", "RunLock", "open_catalog"]

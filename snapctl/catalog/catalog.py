@@ -14,21 +14,15 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pydantic import TypeAdapter, ValidationError
 
 from snapctl import __version__
 from snapctl.catalog import BlobStore
-from snapctl.catalog.local import LocalBlobStore
 from snapctl.catalog.lock import Clock, LockRecord, RunLock, acquire, read_lock, utc_now
 from snapctl.errors import BadInputError, CatalogError, SnapctlError
 from snapctl.manifest import IndexEntry, Manifest
 from snapctl.timestamps import as_utc
-
-if TYPE_CHECKING:
-    from snapctl.config import Inventory
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _INDEX = TypeAdapter(list[IndexEntry])
@@ -482,26 +476,3 @@ def _stamped(run_id: str) -> datetime | None:
 
 def newest_first(entries: list[IndexEntry]) -> list[IndexEntry]:
     return sorted(entries, key=lambda e: (e.started_at.timestamp(), e.run_id), reverse=True)
-
-
-def default_catalog_dir() -> Path:
-    state_home = os.environ.get("XDG_STATE_HOME", "")
-    base = Path(state_home) if state_home and os.path.isabs(state_home) else Path.home() / ".local" / "state"
-    return base / "snapctl" / "catalog"
-
-
-def open_catalog(inventory: Inventory) -> Catalog:
-    """The catalog the inventory names: ``catalog.url`` (s3://), ``catalog.path``, else the per-user default."""
-    config = inventory.catalog
-    if config.url:
-        if config.path:
-            raise BadInputError("catalog: set either 'path' or 'url', not both")
-        # --- shared catalogs: the S3 store (boto3 is imported only here, on demand) -----------
-        if config.url.startswith("s3://"):
-            from snapctl.catalog.s3 import S3BlobStore
-
-            store = S3BlobStore(config.url, endpoint_url=config.endpoint_url, region=config.region)
-            return Catalog(store, inventory.cluster)
-        raise BadInputError(f"catalog url {config.url!r} is not supported", hint="use s3://bucket/prefix, or catalog.path")
-    root = inventory.resolve(config.path) if config.path else default_catalog_dir()
-    return Catalog(LocalBlobStore(root), inventory.cluster)

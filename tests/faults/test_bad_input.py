@@ -21,8 +21,7 @@ from schemathesis.checks import content_type_conformance, response_schema_confor
 from node_agent.engines.base import validate_engine_settings
 from node_agent.engines.sqlite import SqliteEngine, SqliteSettings
 from node_agent.service import AgentService
-from snapctl.catalog import Catalog, LocalBlobStore
-from snapctl.catalog.catalog import open_catalog
+from snapctl.catalog import Catalog, LocalBlobStore, open_catalog
 from snapctl.config import parse_inventory
 from snapctl.errors import BadInputError, ExitCode, SnapctlError
 from snapctl.providers import create_provider
