@@ -420,7 +420,9 @@ def main() -> None:
         code = _report(Interrupted())
     except SnapctlError as exc:
         code = _report(exc)
-    if end_deferral():  # a Ctrl-C while typer parsed, and no command ran to notice it (`--help`, a usage error)
+    # A Ctrl-C while typer parsed, and no command ran to notice it: after `--help`, say so; after a
+    # usage error, which said its own (with `-o json`, its one document), leave it at that.
+    if end_deferral() and not code:
         code = _report(Interrupted())
     # The interpreter's last garbage collections walk every object still alive, modules included:
     # ~20 ms of `snapctl --help`, more after a large status. They skip frozen objects; module

@@ -73,6 +73,13 @@ def test_ctrl_c_while_help_is_parsed_is_reported_after_it(tmp_path):
     assert result.stderr.strip() == "snapctl: error: interrupted (Ctrl-C or SIGTERM)"
 
 
+def test_ctrl_c_while_a_usage_error_is_parsed_leaves_one_json_document(tmp_path):
+    result = _run("parsing", "snapctl", "list", "--no-such-flag", "-o", "json", tmp_path=tmp_path)
+    assert result.returncode == ExitCode.BAD_INPUT, result.stderr
+    document = json.loads(result.stdout)  # one document: json.loads refuses a second
+    assert "no-such-flag" in document["error"]
+
+
 def test_ctrl_c_while_the_agent_loads_ends_it_before_it_reads_its_config(tmp_path):
     result = _run("loading", "snapctl-agent", "--config", "missing.yaml", tmp_path=tmp_path)
     assert result.returncode == ExitCode.INTERRUPTED, result.stderr
