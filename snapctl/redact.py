@@ -38,10 +38,15 @@ _PARAMETER = (
 # hints) is left alone.
 _NAMED = (
     r"(?i)(\b(?:authorization|proxy-authorization|x-amz-security-token|x-goog-api-key|x-api-key|"
-    r"aws_secret_access_key|aws_session_token|secret_access_key|session_token|client_secret|private_key_id|"
-    r"password|passwd|access_token|refresh_token|id_token|api_key|apikey)"
+    r"aws_secret_access_key|aws_session_token|secret_access_key|session_token|client_secret|private_key_id)"
     r"[\"']?\s*[:=]\s*)(?:b?([\"'])(?!<)[^\"'\n]*(?:\2|$)|"
     r"(?:(?:bearer|basic|sharedkey|aws4-hmac-sha256)\s+)?+(?!<)[^\s\"',;&}]+)")
+# Names common in plain words too ("the password file /etc/x.password: no such file"): only as a
+# JSON or dict key ('"password": "..."') or set with = ("pg.password=...", "password = ...").
+_LOOSE = (
+    r"(?i)((?:\b(?:password|passwd|access_token|refresh_token|id_token|api_key|apikey)[\"']\s*:\s*)|"
+    r"(?:\b(?:password|passwd|access_token|refresh_token|id_token|api_key|apikey)\s*=\s*))"
+    r"(?:b?([\"'])(?!<)[^\"'\n]*(?:\2|$)|(?!<)[^\s\"',;&}]+)")
 # A PEM private key, whole or cut short, its line breaks real or JSON-escaped.
 _PRIVATE_KEY = r"(?s)-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)"
 
@@ -50,14 +55,15 @@ def redact(text: str) -> str:
     """``text`` with every credential it holds replaced by ``<redacted>``."""
     if not text or not isinstance(text, str):
         return text
-    private_key, userinfo, named, parameter = _compiled()
+    private_key, userinfo, named, loose, parameter = _compiled()
     text = private_key.sub(MARK, text)
     text = userinfo.sub(rf"\1{MARK}@", text)
     text = named.sub(rf"\1{MARK}", text)
+    text = loose.sub(rf"\1{MARK}", text)
     return parameter.sub(rf"\1{MARK}", text)
 
 
 @functools.cache
 def _compiled() -> tuple[re.Pattern[str], ...]:
     # On first use, not at import: every snapctl start imports the errors (1.3 ms of compiling).
-    return tuple(re.compile(pattern) for pattern in (_PRIVATE_KEY, _USERINFO, _NAMED, _PARAMETER))
+    return tuple(re.compile(pattern) for pattern in (_PRIVATE_KEY, _USERINFO, _NAMED, _LOOSE, _PARAMETER))

@@ -85,6 +85,8 @@ def test_credentials_in_the_shapes_sdks_repeat_them_are_redacted(text, expected)
     "p/zones/z/disks/d/createSnapshot?requestId=5f0c: already exists",
     "aws CreateSnapshots: InvalidVolume.NotFound: The volume 'vol-0123456789abcdef0' does not exist.",
     "set password_file in the engine block, not a password",
+    "cannot read etcd password file /srv/etcd/nowhere.password: no such file or directory",
+    "the token: a file readable only by its owner",
 ])
 def test_words_without_a_credential_are_left_as_they_are(text):
     assert redact(text) == text
