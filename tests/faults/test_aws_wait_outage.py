@@ -68,32 +68,54 @@ def aws_inventory(scene: FaultCluster, ec2: Ec2Behind, policy: dict | None = Non
                                  volumes=lambda node: [{"volume": ec2.volumes[node], "name": "data"}])
 
 
-def partitioned_while_waiting(scene: FaultCluster, ec2: Ec2Behind) -> dict[str, Any]:
-    """Cut the network once the run's snapshots are made and every node released: only the wait
-    asks EC2 anything after that. The snapshots, by id."""
+def released_with_snapshots(scene: FaultCluster, ec2: Ec2Behind) -> dict[str, Any]:
+    """Once the run's snapshots are made and every node released (only the wait asks EC2 anything
+    after that): the snapshots, by id."""
     wait_until(lambda: len(ec2.snapshots()) == len(NODES) and not scene.held(), 60,
                "the run's snapshots to be made and every node released")
-    ec2.proxy.partition()
     return ec2.snapshots()
 
 
-def lost_while_running(run: subprocess.Popen, ec2: Ec2Behind, requests: int) -> None:
-    """Wait for ``requests`` of the run's to be lost in the partition; a run that ended first, or
-    that asked nothing, fails the test with what it said (the one clue once the suite is done)."""
-    def lost() -> bool:
+def partitioned_while_waiting(scene: FaultCluster, ec2: Ec2Behind) -> dict[str, Any]:
+    """Cut the network once the run's snapshots are made and every node released."""
+    snapshots = released_with_snapshots(scene, ec2)
+    ec2.proxy.partition()
+    return snapshots
+
+
+def while_running(run: subprocess.Popen, reached: Callable[[], bool], what: str,
+                  seen: Callable[[], str] = lambda: "") -> None:
+    """Wait for ``reached()``; a run that ended first, or that never got there, fails the test with
+    what it said (the one clue once the suite is done), and ``seen()``: what the test saw meanwhile."""
+    def check() -> bool:
         if run.poll() is not None:
-            raise AssertionError(f"the backup ended (exit {run.returncode}) with {ec2.proxy.dropped_requests} requests "
-                                 f"lost: {run.communicate()[1][-3000:]}")
-        return ec2.proxy.dropped_requests >= requests
+            raise AssertionError(f"the backup ended (exit {run.returncode}) before {what}{seen()}: "
+                                 f"{run.communicate()[1][-3000:]}")
+        return reached()
 
     try:
-        wait_until(lost, 60, f"{requests} of the wait's requests lost")
+        wait_until(check, 60, what)
     except AssertionError as exc:
         if run.poll() is None:
             run.kill()
-            exc.args = (f"{exc.args[0]} ({ec2.proxy.dropped_requests} lost, requests through the proxy: "
-                        f"{ec2.proxy.requests[-5:]}); the run said: {run.communicate()[1][-3000:]}",)
+            exc.args = (f"{exc.args[0]}{seen()}; the run said: {run.communicate()[1][-3000:]}",)
         raise
+
+
+def lost_while_running(run: subprocess.Popen, ec2: Ec2Behind, requests: int) -> None:
+    """Wait for ``requests`` of the run's to be lost in the partition."""
+    while_running(run, lambda: ec2.proxy.dropped_requests >= requests, f"{requests} of the wait's requests lost",
+                  seen=lambda: (f" ({ec2.proxy.dropped_requests} lost, requests through the proxy: "
+                                f"{ec2.proxy.requests[-5:]})"))
+
+
+def assert_succeeded_keeping_every_snapshot(scene: FaultCluster, ec2: Ec2Behind, snapshots: dict[str, Any]) -> None:
+    [run_id] = scene.run_ids()
+    manifest = scene.manifest(run_id)
+    assert manifest["status"] == "succeeded" and manifest["snapshots_completed"]
+    made = {r["snapshots"][0]["snapshot_id"] for r in manifest["nodes"].values()}
+    assert made == set(snapshots) == set(ec2.snapshots())  # nothing deleted
+    assert_released_by(scene, run_id)
 
 
 def test_a_network_outage_while_the_snapshots_upload_is_waited_out(scene: FaultCluster, ec2: Ec2Behind) -> None:
@@ -108,12 +130,7 @@ def test_a_network_outage_while_the_snapshots_upload_is_waited_out(scene: FaultC
 
     assert run.returncode == 0, stderr
     assert "cloud unreachable, polling again" in stderr and "no answer from EC2" in stderr
-    [run_id] = scene.run_ids()
-    manifest = scene.manifest(run_id)
-    assert manifest["status"] == "succeeded" and manifest["snapshots_completed"]
-    made = {r["snapshots"][0]["snapshot_id"] for r in manifest["nodes"].values()}
-    assert made == set(snapshots) == set(ec2.snapshots())  # nothing deleted
-    assert_released_by(scene, run_id)
+    assert_succeeded_keeping_every_snapshot(scene, ec2, snapshots)
 
 
 def test_an_outage_that_outlasts_the_wait_fails_the_run_keeping_what_it_could_not_delete(
@@ -165,23 +182,6 @@ def front(ec2: Ec2Behind) -> Iterator[tuple[str, FailingDescribes]]:
         yield url, failing
 
 
-def released_with_snapshots(scene: FaultCluster, ec2: Ec2Behind) -> dict[str, Any]:
-    wait_until(lambda: len(ec2.snapshots()) == len(NODES) and not scene.held(), 60,
-               "the run's snapshots to be made and every node released")
-    return ec2.snapshots()
-
-
-def while_running(run: subprocess.Popen, reached: Callable[[], bool], what: str) -> None:
-    """Wait for ``reached()``; a run that ended first fails the test with what it said."""
-    def check() -> bool:
-        if run.poll() is not None:
-            said = run.communicate()[1][-3000:]
-            raise AssertionError(f"the backup ended (exit {run.returncode}) before {what}: {said}")
-        return reached()
-
-    wait_until(check, 60, what)
-
-
 def test_server_errors_while_the_snapshots_upload_are_waited_out(scene: FaultCluster, ec2: Ec2Behind, front) -> None:
     url, describes = front
     describes.failing = True
@@ -196,12 +196,7 @@ def test_server_errors_while_the_snapshots_upload_are_waited_out(scene: FaultClu
 
     assert run.returncode == 0, stderr
     assert "cloud server error, polling again" in stderr and "aws DescribeSnapshots: Unavailable" in stderr
-    [run_id] = scene.run_ids()
-    manifest = scene.manifest(run_id)
-    assert manifest["status"] == "succeeded" and manifest["snapshots_completed"]
-    made = {r["snapshots"][0]["snapshot_id"] for r in manifest["nodes"].values()}
-    assert made == set(snapshots) == set(ec2.snapshots())  # nothing deleted
-    assert_released_by(scene, run_id)
+    assert_succeeded_keeping_every_snapshot(scene, ec2, snapshots)
 
 
 def test_server_errors_that_outlast_the_wait_fail_the_run_keeping_what_it_could_not_delete(
