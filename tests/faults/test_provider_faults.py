@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -240,10 +241,35 @@ def uploading_disks(fake: UploadPollFaults) -> UploadPollFaults:
     return fake
 
 
-def test_a_network_outage_while_the_snapshots_upload_is_waited_out_not_rolled_back(scene: FaultCluster) -> None:
-    """A blip that outlasts one poll's retries is no reason to delete snapshots whose point in time
-    was fixed and whose nodes were all released: the wait asks again."""
-    with uploading_disks(DroppedUploads(op_running_polls=1, creating_polls=1, uploading_polls=1)) as gcp:
+@dataclass(frozen=True)
+class Outage:
+    """A cloud that fails the wait's polls, and what snapctl says of it."""
+
+    fake: type[UploadPollFaults]
+    polling_again: str  # the progress line of each poll asked again
+    ran_out: str  # the error once policy.wait_timeout_s (2s) ran out
+    said: tuple[str, ...]  # on the error's line: the cloud's own words
+    hints: tuple[str, ...]  # in what follows: what is left, and where to look
+    not_tried: str  # the rollback's record of each snapshot it did not ask the cloud to delete
+
+
+NETWORK = Outage(DroppedUploads, "cloud unreachable, polling again",
+                 "the cloud could not be reached when the wait for the snapshots ran out (policy.wait_timeout_s 2s)",
+                 ("no answer from the compute api",), ("snapctl gc",), "not tried, the cloud could not be reached")
+SERVER = Outage(FailingUploads, "cloud server error, polling again",
+                "the cloud answered with a server error when the wait for the snapshots ran out "
+                "(policy.wait_timeout_s 2s)",
+                ("503", "the service is currently unavailable"), ("snapctl gc", "status.cloud.google.com"),
+                "not tried, the cloud answered with a server error")
+
+
+@pytest.mark.parametrize("outage", [NETWORK, SERVER], ids=["network", "server-errors"])
+def test_an_outage_while_the_snapshots_upload_is_waited_out_not_rolled_back(scene: FaultCluster,
+                                                                           outage: Outage) -> None:
+    """A blip that outlasts one poll's retries, or a cloud failing on its side as long, is no
+    reason to delete snapshots whose point in time was fixed and whose nodes were all released:
+    the wait asks again."""
+    with uploading_disks(outage.fake(op_running_polls=1, creating_polls=1, uploading_polls=1)) as gcp:
         gcp.faulty_polls = 4  # max_retries=1: two polls' worth, each failing the wait once
         result = scene.snapctl("backup", "--no-prune", inventory=gcp_inventory(scene, gcp, max_retries=1))
         assert result.returncode == 0, result.stderr
@@ -251,68 +277,29 @@ def test_a_network_outage_while_the_snapshots_upload_is_waited_out_not_rolled_ba
         manifest = scene.manifest(run_id)
         assert manifest["status"] == "succeeded" and manifest["snapshots_completed"]
         assert gcp.faulted == 4
-        assert result.stderr.count("cloud unreachable, polling again") == 2  # each retry reported
+        assert result.stderr.count(outage.polling_again) == 2  # each retry reported
+        assert all(words in result.stderr for words in outage.said[1:])
         assert gcp.requests_to("DELETE") == []
         assert live_snapshots(gcp) == Counter({f"{node}-disk": 1 for node in NODES})
         assert_released_by(scene, run_id)
 
 
-def test_an_outage_that_outlasts_the_wait_fails_the_run_saying_so(scene: FaultCluster) -> None:
-    with uploading_disks(DroppedUploads(op_running_polls=1, creating_polls=1, uploading_polls=1)) as gcp:
+@pytest.mark.parametrize("outage", [NETWORK, SERVER], ids=["network", "server-errors"])
+def test_an_outage_that_outlasts_the_wait_fails_the_run_saying_so(scene: FaultCluster, outage: Outage) -> None:
+    with uploading_disks(outage.fake(op_running_polls=1, creating_polls=1, uploading_polls=1)) as gcp:
         gcp.faulty_polls = 10_000
         result = scene.snapctl("backup", "--no-prune", inventory=gcp_inventory(
             scene, gcp, policy={"wait_timeout_s": "2s"}, max_retries=1))
         assert result.returncode == ExitCode.RUN_FAILED, result.stderr
-        said = "the cloud could not be reached when the wait for the snapshots ran out (policy.wait_timeout_s 2s)"
-        assert said in result.stderr and "no answer from the compute api" in result.stderr
-        assert "snapctl gc" in result.stderr  # the hint: what is left, and where
-        [run_id] = scene.run_ids()
-        manifest = scene.manifest(run_id)
-        assert manifest["status"] == "failed" and said in manifest["error"]
-        assert_released_by(scene, run_id)
-        # Still unreachable, the rollback's first delete could not read its snapshot, and it tried
-        # no other on a silent network: on record, for gc.
-        [leftovers] = [d for d in manifest["degradations"] if d.startswith("snapshots not deleted")]
-        assert all(s in leftovers for s in gcp.snapshots) and len(gcp.snapshots) == len(NODES)
-        assert leftovers.count("not tried, the cloud could not be reached") == len(NODES) - 1
-
-
-def test_server_errors_while_the_snapshots_upload_are_waited_out_not_rolled_back(scene: FaultCluster) -> None:
-    """A cloud failing on its side for longer than one poll's retries is no reason to delete
-    snapshots whose point in time was fixed and whose nodes were all released: the wait asks again."""
-    with uploading_disks(FailingUploads(op_running_polls=1, creating_polls=1, uploading_polls=1)) as gcp:
-        gcp.faulty_polls = 4  # max_retries=1: two polls' worth, each failing the wait once
-        result = scene.snapctl("backup", "--no-prune", inventory=gcp_inventory(scene, gcp, max_retries=1))
-        assert result.returncode == 0, result.stderr
-        [run_id] = scene.run_ids()
-        manifest = scene.manifest(run_id)
-        assert manifest["status"] == "succeeded" and manifest["snapshots_completed"]
-        assert gcp.faulted == 4
-        assert result.stderr.count("cloud server error, polling again") == 2  # each retry reported
-        assert "the service is currently unavailable" in result.stderr
-        assert gcp.requests_to("DELETE") == []
-        assert live_snapshots(gcp) == Counter({f"{node}-disk": 1 for node in NODES})
-        assert_released_by(scene, run_id)
-
-
-def test_server_errors_that_outlast_the_wait_fail_the_run_saying_so(scene: FaultCluster) -> None:
-    with uploading_disks(FailingUploads(op_running_polls=1, creating_polls=1, uploading_polls=1)) as gcp:
-        gcp.faulty_polls = 10_000
-        result = scene.snapctl("backup", "--no-prune", inventory=gcp_inventory(
-            scene, gcp, policy={"wait_timeout_s": "2s"}, max_retries=1))
-        assert result.returncode == ExitCode.RUN_FAILED, result.stderr
-        said = ("the cloud answered with a server error when the wait for the snapshots ran out "
-                "(policy.wait_timeout_s 2s)")
         [error] = [line for line in result.stderr.splitlines() if line.startswith("snapctl: error:")]
-        assert said in error and "503" in error and "the service is currently unavailable" in error
-        assert "snapctl gc" in result.stderr  # what is left ...
-        assert "status.cloud.google.com" in result.stderr  # ... and where to look
+        assert outage.ran_out in error and all(words in error for words in outage.said)
+        assert all(hint in result.stderr for hint in outage.hints)
         [run_id] = scene.run_ids()
         manifest = scene.manifest(run_id)
-        assert manifest["status"] == "failed" and said in manifest["error"]
+        assert manifest["status"] == "failed" and outage.ran_out in manifest["error"]
         assert_released_by(scene, run_id)
         # Still failing, the rollback's first delete could not read its snapshot, and it asked the
-        # failing cloud to delete no other: on record, for gc.
+        # silent or failing cloud to delete no other: on record, for gc.
         [leftovers] = [d for d in manifest["degradations"] if d.startswith("snapshots not deleted")]
         assert all(s in leftovers for s in gcp.snapshots) and len(gcp.snapshots) == len(NODES)
-        assert leftovers.count("not tried, the cloud answered with a server error") == len(NODES) - 1
+        assert leftovers.count(outage.not_tried) == len(NODES) - 1
