@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,10 @@ def make_provider(gcp: FakeGcpCompute):
 @pytest.fixture
 def provider(make_provider):
     return make_provider()
+
+
+def deadline(seconds: float = 30) -> float:
+    return time.monotonic() + seconds
 
 
 def volumes_of(provider, node: str = "n1", disks: tuple[str, ...] = DISKS):
