@@ -34,8 +34,8 @@ from snapctl.gc import delete_snapshot as _delete_snapshot
 from snapctl.gc import named_by as _named_by
 from snapctl.gc import stored_runs as _stored_runs
 from snapctl.providers import TAG_CLUSTER, TAG_RUN, Provider, SnapshotRef, open_provider
-from snapctl.retention import PRUNING, SUCCEEDED, Decision, RetentionPlan, Run, decide, utc
-from snapctl.timestamps import utc_text
+from snapctl.retention import PRUNING, SUCCEEDED, Decision, RetentionPlan, Run, decide
+from snapctl.timestamps import as_utc, utc_text
 
 if TYPE_CHECKING:
     from snapctl.config import Inventory, Retention
@@ -292,7 +292,7 @@ def _spared_while_in_use(catalog: Catalog, verdict: RunVerdict, result: PruneRes
             try:
                 record = json.loads(catalog.store.read(key) or b"{}")
                 # Without an offset (hand-edited, another tool): UTC, as snapctl writes them.
-                started = utc(datetime.fromisoformat(record["started_at"]))
+                started = as_utc(datetime.fromisoformat(record["started_at"]))
             except (ValueError, KeyError, TypeError, AttributeError):
                 continue  # unreadable: it cannot say a restore or drill is running
             if record.get("finished_at") is None and (now - started).total_seconds() < budget_s:

@@ -65,25 +65,22 @@ class RetentionPlan:
         return [d for d in reversed(self.decisions) if not d.keep]
 
 
-utc = as_utc  # a naive time is taken to be UTC already (manifests are written in UTC)
-
-
 def newest_first(runs: Iterable[Run]) -> list[Run]:
     # The same order as the catalog's index: start time, then run id, both descending.
-    return sorted(runs, key=lambda r: (utc(r.started_at), r.run_id), reverse=True)
+    return sorted(runs, key=lambda r: (as_utc(r.started_at), r.run_id), reverse=True)
 
 
 def day_of(moment: datetime) -> str:
-    return f"{utc(moment):%Y-%m-%d}"
+    return f"{as_utc(moment):%Y-%m-%d}"
 
 
 def week_of(moment: datetime) -> str:
-    year, week, _ = utc(moment).isocalendar()
+    year, week, _ = as_utc(moment).isocalendar()
     return f"{year}-W{week:02d}"
 
 
 def month_of(moment: datetime) -> str:
-    return f"{utc(moment):%Y-%m}"
+    return f"{as_utc(moment):%Y-%m}"
 
 
 def decide(runs: Iterable[Run], policy: Retention) -> RetentionPlan:
@@ -141,4 +138,4 @@ def _newest_per_period(
 
 
 def _older(run: Run, than: Run) -> bool:
-    return (utc(run.started_at), run.run_id) < (utc(than.started_at), than.run_id)
+    return (as_utc(run.started_at), run.run_id) < (as_utc(than.started_at), than.run_id)
