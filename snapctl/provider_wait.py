@@ -18,6 +18,12 @@ from snapctl.events import Reporter
 from snapctl.providers import Provider, SnapshotRef
 
 MAX_PAUSE_S = 60.0
+# Each kind of outage: what the error says of it, the remedy when the provider gave none, the progress line.
+_OUTAGES = {
+    ProviderUnreachable: ("the cloud could not be reached", "check network access to the cloud", "cloud unreachable"),
+    ProviderUnavailable: ("the cloud answered with a server error", "look for an outage on the cloud's status page",
+                          "cloud server error"),
+}
 
 
 async def wait_out_transient(provider: Provider, refs: list[SnapshotRef], deadline: float, reporter: Reporter,
@@ -33,21 +39,18 @@ async def wait_out_transient(provider: Provider, refs: list[SnapshotRef], deadli
                 raise
             reporter.step("wait", f"throttled, polling again in {pause:.1f}s: {exc.message}")
         except CLOUD_OUTAGE as exc:
-            unreachable = isinstance(exc, ProviderUnreachable)
+            kind = ProviderUnreachable if isinstance(exc, ProviderUnreachable) else ProviderUnavailable
+            what, remedy, said = _OUTAGES[kind]
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                what = "the cloud could not be reached" if unreachable else "the cloud answered with a server error"
-                remedy = exc.hint or ("check network access to the cloud" if unreachable
-                                      else "look for an outage on the cloud's status page")
-                raise (ProviderUnreachable if unreachable else ProviderUnavailable)(
+                raise kind(
                     f"{what} when the wait for the snapshots ran out (policy.wait_timeout_s "
                     f"{wait_timeout_s:g}s): {exc.message}",
                     hint="the snapshots may still complete, but the run is failed: those its rollback could not "
-                         f"delete are named in the manifest for `snapctl gc`; {remedy}, or raise "
+                         f"delete are named in the manifest for `snapctl gc`; {exc.hint or remedy}, or raise "
                          "policy.wait_timeout_s to ride out longer outages") from exc
             # Cut short at the deadline rather than skipped: one last look then may find them done.
             pause = min(_backoff(attempt), remaining)
-            said = "cloud unreachable" if unreachable else "cloud server error"
             reporter.step("wait", f"{said}, polling again in {pause:.1f}s: {exc.message}")
         await asyncio.sleep(pause)
     raise AssertionError("unreachable")
