@@ -64,7 +64,8 @@ class AgentError(SnapctlError):
     def __init__(self, node: str, message: str, *, status: int | None = None, hint: str | None = None):
         super().__init__(f"node {node}: {message}", hint=hint)
         self.node = node
-        self.reason = redact(message)  # without the node: for where the node is named already
+        # Without the node, for where the node is named already; redacted with the message.
+        self.reason = self.message.removeprefix(f"node {node}: ")
         self.status = status
 
 
