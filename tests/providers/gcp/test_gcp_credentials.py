@@ -113,6 +113,20 @@ def test_a_key_pasted_into_the_variable_is_said_without_any_of_the_key(gcp, make
     assert gcp.requests == []
 
 
+def _service_account_key(directory, project: str, token_url: str):
+    """A service account's key file, a real RSA key in it, whose token endpoint is ``token_url``."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    path = directory / "sa.json"
+    path.write_text(json.dumps({"type": "service_account", "project_id": project, "private_key_id": "k1",
+                                "private_key": key, "client_email": "backup@p.iam.gserviceaccount.com",
+                                "client_id": "1", "token_uri": f"{token_url}/token"}))
+    return path
+
+
 class _TokenEndpoint(JsonHttpFake):
     """Google's OAuth token endpoint refusing a service account's signed grant (a deleted key)."""
 
@@ -122,17 +136,9 @@ class _TokenEndpoint(JsonHttpFake):
 
 def test_a_service_account_whose_grant_is_refused_is_one_line_with_googles_reason(gcp, make_provider, monkeypatch,
                                                                                  tmp_path):
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
     with _TokenEndpoint() as token:
-        path = tmp_path / "sa.json"
-        path.write_text(json.dumps({"type": "service_account", "project_id": gcp.project, "private_key_id": "k1",
-                                    "private_key": key, "client_email": "backup@p.iam.gserviceaccount.com",
-                                    "client_id": "1", "token_uri": f"{token.url}/token"}))
-        monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(path))
+        key_file = _service_account_key(tmp_path, gcp.project, token.url)
+        monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key_file))
 
         with pytest.raises(ProviderError) as caught:
             make_provider(anonymous=False).warm_up()
@@ -186,17 +192,9 @@ def test_a_token_endpoint_that_echoes_the_grant_does_not_put_the_signed_assertio
     # google-auth makes a plain-text refusal its RefreshError's reason whole: the echoed grant,
     # "assertion=<JWT signed with the service account's key>" (good for an hour of access tokens),
     # went into snapctl's message.
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
     with _EchoingTokenEndpoint() as token:
-        path = tmp_path / "sa.json"
-        path.write_text(json.dumps({"type": "service_account", "project_id": gcp.project, "private_key_id": "k1",
-                                    "private_key": key, "client_email": "backup@p.iam.gserviceaccount.com",
-                                    "client_id": "1", "token_uri": f"{token.url}/token"}))
-        monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(path))
+        key_file = _service_account_key(tmp_path, gcp.project, token.url)
+        monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key_file))
         with pytest.raises(ProviderError) as caught:
             make_provider(anonymous=False).warm_up()
 
