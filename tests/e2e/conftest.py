@@ -61,6 +61,11 @@ class Cluster:
         target.write_text(yaml.safe_dump(data))
         return target
 
+    def stop_writer(self) -> None:
+        from snapctl import demo
+
+        assert demo._stop(self.directory / demo.DEMO_DIR / "writer.pid", demo.WRITER) is not None
+
     def rows(self, node: str) -> int:
         import sqlite3
 

@@ -48,15 +48,26 @@ def test_drill_of_the_demo_cluster_backed_up_under_writers_passes_and_is_recorde
 
 
 def test_a_tampered_snapshot_fails_its_drill_naming_the_node_and_the_table(cluster, tmp_path):
+    # No writes after prepare's checkpoint: a WAL frame committed between it and prepare's lock
+    # would grow demo.db when the tampering below moves the WAL into it.
+    cluster.stop_writer()
     backup = cluster.snapctl("backup", "-o", "json", check_json=True)
     assert backup.returncode == 0, backup.stderr
     [snapshot] = backup.json["data"]["nodes"]["node2"]["snapshots"]
-    with sqlite3.connect(Path(snapshot["extra"]["path"]) / "data" / "demo.db") as conn:
-        conn.execute("UPDATE events SET payload = upper(payload) WHERE id = (SELECT min(id) FROM events)")
-    with sqlite3.connect(Path(snapshot["extra"]["path"]) / "data" / "demo.db") as conn:
-        # Its WAL moved into it and emptied: every file keeps its recorded size (one that does not
-        # is refused as damaged before anything is restored), so only the drill's check finds it.
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    data = Path(snapshot["extra"]["path"]) / "data"
+    sidecars = {path: path.stat().st_size for path in data.glob("demo.db-*")}
+    assert sidecars[data / "demo.db-wal"] == 0
+    conn = sqlite3.connect(data / "demo.db")
+    try:
+        with conn:
+            conn.execute("UPDATE events SET payload = upper(payload) WHERE id = (SELECT min(id) FROM events)")
+    finally:
+        conn.close()  # the last connection moves the WAL into demo.db and removes the -wal and -shm
+    # Every file keeps its recorded size (one that does not is refused as damaged before anything
+    # is restored), so only the drill's check finds the change. SQLite reads a -shm of zeros, which
+    # has no valid header, as empty.
+    for path, size in sidecars.items():
+        path.write_bytes(bytes(size))
 
     report = tmp_path / "drill.xml"
     drill = cluster.snapctl("drill", "--junit", str(report))
