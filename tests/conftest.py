@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -26,7 +29,9 @@ def free_port() -> int:
     """A loopback port for a server a test starts later, chosen below the ephemeral range. A port
     the kernel hands out (bind to 0) can be taken, before the server binds it, as the local end of
     any outgoing connection on the machine: an etcd member once failed "address already in use"
-    that way while the suite's other workers were busy connecting."""
+    that way while the suite's other workers were busy connecting. A port is also reserved for a
+    while across every test process on the machine (``_reserve``): two workers, or two suites,
+    once picked the same free port before either server had bound it."""
     first_ephemeral, _ = _ephemeral_ports()
     candidates = range(_LOWEST_PORT, first_ephemeral)
     for port in random.sample(candidates, min(200, len(candidates))):
@@ -35,10 +40,34 @@ def free_port() -> int:
                 sock.bind((LOOPBACK, port))
             except OSError:
                 continue
+        if _reserve(port):
             return port
     with socket.socket() as sock:  # no range below the ephemeral ports on this machine
         sock.bind((LOOPBACK, 0))
         return sock.getsockname()[1]
+
+
+_RESERVATIONS = Path(tempfile.gettempdir()) / "snapctl-test-ports"
+_RESERVED_FOR_S = 120  # longer than any server takes to bind the port it was given
+
+
+def _reserve(port: int) -> bool:
+    """Claim ``port`` for this process unless another test process claimed it lately: a file per
+    port, created exclusively; one older than ``_RESERVED_FOR_S`` is taken over."""
+    _RESERVATIONS.mkdir(exist_ok=True)
+    path = _RESERVATIONS / str(port)
+    for _ in range(2):
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            return True
+        except FileExistsError:
+            try:
+                if time.time() - path.stat().st_mtime < _RESERVED_FOR_S:
+                    return False
+                path.unlink()  # stale: whoever unlinks it first creates it next
+            except FileNotFoundError:
+                pass
+    return False
 
 
 def with_ctrl_c(argv: list[str]) -> list[str]:
