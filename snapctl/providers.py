@@ -149,6 +149,14 @@ class Provider(Protocol):
     removes one (gone counts as done; one a call is now using raises ``ProviderError``). `snapctl
     gc` lists them with the orphaned snapshots and removes them with ``--delete``.
 
+    Optional: ``complete(refs, deadline) -> list[SnapshotRef]``, on a provider whose pending
+    snapshots nothing completes unless it is asked to (local: after `backup --no-wait` only an
+    fsync puts a copy on disk for sure): complete each of ``refs`` now and return them as they are
+    then. One that cannot be completed (in error, gone, its fsync failed, which fails it for good,
+    or ``deadline``, time.monotonic(), passed) raises ``ProviderError``. Retention calls it for a
+    `--no-wait` run it would otherwise not count (never on a dry run). A cloud's snapshot
+    completes on its own: without ``complete``, a pending one is simply not counted yet.
+
     Optional: a class attribute ``restore_makes_cloud_volumes = True`` when ``restore`` makes cloud
     volumes rather than directories on this machine: a drill then refuses a node without
     ``restore.agent`` and ``restore.instance`` before it restores anything, and `restore` takes

@@ -3,7 +3,9 @@
 Prune, under the cluster lock:
 1. plan: the policy (snapctl.retention) over every readable manifest, where a run made with
    `backup --no-wait` that it would keep counts only once the provider says its snapshots are
-   complete (and is recorded so, once the lock is held); a run already marked
+   complete (and is recorded so, once the lock is held); where the provider completes pending
+   snapshots only when asked (local), the prune asks it first (snapctl.completion; a dry run
+   only says it would); a run already marked
    ``pruning`` by an earlier, interrupted prune is in the plan whatever the policy says; a run a
    restore or drill is restoring is kept (they take no lock: they would wait for, and hold up,
    backups; each is on record in the catalog while it runs instead);
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from snapctl.catalog import Catalog, open_catalog
 from snapctl.catalog.lock import ThreadLockKeeper
+from snapctl.completion import can_complete, complete_snapshots, mark_snapshots_completed
 from snapctl.errors import Interrupted, SnapctlError
 from snapctl.gc import GcResult, find_orphans, gc  # noqa: F401  # importable from here, as before the split
 from snapctl.gc import delete_snapshot as _delete_snapshot
@@ -86,6 +90,8 @@ class PruneResult:
     # `backup --no-wait` runs whose snapshots the provider found complete: counted, and (not on a
     # dry run) recorded in their manifests, so that the provider is asked once
     confirmed: list[str] = field(default_factory=list)
+    # those of them whose pending snapshots this prune completed itself (local); on a dry run: would complete
+    completed: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -103,21 +109,31 @@ def prune(inventory: Inventory, *, dry_run: bool = False) -> PruneResult:
     if dry_run:
         return plan(catalog, provider, inventory.retention, drill_timeout_s)
     with ThreadLockKeeper(catalog, inventory.policy.lock_ttl_s, "prune") as locked:
-        planned = plan(catalog, provider, inventory.retention, drill_timeout_s)
+        planned = plan(catalog, provider, inventory.retention, drill_timeout_s,
+                       complete_within=inventory.policy.wait_timeout_s)
         return apply(planned, catalog, provider, locked.check, drill_timeout_s)
 
 
 def plan(catalog: Catalog, provider: Provider, retention: Retention, drill_timeout_s: float,
-         pending: Manifest | None = None) -> PruneResult:
-    """What a prune would do now; reads only. The result of a dry run. ``pending``: a run whose
-    snapshots are not complete yet (`backup --no-wait`): kept, and not counted, so that the runs
-    it would replace stay until it is known to be a backup."""
-    decided, problems, confirmed = _decide_over_readable_runs(catalog, provider, retention,
-                                                              pending.run_id if pending else None)
+         pending: Manifest | None = None, *, complete_within: float | None = None) -> PruneResult:
+    """What a prune would do now. The result of a dry run. ``pending``: a run whose snapshots are
+    not complete yet (`backup --no-wait`): kept, and not counted, so that the runs it would
+    replace stay until it is known to be a backup. ``complete_within``: seconds in which to
+    complete, under the cluster lock, the pending snapshots of `--no-wait` runs the policy would
+    keep, where the provider completes them only when asked (local), so that they count; None
+    (a dry run): reads only, and counts such a run as the prune would once it completed them."""
+    complete_by = None if complete_within is None else time.monotonic() + complete_within
+    decided, problems, confirmed, completed = _decide_over_readable_runs(
+        catalog, provider, retention, complete_by, pending.run_id if pending else None)
     tagged = _by_run(provider.find({TAG_CLUSTER: catalog.cluster})) if decided.delete else {}
     owners = _Owners(catalog)
-    result = PruneResult(catalog.cluster, True, retention, [], [], problems=problems, confirmed=confirmed)
+    result = PruneResult(catalog.cluster, complete_within is None, retention, [], [], problems=problems,
+                         confirmed=confirmed, completed=completed)
     result.kept = [_verdict(d) for d in decided.keep]
+    done = _WOULD_COMPLETE if complete_within is None else _COMPLETED
+    for verdict in result.kept:
+        if verdict.run_id in completed:
+            verdict.reasons.append(done)
     if pending is not None:
         result.kept.insert(0, RunVerdict(pending.run_id, pending.started_at, pending.status,
                                          ["its snapshots are not complete yet (--no-wait): not counted"]))
@@ -148,12 +164,15 @@ def plan(catalog: Catalog, provider: Provider, retention: Retention, drill_timeo
 def apply(planned: PruneResult, catalog: Catalog, provider: Provider, still_locked: StillLocked,
           drill_timeout_s: float) -> PruneResult:
     """Mark every doomed run, then delete their snapshots and manifests, oldest first."""
+    if planned.dry_run and planned.completed:  # what it decided rests on snapshots it never completed
+        raise SnapctlError(f"refusing to apply a dry run's plan: it counts runs whose snapshots it did not complete "
+                           f"({', '.join(planned.completed)})", hint="plan with complete_within to apply the plan")
     result = PruneResult(planned.cluster, False, planned.retention, list(planned.kept), [],
-                         list(planned.unfinished), planned.problems, list(planned.confirmed))
+                         list(planned.unfinished), planned.problems, list(planned.confirmed), list(planned.completed))
     for run_id in planned.confirmed:
         still_locked()
         try:
-            catalog.update(run_id, _mark_completed)
+            catalog.update(run_id, mark_snapshots_completed)
         except SnapctlError as exc:  # asked again next time: nothing lost
             result.problems.append(f"run {run_id}: could not record that its snapshots completed: {exc.message}")
     doomed: list[tuple[RunVerdict, Manifest]] = []
@@ -220,7 +239,8 @@ async def prune_after_backup(
     def work() -> dict[str, object]:
         try:
             planned = plan(catalog, provider, inventory.retention, inventory.drill.timeout_s,
-                           None if manifest.snapshots_completed else manifest)
+                           None if manifest.snapshots_completed else manifest,
+                           complete_within=inventory.policy.wait_timeout_s)
             checked()
             done = apply(planned, catalog, provider, checked, inventory.drill.timeout_s)
         except SnapctlError as exc:
@@ -267,13 +287,6 @@ def _mark_pruning(manifest: Manifest, since: str) -> bool:
     return True
 
 
-def _mark_completed(manifest: Manifest) -> bool:
-    if manifest.status != SUCCEEDED or manifest.snapshots_completed:
-        return False
-    manifest.snapshots_completed = True
-    return True
-
-
 def _unmark_pruning(manifest: Manifest) -> bool:
     """Back to the status the run had before this prune marked it (a restore or drill began)."""
     if manifest.status != PRUNING:
@@ -304,8 +317,8 @@ def _spared_while_in_use(catalog: Catalog, verdict: RunVerdict, result: PruneRes
     return False
 
 
-def _decide_over_readable_runs(catalog: Catalog, provider: Provider, retention: Retention,
-                               left_out: str | None = None) -> tuple[RetentionPlan, list[str], list[str]]:
+def _decide_over_readable_runs(catalog: Catalog, provider: Provider, retention: Retention, complete_by: float | None,
+                               left_out: str | None = None) -> tuple[RetentionPlan, list[str], list[str], list[str]]:
     """The policy over the catalog's runs, where every succeeded run it keeps has had its manifest
     read: a kept run is the reason others go, so it must be a backup that can be restored, not just
     a line in the index. A damaged manifest behind an intact line would otherwise stand in for the
@@ -313,18 +326,21 @@ def _decide_over_readable_runs(catalog: Catalog, provider: Provider, retention: 
     alone) and the policy decided again without them, until every run it keeps was read. A kept
     run whose manifest does not say its snapshots completed (`backup --no-wait`) is asked about at
     the provider: a run whose snapshots failed later must not count as the backup that replaces
-    the good ones. Also returns those the provider found complete."""
+    the good ones; where the provider completes pending ones only when asked, it is asked
+    (``complete_by``: until then; None: a dry run, which only counts them as completed). Also
+    returns the runs found complete, and those of them this prune completed (or would)."""
     entries, problems = catalog.list(confirm_newest=False)  # the loop below reads what it keeps, once
     runs = {e.run_id: e for e in entries if e.run_id != left_out}
     confirmed: set[str] = set()
     doubts: dict[str, tuple[str, bool]] = {}  # run id -> (why it is not counted, whether it is held)
     completed: list[str] = []
+    completed_here: list[str] = []
     while True:
         decided = decide([Run(e.run_id, e.started_at, e.status, *doubts.get(e.run_id, (None, False)))
                           for e in runs.values()], retention)
         doubtful = [d.run.run_id for d in decided.keep if d.run.status == SUCCEEDED and d.run.run_id not in confirmed]
         if not doubtful:
-            return decided, sorted(problems), completed
+            return decided, sorted(problems), completed, completed_here
         current, unreadable = catalog.confirm(doubtful)
         confirmed.update(doubtful)
         problems += [f"run {run_id}: {reason}" for run_id, reason in unreadable.items()]
@@ -335,42 +351,59 @@ def _decide_over_readable_runs(catalog: Catalog, provider: Provider, retention: 
             runs[run_id] = current[run_id]  # maybe no longer succeeded: marked by a prune killed before its index line
             unconfirmed = catalog.unconfirmed(run_id) if current[run_id].status == SUCCEEDED else None
             if unconfirmed is not None:
-                doubt = _snapshots_doubt(unconfirmed, provider)
+                doubt, completing = _snapshots_doubt(unconfirmed, provider, complete_by)
                 if doubt is None:
                     completed.append(run_id)
+                    if completing:
+                        completed_here.append(run_id)
                 else:
                     doubts[run_id] = doubt
 
 
-def _snapshots_doubt(manifest: Manifest, provider: Provider) -> tuple[str, bool] | None:
-    """None when every snapshot of a run that did not wait for them is complete now; else why it is
-    no backup to count, and whether it must be held (nobody could tell, so it is not deleted
-    either). A local snapshot stays pending until a restore makes it durable, and a restart of
-    its host before then puts it in error: pending is not counted."""
+def _snapshots_doubt(manifest: Manifest, provider: Provider,
+                     complete_by: float | None) -> tuple[tuple[str, bool] | None, bool]:
+    """(None, ...) when every snapshot of a run that did not wait for them is complete now; else
+    (why it is no backup to count, and whether it must be held: nobody could tell, so it is not
+    deleted either). The second item: whether the run counts because this prune completed its
+    pending snapshots (on a dry run, ``complete_by`` None: would complete them). A cloud's pending
+    snapshot is not counted yet; a local one is completed (fsynced) here, and one that fails to be
+    (its fsync failed, which fails it for good; the deadline) makes the run count as failed."""
     if manifest.provider != provider.name:
         return (f"whether its snapshots completed is unknown (backup --no-wait): made with the {manifest.provider} "
-                f"provider, not {provider.name}"), True
+                f"provider, not {provider.name}", True), False
     refs = manifest.snapshot_refs()
     describe = getattr(provider, "describe", None)
     if describe is None:  # a provider plugin older than describe()
-        return "whether its snapshots completed is unknown (backup --no-wait): the provider cannot say", True
+        return ("whether its snapshots completed is unknown (backup --no-wait): the provider cannot say", True), False
     try:
         found = {ref.snapshot_id: ref for ref in describe(refs)}
     except SnapctlError as exc:
         return (f"whether its snapshots completed is unknown (backup --no-wait): the provider could not say: "
-                f"{exc.message}"), True
+                f"{exc.message}", True), False
     broken = [f"snapshot {ref.snapshot_id} no longer exists" if ref.snapshot_id not in found else
               f"snapshot {ref.snapshot_id} is in error: {found[ref.snapshot_id].error or 'no reason given'}"
               for ref in refs if ref.snapshot_id not in found or found[ref.snapshot_id].state == "error"]
     if broken or not refs:
         more = f" (and {len(broken) - 1} more)" if len(broken) > 1 else ""
         first = broken[0] if broken else "none recorded"
-        return f"its snapshots did not complete (backup --no-wait): {first}{more}", False
-    waiting = [ref.snapshot_id for ref in refs if found[ref.snapshot_id].state != "completed"]
-    if waiting:
+        return (f"its snapshots did not complete (backup --no-wait): {first}{more}", False), False
+    waiting = [found[ref.snapshot_id] for ref in refs if found[ref.snapshot_id].state != "completed"]
+    if not waiting:
+        return None, False
+    if not can_complete(provider):  # a cloud's: it completes on its own, or ends in error
         more = f" (and {len(waiting) - 1} more)" if len(waiting) > 1 else ""
-        return f"its snapshots are not complete yet (backup --no-wait): snapshot {waiting[0]} is pending{more}", False
-    return None
+        return (f"its snapshots are not complete yet (backup --no-wait): snapshot {waiting[0].snapshot_id} is "
+                f"pending{more}", False), False
+    if complete_by is None:
+        return None, True
+    why = complete_snapshots(provider, waiting, complete_by)
+    if why is not None:
+        return (f"its snapshots could not be completed (backup --no-wait): {why}", False), False
+    return None, True
+
+
+_COMPLETED = "its snapshots completed by this prune (backup --no-wait)"
+_WOULD_COMPLETE = "its snapshots are pending (backup --no-wait): the prune completes them first"
 
 
 def _verdict(decision: Decision) -> RunVerdict:

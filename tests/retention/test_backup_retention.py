@@ -1,5 +1,5 @@
 """Retention as the last step of a backup (`prune_after_backup`): its outcome on the manifest,
-an interruption, and a `--no-wait` run that is not counted yet."""
+an interruption, a `--no-wait` run that is not counted yet, and an earlier one that is completed."""
 
 from __future__ import annotations
 
@@ -90,3 +90,22 @@ def test_retention_after_a_no_wait_backup_does_not_count_it_so_the_backups_it_re
     assert scene.catalog.load("r2").extra["retention"] == {"deleted": ["r0"], "kept": 2}
     kept = plan(scene.catalog, scene.provider, inv.retention, 600.0, pending).kept
     assert kept[0].reasons == ["its snapshots are not complete yet (--no-wait): not counted"]
+    states = {r.state for r in scene.provider.describe(scene.catalog.load("r2").snapshot_refs())}
+    assert states == {"pending"}, "its own retention never makes a --no-wait backup wait for the disk after all"
+
+
+def test_retention_after_a_backup_completes_an_earlier_no_wait_run_and_counts_it(scene: Scene) -> None:
+    # A cron of local `backup --no-wait`: every run stayed pending for good, so retention never
+    # counted one, and kept every completed backup from before the cron began besides.
+    scene.add_run("r0", T0)
+    earlier = scene.add_run("r1", T0 + timedelta(days=1), waited=False)
+    current = scene.add_run("r2", T0 + timedelta(days=2), waited=False)
+    inv = inventory(scene, {"keep_last": 1, "daily": 0, "weekly": 0, "monthly": 0})
+
+    asyncio.run(prune_after_backup(inv, scene.catalog, scene.provider, current, NullReporter(), lambda: None))
+
+    assert scene.run_ids() == {"r1", "r2"}, "r1, completed and counted, replaces r0"
+    assert scene.catalog.load("r2").extra["retention"] == {"deleted": ["r0"], "kept": 2}
+    assert scene.catalog.load("r1").snapshots_completed
+    assert {r.state for r in scene.provider.describe(earlier.snapshot_refs())} == {"completed"}
+    assert {r.state for r in scene.provider.describe(current.snapshot_refs())} == {"pending"}
