@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 class Reporter(Protocol):
     def step(self, name: str, message: str) -> None:
-        """A new phase of the run began (lock, preflight, prepare, snapshot, wait, rollback)."""
+        """A new phase of the run began (lock, complete, preflight, prepare, snapshot, wait, rollback)."""
 
     def node(self, node: str, phase: str, detail: str | None = None) -> None:
         """One node moved on (preparing, held, snapshotting, released, failed)."""

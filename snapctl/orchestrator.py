@@ -23,6 +23,7 @@ from snapctl import __version__
 from snapctl.agent_client import AgentClient, open_agents
 from snapctl.catalog import Catalog, open_catalog
 from snapctl.catalog.lock import LockKeeper
+from snapctl.completion import complete_newest_backup
 from snapctl.config import Inventory
 from snapctl.errors import (
     CLOUD_OUTAGE,
@@ -126,6 +127,8 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
         lock_keeper = LockKeeper(lock, policy.lock_ttl_s / 3)
         try:
             _close_abandoned_runs(catalog, run_id)
+            # Before the preflight, whose connections the prepares reuse: the fsyncs may take a while.
+            await complete_newest_backup(catalog, provider, reporter, policy.wait_timeout_s)
             # 2. Preflight, before anything is held.
             preflight_started = time.monotonic()
             verdict = await preflight(inventory, agents, reporter, volumes)

@@ -154,8 +154,10 @@ class Provider(Protocol):
     fsync puts a copy on disk for sure): complete each of ``refs`` now and return them as they are
     then. One that cannot be completed (in error, gone, its fsync failed, which fails it for good,
     or ``deadline``, time.monotonic(), passed) raises ``ProviderError``. Retention calls it for a
-    `--no-wait` run it would otherwise not count (never on a dry run). A cloud's snapshot
-    completes on its own: without ``complete``, a pending one is simply not counted yet.
+    `--no-wait` run it would otherwise not count (never on a dry run), and a backup, before it holds
+    any node, for the newest backup's snapshots when that run did not wait for them (they are
+    what the local provider links unchanged files from). A cloud's snapshot completes on its
+    own: without ``complete``, a pending one is simply not counted yet.
 
     Optional: a class attribute ``restore_makes_cloud_volumes = True`` when ``restore`` makes cloud
     volumes rather than directories on this machine: a drill then refuses a node without

@@ -410,7 +410,8 @@ class LocalProvider(LocalRestores):
     def _deadline_error(self, where: str) -> ProviderError:
         return ProviderError(
             f"{where} was not on disk by the deadline",
-            hint="raise policy.wait_timeout_s, or use --no-wait (restore makes such a snapshot durable first)",
+            hint="raise policy.wait_timeout_s, or use --no-wait (the next backup, a prune or a restore completes "
+                 "such a snapshot later)",
         )
 
     def _ref(self, meta: dict[str, Any], snap_dir: Path) -> SnapshotRef:

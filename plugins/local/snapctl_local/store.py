@@ -350,8 +350,8 @@ def _flock_within(fd: int, wait_s: float, node: str) -> None:
                 raise StoreBusy(
                     f"node {node}: the snapshot store is busy with another snapctl process for more than "
                     f"{wait_s:g}s (a restore or drill making a pending snapshot durable, or a run that stalled)",
-                    hint="retry once it is done; a --no-wait backup's snapshots become durable at its next "
-                         "run's wait or a restore") from None
+                    hint="retry once it is done; a --no-wait backup's snapshots become durable before the "
+                         "next backup holds its nodes, or at a prune or a restore") from None
             time.sleep(0.05)
 
 
