@@ -62,9 +62,9 @@ class VerifyResult:
         if not self.pending:
             return "the run cannot be restored as recorded"
         waiting = [s for s in self.snapshots if s.state == "pending"]
-        if self.provider == "local":  # their files were checked: only the fsync is left, and restore does it
-            return (f"every snapshot is there and holds its files; {len(waiting)} not yet durable: a restore makes "
-                    "them durable first")
+        if self.provider == "local":  # their files were checked: only the fsync is left, which verify never does
+            return (f"every snapshot is there and holds its files; {len(waiting)} not yet durable: `snapctl prune`, "
+                    "the next backup or a restore makes them durable")
         return f"every snapshot is there, {len(waiting)} still pending: verify again once the provider completes them"
 
 
@@ -129,8 +129,8 @@ def _check(recorded: SnapshotRef, current: SnapshotRef | None, manifest: Manifes
         done = f" ({current.progress:.0f}%)" if current.progress is not None else ""
         check.problems.append(f"snapshot {recorded.snapshot_id} is still {current.state}{done}")
         if current.provider == "local" and not manifest.snapshots_completed:
-            check.problems.append("its run did not wait for the disk (backup --no-wait): nothing completes a local "
-                                  "snapshot after that but a restore of it, which makes it durable first")
+            check.problems.append("its run did not wait for the disk (backup --no-wait): a prune that keeps the run, "
+                                  "the next backup while it is the newest, or a restore of it makes it durable")
     if current.provider == "local" and check.state in ("ok", "pending"):
         # A pending local snapshot is a whole copy not yet synced: its files are there to check.
         state = manifest.nodes[recorded.node].state

@@ -55,6 +55,7 @@ def test_the_cli_exits_7_when_a_snapshot_is_gone(sqlite_cluster):
 
 
 def test_a_no_wait_local_run_stays_pending_until_a_restore_makes_it_durable(sqlite_cluster, tmp_path):
+    # verify only reads: it says what completes such a run (prune, the next backup, a restore), and does not.
     from snapctl.orchestrator import BackupOptions, backup
     from snapctl.restore import restore_run
 
@@ -63,13 +64,27 @@ def test_a_no_wait_local_run_stays_pending_until_a_restore_makes_it_durable(sqli
 
     pending = verify_run(sqlite_cluster.inventory, manifest.run_id)
     assert not pending.ok and {s.state for s in pending.snapshots} == {"pending"}
-    why = ("its run did not wait for the disk (backup --no-wait): nothing completes a local snapshot after that "
-           "but a restore of it, which makes it durable first")
+    why = ("its run did not wait for the disk (backup --no-wait): a prune that keeps the run, the next backup while "
+           "it is the newest, or a restore of it makes it durable")
     for check in pending.snapshots:
         assert check.problems == [f"snapshot {check.snapshot_id} is still pending", why]
+    assert {s.state for s in verify_run(sqlite_cluster.inventory, manifest.run_id).snapshots} == {"pending"}
 
     assert restore_run(sqlite_cluster.inventory, manifest.run_id, tmp_path / "restored").ok
     assert verify_run(sqlite_cluster.inventory, manifest.run_id).ok
+
+
+def test_a_no_wait_local_run_verifies_once_a_prune_has_completed_it(sqlite_cluster):
+    # `verify` said "2 not yet durable" (exit 7) for good: nothing but a restore completed the run.
+    from snapctl.orchestrator import BackupOptions, backup
+    from snapctl.prune import prune
+
+    run_id = asyncio.run(backup(sqlite_cluster.inventory, BackupOptions(no_wait=True))).run_id
+    assert verify_run(sqlite_cluster.inventory, run_id).pending
+
+    assert prune(sqlite_cluster.inventory).completed == [run_id]
+
+    assert verify_run(sqlite_cluster.inventory, run_id).ok
 
 
 def test_a_damaged_snapshot_json_is_reported_as_damaged_not_as_missing(sqlite_cluster, tmp_path):
@@ -103,8 +118,8 @@ def test_verify_of_a_no_wait_run_says_not_yet_durable_not_that_it_cannot_be_rest
     pending = subprocess.run(cli, check=False, capture_output=True, text=True, timeout=60)
     assert pending.returncode == ExitCode.VERIFY_MISMATCH
     last = pending.stdout.strip().splitlines()[-1]
-    assert last == ("verify: every snapshot is there and holds its files; 2 not yet durable: a restore makes them "
-                    "durable first"), pending.stdout
+    assert last == ("verify: every snapshot is there and holds its files; 2 not yet durable: `snapctl prune`, the "
+                    "next backup or a restore makes them durable"), pending.stdout
     document = json.loads(subprocess.run([*cli, "-o", "json"], check=False, capture_output=True, text=True,
                                          timeout=60).stdout)["data"]
     assert document["pending"] is True and document["ok"] is False and document["verdict"] in last
