@@ -25,8 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from node_agent.models import VerifyFacts
 from snapctl.catalog import Catalog, open_catalog
 from snapctl.config import Inventory, Node
-from snapctl.errors import BadInputError, CatalogError, Interrupted, SnapctlError
 from snapctl.engine_paths import no_engine_path, remap_paths
+from snapctl.errors import BadInputError, CatalogError, Interrupted, SnapctlError
 from snapctl.evidence import compare_facts, missing_files, volume_roots
 from snapctl.manifest import Manifest, NodeRecord
 from snapctl.providers import Provider, RestoreTarget, SnapshotRef, open_provider

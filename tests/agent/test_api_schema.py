@@ -15,7 +15,6 @@ from node_agent.engines.sqlite import SqliteEngine
 from node_agent.service import AgentService
 
 
-
 def not_an_internal_error(ctx, response, case) -> None:
     # 502/504 are declared answers (the engine failed or timed out); 500 means the agent itself broke.
     assert response.status_code != 500, f"500 for {case.method} {case.path}: {response.text}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+
 from tests.fakes.engine_http import FakeServer, Request, Response
 
 WAITING_RELEASE = "Waiting for CHECKPOINT RELEASE to be called"

@@ -30,6 +30,7 @@ from tests.restore.clouds import (
 )
 from tests.restore.conftest import scratch_agent
 
+
 def test_a_gcp_restore_without_a_zone_makes_the_disk_in_the_source_disks_zone(tmp_path):
     with gcp_node(tmp_path) as (fake, inventory):
         run_id = _backup(inventory)

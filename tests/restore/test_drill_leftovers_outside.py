@@ -17,8 +17,8 @@ import pytest
 
 from snapctl.restore import restore_run
 from tests.moto_server import DEFAULT_REGION, dummy_aws_credentials, shared_moto_server
-from tests.restore.conftest import SqliteCluster, scratch_agent
 from tests.restore.clouds import _backup, _inventory
+from tests.restore.conftest import SqliteCluster, scratch_agent
 from tests.restore.test_drill_leftovers import (
     drill,
     killed,

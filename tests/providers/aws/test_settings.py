@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from snapctl_aws import InstanceVolumes, VolumeSpec
 
 from snapctl.errors import BadInputError, ProviderError
 from snapctl.providers import create_provider
-from snapctl_aws import InstanceVolumes, VolumeSpec
 
 INSTANCE = "i-0123456789abcdef0"
 VOL_A = "vol-0123456789abcdef0"

@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
-
-from snapctl.errors import BadInputError
 from snapctl_azure import AzureProvider, AzureSettings
 from snapctl_azure.provider import snapshot_name
 from snapctl_azure.settings import RESOURCE_NAME
+
+from snapctl.errors import BadInputError
 
 SUB = "00000000-0000-4000-8000-000000000001"
 DISK = f"/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.Compute/disks/pg-data"
