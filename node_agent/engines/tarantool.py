@@ -44,6 +44,7 @@ ER_ACCESS_DENIED, ER_CREDS_MISMATCH, ER_NO_SUCH_USER = 42, 47, 45
 ER_MISSING_SNAPSHOT, ER_LOADING, ER_CHECKPOINT_IN_PROGRESS, ER_BACKUP_IN_PROGRESS = 93, 116, 120, 129
 LOADING_HINT = ("wait for recovery to finish; check the instance's log (box.cfg.log) for its progress or what it "
                 "waits for")
+DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 3301
 GRANT_HINT = "the user needs: box.schema.user.grant('<user>', 'read,write,execute', 'universe')"
 
 # Shared Lua: the instance's state, and tuples per persistent user space (ids from 512 up).
@@ -133,8 +134,11 @@ SNAPSHOT_LUA = "box.snapshot() return box.info.signature, box.info.vclock"
 
 class TarantoolSettings(EngineSettings):
     type: Literal["tarantool"] = "tarantool"
-    host: str = "127.0.0.1"
-    port: int = Field(default=3301, ge=1, le=65535)
+    host: str = DEFAULT_HOST
+    port: int = Field(default=DEFAULT_PORT, ge=1, le=65535)
+    # box.cfg.listen as a unix socket: reachable only by who may enter its directory (a drill's
+    # scratch instance); relative to the inventory/config
+    socket: str | None = None
     user: str = "snapctl"
     password_env: str | None = None  # name of the variable holding the password
     password_file: str | None = None  # first line is the password; relative to the inventory/config
@@ -150,6 +154,9 @@ class TarantoolSettings(EngineSettings):
             raise ValueError("tarantool needs work_dir or data_paths: the directories the disk snapshot must cover")
         if self.password_env and self.password_file:
             raise ValueError("give password_env or password_file, not both")
+        if self.socket is not None and (self.host != DEFAULT_HOST or self.port != DEFAULT_PORT):
+            raise ValueError(f"give socket or host/port, not both: socket {self.socket!r} with "
+                             f"{self.host}:{self.port}")
         return self
 
 
@@ -162,7 +169,10 @@ class TarantoolEngine:
     def __init__(self, settings: TarantoolSettings, *, base_dir: Path) -> None:
         self.settings = settings
         self.base_dir = Path(base_dir)
-        self.address = f"{settings.host}:{settings.port}"
+        # Not resolved: a /proc/self/fd/N/... path (a socket whose full path is too long for
+        # AF_UNIX) must stay as it is, or it becomes that long path again.
+        self._socket = self._absolute(settings.socket) if settings.socket else None
+        self.address = f"unix/:{self._socket}" if self._socket else f"{settings.host}:{settings.port}"
         self._held_run: str | None = None
         self._state: EngineState | None = None
         self._uncertain_run: str | None = None  # a prepare whose answer never came may have pinned
@@ -351,8 +361,11 @@ class TarantoolEngine:
     # ---- plumbing -----------------------------------------------------------------------
 
     def _resolve(self, path: str) -> Path:
+        return self._absolute(path).resolve()
+
+    def _absolute(self, path: str) -> Path:
         p = Path(os.path.expanduser(path))
-        return (p if p.is_absolute() else self.base_dir / p).resolve()
+        return p if p.is_absolute() else self.base_dir / p
 
     def _outside_data_paths(self, files: list[str]) -> list[str]:
         roots = self.data_paths()
@@ -382,8 +395,10 @@ class TarantoolEngine:
         import tarantool  # optional dependency (snapctl[tarantool]); only agents running this engine need it
 
         try:
+            # The client takes a unix socket as host None and the path as port.
+            host, port = (None, str(self._socket)) if self._socket else (self.settings.host, self.settings.port)
             conn = tarantool.Connection(
-                self.settings.host, self.settings.port, user=self.settings.user, password=self._password(),
+                host, port, user=self.settings.user, password=self._password(),
                 socket_timeout=self.settings.timeout_s, connection_timeout=self.settings.timeout_s,
                 reconnect_max_attempts=0, fetch_schema=False, connect_now=True,
             )
