@@ -79,7 +79,12 @@ class EtcdEngine:
     def __init__(self, settings: EtcdSettings, *, base_dir: Path) -> None:
         self.settings = settings
         self.base_dir = Path(base_dir)
-        self.endpoint = settings.endpoint.rstrip("/")
+        # What errors and status name the member by; requests go to _url (through the socket, if any:
+        # its URL's host is then only the Host header). Not resolved: a /proc/self/fd/N/... path (a
+        # socket whose full path is too long for AF_UNIX) must stay as it is.
+        self._socket = self._absolute(settings.socket) if settings.socket else None
+        self.endpoint = f"unix:{self._socket}" if self._socket else settings.endpoint.rstrip("/")
+        self._url = "http://localhost" if self._socket else self.endpoint
         self.backup_dir = self._resolve(settings.backup_dir)
         self._client: httpx.Client | None = None
         self._token: str | None = None
@@ -329,7 +334,9 @@ class EtcdEngine:
         role = "learner" if status.get("isLearner") or mine.get("isLearner") else (
             "leader" if leader and leader == me else "follower" if leader else "unknown")
         others = [m for m in members if _int(m.get("ID")) != me]
-        progress = self._probe(others, _int(status.get("raftIndex"))) if self.settings.probe_peers else []
+        # Through a socket every request reaches this member: a peer's answer would be its own.
+        probe = self.settings.probe_peers and self._socket is None
+        progress = self._probe(others, _int(status.get("raftIndex"))) if probe else []
         return RaftGroup(
             group=_hex(header.get("cluster_id")), member=_hex(me), role=role,
             term=_int(status.get("raftTerm")) or None, leader=_hex(leader) if leader else None,
@@ -373,7 +380,8 @@ class EtcdEngine:
             cert = None
             if s.cert_file and s.key_file:
                 cert = (str(self._resolve(s.cert_file)), str(self._resolve(s.key_file)))
-            self._client = httpx.Client(timeout=httpx.Timeout(s.timeout_s), cert=cert,
+            transport = httpx.HTTPTransport(uds=str(self._socket)) if self._socket else None
+            self._client = httpx.Client(timeout=httpx.Timeout(s.timeout_s), cert=cert, transport=transport,
                                         verify=str(self._resolve(s.ca_file)) if s.ca_file else True)
         return self._client
 
@@ -399,7 +407,7 @@ class EtcdEngine:
         what = what or path
         timeout = httpx.Timeout(timeout_s or self.settings.timeout_s)
         try:
-            response = self._http().post(base + path, json=body, headers=headers, timeout=timeout)
+            response = self._http().post((url or self._url) + path, json=body, headers=headers, timeout=timeout)
         except httpx.TimeoutException as exc:
             raise EngineError(f"etcd at {base}: no answer to {what} within {timeout.read:g}s",
                               hint="is the member overloaded or stuck? raise timeout_s if it is just slow") from exc
@@ -445,13 +453,16 @@ class EtcdEngine:
         return base64.b64decode(message.get("result", {}).get("blob", ""))
 
     def _stream(self, path: str) -> Any:
-        return self._http().stream("POST", self.endpoint + path, json={}, headers=self._headers())
+        return self._http().stream("POST", self._url + path, json={}, headers=self._headers())
 
     # ---- small helpers ------------------------------------------------------------------
 
     def _resolve(self, path: str) -> Path:
+        return self._absolute(path).resolve()
+
+    def _absolute(self, path: str) -> Path:
         p = Path(os.path.expanduser(path))
-        return (p if p.is_absolute() else self.base_dir / p).resolve()
+        return p if p.is_absolute() else self.base_dir / p
 
     def _password(self) -> str:
         s = self.settings

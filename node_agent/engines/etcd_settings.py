@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from node_agent.engines.base import EngineSettings
 from snapctl.yaml_errors import in_words
 
+DEFAULT_ENDPOINT = "http://127.0.0.1:2379"
+
 
 class EtcdRestoreSettings(BaseModel):
     """How this member rejoins a cluster restored from the saved snapshot (``etcdctl snapshot restore``)."""
@@ -26,9 +28,13 @@ class EtcdSettings(EngineSettings):
     type: Literal["etcd"] = "etcd"
     # No user:password@: httpx would send it as basic auth (etcd ignores that) and log it with every
     # request at debug, and status shows the endpoint. etcd's own auth is user: and password_file:.
-    endpoint: str = Field(default="http://127.0.0.1:2379", pattern=in_words(
+    endpoint: str = Field(default=DEFAULT_ENDPOINT, pattern=in_words(
         r"^https?://[^/\s@]+/?$", "an etcd client URL, http(s)://host:port, with no user:password@ (etcd's auth "
         "takes user: with password_file: or password_env:)", repeated=False))
+    # The member's client URL is a unix socket (--listen-client-urls unix://NAME:PORT makes the file NAME:PORT
+    # in etcd's working directory): reachable only by who may enter that directory. Its path, relative to
+    # the inventory/config; plain HTTP, and other members are not probed through it.
+    socket: str | None = None
     backup_dir: str  # where prepare saves <run_id>.db: must lie on a snapshotted volume
     data_dir: str | None = None  # the member's --data-dir, when it should be snapshotted too
     user: str | None = None  # etcd auth; the password comes from password_env or password_file
@@ -50,4 +56,10 @@ class EtcdSettings(EngineSettings):
             raise ValueError("give password_env or password_file, not both")
         if (self.password_env or self.password_file) and not self.user:
             raise ValueError("a password needs a user")
+        if self.socket is not None:
+            if self.endpoint != DEFAULT_ENDPOINT:
+                raise ValueError(f"give socket or endpoint, not both: socket {self.socket!r} with {self.endpoint}")
+            tls = [key for key in ("ca_file", "cert_file", "key_file") if getattr(self, key)]
+            if tls:
+                raise ValueError(f"a socket is plain HTTP: {', '.join(tls)} would not be used")
         return self
