@@ -3,7 +3,10 @@
 SQLite reads the restored file directly. Tarantool gets a scratch instance on the restored
 directories (read-only, no replication). etcd gets a scratch single-member cluster that the
 adapter's own restore-prepare rebuilds from the run's saved snapshot (``etcdctl snapshot restore``).
-Scratch servers listen on 127.0.0.1 on free ports and are killed on exit, whatever happened.
+Scratch servers listen on unix sockets in the drill's private (0700) work directory, never on a TCP
+port: restored production data that the source served without auth (Tarantool's guest with rights,
+etcd with auth off) would otherwise be open to every local user while the drill runs. They are
+killed on exit, whatever happened.
 
 Engines whose servers cannot run here (QuestDB, DingoDB, AresDB) are drilled through a scratch
 agent instead (``nodes[].restore.agent``).
@@ -12,38 +15,47 @@ agent instead (``nodes[].restore.agent``).
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
-import socket
+import stat
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 from node_agent.engines.base import Engine, create_engine
 from snapctl.drill_leftovers import PID_SUFFIX, RECORD_THEN_EXEC
 from snapctl.errors import BadInputError, EngineError
+from snapctl.fsmodes import make_dirs
 
 if TYPE_CHECKING:
     from snapctl.config import Inventory, Node
     from snapctl.manifest import NodeRecord
 
-LOOPBACK = "127.0.0.1"
 # Engines the drill can run on this machine from restored files, and those of them that need no server.
 SCRATCH_ENGINES = ("sqlite", "tarantool", "etcd")
 FILE_ENGINES = ("sqlite",)
 
 # Read-only and without replication: the scratch instance recovers the restored files and never
-# writes to them, nor reaches out to the live replica set.
-TARANTOOL_LUA = """
-local port, work_dir, memtx_dir, wal_dir, vinyl_dir = arg[1], arg[2], arg[3], arg[4], arg[5]
-box.cfg{listen = '127.0.0.1:' .. port, work_dir = work_dir, memtx_dir = memtx_dir, wal_dir = wal_dir,
-        vinyl_dir = vinyl_dir, read_only = true, checkpoint_interval = 0}
+# writes to them, nor reaches out to the live replica set. It listens on a socket in its working
+# directory (the drill's work directory), named relatively: a deep scratch_dir makes absolute paths
+# longer than AF_UNIX takes.
+TARANTOOL_SOCKET = "tarantool.sock"
+TARANTOOL_LUA = f"""
+local work_dir, memtx_dir, wal_dir, vinyl_dir = arg[1], arg[2], arg[3], arg[4]
+box.cfg{{listen = 'unix/:./{TARANTOOL_SOCKET}', work_dir = work_dir, memtx_dir = memtx_dir, wal_dir = wal_dir,
+        vinyl_dir = vinyl_dir, read_only = true, checkpoint_interval = 0}}
 """
+# etcd 3.4 takes unix://NAME:PORT only (a path is refused) and makes the socket file NAME:PORT in its
+# working directory. The peer URL too: the member is alone, and no other may reach it.
+ETCD_CLIENT_SOCKET, ETCD_PEER_SOCKET = "etcd-client:2379", "etcd-peer:2380"
+# sun_path holds 108 bytes, its NUL included.
+UNIX_PATH_MAX = 107
 
 
 def can_run_here(engine_type: str | None) -> bool:
@@ -89,7 +101,7 @@ def scratch_engine(settings: dict[str, Any], *, base_dir: Path, workdir: Path, s
     if kind not in starters:
         raise BadInputError(f"a {kind} engine cannot be started on this machine for a drill",
                             hint="give the node a scratch agent (restore.agent) where its engine runs")
-    workdir.mkdir(parents=True, exist_ok=True)
+    _private_dir(workdir)
     with starters[kind](dict(settings), base_dir, workdir, start_timeout_s, cancelled) as engine:
         try:
             yield engine
@@ -114,16 +126,19 @@ def _tarantool(settings: dict[str, Any], base_dir: Path, workdir: Path, start_ti
     if memtx_dir is None:
         raise EngineError(f"no tarantool .snap file in the restored {', '.join(map(str, roots))}",
                           hint="the restored volumes must cover memtx_dir")
-    port = free_port()
-    settings.update(host=LOOPBACK, port=port)
-    engine = create_engine(settings, base_dir=base_dir)
-    engine.restore_prepare(memtx_dir)  # drops *.inprogress leftovers before recovery could trip on them
-    wal_dir = _newest_parent(roots, "*.xlog") or memtx_dir
-    vinyl_dir = _newest_parent(roots, "*.vylog") or memtx_dir
-    script = workdir / "tarantool-drill.lua"
-    script.write_text(TARANTOOL_LUA)
-    argv = [binary, str(script), str(port), str(workdir), str(memtx_dir), str(wal_dir), str(vinyl_dir)]
-    with ScratchProcess(argv, workdir, "tarantool") as process:
+    with ExitStack() as stack:
+        settings.pop("host", None)
+        settings.pop("port", None)
+        settings["socket"] = _socket_path(workdir, TARANTOOL_SOCKET, stack)
+        engine = create_engine(settings, base_dir=base_dir)
+        engine.restore_prepare(memtx_dir)  # drops *.inprogress leftovers before recovery could trip on them
+        wal_dir = _newest_parent(roots, "*.xlog") or memtx_dir
+        vinyl_dir = _newest_parent(roots, "*.vylog") or memtx_dir
+        script = workdir / "tarantool-drill.lua"
+        script.write_text(TARANTOOL_LUA)
+        argv = [binary, str(script), str(workdir), str(memtx_dir), str(wal_dir), str(vinyl_dir)]
+        process = stack.enter_context(ScratchProcess(argv, workdir, "tarantool"))
+
         def running() -> bool:
             status = engine.status()
             return status.reachable and status.details.get("status") == "running"
@@ -137,23 +152,26 @@ def _etcd(settings: dict[str, Any], base_dir: Path, workdir: Path, start_timeout
           cancelled: threading.Event | None) -> Iterator[Engine]:
     binary = _binary("etcd", "etcd-server")
     _binary("etcdctl", "etcd-client")
-    client, peer = free_port(), free_port()
-    client_url, peer_url = f"http://{LOOPBACK}:{client}", f"http://{LOOPBACK}:{peer}"
-    name, token = "snapctl-drill", f"snapctl-drill-{os.getpid()}-{client}"
+    client_url, peer_url = f"unix://{ETCD_CLIENT_SOCKET}", f"unix://{ETCD_PEER_SOCKET}"
+    name, token = "snapctl-drill", f"snapctl-drill-{os.getpid()}-{secrets.token_hex(4)}"
     data_dir = workdir / "etcd-data"
-    # TLS and peers belong to the live cluster: the scratch member is plain HTTP on loopback, alone.
-    for key in ("ca_file", "cert_file", "key_file"):
+    # TLS, the client URL and peers belong to the live cluster: the scratch member is plain HTTP on
+    # sockets in the private work directory, alone.
+    for key in ("ca_file", "cert_file", "key_file", "endpoint"):
         settings.pop(key, None)
-    settings.update(endpoint=client_url, data_dir=str(data_dir), probe_peers=False,
-                    restore={"name": name, "initial_cluster": f"{name}={peer_url}",
-                             "initial_advertise_peer_urls": peer_url, "initial_cluster_token": token})
-    engine = create_engine(settings, base_dir=base_dir)
-    engine.restore_prepare(data_dir)  # etcdctl snapshot restore of the newest saved snapshot
-    argv = [binary, "--name", name, "--data-dir", str(data_dir),
-            "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
-            "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
-            "--initial-cluster", f"{name}={peer_url}", "--initial-cluster-token", token]
-    with ScratchProcess(argv, workdir, "etcd") as process:
+    with ExitStack() as stack:
+        settings.update(socket=_socket_path(workdir, ETCD_CLIENT_SOCKET, stack), data_dir=str(data_dir),
+                        probe_peers=False,
+                        restore={"name": name, "initial_cluster": f"{name}={peer_url}",
+                                 "initial_advertise_peer_urls": peer_url, "initial_cluster_token": token})
+        engine = create_engine(settings, base_dir=base_dir)
+        engine.restore_prepare(data_dir)  # etcdctl snapshot restore of the newest saved snapshot
+        argv = [binary, "--name", name, "--data-dir", str(data_dir),
+                "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
+                "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
+                "--initial-cluster", f"{name}={peer_url}", "--initial-cluster-token", token]
+        process = stack.enter_context(ScratchProcess(argv, workdir, "etcd"))
+
         def serving() -> bool:
             status = engine.status()
             return status.reachable and bool(status.raft) and status.raft[0].role == "leader"
@@ -223,10 +241,31 @@ class ScratchProcess:
         return lines[-1].strip()[-300:] if lines else "no output"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
+def _private_dir(workdir: Path) -> None:
+    """``workdir``, 0700 and this user's: the scratch engines' sockets in it are then reachable by
+    this user alone (and root)."""
+    make_dirs(workdir, 0o700)
+    found = workdir.lstat()
+    if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.geteuid() or found.st_mode & 0o077:
+        raise EngineError(f"the drill's engine directory {workdir} is not private (mode {stat.filemode(found.st_mode)}, "
+                          f"owner uid {found.st_uid}): other local users could reach the scratch engine's socket",
+                          hint="remove it; the drill makes it 0700 itself")
+
+
+def _socket_path(directory: Path, name: str, stack: ExitStack) -> str:
+    """A path this process can connect to ``directory/name`` by. Past AF_UNIX's 107 bytes (a deep
+    drill.scratch_dir or TMPDIR), the directory is reached through a descriptor of it held open
+    until ``stack`` closes: /proc/self/fd/N is that directory."""
+    path = str(directory.absolute() / name)
+    if len(os.fsencode(path)) <= UNIX_PATH_MAX:
+        return path
+    o_path = getattr(os, "O_PATH", None)
+    if o_path is not None and Path("/proc/self/fd").is_dir():
+        fd = os.open(directory, o_path | os.O_DIRECTORY)
+        stack.callback(os.close, fd)
+        return f"/proc/self/fd/{fd}/{name}"
+    raise EngineError(f"the scratch engine's socket path {path} is longer than the {UNIX_PATH_MAX} bytes a unix "
+                      "socket takes", hint="set drill.scratch_dir (or TMPDIR) to a shorter directory")
 
 
 def _binary(name: str, package: str) -> str:

@@ -1,0 +1,147 @@
+"""A drill's scratch engines serve restored production data: while they run, only the user running
+the drill may reach them. Real Tarantool and etcd, started by the drill's own ``scratch_engine`` on
+restored files; what listens is read from /proc, and another user (``nobody``) tries to connect."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from node_agent.engines.base import create_engine
+from snapctl.drill_engines import scratch_engine
+from snapctl.errors import EngineError
+from tests.realdb.etcd import EtcdCluster
+from tests.realdb.tarantool import TarantoolReplicaSet
+
+pytestmark = pytest.mark.slow
+
+NOBODY = 65534
+# A child run as another user: connecting to the socket ``name`` in ``directory`` must be refused.
+_CONNECT_AS_ANOTHER_USER = """
+import os, socket, sys
+directory, name = sys.argv[1:3]
+try:
+    os.chdir(directory)
+    socket.socket(socket.AF_UNIX).connect(name)
+except PermissionError:
+    print("refused")
+else:
+    print("connected")
+"""
+
+
+@pytest.fixture(params=["short", "long"])
+def scratch(request, tmp_path) -> Iterator[Path]:
+    """A drill's scratch directory whose sockets' paths fit AF_UNIX (as in $TMPDIR), or do not
+    (a deep drill.scratch_dir): both must leave the engine reachable by the drill alone."""
+    if request.param == "long":
+        yield tmp_path / ("deep-" * 16) / "scratch"
+        return
+    short = Path(tempfile.mkdtemp(prefix="sd-"))
+    try:
+        yield short
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
+
+
+def tcp_sockets(pid: int) -> list[str]:
+    """The TCP sockets (any state, IPv4 or IPv6) the process holds, as /proc/net/tcp lines."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            match = re.fullmatch(r"socket:\[(\d+)\]", os.readlink(fd))
+        except OSError:
+            continue
+        if match:
+            inodes.add(match.group(1))
+    found = []
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            if line.split()[9] in inodes:
+                found.append(line.strip())
+    return found
+
+
+def too_long(path: Path) -> bool:
+    """A socket path AF_UNIX does not take (108 bytes with its NUL): reached through /proc/self/fd."""
+    return len(os.fsencode(str(path))) > 107
+
+
+def assert_only_this_user_reaches(workdir: Path, name: str, socket_file: str) -> None:
+    pid = json.loads((workdir / f"{name}.pid.json").read_text())["pid"]
+    assert tcp_sockets(pid) == [], f"the scratch {name} holds a TCP socket"
+    assert (workdir / socket_file).is_socket()
+    assert workdir.stat().st_mode & 0o777 == 0o700
+    # Only root can run a child as another user, and that user needs a python it may run (not one
+    # under root's home, as pyenv's and this venv's are).
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    if os.geteuid() != 0 or python is None:
+        return
+    tried = subprocess.run([python, "-c", _CONNECT_AS_ANOTHER_USER, str(workdir), socket_file],
+                           user=NOBODY, group=NOBODY, capture_output=True, text=True, timeout=30, check=False)
+    assert tried.stdout.strip() == "refused", tried.stdout + tried.stderr
+
+
+def test_a_scratch_tarantool_listens_on_no_tcp_port_and_refuses_other_users(tmp_path, scratch):
+    with TarantoolReplicaSet(tmp_path / "tt", size=1) as rs:
+        rs.write(20)
+        rs.eval("box.snapshot()")
+        settings = rs.engine_settings(0)
+    workdir = scratch / ".engines" / "t1"
+
+    with scratch_engine(settings, base_dir=tmp_path, workdir=workdir, start_timeout_s=60) as engine:
+        assert engine.verify().tables["items"].rows == 20
+        assert ("/proc/self/fd/" in engine.address) == too_long(workdir / "tarantool.sock")
+        assert_only_this_user_reaches(workdir, "tarantool", "tarantool.sock")
+
+
+def test_a_scratch_etcd_listens_on_no_tcp_port_and_refuses_other_users(tmp_path, scratch):
+    with EtcdCluster(tmp_path / "etcd", size=1) as etcd:
+        etcd.write(20)
+        settings = etcd.engine_settings(0)
+        source = create_engine(settings, base_dir=tmp_path)
+        try:
+            source.prepare("run-1")  # the saved snapshot the drill restores from
+            source.complete("run-1")
+        finally:
+            source.close()
+    workdir = scratch / ".engines" / "e1"
+
+    with scratch_engine(settings, base_dir=tmp_path, workdir=workdir, start_timeout_s=60) as engine:
+        assert engine.verify().tables["keys"].rows == 20
+        assert ("/proc/self/fd/" in engine.endpoint) == too_long(workdir / "etcd-client:2379")
+        assert_only_this_user_reaches(workdir, "etcd", "etcd-client:2379")
+        assert (workdir / "etcd-peer:2380").is_socket(), "the peer URL is a private socket too"
+
+
+def test_an_engine_directory_others_may_enter_is_refused(tmp_path):
+    workdir = tmp_path / "scratch" / ".engines" / "t1"
+    workdir.mkdir(parents=True)
+    workdir.chmod(0o755)
+
+    with pytest.raises(EngineError, match=r"engine directory .* is not private \(mode drwxr-xr-x"):
+        with scratch_engine({"type": "tarantool", "work_dir": str(tmp_path)}, base_dir=tmp_path, workdir=workdir,
+                            start_timeout_s=1):
+            pass
+
+
+def test_the_engine_directory_is_made_private_under_umask_0(tmp_path):
+    (tmp_path / "app.db").touch()
+    previous = os.umask(0)  # no help from the umask: the mode is the drill's own
+    try:
+        with scratch_engine({"type": "sqlite", "path": str(tmp_path / "app.db")}, base_dir=tmp_path,
+                            workdir=tmp_path / "scratch" / ".engines" / "n1", start_timeout_s=1):
+            pass
+    finally:
+        os.umask(previous)
+
+    assert (tmp_path / "scratch" / ".engines" / "n1").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "scratch" / ".engines").stat().st_mode & 0o777 == 0o700
