@@ -14,7 +14,7 @@ from tests.realdb.procs import ServerProcess, require_binary, wait_until
 PASSWORD = "tt-socket-secret"
 SOCKET_LUA = """
 local listen, password = arg[1], arg[2]
-box.cfg{listen = listen, work_dir = '.', checkpoint_interval = 0}
+box.cfg{listen = listen, work_dir = '.', checkpoint_interval = 0, feedback_enabled = false}
 box.once('socket-test', function()
     box.schema.user.create('snapctl', {password = password})
     box.schema.user.grant('snapctl', 'read,write,execute', 'universe')

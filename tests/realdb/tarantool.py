@@ -45,6 +45,7 @@ box.cfg{
     memtx_memory = 32 * 1024 * 1024,
     vinyl_memory = 16 * 1024 * 1024,
     checkpoint_interval = 0,
+    feedback_enabled = false,  -- no report to tarantool.io: tests reach loopback only
 }
 if master then
     box.once('snapctl-test-bootstrap', function()

@@ -101,6 +101,8 @@ def test_a_scratch_tarantool_listens_on_no_tcp_port_and_refuses_other_users(tmp_
         assert engine.verify().tables["items"].rows == 20
         assert ("/proc/self/fd/" in engine.address) == too_long(workdir / "tarantool.sock")
         assert_only_this_user_reaches(workdir, "tarantool", "tarantool.sock")
+        with engine._session() as conn:  # nor does it report to tarantool.io, as a default instance would hourly
+            assert conn.eval("return box.cfg.feedback_enabled").data == [False]
 
 
 def test_a_scratch_etcd_listens_on_no_tcp_port_and_refuses_other_users(tmp_path, scratch):
