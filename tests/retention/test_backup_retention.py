@@ -109,3 +109,43 @@ def test_retention_after_a_backup_completes_an_earlier_no_wait_run_and_counts_it
     assert scene.catalog.load("r1").snapshots_completed
     assert {r.state for r in scene.provider.describe(earlier.snapshot_refs())} == {"completed"}
     assert {r.state for r in scene.provider.describe(current.snapshot_refs())} == {"pending"}
+
+
+def test_review_retention_stopped_by_ctrl_c_completes_no_further_no_wait_run(scene: Scene) -> None:
+    # REVIEW (fails now): Ctrl-C/SIGTERM sets the stop flag, but the plan's completions never look
+    # at it: the backup goes on fsyncing every earlier --no-wait run it keeps (each up to
+    # policy.wait_timeout_s) before it unwinds and releases its lock.
+    scene.add_run("r0", T0)
+    scene.add_run("r1", T0 + timedelta(days=1), waited=False)
+    scene.add_run("r2", T0 + timedelta(days=2), waited=False)
+    newest = scene.add_run("r3", T0 + timedelta(days=3))
+    completing, go_on = threading.Event(), threading.Event()
+    real_complete = scene.provider.complete
+    completed: list[str] = []
+
+    def slow_complete(refs, deadline):
+        completing.set()
+        go_on.wait(10)
+        done = real_complete(refs, deadline)
+        completed.append(refs[0].snapshot_id.split("-")[0])
+        return done
+
+    scene.provider.complete = slow_complete
+    inv = inventory(scene, {"keep_last": 3, "daily": 0, "weekly": 0, "monthly": 0})
+
+    async def backup_stopped_while_completing() -> None:
+        task = asyncio.create_task(prune_after_backup(inv, scene.catalog, scene.provider, newest, NullReporter(),
+                                                      lambda: None))
+        await asyncio.to_thread(completing.wait, 10)
+        task.cancel()  # what SIGTERM and Ctrl-C do to a backup
+        await asyncio.sleep(0.2)  # the task sees its cancellation and sets the stop flag first
+        go_on.set()
+        with pytest.raises(Interrupted):
+            await task
+
+    try:
+        asyncio.run(backup_stopped_while_completing())
+    finally:
+        scene.provider.complete = real_complete
+
+    assert completed == ["r2"], "no completion begins after the interruption"
