@@ -12,7 +12,10 @@ provider, and its run is treated like a failed one; nothing is deleted for it he
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from snapctl.errors import SnapctlError, os_reason
@@ -30,15 +33,50 @@ def can_complete(provider: Provider) -> bool:
     return callable(getattr(provider, "complete", None))
 
 
-def complete_snapshots(provider: Provider, refs: list[SnapshotRef], deadline: float) -> str | None:
-    """Complete ``refs`` now; None once all are, else why not (the provider's words)."""
-    try:
-        provider.complete(refs, deadline)  # type: ignore[attr-defined]
-    except SnapctlError as exc:
-        return exc.message
-    except OSError as exc:  # the store's node lock or directory: nothing was marked
-        return os_reason(exc)
+@dataclass(frozen=True)
+class CompletionBudget:
+    """What a prune may spend completing pending snapshots: until ``deadline`` (time.monotonic()),
+    with ``checked`` called before each snapshot (it raises to stop: Ctrl-C, a lost lock)."""
+
+    deadline: float
+    checked: Callable[[], None] = lambda: None
+
+
+@dataclass(frozen=True)
+class NotCompleted:
+    """Why a run's pending snapshots were not all completed, and whether that is for good (one is
+    in error now: its fsync failed, or it was made before the host restarted) or only not yet (the
+    deadline, a busy store, the store's lock file): a run that is not yet must be neither counted
+    nor deleted, as its snapshots may be whole."""
+
+    why: str
+    failed: bool
+
+
+def complete_snapshots(provider: Provider, refs: list[SnapshotRef], deadline: float,
+                       before_each: Callable[[], None] | None = None) -> NotCompleted | None:
+    """Complete ``refs`` now, one at a time; None once all are. ``before_each`` is called before
+    each and may raise to stop: at most the snapshot under way is finished after that."""
+    for ref in refs:
+        if before_each is not None:
+            before_each()
+        try:
+            provider.complete([ref], deadline)  # type: ignore[attr-defined]
+        except SnapctlError as exc:
+            return NotCompleted(exc.message, failed=_in_error_now(provider, ref))
+        except OSError as exc:  # the store's node lock or directory: nothing was marked
+            return NotCompleted(os_reason(exc), failed=False)
     return None
+
+
+def _in_error_now(provider: Provider, ref: SnapshotRef) -> bool:
+    """After a failed completion: whether the provider now says the snapshot is in error. Not
+    found, or no answer, is no proof: the run is then left for the next prune to ask again."""
+    try:
+        found = provider.describe([ref])
+    except SnapctlError:
+        return False
+    return any(r.snapshot_id == ref.snapshot_id and r.state == "error" for r in found)
 
 
 def mark_snapshots_completed(manifest: Manifest) -> bool:
@@ -67,16 +105,38 @@ async def complete_newest_backup(catalog: Catalog, provider: Provider, reporter:
     refs = newest.snapshot_refs()
     reporter.step("complete", f"completing the {len(refs)} pending snapshots of run {newest.run_id} "
                               "(backup --no-wait) before any node is held")
-    why = await asyncio.to_thread(complete_snapshots, provider, refs, time.monotonic() + timeout_s)
-    if why is not None:
-        reporter.step("complete", f"could not complete the snapshots of run {newest.run_id}: {why}; this backup "
-                                  "copies what they hold again, and retention treats that run like a failed one")
+    stop = threading.Event()
+
+    def before_each() -> None:
+        if stop.is_set():
+            raise _Stopped()
+
+    def work() -> NotCompleted | None:
+        try:
+            return complete_snapshots(provider, refs, time.monotonic() + timeout_s, before_each)
+        except _Stopped:
+            return NotCompleted("interrupted", failed=False)
+
+    worker = asyncio.get_running_loop().run_in_executor(None, work)
+    try:
+        missed = await asyncio.shield(worker)
+    except asyncio.CancelledError:
+        stop.set()  # Ctrl-C or SIGTERM: the snapshot under way is finished, no other begins
+        raise
+    if missed is not None:
+        reporter.step("complete", f"could not complete the snapshots of run {newest.run_id}: {missed.why}; this "
+                                  "backup copies what they hold again"
+                                  + (", and retention treats that run like a failed one" if missed.failed else ""))
         return
     try:
         catalog.update(newest.run_id, mark_snapshots_completed)
     except SnapctlError as exc:  # a later prune asks the provider, finds them complete and records it
         reporter.step("complete", f"could not record that the snapshots of run {newest.run_id} completed: "
                                   f"{exc.message}")
+
+
+class _Stopped(Exception):
+    """The backup was interrupted while it completed the newest backup's snapshots."""
 
 
 def _newest_unconfirmed(catalog: Catalog, provider: Provider) -> Manifest | None:

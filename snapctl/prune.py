@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from snapctl.catalog import Catalog, open_catalog
 from snapctl.catalog.lock import ThreadLockKeeper
-from snapctl.completion import can_complete, complete_snapshots, mark_snapshots_completed
+from snapctl.completion import CompletionBudget, can_complete, complete_snapshots, mark_snapshots_completed
 from snapctl.errors import Interrupted, SnapctlError
 from snapctl.gc import GcResult, find_orphans, gc  # noqa: F401  # importable from here, as before the split
 from snapctl.gc import delete_snapshot as _delete_snapshot
@@ -110,21 +110,24 @@ def prune(inventory: Inventory, *, dry_run: bool = False) -> PruneResult:
         return plan(catalog, provider, inventory.retention, drill_timeout_s)
     with ThreadLockKeeper(catalog, inventory.policy.lock_ttl_s, "prune") as locked:
         planned = plan(catalog, provider, inventory.retention, drill_timeout_s,
-                       complete_within=inventory.policy.wait_timeout_s)
+                       complete_within=inventory.policy.wait_timeout_s, checked=locked.check)
         return apply(planned, catalog, provider, locked.check, drill_timeout_s)
 
 
 def plan(catalog: Catalog, provider: Provider, retention: Retention, drill_timeout_s: float,
-         pending: Manifest | None = None, *, complete_within: float | None = None) -> PruneResult:
+         pending: Manifest | None = None, *, complete_within: float | None = None,
+         checked: Callable[[], None] | None = None) -> PruneResult:
     """What a prune would do now. The result of a dry run. ``pending``: a run whose snapshots are
     not complete yet (`backup --no-wait`): kept, and not counted, so that the runs it would
     replace stay until it is known to be a backup. ``complete_within``: seconds in which to
     complete, under the cluster lock, the pending snapshots of `--no-wait` runs the policy would
     keep, where the provider completes them only when asked (local), so that they count; None
-    (a dry run): reads only, and counts such a run as the prune would once it completed them."""
-    complete_by = None if complete_within is None else time.monotonic() + complete_within
+    (a dry run): reads only, and counts such a run as the prune would once it completed them.
+    ``checked`` is called before each snapshot completed and raises to stop (Ctrl-C, a lost lock)."""
+    budget = None if complete_within is None else CompletionBudget(time.monotonic() + complete_within,
+                                                                   checked or (lambda: None))
     decided, problems, confirmed, completed = _decide_over_readable_runs(
-        catalog, provider, retention, complete_by, pending.run_id if pending else None)
+        catalog, provider, retention, budget, pending.run_id if pending else None)
     tagged = _by_run(provider.find({TAG_CLUSTER: catalog.cluster})) if decided.delete else {}
     owners = _Owners(catalog)
     result = PruneResult(catalog.cluster, complete_within is None, retention, [], [], problems=problems,
@@ -240,7 +243,7 @@ async def prune_after_backup(
         try:
             planned = plan(catalog, provider, inventory.retention, inventory.drill.timeout_s,
                            None if manifest.snapshots_completed else manifest,
-                           complete_within=inventory.policy.wait_timeout_s)
+                           complete_within=inventory.policy.wait_timeout_s, checked=checked)
             checked()
             done = apply(planned, catalog, provider, checked, inventory.drill.timeout_s)
         except SnapctlError as exc:
@@ -317,7 +320,8 @@ def _spared_while_in_use(catalog: Catalog, verdict: RunVerdict, result: PruneRes
     return False
 
 
-def _decide_over_readable_runs(catalog: Catalog, provider: Provider, retention: Retention, complete_by: float | None,
+def _decide_over_readable_runs(catalog: Catalog, provider: Provider, retention: Retention,
+                               budget: CompletionBudget | None,
                                left_out: str | None = None) -> tuple[RetentionPlan, list[str], list[str], list[str]]:
     """The policy over the catalog's runs, where every succeeded run it keeps has had its manifest
     read: a kept run is the reason others go, so it must be a backup that can be restored, not just
@@ -327,7 +331,7 @@ def _decide_over_readable_runs(catalog: Catalog, provider: Provider, retention: 
     run whose manifest does not say its snapshots completed (`backup --no-wait`) is asked about at
     the provider: a run whose snapshots failed later must not count as the backup that replaces
     the good ones; where the provider completes pending ones only when asked, it is asked
-    (``complete_by``: until then; None: a dry run, which only counts them as completed). Also
+    (within ``budget``; None: a dry run, which only counts them as completed). Also
     returns the runs found complete, and those of them this prune completed (or would)."""
     entries, problems = catalog.list(confirm_newest=False)  # the loop below reads what it keeps, once
     runs = {e.run_id: e for e in entries if e.run_id != left_out}
@@ -351,7 +355,7 @@ def _decide_over_readable_runs(catalog: Catalog, provider: Provider, retention: 
             runs[run_id] = current[run_id]  # maybe no longer succeeded: marked by a prune killed before its index line
             unconfirmed = catalog.unconfirmed(run_id) if current[run_id].status == SUCCEEDED else None
             if unconfirmed is not None:
-                doubt, completing = _snapshots_doubt(unconfirmed, provider, complete_by)
+                doubt, completing = _snapshots_doubt(unconfirmed, provider, budget)
                 if doubt is None:
                     completed.append(run_id)
                     if completing:
@@ -361,13 +365,15 @@ def _decide_over_readable_runs(catalog: Catalog, provider: Provider, retention: 
 
 
 def _snapshots_doubt(manifest: Manifest, provider: Provider,
-                     complete_by: float | None) -> tuple[tuple[str, bool] | None, bool]:
+                     budget: CompletionBudget | None) -> tuple[tuple[str, bool] | None, bool]:
     """(None, ...) when every snapshot of a run that did not wait for them is complete now; else
     (why it is no backup to count, and whether it must be held: nobody could tell, so it is not
     deleted either). The second item: whether the run counts because this prune completed its
-    pending snapshots (on a dry run, ``complete_by`` None: would complete them). A cloud's pending
-    snapshot is not counted yet; a local one is completed (fsynced) here, and one that fails to be
-    (its fsync failed, which fails it for good; the deadline) makes the run count as failed."""
+    pending snapshots (on a dry run, ``budget`` None: would complete them). A cloud's pending
+    snapshot is not counted yet; a local one is completed (fsynced) here. One whose fsync failed
+    (which fails it for good) makes the run count as failed; one not completed in time, or kept
+    from it by the store (its lock, its lock file), leaves the run neither counted nor deleted:
+    its snapshots may be whole, and the next prune completes them."""
     if manifest.provider != provider.name:
         return (f"whether its snapshots completed is unknown (backup --no-wait): made with the {manifest.provider} "
                 f"provider, not {provider.name}", True), False
@@ -394,12 +400,15 @@ def _snapshots_doubt(manifest: Manifest, provider: Provider,
         more = f" (and {len(waiting) - 1} more)" if len(waiting) > 1 else ""
         return (f"its snapshots are not complete yet (backup --no-wait): snapshot {waiting[0].snapshot_id} is "
                 f"pending{more}", False), False
-    if complete_by is None:
+    if budget is None:
         return None, True
-    why = complete_snapshots(provider, waiting, complete_by)
-    if why is not None:
-        return (f"its snapshots could not be completed (backup --no-wait): {why}", False), False
-    return None, True
+    missed = complete_snapshots(provider, waiting, budget.deadline, budget.checked)
+    if missed is None:
+        return None, True
+    if missed.failed:
+        return (f"its snapshots did not complete (backup --no-wait): {missed.why}", False), False
+    return (f"its snapshots are not completed yet (backup --no-wait): {missed.why}; the next prune completes them",
+            True), False
 
 
 _COMPLETED = "its snapshots completed by this prune (backup --no-wait)"

@@ -91,6 +91,21 @@ def test_a_deadline_already_past_leaves_the_snapshot_pending_for_a_later_wait(
     assert provider.wait(refs, time.monotonic() + LATER)[0].state == "completed"
 
 
+def test_a_node_lock_held_past_the_deadline_ends_the_wait_and_leaves_the_snapshot_pending(
+    provider: LocalProvider, volumes: NodeVolumes
+) -> None:
+    # A snapctl process that stalled holding the node's store lock stalled every wait behind it for
+    # good: a backup's wait step, and a prune or backup completing a --no-wait run's snapshots.
+    refs = _take(provider, volumes, "run1")
+    with provider.store.node_lock("n1"):  # its own descriptor: to flock, another process
+        started = time.monotonic()
+        with pytest.raises(store_module.StoreBusy, match="node n1: the snapshot store is busy"):
+            provider.wait(refs, time.monotonic() + 0.3)
+        assert time.monotonic() - started < LATER
+    assert _state(provider, "run1") == [("pending", None)]
+    assert provider.wait(refs, time.monotonic() + LATER)[0].state == "completed"
+
+
 def test_restore_of_a_pending_snapshot_makes_it_durable_first(
     provider: LocalProvider, volumes: NodeVolumes, tmp_path: Path
 ) -> None:

@@ -111,10 +111,10 @@ def test_retention_after_a_backup_completes_an_earlier_no_wait_run_and_counts_it
     assert {r.state for r in scene.provider.describe(current.snapshot_refs())} == {"pending"}
 
 
-def test_review_retention_stopped_by_ctrl_c_completes_no_further_no_wait_run(scene: Scene) -> None:
-    # REVIEW (fails now): Ctrl-C/SIGTERM sets the stop flag, but the plan's completions never look
-    # at it: the backup goes on fsyncing every earlier --no-wait run it keeps (each up to
-    # policy.wait_timeout_s) before it unwinds and releases its lock.
+def test_retention_stopped_by_ctrl_c_completes_no_further_no_wait_run(scene: Scene) -> None:
+    # Ctrl-C/SIGTERM sets the stop flag; the plan's completions must look at it, or the backup goes
+    # on fsyncing every earlier --no-wait run it keeps (each up to policy.wait_timeout_s) before it
+    # unwinds and releases its lock.
     scene.add_run("r0", T0)
     scene.add_run("r1", T0 + timedelta(days=1), waited=False)
     scene.add_run("r2", T0 + timedelta(days=2), waited=False)
@@ -149,3 +149,41 @@ def test_review_retention_stopped_by_ctrl_c_completes_no_further_no_wait_run(sce
         scene.provider.complete = real_complete
 
     assert completed == ["r2"], "no completion begins after the interruption"
+
+
+def test_a_backup_stopped_while_completing_the_newest_no_wait_run_begins_no_further_completion(
+        scene: Scene) -> None:
+    # Ctrl-C while a backup completed the newest --no-wait run's snapshots (before any hold)
+    # cancelled the await, but its thread went on fsyncing every snapshot left, after the lock was
+    # released, and asyncio.run waited for it: up to policy.wait_timeout_s after "interrupted".
+    from snapctl.completion import complete_newest_backup
+
+    scene.add_run("r1", T0, waited=False)
+    completing, go_on = threading.Event(), threading.Event()
+    real_complete = scene.provider.complete
+    completed: list[str] = []
+
+    def slow_complete(refs, deadline):
+        completing.set()
+        go_on.wait(10)
+        done = real_complete(refs, deadline)
+        completed.extend(ref.snapshot_id for ref in refs)
+        return done
+
+    scene.provider.complete = slow_complete
+
+    async def backup_stopped_while_completing() -> None:
+        task = asyncio.create_task(complete_newest_backup(scene.catalog, scene.provider, NullReporter(), 60.0))
+        await asyncio.to_thread(completing.wait, 10)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        go_on.set()
+
+    try:
+        asyncio.run(backup_stopped_while_completing())  # returns once the default executor's threads are done
+    finally:
+        scene.provider.complete = real_complete
+
+    assert len(completed) == 1, "the snapshot under way is finished, and no other is begun"
+    assert not scene.catalog.load("r1").snapshots_completed

@@ -143,7 +143,7 @@ def test_a_local_no_wait_run_whose_snapshots_fail_to_complete_is_treated_like_a_
     assert done.ok and scene.run_ids() == {"r1", "r2"}, "the good backup stays: the failed one does not replace it"
     assert done.completed == done.confirmed == []
     (why,) = _reasons(done)["r2"]
-    assert why.startswith("its snapshots could not be completed (backup --no-wait): node n1: snapshot r2-n1-data of "
+    assert why.startswith("its snapshots did not complete (backup --no-wait): node n1: snapshot r2-n1-data of "
                           "volume data could not be written to disk (") and why.endswith(": not counted"), why
     assert "input/output error" in why.lower()
     assert not scene.catalog.load("r2").snapshots_completed
@@ -167,8 +167,8 @@ def test_a_local_no_wait_run_not_completed_by_the_deadline_stays_pending_and_is_
 
     assert done.ok and scene.run_ids() == {"r1", "r2"} and done.completed == []
     assert _reasons(done)["r2"] == [
-        "its snapshots could not be completed (backup --no-wait): node n1: snapshot r2-n1-data of volume data was "
-        "not on disk by the deadline: not counted"]
+        "its snapshots are not completed yet (backup --no-wait): node n1: snapshot r2-n1-data of volume data was "
+        "not on disk by the deadline; the next prune completes them: not counted, not deleted"]
     assert _pending(scene, "r2"), "still pending, not failed: the next prune completes it"
     assert prune(inv).completed == ["r2"] and scene.run_ids() == {"r2"}
 
@@ -221,13 +221,11 @@ def test_a_cloud_no_wait_run_still_pending_is_not_counted_yet_and_nothing_comple
     assert _reasons(planned)["r1"] == ["newest succeeded", "last 1/1"]
 
 
-def test_review_a_local_no_wait_run_whose_completion_ran_out_of_time_is_not_deleted(
+def test_a_local_no_wait_run_whose_completion_ran_out_of_time_is_neither_counted_nor_deleted(
         scene: Scene, monkeypatch: pytest.MonkeyPatch) -> None:
-    # REVIEW (fails now): the prune's one deadline covers every run it completes. A slow disk let
-    # it complete r2 and left none for r1, which is good, only not fsynced yet (it stays pending,
-    # and the next prune completes it). The deadline is treated like a failed fsync: r1 becomes
-    # "like a failed run", older than the oldest kept (r2), and is deleted. Before this change no
-    # run counted here, so nothing was deleted.
+    # The prune's one deadline covers every run it completes: a slow disk lets it complete r2 and
+    # leaves none for r1, which is good, only not fsynced yet. Treated like a failed fsync, r1 was
+    # "like a failed run", older than the oldest kept (r2), and deleted.
     import time
 
     from snapctl_local import provider as provider_module

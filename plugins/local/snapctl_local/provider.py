@@ -372,8 +372,10 @@ class LocalProvider(LocalRestores):
         snapshot_id = str(meta.get("snapshot_id") or snap_dir.name)
         where = f"node {node}: snapshot {snapshot_id} of volume {meta.get('volume')}"
         # Under the node lock: a restore and a wait may finalize the same snapshot at once, and a
-        # delete must not rename it away half way.
-        with self.store.node_lock(node):
+        # delete must not rename it away half way. Not past the deadline: a process that stalled
+        # holding the lock must not stall every backup and prune behind it.
+        wait_s = None if deadline is None else max(0.0, deadline - time.monotonic())
+        with self.store.node_lock(node, wait_s=wait_s):
             # What crashed calls left, removed here, after the hold: a killed copy's .partial can be
             # as large as the volume (`snapctl gc --delete` removes them too).
             self.store.clean_leftovers(node)
