@@ -53,20 +53,33 @@ _RESERVED_FOR_S = 120  # longer than any server takes to bind the port it was gi
 
 def _reserve(port: int) -> bool:
     """Claim ``port`` for this process unless another test process claimed it lately: a file per
-    port, created exclusively; one older than ``_RESERVED_FOR_S`` is taken over."""
-    _RESERVATIONS.mkdir(exist_ok=True)
+    port, created exclusively. One older than ``_RESERVED_FOR_S`` is taken over by renaming it
+    away first, which only one process can do to the same file."""
+    try:
+        _RESERVATIONS.mkdir(exist_ok=True)
+        _RESERVATIONS.chmod(0o1777)  # every user's suites share it, as they share the ports (like /tmp)
+    except PermissionError:
+        pass  # another user's directory: its mode is already set
     path = _RESERVATIONS / str(port)
     for _ in range(2):
         try:
             os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
             return True
         except FileExistsError:
-            try:
-                if time.time() - path.stat().st_mtime < _RESERVED_FOR_S:
-                    return False
-                path.unlink()  # stale: whoever unlinks it first creates it next
-            except FileNotFoundError:
-                pass
+            pass
+        except PermissionError:
+            return True  # no reservations here: the port is free, as free_port checked
+        moved = path.with_name(f"{port}.{os.getpid()}.stale")
+        try:
+            if time.time() - path.stat().st_mtime < _RESERVED_FOR_S:
+                return False
+            os.rename(path, moved)
+            if time.time() - moved.stat().st_mtime < _RESERVED_FOR_S:  # just taken over by another
+                os.rename(moved, path)
+                return False
+            moved.unlink()
+        except FileNotFoundError:
+            pass
     return False
 
 
