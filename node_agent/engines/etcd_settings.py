@@ -57,8 +57,13 @@ class EtcdSettings(EngineSettings):
         if (self.password_env or self.password_file) and not self.user:
             raise ValueError("a password needs a user")
         if self.socket is not None:
-            if self.endpoint != DEFAULT_ENDPOINT:
-                raise ValueError(f"give socket or endpoint, not both: socket {self.socket!r} with {self.endpoint}")
+            if not self.socket.strip():
+                # Read as "no socket", it would reach whatever listens on the default endpoint.
+                raise ValueError("socket is empty: give the socket's path, or leave socket out to use endpoint")
+            # Given, not just different: the default endpoint written out with a socket is as ambiguous.
+            if "endpoint" in self.model_fields_set:
+                raise ValueError(f"give socket or endpoint, not both: socket {self.socket!r} with {self.endpoint}; "
+                                 "remove endpoint or socket")
             tls = [key for key in ("ca_file", "cert_file", "key_file") if getattr(self, key)]
             if tls:
                 raise ValueError(f"a socket is plain HTTP: {', '.join(tls)} would not be used")

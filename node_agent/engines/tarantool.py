@@ -154,9 +154,15 @@ class TarantoolSettings(EngineSettings):
             raise ValueError("tarantool needs work_dir or data_paths: the directories the disk snapshot must cover")
         if self.password_env and self.password_file:
             raise ValueError("give password_env or password_file, not both")
-        if self.socket is not None and (self.host != DEFAULT_HOST or self.port != DEFAULT_PORT):
-            raise ValueError(f"give socket or host/port, not both: socket {self.socket!r} with "
-                             f"{self.host}:{self.port}")
+        if self.socket is not None:
+            if not self.socket.strip():
+                # Read as "no socket", it would reach whatever listens on the default host/port.
+                raise ValueError("socket is empty: give the socket's path, or leave socket out to use host/port")
+            # Given, not just different: host: 127.0.0.1 written out with a socket is as ambiguous.
+            given = sorted({"host", "port"} & self.model_fields_set)
+            if given:
+                raise ValueError(f"give socket or host/port, not both: socket {self.socket!r} with "
+                                 f"{' and '.join(given)}; remove {' and '.join(given)} or socket")
         return self
 
 
