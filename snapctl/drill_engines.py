@@ -130,8 +130,9 @@ def _tarantool(settings: dict[str, Any], base_dir: Path, workdir: Path, start_ti
     with ExitStack() as stack:
         settings.pop("host", None)
         settings.pop("port", None)
-        settings["socket"] = _socket_path(workdir, TARANTOOL_SOCKET, stack)
+        settings["socket"], through = _socket_path(workdir, TARANTOOL_SOCKET, stack)
         engine = create_engine(settings, base_dir=base_dir)
+        engine.reach_socket_through(through)
         engine.restore_prepare(memtx_dir)  # drops *.inprogress leftovers before recovery could trip on them
         wal_dir = _newest_parent(roots, "*.xlog") or memtx_dir
         vinyl_dir = _newest_parent(roots, "*.vylog") or memtx_dir
@@ -161,11 +162,13 @@ def _etcd(settings: dict[str, Any], base_dir: Path, workdir: Path, start_timeout
     for key in ("ca_file", "cert_file", "key_file", "endpoint"):
         settings.pop(key, None)
     with ExitStack() as stack:
-        settings.update(socket=_socket_path(workdir, ETCD_CLIENT_SOCKET, stack), data_dir=str(data_dir),
+        client_socket, through = _socket_path(workdir, ETCD_CLIENT_SOCKET, stack)
+        settings.update(socket=client_socket, data_dir=str(data_dir),
                         probe_peers=False,
                         restore={"name": name, "initial_cluster": f"{name}={peer_url}",
                                  "initial_advertise_peer_urls": peer_url, "initial_cluster_token": token})
         engine = create_engine(settings, base_dir=base_dir)
+        engine.reach_socket_through(through)
         engine.restore_prepare(data_dir)  # etcdctl snapshot restore of the newest saved snapshot
         argv = [binary, "--name", name, "--data-dir", str(data_dir),
                 "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
@@ -253,18 +256,19 @@ def _private_dir(workdir: Path) -> None:
                           hint="remove it; the drill makes it 0700 itself")
 
 
-def _socket_path(directory: Path, name: str, stack: ExitStack) -> str:
-    """A path this process can connect to ``directory/name`` by. Past AF_UNIX's 107 bytes (a deep
-    drill.scratch_dir or TMPDIR), the directory is reached through a descriptor of it held open
-    until ``stack`` closes: /proc/self/fd/N is that directory."""
+def _socket_path(directory: Path, name: str, stack: ExitStack) -> tuple[str, str]:
+    """The path of the socket ``directory/name``, which errors and status name it by, and a path
+    this process can connect to it by. Past AF_UNIX's 107 bytes (a deep drill.scratch_dir or
+    TMPDIR), the directory is reached through a descriptor of it held open until ``stack``
+    closes: /proc/self/fd/N is that directory, in this process only."""
     path = str(directory.absolute() / name)
     if len(os.fsencode(path)) <= UNIX_PATH_MAX:
-        return path
+        return path, path
     o_path = getattr(os, "O_PATH", None)
     if o_path is not None and Path("/proc/self/fd").is_dir():
         fd = os.open(directory, o_path | os.O_DIRECTORY)
         stack.callback(os.close, fd)
-        return f"/proc/self/fd/{fd}/{name}"
+        return path, f"/proc/self/fd/{fd}/{name}"
     raise EngineError(f"the scratch engine's socket path {path} is longer than the {UNIX_PATH_MAX} bytes a unix "
                       "socket takes", hint="set drill.scratch_dir (or TMPDIR) to a shorter directory")
 

@@ -80,9 +80,9 @@ class EtcdEngine:
         self.settings = settings
         self.base_dir = Path(base_dir)
         # What errors and status name the member by; requests go to _url (through the socket, if any:
-        # its URL's host is then only the Host header). Not resolved: a /proc/self/fd/N/... path (a
-        # socket whose full path is too long for AF_UNIX) must stay as it is.
+        # its URL's host is then only the Host header).
         self._socket = self._absolute(settings.socket) if settings.socket else None
+        self._connect_socket = self._socket  # another name of it: see reach_socket_through
         self.endpoint = f"unix:{self._socket}" if self._socket else settings.endpoint.rstrip("/")
         self._url = "http://localhost" if self._socket else self.endpoint
         self.backup_dir = self._resolve(settings.backup_dir)
@@ -93,6 +93,13 @@ class EtcdEngine:
         self._state: EngineState | None = None
         self._password_file = (PasswordFile("etcd", self._resolve(settings.password_file), log)
                                if settings.password_file else None)
+
+    def reach_socket_through(self, path: str) -> None:
+        """Connect to the socket by ``path``, another name of the same file (the drill's
+        /proc/self/fd/N/NAME when the real path is longer than AF_UNIX takes); errors and status
+        go on naming the real path, as that name means nothing outside this process."""
+        self._connect_socket = Path(path)
+        self.close()  # a client made already would go on through the old name
 
     # ---- the hold: a saved snapshot -----------------------------------------------------
 
@@ -380,7 +387,7 @@ class EtcdEngine:
             cert = None
             if s.cert_file and s.key_file:
                 cert = (str(self._resolve(s.cert_file)), str(self._resolve(s.key_file)))
-            transport = httpx.HTTPTransport(uds=str(self._socket)) if self._socket else None
+            transport = httpx.HTTPTransport(uds=str(self._connect_socket)) if self._connect_socket else None
             self._client = httpx.Client(timeout=httpx.Timeout(s.timeout_s), cert=cert, transport=transport,
                                         verify=str(self._resolve(s.ca_file)) if s.ca_file else True)
         return self._client

@@ -175,15 +175,20 @@ class TarantoolEngine:
     def __init__(self, settings: TarantoolSettings, *, base_dir: Path) -> None:
         self.settings = settings
         self.base_dir = Path(base_dir)
-        # Not resolved: a /proc/self/fd/N/... path (a socket whose full path is too long for
-        # AF_UNIX) must stay as it is, or it becomes that long path again.
         self._socket = self._absolute(settings.socket) if settings.socket else None
+        self._connect_socket = self._socket  # another name of it: see reach_socket_through
         self.address = f"unix/:{self._socket}" if self._socket else f"{settings.host}:{settings.port}"
         self._held_run: str | None = None
         self._state: EngineState | None = None
         self._uncertain_run: str | None = None  # a prepare whose answer never came may have pinned
         self._password_file = (PasswordFile("tarantool", self._resolve(settings.password_file), log)
                                if settings.password_file else None)
+
+    def reach_socket_through(self, path: str) -> None:
+        """Connect to the socket by ``path``, another name of the same file (the drill's
+        /proc/self/fd/N/NAME when the real path is longer than AF_UNIX takes); errors and status
+        go on naming the real path, as that name means nothing outside this process."""
+        self._connect_socket = Path(path)
 
     # ---- the hold -----------------------------------------------------------------------
 
@@ -402,7 +407,8 @@ class TarantoolEngine:
 
         try:
             # The client takes a unix socket as host None and the path as port.
-            host, port = (None, str(self._socket)) if self._socket else (self.settings.host, self.settings.port)
+            host, port = ((None, str(self._connect_socket)) if self._connect_socket
+                          else (self.settings.host, self.settings.port))
             conn = tarantool.Connection(
                 host, port, user=self.settings.user, password=self._password(),
                 socket_timeout=self.settings.timeout_s, connection_timeout=self.settings.timeout_s,

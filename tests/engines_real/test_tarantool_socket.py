@@ -73,6 +73,20 @@ def test_a_socket_nothing_listens_on_is_named_in_the_error(tmp_path):
                             "directory (hint: is tarantool running and listening there?)")
 
 
+def test_a_socket_reached_through_another_name_is_named_by_its_own_path(tmp_path):
+    """The drill reaches a socket whose path is too long for AF_UNIX through /proc/self/fd/N/: a
+    name that means nothing in a report read later, or outside the drill's process."""
+    engine = create_engine({"type": "tarantool", "socket": "gone.sock", "work_dir": str(tmp_path), "timeout_s": 2.0},
+                           base_dir=tmp_path)
+    engine.reach_socket_through(str(tmp_path / "elsewhere" / "gone.sock"))
+
+    status = engine.status()
+
+    assert not status.reachable
+    assert status.error.startswith(f"tarantool at unix/:{tmp_path / 'gone.sock'}: connecting failed: ")
+    assert "elsewhere" not in status.error
+
+
 @pytest.mark.parametrize("address", [{"port": 3302}, {"host": "10.0.0.5"}])
 def test_a_socket_with_a_host_or_port_is_refused(tmp_path, address):
     with pytest.raises(BadInputError) as refused:
