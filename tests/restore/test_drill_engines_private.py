@@ -24,35 +24,43 @@ from tests.realdb.tarantool import TarantoolReplicaSet
 pytestmark = pytest.mark.slow
 
 NOBODY = 65534
-# A child run as another user: connecting to the socket ``name`` in ``directory`` must be refused.
+# A child run as another user: connecting to the socket ``name`` in ``directory`` must be refused,
+# and by the directory: that is what the drill makes private (the socket file's own mode is
+# tarantool's and etcd's, from the umask).
 _CONNECT_AS_ANOTHER_USER = """
 import os, socket, sys
 directory, name = sys.argv[1:3]
 try:
     os.chdir(directory)
+except PermissionError:
+    print("refused by the directory")
+    sys.exit()
+try:
     socket.socket(socket.AF_UNIX).connect(name)
 except PermissionError:
-    print("refused")
+    print("refused by the socket file")
 else:
     print("connected")
 """
 
 
 @pytest.fixture(params=["short", "long"])
-def scratch(request, tmp_path) -> Iterator[Path]:
+def scratch(request) -> Iterator[Path]:
     """A drill's scratch directory whose sockets' paths fit AF_UNIX (as in $TMPDIR), or do not
     (a deep drill.scratch_dir): both must leave the engine reachable by the drill alone."""
-    if request.param == "long":
-        deep = tmp_path / ("deep-" * 16) / "scratch"
-        assert too_long(deep / ".engines" / "t1" / "tarantool.sock")
-        yield deep
-        return
-    short = Path(tempfile.mkdtemp(prefix="sd-"))
-    assert not too_long(short / ".engines" / "e1" / "etcd-client:2379")
+    # Not under tmp_path: pytest's directories are 0700, and another user must be refused by the
+    # engine directory itself, not before it (see open_the_way_to).
+    top = Path(tempfile.mkdtemp(prefix="sd-"))
     try:
-        yield short
+        if request.param == "long":
+            deep = top / ("deep-" * 16) / "scratch"
+            assert too_long(deep / ".engines" / "t1" / "tarantool.sock")
+            yield deep
+        else:
+            assert not too_long(top / ".engines" / "e1" / "etcd-client:2379")
+            yield top
     finally:
-        shutil.rmtree(short, ignore_errors=True)
+        shutil.rmtree(top, ignore_errors=True)
 
 
 def tcp_sockets(pid: int) -> list[str]:
@@ -88,9 +96,22 @@ def assert_only_this_user_reaches(workdir: Path, name: str, socket_file: str) ->
     python = shutil.which("python3", path="/usr/bin:/bin")
     if os.geteuid() != 0 or python is None:
         return
+    open_the_way_to(workdir)
     tried = subprocess.run([python, "-c", _CONNECT_AS_ANOTHER_USER, str(workdir), socket_file],
                            user=NOBODY, group=NOBODY, capture_output=True, text=True, timeout=30, check=False)
-    assert tried.stdout.strip() == "refused", tried.stdout + tried.stderr
+    assert tried.stdout.strip() == "refused by the directory", tried.stdout + tried.stderr
+
+
+def open_the_way_to(workdir: Path) -> None:
+    """Every directory above ``workdir`` traversable by others (0755), up to the system's temporary
+    directory, so that only the engine directory's own mode can refuse another user: mkdtemp's
+    directory and the drill's .engines are 0700, and would refuse them first."""
+    top = Path(tempfile.gettempdir())
+    assert workdir.is_relative_to(top) and top.stat().st_mode & 0o001, f"{workdir}: not under a temp dir all may enter"
+    for parent in workdir.parents:
+        if parent == top:
+            break
+        parent.chmod(0o755)
 
 
 def test_a_scratch_tarantool_listens_on_no_tcp_port_and_refuses_other_users(tmp_path, scratch):
