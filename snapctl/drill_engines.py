@@ -43,14 +43,18 @@ FILE_ENGINES = ("sqlite",)
 
 # Read-only and without replication: the scratch instance recovers the restored files and never
 # writes to them, nor reaches out to the live replica set, nor to tarantool.io (its feedback daemon
-# reports there hourly by default). It listens on a socket in its working
-# directory (the drill's work directory), named relatively: a deep scratch_dir makes absolute paths
-# longer than AF_UNIX takes.
+# reports there hourly by default). A tarantool built without that daemon (ENABLE_FEEDBACK_DAEMON=OFF,
+# some distributions' builds) refuses every feedback_* option in box.cfg: the option is given only
+# where the daemon exists, tested as tarantool's own load_cfg does (box.internal.feedback_daemon,
+# there before box.cfg). It listens on a socket in its working directory (the drill's work
+# directory), named relatively: a deep scratch_dir makes absolute paths longer than AF_UNIX takes.
 TARANTOOL_SOCKET = "tarantool.sock"
 TARANTOOL_LUA = f"""
 local work_dir, memtx_dir, wal_dir, vinyl_dir = arg[1], arg[2], arg[3], arg[4]
-box.cfg{{listen = 'unix/:./{TARANTOOL_SOCKET}', work_dir = work_dir, memtx_dir = memtx_dir, wal_dir = wal_dir,
-        vinyl_dir = vinyl_dir, read_only = true, checkpoint_interval = 0, feedback_enabled = false}}
+local cfg = {{listen = 'unix/:./{TARANTOOL_SOCKET}', work_dir = work_dir, memtx_dir = memtx_dir, wal_dir = wal_dir,
+             vinyl_dir = vinyl_dir, read_only = true, checkpoint_interval = 0}}
+if require('box.internal').feedback_daemon ~= nil then cfg.feedback_enabled = false end
+box.cfg(cfg)
 """
 # etcd 3.4 takes unix://NAME:PORT only (a path is refused) and makes the socket file NAME:PORT in its
 # working directory. The peer URL too: the member is alone, and no other may reach it.

@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from node_agent.engines.base import create_engine
-from snapctl.drill_engines import scratch_engine
+from snapctl.drill_engines import TARANTOOL_LUA, scratch_engine
 from snapctl.errors import EngineError
 from tests.realdb.etcd import EtcdCluster
+from tests.realdb.procs import require_binary
 from tests.realdb.tarantool import TarantoolReplicaSet
 
 pytestmark = pytest.mark.slow
@@ -129,6 +130,45 @@ def test_a_scratch_tarantool_listens_on_no_tcp_port_and_refuses_other_users(tmp_
         assert_only_this_user_reaches(workdir, "tarantool", "tarantool.sock")
         with engine._session() as conn:  # nor does it report to tarantool.io, as a default instance would hourly
             assert conn.eval("return box.cfg.feedback_enabled").data == [False]
+
+
+# The drill's script run by the real tarantool, as a build with or without the feedback daemon
+# would see it before box.cfg (load_cfg's own test: box.internal.feedback_daemon), with box.cfg
+# only printing the options it was given.
+_AS_BUILT = """
+local script, daemon = arg[1], arg[2] == 'with'
+if not daemon then
+    local without = {}
+    for k, v in pairs(require('box.internal')) do
+        if k ~= 'feedback_daemon' then without[k] = v end
+    end
+    package.loaded['box.internal'] = without
+end
+rawset(box, 'cfg', function(cfg)
+    local keys = {}
+    for k in pairs(cfg) do table.insert(keys, k) end
+    table.sort(keys)
+    print(table.concat(keys, ' '))
+    os.exit(0)
+end)
+arg = {[0] = script, 'work', 'memtx', 'wal', 'vinyl'}
+dofile(script)
+"""
+
+
+@pytest.mark.parametrize("daemon", ["with", "without"])
+def test_the_scratch_tarantool_is_given_feedback_enabled_only_where_its_build_has_the_daemon(tmp_path, daemon):
+    """Built with ENABLE_FEEDBACK_DAEMON=OFF, tarantool's box.cfg refuses feedback_* options: given
+    there, the option would fail every tarantool drill."""
+    (tmp_path / "drill.lua").write_text(TARANTOOL_LUA)
+    (tmp_path / "as_built.lua").write_text(_AS_BUILT)
+
+    ran = subprocess.run([require_binary("tarantool"), "as_built.lua", "drill.lua", daemon], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=30, check=False)
+
+    options = ran.stdout.split()
+    assert "read_only" in options, ran.stdout + ran.stderr
+    assert ("feedback_enabled" in options) == (daemon == "with")
 
 
 def test_a_scratch_etcd_listens_on_no_tcp_port_and_refuses_other_users(tmp_path, scratch):
