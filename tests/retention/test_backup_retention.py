@@ -4,7 +4,9 @@ an interruption, a `--no-wait` run that is not counted yet, and an earlier one t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
+from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -15,6 +17,28 @@ from snapctl.prune import plan, prune, prune_after_backup
 from snapctl.retention import PRUNING
 
 from .conftest import T0, Scene, inventory
+
+
+@contextlib.contextmanager
+def completions_held_at_the_first(provider) -> Iterator[tuple[threading.Event, threading.Event, list[str]]]:
+    """``provider.complete`` blocks at its first call until ``go_on`` is set: yields (``completing``,
+    set once the first call began; ``go_on``; the snapshot ids completed, in order)."""
+    completing, go_on = threading.Event(), threading.Event()
+    real_complete = provider.complete
+    completed: list[str] = []
+
+    def slow_complete(refs, deadline):
+        completing.set()
+        go_on.wait(10)
+        done = real_complete(refs, deadline)
+        completed.extend(ref.snapshot_id for ref in refs)
+        return done
+
+    provider.complete = slow_complete
+    try:
+        yield completing, go_on, completed
+    finally:
+        provider.complete = real_complete
 
 
 def test_retention_after_a_backup_reports_failure_without_raising(scene: Scene) -> None:
@@ -119,21 +143,9 @@ def test_retention_stopped_by_ctrl_c_completes_no_further_no_wait_run(scene: Sce
     scene.add_run("r1", T0 + timedelta(days=1), waited=False)
     scene.add_run("r2", T0 + timedelta(days=2), waited=False)
     newest = scene.add_run("r3", T0 + timedelta(days=3))
-    completing, go_on = threading.Event(), threading.Event()
-    real_complete = scene.provider.complete
-    completed: list[str] = []
-
-    def slow_complete(refs, deadline):
-        completing.set()
-        go_on.wait(10)
-        done = real_complete(refs, deadline)
-        completed.append(refs[0].snapshot_id.split("-")[0])
-        return done
-
-    scene.provider.complete = slow_complete
     inv = inventory(scene, {"keep_last": 3, "daily": 0, "weekly": 0, "monthly": 0})
 
-    async def backup_stopped_while_completing() -> None:
+    async def backup_stopped_while_completing(completing: threading.Event, go_on: threading.Event) -> None:
         task = asyncio.create_task(prune_after_backup(inv, scene.catalog, scene.provider, newest, NullReporter(),
                                                       lambda: None))
         await asyncio.to_thread(completing.wait, 10)
@@ -143,12 +155,10 @@ def test_retention_stopped_by_ctrl_c_completes_no_further_no_wait_run(scene: Sce
         with pytest.raises(Interrupted):
             await task
 
-    try:
-        asyncio.run(backup_stopped_while_completing())
-    finally:
-        scene.provider.complete = real_complete
+    with completions_held_at_the_first(scene.provider) as (completing, go_on, completed):
+        asyncio.run(backup_stopped_while_completing(completing, go_on))
 
-    assert completed == ["r2"], "no completion begins after the interruption"
+    assert [c.split("-")[0] for c in completed] == ["r2"], "no completion begins after the interruption"
 
 
 def test_a_backup_stopped_while_completing_the_newest_no_wait_run_begins_no_further_completion(
@@ -159,20 +169,8 @@ def test_a_backup_stopped_while_completing_the_newest_no_wait_run_begins_no_furt
     from snapctl.completion import complete_newest_backup
 
     scene.add_run("r1", T0, waited=False)
-    completing, go_on = threading.Event(), threading.Event()
-    real_complete = scene.provider.complete
-    completed: list[str] = []
 
-    def slow_complete(refs, deadline):
-        completing.set()
-        go_on.wait(10)
-        done = real_complete(refs, deadline)
-        completed.extend(ref.snapshot_id for ref in refs)
-        return done
-
-    scene.provider.complete = slow_complete
-
-    async def backup_stopped_while_completing() -> None:
+    async def backup_stopped_while_completing(completing: threading.Event, go_on: threading.Event) -> None:
         task = asyncio.create_task(complete_newest_backup(scene.catalog, scene.provider, NullReporter(), 60.0))
         await asyncio.to_thread(completing.wait, 10)
         task.cancel()
@@ -180,10 +178,8 @@ def test_a_backup_stopped_while_completing_the_newest_no_wait_run_begins_no_furt
             await task
         go_on.set()
 
-    try:
-        asyncio.run(backup_stopped_while_completing())  # returns once the default executor's threads are done
-    finally:
-        scene.provider.complete = real_complete
+    with completions_held_at_the_first(scene.provider) as (completing, go_on, completed):
+        asyncio.run(backup_stopped_while_completing(completing, go_on))  # returns once the executor's threads do
 
     assert len(completed) == 1, "the snapshot under way is finished, and no other is begun"
     assert not scene.catalog.load("r1").snapshots_completed
