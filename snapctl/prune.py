@@ -386,6 +386,12 @@ def _snapshots_doubt(manifest: Manifest, provider: Provider,
     except SnapctlError as exc:
         return (f"whether its snapshots completed is unknown (backup --no-wait): the provider could not say: "
                 f"{exc.message}", True), False
+    where = getattr(provider, "elsewhere", None)  # not gone: in the store the run recorded (provider.store changed)
+    moved = next(((ref, why) for ref in refs if ref.snapshot_id not in found and where is not None
+                  and (why := where(ref))), None)
+    if moved is not None:
+        return (f"whether its snapshots completed is unknown (backup --no-wait): snapshot {moved[0].snapshot_id}: "
+                f"{moved[1]}", True), False
     broken = [f"snapshot {ref.snapshot_id} no longer exists" if ref.snapshot_id not in found else
               f"snapshot {ref.snapshot_id} is in error: {found[ref.snapshot_id].error or 'no reason given'}"
               for ref in refs if ref.snapshot_id not in found or found[ref.snapshot_id].state == "error"]

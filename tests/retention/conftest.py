@@ -73,10 +73,10 @@ def scene(tmp_path: Path) -> Scene:
 T0 = datetime(2024, 3, 1, tzinfo=UTC)
 
 
-def inventory(scene: Scene, retention: dict | None = None) -> Inventory:
+def inventory(scene: Scene, retention: dict | None = None, *, store: str = "snapshots") -> Inventory:
     text = yaml.safe_dump({
         "cluster": CLUSTER,
-        "provider": {"type": "local", "store": "snapshots"},
+        "provider": {"type": "local", "store": store},
         "catalog": {"path": "catalog"},
         "policy": {"lock_ttl_s": "30s"},
         "retention": retention or {},

@@ -248,3 +248,21 @@ def test_a_local_no_wait_run_whose_completion_ran_out_of_time_is_neither_counted
     assert done.completed == ["r2"]
     assert scene.run_ids() == {"r1", "r2"}, _reasons(done)
     assert _pending(scene, "r1"), "r1 is still pending, not failed: nothing is wrong with it"
+
+
+
+def test_a_kept_no_wait_run_whose_snapshots_are_in_the_store_the_inventory_named_before_is_said_to_be_there(
+        scene: Scene) -> None:
+    # provider.store changed since the run: its snapshots were reported as "no longer exists" and
+    # the run as one whose snapshots did not complete, though they are whole where it recorded them.
+    scene.add_run("r1", T0)
+    scene.add_run("r2", T0 + timedelta(days=1), waited=False)
+
+    done = prune(inventory(scene, KEEP_ONE, store="snapshots-moved"))
+
+    assert done.deleted == [] and scene.run_ids() == {"r1", "r2"}, _reasons(done)
+    (why,) = _reasons(done)["r2"]
+    assert why.startswith("whether its snapshots completed is unknown (backup --no-wait): snapshot r2-n1-data: "
+                          f"it is not in the store {scene.root / 'snapshots-moved'} but in "
+                          f"{scene.root / 'snapshots'}"), why
+    assert why.endswith(": not counted, not deleted"), why
