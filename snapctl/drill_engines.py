@@ -53,7 +53,8 @@ TARANTOOL_LUA = f"""
 local work_dir, memtx_dir, wal_dir, vinyl_dir = arg[1], arg[2], arg[3], arg[4]
 local cfg = {{listen = 'unix/:./{TARANTOOL_SOCKET}', work_dir = work_dir, memtx_dir = memtx_dir, wal_dir = wal_dir,
              vinyl_dir = vinyl_dir, read_only = true, checkpoint_interval = 0}}
-if require('box.internal').feedback_daemon ~= nil then cfg.feedback_enabled = false end
+local ok, internal = pcall(require, 'box.internal')
+if ok and internal.feedback_daemon ~= nil then cfg.feedback_enabled = false end
 box.cfg(cfg)
 """
 # etcd 3.4 takes unix://NAME:PORT only (a path is refused) and makes the socket file NAME:PORT in its

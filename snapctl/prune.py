@@ -413,7 +413,7 @@ def _snapshots_doubt(manifest: Manifest, provider: Provider,
         return None, True
     if missed.failed:
         return (f"its snapshots did not complete (backup --no-wait): {missed.why}", False), False
-    return (f"its snapshots are not completed yet (backup --no-wait): {missed.why}; the next prune completes them",
+    return (f"its snapshots are not completed yet (backup --no-wait): {missed.why}; a later prune tries again",
             True), False
 
 

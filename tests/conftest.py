@@ -80,6 +80,8 @@ def _reserve(port: int) -> bool:
             moved.unlink()
         except FileNotFoundError:
             pass
+        except PermissionError:  # another user's reservation, in the shared sticky directory
+            return False
     return False
 
 

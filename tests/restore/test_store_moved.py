@@ -35,3 +35,25 @@ def test_runs_made_before_the_store_moved_are_named_where_they_are_and_never_pru
     assert [v.run_id for v in result.unfinished] == [old_run] and MOVED in result.unfinished[0].error
     assert old_snapshot.is_dir()
     assert open_catalog(sqlite_cluster.inventory).load(old_run).status == "pruning"
+
+
+def test_a_store_the_run_recorded_that_cannot_be_looked_at_is_no_proof_its_snapshots_are_gone(
+        sqlite_cluster, tmp_path, monkeypatch):
+    # The old store another user's, or on a root-squashed mount: is_file() raised PermissionError
+    # out of the provider, and prune (or a backup's retention) failed on it.
+    from pathlib import Path
+
+    old_run = sqlite_cluster.backup()
+    sqlite_cluster.edit(provider={"type": "local", "store": "store-moved"})
+    real_is_file = Path.is_file
+
+    def refused_in_the_old_store(path: Path) -> bool:
+        if str(path).startswith(str(tmp_path / "store") + "/"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_is_file(path)
+
+    monkeypatch.setattr(Path, "is_file", refused_in_the_old_store)
+    [check, _] = verify_run(sqlite_cluster.inventory, old_run).snapshots
+
+    assert check.state == "missing"
+    assert "cannot be looked at: permission denied" in check.problems[0].lower(), check.problems

@@ -168,7 +168,7 @@ def test_a_local_no_wait_run_not_completed_by_the_deadline_stays_pending_and_is_
     assert done.ok and scene.run_ids() == {"r1", "r2"} and done.completed == []
     assert _reasons(done)["r2"] == [
         "its snapshots are not completed yet (backup --no-wait): node n1: snapshot r2-n1-data of volume data was "
-        "not on disk by the deadline; the next prune completes them: not counted, not deleted"]
+        "not on disk by the deadline; a later prune tries again: not counted, not deleted"]
     assert _pending(scene, "r2"), "still pending, not failed: the next prune completes it"
     assert prune(inv).completed == ["r2"] and scene.run_ids() == {"r2"}
 
@@ -268,13 +268,11 @@ def test_a_kept_no_wait_run_whose_snapshots_are_in_the_store_the_inventory_named
     assert why.endswith(": not counted, not deleted"), why
 
 
-def test_review_a_failed_fsync_whose_failed_marker_could_not_be_written_never_lets_a_later_prune_count_the_run(
+def test_a_failed_fsync_whose_failed_marker_could_not_be_written_never_lets_a_later_prune_count_the_run(
         scene: Scene, monkeypatch: pytest.MonkeyPatch) -> None:
-    # REVIEW (fails now): _in_error_now asks describe() whether the snapshot is in error after a
-    # failed completion. When the fsync failed and writing failed.json failed too (the same disk
-    # full or failing: _make_durable's own comment expects it), describe() still says "pending":
-    # the run is held with "the next prune completes them", and the next prune's fsync, on pages
-    # the kernel has since marked clean, succeeds: the run is counted and the good backup deleted.
+    # The fsync failed and writing failed.json failed too (the same disk full): describe() still
+    # said "pending", the run was held, and the next prune's fsync, on pages the kernel had since
+    # marked clean, succeeded: the run was counted and the good backup deleted.
     from snapctl_local import copy as copy_module
     from snapctl_local import provider as provider_module
 
@@ -303,4 +301,6 @@ def test_review_a_failed_fsync_whose_failed_marker_could_not_be_written_never_le
     second = prune(inv)
 
     assert "r2" not in second.completed, "a snapshot whose fsync failed is never counted"
+    states = {r.snapshot_id: (r.state, r.error) for r in scene.provider.describe(scene.catalog.load("r2").snapshot_refs())}
+    assert states["r2-n1-data"][0] == "error" and "nor its failed.json" in states["r2-n1-data"][1]
     assert scene.run_ids() == {"r1", "r2"}, "the good backup stays: " + repr(_reasons(second))

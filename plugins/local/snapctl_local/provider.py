@@ -3,6 +3,7 @@ snapctl out on one machine. See docs/providers/local.md."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -56,6 +57,7 @@ from .store import (
     fsync_dir,
     mark_completed,
     mark_failed,
+    mark_failed_without_room,
     metadata_damage,
     read_metadata,
     snapshot_state,
@@ -270,9 +272,14 @@ class LocalProvider(LocalRestores):
         another store (``provider.store`` changed since the run); None otherwise. For `snapctl
         verify`, restore and delete, which would otherwise call it gone (and a prune drop its run)."""
         recorded = Path(str(ref.extra.get("path") or ""))
-        if (not recorded.is_absolute() or len(recorded.parents) < 3 or self._snapshot_dir(ref).exists()
-                or not (recorded / METADATA).is_file()):
+        if not recorded.is_absolute() or len(recorded.parents) < 3:
             return None
+        try:
+            if self._snapshot_dir(ref).exists() or not (recorded / METADATA).is_file():
+                return None
+        except OSError as exc:  # the old store unreadable (another user's, a root-squashed mount): not proof it is gone
+            return (f"it is not in the store {self.store.root}, and where its run recorded it ({recorded}) cannot be "
+                    f"looked at: {os_reason(exc)}")
         return (f"it is not in the store {self.store.root} but in {recorded.parents[2]}, where its run recorded it: "
                 "provider.store has changed since the run")
 
@@ -373,7 +380,8 @@ class LocalProvider(LocalRestores):
         where = f"node {node}: snapshot {snapshot_id} of volume {meta.get('volume')}"
         # Under the node lock: a restore and a wait may finalize the same snapshot at once, and a
         # delete must not rename it away half way. Not past the deadline: a process that stalled
-        # holding the lock must not stall every backup and prune behind it.
+        # holding the lock must not stall a backup's wait, nor a completion, for good (a delete
+        # still waits for it: see docs/providers/local.md).
         wait_s = None if deadline is None else max(0.0, deadline - time.monotonic())
         with self.store.node_lock(node, wait_s=wait_s):
             # What crashed calls left, removed here, after the hold: a killed copy's .partial can be
@@ -400,8 +408,9 @@ class LocalProvider(LocalRestores):
                 why = f"could not be written to disk ({path}: {os_reason(cause)})"
                 try:
                     mark_failed(snap_dir, why)
-                except OSError:
-                    pass  # the same disk failing: the error below still fails this run
+                except OSError:  # the same disk failing: the failure must still outlast this process
+                    with contextlib.suppress(OSError):
+                        mark_failed_without_room(snap_dir)
                 raise ProviderError(f"{where} {why}", hint="check the store's disk; take a new backup") from exc
             try:
                 mark_completed(snap_dir)

@@ -54,6 +54,9 @@ RESTORE_PREFIX = ".restore-"
 LEFTOVER_PREFIXES = (PARTIAL_PREFIX, DELETING_PREFIX)  # in a node's directory: work in progress, or a dead call's
 COMPLETED = "completed.json"
 FAILED = "failed.json"
+# Where a failed snapshot's data goes when not even failed.json could be written (the same disk
+# full): a rename takes no new block, and the failure must outlast the process that saw it.
+FAILED_DATA = "data.not-on-disk"
 # 2: a snapshot's state comes from its markers, not snapshot.json's "state"; 3: each file's size is
 # the size copied, where 2 kept the size the walk saw (a held engine's log may grow in between).
 METADATA_FORMAT = 3
@@ -236,6 +239,8 @@ def snapshot_state(snap_dir: Path, meta: dict[str, Any]) -> tuple[str, str | Non
     failed = _read_json(snap_dir / FAILED)
     if failed is not None:
         return "error", str(failed.get("error") or "could not be written to disk")
+    if (snap_dir / FAILED_DATA).exists():
+        return "error", f"could not be written to disk (nor its {FAILED}: its data was moved to {FAILED_DATA})"
     if meta.get("boot_id") != boot_id():
         return "error", NOT_ON_DISK
     return "pending", None
@@ -250,6 +255,12 @@ def mark_failed(snap_dir: Path, error: str) -> None:
     """After a failed fsync: the kernel may since have marked the lost pages clean, so a later
     fsync could pass without writing them; the snapshot must never become completed."""
     _write_json(snap_dir / FAILED, {"error": error, "failed_at": utc_text(datetime.now(UTC))})
+
+
+def mark_failed_without_room(snap_dir: Path) -> None:
+    """``mark_failed`` when failed.json could not be written: the data directory is renamed away,
+    which ``snapshot_state`` reads as failed for good, and no later fsync can complete."""
+    os.rename(snap_dir / DATA, snap_dir / FAILED_DATA)
 
 
 def restore_marker(dest: Path) -> Path:
