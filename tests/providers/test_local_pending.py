@@ -106,6 +106,24 @@ def test_a_node_lock_held_past_the_deadline_ends_the_wait_and_leaves_the_snapsho
     assert provider.wait(refs, time.monotonic() + LATER)[0].state == "completed"
 
 
+def test_a_delete_waits_for_a_held_node_lock_a_bounded_time_and_leaves_the_snapshot(
+    provider: LocalProvider, volumes: NodeVolumes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A process that hung holding the node's store lock (a restore on a stalled mount) hung a
+    # failed backup's rollback at its delete, and the cluster lock that backup keeps, for good.
+    from snapctl_local import provider as provider_module
+
+    refs = _take(provider, volumes, "run1")
+    monkeypatch.setattr(provider_module, "DELETE_LOCK_WAIT_S", 0.3)
+    with provider.store.node_lock("n1"):
+        with pytest.raises(store_module.StoreBusy, match="snapshot run1-n1-data not deleted: another snapctl") as info:
+            provider.delete(refs[0])
+    assert "gc --delete" in (info.value.hint or "")
+    assert [r.snapshot_id for r in provider.find({TAG_RUN: "run1"})] == ["run1-n1-data"]
+    provider.delete(refs[0])
+    assert provider.find({TAG_RUN: "run1"}) == []
+
+
 def test_restore_of_a_pending_snapshot_makes_it_durable_first(
     provider: LocalProvider, volumes: NodeVolumes, tmp_path: Path
 ) -> None:

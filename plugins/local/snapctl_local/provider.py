@@ -51,6 +51,7 @@ from .store import (
     METADATA_FORMAT,
     PARTIAL_PREFIX,
     SnapshotStore,
+    StoreBusy,
     boot_id,
     check_part,
     filename_safe,
@@ -66,6 +67,10 @@ from .store import (
 
 PROVIDER = "local"
 HELD_LOCK_WAIT_S = 5.0  # how long a snapshot, inside the engine's hold, waits for its node's store lock
+# How long a delete waits for it: a process that hung holding it (a restore on a stalled mount)
+# must not hang a failed backup's rollback, and the cluster lock it keeps, for good. Longer than
+# any snapshot's copy under the default max_freeze_s; what is not deleted is retried later.
+DELETE_LOCK_WAIT_S = 90.0
 
 
 class LocalProvider(LocalRestores):
@@ -198,10 +203,17 @@ class LocalProvider(LocalRestores):
         doomed = self.store.work_dir(snap_dir.parent, DELETING_PREFIX, ref.snapshot_id)
         try:
             # Under the node lock, so a concurrent snapshot's leftover cleanup never races this removal.
-            with self.store.node_lock(ref.node):
+            with self.store.node_lock(ref.node, wait_s=DELETE_LOCK_WAIT_S):
                 # Renaming first hides it from find() at once; a crash mid-removal leaves only a hidden leftover.
                 os.rename(snap_dir, doomed)
                 remove_tree(doomed)
+        except StoreBusy as exc:
+            raise StoreBusy(
+                f"node {ref.node}: snapshot {ref.snapshot_id} not deleted: another snapctl process has held the "
+                f"node's part of the store for more than {DELETE_LOCK_WAIT_S:g}s (a restore or drill making a "
+                "pending snapshot durable, or a call that hung)",
+                hint="`snapctl prune` or `snapctl gc --delete` retries it once that process is done",
+            ) from exc
         except FileNotFoundError:
             return
         except OSError as exc:
@@ -380,8 +392,7 @@ class LocalProvider(LocalRestores):
         where = f"node {node}: snapshot {snapshot_id} of volume {meta.get('volume')}"
         # Under the node lock: a restore and a wait may finalize the same snapshot at once, and a
         # delete must not rename it away half way. Not past the deadline: a process that stalled
-        # holding the lock must not stall a backup's wait, nor a completion, for good (a delete
-        # still waits for it: see docs/providers/local.md).
+        # holding the lock must not stall a backup's wait, nor a completion, for good.
         wait_s = None if deadline is None else max(0.0, deadline - time.monotonic())
         with self.store.node_lock(node, wait_s=wait_s):
             # What crashed calls left, removed here, after the hold: a killed copy's .partial can be
