@@ -139,6 +139,19 @@ class _Stopped(Exception):
     """The backup was interrupted while it completed the newest backup's snapshots."""
 
 
+async def would_complete(catalog: Catalog, provider: Provider, reporter: Reporter) -> None:
+    """For a dry run: say what ``complete_newest_backup`` would complete before the holds."""
+    if not can_complete(provider):
+        return
+    try:
+        newest = await asyncio.to_thread(_newest_unconfirmed, catalog, provider)
+    except SnapctlError:
+        return
+    if newest is not None:
+        reporter.step("complete", f"the run would first complete the {len(newest.snapshot_refs())} pending "
+                                  f"snapshots of run {newest.run_id} (backup --no-wait), before any node is held")
+
+
 def _newest_unconfirmed(catalog: Catalog, provider: Provider) -> Manifest | None:
     """The newest succeeded run's manifest when it is this provider's and its snapshots are not
     known to be complete; else None."""

@@ -108,3 +108,15 @@ def test_nothing_is_completed_without_an_earlier_no_wait_run(sqlite_cluster):
     _backup(sqlite_cluster, reporter=steps)
     _backup(sqlite_cluster, reporter=steps)
     assert "complete" not in [name for name, _ in steps.lines]
+
+
+def test_a_dry_run_after_a_no_wait_run_says_the_backup_would_complete_it_first_and_completes_nothing(sqlite_cluster):
+    first = _backup(sqlite_cluster, no_wait=True)
+    steps = Steps()
+
+    asyncio.run(backup(sqlite_cluster.inventory, BackupOptions(dry_run=True), steps))
+
+    assert ("complete", f"the run would first complete the 2 pending snapshots of run {first.run_id} "
+                        "(backup --no-wait), before any node is held") in steps.lines
+    assert not _completed(sqlite_cluster, "n1", first.run_id) and not _completed(sqlite_cluster, "n2", first.run_id)
+    assert not _catalog(sqlite_cluster).load(first.run_id).snapshots_completed
