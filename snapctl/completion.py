@@ -5,8 +5,9 @@ until something fsyncs it (the provider's optional ``complete``, see snapctl.pro
 then retention cannot count its run, and the next backup cannot hard-link unchanged files from
 it. So retention completes such a run's snapshots when the policy would keep it
 (snapctl.prune), and a backup completes the newest backup's before it holds any node
-(``complete_newest_backup``). A snapshot whose completion fails is failed for good by the
-provider, and its run is treated like a failed one; nothing is deleted for it here.
+(``complete_newest_backup``). A run whose snapshot is in error after a failed completion (its
+fsync failed) is treated like a failed one; one merely not completed (the deadline, a busy store)
+is neither counted nor deleted. Nothing is deleted here.
 """
 
 from __future__ import annotations
@@ -94,12 +95,7 @@ async def complete_newest_backup(catalog: Catalog, provider: Provider, reporter:
     completed snapshots: a linked file is never fsynced again) and retention counts that run. Here
     the fsyncs hold nothing up but this backup's start; inside the hold they would freeze the
     engine. A failure is reported and the backup goes on, copying what they hold again."""
-    if not can_complete(provider):
-        return
-    try:
-        newest = await asyncio.to_thread(_newest_unconfirmed, catalog, provider)
-    except SnapctlError:
-        return  # no backup yet, or none readable: nothing to link from either way
+    newest = await _newest_to_complete(catalog, provider)
     if newest is None:
         return
     refs = newest.snapshot_refs()
@@ -141,20 +137,25 @@ class _Stopped(Exception):
 
 async def would_complete(catalog: Catalog, provider: Provider, reporter: Reporter) -> None:
     """For a dry run: say what ``complete_newest_backup`` would complete before the holds."""
-    if not can_complete(provider):
-        return
-    try:
-        newest = await asyncio.to_thread(_newest_unconfirmed, catalog, provider)
-    except SnapctlError:
-        return
+    newest = await _newest_to_complete(catalog, provider)
     if newest is not None:
         reporter.step("complete", f"the run would first complete the {len(newest.snapshot_refs())} pending "
                                   f"snapshots of run {newest.run_id} (backup --no-wait), before any node is held")
 
 
+async def _newest_to_complete(catalog: Catalog, provider: Provider) -> Manifest | None:
+    """The newest succeeded run's manifest when this provider completes snapshots when asked, the
+    run is its, and its snapshots are not known to be complete; else None (also when there is no
+    backup yet, or none readable: nothing to link from either way)."""
+    if not can_complete(provider):
+        return None
+    try:
+        return await asyncio.to_thread(_newest_unconfirmed, catalog, provider)
+    except SnapctlError:
+        return None
+
+
 def _newest_unconfirmed(catalog: Catalog, provider: Provider) -> Manifest | None:
-    """The newest succeeded run's manifest when it is this provider's and its snapshots are not
-    known to be complete; else None."""
     newest = catalog.load(catalog.resolve("latest"))
     if newest.snapshots_completed or newest.provider != provider.name or not newest.snapshot_refs():
         return None

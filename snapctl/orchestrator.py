@@ -23,7 +23,7 @@ from snapctl import __version__
 from snapctl.agent_client import AgentClient, open_agents
 from snapctl.catalog import Catalog, open_catalog
 from snapctl.catalog.lock import LockKeeper
-from snapctl.completion import complete_newest_backup
+from snapctl.completion import complete_newest_backup, would_complete
 from snapctl.config import Inventory
 from snapctl.errors import (
     CLOUD_OUTAGE,
@@ -112,6 +112,7 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
     async with open_agents(inventory) as agents:
         # Step 2 comes before step 1 on a dry run: it takes no lock and holds nothing.
         if options.dry_run:
+            await would_complete(catalog, provider, reporter)  # where the run's step 1 would
             return await dry_run(inventory, provider, volumes, agents, reporter, catalog)
 
         executor = call_runner(inventory.policy, provider, inventory.provider, len(inventory.nodes),

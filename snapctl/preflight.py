@@ -13,7 +13,6 @@ from urllib.parse import urlsplit
 from snapctl.agent_client import AgentClient
 from snapctl.catalog import Catalog
 from snapctl.catalog.catalog import CatalogLook
-from snapctl.completion import would_complete
 from snapctl.config import Inventory, is_loopback
 from snapctl.errors import SnapctlError
 from snapctl.events import Reporter
@@ -117,7 +116,6 @@ async def dry_run(inventory: Inventory, provider: Provider, volumes: dict[str, N
         for finding in catalog_refusals(look, datetime.now(UTC)):
             verdict.findings.append(finding)
             reporter.finding(finding)
-        await would_complete(catalog, provider, reporter)
         reporter.step("provider", f"checking that {provider.name} is ready (its SDK, its credentials)")
         try:
             await checker.ready(CALL_RUNNER_READY_S)

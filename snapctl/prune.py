@@ -373,7 +373,7 @@ def _snapshots_doubt(manifest: Manifest, provider: Provider,
     snapshot is not counted yet; a local one is completed (fsynced) here. One whose fsync failed
     (which fails it for good) makes the run count as failed; one not completed in time, or kept
     from it by the store (its lock, its lock file), leaves the run neither counted nor deleted:
-    its snapshots may be whole, and the next prune completes them."""
+    its snapshots may be whole, and a later prune tries again."""
     if manifest.provider != provider.name:
         return (f"whether its snapshots completed is unknown (backup --no-wait): made with the {manifest.provider} "
                 f"provider, not {provider.name}", True), False
