@@ -166,8 +166,17 @@ class _Deadlines:
         watched.append(conn)
 
     def _expire(self, slot: int) -> None:
-        for conn in self._due.pop(slot, ()):
-            conn.expire(slot * _GRAIN)
+        # Failed only after one more poll of the sockets: asyncio runs the timers due after the
+        # poll it last made, so in a process paused just after a poll (SIGSTOP, a paused VM, swap)
+        # an answer that arrived meanwhile is still unread when its deadline fires. The next turn
+        # polls before it runs what was queued, and its reads are queued behind this hop: hence two.
+        loop = asyncio.get_running_loop()
+        loop.call_soon(loop.call_soon, self._fail_unanswered, self._due.pop(slot, ()), slot * _GRAIN)
+
+    @staticmethod
+    def _fail_unanswered(conns: list[_Connection], due: float) -> None:
+        for conn in conns:
+            conn.expire(due)
 
 
 class AgentTransport:

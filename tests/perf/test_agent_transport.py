@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import selectors
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -147,6 +149,47 @@ def test_errors_are_a_timeout_or_a_transport_error(server_factory) -> None:
 
     with pytest.raises(TransportTimeout, match="did not answer in time"):
         asyncio.run(AgentTransport().call("GET", f"http://127.0.0.1:{silent.port}/v1/status", None, {}, 0.2))
+
+
+class PausedAfterAPoll(selectors.DefaultSelector):
+    """The event loop's selector, stopped once right after a poll that saw nothing: as when SIGSTOP
+    (a control host paused, swapped out) lands between asyncio's poll and its timers. Whatever
+    arrives meanwhile is seen only by the next poll, and the timers due by then run first."""
+
+    def __init__(self, pause_s: float) -> None:
+        super().__init__()
+        self.pause_s, self.armed, self.paused = pause_s, False, False
+
+    def select(self, timeout=None):
+        events = super().select(timeout)
+        if self.armed and not events:
+            self.armed, self.paused = False, True
+            time.sleep(self.pause_s)
+        return events
+
+
+def test_an_answer_that_came_while_the_process_was_paused_is_read_not_timed_out(server_factory) -> None:
+    server = server_factory(lambda n: (time.sleep(0.2), json_answer(n))[1])  # answers 0.2 s after the request
+    selector = PausedAfterAPoll(pause_s=1.0)  # past the call's 0.5 s deadline
+
+    async def paused_call() -> AgentResponse:
+        transport = AgentTransport()
+        call = asyncio.ensure_future(transport.call("GET", f"http://127.0.0.1:{server.port}/v1/status", None, {}, 0.5))
+        await asyncio.sleep(0.05)  # the request is out; its answer is 0.15 s away
+        selector.armed = True
+        asyncio.get_running_loop().call_later(0.01, lambda: None)  # a poll that returns with nothing
+        try:
+            return await call
+        finally:
+            await transport.aclose()
+
+    loop = asyncio.SelectorEventLoop(selector)
+    try:
+        response = loop.run_until_complete(paused_call())
+    finally:
+        loop.close()
+    assert selector.paused and server.requests == 1
+    assert response.json() == {"ok": True}
 
 
 def test_call_sends_json_with_its_headers_and_reuses_the_connection(server_factory) -> None:
