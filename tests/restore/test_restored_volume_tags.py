@@ -1,10 +1,13 @@
 """What a volume restored from a snapshot carries: this cluster's tag, whatever the snapshot's
 tags say now, so that a drill's teardown and the cleanup after a killed drill find and delete it;
 and none of the tags that make a snapshot one of a run's, so that a snapshot made of the volume
-(by the cloud's own tools, copying its tags) is no run's to prune nor gc's orphan. boto3 to moto."""
+(by the cloud's own tools or a script, copying its tags) is no run's to prune, nor gc's orphan or
+snapshot of an unknown run. boto3 to moto; google-cloud-compute and azure-mgmt-compute to the
+local fakes."""
 
 from __future__ import annotations
 
+import pytest
 import yaml
 
 from snapctl.catalog import open_catalog
@@ -46,8 +49,45 @@ def test_an_aws_drill_volume_whose_snapshot_lost_its_cluster_tag_is_found_and_de
         assert _volume(node.ec2, volume_id) is None, "the drill's teardown deletes it"
 
 
-def test_a_snapshot_of_a_restored_aws_volume_copying_its_tags_is_no_runs_to_prune_and_no_orphan(tmp_path):
-    with two_volume_node(tmp_path, "aws") as node:
+def _copy_of_restored(node, cloud: str, provider, volume_id: str) -> tuple[dict[str, str], str]:
+    """The restored volume's tags, and the id of a snapshot of it made by another tool copying them:
+    AWS's Data Lifecycle Manager (CopyTags) or the console's "copy tags from volume"; on gcp and
+    azure a script or policy copying the disk's labels or tags onto its snapshot."""
+    if cloud == "aws":
+        tags = {t["Key"]: t["Value"] for t in _volume(node.ec2, volume_id)["Tags"]}
+        return tags, node.ec2.create_snapshot(VolumeId=volume_id, TagSpecifications=[
+            {"ResourceType": "snapshot", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}])["SnapshotId"]
+    if cloud == "gcp":
+        from snapctl_gcp.labels import tags_of
+
+        _, project, _, zone, _, name = volume_id.split("/")
+        disks, types = provider.api.client("disks"), provider.api.types
+        labels = dict(disks.get(project=project, zone=zone, disk=name).labels)
+        disks.create_snapshot_unary(project=project, zone=zone, disk=name,
+                                    snapshot_resource=types.Snapshot(name="copy-of-restored", labels=labels))
+        return tags_of(None, labels), "copy-of-restored"
+    from azure.mgmt.compute.models import CreationData, Snapshot
+
+    group, name = volume_id.split("/")[4], volume_id.rsplit("/", 1)[-1]
+    client = provider.api.client
+    tags = dict(client.disks.get(group, name).tags)
+    client.snapshots.begin_create_or_update(group, "copy-of-restored", Snapshot(
+        location="westeurope", tags=tags, incremental=True,
+        creation_data=CreationData(create_option="Copy", source_resource_id=volume_id))).result()
+    return tags, "copy-of-restored"
+
+
+def _exists(node, cloud: str, snapshot_id: str) -> bool:
+    if cloud == "aws":
+        return bool(node.ec2.describe_snapshots(Filters=[{"Name": "snapshot-id", "Values": [snapshot_id]}])["Snapshots"])
+    if cloud == "gcp":
+        return snapshot_id in node.fake.snapshots and node.fake.snapshots[snapshot_id]["status"] != "DELETING"
+    return snapshot_id in node.fake.snapshots()
+
+
+@pytest.mark.parametrize("cloud", ["aws", "gcp", "azure"])
+def test_a_snapshot_of_a_restored_volume_copying_its_tags_is_no_runs_to_prune_and_no_orphan(tmp_path, cloud):
+    with two_volume_node(tmp_path, cloud) as node:
         old_run = _backup(node.inventory)
         inventory = load_inventory(node.inventory)
         a, _ = open_catalog(inventory).load(old_run).nodes["db1"].snapshots
@@ -55,13 +95,11 @@ def test_a_snapshot_of_a_restored_aws_volume_copying_its_tags_is_no_runs_to_prun
 
         volume_id = provider.restore(a, RestoreTarget(zone=node.zone))
 
-        tags = {t["Key"]: t["Value"] for t in _volume(node.ec2, volume_id)["Tags"]}
+        tags, copy = _copy_of_restored(node, cloud, provider, volume_id)
         assert not {TAG_RUN, TAG_NODE, TAG_VOLUME, TAG_VERSION} & set(tags), tags
-        assert (tags["snapctl-restored-from"], tags["snapctl-restored-run"]) == (a.snapshot_id, old_run)
-        assert tags[TAG_CLUSTER] == inventory.cluster
-        # What DLM's CopyTags or the console's "copy tags from volume" makes of it.
-        copy = node.ec2.create_snapshot(VolumeId=volume_id, TagSpecifications=[
-            {"ResourceType": "snapshot", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}])["SnapshotId"]
+        assert tags["snapctl-restored-from"] == a.snapshot_id and tags[TAG_CLUSTER] == inventory.cluster
+        if cloud == "aws":
+            assert tags["snapctl-restored-run"] == old_run
         _backup(node.inventory)
         data = yaml.safe_load(node.inventory.read_text())
         data["retention"] = {"keep_last": 1, "daily": 0, "weekly": 0, "monthly": 0}
@@ -71,9 +109,11 @@ def test_a_snapshot_of_a_restored_aws_volume_copying_its_tags_is_no_runs_to_prun
 
         assert [v.run_id for v in pruned.deleted] == [old_run] and pruned.ok
         assert copy not in {s for v in pruned.deleted for s in v.snapshots}
-        assert node.ec2.describe_snapshots(SnapshotIds=[copy])["Snapshots"], "prune deleted it with the old run"
-        collected = gc(load_inventory(node.inventory), delete=True)
-        assert collected.orphans == [] and collected.deleted == []
-        assert node.ec2.describe_snapshots(SnapshotIds=[copy])["Snapshots"]
+        assert _exists(node, cloud, copy), "prune deleted it with the old run"
+        # Not even as a snapshot of a run this catalog never heard of: --include-unknown-runs would delete it.
+        collected = gc(load_inventory(node.inventory), delete=True, include_unknown_runs=True)
+        assert (collected.orphans, collected.unknown_runs, collected.deleted) == ([], [], [])
+        assert _exists(node, cloud, copy), "gc deleted it"
         provider.delete_volume(volume_id)
-        node.ec2.delete_snapshot(SnapshotId=copy)
+        if cloud == "aws":
+            node.ec2.delete_snapshot(SnapshotId=copy)
