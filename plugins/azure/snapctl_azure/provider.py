@@ -239,7 +239,10 @@ class AzureProvider:
         rg = self.settings.resource_group
         # ARM's list has no tag filter for snapshots: filter here (one resource group, paged).
         items = self.api.call("list snapshots", PERM_READ, lambda: list(self._snapshots.list_by_resource_group(rg)))
-        return [self._ref_from(s) for s in items or [] if all((s.tags or {}).get(k) == v for k, v in wanted.items())]
+        # One carrying snapctl-restored-from was made of a restored disk, copying its tags (which
+        # include this cluster's): someone else's snapshot, never snapctl's, so no run's and no orphan.
+        return [self._ref_from(s) for s in items or [] if TAG_RESTORED_FROM not in (s.tags or {})
+                and all((s.tags or {}).get(k) == v for k, v in wanted.items())]
 
     def describe(self, refs: Sequence[SnapshotRef]) -> list[SnapshotRef]:
         return [self._ref_from(snap) for ref in refs if (snap := self._get(ref)) is not None]

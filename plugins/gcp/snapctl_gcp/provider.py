@@ -34,7 +34,7 @@ from snapctl.providers import (
 )
 from snapctl.timestamps import utc_text
 from snapctl_gcp.client import GcpApi
-from snapctl_gcp.disks import RestoredDisks
+from snapctl_gcp.disks import TAG_RESTORED_FROM, RestoredDisks
 from snapctl_gcp.errors import RATE_OPERATION_CODES, operation_error, operation_hint
 from snapctl_gcp.labels import (
     decode_label,
@@ -251,6 +251,12 @@ class GcpProvider(RestoredDisks):
         refs = []
         for snap in items or []:
             raw = tags_of(snap.description, snap.labels)
+            # One carrying snapctl-restored-from was made of a restored disk, copying its labels (which
+            # include this cluster's): someone else's snapshot, never snapctl's, so no run's and no
+            # orphan. By raw tag and by label: the raw tags come from a snapctl description before
+            # the labels, so either may lack it.
+            if TAG_RESTORED_FROM in raw or encode_key(TAG_RESTORED_FROM) in snap.labels:
+                continue
             if all(raw.get(k) == v for k, v in wanted.items()):  # labels may be digests: confirm on raw tags
                 refs.append(self._ref_from(snap, raw))
         return refs
