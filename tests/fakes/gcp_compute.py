@@ -111,9 +111,10 @@ class FakeGcpCompute(JsonHttpFake):
             return {d["deviceName"]: d["source"].rsplit("/", 1)[-1]
                     for d in self.instances[(zone, instance)]["disks"] if not d.get("boot")}
 
-    def add_snapshot(self, name: str, *, labels: dict[str, str] | None = None, status: str = "READY") -> dict[str, Any]:
+    def add_snapshot(self, name: str, *, labels: dict[str, str] | None = None, status: str = "READY",
+                     description: str = "") -> dict[str, Any]:
         with self.lock:
-            snap = self._new_snapshot(name, {"labels": labels or {}}, source=None)
+            snap = self._new_snapshot(name, {"labels": labels or {}, "description": description}, source=None)
             snap["status"] = status
             snap["_polls"] = 10**6
             return snap

@@ -222,6 +222,18 @@ def test_find_returns_this_clusters_snapshots_with_the_given_tags(gcp, make_prov
     assert len(ours.find({})) == 4
 
 
+def test_find_skips_a_snapshot_made_of_a_restored_disk_by_its_label_or_its_raw_tag(gcp, provider, volumes):
+    from snapctl_gcp.labels import description_for, labels_for
+
+    ours = provider.snapshot(volumes, tags())
+    cluster, restored = {TAG_CLUSTER: "Prod.EU"}, {TAG_CLUSTER: "Prod.EU", "snapctl-restored-from": "snap-1"}
+    # The description is read before the labels: each copy carries the tag only where the other does not look.
+    gcp.add_snapshot("copy-labelled", labels=labels_for(restored), description=description_for(cluster))
+    gcp.add_snapshot("copy-described", labels=labels_for(cluster), description=description_for(restored))
+
+    assert sorted(r.snapshot_id for r in provider.find({})) == sorted(r.snapshot_id for r in ours)
+
+
 def test_restore_makes_a_disk_from_the_snapshot(gcp, provider, volumes):
     gcp.op_running_polls = 3
     ref = provider.snapshot(volumes, tags())[0]  # restore waits for READY itself
