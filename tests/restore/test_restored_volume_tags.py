@@ -79,7 +79,8 @@ def _copy_of_restored(node, cloud: str, provider, volume_id: str) -> tuple[dict[
 
 def _exists(node, cloud: str, snapshot_id: str) -> bool:
     if cloud == "aws":
-        return bool(node.ec2.describe_snapshots(Filters=[{"Name": "snapshot-id", "Values": [snapshot_id]}])["Snapshots"])
+        found = node.ec2.describe_snapshots(Filters=[{"Name": "snapshot-id", "Values": [snapshot_id]}])
+        return bool(found["Snapshots"])
     if cloud == "gcp":
         return snapshot_id in node.fake.snapshots and node.fake.snapshots[snapshot_id]["status"] != "DELETING"
     return snapshot_id in node.fake.snapshots()
