@@ -71,10 +71,10 @@ def _copy_of_restored(node, cloud: str, provider, volume_id: str) -> tuple[dict[
     group, name = volume_id.split("/")[4], volume_id.rsplit("/", 1)[-1]
     client = provider.api.client
     tags = dict(client.disks.get(group, name).tags)
-    client.snapshots.begin_create_or_update(group, "copy-of-restored", Snapshot(
+    made = client.snapshots.begin_create_or_update(group, "copy-of-restored", Snapshot(
         location="westeurope", tags=tags, incremental=True,
         creation_data=CreationData(create_option="Copy", source_resource_id=volume_id))).result()
-    return tags, "copy-of-restored"
+    return tags, made.id
 
 
 def _exists(node, cloud: str, snapshot_id: str) -> bool:
@@ -83,7 +83,7 @@ def _exists(node, cloud: str, snapshot_id: str) -> bool:
         return bool(found["Snapshots"])
     if cloud == "gcp":
         return snapshot_id in node.fake.snapshots and node.fake.snapshots[snapshot_id]["status"] != "DELETING"
-    return snapshot_id in node.fake.snapshots()
+    return any(r["id"].lower() == snapshot_id.lower() for r in node.fake.snapshots().values())
 
 
 @pytest.mark.parametrize("cloud", ["aws", "gcp", "azure"])
