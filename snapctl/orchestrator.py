@@ -45,7 +45,14 @@ from snapctl.provider_threads import CallRunner
 from snapctl.provider_wait import wait_out_transient
 from snapctl.provider_worker import CALL_RUNNER_READY_S, call_runner
 from snapctl.providers import TAG_RUN, NodeVolumes, Provider, SnapshotRef, node_volumes, open_provider, snapshot_tags
-from snapctl.run_failure import hold_ended_before_complete, joined, node_reason, reason, run_failure
+from snapctl.run_failure import (
+    hold_ended_before_complete,
+    joined,
+    node_reason,
+    reason,
+    rollback_complete_failed,
+    run_failure,
+)
 
 
 @dataclass
@@ -401,14 +408,9 @@ async def _roll_back(run: _Run, cause: BaseException) -> None:
     for node, result in zip(held, results):
         if isinstance(result, AgentConflict) and result.holder is None:
             result = False  # nothing held there: the complete overtook the prepare, which the agent now refuses
-        if isinstance(result, AgentUnreachable) and not result.delivered:  # nothing listens: no lease to wait for
-            manifest.nodes[node].error = joined(manifest.nodes[node].error, f"complete could not be sent "
-                                                f"({result.reason}): no agent runs there now (docs/agent.md, "
-                                                "'an engine left held')")
-        elif isinstance(result, BaseException):
+        if isinstance(result, BaseException):
             manifest.nodes[node].error = joined(manifest.nodes[node].error,
-                                                f"complete failed ({node_reason(result)}); "
-                                                f"its lease expires within {policy.lease_ttl_s:g}s")
+                                                rollback_complete_failed(result, policy.lease_ttl_s))
         else:
             run.held.discard(node)
             record = manifest.nodes[node]

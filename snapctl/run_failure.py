@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from node_agent.models import LOST_ON_ENGINE
-from snapctl.errors import AgentError, RunFailed, SnapctlError
+from snapctl.errors import AgentError, AgentUnauthorized, AgentUnreachable, RunFailed, SnapctlError
 from snapctl.manifest import Manifest
 
 
@@ -51,6 +51,21 @@ def hold_ended_before_complete(node: str, ended: str | None) -> RunFailed:
                        "rotate it"))
     return RunFailed(f"node {node}: its hold had already ended when the run completed it"
                      + (f" ({why[0]})" if why[0] else "") + ", so the snapshot may not be consistent", hint=why[1])
+
+
+def rollback_complete_failed(exc: BaseException, lease_ttl_s: float) -> str:
+    """What a node's record says of a rollback's complete that failed with ``exc``: whether a hold
+    of the run may remain there, and until when."""
+    if isinstance(exc, AgentUnreachable) and not exc.delivered:  # nothing listens: no lease to wait for
+        return (f"complete could not be sent ({exc.reason}): no agent runs there now (docs/agent.md, "
+                "'an engine left held')")
+    if isinstance(exc, AgentUnauthorized):
+        # An agent process keeps the token it started with, so one that refuses ours accepted no
+        # prepare with it: telling the operator to wait for a lease would send them after nothing.
+        return (f"complete refused ({exc.reason}): an agent that refuses snapctl's token holds nothing of this run "
+                "(one restarted with another token meanwhile may have left its engine held: docs/agent.md, "
+                "'an engine left held')")
+    return f"complete failed ({node_reason(exc)}); its lease expires within {lease_ttl_s:g}s"
 
 
 def reason(exc: BaseException) -> str:

@@ -217,3 +217,30 @@ def test_a_prepare_the_agents_rate_limit_refuses_is_sent_once_and_every_node_rel
     assert "rate_per_s, burst in its config" in err  # the hint: where the limit is, who else asks
     _others_released_by_the_run(cluster, manifest["run_id"], "node2")
     assert cluster.lease("node2") is None and cluster.writable("node2")
+
+
+def test_a_rollback_complete_refused_for_our_token_says_the_agent_holds_nothing(cluster: FaultCluster) -> None:
+    # node2's and node3's agents restart with another token between the preflight and the prepares
+    # (a rotation while a backup ran). node2's prepare, resent on a new connection, is refused for
+    # the token, failing the run; node3's never reached any agent. The rollback's complete to node3
+    # is refused for the token too: an agent that refuses our token accepted no prepare with it, so
+    # nobody is to wait for a lease of this run there.
+    gates = {n: cluster.agents[n].proxy.gate("POST /v1/prepare") for n in ("node2", "node3")}
+    process = cluster.popen("backup", "--no-prune")
+    for gate in gates.values():
+        gate.wait()
+    cluster.token_file.write_text("a-rotated-token-5e0c2d19f7\n")
+    for node in gates:
+        cluster.kill_agent(node)
+        cluster.start_agent(node)
+    gates["node2"].drop()
+    out, err = process.communicate(timeout=60)
+    result = subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+    manifest = _failed_run(cluster, result, "node2")
+    assert "refused us" in manifest["nodes"]["node2"]["error"]
+    note = manifest["nodes"]["node3"]["error"]
+    assert "lease expires" not in note and "holds nothing of this run" in note, note
+    assert "lease expires" not in err and "a-rotated-token" not in err + out
+    assert cluster.released_by("node1", manifest["run_id"]) in ("completed", "cancelled")
+    assert cluster.writable("node1")
