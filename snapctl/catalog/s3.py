@@ -41,13 +41,14 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     # Not repeated: s3://KEY:SECRET@bucket, as some tools take it, holds a secret key, which may
     # hold a / (urlsplit then puts the rest in the path): no @ anywhere, as no bucket name has one.
     if "@" in url:
-        raise BadInputError("catalog url: an s3 url takes no user or password (s3://key:secret@bucket)",
+        raise BadInputError("catalog.url: an s3 url takes no user or password (s3://key:secret@bucket)",
                             hint="use s3://bucket/prefix; boto3 finds the credentials (environment, profile, role)")
     if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment:
-        raise BadInputError(f"catalog url {url!r} is not an s3 url", hint="use s3://bucket or s3://bucket/prefix")
+        raise BadInputError(f"catalog.url {url!r} is not an s3 url", hint="use s3://bucket or s3://bucket/prefix")
     prefix = parts.path.strip("/")
     if prefix and any(p in ("", ".", "..") for p in prefix.split("/")):
-        raise BadInputError(f"catalog url {url!r} has an empty, '.' or '..' part in its prefix")
+        raise BadInputError(f"catalog.url {url!r} has an empty, '.' or '..' part in its prefix",
+                            hint="use s3://bucket or s3://bucket/prefix")
     return parts.netloc, prefix
 
 

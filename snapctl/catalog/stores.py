@@ -4,12 +4,13 @@ only then), a directory (``catalog.path``), or the per-user default under $XDG_S
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from snapctl.catalog.catalog import Catalog
 from snapctl.catalog.local import LocalBlobStore
-from snapctl.errors import BadInputError
+from snapctl.errors import BadInputError, InventoryError
 
 if TYPE_CHECKING:
     from snapctl.config import Inventory
@@ -21,18 +22,59 @@ def default_catalog_dir() -> Path:
     return base / "snapctl" / "catalog"
 
 
+def check_catalog(inventory: Inventory) -> None:
+    """The inventory's catalog block, refused as bad input (exit 2, naming file:line) where every
+    command that opens the catalog would fail on it: both keys, a url that is no s3 url or carries
+    a user and password, a path below a file. Reads no catalog: `snapctl status` checks it before
+    asking anything, as it checks the provider block."""
+    config = inventory.catalog
+    if config.url and config.path:
+        raise InventoryError(f"{inventory.where('catalog')}: catalog: set either 'path' or 'url', not both",
+                             hint="path: a local directory; url: s3://bucket/prefix for a shared catalog")
+    if config.url:
+        if not config.url.startswith("s3://"):
+            raise InventoryError(f"{inventory.where('catalog', 'url')}: catalog.url {config.url!r} is not supported",
+                                 hint="use s3://bucket/prefix, or catalog.path")
+        from snapctl.catalog.s3 import parse_s3_url  # no boto3: that comes with the store
+
+        try:
+            parse_s3_url(config.url)
+        except BadInputError as exc:
+            raise inventory.located(exc, "catalog", "url") from None
+    elif config.path:
+        root = inventory.resolve(config.path)
+        existing = _nearest_existing(root)
+        # A file there failed every command later, as "cannot read <root>/<cluster>/index.json: not a directory".
+        if existing is not None and not stat.S_ISDIR(existing[1].st_mode):
+            found, _ = existing
+            where = f"{root}" if found == root else f"{root}: {found}"
+            raise InventoryError(f"{inventory.where('catalog', 'path')}: catalog.path {where} is not a directory",
+                                 hint="set catalog.path to a directory; snapctl creates it if it is missing")
+
+
+def _nearest_existing(path: Path) -> tuple[Path, os.stat_result] | None:
+    """``path``, or the nearest directory above it that exists, which the catalog's first write
+    makes the rest below; None where that cannot be told (a directory this user may not search:
+    the catalog's own errors say so, naming the key they could not read)."""
+    for candidate in (path, *path.parents):
+        try:
+            return candidate, os.stat(candidate)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError:
+            return None
+    return None
+
+
 def open_catalog(inventory: Inventory) -> Catalog:
     """The catalog the inventory names: ``catalog.url`` (s3://), ``catalog.path``, else the per-user default."""
+    check_catalog(inventory)
     config = inventory.catalog
     if config.url:
-        if config.path:
-            raise BadInputError("catalog: set either 'path' or 'url', not both")
         # --- shared catalogs: the S3 store (boto3 is imported only here, on demand) -----------
-        if config.url.startswith("s3://"):
-            from snapctl.catalog.s3 import S3BlobStore
+        from snapctl.catalog.s3 import S3BlobStore
 
-            store = S3BlobStore(config.url, endpoint_url=config.endpoint_url, region=config.region)
-            return Catalog(store, inventory.cluster)
-        raise BadInputError(f"catalog url {config.url!r} is not supported", hint="use s3://bucket/prefix, or catalog.path")
+        store = S3BlobStore(config.url, endpoint_url=config.endpoint_url, region=config.region)
+        return Catalog(store, inventory.cluster)
     root = inventory.resolve(config.path) if config.path else default_catalog_dir()
     return Catalog(LocalBlobStore(root), inventory.cluster)

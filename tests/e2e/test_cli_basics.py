@@ -43,9 +43,14 @@ def snapctl(*args: str, cwd=None) -> subprocess.CompletedProcess:
         ("cluster: c\nprovider: {type: local}\nnodes:\n  - name: db 1\n    agent: http://127.0.0.1:7701\n",
          ("inv.yaml:4: nodes[0].name: 'db 1' is not a valid name: 1-63 letters, digits, '.', '_' or '-', beginning "
           "with a letter or digit")),
+        ("cluster: c\nprovider: {type: local}\ncatalog: {path: c, url: 's3://b/p'}\nnodes:" + GOOD_NODE,
+         "inv.yaml:3: catalog: set either 'path' or 'url', not both"),
+        ("cluster: c\nprovider: {type: local}\ncatalog:\n  url: gs://b/p\nnodes:" + GOOD_NODE,
+         "inv.yaml:4: catalog.url 'gs://b/p' is not supported"),
     ],
     ids=["unknown-key", "wrong-type", "duplicate-names", "bad-agent-address", "agent-port-out-of-range", "bad-yaml",
-         "ipv6-without-brackets", "brackets-in-the-message", "name-in-words"],
+         "ipv6-without-brackets", "brackets-in-the-message", "name-in-words", "catalog-path-and-url",
+         "catalog-url-not-s3"],
 )
 def test_bad_inventory_is_one_line_with_file_and_line(tmp_path, text, expected):
     (tmp_path / "inv.yaml").write_text(text)

@@ -115,10 +115,10 @@ _VOL = "volumes: [{name: data, volume: vol-0123456789abcdef0}]"
     ("{type: local}", f"catalog: {{url: 's3://bucket/p', endpoint_url: 'http://AKIAUSER:{SECRET}@127.0.0.1:9'}}\n",
      "http://127.0.0.1:7700", "", "catalog.endpoint_url: not a URL: it must begin with http:// or https://"),
     ("{type: local}", f"catalog: {{url: 's3://AKIAUSER:{SECRET}@bucket/p'}}\n", "http://127.0.0.1:7700", "",
-     "catalog url: an s3 url takes no user or password"),
+     "catalog.url: an s3 url takes no user or password"),
     # A secret key holding a / (AWS's own example key does): urlsplit reads the rest as the path.
     ("{type: local}", f"catalog: {{url: 's3://AKIAUSER:{SECRET}/K7MDENG@bucket/p'}}\n", "http://127.0.0.1:7700",
-     "", "catalog url: an s3 url takes no user or password"),
+     "", "catalog.url: an s3 url takes no user or password"),
     ("{type: local}", "", f"http://ops:{SECRET}/K7@10.0.0.9:7700", "",
      "nodes[0].agent: an agent address takes no user or password"),
     # httpx sent it as basic auth (etcd ignores that) and logged it at debug; status showed the endpoint.
