@@ -20,6 +20,7 @@ from node_agent.models import RaftGroup
 from snapctl.agent_client import open_agents
 from snapctl.catalog import open_catalog
 from snapctl.catalog.catalog import CatalogLook
+from snapctl.catalog.stores import check_catalog
 from snapctl.config import Inventory
 from snapctl.errors import BadInputError, ExitCode, SnapctlError, os_reason
 from snapctl.health import Finding, NodeProbe, Verdict, assess, duration_text
@@ -148,6 +149,7 @@ async def collect_status(
     # inventory error is: checked as backup does, but without its SDK, client or credentials.
     provider = provider_settings(inventory)
     inventory.check_engine_blocks()  # as backup checks them
+    check_catalog(inventory)  # as every command opening the catalog does; what it cannot read stays a finding
     if textfile is not None and not refresh:
         from snapctl.metrics import check_textfile_path
 

@@ -274,13 +274,16 @@ def test_an_unreadable_cluster_lock_makes_backing_up_unsafe_and_the_newest_backu
 
 
 def test_a_catalog_that_cannot_be_read_is_not_taken_for_an_empty_one(tmp_path):
-    write_inventory(tmp_path, sqlite_nodes(tmp_path, 1), catalog={"path": "catalog-file"})
-    (tmp_path / "catalog-file").write_text("a file where the catalog's directory should be")
+    # The inventory's catalog.path is a directory (a file there is bad input, below); inside it,
+    # a file where the cluster's directory should be.
+    write_inventory(tmp_path, sqlite_nodes(tmp_path, 1))
+    (tmp_path / "catalog").mkdir()
+    (tmp_path / "catalog" / "st").write_text("a file where the cluster's directory should be")
 
     code, doc = status_json(tmp_path)
 
     assert code == ExitCode.DEGRADED
-    index = tmp_path / "catalog-file" / "st" / "index.json"
+    index = tmp_path / "catalog" / "st" / "index.json"
     findings, refusals = _catalog_findings(doc)
     assert findings == [f"cannot read the catalog: cannot read {index}: not a directory"]
     assert refusals == [f"a backup now would fail: {findings[0]}"]
@@ -290,6 +293,36 @@ def test_a_catalog_that_cannot_be_read_is_not_taken_for_an_empty_one(tmp_path):
     planned = snapctl("backup", "-i", "inventory.yaml", "--dry-run", cwd=tmp_path)
     assert planned.returncode == ExitCode.PREFLIGHT_REFUSED
     assert f"critical catalog: a backup now would fail: cannot read the catalog: cannot read {index}" in planned.stdout
+
+
+SECRET = "wJalrXUtnFEMIK7MDENGbPxRfiCY"
+
+
+@pytest.mark.parametrize(("catalog", "key", "said", "hint"), [
+    ({"path": "catalog-file"}, "path", "catalog.path {catalog} is not a directory",
+     "set catalog.path to a directory; snapctl creates it if it is missing"),
+    ({"path": "catalog-file/deeper"}, "path", "catalog.path {catalog}/deeper: {catalog} is not a directory",
+     "set catalog.path to a directory; snapctl creates it if it is missing"),
+    ({"url": f"s3://AKIAUSER:{SECRET}@bucket/p"}, "url",
+     "catalog.url: an s3 url takes no user or password (s3://<redacted>@bucket)",
+     "use s3://bucket/prefix; boto3 finds the credentials (environment, profile, role)"),
+], ids=["path-a-file", "path-below-a-file", "url-with-a-secret"])
+def test_a_catalog_block_every_command_refuses_is_bad_input_for_status_too(tmp_path, catalog, key, said, hint):
+    # `list` said "cannot read .../catalog-file/st/index.json: not a directory" (exit 1), with no
+    # file:line and no hint; status called either mistake a degraded catalog (exit 5).
+    inventory = write_inventory(tmp_path, sqlite_nodes(tmp_path, 1), catalog=catalog)
+    (tmp_path / "catalog-file").write_text("a file where the catalog's directory should be")
+    line = next(number for number, text in enumerate(inventory.read_text().splitlines(), 1)
+                if text.strip().startswith(f"{key}:"))
+    expected = [f"snapctl: error: inventory.yaml:{line}: " + said.format(catalog=tmp_path / "catalog-file"),
+                f"  hint: {hint}"]
+
+    for command in (["status"], ["list"], ["show", "latest"], ["backup", "--dry-run"], ["backup"]):
+        result = snapctl(*command, "-i", "inventory.yaml", cwd=tmp_path)
+        assert result.returncode == ExitCode.BAD_INPUT, (command, result.stdout, result.stderr)
+        assert result.stderr.splitlines()[-2:] == expected, (command, result.stderr)
+        assert SECRET not in result.stdout + result.stderr
+    assert not (tmp_path / "state" / "snapctl" / "catalog").exists()  # no other catalog was taken instead
 
 
 @contextmanager
