@@ -293,7 +293,7 @@ def demo_up(inventory: DemoInventoryOpt = "inventory.example.yaml", output: Outp
     """Start the demo cluster's agents and writers (idempotent)."""
     from snapctl import demo
 
-    return _renderer(output).demo_cluster(demo.up(_inventory(inventory)))
+    return _renderer(output).demo_cluster(demo.up(demo.load_demo_inventory(inventory)))
 
 
 @demo_app.command("down")
@@ -301,7 +301,7 @@ def demo_down(inventory: DemoInventoryOpt = "inventory.example.yaml", output: Ou
     """Stop the demo cluster (agents release anything held on the way out)."""
     from snapctl import demo
 
-    return _renderer(output).demo_cluster(demo.down(_inventory(inventory)))
+    return _renderer(output).demo_cluster(demo.down(demo.load_demo_inventory(inventory)))
 
 
 @demo_app.command("run", short_help="Start the demo cluster, back it up, restore, check the rows.")
@@ -314,7 +314,7 @@ def demo_run(
     from snapctl import demo
 
     out = _renderer(output)
-    return demo.run(_inventory(inventory), out, keep=keep)
+    return demo.run(demo.load_demo_inventory(inventory), out, keep=keep)
 
 
 def _reporting_interrupts(command):

@@ -19,10 +19,12 @@ from urllib.parse import urlparse
 import httpx
 import yaml
 
-from snapctl.config import Inventory, Node
-from snapctl.errors import BadInputError, ExitCode, SnapctlError
+from snapctl.config import Inventory, Node, load_inventory
+from snapctl.errors import BadInputError, ExitCode, InventoryError, SnapctlError
+from snapctl.runner import interrupts_deferred
 
 DEMO_DIR = ".snapctl-demo"
+EXAMPLE = "inventory.example.yaml"  # the demo's inventory, at the top of snapctl's source
 START_TIMEOUT_S = 20.0
 AGENT, WRITER = "node_agent.main", "snapctl.demo_writer"  # what the demo's processes run: `python -m ...`
 
@@ -44,33 +46,63 @@ class DemoCluster:
     action: str = "up"
 
 
+def load_demo_inventory(path: str) -> Inventory:
+    """The demo's inventory at ``path``. Where there is none, the error says where the demo's own
+    is: run from elsewhere than the clone, "copy inventory.example.yaml to inventory.yaml" (every
+    other command's advice) helped no one."""
+    file = Path(path)
+    if not file.exists():
+        example = Path(__file__).resolve().parents[1] / EXAMPLE  # there in a clone, as ./dev installs snapctl
+        if example.is_file():
+            hint = (f"pass -i {example}, or run the demo from {example.parent}; it keeps its state beside its "
+                    f"inventory, in {DEMO_DIR}/")
+        else:
+            hint = (f"pass -i FILE, a copy of {EXAMPLE} from snapctl's source; the demo keeps its state beside "
+                    f"it, in {DEMO_DIR}/")
+        where = "" if file.is_absolute() else f" in {Path.cwd()}"
+        raise InventoryError(f"{file}: inventory file not found{where}", hint=hint)
+    return load_inventory(file)
+
+
 def up(inventory: Inventory) -> DemoCluster:
-    """Start every node's agent and one writer for all databases; already running ones are kept."""
+    """Start every node's agent and one writer for all databases; already running ones are kept.
+    When one does not come up, what this call started is stopped again: a failed `demo up` leaves
+    nothing behind to get in the way of the next."""
     state = inventory.resolve(DEMO_DIR)
+    # Every node is checked before anything starts: a bad second node left the first one's agent running.
+    places = [(node, _loopback_address(node), _database(inventory, node)) for node in inventory.nodes]
     state.mkdir(parents=True, exist_ok=True)
     token_file = _token_file(inventory)
-    cluster = DemoCluster(str(state))
-    databases = []
-    for node in inventory.nodes:
-        host, port = _loopback_address(node)
-        database = _database(inventory, node)
+    for _, _, database in places:
         database.parent.mkdir(parents=True, exist_ok=True)
         _create_schema(database)
-        databases.append(str(database))
-        pid = _read_pid(state / f"{node.name}.pid", AGENT)
-        if pid is None:
-            config = state / f"{node.name}.agent.yaml"
-            config.write_text(yaml.safe_dump({
-                "node": node.name, "listen": host, "port": port, "token_file": str(token_file),
-                "engine": {"type": "sqlite", "path": str(database)},
-            }))
-            pid = _spawn([sys.executable, "-m", AGENT, "--config", str(config)],
-                         state / f"{node.name}.agent.log", state / f"{node.name}.pid")
-        cluster.nodes.append(DemoNode(node.name, node.agent, str(database), pid, True))
-    cluster.writer_pid = _read_pid(state / "writer.pid", WRITER) or _spawn(
-        [sys.executable, "-m", WRITER, *databases], state / "writer.log", state / "writer.pid"
-    )
-    _wait_healthy(inventory, state)
+    cluster = DemoCluster(str(state))
+    started: list[tuple[str | None, Path, subprocess.Popen]] = []  # (node, or None for the writer; pid file; it)
+    try:
+        for node, (host, port), database in places:
+            pid_file = state / f"{node.name}.pid"
+            pid = _read_pid(pid_file, AGENT)
+            if pid is None:
+                config = state / f"{node.name}.agent.yaml"
+                config.write_text(yaml.safe_dump({
+                    "node": node.name, "listen": host, "port": port, "token_file": str(token_file),
+                    "engine": {"type": "sqlite", "path": str(database)},
+                }))
+                pid = _spawn([sys.executable, "-m", AGENT, "--config", str(config)],
+                             state / f"{node.name}.agent.log", pid_file, started, node.name)
+            cluster.nodes.append(DemoNode(node.name, node.agent, str(database), pid, True))
+        cluster.writer_pid = _read_pid(state / "writer.pid", WRITER)
+        if cluster.writer_pid is None:
+            cluster.writer_pid = _spawn([sys.executable, "-m", WRITER, *(str(d) for _, _, d in places)],
+                                        state / "writer.log", state / "writer.pid", started, None)
+        _wait_healthy(state, token_file, cluster)
+    except BaseException as exc:
+        with interrupts_deferred():  # a Ctrl-C now waits until every process it started is stopped
+            stopped = [whose for whose, pid_file, process in started if _stop_started(process, pid_file)]
+        if type(exc) is SnapctlError and stopped:
+            raise SnapctlError(f"{exc.message}; stopped what it had started: {_listed(stopped)}",
+                               hint=exc.hint) from exc
+        raise
     return cluster
 
 
@@ -91,7 +123,6 @@ def run(inventory: Inventory, renderer, *, keep: bool = False) -> int:
     from snapctl.catalog import open_catalog
     from snapctl.orchestrator import BackupOptions, backup
     from snapctl.restore import restore_run
-    from snapctl.runner import interrupts_deferred
     from snapctl.runner import run as run_coroutine  # SIGTERM cancels the backup: it rolls back
     from snapctl.status import collect_status
 
@@ -151,12 +182,32 @@ def _create_schema(database: Path) -> None:
     open_db(str(database)).close()
 
 
-def _spawn(argv: list[str], log: Path, pid_file: Path) -> int:
-    with open(log, "ab") as out:
+def _spawn(argv: list[str], log: Path, pid_file: Path, started: list, whose: str | None) -> int:
+    """Start a process of the demo, its pid in ``pid_file``, and add it to ``started`` (with
+    ``whose`` it is) for `demo up` to stop if the start fails. A Ctrl-C is held off meanwhile: one
+    between the start and those records would leave a process nothing knows to stop."""
+    with interrupts_deferred(), open(log, "ab") as out:
         process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                    start_new_session=True)  # survives this command; `demo down` stops it
-    pid_file.write_text(str(process.pid))
+        pid_file.write_text(str(process.pid))
+        started.append((whose, pid_file, process))
     return process.pid
+
+
+def _stop_started(process: subprocess.Popen, pid_file: Path, grace_s: float = 10.0) -> bool:
+    """Stop a process this command started; True if it was still running. By its ``Popen``, not as
+    `demo down` does by the pid file: just started, its command line may not read as the demo's
+    yet (the kernel sets it up after releasing the parent), and a pid of a child is never another's."""
+    pid_file.unlink(missing_ok=True)
+    if process.poll() is not None:
+        return False
+    process.terminate()
+    try:
+        process.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    return True
 
 
 def _read_pid(pid_file: Path, runs: str) -> int | None:
@@ -205,21 +256,49 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _wait_healthy(inventory: Inventory, state: Path) -> None:
+def _wait_healthy(state: Path, token_file: Path, cluster: DemoCluster) -> None:
+    """Until every node's own agent answers, as that node, with the demo's token. A process of the
+    demo that exits (an agent whose port is taken, say) fails it at once with its own last words,
+    and another server answering on an agent's port (another demo's agent) is not taken for it."""
+    headers = {"Authorization": f"Bearer {token_file.read_text().strip()}"}
     deadline = time.monotonic() + START_TIMEOUT_S
-    pending = {node.name: node.agent for node in inventory.nodes}
+    pending = {node.name: node.url for node in cluster.nodes}
+    pids = {node.name: node.pid for node in cluster.nodes}
     while pending and time.monotonic() < deadline:
         for name, url in list(pending.items()):
-            try:
-                if httpx.get(f"{url}/v1/health", timeout=1.0).status_code == 200:
-                    del pending[name]
-            except httpx.HTTPError:
-                pass
+            if pids[name] is not None and not _alive(pids[name]):
+                raise _start_failed(state / f"{name}.agent.log", f"demo agent {name} exited")
+            if _answers_as(name, url, headers):
+                del pending[name]
+        if cluster.writer_pid is not None and not _alive(cluster.writer_pid):
+            raise _start_failed(state / "writer.log", "demo writer exited")
         if pending:
             time.sleep(0.1)
     if pending:
         name = next(iter(pending))
-        log = state / f"{name}.agent.log"
-        tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
-        raise SnapctlError(f"demo agent {name} did not become healthy within {START_TIMEOUT_S:g}s"
-                           + (f": {tail[0]}" if tail else ""), hint=f"see {log}")
+        raise _start_failed(state / f"{name}.agent.log",
+                            f"demo agent {name} did not become healthy within {START_TIMEOUT_S:g}s")
+
+
+def _answers_as(name: str, url: str, headers: dict[str, str]) -> bool:
+    try:
+        response = httpx.get(f"{url}/v1/status", headers=headers, timeout=1.0)
+        return response.status_code == 200 and response.json().get("node") == name
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return False
+
+
+def _start_failed(log: Path, what: str) -> SnapctlError:
+    """``what`` went wrong, with the last line of the process's log: its own error, as a rule."""
+    tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
+    return SnapctlError(what + (f": {tail[0]}" if tail else ""), hint=f"see {log}")
+
+
+def _listed(whose: list[str | None]) -> str:
+    """What a failed start stopped, in words: "the agents of node1 and node3, and the writer"."""
+    def joined(names: list[str]) -> str:
+        return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+    agents = [name for name in whose if name is not None]
+    parts = [f"the agent{'s' if len(agents) > 1 else ''} of {joined(agents)}"] if agents else []
+    return ", and ".join(parts + (["the writer"] if None in whose else []))

@@ -1,18 +1,27 @@
-"""`snapctl demo run`, the README's first command, as a user runs it; and stopped by SIGTERM. Either
-way every agent and writer process it started is stopped when it ends."""
+"""`snapctl demo run`, the README's first command, as a user runs it; stopped by SIGTERM; and `demo up`
+or `demo run` whose agent cannot start. Whichever way, every agent and writer process it started is
+stopped when it ends (a failed `demo up` stops what it started)."""
 
 from __future__ import annotations
 
+import http.server
 import json
+import os
+import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import yaml
 
+from snapctl import demo
 from snapctl.errors import ExitCode
-from tests.conftest import snapctl_sigtermed_after
+from tests.conftest import LOOPBACK, snapctl_sigtermed_after
 from tests.e2e.conftest import make_inventory
 
 
@@ -86,3 +95,108 @@ def test_demo_down_never_stops_a_process_that_only_reuses_a_demo_pid(inventory):
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def _agent_port(inventory: Path, node: str) -> int:
+    url = next(n["agent"] for n in yaml.safe_load(inventory.read_text())["nodes"] if n["name"] == node)
+    return int(url.rsplit(":", 1)[1])
+
+
+def _demo(*args: str, inventory: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "snapctl.cli", "demo", *args, "-i", str(inventory)],
+                          cwd=inventory.parent, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@contextmanager
+def _port_taken(port: int) -> Iterator[None]:
+    """Another process's listening socket on ``port``, as a second demo or any server has it."""
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, port))
+        sock.listen()
+        yield
+
+
+def test_demo_up_with_an_agent_port_taken_fails_at_once_with_the_agents_error_and_stops_what_it_started(inventory):
+    port = _agent_port(inventory, "node2")
+    with _port_taken(port):
+        started = time.monotonic()
+        result = _demo("up", inventory=inventory)
+        took = time.monotonic() - started
+        left = processes_naming(inventory.parent)
+
+    assert result.returncode == ExitCode.RUN_FAILED, result.stderr
+    assert took < demo.START_TIMEOUT_S / 2, f"waited {took:.1f}s for an agent that had exited"
+    error, hint = result.stderr.strip().splitlines()
+    assert error.startswith(f"snapctl: error: demo agent node2 exited: snapctl-agent: error: cannot listen on "
+                            f"{LOOPBACK}:{port}: address already in use"), result.stderr
+    assert error.endswith("; stopped what it had started: the agents of node1 and node3, and the writer")
+    assert hint == f"  hint: see {inventory.parent / '.snapctl-demo' / 'node2.agent.log'}"
+    assert left == []
+    # Nothing is left to get in the way: with the port free, the next `demo up` starts every node.
+    again = _demo("up", "-o", "json", inventory=inventory)
+    assert again.returncode == ExitCode.OK, again.stderr
+    assert [n["running"] for n in json.loads(again.stdout)["data"]["nodes"]] == [True, True, True]
+
+
+def test_demo_up_does_not_take_another_servers_answer_on_an_agents_port_for_its_agent(inventory):
+    # Another demo's agent, or any server answering 200 to every GET: its /v1/health is not node2's.
+    port = _agent_port(inventory, "node2")
+
+    class AnswersEverything(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"status": "ok", "agent_version": "0.1.0", "node": "elsewhere"}')
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer((LOOPBACK, port), AnswersEverything)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        result = _demo("up", inventory=inventory)
+        left = processes_naming(inventory.parent)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    assert result.returncode == ExitCode.RUN_FAILED, result.stdout + result.stderr
+    assert f"demo agent node2 exited: snapctl-agent: error: cannot listen on {LOOPBACK}:{port}" in result.stderr
+    assert left == []
+
+
+@pytest.mark.parametrize("keep", [False, True], ids=["run", "run-keep"])
+def test_a_demo_run_whose_agent_cannot_start_stops_everything_it_started(inventory, keep):
+    with _port_taken(_agent_port(inventory, "node3")):
+        result = _demo("run", *(["--keep"] if keep else []), inventory=inventory)
+        left = processes_naming(inventory.parent)
+
+    assert result.returncode == ExitCode.RUN_FAILED, result.stderr
+    assert "snapctl: error: demo agent node3 exited: snapctl-agent: error: cannot listen on" in result.stderr
+    assert "; stopped what it had started: the agents of node1 and node2, and the writer" in result.stderr
+    assert left == []
+
+
+def test_a_demo_up_stopped_by_sigterm_as_it_starts_its_agents_stops_those_it_started(inventory):
+    # SIGTERM once node1's agent is started, before the others are.
+    result = snapctl_sigtermed_after("snapctl.demo", "_spawn", "demo", "up", "-i", str(inventory),
+                                     cwd=inventory.parent)
+
+    assert result.returncode == ExitCode.INTERRUPTED, result.stderr
+    assert processes_naming(inventory.parent) == []
+
+
+def test_demo_up_where_its_inventory_is_not_says_how_to_run_it_from_anywhere(tmp_path):
+    env = {key: value for key, value in os.environ.items() if key != "SNAPCTL_INVENTORY"}
+    result = subprocess.run([sys.executable, "-m", "snapctl.cli", "demo", "up"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60, check=False)
+
+    assert result.returncode == ExitCode.BAD_INPUT
+    example = Path(demo.__file__).resolve().parents[1] / "inventory.example.yaml"
+    assert example.is_file()  # the tests run from a clone, as the demo does
+    assert result.stderr.splitlines() == [
+        f"snapctl: error: inventory.example.yaml: inventory file not found in {tmp_path}",
+        (f"  hint: pass -i {example}, or run the demo from {example.parent}; it keeps its state beside its "
+         "inventory, in .snapctl-demo/")]
+    assert list(tmp_path.iterdir()) == []  # nothing made here
