@@ -301,4 +301,4 @@ def _listed(whose: list[str | None]) -> str:
 
     agents = [name for name in whose if name is not None]
     parts = [f"the agent{'s' if len(agents) > 1 else ''} of {joined(agents)}"] if agents else []
-    return ", and ".join(parts + (["the writer"] if None in whose else []))
+    return (", and " if len(agents) > 1 else " and ").join(parts + (["the writer"] if None in whose else []))
