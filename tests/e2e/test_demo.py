@@ -200,3 +200,15 @@ def test_demo_up_where_its_inventory_is_not_says_how_to_run_it_from_anywhere(tmp
         (f"  hint: pass -i {example}, or run the demo from {example.parent}; it keeps its state beside its "
          "inventory, in .snapctl-demo/")]
     assert list(tmp_path.iterdir()) == []  # nothing made here
+
+
+def test_demo_up_checks_every_node_before_it_starts_any(inventory):
+    data = yaml.safe_load(inventory.read_text())
+    data["nodes"][1]["agent"] = "http://192.0.2.7:7700"  # TEST-NET-1: the demo refuses it, asking nothing
+    inventory.write_text(yaml.safe_dump(data, sort_keys=False))
+
+    result = _demo("up", inventory=inventory)
+
+    assert result.returncode == ExitCode.BAD_INPUT, result.stderr
+    assert "node node2: the demo runs agents on loopback" in result.stderr
+    assert processes_naming(inventory.parent) == []  # node1's agent was started, and left running
