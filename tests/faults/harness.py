@@ -286,6 +286,21 @@ class FaultCluster:
         self._runs.append(process)
         return process
 
+    def backup_changed_after_preflight(self, change: Callable[[], None], *args: str,
+                                       inventory: Path) -> subprocess.CompletedProcess:
+        """``snapctl backup`` with ``inventory``, whose provider must have ``stop_warm_up``: ``change``
+        runs once the run's preflight has passed (its manifest is saved) and before its first
+        prepare. How a fault the preflight would refuse on, even forced, still reaches a run: an
+        agent that goes away, or starts refusing, between the two."""
+        process = self.popen("backup", *args, inventory=inventory)
+        self.wait_reached("warm_up.entered")
+        wait_until(lambda: self.run_ids() or process.poll() is not None, 60, "the run's preflight to pass")
+        assert process.poll() is None, process.communicate()
+        change()
+        self.go("warm_up.go")
+        out, err = process.communicate(timeout=120)
+        return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
     def _stop_runs(self) -> None:
         """A test that failed half-way may leave a snapctl standing at a step: it goes first."""
         for process in self._runs:

@@ -128,6 +128,10 @@ class LoopbackProxy:
         with self.lock:
             self._closed = True
             connections = list(self._connections)
+        try:  # close() alone leaves a socket blocked in accept() listening: shutdown wakes it
+            self._listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self._listener.close()
         for conn in connections:
             conn.close()

@@ -6,8 +6,10 @@ begins; with ``stop: {node: before}`` it then waits for ``<node>.go`` before cop
 with ``stop: {node: after}`` it copies, writes ``<node>.made`` and waits for ``<node>.go`` before
 returning. ``stop_wait`` does the same in ``wait()`` with ``wait.entered`` / ``wait.go``, and
 ``stop_delete`` in ``delete()`` (a prune's, or a backup's retention) with ``delete.entered`` /
-``delete.go``. So a
-test can SIGKILL snapctl at an exact step, from outside, with no hook in snapctl itself.
+``delete.go``; ``stop_warm_up`` in ``warm_up()``, which a run awaits after its preflight and before
+its first prepare, with ``warm_up.entered`` / ``warm_up.go``. So a test can SIGKILL snapctl at an
+exact step, or take an agent away between the preflight and the prepares, from outside, with no
+hook in snapctl itself.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class FaultSettings(ProviderSettings):
     stop: dict[str, Literal["before", "after"]] = Field(default_factory=dict)
     stop_wait: bool = False
     stop_delete: bool = False
+    stop_warm_up: bool = False
     fail_wait: str | None = None  # wait() ends in this error: a snapshot the cloud failed
     stop_timeout_s: float = 120.0
 
@@ -60,6 +63,12 @@ class FaultProvider:
             self._signal(f"{node}.made")
             self._wait_for(f"{node}.go")
         return refs
+
+    def warm_up(self):
+        self._signal("warm_up.entered")
+        if self._settings.stop_warm_up:
+            self._wait_for("warm_up.go")
+        return self._local.warm_up()
 
     def wait(self, refs, deadline, progress=None):
         self._signal("wait.entered")
