@@ -165,10 +165,16 @@ class SqliteEngine:
         if self._hold is not None and db.resolve() == self.db_path:
             raise EngineBusy(f"sqlite database {db} is held by run {self._hold_run}", hint="complete the run first")
         if not db.is_file():
-            problem = BadInputError if path is not None else EngineError  # a wrong path is the caller's to fix
-            raise problem(
-                f"no restored sqlite database at {db}", hint="pass the restored database file or its directory"
-            )
+            if path is not None:  # a wrong path is the caller's to fix: a scratch agent's restore.agent_path
+                raise BadInputError(f"no restored sqlite database at {db}",
+                                    hint="set the node's restore.agent_path to the restored database file or its "
+                                         "directory, as the scratch agent sees it")
+            # engine.path names another file than the one backed up, or the volume did not hold it.
+            raise EngineError(
+                f"no restored sqlite database at {db}, where engine.path ({self.settings.path}) names it",
+                hint="make engine.path name the database that was backed up: the inventory's, for `snapctl "
+                     "restore` or `drill` on this host (snapctl status says when it differs from what the node's "
+                     "agent serves); a scratch agent's own config, for one")
         # A -shm file describes the WAL of the *old* file's processes; a restored one would
         # mislead the first connection. The -wal and any hot -journal are data: they stay.
         shm = db.with_name(db.name + "-shm")

@@ -133,8 +133,21 @@ def test_restore_prepare_removes_a_stale_shm_and_keeps_the_wal(engine: SqliteEng
     assert not (restored / "data.db-shm").exists()
     assert (restored / "data.db-wal").exists()
     assert count_rows(db) == 10
-    with pytest.raises(BadInputError, match="no restored sqlite database"):
+    with pytest.raises(BadInputError, match="no restored sqlite database") as wrong:
         engine.restore_prepare(tmp_path / "nowhere")
+    assert "restore.agent_path" in wrong.value.hint  # the setting that passes it, not a flag that does not exist
+
+
+def test_a_restored_volume_without_the_file_engine_path_names_says_which_setting_to_fix(tmp_path: Path) -> None:
+    # `restore latest --to DIR` with engine.path naming other.db (the agent served demo.db) said
+    # "pass the restored database file or its directory": no command takes one.
+    make_db(tmp_path / "demo.db")
+    engine = SqliteEngine(SqliteSettings(path="other.db"), base_dir=tmp_path)
+    with pytest.raises(EngineError, match="no restored sqlite database at .*other.db, where engine.path "
+                                          r"\(other.db\) names it") as missing:
+        engine.restore_prepare(None)
+    assert "make engine.path name the database that was backed up" in missing.value.hint
+    assert "snapctl status says when it differs" in missing.value.hint
 
 
 def test_missing_database_is_an_error_not_a_new_file(tmp_path: Path) -> None:
