@@ -1,7 +1,10 @@
 """One health verdict, used by `snapctl status` and by the backup preflight.
 
-Findings are graded: ``critical`` refuses a backup (unless --force), ``degraded`` is reported
-and recorded in the manifest, ``info`` is shown only.
+Findings are graded: ``critical`` refuses a backup, ``degraded`` is reported and recorded in the
+manifest, ``info`` is shown only. --force overrides a critical finding only where the backup it
+lets through can still be good (a cluster in a bad state: no leader, a lagging follower, a busy
+engine); a finding that makes the backup impossible or meaningless (an agent that is not the
+node's, data outside its volumes, an agent or engine that does not answer) is not ``forceable``.
 
 Raft groups are assembled across nodes: each agent reports only its own member's view of a group
 (a DingoDB region, a Tarantool replica set, an etcd cluster), so leader, term agreement and each
@@ -34,8 +37,17 @@ class Finding:
     severity: Severity
     subject: str  # node name, "raft group <name>", "backups", "catalog"
     message: str
+    # False: --force cannot override it, because the backup it let through would fail or be no
+    # backup of this node (another node's agent, data outside the volumes, no agent or engine).
+    forceable: bool = True
+    hint: str | None = None  # the fix, where one is known: a refusal names it instead of --force
 
     def __str__(self) -> str:
+        return f"{self.subject}: {self.message}" + (f" (hint: {self.hint})" if self.hint else "")
+
+    @property
+    def said(self) -> str:
+        """Subject and message without the hint: a refusal gives the hints a line of their own."""
         return f"{self.subject}: {self.message}"
 
 
@@ -112,8 +124,10 @@ def assess(inventory: Inventory, probes: list[NodeProbe], *, for_backup: bool = 
     """Grade the cluster. With ``for_backup``, a node already held is critical (a backup would collide).
     ``snapshot_age`` says how long a member's snapshot has been SAVING/LOADING/DOWNLOADING."""
     verdict = Verdict()
+    engine_types = {node.name: (node.engine or {}).get("type") for node in inventory.nodes}
     for probe in probes:
         verdict.findings.extend(assess_node(probe, for_backup=for_backup))
+        verdict.findings.extend(engine_mismatch(probe, engine_types.get(probe.node)))
     for name, members in raft_groups(probes).items():
         group = build_group(name, members, inventory, snapshot_age)
         verdict.groups.append(group)
@@ -121,42 +135,86 @@ def assess(inventory: Inventory, probes: list[NodeProbe], *, for_backup: bool = 
     return verdict
 
 
+def engine_mismatch(probe: NodeProbe, expected: object) -> list[Finding]:
+    """The inventory's engine type against the one the node's agent runs. The manifest records the
+    inventory's, and restores and drills start that engine from the inventory's block: a backup of
+    a sqlite database recorded as etcd's is restored by no one. A type no engine installed here
+    knows is no mistake by itself (a plugin may live on the agent hosts only): only a difference is."""
+    if probe.status is None or probe.status.node != probe.node or not isinstance(expected, str):
+        return []
+    running = probe.status.engine.engine
+    if expected == running:
+        return []
+    return [Finding("critical", probe.node,
+                    f"the inventory says its engine is {expected!r}, but its agent runs {running!r}: the backup "
+                    f"would be recorded, restored and drilled as {expected}'s", forceable=False,
+                    hint=f"set {probe.node}'s engine: type to {running} in the inventory (with that engine's "
+                         f"settings), or point {probe.node}'s agent: at the agent that runs its {expected}")]
+
+
+def split_hint(text: str) -> tuple[str, str | None]:
+    """``text`` without the "(hint: ...)" it ends in, and that hint: how the clients say one."""
+    head, sep, tail = text.rpartition(" (hint: ")
+    if sep and tail.endswith(")"):
+        return head, tail[:-1]
+    return text, None
+
+
 def assess_node(probe: NodeProbe, *, for_backup: bool = False) -> list[Finding]:
+    node = probe.node
+    # None of these can be forced past: the run's prepare would fail the same way, or back up
+    # another node's database under this one's name.
     if probe.unauthorized:
-        return [Finding("critical", probe.node, f"agent refused our token: {probe.error}")]
+        said, hint = split_hint(probe.error or "")
+        return [Finding("critical", node, f"agent refused our token: {said}", forceable=False,
+                        hint=hint or f"give snapctl the token {node}'s agent was started with (auth.token_file, "
+                                     "or the node's own token_file)")]
     if probe.status is None and probe.http_status is not None:  # it answered: the network is not the problem
-        return [Finding("critical", probe.node, f"agent answered HTTP {probe.http_status}: {probe.error}")]
+        said, hint = split_hint(probe.error or "")
+        return [Finding("critical", node, f"agent answered HTTP {probe.http_status}: {said}", forceable=False,
+                        hint=hint or f"see {node}'s agent log for why it answers {probe.http_status}")]
     if probe.status is None:
-        return [Finding("critical", probe.node, f"agent unreachable: {probe.error}")]
-    if probe.status.node != probe.node:  # its engine is another node's: nothing it says is this node's
-        return [Finding("critical", probe.node,
-                        f"the agent answers as node {probe.status.node!r}: the inventory points {probe.node} at "
-                        f"another node's agent (hint: set {probe.node}'s agent: to its own agent's address, or "
-                        f"node: {probe.node} in that agent's config if it is {probe.node}'s)")]
+        said, hint = split_hint(probe.error or "")
+        return [Finding("critical", node, f"agent unreachable: {said}", forceable=False,
+                        hint=hint or f"start {node}'s agent, or set {node}'s agent: to the address it listens on "
+                                     "(a slow one: raise policy.agent_timeout_s)")]
+    if probe.status.node != node:  # its engine is another node's: nothing it says is this node's
+        return [Finding("critical", node,
+                        f"the agent answers as node {probe.status.node!r}: the inventory points {node} at "
+                        "another node's agent", forceable=False,
+                        hint=f"set {node}'s agent: to its own agent's address, or node: {node} in that agent's "
+                             f"config if it is {node}'s")]
     findings: list[Finding] = []
     add = findings.append
     engine = probe.status.engine
     if not engine.reachable:
-        add(Finding("critical", probe.node, f"engine {engine.engine} is down: {engine.error or 'unreachable'}"))
+        said, hint = split_hint(engine.error or "unreachable")
+        add(Finding("critical", node, f"engine {engine.engine} is down: {said}", forceable=False,
+                    hint=hint or f"start {node}'s {engine.engine}, or fix the engine: block of its agent's config "
+                                 "if it names the wrong one"))
     elif engine.error:  # it answers, but says something is wrong (an etcd alarm, a raft page it cannot read)
-        add(Finding("degraded", probe.node, f"engine {engine.engine} reports a problem: {engine.error}"))
+        add(Finding("degraded", node, f"engine {engine.engine} reports a problem: {engine.error}"))
     releasing, busy = engine.details.get("releasing"), engine.details.get("busy")
     if releasing:  # a database frozen past its lease, until the engine answers the agent again
-        add(Finding("critical", probe.node, f"engine still held: {releasing}; the agent retries the release"))
+        add(Finding("critical", node, f"engine still held: {releasing}; the agent retries the release",
+                    forceable=False, hint=f"see {node}'s agent log for why its engine does not answer the release"))
     elif probe.status.lease is not None:
+        # The agent refuses another run's prepare while this lease lasts: forcing cannot help.
         lease = probe.status.lease
-        add(Finding("critical" if for_backup else "info", probe.node,
-                    f"held by run {lease.run_id} until {lease.expires_at:%H:%M:%S}Z"))
+        add(Finding("critical" if for_backup else "info", node,
+                    f"held by run {lease.run_id} until {lease.expires_at:%H:%M:%S}Z", forceable=False,
+                    hint=f"wait for run {lease.run_id} to end, or for its lease to expire (the agent then "
+                         "releases the node)" if for_backup else None))
     elif engine.held:
-        add(Finding("critical" if for_backup else "degraded", probe.node,
+        add(Finding("critical" if for_backup else "degraded", node,
                     f"engine already held by {engine.held_by or 'someone else'} (not this agent)"))
     if busy and engine.details.get("busy_status_query"):  # nothing long by nature: the engine is slow or hung
-        add(Finding("critical" if for_backup else "degraded", probe.node,
+        add(Finding("critical" if for_backup else "degraded", node,
                     f"engine slow to answer: {busy} (what is shown is from its last answer)"))
     elif busy:  # the engine's figures above are the agent's last, from before this call began
-        add(Finding("critical" if for_backup else "info", probe.node, f"engine busy: {busy}"))
+        add(Finding("critical" if for_backup else "info", node, f"engine busy: {busy}"))
     if probe.status.agent_version != __version__:
-        add(Finding("info", probe.node, f"agent version {probe.status.agent_version} differs from snapctl {__version__}"))
+        add(Finding("info", node, f"agent version {probe.status.agent_version} differs from snapctl {__version__}"))
     return findings
 
 
@@ -218,9 +276,11 @@ def build_group(name: str, views: list[tuple[str, RaftGroup]], inventory: Invent
     view.findings = _grade_group(view, views, leaders, named, terms, inventory, followed_in)
     for member, nodes in reported_by.items():  # one engine, two agents: one node's database is watched by none
         if len(nodes) > 1:
-            view.findings.insert(0, Finding("critical", f"raft group {name}", (
-                f"member {member} is reported by {', '.join(nodes)}: their agents watch the same engine (hint: "
-                "point each node's engine: block at its own database)")))
+            # Not forceable: one of those nodes' own database would be in no backup.
+            view.findings.insert(0, Finding(
+                "critical", f"raft group {name}",
+                f"member {member} is reported by {', '.join(nodes)}: their agents watch the same engine",
+                forceable=False, hint="point each node's engine: block at its own database"))
     return view
 
 

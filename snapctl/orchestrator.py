@@ -31,7 +31,6 @@ from snapctl.errors import (
     AgentError,
     AgentTimeout,
     AgentUnreachable,
-    PreflightRefused,
     ProviderError,
     ProviderUnreachable,
     RunFailed,
@@ -40,7 +39,7 @@ from snapctl.errors import (
 from snapctl.events import NullReporter, Reporter
 from snapctl.manifest import Manifest, NodeRecord
 from snapctl.pacing import CreateCallPacer, auto_hold_lead, prepare_within_rate_limit
-from snapctl.preflight import BackupPlan, dry_run, preflight
+from snapctl.preflight import BackupPlan, dry_run, preflight, preflight_refusal
 from snapctl.provider_threads import CallRunner
 from snapctl.provider_wait import wait_out_transient
 from snapctl.provider_worker import CALL_RUNNER_READY_S, call_runner
@@ -142,18 +141,16 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
             verdict = await preflight(inventory, agents, reporter, volumes)
             fan_out_s = time.monotonic() - preflight_started
             blocking = verdict.at_least("critical")
+            refused = [f for f in blocking if not options.force or not f.forceable]
             manifest = Manifest(
                 cluster=inventory.cluster, run_id=run_id, provider=provider.name, snapctl_version=__version__,
-                owner=run_owner(), started_at=started_at, forced=options.force and bool(blocking),
+                owner=run_owner(), started_at=started_at, forced=bool(blocking) and not refused,
                 consistency=options.consistency or policy.consistency,  # type: ignore[arg-type]
                 degradations=[str(f) for f in verdict.at_least("degraded")],
                 nodes={n.name: NodeRecord(name=n.name, engine=n.engine.get("type")) for n in inventory.nodes},
             )
-            if blocking and not options.force:
-                refusal = PreflightRefused(
-                    "preflight refused the backup: " + "; ".join(map(str, blocking)),
-                    hint="fix the cluster, or pass --force to back up anyway (recorded in the manifest)",
-                )
+            if refused:
+                refusal = preflight_refusal(blocking, forced=options.force)
                 for finding in blocking:
                     if finding.subject in manifest.nodes:
                         manifest.nodes[finding.subject].error = finding.message

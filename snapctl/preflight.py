@@ -14,7 +14,7 @@ from snapctl.agent_client import AgentClient
 from snapctl.catalog import Catalog
 from snapctl.catalog.catalog import CatalogLook
 from snapctl.config import Inventory, is_loopback
-from snapctl.errors import SnapctlError
+from snapctl.errors import PreflightRefused, SnapctlError
 from snapctl.events import Reporter
 from snapctl.health import Finding, NodeProbe, Verdict, assess
 from snapctl.probe import probe_all
@@ -40,18 +40,37 @@ async def preflight(inventory: Inventory, agents: dict[str, AgentClient], report
     reporter.step("preflight", f"checking {len(agents)} agents")
     probes = await probe_all(agents, inventory.policy.agent_timeout_s)
     verdict = assess(inventory, probes, for_backup=True)
-    verdict.findings += uncovered_data(inventory, probes, volumes)
+    verdict.findings += uncovered_data(inventory, probes, volumes) + misplaced_data(inventory, probes)
     for finding in verdict.findings:
         reporter.finding(finding)
     return verdict
 
 
+FORCE_HINT = "fix the cluster, or pass --force to back up anyway (recorded in the manifest)"
+
+
+def preflight_refusal(blocking: list[Finding], *, forced: bool = False) -> PreflightRefused:
+    """The run's refusal on its critical findings. Its hint offers --force only when --force would
+    override every one of them; else it gives those findings' own fixes, which are what helps."""
+    stuck = [f for f in blocking if not f.forceable]
+    if not stuck:
+        return PreflightRefused("preflight refused the backup: " + "; ".join(f.said for f in blocking),
+                                hint=FORCE_HINT)
+    fixes = list(dict.fromkeys(f"{f.subject}: {f.hint}" if f.hint else f"{f.subject}: fix what is said above"
+                               for f in stuck))
+    overrides = "; --force did not override these" if forced else "; --force would not override these"
+    return PreflightRefused("preflight refused the backup: " + "; ".join(f.said for f in blocking),
+                            hint="; ".join(fixes) + overrides)
+
+
 def catalog_refusals(look: CatalogLook, now: datetime) -> list[Finding]:
     """What a backup's first step would refuse on in the catalog ``look`` found: each obstacle
     (it could not lock, read or write), and a lock another run holds at ``now`` (exit 4)."""
-    found = [Finding("critical", "catalog", f"a backup now would fail: {o}") for o in look.obstacles]
+    # Not forceable: --force overrides the preflight, not the run's first step.
+    found = [Finding("critical", "catalog", f"a backup now would fail: {o}", forceable=False) for o in look.obstacles]
     if (running := look.holder(now)) is not None:
-        found.append(Finding("critical", "backups", f"a backup now would be refused (exit 4): {running}"))
+        found.append(Finding("critical", "backups", f"a backup now would be refused (exit 4): {running}",
+                             forceable=False))
     return found
 
 
@@ -80,9 +99,58 @@ def uncovered_data(inventory: Inventory, probes: list[NodeProbe], volumes: dict[
                 path = next((p for p in path.parents if _identity(p) is not None), path)
             if not any(_identity(d) in roots for d in (path, *path.parents)):
                 listed = ", ".join(map(str, directories))
-                findings.append(Finding("critical", probe.node, (
+                findings.append(Finding(
+                    "critical", probe.node,
                     f"its engine keeps its data in {data}, in none of its volumes ({listed}): the snapshot would "
-                    "not contain it; list that directory (or one above it) in the node's volumes")))
+                    "not contain it", forceable=False,
+                    hint="list that directory (or one above it) in the node's volumes"))
+    return findings
+
+
+def misplaced_data(inventory: Inventory, probes: list[NodeProbe]) -> list[Finding]:
+    """A degraded finding for each node whose inventory engine block names other data than its agent
+    serves: restores and drills start the engine from the inventory's block, so they look for the
+    database where it is not, though the snapshot holds it. Compared only where it is sound, as
+    ``uncovered_data`` does: an agent of this host (embedded agents are built from the block itself,
+    so only loopback), an engine of the same type installed here, and every path the agent names
+    existing here (else they are another filesystem's: a container's). By device and inode, so a
+    symlink or a relative path to the same place is the same; a file the agent reports serving
+    (``details.path``, sqlite's database) is compared too, as its directory alone would not show it."""
+    from node_agent.engines.base import available_engines, create_engine
+
+    findings = []
+    nodes = {node.name: node for node in inventory.nodes}
+    for probe in probes:
+        node = nodes.get(probe.node)
+        if (node is None or probe.status is None or probe.status.node != probe.node or not node.engine
+                or node.agent == "embedded" or not _on_this_host(node.agent)):
+            continue
+        kind = node.engine.get("type")
+        if kind != probe.status.engine.engine or kind not in available_engines():
+            continue  # another type is engine_mismatch's finding; one not installed here cannot be read
+        served = [Path(p) for p in probe.status.data_paths]
+        served_file = probe.status.engine.details.get("path")
+        if isinstance(served_file, str):
+            served.append(Path(served_file))
+        if not served or any(_identity(p) is None for p in served):
+            continue
+        try:
+            engine = create_engine(node.engine, base_dir=inventory.base_dir)
+        except SnapctlError:
+            continue  # a bad block is check_engine_blocks' to refuse
+        try:
+            named = list(engine.data_paths())
+            db_path = getattr(engine, "db_path", None)  # an engine of one file names it
+        finally:
+            engine.close()
+        if isinstance(served_file, str) and isinstance(db_path, Path):
+            named.append(db_path)
+        if {_identity(p) for p in named} != {_identity(p) for p in served}:
+            findings.append(Finding(
+                "degraded", probe.node,
+                f"its inventory engine block names {', '.join(map(str, named))}, but its agent serves "
+                f"{', '.join(map(str, served))}: a restore or drill would look for the database where it is not",
+                hint=f"set {probe.node}'s engine: block in the inventory to what its agent's config says"))
     return findings
 
 
@@ -120,7 +188,8 @@ async def dry_run(inventory: Inventory, provider: Provider, volumes: dict[str, N
         try:
             await checker.ready(CALL_RUNNER_READY_S)
         except SnapctlError as exc:
-            finding = Finding("critical", "provider", str(exc))  # with its hint: the fix is what a dry run is for
+            # With its hint: the fix is what a dry run is for.
+            finding = Finding("critical", "provider", exc.message, forceable=False, hint=exc.hint)
             verdict.findings.append(finding)
             reporter.finding(finding)
     finally:

@@ -12,7 +12,7 @@ import fnmatch
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -172,13 +172,22 @@ async def collect_status(
         problem = memory.commit({p.node for p in probes if p.status is not None})
         if problem:
             verdict.findings.append(Finding("info", "status", problem))
+    from snapctl.preflight import misplaced_data, uncovered_data
+
     refusal, volumes = _backup_volumes(inventory, provider)
     if refusal is not None:
-        result.preflight.append(Finding("critical", "inventory", refusal))
+        result.preflight.append(Finding("critical", "inventory", refusal, forceable=False))
+        # An inventory that lists no volumes at all only watches the agents: not being able to back
+        # up is its design. One that lists some is meant for backups, each of which exits 2 on this.
+        if any(node.volumes for node in inventory.nodes):
+            verdict.findings.append(Finding("degraded", "inventory", f"a backup now would be refused: {refusal}"))
     else:  # as the backup's preflight does: a database outside its node's volumes would not be in the snapshot
-        from snapctl.preflight import uncovered_data
-
-        result.preflight += uncovered_data(inventory, probes, volumes)
+        uncovered = uncovered_data(inventory, probes, volumes)
+        result.preflight += uncovered
+        # Every backup is refused on it, and no cluster state clears it: a cron job of `status`
+        # must hear of it, as it hears of a catalog no run could write.
+        verdict.findings += [replace(f, severity="degraded") for f in uncovered]
+    verdict.findings += misplaced_data(inventory, probes)
     look = await asyncio.to_thread(_look_at_catalog, inventory)
     result.catalog_problems, result.catalog_read = look.problems, look.entries is not None
     for obstacle in look.obstacles:  # what the run would fail on is what makes backing up unsafe

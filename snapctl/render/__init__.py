@@ -221,7 +221,7 @@ class Renderer:
 
         colours = {"info": "dim", "degraded": "yellow", "critical": "red"}
         for f in verdict.findings:
-            self.out.print(f"  [{colours[f.severity]}]{f.severity}[/] {escape(f'{f.subject}: {f.message}')}",
+            self.out.print(f"  [{colours[f.severity]}]{f.severity}[/] {escape(str(f))}",
                            soft_wrap=True)
 
     def restore_result(self, result) -> int:

@@ -60,7 +60,8 @@ def status_json_line(s) -> str:
 
 
 def _finding(f) -> dict[str, Any]:
-    return {"severity": f.severity, "subject": f.subject, "message": f.message}
+    return {"severity": f.severity, "subject": f.subject, "message": f.message, "hint": f.hint,
+            "forceable": f.forceable}
 
 
 def _node(s, p) -> dict[str, Any]:

@@ -9,14 +9,15 @@ from __future__ import annotations
 import subprocess
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 
 from snapctl.errors import ExitCode
-from tests.conftest import LOOPBACK, free_port
 from tests.faults.harness import NODES, TOKEN, FaultCluster, wait_until
+from tests.faults.proxy import LoopbackProxy
 
 
 def _failed_run(cluster: FaultCluster, result, node: str) -> dict:
@@ -125,17 +126,19 @@ def test_a_prepare_slower_than_the_agent_timeout_but_within_prepare_timeout_succ
     cluster.wait_released()
 
 
-def test_a_node_nothing_listens_for_fails_a_forced_run_without_a_hold_to_release(scene: FaultCluster) -> None:
-    # --force backs up past the preflight's refusal; the prepare then finds no agent at all. It
-    # never left snapctl, so the rollback completes the other nodes and not that one, and the
-    # error does not send anyone to wait for a lease that was never taken.
+def test_a_node_nothing_listens_for_fails_a_run_without_a_hold_to_release(scene: FaultCluster) -> None:
+    # Gone between the preflight and the prepares (--force no longer backs up past an unreachable
+    # agent): the prepare finds no agent at all. It never left snapctl, so the rollback completes
+    # the other nodes and not that one, and the error does not send anyone to wait for a lease
+    # that was never taken.
     cluster = scene
-    inventory = cluster.write_inventory(cluster.directory / f"{cluster.cluster}.dead-node2.yaml")
-    data = yaml.safe_load(inventory.read_text())
-    data["nodes"][1]["agent"] = f"http://{LOOPBACK}:{free_port()}"
-    inventory.write_text(yaml.safe_dump(data, sort_keys=False))
-
-    result = cluster.snapctl("backup", "--force", inventory=inventory)
+    inventory = cluster.write_inventory(cluster.directory / f"{cluster.cluster}.dead-node2.yaml",
+                                        provider={"stop_warm_up": True})
+    node2 = cluster.agents["node2"]
+    try:
+        result = cluster.backup_changed_after_preflight(node2.proxy.close, inventory=inventory)
+    finally:  # nothing listens at node2's address any more: the module's later tests get another
+        node2.proxy = LoopbackProxy(node2.port)
     manifest = _failed_run(cluster, result, "node2")
     error_line = next(line for line in result.stderr.splitlines() if line.startswith("snapctl: error:"))
     assert error_line.count("cannot reach the agent") == 1, error_line
@@ -147,17 +150,27 @@ def test_a_node_nothing_listens_for_fails_a_forced_run_without_a_hold_to_release
         assert cluster.released_by(node, manifest["run_id"]) != "expired"
 
 
-def test_a_node_that_refuses_the_prepare_fails_a_forced_run_without_a_hold_to_release(scene: FaultCluster) -> None:
-    # The agent answered 401: it holds nothing, so the rollback neither completes it nor sends
-    # anyone to wait for its lease, and the error says why once.
+def test_a_node_that_refuses_the_prepare_fails_a_run_without_a_hold_to_release(scene: FaultCluster) -> None:
+    # The agent answered 401 (restarted with another token between the preflight and the prepares;
+    # --force no longer backs up past a refused token): it holds nothing, so the rollback neither
+    # completes it nor sends anyone to wait for its lease, and the error says why once.
     cluster = scene
-    inventory = cluster.write_inventory(cluster.directory / f"{cluster.cluster}.wrong-token.yaml")
-    (cluster.directory / "stale.token").write_text("a-token-node2-was-never-started-with\n")
-    data = yaml.safe_load(inventory.read_text())
-    data["nodes"][1]["token_file"] = str(cluster.directory / "stale.token")
-    inventory.write_text(yaml.safe_dump(data, sort_keys=False))
+    inventory = cluster.write_inventory(cluster.directory / f"{cluster.cluster}.wrong-token.yaml",
+                                        provider={"stop_warm_up": True})
+    node2 = cluster.agents["node2"]
+    config = node2.config.read_text()
+    (cluster.directory / "rotated.token").write_text("a-token-snapctl-was-never-given\n")
 
-    result = cluster.snapctl("backup", "--force", inventory=inventory)
+    def restart(token_file: Path) -> None:
+        node2.config.write_text(yaml.safe_dump({**yaml.safe_load(config), "token_file": str(token_file)}))
+        cluster.kill_agent("node2")
+        cluster.start_agent("node2")
+
+    try:
+        result = cluster.backup_changed_after_preflight(lambda: restart(cluster.directory / "rotated.token"),
+                                                        inventory=inventory)
+    finally:
+        restart(cluster.token_file)
     manifest = _failed_run(cluster, result, "node2")
     error_line = next(line for line in result.stderr.splitlines() if line.startswith("snapctl: error:"))
     assert error_line.count("wrong bearer token") == 1 and error_line.count("node2") == 1, error_line

@@ -134,7 +134,7 @@ def test_a_damaged_manifest_behind_an_intact_index_is_never_taken_for_the_newest
     assert cluster.snapctl("show", "latest", "-o", "json").json["data"]["run_id"] == good
     status = cluster.snapctl("status", "-o", "json").json["data"]
     assert status["backups"]["latest_success"]["run_id"] == good
-    assert {"severity": "degraded", "subject": "catalog",
+    assert {"severity": "degraded", "subject": "catalog", "hint": None, "forceable": True,
             "message": f"unreadable manifest: run {damaged}: not valid JSON"} in status["verdict"]["findings"]
 
     keep_one = cluster.write_inventory(cluster.directory / "keep-one.yaml",

@@ -1,6 +1,7 @@
 """An engine that accepts connections and never answers. The agent bounds every engine call by the
-engine's ``timeout_s`` and answers 504; snapctl refuses at preflight, or (with --force, or when the
-engine hangs mid-run) rolls the run back and releases every other node. A hold the engine could
+engine's ``timeout_s`` and answers 504; snapctl refuses at preflight (--force too: it cannot make
+the engine answer), or (when the engine goes silent after it, or hangs mid-run) rolls the run back
+and releases every other node. A hold the engine could
 not be told to release ends by the agent's lease once the engine answers again.
 
 node1 runs the QuestDB adapter (against a silent socket, or the /exec fake in its ``hang()``
@@ -9,6 +10,7 @@ mode); node2 and node3 run SQLite.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from collections.abc import Iterator
@@ -36,24 +38,34 @@ def _questdb(root: Path, url: str) -> dict:
     return {"type": "questdb", "url": url, "root": str(root), "timeout_s": 1}
 
 
-def test_a_silent_engine_is_refused_at_preflight_and_forced_runs_roll_back(make_cluster, tmp_path, silent_port):
+def test_a_silent_engine_is_refused_at_preflight_even_forced(make_cluster, tmp_path, silent_port):
+    # --force took the run past it, to fail at the prepare: forcing cannot make a silent engine
+    # answer, so the refusal says what to fix instead of offering it.
     cluster: FaultCluster = make_cluster(engines={"node1": _questdb(tmp_path / "qdb", f"http://{LOOPBACK}:{silent_port}")})
+    for args in ((), ("--force",)):
+        refused = cluster.snapctl("backup", *args)
+        assert refused.returncode == ExitCode.PREFLIGHT_REFUSED, refused.stderr
+        assert "node1" in refused.stderr and "Traceback" not in refused.stderr
+        assert "pass --force" not in refused.stderr
+    assert cluster.held() == set() and cluster.snapshot_dirs() == []
 
-    refused = cluster.snapctl("backup")
-    assert refused.returncode == ExitCode.PREFLIGHT_REFUSED, refused.stderr
-    assert "node1" in refused.stderr and "Traceback" not in refused.stderr
-    assert cluster.held() == set()
 
-    forced = cluster.snapctl("backup", "--force")
-    assert forced.returncode == ExitCode.RUN_FAILED, forced.stderr
-    assert "node node1" in forced.stderr and "did not answer" in forced.stderr
-    run_id = max(cluster.run_ids())
-    manifest = cluster.manifest(run_id)
-    assert manifest["status"] == "failed" and manifest["forced"]
-    assert cluster.held() == set()
-    for node in ("node2", "node3"):
-        assert cluster.released_by(node, run_id) == "completed" and cluster.writable(node)
-    assert cluster.snapshot_dirs(run_id) == []
+def test_an_engine_gone_silent_after_the_preflight_rolls_the_run_back(make_cluster, tmp_path):
+    with FakeQuestDB() as questdb, contextlib.ExitStack() as silent:
+        questdb.tables.update({"trades": 10})
+        cluster: FaultCluster = make_cluster(engines={"node1": _questdb(tmp_path / "qdb", questdb.url)})
+        inventory = cluster.write_inventory(tmp_path / "stop.yaml", provider={"stop_warm_up": True})
+        result = cluster.backup_changed_after_preflight(lambda: silent.enter_context(questdb.hang()),
+                                                        inventory=inventory)
+        assert result.returncode == ExitCode.RUN_FAILED, result.stderr
+        assert "node node1" in result.stderr and "did not answer" in result.stderr
+        run_id = max(cluster.run_ids())
+        manifest = cluster.manifest(run_id)
+        assert manifest["status"] == "failed" and not manifest["forced"]
+        assert cluster.held() == set()
+        for node in ("node2", "node3"):
+            assert cluster.released_by(node, run_id) == "completed" and cluster.writable(node)
+        assert cluster.snapshot_dirs(run_id) == []
 
 
 def test_an_engine_that_hangs_during_complete_is_released_by_the_lease_once_it_answers(make_cluster, tmp_path):
@@ -86,11 +98,13 @@ def test_a_prepare_that_arrives_after_its_runs_complete_is_refused_and_never_hol
     that run's prepare. Here the network holds node2's prepare back until the run has rolled back:
     the complete finds nothing held, and the prepare, delivered after it, must never hold."""
     cluster: FaultCluster = make_cluster()
-    slow_start = cluster.write_inventory(tmp_path / "lead.yaml", policy={"hold_lead_s": "2s"})
-    cluster.kill_agent("node1")
+    slow_start = cluster.write_inventory(tmp_path / "lead.yaml", policy={"hold_lead_s": "2s"},
+                                         provider={"stop_warm_up": True})
     late = cluster.agents["node2"].proxy.gate("POST /v1/prepare")
 
-    forced = cluster.snapctl("backup", "--force", inventory=slow_start)
+    # node1's agent dies between the preflight and the prepares (--force no longer backs up past
+    # an unreachable agent).
+    forced = cluster.backup_changed_after_preflight(lambda: cluster.kill_agent("node1"), inventory=slow_start)
     assert forced.returncode == ExitCode.RUN_FAILED, forced.stderr
     run_id = max(cluster.run_ids())
     node2 = cluster.manifest(run_id)["nodes"]["node2"]
@@ -105,15 +119,15 @@ def test_a_prepare_that_arrives_after_its_runs_complete_is_refused_and_never_hol
 
 def test_a_rollback_while_prepares_wait_for_their_hold_instant_leaves_nothing_held(make_cluster, tmp_path):
     """Cluster runs send every node one instant to begin its hold (hold_at), here 4 s ahead.
-    node1's agent is gone, so (with --force) its prepare fails at once, while node2 and node3
+    node1's agent is gone (since the preflight), so its prepare fails at once, while node2 and node3
     still wait for their instant: the rollback's complete cancels their prepares, and they never
     hold. (An engine that fails only once its own hold began fails the run after the others held:
     the prepare waits for the instant too.)"""
     cluster: FaultCluster = make_cluster()
-    slow_start = cluster.write_inventory(tmp_path / "lead.yaml", policy={"hold_lead_s": "4s"})
-    cluster.kill_agent("node1")
+    slow_start = cluster.write_inventory(tmp_path / "lead.yaml", policy={"hold_lead_s": "4s"},
+                                         provider={"stop_warm_up": True})
 
-    forced = cluster.snapctl("backup", "--force", inventory=slow_start)
+    forced = cluster.backup_changed_after_preflight(lambda: cluster.kill_agent("node1"), inventory=slow_start)
     assert forced.returncode == ExitCode.RUN_FAILED, forced.stderr
     run_id = max(cluster.run_ids())
     manifest = cluster.manifest(run_id)

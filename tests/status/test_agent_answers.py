@@ -48,7 +48,9 @@ def _snapctl(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def _findings(doc: dict) -> dict[str, tuple[str, str]]:
-    return {f["subject"]: (f["severity"], f["message"]) for f in doc["data"]["verdict"]["findings"]}
+    """Each finding as the text output says it: its message, then its hint."""
+    return {f["subject"]: (f["severity"], f["message"] + (f" (hint: {f['hint']})" if f["hint"] else ""))
+            for f in doc["data"]["verdict"]["findings"]}
 
 
 def test_an_agent_over_its_rate_limit_is_said_to_answer_429_not_to_be_unreachable(tmp_path):

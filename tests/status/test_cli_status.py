@@ -71,7 +71,8 @@ def test_no_backup_yet_is_degraded_exit_5(tmp_path):
     code, doc = status_json(tmp_path)
     assert code == ExitCode.DEGRADED == 5
     assert doc["data"]["verdict"]["findings"] == [
-        {"severity": "degraded", "subject": "backups", "message": "no successful backup yet"}]
+        {"severity": "degraded", "subject": "backups", "message": "no successful backup yet", "hint": None,
+         "forceable": True}]
 
 
 def test_an_unreachable_node_or_a_backup_older_than_the_rpo_is_critical_exit_6(tmp_path):
@@ -266,7 +267,9 @@ def test_an_unreadable_cluster_lock_makes_backing_up_unsafe_and_the_newest_backu
     planned = snapctl("backup", "-i", "inventory.yaml", "--dry-run", "-o", "json", cwd=tmp_path)
     assert planned.returncode == ExitCode.PREFLIGHT_REFUSED, planned.stderr
     [critical] = [f for f in json.loads(planned.stdout)["data"]["verdict"]["findings"] if f["severity"] == "critical"]
-    assert critical == {"severity": "critical", "subject": "catalog", "message": refusals[0]}
+    # Not forceable: --force overrides the preflight, not the run's first step.
+    assert critical == {"severity": "critical", "subject": "catalog", "message": refusals[0], "hint": None,
+                        "forceable": False}
     assert lock.read_text() == text and [p.name for p in (tmp_path / "catalog" / "st" / "manifests").glob("*.json")] == [
         "r-good.json"]
     real = snapctl("backup", "-i", "inventory.yaml", cwd=tmp_path)
@@ -384,18 +387,36 @@ def test_a_dry_run_while_another_run_holds_the_lock_says_the_real_run_would_be_r
     ([{"name": "data", "path": "nodir"}], "volume data path"),
 ], ids=["unknown key", "missing path"])
 def test_status_is_not_safe_to_back_up_where_backup_would_refuse_the_volumes(tmp_path, volumes, refusal):
-    # It said "healthy ... safe to back up: yes" (exit 0) for inventories `backup` refuses (exit 2).
+    # It said "healthy ... safe to back up: yes" (exit 0) for inventories `backup` refuses (exit 2);
+    # then "healthy", exit 0, with "safe to back up: no": `snapctl status || alert` in cron stayed
+    # silent while every backup exited 2.
     nodes = sqlite_nodes(tmp_path, 2)
     nodes[1]["volumes"] = volumes
     inventory = load(write_inventory(tmp_path, nodes))
     record_run(inventory, "r-good", "succeeded", age_s=60)
     code, doc = status_json(tmp_path)
-    assert code == ExitCode.OK  # the cluster is healthy: it is the inventory that a backup refuses
+    assert code == ExitCode.DEGRADED
     [refused] = doc["data"]["verdict"]["preflight_refusals"]
-    assert refused["subject"] == "inventory" and refusal in refused["message"]
+    assert refused["subject"] == "inventory" and refusal in refused["message"] and refused["forceable"] is False
+    [finding] = doc["data"]["verdict"]["findings"]
+    assert (finding["severity"], finding["subject"]) == ("degraded", "inventory")
+    assert finding["message"].startswith("a backup now would be refused: ") and refusal in finding["message"]
     assert doc["data"]["verdict"]["safe_to_back_up"] is False
     planned = snapctl("backup", "-i", "inventory.yaml", "--dry-run", cwd=tmp_path)
     assert planned.returncode == ExitCode.BAD_INPUT and refusal in planned.stderr
+
+
+def test_an_inventory_that_lists_no_volumes_only_watches_the_agents_and_stays_healthy(tmp_path):
+    nodes = sqlite_nodes(tmp_path, 2)
+    for node in nodes:
+        del node["volumes"]
+    inventory = load(write_inventory(tmp_path, nodes))
+    record_run(inventory, "r-good", "succeeded", age_s=60)
+    code, doc = status_json(tmp_path)
+    assert code == ExitCode.OK and doc["data"]["verdict"]["findings"] == []
+    assert doc["data"]["verdict"]["safe_to_back_up"] is False  # still: a backup would refuse it
+    [refused] = doc["data"]["verdict"]["preflight_refusals"]
+    assert refused["subject"] == "inventory" and "no volumes listed" in refused["message"]
 
 
 def test_with_the_only_successful_manifest_unreadable_status_does_not_say_there_is_none(tmp_path):
@@ -421,9 +442,12 @@ def test_safe_to_back_up_is_no_when_the_backup_would_refuse_a_database_outside_i
     record_run(inventory, "r-good", "succeeded", age_s=60)
     code, doc = status_json(tmp_path)
     verdict = doc["data"]["verdict"]
-    assert code == ExitCode.OK and verdict["safe_to_back_up"] is False
-    assert [(f["severity"], f["subject"]) for f in verdict["preflight_refusals"]] == [("critical", "n2")]
+    # Every backup is refused on it, forced or not: status exits 5 for it, as a cron job must hear.
+    assert code == ExitCode.DEGRADED and verdict["safe_to_back_up"] is False
+    assert [(f["severity"], f["subject"], f["forceable"]) for f in verdict["preflight_refusals"]] == [
+        ("critical", "n2", False)]
     assert "in none of its volumes" in verdict["preflight_refusals"][0]["message"]
+    assert [(f["severity"], f["subject"]) for f in verdict["findings"]] == [("degraded", "n2")]
     dry = snapctl("backup", "--dry-run", "-i", "inventory.yaml", cwd=tmp_path)
     assert dry.returncode == ExitCode.PREFLIGHT_REFUSED and "in none of its volumes" in dry.stderr
 
@@ -452,8 +476,10 @@ def test_an_engine_that_is_down_is_said_with_its_hint(tmp_path):
     (tmp_path / "n1" / "data.db").unlink()  # moved away since the inventory was written
     code, doc = status_json(tmp_path)
     assert code == ExitCode.CRITICAL
-    said = {f["subject"]: f["message"] for f in doc["data"]["verdict"]["findings"]}
-    assert said["n1"] == (f"engine sqlite is down: no sqlite database at {tmp_path / 'n1' / 'data.db'} (hint: check "
-                          "engine.path (relative paths resolve against the config file's directory))")
-    assert said["t1"].startswith("engine tarantool is down: tarantool at ")
-    assert said["t1"].endswith(" (hint: is tarantool running and listening there?)")
+    said = {f["subject"]: (f["message"], f["hint"]) for f in doc["data"]["verdict"]["findings"]}
+    assert said["n1"] == (f"engine sqlite is down: no sqlite database at {tmp_path / 'n1' / 'data.db'}",
+                          "check engine.path (relative paths resolve against the config file's directory)")
+    assert said["t1"][0].startswith("engine tarantool is down: tarantool at ")
+    assert said["t1"][1] == "is tarantool running and listening there?"
+    text = snapctl("status", "-i", "inventory.yaml", cwd=tmp_path).stdout
+    assert "(hint: is tarantool running and listening there?)" in text  # the text says it after the message

@@ -25,7 +25,8 @@ def view(member: str, role: str = "follower", **fields) -> RaftGroup:
 
 
 def messages(group) -> list[tuple[str, str]]:
-    return [(f.severity, f.message) for f in group.findings]
+    """As the text output says them: the message, then the hint."""
+    return [(f.severity, f.message + (f" (hint: {f.hint})" if f.hint else "")) for f in group.findings]
 
 
 def test_two_leaders_is_critical_and_the_newest_term_is_taken_as_leader():

@@ -239,7 +239,7 @@ def test_a_replica_restarting_and_still_loading_is_said_to_be_loading_by_itself_
         wait_until(upstream_loading, timeout_s=30, what="the master to see its peer loading",
                    processes=[replica.process])
         status = look(inventory)
-    said = {f.subject: (f.severity, f.message) for f in status.verdict.findings}
+    said = {f.subject: (f.severity, str(f).removeprefix(f"{f.subject}: ")) for f in status.verdict.findings}
     address = f"127.0.0.1:{replica.port}"
     assert said["m2"] == ("critical", f"engine tarantool is down: tarantool at {address} is still loading its data "
                           "(local recovery, or bootstrap waiting for its replication peers): it answers no request "

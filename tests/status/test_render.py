@@ -89,7 +89,8 @@ def test_the_verdict_line_says_what_a_backup_would_be_refused_on():
     renderer.status(cluster)
     verdict = renderer.out.file.getvalue().splitlines()[-1]
     assert verdict.endswith("safe to back up: no, a backup would be refused: a: held by run r-7 until "
-                            f"{lease.expires_at:%H:%M:%S}Z"), verdict
+                            f"{lease.expires_at:%H:%M:%S}Z (hint: wait for run r-7 to end, or for its lease to "
+                            "expire (the agent then releases the node))"), verdict
 
 
 def test_a_lease_past_its_expiry_whose_engine_would_not_release_says_so_in_the_lease_column():

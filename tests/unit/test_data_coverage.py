@@ -12,10 +12,10 @@ import pytest
 
 from node_agent.models import AgentStatus, EngineStatus
 from snapctl import __version__
-from snapctl.config import parse_inventory
+from snapctl.config import Inventory, load_inventory, parse_inventory
 from snapctl.errors import ExitCode
 from snapctl.health import NodeProbe
-from snapctl.preflight import uncovered_data
+from snapctl.preflight import misplaced_data, uncovered_data
 from snapctl.providers import NodeVolumes
 
 
@@ -75,7 +75,9 @@ def test_a_directory_not_made_yet_counts_where_it_will_be_made_when_the_engines_
     assert uncovered_data(inventory, [_probe("n1", live / "backups" / "etcd", live)], volumes) == []
 
 
-def test_a_backup_of_a_database_outside_its_volume_is_refused_and_forced_on_record(tmp_path):
+def test_a_backup_of_a_database_outside_its_volume_is_refused_even_forced(tmp_path):
+    # --force once let it through: a run that "succeeded", held no database, and counted as a
+    # backup for retention. It cannot be a backup of the node, so --force does not override it.
     import sqlite3
 
     (tmp_path / "db").mkdir()
@@ -91,11 +93,89 @@ def test_a_backup_of_a_database_outside_its_volume_is_refused_and_forced_on_reco
         return subprocess.run([sys.executable, "-m", "snapctl.cli", *args, "-i", "inv.yaml"], cwd=tmp_path,
                               capture_output=True, text=True, timeout=60)
 
-    refused = snapctl("backup")
-    assert refused.returncode == ExitCode.PREFLIGHT_REFUSED, refused.stderr
-    assert f"n1: its engine keeps its data in {tmp_path / 'db'}, in none of its volumes" in refused.stderr
-    assert "Traceback" not in refused.stderr
+    for args in ((), ("--force", "--no-prune")):
+        refused = snapctl("backup", *args)
+        assert refused.returncode == ExitCode.PREFLIGHT_REFUSED, refused.stderr
+        assert f"n1: its engine keeps its data in {tmp_path / 'db'}, in none of its volumes" in refused.stderr
+        assert "Traceback" not in refused.stderr
+        [hint] = [line.strip() for line in refused.stderr.splitlines() if line.strip().startswith("hint:")]
+        assert hint.startswith("hint: n1: list that directory (or one above it) in the node's volumes")
+        assert "pass --force" not in hint
     planned = snapctl("backup", "--dry-run")
     assert planned.returncode == ExitCode.PREFLIGHT_REFUSED and "in none of its volumes" in planned.stdout
-    forced = snapctl("backup", "--force", "--no-prune")
-    assert forced.returncode == ExitCode.OK, forced.stderr
+    assert not (tmp_path / "store").exists() or not any((tmp_path / "store").rglob("*.db"))
+
+
+def _served(node: str, engine: str, data: Path, *files: Path) -> NodeProbe:
+    details = {"path": str(files[0])} if files else {}
+    status = AgentStatus(node=node, agent_version=__version__, data_paths=[str(data)],
+                         engine=EngineStatus(engine=engine, reachable=True, details=details))
+    return NodeProbe(node, status=status)
+
+
+def _engine_inventory(tmp_path: Path, agent: str, engine: str) -> Inventory:
+    path = tmp_path / "inv.yaml"
+    path.write_text("cluster: c\nprovider: {type: local}\nnodes:\n"
+                    f"  - {{name: n1, agent: '{agent}', engine: {engine}}}\n")
+    return load_inventory(path)
+
+
+def test_an_engine_block_naming_another_database_than_its_agent_serves_is_degraded(tmp_path):
+    (tmp_path / "data").mkdir()
+    served = tmp_path / "data" / "demo.db"
+    served.write_bytes(b"")
+    inventory = _engine_inventory(tmp_path, "http://127.0.0.1:7701", "{type: sqlite, path: data/other.db}")
+    [finding] = misplaced_data(inventory, [_served("n1", "sqlite", tmp_path / "data", served)])
+    assert (finding.severity, finding.subject, finding.forceable) == ("degraded", "n1", True)
+    assert f"names {tmp_path / 'data'}, {tmp_path / 'data' / 'other.db'}, but its agent serves" in finding.message
+    assert finding.hint == "set n1's engine: block in the inventory to what its agent's config says"
+
+
+def test_the_same_database_by_another_path_is_no_difference(tmp_path):
+    (tmp_path / "releases" / "7").mkdir(parents=True)
+    served = tmp_path / "releases" / "7" / "demo.db"
+    served.write_bytes(b"")
+    os.symlink(tmp_path / "releases" / "7", tmp_path / "current")
+    inventory = _engine_inventory(tmp_path, "http://127.0.0.1:7701", "{type: sqlite, path: current/demo.db}")
+    assert misplaced_data(inventory, [_served("n1", "sqlite", tmp_path / "releases" / "7", served)]) == []
+
+
+@pytest.mark.parametrize(("agent", "engine", "served"), [
+    ("http://db1.internal:7701", "sqlite", "data"),  # another host's paths
+    ("http://10.0.0.5:7701", "sqlite", "data"),
+    ("http://127.0.0.1:7701", "sqlite", "absent"),  # not this host's filesystem: an agent in a container
+    ("http://127.0.0.1:7701", "questdb", "data"),  # another type: engine_mismatch's finding, not this one's
+])
+def test_no_data_path_is_compared_where_the_comparison_is_not_sound(tmp_path, agent, engine, served):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "demo.db").write_bytes(b"")
+    inventory = _engine_inventory(tmp_path, agent, "{type: sqlite, path: elsewhere/other.db}")
+    where = tmp_path / served
+    assert misplaced_data(inventory, [_served("n1", engine, where, where / "demo.db")]) == []
+
+
+def test_an_unknown_engine_type_is_no_finding_by_itself_only_a_different_one_is():
+    # An engine plugin may be installed on the agent hosts alone: snapctl here does not know it.
+    from snapctl.health import engine_mismatch
+
+    assert engine_mismatch(_served("n1", "mydb", Path("/x")), "mydb") == []
+    [finding] = engine_mismatch(_served("n1", "sqlite", Path("/x")), "sqlit")
+    assert (finding.severity, finding.forceable) == ("critical", False)
+    assert finding.hint.startswith("set n1's engine: type to sqlite in the inventory")
+    assert engine_mismatch(_served("n1", "sqlite", Path("/x")), None) == []  # no engine block: nothing to compare
+
+
+def test_a_refusal_offers_force_only_when_force_overrides_every_critical_finding():
+    from snapctl.health import Finding
+    from snapctl.preflight import FORCE_HINT, preflight_refusal
+
+    no_leader = Finding("critical", "raft group g", "no leader (m1 (a) follower)")
+    down = Finding("critical", "b", "agent unreachable: connection refused", forceable=False,
+                   hint="start b's agent, or set b's agent: to the address it listens on")
+    assert preflight_refusal([no_leader]).hint == FORCE_HINT
+    mixed = preflight_refusal([no_leader, down])
+    assert mixed.message == ("preflight refused the backup: raft group g: no leader (m1 (a) follower); "
+                             "b: agent unreachable: connection refused")
+    assert mixed.hint == ("b: start b's agent, or set b's agent: to the address it listens on; "
+                          "--force would not override these")
+    assert preflight_refusal([down], forced=True).hint.endswith("; --force did not override these")
