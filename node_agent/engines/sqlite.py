@@ -171,7 +171,7 @@ class SqliteEngine:
                                          "directory, as the scratch agent sees it")
             # engine.path names another file than the one backed up, or the volume did not hold it.
             raise EngineError(
-                f"no restored sqlite database at {db}, where engine.path ({self.settings.path}) names it",
+                f"no restored sqlite database at {db}, the file engine.path names",
                 hint="make engine.path name the database that was backed up: the inventory's, for `snapctl "
                      "restore` or `drill` on this host (snapctl status says when it differs from what the node's "
                      "agent serves); a scratch agent's own config, for one")

@@ -143,8 +143,8 @@ def test_a_restored_volume_without_the_file_engine_path_names_says_which_setting
     # "pass the restored database file or its directory": no command takes one.
     make_db(tmp_path / "demo.db")
     engine = SqliteEngine(SqliteSettings(path="other.db"), base_dir=tmp_path)
-    with pytest.raises(EngineError, match="no restored sqlite database at .*other.db, where engine.path "
-                                          r"\(other.db\) names it") as missing:
+    with pytest.raises(EngineError, match="no restored sqlite database at .*other.db, the file engine.path names") \
+            as missing:
         engine.restore_prepare(None)
     assert "make engine.path name the database that was backed up" in missing.value.hint
     assert "snapctl status says when it differs" in missing.value.hint
