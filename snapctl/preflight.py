@@ -87,6 +87,8 @@ def uncovered_data(inventory: Inventory, probes: list[NodeProbe], volumes: dict[
         directories = volumes[probe.node].directories if probe.node in volumes else None
         if probe.status is None or directories is None or not _on_this_host(agent_of.get(probe.node, "")):
             continue
+        if probe.status.node != probe.node:  # another node's agent: its data is that node's, said there
+            continue
         roots = {_identity(d) for d in directories} - {None}
         own = {data: _identity(Path(data)) for data in probe.status.data_paths}
         if not any(own.values()):

@@ -48,6 +48,9 @@ def test_force_does_not_back_up_through_swapped_agents_nor_let_retention_delete_
         assert "the agent answers as node 'node3'" in result.stderr and "Traceback" not in result.stderr
         hint = _hint(result.stderr)
         assert "set node2's agent: to its own agent's address" in hint
+        # Not also "list that directory in the node's volumes": what another node's agent says of
+        # its data is no news of this node's, and the fix it gave was the wrong one.
+        assert "in none of its volumes" not in result.stderr and "volumes" not in hint
         assert "pass --force" not in hint and ("did not override" if args else "would not override") in hint
     assert _succeeded(cluster) == [good] and cluster.snapshot_dirs(good) == kept
     refused = [cluster.manifest(r) for r in cluster.run_ids() if r != good]

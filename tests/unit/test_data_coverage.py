@@ -62,6 +62,18 @@ def test_nothing_is_said_where_the_paths_cannot_be_compared(tmp_path, agent, dir
     assert uncovered_data(_inventory(agent), [_probe("n1", tmp_path / data)], volumes) == []
 
 
+def test_another_nodes_agent_says_nothing_of_this_nodes_data(tmp_path):
+    # Two nodes' agent: addresses swapped: their data was "in none of its volumes" too, with the
+    # hint to list it in the volumes, beside the finding that says what is wrong.
+    data, other = tmp_path / "data", tmp_path / "other"
+    data.mkdir()
+    other.mkdir()
+    volumes = {"n1": NodeVolumes("n1", ["other"], directories=[other])}
+    probe = _probe("n2", data)
+    probe.node = "n1"  # the inventory's n1 points at n2's agent
+    assert uncovered_data(_inventory("http://127.0.0.1:7701"), [probe], volumes) == []
+
+
 def test_a_directory_not_made_yet_counts_where_it_will_be_made_when_the_engines_other_paths_are_here(tmp_path):
     # etcd's backup_dir is made by its first prepare: skipped as "not a path of this host", the
     # first backup went through with its snapshot file written outside every volume.
