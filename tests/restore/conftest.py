@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 import subprocess
 import sys
@@ -115,17 +116,21 @@ def mounted():
 
 
 @contextlib.contextmanager
-def scratch_agent(directory: Path, token_file: Path, database: Path, name: str = "n1-scratch"):
+def scratch_agent(directory: Path, token_file: Path, database: Path, name: str = "n1-scratch",
+                  engine_type: str = "sqlite", plugins: Path | None = None):
     """A real snapctl-agent beside where a drill or restore puts n1: its engine comes up once the file is there.
-    ``name``: its node name (a node's own agent answers with the inventory's name for it)."""
+    ``name``: its node name (a node's own agent answers with the inventory's name for it). ``plugins``: a
+    directory on the agent's sys.path alone, for an engine installed on its host and not on this one."""
     port = free_port()
     config = directory / "scratch-agent.yaml"
     config.write_text(yaml.safe_dump({"node": name, "listen": "127.0.0.1", "port": port,
                                       "token_file": str(token_file), "restore_target": True,
-                                      "engine": {"type": "sqlite", "path": str(database)}}))
+                                      "engine": {"type": engine_type, "path": str(database)}}))
+    env = None if plugins is None else {**os.environ, "PYTHONPATH": os.pathsep.join(
+        filter(None, [str(plugins), os.environ.get("PYTHONPATH")]))}
     with open(directory / "scratch-agent.log", "wb") as log:
         process = subprocess.Popen([sys.executable, "-m", "node_agent.main", "--config", str(config)],
-                                   stdout=log, stderr=subprocess.STDOUT)
+                                   stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 20
@@ -148,12 +153,15 @@ def scratch_agent(directory: Path, token_file: Path, database: Path, name: str =
 
 
 @contextlib.contextmanager
-def node_without_engine_block(cluster: SqliteCluster, node: str):
+def node_without_engine_block(cluster: SqliteCluster, node: str, engine_type: str = "sqlite",
+                              plugins: Path | None = None):
     """``node`` served by a real agent process and described in the inventory without an engine
-    block, as README's provider examples are: the run learns its engine from the agent's prepare."""
+    block, as README's provider examples are: the run learns its engine from the agent's prepare.
+    ``engine_type`` and ``plugins``: as ``scratch_agent`` takes them."""
     token_file = cluster.directory / "agent-token"
     token_file.write_text("agent-token\n")
-    with scratch_agent(cluster.directory, token_file, cluster.database(node), name=node) as url:
+    with scratch_agent(cluster.directory, token_file, cluster.database(node), name=node, engine_type=engine_type,
+                       plugins=plugins) as url:
         data = yaml.safe_load(cluster.inventory_path.read_text())
         entry = next(n for n in data["nodes"] if n["name"] == node)
         del entry["engine"]
@@ -161,3 +169,24 @@ def node_without_engine_block(cluster: SqliteCluster, node: str):
         data["auth"] = {"token_file": str(token_file)}
         cluster.inventory_path.write_text(yaml.safe_dump(data, sort_keys=False))
         yield url
+
+
+def vendordb_plugin(directory: Path) -> Path:
+    """A directory holding a third-party engine plugin, ``vendordb`` (SQLite under another name),
+    found by its entry point by whatever process has the directory on its sys.path: an engine
+    installed on the database hosts alone (README: engines are entry points)."""
+    plugins = directory / "plugins"
+    (plugins / "vendordb_plugin-0.1.dist-info").mkdir(parents=True, exist_ok=True)
+    (plugins / "vendordb_plugin-0.1.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: vendordb-plugin\nVersion: 0.1\n")
+    (plugins / "vendordb_plugin-0.1.dist-info" / "entry_points.txt").write_text(
+        "[snapctl.engines]\nvendordb = vendordb_engine:VendorDbEngine\n")
+    (plugins / "vendordb_engine.py").write_text(
+        "from typing import Literal\n\n"
+        "from node_agent.engines.sqlite import SqliteEngine, SqliteSettings\n\n\n"
+        "class VendorDbSettings(SqliteSettings):\n"
+        "    type: Literal['vendordb'] = 'vendordb'\n\n\n"
+        "class VendorDbEngine(SqliteEngine):\n"
+        "    name = 'vendordb'\n"
+        "    settings_model = VendorDbSettings\n")
+    return plugins

@@ -15,7 +15,7 @@ from snapctl.errors import BadInputError, ExitCode
 from snapctl.orchestrator import BackupOptions, backup
 from snapctl.restore import restore_run
 from snapctl.status import collect_status
-from tests.restore.conftest import node_without_engine_block
+from tests.restore.conftest import node_without_engine_block, vendordb_plugin
 
 WRONG = "node n2: engine sqlite: unknown key 'pth' (valid keys: type, timeout_s, path)"
 
@@ -60,7 +60,7 @@ def test_an_engine_installed_on_its_agents_host_alone_is_left_to_that_agent_by_b
                                                                                                   tmp_path):
     # A third-party engine plugin (README: entry points) on the database hosts only: this host
     # cannot read the block, and backup and status, which start no engine here, need not.
-    with node_without_engine_block(sqlite_cluster, "n2"):
+    with node_without_engine_block(sqlite_cluster, "n2", "vendordb", vendordb_plugin(tmp_path)):
         sqlite_cluster.edit(node_n2={"engine": {"type": "vendordb", "dsn": "vendordb://n2"}})
         manifest = asyncio.run(backup(sqlite_cluster.inventory, BackupOptions()))
         assert manifest.status == "succeeded" and manifest.nodes["n2"].snapshots
