@@ -120,7 +120,8 @@ def _serve(config: AgentConfig, token: str | None, metrics_token: str | None, en
     from node_agent.service import AgentService
 
     settings = config.engine_settings
-    service = AgentService(config.node, engine, allow_restore_prepare=config.restore_target)
+    service = AgentService(config.node, engine, allow_restore_prepare=config.restore_target,
+                           engine_type=settings.type)
     try:
         tls = _tls_context(config) if config.uses_tls else None
     except (OSError, ssl.SSLError) as exc:  # check_tls_files() passed, so only if a file changed since

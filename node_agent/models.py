@@ -211,6 +211,9 @@ class AgentStatus(Model):
     lease: LeaseInfo | None = None
     data_paths: list[str] = Field(default_factory=list)
     free_bytes: int | None = None
+    # The `engine: type` of the agent's config, the entry point it was built from: an alias or a
+    # subclass of another engine may carry that one's ``engine.engine``. None from older agents.
+    engine_type: str | None = None
 
 
 class Health(Model):

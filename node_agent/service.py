@@ -99,9 +99,11 @@ class AgentService:
         max_lease_s: float = MAX_LEASE_S,
         clock: Callable[[], float] = time.monotonic,
         allow_restore_prepare: bool = True,
+        engine_type: str | None = None,
     ) -> None:
         self.node = node
         self.engine = engine
+        self.engine_type = engine_type
         self.allow_restore_prepare = allow_restore_prepare
         self.max_lease_s = max_lease_s
         self._clock = clock
@@ -154,6 +156,7 @@ class AgentService:
             lease=lease,
             data_paths=[str(p) for p in paths],
             free_bytes=_free_bytes(paths[0]) if paths else None,
+            engine_type=self.engine_type,
         )
 
     def _status_while_busy(self) -> AgentStatus:
@@ -169,7 +172,7 @@ class AgentService:
                   else EngineStatus(engine=self.engine.name, reachable=True, details=said))
         return AgentStatus(node=self.node, agent_version=__version__, engine=self._with_release_error(engine),
                            lease=lease.info() if lease else None, data_paths=[str(p) for p in paths],
-                           free_bytes=_free_bytes(paths[0]) if paths else None)
+                           free_bytes=_free_bytes(paths[0]) if paths else None, engine_type=self.engine_type)
 
     def _with_release_error(self, engine: EngineStatus) -> EngineStatus:
         """An expired lease the engine would not release is said in ``details["releasing"]``: the

@@ -385,8 +385,8 @@ async def open_agents(inventory: Inventory) -> AsyncIterator[dict[str, AgentClie
             for node in embedded:
                 settings = inventory.engine_settings(node)  # which of many nodes' engine blocks is wrong, and where
                 engine = load_engine_factory(settings.type)(settings, base_dir=inventory.base_dir)
-                client = EmbeddedAgentClient(node.name, AgentService(node.name, engine), timeout_s=timeout_s,
-                                             executor=executor)
+                client = EmbeddedAgentClient(node.name, AgentService(node.name, engine, engine_type=settings.type),
+                                             timeout_s=timeout_s, executor=executor)
                 services.append(client)
                 clients[node.name] = client
         yield {node.name: clients[node.name] for node in inventory.nodes if node.name in clients}

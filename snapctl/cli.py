@@ -90,7 +90,9 @@ def backup(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Preflight and show the plan; hold nothing.")] = False,
     no_wait: Annotated[bool, typer.Option(
         "--no-wait", help="Return once snapshots are fixed, without waiting for them to complete.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Go on despite critical preflight findings.")] = False,
+    force: Annotated[bool, typer.Option("--force", help=(
+        "Go on despite critical preflight findings about the cluster's state (no leader, lag, a busy engine); "
+        "not those that make the backup fail or no backup of the node."))] = False,
     trigger: Annotated[bool | None, typer.Option("--trigger/--no-trigger",
                                                     help="Run the engines' own snapshots first.")] = None,
     consistency: Annotated[str | None, typer.Option(metavar="cluster|per-node",

@@ -22,6 +22,7 @@ import yaml
 from snapctl.config import Inventory, Node, load_inventory
 from snapctl.errors import BadInputError, ExitCode, InventoryError, SnapctlError
 from snapctl.runner import interrupts_deferred
+from snapctl.secret_files import read_first_line
 
 DEMO_DIR = ".snapctl-demo"
 EXAMPLE = "inventory.example.yaml"  # the demo's inventory, at the top of snapctl's source
@@ -260,7 +261,7 @@ def _wait_healthy(state: Path, token_file: Path, cluster: DemoCluster) -> None:
     """Until every node's own agent answers, as that node, with the demo's token. A process of the
     demo that exits (an agent whose port is taken, say) fails it at once with its own last words,
     and another server answering on an agent's port (another demo's agent) is not taken for it."""
-    headers = {"Authorization": f"Bearer {token_file.read_text().strip()}"}
+    headers = {"Authorization": f"Bearer {read_first_line(token_file)[0]}"}  # as the agent reads it
     deadline = time.monotonic() + START_TIMEOUT_S
     pending = {node.name: node.url for node in cluster.nodes}
     pids = {node.name: node.pid for node in cluster.nodes}

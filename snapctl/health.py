@@ -139,10 +139,14 @@ def engine_mismatch(probe: NodeProbe, expected: object) -> list[Finding]:
     """The inventory's engine type against the one the node's agent runs. The manifest records the
     inventory's, and restores and drills start that engine from the inventory's block: a backup of
     a sqlite database recorded as etcd's is restored by no one. A type no engine installed here
-    knows is no mistake by itself (a plugin may live on the agent hosts only): only a difference is."""
+    knows is no mistake by itself (a plugin may live on the agent hosts only): only a difference is.
+    Compared with the type the agent was configured with, not the engine's own name, which an alias
+    or a subclass of another engine shares with that one; an agent too old to say is not compared."""
     if probe.status is None or probe.status.node != probe.node or not isinstance(expected, str):
         return []
-    running = probe.status.engine.engine
+    running = probe.status.engine_type
+    if running is None:
+        return []
     if expected == running:
         return []
     return [Finding("critical", probe.node,
@@ -162,16 +166,18 @@ def split_hint(text: str) -> tuple[str, str | None]:
 
 def assess_node(probe: NodeProbe, *, for_backup: bool = False) -> list[Finding]:
     node = probe.node
-    # None of these can be forced past: the run's prepare would fail the same way, or back up
-    # another node's database under this one's name.
+    # None of these but an HTTP error can be forced past: the run's prepare would fail the same
+    # way, or back up another node's database under this one's name.
     if probe.unauthorized:
         said, hint = split_hint(probe.error or "")
         return [Finding("critical", node, f"agent refused our token: {said}", forceable=False,
                         hint=hint or f"give snapctl the token {node}'s agent was started with (auth.token_file, "
                                      "or the node's own token_file)")]
     if probe.status is None and probe.http_status is not None:  # it answered: the network is not the problem
+        # Forceable: its status alone may be refused (a rate limit is per endpoint: a 429 to the
+        # status says nothing of the prepare); a prepare that fails the same way holds nothing.
         said, hint = split_hint(probe.error or "")
-        return [Finding("critical", node, f"agent answered HTTP {probe.http_status}: {said}", forceable=False,
+        return [Finding("critical", node, f"agent answered HTTP {probe.http_status}: {said}",
                         hint=hint or f"see {node}'s agent log for why it answers {probe.http_status}")]
     if probe.status is None:
         said, hint = split_hint(probe.error or "")

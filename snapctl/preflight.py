@@ -105,7 +105,10 @@ def uncovered_data(inventory: Inventory, probes: list[NodeProbe], volumes: dict[
                     "critical", probe.node,
                     f"its engine keeps its data in {data}, in none of its volumes ({listed}): the snapshot would "
                     "not contain it", forceable=False,
-                    hint="list that directory (or one above it) in the node's volumes"))
+                    # A bind mount of a directory inside a volume reads as outside it (its device and
+                    # inode are the directory's, not the volume root's): listing it is the way past.
+                    hint="list that directory (or one above it) in the node's volumes (one mounted there from "
+                         "inside a volume by a bind mount too: list the directory itself)"))
     return findings
 
 
@@ -128,7 +131,7 @@ def misplaced_data(inventory: Inventory, probes: list[NodeProbe]) -> list[Findin
                 or node.agent == "embedded" or not _on_this_host(node.agent)):
             continue
         kind = node.engine.get("type")
-        if kind != probe.status.engine.engine or kind not in available_engines():
+        if kind != probe.status.engine_type or kind not in available_engines():
             continue  # another type is engine_mismatch's finding; one not installed here cannot be read
         served = [Path(p) for p in probe.status.data_paths]
         served_file = probe.status.engine.details.get("path")
@@ -147,7 +150,9 @@ def misplaced_data(inventory: Inventory, probes: list[NodeProbe]) -> list[Findin
             engine.close()
         if isinstance(served_file, str) and isinstance(db_path, Path):
             named.append(db_path)
-        if {_identity(p) for p in named} != {_identity(p) for p in served}:
+        # What the block names must be among what the agent serves; a path it leaves out (etcd's
+        # optional data_dir) is none a restore or drill uses from it.
+        if {_identity(p) for p in named} - {_identity(p) for p in served}:
             findings.append(Finding(
                 "degraded", probe.node,
                 f"its inventory engine block names {', '.join(map(str, named))}, but its agent serves "

@@ -212,3 +212,19 @@ def test_demo_up_checks_every_node_before_it_starts_any(inventory):
     assert result.returncode == ExitCode.BAD_INPUT, result.stderr
     assert "node node2: the demo runs agents on loopback" in result.stderr
     assert processes_naming(inventory.parent) == []  # node1's agent was started, and left running
+
+
+def test_demo_up_reads_its_token_file_as_the_agents_do_its_first_line(inventory):
+    # A note on the token file's second line: the agents and snapctl send the first line only, so
+    # must the demo's wait for its agents, or it waits 20 s for agents that are up.
+    token_file = inventory.parent / yaml.safe_load(inventory.read_text())["auth"]["token_file"]
+    token_file.parent.mkdir(parents=True, exist_ok=True)
+    token_file.write_text("demo-token-0f3c9a71e2\nrotated on the 1st by ops\n")
+    token_file.chmod(0o600)
+
+    started = _demo("up", inventory=inventory, timeout=60)
+
+    assert started.returncode == ExitCode.OK, started.stderr
+    status = subprocess.run([sys.executable, "-m", "snapctl.cli", "status", "-i", str(inventory), "-o", "json"],
+                            cwd=inventory.parent, capture_output=True, text=True, timeout=60, check=False)
+    assert json.loads(status.stdout)["data"]["verdict"]["level"] != "critical", status.stdout

@@ -174,7 +174,8 @@ def node_without_engine_block(cluster: SqliteCluster, node: str, engine_type: st
 def vendordb_plugin(directory: Path) -> Path:
     """A directory holding a third-party engine plugin, ``vendordb`` (SQLite under another name),
     found by its entry point by whatever process has the directory on its sys.path: an engine
-    installed on the database hosts alone (README: engines are entry points)."""
+    installed on the database hosts alone (README: engines are entry points). Its engine keeps
+    SQLite's name, as a subclass or an alias may: what its agent was configured with is what counts."""
     plugins = directory / "plugins"
     (plugins / "vendordb_plugin-0.1.dist-info").mkdir(parents=True, exist_ok=True)
     (plugins / "vendordb_plugin-0.1.dist-info" / "METADATA").write_text(
@@ -187,6 +188,5 @@ def vendordb_plugin(directory: Path) -> Path:
         "class VendorDbSettings(SqliteSettings):\n"
         "    type: Literal['vendordb'] = 'vendordb'\n\n\n"
         "class VendorDbEngine(SqliteEngine):\n"
-        "    name = 'vendordb'\n"
         "    settings_model = VendorDbSettings\n")
     return plugins

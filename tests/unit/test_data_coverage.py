@@ -118,10 +118,14 @@ def test_a_backup_of_a_database_outside_its_volume_is_refused_even_forced(tmp_pa
     assert not (tmp_path / "store").exists() or not any((tmp_path / "store").rglob("*.db"))
 
 
-def _served(node: str, engine: str, data: Path, *files: Path) -> NodeProbe:
+def _served(node: str, engine: str, data: Path, *files: Path, configured: str | None = "same",
+            more: tuple[Path, ...] = ()) -> NodeProbe:
+    """An agent's status: its engine named ``engine``, built from `engine: type` ``configured``
+    (by default the same; None: an agent too old to say), serving ``data`` and ``more``."""
     details = {"path": str(files[0])} if files else {}
-    status = AgentStatus(node=node, agent_version=__version__, data_paths=[str(data)],
-                         engine=EngineStatus(engine=engine, reachable=True, details=details))
+    status = AgentStatus(node=node, agent_version=__version__, data_paths=[str(data), *map(str, more)],
+                         engine=EngineStatus(engine=engine, reachable=True, details=details),
+                         engine_type=engine if configured == "same" else configured)
     return NodeProbe(node, status=status)
 
 
@@ -175,6 +179,44 @@ def test_an_unknown_engine_type_is_no_finding_by_itself_only_a_different_one_is(
     assert (finding.severity, finding.forceable) == ("critical", False)
     assert finding.hint.startswith("set n1's engine: type to sqlite in the inventory")
     assert engine_mismatch(_served("n1", "sqlite", Path("/x")), None) == []  # no engine block: nothing to compare
+
+
+def test_the_engine_type_compared_is_the_one_the_agent_was_configured_with_not_its_engines_name():
+    # An alias, or a plugin subclassing sqlite without a name of its own, runs an engine named
+    # 'sqlite' under `type: vendordb`: the inventory's vendordb is right.
+    from snapctl.health import engine_mismatch
+
+    assert engine_mismatch(_served("n1", "sqlite", Path("/x"), configured="vendordb"), "vendordb") == []
+    [finding] = engine_mismatch(_served("n1", "sqlite", Path("/x"), configured="vendordb"), "sqlite")
+    assert finding.hint.startswith("set n1's engine: type to vendordb in the inventory")
+    # An agent too old to say its configured type: its engine's name is no proof either way.
+    assert engine_mismatch(_served("n1", "sqlite", Path("/x"), configured=None), "vendordb") == []
+
+
+def test_an_agent_serving_a_path_the_inventory_block_leaves_out_is_no_difference(tmp_path):
+    # etcd's data_dir is optional in the inventory's block: a restore or drill uses backup_dir
+    # from it, so an agent that also serves a data_dir the block does not name is no mistake.
+    (tmp_path / "data").mkdir()
+    (tmp_path / "wal").mkdir()
+    served = tmp_path / "data" / "demo.db"
+    served.write_bytes(b"")
+    inventory = _engine_inventory(tmp_path, "http://127.0.0.1:7701", "{type: sqlite, path: data/demo.db}")
+    probe = _served("n1", "sqlite", tmp_path / "data", served, more=(tmp_path / "wal",))
+    assert misplaced_data(inventory, [probe]) == []
+
+
+def test_an_agent_that_answered_its_status_with_an_http_error_can_be_forced_past_one_silent_cannot():
+    # A 429 to the status says nothing of the prepare (the agent limits each endpoint on its own);
+    # an agent that does not answer, or refuses our token, would refuse the prepare the same way.
+    from snapctl.health import assess_node
+
+    [limited] = assess_node(NodeProbe("n1", error="the agent's rate limit refused /v1/status once", http_status=429),
+                            for_backup=True)
+    assert (limited.severity, limited.forceable) == ("critical", True)
+    [silent] = assess_node(NodeProbe("n1", error="connection refused"), for_backup=True)
+    [refused] = assess_node(NodeProbe("n1", error="wrong bearer token", unauthorized=True, http_status=401),
+                            for_backup=True)
+    assert (silent.forceable, refused.forceable) == (False, False)
 
 
 def test_a_refusal_offers_force_only_when_force_overrides_every_critical_finding():
