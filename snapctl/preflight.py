@@ -17,6 +17,7 @@ from snapctl.config import Inventory, is_loopback
 from snapctl.errors import PreflightRefused, SnapctlError
 from snapctl.events import Reporter
 from snapctl.health import Finding, NodeProbe, Verdict, assess
+from snapctl.mounts import inside_by_mounts
 from snapctl.probe import probe_all
 from snapctl.provider_threads import ProviderThreads
 from snapctl.provider_worker import CALL_RUNNER_READY_S
@@ -80,7 +81,8 @@ def uncovered_data(inventory: Inventory, probes: list[NodeProbe], volumes: dict[
     loopback): its snapshot would not contain the database. Elsewhere the paths are another
     host's, or disks, and nothing is said; so is a data path this host does not have (an agent in
     a container of its own). Directories are compared by device and inode, so a symlink or a bind
-    mount to a volume still holds it."""
+    mount to a volume still holds it, and by their place in their filesystem (``snapctl.mounts``),
+    so does a directory bind-mounted from inside a volume."""
     agent_of = {node.name: node.agent for node in inventory.nodes}
     findings = []
     for probe in probes:
@@ -99,16 +101,16 @@ def uncovered_data(inventory: Inventory, probes: list[NodeProbe], volumes: dict[
                 # Not made yet (etcd's backup_dir before its first prepare) by an engine whose other
                 # paths are here: it will be made where its nearest existing directory is.
                 path = next((p for p in path.parents if _identity(p) is not None), path)
-            if not any(_identity(d) in roots for d in (path, *path.parents)):
+            if any(_identity(d) in roots for d in (path, *path.parents)):
+                continue
+            # Mounted from inside a volume (a bind mount): its parents here are not the volume's.
+            if not inside_by_mounts(path, list(directories)):
                 listed = ", ".join(map(str, directories))
                 findings.append(Finding(
                     "critical", probe.node,
                     f"its engine keeps its data in {data}, in none of its volumes ({listed}): the snapshot would "
                     "not contain it", forceable=False,
-                    # A bind mount of a directory inside a volume reads as outside it (its device and
-                    # inode are the directory's, not the volume root's): listing it is the way past.
-                    hint="list that directory (or one above it) in the node's volumes (one mounted there from "
-                         "inside a volume by a bind mount too: list the directory itself)"))
+                    hint="list that directory (or one above it) in the node's volumes"))
     return findings
 
 
