@@ -145,9 +145,7 @@ def engine_mismatch(probe: NodeProbe, expected: object) -> list[Finding]:
     if probe.status is None or probe.status.node != probe.node or not isinstance(expected, str):
         return []
     running = probe.status.engine_type
-    if running is None:
-        return []
-    if expected == running:
+    if running is None or running == expected:
         return []
     return [Finding("critical", probe.node,
                     f"the inventory says its engine is {expected!r}, but its agent runs {running!r}: the backup "

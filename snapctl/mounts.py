@@ -39,9 +39,13 @@ def _mounts(mountinfo: Path) -> list[tuple[str, str, str]]:
 def filesystem_place(path: Path, mountinfo: Path = MOUNTINFO) -> tuple[str, str] | None:
     """(device, path within that filesystem) of ``path``, an existing directory or file; None when
     the mount table cannot say."""
+    return _place(path, _mounts(mountinfo))
+
+
+def _place(path: Path, mounts: list[tuple[str, str, str]]) -> tuple[str, str] | None:
     real = os.path.realpath(path)
     best: tuple[str, str, str] | None = None
-    for mount_point, root, device in _mounts(mountinfo):
+    for mount_point, root, device in mounts:
         inside = real == mount_point or real.startswith(mount_point.rstrip("/") + "/")
         if inside and (best is None or len(mount_point) >= len(best[0])):
             best = (mount_point, root, device)
@@ -55,12 +59,13 @@ def filesystem_place(path: Path, mountinfo: Path = MOUNTINFO) -> tuple[str, str]
 def inside_by_mounts(path: Path, directories: list[Path], mountinfo: Path = MOUNTINFO) -> bool:
     """Whether ``path`` lies in one of ``directories`` within the same filesystem, whichever mounts
     show them where they are."""
-    place = filesystem_place(path, mountinfo)
+    mounts = _mounts(mountinfo)  # read once for them all
+    place = _place(path, mounts)
     if place is None:
         return False
     device, within = place
     for directory in directories:
-        other = filesystem_place(directory, mountinfo)
+        other = _place(directory, mounts)
         if other is not None and other[0] == device and (
                 within == other[1] or within.startswith(other[1].rstrip("/") + "/")):
             return True

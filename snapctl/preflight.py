@@ -53,15 +53,14 @@ FORCE_HINT = "fix the cluster, or pass --force to back up anyway (recorded in th
 def preflight_refusal(blocking: list[Finding], *, forced: bool = False) -> PreflightRefused:
     """The run's refusal on its critical findings. Its hint offers --force only when --force would
     override every one of them; else it gives those findings' own fixes, which are what helps."""
+    message = "preflight refused the backup: " + "; ".join(f.said for f in blocking)
     stuck = [f for f in blocking if not f.forceable]
     if not stuck:
-        return PreflightRefused("preflight refused the backup: " + "; ".join(f.said for f in blocking),
-                                hint=FORCE_HINT)
+        return PreflightRefused(message, hint=FORCE_HINT)
     fixes = list(dict.fromkeys(f"{f.subject}: {f.hint}" if f.hint else f"{f.subject}: fix what is said above"
                                for f in stuck))
     overrides = "; --force did not override these" if forced else "; --force would not override these"
-    return PreflightRefused("preflight refused the backup: " + "; ".join(f.said for f in blocking),
-                            hint="; ".join(fixes) + overrides)
+    return PreflightRefused(message, hint="; ".join(fixes) + overrides)
 
 
 def catalog_refusals(look: CatalogLook, now: datetime) -> list[Finding]:
