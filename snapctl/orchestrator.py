@@ -188,6 +188,7 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
         finally:
             lock_keeper.stop()
             executor.shutdown()  # every snapshot call was awaited, or given up on by the rollback
+            await executor.aclose()  # a provider's async client closes on the loop it ran on
             try:
                 lock.release()
             except SnapctlError as exc:  # it expires by itself; this must not hide how the run ended

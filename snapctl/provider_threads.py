@@ -45,6 +45,11 @@ class CallRunner(Protocol):
         (a child process) does it while the run goes on; a later ``shutdown()`` frees the rest.
         Either may be called again."""
 
+    async def aclose(self) -> None:
+        """After ``shutdown``, at the end of the run: free what needs the event loop to be freed
+        (a provider's async client). Never fails; waits for no call of the provider's threads."""
+
+
 
 def not_ready(exc: Exception) -> SnapctlError:
     """A failed warm-up as the error a run reports: a plugin's own error, or what it was."""
@@ -107,6 +112,9 @@ class ProviderThreads:
             self._closed = True
             for _ in range(self._started):
                 self._work.put(None)
+
+    async def aclose(self) -> None:
+        self.shutdown()
 
     def _serve(self) -> None:
         while (item := self._work.get()) is not None:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from snapctl.errors import ProviderError
 from snapctl.provider_child import READY, THREADS_HINT, frame, frames
+from snapctl.provider_loop import LoopCalls, has_async_create
 from snapctl.provider_threads import CallRunner, ProviderThreads
 from snapctl.providers import Capabilities, provider_factory_path
 
@@ -159,6 +160,9 @@ class ProviderWorker:
         channel.writer.write(message)
         return future
 
+    async def aclose(self) -> None:
+        self.shutdown()
+
     def shutdown(self, wait: bool = True) -> None:
         """Let the children end once the calls already submitted are done. Waits (up to 2 s) only for
         children with nothing left to do, so that they are gone, and counted, when the run ends.
@@ -255,6 +259,8 @@ def call_runner(policy: Policy, provider: Provider, provider_config: Mapping[str
     (``worker_processes`` of them). Either is warmed up by the time it is ready. ``creates``: the
     run's create calls (its volumes), ``nodes`` if not given."""
     calls = min(policy.concurrency, nodes)
+    if policy.provider_process == "auto" and has_async_create(provider):
+        return LoopCalls(provider, calls)
     if policy.provider_process == "always" or (policy.provider_process == "auto" and calls >= PROVIDER_PROCESS_FROM):
         return ProviderWorker(provider_config, cluster=cluster, base_dir=base_dir, threads=calls,
                               processes=worker_processes(calls, nodes if creates is None else creates,

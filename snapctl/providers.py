@@ -130,6 +130,17 @@ class Provider(Protocol):
     that each does not import the SDK again (google-cloud-compute's import is ~1.6 s of CPU).
     Only modules that start no thread and open nothing when imported belong there.
 
+    Optional, for a provider whose SDK has an async client: ``async def snapshot_async(volumes,
+    tags)``, the contract of ``snapshot`` awaited on snapctl's event loop, so that a backup's N
+    create calls need no thread each (``snapctl.provider_loop``; with ``policy.provider_process:
+    auto``, the default). It must never block the loop: no blocking call, no ``time.sleep`` (a
+    token bucket is waited on with ``reserve`` and ``asyncio.sleep``); on a partial failure it
+    deletes what it created (a blocking delete in ``asyncio.to_thread`` is fine). With it, optional:
+    ``async def warm_up_async()``, awaited on that loop after ``warm_up`` and before any hold, to
+    build the async client and get a token (what the first create call would otherwise do); and
+    ``async def aclose()``, awaited once at the end of the run to close that client. A call
+    without ``warm_up_async`` having run must still work.
+
     Optional: a method ``check_restore(ref, target)`` that raises what ``restore`` would refuse
     (``BadInputError`` for an unusable target, ``ProviderError`` for an unusable snapshot) and
     makes nothing. `snapctl restore` calls it for every volume of the run before restoring any.

@@ -7,6 +7,7 @@ every cloud. An env's volumes belong to node ``n1``; snapshots a test makes are 
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import time
@@ -117,6 +118,35 @@ def test_snapshot_returns_one_ref_per_volume_with_all_tags(env: ProviderEnv, sna
             assert ref.tags.get(key) == value, f"{ref.snapshot_id} lacks tag {key}={value}"
         assert ref.tags[TAG_VOLUME] == ref.volume
         assert ref.tags["team"] == "dba"
+
+
+def test_an_async_create_call_keeps_the_contract_of_snapshot(env: ProviderEnv, snaps: Snapshots) -> None:
+    # Optional (Provider's docstring): what a backup calls on its event loop instead of snapshot.
+    provider = env.provider
+    if not callable(getattr(provider, "snapshot_async", None)):
+        pytest.skip(f"{provider.name} has no async create call")
+    run = f"contract-{uuid.uuid4().hex[:8]}"
+    tags = snapshot_tags(env.cluster, run, env.volumes.node, extra={"team": "dba"})
+
+    async def backup_calls() -> list[SnapshotRef]:
+        await asyncio.to_thread(provider.warm_up)
+        if (warm_up_async := getattr(provider, "warm_up_async", None)) is not None:
+            await warm_up_async()
+        try:
+            return await provider.snapshot_async(env.volumes, tags)
+        finally:
+            if (aclose := getattr(provider, "aclose", None)) is not None:
+                await aclose()
+                await aclose()  # again: nothing
+
+    refs = asyncio.run(backup_calls())
+    snaps.made.extend(refs)
+    assert sorted(r.volume for r in refs) == sorted(_volume_names(env))
+    for ref in refs:
+        assert ref.provider == provider.name and ref.node == "n1"
+        assert ref.tags[TAG_RUN] == run and ref.tags[TAG_VOLUME] == ref.volume and ref.tags["team"] == "dba"
+    assert sorted(map(_key, provider.find({TAG_RUN: run}))) == sorted(map(_key, refs))
+    assert {r.state for r in provider.wait(refs, time.monotonic() + WAIT_S)} == {"completed"}
 
 
 def test_find_by_run_tag_finds_exactly_this_runs_snapshots(env: ProviderEnv, snaps: Snapshots) -> None:

@@ -4,10 +4,15 @@ Each ref names the process that made it (``extra.pid``), whether that process's 
 warmed up before the call (``extra.warm``) and how many objects that process had frozen out of
 the garbage collector's scans (``extra.gc_frozen``); ``warm_up_s`` makes ``warm_up`` take that long, and
 ``fail_warm_up`` makes it fail with that message, as a cloud plugin's does without credentials.
-Its "SDK" is ``snapctl_slow_sdk``, which ``warm_up`` imports and ``sdk_modules`` names."""
+Its "SDK" is ``snapctl_slow_sdk``, which ``warm_up`` imports and ``sdk_modules`` names.
+With ``async_calls`` it has the optional async create call (``snapshot_async``, its pause awaited
+on the event loop; ``extra.async`` on its refs) with ``warm_up_async`` and ``aclose``; each of
+those, and each call, appends a line to ``events_file`` when one is named, and
+``fail_warm_up_async`` makes ``warm_up_async`` fail with that message."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import time
@@ -26,6 +31,9 @@ class SlowSettings(ProviderSettings):
     fail_nodes: list[str] = []
     fail_warm_up: str | None = None
     warm_up_s: float = 0.0
+    async_calls: bool = False
+    fail_warm_up_async: str | None = None
+    events_file: str | None = None
 
 
 class SlowProvider:
@@ -38,6 +46,38 @@ class SlowProvider:
         self._settings = settings
         self.name = "slow"
         self._warm = False
+        if settings.async_calls:  # instance attributes: __getattr__ would otherwise find none
+            self.snapshot_async = self._snapshot_async
+            self.warm_up_async = self._warm_up_async
+            self.aclose = self._aclose
+
+    def _event(self, what: str) -> None:
+        if self._settings.events_file:
+            with open(self._settings.events_file, "a") as events:
+                events.write(f"{what}\n")
+
+    async def _warm_up_async(self):
+        self._event("warm_up_async")
+        if self._settings.fail_warm_up_async:
+            from snapctl.errors import ProviderError
+
+            raise ProviderError(self._settings.fail_warm_up_async, hint="check the async client's settings")
+
+    async def _snapshot_async(self, volumes, tags):
+        self._event(f"snapshot_async {volumes.node}")
+        warm = self._warm
+        await asyncio.sleep(self._settings.delay_s)
+        if volumes.node in self._settings.fail_nodes:
+            from snapctl.errors import ProviderError
+
+            raise ProviderError(f"injected failure for node {volumes.node}")
+        refs = await asyncio.to_thread(self._local.snapshot, volumes, tags)  # a copy of files: no async SDK
+        for ref in refs:
+            ref.extra.update(pid=os.getpid(), warm=warm, gc_frozen=gc.get_freeze_count(), **{"async": True})
+        return refs
+
+    async def _aclose(self):
+        self._event("aclose")
 
     def __getattr__(self, name):
         return getattr(self._local, name)
@@ -53,6 +93,7 @@ class SlowProvider:
         self._warm = True
 
     def snapshot(self, volumes, tags):
+        self._event(f"snapshot {volumes.node}")
         warm = self._warm
         time.sleep(self._settings.delay_s)
         if volumes.node in self._settings.fail_nodes:
@@ -67,7 +108,7 @@ class SlowProvider:
         return refs
 
     def wait(self, refs, deadline, progress=None):
-        made_by = {ref.snapshot_id: {k: ref.extra.get(k) for k in ("pid", "warm", "gc_frozen")} for ref in refs}
+        made_by = {ref.snapshot_id: {k: ref.extra.get(k) for k in ("pid", "warm", "gc_frozen", "async")} for ref in refs}
         done = self._local.wait(refs, deadline, progress)
         for ref in done:
             ref.extra.update(made_by.get(ref.snapshot_id, {}))
