@@ -23,6 +23,7 @@ from bench.simcluster import SimCluster
 from snapctl.runner import run as run_coroutine
 
 UNBOUND = {"create_rate": 1_000_000.0, "create_burst": 1_000_000}  # a bucket that never binds
+ASYNC_CALLS = "loop (async create call)"
 
 
 @dataclass
@@ -42,11 +43,12 @@ class RunStats:
 
 
 def run_backup(cluster: SimCluster, create_latency_s: float, consistency: str = "cluster", reporter: object = None,
-               **policy: object) -> RunStats:
-    """One backup of ``cluster``; ``reporter``: the progress it reports to (none by default)."""
+               provider: dict[str, object] | None = None, **policy: object) -> RunStats:
+    """One backup of ``cluster``; ``reporter``: the progress it reports to (none by default);
+    ``provider``: settings of the simulated provider to change for this run."""
     from snapctl.orchestrator import BackupOptions, backup
 
-    inventory = cluster.inventory(**policy)
+    inventory = cluster.inventory(provider, **policy)
     options = BackupOptions(consistency=consistency)
     if hasattr(options, "prune"):
         options.prune = False  # retention is not what is measured here
@@ -130,17 +132,25 @@ def scaling(sizes: list[int], repeats: int, prepare_latency: float, create_laten
         workers = worker_processes(n, n, Capabilities(max_creates_per_s=UNBOUND["create_rate"],
                                                        create_burst=UNBOUND["create_burst"]))
         worker = f"worker, {workers} process{'es' if workers > 1 else ''}"
-        variants = {worker if n >= PROVIDER_PROCESS_FROM else "threads": "auto"}
+        # (policy.provider_process, the sim provider's async_create): a blocking SDK's calls, then
+        # the same provider with an async create call, which auto makes on snapctl's loop.
+        variants = {worker if n >= PROVIDER_PROCESS_FROM else "threads": ("auto", False)}
         if n >= PROVIDER_PROCESS_FROM:
-            variants["threads"] = "never"
+            variants["threads"] = ("never", False)
+        variants[ASYNC_CALLS] = ("auto", True)
         with SimCluster(nodes=n, prepare_latency_s=prepare_latency, provider=provider, stack=stack) as cluster:
             served = cluster.agent_stack
             runs_of: dict[str, list[RunStats]] = {calls: [] for calls in variants}
-            for calls, setting in variants.items():  # warm: connections, imports, catalog directory
-                run_backup(cluster, create_latency, provider_process=setting)
+
+            def one(setting: tuple[str, bool]) -> RunStats:
+                return run_backup(cluster, create_latency, provider={"async_create": setting[1]},
+                                  provider_process=setting[0])
+
+            for setting in variants.values():  # warm: connections, imports, catalog directory
+                one(setting)
             for _ in range(repeats):
                 for calls, setting in variants.items():
-                    runs_of[calls].append(run_backup(cluster, create_latency, provider_process=setting))
+                    runs_of[calls].append(one(setting))
             if n == baseline_at:
                 seq = [run_sequential(cluster) for _ in range(max(1, repeats // 3))]
                 snap = median([r.wall_s for r in next(iter(runs_of.values()))])
@@ -151,7 +161,8 @@ def scaling(sizes: list[int], repeats: int, prepare_latency: float, create_laten
                 return [v for r in runs for v in getattr(r, attr)]
 
             wall = median([r.wall_s for r in runs])
-            walls.setdefault(n, wall)  # auto's choice is what N=10 is compared with
+            kind = calls == ASYNC_CALLS
+            walls.setdefault((n, kind), wall)  # auto's choice is what N=10 is compared with, per kind of call
             margin_p99 = percentile(pooled("margin"), 99)
             ack_skew = median([r.ack_skew_s for r in runs])
             rows.append([n, calls, len(runs), ms(median(pooled("rtt"))), ms(percentile(pooled("rtt"), 99)),
@@ -160,10 +171,10 @@ def scaling(sizes: list[int], repeats: int, prepare_latency: float, create_laten
                          ms(percentile(pooled("to_release"), 99)), ms(ack_skew),
                          ms(median([r.hold_skew_s for r in runs])), secs(wall),
                          ms(median([r.snapctl_cpu_s / n for r in runs])),
-                         ms(median([r.agents_cpu_s / n for r in runs])), wall])
-    reference = walls.get(10)
+                         ms(median([r.agents_cpu_s / n for r in runs])), wall, kind])
     for row in rows:
-        wall = row.pop()
+        kind, wall = row.pop(), row.pop()
+        reference = walls.get((10, kind))
         row.append(ratio(wall / reference) if reference else "-")
     out = table(
         f"Freeze window and skew, rate limit not binding ({'real agent stack, ' if stack == 'real' else ''}"
@@ -180,7 +191,10 @@ def scaling(sizes: list[int], repeats: int, prepare_latency: float, create_laten
             "instants the engines began holding; CPU per node: snapctl's process (all threads; with the "
             "provider worker, its processes too) and the simulated agents' processes, which share this "
             "machine's cores with it; create calls in: threads of snapctl's process or its provider worker's "
-            "processes (policy.provider_process; auto's choice first, then the other, in alternate runs).\n")
+            "processes (policy.provider_process; auto's choice first, then the other, in alternate runs), "
+            f"or \"{ASYNC_CALLS}\": the same provider with an async create call (snapshot_async, as the azure "
+            "plugin's), awaited on snapctl's event loop, no thread per call; wall / N=10 compares each kind of "
+            "create call with its own N=10 run.\n")
     if baseline_rows:
         out += "\n" + table("Sequential per-node baseline vs snapctl (same agents, same run)",
                             ["N", "sequential s", "snapctl s", "speed-up", ">=10x"], baseline_rows)

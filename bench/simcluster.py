@@ -272,14 +272,15 @@ class SimCluster:
     def agent_pids(self) -> list[int]:
         return [p.pid for p in self._procs]
 
-    def write_inventory(self, **policy: Any) -> Path:
-        """(Re)write the inventory; ``policy`` entries override the defaults of this cluster."""
+    def write_inventory(self, provider: dict[str, Any] | None = None, **policy: Any) -> Path:
+        """(Re)write the inventory; ``policy`` entries override the defaults of this cluster, and
+        ``provider`` entries its provider's settings."""
         wanted = {"lease_ttl_s": "60s", "max_freeze_s": "600s", "agent_timeout_s": "60s",
                   "prepare_timeout_s": "120s", "snapshot_timeout_s": "600s", "lock_ttl_s": "600s",
                   "concurrency": max(64, self.nodes), **self.policy, **policy}
         inventory = {
             "cluster": "bench",
-            "provider": self.provider,
+            "provider": {**self.provider, **(provider or {})},
             "catalog": {"path": "catalog"},
             "auth": {"token_file": "agent-token", "token_env": None,
                      **({"ca_file": str(self._pki.ca)} if self.tls else {})},
@@ -293,10 +294,10 @@ class SimCluster:
         self.inventory_path.write_text(yaml.safe_dump(inventory, sort_keys=False))
         return self.inventory_path
 
-    def inventory(self, **policy: Any):
+    def inventory(self, provider: dict[str, Any] | None = None, **policy: Any):
         from snapctl.config import load_inventory
 
-        return load_inventory(self.write_inventory(**policy))
+        return load_inventory(self.write_inventory(provider, **policy))
 
 
 def main(argv: list[str] | None = None) -> int:

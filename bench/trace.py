@@ -121,7 +121,7 @@ STAGES = ["prepare acknowledged -> create call started", "create call's sleep en
           "released -> acknowledgement processed by snapctl", "margin"]
 
 
-def trace(nodes: int, runs: int, provider_process: str, create_latency: float = 0.3) -> str:
+def trace(nodes: int, runs: int, provider_process: str, create_latency: float = 0.3, async_create: bool = False) -> str:
     from snapctl import agent_client
     from snapctl.orchestrator import BackupOptions, backup
     from snapctl.runner import run as run_coroutine
@@ -138,7 +138,7 @@ def trace(nodes: int, runs: int, provider_process: str, create_latency: float = 
     with tempfile.TemporaryDirectory(prefix="snapctl-trace-") as trace_dir:
         os.environ[TRACE_DIR_ENV] = trace_dir
         try:
-            provider = {"type": "sim", "create_latency_s": create_latency, **UNBOUND}
+            provider = {"type": "sim", "create_latency_s": create_latency, "async_create": async_create, **UNBOUND}
             with SimCluster(nodes=nodes, prepare_latency_s=0.05, provider=provider) as cluster, \
                     _BusyCores() as busy:
                 for attempt in range(runs + 1):  # the first warms connections and imports
@@ -178,7 +178,7 @@ def trace(nodes: int, runs: int, provider_process: str, create_latency: float = 
     rows = [[stage, *(column[i] for column in columns)] for i, stage in enumerate(STAGES)]
     runs_header = [f"run {i + 1}" for i in range(len(columns))]
     return table(f"Where the margin goes: {nodes} nodes, create {create_latency * 1000:.0f} ms, "
-                 f"provider_process {provider_process} (p50 / p99 ms)", ["from -> to", *runs_header], rows) + (
+                 f"provider_process {provider_process}{', async create call' if async_create else ''} (p50 / p99 ms)", ["from -> to", *runs_header], rows) + (
         "\nsnapctl's event loop thread, CPU per node from sending the prepares to writing the manifest: "
         + ", ".join(f"{cpu * 1e6:.0f} µs" for cpu in loop_cpu) + "\n\n") + table(
         f"The run's phases: {nodes} nodes (duration, and cores busy on average: every process's, out of "
@@ -191,8 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, default=100)
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--provider-process", choices=("auto", "always", "never"), default="auto")
+    parser.add_argument("--async-create", action="store_true",
+                        help="the simulated provider's async create call (snapshot_async), made on snapctl's loop")
     args = parser.parse_args(argv)
-    emit(trace(args.nodes, args.runs, args.provider_process))
+    emit(trace(args.nodes, args.runs, args.provider_process, async_create=args.async_create))
     return 0
 
 
