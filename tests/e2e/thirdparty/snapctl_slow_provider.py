@@ -66,15 +66,20 @@ class SlowProvider:
     async def _snapshot_async(self, volumes, tags):
         self._event(f"snapshot_async {volumes.node}")
         warm = self._warm
-        await asyncio.sleep(self._settings.delay_s)
+        # The cloud's side of the call, in a thread: it goes on whatever the caller does, so a call
+        # snapctl stopped waiting for still makes its snapshot later, as an accepted create call does.
+        refs = await asyncio.to_thread(self._cloud_side, volumes, tags)
+        for ref in refs:
+            ref.extra.update(pid=os.getpid(), warm=warm, gc_frozen=gc.get_freeze_count(), **{"async": True})
+        return refs
+
+    def _cloud_side(self, volumes, tags):
+        time.sleep(self._settings.delay_s)
         if volumes.node in self._settings.fail_nodes:
             from snapctl.errors import ProviderError
 
             raise ProviderError(f"injected failure for node {volumes.node}")
-        refs = await asyncio.to_thread(self._local.snapshot, volumes, tags)  # a copy of files: no async SDK
-        for ref in refs:
-            ref.extra.update(pid=os.getpid(), warm=warm, gc_frozen=gc.get_freeze_count(), **{"async": True})
-        return refs
+        return self._local.snapshot(volumes, tags)
 
     async def _aclose(self):
         self._event("aclose")

@@ -9,11 +9,13 @@ returning. ``stop_wait`` does the same in ``wait()`` with ``wait.entered`` / ``w
 ``delete.go``; ``stop_warm_up`` in ``warm_up()``, which a run awaits after its preflight and before
 its first prepare, with ``warm_up.entered`` / ``warm_up.go``. So a test can SIGKILL snapctl at an
 exact step, or take an agent away between the preflight and the prepares, from outside, with no
-hook in snapctl itself.
+hook in snapctl itself. With ``async_calls`` it has the optional async create call
+(``snapshot_async``, which stops the same way without blocking snapctl's event loop).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from pathlib import Path
@@ -36,6 +38,7 @@ class FaultSettings(ProviderSettings):
     stop_warm_up: bool = False
     fail_wait: str | None = None  # wait() ends in this error: a snapshot the cloud failed
     stop_timeout_s: float = 120.0
+    async_calls: bool = False
 
 
 class FaultProvider:
@@ -48,6 +51,8 @@ class FaultProvider:
         self._control = Path(settings.control) if Path(settings.control).is_absolute() else base_dir / settings.control
         self._control.mkdir(parents=True, exist_ok=True)
         self.name = "fault"
+        if settings.async_calls:  # an instance attribute: __getattr__ would otherwise find none
+            self.snapshot_async = self._snapshot_async
 
     def __getattr__(self, name):
         return getattr(self._local, name)
@@ -62,6 +67,18 @@ class FaultProvider:
         if where == "after":
             self._signal(f"{node}.made")
             self._wait_for(f"{node}.go")
+        return refs
+
+    async def _snapshot_async(self, volumes, tags):
+        node = volumes.node
+        where = self._settings.stop.get(node)
+        self._signal(f"{node}.entered")
+        if where == "before":
+            await asyncio.to_thread(self._wait_for, f"{node}.go")
+        refs = await asyncio.to_thread(self._local.snapshot, volumes, tags)
+        if where == "after":
+            self._signal(f"{node}.made")
+            await asyncio.to_thread(self._wait_for, f"{node}.go")
         return refs
 
     def warm_up(self):
