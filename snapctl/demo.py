@@ -28,6 +28,8 @@ DEMO_DIR = ".snapctl-demo"
 EXAMPLE = "inventory.example.yaml"  # the demo's inventory, at the top of snapctl's source
 START_TIMEOUT_S = 20.0
 AGENT, WRITER = "node_agent.main", "snapctl.demo_writer"  # what the demo's processes run: `python -m ...`
+# The writer's files: a node name never starts with "_", so no node's agent shares them.
+WRITER_PID, WRITER_LOG = "_writer.pid", "_writer.log"
 
 
 @dataclass
@@ -92,10 +94,10 @@ def up(inventory: Inventory) -> DemoCluster:
                 pid = _spawn([sys.executable, "-m", AGENT, "--config", str(config)],
                              state / f"{node.name}.agent.log", pid_file, started, node.name)
             cluster.nodes.append(DemoNode(node.name, node.agent, str(database), pid, True))
-        cluster.writer_pid = _read_pid(state / "writer.pid", WRITER)
+        cluster.writer_pid = _read_pid(state / WRITER_PID, WRITER)
         if cluster.writer_pid is None:
             cluster.writer_pid = _spawn([sys.executable, "-m", WRITER, *(str(d) for _, _, d in places)],
-                                        state / "writer.log", state / "writer.pid", started, None)
+                                        state / WRITER_LOG, state / WRITER_PID, started, None)
         _wait_healthy(state, token_file, cluster)
     except BaseException as exc:
         with interrupts_deferred():  # a Ctrl-C now waits until every process it started is stopped
@@ -111,7 +113,7 @@ def down(inventory: Inventory) -> DemoCluster:
     """Stop the writer and the agents. SIGTERM first: an agent completes any held lease on its way out."""
     state = inventory.resolve(DEMO_DIR)
     cluster = DemoCluster(str(state), action="down")
-    cluster.writer_pid = _stop(state / "writer.pid", WRITER)
+    cluster.writer_pid = _stop(state / WRITER_PID, WRITER)
     for node in inventory.nodes:
         pid = _stop(state / f"{node.name}.pid", AGENT)
         cluster.nodes.append(DemoNode(node.name, node.agent, str(_database(inventory, node)), pid, False))
@@ -272,7 +274,7 @@ def _wait_healthy(state: Path, token_file: Path, cluster: DemoCluster) -> None:
             if _answers_as(name, url, headers):
                 del pending[name]
         if cluster.writer_pid is not None and not _alive(cluster.writer_pid):
-            raise _start_failed(state / "writer.log", "demo writer exited")
+            raise _start_failed(state / WRITER_LOG, "demo writer exited")
         if pending:
             time.sleep(0.1)
     if pending:

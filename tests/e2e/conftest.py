@@ -64,7 +64,7 @@ class Cluster:
     def stop_writer(self) -> None:
         from snapctl import demo
 
-        assert demo._stop(self.directory / demo.DEMO_DIR / "writer.pid", demo.WRITER) is not None
+        assert demo._stop(self.directory / demo.DEMO_DIR / demo.WRITER_PID, demo.WRITER) is not None
 
     def rows(self, node: str) -> int:
         import sqlite3

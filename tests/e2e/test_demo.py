@@ -228,3 +228,24 @@ def test_demo_up_reads_its_token_file_as_the_agents_do_its_first_line(inventory)
     status = subprocess.run([sys.executable, "-m", "snapctl.cli", "status", "-i", str(inventory), "-o", "json"],
                             cwd=inventory.parent, capture_output=True, text=True, timeout=60, check=False)
     assert json.loads(status.stdout)["data"]["verdict"]["level"] != "critical", status.stdout
+
+
+def test_a_node_named_writer_keeps_its_own_agent_beside_the_demos_writer(inventory):
+    # The writer's pid file was writer.pid, the agent of a node named `writer` had the same: `demo
+    # up` took the writer for that node's agent (or the other way round) and `demo down` stopped one.
+    data = yaml.safe_load(inventory.read_text())
+    node = data["nodes"][0]
+    node["name"] = "writer"
+    node["engine"]["path"] = ".snapctl-demo/writer/data/demo.db"
+    node["volumes"][0]["path"] = ".snapctl-demo/writer/data"
+    inventory.write_text(yaml.safe_dump(data, sort_keys=False))
+
+    started = _demo("up", inventory=inventory, timeout=60)
+
+    assert started.returncode == ExitCode.OK, started.stderr
+    running = processes_naming(inventory.parent)
+    assert sum("node_agent.main" in cmd for cmd in running) == 3
+    assert sum("snapctl.demo_writer" in cmd for cmd in running) == 1
+    stopped = _demo("down", inventory=inventory, timeout=60)
+    assert stopped.returncode == ExitCode.OK, stopped.stderr
+    assert processes_naming(inventory.parent) == []
