@@ -98,7 +98,8 @@ def up(inventory: Inventory) -> DemoCluster:
         if cluster.writer_pid is None:
             cluster.writer_pid = _spawn([sys.executable, "-m", WRITER, *(str(d) for _, _, d in places)],
                                         state / WRITER_LOG, state / WRITER_PID, started, None)
-        _wait_healthy(state, token_file, cluster)
+        kept = {node.name for node in cluster.nodes} - {whose for whose, _, _ in started}
+        _wait_healthy(state, token_file, cluster, kept)
     except BaseException as exc:
         with interrupts_deferred():  # a Ctrl-C now waits until every process it started is stopped
             stopped = [whose for whose, pid_file, process in started if _stop_started(process, pid_file)]
@@ -259,10 +260,12 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _wait_healthy(state: Path, token_file: Path, cluster: DemoCluster) -> None:
+def _wait_healthy(state: Path, token_file: Path, cluster: DemoCluster, kept: set[str]) -> None:
     """Until every node's own agent answers, as that node, with the demo's token. A process of the
     demo that exits (an agent whose port is taken, say) fails it at once with its own last words,
-    and another server answering on an agent's port (another demo's agent) is not taken for it."""
+    and another server answering on an agent's port (another demo's agent) is not taken for it.
+    An agent ``kept`` running from an earlier `demo up` owns its port: its refusal of the token
+    (the token file changed since it started) fails it at once too."""
     headers = {"Authorization": f"Bearer {read_first_line(token_file)[0]}"}  # as the agent reads it
     deadline = time.monotonic() + START_TIMEOUT_S
     pending = {node.name: node.url for node in cluster.nodes}
@@ -271,8 +274,13 @@ def _wait_healthy(state: Path, token_file: Path, cluster: DemoCluster) -> None:
         for name, url in list(pending.items()):
             if pids[name] is not None and not _alive(pids[name]):
                 raise _start_failed(state / f"{name}.agent.log", f"demo agent {name} exited")
-            if _answers_as(name, url, headers):
+            answer = _answer_of(name, url, headers)
+            if answer == "ok":
                 del pending[name]
+            elif answer == "unauthorized" and name in kept:
+                raise SnapctlError(f"demo agent {name}, left running by an earlier `demo up`, refuses the demo's "
+                                   f"token: {token_file} changed since it started",
+                                   hint="run `snapctl demo down`, then `snapctl demo up`")
         if cluster.writer_pid is not None and not _alive(cluster.writer_pid):
             raise _start_failed(state / WRITER_LOG, "demo writer exited")
         if pending:
@@ -283,12 +291,15 @@ def _wait_healthy(state: Path, token_file: Path, cluster: DemoCluster) -> None:
                             f"demo agent {name} did not become healthy within {START_TIMEOUT_S:g}s")
 
 
-def _answers_as(name: str, url: str, headers: dict[str, str]) -> bool:
+def _answer_of(name: str, url: str, headers: dict[str, str]) -> str:
+    """"ok" (the agent of ``name`` answered), "unauthorized" (a 401) or "not yet"."""
     try:
         response = httpx.get(f"{url}/v1/status", headers=headers, timeout=1.0)
-        return response.status_code == 200 and response.json().get("node") == name
+        if response.status_code == 401:
+            return "unauthorized"
+        return "ok" if response.status_code == 200 and response.json().get("node") == name else "not yet"
     except (httpx.HTTPError, ValueError, AttributeError):
-        return False
+        return "not yet"
 
 
 def _start_failed(log: Path, what: str) -> SnapctlError:

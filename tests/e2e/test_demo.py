@@ -83,8 +83,8 @@ def test_demo_down_never_stops_a_process_that_only_reuses_a_demo_pid(inventory):
     state.mkdir()
     bystander = subprocess.Popen(["sleep", "60"])
     try:
-        for name in ("node1", "node2", "node3", "writer"):
-            (state / f"{name}.pid").write_text(str(bystander.pid))
+        for pid_file in ("node1.pid", "node2.pid", "node3.pid", demo.WRITER_PID):
+            (state / pid_file).write_text(str(bystander.pid))
         result = subprocess.run([sys.executable, "-m", "snapctl.cli", "demo", "down", "-i", str(inventory), "-o",
                                  "json"], cwd=inventory.parent, capture_output=True, text=True, timeout=60,
                                 check=False)
@@ -248,4 +248,24 @@ def test_a_node_named_writer_keeps_its_own_agent_beside_the_demos_writer(invento
     assert sum("snapctl.demo_writer" in cmd for cmd in running) == 1
     stopped = _demo("down", inventory=inventory, timeout=60)
     assert stopped.returncode == ExitCode.OK, stopped.stderr
+    assert processes_naming(inventory.parent) == []
+
+
+def test_demo_up_with_an_agent_left_running_under_another_token_says_so_at_once(inventory):
+    # The kept agent read the old token when it started; it refused the new one for 20 s, and
+    # `demo up` then said only that the agent "did not become healthy".
+    assert _demo("up", inventory=inventory, timeout=60).returncode == ExitCode.OK
+    token_file = inventory.parent / yaml.safe_load(inventory.read_text())["auth"]["token_file"]
+    token_file.write_text("another-token-made-since-7d1e0c\n")
+
+    began = time.monotonic()
+    again = _demo("up", inventory=inventory, timeout=60)
+
+    assert again.returncode != ExitCode.OK
+    assert time.monotonic() - began < 10  # not the 20 s wait for a healthy agent
+    error, hint = again.stderr.strip().splitlines()[-2:]
+    assert "demo agent node1, left running by an earlier `demo up`, refuses the demo's token" in error, again.stderr
+    assert hint.strip() == "hint: run `snapctl demo down`, then `snapctl demo up`"
+    assert "another-token" not in again.stderr
+    assert _demo("down", inventory=inventory, timeout=60).returncode == ExitCode.OK
     assert processes_naming(inventory.parent) == []
