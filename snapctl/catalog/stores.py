@@ -25,7 +25,8 @@ def default_catalog_dir() -> Path:
 def check_catalog(inventory: Inventory) -> None:
     """The inventory's catalog block, refused as bad input (exit 2, naming file:line) where every
     command that opens the catalog would fail on it: both keys, a url that is no s3 url or carries
-    a user and password, a path below a file. Reads no catalog: `snapctl status` checks it before
+    a user and password, a path below a file; and no block where the default directory is below a
+    file. Reads no catalog: `snapctl status` checks it before
     asking anything, as it checks the provider block."""
     config = inventory.catalog
     if config.url and config.path:
@@ -50,6 +51,13 @@ def check_catalog(inventory: Inventory) -> None:
             where = f"{root}" if found == root else f"{root}: {found}"
             raise InventoryError(f"{inventory.where('catalog', 'path')}: catalog.path {where} is not a directory",
                                  hint="set catalog.path to a directory; snapctl creates it if it is missing")
+    else:
+        root = default_catalog_dir()
+        existing = _nearest_existing(root)
+        if existing is not None and not stat.S_ISDIR(existing[1].st_mode):
+            found, _ = existing
+            raise BadInputError(f"the default catalog directory {root} is not a directory: {found} is a file",
+                                hint=f"move {found} out of the way, or set catalog.path in the inventory")
 
 
 def _nearest_existing(path: Path) -> tuple[Path, os.stat_result] | None:

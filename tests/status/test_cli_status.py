@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import yaml
 
 from snapctl.config import parse_inventory
 from snapctl.errors import ExitCode
@@ -483,3 +484,25 @@ def test_an_engine_that_is_down_is_said_with_its_hint(tmp_path):
     assert said["t1"][1] == "is tarantool running and listening there?"
     text = snapctl("status", "-i", "inventory.yaml", cwd=tmp_path).stdout
     assert "(hint: is tarantool running and listening there?)" in text  # the text says it after the message
+
+
+@pytest.mark.parametrize("below", ["", "/snapctl"], ids=["the-directory-a-file", "a-parent-a-file"])
+def test_a_default_catalog_directory_that_is_a_file_is_bad_input_naming_it_and_the_fix(tmp_path, below):
+    # No catalog block: the default under $XDG_STATE_HOME. A file there failed `list` with "cannot
+    # read .../catalog/st/index.json: not a directory" (exit 1), naming no fix.
+    inventory = write_inventory(tmp_path, sqlite_nodes(tmp_path, 1))
+    data = yaml.safe_load(inventory.read_text())
+    del data["catalog"]
+    inventory.write_text(yaml.safe_dump(data, sort_keys=False))
+    default = tmp_path / "state" / "snapctl" / "catalog"
+    the_file = tmp_path / "state" / "snapctl" / "catalog" if not below else tmp_path / "state" / "snapctl"
+    the_file.parent.mkdir(parents=True, exist_ok=True)
+    the_file.write_text("not a catalog")
+    expected = [f"snapctl: error: the default catalog directory {default} is not a directory: {the_file} is a file",
+                f"  hint: move {the_file} out of the way, or set catalog.path in the inventory"]
+
+    for command in (["status"], ["list"], ["backup", "--dry-run"], ["backup"]):
+        result = snapctl(*command, "-i", "inventory.yaml", cwd=tmp_path)
+        assert result.returncode == ExitCode.BAD_INPUT, (command, result.stdout, result.stderr)
+        assert result.stderr.splitlines()[-2:] == expected, (command, result.stderr)
+    assert the_file.read_text() == "not a catalog"
