@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from snapctl import __version__
-from snapctl.errors import ProviderThrottled
+from snapctl.errors import ProviderThrottled, SnapctlError
 from snapctl.ratelimit import TokenBucket
 from snapctl.secret_files import warn_if_in_clear
 from snapctl_aws.errors import PER_VOLUME_RATE, error_code, translate_botocore_error, translate_client_error
@@ -33,10 +33,25 @@ _loader: Any = None
 def _botocore_session() -> Any:
     """A fresh botocore session sharing one data loader per process: parsing EC2's service model
     costs far more than the rest of making a client, and the model never changes."""
-    global _loader
     import botocore.session
 
-    session = botocore.session.get_session()
+    return shared_loader(botocore.session.get_session())
+
+
+def config_options(settings: AwsSettings) -> dict[str, Any]:
+    """botocore ``Config`` options, alike for the boto3 client and the aiobotocore one."""
+    return {
+        "region_name": settings.region,
+        "retries": {"mode": "standard", "total_max_attempts": settings.max_attempts},
+        "connect_timeout": settings.connect_timeout_s,
+        "read_timeout": settings.read_timeout_s,
+        "user_agent_extra": f"snapctl/{__version__}",
+    }
+
+
+def shared_loader(session: Any) -> Any:
+    """``session`` (a botocore session, or aiobotocore's) given this process's one data loader."""
+    global _loader
     with _loader_lock:
         if _loader is None:
             _loader = session.get_component("data_loader")
@@ -91,13 +106,7 @@ class Ec2:
         warn_if_in_clear(log, "the aws provider's endpoint_url", s.endpoint_url,
                          "sees the requests (a session token among them, if one is used) and can change EC2's "
                          "answers")
-        config = Config(
-            region_name=s.region,
-            retries={"mode": "standard", "total_max_attempts": s.max_attempts},
-            connect_timeout=s.connect_timeout_s,
-            read_timeout=s.read_timeout_s,
-            user_agent_extra=f"snapctl/{__version__}",
-        )
+        config = Config(**config_options(s))
         try:
             session = boto3.session.Session(
                 botocore_session=_botocore_session(), profile_name=s.profile, region_name=s.region,
@@ -121,20 +130,29 @@ class Ec2:
             self.buckets[bucket].acquire()
             try:
                 return getattr(client, method)(**kwargs)
-            except ClientError as exc:
-                if error_code(exc) == PER_VOLUME_RATE and attempts_left > 0:
-                    attempts_left -= 1
-                    log.info("aws %s: too many snapshots in progress on the volume; retrying in %ss",
-                             method, self.settings.per_volume_retry_wait_s)
-                    self._sleep(self.settings.per_volume_retry_wait_s)
-                    continue
-                error = translate_client_error(exc)
-                if isinstance(error, ProviderThrottled):
-                    # botocore's retries are spent: hold every thread sharing the bucket back.
-                    self.buckets[bucket].pause(error.retry_after or THROTTLED_PAUSE_S)
-                raise error from exc
-            except (BotoCoreError, ResponseParserError) as exc:
-                raise translate_botocore_error(exc) from exc
+            except (ClientError, BotoCoreError, ResponseParserError) as exc:
+                error = self.failure(method, bucket, exc, attempts_left)
+                if error is not None:
+                    raise error from exc
+                attempts_left -= 1
+                self._sleep(self.settings.per_volume_retry_wait_s)
+
+    def failure(self, method: str, bucket: str, exc: Exception, attempts_left: int) -> SnapctlError | None:
+        """What a failed call raises, or None when it is to be made again after
+        ``per_volume_retry_wait_s`` (one of ``attempts_left``): shared by ``call`` and its async twin."""
+        from botocore.exceptions import ClientError
+
+        if not isinstance(exc, ClientError):
+            return translate_botocore_error(exc)
+        if error_code(exc) == PER_VOLUME_RATE and attempts_left > 0:
+            log.info("aws %s: too many snapshots in progress on the volume; retrying in %ss",
+                     method, self.settings.per_volume_retry_wait_s)
+            return None
+        error = translate_client_error(exc)
+        if isinstance(error, ProviderThrottled):
+            # botocore's retries are spent: hold every call sharing the bucket back, sync or async.
+            self.buckets[bucket].pause(error.retry_after or THROTTLED_PAUSE_S)
+        return error
 
     def pages(self, method: str, bucket: str, result_key: str, **kwargs: Any) -> list[dict[str, Any]]:
         """Every item of a paginated Describe call, each page paced."""
