@@ -7,9 +7,12 @@ and ``wait`` follows the upload.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,7 @@ from snapctl.providers import (
     check_cluster_tag,
     discard_partial_snapshots,
 )
+from snapctl_aws import aio
 from snapctl_aws.client import CREATE, DELETE, DESCRIBE, TAG, Ec2
 from snapctl_aws.restore import (
     TAG_RESTORED_FROM,
@@ -44,6 +48,33 @@ from snapctl_aws.snapshots import STATE_ERROR, aws_tags, ref_from_snapshot, refr
 log = logging.getLogger(__name__)
 
 DESCRIBE_BATCH = 200  # snapshot ids per DescribeSnapshots while waiting
+
+
+@dataclass(frozen=True)
+class Call:
+    """One EC2 call of a snapshot's steps; its answer is sent back into them."""
+
+    method: str
+    bucket: str
+    kwargs: dict[str, Any]
+    per_volume_retry: bool = False
+
+
+@dataclass(frozen=True)
+class Discard:
+    """Delete this snapshot the steps made (``AwsProvider.delete``)."""
+
+    ref: SnapshotRef
+
+
+Steps = Generator[Call | Discard, Any, None]
+
+
+def _next_step(steps: Steps, answer: Any) -> Call | Discard | None:
+    try:
+        return steps.send(answer)
+    except StopIteration:
+        return None
 
 
 class AwsProvider:
@@ -70,6 +101,13 @@ class AwsProvider:
         self._sleep = time.sleep
         self._clock = time.monotonic
         self._credentials_accepted = False  # warm_up asked EC2 once, and it answered
+        if aio.available():
+            # Instance attributes, only where aiobotocore is installed: snapctl makes its create
+            # calls on its event loop when a provider has snapshot_async (snapctl.provider_loop).
+            self.aio = aio.AioEc2(self.ec2)
+            self.warm_up_async = self._warm_up_async
+            self.snapshot_async = self._snapshot_async
+            self.aclose = self._aclose
 
     @property
     def client(self) -> Any:
@@ -83,6 +121,9 @@ class AwsProvider:
         # boto3's import and EC2's service model: 0.3-0.4 s of CPU that the first create call
         # of a hold would otherwise pay, with every node frozen (docs/benchmarks.md).
         self.ec2.warm_up()
+        if hasattr(self, "aio"):
+            for module in aio.ASYNC_MODULES:
+                import_module(module)
         if not self._credentials_accepted:
             # Keys are judged by AWS alone (a deactivated key, an expired session): one read of this
             # cluster's snapshots, changing nothing, rather than the first create, with every node held.
@@ -96,18 +137,48 @@ class AwsProvider:
         base = self._base_tags(volumes.node, tags)
         created: list[SnapshotRef] = []
         try:
-            for spec in volumes.volumes:
-                if isinstance(spec, InstanceVolumes):
-                    self._snapshot_instance(volumes.node, spec, base, created)
-                elif isinstance(spec, VolumeSpec):
-                    created.append(self._snapshot_volume(volumes.node, spec, base))
+            steps = self._snapshot_steps(volumes, base, created)
+            answer: Any = None
+            while (step := _next_step(steps, answer)) is not None:
+                if isinstance(step, Discard):
+                    answer = self.delete(step.ref)
                 else:
-                    raise BadInputError(f"node {volumes.node}: not an aws volume entry: {spec!r}",
-                                        hint="pass volumes through validate_volumes first")
+                    answer = self.ec2.call(step.method, step.bucket, per_volume_retry=step.per_volume_retry,
+                                           **step.kwargs)
         except Exception:
             discard_partial_snapshots(self, volumes.node, created, base)
             raise
         return created
+
+    async def _snapshot_async(self, volumes: NodeVolumes, tags: Mapping[str, str]) -> list[SnapshotRef]:
+        """``snapshot``'s very steps, its EC2 calls awaited on the loop (``snapctl_aws.aio``)."""
+        base = self._base_tags(volumes.node, tags)
+        created: list[SnapshotRef] = []
+        try:
+            steps = self._snapshot_steps(volumes, base, created)
+            answer: Any = None
+            while (step := _next_step(steps, answer)) is not None:
+                if isinstance(step, Discard):  # only where EC2 ignored ExcludeDataVolumeIds (moto)
+                    answer = await asyncio.to_thread(self.delete, step.ref)
+                else:
+                    answer = await self.aio.call(step.method, step.bucket, per_volume_retry=step.per_volume_retry,
+                                                 **step.kwargs)
+        except Exception:
+            await asyncio.to_thread(discard_partial_snapshots, self, volumes.node, created, base)
+            raise
+        return created
+
+    async def _warm_up_async(self) -> None:
+        if self.aio.warmed:
+            return
+        # Its first request sets up the async client's own TLS context, proxy and connection: one
+        # read that changes nothing, rather than the first create call with every node held.
+        await self.aio.call("describe_snapshots", DESCRIBE, OwnerIds=["self"], MaxResults=5,
+                            Filters=tag_filters({TAG_CLUSTER: self.cluster}))
+        self.aio.warmed = True
+
+    async def _aclose(self) -> None:
+        await self.aio.aclose()
 
     def _base_tags(self, node: str, tags: Mapping[str, str]) -> dict[str, str]:
         check_cluster_tag(self.cluster, node, tags)
@@ -121,8 +192,29 @@ class AwsProvider:
         run = base.get(TAG_RUN)
         return f"snapctl cluster {self.cluster} node {node}" + (f" run {run}" if run else "")
 
-    def _snapshot_instance(self, node: str, spec: InstanceVolumes, base: dict[str, str], created: list[SnapshotRef]) -> None:
-        request: dict[str, Any] = {
+    def _snapshot_steps(self, volumes: NodeVolumes, base: dict[str, str], created: list[SnapshotRef]) -> Steps:
+        """A node's snapshot as the EC2 calls it takes, each sent back its answer: what ``snapshot``
+        makes with boto3 and ``snapshot_async`` with aiobotocore. Appends each snapshot to ``created``
+        as soon as it exists, so that a failure after it rolls it back."""
+        node = volumes.node
+        for spec in volumes.volumes:
+            if isinstance(spec, InstanceVolumes):
+                yield from self._instance_steps(node, spec, base, created)
+            elif isinstance(spec, VolumeSpec):
+                tags = {**base, TAG_VOLUME: spec.name}
+                answer = yield Call("create_snapshot", CREATE, {
+                    "VolumeId": spec.volume,
+                    "Description": self._description(node, base),
+                    "TagSpecifications": [{"ResourceType": "snapshot", "Tags": aws_tags(tags)}],
+                }, per_volume_retry=True)
+                created.append(ref_from_snapshot(answer, node=node, volume=spec.name, region=self.settings.region,
+                                                 tags=tags))
+            else:
+                raise BadInputError(f"node {node}: not an aws volume entry: {spec!r}",
+                                    hint="pass volumes through validate_volumes first")
+
+    def _instance_steps(self, node: str, spec: InstanceVolumes, base: dict[str, str], created: list[SnapshotRef]) -> Steps:
+        answer = yield Call("create_snapshots", CREATE, {
             "InstanceSpecification": {
                 "InstanceId": spec.instance,
                 "ExcludeBootVolume": spec.exclude_boot,
@@ -130,8 +222,7 @@ class AwsProvider:
             },
             "Description": self._description(node, base),
             "TagSpecifications": [{"ResourceType": "snapshot", "Tags": aws_tags(base)}],
-        }
-        answer = self.ec2.call("create_snapshots", CREATE, per_volume_retry=True, **request)
+        }, per_volume_retry=True)
         snapshots = answer.get("Snapshots", [])
         # Recorded before tagging, so that a failure below rolls these back too.
         fresh = [ref_from_snapshot(s, node=node, volume=s["VolumeId"], region=self.settings.region,
@@ -141,7 +232,7 @@ class AwsProvider:
         # volume so the result is right against either.
         unwanted = [r for r in fresh if r.volume in spec.exclude]
         for ref in unwanted:
-            self.delete(ref)
+            yield Discard(ref)
             created.remove(ref)
         fresh = [r for r in fresh if r not in unwanted]
         if not fresh:
@@ -151,18 +242,8 @@ class AwsProvider:
             )
         # One CreateSnapshots call tags every snapshot alike; each still needs its own volume tag.
         for ref in fresh:
-            self.ec2.call("create_tags", TAG, Resources=[ref.snapshot_id], Tags=aws_tags({TAG_VOLUME: ref.volume}))
+            yield Call("create_tags", TAG, {"Resources": [ref.snapshot_id], "Tags": aws_tags({TAG_VOLUME: ref.volume})})
             ref.tags[TAG_VOLUME] = ref.volume
-
-    def _snapshot_volume(self, node: str, spec: VolumeSpec, base: dict[str, str]) -> SnapshotRef:
-        tags = {**base, TAG_VOLUME: spec.name}
-        answer = self.ec2.call(
-            "create_snapshot", CREATE, per_volume_retry=True,
-            VolumeId=spec.volume,
-            Description=self._description(node, base),
-            TagSpecifications=[{"ResourceType": "snapshot", "Tags": aws_tags(tags)}],
-        )
-        return ref_from_snapshot(answer, node=node, volume=spec.name, region=self.settings.region, tags=tags)
 
     # -- wait ----------------------------------------------------------------------------------
 
