@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import io
 import logging
 import os
 import threading
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -47,6 +49,30 @@ class MotoServer:
         self._server.start()
         host, port = self._server.get_host_and_port()
         self.endpoint_url = f"http://{host}:{port}"
+        self._seen: list[tuple[str, str]] | None = None
+        wsgi = self._server._server  # moto offers no hook of its own for a request's headers
+        wsgi.app = self._recorded(wsgi.app)
+
+    def _recorded(self, app: Any) -> Any:
+        def recorded(environ: dict[str, Any], start_response: Any) -> Any:
+            if (seen := self._seen) is not None and environ.get("REQUEST_METHOD") == "POST":
+                body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+                environ["wsgi.input"] = io.BytesIO(body)
+                action = urllib.parse.parse_qs(body.decode("utf-8", "replace")).get("Action", [""])[0]
+                seen.append((action, environ.get("HTTP_USER_AGENT", "")))
+            return app(environ, start_response)
+
+        return recorded
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[list[tuple[str, str]]]:
+        """Each query-protocol request (EC2's) received meanwhile, as (Action, User-Agent): which
+        SDK made a call, say boto3 or aiobotocore, as only the server sees it."""
+        self._seen = seen = []
+        try:
+            yield seen
+        finally:
+            self._seen = None
 
     def reset(self) -> None:
         """Forget every resource in every backend (moto's own reset API)."""

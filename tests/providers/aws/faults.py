@@ -54,6 +54,35 @@ def inject(provider: Any, operation: str, fault: FailFirst) -> FailFirst:
     return fault
 
 
+class _AioBody:
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    async def read(self) -> bytes:
+        return self._data
+
+
+class AioFailFirst(FailFirst):
+    """``FailFirst`` answering as aiobotocore's HTTP session does (a body read with ``await``)."""
+
+    def __call__(self, **_: Any) -> Any:
+        from aiobotocore.awsrequest import AioAWSResponse
+
+        self.calls += 1
+        if self.calls <= self.times:
+            body = _AioBody(ec2_error_body(self.code, self.message))
+            return AioAWSResponse("https://ec2.amazonaws.com/", self.status,
+                                  {"Content-Type": "text/xml", **(self.headers or {})}, body)
+        return None
+
+
+async def inject_async(provider: Any, operation: str, fault: AioFailFirst) -> AioFailFirst:
+    """``inject`` for the provider's aiobotocore client (made now, on the running loop)."""
+    client = await provider.aio.client()
+    client.meta.events.register(f"before-send.ec2.{operation}", fault)
+    return fault
+
+
 def throttle(times: int) -> FailFirst:
     return FailFirst(times, 503, "RequestLimitExceeded", "Request limit exceeded.")
 

@@ -16,7 +16,7 @@ CHECK = textwrap.dedent("""
     from snapctl.providers import create_provider
     provider = create_provider({{"type": "aws", "region": "eu-west-1"}}, cluster="c", base_dir=Path("."))
     provider.validate_volumes("n1", [{{"instance": "i-0123456789abcdef0"}}], base_dir=Path("."))
-    loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("boto3", "botocore", "s3transfer"))
+    loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("boto3", "botocore", "s3transfer", "aiobotocore", "aiohttp"))
     print(",".join(loaded))
 """)
 
@@ -51,3 +51,18 @@ def test_warm_up_imports_the_sdk_and_builds_the_client_that_the_calls_then_use()
                                  "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
     assert result.returncode == 0, result.stderr
     assert "boto3" in result.stdout.split(",")
+
+
+def test_warm_up_imports_what_the_async_create_call_needs_so_that_the_loop_never_imports():
+    from tests.moto_server import shared_moto_server
+
+    endpoint = shared_moto_server().endpoint_url
+    check = CHECK.format(module="snapctl_aws").replace(
+        "loaded = ", "provider.warm_up()\nloaded = ").replace(
+        '"region": "eu-west-1"', f'"region": "eu-west-1", "endpoint_url": "{endpoint}"')
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60,
+                            env={"PATH": "/usr/bin:/bin", "AWS_EC2_METADATA_DISABLED": "true",
+                                 "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
+    assert result.returncode == 0, result.stderr
+    loaded = result.stdout.strip().split(",")
+    assert {"aiohttp", "aiobotocore.session", "aiobotocore.config"} <= set(loaded)
