@@ -264,3 +264,34 @@ def test_each_cloud_sdk_makes_the_snapshots_from_the_provider_worker_process(tmp
         manifest = backed_up(cluster)
         ids = [record["snapshots"][0]["snapshot_id"] for record in manifest["nodes"].values()]
         assert len(sources_of(ids)) == len(NODES)
+
+
+def test_an_aws_backup_makes_its_create_calls_with_aiobotocore_unless_provider_process_never(tmp_path):
+    """With aiobotocore installed (snapctl-aws[async]), provider_process auto makes the create
+    calls on snapctl's loop: moto sees aiobotocore's user agent on them. ``never`` still makes
+    them with boto3, and the manifests' refs are alike."""
+    moto = shared_moto_server()
+    moto.reset()
+    with _aws_disks() as (provider, volumes, sources_of), cloud_cluster(tmp_path, provider, volumes) as cluster:
+        with moto.recording() as seen_auto:
+            auto = backed_up(cluster)
+        cluster.write_inventory(policy={**yaml.safe_load(cluster.inventory.read_text())["policy"],
+                                        "provider_process": "never"})
+        with moto.recording() as seen_never:
+            never = backed_up(cluster)
+        ids = [record["snapshots"][0]["snapshot_id"] for record in auto["nodes"].values()]
+        assert len(sources_of(ids)) == len(NODES)
+
+    def agents(seen: list[tuple[str, str]], action: str) -> list[str]:
+        return [agent.split(" ", 1)[0].split("/")[0] for name, agent in seen if name == action]
+
+    assert agents(seen_auto, "CreateSnapshot") == ["aiobotocore"] * 3
+    assert agents(seen_never, "CreateSnapshot") == ["Boto3"] * 3
+    assert "aiobotocore" in agents(seen_auto, "DescribeSnapshots")  # warm_up_async asked once, before any hold
+
+    def refs(manifest: dict) -> dict[str, list[dict]]:
+        return {node: [{k: v for k, v in ref.items() if k not in ("snapshot_id", "created_at", "tags")}
+                       | {"tags": {k: v for k, v in ref["tags"].items() if k != "snapctl-run"}}
+                       for ref in record["snapshots"]] for node, record in manifest["nodes"].items()}
+
+    assert refs(auto) == refs(never)
