@@ -53,11 +53,12 @@ def endpoint(pki) -> Iterator[str]:
         server.server_close()
 
 
-def _aws(url: str):
+def _aws(url: str, **settings):
     from snapctl_aws import AwsProvider
     from snapctl_aws.settings import AwsSettings
 
-    provider = AwsProvider(AwsSettings.model_validate({"type": "aws", "region": "eu-west-1", "endpoint_url": url}),
+    provider = AwsProvider(AwsSettings.model_validate({"type": "aws", "region": "eu-west-1", "endpoint_url": url,
+                                                       **settings}),
                            cluster="c", base_dir=Path("."))
     return provider, SnapshotRef(node="n1", volume="data", snapshot_id="snap-0123456789abcdef0", provider="aws")
 
@@ -113,3 +114,29 @@ def test_trusting_the_ca_as_the_hint_says_lets_the_call_through(cloud, endpoint,
     with pytest.raises(ProviderError) as raised:  # the cloud behind it answers 503
         provider.describe([ref])
     assert isinstance(raised.value, ProviderUnavailable), raised.value.message
+
+
+@pytest.mark.parametrize("trusted", [False, True], ids=["refused", "trusted"])
+def test_the_aws_async_client_refuses_the_certificate_alike_and_trusts_the_ca_bundle(endpoint, pki, monkeypatch,
+                                                                                       trusted):
+    """aiobotocore's TLS is aiohttp's, not urllib3's: its warm-up (before any hold) must say the same."""
+    import asyncio
+
+    if trusted:
+        monkeypatch.setenv("AWS_CA_BUNDLE", str(pki.ca))
+    provider, _ = _aws(endpoint, max_attempts=2)  # botocore's backoff between 8 would take most of a minute
+
+    async def warm_up_async() -> None:
+        try:
+            await provider.warm_up_async()
+        finally:
+            await provider.aclose()
+
+    with pytest.raises(ProviderError) as raised:
+        asyncio.run(asyncio.wait_for(warm_up_async(), 120))
+    if trusted:  # the cloud behind it answers 503
+        assert isinstance(raised.value, ProviderUnavailable), raised.value.message
+    else:
+        assert not isinstance(raised.value, ProviderUnreachable), raised.value.message
+        assert "TLS certificate was refused: unable to get local issuer certificate" in raised.value.message
+        assert "AWS_CA_BUNDLE" in raised.value.hint
