@@ -1,7 +1,7 @@
 """EC2's create calls through aiobotocore, awaited on snapctl's event loop (``snapctl.provider_loop``).
 
-Only the calls a node's hold waits for go this way: at a thousand nodes a boto3 call each needs
-a thread each, whose returns queue for the GIL with the loop that sends the completes. Waits,
+Only the calls a node's hold waits for go this way: at a thousand nodes boto3's blocking calls
+need a thread each, whose returns queue for the GIL with the loop that sends the completes. Waits,
 deletes and restores stay on boto3. The client is paced by the very buckets of ``Ec2`` (EC2
 meters the account, not the client) and its failures judged by ``Ec2.failure``, so a call
 fails alike on either path.
