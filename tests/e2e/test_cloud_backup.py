@@ -273,6 +273,9 @@ def test_an_aws_backup_makes_its_create_calls_with_aiobotocore_unless_provider_p
     moto = shared_moto_server()
     moto.reset()
     with _aws_disks() as (provider, volumes, sources_of), cloud_cluster(tmp_path, provider, volumes) as cluster:
+        with moto.recording() as seen_dry:
+            dry = cluster.snapctl("backup", "--dry-run")
+        assert dry.returncode == ExitCode.OK, dry.stdout + dry.stderr
         with moto.recording() as seen_auto:
             auto = backed_up(cluster)
         cluster.write_inventory(policy={**yaml.safe_load(cluster.inventory.read_text())["policy"],
@@ -288,6 +291,7 @@ def test_an_aws_backup_makes_its_create_calls_with_aiobotocore_unless_provider_p
     assert agents(seen_auto, "CreateSnapshot") == ["aiobotocore"] * 3
     assert agents(seen_never, "CreateSnapshot") == ["Boto3"] * 3
     assert "aiobotocore" in agents(seen_auto, "DescribeSnapshots")  # warm_up_async asked once, before any hold
+    assert "aiobotocore" in agents(seen_dry, "DescribeSnapshots") and not agents(seen_dry, "CreateSnapshot")
 
     def refs(manifest: dict) -> dict[str, list[dict]]:
         return {node: [{k: v for k, v in ref.items() if k not in ("snapshot_id", "created_at", "tags")}
