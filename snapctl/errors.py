@@ -216,7 +216,12 @@ def certificate_refused(exc: BaseException) -> str | None:
             continue
         seen.add(id(current))
         if isinstance(current, ssl.SSLCertVerificationError):
-            return current.verify_message or str(current)
+            # aiohttp's certificate error is one too, without ssl's attributes: it holds ssl's own.
+            inner = getattr(current, "certificate_error", None)
+            if not hasattr(current, "verify_message") and isinstance(inner, BaseException):
+                pending.append(inner)
+                continue
+            return getattr(current, "verify_message", None) or str(current)
         pending.extend([current.__cause__, current.__context__, getattr(current, "reason", None),
                         getattr(current, "inner_exception", None), *current.args])
     return None

@@ -126,7 +126,7 @@ def translate_botocore_error(exc: Exception) -> SnapctlError:
         return ProviderError(f"aws: no usable credentials ({kind}): {reason}", hint=SSO_HINT)
     if kind == "ProfileNotFound":
         return ProviderError(f"aws: {exc}", hint="fix the provider's 'profile' or add it to ~/.aws/config")
-    if reason := certificate_refused(_ssls_own(exc)):
+    if reason := certificate_refused(exc):
         return ProviderError(f"aws: the EC2 endpoint's TLS certificate was refused: {reason}",
                              hint="trust the CA that signed it (AWS_CA_BUNDLE=/path/to/bundle.pem, or ca_bundle in "
                              "~/.aws/config; a proxy that inspects TLS has its own), or check the provider's "
@@ -140,14 +140,6 @@ def translate_botocore_error(exc: Exception) -> SnapctlError:
                                    hint="check network access to the EC2 endpoint (a proxy or a link that cuts "
                                         "answers short)")
     return ProviderError(f"aws: {kind}: {exc}")
-
-
-def _ssls_own(exc: Exception) -> BaseException:
-    """``exc``, or the error ssl raised when it is aiohttp's (aiobotocore's) certificate error: an
-    ssl.SSLCertVerificationError of aiohttp's making, without the verify_message that
-    ``certificate_refused`` reads, which would fail on it rather than say why TLS refused."""
-    inner = getattr(exc.__cause__ or exc.__context__, "certificate_error", None)
-    return inner if isinstance(inner, BaseException) else exc
 
 
 def _http_status(exc: Any) -> int:
