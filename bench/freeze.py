@@ -192,8 +192,8 @@ def scaling(sizes: list[int], repeats: int, prepare_latency: float, create_laten
             "provider worker, its processes too) and the simulated agents' processes, which share this "
             "machine's cores with it; create calls in: threads of snapctl's process or its provider worker's "
             "processes (policy.provider_process; auto's choice first, then the other, in alternate runs), "
-            f"or \"{ASYNC_CALLS}\": the same provider with an async create call (snapshot_async, as the azure "
-            "plugin's), awaited on snapctl's event loop, no thread per call; wall / N=10 compares each kind of "
+            f"or \"{ASYNC_CALLS}\": the same provider with an async create call (snapshot_async, as the aws "
+            "(aiobotocore) and azure plugins' async clients), awaited on snapctl's event loop, no thread per call; wall / N=10 compares each kind of "
             "create call with its own N=10 run.\n")
     if baseline_rows:
         out += "\n" + table("Sequential per-node baseline vs snapctl (same agents, same run)",

@@ -5,7 +5,8 @@ The engine's prepare and complete take a configurable time (the database's own w
 provider's create call takes a configurable time and is metered by EC2's token bucket (100
 burst, 5 per second by default), exactly as the AWS plugin paces its calls. By default the call
 blocks its thread, as boto3's and the GCP SDK's do; with ``async_create`` the provider also has
-the optional async create call (``snapshot_async``), as the azure plugin's async client makes it.
+the optional async create call (``snapshot_async``), as the aws (aiobotocore) and azure plugins'
+async clients make it.
 """
 
 from __future__ import annotations
