@@ -20,6 +20,7 @@ from snapctl_azure.settings import AzureSettings
 
 T = TypeVar("T")
 PUBLIC_ARM = "https://management.azure.com"
+ARM_SCOPE = f"{PUBLIC_ARM}/.default"  # the SDK clients' default scope, which base_url does not change
 
 
 class AzureApi:
@@ -27,8 +28,10 @@ class AzureApi:
         self.settings = settings
         self._credential = credential
         self._lock = threading.Lock()
+        self._credential_lock = threading.Lock()  # _build takes it inside _lock
         self._client: Any | None = None
         self._credential_in_use: Any = None
+        self.token: Any = None  # the one warm_up got: the async client's first create sends with it
         self.create_bucket = TokenBucket(settings.create_rate, settings.create_burst)
 
     @property
@@ -52,17 +55,23 @@ class AzureApi:
             kwargs["base_url"] = settings.base_url
         if settings.insecure_http_for_tests:
             kwargs["per_call_policies"] = [_allow_plain_http_policy()]
-        credential = self._credential or (_DummyCredential() if settings.dummy_credential_for_tests
-                                          else _default_credential())
-        self._credential_in_use = credential
-        return ComputeManagementClient(credential, settings.subscription_id, **kwargs)
+        return ComputeManagementClient(self.credential, settings.subscription_id, **kwargs)
+
+    @property
+    def credential(self) -> Any:
+        """The one sync credential of the run: the async client's tokens come from it too."""
+        with self._credential_lock:
+            if self._credential_in_use is None:
+                self._credential_in_use = self._credential or (
+                    _DummyCredential() if self.settings.dummy_credential_for_tests else _default_credential())
+            return self._credential_in_use
 
     def warm_up(self) -> None:
         """Build the client and get a token: the first call then sends at once (and a missing
         credential is an error now, not in the middle of a hold)."""
         _ = self.client
-        credential = self._credential_in_use
-        self.call("get an access token", "", lambda: credential.get_token(f"{PUBLIC_ARM}/.default"))
+        credential = self.credential
+        self.token = self.call("get an access token", "", lambda: credential.get_token(ARM_SCOPE))
 
     def call(self, action: str, permission: str, fn: Callable[[], T], *, missing_ok: bool = False) -> T | None:
         """``fn()`` with SDK errors translated; with ``missing_ok`` a 404 gives None."""
@@ -121,10 +130,10 @@ class _DummyCredential:
         return AccessToken("snapctl-dummy-token-for-tests", int(time.time()) + 3600)
 
 
-def _capped_retry_policy(settings: AzureSettings) -> Any:
-    from azure.core.pipeline.policies import RetryPolicy
+def _capped_retry_policy(settings: AzureSettings, *, asynchronous: bool = False) -> Any:
+    from azure.core.pipeline.policies import AsyncRetryPolicy, RetryPolicy
 
-    class CappedRetryPolicy(RetryPolicy):
+    class CappedRetryPolicy(AsyncRetryPolicy if asynchronous else RetryPolicy):  # type: ignore[misc]
         def is_retry(self, retry_settings: Any, response: Any) -> bool:
             if not super().is_retry(retry_settings, response):
                 return False

@@ -9,13 +9,13 @@ URL the ref carries.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,10 @@ from snapctl.providers import (
     discard_restored_volume,
 )
 from snapctl.timestamps import utc_text
+from snapctl_azure.aio import ASYNC_SDK_MODULES, AsyncArm, import_async_sdk
 from snapctl_azure.client import AzureApi
+from snapctl_azure.errors import translate
+from snapctl_azure.put import SnapshotPut, snapshot_id
 from snapctl_azure.settings import (
     DISK_ID,
     RESOURCE_NAME,
@@ -61,15 +64,6 @@ TAG_RESTORED_FROM = "snapctl-restored-from"
 TAG_ATTACHED_TO = "snapctl-attached-to"  # on a restored disk: the vm restore attached it to
 
 
-def _slug(text: str, limit: int) -> str:
-    return re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-_")[:limit].strip("-_") or "x"
-
-
-def snapshot_name(cluster: str, node: str, volume: str) -> str:
-    """Unique and at most 80 characters of [A-Za-z0-9_.-]: readable prefix, random tail."""
-    return f"snapctl-{_slug(cluster, 22)}-{_slug(node, 20)}-{_slug(volume, 16)}-{uuid.uuid4().hex[:10]}"
-
-
 class AzureProvider:
     name = "azure"
     settings_model = AzureSettings
@@ -77,12 +71,13 @@ class AzureProvider:
     restore_place_optional = True  # a restore without a zone goes to the provider's location, zoneless
     # What warm_up imports: the provider worker imports it once, before it forks (snapctl.providers).
     sdk_modules = ("azure.identity", "azure.core.rest", "azure.core.pipeline.policies", "azure.mgmt.compute",
-                   "azure.mgmt.compute.models")
+                   "azure.mgmt.compute.models", *ASYNC_SDK_MODULES)
 
     def __init__(self, settings: AzureSettings, *, cluster: str, base_dir: Path, credential: Any | None = None) -> None:
         self.settings = settings
         self.cluster = cluster
         self.api = AzureApi(settings, credential)  # builds no SDK client until the first call
+        self._aio = AsyncArm(self.api)  # nor this one (a backup's creates, on snapctl's event loop)
         self.capabilities = Capabilities(crash_consistent_group=False, incremental=True, instant=False,
                                          max_creates_per_s=settings.create_rate, create_burst=settings.create_burst)
 
@@ -92,8 +87,9 @@ class AzureProvider:
     def warm_up(self) -> None:
         # The SDK's import, its models and the credential chain (which may probe the instance
         # metadata service or run the az CLI): never inside a hold.
-        from azure.mgmt.compute.models import CreationData, Snapshot  # noqa: F401 - what _create imports
+        from azure.mgmt.compute.models import CreationData, Snapshot  # noqa: F401 - what SnapshotPut imports
 
+        import_async_sdk()  # here, in a thread: snapshot_async must import nothing on the loop
         _ = self._snapshots
         self.api.warm_up()
 
@@ -111,38 +107,53 @@ class AzureProvider:
         return created
 
     def _create(self, node: str, vol: AzureVolume, tags: Mapping[str, str]) -> SnapshotRef:
-        from azure.mgmt.compute.models import CreationData, Snapshot
-
-        name = snapshot_name(self.cluster, node, vol.name)
-        raw_tags = {**self.settings.tags, **tags, TAG_CLUSTER: self.cluster, TAG_NODE: tags.get(TAG_NODE, node),
-                    TAG_VOLUME: vol.name}
-        model = Snapshot(location=self.settings.location, tags=raw_tags, incremental=True,
-                         creation_data=CreationData(create_option="Copy", source_resource_id=vol.disk_id))
-        accepted: dict[str, str] = {}
-
-        def remember_operation(pipeline_response: Any) -> None:
-            headers = pipeline_response.http_response.headers
-            accepted["operation"] = headers.get("Azure-AsyncOperation") or headers.get("Location") or ""
-
+        put = SnapshotPut(self.settings, self.cluster, node, vol, tags)
         self.api.create_bucket.acquire()
         # A retried PUT of the same name is idempotent: no duplicate snapshot can come of it.
         rg, snapshots = self.settings.resource_group, self._snapshots
-        self.api.call(f"create snapshot of disk {vol.disk_name}", PERM_CREATE, lambda: snapshots.begin_create_or_update(
-            rg, name, model, polling=False, raw_response_hook=remember_operation))
-        return SnapshotRef(
-            provider=self.name, snapshot_id=self._snapshot_id(name), node=node, volume=vol.name, tags=raw_tags,
-            created_at=utc_text(datetime.now(UTC)),
-            extra={"resource_group": self.settings.resource_group, "name": name, "disk_id": vol.disk_id,
-                   "operation": accepted.get("operation") or None},
-        )
+        self.api.call(put.action, PERM_CREATE, lambda: snapshots.begin_create_or_update(
+            rg, put.name, put.model, polling=False, raw_response_hook=put.remember_operation))
+        return put.ref()
+
+    # --- snapshot on snapctl's event loop (aio.py says why) ----------------------------------
+    async def warm_up_async(self) -> None:
+        await self._aio.client()
+
+    async def snapshot_async(self, volumes: NodeVolumes, tags: Mapping[str, str]) -> list[SnapshotRef]:
+        """``snapshot`` with the aio client: no blocking call on the loop (a failed node's
+        leftovers are deleted by the sync client, in a thread)."""
+        check_cluster_tag(self.cluster, volumes.node, tags)
+        created: list[SnapshotRef] = []
+        try:
+            for vol in volumes.volumes:
+                created.append(await self._create_async(volumes.node, vol, tags))
+        except BaseException:
+            await asyncio.to_thread(discard_partial_snapshots, self, volumes.node, created, tags)
+            raise
+        return created
+
+    async def _create_async(self, node: str, vol: AzureVolume, tags: Mapping[str, str]) -> SnapshotRef:
+        put = SnapshotPut(self.settings, self.cluster, node, vol, tags)
+        client = await self._aio.client()
+        wait = self.api.create_bucket.reserve()
+        if wait:
+            await asyncio.sleep(wait)
+        try:
+            await client.snapshots.begin_create_or_update(self.settings.resource_group, put.name, put.model,
+                                                          polling=False, raw_response_hook=put.remember_operation)
+        except Exception as exc:  # translated here, whatever the SDK raised
+            raise translate(exc, put.action, PERM_CREATE) from exc
+        return put.ref()
+
+    async def aclose(self) -> None:
+        await self._aio.close()
 
     @property
     def _snapshots(self) -> Any:
         return self.api.client.snapshots
 
     def _snapshot_id(self, name: str) -> str:
-        return (f"/subscriptions/{self.settings.subscription_id}/resourceGroups/{self.settings.resource_group}"
-                f"/providers/Microsoft.Compute/snapshots/{name}")
+        return snapshot_id(self.settings, name)
 
     def _locate(self, ref: SnapshotRef) -> tuple[str, str]:
         match = SNAPSHOT_ID.match(ref.snapshot_id)

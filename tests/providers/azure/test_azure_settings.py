@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 from snapctl_azure import AzureProvider, AzureSettings
-from snapctl_azure.provider import snapshot_name
+from snapctl_azure.put import snapshot_name
 from snapctl_azure.settings import RESOURCE_NAME
 
 from snapctl.errors import BadInputError
