@@ -140,3 +140,36 @@ def test_the_aws_async_client_refuses_the_certificate_alike_and_trusts_the_ca_bu
         assert not isinstance(raised.value, ProviderUnreachable), raised.value.message
         assert "TLS certificate was refused: unable to get local issuer certificate" in raised.value.message
         assert "AWS_CA_BUNDLE" in raised.value.hint
+
+
+@pytest.mark.parametrize("trusted", [False, True], ids=["untrusted", "trusted-by-bundle"])
+def test_azure_async_creates_trust_what_the_sync_client_trusts(endpoint, pki, monkeypatch, trusted):
+    # A backup's creates go through aiohttp (snapshot_async), which reads no REQUESTS_CA_BUNDLE of its own.
+    import asyncio
+
+    from snapctl_azure import AzureProvider, AzureSettings
+
+    from snapctl.providers import snapshot_tags
+
+    if trusted:
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(pki.ca))
+    settings = {"type": "azure", "subscription_id": SUBSCRIPTION, "resource_group": "rg", "location": "westeurope",
+                "base_url": endpoint, "dummy_credential_for_tests": True, "max_retries": 0}
+    provider = AzureProvider(AzureSettings.model_validate(settings), cluster="c", base_dir=Path("."))
+    disk = f"/subscriptions/{SUBSCRIPTION}/resourceGroups/rg/providers/Microsoft.Compute/disks/pg"
+    volumes = provider.validate_volumes("n1", [{"disk_id": disk}], base_dir=Path("."))
+
+    async def create() -> None:
+        try:
+            await provider.snapshot_async(volumes, snapshot_tags("c", "r1", "n1"))
+        finally:
+            await provider.aclose()
+
+    with pytest.raises(ProviderError) as raised:
+        asyncio.run(create())
+    if trusted:  # the cloud behind it answers 503
+        assert isinstance(raised.value, ProviderUnavailable), raised.value.message
+    else:
+        assert not isinstance(raised.value, ProviderUnreachable), raised.value.message
+        assert "TLS certificate was refused: unable to get local issuer certificate" in raised.value.message
+        assert "REQUESTS_CA_BUNDLE" in raised.value.hint
