@@ -4,6 +4,7 @@ access", which would also have a backup's wait poll it until its deadline."""
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import threading
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from snapctl.errors import ProviderError, ProviderUnavailable, ProviderUnreachable
-from snapctl.providers import SnapshotRef
+from snapctl.providers import SnapshotRef, snapshot_tags
 from tests.agent.certs import Pki, make_pki
 
 SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
@@ -145,11 +146,7 @@ def test_the_aws_async_client_refuses_the_certificate_alike_and_trusts_the_ca_bu
 @pytest.mark.parametrize("trusted", [False, True], ids=["untrusted", "trusted-by-bundle"])
 def test_azure_async_creates_trust_what_the_sync_client_trusts(endpoint, pki, monkeypatch, trusted):
     # A backup's creates go through aiohttp (snapshot_async), which reads no REQUESTS_CA_BUNDLE of its own.
-    import asyncio
-
     from snapctl_azure import AzureProvider, AzureSettings
-
-    from snapctl.providers import snapshot_tags
 
     if trusted:
         monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(pki.ca))

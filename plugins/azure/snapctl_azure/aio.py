@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import os
+import ssl
 import time
 from typing import Any
 
@@ -90,18 +91,11 @@ class AsyncArm:
             token = api.token or await asyncio.to_thread(
                 api.call, "get an access token", "", lambda: credential.get_token(ARM_SCOPE))
             adapter = TokenAdapter(credential, token)
-            client, transport, cafile = await asyncio.to_thread(_build, api, adapter)
-            if cafile is not None:
-                # REQUESTS_CA_BUNDLE, as the sync client's requests honours it; given to azure-core as
-                # connection_verify, it would read the file again for every request, on the loop.
-                import ssl
+            client, transport, context = await asyncio.to_thread(_build, api, adapter)
+            import aiohttp
 
-                import aiohttp
-
-                context = await asyncio.to_thread(ssl.create_default_context, cafile=cafile)
-                transport.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context),
-                                                          trust_env=True, cookie_jar=aiohttp.DummyCookieJar(),
-                                                          auto_decompress=False)
+            transport.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context), trust_env=True,
+                                                      cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False)
             await client.__aenter__()  # the aiohttp session now, not in the first create
         except ProviderError:
             raise
@@ -119,7 +113,7 @@ class AsyncArm:
             await credential.close()
 
 
-def _build(api: AzureApi, credential: TokenAdapter) -> tuple[Any, Any, str | None]:
+def _build(api: AzureApi, credential: TokenAdapter) -> tuple[Any, Any, ssl.SSLContext]:
     """The client with the sync client's settings (client.py), built off the loop: its import and
     construction take tens of milliseconds."""
     import_async_sdk()
@@ -135,5 +129,14 @@ def _build(api: AzureApi, credential: TokenAdapter) -> tuple[Any, Any, str | Non
         kwargs["base_url"] = settings.base_url
     if settings.insecure_http_for_tests:
         kwargs["per_call_policies"] = [_allow_plain_http_policy()]
-    cafile = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or None
-    return ComputeManagementClient(credential, settings.subscription_id, **kwargs), transport, cafile
+    return ComputeManagementClient(credential, settings.subscription_id, **kwargs), transport, _tls_context()
+
+
+def _tls_context() -> ssl.SSLContext:
+    """The CAs the sync client's requests trusts: REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE, else certifi's
+    bundle (aiohttp alone would read neither variable and trust the system's store instead). Read
+    once here: as azure-core's connection_verify, the file would be read for every request, on the loop."""
+    from requests.utils import DEFAULT_CA_BUNDLE_PATH
+
+    cafile = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or DEFAULT_CA_BUNDLE_PATH
+    return ssl.create_default_context(cafile=cafile)

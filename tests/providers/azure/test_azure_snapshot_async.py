@@ -7,6 +7,7 @@ import asyncio
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -121,8 +122,6 @@ def test_a_token_near_its_expiry_is_asked_for_again_in_a_thread(azure, provider,
     class ShortLived(_CountingCredential):
         def get_token(self, *scopes: str, **kwargs: Any) -> Any:
             from azure.core.credentials import AccessToken
-
-            import threading
 
             self.threads = getattr(self, "threads", set()) | {threading.current_thread().name}
             super().get_token(*scopes, **kwargs)
