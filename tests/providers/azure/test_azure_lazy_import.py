@@ -1,4 +1,4 @@
-"""`snapctl --help`, `snapctl status` and building the azure provider import no cloud SDK."""
+"""`snapctl --help`, `snapctl status` and building the azure provider import no cloud SDK, nor aiohttp."""
 
 from __future__ import annotations
 
