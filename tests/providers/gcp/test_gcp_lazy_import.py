@@ -14,7 +14,8 @@ REPO = Path(__file__).resolve().parents[3]
 REPORT = textwrap.dedent("""
     import atexit, json, sys
     def _report():
-        clouds = sorted(m for m in sys.modules if m.split(".")[0] in ("google", "azure", "boto3", "botocore", "aiohttp"))
+        roots = ("google", "azure", "boto3", "botocore", "aiohttp")
+        clouds = sorted(m for m in sys.modules if m.split(".")[0] in roots)
         sys.__stdout__.write("\\nCLOUD-MODULES " + json.dumps(clouds) + "\\n")
     atexit.register(_report)
 """)
