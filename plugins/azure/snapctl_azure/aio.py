@@ -42,8 +42,9 @@ def import_async_sdk() -> None:
 
 
 class TokenAdapter:
-    """What AsyncBearerTokenCredentialPolicy calls (``get_token``; without ``get_token_info`` it
-    uses that) in front of the sync credential. The policy serializes its calls on its own lock."""
+    """The sync credential as azure-core's AsyncBearerTokenCredentialPolicy calls a credential:
+    ``get_token`` (the policy calls ``get_token_info`` only on a credential that has one), one call
+    at a time (it holds its own lock around them)."""
 
     def __init__(self, credential: Any, token: Any = None) -> None:
         self._credential = credential

@@ -118,6 +118,25 @@ def test_warm_up_async_has_the_token_ready_and_again_does_nothing(azure, provide
     assert len(azure.requests_to("PUT")) == 2
 
 
+def test_warm_up_async_without_usable_credentials_fails_as_warm_up_does(azure, provider, volumes):
+    from azure.core.exceptions import ClientAuthenticationError
+
+    provider = _with(provider, _CountingCredential(
+        ClientAuthenticationError("DefaultAzureCredential failed to retrieve a token from the included credentials.")))
+
+    async def main() -> None:
+        try:
+            await provider.warm_up_async()
+        finally:
+            await provider.aclose()
+
+    with pytest.raises(ProviderError) as caught:
+        asyncio.run(main())
+    assert caught.value.message.startswith("azure get an access token: no usable credentials: DefaultAzureCredential")
+    assert "az login" in caught.value.hint
+    assert azure.requests == []
+
+
 def test_a_token_near_its_expiry_is_asked_for_again_in_a_thread(azure, provider, volumes):
     class ShortLived(_CountingCredential):
         def get_token(self, *scopes: str, **kwargs: Any) -> Any:
