@@ -259,6 +259,30 @@ def test_the_loop_is_never_blocked_while_twenty_calls_wait_for_a_slow_arm(make_p
     assert elapsed < 10, elapsed
 
 
+def test_a_node_cancelled_mid_call_deletes_what_it_made(make_provider):
+    with _SlowArm() as slow:
+        disk_ids = [slow.add_disk(RESOURCE_GROUP, disk) for disk in DISKS]
+        provider = make_provider(base_url=slow.url)
+        volumes = provider.validate_volumes("n1", [{"disk_id": d} for d in disk_ids], base_dir=Path("."))
+        provider.warm_up()
+
+        async def main() -> None:
+            try:
+                task = asyncio.create_task(provider.snapshot_async(volumes, tags()))
+                while not slow.requests_to("PUT"):  # the first PUT answered, the second on its way
+                    await asyncio.sleep(0.01)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            finally:
+                await provider.aclose()
+
+        asyncio.run(main())
+        first = slow.requests_to("PUT")[0].path.rsplit("/", 1)[-1]
+        assert slow.requests_to("DELETE", first)
+        assert first not in slow.snapshots()
+
+
 def test_aclose_closes_the_session_and_twice_or_before_any_use_is_fine(azure, make_provider, volumes):
     fresh = make_provider()
     asyncio.run(fresh.aclose())  # nothing was built
