@@ -72,13 +72,6 @@ def is_not_found(exc: BaseException) -> bool:
     return isinstance(exc, ResourceNotFoundError) or (isinstance(exc, HttpResponseError) and exc.status_code == 404)
 
 
-def _ssl_error_of(exc: BaseException) -> BaseException:
-    """aiohttp's ClientConnectorCertificateError (the async client's) is itself an ssl.CertificateError
-    but lacks ssl's verify_message, which certificate_refused reads: hand it the error ssl raised."""
-    inner = getattr(exc, "inner_exception", None)
-    return getattr(inner, "certificate_error", None) or exc
-
-
 def translate(exc: BaseException, action: str, permission: str) -> SnapctlError:
     """Any exception from the SDK as the snapctl error that says what to do."""
     from azure.core import exceptions as aexc
@@ -90,7 +83,7 @@ def translate(exc: BaseException, action: str, permission: str) -> SnapctlError:
             return ProviderError(f"azure {action}: credentials rejected", hint=CREDENTIALS_HINT)
         first_line = (getattr(exc, "message", None) or str(exc)).strip().splitlines()[0]
         return ProviderError(f"azure {action}: no usable credentials: {first_line}", hint=CREDENTIALS_HINT)
-    if reason := certificate_refused(_ssl_error_of(exc)):
+    if reason := certificate_refused(exc):
         return ProviderError(f"azure {action}: azure resource manager's TLS certificate was refused: {reason}",
                              hint="trust the CA that signed it (REQUESTS_CA_BUNDLE=/path/to/bundle.pem; a proxy that "
                              "inspects TLS has its own), or check the provider's base_url")
