@@ -163,7 +163,7 @@ class AwsProvider:
                 else:
                     answer = await self.aio.call(step.method, step.bucket, per_volume_retry=step.per_volume_retry,
                                                  **step.kwargs)
-        except Exception:
+        except BaseException:  # a call cancelled part-way (the run gave up on it) too: what it made goes
             await asyncio.to_thread(discard_partial_snapshots, self, volumes.node, created, base)
             raise
         return created

@@ -275,3 +275,37 @@ def test_the_async_calls_run_on_the_calling_loops_thread(provider, volume):
 
     assert len(on_loop(provider, backup)) == 1
     assert threads == {threading.get_ident()}
+
+
+class _PassFirstThenFail(AioFailFirst):
+    """Lets the first CreateSnapshot through to moto, then answers the rest as ``AioFailFirst`` does."""
+
+    passed = False
+
+    def __call__(self, **kwargs: Any) -> Any:
+        if not self.passed:
+            self.passed = True
+            return None
+        return super().__call__(**kwargs)
+
+
+def test_a_call_cancelled_part_way_deletes_the_snapshot_it_made(provider, ec2, volume):
+    # A run cancels a create call it gave up on (LoopCalls.aclose): what the call made by then
+    # must not outlive it with nothing recording it.
+    second = ec2.create_volume(Size=1, AvailabilityZone=ZONE)["VolumeId"]
+    volumes = provider.validate_volumes("n1", [{"volume": volume, "name": "a"}, {"volume": second, "name": "b"}],
+                                        base_dir=Path("."))
+
+    async def cancelled() -> None:
+        fault = await inject_async(provider, "CreateSnapshot", _PassFirstThenFail(99, 400, PER_VOLUME_RATE, "busy"))
+        task = asyncio.create_task(provider.snapshot_async(volumes, run_tags()))
+        while fault.calls < 1:  # the first snapshot made, the second call waiting out the per-volume limit
+            await asyncio.sleep(0.01)
+        assert len(all_snapshots(ec2)) == 1
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    on_loop(provider, cancelled)
+
+    assert all_snapshots(ec2) == {}
