@@ -188,12 +188,14 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
         finally:
             lock_keeper.stop()
             executor.shutdown()  # every snapshot call was awaited, or given up on by the rollback
-            await executor.aclose()  # a provider's async client closes on the loop it ran on
             try:
-                lock.release()
-            except SnapctlError as exc:  # it expires by itself; this must not hide how the run ended
-                reporter.step("lock", f"could not release the cluster lock (it expires within "
-                                      f"{policy.lock_ttl_s:g}s): {exc.message}")
+                await executor.aclose()  # a provider's async client closes on the loop it ran on
+            finally:  # even if a second Ctrl-C cuts the closing short
+                try:
+                    lock.release()
+                except SnapctlError as exc:  # it expires by itself; this must not hide how the run ended
+                    reporter.step("lock", f"could not release the cluster lock (it expires within "
+                                          f"{policy.lock_ttl_s:g}s): {exc.message}")
 
 
 def _close_abandoned_runs(catalog: Catalog, run_id: str) -> None:

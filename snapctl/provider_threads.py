@@ -50,7 +50,6 @@ class CallRunner(Protocol):
         (a provider's async client). Never fails; waits for no call of the provider's threads."""
 
 
-
 def not_ready(exc: Exception) -> SnapctlError:
     """A failed warm-up as the error a run reports: a plugin's own error, or what it was."""
     if isinstance(exc, SnapctlError):
