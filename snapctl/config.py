@@ -111,10 +111,10 @@ class Policy(Strict):
     lock_ttl_s: float = 120.0
     # Where snapshot calls are made: a child process of their own (its GIL is not the event loop's,
     # so hundreds of calls returning at once do not delay the completes) or threads in snapctl's.
-    # auto: a provider with an async create call (azure; aws with aiobotocore) makes it on snapctl's event loop, no
-    # thread or process at all; any other, the child process from 50 concurrent calls on (the
-    # smaller of concurrency and nodes), and one more process per 50 calls, up to 4, unless the
-    # provider's rate limit could bind. always / never: its blocking calls, in the child / in threads.
+    # auto: the child process from 50 concurrent calls on (the smaller of concurrency and nodes),
+    # and one more process per 50 calls, up to 4, unless the provider's rate limit could bind;
+    # below 50, a provider's async create call (azure; aws with aiobotocore) on snapctl's event
+    # loop, else threads. always / never: the blocking calls, in the child / in threads.
     provider_process: Literal["auto", "always", "never"] = "auto"
 
     @field_validator("lease_ttl_s", mode="after")

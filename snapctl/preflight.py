@@ -19,9 +19,9 @@ from snapctl.events import Reporter
 from snapctl.health import Finding, NodeProbe, Verdict, assess
 from snapctl.mounts import inside_by_mounts
 from snapctl.probe import probe_all
-from snapctl.provider_loop import LoopCalls, has_async_create
+from snapctl.provider_loop import LoopCalls
 from snapctl.provider_threads import ProviderThreads
-from snapctl.provider_worker import CALL_RUNNER_READY_S
+from snapctl.provider_worker import CALL_RUNNER_READY_S, uses_async_create
 from snapctl.providers import NodeVolumes, Provider
 
 
@@ -184,7 +184,9 @@ async def dry_run(inventory: Inventory, provider: Provider, volumes: dict[str, N
     run in CI should fail where the run from cron would. A catalog the run could not lock, read or
     write, a lock another run holds, and a provider that cannot get ready are critical findings.
     Takes no lock, holds nothing, writes nothing."""
-    checker = LoopCalls(provider, 1) if has_async_create(provider) else ProviderThreads(1, warm_up=provider.warm_up)
+    # The client the run will use: its async one where the run would use it, else the blocking one.
+    async_client = uses_async_create(inventory.policy, provider, min(inventory.policy.concurrency, len(inventory.nodes)))
+    checker = LoopCalls(provider, 1) if async_client else ProviderThreads(1, warm_up=provider.warm_up)
     checker.start()  # in a thread of its own: loading an SDK overlaps the preflight's fan-out
     try:
         verdict = await preflight(inventory, agents, reporter, volumes)

@@ -252,6 +252,15 @@ def worker_processes(calls: int, creates: int, capabilities: Capabilities) -> in
     return max(1, min(MAX_PROCESSES, -(-calls // CALLS_PER_PROCESS)))
 
 
+def uses_async_create(policy: Policy, provider: Provider, calls: int) -> bool:
+    """Whether ``auto`` makes a run's create calls with the provider's async client on snapctl's
+    loop: where it has one and the calls are too few for the worker. From PROVIDER_PROCESS_FROM
+    on the worker's processes make them: a real SDK spends CPU on every call (aiobotocore's
+    CreateSnapshot ~0.75 ms), which on the loop would delay the completes of every held node,
+    while the worker spreads it over processes of their own (docs/benchmarks.md, item 61)."""
+    return policy.provider_process == "auto" and calls < PROVIDER_PROCESS_FROM and has_async_create(provider)
+
+
 def call_runner(policy: Policy, provider: Provider, provider_config: Mapping[str, Any], nodes: int, cluster: str,
                 base_dir: Path, creates: int | None = None) -> CallRunner:
     """Where a run's snapshot calls are made, as ``policy.provider_process`` says: by ``provider``
@@ -259,7 +268,7 @@ def call_runner(policy: Policy, provider: Provider, provider_config: Mapping[str
     (``worker_processes`` of them). Either is warmed up by the time it is ready. ``creates``: the
     run's create calls (its volumes), ``nodes`` if not given."""
     calls = min(policy.concurrency, nodes)
-    if policy.provider_process == "auto" and has_async_create(provider):
+    if uses_async_create(policy, provider, calls):
         return LoopCalls(provider, calls)
     if policy.provider_process == "always" or (policy.provider_process == "auto" and calls >= PROVIDER_PROCESS_FROM):
         return ProviderWorker(provider_config, cluster=cluster, base_dir=base_dir, threads=calls,

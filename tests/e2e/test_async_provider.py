@@ -107,3 +107,15 @@ def test_per_node_consistency_makes_its_create_calls_on_the_loop_too(cluster, co
     refs = [ref for record in result.json["data"]["nodes"].values() for ref in record["snapshots"]]
     assert len(refs) == 3 and all(ref["extra"]["async"] is True for ref in refs)
     assert _events(events)[-1] == "aclose"
+
+
+def test_a_dry_run_checks_the_client_the_run_would_use(cluster):
+    # With provider_process never the run makes the blocking calls: its dry run must not refuse
+    # for an async client it would never open (nor open it).
+    inventory, events = _inventory(cluster, "dry-never", policy={"provider_process": "never"},
+                                   fail_warm_up_async="slow: the async client could not start")
+    dry = cluster.snapctl("backup", "--dry-run", "-i", str(inventory), "-o", "json")
+    assert dry.returncode == ExitCode.OK, dry.stdout + dry.stderr
+    assert _events(events) == []
+    result = cluster.snapctl("backup", "-i", str(inventory), "-o", "json")
+    assert result.returncode == ExitCode.OK, result.stderr

@@ -16,7 +16,7 @@ from snapctl.config import Policy
 from snapctl.errors import ProviderError
 from snapctl.provider_loop import LoopCalls
 from snapctl.provider_threads import ProviderThreads
-from snapctl.provider_worker import ProviderWorker, call_runner
+from snapctl.provider_worker import PROVIDER_PROCESS_FROM, ProviderWorker, call_runner
 from snapctl.providers import Capabilities
 
 
@@ -169,9 +169,13 @@ def test_aclose_cancels_a_call_the_run_gave_up_on_and_a_hung_client_close_fails_
     assert provider.events[-1] == "aclose"
 
 
-@pytest.mark.parametrize(("setting", "runner"), [
-    ("auto", LoopCalls), ("never", ProviderThreads), ("always", ProviderWorker),
+@pytest.mark.parametrize(("setting", "nodes", "runner"), [
+    ("auto", PROVIDER_PROCESS_FROM - 1, LoopCalls), ("never", 10, ProviderThreads), ("always", 10, ProviderWorker),
+    # From the worker's threshold on its processes make the calls: the SDK's CPU per call stays
+    # off the loop that sends the completes.
+    ("auto", PROVIDER_PROCESS_FROM, ProviderWorker),
 ])
-def test_call_runner_uses_the_async_create_call_unless_told_where_to_make_blocking_ones(tmp_path: Path, setting, runner):
+def test_call_runner_uses_the_async_create_call_below_the_workers_threshold_unless_told_otherwise(
+        tmp_path: Path, setting, nodes, runner):
     policy = Policy(provider_process=setting, concurrency=1000)
-    assert type(call_runner(policy, AsyncProvider(), {"type": "local", "store": "s"}, 1000, "c1", tmp_path)) is runner
+    assert type(call_runner(policy, AsyncProvider(), {"type": "local", "store": "s"}, nodes, "c1", tmp_path)) is runner
