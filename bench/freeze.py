@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import resource
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,14 +121,29 @@ def run_sequential(cluster: SimCluster) -> float:
     return wall[0]
 
 
+@contextlib.contextmanager
+def _loop_at_every_size(lift: bool) -> Iterator[None]:
+    """auto makes async create calls on the loop only below the worker's threshold; the bench
+    measures the loop at every size, beside the worker, by lifting that threshold for a run."""
+    from snapctl import provider_worker
+
+    threshold = provider_worker.PROVIDER_PROCESS_FROM
+    if lift:
+        provider_worker.PROVIDER_PROCESS_FROM = 1 << 30
+    try:
+        yield
+    finally:
+        provider_worker.PROVIDER_PROCESS_FROM = threshold
+
+
 def scaling(sizes: list[int], repeats: int, prepare_latency: float, create_latency: float,
-            baseline_at: int | None, stack: str = "lean") -> str:
+            baseline_at: int | None, stack: str = "lean", create_cpu: float = 0.0) -> str:
     from snapctl.provider_worker import PROVIDER_PROCESS_FROM, worker_processes
     from snapctl.providers import Capabilities
 
     rows, walls, baseline_rows, served = [], {}, [], ""
     for n in sizes:
-        provider = {"type": "sim", "create_latency_s": create_latency, **UNBOUND}
+        provider = {"type": "sim", "create_latency_s": create_latency, "create_cpu_s": create_cpu, **UNBOUND}
         # Where the create calls run: what policy.provider_process auto picks at this N, and from
         # PROVIDER_PROCESS_FROM on also the threads it replaces, in alternate runs.
         workers = worker_processes(n, n, Capabilities(max_creates_per_s=UNBOUND["create_rate"],
@@ -143,8 +160,9 @@ def scaling(sizes: list[int], repeats: int, prepare_latency: float, create_laten
             runs_of: dict[str, list[RunStats]] = {calls: [] for calls in variants}
 
             def one(setting: tuple[str, bool]) -> RunStats:
-                return run_backup(cluster, create_latency, provider={"async_create": setting[1]},
-                                  provider_process=setting[0])
+                with _loop_at_every_size(setting[1]):
+                    return run_backup(cluster, create_latency, provider={"async_create": setting[1]},
+                                      provider_process=setting[0])
 
             for setting in variants.values():  # warm: connections, imports, catalog directory
                 one(setting)
@@ -179,7 +197,8 @@ def scaling(sizes: list[int], repeats: int, prepare_latency: float, create_laten
     out = table(
         f"Freeze window and skew, rate limit not binding ({'real agent stack, ' if stack == 'real' else ''}"
         f"{served} agents, prepare {prepare_latency * 1000:.0f} ms, "
-        f"create {create_latency * 1000:.0f} ms; pooled over runs)",
+        f"create {create_latency * 1000:.0f} ms"
+        f"{f' and {create_cpu * 1000:.2f} ms of CPU per call' if create_cpu else ''}; pooled over runs)",
         ["N", "create calls in", "runs", "prepare RTT p50 ms", "RTT p99", "freeze p50 ms", "freeze p99", "margin p99 ms",
          "margin<=20ms", "create late p99 ms", "return to release p99 ms", "ack skew ms", "hold skew ms", "wall s", "snapctl CPU ms/node", "agents CPU ms/node",
          "wall / N=10"], rows)
@@ -193,8 +212,9 @@ def scaling(sizes: list[int], repeats: int, prepare_latency: float, create_laten
             "machine's cores with it; create calls in: threads of snapctl's process or its provider worker's "
             "processes (policy.provider_process; auto's choice first, then the other, in alternate runs), "
             f"or \"{ASYNC_CALLS}\": the same provider with an async create call (snapshot_async, as the aws "
-            "(aiobotocore) and azure plugins' async clients), awaited on snapctl's event loop, no thread per call; wall / N=10 compares each kind of "
-            "create call with its own N=10 run.\n")
+            "(aiobotocore) and azure plugins' async clients), awaited on snapctl's event loop, no thread per call, "
+            "at every N (auto itself makes it there only below the worker's threshold of 50 calls); wall / N=10 "
+            "compares each kind of create call with its own N=10 run.\n")
     if baseline_rows:
         out += "\n" + table("Sequential per-node baseline vs snapctl (same agents, same run)",
                             ["N", "sequential s", "snapctl s", "speed-up", ">=10x"], baseline_rows)
@@ -226,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, help="runs per size (default 5; quick: 1)")
     parser.add_argument("--prepare-latency", type=float, default=0.05, help="engine prepare time, s")
     parser.add_argument("--create-latency", type=float, default=0.3, help="provider create call time, s")
+    parser.add_argument("--create-cpu", type=float, default=0.0,
+                        help="CPU a real SDK spends per create call, s (aiobotocore's: ~0.00075), where the call is made")
     parser.add_argument("--bound-nodes", type=int, help="nodes in the rate-limited case (default 300; quick: 40)")
     parser.add_argument("--skip-bound", action="store_true", help="leave out the rate-limited case")
     parser.add_argument("--agent-stack", choices=("lean", "real"), default="lean",
@@ -236,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(n) for n in (args.nodes or ("1,10,50" if args.quick else "1,10,100,1000")).split(",")]
     repeats = args.repeats or (1 if args.quick else 5)
     baseline_at = 100 if 100 in sizes else (10 if args.quick and 10 in sizes else None)
-    emit(scaling(sizes, repeats, args.prepare_latency, args.create_latency, baseline_at, args.agent_stack))
+    emit(scaling(sizes, repeats, args.prepare_latency, args.create_latency, baseline_at, args.agent_stack,
+                 args.create_cpu))
     real_at = args.real_at if args.real_at is not None else ("" if args.quick or args.agent_stack == "real"
                                                                else "100,1000")
     if real_at:

@@ -100,6 +100,9 @@ class SimProviderSettings(ProviderSettings):
     create_burst: int = Field(default=100, ge=1)  # ... after a burst of 100
     warm_up_s: float = Field(default=0.0, ge=0)  # a cloud SDK's import and client, paid once per process
     async_create: bool = False  # also an async create call, awaited on snapctl's loop (no thread per call)
+    # CPU a real SDK spends on each call (request, signing, answer; aiobotocore's CreateSnapshot:
+    # ~0.75 ms), half before the wait and half after, in the thread or on the loop that makes it.
+    create_cpu_s: float = Field(default=0.0, ge=0)
 
 
 class SimProvider:
@@ -143,8 +146,10 @@ class SimProvider:
         refs = []
         for volume in volumes.volumes:
             self.bucket.acquire()
+            self._spend(self.settings.create_cpu_s / 2)
             issued = time.time()
             time.sleep(self.settings.create_latency_s)
+            self._spend(self.settings.create_cpu_s / 2)
             refs.append(self._made(volumes.node, volume, tags, issued))
         return refs
 
@@ -153,10 +158,18 @@ class SimProvider:
         for volume in volumes.volumes:
             if wait := self.bucket.reserve():
                 await asyncio.sleep(wait)
+            self._spend(self.settings.create_cpu_s / 2)
             issued = time.time()
             await asyncio.sleep(self.settings.create_latency_s)
+            self._spend(self.settings.create_cpu_s / 2)
             refs.append(self._made(volumes.node, volume, tags, issued))
         return refs
+
+    @staticmethod
+    def _spend(cpu_s: float) -> None:
+        end = time.thread_time() + cpu_s
+        while time.thread_time() < end:
+            pass
 
     def _made(self, node: str, volume: str, tags: Mapping[str, str], issued: float) -> SnapshotRef:
         ref = SnapshotRef(provider=self.name, snapshot_id=f"snap-{uuid.uuid4().hex[:17]}", node=node,
