@@ -7,7 +7,7 @@ meters the account, not the client) and its failures judged by ``Ec2.failure``, 
 fails alike on either path.
 
 aiobotocore is optional (``snapctl-aws[async]``): it pins botocore to a few releases. It is
-imported in ``AwsProvider.warm_up`` (in a thread) and here when first used, never at load.
+imported by ``AwsProvider.warm_up_async`` (in a thread) and here when first used, never at load.
 """
 
 from __future__ import annotations
@@ -17,11 +17,24 @@ import contextlib
 import importlib.util
 from typing import Any
 
+from snapctl.errors import ProviderError
 from snapctl_aws.client import Ec2, config_options, shared_loader
 from snapctl_aws.errors import translate_botocore_error
 
-# What the async path imports: warm_up imports them in its thread, so that the loop never does.
+# What the async path imports: warm_up_async imports them in a thread, so that the loop never does.
 ASYNC_MODULES = ("aiohttp", "aiobotocore.session", "aiobotocore.config")
+
+
+def import_async_modules() -> None:
+    """Import what the async path needs; one that will not import (aiobotocore pins botocore, and
+    an upgrade of botocore past the pin breaks it) is a ProviderError naming the way out."""
+    for module in ASYNC_MODULES:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ProviderError(f"aws: the async client cannot load {module}: {exc}",
+                                hint="reinstall snapctl-aws[async] (aiobotocore pins botocore), or set "
+                                     "policy.provider_process: never to make the calls with boto3") from exc
 
 
 def available() -> bool:

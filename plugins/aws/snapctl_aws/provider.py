@@ -12,7 +12,6 @@ import logging
 import time
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
-from importlib import import_module
 from pathlib import Path
 from typing import Any
 
@@ -121,9 +120,6 @@ class AwsProvider:
         # boto3's import and EC2's service model: 0.3-0.4 s of CPU that the first create call
         # of a hold would otherwise pay, with every node frozen (docs/benchmarks.md).
         self.ec2.warm_up()
-        if hasattr(self, "aio"):
-            for module in aio.ASYNC_MODULES:
-                import_module(module)
         if not self._credentials_accepted:
             # Keys are judged by AWS alone (a deactivated key, an expired session): one read of this
             # cluster's snapshots, changing nothing, rather than the first create, with every node held.
@@ -171,6 +167,9 @@ class AwsProvider:
     async def _warm_up_async(self) -> None:
         if self.aio.warmed:
             return
+        # Here, not in warm_up: a run that makes the blocking calls (provider_process never or
+        # always, or 50 calls and more) never loads aiobotocore. In a thread: the loop never imports.
+        await asyncio.to_thread(aio.import_async_modules)
         # Its first request sets up the async client's own TLS context, proxy and connection: one
         # read that changes nothing, rather than the first create call with every node held.
         await self.aio.call("describe_snapshots", DESCRIBE, OwnerIds=["self"], MaxResults=5,

@@ -53,12 +53,23 @@ def test_warm_up_imports_the_sdk_and_builds_the_client_that_the_calls_then_use()
     assert "boto3" in result.stdout.split(",")
 
 
-def test_warm_up_imports_what_the_async_create_call_needs_so_that_the_loop_never_imports():
+def test_only_the_async_warm_up_imports_the_async_client_and_in_a_thread_not_on_the_loop():
+    # A run that makes the blocking calls (never, always, 50 calls and more) calls warm_up alone: it
+    # must not load aiobotocore (an install whose botocore outgrew aiobotocore's pin breaks it).
     from tests.moto_server import shared_moto_server
 
     endpoint = shared_moto_server().endpoint_url
-    check = CHECK.format(module="snapctl_aws").replace(
-        "loaded = ", "provider.warm_up()\nloaded = ").replace(
+    warm = ("provider.warm_up()\nblocking = sorted(m for m in sys.modules if m.split('.')[0] in ('aiobotocore', 'aiohttp'))\n"
+            "import asyncio, threading\nloop_thread = threading.get_ident()\nimported_on = []\n"
+            "class Spy:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] in ('aiobotocore', 'aiohttp'):\n"
+            "            imported_on.append(threading.get_ident() == loop_thread)\n"
+            "sys.meta_path.insert(0, Spy())\n"
+            "async def main():\n    await provider.warm_up_async()\n    await provider.aclose()\n"
+            "asyncio.run(main())\nassert blocking == [], blocking\nassert imported_on and not any(imported_on), imported_on\n"
+            "loaded = ")
+    check = CHECK.format(module="snapctl_aws").replace("loaded = ", warm, 1).replace(
         '"region": "eu-west-1"', f'"region": "eu-west-1", "endpoint_url": "{endpoint}"')
     result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60,
                             env={"PATH": "/usr/bin:/bin", "AWS_EC2_METADATA_DISABLED": "true",

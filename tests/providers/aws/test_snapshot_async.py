@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -309,3 +310,13 @@ def test_a_call_cancelled_part_way_deletes_the_snapshot_it_made(provider, ec2, v
     on_loop(provider, cancelled)
 
     assert all_snapshots(ec2) == {}
+
+
+def test_an_async_client_that_cannot_load_fails_the_warm_up_naming_the_way_out(provider, monkeypatch):
+    # aiobotocore pins botocore: an upgrade of botocore past the pin breaks its import. The run must
+    # stop before any hold saying so, and how to back up with boto3 meanwhile.
+    monkeypatch.setitem(sys.modules, "aiobotocore.session", None)
+    with pytest.raises(ProviderError) as failed:
+        on_loop(provider, provider.warm_up_async)
+    assert failed.value.message.startswith("aws: the async client cannot load aiobotocore.session")
+    assert "policy.provider_process: never" in failed.value.hint
