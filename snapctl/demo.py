@@ -115,6 +115,8 @@ def down(inventory: Inventory) -> DemoCluster:
     state = inventory.resolve(DEMO_DIR)
     cluster = DemoCluster(str(state), action="down")
     cluster.writer_pid = _stop(state / WRITER_PID, WRITER)
+    if cluster.writer_pid is None and "writer" not in {node.name for node in inventory.nodes}:
+        cluster.writer_pid = _stop(state / "writer.pid", WRITER)  # a writer started before the rename
     for node in inventory.nodes:
         pid = _stop(state / f"{node.name}.pid", AGENT)
         cluster.nodes.append(DemoNode(node.name, node.agent, str(_database(inventory, node)), pid, False))

@@ -269,3 +269,14 @@ def test_demo_up_with_an_agent_left_running_under_another_token_says_so_at_once(
     assert "another-token" not in again.stderr
     assert _demo("down", inventory=inventory, timeout=60).returncode == ExitCode.OK
     assert processes_naming(inventory.parent) == []
+
+
+def test_demo_down_stops_a_writer_started_under_its_old_pid_file(inventory):
+    # The writer's pid file was writer.pid until it became _writer.pid: a demo started before that
+    # kept its writer running after `demo down`.
+    assert _demo("up", inventory=inventory, timeout=60).returncode == ExitCode.OK
+    state = inventory.parent / ".snapctl-demo"
+    (state / demo.WRITER_PID).rename(state / "writer.pid")
+
+    assert _demo("down", inventory=inventory, timeout=60).returncode == ExitCode.OK
+    assert processes_naming(inventory.parent) == []
