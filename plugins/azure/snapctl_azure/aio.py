@@ -25,8 +25,10 @@ from snapctl_azure.errors import translate
 # What the async path imports, all in warm_up's thread: an import on the loop would stall every
 # held node. azure-core imports the two _aiohttp modules inside its first send, asyncio the
 # executor's module at its first to_thread.
+# encodings.utf_8_sig: azure-core decodes a JSON answer (warm_up_async's read) with it.
 ASYNC_SDK_MODULES = ("aiohttp", "azure.core.pipeline.transport._aiohttp", "azure.core.rest._aiohttp",
-                     "azure.mgmt.core.policies", "azure.mgmt.compute.aio", "concurrent.futures.thread")
+                     "azure.mgmt.core.policies", "azure.mgmt.compute.aio", "concurrent.futures.thread",
+                     "encodings.utf_8_sig")
 # azure-core asks for a new token within 300 s of expiry (less its jitter); so do we, or each
 # request inside that window would ask us again and get the same old token.
 REFRESH_MARGIN_S = 300.0
@@ -72,6 +74,7 @@ class AsyncArm:
         self._credential: TokenAdapter | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._start_lock: asyncio.Lock | None = None
+        self.asked = False  # AzureProvider.warm_up_async read through this client once
 
     async def client(self) -> Any:
         loop = asyncio.get_running_loop()
@@ -79,7 +82,7 @@ class AsyncArm:
             return self._client
         if self._start_lock is None or self._loop is not loop:
             # A client from another loop is unusable here (its sessions died with that loop).
-            self._client, self._loop, self._start_lock = None, loop, asyncio.Lock()
+            self._client, self._loop, self._start_lock, self.asked = None, loop, asyncio.Lock(), False
         async with self._start_lock:
             if self._client is None:
                 self._client = await self._open()
@@ -108,6 +111,7 @@ class AsyncArm:
     async def close(self) -> None:
         client, credential = self._client, self._credential
         self._client = self._credential = None
+        self.asked = False
         if client is not None:
             await client.close()
         if credential is not None:

@@ -117,7 +117,18 @@ class AzureProvider:
 
     # --- snapshot on snapctl's event loop (aio.py says why) ----------------------------------
     async def warm_up_async(self) -> None:
-        await self._aio.client()
+        client = await self._aio.client()
+        if self._aio.asked:
+            return
+        # Its first request sets up the async client's own TLS context, proxy and connection: one
+        # read that changes nothing (the first page of the resource group's snapshots), rather than
+        # the first create call with every node held.
+        try:
+            async for _ in client.snapshots.list_by_resource_group(self.settings.resource_group).by_page():
+                break
+        except Exception as exc:  # translated here, whatever the SDK raised
+            raise translate(exc, "list snapshots", PERM_READ) from exc
+        self._aio.asked = True
 
     async def snapshot_async(self, volumes: NodeVolumes, tags: Mapping[str, str]) -> list[SnapshotRef]:
         """``snapshot`` with the aio client: no blocking call on the loop (a failed node's
