@@ -261,7 +261,7 @@ def test_the_loop_is_never_blocked_while_twenty_calls_wait_for_a_slow_arm(make_p
 
     assert len(results) == 20 and len(slow.snapshots()) == 40
     # One blocking answer would stop the heartbeat for 0.5 s; forty of them in turn would take 20 s.
-    assert max(gaps) < 0.25, max(gaps)
+    assert max(gaps) < 0.45, max(gaps)  # under a loaded CI too; one blocked answer is 0.5 s
     assert elapsed < 10, elapsed
 
 
