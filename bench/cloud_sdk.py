@@ -190,12 +190,13 @@ def backups(nodes: int, runs: int, providers: list[str]) -> str:
 # Where a backup makes a cloud's create calls: its SDK's blocking client in snapctl's threads or in
 # the provider worker's processes, or its async client on snapctl's event loop (auto's choice below
 # 50 calls; the bench lifts that threshold for it).
-CALL_MODES = {"blocking, threads": "never", "blocking, worker": "always", "async client, snapctl's loop": "auto"}
+CALL_MODES = {"blocking, threads": ("never", False), "blocking, worker": ("always", False),
+              "async client, worker's loops": ("auto", False), "async client, snapctl's loop": ("auto", True)}
 ASYNC_CLIENTS = ("aws", "azure")  # aws: aiobotocore (snapctl-aws[async]); azure: azure-mgmt-compute's aio
 
 
 def call_modes(nodes: int, runs: int, providers: list[str]) -> str:
-    """Each cloud with an async client, its real SDK, its create calls made each of the three ways
+    """Each cloud with an async client, its real SDK, its create calls made each of the four ways
     in alternate runs."""
     rows = []
     names = [f"node{i:04d}" for i in range(1, nodes + 1)]
@@ -207,17 +208,16 @@ def call_modes(nodes: int, runs: int, providers: list[str]) -> str:
                             volumes_of=volumes.__getitem__) as cluster:
                 modes = list(CALL_MODES.items())
                 for round_ in range(runs + 1):  # the first round warms the catalog's directories and the agents
-                    for mode, setting in modes[round_ % len(modes):] + modes[:round_ % len(modes)]:
+                    for mode, (setting, on_loop) in modes[round_ % len(modes):] + modes[:round_ % len(modes)]:
                         inventory = cluster.write_inventory(provider_process=setting)
-                        result = _child(["backup", str(inventory), "--warm"]
-                                        + (["--on-loop"] if setting == "auto" else []), env)
+                        result = _child(["backup", str(inventory), "--warm"] + (["--on-loop"] if on_loop else []), env)
                         if round_:
                             measured[mode].append(result)
             for mode, results in measured.items():
                 rows.append([name, mode, *(ms(median([pick(result[key]) for result in results]))
                                            for key in ("freeze", "beyond") for pick in (median, max)),
                              secs(median([result["wall"] for result in results]))])
-    return table(f"Create calls made three ways: a backup of {nodes} simulated agents (prepare 50 ms), each cloud's "
+    return table(f"Create calls made four ways: a backup of {nodes} simulated agents (prepare 50 ms), each cloud's "
                  f"real SDK against its local server, each run a new process (median of {runs} alternate runs' p50 "
                  "and max)", ["provider", "create calls", "freeze p50 ms", "freeze max ms",
                               "beyond the prepare RTT p50 ms", "beyond max ms", "wall s"], rows)

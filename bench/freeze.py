@@ -151,16 +151,19 @@ def scaling(sizes: list[int], repeats: int, prepare_latency: float, create_laten
         worker = f"worker, {workers} process{'es' if workers > 1 else ''}"
         # (policy.provider_process, the sim provider's async_create): a blocking SDK's calls, then
         # the same provider with an async create call, which auto makes on snapctl's loop.
-        variants = {worker if n >= PROVIDER_PROCESS_FROM else "threads": ("auto", False)}
+        # (policy.provider_process, async_create, on the loop at every N)
+        variants = {worker if n >= PROVIDER_PROCESS_FROM else "threads": ("auto", False, False)}
         if n >= PROVIDER_PROCESS_FROM:
-            variants["threads"] = ("never", False)
-        variants[ASYNC_CALLS] = ("auto", True)
+            variants["threads"] = ("never", False, False)
+            variants[f"{worker}, async calls"] = ("auto", True, False)  # auto's choice for an async provider
+        variants[ASYNC_CALLS] = ("auto", True, True)
         with SimCluster(nodes=n, prepare_latency_s=prepare_latency, provider=provider, stack=stack) as cluster:
             served = cluster.agent_stack
             runs_of: dict[str, list[RunStats]] = {calls: [] for calls in variants}
+            variants_async = {calls: setting[1] for calls, setting in variants.items()}
 
-            def one(setting: tuple[str, bool]) -> RunStats:
-                with _loop_at_every_size(setting[1]):
+            def one(setting: tuple[str, bool, bool]) -> RunStats:
+                with _loop_at_every_size(setting[2]):
                     return run_backup(cluster, create_latency, provider={"async_create": setting[1]},
                                       provider_process=setting[0])
 
@@ -179,7 +182,7 @@ def scaling(sizes: list[int], repeats: int, prepare_latency: float, create_laten
                 return [v for r in runs for v in getattr(r, attr)]
 
             wall = median([r.wall_s for r in runs])
-            kind = calls == ASYNC_CALLS
+            kind = variants_async[calls]
             walls.setdefault((n, kind), wall)  # auto's choice is what N=10 is compared with, per kind of call
             margin_p99 = percentile(pooled("margin"), 99)
             ack_skew = median([r.ack_skew_s for r in runs])

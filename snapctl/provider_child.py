@@ -110,6 +110,7 @@ def serve() -> int:
         provider = create_provider(init["provider"], cluster=init["cluster"], base_dir=Path(init["base_dir"]),
                                    factory=factory)
         provider.warm_up()
+        async_calls = _LoopCalls(provider, init["threads"]) if init.get("async_calls") else None
     except Exception as exc:  # noqa: BLE001 - the parent raises it from ready(): nothing is held yet
         os.write(channel, frame((READY, _portable_error(not_ready(exc)))))
         _reap(siblings)
@@ -145,7 +146,10 @@ def serve() -> int:
     calls = 0
     answered = threading.Semaphore(0)
     for call_id, method, args in incoming:
-        future = threads.submit(getattr(provider, method), *args)
+        if async_calls is not None and method == "snapshot":
+            future = async_calls.submit(*args)
+        else:
+            future = threads.submit(getattr(provider, method), *args)
 
         def answer(done: Future, call_id: int = call_id, method: str = method) -> None:
             try:
@@ -172,10 +176,45 @@ def serve() -> int:
     for _ in range(calls):
         # Not the futures: a future is done before its callbacks run, and the answer is queued there.
         answered.acquire()
+    if async_calls is not None:
+        async_calls.close()
     outgoing.put(None)
     writer.join()
     _reap(siblings)
     return 0
+
+
+class _LoopCalls:
+    """A provider's async create calls on an event loop in a thread of this process: its SDK's CPU
+    per call stays off snapctl's loop (this is another process), and no thread per call here
+    either. The provider's ``warm_up_async`` runs on it first; ``close`` runs its ``aclose``."""
+
+    def __init__(self, provider: Any, calls: int) -> None:
+        import asyncio  # only for such a provider: this process's start is on the run's clock
+
+        self._asyncio, self._provider, self._calls = asyncio, provider, calls
+        self._slots: Any = None
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, name="snapctl-provider-loop", daemon=True).start()
+        if (warm_up_async := getattr(provider, "warm_up_async", None)) is not None:
+            self._asyncio.run_coroutine_threadsafe(warm_up_async(), self.loop).result()
+
+    def submit(self, *args: Any) -> Future:
+        return self._asyncio.run_coroutine_threadsafe(self._bounded(*args), self.loop)
+
+    async def _bounded(self, *args: Any) -> Any:
+        if self._slots is None:
+            self._slots = self._asyncio.Semaphore(self._calls)
+        async with self._slots:
+            return await self._provider.snapshot_async(*args)
+
+    def close(self) -> None:
+        if (aclose := getattr(self._provider, "aclose", None)) is not None:
+            try:  # a client that will not close must not keep this process from ending
+                self._asyncio.run_coroutine_threadsafe(aclose(), self.loop).result(timeout=10)
+            except Exception:  # noqa: BLE001, S110 - the calls were all answered already
+                pass
+        self.loop.call_soon_threadsafe(self.loop.stop)
 
 
 def _import_sdk(modules: tuple[str, ...]) -> None:

@@ -84,11 +84,12 @@ class ProviderWorker:
     with a timeout shields it, so that the rollback still learns what the call made."""
 
     def __init__(self, provider_config: Mapping[str, Any], *, cluster: str, base_dir: Path, threads: int,
-                 processes: int = 1) -> None:
+                 processes: int = 1, async_calls: bool = False) -> None:
         self.processes = max(1, processes)
         self._init = {"provider": dict(provider_config), "factory": provider_factory_path(provider_config["type"]),
                       "cluster": cluster, "base_dir": str(base_dir),
-                      "threads": -(-max(1, threads) // self.processes), "sys_path": list(sys.path)}
+                      "threads": -(-max(1, threads) // self.processes), "sys_path": list(sys.path),
+                      "async_calls": async_calls}
         self._process: subprocess.Popen | None = None
         self._sibling_pipes: list[tuple[int, int]] = []  # ours: (write to, read from) each forked sibling
         self._channels: list[_Channel] = []
@@ -271,7 +272,9 @@ def call_runner(policy: Policy, provider: Provider, provider_config: Mapping[str
     if uses_async_create(policy, provider, calls):
         return LoopCalls(provider, calls)
     if policy.provider_process == "always" or (policy.provider_process == "auto" and calls >= PROVIDER_PROCESS_FROM):
+        # auto's worker makes a provider's async create calls on a loop in each of its processes.
         return ProviderWorker(provider_config, cluster=cluster, base_dir=base_dir, threads=calls,
                               processes=worker_processes(calls, nodes if creates is None else creates,
-                                                         provider.capabilities))
+                                                         provider.capabilities),
+                              async_calls=policy.provider_process == "auto" and has_async_create(provider))
     return ProviderThreads(calls, warm_up=provider.warm_up)

@@ -66,17 +66,18 @@ def test_the_floor_stops_with_the_agents_refusal_rather_than_waiting_for_it() ->
             _floor_margins(cluster, "timers", 0.01)
 
 
-def test_cloud_sdk_measures_a_real_sdk_cold_and_warmed_up_both_kinds_of_backup_and_three_ways_of_calling() -> None:
+def test_cloud_sdk_measures_a_real_sdk_cold_and_warmed_up_both_kinds_of_backup_and_four_ways_of_calling() -> None:
     out = bench("bench.cloud_sdk", "--quick", "--providers", "aws", "--nodes", "2", "--modes-nodes", "2")
     assert "### One provider in a new process" in out and "### A backup of 2 simulated agents" in out
     [calls] = [line for line in out.splitlines() if line.startswith("| aws ") and line.count("|") == 5]
     assert all(cell.strip() not in ("", "-", "nan") for cell in calls.split("|")[1:-1]), out
-    backups, modes = out.split("### Create calls made three ways")
+    backups, modes = out.split("### Create calls made four ways")
     runs = [line for line in backups.splitlines() if line.startswith("| aws ") and line.count("|") == 8]
     assert [row.split("|")[2].strip() for row in runs] == ["warm_up before the holds",
                                                            "loaded by the first create call"], out
     ways = [line.split("|") for line in modes.splitlines() if line.startswith("| aws ")]
-    assert [row[2].strip() for row in ways] == ["blocking, threads", "blocking, worker", "async client, snapctl's loop"]
+    assert [row[2].strip() for row in ways] == ["blocking, threads", "blocking, worker", "async client, worker's loops",
+                                                "async client, snapctl's loop"]
     assert all(cell.strip() not in ("", "-", "nan") for row in ways for cell in row[1:-1]), out
 
 

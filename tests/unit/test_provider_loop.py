@@ -178,4 +178,7 @@ def test_aclose_cancels_a_call_the_run_gave_up_on_and_a_hung_client_close_fails_
 def test_call_runner_uses_the_async_create_call_below_the_workers_threshold_unless_told_otherwise(
         tmp_path: Path, setting, nodes, runner):
     policy = Policy(provider_process=setting, concurrency=1000)
-    assert type(call_runner(policy, AsyncProvider(), {"type": "local", "store": "s"}, nodes, "c1", tmp_path)) is runner
+    chosen = call_runner(policy, AsyncProvider(), {"type": "local", "store": "s"}, nodes, "c1", tmp_path)
+    assert type(chosen) is runner
+    if runner is ProviderWorker:  # auto's worker makes the async calls on its processes' loops; always, blocking ones
+        assert chosen._init["async_calls"] is (setting == "auto")

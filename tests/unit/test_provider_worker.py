@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -38,12 +39,13 @@ def slow_provider(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     (data / "table.dat").write_bytes(os.urandom(4096))
 
     def make(delay_s: float = 0.0, fail_nodes: tuple[str, ...] = (), store: str = "store",
-             fail_warm_up: str | None = None, warm_up_s: float = 0.0, processes: int = 1):
+             fail_warm_up: str | None = None, warm_up_s: float = 0.0, processes: int = 1, **async_settings):
         config = {"type": "slow", "store": store, "delay_s": delay_s, "fail_nodes": list(fail_nodes),
-                  "fail_warm_up": fail_warm_up, "warm_up_s": warm_up_s}
+                  "fail_warm_up": fail_warm_up, "warm_up_s": warm_up_s, **async_settings}
         provider = create_provider(config, cluster="c1", base_dir=tmp_path)
         volumes = provider.validate_volumes("n1", [{"name": "data", "path": str(data)}], base_dir=tmp_path)
-        worker = ProviderWorker(config, cluster="c1", base_dir=tmp_path, threads=4, processes=processes)
+        worker = ProviderWorker(config, cluster="c1", base_dir=tmp_path, threads=4, processes=processes,
+                                async_calls="async_calls" in async_settings)
         return provider, volumes, worker
 
     yield make
@@ -350,3 +352,37 @@ def test_a_provider_that_cannot_start_fails_ready_once_however_many_processes(sl
 def test_worker_processes_splits_the_calls_unless_a_token_bucket_could_bind(calls, creates, capabilities,
                                                                              processes):
     assert worker_processes(calls, creates, capabilities) == processes
+
+
+def test_an_async_providers_create_calls_run_on_a_loop_in_the_child_after_its_async_warm_up(slow_provider, tmp_path):
+    # auto's worker (50 calls and more) for a provider with an async client: its SDK's CPU stays in
+    # the worker's processes, as the blocking calls' does, without a thread per call there.
+    events = tmp_path / "events"
+    provider, volumes, worker = slow_provider(async_calls=True, events_file=str(events))
+
+    async def go():
+        worker.start()
+        await worker.ready(30)
+        try:
+            return await asyncio.gather(*(asyncio.wrap_future(worker.submit(provider.snapshot, volumes,
+                                                                            snapshot_tags("c1", f"r{i}", "n1")))
+                                          for i in range(3)))
+        finally:
+            worker.shutdown()
+
+    refs = [ref for made in _run(go()) for ref in made]
+    assert len(refs) == 3 and all(ref.extra["async"] is True for ref in refs)
+    assert {ref.extra["pid"] for ref in refs} != {os.getpid()}  # made in the child
+    deadline = time.monotonic() + 10
+    while "aclose" not in events.read_text() and time.monotonic() < deadline:  # the child closes as it ends
+        time.sleep(0.05)
+    seen = events.read_text().splitlines()
+    assert seen[0] == "warm_up_async" and seen[-1] == "aclose" and seen[1:-1] == ["snapshot_async n1"] * 3
+
+
+def test_a_child_whose_async_warm_up_fails_fails_ready_with_that_error(slow_provider):
+    provider, _, worker = slow_provider(async_calls=True, fail_warm_up_async="slow: the async client could not start")
+
+    with pytest.raises(ProviderError, match="slow: the async client could not start") as failed:
+        _run(_started_then_ready(worker))
+    assert failed.value.hint == "check the async client's settings"
