@@ -112,9 +112,10 @@ class Policy(Strict):
     # Where snapshot calls are made: a child process of their own (its GIL is not the event loop's,
     # so hundreds of calls returning at once do not delay the completes) or threads in snapctl's.
     # auto: the child process from 50 concurrent calls on (the smaller of concurrency and nodes),
-    # and one more process per 50 calls, up to 4, unless the provider's rate limit could bind;
-    # below 50, a provider's async create call (azure; aws with aiobotocore) on snapctl's event
-    # loop, else threads. always / never: the blocking calls, in the child / in threads.
+    # and one more process per 50 calls, up to 4, unless the provider's rate limit could bind; a
+    # provider with an async create call (azure; aws with aiobotocore) makes it there on an event
+    # loop in each process, and below 50 on snapctl's own loop; any other, below 50, in threads.
+    # always / never: the blocking calls, in the child / in threads.
     provider_process: Literal["auto", "always", "never"] = "auto"
 
     @field_validator("lease_ttl_s", mode="after")

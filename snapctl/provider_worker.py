@@ -256,9 +256,9 @@ def worker_processes(calls: int, creates: int, capabilities: Capabilities) -> in
 def uses_async_create(policy: Policy, provider: Provider, calls: int) -> bool:
     """Whether ``auto`` makes a run's create calls with the provider's async client on snapctl's
     loop: where it has one and the calls are too few for the worker. From PROVIDER_PROCESS_FROM
-    on the worker's processes make them: a real SDK spends CPU on every call (aiobotocore's
-    CreateSnapshot ~0.75 ms), which on the loop would delay the completes of every held node,
-    while the worker spreads it over processes of their own (docs/benchmarks.md, item 61)."""
+    on the worker's processes make them (with the async client, on a loop in each): a real SDK
+    spends CPU on every call (aiobotocore's CreateSnapshot ~0.75 ms), which on snapctl's loop would
+    delay the completes of every held node (docs/benchmarks.md, item 61)."""
     return policy.provider_process == "auto" and calls < PROVIDER_PROCESS_FROM and has_async_create(provider)
 
 

@@ -132,8 +132,9 @@ class Provider(Protocol):
 
     Optional, for a provider whose SDK has an async client: ``async def snapshot_async(volumes,
     tags)``, the contract of ``snapshot`` awaited on snapctl's event loop, so that a backup's N
-    create calls need no thread each (``snapctl.provider_loop``; with ``policy.provider_process:
-    auto``, the default). It must never block the loop: no blocking call, no ``time.sleep`` (a
+    create calls need no thread each (with ``policy.provider_process: auto``, the default: below 50
+    calls on snapctl's own loop, ``snapctl.provider_loop``; from 50 on a loop in each of the
+    provider worker's processes, ``snapctl.provider_child``). It must never block the loop: no blocking call, no ``time.sleep`` (a
     token bucket is waited on with ``reserve`` and ``asyncio.sleep``); on a partial failure it
     deletes what it created (a blocking delete in ``asyncio.to_thread`` is fine). With it, optional:
     ``async def warm_up_async()``, awaited on that loop after ``warm_up`` and before any hold, to
