@@ -187,9 +187,8 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
             return manifest
         finally:
             lock_keeper.stop()
-            executor.shutdown()  # every snapshot call was awaited, or given up on by the rollback
-            try:
-                await executor.aclose()  # a provider's async client closes on the loop it ran on
+            try:  # every snapshot call was awaited, or given up on by the rollback
+                await executor.aclose()  # shut down; a provider's async client closes on its loop
             finally:  # even if a second Ctrl-C cuts the closing short
                 try:
                     lock.release()

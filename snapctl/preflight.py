@@ -204,7 +204,6 @@ async def dry_run(inventory: Inventory, provider: Provider, volumes: dict[str, N
             verdict.findings.append(finding)
             reporter.finding(finding)
     finally:
-        checker.shutdown()
         await checker.aclose()
     return BackupPlan(inventory.cluster, provider.name,
                       {node: [_volume_name(v) for v in nv.volumes] for node, nv in volumes.items()}, verdict)

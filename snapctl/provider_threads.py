@@ -46,7 +46,7 @@ class CallRunner(Protocol):
         Either may be called again."""
 
     async def aclose(self) -> None:
-        """After ``shutdown``, at the end of the run: free what needs the event loop to be freed
+        """At the end of the run: ``shutdown()``, then free what needs the event loop to be freed
         (a provider's async client). Never fails; waits for no call of the provider's threads."""
 
 
