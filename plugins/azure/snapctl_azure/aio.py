@@ -71,7 +71,6 @@ class AsyncArm:
         self.api = api
         self._client: Any = None
         self.transport: Any = None  # its AioHttpTransport, whose session aclose closes
-        self._credential: TokenAdapter | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._start_lock: asyncio.Lock | None = None
         self.asked = False  # AzureProvider.warm_up_async read through this client once
@@ -105,17 +104,15 @@ class AsyncArm:
             raise
         except Exception as exc:  # translated here, whatever the SDK raised
             raise translate(exc, "open the async client", "") from exc
-        self._credential, self.transport = adapter, transport
+        self.transport = transport
         return client
 
     async def close(self) -> None:
-        client, credential = self._client, self._credential
-        self._client = self._credential = None
+        client = self._client
+        self._client = None
         self.asked = False
         if client is not None:
             await client.close()
-        if credential is not None:
-            await credential.close()
 
 
 def _build(api: AzureApi, credential: TokenAdapter) -> tuple[Any, Any, ssl.SSLContext]:
