@@ -117,30 +117,33 @@ def test_trusting_the_ca_as_the_hint_says_lets_the_call_through(cloud, endpoint,
     assert isinstance(raised.value, ProviderUnavailable), raised.value.message
 
 
-@pytest.mark.parametrize("trusted", [False, True], ids=["refused", "trusted"])
-def test_the_aws_async_client_refuses_the_certificate_alike_and_trusts_the_ca_bundle(endpoint, pki, monkeypatch,
-                                                                                       trusted):
-    """aiobotocore's TLS is aiohttp's, not urllib3's: its warm-up (before any hold) must say the same."""
-    import asyncio
-
-    if trusted:
-        monkeypatch.setenv("AWS_CA_BUNDLE", str(pki.ca))
-    provider, _ = _aws(endpoint, max_attempts=2)  # botocore's backoff between 8 would take most of a minute
-
-    async def warm_up_async() -> None:
+def _async_client_refuses_or_lets_through(provider, call, trusted: bool, bundle_variable: str) -> None:
+    """``call`` (a coroutine function) through the provider's async client, closed after: refused
+    as a TLS certificate the blocking client refuses, or, trusted, let through to the 503 behind."""
+    async def called() -> None:
         try:
-            await provider.warm_up_async()
+            await call()
         finally:
             await provider.aclose()
 
     with pytest.raises(ProviderError) as raised:
-        asyncio.run(asyncio.wait_for(warm_up_async(), 120))
+        asyncio.run(asyncio.wait_for(called(), 120))
     if trusted:  # the cloud behind it answers 503
         assert isinstance(raised.value, ProviderUnavailable), raised.value.message
     else:
         assert not isinstance(raised.value, ProviderUnreachable), raised.value.message
         assert "TLS certificate was refused: unable to get local issuer certificate" in raised.value.message
-        assert "AWS_CA_BUNDLE" in raised.value.hint
+        assert bundle_variable in raised.value.hint
+
+
+@pytest.mark.parametrize("trusted", [False, True], ids=["refused", "trusted"])
+def test_the_aws_async_client_refuses_the_certificate_alike_and_trusts_the_ca_bundle(endpoint, pki, monkeypatch,
+                                                                                       trusted):
+    """aiobotocore's TLS is aiohttp's, not urllib3's: its warm-up (before any hold) must say the same."""
+    if trusted:
+        monkeypatch.setenv("AWS_CA_BUNDLE", str(pki.ca))
+    provider, _ = _aws(endpoint, max_attempts=2)  # botocore's backoff between 8 would take most of a minute
+    _async_client_refuses_or_lets_through(provider, provider.warm_up_async, trusted, "AWS_CA_BUNDLE")
 
 
 @pytest.mark.parametrize("trusted", [False, True], ids=["untrusted", "trusted-by-bundle"])
@@ -155,18 +158,6 @@ def test_azure_async_creates_trust_what_the_sync_client_trusts(endpoint, pki, mo
     provider = AzureProvider(AzureSettings.model_validate(settings), cluster="c", base_dir=Path("."))
     disk = f"/subscriptions/{SUBSCRIPTION}/resourceGroups/rg/providers/Microsoft.Compute/disks/pg"
     volumes = provider.validate_volumes("n1", [{"disk_id": disk}], base_dir=Path("."))
-
-    async def create() -> None:
-        try:
-            await provider.snapshot_async(volumes, snapshot_tags("c", "r1", "n1"))
-        finally:
-            await provider.aclose()
-
-    with pytest.raises(ProviderError) as raised:
-        asyncio.run(create())
-    if trusted:  # the cloud behind it answers 503
-        assert isinstance(raised.value, ProviderUnavailable), raised.value.message
-    else:
-        assert not isinstance(raised.value, ProviderUnreachable), raised.value.message
-        assert "TLS certificate was refused: unable to get local issuer certificate" in raised.value.message
-        assert "REQUESTS_CA_BUNDLE" in raised.value.hint
+    tags = snapshot_tags("c", "r1", "n1")
+    _async_client_refuses_or_lets_through(provider, lambda: provider.snapshot_async(volumes, tags), trusted,
+                                          "REQUESTS_CA_BUNDLE")
