@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO, emit, median, ms, secs, summary, table, timer
+from bench.common import REPO, async_calls_on_the_loop_at_every_size, emit, median, ms, secs, summary, table, timer
 from bench.simcluster import SimCluster
 
 GCP_ZONE = "europe-west1-b"
@@ -116,12 +116,8 @@ def _backup(inventory_path: Path, warm: bool, on_loop: bool = False) -> dict[str
 
     if not warm:  # as snapctl ran before its providers warmed up: the first create call loads the SDK
         orchestrator.call_runner = lambda policy, provider, *_: ProviderThreads(len(inventory.nodes))
-    if on_loop:  # auto makes async create calls only below the worker's threshold: lifted here
-        from snapctl import provider_worker
-
-        provider_worker.PROVIDER_PROCESS_FROM = 1 << 30
     inventory = load_inventory(inventory_path)
-    with timer() as elapsed:
+    with timer() as elapsed, async_calls_on_the_loop_at_every_size(on_loop):
         manifest = run(backup(inventory, BackupOptions(prune=False)))
     if manifest.status != "succeeded":
         raise RuntimeError(f"backup failed: {manifest.error}")

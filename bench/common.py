@@ -120,3 +120,18 @@ def timer() -> Iterator[list[float]]:
         yield box
     finally:
         box.append(time.perf_counter() - started)
+
+
+@contextlib.contextmanager
+def async_calls_on_the_loop_at_every_size(lift: bool) -> Iterator[None]:
+    """auto makes async create calls on the loop only below the worker's threshold; the bench
+    measures the loop at every size, beside the worker, by lifting that threshold for a run."""
+    from snapctl import provider_worker
+
+    threshold = provider_worker.PROVIDER_PROCESS_FROM
+    if lift:
+        provider_worker.PROVIDER_PROCESS_FROM = 1 << 30
+    try:
+        yield
+    finally:
+        provider_worker.PROVIDER_PROCESS_FROM = threshold

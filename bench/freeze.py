@@ -12,15 +12,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import resource
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import emit, median, ms, percentile, ratio, secs, summary, table, timer, verdict
+from bench.common import (
+    async_calls_on_the_loop_at_every_size,
+    emit,
+    median,
+    ms,
+    percentile,
+    ratio,
+    secs,
+    summary,
+    table,
+    timer,
+    verdict,
+)
 from bench.simcluster import SimCluster
 from snapctl.runner import run as run_coroutine
 
@@ -121,21 +131,6 @@ def run_sequential(cluster: SimCluster) -> float:
     return wall[0]
 
 
-@contextlib.contextmanager
-def _loop_at_every_size(lift: bool) -> Iterator[None]:
-    """auto makes async create calls on the loop only below the worker's threshold; the bench
-    measures the loop at every size, beside the worker, by lifting that threshold for a run."""
-    from snapctl import provider_worker
-
-    threshold = provider_worker.PROVIDER_PROCESS_FROM
-    if lift:
-        provider_worker.PROVIDER_PROCESS_FROM = 1 << 30
-    try:
-        yield
-    finally:
-        provider_worker.PROVIDER_PROCESS_FROM = threshold
-
-
 def scaling(sizes: list[int], repeats: int, prepare_latency: float, create_latency: float,
             baseline_at: int | None, stack: str = "lean", create_cpu: float = 0.0) -> str:
     from snapctl.provider_worker import PROVIDER_PROCESS_FROM, worker_processes
@@ -163,7 +158,7 @@ def scaling(sizes: list[int], repeats: int, prepare_latency: float, create_laten
             variants_async = {calls: setting[1] for calls, setting in variants.items()}
 
             def one(setting: tuple[str, bool, bool]) -> RunStats:
-                with _loop_at_every_size(setting[2]):
+                with async_calls_on_the_loop_at_every_size(setting[2]):
                     return run_backup(cluster, create_latency, provider={"async_create": setting[1]},
                                       provider_process=setting[0])
 
