@@ -72,7 +72,10 @@ class AioEc2:
 
         s = self.settings
         # aiohttp waits for a free connection beyond this many (urllib3, under boto3, opens more):
-        # as many as the create bucket lets go at once, so the pool never queues what it paced.
+        # as many as the create bucket lets go at once, its burst. Calls the bucket lets through
+        # as it refills, while the burst's are still under way, may wait for one: at the default
+        # 5 a second that is a handful (the bucket paces them anyway); a much higher create_rate
+        # can make the pool, not the bucket, what paces the calls.
         config = AioConfig(**config_options(s), max_pool_connections=max(10, s.create_burst))
         stack = contextlib.AsyncExitStack()
         try:

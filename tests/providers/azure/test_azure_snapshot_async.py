@@ -275,7 +275,7 @@ def test_a_node_cancelled_mid_call_deletes_what_it_made(make_provider):
         async def main() -> None:
             try:
                 task = asyncio.create_task(provider.snapshot_async(volumes, tags()))
-                while not slow.requests_to("PUT"):  # the first PUT answered, the second on its way
+                while not slow.requests_to("PUT"):  # the first PUT arrived (recorded as it is answered)
                     await asyncio.sleep(0.01)
                 task.cancel()
                 with pytest.raises(asyncio.CancelledError):
