@@ -3,8 +3,10 @@ parent side, and why, is ``snapctl/provider_worker.py``).
 
 It builds its own provider from the inventory's provider block and the factory's place, which the
 parent found (no entry point scan here), warms it up, starts its threads, says it is ready (or
-why it cannot be), then runs each call it is sent. It imports what that takes and nothing else
-(no asyncio, no entry points, no agent models): its start is the wall time of runs that need it.
+why it cannot be), then runs each call it is sent. Started as a new interpreter (where it cannot
+be forked from snapctl's process: ``snapctl/worker_process.py``), it imports what that takes and
+nothing else (no asyncio, no entry points, no agent models): its start is the wall time of runs
+that need it.
 
     wire: 4-byte big-endian length + pickle, both ways. Parent -> child: the init mapping, then
     (call id, method name, args). Child -> parent: ("ready", None or the warm-up's error), then

@@ -9,9 +9,10 @@ calls came back ~0.4 s late and their completes were acknowledged ~0.6 s after t
 (docs/benchmarks.md). Here the threads live in a child process with its own GIL; the loop reads
 their results from a pipe, many per read.
 
-The child (``snapctl/provider_child.py``, its wire format there) builds its own provider from the
-inventory's provider block (never the parent's object: a forked SDK client would share its
-connections with the parent) and warms it up before it says it is ready. Past fifty or so
+The child (``snapctl/provider_child.py``, its wire format there) is forked from snapctl's process
+where that is safe, else a new interpreter (``snapctl/worker_process.py``). It builds its own
+provider from the inventory's provider block (never the parent's object: a forked SDK client
+would share its connections with the parent) and warms it up before it says it is ready. Past fifty or so
 concurrent calls one process's GIL is itself the queue (its threads return together and take it
 in turn), so the child forks siblings once its imports are done and before it builds anything,
 each with its own provider, threads and pipes, and the calls are dealt out among them
@@ -35,14 +36,16 @@ from snapctl.provider_child import READY, THREADS_HINT, frame, frames
 from snapctl.provider_loop import LoopCalls, has_async_create
 from snapctl.provider_threads import CallRunner, ProviderThreads
 from snapctl.providers import Capabilities, provider_factory_path
+from snapctl.worker_process import ForkedChild, start_worker_process
 
 if TYPE_CHECKING:
     from snapctl.config import Policy
     from snapctl.providers import Provider
 
 # From this many concurrent snapshot calls on, policy.provider_process auto makes them in a child
-# process. It costs its start (~0.2 s of imports, and the provider's warm-up, which threads pay
-# too; wall time where the preflight is too short to hide it) and buys somewhat shorter freezes: in 15 alternate rounds at 50 and 100 nodes the
+# process. It costs its start (a new interpreter's ~0.2 s of imports where it cannot be forked,
+# and the provider's warm-up, which threads pay too; wall time where the preflight is too short to
+# hide it) and buys somewhat shorter freezes: in 15 alternate rounds at 50 and 100 nodes the
 # median margin p50 was lower in 13 (by 1-12 ms on a quiet machine), its p99 in 11
 # (docs/benchmarks.md, item 30). A freeze window is what the databases feel; the wall time is not.
 PROVIDER_PROCESS_FROM = 50
@@ -90,7 +93,7 @@ class ProviderWorker:
                       "cluster": cluster, "base_dir": str(base_dir),
                       "threads": -(-max(1, threads) // self.processes), "sys_path": list(sys.path),
                       "async_calls": async_calls}
-        self._process: subprocess.Popen | None = None
+        self._process: subprocess.Popen | ForkedChild | None = None
         self._sibling_pipes: list[tuple[int, int]] = []  # ours: (write to, read from) each forked sibling
         self._channels: list[_Channel] = []
         self._next_id = 0
@@ -106,9 +109,7 @@ class ProviderWorker:
             theirs.append((to_read, from_write))
             self._sibling_pipes.append((to_write, from_read))
         try:
-            self._process = subprocess.Popen([sys.executable, "-m", "snapctl.provider_child"], stdin=subprocess.PIPE,
-                                             stdout=subprocess.PIPE, close_fds=True,
-                                             pass_fds=[fd for pair in theirs for fd in pair])
+            self._process = start_worker_process([fd for pair in theirs for fd in pair])
         except BaseException:
             self.shutdown()  # closes our ends of the siblings' pipes
             raise

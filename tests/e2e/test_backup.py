@@ -127,8 +127,11 @@ def test_snapshot_calls_made_in_the_provider_worker_process_succeed_and_roll_bac
     assert result.returncode == 0, result.stderr
     manifest = result.json["data"]
     snapctl_pid = int(manifest["owner"].rsplit(":", 1)[1])
-    made_by = {ref["extra"]["pid"] for record in manifest["nodes"].values() for ref in record["snapshots"]}
+    refs = [ref for record in manifest["nodes"].values() for ref in record["snapshots"]]
+    made_by = {ref["extra"]["pid"] for ref in refs}
     assert len(made_by) == 1 and snapctl_pid not in made_by  # one child made them all
+    # ... forked from snapctl's process (one thread, no terminal), not a new interpreter
+    assert {ref["extra"]["argv0"] for ref in refs} == {"cli.py"}
     assert len(_snapshot_dirs(cluster)) == 3
 
     failing = cluster.write_inventory(cluster.directory / "worker-failing.yaml", policy=policy,

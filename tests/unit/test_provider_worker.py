@@ -8,11 +8,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from snapctl import worker_process
 from snapctl.config import Policy
 from snapctl.errors import BadInputError, ProviderError
 from snapctl.provider_threads import ProviderThreads
@@ -29,9 +31,11 @@ from snapctl.providers import Capabilities, available_providers, create_provider
 THIRD_PARTY = Path(__file__).resolve().parents[1] / "e2e" / "thirdparty"
 
 
-@pytest.fixture
-def slow_provider(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """The third-party `slow` provider (the local one, after a pause) and one node's volume."""
+@pytest.fixture(params=["forked", "new interpreter"])
+def slow_provider(request, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The third-party `slow` provider (the local one, after a pause) and one node's volume; the
+    worker's first process forked from this one or a new interpreter, whatever threads it has."""
+    monkeypatch.setattr(worker_process, "can_fork", lambda: request.param == "forked")
     monkeypatch.syspath_prepend(str(THIRD_PARTY))  # the child gets the parent's sys.path
     available_providers.cache_clear()
     data = tmp_path / "data"
@@ -320,6 +324,7 @@ def test_calls_under_way_in_every_process_finish_after_shutdown_and_ctrl_c(slow_
 def test_the_sdk_is_imported_once_before_the_siblings_are_forked(slow_provider, tmp_path, monkeypatch):
     imports = tmp_path / "sdk-imports"
     monkeypatch.setenv("SNAPCTL_SLOW_SDK_IMPORTS", str(imports))  # the children inherit it
+    monkeypatch.delitem(sys.modules, "snapctl_slow_sdk", raising=False)  # a forked child would inherit it too
     _, _, worker = slow_provider(processes=3)
     _run(_started_then_ready(worker))
     assert worker._process.wait(10) == 0

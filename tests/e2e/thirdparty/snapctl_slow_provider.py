@@ -1,10 +1,12 @@
 """A third-party provider, found through the ``snapctl.providers`` entry point like any other:
 the local provider, with a configurable pause before each snapshot (a slow cloud, for tests).
-Each ref names the process that made it (``extra.pid``), whether that process's provider had
+Each ref names the process that made it (``extra.pid``; ``extra.argv0``, the name it was started
+as: a forked one keeps snapctl's), whether that process's provider had
 warmed up before the call (``extra.warm``) and how many objects that process had frozen out of
 the garbage collector's scans (``extra.gc_frozen``); ``warm_up_s`` makes ``warm_up`` take that long, and
 ``fail_warm_up`` makes it fail with that message, as a cloud plugin's does without credentials.
-Its "SDK" is ``snapctl_slow_sdk``, which ``warm_up`` imports and ``sdk_modules`` names.
+Its "SDK" is ``snapctl_slow_sdk``, which ``warm_up`` imports and ``sdk_modules`` names;
+``say`` makes ``warm_up`` print that line, as an SDK may.
 With ``async_calls`` it has the optional async create call (``snapshot_async``, its pause awaited
 on the event loop; ``extra.async`` on its refs) with ``warm_up_async`` and ``aclose``; each of
 those, and each call, appends a line to ``events_file`` when one is named, and
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Literal
@@ -34,6 +37,7 @@ class SlowSettings(ProviderSettings):
     async_calls: bool = False
     fail_warm_up_async: str | None = None
     events_file: str | None = None
+    say: str | None = None
 
 
 class SlowProvider:
@@ -90,6 +94,8 @@ class SlowProvider:
     def warm_up(self):
         import snapctl_slow_sdk  # noqa: F401 - as a cloud plugin imports its SDK here
 
+        if self._settings.say:
+            print(self._settings.say)  # noqa: T201 - a stray print, as an SDK's
         time.sleep(self._settings.warm_up_s)
         if self._settings.fail_warm_up:
             from snapctl.errors import ProviderError
@@ -110,10 +116,11 @@ class SlowProvider:
             ref.extra["pid"] = os.getpid()
             ref.extra["warm"] = warm
             ref.extra["gc_frozen"] = gc.get_freeze_count()
+            ref.extra["argv0"] = os.path.basename(sys.argv[0])
         return refs
 
     def wait(self, refs, deadline, progress=None):
-        made_by = {ref.snapshot_id: {k: ref.extra.get(k) for k in ("pid", "warm", "gc_frozen", "async")} for ref in refs}
+        made_by = {ref.snapshot_id: {k: ref.extra.get(k) for k in ("pid", "warm", "gc_frozen", "async", "argv0")} for ref in refs}
         done = self._local.wait(refs, deadline, progress)
         for ref in done:
             ref.extra.update(made_by.get(ref.snapshot_id, {}))

@@ -1,0 +1,159 @@
+"""The provider worker's first process, started: forked from snapctl's own process where that is
+safe, else a new interpreter (``python -m snapctl.provider_child``).
+
+A new interpreter needs ~0.15-0.2 s on this 2-core machine, beside the preflight, before it can
+build the provider: its own start, then pydantic and snapctl's provider code, all of which
+snapctl's process has loaded already. The run waits for it before the first hold, so it was the
+wall time of every run that used the worker and whose preflight was shorter (docs/benchmarks.md,
+item 62). A forked child has all that from the first instant.
+
+Forking is safe only while this process has one thread: a lock another thread held at that
+instant (rich's live display, a logging handler's, an SDK's) would stay held in the child for
+good. So: Linux, one thread (the main one), else the new interpreter, as on a terminal, where the
+live progress display runs its own thread, and in the test suite's workers. The forked child drops everything of this process
+that could act on it: the signal handlers and the event loop's wake-up descriptor, every file
+descriptor but its pipes, the Python-level output buffers. It runs ``provider_child.serve`` and
+exits from there; it never returns into the caller's code or event loop.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import IO, NoReturn
+
+_unreaped: list[int] = []  # forked children nobody waited for: reaped at the next start
+
+
+def can_fork() -> bool:
+    """Whether the worker's process may be forked from this one now: on Linux, from the main
+    thread, the only one. Counted by the kernel, which sees the threads an extension started
+    itself (an SDK's native ones) too, where ``threading`` sees only Python's."""
+    if sys.platform != "linux" or threading.current_thread() is not threading.main_thread():
+        return False
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:  # cannot tell: a new interpreter is always safe
+        return False
+
+
+class ForkedChild:
+    """What the worker uses of ``subprocess.Popen``, for a child forked here."""
+
+    def __init__(self, pid: int, stdin: IO[bytes], stdout: IO[bytes]) -> None:
+        self.pid, self.stdin, self.stdout = pid, stdin, stdout
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped by someone else: its code is lost, as Popen says 0
+                self.returncode = 0
+            else:
+                if pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.0005
+        while (code := self.poll()) is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(f"provider worker process {self.pid}", timeout or 0.0)
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+        return code
+
+    def kill(self) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, signal.SIGKILL)
+
+    def __del__(self) -> None:
+        if self.returncode is None:
+            _unreaped.append(self.pid)
+
+
+def start_worker_process(pass_fds: list[int], fork: bool | None = None) -> subprocess.Popen | ForkedChild:
+    """The worker's first process, its stdin and stdout pipes to this one, ``pass_fds`` open in it
+    too (at the same numbers), nothing else of ours. ``fork``: None asks ``can_fork``."""
+    _reap_finished()
+    if not (can_fork() if fork is None else fork):
+        return subprocess.Popen([sys.executable, "-m", "snapctl.provider_child"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, close_fds=True, pass_fds=pass_fds)
+    (to_read, to_write), (from_read, from_write) = os.pipe(), os.pipe()
+    try:
+        pid = os.fork()
+    except BaseException:
+        for fd in (to_read, to_write, from_read, from_write):
+            os.close(fd)
+        raise
+    if pid == 0:
+        _serve_here(to_read, from_write, pass_fds)
+    os.close(to_read)
+    os.close(from_write)
+    return ForkedChild(pid, os.fdopen(to_write, "wb"), os.fdopen(from_read, "rb"))
+
+
+def _serve_here(to_read: int, from_write: int, pass_fds: list[int]) -> NoReturn:
+    code = 70  # EX_SOFTWARE: the parent reports the exit code of a child that ends before it is ready
+    try:
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # as serve() has them, from now on
+            signal.signal(signum, signal.SIG_IGN)
+        signal.set_wakeup_fd(-1)  # the parent's loop's: a signal here must not wake it
+        # What the parent had stays alive and is never collected here: a finalizer run in this
+        # process (a socket's, a file's) would close a descriptor number this process reuses.
+        gc.freeze()
+        os.dup2(to_read, 0)
+        os.dup2(from_write, 1)
+        _close_all_but({0, 1, 2, *pass_fds})
+        # Fresh streams: the inherited ones may hold output the parent has not written yet, which
+        # a stray print here would write a second time.
+        sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 - lives as long as the process
+        sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+        from snapctl.provider_child import serve
+
+        code = serve()
+    except BaseException:  # noqa: BLE001 - said on stderr; the exit code tells the parent
+        try:
+            import traceback
+
+            traceback.print_exc()
+            sys.stderr.flush()
+        except BaseException:  # noqa: BLE001, S110 - nothing is left to say it with
+            pass
+    finally:
+        os._exit(code)  # never the parent's atexit handlers, buffers or event loop
+
+
+def _close_all_but(keep: set[int]) -> None:
+    try:
+        open_fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:  # no /proc: every range between the ones kept, up to the highest possible
+        below = -1
+        for fd in sorted(keep):
+            os.closerange(below + 1, fd)
+            below = fd
+        os.closerange(below + 1, os.sysconf("SC_OPEN_MAX"))
+        return
+    for fd in open_fds:
+        if fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:  # the listing's own descriptor, closed with it
+                pass
+
+
+def _reap_finished() -> None:
+    for pid in list(_unreaped):
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done = pid
+        if done:
+            _unreaped.remove(pid)
