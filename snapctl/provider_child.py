@@ -72,6 +72,9 @@ def serve() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a terminal that goes away sends it to the group too
+    # Until the results channel moves off descriptor 1 (below, after the imports), a print would
+    # write into it: an SDK that says something as it is imported must not corrupt the frames.
+    sys.stdout = sys.stderr
 
     buffer = bytearray()
 

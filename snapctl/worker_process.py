@@ -28,6 +28,9 @@ import time
 from typing import IO, NoReturn
 
 _unreaped: list[int] = []  # forked children nobody waited for: reaped at the next start
+_inherited: list[object] = []  # in a forked child: what must never be finalized there
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+_PR_SET_NAME = 15
 
 
 def can_fork() -> bool:
@@ -81,41 +84,64 @@ class ForkedChild:
 
 def start_worker_process(pass_fds: list[int], fork: bool | None = None) -> subprocess.Popen | ForkedChild:
     """The worker's first process, its stdin and stdout pipes to this one, ``pass_fds`` open in it
-    too (at the same numbers), nothing else of ours. ``fork``: None asks ``can_fork``."""
+    too (at the same numbers), nothing else of ours but stderr. ``fork``: None asks ``can_fork``;
+    a fork the system refuses (under strict overcommit, no memory to promise a copy of snapctl's)
+    starts a new interpreter instead, which ``subprocess`` does with vfork, promising none."""
     _reap_finished()
-    if not (can_fork() if fork is None else fork):
-        return subprocess.Popen([sys.executable, "-m", "snapctl.provider_child"], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, close_fds=True, pass_fds=pass_fds)
+    if can_fork() if fork is None else fork:
+        forked = _fork(pass_fds)
+        if forked is not None:
+            return forked
+    return subprocess.Popen([sys.executable, "-m", "snapctl.provider_child"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, close_fds=True, pass_fds=pass_fds)
+
+
+def _fork(pass_fds: list[int]) -> ForkedChild | None:
     (to_read, to_write), (from_read, from_write) = os.pipe(), os.pipe()
+    # Held back until the child ignores them: one arriving in between would run snapctl's own
+    # handler in the child (a second Ctrl-C raises KeyboardInterrupt into snapctl's code there).
+    unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     try:
         pid = os.fork()
-    except BaseException:
+    except BaseException as exc:
+        signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
         for fd in (to_read, to_write, from_read, from_write):
             os.close(fd)
+        if isinstance(exc, OSError):
+            return None
         raise
     if pid == 0:
-        _serve_here(to_read, from_write, pass_fds)
+        try:
+            _serve_here(to_read, from_write, pass_fds, unblocked)
+        finally:
+            os._exit(70)
+    signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
     os.close(to_read)
     os.close(from_write)
     return ForkedChild(pid, os.fdopen(to_write, "wb"), os.fdopen(from_read, "rb"))
 
 
-def _serve_here(to_read: int, from_write: int, pass_fds: list[int]) -> NoReturn:
+def _serve_here(to_read: int, from_write: int, pass_fds: list[int], unblocked: set) -> NoReturn:
     code = 70  # EX_SOFTWARE: the parent reports the exit code of a child that ends before it is ready
     try:
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # as serve() has them, from now on
+        for signum in _STOP_SIGNALS:  # as serve() has them
             signal.signal(signum, signal.SIG_IGN)
         signal.set_wakeup_fd(-1)  # the parent's loop's: a signal here must not wake it
+        signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
+        _forget_the_event_loop()
         # What the parent had stays alive and is never collected here: a finalizer run in this
-        # process (a socket's, a file's) would close a descriptor number this process reuses.
+        # process (a socket's, a file's) would close a descriptor number this process reuses. The
+        # streams replaced below too: an embedding program's own sys.stdout is only referenced there.
+        _inherited.extend((sys.stdout, sys.stderr))
         gc.freeze()
         os.dup2(to_read, 0)
         os.dup2(from_write, 1)
         _close_all_but({0, 1, 2, *pass_fds})
-        # Fresh streams: the inherited ones may hold output the parent has not written yet, which
-        # a stray print here would write a second time.
-        sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 - lives as long as the process
-        sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+        # Fresh streams, both on stderr (serve() keeps descriptor 1 for the results): the inherited
+        # ones may hold output the parent has not written yet, which a stray print would repeat.
+        sys.stderr = open(2, "w", buffering=1, errors="backslashreplace", closefd=False)  # noqa: SIM115
+        sys.stdout = sys.stderr
+        _name_this_process()
         from snapctl.provider_child import serve
 
         code = serve()
@@ -129,6 +155,27 @@ def _serve_here(to_read: int, from_write: int, pass_fds: list[int]) -> NoReturn:
             pass
     finally:
         os._exit(code)  # never the parent's atexit handlers, buffers or event loop
+
+
+def _forget_the_event_loop() -> None:
+    """The parent's event loop is this thread's current one here too, running and with its
+    descriptors closed below: a provider that asks asyncio for the current loop must get a new one,
+    as in a new interpreter (what Python 3.12 does itself after a fork)."""
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is not None:
+        asyncio.events._set_running_loop(None)
+        asyncio.set_event_loop_policy(None)
+
+
+def _name_this_process() -> None:
+    """``ps -o comm`` and ``pgrep snapctl`` tell the worker from snapctl (its command line, which
+    ``ps aux`` and ``pgrep -f`` read, stays snapctl's)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_NAME, b"snapctl-worker", 0, 0, 0)
+    except Exception:  # noqa: BLE001, S110 - a name only
+        pass
 
 
 def _close_all_but(keep: set[int]) -> None:

@@ -50,10 +50,15 @@ def slow_provider(request, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         volumes = provider.validate_volumes("n1", [{"name": "data", "path": str(data)}], base_dir=tmp_path)
         worker = ProviderWorker(config, cluster="c1", base_dir=tmp_path, threads=4, processes=processes,
                                 async_calls="async_calls" in async_settings)
+        workers.append(worker)
         return provider, volumes, worker
 
+    workers: list[ProviderWorker] = []
     yield make
     available_providers.cache_clear()
+    for worker in workers:  # each test ran the way its name says
+        if worker._process is not None:
+            assert isinstance(worker._process, worker_process.ForkedChild) == (request.param == "forked")
 
 
 def _run(coro):
@@ -330,6 +335,41 @@ def test_the_sdk_is_imported_once_before_the_siblings_are_forked(slow_provider, 
     assert worker._process.wait(10) == 0
     # Each process's warm_up imports it, but the first child had it before it forked the others.
     assert imports.read_text().split() == [str(worker._process.pid)]
+
+
+def test_an_sdk_that_prints_as_it_is_imported_says_it_on_stderr_not_into_the_results(slow_provider, monkeypatch,
+                                                                                    capfd):
+    monkeypatch.setenv("SNAPCTL_SLOW_SDK_SAY", "sdk: a notice at import")
+    monkeypatch.setenv("PYTHONUNBUFFERED", "1")  # a new interpreter's print reaches its descriptor at once
+    monkeypatch.delitem(sys.modules, "snapctl_slow_sdk", raising=False)
+    provider, volumes, worker = slow_provider(processes=2)  # imported once, before the sibling's fork
+
+    async def go():
+        worker.start()
+        try:
+            await worker.ready(30)
+            return await worker.submit(provider.snapshot, volumes, snapshot_tags("c1", "r1", "n1"))
+        finally:
+            worker.shutdown()
+
+    refs = _run(go())
+    assert refs[0].tags["snapctl-run"] == "r1"
+    assert worker._process.wait(10) == 0
+    assert "sdk: a notice at import" in capfd.readouterr().err.splitlines()
+
+
+def test_a_provider_that_runs_its_sdk_on_the_current_event_loop_gets_a_loop_of_its_own(slow_provider):
+    provider, volumes, worker = slow_provider(current_loop=True)  # started from inside snapctl's running loop
+
+    async def go():
+        worker.start()
+        try:
+            await worker.ready(30)
+            return await worker.submit(provider.snapshot, volumes, snapshot_tags("c1", "r1", "n1"))
+        finally:
+            worker.shutdown()
+
+    assert _run(go())[0].extra["warm"] is True
 
 
 def _children_of(pid: int) -> list[int]:

@@ -6,7 +6,8 @@ warmed up before the call (``extra.warm``) and how many objects that process had
 the garbage collector's scans (``extra.gc_frozen``); ``warm_up_s`` makes ``warm_up`` take that long, and
 ``fail_warm_up`` makes it fail with that message, as a cloud plugin's does without credentials.
 Its "SDK" is ``snapctl_slow_sdk``, which ``warm_up`` imports and ``sdk_modules`` names;
-``say`` makes ``warm_up`` print that line, as an SDK may.
+``say`` makes ``warm_up`` print that line, as an SDK may; ``current_loop`` makes it run a coroutine
+on asyncio's current event loop, as an SDK that wraps its async client in blocking calls does.
 With ``async_calls`` it has the optional async create call (``snapshot_async``, its pause awaited
 on the event loop; ``extra.async`` on its refs) with ``warm_up_async`` and ``aclose``; each of
 those, and each call, appends a line to ``events_file`` when one is named, and
@@ -19,6 +20,7 @@ import gc
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -38,6 +40,7 @@ class SlowSettings(ProviderSettings):
     fail_warm_up_async: str | None = None
     events_file: str | None = None
     say: str | None = None
+    current_loop: bool = False
 
 
 class SlowProvider:
@@ -96,6 +99,10 @@ class SlowProvider:
 
         if self._settings.say:
             print(self._settings.say)  # noqa: T201 - a stray print, as an SDK's
+        if self._settings.current_loop:
+            with warnings.catch_warnings():  # there is none yet: asyncio makes one, and warns
+                warnings.simplefilter("ignore", DeprecationWarning)
+                asyncio.get_event_loop().run_until_complete(asyncio.sleep(0))
         time.sleep(self._settings.warm_up_s)
         if self._settings.fail_warm_up:
             from snapctl.errors import ProviderError
