@@ -67,16 +67,7 @@ def _run(coro):
 
 def test_a_snapshot_call_is_made_in_the_child_and_its_refs_come_back(slow_provider, tmp_path):
     provider, volumes, worker = slow_provider()
-
-    async def go():
-        worker.start()
-        await worker.ready(30)
-        try:
-            return await asyncio.wrap_future(worker.submit(provider.snapshot, volumes, snapshot_tags("c1", "r1", "n1")))
-        finally:
-            worker.shutdown()
-
-    refs = _run(go())
+    refs = _run(_one_snapshot(worker, provider, volumes))
     assert [(r.node, r.volume, r.tags["snapctl-run"]) for r in refs] == [("n1", "data", "r1")]
     assert refs[0].extra["pid"] not in (None, os.getpid())
     assert refs[0].extra["warm"] is True  # the child warmed its provider up before saying it was ready
@@ -142,6 +133,15 @@ def test_calls_of_a_child_that_died_fail_naming_it_and_how_to_do_without(slow_pr
         _run(go())
     assert "provider worker process ended (exit code -9)" in caught.value.message
     assert "provider_process: never" in caught.value.hint
+
+
+async def _one_snapshot(worker: ProviderWorker, provider, volumes):
+    worker.start()
+    try:
+        await worker.ready(30)
+        return await worker.submit(provider.snapshot, volumes, snapshot_tags("c1", "r1", "n1"))
+    finally:
+        worker.shutdown()
 
 
 async def _started_then_ready(worker: ProviderWorker, before_ready=lambda: None) -> None:
@@ -344,15 +344,7 @@ def test_an_sdk_that_prints_as_it_is_imported_says_it_on_stderr_not_into_the_res
     monkeypatch.delitem(sys.modules, "snapctl_slow_sdk", raising=False)
     provider, volumes, worker = slow_provider(processes=2)  # imported once, before the sibling's fork
 
-    async def go():
-        worker.start()
-        try:
-            await worker.ready(30)
-            return await worker.submit(provider.snapshot, volumes, snapshot_tags("c1", "r1", "n1"))
-        finally:
-            worker.shutdown()
-
-    refs = _run(go())
+    refs = _run(_one_snapshot(worker, provider, volumes))
     assert refs[0].tags["snapctl-run"] == "r1"
     assert worker._process.wait(10) == 0
     assert "sdk: a notice at import" in capfd.readouterr().err.splitlines()
@@ -361,15 +353,7 @@ def test_an_sdk_that_prints_as_it_is_imported_says_it_on_stderr_not_into_the_res
 def test_a_provider_that_runs_its_sdk_on_the_current_event_loop_gets_a_loop_of_its_own(slow_provider):
     provider, volumes, worker = slow_provider(current_loop=True)  # started from inside snapctl's running loop
 
-    async def go():
-        worker.start()
-        try:
-            await worker.ready(30)
-            return await worker.submit(provider.snapshot, volumes, snapshot_tags("c1", "r1", "n1"))
-        finally:
-            worker.shutdown()
-
-    assert _run(go())[0].extra["warm"] is True
+    assert _run(_one_snapshot(worker, provider, volumes))[0].extra["warm"] is True
 
 
 def _children_of(pid: int) -> list[int]:
