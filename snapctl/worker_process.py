@@ -10,10 +10,12 @@ item 62). A forked child has all that from the first instant.
 Forking is safe only while this process has one thread: a lock another thread held at that
 instant (rich's live display, a logging handler's, an SDK's) would stay held in the child for
 good. So: Linux, one thread (the main one), else the new interpreter, as on a terminal, where the
-live progress display runs its own thread, and in the test suite's workers. The forked child drops everything of this process
-that could act on it: the signal handlers and the event loop's wake-up descriptor, every file
-descriptor but its pipes, the Python-level output buffers. It runs ``provider_child.serve`` and
-exits from there; it never returns into the caller's code or event loop.
+live progress display runs its own thread, in the test suite's workers, and where the system
+refuses the fork. The forked child drops everything of this process that could act on it: the
+signal handlers (stop signals are held back across the fork until it ignores them), the event
+loop's wake-up descriptor and asyncio's current loop, every file descriptor but its pipes and
+stderr, the Python-level output buffers. It runs ``provider_child.serve`` and exits from there;
+it never returns into the caller's code or event loop.
 """
 
 from __future__ import annotations
