@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -14,8 +15,8 @@ from snapctl_local import LocalProvider
 from snapctl_local import copy as copy_module
 from snapctl_local import store as store_module
 
-from snapctl.errors import ProviderError
-from snapctl.providers import TAG_RUN, NodeVolumes, RestoreTarget, create_provider, snapshot_tags
+from snapctl.errors import Interrupted, ProviderError
+from snapctl.providers import TAG_RUN, NodeVolumes, RestoreTarget, create_provider, snapshot_tags, stoppable_by
 from tests.providers.fsyncs import record_fsyncs
 
 CLUSTER = "c1"
@@ -131,6 +132,35 @@ def test_restore_of_a_pending_snapshot_makes_it_durable_first(
     restored = Path(provider.restore(ref, RestoreTarget(path=tmp_path / "restored")))
     assert (restored / "sub" / "f03.bin").read_bytes() == (tmp_path / "src" / "sub" / "f03.bin").read_bytes()
     assert _state(provider, "run1") == [("completed", None)]
+
+
+def test_a_restore_waiting_for_a_held_node_lock_stops_when_its_drill_is_interrupted(
+    provider: LocalProvider, volumes: NodeVolumes, tmp_path: Path
+) -> None:
+    # A drill restores in threads Ctrl-C never reaches: behind a process that stalled holding the
+    # node's store lock, its restore of a pending snapshot waited for good, however often stopped.
+    (ref,) = _take(provider, volumes, "run1")
+    stop = threading.Event()
+    outcome: list[BaseException | str] = []
+
+    def restore() -> None:
+        with stoppable_by(stop):
+            try:
+                outcome.append(provider.restore(ref, RestoreTarget(path=tmp_path / "restored")))
+            except BaseException as exc:  # noqa: BLE001 - what the drill's thread would see
+                outcome.append(exc)
+
+    with provider.store.node_lock("n1"):  # its own descriptor: to flock, another process
+        thread = threading.Thread(target=restore)
+        thread.start()
+        thread.join(0.3)
+        assert thread.is_alive() and not outcome  # waiting, as it should while the lock is held
+        stop.set()
+        thread.join(LATER)
+    assert isinstance(outcome[0], Interrupted), outcome
+    assert "node n1: restore of snapshot run1-n1-data" in outcome[0].message
+    assert not (tmp_path / "restored").exists()
+    assert _state(provider, "run1") == [("pending", None)]  # still there for a later wait or restore
 
 
 def test_a_pending_snapshot_from_before_a_restart_is_refused_and_kept(

@@ -7,6 +7,7 @@ import contextlib
 import errno
 import os
 import stat
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -383,9 +384,11 @@ class LocalProvider(LocalRestores):
             "unsynced": stats.unsynced,  # under data/
         }
 
-    def _make_durable(self, node: str, snap_dir: Path, meta: dict[str, Any], deadline: float | None) -> None:
+    def _make_durable(self, node: str, snap_dir: Path, meta: dict[str, Any], deadline: float | None,
+                      stop: threading.Event | None = None) -> None:
         """Bring a pending snapshot to completed: fsync what the copy left unsynced, then the
-        metadata and the entries that name it, and only then write the completed marker."""
+        metadata and the entries that name it, and only then write the completed marker. ``stop``:
+        the wait for the node's lock gives up once it is set (``LockWaitStopped``)."""
         if snapshot_state(snap_dir, meta)[0] == "completed":
             return
         snapshot_id = str(meta.get("snapshot_id") or snap_dir.name)
@@ -394,7 +397,7 @@ class LocalProvider(LocalRestores):
         # delete must not rename it away half way. Not past the deadline: a process that stalled
         # holding the lock must not stall a backup's wait, nor a completion, for good.
         wait_s = None if deadline is None else max(0.0, deadline - time.monotonic())
-        with self.store.node_lock(node, wait_s=wait_s):
+        with self.store.node_lock(node, wait_s=wait_s, stop=stop):
             # What crashed calls left, removed here, after the hold: a killed copy's .partial can be
             # as large as the volume (`snapctl gc --delete` removes them too).
             self.store.clean_leftovers(node)

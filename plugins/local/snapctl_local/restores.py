@@ -9,6 +9,7 @@ import json
 import os
 import secrets
 import stat
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,7 @@ from .space import Room
 from .store import (
     DATA,
     RESTORE_PREFIX,
+    LockWaitStopped,
     SnapshotStore,
     finish_restore_marker,
     finished_restore_marker,
@@ -53,7 +55,8 @@ class LocalRestores:
 
         def elsewhere_hint(self, ref: SnapshotRef) -> str: ...
 
-        def _make_durable(self, node: str, snap_dir: Path, meta: dict[str, Any], deadline: float | None) -> None: ...
+        def _make_durable(self, node: str, snap_dir: Path, meta: dict[str, Any], deadline: float | None,
+                          stop: threading.Event | None = None) -> None: ...
 
     def check_restore(self, ref: SnapshotRef, target: RestoreTarget) -> None:
         """What ``restore`` would refuse, without copying anything: a restore of several volumes
@@ -121,7 +124,11 @@ class LocalRestores:
         meta = self._restorable_metadata(ref, snap_dir)
         self._check_contents(ref, snap_dir, meta)
         # A backup run with --no-wait left it pending: copy out nothing that is not on disk yet.
-        self._make_durable(ref.node, snap_dir, meta, deadline=None)
+        # As long as it takes (another restore may be fsyncing it), but not past a stop.
+        try:
+            self._make_durable(ref.node, snap_dir, meta, deadline=None, stop=stop_requested())
+        except LockWaitStopped as exc:  # a drill interrupted while another process held the store
+            raise Interrupted(f"node {ref.node}: restore of snapshot {ref.snapshot_id} to {dest}") from exc
         try:
             make_dirs(dest.parent)
         except OSError as exc:  # e.g. --to names a file, or a directory snapctl may not write to

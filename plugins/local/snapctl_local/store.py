@@ -34,6 +34,7 @@ import json
 import os
 import re
 import secrets
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -89,14 +90,17 @@ class SnapshotStore:
         return self.node_dir(node) / check_part("snapshot id", snapshot_id)
 
     @contextmanager
-    def node_lock(self, node: str, *, wait_s: float | None = None) -> Iterator[None]:
+    def node_lock(self, node: str, *, wait_s: float | None = None,
+                  stop: threading.Event | None = None) -> Iterator[None]:
         """Exclusive per node, across threads and processes (each open() is its own flock).
-        ``wait_s``: give up after that long with ``StoreBusy`` (None: wait as long as it takes)."""
+        ``wait_s``: give up after that long with ``StoreBusy`` (None: wait as long as it takes);
+        ``stop``: give up once it is set, with ``LockWaitStopped`` (a drill's restore threads are
+        out of Ctrl-C's reach, and a process that stalled holding the lock may never let go)."""
         with self._lock_file(node) as fd:
-            if wait_s is None:
+            if wait_s is None and stop is None:
                 fcntl.flock(fd, fcntl.LOCK_EX)
             else:
-                _flock_within(fd, wait_s, node)
+                _flock_within(fd, wait_s, node, stop)
             try:
                 yield
             finally:
@@ -350,14 +354,20 @@ class StoreBusy(ProviderError):
     """Another process kept a node's store lock longer than the caller would wait."""
 
 
-def _flock_within(fd: int, wait_s: float, node: str) -> None:
-    deadline = time.monotonic() + wait_s
+class LockWaitStopped(Exception):  # noqa: N818 - a stop asked for, not an error
+    """The wait for a node's store lock gave up because its ``stop`` event was set."""
+
+
+def _flock_within(fd: int, wait_s: float | None, node: str, stop: threading.Event | None = None) -> None:
+    deadline = None if wait_s is None else time.monotonic() + wait_s
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return
         except BlockingIOError:
-            if time.monotonic() >= deadline:
+            if stop is not None and stop.is_set():
+                raise LockWaitStopped(node) from None
+            if deadline is not None and time.monotonic() >= deadline:
                 raise StoreBusy(
                     f"node {node}: the snapshot store is busy with another snapctl process for more than "
                     f"{wait_s:g}s (a restore or drill making a pending snapshot durable, or a run that stalled)",
