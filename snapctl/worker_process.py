@@ -84,13 +84,13 @@ class ForkedChild:
             _unreaped.append(self.pid)
 
 
-def start_worker_process(pass_fds: list[int], fork: bool | None = None) -> subprocess.Popen | ForkedChild:
+def start_worker_process(pass_fds: list[int]) -> subprocess.Popen | ForkedChild:
     """The worker's first process, its stdin and stdout pipes to this one, ``pass_fds`` open in it
-    too (at the same numbers), nothing else of ours but stderr. ``fork``: None asks ``can_fork``;
-    a fork the system refuses (under strict overcommit, no memory to promise a copy of snapctl's)
-    starts a new interpreter instead, which ``subprocess`` does with vfork, promising none."""
+    too (at the same numbers), nothing else of ours but stderr. Forked where ``can_fork``; a fork
+    the system refuses (under strict overcommit, no memory to promise a copy of snapctl's) starts a
+    new interpreter instead, which ``subprocess`` does with vfork, promising none."""
     _reap_finished()
-    if can_fork() if fork is None else fork:
+    if can_fork():
         forked = _fork(pass_fds)
         if forked is not None:
             return forked
@@ -139,10 +139,9 @@ def _serve_here(to_read: int, from_write: int, pass_fds: list[int], unblocked: s
         os.dup2(to_read, 0)
         os.dup2(from_write, 1)
         _close_all_but({0, 1, 2, *pass_fds})
-        # Fresh streams, both on stderr (serve() keeps descriptor 1 for the results): the inherited
-        # ones may hold output the parent has not written yet, which a stray print would repeat.
+        # A fresh stream (serve() points sys.stdout at it too, keeping descriptor 1 for the results):
+        # the inherited ones may hold output the parent has not written yet, which a print would repeat.
         sys.stderr = open(2, "w", buffering=1, errors="backslashreplace", closefd=False)  # noqa: SIM115
-        sys.stdout = sys.stderr
         _name_this_process()
         from snapctl.provider_child import serve
 
