@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.client
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -56,9 +57,11 @@ Answer = tuple[int, str, bytes]  # status, content type, body
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length"})
 
 
-def in_front_of(upstream: str, answer: Callable[[str, bytes], Answer | None]) -> type[BaseHTTPRequestHandler]:
+def in_front_of(upstream: str, answer: Callable[[str, bytes], Answer | None],
+                late_s: Callable[[bytes], float] = lambda body: 0) -> type[BaseHTTPRequestHandler]:
     """A server that passes each request on to ``upstream`` (``http://127.0.0.1:PORT``) and its
-    answer back, except those ``answer(path, body)`` answers itself: a cloud's front end failing."""
+    answer back, except those ``answer(path, body)`` answers itself: a cloud's front end failing.
+    ``late_s(body)``: seconds to hold the upstream's answer back, done by then (a slow way back)."""
     host, port = upstream.removeprefix("http://").rsplit(":", 1)
 
     class InFrontOf(BaseHTTPRequestHandler):
@@ -69,12 +72,16 @@ def in_front_of(upstream: str, answer: Callable[[str, bytes], Answer | None]) ->
             own = answer(self.path, body)
             if own is None:
                 own = self._upstream(body)
+                time.sleep(late_s(body))
             status, content_type, payload = own
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True  # the client stopped waiting (its read timed out)
 
         def _upstream(self, body: bytes) -> Answer:
             connection = http.client.HTTPConnection(host, int(port), timeout=30)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from snapctl import __version__
-from snapctl.errors import BadInputError, ProviderError, SnapshotNotFound
+from snapctl.errors import BadInputError, ProviderError, SnapctlError, SnapshotNotFound
 from snapctl.providers import (
     GONE_HINT,
     TAG_CLUSTER,
@@ -42,7 +42,7 @@ from snapctl_aws.restore import (
     restore_volume,
 )
 from snapctl_aws.settings import AwsSettings, InstanceVolumes, VolumeSpec, parse_volumes
-from snapctl_aws.snapshots import STATE_ERROR, aws_tags, ref_from_snapshot, refreshed, tag_filters
+from snapctl_aws.snapshots import STATE_ERROR, aws_tags, create_attempts, ref_from_snapshot, refreshed, tag_filters
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ class AwsProvider:
                     "TagSpecifications": [{"ResourceType": "snapshot", "Tags": aws_tags(tags)}],
                 }, per_volume_retry=True)
                 created.append(ref_from_snapshot(answer, node=node, volume=spec.name, region=self.settings.region,
-                                                 tags=tags))
+                                                 tags=tags, extra=create_attempts(answer)))
             else:
                 raise BadInputError(f"node {node}: not an aws volume entry: {spec!r}",
                                     hint="pass volumes through validate_volumes first")
@@ -224,8 +224,9 @@ class AwsProvider:
         }, per_volume_retry=True)
         snapshots = answer.get("Snapshots", [])
         # Recorded before tagging, so that a failure below rolls these back too.
+        extra = {"instance_id": spec.instance, **create_attempts(answer)}
         fresh = [ref_from_snapshot(s, node=node, volume=s["VolumeId"], region=self.settings.region,
-                                   tags=base, extra={"instance_id": spec.instance}) for s in snapshots]
+                                   tags=base, extra=extra) for s in snapshots]
         created.extend(fresh)
         # AWS honours ExcludeDataVolumeIds, moto ignores it: drop any snapshot of an excluded
         # volume so the result is right against either.
@@ -247,6 +248,7 @@ class AwsProvider:
     # -- wait ----------------------------------------------------------------------------------
 
     def wait(self, refs: list[SnapshotRef], deadline: float, progress: ProgressFn | None = None) -> list[SnapshotRef]:
+        self._delete_twins(refs)
         current = {r.snapshot_id: r for r in refs}
         # The first round looks at every snapshot, whatever the refs say: a ref may be stale
         # (read from a manifest) and the snapshot gone since.
@@ -279,6 +281,35 @@ class AwsProvider:
                 )
             self._sleep(min(self.settings.poll_interval_s, remaining))
             pending = [i for i, r in current.items() if r.state != "completed"]
+
+    def _delete_twins(self, refs: list[SnapshotRef]) -> None:
+        """CreateSnapshot(s) takes no idempotency token: a create botocore sent again, its first
+        answer late or lost, may have made a second snapshot of the same volumes, tagged with the
+        run and node like the one recorded. Deleted here, after the holds, so that a run leaves one
+        snapshot per volume (a per-volume in-progress slot each, and an orphan for gc). Only for
+        refs whose create was sent more than once; best effort: one left is listed by gc."""
+        retried: dict[tuple[str, str], set[str]] = {}
+        for ref in refs:
+            if ref.extra.get("create_attempts", 1) > 1 and ref.tags.get(TAG_RUN):
+                retried.setdefault((ref.tags[TAG_RUN], ref.node), set()).add(ref.extra.get("volume_id"))
+        recorded = {ref.snapshot_id for ref in refs}
+        for (run, node), volume_ids in retried.items():
+            try:
+                twins = [found for found in self.find({TAG_RUN: run, TAG_NODE: node})
+                         if found.snapshot_id not in recorded and found.extra.get("volume_id") in volume_ids]
+            except SnapctlError as exc:
+                log.warning("node %s: could not look for a second snapshot made by a create sent twice: %s", node, exc)
+                continue
+            for twin in twins:
+                try:
+                    self.delete(twin)
+                except SnapctlError as exc:
+                    log.warning("node %s: could not delete snapshot %s, a second one of volume %s made by a create "
+                                "sent twice (snapctl gc lists it): %s", node, twin.snapshot_id,
+                                twin.extra.get("volume_id"), exc)
+                else:
+                    log.info("node %s: deleted snapshot %s, a second one of volume %s made by a create EC2 "
+                             "answered late and botocore sent again", node, twin.snapshot_id, twin.extra.get("volume_id"))
 
     def _describe(self, snapshot_ids: list[str]) -> list[dict[str, Any]]:
         try:

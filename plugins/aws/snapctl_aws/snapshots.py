@@ -31,6 +31,13 @@ def tag_filters(tags: Mapping[str, str]) -> list[dict[str, Any]]:
     return [{"Name": f"tag:{key}", "Values": [value]} for key, value in sorted(tags.items())]
 
 
+def create_attempts(answer: Mapping[str, Any]) -> dict[str, int]:
+    """``{"create_attempts": n}`` when botocore sent a create call more than once (a late or lost
+    answer, throttling), for the ref's ``extra``; empty when it was sent once."""
+    retries = (answer.get("ResponseMetadata") or {}).get("RetryAttempts") or 0
+    return {"create_attempts": retries + 1} if retries else {}
+
+
 def state_of(snapshot: Mapping[str, Any]) -> SnapshotState:
     # An unknown future state is safer read as "not done yet" than as done or failed.
     return _STATES.get(str(snapshot.get("State", "pending")), "pending")
