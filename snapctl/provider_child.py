@@ -95,7 +95,8 @@ def serve() -> int:
     except Exception as exc:  # noqa: BLE001 - said below, by every process, as the provider's error
         factory = exc
     if init.get("siblings") and not isinstance(factory, Exception):
-        _import_sdk(getattr(factory, "sdk_modules", ()))
+        _import_sdk(getattr(factory, "sdk_modules", ())
+                    + (getattr(factory, "sdk_async_modules", ()) if init.get("async_calls") else ()))
     # What is imported lives as long as the process: frozen out of the collector's scans, which a
     # burst of returning calls would otherwise wait for (docs/benchmarks.md, item 48), and out of
     # the pages the siblings share with this process until one of them writes.
@@ -224,8 +225,9 @@ class _LoopCalls:
 
 def _import_sdk(modules: tuple[str, ...]) -> None:
     """Import the provider's SDK once, for this process and the siblings it forks (the
-    provider's ``sdk_modules``). A module that fails to import is left to ``warm_up``, which
-    says why in each process as it would without this."""
+    provider's ``sdk_modules``, and its ``sdk_async_modules`` where the calls are async). A
+    module that fails to import is left to ``warm_up``, which says why in each process as it
+    would without this."""
     for name in modules:
         try:
             importlib.import_module(name)

@@ -140,7 +140,9 @@ class Provider(Protocol):
     ``async def warm_up_async()``, awaited on that loop after ``warm_up`` and before any hold, to
     build the async client and get a token (what the first create call would otherwise do); and
     ``async def aclose()``, awaited once at the end of the run to close that client. A call
-    without ``warm_up_async`` having run must still work.
+    without ``warm_up_async`` having run must still work. And a class attribute
+    ``sdk_async_modules``: what ``warm_up_async`` imports, imported once before the worker's
+    first process forks the others, as ``sdk_modules`` are, when they make the async calls.
 
     Optional: a method ``check_restore(ref, target)`` that raises what ``restore`` would refuse
     (``BadInputError`` for an unusable target, ``ProviderError`` for an unusable snapshot) and

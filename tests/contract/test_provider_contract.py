@@ -84,9 +84,9 @@ def test_provider_has_the_provider_shape(env: ProviderEnv) -> None:
     assert env.volumes.node == "n1" and env.volumes.volumes
 
 
-def test_its_sdk_modules_import_and_start_no_thread(env: ProviderEnv) -> None:
+def test_its_sdk_modules_sync_and_async_import_and_start_no_thread(env: ProviderEnv) -> None:
     # The provider worker imports them before it forks its processes: a thread would not survive.
-    modules = getattr(type(env.provider), "sdk_modules", ())
+    modules = getattr(type(env.provider), "sdk_modules", ()) + getattr(type(env.provider), "sdk_async_modules", ())
     assert isinstance(modules, tuple) and all(isinstance(name, str) for name in modules)
     script = "import importlib, os, sys\nfor name in sys.argv[1:]:\n    importlib.import_module(name)\n" \
              "print(len(os.listdir('/proc/self/task')))"

@@ -337,6 +337,22 @@ def test_the_sdk_is_imported_once_before_the_siblings_are_forked(slow_provider, 
     assert imports.read_text().split() == [str(worker._process.pid)]
 
 
+@pytest.mark.parametrize("async_calls", [True, False], ids=["async calls", "blocking calls"])
+def test_the_async_sdk_is_imported_once_before_the_siblings_are_forked_where_the_calls_are_async(
+        slow_provider, tmp_path, monkeypatch, async_calls):
+    imports = tmp_path / "async-sdk-imports"
+    monkeypatch.setenv("SNAPCTL_SLOW_ASYNC_SDK_IMPORTS", str(imports))
+    monkeypatch.delitem(sys.modules, "snapctl_slow_async_sdk", raising=False)
+    settings = {"async_calls": True} if async_calls else {}
+    _, _, worker = slow_provider(processes=3, **settings)
+    _run(_started_then_ready(worker))
+    assert worker._process.wait(10) == 0
+    # Each process's warm_up_async imports it, but the first had it before it forked the others;
+    # blocking calls never need it, so nothing imports it.
+    imported = imports.read_text().split() if imports.exists() else []
+    assert imported == ([str(worker._process.pid)] if async_calls else [])
+
+
 def test_an_sdk_that_prints_as_it_is_imported_says_it_on_stderr_not_into_the_results(slow_provider, monkeypatch,
                                                                                     capfd):
     monkeypatch.setenv("SNAPCTL_SLOW_SDK_SAY", "sdk: a notice at import")

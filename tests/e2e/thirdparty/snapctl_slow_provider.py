@@ -9,7 +9,8 @@ Its "SDK" is ``snapctl_slow_sdk``, which ``warm_up`` imports and ``sdk_modules``
 ``say`` makes ``warm_up`` print that line, as an SDK may; ``current_loop`` makes it run a coroutine
 on asyncio's current event loop, as an SDK that wraps its async client in blocking calls does.
 With ``async_calls`` it has the optional async create call (``snapshot_async``, its pause awaited
-on the event loop; ``extra.async`` on its refs) with ``warm_up_async`` and ``aclose``; each of
+on the event loop; ``extra.async`` on its refs) with ``warm_up_async`` (which imports its async
+"SDK", ``snapctl_slow_async_sdk``, named by ``sdk_async_modules``) and ``aclose``; each of
 those, and each call, appends a line to ``events_file`` when one is named, and
 ``fail_warm_up_async`` makes ``warm_up_async`` fail with that message."""
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import importlib
 import os
 import sys
 import time
@@ -46,6 +48,7 @@ class SlowSettings(ProviderSettings):
 class SlowProvider:
     settings_model = SlowSettings
     sdk_modules = ("snapctl_slow_sdk",)
+    sdk_async_modules = ("snapctl_slow_async_sdk",)
 
     def __init__(self, settings: SlowSettings, *, cluster: str, base_dir: Path) -> None:
         local_settings = LocalProvider.settings_model(type="local", store=settings.store)
@@ -65,6 +68,7 @@ class SlowProvider:
 
     async def _warm_up_async(self):
         self._event("warm_up_async")
+        await asyncio.to_thread(importlib.import_module, "snapctl_slow_async_sdk")
         if self._settings.fail_warm_up_async:
             from snapctl.errors import ProviderError
 
