@@ -35,7 +35,8 @@ CLOSED_UNANSWERED = "the agent closed the connection without answering"  # the c
 
 class TransportError(Exception):
     """The request did not get an answer: connection refused or reset, a malformed response.
-    ``sent`` is False when no connection was made, so the agent cannot have seen the request."""
+    ``sent`` is False when no connection was made for any sending of it, so the agent cannot have
+    seen the request."""
 
     sent = True
 
@@ -222,9 +223,16 @@ class AgentTransport:
             except _Stale:
                 if not reused:
                     raise TransportError(CLOSED_UNANSWERED) from None
-                # A kept-alive connection the agent had just closed: the request never reached it.
+                # A kept-alive connection that ended without a byte of answer: most often one the
+                # agent had just closed, never reading the request. But it may have read it and died
+                # before answering (a prepare that held its engine), so should the resend find no
+                # agent, the request is never reported as unsent: a rollback completes that node.
                 conn.close()
-                conn = await self._connect(host, port, deadline)
+                try:
+                    conn = await self._connect(host, port, deadline)
+                except TransportError as exc:
+                    exc.sent = True
+                    raise
                 try:
                     answer = await self._exchange(conn, data, deadline, method)
                 except _Stale:

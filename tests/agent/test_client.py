@@ -240,3 +240,33 @@ def test_a_thousand_nodes_share_one_pool_without_queueing_errors(tmp_path: Path,
             assert asyncio.run(all_health()) == ["ok"] * 1000
     finally:
         service.close()
+
+
+def test_a_request_the_agent_read_before_it_died_is_never_reported_unsent(tmp_path: Path) -> None:
+    # The first request answered on a kept-alive connection; the agent reads the second (a prepare:
+    # its engine may be held now) and dies before answering, so the resend finds no agent.
+    read: list[bytes] = []
+
+    async def scene() -> AgentUnreachable:
+        async def agent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            health = b'{"status": "ok", "agent_version": "1"}'
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                         % (len(health), health))
+            await writer.drain()
+            read.append((await reader.readuntil(b"\r\n\r\n")).split(b"\r\n")[0])
+            server.close()  # the agent process is gone: nothing listens any more
+            writer.transport.abort()
+
+        server = await asyncio.start_server(agent, LOOPBACK, 0)
+        url = f"http://{LOOPBACK}:{server.sockets[0].getsockname()[1]}"
+        inv = inventory(tmp_path, f"  - {{name: n1, agent: '{url}'}}\n", policy="policy:\n  agent_timeout_s: 5s\n")
+        async with open_agents(inv) as agents:
+            await agents["n1"].health()
+            with pytest.raises(AgentUnreachable) as caught:
+                await agents["n1"].prepare("run-1", 60)
+        return caught.value
+
+    unreachable = asyncio.run(scene())
+    assert read == [b"POST /v1/prepare HTTP/1.1"]
+    assert unreachable.delivered is True  # the run's rollback sends this node a complete
