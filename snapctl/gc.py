@@ -1,6 +1,7 @@
 """`snapctl gc`: snapshots of the cluster that no run owns, and what dead calls left behind.
 
-Every snapshot tagged with this cluster that no manifest owns. Snapshots of the run holding
+Every snapshot tagged with this cluster that no manifest owns, or that only the manifest of a
+failed run names (what its rollback could not delete). Snapshots of the run holding
 the lock (a backup in progress) and of runs whose manifest is unreadable are never orphans. Those
 of runs this catalog has never heard of are listed apart, and deleted only when asked to: every
 run writes its manifest before its first snapshot, so they are another catalog's backups (an
@@ -105,8 +106,8 @@ def find_orphans(catalog: Catalog, provider: Provider, ours: str | None = None) 
     stored = stored_runs(catalog)  # every manifest file names a run, readable or not: it may own snapshots
     protected = stored - {e.run_id for e in entries}
     protected |= set(catalog.runs_without_manifest())  # lost manifests: their snapshots may be all that is left
-    named, unreadable = named_by(catalog, [e.run_id for e in entries])
-    owned = set(named)
+    named, unreadable, failed = named_by(catalog, [e.run_id for e in entries])
+    owned = owned_by_live_runs(named, failed)
     protected |= unreadable  # deleted or damaged since we listed: do not guess
     tagged = provider.find({TAG_CLUSTER: catalog.cluster})
     if not stored and not entries:
@@ -117,8 +118,8 @@ def find_orphans(catalog: Catalog, provider: Provider, ours: str | None = None) 
     if lock is not None and lock.held_at(datetime.now(UTC)) and lock.run_id != ours:
         protected.add(lock.run_id)
     unowned = {ref.tags.get(TAG_RUN, "") for ref in tagged if ref.snapshot_id not in owned} - protected
-    named, unreadable = named_by(catalog, sorted(unowned & stored_runs(catalog)))
-    owned |= set(named)
+    named, unreadable, failed = named_by(catalog, sorted(unowned & stored_runs(catalog)))
+    owned |= owned_by_live_runs(named, failed)
     protected |= unreadable  # damaged meanwhile, or deleted: do not guess
     unowned_refs = [ref for ref in tagged if ref.snapshot_id not in owned and ref.tags.get(TAG_RUN) not in protected]
     # Read after the snapshots were found, like the lock: a run saved meanwhile is known.
@@ -130,17 +131,32 @@ def find_orphans(catalog: Catalog, provider: Provider, ours: str | None = None) 
     return GcResult(catalog.cluster, False, orphans, unknown, skipped_runs=sorted(protected), leftovers=leftovers)
 
 
-def named_by(catalog: Catalog, run_ids: list[str]) -> tuple[dict[str, str], set[str]]:
-    """Snapshot id -> the run whose manifest names it, of ``run_ids``; and those whose manifest
-    could not be read (gone, damaged)."""
+def named_by(catalog: Catalog, run_ids: list[str]) -> tuple[dict[str, str], set[str], set[str]]:
+    """Snapshot id -> the run whose manifest names it, of ``run_ids`` (one that did not fail, where
+    several do); those whose manifest could not be read (gone, damaged); and those whose manifest
+    says they failed."""
     named: dict[str, str] = {}
     unreadable: set[str] = set()
+    failed: set[str] = set()
     for run_id in run_ids:
         try:
-            named.update((ref.snapshot_id, run_id) for ref in catalog.load(run_id).snapshot_refs())
+            manifest = catalog.load(run_id)
         except SnapctlError:
             unreadable.add(run_id)
-    return named, unreadable
+            continue
+        if manifest.status == "failed":
+            failed.add(run_id)
+        for ref in manifest.snapshot_refs():
+            if ref.snapshot_id not in named or named[ref.snapshot_id] in failed:
+                named[ref.snapshot_id] = run_id
+    return named, unreadable, failed
+
+
+def owned_by_live_runs(named: dict[str, str], failed: set[str]) -> set[str]:
+    """The snapshots a run that did not fail names. A failed run holds no backup: what its
+    manifest still names is what its rollback could not delete (it says "snapctl gc finds
+    them"), so gc lists those, as it does the unnamed ones of a run killed before it named them."""
+    return {snapshot_id for snapshot_id, run_id in named.items() if run_id not in failed}
 
 
 def stored_runs(catalog: Catalog) -> set[str]:

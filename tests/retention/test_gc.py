@@ -45,6 +45,28 @@ def test_gc_finds_planted_orphans_and_deletes_only_them(scene: Scene) -> None:
     assert scene.snapshot_ids() == owned | snapshots_of(scene, {"r4-broken"})
 
 
+
+def test_gc_lists_and_deletes_what_a_failed_runs_manifest_still_names(scene: Scene) -> None:
+    # A rollback that could not delete its snapshots keeps them in the failed manifest and says
+    # "snapctl gc finds them": a failed run holds no backup, so they are orphans.
+    scene.add_run("r0", T0)
+    scene.add_run("r1-failed", T0 + timedelta(days=1), "failed")
+    left = snapshots_of(scene, {"r1-failed"})
+    # One of them also named by a run that succeeded (a manifest edited, a tag changed): its own.
+    shared = sorted(left)[0]
+    kept = scene.catalog.load("r0")
+    kept.nodes["n1"].snapshots.append(next(r for r in scene.provider.find({}) if r.snapshot_id == shared))
+    scene.catalog.save(kept)
+    inv = inventory(scene)
+
+    found = gc(inv)
+
+    assert {r.snapshot_id for r in found.orphans} == left - {shared} and len(left) == 2
+    deleted = gc(inv, delete=True)
+    assert deleted.ok and set(deleted.deleted) == left - {shared}
+    assert scene.snapshot_ids() == snapshots_of(scene, {"r0"}) | {shared}
+    assert gc(inv).orphans == []
+
 def test_gc_lists_and_deletes_what_killed_snapshot_calls_left_in_the_store(scene: Scene) -> None:
     from snapctl_local.store import DELETING_PREFIX, PARTIAL_PREFIX
 
