@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 
 from node_agent.models import CompleteResponse
 from snapctl import __version__
+from snapctl.abandoned_runs import close_abandoned_runs, save_success
 from snapctl.agent_client import AgentClient, open_agents
 from snapctl.catalog import Catalog, open_catalog
 from snapctl.catalog.lock import LockKeeper
@@ -94,6 +95,7 @@ class _Run:
         default_factory=list)  # (node, its snapshot call)
     timed_out: dict[str, SnapctlError | None] = field(default_factory=dict)  # node -> how its call ended later
     unrecorded: str | None = None  # why the failed run's manifest could not be saved
+    recorded: bool = False  # step 8 saved the manifest naming every snapshot
     prepare_sent: dict[str, float] = field(default_factory=dict)  # monotonic
     prepare_acked: dict[str, float] = field(default_factory=dict)
     pacer: CreateCallPacer | None = None  # per-node runs: the provider's create budget, mirrored
@@ -133,7 +135,7 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
             raise
         lock_keeper = LockKeeper(lock, policy.lock_ttl_s / 3)
         try:
-            _close_abandoned_runs(catalog, run_id)
+            close_abandoned_runs(catalog, run_id)
             # Before the preflight, whose connections the prepares reuse: the fsyncs may take a while.
             await complete_newest_backup(catalog, provider, reporter, policy.wait_timeout_s)
             # 2. Preflight, before anything is held.
@@ -170,6 +172,7 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
                 # 8. The manifest, before the (long) wait; if it cannot be written, nothing owns the
                 # snapshots: roll back rather than leave them behind.
                 catalog.save(manifest)
+                run.recorded = True
             except BaseException as exc:
                 await _roll_back(run, exc)
                 raise _as_run_failure(run, exc) from exc
@@ -178,7 +181,7 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
                 await _wait_for_completion(run)
             manifest.status = "succeeded"
             manifest.finished_at = now()
-            catalog.save(manifest)
+            save_success(catalog, manifest)
             if options.prune:  # ... then retention, still under the lock; its failure never fails the run
                 from snapctl.prune import prune_after_backup
 
@@ -195,27 +198,6 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
                 except SnapctlError as exc:  # it expires by itself; this must not hide how the run ended
                     reporter.step("lock", f"could not release the cluster lock (it expires within "
                                           f"{policy.lock_ttl_s:g}s): {exc.message}")
-
-
-def _close_abandoned_runs(catalog: Catalog, run_id: str) -> None:
-    """We hold the cluster lock, so any other run still marked running died unfinished (SIGKILL, a
-    lost host): record it as failed. Its leases released its nodes; `snapctl gc` finds snapshots
-    it made that its manifest does not name. A run that died after its manifest said how it ended
-    but before its index line did is not one of them: listing read that manifest, and put its
-    status (succeeded, or failed) into the index."""
-    for entry in catalog.unfinished():
-        if entry.run_id == run_id:
-            continue
-        try:
-            stale = catalog.load(entry.run_id)
-            if stale.status == "running":
-                stale.status, stale.finished_at = "failed", now()
-                stale.error = (f"abandoned: snapctl stopped before the run finished (run {run_id} found it "
-                               "unfinished); its nodes were released by their leases, `snapctl gc` lists its "
-                               "snapshots that this manifest does not name")
-                catalog.save(stale)
-        except SnapctlError:
-            continue  # a record we cannot fix is no reason to refuse a backup
 
 
 async def _hold_snapshot_release(run: _Run, options: BackupOptions) -> None:
@@ -399,6 +381,12 @@ async def _roll_back(run: _Run, cause: BaseException) -> None:
     """Step 7: complete every held node, delete this run's snapshots, mark the manifest failed."""
     run.reporter.step("rollback", f"rolling back: {reason(cause)}")
     manifest, policy = run.manifest, run.inventory.policy
+    if run.recorded:  # the catalog says every snapshot was taken: killed while deleting them, this run is no backup
+        manifest.error = reason(cause)
+        try:
+            await asyncio.to_thread(run.catalog.save, manifest)
+        except SnapctlError:
+            pass  # the rollback goes on; its last save, or the next run, records how it ended
     held = sorted(run.held)
     results = await asyncio.gather(
         *(_completed(run, n) for n in held),

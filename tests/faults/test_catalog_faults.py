@@ -74,6 +74,38 @@ def test_disk_full_while_writing_the_manifest(scene: FaultCluster, small_disk: P
     assert json.loads(run_file.read_text())["status"] == "failed"
 
 
+
+def test_disk_full_when_the_success_is_recorded_keeps_the_backup(scene: FaultCluster, small_disk: Path) -> None:
+    cluster = scene
+    stopping = cluster.write_inventory(cluster.directory / "stopping.yaml", provider={"stop_wait": True},
+                                       catalog={"path": str(small_disk)})
+    plain = cluster.write_inventory(cluster.directory / "plain.yaml", catalog={"path": str(small_disk)})
+    process = cluster.popen("backup", "--no-prune", inventory=stopping)
+    cluster.wait_reached("wait.entered")  # step 8 recorded every snapshot; every node is released
+    filler = fill(small_disk)
+    cluster.go("wait.go")
+    _, err = process.communicate(timeout=60)
+
+    assert process.returncode == ExitCode.RUN_FAILED, err
+    [line] = [line for line in err.splitlines() if line.startswith("snapctl: error:")]
+    assert "took every snapshot and they completed, but the catalog could not record its success" in line
+    assert "no space left on device" in line and "hint: nothing was rolled back" in err, err
+    [run_file] = (small_disk / cluster.cluster / "manifests").glob("*.json")
+    run_id = run_file.stem
+    assert json.loads(run_file.read_text())["status"] == "running"  # step 8's, whole
+    assert cluster.held() == set() and len(cluster.snapshot_dirs(run_id)) == len(NODES)  # kept
+
+    # Space again: the next run closes the stranded run as the backup it is, snapshots and all.
+    filler.unlink()
+    cluster.wait_lock_free(catalog=small_disk)
+    after = cluster.snapctl("backup", "--no-prune", "-o", "json", inventory=plain)
+    assert after.returncode == 0, after.stderr
+    closed = json.loads(run_file.read_text())
+    assert closed["status"] == "succeeded" and closed["error"] is None
+    assert len(cluster.snapshot_dirs(run_id)) == len(NODES)
+    listed = cluster.snapctl("gc", "-o", "json", inventory=plain)
+    assert listed.returncode == 0 and listed.json["data"]["orphans"] == [], listed.stdout
+
 CORRUPTIONS = {
     "truncated": lambda text: text[: len(text) // 2],
     "empty": lambda text: "",

@@ -1,6 +1,8 @@
 """`snapctl backup` SIGKILLed at each step of a run. Whatever the step, afterwards: no node stays held
-past its lease, every snapshot the run made is owned by its manifest (marked failed) or found by
-`snapctl gc`, the catalog still loads, and the next run succeeds.
+past its lease, the catalog still loads, and the next run succeeds and closes the dead run: as
+failed, every snapshot it made then found by `snapctl gc`; or, killed while it waited for its
+snapshots to complete (every one taken, every node released), as the backup it is, as a
+`backup --no-wait` run's, its snapshots its own.
 
 Each step is reached from outside: a proxy holds one request (the run cannot get past it), the
 fault provider stops inside a snapshot or wait call, or the test holds the catalog directory's
@@ -29,6 +31,7 @@ class Stop:
     there: Callable[[int], None]  # waits until the run (pid) stands at the step
     after_kill: Callable[[], None]  # what the world does next (a held request arrives late, ...)
     has_manifest: bool = True
+    kept_as_backup: bool = False  # killed after step 8: every snapshot taken, every node released
 
 
 def holding_the_lock(c: FaultCluster) -> Stop:
@@ -105,7 +108,15 @@ def waiting_for_completion(c: FaultCluster) -> Stop:
     def there(_pid: int) -> None:
         c.wait_reached("wait.entered")  # step 8's manifest, with every snapshot in it, is written
 
-    return Stop({"stop_wait": True}, there, lambda: None)
+    return Stop({"stop_wait": True}, there, lambda: None, kept_as_backup=True)
+
+
+def rolling_back_after_the_wait(c: FaultCluster) -> Stop:
+    def there(_pid: int) -> None:
+        c.wait_reached("delete.entered")  # the wait failed; the rollback deletes what step 8 recorded
+
+    # Killed with its manifest naming every snapshot, some perhaps deleted already: no backup.
+    return Stop({"fail_wait": "the upload failed", "stop_delete": True}, there, lambda: None)
 
 
 def _waits_for_flock(pid: int, path: Path) -> bool:
@@ -118,7 +129,7 @@ def _waits_for_flock(pid: int, path: Path) -> bool:
 
 
 STEPS = [holding_the_lock, during_prepare, between_prepare_and_snapshot, during_snapshot, before_complete,
-         writing_the_manifest, waiting_for_completion]
+         writing_the_manifest, waiting_for_completion, rolling_back_after_the_wait]
 
 
 @pytest.mark.parametrize("step", STEPS, ids=[s.__name__ for s in STEPS])
@@ -180,15 +191,24 @@ def _nothing_held_or_lost(cluster: FaultCluster, stop: Stop, run_id: str) -> Non
     assert after.returncode == 0, after.stderr
     assert after.json["data"]["status"] == "succeeded"
     owned: set[str] = set()
-    if stop.has_manifest:
+    if stop.kept_as_backup:
+        dead = cluster.manifest(run_id)
+        assert dead["status"] == "succeeded" and dead["error"] is None
+        # Closed as a --no-wait run's; being the newest backup, the next run then completed its
+        # local snapshots before it held any node, as it does those of a --no-wait run.
+        assert dead["snapshots_completed"] is True
+        assert any("snapctl stopped while it waited for the snapshots" in d for d in dead["degradations"])
+        owned = {ref["snapshot_id"] for record in dead["nodes"].values() for ref in record["snapshots"]}
+        assert len(owned) == len(NODES)
+    elif stop.has_manifest:
         dead = cluster.manifest(run_id)
         assert dead["status"] == "failed" and "abandoned" in dead["error"]
-        owned = {ref["snapshot_id"] for record in dead["nodes"].values() for ref in record["snapshots"]}
     else:
         assert run_id not in cluster.run_ids()
 
-    # Every snapshot the dead run made is owned by its failed manifest or found by `snapctl gc`;
-    # no half-made copy is left (the next snapshot of each node cleared its work directories).
+    # Every snapshot a dead run made is the backup's it was, or found by `snapctl gc` (a failed
+    # run's manifest owns none); no half-made copy is left (the next snapshot of each node cleared
+    # its work directories).
     made = {p.name for p in cluster.snapshot_dirs(run_id)}
     assert not [name for name in made if name.startswith(".")]
     orphans = {ref.snapshot_id for ref in cluster.gc().orphans if ref.tags["snapctl-run"] == run_id}

@@ -1,0 +1,73 @@
+"""Runs another snapctl left marked running: closed by the next backup, which holds the cluster
+lock, so whatever still says running died unfinished (SIGKILL, a lost host, a CI job's timeout).
+
+How such a run ended is read from its manifest. One that died before its snapshots were all
+taken failed: its agents' leases released its nodes, and `snapctl gc` lists the snapshots it made.
+One that died after (step 8 recorded every node's snapshot, every node released, and nothing had
+gone wrong yet) died while it waited for the snapshots to complete, or when it came to record its
+success: its snapshots are a backup, exactly as a `backup --no-wait` run's are, so it is closed
+as one (succeeded, ``snapshots_completed`` false), and prune and verify ask the provider whether
+they completed, as they do for those. A rollback that began after step 8 records its cause
+first, so that a run killed while deleting its snapshots is never taken for a backup.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from snapctl.catalog import Catalog
+from snapctl.errors import CatalogError, SnapctlError
+from snapctl.manifest import Manifest
+
+
+def close_abandoned_runs(catalog: Catalog, run_id: str) -> None:
+    """Close every run but ``run_id`` that the catalog lists unfinished and whose manifest still
+    says running. A run that died after its manifest said how it ended, but before its index line
+    did, is not one of them: listing read that manifest and put its status into the index."""
+    for entry in catalog.unfinished():
+        if entry.run_id == run_id:
+            continue
+        try:
+            stale = catalog.load(entry.run_id)
+            if stale.status != "running":
+                continue
+            stale.finished_at = datetime.now(UTC)
+            if every_snapshot_taken(stale):
+                stale.status = "succeeded"  # snapshots_completed stays false: not known to have completed
+                stale.degradations.append(
+                    f"closed by run {run_id}: snapctl stopped while it waited for the snapshots to complete, after "
+                    "every node's were taken and the node released; kept as a backup --no-wait run is (prune "
+                    "and verify ask the provider whether they completed)")
+            else:
+                stale.status = "failed"
+                stale.error = (f"abandoned: snapctl stopped before the run finished (run {run_id} found it "
+                               "unfinished); its nodes were released by their leases, `snapctl gc` lists its "
+                               "snapshots that this manifest does not name")
+            catalog.save(stale)
+        except SnapctlError:
+            continue  # a record we cannot fix is no reason to refuse a backup
+
+
+def every_snapshot_taken(manifest: Manifest) -> bool:
+    """What the manifest of a run saved at step 8 says, and of no run saved before it or failing:
+    every node's snapshots recorded and its hold completed, no error anywhere."""
+    return (manifest.error is None and bool(manifest.nodes)
+            and all(record.snapshots and record.complete_acked_at is not None and record.error is None
+                    for record in manifest.nodes.values()))
+
+
+def save_success(catalog: Catalog, manifest: Manifest) -> None:
+    """A run's last save, of its success. Failing, the run is not rolled back: its snapshots are a
+    backup and every node is released, so the error says so, and the next backup closes the run
+    as one (``close_abandoned_runs``)."""
+    try:
+        catalog.save(manifest)
+    except SnapctlError as exc:
+        completed = " and they completed" if manifest.snapshots_completed else ""
+        raise CatalogError(
+            f"backup {manifest.run_id} took every snapshot{completed}, but the catalog could not record its "
+            f"success: {exc.message}",
+            hint="nothing was rolled back and every node is released; the next backup records the run as a backup "
+                 "whose snapshots are not confirmed complete (prune and `snapctl verify` ask the provider); "
+                 + (exc.hint or "check the catalog"),
+        ) from exc
