@@ -33,11 +33,7 @@ def close_abandoned_runs(catalog: Catalog, run_id: str) -> None:
                 continue
             stale.finished_at = datetime.now(UTC)
             if every_snapshot_taken(stale):
-                stale.status = "succeeded"  # snapshots_completed stays false: not known to have completed
-                stale.degradations.append(
-                    f"closed by run {run_id}: snapctl stopped while it waited for the snapshots to complete, after "
-                    "every node's were taken and the node released; kept as a backup --no-wait run is (prune "
-                    "and verify ask the provider whether they completed)")
+                keep_unconfirmed(stale, f"closed by run {run_id}: snapctl stopped")
             else:
                 stale.status = "failed"
                 stale.error = (f"abandoned: snapctl stopped before the run finished (run {run_id} found it "
@@ -46,6 +42,16 @@ def close_abandoned_runs(catalog: Catalog, run_id: str) -> None:
             catalog.save(stale)
         except SnapctlError:
             continue  # a record we cannot fix is no reason to refuse a backup
+
+
+def keep_unconfirmed(manifest: Manifest, how: str) -> None:
+    """Mark a run that stopped while it waited for its snapshots to complete as the backup it is:
+    succeeded, ``snapshots_completed`` left false, as a `backup --no-wait` run's."""
+    manifest.status = "succeeded"
+    manifest.finished_at = manifest.finished_at or datetime.now(UTC)
+    manifest.degradations.append(
+        f"{how} while it waited for the snapshots to complete, after every node's were taken and the node "
+        "released; kept as a backup --no-wait run is (prune and verify ask the provider whether they completed)")
 
 
 def every_snapshot_taken(manifest: Manifest) -> bool:

@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 
 from node_agent.models import CompleteResponse
 from snapctl import __version__
-from snapctl.abandoned_runs import close_abandoned_runs, save_success
+from snapctl.abandoned_runs import close_abandoned_runs, keep_unconfirmed, save_success
 from snapctl.agent_client import AgentClient, open_agents
 from snapctl.catalog import Catalog, open_catalog
 from snapctl.catalog.lock import LockKeeper
@@ -462,6 +462,14 @@ async def _wait_for_completion(run: _Run) -> None:
     try:
         done = await wait_out_transient(run.provider, refs, deadline, run.reporter,
                                         run.inventory.policy.wait_timeout_s)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        # Stopped, not failed: with every snapshot taken and every node released this is a backup,
+        # kept as a --no-wait run's is (and as the next run closes one killed here).
+        keep_unconfirmed(manifest, "interrupted (Ctrl-C or SIGTERM)")
+        run.reporter.step("wait", f"interrupted: backup {manifest.run_id} is kept, its snapshots not confirmed "
+                                  "complete (as with --no-wait: prune and verify ask the provider)")
+        save_success(run.catalog, manifest)
+        raise
     except BaseException as exc:
         await _roll_back(run, exc)
         raise _as_run_failure(run, exc) from exc

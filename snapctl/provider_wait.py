@@ -10,13 +10,18 @@ last hours. A snapshot whose own state says it failed is no such error and still
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import itertools
+import threading
 import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from snapctl.errors import CLOUD_OUTAGE, ProviderThrottled, ProviderUnavailable, ProviderUnreachable
 from snapctl.events import Reporter
 from snapctl.providers import Provider, SnapshotRef
 
+T = TypeVar("T")
 MAX_PAUSE_S = 60.0
 # Each kind of outage: what the error says of it, the remedy when the provider gave none, the progress line.
 _OUTAGES = {
@@ -32,7 +37,7 @@ async def wait_out_transient(provider: Provider, refs: list[SnapshotRef], deadli
     error past one call's retries."""
     for attempt in itertools.count():
         try:
-            return await asyncio.to_thread(provider.wait, refs, deadline, reporter.snapshot_progress)
+            return await _in_a_thread_left_at_exit(provider.wait, refs, deadline, reporter.snapshot_progress)
         except ProviderThrottled as exc:
             pause = exc.retry_after if exc.retry_after is not None else _backoff(attempt)
             if time.monotonic() + pause >= deadline:
@@ -54,6 +59,38 @@ async def wait_out_transient(provider: Provider, refs: list[SnapshotRef], deadli
             reporter.step("wait", f"{said}, polling again in {pause:.1f}s: {exc.message}")
         await asyncio.sleep(pause)
     raise AssertionError("unreachable")
+
+
+async def _in_a_thread_left_at_exit(fn: Callable[..., T], *args: Any) -> T:
+    """``asyncio.to_thread``, but in a daemon thread of its own: a backup stopped while it waits
+    (Ctrl-C, SIGTERM) ends at once, where joining the thread at exit, as asyncio's executor does,
+    kept it until the wait ended by itself, hours later with a cloud's. A wait only reads (polls,
+    a local snapshot's fsyncs), so leaving one behind at exit is harmless."""
+    loop = asyncio.get_running_loop()
+    outcome: asyncio.Future[T] = loop.create_future()
+    context = contextvars.copy_context()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if outcome.done():  # given up on: the run was stopped
+            return
+        if error is not None:
+            outcome.set_exception(error)
+        else:
+            outcome.set_result(result)  # type: ignore[arg-type]
+
+    def call() -> None:
+        result, error = None, None
+        try:
+            result = context.run(fn, *args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task as it is
+            error = exc
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:
+            pass  # the loop has closed: nobody waits for this any more
+
+    threading.Thread(target=call, name="snapctl-wait", daemon=True).start()
+    return await outcome
 
 
 def _backoff(attempt: int) -> float:

@@ -1,7 +1,9 @@
 """`snapctl backup` stopped mid-run by SIGTERM (how cron's and CI's timeouts, systemd and Kubernetes
 stop a command) or SIGINT (Ctrl-C) rolls back as any failure does: every held node is completed by
 snapctl at once rather than left to its lease, the run's snapshots are deleted, its manifest says
-failed, its lock is released, and it exits 130 saying so (with `-o json`, in its one document)."""
+failed, its lock is released, and it exits 130 saying so (with `-o json`, in its one document).
+Stopped while it waits for its snapshots to complete, every one taken and every node released, it
+keeps them: the run is the backup a `--no-wait` run is, and it ends at once."""
 
 from __future__ import annotations
 
@@ -53,3 +55,29 @@ def test_a_backup_stopped_while_a_node_is_held_releases_it_and_rolls_back(scene:
     assert (manifest["status"], manifest["error"]) == ("failed", "interrupted")
     assert cluster.snapshot_dirs(run_id) == [] and cluster.tagged(run_id) == []
     assert cluster.lock_record()["released_at"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_backup_stopped_while_it_waits_for_its_snapshots_keeps_them_and_ends_at_once(scene: FaultCluster,
+                                                                                        sig) -> None:
+    cluster = scene
+    # The provider's wait would take two minutes to end by itself: the run must not wait for it.
+    stopping = cluster.write_inventory(cluster.directory / "stopping.yaml",
+                                       provider={"stop_wait": True, "stop_timeout_s": 120})
+    process = cluster.popen("backup", "--no-prune", inventory=stopping)
+    cluster.wait_reached("wait.entered")  # every snapshot taken, every node released
+    run_id = cluster.lock_record()["run_id"]
+
+    process.send_signal(sig)
+    _, stderr = process.communicate(timeout=30)
+
+    assert process.returncode == 130, stderr
+    assert stderr.splitlines()[-1] == "snapctl: error: interrupted (Ctrl-C or SIGTERM)"
+    assert f"interrupted: backup {run_id} is kept, its snapshots not confirmed complete" in stderr
+    assert "rolling back" not in stderr
+    manifest = cluster.manifest(run_id)
+    assert manifest["status"] == "succeeded" and not manifest["snapshots_completed"] and manifest["error"] is None
+    assert len(cluster.snapshot_dirs(run_id)) == len(NODES) and cluster.lock_record()["released_at"]
+    assert cluster.held() == set()
+    listed = cluster.snapctl("list", "-o", "json").json["data"]["runs"]
+    assert [(r["run_id"], r["status"]) for r in listed] == [(run_id, "succeeded")]
