@@ -287,9 +287,10 @@ class AwsProvider:
         """CreateSnapshot(s) takes no idempotency token: a create sent again (by botocore, its first
         answer late or lost, or by the per-volume retry after EC2 refused that resend because the
         first's snapshot was in progress) may have made a second snapshot of the same volumes,
-        tagged with the run and node like the one recorded. Deleted here, after the holds, so that a run leaves one
-        snapshot per volume (a per-volume in-progress slot each, and an orphan for gc). Only for
-        refs whose create was sent more than once; best effort: one left is listed by gc."""
+        tagged with the run and node like the one recorded. Deleted here, after the holds, so that
+        a run leaves one snapshot per volume (a per-volume in-progress slot each, and an orphan for
+        gc). Only for refs whose create was sent more than once; best effort: one left is listed by
+        gc."""
         retried: dict[tuple[str, str], set[str]] = {}
         for ref in refs:
             if ref.extra.get("create_attempts", 1) > 1 and ref.tags.get(TAG_RUN):
