@@ -18,7 +18,7 @@ import importlib.util
 from typing import Any
 
 from snapctl.errors import ProviderError
-from snapctl_aws.client import Ec2, config_options, shared_loader
+from snapctl_aws.client import Ec2, config_options, counted, sendings, shared_loader
 from snapctl_aws.errors import translate_botocore_error
 
 # What the async path imports: warm_up_async imports them in a thread, so that the loop never does.
@@ -103,16 +103,18 @@ class AioEc2:
         from botocore.parsers import ResponseParserError
 
         attempts_left = self.settings.per_volume_retries if per_volume_retry else 0
+        sent_before = 0
         while True:
             wait = self.ec2.buckets[bucket].reserve()
             if wait:
                 await asyncio.sleep(wait)
             try:
-                return await getattr(client, method)(**kwargs)
+                return counted(await getattr(client, method)(**kwargs), sent_before)
             except (ClientError, BotoCoreError, ResponseParserError) as exc:
                 error = self.ec2.failure(method, bucket, exc, attempts_left)
                 if error is not None:
                     raise error from exc
+                sent_before += sendings(exc.response)  # only a ClientError is made again
                 attempts_left -= 1
                 await asyncio.sleep(self.settings.per_volume_retry_wait_s)
 

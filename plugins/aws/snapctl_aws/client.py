@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 # Which client-side bucket paces which call; names match EC2's throttling categories.
 CREATE, DELETE, DESCRIBE, TAG, VOLUME = "create", "delete", "describe", "tag", "volume"
 THROTTLED_PAUSE_S = 1.0  # after throttling outlasted every retry, when AWS gave no Retry-After
+# In the ResponseMetadata of an answer ``call`` returns: how many times the call was sent, by
+# botocore's retries and by snapctl's own (per_volume_retry). A create sent more than once may have
+# made more than the snapshot answered, and RetryAttempts counts only the last botocore call's.
+SENDINGS = "SnapctlSendings"
 
 
 _loader_lock = threading.Lock()
@@ -58,6 +62,19 @@ def shared_loader(session: Any) -> Any:
         else:
             session.register_component("data_loader", _loader)
     return session
+
+
+def sendings(answer: Any) -> int:
+    """How many times botocore sent the request of ``answer`` (a parsed answer, or a ClientError's
+    ``response``): once, and once more for each of its retries."""
+    metadata = (answer.get("ResponseMetadata") if isinstance(answer, dict) else None) or {}
+    return 1 + (metadata.get("RetryAttempts") or 0)
+
+
+def counted(answer: dict[str, Any], sent_before: int) -> dict[str, Any]:
+    """``answer`` with ``SENDINGS`` in its ResponseMetadata: its own sendings and ``sent_before``."""
+    answer.setdefault("ResponseMetadata", {})[SENDINGS] = sent_before + sendings(answer)
+    return answer
 
 
 class Ec2:
@@ -126,14 +143,16 @@ class Ec2:
         from botocore.parsers import ResponseParserError  # no BotoCoreError: it escaped every translation
 
         attempts_left = self.settings.per_volume_retries if per_volume_retry else 0
+        sent_before = 0
         while True:
             self.buckets[bucket].acquire()
             try:
-                return getattr(client, method)(**kwargs)
+                return counted(getattr(client, method)(**kwargs), sent_before)
             except (ClientError, BotoCoreError, ResponseParserError) as exc:
                 error = self.failure(method, bucket, exc, attempts_left)
                 if error is not None:
                     raise error from exc
+                sent_before += sendings(exc.response)  # only a ClientError is made again
                 attempts_left -= 1
                 self._sleep(self.settings.per_volume_retry_wait_s)
 

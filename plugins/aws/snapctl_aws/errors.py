@@ -41,6 +41,8 @@ SERVER_ERROR_HINT = ("EC2 is failing on its side: look for an outage in the regi
                      "and try again later")
 SNAPSHOT_NOT_FOUND = frozenset({"InvalidSnapshot.NotFound"})
 VOLUME_NOT_FOUND = frozenset({"InvalidVolume.NotFound"})
+VOLUME_IN_USE = "VolumeInUse"
+INCORRECT_STATE = "IncorrectState"
 NOT_FOUND_HINTS = {
     "InvalidVolume.NotFound": "check the node's volumes: block and the provider's region",
     "InvalidInstanceID.NotFound": "check the node's volumes: block and the provider's region",
@@ -62,6 +64,16 @@ SSO_HINT = ("the profile signs in through AWS IAM Identity Center (SSO): run `aw
 
 class VolumeNotFound(ProviderError):
     """The EBS volume does not exist (for delete_volume this counts as done)."""
+
+
+class VolumeInUse(ProviderError):
+    """EC2 refused the call because the volume is attached: to a restore's AttachVolume, sent
+    again by botocore after the first sending attached it, an answer to be checked, not believed."""
+
+
+class IncorrectState(ProviderError):
+    """EC2 refused the call in the resource's present state: to DetachVolume sent again by
+    botocore after the first sending detached the volume, its answer is "in the 'available' state"."""
 
 
 def _extra_permissions(operation: str) -> str:
@@ -109,6 +121,10 @@ def translate_client_error(exc: Any) -> SnapctlError:
         return SnapshotNotFound(detail)
     if code in VOLUME_NOT_FOUND:
         return VolumeNotFound(detail, hint=NOT_FOUND_HINTS.get(code))
+    if code == VOLUME_IN_USE:
+        return VolumeInUse(detail)
+    if code == INCORRECT_STATE:
+        return IncorrectState(detail)
     return ProviderError(detail, hint=NOT_FOUND_HINTS.get(code))
 
 

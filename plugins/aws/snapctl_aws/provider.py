@@ -284,11 +284,13 @@ class AwsProvider:
             pending = [i for i, r in current.items() if r.state != "completed"]
 
     def _delete_twins(self, refs: list[SnapshotRef]) -> None:
-        """CreateSnapshot(s) takes no idempotency token: a create botocore sent again, its first
-        answer late or lost, may have made a second snapshot of the same volumes, tagged with the
-        run and node like the one recorded. Deleted here, after the holds, so that a run leaves one
-        snapshot per volume (a per-volume in-progress slot each, and an orphan for gc). Only for
-        refs whose create was sent more than once; best effort: one left is listed by gc."""
+        """CreateSnapshot(s) takes no idempotency token: a create sent again (by botocore, its first
+        answer late or lost, or by the per-volume retry after EC2 refused that resend because the
+        first's snapshot was in progress) may have made a second snapshot of the same volumes,
+        tagged with the run and node like the one recorded. Deleted here, after the holds, so that
+        a run leaves one snapshot per volume (a per-volume in-progress slot each, and an orphan for
+        gc). Only for refs whose create was sent more than once; best effort: one left is listed by
+        gc."""
         retried: dict[tuple[str, str], set[str]] = {}
         for ref in refs:
             if ref.extra.get("create_attempts", 1) > 1 and ref.tags.get(TAG_RUN):
@@ -309,8 +311,9 @@ class AwsProvider:
                                 "sent twice (snapctl gc lists it): %s", node, twin.snapshot_id,
                                 twin.extra.get("volume_id"), exc)
                 else:
-                    log.info("node %s: deleted snapshot %s, a second one of volume %s made by a create EC2 "
-                             "answered late and botocore sent again", node, twin.snapshot_id, twin.extra.get("volume_id"))
+                    log.info("node %s: deleted snapshot %s, a second one of volume %s made by a create sent "
+                             "more than once (an answer late or lost)", node, twin.snapshot_id,
+                             twin.extra.get("volume_id"))
 
     def _describe(self, snapshot_ids: list[str]) -> list[dict[str, Any]]:
         try:

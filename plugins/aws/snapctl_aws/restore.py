@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from snapctl.errors import BadInputError, Interrupted, ProviderError
 from snapctl.providers import GONE_HINT, TAG_CLUSTER, TAG_RUN, RestoreTarget, stop_requested
 from snapctl_aws.client import DELETE, DESCRIBE, VOLUME
-from snapctl_aws.errors import VolumeNotFound
+from snapctl_aws.errors import IncorrectState, VolumeInUse, VolumeNotFound
 from snapctl_aws.snapshots import aws_tags, tag_filters
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ def restore_volume(provider: AwsProvider, snapshot: dict[str, Any], volume: str,
     try:
         _wait_volume(provider, volume_id, lambda v: v["State"] == "available", "available", stop=stop)
         if target.instance:
-            ec2.call("attach_volume", VOLUME, VolumeId=volume_id, InstanceId=target.instance, Device=device)
+            _attach(provider, volume_id, target.instance, device)
             _wait_volume(provider, volume_id, _attached_to(target.instance), f"attached to {target.instance}",
                          stop=stop)
     except BaseException:  # Ctrl-C and SIGTERM too: a half-made restore leaves no volume behind
@@ -111,6 +111,36 @@ def find_restored_volumes(provider: AwsProvider, tags: Mapping[str, str]) -> lis
     return sorted(v["VolumeId"] for v in volumes if v.get("State") not in GONE)
 
 
+def _attach(provider: AwsProvider, volume_id: str, instance: str, device: str) -> None:
+    try:
+        provider.ec2.call("attach_volume", VOLUME, VolumeId=volume_id, InstanceId=instance, Device=device)
+    except VolumeInUse:
+        # AttachVolume takes no idempotency token: botocore sends it again when the answer to a
+        # sending that attached the volume was a 5xx or came too late, and EC2 refuses the second.
+        # The volume is new, so attached where it was asked to be means that first sending did it.
+        attachments = _describe_volume(provider, volume_id).get("Attachments", [])
+        if not any(a.get("InstanceId") == instance and a.get("Device") == device
+                   and a.get("State") in ("attaching", "attached") for a in attachments):
+            raise
+        log.info("volume %s: EC2 answered an AttachVolume sent again that the volume is in use; it is attached to "
+                 "%s at %s, as asked", volume_id, instance, device)
+
+
+def _detach(provider: AwsProvider, volume_id: str, instance: str, device: str) -> None:
+    try:
+        provider.ec2.call("detach_volume", VOLUME, VolumeId=volume_id, InstanceId=instance, Device=device)
+    except IncorrectState:
+        # DetachVolume sent again by botocore (a 5xx or a late answer to a sending that took
+        # effect) is refused by EC2 with the volume detaching or already available.
+        volume = _describe_volume(provider, volume_id)
+        if volume.get("State") != "available" and not any(
+                a.get("InstanceId") == instance and a.get("State") in ("detaching", "detached")
+                for a in volume.get("Attachments", [])):
+            raise
+        log.info("volume %s: EC2 answered a DetachVolume sent again that the volume is in an incorrect state; it "
+                 "is %s, as asked", volume_id, "available" if volume.get("State") == "available" else "detaching")
+
+
 def _attached_to(instance: str):
     def check(volume: dict[str, Any]) -> bool:
         return any(a.get("InstanceId") == instance and a.get("State") == "attached" for a in volume.get("Attachments", []))
@@ -142,8 +172,7 @@ def _detach_and_delete(provider: AwsProvider, volume_id: str, volume: dict[str, 
         attachments = volume.get("Attachments", [])
         for attachment in attachments:
             if attachment.get("State") in ("attaching", "attached", "busy"):
-                provider.ec2.call("detach_volume", VOLUME, VolumeId=volume_id,
-                                  InstanceId=attachment["InstanceId"], Device=attachment["Device"])
+                _detach(provider, volume_id, attachment["InstanceId"], attachment["Device"])
         if attachments:
             instances = ", ".join(sorted({a["InstanceId"] for a in attachments}))
             _wait_volume(provider, volume_id, _detached, f"detached from {instances}",

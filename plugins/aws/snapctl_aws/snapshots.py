@@ -9,6 +9,7 @@ from typing import Any
 
 from snapctl.providers import SnapshotRef, SnapshotState
 from snapctl.timestamps import utc_text
+from snapctl_aws.client import SENDINGS
 
 STATE_ERROR = "error"
 # recoverable / recovering: AWS is retrying the upload by itself, so the snapshot is not done
@@ -32,10 +33,13 @@ def tag_filters(tags: Mapping[str, str]) -> list[dict[str, Any]]:
 
 
 def create_attempts(answer: Mapping[str, Any]) -> dict[str, int]:
-    """``{"create_attempts": n}`` when botocore sent a create call more than once (a late or lost
-    answer, throttling), for the ref's ``extra``; empty when it was sent once."""
-    retries = (answer.get("ResponseMetadata") or {}).get("RetryAttempts") or 0
-    return {"create_attempts": retries + 1} if retries else {}
+    """``{"create_attempts": n}`` when a create call was sent more than once, for the ref's
+    ``extra``; empty when it was sent once. Counts botocore's sendings (a late or lost answer,
+    throttling) and those of snapctl's per-volume retry (``Ec2.call``), which a first sending,
+    answered late, may have caused: the snapshot it made holds the volume's in-progress slot."""
+    metadata = answer.get("ResponseMetadata") or {}
+    sent = metadata.get(SENDINGS) or 1 + (metadata.get("RetryAttempts") or 0)
+    return {"create_attempts": sent} if sent > 1 else {}
 
 
 def state_of(snapshot: Mapping[str, Any]) -> SnapshotState:

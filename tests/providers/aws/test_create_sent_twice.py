@@ -1,7 +1,9 @@
 """A create whose answer came back later than the read timeout, so botocore sent it again: EC2
 made both snapshots (CreateSnapshot(s) takes no idempotency token), and so does moto, behind a
 loopback front end that holds each first create's answer back. The run records the second; the
-wait deletes the first, so that one snapshot per volume is left."""
+wait deletes the first, so that one snapshot per volume is left. Likewise when EC2 refused the
+second sending (the first's snapshot in progress, on a volume that allows one) and snapctl's own
+per-volume retry made the snapshot recorded."""
 
 from __future__ import annotations
 
@@ -15,8 +17,9 @@ from typing import Any
 import pytest
 
 from snapctl.providers import SnapshotRef, snapshot_tags
-from tests.fakes.serving import in_front_of, serving
+from tests.fakes.serving import Answer, in_front_of, serving
 from tests.providers.aws.conftest import CLUSTER, Machine
+from tests.providers.aws.faults import ec2_error_body
 from tests.providers.aws.test_snapshot import all_snapshots
 from tests.providers.aws.test_snapshot_async import on_loop
 
@@ -26,22 +29,36 @@ READ_TIMEOUT_S = 1.0
 
 class LateFirstCreates:
     """Holds back the answer to the first sending of each create (the body botocore sends again
-    is the same), after moto has made its snapshots."""
+    is the same), after moto has made its snapshots. With ``refuse_second``, answers the second
+    sending as EC2 does on an st1/sc1 volume, whose one in-progress snapshot the first made."""
 
     def __init__(self) -> None:
         self.holding = True
-        self.sent: set[bytes] = set()
+        self.refuse_second = False
+        self.sendings: dict[bytes, int] = {}  # of each create's body
         self.held = 0
+        self.refused = 0
         self.describes_by_tag = 0  # DescribeSnapshots that search by tag, not by id
         self._lock = threading.Lock()
 
-    def __call__(self, body: bytes) -> float:
+    def answer(self, path: str, body: bytes) -> Answer | None:
         with self._lock:
             if b"Action=DescribeSnapshots&" in body and b"Name=tag%3A" in body:
                 self.describes_by_tag += 1
-            if not self.holding or b"Action=CreateSnapshot" not in body or body in self.sent:  # CreateSnapshot and CreateSnapshots
+            if b"Action=CreateSnapshot" not in body:  # CreateSnapshot and CreateSnapshots
+                return None
+            self.sendings[body] = self.sendings.get(body, 0) + 1
+            if self.refuse_second and self.sendings[body] == 2:
+                self.refused += 1
+                return 400, "text/xml", ec2_error_body("SnapshotCreationPerVolumeRateExceeded",
+                                                       "The maximum per volume CreateSnapshot request rate "
+                                                       "has been exceeded.")
+            return None
+
+    def __call__(self, body: bytes) -> float:
+        with self._lock:
+            if not self.holding or self.sendings.get(body) != 1:
                 return 0
-            self.sent.add(body)
             self.held += 1
             return HELD_S
 
@@ -54,7 +71,7 @@ def late() -> LateFirstCreates:
 @pytest.fixture
 def front_provider(moto, make_provider, late: LateFirstCreates) -> Iterator[Any]:
     """The provider, its requests through the front end; max_attempts leaves room for a slow moto."""
-    with serving(in_front_of(moto.endpoint_url, lambda path, body: None, late_s=late)) as url:
+    with serving(in_front_of(moto.endpoint_url, late.answer, late_s=late)) as url:
         yield make_provider(endpoint_url=url, read_timeout_s=READ_TIMEOUT_S, max_attempts=4)
 
 
@@ -87,6 +104,28 @@ def test_the_wait_deletes_the_second_snapshot_of_a_create_sent_twice(
 
     assert [ref.snapshot_id for ref in done] == [ref.snapshot_id for ref in refs]
     assert set(all_snapshots(ec2)) == {ref.snapshot_id for ref in refs}  # one per volume, the recorded one
+    for twin in twins:
+        assert f"deleted snapshot {twin}, a second one of volume" in caplog.text
+
+
+@pytest.mark.parametrize("mode", ["volumes", "volumes async", "instance", "instance async"])
+def test_the_wait_deletes_the_first_snapshot_when_snapctls_per_volume_retry_made_the_second(
+        front_provider, ec2, machine: Machine, late: LateFirstCreates, mode: str, caplog) -> None:
+    late.refuse_second = True
+    refs = snapshot_volumes(front_provider, ec2, machine, mode)
+
+    creates = 1 if mode.startswith("instance") else 2
+    assert (late.held, late.refused) == (creates, creates)
+    # Late, refused, made again by snapctl: the answer recorded says RetryAttempts 0.
+    assert [ref.extra["create_attempts"] for ref in refs] == [3] * len(refs)
+    made = all_snapshots(ec2)
+    assert len(made) == 2 * len(refs)
+    twins = set(made) - {ref.snapshot_id for ref in refs}
+
+    with caplog.at_level(logging.INFO, logger="snapctl_aws"):
+        front_provider.wait(refs, time.monotonic() + 30)
+
+    assert set(all_snapshots(ec2)) == {ref.snapshot_id for ref in refs}
     for twin in twins:
         assert f"deleted snapshot {twin}, a second one of volume" in caplog.text
 
