@@ -8,7 +8,7 @@ is imported inside the provider, lazily, when first used: never at module import
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -335,9 +335,12 @@ def open_provider(inventory: Inventory, checked: tuple[ProviderFactory, Provider
         raise inventory.located(exc, "provider") from exc
 
 
-def node_volumes(inventory: Inventory, provider: Provider) -> dict[str, NodeVolumes]:
-    """Every node's ``volumes:`` as the provider validates them; a problem names file:line."""
-    return {node.name: _node_volumes(inventory, provider, node.name, node.volumes) for node in inventory.nodes}
+def node_volumes(inventory: Inventory, provider: Provider,
+                 names: Collection[str] | None = None) -> dict[str, NodeVolumes]:
+    """Every node's ``volumes:`` (of ``names``, if given) as the provider validates them; a problem
+    names file:line."""
+    return {node.name: _node_volumes(inventory, provider, node.name, node.volumes) for node in inventory.nodes
+            if names is None or node.name in names}
 
 
 def _node_volumes(inventory: Inventory, provider: Provider, node: str, raw: list[Any]) -> NodeVolumes:

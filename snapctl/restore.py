@@ -29,7 +29,7 @@ from snapctl.engine_paths import no_engine_path, remap_paths
 from snapctl.errors import BadInputError, CatalogError, Interrupted, SnapctlError
 from snapctl.evidence import compare_facts, missing_files, volume_roots
 from snapctl.manifest import Manifest, NodeRecord
-from snapctl.providers import Provider, RestoreTarget, SnapshotRef, open_provider
+from snapctl.providers import Provider, RestoreTarget, SnapshotRef, node_volumes, open_provider
 from snapctl.restore_leftovers import EACH_NODE
 from snapctl.timestamps import UtcTime
 
@@ -190,8 +190,10 @@ def check_before_restoring(inventory: Inventory, provider: Provider, manifest: M
     ``roots``: each node's directory for its volumes (None: none given); ``attached``: the nodes
     whose new volumes are attached to their ``restore.instance``; ``drill``: for a drill."""
     # An engine block is read when its node's turn comes: a mistake in one must not wait for the
-    # nodes before it to be restored.
+    # nodes before it to be restored. So are the volumes, whose paths say where the engine's data is:
+    # a key mistyped would leave a node neither prepared nor verified.
     inventory.check_engine_blocks(nodes)
+    node_volumes(inventory, provider, nodes)
     # gcp (the source disk's zone) and azure (the provider's location, no zone) have a default.
     place_optional = getattr(provider, "restore_place_optional", False)
     for name, node in nodes.items():

@@ -70,3 +70,18 @@ def test_an_engine_installed_on_its_agents_host_alone_is_left_to_that_agent_by_b
         with pytest.raises(BadInputError, match=r"unknown engine type 'vendordb'"):
             restore_run(sqlite_cluster.inventory, manifest.run_id, tmp_path / "restored")
         assert not (tmp_path / "restored" / "n1").exists()
+
+
+def test_restore_and_drill_refuse_a_mistyped_volume_key_before_restoring_any_node(sqlite_cluster, tmp_path):
+    # Backup refuses it; a restore took it and found none of the engine's paths on a volume:
+    # the node restored neither prepared nor verified, and the restore said ok.
+    run_id = sqlite_cluster.backup()
+    sqlite_cluster.edit(node_n2={"volumes": [{"name": "data", "pth": "n2/data"}]})
+    said = re.escape("node n2: volumes[0]: unknown key 'pth' (valid keys: name, path)")
+
+    with pytest.raises(BadInputError, match=f"^{re.escape(str(sqlite_cluster.inventory_path))}:[0-9]+: {said}$"):
+        restore_run(sqlite_cluster.inventory, run_id, tmp_path / "restored")
+    assert not (tmp_path / "restored" / "n1").exists()
+    with pytest.raises(BadInputError, match=said):
+        run_drill(sqlite_cluster.inventory, run_id, junit=tmp_path / "drill.xml")
+    assert not any((sqlite_cluster.directory / "scratch").iterdir())
