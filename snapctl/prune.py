@@ -11,7 +11,7 @@ Prune, under the cluster lock:
    backups; each is on record in the catalog while it runs instead);
 2. mark every doomed run first (status ``pruning``, the old status kept in ``extra.pruning``), so
    from here on no restore or ``latest`` picks it, and a prune killed at any later point is
-   finished by the next one;
+   finished by the next one (one stopped by Ctrl-C or SIGTERM unmarks those it had not begun);
 3. delete each doomed run's snapshots (those its manifest names plus any tagged with its run id),
    oldest run first, then its manifest; a run a restore or drill began on meanwhile is unmarked
    and kept instead. Providers refuse snapshots without this cluster's tag;
@@ -180,43 +180,49 @@ def apply(planned: PruneResult, catalog: Catalog, provider: Provider, still_lock
             result.problems.append(f"run {run_id}: could not record that its snapshots completed: {exc.message}")
     doomed: list[tuple[RunVerdict, Manifest]] = []
     marked: set[str] = set()  # by this prune
-    for verdict in planned.deleted:
-        still_locked()
-        if _spared_while_in_use(catalog, verdict, result, drill_timeout_s):  # one began since the plan
-            continue
-        # As it is now, by compare-and-swap: a drill's summary written meanwhile is not lost.
-        since = utc_text(datetime.now(UTC))
-        manifest = catalog.update(verdict.run_id, partial(_mark_pruning, since=since))
-        if manifest is None:
-            continue  # deleted meanwhile: nothing of it is left to prune
-        if manifest.extra[PRUNING]["since"] == since:  # this prune's mark, not an earlier one's
-            marked.add(manifest.run_id)
-        doomed.append((verdict, manifest))
-    tagged = _by_run(provider.find({TAG_CLUSTER: catalog.cluster})) if doomed else {}
-    owners = _Owners(catalog)
-    for verdict, manifest in doomed:
-        still_locked()
-        # Once more, now that the run is marked: a restore records itself before it reads the run's
-        # status, so one that read it just before the mark (and goes on) is on record by now.
-        if _spared_while_in_use(catalog, verdict, result, drill_timeout_s):
-            if manifest.run_id in marked:
-                catalog.update(manifest.run_id, _unmark_pruning)
-            continue
-        refs = _doomed_refs(manifest, tagged, owners)
-        failures = []
-        for ref in refs:
+    begun: list[str] = []  # runs whose snapshots it began to delete
+    try:
+        for verdict in planned.deleted:
             still_locked()
-            try:
-                _delete_snapshot(provider, ref, catalog.cluster)
-            except SnapctlError as exc:
-                failures.append(f"snapshot {ref.snapshot_id}: {exc.message}")
-        if failures:
-            verdict.error = "; ".join(failures)
-            result.unfinished.append(verdict)
-            continue
-        still_locked()
-        catalog.delete(manifest.run_id)
-        result.deleted.append(verdict)
+            if _spared_while_in_use(catalog, verdict, result, drill_timeout_s):  # one began since the plan
+                continue
+            # As it is now, by compare-and-swap: a drill's summary written meanwhile is not lost.
+            since = utc_text(datetime.now(UTC))
+            manifest = catalog.update(verdict.run_id, partial(_mark_pruning, since=since))
+            if manifest is None:
+                continue  # deleted meanwhile: nothing of it is left to prune
+            if manifest.extra[PRUNING]["since"] == since:  # this prune's mark, not an earlier one's
+                marked.add(manifest.run_id)
+            doomed.append((verdict, manifest))
+        tagged = _by_run(provider.find({TAG_CLUSTER: catalog.cluster})) if doomed else {}
+        owners = _Owners(catalog)
+        for verdict, manifest in doomed:
+            still_locked()
+            # Once more, now that the run is marked: a restore records itself before it reads the run's
+            # status, so one that read it just before the mark (and goes on) is on record by now.
+            if _spared_while_in_use(catalog, verdict, result, drill_timeout_s):
+                if manifest.run_id in marked:
+                    catalog.update(manifest.run_id, _unmark_pruning)
+                continue
+            refs = _doomed_refs(manifest, tagged, owners)
+            begun.append(manifest.run_id)
+            failures = []
+            for ref in refs:
+                still_locked()
+                try:
+                    _delete_snapshot(provider, ref, catalog.cluster)
+                except SnapctlError as exc:
+                    failures.append(f"snapshot {ref.snapshot_id}: {exc.message}")
+            if failures:
+                verdict.error = "; ".join(failures)
+                result.unfinished.append(verdict)
+                continue
+            still_locked()
+            catalog.delete(manifest.run_id)
+            result.deleted.append(verdict)
+    except (KeyboardInterrupt, Interrupted):
+        raise _stopped(catalog, [m.run_id for _, m in doomed if m.run_id in marked and m.run_id not in begun],
+                       begun[-1:]) from None
     return result
 
 
@@ -235,8 +241,7 @@ async def prune_after_backup(
 
     def checked() -> None:
         if stop.is_set():
-            raise SnapctlError("interrupted (Ctrl-C or SIGTERM) before it finished; the runs it marked "
-                               "'pruning' are deleted by the next prune")
+            raise Interrupted("retention")
         still_locked()
 
     def work() -> dict[str, object]:
@@ -279,6 +284,29 @@ async def prune_after_backup(
 
 
 # -- helpers -------------------------------------------------------------------------------------
+
+
+def _stopped(catalog: Catalog, untouched: list[str], under_way: list[str]) -> Interrupted:
+    """Ctrl-C or SIGTERM (not a lost lock: then the catalog is another's to write) stopped a prune:
+    the runs it marked and had not begun to delete are unmarked, for the mark commits the next
+    prune to deleting them, and a stop is often a mistake noticed (the wrong inventory, the wrong
+    retention). The run whose snapshots it was deleting stays marked: the next prune finishes it."""
+    unmarked = []
+    for run_id in untouched:
+        try:
+            catalog.update(run_id, _unmark_pruning)
+            unmarked.append(run_id)
+        except SnapctlError:
+            continue  # stays marked: the next prune deletes it, as it would have
+    stopped = Interrupted("prune")
+    stopped.hint = "; ".join(filter(None, [
+        f"the runs it had marked but not begun to delete are unmarked ({', '.join(unmarked)})" if unmarked else "",
+        f"run {under_way[0]}, whose snapshots it was deleting, stays marked 'pruning': the next prune finishes it"
+        if under_way and under_way[0] not in unmarked else "",
+        f"still marked, deleted by the next prune: {', '.join(r for r in untouched if r not in unmarked)}"
+        if len(unmarked) < len(untouched) else "",
+    ])) or None
+    return stopped
 
 
 def _mark_pruning(manifest: Manifest, since: str) -> bool:

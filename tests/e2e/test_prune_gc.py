@@ -102,7 +102,7 @@ def _lock_record(cluster) -> dict:
 
 def test_a_prune_stopped_by_sigterm_releases_the_lock_and_the_next_one_finishes(cluster) -> None:
     cluster.write_inventory(retention=KEEP_TWO)
-    doomed = _backups(cluster, 3)[0]
+    doomed, untouched = _backups(cluster, 4)[:2]
 
     # As above, the prune blocks on node2's snapshot; SIGTERM (cron's `timeout`, systemd) stops it there.
     with open(_store(cluster) / "node2" / ".lock", "a+b") as node2_lock:
@@ -117,11 +117,16 @@ def test_a_prune_stopped_by_sigterm_releases_the_lock_and_the_next_one_finishes(
             process.communicate()
 
     assert process.returncode == ExitCode.INTERRUPTED, stderr
-    assert stderr.splitlines()[-1] == "snapctl: error: interrupted (Ctrl-C or SIGTERM)"
+    assert stderr.splitlines()[-2:] == [
+        "snapctl: error: prune was interrupted (Ctrl-C or SIGTERM)",
+        f"  hint: the runs it had marked but not begun to delete are unmarked ({untouched}); run {doomed}, whose "
+        "snapshots it was deleting, stays marked 'pruning': the next prune finishes it"]
     assert _lock_record(cluster)["released_at"], "the lock is released, not left to expire"
+    # A stop is often a mistake noticed: the run it had not begun is as it was, the other is committed.
+    assert (_manifest_status(cluster, doomed), _manifest_status(cluster, untouched)) == ("pruning", "succeeded")
     resumed = cluster.snapctl("prune", "-o", "json", check_json=True)
     assert resumed.returncode == 0, resumed.stderr
-    assert [v["run_id"] for v in resumed.json["data"]["deleted"]] == [doomed]
+    assert [v["run_id"] for v in resumed.json["data"]["deleted"]] == [doomed, untouched]
 
 
 def test_backup_applies_retention_and_gc_finds_planted_orphans(cluster) -> None:
