@@ -29,7 +29,7 @@ def test_a_put_that_outlasts_the_timeout_has_its_disk_deleted_once_made(azure, m
     provider = make_provider(operation_timeout_s=1)
     ref = completed_snapshot(provider, volumes)
     azure.op_polls = 10**6  # the PUT's operation runs on past the restore's timeout...
-    finish = threading.Timer(2.5, setattr, (azure, "op_polls", 2))  # ...and ends 1.5 s later
+    finish = threading.Timer(4, setattr, (azure, "op_polls", 2))  # ...and ends 3 s later
     finish.start()
     try:
         with pytest.raises(ProviderError, match="create disk restored-data .*: still running after 1s"):
@@ -58,7 +58,7 @@ def test_ctrl_c_while_the_put_runs_deletes_the_disk(azure, make_provider, volume
     ref = completed_snapshot(provider, volumes)
     azure.op_polls = 10**6
     ctrl_c = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))  # while restore waits for the PUT
-    finish = threading.Timer(1.5, setattr, (azure, "op_polls", 2))
+    finish = threading.Timer(3, setattr, (azure, "op_polls", 2))
     ctrl_c.start()
     finish.start()
     try:

@@ -31,7 +31,7 @@ def test_an_insert_that_outlasts_the_timeout_has_its_disk_deleted_once_made(gcp,
     provider = make_provider(operation_timeout_s=1)
     ref = ready_snapshot(provider, volumes)
     gcp.op_running_polls = 10**6  # the insert runs on past the restore's timeout...
-    finish = threading.Timer(2.5, setattr, (gcp, "op_running_polls", 2))  # ...and ends 1.5 s later
+    finish = threading.Timer(4, setattr, (gcp, "op_running_polls", 2))  # ...and ends 3 s later
     finish.start()
     try:
         with pytest.raises(ProviderError, match=f"create disk restored-data from snapshot {ref.snapshot_id}"):
