@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from snapctl.errors import BadInputError, ProviderError, SnapshotNotFound
 from snapctl.providers import BEING_DELETED, GONE_HINT, TAG_CLUSTER, RestoreTarget, SnapshotRef, discard_restored_volume
+from snapctl_gcp.errors import is_throttle
 from snapctl_gcp.labels import decode_label, encode_key, encode_label, filter_for, labels_for, restored_disk_name
 from snapctl_gcp.settings import RESOURCE_NAME
 
@@ -76,7 +77,7 @@ class RestoredDisks:
                 assert device is not None
                 self._attach(zone, instance[1], name, device, deadline)
         except BaseException as exc:  # Ctrl-C and SIGTERM too: a half-made restore leaves no disk behind
-            if not _name_taken(exc):
+            if op is not None or not _refused(exc):
                 self._discard(made, zone, op)
             raise
         return made
@@ -238,11 +239,14 @@ def _instance_location(instance: str, project: str) -> tuple[str | None, str]:
     return match["zone"], match["instance"]
 
 
-def _name_taken(exc: BaseException) -> bool:
-    """The insert was answered 409: a disk of that name was there before, not this restore's to delete."""
+def _refused(exc: BaseException) -> bool:
+    """The insert was answered no (4xx): it made nothing, and a 409 names a disk that was there
+    before, not this restore's to delete. Not a throttle: one may follow an attempt that landed,
+    its answer lost (the retries send the same request id)."""
     from google.api_core import exceptions as gexc
 
-    return isinstance(exc.__cause__, gexc.Conflict)
+    cause = exc.__cause__
+    return isinstance(cause, gexc.ClientError) and not is_throttle(cause)
 
 
 def _device_name(device: str | None, *, default: str) -> str:

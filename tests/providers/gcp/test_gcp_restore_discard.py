@@ -103,3 +103,15 @@ def test_an_insert_refused_as_the_name_is_taken_leaves_that_disk_alone(gcp, make
         provider.restore(ref, RestoreTarget(zone=RESTORE_ZONE, name="restored-data"))
 
     assert restored(gcp) == ["restored-data"] and not gcp.requests_to("DELETE")
+
+
+def test_an_insert_denied_made_nothing_and_is_not_looked_for(gcp, make_provider, volumes):
+    provider = make_provider()
+    ref = ready_snapshot(provider, volumes)
+    gcp.deny("compute.disks.create", method="POST", path_contains=INSERT)
+
+    with pytest.raises(ProviderError, match="lack compute.disks.create"):
+        provider.restore(ref, RestoreTarget(zone=RESTORE_ZONE, name="restored-data"))
+
+    # A restore-only role may lack compute.disks.get: a look would only warn of a failed delete.
+    assert not gcp.requests_to("GET", f"{INSERT}/restored-data") and not gcp.requests_to("DELETE")
