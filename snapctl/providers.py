@@ -155,7 +155,8 @@ class Provider(Protocol):
     of the volumes ``restore`` made carrying all of ``tags`` (``RestoreTarget.tags``) and this
     cluster's tag, including one whose restore was cut short; ``places``: the target paths that
     restore may have used, for a provider that cannot list its volumes (local: the directories,
-    found by the marker beside each). The cleanup after a drill killed outright deletes them with
+    found by the marker beside each). A drill's teardown deletes those no restore returned (one
+    that failed part-way), and the cleanup after a drill killed outright all of them, with
     ``delete_volume``; without it, that cleanup says it cannot find them.
 
     Optional: ``find_leftovers() -> list[Leftover]``, the work of calls that died part-way and is
