@@ -104,8 +104,7 @@ class DrillReport(BaseModel):
     teardown_errors: list[str] = Field(default_factory=list)
     junit: str | None = None
     record: str | None = None  # catalog key of this report
-    # Newer runs `latest` passed over, and why; volumes carrying the drill's tag that no restore
-    # returned (one that failed once it was made), which teardown deleted.
+    # Newer runs `latest` passed over, and why; what teardown found by the drill's tag and deleted.
     warnings: list[str] = Field(default_factory=list)
     error: str | None = None  # restore's checks refused the run before any node was restored
     hint: str | None = None
