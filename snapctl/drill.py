@@ -104,7 +104,8 @@ class DrillReport(BaseModel):
     teardown_errors: list[str] = Field(default_factory=list)
     junit: str | None = None
     record: str | None = None  # catalog key of this report
-    warnings: list[str] = Field(default_factory=list)  # newer runs `latest` passed over, and why
+    # Newer runs `latest` passed over, and why; what teardown found by the drill's tag and deleted.
+    warnings: list[str] = Field(default_factory=list)
     error: str | None = None  # restore's checks refused the run before any node was restored
     hint: str | None = None
 
@@ -134,6 +135,7 @@ class _Drill:
     tags: dict[str, str] = field(default_factory=dict)  # every volume it restores carries them: TAG_DRILL
     cancelled: threading.Event = field(default_factory=threading.Event)
     made: list[tuple[SnapshotRef, str]] = field(default_factory=list)  # every restored volume, as it lands
+    places: list[str] = field(default_factory=list)  # the restore targets outside scratch (find_restored's)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -272,6 +274,7 @@ def _mark_restore_places(drill: _Drill) -> None:
         if root != drill.scratch and drill.scratch not in root.parents:
             places += [str(root / ref.volume) for ref in record.snapshots]
     mark_restore_places(drill.scratch, places)
+    drill.places = places
 
 
 def _restore_root(drill: _Drill, node: Node) -> Path:
@@ -424,11 +427,47 @@ def _teardown(drill: _Drill, report: DrillReport, keep: bool) -> None:
             # refuses anything not tagged for this cluster.
             drill.provider.delete_volume(restored)
         except Exception as exc:  # noqa: BLE001 - one volume's failure must not leave the others behind
-            reason = str(exc) if isinstance(exc, SnapctlError) else f"{type(exc).__name__}: {exc}"
-            report.teardown_errors.append(f"node {ref.node}: cannot delete restored volume {restored}: {reason}")
+            report.teardown_errors.append(f"node {ref.node}: cannot delete restored volume {restored}: "
+                                          f"{_reason(exc)}")
             report.leftovers.append(restored)
+    _teardown_unreturned(drill, report, keep)
     if not keep:
         shutil.rmtree(drill.scratch, ignore_errors=True)
+
+
+def _teardown_unreturned(drill: _Drill, report: DrillReport, keep: bool) -> None:
+    """What carries the drill's tags though no restore returned it: a restore that failed once its
+    volume was made and could not delete it (its own discard refused, or killed part-way). Not
+    in ``made``, and the drill's record is finished, so nothing else would look for it."""
+    find = getattr(drill.provider, "find_restored", None)
+    if find is None:
+        return
+    tagged = ", ".join(f"{k}={v}" for k, v in drill.tags.items())
+    returned = {restored for _, restored in drill.made}
+    try:
+        found = [volume for volume in find(drill.tags, drill.places) if volume not in returned]
+    except Exception as exc:  # noqa: BLE001 - said, and the drill fails: what is left is not known
+        report.teardown_errors.append(f"cannot look for volumes tagged {tagged} that failed restores left: "
+                                      f"{_reason(exc)}")
+        return
+    for volume in found:
+        if keep:
+            report.leftovers.append(volume)
+            continue
+        try:
+            drill.provider.delete_volume(volume)
+        except Exception as exc:  # noqa: BLE001 - one volume's failure must not leave the others behind
+            report.teardown_errors.append(f"cannot delete volume {volume}, tagged {tagged}, that a failed restore "
+                                          f"left: {_reason(exc)}")
+            report.leftovers.append(volume)
+            continue
+        line = f"deleted volume {volume}, tagged {tagged}, that a failed restore left"
+        report.warnings.append(line)
+        drill.reporter.step("teardown", line)
+
+
+def _reason(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, SnapctlError) else f"{type(exc).__name__}: {exc}"
 
 
 def _record(catalog: Catalog, report: DrillReport) -> None:

@@ -155,7 +155,8 @@ class Provider(Protocol):
     of the volumes ``restore`` made carrying all of ``tags`` (``RestoreTarget.tags``) and this
     cluster's tag, including one whose restore was cut short; ``places``: the target paths that
     restore may have used, for a provider that cannot list its volumes (local: the directories,
-    found by the marker beside each). The cleanup after a drill killed outright deletes them with
+    found by the marker beside each). A drill's teardown deletes those no restore returned (one
+    that failed part-way), and the cleanup after a drill killed outright all of them, with
     ``delete_volume``; without it, that cleanup says it cannot find them.
 
     Optional: ``find_leftovers() -> list[Leftover]``, the work of calls that died part-way and is
@@ -383,15 +384,16 @@ def discard_partial_snapshots(provider: Provider, node: str, created: list[Snaps
 
 
 def discard_restored_volume(provider: Provider, volume_id: str) -> None:
-    """Best effort, after attaching a volume ``restore`` made failed: delete the volume. Never
-    raises: the attach's own error is the one the caller reports."""
+    """Best effort, after a restore failed once it asked for the volume (its create, or its
+    attach): delete the volume; one never made is found gone. Never raises: the restore's own
+    error is the one the caller reports, and the warning names what is left."""
     import logging
 
     try:
         provider.delete_volume(volume_id)
     except Exception as exc:  # noqa: BLE001
         logging.getLogger(f"snapctl.providers.{provider.name}").warning(
-            "could not delete volume %s after its attach failed: %s", volume_id, exc)
+            "could not delete half-restored volume %s: %s", volume_id, exc)
 
 
 def check_cluster_tag(cluster: str, node: str, tags: Mapping[str, str]) -> None:

@@ -10,6 +10,7 @@ URL the ref carries.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import threading
@@ -61,6 +62,7 @@ PERM_DISK_DELETE = "Microsoft.Compute/disks/delete"
 PERM_VM_READ = "Microsoft.Compute/virtualMachines/read"
 PERM_VM_WRITE = "Microsoft.Compute/virtualMachines/write"
 TAG_RESTORED_FROM = "snapctl-restored-from"
+DISKS = "providers/Microsoft.Compute/disks"
 TAG_ATTACHED_TO = "snapctl-attached-to"  # on a restored disk: the vm restore attached it to
 
 
@@ -287,7 +289,9 @@ class AzureProvider:
         availability zone ``target.zone`` (default: the zone of ``target.instance``, if it has one;
         else none); ``target.extra`` may carry ``sku``. With ``target.instance`` (a VM name in the
         provider's resource group, or a VM resource id) the disk is attached to it at LUN
-        ``target.device`` (default: the lowest free one); an attach that fails deletes the disk."""
+        ``target.device`` (default: the lowest free one). A restore that fails once the PUT was
+        sent (its answer lost, its operation past the timeout, the attach; Ctrl-C and SIGTERM too)
+        deletes the disk."""
         from azure.mgmt.compute.models import CreationData, Disk, DiskSku
 
         vm_group, vm_name = self._vm_location(target.instance) if target.instance else (None, None)
@@ -312,20 +316,31 @@ class AzureProvider:
         if target.extra.get("sku"):
             disk.sku = DiskSku(name=target.extra["sku"])
         rg, disks = self.settings.resource_group, self.api.client.disks
+        # A PUT to a disk that exists changes it: a name given must be free, so that a disk found
+        # by it after a failure below is this restore's to delete.
+        if target.name and self.api.call(f"get disk {name}", PERM_DISK_READ, lambda: disks.get(rg, name),
+                                         missing_ok=True) is not None:
+            raise BadInputError(f"azure restore: a disk named {name} already exists in resource group {rg}",
+                                hint="give the restore another name, or delete that disk if it is a leftover")
         action = f"create disk {name} from snapshot {ref.snapshot_id.rsplit('/', 1)[-1]}"
-        poller = self.api.call(action, PERM_RESTORE, lambda: disks.begin_create_or_update(rg, name, disk))
-        remaining = max(1.0, deadline - time.monotonic())
-        made = self.api.call(action, PERM_RESTORE, lambda: poller.result(timeout=remaining))
-        if not poller.done() or made is None:
-            raise ProviderError(f"azure {action}: still running after {self.settings.operation_timeout_s:g}s",
-                                hint="raise the provider's operation_timeout_s; the disk is still being made")
-        if vm_name:
-            try:
-                self._attach(vm_group, vm_name, made.id, lun, deadline)
-            except BaseException:  # Ctrl-C and SIGTERM too: a disk attached nowhere is only a cost
-                discard_restored_volume(self, made.id)
-                raise
-        return made.id
+        made_id, poller = f"/subscriptions/{self.settings.subscription_id}/resourceGroups/{rg}/{DISKS}/{name}", None
+        try:
+            poller = self.api.call(action, PERM_RESTORE, lambda: disks.begin_create_or_update(rg, name, disk))
+            remaining = max(1.0, deadline - time.monotonic())
+            made = self.api.call(action, PERM_RESTORE, lambda: poller.result(timeout=remaining))
+            if not poller.done() or made is None:
+                raise ProviderError(f"azure {action}: still running after {self.settings.operation_timeout_s:g}s",
+                                    hint="raise the provider's operation_timeout_s; the disk is still being made")
+            made_id = made.id
+            if vm_name:
+                self._attach(vm_group, vm_name, made_id, lun, deadline)
+        except BaseException:  # Ctrl-C and SIGTERM too: a half-made restore leaves no disk behind
+            if poller is not None:  # the disk is in the making until its PUT is done: waited for, briefly
+                with contextlib.suppress(Exception):  # the delete says what stands in its way
+                    poller.result(timeout=DISCARD_WAIT_S)
+            discard_restored_volume(self, made_id)  # a PUT that never landed: found gone, nothing to do
+            raise
+        return made_id
 
     def check_restore(self, ref: SnapshotRef, target: RestoreTarget) -> None:
         """What ``restore`` would refuse, making nothing: `snapctl restore` asks for every volume
@@ -461,6 +476,7 @@ class AzureProvider:
 
 
 MAX_LUNS = 64
+DISCARD_WAIT_S = 60.0  # how long a half-restored disk's PUT still running is waited for, to delete it
 _LUN = re.compile(r"^(?:/dev/disk/azure/scsi1/)?(?:lun)?(\d{1,2})$")
 _vm_locks: dict[str, threading.Lock] = {}
 _vm_locks_lock = threading.Lock()

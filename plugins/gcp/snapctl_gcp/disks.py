@@ -7,6 +7,7 @@ A mixin of ``GcpProvider``: it uses the provider's ``api``, ``settings``, ``clus
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 import uuid
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from snapctl.errors import BadInputError, ProviderError, SnapshotNotFound
 from snapctl.providers import BEING_DELETED, GONE_HINT, TAG_CLUSTER, RestoreTarget, SnapshotRef, discard_restored_volume
+from snapctl_gcp.errors import is_throttle
 from snapctl_gcp.labels import decode_label, encode_key, encode_label, filter_for, labels_for, restored_disk_name
 from snapctl_gcp.settings import RESOURCE_NAME
 
@@ -35,6 +37,7 @@ TAG_ATTACHED_TO = "snapctl-attached-to"  # on a restored disk: the instance rest
 INSTANCE_PATH = re.compile(r"^(?:(?:.*/)?projects/(?P<project>[^/]+)/)?(?:zones/(?P<zone>[^/]+)/instances/)?"
                            r"(?P<instance>[^/]+)$")
 DEVICE_PREFIX = "/dev/disk/by-id/google-"
+DISCARD_WAIT_S = 60.0  # how long a half-restored disk's insert still running is waited for, to delete it
 
 
 class RestoredDisks:
@@ -46,7 +49,8 @@ class RestoredDisks:
         """A new disk from the snapshot in ``target.zone`` (default: the zone of ``target.instance``
         when it names one, else the source disk's). ``target.extra`` may carry ``disk_type`` (e.g.
         pd-ssd) and ``size_gb``. With ``target.instance`` the disk is attached to it, as device
-        ``target.device`` (default: the disk's name); an attach that fails deletes the disk."""
+        ``target.device`` (default: the disk's name). A restore that fails once the insert was sent
+        (the insert, its operation or the attach; Ctrl-C and SIGTERM too) deletes the disk."""
         instance, zone, name, device = self._restore_place(ref, target)
         deadline = time.monotonic() + self.settings.operation_timeout_s
         self.wait([ref], deadline)  # a disk can only be made from a READY snapshot
@@ -64,18 +68,30 @@ class RestoredDisks:
         request = types.InsertDiskRequest(project=self.api.project, zone=zone, disk_resource=disk,
                                           request_id=str(uuid.uuid4()))
         action, timeout = f"create disk {name} from snapshot {ref.snapshot_id}", self.settings.request_timeout_s
-        op = self.api.call(action, PERM_RESTORE, deadline=deadline,
-                           fn=lambda: disks.insert_unary(request=request, retry=None, timeout=timeout))
-        self._finish(op, zone, action, deadline)
-        made = f"projects/{self.api.project}/zones/{zone}/disks/{name}"
-        if instance:
-            assert device is not None
-            try:
+        made, op = f"projects/{self.api.project}/zones/{zone}/disks/{name}", None
+        try:
+            op = self.api.call(action, PERM_RESTORE, deadline=deadline,
+                               fn=lambda: disks.insert_unary(request=request, retry=None, timeout=timeout))
+            self._finish(op, zone, action, deadline)
+            if instance:
+                assert device is not None
                 self._attach(zone, instance[1], name, device, deadline)
-            except BaseException:  # Ctrl-C and SIGTERM too: a disk attached nowhere is only a cost
-                discard_restored_volume(self, made)
-                raise
+        except BaseException as exc:  # Ctrl-C and SIGTERM too: a half-made restore leaves no disk behind
+            if op is not None or not _refused(exc):
+                self._discard(made, zone, op)
+            raise
         return made
+
+    def _discard(self, made: str, zone: str, op: Any) -> None:
+        """A disk half-restored is only a cost; remove it so a retry starts clean. Its insert may
+        have landed whatever the error said (an answer lost, a timeout, Ctrl-C while it ran), and
+        one still running is waited for, briefly, first: until it is done the disk is in the
+        making. A disk that never came to be is found gone: nothing to do."""
+        if op is not None:
+            with contextlib.suppress(Exception):  # the delete below says what stands in its way
+                self.api.wait_operation(op, zone=zone, action=f"wait for the insert of {made}",
+                                        deadline=time.monotonic() + DISCARD_WAIT_S)
+        discard_restored_volume(self, made)
 
     def check_restore(self, ref: SnapshotRef, target: RestoreTarget) -> None:
         """What ``restore`` would refuse, making nothing: `snapctl restore` asks for every volume
@@ -221,6 +237,16 @@ def _instance_location(instance: str, project: str) -> tuple[str | None, str]:
         raise BadInputError(f"gcp instance {instance} is in another project than {project}",
                             hint="attach to an instance of the provider's project")
     return match["zone"], match["instance"]
+
+
+def _refused(exc: BaseException) -> bool:
+    """The insert was answered no (4xx): it made nothing, and a 409 names a disk that was there
+    before, not this restore's to delete. Not a throttle: one may follow an attempt that landed,
+    its answer lost (the retries send the same request id)."""
+    from google.api_core import exceptions as gexc
+
+    cause = exc.__cause__
+    return isinstance(cause, gexc.ClientError) and not is_throttle(cause)
 
 
 def _device_name(device: str | None, *, default: str) -> str:
