@@ -77,3 +77,19 @@ nodes:
     assert "data_dir" not in remap_paths(rebuilt, inventory, node, {"backup": "/r/backup"}, drill=True)  # scratch
     with pytest.raises(BadInputError, match="the engine's data_dir /var/lib/etcd lies on none of the restored volumes"):
         remap_paths(rebuilt, inventory, node, {"backup": "/r/backup"})
+
+
+def test_an_engine_path_wholly_off_the_volumes_is_refused_before_restoring_not_left_unprepared(
+        sqlite_cluster, run_of_n2_elsewhere, tmp_path):
+    # n2's database pointed at n1's: nothing of n2's engine lies on its own volumes, so nothing
+    # moved, and the restore went on, leaving n2 neither prepared nor verified, with exit 0.
+    other = sqlite_cluster.directory / "n1" / "data" / "app.db"
+    sqlite_cluster.edit(node_n2={"engine": {"type": "sqlite", "path": "n1/data/app.db"}})
+    said = f"^node n2: the engine's path {other} lies on none of the restored volumes \\(data \\(.*\\)\\): the"
+
+    with pytest.raises(BadInputError, match=f"{said} restore would use this host's live files"):
+        restore_run(sqlite_cluster.inventory, run_of_n2_elsewhere, tmp_path / "restored")
+    assert not (tmp_path / "restored").exists(), "refused before anything was restored"
+    with pytest.raises(BadInputError, match=f"{said} drill would use"):
+        run_drill(sqlite_cluster.inventory, run_of_n2_elsewhere, junit=tmp_path / "drill.xml")
+    assert not any((sqlite_cluster.directory / "scratch").iterdir()), "no node was restored"
