@@ -56,6 +56,15 @@ def usable_report_path(path: Path) -> Path:
     if path.is_dir():
         raise BadInputError(f"cannot write the junit report to {path}: it is a directory",
                             hint=f"name a file, e.g. --junit {path / 'drill.xml'}")
+    # As the report will be written, once: a directory that refuses files (its mode, an immutable
+    # flag, a read-only mount) is found now, not after the whole drill.
+    probe = path.resolve().with_name(f".{path.name}.{secrets.token_hex(4)}.probe")
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        probe.unlink()
+    except OSError as exc:
+        raise BadInputError(f"cannot write the junit report to {path}: {os_reason(exc)} in {path.parent}",
+                            hint="name a file in a directory this user may write to") from exc
     return path
 
 

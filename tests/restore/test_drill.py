@@ -252,6 +252,19 @@ def test_a_junit_directory_that_cannot_be_made_is_refused_before_anything_starts
     assert open_catalog(sqlite_cluster.inventory).load(run_id).last_drill is None
 
 
+def test_a_junit_directory_that_refuses_files_is_refused_before_anything_starts(sqlite_cluster, tmp_path, mounted):
+    # Found after the whole drill (restores, engines started, verified), where the directory's
+    # refusal was plain before it began: a read-only mount here, an immutable flag or a mode elsewhere.
+    run_id = sqlite_cluster.backup()
+    reports = mounted(tmp_path / "reports")
+    subprocess.run(["mount", "-o", "remount,ro", str(reports)], check=True)
+    with pytest.raises(BadInputError, match=f"cannot write the junit report to {reports}/drill.xml: read-only file "
+                                            f"system in {reports} \\(hint: "):
+        run_drill(sqlite_cluster.inventory, run_id, junit=reports / "drill.xml")
+    assert open_catalog(sqlite_cluster.inventory).load(run_id).last_drill is None
+    scratch = sqlite_cluster.directory / "scratch"
+    assert not scratch.exists() or not any(scratch.iterdir()), "no node was restored"
+
 def test_a_report_that_cannot_be_written_still_leaves_the_drill_on_record(sqlite_cluster, tmp_path, monkeypatch):
     run_id = sqlite_cluster.backup()
 
