@@ -96,6 +96,7 @@ def make_scratch_dir(inventory: Inventory, run_id: str, drill_id: str, record: s
     from snapctl.errors import BadInputError
 
     where = inventory.resolve(inventory.drill.scratch_dir) if inventory.drill.scratch_dir else None
+    _refuse_inside_a_volume(inventory, (where or Path(tempfile.gettempdir())).resolve())
     try:
         if where is None:
             scratch = Path(tempfile.mkdtemp(prefix=f"snapctl-drill-{run_id}-")).resolve()
@@ -114,6 +115,21 @@ def make_scratch_dir(inventory: Inventory, run_id: str, drill_id: str, record: s
         shown = where if where is not None else f"in {tempfile.gettempdir()}"
         raise BadInputError(f"cannot create the drill's scratch directory {shown}: {os_reason(exc)}",
                             hint="set drill.scratch_dir (or TMPDIR) to a directory snapctl can write to") from exc
+
+
+def _refuse_inside_a_volume(inventory: Inventory, base: Path) -> None:
+    """Before anything is made there: restored copies inside a node's live volume would go into its
+    every later snapshot, and a directory made for them would stay there after the drill."""
+    from snapctl.errors import BadInputError
+    from snapctl.evidence import volume_roots
+
+    for node in inventory.nodes:
+        for volume, root in volume_roots(node.volumes, inventory.resolve).items():
+            if base.is_relative_to(root):
+                raise BadInputError(f"the drill's scratch directory {base} lies inside node {node.name}'s volume "
+                                    f"{volume} ({root}): its every later snapshot would carry the drill's copies",
+                                    hint="set drill.scratch_dir (or TMPDIR) to a directory outside every node's "
+                                         "volumes")
 
 
 def write_pid_file(workdir: Path, name: str, pid: int) -> None:

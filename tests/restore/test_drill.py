@@ -460,3 +460,15 @@ def test_a_volume_renamed_in_the_inventory_since_the_run_is_named_not_taken_for_
 
     restored = restore_run(sqlite_cluster.inventory, run_id, tmp_path / "restored", record_it=False)
     assert "renamed since the run?" in restored.nodes[0].note, restored.nodes[0].note
+
+
+def test_a_scratch_dir_inside_a_live_volume_is_refused_before_anything_is_made_there(sqlite_cluster, tmp_path):
+    # Refused only once the scratch directory was made, as a restore target inside a volume, with
+    # restore's hint (--to DIR): the drill's directories stayed in the live volume, in every later snapshot.
+    run_id = sqlite_cluster.backup()
+    sqlite_cluster.edit(drill={"scratch_dir": "n1/data/drills"})
+    with pytest.raises(BadInputError, match=r"the drill's scratch directory .*/n1/data/drills lies inside node n1's "
+                                            r"volume data \(.*/n1/data\)") as info:
+        run_drill(sqlite_cluster.inventory, run_id, junit=tmp_path / "drill.xml")
+    assert "drill.scratch_dir" in info.value.hint
+    assert not (sqlite_cluster.directory / "n1" / "data" / "drills").exists()
