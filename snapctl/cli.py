@@ -133,7 +133,7 @@ def list_runs(inventory: InventoryOpt = None, output: OutputOpt = "text") -> int
     out = _renderer(output)  # first: it decides how an error is shown, the inventory's too
     catalog = open_catalog(_inventory(inventory))
     entries, problems = catalog.list()
-    return out.run_list(entries, problems, catalog.describe())
+    return out.run_list(entries, problems, catalog.describe(say_missing=not entries))
 
 
 @app.command(cls=_RequiredAsDocumented)

@@ -204,7 +204,7 @@ async def collect_status(
     newest = result.latest_success
     result.latest_success_unconfirmed = newest is not None and newest.run_id in look.unconfirmed
     result.latest_failure = next((e for e in entries if e.status == "failed"), None)
-    _grade_backups(result)
+    _grade_backups(result, look.missing)
     if textfile is not None:
         from snapctl.metrics import status_textfile, write_textfile
 
@@ -287,7 +287,8 @@ def _only_groups(verdict: Verdict, patterns: list[str]) -> None:
 FUTURE_TOLERANCE_S = 60.0  # how far in the future a run may have started (clocks a little apart) unremarked
 
 
-def _grade_backups(result: ClusterStatus) -> None:
+def _grade_backups(result: ClusterStatus, missing: str | None = None) -> None:
+    """``missing``: where the catalog was looked for, when its directory does not exist."""
     if not result.catalog_read:
         return  # how old the newest backup is, nobody can tell: the catalog finding says why
     add = result.verdict.findings.append
@@ -295,7 +296,9 @@ def _grade_backups(result: ClusterStatus) -> None:
     if (newest is None or age is None) and result.catalog_problems:  # one may be among them
         add(Finding("degraded", "backups", "no readable successful backup (see the unreadable manifests)"))
     elif newest is None or age is None:
-        add(Finding("degraded", "backups", "no successful backup yet"))
+        add(Finding("degraded", "backups", "no successful backup yet" + (
+            f": the catalog at {missing} does not exist (a first backup makes it; else check catalog.path, and "
+            "that its share is mounted)" if missing else "")))
     elif age < -FUTURE_TOLERANCE_S:  # its age, and so the RPO, cannot be judged: a clock is wrong
         add(Finding("degraded", "backups",
                     f"newest successful backup {newest.run_id} started {duration_text(-age)} in the future by this "

@@ -47,6 +47,7 @@ class CatalogLook:
     lock: LockRecord | None = None
     obstacles: list[str] = field(default_factory=list)  # each fails a backup before it holds anything
     unconfirmed: set[str] = field(default_factory=set)  # succeeded runs read whose snapshots may not have completed
+    missing: str | None = None  # where a local catalog was looked for whose directory does not exist
 
     def holder(self, now: datetime) -> str | None:
         """Who holds the cluster lock at ``now`` (a backup would exit 4), or None."""
@@ -90,8 +91,10 @@ class Catalog:
         # the provider about their snapshots without reading the manifest again.
         self._unconfirmed: dict[str, Manifest] = {}
 
-    def describe(self) -> str:
-        return f"{self.store.describe()} (cluster {self.cluster})"
+    def describe(self, *, say_missing: bool = False) -> str:
+        """Where the catalog is; ``say_missing``: and that its directory does not exist, if so."""
+        missing = say_missing and self._missing_root()
+        return f"{self.store.describe()} (cluster {self.cluster})" + (", which does not exist" if missing else "")
 
     # -- manifests ---------------------------------------------------------------------------
 
@@ -237,6 +240,8 @@ class Catalog:
         run can parse, no run can take over) and not held, and where the store can tell, the
         directories of the lock, the index and the manifests writable."""
         look = CatalogLook()
+        if self._missing_root():  # a first backup makes it; or a mistyped path, a share not mounted
+            look.missing = self.store.describe()
         try:
             look.entries, look.problems = self.list()
             look.unconfirmed = set(self._unconfirmed)

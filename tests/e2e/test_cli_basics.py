@@ -200,6 +200,11 @@ def test_with_no_backups_list_and_latest_say_which_catalog_they_looked_in(tmp_pa
     drilled = subprocess.run([sys.executable, "-m", "snapctl.cli", "drill", "latest", "-i", "inv.yaml"], cwd=tmp_path,
                              env=env, capture_output=True, text=True, timeout=60, check=False)
 
+    assert listed.returncode == 0
+    assert " ".join(listed.stdout.split()) == f"no backups yet in {where} (cluster c), which does not exist"
+    where.mkdir(parents=True)  # made, but empty: no more to say
+    listed = subprocess.run([sys.executable, "-m", "snapctl.cli", "list", "-i", "inv.yaml"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60, check=False)
     assert listed.returncode == 0 and listed.stdout.strip() == f"no backups yet in {where} (cluster c)"
     assert drilled.returncode == ExitCode.BAD_INPUT
     assert (f"snapctl: error: no succeeded backup of cluster c in the catalog at {where}, which does not exist"

@@ -65,7 +65,15 @@ def test_a_newest_backup_made_with_no_wait_is_said_to_have_unconfirmed_snapshots
 
 
 def test_no_backup_yet_is_degraded_exit_5(tmp_path):
-    write_inventory(tmp_path, sqlite_nodes(tmp_path, 1))
+    inventory = load(write_inventory(tmp_path, sqlite_nodes(tmp_path, 1)))
+    code, doc = status_json(tmp_path)
+    assert code == ExitCode.DEGRADED == 5
+    # A catalog whose directory does not exist: the first backup makes it, or catalog.path is mistyped.
+    [finding] = doc["data"]["verdict"]["findings"]
+    assert finding["message"] == (f"no successful backup yet: the catalog at {inventory.resolve(inventory.catalog.path)} "
+                                  "does not exist (a first backup makes it; else check catalog.path, and that its "
+                                  "share is mounted)")
+    inventory.resolve(inventory.catalog.path).mkdir(parents=True)
     code, doc = status_json(tmp_path)
     assert code == ExitCode.DEGRADED == 5
     assert doc["data"]["verdict"]["findings"] == [
