@@ -127,6 +127,13 @@ class Catalog:
     def load(self, run_id: str) -> Manifest:
         data = self.store.read(self._manifest_key(run_id))
         if data is None:
+            indexed, _ = self._read_index()
+            if lost := next((e for e in indexed or [] if e.run_id == run_id and e.status != _PRUNING), None):
+                # As every listing says it: not a mistyped run id, a record lost.
+                raise CatalogError(f"run {run_id}: its manifest {self._where(run_id)} is missing, though the index "
+                                   f"lists the run as {lost.status}",
+                                   hint="put the manifest back from a copy of the catalog; its snapshots are kept "
+                                        "meanwhile (gc never takes them for orphans)")
             raise BadInputError(f"no run {run_id} in the catalog {self.describe()}", hint="`snapctl list` shows the runs")
         return self._readable(run_id, data)
 

@@ -365,6 +365,13 @@ def test_a_manifest_lost_behind_its_index_line_is_reported_every_time_not_forgot
                             "missing, though the index lists the run as succeeded")]
     assert catalog.runs_without_manifest() == ["r-old"]
     assert [e["run_id"] for e in json.loads(catalog.store.read("prod/index.json"))] == ["r-new", "r-old"]
+    # `show` and `restore` said "no run r-old in the catalog", a mistyped id, of the run list names.
+    with pytest.raises(CatalogError, match=r"^run r-old: its manifest .*/r-old.json is missing, though the index "
+                                           r"lists the run as succeeded") as lost:
+        catalog.load(catalog.resolve("r-old"))
+    assert "from a copy of the catalog" in lost.value.hint
+    with pytest.raises(BadInputError, match="no run r-gone in the catalog"):  # being pruned: gone as asked
+        catalog.load("r-gone")
 
     catalog.store.delete("prod/index.json")  # a rebuild from the manifests forgets it, as documented
     entries, problems = catalog.list()
