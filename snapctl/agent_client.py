@@ -41,6 +41,7 @@ from snapctl.errors import (
     EngineBusy,
     EngineError,
     LeaseConflict,
+    NotAnAgent,
     SnapctlError,
 )
 from snapctl.ratelimit import parse_retry_after
@@ -193,6 +194,11 @@ class HttpAgentClient:
                                     hint=self._token_hint)
         if status == 409:
             raise AgentConflict(self.node, message, status=status, hint=hint, holder=error.holder if error else None)
+        if error is None and status != 429:  # a gateway's rate limit in front of an agent may say it bare
+            raise NotAnAgent(self.node, f"what answers at {self.base_url} is no snapctl agent: HTTP {status} to "
+                                        f"{path}, without an agent's error (another service on that port?)",
+                             status=status, hint=f"point {self.node}'s agent: at the address its snapctl-agent "
+                                                 "listens on (its log says it at start)")
         raise AgentError(self.node, message, status=status, hint=hint)
 
     async def _after_rate_limit(self, method: str, url: str, path: str, body: dict[str, Any] | None,

@@ -69,6 +69,11 @@ class AgentError(SnapctlError):
         self.status = status
 
 
+class NotAnAgent(AgentError):
+    """Something answered at the agent's address, but not as a snapctl agent does (every error of
+    one carries its JSON ``{"error": ...}``): another service on that port, most likely."""
+
+
 class AgentRateLimited(AgentError):
     """The agent's rate limit refused a request (429), which the agent does before anything runs.
     ``retry_after_s``: when it said to come back; ``said``: its words, without the node."""

@@ -62,6 +62,7 @@ class NodeProbe:
     elapsed_s: float | None = None
     # What it answered, 200 with its status; None: no answer (no connection, or none in time).
     http_status: int | None = None
+    not_agent: bool = False  # what answered is no snapctl agent (another service on the port)
 
 
 @dataclass
@@ -171,6 +172,9 @@ def assess_node(probe: NodeProbe, *, for_backup: bool = False) -> list[Finding]:
         return [Finding("critical", node, f"agent refused our token: {said}", forceable=False,
                         hint=hint or f"give snapctl the token {node}'s agent was started with (auth.token_file, "
                                      "or the node's own token_file)")]
+    if probe.not_agent:  # a prepare sent there fails as surely: never forceable
+        said, hint = split_hint(probe.error or "")
+        return [Finding("critical", node, said, forceable=False, hint=hint)]
     if probe.status is None and probe.http_status is not None:  # it answered: the network is not the problem
         # Forceable: its status alone may be refused (a rate limit is per endpoint: a 429 to the
         # status says nothing of the prepare); a prepare that fails the same way holds nothing.

@@ -7,7 +7,7 @@ import re
 import time
 
 from snapctl.agent_client import AgentClient
-from snapctl.errors import AgentError, AgentTimeout, AgentUnauthorized, AgentUnreachable, SnapctlError
+from snapctl.errors import AgentError, AgentTimeout, AgentUnauthorized, AgentUnreachable, NotAnAgent, SnapctlError
 from snapctl.health import NodeProbe
 
 _SAID_AT_MOST = 300  # characters of what an agent said: a finding is one line of a log
@@ -34,7 +34,7 @@ async def probe(name: str, client: AgentClient, timeout_s: float) -> NodeProbe:
     except AgentUnreachable as exc:  # its finding names the node already
         result.error = exc.reason
     except AgentError as exc:  # it answered, with an error: the network is not the problem
-        result.http_status = exc.status
+        result.http_status, result.not_agent = exc.status, isinstance(exc, NotAnAgent)
         hint = exc.hint  # a 429's names the rate limit (agent_client.RATE_LIMITED_HINT)
         said = _one_line(exc.reason)
         result.error = f"{said} (hint: {_one_line(hint)})" if hint else said

@@ -192,3 +192,23 @@ def test_an_error_that_echoes_our_token_is_shown_with_the_token_blanked(tmp_path
                                                  "(Authorization: Bearer <token>) (hint: retry with a token other "
                                                  "than <token>)"))
     assert TOKEN not in json.dumps(doc)
+
+
+def test_another_service_on_the_agents_port_is_no_agent_and_no_force_gets_past_it(tmp_path):
+    # A web server's 404 page on the agent's port read "agent answered HTTP 404 ... see n1's agent
+    # log", a finding --force overrode: the forced backup then held the other nodes and failed on
+    # n1's prepare (501), its rollback saying a lease would expire that no agent ever granted.
+    (tmp_path / "n1").mkdir()
+    with answering(404, b"<html><body><h1>404 Not Found</h1></body></html>") as url:
+        inventory = _inventory(tmp_path, url)
+        status = _snapctl(tmp_path, "status", "-i", str(inventory), "-o", "json")
+        forced = _snapctl(tmp_path, "backup", "--force", "-i", str(inventory))
+    assert status.returncode == ExitCode.CRITICAL, status.stderr
+    doc = json.loads(status.stdout)
+    VALIDATOR.validate(doc)
+    [n1] = [f for f in doc["data"]["verdict"]["findings"] if f["subject"] == "n1"]
+    assert n1["message"] == (f"what answers at {url} is no snapctl agent: HTTP 404 to /v1/status, without an "
+                             "agent's error (another service on that port?)")
+    assert n1["forceable"] is False and n1["hint"].startswith("point n1's agent: at the address its snapctl-agent")
+    assert forced.returncode == ExitCode.PREFLIGHT_REFUSED, forced.stderr
+    assert "n1: what answers at" in forced.stderr and "--force did not override these" in forced.stderr
