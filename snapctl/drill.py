@@ -43,6 +43,7 @@ from snapctl.events import NullReporter, Reporter
 from snapctl.evidence import compare_facts, missing_files, volume_roots
 from snapctl.manifest import DrillSummary, Manifest, NodeRecord
 from snapctl.providers import TAG_DRILL, Provider, SnapshotRef, open_provider, stoppable_by
+from snapctl.redact import redact
 from snapctl.restore import (
     check_before_restoring,
     check_provider,
@@ -303,7 +304,7 @@ def _drill_node(drill: _Drill, name: str) -> NodeDrill:
     except SnapctlError as exc:  # the report names the node; a provider's message does too
         result.error, result.hint = exc.message.removeprefix(f"node {name}: "), exc.hint
     except Exception as exc:  # noqa: BLE001 - one node's surprise must not hide the others' results
-        result.error = f"{type(exc).__name__}: {exc}"
+        result.error = redact(f"{type(exc).__name__}: {exc}")
     result.verdict = "error" if result.error else ("mismatch" if result.mismatches else "passed")
     detail = result.error or "; ".join(result.mismatches) or None
     drill.reporter.node(name, {"passed": "passed", "mismatch": "mismatch", "error": "failed"}[result.verdict], detail)
@@ -467,7 +468,7 @@ def _teardown_unreturned(drill: _Drill, report: DrillReport, keep: bool) -> None
 
 
 def _reason(exc: Exception) -> str:
-    return str(exc) if isinstance(exc, SnapctlError) else f"{type(exc).__name__}: {exc}"
+    return str(exc) if isinstance(exc, SnapctlError) else redact(f"{type(exc).__name__}: {exc}")
 
 
 def _record(catalog: Catalog, report: DrillReport) -> None:

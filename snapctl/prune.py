@@ -38,6 +38,7 @@ from snapctl.gc import delete_snapshot as _delete_snapshot
 from snapctl.gc import named_by as _named_by
 from snapctl.gc import stored_runs as _stored_runs
 from snapctl.providers import TAG_CLUSTER, TAG_RUN, Provider, SnapshotRef, open_provider
+from snapctl.redact import redact
 from snapctl.retention import PRUNING, SUCCEEDED, Decision, RetentionPlan, Run, decide
 from snapctl.timestamps import as_utc, utc_text
 
@@ -254,7 +255,7 @@ async def prune_after_backup(
         except SnapctlError as exc:
             return {"error": str(exc)}
         except Exception as exc:  # noqa: BLE001 - the backup succeeded; whatever broke here must not undo that
-            return {"error": f"{type(exc).__name__}: {exc}"}
+            return {"error": redact(f"{type(exc).__name__}: {exc}")}
         record: dict[str, object] = {"deleted": [v.run_id for v in done.deleted], "kept": len(done.kept)}
         if done.unfinished:
             record["error"] = "; ".join(f"run {v.run_id}: {v.error}" for v in done.unfinished)

@@ -30,6 +30,7 @@ from snapctl.errors import BadInputError, CatalogError, Interrupted, SnapctlErro
 from snapctl.evidence import compare_facts, missing_files, volume_roots
 from snapctl.manifest import Manifest, NodeRecord
 from snapctl.providers import Provider, RestoreTarget, SnapshotRef, node_volumes, open_provider
+from snapctl.redact import redact
 from snapctl.restore_leftovers import EACH_NODE
 from snapctl.timestamps import UtcTime
 
@@ -123,7 +124,8 @@ def restore_run(inventory: Inventory, run_ref: str, to: Path | None = None, *, z
     except BaseException as exc:
         record.outcome = "interrupted" if isinstance(exc, KeyboardInterrupt | Interrupted) else "failed"
         record.error = exc.message if isinstance(exc, SnapctlError) else (
-            "interrupted (Ctrl-C or SIGTERM)" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}")
+            "interrupted (Ctrl-C or SIGTERM)" if isinstance(exc, KeyboardInterrupt)
+            else redact(f"{type(exc).__name__}: {exc}"))
         raise
     finally:
         record.volumes = {f"{ref.node}/{ref.volume}": restored for ref, restored in made}

@@ -8,6 +8,7 @@ import asyncio
 from node_agent.models import LOST_ON_ENGINE
 from snapctl.errors import AgentError, AgentUnauthorized, AgentUnreachable, RunFailed, SnapctlError
 from snapctl.manifest import Manifest
+from snapctl.redact import redact
 
 
 def run_failure(manifest: Manifest, exc: BaseException, unrecorded: str | None,
@@ -73,7 +74,7 @@ def reason(exc: BaseException) -> str:
         return exc.message
     if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)):
         return "interrupted"
-    return f"{type(exc).__name__}: {exc}"
+    return redact(f"{type(exc).__name__}: {exc}")
 
 
 def node_reason(exc: BaseException) -> str:
