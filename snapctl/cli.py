@@ -144,7 +144,8 @@ def show(run: Annotated[str, typer.Argument(metavar="RUN", help="Run id, unique 
 
     out = _renderer(output)
     catalog = open_catalog(_inventory(inventory))
-    return out.manifest(catalog.load(catalog.resolve(run)))
+    skipped: list[str] = []  # newer runs `latest` passed over: said on stderr, the document unchanged
+    return out.manifest(catalog.load(catalog.resolve(run, skipped)), skipped)
 
 
 @app.command(short_help="Agents, engines, raft groups, newest backup; exit 0/5/6.")

@@ -43,6 +43,7 @@ class VerifyResult:
     provider: str
     snapshots: list[SnapshotCheck]
     problems: list[str] = field(default_factory=list)  # about the run, not one snapshot
+    warnings: list[str] = field(default_factory=list)  # newer runs `latest` passed over, and why
 
     @property
     def ok(self) -> bool:
@@ -70,7 +71,8 @@ class VerifyResult:
 
 def verify_run(inventory: Inventory, run_ref: str) -> VerifyResult:
     catalog = open_catalog(inventory)
-    manifest = catalog.load(catalog.resolve(run_ref))
+    skipped: list[str] = []
+    manifest = catalog.load(catalog.resolve(run_ref, skipped))
     if manifest.status != "succeeded":
         raise not_succeeded(manifest, "it has no snapshots to verify")
     provider = open_provider(inventory)
@@ -80,7 +82,7 @@ def verify_run(inventory: Inventory, run_ref: str) -> VerifyResult:
     # A provider plugin older than describe() finds them by run tag: a snapshot re-tagged is then missing.
     now = describe(recorded) if describe is not None else provider.find({TAG_RUN: manifest.run_id})
     found = {ref.snapshot_id: ref for ref in now}
-    result = VerifyResult(manifest.run_id, provider.name, [])
+    result = VerifyResult(manifest.run_id, provider.name, [], warnings=skipped)
     for name, record in manifest.nodes.items():
         if not record.snapshots:
             result.problems.append(f"node {name}: the manifest records no snapshots")

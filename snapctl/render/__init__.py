@@ -178,7 +178,10 @@ class Renderer:
             self.err.print(f"[yellow]warning:[/] {escape(problem)}", soft_wrap=True)
         return ExitCode.OK
 
-    def manifest(self, m) -> int:
+    def manifest(self, m, warnings: list[str] = ()) -> int:
+        from snapctl.render.restore import _warnings
+
+        _warnings(self, list(warnings))
         self.line(f"run {m.run_id} of cluster {m.cluster}: {m.status}, provider {m.provider}, by {m.owner}")
         holds = f"holds began within {_seconds(m.hold_skew_s)}, " if m.hold_skew_s is not None else ""
         self.line(f"started {m.started_at:%Y-%m-%d %H:%M:%S}Z, finished "
@@ -317,7 +320,9 @@ class JsonRenderer(Renderer):
         self._emit("list", {"runs": entries, "problems": problems})
         return ExitCode.OK
 
-    def manifest(self, m) -> int:
+    def manifest(self, m, warnings: list[str] = ()) -> int:
+        for warning in warnings:  # stdout stays the manifest's document
+            print(f"warning: {warning}", file=sys.stderr)
         self._emit("manifest", m)
         return ExitCode.OK
 

@@ -95,6 +95,7 @@ def verify_text(r, result) -> int:
         state = "[green]ok[/]" if s.state == "ok" else f"[red]{s.state}[/]"
         table.add_row(s.node, s.volume, escape(s.snapshot_id), human_bytes(s.bytes), state)
     r.out.print(table)
+    _warnings(r, result.warnings)
     for s in result.snapshots:
         for problem in s.problems:
             r.out.print(f"  [red]{s.node}/{s.volume}[/]: {escape(problem)}", soft_wrap=True)

@@ -43,6 +43,19 @@ def test_latest_warns_naming_the_newer_run_it_passed_over_and_why(sqlite_cluster
     named = snapctl(sqlite_cluster, "restore", older, "--to", str(tmp_path / "named"), "-o", "json")
     assert json.loads(named.stdout)["data"]["warnings"] == [], "a run named is not `latest`: nothing passed over"
 
+    # `verify latest` and `show latest` passed it over without a word too.
+    verified = snapctl(sqlite_cluster, "verify", "latest", "-o", "json")
+    assert verified.returncode == ExitCode.OK, verified.stdout + verified.stderr
+    [said] = json.loads(verified.stdout)["data"]["warnings"]
+    assert said.startswith(f"latest is run {older}, not run {newer}")
+    warned = f"warning: latest is run {older}, not run {newer}"
+    verified = snapctl(sqlite_cluster, "verify", "latest")
+    assert warned in " ".join(verified.stderr.split()), verified.stderr
+    shown = snapctl(sqlite_cluster, "show", "latest")
+    assert warned in " ".join(shown.stderr.split()) and f"run {older} of cluster" in shown.stdout
+    shown = snapctl(sqlite_cluster, "show", "latest", "-o", "json")  # the document stays the manifest
+    assert warned in " ".join(shown.stderr.split()) and json.loads(shown.stdout)["data"]["run_id"] == older
+
 
 def test_latest_with_a_start_time_written_without_its_zone_still_warns(sqlite_cluster, tmp_path):
     """A hand-edited manifest whose started_at lost its Z, beside a newer unreadable one: comparing
