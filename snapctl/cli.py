@@ -203,8 +203,13 @@ def restore(
     from snapctl.restore import restore_run
 
     out = _renderer(output)
-    result = restore_run(_inventory(inventory), run, _path(to, "--to", "/srv/restore"), zone=zone, attach=attach,
-                         record_it=not no_record)
+    loaded = _inventory(inventory)
+    progress = out.progress()
+    try:
+        result = restore_run(loaded, run, _path(to, "--to", "/srv/restore"), zone=zone, attach=attach,
+                             record_it=not no_record, reporter=progress)
+    finally:
+        progress.close()
     return out.restore_result(result)
 
 

@@ -27,6 +27,7 @@ from snapctl.catalog import Catalog, open_catalog
 from snapctl.config import Inventory, Node
 from snapctl.engine_paths import live_path, no_engine_path, remap_paths, used_paths
 from snapctl.errors import BadInputError, CatalogError, Interrupted, SnapctlError
+from snapctl.events import NullReporter, Reporter
 from snapctl.evidence import compare_facts, missing_files, volume_roots
 from snapctl.manifest import Manifest, NodeRecord
 from snapctl.providers import Provider, RestoreTarget, SnapshotRef, node_volumes, open_provider
@@ -89,7 +90,8 @@ class RestoreRecord(BaseModel):
 
 
 def restore_run(inventory: Inventory, run_ref: str, to: Path | None = None, *, zone: str | None = None,
-                attach: bool = False, verify: bool = True, record_it: bool = True) -> RestoreResult:
+                attach: bool = False, verify: bool = True, record_it: bool = True,
+                reporter: Reporter | None = None) -> RestoreResult:
     """Restore every node's snapshots of a run, restore-prepare each engine, and verify in place
     the engines that read their files directly; on record in the catalog while it runs, unless
     not ``record_it`` (a catalog that cannot be written: a read-only copy, in a disaster)."""
@@ -116,7 +118,8 @@ def restore_run(inventory: Inventory, run_ref: str, to: Path | None = None, *, z
                                 "meanwhile (a read-only copy of the catalog, in a disaster)") from exc
     made: list[tuple[SnapshotRef, str]] = []
     try:
-        result = _restore(inventory, catalog, run_id, to, where, zone=zone, attach=attach, verify=verify, made=made)
+        result = _restore(inventory, catalog, run_id, to, where, zone=zone, attach=attach, verify=verify, made=made,
+                          reporter=reporter or NullReporter())
         result.record = record.key if record_it else None
         result.warnings = skipped
         record.outcome = "restored" if result.ok else "mismatch"
@@ -139,7 +142,7 @@ def restore_run(inventory: Inventory, run_ref: str, to: Path | None = None, *, z
 
 
 def _restore(inventory: Inventory, catalog: Catalog, run_id: str, to: Path | None, where: str, *, zone: str | None,
-             attach: bool, verify: bool, made: list[tuple[SnapshotRef, str]]) -> RestoreResult:
+             attach: bool, verify: bool, made: list[tuple[SnapshotRef, str]], reporter: Reporter) -> RestoreResult:
     manifest = _restorable(catalog.load(run_id))  # resolved by restore_run already: no second scan
     nodes = {name: inventory_node(inventory, name) for name in manifest.nodes}
     provider = open_provider(inventory)
@@ -153,13 +156,18 @@ def _restore(inventory: Inventory, catalog: Catalog, run_id: str, to: Path | Non
     check_before_restoring(inventory, provider, manifest, nodes, roots, zone=zone,
                            attached=set(nodes) if attach else set())
     result = RestoreResult(manifest.run_id, where, [])
+    reporter.step("restore", f"restoring run {manifest.run_id} ({len(manifest.nodes)} nodes) into {where}")
     try:
         for name, record in manifest.nodes.items():
             node = nodes[name]
             node_result = NodeRestore(name)
+            reporter.node(name, "restoring", f"{len(record.snapshots)} volume(s)")
             node_result.volumes = restore_volumes(provider, node, record, root=roots[name], zone=zone, attach=attach,
                                                   made=made)
+            reporter.node(name, "restore-preparing")
             _prepare_and_check(inventory, node, record, node_result, verify=verify, attached=attach)
+            reporter.node(name, "mismatch" if node_result.mismatches else "restored",
+                          "; ".join(node_result.mismatches) or node_result.note)
             result.nodes.append(node_result)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the volumes already restored stay, and are named
         if not made:

@@ -57,6 +57,14 @@ def test_backup_under_writers_restores_to_the_facts_recorded_at_prepare(cluster,
         actual = restored[name]["facts"]["tables"]["events"]
         assert (actual["rows"], actual["checksum"]) == (expected["rows"], expected["checksum"])
         assert restored[name]["mismatches"] == []
+    # In text, each node's progress on stderr as it goes (a restore of gigabytes said nothing until its table).
+    text = cluster.snapctl("restore", "latest", "--to", str(tmp_path / "restored-text"))
+    assert text.returncode == 0, text.stderr
+    said = [line.split("Z ", 1)[-1] for line in text.stderr.splitlines()]
+    assert f"restore: restoring run {manifest['run_id']} (3 nodes) into {tmp_path / 'restored-text'}" in said
+    for name in manifest["nodes"]:
+        assert said.index(f"  {name}: restoring (1 volume(s))") < said.index(f"  {name}: restore-preparing") \
+            < said.index(f"  {name}: restored")
 
     listed = cluster.snapctl("list", "-o", "json", check_json=True)
     assert [r["run_id"] for r in listed.json["data"]["runs"]] == [manifest["run_id"]]
