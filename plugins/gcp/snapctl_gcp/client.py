@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from snapctl.errors import ProviderError
+from snapctl.errors import ProviderError, ProviderUnreachable
 from snapctl.ratelimit import TokenBucket
 from snapctl_gcp.errors import is_transient, retry_after_of, translate
 from snapctl_gcp.settings import GcpSettings
@@ -149,14 +149,23 @@ class GcpApi:
                                     hint="raise the provider's operation_timeout_s, or look at it in the console")
             # operations.wait returns when DONE or after about two minutes, whichever comes first.
             wait_timeout = min(remaining, timeout + 120.0)
-            if zone:
-                client = self.client("zone_ops")
-                op = self.call(action, "compute.zoneOperations.get", deadline=deadline, fn=lambda: client.wait(
-                    project=self.project, zone=zone, operation=name, retry=None, timeout=wait_timeout))
-            else:
-                client = self.client("global_ops")
-                op = self.call(action, "compute.globalOperations.get", deadline=deadline, fn=lambda: client.wait(
-                    project=self.project, operation=name, retry=None, timeout=wait_timeout))
+            try:
+                if zone:
+                    client = self.client("zone_ops")
+                    op = self.call(action, "compute.zoneOperations.get", deadline=deadline, fn=lambda: client.wait(
+                        project=self.project, zone=zone, operation=name, retry=None, timeout=wait_timeout))
+                else:
+                    client = self.client("global_ops")
+                    op = self.call(action, "compute.globalOperations.get", deadline=deadline, fn=lambda: client.wait(
+                        project=self.project, operation=name, retry=None, timeout=wait_timeout))
+            except ProviderUnreachable as exc:
+                if time.monotonic() < deadline:
+                    raise
+                # The last wait is cut to what is left of the deadline, often milliseconds: its
+                # timeout is ours, not the network failing.
+                raise ProviderError(f"gcp {action}: operation {name} still running after the timeout (the last "
+                                    f"look at it: {exc.message.removeprefix(f'gcp {action}: ')})",
+                                    hint="raise the provider's operation_timeout_s, or look at it in the console") from exc
             if op.status != done:
                 self._sleep(min(self.settings.poll_interval_s, max(0.0, deadline - time.monotonic())))
         return op
