@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from snapctl.errors import ProviderError
+from snapctl.errors import Interrupted, ProviderError
 from snapctl.ratelimit import TokenBucket
 from snapctl_azure.errors import is_not_found, translate
 from snapctl_azure.settings import AzureSettings
@@ -81,6 +82,17 @@ class AzureApi:
             if missing_ok and is_not_found(exc):
                 return None
             raise translate(exc, action, permission) from exc
+
+    def result(self, poller: Any, action: str, permission: str, deadline: float,
+               stop: threading.Event | None = None) -> Any:
+        """A long-running operation's result, or None if it still runs at ``deadline`` (given a
+        second at least). ``stop``: ``Interrupted`` once set, looked at every second (a drill's
+        Ctrl-C or SIGTERM, which never reach the thread a drill restores in)."""
+        while stop is not None and not poller.done() and time.monotonic() < deadline:
+            if stop.is_set():
+                raise Interrupted(f"azure {action}")
+            self.call(action, permission, lambda: poller.wait(timeout=min(1.0, max(0.0, deadline - time.monotonic()))))
+        return self.call(action, permission, lambda: poller.result(timeout=max(1.0, deadline - time.monotonic())))
 
     def same_endpoint(self, url: str) -> bool:
         """Only URLs on our own ARM endpoint get our bearer token (operation URLs come from stored refs)."""

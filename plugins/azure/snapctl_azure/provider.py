@@ -35,6 +35,7 @@ from snapctl.providers import (
     check_cluster_tag,
     discard_partial_snapshots,
     discard_restored_volume,
+    stop_requested,
 )
 from snapctl.timestamps import utc_text
 from snapctl_azure.aio import ASYNC_SDK_MODULES, AsyncArm, import_async_sdk
@@ -326,8 +327,7 @@ class AzureProvider:
         made_id, poller = f"/subscriptions/{self.settings.subscription_id}/resourceGroups/{rg}/{DISKS}/{name}", None
         try:
             poller = self.api.call(action, PERM_RESTORE, lambda: disks.begin_create_or_update(rg, name, disk))
-            remaining = max(1.0, deadline - time.monotonic())
-            made = self.api.call(action, PERM_RESTORE, lambda: poller.result(timeout=remaining))
+            made = self.api.result(poller, action, PERM_RESTORE, deadline, stop=stop_requested())
             if not poller.done() or made is None:
                 raise ProviderError(f"azure {action}: still running after {self.settings.operation_timeout_s:g}s",
                                     hint="raise the provider's operation_timeout_s; the disk is still being made")

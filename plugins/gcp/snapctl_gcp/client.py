@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from snapctl.errors import ProviderError, ProviderUnreachable
+from snapctl.errors import Interrupted, ProviderError, ProviderUnreachable
 from snapctl.ratelimit import TokenBucket
 from snapctl_gcp.errors import is_transient, retry_after_of, translate
 from snapctl_gcp.settings import GcpSettings
@@ -137,8 +137,11 @@ class GcpApi:
         return self.call(action, "compute.globalOperations.get",
                          lambda: client.get(project=self.project, operation=name, retry=None, timeout=timeout))
 
-    def wait_operation(self, op: Any, *, zone: str | None, action: str, deadline: float) -> Any:
-        """The operation once DONE (its error, if any, is for the caller to judge)."""
+    def wait_operation(self, op: Any, *, zone: str | None, action: str, deadline: float,
+                       stop: threading.Event | None = None) -> Any:
+        """The operation once DONE (its error, if any, is for the caller to judge). ``stop``: once
+        set, ``Interrupted`` at the next look (a drill's Ctrl-C or SIGTERM); looked at every
+        ``poll_interval_s`` then, where operations.wait would answer only after up to two minutes."""
         done = self.types.Operation.Status.DONE
         timeout = self.settings.request_timeout_s
         name = op.name
@@ -147,6 +150,11 @@ class GcpApi:
             if remaining <= 0:
                 raise ProviderError(f"gcp {action}: operation {name} still running after the timeout",
                                     hint="raise the provider's operation_timeout_s, or look at it in the console")
+            if stop is not None:
+                if stop.wait(min(self.settings.poll_interval_s, remaining)):
+                    raise Interrupted(f"gcp {action}")
+                op = self.poll_operation(op, zone=zone, action=action)
+                continue
             # operations.wait returns when DONE or after about two minutes, whichever comes first.
             wait_timeout = min(remaining, timeout + 120.0)
             try:

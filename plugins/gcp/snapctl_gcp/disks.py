@@ -9,13 +9,22 @@ from __future__ import annotations
 
 import contextlib
 import re
+import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from snapctl.errors import BadInputError, ProviderError, SnapshotNotFound
-from snapctl.providers import BEING_DELETED, GONE_HINT, TAG_CLUSTER, RestoreTarget, SnapshotRef, discard_restored_volume
+from snapctl.providers import (
+    BEING_DELETED,
+    GONE_HINT,
+    TAG_CLUSTER,
+    RestoreTarget,
+    SnapshotRef,
+    discard_restored_volume,
+    stop_requested,
+)
 from snapctl_gcp.errors import is_throttle
 from snapctl_gcp.labels import decode_label, encode_key, encode_label, filter_for, labels_for, restored_disk_name
 from snapctl_gcp.settings import RESOURCE_NAME
@@ -69,13 +78,14 @@ class RestoredDisks:
                                           request_id=str(uuid.uuid4()))
         action, timeout = f"create disk {name} from snapshot {ref.snapshot_id}", self.settings.request_timeout_s
         made, op = f"projects/{self.api.project}/zones/{zone}/disks/{name}", None
+        stop = stop_requested()  # a drill's Ctrl-C or SIGTERM: looked at while the disk is made
         try:
             op = self.api.call(action, PERM_RESTORE, deadline=deadline,
                                fn=lambda: disks.insert_unary(request=request, retry=None, timeout=timeout))
-            self._finish(op, zone, action, deadline)
+            self._finish(op, zone, action, deadline, stop=stop)
             if instance:
                 assert device is not None
-                self._attach(zone, instance[1], name, device, deadline)
+                self._attach(zone, instance[1], name, device, deadline, stop=stop)
         except BaseException as exc:  # Ctrl-C and SIGTERM too: a half-made restore leaves no disk behind
             if op is not None or not _refused(exc):
                 self._discard(made, zone, op)
@@ -131,7 +141,8 @@ class RestoredDisks:
         device = _device_name(target.device, default=name) if instance else None
         return instance, zone, name, device
 
-    def _attach(self, zone: str, instance: str, disk: str, device: str, deadline: float) -> None:
+    def _attach(self, zone: str, instance: str, disk: str, device: str, deadline: float, *,
+                stop: threading.Event | None = None) -> None:
         types, instances = self.api.types, self.api.client("instances")
         attached = types.AttachedDisk(source=f"projects/{self.api.project}/zones/{zone}/disks/{disk}",
                                       device_name=device, mode="READ_WRITE", auto_delete=False)
@@ -140,7 +151,7 @@ class RestoredDisks:
         action, timeout = f"attach disk {disk} to instance {instance} in {zone}", self.settings.request_timeout_s
         op = self.api.call(action, PERM_ATTACH, deadline=deadline,
                            fn=lambda: instances.attach_disk_unary(request=request, retry=None, timeout=timeout))
-        self._finish(op, zone, action, deadline)
+        self._finish(op, zone, action, deadline, stop=stop)
 
     def find_restored(self, tags: Mapping[str, str], places: Sequence[str] = ()) -> list[str]:
         """Disks restore made for this cluster carrying ``tags``, in any zone (as ``restore`` names them)."""

@@ -281,9 +281,11 @@ class GcpProvider(RestoredDisks):
                            created_at=snap.creation_timestamp or None, tags=raw, extra=extra,
                            error=BEING_DELETED if snap.status == "DELETING" else None)
 
-    def _finish(self, op: Any, zone: str | None, action: str, deadline: float, *, gone_ok: bool = False) -> None:
-        """Wait for ``op`` and raise what it failed with; ``gone_ok``: a resource already gone is done."""
-        op = self.api.wait_operation(op, zone=zone, action=action, deadline=deadline)
+    def _finish(self, op: Any, zone: str | None, action: str, deadline: float, *, gone_ok: bool = False,
+                stop: threading.Event | None = None) -> None:
+        """Wait for ``op`` and raise what it failed with; ``gone_ok``: a resource already gone is done;
+        ``stop``: ``Interrupted`` once set (``GcpApi.wait_operation``)."""
+        op = self.api.wait_operation(op, zone=zone, action=action, deadline=deadline, stop=stop)
         failure = operation_error(op)
         if failure and not (gone_ok and failure[0] in ("RESOURCE_NOT_FOUND", "404")):
             raise ProviderError(f"gcp {action} failed: {failure[1]}", hint=operation_hint(failure[0]))

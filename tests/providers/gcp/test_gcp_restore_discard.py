@@ -10,8 +10,8 @@ import pytest
 from snapctl_gcp.client import GcpApi
 from snapctl_gcp.labels import encode_label
 
-from snapctl.errors import ProviderError, ProviderUnavailable, ProviderUnreachable
-from snapctl.providers import RestoreTarget, snapshot_tags
+from snapctl.errors import Interrupted, ProviderError, ProviderUnavailable, ProviderUnreachable
+from snapctl.providers import RestoreTarget, snapshot_tags, stoppable_by
 from tests.fakes.json_http import DROP, Fault
 
 RESTORE_ZONE = "europe-west1-c"
@@ -82,6 +82,36 @@ def test_ctrl_c_while_the_insert_runs_deletes_the_disk(gcp, make_provider, volum
 
     assert interrupted and restored(gcp) == []
 
+
+def test_a_drills_stop_ends_a_restore_whose_insert_runs_on_and_deletes_the_disk(gcp, make_provider, volumes):
+    # A drill restores in threads of its own, which Ctrl-C never reaches: it sets their stop event.
+    # The restore waited on with operations.wait until the insert ended, the timeout (15 min) at most.
+    provider = make_provider(operation_timeout_s=120, poll_interval_s=0.05)
+    ref = ready_snapshot(provider, volumes)
+    gcp.op_running_polls = 10**6  # the insert runs on...
+    stop, outcome = threading.Event(), []
+
+    def restore() -> None:
+        with stoppable_by(stop):
+            try:
+                provider.restore(ref, RestoreTarget(zone=RESTORE_ZONE, name="restored-data"))
+                outcome.append("restored")
+            except BaseException as exc:  # noqa: BLE001 - what the restore ended with is the point
+                outcome.append(exc)
+
+    worker = threading.Thread(target=restore)
+    worker.start()
+    deadline = time.monotonic() + 30
+    while not gcp.requests_to("POST", INSERT) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stop.set()
+    threading.Timer(1, setattr, (gcp, "op_running_polls", 2)).start()  # ...and ends a second later
+    worker.join(60)
+
+    assert not worker.is_alive()
+    [ended] = outcome
+    assert isinstance(ended, Interrupted) and str(ended).startswith("gcp create disk restored-data from snapshot")
+    assert restored(gcp) == [] and gcp.requests_to("DELETE", f"{INSERT}/restored-data")
 
 def test_an_insert_refused_before_it_landed_deletes_nothing(gcp, make_provider, volumes):
     provider = make_provider(max_retries=1)
