@@ -402,6 +402,21 @@ def _report(exc) -> int:
     return exc.exit_code
 
 
+_COMMAND_OPTIONS = frozenset({"-i", "--inventory", "-o", "--output"})
+
+
+def _misplaced_option(exc: Exception, args: list[str]) -> str | None:
+    """Where ``-i``/``-o`` go, when given before the command (`snapctl -i inv.yaml status`): they
+    are every command's options, not snapctl's own."""
+    name = getattr(exc, "option_name", None)
+    ctx = getattr(exc, "ctx", None)
+    if name not in _COMMAND_OPTIONS or ctx is None or ctx.parent is not None:
+        return None
+    commands = getattr(ctx.command, "commands", {})
+    command = next((arg for arg in args if arg in commands), "COMMAND")
+    return f"{name} is an option of each command: put it after the command, e.g. `snapctl {command} {name} ...`"
+
+
 def main() -> None:
     """Entry point: the only place errors become exit codes."""
     import gc  # here: the module's `gc` is the command
@@ -416,14 +431,18 @@ def main() -> None:
     except typer.TyperException as exc:  # usage errors: typer's own (vendored) click raises these
         exc.show()
         code = ExitCode.BAD_INPUT
+        ctx = getattr(exc, "ctx", None)
+        misplaced = _misplaced_option(exc, sys.argv[1:])
+        if misplaced:
+            print(f"  hint: {misplaced}", file=sys.stderr)
         if asks_for_json(sys.argv[1:]):  # a script reads stdout: give it its one document, the error's
             from snapctl import render
             from snapctl.errors import BadInputError
 
             message = (exc.format_message() if hasattr(exc, "format_message") else str(exc)).rstrip(".")
-            ctx = getattr(exc, "ctx", None)
             render.error_document(BadInputError(message[:1].lower() + message[1:],
-                                                hint=f"see `{ctx.command_path if ctx else 'snapctl'} --help`"))
+                                                hint=misplaced or f"see `{ctx.command_path if ctx else 'snapctl'} "
+                                                                  "--help`"))
     except (typer.Abort, KeyboardInterrupt):  # outside any command: typer's own start
         code = _report(Interrupted())
     except SnapctlError as exc:

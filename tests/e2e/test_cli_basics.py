@@ -182,6 +182,18 @@ def test_with_json_output_a_usage_error_is_the_one_document_too(argv, error, hin
     assert "Error:" in result.stderr  # the person at the terminal still gets click's own lines
 
 
+@pytest.mark.parametrize("argv", [["-i", "inventory.yaml", "status"], ["-o", "json", "backup", "--dry-run"]],
+                         ids=["-i", "-o"])
+def test_a_commands_option_given_before_the_command_says_where_it_goes(argv):
+    # "Error: No such option: -i" and click's usage, as if snapctl had no such option at all.
+    result = snapctl(*argv)
+    assert result.returncode == ExitCode.BAD_INPUT
+    command = next(arg for arg in argv if arg in ("status", "backup"))
+    said = f"{argv[0]} is an option of each command: put it after the command, e.g. `snapctl {command} {argv[0]} ...`"
+    assert f"  hint: {said}" in result.stderr.splitlines()
+    if argv[0] == "-o":  # a script asked for json: its one document carries the hint
+        assert json.loads(result.stdout)["hint"] == said
+
 def test_with_a_later_text_output_a_usage_error_is_no_json_document():
     result = snapctl("list", "-o", "json", "-o", "text", "--bogus")  # the last -o wins, as when it parses
     assert result.returncode == ExitCode.BAD_INPUT and result.stdout == ""
