@@ -134,7 +134,7 @@ def find_orphans(catalog: Catalog, provider: Provider, ours: str | None = None) 
 def named_by(catalog: Catalog, run_ids: list[str]) -> tuple[dict[str, str], set[str], set[str]]:
     """Snapshot id -> the run whose manifest names it, of ``run_ids`` (one that did not fail, where
     several do); those whose manifest could not be read (gone, damaged); and those whose manifest
-    says they failed."""
+    says they failed, not as abandoned."""
     named: dict[str, str] = {}
     unreadable: set[str] = set()
     failed: set[str] = set()
@@ -144,7 +144,10 @@ def named_by(catalog: Catalog, run_ids: list[str]) -> tuple[dict[str, str], set[
         except SnapctlError:
             unreadable.add(run_id)
             continue
-        if manifest.status == "failed":
+        if manifest.status == "failed" and not (manifest.error or "").startswith("abandoned"):
+            # "abandoned": a run another snapctl left running, closed by the next one. Before the
+            # runs killed in their wait were kept as backups, such a run named its every snapshot:
+            # it keeps them, as it did, for prune to judge, not gc.
             failed.add(run_id)
         for ref in manifest.snapshot_refs():
             if ref.snapshot_id not in named or named[ref.snapshot_id] in failed:
@@ -153,9 +156,10 @@ def named_by(catalog: Catalog, run_ids: list[str]) -> tuple[dict[str, str], set[
 
 
 def owned_by_live_runs(named: dict[str, str], failed: set[str]) -> set[str]:
-    """The snapshots a run that did not fail names. A failed run holds no backup: what its
-    manifest still names is what its rollback could not delete (it says "snapctl gc finds
-    them"), so gc lists those, as it does the unnamed ones of a run killed before it named them."""
+    """The snapshots a run that did not fail names (``failed``: those ``named_by`` found failed
+    and not abandoned). A failed run holds no backup: what its manifest still names is what its
+    rollback could not delete (it says "snapctl gc finds them"), so gc lists those, as it does the
+    unnamed ones of a run killed before it named them."""
     return {snapshot_id for snapshot_id, run_id in named.items() if run_id not in failed}
 
 

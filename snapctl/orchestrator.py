@@ -135,7 +135,7 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
             raise
         lock_keeper = LockKeeper(lock, policy.lock_ttl_s / 3)
         try:
-            close_abandoned_runs(catalog, run_id)
+            close_abandoned_runs(catalog, run_id, provider)
             # Before the preflight, whose connections the prepares reuse: the fsyncs may take a while.
             await complete_newest_backup(catalog, provider, reporter, policy.wait_timeout_s)
             # 2. Preflight, before anything is held.
@@ -170,9 +170,10 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
                 lock_keeper.check()
                 manifest.measure()
                 # 8. The manifest, before the (long) wait; if it cannot be written, nothing owns the
-                # snapshots: roll back rather than leave them behind.
-                catalog.save(manifest)
+                # snapshots: roll back rather than leave them behind. Recorded before the save: one
+                # that wrote the manifest and then failed (its index line) left it naming them all.
                 run.recorded = True
+                catalog.save(manifest)
             except BaseException as exc:
                 await _roll_back(run, exc)
                 raise _as_run_failure(run, exc) from exc

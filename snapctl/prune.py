@@ -180,8 +180,9 @@ def apply(planned: PruneResult, catalog: Catalog, provider: Provider, still_lock
         except SnapctlError as exc:  # asked again next time: nothing lost
             result.problems.append(f"run {run_id}: could not record that its snapshots completed: {exc.message}")
     doomed: list[tuple[RunVerdict, Manifest]] = []
-    marked: set[str] = set()  # by this prune
-    begun: list[str] = []  # runs whose snapshots it began to delete
+    marking: dict[str, str] = {}  # run -> the mark this prune put on it (or was putting: a stop may cut that)
+    begun: set[str] = set()  # runs whose snapshots it began to delete
+    under_way: list[str] = []  # the run being deleted, while it is
     try:
         for verdict in planned.deleted:
             still_locked()
@@ -189,11 +190,10 @@ def apply(planned: PruneResult, catalog: Catalog, provider: Provider, still_lock
                 continue
             # As it is now, by compare-and-swap: a drill's summary written meanwhile is not lost.
             since = utc_text(datetime.now(UTC))
+            marking[verdict.run_id] = since
             manifest = catalog.update(verdict.run_id, partial(_mark_pruning, since=since))
             if manifest is None:
                 continue  # deleted meanwhile: nothing of it is left to prune
-            if manifest.extra[PRUNING]["since"] == since:  # this prune's mark, not an earlier one's
-                marked.add(manifest.run_id)
             doomed.append((verdict, manifest))
         tagged = _by_run(provider.find({TAG_CLUSTER: catalog.cluster})) if doomed else {}
         owners = _Owners(catalog)
@@ -202,11 +202,12 @@ def apply(planned: PruneResult, catalog: Catalog, provider: Provider, still_lock
             # Once more, now that the run is marked: a restore records itself before it reads the run's
             # status, so one that read it just before the mark (and goes on) is on record by now.
             if _spared_while_in_use(catalog, verdict, result, drill_timeout_s):
-                if manifest.run_id in marked:
-                    catalog.update(manifest.run_id, _unmark_pruning)
+                if manifest.run_id in marking:
+                    catalog.update(manifest.run_id, partial(_unmark_pruning, since=marking[manifest.run_id]))
                 continue
             refs = _doomed_refs(manifest, tagged, owners)
-            begun.append(manifest.run_id)
+            begun.add(manifest.run_id)
+            under_way[:] = [manifest.run_id]
             failures = []
             for ref in refs:
                 still_locked()
@@ -217,13 +218,15 @@ def apply(planned: PruneResult, catalog: Catalog, provider: Provider, still_lock
             if failures:
                 verdict.error = "; ".join(failures)
                 result.unfinished.append(verdict)
+                under_way.clear()
                 continue
             still_locked()
             catalog.delete(manifest.run_id)
+            under_way.clear()
             result.deleted.append(verdict)
     except (KeyboardInterrupt, Interrupted):
-        raise _stopped(catalog, [m.run_id for _, m in doomed if m.run_id in marked and m.run_id not in begun],
-                       begun[-1:]) from None
+        raise _stopped(catalog, {run: since for run, since in marking.items() if run not in begun},
+                       under_way) from None
     return result
 
 
@@ -234,7 +237,8 @@ async def prune_after_backup(
     """DESIGN step 8, retention: run under the backup's lock; its outcome goes into
     ``manifest.extra["retention"]``. A failure is reported there and never fails the backup. Ctrl-C
     or SIGTERM stops its thread before its next deletion (a cancelled await would leave it deleting
-    after the lock's release); the runs it marked stay marked for the next prune."""
+    after the lock's release); the run whose deletion was under way stays marked for the next
+    prune, and those it had not begun are unmarked (``apply``)."""
     import asyncio
 
     reporter.step("prune", f"applying retention ({_describe(inventory.retention)})")
@@ -287,16 +291,18 @@ async def prune_after_backup(
 # -- helpers -------------------------------------------------------------------------------------
 
 
-def _stopped(catalog: Catalog, untouched: list[str], under_way: list[str]) -> Interrupted:
+def _stopped(catalog: Catalog, untouched: dict[str, str], under_way: list[str]) -> Interrupted:
     """Ctrl-C or SIGTERM (not a lost lock: then the catalog is another's to write) stopped a prune:
-    the runs it marked and had not begun to delete are unmarked, for the mark commits the next
-    prune to deleting them, and a stop is often a mistake noticed (the wrong inventory, the wrong
-    retention). The run whose snapshots it was deleting stays marked: the next prune finishes it."""
+    the runs it marked, or was marking, and had not begun to delete are unmarked (``untouched``:
+    run -> its mark), for the mark commits the next prune to deleting them, and a stop is often a
+    mistake noticed (the wrong inventory, the wrong retention). An earlier prune's mark stays. The
+    run whose snapshots it was deleting stays marked: the next prune finishes it."""
     unmarked = []
-    for run_id in untouched:
+    for run_id, since in untouched.items():
         try:
-            catalog.update(run_id, _unmark_pruning)
-            unmarked.append(run_id)
+            after = catalog.update(run_id, partial(_unmark_pruning, since=since))
+            if after is not None and after.status != PRUNING:  # ours undone, or never written
+                unmarked.append(run_id)
         except SnapctlError:
             continue  # stays marked: the next prune deletes it, as it would have
     stopped = Interrupted("prune")
@@ -319,9 +325,10 @@ def _mark_pruning(manifest: Manifest, since: str) -> bool:
     return True
 
 
-def _unmark_pruning(manifest: Manifest) -> bool:
-    """Back to the status the run had before this prune marked it (a restore or drill began)."""
-    if manifest.status != PRUNING:
+def _unmark_pruning(manifest: Manifest, since: str) -> bool:
+    """Back to the status the run had before this prune marked it (``since``: its mark's time; a
+    restore or drill began, or the prune was stopped first)."""
+    if manifest.status != PRUNING or manifest.extra.get(PRUNING, {}).get("since") != since:
         return False
     manifest.status = manifest.extra.pop(PRUNING)["was"]
     return True

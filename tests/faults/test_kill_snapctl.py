@@ -32,6 +32,7 @@ class Stop:
     after_kill: Callable[[], None]  # what the world does next (a held request arrives late, ...)
     has_manifest: bool = True
     kept_as_backup: bool = False  # killed after step 8: every snapshot taken, every node released
+    rolling_back: bool = False  # killed in a rollback that began after step 8
 
 
 def holding_the_lock(c: FaultCluster) -> Stop:
@@ -116,7 +117,7 @@ def rolling_back_after_the_wait(c: FaultCluster) -> Stop:
         c.wait_reached("delete.entered")  # the wait failed; the rollback deletes what step 8 recorded
 
     # Killed with its manifest naming every snapshot, some perhaps deleted already: no backup.
-    return Stop({"fail_wait": "the upload failed", "stop_delete": True}, there, lambda: None)
+    return Stop({"fail_wait": "the upload failed", "stop_delete": True}, there, lambda: None, rolling_back=True)
 
 
 def _waits_for_flock(pid: int, path: Path) -> bool:
@@ -202,7 +203,8 @@ def _nothing_held_or_lost(cluster: FaultCluster, stop: Stop, run_id: str) -> Non
         assert len(owned) == len(NODES)
     elif stop.has_manifest:
         dead = cluster.manifest(run_id)
-        assert dead["status"] == "failed" and "abandoned" in dead["error"]
+        said = "rolled back: snapctl stopped while rolling" if stop.rolling_back else "abandoned"
+        assert dead["status"] == "failed" and dead["error"].startswith(said), dead["error"]
     else:
         assert run_id not in cluster.run_ids()
 
