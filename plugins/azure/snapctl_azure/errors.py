@@ -66,6 +66,14 @@ def retry_after_of(exc: Any) -> float | None:
     return parse_retry_after(headers.get("Retry-After"))
 
 
+def refused_before_landing(exc: BaseException) -> bool:
+    """``exc`` (a translated error, its SDK error its cause) is ARM refusing a request outright
+    (4xx): it made nothing. Not a throttle (429) nor a conflict (409) or timeout (408), which may
+    follow an attempt that landed, its answer lost."""
+    status = getattr(exc.__cause__, "status_code", None)
+    return isinstance(status, int) and 400 <= status < 500 and status not in (408, 409, 429)
+
+
 def is_not_found(exc: BaseException) -> bool:
     from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 

@@ -40,7 +40,7 @@ from snapctl.providers import (
 from snapctl.timestamps import utc_text
 from snapctl_azure.aio import ASYNC_SDK_MODULES, AsyncArm, import_async_sdk
 from snapctl_azure.client import AzureApi
-from snapctl_azure.errors import translate
+from snapctl_azure.errors import refused_before_landing, translate
 from snapctl_azure.put import SnapshotPut, snapshot_id
 from snapctl_azure.settings import (
     DISK_ID,
@@ -334,11 +334,12 @@ class AzureProvider:
             made_id = made.id
             if vm_name:
                 self._attach(vm_group, vm_name, made_id, lun, deadline)
-        except BaseException:  # Ctrl-C and SIGTERM too: a half-made restore leaves no disk behind
+        except BaseException as exc:  # Ctrl-C and SIGTERM too: a half-made restore leaves no disk behind
             if poller is not None:  # the disk is in the making until its PUT is done: waited for, briefly
                 with contextlib.suppress(Exception):  # the delete says what stands in its way
                     poller.result(timeout=DISCARD_WAIT_S)
-            discard_restored_volume(self, made_id)  # a PUT that never landed: found gone, nothing to do
+            if poller is not None or not refused_before_landing(exc):  # one refused made nothing to look for
+                discard_restored_volume(self, made_id)  # a PUT that never landed: found gone, nothing to do
             raise
         return made_id
 

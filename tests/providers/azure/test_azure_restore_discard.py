@@ -126,3 +126,17 @@ def test_a_name_given_that_a_disk_has_is_refused_before_the_put(azure, make_prov
 
     assert restored(azure) == ["restored-data"] and not azure.requests_to("PUT", DISK)
     assert not azure.requests_to("DELETE")
+
+
+def test_a_put_denied_made_nothing_and_is_not_looked_for(azure, make_provider, volumes):
+    # A 4xx is ARM refusing the PUT outright: no disk to look for, and no delete that a restore-only
+    # role may not be allowed (a warning for nothing), as gcp's insert denied.
+    provider = make_provider()
+    ref = completed_snapshot(provider, volumes)
+    azure.inject(Fault(403, times=1, method="PUT", path_contains=DISK, message="not allowed"))
+
+    with pytest.raises(ProviderError, match="not allowed"):
+        provider.restore(ref, RestoreTarget(name="restored-data"))
+
+    assert restored(azure) == [] and not azure.requests_to("DELETE")
+    assert len(azure.requests_to("GET", DISK)) == 1  # the name's check before the PUT, nothing after
