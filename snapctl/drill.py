@@ -422,15 +422,8 @@ def _teardown(drill: _Drill, report: DrillReport, keep: bool) -> None:
     for ref, restored in drill.made:
         if keep:
             report.leftovers.append(restored)
-            continue
-        try:
-            # Directories and cloud volumes alike: the provider detaches what it attached, and
-            # refuses anything not tagged for this cluster.
-            drill.provider.delete_volume(restored)
-        except Exception as exc:  # noqa: BLE001 - one volume's failure must not leave the others behind
-            report.teardown_errors.append(f"node {ref.node}: cannot delete restored volume {restored}: "
-                                          f"{_reason(exc)}")
-            report.leftovers.append(restored)
+        else:
+            _deleted(drill, report, restored, f"node {ref.node}: cannot delete restored volume {restored}")
     _teardown_unreturned(drill, report, keep)
     if not keep:
         shutil.rmtree(drill.scratch, ignore_errors=True)
@@ -452,19 +445,25 @@ def _teardown_unreturned(drill: _Drill, report: DrillReport, keep: bool) -> None
                                       f"{_reason(exc)}")
         return
     for volume in found:
+        what = f"volume {volume}, tagged {tagged}, that a failed restore left"
         if keep:
             report.leftovers.append(volume)
-            continue
-        try:
-            drill.provider.delete_volume(volume)
-        except Exception as exc:  # noqa: BLE001 - one volume's failure must not leave the others behind
-            report.teardown_errors.append(f"cannot delete volume {volume}, tagged {tagged}, that a failed restore "
-                                          f"left: {_reason(exc)}")
-            report.leftovers.append(volume)
-            continue
-        line = f"deleted volume {volume}, tagged {tagged}, that a failed restore left"
-        report.warnings.append(line)
-        drill.reporter.step("teardown", line)
+        elif _deleted(drill, report, volume, f"cannot delete {what}"):
+            report.warnings.append(f"deleted {what}")
+            drill.reporter.step("teardown", f"deleted {what}")
+
+
+def _deleted(drill: _Drill, report: DrillReport, volume: str, cannot: str) -> bool:
+    """``volume`` deleted: directories and cloud volumes alike (the provider detaches what it
+    attached, and refuses anything not tagged for this cluster). One that cannot be is a leftover
+    and a teardown error, ``cannot`` saying which."""
+    try:
+        drill.provider.delete_volume(volume)
+        return True
+    except Exception as exc:  # noqa: BLE001 - one volume's failure must not leave the others behind
+        report.teardown_errors.append(f"{cannot}: {_reason(exc)}")
+        report.leftovers.append(volume)
+        return False
 
 
 def _reason(exc: Exception) -> str:

@@ -6,13 +6,13 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 
 import pytest
 
 from snapctl.errors import BadInputError, Interrupted, ProviderError, ProviderUnavailable, ProviderUnreachable
-from snapctl.providers import TAG_CLUSTER, RestoreTarget, snapshot_tags, stoppable_by
+from snapctl.providers import TAG_CLUSTER, RestoreTarget, snapshot_tags
 from tests.fakes.json_http import DROP, Fault
+from tests.providers.stopped_restore import stopped_while_making
 
 RG = "rg-snapctl"  # conftest's resource group
 DISK = "/disks/restored-data"
@@ -32,29 +32,12 @@ def test_a_drills_stop_ends_a_restore_whose_put_runs_on_and_deletes_the_disk(azu
     provider = make_provider(operation_timeout_s=120)
     ref = completed_snapshot(provider, volumes)
     azure.op_polls = 10**6  # the PUT's operation runs on...
-    stop, outcome = threading.Event(), []
-
-    def restore() -> None:
-        with stoppable_by(stop):
-            try:
-                provider.restore(ref, RestoreTarget(name="restored-data"))
-                outcome.append("restored")
-            except BaseException as exc:  # noqa: BLE001 - what the restore ended with is the point
-                outcome.append(exc)
-
-    worker = threading.Thread(target=restore)
-    worker.start()
-    deadline = time.monotonic() + 30
-    while not azure.requests_to("PUT", DISK) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    stop.set()
-    threading.Timer(1, setattr, (azure, "op_polls", 2)).start()  # ...and ends a second later
-    worker.join(90)
-
-    assert not worker.is_alive()
-    [ended] = outcome
+    ended = stopped_while_making(lambda: provider.restore(ref, RestoreTarget(name="restored-data")),
+                                 lambda: bool(azure.requests_to("PUT", DISK)),
+                                 lambda: setattr(azure, "op_polls", 2))  # ...and ends a second after the stop
     assert isinstance(ended, Interrupted) and str(ended).startswith("azure create disk restored-data from snapshot")
     assert restored(azure) == [] and azure.requests_to("DELETE", DISK)
+
 
 def test_a_put_that_outlasts_the_timeout_has_its_disk_deleted_once_made(azure, make_provider, volumes):
     provider = make_provider(operation_timeout_s=1)

@@ -11,8 +11,9 @@ from snapctl_gcp.client import GcpApi
 from snapctl_gcp.labels import encode_label
 
 from snapctl.errors import Interrupted, ProviderError, ProviderUnavailable, ProviderUnreachable
-from snapctl.providers import RestoreTarget, snapshot_tags, stoppable_by
+from snapctl.providers import RestoreTarget, snapshot_tags
 from tests.fakes.json_http import DROP, Fault
+from tests.providers.stopped_restore import stopped_while_making
 
 RESTORE_ZONE = "europe-west1-c"
 INSERT = f"/zones/{RESTORE_ZONE}/disks"  # the insert's path (a disk's own paths go on with /NAME)
@@ -89,27 +90,9 @@ def test_a_drills_stop_ends_a_restore_whose_insert_runs_on_and_deletes_the_disk(
     provider = make_provider(operation_timeout_s=120, poll_interval_s=0.05)
     ref = ready_snapshot(provider, volumes)
     gcp.op_running_polls = 10**6  # the insert runs on...
-    stop, outcome = threading.Event(), []
-
-    def restore() -> None:
-        with stoppable_by(stop):
-            try:
-                provider.restore(ref, RestoreTarget(zone=RESTORE_ZONE, name="restored-data"))
-                outcome.append("restored")
-            except BaseException as exc:  # noqa: BLE001 - what the restore ended with is the point
-                outcome.append(exc)
-
-    worker = threading.Thread(target=restore)
-    worker.start()
-    deadline = time.monotonic() + 30
-    while not gcp.requests_to("POST", INSERT) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    stop.set()
-    threading.Timer(1, setattr, (gcp, "op_running_polls", 2)).start()  # ...and ends a second later
-    worker.join(60)
-
-    assert not worker.is_alive()
-    [ended] = outcome
+    ended = stopped_while_making(lambda: provider.restore(ref, RestoreTarget(zone=RESTORE_ZONE, name="restored-data")),
+                                 lambda: bool(gcp.requests_to("POST", INSERT)),
+                                 lambda: setattr(gcp, "op_running_polls", 2))  # ...and ends a second after the stop
     assert isinstance(ended, Interrupted) and str(ended).startswith("gcp create disk restored-data from snapshot")
     assert restored(gcp) == [] and gcp.requests_to("DELETE", f"{INSERT}/restored-data")
 
