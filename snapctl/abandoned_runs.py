@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from snapctl.catalog import Catalog
 from snapctl.errors import CatalogError, SnapctlError
 from snapctl.manifest import Manifest
-from snapctl.providers import Provider
+from snapctl.providers import TAG_RUN, Provider
 
 
 def close_abandoned_runs(catalog: Catalog, run_id: str, provider: Provider) -> None:
@@ -35,7 +35,7 @@ def close_abandoned_runs(catalog: Catalog, run_id: str, provider: Provider) -> N
             if stale.status != "running":
                 continue
             stale.finished_at = datetime.now(UTC)
-            gone = _gone(stale, provider) if every_snapshot_taken(stale) else None
+            gone = _gone(stale, provider) if stale.error is None and every_snapshot_taken(stale) else None
             # Never "abandoned" for a rollback under way: gc leaves what an abandoned run names (older
             # snapctl closed runs killed in their wait so), and a rollback's leftovers are gc's.
             if stale.error is not None:  # a rollback after step 8 recorded its cause first
@@ -64,8 +64,6 @@ def _gone(manifest: Manifest, provider: Provider) -> list[str]:
     after step 8 and could not record its cause first (the catalog failing too) deleted them.
     Empty when all are there, or when the provider could not tell: the run is then kept as
     unconfirmed, and prune and verify ask the provider again before anything counts on it."""
-    from snapctl.providers import TAG_RUN
-
     try:
         found = {ref.snapshot_id for ref in provider.find({TAG_RUN: manifest.run_id})}
     except SnapctlError:
