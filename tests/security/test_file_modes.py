@@ -56,7 +56,7 @@ def test_a_drill_scratch_dir_is_private_under_umask_0(tmp_path: Path, open_umask
 
     from snapctl.drill_leftovers import make_scratch_dir
 
-    inventory = SimpleNamespace(cluster="c", drill=SimpleNamespace(scratch_dir="scratch"),
+    inventory = SimpleNamespace(cluster="c", drill=SimpleNamespace(scratch_dir="scratch"), nodes=[],
                                 resolve=lambda p: tmp_path / p)
     scratch = make_scratch_dir(inventory, "20261206T000000Z-abcdef", "d1", "c/drills/r-d1.json")  # type: ignore[arg-type]
     assert scratch.parent == tmp_path / "scratch"
