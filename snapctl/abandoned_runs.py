@@ -64,11 +64,16 @@ def _gone(manifest: Manifest, provider: Provider) -> list[str]:
     after step 8 and could not record its cause first (the catalog failing too) deleted them.
     Empty when all are there, or when the provider could not tell: the run is then kept as
     unconfirmed, and prune and verify ask the provider again before anything counts on it."""
+    named = manifest.snapshot_refs()
+    # By id where the provider can (whatever the snapshots' tags now say: a tagging policy may
+    # have changed them), by the run's tag otherwise.
+    describe = getattr(provider, "describe", None)
     try:
-        found = {ref.snapshot_id for ref in provider.find({TAG_RUN: manifest.run_id})}
+        found = {ref.snapshot_id for ref in (describe(named) if describe is not None
+                                             else provider.find({TAG_RUN: manifest.run_id}))}
     except SnapctlError:
         return []
-    return [ref.snapshot_id for ref in manifest.snapshot_refs() if ref.snapshot_id not in found]
+    return [ref.snapshot_id for ref in named if ref.snapshot_id not in found]
 
 
 def keep_unconfirmed(manifest: Manifest, how: str) -> None:

@@ -150,3 +150,28 @@ def test_a_prune_stopped_between_two_runs_names_no_deleted_run_as_still_marked(s
     assert stopped.value.hint == f"the runs it had marked but not begun to delete are unmarked ({second})"
     assert open_catalog(sqlite_cluster.inventory).load(second).status == "succeeded"
     assert third in {e.run_id for e in open_catalog(sqlite_cluster.inventory).list()[0]}
+
+
+def test_a_run_killed_in_its_wait_is_kept_though_a_policy_changed_a_snapshots_run_tag(sqlite_cluster):
+    # Its snapshots are asked for by id: looked for by the run's tag, the re-tagged one read as
+    # gone, the run was closed failed, and gc would then have deleted its snapshots.
+    import json
+
+    from snapctl.abandoned_runs import close_abandoned_runs
+    from snapctl.providers import open_provider
+
+    run_id = sqlite_cluster.backup()
+    catalog = open_catalog(sqlite_cluster.inventory)
+    manifest = catalog.load(run_id)
+    manifest.status, manifest.finished_at, manifest.snapshots_completed = "running", None, False  # step 8's
+    catalog.save(manifest)
+    [meta, *_] = (directory / "snapshot.json" for directory in _snapshot_dirs(sqlite_cluster, run_id))
+    recorded = json.loads(meta.read_text())
+    recorded["tags"]["snapctl-run"] = "retagged-by-a-policy"
+    meta.write_text(json.dumps(recorded))
+
+    close_abandoned_runs(catalog, "20991231T000000Z-000000", open_provider(sqlite_cluster.inventory))
+
+    closed = catalog.load(run_id)
+    assert (closed.status, closed.error) == ("succeeded", None)
+    assert closed.degradations[-1].startswith("closed by run 20991231T000000Z-000000: snapctl stopped while it waited")
