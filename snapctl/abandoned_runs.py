@@ -8,9 +8,9 @@ gone wrong yet) died while it waited for the snapshots to complete, or when it c
 success: its snapshots are a backup, exactly as a `backup --no-wait` run's are, so it is closed
 as one (succeeded, ``snapshots_completed`` false), and prune and verify ask the provider whether
 they completed, as they do for those. A rollback that began after step 8 records its cause
-first, so that a run killed while deleting its snapshots is never taken for a backup; and where
-that record could not be written (the catalog failing too), the provider is asked whether every
-snapshot the manifest names is still there before the run is kept.
+first, so that a run killed while deleting its snapshots is never taken for a backup; where that
+record cannot be written (the catalog failing too) it deletes nothing, so that a record naming
+every snapshot with no error always names snapshots that are there.
 """
 
 from __future__ import annotations
@@ -20,10 +20,9 @@ from datetime import UTC, datetime
 from snapctl.catalog import Catalog
 from snapctl.errors import CatalogError, SnapctlError
 from snapctl.manifest import Manifest
-from snapctl.providers import TAG_RUN, Provider
 
 
-def close_abandoned_runs(catalog: Catalog, run_id: str, provider: Provider) -> None:
+def close_abandoned_runs(catalog: Catalog, run_id: str) -> None:
     """Close every run but ``run_id`` that the catalog lists unfinished and whose manifest still
     says running. A run that died after its manifest said how it ended, but before its index line
     did, is not one of them: listing read that manifest and put its status into the index."""
@@ -35,20 +34,14 @@ def close_abandoned_runs(catalog: Catalog, run_id: str, provider: Provider) -> N
             if stale.status != "running":
                 continue
             stale.finished_at = datetime.now(UTC)
-            gone = _gone(stale, provider) if stale.error is None and every_snapshot_taken(stale) else None
             # Never "abandoned" for a rollback under way: gc leaves what an abandoned run names (older
             # snapctl closed runs killed in their wait so), and a rollback's leftovers are gc's.
             if stale.error is not None:  # a rollback after step 8 recorded its cause first
                 stale.status = "failed"
                 stale.error = (f"rolled back: snapctl stopped while rolling the run back ({stale.error}); run "
                                f"{run_id} closed it; `snapctl gc` lists the snapshots it had not deleted")
-            elif gone == []:
+            elif every_snapshot_taken(stale):
                 keep_unconfirmed(stale, f"closed by run {run_id}: snapctl stopped")
-            elif gone:
-                stale.status = "failed"
-                stale.error = (f"rolled back: snapctl stopped while deleting the run's snapshots (run {run_id} found "
-                               f"{len(gone)} of them gone: {', '.join(gone[:3])}{', ...' if len(gone) > 3 else ''}); "
-                               "`snapctl gc` lists the others")
             else:
                 stale.status = "failed"
                 stale.error = (f"abandoned: snapctl stopped before the run finished (run {run_id} found it "
@@ -59,21 +52,13 @@ def close_abandoned_runs(catalog: Catalog, run_id: str, provider: Provider) -> N
             continue  # a record we cannot fix is no reason to refuse a backup
 
 
-def _gone(manifest: Manifest, provider: Provider) -> list[str]:
-    """The snapshots the manifest names that the provider no longer has: a rollback that began
-    after step 8 and could not record its cause first (the catalog failing too) deleted them.
-    Empty when all are there, or when the provider could not tell: the run is then kept as
-    unconfirmed, and prune and verify ask the provider again before anything counts on it."""
-    named = manifest.snapshot_refs()
-    # By id where the provider can (whatever the snapshots' tags now say: a tagging policy may
-    # have changed them), by the run's tag otherwise.
-    describe = getattr(provider, "describe", None)
+def stored_with_snapshots(catalog: Catalog, run_id: str) -> bool:
+    """Whether the run's manifest in the catalog names snapshots; True when it cannot be read."""
     try:
-        found = {ref.snapshot_id for ref in (describe(named) if describe is not None
-                                             else provider.find({TAG_RUN: manifest.run_id}))}
+        stored = catalog.load(run_id)
     except SnapctlError:
-        return []
-    return [ref.snapshot_id for ref in named if ref.snapshot_id not in found]
+        return True  # kept then: gc lists them once no manifest names them
+    return any(record.snapshots for record in stored.nodes.values())
 
 
 def keep_unconfirmed(manifest: Manifest, how: str) -> None:

@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 
 from node_agent.models import CompleteResponse
 from snapctl import __version__
-from snapctl.abandoned_runs import close_abandoned_runs, keep_unconfirmed, save_success
+from snapctl.abandoned_runs import close_abandoned_runs, keep_unconfirmed, save_success, stored_with_snapshots
 from snapctl.agent_client import AgentClient, open_agents
 from snapctl.catalog import Catalog, open_catalog
 from snapctl.catalog.lock import LockKeeper
@@ -39,7 +39,7 @@ from snapctl.errors import (
 )
 from snapctl.events import NullReporter, Reporter
 from snapctl.manifest import Manifest, NodeRecord
-from snapctl.pacing import CreateCallPacer, auto_hold_lead, prepare_within_rate_limit
+from snapctl.pacing import CreateCallPacer, hold_lead, prepare_within_rate_limit
 from snapctl.preflight import BackupPlan, dry_run, preflight, preflight_refusal
 from snapctl.provider_threads import CallRunner
 from snapctl.provider_wait import wait_out_transient
@@ -135,7 +135,7 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
             raise
         lock_keeper = LockKeeper(lock, policy.lock_ttl_s / 3)
         try:
-            close_abandoned_runs(catalog, run_id, provider)
+            close_abandoned_runs(catalog, run_id)
             # Before the preflight, whose connections the prepares reuse: the fsyncs may take a while.
             await complete_newest_backup(catalog, provider, reporter, policy.wait_timeout_s)
             # 2. Preflight, before anything is held.
@@ -237,7 +237,7 @@ async def _hold_snapshot_release(run: _Run, options: BackupOptions) -> None:
             # soon as that node is held, and it is COMPLETEd as soon as its own create calls returned
             # *and* every node is held. All holds overlap, which is what makes the cut consistent;
             # snapshots never wait for the slowest prepare, so the barrier adds no freeze time.
-            lead = _hold_lead(run)
+            lead = hold_lead(run.inventory, len(run.agents), run.fan_out_s)
             if lead > 0:
                 run.hold_at_mono = time.monotonic() + lead
                 run.manifest.hold_at = now() + timedelta(seconds=lead)
@@ -382,12 +382,18 @@ async def _roll_back(run: _Run, cause: BaseException) -> None:
     """Step 7: complete every held node, delete this run's snapshots, mark the manifest failed."""
     run.reporter.step("rollback", f"rolling back: {reason(cause)}")
     manifest, policy = run.manifest, run.inventory.policy
+    unrecorded_first: str | None = None  # why the rollback could not be recorded before its deletes
     if run.recorded:  # the catalog says every snapshot was taken: killed while deleting them, this run is no backup
         manifest.error = reason(cause)
         try:
             await asyncio.to_thread(run.catalog.save, manifest)
-        except SnapctlError:
-            pass  # the rollback goes on; its last save, or the next run, records how it ended
+        except SnapctlError as exc:
+            # Then, where the catalog names the snapshots (step 8's save may have failed after the
+            # manifest, on its index line), nothing is deleted: it would go on naming every one with
+            # no error, a run killed in its wait, which the next run keeps as a backup; prune and
+            # verify ask the provider about those before anything counts on them.
+            if await asyncio.to_thread(stored_with_snapshots, run.catalog, manifest.run_id):
+                unrecorded_first = exc.message
     held = sorted(run.held)
     results = await asyncio.gather(
         *(_completed(run, n) for n in held),
@@ -425,6 +431,9 @@ async def _roll_back(run: _Run, cause: BaseException) -> None:
         outage = exc if isinstance(exc, CLOUD_OUTAGE) else None
     leftover: dict[str, str] = {}  # snapshot id -> why it could not be deleted
     for ref in {r.snapshot_id: r for r in refs}.values():
+        if unrecorded_first is not None:
+            leftover[ref.snapshot_id] = f"kept: the catalog could not record the rollback first ({unrecorded_first})"
+            continue
         if outage is not None:
             # Each delete would spend the SDK's every retry on a cloud that is failing, or every
             # timeout too on a silent network (minutes per call with the defaults): the rest are
@@ -478,19 +487,6 @@ async def _wait_for_completion(run: _Run) -> None:
     for record in manifest.nodes.values():
         record.snapshots = [by_id.get(ref.snapshot_id, ref) for ref in record.snapshots]
     manifest.snapshots_completed = True
-
-
-def _hold_lead(run: _Run) -> float:
-    """How far ahead of sending the prepares their holds begin: as long as the preflight took to ask
-    every agent, which opened the connections the prepares now reuse, so sending them takes less;
-    no longer than sending N prepares needs with room to spare, which the preflight's connects and
-    TLS handshakes would overstate. A node whose prepare arrives later holds late, and
-    ``hold_skew_s`` says so."""
-    configured = run.inventory.policy.hold_lead_s
-    if configured is not None:
-        return configured
-    tls_nodes = sum(1 for node in run.inventory.nodes if node.agent.startswith("https:"))
-    return auto_hold_lead(len(run.agents), run.fan_out_s, tls_nodes)
 
 
 def _as_run_failure(run: _Run, exc: BaseException) -> BaseException:

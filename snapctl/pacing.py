@@ -16,10 +16,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from snapctl.errors import AgentRateLimited
 from snapctl.providers import Provider
 from snapctl.ratelimit import TokenBucket
+
+if TYPE_CHECKING:
+    from snapctl.config import Inventory
 
 
 class CreateCallPacer:
@@ -62,6 +66,19 @@ _MAX_AUTO_HOLD_LEAD_S = 2.0
 # millisecond of it is a millisecond of the run (docs/benchmarks.md, items 44 and 46; TLS: 35).
 _AUTO_HOLD_LEAD_BASE_S = 0.02
 _AUTO_HOLD_LEAD_PER_NODE_S, _AUTO_HOLD_LEAD_PER_TLS_NODE_S = 0.00007, 0.00015
+
+
+def hold_lead(inventory: Inventory, agents: int, fan_out_s: float) -> float:
+    """How far ahead of sending the prepares their holds begin (``fan_out_s``: how long the
+    preflight took to ask every agent, which opened the connections the prepares now reuse, so
+    sending them takes less): ``policy.hold_lead_s`` if set, else no longer than sending N prepares
+    needs with room to spare, which the preflight's connects and TLS handshakes would overstate.
+    A node whose prepare arrives later holds late, and ``hold_skew_s`` says so."""
+    configured = inventory.policy.hold_lead_s
+    if configured is not None:
+        return configured
+    tls_nodes = sum(1 for node in inventory.nodes if node.agent.startswith("https:"))
+    return auto_hold_lead(agents, fan_out_s, tls_nodes)
 
 
 def auto_hold_lead(nodes: int, fan_out_s: float, tls_nodes: int = 0) -> float:

@@ -5,13 +5,10 @@ than the prepares that follow it take to send."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 
 from snapctl.config import parse_inventory
-from snapctl.orchestrator import _hold_lead
-from snapctl.pacing import auto_hold_lead
+from snapctl.pacing import auto_hold_lead, hold_lead
 
 
 def test_one_node_needs_no_lead() -> None:
@@ -42,8 +39,7 @@ def test_a_run_counts_its_tls_agents_from_the_inventory() -> None:
     nodes = "".join(f"  - name: n{i}\n    agent: {'https' if i < 600 else 'http'}://127.0.0.1:{7000 + i}\n"
                     for i in range(1000))
     inventory = parse_inventory(f"cluster: c\nprovider: {{type: local}}\nnodes:\n{nodes}", source="inv.yaml")
-    run = SimpleNamespace(inventory=inventory, agents={n.name: None for n in inventory.nodes}, fan_out_s=2.2)
-    assert _hold_lead(run) == pytest.approx(auto_hold_lead(1000, 2.2, tls_nodes=600))  # type: ignore[arg-type]
+    assert hold_lead(inventory, 1000, 2.2) == pytest.approx(auto_hold_lead(1000, 2.2, tls_nodes=600))
 
 
 def test_the_lead_never_passes_two_seconds() -> None:
