@@ -38,6 +38,7 @@ from snapctl.gc import delete_snapshot as _delete_snapshot
 from snapctl.gc import named_by as _named_by
 from snapctl.gc import stored_runs as _stored_runs
 from snapctl.providers import TAG_CLUSTER, TAG_RUN, Provider, SnapshotRef, open_provider
+from snapctl.prune_marks import mark_pruning, stopped_prune, unmark_pruning
 from snapctl.redact import redact
 from snapctl.retention import PRUNING, SUCCEEDED, Decision, RetentionPlan, Run, decide
 from snapctl.timestamps import as_utc, utc_text
@@ -191,7 +192,7 @@ def apply(planned: PruneResult, catalog: Catalog, provider: Provider, still_lock
             # As it is now, by compare-and-swap: a drill's summary written meanwhile is not lost.
             since = utc_text(datetime.now(UTC))
             marking[verdict.run_id] = since
-            manifest = catalog.update(verdict.run_id, partial(_mark_pruning, since=since))
+            manifest = catalog.update(verdict.run_id, partial(mark_pruning, since=since))
             if manifest is None:
                 continue  # deleted meanwhile: nothing of it is left to prune
             doomed.append((verdict, manifest))
@@ -203,7 +204,7 @@ def apply(planned: PruneResult, catalog: Catalog, provider: Provider, still_lock
             # status, so one that read it just before the mark (and goes on) is on record by now.
             if _spared_while_in_use(catalog, verdict, result, drill_timeout_s):
                 if manifest.run_id in marking:
-                    catalog.update(manifest.run_id, partial(_unmark_pruning, since=marking[manifest.run_id]))
+                    catalog.update(manifest.run_id, partial(unmark_pruning, since=marking[manifest.run_id]))
                 continue
             refs = _doomed_refs(manifest, tagged, owners)
             begun.add(manifest.run_id)
@@ -225,7 +226,7 @@ def apply(planned: PruneResult, catalog: Catalog, provider: Provider, still_lock
             under_way.clear()
             result.deleted.append(verdict)
     except (KeyboardInterrupt, Interrupted):
-        raise _stopped(catalog, {run: since for run, since in marking.items() if run not in begun},
+        raise stopped_prune(catalog, {run: since for run, since in marking.items() if run not in begun},
                        under_way) from None
     return result
 
@@ -289,49 +290,6 @@ async def prune_after_backup(
 
 
 # -- helpers -------------------------------------------------------------------------------------
-
-
-def _stopped(catalog: Catalog, untouched: dict[str, str], under_way: list[str]) -> Interrupted:
-    """Ctrl-C or SIGTERM (not a lost lock: then the catalog is another's to write) stopped a prune:
-    the runs it marked, or was marking, and had not begun to delete are unmarked (``untouched``:
-    run -> its mark), for the mark commits the next prune to deleting them, and a stop is often a
-    mistake noticed (the wrong inventory, the wrong retention). An earlier prune's mark stays. The
-    run whose snapshots it was deleting stays marked: the next prune finishes it."""
-    unmarked = []
-    for run_id, since in untouched.items():
-        try:
-            after = catalog.update(run_id, partial(_unmark_pruning, since=since))
-            if after is not None and after.status != PRUNING:  # ours undone, or never written
-                unmarked.append(run_id)
-        except SnapctlError:
-            continue  # stays marked: the next prune deletes it, as it would have
-    stopped = Interrupted("prune")
-    stopped.hint = "; ".join(filter(None, [
-        f"the runs it had marked but not begun to delete are unmarked ({', '.join(unmarked)})" if unmarked else "",
-        f"run {under_way[0]}, whose snapshots it was deleting, stays marked 'pruning': the next prune finishes it"
-        if under_way and under_way[0] not in unmarked else "",
-        f"still marked, deleted by the next prune: {', '.join(r for r in untouched if r not in unmarked)}"
-        if len(unmarked) < len(untouched) else "",
-    ])) or None
-    return stopped
-
-
-def _mark_pruning(manifest: Manifest, since: str) -> bool:
-    """Marked as being deleted, with the status it had (for a restore or drill that begins meanwhile)."""
-    if manifest.status == PRUNING:
-        return False
-    manifest.extra[PRUNING] = {"was": manifest.status, "since": since}
-    manifest.status = PRUNING  # type: ignore[assignment]
-    return True
-
-
-def _unmark_pruning(manifest: Manifest, since: str) -> bool:
-    """Back to the status the run had before this prune marked it (``since``: its mark's time; a
-    restore or drill began, or the prune was stopped first)."""
-    if manifest.status != PRUNING or manifest.extra.get(PRUNING, {}).get("since") != since:
-        return False
-    manifest.status = manifest.extra.pop(PRUNING)["was"]
-    return True
 
 
 def _spared_while_in_use(catalog: Catalog, verdict: RunVerdict, result: PruneResult, drill_timeout_s: float) -> bool:
