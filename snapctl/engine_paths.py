@@ -46,8 +46,9 @@ def remap_paths(engine: dict[str, Any], inventory: Inventory, node: Node, restor
                 drill: bool = False) -> dict | None:
     """The node's engine settings with every path that lies on one of its volumes (strings, and
     lists of strings) moved to where that volume was restored; None when no setting lies on a
-    restored volume. Refused (BadInputError) when a path the restore (``drill``: the drill) reads
-    or writes lies on none of them; a path setting it does not use is dropped if it does not move."""
+    restored volume and the node's volumes do not match the restored ones by name. Refused
+    (BadInputError) when a path the restore (``drill``: the drill) reads or writes lies on none of
+    them; a path setting it does not use is dropped if it does not move."""
     roots = volume_roots(node.volumes, inventory.resolve)
     moved: dict[str, Any] = dict(engine)
     changed = False
@@ -69,13 +70,19 @@ def remap_paths(engine: dict[str, Any], inventory: Inventory, node: Node, restor
             moved[key] = move(key, value)
         elif isinstance(value, list) and all(isinstance(v, str) for v in value):
             moved[key] = [move(key, v) for v in value]
-    if not changed:
-        return None
     used = used_paths(engine, drill=drill)
+    read, unused = used if used is not None else ((), ())
+    stay = next(((key, value) for key, value in stays if key in read), None)
+    if not changed:
+        # With every restored volume matched by name, nothing moved means the engine's data lies
+        # off the node's volumes: the restore would prepare and verify this host's live files, or
+        # nothing. (A volume renamed since the run matches none: ``no_engine_path`` says so.)
+        if stay is not None and restored and all(volume in roots for volume in restored):
+            raise live_path(inventory, node, restored, *stay, drill=drill)
+        return None
     if used is None:
         return moved
-    read, unused = used
-    if stay := next(((key, value) for key, value in stays if key in read), None):
+    if stay is not None:
         raise live_path(inventory, node, restored, *stay, drill=drill)
     for key in unused:
         if any(k == key for k, _ in stays):

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from node_agent.models import VerifyFacts
 from snapctl.catalog import Catalog, open_catalog
 from snapctl.config import Inventory, Node
-from snapctl.engine_paths import live_path, no_engine_path, remap_paths, used_paths
+from snapctl.engine_paths import no_engine_path, remap_paths
 from snapctl.errors import BadInputError, CatalogError, Interrupted, SnapctlError
 from snapctl.events import NullReporter, Reporter
 from snapctl.evidence import compare_facts, missing_files, volume_roots
@@ -232,21 +232,9 @@ def _check_engine_paths(inventory: Inventory, manifest: Manifest, nodes: dict[st
         if node.restore.agent or root is None:  # a scratch agent prepares with its own config
             continue
         engine = engine_block(inventory, node, manifest.nodes[name])
-        if engine is None:
-            continue
-        restored = {ref.volume: str(root / ref.volume) for ref in manifest.nodes[name].snapshots}
-        if remap_paths(engine, inventory, node, restored, drill=drill) is not None:
-            continue
-        # Nothing moved. With every restored volume matched by name, that is an engine path off the
-        # node's volumes: the restore would prepare and verify this host's live files, or nothing.
-        # (A volume renamed since the run matches none: said, per node, when it is restored.)
-        read = (used_paths(engine, drill=drill) or ((), ()))[0]
-        named = volume_roots(node.volumes, inventory.resolve)
-        setting = next(((key, value[0] if isinstance(value, list) else value) for key in read
-                        if (value := engine.get(key)) and isinstance(value if isinstance(value, str) else value[0], str)),
-                       None)
-        if setting is not None and all(volume in named for volume in restored):
-            raise live_path(inventory, node, restored, *setting, drill=drill)
+        if engine is not None:
+            remap_paths(engine, inventory, node, {ref.volume: str(root / ref.volume)
+                                                  for ref in manifest.nodes[name].snapshots}, drill=drill)
 
 
 def check_targets(provider: Provider, manifest: Manifest, nodes: dict[str, Node], roots: dict[str, Path | None], *,
