@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import os
 import secrets
-import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -38,6 +37,7 @@ from node_agent.models import VerifyFacts
 from snapctl.catalog import Catalog, open_catalog
 from snapctl.config import Inventory, Node
 from snapctl.drill_engines import engine_type
+from snapctl.drill_teardown import teardown
 from snapctl.errors import BadInputError, EngineError, ExitCode, SnapctlError
 from snapctl.events import NullReporter, Reporter
 from snapctl.evidence import compare_facts, missing_files, volume_roots
@@ -207,7 +207,7 @@ def run_drill(inventory: Inventory, run_ref: str = "latest", *, junit: Path | No
                 drill.cancelled.set()
                 reporter.step("teardown", "stopping scratch engines, removing restored data" if not keep
                               else "keeping it all")
-                _teardown(drill, report, keep)
+                teardown(drill, report, keep)
         except KeyboardInterrupt:
             report.interrupted = True
         report.finished_at = datetime.now(UTC)
@@ -415,59 +415,6 @@ def _step(drill: _Drill, node: str, phase: str, detail: str | None = None) -> No
 
 def _remaining(drill: _Drill) -> float:
     return max(drill.deadline - time.monotonic(), 1.0)
-
-
-def _teardown(drill: _Drill, report: DrillReport, keep: bool) -> None:
-    """Delete what the drill restored and started; scratch engines already stopped with their node."""
-    for ref, restored in drill.made:
-        if keep:
-            report.leftovers.append(restored)
-        else:
-            _deleted(drill, report, restored, f"node {ref.node}: cannot delete restored volume {restored}")
-    _teardown_unreturned(drill, report, keep)
-    if not keep:
-        shutil.rmtree(drill.scratch, ignore_errors=True)
-
-
-def _teardown_unreturned(drill: _Drill, report: DrillReport, keep: bool) -> None:
-    """What carries the drill's tags though no restore returned it: a restore that failed once its
-    volume was made and could not delete it (its own discard refused, or killed part-way). Not
-    in ``made``, and the drill's record is finished, so nothing else would look for it."""
-    find = getattr(drill.provider, "find_restored", None)
-    if find is None:
-        return
-    tagged = ", ".join(f"{k}={v}" for k, v in drill.tags.items())
-    returned = {restored for _, restored in drill.made}
-    try:
-        found = [volume for volume in find(drill.tags, drill.places) if volume not in returned]
-    except Exception as exc:  # noqa: BLE001 - said, and the drill fails: what is left is not known
-        report.teardown_errors.append(f"cannot look for volumes tagged {tagged} that failed restores left: "
-                                      f"{_reason(exc)}")
-        return
-    for volume in found:
-        what = f"volume {volume}, tagged {tagged}, that a failed restore left"
-        if keep:
-            report.leftovers.append(volume)
-        elif _deleted(drill, report, volume, f"cannot delete {what}"):
-            report.warnings.append(f"deleted {what}")
-            drill.reporter.step("teardown", f"deleted {what}")
-
-
-def _deleted(drill: _Drill, report: DrillReport, volume: str, cannot: str) -> bool:
-    """``volume`` deleted: directories and cloud volumes alike (the provider detaches what it
-    attached, and refuses anything not tagged for this cluster). One that cannot be is a leftover
-    and a teardown error, ``cannot`` saying which."""
-    try:
-        drill.provider.delete_volume(volume)
-        return True
-    except Exception as exc:  # noqa: BLE001 - one volume's failure must not leave the others behind
-        report.teardown_errors.append(f"{cannot}: {_reason(exc)}")
-        report.leftovers.append(volume)
-        return False
-
-
-def _reason(exc: Exception) -> str:
-    return str(exc) if isinstance(exc, SnapctlError) else redact(f"{type(exc).__name__}: {exc}")
 
 
 def _record(catalog: Catalog, report: DrillReport) -> None:

@@ -140,7 +140,7 @@ def test_a_drill_stopped_as_it_tears_down_still_writes_its_report_and_record(sql
     junit = tmp_path / "drill.xml"
     junit.write_text("<testsuites name='an older drill'/>")
 
-    stopped_after("snapctl.drill", "_teardown", "drill", run_id, "--junit", str(junit), cluster=sqlite_cluster)
+    stopped_after("snapctl.drill", "teardown", "drill", run_id, "--junit", str(junit), cluster=sqlite_cluster)
 
     assert not any((sqlite_cluster.directory / "scratch").iterdir()), "restored data and scratch engines are gone"
     cases = {case.get("name"): case for case in ET.parse(junit).getroot().iter("testcase")}

@@ -102,11 +102,11 @@ def test_every_snapctl_error_is_redacted_message_hint_and_reason():
 def test_an_unexpected_errors_words_are_redacted_where_records_keep_them():
     # A manifest's error, a restore record's, a drill report's: they go to a shared catalog and CI
     # artifacts, and an error that is no SnapctlError (a library's own) was written as it came.
-    from snapctl.drill import _reason
+    from snapctl.drill_teardown import error_reason
     from snapctl.run_failure import reason
 
     unexpected = RuntimeError(f"connect to http://ops:{SECRET}@10.0.0.9:9000/ failed")
-    for said in (reason(unexpected), _reason(unexpected)):
+    for said in (reason(unexpected), error_reason(unexpected)):
         assert said.startswith("RuntimeError: connect to http://") and SECRET not in said
 
 
