@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from snapctl.errors import InventoryError, SnapctlError, os_reason
+from snapctl.errors import InventoryError, RefusedValue, SnapctlError, os_reason
 from snapctl.yaml_errors import (
     NAME_PATTERN,
     URL_PATTERN,
@@ -35,6 +35,7 @@ from snapctl.yaml_errors import (
     explain,
     first_error,
     gc_paused,
+    hint_of,
     line_of,
     load_yaml_with_nodes,
     mistyped_scalar,
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from node_agent.engines.base import EngineSettings
 
 DEFAULT_INVENTORY = "inventory.yaml"
+SNAPCTL_TAG_PREFIX = "snapctl-"  # snapctl.providers' TAG_* keys all start so
 INVENTORY_ENV = "SNAPCTL_INVENTORY"
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
@@ -285,6 +287,19 @@ class Inventory(Strict):
             raise ValueError("must be greater than zero (the age the newest backup may reach, e.g. 24h)")
         return seconds
 
+    @field_validator("tags")
+    @classmethod
+    def _not_snapctls(cls, tags: dict[str, str]) -> dict[str, str]:
+        # find, prune, gc and drills go by snapctl's own tags: one of the inventory's named like
+        # them (snapctl-restored-from) made find() skip every snapshot of every run. Any case:
+        # Azure's tag names ignore it.
+        for key in tags:
+            if key.lower().startswith(SNAPCTL_TAG_PREFIX):
+                plain = key[len(SNAPCTL_TAG_PREFIX):].strip("-") or "team"
+                raise RefusedValue(f"{key!r}: keys starting with {SNAPCTL_TAG_PREFIX!r} are snapctl's own tags "
+                                   "(find, prune and gc go by them)", hint=f"rename the key, e.g. to {plain!r}")
+        return tags
+
     @field_validator("nodes")
     @classmethod
     def _unique_names(cls, nodes: list[Node]) -> list[Node]:
@@ -354,6 +369,8 @@ class Inventory(Strict):
             hint = None
             if err["type"] == "missing":
                 hint = f"add {dotted(tuple(err['loc']))}: to the {dotted(loc)} block"
+            else:
+                hint = hint_of(err)
             raise InventoryError(f"{self.where(*loc, *err['loc'])}: {what}: {explain(err, model)}",
                                  hint=hint) from exc
 
@@ -433,7 +450,7 @@ def parse_inventory(text: str, *, source: str = "<inventory>", base_dir: Path | 
         try:
             inventory = Inventory.model_validate(data)
         except ValidationError as exc:
-            raise InventoryError(describe(exc, root, source, Inventory)) from exc
+            raise InventoryError(describe(exc, root, source, Inventory), hint=hint_of(first_error(exc))) from exc
     inventory._base_dir = base_dir or Path.cwd()
     inventory._source = source
     inventory._text = text

@@ -58,6 +58,14 @@ class InventoryError(BadInputError):
     """An inventory file that is missing, malformed or invalid."""
 
 
+class RefusedValue(BadInputError, ValueError):
+    """A value a model's validator refuses, with a hint. pydantic reports a ValueError as the
+    field's error and keeps it, so the inventory's loader can pass the hint on."""
+
+    def __str__(self) -> str:
+        return self.message  # what pydantic shows as the field's error; the hint goes apart
+
+
 class AgentError(SnapctlError):
     """An agent answered with an error, or did not answer."""
 

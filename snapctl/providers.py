@@ -268,6 +268,13 @@ class ProviderSettings(BaseModel):
 
     type: str
 
+    def check_inventory_tags(self, tags: Mapping[str, str]) -> None:
+        """Raise ``BadInputError`` (naming the key or the count, the limit, and a hint) when a
+        snapshot carrying ``tags``, the inventory's `tags:`, with this block's own would be refused
+        by the cloud: its limits and key rules hold for the two together, with room left for
+        snapctl's own tags. Keys starting with ``snapctl-`` never get here (the inventory refuses
+        them). Called when the inventory's provider block is checked, before anything is held."""
+
 
 class ProviderFactory(Protocol):
     settings_model: type[ProviderSettings]
@@ -323,7 +330,17 @@ def create_provider(raw: Mapping[str, Any], *, cluster: str, base_dir: Path,
 def provider_settings(inventory: Inventory) -> tuple[ProviderFactory, ProviderSettings]:
     """The inventory's provider factory and its validated ``provider:`` block; errors name file:line.
     Imports the provider's module, not its SDK: what `snapctl status` checks as well."""
-    return inventory.plugin_block(inventory.provider, ("provider",), load_provider_factory, example="type: local")
+    factory, settings = inventory.plugin_block(inventory.provider, ("provider",), load_provider_factory,
+                                               example="type: local")
+    # Every snapshot carries the inventory's tags with the provider's own: tags the cloud refuses
+    # would fail every backup inside its hold, so they are refused here, as the provider's are.
+    check = getattr(settings, "check_inventory_tags", None)  # a plugin's model may predate it
+    if inventory.tags and check is not None:
+        try:
+            check(inventory.tags)
+        except BadInputError as exc:
+            raise inventory.located(exc, "tags") from exc
+    return factory, settings
 
 
 def open_provider(inventory: Inventory, checked: tuple[ProviderFactory, ProviderSettings] | None = None) -> Provider:

@@ -245,6 +245,11 @@ def first_error(exc: ValidationError) -> dict[str, Any]:
     return next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
 
 
+def hint_of(err: dict[str, Any]) -> str | None:
+    """The hint of a value a validator refused with one (``RefusedValue``), else None."""
+    return getattr((err.get("ctx") or {}).get("error"), "hint", None)
+
+
 def dotted(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:

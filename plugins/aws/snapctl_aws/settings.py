@@ -7,6 +7,7 @@ SSO, instance or task role), so no secret is ever written into an inventory.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -21,8 +22,22 @@ INSTANCE_ID = r"^i-(?:[0-9a-f]{8}|[0-9a-f]{17})$"
 
 # EC2 allows 50 tags per resource. snapctl's own take five on a snapshot, and at most five on a
 # restored volume (snapctl-cluster, -restored-from, -restored-run, a drill's snapctl-drill, Name),
-# which also carries the user's tags its snapshot had: these 40 leave room for both.
+# which also carries the user's tags its snapshot had. The provider's `tags:` alone: at most 40,
+# leaving room for the inventory's; the two together: what is left beside snapctl's five.
+EC2_MAX_TAGS = 50
+SNAPCTL_OWN_TAGS = 5
 MAX_USER_TAGS = 40
+MAX_TAGS_TOGETHER = EC2_MAX_TAGS - SNAPCTL_OWN_TAGS
+
+
+def tag_problem(key: str, value: str) -> tuple[str, str] | None:
+    """What EC2 would refuse in one user tag (snapctl's own prefix aside), and how to fix it; or None."""
+    if key.lower().startswith("aws:"):
+        return "keys starting with 'aws:' are reserved by AWS", f"rename it, e.g. to {key[4:] or 'owner'!r}"
+    if not 1 <= len(key) <= 128 or len(value) > 256:
+        return (f"keys take 1-128 characters, values at most 256 (this one: {len(key)} and {len(value)})",
+                "shorten it")
+    return None
 
 
 class AwsSettings(ProviderSettings):
@@ -60,13 +75,25 @@ class AwsSettings(ProviderSettings):
         if len(tags) > MAX_USER_TAGS:
             raise ValueError(f"at most {MAX_USER_TAGS} tags (EC2 allows 50 per snapshot, snapctl uses the rest)")
         for key, value in tags.items():
-            if key.lower().startswith("aws:"):
-                raise ValueError(f"tag {key!r}: keys starting with 'aws:' are reserved by AWS")
             if key.startswith("snapctl-"):
                 raise ValueError(f"tag {key!r}: keys starting with 'snapctl-' are set by snapctl itself")
-            if not 1 <= len(key) <= 128 or len(value) > 256:
-                raise ValueError(f"tag {key!r}: keys take 1-128 characters, values at most 256")
+            problem = tag_problem(key, value)
+            if problem:
+                raise ValueError(f"tag {key!r}: {problem[0]}")
         return tags
+
+    def check_inventory_tags(self, tags: Mapping[str, str]) -> None:
+        for key, value in tags.items():
+            problem = tag_problem(key, value)
+            if problem:
+                raise BadInputError(f"provider aws: inventory tag {key!r}: {problem[0]}", hint=problem[1])
+        together = {**self.tags, **tags}  # an inventory tag replaces the provider's of the same key
+        if len(together) > MAX_TAGS_TOGETHER:
+            raise BadInputError(
+                f"provider aws: the inventory's tags and the provider's make {len(together)} tags on every "
+                f"snapshot, more than the {MAX_TAGS_TOGETHER} EC2 has room for (50 per snapshot, snapctl's own "
+                f"take {SNAPCTL_OWN_TAGS})",
+                hint=f"remove {len(together) - MAX_TAGS_TOGETHER} of them, or put several into one tag's value")
 
 
 def _volume_id(value: str) -> str:

@@ -8,6 +8,7 @@ is ever written into an inventory.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -24,9 +25,30 @@ DISK_ID = re.compile(_ARM_PREFIX + r"disks/(?P<name>[^/]+)$", re.IGNORECASE)
 SNAPSHOT_ID = re.compile(_ARM_PREFIX + r"snapshots/(?P<name>[^/]+)$", re.IGNORECASE)
 VM_ID = re.compile(_ARM_PREFIX + r"virtualMachines/(?P<name>[^/]+)$", re.IGNORECASE)
 RESOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,78}[A-Za-z0-9_]$|^[A-Za-z0-9]$")
-# Azure allows 50 tags per resource; snapctl's own take 6, the inventory's `tags:` some more.
+# Azure allows 50 tags per resource. snapctl's own take five on a snapshot (a restored disk carries
+# four of snapctl's and none of the user's). The provider's `tags:` alone: at most 40, leaving room
+# for the inventory's; the two together: what is left beside snapctl's five.
+ARM_MAX_TAGS = 50
+SNAPCTL_OWN_TAGS = 5
 MAX_USER_TAGS = 40
+MAX_TAGS_TOGETHER = ARM_MAX_TAGS - SNAPCTL_OWN_TAGS
+MAX_TAG_VALUE = 256
 RESERVED_TAG_PREFIXES = ("azure", "microsoft", "windows", "snapctl-")
+_TAG_NAME_REFUSED = re.compile(r"[<>%&\\?/]")
+
+
+def tag_problem(key: str, value: str) -> tuple[str, str] | None:
+    """What ARM would refuse in one user tag, and how to fix it; or None. snapctl's own prefix is
+    refused here too: tag names ignore case, so SNAPCTL-RUN would be snapctl-run."""
+    if key.lower().startswith(RESERVED_TAG_PREFIXES):
+        return ("keys starting with azure, microsoft, windows or snapctl- are reserved",
+                "rename it, e.g. with a prefix of your own such as 'team-'")
+    if not 1 <= len(key) <= 512 or _TAG_NAME_REFUSED.search(key):
+        return ("keys take 1-512 characters without <>%&\\?/",
+                f"rename it, e.g. to {_TAG_NAME_REFUSED.sub('-', key) or 'team'!r}")
+    if len(value) > MAX_TAG_VALUE:
+        return f"values take at most {MAX_TAG_VALUE} characters, this one has {len(value)}", "shorten it"
+    return None
 
 
 class AzureSettings(ProviderSettings):
@@ -57,11 +79,30 @@ class AzureSettings(ProviderSettings):
         if len(tags) > MAX_USER_TAGS:
             raise ValueError(f"at most {MAX_USER_TAGS} tags (Azure allows 50 per snapshot, snapctl uses the rest)")
         for key, value in tags.items():
-            if key.lower().startswith(RESERVED_TAG_PREFIXES):
-                raise ValueError(f"tag {key!r}: keys starting with azure, microsoft, windows or snapctl- are reserved")
-            if not 1 <= len(key) <= 512 or len(value) > 256 or re.search(r"[<>%&\\?/]", key):
-                raise ValueError(f"tag {key!r}: keys take 1-512 characters without <>%&\\?/, values at most 256")
+            problem = tag_problem(key, value)
+            if problem:
+                raise ValueError(f"tag {key!r}: {problem[0]}")
         return tags
+
+    def check_inventory_tags(self, tags: Mapping[str, str]) -> None:
+        for key, value in tags.items():
+            problem = tag_problem(key, value)
+            if problem:
+                raise BadInputError(f"provider azure: inventory tag {key!r}: {problem[0]}", hint=problem[1])
+        # ARM's tag names ignore case: Team and team are one tag, whichever block each is in (the
+        # same key in both is one tag too, the inventory's value replacing the provider's).
+        together: dict[str, str] = {}
+        for key in [*self.tags, *tags]:
+            first = together.setdefault(key.lower(), key)
+            if first != key:
+                raise BadInputError(f"provider azure: tags {first!r} and {key!r} are one tag to Azure "
+                                    "(tag names ignore case)", hint="spell them alike, or keep one of them")
+        if len(together) > MAX_TAGS_TOGETHER:
+            raise BadInputError(
+                f"provider azure: the inventory's tags and the provider's make {len(together)} tags on every "
+                f"snapshot, more than the {MAX_TAGS_TOGETHER} Azure has room for (50 per snapshot, snapctl's own "
+                f"take {SNAPCTL_OWN_TAGS})",
+                hint=f"remove {len(together) - MAX_TAGS_TOGETHER} of them, or put several into one tag's value")
 
     @model_validator(mode="after")
     def _plain_http_only_on_loopback(self) -> AzureSettings:

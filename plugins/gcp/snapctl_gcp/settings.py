@@ -8,6 +8,7 @@ the VM's service account), so no secret is ever written into an inventory.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -17,13 +18,18 @@ from node_agent.engines.base import describe_validation_error
 from snapctl.errors import BadInputError
 from snapctl.providers import ProviderSettings
 from snapctl.yaml_errors import NAME_PATTERN, URL_PATTERN, in_words
+from snapctl_gcp.labels import encode_key
 
 RESOURCE_NAME = r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$"  # disks, snapshots (RFC 1035)
 LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
-# GCP allows 64 labels per resource; snapctl's own take 6 (five per snapshot, plus
-# snapctl-restored-from on restored disks), the inventory's `tags:` some more.
+# GCP allows 64 labels per resource. snapctl's own take five on a snapshot (a restored disk carries
+# the provider's labels and four of snapctl's). The provider's `labels:` alone: at most 40, leaving
+# room for the inventory's `tags:`; the two together: what is left beside snapctl's five.
+GCP_MAX_LABELS = 64
+SNAPCTL_OWN_LABELS = 5
 MAX_USER_LABELS = 40
+MAX_LABELS_TOGETHER = GCP_MAX_LABELS - SNAPCTL_OWN_LABELS
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -58,6 +64,24 @@ class GcpSettings(ProviderSettings):
                 raise ValueError(f"label {key}={value!r}: GCP labels take lowercase letters, digits, '-' and '_' "
                                  "(keys start with a letter), at most 63 characters")
         return labels
+
+    def check_inventory_tags(self, tags: Mapping[str, str]) -> None:
+        # The inventory's tags become labels encoded (labels.py): any key and value fits, so only
+        # how many there are is left to check, and two keys that encode alike (the "k_k" of a key
+        # not starting with a letter cut to 63 characters) would be one label.
+        keys: dict[str, str] = {}
+        for key in tags:
+            first = keys.setdefault(encode_key(key), key)
+            if first != key:
+                raise BadInputError(f"provider gcp: inventory tags {first!r} and {key!r} become the same label "
+                                    f"{encode_key(key)!r}", hint="shorten one of them, or start it with a letter")
+        together = set(self.labels) | set(keys)  # an inventory tag replaces the provider's label of its key
+        if len(together) > MAX_LABELS_TOGETHER:
+            raise BadInputError(
+                f"provider gcp: the inventory's tags and the provider's labels make {len(together)} labels on "
+                f"every snapshot, more than the {MAX_LABELS_TOGETHER} GCP has room for (64 per snapshot, "
+                f"snapctl's own take {SNAPCTL_OWN_LABELS})",
+                hint=f"remove {len(together) - MAX_LABELS_TOGETHER} of them, or put several into one tag's value")
 
     @model_validator(mode="after")
     def _anonymous_only_on_loopback(self) -> GcpSettings:

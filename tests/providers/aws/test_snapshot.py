@@ -80,6 +80,23 @@ def test_every_snapshot_carries_the_five_snapctl_tags_and_the_user_tags(make_pro
         assert ref.tags == tags
 
 
+def test_the_most_tags_the_inventory_check_lets_through_are_what_ec2_takes(make_provider, ec2, volume):
+    # The inventory's tags and the provider's together are held to 45: with snapctl's five, EC2's 50.
+    provider = make_provider(tags={f"u{i}": "v" for i in range(20)})
+    volumes = provider.validate_volumes("n1", [{"volume": volume}], base_dir=Path("."))
+    inventory_tags = {f"t{i}": "v" for i in range(25)}
+    provider.settings.check_inventory_tags(inventory_tags)
+
+    [ref] = provider.snapshot(volumes, snapshot_tags(CLUSTER, "run-1", "n1", extra=inventory_tags))
+    assert len(tags_of(all_snapshots(ec2)[ref.snapshot_id])) == 50
+
+    one_more = {**inventory_tags, "t25": "v"}
+    with pytest.raises(BadInputError, match="make 46 tags on every snapshot, more than the 45 EC2 has room for"):
+        provider.settings.check_inventory_tags(one_more)
+    with pytest.raises(ProviderError, match="TagLimitExceeded"):  # what a backup met inside its hold
+        provider.snapshot(volumes, snapshot_tags(CLUSTER, "run-2", "n1", extra=one_more))
+
+
 def test_tags_for_another_cluster_are_refused(provider, volume):
     volumes = provider.validate_volumes("n1", [{"volume": volume}], base_dir=Path("."))
     with pytest.raises(BadInputError, match="cluster 'other'"):
