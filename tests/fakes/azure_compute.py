@@ -14,6 +14,9 @@ azure-mgmt-compute speaks).
 - a disk attached to a VM (``managedBy``) refuses DELETE with 409 ``OperationNotAllowed``, as ARM does;
 - virtual machines (``add_vm``): GET, and PUT/PATCH of ``storageProfile.dataDisks``, which attaches
   and detaches managed disks (their ``managedBy``), refusing a disk another VM holds and a LUN twice;
+- a PUT's tags are held to ARM's rules: at most 50, names of 1-512 characters without
+  ``<>%&\\?/``, values of at most 256 characters, names unique ignoring case (400, as ARM refuses
+  them: ``InvalidTagValueLength`` with its wording; the other codes are the fake's);
 - every request needs a bearer token; faults from ``JsonHttpFake`` (429 + Retry-After, 403).
 """
 
@@ -36,6 +39,7 @@ COLLECTION = GROUP + r"$"
 OPERATION = SUB + r"/providers/Microsoft\.Compute/locations/(?P<loc>[^/]+)/operations/(?P<op>[^/]+)$"
 CODES = {400: "InvalidParameter", 401: "AuthenticationFailed", 403: "AuthorizationFailed", 404: "ResourceNotFound",
          409: "Conflict", 429: "TooManyRequests", 500: "InternalServerError", 503: "ServiceUnavailable"}
+MAX_TAGS, MAX_TAG_VALUE = 50, 256  # ARM's, per resource and per value
 TYPES = {"snapshots": "Microsoft.Compute/snapshots", "disks": "Microsoft.Compute/disks",
          "virtualmachines": "Microsoft.Compute/virtualMachines"}
 
@@ -231,9 +235,28 @@ class FakeAzureCompute(JsonHttpFake):
         return self._error(404, f"The Resource '{TYPES[kind]}/{name}' under resource group '{rg}' was not found. "
                                 "For more details please go to https://aka.ms/ARMResourceNotFoundFix")
 
+    def _tags_refused(self, tags: dict[str, str]) -> Reply | None:
+        if len(tags) > MAX_TAGS:
+            return self._error(400, f"The resource has {len(tags)} tags; at most {MAX_TAGS} are allowed.",
+                               "InvalidTagCount")
+        if len({key.lower() for key in tags}) < len(tags):
+            return self._error(400, "Tag names must be unique; they are case-insensitive.", "InvalidTagName")
+        for key, value in tags.items():
+            if not 1 <= len(key) <= 512 or re.search(r"[<>%&\\?/]", key):
+                return self._error(400, f"The tag names '{key}' have reserved characters '<,>,%,&,\\,?,/' or "
+                                        "control characters, or more than 512 characters.", "InvalidTagNameCharacters")
+            if len(value) > MAX_TAG_VALUE:
+                return self._error(400, f"Tag value too large.  Following tag value '{value}' exceeded the maximum "
+                                        f"length. Maximum allowed length for tag value - '{MAX_TAG_VALUE}' characters.",
+                                   "InvalidTagValueLength")
+        return None
+
     def _put(self, kind: str, rg: str, name: str, body: dict[str, Any]) -> Reply:
         if not body.get("location"):
             return self._error(400, "Required parameter 'location' is missing (null).", "LocationRequired")
+        refused = self._tags_refused(body.get("tags") or {})
+        if refused is not None:
+            return refused
         creation = (body.get("properties") or {}).get("creationData") or {}
         source_id = creation.get("sourceResourceId", "")
         source = next((r for r in self.resources.values() if r["id"].lower() == source_id.lower()), None)

@@ -27,7 +27,7 @@ from snapctl.providers import (
     stop_requested,
 )
 from snapctl_azure.errors import refused_before_landing
-from snapctl_azure.settings import DISK_ID, RESOURCE_NAME, VM_ID
+from snapctl_azure.settings import COMPUTE_ID, DISK_ID, MAX_TAG_VALUE, RESOURCE_NAME, VM_ID
 
 if TYPE_CHECKING:
     from snapctl_azure.client import AzureApi
@@ -70,9 +70,10 @@ class RestoredDisks:
             vm_id, zone = vm.id, zone or next(iter(vm.zones or []), None)
         deadline = time.monotonic() + self.settings.operation_timeout_s
         self.wait([ref], deadline)  # a disk can only be copied from a complete snapshot
-        tags = {**target.tags, TAG_CLUSTER: self.cluster, TAG_RESTORED_FROM: ref.snapshot_id}
+        sub = self.settings.subscription_id
+        tags = {**target.tags, TAG_CLUSTER: self.cluster, TAG_RESTORED_FROM: id_as_tag(ref.snapshot_id, sub)}
         if vm_id:
-            tags[TAG_ATTACHED_TO] = vm_id  # what delete_volume may detach it from, and nothing else
+            tags[TAG_ATTACHED_TO] = id_as_tag(vm_id, sub)  # what delete_volume may detach it from, and nothing else
         disk = Disk(location=self.settings.location, tags=tags,
                     creation_data=CreationData(create_option="Copy", source_resource_id=ref.snapshot_id))
         if zone:
@@ -219,7 +220,7 @@ class RestoredDisks:
                                 hint="snapctl deletes only disks it restored for this cluster")
         deadline = time.monotonic() + self.settings.operation_timeout_s
         holders = list(dict.fromkeys(v for v in [disk.managed_by, *(disk.managed_by_extended or [])] if v))
-        ours = tags.get(TAG_ATTACHED_TO, "")
+        ours = id_from_tag(tags.get(TAG_ATTACHED_TO, ""), self.settings.subscription_id, "virtualMachines")
         if holders and {h.lower() for h in holders} == {ours.lower()}:
             self._detach(ours, disk.id or volume_id, deadline)
             holders = []
@@ -237,6 +238,30 @@ class RestoredDisks:
         if not poller.done():
             raise ProviderError(f"azure {action}: still running after {self.settings.operation_timeout_s:g}s",
                                 hint="raise the provider's operation_timeout_s; the delete goes on in Azure")
+
+
+def id_as_tag(arm_id: str, subscription: str) -> str:
+    """A resource id as a tag value: whole when it fits ARM's 256 characters; else ``rg/name`` in the
+    provider's subscription, ``subscription/rg/name`` in another (at most 208 characters). A VM's id
+    reaches 266 (a resource group takes 90, a name 64), a snapshot's 276, and ARM refuses the
+    disk's PUT over a longer value."""
+    if len(arm_id) <= MAX_TAG_VALUE:
+        return arm_id
+    match = COMPUTE_ID.match(arm_id)
+    if match is None:  # no id ARM gives: snapctl made none
+        return arm_id[-MAX_TAG_VALUE:]
+    short = f"{match['rg']}/{match['name']}"
+    return short if match["sub"].lower() == subscription.lower() else f"{match['sub']}/{short}"
+
+
+def id_from_tag(value: str, subscription: str, kind: str) -> str:
+    """The resource id a tag ``id_as_tag`` wrote names, whichever form it took (``kind``: e.g.
+    ``virtualMachines``); a value of neither form as it is."""
+    parts = value.split("/")
+    if value.startswith("/") or not 2 <= len(parts) <= 3 or not all(parts):
+        return value
+    sub, rg, name = [subscription, *parts] if len(parts) == 2 else parts
+    return f"/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute/{kind}/{name}"
 
 
 MAX_LUNS = 64

@@ -24,6 +24,7 @@ _ARM_PREFIX = r"^/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/prov
 DISK_ID = re.compile(_ARM_PREFIX + r"disks/(?P<name>[^/]+)$", re.IGNORECASE)
 SNAPSHOT_ID = re.compile(_ARM_PREFIX + r"snapshots/(?P<name>[^/]+)$", re.IGNORECASE)
 VM_ID = re.compile(_ARM_PREFIX + r"virtualMachines/(?P<name>[^/]+)$", re.IGNORECASE)
+COMPUTE_ID = re.compile(_ARM_PREFIX + r"[^/]+/(?P<name>[^/]+)$", re.IGNORECASE)  # any of the three
 RESOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,78}[A-Za-z0-9_]$|^[A-Za-z0-9]$")
 # Azure allows 50 tags per resource. snapctl's own take five on a snapshot (a restored disk carries
 # four of snapctl's and none of the user's). The provider's `tags:` alone: at most 40, leaving room
