@@ -83,6 +83,8 @@ class AzureSettings(ProviderSettings):
             problem = tag_problem(key, value)
             if problem:
                 raise ValueError(f"tag {key!r}: {problem[0]}")
+        if len({key.lower() for key in tags}) < len(tags):
+            raise ValueError("two tags whose names differ only in case are one tag to Azure (tag names ignore case)")
         return tags
 
     def check_inventory_tags(self, tags: Mapping[str, str]) -> None:

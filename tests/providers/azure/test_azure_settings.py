@@ -35,7 +35,8 @@ def test_plain_http_only_for_loopback_tests():
     assert settings(base_url="https://management.usgovcloudapi.net").base_url
 
 
-@pytest.mark.parametrize("tags", [{"snapctl-run": "x"}, {"microsoft.owner": "x"}, {"a/b": "x"}, {"k": "v" * 257}])
+@pytest.mark.parametrize("tags", [{"snapctl-run": "x"}, {"microsoft.owner": "x"}, {"a/b": "x"}, {"k": "v" * 257},
+                                  {"Team": "a", "team": "b"}])
 def test_user_tags_must_be_legal_and_not_reserved(tags):
     with pytest.raises(ValidationError):
         settings(tags=tags)
