@@ -334,7 +334,7 @@ def provider_settings(inventory: Inventory) -> tuple[ProviderFactory, ProviderSe
                                                example="type: local")
     # Every snapshot carries the inventory's tags with the provider's own: tags the cloud refuses
     # would fail every backup inside its hold, so they are refused here, as the provider's are.
-    check = getattr(settings, "check_inventory_tags", None)  # a plugin's model may predate it
+    check = getattr(settings, "check_inventory_tags", None)  # a plugin's model need not derive from ProviderSettings
     if inventory.tags and check is not None:
         try:
             check(inventory.tags)
