@@ -50,6 +50,9 @@ class _Verbs:
 CHECKPOINT = _Verbs("CHECKPOINT CREATE", "CHECKPOINT RELEASE", ".checkpoint")
 LEGACY = _Verbs("SNAPSHOT PREPARE", "SNAPSHOT COMPLETE", "snapshot")
 _CLOCK_SLACK_S = 1.0
+# checkpoint_status() gives the start in microseconds, its resolution: our checkpoint read again is
+# the same instant, and another client's, taken once ours ended, may begin a millisecond later.
+_SAME_START_S = 0.000001
 # A create runs late behind a queue or a slow sync: seconds, minutes at worst. A checkpoint begun
 # later than this after an unconfirmed create was sent is not taken for that create's.
 _LATE_CREATE_MAX_S = 600.0
@@ -107,6 +110,7 @@ class QuestDBEngine:
         self._build: str | None = None
         self._hold_run: str | None = None
         self._held_since: datetime | None = None
+        self._server_since: datetime | None = None  # our checkpoint's start, as checkpoint_status() gives it
         self._verbs: _Verbs | None = None
         self._state: EngineState | None = None
         self._unconfirmed: _Unconfirmed | None = None
@@ -144,6 +148,11 @@ class QuestDBEngine:
         self._unconfirmed = None
         now = datetime.now(timezone.utc)
         self._hold_run, self._held_since, self._verbs = run_id, now, verbs
+        try:
+            # What complete compares: the checkpoint is the server's, anyone may end it and take another.
+            self._server_since = self._checkpoint_status()[1]
+        except EngineError as exc:
+            log.warning("run %s: could not read checkpoint_status() after the create: %s", run_id, exc)
         self._state = EngineState(
             engine=self.name,
             version=self._build,
@@ -166,14 +175,20 @@ class QuestDBEngine:
         verbs = self._verbs or CHECKPOINT
         deadline = time.monotonic() + self.settings.timeout_s
         # The checkpoint is the server's, not this connection's: any client's RELEASE (or a restart)
-        # ends it. Gone before our release means the files were not held all along.
-        held, _ = self._checkpoint_status()
-        self._retry_race(verbs.release, deadline)
-        self._hold_run = self._held_since = self._verbs = self._state = None
-        if held is False:
-            log.warning("run %s: the questdb checkpoint had already been released when complete came "
-                        "(another client's release, or a restart)", run_id)
+        # ends it, and any client may then take another. Either way the files were not held all along.
+        held, since = self._checkpoint_status()
+        theirs = bool(held) and not _same_start(since, self._server_since)
+        if held is False or theirs:
+            self._hold_run = self._held_since = self._server_since = self._verbs = self._state = None
+            if theirs:
+                log.warning("run %s: the questdb checkpoint had been released before complete, and another "
+                            "client's checkpoint (since %s) holds now: left alone", run_id, utc_text(since))
+            else:
+                log.warning("run %s: the questdb checkpoint had already been released when complete came "
+                            "(another client's release, or a restart)", run_id)
             return False
+        self._retry_race(verbs.release, deadline)
+        self._hold_run = self._held_since = self._server_since = self._verbs = self._state = None
         return None
 
     def tidy(self) -> bool:
@@ -210,6 +225,8 @@ class QuestDBEngine:
             return EngineStatus(engine=self.name, version=self._build, reachable=False, held=ours,
                                 held_since=self._held_since, details=details, error=str(exc))
         details["checkpoint_status"] = "unavailable before 8.1.1" if held is None else "available"
+        if ours and held and not _same_start(since, self._server_since):
+            ours = False  # ours was released behind our back, and another client's holds now
         if self._unconfirmed is not None:
             details["unconfirmed_create"] = {"run_id": self._unconfirmed.run_id,
                                              "sent": utc_text(self._unconfirmed.sent)}
@@ -398,6 +415,13 @@ def _foreign_hold(url: str, since: datetime | None, server_message: str | None =
         hint="let its owner release it (CHECKPOINT RELEASE, or SNAPSHOT COMPLETE before 8.1.1), "
              "or set force_release: true for this node",
     )
+
+
+def _same_start(since: datetime | None, ours: datetime | None) -> bool:
+    """Whether a checkpoint held since ``since`` is ours; unknown when either is missing: taken as ours."""
+    if since is None or ours is None:
+        return True
+    return abs((since - ours).total_seconds()) <= _SAME_START_S
 
 
 def _parse_timestamp(value: Any) -> datetime | None:

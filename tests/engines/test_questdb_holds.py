@@ -3,6 +3,7 @@ and a checkpoint another client took once the run's own had ended. Against the /
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,3 +78,22 @@ def test_a_prepare_meeting_its_own_late_create_under_way_waits_for_it_and_releas
         assert engine.complete("r2") is None and not fake.held
     finally:
         engine.close()
+
+
+def test_complete_leaves_alone_a_checkpoint_another_client_took_after_ours_ended(fake, tmp_path) -> None:
+    service = AgentService("q1", engine_for(fake, tmp_path))
+    try:
+        service.prepare("r1", 30)
+        fake.held_since = None  # another client's CHECKPOINT RELEASE ends ours (the state is the server's)
+        time.sleep(0.01)
+        fake.hold_as_someone_else()  # ...and that client starts its own backup
+        theirs = fake.held_since
+        assert service.status().engine.held_by is not None
+        answer = service.complete("r1")
+        assert answer.released is False, "the run's checkpoint had ended: its snapshot may be inconsistent"
+        assert fake.held and fake.held_since == theirs and releases(fake) == 0
+        fake.held_since = None
+        assert service.prepare("r2", 30).lease.run_id == "r2"
+        assert service.complete("r2").released and not fake.held
+    finally:
+        service.close()
