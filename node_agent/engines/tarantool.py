@@ -47,6 +47,8 @@ ER_MISSING_SNAPSHOT, ER_LOADING, ER_CHECKPOINT_IN_PROGRESS, ER_BACKUP_IN_PROGRES
 LOADING_HINT = ("wait for recovery to finish; check the instance's log (box.cfg.log) for its progress or what it "
                 "waits for")
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 3301
+# Of snapshot_timeout_s, what prepare may spend waiting for a checkpoint another fiber is writing.
+_WAIT_SHARE = 0.9
 GRANT_HINT = "the user needs: box.schema.user.grant('<user>', 'read,write,execute', 'universe')"
 
 
@@ -124,8 +126,9 @@ class TarantoolEngine:
         attempt = uuid.uuid4().hex
         with self._session(self.settings.snapshot_timeout_s) as conn:
             try:
+                timeout_s = self.settings.snapshot_timeout_s
                 result = self._eval(conn, PREPARE_LUA, run_id, self.settings.snapshot_on_prepare, attempt,
-                                    self.settings.snapshot_timeout_s, what="box.snapshot() and box.backup.start()")
+                                    timeout_s, timeout_s * _WAIT_SHARE, what="box.snapshot() and box.backup.start()")
             except EngineError as exc:
                 if exc.__cause__ is not None and _is_network(exc.__cause__):
                     # The call went out: the server may pin after all, until a release cancels it.
@@ -136,6 +139,10 @@ class TarantoolEngine:
                 f"tarantool at {self.address}: box.snapshot() took longer than snapshot_timeout_s "
                 f"({self.settings.snapshot_timeout_s:g}s); nothing was pinned",
                 hint="raise snapshot_timeout_s (minutes on a big instance)")
+        if result.get("pinned_by_other"):
+            raise _backup_busy(self.address)
+        if result.get("checkpoint_in_progress"):
+            raise _snapshot_busy(self.address, f" (waited {self.settings.snapshot_timeout_s * _WAIT_SHARE:g}s for it)")
         if "held_by" in result:
             raise EngineBusy(
                 f"tarantool at {self.address} is held by snapctl run {result['held_by']}",
@@ -387,11 +394,9 @@ class TarantoolEngine:
                                hint="is tarantool running and listening there?")
         code, message = getattr(cause, "code", 0), getattr(cause, "message", "") or str(cause)
         if code == ER_BACKUP_IN_PROGRESS:
-            return EngineBusy(f"{where}: a backup is already in progress (box.backup.start() by another tool)",
-                              hint="wait for that backup; if it was abandoned run box.backup.stop() on the instance")
+            return _backup_busy(self.address)
         if code == ER_CHECKPOINT_IN_PROGRESS:
-            return EngineBusy(f"{where}: a snapshot is already in progress",
-                              hint="retry once box.info.gc().checkpoint_is_in_progress is false")
+            return _snapshot_busy(self.address)
         if code == ER_LOADING:  # every request, the login included, until box.cfg{} has finished
             return EngineError(f"{where} is still loading its data (local recovery, or bootstrap waiting for its "
                                "replication peers): it answers no request until it finishes", hint=LOADING_HINT)
@@ -406,6 +411,16 @@ class TarantoolEngine:
         if code:
             return EngineError(f"{where}: {what} failed with error {code}: {message}")
         return EngineError(f"{where}: {what} failed: {message or type(cause).__name__}")
+
+
+def _backup_busy(address: str) -> EngineBusy:
+    return EngineBusy(f"tarantool at {address}: a backup is already in progress (box.backup.start() by another tool)",
+                      hint="wait for that backup; if it was abandoned run box.backup.stop() on the instance")
+
+
+def _snapshot_busy(address: str, waited: str = "") -> EngineBusy:
+    return EngineBusy(f"tarantool at {address}: a snapshot is already in progress{waited}",
+                      hint="retry once box.info.gc().checkpoint_is_in_progress is false, or raise snapshot_timeout_s")
 
 
 def _root_cause(exc: BaseException) -> BaseException:

@@ -66,9 +66,11 @@ VERIFY_LUA = _LUA_HELPERS + "return {tables = snapctl_tables(), info = snapctl_i
 # attempt: this call's own id, which the agent's release names when the answer never came.
 # budget_s: the agent's snapshot_timeout_s. Counted from when the server starts the call, so it
 # ends after the agent stopped waiting: past it, nobody waits for this pin. Fibers yield only
-# inside box.snapshot(), so nothing runs between the last look and box.backup.start().
+# inside box.snapshot() and the wait before it, so nothing runs between the last look and
+# box.backup.start(). wait_s: how long to wait for a checkpoint another fiber is writing (the
+# checkpoint daemon's), short of budget_s so that "busy" reaches the agent while it waits.
 PREPARE_LUA = _LUA_HELPERS + """
-local run_id, take_snapshot, attempt, budget_s = ...
+local run_id, take_snapshot, attempt, budget_s, wait_s = ...
 local fiber = require('fiber')
 local deadline = fiber.clock() + budget_s
 local function given_up() return cancelled_attempts()[attempt] ~= nil or fiber.clock() > deadline end
@@ -79,10 +81,18 @@ if holder ~= nil and not backup_pinned() then
     rawset(_G, HOLDER, nil)
 end
 if holder ~= nil and holder ~= run_id then return {held_by = holder} end
+-- Another tool's box.backup.start(): ours would refuse it, after a checkpoint written for nothing.
+if holder == nil and backup_pinned() then return {pinned_by_other = true} end
 local snapshot_taken = false
 if holder == run_id then
     box.backup.stop()  -- our earlier answer was lost (agent restart): pin the latest checkpoint again
 elseif take_snapshot then
+    local wait_until = fiber.clock() + wait_s
+    while box.info.gc().checkpoint_is_in_progress do  -- box.snapshot() would refuse (error 120)
+        if given_up() then return {given_up = true} end
+        if fiber.clock() > wait_until then return {checkpoint_in_progress = true} end
+        fiber.sleep(0.1)
+    end
     box.snapshot()
     snapshot_taken = true
     if given_up() then return {given_up = true} end

@@ -75,10 +75,14 @@ def test_pinned_checkpoint_outlives_garbage_collection_until_complete(replica_se
 
 def test_a_backup_started_by_another_tool_is_busy_and_left_alone(replica_set, tmp_path):
     replica_set.eval("box.backup.start()")
+    replica_set.write(1)
+    newest = "return box.info.gc().checkpoints[#box.info.gc().checkpoints].signature"
+    before = replica_set.eval(newest)[0]
     engine = engine_for(replica_set, 0, tmp_path)
     try:
         with pytest.raises(EngineBusy, match="backup is already in progress"):
             engine.prepare("run-other-tool")
+        assert replica_set.eval(newest)[0] == before, "no checkpoint is written (minutes, on a big instance) for nothing"
         status = engine.status()
         assert status.held and "another backup tool" in (status.held_by or "")
         engine.complete("run-other-tool")
@@ -115,26 +119,42 @@ def test_prepare_fails_and_releases_when_checkpoint_files_lie_outside_the_data_p
     assert not engine.status().held
 
 
-def test_a_snapshot_already_running_makes_prepare_busy_and_trigger_wait(tmp_path):
-    with TarantoolReplicaSet(tmp_path / "slow", size=1) as single:
-        # ~2 MB of tuples written at 1 MB/s: a checkpoint that stays in progress for a while.
-        single.eval("for i = 1, 2000 do box.space.items:replace{i, require('digest').urandom(1000)} end "
-                    "box.cfg{snap_io_rate_limit = 1}")
-        single.eval("require('fiber').create(function() box.snapshot() end)")
-        engine = create_engine(single.engine_settings(), base_dir=tmp_path)
-        with pytest.raises(EngineBusy, match="snapshot is already in progress"):
-            engine.prepare("run-busy")
-        (job,) = engine.trigger(None)
-        assert job.status == "succeeded", job.detail
-        assert not engine.status().held
-
-
 SLOW_CHECKPOINT = ("for i = 1, 2000 do box.space.items:replace{i, require('digest').urandom(1000)} end "
                    "box.cfg{snap_io_rate_limit = 1}")  # ~2 MB at 1 MB/s: box.snapshot() takes ~2 s
 
 
 def checkpoint_done(rs: TarantoolReplicaSet) -> bool:
     return not rs.eval("return box.info.gc().checkpoint_is_in_progress")[0]
+
+
+def test_a_snapshot_already_running_makes_prepare_and_trigger_wait_for_it(tmp_path):
+    with TarantoolReplicaSet(tmp_path / "slow", size=1) as single:
+        single.eval(SLOW_CHECKPOINT)
+        single.eval("require('fiber').create(function() box.snapshot() end)")  # the checkpoint daemon's
+        engine = create_engine(single.engine_settings(), base_dir=tmp_path)
+        single.eval("box.cfg{snap_io_rate_limit = 4}")  # ours then takes ~0.5 s
+        state = engine.prepare("run-busy")  # not "busy" at once: the daemon's checkpoint is minutes at worst
+        try:
+            assert state.details["snapshot_taken"] and pinned(single)
+            position = state.facts.position
+            assert position["checkpoint_signature"] == position["signature"]
+        finally:
+            engine.complete("run-busy")
+        single.eval("box.cfg{snap_io_rate_limit = 1} require('fiber').create(function() box.snapshot() end)")
+        (job,) = engine.trigger(None)
+        assert job.status == "succeeded", job.detail
+        assert not engine.status().held
+
+
+def test_a_snapshot_running_past_snapshot_timeout_s_makes_prepare_busy(tmp_path):
+    with TarantoolReplicaSet(tmp_path / "slow-busy", size=1) as single:
+        single.eval(SLOW_CHECKPOINT)
+        single.eval("require('fiber').create(function() box.snapshot() end)")
+        engine = create_engine(single.engine_settings(snapshot_timeout_s=1), base_dir=tmp_path)
+        with pytest.raises(EngineBusy, match=r"snapshot is already in progress \(waited 0.9s for it\)"):
+            engine.prepare("run-busy")
+        wait_until(lambda: checkpoint_done(single), timeout_s=30, what="the checkpoint")
+        assert not pinned(single)
 
 
 def test_a_prepare_that_timed_out_never_pins_once_its_snapshot_finishes(tmp_path):
@@ -177,7 +197,7 @@ def test_a_released_prepare_attempt_never_pins_though_its_budget_has_not_run_out
         answers: list[object] = []
         conn = single.connect(timeout_s=60)
         prepare = threading.Thread(target=lambda: answers.append(
-            conn.eval(PREPARE_LUA, ["run-x", True, "attempt-1", 60]).data[0]))
+            conn.eval(PREPARE_LUA, ["run-x", True, "attempt-1", 60, 60]).data[0]))
         prepare.start()
         try:
             wait_until(lambda: not checkpoint_done(single), timeout_s=10, what="the checkpoint to start")
@@ -189,7 +209,7 @@ def test_a_released_prepare_attempt_never_pins_though_its_budget_has_not_run_out
         assert answers == [{"given_up": True}] and not pinned(single)
         # The next attempt of the same run is another one: it pins.
         single.eval("box.cfg{snap_io_rate_limit = 1000}")
-        assert "files" in single.eval(PREPARE_LUA, "run-x", True, "attempt-2", 60)[0] and pinned(single)
+        assert "files" in single.eval(PREPARE_LUA, "run-x", True, "attempt-2", 60, 60)[0] and pinned(single)
         assert single.eval(RELEASE_LUA, "run-x", None)[0]["released"] and not pinned(single)
 
 
