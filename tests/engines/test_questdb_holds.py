@@ -49,6 +49,22 @@ def test_a_create_the_server_runs_after_the_agent_gave_up_is_released_by_the_age
         service.close()
 
 
+def test_the_agent_keeps_looking_for_a_late_create_while_the_server_does_not_answer(fake, tmp_path, caplog) -> None:
+    fake.late_creates = 2.0
+    service = AgentService("q1", engine_for(fake, tmp_path, timeout_s=0.5))
+    try:
+        with pytest.raises(EngineError, match="did not answer"):
+            service.prepare("r1", 2)
+        with fake.hang():  # the create still runs; every other request goes unanswered meanwhile
+            wait_until(lambda: fake.held, timeout_s=10, what="the late checkpoint")
+            wait_until(lambda: "engine tidy after a failed prepare failed" in caplog.text, timeout_s=10,
+                       what="a tidy that failed")
+        wait_until(lambda: releases(fake) == 1, timeout_s=10, what="the release once the server answers")
+        assert not fake.held
+    finally:
+        service.close()
+
+
 def test_a_late_create_that_a_complete_did_not_see_is_released_by_the_next_prepare(fake, tmp_path) -> None:
     fake.late_creates = 2.0  # the checkpoint starts 1.5 s after the client gave up
     engine = engine_for(fake, tmp_path, timeout_s=0.5)
