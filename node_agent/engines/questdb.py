@@ -204,10 +204,8 @@ class QuestDBEngine:
         held, since = self._checkpoint_status()
         if held is False:
             return True  # not (yet): a create queued on the server may still run
-        if not self._release_if_unconfirmed(since, time.monotonic() + self.settings.timeout_s):
-            # Someone else's checkpoint holds: ours can no longer be created while it does.
-            return True
-        return False
+        # Not released: someone else's checkpoint holds, and ours may still come once it ends.
+        return not self._release_if_unconfirmed(since, time.monotonic() + self.settings.timeout_s)
 
     # ---- engine snapshot, status, facts ----------------------------------------------------
 

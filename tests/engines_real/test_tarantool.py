@@ -82,7 +82,7 @@ def test_a_backup_started_by_another_tool_is_busy_and_left_alone(replica_set, tm
     try:
         with pytest.raises(EngineBusy, match="backup is already in progress"):
             engine.prepare("run-other-tool")
-        assert replica_set.eval(newest)[0] == before, "no checkpoint is written (minutes, on a big instance) for nothing"
+        assert replica_set.eval(newest)[0] == before, "no checkpoint written (minutes on a big instance) for nothing"
         status = engine.status()
         assert status.held and "another backup tool" in (status.held_by or "")
         engine.complete("run-other-tool")
