@@ -116,6 +116,7 @@ class AgentService:
         self._closed = False
         self._busy: tuple[str, float] | None = None  # the engine call under way, and since when
         self._last_status: tuple[EngineStatus, list[Path]] | None = None
+        self._tidy_mono: float | None = None  # when the watcher next calls engine.tidy(), if it has one
         self._watcher = threading.Thread(target=self._watch, name=f"lease-watcher-{node}", daemon=True)
         self._watcher.start()
 
@@ -210,6 +211,8 @@ class AgentService:
                     state = self.engine.prepare(run_id)
             except BaseException:
                 self._complete_quietly(run_id, "after a failed prepare")
+                if hasattr(self.engine, "tidy"):  # what the failed prepare left may come later
+                    self._tidy_mono = self._clock() + _RELEASE_RETRY_S
                 raise
             done = self._clock()
             self._stats.prepares += 1
@@ -457,10 +460,24 @@ class AgentService:
         if not 0 < lease_s <= self.max_lease_s:
             raise BadInputError(f"lease_s must be in (0, {self.max_lease_s:g}] seconds, got {lease_s:g}")
 
+    def _tidy_if_due(self) -> None:
+        """Call ``engine.tidy()`` until it has nothing left to watch for: with no lease, nobody
+        else would release what a failed prepare's request made late on the server."""
+        if self._lease is not None or self._tidy_mono is None or self._clock() < self._tidy_mono:
+            return
+        try:
+            with self._engine_busy("release of what a failed prepare may have left"):
+                again = self.engine.tidy()  # type: ignore[attr-defined]
+        except Exception as exc:  # noqa: BLE001 - the engine is down: tried again, as a lease's release is
+            log.warning("engine tidy after a failed prepare failed: %s; retrying in %gs", exc, _RELEASE_RETRY_S)
+            again = True
+        self._tidy_mono = self._clock() + _RELEASE_RETRY_S if again else None
+
     def _watch(self) -> None:
         with self._lock:
             while not self._closed:
                 self._expire_if_due()
+                self._tidy_if_due()
                 wait = _WATCH_MAX_SLEEP_S
                 if (lease := self._lease) is not None:
                     due = lease.retry_mono if lease.releasing else lease.expires_mono

@@ -50,7 +50,12 @@ class Engine(Protocol):
         also have ``release_left_hold(run_id) -> bool | None``: the agent calls it for a run it
         does not know (a previous agent process held for it and was killed), and answers that
         run's complete from it: True released a hold kept all along, False found it ended, None
-        found none of that run's."""
+        found none of that run's.
+
+        An adapter whose server may carry out a prepare's request after its answer was lost (a
+        QuestDB create run late) may have ``tidy() -> bool``: after a failed prepare the agent
+        calls it every few seconds while no run holds, until it returns False (nothing left to
+        watch for); it releases only what that request made."""
         ...
 
     def trigger(self, target: str | None) -> list[JobResult]:

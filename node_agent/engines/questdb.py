@@ -50,22 +50,32 @@ class _Verbs:
 CHECKPOINT = _Verbs("CHECKPOINT CREATE", "CHECKPOINT RELEASE", ".checkpoint")
 LEGACY = _Verbs("SNAPSHOT PREPARE", "SNAPSHOT COMPLETE", "snapshot")
 _CLOCK_SLACK_S = 1.0
+# checkpoint_status() gives the start in microseconds, its resolution: our checkpoint read again is
+# the same instant, and another client's, taken once ours ended, may begin a millisecond later.
+_SAME_START_S = 0.000001
+# A create runs late behind a queue or a slow sync: seconds, minutes at worst. A checkpoint begun
+# later than this after an unconfirmed create was sent is not taken for that create's.
+_LATE_CREATE_MAX_S = 600.0
 
 
 @dataclass(frozen=True)
 class _Unconfirmed:
-    """A create whose answer was lost (timeout, reset): the server may hold a checkpoint we made."""
+    """A create whose answer was lost (timeout, reset): the server may hold a checkpoint we made,
+    now or later, for a create queued or slow on the server runs after the client gave up."""
 
     run_id: str
     verbs: _Verbs
     sent: datetime
-    gave_up: datetime
 
     def may_be(self, since: datetime | None) -> bool:
         if since is None:  # servers without checkpoint_status() cannot tell: assume it is ours
             return True
         slack = timedelta(seconds=_CLOCK_SLACK_S)
-        return self.sent - slack <= since <= self.gave_up + slack
+        return self.sent - slack <= since <= min(datetime.now(timezone.utc), self.too_late) + slack
+
+    @property
+    def too_late(self) -> datetime:
+        return self.sent + timedelta(seconds=_LATE_CREATE_MAX_S)
 
 
 class QuestDBSettings(EngineSettings):
@@ -100,6 +110,7 @@ class QuestDBEngine:
         self._build: str | None = None
         self._hold_run: str | None = None
         self._held_since: datetime | None = None
+        self._server_since: datetime | None = None  # our checkpoint's start, as checkpoint_status() gives it
         self._verbs: _Verbs | None = None
         self._state: EngineState | None = None
         self._unconfirmed: _Unconfirmed | None = None
@@ -116,15 +127,10 @@ class QuestDBEngine:
         deadline = time.monotonic() + self.settings.timeout_s
         self._detect_version()
         held, since = self._checkpoint_status()
-        if held and self._unconfirmed is not None and self._unconfirmed.may_be(since):
-            log.warning("releasing the checkpoint left by run %s, whose create went unanswered",
-                        self._unconfirmed.run_id)
-            self._retry_race(self._unconfirmed.verbs.release, deadline)
-        elif held:
+        if held and not self._release_if_unconfirmed(since, deadline):
             if not self.settings.force_release:
                 raise _foreign_hold(self.url, since)
             self._release_foreign(self._verbs_to_try()[0], since, deadline)
-        self._unconfirmed = None
         facts = self._table_facts(exact=False)
         sent = datetime.now(timezone.utc)
         try:
@@ -132,12 +138,21 @@ class QuestDBEngine:
         except (QuestDBQueryError, EngineBusy):
             raise  # the server answered: nothing was created
         except EngineError:
-            # The create may have reached the server with only its answer lost: remember it, so that
-            # complete for this run (or the next prepare) releases what may be this agent's checkpoint.
-            self._unconfirmed = _Unconfirmed(run_id, self._attempting or CHECKPOINT, sent, datetime.now(timezone.utc))
+            # The create may have reached the server with only its answer lost, and may even run
+            # later: remember it until a release of it is confirmed (complete, the next prepare,
+            # or the agent's tidy). An earlier one still unconfirmed is kept in the same window.
+            first = self._unconfirmed.sent if self._unconfirmed is not None else sent
+            self._unconfirmed = _Unconfirmed(run_id, self._attempting or CHECKPOINT, min(first, sent))
             raise
+        # Ours now; a create still unconfirmed that runs late meets our hold and is refused.
+        self._unconfirmed = None
         now = datetime.now(timezone.utc)
         self._hold_run, self._held_since, self._verbs = run_id, now, verbs
+        try:
+            # What complete compares: the checkpoint is the server's, anyone may end it and take another.
+            self._server_since = self._checkpoint_status()[1]
+        except EngineError as exc:
+            log.warning("run %s: could not read checkpoint_status() after the create: %s", run_id, exc)
         self._state = EngineState(
             engine=self.name,
             version=self._build,
@@ -151,10 +166,7 @@ class QuestDBEngine:
     def complete(self, run_id: str) -> bool | None:
         if self._hold_run is None:
             if self._unconfirmed is not None and self._unconfirmed.run_id == run_id:
-                held, since = self._checkpoint_status()
-                if held is not False and self._unconfirmed.may_be(since):
-                    self._retry_race(self._unconfirmed.verbs.release, time.monotonic() + self.settings.timeout_s)
-                self._unconfirmed = None
+                self.tidy()
             return None
         if self._hold_run != run_id:
             log.warning("complete for run %s ignored: this agent's checkpoint belongs to run %s",
@@ -163,15 +175,37 @@ class QuestDBEngine:
         verbs = self._verbs or CHECKPOINT
         deadline = time.monotonic() + self.settings.timeout_s
         # The checkpoint is the server's, not this connection's: any client's RELEASE (or a restart)
-        # ends it. Gone before our release means the files were not held all along.
-        held, _ = self._checkpoint_status()
-        self._retry_race(verbs.release, deadline)
-        self._hold_run = self._held_since = self._verbs = self._state = None
-        if held is False:
-            log.warning("run %s: the questdb checkpoint had already been released when complete came "
-                        "(another client's release, or a restart)", run_id)
+        # ends it, and any client may then take another. Either way the files were not held all along.
+        held, since = self._checkpoint_status()
+        theirs = bool(held) and not _same_start(since, self._server_since)
+        if held is False or theirs:
+            self._hold_run = self._held_since = self._server_since = self._verbs = self._state = None
+            if theirs:
+                log.warning("run %s: the questdb checkpoint had been released before complete, and another "
+                            "client's checkpoint (since %s) holds now: left alone", run_id, utc_text(since))
+            else:
+                log.warning("run %s: the questdb checkpoint had already been released when complete came "
+                            "(another client's release, or a restart)", run_id)
             return False
+        self._retry_race(verbs.release, deadline)
+        self._hold_run = self._held_since = self._server_since = self._verbs = self._state = None
         return None
+
+    def tidy(self) -> bool:
+        """Release the checkpoint a create whose answer was lost made, should it have come since
+        (the server may run it late). True while such a create is still unconfirmed: the agent
+        calls this again later, while no run holds it."""
+        if self._unconfirmed is None or self._hold_run is not None:
+            return False
+        if datetime.now(timezone.utc) > self._unconfirmed.too_late + timedelta(seconds=_CLOCK_SLACK_S):
+            log.info("the create of run %s never took a checkpoint: no longer watched for", self._unconfirmed.run_id)
+            self._unconfirmed = None
+            return False
+        held, since = self._checkpoint_status()
+        if held is False:
+            return True  # not (yet): a create queued on the server may still run
+        # Not released: someone else's checkpoint holds, and ours may still come once it ends.
+        return not self._release_if_unconfirmed(since, time.monotonic() + self.settings.timeout_s)
 
     # ---- engine snapshot, status, facts ----------------------------------------------------
 
@@ -189,6 +223,8 @@ class QuestDBEngine:
             return EngineStatus(engine=self.name, version=self._build, reachable=False, held=ours,
                                 held_since=self._held_since, details=details, error=str(exc))
         details["checkpoint_status"] = "unavailable before 8.1.1" if held is None else "available"
+        if ours and held and not _same_start(since, self._server_since):
+            ours = False  # ours was released behind our back, and another client's holds now
         if self._unconfirmed is not None:
             details["unconfirmed_create"] = {"run_id": self._unconfirmed.run_id,
                                              "sent": utc_text(self._unconfirmed.sent)}
@@ -277,6 +313,19 @@ class QuestDBEngine:
             return [CHECKPOINT, LEGACY]
         return [CHECKPOINT] if self._version >= _FIRST_CHECKPOINT_VERSION else [LEGACY]
 
+    def _release_if_unconfirmed(self, since: datetime | None, deadline: float) -> bool:
+        """Release a checkpoint held since ``since`` if the unconfirmed create may have made it.
+        "Another checkpoint command is in progress" meanwhile may be that very create still running:
+        retried until ``deadline``, and the create stays unconfirmed if it does not get through."""
+        unconfirmed = self._unconfirmed
+        if unconfirmed is None or not unconfirmed.may_be(since):
+            return False
+        log.warning("releasing the checkpoint (since %s) that run %s's create made after its answer was lost",
+                    utc_text(since) if since else "an unknown time", unconfirmed.run_id)
+        self._retry_race(unconfirmed.verbs.release, deadline)
+        self._unconfirmed = None
+        return True
+
     def _release_foreign(self, verbs: _Verbs, since: datetime | None, deadline: float) -> None:
         log.warning("force_release: releasing a questdb checkpoint held since %s that this agent did not make",
                     since or "an unknown time")
@@ -292,8 +341,12 @@ class QuestDBEngine:
             except QuestDBQueryError as exc:
                 message = exc.server_message
                 if message.startswith("Waiting for"):
-                    # Someone took the checkpoint between our status check and our create.
+                    # Someone took the checkpoint between our status check and our create: maybe
+                    # our own earlier create, whose answer was lost, run late.
                     since = self._checkpoint_status()[1]
+                    if self._release_if_unconfirmed(since, deadline):
+                        self._retry_race(verbs.create, deadline)
+                        return verbs
                     if not self.settings.force_release:
                         raise _foreign_hold(self.url, since, message) from exc
                     self._release_foreign(verbs, since, deadline)
@@ -360,6 +413,13 @@ def _foreign_hold(url: str, since: datetime | None, server_message: str | None =
         hint="let its owner release it (CHECKPOINT RELEASE, or SNAPSHOT COMPLETE before 8.1.1), "
              "or set force_release: true for this node",
     )
+
+
+def _same_start(since: datetime | None, ours: datetime | None) -> bool:
+    """Whether a checkpoint held since ``since`` is ours; unknown when either is missing: taken as ours."""
+    if since is None or ours is None:
+        return True
+    return abs((since - ours).total_seconds()) <= _SAME_START_S
 
 
 def _parse_timestamp(value: Any) -> datetime | None:

@@ -8,7 +8,8 @@ holds at least the recorded facts (``facts.exact=False``).
 The hold is fenced by run id on the server itself: a global ``snapctl_backup_run`` records which
 snapctl run pinned the checkpoint, so a second agent, a late complete from a dead run or a
 restarted agent never releases a pin it did not make, and a pin made by another backup tool
-(``box.backup.start`` without our marker) is reported as held by someone else.
+(``box.backup.start`` without our marker) is reported as held by someone else. A prepare call
+the agent gave up on never pins afterwards: see ``tarantool_lua``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import logging
 import os
 import socket
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -29,6 +31,7 @@ from pydantic import Field, model_validator
 from node_agent.engines.base import EngineSettings, PasswordFile
 from node_agent.engines.tarantool_info import position_of, raft_group, table_facts, vclock_of
 from node_agent.engines.tarantool_local import explain_refused
+from node_agent.engines.tarantool_lua import PREPARE_LUA, RELEASE_LUA, SNAPSHOT_LUA, STATUS_LUA, VERIFY_LUA
 from node_agent.models import (
     EngineState,
     EngineStatus,
@@ -39,97 +42,15 @@ from snapctl.errors import BadInputError, EngineBusy, EngineError
 
 log = logging.getLogger("snapctl.agent.tarantool")
 
-HOLDER_GLOBAL = "snapctl_backup_run"
 ER_ACCESS_DENIED, ER_CREDS_MISMATCH, ER_NO_SUCH_USER = 42, 47, 45
 ER_MISSING_SNAPSHOT, ER_LOADING, ER_CHECKPOINT_IN_PROGRESS, ER_BACKUP_IN_PROGRESS = 93, 116, 120, 129
 LOADING_HINT = ("wait for recovery to finish; check the instance's log (box.cfg.log) for its progress or what it "
                 "waits for")
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 3301
+# Of snapshot_timeout_s, what prepare may spend waiting for a checkpoint another fiber is writing.
+_WAIT_SHARE = 0.9
 GRANT_HINT = "the user needs: box.schema.user.grant('<user>', 'read,write,execute', 'universe')"
 
-# Shared Lua: the instance's state, and tuples per persistent user space (ids from 512 up).
-_LUA_HELPERS = f"""
-local HOLDER = '{HOLDER_GLOBAL}'
-local function backup_pinned()
-    for _, c in ipairs(box.info.gc().checkpoints) do
-        for _, ref in ipairs(c.references or {{}}) do
-            if ref == 'backup' or (type(ref) == 'table' and ref.name == 'backup') then return true end
-        end
-    end
-    return false
-end
-local function snapctl_info()
-    local info = box.info
-    local gc = info.gc()
-    local last = gc.checkpoints[#gc.checkpoints]
-    local replication = {{}}
-    for _, r in pairs(info.replication) do table.insert(replication, r) end
-    local group = (info.replicaset and info.replicaset.uuid) or (info.cluster and info.cluster.uuid)
-    return {{version = info.version, id = info.id, uuid = info.uuid, ro = info.ro, status = info.status,
-        group = group, vclock = info.vclock, lsn = info.lsn, signature = info.signature,
-        replication = replication, election = info.election, election_mode = box.cfg.election_mode,
-        checkpoint_in_progress = gc.checkpoint_is_in_progress,
-        checkpoint_vclock = last and last.vclock, checkpoint_signature = last and last.signature,
-        pinned = backup_pinned(), holder = rawget(_G, HOLDER)}}
-end
-local function snapctl_tables()
-    local tables = {{}}
-    for _, t in box.space._space:pairs({{512}}, {{iterator = 'GE'}}) do
-        local s = box.space[t[1]]
-        if s ~= nil and s.index[0] ~= nil and not s.temporary then
-            if s.engine == 'memtx' then tables[s.name] = s.index[0]:len()
-            elseif s.engine == 'vinyl' then tables[s.name] = s.index[0]:count() end
-        end
-    end
-    return tables
-end
-"""
-
-STATUS_LUA = _LUA_HELPERS + "return snapctl_info()"
-VERIFY_LUA = _LUA_HELPERS + "return {tables = snapctl_tables(), info = snapctl_info()}"
-
-PREPARE_LUA = _LUA_HELPERS + """
-local run_id, take_snapshot = ...
-local holder = rawget(_G, HOLDER)
-if holder ~= nil and not backup_pinned() then
-    holder = nil  -- someone ran box.backup.stop() by hand: the marker is stale
-    rawset(_G, HOLDER, nil)
-end
-if holder ~= nil and holder ~= run_id then return {held_by = holder} end
-local snapshot_taken = false
-if holder == run_id then
-    box.backup.stop()  -- our earlier answer was lost (agent restart): pin the latest checkpoint again
-elseif take_snapshot then
-    box.snapshot()
-    snapshot_taken = true
-end
-local files = box.backup.start()
-rawset(_G, HOLDER, run_id)
-local ok, result = pcall(function()
-    local fio = require('fio')
-    local absolute = {}
-    for i, f in ipairs(files) do absolute[i] = fio.abspath(f) end
-    return {files = absolute, tables = snapctl_tables(), info = snapctl_info(), snapshot_taken = snapshot_taken}
-end)
-if not ok then
-    box.backup.stop()
-    rawset(_G, HOLDER, nil)
-    error(result)
-end
-return result
-"""
-
-RELEASE_LUA = _LUA_HELPERS + """
-local run_id = ...
-local holder = rawget(_G, HOLDER)
-if holder ~= run_id then return {released = false, holder = holder} end
-local pinned = backup_pinned()  -- false: someone ran box.backup.stop() under our marker
-box.backup.stop()
-rawset(_G, HOLDER, nil)
-return {released = true, pinned = pinned}
-"""
-
-SNAPSHOT_LUA = "box.snapshot() return box.info.signature, box.info.vclock"
 
 
 class TarantoolSettings(EngineSettings):
@@ -181,6 +102,7 @@ class TarantoolEngine:
         self._held_run: str | None = None
         self._state: EngineState | None = None
         self._uncertain_run: str | None = None  # a prepare whose answer never came may have pinned
+        self._uncertain_attempt: str | None = None  # ...and that prepare's id on the server, to cancel it
         self._password_file = (PasswordFile("tarantool", self._resolve(settings.password_file), log)
                                if settings.password_file else None)
 
@@ -201,14 +123,26 @@ class TarantoolEngine:
             # the pin may have come since, and nobody else will ever release it.
             log.warning("releasing what the unanswered prepare of run %s may have pinned", self._uncertain_run)
             self._release(self._uncertain_run)
+        attempt = uuid.uuid4().hex
         with self._session(self.settings.snapshot_timeout_s) as conn:
             try:
-                result = self._eval(conn, PREPARE_LUA, run_id, self.settings.snapshot_on_prepare,
-                                    what="box.snapshot() and box.backup.start()")
+                timeout_s = self.settings.snapshot_timeout_s
+                result = self._eval(conn, PREPARE_LUA, run_id, self.settings.snapshot_on_prepare, attempt,
+                                    timeout_s, timeout_s * _WAIT_SHARE, what="box.snapshot() and box.backup.start()")
             except EngineError as exc:
                 if exc.__cause__ is not None and _is_network(exc.__cause__):
-                    self._uncertain_run = run_id  # the call went out: the server may pin after all
+                    # The call went out: the server may pin after all, until a release cancels it.
+                    self._uncertain_run, self._uncertain_attempt = run_id, attempt
                 raise
+        if result.get("given_up"):
+            raise EngineError(
+                f"tarantool at {self.address}: box.snapshot() took longer than snapshot_timeout_s "
+                f"({self.settings.snapshot_timeout_s:g}s); nothing was pinned",
+                hint="raise snapshot_timeout_s (minutes on a big instance)")
+        if result.get("pinned_by_other"):
+            raise _backup_busy(self.address)
+        if result.get("checkpoint_in_progress"):
+            raise _snapshot_busy(self.address, f" (waited {self.settings.snapshot_timeout_s * _WAIT_SHARE:g}s for it)")
         if "held_by" in result:
             raise EngineBusy(
                 f"tarantool at {self.address} is held by snapctl run {result['held_by']}",
@@ -220,7 +154,13 @@ class TarantoolEngine:
         files = [str(f) for f in result["files"]]
         outside = self._outside_data_paths(files)
         if outside:
-            self._release(run_id)
+            try:
+                self._release(run_id)
+            except EngineError as exc:
+                # Still pinned: complete, or the next prepare, releases it; no one else would.
+                self._uncertain_run, self._uncertain_attempt = run_id, None
+                log.warning("run %s: the pin of a checkpoint outside the data paths is not released yet: %s",
+                            run_id, exc)
             roots = ", ".join(str(p) for p in self.data_paths())
             raise EngineError(
                 f"tarantool checkpoint file {outside[0]} lies outside the data paths ({roots})",
@@ -236,7 +176,7 @@ class TarantoolEngine:
             raft=[raft_group(info)],
             details={"instance_id": info.get("id"), "ro": info.get("ro"), "snapshot_taken": result["snapshot_taken"]},
         )
-        self._held_run, self._uncertain_run = run_id, None
+        self._held_run, self._uncertain_run, self._uncertain_attempt = run_id, None, None
         return self._state
 
     def complete(self, run_id: str) -> bool | None:
@@ -267,17 +207,18 @@ class TarantoolEngine:
         return bool(result.get("pinned"))
 
     def _release(self, run_id: str) -> dict[str, Any]:
+        uncertain = self._uncertain_run == run_id
         with self._session() as conn:
-            result = self._eval(conn, RELEASE_LUA, run_id, what="box.backup.stop()")
+            result = self._eval(conn, RELEASE_LUA, run_id, self._uncertain_attempt if uncertain else None,
+                                what="box.backup.stop()")
         if not result.get("released") and result.get("holder"):
             # Fencing: a late complete must not release another run's pin.
             log.warning("complete from run %s ignored: the pin belongs to run %s", run_id, result["holder"])
         if self._held_run == run_id:
             self._held_run, self._state = None, None
-        if self._uncertain_run == run_id and (result.get("released") or result.get("holder") is not None):
-            # Only then: with no pin at all, the unanswered prepare may still pin later (its
-            # box.snapshot() goes on): the next prepare releases it.
-            self._uncertain_run = None
+        if uncertain:
+            # Released if it had pinned; and the server now refuses its pin if it still comes.
+            self._uncertain_run = self._uncertain_attempt = None
         return result
 
     # ---- the rest of the contract -------------------------------------------------------
@@ -453,11 +394,9 @@ class TarantoolEngine:
                                hint="is tarantool running and listening there?")
         code, message = getattr(cause, "code", 0), getattr(cause, "message", "") or str(cause)
         if code == ER_BACKUP_IN_PROGRESS:
-            return EngineBusy(f"{where}: a backup is already in progress (box.backup.start() by another tool)",
-                              hint="wait for that backup; if it was abandoned run box.backup.stop() on the instance")
+            return _backup_busy(self.address)
         if code == ER_CHECKPOINT_IN_PROGRESS:
-            return EngineBusy(f"{where}: a snapshot is already in progress",
-                              hint="retry once box.info.gc().checkpoint_is_in_progress is false")
+            return _snapshot_busy(self.address)
         if code == ER_LOADING:  # every request, the login included, until box.cfg{} has finished
             return EngineError(f"{where} is still loading its data (local recovery, or bootstrap waiting for its "
                                "replication peers): it answers no request until it finishes", hint=LOADING_HINT)
@@ -472,6 +411,16 @@ class TarantoolEngine:
         if code:
             return EngineError(f"{where}: {what} failed with error {code}: {message}")
         return EngineError(f"{where}: {what} failed: {message or type(cause).__name__}")
+
+
+def _backup_busy(address: str) -> EngineBusy:
+    return EngineBusy(f"tarantool at {address}: a backup is already in progress (box.backup.start() by another tool)",
+                      hint="wait for that backup; if it was abandoned run box.backup.stop() on the instance")
+
+
+def _snapshot_busy(address: str, waited: str = "") -> EngineBusy:
+    return EngineBusy(f"tarantool at {address}: a snapshot is already in progress{waited}",
+                      hint="retry once box.info.gc().checkpoint_is_in_progress is false, or raise snapshot_timeout_s")
 
 
 def _root_cause(exc: BaseException) -> BaseException:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from node_agent.engines.base import create_engine, validate_engine_settings
-from node_agent.engines.tarantool import TarantoolEngine
+from node_agent.engines.tarantool import TarantoolEngine, TarantoolSettings
 from node_agent.engines.tarantool_info import raft_group
+from node_agent.engines.tarantool_lua import PREPARE_LUA, RELEASE_LUA
 from node_agent.service import AgentService
 from snapctl.errors import BadInputError, EngineBusy, EngineError
 from tests.engines_real.conftest import backup_and_restore
@@ -72,10 +75,14 @@ def test_pinned_checkpoint_outlives_garbage_collection_until_complete(replica_se
 
 def test_a_backup_started_by_another_tool_is_busy_and_left_alone(replica_set, tmp_path):
     replica_set.eval("box.backup.start()")
+    replica_set.write(1)
+    newest = "return box.info.gc().checkpoints[#box.info.gc().checkpoints].signature"
+    before = replica_set.eval(newest)[0]
     engine = engine_for(replica_set, 0, tmp_path)
     try:
         with pytest.raises(EngineBusy, match="backup is already in progress"):
             engine.prepare("run-other-tool")
+        assert replica_set.eval(newest)[0] == before, "no checkpoint written (minutes on a big instance) for nothing"
         status = engine.status()
         assert status.held and "another backup tool" in (status.held_by or "")
         engine.complete("run-other-tool")
@@ -112,52 +119,135 @@ def test_prepare_fails_and_releases_when_checkpoint_files_lie_outside_the_data_p
     assert not engine.status().held
 
 
-def test_a_snapshot_already_running_makes_prepare_busy_and_trigger_wait(tmp_path):
+SLOW_CHECKPOINT = ("for i = 1, 2000 do box.space.items:replace{i, require('digest').urandom(1000)} end "
+                   "box.cfg{snap_io_rate_limit = 1}")  # ~2 MB at 1 MB/s: box.snapshot() takes ~2 s
+
+
+def checkpoint_done(rs: TarantoolReplicaSet) -> bool:
+    return not rs.eval("return box.info.gc().checkpoint_is_in_progress")[0]
+
+
+def test_a_snapshot_already_running_makes_prepare_and_trigger_wait_for_it(tmp_path):
     with TarantoolReplicaSet(tmp_path / "slow", size=1) as single:
-        # ~2 MB of tuples written at 1 MB/s: a checkpoint that stays in progress for a while.
-        single.eval("for i = 1, 2000 do box.space.items:replace{i, require('digest').urandom(1000)} end "
-                    "box.cfg{snap_io_rate_limit = 1}")
-        single.eval("require('fiber').create(function() box.snapshot() end)")
+        single.eval(SLOW_CHECKPOINT)
+        single.eval("require('fiber').create(function() box.snapshot() end)")  # the checkpoint daemon's
         engine = create_engine(single.engine_settings(), base_dir=tmp_path)
-        with pytest.raises(EngineBusy, match="snapshot is already in progress"):
-            engine.prepare("run-busy")
+        single.eval("box.cfg{snap_io_rate_limit = 4}")  # ours then takes ~0.5 s
+        state = engine.prepare("run-busy")  # not "busy" at once: the daemon's checkpoint is minutes at worst
+        try:
+            assert state.details["snapshot_taken"] and pinned(single)
+            position = state.facts.position
+            assert position["checkpoint_signature"] == position["signature"]
+        finally:
+            engine.complete("run-busy")
+        single.eval("box.cfg{snap_io_rate_limit = 1} require('fiber').create(function() box.snapshot() end)")
         (job,) = engine.trigger(None)
         assert job.status == "succeeded", job.detail
         assert not engine.status().held
 
 
-def test_complete_releases_what_a_timed_out_prepare_pinned_later(tmp_path):
-    with TarantoolReplicaSet(tmp_path / "late", size=1) as single:
-        single.eval("for i = 1, 2000 do box.space.items:replace{i, require('digest').urandom(1000)} end "
-                    "box.cfg{snap_io_rate_limit = 1}")
-        engine = create_engine(single.engine_settings(snapshot_timeout_s=0.5), base_dir=tmp_path)
-        with pytest.raises(EngineError, match=r"no answer to box.snapshot\(\) and box.backup.start\(\) within 0.5s"):
-            engine.prepare("run-late")
-        # The server goes on: box.snapshot() finishes and box.backup.start() pins for run-late.
-        wait_until(lambda: pinned(single), timeout_s=30, what="the late pin")
-        other = create_engine(single.engine_settings(), base_dir=tmp_path)
-        with pytest.raises(EngineBusy, match="run-late"):
-            other.prepare("run-next")
-        engine.complete("run-late")
+def test_a_snapshot_running_past_snapshot_timeout_s_makes_prepare_busy(tmp_path):
+    with TarantoolReplicaSet(tmp_path / "slow-busy", size=1) as single:
+        single.eval(SLOW_CHECKPOINT)
+        single.eval("require('fiber').create(function() box.snapshot() end)")
+        engine = create_engine(single.engine_settings(snapshot_timeout_s=1), base_dir=tmp_path)
+        with pytest.raises(EngineBusy, match=r"snapshot is already in progress \(waited 0.9s for it\)"):
+            engine.prepare("run-busy")
+        wait_until(lambda: checkpoint_done(single), timeout_s=30, what="the checkpoint")
         assert not pinned(single)
 
 
-def test_a_pin_that_a_timed_out_prepare_made_after_the_agent_gave_up_is_released_by_the_next_prepare(tmp_path):
+def test_a_prepare_that_timed_out_never_pins_once_its_snapshot_finishes(tmp_path):
+    with TarantoolReplicaSet(tmp_path / "late", size=1) as single:
+        single.eval(SLOW_CHECKPOINT)
+        engine = create_engine(single.engine_settings(snapshot_timeout_s=0.5), base_dir=tmp_path)
+        with pytest.raises(EngineError, match=r"no answer to box.snapshot\(\) and box.backup.start\(\) within 0.5s"):
+            engine.prepare("run-late")
+        # Nobody completes run-late: the server's box.snapshot() goes on, past snapshot_timeout_s.
+        wait_until(lambda: checkpoint_done(single), timeout_s=30, what="the checkpoint")
+        assert not pinned(single), "a pin made once its agent stopped waiting would never be released"
+        single.eval("box.cfg{snap_io_rate_limit = 1000}")
+        other = create_engine(single.engine_settings(), base_dir=tmp_path)
+        other.prepare("run-next")
+        other.complete("run-next")
+        assert engine.complete("run-late") is None and not pinned(single)
+
+
+def test_a_prepare_the_agent_gave_up_on_never_pins_after_its_complete(tmp_path):
     with TarantoolReplicaSet(tmp_path / "late-agent", size=1) as single:
-        single.eval("for i = 1, 2000 do box.space.items:replace{i, require('digest').urandom(1000)} end "
-                    "box.cfg{snap_io_rate_limit = 1}")
+        single.eval(SLOW_CHECKPOINT)
         service = AgentService("t1", create_engine(single.engine_settings(snapshot_timeout_s=0.5), base_dir=tmp_path))
         try:
             with pytest.raises(EngineError, match="no answer to box.snapshot"):
-                service.prepare("run-late", 5)  # the agent completes the failed prepare at once: nothing pinned yet
-            wait_until(lambda: pinned(single), timeout_s=30, what="the late pin")
-            assert service.lease is None
+                service.prepare("run-late", 2)  # the agent completes the failed prepare at once
+            wait_until(lambda: checkpoint_done(single), timeout_s=30, what="the checkpoint")
+            time.sleep(2.5)  # past the 2 s lease a prepare would have had: nothing holds or watches it
+            assert service.lease is None and not pinned(single)
             single.eval("box.cfg{snap_io_rate_limit = 1000}")
-            assert service.prepare("run-next", 5).lease.run_id == "run-next", "run-late's pin is released first"
+            assert service.prepare("run-next", 5).lease.run_id == "run-next"
             assert service.complete("run-next").released
             assert not pinned(single)
         finally:
             service.close()
+
+
+def test_a_released_prepare_attempt_never_pins_though_its_budget_has_not_run_out(tmp_path):
+    with TarantoolReplicaSet(tmp_path / "cancelled", size=1) as single:
+        single.eval(SLOW_CHECKPOINT)
+        answers: list[object] = []
+        conn = single.connect(timeout_s=60)
+        prepare = threading.Thread(target=lambda: answers.append(
+            conn.eval(PREPARE_LUA, ["run-x", True, "attempt-1", 60, 60]).data[0]))
+        prepare.start()
+        try:
+            wait_until(lambda: not checkpoint_done(single), timeout_s=10, what="the checkpoint to start")
+            # What the agent's complete sends for a prepare whose answer never came.
+            assert single.eval(RELEASE_LUA, "run-x", "attempt-1")[0] == {"released": False}
+        finally:
+            prepare.join(timeout=30)
+            conn.close()
+        assert answers == [{"given_up": True}] and not pinned(single)
+        # The next attempt of the same run is another one: it pins.
+        single.eval("box.cfg{snap_io_rate_limit = 1000}")
+        assert "files" in single.eval(PREPARE_LUA, "run-x", True, "attempt-2", 60, 60)[0] and pinned(single)
+        assert single.eval(RELEASE_LUA, "run-x", None)[0]["released"] and not pinned(single)
+
+
+class PasswordRotatedMidPrepare(TarantoolEngine):
+    """The password changes between prepare's call and its release: the release cannot log in."""
+
+    rotate = True
+
+    def _outside_data_paths(self, files: list[str]) -> list[str]:
+        if self.rotate:
+            self.rotate = False
+            Path(self.settings.password_file).write_text("rotated\n")
+        return super()._outside_data_paths(files)
+
+
+def test_a_pin_outside_the_data_paths_that_could_not_be_released_is_released_by_the_next_prepare(
+        replica_set, tmp_path):
+    elsewhere = tmp_path / "not-the-data"
+    elsewhere.mkdir()
+    password = tmp_path / "password"
+    password.write_text(replica_set.password_file.read_text())
+    password.chmod(0o600)
+    settings = TarantoolSettings.model_validate(replica_set.engine_settings(
+        work_dir=None, data_paths=[str(elsewhere)], password_file=str(password)))
+    engine = PasswordRotatedMidPrepare(settings, base_dir=tmp_path)
+    try:
+        with pytest.raises(EngineError, match="outside the data paths"):
+            engine.prepare("run-outside")
+        assert pinned(replica_set)
+        with pytest.raises(EngineError, match="authentication"):
+            engine.complete("run-outside")  # what the agent does at once: it cannot log in either
+        password.write_text(replica_set.password_file.read_text())
+        with pytest.raises(EngineError, match="outside the data paths"):  # not busy "held by run-outside"
+            engine.prepare("run-next")
+        assert not pinned(replica_set)
+    finally:
+        replica_set.eval("if rawget(_G, 'snapctl_backup_run') then box.backup.stop() "
+                         "rawset(_G, 'snapctl_backup_run', nil) end")
 
 
 def test_a_lease_that_expires_while_tarantool_is_stopped_is_released_once_it_answers(tmp_path):

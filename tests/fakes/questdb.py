@@ -8,6 +8,7 @@ and the SNAPSHOT verbs are kept as aliases of the same, server-global, checkpoin
 from __future__ import annotations
 
 import re
+import time
 from datetime import UTC, datetime
 
 from tests.fakes.engine_http import FakeServer, Request, Response
@@ -49,6 +50,10 @@ class FakeQuestDB(FakeServer):
         self.held_since: datetime | None = None
         self.racing = 0  # answer this many checkpoint commands with IN_PROGRESS
         self.slow_answers: dict[str, float] = {}  # SQL -> seconds: executed at once, answered late
+        # Seconds a create (CHECKPOINT CREATE, SNAPSHOT PREPARE) runs late: queued, or a slow sync,
+        # while the server answers other clients; other checkpoint commands meanwhile meet IN_PROGRESS.
+        self.late_creates = 0.0
+        self._creating = 0
         self.has_build = True  # False: a build without build(), so the adapter must probe the syntax
         self.queries: list[str] = []
 
@@ -72,6 +77,14 @@ class FakeQuestDB(FakeServer):
         query = request.query["query"]
         self.queries.append(query)
         sql = " ".join(query.strip().rstrip(";").split())
+        if self.late_creates and sql.upper() in ("CHECKPOINT CREATE", "SNAPSHOT PREPARE"):
+            self._creating += 1
+            self.lock.release()  # handle() runs under the lock, taken once
+            try:
+                time.sleep(self.late_creates)
+            finally:
+                self.lock.acquire()
+                self._creating -= 1
         response = self._execute(query, sql)
         response.delay_s = self.slow_answers.get(sql, 0.0)
         return response
@@ -127,8 +140,8 @@ class FakeQuestDB(FakeServer):
             return self._error(query, NOT_ON_WINDOWS, 0)
         if len(words) != 1 or words[0] not in (create, release):
             return self._error(query, expected, len(query.split()[0]) + 1)
-        if self.racing > 0:
-            self.racing -= 1
+        if self.racing > 0 or self._creating:
+            self.racing = max(self.racing - 1, 0)
             return self._error(query, IN_PROGRESS, 0)
         if words[0] == release:
             self.held_since = None  # releasing nothing is a no-op, answered OK

@@ -1,0 +1,115 @@
+"""QuestDB holds the agent did not see through: a create the server runs after the client gave up,
+and a checkpoint another client took once the run's own had ended. Against the /exec fake."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from node_agent.engines.questdb import QuestDBEngine, QuestDBSettings
+from node_agent.service import AgentService
+from snapctl.errors import EngineError
+from tests.fakes.questdb import FakeQuestDB
+from tests.realdb.procs import wait_until
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeQuestDB]:
+    with FakeQuestDB() as server:
+        server.tables["trades"] = 10
+        yield server
+
+
+def engine_for(fake: FakeQuestDB, tmp_path: Path, timeout_s: float = 2) -> QuestDBEngine:
+    (tmp_path / "qdb").mkdir(exist_ok=True)
+    return QuestDBEngine(QuestDBSettings(root=str(tmp_path / "qdb"), url=fake.url, timeout_s=timeout_s),
+                         base_dir=tmp_path)
+
+
+def releases(fake: FakeQuestDB) -> int:
+    return fake.queries.count("CHECKPOINT RELEASE")
+
+
+def test_a_create_the_server_runs_after_the_agent_gave_up_is_released_by_the_agent(fake, tmp_path) -> None:
+    fake.late_creates = 1.5
+    service = AgentService("q1", engine_for(fake, tmp_path, timeout_s=0.5))
+    try:
+        with pytest.raises(EngineError, match="did not answer"):
+            service.prepare("r1", 2)  # and the agent completes r1 at once: nothing is held yet
+        assert not fake.held
+        wait_until(lambda: releases(fake) == 1, timeout_s=10, what="the agent's release of the late checkpoint")
+        assert not fake.held and service.lease is None
+        fake.late_creates = 0
+        assert service.prepare("r2", 5).lease.run_id == "r2"
+        assert service.complete("r2").released and not fake.held
+    finally:
+        service.close()
+
+
+def test_the_agent_keeps_looking_for_a_late_create_while_the_server_does_not_answer(fake, tmp_path, caplog) -> None:
+    fake.late_creates = 2.0
+    service = AgentService("q1", engine_for(fake, tmp_path, timeout_s=0.5))
+    try:
+        with pytest.raises(EngineError, match="did not answer"):
+            service.prepare("r1", 2)
+        with fake.hang():  # the create still runs; every other request goes unanswered meanwhile
+            wait_until(lambda: fake.held, timeout_s=10, what="the late checkpoint")
+            wait_until(lambda: "engine tidy after a failed prepare failed" in caplog.text, timeout_s=10,
+                       what="a tidy that failed")
+        wait_until(lambda: releases(fake) == 1, timeout_s=10, what="the release once the server answers")
+        assert not fake.held
+    finally:
+        service.close()
+
+
+def test_a_late_create_that_a_complete_did_not_see_is_released_by_the_next_prepare(fake, tmp_path) -> None:
+    fake.late_creates = 2.0  # the checkpoint starts 1.5 s after the client gave up
+    engine = engine_for(fake, tmp_path, timeout_s=0.5)
+    try:
+        with pytest.raises(EngineError, match="did not answer"):
+            engine.prepare("r1")
+        assert engine.complete("r1") is None and not fake.held  # nothing to release yet
+        wait_until(lambda: fake.held, timeout_s=10, what="the late checkpoint")
+        fake.late_creates = 0
+        engine.prepare("r2")  # not "held by a checkpoint that this agent did not make"
+        assert releases(fake) == 1 and fake.held
+        assert engine.complete("r2") is None and not fake.held
+    finally:
+        engine.close()
+
+
+def test_a_prepare_meeting_its_own_late_create_under_way_waits_for_it_and_releases_it(fake, tmp_path) -> None:
+    fake.late_creates = 1.5
+    engine = engine_for(fake, tmp_path, timeout_s=1)
+    try:
+        with pytest.raises(EngineError, match="did not answer"):
+            engine.prepare("r1")
+        fake.late_creates = 0
+        # Its create meets "Another checkpoint command is in progress" (r1's), then r1's checkpoint.
+        engine.prepare("r2")
+        assert releases(fake) == 1 and fake.held
+        assert engine.complete("r2") is None and not fake.held
+    finally:
+        engine.close()
+
+
+def test_complete_leaves_alone_a_checkpoint_another_client_took_after_ours_ended(fake, tmp_path) -> None:
+    service = AgentService("q1", engine_for(fake, tmp_path))
+    try:
+        service.prepare("r1", 30)
+        fake.held_since = None  # another client's CHECKPOINT RELEASE ends ours (the state is the server's)
+        time.sleep(0.01)
+        fake.hold_as_someone_else()  # ...and that client starts its own backup
+        theirs = fake.held_since
+        assert service.status().engine.held_by is not None
+        answer = service.complete("r1")
+        assert answer.released is False, "the run's checkpoint had ended: its snapshot may be inconsistent"
+        assert fake.held and fake.held_since == theirs and releases(fake) == 0
+        fake.held_since = None
+        assert service.prepare("r2", 30).lease.run_id == "r2"
+        assert service.complete("r2").released and not fake.held
+    finally:
+        service.close()
