@@ -85,7 +85,7 @@ class AgentClient(Protocol):
 
 # ---- HTTP -----------------------------------------------------------------------------------
 
-_UNREACHABLE_HINT = "is snapctl-agent running there, and listening on that address?"
+UNREACHABLE_HINT = "is snapctl-agent running there, and listening on that address?"
 # Said to the operator, not to the client the agent's own hint ("slow down") is for.
 RATE_LIMITED_HINT = ("the agent limits requests per client address and endpoint (rate_per_s, burst in its config): "
                      "something else from this address asks it too often (a fast --watch, a script); its log names "
@@ -118,7 +118,7 @@ class HttpAgentClient:
         self._token = token
         self._timeout_s = timeout_s
         self._token_hint = token_hint or TOKEN_HINT.format(env="$SNAPCTL_AGENT_TOKEN")
-        self._unreachable_hint = _UNREACHABLE_HINT
+        self._unreachable_hint = UNREACHABLE_HINT
         self._client_cert = client_cert
         if self.base_url.startswith("https:") and not client_cert:
             # An mTLS agent drops a client without a certificate after the handshake: it looks like a dead agent.
