@@ -28,7 +28,15 @@ from node_agent.models import (
     VerifyFacts,
 )
 from snapctl.agent_credentials import TOKEN_HINT, AgentTokens, tls_context, warn_if_sent_in_clear
-from snapctl.agent_transport import CLOSED_UNANSWERED, AgentResponse, AgentTransport, TransportError, TransportTimeout
+from snapctl.agent_transport import (
+    CLOSED_UNANSWERED,
+    MAX_BODY,
+    AgentResponse,
+    AgentTransport,
+    AnswerTooLarge,
+    TransportError,
+    TransportTimeout,
+)
 from snapctl.config import Inventory
 from snapctl.errors import (
     AgentConflict,
@@ -166,7 +174,7 @@ class HttpAgentClient:
         except TransportTimeout as exc:
             raise self._timed_out(path, timeout_s, delivered=exc.sent) from exc
         except TransportError as exc:
-            raise self._transport_error(exc) from exc
+            raise self._transport_error(exc, path) from exc
         if response.status_code == 429:  # refused before the agent did anything: maybe repeated
             response = await self._after_rate_limit(method, url, path, body, timeout_s, response)
         if response.status_code == 204:
@@ -220,7 +228,7 @@ class HttpAgentClient:
             except TransportTimeout as exc:
                 raise self._timed_out(path, timeout_s, delivered=exc.sent) from exc
             except TransportError as exc:
-                raise self._transport_error(exc) from exc
+                raise self._transport_error(exc, path) from exc
             if response.status_code != 429:
                 return response
             tries += 1
@@ -241,7 +249,14 @@ class HttpAgentClient:
         return AgentTimeout(self.node, f"no answer from the agent at {self.base_url} within {timeout_s:g}s "
                                        f"({path})", hint=self._unreachable_hint, delivered=delivered)
 
-    def _transport_error(self, exc: TransportError) -> AgentError:
+    def _transport_error(self, exc: TransportError, path: str) -> AgentError:
+        if isinstance(exc, AnswerTooLarge):
+            # Not an unreachable agent, and no forcing past it: whatever answers so is no agent of ours.
+            announced = f" ({exc.size} bytes announced)" if exc.size is not None else ""
+            return NotAnAgent(self.node, f"the agent at {self.base_url} answered {path} with a body over snapctl's "
+                                         f"limit of {MAX_BODY // (1024 * 1024)} MiB for one answer{announced}",
+                              status=exc.status, hint=f"no snapctl agent answers so: check what listens at "
+                                                      f"{self.base_url}, and point {self.node}'s agent: at its agent")
         reason = str(exc) or type(exc).__name__
         tls = self.base_url.startswith("https:")
         if "CERTIFICATE_VERIFY_FAILED" in reason or "certificate" in reason.lower():
