@@ -256,7 +256,8 @@ class HttpAgentClient:
             return NotAnAgent(self.node, f"the agent at {self.base_url} answered {path} with a body over snapctl's "
                                          f"limit of {MAX_BODY // (1024 * 1024)} MiB for one answer{announced}",
                               status=exc.status, hint=f"no snapctl agent answers so: check what listens at "
-                                                      f"{self.base_url}, and point {self.node}'s agent: at its agent")
+                                                      f"{self.base_url}, and set {self.node}'s agent: to the address "
+                                                      "its snapctl-agent listens on")
         reason = str(exc) or type(exc).__name__
         tls = self.base_url.startswith("https:")
         if "CERTIFICATE_VERIFY_FAILED" in reason or "certificate" in reason.lower():
