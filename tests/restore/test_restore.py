@@ -8,7 +8,7 @@ import pytest
 
 from snapctl.catalog import open_catalog
 from snapctl.config import parse_inventory
-from snapctl.errors import AgentError, BadInputError, SnapctlError
+from snapctl.errors import BadInputError, SnapctlError
 from snapctl.providers import RestoreTarget
 from snapctl.restore import RestoreRecord, remap_paths, restore_run, restore_target
 from tests.restore.conftest import ROWS, checkpointed, node_without_engine_block, scratch_agent
@@ -163,33 +163,6 @@ def test_a_node_with_a_scratch_agent_is_restore_prepared_by_that_agent(sqlite_cl
     assert n1.volumes == {"data": str(target / "data")} and (target / "data" / "app.db").is_file()
     assert n1.prepared == url and "scratch agent" in n1.note
     assert n2.prepared == "in-process" and n2.facts.tables["items"].rows == ROWS
-
-
-@pytest.mark.parametrize("restore_root", [True, False], ids=["under-restore_root", "outside"])
-def test_a_scratch_agents_agent_path_must_lie_under_its_restore_root(sqlite_cluster, tmp_path, restore_root):
-    # The scratch agent's engine block names where it would serve a database; the restored disks
-    # are mounted elsewhere, which restore.agent_path names and restore_root allows.
-    run_id = sqlite_cluster.backup()
-    token_file = tmp_path / "agent-token"
-    token_file.write_text("scratch-agent-token\n")
-    mounted = tmp_path / "mnt"
-    with scratch_agent(tmp_path, token_file, tmp_path / "image" / "app.db",
-                       restore_root=mounted if restore_root else None) as url:
-        sqlite_cluster.edit(auth={"token_file": str(token_file)},
-                            node_n1={"restore": {"path": str(mounted / "n1"), "agent": url,
-                                                 "agent_path": str(mounted / "n1" / "data")}},
-                            node_n2={"restore": {"path": str(tmp_path / "n2-restored")}})
-        if restore_root:
-            n1 = restore_run(sqlite_cluster.inventory, run_id).nodes[0]
-            assert n1.prepared == url and (mounted / "n1" / "data" / "app.db").is_file()
-            return
-        with pytest.raises(AgentError) as refused:
-            restore_run(sqlite_cluster.inventory, run_id)
-        refused = refused.value
-        assert refused.node == "n1" and refused.status == 400
-        assert refused.reason.startswith("restore-prepare refused: its path must be absolute and lie under the "
-                                         f"engine's data paths or the agent's restore_root ({tmp_path / 'image'})")
-        assert "restore_root in the scratch agent's config" in refused.hint
 
 
 def test_a_prune_during_a_restore_keeps_the_run_being_restored(sqlite_cluster, tmp_path, monkeypatch):
