@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from node_agent.engines.base import EngineSettings, load_engine_factory, validate_engine_settings
 from node_agent.ratelimit import DEFAULT_BURST, DEFAULT_RATE_PER_S
@@ -78,6 +78,9 @@ class AgentConfig(Strict):
     # restore-prepare rewrites engine files (markers, stale shared memory): only on a scratch agent
     # beside restored disks, never on one serving a live database.
     restore_target: Flag = False
+    # Where restore-prepare may also act, besides the engine's own data paths: the mount point of a
+    # scratch agent's restored disks, when its engine block names other paths (restore.agent_path).
+    restore_root: str | None = None
 
     # Not part of the file: where it was read from, and the engine block once validated.
     _base_dir: Path = Path(".")
@@ -97,6 +100,13 @@ class AgentConfig(Strict):
         if self._engine_settings is None:
             self._engine_settings = validate_engine_settings(self.engine)
         return self._engine_settings
+
+    @field_validator("restore_root")
+    @classmethod
+    def _restore_root_needs_target(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value and not info.data.get("restore_target"):
+            raise ValueError("is for a scratch agent beside restored disks: it needs restore_target: true")
+        return value
 
     @property
     def uses_tls(self) -> bool:

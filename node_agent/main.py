@@ -121,6 +121,7 @@ def _serve(config: AgentConfig, token: str | None, metrics_token: str | None, en
 
     settings = config.engine_settings
     service = AgentService(config.node, engine, allow_restore_prepare=config.restore_target,
+                           restore_root=config.resolve(config.restore_root) if config.restore_root else None,
                            engine_type=settings.type)
     try:
         tls = _tls_context(config) if config.uses_tls else None

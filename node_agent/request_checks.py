@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from fastapi.exceptions import RequestValidationError
@@ -45,6 +46,31 @@ _EXPECTED = {
 }
 _TIME_HINT = "send UTC with its zone, e.g. 2026-12-06T02:15:03Z"
 _JSON_NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
+
+
+def restore_path(path: str | Path, data_paths: list[Path], restore_root: Path | None) -> Path:
+    """``path``, resolved, if it lies under one of the engine's ``data_paths`` or ``restore_root``.
+    The engines delete and rename below the path restore-prepare gives them (a stale -shm,
+    *.inprogress files through the whole tree, an etcd data dir moved aside): a token holder must
+    not aim that at the rest of the host. The refusal is the same whether the path exists or not,
+    and does not repeat it: a different answer for an existing file would tell what is on the host."""
+    roots = [p.resolve() for p in data_paths]
+    if restore_root is not None:
+        roots.append(restore_root.resolve())
+    given = Path(path)
+    try:
+        # Resolved: a symlink or a ".." inside a data path must not lead out of it.
+        resolved = given.resolve() if given.is_absolute() else None
+    except (OSError, ValueError, RuntimeError):  # a NUL byte, a symlink loop: refused as any other
+        resolved = None
+    if resolved is None or not any(resolved.is_relative_to(root) for root in roots):
+        allowed = ", ".join(str(root) for root in roots) or "none"
+        raise BadInputError(
+            f"restore-prepare refused: its path must be absolute and lie under the engine's data "
+            f"paths or the agent's restore_root ({allowed})",
+            hint="set the node's restore.agent_path to the restored files under one of them, or set restore_root "
+                 "in the scratch agent's config to where its restored disks are mounted")
+    return resolved
 
 
 def describe_request_error(exc: RequestValidationError) -> tuple[str, str | None]:

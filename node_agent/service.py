@@ -35,7 +35,7 @@ from node_agent.models import (
     TriggerResponse,
     VerifyFacts,
 )
-from node_agent.request_checks import check_run_id, hold_lead_s
+from node_agent.request_checks import check_run_id, hold_lead_s, restore_path
 from snapctl import __version__
 from snapctl.errors import BadInputError, EngineError, LeaseConflict
 
@@ -99,12 +99,14 @@ class AgentService:
         max_lease_s: float = MAX_LEASE_S,
         clock: Callable[[], float] = time.monotonic,
         allow_restore_prepare: bool = True,
+        restore_root: Path | None = None,
         engine_type: str | None = None,
     ) -> None:
         self.node = node
         self.engine = engine
         self.engine_type = engine_type
         self.allow_restore_prepare = allow_restore_prepare
+        self.restore_root = restore_root
         self.max_lease_s = max_lease_s
         self._clock = clock
         self._lock = threading.Lock()
@@ -300,12 +302,13 @@ class AgentService:
                 f"node {self.node}: restore-prepare refused: this agent serves a live database",
                 hint="run it on a scratch agent beside the restored disks, configured with restore_target: true",
             )
+        inside = restore_path(path, self.engine.data_paths(), self.restore_root) if path else None
         with self._lock:
             self._expire_if_due()
             if self._lease is not None:
                 raise self._conflict(f"node {self.node} is held by run {self._lease.run_id}: restore-prepare refused")
             with self._engine_busy("restore-prepare"):
-                self.engine.restore_prepare(Path(path) if path else None)
+                self.engine.restore_prepare(inside)
 
     def verify(self) -> VerifyFacts:
         with self._lock:

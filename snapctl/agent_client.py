@@ -28,7 +28,15 @@ from node_agent.models import (
     VerifyFacts,
 )
 from snapctl.agent_credentials import TOKEN_HINT, AgentTokens, tls_context, warn_if_sent_in_clear
-from snapctl.agent_transport import CLOSED_UNANSWERED, AgentResponse, AgentTransport, TransportError, TransportTimeout
+from snapctl.agent_transport import (
+    CLOSED_UNANSWERED,
+    MAX_BODY,
+    AgentResponse,
+    AgentTransport,
+    AnswerTooLarge,
+    TransportError,
+    TransportTimeout,
+)
 from snapctl.config import Inventory
 from snapctl.errors import (
     AgentConflict,
@@ -85,7 +93,7 @@ class AgentClient(Protocol):
 
 # ---- HTTP -----------------------------------------------------------------------------------
 
-_UNREACHABLE_HINT = "is snapctl-agent running there, and listening on that address?"
+UNREACHABLE_HINT = "is snapctl-agent running there, and listening on that address?"
 # Said to the operator, not to the client the agent's own hint ("slow down") is for.
 RATE_LIMITED_HINT = ("the agent limits requests per client address and endpoint (rate_per_s, burst in its config): "
                      "something else from this address asks it too often (a fast --watch, a script); its log names "
@@ -118,7 +126,7 @@ class HttpAgentClient:
         self._token = token
         self._timeout_s = timeout_s
         self._token_hint = token_hint or TOKEN_HINT.format(env="$SNAPCTL_AGENT_TOKEN")
-        self._unreachable_hint = _UNREACHABLE_HINT
+        self._unreachable_hint = UNREACHABLE_HINT
         self._client_cert = client_cert
         if self.base_url.startswith("https:") and not client_cert:
             # An mTLS agent drops a client without a certificate after the handshake: it looks like a dead agent.
@@ -166,7 +174,7 @@ class HttpAgentClient:
         except TransportTimeout as exc:
             raise self._timed_out(path, timeout_s, delivered=exc.sent) from exc
         except TransportError as exc:
-            raise self._transport_error(exc) from exc
+            raise self._transport_error(exc, path) from exc
         if response.status_code == 429:  # refused before the agent did anything: maybe repeated
             response = await self._after_rate_limit(method, url, path, body, timeout_s, response)
         if response.status_code == 204:
@@ -220,7 +228,7 @@ class HttpAgentClient:
             except TransportTimeout as exc:
                 raise self._timed_out(path, timeout_s, delivered=exc.sent) from exc
             except TransportError as exc:
-                raise self._transport_error(exc) from exc
+                raise self._transport_error(exc, path) from exc
             if response.status_code != 429:
                 return response
             tries += 1
@@ -241,7 +249,15 @@ class HttpAgentClient:
         return AgentTimeout(self.node, f"no answer from the agent at {self.base_url} within {timeout_s:g}s "
                                        f"({path})", hint=self._unreachable_hint, delivered=delivered)
 
-    def _transport_error(self, exc: TransportError) -> AgentError:
+    def _transport_error(self, exc: TransportError, path: str) -> AgentError:
+        if isinstance(exc, AnswerTooLarge):
+            # Not an unreachable agent, and no forcing past it: whatever answers so is no agent of ours.
+            announced = f" ({exc.size} bytes announced)" if exc.size is not None else ""
+            return NotAnAgent(self.node, f"the agent at {self.base_url} answered {path} with a body over snapctl's "
+                                         f"limit of {MAX_BODY // (1024 * 1024)} MiB for one answer{announced}",
+                              status=exc.status, hint=f"no snapctl agent answers so: check what listens at "
+                                                      f"{self.base_url}, and set {self.node}'s agent: to the address "
+                                                      "its snapctl-agent listens on")
         reason = str(exc) or type(exc).__name__
         tls = self.base_url.startswith("https:")
         if "CERTIFICATE_VERIFY_FAILED" in reason or "certificate" in reason.lower():

@@ -28,6 +28,9 @@ TOKEN_HINT = "set auth.token_file in the inventory (or {env}) to the token the a
 NODE_TOKEN_HINT = "the node's token_file ({path}) must hold the token its agent was started with"
 
 _WARNED: set[tuple[str, ...]] = set()
+# Below this a token may be a word or a short phrase someone chose: guessable, rate limit or not.
+SHORTEST_TOKEN = 16
+_WARNED_SHORT: set[tuple[str, str]] = set()
 
 
 def load_agent_token(inventory: Inventory) -> str | None:
@@ -39,6 +42,8 @@ def load_agent_token(inventory: Inventory) -> str | None:
         token = os.environ.get(auth.token_env, "").strip() or None
         if token and unfit_token(token):
             raise InventoryError(f"${auth.token_env} {UNFIT_TOKEN}", hint=UNFIT_TOKEN_HINT)
+        if token:
+            _warn_if_short(inventory, f"${auth.token_env}", token)
         return token
     return None
 
@@ -83,7 +88,20 @@ def _read_token(inventory: Inventory, path: str, setting: str) -> str:
         raise InventoryError(f"{inventory.source}: {setting} {file} is empty")
     if unfit_token(token):
         raise InventoryError(f"{inventory.source}: {setting} {file} {UNFIT_TOKEN}", hint=UNFIT_TOKEN_HINT)
+    _warn_if_short(inventory, f"{setting} {file}", token)
     return token
+
+
+def _warn_if_short(inventory: Inventory, where: str, token: str) -> None:
+    """Warn, once a process for each source (`status --watch` reads the tokens every refresh), when
+    the token is short: its length only, never the token. Warned, not refused: agents run with it today."""
+    said = (str(inventory.source), where)
+    if len(token) >= SHORTEST_TOKEN or said in _WARNED_SHORT:
+        return
+    _WARNED_SHORT.add(said)
+    log.warning("%s: %s holds a token shorter than %d characters, which can be guessed; give the agents and "
+                "snapctl a long random one, e.g. (umask 077 && openssl rand -hex 32 > FILE) (docs/security.md)",
+                inventory.source, where, SHORTEST_TOKEN)
 
 
 def tls_context(inventory: Inventory) -> ssl.SSLContext:

@@ -25,6 +25,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 _MAX_HEAD = 64 * 1024
+# The most of one answer's body snapctl reads: a rogue or broken service at an agent's address
+# announcing 100 GB grew snapctl to gigabytes. The largest real answer is a status over many raft
+# groups, ~1.5 KB each (a DingoDB store's regions): 64 MiB holds some 45,000 of them.
+MAX_BODY = 64 * 1024 * 1024
 _IDLE_KEPT = 4
 _GRAIN = 0.05  # s: how finely request deadlines are kept (_Deadlines)
 # One encoder for every call: json.dumps with these options builds a new encoder each time.
@@ -43,6 +47,15 @@ class TransportError(Exception):
 
 class TransportTimeout(TransportError):
     """No connection, or no answer, within the timeout."""
+
+
+class AnswerTooLarge(TransportError):
+    """The answer's body is larger than ``MAX_BODY``: announced so (``size``), or more of it came
+    (``size`` None). ``status``: the answer's, from its head."""
+
+    def __init__(self, status: int, size: int | None) -> None:
+        super().__init__(f"an answer body of {size} bytes" if size is not None else "an answer body")
+        self.status, self.size = status, size
 
 
 class AgentResponse:
@@ -133,11 +146,14 @@ class _Connection(asyncio.Protocol):
     def _answer(self, lost: Exception | None = None) -> None:
         waiter = self.waiter
         if waiter is None or waiter.done():
+            if len(self.buffer) > _MAX_HEAD + MAX_BODY:  # bytes nobody asked for, on an idle connection
+                self.close()
             return
         try:
             answer = _parse_response(self.buffer, self.method, self.eof)
-        except ValueError as exc:
+        except (ValueError, AnswerTooLarge) as exc:
             waiter.set_exception(exc)
+            self.close()  # nothing more of it is read: the buffer stops growing here
             return
         if answer is not None:
             consumed, response = answer
@@ -307,13 +323,22 @@ def _parse_response(buffer: bytearray, method: str, eof: bool):
     if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
         return start, (status, b"", keep_alive, fields)
     if b"chunked" in fields.get(b"transfer-encoding", b"").lower():
-        parsed = _parse_chunked(buffer, start)
+        # Counted with the chunks' framing: more than the body, never less.
+        if len(buffer) - start > MAX_BODY + _MAX_HEAD:
+            raise AnswerTooLarge(status, None)
+        parsed = _parse_chunked(buffer, start, status)
         return None if parsed is None else (parsed[0], (status, parsed[1], keep_alive, fields))
     if (length_field := fields.get(b"content-length")) is not None:
         length = int(length_field)
+        if length < 0:
+            raise ValueError(f"negative Content-Length {length}")
+        if length > MAX_BODY:  # refused as announced, before any of it is read
+            raise AnswerTooLarge(status, length)
         if len(buffer) < start + length:
             return None
         return start + length, (status, bytes(buffer[start:start + length]), keep_alive, fields)
+    if len(buffer) - start > MAX_BODY:
+        raise AnswerTooLarge(status, None)
     if not eof:  # delimited by the close of the connection
         return None
     return len(buffer), (status, bytes(buffer[start:]), False, fields)
@@ -323,13 +348,19 @@ class _Stale(Exception):
     """The connection ended before any byte of the answer: safe to send the request again."""
 
 
-def _parse_chunked(buffer: bytearray, at: int) -> tuple[int, bytes] | None:
-    chunks = []
+def _parse_chunked(buffer: bytearray, at: int, status: int) -> tuple[int, bytes] | None:
+    # Where each chunk lies, copied out only once the body is whole: this runs again on every read
+    # of a body still arriving, and copying what came so far each time made a large body quadratic.
+    chunks: list[tuple[int, int]] = []
+    total = 0
     while True:
         line_end = buffer.find(b"\r\n", at)
         if line_end < 0:
             return None
         size = int(bytes(buffer[at:line_end]).split(b";", 1)[0].strip() or b"0", 16)
+        total += size
+        if total > MAX_BODY:  # refused as its chunk is announced
+            raise AnswerTooLarge(status, None)
         at = line_end + 2
         if size == 0:
             while True:  # trailers, up to the empty line
@@ -338,8 +369,8 @@ def _parse_chunked(buffer: bytearray, at: int) -> tuple[int, bytes] | None:
                     return None
                 empty, at = line_end == at, line_end + 2
                 if empty:
-                    return at, b"".join(chunks)
+                    return at, b"".join(buffer[start:start + n] for start, n in chunks)
         if len(buffer) < at + size + 2:
             return None
-        chunks.append(bytes(buffer[at:at + size]))
+        chunks.append((at, size))
         at += size + 2

@@ -216,6 +216,15 @@ class NodeRestoreConfig(Strict):
     def _agent(cls, value: str | None) -> str | None:
         return None if value is None else _agent_address(value)
 
+    @field_validator("agent_path")
+    @classmethod
+    def _agent_path(cls, value: str | None) -> str | None:
+        # A path on the scratch agent's host, which refuses any other (docs/restore.md): said here,
+        # before anything is restored, not by the agent once the volumes are made.
+        if value is not None and not value.startswith("/"):
+            raise ValueError("must be an absolute path, as the scratch agent sees it")
+        return value
+
 
 class DrillConfig(Strict):
     """How `snapctl drill` runs: where local restores go, how long everything may take."""

@@ -6,7 +6,7 @@ import asyncio
 import re
 import time
 
-from snapctl.agent_client import AgentClient
+from snapctl.agent_client import UNREACHABLE_HINT, AgentClient
 from snapctl.errors import AgentError, AgentTimeout, AgentUnauthorized, AgentUnreachable, NotAnAgent, SnapctlError
 from snapctl.health import NodeProbe
 
@@ -32,7 +32,10 @@ async def probe(name: str, client: AgentClient, timeout_s: float) -> NodeProbe:
     except AgentTimeout:
         result.error = f"no answer within {timeout_s:g}s"
     except AgentUnreachable as exc:  # its finding names the node already
-        result.error = exc.reason
+        # A hint that knows the cause (an agent certificate from another CA) beats the finding's
+        # "start its agent"; the client's generic one does not, so that one is left to the finding.
+        known = exc.hint and not exc.hint.startswith(UNREACHABLE_HINT)
+        result.error = f"{exc.reason} (hint: {exc.hint})" if known else exc.reason
     except AgentError as exc:  # it answered, with an error: the network is not the problem
         result.http_status, result.not_agent = exc.status, isinstance(exc, NotAnAgent)
         hint = exc.hint  # a 429's names the rate limit (agent_client.RATE_LIMITED_HINT)

@@ -54,7 +54,8 @@ def _run_tool(tool: str, args: list[str], *, timeout_s: float, what: str) -> str
 
 def check_snapshot_file(tool: str, path: Path, *, timeout_s: float) -> dict[str, Any]:
     """``snapshot status``: the file opens as a backend, with its revision and hash."""
-    out = _run_tool(tool, ["snapshot", "status", str(path), "-w", "json"], timeout_s=timeout_s,
+    # "--" before every path: one beginning with "-" must be a file to the tool, never a flag.
+    out = _run_tool(tool, ["snapshot", "status", "-w", "json", "--", str(path)], timeout_s=timeout_s,
                     what=f"checking etcd snapshot {path}")
     try:
         status = json.loads(out)
@@ -73,10 +74,10 @@ def restore_snapshot(tool: str, snapshot: Path, data_dir: Path, restore: EtcdRes
         log.info("moved %s aside to %s", data_dir, aside)
     elif data_dir.exists():
         data_dir.rmdir()  # the tool refuses an existing dir, even an empty one
-    _run_tool(tool, ["snapshot", "restore", str(snapshot), "--data-dir", str(data_dir), "--name", restore.name,
-                     "--initial-cluster", restore.initial_cluster,
-                     "--initial-cluster-token", restore.initial_cluster_token,
-                     "--initial-advertise-peer-urls", restore.initial_advertise_peer_urls],
+    _run_tool(tool, ["snapshot", "restore", f"--data-dir={data_dir}", f"--name={restore.name}",
+                     f"--initial-cluster={restore.initial_cluster}",
+                     f"--initial-cluster-token={restore.initial_cluster_token}",
+                     f"--initial-advertise-peer-urls={restore.initial_advertise_peer_urls}", "--", str(snapshot)],
               timeout_s=timeout_s, what=f"restoring etcd snapshot {snapshot}")
 
 

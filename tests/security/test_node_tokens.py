@@ -14,10 +14,12 @@ import httpx
 import pytest
 import yaml
 
+from snapctl.agent_credentials import AgentTokens
+from snapctl.config import load_inventory
 from snapctl.errors import ExitCode
 from tests.agent.conftest import agent_process, make_db
 
-TOKENS = {"n1": "shared-token-of-the-cluster-1a", "n2": "n2-own-token-9f"}
+TOKENS = {"n1": "shared-token-of-the-cluster-1a", "n2": "n2-own-token-9f3c"}
 
 
 @pytest.fixture
@@ -123,3 +125,36 @@ def test_token_files_other_users_can_read_are_warned_about_and_still_used(cluste
     ]
     for secret in TOKENS.values():
         assert secret not in warned.stdout + warned.stderr
+
+
+def test_a_short_token_is_warned_about_once_by_its_length_never_shown(cluster, caplog, monkeypatch):
+    inventory, _ = cluster
+    own = inventory.parent / "n2.token"
+    own.write_text("n2-guessable\n")  # 12 characters: a word someone chose, not a random token
+    for token_file in (own, inventory.parent / "cluster.token"):
+        token_file.chmod(0o600)  # no warning about who can read them: only the one tested
+    warned = snapctl(inventory, "status")
+    assert warned.stderr.splitlines() == [
+        f"{inventory}: the token_file of node n2 {own} holds a token shorter than 16 characters, which can be "
+        "guessed; give the agents and snapctl a long random one, e.g. (umask 077 && openssl rand -hex 32 > FILE) "
+        "(docs/security.md)"]
+    assert "n2-guessable" not in warned.stdout + warned.stderr
+    # Once a process: `status --watch` reads the tokens on every refresh.
+    loaded = load_inventory(inventory)
+    with caplog.at_level("WARNING", logger="snapctl.auth"):
+        for _ in range(3):
+            tokens = AgentTokens(loaded)
+            assert [tokens.of(node) for node in loaded.nodes] == [TOKENS["n1"], "n2-guessable"]
+    assert [r.getMessage().split(" holds ")[0] for r in caplog.records] == [
+        f"{inventory}: the token_file of node n2 {own}"]
+    # The variable, when no file is named: the same words, naming it.
+    data = yaml.safe_load(inventory.read_text())
+    data["auth"] = {"token_env": "SHORT_AGENT_TOKEN"}
+    inventory.write_text(yaml.safe_dump(data))
+    monkeypatch.setenv("SHORT_AGENT_TOKEN", "tiny-token")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="snapctl.auth"):
+        loaded = load_inventory(inventory)
+        assert AgentTokens(loaded).of(loaded.nodes[0]) == "tiny-token"
+    assert [r.getMessage().split(" holds ")[0] for r in caplog.records] == [f"{inventory}: $SHORT_AGENT_TOKEN"]
+    assert all("tiny-token" not in r.getMessage() for r in caplog.records)

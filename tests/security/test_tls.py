@@ -83,6 +83,13 @@ def test_snapctl_refuses_agents_its_ca_did_not_sign(mtls_cluster: FaultCluster, 
     result = cluster.snapctl("backup", inventory=untrusting)
     assert result.returncode == ExitCode.PREFLIGHT_REFUSED, result.stderr
     assert "CERTIFICATE_VERIFY_FAILED" in result.stderr and "Traceback" not in result.stderr
+    # The fix is the CA snapctl trusts, not the agent: "start node1's agent" sent people to the wrong host.
+    assert "hint: point auth.ca_file at the CA that signed the agent's certificate" in result.stderr
+    assert "start node1's agent" not in result.stderr
+    status = cluster.snapctl("status", inventory=untrusting)
+    assert status.returncode == ExitCode.CRITICAL, status.stderr
+    assert "point auth.ca_file at the CA that signed the agent's certificate" in status.stdout
+    assert "start node1's agent" not in status.stdout
     assert cluster.held() == set()
 
 

@@ -43,6 +43,17 @@ def test_embedded_agent_without_engine_is_refused_with_line():
         parse_inventory(text, source="inv.yaml")
 
 
+def test_a_relative_restore_agent_path_is_refused_with_its_line_before_anything_is_restored():
+    # The scratch agent refuses it (a path not under its engine's paths or restore_root), but only
+    # once restore-prepare is sent: after the volumes were made.
+    scratch = "    restore: {agent: http://127.0.0.1:7702, agent_path: %s}\n"
+    with pytest.raises(InventoryError) as err:
+        parse_inventory(BASE + scratch % "restored/db", source="inv.yaml")
+    assert str(err.value) == ("inv.yaml:6: nodes[0].restore.agent_path: must be an absolute path, as the scratch "
+                              "agent sees it")
+    assert parse_inventory(BASE + scratch % "/srv/restored/db").nodes[0].restore.agent_path == "/srv/restored/db"
+
+
 def test_a_token_file_on_an_embedded_agent_is_refused_rather_than_ignored():
     text = ("cluster: c\nprovider: {type: local}\nnodes:\n  - name: n1\n    agent: embedded\n"
             "    engine: {type: sqlite, path: a.db}\n    token_file: n1.token\n")
