@@ -116,8 +116,8 @@ def _discard_made_by(provider: AwsProvider, token: str, exc: BaseException) -> N
                 f"find it with `aws ec2 describe-volumes --filters Name=tag:{TAG_RESTORE_TOKEN},Values={token}` "
                 "and delete it")
     else:
-        kept = [v["VolumeId"] for v in made
-                if v.get("State") not in GONE and not _discard(provider, v["VolumeId"], provider.cluster)]
+        kept = sorted(v["VolumeId"] for v in made
+                      if v.get("State") not in GONE and not _discard(provider, v["VolumeId"], provider.cluster))
         if not kept:
             return
         left = (f"CreateVolume made {', '.join(kept)} ({where}), which could not be deleted",
