@@ -42,7 +42,7 @@ from snapctl.manifest import Manifest, NodeRecord
 from snapctl.pacing import CreateCallPacer, hold_lead, prepare_within_rate_limit
 from snapctl.preflight import BackupPlan, dry_run, preflight, preflight_refusal
 from snapctl.provider_threads import CallRunner
-from snapctl.provider_wait import wait_out_transient
+from snapctl.provider_wait import after_release, wait_out_transient
 from snapctl.provider_worker import CALL_RUNNER_READY_S, call_runner
 from snapctl.providers import TAG_RUN, NodeVolumes, Provider, SnapshotRef, node_volumes, open_provider, snapshot_tags
 from snapctl.run_failure import (
@@ -178,6 +178,7 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
                 await _roll_back(run, exc)
                 raise _as_run_failure(run, exc) from exc
 
+            await after_release(provider, manifest.snapshot_refs(), reporter)  # what needs no hold (aws: tags)
             if not options.no_wait:
                 await _wait_for_completion(run)
             manifest.status = "succeeded"
