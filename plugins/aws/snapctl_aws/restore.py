@@ -14,7 +14,7 @@ from snapctl.providers import GONE_HINT, TAG_CLUSTER, TAG_RUN, RestoreTarget, st
 from snapctl.redact import redact
 from snapctl_aws.client import DELETE, DESCRIBE, VOLUME
 from snapctl_aws.errors import IncorrectState, VolumeInUse, VolumeNotFound, http_status
-from snapctl_aws.snapshots import aws_tags, tag_filters
+from snapctl_aws.snapshots import NOT_FOUND_GRACE_S, aws_tags, tag_filters
 
 if TYPE_CHECKING:
     from snapctl_aws.provider import AwsProvider
@@ -70,6 +70,7 @@ def restore_volume(provider: AwsProvider, snapshot: dict[str, Any], volume: str,
     token = str(uuid.uuid4())
     tags = {**restored_volume_tags(provider.cluster, snapshot, target), TAG_RESTORE_TOKEN: token}
     options = {VOLUME_OPTIONS[key]: value for key, value in target.extra.items() if key in VOLUME_OPTIONS}
+    made_at = provider._clock()
     try:
         volume_id = provider.ec2.call(
             "create_volume", VOLUME, ClientToken=token,
@@ -82,11 +83,12 @@ def restore_volume(provider: AwsProvider, snapshot: dict[str, Any], volume: str,
         raise
     stop = stop_requested()  # a drill's Ctrl-C or SIGTERM: checked at every poll
     try:
-        _wait_volume(provider, volume_id, lambda v: v["State"] == "available", "available", stop=stop)
+        _wait_volume(provider, volume_id, lambda v: v["State"] == "available", "available", stop=stop,
+                     made_at=made_at)
         if target.instance:
             _attach(provider, volume_id, target.instance, device)
             _wait_volume(provider, volume_id, _attached_to(target.instance), f"attached to {target.instance}",
-                         stop=stop)
+                         stop=stop, made_at=made_at)
     except BaseException:  # Ctrl-C and SIGTERM too: a half-made restore leaves no volume behind
         _discard(provider, volume_id, provider.cluster)
         raise
@@ -244,15 +246,24 @@ def _describe_volume(provider: AwsProvider, volume_id: str) -> dict[str, Any]:
 
 
 def _wait_volume(provider: AwsProvider, volume_id: str, done, what: str,
-                 hint: str = "raise the provider's restore_timeout_s", stop: threading.Event | None = None) -> None:
+                 hint: str = "raise the provider's restore_timeout_s", stop: threading.Event | None = None,
+                 made_at: float | None = None) -> None:
+    """Poll until ``done(volume)``. With ``made_at`` (``provider._clock()`` when its CreateVolume
+    was sent): a NotFound within ``NOT_FOUND_GRACE_S`` of it is EC2 not listing the new volume
+    yet (it is eventually consistent), polled again; later, or without it, the volume is gone."""
     deadline = provider._clock() + provider.settings.restore_timeout_s
     while True:
         if stop is not None and stop.is_set():
             raise Interrupted(f"restore of volume {volume_id} (waiting until it is {what})")
-        volume = _describe_volume(provider, volume_id)
+        try:
+            volume = _describe_volume(provider, volume_id)
+        except VolumeNotFound:
+            if made_at is None or provider._clock() - made_at >= NOT_FOUND_GRACE_S:
+                raise
+            volume = {}  # not listed yet: not done
         if volume.get("State") == "error":
             raise ProviderError(f"restored volume {volume_id} went into error state")
-        if done(volume):
+        if volume and done(volume):
             return
         remaining = deadline - provider._clock()
         if remaining <= 0:
@@ -278,7 +289,20 @@ def _discard(provider: AwsProvider, volume_id: str, cluster: str | None) -> bool
         if volume.get("State") not in GONE:
             _detach_and_delete(provider, volume_id, volume)  # ours: made by this call, whatever its tags
     except VolumeNotFound:
-        return True
+        # Maybe not listed yet (EC2 is eventually consistent): deleted anyway, since this restore
+        # made it; the delete's own NotFound is done.
+        return _delete_unlisted(provider, volume_id, cluster)
+    except Exception as exc:  # noqa: BLE001 - the restore's own error is the one to report
+        log.warning("could not delete half-restored volume %s (cluster %s): %s", volume_id, cluster, exc)
+        return False
+    return True
+
+
+def _delete_unlisted(provider: AwsProvider, volume_id: str, cluster: str | None) -> bool:
+    try:
+        provider.ec2.call("delete_volume", DELETE, VolumeId=volume_id)
+    except VolumeNotFound:
+        pass
     except Exception as exc:  # noqa: BLE001 - the restore's own error is the one to report
         log.warning("could not delete half-restored volume %s (cluster %s): %s", volume_id, cluster, exc)
         return False

@@ -1,7 +1,8 @@
 """EC2 is eventually consistent: for a while after a create, DescribeSnapshots may answer
 InvalidSnapshot.NotFound for the snapshot it made (moto never does; ``NotListedYet`` answers so).
 A snapshot made moments ago and not found is asked for again, and deleted anyway on rollback; an
-older one not found is gone, at once, as before."""
+older one not found is gone, at once, as before. Likewise a restore's new volume and
+DescribeVolumes."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from snapctl_aws.errors import VolumeNotFound
 from snapctl_aws.snapshots import NOT_FOUND_GRACE_S
 
 from snapctl.errors import SnapshotNotFound
-from snapctl.providers import TAG_CLUSTER, snapshot_tags
+from snapctl.providers import TAG_CLUSTER, RestoreTarget, snapshot_tags
 from snapctl.timestamps import utc_text
 from tests.providers.aws.conftest import ZONE
 from tests.providers.aws.faults import FailFirst, NotListedYet, inject
@@ -114,3 +116,33 @@ def test_deleting_a_snapshot_made_moments_ago_and_gone_is_done_on_the_deletes_ow
     provider.delete(ref)
 
     assert deletes.calls == 1
+
+
+def restored_volumes(ec2) -> list[str]:
+    found = ec2.describe_volumes(Filters=[{"Name": "tag-key", "Values": ["snapctl-restored-from"]}])["Volumes"]
+    return [v["VolumeId"] for v in found if v["State"] not in ("deleting", "deleted")]
+
+
+def test_a_restore_polls_again_for_a_volume_ec2_does_not_list_yet(provider, ec2, volume):
+    [ref] = take(provider, [volume])
+    unlisted = inject(provider, "DescribeVolumes", FailFirst(2, 400, "InvalidVolume.NotFound", "does not exist"))
+
+    made = provider.restore(ref, RestoreTarget(zone=ZONE))
+
+    assert unlisted.calls == 3 and restored_volumes(ec2) == [made]
+
+
+def test_a_restored_volume_not_listed_past_the_grace_fails_the_restore_and_is_deleted_anyway(make_provider, ec2,
+                                                                                             volume):
+    provider = make_provider(poll_interval_s=5)
+    [ref] = take(provider, [volume])
+    elapsed = [0.0]
+    provider._clock = lambda: elapsed[0]
+    provider._sleep = lambda seconds: elapsed.__setitem__(0, elapsed[0] + seconds)
+    inject(provider, "DescribeVolumes", FailFirst(10**6, 400, "InvalidVolume.NotFound", "does not exist"))
+
+    with pytest.raises(VolumeNotFound):
+        provider.restore(ref, RestoreTarget(zone=ZONE))
+
+    assert NOT_FOUND_GRACE_S <= elapsed[0] <= NOT_FOUND_GRACE_S + 5
+    assert restored_volumes(ec2) == [], "the volume the restore made was left behind"
