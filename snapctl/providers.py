@@ -178,8 +178,8 @@ class Provider(Protocol):
     lengthen every freeze inside ``snapshot`` (aws: the volume tag of each snapshot of a whole
     instance, a tag call apiece). A backup calls it once, with every ref of the run, after every
     node is released and the manifest recorded, ``--no-wait`` or not, in a thread. Best effort:
-    it never raises a ``SnapctlError`` (it logs what it could not do), and what it would have done
-    may be missing if the run dies first.
+    what it raises is a warning, never a failed run (it should log what it could not do itself),
+    and what it would have done may be missing if the run is stopped or dies first.
 
     Optional: a class attribute ``restore_makes_cloud_volumes = True`` when ``restore`` makes cloud
     volumes rather than directories on this machine: a drill then refuses a node without

@@ -123,7 +123,8 @@ def _discard_made_by(provider: AwsProvider, token: str, exc: BaseException) -> N
         if not kept:
             return
         left = (f"CreateVolume made {', '.join(kept)} ({where}), which could not be deleted",
-                f"delete it once the cause is fixed: aws ec2 delete-volume --volume-id {kept[0]}")
+                f"delete {'each' if len(kept) > 1 else 'it'} once the cause is fixed: "
+                f"aws ec2 delete-volume --volume-id {kept[0]}")
     log.warning("restore: %s", left[0])
     if isinstance(exc, SnapctlError):  # in place: its type (unreachable, unavailable, throttled) stands
         exc.message = redact(f"{exc.message}; {left[0]}")
