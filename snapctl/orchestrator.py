@@ -42,7 +42,7 @@ from snapctl.manifest import Manifest, NodeRecord
 from snapctl.pacing import CreateCallPacer, hold_lead, prepare_within_rate_limit
 from snapctl.preflight import BackupPlan, dry_run, preflight, preflight_refusal
 from snapctl.provider_threads import CallRunner
-from snapctl.provider_wait import wait_out_transient
+from snapctl.provider_wait import after_release, wait_out_transient
 from snapctl.provider_worker import CALL_RUNNER_READY_S, call_runner
 from snapctl.providers import TAG_RUN, NodeVolumes, Provider, SnapshotRef, node_volumes, open_provider, snapshot_tags
 from snapctl.run_failure import (
@@ -178,8 +178,7 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
                 await _roll_back(run, exc)
                 raise _as_run_failure(run, exc) from exc
 
-            if not options.no_wait:
-                await _wait_for_completion(run)
+            await _wait_for_completion(run, wait=not options.no_wait)
             manifest.status = "succeeded"
             manifest.finished_at = now()
             save_success(catalog, manifest)
@@ -463,13 +462,17 @@ async def _roll_back(run: _Run, cause: BaseException) -> None:
     run.reporter.finished(manifest)
 
 
-async def _wait_for_completion(run: _Run) -> None:
-    """Snapshots are fixed; wait for the provider to finish uploading them."""
+async def _wait_for_completion(run: _Run, wait: bool = True) -> None:
+    """Snapshots are fixed and every node released: the provider's work that needs no hold (aws:
+    tags), then, unless ``--no-wait``, wait for the provider to finish uploading them."""
     manifest = run.manifest
     refs = manifest.snapshot_refs()
-    run.reporter.step("wait", f"waiting for {len(refs)} snapshots to complete")
-    deadline = time.monotonic() + run.inventory.policy.wait_timeout_s
     try:
+        await after_release(run.provider, refs, run.reporter)  # never raises an Exception: no rollback
+        if not wait:
+            return
+        run.reporter.step("wait", f"waiting for {len(refs)} snapshots to complete")
+        deadline = time.monotonic() + run.inventory.policy.wait_timeout_s
         done = await wait_out_transient(run.provider, refs, deadline, run.reporter,
                                         run.inventory.policy.wait_timeout_s)
     except (KeyboardInterrupt, asyncio.CancelledError):

@@ -1,5 +1,6 @@
 """A backup's wait for its snapshots to complete (step 8), ridden through the cloud throttling its
-polls, not answering them at all, or answering them with server errors (5xx).
+polls, not answering them at all, or answering them with server errors (5xx); and, before it, the
+provider's work that needs no hold (``after_release``).
 
 By then every node is released and the snapshots' point in time fixed: only the deadline
 (``policy.wait_timeout_s``) ends the wait, never a rollback that deletes good snapshots because
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import itertools
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -59,6 +61,22 @@ async def wait_out_transient(provider: Provider, refs: list[SnapshotRef], deadli
             reporter.step("wait", f"{said}, polling again in {pause:.1f}s: {exc.message}")
         await asyncio.sleep(pause)
     raise AssertionError("unreachable")
+
+
+async def after_release(provider: Provider, refs: list[SnapshotRef], reporter: Reporter) -> None:
+    """The provider's optional ``after_release`` (``Provider``), once every node is released:
+    in a thread left at exit as the wait's is (a stop ends the run at once; what it leaves undone,
+    say a tag, the provider can do without). Its failure is a warning: the snapshots are good."""
+    hook = getattr(provider, "after_release", None)
+    if hook is None or not refs:
+        return
+    reporter.step("provider", f"{provider.name}: finishing {len(refs)} snapshots, every node released")
+    try:
+        await _in_a_thread_left_at_exit(hook, refs)
+    except Exception as exc:  # noqa: BLE001 - best effort by contract; Ctrl-C and SIGTERM still stop the run
+        logging.getLogger(f"snapctl.providers.{provider.name}").warning(
+            "after every node was released, %s's after_release failed (the snapshots are kept): %s",
+            provider.name, exc)
 
 
 async def _in_a_thread_left_at_exit(fn: Callable[..., T], *args: Any) -> T:

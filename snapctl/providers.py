@@ -174,6 +174,13 @@ class Provider(Protocol):
     what the local provider links unchanged files from). A cloud's snapshot completes on its
     own: without ``complete``, a pending one is simply not counted yet.
 
+    Optional: ``after_release(refs)``, work on a run's snapshots that needs no engine hold and would
+    lengthen every freeze inside ``snapshot`` (aws: the volume tag of each snapshot of a whole
+    instance, a tag call apiece). A backup calls it once, with every ref of the run, after every
+    node is released and the manifest recorded, ``--no-wait`` or not, in a thread. Best effort:
+    what it raises is a warning, never a failed run (it should log what it could not do itself),
+    and what it would have done may be missing if the run is stopped or dies first.
+
     Optional: a class attribute ``restore_makes_cloud_volumes = True`` when ``restore`` makes cloud
     volumes rather than directories on this machine: a drill then refuses a node without
     ``restore.agent`` and ``restore.instance`` before it restores anything, and `restore` takes

@@ -115,7 +115,7 @@ def translate_client_error(exc: Any) -> SnapctlError:
         # EC2 answers these with a 5xx too, but no outage is to be waited out: the zone is full.
         return ProviderError(detail, hint="this availability zone has no capacity for it now: restore into "
                              "another zone (restore.zone, or --zone), or try again later")
-    if code in SERVER_ERRORS or _http_status(exc) >= 500:
+    if code in SERVER_ERRORS or http_status(exc) >= 500:
         return ProviderUnavailable(detail, hint=SERVER_ERROR_HINT)
     if code in SNAPSHOT_NOT_FOUND:
         return SnapshotNotFound(detail)
@@ -158,8 +158,10 @@ def translate_botocore_error(exc: Exception) -> SnapctlError:
     return ProviderError(f"aws: {kind}: {exc}")
 
 
-def _http_status(exc: Any) -> int:
-    response = exc.response if isinstance(exc.response, dict) else {}
+def http_status(exc: Any) -> int:
+    """The HTTP status of a botocore ClientError's answer; 0 for anything else (no answer)."""
+    response = getattr(exc, "response", None)
+    response = response if isinstance(response, dict) else {}
     status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
     return status if isinstance(status, int) else 0
 

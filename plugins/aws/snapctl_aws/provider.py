@@ -42,7 +42,16 @@ from snapctl_aws.restore import (
     restore_volume,
 )
 from snapctl_aws.settings import AwsSettings, InstanceVolumes, VolumeSpec, parse_volumes
-from snapctl_aws.snapshots import STATE_ERROR, aws_tags, create_attempts, ref_from_snapshot, refreshed, tag_filters
+from snapctl_aws.snapshots import (
+    NOT_FOUND_GRACE_S,
+    STATE_ERROR,
+    aws_tags,
+    create_attempts,
+    made_recently,
+    ref_from_snapshot,
+    refreshed,
+    tag_filters,
+)
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +109,7 @@ class AwsProvider:
         )
         self._sleep = time.sleep
         self._clock = time.monotonic
+        self._now = time.time  # what a snapshot's StartTime is compared with (made_recently)
         self._credentials_accepted = False  # warm_up asked EC2 once, and it answered
         if aio.available():
             # Instance attributes, only where aiobotocore is installed: snapctl makes its create
@@ -224,10 +234,11 @@ class AwsProvider:
             "TagSpecifications": [{"ResourceType": "snapshot", "Tags": aws_tags(base)}],
         }, per_volume_retry=True)
         snapshots = answer.get("Snapshots", [])
-        # Recorded before tagging, so that a failure below rolls these back too.
+        # Recorded at once, so that a failure below rolls these back too. Each carries the volume
+        # tag its snapshot is to get; EC2's snapshot gets it once every node is released (after_release).
         extra = {"instance_id": spec.instance, **create_attempts(answer)}
         fresh = [ref_from_snapshot(s, node=node, volume=s["VolumeId"], region=self.settings.region,
-                                   tags=base, extra=extra) for s in snapshots]
+                                   tags={**base, TAG_VOLUME: s["VolumeId"]}, extra=extra) for s in snapshots]
         created.extend(fresh)
         # AWS honours ExcludeDataVolumeIds, moto ignores it: drop any snapshot of an excluded
         # volume so the result is right against either.
@@ -235,16 +246,39 @@ class AwsProvider:
         for ref in unwanted:
             yield Discard(ref)
             created.remove(ref)
-        fresh = [r for r in fresh if r not in unwanted]
-        if not fresh:
+        if len(unwanted) == len(fresh):
             raise ProviderError(
                 f"node {node}: instance {spec.instance} has no volumes left to snapshot",
                 hint="check exclude_boot / exclude in the node's volumes: block",
             )
-        # One CreateSnapshots call tags every snapshot alike; each still needs its own volume tag.
-        for ref in fresh:
-            yield Call("create_tags", TAG, {"Resources": [ref.snapshot_id], "Tags": aws_tags({TAG_VOLUME: ref.volume})})
-            ref.tags[TAG_VOLUME] = ref.volume
+
+    def after_release(self, refs: list[SnapshotRef]) -> None:
+        """Tag each snapshot of an instance entry with its volume: one CreateSnapshots tags them
+        all alike. Here, once every node is released, not in ``snapshot``: the point in time needs
+        no tag, and at 10 a second past a burst of 100, the tags of 200 instances of 4 volumes
+        would hold the engines ~70 s. Best effort: a snapshot left without it (this failing, or the
+        process dying first) is named by its VolumeId all the same (``_ref_of``: find, gc, prune),
+        and `snapctl verify` says the tag is gone."""
+        pending = [ref for ref in refs if ref.provider == self.name and "instance_id" in ref.extra]
+        while pending:
+            not_listed = []
+            for ref in pending:
+                try:
+                    self.ec2.call("create_tags", TAG, Resources=[ref.snapshot_id],
+                                  Tags=aws_tags({TAG_VOLUME: ref.volume}))
+                except SnapshotNotFound as exc:
+                    if made_recently(ref, self._now()):  # not listed yet (eventual consistency): again
+                        not_listed.append(ref)
+                    else:
+                        log.warning("node %s: snapshot %s of volume %s is gone; not tagged %s: %s",
+                                    ref.node, ref.snapshot_id, ref.volume, TAG_VOLUME, exc)
+                except SnapctlError as exc:
+                    log.warning("node %s: could not tag snapshot %s with %s=%s (found by its volume id all the "
+                                "same; `snapctl verify` says the tag is gone): %s",
+                                ref.node, ref.snapshot_id, TAG_VOLUME, ref.volume, exc)
+            if not_listed:
+                self._sleep(self.settings.poll_interval_s)
+            pending = not_listed
 
     # -- wait ----------------------------------------------------------------------------------
 
@@ -255,11 +289,13 @@ class AwsProvider:
         # (read from a manifest) and the snapshot gone since.
         pending = list(current)
         while True:
+            unlisted = set(pending)  # not done, whatever the ref says, until EC2 lists it
             for start in range(0, len(pending), DESCRIBE_BATCH):
                 batch = pending[start:start + DESCRIBE_BATCH]
-                for snapshot in self._describe(batch):
+                for snapshot in self._describe(batch, current):
                     ref = refreshed(current[snapshot["SnapshotId"]], snapshot)
                     current[ref.snapshot_id] = ref
+                    unlisted.discard(ref.snapshot_id)
                     if progress is not None:
                         progress(ref)
             failed = [r for r in current.values() if r.state == STATE_ERROR]
@@ -270,18 +306,18 @@ class AwsProvider:
                     ),
                     hint="the run is failed; AWS keeps no usable data in a snapshot in error state",
                 )
-            if all(r.state == "completed" for r in current.values()):
+            if not unlisted and all(r.state == "completed" for r in current.values()):
                 return [current[r.snapshot_id] for r in refs]
             remaining = deadline - self._clock()
             if remaining <= 0:
-                still = [r for r in current.values() if r.state != "completed"]
+                still = [r for i, r in current.items() if r.state != "completed" or i in unlisted]
                 raise ProviderError(
                     f"{len(still)} snapshot(s) still pending at the deadline: "
                     + ", ".join(f"{r.snapshot_id} ({r.progress if r.progress is not None else '?'}%)" for r in still),
                     hint="large first snapshots can take hours; raise policy.wait_timeout_s or use --no-wait",
                 )
             self._sleep(min(self.settings.poll_interval_s, remaining))
-            pending = [i for i, r in current.items() if r.state != "completed"]
+            pending = [i for i, r in current.items() if r.state != "completed" or i in unlisted]
 
     def _delete_twins(self, refs: list[SnapshotRef]) -> None:
         """CreateSnapshot(s) takes no idempotency token: a create sent again (by botocore, its first
@@ -315,14 +351,31 @@ class AwsProvider:
                              "more than once (an answer late or lost)", node, twin.snapshot_id,
                              twin.extra.get("volume_id"))
 
-    def _describe(self, snapshot_ids: list[str]) -> list[dict[str, Any]]:
+    def _describe(self, snapshot_ids: list[str], refs: Mapping[str, SnapshotRef]) -> list[dict[str, Any]]:
+        """The snapshots of ``snapshot_ids`` EC2 lists now. One not found that was made less than
+        ``NOT_FOUND_GRACE_S`` ago is left out, to be asked for at the next poll: EC2 is eventually
+        consistent, and its NotFound for a snapshot made moments ago proves nothing. Any other is
+        ``SnapshotNotFound``."""
         try:
             return self.ec2.call("describe_snapshots", DESCRIBE, SnapshotIds=snapshot_ids)["Snapshots"]
         except SnapshotNotFound as exc:
+            not_found = exc
+        # One id EC2 does not know fails the whole call; by filter, those it knows are listed.
+        found = self.ec2.pages("describe_snapshots", DESCRIBE, "Snapshots", OwnerIds=["self"], MaxResults=1000,
+                               Filters=[{"Name": "snapshot-id", "Values": snapshot_ids}])
+        listed = {snapshot["SnapshotId"] for snapshot in found}
+        unlisted = [i for i in snapshot_ids if i not in listed]
+        now = self._now()
+        gone = [i for i in unlisted if not made_recently(refs[i], now)]
+        if gone:
             raise SnapshotNotFound(
-                f"a snapshot being waited for no longer exists ({exc.message})",
+                f"a snapshot being waited for no longer exists: {', '.join(gone)} ({not_found.message})",
                 hint="someone deleted it outside snapctl; the run is failed",
-            ) from exc
+            ) from not_found
+        if unlisted:
+            log.info("snapshot(s) %s, made less than %gs ago, not listed by EC2 yet (it is eventually consistent): "
+                     "asked for again at the next poll", ", ".join(unlisted), NOT_FOUND_GRACE_S)
+        return found
 
     # -- delete, find, restore, delete_volume -------------------------------------------------
 
@@ -330,7 +383,20 @@ class AwsProvider:
         try:
             snapshot = self._describe_one(ref.snapshot_id)
         except SnapshotNotFound:
+            # EC2 may not list a snapshot made moments ago yet (eventual consistency): a rollback
+            # that believed it would leave a good snapshot behind. Send the delete anyway when the
+            # ref says it is this cluster's (IAM's condition on DeleteSnapshot still reads the
+            # snapshot's own tag); its own NotFound is done. Older ones are gone: no call.
+            if not (made_recently(ref, self._now()) and ref.tags.get(TAG_CLUSTER) == self.cluster):
+                return
+        else:
+            self._check_ours(ref, snapshot)
+        try:
+            self.ec2.call("delete_snapshot", DELETE, SnapshotId=ref.snapshot_id)
+        except SnapshotNotFound:
             return
+
+    def _check_ours(self, ref: SnapshotRef, snapshot: dict[str, Any]) -> None:
         tags = {t["Key"]: t["Value"] for t in snapshot.get("Tags", [])}
         if tags.get(TAG_CLUSTER) != self.cluster:
             raise ProviderError(
@@ -338,10 +404,6 @@ class AwsProvider:
                 + (f" (it belongs to cluster {tags[TAG_CLUSTER]!r})" if TAG_CLUSTER in tags else ""),
                 hint="snapctl only deletes snapshots it made for this cluster",
             )
-        try:
-            self.ec2.call("delete_snapshot", DELETE, SnapshotId=ref.snapshot_id)
-        except SnapshotNotFound:
-            return
 
     def _describe_one(self, snapshot_id: str) -> dict[str, Any]:
         found = self.ec2.call("describe_snapshots", DESCRIBE, SnapshotIds=[snapshot_id]).get("Snapshots", [])

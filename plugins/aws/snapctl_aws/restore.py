@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from snapctl.errors import BadInputError, Interrupted, ProviderError
+from snapctl.errors import BadInputError, Interrupted, ProviderError, ProviderThrottled, SnapctlError
 from snapctl.providers import GONE_HINT, TAG_CLUSTER, TAG_RUN, RestoreTarget, stop_requested
+from snapctl.redact import redact
 from snapctl_aws.client import DELETE, DESCRIBE, VOLUME
-from snapctl_aws.errors import IncorrectState, VolumeInUse, VolumeNotFound
-from snapctl_aws.snapshots import aws_tags, tag_filters
+from snapctl_aws.errors import IncorrectState, VolumeInUse, VolumeNotFound, http_status
+from snapctl_aws.snapshots import NOT_FOUND_GRACE_S, aws_tags, tag_filters
 
 if TYPE_CHECKING:
     from snapctl_aws.provider import AwsProvider
@@ -21,6 +23,9 @@ log = logging.getLogger(__name__)
 
 TAG_RESTORED_FROM = "snapctl-restored-from"
 TAG_RESTORED_RUN = "snapctl-restored-run"  # on a restored volume: the run of its snapshot
+# On a restored volume: its CreateVolume's ClientToken, by which a create whose answer was lost
+# finds the volume it made (the answer alone names it).
+TAG_RESTORE_TOKEN = "snapctl-restore-token"
 SNAPCTL_TAGS = "snapctl-"  # every tag snapctl sets starts so
 # Volume options an operator may pass in RestoreTarget.extra, with the CreateVolume parameter each sets.
 VOLUME_OPTIONS = {"volume_type": "VolumeType", "iops": "Iops", "throughput": "Throughput", "kms_key_id": "KmsKeyId"}
@@ -61,25 +66,70 @@ def restore_volume(provider: AwsProvider, snapshot: dict[str, Any], volume: str,
     snapshot_id = snapshot["SnapshotId"]
     device = check_restore_volume(snapshot, volume, target, node)
 
-    tags = restored_volume_tags(provider.cluster, snapshot, target)
+    # Ours rather than botocore's: its retries send the same one, and the volume carries it.
+    token = str(uuid.uuid4())
+    tags = {**restored_volume_tags(provider.cluster, snapshot, target), TAG_RESTORE_TOKEN: token}
     options = {VOLUME_OPTIONS[key]: value for key, value in target.extra.items() if key in VOLUME_OPTIONS}
-    ec2 = provider.ec2
-    volume_id = ec2.call(
-        "create_volume", VOLUME,
-        SnapshotId=snapshot_id, AvailabilityZone=target.zone,
-        TagSpecifications=[{"ResourceType": "volume", "Tags": aws_tags(tags)}], **options,
-    )["VolumeId"]
+    made_at = provider._clock()
+    try:
+        volume_id = provider.ec2.call(
+            "create_volume", VOLUME, ClientToken=token,
+            SnapshotId=snapshot_id, AvailabilityZone=target.zone,
+            TagSpecifications=[{"ResourceType": "volume", "Tags": aws_tags(tags)}], **options,
+        )["VolumeId"]
+    except BaseException as exc:  # Ctrl-C and SIGTERM too: a sending may have landed meanwhile
+        if not _refused(exc):
+            _discard_made_by(provider, token, exc)
+        raise
     stop = stop_requested()  # a drill's Ctrl-C or SIGTERM: checked at every poll
     try:
-        _wait_volume(provider, volume_id, lambda v: v["State"] == "available", "available", stop=stop)
+        _wait_volume(provider, volume_id, lambda v: v["State"] == "available", "available", stop=stop,
+                     made_at=made_at)
         if target.instance:
             _attach(provider, volume_id, target.instance, device)
             _wait_volume(provider, volume_id, _attached_to(target.instance), f"attached to {target.instance}",
-                         stop=stop)
+                         stop=stop, made_at=made_at)
     except BaseException:  # Ctrl-C and SIGTERM too: a half-made restore leaves no volume behind
         _discard(provider, volume_id, provider.cluster)
         raise
     return volume_id
+
+
+def _refused(exc: BaseException) -> bool:
+    """CreateVolume was answered no (4xx): it made nothing. Not throttling, which may follow a
+    sending that landed, its answer lost (the retries send the same token)."""
+    return (isinstance(exc, ProviderError) and not isinstance(exc, ProviderThrottled)
+            and 400 <= http_status(exc.__cause__) < 500)
+
+
+def _discard_made_by(provider: AwsProvider, token: str, exc: BaseException) -> None:
+    """A CreateVolume that failed unrefused (an answer lost or late, a 5xx, throttling after a
+    sending that landed, Ctrl-C while it ran) may have made a volume whose id nobody was told:
+    found by its token tag and discarded. EC2 makes one per token; moto, which ignores the token,
+    one per sending: all of them. One that cannot be deleted, or a search that failed, is named
+    in ``exc`` (a SnapctlError; any other is only logged), so that the restore's error says what
+    is left."""
+    where = f"tag {TAG_RESTORE_TOKEN}={token}"
+    try:
+        made = provider.ec2.pages("describe_volumes", DESCRIBE, "Volumes",
+                                  Filters=tag_filters({TAG_RESTORE_TOKEN: token}))
+    except Exception as lookup:  # noqa: BLE001 - the create's own error is the one to report
+        left = (f"could not look for the volume CreateVolume may have made ({where}): {lookup}",
+                f"find it with `aws ec2 describe-volumes --filters Name=tag:{TAG_RESTORE_TOKEN},Values={token}` "
+                "and delete it")
+    else:
+        kept = sorted(v["VolumeId"] for v in made
+                      if v.get("State") not in GONE and not _discard(provider, v["VolumeId"], provider.cluster))
+        if not kept:
+            return
+        left = (f"CreateVolume made {', '.join(kept)} ({where}), which could not be deleted",
+                f"delete {'each' if len(kept) > 1 else 'it'} once the cause is fixed: "
+                f"aws ec2 delete-volume --volume-id {kept[0]}")
+    log.warning("restore: %s", left[0])
+    if isinstance(exc, SnapctlError):  # in place: its type (unreachable, unavailable, throttled) stands
+        exc.message = redact(f"{exc.message}; {left[0]}")
+        exc.args = (exc.message,)
+        exc.hint = redact(f"{exc.hint}; {left[1]}" if exc.hint else left[1])
 
 
 def restored_volume_tags(cluster: str, snapshot: dict[str, Any], target: RestoreTarget) -> dict[str, str]:
@@ -197,15 +247,24 @@ def _describe_volume(provider: AwsProvider, volume_id: str) -> dict[str, Any]:
 
 
 def _wait_volume(provider: AwsProvider, volume_id: str, done, what: str,
-                 hint: str = "raise the provider's restore_timeout_s", stop: threading.Event | None = None) -> None:
+                 hint: str = "raise the provider's restore_timeout_s", stop: threading.Event | None = None,
+                 made_at: float | None = None) -> None:
+    """Poll until ``done(volume)``. With ``made_at`` (``provider._clock()`` when its CreateVolume
+    was sent): a NotFound within ``NOT_FOUND_GRACE_S`` of it is EC2 not listing the new volume
+    yet (it is eventually consistent), polled again; later, or without it, the volume is gone."""
     deadline = provider._clock() + provider.settings.restore_timeout_s
     while True:
         if stop is not None and stop.is_set():
             raise Interrupted(f"restore of volume {volume_id} (waiting until it is {what})")
-        volume = _describe_volume(provider, volume_id)
+        try:
+            volume = _describe_volume(provider, volume_id)
+        except VolumeNotFound:
+            if made_at is None or provider._clock() - made_at >= NOT_FOUND_GRACE_S:
+                raise
+            volume = {}  # not listed yet: not done
         if volume.get("State") == "error":
             raise ProviderError(f"restored volume {volume_id} went into error state")
-        if done(volume):
+        if volume and done(volume):
             return
         remaining = deadline - provider._clock()
         if remaining <= 0:
@@ -217,10 +276,11 @@ def _wait_volume(provider: AwsProvider, volume_id: str, done, what: str,
 DISCARD_WAIT_S = 60.0  # how long a half-restored volume still `creating` is waited for, to delete it
 
 
-def _discard(provider: AwsProvider, volume_id: str, cluster: str | None) -> None:
+def _discard(provider: AwsProvider, volume_id: str, cluster: str | None) -> bool:
     """A volume half-restored is only a cost; remove it so a retry starts clean. EC2 deletes only
     a volume that is available (or in error): one still `creating` (a restore that timed out or
-    was interrupted meanwhile) is waited for, briefly, first; one attached part-way is detached."""
+    was interrupted meanwhile) is waited for, briefly, first; one attached part-way is detached.
+    False when it is left (a warning names it)."""
     try:
         deadline = provider._clock() + DISCARD_WAIT_S
         while (volume := _describe_volume(provider, volume_id)).get("State") == "creating":
@@ -230,6 +290,21 @@ def _discard(provider: AwsProvider, volume_id: str, cluster: str | None) -> None
         if volume.get("State") not in GONE:
             _detach_and_delete(provider, volume_id, volume)  # ours: made by this call, whatever its tags
     except VolumeNotFound:
-        return
+        # Maybe not listed yet (EC2 is eventually consistent): deleted anyway, since this restore
+        # made it; the delete's own NotFound is done.
+        return _delete_unlisted(provider, volume_id, cluster)
     except Exception as exc:  # noqa: BLE001 - the restore's own error is the one to report
         log.warning("could not delete half-restored volume %s (cluster %s): %s", volume_id, cluster, exc)
+        return False
+    return True
+
+
+def _delete_unlisted(provider: AwsProvider, volume_id: str, cluster: str | None) -> bool:
+    try:
+        provider.ec2.call("delete_volume", DELETE, VolumeId=volume_id)
+    except VolumeNotFound:
+        pass
+    except Exception as exc:  # noqa: BLE001 - the restore's own error is the one to report
+        log.warning("could not delete half-restored volume %s (cluster %s): %s", volume_id, cluster, exc)
+        return False
+    return True

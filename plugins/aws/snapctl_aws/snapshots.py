@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from snapctl.providers import SnapshotRef, SnapshotState
-from snapctl.timestamps import utc_text
+from snapctl.timestamps import parse_utc, utc_text
 from snapctl_aws.client import SENDINGS
 
 STATE_ERROR = "error"
@@ -21,6 +21,10 @@ _STATES: dict[str, SnapshotState] = {
     "completed": "completed",
     "error": "error",
 }
+# EC2 is eventually consistent: for a while after a create, DescribeSnapshots may answer
+# InvalidSnapshot.NotFound for the snapshot it made. Within this long of its StartTime (read
+# against this host's clock), a snapshot not found is taken as not listed yet rather than gone.
+NOT_FOUND_GRACE_S = 60.0
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%?\s*$")
 
 
@@ -40,6 +44,16 @@ def create_attempts(answer: Mapping[str, Any]) -> dict[str, int]:
     metadata = answer.get("ResponseMetadata") or {}
     sent = metadata.get(SENDINGS) or 1 + (metadata.get("RetryAttempts") or 0)
     return {"create_attempts": sent} if sent > 1 else {}
+
+
+def made_recently(ref: SnapshotRef, now: float) -> bool:
+    """``ref``'s snapshot started less than ``NOT_FOUND_GRACE_S`` before ``now`` (``time.time()``),
+    so that EC2 may not list it yet. A ref without a creation time is no recent one."""
+    try:
+        started = parse_utc(ref.created_at).timestamp() if ref.created_at else None
+    except ValueError:
+        return False
+    return started is not None and now - started < NOT_FOUND_GRACE_S
 
 
 def state_of(snapshot: Mapping[str, Any]) -> SnapshotState:

@@ -107,3 +107,29 @@ class AcceptWithoutDetaching:
             "<attachTime>2026-01-01T00:00:00.000Z</attachTime></DetachVolumeResponse>"
         ).encode()
         return AWSResponse("https://ec2.amazonaws.com/", 200, {"Content-Type": "text/xml"}, _Body(body))
+
+
+class NotListedYet:
+    """DescribeSnapshots as EC2, eventually consistent, answers for a snapshot made moments ago:
+    asked by id, ``InvalidSnapshot.NotFound``; by filter, not listed. For the first ``times``
+    calls that name ``snapshot_id``; the others reach moto."""
+
+    def __init__(self, snapshot_id: str, times: int) -> None:
+        self.snapshot_id, self.times = snapshot_id, times
+        self.calls = 0  # those answered so
+
+    def __call__(self, request: Any = None, **_: Any) -> Any:
+        from botocore.awsrequest import AWSResponse
+
+        body = request.body.decode() if isinstance(request.body, bytes) else str(request.body or "")
+        if self.snapshot_id not in body or self.calls >= self.times:
+            return None
+        self.calls += 1
+        if "SnapshotId." in body:
+            return ec2_error(400, "InvalidSnapshot.NotFound", f"The snapshot '{self.snapshot_id}' does not exist.")
+        listing = (
+            '<?xml version="1.0" encoding="UTF-8"?>\n'
+            '<DescribeSnapshotsResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">'
+            "<requestId>00000000-0000-0000-0000-000000000000</requestId><snapshotSet/></DescribeSnapshotsResponse>"
+        ).encode()
+        return AWSResponse("https://ec2.amazonaws.com/", 200, {"Content-Type": "text/xml"}, _Body(listing))
