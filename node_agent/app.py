@@ -34,7 +34,7 @@ from node_agent.models import (
     TriggerResponse,
     VerifyFacts,
 )
-from node_agent.ratelimit import DEFAULT_BURST, DEFAULT_RATE_PER_S, ClientRateLimit
+from node_agent.ratelimit import DEFAULT_BURST, DEFAULT_RATE_PER_S, TOKEN_ACCEPTED, ClientRateLimit
 from node_agent.request_checks import describe_request_error
 from node_agent.service import AgentService
 from snapctl import __version__
@@ -273,6 +273,8 @@ class BearerAuth:
             return
         problem = self.check(scope)
         if problem is None:
+            if self.check.accepted(scope) == "agent":
+                scope[TOKEN_ACCEPTED] = True  # its connection is the holder's: see guarded_http
             await self.app(scope, receive, send)
             return
         await _send(send, _error(401, problem, _AUTH_HINT, **{"WWW-Authenticate": "Bearer"}))
