@@ -34,7 +34,13 @@ from node_agent.models import (
     TriggerResponse,
     VerifyFacts,
 )
-from node_agent.ratelimit import DEFAULT_BURST, DEFAULT_RATE_PER_S, TOKEN_ACCEPTED, ClientRateLimit
+from node_agent.ratelimit import (
+    DEFAULT_BURST,
+    DEFAULT_RATE_PER_S,
+    TOKEN_ACCEPTED,
+    ClientRateLimit,
+    CloseIfBodyUnread,
+)
 from node_agent.request_checks import describe_request_error
 from node_agent.service import AgentService
 from snapctl import __version__
@@ -88,6 +94,8 @@ def create_app(service: AgentService, token: str | None, *, max_body_bytes: int 
         # Outermost: counts refusals too, wrong tokens apart from a known holder's (see ratelimit).
         app.add_middleware(ClientRateLimit, rate_per_s=rate_per_s, burst=burst,
                            credential=check.accepted if check else None, endpoints=endpoints)
+    # Outermost of all: sees every answer, the rate limit's 429 too.
+    app.add_middleware(CloseIfBodyUnread)
     _install_error_handlers(app)
     # Only documents the scheme in OpenAPI; BearerAuth enforces it.
     bearer = HTTPBearer(auto_error=False, description="the agent's token (token_file or $SNAPCTL_AGENT_TOKEN)")

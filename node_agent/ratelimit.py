@@ -349,3 +349,40 @@ def guarded_http(request_timeout_s: float = REQUEST_TIMEOUT_S, max_per_client: i
                 transport.close()
 
     return GuardedH11Protocol
+
+
+class CloseIfBodyUnread:
+    """ASGI middleware, outermost: an answer that goes out before the request's body has all
+    arrived (a 401, 413, 421 or 429 decided on the head alone, or any other) says
+    ``Connection: close``, and uvicorn closes the connection once it is sent.
+
+    Without it uvicorn kept the connection for a next request, reading and throwing away the rest
+    of the body until the request timeout (10 s): a full core per connection for anyone who could
+    reach the port, no token needed (a reviewer streamed 7 GB into one 401)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length", b"0").strip()
+        received = b"transfer-encoding" not in headers and (not length.isdigit() or int(length) == 0)
+
+        async def noting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                received = True
+            return message
+
+        async def closing_send(message: Message) -> None:
+            if message["type"] == "http.response.start" and not received:
+                sent = list(message.get("headers") or [])
+                if not any(name.lower() == b"connection" for name, _ in sent):
+                    message = {**message, "headers": [*sent, (b"connection", b"close")]}
+            await send(message)
+
+        await self.app(scope, noting_receive, closing_send)

@@ -3,6 +3,8 @@ under way makes room, never one being answered or one that carried the agent's t
 
 from __future__ import annotations
 
+import contextlib
+import select
 import socket
 import threading
 import time
@@ -33,6 +35,11 @@ def keep_alive_request(sock: socket.socket, path: str, headers: dict[str, str] |
     """One GET on ``sock``, left open after the answer; returns the answer's status line."""
     lines = [f"GET {path} HTTP/1.1", "Host: 127.0.0.1", *(f"{k}: {v}" for k, v in (headers or {}).items())]
     sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+    return keep_alive_answer(sock).split(b"\r\n")[0]
+
+
+def keep_alive_answer(sock: socket.socket) -> bytes:
+    """Read one answer (its length given) from ``sock``, leaving it open; returns the answer's head."""
     sock.settimeout(10)
     answer = b""
     while b"\r\n\r\n" not in answer:
@@ -43,7 +50,7 @@ def keep_alive_request(sock: socket.socket, path: str, headers: dict[str, str] |
     length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
     while len(body) < length:
         body += sock.recv(65536)
-    return head.split(b"\r\n")[0]
+    return head
 
 
 def test_half_sent_connections_from_the_holders_address_cannot_refuse_its_renew_and_complete(tmp_path: Path) -> None:
@@ -122,3 +129,73 @@ def test_only_connections_without_a_request_under_way_or_the_token_make_room(tmp
                 sock.close()
     finally:
         service.close()
+
+
+def answered_while_streaming(url: str, head: str, seconds: float = 6.0) -> tuple[bytes, float | None]:
+    """Send ``head`` (a request head announcing a chunked body), then stream the body for up to
+    ``seconds`` reading meanwhile: (the answer's head, seconds from it until the agent closed the
+    connection; None if it had not by then)."""
+    host, port = url.split("//")[1].split(":")
+    sock = socket.create_connection((host, int(port)))
+    sock.sendall(head.encode())
+    sock.setblocking(False)
+    chunk = b"1000\r\n" + b" " * 4096 + b"\r\n"
+    answer, answered_at, start = b"", None, time.monotonic()
+    try:
+        while time.monotonic() - start < seconds:
+            readable, writable, _ = select.select([sock], [sock], [], 0.1)
+            if readable:
+                try:
+                    data = sock.recv(65536)
+                except ConnectionResetError:
+                    data = b""
+                if not data:
+                    return answer.partition(b"\r\n\r\n")[0], time.monotonic() - (answered_at or start)
+                answer += data
+                if answered_at is None and b"\r\n\r\n" in answer:
+                    answered_at = time.monotonic()
+            if writable:
+                with contextlib.suppress(BlockingIOError, BrokenPipeError, ConnectionResetError):
+                    sock.send(chunk)
+        return answer.partition(b"\r\n\r\n")[0], None
+    finally:
+        sock.close()
+
+
+def chunked(path: str, *headers: str, host: str = "127.0.0.1") -> str:
+    return "\r\n".join([f"POST {path} HTTP/1.1", f"Host: {host}", "Content-Type: application/json",
+                        "Transfer-Encoding: chunked", *headers]) + "\r\n\r\n"
+
+
+def test_an_answer_sent_before_the_body_arrived_closes_the_connection(tmp_path: Path) -> None:
+    # After a 401 (413, 429, 421) decided on the head alone, uvicorn read and threw away the rest
+    # of the body for the 10 s request timeout, a full core per connection: a reviewer streamed
+    # 7 GB into one 401, with no token.
+    config = write_config(tmp_path, make_db(tmp_path / "data.db"), extra="rate_per_s: 0.01\nburst: 5\n")
+    auth = f"Authorization: Bearer {TOKEN}"
+    with agent_process(config) as agent:
+        for head, status in [
+            (chunked("/v1/prepare"), b"401"),
+            (chunked("/v1/prepare", auth).replace("Transfer-Encoding: chunked", "Content-Length: 10000000"), b"413"),
+        ]:
+            answer, closed_after = answered_while_streaming(agent.url, head)
+            assert answer.split(b" ")[1] == status and b"connection: close" in answer.lower(), answer
+            assert closed_after is not None and closed_after < 2, (status, closed_after)
+        for _ in range(5):
+            httpx.post(agent.url + "/v1/renew", headers={"Authorization": "Bearer guess"}, json={"run_id": "r1"})
+        answer, closed_after = answered_while_streaming(agent.url, chunked("/v1/renew"))
+        assert answer.split(b" ")[1] == b"429" and closed_after is not None and closed_after < 2, answer
+        # A body read whole keeps its connection for the next request, whatever the answer.
+        host, port = agent.url.split("//")[1].split(":")
+        with socket.create_connection((host, int(port))) as sock:
+            for _ in range(2):
+                sock.sendall(b"POST /v1/complete HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                             + auth.encode() + b"\r\nContent-Length: 2\r\n\r\n{}")
+                head = keep_alive_answer(sock)
+                assert head.startswith(b"HTTP/1.1 422") and b"connection:" not in head.lower(), head
+            assert keep_alive_request(sock, "/v1/status", HOLDER) == b"HTTP/1.1 200 OK"
+    tokenless = tmp_path / "tokenless"
+    tokenless.mkdir()
+    with agent_process(write_config(tokenless, make_db(tokenless / "data.db"), token=None)) as agent:
+        answer, closed_after = answered_while_streaming(agent.url, chunked("/v1/prepare", host="evil.example"))
+        assert answer.split(b" ")[1] == b"421" and closed_after is not None and closed_after < 2, answer

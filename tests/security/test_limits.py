@@ -21,7 +21,7 @@ import uvicorn
 
 from node_agent.app import create_app
 from node_agent.engines.sqlite import SqliteEngine, SqliteSettings
-from node_agent.ratelimit import DEFAULT_BURST, DEFAULT_RATE_PER_S, ClientRateLimit
+from node_agent.ratelimit import DEFAULT_BURST, DEFAULT_RATE_PER_S, ClientRateLimit, CloseIfBodyUnread
 from node_agent.service import AgentService
 from tests.agent.conftest import TOKEN as AGENT_TOKEN
 from tests.agent.conftest import agent_process, make_db, try_write, wait_until, write_config
@@ -76,7 +76,9 @@ def test_the_agent_limits_every_client_by_default(service: AgentService) -> None
     [limit] = [m for m in app.user_middleware if m.cls is ClientRateLimit]
     assert (limit.kwargs["rate_per_s"], limit.kwargs["burst"]) == (DEFAULT_RATE_PER_S, DEFAULT_BURST)
     assert limit.kwargs["credential"] is not None  # wrong tokens are counted apart from a holder's
-    assert app.user_middleware[0].cls is ClientRateLimit  # outermost: refused tokens are counted too
+    # Outermost but for the one that closes connections whose body went unread (its 429s too):
+    # refused tokens are counted.
+    assert [m.cls for m in app.user_middleware[:2]] == [CloseIfBodyUnread, ClientRateLimit]
     assert "429" in app.openapi()["paths"]["/v1/prepare"]["post"]["responses"]
 
 
