@@ -353,7 +353,7 @@ def guarded_http(request_timeout_s: float = REQUEST_TIMEOUT_S, max_per_client: i
 
 class CloseIfBodyUnread:
     """ASGI middleware, outermost: an answer that goes out before the request's body has all
-    arrived (a 401, 413, 421 or 429 decided on the head alone, or any other) says
+    arrived (a 401, 403, 413, 421 or 429 decided on the head alone, or any other) says
     ``Connection: close``, and uvicorn closes the connection once it is sent.
 
     Without it uvicorn kept the connection for a next request, reading and throwing away the rest
