@@ -83,6 +83,11 @@ def create_app(service: AgentService, token: str | None, *, max_body_bytes: int 
         title="snapctl-agent",
         version=__version__,
         description="Node agent of snapctl: holds one database engine in a snapshot-safe state under a lease.",
+        # No /docs or /redoc: served without a token, they ran a CDN's JavaScript in the agent's own
+        # origin, from where it could call a token-less agent as a same-origin page. /openapi.json
+        # stays: JSON, which no browser runs, and nothing the source does not say.
+        docs_url=None,
+        redoc_url=None,
     )
     app.add_middleware(BodyLimit, max_body_bytes=max_body_bytes)
     check = TokenCheck(token, metrics_token) if token else None

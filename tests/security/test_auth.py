@@ -18,9 +18,9 @@ from tests.agent.conftest import agent_process, make_db, write_config
 from tests.faults.harness import TOKEN, FaultCluster, create_db
 from tests.security.conftest import serve
 
-# Reachable without a token, by design: liveness, the Prometheus scrape (counters only, no run ids
-# or secrets: a scraper must not hold a credential that can freeze the database), the API's docs.
-PUBLIC = {"/v1/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+# Reachable without a token, by design: liveness and the API's description (JSON, nothing the
+# source does not say).
+PUBLIC = {"/v1/health", "/openapi.json"}
 
 BAD_CREDENTIALS = {
     "none": {},
@@ -185,3 +185,16 @@ def test_a_web_page_cannot_drive_an_agent_with_or_without_a_token(tmp_path: Path
         assert httpx.get(agent.url + "/v1/status", headers={**holder, "Origin": "http://evil.example"}
                          ).status_code == 403
         assert httpx.get(agent.url + "/v1/status", headers=holder).status_code == 200
+
+
+def test_no_page_of_the_agent_runs_javascript(solo: FaultCluster) -> None:
+    # /docs and /redoc, served without a token, loaded Swagger UI's and ReDoc's JavaScript from a
+    # CDN into the agent's own origin: whoever served that script could call a token-less agent
+    # from there as a same-origin page.
+    with httpx.Client(base_url=solo.url("solo"), timeout=10) as client:
+        for path in ("/docs", "/docs/oauth2-redirect", "/redoc"):
+            page = client.get(path)
+            assert page.status_code == 404 and "<script" not in page.text, path
+        described = client.get("/openapi.json")
+        assert described.headers["content-type"] == "application/json"
+        assert "/v1/prepare" in described.json()["paths"]
