@@ -52,10 +52,10 @@ def main(argv: list[str] | None = None) -> int:
         token = config.read_token()
         metrics_token = config.read_metrics_token()
         if token is None and not is_loopback(config.listen):
-            raise BadInputError(
-                f"refusing to listen on {config.listen} without a token",
-                hint=f"set token_file in {config.source}, pass --token-file FILE, or set ${config.token_env}",
-            )
+            hint = f"set token_file in {config.source} or pass --token-file FILE"
+            if config.token_env:  # null: the agent reads no variable, and "$None" misled
+                hint = f"set token_file in {config.source}, pass --token-file FILE, or set ${config.token_env}"
+            raise BadInputError(f"refusing to listen on {config.listen} without a token", hint=hint)
         config.check_tls_files()
         sock = _bind(config.listen, config.port)
     except SnapctlError as exc:

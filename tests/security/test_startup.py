@@ -56,3 +56,14 @@ def test_the_same_refusal_in_the_config_file(tokenless_config: Path) -> None:
 ])
 def test_what_counts_as_loopback(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
+
+
+def test_with_token_env_null_the_hint_names_no_variable(tokenless_config: Path) -> None:
+    # It said "or set $None".
+    tokenless_config.write_text(tokenless_config.read_text() + "token_env: null\n")
+    result = start_agent(tokenless_config, "--listen", "0.0.0.0", env={"SNAPCTL_AGENT_TOKEN": "t" * 32})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"snapctl-agent: error: refusing to listen on 0.0.0.0 without a token (hint: set token_file in "
+        f"{tokenless_config} or pass --token-file FILE)"
+    ]
