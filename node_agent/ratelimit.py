@@ -368,8 +368,8 @@ class CloseIfBodyUnread:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
-        length = headers.get(b"content-length", b"0").strip()
-        received = b"transfer-encoding" not in headers and (not length.isdigit() or int(length) == 0)
+        # No body announced is a body received; h11 lets only digits through as Content-Length.
+        received = b"transfer-encoding" not in headers and int(headers.get(b"content-length", b"0")) == 0
 
         async def noting_receive() -> Message:
             nonlocal received
