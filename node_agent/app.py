@@ -10,6 +10,7 @@ import hmac
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from fastapi import Body, FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
@@ -34,7 +35,13 @@ from node_agent.models import (
     TriggerResponse,
     VerifyFacts,
 )
-from node_agent.ratelimit import DEFAULT_BURST, DEFAULT_RATE_PER_S, ClientRateLimit
+from node_agent.ratelimit import (
+    DEFAULT_BURST,
+    DEFAULT_RATE_PER_S,
+    TOKEN_ACCEPTED,
+    ClientRateLimit,
+    CloseIfBodyUnread,
+)
 from node_agent.request_checks import describe_request_error
 from node_agent.service import AgentService
 from snapctl import __version__
@@ -51,6 +58,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     for code, text in (
         (400, "bad input"),
         (401, "missing or wrong bearer token"),
+        (403, "a request from a web page (an Origin not on loopback, or Sec-Fetch-Site: cross-site)"),
         (409, "the lease is held by another run, or this run does not hold it"),
         (413, "request body too large"),
         (422, "request body does not match the schema"),
@@ -75,6 +83,11 @@ def create_app(service: AgentService, token: str | None, *, max_body_bytes: int 
         title="snapctl-agent",
         version=__version__,
         description="Node agent of snapctl: holds one database engine in a snapshot-safe state under a lease.",
+        # No /docs or /redoc: served without a token, they ran a CDN's JavaScript in the agent's own
+        # origin, from where it could call a token-less agent as a same-origin page. /openapi.json
+        # stays: JSON, which no browser runs, and nothing the source does not say.
+        docs_url=None,
+        redoc_url=None,
     )
     app.add_middleware(BodyLimit, max_body_bytes=max_body_bytes)
     check = TokenCheck(token, metrics_token) if token else None
@@ -84,10 +97,13 @@ def create_app(service: AgentService, token: str | None, *, max_body_bytes: int 
         app.add_middleware(BearerAuth, check=check)
     else:  # ...and answers loopback names only: a web page must not reach it by DNS rebinding
         app.add_middleware(LoopbackHostOnly)
+    app.add_middleware(RefuseWebPages)  # whatever the token says, a web page is refused
     if rate_per_s is not None:
         # Outermost: counts refusals too, wrong tokens apart from a known holder's (see ratelimit).
         app.add_middleware(ClientRateLimit, rate_per_s=rate_per_s, burst=burst,
                            credential=check.accepted if check else None, endpoints=endpoints)
+    # Outermost of all: sees every answer, the rate limit's 429 too.
+    app.add_middleware(CloseIfBodyUnread)
     _install_error_handlers(app)
     # Only documents the scheme in OpenAPI; BearerAuth enforces it.
     bearer = HTTPBearer(auto_error=False, description="the agent's token (token_file or $SNAPCTL_AGENT_TOKEN)")
@@ -273,6 +289,8 @@ class BearerAuth:
             return
         problem = self.check(scope)
         if problem is None:
+            if self.check.accepted(scope) == "agent":
+                scope[TOKEN_ACCEPTED] = True  # its connection is the holder's: see guarded_http
             await self.app(scope, receive, send)
             return
         await _send(send, _error(401, problem, _AUTH_HINT, **{"WWW-Authenticate": "Bearer"}))
@@ -296,10 +314,49 @@ class LoopbackHostOnly:
         if host is None or is_loopback(host):
             await self.app(scope, receive, send)
             return
-        shown = host if host.isprintable() and len(host) <= 64 else "(unprintable or too long)"
-        await _send(send, _error(421, f"refusing a request for host {shown}: this agent has no token and "
+        await _send(send, _error(421, f"refusing a request for host {_shown(host)}: this agent has no token and "
                                       "answers only requests for localhost, 127.0.0.0/8 or [::1]",
                                  "address it as 127.0.0.1 or localhost, or give it a token (docs/security.md)"))
+
+
+class RefuseWebPages:
+    """403 to every request a web page made: one with an ``Origin`` that is not a loopback origin
+    (``null`` included), or with ``Sec-Fetch-Site: cross-site``. A page on any site could send a
+    "simple" cross-origin POST (``Content-Type: text/plain``, no preflight) to a token-less agent
+    on 127.0.0.1 and have it trigger, verify or (on a restore target) restore-prepare: the browser
+    sends the right ``Host``, and only the answer is kept from the page. snapctl, curl and
+    scrapers send neither header; on an agent with a token it costs nothing and holds as well."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        origin = headers.get(b"origin", b"").decode("latin-1")
+        if b"origin" in headers and not _loopback_origin(origin):
+            error = f"refusing a request from a web page (origin {_shown(origin)}): the agent serves no browser"
+        elif headers.get(b"sec-fetch-site", b"").strip().lower() == b"cross-site":
+            error = "refusing a request from a web page (sec-fetch-site: cross-site): the agent serves no browser"
+        else:
+            await self.app(scope, receive, send)
+            return
+        await _send(send, _error(403, error, "call the agent with snapctl, curl or a script, "
+                                             "which send no Origin or Sec-Fetch-Site header"))
+
+
+def _loopback_origin(origin: str) -> bool:
+    try:
+        parts = urlsplit(origin.strip())
+        return parts.scheme in ("http", "https") and parts.hostname is not None and is_loopback(parts.hostname)
+    except ValueError:  # a port that is no number, a bracket unclosed
+        return False
+
+
+def _shown(text: str) -> str:
+    return text if text.isprintable() and len(text) <= 64 else "(unprintable or too long)"
 
 
 def _host_name(host: str) -> str:

@@ -198,6 +198,9 @@ async def _too_many(send: Send, key: _Key, rate: float, burst: int, wait_s: floa
 
 REQUEST_TIMEOUT_S = 10.0  # a request must arrive whole within this of its connection opening or its last answer
 MAX_CONNECTIONS_PER_CLIENT = 32  # open connections per client address; snapctl needs a few
+# Set (True) in a request's scope by the app once it accepted the agent's token: the connection is
+# the token holder's, and is not closed to make room for another from its address.
+TOKEN_ACCEPTED = "snapctl.agent_token_accepted"
 
 
 def guarded_http(request_timeout_s: float = REQUEST_TIMEOUT_S, max_per_client: int = MAX_CONNECTIONS_PER_CLIENT,
@@ -209,8 +212,15 @@ def guarded_http(request_timeout_s: float = REQUEST_TIMEOUT_S, max_per_client: i
     descriptors and snapctl's renew and complete could no longer connect. So a connection whose
     request has not arrived whole (headers and body) ``request_timeout_s`` after it opened or after
     its last answer is closed (a request the app is working on, a prepare waiting for its hold, is
-    not timed), and a client address gets at most ``max_per_client`` connections open at once:
-    those beyond are closed at once.
+    not timed), and a client address gets at most ``max_per_client`` connections open at once.
+
+    A new connection beyond that bound closes the oldest of its address's that has no request
+    under way (idle, or still sending its head) and has never carried the agent's token, not the
+    new one: refusing the newcomer let anyone without a token hold the bound with half-sent
+    requests from snapctl's address and have snapctl's renew and complete refused until its lease
+    ran out. A connection whose request is being answered is never closed for this, nor one that
+    carried the token (only the token's holder can make those); when every other one is such, the
+    new connection is closed instead.
 
     ``tls``: serve HTTPS, the handshake done here (give uvicorn no ssl settings then). Left to
     uvicorn, it came before the protocol saw the connection: a client that never finished its
@@ -222,7 +232,8 @@ def guarded_http(request_timeout_s: float = REQUEST_TIMEOUT_S, max_per_client: i
     from uvicorn.protocols.http.h11_impl import H11Protocol
     from uvicorn.protocols.utils import get_remote_addr
 
-    open_per_client: dict[str, int] = {}
+    # Each address's open connections, oldest first (a dict as an ordered set).
+    open_per_client: dict[str, dict[GuardedH11Protocol, None]] = {}
     warned: set[str] = set()
 
     class GuardedH11Protocol(H11Protocol):
@@ -231,6 +242,7 @@ def guarded_http(request_timeout_s: float = REQUEST_TIMEOUT_S, max_per_client: i
         _raw: asyncio.Transport | None = None  # the TCP connection while its TLS handshake runs
         _early: list[bytes] | None = None  # requests TLS decrypted before the HTTP side was told of it
         _handshake: asyncio.Task[None] | None = None
+        _vouched = False  # a request on it carried the agent's token: never closed to admit another
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             if tls is None:
@@ -248,15 +260,33 @@ def guarded_http(request_timeout_s: float = REQUEST_TIMEOUT_S, max_per_client: i
         def _admit(self, transport: asyncio.Transport) -> bool:
             host = client_of(str((get_remote_addr(transport) or ("unknown",))[0]))
             self._counted = host
-            open_per_client[host] = open_per_client.get(host, 0) + 1
-            if open_per_client[host] <= max_per_client:
+            mine = open_per_client.setdefault(host, {})
+            mine[self] = None
+            if len(mine) <= max_per_client:
                 return True
             if host not in warned:
                 warned.add(host)
-                log.warning("refusing connections from %s: more than %d open at once; closing those beyond",
-                            host, max_per_client)
+                log.warning("more than %d connections open at once from %s: closing the oldest without a request "
+                            "under way or the agent's token (else the new one) for each one beyond",
+                            max_per_client, host)
+            oldest = next((c for c in mine if c is not self and c._closable()), None)
+            if oldest is not None:
+                oldest._close_for_another()
+                return True
+            self._release()
             transport.close()
             return False
+
+        def _closable(self) -> bool:
+            cycle = self.cycle
+            busy = cycle is not None and not cycle.response_complete  # being answered, or its body arriving
+            return not busy and not self._vouched
+
+        def _close_for_another(self) -> None:
+            transport = self._raw or self.transport
+            self._release()  # at once: more connections may arrive before its connection_lost
+            if transport is not None and not transport.is_closing():
+                transport.close()
 
         async def _start_tls(self, raw: asyncio.Transport) -> None:
             assert tls is not None
@@ -282,6 +312,8 @@ def guarded_http(request_timeout_s: float = REQUEST_TIMEOUT_S, max_per_client: i
                 super().data_received(data)
 
         def on_response_complete(self) -> None:
+            if self.cycle is not None and self.cycle.scope.get(TOKEN_ACCEPTED):
+                self._vouched = True
             super().on_response_complete()
             self._arm()
 
@@ -295,8 +327,9 @@ def guarded_http(request_timeout_s: float = REQUEST_TIMEOUT_S, max_per_client: i
                 self._slow_timer.cancel()
             host, self._counted = self._counted, None
             if host is not None:
-                open_per_client[host] -= 1
-                if not open_per_client[host]:
+                mine = open_per_client[host]
+                del mine[self]
+                if not mine:
                     del open_per_client[host]
                     warned.discard(host)
 
@@ -316,3 +349,40 @@ def guarded_http(request_timeout_s: float = REQUEST_TIMEOUT_S, max_per_client: i
                 transport.close()
 
     return GuardedH11Protocol
+
+
+class CloseIfBodyUnread:
+    """ASGI middleware, outermost: an answer that goes out before the request's body has all
+    arrived (a 401, 403, 413, 421 or 429 decided on the head alone, or any other) says
+    ``Connection: close``, and uvicorn closes the connection once it is sent.
+
+    Without it uvicorn kept the connection for a next request, reading and throwing away the rest
+    of the body until the request timeout (10 s): a full core per connection for anyone who could
+    reach the port, no token needed (a reviewer streamed 7 GB into one 401)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        # No body announced is a body received; h11 lets only digits through as Content-Length.
+        received = b"transfer-encoding" not in headers and int(headers.get(b"content-length", b"0")) == 0
+
+        async def noting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                received = True
+            return message
+
+        async def closing_send(message: Message) -> None:
+            if message["type"] == "http.response.start" and not received:
+                sent = list(message.get("headers") or [])
+                if not any(name.lower() == b"connection" for name, _ in sent):
+                    message = {**message, "headers": [*sent, (b"connection", b"close")]}
+            await send(message)
+
+        await self.app(scope, noting_receive, closing_send)

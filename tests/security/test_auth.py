@@ -13,12 +13,14 @@ from node_agent.app import create_app
 from node_agent.config import parse_agent_config
 from node_agent.engines.sqlite import SqliteEngine, SqliteSettings
 from node_agent.service import AgentService
+from tests.agent.conftest import TOKEN as AGENT_TOKEN
+from tests.agent.conftest import agent_process, make_db, write_config
 from tests.faults.harness import TOKEN, FaultCluster, create_db
 from tests.security.conftest import serve
 
-# Reachable without a token, by design: liveness, the Prometheus scrape (counters only, no run ids
-# or secrets: a scraper must not hold a credential that can freeze the database), the API's docs.
-PUBLIC = {"/v1/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+# Reachable without a token, by design: liveness and the API's description (JSON, nothing the
+# source does not say).
+PUBLIC = {"/v1/health", "/openapi.json"}
 
 BAD_CREDENTIALS = {
     "none": {},
@@ -149,3 +151,50 @@ def test_an_agent_without_a_token_answers_loopback_names_only(tmp_path: Path) ->
             assert client.post("/v1/complete", json={"run_id": "r1"}).json()["released"] is True
     finally:
         service.close()
+
+
+def test_a_web_page_cannot_drive_an_agent_with_or_without_a_token(tmp_path: Path) -> None:
+    # A page on any site could send a "simple" cross-origin POST (text/plain, no preflight) to a
+    # token-less agent on 127.0.0.1: the browser sends Host 127.0.0.1:PORT, which passes the
+    # rebinding check, and only the answer is kept from the page. Trigger, verify and
+    # restore-prepare ran.
+    config = write_config(tmp_path, make_db(tmp_path / "data.db"), token=None, extra="restore_target: true\n")
+    page = {"Content-Type": "text/plain", "Origin": "http://evil.example"}
+    with agent_process(config) as agent, httpx.Client(base_url=agent.url, timeout=10) as client:
+        for path in ("/v1/trigger", "/v1/verify", "/v1/restore-prepare"):
+            refused = client.post(path, headers=page, content=b"")
+            assert refused.status_code == 403, path
+            assert refused.json() == {
+                "error": "refusing a request from a web page (origin http://evil.example): the agent serves no browser",
+                "hint": "call the agent with snapctl, curl or a script, which send no Origin or Sec-Fetch-Site header",
+                "holder": None}
+        assert client.post("/v1/verify", headers={**page, "Origin": "null"}).status_code == 403  # a sandboxed frame
+        # A GET needs no Origin from a browser, but says where it came from.
+        assert client.get("/v1/status", headers={"Sec-Fetch-Site": "cross-site"}).status_code == 403
+        assert client.get("/v1/health", headers={"Sec-Fetch-Site": "cross-site"}).status_code == 403
+        # A loopback origin is this host's own, like any process on it; snapctl sends neither header.
+        port = agent.url.rsplit(":", 1)[1]
+        for origin in (f"http://127.0.0.1:{port}", "http://localhost:3000", "https://[::1]:8443"):
+            assert client.post("/v1/verify", headers={**page, "Origin": origin}).status_code == 200, origin
+        assert client.post("/v1/trigger", headers={"Sec-Fetch-Site": "same-origin"}).status_code == 200
+        assert client.post("/v1/verify").status_code == 200
+    with_token = tmp_path / "with-token"
+    with_token.mkdir()
+    holder = {"Authorization": f"Bearer {AGENT_TOKEN}"}
+    with agent_process(write_config(with_token, make_db(with_token / "data.db"))) as agent:
+        assert httpx.get(agent.url + "/v1/status", headers={**holder, "Origin": "http://evil.example"}
+                         ).status_code == 403
+        assert httpx.get(agent.url + "/v1/status", headers=holder).status_code == 200
+
+
+def test_no_page_of_the_agent_runs_javascript(solo: FaultCluster) -> None:
+    # /docs and /redoc, served without a token, loaded Swagger UI's and ReDoc's JavaScript from a
+    # CDN into the agent's own origin: whoever served that script could call a token-less agent
+    # from there as a same-origin page.
+    with httpx.Client(base_url=solo.url("solo"), timeout=10) as client:
+        for path in ("/docs", "/docs/oauth2-redirect", "/redoc"):
+            page = client.get(path)
+            assert page.status_code == 404 and "<script" not in page.text, path
+        described = client.get("/openapi.json")
+        assert described.headers["content-type"] == "application/json"
+        assert "/v1/prepare" in described.json()["paths"]

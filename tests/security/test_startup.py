@@ -7,9 +7,11 @@ import os
 import subprocess
 from pathlib import Path
 
+import httpx
 import pytest
 
 from node_agent.main import is_loopback
+from tests.agent.conftest import agent_process, make_db, write_config
 from tests.faults.harness import AGENT_BIN, create_db
 
 
@@ -56,3 +58,51 @@ def test_the_same_refusal_in_the_config_file(tokenless_config: Path) -> None:
 ])
 def test_what_counts_as_loopback(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
+
+
+def test_with_token_env_null_the_hint_names_no_variable(tokenless_config: Path) -> None:
+    # It said "or set $None".
+    tokenless_config.write_text(tokenless_config.read_text() + "token_env: null\n")
+    result = start_agent(tokenless_config, "--listen", "0.0.0.0", env={"SNAPCTL_AGENT_TOKEN": "t" * 32})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"snapctl-agent: error: refusing to listen on 0.0.0.0 without a token (hint: set token_file in "
+        f"{tokenless_config} or pass --token-file FILE)"
+    ]
+
+
+def test_a_short_token_is_refused_beyond_loopback_and_warned_about_on_it(tmp_path: Path,
+                                                                        tokenless_config: Path) -> None:
+    # Nothing refused a one-character token, even on 0.0.0.0: guessed within the first burst.
+    short = tmp_path / "short.token"
+    short.write_text("abc123def456ghi\n")  # 15 characters
+    short.chmod(0o600)
+    # Addresses no host here has (TEST-NET): were the refusal gone, binding would fail, not listen beyond loopback.
+    result = start_agent(tokenless_config, "--listen", "192.0.2.10", "--token-file", str(short))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"snapctl-agent: error: {tokenless_config}: token_file {short} holds a token shorter than 16 characters: "
+        f"refusing to listen on 192.0.2.10 with a token that short (hint: generate a long random one: "
+        f"(umask 077 && openssl rand -hex 32 > {short}))"
+    ]
+    result = start_agent(tokenless_config, "--listen", "198.51.100.7", env={"SNAPCTL_AGENT_TOKEN": "x"})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "snapctl-agent: error: $SNAPCTL_AGENT_TOKEN holds a token shorter than 16 characters: refusing to listen "
+        "on 198.51.100.7 with a token that short (hint: generate a long random one: set $SNAPCTL_AGENT_TOKEN to "
+        "the output of openssl rand -hex 32)"
+    ]
+    assert "listening on" not in result.stdout + result.stderr
+    # On loopback it starts, and says so once; 16 characters pass.
+    for token, warned in (("abc123def456ghi", True), ("abc123def456ghij", False)):
+        home = tmp_path / f"len-{len(token)}"
+        home.mkdir()
+        config = write_config(home, make_db(home / "data.db"), token=token)
+        with agent_process(config) as agent:
+            assert httpx.get(agent.url + "/v1/status", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+        warnings = [line.split(" WARNING snapctl.agent: ", 1)[1] for line in agent.log.splitlines() if " WARNING " in line]
+        assert warnings == ([
+            f"{config}: token_file {home / 'agent.token'} holds a token shorter than 16 characters, which any local "
+            "user could guess (the rate limit only slows guessing down); generate a long random one: "
+            f"(umask 077 && openssl rand -hex 32 > {home / 'agent.token'})"] if warned else [])
+        assert token not in agent.log
