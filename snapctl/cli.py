@@ -60,9 +60,10 @@ NodesOpt = Annotated[list[str] | None,
 _PROM_EXAMPLE = "/var/lib/node_exporter/textfile_collector/snapctl.prom"  # as metrics' own hint
 TextfileOpt = Annotated[str | None, typer.Option("--textfile", metavar="PATH",
                                                    help="Also write node_exporter metrics to PATH (*.prom).")]
+# No envvar: $SNAPCTL_INVENTORY names the real cluster's inventory, and `demo up` on it made its
+# databases the demo's (WAL, a table, a writer inserting rows).
 DemoInventoryOpt = Annotated[
-    str, typer.Option("-i", "--inventory", envvar="SNAPCTL_INVENTORY", metavar="FILE",
-                      help="The demo's inventory.")
+    str, typer.Option("-i", "--inventory", metavar="FILE", help="The demo's inventory (never $SNAPCTL_INVENTORY).")
 ]
 
 
