@@ -70,7 +70,8 @@ DemoInventoryOpt = Annotated[
 def _inventory(path: str | None):
     from snapctl.config import load_inventory
 
-    return load_inventory(path)
+    # `-i ""` (a script's unset variable) read $SNAPCTL_INVENTORY or ./inventory.yaml instead.
+    return load_inventory(_path(path, "-i", "inventory.yaml"))
 
 
 def _renderer(output: str):
@@ -297,12 +298,18 @@ def gc(
                                               include_unknown_runs=include_unknown_runs))
 
 
+def _demo_inventory(path: str):
+    from snapctl import demo
+
+    return demo.load_demo_inventory(_path(path, "-i", demo.EXAMPLE))
+
+
 @demo_app.command("up")
 def demo_up(inventory: DemoInventoryOpt = "inventory.example.yaml", output: OutputOpt = "text") -> int:
     """Start the demo cluster's agents and writers (idempotent)."""
     from snapctl import demo
 
-    return _renderer(output).demo_cluster(demo.up(demo.load_demo_inventory(inventory)))
+    return _renderer(output).demo_cluster(demo.up(_demo_inventory(inventory)))
 
 
 @demo_app.command("down")
@@ -310,7 +317,7 @@ def demo_down(inventory: DemoInventoryOpt = "inventory.example.yaml", output: Ou
     """Stop the demo cluster (agents release anything held on the way out)."""
     from snapctl import demo
 
-    return _renderer(output).demo_cluster(demo.down(demo.load_demo_inventory(inventory)))
+    return _renderer(output).demo_cluster(demo.down(_demo_inventory(inventory)))
 
 
 @demo_app.command("run", short_help="Start the demo cluster, back it up, restore, check the rows.")
@@ -323,7 +330,7 @@ def demo_run(
     from snapctl import demo
 
     out = _renderer(output)
-    return demo.run(demo.load_demo_inventory(inventory), out, keep=keep)
+    return demo.run(_demo_inventory(inventory), out, keep=keep)
 
 
 def _reporting_interrupts(command):

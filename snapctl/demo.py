@@ -49,7 +49,7 @@ class DemoCluster:
     action: str = "up"
 
 
-def load_demo_inventory(path: str) -> Inventory:
+def load_demo_inventory(path: str | os.PathLike[str]) -> Inventory:
     """The demo's inventory at ``path``. Where there is none, the error says where the demo's own
     is: run from elsewhere than the clone, "copy inventory.example.yaml to inventory.yaml" (every
     other command's advice) helped no one."""
