@@ -388,14 +388,24 @@ def _choice(value: str | None, allowed: tuple[str, ...], flag: str) -> str | Non
 
 
 def _optional_watch_seconds(argv: list[str]) -> list[str]:
-    """`status --watch [SECONDS]`: click options cannot take an optional value, so a bare --watch gets 2 s."""
+    """`status --watch [SECONDS]`: click options cannot take an optional value, so a bare --watch gets 2 s.
+    A negative number is its value, not another option: `--watch -1` said "No such option: -1"
+    where the interval's own check says what to give."""
     out: list[str] = []
     for index, arg in enumerate(argv):
         out.append(arg)
-        bare = index + 1 == len(argv) or argv[index + 1].startswith("-")
+        bare = index + 1 == len(argv) or (argv[index + 1].startswith("-") and not _is_number(argv[index + 1]))
         if arg in ("--watch", "-w") and bare and "status" in argv[:index]:
             out.append("2")
     return out
+
+
+def _is_number(arg: str) -> bool:
+    try:
+        float(arg)
+    except ValueError:
+        return False
+    return True
 
 
 def _report(exc) -> int:
