@@ -86,8 +86,8 @@ def check_demo_inventory(inventory: Inventory) -> None:
         problem = _not_the_demos_schema(database)
         if problem:
             raise BadInputError(f"node {node.name}: {database} is not a demo database: {problem}",
-                                hint="the demo creates its databases itself; move this file away (or run "
-                                     "`snapctl demo down` and delete .snapctl-demo/) to start a new demo")
+                                hint=f"the demo makes its databases itself: give it an inventory whose databases do "
+                                     f"not exist yet, as {EXAMPLE}'s do before the first `demo up`")
 
 
 def up(inventory: Inventory) -> DemoCluster:

@@ -306,7 +306,8 @@ def test_an_empty_inventory_flag_is_refused_not_taken_for_no_flag(tmp_path, args
     flag = "--inventory" if args[-1] == "--inventory" else "-i"
     argv = [*args, *([] if flag == "--inventory" else ["-i"]), "", "-o", "json"]
     result = subprocess.run([sys.executable, "-m", "snapctl.cli", *argv], capture_output=True, text=True, cwd=tmp_path,
-                            env={**os.environ, "SNAPCTL_INVENTORY": str(tmp_path / "inv.yaml")}, timeout=60)
+                            env={**os.environ, "SNAPCTL_INVENTORY": str(tmp_path / "inv.yaml")}, timeout=60,
+                            check=False)
     assert result.returncode == ExitCode.BAD_INPUT, result.stdout + result.stderr
     document = json.loads(result.stdout)
     assert document["error"] == "-i '': give a path, not an empty string"

@@ -74,8 +74,8 @@ def test_a_backup_stopped_while_it_waits_for_its_snapshots_keeps_them_and_ends_a
 
     assert process.returncode == 130, stderr
     assert stderr.splitlines()[-2:] == [  # the error itself says the run is kept, and how to check it
-        f"snapctl: error: interrupted (Ctrl-C or SIGTERM): backup {run_id} is kept, its snapshots not confirmed "
-        "complete",
+        (f"snapctl: error: interrupted (Ctrl-C or SIGTERM): backup {run_id} is kept, its snapshots not confirmed "
+         "complete"),
         f"  hint: `snapctl verify {run_id}` asks the provider whether its snapshots are there and complete"]
     assert f"interrupted: backup {run_id} is kept, its snapshots not confirmed complete" in stderr
     assert "rolling back" not in stderr

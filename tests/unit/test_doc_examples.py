@@ -278,7 +278,7 @@ def test_the_readme_exit_code_table_is_the_clis() -> None:
 def _prose_sentences(text: str) -> Iterator[str]:
     """The sentences of ``text``'s prose: table rows (reliability.md's tell what the code once
     did) and code blocks left out, lines of a paragraph joined."""
-    prose = re.sub(r"```.*?```", "", text, flags=re.S)
+    prose = re.sub(r"```.*?```", "", text, flags=re.DOTALL)
     for paragraph in re.split(r"\n\s*\n", prose):
         lines = [line.strip() for line in paragraph.splitlines() if not line.lstrip().startswith("|")]
         yield from re.split(r"(?<=[.;])\s+(?=[A-Z(`])", " ".join(lines))
