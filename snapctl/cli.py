@@ -60,16 +60,18 @@ NodesOpt = Annotated[list[str] | None,
 _PROM_EXAMPLE = "/var/lib/node_exporter/textfile_collector/snapctl.prom"  # as metrics' own hint
 TextfileOpt = Annotated[str | None, typer.Option("--textfile", metavar="PATH",
                                                    help="Also write node_exporter metrics to PATH (*.prom).")]
+# No envvar: $SNAPCTL_INVENTORY names the real cluster's inventory, and `demo up` on it made its
+# databases the demo's (WAL, a table, a writer inserting rows).
 DemoInventoryOpt = Annotated[
-    str, typer.Option("-i", "--inventory", envvar="SNAPCTL_INVENTORY", metavar="FILE",
-                      help="The demo's inventory.")
+    str, typer.Option("-i", "--inventory", metavar="FILE", help="The demo's inventory (never $SNAPCTL_INVENTORY).")
 ]
 
 
 def _inventory(path: str | None):
     from snapctl.config import load_inventory
 
-    return load_inventory(path)
+    # `-i ""` (a script's unset variable) read $SNAPCTL_INVENTORY or ./inventory.yaml instead.
+    return load_inventory(_path(path, "-i", "inventory.yaml"))
 
 
 def _renderer(output: str):
@@ -296,12 +298,18 @@ def gc(
                                               include_unknown_runs=include_unknown_runs))
 
 
+def _demo_inventory(path: str):
+    from snapctl import demo
+
+    return demo.load_demo_inventory(_path(path, "-i", demo.EXAMPLE))
+
+
 @demo_app.command("up")
 def demo_up(inventory: DemoInventoryOpt = "inventory.example.yaml", output: OutputOpt = "text") -> int:
     """Start the demo cluster's agents and writers (idempotent)."""
     from snapctl import demo
 
-    return _renderer(output).demo_cluster(demo.up(demo.load_demo_inventory(inventory)))
+    return _renderer(output).demo_cluster(demo.up(_demo_inventory(inventory)))
 
 
 @demo_app.command("down")
@@ -309,7 +317,7 @@ def demo_down(inventory: DemoInventoryOpt = "inventory.example.yaml", output: Ou
     """Stop the demo cluster (agents release anything held on the way out)."""
     from snapctl import demo
 
-    return _renderer(output).demo_cluster(demo.down(demo.load_demo_inventory(inventory)))
+    return _renderer(output).demo_cluster(demo.down(_demo_inventory(inventory)))
 
 
 @demo_app.command("run", short_help="Start the demo cluster, back it up, restore, check the rows.")
@@ -322,7 +330,7 @@ def demo_run(
     from snapctl import demo
 
     out = _renderer(output)
-    return demo.run(demo.load_demo_inventory(inventory), out, keep=keep)
+    return demo.run(_demo_inventory(inventory), out, keep=keep)
 
 
 def _reporting_interrupts(command):
@@ -380,14 +388,24 @@ def _choice(value: str | None, allowed: tuple[str, ...], flag: str) -> str | Non
 
 
 def _optional_watch_seconds(argv: list[str]) -> list[str]:
-    """`status --watch [SECONDS]`: click options cannot take an optional value, so a bare --watch gets 2 s."""
+    """`status --watch [SECONDS]`: click options cannot take an optional value, so a bare --watch gets 2 s.
+    A negative number is its value, not another option: `--watch -1` said "No such option: -1"
+    where the interval's own check says what to give."""
     out: list[str] = []
     for index, arg in enumerate(argv):
         out.append(arg)
-        bare = index + 1 == len(argv) or argv[index + 1].startswith("-")
+        bare = index + 1 == len(argv) or (argv[index + 1].startswith("-") and not _is_number(argv[index + 1]))
         if arg in ("--watch", "-w") and bare and "status" in argv[:index]:
             out.append("2")
     return out
+
+
+def _is_number(arg: str) -> bool:
+    try:
+        float(arg)
+    except ValueError:
+        return False
+    return True
 
 
 def _report(exc) -> int:

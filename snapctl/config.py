@@ -439,7 +439,8 @@ def load_inventory(path: str | os.PathLike[str] | None = None) -> Inventory:
         data = file.read_bytes()
         text = data.decode("utf-8")  # YAML is UTF-8 text: not whatever the locale says (cron's may be C)
     except FileNotFoundError:
-        raise InventoryError(f"{file}: inventory file not found", hint="pass -i FILE, set SNAPCTL_INVENTORY, "
+        where = "" if file.is_absolute() else f" in {Path.cwd()}"  # cron's and CI's cwd is rarely the one meant
+        raise InventoryError(f"{file}: inventory file not found{where}", hint="pass -i FILE, set SNAPCTL_INVENTORY, "
                              "or copy inventory.example.yaml to inventory.yaml") from None
     except OSError as exc:
         raise InventoryError(f"{file}: cannot read inventory: {os_reason(exc)}") from exc

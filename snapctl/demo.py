@@ -49,7 +49,7 @@ class DemoCluster:
     action: str = "up"
 
 
-def load_demo_inventory(path: str) -> Inventory:
+def load_demo_inventory(path: str | os.PathLike[str]) -> Inventory:
     """The demo's inventory at ``path``. Where there is none, the error says where the demo's own
     is: run from elsewhere than the clone, "copy inventory.example.yaml to inventory.yaml" (every
     other command's advice) helped no one."""
@@ -64,13 +64,37 @@ def load_demo_inventory(path: str) -> Inventory:
                     f"it, in {DEMO_DIR}/")
         where = "" if file.is_absolute() else f" in {Path.cwd()}"
         raise InventoryError(f"{file}: inventory file not found{where}", hint=hint)
-    return load_inventory(file)
+    inventory = load_inventory(file)
+    check_demo_inventory(inventory)
+    return inventory
+
+
+def check_demo_inventory(inventory: Inventory) -> None:
+    """Refuse an inventory whose databases are not the demo's own: `demo up` switches each to WAL,
+    creates its table and starts a writer inserting rows. Pointed at a production inventory
+    (through $SNAPCTL_INVENTORY, which the demo once read) it did all that to the real databases.
+    A demo database lives in the demo's state directory and either does not exist yet or holds
+    the demo's table only: a path check alone would pass a real database moved there, a schema
+    check alone a real database that happens to have one `events` table."""
+    state = inventory.resolve(DEMO_DIR).resolve()
+    for node in inventory.nodes:
+        database = _database(inventory, node)
+        if not database.is_relative_to(state):
+            raise BadInputError(f"node {node.name}: {database} is not a demo database: the demo's databases live "
+                                f"in {state}/", hint=f"the demo runs on its own inventory ({EXAMPLE}), not a real "
+                                "cluster's; engine: {type: sqlite, path: .snapctl-demo/NODE/data/demo.db}")
+        problem = _not_the_demos_schema(database)
+        if problem:
+            raise BadInputError(f"node {node.name}: {database} is not a demo database: {problem}",
+                                hint=f"the demo makes its databases itself: give it an inventory whose databases do "
+                                     f"not exist yet, as {EXAMPLE}'s do before the first `demo up`")
 
 
 def up(inventory: Inventory) -> DemoCluster:
     """Start every node's agent and one writer for all databases; already running ones are kept.
     When one does not come up, what this call started is stopped again: a failed `demo up` leaves
     nothing behind to get in the way of the next."""
+    check_demo_inventory(inventory)  # before anything is made: the writer and the agents change a database
     state = inventory.resolve(DEMO_DIR)
     # Every node is checked before anything starts: a bad second node left the first one's agent running.
     places = [(node, _loopback_address(node), _database(inventory, node)) for node in inventory.nodes]
@@ -180,6 +204,33 @@ def _token_file(inventory: Inventory) -> Path:
         with os.fdopen(fd, "w") as handle:
             handle.write(secrets.token_urlsafe(32) + "\n")
     return path.resolve()
+
+
+def _not_the_demos_schema(database: Path) -> str | None:
+    """Why ``database`` is not one the demo made, or None: it does not exist, is empty, or holds
+    the demo writer's table alone. Read-only: nothing is written to a database being judged."""
+    import sqlite3
+
+    from snapctl.demo_writer import COLUMNS, TABLE
+
+    if not database.exists():
+        return None
+    try:
+        conn = sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True)
+        try:
+            objects = conn.execute("SELECT type, name FROM sqlite_master ORDER BY type, name").fetchall()
+            columns = tuple(row[1] for row in conn.execute(f"PRAGMA table_info({TABLE})"))
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        return f"cannot read it as a sqlite database ({exc})"
+    others = [name for _, name in objects if name != TABLE]
+    if others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        return f"it holds {shown}, not only the demo's table {TABLE}"
+    if objects and columns != COLUMNS:
+        return f"its table {TABLE} has columns {', '.join(columns)}, not the demo's {', '.join(COLUMNS)}"
+    return None
 
 
 def _create_schema(database: Path) -> None:

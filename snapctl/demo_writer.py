@@ -8,7 +8,8 @@ import sqlite3
 import sys
 import time
 
-SCHEMA = "CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, payload TEXT NOT NULL, created_at REAL NOT NULL)"
+TABLE, COLUMNS = "events", ("id", "payload", "created_at")  # the demo's check of a database reads these
+SCHEMA = f"CREATE TABLE IF NOT EXISTS {TABLE} (id INTEGER PRIMARY KEY, payload TEXT NOT NULL, created_at REAL NOT NULL)"
 
 
 def open_db(path: str) -> sqlite3.Connection:

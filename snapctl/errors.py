@@ -199,9 +199,11 @@ class Interrupted(SnapctlError):
 
     exit_code = ExitCode.INTERRUPTED
 
-    def __init__(self, what: str | None = None) -> None:
-        """``what``: the step that was cut short, e.g. "node n1: restore of snapshot S to D"."""
-        super().__init__(f"{what} was interrupted (Ctrl-C or SIGTERM)" if what else "interrupted (Ctrl-C or SIGTERM)")
+    def __init__(self, what: str | None = None, *, outcome: str | None = None, hint: str | None = None) -> None:
+        """``what``: the step that was cut short, e.g. "node n1: restore of snapshot S to D";
+        ``outcome``: what became of the work, e.g. "backup R was rolled back"."""
+        message = f"{what} was interrupted (Ctrl-C or SIGTERM)" if what else "interrupted (Ctrl-C or SIGTERM)"
+        super().__init__(f"{message}: {outcome}" if outcome else message, hint=hint)
 
 
 class VerifyMismatch(SnapctlError):

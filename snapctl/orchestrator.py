@@ -32,6 +32,7 @@ from snapctl.errors import (
     AgentError,
     AgentTimeout,
     AgentUnreachable,
+    Interrupted,
     ProviderError,
     ProviderUnreachable,
     RunFailed,
@@ -46,6 +47,7 @@ from snapctl.provider_wait import after_release, wait_out_transient
 from snapctl.provider_worker import CALL_RUNNER_READY_S, call_runner
 from snapctl.providers import TAG_RUN, NodeVolumes, Provider, SnapshotRef, node_volumes, open_provider, snapshot_tags
 from snapctl.run_failure import (
+    NOT_DELETED,
     hold_ended_before_complete,
     joined,
     node_reason,
@@ -447,8 +449,7 @@ async def _roll_back(run: _Run, cause: BaseException) -> None:
             leftover[ref.snapshot_id] = str(exc)
             outage = exc if isinstance(exc, CLOUD_OUTAGE) else None
     if leftover:
-        manifest.degradations.append("snapshots not deleted (snapctl gc finds them): "
-                                     + ", ".join(f"{i} ({why})" for i, why in leftover.items()))
+        manifest.degradations.append(NOT_DELETED + ", ".join(f"{i} ({why})" for i, why in leftover.items()))
     for record in manifest.nodes.values():
         record.snapshots = [r for r in record.snapshots if r.snapshot_id in leftover]
     manifest.status = "failed"
@@ -479,10 +480,11 @@ async def _wait_for_completion(run: _Run, wait: bool = True) -> None:
         # Stopped, not failed: with every snapshot taken and every node released this is a backup,
         # kept as a --no-wait run's is (and as the next run closes one killed here).
         keep_unconfirmed(manifest, "interrupted (Ctrl-C or SIGTERM)")
-        run.reporter.step("wait", f"interrupted: backup {manifest.run_id} is kept, its snapshots not confirmed "
-                                  "complete (as with --no-wait: prune and verify ask the provider)")
+        kept = f"backup {manifest.run_id} is kept, its snapshots not confirmed complete"
+        run.reporter.step("wait", f"interrupted: {kept} (as with --no-wait: prune and verify ask the provider)")
         save_success(run.catalog, manifest)
-        raise
+        raise Interrupted(outcome=kept, hint=f"`snapctl verify {manifest.run_id}` asks the provider whether its "
+                                             "snapshots are there and complete") from None
     except BaseException as exc:
         await _roll_back(run, exc)
         raise _as_run_failure(run, exc) from exc

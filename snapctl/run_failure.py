@@ -6,18 +6,18 @@ from __future__ import annotations
 import asyncio
 
 from node_agent.models import LOST_ON_ENGINE
-from snapctl.errors import AgentError, AgentUnauthorized, AgentUnreachable, RunFailed, SnapctlError
+from snapctl.errors import AgentError, AgentUnauthorized, AgentUnreachable, Interrupted, RunFailed, SnapctlError
 from snapctl.manifest import Manifest
 from snapctl.redact import redact
+
+NOT_DELETED = "snapshots not deleted (snapctl gc finds them): "  # how a rollback's record names what it left
 
 
 def run_failure(manifest: Manifest, exc: BaseException, unrecorded: str | None,
                 timed_out: dict[str, SnapctlError | None]) -> BaseException:
-    """The error a failed run raises, its cause ``exc`` (an interrupt stays itself); ``unrecorded``:
+    """The error a failed run raises, its cause ``exc`` (an interrupt: ``Interrupted``); ``unrecorded``:
     why the catalog could not record the failure; ``timed_out``: node -> how its snapshot call,
     which outlasted the freeze, ended later."""
-    if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)):
-        return exc
     cause = reason(exc)
     # Each node once: its record's error less the "node <name>: " its message starts with, and not
     # the cause again.
@@ -26,6 +26,8 @@ def run_failure(manifest: Manifest, exc: BaseException, unrecorded: str | None,
     if unrecorded:
         failed.append(f"the catalog could not record the failure: {unrecorded}")
     detail = f" ({'; '.join(failed)})" if failed else ""
+    if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)):
+        return rolled_back_on_interrupt(manifest, detail)
     hint = exc.hint if isinstance(exc, SnapctlError) else None
     # A call that outlasted the freeze and then failed says better what to do than "raise
     # max_freeze_s": the cause's own, else another's (a cloud's Retry-After on one node's call
@@ -34,6 +36,18 @@ def run_failure(manifest: Manifest, exc: BaseException, unrecorded: str | None,
         late_hints = sorted(timed_out, key=lambda n: not (manifest.nodes[n].error or "").startswith(cause))
         hint = next((late.hint for n in late_hints if (late := timed_out[n]) is not None and late.hint), hint)
     return RunFailed(f"backup run {manifest.run_id} failed and was rolled back: {cause}{detail}", hint=hint)
+
+
+def rolled_back_on_interrupt(manifest: Manifest, detail: str) -> Interrupted:
+    """A run stopped (Ctrl-C, SIGTERM) before its snapshots were all recorded, and rolled back:
+    said bare, "interrupted" left the operator to find out from the catalog whether a backup was
+    kept, and what the rollback could not delete."""
+    outcome = f"backup {manifest.run_id} was rolled back{detail}"
+    left = next((d for d in manifest.degradations if d.startswith(NOT_DELETED)), None)
+    if left is None:
+        return Interrupted(outcome=outcome)
+    return Interrupted(outcome=f"{outcome}; {left}",
+                       hint="`snapctl gc` lists them; `snapctl gc --delete` deletes those no manifest owns")
 
 
 def hold_ended_before_complete(node: str, ended: str | None) -> RunFailed:

@@ -8,7 +8,11 @@ from dataclasses import dataclass, field
 from node_agent.models import JobResult
 from snapctl.agent_client import open_agents
 from snapctl.config import Inventory
-from snapctl.errors import BadInputError, SnapctlError
+from snapctl.errors import AgentError, BadInputError, ExitCode, SnapctlError
+
+# What an agent answers a request it refuses as bad input (400: an unknown target; 422: one its
+# schema refuses, too long): the operator's to fix, not the node's failure.
+_BAD_INPUT_STATUSES = (400, 422)
 
 
 @dataclass
@@ -16,17 +20,30 @@ class NodeJobs:
     node: str
     jobs: list[JobResult] = field(default_factory=list)
     error: str | None = None
+    hint: str | None = None  # the agent's, with its error: how to give a target it takes
+    bad_input: bool = False  # the agent refused the request (the target) as bad input
 
     @property
     def ok(self) -> bool:
         return self.error is None and all(job.status == "succeeded" for job in self.jobs)
 
 
+def exit_code(results: list[NodeJobs]) -> ExitCode:
+    """0 when every node's jobs succeeded; 2 when every node refused the target as bad input (the
+    command line is wrong, not the cluster); else 1."""
+    if all(r.ok for r in results):
+        return ExitCode.OK
+    if results and all(r.bad_input for r in results):
+        return ExitCode.BAD_INPUT
+    return ExitCode.RUN_FAILED
+
+
 async def trigger(inventory: Inventory, nodes: list[str] | None, target: str | None, timeout_s: float) -> list[NodeJobs]:
     if not 0 < timeout_s < float("inf"):  # every node would fail at once (NaN too), as if no engine answered
         raise BadInputError(f"--timeout {timeout_s:g}: the timeout must be a number of seconds more than zero",
                             hint="e.g. --timeout 600 (the default)")
-    chosen = [n.name for n in inventory.select(nodes)]
+    # Each node once, as status does: `--node n1 --node n1` triggered n1's engine snapshot twice at once.
+    chosen = [n.name for n in inventory.select(list(dict.fromkeys(nodes)) if nodes else nodes)]
     async with open_agents(inventory) as agents:
         return list(await asyncio.gather(*(_one(agents[name], name, target, timeout_s) for name in chosen)))
 
@@ -36,7 +53,9 @@ async def _one(agent, name: str, target: str | None, timeout_s: float) -> NodeJo
     try:
         result.jobs = (await asyncio.wait_for(agent.trigger(target), timeout_s)).jobs
     except SnapctlError as exc:
-        result.error = exc.message
+        result.error, result.hint = exc.message, exc.hint
+        result.bad_input = isinstance(exc, BadInputError) or (
+            isinstance(exc, AgentError) and exc.status in _BAD_INPUT_STATUSES)
     except TimeoutError:
         result.error = f"no result within {timeout_s:g}s"
     return result

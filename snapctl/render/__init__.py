@@ -251,12 +251,15 @@ class Renderer:
             table.add_column(column)
         for r in results:
             if r.error:
-                table.add_row(r.node, "-", "[red]failed[/]", "-", escape(r.error))
+                said = r.error + (f" (hint: {r.hint})" if r.hint else "")
+                table.add_row(r.node, "-", "[red]failed[/]", "-", escape(said))
             for job in r.jobs:
                 table.add_row(r.node, escape(job.target), _status_text(job.status), _seconds(job.duration_s),
                               escape(job.detail or ""))
         self.out.print(table)
-        return ExitCode.OK if all(r.ok for r in results) else ExitCode.RUN_FAILED
+        from snapctl.trigger import exit_code
+
+        return exit_code(results)
 
     def prune_result(self, result) -> int:
         from snapctl.render.retention import prune_text
@@ -356,8 +359,10 @@ class JsonRenderer(Renderer):
         return ExitCode.OK if result.ok else ExitCode.VERIFY_MISMATCH
 
     def trigger_result(self, results) -> int:
+        from snapctl.trigger import exit_code
+
         self._emit("trigger", {"nodes": [{**jsonable(r), "ok": r.ok} for r in results]})
-        return ExitCode.OK if all(r.ok for r in results) else ExitCode.RUN_FAILED
+        return exit_code(results)
 
     def prune_result(self, result) -> int:
         from snapctl.render.retention import prune_document, prune_exit

@@ -81,7 +81,8 @@ def test_an_embedded_nodes_bad_engine_block_names_the_node(tmp_path):
 def test_missing_inventory_names_the_file_and_the_fix(tmp_path):
     result = snapctl("list", cwd=tmp_path)
     assert result.returncode == ExitCode.BAD_INPUT
-    assert "inventory.yaml: inventory file not found" in result.stderr
+    # Where it looked, too: cron's and CI's working directory is rarely the one meant.
+    assert f"snapctl: error: inventory.yaml: inventory file not found in {tmp_path}" in result.stderr
     assert "SNAPCTL_INVENTORY" in result.stderr
 
 
@@ -291,6 +292,28 @@ def test_an_empty_path_flag_is_refused_not_taken_for_no_flag(tmp_path, args):
     assert document["error"] == f"{flag} '': give a path, not an empty string"
     assert document["hint"].startswith(f"e.g. {flag} ")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "inv.yaml"]  # nothing written anywhere
+
+
+@pytest.mark.parametrize("args", [("list",), ("status",), ("demo", "up"), ("list", "--inventory")],
+                         ids=["list", "status", "demo-up", "list-long-flag"])
+def test_an_empty_inventory_flag_is_refused_not_taken_for_no_flag(tmp_path, args):
+    # `-i ""` (a script's unset variable) fell back to $SNAPCTL_INVENTORY, else ./inventory.yaml: the
+    # command ran on a cluster nobody named. `--to ""` and the other path flags were refused already.
+    (tmp_path / "data").mkdir()
+    (tmp_path / "inv.yaml").write_text("cluster: c\nprovider: {type: local, store: snaps}\nnodes:" + GOOD_NODE)
+    (tmp_path / "inventory.yaml").write_text((tmp_path / "inv.yaml").read_text())
+    (tmp_path / "inventory.example.yaml").write_text((tmp_path / "inv.yaml").read_text())
+    flag = "--inventory" if args[-1] == "--inventory" else "-i"
+    argv = [*args, *([] if flag == "--inventory" else ["-i"]), "", "-o", "json"]
+    result = subprocess.run([sys.executable, "-m", "snapctl.cli", *argv], capture_output=True, text=True, cwd=tmp_path,
+                            env={**os.environ, "SNAPCTL_INVENTORY": str(tmp_path / "inv.yaml")}, timeout=60,
+                            check=False)
+    assert result.returncode == ExitCode.BAD_INPUT, result.stdout + result.stderr
+    document = json.loads(result.stdout)
+    assert document["error"] == "-i '': give a path, not an empty string"
+    assert document["hint"].startswith("e.g. -i ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "inv.yaml", "inventory.example.yaml",
+                                                          "inventory.yaml"]  # nothing made: no demo state
 
 
 @pytest.mark.parametrize(("module", "prog"), [("snapctl.cli", "snapctl"), ("node_agent.main", "snapctl-agent")])

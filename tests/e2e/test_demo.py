@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import closing as contextlib_closing
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -278,5 +279,93 @@ def test_demo_down_stops_a_writer_started_under_its_old_pid_file(inventory):
     state = inventory.parent / ".snapctl-demo"
     (state / demo.WRITER_PID).rename(state / "writer.pid")
 
+    assert _demo("down", inventory=inventory, timeout=60).returncode == ExitCode.OK
+    assert processes_naming(inventory.parent) == []
+
+
+def _production_database(path: Path) -> bytes:
+    """A real application's SQLite database (rollback journal, its own table); its bytes, to show
+    nothing was written to it."""
+    import sqlite3
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib_closing(sqlite3.connect(path)) as conn:
+        conn.execute("CREATE TABLE accounts (id INTEGER PRIMARY KEY, owner TEXT NOT NULL)")
+        conn.execute("INSERT INTO accounts (owner) VALUES ('ada')")
+        conn.commit()
+    return path.read_bytes()
+
+
+def _production_inventory(directory: Path, database: str) -> Path:
+    path, _ = make_inventory(directory)
+    data = yaml.safe_load(path.read_text())
+    for node in data["nodes"]:
+        node["engine"]["path"] = database.replace("NODE", node["name"])
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def test_demo_up_never_reads_snapctl_inventory_the_real_clusters(tmp_path):
+    # $SNAPCTL_INVENTORY names the real cluster's inventory for every other command; `demo up` read
+    # it too, switched its databases to WAL, added the demo's table and started a writer on them.
+    production = tmp_path / "prod"
+    database = production / "db" / "node1.db"
+    before = _production_database(database)
+    path = _production_inventory(production, str(production / "db" / "NODE.db"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    try:
+        result = subprocess.run([sys.executable, "-m", "snapctl.cli", "demo", "up"], cwd=elsewhere,
+                                env={**os.environ, "SNAPCTL_INVENTORY": str(path)},
+                                capture_output=True, text=True, timeout=60, check=False)
+        left = processes_naming(production)
+    finally:
+        subprocess.run([sys.executable, "-m", "snapctl.cli", "demo", "down", "-i", str(path)], cwd=production,
+                       capture_output=True, timeout=60, check=False)
+
+    assert result.returncode == ExitCode.BAD_INPUT, result.stderr
+    assert result.stderr.splitlines()[0] == (
+        f"snapctl: error: inventory.example.yaml: inventory file not found in {elsewhere}")
+    assert database.read_bytes() == before
+    assert left == []
+
+
+@pytest.mark.parametrize("where", ["outside", "inside"])
+def test_demo_up_refuses_a_database_it_did_not_make_and_writes_nothing_to_it(tmp_path, where):
+    # Given the real inventory by -i: its databases are outside the demo's state directory, or (a
+    # real database copied there) inside it with tables of its own. Either way `demo up` changed it.
+    production = tmp_path / "prod"
+    database = (production / "db" / "node1.db" if where == "outside"
+                else production / ".snapctl-demo" / "node1" / "data" / "demo.db")
+    before = _production_database(database)
+    path = _production_inventory(production, str(database).replace("node1", "NODE"))
+
+    try:
+        result = _demo("up", inventory=path, timeout=60)
+        json_result = _demo("run", "-o", "json", inventory=path, timeout=60)
+        left = processes_naming(production)
+    finally:
+        _demo("down", inventory=path, timeout=60)
+
+    assert result.returncode == ExitCode.BAD_INPUT, result.stderr
+    error, hint = result.stderr.splitlines()
+    why = ("the demo's databases live in" if where == "outside"
+           else "it holds accounts, not only the demo's table events")
+    assert error.startswith(f"snapctl: error: node node1: {database} is not a demo database: "), error
+    assert why in error
+    assert hint.startswith("  hint: ")
+    assert json_result.returncode == ExitCode.BAD_INPUT
+    assert list(json.loads(json_result.stdout)) == ["schema_version", "error", "hint", "exit_code"]  # the one document
+    assert database.read_bytes() == before
+    assert not database.with_name(database.name + "-wal").exists()
+    assert left == []
+
+
+def test_demo_up_again_accepts_the_databases_it_made(inventory):
+    # The check reads a database the demo made (its writer's table alone) as the demo's own: a
+    # second `demo up`, and `demo down`, still work on a cluster that is running and written to.
+    assert _demo("up", inventory=inventory, timeout=60).returncode == ExitCode.OK
+    again = _demo("up", inventory=inventory, timeout=60)
+    assert again.returncode == ExitCode.OK, again.stderr
     assert _demo("down", inventory=inventory, timeout=60).returncode == ExitCode.OK
     assert processes_naming(inventory.parent) == []

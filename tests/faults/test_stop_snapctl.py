@@ -42,10 +42,11 @@ def test_a_backup_stopped_while_a_node_is_held_releases_it_and_rolls_back(scene:
     stdout, stderr = process.communicate(timeout=60)
 
     assert process.returncode == 130, stderr
-    assert stderr.splitlines()[-1] == "snapctl: error: interrupted (Ctrl-C or SIGTERM)"
+    # It says which run it was and what became of it: rolled back, nothing kept (it said only "interrupted").
+    said = f"interrupted (Ctrl-C or SIGTERM): backup {run_id} was rolled back"
+    assert stderr.splitlines()[-1] == f"snapctl: error: {said}"
     if output == "json":
-        assert json.loads(stdout) == {"schema_version": 1, "error": "interrupted (Ctrl-C or SIGTERM)", "hint": None,
-                                      "exit_code": 130}
+        assert json.loads(stdout) == {"schema_version": 1, "error": said, "hint": None, "exit_code": 130}
     else:
         assert "rolling back: interrupted" in stderr
     # Completed by snapctl, not expired: its leases (3 s) would have released them too.
@@ -72,7 +73,10 @@ def test_a_backup_stopped_while_it_waits_for_its_snapshots_keeps_them_and_ends_a
     _, stderr = process.communicate(timeout=30)
 
     assert process.returncode == 130, stderr
-    assert stderr.splitlines()[-1] == "snapctl: error: interrupted (Ctrl-C or SIGTERM)"
+    assert stderr.splitlines()[-2:] == [  # the error itself says the run is kept, and how to check it
+        (f"snapctl: error: interrupted (Ctrl-C or SIGTERM): backup {run_id} is kept, its snapshots not confirmed "
+         "complete"),
+        f"  hint: `snapctl verify {run_id}` asks the provider whether its snapshots are there and complete"]
     assert f"interrupted: backup {run_id} is kept, its snapshots not confirmed complete" in stderr
     assert "rolling back" not in stderr
     manifest = cluster.manifest(run_id)
@@ -81,3 +85,30 @@ def test_a_backup_stopped_while_it_waits_for_its_snapshots_keeps_them_and_ends_a
     assert cluster.held() == set()
     listed = cluster.snapctl("list", "-o", "json").json["data"]["runs"]
     assert [(r["run_id"], r["status"]) for r in listed] == [(run_id, "succeeded")]
+
+
+def test_a_backup_stopped_whose_rollback_cannot_delete_its_snapshots_names_them(scene: FaultCluster) -> None:
+    # Stopped while held, the rollback's deletes failing: "interrupted" alone said neither that the
+    # run was rolled back nor that its snapshots were still there.
+    cluster = scene
+    stopping = cluster.write_inventory(cluster.directory / "stopping.yaml",
+                                       provider={"stop": {"node3": "after"}, "fail_delete": "the store is read-only"})
+    process = cluster.popen("backup", "--no-prune", "-o", "json", inventory=stopping)
+    cluster.wait_reached("node3.made")
+    cluster.wait_released(nodes=("node1", "node2"))
+    run_id = cluster.lock_record()["run_id"]
+
+    process.send_signal(signal.SIGTERM)
+    cluster.wait_released(nodes=("node3",), timeout=10)
+    cluster.go("node3.go")
+    stdout, stderr = process.communicate(timeout=60)
+
+    assert process.returncode == 130, stderr
+    document = json.loads(stdout)
+    left = cluster.tagged(run_id)
+    assert len(left) == len(NODES)
+    assert document["error"].startswith(f"interrupted (Ctrl-C or SIGTERM): backup {run_id} was rolled back; "
+                                        "snapshots not deleted (snapctl gc finds them): "), document
+    assert all(f"{snapshot} (snapshot {snapshot}: the store is read-only)" in document["error"] for snapshot in left)
+    assert document["hint"] == "`snapctl gc` lists them; `snapctl gc --delete` deletes those no manifest owns"
+    assert cluster.held() == set()

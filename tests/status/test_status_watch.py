@@ -73,14 +73,16 @@ def test_a_watch_whose_textfile_directory_goes_away_keeps_watching_with_a_findin
     (["status", "--watch", "-o", "json"], ["status", "--watch", "2", "-o", "json"]),
     (["status", "-w", "5"], ["status", "-w", "5"]),
     (["list", "--watch"], ["list", "--watch"]),
+    (["status", "--watch", "-1"], ["status", "--watch", "-1"]),  # a value: the interval's check refuses it
 ])
 def test_a_bare_watch_means_every_two_seconds(argv, expected):
     assert _optional_watch_seconds(argv) == expected
 
 
-@pytest.mark.parametrize("seconds", ["nan", "inf"])
+@pytest.mark.parametrize("seconds", ["nan", "inf", "-1", "-0.5"])
 def test_a_watch_interval_that_is_no_number_of_seconds_is_refused(tmp_path, seconds):
     # `--watch nan` asked every agent again as fast as it could, forever (NaN <= 0 is false); `inf` never refreshed.
+    # `--watch -1` said "No such option: -1": the bare --watch's 2 s was put before it.
     write_inventory(tmp_path, sqlite_nodes(tmp_path, 1))
     proc = subprocess.run([sys.executable, "-m", "snapctl.cli", "status", "-i", "inventory.yaml", "--watch", seconds,
                            "-o", "json"], cwd=tmp_path, capture_output=True, text=True, timeout=20, check=False)

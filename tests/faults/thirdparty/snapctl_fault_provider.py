@@ -6,7 +6,7 @@ begins; with ``stop: {node: before}`` it then waits for ``<node>.go`` before cop
 with ``stop: {node: after}`` it copies, writes ``<node>.made`` and waits for ``<node>.go`` before
 returning. ``stop_wait`` does the same in ``wait()`` with ``wait.entered`` / ``wait.go``, and
 ``stop_delete`` in ``delete()`` (a prune's, or a backup's retention) with ``delete.entered`` /
-``delete.go``; ``stop_warm_up`` in ``warm_up()``, which a run awaits after its preflight and before
+``delete.go`` (``fail_delete``: it then fails); ``stop_warm_up`` in ``warm_up()``, which a run awaits after its preflight and before
 its first prepare, with ``warm_up.entered`` / ``warm_up.go``. So a test can SIGKILL snapctl at an
 exact step, or take an agent away between the preflight and the prepares, from outside, with no
 hook in snapctl itself. With ``async_calls`` it has the optional async create call
@@ -37,6 +37,7 @@ class FaultSettings(ProviderSettings):
     stop_delete: bool = False
     stop_warm_up: bool = False
     fail_wait: str | None = None  # wait() ends in this error: a snapshot the cloud failed
+    fail_delete: str | None = None  # delete() ends in this error: a rollback that cannot delete
     stop_timeout_s: float = 120.0
     async_calls: bool = False
 
@@ -99,6 +100,8 @@ class FaultProvider:
         self._signal("delete.entered")
         if self._settings.stop_delete:
             self._wait_for("delete.go")
+        if self._settings.fail_delete:
+            raise ProviderError(f"snapshot {ref.snapshot_id}: {self._settings.fail_delete}")
         return self._local.delete(ref)
 
     def _signal(self, name: str) -> None:
