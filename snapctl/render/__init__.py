@@ -112,7 +112,7 @@ class Renderer:
     def progress(self):
         from snapctl.render.progress import LineProgress, LiveProgress
 
-        return LiveProgress(self.err) if self.err.is_terminal else LineProgress(self.err)
+        return LiveProgress(self.err) if self.err.is_terminal else LineProgress(self.err.file)
 
     # ---- results ---------------------------------------------------------------------------
 
@@ -294,9 +294,11 @@ class JsonRenderer(Renderer):
         self._emit(name, doc)
 
     def progress(self):
-        from snapctl.events import NullReporter
+        # stdout is the document's; a script's `2>>log` (cron's) keeps what the run did, as in text
+        # mode into a log: plain lines, a terminal or not, for a script reads them.
+        from snapctl.render.progress import LineProgress
 
-        return NullReporter()
+        return LineProgress(sys.stderr)
 
     def _emit(self, kind: str, payload: Any, *, plain: bool = False) -> None:
         """``plain``: the payload holds JSON types only (built field by field): no walk to convert it."""
@@ -316,13 +318,19 @@ class JsonRenderer(Renderer):
             return ExitCode.PREFLIGHT_REFUSED
         return ExitCode.OK
 
+    @staticmethod
+    def _warn(warnings) -> None:
+        """On stderr as the text output says them: a log of `-o json 2>>log` has them too."""
+        for warning in warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+
     def run_list(self, entries, problems, where: str = "the catalog") -> int:
+        self._warn(problems)
         self._emit("list", {"runs": entries, "problems": problems})
         return ExitCode.OK
 
     def manifest(self, m, warnings: list[str] = ()) -> int:
-        for warning in warnings:  # stdout stays the manifest's document
-            print(f"warning: {warning}", file=sys.stderr)
+        self._warn(warnings)  # stdout stays the manifest's document
         self._emit("manifest", m)
         return ExitCode.OK
 
@@ -340,18 +348,21 @@ class JsonRenderer(Renderer):
     def restore_result(self, result) -> int:
         from snapctl.render.restore import restore_document
 
+        self._warn(result.warnings)
         self._emit("restore", restore_document(result))
         return ExitCode.OK if result.ok else ExitCode.VERIFY_MISMATCH
 
     def drill_result(self, report) -> int:
         from snapctl.render.restore import drill_document
 
+        self._warn(report.warnings)
         self._emit("drill", drill_document(report))
         return report.exit_code
 
     def verify_result(self, result) -> int:
         from snapctl.render.restore import verify_document
 
+        self._warn(result.warnings)
         self._emit("verify", verify_document(result))
         return ExitCode.OK if result.ok else ExitCode.VERIFY_MISMATCH
 
