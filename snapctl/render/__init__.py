@@ -72,6 +72,31 @@ def jsonable(value: Any) -> Any:
     return value
 
 
+class _PipedLines:
+    """stdout for a pipe or a log: every line without the spaces rich pads a table's cells and title
+    with, up to the table's width (`snapctl list | awk '{print length}'` gave 124-character lines,
+    mostly blank, and a diff of two logs differed in them). Only trailing spaces go, so the columns
+    stay aligned. Spaces at the end of a write are held until what follows them shows whether they
+    end a line."""
+
+    def __init__(self) -> None:
+        self._held = ""
+
+    def write(self, text: str) -> int:
+        lines = (self._held + text).split("\n")
+        last = lines.pop()
+        kept = last.rstrip(" ")
+        self._held = last[len(kept):]
+        sys.stdout.write("".join(line.rstrip(" ") + "\n" for line in lines) + kept)
+        return len(text)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+    def __getattr__(self, name: str) -> Any:  # isatty, fileno, encoding: rich asks the real stdout's
+        return getattr(sys.stdout, name)
+
+
 class Renderer:
     """Text for people. ``for_output`` picks the JSON renderer for scripts."""
 
@@ -80,9 +105,11 @@ class Renderer:
         from rich.console import Console
 
         console = Console(highlight=False, soft_wrap=False)
-        if not console.is_terminal and "COLUMNS" not in os.environ:
-            # A log or a pipe has no width to fit: rich's 80 columns would cut a run's table ("complet…").
-            console.width = PIPED_WIDTH
+        if not console.is_terminal:
+            console.file = _PipedLines()
+            if "COLUMNS" not in os.environ:
+                # A log or a pipe has no width to fit: rich's 80 columns would cut a run's table ("complet…").
+                console.width = PIPED_WIDTH
         return console
 
     @cached_property

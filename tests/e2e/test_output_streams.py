@@ -61,3 +61,39 @@ def test_with_json_output_a_warning_is_on_stderr_as_well_as_in_the_document(tmp_
     [document] = [json.loads(line) for line in listed.stdout.splitlines()]
     assert document["data"]["problems"] == ["run r-damaged: not valid JSON"]
     assert listed.stderr.splitlines() == ["warning: run r-damaged: not valid JSON", "RICH LOADED False"]
+
+
+def test_text_into_a_pipe_has_no_trailing_spaces_and_its_columns_stay_aligned(tmp_path):
+    # `snapctl list | awk '{print length}'` gave lines padded with spaces to the table's width
+    # (124 characters for a run list with one error, mostly blank): rich pads every cell.
+    inventory = load(write_inventory(tmp_path, sqlite_nodes(tmp_path, 2)))
+    record_run(inventory, "r-good", "succeeded", age_s=120)
+    record_run(inventory, "r-broken-with-a-longer-id", "failed", age_s=60, error="node n2: prepare did not answer")
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}
+    env.pop("COLUMNS", None)
+
+    for command in ("list", "status", "show"):
+        args = [command, "-i", "inventory.yaml"] + (["r-good"] if command == "show" else [])
+        result = subprocess.run([sys.executable, "-m", "snapctl.cli", *args], capture_output=True, text=True,
+                                cwd=tmp_path, env=env, timeout=120, check=False)
+        assert result.stdout.strip(), (command, result.stderr)
+        padded = [line for line in result.stdout.splitlines() if line != line.rstrip()]
+        assert not padded, (command, padded)
+
+    listed = subprocess.run([sys.executable, "-m", "snapctl.cli", "list", "-i", "inventory.yaml"], capture_output=True,
+                            text=True, cwd=tmp_path, env=env, timeout=60, check=False).stdout.splitlines()
+    header = next(line for line in listed if line.lstrip().startswith("run "))
+    good = next(line for line in listed if line.lstrip().startswith("r-good "))
+    failed = next(line for line in listed if line.lstrip().startswith("r-broken-with-a-longer-id "))
+    assert good.index("succeeded") == failed.index("failed") == header.index("status"), listed
+    assert failed.index("node n2: prepare did not answer") == header.index("error"), listed
+
+
+def test_spaces_a_write_ends_in_are_kept_when_more_of_the_line_follows(capsys):
+    from snapctl.render import _PipedLines
+
+    piped = _PipedLines()
+    for part in ("n1  ", "ok   ", "\nn2   \n", "  n3", "   "):
+        piped.write(part)
+    piped.flush()
+    assert capsys.readouterr().out == "n1  ok\nn2\n  n3"
