@@ -74,10 +74,9 @@ def jsonable(value: Any) -> Any:
 
 class _PipedLines:
     """stdout for a pipe or a log: every line without the spaces rich pads a table's cells and title
-    with, up to the table's width (`snapctl list | awk '{print length}'` gave 124-character lines,
-    mostly blank, and a diff of two logs differed in them). Only trailing spaces go, so the columns
-    stay aligned. Spaces at the end of a write are held until what follows them shows whether they
-    end a line."""
+    with, up to the table's width (`snapctl list | awk '{print length}'` gave lines of the whole
+    width, mostly blank). Only trailing spaces go, so the columns stay aligned. Spaces at the end of
+    a write are held until what follows them shows whether they end a line."""
 
     def __init__(self) -> None:
         self._held = ""
