@@ -29,7 +29,7 @@ def _reporter(kind: str, sink):
     from snapctl.render.progress import LineProgress, LiveProgress
 
     if kind == "log lines":
-        return LineProgress(Console(file=sink, highlight=False))
+        return LineProgress(sink)
     if kind == "live table":
         return LiveProgress(Console(file=sink, force_terminal=True, highlight=False))
     return None

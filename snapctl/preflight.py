@@ -68,7 +68,8 @@ def catalog_refusals(look: CatalogLook, now: datetime) -> list[Finding]:
     """What a backup's first step would refuse on in the catalog ``look`` found: each obstacle
     (it could not lock, read or write), and a lock another run holds at ``now`` (exit 4)."""
     # Not forceable: --force overrides the preflight, not the run's first step.
-    found = [Finding("critical", "catalog", f"a backup now would fail: {o}", forceable=False) for o in look.obstacles]
+    found = [Finding("critical", "catalog", f"a backup now would fail: {o.message}", forceable=False, hint=o.hint)
+             for o in look.obstacles]
     if (running := look.holder(now)) is not None:
         found.append(Finding("critical", "backups", f"a backup now would be refused (exit 4): {running}",
                              forceable=False))

@@ -22,7 +22,7 @@ from snapctl.catalog import open_catalog
 from snapctl.catalog.catalog import CatalogLook
 from snapctl.catalog.stores import check_catalog
 from snapctl.config import Inventory
-from snapctl.errors import BadInputError, ExitCode, SnapctlError, os_reason
+from snapctl.errors import BadInputError, CatalogError, ExitCode, SnapctlError, os_reason
 from snapctl.health import Finding, NodeProbe, Verdict, assess, duration_text
 from snapctl.manifest import IndexEntry
 from snapctl.probe import probe_all
@@ -176,11 +176,12 @@ async def collect_status(
 
     refusal, volumes = _backup_volumes(inventory, provider)
     if refusal is not None:
-        result.preflight.append(Finding("critical", "inventory", refusal, forceable=False))
+        result.preflight.append(Finding("critical", "inventory", refusal.message, forceable=False, hint=refusal.hint))
         # An inventory that lists no volumes at all only watches the agents: not being able to back
         # up is its design. One that lists some is meant for backups, each of which exits 2 on this.
         if any(node.volumes for node in inventory.nodes):
-            verdict.findings.append(Finding("degraded", "inventory", f"a backup now would be refused: {refusal}"))
+            verdict.findings.append(Finding("degraded", "inventory", f"a backup now would be refused: {refusal.message}",
+                                            hint=refusal.hint))
     else:  # as the backup's preflight does: a database outside its node's volumes would not be in the snapshot
         uncovered = uncovered_data(inventory, probes, volumes)
         result.preflight += uncovered
@@ -191,7 +192,7 @@ async def collect_status(
     look = await asyncio.to_thread(_look_at_catalog, inventory)
     result.catalog_problems, result.catalog_read = look.problems, look.entries is not None
     for obstacle in look.obstacles:  # what the run would fail on is what makes backing up unsafe
-        verdict.findings.append(Finding("degraded", "catalog", obstacle))
+        verdict.findings.append(Finding("degraded", "catalog", obstacle.message, hint=obstacle.hint))
     for problem in result.catalog_problems:  # a backup whose record is damaged cannot be restored
         verdict.findings.append(Finding("degraded", "catalog", f"unreadable manifest: {problem}"))
     if (running := look.holder(result.checked_at)) is not None:
@@ -216,7 +217,7 @@ async def collect_status(
 
 
 def _backup_volumes(inventory: Inventory, provider: tuple[ProviderFactory, ProviderSettings]
-                    ) -> tuple[str | None, dict[str, NodeVolumes]]:
+                    ) -> tuple[BadInputError | None, dict[str, NodeVolumes]]:
     """The nodes' volumes as `snapctl backup` would see them, or what it would refuse in the
     provider's own checks of the store and the volumes (exit 2), which need no SDK: not an error
     here, where an inventory that only watches the agents may leave volumes out, but then not safe
@@ -224,7 +225,7 @@ def _backup_volumes(inventory: Inventory, provider: tuple[ProviderFactory, Provi
     try:
         return None, node_volumes(inventory, open_provider(inventory, provider))
     except BadInputError as exc:
-        return str(exc), {}
+        return exc, {}
 
 
 async def watch_status(
@@ -264,7 +265,7 @@ def _look_at_catalog(inventory: Inventory) -> CatalogLook:
     try:
         catalog = open_catalog(inventory)
     except SnapctlError as exc:
-        return CatalogLook(obstacles=[f"cannot read the catalog: {exc}"])
+        return CatalogLook(obstacles=[CatalogError(f"cannot read the catalog: {exc.message}", hint=exc.hint)])
     return catalog.look()
 
 

@@ -45,7 +45,9 @@ class CatalogLook:
     entries: list[IndexEntry] | None = None  # None: the runs could not be read
     problems: list[str] = field(default_factory=list)  # manifests that cannot be read: reported, no obstacle
     lock: LockRecord | None = None
-    obstacles: list[str] = field(default_factory=list)  # each fails a backup before it holds anything
+    # Each fails a backup before it holds anything: the error the run would raise, its hint apart
+    # from its message, as `status -o json` and a dry run give a finding's fix.
+    obstacles: list[SnapctlError] = field(default_factory=list)
     unconfirmed: set[str] = field(default_factory=set)  # succeeded runs read whose snapshots may not have completed
     missing: str | None = None  # where a local catalog was looked for whose directory does not exist
 
@@ -253,18 +255,18 @@ class Catalog:
             look.entries, look.problems = self.list()
             look.unconfirmed = set(self._unconfirmed)
         except SnapctlError as exc:
-            look.obstacles.append(f"cannot read the catalog: {exc}")
+            look.obstacles.append(CatalogError(f"cannot read the catalog: {exc.message}", hint=exc.hint))
         try:
             look.lock = self.read_lock()
         except SnapctlError as exc:
             if not look.obstacles:  # else most likely the same cause, said once
-                look.obstacles.append(str(exc))
+                look.obstacles.append(exc)
         if not look.obstacles:
             try:
                 for directory in (self.cluster, self._manifests.rstrip("/")):
                     self.store.check_writable(directory)
             except SnapctlError as exc:
-                look.obstacles.append(str(exc))
+                look.obstacles.append(exc)
         return look
 
     # -- internals -------------------------------------------------------------------------------

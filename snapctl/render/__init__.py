@@ -72,6 +72,30 @@ def jsonable(value: Any) -> Any:
     return value
 
 
+class _PipedLines:
+    """stdout for a pipe or a log: every line without the spaces rich pads a table's cells and title
+    with, up to the table's width (`snapctl list | awk '{print length}'` gave lines of the whole
+    width, mostly blank). Only trailing spaces go, so the columns stay aligned. Spaces at the end of
+    a write are held until what follows them shows whether they end a line."""
+
+    def __init__(self) -> None:
+        self._held = ""
+
+    def write(self, text: str) -> int:
+        lines = (self._held + text).split("\n")
+        last = lines.pop()
+        kept = last.rstrip(" ")
+        self._held = last[len(kept):]
+        sys.stdout.write("".join(line.rstrip(" ") + "\n" for line in lines) + kept)
+        return len(text)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+    def __getattr__(self, name: str) -> Any:  # isatty, fileno, encoding: rich asks the real stdout's
+        return getattr(sys.stdout, name)
+
+
 class Renderer:
     """Text for people. ``for_output`` picks the JSON renderer for scripts."""
 
@@ -80,9 +104,11 @@ class Renderer:
         from rich.console import Console
 
         console = Console(highlight=False, soft_wrap=False)
-        if not console.is_terminal and "COLUMNS" not in os.environ:
-            # A log or a pipe has no width to fit: rich's 80 columns would cut a run's table ("complet…").
-            console.width = PIPED_WIDTH
+        if not console.is_terminal:
+            console.file = _PipedLines()
+            if "COLUMNS" not in os.environ:
+                # A log or a pipe has no width to fit: rich's 80 columns would cut a run's table ("complet…").
+                console.width = PIPED_WIDTH
         return console
 
     @cached_property
@@ -112,7 +138,7 @@ class Renderer:
     def progress(self):
         from snapctl.render.progress import LineProgress, LiveProgress
 
-        return LiveProgress(self.err) if self.err.is_terminal else LineProgress(self.err)
+        return LiveProgress(self.err) if self.err.is_terminal else LineProgress(self.err.file)
 
     # ---- results ---------------------------------------------------------------------------
 
@@ -297,9 +323,11 @@ class JsonRenderer(Renderer):
         self._emit(name, doc)
 
     def progress(self):
-        from snapctl.events import NullReporter
+        # stdout is the document's; a script's `2>>log` (cron's) keeps what the run did, as in text
+        # mode into a log: plain lines, a terminal or not, for a script reads them.
+        from snapctl.render.progress import LineProgress
 
-        return NullReporter()
+        return LineProgress(sys.stderr)
 
     def _emit(self, kind: str, payload: Any, *, plain: bool = False) -> None:
         """``plain``: the payload holds JSON types only (built field by field): no walk to convert it."""
@@ -319,13 +347,19 @@ class JsonRenderer(Renderer):
             return ExitCode.PREFLIGHT_REFUSED
         return ExitCode.OK
 
+    @staticmethod
+    def _warn(warnings) -> None:
+        """On stderr as the text output says them: a log of `-o json 2>>log` has them too."""
+        for warning in warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+
     def run_list(self, entries, problems, where: str = "the catalog") -> int:
+        self._warn(problems)
         self._emit("list", {"runs": entries, "problems": problems})
         return ExitCode.OK
 
     def manifest(self, m, warnings: list[str] = ()) -> int:
-        for warning in warnings:  # stdout stays the manifest's document
-            print(f"warning: {warning}", file=sys.stderr)
+        self._warn(warnings)  # stdout stays the manifest's document
         self._emit("manifest", m)
         return ExitCode.OK
 
@@ -343,18 +377,21 @@ class JsonRenderer(Renderer):
     def restore_result(self, result) -> int:
         from snapctl.render.restore import restore_document
 
+        self._warn(result.warnings)
         self._emit("restore", restore_document(result))
         return ExitCode.OK if result.ok else ExitCode.VERIFY_MISMATCH
 
     def drill_result(self, report) -> int:
         from snapctl.render.restore import drill_document
 
+        self._warn(report.warnings)
         self._emit("drill", drill_document(report))
         return report.exit_code
 
     def verify_result(self, result) -> int:
         from snapctl.render.restore import verify_document
 
+        self._warn(result.warnings)
         self._emit("verify", verify_document(result))
         return ExitCode.OK if result.ok else ExitCode.VERIFY_MISMATCH
 

@@ -1,4 +1,6 @@
-"""Progress of long runs on stderr: a live table on a terminal, timestamped lines otherwise."""
+"""Progress of long runs on stderr: a live table on a terminal, timestamped lines otherwise.
+
+rich is imported by the live table only: `-o json` writes the lines, and never loads it."""
 
 from __future__ import annotations
 
@@ -6,30 +8,30 @@ import threading
 import time
 from collections import Counter
 from datetime import UTC, datetime
+from typing import IO, TYPE_CHECKING
 
-from rich.console import Console
-from rich.live import Live
-from rich.table import Table
-from rich.text import Text
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
 
 
 class LineProgress:
-    """Progress for logs and cron: one timestamped line per event on stderr.
+    """Progress for logs and cron: one timestamped line per event on stderr (``file``).
 
     A backup reports five events per node, and those of the holds come in bursts on the event loop
     that sends the completes; ``Console.print`` cost about 0.1 ms a line there, which every node
     still held waited for. A plain line needs none of rich's rendering: it is written as it is."""
 
-    def __init__(self, console: Console) -> None:
-        self.console = console
+    def __init__(self, file: IO[str]) -> None:
+        self.file = file
         self._lock = threading.Lock()
 
     def _line(self, text: str) -> None:
         # The date too, and that it is UTC: cron appends night after night to one log.
         line = f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ} {text}\n"
         with self._lock:
-            self.console.file.write(line)
-            self.console.file.flush()
+            self.file.write(line)
+            self.file.flush()
 
     def step(self, name: str, message: str) -> None:
         self._line(f"{name}: {message}")
@@ -60,7 +62,10 @@ class LiveProgress(LineProgress):
     MAX_ROWS = 20
 
     def __init__(self, console: Console) -> None:
-        super().__init__(console)
+        from rich.live import Live
+
+        super().__init__(console.file)
+        self.console = console
         self.phases: dict[str, tuple[str, str]] = {}
         self.current = "starting"
         self.started = time.monotonic()
@@ -68,6 +73,9 @@ class LiveProgress(LineProgress):
         self.live.start()
 
     def _table(self) -> Table:
+        from rich.table import Table
+        from rich.text import Text
+
         phases = list(self.phases.items())  # one copy: the loop keeps adding nodes while this renders
         table = Table(title=Text(f"{self.current}  ({time.monotonic() - self.started:.1f}s)"), title_justify="left")
         if len(phases) > self.MAX_ROWS:

@@ -265,6 +265,26 @@ def test_status_is_not_safe_to_back_up_where_backup_would_refuse_the_volumes(tmp
     assert planned.returncode == ExitCode.BAD_INPUT and refusal in planned.stderr
 
 
+def test_a_refusal_of_the_provider_store_gives_its_fix_as_the_findings_hint_not_in_its_message(tmp_path):
+    # `hint` was null and the fix sat in `message` as "... (hint: set provider.store to ...)":
+    # the refusal's text was built with str() of the error, which appends its hint.
+    inventory = load(write_inventory(tmp_path, sqlite_nodes(tmp_path, 1)))
+    record_run(inventory, "r-good", "succeeded", age_s=60)
+    (tmp_path / "snapshots").write_text("a file where the local store's directory should be")
+    said = f"provider.store {tmp_path / 'snapshots'}: {tmp_path / 'snapshots'} is not a directory"
+    hint = "set provider.store to a directory; snapctl creates it if it is missing"
+
+    code, doc = status_json(tmp_path)
+
+    assert code == ExitCode.DEGRADED
+    [refused] = doc["data"]["verdict"]["preflight_refusals"]
+    [finding] = doc["data"]["verdict"]["findings"]
+    assert refused["message"].endswith(said) and refused["hint"] == hint
+    assert finding["message"] == f"a backup now would be refused: {refused['message']}" and finding["hint"] == hint
+    text = snapctl("status", "-i", "inventory.yaml", cwd=tmp_path)
+    assert f"degraded inventory: {finding['message']} (hint: {hint})" in " ".join(text.stdout.split())
+
+
 def test_an_inventory_that_lists_no_volumes_only_watches_the_agents_and_stays_healthy(tmp_path):
     nodes = sqlite_nodes(tmp_path, 2)
     for node in nodes:

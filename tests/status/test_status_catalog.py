@@ -25,6 +25,12 @@ def _catalog_findings(doc: dict) -> tuple[list[str], list[str]]:
             [f["message"] for f in verdict["preflight_refusals"] if f["subject"] == "catalog"])
 
 
+def _catalog_hints(doc: dict) -> tuple[list[str | None], list[str | None]]:
+    verdict = doc["data"]["verdict"]
+    return ([f["hint"] for f in verdict["findings"] if f["subject"] == "catalog"],
+            [f["hint"] for f in verdict["preflight_refusals"] if f["subject"] == "catalog"])
+
+
 @pytest.mark.parametrize("text", [
     "{",
     # Times without an offset (edited by hand) crashed every command with a traceback.
@@ -42,9 +48,11 @@ def test_an_unreadable_cluster_lock_makes_backing_up_unsafe_and_the_newest_backu
     assert doc["data"]["backups"]["latest_success"]["run_id"] == "r-good"
     assert "no successful backup yet" not in json.dumps(doc)
     findings, refusals = _catalog_findings(doc)
-    assert findings == [f"the cluster lock {lock} is unreadable (hint: no run can take it over safely; remove it "
-                        "by hand if no backup is running)"]
+    # The fix in `hint`, not in the message's text, which left `hint` null (docs/status.md).
+    hint = "no run can take it over safely; remove it by hand if no backup is running"
+    assert findings == [f"the cluster lock {lock} is unreadable"]
     assert refusals == [f"a backup now would fail: {findings[0]}"]
+    assert _catalog_hints(doc) == ([hint], [hint])
     assert doc["data"]["verdict"]["safe_to_back_up"] is False
 
     # The dry run refuses as a preflight does, for what the real run then fails on; and writes nothing.
@@ -52,8 +60,10 @@ def test_an_unreadable_cluster_lock_makes_backing_up_unsafe_and_the_newest_backu
     assert planned.returncode == ExitCode.PREFLIGHT_REFUSED, planned.stderr
     [critical] = [f for f in json.loads(planned.stdout)["data"]["verdict"]["findings"] if f["severity"] == "critical"]
     # Not forceable: --force overrides the preflight, not the run's first step.
-    assert critical == {"severity": "critical", "subject": "catalog", "message": refusals[0], "hint": None,
+    assert critical == {"severity": "critical", "subject": "catalog", "message": refusals[0], "hint": hint,
                         "forceable": False}
+    shown = snapctl("backup", "-i", "inventory.yaml", "--dry-run", cwd=tmp_path)
+    assert f"critical catalog: {refusals[0]} (hint: {hint})" in " ".join(shown.stdout.split())
     assert lock.read_text() == text and [p.name for p in (tmp_path / "catalog" / "st" / "manifests").glob("*.json")] == [
         "r-good.json"]
     real = snapctl("backup", "-i", "inventory.yaml", cwd=tmp_path)
@@ -144,11 +154,12 @@ def test_an_unwritable_catalog_refuses_a_dry_run_where_the_real_run_would_fail(t
 
     assert code == ExitCode.DEGRADED and doc["data"]["backups"]["latest_success"]["run_id"] == "r-good"
     findings, refusals = _catalog_findings(doc)
-    assert [f.split(" (hint: ")[0] for f in findings] == [
-        f"cannot write the catalog in {manifests}: this process may not write there"]
+    assert findings == [f"cannot write the catalog in {manifests}: this process may not write there"]
     assert refusals == [f"a backup now would fail: {findings[0]}"]
+    [hint], [refusal_hint] = _catalog_hints(doc)
+    assert hint and refusal_hint == hint and "(hint: " not in hint
     assert planned.returncode == ExitCode.PREFLIGHT_REFUSED
-    assert f"a backup now would fail: cannot write the catalog in {manifests}" in planned.stdout
+    assert f"a backup now would fail: {findings[0]} (hint: {hint})" in " ".join(planned.stdout.split())
     assert real.returncode == ExitCode.RUN_FAILED and f"cannot write {manifests}/" in real.stderr
 
 

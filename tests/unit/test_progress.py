@@ -14,7 +14,7 @@ from snapctl.render.progress import LineProgress, LiveProgress
 
 def test_log_lines_are_plain_timestamped_lines_one_per_event():
     out = io.StringIO()
-    progress = LineProgress(Console(file=out, highlight=False))
+    progress = LineProgress(out)
     progress.step("prepare", "preparing 2 nodes [not markup]")
     progress.node("n1", "held")
     progress.node("n2", "released", "frozen 0.352s")
