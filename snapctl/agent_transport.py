@@ -20,6 +20,7 @@ import functools
 import json
 import math
 import os
+import re
 import ssl
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,6 +31,8 @@ _MAX_HEAD = 64 * 1024
 # groups, ~1.5 KB each (a DingoDB store's regions): 64 MiB holds some 45,000 of them.
 MAX_BODY = 64 * 1024 * 1024
 _IDLE_KEPT = 4
+_DIGITS = re.compile(rb"[0-9]{1,19}")
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 _GRAIN = 0.05  # s: how finely request deadlines are kept (_Deadlines)
 # One encoder for every call: json.dumps with these options builds a new encoder each time.
 _encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
@@ -329,9 +332,9 @@ def _parse_response(buffer: bytearray, method: str, eof: bool):
         parsed = _parse_chunked(buffer, start, status)
         return None if parsed is None else (parsed[0], (status, parsed[1], keep_alive, fields))
     if (length_field := fields.get(b"content-length")) is not None:
+        if not _DIGITS.fullmatch(length_field):  # int() also takes "-5", "+5" and "5_0"
+            raise ValueError(f"bad Content-Length {length_field[:20]!r}")
         length = int(length_field)
-        if length < 0:
-            raise ValueError(f"negative Content-Length {length}")
         if length > MAX_BODY:  # refused as announced, before any of it is read
             raise AnswerTooLarge(status, length)
         if len(buffer) < start + length:
@@ -357,7 +360,10 @@ def _parse_chunked(buffer: bytearray, at: int, status: int) -> tuple[int, bytes]
         line_end = buffer.find(b"\r\n", at)
         if line_end < 0:
             return None
-        size = int(bytes(buffer[at:line_end]).split(b";", 1)[0].strip() or b"0", 16)
+        size_field = bytes(buffer[at:line_end]).split(b";", 1)[0].strip()
+        if not _CHUNK_SIZE.fullmatch(size_field):  # int() takes "-6", which walked the parse back for ever
+            raise ValueError(f"bad chunk size {size_field[:20]!r}")
+        size = int(size_field, 16)
         total += size
         if total > MAX_BODY:  # refused as its chunk is announced
             raise AnswerTooLarge(status, None)

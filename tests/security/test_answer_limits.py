@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -20,9 +21,9 @@ import pytest
 import yaml
 
 from snapctl.agent_client import open_agents
-from snapctl.agent_transport import MAX_BODY
+from snapctl.agent_transport import MAX_BODY, _parse_response
 from snapctl.config import load_inventory
-from snapctl.errors import ExitCode, NotAnAgent
+from snapctl.errors import AgentError, ExitCode, NotAnAgent
 from tests.conftest import LOOPBACK
 
 _BLOB = b"\0" * (1 << 20)
@@ -126,3 +127,50 @@ def test_status_and_a_forced_backup_refuse_a_node_that_answers_endlessly(tmp_pat
     assert forced.returncode == ExitCode.PREFLIGHT_REFUSED, forced.stdout + forced.stderr
     assert "n1:" in forced.stderr and "over snapctl's limit of 64 MiB" in forced.stderr
     assert "--force did not override these" in forced.stderr
+
+
+
+@pytest.mark.parametrize("framing", [
+    b"Transfer-Encoding: chunked\r\n\r\n-6\r\nxx",  # int() took "-6": the parse walked back to its start for ever
+    b"Transfer-Encoding: chunked\r\n\r\n+6\r\nxxxxxx\r\n0\r\n\r\n",
+    b"Content-Length: -5\r\n\r\n",
+    b"Content-Length: 1_0\r\n\r\n0123456789",
+])
+def test_an_answer_framed_with_a_bad_length_is_refused(framing: bytes) -> None:
+    def endless(*_: object) -> None:
+        raise AssertionError("the parse did not end")
+
+    # The old parse of "-6" never returned and grew without bound: an alarm ends it, not the machine.
+    previous = signal.signal(signal.SIGALRM, endless)
+    signal.alarm(3)
+    try:
+        with pytest.raises(ValueError, match="^bad (chunk size|Content-Length)"):
+            _parse_response(bytearray(b"HTTP/1.1 200 OK\r\n" + framing), "GET", False)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_an_agent_answering_with_a_bad_length_is_a_malformed_answer(tmp_path: Path) -> None:
+    server = socket.create_server((LOOPBACK, 0))
+
+    def answer() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1_0\r\n\r\n{\"a\": 12}")
+            time.sleep(5)
+
+    threading.Thread(target=answer, daemon=True).start()
+    inventory = load_inventory(write_inventory(tmp_path, f"http://{LOOPBACK}:{server.getsockname()[1]}"))
+
+    async def status() -> None:
+        async with open_agents(inventory) as agents:
+            await agents["n1"].status()
+
+    try:
+        with pytest.raises(AgentError) as refused:
+            asyncio.run(status())
+    finally:
+        server.close()
+    assert refused.value.node == "n1" and "malformed answer: bad Content-Length" in str(refused.value), refused.value
