@@ -10,7 +10,16 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from snapctl.errors import BadInputError, Interrupted, ProviderError, ProviderThrottled, SnapctlError
-from snapctl.providers import GONE_HINT, TAG_CLUSTER, TAG_RUN, RestoreTarget, stop_requested
+from snapctl.providers import (
+    GONE_HINT,
+    TAG_CLUSTER,
+    TAG_RESTORE_TOKEN,
+    TAG_RESTORED_FROM,
+    TAG_RESTORED_RUN,
+    TAG_RUN,
+    RestoreTarget,
+    stop_requested,
+)
 from snapctl.redact import redact
 from snapctl_aws.client import DELETE, DESCRIBE, VOLUME
 from snapctl_aws.errors import IncorrectState, VolumeInUse, VolumeNotFound, http_status
@@ -21,12 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TAG_RESTORED_FROM = "snapctl-restored-from"
-TAG_RESTORED_RUN = "snapctl-restored-run"  # on a restored volume: the run of its snapshot
-# On a restored volume: its CreateVolume's ClientToken, by which a create whose answer was lost
-# finds the volume it made (the answer alone names it).
-TAG_RESTORE_TOKEN = "snapctl-restore-token"
-SNAPCTL_TAGS = "snapctl-"  # every tag snapctl sets starts so
+SNAPCTL_TAGS = "snapctl-"  # every tag snapctl sets starts so (a later snapctl's too)
 # Volume options an operator may pass in RestoreTarget.extra, with the CreateVolume parameter each sets.
 VOLUME_OPTIONS = {"volume_type": "VolumeType", "iops": "Iops", "throughput": "Throughput", "kms_key_id": "KmsKeyId"}
 
