@@ -6,6 +6,7 @@ Every error names the file, the line and the field; unknown keys list the valid 
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import re
 from collections.abc import Callable, Collection
@@ -44,6 +45,8 @@ from snapctl.yaml_errors import (
 if TYPE_CHECKING:
     from node_agent.engines.base import EngineSettings
 
+log = logging.getLogger(__name__)
+
 DEFAULT_INVENTORY = "inventory.yaml"
 SNAPCTL_TAG_PREFIX = "snapctl-"  # snapctl.providers' TAG_* keys all start so
 INVENTORY_ENV = "SNAPCTL_INVENTORY"
@@ -53,6 +56,11 @@ _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None
 
 
 NOT_A_DURATION = "expected a duration like 30s, 15m, 24h, not a YAML boolean (yes/no, true/false, on/off)"
+
+
+def _plain(key: str) -> str:
+    """``key`` without snapctl's prefix: what to rename a tag named like snapctl's to."""
+    return key[len(SNAPCTL_TAG_PREFIX):].strip("-") or "team"
 
 
 def parse_duration(value: Any) -> float:
@@ -301,12 +309,15 @@ class Inventory(Strict):
     def _not_snapctls(cls, tags: dict[str, str]) -> dict[str, str]:
         # find, prune, gc and drills go by snapctl's own tags: one of the inventory's named like
         # them (snapctl-restored-from) made find() skip every snapshot of every run. Any case:
-        # Azure's tag names ignore it.
+        # Azure's tag names ignore it. Only those: other `snapctl-*` keys ran before this check,
+        # and refusing them stopped every command (list, restore, prune), not only backups; they
+        # get a warning at load (``parse_inventory``).
+        from snapctl.providers import OWN_TAG_KEYS  # here: config's other users need no provider module
+
         for key in tags:
-            if key.lower().startswith(SNAPCTL_TAG_PREFIX):
-                plain = key[len(SNAPCTL_TAG_PREFIX):].strip("-") or "team"
-                raise RefusedValue(f"{key!r}: keys starting with {SNAPCTL_TAG_PREFIX!r} are snapctl's own tags "
-                                   "(find, prune and gc go by them)", hint=f"rename the key, e.g. to {plain!r}")
+            if key.lower() in OWN_TAG_KEYS:
+                raise RefusedValue(f"{key!r} is one of snapctl's own tags (find, prune and gc go by them)",
+                                   hint=f"rename the key, e.g. to {_plain(key)!r}")
         return tags
 
     @field_validator("nodes")
@@ -465,4 +476,20 @@ def parse_inventory(text: str, *, source: str = "<inventory>", base_dir: Path | 
     inventory._source = source
     inventory._text = text
     inventory._node_index = {node.name: index for index, node in enumerate(inventory.nodes)}
+    _warn_snapctl_named_tags(inventory, root)
     return inventory
+
+
+_WARNED_TAGS: set[tuple[str, str]] = set()
+
+
+def _warn_snapctl_named_tags(inventory: Inventory, root: yaml.Node) -> None:
+    """A warning (once per file and key) for each of the inventory's tags named like snapctl's own
+    but not one of them (those are refused): a later snapctl may write a tag of that name."""
+    for key in inventory.tags:
+        if key.lower().startswith(SNAPCTL_TAG_PREFIX) and (inventory.source, key) not in _WARNED_TAGS:
+            _WARNED_TAGS.add((inventory.source, key))
+            line = line_of(root, ("tags", key))
+            log.warning("%s: tags: %r starts with %r, as snapctl's own tags do: it may clash with a tag a later "
+                        "snapctl writes; hint: rename it, e.g. to %r", f"{inventory.source}:{line}" if line
+                        else inventory.source, key, SNAPCTL_TAG_PREFIX, _plain(key))

@@ -34,6 +34,19 @@ TAG_VERSION = "snapctl-version"
 # On a volume a drill restores (RestoreTarget.tags): the drill's id, by which the cleanup after a
 # drill killed outright finds what it made (``find_restored``) and deletes nothing else.
 TAG_DRILL = "snapctl-drill"
+# On a volume (disk) restore makes: the snapshot it came from, which `find` then tells from the
+# run's own when a snapshot of it copies its tags; the run of that snapshot (aws); its
+# CreateVolume's ClientToken, by which a create whose answer was lost finds it (aws); the instance
+# restore attached it to, what its teardown may detach it from (gcp, azure).
+TAG_RESTORED_FROM = "snapctl-restored-from"
+TAG_RESTORED_RUN = "snapctl-restored-run"
+TAG_RESTORE_TOKEN = "snapctl-restore-token"
+TAG_ATTACHED_TO = "snapctl-attached-to"
+# Every tag key snapctl writes or reads, the plugins' too. The inventory's `tags:` may use none of
+# them, in any case (Azure's tag names ignore it): one on every snapshot (snapctl-restored-from)
+# made find() skip every snapshot of every run.
+OWN_TAG_KEYS = frozenset({TAG_CLUSTER, TAG_RUN, TAG_NODE, TAG_VOLUME, TAG_VERSION, TAG_DRILL, TAG_RESTORED_FROM,
+                          TAG_RESTORED_RUN, TAG_RESTORE_TOKEN, TAG_ATTACHED_TO})
 
 # A snapshot gone, damaged, failed or being deleted, in every provider: what its restore says to do.
 GONE_HINT = "restore another run (`snapctl list`); `snapctl verify RUN` checks a run's snapshots without restoring"
@@ -279,8 +292,9 @@ class ProviderSettings(BaseModel):
         """Raise ``BadInputError`` (naming the key or the count, the limit, and a hint) when a
         snapshot carrying ``tags``, the inventory's `tags:`, with this block's own would be refused
         by the cloud: its limits and key rules hold for the two together, with room left for
-        snapctl's own tags. Keys starting with ``snapctl-`` never get here (the inventory refuses
-        them). Called when the inventory's provider block is checked, before anything is held."""
+        snapctl's own tags. snapctl's own keys (``OWN_TAG_KEYS``, in any case) never get here (the
+        inventory refuses them); other keys starting with ``snapctl-`` do, and pass as any key.
+        Called when the inventory's provider block is checked, before anything is held."""
 
 
 class ProviderFactory(Protocol):

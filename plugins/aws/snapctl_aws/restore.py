@@ -10,7 +10,16 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from snapctl.errors import BadInputError, Interrupted, ProviderError, ProviderThrottled, SnapctlError
-from snapctl.providers import GONE_HINT, TAG_CLUSTER, TAG_RUN, RestoreTarget, stop_requested
+from snapctl.providers import (
+    GONE_HINT,
+    TAG_CLUSTER,
+    TAG_RESTORE_TOKEN,
+    TAG_RESTORED_FROM,
+    TAG_RESTORED_RUN,
+    TAG_RUN,
+    RestoreTarget,
+    stop_requested,
+)
 from snapctl.redact import redact
 from snapctl_aws.client import DELETE, DESCRIBE, VOLUME
 from snapctl_aws.errors import IncorrectState, VolumeInUse, VolumeNotFound, http_status
@@ -21,12 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TAG_RESTORED_FROM = "snapctl-restored-from"
-TAG_RESTORED_RUN = "snapctl-restored-run"  # on a restored volume: the run of its snapshot
-# On a restored volume: its CreateVolume's ClientToken, by which a create whose answer was lost
-# finds the volume it made (the answer alone names it).
-TAG_RESTORE_TOKEN = "snapctl-restore-token"
-SNAPCTL_TAGS = "snapctl-"  # every tag snapctl sets starts so
+SNAPCTL_TAGS = "snapctl-"  # every tag snapctl sets starts so (a later snapctl's too)
 # Volume options an operator may pass in RestoreTarget.extra, with the CreateVolume parameter each sets.
 VOLUME_OPTIONS = {"volume_type": "VolumeType", "iops": "Iops", "throughput": "Throughput", "kms_key_id": "KmsKeyId"}
 
@@ -70,6 +74,7 @@ def restore_volume(provider: AwsProvider, snapshot: dict[str, Any], volume: str,
     token = str(uuid.uuid4())
     tags = {**restored_volume_tags(provider.cluster, snapshot, target), TAG_RESTORE_TOKEN: token}
     options = {VOLUME_OPTIONS[key]: value for key, value in target.extra.items() if key in VOLUME_OPTIONS}
+    stop = stop_requested()  # a drill's Ctrl-C or SIGTERM: checked at every poll
     made_at = provider._clock()
     try:
         volume_id = provider.ec2.call(
@@ -79,9 +84,8 @@ def restore_volume(provider: AwsProvider, snapshot: dict[str, Any], volume: str,
         )["VolumeId"]
     except BaseException as exc:  # Ctrl-C and SIGTERM too: a sending may have landed meanwhile
         if not _refused(exc):
-            _discard_made_by(provider, token, exc)
+            _discard_made_by(provider, token, exc, made_at, stop)
         raise
-    stop = stop_requested()  # a drill's Ctrl-C or SIGTERM: checked at every poll
     try:
         _wait_volume(provider, volume_id, lambda v: v["State"] == "available", "available", stop=stop,
                      made_at=made_at)
@@ -102,29 +106,65 @@ def _refused(exc: BaseException) -> bool:
             and 400 <= http_status(exc.__cause__) < 500)
 
 
-def _discard_made_by(provider: AwsProvider, token: str, exc: BaseException) -> None:
+def _discard_made_by(provider: AwsProvider, token: str, exc: BaseException, made_at: float,
+                     stop: threading.Event | None) -> None:
     """A CreateVolume that failed unrefused (an answer lost or late, a 5xx, throttling after a
     sending that landed, Ctrl-C while it ran) may have made a volume whose id nobody was told:
     found by its token tag and discarded. EC2 makes one per token; moto, which ignores the token,
-    one per sending: all of them. One that cannot be deleted, or a search that failed, is named
-    in ``exc`` (a SnapctlError; any other is only logged), so that the restore's error says what
-    is left."""
+    one per sending: all of them. One that cannot be deleted, a search that failed, was stopped
+    or found nothing within the grace is named in ``exc`` (a SnapctlError; any other is only
+    logged), so that the restore's error says what may be left. A second Ctrl-C ends the search
+    (and the command) at once."""
     where = f"tag {TAG_RESTORE_TOKEN}={token}"
+    find_it = (f"find it with `aws ec2 describe-volumes --filters Name=tag:{TAG_RESTORE_TOKEN},Values={token}` "
+               "and delete it")
     try:
+        made = _made_by(provider, token, made_at, stop)
+    except KeyboardInterrupt:
+        _name_left(exc, (f"the search for the volume CreateVolume may have made ({where}) was interrupted", find_it))
+        raise
+    except Interrupted:
+        left = (f"the search for the volume CreateVolume may have made ({where}) was stopped (Ctrl-C or SIGTERM)",
+                find_it)
+    except Exception as lookup:  # noqa: BLE001 - the create's own error is the one to report
+        left = (f"could not look for the volume CreateVolume may have made ({where}): {lookup}", find_it)
+    else:
+        if not made:
+            left = (f"EC2 listed no volume CreateVolume may have made ({where}) within {NOT_FOUND_GRACE_S:.0f}s of "
+                    "the call; one may still appear", find_it)
+        else:
+            kept = sorted(v["VolumeId"] for v in made
+                          if v.get("State") not in GONE and not _discard(provider, v["VolumeId"], provider.cluster))
+            if not kept:
+                return
+            left = (f"CreateVolume made {', '.join(kept)} ({where}), which could not be deleted",
+                    f"delete {'each' if len(kept) > 1 else 'it'} once the cause is fixed: "
+                    f"aws ec2 delete-volume --volume-id {kept[0]}")
+    _name_left(exc, left)
+
+
+SEARCH_POLL_S = 1.0  # the longest pause between searches for a lost create's volume
+
+
+def _made_by(provider: AwsProvider, token: str, made_at: float, stop: threading.Event | None) -> list[dict[str, Any]]:
+    """The volumes carrying ``token``. EC2 lists a new volume (and its tags) only after a while:
+    while none is listed the search is made again, in short polls, until ``NOT_FOUND_GRACE_S``
+    after the CreateVolume was sent (``made_at``); [] past that. ``Interrupted`` once ``stop`` is
+    set: a drill's Ctrl-C must not wait out the grace."""
+    while True:
         made = provider.ec2.pages("describe_volumes", DESCRIBE, "Volumes",
                                   Filters=tag_filters({TAG_RESTORE_TOKEN: token}))
-    except Exception as lookup:  # noqa: BLE001 - the create's own error is the one to report
-        left = (f"could not look for the volume CreateVolume may have made ({where}): {lookup}",
-                f"find it with `aws ec2 describe-volumes --filters Name=tag:{TAG_RESTORE_TOKEN},Values={token}` "
-                "and delete it")
-    else:
-        kept = sorted(v["VolumeId"] for v in made
-                      if v.get("State") not in GONE and not _discard(provider, v["VolumeId"], provider.cluster))
-        if not kept:
-            return
-        left = (f"CreateVolume made {', '.join(kept)} ({where}), which could not be deleted",
-                f"delete {'each' if len(kept) > 1 else 'it'} once the cause is fixed: "
-                f"aws ec2 delete-volume --volume-id {kept[0]}")
+        remaining = made_at + NOT_FOUND_GRACE_S - provider._clock()
+        if made or remaining <= 0:
+            return made
+        if stop is not None and stop.is_set():
+            raise Interrupted(f"the search for the volume made by a CreateVolume (tag {TAG_RESTORE_TOKEN}={token})")
+        provider._sleep(min(provider.settings.poll_interval_s, SEARCH_POLL_S, remaining))
+
+
+def _name_left(exc: BaseException, left: tuple[str, str]) -> None:
+    """Warn of what a failed CreateVolume may have left (``left``: what, and the hint) and add it
+    to ``exc``'s message and hint."""
     log.warning("restore: %s", left[0])
     if isinstance(exc, SnapctlError):  # in place: its type (unreachable, unavailable, throttled) stands
         exc.message = redact(f"{exc.message}; {left[0]}")

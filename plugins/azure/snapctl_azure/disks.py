@@ -20,7 +20,9 @@ from snapctl.errors import BadInputError, ProviderError, SnapshotNotFound
 from snapctl.providers import (
     BEING_DELETED,
     GONE_HINT,
+    TAG_ATTACHED_TO,
     TAG_CLUSTER,
+    TAG_RESTORED_FROM,
     RestoreTarget,
     SnapshotRef,
     discard_restored_volume,
@@ -38,9 +40,7 @@ PERM_DISK_READ = "Microsoft.Compute/disks/read"
 PERM_DISK_DELETE = "Microsoft.Compute/disks/delete"
 PERM_VM_READ = "Microsoft.Compute/virtualMachines/read"
 PERM_VM_WRITE = "Microsoft.Compute/virtualMachines/write"
-TAG_RESTORED_FROM = "snapctl-restored-from"
 DISKS = "providers/Microsoft.Compute/disks"
-TAG_ATTACHED_TO = "snapctl-attached-to"  # on a restored disk: the vm restore attached it to
 
 
 class RestoredDisks:

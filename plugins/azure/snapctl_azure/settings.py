@@ -34,15 +34,18 @@ SNAPCTL_OWN_TAGS = 5
 MAX_USER_TAGS = 40
 MAX_TAGS_TOGETHER = ARM_MAX_TAGS - SNAPCTL_OWN_TAGS
 MAX_TAG_VALUE = 256
-RESERVED_TAG_PREFIXES = ("azure", "microsoft", "windows", "snapctl-")
+ARM_RESERVED_PREFIXES = ("azure", "microsoft", "windows")
+RESERVED_TAG_PREFIXES = (*ARM_RESERVED_PREFIXES, "snapctl-")  # the provider block's: snapctl's prefix too
 _TAG_NAME_REFUSED = re.compile(r"[<>%&\\?/]")
 
 
-def tag_problem(key: str, value: str) -> tuple[str, str] | None:
+def tag_problem(key: str, value: str, reserved: tuple[str, ...] = RESERVED_TAG_PREFIXES) -> tuple[str, str] | None:
     """What ARM would refuse in one user tag, and how to fix it; or None. snapctl's own prefix is
-    refused here too: tag names ignore case, so SNAPCTL-RUN would be snapctl-run."""
-    if key.lower().startswith(RESERVED_TAG_PREFIXES):
-        return ("keys starting with azure, microsoft, windows or snapctl- are reserved",
+    reserved by default: tag names ignore case, so SNAPCTL-RUN would be snapctl-run. The
+    inventory's tags pass ``ARM_RESERVED_PREFIXES``: the inventory refuses snapctl's own keys, in
+    any case, and warns of other `snapctl-*` ones."""
+    if key.lower().startswith(reserved):
+        return (f"keys starting with {', '.join(reserved[:-1])} or {reserved[-1]} are reserved",
                 "rename it, e.g. with a prefix of your own such as 'team-'")
     if not 1 <= len(key) <= 512 or _TAG_NAME_REFUSED.search(key):
         return ("keys take 1-512 characters without <>%&\\?/",
@@ -89,7 +92,7 @@ class AzureSettings(ProviderSettings):
 
     def check_inventory_tags(self, tags: Mapping[str, str]) -> None:
         for key, value in tags.items():
-            problem = tag_problem(key, value)
+            problem = tag_problem(key, value, ARM_RESERVED_PREFIXES)
             if problem:
                 raise BadInputError(f"provider azure: inventory tag {key!r}: {problem[0]}", hint=problem[1])
         # ARM's tag names ignore case: Team and team are one tag, whichever block each is in (the

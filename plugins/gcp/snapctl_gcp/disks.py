@@ -19,7 +19,9 @@ from snapctl.errors import BadInputError, ProviderError, SnapshotNotFound
 from snapctl.providers import (
     BEING_DELETED,
     GONE_HINT,
+    TAG_ATTACHED_TO,
     TAG_CLUSTER,
+    TAG_RESTORED_FROM,
     RestoreTarget,
     SnapshotRef,
     discard_restored_volume,
@@ -41,8 +43,6 @@ PERM_ATTACH = "compute.instances.attachDisk"  # and compute.disks.use on the dis
 PERM_DETACH = "compute.instances.detachDisk"
 PERM_INSTANCE_GET = "compute.instances.get"
 DISK_PATH = re.compile(r"(?:^|/)projects/(?P<project>[^/]+)/zones/(?P<zone>[^/]+)/disks/(?P<disk>[^/]+)$")
-TAG_RESTORED_FROM = "snapctl-restored-from"
-TAG_ATTACHED_TO = "snapctl-attached-to"  # on a restored disk: the instance restore attached it to
 INSTANCE_PATH = re.compile(r"^(?:(?:.*/)?projects/(?P<project>[^/]+)/)?(?:zones/(?P<zone>[^/]+)/instances/)?"
                            r"(?P<instance>[^/]+)$")
 DEVICE_PREFIX = "/dev/disk/by-id/google-"

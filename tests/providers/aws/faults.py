@@ -133,3 +133,27 @@ class NotListedYet:
             "<requestId>00000000-0000-0000-0000-000000000000</requestId><snapshotSet/></DescribeSnapshotsResponse>"
         ).encode()
         return AWSResponse("https://ec2.amazonaws.com/", 200, {"Content-Type": "text/xml"}, _Body(listing))
+
+
+class VolumesNotListedYet:
+    """DescribeVolumes as EC2, eventually consistent, answers a search by a tag of a volume made
+    moments ago: not listed. For the first ``times`` calls whose filters name ``tag_key``; the
+    others reach moto."""
+
+    def __init__(self, tag_key: str, times: int) -> None:
+        self.tag_key, self.times = tag_key, times
+        self.calls = 0  # those answered so
+
+    def __call__(self, request: Any = None, **_: Any) -> Any:
+        from botocore.awsrequest import AWSResponse
+
+        body = request.body.decode() if isinstance(request.body, bytes) else str(request.body or "")
+        if f"tag%3A{self.tag_key}" not in body or self.calls >= self.times:
+            return None
+        self.calls += 1
+        listing = (
+            '<?xml version="1.0" encoding="UTF-8"?>\n'
+            '<DescribeVolumesResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">'
+            "<requestId>00000000-0000-0000-0000-000000000000</requestId><volumeSet/></DescribeVolumesResponse>"
+        ).encode()
+        return AWSResponse("https://ec2.amazonaws.com/", 200, {"Content-Type": "text/xml"}, _Body(listing))
