@@ -210,6 +210,9 @@ class AgentStatus(Model):
     engine: EngineStatus
     lease: LeaseInfo | None = None
     data_paths: list[str] = Field(default_factory=list)
+    # Where restore-prepare may act besides data_paths (a scratch agent's config); None: not set.
+    # Older agents leave the field out, and snapctl then does not check restore.agent_path up front.
+    restore_root: str | None = None
     free_bytes: int | None = None
     # The `engine: type` of the agent's config, the entry point it was built from: an alias or a
     # subclass of another engine may carry that one's ``engine.engine``. None from older agents.

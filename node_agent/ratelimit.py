@@ -214,13 +214,13 @@ def guarded_http(request_timeout_s: float = REQUEST_TIMEOUT_S, max_per_client: i
     its last answer is closed (a request the app is working on, a prepare waiting for its hold, is
     not timed), and a client address gets at most ``max_per_client`` connections open at once.
 
-    A new connection beyond that bound closes the oldest of its address's that has no request
-    under way (idle, or still sending its head) and has never carried the agent's token, not the
-    new one: refusing the newcomer let anyone without a token hold the bound with half-sent
-    requests from snapctl's address and have snapctl's renew and complete refused until its lease
-    ran out. A connection whose request is being answered is never closed for this, nor one that
-    carried the token (only the token's holder can make those); when every other one is such, the
-    new connection is closed instead.
+    A new connection beyond that bound closes the oldest of its address's that has no whole request
+    under way (idle, still sending its head, or still sending its body) and has never carried the
+    agent's token, not the new one: refusing the newcomer let anyone without a token hold the bound
+    with half-sent requests from snapctl's address and have snapctl's renew and complete refused
+    until its lease ran out. A connection whose request has arrived whole (the app is answering it)
+    is never closed for this, nor one that carried the token (only the token's holder can make
+    those); when every other one is such, the new connection is closed instead.
 
     ``tls``: serve HTTPS, the handshake done here (give uvicorn no ssl settings then). Left to
     uvicorn, it came before the protocol saw the connection: a client that never finished its
@@ -279,8 +279,12 @@ def guarded_http(request_timeout_s: float = REQUEST_TIMEOUT_S, max_per_client: i
 
         def _closable(self) -> bool:
             cycle = self.cycle
-            busy = cycle is not None and not cycle.response_complete  # being answered, or its body arriving
-            return not busy and not self._vouched
+            if cycle is None or cycle.response_complete:
+                return not self._vouched
+            # A request under way shields its connection only once it has arrived whole (the app
+            # is answering it) or carries the token: a token-less agent waits for any body, so a
+            # head sent whole with a body trickling in held the bound as surely as a half-sent head.
+            return cycle.more_body and not cycle.scope.get(TOKEN_ACCEPTED) and not self._vouched
 
         def _close_for_another(self) -> None:
             transport = self._raw or self.transport

@@ -107,6 +107,8 @@ class AgentService:
         self.engine_type = engine_type
         self.allow_restore_prepare = allow_restore_prepare
         self.restore_root = restore_root
+        # In every status, null too: snapctl tells it from an older agent's status, which has none.
+        self._restore_root_text = str(restore_root) if restore_root is not None else None
         self.max_lease_s = max_lease_s
         self._clock = clock
         self._lock = threading.Lock()
@@ -158,6 +160,7 @@ class AgentService:
             engine=engine_status,
             lease=lease,
             data_paths=[str(p) for p in paths],
+            restore_root=self._restore_root_text,
             free_bytes=_free_bytes(paths[0]) if paths else None,
             engine_type=self.engine_type,
         )
@@ -175,7 +178,7 @@ class AgentService:
                   else EngineStatus(engine=self.engine.name, reachable=True, details=said))
         return AgentStatus(node=self.node, agent_version=__version__, engine=self._with_release_error(engine),
                            lease=lease.info() if lease else None, data_paths=[str(p) for p in paths],
-                           free_bytes=_free_bytes(paths[0]) if paths else None, engine_type=self.engine_type)
+                           restore_root=self._restore_root_text, free_bytes=_free_bytes(paths[0]) if paths else None, engine_type=self.engine_type)
 
     def _with_release_error(self, engine: EngineStatus) -> EngineStatus:
         """An expired lease the engine would not release is said in ``details["releasing"]``: the

@@ -196,7 +196,8 @@ def check_before_restoring(inventory: Inventory, provider: Provider, manifest: M
                            drill: bool = False) -> None:
     """What `snapctl restore` and `snapctl drill` both check before restoring anything: every node
     has snapshots, a place to go and a valid engine block (if any), every volume its target and
-    snapshot (``check_targets``), and every engine prepared here its data on the restored volumes.
+    snapshot (``check_targets``), every engine prepared here its data on the restored volumes, and
+    every ``restore.agent_path`` under what its scratch agent takes (``check_agent_paths``).
     ``roots``: each node's directory for its volumes (None: none given); ``attached``: the nodes
     whose new volumes are attached to their ``restore.instance``; ``drill``: for a drill."""
     # An engine block is read when its node's turn comes: a mistake in one must not wait for the
@@ -220,6 +221,9 @@ def check_before_restoring(inventory: Inventory, provider: Provider, manifest: M
     check_targets(provider, manifest, nodes, roots, zone=zone, attached=attached, live=live)
     if not getattr(provider, "restore_makes_cloud_volumes", False):
         _check_engine_paths(inventory, manifest, nodes, roots, drill=drill)
+    from snapctl.scratch_agent_paths import check_agent_paths
+
+    check_agent_paths(inventory, nodes)  # last: it asks the scratch agents
 
 
 def _check_engine_paths(inventory: Inventory, manifest: Manifest, nodes: dict[str, Node],

@@ -53,9 +53,10 @@ _CLOCK_SLACK_S = 1.0
 # checkpoint_status() gives the start in microseconds, its resolution: our checkpoint read again is
 # the same instant, and another client's, taken once ours ended, may begin a millisecond later.
 _SAME_START_S = 0.000001
-# A create runs late behind a queue or a slow sync: seconds, minutes at worst. A checkpoint begun
-# later than this after an unconfirmed create was sent is not taken for that create's.
-_LATE_CREATE_MAX_S = 600.0
+# A create runs late behind a queue or a slow sync: seconds. A checkpoint begun later than this
+# after an unconfirmed create was sent is not taken for that create's (``late_create_window_s``):
+# the wider the window, the longer another client's checkpoint can be taken for ours and released.
+DEFAULT_LATE_CREATE_WINDOW_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class _Unconfirmed:
     run_id: str
     verbs: _Verbs
     sent: datetime
+    window_s: float
 
     def may_be(self, since: datetime | None) -> bool:
         if since is None:  # servers without checkpoint_status() cannot tell: assume it is ours
@@ -75,7 +77,7 @@ class _Unconfirmed:
 
     @property
     def too_late(self) -> datetime:
-        return self.sent + timedelta(seconds=_LATE_CREATE_MAX_S)
+        return self.sent + timedelta(seconds=self.window_s)
 
 
 class QuestDBSettings(EngineSettings):
@@ -85,6 +87,9 @@ class QuestDBSettings(EngineSettings):
     force_release: bool = False  # prepare may release a checkpoint this agent did not make
     tables: list[str] | None = None  # verify only these tables (default: every user table)
     timeout_s: float = Field(default=10.0, gt=0)
+    # How long after a create whose answer was lost a checkpoint that begins is still taken for
+    # that create's and released (docs/engines/questdb.md).
+    late_create_window_s: float = Field(default=DEFAULT_LATE_CREATE_WINDOW_S, gt=0)
 
 
 class QuestDBQueryError(EngineError):
@@ -93,6 +98,10 @@ class QuestDBQueryError(EngineError):
     def __init__(self, sql: str, server_message: str, *, hint: str | None = None) -> None:
         super().__init__(f"questdb refused {sql!r}: {server_message}", hint=hint)
         self.server_message = server_message
+
+
+class QuestDBNotSent(EngineError):
+    """The request never reached QuestDB (the connection was refused or not made in time)."""
 
 
 class QuestDBEngine:
@@ -135,14 +144,15 @@ class QuestDBEngine:
         sent = datetime.now(timezone.utc)
         try:
             verbs = self._create_checkpoint(deadline)
-        except (QuestDBQueryError, EngineBusy):
-            raise  # the server answered: nothing was created
+        except (QuestDBQueryError, EngineBusy, QuestDBNotSent):
+            raise  # the server answered, or never got it: nothing was created
         except EngineError:
             # The create may have reached the server with only its answer lost, and may even run
             # later: remember it until a release of it is confirmed (complete, the next prepare,
             # or the agent's tidy). An earlier one still unconfirmed is kept in the same window.
             first = self._unconfirmed.sent if self._unconfirmed is not None else sent
-            self._unconfirmed = _Unconfirmed(run_id, self._attempting or CHECKPOINT, min(first, sent))
+            self._unconfirmed = _Unconfirmed(run_id, self._attempting or CHECKPOINT, min(first, sent),
+                                             self.settings.late_create_window_s)
             raise
         # Ours now; a create still unconfirmed that runs late meets our hold and is refused.
         self._unconfirmed = None
@@ -267,6 +277,9 @@ class QuestDBEngine:
     def _exec(self, sql: str) -> dict[str, Any]:
         try:
             response = self._client.get("/exec", params={"query": sql})
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            # No connection, so nothing of the request reached the server: it cannot run it later.
+            raise QuestDBNotSent(f"questdb at {self.url} is unreachable: {exc}", hint="is questdb running?") from exc
         except httpx.TimeoutException as exc:
             raise EngineError(f"questdb at {self.url} did not answer {sql!r} within {self.settings.timeout_s}s",
                               hint="is the server overloaded or stuck?") from exc

@@ -11,7 +11,7 @@ import pytest
 
 from node_agent.engines.questdb import QuestDBEngine, QuestDBSettings
 from node_agent.service import AgentService
-from snapctl.errors import EngineError
+from snapctl.errors import EngineBusy, EngineError
 from tests.fakes.questdb import FakeQuestDB
 from tests.realdb.procs import wait_until
 
@@ -23,10 +23,10 @@ def fake() -> Iterator[FakeQuestDB]:
         yield server
 
 
-def engine_for(fake: FakeQuestDB, tmp_path: Path, timeout_s: float = 2) -> QuestDBEngine:
+def engine_for(fake: FakeQuestDB, tmp_path: Path, timeout_s: float = 2, **settings: object) -> QuestDBEngine:
     (tmp_path / "qdb").mkdir(exist_ok=True)
-    return QuestDBEngine(QuestDBSettings(root=str(tmp_path / "qdb"), url=fake.url, timeout_s=timeout_s),
-                         base_dir=tmp_path)
+    return QuestDBEngine(QuestDBSettings(root=str(tmp_path / "qdb"), url=fake.url, timeout_s=timeout_s,
+                                         **settings), base_dir=tmp_path)
 
 
 def releases(fake: FakeQuestDB) -> int:
@@ -111,5 +111,59 @@ def test_complete_leaves_alone_a_checkpoint_another_client_took_after_ours_ended
         fake.held_since = None
         assert service.prepare("r2", 30).lease.run_id == "r2"
         assert service.complete("r2").released and not fake.held
+    finally:
+        service.close()
+
+
+def test_a_create_that_never_reached_the_server_leaves_another_clients_checkpoint_alone(fake, tmp_path) -> None:
+    # A create refused at connect was taken as one whose answer was lost: for 10 minutes any
+    # checkpoint begun since was released as its late run, a DBA's in the middle of their backup.
+    fake.down_after = "select tablename,rowcount from table_storage()"  # down just before the create
+    service = AgentService("q1", engine_for(fake, tmp_path))
+    try:
+        with pytest.raises(EngineError, match="unreachable"):
+            service.prepare("r1", 2)
+        assert fake.queries[-1] != "CHECKPOINT CREATE"  # it never got there
+        fake.listen_again()
+        fake.hold_as_someone_else()  # the DBA's own backup, seconds later
+        theirs = fake.held_since
+        assert service.status().engine.held_by == "another questdb client (a checkpoint this agent did not make)"
+        time.sleep(2.5)  # past the watcher's next look (every 2 s after a failed prepare)
+        with pytest.raises(EngineBusy, match="did not make"):
+            service.prepare("r2", 2)
+        assert fake.held_since == theirs and releases(fake) == 0
+    finally:
+        service.close()
+
+
+def test_a_checkpoint_begun_past_the_late_create_window_is_not_taken_for_a_lost_create(fake, tmp_path) -> None:
+    # The create reached the server and its answer was lost, but the server never ran it. A
+    # checkpoint begun later than late_create_window_s after it is another client's.
+    fake.lost_creates = 1
+    service = AgentService("q1", engine_for(fake, tmp_path, late_create_window_s=1))
+    try:
+        with pytest.raises(EngineError, match="unreachable"):
+            service.prepare("r1", 2)
+        assert service.status().engine.details["unconfirmed_create"]["run_id"] == "r1"
+        time.sleep(2.2)  # the window and the 1 s allowed for clocks
+        fake.hold_as_someone_else()
+        theirs = fake.held_since
+        assert service.status().engine.held_by == "another questdb client (a checkpoint this agent did not make)"
+        with pytest.raises(EngineBusy, match="did not make"):
+            service.prepare("r2", 2)
+        assert fake.held_since == theirs and releases(fake) == 0
+    finally:
+        service.close()
+
+
+def test_a_checkpoint_begun_within_the_late_create_window_is_still_taken_for_a_lost_create(fake, tmp_path) -> None:
+    fake.lost_creates = 1
+    service = AgentService("q1", engine_for(fake, tmp_path, late_create_window_s=30))
+    try:
+        with pytest.raises(EngineError, match="unreachable"):
+            service.prepare("r1", 2)
+        fake.hold_as_someone_else()  # as the create would, had it run late: the server cannot tell them apart
+        wait_until(lambda: releases(fake) == 1, timeout_s=10, what="the watcher's release")
+        assert not fake.held
     finally:
         service.close()

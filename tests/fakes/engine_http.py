@@ -36,6 +36,7 @@ class Response:
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0  # act first, answer this much later (a reply lost to the client's timeout)
+    drop: bool = False  # close the connection without answering (a reply lost to a reset)
 
     @classmethod
     def json(cls, payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -81,6 +82,9 @@ class FakeServer:
                 with fake.lock:
                     fake.requests.append(request)
                     response = fake.handle(request)
+                if response.drop:
+                    self.close_connection = True  # received, never answered
+                    return
                 if response.delay_s:
                     time.sleep(response.delay_s)
                 try:
@@ -95,7 +99,11 @@ class FakeServer:
 
             do_GET = do_POST = do_PUT = do_DELETE = _serve
 
-        self._server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
+        self._handler = Handler
+        self._listen(0)
+
+    def _listen(self, port: int) -> None:
+        self._server = ThreadingHTTPServer((LOOPBACK, port), self._handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name=type(self).__name__, daemon=True
@@ -126,6 +134,18 @@ class FakeServer:
         finally:
             self._hanging.clear()
             self._release.set()
+
+    def stop_listening(self) -> None:
+        """New connections are refused from now on (a server gone down); those open stay served.
+        Safe to call from ``handle``: the listening loop runs in a thread of its own."""
+        self._server.shutdown()
+        self._server.socket.close()
+
+    def listen_again(self) -> None:
+        """Accept connections again on the same port (the server back up)."""
+        self._thread.join(timeout=5)
+        self._listen(self.port)
+        self._thread.start()
 
     def start(self) -> FakeServer:
         self._thread.start()

@@ -53,6 +53,10 @@ class FakeQuestDB(FakeServer):
         # Seconds a create (CHECKPOINT CREATE, SNAPSHOT PREPARE) runs late: queued, or a slow sync,
         # while the server answers other clients; other checkpoint commands meanwhile meet IN_PROGRESS.
         self.late_creates = 0.0
+        self.lost_creates = 0  # creates received and dropped unanswered and never run, as a reset would
+        # After answering this SQL (lower case, as ``queries`` has it normalised), refuse new
+        # connections until ``listen_again()``: the server went down between two requests.
+        self.down_after: str | None = None
         self._creating = 0
         self.has_build = True  # False: a build without build(), so the adapter must probe the syntax
         self.queries: list[str] = []
@@ -77,6 +81,15 @@ class FakeQuestDB(FakeServer):
         query = request.query["query"]
         self.queries.append(query)
         sql = " ".join(query.strip().rstrip(";").split())
+        if self.lost_creates and sql.upper() in ("CHECKPOINT CREATE", "SNAPSHOT PREPARE"):
+            self.lost_creates -= 1
+            return Response(drop=True)
+        if self.down_after is not None and sql.lower() == self.down_after:
+            self.down_after = None
+            self.stop_listening()
+            response = self._execute(query, sql)
+            response.headers["Connection"] = "close"  # the client's next request needs a new connection
+            return response
         if self.late_creates and sql.upper() in ("CHECKPOINT CREATE", "SNAPSHOT PREPARE"):
             self._creating += 1
             self.lock.release()  # handle() runs under the lock, taken once

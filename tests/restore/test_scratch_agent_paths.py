@@ -1,38 +1,136 @@
-"""A scratch agent's restore-prepare through `snapctl restore`: ``restore.agent_path`` names where
-its restored disks are mounted, which the agent takes only under its engine's data paths or the
-``restore_root`` of its config. A real agent process on loopback, the local provider."""
+"""A scratch agent's restore-prepare through `snapctl restore` and `snapctl drill`:
+``restore.agent_path`` names where its restored disks are mounted, which the agent takes only
+under its engine's data paths or the ``restore_root`` of its config. snapctl checks it against
+what the agent's status reports before restoring anything. Real agent processes on loopback
+(one of them behind a proxy that drops ``restore_root`` from its status, as an older agent's
+has none), the local provider, the CLI as a subprocess."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
 import pytest
 
-from snapctl.errors import AgentError
+from snapctl.errors import AgentError, BadInputError
 from snapctl.restore import restore_run
 from tests.restore.conftest import scratch_agent
 
+TOKEN = "scratch-agent-token"
 
-@pytest.mark.parametrize("restore_root", [True, False], ids=["under-restore_root", "outside"])
-def test_a_scratch_agents_agent_path_must_lie_under_its_restore_root(sqlite_cluster, tmp_path, restore_root):
+
+def _outside(sqlite_cluster, tmp_path: Path, url: str) -> Path:
+    """n1 restored through the scratch agent at ``url``, its agent_path outside the agent's data paths."""
+    token_file = tmp_path / "agent-token"
+    mounted = tmp_path / "mnt"
+    sqlite_cluster.edit(auth={"token_file": str(token_file)},
+                        node_n1={"restore": {"path": str(mounted / "n1"), "agent": url,
+                                             "agent_path": str(mounted / "n1" / "data")}},
+                        node_n2={"restore": {"path": str(tmp_path / "n2-restored")}})
+    return mounted
+
+
+@pytest.fixture
+def token_file(tmp_path: Path) -> Path:
+    path = tmp_path / "agent-token"
+    path.write_text(TOKEN + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def test_an_agent_path_under_the_scratch_agents_restore_root_is_restore_prepared(sqlite_cluster, tmp_path,
+                                                                                 token_file):
     # The scratch agent's engine block names where it would serve a database; the restored disks
     # are mounted elsewhere, which restore.agent_path names and restore_root allows.
     run_id = sqlite_cluster.backup()
-    token_file = tmp_path / "agent-token"
-    token_file.write_text("scratch-agent-token\n")
-    mounted = tmp_path / "mnt"
-    with scratch_agent(tmp_path, token_file, tmp_path / "image" / "app.db",
-                       restore_root=mounted if restore_root else None) as url:
-        sqlite_cluster.edit(auth={"token_file": str(token_file)},
-                            node_n1={"restore": {"path": str(mounted / "n1"), "agent": url,
-                                                 "agent_path": str(mounted / "n1" / "data")}},
-                            node_n2={"restore": {"path": str(tmp_path / "n2-restored")}})
-        if restore_root:
-            n1 = restore_run(sqlite_cluster.inventory, run_id).nodes[0]
-            assert n1.prepared == url and (mounted / "n1" / "data" / "app.db").is_file()
-            return
+    with scratch_agent(tmp_path, token_file, tmp_path / "image" / "app.db", restore_root=tmp_path / "mnt") as url:
+        mounted = _outside(sqlite_cluster, tmp_path, url)
+        assert httpx.get(url + "/v1/status", headers={"Authorization": f"Bearer {TOKEN}"}
+                         ).json()["restore_root"] == str(mounted)
+        n1 = restore_run(sqlite_cluster.inventory, run_id).nodes[0]
+    assert n1.prepared == url and (mounted / "n1" / "data" / "app.db").is_file()
+
+
+def test_an_agent_path_outside_the_scratch_agents_paths_is_refused_before_anything_is_restored(
+        sqlite_cluster, tmp_path, token_file):
+    # The agent's 400 came only at restore-prepare, after every volume had been restored (cloud
+    # disks made): a nightly drill found out late, and setups that worked before now failed there.
+    run_id = sqlite_cluster.backup()
+    with scratch_agent(tmp_path, token_file, tmp_path / "image" / "app.db") as url:
+        mounted = _outside(sqlite_cluster, tmp_path, url)
+        with pytest.raises(BadInputError) as refused:
+            restore_run(sqlite_cluster.inventory, run_id)
+        assert refused.value.message == (
+            f"node n1: restore.agent_path {mounted / 'n1' / 'data'} lies outside scratch agent {url}'s data paths "
+            f"({tmp_path / 'image'}) and it has no restore_root: its restore-prepare would refuse it once the "
+            "volumes were restored")
+        assert refused.value.hint.startswith("set restore_root: DIR in the scratch agent's config")
+        assert not (mounted / "n1").exists() and not (tmp_path / "n2-restored").exists()
+
+        drill = subprocess.run([sys.executable, "-m", "snapctl.cli", "drill", run_id, "-i",
+                                str(sqlite_cluster.inventory_path), "--junit", str(tmp_path / "drill.xml")],
+                               capture_output=True, text=True, timeout=120, check=False)
+    assert drill.returncode == 2, drill.stderr
+    errors = [line for line in drill.stderr.splitlines() if "error:" in line]
+    assert errors == [f"snapctl: error: {refused.value.message}"], drill.stderr
+    assert "  hint: set restore_root: DIR in the scratch agent's config" in drill.stderr.splitlines()[-1]
+    assert not (mounted / "n1").exists() and not any((tmp_path / "scratch").glob("*/n*/data"))
+
+
+@contextmanager
+def older_agent(url: str) -> Iterator[str]:
+    """The agent at ``url`` as one of before restore_root was reported: a proxy that drops the
+    field from its status and passes everything else as it is."""
+
+    class Proxy(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+        def _pass(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            headers = {k: v for k, v in self.headers.items() if k.lower() in ("authorization", "content-type")}
+            answer = httpx.request(self.command, url + self.path, headers=headers, content=body, timeout=30)
+            content = answer.content
+            if self.path == "/v1/status" and answer.status_code == 200:
+                status = answer.json()
+                del status["restore_root"]
+                content = json.dumps(status).encode()
+            self.send_response(answer.status_code)
+            self.send_header("Content-Type", answer.headers.get("content-type", "application/json"))
+            self.send_header("Content-Length", str(len(content)))
+            self.end_headers()
+            self.wfile.write(content)
+
+        do_GET = do_POST = _pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_older_scratch_agent_is_not_checked_up_front_and_its_restore_prepare_still_refuses(
+        sqlite_cluster, tmp_path, token_file):
+    run_id = sqlite_cluster.backup()
+    with scratch_agent(tmp_path, token_file, tmp_path / "image" / "app.db") as real, older_agent(real) as url:
+        _outside(sqlite_cluster, tmp_path, url)
         with pytest.raises(AgentError) as refused:
             restore_run(sqlite_cluster.inventory, run_id)
-        refused = refused.value
-        assert refused.node == "n1" and refused.status == 400
-        assert refused.reason.startswith("restore-prepare refused: its path must be absolute and lie under the "
-                                         f"engine's data paths or the agent's restore_root ({tmp_path / 'image'})")
-        assert "restore_root in the scratch agent's config" in refused.hint
+    refused = refused.value
+    assert refused.node == "n1" and refused.status == 400
+    assert refused.reason.startswith("restore-prepare refused: its path must be absolute and lie under the "
+                                     f"engine's data paths or the agent's restore_root ({tmp_path / 'image'})")
+    assert "restore_root in the scratch agent's config" in refused.hint

@@ -1,4 +1,4 @@
-"""Connections to the agent: past the bound per address, the oldest connection that has no request
+"""Connections to the agent: past the bound per address, the oldest connection that has no whole request
 under way makes room, never one being answered or one that carried the agent's token."""
 
 from __future__ import annotations
@@ -82,6 +82,40 @@ def test_half_sent_connections_from_the_holders_address_cannot_refuse_its_renew_
                         "one beyond"]
 
 
+def body_trickling(host: str, port: int) -> socket.socket:
+    """A connection that sends a whole request head and the first byte of its body, then stalls:
+    a token-less agent waits for the rest."""
+    sock = socket.create_connection((host, port))
+    sock.sendall(b"POST /v1/renew HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 200\r\n\r\n{")
+    return sock
+
+
+def test_bodies_trickling_in_from_the_holders_address_cannot_refuse_its_renew_on_a_tokenless_agent(
+        tmp_path: Path) -> None:
+    # A request whose head had arrived counted as under way while its body trickled in: on an
+    # agent without a token (loopback), 32 of them from snapctl's address were never closed to
+    # make room, and the holder's renews were refused (a reviewer: 0 of 27 got through in 6 s).
+    db = make_db(tmp_path / "data.db")
+    with agent_process(write_config(tmp_path, db, token=None)) as agent:
+        host, port = agent.url.split("//")[1].split(":")
+        assert httpx.post(agent.url + "/v1/prepare", json={"run_id": "r1", "lease_s": 600}).status_code == 200
+        squat = [body_trickling(host, int(port)) for _ in range(MAX_CONNECTIONS_PER_CLIENT)]
+        time.sleep(0.2)  # all of them counted, each head read
+        # Each on a connection of its own, as snapctl's after a pause: each closes the oldest trickling one.
+        assert httpx.post(agent.url + "/v1/renew", json={"run_id": "r1"}).status_code == 200
+        assert not try_write(db)  # still held, as the renew said
+        squat.append(body_trickling(host, int(port)))  # the squatter fills the bound again
+        time.sleep(0.2)
+        completed = httpx.post(agent.url + "/v1/complete", json={"run_id": "r1"})
+        assert completed.status_code == 200 and completed.json()["released"] is True
+        assert _closed_within(squat[0], 5) and _closed_within(squat[1], 5)
+        assert not _closed_within(squat[-1], 0.2)
+        for sock in squat:
+            sock.close()
+    assert try_write(db)
+
+
 def test_only_connections_without_a_request_under_way_or_the_token_make_room(tmp_path: Path) -> None:
     db = make_db(tmp_path / "data.db")
     service = AgentService("n1", SqliteEngine(SqliteSettings(path=db.name, timeout_s=2), base_dir=tmp_path))
@@ -126,6 +160,29 @@ def test_only_connections_without_a_request_under_way_or_the_token_make_room(tmp
             assert _closed_within(refused, 2)
             assert keep_alive_request(more[0], "/v1/status", HOLDER) == b"HTTP/1.1 200 OK"
             for sock in (holders, *more):
+                sock.close()
+    finally:
+        service.close()
+
+
+def test_a_holders_request_whose_body_is_still_arriving_is_not_closed_to_make_room(tmp_path: Path) -> None:
+    db = make_db(tmp_path / "data.db")
+    service = AgentService("n1", SqliteEngine(SqliteSettings(path=db.name, timeout_s=2), base_dir=tmp_path))
+    server = uvicorn.Server(uvicorn.Config(create_app(service, TOKEN), host="127.0.0.1", port=0, log_level="warning",
+                                           lifespan="off", http=guarded_http(request_timeout_s=30, max_per_client=2)))
+    try:
+        with serve_server(server) as (host, port):
+            holders = socket.create_connection((host, port))
+            body = b'{"run_id": "r1"}'
+            holders.sendall(f"POST /v1/renew HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
+                            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body[:1])
+            silent = socket.create_connection((host, port))
+            time.sleep(0.2)
+            newcomer = body_trickling(host, port)  # the 3rd: the token's request is the holder's, so the silent one goes
+            assert _closed_within(silent, 2) and not _closed_within(holders, 0.2)
+            holders.sendall(body[1:])
+            assert keep_alive_answer(holders).split(b"\r\n")[0] == b"HTTP/1.1 409 Conflict"  # no run holds
+            for sock in (holders, newcomer):
                 sock.close()
     finally:
         service.close()
