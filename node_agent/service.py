@@ -22,6 +22,7 @@ from pathlib import Path
 
 from node_agent.engines.base import Engine
 from node_agent.hold_waits import HoldWaits
+from node_agent.lease_refusals import held_by_another, not_holding, releasing
 from node_agent.models import (
     LOST_ON_ENGINE,
     MAX_LEASE_S,
@@ -178,7 +179,8 @@ class AgentService:
                   else EngineStatus(engine=self.engine.name, reachable=True, details=said))
         return AgentStatus(node=self.node, agent_version=__version__, engine=self._with_release_error(engine),
                            lease=lease.info() if lease else None, data_paths=[str(p) for p in paths],
-                           restore_root=self._restore_root_text, free_bytes=_free_bytes(paths[0]) if paths else None, engine_type=self.engine_type)
+                           restore_root=self._restore_root_text, free_bytes=_free_bytes(paths[0]) if paths else None,
+                           engine_type=self.engine_type)
 
     def _with_release_error(self, engine: EngineStatus) -> EngineStatus:
         """An expired lease the engine would not release is said in ``details["releasing"]``: the
@@ -205,9 +207,9 @@ class AgentService:
             now = self._clock()
             if self._lease is not None:
                 if self._lease.run_id != run_id:
-                    raise self._conflict(f"node {self.node} is already held by run {self._lease.run_id}")
+                    raise held_by_another(self._lease, f"node {self.node} is already held by run {self._lease.run_id}")
                 if self._lease.releasing:
-                    raise self._releasing(self._lease, "prepare")
+                    raise releasing(self.node, self._lease, "prepare")
                 self._lease.expires_mono, self._lease.lease_s = now + lease_s, lease_s
                 self._changed.notify_all()
                 return PrepareResponse(run_id=run_id, lease=self._lease.info(), state=self._lease.state)
@@ -244,9 +246,9 @@ class AgentService:
             self._expire_if_due()
             lease = self._lease
             if lease is None or lease.run_id != run_id:
-                raise self._not_holding(run_id, "renew")
+                raise not_holding(self.node, self._lease, self._ended.get(run_id), run_id, "renew")
             if lease.releasing:
-                raise self._releasing(lease, "renew")
+                raise releasing(self.node, lease, "renew")
             lease.lease_s = lease_s or lease.lease_s
             lease.expires_mono = self._clock() + lease.lease_s
             self._changed.notify_all()
@@ -267,7 +269,7 @@ class AgentService:
                     self._remember_ended(run_id, "completed" if left else LOST_ON_ENGINE)
                     return CompleteResponse(run_id=run_id, released=left, ended=None if left else LOST_ON_ENGINE)
                 # Built first: once remembered, the run would read as one whose hold already ended.
-                refusal = self._not_holding(run_id, "complete")
+                refusal = not_holding(self.node, self._lease, self._ended.get(run_id), run_id, "complete")
                 if lease is None:
                     self._remember_ended(run_id, _COMPLETED_FIRST)
                 raise refusal
@@ -309,7 +311,8 @@ class AgentService:
         with self._lock:
             self._expire_if_due()
             if self._lease is not None:
-                raise self._conflict(f"node {self.node} is held by run {self._lease.run_id}: restore-prepare refused")
+                raise held_by_another(self._lease,
+                                      f"node {self.node} is held by run {self._lease.run_id}: restore-prepare refused")
             with self._engine_busy("restore-prepare"):
                 self.engine.restore_prepare(inside)
 
@@ -433,34 +436,6 @@ class AgentService:
         except EngineError as exc:  # answered as before: nothing held here, and the hint says where to look
             log.warning("complete of run %s: could not ask the engine for a hold a killed agent left: %s", run_id, exc)
             return None
-
-    def _conflict(self, message: str) -> LeaseConflict:
-        lease = self._lease
-        if lease is not None and lease.releasing:
-            return LeaseConflict(f"{message}, whose lease expired; the engine would not release ({lease.release_error})",
-                                 holder=lease.run_id, hint="the agent retries the release until the engine answers")
-        return LeaseConflict(message, holder=lease.run_id if lease else None,
-                             hint="wait until that run completes or its lease expires")
-
-    def _releasing(self, lease: _Lease, verb: str) -> LeaseConflict:
-        return LeaseConflict(f"cannot {verb}: the lease of run {lease.run_id} on node {self.node} expired; the "
-                             f"agent is releasing the engine, which would not release yet ({lease.release_error})",
-                             holder=lease.run_id, hint="start a new run once the engine is released")
-
-    def _not_holding(self, run_id: str, verb: str) -> LeaseConflict:
-        ended = self._ended.get(run_id)
-        past = f" (its hold already {ended})" if ended else ""
-        if self._lease is None:
-            # A run this agent never heard of may be one a previous agent process held for: its
-            # engine may still be held (a Tarantool pin), which this agent cannot know of.
-            hint = None if ended else ("if this agent was restarted while that run held the engine, the engine "
-                                       "may still be held: docs/agent.md, 'an engine left held'")
-            return LeaseConflict(f"cannot {verb}: run {run_id} does not hold node {self.node}{past}; nothing is held",
-                                 hint=hint)
-        holder = self._lease.run_id
-        return LeaseConflict(
-            f"cannot {verb}: node {self.node} is held by run {holder}, not by run {run_id}{past}", holder=holder
-        )
 
     def _check_lease_s(self, lease_s: float) -> None:
         if not 0 < lease_s <= self.max_lease_s:
