@@ -29,11 +29,11 @@ from node_agent.models import (
 )
 from snapctl.agent_credentials import TOKEN_HINT, AgentTokens, tls_context, warn_if_sent_in_clear
 from snapctl.agent_transport import (
-    CLOSED_UNANSWERED,
     MAX_BODY,
     AgentResponse,
     AgentTransport,
     AnswerTooLarge,
+    ClosedUnanswered,
     TransportError,
     TransportTimeout,
 )
@@ -108,6 +108,7 @@ RATE_LIMITED_HINT = ("the agent limits requests per client address and endpoint 
 # where no other node waits on it, sends it again itself (orchestrator._prepare).
 _REPEATABLE_ON_429 = frozenset({"/v1/health", "/v1/status", "/v1/renew", "/v1/complete", "/v1/verify"})
 _TRIES_ON_429 = 4  # in all: a limit that still refuses after three waits is no passing burst
+CLOSED_MID_REQUEST = "the agent closed the connection mid-request (crashed or restarted?)"
 _RETRY_AFTER_UNSAID_S = 1.0  # a 429 without a Retry-After snapctl can read (a proxy's)
 _UNREADABLE_HINT = ("is a snapctl-agent listening there, of a version this snapctl speaks? its /v1/health names its "
                     "version")
@@ -268,7 +269,11 @@ class HttpAgentClient:
             return AgentUnreachable(self.node, f"tls with the agent at {self.base_url} failed: it answers in plain "
                                     "http", hint="use http:// for it, or give the agent tls.cert_file and key_file",
                                     delivered=exc.sent)
-        if reason == CLOSED_UNANSWERED:  # the reason is in the reason: `snapctl status` shows no hints per node
+        if isinstance(exc, ClosedUnanswered) and (exc.gone or not exc.fresh):
+            # Killed mid-request, not a protocol mismatch: a mismatch ends a fresh connection only,
+            # and leaves the agent listening.
+            reason = CLOSED_MID_REQUEST
+        elif isinstance(exc, ClosedUnanswered):  # the reason is in the reason: `snapctl status` shows no hints per node
             if not tls:
                 reason += " (a tls agent does so to plain http: use https:// for it)"
             elif not self._client_cert:

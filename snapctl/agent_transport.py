@@ -38,6 +38,7 @@ _GRAIN = 0.05  # s: how finely request deadlines are kept (_Deadlines)
 _encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
 CLOSED_UNANSWERED = "the agent closed the connection without answering"  # the client adds why it may have
+_PROBE_S = 1.0  # the most a connect that asks whether the agent still listens may take
 
 
 class TransportError(Exception):
@@ -46,6 +47,17 @@ class TransportError(Exception):
     seen the request."""
 
     sent = True
+
+
+class ClosedUnanswered(TransportError):
+    """The agent ended the connection before a byte of its answer. ``fresh``: on a connection
+    opened for this request, where a TLS agent asked in plain http (or one refusing our client
+    certificate) ends it so too, as it never does one it has answered on. ``gone``: nothing
+    listened at the agent's address right after: it died (or restarted) mid-request."""
+
+    def __init__(self, *, fresh: bool, gone: bool) -> None:
+        super().__init__(CLOSED_UNANSWERED)
+        self.fresh, self.gone = fresh, gone
 
 
 class TransportTimeout(TransportError):
@@ -241,7 +253,7 @@ class AgentTransport:
                 answer = await self._exchange(conn, data, deadline, method)
             except _Stale:
                 if not reused:
-                    raise TransportError(CLOSED_UNANSWERED) from None
+                    raise ClosedUnanswered(fresh=True, gone=await self._refused(host, port, deadline)) from None
                 # A kept-alive connection that ended without a byte of answer: most often one the
                 # agent had just closed, never reading the request. But it may have read it and died
                 # before answering (a prepare that held its engine), so should the resend find no
@@ -254,8 +266,8 @@ class AgentTransport:
                     raise
                 try:
                     answer = await self._exchange(conn, data, deadline, method)
-                except _Stale:
-                    raise TransportError(CLOSED_UNANSWERED) from None
+                except _Stale:  # its address answered plain http before: no TLS agent
+                    raise ClosedUnanswered(fresh=False, gone=False) from None
         except BaseException:
             conn.close()  # half-used (a timeout, a cancel): never reused
             raise
@@ -285,6 +297,23 @@ class AgentTransport:
         except OSError as exc:  # asyncio words it "Connect call failed (addr)": the errno says why
             raise _not_sent(TransportError(os.strerror(exc.errno).lower() if exc.errno else str(exc))) from exc
         return conn
+
+    @staticmethod
+    async def _refused(host: str, port: int, deadline: float | None) -> bool:
+        """Whether a connect to the agent's address is refused now: its process gone (a SIGKILL,
+        a crash), which a TLS agent that closed a plain-http request unanswered never is. A plain
+        TCP connect, closed at once: no request, no TLS handshake. Any doubt is not refused."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + _PROBE_S if deadline is None else min(deadline, loop.time() + _PROBE_S)
+        try:
+            async with asyncio.timeout_at(until):
+                _, writer = await asyncio.open_connection(host, port)
+        except ConnectionRefusedError:
+            return True
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        return False
 
     async def _exchange(self, conn: _Connection, data: bytes, deadline: float | None, method: str):
         try:

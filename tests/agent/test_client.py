@@ -270,3 +270,63 @@ def test_a_request_the_agent_read_before_it_died_is_never_reported_unsent(tmp_pa
     unreachable = asyncio.run(scene())
     assert read == [b"POST /v1/prepare HTTP/1.1"]
     assert unreachable.delivered is True  # the run's rollback sends this node a complete
+
+
+def test_an_agent_killed_mid_request_is_said_so_not_taken_for_a_tls_agent(tmp_path: Path, db: Path) -> None:
+    # A backup's agent SIGKILLed during its request was reported as "(a tls agent does so to plain
+    # http: use https:// for it)": the fix it named was wrong, and the agent was simply gone.
+    import signal
+
+    config = write_config(tmp_path, db)
+    with agent_process(config) as agent:
+        inv = inventory(tmp_path, f"  - {{name: n1, agent: '{agent.url}'}}\n", auth=with_token_file(tmp_path),
+                        policy="policy:\n  agent_timeout_s: 20s\n")
+
+        async def killed_mid_request() -> AgentUnreachable:
+            async with open_agents(inv) as agents:
+                agent.proc.send_signal(signal.SIGSTOP)  # the request stays unanswered until the kill
+                call = asyncio.ensure_future(agents["n1"].status())
+                await asyncio.sleep(0.5)
+                assert not call.done()
+                agent.proc.kill()
+                with pytest.raises(AgentUnreachable) as caught:
+                    await call
+            return caught.value
+
+        unreachable = asyncio.run(killed_mid_request())
+    assert unreachable.reason == (f"cannot reach the agent at {agent.url}: the agent closed the connection "
+                                  "mid-request (crashed or restarted?)")
+    assert "tls" not in unreachable.message
+
+
+def test_a_kept_alive_connection_closed_unanswered_is_no_tls_mismatch(tmp_path: Path) -> None:
+    # The agent answered on this address before, in plain http: when it then drops a request, and
+    # the resend too (restarting, or crashing on it), it is no tls agent, though it still listens.
+    async def scene() -> AgentUnreachable:
+        async def agent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            if not answered:
+                health = b'{"status": "ok", "agent_version": "1"}'
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                             % (len(health), health))
+                await writer.drain()
+                answered.append(True)
+                await reader.readuntil(b"\r\n\r\n")
+            writer.transport.abort()
+
+        answered: list[bool] = []
+        server = await asyncio.start_server(agent, LOOPBACK, 0)
+        url = f"http://{LOOPBACK}:{server.sockets[0].getsockname()[1]}"
+        inv = inventory(tmp_path, f"  - {{name: n1, agent: '{url}'}}\n", policy="policy:\n  agent_timeout_s: 5s\n")
+        try:
+            async with open_agents(inv) as agents:
+                await agents["n1"].health()
+                with pytest.raises(AgentUnreachable) as caught:
+                    await agents["n1"].status()
+        finally:
+            server.close()
+        return caught.value
+
+    unreachable = asyncio.run(scene())
+    assert unreachable.reason.endswith(": the agent closed the connection mid-request (crashed or restarted?)")
+    assert "tls" not in unreachable.message and unreachable.delivered is True
