@@ -9,7 +9,8 @@ older copy of this one, restored; another user's), not leftovers. And
 what provider calls that died part-way left in the store that is no snapshot (the local
 provider's ``.partial-*`` copies): the provider lists only those no running call is using. And
 the scratch directories and engines of drills killed outright on this host
-(``snapctl.drill_leftovers``), which the next drill would clean up too.
+(``snapctl.drill_leftovers``), which the next drill would clean up too. And the temp files of
+catalog writes killed between write and rename (a local catalog's; an S3 PUT leaves none).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from snapctl.catalog import Catalog, open_catalog
+from snapctl.catalog.local import CatalogTemp
 from snapctl.catalog.lock import ThreadLockKeeper
 from snapctl.drill_leftovers import clean_abandoned, find_abandoned
 from snapctl.errors import CatalogError, SnapctlError, SnapshotNotFound
@@ -47,6 +49,8 @@ class GcResult:
     killed_drills_cleaned: list[str] = field(default_factory=list)  # --delete: what was done of each
     killed_restores: list[str] = field(default_factory=list)  # staging copies of restores killed on this host
     killed_restores_cleaned: list[str] = field(default_factory=list)  # --delete: what was done of each
+    catalog_temps: list[CatalogTemp] = field(default_factory=list)  # of catalog writes killed before their rename
+    catalog_temps_deleted: list[str] = field(default_factory=list)  # their paths
 
     @property
     def ok(self) -> bool:
@@ -65,6 +69,7 @@ def gc(inventory: Inventory, *, delete: bool = False, include_unknown_runs: bool
         result = find_orphans(catalog, provider)
         result.killed_drills = [drill.listed() for drill in find_abandoned(catalog)]
         result.killed_restores = [line for _, line in find_killed_restores(catalog, inventory, provider)]
+        result.catalog_temps = _catalog_temps(catalog)
         return result
     if not catalog.store.list(f"{catalog.cluster}/manifests/"):  # refused before its lock is made there
         _refuse_a_wrong_catalog(catalog, provider.find({TAG_CLUSTER: catalog.cluster}))
@@ -97,7 +102,22 @@ def gc(inventory: Inventory, *, delete: bool = False, include_unknown_runs: bool
         killed_restores = find_killed_restores(catalog, inventory, provider)
         result.killed_restores = [line for _, line in killed_restores]
         result.killed_restores_cleaned = clean_killed_restores(provider, killed_restores, result.failed, locked.check)
+        result.catalog_temps = _catalog_temps(catalog)
+        for temp in result.catalog_temps:
+            locked.check()
+            try:
+                if catalog.store.remove_temp(temp):  # type: ignore[attr-defined]  # found, so it has one
+                    result.catalog_temps_deleted.append(temp.path)
+            except SnapctlError as exc:
+                result.failed[temp.path] = exc.message
         return result
+
+
+def _catalog_temps(catalog: Catalog) -> list[CatalogTemp]:
+    """What catalog writes killed between write and rename left in the cluster's directory; none
+    for a store that writes no temp files."""
+    find = getattr(catalog.store, "find_temps", None)
+    return find(catalog.cluster) if find is not None else []
 
 
 def find_orphans(catalog: Catalog, provider: Provider, ours: str | None = None) -> GcResult:

@@ -6,7 +6,9 @@ crash). ``create`` links the temp file to the key, which fails if the key exists
 of several racing creators wins. ``replace`` compares and writes under an ``flock`` on the
 directory's ``.lock`` file, taken by ``write`` and ``delete`` too, which serialises them across
 threads and processes on this machine.
-Internal files (temps, lock sidecars) start with a dot and are never listed.
+Internal files (temps, lock sidecars) start with a dot and are never listed. A writer killed
+between its temp file and the rename (SIGKILL, a lost host) leaves the temp, a whole manifest at
+worst: ``find_temps`` lists those old enough to be no live writer's, for `snapctl gc`.
 """
 
 from __future__ import annotations
@@ -14,14 +16,31 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
 import secrets
 import stat
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from snapctl.errors import BadInputError, CatalogError, os_reason
 from snapctl.fsmodes import make_dirs, open_private
+
+# A live writer's temp file lives for as long as one write takes: milliseconds, seconds on a slow
+# share. Ten minutes is far past any write, and short enough that a weekly gc finds every one.
+TEMP_AGE_S = 600.0
+_TEMP_NAME = re.compile(r"^\..+\.tmp-[0-9a-f]{12}$")  # as _write_temp names them
+
+
+@dataclass
+class CatalogTemp:
+    """A temp file a killed catalog write left (``.<key's name>.tmp-<hex>``)."""
+
+    path: str
+    bytes: int
+    age_s: float
 
 
 class LocalBlobStore:
@@ -104,6 +123,46 @@ class LocalBlobStore:
                 if key.startswith(prefix):
                     keys.append(key)
         return sorted(keys)
+
+    def find_temps(self, directory: str, older_than_s: float = TEMP_AGE_S) -> list[CatalogTemp]:
+        """The temp files below ``directory`` (a cluster's) last written more than ``older_than_s``
+        ago: what writers killed between write and rename left, never a live writer's."""
+        found = []
+        now = time.time()
+        for dirpath, dirnames, filenames in os.walk(self._path(directory)):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in sorted(filenames):
+                if not _TEMP_NAME.match(name):
+                    continue
+                path = os.path.join(dirpath, name)
+                try:
+                    st = os.lstat(path)
+                except OSError:
+                    continue  # gone meanwhile: renamed by its writer, or removed by another gc
+                if stat.S_ISREG(st.st_mode) and now - st.st_mtime > older_than_s:
+                    found.append(CatalogTemp(path, st.st_size, now - st.st_mtime))
+        return found
+
+    def remove_temp(self, temp: CatalogTemp, older_than_s: float = TEMP_AGE_S) -> bool:
+        """A temp ``find_temps`` found, removed under its directory's lock (no write or replace is
+        then under way there) if it is still one and still that old; one gone meanwhile is fine.
+        False: kept, for it was written since it was found."""
+        path = Path(temp.path)
+        if not _TEMP_NAME.match(path.name) or not path.parent.is_relative_to(self.root):
+            raise BadInputError(f"{path} is no temp file of the catalog at {self.root}")
+        with self._locked(path):
+            try:
+                st = os.lstat(path)
+                if not stat.S_ISREG(st.st_mode) or time.time() - st.st_mtime <= older_than_s:
+                    return False  # a live writer's after all
+                path.unlink()
+            except FileNotFoundError:
+                return True
+            except OSError as exc:
+                raise CatalogError(f"cannot remove {path}: {os_reason(exc)}",
+                                   hint=_permission_hint(exc, path)) from exc
+            _fsync_dir(path.parent)
+            return True
 
     def check_writable(self, directory: str) -> None:
         """The directory, or the nearest one above it that exists (below which a write makes the

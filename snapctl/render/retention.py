@@ -87,7 +87,15 @@ def gc_text(renderer: Any, result: Any) -> int:
         say(f"{len(result.killed_restores)} restore(s) killed on this host before they finished, and what they left:")
         for line in result.killed_restores_cleaned or result.killed_restores:
             say(f"  {line}")
-    if (result.orphans or result.leftovers or result.killed_drills or result.killed_restores) and not result.delete:
+    if result.catalog_temps:
+        say(f"{len(result.catalog_temps)} temp file(s) in the catalog of writes killed before they finished:")
+        for temp in result.catalog_temps:
+            done = ("  deleted" if temp.path in result.catalog_temps_deleted else
+                    f"  NOT deleted: {result.failed[temp.path]}" if temp.path in result.failed else
+                    "  kept: written since gc found it" if result.delete else "")
+            say(f"  {temp.path}  {human_bytes(temp.bytes)}, last written {_age(temp.age_s)} ago{done}")
+    if (result.orphans or result.leftovers or result.killed_drills or result.killed_restores
+            or result.catalog_temps) and not result.delete:
         say("run `snapctl gc --delete` to delete them")
     if result.skipped_runs:
         say("not considered (run in progress, or manifest unreadable): " + ", ".join(result.skipped_runs))
@@ -121,3 +129,8 @@ def _printer(console: Any):
         console.print(line, markup=False, highlight=False, soft_wrap=True)
 
     return say
+
+
+def _age(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    return f"{minutes} min" if minutes < 120 else f"{minutes // 60} h" if minutes < 2880 else f"{minutes // 1440} days"
