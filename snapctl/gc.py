@@ -25,7 +25,12 @@ from snapctl.catalog.lock import ThreadLockKeeper
 from snapctl.drill_leftovers import clean_abandoned, find_abandoned
 from snapctl.errors import CatalogError, SnapctlError, SnapshotNotFound
 from snapctl.providers import TAG_CLUSTER, TAG_RUN, Leftover, Provider, SnapshotRef, open_provider
-from snapctl.restore_leftovers import clean_killed_restores, find_killed_restores
+from snapctl.restore_leftovers import (
+    clean_killed_restores,
+    find_abandoned_restores,
+    find_killed_restores,
+    finish_abandoned_restores,
+)
 
 if TYPE_CHECKING:
     from snapctl.config import Inventory
@@ -49,6 +54,10 @@ class GcResult:
     killed_drills_cleaned: list[str] = field(default_factory=list)  # --delete: what was done of each
     killed_restores: list[str] = field(default_factory=list)  # staging copies of restores killed on this host
     killed_restores_cleaned: list[str] = field(default_factory=list)  # --delete: what was done of each
+    # Unfinished records of restores whose process is gone from this host (killed outright), each
+    # keeping its run from prune for a day; --delete finishes them as abandoned.
+    abandoned_restores: list[str] = field(default_factory=list)
+    abandoned_restores_finished: list[str] = field(default_factory=list)  # --delete: what was done of each
     catalog_temps: list[CatalogTemp] = field(default_factory=list)  # of catalog writes killed before their rename
     catalog_temps_deleted: list[str] = field(default_factory=list)  # their paths
 
@@ -69,6 +78,7 @@ def gc(inventory: Inventory, *, delete: bool = False, include_unknown_runs: bool
         result = find_orphans(catalog, provider)
         result.killed_drills = [drill.listed() for drill in find_abandoned(catalog)]
         result.killed_restores = [line for _, line in find_killed_restores(catalog, inventory, provider)]
+        result.abandoned_restores = [restore.listed() for restore in find_abandoned_restores(catalog, inventory)]
         result.catalog_temps = _catalog_temps(catalog)
         return result
     if not catalog.store.list(f"{catalog.cluster}/manifests/"):  # refused before its lock is made there
@@ -102,6 +112,10 @@ def gc(inventory: Inventory, *, delete: bool = False, include_unknown_runs: bool
         killed_restores = find_killed_restores(catalog, inventory, provider)
         result.killed_restores = [line for _, line in killed_restores]
         result.killed_restores_cleaned = clean_killed_restores(provider, killed_restores, result.failed, locked.check)
+        abandoned = find_abandoned_restores(catalog, inventory)  # after the clean-up: its failures keep a record
+        result.abandoned_restores = [restore.listed() for restore in abandoned]
+        result.abandoned_restores_finished = finish_abandoned_restores(catalog, abandoned, result.failed,
+                                                                       f"gc {locked.run_id}", locked.check)
         result.catalog_temps = _catalog_temps(catalog)
         for temp in result.catalog_temps:
             locked.check()

@@ -40,6 +40,7 @@ from snapctl.gc import stored_runs as _stored_runs
 from snapctl.providers import TAG_CLUSTER, TAG_RUN, Provider, SnapshotRef, open_provider
 from snapctl.prune_marks import mark_pruning, stopped_prune, unmark_pruning
 from snapctl.redact import redact
+from snapctl.restore_leftovers import restore_gone
 from snapctl.retention import PRUNING, SUCCEEDED, Decision, RetentionPlan, Run, decide
 from snapctl.timestamps import as_utc, utc_text
 
@@ -297,6 +298,7 @@ def _spared_while_in_use(catalog: Catalog, verdict: RunVerdict, result: PruneRes
     run's snapshots. Its record says when it finished; one killed outright never does, so a record
     older than its time budget (a drill's: drill.timeout_s and its teardown) no longer counts."""
     now = datetime.now(UTC)
+    dead: str | None = None  # a restore killed outright on this host: said only if nothing else is under way
     for use, budget_s in ((_RESTORE, RESTORE_GUARD_S), (_DRILL, drill_timeout_s + _DRILL_TEARDOWN_S)):
         for key in catalog.store.list(f"{catalog.cluster}/{use.folder}/{verdict.run_id}-"):
             try:
@@ -307,11 +309,18 @@ def _spared_while_in_use(catalog: Catalog, verdict: RunVerdict, result: PruneRes
                 continue  # unreadable: it cannot say a restore or drill is running
             if record.get("finished_at") is None and (now - started).total_seconds() < budget_s:
                 what = f"{use.noun} {record.get(f'{use.noun}_id')}"
-                why = f"being {use.doing} ({what}, started {started:%Y-%m-%d %H:%M}Z)"
-                kept = RunVerdict(verdict.run_id, verdict.started_at, verdict.status, [why])
-                result.kept = sorted([*result.kept, kept], key=lambda v: v.started_at, reverse=True)
-                return True
-    return False
+                if use is _RESTORE and restore_gone(record):  # kept still: gc needs the record to clear its places
+                    dead = dead or (f"{what} (started {started:%Y-%m-%d %H:%M}Z) whose process {record['owner']} is "
+                                    "gone left its record unfinished: `snapctl gc --delete` finishes it")
+                    continue
+                return _kept(verdict, result, f"being {use.doing} ({what}, started {started:%Y-%m-%d %H:%M}Z)")
+    return dead is not None and _kept(verdict, result, dead)
+
+
+def _kept(verdict: RunVerdict, result: PruneResult, why: str) -> bool:
+    kept = RunVerdict(verdict.run_id, verdict.started_at, verdict.status, [why])
+    result.kept = sorted([*result.kept, kept], key=lambda v: v.started_at, reverse=True)
+    return True
 
 
 def _decide_over_readable_runs(catalog: Catalog, provider: Provider, retention: Retention,

@@ -77,10 +77,14 @@ class RestoreRecord(BaseModel):
     run_id: str
     restore_id: str
     owner: str  # user@host:pid
+    # Its boot, pid namespace and start: what proves it gone once killed outright (SIGKILL), for
+    # gc to finish the record; None in the records of an older snapctl.
+    owner_process: dict[str, Any] | None = None
     target: str
     started_at: UtcTime
     finished_at: UtcTime | None = None
     outcome: Literal["restored", "mismatch", "failed", "interrupted"] | None = None
+    abandoned: bool = False  # killed outright; finished (outcome interrupted) by a later gc
     error: str | None = None
     volumes: dict[str, str] = Field(default_factory=dict)  # "<node>/<volume>" -> restored path or volume id
 
@@ -95,6 +99,7 @@ def restore_run(inventory: Inventory, run_ref: str, to: Path | None = None, *, z
     """Restore every node's snapshots of a run, restore-prepare each engine, and verify in place
     the engines that read their files directly; on record in the catalog while it runs, unless
     not ``record_it`` (a catalog that cannot be written: a read-only copy, in a disaster)."""
+    from snapctl.drill_leftovers import identity
     from snapctl.orchestrator import run_owner
     from snapctl.runner import interrupts_deferred
 
@@ -104,7 +109,8 @@ def restore_run(inventory: Inventory, run_ref: str, to: Path | None = None, *, z
     to = to.absolute() if to is not None else None  # a flag's path is the caller's, not the inventory's
     where = str(to) if to is not None else (f"zone {zone}" if zone else EACH_NODE)
     started_at = datetime.now(UTC)
-    record = RestoreRecord(cluster=catalog.cluster, run_id=run_id, owner=run_owner(), target=where,
+    record = RestoreRecord(cluster=catalog.cluster, run_id=run_id, owner=run_owner(),
+                           owner_process=identity(os.getpid()), target=where,
                            restore_id=f"{started_at:%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}", started_at=started_at)
     # On record before the run's status is read: a prune that marks the run after that read looks
     # at the records again before it deletes anything, and so finds this one.
@@ -138,7 +144,7 @@ def restore_run(inventory: Inventory, run_ref: str, to: Path | None = None, *, z
                 if record_it:
                     catalog.store.write(record.key, record.model_dump_json(indent=2).encode())
             except SnapctlError:
-                pass  # left unfinished, it keeps the run from prune only for a while (prune.RESTORE_GUARD_S)
+                pass  # left unfinished, it keeps the run from prune until gc finishes it, or RESTORE_GUARD_S
 
 
 def _restore(inventory: Inventory, catalog: Catalog, run_id: str, to: Path | None, where: str, *, zone: str | None,

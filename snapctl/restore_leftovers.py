@@ -6,17 +6,27 @@ rerun into the same place clears them; a restore run elsewhere instead never wou
 unfinished restore records say where each restore went (``--to DIR``, or each node's
 ``restore.path``), and the provider judges each place by its marker: only a restore whose process
 is proven gone from this host (``drill_leftovers.gone_from_this_host``) counts, never a running one.
+
+Such a restore's record stays unfinished too, and keeps its run from prune for a day. A record
+names its process as a drill's does (``owner``, ``owner_process``): once that process is proven
+gone from this host, and what the restore left at its places is removed, gc finishes the record
+as abandoned (outcome ``interrupted``). A record of an older snapctl, without ``owner_process``,
+is never judged: prune's day from its start still ends its hold.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from snapctl.errors import SnapctlError
 from snapctl.evidence import volume_roots
+from snapctl.timestamps import utc_text
 from snapctl.units import human_bytes
 
 if TYPE_CHECKING:
@@ -34,13 +44,8 @@ def find_killed_restores(catalog: Catalog, inventory: Inventory, provider: Provi
     if find is None:
         return []
     places: set[str] = set()
-    for key in catalog.store.list(f"{catalog.cluster}/restores/"):
-        try:
-            record = json.loads(catalog.store.read(key) or b"null")
-        except (ValueError, SnapctlError):
-            continue  # unreadable: nothing to go by
-        if isinstance(record, dict) and not record.get("finished_at"):
-            places |= _places(str(record.get("target") or ""), inventory)
+    for _, record, _ in _unfinished(catalog):
+        places |= _places(str(record.get("target") or ""), inventory)
     return [(target, f"{target}: a killed restore's staging copy {staging or '(gone)'}, {human_bytes(size)}, and "
                      "its marker") for target, staging, size in find(sorted(places))]
 
@@ -59,6 +64,78 @@ def clean_killed_restores(provider: Provider, found: list[tuple[str, str]], fail
             failed[target] = exc.message
             lines.append(f"{line}: NOT removed: {exc.message}")
     return lines
+
+
+@dataclass
+class AbandonedRestore:
+    """An unfinished restore record whose process is proven gone from this host."""
+
+    key: str
+    restore_id: str
+    run_id: str
+    owner: str
+    places: set[str] = field(default_factory=set)  # where it restored to, as ``_places`` has them
+    raw: bytes = field(repr=False, default=b"")
+
+    def listed(self) -> str:
+        return f"restore {self.restore_id} of run {self.run_id} ({self.owner}, no longer running): its record"
+
+
+def restore_gone(record: dict[str, Any]) -> bool:
+    """The restore of an unfinished record is proven gone from this host (killed outright): as a
+    drill is judged; a record without ``owner_process`` (an older snapctl's) never is."""
+    from snapctl.drill_leftovers import gone_from_this_host
+
+    owner = record.get("owner")
+    return isinstance(owner, str) and gone_from_this_host(owner, record.get("owner_process"))
+
+
+def find_abandoned_restores(catalog: Catalog, inventory: Inventory) -> list[AbandonedRestore]:
+    """The unfinished restore records whose process is proven gone from this host."""
+    return [AbandonedRestore(key, str(record.get("restore_id")), str(record.get("run_id")), str(record["owner"]),
+                             _places(str(record.get("target") or ""), inventory), raw)
+            for key, record, raw in _unfinished(catalog) if restore_gone(record)]
+
+
+def finish_abandoned_restores(catalog: Catalog, found: list[AbandonedRestore], failed: dict[str, str], by: str,
+                              check: Callable[[], None]) -> list[str]:
+    """Each record of ``found`` finished as abandoned, but one with a place in ``failed`` (what it
+    left there could not be removed: the next gc finds the place by the record); a line on each.
+    ``by``: who finishes them; ``check``: the cluster lock still held, before each."""
+    lines = []
+    for restore in found:
+        check()
+        stuck = sorted(p for p in restore.places if p in failed or os.path.realpath(p) in failed)
+        if stuck:
+            lines.append(f"{restore.listed()} left unfinished: what it left at {', '.join(stuck)} is still there")
+            continue
+        record = json.loads(restore.raw)
+        record.update(finished_at=utc_text(datetime.now(UTC)), outcome="interrupted", abandoned=True,
+                      error=f"abandoned: its process {restore.owner} was gone before the restore finished; "
+                            f"finished by {by}")
+        try:
+            if catalog.store.replace(restore.key, json.dumps(record, indent=2).encode(), expected=restore.raw):
+                lines.append(f"{restore.listed()} marked abandoned")
+            else:
+                lines.append(f"{restore.listed()} was finished meanwhile, by another")
+        except SnapctlError as exc:
+            failed[restore.key] = exc.message
+            lines.append(f"{restore.listed()} could not be finished ({exc.message}): the next gc tries again")
+    return lines
+
+
+def _unfinished(catalog: Catalog) -> list[tuple[str, dict[str, Any], bytes]]:
+    """(key, record, its bytes) of each readable unfinished restore record of the cluster."""
+    found = []
+    for key in catalog.store.list(f"{catalog.cluster}/restores/"):
+        try:
+            raw = catalog.store.read(key) or b"null"
+            record = json.loads(raw)
+        except (ValueError, SnapctlError):
+            continue  # unreadable: nothing to go by
+        if isinstance(record, dict) and not record.get("finished_at"):
+            found.append((key, record, raw))
+    return found
 
 
 def _places(target: str, inventory: Inventory) -> set[str]:

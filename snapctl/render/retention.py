@@ -87,6 +87,11 @@ def gc_text(renderer: Any, result: Any) -> int:
         say(f"{len(result.killed_restores)} restore(s) killed on this host before they finished, and what they left:")
         for line in result.killed_restores_cleaned or result.killed_restores:
             say(f"  {line}")
+    if result.abandoned_restores:
+        say(f"{len(result.abandoned_restores)} unfinished record(s) of restores killed on this host, each keeping its "
+            "run from prune for a day from its start:")
+        for line in result.abandoned_restores_finished or result.abandoned_restores:
+            say(f"  {line}")
     if result.catalog_temps:
         say(f"{len(result.catalog_temps)} temp file(s) in the catalog of writes killed before they finished:")
         for temp in result.catalog_temps:
@@ -95,8 +100,8 @@ def gc_text(renderer: Any, result: Any) -> int:
                     "  kept: written since gc found it" if result.delete else "")
             say(f"  {temp.path}  {human_bytes(temp.bytes)}, last written {_age(temp.age_s)} ago{done}")
     if (result.orphans or result.leftovers or result.killed_drills or result.killed_restores
-            or result.catalog_temps) and not result.delete:
-        say("run `snapctl gc --delete` to delete them")
+            or result.abandoned_restores or result.catalog_temps) and not result.delete:
+        say("run `snapctl gc --delete` to delete them" + (" and finish the records" if result.abandoned_restores else ""))
     if result.skipped_runs:
         say("not considered (run in progress, or manifest unreadable): " + ", ".join(result.skipped_runs))
     return gc_exit(result)

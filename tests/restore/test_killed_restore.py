@@ -42,10 +42,11 @@ cli.main()
 """
 
 
-def paused_restore(cluster: SqliteCluster, target: Path, tmp_path: Path) -> tuple[subprocess.Popen, Path]:
-    """`snapctl restore latest --to target`, stopped for good with n1's copy made in its staging directory."""
+def paused_restore(cluster: SqliteCluster, target: Path, tmp_path: Path,
+                   run: str = "latest") -> tuple[subprocess.Popen, Path]:
+    """`snapctl restore RUN --to target`, stopped for good with n1's copy made in its staging directory."""
     reached = tmp_path / "reached"
-    process = subprocess.Popen([sys.executable, "-c", _PAUSED, str(reached), "restore", "latest", "--to", str(target),
+    process = subprocess.Popen([sys.executable, "-c", _PAUSED, str(reached), "restore", run, "--to", str(target),
                                 "-i", str(cluster.inventory_path)], cwd=cluster.directory,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
@@ -115,3 +116,60 @@ def test_a_place_gc_cannot_look_into_is_passed_over_not_a_traceback(sqlite_clust
 
     provider = open_provider(sqlite_cluster.inventory)
     assert provider.find_killed_restores([str(tmp_path / ("x" * 300) / "n1" / "data")]) == []
+
+
+def test_a_killed_restores_record_is_finished_by_gc_once_its_process_is_proven_gone(sqlite_cluster, tmp_path):
+    # gc removed the staging copy and marker but left the record unfinished: prune kept the run
+    # "being restored" for a day after the restore had died.
+    from snapctl.catalog import open_catalog
+    from snapctl.prune import gc, prune
+    from snapctl.restore import RestoreRecord
+
+    old = sqlite_cluster.backup()
+    sqlite_cluster.backup()
+    sqlite_cluster.edit(retention={"keep_last": 1, "daily": 0, "weekly": 0, "monthly": 0})
+    inventory = sqlite_cluster.inventory
+    catalog = open_catalog(inventory)
+    target = tmp_path / "restored"
+    process, staging = paused_restore(sqlite_cluster, target, tmp_path, run=old)
+    [key] = catalog.store.list("restore-test/restores/")
+
+    def kept_for() -> list[str]:
+        return next(v.reasons for v in prune(inventory, dry_run=True).kept if v.run_id == old)
+
+    try:
+        assert gc(inventory).abandoned_restores == [], "a running restore is nobody's leftover"
+        assert gc(inventory, delete=True).abandoned_restores == []
+        assert kept_for()[0].startswith("being restored (restore ")
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    record = RestoreRecord.model_validate_json(catalog.store.read(key))
+    assert record.finished_at is None and record.owner_process and record.owner_process["pid"] == process.pid
+    assert kept_for() == [f"restore {record.restore_id} (started {record.started_at:%Y-%m-%d %H:%M}Z) whose "
+                          f"process {record.owner} is gone left its record unfinished: `snapctl gc --delete` "
+                          "finishes it"]
+    # An older snapctl's record names no process to prove gone: judged by its start, as before.
+    legacy = record.model_copy(update={"restore_id": "20261207T000000Z-0ld0", "owner_process": None})
+    catalog.store.write(legacy.key, legacy.model_dump_json(exclude={"owner_process", "abandoned"}).encode())
+    assert kept_for()[0].startswith(f"being restored (restore {legacy.restore_id}, "), "one under way comes first"
+    listed = gc(inventory)
+    said = f"restore {record.restore_id} of run {old} ({record.owner}, no longer running): its record"
+    assert listed.abandoned_restores == [said] and len(listed.killed_restores) == 1
+    assert RestoreRecord.model_validate_json(catalog.store.read(key)).finished_at is None, "listing writes nothing"
+
+    deleted = gc(inventory, delete=True)
+
+    assert deleted.ok and deleted.abandoned_restores_finished == [f"{said} marked abandoned"]
+    assert not staging.exists() and len(deleted.killed_restores_cleaned) == 1
+    finished = RestoreRecord.model_validate_json(catalog.store.read(key))
+    assert finished.finished_at and finished.outcome == "interrupted" and finished.abandoned
+    assert finished.error.startswith(f"abandoned: its process {record.owner} was gone before the restore finished; "
+                                     "finished by gc gc-")
+    assert gc(inventory).abandoned_restores == []
+    assert RestoreRecord.model_validate_json(catalog.store.read(legacy.key)).finished_at is None
+    assert kept_for() == [f"being restored (restore {legacy.restore_id}, started "
+                          f"{legacy.started_at:%Y-%m-%d %H:%M}Z)"]
+
+    catalog.store.delete(legacy.key)
+    assert [v.run_id for v in prune(inventory).deleted] == [old]
