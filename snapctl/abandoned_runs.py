@@ -11,6 +11,11 @@ they completed, as they do for those. A rollback that began after step 8 records
 first, so that a run killed while deleting its snapshots is never taken for a backup; where that
 record cannot be written (the catalog failing too) it deletes nothing, so that a record naming
 every snapshot with no error always names snapshots that are there.
+
+Prune and `gc --delete` close them too, under the same lock. Until one of them runs, what reads
+the catalog without the lock tells such a run from a live one by the lock alone (``owner_gone``):
+`list` and `status` show it stopped, and verify, restore and drill take one that took every
+snapshot for the backup it will be closed as.
 """
 
 from __future__ import annotations
@@ -18,8 +23,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from snapctl.catalog import Catalog
-from snapctl.errors import CatalogError, SnapctlError
-from snapctl.manifest import Manifest
+from snapctl.catalog.lock import LockRecord, gone_from_this_host, utc_now
+from snapctl.errors import BadInputError, CatalogError, SnapctlError
+from snapctl.manifest import IndexEntry, Manifest
+
+STOPPED = "running, its snapctl gone: the next backup, prune or gc --delete closes it"
 
 
 def close_abandoned_runs(catalog: Catalog, run_id: str) -> None:
@@ -50,6 +58,57 @@ def close_abandoned_runs(catalog: Catalog, run_id: str) -> None:
             catalog.save(stale)
         except SnapctlError:
             continue  # a record we cannot fix is no reason to refuse a backup
+
+
+def owner_gone(run_id: str, lock: LockRecord | None, now: datetime) -> bool:
+    """Whether the snapctl of run ``run_id``, still marked running, is proven gone, from the cluster
+    lock alone and without taking it: the lock is no longer the run's (released, expired, or taken
+    by another run, which closes it: what ``close_abandoned_runs`` relies on), or its owner's
+    process no longer exists on this host. A run keeps its lock from before its manifest is first
+    saved until after its last save, so a live run always holds it."""
+    if lock is None or lock.run_id != run_id or not lock.held_at(now):
+        return True
+    return gone_from_this_host(lock.owner)
+
+
+def marked_stopped(entries: list[IndexEntry], lock: LockRecord | None, now: datetime) -> list[IndexEntry]:
+    """``entries`` with each running run whose snapctl is gone saying so in its error: what `list`
+    and `status` show until a backup, prune or gc --delete closes it."""
+    return [e.model_copy(update={"error": STOPPED}) if e.status == "running" and owner_gone(e.run_id, lock, now)
+            else e for e in entries]
+
+
+def listed(catalog: Catalog, entries: list[IndexEntry]) -> list[IndexEntry]:
+    """``entries`` as `snapctl list` shows them (``marked_stopped``); as they are if the lock cannot be read."""
+    try:
+        lock = catalog.read_lock()
+    except SnapctlError:
+        return entries  # proves nothing: `status` and a backup report the lock
+    return marked_stopped(entries, lock, utc_now())
+
+
+def as_stopped_backup(catalog: Catalog, manifest: Manifest) -> str | None:
+    """For verify, restore and drill, which take no lock: a run still marked running whose snapctl
+    is gone and which took every snapshot is the backup the next backup, prune or gc --delete will
+    close it as, so ``manifest`` is made that here (in memory only) and a warning saying so is
+    returned. One stopped before that is refused, truthfully; None: its snapctl may still run."""
+    if manifest.status != "running":
+        return None
+    try:
+        lock = catalog.read_lock()
+    except SnapctlError:
+        return None  # an unreadable lock proves nothing: refused as a running run
+    if not owner_gone(manifest.run_id, lock, utc_now()):
+        return None
+    closes = "the next backup, prune or gc --delete closes it"
+    if manifest.error is not None or not every_snapshot_taken(manifest):
+        how = (f"while it rolled the run back ({manifest.error})" if manifest.error is not None
+               else "before it took every snapshot")
+        raise BadInputError(f"run {manifest.run_id} running, but snapctl stopped {how}: it is no backup; {closes} "
+                            "(as failed)", hint="pick a succeeded run from `snapctl list`")
+    keep_unconfirmed(manifest, "snapctl stopped")
+    return (f"run {manifest.run_id} is still marked running, but its snapctl is gone and every snapshot was taken: "
+            f"used as the backup {closes} as (succeeded, its snapshots not confirmed complete)")
 
 
 def stored_with_snapshots(catalog: Catalog, run_id: str) -> bool:

@@ -134,8 +134,10 @@ def list_runs(inventory: InventoryOpt = None, output: OutputOpt = "text") -> int
 
     out = _renderer(output)  # first: it decides how an error is shown, the inventory's too
     catalog = open_catalog(_inventory(inventory))
+    from snapctl.abandoned_runs import listed
+
     entries, problems = catalog.list()
-    return out.run_list(entries, problems, catalog.describe(say_missing=not entries))
+    return out.run_list(listed(catalog, entries), problems, catalog.describe(say_missing=not entries))
 
 
 @app.command(cls=_RequiredAsDocumented)

@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING
 
+from snapctl.abandoned_runs import close_abandoned_runs
 from snapctl.catalog import Catalog, open_catalog
 from snapctl.catalog.lock import ThreadLockKeeper
 from snapctl.completion import CompletionBudget, can_complete, complete_snapshots, mark_snapshots_completed
@@ -111,6 +112,9 @@ def prune(inventory: Inventory, *, dry_run: bool = False) -> PruneResult:
     if dry_run:
         return plan(catalog, provider, inventory.retention, drill_timeout_s)
     with ThreadLockKeeper(catalog, inventory.policy.lock_ttl_s, "prune") as locked:
+        # As a backup does: holding the lock proves no run still marked running is alive, and a run
+        # left so would stay out of retention's count (a backup) or keep gc from its snapshots.
+        close_abandoned_runs(catalog, locked.run_id)
         planned = plan(catalog, provider, inventory.retention, drill_timeout_s,
                        complete_within=inventory.policy.wait_timeout_s, checked=locked.check)
         return apply(planned, catalog, provider, locked.check, drill_timeout_s)
