@@ -112,8 +112,8 @@ def prune(inventory: Inventory, *, dry_run: bool = False) -> PruneResult:
     if dry_run:
         return plan(catalog, provider, inventory.retention, drill_timeout_s)
     with ThreadLockKeeper(catalog, inventory.policy.lock_ttl_s, "prune") as locked:
-        # As a backup does: holding the lock proves no run still marked running is alive, and a run
-        # left so would stay out of retention's count (a backup) or keep gc from its snapshots.
+        # As a backup does: holding the lock proves no run still marked running is alive. Closed,
+        # one killed in its wait counts as the backup it is, and the others are judged as failed.
         close_abandoned_runs(catalog, locked.run_id)
         planned = plan(catalog, provider, inventory.retention, drill_timeout_s,
                        complete_within=inventory.policy.wait_timeout_s, checked=locked.check)

@@ -110,6 +110,7 @@ def test_a_run_killed_before_it_took_every_snapshot_is_refused_saying_so(sqlite_
 
 def test_list_and_status_show_a_dead_run_as_stopped_and_the_newest_run(sqlite_cluster):
     from snapctl.status import collect_status
+    from tests.status.conftest import validated
 
     sqlite_cluster.backup()
     failed = sqlite_cluster.backup()
@@ -127,6 +128,8 @@ def test_list_and_status_show_a_dead_run_as_stopped_and_the_newest_run(sqlite_cl
     assert findings[f"run {dead} {STOPPED}"].severity == "degraded"
     assert status.verdict.level == "degraded"
     assert status.latest_failure.run_id == dead  # not the older failure
+    backups = validated(status)["data"]["backups"]  # against docs/status.schema.json
+    assert (backups["latest_failure"]["status"], backups["latest_failure"]["error"]) == ("running", STOPPED)
     assert not [m for m in findings if m.startswith(f"the newest run {failed}")]
     # Its lock is still live: the finding says what the refusal a backup would meet says.
     [held] = [f for m, f in findings.items() if m.startswith(f"run {dead} by ")]
