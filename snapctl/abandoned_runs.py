@@ -111,6 +111,29 @@ def as_stopped_backup(catalog: Catalog, manifest: Manifest) -> str | None:
             f"used as the backup {closes} as (succeeded, its snapshots not confirmed complete)")
 
 
+def newer_stopped_backups(catalog: Catalog, chosen: Manifest) -> list[str]:
+    """For `latest`, which is the newest succeeded run: a warning for each newer run a killed
+    snapctl left running after it took every snapshot (``as_stopped_backup`` would use it), so
+    that a restore in a disaster is not of an older backup without a word."""
+    try:
+        lock, unfinished = catalog.read_lock(), catalog.unfinished()
+    except SnapctlError:
+        return []
+    now, found = utc_now(), []
+    for entry in unfinished:
+        if entry.started_at <= chosen.started_at or not owner_gone(entry.run_id, lock, now):
+            continue
+        try:
+            stopped = catalog.load(entry.run_id)
+        except SnapctlError:
+            continue
+        if stopped.status == "running" and every_snapshot_taken(stopped):
+            found.append(f"latest is run {chosen.run_id}, not run {stopped.run_id} (started "
+                         f"{stopped.started_at:%Y-%m-%d %H:%M:%S}Z), a backup a killed snapctl left marked running "
+                         f"after it took every snapshot: name run {stopped.run_id} to use it")
+    return found
+
+
 def stored_with_snapshots(catalog: Catalog, run_id: str) -> bool:
     """Whether the run's manifest in the catalog names snapshots; True when it cannot be read."""
     try:

@@ -73,7 +73,7 @@ def verify_run(inventory: Inventory, run_ref: str) -> VerifyResult:
     catalog = open_catalog(inventory)
     skipped: list[str] = []
     manifest = usable_run(catalog, catalog.load(catalog.resolve(run_ref, skipped)), "it has no snapshots to verify",
-                          skipped)
+                          skipped, latest=run_ref.strip() == "latest")
     provider = open_provider(inventory)
     check_provider(manifest, provider)
     recorded = [ref for record in manifest.nodes.values() for ref in record.snapshots]

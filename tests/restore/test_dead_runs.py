@@ -84,6 +84,21 @@ def test_a_run_killed_in_its_wait_is_verified_restored_and_drilled_as_the_backup
     assert said in " ".join(verify.stderr.split()), verify.stderr
 
 
+def test_latest_names_a_newer_run_killed_in_its_wait(sqlite_cluster, tmp_path):
+    # `latest` stays the newest succeeded run, but no longer passes over a newer backup unsaid.
+    from snapctl.restore import restore_run
+    from snapctl.verify import verify_run
+
+    older = sqlite_cluster.backup()
+    dead = _left_running(sqlite_cluster)
+    said = f"latest is run {older}, not run {dead} (started "
+    verified = verify_run(sqlite_cluster.inventory, "latest")
+    assert verified.run_id == older and [w for w in verified.warnings if w.startswith(said)], verified.warnings
+    restored = restore_run(sqlite_cluster.inventory, "latest", to=tmp_path / "restored")
+    assert restored.run_id == older and [w for w in restored.warnings if w.startswith(said)], restored.warnings
+    assert not [w for w in verify_run(sqlite_cluster.inventory, older).warnings if w.startswith(said)]
+
+
 def test_a_run_whose_snapctl_may_still_run_is_refused_as_running(sqlite_cluster, tmp_path):
     from snapctl.verify import verify_run
 
