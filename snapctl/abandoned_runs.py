@@ -71,11 +71,24 @@ def owner_gone(run_id: str, lock: LockRecord | None, now: datetime) -> bool:
     return gone_from_this_host(lock.owner)
 
 
-def marked_stopped(entries: list[IndexEntry], lock: LockRecord | None, now: datetime) -> list[IndexEntry]:
-    """``entries`` with each running run whose snapctl is gone saying so in its error: what `list`
-    and `status` show until a backup, prune or gc --delete closes it."""
-    return [e.model_copy(update={"error": STOPPED}) if e.status == "running" and owner_gone(e.run_id, lock, now)
-            else e for e in entries]
+def marked_stopped(catalog: Catalog, entries: list[IndexEntry], lock: LockRecord | None) -> list[IndexEntry]:
+    """``entries`` (listed before ``lock`` was read) with each running run whose snapctl is gone
+    saying so in its error: what `list` and `status` show until a backup, prune or gc --delete
+    closes it. Its manifest is read again: a run that ended between the listing and the lock's
+    read released the lock, and is no dead run."""
+    now, marked = utc_now(), []
+    for entry in entries:
+        if entry.status == "running" and owner_gone(entry.run_id, lock, now) and _still_running(catalog, entry.run_id):
+            entry = entry.model_copy(update={"error": STOPPED})
+        marked.append(entry)
+    return marked
+
+
+def _still_running(catalog: Catalog, run_id: str) -> bool:
+    try:
+        return catalog.load(run_id).status == "running"
+    except SnapctlError:
+        return False  # deleted meanwhile, or unreadable: the listing reports it
 
 
 def listed(catalog: Catalog, entries: list[IndexEntry]) -> list[IndexEntry]:
@@ -84,7 +97,7 @@ def listed(catalog: Catalog, entries: list[IndexEntry]) -> list[IndexEntry]:
         lock = catalog.read_lock()
     except SnapctlError:
         return entries  # proves nothing: `status` and a backup report the lock
-    return marked_stopped(entries, lock, utc_now())
+    return marked_stopped(catalog, entries, lock)
 
 
 def as_stopped_backup(catalog: Catalog, manifest: Manifest) -> str | None:
@@ -98,8 +111,8 @@ def as_stopped_backup(catalog: Catalog, manifest: Manifest) -> str | None:
         lock = catalog.read_lock()
     except SnapctlError:
         return None  # an unreadable lock proves nothing: refused as a running run
-    if not owner_gone(manifest.run_id, lock, utc_now()):
-        return None
+    if not owner_gone(manifest.run_id, lock, utc_now()) or not _still_running(catalog, manifest.run_id):
+        return None  # the second: it ended between its load and the lock's read, which a retry sees
     closes = "the next backup, prune or gc --delete closes it"
     if manifest.error is not None or not every_snapshot_taken(manifest):
         how = (f"while it rolled the run back ({manifest.error})" if manifest.error is not None

@@ -202,8 +202,6 @@ async def collect_status(
         verdict.findings.append(Finding("info", "backups", running, hint=holder_hint(look, result.checked_at)))
     result.preflight += catalog_refusals(look, result.checked_at)
     entries = look.entries or []
-    if look.lock is not None or not look.obstacles:  # an unreadable lock proves no run's snapctl gone
-        entries = marked_stopped(entries, look.lock, result.checked_at)
     for stopped in (e for e in entries if e.status == "running" and e.error == STOPPED):
         verdict.findings.append(Finding("degraded", "backups", f"run {stopped.run_id} {STOPPED}",
                                         hint="`snapctl prune` or `snapctl gc --delete` closes it now, as the next "
@@ -274,7 +272,10 @@ def _look_at_catalog(inventory: Inventory) -> CatalogLook:
         catalog = open_catalog(inventory)
     except SnapctlError as exc:
         return CatalogLook(obstacles=[CatalogError(f"cannot read the catalog: {exc.message}", hint=exc.hint)])
-    return catalog.look()
+    look = catalog.look()
+    if look.entries is not None and (look.lock is not None or not look.obstacles):  # an unreadable lock proves nothing
+        look.entries = marked_stopped(catalog, look.entries, look.lock)
+    return look
 
 
 def _only_groups(verdict: Verdict, patterns: list[str]) -> None:

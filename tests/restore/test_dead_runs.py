@@ -172,3 +172,24 @@ def test_gc_delete_closes_a_dead_run_and_deletes_the_snapshots_it_does_not_name(
     closed = open_catalog(sqlite_cluster.inventory).load(run_id)
     assert closed.status == "failed" and closed.error.startswith("abandoned: snapctl stopped"), closed.error
     assert result.ok and result.deleted and not any(p.exists() for p in unnamed)
+
+
+def test_a_run_that_ends_between_the_listing_and_the_locks_read_is_not_shown_dead(sqlite_cluster, monkeypatch):
+    # The run saves its success, then releases its lock: listed before the save and the lock read
+    # after the release, it looked like a run whose snapctl was gone.
+    from snapctl.abandoned_runs import listed
+    from snapctl.catalog.catalog import Catalog
+
+    run_id = _left_running(sqlite_cluster, expired=True)
+    catalog = open_catalog(sqlite_cluster.inventory)
+    entries, _ = catalog.list()
+    real_read_lock = Catalog.read_lock
+
+    def the_run_ends_first(self):
+        manifest = self.load(run_id)
+        manifest.status, manifest.finished_at = "succeeded", utc_now()
+        self.save(manifest)
+        return real_read_lock(self)
+
+    monkeypatch.setattr(Catalog, "read_lock", the_run_ends_first)
+    assert [(e.run_id, e.error) for e in listed(catalog, entries)] == [(run_id, None)]
