@@ -11,6 +11,11 @@ they completed, as they do for those. A rollback that began after step 8 records
 first, so that a run killed while deleting its snapshots is never taken for a backup; where that
 record cannot be written (the catalog failing too) it deletes nothing, so that a record naming
 every snapshot with no error always names snapshots that are there.
+
+Prune and `gc --delete` close them too, under the same lock. Until one of them runs, what reads
+the catalog without the lock tells such a run from a live one by the lock alone (``owner_gone``):
+`list` and `status` show it stopped, and verify, restore and drill take one that took every
+snapshot for the backup it will be closed as.
 """
 
 from __future__ import annotations
@@ -18,8 +23,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from snapctl.catalog import Catalog
-from snapctl.errors import CatalogError, SnapctlError
-from snapctl.manifest import Manifest
+from snapctl.catalog.lock import LockRecord, gone_from_this_host, utc_now
+from snapctl.errors import BadInputError, CatalogError, SnapctlError
+from snapctl.manifest import IndexEntry, Manifest
+
+STOPPED = "running, its snapctl gone: the next backup, prune or gc --delete closes it"
 
 
 def close_abandoned_runs(catalog: Catalog, run_id: str) -> None:
@@ -50,6 +58,93 @@ def close_abandoned_runs(catalog: Catalog, run_id: str) -> None:
             catalog.save(stale)
         except SnapctlError:
             continue  # a record we cannot fix is no reason to refuse a backup
+
+
+def owner_gone(run_id: str, lock: LockRecord | None, now: datetime) -> bool:
+    """Whether the snapctl of run ``run_id``, still marked running, is proven gone, from the cluster
+    lock alone and without taking it: the lock is no longer the run's (released, expired, or taken
+    by another run, which closes it: what ``close_abandoned_runs`` relies on), or its owner's
+    process no longer exists on this host. A run keeps its lock from before its manifest is first
+    saved until after its last save, so a live run always holds it."""
+    if lock is None or lock.run_id != run_id or not lock.held_at(now):
+        return True
+    return gone_from_this_host(lock.owner)
+
+
+def marked_stopped(catalog: Catalog, entries: list[IndexEntry], lock: LockRecord | None) -> list[IndexEntry]:
+    """``entries`` (listed before ``lock`` was read) with each running run whose snapctl is gone
+    saying so in its error: what `list` and `status` show until a backup, prune or gc --delete
+    closes it. Its manifest is read again: a run that ended between the listing and the lock's
+    read released the lock, and is no dead run."""
+    now, marked = utc_now(), []
+    for entry in entries:
+        if entry.status == "running" and owner_gone(entry.run_id, lock, now) and _still_running(catalog, entry.run_id):
+            entry = entry.model_copy(update={"error": STOPPED})
+        marked.append(entry)
+    return marked
+
+
+def _still_running(catalog: Catalog, run_id: str) -> bool:
+    try:
+        return catalog.load(run_id).status == "running"
+    except SnapctlError:
+        return False  # deleted meanwhile, or unreadable: the listing reports it
+
+
+def listed(catalog: Catalog, entries: list[IndexEntry]) -> list[IndexEntry]:
+    """``entries`` as `snapctl list` shows them (``marked_stopped``); as they are if the lock cannot be read."""
+    try:
+        lock = catalog.read_lock()
+    except SnapctlError:
+        return entries  # proves nothing: `status` and a backup report the lock
+    return marked_stopped(catalog, entries, lock)
+
+
+def as_stopped_backup(catalog: Catalog, manifest: Manifest) -> str | None:
+    """For verify, restore and drill, which take no lock: a run still marked running whose snapctl
+    is gone and which took every snapshot is the backup the next backup, prune or gc --delete will
+    close it as, so ``manifest`` is made that here (in memory only) and a warning saying so is
+    returned. One stopped before that is refused, truthfully; None: its snapctl may still run."""
+    if manifest.status != "running":
+        return None
+    try:
+        lock = catalog.read_lock()
+    except SnapctlError:
+        return None  # an unreadable lock proves nothing: refused as a running run
+    if not owner_gone(manifest.run_id, lock, utc_now()) or not _still_running(catalog, manifest.run_id):
+        return None  # the second: it ended between its load and the lock's read, which a retry sees
+    closes = "the next backup, prune or gc --delete closes it"
+    if manifest.error is not None or not every_snapshot_taken(manifest):
+        how = (f"while it rolled the run back ({manifest.error})" if manifest.error is not None
+               else "before it took every snapshot")
+        raise BadInputError(f"run {manifest.run_id} running, but snapctl stopped {how}: it is no backup; {closes} "
+                            "(as failed)", hint="pick a succeeded run from `snapctl list`")
+    keep_unconfirmed(manifest, "snapctl stopped")
+    return (f"run {manifest.run_id} is still marked running, but its snapctl is gone and every snapshot was taken: "
+            f"used as the backup {closes} as (succeeded, its snapshots not confirmed complete)")
+
+
+def newer_stopped_backups(catalog: Catalog, chosen: Manifest) -> list[str]:
+    """For `latest`, which is the newest succeeded run: a warning for each newer run a killed
+    snapctl left running after it took every snapshot (``as_stopped_backup`` would use it), so
+    that a restore in a disaster is not of an older backup without a word."""
+    try:
+        lock, unfinished = catalog.read_lock(), catalog.unfinished()
+    except SnapctlError:
+        return []
+    now, found = utc_now(), []
+    for entry in unfinished:
+        if entry.started_at <= chosen.started_at or not owner_gone(entry.run_id, lock, now):
+            continue
+        try:
+            stopped = catalog.load(entry.run_id)
+        except SnapctlError:
+            continue
+        if stopped.status == "running" and every_snapshot_taken(stopped):
+            found.append(f"latest is run {chosen.run_id}, not run {stopped.run_id} (started "
+                         f"{stopped.started_at:%Y-%m-%d %H:%M:%S}Z), a backup a killed snapctl left marked running "
+                         f"after it took every snapshot: name run {stopped.run_id} to use it")
+    return found
 
 
 def stored_with_snapshots(catalog: Catalog, run_id: str) -> bool:

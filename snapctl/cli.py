@@ -130,12 +130,13 @@ def backup(
 @app.command("list")
 def list_runs(inventory: InventoryOpt = None, output: OutputOpt = "text") -> int:
     """List the backups in the catalog, newest first."""
+    from snapctl.abandoned_runs import listed
     from snapctl.catalog import open_catalog
 
     out = _renderer(output)  # first: it decides how an error is shown, the inventory's too
     catalog = open_catalog(_inventory(inventory))
     entries, problems = catalog.list()
-    return out.run_list(entries, problems, catalog.describe(say_missing=not entries))
+    return out.run_list(listed(catalog, entries), problems, catalog.describe(say_missing=not entries))
 
 
 @app.command(cls=_RequiredAsDocumented)

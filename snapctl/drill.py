@@ -162,7 +162,7 @@ def run_drill(inventory: Inventory, run_ref: str = "latest", *, junit: Path | No
         # On record, unfinished, before the run's status is read (as a restore is): a prune that marks
         # the run after this read checks the records again before deleting, and finds this one.
         _write_record(catalog, report)
-        manifest = load_restorable(catalog, run_id)
+        manifest = load_restorable(catalog, run_id, report.warnings, latest=run_ref.strip() == "latest")
         for name in manifest.nodes:
             inventory_node(inventory, name)  # every node of the run must still be described
         provider = open_provider(inventory)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from snapctl.abandoned_runs import close_abandoned_runs
 from snapctl.catalog import Catalog, open_catalog
 from snapctl.catalog.local import CatalogTemp
 from snapctl.catalog.lock import ThreadLockKeeper
@@ -84,6 +85,9 @@ def gc(inventory: Inventory, *, delete: bool = False, include_unknown_runs: bool
     if not catalog.store.list(f"{catalog.cluster}/manifests/"):  # refused before its lock is made there
         _refuse_a_wrong_catalog(catalog, provider.find({TAG_CLUSTER: catalog.cluster}))
     with ThreadLockKeeper(catalog, inventory.policy.lock_ttl_s, "gc") as locked:
+        # First, as a backup does under the lock: a dead run's snapshots its manifest does not name
+        # are orphans once it is closed, and are deleted now rather than by the gc after a backup.
+        close_abandoned_runs(catalog, locked.run_id)
         result = find_orphans(catalog, provider, ours=locked.run_id)
         result.delete, result.include_unknown_runs = True, include_unknown_runs
         for ref in result.orphans + (result.unknown_runs if include_unknown_runs else []):

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from snapctl.agent_client import AgentClient
 from snapctl.catalog import Catalog
 from snapctl.catalog.catalog import CatalogLook
+from snapctl.catalog.lock import dead_holder_hint
 from snapctl.config import Inventory, is_loopback
 from snapctl.errors import PreflightRefused, SnapctlError
 from snapctl.events import Reporter
@@ -72,8 +73,15 @@ def catalog_refusals(look: CatalogLook, now: datetime) -> list[Finding]:
              for o in look.obstacles]
     if (running := look.holder(now)) is not None:
         found.append(Finding("critical", "backups", f"a backup now would be refused (exit 4): {running}",
-                             forceable=False))
+                             forceable=False, hint=holder_hint(look, now)))
     return found
+
+
+def holder_hint(look: CatalogLook, now: datetime) -> str | None:
+    """The hint of the refusal a backup would meet on the lock, where it knows one: the holder was
+    killed on this host (else it is "wait for that run", which says nothing the finding does not)."""
+    lock = look.lock
+    return dead_holder_hint(lock, look.lock_where) if lock is not None and lock.held_at(now) else None
 
 
 def uncovered_data(inventory: Inventory, probes: list[NodeProbe], volumes: dict[str, NodeVolumes]) -> list[Finding]:

@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING
 
+from snapctl.abandoned_runs import close_abandoned_runs
 from snapctl.catalog import Catalog, open_catalog
 from snapctl.catalog.lock import ThreadLockKeeper
 from snapctl.completion import CompletionBudget, can_complete, complete_snapshots, mark_snapshots_completed
@@ -112,6 +113,9 @@ def prune(inventory: Inventory, *, dry_run: bool = False) -> PruneResult:
     if dry_run:
         return plan(catalog, provider, inventory.retention, drill_timeout_s)
     with ThreadLockKeeper(catalog, inventory.policy.lock_ttl_s, "prune") as locked:
+        # As a backup does: holding the lock proves no run still marked running is alive. Closed,
+        # one killed in its wait counts as the backup it is, and the others are judged as failed.
+        close_abandoned_runs(catalog, locked.run_id)
         planned = plan(catalog, provider, inventory.retention, drill_timeout_s,
                        complete_within=inventory.policy.wait_timeout_s, checked=locked.check)
         return apply(planned, catalog, provider, locked.check, drill_timeout_s)

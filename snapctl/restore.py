@@ -23,6 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from node_agent.models import VerifyFacts
+from snapctl.abandoned_runs import as_stopped_backup, newer_stopped_backups
 from snapctl.catalog import Catalog, open_catalog
 from snapctl.config import Inventory, Node
 from snapctl.engine_paths import no_engine_path, remap_paths
@@ -40,7 +41,8 @@ _VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _NAMED = 5  # restored volumes a failure's hint names, of a cluster's hundreds
 
 __all__ = ["NodeRestore", "RestoreRecord", "RestoreResult", "check_before_restoring", "check_provider",
-           "compare_facts", "load_restorable", "no_engine_path", "not_succeeded", "remap_paths", "restore_run"]
+           "compare_facts", "load_restorable", "no_engine_path", "not_succeeded", "remap_paths", "restore_run",
+           "usable_run"]
 
 
 @dataclass
@@ -125,9 +127,9 @@ def restore_run(inventory: Inventory, run_ref: str, to: Path | None = None, *, z
     made: list[tuple[SnapshotRef, str]] = []
     try:
         result = _restore(inventory, catalog, run_id, to, where, zone=zone, attach=attach, verify=verify, made=made,
-                          reporter=reporter or NullReporter())
+                          reporter=reporter or NullReporter(), latest=run_ref.strip() == "latest")
         result.record = record.key if record_it else None
-        result.warnings = skipped
+        result.warnings = skipped + result.warnings
         record.outcome = "restored" if result.ok else "mismatch"
         return result
     except BaseException as exc:
@@ -148,8 +150,11 @@ def restore_run(inventory: Inventory, run_ref: str, to: Path | None = None, *, z
 
 
 def _restore(inventory: Inventory, catalog: Catalog, run_id: str, to: Path | None, where: str, *, zone: str | None,
-             attach: bool, verify: bool, made: list[tuple[SnapshotRef, str]], reporter: Reporter) -> RestoreResult:
-    manifest = _restorable(catalog.load(run_id))  # resolved by restore_run already: no second scan
+             attach: bool, verify: bool, made: list[tuple[SnapshotRef, str]], reporter: Reporter,
+             latest: bool = False) -> RestoreResult:
+    warnings: list[str] = []
+    # Resolved by restore_run already: no second scan.
+    manifest = usable_run(catalog, catalog.load(run_id), "it has nothing to restore", warnings, latest=latest)
     nodes = {name: inventory_node(inventory, name) for name in manifest.nodes}
     provider = open_provider(inventory)
     check_provider(manifest, provider)
@@ -161,7 +166,7 @@ def _restore(inventory: Inventory, catalog: Catalog, run_id: str, to: Path | Non
              (inventory.resolve(node.restore.path) if node.restore.path else None) for name, node in nodes.items()}
     check_before_restoring(inventory, provider, manifest, nodes, roots, zone=zone,
                            attached=set(nodes) if attach else set())
-    result = RestoreResult(manifest.run_id, where, [])
+    result = RestoreResult(manifest.run_id, where, [], warnings=warnings)
     reporter.step("restore", f"restoring run {manifest.run_id} ({len(manifest.nodes)} nodes) into {where}")
     try:
         for name, record in manifest.nodes.items():
@@ -304,13 +309,22 @@ def check_targets(provider: Provider, manifest: Manifest, nodes: dict[str, Node]
         check_space(planned)
 
 
-def load_restorable(catalog: Catalog, run_ref: str) -> Manifest:
-    return _restorable(catalog.load(catalog.resolve(run_ref)))
+def load_restorable(catalog: Catalog, run_ref: str, warnings: list[str], *, latest: bool = False) -> Manifest:
+    return usable_run(catalog, catalog.load(catalog.resolve(run_ref)), "it has nothing to restore", warnings,
+                      latest=latest)
 
 
-def _restorable(manifest: Manifest) -> Manifest:
-    if manifest.status != "succeeded":
-        raise not_succeeded(manifest, "it has nothing to restore")
+def usable_run(catalog: Catalog, manifest: Manifest, nothing: str, warnings: list[str], *,
+               latest: bool = False) -> Manifest:
+    """A succeeded run, or one a killed snapctl left running with every snapshot taken (which a
+    warning then says): what restore, drill and verify use; else the refusal. ``latest``: the
+    run is `latest`, and a newer such run is named in a warning."""
+    if (stopped := as_stopped_backup(catalog, manifest)) is not None:
+        warnings.append(stopped)
+    elif manifest.status != "succeeded":
+        raise not_succeeded(manifest, nothing)
+    elif latest:
+        warnings += newer_stopped_backups(catalog, manifest)
     return manifest
 
 

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from node_agent.models import RaftGroup
+from snapctl.abandoned_runs import STOPPED, marked_stopped
 from snapctl.agent_client import open_agents
 from snapctl.catalog import open_catalog
 from snapctl.catalog.catalog import CatalogLook
@@ -195,16 +196,21 @@ async def collect_status(
         verdict.findings.append(Finding("degraded", "catalog", obstacle.message, hint=obstacle.hint))
     for problem in result.catalog_problems:  # a backup whose record is damaged cannot be restored
         verdict.findings.append(Finding("degraded", "catalog", f"unreadable manifest: {problem}"))
-    if (running := look.holder(result.checked_at)) is not None:
-        verdict.findings.append(Finding("info", "backups", running))
-    from snapctl.preflight import catalog_refusals
+    from snapctl.preflight import catalog_refusals, holder_hint
 
+    if (running := look.holder(result.checked_at)) is not None:
+        verdict.findings.append(Finding("info", "backups", running, hint=holder_hint(look, result.checked_at)))
     result.preflight += catalog_refusals(look, result.checked_at)
     entries = look.entries or []
+    for stopped in (e for e in entries if e.status == "running" and e.error == STOPPED):
+        verdict.findings.append(Finding("degraded", "backups", f"run {stopped.run_id} {STOPPED}",
+                                        hint="`snapctl prune` or `snapctl gc --delete` closes it now, as the next "
+                                             "backup would: as a backup if it took every snapshot, else as failed"))
     result.latest_success = next((e for e in entries if e.status == "succeeded"), None)
     newest = result.latest_success
     result.latest_success_unconfirmed = newest is not None and newest.run_id in look.unconfirmed
-    result.latest_failure = next((e for e in entries if e.status == "failed"), None)
+    # A dead run is the newest run as much as a failed one: naming an older failure instead misled.
+    result.latest_failure = next((e for e in entries if e.status == "failed" or e.error == STOPPED), None)
     _grade_backups(result, look.missing)
     if textfile is not None:
         from snapctl.metrics import status_textfile, write_textfile
@@ -266,7 +272,10 @@ def _look_at_catalog(inventory: Inventory) -> CatalogLook:
         catalog = open_catalog(inventory)
     except SnapctlError as exc:
         return CatalogLook(obstacles=[CatalogError(f"cannot read the catalog: {exc.message}", hint=exc.hint)])
-    return catalog.look()
+    look = catalog.look()
+    if look.entries is not None and (look.lock is not None or not look.obstacles):  # an unreadable lock proves nothing
+        look.entries = marked_stopped(catalog, look.entries, look.lock)
+    return look
 
 
 def _only_groups(verdict: Verdict, patterns: list[str]) -> None:
@@ -310,5 +319,5 @@ def _grade_backups(result: ClusterStatus, missing: str | None = None) -> None:
                     f"newest successful backup {newest.run_id} is {duration_text(age)} old, over the RPO of "
                     f"{duration_text(result.rpo_s)}"))
     failure = result.latest_failure
-    if failure is not None and (newest is None or failure.started_at > newest.started_at):
+    if failure is not None and failure.status == "failed" and (newest is None or failure.started_at > newest.started_at):
         add(Finding("info", "backups", f"the newest run {failure.run_id} failed: {failure.error or 'no reason recorded'}"))

@@ -18,7 +18,7 @@ from snapctl.catalog import open_catalog
 from snapctl.config import Inventory
 from snapctl.manifest import Manifest
 from snapctl.providers import TAG_CLUSTER, TAG_NODE, TAG_RUN, TAG_VOLUME, Provider, SnapshotRef, open_provider
-from snapctl.restore import check_provider, not_succeeded
+from snapctl.restore import check_provider, usable_run
 
 CheckState = Literal["ok", "missing", "pending", "failed", "damaged"]  # pending: not complete yet, nothing wrong
 # How many problems one snapshot reports before "and N more": a gutted snapshot lists thousands.
@@ -72,9 +72,8 @@ class VerifyResult:
 def verify_run(inventory: Inventory, run_ref: str) -> VerifyResult:
     catalog = open_catalog(inventory)
     skipped: list[str] = []
-    manifest = catalog.load(catalog.resolve(run_ref, skipped))
-    if manifest.status != "succeeded":
-        raise not_succeeded(manifest, "it has no snapshots to verify")
+    manifest = usable_run(catalog, catalog.load(catalog.resolve(run_ref, skipped)), "it has no snapshots to verify",
+                          skipped, latest=run_ref.strip() == "latest")
     provider = open_provider(inventory)
     check_provider(manifest, provider)
     recorded = [ref for record in manifest.nodes.values() for ref in record.snapshots]

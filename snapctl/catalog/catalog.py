@@ -50,6 +50,7 @@ class CatalogLook:
     obstacles: list[SnapctlError] = field(default_factory=list)
     unconfirmed: set[str] = field(default_factory=set)  # succeeded runs read whose snapshots may not have completed
     missing: str | None = None  # where a local catalog was looked for whose directory does not exist
+    lock_where: str = "the cluster lock"  # the lock's store and key, as a LockHeld hint names it
 
     def holder(self, now: datetime) -> str | None:
         """Who holds the cluster lock at ``now`` (a backup would exit 4), or None."""
@@ -248,7 +249,7 @@ class Catalog:
         readable (the run lists them as soon as it holds the lock), the lock readable (a record no
         run can parse, no run can take over) and not held, and where the store can tell, the
         directories of the lock, the index and the manifests writable."""
-        look = CatalogLook()
+        look = CatalogLook(lock_where=f"{self.store.describe()}/{self._lock_key}")
         if self._missing_root():  # a first backup makes it; or a mistyped path, a share not mounted
             look.missing = self.store.describe()
         try:

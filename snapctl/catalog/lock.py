@@ -67,18 +67,23 @@ def decode_lock(data: bytes, where: str) -> LockRecord:
 def held_error(cluster: str, record: LockRecord, where: str, now: datetime) -> LockHeld:
     expires = record.expires_at.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     remaining = max(0, int((record.expires_at - now).total_seconds()))
-    hint = ("wait for that run to finish (its lock is taken over automatically once expired); "
-            f"remove {where} only if that process is gone")
-    if _gone_from_this_host(record.owner):  # killed (SIGKILL, the OOM killer): nobody need go and look
-        hint = (f"that process is no longer running on this host: the next run takes the lock over once it "
-                f"expires, or remove {where} to run now")
     return LockHeld(
         f"cluster {cluster} is locked by {record.owner} (run {record.run_id}) until {expires} ({remaining}s from now)",
-        hint=hint,
+        hint=dead_holder_hint(record, where) or ("wait for that run to finish (its lock is taken over automatically "
+                                                 f"once expired); remove {where} only if that process is gone"),
     )
 
 
-def _gone_from_this_host(owner: str) -> bool:
+def dead_holder_hint(record: LockRecord, where: str) -> str | None:
+    """What to do about a lock whose holder was killed (SIGKILL, the OOM killer) on this host, so
+    that nobody need go and look; None when it may still run."""
+    if not gone_from_this_host(record.owner):
+        return None
+    return (f"that process is no longer running on this host: the next run takes the lock over once it "
+            f"expires, or remove {where} to run now")
+
+
+def gone_from_this_host(owner: str) -> bool:
     """``owner`` (``user@host:pid``) names this host and a process that does not exist. Any doubt
     (another host, a pid that some process has, one we may not signal) is not gone."""
     host, _, pid = owner.rpartition("@")[2].rpartition(":")

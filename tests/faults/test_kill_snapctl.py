@@ -186,6 +186,18 @@ def _nothing_held_or_lost(cluster: FaultCluster, stop: Stop, run_id: str) -> Non
     assert problems == []
     assert (run_id in [e.run_id for e in entries]) == stop.has_manifest
 
+    # Before that run closes it, verify (as restore and drill) takes the dead run for what it is:
+    # killed in its wait, a backup; else none, said so (not "running: nothing to verify").
+    if stop.has_manifest:
+        verified = cluster.snapctl("verify", run_id)
+        said = " ".join(verified.stderr.split())
+        if stop.kept_as_backup:  # its snapshots all there, not yet durable: pending, as a --no-wait run's
+            assert "every snapshot is there, 3 still pending" in verified.stdout, verified.stdout + verified.stderr
+            assert "its snapctl is gone and every snapshot was taken" in said, said
+        else:
+            how = "while it rolled the run back" if stop.rolling_back else "before it took every snapshot"
+            assert verified.returncode == 2 and f"running, but snapctl stopped {how}" in said, said
+
     # The next run succeeds once the dead run's lock has expired, and closes the dead run's record.
     cluster.wait_lock_free()
     after = cluster.snapctl("backup", "--no-prune", "-o", "json")
