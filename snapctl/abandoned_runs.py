@@ -23,7 +23,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from snapctl.catalog import Catalog
-from snapctl.catalog.lock import LockRecord, gone_from_this_host, utc_now
+from snapctl.catalog.lock import LockRecord, gone_from_this_host, may_live_on_this_host, utc_now
 from snapctl.errors import BadInputError, CatalogError, SnapctlError
 from snapctl.manifest import IndexEntry, Manifest
 
@@ -66,8 +66,12 @@ def owner_gone(run_id: str, lock: LockRecord | None, now: datetime) -> bool:
     by another run, which closes it: what ``close_abandoned_runs`` relies on), or its owner's
     process no longer exists on this host. A run keeps its lock from before its manifest is first
     saved until after its last save, so a live run always holds it."""
-    if lock is None or lock.run_id != run_id or not lock.held_at(now):
+    if lock is None or lock.run_id != run_id or lock.released_at is not None:
         return True
+    if not lock.held_at(now):
+        # Expired, but its owner's pid lives here: a run whose renewals failed (the catalog down
+        # for a while) is not proven dead; prune or a backup taking the lock over then closes it.
+        return not may_live_on_this_host(lock.owner)
     return gone_from_this_host(lock.owner)
 
 

@@ -12,6 +12,7 @@ run takes over like an expired one.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import secrets
 import socket
@@ -30,6 +31,7 @@ from snapctl.timestamps import AwareUtcTime
 if TYPE_CHECKING:
     from snapctl.catalog.catalog import Catalog
 
+log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 
 
@@ -86,16 +88,26 @@ def dead_holder_hint(record: LockRecord, where: str) -> str | None:
 def gone_from_this_host(owner: str) -> bool:
     """``owner`` (``user@host:pid``) names this host and a process that does not exist. Any doubt
     (another host, a pid that some process has, one we may not signal) is not gone."""
+    return _on_this_host(owner) is False
+
+
+def may_live_on_this_host(owner: str) -> bool:
+    """``owner`` names this host and a pid some process has (perhaps another, reused: a doubt)."""
+    return _on_this_host(owner) is True
+
+
+def _on_this_host(owner: str) -> bool | None:
+    """Whether ``owner``'s pid exists on this host; None: another host, or no pid to ask about."""
     host, _, pid = owner.rpartition("@")[2].rpartition(":")
     if host != socket.gethostname() or not pid.isdigit():
-        return False
+        return None
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
-        return True
-    except OSError:
         return False
-    return False
+    except OSError:
+        return True  # a process we may not signal
+    return True
 
 
 class RunLock:
@@ -134,6 +146,10 @@ class RunLock:
         if not self._store.replace(self._key, data, expected=self._data):
             raise self._lost()
         self._record, self._data = renewed, data
+
+    def expired(self) -> bool:
+        """Past the expiry of its last renewal: another run may take it over from now on."""
+        return self._clock() >= self._record.expires_at
 
     def release(self) -> bool:
         """Give the lock up if it is still ours; True when this call released it. Safe to call twice."""
@@ -208,8 +224,9 @@ class LockKeeper:
             try:
                 await asyncio.to_thread(self.lock.renew)
             except SnapctlError as exc:
-                self.lost = exc
-                return
+                if _lost_for_good(self.lock, exc):
+                    self.lost = exc
+                    return
 
     def check(self) -> None:
         if self.lost is not None:
@@ -252,5 +269,17 @@ class ThreadLockKeeper:
             try:
                 self._lock.renew()
             except SnapctlError as exc:
-                self._lost = exc
-                return
+                if _lost_for_good(self._lock, exc):
+                    self._lost = exc
+                    return
+
+
+def _lost_for_good(lock: RunLock, exc: SnapctlError) -> bool:
+    """A renewal that failed: another run took the lock over, or it expired while the catalog
+    failed. One failed write (an S3 503) is tried again at the next period, within the TTL: giving
+    up at once let the lock expire under a live run, which `status` then showed as dead and a
+    prune could take over."""
+    if isinstance(exc, LockHeld) or lock.expired():
+        return True
+    log.warning("could not renew the cluster lock (tried again in a moment): %s", exc.message)
+    return False

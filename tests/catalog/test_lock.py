@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import socket
 import threading
+from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
+from snapctl.abandoned_runs import owner_gone
 from snapctl.catalog import Catalog, LocalBlobStore
-from snapctl.errors import LockHeld
+from snapctl.catalog.lock import LockKeeper
+from snapctl.errors import CatalogError, LockHeld
 
 from .conftest import FakeClock
 from .test_local_store import _race
@@ -131,3 +137,59 @@ def test_a_lock_whose_holder_is_gone_from_this_host_says_so(catalog: Catalog, cl
     with pytest.raises(LockHeld) as alive:
         catalog.acquire_lock(f"ops@{here}:2", "r4", ttl_s=60)
     assert alive.value.hint.startswith("wait for that run to finish")
+
+
+class _FlakyLockWrites(LocalBlobStore):
+    """A catalog whose next ``failures`` writes of the lock fail as a store that is down a moment."""
+
+    failures = 0
+
+    def replace(self, key: str, data: bytes, expected: bytes) -> bool:
+        if key.endswith("lock.json") and self.failures:
+            self.failures -= 1
+            raise CatalogError("the store answered 503 SlowDown")
+        return super().replace(key, data, expected)
+
+
+def test_a_renewal_that_fails_once_is_tried_again_and_the_live_run_is_not_taken_for_dead(tmp_path: Path) -> None:
+    clock = FakeClock()
+    store = _FlakyLockWrites(tmp_path)
+    catalog = Catalog(store, "prod", clock=clock)
+    live = f"ops@{socket.gethostname()}:{os.getpid()}"  # this process: alive on this host
+
+    async def run() -> list[tuple[bool, bool]]:
+        keeper = LockKeeper(catalog.acquire_lock(live, "r1", ttl_s=3), period=0.05)
+        store.failures = 1
+        seen = []
+        for _ in range(6):
+            await asyncio.sleep(0.06)
+            clock.advance(1)
+            seen.append((keeper.lost is not None, catalog.read_lock().held_at(clock())))
+        keeper.stop()
+        return seen
+
+    seen = asyncio.run(run())
+    assert not any(lost for lost, _ in seen), seen  # one failed write is no lost lock
+    assert all(held for _, held in seen[2:]), seen  # renewed again after it
+    # An expired lock naming a run whose process lives here proves nothing; a released one does.
+    expired = catalog.read_lock().model_copy(update={"expires_at": clock() - timedelta(seconds=1)})
+    assert not owner_gone("r1", expired, clock())
+    assert owner_gone("r1", expired.model_copy(update={"owner": "ops@another-host:1"}), clock())
+    assert owner_gone("r1", expired.model_copy(update={"released_at": clock()}), clock())
+
+
+def test_a_renewal_failing_past_the_ttl_loses_the_lock(tmp_path: Path) -> None:
+    clock = FakeClock()
+    store = _FlakyLockWrites(tmp_path)
+    catalog = Catalog(store, "prod", clock=clock)
+
+    async def run() -> bool:
+        keeper = LockKeeper(catalog.acquire_lock("ops@host:1", "r1", ttl_s=3), period=0.05)
+        store.failures = 100
+        for _ in range(8):
+            await asyncio.sleep(0.06)
+            clock.advance(1)
+        keeper.stop()
+        return keeper.lost is not None
+
+    assert asyncio.run(run())  # the catalog down past the TTL: another run may have the lock
