@@ -21,6 +21,7 @@ import json
 import math
 import os
 import re
+import socket
 import ssl
 from typing import Any
 from urllib.parse import urlsplit
@@ -307,13 +308,19 @@ class AgentTransport:
         until = loop.time() + _PROBE_S if deadline is None else min(deadline, loop.time() + _PROBE_S)
         try:
             async with asyncio.timeout_at(until):
-                _, writer = await asyncio.open_connection(host, port)
-        except ConnectionRefusedError:
-            return True
+                # Each address in turn: a name with two (localhost: ::1 and 127.0.0.1) fails a
+                # connect with one OSError("Multiple exceptions") that no longer says "refused".
+                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+                for address in dict.fromkeys(info[4][0] for info in infos):
+                    try:
+                        _, writer = await asyncio.open_connection(address, port)
+                    except ConnectionRefusedError:
+                        continue
+                    writer.close()
+                    return False
         except (OSError, TimeoutError):
             return False
-        writer.close()
-        return False
+        return bool(infos)
 
     async def _exchange(self, conn: _Connection, data: bytes, deadline: float | None, method: str):
         try:

@@ -242,3 +242,29 @@ def test_over_tls_an_agent_another_ca_signed_is_refused_before_any_request(serve
                           scheme="https"))
     assert not isinstance(refused.value, TransportTimeout)
     assert server.requests == 0
+
+
+def test_an_agent_gone_from_every_address_of_its_name_is_seen_gone() -> None:
+    """A name with two addresses (localhost: ::1 and 127.0.0.1) whose connects are all refused is
+    an agent gone; asyncio's one connect to the name failed with "Multiple exceptions", no longer a
+    refusal, and a killed agent was reported as a tls one. One address listening is no agent gone."""
+    closed = socket.create_server(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens on 127.0.0.1 nor on 127.0.0.2 at that port (both loopback)
+    listening = socket.create_server(("127.0.0.2", 0))
+
+    async def probe(name: str, at: int) -> bool:
+        loop = asyncio.get_running_loop()
+
+        async def two_addresses(host: str, p: int, *args: object, **kwargs: object) -> list:
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", p)),
+                    (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.2", p))]
+
+        loop.getaddrinfo = two_addresses  # type: ignore[method-assign]
+        return await AgentTransport._refused(name, at, None)
+
+    try:
+        assert asyncio.run(probe("agent.example", port))
+        assert not asyncio.run(probe("agent.example", listening.getsockname()[1]))
+    finally:
+        listening.close()
