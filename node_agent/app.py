@@ -138,7 +138,7 @@ def create_app(service: AgentService, token: str | None, *, max_body_bytes: int 
 
     @app.post("/v1/restore-prepare", status_code=204, response_class=Response, **v1, tags=["engine"])
     async def restore_prepare(body: RestorePrepareRequest | None = Body(default=None)) -> Response:
-        await _call(service.restore_prepare, body.path if body else None)
+        await _call(service.restore_prepare, body.path if body else None, body.check_only if body else False)
         return Response(status_code=204)
 
     @app.post("/v1/verify", response_model=VerifyFacts, **v1, tags=["engine"])

@@ -176,6 +176,10 @@ class TriggerRequest(Request):
 
 class RestorePrepareRequest(Request):
     path: str | None = Field(default=None, max_length=4096)
+    # True: answer what restore-prepare would say of ``path`` (204, or its 400 or 409) without
+    # touching the engine. snapctl asks before restoring anything, as only this agent can resolve
+    # the path on its own host; an agent older than the field refuses it (422), acting on nothing.
+    check_only: bool = False
 
 
 class LeaseInfo(Model):
@@ -211,7 +215,6 @@ class AgentStatus(Model):
     lease: LeaseInfo | None = None
     data_paths: list[str] = Field(default_factory=list)
     # Where restore-prepare may act besides data_paths (a scratch agent's config); None: not set.
-    # Older agents leave the field out, and snapctl then does not check restore.agent_path up front.
     restore_root: str | None = None
     free_bytes: int | None = None
     # The `engine: type` of the agent's config, the entry point it was built from: an alias or a

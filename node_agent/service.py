@@ -301,13 +301,20 @@ class AgentService:
             with self._engine_busy(f"trigger of {target or 'the engine snapshot'}"):
                 return TriggerResponse(jobs=self.engine.trigger(target))
 
-    def restore_prepare(self, path: str | Path | None) -> None:
+    def restore_prepare(self, path: str | Path | None, check_only: bool = False) -> None:
+        """``check_only``: refuse as restore-prepare would, and act on nothing: a lease that expired
+        is not released here (the real call does that first), so only one still running refuses."""
         if not self.allow_restore_prepare:
             raise LeaseConflict(
                 f"node {self.node}: restore-prepare refused: this agent serves a live database",
                 hint="run it on a scratch agent beside the restored disks, configured with restore_target: true",
             )
         inside = restore_path(path, self.engine.data_paths(), self.restore_root) if path else None
+        if check_only:
+            lease = self._lease
+            if lease is not None and (lease.releasing or self._clock() < lease.expires_mono):
+                raise held_by_another(lease, f"node {self.node} is held by run {lease.run_id}: restore-prepare refused")
+            return
         with self._lock:
             self._expire_if_due()
             if self._lease is not None:

@@ -84,7 +84,9 @@ class AgentClient(Protocol):
 
     async def trigger(self, target: str | None = None) -> TriggerResponse: ...
 
-    async def restore_prepare(self, path: str | None = None) -> None: ...
+    async def restore_prepare(self, path: str | None = None, check_only: bool = False) -> None:
+        """``check_only``: the agent only says whether it would take ``path`` (its 400 if not)."""
+        ...
 
     async def verify(self) -> VerifyFacts: ...
 
@@ -157,8 +159,11 @@ class HttpAgentClient:
     async def trigger(self, target: str | None = None) -> TriggerResponse:
         return await self._call("POST", "/v1/trigger", {"target": target}, model=TriggerResponse)
 
-    async def restore_prepare(self, path: str | None = None) -> None:
-        await self._call("POST", "/v1/restore-prepare", {"path": path})
+    async def restore_prepare(self, path: str | None = None, check_only: bool = False) -> None:
+        request: dict[str, Any] = {"path": path}
+        if check_only:  # only when asked: an agent older than check_only rejects the field
+            request["check_only"] = True
+        await self._call("POST", "/v1/restore-prepare", request)
 
     async def verify(self) -> VerifyFacts:
         return await self._call("POST", "/v1/verify", model=VerifyFacts)
@@ -336,8 +341,8 @@ class EmbeddedAgentClient:
     async def trigger(self, target: str | None = None) -> TriggerResponse:
         return await self._call(self.service.trigger, target)
 
-    async def restore_prepare(self, path: str | None = None) -> None:
-        await self._call(self.service.restore_prepare, path)
+    async def restore_prepare(self, path: str | None = None, check_only: bool = False) -> None:
+        await self._call(self.service.restore_prepare, path, check_only)
 
     async def verify(self) -> VerifyFacts:
         return await self._call(self.service.verify)

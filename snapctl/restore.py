@@ -208,7 +208,8 @@ def check_before_restoring(inventory: Inventory, provider: Provider, manifest: M
     """What `snapctl restore` and `snapctl drill` both check before restoring anything: every node
     has snapshots, a place to go and a valid engine block (if any), every volume its target and
     snapshot (``check_targets``), every engine prepared here its data on the restored volumes, and
-    every ``restore.agent_path`` under what its scratch agent takes (``check_agent_paths``).
+    every ``restore.agent_path`` taken by its scratch agent (``check_agent_paths``), where the
+    restore will call that agent: on restored files or attached volumes, as ``_prepare_and_check``.
     ``roots``: each node's directory for its volumes (None: none given); ``attached``: the nodes
     whose new volumes are attached to their ``restore.instance``; ``drill``: for a drill."""
     # An engine block is read when its node's turn comes: a mistake in one must not wait for the
@@ -230,11 +231,13 @@ def check_before_restoring(inventory: Inventory, provider: Provider, manifest: M
     live = {f"node {n} volume {v}": root for n, node in nodes.items()
             for v, root in volume_roots(node.volumes, inventory.resolve).items()}
     check_targets(provider, manifest, nodes, roots, zone=zone, attached=attached, live=live)
-    if not getattr(provider, "restore_makes_cloud_volumes", False):
+    files = not getattr(provider, "restore_makes_cloud_volumes", False)
+    if files:
         _check_engine_paths(inventory, manifest, nodes, roots, drill=drill)
     from snapctl.scratch_agent_paths import check_agent_paths
 
-    check_agent_paths(inventory, nodes)  # last: it asks the scratch agents
+    # Last, as it asks the scratch agents; only those the restore will call (cloud volumes attached nowhere: none).
+    check_agent_paths(inventory, {name: node for name, node in nodes.items() if files or name in attached})
 
 
 def _check_engine_paths(inventory: Inventory, manifest: Manifest, nodes: dict[str, Node],

@@ -178,10 +178,13 @@ def test_status_reports_lease_engine_paths_and_free_space(service: AgentService,
 
 def test_restore_prepare_is_refused_while_a_run_holds(service: AgentService, db: Path) -> None:
     service.prepare("run-1", 60)
-    with pytest.raises(LeaseConflict, match="restore-prepare refused"):
-        service.restore_prepare(str(db))
+    for check_only in (True, False):
+        with pytest.raises(LeaseConflict, match="restore-prepare refused"):
+            service.restore_prepare(str(db), check_only)
     service.complete("run-1")
     db.with_name(db.name + "-shm").write_bytes(b"")  # pretend a restore left it behind
+    service.restore_prepare(str(db.parent), check_only=True)
+    assert db.with_name(db.name + "-shm").exists(), "a check-only restore-prepare touches nothing"
     service.restore_prepare(str(db.parent))
     assert not db.with_name(db.name + "-shm").exists()
 
@@ -194,6 +197,8 @@ def test_restore_prepare_is_refused_on_an_agent_serving_a_live_database(engine: 
         with pytest.raises(LeaseConflict, match="serves a live database") as refused:
             live.restore_prepare(None)
         assert "restore_target: true" in refused.value.hint
+        with pytest.raises(LeaseConflict, match="serves a live database"):
+            live.restore_prepare(str(db.parent), check_only=True)
         assert shm.exists(), "nothing was touched"
     finally:
         live.close()

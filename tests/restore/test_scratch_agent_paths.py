@@ -1,9 +1,9 @@
 """A scratch agent's restore-prepare through `snapctl restore` and `snapctl drill`:
 ``restore.agent_path`` names where its restored disks are mounted, which the agent takes only
-under its engine's data paths or the ``restore_root`` of its config. snapctl checks it against
-what the agent's status reports before restoring anything. Real agent processes on loopback
-(one of them behind a proxy that drops ``restore_root`` from its status, as an older agent's
-has none), the local provider, the CLI as a subprocess."""
+under its engine's data paths or the ``restore_root`` of its config, resolved on its own host.
+snapctl asks it (a check-only restore-prepare) before restoring anything. Real agent processes on
+loopback (one of them behind a proxy that answers the check as an older agent does), the local
+provider and the GCP/Azure fakes, the CLI as a subprocess."""
 
 from __future__ import annotations
 
@@ -19,8 +19,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from snapctl.config import load_inventory
 from snapctl.errors import AgentError, BadInputError
 from snapctl.restore import restore_run
+from tests.restore.clouds import _backup, azure_node, gcp_node, restored_disks
 from tests.restore.conftest import scratch_agent
 
 TOKEN = "scratch-agent-token"
@@ -68,9 +70,9 @@ def test_an_agent_path_outside_the_scratch_agents_paths_is_refused_before_anythi
         with pytest.raises(BadInputError) as refused:
             restore_run(sqlite_cluster.inventory, run_id)
         assert refused.value.message == (
-            f"node n1: restore.agent_path {mounted / 'n1' / 'data'} lies outside scratch agent {url}'s data paths "
-            f"({tmp_path / 'image'}) and it has no restore_root: its restore-prepare would refuse it once the "
-            "volumes were restored")
+            f"node n1: scratch agent {url} would refuse restore.agent_path {mounted / 'n1' / 'data'} once the "
+            "volumes were restored: restore-prepare refused: its path must be absolute and lie under the engine's "
+            f"data paths or the agent's restore_root ({tmp_path / 'image'})")
         assert refused.value.hint.startswith("set restore_root: DIR in the scratch agent's config")
         assert not (mounted / "n1").exists() and not (tmp_path / "n2-restored").exists()
 
@@ -84,10 +86,49 @@ def test_an_agent_path_outside_the_scratch_agents_paths_is_refused_before_anythi
     assert not (mounted / "n1").exists() and not any((tmp_path / "scratch").glob("*/n*/data"))
 
 
+@pytest.mark.parametrize("link", ["restore_root", "agent_path"])
+def test_a_restore_root_or_agent_path_through_a_symlink_is_left_to_the_agent_which_takes_it(
+        sqlite_cluster, tmp_path, token_file, link):
+    # The agent resolves both sides on its host (restore_root /mnt/restored -> /data/restored); a
+    # comparison of the paths as written here refused what the agent takes.
+    real = tmp_path / "mnt"
+    real.mkdir()
+    (tmp_path / "mnt-link").symlink_to(real)
+    root, through = (tmp_path / "mnt-link", real) if link == "restore_root" else (real, tmp_path / "mnt-link")
+    run_id = sqlite_cluster.backup()
+    with scratch_agent(tmp_path, token_file, tmp_path / "image" / "app.db", restore_root=root) as url:
+        sqlite_cluster.edit(auth={"token_file": str(token_file)},
+                            node_n1={"restore": {"path": str(real / "n1"), "agent": url,
+                                                 "agent_path": str(through / "n1" / "data")}},
+                            node_n2={"restore": {"path": str(tmp_path / "n2-restored")}})
+        n1 = restore_run(sqlite_cluster.inventory, run_id).nodes[0]
+    assert n1.prepared == url and (real / "n1" / "data" / "app.db").is_file()
+
+
+@pytest.mark.parametrize("cloud", [gcp_node, azure_node], ids=["gcp", "azure"])
+@pytest.mark.parametrize("attach", [False, True], ids=["unattached", "attached"])
+def test_a_cloud_restore_asks_the_scratch_agent_only_when_it_will_call_it(tmp_path, token_file, cloud, attach):
+    # Without --attach the new disks are attached nowhere and the scratch agent is never called: its
+    # agent_path is no reason to refuse. With --attach it is called, so it is asked before any disk is made.
+    with scratch_agent(tmp_path, token_file, tmp_path / "image" / "app.db") as url, \
+            cloud(tmp_path, {"instance": "scratch", "agent": url, "agent_path": str(tmp_path / "mnt" / "data")},
+                  {"token_file": str(token_file)}) as (fake, inventory):
+        run_id = _backup(inventory)
+        if not attach:
+            [node] = restore_run(load_inventory(inventory), run_id).nodes
+            assert node.note == "the restored volumes are attached nowhere: restore-prepare them on their machine"
+            assert len(restored_disks(fake)) == 1
+            return
+        with pytest.raises(BadInputError, match=f"^node db1: scratch agent {url} would refuse restore.agent_path "):
+            restore_run(load_inventory(inventory), run_id, attach=True)
+        assert restored_disks(fake) == []
+
+
 @contextmanager
-def older_agent(url: str) -> Iterator[str]:
-    """The agent at ``url`` as one of before restore_root was reported: a proxy that drops the
-    field from its status and passes everything else as it is."""
+def older_agent(url: str, checks: list[str]) -> Iterator[str]:
+    """The agent at ``url`` as one of before check_only: a proxy that answers a restore-prepare
+    carrying it as such an agent does (422, the unknown field; nothing done), appending its body
+    to ``checks``, and passes everything else as it is."""
 
     class Proxy(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -95,20 +136,23 @@ def older_agent(url: str) -> Iterator[str]:
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-        def _pass(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            headers = {k: v for k, v in self.headers.items() if k.lower() in ("authorization", "content-type")}
-            answer = httpx.request(self.command, url + self.path, headers=headers, content=body, timeout=30)
-            content = answer.content
-            if self.path == "/v1/status" and answer.status_code == 200:
-                status = answer.json()
-                del status["restore_root"]
-                content = json.dumps(status).encode()
-            self.send_response(answer.status_code)
-            self.send_header("Content-Type", answer.headers.get("content-type", "application/json"))
+        def _answer(self, status: int, content: bytes, content_type: str = "application/json") -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(content)))
             self.end_headers()
             self.wfile.write(content)
+
+        def _pass(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if self.path == "/v1/restore-prepare" and "check_only" in json.loads(body or b"{}"):
+                checks.append(body.decode())
+                self._answer(422, json.dumps({"error": "unknown field 'check_only'", "hint": None,
+                                              "holder": None}).encode())
+                return
+            headers = {k: v for k, v in self.headers.items() if k.lower() in ("authorization", "content-type")}
+            answer = httpx.request(self.command, url + self.path, headers=headers, content=body, timeout=30)
+            self._answer(answer.status_code, answer.content, answer.headers.get("content-type", "application/json"))
 
         do_GET = do_POST = _pass
 
@@ -125,10 +169,13 @@ def older_agent(url: str) -> Iterator[str]:
 def test_an_older_scratch_agent_is_not_checked_up_front_and_its_restore_prepare_still_refuses(
         sqlite_cluster, tmp_path, token_file):
     run_id = sqlite_cluster.backup()
-    with scratch_agent(tmp_path, token_file, tmp_path / "image" / "app.db") as real, older_agent(real) as url:
-        _outside(sqlite_cluster, tmp_path, url)
+    checks: list[str] = []
+    with scratch_agent(tmp_path, token_file, tmp_path / "image" / "app.db") as real, \
+            older_agent(real, checks) as url:
+        mounted = _outside(sqlite_cluster, tmp_path, url)
         with pytest.raises(AgentError) as refused:
             restore_run(sqlite_cluster.inventory, run_id)
+    assert [json.loads(c) for c in checks] == [{"path": str(mounted / "n1" / "data"), "check_only": True}]
     refused = refused.value
     assert refused.node == "n1" and refused.status == 400
     assert refused.reason.startswith("restore-prepare refused: its path must be absolute and lie under the "

@@ -76,10 +76,12 @@ def test_restore_prepare_outside_the_engines_paths_is_refused_alike_and_touches_
     aimed = [str(victim), str(data / "escape"), f"{data}/../victim", "victim", str(tmp_path / "nowhere"),
              str(victim / "not-there" / "app.db")]
     with start_agent(tmp_path, engine) as agent:
-        answers = [httpx.post(agent.url + "/v1/restore-prepare", json={"path": path}, headers=AUTH, timeout=10)
-                   for path in aimed]
+        # The check-only form (what snapctl asks before restoring anything) answers alike.
+        answers = [httpx.post(agent.url + "/v1/restore-prepare", json={"path": path, **check}, headers=AUTH,
+                              timeout=10)
+                   for path in aimed for check in ({}, {"check_only": True})]
     untouched()
-    assert [a.status_code for a in answers] == [400] * len(aimed), [a.text for a in answers]
+    assert [a.status_code for a in answers] == [400] * 2 * len(aimed), [a.text for a in answers]
     # One answer for every path, there or not: no way to learn what exists on the host.
     assert len({a.text for a in answers}) == 1, [a.text for a in answers]
     error = answers[0].json()
@@ -97,6 +99,12 @@ def test_restore_prepare_under_the_engines_paths_or_restore_root_goes_ahead(tmp_
         (where / "app.db-shm").write_bytes(b"stale")
     engine = {"type": "sqlite", "path": "data/app.db"}
     with start_agent(tmp_path, engine, restore_root="mnt") as agent:
+        (tmp_path / "mnt-link").symlink_to(mounted)  # resolved by the agent: a link to where the disk is
+        for path in (data, data / "app.db", mounted, tmp_path / "mnt-link"):
+            answer = httpx.post(agent.url + "/v1/restore-prepare", json={"path": str(path), "check_only": True},
+                                headers=AUTH, timeout=10)
+            assert answer.status_code == 204, answer.text
+        assert (data / "app.db-shm").exists() and (mounted / "app.db-shm").exists(), "a check touches nothing"
         for path in (data, data / "app.db", mounted):  # relative restore_root: from the config's directory
             answer = httpx.post(agent.url + "/v1/restore-prepare", json={"path": str(path)}, headers=AUTH, timeout=10)
             assert answer.status_code == 204, answer.text
