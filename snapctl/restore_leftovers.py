@@ -86,7 +86,7 @@ class AbandonedRestore:
     raw: bytes = field(repr=False, default=b"")
 
     def listed(self, unseen: dict[str, str] | None = None) -> str:
-        """``unseen``: the places gc could not look at (``find_killed_restores``), named when its are."""
+        """``unseen``: the places gc could not look at (``find_killed_restores``); those of this restore are named."""
         line = f"restore {self.restore_id} of run {self.run_id} ({self.owner}, no longer running): its record"
         return line + "".join(f"; could not look at {p}: {unseen[p]}" for p in sorted(self.places & set(unseen or ())))
 
