@@ -78,8 +78,9 @@ def gc(inventory: Inventory, *, delete: bool = False, include_unknown_runs: bool
     if not delete:
         result = find_orphans(catalog, provider)
         result.killed_drills = [drill.listed() for drill in find_abandoned(catalog)]
-        result.killed_restores = [line for _, line in find_killed_restores(catalog, inventory, provider)]
-        result.abandoned_restores = [restore.listed() for restore in find_abandoned_restores(catalog, inventory)]
+        killed_restores, unseen = find_killed_restores(catalog, inventory, provider)
+        result.killed_restores = [line for _, line in killed_restores]
+        result.abandoned_restores = [restore.listed(unseen) for restore in find_abandoned_restores(catalog, inventory)]
         result.catalog_temps = _catalog_temps(catalog)
         return result
     if not catalog.store.list(f"{catalog.cluster}/manifests/"):  # refused before its lock is made there
@@ -113,12 +114,12 @@ def gc(inventory: Inventory, *, delete: bool = False, include_unknown_runs: bool
             if not done:
                 result.failed[str(drill.scratch)] = line
         locked.check()
-        killed_restores = find_killed_restores(catalog, inventory, provider)
+        killed_restores, unseen = find_killed_restores(catalog, inventory, provider)
         result.killed_restores = [line for _, line in killed_restores]
         result.killed_restores_cleaned = clean_killed_restores(provider, killed_restores, result.failed, locked.check)
         abandoned = find_abandoned_restores(catalog, inventory)  # after the clean-up: its failures keep a record
-        result.abandoned_restores = [restore.listed() for restore in abandoned]
-        result.abandoned_restores_finished = finish_abandoned_restores(catalog, abandoned, result.failed,
+        result.abandoned_restores = [restore.listed(unseen) for restore in abandoned]
+        result.abandoned_restores_finished = finish_abandoned_restores(catalog, abandoned, result.failed, unseen,
                                                                        f"gc {locked.run_id}", locked.check)
         result.catalog_temps = _catalog_temps(catalog)
         for temp in result.catalog_temps:

@@ -33,7 +33,7 @@ from snapctl.evidence import compare_facts, missing_files, volume_roots
 from snapctl.manifest import Manifest, NodeRecord
 from snapctl.providers import Provider, RestoreTarget, SnapshotRef, node_volumes, open_provider
 from snapctl.redact import redact
-from snapctl.restore_leftovers import EACH_NODE
+from snapctl.restore_leftovers import EACH_NODE, places_of
 from snapctl.timestamps import UtcTime
 
 # A volume's directory under the restore root: one plain name, as the inventory allows them.
@@ -83,6 +83,10 @@ class RestoreRecord(BaseModel):
     # gc to finish the record; None in the records of an older snapctl.
     owner_process: dict[str, Any] | None = None
     target: str
+    # Where it puts each volume (a directory; none for a cloud restore), as the inventory had them
+    # when it started: gc looks for what a killed one left there, though restore.path changed since.
+    # None in the records of an older snapctl (gc then goes by the inventory as it is).
+    places: list[str] | None = None
     started_at: UtcTime
     finished_at: UtcTime | None = None
     outcome: Literal["restored", "mismatch", "failed", "interrupted"] | None = None
@@ -112,7 +116,7 @@ def restore_run(inventory: Inventory, run_ref: str, to: Path | None = None, *, z
     where = str(to) if to is not None else (f"zone {zone}" if zone else EACH_NODE)
     started_at = datetime.now(UTC)
     record = RestoreRecord(cluster=catalog.cluster, run_id=run_id, owner=run_owner(),
-                           owner_process=identity(os.getpid()), target=where,
+                           owner_process=identity(os.getpid()), target=where, places=places_of(where, inventory),
                            restore_id=f"{started_at:%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}", started_at=started_at)
     # On record before the run's status is read: a prune that marks the run after that read looks
     # at the records again before it deletes anything, and so finds this one.

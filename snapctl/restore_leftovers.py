@@ -9,9 +9,12 @@ is proven gone from this host (``drill_leftovers.gone_from_this_host``) counts, 
 
 Such a restore's record stays unfinished too, and keeps its run from prune for a day. A record
 names its process as a drill's does (``owner``, ``owner_process``): once that process is proven
-gone from this host, and what the restore left at its places is removed, gc finishes the record
-as abandoned (outcome ``interrupted``). A record of an older snapctl, without ``owner_process``,
-is never judged: prune's day from its start still ends its hold.
+gone from this host, and every one of its places was looked at and what the restore left there is
+removed, gc finishes the record as abandoned (outcome ``interrupted``). A place gc could not look
+at (a share not mounted, another user's directory) keeps the record open: finished, no later gc
+would look there again. The places are those the record names (``places``, from its start); an
+older record's are computed from the inventory as it is now. A record of an older snapctl, without
+``owner_process``, is never judged: prune's day from its start still ends its hold.
 """
 
 from __future__ import annotations
@@ -37,17 +40,22 @@ if TYPE_CHECKING:
 EACH_NODE = "each node's restore target"  # RestoreRecord.target without --to
 
 
-def find_killed_restores(catalog: Catalog, inventory: Inventory, provider: Provider) -> list[tuple[str, str]]:
+def find_killed_restores(catalog: Catalog, inventory: Inventory,
+                         provider: Provider) -> tuple[list[tuple[str, str]], dict[str, str]]:
     """(target, one line on what its killed restore left there), for the places of every unfinished
-    restore record; none for a provider that restores into no directories."""
+    restore record, and the places that could not be looked at, and why; none for a provider that
+    restores into no directories."""
     find = getattr(provider, "find_killed_restores", None)
     if find is None:
-        return []
-    places: set[str] = set()
+        return [], {}
+    places: dict[str, str | None] = {}
     for _, record, _ in _unfinished(catalog):
-        places |= _places(str(record.get("target") or ""), inventory)
+        root = _root(record)
+        for place in _places(record, inventory):
+            places[place] = root if places.get(place, root) == root else None  # two roots: the stricter
+    found, unseen = find(dict(sorted(places.items())))
     return [(target, f"{target}: a killed restore's staging copy {staging or '(gone)'}, {human_bytes(size)}, and "
-                     "its marker") for target, staging, size in find(sorted(places))]
+                     "its marker") for target, staging, size in found], unseen
 
 
 def clean_killed_restores(provider: Provider, found: list[tuple[str, str]], failed: dict[str, str],
@@ -77,8 +85,10 @@ class AbandonedRestore:
     places: set[str] = field(default_factory=set)  # where it restored to, as ``_places`` has them
     raw: bytes = field(repr=False, default=b"")
 
-    def listed(self) -> str:
-        return f"restore {self.restore_id} of run {self.run_id} ({self.owner}, no longer running): its record"
+    def listed(self, unseen: dict[str, str] | None = None) -> str:
+        """``unseen``: the places gc could not look at (``find_killed_restores``); those of this restore are named."""
+        line = f"restore {self.restore_id} of run {self.run_id} ({self.owner}, no longer running): its record"
+        return line + "".join(f"; could not look at {p}: {unseen[p]}" for p in sorted(self.places & set(unseen or ())))
 
 
 def restore_gone(record: dict[str, Any]) -> bool:
@@ -93,18 +103,22 @@ def restore_gone(record: dict[str, Any]) -> bool:
 def find_abandoned_restores(catalog: Catalog, inventory: Inventory) -> list[AbandonedRestore]:
     """The unfinished restore records whose process is proven gone from this host."""
     return [AbandonedRestore(key, str(record.get("restore_id")), str(record.get("run_id")), str(record["owner"]),
-                             _places(str(record.get("target") or ""), inventory), raw)
+                             _places(record, inventory), raw)
             for key, record, raw in _unfinished(catalog) if restore_gone(record)]
 
 
-def finish_abandoned_restores(catalog: Catalog, found: list[AbandonedRestore], failed: dict[str, str], by: str,
-                              check: Callable[[], None]) -> list[str]:
+def finish_abandoned_restores(catalog: Catalog, found: list[AbandonedRestore], failed: dict[str, str],
+                              unseen: dict[str, str], by: str, check: Callable[[], None]) -> list[str]:
     """Each record of ``found`` finished as abandoned, but one with a place in ``failed`` (what it
-    left there could not be removed: the next gc finds the place by the record); a line on each.
-    ``by``: who finishes them; ``check``: the cluster lock still held, before each."""
+    left there could not be removed) or in ``unseen`` (gc could not look there): the next gc finds
+    the place by the record; a line on each. ``by``: who finishes them; ``check``: the cluster lock
+    still held, before each."""
     lines = []
     for restore in found:
         check()
+        if restore.places & set(unseen):
+            lines.append(f"{restore.listed(unseen)}; left unfinished for the next gc to look again")
+            continue
         stuck = sorted(p for p in restore.places if p in failed or os.path.realpath(p) in failed)
         if stuck:
             lines.append(f"{restore.listed()} left unfinished: what it left at {', '.join(stuck)} is still there")
@@ -138,8 +152,29 @@ def _unfinished(catalog: Catalog) -> list[tuple[str, dict[str, Any], bytes]]:
     return found
 
 
-def _places(target: str, inventory: Inventory) -> set[str]:
-    """Where a restore into ``target`` put each node's volumes, as the inventory describes the nodes now."""
+def places_of(target: str, inventory: Inventory) -> list[str]:
+    """Where a restore into ``target`` puts each node's volumes, as the inventory describes the nodes
+    now: what a restore's record names from its start (``RestoreRecord.places``)."""
+    return sorted(_inventory_places(target, inventory))
+
+
+def _places(record: dict[str, Any], inventory: Inventory) -> set[str]:
+    """Where the restore of ``record`` put each node's volumes: as its record names them, or for an
+    older snapctl's record, as the inventory describes the nodes now."""
+    places = record.get("places")
+    if isinstance(places, list):
+        return {str(place) for place in places}
+    return _inventory_places(str(record.get("target") or ""), inventory)
+
+
+def _root(record: dict[str, Any]) -> str | None:
+    """The directory below which a restore into the record's target made what it needed (``--to DIR``);
+    None for each node's own ``restore.path``, whose absence proves nothing."""
+    target = str(record.get("target") or "")
+    return target if Path(target).is_absolute() else None
+
+
+def _inventory_places(target: str, inventory: Inventory) -> set[str]:
     places = set()
     for node in inventory.nodes:
         root = (Path(target) / node.name if Path(target).is_absolute() else

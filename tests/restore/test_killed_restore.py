@@ -42,11 +42,13 @@ cli.main()
 """
 
 
-def paused_restore(cluster: SqliteCluster, target: Path, tmp_path: Path,
+def paused_restore(cluster: SqliteCluster, target: Path | None, tmp_path: Path,
                    run: str = "latest") -> tuple[subprocess.Popen, Path]:
-    """`snapctl restore RUN --to target`, stopped for good with n1's copy made in its staging directory."""
+    """`snapctl restore RUN --to target` (None: to each node's restore.path), stopped for good with
+    n1's copy made in its staging directory."""
     reached = tmp_path / "reached"
-    process = subprocess.Popen([sys.executable, "-c", _PAUSED, str(reached), "restore", run, "--to", str(target),
+    to = ["--to", str(target)] if target is not None else []
+    process = subprocess.Popen([sys.executable, "-c", _PAUSED, str(reached), "restore", run, *to,
                                 "-i", str(cluster.inventory_path)], cwd=cluster.directory,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
@@ -109,13 +111,14 @@ def test_gc_lists_and_removes_what_a_killed_restore_left_and_never_a_running_one
     assert gc(sqlite_cluster.inventory).killed_restores == []
 
 
-def test_a_place_gc_cannot_look_into_is_passed_over_not_a_traceback(sqlite_cluster, tmp_path):
+def test_a_place_gc_cannot_look_into_is_named_not_a_traceback(sqlite_cluster, tmp_path):
     """An unfinished record naming a place this user cannot look into (another user's directory;
     here, a name too long for the filesystem, as root may enter anywhere) failed every gc listing."""
     from snapctl.providers import open_provider
 
     provider = open_provider(sqlite_cluster.inventory)
-    assert provider.find_killed_restores([str(tmp_path / ("x" * 300) / "n1" / "data")]) == []
+    place = str(tmp_path / ("x" * 300) / "n1" / "data")
+    assert provider.find_killed_restores({place: None}) == ([], {place: "file name too long"})
 
 
 def test_a_killed_restores_record_is_finished_by_gc_once_its_process_is_proven_gone(sqlite_cluster, tmp_path):
@@ -173,3 +176,96 @@ def test_a_killed_restores_record_is_finished_by_gc_once_its_process_is_proven_g
 
     catalog.store.delete(legacy.key)
     assert [v.run_id for v in prune(inventory).deleted] == [old]
+
+
+def test_a_killed_restores_record_stays_open_while_gc_cannot_look_at_one_of_its_places(sqlite_cluster, tmp_path):
+    # gc --delete finished the record of a restore killed into a share not mounted while gc ran (a
+    # stand-in for another user's directory): no later gc looked there, and the copy stayed for good.
+    from snapctl.catalog import open_catalog
+    from snapctl.prune import gc
+    from snapctl.restore import RestoreRecord
+
+    sqlite_cluster.backup()
+    inventory = sqlite_cluster.inventory
+    catalog = open_catalog(inventory)
+    share = tmp_path / "share"
+    target = share / "restored"
+    process, staging = paused_restore(sqlite_cluster, target, tmp_path)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    [key] = catalog.store.list("restore-test/restores/")
+    record = RestoreRecord.model_validate_json(catalog.store.read(key))
+    share.rename(tmp_path / "unmounted")
+    share.mkdir()  # the empty mount point
+
+    deleted = gc(inventory, delete=True)
+
+    said = f"restore {record.restore_id} of run {record.run_id} ({record.owner}, no longer running): its record"
+    unseen = "".join(f"; could not look at {target / n / 'data'}: {target / n} is not there (a share not mounted?); "
+                     "if nothing should be there, make it an empty directory and gc looks again" for n in ("n1", "n2"))
+    assert deleted.abandoned_restores_finished == [f"{said}{unseen}; left unfinished for the next gc to look again"]
+    assert gc(inventory).abandoned_restores == [f"{said}{unseen}"]
+    assert RestoreRecord.model_validate_json(catalog.store.read(key)).finished_at is None
+
+    share.rmdir()
+    (tmp_path / "unmounted").rename(share)  # mounted again; n2's directory was never made (killed in n1)
+    assert not (target / "n2").exists()
+    deleted = gc(inventory, delete=True)
+
+    assert deleted.ok and len(deleted.killed_restores_cleaned) == 1 and not staging.exists()
+    assert deleted.abandoned_restores_finished == [f"{said} marked abandoned"]
+    finished = RestoreRecord.model_validate_json(catalog.store.read(key))
+    assert finished.abandoned and finished.places == [str(target / "n1" / "data"), str(target / "n2" / "data")]
+
+
+def test_gc_looks_where_a_killed_restore_went_though_restore_path_changed_since(sqlite_cluster, tmp_path):
+    # The places were those of the inventory as it is now: after restore.path moved, gc looked at
+    # the new (empty) ones, finished the record, and the copy at the old place was never listed.
+    from snapctl.catalog import open_catalog
+    from snapctl.prune import gc
+    from snapctl.restore import RestoreRecord
+
+    sqlite_cluster.backup()
+    old = {n: tmp_path / "old" / n for n in ("n1", "n2")}
+    for place in old.values():
+        place.mkdir(parents=True)
+    sqlite_cluster.edit(**{f"node_{n}": {"restore": {"path": str(path)}} for n, path in old.items()})
+    process, staging = paused_restore(sqlite_cluster, None, tmp_path)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert staging.parent == old["n1"]
+    sqlite_cluster.edit(**{f"node_{n}": {"restore": {"path": str(tmp_path / "new" / n)}} for n in old})
+
+    deleted = gc(sqlite_cluster.inventory, delete=True)
+
+    assert deleted.ok and len(deleted.killed_restores_cleaned) == 1 and not staging.exists()
+    [finished] = deleted.abandoned_restores_finished
+    assert finished.endswith("marked abandoned")
+    catalog = open_catalog(sqlite_cluster.inventory)
+    [key] = catalog.store.list("restore-test/restores/")
+    assert RestoreRecord.model_validate_json(catalog.store.read(key)).abandoned
+
+
+def test_a_restore_path_not_there_keeps_an_older_records_restore_open(sqlite_cluster, tmp_path):
+    # An older snapctl's record names no places: gc goes by restore.path as the inventory has it
+    # now, and one that is not there is no proof that nothing was left.
+    from snapctl.catalog import open_catalog
+    from snapctl.prune import gc
+    from snapctl.restore import RestoreRecord
+
+    sqlite_cluster.backup()
+    sqlite_cluster.edit(**{f"node_{n}": {"restore": {"path": str(tmp_path / "gone" / n)}} for n in ("n1", "n2")})
+    catalog = open_catalog(sqlite_cluster.inventory)
+    process, _ = paused_restore(sqlite_cluster, tmp_path / "restored", tmp_path)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    [key] = catalog.store.list("restore-test/restores/")
+    record = RestoreRecord.model_validate_json(catalog.store.read(key))
+    legacy = record.model_copy(update={"target": "each node's restore target"})
+    catalog.store.write(key, legacy.model_dump_json(exclude={"places"}).encode())
+
+    [line] = gc(sqlite_cluster.inventory, delete=True).abandoned_restores_finished
+
+    assert f"; could not look at {tmp_path / 'gone' / 'n1' / 'data'}: {tmp_path / 'gone' / 'n1'} is not there" in line
+    assert line.endswith("; left unfinished for the next gc to look again")
+    assert RestoreRecord.model_validate_json(catalog.store.read(key)).finished_at is None

@@ -221,26 +221,32 @@ class LocalRestores:
         except OSError as exc:
             raise ProviderError(f"cannot delete the restored directory {dest}: {os_reason(exc)}") from exc
 
-    def find_killed_restores(self, places: Sequence[str]) -> list[tuple[str, str, int]]:
+    def find_killed_restores(self, places: Mapping[str, str | None]) -> tuple[list[tuple[str, str, int]], dict[str, str]]:
         """Of ``places`` (restore targets), those where a restore proven killed (``_killed``) left
-        its marker: (target, its staging copy or "", the copy's bytes). For `snapctl gc`, which
-        learns the places from the catalog's unfinished restore records."""
-        found = []
-        for place in places:
+        its marker: (target, its staging copy or "", the copy's bytes); and the places that could
+        not be looked at, and why. For `snapctl gc`, which learns the places from the catalog's
+        unfinished restore records, and keeps a record open while one of its places is unseen.
+        Each place maps to the directory its restore made the target's missing directories below
+        (``--to DIR``), or None: its own directory must be there."""
+        found, unseen = [], {}
+        for place, root in places.items():
             dest = self._restore_path(place)
             try:
                 if dest.is_symlink():
                     dest = Path(os.path.realpath(dest))
+                if (why := _unseen(dest, root)) is not None:
+                    unseen[place] = why
+                    continue
                 recorded = read_restore_marker(dest)
                 if recorded is None or not self._killed(dest, recorded):
                     continue
                 staging = self._staging_of(dest, recorded)
                 found.append((str(dest), str(staging or ""), _tree_bytes(staging) if staging is not None else 0))
-            except OSError:
+            except OSError as exc:
                 # A place this user cannot look into (another user's restore, a name too long here):
-                # nothing it can prove killed, and no reason to fail the whole listing.
-                continue
-        return found
+                # nothing it can prove killed, and nothing it can prove clear either.
+                unseen[place] = os_reason(exc)
+        return found, unseen
 
     def clear_killed_restore(self, place: str) -> None:
         """What ``find_killed_restores`` found at ``place``, removed: its staging copy, then its marker."""
@@ -372,6 +378,30 @@ class LocalRestores:
     def _restore_path(self, volume_id: str) -> Path:
         dest = Path(os.path.expanduser(volume_id))
         return Path(os.path.abspath(dest if dest.is_absolute() else self.base_dir / dest))
+
+
+def _unseen(dest: Path, root: str | None) -> str | None:
+    """Why the marker beside ``dest`` cannot be looked for (None: it can, and was there or not).
+    A directory that is not there is no proof that nothing is: a share not mounted, a disk gone.
+    Below ``root`` it is, when ``root`` is there: the restore makes those directories as it gets
+    to each node, and one killed before never made them."""
+    try:
+        if not stat.S_ISDIR(os.stat(dest.parent).st_mode):
+            return f"{dest.parent} is not a directory"
+    except (FileNotFoundError, NotADirectoryError):
+        if root is not None and dest.parent.is_relative_to(root) and os.path.isdir(root):
+            return None
+        return (f"{dest.parent} is not there (a share not mounted?); if nothing should be there, make it an empty "
+                "directory and gc looks again")
+    marker = restore_marker(dest)
+    try:
+        with open(marker, "rb"):  # one there that cannot be read names nothing gc could judge
+            pass
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"cannot read {marker}: {os_reason(exc)}"
+    return None
 
 
 def _tree_bytes(path: Path) -> int:
