@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from node_agent.asgi_http import HttpMiddleware
 from node_agent.models import (
     AgentStatus,
     CompleteRequest,
@@ -296,19 +297,13 @@ class BearerAuth:
         await _send(send, _error(401, problem, _AUTH_HINT, **{"WWW-Authenticate": "Bearer"}))
 
 
-class LoopbackHostOnly:
+class LoopbackHostOnly(HttpMiddleware):
     """For an agent without a token (it listens on loopback only): 421 to every request whose
     ``Host`` is not a loopback name (localhost, 127.0.0.0/8, ::1). Else any web page a browser on
     the host opens could reach it by DNS rebinding (its own name, re-resolved to 127.0.0.1) and
     hold the database with no token at all."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw = dict(scope.get("headers") or []).get(b"host")
         host = _host_name(raw.decode("latin-1")) if raw is not None else None
         if host is None or is_loopback(host):
@@ -319,7 +314,7 @@ class LoopbackHostOnly:
                                  "address it as 127.0.0.1 or localhost, or give it a token (docs/security.md)"))
 
 
-class RefuseWebPages:
+class RefuseWebPages(HttpMiddleware):
     """403 to every request a web page made: one with an ``Origin`` that is not a loopback origin
     (``null`` included), or with ``Sec-Fetch-Site: cross-site``. A page on any site could send a
     "simple" cross-origin POST (``Content-Type: text/plain``, no preflight) to a token-less agent
@@ -327,13 +322,7 @@ class RefuseWebPages:
     sends the right ``Host``, and only the answer is kept from the page. snapctl, curl and
     scrapers send neither header; on an agent with a token it costs nothing and holds as well."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = dict(scope.get("headers") or [])
         origin = headers.get(b"origin", b"").decode("latin-1")
         if b"origin" in headers and not _loopback_origin(origin):
@@ -372,17 +361,14 @@ async def _send(send: Send, response: JSONResponse) -> None:
     await send({"type": "http.response.body", "body": response.body})
 
 
-class BodyLimit:
+class BodyLimit(HttpMiddleware):
     """Answer 413 to bodies over the limit, declared (Content-Length) or streamed (chunked)."""
 
     def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
-        self.app = app
+        super().__init__(app)
         self.max_body_bytes = max_body_bytes
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
             await self._too_large(send)

@@ -37,6 +37,8 @@ from collections.abc import Callable, Collection
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from node_agent.asgi_http import HttpMiddleware
+
 DEFAULT_RATE_PER_S = 20.0  # sustained requests per second, per client and endpoint
 DEFAULT_BURST = 60  # requests a client may make at once to one endpoint
 _MAX_BUCKETS = 4096  # the least recently seen clients are forgotten beyond this (they start full again)
@@ -355,7 +357,7 @@ def guarded_http(request_timeout_s: float = REQUEST_TIMEOUT_S, max_per_client: i
     return GuardedH11Protocol
 
 
-class CloseIfBodyUnread:
+class CloseIfBodyUnread(HttpMiddleware):
     """ASGI middleware, outermost: an answer that goes out before the request's body has all
     arrived (a 401, 403, 413, 421 or 429 decided on the head alone, or any other) says
     ``Connection: close``, and uvicorn closes the connection once it is sent.
@@ -364,13 +366,7 @@ class CloseIfBodyUnread:
     of the body until the request timeout (10 s): a full core per connection for anyone who could
     reach the port, no token needed (a reviewer streamed 7 GB into one 401)."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = dict(scope.get("headers") or [])
         # No body announced is a body received; h11 lets only digits through as Content-Length.
         received = b"transfer-encoding" not in headers and int(headers.get(b"content-length", b"0")) == 0
