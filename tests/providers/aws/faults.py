@@ -34,6 +34,16 @@ def ec2_error(status: int, code: str, message: str, headers: dict[str, str] | No
     return AWSResponse("https://ec2.amazonaws.com/", status, {"Content-Type": "text/xml", **(headers or {})}, _Body(body))
 
 
+def empty_listing(action: str, item_set: str) -> Any:
+    """EC2's answer to ``action`` that lists nothing (``item_set`` empty)."""
+    from botocore.awsrequest import AWSResponse
+
+    body = ('<?xml version="1.0" encoding="UTF-8"?>\n'
+            f'<{action}Response xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">'
+            f"<requestId>00000000-0000-0000-0000-000000000000</requestId><{item_set}/></{action}Response>").encode()
+    return AWSResponse("https://ec2.amazonaws.com/", 200, {"Content-Type": "text/xml"}, _Body(body))
+
+
 class FailFirst:
     """Answer the first ``times`` calls of an operation with an error, then let calls through."""
 
@@ -119,20 +129,13 @@ class NotListedYet:
         self.calls = 0  # those answered so
 
     def __call__(self, request: Any = None, **_: Any) -> Any:
-        from botocore.awsrequest import AWSResponse
-
         body = request.body.decode() if isinstance(request.body, bytes) else str(request.body or "")
         if self.snapshot_id not in body or self.calls >= self.times:
             return None
         self.calls += 1
         if "SnapshotId." in body:
             return ec2_error(400, "InvalidSnapshot.NotFound", f"The snapshot '{self.snapshot_id}' does not exist.")
-        listing = (
-            '<?xml version="1.0" encoding="UTF-8"?>\n'
-            '<DescribeSnapshotsResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">'
-            "<requestId>00000000-0000-0000-0000-000000000000</requestId><snapshotSet/></DescribeSnapshotsResponse>"
-        ).encode()
-        return AWSResponse("https://ec2.amazonaws.com/", 200, {"Content-Type": "text/xml"}, _Body(listing))
+        return empty_listing("DescribeSnapshots", "snapshotSet")
 
 
 class VolumesNotListedYet:
@@ -145,15 +148,8 @@ class VolumesNotListedYet:
         self.calls = 0  # those answered so
 
     def __call__(self, request: Any = None, **_: Any) -> Any:
-        from botocore.awsrequest import AWSResponse
-
         body = request.body.decode() if isinstance(request.body, bytes) else str(request.body or "")
         if f"tag%3A{self.tag_key}" not in body or self.calls >= self.times:
             return None
         self.calls += 1
-        listing = (
-            '<?xml version="1.0" encoding="UTF-8"?>\n'
-            '<DescribeVolumesResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">'
-            "<requestId>00000000-0000-0000-0000-000000000000</requestId><volumeSet/></DescribeVolumesResponse>"
-        ).encode()
-        return AWSResponse("https://ec2.amazonaws.com/", 200, {"Content-Type": "text/xml"}, _Body(listing))
+        return empty_listing("DescribeVolumes", "volumeSet")
