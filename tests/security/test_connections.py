@@ -8,6 +8,7 @@ import select
 import socket
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -53,28 +54,34 @@ def keep_alive_answer(sock: socket.socket) -> bytes:
     return head
 
 
+def renew_and_complete_past_squatters(url: str, db: Path, squatter: Callable[[str, int], socket.socket],
+                                      headers: dict[str, str]) -> None:
+    """Prepare, fill the connection bound from the holder's address with ``squatter``'s connections,
+    then renew and complete, each on a connection of its own (as snapctl's after a pause): each
+    closes the oldest squatting one, and the holder's calls go through."""
+    host, port = url.split("//")[1].split(":")
+    assert httpx.post(url + "/v1/prepare", headers=headers, json={"run_id": "r1", "lease_s": 600}).status_code == 200
+    squat = [squatter(host, int(port)) for _ in range(MAX_CONNECTIONS_PER_CLIENT)]
+    time.sleep(0.2)  # all of them counted
+    assert httpx.post(url + "/v1/renew", headers=headers, json={"run_id": "r1"}).status_code == 200
+    assert not try_write(db)  # still held, as the renew said
+    squat.append(squatter(host, int(port)))  # the squatter fills the bound again
+    time.sleep(0.2)
+    completed = httpx.post(url + "/v1/complete", headers=headers, json={"run_id": "r1"})
+    assert completed.status_code == 200 and completed.json()["released"] is True
+    assert _closed_within(squat[0], 5) and _closed_within(squat[1], 5)
+    assert not _closed_within(squat[-1], 0.2)
+    for sock in squat:
+        sock.close()
+
+
 def test_half_sent_connections_from_the_holders_address_cannot_refuse_its_renew_and_complete(tmp_path: Path) -> None:
     # The 33rd connection from an address was closed at once, whoever's: anyone without a token
     # could hold 32 half-sent requests from snapctl's address (on loopback: any local user), and
     # snapctl's renew and complete were refused until its lease ran out mid-backup.
     db = make_db(tmp_path / "data.db")
     with agent_process(write_config(tmp_path, db)) as agent:
-        host, port = agent.url.split("//")[1].split(":")
-        assert httpx.post(agent.url + "/v1/prepare", headers=HOLDER, json={"run_id": "r1", "lease_s": 600}
-                          ).status_code == 200
-        squat = [half_sent(host, int(port)) for _ in range(MAX_CONNECTIONS_PER_CLIENT)]
-        time.sleep(0.2)  # all of them counted
-        # Each on a connection of its own, as snapctl's after a pause: each closes the oldest half-sent one.
-        assert httpx.post(agent.url + "/v1/renew", headers=HOLDER, json={"run_id": "r1"}).status_code == 200
-        assert not try_write(db)  # still held, as the renew said
-        squat.append(half_sent(host, int(port)))  # the squatter fills the bound again
-        time.sleep(0.2)
-        completed = httpx.post(agent.url + "/v1/complete", headers=HOLDER, json={"run_id": "r1"})
-        assert completed.status_code == 200 and completed.json()["released"] is True
-        assert _closed_within(squat[0], 5) and _closed_within(squat[1], 5)
-        assert not _closed_within(squat[-1], 0.2)
-        for sock in squat:
-            sock.close()
+        renew_and_complete_past_squatters(agent.url, db, half_sent, HOLDER)
     assert try_write(db)
     warnings = [line.split(" WARNING snapctl.agent: ", 1)[1] for line in agent.log.splitlines() if " WARNING " in line]
     assert warnings == [f"more than {MAX_CONNECTIONS_PER_CLIENT} connections open at once from 127.0.0.1: closing "
@@ -98,21 +105,7 @@ def test_bodies_trickling_in_from_the_holders_address_cannot_refuse_its_renew_on
     # make room, and the holder's renews were refused (a reviewer: 0 of 27 got through in 6 s).
     db = make_db(tmp_path / "data.db")
     with agent_process(write_config(tmp_path, db, token=None)) as agent:
-        host, port = agent.url.split("//")[1].split(":")
-        assert httpx.post(agent.url + "/v1/prepare", json={"run_id": "r1", "lease_s": 600}).status_code == 200
-        squat = [body_trickling(host, int(port)) for _ in range(MAX_CONNECTIONS_PER_CLIENT)]
-        time.sleep(0.2)  # all of them counted, each head read
-        # Each on a connection of its own, as snapctl's after a pause: each closes the oldest trickling one.
-        assert httpx.post(agent.url + "/v1/renew", json={"run_id": "r1"}).status_code == 200
-        assert not try_write(db)  # still held, as the renew said
-        squat.append(body_trickling(host, int(port)))  # the squatter fills the bound again
-        time.sleep(0.2)
-        completed = httpx.post(agent.url + "/v1/complete", json={"run_id": "r1"})
-        assert completed.status_code == 200 and completed.json()["released"] is True
-        assert _closed_within(squat[0], 5) and _closed_within(squat[1], 5)
-        assert not _closed_within(squat[-1], 0.2)
-        for sock in squat:
-            sock.close()
+        renew_and_complete_past_squatters(agent.url, db, body_trickling, {})
     assert try_write(db)
 
 
