@@ -48,7 +48,8 @@ def keep_alive_answer(sock: socket.socket) -> bytes:
         assert chunk, f"closed before answering: {answer!r}"
         answer += chunk
     head, _, body = answer.partition(b"\r\n\r\n")
-    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length")))
     while len(body) < length:
         body += sock.recv(65536)
     return head
@@ -167,11 +168,13 @@ def test_a_holders_request_whose_body_is_still_arriving_is_not_closed_to_make_ro
         with serve_server(server) as (host, port):
             holders = socket.create_connection((host, port))
             body = b'{"run_id": "r1"}'
-            holders.sendall(f"POST /v1/renew HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
-                            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body[:1])
+            head = (f"POST /v1/renew HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
+                    f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+            holders.sendall(head.encode() + body[:1])
             silent = socket.create_connection((host, port))
             time.sleep(0.2)
-            newcomer = body_trickling(host, port)  # the 3rd: the token's request is the holder's, so the silent one goes
+            # The 3rd: the token's request is the holder's, so the silent one goes.
+            newcomer = body_trickling(host, port)
             assert _closed_within(silent, 2) and not _closed_within(holders, 0.2)
             holders.sendall(body[1:])
             assert keep_alive_answer(holders).split(b"\r\n")[0] == b"HTTP/1.1 409 Conflict"  # no run holds
