@@ -12,7 +12,7 @@ import pytest
 from snapctl.errors import LockHeld
 from snapctl.gc import gc
 
-from .conftest import CLUSTER, T0, Scene, inventory, snapshots_of
+from .conftest import CLUSTER, T0, Scene, gc_cli, inventory, snapshots_of
 
 
 def test_gc_finds_planted_orphans_and_deletes_only_them(scene: Scene) -> None:
@@ -221,20 +221,10 @@ def test_gc_with_another_users_catalog_never_deletes_the_backups_recorded_in_the
 
 def test_gc_cli_lists_snapshots_of_unknown_runs_apart_and_deletes_them_only_when_told(scene: Scene) -> None:
     import json
-    import subprocess
-    import sys
-
-    import yaml
 
     scene.add_run("r0", T0)
     [stranger] = scene.snapshot("r9-elsewhere", "n2")
-    (scene.root / "inv.yaml").write_text(yaml.safe_dump({
-        "cluster": CLUSTER, "provider": {"type": "local", "store": "snapshots"}, "catalog": {"path": "catalog"},
-        "nodes": [{"name": n, "agent": "http://127.0.0.1:1"} for n in ("n1", "n2")]}))
-
-    def snapctl(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "snapctl.cli", "gc", "-i", "inv.yaml", *args], cwd=scene.root,
-                              capture_output=True, text=True, check=False, timeout=60)
+    snapctl = gc_cli(scene)
 
     listed = snapctl("--delete")
     assert listed.returncode == 0, listed.stderr

@@ -20,7 +20,7 @@ import pytest
 from snapctl.catalog.local import TEMP_AGE_S
 from snapctl.gc import gc
 
-from .conftest import CLUSTER, T0, Scene, inventory
+from .conftest import CLUSTER, T0, Scene, gc_cli, inventory
 
 _PAUSED_WRITE = """
 import os, sys, threading
@@ -110,18 +110,10 @@ def test_a_temp_written_again_after_gc_found_it_is_kept(scene: Scene, tmp_path: 
 
 
 def test_gc_cli_lists_the_temps_with_their_size(scene: Scene, tmp_path: Path) -> None:
-    import yaml
-
     scene.add_run("r0", T0)
     temp = killed_write(scene.root / "catalog", f"{CLUSTER}/manifests/r1.json", tmp_path)
     aged(temp, 2 * 3600)
-    (scene.root / "inv.yaml").write_text(yaml.safe_dump({
-        "cluster": CLUSTER, "provider": {"type": "local", "store": "snapshots"}, "catalog": {"path": "catalog"},
-        "nodes": [{"name": n, "agent": "http://127.0.0.1:1"} for n in ("n1", "n2")]}))
-
-    def snapctl(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "snapctl.cli", "gc", "-i", "inv.yaml", *args], cwd=scene.root,
-                              capture_output=True, text=True, check=False, timeout=60)
+    snapctl = gc_cli(scene)
 
     listed = snapctl()
     assert listed.returncode == 0, listed.stderr
