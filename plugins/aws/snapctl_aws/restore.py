@@ -323,27 +323,17 @@ def _discard(provider: AwsProvider, volume_id: str, cluster: str | None) -> bool
     False when it is left (a warning names it)."""
     try:
         deadline = provider._clock() + DISCARD_WAIT_S
-        while (volume := _describe_volume(provider, volume_id)).get("State") == "creating":
-            if provider._clock() >= deadline:
-                break  # the delete below says why, and the warning names the volume
-            provider._sleep(provider.settings.poll_interval_s)
+        try:
+            while (volume := _describe_volume(provider, volume_id)).get("State") == "creating":
+                if provider._clock() >= deadline:
+                    break  # the delete below says why, and the warning names the volume
+                provider._sleep(provider.settings.poll_interval_s)
+        except VolumeNotFound:
+            # Maybe not listed yet (EC2 is eventually consistent): deleted anyway, since this
+            # restore made it; the delete's own NotFound is done.
+            volume = {}
         if volume.get("State") not in GONE:
             _detach_and_delete(provider, volume_id, volume)  # ours: made by this call, whatever its tags
-    except VolumeNotFound:
-        # Maybe not listed yet (EC2 is eventually consistent): deleted anyway, since this restore
-        # made it; the delete's own NotFound is done.
-        return _delete_unlisted(provider, volume_id, cluster)
-    except Exception as exc:  # noqa: BLE001 - the restore's own error is the one to report
-        log.warning("could not delete half-restored volume %s (cluster %s): %s", volume_id, cluster, exc)
-        return False
-    return True
-
-
-def _delete_unlisted(provider: AwsProvider, volume_id: str, cluster: str | None) -> bool:
-    try:
-        provider.ec2.call("delete_volume", DELETE, VolumeId=volume_id)
-    except VolumeNotFound:
-        pass
     except Exception as exc:  # noqa: BLE001 - the restore's own error is the one to report
         log.warning("could not delete half-restored volume %s (cluster %s): %s", volume_id, cluster, exc)
         return False

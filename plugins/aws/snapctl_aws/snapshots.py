@@ -9,7 +9,7 @@ from typing import Any
 
 from snapctl.providers import SnapshotRef, SnapshotState
 from snapctl.timestamps import parse_utc, utc_text
-from snapctl_aws.client import SENDINGS
+from snapctl_aws.client import SENDINGS, sendings
 
 STATE_ERROR = "error"
 # recoverable / recovering: AWS is retrying the upload by itself, so the snapshot is not done
@@ -41,8 +41,7 @@ def create_attempts(answer: Mapping[str, Any]) -> dict[str, int]:
     ``extra``; empty when it was sent once. Counts botocore's sendings (a late or lost answer,
     throttling) and those of snapctl's per-volume retry (``Ec2.call``), which a first sending,
     answered late, may have caused: the snapshot it made holds the volume's in-progress slot."""
-    metadata = answer.get("ResponseMetadata") or {}
-    sent = metadata.get(SENDINGS) or 1 + (metadata.get("RetryAttempts") or 0)
+    sent = (answer.get("ResponseMetadata") or {}).get(SENDINGS) or sendings(answer)
     return {"create_attempts": sent} if sent > 1 else {}
 
 
