@@ -188,7 +188,7 @@ def apply(planned: PruneResult, catalog: Catalog, provider: Provider, still_lock
     doomed: list[tuple[RunVerdict, Manifest]] = []
     marking: dict[str, str] = {}  # run -> the mark this prune put on it (or was putting: a stop may cut that)
     begun: set[str] = set()  # runs whose snapshots it began to delete
-    under_way: list[str] = []  # the run being deleted, while it is
+    deleting: str | None = None  # the run whose snapshots are being deleted, while they are
     try:
         for verdict in planned.deleted:
             still_locked()
@@ -208,12 +208,11 @@ def apply(planned: PruneResult, catalog: Catalog, provider: Provider, still_lock
             # Once more, now that the run is marked: a restore records itself before it reads the run's
             # status, so one that read it just before the mark (and goes on) is on record by now.
             if _spared_while_in_use(catalog, verdict, result, drill_timeout_s):
-                if manifest.run_id in marking:
-                    catalog.update(manifest.run_id, partial(unmark_pruning, since=marking[manifest.run_id]))
+                catalog.update(manifest.run_id, partial(unmark_pruning, since=marking[manifest.run_id]))
                 continue
             refs = _doomed_refs(manifest, tagged, owners)
             begun.add(manifest.run_id)
-            under_way[:] = [manifest.run_id]
+            deleting = manifest.run_id
             failures = []
             for ref in refs:
                 still_locked()
@@ -224,15 +223,15 @@ def apply(planned: PruneResult, catalog: Catalog, provider: Provider, still_lock
             if failures:
                 verdict.error = "; ".join(failures)
                 result.unfinished.append(verdict)
-                under_way.clear()
+                deleting = None
                 continue
             still_locked()
             catalog.delete(manifest.run_id)
-            under_way.clear()
+            deleting = None
             result.deleted.append(verdict)
     except (KeyboardInterrupt, Interrupted):
         raise stopped_prune(catalog, {run: since for run, since in marking.items() if run not in begun},
-                       under_way) from None
+                            deleting) from None
     return result
 
 

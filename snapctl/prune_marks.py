@@ -12,7 +12,7 @@ from snapctl.manifest import Manifest
 from snapctl.retention import PRUNING
 
 
-def stopped_prune(catalog: Catalog, untouched: dict[str, str], under_way: list[str]) -> Interrupted:
+def stopped_prune(catalog: Catalog, untouched: dict[str, str], deleting: str | None) -> Interrupted:
     """Ctrl-C or SIGTERM (not a lost lock: then the catalog is another's to write) stopped a prune:
     the runs it marked, or was marking, and had not begun to delete are unmarked (``untouched``:
     run -> its mark), for the mark commits the next prune to deleting them, and a stop is often a
@@ -29,8 +29,8 @@ def stopped_prune(catalog: Catalog, untouched: dict[str, str], under_way: list[s
     stopped = Interrupted("prune")
     stopped.hint = "; ".join(filter(None, [
         f"the runs it had marked but not begun to delete are unmarked ({', '.join(unmarked)})" if unmarked else "",
-        f"run {under_way[0]}, whose snapshots it was deleting, stays marked 'pruning': the next prune finishes it"
-        if under_way and under_way[0] not in unmarked else "",
+        f"run {deleting}, whose snapshots it was deleting, stays marked 'pruning': the next prune finishes it"
+        if deleting else "",
         f"still marked, deleted by the next prune: {', '.join(r for r in untouched if r not in unmarked)}"
         if len(unmarked) < len(untouched) else "",
     ])) or None
