@@ -31,6 +31,7 @@ from snapctl.restore_leftovers import (
     find_abandoned_restores,
     find_killed_restores,
     finish_abandoned_restores,
+    unfinished_restores,
 )
 
 if TYPE_CHECKING:
@@ -78,9 +79,10 @@ def gc(inventory: Inventory, *, delete: bool = False, include_unknown_runs: bool
     if not delete:
         result = find_orphans(catalog, provider)
         result.killed_drills = [drill.listed() for drill in find_abandoned(catalog)]
-        killed_restores, unseen = find_killed_restores(catalog, inventory, provider)
+        records = unfinished_restores(catalog)
+        killed_restores, unseen = find_killed_restores(records, inventory, provider)
         result.killed_restores = [line for _, line in killed_restores]
-        result.abandoned_restores = [restore.listed(unseen) for restore in find_abandoned_restores(catalog, inventory)]
+        result.abandoned_restores = [restore.listed(unseen) for restore in find_abandoned_restores(records, inventory)]
         result.catalog_temps = _catalog_temps(catalog)
         return result
     if not catalog.store.list(f"{catalog.cluster}/manifests/"):  # refused before its lock is made there
@@ -114,10 +116,11 @@ def gc(inventory: Inventory, *, delete: bool = False, include_unknown_runs: bool
             if not done:
                 result.failed[str(drill.scratch)] = line
         locked.check()
-        killed_restores, unseen = find_killed_restores(catalog, inventory, provider)
+        records = unfinished_restores(catalog)  # read once: the clean-up below writes no record
+        killed_restores, unseen = find_killed_restores(records, inventory, provider)
         result.killed_restores = [line for _, line in killed_restores]
         result.killed_restores_cleaned = clean_killed_restores(provider, killed_restores, result.failed, locked.check)
-        abandoned = find_abandoned_restores(catalog, inventory)  # after the clean-up: its failures keep a record
+        abandoned = find_abandoned_restores(records, inventory)  # finished after the clean-up: its failures keep one
         result.abandoned_restores = [restore.listed(unseen) for restore in abandoned]
         result.abandoned_restores_finished = finish_abandoned_restores(catalog, abandoned, result.failed, unseen,
                                                                        f"gc {locked.run_id}", locked.check)

@@ -38,18 +38,19 @@ if TYPE_CHECKING:
     from snapctl.providers import Provider
 
 EACH_NODE = "each node's restore target"  # RestoreRecord.target without --to
+UnfinishedRecord = tuple[str, dict[str, Any], bytes]  # key, record, its bytes
 
 
-def find_killed_restores(catalog: Catalog, inventory: Inventory,
+def find_killed_restores(records: list[UnfinishedRecord], inventory: Inventory,
                          provider: Provider) -> tuple[list[tuple[str, str]], dict[str, str]]:
     """(target, one line on what its killed restore left there), for the places of every unfinished
-    restore record, and the places that could not be looked at, and why; none for a provider that
-    restores into no directories."""
+    restore record (``unfinished_restores``), and the places that could not be looked at, and why;
+    none for a provider that restores into no directories."""
     find = getattr(provider, "find_killed_restores", None)
     if find is None:
         return [], {}
     places: dict[str, str | None] = {}
-    for _, record, _ in _unfinished(catalog):
+    for _, record, _ in records:
         root = _root(record)
         for place in _places(record, inventory):
             places[place] = root if places.get(place, root) == root else None  # two roots: the stricter
@@ -100,11 +101,11 @@ def restore_gone(record: dict[str, Any]) -> bool:
     return isinstance(owner, str) and gone_from_this_host(owner, record.get("owner_process"))
 
 
-def find_abandoned_restores(catalog: Catalog, inventory: Inventory) -> list[AbandonedRestore]:
-    """The unfinished restore records whose process is proven gone from this host."""
+def find_abandoned_restores(records: list[UnfinishedRecord], inventory: Inventory) -> list[AbandonedRestore]:
+    """The unfinished restore records (``unfinished_restores``) whose process is proven gone from this host."""
     return [AbandonedRestore(key, str(record.get("restore_id")), str(record.get("run_id")), str(record["owner"]),
                              _places(record, inventory), raw)
-            for key, record, raw in _unfinished(catalog) if restore_gone(record)]
+            for key, record, raw in records if restore_gone(record)]
 
 
 def finish_abandoned_restores(catalog: Catalog, found: list[AbandonedRestore], failed: dict[str, str],
@@ -138,7 +139,7 @@ def finish_abandoned_restores(catalog: Catalog, found: list[AbandonedRestore], f
     return lines
 
 
-def _unfinished(catalog: Catalog) -> list[tuple[str, dict[str, Any], bytes]]:
+def unfinished_restores(catalog: Catalog) -> list[UnfinishedRecord]:
     """(key, record, its bytes) of each readable unfinished restore record of the cluster."""
     found = []
     for key in catalog.store.list(f"{catalog.cluster}/restores/"):
