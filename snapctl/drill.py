@@ -48,12 +48,12 @@ from snapctl.restore import (
     check_before_restoring,
     check_provider,
     inventory_node,
-    load_restorable,
     no_engine_path,
     remap_paths,
     restore_volumes,
     restored_files,
     scratch_agent,
+    usable_run,
 )
 from snapctl.runner import interrupts_deferred, sigterm_as_ctrl_c
 from snapctl.timestamps import UtcTime
@@ -162,7 +162,8 @@ def run_drill(inventory: Inventory, run_ref: str = "latest", *, junit: Path | No
         # On record, unfinished, before the run's status is read (as a restore is): a prune that marks
         # the run after this read checks the records again before deleting, and finds this one.
         _write_record(catalog, report)
-        manifest = load_restorable(catalog, run_id, report.warnings, latest=run_ref.strip() == "latest")
+        manifest = usable_run(catalog, catalog.load(run_id), "it has nothing to restore", report.warnings,
+                              latest=run_ref.strip() == "latest")  # run_id resolved above: no second scan
         for name in manifest.nodes:
             inventory_node(inventory, name)  # every node of the run must still be described
         provider = open_provider(inventory)

@@ -41,7 +41,7 @@ _VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _NAMED = 5  # restored volumes a failure's hint names, of a cluster's hundreds
 
 __all__ = ["NodeRestore", "RestoreRecord", "RestoreResult", "check_before_restoring", "check_provider",
-           "compare_facts", "load_restorable", "no_engine_path", "not_succeeded", "remap_paths", "restore_run",
+           "compare_facts", "no_engine_path", "not_succeeded", "remap_paths", "restore_run",
            "usable_run"]
 
 
@@ -314,11 +314,6 @@ def check_targets(provider: Provider, manifest: Manifest, nodes: dict[str, Node]
             planned.append((ref, target))
     if check_space is not None:  # volumes that share a disk need room there together
         check_space(planned)
-
-
-def load_restorable(catalog: Catalog, run_ref: str, warnings: list[str], *, latest: bool = False) -> Manifest:
-    return usable_run(catalog, catalog.load(catalog.resolve(run_ref)), "it has nothing to restore", warnings,
-                      latest=latest)
 
 
 def usable_run(catalog: Catalog, manifest: Manifest, nothing: str, warnings: list[str], *,
