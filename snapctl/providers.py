@@ -31,6 +31,7 @@ TAG_RUN = "snapctl-run"
 TAG_NODE = "snapctl-node"
 TAG_VOLUME = "snapctl-volume"
 TAG_VERSION = "snapctl-version"
+SNAPSHOT_OWN_TAGS = 5  # those five: what a cloud's per-snapshot tag limit must leave room for
 # On a volume a drill restores (RestoreTarget.tags): the drill's id, by which the cleanup after a
 # drill killed outright finds what it made (``find_restored``) and deletes nothing else.
 TAG_DRILL = "snapctl-drill"
@@ -295,6 +296,17 @@ class ProviderSettings(BaseModel):
         snapctl's own tags. snapctl's own keys (``OWN_TAG_KEYS``, in any case) never get here (the
         inventory refuses them); other keys starting with ``snapctl-`` do, and pass as any key.
         Called when the inventory's provider block is checked, before anything is held."""
+
+    def check_tag_room(self, count: int, cloud_max: int, cloud: str, *, noun: str = "tags",
+                       theirs: str = "the provider's") -> None:
+        """For ``check_inventory_tags``: ``count`` tags (the inventory's and ``theirs`` together)
+        fit beside snapctl's own on a snapshot the cloud takes at most ``cloud_max`` of."""
+        room = cloud_max - SNAPSHOT_OWN_TAGS
+        if count > room:
+            raise BadInputError(
+                f"provider {self.type}: the inventory's tags and {theirs} make {count} {noun} on every snapshot, "
+                f"more than the {room} {cloud} has room for ({cloud_max} per snapshot, snapctl's own take "
+                f"{SNAPSHOT_OWN_TAGS})", hint=f"remove {count - room} of them, or put several into one tag's value")
 
 
 class ProviderFactory(Protocol):

@@ -25,9 +25,7 @@ INSTANCE_ID = r"^i-(?:[0-9a-f]{8}|[0-9a-f]{17})$"
 # which also carries the user's tags its snapshot had. The provider's `tags:` alone: at most 40,
 # leaving room for the inventory's; the two together: what is left beside snapctl's five.
 EC2_MAX_TAGS = 50
-SNAPCTL_OWN_TAGS = 5
 MAX_USER_TAGS = 40
-MAX_TAGS_TOGETHER = EC2_MAX_TAGS - SNAPCTL_OWN_TAGS
 
 
 def tag_problem(key: str, value: str) -> tuple[str, str] | None:
@@ -88,12 +86,7 @@ class AwsSettings(ProviderSettings):
             if problem:
                 raise BadInputError(f"provider aws: inventory tag {key!r}: {problem[0]}", hint=problem[1])
         together = {**self.tags, **tags}  # an inventory tag replaces the provider's of the same key
-        if len(together) > MAX_TAGS_TOGETHER:
-            raise BadInputError(
-                f"provider aws: the inventory's tags and the provider's make {len(together)} tags on every "
-                f"snapshot, more than the {MAX_TAGS_TOGETHER} EC2 has room for (50 per snapshot, snapctl's own "
-                f"take {SNAPCTL_OWN_TAGS})",
-                hint=f"remove {len(together) - MAX_TAGS_TOGETHER} of them, or put several into one tag's value")
+        self.check_tag_room(len(together), EC2_MAX_TAGS, "EC2")
 
 
 def _volume_id(value: str) -> str:

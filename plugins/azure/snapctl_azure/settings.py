@@ -30,9 +30,7 @@ RESOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,78}[A-Za-z0-9_]$|^[A-Z
 # four of snapctl's and none of the user's). The provider's `tags:` alone: at most 40, leaving room
 # for the inventory's; the two together: what is left beside snapctl's five.
 ARM_MAX_TAGS = 50
-SNAPCTL_OWN_TAGS = 5
 MAX_USER_TAGS = 40
-MAX_TAGS_TOGETHER = ARM_MAX_TAGS - SNAPCTL_OWN_TAGS
 MAX_TAG_VALUE = 256
 ARM_RESERVED_PREFIXES = ("azure", "microsoft", "windows")
 RESERVED_TAG_PREFIXES = (*ARM_RESERVED_PREFIXES, "snapctl-")  # the provider block's: snapctl's prefix too
@@ -103,12 +101,7 @@ class AzureSettings(ProviderSettings):
             if first != key:
                 raise BadInputError(f"provider azure: tags {first!r} and {key!r} are one tag to Azure "
                                     "(tag names ignore case)", hint="spell them alike, or keep one of them")
-        if len(together) > MAX_TAGS_TOGETHER:
-            raise BadInputError(
-                f"provider azure: the inventory's tags and the provider's make {len(together)} tags on every "
-                f"snapshot, more than the {MAX_TAGS_TOGETHER} Azure has room for (50 per snapshot, snapctl's own "
-                f"take {SNAPCTL_OWN_TAGS})",
-                hint=f"remove {len(together) - MAX_TAGS_TOGETHER} of them, or put several into one tag's value")
+        self.check_tag_room(len(together), ARM_MAX_TAGS, "Azure")
 
     @model_validator(mode="after")
     def _plain_http_only_on_loopback(self) -> AzureSettings:

@@ -27,9 +27,7 @@ LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
 # the provider's labels and four of snapctl's). The provider's `labels:` alone: at most 40, leaving
 # room for the inventory's `tags:`; the two together: what is left beside snapctl's five.
 GCP_MAX_LABELS = 64
-SNAPCTL_OWN_LABELS = 5
 MAX_USER_LABELS = 40
-MAX_LABELS_TOGETHER = GCP_MAX_LABELS - SNAPCTL_OWN_LABELS
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -76,12 +74,7 @@ class GcpSettings(ProviderSettings):
                 raise BadInputError(f"provider gcp: inventory tags {first!r} and {key!r} become the same label "
                                     f"{encode_key(key)!r}", hint="shorten one of them, or start it with a letter")
         together = set(self.labels) | set(keys)  # an inventory tag replaces the provider's label of its key
-        if len(together) > MAX_LABELS_TOGETHER:
-            raise BadInputError(
-                f"provider gcp: the inventory's tags and the provider's labels make {len(together)} labels on "
-                f"every snapshot, more than the {MAX_LABELS_TOGETHER} GCP has room for (64 per snapshot, "
-                f"snapctl's own take {SNAPCTL_OWN_LABELS})",
-                hint=f"remove {len(together) - MAX_LABELS_TOGETHER} of them, or put several into one tag's value")
+        self.check_tag_room(len(together), GCP_MAX_LABELS, "GCP", noun="labels", theirs="the provider's labels")
 
     @model_validator(mode="after")
     def _anonymous_only_on_loopback(self) -> GcpSettings:
