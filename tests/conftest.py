@@ -85,6 +85,17 @@ def _reserve(port: int) -> bool:
     return False
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under xdist, the run's one moto server starts here in the controller, before any worker,
+    which finds it in $SNAPCTL_TEST_MOTO_URL (tests/moto_server.py). A run without workers starts
+    it on first use instead: most such runs need none."""
+    from tests.moto_server import URL_ENV, start_for_run
+
+    is_controller = not hasattr(config, "workerinput")
+    if is_controller and (getattr(config.option, "numprocesses", None) or 0) and not os.environ.get(URL_ENV):
+        start_for_run()
+
+
 def with_ctrl_c(argv: list[str]) -> list[str]:
     """``argv`` (a Python program's) started with SIGINT at its default, as a terminal's foreground
     job gets it. A shell without job control starts background commands with SIGINT ignored, and

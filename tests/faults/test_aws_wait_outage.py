@@ -12,7 +12,6 @@ import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 
@@ -31,25 +30,22 @@ class Ec2Behind:
     proxy: LoopbackProxy  # between the CLI and moto
     volumes: dict[str, str]  # node -> its EBS volume
 
-    def snapshots(self) -> dict[str, Any]:
-        return dict(self.moto.ec2_backend().snapshots)
+    def snapshots(self) -> set[str]:
+        return self.moto.snapshot_ids()
+
+    def completed(self, snapshots: set[str]) -> None:
+        """The uploads went on meanwhile."""
+        for snapshot_id in snapshots:
+            self.moto.set_snapshot(snapshot_id, status="completed")
 
 
 @pytest.fixture
-def ec2(monkeypatch: pytest.MonkeyPatch) -> Iterator[Ec2Behind]:
+def ec2() -> Iterator[Ec2Behind]:
     import boto3
-    from moto.ec2.models.elastic_block_store import Snapshot
 
     moto = shared_moto_server()
     moto.reset()
-    made_completed = Snapshot.__init__
-
-    def made_pending(self, *args: Any, **kwargs: Any) -> None:
-        made_completed(self, *args, **kwargs)
-        self.status = "pending"  # uploading, until the test says otherwise
-
-    monkeypatch.setattr(Snapshot, "__init__", made_pending)
-    with dummy_aws_credentials():
+    with dummy_aws_credentials(), moto.new_snapshots_pending():  # uploading, until the test says otherwise
         client = boto3.client("ec2", endpoint_url=moto.endpoint_url, region_name=DEFAULT_REGION)
         volumes = {n: client.create_volume(Size=8, AvailabilityZone=f"{DEFAULT_REGION}a")["VolumeId"] for n in NODES}
         proxy = LoopbackProxy(int(moto.endpoint_url.rsplit(":", 1)[1]))
@@ -72,15 +68,15 @@ def aws_inventory(scene: FaultCluster, ec2: Ec2Behind, policy: dict | None = Non
                                  volumes=lambda node: [{"volume": ec2.volumes[node], "name": "data"}])
 
 
-def released_with_snapshots(scene: FaultCluster, ec2: Ec2Behind) -> dict[str, Any]:
+def released_with_snapshots(scene: FaultCluster, ec2: Ec2Behind) -> set[str]:
     """Once the run's snapshots are made and every node released (only the wait asks EC2 anything
-    after that): the snapshots, by id."""
+    after that): the snapshots' ids."""
     wait_until(lambda: len(ec2.snapshots()) == len(NODES) and not scene.held(), 60,
                "the run's snapshots to be made and every node released")
     return ec2.snapshots()
 
 
-def partitioned_while_waiting(scene: FaultCluster, ec2: Ec2Behind) -> dict[str, Any]:
+def partitioned_while_waiting(scene: FaultCluster, ec2: Ec2Behind) -> set[str]:
     """Cut the network once the run's snapshots are made and every node released."""
     snapshots = released_with_snapshots(scene, ec2)
     ec2.proxy.partition()
@@ -113,12 +109,12 @@ def lost_while_running(run: subprocess.Popen, ec2: Ec2Behind, requests: int) -> 
                                 f"{ec2.proxy.requests[-5:]})"))
 
 
-def assert_succeeded_keeping_every_snapshot(scene: FaultCluster, ec2: Ec2Behind, snapshots: dict[str, Any]) -> None:
+def assert_succeeded_keeping_every_snapshot(scene: FaultCluster, ec2: Ec2Behind, snapshots: set[str]) -> None:
     [run_id] = scene.run_ids()
     manifest = scene.manifest(run_id)
     assert manifest["status"] == "succeeded" and manifest["snapshots_completed"]
     made = {r["snapshots"][0]["snapshot_id"] for r in manifest["nodes"].values()}
-    assert made == set(snapshots) == set(ec2.snapshots())  # nothing deleted
+    assert made == snapshots == ec2.snapshots()  # nothing deleted
     assert_released_by(scene, run_id)
 
 
@@ -127,8 +123,7 @@ def test_a_network_outage_while_the_snapshots_upload_is_waited_out(scene: FaultC
     snapshots = partitioned_while_waiting(scene, ec2)
     # Past one call's two attempts: without asking again, the run would have given up by now.
     lost_while_running(run, ec2, 4)
-    for snapshot in snapshots.values():
-        snapshot.status = "completed"  # the upload went on meanwhile
+    ec2.completed(snapshots)
     ec2.proxy.heal()
     _, stderr = run.communicate(timeout=120)
 
@@ -153,7 +148,7 @@ def test_an_outage_that_outlasts_the_wait_fails_the_run_keeping_what_it_could_no
     assert_released_by(scene, run_id)
     # The rollback's search met the same silence, so it tried no delete: on record for gc, still there.
     [leftovers] = [d for d in manifest["degradations"] if d.startswith("snapshots not deleted")]
-    assert all(s in leftovers for s in snapshots) and set(ec2.snapshots()) == set(snapshots)
+    assert all(s in leftovers for s in snapshots) and ec2.snapshots() == snapshots
     assert leftovers.count("not tried, the cloud could not be reached") == len(NODES)
 
 
@@ -193,8 +188,7 @@ def test_server_errors_while_the_snapshots_upload_are_waited_out(scene: FaultClu
     snapshots = released_with_snapshots(scene, ec2)
     # Past one call's two attempts: without asking again, the run would have rolled back by now.
     while_running(run, lambda: describes.failed >= 4, "four of the wait's polls answered 503")
-    for snapshot in snapshots.values():
-        snapshot.status = "completed"  # the upload went on meanwhile
+    ec2.completed(snapshots)
     describes.failing = False
     _, stderr = run.communicate(timeout=120)
 

@@ -118,9 +118,9 @@ def two_volume_node(tmp_path: Path, cloud: str):
             ec2 = node.ec2
 
             def fail(snapshot_id: str) -> None:
-                node.moto.ec2_backend().snapshots[snapshot_id].status = "error"
+                node.moto.set_snapshot(snapshot_id, status="error")
 
-            before = {v["VolumeId"] for v in ec2.describe_volumes()["Volumes"]}  # other tests' too: one moto
+            before = {v["VolumeId"] for v in ec2.describe_volumes()["Volumes"]}  # this process's other tests' too: its account on the one moto
 
             def restored() -> list[str]:
                 return [v["VolumeId"] for v in ec2.describe_volumes()["Volumes"] if v["VolumeId"] not in before]
@@ -173,7 +173,7 @@ def test_an_aws_snapshot_still_pending_is_refused_naming_it_with_what_to_do(tmp_
     with two_volume_node(tmp_path, "aws") as (inventory, _, _, restored):
         run_id = _backup(inventory)
         [_, second] = open_catalog(load_inventory(inventory)).load(run_id).nodes["db1"].snapshots
-        shared_moto_server().ec2_backend().snapshots[second.snapshot_id].status = "pending"
+        shared_moto_server().set_snapshot(second.snapshot_id, status="pending")
 
         with pytest.raises(ProviderError, match=rf"node db1: snapshot {second.snapshot_id} of volume b is pending"
                                                 r".*not completed; it cannot be restored yet") as caught:

@@ -15,10 +15,17 @@ import httpx
 import pytest
 
 from tests.faults.harness import NODES, TOKEN, FaultCluster
-from tests.moto_server import DEFAULT_REGION, DUMMY_AWS_ENV, MotoServer, dummy_aws_credentials, shared_moto_server
+from tests.moto_server import (
+    DEFAULT_REGION,
+    DUMMY_AWS_ENV,
+    MotoServer,
+    dummy_aws_credentials,
+    shared_moto_server,
+    worker_tag,
+)
 
 CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "AKIAFAULTSUITE7Q2XK4",
+    "AWS_ACCESS_KEY_ID": f"AKIAFAULTSUITE7Q2XK4{worker_tag().upper()}",  # this process's account on the run's moto
     "AWS_SECRET_ACCESS_KEY": "sEcReT/scan+me9f8e7d6c5b4a3210fedcba98",
     "AWS_SESSION_TOKEN": "FwoGZXIvYXdzEFAULTSUITEsessionTOKENxyz123",
 }
@@ -28,17 +35,16 @@ SECRETS = [TOKEN, WRONG_TOKEN, *CREDENTIALS.values()]
 
 @pytest.fixture
 def moto() -> Iterator[MotoServer]:
-    server = shared_moto_server()
+    server = shared_moto_server().as_key(CREDENTIALS["AWS_ACCESS_KEY_ID"])
     server.reset()
-    with dummy_aws_credentials():
+    with dummy_aws_credentials(**CREDENTIALS):
         yield server
 
 
 @pytest.fixture
 def aws_cluster(tmp_path: Path, moto: MotoServer) -> Iterator[FaultCluster]:
-    import boto3
 
-    ec2 = boto3.client("ec2", endpoint_url=moto.endpoint_url, region_name=DEFAULT_REGION)
+    ec2 = moto.client("ec2")
     volumes = {node: ec2.create_volume(Size=8, AvailabilityZone=f"{DEFAULT_REGION}a")["VolumeId"] for node in NODES}
     cluster = FaultCluster(tmp_path, agent_extra={"log_level": "debug"}, extra_env={**DUMMY_AWS_ENV, **CREDENTIALS})
     try:
@@ -105,7 +111,6 @@ def _provider(cluster: FaultCluster) -> dict:
 
 
 def _snapshot_tags(moto: MotoServer) -> list:
-    import boto3
 
-    ec2 = boto3.client("ec2", endpoint_url=moto.endpoint_url, region_name=DEFAULT_REGION)
+    ec2 = moto.client("ec2")
     return [s.get("Tags", []) for s in ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]]

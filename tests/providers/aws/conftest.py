@@ -1,4 +1,4 @@
-"""boto3 against moto's server over HTTP: one server per session (per xdist worker), reset per test."""
+"""boto3 against moto's server over HTTP: the run's one server, this process's account reset per test."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def moto_server() -> MotoServer:
 
 @pytest.fixture
 def moto(moto_server: MotoServer) -> Iterator[MotoServer]:
-    """The session's moto server, emptied for this test, with dummy credentials in the env."""
+    """The run's moto server, this process's account emptied for this test, with dummy credentials in the env."""
     moto_server.reset()
     with dummy_aws_credentials():
         yield moto_server

@@ -40,7 +40,7 @@ def test_the_sdk_is_imported_on_first_use():
 
 
 def test_warm_up_imports_the_sdk_and_builds_the_client_that_the_calls_then_use():
-    from tests.moto_server import shared_moto_server
+    from tests.moto_server import DUMMY_AWS_ENV, shared_moto_server
 
     endpoint = shared_moto_server().endpoint_url  # warm_up asks EC2 once whether it takes the credentials
     check = CHECK.format(module="snapctl_aws").replace(
@@ -48,7 +48,8 @@ def test_warm_up_imports_the_sdk_and_builds_the_client_that_the_calls_then_use()
         '"region": "eu-west-1"', f'"region": "eu-west-1", "endpoint_url": "{endpoint}"')
     result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60,
                             env={"PATH": "/usr/bin:/bin", "AWS_EC2_METADATA_DISABLED": "true",
-                                 "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
+                                 "AWS_ACCESS_KEY_ID": DUMMY_AWS_ENV["AWS_ACCESS_KEY_ID"],
+                                 "AWS_SECRET_ACCESS_KEY": "testing"})
     assert result.returncode == 0, result.stderr
     assert "boto3" in result.stdout.split(",")
 
@@ -56,7 +57,7 @@ def test_warm_up_imports_the_sdk_and_builds_the_client_that_the_calls_then_use()
 def test_only_the_async_warm_up_imports_the_async_client_and_in_a_thread_not_on_the_loop():
     # A run that makes the blocking calls (never, always, 50 calls and more) calls warm_up alone: it
     # must not load aiobotocore (an install whose botocore outgrew aiobotocore's pin breaks it).
-    from tests.moto_server import shared_moto_server
+    from tests.moto_server import DUMMY_AWS_ENV, shared_moto_server
 
     endpoint = shared_moto_server().endpoint_url
     warm = ("provider.warm_up()\nblocking = sorted(m for m in sys.modules if m.split('.')[0] in ('aiobotocore', 'aiohttp'))\n"
@@ -73,7 +74,8 @@ def test_only_the_async_warm_up_imports_the_async_client_and_in_a_thread_not_on_
         '"region": "eu-west-1"', f'"region": "eu-west-1", "endpoint_url": "{endpoint}"')
     result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60,
                             env={"PATH": "/usr/bin:/bin", "AWS_EC2_METADATA_DISABLED": "true",
-                                 "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
+                                 "AWS_ACCESS_KEY_ID": DUMMY_AWS_ENV["AWS_ACCESS_KEY_ID"],
+                                 "AWS_SECRET_ACCESS_KEY": "testing"})
     assert result.returncode == 0, result.stderr
     loaded = result.stdout.strip().split(",")
     assert {"aiohttp", "aiobotocore.session", "aiobotocore.config"} <= set(loaded)

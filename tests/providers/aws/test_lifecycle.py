@@ -21,12 +21,7 @@ def take(provider, volume_ids, run="run-1", node="n1"):
 
 
 def set_state(moto, snapshot_id, status, progress=None, message=None):
-    snapshot = moto.ec2_backend().snapshots[snapshot_id]
-    snapshot.status = status
-    if progress is not None:
-        snapshot.Progress = progress  # moto serializes this attribute before its fixed "100%"
-    if message is not None:
-        snapshot.state_message = message
+    moto.set_snapshot(snapshot_id, status=status, progress=progress, state_message=message)
 
 
 def test_wait_follows_pending_to_completed_reporting_progress(provider, moto, ec2, volume):
