@@ -95,10 +95,11 @@ def test_a_token_over_plain_http_beyond_loopback_is_warned_about_at_start(tmp_pa
 
 
 def test_refuses_a_non_loopback_address_without_a_token(tmp_path: Path, db: Path) -> None:
-    result = run_agent("--config", str(write_config(tmp_path, db, token=None)), "--listen", "0.0.0.0")
+    # TEST-NET: were the refusal gone, binding would fail (tests listen on loopback only).
+    result = run_agent("--config", str(write_config(tmp_path, db, token=None)), "--listen", "192.0.2.1")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "snapctl-agent: error: refusing to listen on 0.0.0.0 without a token "
+        "snapctl-agent: error: refusing to listen on 192.0.2.1 without a token "
         f"(hint: set token_file in {tmp_path / 'agent.yaml'}, pass --token-file FILE, or set $SNAPCTL_AGENT_TOKEN)"
     ]
 
