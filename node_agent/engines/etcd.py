@@ -147,6 +147,9 @@ class EtcdEngine:
             return self._save_snapshot_once(target)
 
     def _save_snapshot_once(self, target: Path) -> dict[str, Any]:
+        # Before the download: a configured tool that is not there fails the prepare having saved
+        # nothing, not after streaming the whole backend into a file no check will read.
+        tool = snapshot_tool(self.settings.snapshot_tool)
         partial = target.with_name(target.name + ".part")
         started = time.monotonic()
         deadline = started + self.settings.snapshot_timeout_s
@@ -186,7 +189,6 @@ class EtcdEngine:
                 partial.unlink(missing_ok=True)  # gone already when the snapshot made it into place
         checked: dict[str, Any] = {"file": str(target), "bytes": size, "sha256": trailer.hex(),
                                    "duration_s": round(time.monotonic() - started, 3)}
-        tool = snapshot_tool(self.settings.snapshot_tool)
         if tool is not None:
             try:
                 # The tool reads and hashes the whole backend (up to etcd's 8 GiB quota): no short call.

@@ -66,6 +66,16 @@ def test_a_backup_dir_that_cannot_be_written_is_one_line_saying_so_and_holds_not
     assert not engine.status().held
 
 
+def test_a_configured_snapshot_tool_that_is_not_there_fails_the_prepare_having_saved_nothing(etcd_cluster, tmp_path):
+    # It was looked for after the download: the whole backend stayed in backup_dir, unchecked.
+    engine = engine_for(etcd_cluster, 0, tmp_path, snapshot_tool=str(tmp_path / "no-such-etcdutl"))
+    with pytest.raises(EngineError) as caught:
+        engine.prepare("r1")
+    assert caught.value.message == f"etcd snapshot_tool {str(tmp_path / 'no-such-etcdutl')!r} not found"
+    assert not engine.status().held
+    assert [path.name for path in engine.backup_dir.glob("r1.db*")] == []
+
+
 def test_checking_a_big_snapshot_file_gets_snapshot_timeout_s_not_timeout_s(etcd_cluster, tmp_path):
     needs_snapshot_tool()
     # etcdctl/etcdutl snapshot status reads and hashes the whole backend: seconds per GiB. A wrapper
