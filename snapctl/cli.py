@@ -95,8 +95,9 @@ def backup(
     force: Annotated[bool, typer.Option("--force", help=(
         "Go on despite critical preflight findings about the cluster's state (no leader, lag, a busy engine); "
         "not those that make the backup fail or no backup of the node."))] = False,
-    trigger: Annotated[bool | None, typer.Option("--trigger/--no-trigger",
-                                                    help="Run the engines' own snapshots first.")] = None,
+    trigger: Annotated[bool | None, typer.Option(
+        "--trigger/--no-trigger",
+        help="Run the engines' own snapshots first (default: policy.trigger_engine_snapshot).")] = None,
     consistency: Annotated[str | None, typer.Option(metavar="cluster|per-node",
                                                     help="cluster (one barrier) or per-node.")] = None,
     no_prune: Annotated[bool, typer.Option("--no-prune", help="Skip retention after a successful run.")] = False,
