@@ -4,6 +4,8 @@ the comparison is hmac.compare_digest whatever the token's length; where the tok
 from __future__ import annotations
 
 import hmac
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -21,6 +23,7 @@ from tests.security.conftest import serve
 # Reachable without a token, by design: liveness and the API's description (JSON, nothing the
 # source does not say).
 PUBLIC = {"/v1/health", "/openapi.json"}
+REPO = Path(__file__).resolve().parents[2]
 
 BAD_CREDENTIALS = {
     "none": {},
@@ -198,3 +201,21 @@ def test_no_page_of_the_agent_runs_javascript(solo: FaultCluster) -> None:
         described = client.get("/openapi.json")
         assert described.headers["content-type"] == "application/json"
         assert "/v1/prepare" in described.json()["paths"]
+
+
+def test_the_agent_api_has_no_call_that_lists_deletes_or_restores_a_snapshot(service) -> None:
+    """docs/security.md: neither an agent nor its token can list, delete or restore a snapshot. Its
+    calls are these and no more (a new one is a decision this test makes someone take), and the
+    agent's code loads no provider, catalog or cloud SDK it could do it with."""
+    assert set(endpoints(service)) == {
+        ("GET", "/v1/health"), ("GET", "/openapi.json"), ("GET", "/metrics"), ("GET", "/v1/status"),
+        ("POST", "/v1/prepare"), ("POST", "/v1/renew"), ("POST", "/v1/complete"), ("POST", "/v1/trigger"),
+        ("POST", "/v1/restore-prepare"), ("POST", "/v1/verify"),
+    }
+    engines = ", ".join(f"node_agent.engines.{p.stem}" for p in (REPO / "node_agent" / "engines").glob("*.py"))
+    loaded = subprocess.run(
+        [sys.executable, "-c", f"import sys, node_agent.main, node_agent.app, {engines}; print(' '.join(sys.modules))"],
+        capture_output=True, text=True, check=True, cwd=REPO, timeout=60).stdout.split()
+    able = [m for m in loaded if m.split(".")[0] in ("boto3", "botocore", "aiobotocore", "google", "azure")
+            or m.split(".")[0].startswith("snapctl_") or m.startswith(("snapctl.providers", "snapctl.catalog"))]
+    assert "node_agent.engines.sqlite" in loaded and able == []
