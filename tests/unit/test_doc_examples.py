@@ -183,6 +183,26 @@ def test_the_readme_inventory_table_names_every_key_of_each_block(key: str, mode
     assert not missing, f"README.md's inventory table, row {key}: {missing} not named"
 
 
+def test_the_defaults_the_readme_inventory_table_gives_the_policy_and_rpo_are_the_models() -> None:
+    from snapctl.config import parse_duration
+
+    policy = Inventory.model_fields["policy"].default_factory()
+    stated = dict(re.findall(r"`(\w+)` (`\w[\w-]*`|unset|[\d.]+[smh]?)(?=[\s,(|])", _row("policy")))
+    assert set(stated) == set(type(policy).model_fields), "README.md's policy row: a key without its default"
+
+    def value(text: str) -> Any:
+        if text == "unset":
+            return None
+        if text.startswith("`"):
+            return yaml.safe_load(text.strip("`"))
+        return parse_duration(text) if text[-1] in "smh" else yaml.safe_load(text)
+
+    wrong = {key: text for key, text in stated.items() if value(text) != getattr(policy, key)}
+    assert not wrong, f"README.md's policy row: {wrong} (the model: {policy.model_dump(include=set(wrong))})"
+    [rpo] = re.findall(r"\(default `(\w+)`\)", _row("rpo"))
+    assert parse_duration(rpo) == Inventory.model_fields["rpo"].default
+
+
 def test_the_readme_inventory_table_names_every_key_of_a_node_and_of_its_restore() -> None:
     from snapctl.config import Node, NodeRestoreConfig
 
@@ -296,3 +316,12 @@ def test_an_exit_code_the_docs_give_a_stopped_command_is_130() -> None:
             if codes and re.search(r"Ctrl-C|SIGTERM", sentence) and "130" not in codes:
                 wrong.append(f"{doc.relative_to(REPO)}: {sentence}")
     assert wrong == []
+
+
+def test_the_crontab_docs_show_is_lines_of_the_deploy_file_with_its_environment() -> None:
+    # Pasted without the file's PATH= line, every job failed "snapctl: not found".
+    [(where, shown)] = [(w, t) for w, t in _blocks("cron")]
+    deployed = (REPO / "deploy" / "crontab.example").read_text().splitlines()
+    assert [line for line in shown.splitlines() if line not in deployed] == [], where
+    environment = [line for line in deployed if re.match(r"[A-Z_]+=", line)]
+    assert environment and all(line in shown.splitlines() for line in environment), where
