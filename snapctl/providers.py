@@ -159,8 +159,9 @@ class Provider(Protocol):
     first process forks the others, as ``sdk_modules`` are, when they make the async calls.
 
     Optional: a method ``check_restore(ref, target)`` that raises what ``restore`` would refuse
-    (``BadInputError`` for an unusable target, ``ProviderError`` for an unusable snapshot) and
-    makes nothing. `snapctl restore` calls it for every volume of the run before restoring any.
+    (``BadInputError`` for an unusable target, a restore option it does not take among them:
+    ``check_restore_options``; ``ProviderError`` for an unusable snapshot) and makes nothing.
+    `snapctl restore` calls it for every volume of the run before restoring any.
     Optional with it: ``check_restore_space(planned)``, given every (ref, target) of the restore
     once each passed ``check_restore``: ``BadInputError`` when a place the restore writes to lacks
     room for what goes there (local: a filesystem, for all the volumes restored onto it).
@@ -444,6 +445,18 @@ def discard_restored_volume(provider: Provider, volume_id: str) -> None:
     except Exception as exc:  # noqa: BLE001
         logging.getLogger(f"snapctl.providers.{provider.name}").warning(
             "could not delete half-restored volume %s: %s", volume_id, exc)
+
+
+def check_restore_options(provider: str, node: str, options: Mapping[str, Any], valid: Sequence[str]) -> None:
+    """Refuse a restore option (``RestoreTarget.extra``: the node's `restore.options`) that
+    ``provider`` does not take, before anything is made: a key mistyped (``disk_typ``) would
+    otherwise restore with the default it meant to change, without a word."""
+    unknown = sorted(str(key) for key in options if key not in valid)
+    if unknown:
+        who = f"node {node}: " if node else ""
+        raise BadInputError(f"{who}unknown restore option(s) for {provider}: {', '.join(unknown)}",
+                            hint=f"valid: {', '.join(valid)}" if valid else
+                            f"{provider} takes no restore options: remove restore.options from the node")
 
 
 def check_cluster_tag(cluster: str, node: str, tags: Mapping[str, str]) -> None:

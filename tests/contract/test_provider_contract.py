@@ -8,6 +8,7 @@ every cloud. An env's volumes belong to node ``n1``; snapshots a test makes are 
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ import uuid
 
 import pytest
 
-from snapctl.errors import ProviderError
+from snapctl.errors import BadInputError, ExitCode, ProviderError
 from snapctl.providers import (
     TAG_CLUSTER,
     TAG_DRILL,
@@ -178,6 +179,25 @@ def test_restore_makes_a_volume_from_each_snapshot(env: ProviderEnv, snaps: Snap
         assert isinstance(result, str) and result
         if env.check_restored:
             env.check_restored(ref, result)
+
+
+def test_a_restore_option_the_provider_does_not_take_is_refused_before_anything_is_made(env: ProviderEnv,
+                                                                                         snaps: Snapshots) -> None:
+    # A mistyped key (disk_typ) restored with the default it meant to change, without a word.
+    _, _, refs = snaps.take()
+    ref = env.provider.wait(refs, time.monotonic() + WAIT_S)[0]
+    target = env.restore_target(f"scratch-typo-{ref.volume}")
+    target.extra, target.tags = {"disk_typ": "pd-ssd"}, {TAG_DRILL: f"d-{uuid.uuid4().hex[:6]}"}
+    check = getattr(env.provider, "check_restore", None)
+    for call in [check, env.provider.restore] if check else [env.provider.restore]:
+        with pytest.raises(BadInputError) as caught:
+            call(ref, target)
+        assert caught.value.message == f"node n1: unknown restore option(s) for {env.provider.name}: disk_typ"
+        assert caught.value.hint.startswith("valid: ") or "takes no restore options" in caught.value.hint
+        assert caught.value.exit_code == ExitCode.BAD_INPUT
+    places = [str(target.path)] if target.path else []
+    assert env.provider.find_restored(target.tags, places) == []
+    assert not (target.path and os.path.lexists(target.path))
 
 
 def test_delete_then_find_finds_nothing_and_delete_again_is_done(env: ProviderEnv, snaps: Snapshots) -> None:

@@ -18,6 +18,7 @@ from snapctl.providers import (
     TAG_RESTORED_RUN,
     TAG_RUN,
     RestoreTarget,
+    check_restore_options,
     stop_requested,
 )
 from snapctl.redact import redact
@@ -41,10 +42,7 @@ def check_restore_volume(snapshot: dict[str, Any], volume: str, target: RestoreT
     snapshot_id = snapshot["SnapshotId"]
     if not target.zone:
         raise BadInputError(f"restoring {snapshot_id} needs an availability zone", hint="set restore.zone, e.g. us-east-1a")
-    unknown = set(target.extra) - set(VOLUME_OPTIONS) - {"devices"}
-    if unknown:
-        raise BadInputError(f"unknown restore option(s) for aws: {', '.join(sorted(unknown))}",
-                            hint=f"valid: devices, {', '.join(VOLUME_OPTIONS)}")
+    check_restore_options("aws", node, target.extra, ["devices", *VOLUME_OPTIONS])
     # A node's volumes go to one instance at distinct devices: `device` for one, `devices` per volume.
     device = target.device or (target.extra.get("devices") or {}).get(volume)
     if target.instance and not device:

@@ -25,6 +25,7 @@ from snapctl.providers import (
     TAG_RESTORED_FROM,
     RestoreTarget,
     SnapshotRef,
+    check_restore_options,
     discard_restored_volume,
     stop_requested,
 )
@@ -58,6 +59,7 @@ class RestoredDisks:
         deletes the disk."""
         from azure.mgmt.compute.models import CreationData, Disk, DiskSku
 
+        _check_options(ref, target)
         vm_group, vm_name = self._vm_location(target.instance) if target.instance else (None, None)
         lun = _lun(target.device) if target.instance else None
         name = target.name or f"{ref.snapshot_id.rsplit('/', 1)[-1][:70]}-r{uuid.uuid4().hex[:6]}"
@@ -110,6 +112,7 @@ class RestoredDisks:
     def check_restore(self, ref: SnapshotRef, target: RestoreTarget) -> None:
         """What ``restore`` would refuse, making nothing: `snapctl restore` asks for every volume
         of a run first, so that a snapshot gone or failed is not found after other disks were made."""
+        _check_options(ref, target)
         if target.instance:
             _lun(target.device)
             self._get_vm(*self._vm_location(target.instance))  # not found: refused before any disk is made
@@ -267,6 +270,7 @@ def id_from_tag(value: str, subscription: str, kind: str) -> str:
 MAX_LUNS = 64
 DISCARD_WAIT_S = 60.0  # how long a half-restored disk's PUT still running is waited for, to delete it
 _LUN = re.compile(r"^(?:/dev/disk/azure/scsi1/)?(?:lun)?(\d{1,2})$")
+RESTORE_OPTIONS = ("sku",)  # what restore.options may set on the new disk
 _vm_locks: dict[str, threading.Lock] = {}
 _vm_locks_lock = threading.Lock()
 
@@ -286,3 +290,15 @@ def _lun(device: str | None) -> int | None:
                             hint="restore.device/devices take a lun 0-63 (or lunN, /dev/disk/azure/scsi1/lunN); "
                                  "unset, the vm's lowest free lun")
     return int(match[1])
+
+
+def _check_options(ref: SnapshotRef, target: RestoreTarget) -> None:
+    """The node's restore.options, before anything is made: a key mistyped would restore with the
+    default SKU without a word."""
+    check_restore_options("azure", ref.node, target.extra, RESTORE_OPTIONS)
+    sku = target.extra.get("sku")
+    # Its name is ARM's to judge: a list here would refuse a SKU newer than this plugin.
+    if sku is not None and not (isinstance(sku, str) and sku.strip()):
+        raise BadInputError(f"node {ref.node}: azure restore option sku {sku!r} is not a disk sku name",
+                            hint="e.g. sku: Premium_LRS (or Standard_LRS, StandardSSD_LRS, Premium_ZRS, "
+                                 "StandardSSD_ZRS, PremiumV2_LRS, UltraSSD_LRS)")

@@ -24,6 +24,7 @@ from snapctl.providers import (
     TAG_RESTORED_FROM,
     RestoreTarget,
     SnapshotRef,
+    check_restore_options,
     discard_restored_volume,
     stop_requested,
 )
@@ -47,6 +48,7 @@ INSTANCE_PATH = re.compile(r"^(?:(?:.*/)?projects/(?P<project>[^/]+)/)?(?:zones/
                            r"(?P<instance>[^/]+)$")
 DEVICE_PREFIX = "/dev/disk/by-id/google-"
 DISCARD_WAIT_S = 60.0  # how long a half-restored disk's insert still running is waited for, to delete it
+RESTORE_OPTIONS = ("disk_type", "size_gb")  # what restore.options may set on the new disk
 
 
 class RestoredDisks:
@@ -60,6 +62,7 @@ class RestoredDisks:
         pd-ssd) and ``size_gb``. With ``target.instance`` the disk is attached to it, as device
         ``target.device`` (default: the disk's name). A restore that fails once the insert was sent
         (the insert, its operation or the attach; Ctrl-C and SIGTERM too) deletes the disk."""
+        _check_options(ref, target)
         instance, zone, name, device = self._restore_place(ref, target)
         deadline = time.monotonic() + self.settings.operation_timeout_s
         self.wait([ref], deadline)  # a disk can only be made from a READY snapshot
@@ -73,7 +76,7 @@ class RestoredDisks:
         if target.extra.get("disk_type"):
             disk.type_ = f"zones/{zone}/diskTypes/{target.extra['disk_type']}"
         if target.extra.get("size_gb"):
-            disk.size_gb = int(target.extra["size_gb"])
+            disk.size_gb = target.extra["size_gb"]
         request = types.InsertDiskRequest(project=self.api.project, zone=zone, disk_resource=disk,
                                           request_id=str(uuid.uuid4()))
         action, timeout = f"create disk {name} from snapshot {ref.snapshot_id}", self.settings.request_timeout_s
@@ -106,6 +109,7 @@ class RestoredDisks:
     def check_restore(self, ref: SnapshotRef, target: RestoreTarget) -> None:
         """What ``restore`` would refuse, making nothing: `snapctl restore` asks for every volume
         of a run first, so that a snapshot gone or failed is not found after other disks were made."""
+        _check_options(ref, target)
         instance, zone, _, _ = self._restore_place(ref, target)
         # The disk attaches in its own zone: an instance not there fails only once the disk is made.
         if instance and self._get_instance(zone, instance[1]) is None:
@@ -121,6 +125,12 @@ class RestoredDisks:
             why = "is FAILED" if snap.status == "FAILED" else BEING_DELETED.removeprefix("the snapshot ")
             raise ProviderError(f"node {ref.node}: gcp snapshot {ref.snapshot_id} of volume {ref.volume} {why}; "
                                 "it cannot be restored", hint=GONE_HINT)
+        size = target.extra.get("size_gb")
+        if size and snap.disk_size_gb and size < snap.disk_size_gb:  # GCP refuses it too, but only at the insert
+            raise BadInputError(f"node {ref.node}: gcp restore option size_gb {size} is smaller than the "
+                                f"{snap.disk_size_gb} GB disk snapshot {ref.snapshot_id} of volume {ref.volume} "
+                                "was taken of", hint=f"set size_gb to {snap.disk_size_gb} or more, or leave it "
+                                                     "out (the disk then has the snapshot's size)")
 
     def _restore_place(self, ref: SnapshotRef, target: RestoreTarget) -> tuple[tuple[str | None, str] | None, str, str,
                                                                                str | None]:
@@ -248,6 +258,21 @@ def _instance_location(instance: str, project: str) -> tuple[str | None, str]:
         raise BadInputError(f"gcp instance {instance} is in another project than {project}",
                             hint="attach to an instance of the provider's project")
     return match["zone"], match["instance"]
+
+
+def _check_options(ref: SnapshotRef, target: RestoreTarget) -> None:
+    """The node's restore.options, before anything is made: a key mistyped would restore with the
+    default disk type or size without a word, and a value the insert refuses would be said by the
+    API without the option's name."""
+    check_restore_options("gcp", ref.node, target.extra, RESTORE_OPTIONS)
+    disk_type, size = target.extra.get("disk_type"), target.extra.get("size_gb")
+    if disk_type is not None and not (isinstance(disk_type, str) and re.match(RESOURCE_NAME, disk_type)):
+        raise BadInputError(f"node {ref.node}: gcp restore option disk_type {disk_type!r} is not a disk type's name",
+                            hint="e.g. disk_type: pd-ssd (or pd-balanced, pd-standard, hyperdisk-balanced): "
+                                 "the name alone, not a diskTypes/ path")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
+        raise BadInputError(f"node {ref.node}: gcp restore option size_gb {size!r} is not a positive whole number",
+                            hint="the new disk's size in GB, e.g. size_gb: 200; leave it out for the snapshot's size")
 
 
 def _refused(exc: BaseException) -> bool:

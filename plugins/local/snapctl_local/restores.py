@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from snapctl.errors import BadInputError, Interrupted, ProviderError, SnapshotNotFound, os_reason
 from snapctl.fsmodes import make_dirs, remove_tree
-from snapctl.providers import GONE_HINT, TAG_CLUSTER, RestoreTarget, SnapshotRef, stop_requested
+from snapctl.providers import GONE_HINT, TAG_CLUSTER, RestoreTarget, SnapshotRef, check_restore_options, stop_requested
 
 from .copy import CopyStopped, FileCopier, TreeCopyError, can_reflink, copy_tree
 from .settings import nearest_existing
@@ -62,6 +62,8 @@ class LocalRestores:
         """What ``restore`` would refuse, without copying anything: a restore of several volumes
         checks them all first, so that a bad target or snapshot is not found after other volumes
         were copied (and then block the retry: a target must be empty)."""
+        # A copy has no type or size to choose: restore.options (a cloud's) can only be a mistake.
+        check_restore_options("local", ref.node, target.extra, ())
         dest = self._restore_dest(ref, target)
         # restore() makes the missing directories and renames its staging directory into place
         # there; the nearest one that exists must let it.
@@ -119,6 +121,7 @@ class LocalRestores:
         return known[devices]
 
     def restore(self, ref: SnapshotRef, target: RestoreTarget) -> str:
+        check_restore_options("local", ref.node, target.extra, ())
         dest = self._restore_dest(ref, target)
         snap_dir = self._snapshot_dir(ref)
         meta = self._restorable_metadata(ref, snap_dir)

@@ -223,6 +223,23 @@ def test_restore_makes_a_disk_from_the_snapshot(azure, provider, volumes):
     assert made["tags"] == {TAG_CLUSTER: "Prod.EU", "snapctl-restored-from": ref.snapshot_id}
 
 
+@pytest.mark.parametrize("options, refusal", [
+    ({"sku": "Premium_LRS", "disk_type": "Premium_LRS"},
+     r"^node n1: unknown restore option\(s\) for azure: disk_type \(hint: valid: sku\)$"),
+    ({"sku": ""}, r"^node n1: azure restore option sku '' is not a disk sku name"),
+    ({"sku": 3}, r"^node n1: azure restore option sku 3 is not a disk sku name"),
+], ids=["unknown key", "empty sku", "sku a number"])
+def test_restore_options_it_cannot_use_are_refused_before_any_disk_is_made(azure, provider, volumes, options, refusal):
+    ref = provider.snapshot(volumes, tags())[0]
+    target = RestoreTarget(zone="2", name="restored-data", extra=options)
+
+    for call in (provider.check_restore, provider.restore):
+        with pytest.raises(BadInputError, match=refusal):
+            call(ref, target)
+
+    assert azure.requests_to("PUT", "/disks/") == [] and "restored-data" not in azure.disks()
+
+
 def test_restore_attaches_the_disk_to_the_vm_at_a_free_lun_in_the_vms_zone(azure, provider, volumes):
     vm_id = azure.add_vm(RG, "scratch", zones=["3"])
     data, wal = provider.snapshot(volumes, tags())

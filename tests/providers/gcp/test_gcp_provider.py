@@ -248,6 +248,40 @@ def test_restore_makes_a_disk_from_the_snapshot(gcp, provider, volumes):
     assert len(gcp.requests_to("POST", "/zones/europe-west1-c/operations/")) == 3
 
 
+@pytest.mark.parametrize("options, refusal", [
+    ({"disk_typ": "pd-ssd"},
+     r"^node n1: unknown restore option\(s\) for gcp: disk_typ \(hint: valid: disk_type, size_gb\)$"),
+    ({"size_gb": "200"}, r"^node n1: gcp restore option size_gb '200' is not a positive whole number"),
+    ({"size_gb": 0}, r"^node n1: gcp restore option size_gb 0 is not a positive whole number"),
+    ({"size_gb": True}, r"^node n1: gcp restore option size_gb True is not a positive whole number"),
+    ({"disk_type": "zones/europe-west1-b/diskTypes/pd-ssd"},
+     r"^node n1: gcp restore option disk_type 'zones/europe-west1-b/diskTypes/pd-ssd' is not a disk type's name"),
+], ids=["unknown key", "size as text", "size zero", "size true", "type as a path"])
+def test_restore_options_it_cannot_use_are_refused_before_any_disk_is_made(gcp, provider, volumes, options, refusal):
+    ref = provider.wait([provider.snapshot(volumes, tags())[0]], deadline())[0]
+    target = RestoreTarget(zone=ZONE, name="restored-data", extra=options)
+
+    for call in (provider.check_restore, provider.restore):
+        with pytest.raises(BadInputError, match=refusal):
+            call(ref, target)
+
+    assert [r for r in gcp.requests_to("POST") if r.path.endswith("/disks")] == []
+
+
+def test_a_size_below_the_snapshots_disk_is_refused_up_front_and_one_above_it_is_the_new_disks(gcp, provider, volumes):
+    ref = provider.wait([provider.snapshot(volumes, tags())[0]], deadline())[0]  # of a 20 GB disk
+
+    with pytest.raises(BadInputError, match=rf"^node n1: gcp restore option size_gb 10 is smaller than the 20 GB disk "
+                                            rf"snapshot {ref.snapshot_id} of volume data was taken of") as caught:
+        provider.check_restore(ref, RestoreTarget(zone=ZONE, extra={"size_gb": 10}))
+    assert caught.value.hint.startswith("set size_gb to 20 or more")
+
+    target = RestoreTarget(zone=ZONE, name="bigger", extra={"size_gb": 30})
+    provider.check_restore(ref, target)
+    provider.restore(ref, target)
+    assert gcp.disks[(ZONE, "bigger")]["sizeGb"] == "30"
+
+
 def test_restore_defaults_to_the_source_zone(gcp, provider, volumes):
     ref = provider.snapshot(volumes, tags())[0]
     disk = provider.restore(ref, RestoreTarget())
