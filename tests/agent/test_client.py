@@ -234,6 +234,8 @@ def test_a_thousand_nodes_share_one_pool_without_queueing_errors(tmp_path: Path,
 
             async def all_health() -> list[str]:
                 async with open_agents(inv) as agents:
+                    # one per node would hold a thousand idle connections and reuse none across nodes
+                    assert len({id(agent._http) for agent in agents.values()}) == 1, "the clients share one transport"
                     answers = await asyncio.gather(*(agent.health() for agent in agents.values()))
                     return [a.status for a in answers]
 

@@ -36,9 +36,10 @@ class ProviderEnv:
     provider: Any  # snapctl.providers.Provider
     volumes: Any  # snapctl.providers.NodeVolumes for node "n1"
     restore_target: Callable[[str], Any]  # name -> snapctl.providers.RestoreTarget
-    check_restored: Callable[[Any, str], None] | None = None  # (ref, restored id/path) -> assert content
+    # Required, not optional: an env without them would pass the restore and delete_volume tests unchecked.
+    check_restored: Callable[[Any, str], None]  # (ref, restored id/path) -> assert content
+    volume_exists: Callable[[str], bool]  # restored id/path -> is it still there?
     untagged_snapshot: Callable[[], Any] | None = None  # make a snapshot lacking the cluster tag -> SnapshotRef
-    volume_exists: Callable[[str], bool] | None = None  # restored id/path -> is it still there?
     foreign_volume: Callable[[], str] | None = None  # make a volume lacking the cluster tag -> its id/path
     cluster: str = "contract"
     extra: dict[str, Any] = field(default_factory=dict)

@@ -174,11 +174,11 @@ def test_wait_ends_completed(env: ProviderEnv, snaps: Snapshots) -> None:
 def test_restore_makes_a_volume_from_each_snapshot(env: ProviderEnv, snaps: Snapshots) -> None:
     _, _, refs = snaps.take()
     refs = env.provider.wait(refs, time.monotonic() + WAIT_S)
+    assert sorted(r.volume for r in refs) == sorted(_volume_names(env))
     for ref in refs:
         result = env.provider.restore(ref, env.restore_target(f"restored-{ref.volume}"))
         assert isinstance(result, str) and result
-        if env.check_restored:
-            env.check_restored(ref, result)
+        env.check_restored(ref, result)
 
 
 def test_a_restore_option_the_provider_does_not_take_is_refused_before_anything_is_made(env: ProviderEnv,
@@ -203,6 +203,7 @@ def test_a_restore_option_the_provider_does_not_take_is_refused_before_anything_
 def test_delete_then_find_finds_nothing_and_delete_again_is_done(env: ProviderEnv, snaps: Snapshots) -> None:
     run, _, refs = snaps.take()
     refs = env.provider.wait(refs, time.monotonic() + WAIT_S)
+    assert len(refs) == len(env.volumes.volumes)
     for ref in refs:
         env.provider.delete(ref)
     assert env.provider.find({TAG_RUN: run}) == []
@@ -223,12 +224,11 @@ def test_delete_volume_removes_a_restored_volume_and_again_is_done(env: Provider
     _, _, refs = snaps.take()
     refs = env.provider.wait(refs, time.monotonic() + WAIT_S)
     restored = [env.provider.restore(ref, env.restore_target(f"scratch-{ref.volume}")) for ref in refs]
-    if env.volume_exists:
-        assert all(env.volume_exists(volume) for volume in restored)
+    assert len(restored) == len(env.volumes.volumes)
+    assert all(env.volume_exists(volume) for volume in restored)
     for volume in restored:
         env.provider.delete_volume(volume)
-    if env.volume_exists:
-        assert not any(env.volume_exists(volume) for volume in restored)
+    assert not any(env.volume_exists(volume) for volume in restored)
     for volume in restored:
         env.provider.delete_volume(volume)  # not found counts as done
 
@@ -239,8 +239,7 @@ def test_delete_volume_refuses_a_volume_not_tagged_for_this_cluster(env: Provide
     volume = env.foreign_volume()
     with pytest.raises(ProviderError):
         env.provider.delete_volume(volume)
-    if env.volume_exists:
-        assert env.volume_exists(volume), "the refused volume must survive"
+    assert env.volume_exists(volume), "the refused volume must survive"
 
 
 def test_find_restored_finds_exactly_the_volumes_restored_with_the_tags(env: ProviderEnv, snaps: Snapshots) -> None:

@@ -50,6 +50,7 @@ def backed_up(cluster: Cluster) -> dict:
     assert backup.returncode == ExitCode.OK, backup.stderr
     manifest = backup.json["data"]
     assert manifest["status"] == "succeeded" and manifest["snapshots_completed"]
+    assert list(manifest["nodes"]) == list(NODES)
     assert manifest["max_freeze_window_s"] > 0 and manifest["prepare_skew_s"] is not None
     for name, record in manifest["nodes"].items():
         [ref] = record["snapshots"]
@@ -63,7 +64,9 @@ def backed_up(cluster: Cluster) -> dict:
 def restored(cluster: Cluster, run_id: str, *flags: str) -> dict[str, str]:
     restore = cluster.snapctl("restore", run_id, *flags, "-o", "json", check_json=True)
     assert restore.returncode == ExitCode.OK, restore.stderr
-    return {node["node"]: node["volumes"]["data"] for node in restore.json["data"]["nodes"]}
+    nodes = restore.json["data"]["nodes"]
+    assert [node["node"] for node in nodes] == list(NODES)  # the callers check each node restored: all of them
+    return {node["node"]: node["volumes"]["data"] for node in nodes}
 
 
 def verified(cluster: Cluster, run_id: str) -> None:
@@ -142,6 +145,7 @@ def test_an_aws_drill_deletes_the_volumes_it_restored_and_attached_even_when_it_
             assert drill.returncode == ExitCode.RUN_FAILED, drill.stdout + drill.stderr
             report = drill.json["data"]
             restored = {node["node"]: node["volumes"].get("data") for node in report["nodes"]}
+            assert list(restored) == list(NODES)
             assert all(restored.values()) and not set(restored.values()) & before, "each node had a volume restored"
             assert {node["verdict"] for node in report["nodes"]} == {"error"}
             assert report["leftovers"] == [] and report["teardown_errors"] == []

@@ -35,6 +35,7 @@ def test_drill_of_the_demo_cluster_backed_up_under_writers_passes_and_is_recorde
     assert drill.returncode == ExitCode.OK, drill.stderr
     data = drill.json["data"]
     assert data["ok"] and data["run_id"] == manifest["run_id"] and data["rto_s"] > 0
+    assert [node["node"] for node in data["nodes"]] == list(manifest["nodes"]) == list(cluster.nodes)
     for node in data["nodes"]:
         recorded = manifest["nodes"][node["node"]]["state"]["facts"]["tables"]["events"]
         restored = node["facts"]["tables"]["events"]
@@ -140,7 +141,9 @@ def test_drill_of_a_tarantool_replica_set_backed_up_under_writes(tmp_path):
             for index, inst in enumerate(rs.instances)])
         manifest = backup_while_writing(cluster, lambda: rs.write(5))
         data = drill_green(cluster, tmp_path)
+        names = [inst.name for inst in rs.instances]
 
+    assert [node["node"] for node in data["nodes"]] == list(manifest["nodes"]) == names
     for node in data["nodes"]:
         recorded = manifest["nodes"][node["node"]]["state"]["facts"]
         assert node["runs_on"] == "this machine" and node["start_s"] > 0
@@ -164,7 +167,9 @@ def test_drill_of_an_etcd_cluster_backed_up_under_writes(tmp_path):
         cluster = embedded_cluster(tmp_path, "etcd", nodes)
         manifest = backup_while_writing(cluster, lambda: etcd.write(5))
         data = drill_green(cluster, tmp_path)
+        names = [node["name"] for node in nodes]
 
+    assert [node["node"] for node in data["nodes"]] == list(manifest["nodes"]) == names
     for node in data["nodes"]:
         recorded = manifest["nodes"][node["node"]]["state"]["facts"]
         assert node["facts"]["tables"]["keys"]["rows"] >= recorded["tables"]["keys"]["rows"] >= 100

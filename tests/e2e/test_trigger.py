@@ -25,7 +25,9 @@ def test_trigger_reports_an_unreachable_node_and_fails(cluster):
     demo.down(load_inventory(cluster.inventory))
     result = cluster.snapctl("trigger", "-o", "json", check_json=True)
     assert result.returncode == ExitCode.RUN_FAILED
-    assert all(not n["ok"] and n["error"] for n in result.json["data"]["nodes"])
+    nodes = result.json["data"]["nodes"]
+    assert [n["node"] for n in nodes] == ["node1", "node2", "node3"]
+    assert all(not n["ok"] and n["error"] for n in nodes)
 
 
 def test_a_timeout_of_zero_or_less_is_bad_input(cluster):

@@ -1,4 +1,4 @@
-"""The braft /raft_stat parser against the real pages in the seeds and the reference."""
+"""The braft /raft_stat parser against real pages: a seed document's sample and pages from a braft cluster."""
 
 from __future__ import annotations
 
@@ -10,24 +10,19 @@ from hypothesis import strategies as st
 
 from node_agent.engines.raft_stat import RaftStatError, parse_raft_stat
 
-SHARED = Path("/work/shared")
-SEED = SHARED / "seeds" / "000_e3192c69cfd00c4e.txt"
-PAGES = SHARED / "reference" / "raft_stat"
-
-needs_shared = pytest.mark.skipif(not SEED.exists(), reason="shared seeds not mounted")
+# Copies of the real pages, kept in the tree so that these tests run on any checkout: where each
+# came from is in the README beside them.
+PAGES = Path(__file__).parent / "fixtures" / "raft_stat"
 
 
 def seed_sample() -> str:
-    text = SEED.read_text()
-    start = text.index("2_XYZ_part_0_1007")
-    return text[start:text.index("```", start)]
+    return page("seed_000_dingodb_store.txt")
 
 
 def page(name: str) -> str:
     return (PAGES / name).read_bytes().decode()  # keep the page's own mixed line endings
 
 
-@needs_shared
 def test_seed_sample_field_for_field() -> None:
     [group] = parse_raft_stat(seed_sample())
     assert group.group == "2_XYZ_part_0_1007"
@@ -61,7 +56,6 @@ def test_seed_sample_field_for_field() -> None:
     assert (progress.match_index, progress.lag_entries, progress.consecutive_errors) == (5216081, 1, 0)
 
 
-@needs_shared
 def test_follower_page_with_four_part_peer_ids() -> None:
     [group] = parse_raft_stat(page("01_fresh_before_load_node0_FOLLOWER.txt"))
     assert group.group == "Counter" and group.member == "127.0.0.1:8100:0:0"
@@ -71,7 +65,6 @@ def test_follower_page_with_four_part_peer_ids() -> None:
     assert group.replication == [] and "pending_index" not in group.extra
 
 
-@needs_shared
 def test_leader_pages_replicators_idle_appending_blocking() -> None:
     [idle] = parse_raft_stat(page("01_fresh_before_load_node2_LEADER.txt"))
     assert [r.state for r in idle.replication] == ["idle", "idle"]
@@ -85,7 +78,6 @@ def test_leader_pages_replicators_idle_appending_blocking() -> None:
     assert dead.error == "49 consecutive errors"
 
 
-@needs_shared
 def test_conf_change_in_progress() -> None:
     [group] = parse_raft_stat(page("07_add_dead_peer_catching_up_node2_LEADER.txt"))
     assert group.conf_changing
@@ -94,7 +86,6 @@ def test_conf_change_in_progress() -> None:
     assert len(group.replication) == 3
 
 
-@needs_shared
 def test_several_groups_on_one_page_in_both_header_styles() -> None:
     leader = page("01_fresh_before_load_node2_LEADER.txt").replace("[Counter]", "[region_1001]")
     follower = page("01_fresh_before_load_node0_FOLLOWER.txt").replace("[Counter]", "[region_1002]")

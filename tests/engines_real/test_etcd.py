@@ -188,7 +188,7 @@ def test_a_leader_killed_during_prepare_is_waited_out_not_a_failed_prepare(etcd_
 
 def test_a_member_without_quorum_fails_prepare_at_once_saying_there_is_no_leader(tmp_path):
     with EtcdCluster(tmp_path / "no-quorum", size=3) as cluster:
-        engine = engine_for(cluster, 0, tmp_path, timeout_s=3)
+        engine = engine_for(cluster, 0, tmp_path, timeout_s=30)  # far above the bound below: no race with it
         others = [m.process.pid for m in cluster.members[1:]]
         for pid in others:
             os.kill(pid, signal.SIGSTOP)
@@ -197,7 +197,7 @@ def test_a_member_without_quorum_fails_prepare_at_once_saying_there_is_no_leader
             started = time.monotonic()
             with pytest.raises(EngineError, match="has no leader") as caught:
                 engine.prepare("run-no-quorum")
-            assert time.monotonic() - started < 2, "it did not wait timeout_s for a leader"
+            assert time.monotonic() - started < 15, "it did not wait timeout_s for a leader"
             assert "majority of members" in (caught.value.hint or "")
         finally:
             for pid in others:

@@ -11,7 +11,7 @@ from snapctl.config import parse_inventory
 from snapctl.errors import BadInputError, SnapctlError
 from snapctl.providers import RestoreTarget
 from snapctl.restore import RestoreRecord, remap_paths, restore_run, restore_target
-from tests.restore.conftest import ROWS, checkpointed, node_without_engine_block, scratch_agent
+from tests.restore.conftest import NODES, ROWS, checkpointed, node_without_engine_block, scratch_agent
 
 
 def test_restore_to_a_directory_prepares_and_verifies_each_node(sqlite_cluster, tmp_path):
@@ -26,6 +26,7 @@ def test_restore_to_a_directory_prepares_and_verifies_each_node(sqlite_cluster, 
 
     result = restore_run(sqlite_cluster.inventory, run_id, tmp_path / "again")
     assert result.ok
+    assert [node.node for node in result.nodes] == list(NODES)
     for node in result.nodes:
         assert node.volumes == {"data": str(tmp_path / "again" / node.node / "data")}
         assert node.prepared == "in-process"

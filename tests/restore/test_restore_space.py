@@ -103,7 +103,8 @@ def test_a_restore_that_reflinks_on_the_stores_own_filesystem_needs_no_room_for_
 
     result = restore_run(sqlite_cluster.inventory, run_id, btrfs / "restored")
 
-    assert result.ok and all(n.facts is not None for n in result.nodes)
+    assert result.ok and [n.node for n in result.nodes] == ["n1", "n2"]
+    assert all(n.facts is not None for n in result.nodes)
     assert [(btrfs / "restored" / node / "data" / "big.bin").stat().st_size for node in ("n1", "n2")] == [BIG, BIG]
 
 

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from snapctl.cli import _optional_watch_seconds
-from snapctl.errors import ExitCode
+from snapctl.errors import BadInputError, ExitCode
 from snapctl.status import ClusterStatus, watch_status
 from tests.conftest import with_ctrl_c
 from tests.status.conftest import VALIDATOR, load, record_run, sqlite_nodes, write_inventory
@@ -43,7 +43,7 @@ def test_watch_in_process_refreshes_and_remembers(tmp_path):
     seen: list[ClusterStatus] = []
     last = asyncio.run(watch_status(inventory, 0.1, seen.append, refreshes=3))
     assert len(seen) == 3 and last is seen[-1]
-    with pytest.raises(Exception, match="more than zero"):
+    with pytest.raises(BadInputError, match="--watch 0: the interval must be a number of seconds more than zero"):
         asyncio.run(watch_status(inventory, 0, seen.append, refreshes=1))
 
 

@@ -15,6 +15,15 @@ ZONE = f"{DEFAULT_REGION}a"
 CLUSTER = "prod-db"
 
 
+@pytest.fixture(autouse=True)
+def no_way_out_of_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A provider built without endpoint_url, or a regression that drops it, would otherwise ask the
+    instance metadata service (169.254.169.254) for credentials and send to AWS itself: both are
+    pointed at nothing instead, so such a test fails here rather than reaching off the machine."""
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # botocore's default when a client has none
+
+
 @pytest.fixture(scope="session")
 def moto_server() -> MotoServer:
     return shared_moto_server()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 import textwrap
@@ -23,8 +22,6 @@ CHECK = textwrap.dedent("""
 
 @pytest.mark.parametrize("module", ["snapctl.providers", "snapctl_aws", "snapctl.cli"])
 def test_loading_the_plugin_does_not_import_the_sdk(module):
-    if importlib.util.find_spec(module) is None:
-        pytest.skip(f"{module} is not in the tree yet")
     result = subprocess.run([sys.executable, "-c", CHECK.format(module=module)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
@@ -34,7 +31,8 @@ def test_loading_the_plugin_does_not_import_the_sdk(module):
 def test_the_sdk_is_imported_on_first_use():
     check = CHECK.format(module="snapctl_aws").replace("loaded = ", "provider.client\nloaded = ")
     result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60,
-                            env={"PATH": "/usr/bin:/bin", "AWS_EC2_METADATA_DISABLED": "true"})
+                            env={"PATH": "/usr/bin:/bin", "AWS_EC2_METADATA_DISABLED": "true",
+                                 "AWS_ENDPOINT_URL": "http://127.0.0.1:9"})  # were a call made: not to AWS
     assert result.returncode == 0, result.stderr
     assert "boto3" in result.stdout.split(",")
 

@@ -124,9 +124,10 @@ def test_an_sso_profile_without_a_login_says_to_log_in(monkeypatch, tmp_path, pr
 
 def test_an_unknown_profile_is_reported(monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
-    with pytest.raises(ProviderError, match="profile") as caught:
-        make(profile="nope").find({})
-    assert "profile" in caught.value.hint
+    provider = make(profile="nope", endpoint_url="http://127.0.0.1:9")  # never reached: the profile is looked up first
+    with pytest.raises(ProviderError, match=r"config profile \(nope\) could not be found") as caught:
+        provider.find({})
+    assert "fix the provider's 'profile'" in caught.value.hint
 
 
 def test_the_documented_inventory_block_is_valid():

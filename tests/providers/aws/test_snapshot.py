@@ -116,6 +116,7 @@ def test_every_snapshot_carries_the_five_snapctl_tags_and_the_user_tags(make_pro
     refs = provider.snapshot(volumes, {**run_tags("run-7", "db-2"), "env": "prod"})
     provider.after_release(refs)
 
+    assert len(refs) == len(machine.data_volumes)
     stored = all_snapshots(ec2)
     for ref in refs:
         tags = tags_of(stored[ref.snapshot_id])
