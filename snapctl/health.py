@@ -21,6 +21,7 @@ from typing import Literal
 from node_agent.models import AgentStatus, RaftGroup, ReplicationProgress
 from snapctl import __version__
 from snapctl.config import Inventory
+from snapctl.left_holds import HELD_ELSEWHERE, held_elsewhere_hint
 
 Severity = Literal["info", "degraded", "critical"]
 _RANK = {"info": 0, "degraded": 1, "critical": 2}
@@ -126,8 +127,10 @@ def assess(inventory: Inventory, probes: list[NodeProbe], *, for_backup: bool = 
     ``snapshot_age`` says how long a member's snapshot has been SAVING/LOADING/DOWNLOADING."""
     verdict = Verdict()
     engine_types = {node.name: (node.engine or {}).get("type") for node in inventory.nodes}
+    force_release = {node.name for node in inventory.nodes if (node.engine or {}).get("force_release") is True}
     for probe in probes:
-        verdict.findings.extend(assess_node(probe, for_backup=for_backup))
+        verdict.findings.extend(assess_node(probe, for_backup=for_backup,
+                                            released_by_prepare=probe.node in force_release))
         verdict.findings.extend(engine_mismatch(probe, engine_types.get(probe.node)))
     for name, members in raft_groups(probes).items():
         group = build_group(name, members, inventory, snapshot_age)
@@ -163,7 +166,9 @@ def split_hint(text: str) -> tuple[str, str | None]:
     return text, None
 
 
-def assess_node(probe: NodeProbe, *, for_backup: bool = False) -> list[Finding]:
+def assess_node(probe: NodeProbe, *, for_backup: bool = False, released_by_prepare: bool = False) -> list[Finding]:
+    """``released_by_prepare``: the node's inventory engine block lets its prepare release a hold it
+    did not make (QuestDB's force_release), the one case where --force gets past a held engine."""
     node = probe.node
     # None of these but an HTTP error can be forced past: the run's prepare would fail the same
     # way, or back up another node's database under this one's name.
@@ -214,8 +219,11 @@ def assess_node(probe: NodeProbe, *, for_backup: bool = False) -> list[Finding]:
                     hint=f"wait for run {lease.run_id} to end, or for its lease to expire (the agent then "
                          "releases the node)" if for_backup else None))
     elif engine.held:
-        add(Finding("critical" if for_backup else "degraded", node,
-                    f"engine already held by {engine.held_by or 'someone else'} (not this agent)"))
+        # The run's prepare is refused as surely, so --force cannot help; critical in status too:
+        # nothing tells a hold its holder soon ends from one a killed agent left for ever, and
+        # either blocks every backup and the engine's own checkpoints and cleanup while it lasts.
+        add(Finding("critical", node, f"{HELD_ELSEWHERE}{engine.held_by or 'someone else'} (not this agent)",
+                    forceable=released_by_prepare, hint=held_elsewhere_hint(engine)))
     if busy and engine.details.get("busy_status_query"):  # nothing long by nature: the engine is slow or hung
         add(Finding("critical" if for_backup else "degraded", node,
                     f"engine slow to answer: {busy} (what is shown is from its last answer)"))

@@ -28,7 +28,6 @@ from snapctl.completion import complete_newest_backup, would_complete
 from snapctl.config import Inventory
 from snapctl.errors import (
     CLOUD_OUTAGE,
-    AgentConflict,
     AgentError,
     AgentTimeout,
     AgentUnreachable,
@@ -39,6 +38,7 @@ from snapctl.errors import (
     SnapctlError,
 )
 from snapctl.events import NullReporter, Reporter
+from snapctl.left_holds import still_held
 from snapctl.manifest import Manifest, NodeRecord
 from snapctl.pacing import CreateCallPacer, hold_lead, prepare_within_rate_limit
 from snapctl.preflight import BackupPlan, dry_run, preflight, preflight_refusal
@@ -142,7 +142,7 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
             await complete_newest_backup(catalog, provider, reporter, policy.wait_timeout_s)
             # 2. Preflight, before anything is held.
             preflight_started = time.monotonic()
-            verdict = await preflight(inventory, agents, reporter, volumes)
+            verdict = await preflight(inventory, agents, reporter, volumes, catalog)
             fan_out_s = time.monotonic() - preflight_started
             blocking = verdict.at_least("critical")
             refused = [f for f in blocking if not options.force or not f.forceable]
@@ -396,16 +396,14 @@ async def _roll_back(run: _Run, cause: BaseException) -> None:
             if await asyncio.to_thread(stored_with_snapshots, run.catalog, manifest.run_id):
                 unrecorded_first = exc.message
     held = sorted(run.held)
-    results = await asyncio.gather(
-        *(_completed(run, n) for n in held),
-        return_exceptions=True,
-    )
+    results = await asyncio.gather(*(_completed(run, n) for n in held), return_exceptions=True)
+    left = await still_held(run.agents, dict(zip(held, results)))  # answered "nothing is held"
     for node, result in zip(held, results):
-        if isinstance(result, AgentConflict) and result.holder is None:
-            result = False  # nothing held there: the complete overtook the prepare, which the agent now refuses
-        if isinstance(result, BaseException):
-            manifest.nodes[node].error = joined(manifest.nodes[node].error,
-                                                rollback_complete_failed(result, policy.lease_ttl_s))
+        if node in left:  # released, unless the engine is held all the same
+            result = left[node] or False
+        if isinstance(result, (BaseException, str)):
+            manifest.nodes[node].error = joined(manifest.nodes[node].error, result if isinstance(result, str)
+                                                else rollback_complete_failed(result, policy.lease_ttl_s))
         else:
             run.held.discard(node)
             record = manifest.nodes[node]

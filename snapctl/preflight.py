@@ -18,6 +18,7 @@ from snapctl.config import Inventory, is_loopback
 from snapctl.errors import PreflightRefused, SnapctlError
 from snapctl.events import Reporter
 from snapctl.health import Finding, NodeProbe, Verdict, assess
+from snapctl.left_holds import HELD_ELSEWHERE, name_left_holds
 from snapctl.mounts import inside_by_mounts
 from snapctl.probe import probe_all
 from snapctl.provider_loop import LoopCalls
@@ -37,12 +38,19 @@ class BackupPlan:
 
 
 async def preflight(inventory: Inventory, agents: dict[str, AgentClient], reporter: Reporter,
-                    volumes: dict[str, NodeVolumes]) -> Verdict:
+                    volumes: dict[str, NodeVolumes], catalog: Catalog | None = None) -> Verdict:
     """Ask every agent and grade the answers as a backup would: a node already held is critical,
-    and so is one whose engine keeps its data outside the directories that would be snapshotted."""
+    and so is one whose engine keeps its data outside the directories that would be snapshotted.
+    ``catalog``: where to look up the run an engine left held belongs to."""
     reporter.step("preflight", f"checking {len(agents)} agents")
     probes = await probe_all(agents, inventory.policy.agent_timeout_s)
     verdict = assess(inventory, probes, for_backup=True)
+    if catalog is not None and any(f.message.startswith(HELD_ELSEWHERE) for f in verdict.findings):
+        try:  # read only then: at 1000 nodes the index is no small read
+            entries, _ = await asyncio.to_thread(catalog.list, confirm_newest=False)
+        except SnapctlError:
+            entries = []  # unnamed then: the refusal stands all the same
+        verdict.findings = name_left_holds(verdict.findings, probes, entries)
     verdict.findings += uncovered_data(inventory, probes, volumes) + misplaced_data(inventory, probes)
     for finding in verdict.findings:
         reporter.finding(finding)
@@ -198,7 +206,7 @@ async def dry_run(inventory: Inventory, provider: Provider, volumes: dict[str, N
     checker = LoopCalls(provider, 1) if async_client else ProviderThreads(1, warm_up=provider.warm_up)
     checker.start()  # in a thread of its own: loading an SDK overlaps the preflight's fan-out
     try:
-        verdict = await preflight(inventory, agents, reporter, volumes)
+        verdict = await preflight(inventory, agents, reporter, volumes, catalog)
         reporter.step("catalog", f"checking that {catalog.describe()} can be locked, read and written")
         look = await asyncio.to_thread(catalog.look)
         for finding in catalog_refusals(look, datetime.now(UTC)):

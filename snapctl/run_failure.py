@@ -11,6 +11,7 @@ from snapctl.manifest import Manifest
 from snapctl.redact import redact
 
 NOT_DELETED = "snapshots not deleted (snapctl gc finds them): "  # how a rollback's record names what it left
+LEFT_HELD_DOC = "docs/agent.md, 'an engine left held'"  # what a node's record cites where a hold may remain
 
 
 def run_failure(manifest: Manifest, exc: BaseException, unrecorded: str | None,
@@ -35,6 +36,9 @@ def run_failure(manifest: Manifest, exc: BaseException, unrecorded: str | None,
     if any((manifest.nodes[n].error or "").startswith(cause) for n in timed_out):
         late_hints = sorted(timed_out, key=lambda n: not (manifest.nodes[n].error or "").startswith(cause))
         hint = next((late.hint for n in late_hints if (late := timed_out[n]) is not None and late.hint), hint)
+    left = [n for n, r in manifest.nodes.items() if LEFT_HELD_DOC in (r.error or "")]
+    if left:  # the cause's hint is about the run; an engine left held outlasts it, and is the operator's now
+        hint = joined(hint, f"{', '.join(left)} may still be held: see {LEFT_HELD_DOC}")
     return RunFailed(f"backup run {manifest.run_id} failed and was rolled back: {cause}{detail}", hint=hint)
 
 
@@ -72,14 +76,12 @@ def rollback_complete_failed(exc: BaseException, lease_ttl_s: float) -> str:
     """What a node's record says of a rollback's complete that failed with ``exc``: whether a hold
     of the run may remain there, and until when."""
     if isinstance(exc, AgentUnreachable) and not exc.delivered:  # nothing listens: no lease to wait for
-        return (f"complete could not be sent ({exc.reason}): no agent runs there now (docs/agent.md, "
-                "'an engine left held')")
+        return (f"complete could not be sent ({exc.reason}): no agent runs there now ({LEFT_HELD_DOC})")
     if isinstance(exc, AgentUnauthorized):
         # An agent process keeps the token it started with, so one that refuses ours accepted no
         # prepare with it: telling the operator to wait for a lease would send them after nothing.
         return (f"complete refused ({exc.reason}): an agent that refuses snapctl's token holds nothing of this run "
-                "(one restarted with another token meanwhile may have left its engine held: docs/agent.md, "
-                "'an engine left held')")
+                f"(one restarted with another token meanwhile may have left its engine held: {LEFT_HELD_DOC})")
     return f"complete failed ({node_reason(exc)}); its lease expires within {lease_ttl_s:g}s"
 
 

@@ -25,6 +25,7 @@ from snapctl.catalog.stores import check_catalog
 from snapctl.config import Inventory
 from snapctl.errors import BadInputError, CatalogError, ExitCode, SnapctlError, os_reason
 from snapctl.health import Finding, NodeProbe, Verdict, assess, duration_text
+from snapctl.left_holds import name_left_holds
 from snapctl.manifest import IndexEntry
 from snapctl.probe import probe_all
 from snapctl.providers import (
@@ -202,6 +203,8 @@ async def collect_status(
         verdict.findings.append(Finding("info", "backups", running, hint=holder_hint(look, result.checked_at)))
     result.preflight += catalog_refusals(look, result.checked_at)
     entries = look.entries or []
+    verdict.findings = name_left_holds(verdict.findings, probes, entries)
+    result.preflight = name_left_holds(result.preflight, probes, entries)
     for stopped in (e for e in entries if e.status == "running" and e.error == STOPPED):
         verdict.findings.append(Finding("degraded", "backups", f"run {stopped.run_id} {STOPPED}",
                                         hint="`snapctl prune` or `snapctl gc --delete` closes it now, as the next "

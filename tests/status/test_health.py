@@ -125,14 +125,20 @@ def probe(node: str, *, lease: bool = False, held_elsewhere: bool = False, versi
     return NodeProbe(node=node, status=status)
 
 
-def test_a_held_node_is_critical_only_for_a_backup():
+def test_a_node_held_by_a_runs_lease_is_critical_only_for_a_backup_and_an_engine_held_elsewhere_always():
+    # An engine held by what is not this agent's lease (another tool, or a hold a killed agent left
+    # behind) was degraded in status and forceable in the preflight: the hint said "pass --force",
+    # and the forced run's prepare was refused all the same (exit 1).
     probes = [probe("a", lease=True), probe("b", held_elsewhere=True), probe("c", version="0.0.9")]
     status_verdict, backup_verdict = assess(INVENTORY, probes), assess(INVENTORY, probes, for_backup=True)
-    assert status_verdict.level == "degraded"
+    assert status_verdict.level == "critical"
     assert [(f.severity, f.subject) for f in status_verdict.findings] == [
-        ("info", "a"), ("degraded", "b"), ("info", "c")]
-    assert [(f.subject) for f in backup_verdict.at_least("critical")] == ["a", "b"]
+        ("info", "a"), ("critical", "b"), ("info", "c")]
+    assert [(f.subject, f.forceable) for f in backup_verdict.at_least("critical")] == [("a", False), ("b", False)]
     assert "differs from snapctl" in status_verdict.findings[2].message
+    held = status_verdict.findings[1]
+    assert held.message == "engine already held by pg_basebackup (not this agent)"
+    assert "docs/agent.md, 'an engine left held'" in held.hint and "--force" not in held.hint
 
 
 def test_unreachable_and_unauthorised_agents_are_critical():
