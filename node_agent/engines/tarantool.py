@@ -134,6 +134,11 @@ class TarantoolEngine:
                     # The call went out: the server may pin after all, until a release cancels it.
                     self._uncertain_run, self._uncertain_attempt = run_id, attempt
                 raise
+        if result.get("run_completed"):
+            raise EngineError(
+                f"tarantool at {self.address}: run {run_id} was completed here before this prepare could pin "
+                "(its rollback, or a restarted agent releasing what a killed one left); nothing was pinned",
+                hint="a run's prepare never holds once its complete has come: start a new backup")
         if result.get("given_up"):
             raise EngineError(
                 f"tarantool at {self.address}: box.snapshot() took longer than snapshot_timeout_s "
@@ -199,17 +204,23 @@ class TarantoolEngine:
     def release_left_hold(self, run_id: str) -> bool | None:
         """Release the pin an earlier agent process made for ``run_id`` (killed with it held: a pin
         outlives the agent), fenced by the run's marker on the server. True: it was pinned all along
-        and is released now; False: its marker was there, the pin had gone; None: none of this run."""
-        result = self._release(run_id)
+        and is released now; False: its marker was there, the pin had gone; None: none of this run.
+
+        With no pin of the run, the server is told that no prepare of it may pin from now on: one
+        the killed agent left in ``box.snapshot()`` would otherwise pin after this answer, and
+        nobody would release it. The whole run, not the attempts: this process never knew their
+        ids, and one still queued on the server has not begun. A later prepare of the run is
+        refused, as the agent refuses a prepare that comes after its run's complete."""
+        result = self._release(run_id, keep_s=self.settings.snapshot_timeout_s)
         if not result.get("released"):
             return None
         log.warning("released the pin of run %s, which an earlier agent process made", run_id)
         return bool(result.get("pinned"))
 
-    def _release(self, run_id: str) -> dict[str, Any]:
+    def _release(self, run_id: str, keep_s: float | None = None) -> dict[str, Any]:
         uncertain = self._uncertain_run == run_id
         with self._session() as conn:
-            result = self._eval(conn, RELEASE_LUA, run_id, self._uncertain_attempt if uncertain else None,
+            result = self._eval(conn, RELEASE_LUA, run_id, self._uncertain_attempt if uncertain else None, keep_s,
                                 what="box.backup.stop()")
         if not result.get("released") and result.get("holder"):
             # Fencing: a late complete must not release another run's pin.
