@@ -42,29 +42,34 @@ def cancelled_runs(rs: TarantoolReplicaSet) -> list[str]:
                           "table.insert(ids, id) end return ids")[0])
 
 
-def agent_config(tmp_path: Path, rs: TarantoolReplicaSet) -> Path:
+def agent_config(tmp_path: Path, rs: TarantoolReplicaSet, **engine: object) -> Path:
     (tmp_path / "agent.token").write_text(TOKEN + "\n")
     (tmp_path / "agent.token").chmod(0o600)
     config = tmp_path / "agent.yaml"
     config.write_text(yaml.safe_dump({"node": "n1", "token_file": "agent.token",
-                                      "engine": rs.engine_settings(snapshot_timeout_s=60)}))
+                                      "engine": rs.engine_settings(snapshot_timeout_s=60, **engine)}))
     return config
+
+
+def kill_an_agent_in_box_snapshot(rs: TarantoolReplicaSet, config: Path, run_id: str) -> None:
+    """A real agent's prepare of ``run_id``, the agent SIGKILLed while the server is in box.snapshot()."""
+    answers: list[object] = []
+    with agent_process(config) as first:
+        prepare = threading.Thread(target=lambda: answers.append(
+            _post(first.url, "/v1/prepare", {"run_id": run_id, "lease_s": 30})))
+        prepare.start()
+        wait_until(lambda: state(rs)["busy"], timeout_s=20, what="the prepare's box.snapshot() to start")
+        first.proc.kill()
+        first.proc.wait(timeout=10)
+        prepare.join(timeout=10)
+    assert answers and isinstance(answers[0], httpx.HTTPError), answers
 
 
 def test_a_prepare_a_killed_agent_left_in_box_snapshot_never_pins_once_its_complete_reached_the_new_agent(tmp_path):
     with TarantoolReplicaSet(tmp_path / "killed", size=1) as single:
         single.eval(SLOW_CHECKPOINT)
         config = agent_config(tmp_path, single)
-        answers: list[object] = []
-        with agent_process(config) as first:
-            prepare = threading.Thread(target=lambda: answers.append(_post(first.url, "/v1/prepare",
-                                                                             {"run_id": "run-dead", "lease_s": 30})))
-            prepare.start()
-            wait_until(lambda: state(single)["busy"], timeout_s=20, what="the prepare's box.snapshot() to start")
-            first.proc.kill()  # SIGKILL, mid box.snapshot()
-            first.proc.wait(timeout=10)
-            prepare.join(timeout=10)
-        assert answers and isinstance(answers[0], httpx.HTTPError), answers
+        kill_an_agent_in_box_snapshot(single, config, "run-dead")
         with agent_process(config) as second:
             assert state(single)["busy"], "the checkpoint finished before the complete: the test proves nothing"
             # The rollback's complete: this agent never knew run-dead, and no pin of it exists yet.
@@ -81,6 +86,46 @@ def test_a_prepare_a_killed_agent_left_in_box_snapshot_never_pins_once_its_compl
             assert state(single)["holder"] == "run-next"
             assert _post(second.url, "/v1/complete", {"run_id": "run-next"}).json()["released"] is True
         assert state(single)["pinned"] is False
+
+
+def test_a_complete_that_could_not_ask_the_server_is_asked_again_so_the_late_prepare_never_stays_pinned(tmp_path):
+    with TarantoolReplicaSet(tmp_path / "unasked", size=1) as single:
+        single.eval(SLOW_CHECKPOINT)
+        config = agent_config(tmp_path, single, timeout_s=1)
+        kill_an_agent_in_box_snapshot(single, config, "run-dead")
+        with agent_process(config) as second:
+            with single.instances[0].process.paused():  # the instance answers nobody
+                complete = _post(second.url, "/v1/complete", {"run_id": "run-dead"})
+                assert complete.status_code == 409 and "nothing is held" in complete.json()["error"]
+            # The agent now remembers run-dead as completed before its prepare: snapctl's repeated
+            # complete gets that answer, without the server being asked. The agent asks it itself.
+            assert _post(second.url, "/v1/complete", {"run_id": "run-dead"}).json()["released"] is False
+            wait_until(lambda: not state(single)["busy"], timeout_s=60, what="the checkpoint")
+            wait_until(lambda: not state(single)["pinned"], timeout_s=10, what="no pin of the dead run")
+            time.sleep(2.5)  # another round of the agent's watcher: nothing comes back
+            assert state(single) == {"pinned": False, "busy": False}
+            assert "could not ask the engine for a hold a killed agent left" in second.log
+
+
+def test_a_pin_that_came_after_a_complete_could_not_ask_the_server_is_released_by_the_next_prepare(tmp_path):
+    with TarantoolReplicaSet(tmp_path / "next", size=1) as single:
+        single.eval(SLOW_CHECKPOINT.replace("0.25", "0.5"))  # ~4 s
+        conn = single.connect(timeout_s=60)
+        dead = threading.Thread(target=lambda: conn.eval(PREPARE_LUA, ["run-dead", True, "attempt-1", 60, 54]))
+        dead.start()  # what a killed agent left running
+        try:
+            wait_until(lambda: state(single)["busy"], timeout_s=10, what="the checkpoint to start")
+            engine = create_engine(single.engine_settings(timeout_s=0.5), base_dir=tmp_path)
+            with single.instances[0].process.paused(), pytest.raises(EngineError, match="no answer"):
+                engine.release_left_hold("run-dead")
+        finally:
+            dead.join(timeout=30)
+            conn.close()
+        assert state(single)["holder"] == "run-dead"  # the late pin: no cancellation reached the server
+        single.eval("box.cfg{snap_io_rate_limit = 1000}")
+        engine.prepare("run-next")
+        assert state(single)["holder"] == "run-next"
+        assert engine.complete("run-next") is None and state(single)["pinned"] is False
 
 
 def test_a_run_completed_with_nothing_pinned_is_refused_by_its_own_prepares_until_that_expires(tmp_path):
