@@ -442,6 +442,8 @@ class AgentService:
                 return release(run_id)
         except EngineError as exc:  # answered as before: nothing held here, and the hint says where to look
             log.warning("complete of run %s: could not ask the engine for a hold a killed agent left: %s", run_id, exc)
+            if hasattr(self.engine, "tidy"):  # that agent's request may still hold: asked again until it answers
+                self._tidy_mono = self._clock() + _RELEASE_RETRY_S
             return None
 
     def _check_lease_s(self, lease_s: float) -> None:

@@ -53,9 +53,9 @@ class Engine(Protocol):
         found none of that run's.
 
         An adapter whose server may carry out a prepare's request after its answer was lost (a
-        QuestDB create run late) may have ``tidy() -> bool``: after a failed prepare the agent
-        calls it every few seconds while no run holds, until it returns False (nothing left to
-        watch for); it releases only what that request made."""
+        QuestDB create run late) may have ``tidy() -> bool``: after a failed prepare (or a
+        ``release_left_hold`` that raised) the agent calls it every few seconds while no run holds,
+        until it returns False (nothing left to watch for); it releases only what that request made."""
         ...
 
     def trigger(self, target: str | None) -> list[JobResult]:

@@ -49,6 +49,8 @@ LOADING_HINT = ("wait for recovery to finish; check the instance's log (box.cfg.
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 3301
 # Of snapshot_timeout_s, what prepare may spend waiting for a checkpoint another fiber is writing.
 _WAIT_SHARE = 0.9
+# Runs whose complete came while the server could not be asked (each one complete, so a handful).
+_UNASKED_RUNS_KEPT = 64
 GRANT_HINT = "the user needs: box.schema.user.grant('<user>', 'read,write,execute', 'universe')"
 
 
@@ -103,6 +105,9 @@ class TarantoolEngine:
         self._state: EngineState | None = None
         self._uncertain_run: str | None = None  # a prepare whose answer never came may have pinned
         self._uncertain_attempt: str | None = None  # ...and that prepare's id on the server, to cancel it
+        # Runs release_left_hold could not ask the server about: a killed agent's prepare of one may
+        # still pin. Asked again by tidy() and before the next prepare; dict as an ordered set.
+        self._unasked_runs: dict[str, None] = {}
         self._password_file = (PasswordFile("tarantool", self._resolve(settings.password_file), log)
                                if settings.password_file else None)
 
@@ -123,6 +128,7 @@ class TarantoolEngine:
             # the pin may have come since, and nobody else will ever release it.
             log.warning("releasing what the unanswered prepare of run %s may have pinned", self._uncertain_run)
             self._release(self._uncertain_run)
+        self._ask_unasked_runs()
         attempt = uuid.uuid4().hex
         with self._session(self.settings.snapshot_timeout_s) as conn:
             try:
@@ -134,6 +140,11 @@ class TarantoolEngine:
                     # The call went out: the server may pin after all, until a release cancels it.
                     self._uncertain_run, self._uncertain_attempt = run_id, attempt
                 raise
+        if result.get("run_completed"):
+            raise EngineError(
+                f"tarantool at {self.address}: run {run_id} was completed here before this prepare could pin "
+                "(its rollback, or a restarted agent releasing what a killed one left); nothing was pinned",
+                hint="a run's prepare never holds once its complete has come: start a new backup")
         if result.get("given_up"):
             raise EngineError(
                 f"tarantool at {self.address}: box.snapshot() took longer than snapshot_timeout_s "
@@ -199,17 +210,42 @@ class TarantoolEngine:
     def release_left_hold(self, run_id: str) -> bool | None:
         """Release the pin an earlier agent process made for ``run_id`` (killed with it held: a pin
         outlives the agent), fenced by the run's marker on the server. True: it was pinned all along
-        and is released now; False: its marker was there, the pin had gone; None: none of this run."""
-        result = self._release(run_id)
+        and is released now; False: its marker was there, the pin had gone; None: none of this run.
+
+        With no pin of the run, the server is told that no prepare of it may pin from now on: one
+        the killed agent left in ``box.snapshot()`` would otherwise pin after this answer, and
+        nobody would release it. The whole run, not the attempts: this process never knew their
+        ids, and one still queued on the server has not begun. A later prepare of the run is
+        refused, as the agent refuses a prepare that comes after its run's complete."""
+        try:
+            result = self._release(run_id, keep_s=self.settings.snapshot_timeout_s)
+        except EngineError:
+            self._unasked_runs[run_id] = None
+            while len(self._unasked_runs) > _UNASKED_RUNS_KEPT:
+                del self._unasked_runs[next(iter(self._unasked_runs))]
+            raise
+        self._unasked_runs.pop(run_id, None)
         if not result.get("released"):
             return None
         log.warning("released the pin of run %s, which an earlier agent process made", run_id)
         return bool(result.get("pinned"))
 
-    def _release(self, run_id: str) -> dict[str, Any]:
+    def tidy(self) -> bool:
+        """What a failed prepare or release_left_hold left unsettled, settled once the server answers
+        (raises until it does); False when nothing is left. The agent calls it while no run holds."""
+        if self._uncertain_run is not None:
+            self._release(self._uncertain_run)
+        self._ask_unasked_runs()
+        return False
+
+    def _ask_unasked_runs(self) -> None:
+        for run_id in list(self._unasked_runs):
+            self.release_left_hold(run_id)  # a pin that came meanwhile is released, and logged there
+
+    def _release(self, run_id: str, keep_s: float | None = None) -> dict[str, Any]:
         uncertain = self._uncertain_run == run_id
         with self._session() as conn:
-            result = self._eval(conn, RELEASE_LUA, run_id, self._uncertain_attempt if uncertain else None,
+            result = self._eval(conn, RELEASE_LUA, run_id, self._uncertain_attempt if uncertain else None, keep_s,
                                 what="box.backup.stop()")
         if not result.get("released") and result.get("holder"):
             # Fencing: a late complete must not release another run's pin.

@@ -1,9 +1,10 @@
 """The Lua the Tarantool adapter runs on the instance, one ``box.eval`` per call.
 
 The pin's fencing lives here, on the server, where no agent restart can lose it:
-``snapctl_backup_run`` names the run that pinned, and ``snapctl_cancelled`` the prepare attempts
-whose agent gave up on them. A prepare runs ``box.snapshot()`` for minutes and carries on after
-its client has stopped waiting; it must not pin then, for nobody would ever release that pin.
+``snapctl_backup_run`` names the run that pinned, ``snapctl_cancelled`` the prepare attempts
+whose agent gave up on them, and ``snapctl_cancelled_runs`` the runs completed here while no pin
+of theirs existed. A prepare runs ``box.snapshot()`` for minutes and carries on after its client
+has stopped waiting, or died; it must not pin then, for nobody would ever release that pin.
 """
 
 from __future__ import annotations
@@ -13,10 +14,16 @@ CANCELLED_GLOBAL = "snapctl_cancelled"
 # Attempts remembered as given up: one per prepare whose answer never came, so a handful at most;
 # the oldest go first.
 CANCELLED_KEPT = 64
+# run_id -> fiber.clock() until which its prepares never pin. Kept no longer than a prepare that
+# began before the run's complete may still pin, so the table holds only the last minutes' runs.
+CANCELLED_RUNS_GLOBAL = "snapctl_cancelled_runs"
+# The latest deadline of any prepare the server has begun: a run's cancellation outlives it.
+PREPARES_UNTIL_GLOBAL = "snapctl_prepares_until"
 
 # Shared Lua: the instance's state, and tuples per persistent user space (ids from 512 up).
 _LUA_HELPERS = f"""
 local HOLDER = '{HOLDER_GLOBAL}'
+local PREPARES_UNTIL = '{PREPARES_UNTIL_GLOBAL}'
 local function backup_pinned()
     for _, c in ipairs(box.info.gc().checkpoints) do
         for _, ref in ipairs(c.references or {{}}) do
@@ -58,6 +65,14 @@ local function cancelled_attempts()
     end
     return cancelled
 end
+local function cancelled_runs()
+    local runs = rawget(_G, '{CANCELLED_RUNS_GLOBAL}')
+    if runs == nil then
+        runs = {{}}
+        rawset(_G, '{CANCELLED_RUNS_GLOBAL}', runs)
+    end
+    return runs
+end
 """
 
 STATUS_LUA = _LUA_HELPERS + "return snapctl_info()"
@@ -73,7 +88,10 @@ PREPARE_LUA = _LUA_HELPERS + """
 local run_id, take_snapshot, attempt, budget_s, wait_s = ...
 local fiber = require('fiber')
 local deadline = fiber.clock() + budget_s
+rawset(_G, PREPARES_UNTIL, math.max(rawget(_G, PREPARES_UNTIL) or 0, deadline))
+local function run_completed() return (cancelled_runs()[run_id] or 0) > fiber.clock() end
 local function given_up() return cancelled_attempts()[attempt] ~= nil or fiber.clock() > deadline end
+if run_completed() then return {run_completed = true} end
 if given_up() then return {given_up = true} end  -- released before it ran (queued behind other requests)
 local holder = rawget(_G, HOLDER)
 if holder ~= nil and not backup_pinned() then
@@ -89,12 +107,14 @@ if holder == run_id then
 elseif take_snapshot then
     local wait_until = fiber.clock() + wait_s
     while box.info.gc().checkpoint_is_in_progress do  -- box.snapshot() would refuse (error 120)
+        if run_completed() then return {run_completed = true} end
         if given_up() then return {given_up = true} end
         if fiber.clock() > wait_until then return {checkpoint_in_progress = true} end
         fiber.sleep(0.1)
     end
     box.snapshot()
     snapshot_taken = true
+    if run_completed() then return {run_completed = true} end
     if given_up() then return {given_up = true} end
 end
 local files = box.backup.start()
@@ -114,9 +134,11 @@ return result
 """
 
 # attempt (or nil): a prepare of this run whose answer never came; once this has run, it never
-# pins, however long its box.snapshot() still takes.
+# pins, however long its box.snapshot() still takes. keep_s (or nil): with no pin of this run
+# here, no prepare of it pins from now on: not one a dead agent left running, nor one still queued
+# (for keep_s, or until every prepare begun so far is past its deadline, whichever is later).
 RELEASE_LUA = _LUA_HELPERS + f"""
-local run_id, attempt = ...
+local run_id, attempt, keep_s = ...
 if attempt ~= nil then
     local cancelled = cancelled_attempts()
     if cancelled[attempt] == nil then
@@ -126,7 +148,17 @@ if attempt ~= nil then
     while #cancelled > {CANCELLED_KEPT} do cancelled[table.remove(cancelled, 1)] = nil end
 end
 local holder = rawget(_G, HOLDER)
-if holder ~= run_id then return {{released = false, holder = holder}} end
+if holder ~= run_id then
+    if keep_s ~= nil then
+        local fiber = require('fiber')
+        local now, runs = fiber.clock(), cancelled_runs()
+        for id, until_ in pairs(runs) do
+            if until_ <= now then runs[id] = nil end
+        end
+        runs[run_id] = math.max(now + keep_s, rawget(_G, PREPARES_UNTIL) or 0)
+    end
+    return {{released = false, holder = holder}}
+end
 local pinned = backup_pinned()  -- false: someone ran box.backup.stop() under our marker
 box.backup.stop()
 rawset(_G, HOLDER, nil)
