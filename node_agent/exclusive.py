@@ -17,6 +17,7 @@ each other.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import socket
@@ -26,7 +27,7 @@ import threading
 from pathlib import Path
 
 from node_agent.engines.base import Engine
-from snapctl.errors import BadInputError
+from snapctl.errors import BadInputError, os_reason
 
 log = logging.getLogger("snapctl.agent")
 
@@ -39,14 +40,22 @@ def claim_database(engine: Engine, config_source: str | Path) -> None:
     path = _database_path(engine)
     if path is None or not sys.platform.startswith("linux"):  # abstract unix sockets are Linux's
         return
+    path = path.resolve()
     name = _abstract_name(path)
     if name in _claims:
         return
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.bind(name)
-    except OSError:
-        sock.close()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(name)
+        except OSError:
+            sock.close()
+            raise
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:  # a sandbox without abstract sockets: serve, as before the claim
+            log.warning("cannot claim the %s database at %s for this agent (%s): a second agent on it would "
+                        "not be refused", engine.name, path, os_reason(exc))
+            return
         pid = _holder_pid(name)
         who = f"another snapctl-agent (pid {pid})" if pid else "another snapctl-agent"
         raise BadInputError(
@@ -73,7 +82,7 @@ def _database_path(engine: Engine) -> Path | None:
 def _abstract_name(path: Path) -> bytes:
     # The resolved path, not the inode: a database file replaced by a rename (a restore) is still
     # the same database, and one that does not exist yet has a name too.
-    return b"\0snapctl-agent/" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32].encode()
+    return b"\0snapctl-agent/" + hashlib.sha256(str(path).encode()).hexdigest()[:32].encode()
 
 
 def _holder_pid(name: bytes) -> int | None:
