@@ -19,6 +19,7 @@ from types import FrameType
 
 from node_agent.config import AgentConfig, load_agent_config
 from node_agent.engines.base import Engine, load_engine_factory
+from node_agent.exclusive import claim_database
 from snapctl import __version__
 from snapctl.config import is_loopback
 from snapctl.errors import BadInputError, ExitCode, SnapctlError, os_reason
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = config.engine_settings
     try:
         engine = load_engine_factory(settings.type)(settings, base_dir=config.base_dir)
+        claim_database(engine, config.source)  # before serving: a second agent would undo the first's holds
     except SnapctlError as exc:
         sock.close()
         return _fail(exc)

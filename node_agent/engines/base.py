@@ -79,7 +79,9 @@ class Engine(Protocol):
         ...
 
     def data_paths(self) -> list[Path]:
-        """Directories holding the engine's data: what the node's volumes must cover."""
+        """Directories holding the engine's data: what the node's volumes must cover. The first
+        names the database the agent claims at start (node_agent/exclusive.py), unless the adapter
+        has a ``db_path`` attribute: a database that is one file in a directory (SQLite)."""
         ...
 
     def close(self) -> None:

@@ -40,6 +40,7 @@ from node_agent.engines.etcd_tools import (
     learner_refusal,
     member_name,
     not_started,
+    remove_partials,
     restore_snapshot,
     retry_while_electing,
     snapshot_tool,
@@ -156,6 +157,7 @@ class EtcdEngine:
         digest, size, trailer = hashlib.sha256(), 0, b""
         try:
             make_dirs(self.backup_dir, 0o700)
+            remove_partials(self.backup_dir)
             with create_private(partial) as out, self._stream("/v3/maintenance/snapshot") as response:
                 for line in response.iter_lines():
                     if time.monotonic() > deadline:

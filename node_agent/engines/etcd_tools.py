@@ -94,6 +94,23 @@ def create_private(path: Path) -> BinaryIO:
         raise
 
 
+def remove_partials(backup_dir: Path) -> None:
+    """Remove the ``*.db.part`` files of downloads that never finished. An agent killed mid-download
+    (SIGKILL, the OOM killer) leaves one, up to the whole backend, that every later disk snapshot
+    of backup_dir would copy. Called before a download, under the agent's engine lock: no download
+    of this agent is under way, and no other agent serves this backup_dir (node_agent.exclusive)."""
+    for partial in backup_dir.glob("*.db.part"):
+        try:
+            partial.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:  # the download goes on: this leftover only costs room, as before
+            log.warning("cannot remove %s, left by a snapshot download that never finished: %s",
+                        partial, os_reason(exc))
+            continue
+        log.info("removed %s, left by a snapshot download that never finished", partial)
+
+
 # ---- the gRPC gateway's JSON, read into snapctl's facts --------------------------------
 
 

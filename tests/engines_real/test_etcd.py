@@ -232,6 +232,22 @@ def test_old_saved_snapshots_are_pruned(etcd_cluster, tmp_path):
     assert kept == sorted(["run-p3.db", Path(job.extra["file"]).name])
 
 
+def test_what_a_download_cut_short_left_is_removed_by_the_next_prepare_and_trigger(etcd_cluster, tmp_path):
+    # An agent killed mid-download (SIGKILL, the OOM killer) leaves <run>.db.part: up to the whole
+    # backend, which the pruning of *.db never matched, so every later disk snapshot copied it.
+    engine = engine_for(etcd_cluster, 1, tmp_path, keep_snapshots=5)
+    backup_dir = tmp_path / "backup-1"
+    backup_dir.mkdir(mode=0o700)
+    (backup_dir / "run-killed.db.part").write_bytes(b"\0" * 32768)
+    engine.prepare("run-next")
+    engine.complete("run-next")
+    assert sorted(p.name for p in backup_dir.iterdir()) == ["run-next.db"]
+    (backup_dir / "manual-20260101T000000000000Z.db.part").write_bytes(b"\0" * 32768)
+    (job,) = engine.trigger("snapshot")
+    assert job.status == "succeeded"
+    assert sorted(p.name for p in backup_dir.iterdir()) == sorted(["run-next.db", Path(job.extra["file"]).name])
+
+
 def test_a_trigger_during_a_hold_is_refused_and_the_held_runs_snapshot_stays(etcd_cluster, tmp_path):
     engine = engine_for(etcd_cluster, 1, tmp_path, keep_snapshots=2)
     held = Path(engine.prepare("held1").files[0])

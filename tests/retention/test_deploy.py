@@ -13,6 +13,7 @@ import pytest
 import typer
 import yaml
 
+from node_agent.engines.tarantool import TarantoolSettings
 from snapctl.cli import app
 
 try:  # typer 0.28 builds its commands on its own copy of click; older ones on click itself
@@ -61,6 +62,16 @@ def test_the_backup_unit_and_timer_fit_together() -> None:
     assert unit_value(DEPLOY / "snapctl-backup.timer", "Unit") == service.name
     agent = unit_value(DEPLOY / "snapctl-agent.service", "ExecStart")
     assert shlex.split(agent)[:2] == [f"{INSTALLED}snapctl-agent", "--config"]
+
+
+def test_the_agent_unit_waits_out_a_tarantool_snapshot_before_it_kills_the_agent() -> None:
+    # On SIGTERM the agent waits for the prepare under way, then releases what it made. systemd's
+    # SIGKILL at 60 s came in the middle of a box.snapshot() (up to snapshot_timeout_s), and the
+    # server pinned its checkpoint after the agent had died, with no one left to release it.
+    tarantool = TarantoolSettings(work_dir="/var/lib/tarantool")
+    stop = unit_value(DEPLOY / "snapctl-agent.service", "TimeoutStopSec")
+    assert stop.endswith("s") and stop[:-1].isdigit(), stop
+    assert int(stop[:-1]) >= tarantool.snapshot_timeout_s + tarantool.timeout_s + 60
 
 
 def test_every_crontab_job_parses() -> None:
