@@ -278,7 +278,8 @@ class AgentService:
             lease = self._lease
             if lease is None or lease.run_id != run_id:
                 if self._book.left is not None and self._book.left.run_id == run_id:
-                    self._book.release_left()  # tried now, at the run's own call; answered lost all the same
+                    # Tried now. Not released: 409 naming it, so that a rollback does not count it released.
+                    self._book.refuse_if_left(self.node, "complete")
                 if self._waiting.cancel(run_id):  # its prepare waits for hold_at: it will not hold
                     self._remember_ended(run_id, "cancelled before it began")
                     return CompleteResponse(run_id=run_id, released=False)

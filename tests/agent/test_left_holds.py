@@ -124,6 +124,9 @@ def test_a_record_whose_engine_is_down_at_start_is_released_once_it_answers(tmp_
             "the hold of run r1, left by an agent process that died, is not released yet: questdb at ")
         refused = post(again, "/v1/prepare", run_id="r2", lease_s=60)
         assert refused.status_code == 409 and refused.json()["holder"] == "r1", refused.text
+        # Still held: the dead run's own complete (a rollback's) must not be counted as released.
+        not_yet = post(again, "/v1/complete", run_id="r1")
+        assert not_yet.status_code == 409 and not_yet.json()["holder"] == "r1", not_yet.text
         assert qdb.held and len(records(tmp_path / "state")) == 1
         qdb.listen_again()
         wait_until(lambda: not qdb.held, what="the release once questdb answers")
@@ -196,3 +199,19 @@ def test_a_tarantool_pin_left_by_a_killed_agent_is_released_when_it_starts_again
             assert post(again, "/v1/complete", run_id="r2").json()["released"] is True
         assert records(tmp_path / "state") == []
         assert [w for w in warnings(again) if DIED in w] != []
+
+
+def test_a_hold_the_agent_could_not_release_on_sigterm_is_released_by_its_next_start(
+        tmp_path: Path, qdb: FakeQuestDB) -> None:
+    config = questdb_config(tmp_path, qdb)
+    with agent_process(config) as agent:
+        assert post(agent, "/v1/prepare", run_id="r1", lease_s=600).status_code == 200
+        with qdb.hang():  # its release on SIGTERM goes unanswered
+            assert agent.stop(signal.SIGTERM) == 1
+    assert "its engine is still held for run r1" in agent.log
+    assert "it stays held until the agent's next start releases it" in agent.log
+    assert [r["run_id"] for r in records(tmp_path / "state")] == ["r1"] and qdb.held
+    with agent_process(config) as again:
+        assert not qdb.held
+        assert_dead_run_answered_lost(again)
+    assert records(tmp_path / "state") == []
