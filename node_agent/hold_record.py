@@ -56,14 +56,18 @@ class HoldRecords:
         digest = hashlib.sha256(identity.encode()).hexdigest()[:12]
         self.path = directory / f"hold-{node}-{digest}.json"
 
-    def write(self, record: HoldRecord) -> None:
+    def write(self, record: HoldRecord, *, durable: bool = True) -> None:
+        """``durable=False``: no fsync, for a record rewritten while the engine is held (each fsync
+        there lengthens the freeze); the rename alone is atomic against a killed process, and the
+        record it refines was written durably."""
         tmp = self.path.with_suffix(".json.tmp")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             with open(fd, "w") as handle:
                 handle.write(record.to_json() + "\n")
                 handle.flush()
-                os.fsync(handle.fileno())
+                if durable:
+                    os.fsync(handle.fileno())
             os.replace(tmp, self.path)
         except OSError as exc:
             raise EngineError(f"cannot write the hold record {self.path}: {os_reason(exc)}",

@@ -97,7 +97,7 @@ class HoldBook:
         if record is None or (facts := getattr(self.engine, "hold_facts", None)) is None:
             return
         try:
-            self.records.write(replace(record, facts=facts(run_id)))  # type: ignore[union-attr]
+            self.records.write(replace(record, facts=facts(run_id)), durable=False)  # type: ignore[union-attr]
         except EngineError as exc:  # the first record still finds the hold, only less precisely
             log.warning("run %s: %s", run_id, exc)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import httpx
 import pytest
 
 from node_agent.models import LOST_ON_ENGINE
+from snapctl.errors import EngineError
 from tests.agent.conftest import TOKEN, agent_process, try_write, wait_until, write_config
 from tests.fakes.questdb import FakeQuestDB
 
@@ -215,3 +217,31 @@ def test_a_hold_the_agent_could_not_release_on_sigterm_is_released_by_its_next_s
         assert not qdb.held
         assert_dead_run_answered_lost(again)
     assert records(tmp_path / "state") == []
+
+
+def test_the_record_goes_when_the_hold_ends_by_expiry_or_a_failed_prepare(tmp_path: Path, db: Path) -> None:
+    from node_agent.engines.sqlite import SqliteEngine, SqliteSettings
+    from node_agent.hold_record import HoldRecords
+    from node_agent.service import AgentService
+
+    engine = SqliteEngine(SqliteSettings(path=db.name, timeout_s=1), base_dir=db.parent)
+    book = HoldRecords(tmp_path / "state", "n1", "sqlite", engine.data_paths())
+    (tmp_path / "state").mkdir()
+    service = AgentService("n1", engine, hold_records=book)
+    try:
+        service.prepare("r1", 0.3)
+        assert book.path.exists() and not try_write(db)
+        wait_until(lambda: service.lease is None, what="the lease to expire")
+        assert not book.path.exists() and try_write(db)
+
+        holder = sqlite3.connect(db, timeout=0)
+        holder.execute("BEGIN IMMEDIATE")  # another writer: the prepare cannot take its lock
+        try:
+            with pytest.raises(EngineError, match="locked"):
+                service.prepare("r2", 5)
+        finally:
+            holder.rollback()
+            holder.close()
+        assert not book.path.exists() and service.lease is None
+    finally:
+        service.close()
