@@ -39,15 +39,25 @@ class LeftHold:
     def run_id(self) -> str:
         return self.record.run_id
 
-    def releasing(self) -> str:
-        """What ``/v1/status`` says in ``engine.details["releasing"]``: snapctl shows it as a
-        critical finding that no --force overrides, as for an expired lease not released yet."""
-        why = self.error or "what its prepare may still make on the engine is watched for"
-        return (f"the hold of run {self.run_id}, left by an agent process that died, is not released yet: {why}")
+    def details(self) -> dict[str, str]:
+        """What ``/v1/status`` adds to ``engine.details``. ``releasing`` while the engine would not
+        release: snapctl shows it as a critical finding no --force overrides, as for an expired lease
+        the engine would not release. Not while the engine only cannot tell yet whether the dead
+        prepare will still take effect: nothing is held then, so nothing is said to be."""
+        if self.error is not None:
+            return {"releasing": f"the hold of run {self.run_id}, left by an agent process that died, is not "
+                                 f"released yet: {self.error}"}
+        return {"left_hold_watch": f"the prepare of run {self.run_id}, cut short when its agent process died, may "
+                                   "still take effect on the engine: watched for, and released if it does"}
 
     def refusal(self, node: str, verb: str) -> LeaseConflict:
+        if self.error is None:
+            return LeaseConflict(f"cannot {verb}: on node {node}, the prepare of run {self.run_id}, cut short when "
+                                 "its agent process died, may still take effect on the engine; the agent watches "
+                                 "for it", holder=self.run_id,
+                                 hint="retry once it is over (questdb: late_create_window_s after that prepare)")
         return LeaseConflict(f"cannot {verb}: node {node} is still held for run {self.run_id}, left by an agent "
-                             f"process that died; the agent is releasing it ({self.error or 'watching for it'})",
+                             f"process that died; the agent is releasing it ({self.error})",
                              holder=self.run_id, hint="the agent retries the release until the engine answers; "
                                                       "start a new run once it is released")
 
@@ -126,8 +136,8 @@ class HoldBook:
                           "would not release: %s; retrying every %gs until it does", left.run_id, exc, RETRY_S)
             left.error, left.retry_mono = str(exc), self._clock() + RETRY_S
             return
-        if outcome is None:  # the engine cannot tell yet: asked again
-            left.retry_mono = self._clock() + RETRY_S
+        if outcome is None:  # the engine answers, but cannot tell yet: asked again
+            left.error, left.retry_mono = None, self._clock() + RETRY_S
             return
         log.warning("%s", left.said(outcome))
         self.left = None

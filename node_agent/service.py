@@ -197,7 +197,7 @@ class AgentService:
         wire's lease has no field for it, and a snapctl of an older version must still read it."""
         lease, left = self._lease, self._book.left
         if left is not None:
-            return engine.model_copy(update={"details": {**engine.details, "releasing": left.releasing()}})
+            return engine.model_copy(update={"details": {**engine.details, **left.details()}})
         if lease is None or not lease.releasing:
             return engine
         releasing = f"the lease of run {lease.run_id} expired and the engine would not release: {lease.release_error}"

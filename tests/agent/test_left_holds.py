@@ -55,13 +55,14 @@ def qdb() -> Iterator[FakeQuestDB]:
         yield fake
 
 
-def questdb_config(tmp_path: Path, fake: FakeQuestDB) -> Path:
+def questdb_config(tmp_path: Path, fake: FakeQuestDB, window_s: float = 60) -> Path:
     (tmp_path / "qdb" / "db").mkdir(parents=True, exist_ok=True)
     (tmp_path / "agent.token").write_text(TOKEN + "\n")
     (tmp_path / "agent.token").chmod(0o600)
     config = tmp_path / "agent.yaml"
     config.write_text(f"node: q1\ntoken_file: agent.token\nstate_dir: state\n"
-                      f"engine: {{type: questdb, root: qdb, url: '{fake.url}', timeout_s: 3}}\n")
+                      f"engine: {{type: questdb, root: qdb, url: '{fake.url}', timeout_s: 3, "
+                      f"late_create_window_s: {window_s}}}\n")
     return config
 
 
@@ -111,6 +112,32 @@ def test_another_clients_checkpoint_taken_after_the_kill_is_left_alone(tmp_path:
     assert records(tmp_path / "state") == []
     [said] = [w for w in warnings(again) if DIED in w]
     assert "another client's, left alone" in said
+
+
+def test_a_create_cut_short_by_the_kill_is_watched_for_until_its_window_has_passed(
+        tmp_path: Path, qdb: FakeQuestDB) -> None:
+    config = questdb_config(tmp_path, qdb, window_s=8)
+    qdb.lost_creates = 1  # received, its connection dropped: the server might still run it, for all the agent knows
+    with agent_process(config) as agent:
+        failed = post(agent, "/v1/prepare", run_id="r1", lease_s=600)
+        assert failed.status_code == 502, failed.text
+        agent.stop(signal.SIGKILL)  # while it still watches for that create
+    assert not qdb.held
+    with agent_process(config) as again:
+        # Nothing is held, so nothing is said to be; but a create of r1 could still run, so it is watched for.
+        engine = status(again)["engine"]
+        assert not engine["held"] and "releasing" not in engine["details"]
+        assert "the prepare of run r1, cut short when its agent process died" in engine["details"]["left_hold_watch"]
+        refused = post(again, "/v1/prepare", run_id="r2", lease_s=60)
+        assert refused.status_code == 409 and refused.json()["holder"] == "r1", refused.text
+        wait_until(lambda: records(tmp_path / "state") == [], what="the window to pass")
+        assert "left_hold_watch" not in status(again)["engine"]["details"]
+        assert post(again, "/v1/prepare", run_id="r2", lease_s=60).status_code == 200
+        assert post(again, "/v1/complete", run_id="r2").json()["released"] is True
+        assert_dead_run_answered_lost(again)
+    assert "CHECKPOINT RELEASE" not in qdb.queries[:-1]  # r2's own release only
+    [said] = [w for w in warnings(again) if DIED in w]
+    assert "no checkpoint of its came" in said
 
 
 def test_a_record_whose_engine_is_down_at_start_is_released_once_it_answers(tmp_path: Path, qdb: FakeQuestDB) -> None:
