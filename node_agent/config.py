@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from node_agent.engines.base import EngineSettings, load_engine_factory, validate_engine_settings
+from node_agent.hold_record import default_state_dir
 from node_agent.ratelimit import DEFAULT_BURST, DEFAULT_RATE_PER_S
 from snapctl.errors import BadInputError, os_reason
 from snapctl.secret_files import UNFIT_TOKEN, UNFIT_TOKEN_HINT, read_first_line, unfit_token, warn_if_open
@@ -81,6 +82,9 @@ class AgentConfig(Strict):
     # Where restore-prepare may also act, besides the engine's own data paths: the mount point of a
     # scratch agent's restored disks, when its engine block names other paths (restore.agent_path).
     restore_root: str | None = None
+    # Where the agent keeps its hold record, for the agent process after it should it die holding
+    # (docs/agent.md, "An engine left held"); default: default_state_dir(). Relative to this file.
+    state_dir: str | None = None
 
     # Not part of the file: where it was read from, and the engine block once validated.
     _base_dir: Path = Path(".")
@@ -107,6 +111,9 @@ class AgentConfig(Strict):
         if value and not info.data.get("restore_target"):
             raise ValueError("is for a scratch agent beside restored disks: it needs restore_target: true")
         return value
+
+    def state_directory(self) -> Path:
+        return self.resolve(self.state_dir) if self.state_dir else default_state_dir(os.environ)
 
     @property
     def uses_tls(self) -> bool:

@@ -20,6 +20,7 @@ from types import FrameType
 from node_agent.config import AgentConfig, load_agent_config
 from node_agent.engines.base import Engine, load_engine_factory
 from node_agent.exclusive import claim_database
+from node_agent.hold_record import HoldRecords, ready_state_dir
 from snapctl import __version__
 from snapctl.config import is_loopback
 from snapctl.errors import BadInputError, ExitCode, SnapctlError, os_reason
@@ -73,7 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     except SnapctlError as exc:
         sock.close()
         return _fail(exc)
-    return _serve(config, token, metrics_token, engine, sock)
+    try:
+        state_dir = ready_state_dir(config.state_directory(), config.source)
+    except SnapctlError as exc:
+        engine.close()
+        sock.close()
+        return _fail(exc)
+    records = HoldRecords(state_dir, config.node, settings.type, engine.data_paths())
+    return _serve(config, token, metrics_token, engine, sock, records)
 
 
 def _short_token(config: AgentConfig) -> None:
@@ -135,7 +143,7 @@ def _absolute(path: str) -> str:
 
 
 def _serve(config: AgentConfig, token: str | None, metrics_token: str | None, engine: Engine,
-           sock: socket.socket) -> int:
+           sock: socket.socket, records: HoldRecords) -> int:
     import uvicorn
 
     from node_agent.app import create_app
@@ -145,7 +153,7 @@ def _serve(config: AgentConfig, token: str | None, metrics_token: str | None, en
     settings = config.engine_settings
     service = AgentService(config.node, engine, allow_restore_prepare=config.restore_target,
                            restore_root=config.resolve(config.restore_root) if config.restore_root else None,
-                           engine_type=settings.type)
+                           engine_type=settings.type, hold_records=records)
     try:
         tls = _tls_context(config) if config.uses_tls else None
     except (OSError, ssl.SSLError) as exc:  # check_tls_files() passed, so only if a file changed since

@@ -21,8 +21,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from node_agent.engines.base import Engine
+from node_agent.hold_record import HoldRecords
 from node_agent.hold_waits import HoldWaits
 from node_agent.lease_refusals import held_by_another, not_holding, releasing
+from node_agent.left_hold import HoldBook
 from node_agent.models import (
     LOST_ON_ENGINE,
     MAX_LEASE_S,
@@ -102,6 +104,7 @@ class AgentService:
         allow_restore_prepare: bool = True,
         restore_root: Path | None = None,
         engine_type: str | None = None,
+        hold_records: HoldRecords | None = None,
     ) -> None:
         self.node = node
         self.engine = engine
@@ -122,6 +125,12 @@ class AgentService:
         self._busy: tuple[str, float] | None = None  # the engine call under way, and since when
         self._last_status: tuple[EngineStatus, list[Path]] | None = None
         self._tidy_mono: float | None = None  # when the watcher next calls engine.tidy(), if it has one
+        # Where the hold is recorded for the process after this one, should this one die holding
+        # (docs/agent.md, "An engine left held"); None (embedded agents): nowhere.
+        self._book = HoldBook(hold_records, engine, engine_type or engine.name, clock, self._engine_busy)
+        if self._book.left is not None:
+            self._remember_ended(self._book.left.run_id, LOST_ON_ENGINE)  # never adopted: see left_hold
+            self._book.release_left()
         self._watcher = threading.Thread(target=self._watch, name=f"lease-watcher-{node}", daemon=True)
         self._watcher.start()
 
@@ -130,8 +139,9 @@ class AgentService:
     @property
     def stats(self) -> AgentStats:
         # No lock: counters for a scrape need not wait for an engine call under way.
-        lease = self._lease
-        return replace(self._stats, held=lease is not None, releasing=lease is not None and lease.releasing)
+        lease, left = self._lease, self._book.left
+        return replace(self._stats, held=lease is not None or left is not None,
+                       releasing=left is not None or lease is not None and lease.releasing)
 
     @property
     def lease(self) -> LeaseInfo | None:
@@ -185,7 +195,9 @@ class AgentService:
     def _with_release_error(self, engine: EngineStatus) -> EngineStatus:
         """An expired lease the engine would not release is said in ``details["releasing"]``: the
         wire's lease has no field for it, and a snapctl of an older version must still read it."""
-        lease = self._lease
+        lease, left = self._lease, self._book.left
+        if left is not None:
+            return engine.model_copy(update={"details": {**engine.details, **left.details()}})
         if lease is None or not lease.releasing:
             return engine
         releasing = f"the lease of run {lease.run_id} expired and the engine would not release: {lease.release_error}"
@@ -204,6 +216,7 @@ class AgentService:
             if self._closed:
                 raise EngineError(f"the agent of node {self.node} is shutting down", hint="retry when it is back")
             self._expire_if_due()
+            self._book.refuse_if_left(self.node, "prepare")
             now = self._clock()
             if self._lease is not None:
                 if self._lease.run_id != run_id:
@@ -213,14 +226,18 @@ class AgentService:
                 self._lease.expires_mono, self._lease.lease_s = now + lease_s, lease_s
                 self._changed.notify_all()
                 return PrepareResponse(run_id=run_id, lease=self._lease.info(), state=self._lease.state)
+            record = self._book.write(run_id, lease_s)  # before the engine is asked: refused if it cannot be
             try:
                 with self._engine_busy(f"prepare of run {run_id}"):
                     state = self.engine.prepare(run_id)
             except BaseException:
-                self._complete_quietly(run_id, "after a failed prepare")
+                released = self._complete_quietly(run_id, "after a failed prepare")
                 if hasattr(self.engine, "tidy"):  # what the failed prepare left may come later
-                    self._tidy_mono = self._clock() + _RELEASE_RETRY_S
+                    self._tidy_mono = self._clock() + _RELEASE_RETRY_S  # its record goes when tidy is done
+                elif released:
+                    self._book.remove()
                 raise
+            self._book.add_facts(record, run_id)
             done = self._clock()
             self._stats.prepares += 1
             self._stats.last_prepare_s = done - now
@@ -260,6 +277,9 @@ class AgentService:
             self._expire_if_due()
             lease = self._lease
             if lease is None or lease.run_id != run_id:
+                if self._book.left is not None and self._book.left.run_id == run_id:
+                    # Tried now. Not released: 409 naming it, so that a rollback does not count it released.
+                    self._book.refuse_if_left(self.node, "complete")
                 if self._waiting.cancel(run_id):  # its prepare waits for hold_at: it will not hold
                     self._remember_ended(run_id, "cancelled before it began")
                     return CompleteResponse(run_id=run_id, released=False)
@@ -311,12 +331,15 @@ class AgentService:
             )
         inside = restore_path(path, self.engine.data_paths(), self.restore_root) if path else None
         if check_only:
+            if (left := self._book.left) is not None:
+                raise left.refusal(self.node, "restore-prepare")
             lease = self._lease
             if lease is not None and (lease.releasing or self._clock() < lease.expires_mono):
                 raise held_by_another(lease, f"node {self.node} is held by run {lease.run_id}: restore-prepare refused")
             return
         with self._lock:
             self._expire_if_due()
+            self._book.refuse_if_left(self.node, "restore-prepare")
             if self._lease is not None:
                 raise held_by_another(self._lease,
                                       f"node {self.node} is held by run {self._lease.run_id}: restore-prepare refused")
@@ -331,7 +354,7 @@ class AgentService:
 
     def close(self) -> str | None:
         """Complete any held lease, stop the watcher, close the engine. Returns the run whose hold
-        the engine would not release (it stays held until released by hand), or None."""
+        the engine would not release (its record stays, for the next start), or None."""
         still_held = None
         with self._lock:
             if self._closed:
@@ -344,11 +367,14 @@ class AgentService:
                     self.engine.complete(run_id)
                 except Exception as exc:  # noqa: BLE001 - reported, and the agent stops all the same
                     still_held = run_id
-                    log.error("agent stopping, and the engine would not release run %s: %s; it stays held "
-                              "until released by hand (docs/agent.md, 'an engine left held')", run_id, exc)
+                    later = "the agent's next start releases it" if self._book.records else "released by hand"
+                    log.error("agent stopping, and the engine would not release run %s: %s; it stays held until "
+                              "%s (docs/agent.md, 'an engine left held')", run_id, exc, later)
                 else:
                     self._stats.completes += 1
                 self._end_lease("released on shutdown" if still_held is None else "left held on shutdown")
+            if self._book.left is not None:  # its record stays: the next start tries again
+                still_held = still_held or self._book.left.run_id
             self._changed.notify_all()
         self._watcher.join(timeout=5)
         self.engine.close()
@@ -418,6 +444,8 @@ class AgentService:
 
     def _end_lease(self, how: str) -> None:
         assert self._lease is not None
+        if how != "left held on shutdown":  # kept: the next start releases it
+            self._book.remove()
         self._remember_ended(self._lease.run_id, how)
         self._lease = None
         self._changed.notify_all()
@@ -427,11 +455,13 @@ class AgentService:
         while len(self._ended) > _ENDED_RUNS_KEPT:
             self._ended.popitem(last=False)
 
-    def _complete_quietly(self, run_id: str, why: str) -> None:
+    def _complete_quietly(self, run_id: str, why: str) -> bool:
         try:
             self.engine.complete(run_id)
         except Exception:
             log.exception("engine complete for run %s %s failed", run_id, why)
+            return False
+        return True
 
     def _release_left_hold(self, run_id: str) -> bool | None:
         """What the engine kept held for ``run_id`` from a killed agent process, released: ``Engine.complete``."""
@@ -462,12 +492,16 @@ class AgentService:
             log.warning("engine tidy after a failed prepare failed: %s; retrying in %gs", exc, _RELEASE_RETRY_S)
             again = True
         self._tidy_mono = self._clock() + _RELEASE_RETRY_S if again else None
+        if not again:
+            self._book.remove()  # the failed prepare's record: nothing of it is left to watch for
 
     def _watch(self) -> None:
         with self._lock:
             while not self._closed:
                 self._expire_if_due()
                 self._tidy_if_due()
+                if self._book.due():
+                    self._book.release_left()
                 wait = _WATCH_MAX_SLEEP_S
                 if (lease := self._lease) is not None:
                     due = lease.retry_mono if lease.releasing else lease.expires_mono

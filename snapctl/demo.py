@@ -114,6 +114,7 @@ def up(inventory: Inventory) -> DemoCluster:
                 config.write_text(yaml.safe_dump({
                     "node": node.name, "listen": host, "port": port, "token_file": str(token_file),
                     "engine": {"type": "sqlite", "path": str(database)},
+                    "state_dir": str(state / "agent-state"),  # its hold records stay with the demo's files
                 }))
                 pid = _spawn([sys.executable, "-m", AGENT, "--config", str(config)],
                              state / f"{node.name}.agent.log", pid_file, started, node.name)

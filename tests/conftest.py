@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -91,9 +92,19 @@ def pytest_configure(config: pytest.Config) -> None:
     it on first use instead: most such runs need none."""
     from tests.moto_server import URL_ENV, start_for_run
 
+    # The agents the tests start keep their hold records in this process's own directory, never in
+    # the user's state directory, where a record of one suite would be another's left hold.
+    os.environ.pop("STATE_DIRECTORY", None)
+    os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="snapctl-test-state-")
     is_controller = not hasattr(config, "workerinput")
     if is_controller and (getattr(config.option, "numprocesses", None) or 0) and not os.environ.get(URL_ENV):
         start_for_run()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    state = os.environ.get("XDG_STATE_HOME", "")
+    if Path(state).name.startswith("snapctl-test-state-"):
+        shutil.rmtree(state, ignore_errors=True)
 
 
 def with_ctrl_c(argv: list[str]) -> list[str]:

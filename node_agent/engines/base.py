@@ -55,7 +55,15 @@ class Engine(Protocol):
         An adapter whose server may carry out a prepare's request after its answer was lost (a
         QuestDB create run late) may have ``tidy() -> bool``: after a failed prepare (or a
         ``release_left_hold`` that raised) the agent calls it every few seconds while no run holds,
-        until it returns False (nothing left to watch for); it releases only what that request made."""
+        until it returns False (nothing left to watch for); it releases only what that request made.
+
+        The agent keeps a hold record (``node_agent.hold_record``) so that the process started
+        after one killed while holding releases that hold. An adapter whose hold outlives the agent
+        and is not fenced by run id on the server (QuestDB's checkpoint) has ``hold_facts(run_id) ->
+        dict`` (kept in the record once prepare holds) and ``release_recorded_hold(run_id,
+        began_at, facts) -> str | None``: release only what the record proves is that run's, say
+        what was done, or None while it cannot tell yet (asked again). Otherwise the agent uses
+        ``release_left_hold``; an adapter with neither holds nothing that outlives the process."""
         ...
 
     def trigger(self, target: str | None) -> list[JobResult]:

@@ -201,6 +201,38 @@ class QuestDBEngine:
         self._hold_run = self._held_since = self._server_since = self._verbs = self._state = None
         return None
 
+    def hold_facts(self, run_id: str) -> dict[str, Any]:
+        """What the agent's hold record keeps of this run's checkpoint once it is made: its start, as
+        ``checkpoint_status()`` gave it (null before 8.1.1), which fences ``release_recorded_hold``."""
+        verbs = "legacy" if self._verbs is LEGACY else "checkpoint"
+        since = utc_text(self._server_since) if self._server_since else None
+        return {"created": self._hold_run == run_id, "server_since": since, "verbs": verbs}
+
+    def release_recorded_hold(self, run_id: str, began_at: datetime, facts: dict[str, Any]) -> str | None:
+        """Release the checkpoint an agent process that died left for ``run_id``, as its hold record
+        tells it, and never another client's: one that began at the recorded start, or, where the
+        create was never answered, one that began while the create could still run (from ``began_at``
+        on, within ``late_create_window_s``). What was done, in words; None while such a create may
+        still come (asked again)."""
+        self._detect_version()
+        verbs = LEGACY if facts.get("verbs") == "legacy" else CHECKPOINT if facts else self._verbs_to_try()[0]
+        if not facts.get("created"):
+            if self._unconfirmed is None or self._unconfirmed.run_id != run_id:
+                self._unconfirmed = _Unconfirmed(run_id, verbs, began_at, self.settings.late_create_window_s)
+            passed = datetime.now(timezone.utc) > self._unconfirmed.too_late + timedelta(seconds=_CLOCK_SLACK_S)
+            if self.tidy():
+                return None
+            return ("no checkpoint of its came" if passed else
+                    "released the questdb checkpoint its create made, whose answer it never read")
+        held, since = self._checkpoint_status()
+        recorded = _parse_timestamp(facts.get("server_since"))
+        if held is False or (held and not _same_start(since, recorded)):
+            return ("no checkpoint of its was held" if not held else
+                    f"the checkpoint held now began at {utc_text(since)}, not at its "
+                    f"{utc_text(recorded) if recorded else '?'}: another client's, left alone")
+        self._retry_race(verbs.release, time.monotonic() + self.settings.timeout_s)
+        return f"released its questdb checkpoint (since {utc_text(since) if since else 'an unknown time'})"
+
     def tidy(self) -> bool:
         """Release the checkpoint a create whose answer was lost made, should it have come since
         (the server may run it late). True while such a create is still unconfirmed: the agent

@@ -1,0 +1,144 @@
+"""A hold the agent process before this one left behind (killed outright while it held, or while
+it was making the hold): found at start in the hold record, released through the engine, and
+retried by the lease watcher while the engine cannot be reached (docs/agent.md, "An engine left
+held").
+
+The dead run is never adopted as a live lease: an engine whose hold died with the process
+(SQLite's lock) may have been written to since, so its renew and complete are answered that
+its hold was lost, and snapctl fails the run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from node_agent.hold_record import HoldRecord, HoldRecords
+from snapctl.errors import EngineError, LeaseConflict
+from snapctl.timestamps import utc_text
+
+log = logging.getLogger("snapctl.agent")
+
+RETRY_S = 2.0  # as an expired lease's release is retried
+
+_RELEASED = {True: "released what it held on the engine", False: "its hold on the engine had already ended",
+             None: "nothing of it was held on the engine"}
+
+
+@dataclass
+class LeftHold:
+    record: HoldRecord
+    error: str | None = None  # why the last release failed
+    retry_mono: float = 0.0  # when the watcher tries again
+
+    @property
+    def run_id(self) -> str:
+        return self.record.run_id
+
+    def details(self) -> dict[str, str]:
+        """What ``/v1/status`` adds to ``engine.details``. ``releasing`` while the engine would not
+        release: snapctl shows it as a critical finding no --force overrides, as for an expired lease
+        the engine would not release. Not while the engine only cannot tell yet whether the dead
+        prepare will still take effect: nothing is held then, so nothing is said to be."""
+        if self.error is not None:
+            return {"releasing": f"the hold of run {self.run_id}, left by an agent process that died, is not "
+                                 f"released yet: {self.error}"}
+        return {"left_hold_watch": f"the prepare of run {self.run_id}, cut short when its agent process died, may "
+                                   "still take effect on the engine: watched for, and released if it does"}
+
+    def refusal(self, node: str, verb: str) -> LeaseConflict:
+        if self.error is None:
+            return LeaseConflict(f"cannot {verb}: on node {node}, the prepare of run {self.run_id}, cut short when "
+                                 "its agent process died, may still take effect on the engine; the agent watches "
+                                 "for it", holder=self.run_id,
+                                 hint="retry once it is over (questdb: late_create_window_s after that prepare)")
+        return LeaseConflict(f"cannot {verb}: node {node} is still held for run {self.run_id}, left by an agent "
+                             f"process that died; the agent is releasing it ({self.error})",
+                             holder=self.run_id, hint="the agent retries the release until the engine answers; "
+                                                      "start a new run once it is released")
+
+    def said(self, outcome: str) -> str:
+        """The one WARNING line once it is released."""
+        return (f"the agent process before this one died while run {self.run_id} held the engine "
+                f"(lease until {utc_text(self.record.lease_expires_at)} as prepared): {outcome}; that run's "
+                "renew and complete are answered that its hold was lost")
+
+
+def release_left(engine: Any, record: HoldRecord) -> str | None:
+    """Release on ``engine`` what ``record``'s run left there, fenced by what the record proves is
+    that run's, never anyone else's. Returns what was done, in words; None when the engine cannot
+    tell yet (a QuestDB create that may still run late), to be asked again later. Raises
+    ``EngineError`` while the engine cannot be reached."""
+    if (release := getattr(engine, "release_recorded_hold", None)) is not None:
+        return release(record.run_id, record.began_at, record.facts)
+    if (release_pin := getattr(engine, "release_left_hold", None)) is not None:
+        return _RELEASED[release_pin(record.run_id)]
+    return "its hold ended with that process (nothing of it lives on the engine)"
+
+
+class HoldBook:
+    """The service's side of the hold record: written before each prepare, given the engine's facts
+    once it holds, removed when the hold has ended; and the hold the process before this one left,
+    until it is released. Called with the service's lock held."""
+
+    def __init__(self, records: HoldRecords | None, engine: Any, engine_type: str, clock: Callable[[], float],
+                 busy: Callable[[str], AbstractContextManager[None]]) -> None:
+        self.records, self.engine, self.engine_type = records, engine, engine_type
+        self._clock, self._busy = clock, busy
+        record = records.load() if records is not None else None
+        self.left = LeftHold(record) if record is not None else None
+
+    def write(self, run_id: str, lease_s: float) -> HoldRecord | None:
+        """Raises ``EngineError`` if the record cannot be written: the prepare is refused, as a hold
+        that no later agent process could find must not be made."""
+        if self.records is None:
+            return None
+        began = datetime.now(timezone.utc)
+        record = HoldRecord(run_id, self.engine_type, began, began + timedelta(seconds=lease_s))
+        self.records.write(record)
+        return record
+
+    def add_facts(self, record: HoldRecord | None, run_id: str) -> None:
+        """What the engine knows of its hold once it holds (QuestDB: its checkpoint's start)."""
+        if record is None or (facts := getattr(self.engine, "hold_facts", None)) is None:
+            return
+        try:
+            self.records.write(replace(record, facts=facts(run_id)), durable=False)  # type: ignore[union-attr]
+        except EngineError as exc:  # the first record still finds the hold, only less precisely
+            log.warning("run %s: %s", run_id, exc)
+
+    def remove(self) -> None:
+        if self.records is not None and self.left is None:  # the left hold's record stays until it is released
+            self.records.remove()
+
+    def due(self) -> bool:
+        return self.left is not None and self._clock() >= self.left.retry_mono
+
+    def refuse_if_left(self, node: str, verb: str) -> None:
+        if self.left is not None:
+            self.release_left()
+        if self.left is not None:
+            raise self.left.refusal(node, verb)
+
+    def release_left(self) -> None:
+        left = self.left
+        assert left is not None and self.records is not None
+        try:
+            with self._busy(f"release of what run {left.run_id} left held"):
+                outcome = release_left(self.engine, left.record)
+        except Exception as exc:  # noqa: BLE001 - the engine is down: the watcher tries again
+            if left.error is None:
+                log.error("the agent process before this one died while run %s held the engine, and the engine "
+                          "would not release: %s; retrying every %gs until it does", left.run_id, exc, RETRY_S)
+            left.error, left.retry_mono = str(exc), self._clock() + RETRY_S
+            return
+        if outcome is None:  # the engine answers, but cannot tell yet: asked again
+            left.error, left.retry_mono = None, self._clock() + RETRY_S
+            return
+        log.warning("%s", left.said(outcome))
+        self.left = None
+        self.records.remove()
