@@ -46,9 +46,17 @@ def agent_config(tmp_path: Path, rs: TarantoolReplicaSet, **engine: object) -> P
     (tmp_path / "agent.token").write_text(TOKEN + "\n")
     (tmp_path / "agent.token").chmod(0o600)
     config = tmp_path / "agent.yaml"
-    config.write_text(yaml.safe_dump({"node": "n1", "token_file": "agent.token",
+    config.write_text(yaml.safe_dump({"node": "n1", "token_file": "agent.token", "state_dir": "state",
                                       "engine": rs.engine_settings(snapshot_timeout_s=60, **engine)}))
     return config
+
+
+def lose_the_hold_record(config: Path) -> None:
+    """The dead agent's hold record gone with it (a state_dir on tmpfs across a reboot, or an agent
+    from before hold records): the agent started next learns of the run only from its complete."""
+    records = list((config.parent / "state").glob("hold-*.json"))
+    assert len(records) == 1, records
+    records[0].unlink()
 
 
 def kill_an_agent_in_box_snapshot(rs: TarantoolReplicaSet, config: Path, run_id: str) -> None:
@@ -70,6 +78,7 @@ def test_a_prepare_a_killed_agent_left_in_box_snapshot_never_pins_once_its_compl
         single.eval(SLOW_CHECKPOINT)
         config = agent_config(tmp_path, single)
         kill_an_agent_in_box_snapshot(single, config, "run-dead")
+        lose_the_hold_record(config)
         with agent_process(config) as second:
             assert state(single)["busy"], "the checkpoint finished before the complete: the test proves nothing"
             # The rollback's complete: this agent never knew run-dead, and no pin of it exists yet.
@@ -88,11 +97,28 @@ def test_a_prepare_a_killed_agent_left_in_box_snapshot_never_pins_once_its_compl
         assert state(single)["pinned"] is False
 
 
+def test_a_prepare_a_killed_agent_left_in_box_snapshot_is_cancelled_by_the_next_agent_from_its_hold_record(tmp_path):
+    with TarantoolReplicaSet(tmp_path / "recorded", size=1) as single:
+        single.eval(SLOW_CHECKPOINT)
+        config = agent_config(tmp_path, single)
+        kill_an_agent_in_box_snapshot(single, config, "run-dead")
+        with agent_process(config) as second:
+            assert state(single)["busy"], "the checkpoint finished before the agent started: the test proves nothing"
+            assert "run-dead" in cancelled_runs(single)  # at its start, before any complete came
+            complete = _post(second.url, "/v1/complete", {"run_id": "run-dead"})
+            assert complete.status_code == 200 and complete.json()["released"] is False, complete.text
+            wait_until(lambda: not state(single)["busy"], timeout_s=60, what="the checkpoint")
+            time.sleep(1)  # the dead prepare's fiber looks, then pins or not, at once after box.snapshot()
+            assert state(single) == {"pinned": False, "busy": False}, "a pin nobody would ever release"
+            assert not list((tmp_path / "state").glob("hold-*.json"))
+
+
 def test_a_complete_that_could_not_ask_the_server_is_asked_again_so_the_late_prepare_never_stays_pinned(tmp_path):
     with TarantoolReplicaSet(tmp_path / "unasked", size=1) as single:
         single.eval(SLOW_CHECKPOINT)
         config = agent_config(tmp_path, single, timeout_s=1)
         kill_an_agent_in_box_snapshot(single, config, "run-dead")
+        lose_the_hold_record(config)
         with agent_process(config) as second:
             with single.instances[0].process.paused():  # the instance answers nobody
                 complete = _post(second.url, "/v1/complete", {"run_id": "run-dead"})

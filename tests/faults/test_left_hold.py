@@ -1,10 +1,11 @@
 """An engine left held, with real agent processes and a QuestDB (tests/fakes) whose checkpoint is
-the server's: it outlives the agent that took it, and only a release reaches it. Nothing snapctl
-does releases such a hold: the rollback must not count the node as released, status must say it
+the server's: it outlives the agent that took it, and only a release reaches it. With the dead
+agent's hold record lost too, nothing releases such a hold: the rollback must not count the node as released, status must say it
 is critical, and the preflight must not offer (nor take) --force past it."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,11 @@ def test_a_rollback_never_counts_a_node_released_whose_engine_is_still_held(make
         assert questdb.held
 
         cluster.kill_agent("node1")
+        # Its hold record lost with it (a state_dir on tmpfs across a reboot, or an agent from before
+        # hold records): the agent started next has nothing to release the checkpoint from.
+        records = list((Path(os.environ["XDG_STATE_HOME"]) / "snapctl-agent").glob("hold-node1-*.json"))
+        assert len(records) == 1, records
+        records[0].unlink()
         cluster.start_agent("node1")
         proxy = cluster.agents["node1"].proxy
         first = proxy.gate("POST /v1/renew")  # snapctl renews every second: the new agent refuses
