@@ -10,19 +10,19 @@ coroutine, ``wait_for_hold_at``, lets the HTTP app wait for a prepare's instant 
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
+from dataclasses import replace
+from datetime import datetime, timezone
 from pathlib import Path
 
 from node_agent.engines.base import Engine
 from node_agent.hold_record import HoldRecords
 from node_agent.hold_waits import HoldWaits
+from node_agent.lease import AgentStats, Lease, free_bytes
 from node_agent.lease_refusals import held_by_another, not_holding, releasing
 from node_agent.left_hold import HoldBook
 from node_agent.models import (
@@ -30,7 +30,6 @@ from node_agent.models import (
     MAX_LEASE_S,
     AgentStatus,
     CompleteResponse,
-    EngineState,
     EngineStatus,
     Health,
     LeaseInfo,
@@ -60,39 +59,6 @@ _STATUS_WAIT_S = 0.5
 STATUS_QUERY = "status query of the engine"  # engine.details["busy"] while one has not answered
 
 
-@dataclass
-class AgentStats:
-    """Counters for /metrics. ``last_*_s``: how long the last engine prepare/complete took."""
-
-    prepares: int = 0
-    completes: int = 0
-    lease_expirations: int = 0
-    last_prepare_s: float | None = None
-    last_complete_s: float | None = None
-    held: bool = False
-    releasing: bool = False  # the lease expired and the engine would not release: still held, no run
-
-
-@dataclass
-class _Lease:
-    run_id: str
-    lease_s: float
-    acquired_at: datetime  # wall clock, for humans and the wire
-    acquired_mono: float  # the service clock, for expiry
-    expires_mono: float
-    state: EngineState
-    release_error: str | None = None  # expired, and the engine would not release: why, the last time
-    retry_mono: float = 0.0  # when the watcher tries the release again
-
-    @property
-    def releasing(self) -> bool:
-        return self.release_error is not None
-
-    def info(self) -> LeaseInfo:
-        ttl = timedelta(seconds=self.expires_mono - self.acquired_mono)
-        return LeaseInfo(run_id=self.run_id, acquired_at=self.acquired_at, expires_at=self.acquired_at + ttl)
-
-
 class AgentService:
     def __init__(
         self,
@@ -117,7 +83,7 @@ class AgentService:
         self._clock = clock
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        self._lease: _Lease | None = None
+        self._lease: Lease | None = None
         self._ended: OrderedDict[str, str] = OrderedDict()  # run id -> how its hold ended
         self._waiting = HoldWaits()  # prepares waiting for their hold_at, which their run's complete cancels
         self._stats = AgentStats()
@@ -172,7 +138,7 @@ class AgentService:
             lease=lease,
             data_paths=[str(p) for p in paths],
             restore_root=self._restore_root_text,
-            free_bytes=_free_bytes(paths[0]) if paths else None,
+            free_bytes=free_bytes(paths[0]) if paths else None,
             engine_type=self.engine_type,
         )
 
@@ -189,7 +155,7 @@ class AgentService:
                   else EngineStatus(engine=self.engine.name, reachable=True, details=said))
         return AgentStatus(node=self.node, agent_version=__version__, engine=self._with_release_error(engine),
                            lease=lease.info() if lease else None, data_paths=[str(p) for p in paths],
-                           restore_root=self._restore_root_text, free_bytes=_free_bytes(paths[0]) if paths else None,
+                           restore_root=self._restore_root_text, free_bytes=free_bytes(paths[0]) if paths else None,
                            engine_type=self.engine_type)
 
     def _with_release_error(self, engine: EngineStatus) -> EngineStatus:
@@ -241,7 +207,7 @@ class AgentService:
             done = self._clock()
             self._stats.prepares += 1
             self._stats.last_prepare_s = done - now
-            self._lease = _Lease(run_id, lease_s, datetime.now(timezone.utc), done, done + lease_s, state)
+            self._lease = Lease(run_id, lease_s, datetime.now(timezone.utc), done, done + lease_s, state)
             self._ended.pop(run_id, None)
             self._changed.notify_all()
             log.info("prepared for run %s (lease %.1fs, engine took %.3fs)", run_id, lease_s, done - now)
@@ -508,12 +474,3 @@ class AgentService:
                     wait = min(wait, max(0.0, due - self._clock()))
                 self._changed.wait(timeout=wait)
 
-
-def _free_bytes(path: Path) -> int | None:
-    # The data directory may not exist yet (a fresh node); its nearest existing parent is on the same volume.
-    for candidate in (path, *path.parents):
-        try:
-            return shutil.disk_usage(candidate).free
-        except OSError:
-            continue
-    return None
