@@ -119,16 +119,21 @@ def test_rejects_keys_outside_the_root(store: LocalBlobStore, key: str) -> None:
         store.write(key, b"x")
 
 
+def _unwritable(directory: Path) -> list[str]:
+    """Make ``directory`` refuse this process's writes; the command that undoes it. Root writes past
+    any mode bits, not into an immutable directory."""
+    if os.geteuid() == 0:
+        if subprocess.run(["chattr", "+i", str(directory)], capture_output=True, check=False).returncode != 0:
+            pytest.skip("root writes anywhere, and this file system has no immutable directories")
+        return ["chattr", "-i", str(directory)]
+    directory.chmod(0o555)
+    return ["chmod", "755", str(directory)]
+
+
 def test_unwritable_root_is_a_catalog_error(tmp_path: Path) -> None:
     root = tmp_path / "ro"
     root.mkdir()
-    if os.geteuid() == 0:  # root writes past any mode bits, not into an immutable directory
-        if subprocess.run(["chattr", "+i", str(root)], capture_output=True, check=False).returncode != 0:
-            pytest.skip("root writes anywhere, and this file system has no immutable directories")
-        undo = ["chattr", "-i", str(root)]
-    else:
-        root.chmod(0o500)
-        undo = ["chmod", "700", str(root)]
+    undo = _unwritable(root)
     try:
         # The directory's lock file is the first thing a write makes, so that is what it reports.
         with pytest.raises(CatalogError, match=f"cannot lock {root}/c/x.json: ") as info:
@@ -153,13 +158,7 @@ def test_check_writable_says_what_a_write_would_fail_on_without_writing(tmp_path
     store.write("c/manifests/r1.json", b"{}")
     store.check_writable("c/manifests")
     read_only = tmp_path / "catalog" / "c" / "manifests"
-    if os.geteuid() == 0:
-        if subprocess.run(["chattr", "+i", str(read_only)], capture_output=True, check=False).returncode != 0:
-            pytest.skip("root writes anywhere, and this file system has no immutable directories")
-        undo = ["chattr", "-i", str(read_only)]
-    else:
-        read_only.chmod(0o555)
-        undo = ["chmod", "755", str(read_only)]
+    undo = _unwritable(read_only)
     try:
         with pytest.raises(CatalogError, match="this process may not write there") as info:
             store.check_writable("c/manifests")
