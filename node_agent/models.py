@@ -195,13 +195,16 @@ class PrepareResponse(Model):
 
 
 LOST_ON_ENGINE = "lost on the engine before complete"  # a CompleteResponse.ended: an engine restart, say
+# A CompleteResponse.ended: the agent that held was killed, and the one started since released the
+# hold from its record (docs/agent.md, "An engine left held").
+LOST_WITH_AGENT = "lost with the agent, killed while it held"
 
 
 class CompleteResponse(Model):
     run_id: str
     released: bool  # False when this run's hold had already ended (idempotent repeat, or expired)
     held_for_s: float | None = None
-    ended: str | None = None  # released false: how the hold had ended ("expired", "completed", LOST_ON_ENGINE)
+    ended: str | None = None  # released false: how it had ended ("expired", "completed", LOST_ON_ENGINE, ...)
 
 
 class TriggerResponse(Model):

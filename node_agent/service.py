@@ -27,6 +27,7 @@ from node_agent.lease_refusals import held_by_another, not_holding, releasing
 from node_agent.left_hold import HoldBook
 from node_agent.models import (
     LOST_ON_ENGINE,
+    LOST_WITH_AGENT,
     MAX_LEASE_S,
     AgentStatus,
     CompleteResponse,
@@ -95,7 +96,7 @@ class AgentService:
         # (docs/agent.md, "An engine left held"); None (embedded agents): nowhere.
         self._book = HoldBook(hold_records, engine, engine_type or engine.name, clock, self._engine_busy)
         if self._book.left is not None:
-            self._remember_ended(self._book.left.run_id, LOST_ON_ENGINE)  # never adopted: see left_hold
+            self._remember_ended(self._book.left.run_id, LOST_WITH_AGENT)  # never adopted: see left_hold
             self._book.release_left()
         self._watcher = threading.Thread(target=self._watch, name=f"lease-watcher-{node}", daemon=True)
         self._watcher.start()

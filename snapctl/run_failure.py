@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from node_agent.models import LOST_ON_ENGINE
+from node_agent.models import LOST_ON_ENGINE, LOST_WITH_AGENT
 from snapctl.errors import AgentError, AgentUnauthorized, AgentUnreachable, Interrupted, RunFailed, SnapctlError
 from snapctl.manifest import Manifest
 from snapctl.redact import redact
@@ -60,6 +60,10 @@ def hold_ended_before_complete(node: str, ended: str | None) -> RunFailed:
     if ended == LOST_ON_ENGINE:
         why = ("the engine dropped it before complete: it restarted, or someone released its hold by hand",
                "check why the engine restarted on that node (its log), then run the backup again")
+    elif ended == LOST_WITH_AGENT:
+        why = ("its agent was killed while it held (SIGKILL, the OOM killer, a crash), and the agent started "
+               "since released the hold", "find out why the agent died (its log, `journalctl -u snapctl-agent`, "
+               "the kernel's OOM messages), then run the backup again")
     elif ended == "expired":
         why = ("its lease expired: snapctl did not renew it in time",
                "raise policy.lease_ttl_s if snapctl stalls (a slow or stopped control host)")

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from node_agent.models import LOST_ON_ENGINE
+from node_agent.models import LOST_WITH_AGENT
 from snapctl.errors import EngineError
 from tests.agent.conftest import TOKEN, agent_process, try_write, wait_until, write_config
 from tests.fakes.questdb import FakeQuestDB
@@ -43,7 +43,7 @@ def warnings(agent) -> list[str]:
 def assert_dead_run_answered_lost(agent) -> None:
     complete = post(agent, "/v1/complete", run_id="r1")
     assert complete.status_code == 200, complete.text
-    assert complete.json()["released"] is False and complete.json()["ended"] == LOST_ON_ENGINE
+    assert complete.json()["released"] is False and complete.json()["ended"] == LOST_WITH_AGENT
     renew = post(agent, "/v1/renew", run_id="r1")
     assert renew.status_code == 409 and "does not hold" in renew.json()["error"], renew.text
 

@@ -71,8 +71,10 @@ def test_a_pin_left_by_an_agent_killed_mid_hold_is_released_at_its_restart_and_f
         # Never told its hold stood: the pin was gone before the snapshot was fixed.
         assert process.returncode == ExitCode.RUN_FAILED, stderr
         assert manifest["status"] == "failed" and "node1" in manifest["error"]
-        if lease == "30s":
+        if lease == "30s":  # the complete came: its answer says how the hold ended, and the hint what to look at
             assert "its hold had already ended when the run completed it" in manifest["error"]
+            assert "its agent was killed while it held" in manifest["error"], manifest["error"]
+            assert "find out why the agent died" in stderr, stderr
 
         after = cluster.snapctl("backup", "--no-prune", inventory=inventory(cluster, tt, tmp_path / "plain.yaml"))
         assert after.returncode == 0, after.stderr
