@@ -4,12 +4,15 @@ holds, written before the engine's prepare call and removed once that hold has e
 An agent killed outright (SIGKILL, the OOM killer, a crash) cannot release what it held, and the
 agent started after it knows nothing of that run from memory: the record is how it finds the
 hold to release it (docs/agent.md, "An engine left held"). One file per agent, named after its
-node and its engine (type and data paths), so agents sharing a host and a state directory never
-read each other's.
+node and its engine (type and resolved database paths), so agents sharing a host and a state
+directory never read each other's; beside it, ``hold-NODE-HASH.lock``, flocked for the agent's
+life, so that no second agent of that node and database loads the record while the first lives.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import logging
@@ -52,23 +55,86 @@ class HoldRecords:
     read after a kill is the old one or the new one, never half of either."""
 
     def __init__(self, directory: Path, node: str, engine_type: str, data_paths: list[Path]) -> None:
-        identity = "\0".join([engine_type, *(str(p) for p in data_paths)])
+        # Resolved: a record named after a symlink's path was orphaned once the link changed.
+        self.directory, self.node = directory, node
+        self.paths = [str(Path(p).resolve()) for p in data_paths]
+        identity = "\0".join([engine_type, *self.paths])
         digest = hashlib.sha256(identity.encode()).hexdigest()[:12]
         self.path = directory / f"hold-{node}-{digest}.json"
+        self.lock_path = self.path.with_suffix(".lock")
+        self._lock_fd: int | None = None
+
+    def lock(self, config_source: str | Path) -> None:
+        """Take the record for this process (exit 2 if another agent has it), before it is loaded.
+
+        The database claim (node_agent/exclusive.py) is an abstract socket, seen in one network
+        namespace only: a second agent in another loaded the first's live record and released its
+        hold. A flock is the kernel's, across namespaces, and dies with the process, SIGKILL too."""
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise BadInputError(f"cannot open the agent's lock file {self.lock_path}: {os_reason(exc)}",
+                                hint=f"the state_dir set in {config_source} must be the agent's own (chmod 700)") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise BadInputError(f"cannot lock {self.lock_path}: {os_reason(exc)}") from exc
+            raise BadInputError(
+                f"another snapctl-agent of node {self.node} on this database already runs with state_dir "
+                f"{self.directory} (it holds {self.lock_path.name}): two agents on one database release each "
+                "other's holds",
+                hint=f"stop the other agent (perhaps in another container or network namespace: "
+                     f"fuser -v {self.lock_path}), or point engine: in {config_source} at another database",
+            ) from None
+        self._lock_fd = fd  # never closed: closing it would hand the record to a second agent
+
+    def warn_of_others(self) -> None:
+        """One warning for each other record in the state_dir naming this node or this database:
+        an agent renamed, or its paths changed, orphans the record of a run it held. Left alone:
+        it may be another live agent's."""
+        try:
+            others = sorted(p for p in self.directory.glob("hold-*.json") if p != self.path)
+        except OSError:
+            return
+        for other in others:
+            named = ""
+            if other.name.startswith(f"hold-{self.node}-"):
+                named = f"node {self.node}"
+            else:
+                try:
+                    paths = json.loads(other.read_text()).get("paths") or []
+                except (OSError, ValueError, AttributeError):
+                    continue
+                shared = [p for p in self.paths if p in paths]
+                if shared:
+                    named = f"the database at {shared[0]}"
+            if named:
+                log.warning("another hold record %s names %s, and this agent's record is %s: left alone; if it "
+                            "is an earlier name of this agent's, release the hold it names by hand and remove it "
+                            "(docs/agent.md, \"An engine left held\")", other, named, self.path.name)
 
     def write(self, record: HoldRecord, *, durable: bool = True) -> None:
         """``durable=False``: no fsync, for a record rewritten while the engine is held (each fsync
         there lengthens the freeze); the rename alone is atomic against a killed process, and the
         record it refines was written durably."""
         tmp = self.path.with_suffix(".json.tmp")
+        # The node and the paths: so that a later agent under another name can tell it is its own.
+        text = json.dumps({**json.loads(record.to_json()), "node": self.node, "paths": self.paths}, indent=1)
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            # Unlinked, then created anew and never followed: a temp file planted (a symlink to
+            # another file) in a state_dir others could write was written through, then renamed.
+            tmp.unlink(missing_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             with open(fd, "w") as handle:
-                handle.write(record.to_json() + "\n")
+                handle.write(text + "\n")
                 handle.flush()
                 if durable:
                     os.fsync(handle.fileno())
             os.replace(tmp, self.path)
+            if durable:
+                _fsync_directory(self.directory)  # the rename itself, else lost with the power
         except OSError as exc:
             raise EngineError(f"cannot write the hold record {self.path}: {os_reason(exc)}",
                               hint="the agent's state_dir must stay writable by its user (docs/agent.md)") from exc
@@ -92,9 +158,20 @@ class HoldRecords:
     def remove(self) -> None:
         try:
             self.path.unlink(missing_ok=True)
+            # Else a power loss can bring back the record of a hold that had ended, for the next
+            # start to act on.
+            _fsync_directory(self.directory)
         except OSError as exc:
             # Harmless at the next start: what the record names is released only if it is that run's.
             log.warning("cannot remove the hold record %s: %s", self.path, os_reason(exc))
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def default_state_dir(env: Mapping[str, str]) -> Path:
@@ -116,5 +193,15 @@ def ready_state_dir(directory: Path, setting: str) -> Path:
     if not directory.is_dir() or not os.access(directory, os.W_OK | os.X_OK):
         raise BadInputError(f"the agent's state_dir {directory} is not a directory its user can write",
                             hint=f"set state_dir in {setting} to a directory the agent's user can write")
+    # Whoever else can write there can plant a record (released at the next start) or a symlink
+    # for the agent to write through, or hold the lock file and keep the agent from starting.
+    st = directory.stat()
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        owner = "not owned by the agent's user" if st.st_uid != os.geteuid() else "writable by others"
+        raise BadInputError(
+            f"the agent's state_dir {directory} is {owner} (uid {st.st_uid}, mode {st.st_mode & 0o7777:04o}): "
+            "another user could plant or remove the agent's hold record there",
+            hint=f"chown {os.geteuid()} {directory} && chmod 700 {directory}, or set state_dir in {setting} "
+                 "to a directory of the agent's own")
     return directory
 

@@ -80,7 +80,15 @@ def main(argv: list[str] | None = None) -> int:
         engine.close()
         sock.close()
         return _fail(exc)
-    records = HoldRecords(state_dir, config.node, settings.type, engine.data_paths())
+    db_path = getattr(engine, "db_path", None)  # SQLite: the file, so two in one directory differ
+    records = HoldRecords(state_dir, config.node, settings.type, [db_path] if db_path else engine.data_paths())
+    try:
+        records.lock(config.source)  # before the record is loaded (AgentService): it may be a live agent's
+    except SnapctlError as exc:
+        engine.close()
+        sock.close()
+        return _fail(exc)
+    records.warn_of_others()
     return _serve(config, token, metrics_token, engine, sock, records)
 
 
