@@ -6,13 +6,14 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 
-from tests.agent.conftest import AGENT_BIN, TOKEN, agent_process, make_db, try_write, write_config
+from tests.agent.conftest import AGENT_BIN, TOKEN, agent_process, make_db, try_write, wait_until, write_config
 from tests.conftest import free_port
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -98,3 +99,70 @@ def test_tarantool_starts_in_the_work_dir_of_a_running_agent(tmp_path: Path) -> 
         started = subprocess.run(["tarantool", "-e", f"box.cfg{{work_dir = '{work_dir}'}} print('up') os.exit(0)"],
                                  capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert started.returncode == 0 and started.stdout.strip() == "up", started.stderr[-2000:]
+
+
+def squat(name: bytes, *, uid: int | None, listen: bool) -> subprocess.Popen[str]:
+    """A process that binds the claim's abstract name, as ``uid``, and waits: what any local user can do."""
+    code = ("import socket, sys; s = socket.socket(socket.AF_UNIX); s.bind(bytes.fromhex(sys.argv[1])); "
+            f"{'s.listen(1); ' if listen else ''}print('bound', flush=True); sys.stdin.read()")
+    # The system's python: nobody may not read the test's own (a pyenv under /root).
+    python = shutil.which("python3", path="/usr/bin:/bin") if uid is not None else sys.executable
+    if python is None:
+        pytest.skip("no python3 in /usr/bin or /bin for another user to run")
+    proc = subprocess.Popen([python, "-c", code, name.hex()], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, user=uid, group=uid, extra_groups=[] if uid is not None else None)
+    assert proc.stdout is not None and proc.stdout.readline() == "bound\n"
+    return proc
+
+
+@pytest.mark.parametrize("who", ["another uid, listening", "a process not listening"])
+def test_a_claim_squatted_by_what_is_not_our_agent_is_warned_about_and_the_agent_serves(tmp_path: Path, db: Path,
+                                                                                        who: str) -> None:
+    from node_agent.exclusive import _abstract_name
+
+    other_uid = who.startswith("another uid")
+    if other_uid and os.geteuid() != 0:
+        pytest.skip("running a process as another user (nobody) takes root")
+    squatter = squat(_abstract_name(db, True), uid=65534 if other_uid else None, listen=other_uid)
+    try:
+        with agent_process(write_config(tmp_path, db)) as agent:
+            prepared = httpx.post(agent.url + "/v1/prepare", json={"run_id": "r1", "lease_s": 60}, headers=AUTH)
+            assert prepared.status_code == 200, prepared.text
+            assert httpx.post(agent.url + "/v1/complete", json={"run_id": "r1"}, headers=AUTH).json()["released"]
+        held_by = f"uid 65534 (pid {squatter.pid})" if other_uid else "a process that does not listen on it"
+        assert (f"WARNING snapctl.agent: the claim on the sqlite database at {db} is held by {held_by}, not by a "
+                "snapctl-agent of this user: serving without it\n") in agent.log
+    finally:
+        squatter.kill()
+        squatter.wait()
+
+
+def test_one_path_in_two_mount_namespaces_is_two_databases(tmp_path: Path) -> None:
+    # Two containers sharing the host's network, each with its own /var/lib/...: a tmpfs over the
+    # data directory, seen only in the second agent's mount namespace.
+    if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("cannot make a mount namespace here (unshare -m)")
+    data = tmp_path / "data"
+    data.mkdir()
+    settings = {"type": "tarantool", "work_dir": str(data)}
+    with agent_process(engine_config(tmp_path / "a", settings)):
+        second_config = engine_config(tmp_path / "b", settings)
+        with open(second_config, "a") as config:
+            config.write("state_dir: state\n")  # each container its own, as the first's is
+        port = free_port()
+        second = subprocess.Popen(["unshare", "-m", "sh", "-c", 'mount -t tmpfs tmpfs "$0" && exec "$@"', str(data),
+                                   str(AGENT_BIN), "--config", str(second_config), "--port", str(port)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            def up() -> bool:
+                if second.poll() is not None:
+                    raise AssertionError(f"the second agent exited with {second.returncode}:\n{second.stdout.read()}")
+                try:
+                    return httpx.get(f"http://127.0.0.1:{port}/v1/health", timeout=1).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            wait_until(up, what="the second agent to answer /v1/health")
+        finally:
+            second.terminate()
+            second.wait(timeout=30)
