@@ -74,7 +74,8 @@ class HoldRecords:
             fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise BadInputError(f"cannot open the agent's lock file {self.lock_path}: {os_reason(exc)}",
-                                hint=f"the state_dir set in {config_source} must be the agent's own (chmod 700)") from exc
+                                hint=f"the state_dir set in {config_source} must be the agent's own (chmod 700)",
+                                ) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

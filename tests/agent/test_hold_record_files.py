@@ -46,7 +46,8 @@ def test_a_second_agent_in_another_network_namespace_exits_2_and_the_first_agent
         pytest.skip("cannot make a network namespace here (unshare -n)")
     config = write_config(tmp_path, db, extra="state_dir: state\n")
     with agent_process(config) as first:
-        assert httpx.post(first.url + "/v1/prepare", json={"run_id": "r1", "lease_s": 60}, headers=AUTH).status_code == 200
+        prepared = httpx.post(first.url + "/v1/prepare", json={"run_id": "r1", "lease_s": 60}, headers=AUTH)
+        assert prepared.status_code == 200, prepared.text
         [record] = (tmp_path / "state").glob("hold-n1-*.json")
         before = record.read_text()
         # Its own network: the abstract-socket claim of the first is not seen there.
