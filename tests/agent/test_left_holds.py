@@ -272,3 +272,21 @@ def test_the_record_goes_when_the_hold_ends_by_expiry_or_a_failed_prepare(tmp_pa
         assert not book.path.exists() and service.lease is None
     finally:
         service.close()
+
+
+def test_a_checkpoint_that_cannot_be_told_from_another_clients_is_left_alone_and_said(tmp_path: Path) -> None:
+    # Before 8.1.1 the server never says when its checkpoint began: the dead run's, or a DBA's?
+    with FakeQuestDB("7.3.10") as legacy:
+        config = questdb_config(tmp_path, legacy)
+        with agent_process(config) as agent:
+            assert post(agent, "/v1/prepare", run_id="r1", lease_s=600).status_code == 200
+            agent.stop(signal.SIGKILL)
+        assert records(tmp_path / "state")[0]["facts"]["server_since"] is None
+        with agent_process(config) as again:
+            said = status(again)["engine"]["details"]["releasing"]
+            assert "cannot be told from another client's: left alone" in said and "release it by hand" in said
+            refused = post(again, "/v1/prepare", run_id="r2", lease_s=60)
+            assert refused.status_code == 409 and refused.json()["holder"] == "r1", refused.text
+            assert legacy.held and "SNAPSHOT COMPLETE" not in legacy.queries
+        assert len(records(tmp_path / "state")) == 1  # kept for the operator (docs/agent.md)
+    assert "cannot be told from another client's" in again.log
