@@ -115,6 +115,17 @@ class HoldBook:
         if self.records is not None and self.left is None:  # the left hold's record stays until it is released
             self.records.remove()
 
+    def details(self) -> dict[str, str]:
+        """What ``/v1/status`` adds to ``engine.details`` for the record: a left hold, and records
+        moved aside as unreadable (snapctl status: a finding), said until deleted by hand."""
+        said = self.left.details() if self.left is not None else {}
+        if self.records is not None and (aside := self.records.unreadable()):
+            more = f" (and {len(aside) - 1} more)" if len(aside) > 1 else ""
+            said["unreadable_hold_record"] = (
+                f"a hold record the agent could not read was moved to {aside[0]}{more}: a hold it named, "
+                "if any, was not released")
+        return said
+
     def due(self) -> bool:
         return self.left is not None and self._clock() >= self.left.retry_mono
 

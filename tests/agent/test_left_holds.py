@@ -290,3 +290,36 @@ def test_a_checkpoint_that_cannot_be_told_from_another_clients_is_left_alone_and
             assert legacy.held and "SNAPSHOT COMPLETE" not in legacy.queries
         assert len(records(tmp_path / "state")) == 1  # kept for the operator (docs/agent.md)
     assert "cannot be told from another client's" in again.log
+
+
+@pytest.mark.parametrize("cut", ["truncated", "empty"])
+def test_an_unreadable_record_is_moved_aside_and_said_until_deleted(tmp_path: Path, db: Path, cut: str) -> None:
+    # A power loss before the record reached the disk, or a hand edit: the hold it named is unknown,
+    # and the next prepare's record must not overwrite the only word of it.
+    from node_agent.models import AgentStatus
+    from snapctl.config import parse_inventory
+    from snapctl.health import NodeProbe, assess
+
+    config = write_config(tmp_path, db, extra="state_dir: state\n")
+    with agent_process(config) as agent:
+        assert post(agent, "/v1/prepare", run_id="r1", lease_s=600).status_code == 200
+        agent.stop(signal.SIGKILL)
+    [path] = (tmp_path / "state").glob("hold-*.json")
+    kept = path.read_bytes()[:20] if cut == "truncated" else b""
+    path.write_bytes(kept)
+    with agent_process(config) as again:
+        aside = path.with_name(path.name + ".unreadable")
+        assert not path.exists() and aside.read_bytes() == kept
+        said = status(again)
+        assert said["engine"]["details"]["unreadable_hold_record"] == (
+            f"a hold record the agent could not read was moved to {aside}: a hold it named, if any, was not released")
+        inventory = parse_inventory("cluster: c\nprovider: {type: local}\n"
+                                    f"nodes: [{{name: n1, agent: '{again.url}'}}]")
+        [finding] = assess(inventory, [NodeProbe("n1", status=AgentStatus.model_validate(said))]).findings
+        assert finding.severity == "degraded" and "release it by hand, then delete that file" in finding.hint
+        assert post(again, "/v1/prepare", run_id="r2", lease_s=60).status_code == 200
+        assert post(again, "/v1/complete", run_id="r2").json()["released"] is True
+        assert aside.read_bytes() == kept and "unreadable_hold_record" in status(again)["engine"]["details"]
+        aside.unlink()  # the operator's last step (docs/agent.md)
+        assert "unreadable_hold_record" not in status(again)["engine"]["details"]
+    assert f"the hold record {path} cannot be read" in again.log and f"moved to {aside}" in again.log
