@@ -96,8 +96,10 @@ class AgentService:
         # (docs/agent.md, "An engine left held"); None (embedded agents): nowhere.
         self._book = HoldBook(hold_records, engine, engine_type or engine.name, clock, self._engine_busy)
         if self._book.left is not None:
-            self._remember_ended(self._book.left.run_id, LOST_WITH_AGENT)  # never adopted: see left_hold
-            self._book.release_left()
+            # Never adopted (see left_hold). Released by the watcher, first thing: here, an engine that
+            # hangs kept the port bound and unserved for its calls' timeouts. Meanwhile a prepare or
+            # the dead run's complete waits for the lock, then tries the release itself (refuse_if_left).
+            self._remember_ended(self._book.left.run_id, LOST_WITH_AGENT)
         self._watcher = threading.Thread(target=self._watch, name=f"lease-watcher-{node}", daemon=True)
         self._watcher.start()
 
