@@ -151,10 +151,29 @@ class HoldRecords:
         try:
             return HoldRecord.from_json(text)
         except (ValueError, KeyError, TypeError) as exc:
-            # Never half-written (see write): edited by hand. Left for the operator, not guessed at.
-            log.error("the hold record %s cannot be read (%s): left alone; a hold it names is not released",
-                      self.path, exc)
+            # Edited by hand, or cut short by a power loss: not guessed at. Moved aside, bytes kept,
+            # or the next prepare's record would overwrite the only word of a hold it may name.
+            aside = self._move_aside()
+            log.error("the hold record %s cannot be read (%s): %s; a hold it names is not released "
+                      "(docs/agent.md, 'an engine left held')", self.path, exc if text.strip() else "empty",
+                      f"moved to {aside}" if aside else "left in place")
             return None
+
+    def unreadable(self) -> list[Path]:
+        """Records moved aside as unreadable, at this start or an earlier one, until deleted by hand."""
+        return sorted(self.path.parent.glob(f"{self.path.name}.unreadable*"))
+
+    def _move_aside(self) -> Path | None:
+        for n in range(100):  # an earlier one is evidence too: never renamed over
+            aside = self.path.with_name(f"{self.path.name}.unreadable" + (f".{n}" if n else ""))
+            if not aside.exists():
+                try:
+                    os.rename(self.path, aside)
+                except OSError as exc:
+                    log.error("cannot move the unreadable hold record %s aside: %s", self.path, os_reason(exc))
+                    return None
+                return aside
+        return None
 
     def remove(self) -> None:
         try:

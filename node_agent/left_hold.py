@@ -34,6 +34,7 @@ class LeftHold:
     record: HoldRecord
     error: str | None = None  # why the last release failed
     retry_mono: float = 0.0  # when the watcher tries again
+    tried: bool = False  # the first release, the watcher's at start, has been tried
 
     @property
     def run_id(self) -> str:
@@ -44,6 +45,9 @@ class LeftHold:
         release: snapctl shows it as a critical finding no --force overrides, as for an expired lease
         the engine would not release. Not while the engine only cannot tell yet whether the dead
         prepare will still take effect: nothing is held then, so nothing is said to be."""
+        if not self.tried:
+            return {"releasing": f"the hold of run {self.run_id}, left by an agent process that died, is being "
+                                 "released (the agent's first try since it started)"}
         if self.error is not None:
             return {"releasing": f"the hold of run {self.run_id}, left by an agent process that died, is not "
                                  f"released yet: {self.error}"}
@@ -115,6 +119,17 @@ class HoldBook:
         if self.records is not None and self.left is None:  # the left hold's record stays until it is released
             self.records.remove()
 
+    def details(self) -> dict[str, str]:
+        """What ``/v1/status`` adds to ``engine.details`` for the record: a left hold, and records
+        moved aside as unreadable (snapctl status: a finding), said until deleted by hand."""
+        said = self.left.details() if self.left is not None else {}
+        if self.records is not None and (aside := self.records.unreadable()):
+            more = f" (and {len(aside) - 1} more)" if len(aside) > 1 else ""
+            said["unreadable_hold_record"] = (
+                f"a hold record the agent could not read was moved to {aside[0]}{more}: a hold it named, "
+                "if any, was not released")
+        return said
+
     def due(self) -> bool:
         return self.left is not None and self._clock() >= self.left.retry_mono
 
@@ -127,15 +142,21 @@ class HoldBook:
     def release_left(self) -> None:
         left = self.left
         assert left is not None and self.records is not None
+        if not left.tried:  # an engine that hangs keeps this waiting: the log says what the agent does
+            timeout = getattr(getattr(self.engine, "settings", None), "timeout_s", None)
+            log.info("releasing what run %s left held on the engine, found in its hold record%s", left.run_id,
+                     f" (each engine call waits up to {timeout:g}s)" if timeout else "")
         try:
             with self._busy(f"release of what run {left.run_id} left held"):
                 outcome = release_left(self.engine, left.record)
         except Exception as exc:  # noqa: BLE001 - the engine is down: the watcher tries again
+            left.tried = True
             if left.error is None:
                 log.error("the agent process before this one died while run %s held the engine, and the engine "
                           "would not release: %s; retrying every %gs until it does", left.run_id, exc, RETRY_S)
             left.error, left.retry_mono = str(exc), self._clock() + RETRY_S
             return
+        left.tried = True
         if outcome is None:  # the engine answers, but cannot tell yet: asked again
             left.error, left.retry_mono = None, self._clock() + RETRY_S
             return

@@ -96,8 +96,10 @@ class AgentService:
         # (docs/agent.md, "An engine left held"); None (embedded agents): nowhere.
         self._book = HoldBook(hold_records, engine, engine_type or engine.name, clock, self._engine_busy)
         if self._book.left is not None:
-            self._remember_ended(self._book.left.run_id, LOST_WITH_AGENT)  # never adopted: see left_hold
-            self._book.release_left()
+            # Never adopted (see left_hold). Released by the watcher, first thing: here, an engine that
+            # hangs kept the port bound and unserved for its calls' timeouts. Meanwhile a prepare or
+            # the dead run's complete waits for the lock, then tries the release itself (refuse_if_left).
+            self._remember_ended(self._book.left.run_id, LOST_WITH_AGENT)
         self._watcher = threading.Thread(target=self._watch, name=f"lease-watcher-{node}", daemon=True)
         self._watcher.start()
 
@@ -161,14 +163,13 @@ class AgentService:
 
     def _with_release_error(self, engine: EngineStatus) -> EngineStatus:
         """An expired lease the engine would not release is said in ``details["releasing"]``: the
-        wire's lease has no field for it, and a snapctl of an older version must still read it."""
-        lease, left = self._lease, self._book.left
-        if left is not None:
-            return engine.model_copy(update={"details": {**engine.details, **left.details()}})
-        if lease is None or not lease.releasing:
-            return engine
-        releasing = f"the lease of run {lease.run_id} expired and the engine would not release: {lease.release_error}"
-        return engine.model_copy(update={"details": {**engine.details, "releasing": releasing}})
+        wire's lease has no field for it, and a snapctl of an older version must still read it. So
+        is what the hold record says (a left hold, a record moved aside as unreadable)."""
+        lease, said = self._lease, self._book.details()
+        if self._book.left is None and lease is not None and lease.releasing:
+            said["releasing"] = (f"the lease of run {lease.run_id} expired and the engine would not release: "
+                                 f"{lease.release_error}")
+        return engine.model_copy(update={"details": {**engine.details, **said}}) if said else engine
 
     # ---- the lease ----------------------------------------------------------------------
 

@@ -224,6 +224,10 @@ def assess_node(probe: NodeProbe, *, for_backup: bool = False, released_by_prepa
         # either blocks every backup and the engine's own checkpoints and cleanup while it lasts.
         add(Finding("critical", node, f"{HELD_ELSEWHERE}{engine.held_by or 'someone else'} (not this agent)",
                     forceable=released_by_prepare, hint=held_elsewhere_hint(engine)))
+    if unreadable := engine.details.get("unreadable_hold_record"):
+        add(Finding("degraded", node, unreadable,
+                    hint=f"check {node}'s engine for a hold no run of yours makes, release it by hand, then "
+                         "delete that file (docs/agent.md, 'an engine left held')"))
     if busy and engine.details.get("busy_status_query"):  # nothing long by nature: the engine is slow or hung
         add(Finding("critical" if for_backup else "degraded", node,
                     f"engine slow to answer: {busy} (what is shown is from its last answer)"))

@@ -9,11 +9,8 @@ during the window, so a restore must hold at least those rows (``exact=False``).
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import re
-import stat
 import time
 import uuid
 from dataclasses import dataclass
@@ -25,6 +22,7 @@ import httpx
 from pydantic import Field
 
 from node_agent.engines.base import EngineSettings, split_user_info
+from node_agent.engines.questdb_conf import write_instance_id
 from node_agent.models import EngineState, EngineStatus, JobResult, TableFacts, VerifyFacts
 from snapctl.errors import EngineBusy, EngineError
 from snapctl.timestamps import utc_text
@@ -35,7 +33,6 @@ _BUILD = re.compile(r"QuestDB\s+(\d+)\.(\d+)\.(\d+)")
 _FIRST_CHECKPOINT_VERSION = (8, 1, 1)
 _RESTORE_MARKER_VERSION = (8, 0, 0)
 _RACE_BACKOFF_S = (0.05, 0.1, 0.2, 0.4, 0.8)
-_INSTANCE_ID_KEY = "cairo.snapshot.instance.id"
 # QuestDB's own bookkeeping tables: their rows change on every start, so they are no evidence.
 _SYSTEM_TABLES = re.compile(r"^(sys\.|telemetry$|telemetry_config$)")
 
@@ -210,10 +207,12 @@ class QuestDBEngine:
 
     def release_recorded_hold(self, run_id: str, began_at: datetime, facts: dict[str, Any]) -> str | None:
         """Release the checkpoint an agent process that died left for ``run_id``, as its hold record
-        tells it, and never another client's: one that began at the recorded start, or, where the
-        create was never answered, one that began while the create could still run (from ``began_at``
-        on, within ``late_create_window_s``). What was done, in words; None while such a create may
-        still come (asked again)."""
+        tells it, and never another client's: one that began at the recorded start; where that start
+        was never read, one that began while the prepare could have made it; where the create was
+        never answered, one that began while it could still run (both from ``began_at`` on, within
+        ``late_create_window_s``). What was done, in words; None while such a create may still come
+        (asked again). Raises ``EngineError`` (asked again) while the server does not say when the
+        checkpoint it holds began: it cannot be told from another client's."""
         self._detect_version()
         verbs = LEGACY if facts.get("verbs") == "legacy" else CHECKPOINT if facts else self._verbs_to_try()[0]
         if not facts.get("created"):
@@ -225,13 +224,25 @@ class QuestDBEngine:
             return ("no checkpoint of its came" if passed else
                     "released the questdb checkpoint its create made, whose answer it never read")
         held, since = self._checkpoint_status()
+        if held is False:
+            return "no checkpoint of its was held"
         recorded = _parse_timestamp(facts.get("server_since"))
-        if held is False or (held and not _same_start(since, recorded)):
-            return ("no checkpoint of its was held" if not held else
-                    f"the checkpoint held now began at {utc_text(since)}, not at its "
-                    f"{utc_text(recorded) if recorded else '?'}: another client's, left alone")
+        if since is None:
+            # Before 8.1.1 (or a status without a start) any client's checkpoint looks the same:
+            # releasing it could end another tool's backup. Asked again, so a release by hand ends it.
+            raise EngineError(
+                f"questdb at {self.url} does not say when the checkpoint held now began (checkpoint_status() "
+                "needs 8.1.1), so it cannot be told from another client's: left alone",
+                hint=f"if it is run {run_id}'s, release it by hand ({verbs.release}), then remove the agent's "
+                     "hold record and restart the agent (docs/agent.md, 'an engine left held')")
+        if recorded is not None and not _same_start(since, recorded):
+            return f"the checkpoint held now began at {utc_text(since)}, not at its {utc_text(recorded)}: " \
+                   "another client's, left alone"
+        if recorded is None and not _began_within_prepare(since, began_at, self.settings.late_create_window_s):
+            return (f"the checkpoint held now began at {utc_text(since)}, not while its prepare (from "
+                    f"{utc_text(began_at)}) could have made it: another client's, left alone")
         self._retry_race(verbs.release, time.monotonic() + self.settings.timeout_s)
-        return f"released its questdb checkpoint (since {utc_text(since) if since else 'an unknown time'})"
+        return f"released its questdb checkpoint (since {utc_text(since)})"
 
     def tidy(self) -> bool:
         """Release the checkpoint a create whose answer was lost made, should it have come since
@@ -296,7 +307,7 @@ class QuestDBEngine:
         if version is None or version >= _RESTORE_MARKER_VERSION:
             (root / "_restore").touch()
         if version is None or version < _RESTORE_MARKER_VERSION:
-            _write_instance_id(root / "conf" / "server.conf", uuid.uuid4().hex)
+            write_instance_id(root / "conf" / "server.conf", uuid.uuid4().hex)
 
     def data_paths(self) -> list[Path]:
         return [self.root]
@@ -467,6 +478,16 @@ def _same_start(since: datetime | None, ours: datetime | None) -> bool:
     return abs((since - ours).total_seconds()) <= _SAME_START_S
 
 
+def _began_within_prepare(since: datetime, began_at: datetime, window_s: float) -> bool:
+    """Whether a checkpoint begun at ``since`` may be the one a prepare begun at ``began_at`` made,
+    when its own start was never read (the status read after its create failed). Its create was
+    answered within that prepare, whose calls are each bounded by timeout_s; late_create_window_s
+    bounds even a create whose answer was lost, so it bounds this one too. The clock slack is as
+    for a lost create: the server's clock and the agent's may differ by that much."""
+    slack = timedelta(seconds=_CLOCK_SLACK_S)
+    return began_at - slack <= since <= began_at + timedelta(seconds=window_s) + slack
+
+
 def _parse_timestamp(value: Any) -> datetime | None:
     if not value:
         return None
@@ -474,28 +495,3 @@ def _parse_timestamp(value: Any) -> datetime | None:
         return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     except ValueError:
         return None
-
-
-def _write_instance_id(conf: Path, instance_id: str) -> None:
-    """Set ``cairo.snapshot.instance.id`` so a pre-8 server sees a new instance and runs recovery."""
-    lines = conf.read_text().splitlines() if conf.exists() else []
-    kept = [line for line in lines if not line.strip().startswith(_INSTANCE_ID_KEY)]
-    kept.append(f"{_INSTANCE_ID_KEY}={instance_id}")
-    conf.parent.mkdir(parents=True, exist_ok=True)
-    tmp = conf.with_suffix(".conf.snapctl-tmp")
-    # server.conf may hold QuestDB's passwords (pg.password, http.password): the copy that replaces
-    # it keeps its mode and owner, not the agent's umask (0644 under 022 made it readable by all).
-    try:
-        before = conf.stat()
-    except FileNotFoundError:
-        before = None
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600 if before else 0o644)
-    with open(fd, "w") as handle:
-        if before is not None:
-            os.fchmod(fd, stat.S_IMODE(before.st_mode))
-            with contextlib.suppress(OSError):  # only root may give a file away; the agent's user owns it then
-                os.fchown(fd, before.st_uid, before.st_gid)
-        handle.write("\n".join(kept) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, conf)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -167,3 +168,47 @@ def test_a_checkpoint_begun_within_the_late_create_window_is_still_taken_for_a_l
         assert not fake.held
     finally:
         service.close()
+
+
+# ---- release_recorded_hold: what an agent process that died left, from its hold record ----------
+
+def test_a_record_without_the_checkpoints_start_leaves_one_begun_after_its_prepare_alone(fake, tmp_path) -> None:
+    # server_since is null when the status read after the create failed: the start is then bounded
+    # by the prepare, not taken as "any checkpoint" (another client's backup was released).
+    engine = engine_for(fake, tmp_path, late_create_window_s=60)
+    try:
+        fake.hold_as_someone_else()
+        theirs = fake.held_since
+        began = theirs - timedelta(hours=1)
+        said = engine.release_recorded_hold("run-dead", began, {"created": True, "server_since": None})
+        assert "another client's, left alone" in said and "not while its prepare" in said
+        assert fake.held_since == theirs and releases(fake) == 0
+    finally:
+        engine.close()
+
+
+def test_a_record_without_the_checkpoints_start_releases_the_one_its_prepare_made(fake, tmp_path) -> None:
+    engine = engine_for(fake, tmp_path)
+    try:
+        began = datetime.now(UTC)
+        fake.hold_as_someone_else()  # as the dead run's create did, a moment after its prepare began
+        said = engine.release_recorded_hold("run-dead", began, {"created": True, "server_since": None})
+        assert said.startswith("released its questdb checkpoint") and not fake.held and releases(fake) == 1
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize("version", ["7.3.10", "9.3.2"])
+def test_a_checkpoint_whose_start_the_server_does_not_say_is_left_alone_and_said(tmp_path, version) -> None:
+    with FakeQuestDB(version) as fake:
+        if version == "9.3.2":
+            fake.started_at_unknown = True  # held, but no start in checkpoint_status()
+        fake.held_since = datetime.now(UTC)
+        engine = engine_for(fake, tmp_path)
+        try:
+            with pytest.raises(EngineError, match="cannot be told from another client's: left alone") as caught:
+                engine.release_recorded_hold("run-dead", datetime.now(UTC), {"created": True, "server_since": None})
+            assert "release it by hand" in str(caught.value)
+            assert fake.held and not any(q in fake.queries for q in ("CHECKPOINT RELEASE", "SNAPSHOT COMPLETE"))
+        finally:
+            engine.close()

@@ -104,7 +104,9 @@ def test_a_prepare_a_killed_agent_left_in_box_snapshot_is_cancelled_by_the_next_
         kill_an_agent_in_box_snapshot(single, config, "run-dead")
         with agent_process(config) as second:
             assert state(single)["busy"], "the checkpoint finished before the agent started: the test proves nothing"
-            assert "run-dead" in cancelled_runs(single)  # at its start, before any complete came
+            # At its start (its lease watcher's first call), before any complete came.
+            wait_until(lambda: "run-dead" in cancelled_runs(single), timeout_s=10,
+                       what="the cancel at the agent's start")
             complete = _post(second.url, "/v1/complete", {"run_id": "run-dead"})
             assert complete.status_code == 200 and complete.json()["released"] is False, complete.text
             wait_until(lambda: not state(single)["busy"], timeout_s=60, what="the checkpoint")

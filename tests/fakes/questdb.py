@@ -58,6 +58,7 @@ class FakeQuestDB(FakeServer):
         # connections until ``listen_again()``: the server went down between two requests.
         self.down_after: str | None = None
         self._creating = 0
+        self.started_at_unknown = False  # True: checkpoint_status() says held, with a null started_at
         self.has_build = True  # False: a build without build(), so the adapter must probe the syntax
         self.queries: list[str] = []
 
@@ -122,7 +123,8 @@ class FakeQuestDB(FakeServer):
         if lowered == "select * from checkpoint_status()":
             if not self.modern:
                 return self._error(query, "unknown function name: checkpoint_status()", 14)
-            started = self.held_since.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if self.held_since else None
+            started = (self.held_since.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+                       if self.held_since and not self.started_at_unknown else None)
             return self._select(query, [("in_progress", "BOOLEAN"), ("started_at", "TIMESTAMP")],
                                 [[self.held, started]])
         if lowered == "select tablename,rowcount from table_storage()":
