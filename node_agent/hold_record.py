@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from snapctl.errors import BadInputError, EngineError, os_reason
+from snapctl.fsmodes import fsync_dir
 from snapctl.timestamps import parse_utc, utc_text
 
 log = logging.getLogger("snapctl.agent")
@@ -135,7 +136,7 @@ class HoldRecords:
                     os.fsync(handle.fileno())
             os.replace(tmp, self.path)
             if durable:
-                _fsync_directory(self.directory)  # the rename itself, else lost with the power
+                fsync_dir(self.directory)  # the rename itself, else lost with the power
         except OSError as exc:
             raise EngineError(f"cannot write the hold record {self.path}: {os_reason(exc)}",
                               hint="the agent's state_dir must stay writable by its user (docs/agent.md)") from exc
@@ -180,18 +181,10 @@ class HoldRecords:
             self.path.unlink(missing_ok=True)
             # Else a power loss can bring back the record of a hold that had ended, for the next
             # start to act on.
-            _fsync_directory(self.directory)
+            fsync_dir(self.directory)
         except OSError as exc:
             # Harmless at the next start: what the record names is released only if it is that run's.
             log.warning("cannot remove the hold record %s: %s", self.path, os_reason(exc))
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def default_state_dir(env: Mapping[str, str]) -> Path:

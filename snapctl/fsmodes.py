@@ -53,3 +53,13 @@ def remove_tree(path: Path) -> None:
             if not os.path.islink(child):
                 os.chmod(child, stat.S_IRWXU)
     shutil.rmtree(path)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename, creation or removal in ``path`` durable: without it the entry can be lost with
+    the power though the file's own bytes were fsynced."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

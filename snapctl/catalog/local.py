@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from snapctl.errors import BadInputError, CatalogError, os_reason
-from snapctl.fsmodes import make_dirs, open_private
+from snapctl.fsmodes import fsync_dir, make_dirs, open_private
 
 # A live writer's temp file lives for as long as one write takes: milliseconds, seconds on a slow
 # share. Ten minutes is far past any write, and short enough that a weekly gc finds every one.
@@ -69,7 +69,7 @@ class LocalBlobStore:
             except BaseException:
                 _unlink_quietly(temp)
                 raise
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         except OSError as exc:
             raise CatalogError(f"cannot write {path}: {os_reason(exc)}", hint=_permission_hint(exc, path)) from exc
 
@@ -84,7 +84,7 @@ class LocalBlobStore:
                 return False
             finally:
                 _unlink_quietly(temp)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
             return True
         except OSError as exc:
             raise CatalogError(f"cannot create {path}: {os_reason(exc)}", hint=_permission_hint(exc, path)) from exc
@@ -106,7 +106,7 @@ class LocalBlobStore:
                 return
             except OSError as exc:
                 raise CatalogError(f"cannot delete {path}: {os_reason(exc)}") from exc
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
 
     def list(self, prefix: str) -> list[str]:
         keys = []
@@ -161,7 +161,7 @@ class LocalBlobStore:
             except OSError as exc:
                 raise CatalogError(f"cannot remove {path}: {os_reason(exc)}",
                                    hint=_permission_hint(exc, path)) from exc
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
             return True
 
     def check_writable(self, directory: str) -> None:
@@ -230,14 +230,6 @@ class LocalBlobStore:
             yield
         finally:
             os.close(lock_fd)  # closing drops the flock
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _unlink_quietly(path: Path) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from snapctl.errors import BadInputError, ProviderError, SnapshotNotFound, os_reason
-from snapctl.fsmodes import remove_tree
+from snapctl.fsmodes import fsync_dir, remove_tree
 from snapctl.providers import (
     TAG_CLUSTER,
     TAG_RUN,
@@ -56,7 +56,6 @@ from .store import (
     boot_id,
     check_part,
     filename_safe,
-    fsync_dir,
     mark_completed,
     mark_failed,
     mark_failed_without_room,

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from snapctl.errors import BadInputError, Interrupted, ProviderError, SnapshotNotFound, os_reason
-from snapctl.fsmodes import make_dirs, remove_tree
+from snapctl.fsmodes import fsync_dir, make_dirs, remove_tree
 from snapctl.providers import GONE_HINT, TAG_CLUSTER, RestoreTarget, SnapshotRef, check_restore_options, stop_requested
 
 from .copy import CopyStopped, FileCopier, TreeCopyError, can_reflink, copy_tree
@@ -28,7 +28,6 @@ from .store import (
     SnapshotStore,
     finish_restore_marker,
     finished_restore_marker,
-    fsync_dir,
     metadata_damage,
     read_metadata,
     read_restore_marker,

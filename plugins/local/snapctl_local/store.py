@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from snapctl.errors import ProviderError, os_reason
-from snapctl.fsmodes import make_dirs, open_private, remove_tree
+from snapctl.fsmodes import fsync_dir, make_dirs, open_private, remove_tree
 from snapctl.providers import TAG_CLUSTER
 from snapctl.timestamps import utc_text
 
@@ -340,14 +340,6 @@ def _write_json(target: Path, document: dict[str, Any], indent: int | None = 1, 
         raise
     if sync:
         fsync_dir(target.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class StoreBusy(ProviderError):
