@@ -57,22 +57,18 @@ local function snapctl_tables()
     end
     return tables
 end
-local function cancelled_attempts()
-    local cancelled = rawget(_G, '{CANCELLED_GLOBAL}')
-    if cancelled == nil then
-        cancelled = {{}}  -- attempt -> true, and the attempts in order in its array part
-        rawset(_G, '{CANCELLED_GLOBAL}', cancelled)
+local function global_table(name)
+    local t = rawget(_G, name)
+    if t == nil then
+        t = {{}}
+        rawset(_G, name, t)
     end
-    return cancelled
+    return t
 end
-local function cancelled_runs()
-    local runs = rawget(_G, '{CANCELLED_RUNS_GLOBAL}')
-    if runs == nil then
-        runs = {{}}
-        rawset(_G, '{CANCELLED_RUNS_GLOBAL}', runs)
-    end
-    return runs
-end
+-- attempt -> true, and the attempts in order in its array part
+local function cancelled_attempts() return global_table('{CANCELLED_GLOBAL}') end
+-- run -> until when (fiber.clock()) it stays cancelled
+local function cancelled_runs() return global_table('{CANCELLED_RUNS_GLOBAL}') end
 """
 
 STATUS_LUA = _LUA_HELPERS + "return snapctl_info()"
