@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from pathlib import Path
 
@@ -194,18 +193,10 @@ def test_a_prepare_the_agent_gave_up_on_never_pins_after_its_complete(tmp_path):
 def test_a_released_prepare_attempt_never_pins_though_its_budget_has_not_run_out(tmp_path):
     with TarantoolReplicaSet(tmp_path / "cancelled", size=1) as single:
         single.eval(SLOW_CHECKPOINT)
-        answers: list[object] = []
-        conn = single.connect(timeout_s=60)
-        prepare = threading.Thread(target=lambda: answers.append(
-            conn.eval(PREPARE_LUA, ["run-x", True, "attempt-1", 60, 60]).data[0]))
-        prepare.start()
-        try:
+        with single.evaluating(PREPARE_LUA, "run-x", True, "attempt-1", 60, 60) as answers:
             wait_until(lambda: not checkpoint_done(single), timeout_s=10, what="the checkpoint to start")
             # What the agent's complete sends for a prepare whose answer never came.
             assert single.eval(RELEASE_LUA, "run-x", "attempt-1")[0] == {"released": False}
-        finally:
-            prepare.join(timeout=30)
-            conn.close()
         assert answers == [{"given_up": True}] and not pinned(single)
         # The next attempt of the same run is another one: it pins.
         single.eval("box.cfg{snap_io_rate_limit = 1000}")

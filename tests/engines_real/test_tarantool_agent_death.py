@@ -138,17 +138,11 @@ def test_a_complete_that_could_not_ask_the_server_is_asked_again_so_the_late_pre
 def test_a_pin_that_came_after_a_complete_could_not_ask_the_server_is_released_by_the_next_prepare(tmp_path):
     with TarantoolReplicaSet(tmp_path / "next", size=1) as single:
         single.eval(SLOW_CHECKPOINT.replace("0.25", "0.5"))  # ~4 s
-        conn = single.connect(timeout_s=60)
-        dead = threading.Thread(target=lambda: conn.eval(PREPARE_LUA, ["run-dead", True, "attempt-1", 60, 54]))
-        dead.start()  # what a killed agent left running
-        try:
+        with single.evaluating(PREPARE_LUA, "run-dead", True, "attempt-1", 60, 54):  # what a killed agent left
             wait_until(lambda: state(single)["busy"], timeout_s=10, what="the checkpoint to start")
             engine = create_engine(single.engine_settings(timeout_s=0.5), base_dir=tmp_path)
             with single.instances[0].process.paused(), pytest.raises(EngineError, match="no answer"):
                 engine.release_left_hold("run-dead")
-        finally:
-            dead.join(timeout=30)
-            conn.close()
         assert state(single)["holder"] == "run-dead"  # the late pin: no cancellation reached the server
         single.eval("box.cfg{snap_io_rate_limit = 1000}")
         engine.prepare("run-next")
@@ -182,18 +176,10 @@ def test_a_run_completed_with_nothing_pinned_is_refused_by_its_own_prepares_unti
 def test_a_run_cancelled_by_an_agent_with_a_shorter_budget_still_stops_a_prepare_begun_with_a_longer_one(tmp_path):
     with TarantoolReplicaSet(tmp_path / "budgets", size=1) as single:
         single.eval(SLOW_CHECKPOINT.replace("0.25", "0.5"))  # ~4 s
-        answers: list[object] = []
-        conn = single.connect(timeout_s=60)
-        prepare = threading.Thread(target=lambda: answers.append(
-            conn.eval(PREPARE_LUA, ["run-long", True, "attempt-1", 60, 54]).data[0]))
-        prepare.start()
-        try:
+        with single.evaluating(PREPARE_LUA, "run-long", True, "attempt-1", 60, 54) as answers:
             wait_until(lambda: state(single)["busy"], timeout_s=10, what="the checkpoint to start")
             # What release_left_hold sends from an agent whose snapshot_timeout_s is 0.5 s.
             assert single.eval(RELEASE_LUA, "run-long", None, 0.5)[0] == {"released": False}
-        finally:
-            prepare.join(timeout=30)
-            conn.close()
         assert answers == [{"run_completed": True}] and state(single)["pinned"] is False
 
 

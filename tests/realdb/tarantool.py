@@ -12,6 +12,9 @@ Use it as a context manager: every process is killed on exit, whatever happened.
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -214,6 +217,21 @@ class TarantoolReplicaSet:
         try:
             return conn.eval(lua, list(args)).data
         finally:
+            conn.close()
+
+    @contextlib.contextmanager
+    def evaluating(self, lua: str, *args: Any) -> Iterator[list[Any]]:
+        """``lua`` evaluated meanwhile on a connection of its own, in a thread: a prepare a test cuts
+        across (a killed agent's, one whose answer never came). Its answer's first value is in the
+        list once the block has ended; the call is waited for (30 s at most) however it ends."""
+        answers: list[Any] = []
+        conn = self.connect(timeout_s=60)
+        call = threading.Thread(target=lambda: answers.append(conn.eval(lua, list(args)).data[0]))
+        call.start()
+        try:
+            yield answers
+        finally:
+            call.join(timeout=30)
             conn.close()
 
     def write(self, n: int) -> None:
