@@ -40,9 +40,9 @@ class HoldRecord:
     lease_expires_at: datetime  # as its prepare set it (renewals are not written: the record is for a dead agent)
     facts: dict[str, Any] = field(default_factory=dict)  # what the engine needs to find its hold again
 
-    def to_json(self) -> str:
-        return json.dumps({"run_id": self.run_id, "engine": self.engine, "began_at": utc_text(self.began_at),
-                           "lease_expires_at": utc_text(self.lease_expires_at), "facts": self.facts}, indent=1)
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "engine": self.engine, "began_at": utc_text(self.began_at),
+                "lease_expires_at": utc_text(self.lease_expires_at), "facts": self.facts}
 
     @classmethod
     def from_json(cls, text: str) -> HoldRecord:
@@ -123,7 +123,7 @@ class HoldRecords:
         record it refines was written durably."""
         tmp = self.path.with_suffix(".json.tmp")
         # The node and the paths: so that a later agent under another name can tell it is its own.
-        text = json.dumps({**json.loads(record.to_json()), "node": self.node, "paths": self.paths}, indent=1)
+        text = json.dumps({**record.to_dict(), "node": self.node, "paths": self.paths}, indent=1)
         try:
             # Unlinked, then created anew and never followed: a temp file planted (a symlink to
             # another file) in a state_dir others could write was written through, then renamed.
