@@ -1,4 +1,4 @@
-"""The upper bound of several orchestrator loops (docs/benchmarks.md, item 51): the simulated
+"""The upper bound of several orchestrator loops (docs/performance-log.md, item 51): the simulated
 cluster split into K inventories, and K snapctl processes running `backup()` over their share at
 the same instant, each with its own event loop, preflight, hold instant and provider worker.
 

@@ -368,7 +368,7 @@ async def _on_every_node(run: _Run, nodes: list[str], step) -> None:
     tasks = [asyncio.ensure_future(guarded(n)) for n in nodes]
     try:
         if tasks:  # one wake-up when all are done or one failed: a wake-up per node queued among the
-            # completes at 1000 nodes (docs/benchmarks.md, item 50)
+            # completes at 1000 nodes (docs/performance-log.md, item 50)
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             failed = [t for t in tasks if t in done and not t.cancelled() and t.exception() is not None]
             if failed:

@@ -63,7 +63,7 @@ _MAX_AUTO_HOLD_LEAD_S = 2.0
 # 0.07-0.09 s let the holds spread by 40-100 ms. So the cap is about twice the writing, per
 # scheme. The preflight takes longer (~0.2-0.3 ms per node in plain http, ~2 ms over TLS: connects
 # and handshakes the prepares do not repeat), and a lead past the sending only waits: every
-# millisecond of it is a millisecond of the run (docs/benchmarks.md, items 44 and 46; TLS: 35).
+# millisecond of it is a millisecond of the run (docs/performance-log.md, items 44 and 46; TLS: 35).
 _AUTO_HOLD_LEAD_BASE_S = 0.02
 _AUTO_HOLD_LEAD_PER_NODE_S, _AUTO_HOLD_LEAD_PER_TLS_NODE_S = 0.00007, 0.00015
 

@@ -23,7 +23,7 @@ async def probe(name: str, client: AgentClient, timeout_s: float) -> NodeProbe:
     result = NodeProbe(node=name)
     try:
         # The client bounds the call itself (AgentClient): a second timer per node is CPU for
-        # nothing (a warm 1000-agent fan-out: 146 -> 128 ms without it, docs/benchmarks.md item 26).
+        # nothing (a warm 1000-agent fan-out: 146 -> 128 ms without it, docs/performance-log.md item 26).
         result.status = await client.status()
         result.http_status = 200
     except AgentUnauthorized as exc:  # with its hint: which token setting to fix

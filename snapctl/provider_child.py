@@ -98,7 +98,7 @@ def serve() -> int:
         _import_sdk(getattr(factory, "sdk_modules", ())
                     + (getattr(factory, "sdk_async_modules", ()) if init.get("async_calls") else ()))
     # What is imported lives as long as the process: frozen out of the collector's scans, which a
-    # burst of returning calls would otherwise wait for (docs/benchmarks.md, item 48), and out of
+    # burst of returning calls would otherwise wait for (docs/performance-log.md, item 48), and out of
     # the pages the siblings share with this process until one of them writes.
     gc.freeze()
     # Forked after the imports, before any thread: a sibling starts in milliseconds, not ~0.2 s.

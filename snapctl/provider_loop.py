@@ -2,7 +2,7 @@
 
 A blocking SDK needs a thread per concurrent create call, and at a thousand nodes those threads'
 returns queue for the GIL with the event loop that sends the completes: that queue is most of the
-freeze window beyond the create call itself (docs/benchmarks.md, items 21 and 61). A provider
+freeze window beyond the create call itself (docs/performance-log.md, items 21 and 61). A provider
 that defines ``snapshot_async`` (see ``snapctl.providers.Provider``) has its create calls made
 as tasks on the run's loop instead: no thread, no process, no hand-over.
 """

@@ -47,10 +47,10 @@ if TYPE_CHECKING:
 # and the provider's warm-up, which threads pay too; wall time where the preflight is too short to
 # hide it) and buys somewhat shorter freezes: in 15 alternate rounds at 50 and 100 nodes the
 # median margin p50 was lower in 13 (by 1-12 ms on a quiet machine), its p99 in 11
-# (docs/benchmarks.md, item 30). A freeze window is what the databases feel; the wall time is not.
+# (docs/performance-log.md, item 30). A freeze window is what the databases feel; the wall time is not.
 PROVIDER_PROCESS_FROM = 50
 # One process per this many concurrent calls, up to the cap. On this 2-core machine (simulated
-# 300 ms calls, alternate runs; docs/benchmarks.md, item 42) the freeze margin's p99 read, with
+# 300 ms calls, alternate runs; docs/performance-log.md, item 42) the freeze margin's p99 read, with
 # 1 / 2 / 4 processes: 18-21 / 15-17 / 20-26 ms at 100 calls, - / 37-39 / 33-35 ms at 300, and
 # 95-180 / - / 55-121 ms at 1000 (8: no better than 4). Siblings are forked from the first child
 # after its imports, so each costs milliseconds to start, not the ~0.2 s of a new interpreter.
@@ -259,7 +259,7 @@ def uses_async_create(policy: Policy, provider: Provider, calls: int) -> bool:
     loop: where it has one and the calls are too few for the worker. From PROVIDER_PROCESS_FROM
     on the worker's processes make them (with the async client, on a loop in each): a real SDK
     spends CPU on every call (aiobotocore's CreateSnapshot ~0.75 ms), which on snapctl's loop would
-    delay the completes of every held node (docs/benchmarks.md, item 61)."""
+    delay the completes of every held node (docs/performance-log.md, item 61)."""
     return policy.provider_process == "auto" and calls < PROVIDER_PROCESS_FROM and has_async_create(provider)
 
 

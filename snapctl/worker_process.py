@@ -4,7 +4,7 @@ safe, else a new interpreter (``python -m snapctl.provider_child``).
 A new interpreter needs ~0.15-0.2 s on this 2-core machine, beside the preflight, before it can
 build the provider: its own start, then pydantic and snapctl's provider code, all of which
 snapctl's process has loaded already. The run waits for it before the first hold, so it was the
-wall time of every run that used the worker and whose preflight was shorter (docs/benchmarks.md,
+wall time of every run that used the worker and whose preflight was shorter (docs/performance-log.md,
 item 62). A forked child has all that from the first instant.
 
 Forking is safe only while this process has one thread: a lock another thread held at that
