@@ -1,10 +1,11 @@
 """QuestDB: hold a checkpoint (``CHECKPOINT CREATE``, ``SNAPSHOT PREPARE`` before 8.1.1) over HTTP /exec.
 
 The checkpoint is global to the server, not to a connection, so anyone can hold or release it.
-This adapter remembers which hold it made and never releases one it did not make; a hold it finds
-(a crashed backup, another tool) is reported with its start time, and only ``force_release``
-lets prepare take it over. Row counts are read *before* the checkpoint is created: writes go on
-during the window, so a restore must hold at least those rows (``exact=False``).
+This adapter remembers which hold it made, by the start ``checkpoint_status()`` gives (8.1.1+), and
+never releases one it did not make; before 8.1.1 no start is given, so complete takes whatever is
+held for its own. A hold it finds (a crashed backup, another tool) is reported with its start time,
+and only ``force_release`` lets prepare take it over. Row counts are read *before* the checkpoint
+is created: writes go on during the window, so a restore must hold at least those rows (``exact=False``).
 """
 
 from __future__ import annotations
@@ -69,8 +70,7 @@ class _Unconfirmed:
     def may_be(self, since: datetime | None) -> bool:
         if since is None:  # servers without checkpoint_status() cannot tell: assume it is ours
             return True
-        slack = timedelta(seconds=_CLOCK_SLACK_S)
-        return self.sent - slack <= since <= min(datetime.now(timezone.utc), self.too_late) + slack
+        return _began_within(since, self.sent, min(datetime.now(timezone.utc), self.too_late))
 
     @property
     def too_late(self) -> datetime:
@@ -117,6 +117,8 @@ class QuestDBEngine:
         self._hold_run: str | None = None
         self._held_since: datetime | None = None
         self._server_since: datetime | None = None  # our checkpoint's start, as checkpoint_status() gives it
+        # When that read failed: our checkpoint began while our last create ran, from sent to answered.
+        self._created_within: tuple[datetime, datetime] | None = None
         self._verbs: _Verbs | None = None
         self._state: EngineState | None = None
         self._unconfirmed: _Unconfirmed | None = None
@@ -155,11 +157,13 @@ class QuestDBEngine:
         self._unconfirmed = None
         now = datetime.now(timezone.utc)
         self._hold_run, self._held_since, self._verbs = run_id, now, verbs
+        self._created_within = (sent, now)
         try:
             # What complete compares: the checkpoint is the server's, anyone may end it and take another.
             self._server_since = self._checkpoint_status()[1]
         except EngineError as exc:
-            log.warning("run %s: could not read checkpoint_status() after the create: %s", run_id, exc)
+            log.warning("run %s: could not read checkpoint_status() after the create (%s): a checkpoint is taken "
+                        "for the run's only if it began while the create ran", run_id, exc)
         self._state = EngineState(
             engine=self.name,
             version=self._build,
@@ -184,7 +188,7 @@ class QuestDBEngine:
         # The checkpoint is the server's, not this connection's: any client's RELEASE (or a restart)
         # ends it, and any client may then take another. Either way the files were not held all along.
         held, since = self._checkpoint_status()
-        theirs = bool(held) and not _same_start(since, self._server_since)
+        theirs = bool(held) and not self._is_ours(since)
         if held is False or theirs:
             self._hold_run = self._held_since = self._server_since = self._verbs = self._state = None
             if theirs:
@@ -238,7 +242,10 @@ class QuestDBEngine:
         if recorded is not None and not _same_start(since, recorded):
             return f"the checkpoint held now began at {utc_text(since)}, not at its {utc_text(recorded)}: " \
                    "another client's, left alone"
-        if recorded is None and not _began_within_prepare(since, began_at, self.settings.late_create_window_s):
+        # Its start never read (the status read after the create failed): that create was answered
+        # within the prepare, and late_create_window_s bounds even one whose answer was lost.
+        late = began_at + timedelta(seconds=self.settings.late_create_window_s)
+        if recorded is None and not _began_within(since, began_at, late):
             return (f"the checkpoint held now began at {utc_text(since)}, not while its prepare (from "
                     f"{utc_text(began_at)}) could have made it: another client's, left alone")
         self._retry_race(verbs.release, time.monotonic() + self.settings.timeout_s)
@@ -276,7 +283,7 @@ class QuestDBEngine:
             return EngineStatus(engine=self.name, version=self._build, reachable=False, held=ours,
                                 held_since=self._held_since, details=details, error=str(exc))
         details["checkpoint_status"] = "unavailable before 8.1.1" if held is None else "available"
-        if ours and held and not _same_start(since, self._server_since):
+        if ours and held and not self._is_ours(since):
             ours = False  # ours was released behind our back, and another client's holds now
         if self._unconfirmed is not None:
             details["unconfirmed_create"] = {"run_id": self._unconfirmed.run_id,
@@ -363,6 +370,15 @@ class QuestDBEngine:
         held = bool(row[0])
         since = _parse_timestamp(row[1]) if held and len(row) > 1 else None
         return held, since
+
+    def _is_ours(self, since: datetime | None) -> bool:
+        """Whether the checkpoint held since ``since`` is the one our create made: begun at the start
+        read right after it or, that read failed, while the create ran. No start (before 8.1.1): ours."""
+        if since is None or self._created_within is None:
+            return True
+        if self._server_since is not None:
+            return _same_start(since, self._server_since)
+        return _began_within(since, *self._created_within)
 
     def _verbs_to_try(self) -> list[_Verbs]:
         if self._version is None:
@@ -471,21 +487,15 @@ def _foreign_hold(url: str, since: datetime | None, server_message: str | None =
     )
 
 
-def _same_start(since: datetime | None, ours: datetime | None) -> bool:
-    """Whether a checkpoint held since ``since`` is ours; unknown when either is missing: taken as ours."""
-    if since is None or ours is None:
-        return True
+def _same_start(since: datetime, ours: datetime) -> bool:
     return abs((since - ours).total_seconds()) <= _SAME_START_S
 
 
-def _began_within_prepare(since: datetime, began_at: datetime, window_s: float) -> bool:
-    """Whether a checkpoint begun at ``since`` may be the one a prepare begun at ``began_at`` made,
-    when its own start was never read (the status read after its create failed). Its create was
-    answered within that prepare, whose calls are each bounded by timeout_s; late_create_window_s
-    bounds even a create whose answer was lost, so it bounds this one too. The clock slack is as
-    for a lost create: the server's clock and the agent's may differ by that much."""
+def _began_within(since: datetime, first: datetime, last: datetime) -> bool:
+    """Whether a checkpoint the server says began at ``since`` may be one a create run between
+    ``first`` and ``last`` (the agent's clock) made: the two clocks may differ by the slack."""
     slack = timedelta(seconds=_CLOCK_SLACK_S)
-    return began_at - slack <= since <= began_at + timedelta(seconds=window_s) + slack
+    return first - slack <= since <= last + slack
 
 
 def _parse_timestamp(value: Any) -> datetime | None:

@@ -116,6 +116,42 @@ def test_complete_leaves_alone_a_checkpoint_another_client_took_after_ours_ended
         service.close()
 
 
+def test_its_start_unread_complete_leaves_alone_a_checkpoint_begun_after_its_create(fake, tmp_path, caplog) -> None:
+    # The status read after the create failed, and every checkpoint held at complete was taken for
+    # the run's: another client's backup, begun once ours had ended, was released in its middle.
+    fake.lost_held_status_reads = 1
+    engine = engine_for(fake, tmp_path)
+    try:
+        engine.prepare("r1")
+        assert "could not read checkpoint_status() after the create" in caplog.text
+        assert engine.hold_facts("r1")["server_since"] is None
+        fake.held_since = None  # another client's CHECKPOINT RELEASE ends ours, or a restart does
+        time.sleep(1.2)  # past the create's answer and the 1 s allowed for clocks
+        fake.hold_as_someone_else()
+        theirs = fake.held_since
+        assert engine.status().held_by == "another questdb client (a checkpoint this agent did not make)"
+        assert engine.complete("r1") is False, "the run's checkpoint had ended: its snapshot may be inconsistent"
+        assert "another client's checkpoint (since" in caplog.text and "left alone" in caplog.text
+        assert fake.held_since == theirs and releases(fake) == 0
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize("offset_s", [-0.5, 0.5])
+def test_its_start_unread_complete_still_releases_the_checkpoint_its_create_made(fake, tmp_path, offset_s) -> None:
+    fake.lost_held_status_reads = 1
+    fake.clock_offset = timedelta(seconds=offset_s)  # the server's clock behind or ahead of the agent's
+    engine = engine_for(fake, tmp_path)
+    try:
+        engine.prepare("r1")
+        assert engine.hold_facts("r1")["server_since"] is None and fake.lost_held_status_reads == 0
+        assert engine.status().held_by is None
+        assert engine.complete("r1") is None
+        assert not fake.held and releases(fake) == 1
+    finally:
+        engine.close()
+
+
 def test_a_create_that_never_reached_the_server_leaves_another_clients_checkpoint_alone(fake, tmp_path) -> None:
     # A create refused at connect was taken as one whose answer was lost: for 10 minutes any
     # checkpoint begun since was released as its late run, a DBA's in the middle of their backup.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from tests.fakes.engine_http import FakeServer, Request, Response
 
@@ -54,6 +54,10 @@ class FakeQuestDB(FakeServer):
         # while the server answers other clients; other checkpoint commands meanwhile meet IN_PROGRESS.
         self.late_creates = 0.0
         self.lost_creates = 0  # creates received and dropped unanswered and never run, as a reset would
+        # checkpoint_status() reads while a checkpoint is held, dropped unanswered as a reset would:
+        # the read prepare makes right after its create, not the one before it.
+        self.lost_held_status_reads = 0
+        self.clock_offset = timedelta(0)  # the server's clock minus the agent's, as started_at shows it
         # After answering this SQL (lower case, as ``queries`` has it normalised), refuse new
         # connections until ``listen_again()``: the server went down between two requests.
         self.down_after: str | None = None
@@ -84,6 +88,9 @@ class FakeQuestDB(FakeServer):
         sql = " ".join(query.strip().rstrip(";").split())
         if self.lost_creates and sql.upper() in ("CHECKPOINT CREATE", "SNAPSHOT PREPARE"):
             self.lost_creates -= 1
+            return Response(drop=True)
+        if self.lost_held_status_reads and self.held and sql.lower() == "select * from checkpoint_status()":
+            self.lost_held_status_reads -= 1
             return Response(drop=True)
         if self.down_after is not None and sql.lower() == self.down_after:
             self.down_after = None
@@ -123,7 +130,7 @@ class FakeQuestDB(FakeServer):
         if lowered == "select * from checkpoint_status()":
             if not self.modern:
                 return self._error(query, "unknown function name: checkpoint_status()", 14)
-            started = (self.held_since.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            started = ((self.held_since + self.clock_offset).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
                        if self.held_since and not self.started_at_unknown else None)
             return self._select(query, [("in_progress", "BOOLEAN"), ("started_at", "TIMESTAMP")],
                                 [[self.held, started]])
