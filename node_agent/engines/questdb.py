@@ -14,7 +14,6 @@ import logging
 import re
 import time
 import uuid
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +23,18 @@ from pydantic import Field
 
 from node_agent.engines.base import EngineSettings, split_user_info
 from node_agent.engines.questdb_conf import write_instance_id
+from node_agent.engines.questdb_holds import (
+    CHECKPOINT,
+    CLOCK_SLACK_S,
+    DEFAULT_LATE_CREATE_WINDOW_S,
+    LEGACY,
+    Unconfirmed,
+    Verbs,
+    began_within,
+    foreign_hold,
+    parse_timestamp,
+    same_start,
+)
 from node_agent.models import EngineState, EngineStatus, JobResult, TableFacts, VerifyFacts
 from snapctl.errors import EngineBusy, EngineError
 from snapctl.timestamps import utc_text
@@ -36,45 +47,6 @@ _RESTORE_MARKER_VERSION = (8, 0, 0)
 _RACE_BACKOFF_S = (0.05, 0.1, 0.2, 0.4, 0.8)
 # QuestDB's own bookkeeping tables: their rows change on every start, so they are no evidence.
 _SYSTEM_TABLES = re.compile(r"^(sys\.|telemetry$|telemetry_config$)")
-
-
-@dataclass(frozen=True)
-class _Verbs:
-    create: str
-    release: str
-    directory: str  # what the server writes under root while held
-
-
-CHECKPOINT = _Verbs("CHECKPOINT CREATE", "CHECKPOINT RELEASE", ".checkpoint")
-LEGACY = _Verbs("SNAPSHOT PREPARE", "SNAPSHOT COMPLETE", "snapshot")
-_CLOCK_SLACK_S = 1.0
-# checkpoint_status() gives the start in microseconds, its resolution: our checkpoint read again is
-# the same instant, and another client's, taken once ours ended, may begin a millisecond later.
-_SAME_START_S = 0.000001
-# A create runs late behind a queue or a slow sync: seconds. A checkpoint begun later than this
-# after an unconfirmed create was sent is not taken for that create's (``late_create_window_s``):
-# the wider the window, the longer another client's checkpoint can be taken for ours and released.
-DEFAULT_LATE_CREATE_WINDOW_S = 60.0
-
-
-@dataclass(frozen=True)
-class _Unconfirmed:
-    """A create whose answer was lost (timeout, reset): the server may hold a checkpoint we made,
-    now or later, for a create queued or slow on the server runs after the client gave up."""
-
-    run_id: str
-    verbs: _Verbs
-    sent: datetime
-    window_s: float
-
-    def may_be(self, since: datetime | None) -> bool:
-        if since is None:  # servers without checkpoint_status() cannot tell: assume it is ours
-            return True
-        return _began_within(since, self.sent, min(datetime.now(timezone.utc), self.too_late))
-
-    @property
-    def too_late(self) -> datetime:
-        return self.sent + timedelta(seconds=self.window_s)
 
 
 class QuestDBSettings(EngineSettings):
@@ -119,10 +91,10 @@ class QuestDBEngine:
         self._server_since: datetime | None = None  # our checkpoint's start, as checkpoint_status() gives it
         # When that read failed: our checkpoint began while our last create ran, from sent to answered.
         self._created_within: tuple[datetime, datetime] | None = None
-        self._verbs: _Verbs | None = None
+        self._verbs: Verbs | None = None
         self._state: EngineState | None = None
-        self._unconfirmed: _Unconfirmed | None = None
-        self._attempting: _Verbs | None = None
+        self._unconfirmed: Unconfirmed | None = None
+        self._attempting: Verbs | None = None
 
     # ---- the hold -----------------------------------------------------------------------
 
@@ -137,7 +109,7 @@ class QuestDBEngine:
         held, since = self._checkpoint_status()
         if held and not self._release_if_unconfirmed(since, deadline):
             if not self.settings.force_release:
-                raise _foreign_hold(self.url, since)
+                raise foreign_hold(self.url, since)
             self._release_foreign(self._verbs_to_try()[0], since, deadline)
         facts = self._table_facts(exact=False)
         sent = datetime.now(timezone.utc)
@@ -150,7 +122,7 @@ class QuestDBEngine:
             # later: remember it until a release of it is confirmed (complete, the next prepare,
             # or the agent's tidy). An earlier one still unconfirmed is kept in the same window.
             first = self._unconfirmed.sent if self._unconfirmed is not None else sent
-            self._unconfirmed = _Unconfirmed(run_id, self._attempting or CHECKPOINT, min(first, sent),
+            self._unconfirmed = Unconfirmed(run_id, self._attempting or CHECKPOINT, min(first, sent),
                                              self.settings.late_create_window_s)
             raise
         # Ours now; a create still unconfirmed that runs late meets our hold and is refused.
@@ -221,8 +193,8 @@ class QuestDBEngine:
         verbs = LEGACY if facts.get("verbs") == "legacy" else CHECKPOINT if facts else self._verbs_to_try()[0]
         if not facts.get("created"):
             if self._unconfirmed is None or self._unconfirmed.run_id != run_id:
-                self._unconfirmed = _Unconfirmed(run_id, verbs, began_at, self.settings.late_create_window_s)
-            passed = datetime.now(timezone.utc) > self._unconfirmed.too_late + timedelta(seconds=_CLOCK_SLACK_S)
+                self._unconfirmed = Unconfirmed(run_id, verbs, began_at, self.settings.late_create_window_s)
+            passed = datetime.now(timezone.utc) > self._unconfirmed.too_late + timedelta(seconds=CLOCK_SLACK_S)
             if self.tidy():
                 return None
             return ("no checkpoint of its came" if passed else
@@ -230,7 +202,7 @@ class QuestDBEngine:
         held, since = self._checkpoint_status()
         if held is False:
             return "no checkpoint of its was held"
-        recorded = _parse_timestamp(facts.get("server_since"))
+        recorded = parse_timestamp(facts.get("server_since"))
         if since is None:
             # Before 8.1.1 (or a status without a start) any client's checkpoint looks the same:
             # releasing it could end another tool's backup. Asked again, so a release by hand ends it.
@@ -239,13 +211,13 @@ class QuestDBEngine:
                 "needs 8.1.1), so it cannot be told from another client's: left alone",
                 hint=f"if it is run {run_id}'s, release it by hand ({verbs.release}), then remove the agent's "
                      "hold record and restart the agent (docs/agent.md, 'an engine left held')")
-        if recorded is not None and not _same_start(since, recorded):
+        if recorded is not None and not same_start(since, recorded):
             return f"the checkpoint held now began at {utc_text(since)}, not at its {utc_text(recorded)}: " \
                    "another client's, left alone"
         # Its start never read (the status read after the create failed): that create was answered
         # within the prepare, and late_create_window_s bounds even one whose answer was lost.
         late = began_at + timedelta(seconds=self.settings.late_create_window_s)
-        if recorded is None and not _began_within(since, began_at, late):
+        if recorded is None and not began_within(since, began_at, late):
             return (f"the checkpoint held now began at {utc_text(since)}, not while its prepare (from "
                     f"{utc_text(began_at)}) could have made it: another client's, left alone")
         self._retry_race(verbs.release, time.monotonic() + self.settings.timeout_s)
@@ -257,7 +229,7 @@ class QuestDBEngine:
         calls this again later, while no run holds it."""
         if self._unconfirmed is None or self._hold_run is not None:
             return False
-        if datetime.now(timezone.utc) > self._unconfirmed.too_late + timedelta(seconds=_CLOCK_SLACK_S):
+        if datetime.now(timezone.utc) > self._unconfirmed.too_late + timedelta(seconds=CLOCK_SLACK_S):
             log.info("the create of run %s never took a checkpoint: no longer watched for", self._unconfirmed.run_id)
             self._unconfirmed = None
             return False
@@ -368,7 +340,7 @@ class QuestDBEngine:
             return None, None
         row = (body.get("dataset") or [[False, None]])[0]
         held = bool(row[0])
-        since = _parse_timestamp(row[1]) if held and len(row) > 1 else None
+        since = parse_timestamp(row[1]) if held and len(row) > 1 else None
         return held, since
 
     def _is_ours(self, since: datetime | None) -> bool:
@@ -377,10 +349,10 @@ class QuestDBEngine:
         if since is None or self._created_within is None:
             return True
         if self._server_since is not None:
-            return _same_start(since, self._server_since)
-        return _began_within(since, *self._created_within)
+            return same_start(since, self._server_since)
+        return began_within(since, *self._created_within)
 
-    def _verbs_to_try(self) -> list[_Verbs]:
+    def _verbs_to_try(self) -> list[Verbs]:
         if self._version is None:
             return [CHECKPOINT, LEGACY]
         return [CHECKPOINT] if self._version >= _FIRST_CHECKPOINT_VERSION else [LEGACY]
@@ -398,12 +370,12 @@ class QuestDBEngine:
         self._unconfirmed = None
         return True
 
-    def _release_foreign(self, verbs: _Verbs, since: datetime | None, deadline: float) -> None:
+    def _release_foreign(self, verbs: Verbs, since: datetime | None, deadline: float) -> None:
         log.warning("force_release: releasing a questdb checkpoint held since %s that this agent did not make",
                     since or "an unknown time")
         self._retry_race(verbs.release, deadline)
 
-    def _create_checkpoint(self, deadline: float) -> _Verbs:
+    def _create_checkpoint(self, deadline: float) -> Verbs:
         candidates = self._verbs_to_try()
         for verbs in candidates:
             self._attempting = verbs
@@ -420,7 +392,7 @@ class QuestDBEngine:
                         self._retry_race(verbs.create, deadline)
                         return verbs
                     if not self.settings.force_release:
-                        raise _foreign_hold(self.url, since, message) from exc
+                        raise foreign_hold(self.url, since, message) from exc
                     self._release_foreign(verbs, since, deadline)
                     self._retry_race(verbs.create, deadline)
                     return verbs
@@ -475,33 +447,3 @@ class QuestDBEngine:
             result = self._exec(f'SELECT count() FROM "{quoted}"')
             counts[name] = int((result.get("dataset") or [[0]])[0][0])
         return counts
-
-
-def _foreign_hold(url: str, since: datetime | None, server_message: str | None = None) -> EngineBusy:
-    when = f" since {utc_text(since)}" if since else ""
-    said = f" (questdb: {server_message})" if server_message else ""
-    return EngineBusy(
-        f"questdb at {url} is held by a checkpoint{when} that this agent did not make{said}",
-        hint="let its owner release it (CHECKPOINT RELEASE, or SNAPSHOT COMPLETE before 8.1.1), "
-             "or set force_release: true for this node",
-    )
-
-
-def _same_start(since: datetime, ours: datetime) -> bool:
-    return abs((since - ours).total_seconds()) <= _SAME_START_S
-
-
-def _began_within(since: datetime, first: datetime, last: datetime) -> bool:
-    """Whether a checkpoint the server says began at ``since`` may be one a create run between
-    ``first`` and ``last`` (the agent's clock) made: the two clocks may differ by the slack."""
-    slack = timedelta(seconds=_CLOCK_SLACK_S)
-    return first - slack <= since <= last + slack
-
-
-def _parse_timestamp(value: Any) -> datetime | None:
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
