@@ -179,7 +179,11 @@ class QuestDBEngine:
         ``checkpoint_status()`` gave it (null before 8.1.1), which fences ``release_recorded_hold``."""
         verbs = "legacy" if self._verbs is LEGACY else "checkpoint"
         since = utc_text(self._server_since) if self._server_since else None
-        return {"created": self._hold_run == run_id, "server_since": since, "verbs": verbs}
+        facts = {"created": self._hold_run == run_id, "server_since": since, "verbs": verbs}
+        if facts["created"] and since is None and self._created_within is not None:
+            # Its start unread: when the create ran fences the release as it fences complete().
+            facts["create_ran"] = [utc_text(moment) for moment in self._created_within]
+        return facts
 
     def release_recorded_hold(self, run_id: str, began_at: datetime, facts: dict[str, Any]) -> str | None:
         """Release the checkpoint an agent process that died left for ``run_id``, as its hold record
@@ -214,12 +218,15 @@ class QuestDBEngine:
         if recorded is not None and not same_start(since, recorded):
             return f"the checkpoint held now began at {utc_text(since)}, not at its {utc_text(recorded)}: " \
                    "another client's, left alone"
-        # Its start never read (the status read after the create failed): that create was answered
-        # within the prepare, and late_create_window_s bounds even one whose answer was lost.
-        late = began_at + timedelta(seconds=self.settings.late_create_window_s)
-        if recorded is None and not began_within(since, began_at, late):
-            return (f"the checkpoint held now began at {utc_text(since)}, not while its prepare (from "
-                    f"{utc_text(began_at)}) could have made it: another client's, left alone")
+        # Its start never read (the status read after the create failed): the create ran when the
+        # record says; a record without that (an older agent's) has the prepare's start, and
+        # late_create_window_s bounds even a create whose answer was lost.
+        ran = [parse_timestamp(moment) for moment in facts.get("create_ran") or ()]
+        first, last = (ran[0], ran[1]) if len(ran) == 2 and None not in ran else (
+            began_at, began_at + timedelta(seconds=self.settings.late_create_window_s))
+        if recorded is None and not began_within(since, first, last):  # type: ignore[arg-type]
+            return (f"the checkpoint held now began at {utc_text(since)}, not while its create (from "
+                    f"{utc_text(first)}) could have made it: another client's, left alone")
         self._retry_race(verbs.release, time.monotonic() + self.settings.timeout_s)
         return f"released its questdb checkpoint (since {utc_text(since)})"
 

@@ -217,7 +217,7 @@ def test_a_record_without_the_checkpoints_start_leaves_one_begun_after_its_prepa
         theirs = fake.held_since
         began = theirs - timedelta(hours=1)
         said = engine.release_recorded_hold("run-dead", began, {"created": True, "server_since": None})
-        assert "another client's, left alone" in said and "not while its prepare" in said
+        assert "another client's, left alone" in said and "not while its create" in said
         assert fake.held_since == theirs and releases(fake) == 0
     finally:
         engine.close()
@@ -230,6 +230,30 @@ def test_a_record_without_the_checkpoints_start_releases_the_one_its_prepare_mad
         fake.hold_as_someone_else()  # as the dead run's create did, a moment after its prepare began
         said = engine.release_recorded_hold("run-dead", began, {"created": True, "server_since": None})
         assert said.startswith("released its questdb checkpoint") and not fake.held and releases(fake) == 1
+    finally:
+        engine.close()
+
+
+def test_a_record_of_when_the_create_ran_leaves_alone_a_checkpoint_begun_later_within_the_window(fake, tmp_path) -> None:
+    # The status read after the create failed, so the record has no start; it has when the create
+    # ran, which fences the release as it fences complete(): a checkpoint another client took ten
+    # seconds on, well inside late_create_window_s, is not the run's.
+    engine = engine_for(fake, tmp_path, late_create_window_s=60)
+    try:
+        fake.lost_held_status_reads = 1
+        engine.prepare("run-dead")
+        facts = engine.hold_facts("run-dead")
+        assert facts["server_since"] is None and len(facts["create_ran"]) == 2
+        began = datetime.now(UTC) - timedelta(seconds=1)
+        # The run's checkpoint ended (a restart, another client's release) and another client's began.
+        fake.held_since = datetime.now(UTC) + timedelta(seconds=10)
+        theirs = fake.held_since
+        fresh = engine_for(fake, tmp_path, late_create_window_s=60)  # the agent started after the death
+        try:
+            said = fresh.release_recorded_hold("run-dead", began, facts)
+        finally:
+            fresh.close()
+        assert "another client's, left alone" in said and fake.held_since == theirs and fake.held
     finally:
         engine.close()
 
