@@ -196,10 +196,8 @@ def record_refused(exc: CatalogError, run_id: str) -> CatalogError:
 def checked_run(inventory: Inventory, catalog: Catalog, run_id: str, to: Path | None, *, zone: str | None,
                 attach: bool, warnings: list[str], latest: bool = False
                 ) -> tuple[Manifest, Provider, dict[str, Node], dict[str, Path | None]]:
-    """Everything a restore of ``run_id`` (resolved already: no second scan) checks before it
-    restores anything: (the run, the provider, the run's nodes, each node's directory or None).
-    `snapctl restore` and its dry run both come through here, so the dry run refuses what the
-    restore would, with the same words."""
+    """What a restore of ``run_id`` (resolved: no second scan) checks before restoring anything, for
+    it and its dry run alike: (the run, the provider, the run's nodes, each node's directory or None)."""
     manifest = usable_run(catalog, catalog.load(run_id), "it has nothing to restore", warnings, latest=latest)
     nodes = {name: inventory_node(inventory, name) for name in manifest.nodes}
     provider = open_provider(inventory)
@@ -421,10 +419,9 @@ def restored_files(restored: dict[str, str]) -> bool:
 
 def prepare_plan(inventory: Inventory, node: Node, record: NodeRecord, volumes: dict[str, str], *, files: bool,
                  attached: bool) -> tuple[str | None, dict[str, Any] | None, str | None]:
-    """Who restore-prepares the node's engine once its volumes are at ``volumes`` (directories when
-    ``files``, else cloud volumes, ``attached`` to restore.instance or not): (the scratch agent's
-    address or "in-process", the engine settings moved onto the volumes for in-process, a note),
-    or (None, None, why nobody). What a restore then does, and what its dry run says it would."""
+    """Who restore-prepares the node's engine, its volumes at ``volumes`` (directories if ``files``):
+    (the scratch agent's address or "in-process", the settings moved onto the volumes for
+    in-process, a note), or (None, None, why nobody); what a restore does and its dry run says."""
     from snapctl.drill_engines import engine_block, no_engine_block
 
     if node.restore.agent:

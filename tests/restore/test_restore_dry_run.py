@@ -59,16 +59,16 @@ def test_a_dry_run_plans_every_volume_and_engine_writes_nothing_and_the_restore_
 
         assert text.returncode == ExitCode.OK, text.stdout + text.stderr
         assert text.stdout.splitlines() == [
-            f"dry run: would restore run {run_id} of cluster restore-test with provider local into each node's "
-            "restore target",
+            (f"dry run: would restore run {run_id} of cluster restore-test with provider local into each node's "
+             "restore target"),
             "  n1:",
             f"    data -> {run_id}-n1-data -> {mounted / 'n1' / 'data'}",
             f"    engine: scratch agent {url}",
             "  n2:",
             f"    data -> {run_id}-n2-data -> {n2_place / 'data'}",
             "    engine: sqlite, restore-prepared in-process",
-            "restore: would go ahead; nothing restored, nothing written (the restore would put its record in the "
-            "catalog's restore-test/restores/)"]
+            ("restore: would go ahead; nothing restored, nothing written (the restore would put its record in the "
+             "catalog's restore-test/restores/)")]
         assert document.returncode == ExitCode.OK, document.stdout + document.stderr
         plan = json.loads(document.stdout)
         assert (plan["schema_version"], plan["kind"]) == (1, "restore_plan")
@@ -200,8 +200,9 @@ def test_a_gcp_dry_run_with_attach_names_the_instance_and_the_scratch_agent_and_
                                "-i", str(inventory)], capture_output=True, text=True, timeout=120, check=False)
         assert text.returncode == ExitCode.OK, text.stdout + text.stderr
         assert text.stdout.splitlines()[2:4] == [
-            f"    data -> {volume.snapshot_id} -> new volume in the provider's default place, attached to scratch at "
-            "restored-data", "    engine: scratch agent http://127.0.0.1:9"]
+            (f"    data -> {volume.snapshot_id} -> new volume in the provider's default place, attached to scratch "
+             "at restored-data"),
+            "    engine: scratch agent http://127.0.0.1:9"]
         assert len(fake.requests_to("POST")) == posts and restored_disks(fake) == []
 
         data = yaml.safe_load(inventory.read_text())
