@@ -200,18 +200,22 @@ def restore(
     no_record: Annotated[bool, typer.Option("--no-record", help="Write nothing to the catalog (a read-only copy of "
                                                                 "it): nothing then keeps a prune from deleting "
                                                                 "the run meanwhile.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Make every check and show the plan; restore "
+                                                            "and write nothing.")] = False,
     inventory: InventoryOpt = None,
     output: OutputOpt = "text",
 ) -> int:
     """Restore every node's snapshots of a run into a target and restore-prepare its engine."""
     from snapctl.restore import restore_run
+    from snapctl.restore_plan import plan_restore
 
     out = _renderer(output)
     loaded = _inventory(inventory)
     progress = out.progress()
     try:
-        result = restore_run(loaded, run, _path(to, "--to", "/srv/restore"), zone=zone, attach=attach,
-                             record_it=not no_record, reporter=progress)
+        result = (plan_restore if dry_run else restore_run)(
+            loaded, run, _path(to, "--to", "/srv/restore"), zone=zone, attach=attach, record_it=not no_record,
+            reporter=progress)
     finally:
         progress.close()
     return out.restore_result(result)

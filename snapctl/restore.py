@@ -113,7 +113,7 @@ def restore_run(inventory: Inventory, run_ref: str, to: Path | None = None, *, z
     skipped: list[str] = []
     run_id = catalog.resolve(run_ref, skipped)
     to = to.absolute() if to is not None else None  # a flag's path is the caller's, not the inventory's
-    where = str(to) if to is not None else (f"zone {zone}" if zone else EACH_NODE)
+    where = target_text(to, zone)
     started_at = datetime.now(UTC)
     record = RestoreRecord(cluster=catalog.cluster, run_id=run_id, owner=run_owner(),
                            owner_process=identity(os.getpid()), target=where, places=places_of(where, inventory),
@@ -124,10 +124,7 @@ def restore_run(inventory: Inventory, run_ref: str, to: Path | None = None, *, z
         if record_it:
             catalog.store.write(record.key, record.model_dump_json(indent=2).encode())
     except CatalogError as exc:
-        raise CatalogError(f"cannot put the restore on record, which keeps a prune from deleting run {run_id} "
-                           f"meanwhile: {exc.message}",
-                           hint=(f"{exc.hint}; or " if exc.hint else "") + "pass --no-record if no prune can run "
-                                "meanwhile (a read-only copy of the catalog, in a disaster)") from exc
+        raise record_refused(exc, run_id) from exc
     made: list[tuple[SnapshotRef, str]] = []
     try:
         result = _restore(inventory, catalog, run_id, to, where, zone=zone, attach=attach, verify=verify, made=made,
@@ -157,19 +154,8 @@ def _restore(inventory: Inventory, catalog: Catalog, run_id: str, to: Path | Non
              attach: bool, verify: bool, made: list[tuple[SnapshotRef, str]], reporter: Reporter,
              latest: bool = False) -> RestoreResult:
     warnings: list[str] = []
-    # Resolved by restore_run already: no second scan.
-    manifest = usable_run(catalog, catalog.load(run_id), "it has nothing to restore", warnings, latest=latest)
-    nodes = {name: inventory_node(inventory, name) for name in manifest.nodes}
-    provider = open_provider(inventory)
-    check_provider(manifest, provider)
-    if not getattr(provider, "restore_makes_cloud_volumes", False) and (attach or zone):
-        flag = "--attach" if attach else "--zone"
-        raise BadInputError(f"{flag} is for the cloud providers: the {provider.name} provider restores into "
-                            "directories", hint="drop it; --to DIR (or restore.path on each node) says where")
-    roots = {name: to / name if to is not None else
-             (inventory.resolve(node.restore.path) if node.restore.path else None) for name, node in nodes.items()}
-    check_before_restoring(inventory, provider, manifest, nodes, roots, zone=zone,
-                           attached=set(nodes) if attach else set())
+    manifest, provider, nodes, roots = checked_run(inventory, catalog, run_id, to, zone=zone, attach=attach,
+                                                   warnings=warnings, latest=latest)
     result = RestoreResult(manifest.run_id, where, [], warnings=warnings)
     reporter.step("restore", f"restoring run {manifest.run_id} ({len(manifest.nodes)} nodes) into {where}")
     try:
@@ -192,6 +178,39 @@ def _restore(inventory: Inventory, catalog: Catalog, run_id: str, to: Path | Non
         _naming_restored(exc, made)
         raise
     return result
+
+
+def target_text(to: Path | None, zone: str | None) -> str:
+    """Where a restore goes, as its record, its result and its dry run's plan say it."""
+    return str(to) if to is not None else (f"zone {zone}" if zone else EACH_NODE)
+
+
+def record_refused(exc: CatalogError, run_id: str) -> CatalogError:
+    """The refusal of a restore that cannot put itself on record in the catalog."""
+    return CatalogError(f"cannot put the restore on record, which keeps a prune from deleting run {run_id} "
+                        f"meanwhile: {exc.message}",
+                        hint=(f"{exc.hint}; or " if exc.hint else "") + "pass --no-record if no prune can run "
+                             "meanwhile (a read-only copy of the catalog, in a disaster)")
+
+
+def checked_run(inventory: Inventory, catalog: Catalog, run_id: str, to: Path | None, *, zone: str | None,
+                attach: bool, warnings: list[str], latest: bool = False
+                ) -> tuple[Manifest, Provider, dict[str, Node], dict[str, Path | None]]:
+    """What a restore of ``run_id`` (resolved: no second scan) checks before restoring anything, for
+    it and its dry run alike: (the run, the provider, the run's nodes, each node's directory or None)."""
+    manifest = usable_run(catalog, catalog.load(run_id), "it has nothing to restore", warnings, latest=latest)
+    nodes = {name: inventory_node(inventory, name) for name in manifest.nodes}
+    provider = open_provider(inventory)
+    check_provider(manifest, provider)
+    if not getattr(provider, "restore_makes_cloud_volumes", False) and (attach or zone):
+        flag = "--attach" if attach else "--zone"
+        raise BadInputError(f"{flag} is for the cloud providers: the {provider.name} provider restores into "
+                            "directories", hint="drop it; --to DIR (or restore.path on each node) says where")
+    roots = {name: to / name if to is not None else
+             (inventory.resolve(node.restore.path) if node.restore.path else None) for name, node in nodes.items()}
+    check_before_restoring(inventory, provider, manifest, nodes, roots, zone=zone,
+                           attached=set(nodes) if attach else set())
+    return manifest, provider, nodes, roots
 
 
 def _naming_restored(exc: SnapctlError, made: list[tuple[SnapshotRef, str]]) -> SnapctlError:
@@ -398,35 +417,45 @@ def restored_files(restored: dict[str, str]) -> bool:
     return bool(restored) and all(Path(v).is_absolute() and Path(v).is_dir() for v in restored.values())
 
 
-def _prepare_and_check(inventory: Inventory, node: Node, record: NodeRecord, result: NodeRestore, *,
-                       verify: bool, attached: bool) -> None:
-    from node_agent.engines.base import create_engine
-    from snapctl.drill_engines import FILE_ENGINES, engine_block, no_engine_block
+def prepare_plan(inventory: Inventory, node: Node, record: NodeRecord, volumes: dict[str, str], *, files: bool,
+                 attached: bool) -> tuple[str | None, dict[str, Any] | None, str | None]:
+    """Who restore-prepares the node's engine, its volumes at ``volumes`` (directories if ``files``):
+    (the scratch agent's address or "in-process", the settings moved onto the volumes for
+    in-process, a note), or (None, None, why nobody); what a restore does and its dry run says."""
+    from snapctl.drill_engines import engine_block, no_engine_block
 
     if node.restore.agent:
-        if not restored_files(result.volumes) and not attached:
-            result.note = "the restored volumes are attached nowhere: restore-prepare them on their machine"
-            return
-        from snapctl.runner import run as run_coroutine  # SIGTERM cancels the call, as Ctrl-C does
-
-        run_coroutine(_agent_restore_prepare(inventory, node))
-        result.prepared = node.restore.agent
-        result.note = "restore-prepared by the scratch agent; `snapctl drill` verifies it"
-        return
-    if not restored_files(result.volumes):
-        result.note = (_attached_note(node, result.volumes) if attached else
-                       "restored as cloud volumes: attach them, or run `snapctl drill` with scratch agents")
-        return
+        if not files and not attached:
+            return None, None, "the restored volumes are attached nowhere: restore-prepare them on their machine"
+        return node.restore.agent, None, "restore-prepared by the scratch agent; `snapctl drill` verifies it"
+    if not files:
+        return None, None, (_attached_note(node, volumes) if attached else
+                            "restored as cloud volumes: attach them, or run `snapctl drill` with scratch agents")
     engine_settings = engine_block(inventory, node, record)
     if engine_settings is None:
         missing = no_engine_block(node, record)
-        result.note = (f"{missing.message.removeprefix(f'node {node.name}: ')}: restored, neither restore-prepared "
-                       f"nor verified ({missing.hint})")
-        return
-    settings = remap_paths(engine_settings, inventory, node, result.volumes)
+        return None, None, (f"{missing.message.removeprefix(f'node {node.name}: ')}: restored, neither "
+                            f"restore-prepared nor verified ({missing.hint})")
+    settings = remap_paths(engine_settings, inventory, node, volumes)
     if settings is None:
-        unmapped = no_engine_path(inventory, node, result.volumes)
-        result.note = f"{unmapped.message}: neither restore-prepared nor verified ({unmapped.hint})"
+        unmapped = no_engine_path(inventory, node, volumes)
+        return None, None, f"{unmapped.message}: neither restore-prepared nor verified ({unmapped.hint})"
+    return "in-process", settings, None
+
+
+def _prepare_and_check(inventory: Inventory, node: Node, record: NodeRecord, result: NodeRestore, *,
+                       verify: bool, attached: bool) -> None:
+    from node_agent.engines.base import create_engine
+    from snapctl.drill_engines import FILE_ENGINES
+
+    prepared, settings, note = prepare_plan(inventory, node, record, result.volumes,
+                                            files=restored_files(result.volumes), attached=attached)
+    if prepared != "in-process" or settings is None:
+        if prepared is not None:  # the scratch agent's
+            from snapctl.runner import run as run_coroutine  # SIGTERM cancels the call, as Ctrl-C does
+
+            run_coroutine(_agent_restore_prepare(inventory, node))
+        result.prepared, result.note = prepared, note
         return
     engine = create_engine(settings, base_dir=inventory.base_dir)
     try:

@@ -376,8 +376,12 @@ class JsonRenderer(Renderer):
 
     def restore_result(self, result) -> int:
         from snapctl.render.restore import restore_document
+        from snapctl.restore_plan import RestorePlan
 
         self._warn(result.warnings)
+        if isinstance(result, RestorePlan):  # a dry run's, as `backup --dry-run`'s is kind "plan"
+            self._emit("restore_plan", result)
+            return ExitCode.OK
         self._emit("restore", restore_document(result))
         return ExitCode.OK if result.ok else ExitCode.VERIFY_MISMATCH
 

@@ -13,9 +13,41 @@ def restore_document(result) -> dict:
     return {**jsonable(result), "ok": result.ok}
 
 
+def restore_plan_text(r, plan) -> int:
+    """`restore --dry-run`: each node's volumes, each to its snapshot and place, and its engine."""
+    r.line(f"dry run: would restore run {plan.run_id} of cluster {plan.cluster} with provider {plan.provider} "
+           f"into {plan.target}")
+    for n in plan.nodes:
+        r.line(f"  {n.node}:")
+        for v in n.volumes:
+            r.line(f"    {v.volume} -> {v.snapshot_id} -> {_place(v)}")
+        engine = (f"{n.engine}, restore-prepared in-process" if n.prepared == "in-process" else
+                  f"scratch agent {n.prepared}" if n.prepared else "none")
+        said = n.note and n.prepared in (None, "in-process")  # the scratch agent's note says what the line does
+        r.line(f"    engine: {engine}" + (f" ({n.note})" if said else ""))
+    _warnings(r, plan.warnings)
+    r.line("restore: would go ahead; nothing restored, nothing written"
+           + (f" (the restore would put its record in the catalog's {plan.record}/)" if plan.record else ""))
+    return ExitCode.OK
+
+
+def _place(v) -> str:
+    if v.path is not None:
+        return v.path
+    where = f"new volume in zone {v.zone}" if v.zone else "new volume in the provider's default place"
+    if v.instance:
+        where += f", attached to {v.instance}" + (f" at {v.device}" if v.device else "")
+    return where
+
+
 def restore_text(r, result) -> int:
     from rich.markup import escape
     from rich.table import Table
+
+    from snapctl.restore_plan import RestorePlan
+
+    if isinstance(result, RestorePlan):
+        return restore_plan_text(r, result)
 
     table = Table(title=escape(f"restore of {result.run_id} into {result.target}"), title_justify="left")
     for column in ("node", "volumes", "prepared", "tables (rows)", "matches prepare"):
