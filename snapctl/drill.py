@@ -46,17 +46,16 @@ from snapctl.providers import TAG_DRILL, Provider, SnapshotRef, open_provider, s
 from snapctl.redact import redact
 from snapctl.restore import (
     check_before_restoring,
-    check_provider,
     inventory_node,
     no_engine_path,
     remap_paths,
     restore_volumes,
     restored_files,
     scratch_agent,
-    usable_run,
 )
 from snapctl.runner import interrupts_deferred, sigterm_as_ctrl_c
 from snapctl.timestamps import UtcTime
+from snapctl.usable_run import check_provider, usable_run
 
 NodeVerdict = Literal["passed", "mismatch", "error"]
 DEFAULT_JUNIT = "snapctl-drill.xml"

@@ -23,7 +23,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from node_agent.models import VerifyFacts
-from snapctl.abandoned_runs import as_stopped_backup, newer_stopped_backups
 from snapctl.catalog import Catalog, open_catalog
 from snapctl.config import Inventory, Node
 from snapctl.engine_paths import no_engine_path, remap_paths
@@ -35,14 +34,14 @@ from snapctl.providers import Provider, RestoreTarget, SnapshotRef, node_volumes
 from snapctl.redact import redact
 from snapctl.restore_leftovers import EACH_NODE, places_of
 from snapctl.timestamps import UtcTime
+from snapctl.usable_run import check_provider, usable_run
 
 # A volume's directory under the restore root: one plain name, as the inventory allows them.
 _VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _NAMED = 5  # restored volumes a failure's hint names, of a cluster's hundreds
 
-__all__ = ["NodeRestore", "RestoreRecord", "RestoreResult", "check_before_restoring", "check_provider",
-           "compare_facts", "no_engine_path", "not_succeeded", "remap_paths", "restore_run",
-           "usable_run"]
+__all__ = ["NodeRestore", "RestoreRecord", "RestoreResult", "check_before_restoring", "compare_facts",
+           "no_engine_path", "remap_paths", "restore_run"]
 
 
 @dataclass
@@ -333,40 +332,6 @@ def check_targets(provider: Provider, manifest: Manifest, nodes: dict[str, Node]
             planned.append((ref, target))
     if check_space is not None:  # volumes that share a disk need room there together
         check_space(planned)
-
-
-def usable_run(catalog: Catalog, manifest: Manifest, nothing: str, warnings: list[str], *,
-               latest: bool = False) -> Manifest:
-    """A succeeded run, or one a killed snapctl left running with every snapshot taken (which a
-    warning then says): what restore, drill and verify use; else the refusal. ``latest``: the
-    run is `latest`, and a newer such run is named in a warning."""
-    if (stopped := as_stopped_backup(catalog, manifest)) is not None:
-        warnings.append(stopped)
-    elif manifest.status != "succeeded":
-        raise not_succeeded(manifest, nothing)
-    elif latest:
-        warnings += newer_stopped_backups(catalog, manifest)
-    return manifest
-
-
-def not_succeeded(manifest: Manifest, nothing: str) -> BadInputError:
-    """Only a succeeded run is restored, drilled or verified. One a prune marked is being deleted,
-    whatever snapshots it still has: "nothing to restore" would send the operator after lost data."""
-    if manifest.status == "pruning":
-        return BadInputError(f"run {manifest.run_id} is being deleted by a prune: it cannot be used any more",
-                             hint="pick another succeeded run from `snapctl list`; the prune that marked it, or the "
-                                  "next one, deletes what is left of it")
-    return BadInputError(f"run {manifest.run_id} {manifest.status}: {nothing}",
-                         hint="pick a succeeded run from `snapctl list`")
-
-
-def check_provider(manifest: Manifest, provider: Provider) -> None:
-    """A run's snapshots are only its own provider's to find: another would call them all gone."""
-    if manifest.provider != provider.name:
-        raise BadInputError(f"run {manifest.run_id} was made with the {manifest.provider} provider, not "
-                            f"{provider.name} (the inventory's): {provider.name} cannot find or restore its snapshots",
-                            hint=f"use an inventory whose provider is the one the run was made with "
-                                 f"(provider: {{type: {manifest.provider}, ...}})")
 
 
 def inventory_node(inventory: Inventory, name: str) -> Node:

@@ -18,7 +18,7 @@ from snapctl.catalog import open_catalog
 from snapctl.config import Inventory
 from snapctl.manifest import Manifest
 from snapctl.providers import TAG_CLUSTER, TAG_NODE, TAG_RUN, TAG_VOLUME, Provider, SnapshotRef, open_provider
-from snapctl.restore import check_provider, usable_run
+from snapctl.usable_run import check_provider, usable_run
 
 CheckState = Literal["ok", "missing", "pending", "failed", "damaged"]  # pending: not complete yet, nothing wrong
 # How many problems one snapshot reports before "and N more": a gutted snapshot lists thousands.
