@@ -71,8 +71,8 @@ def owner_gone(run_id: str, lock: LockRecord | None, now: datetime) -> bool:
     if not lock.held_at(now):
         # Expired, but its owner's pid lives here: a run whose renewals failed (the catalog down
         # for a while) is not proven dead; prune or a backup taking the lock over then closes it.
-        return not may_live_on_this_host(lock.owner)
-    return gone_from_this_host(lock.owner)
+        return not may_live_on_this_host(lock)
+    return gone_from_this_host(lock)
 
 
 def marked_stopped(catalog: Catalog, entries: list[IndexEntry], lock: LockRecord | None) -> list[IndexEntry]:

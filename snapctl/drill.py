@@ -141,8 +141,9 @@ class _Drill:
 
 def run_drill(inventory: Inventory, run_ref: str = "latest", *, junit: Path | None = None, keep: bool = False,
               reporter: Reporter | None = None) -> DrillReport:
-    from snapctl.drill_leftovers import clean_up_killed_drills, drill_owner, identity, make_scratch_dir
+    from snapctl.drill_leftovers import clean_up_killed_drills, drill_owner, make_scratch_dir
     from snapctl.junit import usable_report_path, write_junit, write_junit_refusal
+    from snapctl.process_identity import identity
 
     reporter = reporter or NullReporter()
     junit_path = usable_report_path(junit or (inventory.resolve(inventory.drill.junit) if inventory.drill.junit

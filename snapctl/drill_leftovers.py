@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from snapctl.errors import os_reason
 from snapctl.fsmodes import open_private, remove_tree
+from snapctl.process_identity import identity, runs
 from snapctl.timestamps import utc_text
 from snapctl.units import human_bytes
 
@@ -151,21 +152,6 @@ def exec_recorded(args: list[str]) -> None:
     os.execv(argv[0], argv)
 
 
-def identity(pid: int) -> dict[str, Any] | None:
-    """``{"pid", "boot_id", "pid_ns", "started"}`` of a process that exists (its start in clock
-    ticks since boot), else None; a zombie is none: it runs nothing, and no one may have reaped it."""
-    try:
-        stat_line = Path(f"/proc/{pid}/stat").read_text()
-        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        pid_ns = os.readlink(f"/proc/{pid}/ns/pid")
-    except OSError:
-        return None
-    fields = stat_line.rpartition(")")[2].split()  # the name before it may hold spaces and parentheses
-    if fields[0] == "Z":
-        return None
-    return {"pid": pid, "boot_id": boot_id, "pid_ns": pid_ns, "started": int(fields[19])}
-
-
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     """Whole or not at all, and snapctl's user's alone whatever the umask (it is the proof)."""
     temp = path.with_name(f".{path.name}.tmp")
@@ -262,28 +248,7 @@ def gone_from_this_host(owner: str, process: object) -> bool:
     the drill's (or a restore's) process was of this boot and this pid namespace (``process``, as
     ``identity`` recorded it), and its pid now runs nothing, or a process begun at another time."""
     host, _, pid = owner.rpartition("@")[2].rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit() or not isinstance(process, dict):
-        return False
-    ours = identity(os.getpid())
-    if ours is None or (process.get("boot_id"), process.get("pid_ns")) != (ours["boot_id"], ours["pid_ns"]):
-        return False
-    now = identity(int(pid))
-    if now is None:
-        return _not_running(int(pid))
-    return process.get("pid") != int(pid) or process.get("started") != now["started"]
-
-
-def _not_running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:
-        return False
-    try:  # a zombie runs no more code; its parent may just not have reaped it
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
-    except (OSError, IndexError):
-        return False
+    return host == socket.gethostname() and pid.isdigit() and runs(int(pid), process) is False
 
 
 # -- cleaning them up ----------------------------------------------------------------------------------

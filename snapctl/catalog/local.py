@@ -71,7 +71,7 @@ class LocalBlobStore:
                 raise
             fsync_dir(path.parent)
         except OSError as exc:
-            raise CatalogError(f"cannot write {path}: {os_reason(exc)}", hint=_permission_hint(exc, path)) from exc
+            raise _refused(f"cannot write {path}", path, exc) from exc
 
     def create(self, key: str, data: bytes) -> bool:
         path = self._path(key)
@@ -87,7 +87,7 @@ class LocalBlobStore:
             fsync_dir(path.parent)
             return True
         except OSError as exc:
-            raise CatalogError(f"cannot create {path}: {os_reason(exc)}", hint=_permission_hint(exc, path)) from exc
+            raise _refused(f"cannot create {path}", path, exc) from exc
 
     def replace(self, key: str, data: bytes, expected: bytes) -> bool:
         path = self._path(key)
@@ -159,8 +159,7 @@ class LocalBlobStore:
             except FileNotFoundError:
                 return True
             except OSError as exc:
-                raise CatalogError(f"cannot remove {path}: {os_reason(exc)}",
-                                   hint=_permission_hint(exc, path)) from exc
+                raise _refused(f"cannot remove {path}", path, exc, act="removing") from exc
             fsync_dir(path.parent)
             return True
 
@@ -184,10 +183,8 @@ class LocalBlobStore:
             raise CatalogError(f"cannot write the catalog in {path}: {existing} is not a directory",
                                hint="set catalog.path in the inventory to a directory")
         if not os.access(existing, os.W_OK | os.X_OK):
-            raise CatalogError(
-                f"cannot write the catalog in {existing}: this process may not write there",
-                hint=f"check the owner and mode of {existing}, that its file system is mounted read-write and that "
-                     "it is not immutable (lsattr -d), or set catalog.path in the inventory")
+            raise CatalogError(f"cannot write the catalog in {existing}: this process may not write there",
+                               hint=_fix_hint(existing))
 
     def describe(self) -> str:
         return str(self.root)
@@ -224,7 +221,8 @@ class LocalBlobStore:
             # 0600: anyone who could open it could stall every catalog write (and every backup).
             lock_fd = open_private(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC)
         except OSError as exc:
-            raise CatalogError(f"cannot lock {path}: {os_reason(exc)}", hint=_permission_hint(exc, path)) from exc
+            # The lock file is the first thing any write makes: what refuses it refuses the write.
+            raise _refused(f"cannot lock {path} for writing", path, exc) from exc
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
             yield
@@ -237,6 +235,28 @@ def _unlink_quietly(path: Path) -> None:
         path.unlink()
     except OSError:
         pass
+
+
+_REFUSALS = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def _refused(doing: str, path: Path, exc: OSError, act: str = "creating") -> CatalogError:
+    """``doing`` (what failed on ``path``) failed with ``exc``. Refused by the directory (its mode or
+    owner, a read-only mount, chattr +i), the error says which directory is not writable and what
+    could not be made there; "cannot lock" alone sent operators to look for another snapctl."""
+    # A rename or link (two names) failed after its temp file was made there: no sign of a directory
+    # it may not write in (link(2) is refused where the file system has no hard links).
+    if exc.errno not in _REFUSALS or exc.filename2:
+        return CatalogError(f"{doing}: {os_reason(exc)}")
+    made = Path(os.fsdecode(exc.filename)) if exc.filename else path
+    what = "a temp file there" if _TEMP_NAME.match(made.name) else made
+    return CatalogError(f"{doing}: the catalog directory {made.parent} is not writable by this process "
+                        f"({os_reason(exc)} {act} {what})", hint=_fix_hint(made.parent))
+
+
+def _fix_hint(directory: Path) -> str:
+    return (f"check the owner and mode of {directory}, that its file system is mounted read-write and that it is "
+            "not immutable (lsattr -d), or set catalog.path in the inventory")
 
 
 def _permission_hint(exc: OSError, path: Path) -> str | None:

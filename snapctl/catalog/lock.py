@@ -1,7 +1,8 @@
 """The cluster's run lock: one backup run at a time, as a lease in the catalog.
 
 The lock is a blob ``<cluster>/lock.json`` = ``{owner, run_id, acquired_at, expires_at}`` in
-wall-clock UTC (several hosts may share an S3 catalog, so monotonic clocks do not compare).
+wall-clock UTC (several hosts may share an S3 catalog, so monotonic clocks do not compare), and
+``owner_process``: the owner's boot, pid namespace and start, which make its pid a proof.
 Every change after the first create is a compare-and-swap (``BlobStore.replace`` with the
 bytes last seen), so of two runs taking over an expired lock exactly one wins, and a run whose
 lock was taken over cannot renew or release the new holder's lock. Release does not delete the
@@ -20,12 +21,13 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from snapctl.catalog import BlobStore
 from snapctl.errors import CatalogError, LockHeld, RunFailed, SnapctlError
+from snapctl.process_identity import identity, of_an_earlier_boot, runs
 from snapctl.timestamps import AwareUtcTime
 
 if TYPE_CHECKING:
@@ -40,6 +42,8 @@ def utc_now() -> datetime:
 
 
 class LockRecord(BaseModel):
+    # Every snapctl since the first ignores keys it does not know: an older one reads a lock with
+    # owner_process as it always read one, and a newer field does not lock this one out.
     model_config = ConfigDict(extra="ignore")
 
     owner: str
@@ -48,6 +52,9 @@ class LockRecord(BaseModel):
     acquired_at: AwareUtcTime
     expires_at: AwareUtcTime
     released_at: AwareUtcTime | None = None
+    # The owner's process as ``identity`` had it when it took the lock; none in a lock of an older
+    # snapctl. Any shape is read: one this snapctl cannot judge proves nothing, and is no unreadable lock.
+    owner_process: Any = None
 
     def held_at(self, now: datetime) -> bool:
         return self.released_at is None and self.expires_at > now
@@ -77,37 +84,73 @@ def held_error(cluster: str, record: LockRecord, where: str, now: datetime) -> L
 
 
 def dead_holder_hint(record: LockRecord, where: str) -> str | None:
-    """What to do about a lock whose holder was killed (SIGKILL, the OOM killer) on this host, so
-    that nobody need go and look; None when it may still run."""
-    if not gone_from_this_host(record.owner):
+    """What to do about a lock whose holder was killed (SIGKILL, the OOM killer) on this host, or
+    whose host rebooted since, so that nobody need go and look; None when it may still run."""
+    if not gone_from_this_host(record):
         return None
-    return (f"that process is no longer running on this host: the next run takes the lock over once it "
-            f"expires, or remove {where} to run now")
+    return (f"that process is no longer running on this host{_why_gone(record)}: the next run takes the lock "
+            f"over once it expires, or remove {where} to run now")
 
 
-def gone_from_this_host(owner: str) -> bool:
-    """``owner`` (``user@host:pid``) names this host and a process that does not exist. Any doubt
-    (another host, a pid that some process has, one we may not signal) is not gone."""
-    return _on_this_host(owner) is False
+def gone_from_this_host(record: LockRecord) -> bool:
+    """The lock's owner (``user@host:pid``) names this host and is proven gone from it. Any doubt
+    (another host, a container's pid namespace, a pid that some process has, one we may not
+    signal) is not gone."""
+    return _on_this_host(record) is False
 
 
-def may_live_on_this_host(owner: str) -> bool:
-    """``owner`` names this host and a pid some process has (perhaps another, reused: a doubt)."""
-    return _on_this_host(owner) is True
+def may_live_on_this_host(record: LockRecord) -> bool:
+    """The lock's owner names this host and may still run there: its pid runs the process that took
+    the lock, or (a lock of an older snapctl, without ``owner_process``) some process (a doubt)."""
+    return _on_this_host(record) is True
 
 
-def _on_this_host(owner: str) -> bool | None:
-    """Whether ``owner``'s pid exists on this host; None: another host, or no pid to ask about."""
-    host, _, pid = owner.rpartition("@")[2].rpartition(":")
+def _on_this_host(record: LockRecord) -> bool | None:
+    """Whether the owner runs on this host; None: another host, or no pid that proves anything here.
+
+    With ``owner_process`` the pid is judged as a drill's is: of this boot and this pid namespace,
+    it is gone when the pid runs nothing or a process begun at another time (the pid handed out
+    again). A lock taken in an earlier boot of this host is gone too, whatever its pid (its
+    ``acquired_at`` before this boot: one taken since, with another boot id, is another machine's
+    given this host's name). Another pid namespace (a container given this host's name) proves
+    nothing. A lock of an older snapctl has only its pid: whether some process has it here."""
+    host, _, pid = record.owner.rpartition("@")[2].rpartition(":")
     if host != socket.gethostname() or not pid.isdigit():
         return None
+    process = record.owner_process
+    if process is None:
+        return _pid_exists(int(pid))
+    if not isinstance(process, dict) or process.get("pid") != int(pid):
+        return None  # not what any snapctl writes: a hand-edited record proves nothing
+    if of_an_earlier_boot(process, record.acquired_at):
+        return False
+    return runs(int(pid), process)
+
+
+def _pid_exists(pid: int) -> bool:
     try:
-        os.kill(int(pid), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except OSError:
         return True  # a process we may not signal
     return True
+
+
+def _why_gone(record: LockRecord) -> str:
+    """Why a holder ``gone_from_this_host`` is gone, where a look at the host would mislead: its pid
+    may run a process of today, not the one that took the lock."""
+    if of_an_earlier_boot(record.owner_process, record.acquired_at):
+        return " (this host has restarted since it took the lock)"
+    pid = int(record.owner.rpartition(":")[2])
+    return f" (pid {pid} now runs another process, begun later)" if identity(pid) is not None else ""
+
+
+def owner_identity(owner: str) -> dict[str, Any] | None:
+    """The identity of ``owner``'s process when it names this process, as every real owner does
+    (``run_owner``): the only process whose start is known to be the owner's."""
+    host, _, pid = owner.rpartition("@")[2].rpartition(":")
+    return identity(os.getpid()) if host == socket.gethostname() and pid == str(os.getpid()) else None
 
 
 class RunLock:
@@ -188,9 +231,11 @@ def acquire(store: BlobStore, key: str, cluster: str, owner: str, run_id: str, t
     if ttl_s <= 0:
         raise CatalogError(f"lock TTL must be positive, not {ttl_s}")
     where = f"{store.describe()}/{key}"
+    process = owner_identity(owner)
     for _ in range(10):
         now = clock()
-        record = LockRecord(owner=owner, run_id=run_id, acquired_at=now, expires_at=now + timedelta(seconds=ttl_s))
+        record = LockRecord(owner=owner, run_id=run_id, acquired_at=now, expires_at=now + timedelta(seconds=ttl_s),
+                            owner_process=process)
         if store.create(key, record.encode()):
             return RunLock(store, key, cluster, record, ttl_s, clock)
         current = store.read(key)

@@ -130,17 +130,39 @@ def _unwritable(directory: Path) -> list[str]:
     return ["chmod", "755", str(directory)]
 
 
-def test_unwritable_root_is_a_catalog_error(tmp_path: Path) -> None:
+def test_an_unwritable_catalog_directory_is_named_with_the_os_reason_and_the_fix(tmp_path: Path) -> None:
+    # The directory's lock file is the first thing a write makes: "cannot lock X: permission denied"
+    # read as another snapctl holding the catalog, and named no directory to fix.
+    from snapctl.catalog import Catalog
+
     root = tmp_path / "ro"
-    root.mkdir()
-    undo = _unwritable(root)
+    (root / "c").mkdir(parents=True)
+    fix = ("check the owner and mode of {}, that its file system is mounted read-write and that it is not immutable "
+           "(lsattr -d), or set catalog.path in the inventory")
+    undo = _unwritable(root / "c")
     try:
-        # The directory's lock file is the first thing a write makes, so that is what it reports.
-        with pytest.raises(CatalogError, match=f"cannot lock {root}/c/x.json: ") as info:
+        with pytest.raises(CatalogError) as lock:
             LocalBlobStore(root).write("c/x.json", b"x")
-        assert info.value.hint == f"check that {root}/c is writable by this user, or set catalog.path in the inventory"
+        with pytest.raises(CatalogError) as create:  # the run lock: its create makes a temp file first
+            Catalog(LocalBlobStore(root), "c").acquire_lock("ops@host:1", "r1", ttl_s=60)
     finally:
         subprocess.run(undo, check=True)
+    undo = _unwritable(root)
+    try:
+        with pytest.raises(CatalogError) as below:  # the cluster's directory is made first
+            LocalBlobStore(root).write("d/x.json", b"x")
+    finally:
+        subprocess.run(undo, check=True)
+
+    reason = "operation not permitted" if os.geteuid() == 0 else "permission denied"  # chattr +i, or the mode
+    assert lock.value.message == (f"cannot lock {root}/c/x.json for writing: the catalog directory {root}/c is not "
+                                  f"writable by this process ({reason} creating {root}/c/.lock)")
+    assert create.value.message == (f"cannot create {root}/c/lock.json: the catalog directory {root}/c is not "
+                                    f"writable by this process ({reason} creating a temp file there)")
+    assert lock.value.hint == create.value.hint == fix.format(root / "c")
+    assert below.value.message == (f"cannot lock {root}/d/x.json for writing: the catalog directory {root} is not "
+                                   f"writable by this process ({reason} creating {root}/d)")
+    assert below.value.hint == fix.format(root)
 
 
 def test_list_of_missing_root_is_empty(tmp_path: Path) -> None:

@@ -277,7 +277,8 @@ def write_restore_marker(dest: Path, ref: Any, meta: dict[str, Any], *, staging:
     metadata), with the restore's own ``tags`` (a drill's id) and its ``staging`` copy, which a
     restore killed part-way leaves. Exclusive: ``FileExistsError`` when a marker is there already,
     another restore's into the same place (which must keep it: it names what that restore made)."""
-    from snapctl.drill_leftovers import drill_owner, identity
+    from snapctl.drill_leftovers import drill_owner
+    from snapctl.process_identity import identity
 
     tags = {**(meta.get("tags") or {}), **(tags or {})}
     marker = restore_marker(dest)

@@ -1,0 +1,103 @@
+"""The cluster lock's owner judged by its process's identity (boot, pid namespace, start), not by
+its pid alone: a reboot, a reused pid or a container given this host's name fooled the pid."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from snapctl.abandoned_runs import owner_gone
+from snapctl.catalog import Catalog, LocalBlobStore, LockRecord
+from snapctl.catalog.lock import utc_now
+from snapctl.errors import LockHeld
+from snapctl.orchestrator import run_owner
+from snapctl.process_identity import booted_at, identity
+
+HERE = socket.gethostname()
+OURS = identity(os.getpid())
+pytestmark = pytest.mark.skipif(OURS is None or booted_at() is None, reason="needs Linux's /proc")
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # reaped: no process has its pid now
+    return child.pid
+
+
+def _refusal(tmp_path: Path, pid: int, process: dict[str, Any], *, acquired_ago: timedelta = timedelta(minutes=1),
+             expired: bool = False) -> tuple[str, bool]:
+    """The hint of the refusal the next run meets on a lock of ``ops@<this host>:<pid>`` recording
+    ``process`` (with that pid, as every lock names it), and whether a run it holds counts as gone
+    (what list, status and verify go by); no hint for an ``expired`` lock, which refuses nothing."""
+    now = utc_now()
+    record = LockRecord(owner=f"ops@{HERE}:{pid}", run_id="r1", acquired_at=now - acquired_ago,
+                        expires_at=now + (timedelta(seconds=-1) if expired else timedelta(hours=1)),
+                        owner_process={**process, "pid": pid})
+    store = LocalBlobStore(tmp_path / "catalog")
+    store.write("prod/lock.json", record.encode())
+    gone = owner_gone("r1", Catalog(store, "prod").read_lock(), utc_now())
+    if expired:
+        return "", gone
+    with pytest.raises(LockHeld) as held:
+        Catalog(store, "prod").acquire_lock(run_owner(), "r2", ttl_s=60)
+    return held.value.hint or "", gone
+
+
+def test_a_lock_records_its_owners_process_and_a_real_holder_killed_on_this_host_is_proven_gone(tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path / "catalog")
+    Catalog(store, "prod").acquire_lock(run_owner(), "r0", ttl_s=60).release()
+    assert Catalog(store, "prod").read_lock().owner_process == OURS  # written on acquire, from /proc
+    # A real snapctl process takes the lock and dies holding it (as SIGKILL leaves it).
+    subprocess.run(
+        [sys.executable, "-c", "from snapctl.catalog import Catalog, LocalBlobStore; from snapctl.orchestrator import "
+         f"run_owner; Catalog(LocalBlobStore({str(tmp_path / 'catalog')!r}), 'prod').acquire_lock(run_owner(), 'r1', 600)"],
+        capture_output=True, text=True, check=True)
+    lock = Catalog(store, "prod").read_lock()
+    assert lock.run_id == "r1" and lock.owner_process["pid"] != os.getpid()
+    with pytest.raises(LockHeld) as held:
+        Catalog(store, "prod").acquire_lock(run_owner(), "r2", ttl_s=60)
+    assert held.value.hint.startswith("that process is no longer running on this host: the next run takes")
+    assert owner_gone("r1", lock, utc_now())
+
+
+def test_a_lock_taken_before_this_host_rebooted_is_gone_though_its_pid_runs_again(tmp_path: Path) -> None:
+    # After a reboot the lock's pid is handed out again (here: it is this test's own, alive), and
+    # looked alive; a lease still running after an unclean shutdown refused every run till it expired.
+    before_boot = utc_now() - booted_at() + timedelta(hours=1)
+    hint, gone = _refusal(tmp_path, os.getpid(), {**OURS, "boot_id": "another-boot"}, acquired_ago=before_boot)
+    assert hint.startswith("that process is no longer running on this host (this host has restarted since it "
+                           "took the lock): the next run takes the lock over once it expires, or remove "), hint
+    assert gone
+
+
+def test_a_lock_of_another_boot_taken_since_this_boot_is_another_machines_with_this_name(tmp_path: Path) -> None:
+    # Two machines named alike (cloned VMs, `localhost`) sharing a catalog: the other's lock, taken
+    # while this one ran, cannot be of an earlier boot here, and its pid here proves nothing.
+    hint, gone = _refusal(tmp_path, _dead_pid(), {**OURS, "boot_id": "another-boot"})
+    assert hint.startswith("wait for that run to finish"), hint
+    assert not gone
+
+
+def test_a_lock_whose_pid_now_runs_a_process_begun_later_is_gone(tmp_path: Path) -> None:
+    # Its pid handed out again: this test's process runs under it, begun after the lock's holder.
+    hint, gone = _refusal(tmp_path, os.getpid(), {**OURS, "started": OURS["started"] - 1})
+    assert hint.startswith(f"that process is no longer running on this host (pid {os.getpid()} now runs another "
+                           "process, begun later): the next run takes the lock over"), hint
+    assert gone
+    # Expired, its pid alive but another process's: no run whose renewals failed, a dead one.
+    assert _refusal(tmp_path, os.getpid(), {**OURS, "started": OURS["started"] - 1}, expired=True)[1]
+
+
+def test_a_lock_of_another_pid_namespace_is_not_judged_by_a_pid_of_ours(tmp_path: Path) -> None:
+    # A container given this host's name counts its pids apart: its holder's pid, absent here, is no
+    # proof it is gone, and removing the lock of a live run let two backups run at once.
+    hint, gone = _refusal(tmp_path, _dead_pid(), {**OURS, "pid_ns": "pid:[4026531999]"})
+    assert hint.startswith("wait for that run to finish"), hint
+    assert not gone
