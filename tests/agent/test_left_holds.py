@@ -219,14 +219,14 @@ def test_a_state_dir_gone_read_only_still_has_its_left_hold_released_before_the_
     [record] = state.glob("hold-*.json")
     argv = [str(AGENT_BIN), "--config", str(config), "--port", str(free_port())]
     if os.geteuid() == 0:  # root writes through any mode: a read-only mount, in a namespace of its own
-        if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        if subprocess.run(["unshare", "-m", "true"], capture_output=True, check=False).returncode != 0:
             pytest.skip("running as root, and cannot make a mount namespace here (unshare -m) for a read-only state_dir")
-        argv = ["unshare", "-m", "sh", "-c", f'mount --bind {state} {state} && mount -o remount,bind,ro {state} '
-                '&& exec "$@"', "sh", *argv]
+        remount = f'mount --bind {state} {state} && mount -o remount,bind,ro {state} && exec "$@"'
+        argv = ["unshare", "-m", "sh", "-c", remount, "sh", *argv]
     else:
         state.chmod(0o500)
     try:
-        stopped = subprocess.run(argv, capture_output=True, text=True, timeout=60,
+        stopped = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False,
                                  env={**os.environ, "SNAPCTL_AGENT_TOKEN": ""})
     finally:
         state.chmod(0o700)

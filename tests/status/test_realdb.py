@@ -177,10 +177,10 @@ def test_an_orphan_replica_is_said_to_be_one(replica_set, tmp_path):
     status = look(inventory)
     said = {f.subject: (f.severity, f.message, f.hint) for f in status.verdict.findings}
     address = f"127.0.0.1:{replica_set.instances[1].port}"
-    assert said["m2"] == ("degraded", f"engine tarantool reports a problem: tarantool at {address} is an orphan: it "
+    assert said["m2"] == ("degraded", (f"engine tarantool reports a problem: tarantool at {address} is an orphan: it "
                           "has not connected to replication_connect_quorum of its peers (box.cfg.replication) and "
-                          "stays read-only until it does", "check that those peers are up and reachable from it, "
-                          "and box.info.replication there"), said
+                          "stays read-only until it does"), ("check that those peers are up and reachable from it, "
+                          "and box.info.replication there")), said
 
 
 def test_a_read_only_master_leaves_no_leader_and_the_finding_says_none_is_writable(replica_set, tmp_path):
@@ -217,8 +217,8 @@ def test_two_writable_instances_are_said_to_be_master_master_not_two_leaders(tmp
         f"master-master replication: {first} (m1), {second} (m2) are all writable, with no leader election; each "
         "takes writes the others get only by replication, so each node's snapshot is cut at its own position and "
         "none is sure to hold the others' latest writes: the backup is no consistent cut of the group"),
-        "for one, make all members but one read-only while it runs, box.cfg{read_only = true}, or let an election "
-        "choose the one writer: box.cfg{election_mode = 'candidate'}, Tarantool 2.6.1 and later")], said
+        ("for one, make all members but one read-only while it runs, box.cfg{read_only = true}, or let an election "
+         "choose the one writer: box.cfg{election_mode = 'candidate'}, Tarantool 2.6.1 and later"))], said
     assert status.verdict.level == "degraded"
 
 
