@@ -72,7 +72,7 @@ class HoldRecords:
         namespace only: a second agent in another loaded the first's live record and released its
         hold. A flock is the kernel's, across namespaces, and dies with the process, SIGKILL too."""
         try:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            fd = _open_lock(self.lock_path)
         except OSError as exc:
             raise BadInputError(f"cannot open the agent's lock file {self.lock_path}: {os_reason(exc)}",
                                 hint=f"the state_dir set in {config_source} must be the agent's own (chmod 700)",
@@ -187,6 +187,26 @@ class HoldRecords:
             log.warning("cannot remove the hold record %s: %s", self.path, os_reason(exc))
 
 
+def _open_lock(path: Path) -> int:
+    flags = os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | flags, 0o600)
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        # A flock needs no write access: on a state_dir gone read-only, the lock file a killed agent
+        # left is still taken before its record is loaded, so that the hold it names is released.
+        try:
+            return os.open(path, os.O_RDONLY | flags)
+        except OSError:
+            raise exc from None
+
+
+class UnwritableStateDir(BadInputError):
+    """A state_dir that is there but cannot be written (read-only, or its mode): the agent still
+    releases what a hold record in it names before it stops (main), as no later record can be kept."""
+
+
 def default_state_dir(env: Mapping[str, str]) -> Path:
     """systemd's StateDirectory= (``$STATE_DIRECTORY``, its first path), else the XDG state home."""
     if env.get("STATE_DIRECTORY"):
@@ -204,8 +224,9 @@ def ready_state_dir(directory: Path, setting: str) -> Path:
         raise BadInputError(f"cannot create the agent's state_dir {directory}: {os_reason(exc)}",
                             hint=f"set state_dir in {setting} to a directory the agent's user can write") from exc
     if not directory.is_dir() or not os.access(directory, os.W_OK | os.X_OK):
-        raise BadInputError(f"the agent's state_dir {directory} is not a directory its user can write",
-                            hint=f"set state_dir in {setting} to a directory the agent's user can write")
+        kind = UnwritableStateDir if directory.is_dir() else BadInputError
+        raise kind(f"the agent's state_dir {directory} is not a directory its user can write",
+                   hint=f"set state_dir in {setting} to a directory the agent's user can write")
     # Whoever else can write there can plant a record (released at the next start) or a symlink
     # for the agent to write through, or hold the lock file and keep the agent from starting.
     st = directory.stat()

@@ -11,6 +11,7 @@ its hold was lost, and snapctl fails the run.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
@@ -163,3 +164,27 @@ class HoldBook:
         log.warning("%s", left.said(outcome))
         self.left = None
         self.records.remove()
+
+
+def release_before_refusing(records: HoldRecords, engine: Any) -> str | None:
+    """Release what the hold record names before the agent stops on a state_dir it cannot write: a
+    killed agent's hold must not outlive it because its successor will not start. Done here, in
+    the process about to exit, as the lease watcher would have once serving (tried once while the
+    engine cannot be reached; asked again while it cannot tell yet). The record stays: it cannot be
+    removed, and the next start's release of it is fenced to that run's hold. Returns what to add
+    to the refusal, None when no record names a hold."""
+    if (record := records.load()) is None:
+        return None
+    left = LeftHold(record)
+    log.info("releasing what run %s left held on the engine, found in its hold record, before stopping",
+             left.run_id)
+    try:
+        while (outcome := release_left(engine, record)) is None:
+            time.sleep(RETRY_S)
+    except Exception as exc:  # noqa: BLE001 - said, and the refusal stands
+        log.error("the agent process before this one died while run %s held the engine, and the engine would "
+                  "not release: %s; it stays held until an agent with a writable state_dir starts", left.run_id, exc)
+        return f"the hold run {left.run_id} left on the engine is not released ({exc})"
+    log.warning("%s; its hold record %s stays, as the state_dir cannot be written", left.said(outcome), records.path)
+    return (f"what run {left.run_id} left held on the engine was released first ({outcome}); its hold record "
+            f"{records.path} stays")

@@ -20,7 +20,8 @@ from types import FrameType
 from node_agent.config import AgentConfig, load_agent_config
 from node_agent.engines.base import Engine, load_engine_factory
 from node_agent.exclusive import claim_database
-from node_agent.hold_record import HoldRecords, ready_state_dir
+from node_agent.hold_record import HoldRecords, UnwritableStateDir, ready_state_dir
+from node_agent.left_hold import release_before_refusing
 from snapctl import __version__
 from snapctl.config import is_loopback
 from snapctl.errors import BadInputError, ExitCode, SnapctlError, os_reason
@@ -76,12 +77,16 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(exc)
     try:
         state_dir = ready_state_dir(config.state_directory(), config.source)
+    except UnwritableStateDir as exc:
+        said = _release_left_in(config, engine)
+        engine.close()
+        sock.close()
+        return _fail(UnwritableStateDir(f"{exc.message}; {said}", hint=exc.hint) if said else exc)
     except SnapctlError as exc:
         engine.close()
         sock.close()
         return _fail(exc)
-    db_path = getattr(engine, "db_path", None)  # SQLite: the file, so two in one directory differ
-    records = HoldRecords(state_dir, config.node, settings.type, [db_path] if db_path else engine.data_paths())
+    records = _hold_records(config, engine, state_dir)
     try:
         records.lock(config.source)  # before the record is loaded (AgentService): it may be a live agent's
     except SnapctlError as exc:
@@ -90,6 +95,25 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(exc)
     records.warn_of_others()
     return _serve(config, token, metrics_token, engine, sock, records)
+
+
+def _hold_records(config: AgentConfig, engine: Engine, state_dir: Path) -> HoldRecords:
+    db_path = getattr(engine, "db_path", None)  # SQLite: the file, so two in one directory differ
+    paths = [db_path] if db_path else engine.data_paths()
+    return HoldRecords(state_dir, config.node, config.engine_settings.type, paths)
+
+
+def _release_left_in(config: AgentConfig, engine: Engine) -> str | None:
+    """What a killed agent's record in an unwritable state_dir names, released before the refusal
+    (the engine is never left held because the agent cannot start); what to add to it."""
+    records = _hold_records(config, engine, config.state_directory())
+    if not records.path.exists():
+        return None
+    try:
+        records.lock(config.source)  # a live agent's record is its own to release
+    except SnapctlError as exc:
+        return f"the hold record {records.path} there is not acted on: {exc}"
+    return release_before_refusing(records, engine)
 
 
 def _short_token(config: AgentConfig) -> None:

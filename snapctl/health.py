@@ -161,9 +161,20 @@ def engine_mismatch(probe: NodeProbe, expected: object) -> list[Finding]:
 def split_hint(text: str) -> tuple[str, str | None]:
     """``text`` without the "(hint: ...)" it ends in, and that hint: how the clients say one."""
     head, sep, tail = text.rpartition(" (hint: ")
-    if sep and tail.endswith(")"):
+    if sep and tail.endswith(")") and _balanced(tail[:-1]):
         return head, tail[:-1]
     return text, None
+
+
+def _balanced(text: str) -> bool:
+    """No parenthesis closed that was not opened: else the "(hint: " was mid-text, closed early, as
+    in a replication error whose upstream part has a hint and whose downstream part follows."""
+    depth = 0
+    for char in text:
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth < 0:
+            return False
+    return depth == 0
 
 
 def assess_node(probe: NodeProbe, *, for_backup: bool = False, released_by_prepare: bool = False) -> list[Finding]:
@@ -206,7 +217,8 @@ def assess_node(probe: NodeProbe, *, for_backup: bool = False, released_by_prepa
                     hint=hint or f"start {node}'s {engine.engine}, or fix the engine: block of its agent's config "
                                  "if it names the wrong one"))
     elif engine.error:  # it answers, but says something is wrong (an etcd alarm, a raft page it cannot read)
-        add(Finding("degraded", node, f"engine {engine.engine} reports a problem: {engine.error}"))
+        said, hint = split_hint(engine.error)
+        add(Finding("degraded", node, f"engine {engine.engine} reports a problem: {said}", hint=hint))
     releasing, busy = engine.details.get("releasing"), engine.details.get("busy")
     if releasing:  # a database frozen past its lease, until the engine answers the agent again
         add(Finding("critical", node, f"engine still held: {releasing}; the agent retries the release",
@@ -349,8 +361,8 @@ def _grade_group(view: GroupView, views: list[tuple[str, RaftGroup]], leaders: l
     findings: list[Finding] = []
     subject = f"raft group {view.group}"
 
-    def add(severity: Severity, message: str) -> None:
-        findings.append(Finding(severity, subject, message))
+    def add(severity: Severity, message: str, hint: str | None = None) -> None:
+        findings.append(Finding(severity, subject, message, hint=hint))
 
     by_id = {m.member: m for m in view.members}
     def term_of(m: str) -> str:  # a leader not monitored: the term its followers follow it in
@@ -371,9 +383,9 @@ def _grade_group(view: GroupView, views: list[tuple[str, RaftGroup]], leaders: l
             add("info", f"no leader among the members asked ({roles}); these followers do not name theirs, and "
                 f"it may be one only seen by peers: {', '.join(unseen)}")
         elif blind:  # every member asked: none is writable
-            add("critical", f"no leader ({roles}): none of them is writable (hint: where the writable member leads, "
-                "as in Tarantool without raft elections, make the master writable: box.cfg{read_only = false}, "
-                "or see why it is read-only in its box.info.status)")
+            add("critical", f"no leader ({roles}): none of them is writable",
+                hint="where the writable member leads, as in Tarantool without raft elections, make the master "
+                     "writable: box.cfg{read_only = false}, or see why it is read-only in its box.info.status")
         else:
             add("critical", f"no leader ({roles})")
     elif len(leaders) > 1 and not named and all(by_id[m].node and by_id[m].term is None for m in leaders):
@@ -383,9 +395,9 @@ def _grade_group(view: GroupView, views: list[tuple[str, RaftGroup]], leaders: l
         add("degraded", f"master-master replication: {writers} are all writable, "
             "with no leader election; each takes writes the others get only by replication, so each node's snapshot "
             "is cut at its own position and none is sure to hold the others' latest writes: the backup is no "
-            "consistent cut of the group (hint: for one, make all members but one read-only while it runs, "
-            "box.cfg{read_only = true}, or let an election choose the one writer: box.cfg{election_mode = "
-            "'candidate'}, Tarantool 2.6.1 and later)")
+            "consistent cut of the group",
+            hint="for one, make all members but one read-only while it runs, box.cfg{read_only = true}, or let an "
+                 "election choose the one writer: box.cfg{election_mode = 'candidate'}, Tarantool 2.6.1 and later")
     elif len(leaders) > 1:
         add("critical", f"{len(leaders)} members claim to lead: "
             + ", ".join(f"{_who(by_id[m])} ({term_of(m)})" for m in leaders))
@@ -413,11 +425,12 @@ def _grade_group(view: GroupView, views: list[tuple[str, RaftGroup]], leaders: l
         target = by_id.get(peer)
         who = _who(target) if target else peer
         reporters = ", ".join(dict.fromkeys(e.reported_by for e in errors))
+        said, hint = split_hint(errors[0].error)  # the agent's words: its hint, if any, at their end
         if direction == "from_peer":  # the reporters are the ones not receiving: name them as the target
-            add("degraded", f"replication from {who} to {reporters} failing: {errors[0].error}")
+            add("degraded", f"replication from {who} to {reporters} failing: {said}", hint)
         else:
             link = "to and from" if direction == "both" else "to"
-            add("degraded", f"replication {link} {who} failing: {errors[0].error} (reported by {reporters})")
+            add("degraded", f"replication {link} {who} failing: {said} (reported by {reporters})", hint)
     changing = [node for node, g in views if g.conf_changing]
     if changing:
         add("info", f"membership change in progress (reported by {', '.join(changing)})")

@@ -386,9 +386,11 @@ class JsonRenderer(Renderer):
         return ExitCode.OK if result.ok else ExitCode.VERIFY_MISMATCH
 
     def drill_result(self, report) -> int:
-        from snapctl.render.restore import drill_document
+        from snapctl.render.restore import drill_document, drill_trouble
 
         self._warn(report.warnings)
+        for label, said in drill_trouble(report):
+            print(f"{label}: {said}", file=sys.stderr)
         self._emit("drill", drill_document(report))
         return report.exit_code
 
@@ -406,8 +408,10 @@ class JsonRenderer(Renderer):
         return exit_code(results)
 
     def prune_result(self, result) -> int:
-        from snapctl.render.retention import prune_document, prune_exit
+        from snapctl.render.retention import prune_document, prune_exit, prune_warnings
 
+        for line in prune_warnings(result):
+            print(line, file=sys.stderr)
         self._emit("prune", prune_document(result))
         return prune_exit(result)
 

@@ -94,15 +94,19 @@ def drill_text(r, report) -> int:
                         soft_wrap=True)
     for line in report.cleaned_up:
         r.out.print(f"cleaned up: {escape(line)}", soft_wrap=True)
-    for problem in report.teardown_errors:
-        r.err.print(f"[yellow]teardown:[/] {escape(problem)}", soft_wrap=True)
-    for item in report.leftovers:
-        r.err.print(f"[yellow]left behind:[/] {escape(item)}" + ("" if report.kept else " (delete it by hand)"),
-                    soft_wrap=True)
+    for label, said in drill_trouble(report):
+        r.err.print(f"[yellow]{label}:[/] {escape(said)}", soft_wrap=True)
     outcome = "[bold green]passed[/]" if report.ok else "[bold red]failed[/]"
     rto = f", RTO {_seconds(report.rto_s)}" if report.rto_s is not None else ""
     r.out.print(f"drill {report.drill_id}: {outcome}{rto}; junit report {escape(report.junit or '-')}", soft_wrap=True)
     return report.exit_code
+
+
+def drill_trouble(report) -> list[tuple[str, str]]:
+    """What the drill's teardown could not do, and what it left, as stderr says it (label, words):
+    in text and with -o json alike, so that a log of stderr has them either way."""
+    return ([("teardown", problem) for problem in report.teardown_errors]
+            + [("left behind", item + ("" if report.kept else " (delete it by hand)")) for item in report.leftovers])
 
 
 def _warnings(r, warnings: list[str]) -> None:

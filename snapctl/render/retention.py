@@ -28,13 +28,17 @@ def prune_text(renderer: Any, result: Any) -> int:
         for v in result.kept:
             say(f"  {v.run_id}  {v.started_at:%Y-%m-%d %H:%M:%S}Z  {v.status}  ({', '.join(v.reasons)})")
     warn = _printer(renderer.err)
-    for v in result.unfinished:
-        warn(f"not deleted: run {v.run_id}: {v.error}")
-    if result.unfinished:
-        warn("  hint: these runs stay marked 'pruning' (never restored); the next prune retries them")
-    for problem in result.problems:
-        warn(f"warning: {problem} (left alone)")
+    for line in prune_warnings(result):
+        warn(line)
     return prune_exit(result)
+
+
+def prune_warnings(result: Any) -> list[str]:
+    """The lines prune says on stderr, in text and with -o json alike (a log of stderr has them)."""
+    lines = [f"not deleted: run {v.run_id}: {v.error}" for v in result.unfinished]
+    if result.unfinished:
+        lines.append("  hint: these runs stay marked 'pruning' (never restored); the next prune retries them")
+    return lines + [f"warning: {problem} (left alone)" for problem in result.problems]
 
 
 def prune_document(result: Any) -> dict[str, Any]:

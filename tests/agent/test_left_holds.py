@@ -7,8 +7,10 @@ Tarantool."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sqlite3
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +20,8 @@ import pytest
 
 from node_agent.models import LOST_WITH_AGENT
 from snapctl.errors import EngineError
-from tests.agent.conftest import TOKEN, agent_process, try_write, wait_until, write_config
+from tests.agent.conftest import AGENT_BIN, TOKEN, agent_process, try_write, wait_until, write_config
+from tests.conftest import free_port
 from tests.fakes.questdb import FakeQuestDB
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -202,6 +205,48 @@ def test_a_state_dir_the_agent_cannot_write_stops_it_at_start(tmp_path: Path, db
     assert line.startswith(f"snapctl-agent: error: cannot create the agent's state_dir {tmp_path}/taken/state: ")
     assert line.endswith(f"(hint: set state_dir in {config} to a directory the agent's user can write)")
 
+
+
+def test_a_state_dir_gone_read_only_still_has_its_left_hold_released_before_the_agent_stops(
+        tmp_path: Path, qdb: FakeQuestDB) -> None:
+    # Refused at once, the agent left the killed one's checkpoint held for as long as the state_dir
+    # stayed read-only: the engine frozen because snapctl's agent would not start.
+    config = questdb_config(tmp_path, qdb)
+    with agent_process(config) as agent:
+        assert post(agent, "/v1/prepare", run_id="r1", lease_s=600).status_code == 200
+        agent.stop(signal.SIGKILL)
+    state = tmp_path / "state"
+    [record] = state.glob("hold-*.json")
+    argv = [str(AGENT_BIN), "--config", str(config), "--port", str(free_port())]
+    if os.geteuid() == 0:  # root writes through any mode: a read-only mount, in a namespace of its own
+        if subprocess.run(["unshare", "-m", "true"], capture_output=True, check=False).returncode != 0:
+            pytest.skip("running as root, and cannot make a mount namespace here (unshare -m) for a read-only state_dir")
+        remount = f'mount --bind {state} {state} && mount -o remount,bind,ro {state} && exec "$@"'
+        argv = ["unshare", "-m", "sh", "-c", remount, "sh", *argv]
+    else:
+        state.chmod(0o500)
+    try:
+        stopped = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False,
+                                 env={**os.environ, "SNAPCTL_AGENT_TOKEN": ""})
+    finally:
+        state.chmod(0o700)
+    assert stopped.returncode == 2, stopped.stderr
+    assert not qdb.held and qdb.queries.count("CHECKPOINT RELEASE") == 1
+    assert record.exists()  # it could not be removed, and says so
+    error = stopped.stderr.splitlines()[-1]
+    assert error.startswith(f"snapctl-agent: error: the agent's state_dir {state} is not a directory its user can "
+                            "write; what run r1 left held on the engine was released first (released its questdb "
+                            f"checkpoint (since "), error
+    assert error.endswith(f"); its hold record {record} stays (hint: set state_dir in {config} to a directory the "
+                          "agent's user can write)"), error
+    assert f"{DIED} (lease until " in stopped.stderr and f"its hold record {record} stays, as the state_dir " \
+           "cannot be written" in stopped.stderr
+
+    with agent_process(config) as again:  # writable again: the record's second release is fenced, harmless
+        wait_until(lambda: records(state) == [], what="the record to go")
+        assert qdb.queries.count("CHECKPOINT RELEASE") == 1
+        assert post(again, "/v1/prepare", run_id="r2", lease_s=60).status_code == 200
+        assert post(again, "/v1/complete", run_id="r2").json()["released"] is True
 
 @pytest.mark.slow
 def test_a_tarantool_pin_left_by_a_killed_agent_is_released_when_it_starts_again(tmp_path: Path) -> None:

@@ -63,6 +63,24 @@ def test_with_json_output_a_warning_is_on_stderr_as_well_as_in_the_document(tmp_
     assert listed.stderr.splitlines() == ["warning: run r-damaged: not valid JSON", "RICH LOADED False"]
 
 
+
+def test_with_json_output_prunes_warnings_are_on_stderr_as_in_text(tmp_path):
+    # `prune` said a manifest it could not read on stderr, `prune -o json` only in the document.
+    inventory = load(write_inventory(tmp_path, sqlite_nodes(tmp_path, 1)))
+    record_run(inventory, "r-good", "succeeded", age_s=120)
+    record_run(inventory, "r-damaged", "succeeded", age_s=60)
+    (tmp_path / "catalog" / "st" / "manifests" / "r-damaged.json").write_text("{ not json")
+
+    text = snapctl_in_process("prune", "-i", "inventory.yaml", cwd=tmp_path)
+    pruned = snapctl_in_process("prune", "-i", "inventory.yaml", "-o", "json", cwd=tmp_path)
+
+    assert pruned.returncode == text.returncode == ExitCode.OK, pruned.stderr
+    [document] = [json.loads(line) for line in pruned.stdout.splitlines()]
+    assert document["data"]["problems"] == ["run r-damaged: not valid JSON"]
+    warned = "warning: run r-damaged: not valid JSON (left alone)"
+    assert pruned.stderr.splitlines() == [warned, "RICH LOADED False"]
+    assert text.stderr.splitlines() == [warned, "RICH LOADED True"]
+
 def test_text_into_a_pipe_has_no_trailing_spaces_and_its_columns_stay_aligned(tmp_path):
     # `snapctl list | awk '{print length}'` gave lines padded with spaces to the table's width
     # (124 characters for a run list with one error, mostly blank): rich pads every cell.

@@ -5,6 +5,7 @@ against the local GCP and Azure servers, a real scratch agent."""
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import yaml
 from snapctl.config import load_inventory
 from snapctl.drill import DrillReport, run_drill
 from snapctl.providers import TAG_DRILL
+from snapctl.render import JsonRenderer
 from tests.fakes.gcp_compute import FakeGcpCompute
 from tests.fakes.json_http import DROP, Fault
 from tests.restore.clouds import AZURE_GROUP, GCP_ZONE, _backup, azure_node, gcp_node, restored_disks
@@ -60,7 +62,7 @@ def test_a_disk_a_failed_restore_could_not_delete_is_deleted_by_the_teardown(tmp
         assert report.leftovers == [] and report.teardown_errors == [] and not report.ok
 
 
-def test_one_the_teardown_cannot_delete_either_is_a_leftover_and_fails_the_drill(tmp_path):
+def test_one_the_teardown_cannot_delete_either_is_a_leftover_and_fails_the_drill(tmp_path, capsys):
     with drilled_with_a_lost_create(tmp_path, gcp_node, deletes_denied=2) as (fake, report):
         [disk] = restored_disks(fake)
         [volume] = report.leftovers
@@ -68,3 +70,11 @@ def test_one_the_teardown_cannot_delete_either_is_a_leftover_and_fails_the_drill
         [problem] = report.teardown_errors
         assert problem.startswith(f"cannot delete volume {volume}, tagged {TAG_DRILL}={report.drill_id}, that a "
                                   "failed restore left: gcp delete disk") and "denied" in problem
+
+    # With -o json they were only in the document: a cron job's `drill -o json 2>>drill.log` logged
+    # neither what the teardown could not do nor the disk it left. On stderr as in text, now.
+    capsys.readouterr()
+    assert JsonRenderer().drill_result(report) == report.exit_code
+    out, err = capsys.readouterr()
+    assert json.loads(out)["data"]["teardown_errors"] == [problem]
+    assert err.splitlines() == [f"teardown: {problem}", f"left behind: {volume} (delete it by hand)"]

@@ -34,5 +34,7 @@ def test_a_shard_whose_last_snapshot_job_failed_is_a_degraded_finding_naming_it(
     assert (finding.severity, finding.subject) == ("degraded", "a1")
     assert finding.message.startswith("engine aresdb reports a problem: snapshot job dim_driver/0 failed at stage "
                                       "snapshot (run ")
-    assert "): disk full (hint: see the aresdb log; snapctl trigger TABLE/SHARD runs it again)" in finding.message
+    assert finding.message.endswith("): disk full")
+    assert finding.hint == "see the aresdb log; snapctl trigger TABLE/SHARD runs it again"
+    assert document["verdict"]["findings"][0]["hint"] == finding.hint
     assert document["nodes"][0]["engine"]["up"] is True

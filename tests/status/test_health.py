@@ -189,9 +189,10 @@ def test_followers_that_name_no_leader_are_no_missing_leader_while_a_member_was_
     # Every member asked and none leads, or followers that would name a leader (a term: raft in
     # charge) and name none: still a missing leader.
     everyone = [("a", view("m1", peers=["m2"])), ("b", view("m2", peers=["m1"]))]
-    ((severity, message),) = messages(build_group("g", everyone, INVENTORY))
-    assert severity == "critical" and message.startswith("no leader (m1 (a) follower, m2 (b) follower): none of them "
-                                                         "is writable (hint: ")
+    (finding,) = build_group("g", everyone, INVENTORY).findings
+    assert finding.severity == "critical"
+    assert finding.message == "no leader (m1 (a) follower, m2 (b) follower): none of them is writable"
+    assert finding.hint.startswith("where the writable member leads, ") and "box.cfg{read_only = false}" in finding.hint
     assert messages(build_group("g", [("b", view("m2", term=4, peers=["m1", "m3"]))], INVENTORY))[0][0] == "critical"
 
 
@@ -221,9 +222,49 @@ def test_writable_members_with_no_term_are_master_master_degraded_not_two_leader
     assert finding.severity == "degraded"
     assert finding.message.startswith("master-master replication: m1 (a), m2 (b) are all writable, with no leader "
                                       "election; ")
+    # The fix its own field, as for every other finding: JSON readers got it only inside the message.
+    assert finding.message.endswith("the backup is no consistent cut of the group") and "hint" not in finding.message
+    assert finding.hint.startswith("for one, make all members but one read-only while it runs")
 
 
 def test_a_leader_with_a_term_beside_one_without_is_two_leaders_and_says_which_has_no_term():
     group = build_group("g", [("a", view("m1", "leader", term=3)), ("b", view("m2", "leader", leader="m2"))],
                         INVENTORY)
     assert ("critical", "2 members claim to lead: m1 (a) (term 3), m2 (b) (no term)") in messages(group)
+
+
+def test_tarantool_group_findings_give_their_hint_its_own_field_and_the_text_still_ends_in_it():
+    # No leader and master-master carried "(hint: ...)" inside the message: a JSON reader found
+    # `hint` null and the fix in the message, and the preflight's refusal line (messages only) said it.
+    from snapctl.status import ClusterStatus
+    from tests.status.conftest import validated
+
+    stopped = ("upstream stopped: refused by trigger (hint: fix its cause on the receiving instance, then "
+               "box.cfg{replication = box.cfg.replication} there restarts it)")
+    # An upstream hint mid-text, then the downstream's words: no hint of the whole error, left whole.
+    both = ("upstream loading: bootstrap not finished (hint: the peer is still loading its data); "
+            "downstream stopped: broken pipe (connection reset)")
+    links = [ReplicationProgress(peer="m3", error=stopped, error_direction="from_peer"),
+             ReplicationProgress(peer="m4", error=both, error_direction="both")]
+    probes = [NodeProbe(n, status=AgentStatus(node=n, agent_version=__version__, engine=EngineStatus(
+        engine="tarantool", reachable=True, raft=[group]))) for n, group in (
+        ("a", view("m1", "leader", leader="m1", replication=links)), ("b", view("m2", "leader", leader="m2")))]
+    status = ClusterStatus("c", datetime.now(UTC), probes, assess(INVENTORY, probes), 3600.0)
+    [group] = validated(status)["data"]["raft_groups"]
+    said = {f["message"].split(":")[0]: (f["message"], f["hint"]) for f in group["findings"]}
+    master_master = said["master-master replication"]
+    assert master_master[0].endswith("the backup is no consistent cut of the group")
+    assert master_master[1].startswith("for one, make all members but one read-only while it runs")
+    assert said["replication from m3 to a failing"] == (
+        "replication from m3 to a failing: upstream stopped: refused by trigger",
+        "fix its cause on the receiving instance, then box.cfg{replication = box.cfg.replication} there restarts it")
+    assert said["replication to and from m4 failing"] == (f"replication to and from m4 failing: {both} (reported by a)",
+                                                          None)
+    # The text output, from str(): the same words as before, the hint last.
+    [text] = [str(f) for f in status.verdict.findings if f.message.startswith("master-master")]
+    assert text.endswith("the backup is no consistent cut of the group (hint: for one, make all members but one "
+                         "read-only while it runs, box.cfg{read_only = true}, or let an election choose the one "
+                         "writer: box.cfg{election_mode = 'candidate'}, Tarantool 2.6.1 and later)")
+    nobody = build_group("g", [("a", view("m1", peers=["m2"])), ("b", view("m2", peers=["m1"]))], INVENTORY)
+    [no_leader] = nobody.findings
+    assert no_leader.message.endswith("none of them is writable") and "box.cfg{read_only = false}" in no_leader.hint

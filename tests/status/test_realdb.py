@@ -120,13 +120,13 @@ def test_an_etcd_alarm_is_one_finding_per_member_saying_what_it_means_not_replic
 
     status = look(inventory)
     assert status.verdict.level == "degraded", problems(status)
-    said = [(f.severity, f.subject, f.message) for f in status.verdict.findings]
-    assert [subject for _, subject, _ in said] == ["m1", "m2", "m3"], said
-    for severity, _, message in said:
+    said = [(f.severity, f.subject, f.message, f.hint) for f in status.verdict.findings]
+    assert [subject for _, subject, _, _ in said] == ["m1", "m2", "m3"], said
+    for severity, _, message, hint in said:
         assert severity == "degraded"
         assert message.startswith(f"engine etcd reports a problem: alarm NOSPACE raised for member etcd1 "
                                   f"({etcd.member_id(0)}): ")
-        assert "refuses every write" in message and "etcdctl alarm disarm" in message
+        assert message.endswith("refuses every write") and "etcdctl alarm disarm" in hint
     assert status.verdict.groups[0].replicators_in_error == [], "an alarm is no replication failure"
 
     # What a backup needs still works on a full cluster: prepare saves its snapshot.
@@ -157,9 +157,10 @@ def test_a_replica_whose_upstream_stopped_is_said_to_receive_nothing_not_to_send
     wait_until(stopped, timeout_s=10, what="m2's upstream from the master to stop")
     status = look(inventory)
     said = [f.message for f in status.verdict.findings if f.subject.startswith("raft group")]
-    assert (f"replication from {master} (m1) to m2 failing: upstream stopped: refused by trigger (hint: fix its "
-            "cause on the receiving instance, then box.cfg{replication = box.cfg.replication} there restarts it)"
-            in said), said
+    hints = [f.hint for f in status.verdict.findings if f.subject.startswith("raft group")]
+    assert f"replication from {master} (m1) to m2 failing: upstream stopped: refused by trigger" in said, said
+    assert ("fix its cause on the receiving instance, then box.cfg{replication = box.cfg.replication} there "
+            "restarts it") in hints, hints
     assert not any(m.startswith(f"replication to {master} (m1)") for m in said), "m1 sends; m2 does not apply"
     assert all(m.startswith(("replication from ", f"replication to {replica} (m2)")) for m in said), said
 
@@ -174,12 +175,12 @@ def test_an_orphan_replica_is_said_to_be_one(replica_set, tmp_path):
     assert replica_set.eval("return box.info.status", inst=1) == ["orphan"]
 
     status = look(inventory)
-    said = {f.subject: (f.severity, f.message) for f in status.verdict.findings}
+    said = {f.subject: (f.severity, f.message, f.hint) for f in status.verdict.findings}
     address = f"127.0.0.1:{replica_set.instances[1].port}"
-    assert said["m2"] == ("degraded", f"engine tarantool reports a problem: tarantool at {address} is an orphan: it "
+    assert said["m2"] == ("degraded", (f"engine tarantool reports a problem: tarantool at {address} is an orphan: it "
                           "has not connected to replication_connect_quorum of its peers (box.cfg.replication) and "
-                          "stays read-only until it does (hint: check that those peers are up and reachable from it, "
-                          "and box.info.replication there)"), said
+                          "stays read-only until it does"), ("check that those peers are up and reachable from it, "
+                          "and box.info.replication there")), said
 
 
 def test_a_read_only_master_leaves_no_leader_and_the_finding_says_none_is_writable(replica_set, tmp_path):
@@ -192,10 +193,9 @@ def test_a_read_only_master_leaves_no_leader_and_the_finding_says_none_is_writab
         replica_set.eval("box.cfg{read_only = false}")
     assert status.verdict.level == "critical"
     (finding,) = [f for f in status.verdict.findings if f.subject.startswith("raft group")]
-    assert finding.message.startswith("no leader (") and finding.message.endswith(
-        "follower): none of them is writable (hint: where the writable member leads, as in Tarantool without raft "
-        "elections, make the master writable: box.cfg{read_only = false}, or see why it is read-only in its "
-        "box.info.status)")
+    assert finding.message.startswith("no leader (") and finding.message.endswith("follower): none of them is writable")
+    assert finding.hint == ("where the writable member leads, as in Tarantool without raft elections, make the master "
+                            "writable: box.cfg{read_only = false}, or see why it is read-only in its box.info.status")
 
 
 def test_two_writable_instances_are_said_to_be_master_master_not_two_leaders(tmp_path):
@@ -212,13 +212,13 @@ def test_two_writable_instances_are_said_to_be_master_master_not_two_leaders(tmp
 
         status = look(inventory)
     first, second = rs.instances[0].uuid, rs.instances[1].uuid
-    said = [(f.severity, f.message) for f in status.verdict.findings]
+    said = [(f.severity, f.message, f.hint) for f in status.verdict.findings]
     assert said == [("degraded", (
         f"master-master replication: {first} (m1), {second} (m2) are all writable, with no leader election; each "
         "takes writes the others get only by replication, so each node's snapshot is cut at its own position and "
-        "none is sure to hold the others' latest writes: the backup is no consistent cut of the group (hint: for "
-        "one, make all members but one read-only while it runs, box.cfg{read_only = true}, or let an election "
-        "choose the one writer: box.cfg{election_mode = 'candidate'}, Tarantool 2.6.1 and later)"))], said
+        "none is sure to hold the others' latest writes: the backup is no consistent cut of the group"),
+        ("for one, make all members but one read-only while it runs, box.cfg{read_only = true}, or let an election "
+         "choose the one writer: box.cfg{election_mode = 'candidate'}, Tarantool 2.6.1 and later"))], said
     assert status.verdict.level == "degraded"
 
 
