@@ -115,6 +115,7 @@ def _phases(manifest, steps: dict[str, float], started: float, ended: float, bus
         cells.append(f"{(end - start) * 1000:.0f} ms, {'-' if cores is None else f'{cores:.1f}'}")
     return cells
 
+
 STAGES = ["prepare acknowledged -> create call started", "create call's sleep ended -> call returned",
           "call returned -> snapctl sent the complete",
           "complete sent -> arrived at the agent", "arrived -> engine released (the agent's work)",

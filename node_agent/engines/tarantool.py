@@ -54,7 +54,6 @@ _UNASKED_RUNS_KEPT = 64
 GRANT_HINT = "the user needs: box.schema.user.grant('<user>', 'read,write,execute', 'universe')"
 
 
-
 class TarantoolSettings(EngineSettings):
     type: Literal["tarantool"] = "tarantool"
     host: str = DEFAULT_HOST

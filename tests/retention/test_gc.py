@@ -45,7 +45,6 @@ def test_gc_finds_planted_orphans_and_deletes_only_them(scene: Scene) -> None:
     assert scene.snapshot_ids() == owned | snapshots_of(scene, {"r4-broken"})
 
 
-
 def test_gc_lists_and_deletes_what_a_failed_runs_manifest_still_names(scene: Scene) -> None:
     # A rollback that could not delete its snapshots keeps them in the failed manifest and says
     # "snapctl gc finds them": a failed run holds no backup, so they are orphans.
@@ -66,6 +65,7 @@ def test_gc_lists_and_deletes_what_a_failed_runs_manifest_still_names(scene: Sce
     assert deleted.ok and set(deleted.deleted) == left - {shared}
     assert scene.snapshot_ids() == snapshots_of(scene, {"r0"}) | {shared}
     assert gc(inv).orphans == []
+
 
 def test_gc_lists_and_deletes_what_killed_snapshot_calls_left_in_the_store(scene: Scene) -> None:
     from snapctl_local.store import DELETING_PREFIX, PARTIAL_PREFIX

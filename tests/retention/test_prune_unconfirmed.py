@@ -250,7 +250,6 @@ def test_a_local_no_wait_run_whose_completion_ran_out_of_time_is_neither_counted
     assert _pending(scene, "r1"), "r1 is still pending, not failed: nothing is wrong with it"
 
 
-
 def test_a_kept_no_wait_run_whose_snapshots_are_in_the_store_the_inventory_named_before_is_said_to_be_there(
         scene: Scene) -> None:
     # provider.store changed since the run: its snapshots were reported as "no longer exists" and

@@ -129,7 +129,6 @@ def test_status_and_a_forced_backup_refuse_a_node_that_answers_endlessly(tmp_pat
     assert "--force did not override these" in forced.stderr
 
 
-
 @pytest.mark.parametrize("framing", [
     b"Transfer-Encoding: chunked\r\n\r\n-6\r\nxx",  # int() took "-6": the parse walked back to its start for ever
     b"Transfer-Encoding: chunked\r\n\r\n+6\r\nxxxxxx\r\n0\r\n\r\n",

@@ -98,7 +98,6 @@ def test_every_snapctl_error_is_redacted_message_hint_and_reason():
     assert SECRET not in ProviderError(f"http://u:{SECRET}@h/").message
 
 
-
 def test_an_unexpected_errors_words_are_redacted_where_records_keep_them():
     # A manifest's error, a restore record's, a drill report's: they go to a shared catalog and CI
     # artifacts, and an error that is no SnapctlError (a library's own) was written as it came.

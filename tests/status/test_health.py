@@ -37,7 +37,6 @@ def test_two_leaders_is_critical_and_the_newest_term_is_taken_as_leader():
     assert ("degraded", "members disagree on the term: m1 (a) 3, m2 (b) 4, m3 (c) 4") in messages(group)
 
 
-
 def test_a_stale_leader_of_an_older_term_beside_a_newer_leader_not_monitored_is_two_leaders():
     # m1 was partitioned in term 2 and still believes it leads; m3 follows m2 in term 3, and m2's
     # agent does not answer. Status showed m1 as the leader (term 2) and only "disagree on the term".
@@ -47,6 +46,7 @@ def test_a_stale_leader_of_an_older_term_beside_a_newer_leader_not_monitored_is_
     assert [(m.member, m.role) for m in group.members] == [("m1", "leader"), ("m3", "follower"), ("m2", "leader")]
     assert ("critical", "2 members claim to lead: m1 (a) (term 2), m2 (term 3, as its followers see it)") \
         in messages(group)
+
 
 def test_a_leader_only_named_by_followers_is_not_a_missing_leader():
     group = build_group("g", [("b", view("m2", term=2, leader="m1", peers=["m1", "m3"])),
@@ -81,7 +81,6 @@ def test_lag_seconds_come_from_the_followers_own_link_to_the_leader():
     assert (follower.lag_entries, follower.lag_seconds) == (5, 2.5)
 
 
-
 def test_a_follower_whose_own_link_to_the_leader_stopped_has_no_lag_in_seconds_from_the_leaders_upstream():
     # Tarantool's upstream.lag is how far the reporter is behind the peer: the leader's figure for a
     # follower is the leader's own lag behind it. A follower with replication off (400 entries behind,
@@ -93,6 +92,7 @@ def test_a_follower_whose_own_link_to_the_leader_stopped_has_no_lag_in_seconds_f
     ], INVENTORY)
     follower = group.members[1]
     assert (follower.lag_entries, follower.lag_seconds) == (400, None)
+
 
 def test_replication_errors_are_one_finding_per_peer_naming_every_reporter():
     broken = ReplicationProgress(peer="m3", state="disconnected", consecutive_errors=1, error="connection refused")

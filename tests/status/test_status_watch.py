@@ -47,7 +47,6 @@ def test_watch_in_process_refreshes_and_remembers(tmp_path):
         asyncio.run(watch_status(inventory, 0, seen.append, refreshes=1))
 
 
-
 def test_a_watch_whose_textfile_directory_goes_away_keeps_watching_with_a_finding(tmp_path):
     # `status --watch 0.5 --textfile tf/s.prom`, then `rm -rf tf`: the watch ended, exit 2 ("tf does
     # not exist"), though a textfile that cannot be written is documented as a finding, never a lost status.
@@ -67,6 +66,7 @@ def test_a_watch_whose_textfile_directory_goes_away_keeps_watching_with_a_findin
     assert len(seen) == 3 and seen[0].verdict.level == "healthy"
     assert [(f.severity, f.subject) for f in seen[-1].verdict.findings] == [("degraded", "metrics")]
     assert "does not exist" in seen[-1].verdict.findings[0].message
+
 
 @pytest.mark.parametrize(("argv", "expected"), [
     (["status", "--watch"], ["status", "--watch", "2"]),
