@@ -246,7 +246,9 @@ def _marker(scratch: Path | None, cluster: str, drill_id: object, key: str) -> d
 def gone_from_this_host(owner: str, process: object) -> bool:
     """As the cluster lock judges its holder (any doubt is not gone), with the proof a pid needs:
     the drill's (or a restore's) process was of this boot and this pid namespace (``process``, as
-    ``identity`` recorded it), and its pid now runs nothing, or a process begun at another time."""
+    ``identity`` recorded it), and its pid now runs nothing, or a process begun at another time.
+    Not the lock's earlier-boot proof: these records are written once, at the start, and a drill
+    that a same-named machine began before this host booted may run on (nothing renews to say so)."""
     host, _, pid = owner.rpartition("@")[2].rpartition(":")
     return host == socket.gethostname() and pid.isdigit() and runs(int(pid), process) is False
 

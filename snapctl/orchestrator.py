@@ -23,7 +23,7 @@ from snapctl import __version__
 from snapctl.abandoned_runs import close_abandoned_runs, keep_unconfirmed, save_success, stored_with_snapshots
 from snapctl.agent_client import AgentClient, open_agents
 from snapctl.catalog import Catalog, open_catalog
-from snapctl.catalog.lock import LockKeeper
+from snapctl.catalog.lock import RENEWALS_PER_TTL, LockKeeper
 from snapctl.completion import complete_newest_backup, would_complete
 from snapctl.config import Inventory
 from snapctl.errors import (
@@ -135,7 +135,7 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
         except BaseException:
             executor.shutdown()
             raise
-        lock_keeper = LockKeeper(lock, policy.lock_ttl_s / 3)
+        lock_keeper = LockKeeper(lock, policy.lock_ttl_s / RENEWALS_PER_TTL)
         try:
             close_abandoned_runs(catalog, run_id)
             # Before the preflight, whose connections the prepares reuse: the fsyncs may take a while.

@@ -49,9 +49,11 @@ def runs(pid: int, recorded: object) -> bool | None:
 
 
 def of_an_earlier_boot(recorded: object, seen_at: datetime) -> bool:
-    """``recorded`` names another boot than this one, and the process was seen (``seen_at``, by
+    """``recorded`` names another boot than this one, and the process was last seen (``seen_at``, by
     its own clock) before this boot began: an earlier boot of this host, every process of which is
-    gone. Seen since, it was another machine's, one given this host's name: that proves nothing."""
+    gone. Seen since, it was another machine's, one given this host's name: that proves nothing.
+    ``seen_at`` must be the last time it would have been seen had it lived: a record written once
+    (a drill's) is no proof, as another machine's process seen before this boot may run on still."""
     booted = booted_at()
     if booted is None or not isinstance(recorded, dict) or not isinstance(recorded.get("boot_id"), str):
         return False

@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import pwd
 import re
 import secrets
 import stat
@@ -185,6 +186,12 @@ class LocalBlobStore:
         if not os.access(existing, os.W_OK | os.X_OK):
             raise CatalogError(f"cannot write the catalog in {existing}: this process may not write there",
                                hint=_fix_hint(existing))
+        lock = existing / ".lock"
+        if existing == path and os.path.exists(lock) and not os.access(lock, os.R_OK | os.W_OK):
+            # Every write opens it first: a writable directory is no use while its lock file refuses.
+            refusal = _lock_file_refused(f"cannot write the catalog in {path}", lock, "permission denied")
+            if refusal is not None:
+                raise refusal
 
     def describe(self) -> str:
         return str(self.root)
@@ -222,7 +229,11 @@ class LocalBlobStore:
             lock_fd = open_private(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC)
         except OSError as exc:
             # The lock file is the first thing any write makes: what refuses it refuses the write.
-            raise _refused(f"cannot lock {path} for writing", path, exc) from exc
+            # One that exists refuses by its own owner and mode (a `sudo snapctl` left it root's,
+            # 0600), not by the directory's: naming the directory sent operators to the wrong fix.
+            refusal = (_lock_file_refused(f"cannot lock {path} for writing", lock_path, os_reason(exc))
+                       if exc.errno in (errno.EACCES, errno.EPERM) else None)
+            raise (refusal or _refused(f"cannot lock {path} for writing", path, exc)) from exc
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
             yield
@@ -252,6 +263,30 @@ def _refused(doing: str, path: Path, exc: OSError, act: str = "creating") -> Cat
     what = "a temp file there" if _TEMP_NAME.match(made.name) else made
     return CatalogError(f"{doing}: the catalog directory {made.parent} is not writable by this process "
                         f"({os_reason(exc)} {act} {what})", hint=_fix_hint(made.parent))
+
+
+def _lock_file_refused(doing: str, lock: Path, reason: str) -> CatalogError | None:
+    """The directory's lock file ``lock`` exists and refuses this process (``reason``): named, with
+    its owner and mode and the fix. None when there is none (the directory refused its creation)."""
+    try:
+        st = os.stat(lock)
+    except OSError:
+        return None
+    me = _user_name(os.geteuid())
+    if st.st_uid != os.geteuid():
+        hint = (f"another user's snapctl made it (one `sudo snapctl` does): give it to the user snapctl runs as "
+                f"(as root: chown {me} {lock}), or remove it while no snapctl uses this catalog")
+    else:
+        hint = f"make it readable and writable again (chmod 600 {lock}) and check that it is not immutable (lsattr)"
+    return CatalogError(f"{doing}: the catalog's lock file {lock} (owned by {_user_name(st.st_uid)}, mode "
+                        f"{stat.S_IMODE(st.st_mode):04o}) refuses this process, running as {me}: {reason}", hint=hint)
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
 
 
 def _fix_hint(directory: Path) -> str:

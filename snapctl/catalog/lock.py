@@ -1,8 +1,8 @@
 """The cluster's run lock: one backup run at a time, as a lease in the catalog.
 
-The lock is a blob ``<cluster>/lock.json`` = ``{owner, run_id, acquired_at, expires_at}`` in
-wall-clock UTC (several hosts may share an S3 catalog, so monotonic clocks do not compare), and
-``owner_process``: the owner's boot, pid namespace and start, which make its pid a proof.
+The lock is a blob ``<cluster>/lock.json`` = ``{owner, run_id, acquired_at, renewed_at,
+expires_at}`` in wall-clock UTC (several hosts may share an S3 catalog, so monotonic clocks do not
+compare), and ``owner_process``: the owner's boot, pid namespace and start, which make its pid a proof.
 Every change after the first create is a compare-and-swap (``BlobStore.replace`` with the
 bytes last seen), so of two runs taking over an expired lock exactly one wins, and a run whose
 lock was taken over cannot renew or release the new holder's lock. Release does not delete the
@@ -36,6 +36,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 
+# A holder renews its lock every third of its TTL: two renewals the catalog fails still leave one
+# before it expires. ``_of_an_earlier_boot`` counts on it too.
+RENEWALS_PER_TTL = 3
+
 
 def utc_now() -> datetime:
     return datetime.now(timezone.utc)
@@ -51,6 +55,9 @@ class LockRecord(BaseModel):
     # With an offset: one without cannot be compared with now (a hand-edited lock crashed every command).
     acquired_at: AwareUtcTime
     expires_at: AwareUtcTime
+    # When the owner last wrote the lock (took it or renewed it; acquired_at never moves): none in
+    # a lock of an older snapctl. The earlier-boot proof needs it (``_of_an_earlier_boot``).
+    renewed_at: AwareUtcTime | None = None
     released_at: AwareUtcTime | None = None
     # The owner's process as ``identity`` had it when it took the lock; none in a lock of an older
     # snapctl. Any shape is read: one this snapctl cannot judge proves nothing, and is no unreadable lock.
@@ -110,9 +117,8 @@ def _on_this_host(record: LockRecord) -> bool | None:
 
     With ``owner_process`` the pid is judged as a drill's is: of this boot and this pid namespace,
     it is gone when the pid runs nothing or a process begun at another time (the pid handed out
-    again). A lock taken in an earlier boot of this host is gone too, whatever its pid (its
-    ``acquired_at`` before this boot: one taken since, with another boot id, is another machine's
-    given this host's name). Another pid namespace (a container given this host's name) proves
+    again). A lock of an earlier boot of this host is gone too, whatever its pid
+    (``_of_an_earlier_boot``). Another pid namespace (a container given this host's name) proves
     nothing. A lock of an older snapctl has only its pid: whether some process has it here."""
     host, _, pid = record.owner.rpartition("@")[2].rpartition(":")
     if host != socket.gethostname() or not pid.isdigit():
@@ -122,9 +128,28 @@ def _on_this_host(record: LockRecord) -> bool | None:
         return _pid_exists(int(pid))
     if not isinstance(process, dict) or process.get("pid") != int(pid):
         return None  # not what any snapctl writes: a hand-edited record proves nothing
-    if of_an_earlier_boot(process, record.acquired_at):
+    if _of_an_earlier_boot(record):
         return False
     return runs(int(pid), process)
+
+
+def _of_an_earlier_boot(record: LockRecord) -> bool:
+    """The owner ran in an earlier boot of this host, and is gone with it: its process is of
+    another boot, it last wrote the lock (``renewed_at``) before this host booted, and half the
+    lock's TTL has passed since. Every owner renews at each third of its TTL (``RENEWALS_PER_TTL``;
+    the sixth to spare is for a slow write and clocks apart), so one still running has written the
+    lock since this boot: another machine given this host's name, whose backup took the lock before
+    this boot and renews it still. ``acquired_at`` never moves, and tells the two apart no more
+    than a lock without ``renewed_at`` (an older snapctl's, renewed without a trace) does.
+
+    Left unproven: such a machine whose renewals the catalog refused for half a TTL, across this
+    host's boot, is taken for gone until it renews again, or its lock expires."""
+    written = record.renewed_at
+    if written is None:
+        return False
+    if utc_now() < written + (record.expires_at - written) / 2:
+        return False  # a live owner's next renewal may still be on its way
+    return of_an_earlier_boot(record.owner_process, written)
 
 
 def _pid_exists(pid: int) -> bool:
@@ -140,8 +165,8 @@ def _pid_exists(pid: int) -> bool:
 def _why_gone(record: LockRecord) -> str:
     """Why a holder ``gone_from_this_host`` is gone, where a look at the host would mislead: its pid
     may run a process of today, not the one that took the lock."""
-    if of_an_earlier_boot(record.owner_process, record.acquired_at):
-        return " (this host has restarted since it took the lock)"
+    if _of_an_earlier_boot(record):
+        return " (this host has restarted since it last renewed the lock)"
     pid = int(record.owner.rpartition(":")[2])
     return f" (pid {pid} now runs another process, begun later)" if identity(pid) is not None else ""
 
@@ -184,7 +209,8 @@ class RunLock:
             raise CatalogError(f"the lock of run {self.run_id} was already released")
         if ttl_s is not None:
             self._ttl_s = ttl_s
-        renewed = self._record.model_copy(update={"expires_at": self._clock() + timedelta(seconds=self._ttl_s)})
+        now = self._clock()
+        renewed = self._record.model_copy(update={"renewed_at": now, "expires_at": now + timedelta(seconds=self._ttl_s)})
         data = renewed.encode()
         if not self._store.replace(self._key, data, expected=self._data):
             raise self._lost()
@@ -234,8 +260,8 @@ def acquire(store: BlobStore, key: str, cluster: str, owner: str, run_id: str, t
     process = owner_identity(owner)
     for _ in range(10):
         now = clock()
-        record = LockRecord(owner=owner, run_id=run_id, acquired_at=now, expires_at=now + timedelta(seconds=ttl_s),
-                            owner_process=process)
+        record = LockRecord(owner=owner, run_id=run_id, acquired_at=now, renewed_at=now,
+                            expires_at=now + timedelta(seconds=ttl_s), owner_process=process)
         if store.create(key, record.encode()):
             return RunLock(store, key, cluster, record, ttl_s, clock)
         current = store.read(key)
@@ -291,7 +317,7 @@ class ThreadLockKeeper:
 
         self.run_id = f"{verb}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{secrets.token_hex(3)}"
         self._lock = catalog.acquire_lock(run_owner(), self.run_id, ttl_s)
-        self._period = ttl_s / 3
+        self._period = ttl_s / RENEWALS_PER_TTL
         self._lost: SnapctlError | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._renew, name="snapctl-lock", daemon=True)

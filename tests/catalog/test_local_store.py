@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
+import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -163,6 +167,71 @@ def test_an_unwritable_catalog_directory_is_named_with_the_os_reason_and_the_fix
     assert below.value.message == (f"cannot lock {root}/d/x.json for writing: the catalog directory {root} is not "
                                    f"writable by this process ({reason} creating {root}/d)")
     assert below.value.hint == fix.format(root)
+
+
+NOBODY = 65534
+
+
+def _as_nobody(action: Callable[[], None]) -> dict[str, str]:
+    """The ``CatalogError`` (message, hint) ``action`` raises run as ``nobody``, in a fork of this
+    process: it has snapctl imported already, where another user may not read this venv to start
+    one of its own."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never back into pytest
+        said: dict[str, str | None] = {"message": "no error"}
+        try:
+            os.close(read)
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            action()
+        except CatalogError as exc:
+            said = {"message": exc.message, "hint": exc.hint}
+        except BaseException as exc:  # noqa: BLE001 - reported to the test, whatever it is
+            said = {"message": f"{type(exc).__name__}: {exc}"}
+        finally:
+            os.write(write, json.dumps(said).encode())
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        data = pipe.read()
+    os.waitpid(pid, 0)
+    return json.loads(data)
+
+
+@pytest.mark.parametrize("owner", ["root", "nobody"])
+def test_a_lock_file_that_refuses_this_user_is_named_with_its_owner_mode_and_fix(owner: str) -> None:
+    # One `sudo snapctl` leaves the directory's .lock root's and 0600, in a directory anyone may
+    # write: the error said the directory was not writable, and sent the operator to fix its mode.
+    if os.geteuid() != 0:
+        pytest.skip("a lock file of another user, and a process of another user, take root to make")
+    top = Path(tempfile.mkdtemp(prefix="cat-"))  # not under tmp_path: pytest's directories are 0700
+    try:
+        directory = top / "c"
+        LocalBlobStore(top).write("c/seed.json", b"{}")  # makes .lock, root's and 0600, as sudo leaves it
+        lock = directory / ".lock"
+        if owner == "nobody":  # nobody's own, its mode lost (a chmod -R)
+            os.chown(lock, NOBODY, NOBODY)
+            lock.chmod(0o000)
+        for each in (top, directory):
+            each.chmod(0o777)
+        written = _as_nobody(lambda: LocalBlobStore(top).write("c/x.json", b"x"))
+        judged = _as_nobody(lambda: LocalBlobStore(top).check_writable("c"))  # status, backup and restore dry runs
+    finally:
+        shutil.rmtree(top)
+
+    mode = "0600" if owner == "root" else "0000"
+    assert written["message"] == (f"cannot lock {directory}/x.json for writing: the catalog's lock file {lock} "
+                                  f"(owned by {owner}, mode {mode}) refuses this process, running as nobody: "
+                                  "permission denied")
+    assert judged["message"] == (f"cannot write the catalog in {directory}: the catalog's lock file {lock} "
+                                 f"(owned by {owner}, mode {mode}) refuses this process, running as nobody: "
+                                 "permission denied")
+    fix = (f"another user's snapctl made it (one `sudo snapctl` does): give it to the user snapctl runs as (as "
+           f"root: chown nobody {lock}), or remove it while no snapctl uses this catalog" if owner == "root" else
+           f"make it readable and writable again (chmod 600 {lock}) and check that it is not immutable (lsattr)")
+    assert written["hint"] == judged["hint"] == fix
 
 
 def test_list_of_missing_root_is_empty(tmp_path: Path) -> None:

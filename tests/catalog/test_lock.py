@@ -27,6 +27,19 @@ def test_lock_record_layout(catalog: Catalog, clock: FakeClock) -> None:
     assert record["owner"] == "ops@host:1" and record["run_id"] == "r1"
     assert record["acquired_at"].startswith("2024-05-01T12:00:00")
     assert record["expires_at"].startswith("2024-05-01T12:01:00")
+    assert record["renewed_at"] == record["acquired_at"]  # taking it is its first write
+
+
+def test_a_renewal_records_when_it_was_written_and_keeps_when_the_lock_was_taken(catalog: Catalog,
+                                                                                clock: FakeClock) -> None:
+    # renewed_at is what the earlier-boot proof reads: acquired_at stays put through a long backup.
+    lock = catalog.acquire_lock("ops@host:1", "r1", ttl_s=60)
+    clock.advance(20)
+    lock.renew()
+    record = json.loads(catalog.store.read("prod/lock.json"))
+    assert record["acquired_at"].startswith("2024-05-01T12:00:00")
+    assert record["renewed_at"].startswith("2024-05-01T12:00:20")
+    assert record["expires_at"].startswith("2024-05-01T12:01:20")
 
 
 def test_held_lock_raises_lock_held_naming_holder(catalog: Catalog, clock: FakeClock) -> None:

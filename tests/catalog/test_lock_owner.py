@@ -15,7 +15,7 @@ import pytest
 
 from snapctl.abandoned_runs import owner_gone
 from snapctl.catalog import Catalog, LocalBlobStore, LockRecord
-from snapctl.catalog.lock import utc_now
+from snapctl.catalog.lock import RunLock, utc_now
 from snapctl.errors import LockHeld
 from snapctl.orchestrator import run_owner
 from snapctl.process_identity import booted_at, identity
@@ -31,15 +31,26 @@ def _dead_pid() -> int:
     return child.pid
 
 
-def _refusal(tmp_path: Path, pid: int, process: dict[str, Any], *, acquired_ago: timedelta = timedelta(minutes=1),
-             expired: bool = False) -> tuple[str, bool]:
-    """The hint of the refusal the next run meets on a lock of ``ops@<this host>:<pid>`` recording
-    ``process`` (with that pid, as every lock names it), and whether a run it holds counts as gone
-    (what list, status and verify go by); no hint for an ``expired`` lock, which refuses nothing."""
+def _lock(pid: int, process: dict[str, Any], *, acquired_ago: timedelta = timedelta(minutes=1),
+          renewed_ago: timedelta | None = None, expires_in: timedelta = timedelta(hours=1)) -> LockRecord:
+    """A lock of ``ops@<this host>:<pid>`` recording ``process`` (with that pid, as every lock
+    names it), last written ``renewed_ago`` (when it was taken, unless said; None: by a snapctl
+    that did not record it)."""
     now = utc_now()
-    record = LockRecord(owner=f"ops@{HERE}:{pid}", run_id="r1", acquired_at=now - acquired_ago,
-                        expires_at=now + (timedelta(seconds=-1) if expired else timedelta(hours=1)),
-                        owner_process={**process, "pid": pid})
+    return LockRecord(owner=f"ops@{HERE}:{pid}", run_id="r1", acquired_at=now - acquired_ago,
+                      renewed_at=None if renewed_ago is None else now - renewed_ago, expires_at=now + expires_in,
+                      owner_process={**process, "pid": pid})
+
+
+def _refusal(tmp_path: Path, pid: int, process: dict[str, Any], *, acquired_ago: timedelta = timedelta(minutes=1),
+             renewed_ago: timedelta | None | str = "acquired", expires_in: timedelta = timedelta(hours=1),
+             expired: bool = False) -> tuple[str, bool]:
+    """The hint of the refusal the next run meets on such a lock (``_lock``), and whether a run
+    it holds counts as gone (what list, status and verify go by); no hint for an ``expired`` lock,
+    which refuses nothing."""
+    record = _lock(pid, process, acquired_ago=acquired_ago,
+                   renewed_ago=acquired_ago if renewed_ago == "acquired" else renewed_ago,
+                   expires_in=timedelta(seconds=-1) if expired else expires_in)
     store = LocalBlobStore(tmp_path / "catalog")
     store.write("prod/lock.json", record.encode())
     gone = owner_gone("r1", Catalog(store, "prod").read_lock(), utc_now())
@@ -67,14 +78,63 @@ def test_a_lock_records_its_owners_process_and_a_real_holder_killed_on_this_host
     assert owner_gone("r1", lock, utc_now())
 
 
-def test_a_lock_taken_before_this_host_rebooted_is_gone_though_its_pid_runs_again(tmp_path: Path) -> None:
+def _before_boot(by: timedelta) -> timedelta:
+    """How long ago it was ``by`` before this host booted."""
+    return utc_now() - booted_at() + by
+
+
+def test_a_lock_last_written_before_this_host_rebooted_is_gone_though_its_pid_runs_again(tmp_path: Path) -> None:
     # After a reboot the lock's pid is handed out again (here: it is this test's own, alive), and
     # looked alive; a lease still running after an unclean shutdown refused every run till it expired.
-    before_boot = utc_now() - booted_at() + timedelta(hours=1)
-    hint, gone = _refusal(tmp_path, os.getpid(), {**OURS, "boot_id": "another-boot"}, acquired_ago=before_boot)
+    hint, gone = _refusal(tmp_path, os.getpid(), {**OURS, "boot_id": "another-boot"},
+                          acquired_ago=_before_boot(timedelta(hours=2)), renewed_ago=_before_boot(timedelta(hours=1)))
     assert hint.startswith("that process is no longer running on this host (this host has restarted since it "
-                           "took the lock): the next run takes the lock over once it expires, or remove "), hint
+                           "last renewed the lock): the next run takes the lock over once it expires, or remove "), hint
     assert gone
+
+
+def test_a_same_named_machines_lock_taken_before_this_boot_and_renewed_since_is_alive(tmp_path: Path) -> None:
+    # Its long backup took the lock before this host booted and renews it still: taken for this
+    # host's earlier boot, list and status showed it stopped, restore used its run as a stopped
+    # backup, and the refusal's hint said to remove the lock (two backups at once).
+    other = {**OURS, "boot_id": "boot-id-of-the-other-machine"}
+    hint, gone = _refusal(tmp_path, _dead_pid(), other, acquired_ago=_before_boot(timedelta(hours=1)),
+                          renewed_ago=timedelta(seconds=10), expires_in=timedelta(seconds=110))
+    assert hint.startswith("wait for that run to finish"), hint
+    assert not gone
+
+
+def test_a_renewal_after_this_boot_turns_a_lock_of_an_earlier_boot_into_a_live_one(tmp_path: Path) -> None:
+    # The real renewal, as the owner's LockKeeper makes it: it is what tells the two apart.
+    store = LocalBlobStore(tmp_path / "catalog")
+    record = _lock(_dead_pid(), {**OURS, "boot_id": "boot-id-of-the-other-machine"},
+                   acquired_ago=_before_boot(timedelta(hours=1)), renewed_ago=_before_boot(timedelta(minutes=30)))
+    store.write("prod/lock.json", record.encode())
+    assert owner_gone("r1", Catalog(store, "prod").read_lock(), utc_now())
+    RunLock(store, "prod/lock.json", "prod", record, ttl_s=120, clock=utc_now).renew()
+    assert not owner_gone("r1", Catalog(store, "prod").read_lock(), utc_now())
+
+
+def test_a_lock_renewed_just_before_this_boot_is_not_proven_gone_before_its_next_renewal_is_due(
+        tmp_path: Path) -> None:
+    # A same-named machine renewing at each third of its TTL may have last written the lock a
+    # moment before this host booted: only once half its TTL has passed would it have renewed again.
+    since_written = _before_boot(timedelta(seconds=5))
+    ttl = 2 * since_written + timedelta(minutes=1)
+    other = {**OURS, "boot_id": "boot-id-of-the-other-machine"}
+    hint, gone = _refusal(tmp_path, _dead_pid(), other, acquired_ago=_before_boot(timedelta(hours=1)),
+                          renewed_ago=since_written, expires_in=ttl - since_written)
+    assert hint.startswith("wait for that run to finish"), hint
+    assert not gone
+
+
+def test_a_lock_of_another_boot_that_does_not_say_when_it_was_renewed_proves_nothing(tmp_path: Path) -> None:
+    # An older snapctl's lock records its owner_process but not its renewals: taken before this
+    # boot, it may have been renewed ever since.
+    hint, gone = _refusal(tmp_path, _dead_pid(), {**OURS, "boot_id": "another-boot"},
+                          acquired_ago=_before_boot(timedelta(hours=1)), renewed_ago=None)
+    assert hint.startswith("wait for that run to finish"), hint
+    assert not gone
 
 
 def test_a_lock_of_another_boot_taken_since_this_boot_is_another_machines_with_this_name(tmp_path: Path) -> None:
