@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -91,6 +92,29 @@ class HoldRecords:
                      f"fuser -v {self.lock_path}), or point engine: in {config_source} at another database",
             ) from None
         self._lock_fd = fd  # never closed: closing it would hand the record to a second agent
+        self._refuse_a_record_not_its_own()
+
+    def _refuse_a_record_not_its_own(self) -> None:
+        """Exit 2 on a record the agent's user did not write: in its own state_dir, one left from
+        before the directory was its own, or put there by root. It may be planted, naming another
+        client's hold for the agent to release."""
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise BadInputError(f"cannot look at the hold record {self.path}: {os_reason(exc)}",
+                                hint="the agent's state_dir must be its user's own (chmod 700)") from exc
+        by_hand = "release any hold it names by hand (docs/agent.md, \"An engine left held\")"
+        if not stat.S_ISREG(st.st_mode):
+            raise BadInputError(f"the hold record {self.path} is not a regular file: it may be planted, and the "
+                                "hold it names is not released", hint=f"remove it, and {by_hand}")
+        if st.st_uid != os.geteuid():
+            raise BadInputError(
+                f"the hold record {self.path} is owned by uid {st.st_uid}, not the agent's user (uid "
+                f"{os.geteuid()}): another user may have planted it, and the hold it names is not released",
+                hint=f"if this agent wrote it while running as another user, chown {os.geteuid()} {self.path}; "
+                     f"else remove it, and {by_hand}")
 
     def warn_of_others(self) -> None:
         """One warning for each other record in the state_dir naming this node or this database:
@@ -203,8 +227,9 @@ def _open_lock(path: Path) -> int:
 
 
 class UnwritableStateDir(BadInputError):
-    """A state_dir that is there but cannot be written (read-only, or its mode): the agent still
-    releases what a hold record in it names before it stops (main), as no later record can be kept."""
+    """The agent's own state_dir, which no other user can write, that cannot be written now (a
+    read-only mount, its mode): the agent still releases what a hold record in it names before it
+    stops (main), as no later record can be kept."""
 
 
 def default_state_dir(env: Mapping[str, str]) -> Path:
@@ -217,19 +242,26 @@ def default_state_dir(env: Mapping[str, str]) -> Path:
 
 
 def ready_state_dir(directory: Path, setting: str) -> Path:
-    """``directory`` created (0700) if missing, and checked writable: at start, not at the first prepare."""
+    """``directory`` created (0700) if missing, and checked writable: at start, not at the first prepare.
+
+    Whose it is comes before whether it can be written: a record in a directory another user owns
+    or can write may be planted, and is never acted on, so only the agent's own directory that
+    cannot be written now (a read-only mount, its mode) is an ``UnwritableStateDir``."""
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise BadInputError(f"cannot create the agent's state_dir {directory}: {os_reason(exc)}",
                             hint=f"set state_dir in {setting} to a directory the agent's user can write") from exc
-    if not directory.is_dir() or not os.access(directory, os.W_OK | os.X_OK):
-        kind = UnwritableStateDir if directory.is_dir() else BadInputError
-        raise kind(f"the agent's state_dir {directory} is not a directory its user can write",
-                   hint=f"set state_dir in {setting} to a directory the agent's user can write")
+    try:
+        st = directory.stat()  # needs only its parent searchable, not the directory itself
+    except OSError as exc:
+        raise BadInputError(f"cannot look at the agent's state_dir {directory}: {os_reason(exc)}",
+                            hint=f"set state_dir in {setting} to a directory the agent's user can write") from exc
+    if not stat.S_ISDIR(st.st_mode):
+        raise BadInputError(f"the agent's state_dir {directory} is not a directory its user can write",
+                            hint=f"set state_dir in {setting} to a directory the agent's user can write")
     # Whoever else can write there can plant a record (released at the next start) or a symlink
     # for the agent to write through, or hold the lock file and keep the agent from starting.
-    st = directory.stat()
     if st.st_uid != os.geteuid() or st.st_mode & 0o022:
         owner = "not owned by the agent's user" if st.st_uid != os.geteuid() else "writable by others"
         raise BadInputError(
@@ -237,5 +269,7 @@ def ready_state_dir(directory: Path, setting: str) -> Path:
             "another user could plant or remove the agent's hold record there",
             hint=f"chown {os.geteuid()} {directory} && chmod 700 {directory}, or set state_dir in {setting} "
                  "to a directory of the agent's own")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise UnwritableStateDir(f"the agent's state_dir {directory} is not a directory its user can write",
+                                 hint=f"set state_dir in {setting} to a directory the agent's user can write")
     return directory
-

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from node_agent.hold_record import HoldRecord, HoldRecords
-from snapctl.errors import EngineError, LeaseConflict
+from snapctl.errors import EngineError, LeaseConflict, SnapctlError
 from snapctl.timestamps import utc_text
 
 log = logging.getLogger("snapctl.agent")
@@ -184,7 +184,10 @@ def release_before_refusing(records: HoldRecords, engine: Any) -> str | None:
     except Exception as exc:  # noqa: BLE001 - said, and the refusal stands
         log.error("the agent process before this one died while run %s held the engine, and the engine would "
                   "not release: %s; it stays held until an agent with a writable state_dir starts", left.run_id, exc)
-        return f"the hold run {left.run_id} left on the engine is not released ({exc})"
+        # The message alone: the refusal this is added to has a hint of its own, and the line above
+        # keeps the engine's.
+        reason = exc.message if isinstance(exc, SnapctlError) else exc
+        return f"the hold run {left.run_id} left on the engine is not released ({reason})"
     log.warning("%s; its hold record %s stays, as the state_dir cannot be written", left.said(outcome), records.path)
     return (f"what run {left.run_id} left held on the engine was released first ({outcome}); its hold record "
             f"{records.path} stays")

@@ -78,10 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         state_dir = ready_state_dir(config.state_directory(), config.source)
     except UnwritableStateDir as exc:
-        said = _release_left_in(config, engine)
+        refusal = _release_left_in(config, engine, exc)
         engine.close()
         sock.close()
-        return _fail(UnwritableStateDir(f"{exc.message}; {said}", hint=exc.hint) if said else exc)
+        return _fail(refusal)
     except SnapctlError as exc:
         engine.close()
         sock.close()
@@ -103,17 +103,25 @@ def _hold_records(config: AgentConfig, engine: Engine, state_dir: Path) -> HoldR
     return HoldRecords(state_dir, config.node, config.engine_settings.type, paths)
 
 
-def _release_left_in(config: AgentConfig, engine: Engine) -> str | None:
-    """What a killed agent's record in an unwritable state_dir names, released before the refusal
-    (the engine is never left held because the agent cannot start); what to add to it."""
+def _release_left_in(config: AgentConfig, engine: Engine, refusal: UnwritableStateDir) -> UnwritableStateDir:
+    """What a killed agent's record in the agent's own state_dir, unwritable now, names, released
+    before the refusal (the engine is never left held because the agent cannot start); the refusal,
+    with what was done. One hint: each error's own is folded into it, not repeated after it."""
     records = _hold_records(config, engine, config.state_directory())
-    if not records.path.exists():
-        return None
     try:
-        records.lock(config.source)  # a live agent's record is its own to release
+        there = records.path.exists()
+    except OSError as exc:  # a mode without x for its user: no record can be read there either
+        return UnwritableStateDir(f"{refusal.message}; whether a hold record is there cannot be told: "
+                                  f"{os_reason(exc)}", hint=refusal.hint)
+    if not there:
+        return refusal
+    try:
+        records.lock(config.source)  # a live agent's record is its own to release; another user's, none's
     except SnapctlError as exc:
-        return f"the hold record {records.path} there is not acted on: {exc}"
-    return release_before_refusing(records, engine)
+        return UnwritableStateDir(f"{refusal.message}; the hold record {records.path} there is not acted on: "
+                                  f"{exc.message}", hint=f"{exc.hint}; {refusal.hint}" if exc.hint else refusal.hint)
+    said = release_before_refusing(records, engine)
+    return UnwritableStateDir(f"{refusal.message}; {said}", hint=refusal.hint) if said else refusal
 
 
 def _short_token(config: AgentConfig) -> None:

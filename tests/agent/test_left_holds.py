@@ -206,7 +206,6 @@ def test_a_state_dir_the_agent_cannot_write_stops_it_at_start(tmp_path: Path, db
     assert line.endswith(f"(hint: set state_dir in {config} to a directory the agent's user can write)")
 
 
-
 def test_a_state_dir_gone_read_only_still_has_its_left_hold_released_before_the_agent_stops(
         tmp_path: Path, qdb: FakeQuestDB) -> None:
     # Refused at once, the agent left the killed one's checkpoint held for as long as the state_dir
@@ -217,19 +216,7 @@ def test_a_state_dir_gone_read_only_still_has_its_left_hold_released_before_the_
         agent.stop(signal.SIGKILL)
     state = tmp_path / "state"
     [record] = state.glob("hold-*.json")
-    argv = [str(AGENT_BIN), "--config", str(config), "--port", str(free_port())]
-    if os.geteuid() == 0:  # root writes through any mode: a read-only mount, in a namespace of its own
-        if subprocess.run(["unshare", "-m", "true"], capture_output=True, check=False).returncode != 0:
-            pytest.skip("running as root, and cannot make a mount namespace here (unshare -m) for a read-only state_dir")
-        remount = f'mount --bind {state} {state} && mount -o remount,bind,ro {state} && exec "$@"'
-        argv = ["unshare", "-m", "sh", "-c", remount, "sh", *argv]
-    else:
-        state.chmod(0o500)
-    try:
-        stopped = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False,
-                                 env={**os.environ, "SNAPCTL_AGENT_TOKEN": ""})
-    finally:
-        state.chmod(0o700)
+    stopped = start_read_only(state, config)
     assert stopped.returncode == 2, stopped.stderr
     assert not qdb.held and qdb.queries.count("CHECKPOINT RELEASE") == 1
     assert record.exists()  # it could not be removed, and says so
@@ -247,6 +234,45 @@ def test_a_state_dir_gone_read_only_still_has_its_left_hold_released_before_the_
         assert qdb.queries.count("CHECKPOINT RELEASE") == 1
         assert post(again, "/v1/prepare", run_id="r2", lease_s=60).status_code == 200
         assert post(again, "/v1/complete", run_id="r2").json()["released"] is True
+
+
+def test_a_left_hold_the_engine_would_not_release_before_the_refusal_is_one_line_with_one_hint(
+        tmp_path: Path, qdb: FakeQuestDB) -> None:
+    # The error added the engine's error whole, its own "(hint: ...)" inside it, before the refusal's.
+    config = questdb_config(tmp_path, qdb, timeout_s=1)
+    with agent_process(config) as agent:
+        assert post(agent, "/v1/prepare", run_id="r1", lease_s=600).status_code == 200
+        agent.stop(signal.SIGKILL)
+    state = tmp_path / "state"
+    with qdb.hang():
+        stopped = start_read_only(state, config)
+    assert stopped.returncode == 2, stopped.stderr
+    assert qdb.held and [r["run_id"] for r in records(state)] == ["r1"]
+    error = stopped.stderr.splitlines()[-1]
+    assert error.startswith(f"snapctl-agent: error: the agent's state_dir {state} is not a directory its user can "
+                            "write; the hold run r1 left on the engine is not released ("), error
+    assert error.count("hint: ") == 1, error
+    assert error.endswith(f"(hint: set state_dir in {config} to a directory the agent's user can write)"), error
+    [said] = [line for line in stopped.stderr.splitlines() if " ERROR snapctl.agent: " in line]
+    assert "would not release: " in said and "hint: " in said, "the engine's hint is kept in the log"
+
+
+def start_read_only(state: Path, config: Path) -> subprocess.CompletedProcess[str]:
+    """The agent started on ``config`` with its own ``state``, left read-only, to its end."""
+    argv = [str(AGENT_BIN), "--config", str(config), "--port", str(free_port())]
+    if os.geteuid() == 0:  # root writes through any mode: a read-only mount, in a namespace of its own
+        if subprocess.run(["unshare", "-m", "true"], capture_output=True, check=False).returncode != 0:
+            pytest.skip("running as root, and cannot make a mount namespace here (unshare -m) for a read-only state_dir")
+        remount = f'mount --bind {state} {state} && mount -o remount,bind,ro {state} && exec "$@"'
+        argv = ["unshare", "-m", "sh", "-c", remount, "sh", *argv]
+    else:
+        state.chmod(0o500)
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False,
+                              env={**os.environ, "SNAPCTL_AGENT_TOKEN": ""})
+    finally:
+        state.chmod(0o700)
+
 
 @pytest.mark.slow
 def test_a_tarantool_pin_left_by_a_killed_agent_is_released_when_it_starts_again(tmp_path: Path) -> None:
