@@ -221,10 +221,11 @@ class QuestDBEngine:
         # Its start never read (the status read after the create failed): the create ran when the
         # record says; a record without that (an older agent's) has the prepare's start, and
         # late_create_window_s bounds even a create whose answer was lost.
+        first, last = began_at, began_at + timedelta(seconds=self.settings.late_create_window_s)
         ran = [parse_timestamp(moment) for moment in facts.get("create_ran") or ()]
-        first, last = (ran[0], ran[1]) if len(ran) == 2 and None not in ran else (
-            began_at, began_at + timedelta(seconds=self.settings.late_create_window_s))
-        if recorded is None and not began_within(since, first, last):  # type: ignore[arg-type]
+        if len(ran) == 2 and None not in ran and first <= ran[0] <= ran[1] <= last:  # type: ignore[operator]
+            first, last = ran  # type: ignore[assignment]  # an interval outside the prepare's is no fence
+        if recorded is None and not began_within(since, first, last):
             return (f"the checkpoint held now began at {utc_text(since)}, not while its create (from "
                     f"{utc_text(first)}) could have made it: another client's, left alone")
         self._retry_race(verbs.release, time.monotonic() + self.settings.timeout_s)

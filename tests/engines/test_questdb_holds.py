@@ -13,6 +13,7 @@ import pytest
 from node_agent.engines.questdb import QuestDBEngine, QuestDBSettings
 from node_agent.service import AgentService
 from snapctl.errors import EngineBusy, EngineError
+from snapctl.timestamps import utc_text
 from tests.fakes.questdb import FakeQuestDB
 from tests.realdb.procs import wait_until
 
@@ -254,6 +255,21 @@ def test_a_record_of_when_the_create_ran_leaves_alone_a_checkpoint_begun_later_w
         finally:
             fresh.close()
         assert "another client's, left alone" in said and fake.held_since == theirs and fake.held
+    finally:
+        engine.close()
+
+
+def test_a_recorded_create_interval_outside_its_prepare_is_no_fence(fake, tmp_path) -> None:
+    # A create runs after its prepare began and within late_create_window_s: an interval recorded
+    # elsewhere (an edited record, a clock stepped between the two writes) falls back to that window.
+    engine = engine_for(fake, tmp_path, late_create_window_s=60)
+    try:
+        began = datetime.now(UTC)
+        fake.hold_as_someone_else()  # as the dead run's create did, a moment after its prepare began
+        hour_before = [utc_text(began - timedelta(hours=1)), utc_text(began - timedelta(hours=1, seconds=-1))]
+        said = engine.release_recorded_hold("run-dead", began, {"created": True, "server_since": None,
+                                                                 "create_ran": hour_before})
+        assert said.startswith("released its questdb checkpoint") and not fake.held and releases(fake) == 1
     finally:
         engine.close()
 
