@@ -8,21 +8,19 @@ manifest said when it was written, so the manifests that decisions rest on are r
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
 from pydantic import TypeAdapter, ValidationError
 
-from snapctl import __version__
 from snapctl.catalog import BlobStore
 from snapctl.catalog.lock import Clock, LockRecord, RunLock, acquire, read_lock, utc_now
+from snapctl.catalog.reasons import newer_snapctl, skipped_newer
 from snapctl.errors import BadInputError, CatalogError, SnapctlError
 from snapctl.manifest import IndexEntry, Manifest
-from snapctl.timestamps import as_utc
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _INDEX = TypeAdapter(list[IndexEntry])
@@ -58,26 +56,6 @@ class CatalogLook:
         if lock is None or not lock.held_at(now):
             return None
         return f"run {lock.run_id} by {lock.owner} holds the cluster lock until {lock.expires_at:%H:%M:%S}Z"
-
-
-def _newer_snapctl(data: bytes, errors: list) -> str | None:
-    """Why a manifest whose only fault is fields this snapctl does not know cannot be used, when a
-    newer snapctl wrote it (a standby or CI host not upgraded yet): not damage, and not to be
-    guessed at, for a restore must not leave out what a newer version recorded for it. None when
-    the version it names is not newer: then it is damage (a hand edit), said as such."""
-    written = _version(json.loads(data).get("snapctl_version"))
-    if written is None or written <= (_version(__version__) or ()):
-        return None
-    fields = sorted({".".join(str(part) for part in e["loc"]) for e in errors})
-    shown = ", ".join(fields[:3]) + (f" and {len(fields) - 3} more" if len(fields) > 3 else "")
-    return (f"written by snapctl {'.'.join(map(str, written))}, with fields this snapctl ({__version__}) does not "
-            f"know ({shown}): upgrade snapctl on this host to read it")
-
-
-def _version(text: object) -> tuple[int, ...] | None:
-    """``1.2.3`` (any suffix after the numbers ignored) as numbers to compare; None if it is none."""
-    match = re.match(r"(\d+(?:\.\d+)*)", text) if isinstance(text, str) else None
-    return tuple(int(part) for part in match[1].split(".")) if match else None
 
 
 class Catalog:
@@ -181,7 +159,7 @@ class Catalog:
         if ref == "latest":
             newest = next((e for e in entries if e.status == "succeeded"), None)
             if newest is not None and skipped is not None:
-                skipped += _skipped_newer(newest, problems, indexed, self._where)
+                skipped += skipped_newer(newest, problems, indexed, self._where)
             if newest is None and problems:  # there may be one: its manifest cannot be read
                 unreadable = ", ".join(f"{r} ({why})" for r, why in sorted(problems.items())[:_MAX_CANDIDATES])
                 raise BadInputError(
@@ -288,7 +266,7 @@ class Catalog:
             err = errors[0]
             if err["type"] == "json_invalid":
                 return None, "not valid JSON"
-            newer = _newer_snapctl(data, errors) if all(e["type"] == "extra_forbidden" for e in errors) else None
+            newer = newer_snapctl(data, errors) if all(e["type"] == "extra_forbidden" for e in errors) else None
             if newer is not None:
                 return None, newer
             field = ".".join(str(p) for p in err["loc"]) or "(top level)"
@@ -461,32 +439,6 @@ def index_entry(manifest: Manifest) -> IndexEntry:
         max_freeze_window_s=manifest.max_freeze_window_s,
         error=manifest.error,
     )
-
-
-def _skipped_newer(chosen: IndexEntry, problems: dict[str, str], indexed: dict[str, IndexEntry],
-                   where: Callable[[str], str]) -> list[str]:
-    """A warning for each run with a problem that the index does not show older than ``chosen``."""
-    warnings = []
-    for run_id, why in sorted(problems.items()):
-        line = indexed.get(run_id)
-        # A line the index lost (it drops an unreadable manifest's): a run id is its start, as snapctl makes them.
-        started = as_utc(line.started_at) if line is not None else _stamped(run_id)
-        if line is not None and (started, run_id) <= (as_utc(chosen.started_at), chosen.run_id):
-            continue  # older: never what latest names
-        if line is None and started is not None and started < as_utc(chosen.started_at).replace(microsecond=0):
-            continue  # older by its id, to the second
-        age = f"started {started:%Y-%m-%d %H:%M:%S}Z" if started is not None else "of unknown age"
-        listed = f"listed as {line.status}" if line is not None else "not in the index"
-        why = why if why.startswith("its manifest") else f"its manifest {where(run_id)} cannot be read: {why}"
-        warnings.append(f"latest is run {chosen.run_id}, not run {run_id} ({age}, {listed}): {why}")
-    return warnings
-
-
-def _stamped(run_id: str) -> datetime | None:
-    try:
-        return datetime.strptime(run_id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
-    except ValueError:
-        return None
 
 
 def newest_first(entries: list[IndexEntry]) -> list[IndexEntry]:
