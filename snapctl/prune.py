@@ -190,45 +190,50 @@ def apply(planned: PruneResult, catalog: Catalog, provider: Provider, still_lock
     begun: set[str] = set()  # runs whose snapshots it began to delete
     deleting: str | None = None  # the run whose snapshots are being deleted, while they are
     try:
-        for verdict in planned.deleted:
-            still_locked()
-            if _spared_while_in_use(catalog, verdict, result, drill_timeout_s):  # one began since the plan
-                continue
-            # As it is now, by compare-and-swap: a drill's summary written meanwhile is not lost.
-            since = utc_text(datetime.now(UTC))
-            marking[verdict.run_id] = since
-            manifest = catalog.update(verdict.run_id, partial(mark_pruning, since=since))
-            if manifest is None:
-                continue  # deleted meanwhile: nothing of it is left to prune
-            doomed.append((verdict, manifest))
+        # The marks' index lines in one write, and the deleted runs' in another: one each rewrote
+        # the whole index twice per run. Every mark's line is written before any run is deleted.
+        with catalog.lines_held():
+            for verdict in planned.deleted:
+                still_locked()
+                if _spared_while_in_use(catalog, verdict, result, drill_timeout_s):  # one began since the plan
+                    continue
+                # As it is now, by compare-and-swap: a drill's summary written meanwhile is not lost.
+                since = utc_text(datetime.now(UTC))
+                marking[verdict.run_id] = since
+                manifest = catalog.update(verdict.run_id, partial(mark_pruning, since=since))
+                if manifest is None:
+                    continue  # deleted meanwhile: nothing of it is left to prune
+                doomed.append((verdict, manifest))
         tagged = _by_run(provider.find({TAG_CLUSTER: catalog.cluster})) if doomed else {}
         owners = _Owners(catalog)
-        for verdict, manifest in doomed:
-            still_locked()
-            # Once more, now that the run is marked: a restore records itself before it reads the run's
-            # status, so one that read it just before the mark (and goes on) is on record by now.
-            if _spared_while_in_use(catalog, verdict, result, drill_timeout_s):
-                catalog.update(manifest.run_id, partial(unmark_pruning, since=marking[manifest.run_id]))
-                continue
-            refs = _doomed_refs(manifest, tagged, owners)
-            begun.add(manifest.run_id)
-            deleting = manifest.run_id
-            failures = []
-            for ref in refs:
+        with catalog.lines_held() as write_lines:
+            for verdict, manifest in doomed:
                 still_locked()
-                try:
-                    _delete_snapshot(provider, ref, catalog.cluster)
-                except SnapctlError as exc:
-                    failures.append(f"snapshot {ref.snapshot_id}: {exc.message}")
-            if failures:
-                verdict.error = "; ".join(failures)
-                result.unfinished.append(verdict)
+                # Once more, now that the run is marked: a restore records itself before it reads the run's
+                # status, so one that read it just before the mark (and goes on) is on record by now.
+                if _spared_while_in_use(catalog, verdict, result, drill_timeout_s):
+                    catalog.update(manifest.run_id, partial(unmark_pruning, since=marking[manifest.run_id]))
+                    write_lines()  # listed as restorable again now, not when the prune ends
+                    continue
+                refs = _doomed_refs(manifest, tagged, owners)
+                begun.add(manifest.run_id)
+                deleting = manifest.run_id
+                failures = []
+                for ref in refs:
+                    still_locked()
+                    try:
+                        _delete_snapshot(provider, ref, catalog.cluster)
+                    except SnapctlError as exc:
+                        failures.append(f"snapshot {ref.snapshot_id}: {exc.message}")
+                if failures:
+                    verdict.error = "; ".join(failures)
+                    result.unfinished.append(verdict)
+                    deleting = None
+                    continue
+                still_locked()
+                catalog.delete(manifest.run_id)
                 deleting = None
-                continue
-            still_locked()
-            catalog.delete(manifest.run_id)
-            deleting = None
-            result.deleted.append(verdict)
+                result.deleted.append(verdict)
     except (KeyboardInterrupt, Interrupted):
         raise stopped_prune(catalog, {run: since for run, since in marking.items() if run not in begun},
                             deleting) from None
