@@ -147,9 +147,12 @@ def plan(catalog: Catalog, provider: Provider, retention: Retention, drill_timeo
     if pending is not None:
         result.kept.insert(0, RunVerdict(pending.run_id, pending.started_at, pending.status,
                                          ["its snapshots are not complete yet (--no-wait): not counted"]))
+    # Listed once for the plan, not twice per run (on S3, two requests each): apply looks again.
+    records = {use.folder: catalog.store.list(f"{catalog.cluster}/{use.folder}/")
+               for use in (_RESTORE, _DRILL)} if decided.delete else {}
     for decision in decided.delete:
         verdict = _verdict(decision)
-        if _spared_while_in_use(catalog, verdict, result, drill_timeout_s):
+        if _spared_while_in_use(catalog, verdict, result, drill_timeout_s, records):
             continue
         try:
             manifest = catalog.load(decision.run.run_id)
@@ -301,14 +304,19 @@ async def prune_after_backup(
 # -- helpers -------------------------------------------------------------------------------------
 
 
-def _spared_while_in_use(catalog: Catalog, verdict: RunVerdict, result: PruneResult, drill_timeout_s: float) -> bool:
+def _spared_while_in_use(catalog: Catalog, verdict: RunVerdict, result: PruneResult, drill_timeout_s: float,
+                         records: dict[str, list[str]] | None = None) -> bool:
     """Keep ``verdict``'s run when a restore or drill of it is under way: it restores from the
     run's snapshots. Its record says when it finished; one killed outright never does, so a record
-    older than its time budget (a drill's: drill.timeout_s and its teardown) no longer counts."""
+    older than its time budget (a drill's: drill.timeout_s and its teardown) no longer counts.
+    ``records``: each folder's keys as listed a moment ago (else listed now, for this run)."""
     now = datetime.now(UTC)
     dead: str | None = None  # a restore killed outright on this host: said only if nothing else is under way
     for use, budget_s in ((_RESTORE, RESTORE_GUARD_S), (_DRILL, drill_timeout_s + _DRILL_TEARDOWN_S)):
-        for key in catalog.store.list(f"{catalog.cluster}/{use.folder}/{verdict.run_id}-"):
+        prefix = f"{catalog.cluster}/{use.folder}/{verdict.run_id}-"
+        keys = catalog.store.list(prefix) if records is None else [k for k in records[use.folder]
+                                                                     if k.startswith(prefix)]
+        for key in keys:
             try:
                 record = json.loads(catalog.store.read(key) or b"{}")
                 # Without an offset (hand-edited, another tool): UTC, as snapctl writes them.

@@ -122,6 +122,18 @@ def test_a_prune_of_200_runs_writes_the_index_twice_not_twice_for_each_run_it_de
         "r00199", *kept], "the index holds no line of a deleted run"
 
 
+def test_a_prune_plan_lists_the_restores_and_drills_once_not_for_each_run(tmp_path: Path) -> None:
+    catalog, store = catalog_of(tmp_path / "catalog", 200)
+    provider = create_provider({"type": "local", "store": str(tmp_path / "snapshots")}, cluster="prod",
+                               base_dir=tmp_path)
+
+    planned = plan(catalog, provider, Retention(keep_last=5, daily=0, weekly=0, monthly=0), 60.0)
+
+    assert len(planned.deleted) == 194
+    lists = [prefix for method, prefix in store.calls if method == "list"]
+    assert sorted(p for p in lists if "/restores/" in p or "/drills/" in p) == ["prod/drills/", "prod/restores/"]
+
+
 def test_a_prune_stopped_while_marking_leaves_the_index_as_the_manifests_say(tmp_path: Path) -> None:
     catalog, store = catalog_of(tmp_path / "catalog", 40)
     provider = create_provider({"type": "local", "store": str(tmp_path / "snapshots")}, cluster="prod",
