@@ -179,3 +179,31 @@ def test_lines_held_are_written_once_at_the_end_of_the_block_and_on_the_way_out_
         raise KeyboardInterrupt
     assert store.index_writes() == 1 and catalog._read_index()[0][0].status == "failed"
 
+
+class WalkCountingList(list):
+    """A list that counts how often it is walked from the start."""
+
+    walks = 0
+
+    def __iter__(self):
+        self.walks += 1
+        return super().__iter__()
+
+
+def test_list_asks_once_whether_any_run_has_an_error_not_again_for_every_row() -> None:
+    import io
+
+    from rich.console import Console
+
+    from snapctl.render import Renderer
+
+    entries = WalkCountingList(index_entry(make_manifest(f"r{i:05d}", minutes=60 * i)) for i in range(199, 0, -1))
+    entries.append(index_entry(make_manifest("r00000", status="failed")).model_copy(update={"error": "n2 unreachable"}))
+    renderer = Renderer()
+    renderer.out = Console(file=io.StringIO(), width=400, highlight=False)
+
+    renderer.run_list(entries, [])
+
+    assert entries.walks <= 3  # whether any has an error, the rows; not a walk per row, 200 times 200 steps
+    rows = renderer.out.file.getvalue().splitlines()
+    assert "error" in rows[2] and rows[-2].split()[:2] == ["r00000", "failed"] and "n2 unreachable" in rows[-2]
