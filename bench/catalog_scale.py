@@ -39,7 +39,9 @@ NODES = ("n1", "n2", "n3")
 START = datetime(2025, 1, 1, tzinfo=UTC)
 # About 50 runs kept out of a year of hourly runs: a day of them, two weeks, two months, half a year.
 RETENTION = {"keep_last": 24, "daily": 14, "weekly": 8, "monthly": 6}
-FAILED_EVERY = 97  # one run in ~100 failed: a catalog is never all successes
+# One run in ~100 failed, in the first quarter of the year; none since: the only errors in the
+# catalog are old ones, as they are once a setup's teething troubles are over.
+FAILED_EVERY = 97
 REGION = "us-east-1"
 BUCKET = "snapctl-catalog-scale"
 
@@ -48,12 +50,12 @@ def run_id(i: int) -> str:
     return f"{START + timedelta(hours=i):%Y%m%dT%H%M%SZ}-{i % 4096:03x}"
 
 
-def manifest(i: int) -> Any:
+def manifest(i: int, runs: int) -> Any:
     from snapctl.manifest import Manifest, NodeRecord
     from snapctl.providers import SnapshotRef
 
     rid, started = run_id(i), START + timedelta(hours=i)
-    failed = i % FAILED_EVERY == FAILED_EVERY - 1
+    failed = i % FAILED_EVERY == FAILED_EVERY - 1 and i < runs // 4
     nodes = {}
     for node in NODES:
         tags = {"snapctl-cluster": CLUSTER, "snapctl-run": rid, "snapctl-node": node, "snapctl-volume": "data"}
@@ -78,7 +80,7 @@ def build(store: Any, runs: int, put: Callable[[str, bytes], None]) -> float:
     entries = []
 
     def one(i: int) -> None:
-        made = manifest(i)
+        made = manifest(i, runs)
         put(f"{CLUSTER}/manifests/{made.run_id}.json", made.model_dump_json(indent=2).encode())
         entries.append(index_entry(made))
 
@@ -243,7 +245,8 @@ def commands(inventory: Path, newest: str) -> list[tuple[str, Callable[[], int]]
     ]
 
 
-def run_store(kind: str, runs: int, where: Path, moto_url: str | None, prune_too: bool) -> tuple[list[list[str]], str]:
+def run_store(kind: str, runs: int, where: Path, moto_url: str | None, prune_too: bool,
+              only: set[str] | None) -> tuple[list[list[str]], str]:
     from snapctl.catalog import LocalBlobStore
 
     counts = Counts()
@@ -276,6 +279,8 @@ def run_store(kind: str, runs: int, where: Path, moto_url: str | None, prune_too
     todo = commands(inventory, newest)
     if prune_too:
         todo.append(("prune (keeps ~50)", lambda: cli(["prune", "-i", str(inventory)])))
+    if only:
+        todo = [(name, what) for name, what in todo if name.split()[0] in only]
     todo[0][1]()  # imports the commands' modules: the first row is not their import time
     with counts.installed():
         for name, what in todo:
@@ -315,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stores", default="local,s3", help="local, s3 or both")
     parser.add_argument("--moto-port", type=int, default=0, help="moto's port on 127.0.0.1 (default: a free one)")
     parser.add_argument("--no-prune", action="store_true", help="leave out the prune that deletes")
+    parser.add_argument("--only", help="comma-separated command names (their first word: list,show,status,...)")
     args = parser.parse_args(argv)
     sizes = [int(n) for n in (args.runs or ("500" if args.quick else "1000,10000")).split(",")]
     stores = args.stores.split(",")
@@ -329,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
             for kind in stores:
                 where = Path(tmp) / f"{kind}-{runs}"
                 where.mkdir()
-                made, note = run_store(kind, runs, where, moto_url, not args.no_prune)
+                made, note = run_store(kind, runs, where, moto_url, not args.no_prune,
+                                       set(args.only.split(",")) if args.only else None)
                 rows += made
                 notes.append(note)
                 shutil.rmtree(where, ignore_errors=True)
