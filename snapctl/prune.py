@@ -147,9 +147,7 @@ def plan(catalog: Catalog, provider: Provider, retention: Retention, drill_timeo
     if pending is not None:
         result.kept.insert(0, RunVerdict(pending.run_id, pending.started_at, pending.status,
                                          ["its snapshots are not complete yet (--no-wait): not counted"]))
-    # Listed once for the plan, not twice per run (on S3, two requests each): apply looks again.
-    records = {use.folder: catalog.store.list(f"{catalog.cluster}/{use.folder}/")
-               for use in (_RESTORE, _DRILL)} if decided.delete else {}
+    records = _in_use_records(catalog) if decided.delete else {}  # apply looks again
     for decision in decided.delete:
         verdict = _verdict(decision)
         if _spared_while_in_use(catalog, verdict, result, drill_timeout_s, records):
@@ -195,10 +193,12 @@ def apply(planned: PruneResult, catalog: Catalog, provider: Provider, still_lock
     try:
         # The marks' index lines in one write, and the deleted runs' in another: one each rewrote
         # the whole index twice per run. Every mark's line is written before any run is deleted.
+        # Once for every mark: a restore that begins after this look is seen by the look after its mark.
+        records = _in_use_records(catalog) if planned.deleted else {}
         with catalog.lines_held():
             for verdict in planned.deleted:
                 still_locked()
-                if _spared_while_in_use(catalog, verdict, result, drill_timeout_s):  # one began since the plan
+                if _spared_while_in_use(catalog, verdict, result, drill_timeout_s, records):  # began since the plan
                     continue
                 # As it is now, by compare-and-swap: a drill's summary written meanwhile is not lost.
                 since = utc_text(datetime.now(UTC))
@@ -302,6 +302,12 @@ async def prune_after_backup(
 
 
 # -- helpers -------------------------------------------------------------------------------------
+
+
+def _in_use_records(catalog: Catalog) -> dict[str, list[str]]:
+    """The keys of every restore's and drill's record, by folder: listed once, not twice for each
+    run (on S3, a request each)."""
+    return {use.folder: catalog.store.list(f"{catalog.cluster}/{use.folder}/") for use in (_RESTORE, _DRILL)}
 
 
 def _spared_while_in_use(catalog: Catalog, verdict: RunVerdict, result: PruneResult, drill_timeout_s: float,

@@ -122,7 +122,7 @@ def test_a_prune_of_200_runs_writes_the_index_twice_not_twice_for_each_run_it_de
         "r00199", *kept], "the index holds no line of a deleted run"
 
 
-def test_a_prune_plan_lists_the_restores_and_drills_once_not_for_each_run(tmp_path: Path) -> None:
+def test_a_prune_lists_the_restores_and_drills_once_to_plan_and_once_to_mark_not_for_each_run(tmp_path: Path) -> None:
     catalog, store = catalog_of(tmp_path / "catalog", 200)
     provider = create_provider({"type": "local", "store": str(tmp_path / "snapshots")}, cluster="prod",
                                base_dir=tmp_path)
@@ -130,8 +130,20 @@ def test_a_prune_plan_lists_the_restores_and_drills_once_not_for_each_run(tmp_pa
     planned = plan(catalog, provider, Retention(keep_last=5, daily=0, weekly=0, monthly=0), 60.0)
 
     assert len(planned.deleted) == 194
-    lists = [prefix for method, prefix in store.calls if method == "list"]
-    assert sorted(p for p in lists if "/restores/" in p or "/drills/" in p) == ["prod/drills/", "prod/restores/"]
+    assert sorted(records_listed(store)) == ["prod/drills/", "prod/restores/"]
+
+    store.calls.clear()
+    apply(planned, catalog, provider, lambda: None, 60.0)
+
+    # Once before the marks, then for each run after its mark, before its deletion: a restore that
+    # began meanwhile read the run as it was before the mark, and is on record by now.
+    listed = records_listed(store)
+    assert sorted(listed[:2]) == ["prod/drills/", "prod/restores/"] and len(listed) == 2 + 2 * 194
+
+
+def records_listed(store: CallCountingStore) -> list[str]:
+    return [prefix for method, prefix in store.calls if method == "list" and ("/restores/" in prefix
+                                                                              or "/drills/" in prefix)]
 
 
 def test_a_prune_stopped_while_marking_leaves_the_index_as_the_manifests_say(tmp_path: Path) -> None:
@@ -207,3 +219,4 @@ def test_list_asks_once_whether_any_run_has_an_error_not_again_for_every_row() -
     assert entries.walks <= 3  # whether any has an error, the rows; not a walk per row, 200 times 200 steps
     rows = renderer.out.file.getvalue().splitlines()
     assert "error" in rows[2] and rows[-2].split()[:2] == ["r00000", "failed"] and "n2 unreachable" in rows[-2]
+
