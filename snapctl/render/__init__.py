@@ -179,7 +179,8 @@ class Renderer:
         self.out.print("preflight: " + ("would refuse (see above)" if refused else "ok"))
         return ExitCode.PREFLIGHT_REFUSED if refused else ExitCode.OK
 
-    def run_list(self, entries, problems, where: str = "the catalog") -> int:
+    def run_list(self, entries, problems, where: str = "the catalog", older: int = 0) -> int:
+        """``older``: how many older runs were left out (``list --limit``)."""
         from rich import box
         from rich.markup import escape
         from rich.table import Table
@@ -203,6 +204,8 @@ class Renderer:
             self.line(f"no backups yet in {where}")
         else:
             self.out.print(table)
+        if older:
+            self.line(f"{older} older run{'s' if older > 1 else ''} not shown: --limit 0 lists every run")
         for problem in problems:
             self.err.print(f"[yellow]warning:[/] {escape(problem)}", soft_wrap=True)
         return ExitCode.OK
@@ -356,8 +359,8 @@ class JsonRenderer(Renderer):
         for warning in warnings:
             print(f"warning: {warning}", file=sys.stderr)
 
-    def run_list(self, entries, problems, where: str = "the catalog") -> int:
-        self._warn(problems)
+    def run_list(self, entries, problems, where: str = "the catalog", older: int = 0) -> int:
+        self._warn(problems)  # ``older``: left out as --limit asked; the document holds the runs shown
         self._emit("list", {"runs": entries, "problems": problems})
         return ExitCode.OK
 

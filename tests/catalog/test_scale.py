@@ -220,3 +220,32 @@ def test_list_asks_once_whether_any_run_has_an_error_not_again_for_every_row() -
     rows = renderer.out.file.getvalue().splitlines()
     assert "error" in rows[2] and rows[-2].split()[:2] == ["r00000", "failed"] and "n2 unreachable" in rows[-2]
 
+
+def test_list_shows_the_newest_100_runs_and_says_how_many_older_ones_it_left_out(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+
+    catalog_of(tmp_path / "catalog", 150)
+    (tmp_path / "inv.yaml").write_text(yaml.safe_dump({
+        "cluster": "prod", "provider": {"type": "local", "store": "snapshots"}, "catalog": {"path": "catalog"},
+        "nodes": [{"name": "n1", "agent": "http://127.0.0.1:1"}]}))
+
+    def snapctl(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "snapctl.cli", "list", "-i", "inv.yaml", *args], cwd=tmp_path,
+                              capture_output=True, text=True, check=False, timeout=60)
+
+    def rows(out: str) -> list[str]:
+        return [line.split()[0] for line in out.splitlines() if line.strip().startswith("r0")]
+
+    shown = snapctl()
+    assert shown.returncode == 0 and rows(shown.stdout) == hourly(150)[:49:-1]
+    assert shown.stdout.rstrip().endswith("50 older runs not shown: --limit 0 lists every run")
+    assert rows(snapctl("--limit", "0").stdout) == hourly(150)[::-1]
+    assert len(json.loads(snapctl("-o", "json").stdout)["data"]["runs"]) == 150  # a script gets every run
+    assert [r["run_id"] for r in json.loads(snapctl("-o", "json", "--limit", "2").stdout)["data"]["runs"]] == [
+        "r00149", "r00148"]
+    refused = snapctl("--limit", "-1")
+    assert refused.returncode == 2 and "--limit -1: give a number of runs, or 0 for every run" in refused.stderr
