@@ -232,6 +232,7 @@ def commands(inventory: Path, newest: str) -> list[tuple[str, Callable[[], int]]
     prefix = newest[:13]  # 2026...T..: the hour's runs, one of them
     return [
         ("list", lambda: cli(["list", *inv])),
+        ("list --limit 0 (every run)", lambda: cli(["list", "--limit", "0", *inv])),
         ("list -o json", lambda: cli(["list", "-o", "json", *inv])),
         ("show latest", lambda: cli(["show", "latest", *inv])),
         (f"show {prefix} (a unique prefix)", lambda: cli(["show", prefix, *inv])),
