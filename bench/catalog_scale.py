@@ -188,6 +188,8 @@ def write_inventory(where: Path, catalog: dict[str, str]) -> Path:
 
 def cli(args: list[str]) -> int:
     """One command through the CLI in this process, its output discarded; its exit code."""
+    import typer
+
     from snapctl.cli import app
     from snapctl.errors import SnapctlError
 
@@ -196,6 +198,8 @@ def cli(args: list[str]) -> int:
             code = app(args=args, standalone_mode=False)
         except SnapctlError as exc:
             return int(exc.exit_code)
+        except typer.TyperException:  # a usage error: an option this snapctl does not have
+            return 2
     return int(code or 0)
 
 
