@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -72,7 +73,9 @@ class Catalog:
         # Kept whole (they are few, and only until a prune records them complete): retention asks
         # the provider about their snapshots without reading the manifest again.
         self._unconfirmed: dict[str, Manifest] = {}
-        self._held_lines: dict[str, IndexEntry | None] | None = None  # see lines_held: run -> line (None: gone)
+        # See lines_held: run -> line (None: gone). Per thread: a backup's retention prunes in a
+        # thread of its own, and what another thread saves meanwhile is written as it always is.
+        self._held = threading.local()
 
     def describe(self, *, say_missing: bool = False) -> str:
         """Where the catalog is; ``say_missing``: and that its directory does not exist, if so."""
@@ -89,8 +92,8 @@ class Catalog:
         self._put_line(index_entry(manifest))
 
     def _put_line(self, entry: IndexEntry) -> None:
-        if self._held_lines is not None:
-            self._held_lines[entry.run_id] = entry
+        if (held := getattr(self._held, "lines", None)) is not None:
+            held[entry.run_id] = entry
             return
         self._update_index(lambda entries: [e for e in entries if e.run_id != entry.run_id] + [entry])
 
@@ -102,13 +105,13 @@ class Catalog:
         catalog's size. Meanwhile the index lags the manifests, as it does for a run killed between
         the two writes, which every reader already repairs; a line still "succeeded" whose manifest
         is deleted would read as a lost manifest, though: write marks before deleting their runs."""
-        if self._held_lines is not None:  # nested: the outer block writes them
+        if getattr(self._held, "lines", None) is not None:  # nested: the outer block writes them
             yield lambda: None
             return
-        self._held_lines = {}
+        self._held.lines = {}
 
         def write() -> None:
-            held, self._held_lines = self._held_lines or {}, {}
+            held, self._held.lines = self._held.lines or {}, {}
             if held:
                 self._update_index(lambda entries: [e for e in entries if e.run_id not in held]
                                    + [e for e in held.values() if e is not None])
@@ -124,7 +127,7 @@ class Catalog:
         else:
             write()
         finally:
-            self._held_lines = None
+            self._held.lines = None
 
     def update(self, run_id: str, change: Callable[[Manifest], bool]) -> Manifest | None:
         """``change`` (False: write nothing) on the manifest as it is now, by compare-and-swap: another
@@ -164,8 +167,8 @@ class Catalog:
     def delete(self, run_id: str) -> None:
         """Forget a run (its manifest and index line); a missing run is fine."""
         self.store.delete(self._manifest_key(run_id))
-        if self._held_lines is not None:
-            self._held_lines[run_id] = None
+        if (held := getattr(self._held, "lines", None)) is not None:
+            held[run_id] = None
             return
         self._update_index(lambda entries: [e for e in entries if e.run_id != run_id])
 

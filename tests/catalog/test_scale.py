@@ -192,6 +192,20 @@ def test_lines_held_are_written_once_at_the_end_of_the_block_and_on_the_way_out_
     assert store.index_writes() == 1 and catalog._read_index()[0][0].status == "failed"
 
 
+
+def test_a_line_another_thread_saves_while_a_block_holds_lines_is_written_at_once(tmp_path: Path) -> None:
+    # A backup's retention prunes in a thread of its own, beside the backup's own saves.
+    import threading
+
+    catalog, store = catalog_of(tmp_path / "catalog", 2)
+    with catalog.lines_held():
+        catalog.delete("r00000")
+        saver = threading.Thread(target=catalog.save, args=(make_manifest("r00002", minutes=120),))
+        saver.start()
+        saver.join()
+        assert [e.run_id for e in catalog._read_index()[0]] == ["r00002", "r00001", "r00000"]
+    assert [e.run_id for e in catalog._read_index()[0]] == ["r00002", "r00001"]
+
 class WalkCountingList(list):
     """A list that counts how often it is walked from the start."""
 
