@@ -128,16 +128,31 @@ def backup(
     return out.backup_result(result)
 
 
+LIST_LIMIT = 100  # text: a year of hourly runs took seconds to lay out as a table, for a terminal's screenful
+
+
 @app.command("list")
-def list_runs(inventory: InventoryOpt = None, output: OutputOpt = "text") -> int:
+def list_runs(
+    inventory: InventoryOpt = None,
+    limit: Annotated[int | None, typer.Option("--limit", metavar="N", help=(
+        f"Only the newest N runs; 0: every run [default: {LIST_LIMIT}; with -o json, every run].")
+    )] = None,
+    output: OutputOpt = "text",
+) -> int:
     """List the backups in the catalog, newest first."""
     from snapctl.abandoned_runs import listed
     from snapctl.catalog import open_catalog
+    from snapctl.errors import BadInputError
 
     out = _renderer(output)  # first: it decides how an error is shown, the inventory's too
+    if limit is not None and limit < 0:
+        raise BadInputError(f"--limit {limit}: give a number of runs, or 0 for every run", hint="e.g. --limit 20")
     catalog = open_catalog(_inventory(inventory))
     entries, problems = catalog.list()
-    return out.run_list(listed(catalog, entries), problems, catalog.describe(say_missing=not entries))
+    shown = (0 if output == "json" else LIST_LIMIT) if limit is None else limit
+    older = max(0, len(entries) - shown) if shown else 0
+    return out.run_list(listed(catalog, entries[:len(entries) - older]), problems,
+                        catalog.describe(say_missing=not entries), older=older)
 
 
 @app.command(cls=_RequiredAsDocumented)

@@ -147,9 +147,10 @@ def plan(catalog: Catalog, provider: Provider, retention: Retention, drill_timeo
     if pending is not None:
         result.kept.insert(0, RunVerdict(pending.run_id, pending.started_at, pending.status,
                                          ["its snapshots are not complete yet (--no-wait): not counted"]))
+    records = _in_use_records(catalog) if decided.delete else {}  # apply looks again
     for decision in decided.delete:
         verdict = _verdict(decision)
-        if _spared_while_in_use(catalog, verdict, result, drill_timeout_s):
+        if _spared_while_in_use(catalog, verdict, result, drill_timeout_s, records):
             continue
         try:
             manifest = catalog.load(decision.run.run_id)
@@ -190,45 +191,52 @@ def apply(planned: PruneResult, catalog: Catalog, provider: Provider, still_lock
     begun: set[str] = set()  # runs whose snapshots it began to delete
     deleting: str | None = None  # the run whose snapshots are being deleted, while they are
     try:
-        for verdict in planned.deleted:
-            still_locked()
-            if _spared_while_in_use(catalog, verdict, result, drill_timeout_s):  # one began since the plan
-                continue
-            # As it is now, by compare-and-swap: a drill's summary written meanwhile is not lost.
-            since = utc_text(datetime.now(UTC))
-            marking[verdict.run_id] = since
-            manifest = catalog.update(verdict.run_id, partial(mark_pruning, since=since))
-            if manifest is None:
-                continue  # deleted meanwhile: nothing of it is left to prune
-            doomed.append((verdict, manifest))
+        # The marks' index lines in one write, and the deleted runs' in another: one each rewrote
+        # the whole index twice per run. Every mark's line is written before any run is deleted.
+        # Once for every mark: a restore that begins after this look is seen by the look after its mark.
+        records = _in_use_records(catalog) if planned.deleted else {}
+        with catalog.lines_held():
+            for verdict in planned.deleted:
+                still_locked()
+                if _spared_while_in_use(catalog, verdict, result, drill_timeout_s, records):  # began since the plan
+                    continue
+                # As it is now, by compare-and-swap: a drill's summary written meanwhile is not lost.
+                since = utc_text(datetime.now(UTC))
+                marking[verdict.run_id] = since
+                manifest = catalog.update(verdict.run_id, partial(mark_pruning, since=since))
+                if manifest is None:
+                    continue  # deleted meanwhile: nothing of it is left to prune
+                doomed.append((verdict, manifest))
         tagged = _by_run(provider.find({TAG_CLUSTER: catalog.cluster})) if doomed else {}
         owners = _Owners(catalog)
-        for verdict, manifest in doomed:
-            still_locked()
-            # Once more, now that the run is marked: a restore records itself before it reads the run's
-            # status, so one that read it just before the mark (and goes on) is on record by now.
-            if _spared_while_in_use(catalog, verdict, result, drill_timeout_s):
-                catalog.update(manifest.run_id, partial(unmark_pruning, since=marking[manifest.run_id]))
-                continue
-            refs = _doomed_refs(manifest, tagged, owners)
-            begun.add(manifest.run_id)
-            deleting = manifest.run_id
-            failures = []
-            for ref in refs:
+        with catalog.lines_held() as write_lines:
+            for verdict, manifest in doomed:
                 still_locked()
-                try:
-                    _delete_snapshot(provider, ref, catalog.cluster)
-                except SnapctlError as exc:
-                    failures.append(f"snapshot {ref.snapshot_id}: {exc.message}")
-            if failures:
-                verdict.error = "; ".join(failures)
-                result.unfinished.append(verdict)
+                # Once more, now that the run is marked: a restore records itself before it reads the run's
+                # status, so one that read it just before the mark (and goes on) is on record by now.
+                if _spared_while_in_use(catalog, verdict, result, drill_timeout_s):
+                    catalog.update(manifest.run_id, partial(unmark_pruning, since=marking[manifest.run_id]))
+                    write_lines()  # listed as restorable again now, not when the prune ends
+                    continue
+                refs = _doomed_refs(manifest, tagged, owners)
+                begun.add(manifest.run_id)
+                deleting = manifest.run_id
+                failures = []
+                for ref in refs:
+                    still_locked()
+                    try:
+                        _delete_snapshot(provider, ref, catalog.cluster)
+                    except SnapctlError as exc:
+                        failures.append(f"snapshot {ref.snapshot_id}: {exc.message}")
+                if failures:
+                    verdict.error = "; ".join(failures)
+                    result.unfinished.append(verdict)
+                    deleting = None
+                    continue
+                still_locked()
+                catalog.delete(manifest.run_id)
                 deleting = None
-                continue
-            still_locked()
-            catalog.delete(manifest.run_id)
-            deleting = None
-            result.deleted.append(verdict)
+                result.deleted.append(verdict)
     except (KeyboardInterrupt, Interrupted):
         raise stopped_prune(catalog, {run: since for run, since in marking.items() if run not in begun},
                             deleting) from None
@@ -296,14 +304,25 @@ async def prune_after_backup(
 # -- helpers -------------------------------------------------------------------------------------
 
 
-def _spared_while_in_use(catalog: Catalog, verdict: RunVerdict, result: PruneResult, drill_timeout_s: float) -> bool:
+def _in_use_records(catalog: Catalog) -> dict[str, list[str]]:
+    """The keys of every restore's and drill's record, by folder: listed once, not twice for each
+    run (on S3, a request each)."""
+    return {use.folder: catalog.store.list(f"{catalog.cluster}/{use.folder}/") for use in (_RESTORE, _DRILL)}
+
+
+def _spared_while_in_use(catalog: Catalog, verdict: RunVerdict, result: PruneResult, drill_timeout_s: float,
+                         records: dict[str, list[str]] | None = None) -> bool:
     """Keep ``verdict``'s run when a restore or drill of it is under way: it restores from the
     run's snapshots. Its record says when it finished; one killed outright never does, so a record
-    older than its time budget (a drill's: drill.timeout_s and its teardown) no longer counts."""
+    older than its time budget (a drill's: drill.timeout_s and its teardown) no longer counts.
+    ``records``: each folder's keys as listed a moment ago (else listed now, for this run)."""
     now = datetime.now(UTC)
     dead: str | None = None  # a restore killed outright on this host: said only if nothing else is under way
     for use, budget_s in ((_RESTORE, RESTORE_GUARD_S), (_DRILL, drill_timeout_s + _DRILL_TEARDOWN_S)):
-        for key in catalog.store.list(f"{catalog.cluster}/{use.folder}/{verdict.run_id}-"):
+        prefix = f"{catalog.cluster}/{use.folder}/{verdict.run_id}-"
+        keys = catalog.store.list(prefix) if records is None else [k for k in records[use.folder]
+                                                                     if k.startswith(prefix)]
+        for key in keys:
             try:
                 record = json.loads(catalog.store.read(key) or b"{}")
                 # Without an offset (hand-edited, another tool): UTC, as snapctl writes them.

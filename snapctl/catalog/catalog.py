@@ -8,21 +8,21 @@ manifest said when it was written, so the manifests that decisions rest on are r
 
 from __future__ import annotations
 
-import json
 import os
 import re
-from collections.abc import Callable, Iterable
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
 from pydantic import TypeAdapter, ValidationError
 
-from snapctl import __version__
 from snapctl.catalog import BlobStore
 from snapctl.catalog.lock import Clock, LockRecord, RunLock, acquire, read_lock, utc_now
+from snapctl.catalog.reasons import newer_snapctl, skipped_newer
 from snapctl.errors import BadInputError, CatalogError, SnapctlError
 from snapctl.manifest import IndexEntry, Manifest
-from snapctl.timestamps import as_utc
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _INDEX = TypeAdapter(list[IndexEntry])
@@ -60,26 +60,6 @@ class CatalogLook:
         return f"run {lock.run_id} by {lock.owner} holds the cluster lock until {lock.expires_at:%H:%M:%S}Z"
 
 
-def _newer_snapctl(data: bytes, errors: list) -> str | None:
-    """Why a manifest whose only fault is fields this snapctl does not know cannot be used, when a
-    newer snapctl wrote it (a standby or CI host not upgraded yet): not damage, and not to be
-    guessed at, for a restore must not leave out what a newer version recorded for it. None when
-    the version it names is not newer: then it is damage (a hand edit), said as such."""
-    written = _version(json.loads(data).get("snapctl_version"))
-    if written is None or written <= (_version(__version__) or ()):
-        return None
-    fields = sorted({".".join(str(part) for part in e["loc"]) for e in errors})
-    shown = ", ".join(fields[:3]) + (f" and {len(fields) - 3} more" if len(fields) > 3 else "")
-    return (f"written by snapctl {'.'.join(map(str, written))}, with fields this snapctl ({__version__}) does not "
-            f"know ({shown}): upgrade snapctl on this host to read it")
-
-
-def _version(text: object) -> tuple[int, ...] | None:
-    """``1.2.3`` (any suffix after the numbers ignored) as numbers to compare; None if it is none."""
-    match = re.match(r"(\d+(?:\.\d+)*)", text) if isinstance(text, str) else None
-    return tuple(int(part) for part in match[1].split(".")) if match else None
-
-
 class Catalog:
     def __init__(self, store: BlobStore, cluster: str, *, clock: Clock = utc_now) -> None:
         self.store = store
@@ -93,6 +73,9 @@ class Catalog:
         # Kept whole (they are few, and only until a prune records them complete): retention asks
         # the provider about their snapshots without reading the manifest again.
         self._unconfirmed: dict[str, Manifest] = {}
+        # See lines_held: run -> line (None: gone). Per thread: a backup's retention prunes in a
+        # thread of its own, and what another thread saves meanwhile is written as it always is.
+        self._held = threading.local()
 
     def describe(self, *, say_missing: bool = False) -> str:
         """Where the catalog is; ``say_missing``: and that its directory does not exist, if so."""
@@ -109,7 +92,42 @@ class Catalog:
         self._put_line(index_entry(manifest))
 
     def _put_line(self, entry: IndexEntry) -> None:
+        if (held := getattr(self._held, "lines", None)) is not None:
+            held[entry.run_id] = entry
+            return
         self._update_index(lambda entries: [e for e in entries if e.run_id != entry.run_id] + [entry])
+
+    @contextmanager
+    def lines_held(self) -> Iterator[Callable[[], None]]:
+        """The index lines of ``update`` and ``delete`` in the block, written in one index update at
+        its end (or earlier by the function it gives), not one each: every update reads and rewrites
+        the whole index, and a prune deleting 10,000 runs did that 20,000 times, O(N^2) in the
+        catalog's size. Meanwhile the index lags the manifests, as it does for a run killed between
+        the two writes, which every reader already repairs; a line still "succeeded" whose manifest
+        is deleted would read as a lost manifest, though: write marks before deleting their runs."""
+        if getattr(self._held, "lines", None) is not None:  # nested: the outer block writes them
+            yield lambda: None
+            return
+        self._held.lines = {}
+
+        def write() -> None:
+            held, self._held.lines = self._held.lines or {}, {}
+            if held:
+                self._update_index(lambda entries: [e for e in entries if e.run_id not in held]
+                                   + [e for e in held.values() if e is not None])
+
+        try:
+            yield write
+        except BaseException:
+            try:  # the lines are a cache of what was done: lost with the index's race, nothing is
+                write()
+            except CatalogError:
+                pass
+            raise
+        else:
+            write()
+        finally:
+            self._held.lines = None
 
     def update(self, run_id: str, change: Callable[[Manifest], bool]) -> Manifest | None:
         """``change`` (False: write nothing) on the manifest as it is now, by compare-and-swap: another
@@ -149,6 +167,9 @@ class Catalog:
     def delete(self, run_id: str) -> None:
         """Forget a run (its manifest and index line); a missing run is fine."""
         self.store.delete(self._manifest_key(run_id))
+        if (held := getattr(self._held, "lines", None)) is not None:
+            held[run_id] = None
+            return
         self._update_index(lambda entries: [e for e in entries if e.run_id != run_id])
 
     def list(self, *, confirm_newest: bool = True) -> tuple[list[IndexEntry], list[str]]:
@@ -181,7 +202,7 @@ class Catalog:
         if ref == "latest":
             newest = next((e for e in entries if e.status == "succeeded"), None)
             if newest is not None and skipped is not None:
-                skipped += _skipped_newer(newest, problems, indexed, self._where)
+                skipped += skipped_newer(newest, problems, indexed, self._where)
             if newest is None and problems:  # there may be one: its manifest cannot be read
                 unreadable = ", ".join(f"{r} ({why})" for r, why in sorted(problems.items())[:_MAX_CANDIDATES])
                 raise BadInputError(
@@ -288,7 +309,7 @@ class Catalog:
             err = errors[0]
             if err["type"] == "json_invalid":
                 return None, "not valid JSON"
-            newer = _newer_snapctl(data, errors) if all(e["type"] == "extra_forbidden" for e in errors) else None
+            newer = newer_snapctl(data, errors) if all(e["type"] == "extra_forbidden" for e in errors) else None
             if newer is not None:
                 return None, newer
             field = ".".join(str(p) for p in err["loc"]) or "(top level)"
@@ -461,32 +482,6 @@ def index_entry(manifest: Manifest) -> IndexEntry:
         max_freeze_window_s=manifest.max_freeze_window_s,
         error=manifest.error,
     )
-
-
-def _skipped_newer(chosen: IndexEntry, problems: dict[str, str], indexed: dict[str, IndexEntry],
-                   where: Callable[[str], str]) -> list[str]:
-    """A warning for each run with a problem that the index does not show older than ``chosen``."""
-    warnings = []
-    for run_id, why in sorted(problems.items()):
-        line = indexed.get(run_id)
-        # A line the index lost (it drops an unreadable manifest's): a run id is its start, as snapctl makes them.
-        started = as_utc(line.started_at) if line is not None else _stamped(run_id)
-        if line is not None and (started, run_id) <= (as_utc(chosen.started_at), chosen.run_id):
-            continue  # older: never what latest names
-        if line is None and started is not None and started < as_utc(chosen.started_at).replace(microsecond=0):
-            continue  # older by its id, to the second
-        age = f"started {started:%Y-%m-%d %H:%M:%S}Z" if started is not None else "of unknown age"
-        listed = f"listed as {line.status}" if line is not None else "not in the index"
-        why = why if why.startswith("its manifest") else f"its manifest {where(run_id)} cannot be read: {why}"
-        warnings.append(f"latest is run {chosen.run_id}, not run {run_id} ({age}, {listed}): {why}")
-    return warnings
-
-
-def _stamped(run_id: str) -> datetime | None:
-    try:
-        return datetime.strptime(run_id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
-    except ValueError:
-        return None
 
 
 def newest_first(entries: list[IndexEntry]) -> list[IndexEntry]:

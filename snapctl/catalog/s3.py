@@ -8,6 +8,9 @@ same run lock, so the store leans on S3's own guarantees rather than on anything
   of several racing creators exactly one succeeds, the others get 412 Precondition Failed.
 - ``replace``: read the object and its ETag, compare the bytes with ``expected``, then PUT with
   ``If-Match: <that ETag>``; a writer that got in between changed the ETag, so our PUT fails.
+  Where ``expected`` is what this store last read or wrote under that key, the ETag it got then
+  is used without reading again (every update reads first: the index, 2.4 MB at 10,000 runs, was
+  downloaded twice per update); if the object changed since, the ETag did too, and the PUT fails.
 
 A conditional PUT whose answer is lost (a dropped connection, retried by botocore) can come back
 412 although it landed; both conditional calls then read the key back and count it as theirs
@@ -19,6 +22,7 @@ boto3 is imported when a store is made, never at module import (``pip install 's
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -58,6 +62,7 @@ class S3BlobStore:
         self.bucket, self.prefix = parse_s3_url(url)
         self._root = f"{self.prefix}/" if self.prefix else ""
         self._client = client or _make_client(endpoint_url, region)
+        self._etags: dict[str, tuple[bytes, str]] = {}  # key -> (digest of the bytes last seen, their ETag)
 
     # -- BlobStore -------------------------------------------------------------------------------
 
@@ -65,13 +70,23 @@ class S3BlobStore:
         found = self._get(key)
         return None if found is None else found[0]
 
+    def _seen(self, key: str, data: bytes, etag: str | None) -> None:
+        if etag:
+            self._etags[key] = (hashlib.sha256(data).digest(), etag)
+        else:
+            self._etags.pop(key, None)
+
     def write(self, key: str, data: bytes) -> None:
-        self._call("write", key, self._client.put_object, Bucket=self.bucket, Key=self._key(key), Body=data)
+        response = self._call("write", key, self._client.put_object, Bucket=self.bucket, Key=self._key(key), Body=data)
+        self._seen(key, data, response.get("ETag"))
 
     def create(self, key: str, data: bytes) -> bool:
         return self._conditional_put(key, data, IfNoneMatch="*")
 
     def replace(self, key: str, data: bytes, expected: bytes) -> bool:
+        seen = self._etags.get(key)
+        if seen is not None and seen[0] == hashlib.sha256(expected).digest():
+            return self._conditional_put(key, data, IfMatch=seen[1])
         current = self._get(key)
         if current is None or current[0] != expected:
             return False
@@ -79,6 +94,7 @@ class S3BlobStore:
 
     def delete(self, key: str) -> None:
         # S3 answers a delete of a missing key with success too.
+        self._etags.pop(key, None)
         self._call("delete", key, self._client.delete_object, Bucket=self.bucket, Key=self._key(key))
 
     def list(self, prefix: str) -> list[str]:
@@ -113,16 +129,20 @@ class S3BlobStore:
     def _get(self, key: str) -> tuple[bytes, str] | None:
         try:
             response = self._client.get_object(Bucket=self.bucket, Key=self._key(key))
-            return response["Body"].read(), response["ETag"]
+            data, etag = response["Body"].read(), response["ETag"]
         except Exception as exc:
             if _code(exc) in ("NoSuchKey", "404"):
+                self._etags.pop(key, None)
                 return None
             raise self._translate(exc, "read", key) from exc
+        self._seen(key, data, etag)
+        return data, etag
 
     def _conditional_put(self, key: str, data: bytes, **condition: str) -> bool:
         for attempt in range(_CONFLICT_RETRIES):
             try:
-                self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **condition)
+                response = self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **condition)
+                self._seen(key, data, response.get("ETag"))
                 return True
             except Exception as exc:
                 code = _code(exc)

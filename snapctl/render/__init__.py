@@ -179,7 +179,8 @@ class Renderer:
         self.out.print("preflight: " + ("would refuse (see above)" if refused else "ok"))
         return ExitCode.PREFLIGHT_REFUSED if refused else ExitCode.OK
 
-    def run_list(self, entries, problems, where: str = "the catalog") -> int:
+    def run_list(self, entries, problems, where: str = "the catalog", older: int = 0) -> int:
+        """``older``: how many older runs were left out (``list --limit``)."""
         from rich import box
         from rich.markup import escape
         from rich.table import Table
@@ -190,16 +191,21 @@ class Renderer:
         table.add_column("started (UTC)", no_wrap=True)
         for column in ("nodes", "snaps", "freeze"):
             table.add_column(column, no_wrap=True, justify="right", min_width=len(column))
-        if any(e.error for e in entries):
+        # Asked once: asked for every row, a catalog of 10,000 runs whose only errors were its
+        # oldest took seconds (O(N^2)).
+        errors = any(e.error for e in entries)
+        if errors:
             table.add_column("error")
         for e in entries:
             table.add_row(e.run_id, _status_text(e.status), f"{e.started_at:%m-%d %H:%M:%S}", str(e.nodes),
-                          str(e.snapshots), _seconds(e.max_freeze_window_s), *([escape((e.error or "")[:80])] if any(
-                              x.error for x in entries) else []))
+                          str(e.snapshots), _seconds(e.max_freeze_window_s),
+                          *([escape((e.error or "")[:80])] if errors else []))
         if not entries:  # which catalog: cron's user, CI and you may each have one (catalog: unset)
             self.line(f"no backups yet in {where}")
         else:
             self.out.print(table)
+        if older:
+            self.line(f"{older} older run{'s' if older > 1 else ''} not shown: --limit 0 lists every run")
         for problem in problems:
             self.err.print(f"[yellow]warning:[/] {escape(problem)}", soft_wrap=True)
         return ExitCode.OK
@@ -353,8 +359,8 @@ class JsonRenderer(Renderer):
         for warning in warnings:
             print(f"warning: {warning}", file=sys.stderr)
 
-    def run_list(self, entries, problems, where: str = "the catalog") -> int:
-        self._warn(problems)
+    def run_list(self, entries, problems, where: str = "the catalog", older: int = 0) -> int:
+        self._warn(problems)  # ``older``: left out as --limit asked; the document holds the runs shown
         self._emit("list", {"runs": entries, "problems": problems})
         return ExitCode.OK
 

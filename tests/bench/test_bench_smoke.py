@@ -150,3 +150,15 @@ def test_help_says_what_the_script_measures_in_whole_sentences(script: str) -> N
     assert expected.endswith(".") and "\n" not in expected  # the docstring's first paragraph, not its first line
     out = " ".join(bench(script, "--help", timeout=60).split())
     assert expected in out
+
+
+def test_catalog_scale_times_every_command_over_a_local_and_an_s3_catalog() -> None:
+    out = bench("bench.catalog_scale", "--runs", "40")
+    assert "### Catalog at scale" in out
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in out.splitlines()
+            if line.startswith(("| local ", "| s3 "))]
+    assert {row[0] for row in rows} == {"local", "s3"} and len(rows) == 2 * 13, out
+    # Every command ran to its end (status and the dry run find the agents unreachable; verify the
+    # snapshots missing), and on S3 each made its requests over the wire.
+    assert {row[2]: row[4] for row in rows if row[0] == "local"}["prune (keeps ~50)"] == "0", out
+    assert all(int(row[7]) > 0 for row in rows if row[0] == "s3"), out

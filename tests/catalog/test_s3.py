@@ -251,3 +251,34 @@ def test_the_cli_core_never_imports_boto3() -> None:
     code = ("import sys, snapctl.cli, snapctl.catalog, snapctl.catalog.s3, snapctl.prune, snapctl.retention, "
             "snapctl.render.retention; assert 'boto3' not in sys.modules and 'botocore' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def _requests(store: S3BlobStore) -> list[str]:
+    """Every request the store's client sends from now on, as its HTTP method."""
+    sent: list[str] = []
+    store._client.meta.events.register("before-send.s3", lambda request, **_: sent.append(request.method))
+    return sent
+
+
+def test_an_update_reads_the_manifest_and_the_index_once_each_not_twice(store: S3BlobStore) -> None:
+    catalog = Catalog(store, "prod")
+    catalog.save(make_manifest("r0"))
+    sent = _requests(store)
+
+    catalog.update("r0", lambda manifest: manifest.extra.update(note=1) is None)
+
+    # Its read, its swap (If-Match: the ETag of that read), the index's read, the index's swap.
+    assert sent == ["GET", "PUT", "GET", "PUT"]
+    assert catalog.load("r0").extra == {"note": 1}
+
+
+def test_a_swap_on_an_etag_seen_before_another_host_wrote_fails_and_writes_nothing(moto: MotoServer) -> None:
+    ours, theirs = _store(moto), _store(moto)
+    ours.write("prod/lock.json", b"old")
+    assert ours.read("prod/lock.json") == b"old"
+    theirs.write("prod/lock.json", b"theirs")
+
+    assert ours.replace("prod/lock.json", b"new", expected=b"old") is False
+    assert theirs.read("prod/lock.json") == b"theirs"
+    assert ours.replace("prod/lock.json", b"new", expected=b"theirs") is True  # read again on the way
+    assert theirs.read("prod/lock.json") == b"new"
