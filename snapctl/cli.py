@@ -408,27 +408,6 @@ def _choice(value: str | None, allowed: tuple[str, ...], flag: str) -> str | Non
     return value
 
 
-def _optional_watch_seconds(argv: list[str]) -> list[str]:
-    """`status --watch [SECONDS]`: click options cannot take an optional value, so a bare --watch gets 2 s.
-    A negative number is its value, not another option: `--watch -1` said "No such option: -1"
-    where the interval's own check says what to give."""
-    out: list[str] = []
-    for index, arg in enumerate(argv):
-        out.append(arg)
-        bare = index + 1 == len(argv) or (argv[index + 1].startswith("-") and not _is_number(argv[index + 1]))
-        if arg in ("--watch", "-w") and bare and "status" in argv[:index]:
-            out.append("2")
-    return out
-
-
-def _is_number(arg: str) -> bool:
-    try:
-        float(arg)
-    except ValueError:
-        return False
-    return True
-
-
 def _report(exc) -> int:
     from snapctl import render
     from snapctl.entry import asks_for_json
@@ -441,37 +420,22 @@ def _report(exc) -> int:
     return exc.exit_code
 
 
-_COMMAND_OPTIONS = frozenset({"-i", "--inventory", "-o", "--output"})
-
-
-def _misplaced_option(exc: Exception, args: list[str]) -> str | None:
-    """Where ``-i``/``-o`` go, when given before the command (`snapctl -i inv.yaml status`): they
-    are every command's options, not snapctl's own."""
-    name = getattr(exc, "option_name", None)
-    ctx = getattr(exc, "ctx", None)
-    if name not in _COMMAND_OPTIONS or ctx is None or ctx.parent is not None:
-        return None
-    commands = getattr(ctx.command, "commands", {})
-    command = next((arg for arg in args if arg in commands), "COMMAND")
-    return f"{name} is an option of each command: put it after the command, e.g. `snapctl {command} {name} ...`"
-
-
 def main() -> None:
     """Entry point: the only place errors become exit codes."""
     import gc  # here: the module's `gc` is the command
 
-    from snapctl.entry import asks_for_json, end_deferral
+    from snapctl.entry import asks_for_json, end_deferral, misplaced_option, optional_watch_seconds
     from snapctl.errors import ExitCode, Interrupted, SnapctlError
 
     try:
-        code = app(args=_optional_watch_seconds(sys.argv[1:]), standalone_mode=False)
+        code = app(args=optional_watch_seconds(sys.argv[1:]), standalone_mode=False)
     except typer.Exit as exc:
         code = exc.exit_code
     except typer.TyperException as exc:  # usage errors: typer's own (vendored) click raises these
         exc.show()
         code = ExitCode.BAD_INPUT
         ctx = getattr(exc, "ctx", None)
-        misplaced = _misplaced_option(exc, sys.argv[1:])
+        misplaced = misplaced_option(exc, sys.argv[1:])
         if misplaced:
             print(f"  hint: {misplaced}", file=sys.stderr)
         if asks_for_json(sys.argv[1:]):  # a script reads stdout: give it its one document, the error's

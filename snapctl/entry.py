@@ -1,5 +1,5 @@
 """The console scripts' entry points: the standard library only, so they are loaded before a
-Ctrl-C can matter.
+Ctrl-C can matter. The command line's own rewrites and hints, which need nothing else, are here too.
 
 The command's own modules (typer, pydantic, rich) take the next ~70 ms to import, and typer then
 parses the command line. A KeyboardInterrupt raised among the imports came out as a traceback
@@ -90,3 +90,39 @@ def _interrupted_at_start(prog: str, *, json_asked: bool) -> None:
         print(json.dumps({"schema_version": 1, "error": exc.message, "hint": exc.hint, "exit_code": int(exc.exit_code)}))
     print(f"{prog}: error: {exc.message}", file=sys.stderr)
     sys.exit(int(exc.exit_code))
+
+
+def optional_watch_seconds(argv: list[str]) -> list[str]:
+    """`status --watch [SECONDS]`: click options cannot take an optional value, so a bare --watch gets 2 s.
+    A negative number is its value, not another option: `--watch -1` said "No such option: -1"
+    where the interval's own check says what to give."""
+    out: list[str] = []
+    for index, arg in enumerate(argv):
+        out.append(arg)
+        bare = index + 1 == len(argv) or (argv[index + 1].startswith("-") and not _is_number(argv[index + 1]))
+        if arg in ("--watch", "-w") and bare and "status" in argv[:index]:
+            out.append("2")
+    return out
+
+
+def _is_number(arg: str) -> bool:
+    try:
+        float(arg)
+    except ValueError:
+        return False
+    return True
+
+
+_COMMAND_OPTIONS = frozenset({"-i", "--inventory", "-o", "--output"})
+
+
+def misplaced_option(exc: Exception, args: list[str]) -> str | None:
+    """Where ``-i``/``-o`` go, when given before the command (`snapctl -i inv.yaml status`): they
+    are every command's options, not snapctl's own."""
+    name = getattr(exc, "option_name", None)
+    ctx = getattr(exc, "ctx", None)
+    if name not in _COMMAND_OPTIONS or ctx is None or ctx.parent is not None:
+        return None
+    commands = getattr(ctx.command, "commands", {})
+    command = next((arg for arg in args if arg in commands), "COMMAND")
+    return f"{name} is an option of each command: put it after the command, e.g. `snapctl {command} {name} ...`"

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from snapctl.cli import _optional_watch_seconds
+from snapctl.entry import optional_watch_seconds
 from snapctl.errors import BadInputError, ExitCode
 from snapctl.status import ClusterStatus, watch_status
 from tests.conftest import with_ctrl_c
@@ -76,7 +76,7 @@ def test_a_watch_whose_textfile_directory_goes_away_keeps_watching_with_a_findin
     (["status", "--watch", "-1"], ["status", "--watch", "-1"]),  # a value: the interval's check refuses it
 ])
 def test_a_bare_watch_means_every_two_seconds(argv, expected):
-    assert _optional_watch_seconds(argv) == expected
+    assert optional_watch_seconds(argv) == expected
 
 
 @pytest.mark.parametrize("seconds", ["nan", "inf", "-1", "-0.5"])
