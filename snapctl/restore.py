@@ -207,8 +207,8 @@ def checked_run(inventory: Inventory, catalog: Catalog, run_id: str, to: Path | 
                             "directories", hint="drop it; --to DIR (or restore.path on each node) says where")
     roots = {name: to / name if to is not None else
              (inventory.resolve(node.restore.path) if node.restore.path else None) for name, node in nodes.items()}
-    check_before_restoring(inventory, provider, manifest, nodes, roots, zone=zone,
-                           attached=set(nodes) if attach else set())
+    warnings += check_before_restoring(inventory, provider, manifest, nodes, roots, zone=zone,
+                                       attached=set(nodes) if attach else set())
     return manifest, provider, nodes, roots
 
 
@@ -226,14 +226,15 @@ def _naming_restored(exc: SnapctlError, made: list[tuple[SnapshotRef, str]]) -> 
 
 def check_before_restoring(inventory: Inventory, provider: Provider, manifest: Manifest, nodes: dict[str, Node],
                            roots: dict[str, Path | None], *, zone: str | None, attached: Collection[str],
-                           drill: bool = False) -> None:
+                           drill: bool = False) -> list[str]:
     """What `snapctl restore` and `snapctl drill` both check before restoring anything: every node
     has snapshots, a place to go and a valid engine block (if any), every volume its target and
     snapshot (``check_targets``), every engine prepared here its data on the restored volumes, and
-    every ``restore.agent_path`` taken by its scratch agent (``check_agent_paths``), where the
-    restore will call that agent: on restored files or attached volumes, as ``_prepare_and_check``.
+    every scratch agent the restore will call (on restored files or attached volumes, as
+    ``_prepare_and_check``) reachable and willing to restore-prepare (``check_scratch_agents``).
     ``roots``: each node's directory for its volumes (None: none given); ``attached``: the nodes
-    whose new volumes are attached to their ``restore.instance``; ``drill``: for a drill."""
+    whose new volumes are attached to their ``restore.instance``; ``drill``: for a drill.
+    Returns warnings: the scratch agents too old to be asked."""
     # An engine block is read when its node's turn comes: a mistake in one must not wait for the
     # nodes before it to be restored. So are the volumes, whose paths say where the engine's data is:
     # a key mistyped would leave a node neither prepared nor verified.
@@ -256,10 +257,10 @@ def check_before_restoring(inventory: Inventory, provider: Provider, manifest: M
     files = not getattr(provider, "restore_makes_cloud_volumes", False)
     if files:
         _check_engine_paths(inventory, manifest, nodes, roots, drill=drill)
-    from snapctl.scratch_agent_paths import check_agent_paths
+    from snapctl.scratch_agent_paths import check_scratch_agents
 
     # Last, as it asks the scratch agents; only those the restore will call (cloud volumes attached nowhere: none).
-    check_agent_paths(inventory, {name: node for name, node in nodes.items() if files or name in attached})
+    return check_scratch_agents(inventory, {name: node for name, node in nodes.items() if files or name in attached})
 
 
 def _check_engine_paths(inventory: Inventory, manifest: Manifest, nodes: dict[str, Node],

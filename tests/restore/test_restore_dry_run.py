@@ -184,8 +184,12 @@ def test_a_cloud_dry_run_plans_each_volume_in_its_zone_and_makes_nothing(tmp_pat
 
 
 def test_a_gcp_dry_run_with_attach_names_the_instance_and_the_scratch_agent_and_calls_nothing_that_makes(tmp_path):
-    with gcp_node(tmp_path, {"instance": "scratch", "device": "restored-data",
-                             "agent": "http://127.0.0.1:9"}) as (fake, inventory):
+    token_file = tmp_path / "agent-token"
+    token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o600)
+    with scratch_agent(tmp_path, token_file, tmp_path / "image" / "app.db") as url, \
+            gcp_node(tmp_path, {"instance": "scratch", "device": "restored-data", "agent": url},
+                     {"token_file": str(token_file)}) as (fake, inventory):
         run_id = _backup(inventory)
         posts = len(fake.requests_to("POST"))
 
@@ -194,7 +198,7 @@ def test_a_gcp_dry_run_with_attach_names_the_instance_and_the_scratch_agent_and_
         [node] = plan.nodes
         [volume] = node.volumes
         assert (volume.zone, volume.instance, volume.device) == (clouds.GCP_ZONE, "scratch", "restored-data")
-        assert node.prepared == "http://127.0.0.1:9" and plan.target == f"zone {clouds.GCP_ZONE}"
+        assert node.prepared == url and plan.target == f"zone {clouds.GCP_ZONE}"
         assert len(fake.requests_to("POST")) == posts and restored_disks(fake) == []
         text = subprocess.run([sys.executable, "-m", "snapctl.cli", "restore", run_id, "--attach", "--dry-run",
                                "-i", str(inventory)], capture_output=True, text=True, timeout=120, check=False)
@@ -202,7 +206,7 @@ def test_a_gcp_dry_run_with_attach_names_the_instance_and_the_scratch_agent_and_
         assert text.stdout.splitlines()[2:4] == [
             (f"    data -> {volume.snapshot_id} -> new volume in the provider's default place, attached to scratch "
              "at restored-data"),
-            "    engine: scratch agent http://127.0.0.1:9"]
+            f"    engine: scratch agent {url}"]
         assert len(fake.requests_to("POST")) == posts and restored_disks(fake) == []
 
         data = yaml.safe_load(inventory.read_text())
