@@ -257,3 +257,34 @@ def test_an_aws_attach_to_an_instance_it_cannot_reach_is_refused_before_any_volu
         assert exit_code == ExitCode.BAD_INPUT
         assert ("restore.zone (or --zone) to us-east-1b" if case == "other zone" else "set restore.instance") in hint
         assert {v["VolumeId"] for v in node.ec2.describe_volumes()["Volumes"]} == before, "no volume was made"
+
+
+def test_aws_devices_given_in_restore_options_are_planned_and_checked_for_a_clash(tmp_path):
+    # aws takes a volume's device from restore.options.devices too; the plan showed none, and two
+    # volumes given one device passed the clash check (EC2 refuses the second only once it is made).
+    with clouds.two_volume_node(tmp_path, "aws") as node, dummy_aws_credentials():
+        run_id = _backup(node.inventory)
+        instance = node.ec2.run_instances(ImageId="ami-12345678", MinCount=1, MaxCount=1,
+                                          Placement={"AvailabilityZone": node.zone})["Instances"][0]["InstanceId"]
+        data = yaml.safe_load(node.inventory.read_text())
+
+        def options_devices(devices: dict) -> None:
+            data["nodes"][0]["restore"] = {"zone": node.zone, "instance": instance, "options": {"devices": devices}}
+            node.inventory.write_text(yaml.safe_dump(data, sort_keys=False))
+
+        options_devices({"a": "/dev/sdf", "b": "/dev/sdg"})
+        [planned] = plan_restore(load_inventory(node.inventory), run_id, attach=True).nodes
+        assert [(v.volume, v.instance, v.device) for v in planned.volumes] == [("a", instance, "/dev/sdf"),
+                                                                              ("b", instance, "/dev/sdg")]
+        assert planned.note.startswith(f"attached to {instance} (a at /dev/sdf, b at /dev/sdg): ")
+
+        options_devices({"a": "/dev/sdf", "b": "/dev/sdf"})
+        before = {v["VolumeId"] for v in node.ec2.describe_volumes()["Volumes"]}
+        said = []
+        for call in (plan_restore, restore_run):
+            with pytest.raises(SnapctlError) as refused:
+                call(load_inventory(node.inventory), run_id, attach=True)
+            said.append((refused.value.message, refused.value.exit_code))
+        assert said == [(f"node db1 volume a and node db1 volume b would both be attached to {instance} at /dev/sdf",
+                         ExitCode.BAD_INPUT)] * 2
+        assert {v["VolumeId"] for v in node.ec2.describe_volumes()["Volumes"]} == before, "no volume was made"
