@@ -163,7 +163,7 @@ class LocalBlobStore:
             fsync_dir(path.parent)
             return True
 
-    def check_writable(self, directory: str) -> None:
+    def check_writable(self, directory: str) -> bool:
         """The directory, or the nearest one above it that exists (below which a write makes the
         rest), must be a directory this process may write in: its mode and owner, a read-only
         mount and an immutable directory (chattr +i) all refuse, even root."""
@@ -178,13 +178,14 @@ class LocalBlobStore:
                                    hint=_permission_hint(exc, existing / "x")) from exc
             break
         else:
-            return
+            return True
         if not stat.S_ISDIR(st.st_mode):
             raise CatalogError(f"cannot write the catalog in {path}: {existing} is not a directory",
                                hint="set catalog.path in the inventory to a directory")
         if not os.access(existing, os.W_OK | os.X_OK):
             raise CatalogError(f"cannot write the catalog in {existing}: this process may not write there",
                                hint=_fix_hint(existing))
+        return True
 
     def describe(self) -> str:
         return str(self.root)

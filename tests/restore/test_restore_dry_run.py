@@ -1,5 +1,5 @@
 """`snapctl restore --dry-run`: every check the restore makes before restoring anything, the plan
-it would carry out, and nothing written (no record in the catalog, no directory, no cloud volume).
+it would carry out, and nothing restored (no record in the catalog, no directory, no cloud volume).
 A mistyped restore option or a target in the way was found only by `restore` or `drill` itself.
 The local provider with SQLite nodes and a real scratch agent process, the CLI as a subprocess;
 the clouds through their real SDKs against moto and the GCP/Azure fakes."""
@@ -18,11 +18,12 @@ from snapctl.config import load_inventory
 from snapctl.errors import ExitCode, SnapctlError
 from snapctl.restore import restore_run
 from snapctl.restore_plan import plan_restore
-from tests.moto_server import dummy_aws_credentials
+from tests.moto_server import DEFAULT_REGION, dummy_aws_credentials
 from tests.restore import clouds
 from tests.restore.clouds import _backup, gcp_node, restored_disks
 from tests.restore.conftest import scratch_agent
 from tests.restore.test_restore_options import cloud_node
+from tests.retention.s3_helpers import BUCKET, s3_bucket, s3_client
 
 TOKEN = "dry-run-agent-token"
 
@@ -68,14 +69,14 @@ def test_a_dry_run_plans_every_volume_and_engine_writes_nothing_and_the_restore_
             "  n2:",
             f"    data -> {run_id}-n2-data -> {n2_place / 'data'}",
             "    engine: sqlite, restore-prepared in-process",
-            ("restore: would go ahead; nothing restored, nothing written (the restore would put its record in the "
+            ("restore: would go ahead; nothing restored, no record written (the restore would put its record in the "
              "catalog's restore-test/restores/)")]
         assert document.returncode == ExitCode.OK, document.stdout + document.stderr
         plan = json.loads(document.stdout)
         assert (plan["schema_version"], plan["kind"]) == (1, "restore_plan")
         assert plan["data"] == {
             "cluster": "restore-test", "provider": "local", "run_id": run_id, "target": "each node's restore target",
-            "record": "restore-test/restores", "warnings": [], "dry_run": True,
+            "record": "restore-test/restores", "record_checked": True, "warnings": [], "dry_run": True,
             "nodes": [
                 {"node": "n1", "prepared": url, "engine": None,
                  "note": "restore-prepared by the scratch agent; `snapctl drill` verifies it",
@@ -152,6 +153,29 @@ def test_a_catalog_the_restore_could_not_put_its_record_in_refuses_the_dry_run_u
     unrecorded = snapctl(sqlite_cluster, "restore", run_id, *flags, "--dry-run", "--no-record")
     assert unrecorded.returncode == ExitCode.OK, unrecorded.stdout + unrecorded.stderr
     assert json.loads(unrecorded.stdout)["data"]["record"] is None and not (tmp_path / "restored").exists()
+    assert json.loads(unrecorded.stdout)["data"]["record_checked"] is False
+
+
+def test_with_an_s3_catalog_the_dry_run_says_it_could_not_check_the_record(sqlite_cluster, tmp_path):
+    # S3 answers whether it takes a PUT only by one: the last line read as if the record were
+    # checked, and a read-only credential got "would go ahead", then the restore's refusal.
+    with s3_bucket() as server:
+        sqlite_cluster.edit(catalog={"url": f"s3://{BUCKET}/shared", "endpoint_url": server.endpoint_url,
+                                     "region": DEFAULT_REGION})
+        run_id = sqlite_cluster.backup()
+        flags = ["--to", str(tmp_path / "restored"), "--dry-run"]
+
+        text = snapctl(sqlite_cluster, "restore", run_id, *flags)
+        document = snapctl(sqlite_cluster, "restore", run_id, *flags, "-o", "json")
+
+        assert text.returncode == document.returncode == ExitCode.OK, text.stderr + document.stderr
+        assert text.stdout.splitlines()[-1] == (
+            "restore: would go ahead; nothing restored, no record written (the restore would put its record in the "
+            "catalog's restore-test/restores/; not checked: an S3 catalog answers only a real write)")
+        plan = json.loads(document.stdout)["data"]
+        assert (plan["record"], plan["record_checked"]) == ("restore-test/restores", False)
+        keys = s3_client(server).list_objects_v2(Bucket=BUCKET, Prefix="shared/").get("Contents", [])
+        assert [k["Key"] for k in keys if "/restores/" in k["Key"]] == [] and not (tmp_path / "restored").exists()
 
 
 @pytest.mark.parametrize("cloud", ["aws", "gcp", "azure"])
