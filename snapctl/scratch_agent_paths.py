@@ -17,7 +17,15 @@ import asyncio
 from collections.abc import Mapping
 
 from snapctl.config import Inventory, Node
-from snapctl.errors import AgentError, AgentUnauthorized, AgentUnreachable, BadInputError, NotAnAgent, SnapctlError
+from snapctl.errors import (
+    AgentError,
+    AgentRateLimited,
+    AgentUnauthorized,
+    AgentUnreachable,
+    BadInputError,
+    NotAnAgent,
+    SnapctlError,
+)
 
 # What the scratch agent's 400 is about: the one path snapctl sends it.
 PATH_HINT = ("set restore_root: DIR in the scratch agent's config (where its restored disks are mounted), "
@@ -57,16 +65,17 @@ def _older_agent(exc: SnapctlError) -> bool:
 def _refusal(name: str, node: Node, exc: SnapctlError) -> BadInputError:
     agent = f"node {name}: scratch agent {node.restore.agent}"
     reason = exc.reason if isinstance(exc, AgentError) else exc.message
-    if isinstance(exc, AgentError) and exc.status == 400 and not isinstance(exc, NotAnAgent):
+    about_the_path = exc.status == 400 and node.restore.agent_path if isinstance(exc, AgentError) else False
+    if about_the_path and not isinstance(exc, NotAnAgent):
         return BadInputError(f"{agent} would refuse restore.agent_path {node.restore.agent_path} once the volumes "
                              f"were restored: {reason}", hint=PATH_HINT)
     if isinstance(exc, AgentUnreachable):
         said = f"{agent} (restore.agent) did not answer, asked before restoring anything: {reason}"
     elif isinstance(exc, AgentUnauthorized):
         said = f"{agent} (restore.agent) refused snapctl, asked before restoring anything: {reason}"
-    elif isinstance(exc, AgentError) and not isinstance(exc, NotAnAgent):
+    elif isinstance(exc, AgentError) and not isinstance(exc, NotAnAgent | AgentRateLimited):
         said = f"{agent} (restore.agent) would refuse restore-prepare once the volumes were restored: {reason}"
-    else:  # no agent answers there, or its client could not be set up (a TLS file, say)
+    else:  # no agent answers there, its rate limit refused, or its client could not be set up (a TLS file)
         said = f"{agent} (restore.agent) cannot be asked before restoring anything: {reason}"
     fix = f"check restore.agent of node {name}"
     if isinstance(exc, AgentUnauthorized) and exc.hint:  # the token's hint: the address is right
