@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from snapctl.config import load_inventory
+from snapctl.drill import run_drill
 from snapctl.errors import AgentError, BadInputError, ExitCode
 from snapctl.restore import restore_run
 from snapctl.restore_plan import plan_restore
@@ -175,15 +176,17 @@ def test_an_older_scratch_agent_is_not_checked_up_front_and_its_restore_prepare_
     with scratch_agent(tmp_path, token_file, tmp_path / "image" / "app.db") as real, \
             older_agent(real, checks) as url:
         mounted = _outside(sqlite_cluster, tmp_path, url)
-        # Its dry run goes ahead as the restore does, and says the agent could not be asked.
+        # Its dry run goes ahead as the restore does, and says the agent could not be asked; so does a drill.
         warnings = plan_restore(sqlite_cluster.inventory, run_id).warnings
+        drilled = run_drill(sqlite_cluster.inventory, run_id, junit=tmp_path / "drill.xml")
         with pytest.raises(AgentError) as refused:
             restore_run(sqlite_cluster.inventory, run_id)
-    assert warnings == [
-        f"node n1: scratch agent {url} is older than restore-prepare's check_only, so it was not asked before "
-        "restoring: whether it serves a live database or takes restore.agent_path is found only once the volumes "
-        "are restored (upgrade it)"]
-    assert [json.loads(c) for c in checks] == [{"path": str(mounted / "n1" / "data"), "check_only": True}] * 2
+    unasked = (f"node n1: scratch agent {url} is older than restore-prepare's check_only, so it was not asked before "
+               "restoring: whether it serves a live database or takes restore.agent_path is found only once the "
+               "volumes are restored (upgrade it)")
+    assert warnings == [unasked] and unasked in drilled.warnings
+    assert drilled.nodes[0].verdict == "error" and "restore-prepare refused: its path" in drilled.nodes[0].error
+    assert [json.loads(c) for c in checks] == [{"path": str(mounted / "n1" / "data"), "check_only": True}] * 3
     refused = refused.value
     assert refused.node == "n1" and refused.status == 400
     assert refused.reason.startswith("restore-prepare refused: its path must be absolute and lie under the "
