@@ -137,6 +137,7 @@ class _Drill:
     made: list[tuple[SnapshotRef, str]] = field(default_factory=list)  # every restored volume, as it lands
     places: list[str] = field(default_factory=list)  # the restore targets outside scratch (find_restored's)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    warnings: list[str] = field(default_factory=list)  # restore's checks': a scratch agent too old to ask
 
 
 def run_drill(inventory: Inventory, run_ref: str = "latest", *, junit: Path | None = None, keep: bool = False,
@@ -195,6 +196,7 @@ def run_drill(inventory: Inventory, run_ref: str = "latest", *, junit: Path | No
             reporter.step("drill", f"restoring run {manifest.run_id} ({len(manifest.nodes)} nodes) into {scratch}")
             try:
                 report.nodes, report.interrupted = _drill_all(drill)
+                report.warnings += drill.warnings
             except SnapctlError as exc:  # what `snapctl restore` refuses up front: on record, then the error
                 refused = exc
                 report.error, report.hint = exc.message, exc.hint
@@ -260,9 +262,10 @@ def _check_before_restoring(drill: _Drill) -> None:
     """Restore's own checks of every node, as `snapctl restore` makes them before restoring any: a
     target in the way, a snapshot gone, a disk without room, found before any node is copied."""
     nodes = {name: inventory_node(drill.inventory, name) for name in drill.manifest.nodes}
-    check_before_restoring(drill.inventory, drill.provider, drill.manifest, nodes,
-                           {name: _restore_root(drill, node) for name, node in nodes.items()}, zone=None,
-                           attached={name for name, node in nodes.items() if _attaches(node)}, drill=True)
+    drill.warnings += check_before_restoring(
+        drill.inventory, drill.provider, drill.manifest, nodes,
+        {name: _restore_root(drill, node) for name, node in nodes.items()}, zone=None,
+        attached={name for name, node in nodes.items() if _attaches(node)}, drill=True)
 
 
 def _mark_restore_places(drill: _Drill) -> None:

@@ -207,8 +207,8 @@ def checked_run(inventory: Inventory, catalog: Catalog, run_id: str, to: Path | 
                             "directories", hint="drop it; --to DIR (or restore.path on each node) says where")
     roots = {name: to / name if to is not None else
              (inventory.resolve(node.restore.path) if node.restore.path else None) for name, node in nodes.items()}
-    check_before_restoring(inventory, provider, manifest, nodes, roots, zone=zone,
-                           attached=set(nodes) if attach else set())
+    warnings += check_before_restoring(inventory, provider, manifest, nodes, roots, zone=zone,
+                                       attached=set(nodes) if attach else set())
     return manifest, provider, nodes, roots
 
 
@@ -226,14 +226,15 @@ def _naming_restored(exc: SnapctlError, made: list[tuple[SnapshotRef, str]]) -> 
 
 def check_before_restoring(inventory: Inventory, provider: Provider, manifest: Manifest, nodes: dict[str, Node],
                            roots: dict[str, Path | None], *, zone: str | None, attached: Collection[str],
-                           drill: bool = False) -> None:
+                           drill: bool = False) -> list[str]:
     """What `snapctl restore` and `snapctl drill` both check before restoring anything: every node
     has snapshots, a place to go and a valid engine block (if any), every volume its target and
     snapshot (``check_targets``), every engine prepared here its data on the restored volumes, and
-    every ``restore.agent_path`` taken by its scratch agent (``check_agent_paths``), where the
-    restore will call that agent: on restored files or attached volumes, as ``_prepare_and_check``.
+    every scratch agent the restore will call (on restored files or attached volumes, as
+    ``_prepare_and_check``) reachable and willing to restore-prepare (``check_scratch_agents``).
     ``roots``: each node's directory for its volumes (None: none given); ``attached``: the nodes
-    whose new volumes are attached to their ``restore.instance``; ``drill``: for a drill."""
+    whose new volumes are attached to their ``restore.instance``; ``drill``: for a drill.
+    Returns warnings: the scratch agents too old to be asked."""
     # An engine block is read when its node's turn comes: a mistake in one must not wait for the
     # nodes before it to be restored. So are the volumes, whose paths say where the engine's data is:
     # a key mistyped would leave a node neither prepared nor verified.
@@ -256,10 +257,10 @@ def check_before_restoring(inventory: Inventory, provider: Provider, manifest: M
     files = not getattr(provider, "restore_makes_cloud_volumes", False)
     if files:
         _check_engine_paths(inventory, manifest, nodes, roots, drill=drill)
-    from snapctl.scratch_agent_paths import check_agent_paths
+    from snapctl.scratch_agent_paths import check_scratch_agents
 
     # Last, as it asks the scratch agents; only those the restore will call (cloud volumes attached nowhere: none).
-    check_agent_paths(inventory, {name: node for name, node in nodes.items() if files or name in attached})
+    return check_scratch_agents(inventory, {name: node for name, node in nodes.items() if files or name in attached})
 
 
 def _check_engine_paths(inventory: Inventory, manifest: Manifest, nodes: dict[str, Node],
@@ -292,14 +293,6 @@ def check_targets(provider: Provider, manifest: Manifest, nodes: dict[str, Node]
         for ref in record.snapshots:
             target = restore_target(nodes[name], ref.volume, root=roots[name], zone=zone, attach=name in attached)
             who = f"node {name} volume {ref.volume}"
-            if target.instance and target.device:
-                # The cloud refuses the second only after its disk (and the first) were made.
-                other_who = devices.setdefault((target.instance, str(target.device)), who)
-                if other_who != who:
-                    raise BadInputError(f"{other_who} and {who} would both be attached to {target.instance} at "
-                                        f"{target.device}", hint="give each volume its own device: restore.devices: "
-                                                                 "{volume: device, ...} (restore.device is for a "
-                                                                 "node with one volume)")
             if target.path is not None:
                 given = Path(os.path.abspath(target.path))
                 path = Path(os.path.realpath(given))
@@ -327,8 +320,16 @@ def check_targets(provider: Provider, manifest: Manifest, nodes: dict[str, Node]
                                             f"{'the same place' if path == other else 'one inside the other'}: "
                                             f"{where}", hint="give each node its own restore.path, none inside another")
                 claimed[path] = (who, given)
-            if check is not None:
+            if check is not None:  # first: a provider that takes no options.devices refuses it as unknown
                 check(ref, target)
+            if target.instance and target.device:
+                # The cloud refuses the second only after its disk (and the first) were made.
+                other_who = devices.setdefault((target.instance, str(target.device)), who)
+                if other_who != who:
+                    raise BadInputError(f"{other_who} and {who} would both be attached to {target.instance} at "
+                                        f"{target.device}", hint="give each volume its own device: restore.devices: "
+                                                                 "{volume: device, ...} (restore.device is for a "
+                                                                 "node with one volume)")
             planned.append((ref, target))
     if check_space is not None:  # volumes that share a disk need room there together
         check_space(planned)
@@ -359,8 +360,16 @@ def restore_target(node: Node, volume: str, *, root: Path | None, zone: str | No
                            hint="the catalog may have been written by someone else: see who can write it "
                                 "(docs/security.md, 'Who can delete snapshots?')")
     return RestoreTarget(path=root / volume if root is not None else None, zone=zone or settings.zone,
-                         instance=instance, device=(settings.devices.get(volume) or settings.device) if attach else None,
+                         instance=instance, device=_device(node, volume) if attach else None,
                          extra=dict(settings.options), tags=dict(tags or {}))
+
+
+def _device(node: Node, volume: str) -> str | None:
+    """Where ``volume`` is attached: ``restore.devices``, ``restore.device``, or ``restore.options.devices``,
+    which aws takes too (as its plugin reads them), so that the plan and the clash check see it."""
+    option = node.restore.options.get("devices")
+    return (node.restore.devices.get(volume) or node.restore.device
+            or (option.get(volume) if isinstance(option, dict) else None))
 
 
 def restore_volumes(provider: Provider, node: Node, record: NodeRecord, *, root: Path | None, zone: str | None,
@@ -442,10 +451,8 @@ def _prepare_and_check(inventory: Inventory, node: Node, record: NodeRecord, res
 
 
 def _attached_note(node: Node, volumes: dict[str, str]) -> str:
-    settings = node.restore
-    where = ", ".join(f"{volume} at {device}" if (device := settings.devices.get(volume) or settings.device) else volume
-                      for volume in volumes)
-    return (f"attached to {settings.instance} ({where}): restore-prepare and start the engine there, "
+    where = ", ".join(f"{volume} at {device}" if (device := _device(node, volume)) else volume for volume in volumes)
+    return (f"attached to {node.restore.instance} ({where}): restore-prepare and start the engine there, "
             "or give the node a scratch agent (restore.agent) to do it")
 
 

@@ -1,8 +1,10 @@
 """`snapctl restore --dry-run`: every check `snapctl restore` makes before it restores anything
-(the same code, ``checked_run``), then the plan it would carry out, with nothing written: no
-record in the catalog, no directory, no volume made. The cloud providers' ``check_restore`` only
-reads (each snapshot, the instance to attach to); it is also where their credentials are first
-used, as in the restore, which has no warm-up of its own to repeat."""
+(the same code, ``checked_run``), then the plan it would carry out, with nothing restored: no
+record in the catalog, no directory, no volume made. Its run lookup is every read command's
+(``Catalog.resolve``), which may rewrite a stale ``index.json`` and create a local catalog's
+``.lock``: a repair of what the catalog already says, not the restore's. The cloud providers'
+``check_restore`` only reads (each snapshot, the instance to attach to); it is also where their
+credentials are first used, as in the restore, which has no warm-up of its own to repeat."""
 
 from __future__ import annotations
 
@@ -43,6 +45,9 @@ class RestorePlan:
     run_id: str
     target: str
     record: str | None  # the catalog directory the restore would put its record in; None with --no-record
+    # True: the catalog was judged to take the record (a local one); False: not checked (S3 tells
+    # only by a real write), or --no-record.
+    record_checked: bool = False
     nodes: list[PlannedNode] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # what the restore would warn of (newer runs passed over)
     dry_run: bool = True
@@ -51,19 +56,20 @@ class RestorePlan:
 def plan_restore(inventory, run_ref: str, to: Path | None = None, *, zone: str | None = None, attach: bool = False,
                  record_it: bool = True, reporter: Reporter | None = None) -> RestorePlan:
     """Refuse what ``restore_run`` would refuse before restoring anything, with its error, else say
-    what it would restore where and who would restore-prepare each engine. Writes nothing."""
+    what it would restore where and who would restore-prepare each engine. Restores nothing and
+    writes no record (the run lookup may repair the catalog's index, as every read command does)."""
     reporter = reporter or NullReporter()
     catalog = open_catalog(inventory)
     warnings: list[str] = []
     run_id = catalog.resolve(run_ref, warnings)
     to = to.absolute() if to is not None else None  # as restore_run: a flag's path is the caller's
-    record = None
+    record, record_checked = None, False
     if record_it:
         # The restore's first write; judged without writing (an S3 catalog cannot tell: it answers
         # only a real PUT, so a dry run there cannot promise the record).
         record = f"{catalog.cluster}/restores"  # RestoreRecord.key's directory
         try:
-            catalog.store.check_writable(record)
+            record_checked = catalog.store.check_writable(record)
         except CatalogError as exc:
             raise record_refused(exc, run_id) from exc
     reporter.step("restore", f"dry run: checking a restore of run {run_id} into {target_text(to, zone)}")
@@ -71,7 +77,7 @@ def plan_restore(inventory, run_ref: str, to: Path | None = None, *, zone: str |
                                                    warnings=warnings, latest=run_ref.strip() == "latest")
     files = not getattr(provider, "restore_makes_cloud_volumes", False)
     plan = RestorePlan(catalog.cluster, provider.name, manifest.run_id, target_text(to, zone), record,
-                       warnings=warnings)
+                       record_checked=record_checked, warnings=warnings)
     from snapctl.drill_engines import FILE_ENGINES
 
     for name, node_record in manifest.nodes.items():

@@ -40,9 +40,10 @@ class BlobStore(Protocol):
         """Keys starting with ``prefix``, sorted."""
         ...
 
-    def check_writable(self, directory: str) -> None:
+    def check_writable(self, directory: str) -> bool:
         """Raise ``CatalogError`` where writing keys under ``directory`` would certainly fail, judged
-        without writing (a dry run writes nothing); return where the store cannot tell."""
+        without writing (a dry run writes nothing); True where judged, False where the store cannot
+        tell without writing (a dry run must not say it checked)."""
         ...
 
     def describe(self) -> str:

@@ -164,7 +164,7 @@ class LocalBlobStore:
             fsync_dir(path.parent)
             return True
 
-    def check_writable(self, directory: str) -> None:
+    def check_writable(self, directory: str) -> bool:
         """The directory, or the nearest one above it that exists (below which a write makes the
         rest), must be a directory this process may write in: its mode and owner, a read-only
         mount and an immutable directory (chattr +i) all refuse, even root."""
@@ -179,7 +179,7 @@ class LocalBlobStore:
                                    hint=_permission_hint(exc, existing / "x")) from exc
             break
         else:
-            return
+            return True
         if not stat.S_ISDIR(st.st_mode):
             raise CatalogError(f"cannot write the catalog in {path}: {existing} is not a directory",
                                hint="set catalog.path in the inventory to a directory")
@@ -192,6 +192,7 @@ class LocalBlobStore:
             refusal = _lock_file_refused(f"cannot write the catalog in {path}", lock, "permission denied")
             if refusal is not None:
                 raise refusal
+        return True
 
     def describe(self) -> str:
         return str(self.root)

@@ -112,8 +112,9 @@ class S3BlobStore:
             raise self._translate(exc, "list", prefix or "(root)") from exc
         return sorted(keys)
 
-    def check_writable(self, directory: str) -> None:
+    def check_writable(self, directory: str) -> bool:
         """S3 says whether a PUT is allowed only by doing one: nothing to tell without writing."""
+        return False
 
     def describe(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"

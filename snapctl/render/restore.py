@@ -26,8 +26,9 @@ def restore_plan_text(r, plan) -> int:
         said = n.note and n.prepared in (None, "in-process")  # the scratch agent's note says what the line does
         r.line(f"    engine: {engine}" + (f" ({n.note})" if said else ""))
     _warnings(r, plan.warnings)
-    r.line("restore: would go ahead; nothing restored, nothing written"
-           + (f" (the restore would put its record in the catalog's {plan.record}/)" if plan.record else ""))
+    unchecked = "" if plan.record_checked else "; not checked: an S3 catalog answers only a real write"
+    r.line("restore: would go ahead; nothing restored, no record written"
+           + (f" (the restore would put its record in the catalog's {plan.record}/{unchecked})" if plan.record else ""))
     return ExitCode.OK
 
 

@@ -240,14 +240,14 @@ def test_list_of_missing_root_is_empty(tmp_path: Path) -> None:
 
 def test_check_writable_says_what_a_write_would_fail_on_without_writing(tmp_path: Path) -> None:
     store = LocalBlobStore(tmp_path / "catalog")
-    store.check_writable("c/manifests")  # nothing there yet: the first write makes it
+    assert store.check_writable("c/manifests") is True  # judged: nothing there yet, the first write makes it
     assert not (tmp_path / "catalog").exists()
     (tmp_path / "catalog").write_text("a file")
     with pytest.raises(CatalogError, match=f"in {tmp_path}/catalog/c/manifests: {tmp_path}/catalog is not a directory"):
         store.check_writable("c/manifests")
     (tmp_path / "catalog").unlink()
     store.write("c/manifests/r1.json", b"{}")
-    store.check_writable("c/manifests")
+    assert store.check_writable("c/manifests") is True
     read_only = tmp_path / "catalog" / "c" / "manifests"
     undo = _unwritable(read_only)
     try:

@@ -13,11 +13,11 @@ import pytest
 import yaml
 
 from snapctl.errors import ExitCode
-from tests.conftest import free_port
 from tests.e2e.conftest import THIRD_PARTY, Cluster, make_inventory
 from tests.fakes.azure_compute import FakeAzureCompute
 from tests.fakes.gcp_compute import FakeGcpCompute
 from tests.moto_server import DEFAULT_REGION, dummy_aws_credentials, shared_moto_server
+from tests.restore.conftest import scratch_agent
 
 NODES = ("node1", "node2", "node3")
 
@@ -117,8 +117,9 @@ def test_aws_backup_then_restore_makes_volumes_from_the_runs_snapshots(tmp_path)
 
 
 def test_an_aws_drill_deletes_the_volumes_it_restored_and_attached_even_when_it_fails(tmp_path):
-    """Each node's volume is restored and attached to its scratch instance; its scratch agent does
-    not answer, so no node verifies, and the teardown must still detach and delete every volume."""
+    """Each node's volume is restored and attached to its scratch instance; its scratch agent takes
+    the check before restoring, then finds no database (moto attaches no disk), so no node verifies,
+    and the teardown must still detach and delete every volume."""
     import boto3
 
     moto = shared_moto_server()
@@ -130,13 +131,17 @@ def test_an_aws_drill_deletes_the_volumes_it_restored_and_attached_even_when_it_
         instances = {n: ec2.run_instances(ImageId="ami-12345678", MinCount=1, MaxCount=1,
                                           Placement={"AvailabilityZone": restore_zone})["Instances"][0]["InstanceId"]
                      for n in NODES}
-        nobody = f"http://127.0.0.1:{free_port()}"  # a scratch agent that never answers
         provider = {"type": "aws", "region": DEFAULT_REGION, "endpoint_url": moto.endpoint_url, "poll_interval_s": 0.05}
-        restore = {n: {"zone": restore_zone, "instance": instances[n], "devices": {"data": "/dev/sdf"}, "agent": nobody}
-                   for n in NODES}
+        restore = {n: {"zone": restore_zone, "instance": instances[n], "devices": {"data": "/dev/sdf"}} for n in NODES}
         with cloud_cluster(tmp_path, provider, {n: [{"volume": sources[n], "name": "data"}] for n in NODES},
-                           restore) as cluster:
+                           restore) as cluster, \
+                scratch_agent(tmp_path, tmp_path / ".snapctl-demo" / "agent-token",
+                              tmp_path / "never-attached" / "app.db") as scratch:
             manifest = backed_up(cluster)
+            data = yaml.safe_load(cluster.inventory.read_text())
+            for node in data["nodes"]:
+                node["restore"]["agent"] = scratch
+            cluster.inventory.write_text(yaml.safe_dump(data, sort_keys=False))
             before = {v["VolumeId"] for v in ec2.describe_volumes()["Volumes"]}
 
             drill = cluster.snapctl("drill", manifest["run_id"], "--junit", str(tmp_path / "drill.xml"),

@@ -117,15 +117,17 @@ def mounted():
 
 @contextlib.contextmanager
 def scratch_agent(directory: Path, token_file: Path, database: Path, name: str = "n1-scratch",
-                  engine_type: str = "sqlite", plugins: Path | None = None, restore_root: Path | None = None):
+                  engine_type: str = "sqlite", plugins: Path | None = None, restore_root: Path | None = None,
+                  restore_target: bool = True):
     """A real snapctl-agent beside where a drill or restore puts n1: its engine comes up once the file is there.
     ``name``: its node name (a node's own agent answers with the inventory's name for it). ``plugins``: a
     directory on the agent's sys.path alone, for an engine installed on its host and not on this one.
-    ``restore_root``: where else its restore-prepare may act (restored disks mounted elsewhere)."""
+    ``restore_root``: where else its restore-prepare may act (restored disks mounted elsewhere).
+    ``restore_target``: False for a node's live agent, which refuses every restore-prepare."""
     port = free_port()
     config = directory / "scratch-agent.yaml"
     config.write_text(yaml.safe_dump({"node": name, "listen": "127.0.0.1", "port": port,
-                                      "token_file": str(token_file), "restore_target": True,
+                                      "token_file": str(token_file), "restore_target": restore_target,
                                       "engine": {"type": engine_type, "path": str(database)},
                                       **({"restore_root": str(restore_root)} if restore_root else {})}))
     env = None if plugins is None else {**os.environ, "PYTHONPATH": os.pathsep.join(

@@ -74,17 +74,23 @@ def test_a_changed_row_in_a_snapshot_fails_the_drill_naming_node_and_table(sqlit
     assert not any((sqlite_cluster.directory / "scratch").iterdir())
 
 
-def test_an_unreachable_scratch_agent_is_an_error_for_its_node_only(sqlite_cluster, tmp_path):
+def test_an_unreachable_scratch_agent_refuses_the_drill_before_any_node_is_restored(sqlite_cluster, tmp_path):
+    # It was an error for its node alone, found once that node's volumes were restored: the drill
+    # asks every scratch agent up front, as restore does (tests/restore/test_scratch_agent_paths.py).
     sqlite_cluster.backup()
-    sqlite_cluster.edit(node_n2={"restore": {"path": "n2-scratch", "agent": f"http://127.0.0.1:{free_port()}"}})
+    url = f"http://127.0.0.1:{free_port()}"
+    sqlite_cluster.edit(node_n2={"restore": {"path": "n2-scratch", "agent": url}})
 
-    report = run_drill(sqlite_cluster.inventory, junit=tmp_path / "drill.xml")
+    with pytest.raises(BadInputError) as refused:
+        run_drill(sqlite_cluster.inventory, junit=tmp_path / "drill.xml")
 
-    assert report.exit_code == ExitCode.RUN_FAILED
-    assert report.nodes[0].verdict == "passed"
-    assert report.nodes[1].verdict == "error" and "cannot reach the agent" in report.nodes[1].error
-    assert junit_cases(tmp_path / "drill.xml")["node n2 (sqlite)"].find("error") is not None
-    assert not (sqlite_cluster.directory / "n2-scratch" / "data").exists(), "what was restored is removed"
+    assert refused.value.message.startswith(f"node n2: scratch agent {url} (restore.agent) did not answer, asked "
+                                            "before restoring anything: cannot reach the agent at ")
+    cases = junit_cases(tmp_path / "drill.xml")
+    [error] = cases.pop("cluster restore-test").findall("error")
+    assert error.get("message") == f"refused before restoring anything: {refused.value.message}" and cases == {}
+    assert not (sqlite_cluster.directory / "n2-scratch").exists() and not any(
+        (sqlite_cluster.directory / "scratch").iterdir()), "no node is restored"
 
 
 def test_a_drill_refuses_what_restore_refuses_before_restoring_any_node(sqlite_cluster, tmp_path):

@@ -20,10 +20,13 @@ import httpx
 import pytest
 
 from snapctl.config import load_inventory
-from snapctl.errors import AgentError, BadInputError
+from snapctl.drill import run_drill
+from snapctl.errors import AgentError, BadInputError, ExitCode
 from snapctl.restore import restore_run
+from snapctl.restore_plan import plan_restore
+from tests.conftest import free_port
 from tests.restore.clouds import _backup, azure_node, gcp_node, restored_disks
-from tests.restore.conftest import scratch_agent
+from tests.restore.conftest import ROWS, scratch_agent
 
 TOKEN = "scratch-agent-token"
 
@@ -173,11 +176,78 @@ def test_an_older_scratch_agent_is_not_checked_up_front_and_its_restore_prepare_
     with scratch_agent(tmp_path, token_file, tmp_path / "image" / "app.db") as real, \
             older_agent(real, checks) as url:
         mounted = _outside(sqlite_cluster, tmp_path, url)
+        # Its dry run goes ahead as the restore does, and says the agent could not be asked; so does a drill.
+        warnings = plan_restore(sqlite_cluster.inventory, run_id).warnings
+        drilled = run_drill(sqlite_cluster.inventory, run_id, junit=tmp_path / "drill.xml")
         with pytest.raises(AgentError) as refused:
             restore_run(sqlite_cluster.inventory, run_id)
-    assert [json.loads(c) for c in checks] == [{"path": str(mounted / "n1" / "data"), "check_only": True}]
+    unasked = (f"node n1: scratch agent {url} is older than restore-prepare's check_only, so it was not asked before "
+               "restoring: whether it serves a live database or takes restore.agent_path is found only once the "
+               "volumes are restored (upgrade it)")
+    assert warnings == [unasked] and unasked in drilled.warnings
+    assert drilled.nodes[0].verdict == "error" and "restore-prepare refused: its path" in drilled.nodes[0].error
+    assert [json.loads(c) for c in checks] == [{"path": str(mounted / "n1" / "data"), "check_only": True}] * 3
     refused = refused.value
     assert refused.node == "n1" and refused.status == 400
     assert refused.reason.startswith("restore-prepare refused: its path must be absolute and lie under the "
                                      f"engine's data paths or the agent's restore_root ({tmp_path / 'image'})")
     assert "restore_root in the scratch agent's config" in refused.hint
+
+
+@contextmanager
+def _named_as_scratch_agent(case: str, cluster, tmp_path: Path, token_file: Path) -> Iterator[str]:
+    """What n1's restore.agent names: nothing listening; n1's own live agent, named by mistake; a
+    scratch agent that takes another token."""
+    if case == "unreachable":
+        yield f"http://127.0.0.1:{free_port()}"
+    elif case == "live agent":
+        with scratch_agent(tmp_path, token_file, cluster.database("n1"), name="n1", restore_target=False) as url:
+            yield url
+    else:
+        other = tmp_path / "other-token"
+        other.write_text("another-agent-token\n")
+        other.chmod(0o600)
+        with scratch_agent(tmp_path, other, tmp_path / "image" / "app.db") as url:
+            yield url
+
+
+@pytest.mark.parametrize("case, said, hint", [
+    ("unreachable", "did not answer, asked before restoring anything: cannot reach the agent at {url}: connection "
+                    "refused", "check restore.agent of node n1; is snapctl-agent running there, and listening on "
+                               "that address?"),
+    ("live agent", "would refuse restore-prepare once the volumes were restored: node n1: restore-prepare refused: "
+                   "this agent serves a live database", "check restore.agent of node n1; run it on a scratch agent "
+                                                        "beside the restored disks, configured with restore_target: "
+                                                        "true"),
+    ("wrong token", "refused snapctl, asked before restoring anything: the agent at {url} refused us: ", "")],
+    ids=["unreachable", "live agent", "wrong token"])
+def test_a_scratch_agent_that_would_fail_the_restore_prepare_refuses_restore_dry_run_and_drill_before_any_copy(
+        sqlite_cluster, tmp_path, token_file, case, said, hint):
+    # Only a 400 about restore.agent_path stopped them: the restore copied n1's volumes (a cloud one
+    # made and attached them) and only then failed on the agent, its dry run having said "would go
+    # ahead"; the partial restore had to be removed by hand before a retry.
+    run_id = sqlite_cluster.backup()
+    mounted, n2_place = tmp_path / "mnt", tmp_path / "n2-restored"
+    with _named_as_scratch_agent(case, sqlite_cluster, tmp_path, token_file) as url:
+        sqlite_cluster.edit(auth={"token_file": str(token_file)},
+                            node_n1={"restore": {"path": str(mounted / "n1"), "agent": url}},
+                            node_n2={"restore": {"path": str(n2_place)}})
+        done = {command: subprocess.run([sys.executable, "-m", "snapctl.cli", *command.split(), run_id, "-i",
+                                         str(sqlite_cluster.inventory_path), "--junit", str(tmp_path / "drill.xml")]
+                                        if command == "drill" else
+                                        [sys.executable, "-m", "snapctl.cli", *command.split(), run_id, "-i",
+                                         str(sqlite_cluster.inventory_path)],
+                                        capture_output=True, text=True, timeout=120, check=False)
+                for command in ("restore --dry-run", "restore", "drill")}
+
+    for command, answer in done.items():
+        assert answer.returncode == ExitCode.BAD_INPUT, (command, answer.stdout, answer.stderr)
+        lines = [line for line in answer.stderr.splitlines() if line.startswith(("snapctl: error:", "  hint:"))]
+        assert lines[0].startswith(f"snapctl: error: node n1: scratch agent {url} (restore.agent) "
+                                   + said.format(url=url)), (command, answer.stderr)
+        assert lines[1].startswith("  hint: " + hint), (command, answer.stderr)
+        assert lines == [line for line in done["restore"].stderr.splitlines()
+                         if line.startswith(("snapctl: error:", "  hint:"))], "the same refusal, word for word"
+    assert not mounted.exists() and not n2_place.exists(), "nothing is restored"
+    assert not any((tmp_path / "scratch").glob("*/n*/data")), "nothing is drilled"
+    assert sqlite_cluster.rows("n1") == ROWS, "the live database is untouched"

@@ -51,6 +51,8 @@ NOT_FOUND_HINTS = {
     "InvalidZone.NotFound": "give an availability zone of the provider's region, e.g. us-east-1a",
     "InvalidSnapshot.InUse": "an AMI or another resource still uses the snapshot; deregister it first",
 }
+# The calls naming restore.instance, not an instance of the node's volumes: block (CreateSnapshots).
+RESTORE_INSTANCE_CALLS = frozenset({"AttachVolume", "DescribeInstances"})
 CREDENTIALS_HINT = (
     "boto3 found credentials that AWS rejected; check AWS_PROFILE / the provider's profile, "
     "refresh SSO (`aws sso login`) or the instance role (docs/providers/aws.md)"
@@ -125,6 +127,8 @@ def translate_client_error(exc: Any) -> SnapctlError:
         return VolumeInUse(detail)
     if code == INCORRECT_STATE:
         return IncorrectState(detail)
+    if code == "InvalidInstanceID.NotFound" and operation in RESTORE_INSTANCE_CALLS:
+        return ProviderError(detail, hint="check the node's restore.instance and the provider's region")
     return ProviderError(detail, hint=NOT_FOUND_HINTS.get(code))
 
 

@@ -36,6 +36,7 @@ from snapctl_aws import aio
 from snapctl_aws.client import CREATE, DELETE, DESCRIBE, TAG, Ec2
 from snapctl_aws.restore import (
     TAG_RESTORED_FROM,
+    check_restore_instance,
     check_restore_volume,
     delete_restored_volume,
     find_restored_volumes,
@@ -111,6 +112,7 @@ class AwsProvider:
         self._clock = time.monotonic
         self._now = time.time  # what a snapshot's StartTime is compared with (made_recently)
         self._credentials_accepted = False  # warm_up asked EC2 once, and it answered
+        self._instances_read: dict[str, dict[str, Any]] = {}  # check_restore's, by instance id: {} when unlisted
         if aio.available():
             # Instance attributes, only where aiobotocore is installed: snapctl makes its create
             # calls on its event loop when a provider has snapshot_async (snapctl.provider_loop).
@@ -442,6 +444,8 @@ class AwsProvider:
         """What ``restore`` would refuse, making nothing: `snapctl restore` asks for every volume
         of a run first, so that a snapshot gone or failed is not found after others were made."""
         check_restore_volume(self._restorable(ref), ref.volume, target, ref.node)
+        if target.instance:
+            check_restore_instance(self, target.instance, target.zone, ref.volume, ref.node)
 
     def restore(self, ref: SnapshotRef, target: RestoreTarget) -> str:
         return restore_volume(self, self._restorable(ref), ref.volume, target, ref.node)

@@ -23,7 +23,7 @@ from snapctl.providers import (
 )
 from snapctl.redact import redact
 from snapctl_aws.client import DELETE, DESCRIBE, VOLUME
-from snapctl_aws.errors import IncorrectState, VolumeInUse, VolumeNotFound, http_status
+from snapctl_aws.errors import IncorrectState, VolumeInUse, VolumeNotFound, error_code, http_status
 from snapctl_aws.snapshots import NOT_FOUND_GRACE_S, aws_tags, tag_filters
 
 if TYPE_CHECKING:
@@ -44,7 +44,12 @@ def check_restore_volume(snapshot: dict[str, Any], volume: str, target: RestoreT
         raise BadInputError(f"restoring {snapshot_id} needs an availability zone", hint="set restore.zone, e.g. us-east-1a")
     check_restore_options("aws", node, target.extra, ["devices", *VOLUME_OPTIONS])
     # A node's volumes go to one instance at distinct devices: `device` for one, `devices` per volume.
-    device = target.device or (target.extra.get("devices") or {}).get(volume)
+    devices = target.extra.get("devices") or {}
+    if not isinstance(devices, Mapping):
+        raise BadInputError(f"{'node ' + node + ': ' if node else ''}restore option devices must map each volume "
+                            f"to a device, not {devices!r}", hint="e.g. options: {devices: {data: /dev/sdf}}, "
+                                                                 "or restore.devices, as aws takes both")
+    device = target.device or devices.get(volume)
     if target.instance and not device:
         raise BadInputError(f"attaching the restored volume {volume} to {target.instance} needs a device name",
                             hint="set restore.device (one volume) or restore.devices: {volume: /dev/sdf, ...}")
@@ -60,6 +65,41 @@ def check_restore_volume(snapshot: dict[str, Any], volume: str, target: RestoreT
                             hint="EBS is still copying it: restore again once `snapctl verify RUN` says the run's "
                                  "snapshots are completed, or restore an older run (`snapctl list`)")
     return device
+
+
+INSTANCE_NOT_FOUND = frozenset({"InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"})
+INSTANCE_GONE = frozenset({"shutting-down", "terminated"})
+
+
+def check_restore_instance(provider: AwsProvider, instance: str, zone: str | None, volume: str, node: str) -> None:
+    """The instance ``--attach`` attaches to, read (DescribeInstances, once a command): one that
+    does not exist, is terminated or lies in another zone than the volume is made in is refused by
+    AttachVolume only after the volume was made and waited for, and then deleted again."""
+    who = f"node {node}: " if node else ""
+    if instance not in provider._instances_read:
+        try:
+            answer = provider.ec2.call("describe_instances", DESCRIBE, InstanceIds=[instance])
+        except ProviderError as exc:
+            if error_code(exc.__cause__) not in INSTANCE_NOT_FOUND:
+                raise
+            raise BadInputError(f"{who}aws instance {instance} (restore.instance) not found in region "
+                                f"{provider.settings.region}: {exc.message}",
+                                hint="set restore.instance on the node to an instance of the provider's region "
+                                     "(`aws ec2 describe-instances`), or restore without --attach") from exc
+        found = [i for r in answer.get("Reservations", []) for i in r.get("Instances", [])]
+        provider._instances_read[instance] = found[0] if found else {}
+    described = provider._instances_read[instance]
+    state = (described.get("State") or {}).get("Name")
+    if not described or state in INSTANCE_GONE:
+        raise BadInputError(f"{who}aws instance {instance} (restore.instance) is {state or 'not listed by EC2'}: "
+                            f"volume {volume} could not be attached to it",
+                            hint="set restore.instance on the node to a running instance, or restore without --attach")
+    placed = (described.get("Placement") or {}).get("AvailabilityZone")
+    if zone and placed and placed != zone:
+        raise BadInputError(f"{who}aws instance {instance} (restore.instance) is in zone {placed}, and volume "
+                            f"{volume} would be made in {zone}: EBS attaches a volume only in its own zone",
+                            hint=f"set restore.zone (or --zone) to {placed}, or restore.instance to an instance of "
+                                 f"{zone}")
 
 
 def restore_volume(provider: AwsProvider, snapshot: dict[str, Any], volume: str, target: RestoreTarget,

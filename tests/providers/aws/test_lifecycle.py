@@ -237,6 +237,8 @@ def test_restore_picks_each_volumes_device_from_devices(provider, ec2, machine, 
     (RestoreTarget(zone=ZONE, instance="i-0123456789abcdef0"), "device"),
     (RestoreTarget(zone=ZONE, instance="i-0123456789abcdef0", extra={"devices": {"wal": "/dev/sdf"}}), "device"),
     (RestoreTarget(zone=ZONE, extra={"size": 5}), "unknown restore option"),
+    (RestoreTarget(zone=ZONE, instance="i-0123456789abcdef0", extra={"devices": "/dev/sdf"}),
+     "restore option devices must map each volume to a device"),  # was an AttributeError's traceback
 ])
 def test_restore_refuses_an_incomplete_target(provider, volume, target, problem):
     [ref] = take(provider, [volume])
@@ -248,10 +250,12 @@ def test_a_failed_attach_deletes_the_new_volume(provider, ec2, volume):
     [ref] = take(provider, [volume])
     before = {v["VolumeId"] for v in ec2.describe_volumes()["Volumes"]}
 
-    with pytest.raises(ProviderError, match="InvalidInstanceID.NotFound"):
+    with pytest.raises(ProviderError, match="InvalidInstanceID.NotFound") as refused:
         provider.restore(ref, RestoreTarget(zone=ZONE, instance="i-0123456789abcdef0", device="/dev/sdh"))
 
     assert {v["VolumeId"] for v in ec2.describe_volumes()["Volumes"]} == before
+    # The instance is restore.instance's, not one of the volumes: block's (the hint said that block).
+    assert refused.value.hint == "check the node's restore.instance and the provider's region"
 
 
 def test_a_restore_interrupted_while_the_volume_is_made_deletes_it(provider, ec2, volume, monkeypatch):
