@@ -17,11 +17,14 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import httpx
+import pytest
 
 from node_agent.app import create_app
 from node_agent.engines.sqlite import SqliteEngine, SqliteSettings
 from node_agent.service import AgentService
-from snapctl.errors import ExitCode
+from snapctl.agent_client import HttpAgentClient
+from snapctl.agent_transport import AgentTransport
+from snapctl.errors import AgentError, ExitCode
 from snapctl.status import collect_status
 from tests.agent.conftest import TOKEN, agent_process, serve, write_config
 from tests.conftest import LOOPBACK, free_port
@@ -157,6 +160,38 @@ def test_a_json_answer_that_is_no_agent_status_is_a_finding_not_a_traceback(tmp_
     assert doc["data"]["nodes"][0]["http_status"] == 200 and doc["data"]["nodes"][0]["reachable"] is False
     assert backup.returncode == ExitCode.PREFLIGHT_REFUSED, backup.stderr
     assert "n1: agent answered HTTP 200: the agent at" in backup.stderr
+
+
+async def _health(url: str):
+    transport = AgentTransport()
+    try:
+        return await HttpAgentClient("n1", url, transport, token=TOKEN, timeout_s=10).health()
+    finally:
+        await transport.aclose()
+
+
+@pytest.mark.parametrize("body", [
+    # What json.loads reads and pydantic's own JSON parser refuses: snapctl reads an answer from its
+    # bytes with the latter first (docs/performance-log.md, item 64), and these must still be read.
+    b'\xef\xbb\xbf{"status": "ok", "agent_version": "1.2"}',  # a byte order mark before it
+    b'{"status": "ok", "agent_version": "1.2\\ud800"}',  # a lone surrogate's escape
+])
+def test_an_answer_only_the_standard_json_parser_reads_is_read_as_before(body):
+    with answering(200, body) as url:
+        health = asyncio.run(_health(url))
+    assert health.agent_version.startswith("1.2")
+
+
+@pytest.mark.parametrize(("body", "said"), [
+    (b"<html>it works</html>", "answered /v1/health with a non-JSON body"),
+    (b'{"status": "ok"}', "answered /v1/health with a document snapctl cannot read (agent_version: field required)"),
+    (b'["ok"]', "answered /v1/health with a document snapctl cannot read (the document: input should be a valid "
+                "dictionary or instance of Health)"),
+])
+def test_an_answer_that_is_no_agents_is_refused_in_the_words_of_the_step_that_refuses_it(body, said):
+    with answering(200, body) as url, pytest.raises(AgentError) as refused:
+        asyncio.run(_health(url))
+    assert refused.value.message == f"node n1: the agent at {url} {said}"
 
 
 def test_an_agent_newer_than_snapctl_is_read_without_the_fields_it_added(tmp_path):
