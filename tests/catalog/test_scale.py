@@ -104,12 +104,18 @@ def test_status_latest_and_a_prefix_read_as_much_of_200_runs_as_of_20(tmp_path: 
     assert [manifests for _, manifests, _ in large] == [1, 2, 2]  # latest and a prefix: resolved, then loaded
 
 
-def test_a_prune_of_200_runs_writes_the_index_twice_not_twice_for_each_run_it_deletes(tmp_path: Path) -> None:
+def pruning_200_runs(tmp_path: Path):
+    """A catalog of 200 runs, its counting store, a local provider, and the plan of a prune that keeps 5."""
     catalog, store = catalog_of(tmp_path / "catalog", 200)
     provider = create_provider({"type": "local", "store": str(tmp_path / "snapshots")}, cluster="prod",
                                base_dir=tmp_path)
     planned = plan(catalog, provider, Retention(keep_last=5, daily=0, weekly=0, monthly=0), 60.0)
     assert len(planned.deleted) == 194
+    return catalog, store, provider, planned
+
+
+def test_a_prune_of_200_runs_writes_the_index_twice_not_twice_for_each_run_it_deletes(tmp_path: Path) -> None:
+    catalog, store, provider, planned = pruning_200_runs(tmp_path)
 
     store.calls.clear()
     done = apply(planned, catalog, provider, lambda: None, 60.0)
@@ -123,13 +129,8 @@ def test_a_prune_of_200_runs_writes_the_index_twice_not_twice_for_each_run_it_de
 
 
 def test_a_prune_lists_the_restores_and_drills_once_to_plan_and_once_to_mark_not_for_each_run(tmp_path: Path) -> None:
-    catalog, store = catalog_of(tmp_path / "catalog", 200)
-    provider = create_provider({"type": "local", "store": str(tmp_path / "snapshots")}, cluster="prod",
-                               base_dir=tmp_path)
+    catalog, store, provider, planned = pruning_200_runs(tmp_path)
 
-    planned = plan(catalog, provider, Retention(keep_last=5, daily=0, weekly=0, monthly=0), 60.0)
-
-    assert len(planned.deleted) == 194
     assert sorted(records_listed(store)) == ["prod/drills/", "prod/restores/"]
 
     store.calls.clear()
