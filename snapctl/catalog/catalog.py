@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,6 +33,9 @@ _MAX_CANDIDATES = 8
 _WHERE_HINT = ("the catalog is the inventory's catalog.path (or catalog.url), else $XDG_STATE_HOME/snapctl/catalog "
                "of the user running snapctl: use the inventory and user the backups run with")
 _INDEX_RETRIES = 10
+# How long lines_held keeps index lines before it writes them: the index lags a prune by at most
+# this (a few index writes a minute, where one per run was O(N^2)).
+HELD_LINES_S = 5.0
 _SUCCEEDED = "succeeded"
 _RUNNING = "running"
 _PRUNING = "pruning"  # a prune deletes the manifest, then the line: a line left so lost nothing
@@ -65,6 +69,7 @@ class Catalog:
         self.store = store
         self.cluster = cluster
         self._clock = clock
+        self.held_lines_s = HELD_LINES_S  # see lines_held
         self._manifests = f"{cluster}/manifests/"
         self._index_key = f"{cluster}/index.json"
         self._lock_key = f"{cluster}/lock.json"
@@ -94,27 +99,34 @@ class Catalog:
     def _put_line(self, entry: IndexEntry) -> None:
         if (held := getattr(self._held, "lines", None)) is not None:
             held[entry.run_id] = entry
+            if time.monotonic() >= self._held.due:
+                self._write_held()
             return
         self._update_index(lambda entries: [e for e in entries if e.run_id != entry.run_id] + [entry])
 
+    def _write_held(self) -> None:
+        held, self._held.lines = self._held.lines or {}, {}
+        self._held.due = time.monotonic() + self.held_lines_s
+        if held:
+            self._update_index(lambda entries: [e for e in entries if e.run_id not in held]
+                               + [e for e in held.values() if e is not None])
+
     @contextmanager
     def lines_held(self) -> Iterator[Callable[[], None]]:
-        """The index lines of ``update`` and ``delete`` in the block, written in one index update at
-        its end (or earlier by the function it gives), not one each: every update reads and rewrites
-        the whole index, and a prune deleting 10,000 runs did that 20,000 times, O(N^2) in the
-        catalog's size. Meanwhile the index lags the manifests, as it does for a run killed between
-        the two writes, which every reader already repairs; a line still "succeeded" whose manifest
-        is deleted would read as a lost manifest, though: write marks before deleting their runs."""
+        """The index lines of ``update`` and ``delete`` in the block, written together every
+        ``held_lines_s`` seconds and at its end (or earlier by the function it gives), not one
+        each: every update reads and rewrites the whole index, and a prune deleting 10,000 runs did
+        that 20,000 times, O(N^2) in the catalog's size. Meanwhile the index lags the manifests by
+        those seconds' lines; a lag no reader repairs (a line still "succeeded" whose manifest says
+        "pruning" lists as succeeded, though restore refuses it, until the next prune), so it is
+        bounded in time, and on a kill it is at most those seconds' lines. A line still "succeeded"
+        whose manifest is deleted would read as a lost manifest: write marks before deleting."""
         if getattr(self._held, "lines", None) is not None:  # nested: the outer block writes them
             yield lambda: None
             return
         self._held.lines = {}
-
-        def write() -> None:
-            held, self._held.lines = self._held.lines or {}, {}
-            if held:
-                self._update_index(lambda entries: [e for e in entries if e.run_id not in held]
-                                   + [e for e in held.values() if e is not None])
+        self._held.due = time.monotonic() + self.held_lines_s
+        write = self._write_held
 
         try:
             yield write

@@ -72,6 +72,7 @@ def catalog_of(root: Path, runs: int) -> tuple[Catalog, CallCountingStore]:
     """``runs`` hourly runs, every 10th failed, written as a backup leaves them, the index once."""
     store = CallCountingStore(root)
     catalog = Catalog(store, "prod")
+    catalog.held_lines_s = float("inf")  # what a block holds is written at its end, however slow the machine
     manifests = [make_manifest(run_id, minutes=60 * i, status="failed" if i % 10 == 9 else "succeeded")
                  for i, run_id in enumerate(hourly(runs))]
     for manifest in manifests:
@@ -193,6 +194,23 @@ def test_lines_held_are_written_once_at_the_end_of_the_block_and_on_the_way_out_
     assert store.index_writes() == 1 and catalog._read_index()[0][0].status == "failed"
 
 
+def test_lines_held_longer_than_held_lines_s_are_written_with_the_next_line(tmp_path: Path) -> None:
+    # A prune killed while it marked left every marked run "succeeded" in the index, listed as
+    # restorable, until the next prune: what a block holds is bounded in time.
+    catalog, store = catalog_of(tmp_path / "catalog", 3)
+    catalog.held_lines_s = 0.0
+
+    def failed(manifest) -> bool:
+        manifest.status = "failed"
+        return True
+
+    with catalog.lines_held():
+        catalog.update("r00000", failed)
+        assert catalog._read_index()[0][-1].status == "failed" and store.index_writes() == 1
+        catalog.update("r00001", failed)
+        assert store.index_writes() == 2
+    assert store.index_writes() == 2, "nothing left to write at the end"
+
 
 def test_a_line_another_thread_saves_while_a_block_holds_lines_is_written_at_once(tmp_path: Path) -> None:
     # A backup's retention prunes in a thread of its own, beside the backup's own saves.
@@ -206,6 +224,7 @@ def test_a_line_another_thread_saves_while_a_block_holds_lines_is_written_at_onc
         saver.join()
         assert [e.run_id for e in catalog._read_index()[0]] == ["r00002", "r00001", "r00000"]
     assert [e.run_id for e in catalog._read_index()[0]] == ["r00002", "r00001"]
+
 
 class WalkCountingList(list):
     """A list that counts how often it is walked from the start."""
