@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 
 # A holder renews its lock every third of its TTL: two renewals the catalog fails still leave one
-# before it expires. ``_of_an_earlier_boot`` counts on it too.
+# before it expires. ``_of_an_earlier_boot`` allows for as many.
 RENEWALS_PER_TTL = 3
 
 
@@ -135,19 +135,20 @@ def _on_this_host(record: LockRecord) -> bool | None:
 
 def _of_an_earlier_boot(record: LockRecord) -> bool:
     """The owner ran in an earlier boot of this host, and is gone with it: its process is of
-    another boot, it last wrote the lock (``renewed_at``) before this host booted, and half the
-    lock's TTL has passed since. Every owner renews at each third of its TTL (``RENEWALS_PER_TTL``;
-    the sixth to spare is for a slow write and clocks apart), so one still running has written the
-    lock since this boot: another machine given this host's name, whose backup took the lock before
-    this boot and renews it still. ``acquired_at`` never moves, and tells the two apart no more
-    than a lock without ``renewed_at`` (an older snapctl's, renewed without a trace) does.
+    another boot, it last wrote the lock (``renewed_at``) before this host booted, and five sixths
+    of the lock's TTL have passed since. Every owner renews at each third of its TTL
+    (``RENEWALS_PER_TTL``), and the lock outlives two renewals the catalog fails; so does this
+    proof (the sixth to spare is for a slow write and clocks apart): an owner still running has
+    written the lock since, another machine given this host's name, whose backup took the lock
+    before this boot and renews it still. ``acquired_at`` never moves, and tells the two apart no
+    more than a lock without ``renewed_at`` (an older snapctl's, renewed without a trace) does.
 
-    Left unproven: such a machine whose renewals the catalog refused for half a TTL, across this
-    host's boot, is taken for gone until it renews again, or its lock expires."""
+    Left unproven: such a machine whose renewals the catalog refused for five sixths of a TTL,
+    across this host's boot, is taken for gone until it renews again, or its lock expires."""
     written = record.renewed_at
     if written is None:
         return False
-    if utc_now() < written + (record.expires_at - written) / 2:
+    if utc_now() < written + (record.expires_at - written) * 5 / 6:
         return False  # a live owner's next renewal may still be on its way
     return of_an_earlier_boot(record.owner_process, written)
 

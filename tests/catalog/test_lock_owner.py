@@ -118,9 +118,21 @@ def test_a_renewal_after_this_boot_turns_a_lock_of_an_earlier_boot_into_a_live_o
 def test_a_lock_renewed_just_before_this_boot_is_not_proven_gone_before_its_next_renewal_is_due(
         tmp_path: Path) -> None:
     # A same-named machine renewing at each third of its TTL may have last written the lock a
-    # moment before this host booted: only once half its TTL has passed would it have renewed again.
+    # moment before this host booted: only once a third of its TTL has passed would it have renewed again.
     since_written = _before_boot(timedelta(seconds=5))
     ttl = 2 * since_written + timedelta(minutes=1)
+    other = {**OURS, "boot_id": "boot-id-of-the-other-machine"}
+    hint, gone = _refusal(tmp_path, _dead_pid(), other, acquired_ago=_before_boot(timedelta(hours=1)),
+                          renewed_ago=since_written, expires_in=ttl - since_written)
+    assert hint.startswith("wait for that run to finish"), hint
+    assert not gone
+
+
+def test_a_lock_whose_last_two_renewals_the_catalog_refused_is_not_proven_gone(tmp_path: Path) -> None:
+    # The lock outlives two failed renewals (an S3 503 each): the proof must too. Written 70% of its
+    # TTL ago, before this boot: a live owner may have failed twice, and still holds it.
+    since_written = _before_boot(timedelta(seconds=5))
+    ttl = since_written / 0.7
     other = {**OURS, "boot_id": "boot-id-of-the-other-machine"}
     hint, gone = _refusal(tmp_path, _dead_pid(), other, acquired_ago=_before_boot(timedelta(hours=1)),
                           renewed_ago=since_written, expires_in=ttl - since_written)
