@@ -360,8 +360,9 @@ class JsonRenderer(Renderer):
             print(f"warning: {warning}", file=sys.stderr)
 
     def run_list(self, entries, problems, where: str = "the catalog", older: int = 0) -> int:
-        self._warn(problems)  # ``older``: left out as --limit asked; the document holds the runs shown
-        self._emit("list", {"runs": entries, "problems": problems})
+        self._warn(problems)
+        # ``older``: how many runs --limit left out, so a script can tell a cut list from a whole one.
+        self._emit("list", {"runs": entries, "problems": problems, "older": older})
         return ExitCode.OK
 
     def manifest(self, m, warnings: list[str] = ()) -> int:

@@ -278,8 +278,9 @@ def test_list_shows_the_newest_100_runs_and_says_how_many_older_ones_it_left_out
     assert shown.returncode == 0 and rows(shown.stdout) == hourly(150)[:49:-1]
     assert shown.stdout.rstrip().endswith("50 older runs not shown: --limit 0 lists every run")
     assert rows(snapctl("--limit", "0").stdout) == hourly(150)[::-1]
-    assert len(json.loads(snapctl("-o", "json").stdout)["data"]["runs"]) == 150  # a script gets every run
-    assert [r["run_id"] for r in json.loads(snapctl("-o", "json", "--limit", "2").stdout)["data"]["runs"]] == [
-        "r00149", "r00148"]
+    every = json.loads(snapctl("-o", "json").stdout)["data"]
+    assert len(every["runs"]) == 150 and every["older"] == 0  # a script gets every run
+    cut = json.loads(snapctl("-o", "json", "--limit", "2").stdout)["data"]
+    assert [r["run_id"] for r in cut["runs"]] == ["r00149", "r00148"] and cut["older"] == 148
     refused = snapctl("--limit", "-1")
     assert refused.returncode == 2 and "--limit -1: give a number of runs, or 0 for every run" in refused.stderr
