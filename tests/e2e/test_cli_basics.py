@@ -195,6 +195,7 @@ def test_a_commands_option_given_before_the_command_says_where_it_goes(argv):
     if argv[0] == "-o":  # a script asked for json: its one document carries the hint
         assert json.loads(result.stdout)["hint"] == said
 
+
 def test_with_a_later_text_output_a_usage_error_is_no_json_document():
     result = snapctl("list", "-o", "json", "-o", "text", "--bogus")  # the last -o wins, as when it parses
     assert result.returncode == ExitCode.BAD_INPUT and result.stdout == ""

@@ -63,7 +63,6 @@ def test_with_json_output_a_warning_is_on_stderr_as_well_as_in_the_document(tmp_
     assert listed.stderr.splitlines() == ["warning: run r-damaged: not valid JSON", "RICH LOADED False"]
 
 
-
 def test_with_json_output_prunes_warnings_are_on_stderr_as_in_text(tmp_path):
     # `prune` said a manifest it could not read on stderr, `prune -o json` only in the document.
     inventory = load(write_inventory(tmp_path, sqlite_nodes(tmp_path, 1)))
@@ -80,6 +79,7 @@ def test_with_json_output_prunes_warnings_are_on_stderr_as_in_text(tmp_path):
     warned = "warning: run r-damaged: not valid JSON (left alone)"
     assert pruned.stderr.splitlines() == [warned, "RICH LOADED False"]
     assert text.stderr.splitlines() == [warned, "RICH LOADED True"]
+
 
 def test_text_into_a_pipe_has_no_trailing_spaces_and_its_columns_stay_aligned(tmp_path):
     # `snapctl list | awk '{print length}'` gave lines padded with spaces to the table's width

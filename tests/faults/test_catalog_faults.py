@@ -74,7 +74,6 @@ def test_disk_full_while_writing_the_manifest(scene: FaultCluster, small_disk: P
     assert json.loads(run_file.read_text())["status"] == "failed"
 
 
-
 def test_disk_full_when_the_success_is_recorded_keeps_the_backup(scene: FaultCluster, small_disk: Path) -> None:
     cluster = scene
     stopping = cluster.write_inventory(cluster.directory / "stopping.yaml", provider={"stop_wait": True},
@@ -105,6 +104,7 @@ def test_disk_full_when_the_success_is_recorded_keeps_the_backup(scene: FaultClu
     assert len(cluster.snapshot_dirs(run_id)) == len(NODES)
     listed = cluster.snapctl("gc", "-o", "json", inventory=plain)
     assert listed.returncode == 0 and listed.json["data"]["orphans"] == [], listed.stdout
+
 
 CORRUPTIONS = {
     "truncated": lambda text: text[: len(text) // 2],

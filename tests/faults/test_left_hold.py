@@ -105,7 +105,6 @@ def test_a_rollback_never_counts_a_node_released_whose_engine_is_still_held(make
         assert questdb.held
 
 
-
 def test_a_rollback_whose_agent_status_cannot_be_read_after_nothing_is_held_says_the_node_may_not_be_released(
         make_cluster, tmp_path):
     # The agent answers the rollback's complete that it holds nothing, then dies before its status
@@ -130,6 +129,7 @@ def test_a_rollback_whose_agent_status_cannot_be_read_after_nothing_is_held_says
         assert f"node1 may still be held: see {DOC}" in hint, hint
         manifest = cluster.manifest(run_id)
         assert manifest["status"] == "failed" and "may not be released" in manifest["nodes"]["node1"]["error"]
+
 
 def test_force_does_not_get_past_an_engine_held_by_another_client_unless_its_prepare_releases_it(make_cluster,
                                                                                                  tmp_path):

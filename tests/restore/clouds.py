@@ -86,13 +86,10 @@ def restored_disks(fake) -> list[str]:
     return sorted(n for n in names if n not in ("db1-data", "scratch-boot"))
 
 
-
 def _add_volume(inventory: Path, volume: dict) -> None:
     data = yaml.safe_load(inventory.read_text())
     data["nodes"][0]["volumes"].append(volume)
     inventory.write_text(yaml.safe_dump(data, sort_keys=False))
-
-
 
 
 @dataclass

@@ -95,6 +95,7 @@ def sqlite_cluster(tmp_path: Path) -> SqliteCluster:
     path.write_text(yaml.safe_dump(inventory, sort_keys=False))
     return SqliteCluster(tmp_path, path)
 
+
 @pytest.fixture
 def mounted():
     """Mounts an empty tmpfs of ``size`` at a directory: a fresh disk where a node is restored, or

@@ -154,7 +154,6 @@ def test_keep_leaves_the_restored_data_for_inspection(sqlite_cluster, tmp_path):
     assert all((Path(p) / "app.db").is_file() for p in report.leftovers)
 
 
-
 def test_a_node_with_a_scratch_agent_is_verified_by_that_agent(sqlite_cluster, tmp_path):
     sqlite_cluster.backup()
     token_file = tmp_path / "agent-token"
@@ -270,6 +269,7 @@ def test_a_junit_directory_that_refuses_files_is_refused_before_anything_starts(
     assert open_catalog(sqlite_cluster.inventory).load(run_id).last_drill is None
     scratch = sqlite_cluster.directory / "scratch"
     assert not scratch.exists() or not any(scratch.iterdir()), "no node was restored"
+
 
 def test_a_report_that_cannot_be_written_still_leaves_the_drill_on_record(sqlite_cluster, tmp_path, monkeypatch):
     run_id = sqlite_cluster.backup()

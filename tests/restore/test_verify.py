@@ -108,6 +108,8 @@ def test_a_damaged_snapshot_json_is_reported_as_damaged_not_as_missing(sqlite_cl
     metadata.unlink()  # a restart that lost it: still there, still not a missing snapshot
     [_, n2] = sorted(verify_run(sqlite_cluster.inventory, run_id).snapshots, key=lambda s: s.node)
     assert n2.problems == [f"snapshot {n2.snapshot_id} is damaged: {metadata} is missing"]
+
+
 def test_verify_of_a_no_wait_run_says_not_yet_durable_not_that_it_cannot_be_restored(sqlite_cluster, tmp_path):
     from snapctl.orchestrator import BackupOptions, backup
     from snapctl.restore import restore_run

@@ -87,7 +87,6 @@ def test_delete_volume_without_permission_names_the_permission(provider, ec2, vo
     assert restored in volume_ids(ec2)
 
 
-
 class StillCreating:
     """EC2 while a new volume is being made from its snapshot: DescribeVolumes says ``creating``
     for the first ``polls`` calls, and DeleteVolume refuses the volume meanwhile (``IncorrectState``:

@@ -96,6 +96,7 @@ def test_a_drills_stop_ends_a_restore_whose_insert_runs_on_and_deletes_the_disk(
     assert isinstance(ended, Interrupted) and str(ended).startswith("gcp create disk restored-data from snapshot")
     assert restored(gcp) == [] and gcp.requests_to("DELETE", f"{INSERT}/restored-data")
 
+
 def test_an_insert_refused_before_it_landed_deletes_nothing(gcp, make_provider, volumes):
     provider = make_provider(max_retries=1)
     ref = ready_snapshot(provider, volumes)
