@@ -115,24 +115,17 @@ def test_a_renewal_after_this_boot_turns_a_lock_of_an_earlier_boot_into_a_live_o
     assert not owner_gone("r1", Catalog(store, "prod").read_lock(), utc_now())
 
 
-def test_a_lock_renewed_just_before_this_boot_is_not_proven_gone_before_its_next_renewal_is_due(
-        tmp_path: Path) -> None:
+@pytest.mark.parametrize("share_of_ttl", [
     # A same-named machine renewing at each third of its TTL may have last written the lock a
-    # moment before this host booted: only once a third of its TTL has passed would it have renewed again.
-    since_written = _before_boot(timedelta(seconds=5))
-    ttl = 2 * since_written + timedelta(minutes=1)
-    other = {**OURS, "boot_id": "boot-id-of-the-other-machine"}
-    hint, gone = _refusal(tmp_path, _dead_pid(), other, acquired_ago=_before_boot(timedelta(hours=1)),
-                          renewed_ago=since_written, expires_in=ttl - since_written)
-    assert hint.startswith("wait for that run to finish"), hint
-    assert not gone
-
-
-def test_a_lock_whose_last_two_renewals_the_catalog_refused_is_not_proven_gone(tmp_path: Path) -> None:
-    # The lock outlives two failed renewals (an S3 503 each): the proof must too. Written 70% of its
-    # TTL ago, before this boot: a live owner may have failed twice, and still holds it.
-    since_written = _before_boot(timedelta(seconds=5))
-    ttl = since_written / 0.7
+    # moment before this host booted: its next renewal is not due yet.
+    0.3,
+    # The lock outlives two renewals the catalog refused (an S3 503 each): the proof must too.
+    0.7,
+])
+def test_a_lock_written_before_this_boot_whose_owner_may_renew_still_is_not_proven_gone(
+        tmp_path: Path, share_of_ttl: float) -> None:
+    since_written = _before_boot(timedelta(seconds=5))  # of the TTL: share_of_ttl
+    ttl = since_written / share_of_ttl
     other = {**OURS, "boot_id": "boot-id-of-the-other-machine"}
     hint, gone = _refusal(tmp_path, _dead_pid(), other, acquired_ago=_before_boot(timedelta(hours=1)),
                           renewed_ago=since_written, expires_in=ttl - since_written)
