@@ -27,7 +27,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from snapctl.errors import os_reason
 from snapctl.fsmodes import open_private, remove_tree
-from snapctl.process_identity import identity, runs
+from snapctl.process_identity import identity, pid_here, runs
 from snapctl.timestamps import utc_text
 from snapctl.units import human_bytes
 
@@ -249,8 +248,8 @@ def gone_from_this_host(owner: str, process: object) -> bool:
     ``identity`` recorded it), and its pid now runs nothing, or a process begun at another time.
     Not the lock's earlier-boot proof: these records are written once, at the start, and a drill
     that a same-named machine began before this host booted may run on (nothing renews to say so)."""
-    host, _, pid = owner.rpartition("@")[2].rpartition(":")
-    return host == socket.gethostname() and pid.isdigit() and runs(int(pid), process) is False
+    pid = pid_here(owner)
+    return pid is not None and runs(pid, process) is False
 
 
 # -- cleaning them up ----------------------------------------------------------------------------------

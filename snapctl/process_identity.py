@@ -10,11 +10,19 @@ judged by ``runs``; the cluster lock, the drill and the restore records all carr
 from __future__ import annotations
 
 import os
+import socket
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+def pid_here(owner: str) -> int | None:
+    """The pid an owner (``user@host:pid``, as snapctl records who runs) names on this host; None
+    when it names another host, or no pid."""
+    host, _, pid = owner.rpartition("@")[2].rpartition(":")
+    return int(pid) if host == socket.gethostname() and pid.isdigit() else None
 
 
 def identity(pid: int) -> dict[str, Any] | None:

@@ -16,7 +16,6 @@ import asyncio
 import logging
 import os
 import secrets
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from snapctl.catalog import BlobStore
 from snapctl.errors import CatalogError, LockHeld, RunFailed, SnapctlError
-from snapctl.process_identity import identity, of_an_earlier_boot, runs
+from snapctl.process_identity import identity, of_an_earlier_boot, pid_here, runs
 from snapctl.timestamps import AwareUtcTime
 
 if TYPE_CHECKING:
@@ -120,17 +119,17 @@ def _on_this_host(record: LockRecord) -> bool | None:
     again). A lock of an earlier boot of this host is gone too, whatever its pid
     (``_of_an_earlier_boot``). Another pid namespace (a container given this host's name) proves
     nothing. A lock of an older snapctl has only its pid: whether some process has it here."""
-    host, _, pid = record.owner.rpartition("@")[2].rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
+    pid = pid_here(record.owner)
+    if pid is None:
         return None
     process = record.owner_process
     if process is None:
-        return _pid_exists(int(pid))
-    if not isinstance(process, dict) or process.get("pid") != int(pid):
+        return _pid_exists(pid)
+    if not isinstance(process, dict) or process.get("pid") != pid:
         return None  # not what any snapctl writes: a hand-edited record proves nothing
     if _of_an_earlier_boot(record):
         return False
-    return runs(int(pid), process)
+    return runs(pid, process)
 
 
 def _of_an_earlier_boot(record: LockRecord) -> bool:
@@ -168,15 +167,14 @@ def _why_gone(record: LockRecord) -> str:
     may run a process of today, not the one that took the lock."""
     if _of_an_earlier_boot(record):
         return " (this host has restarted since it last renewed the lock)"
-    pid = int(record.owner.rpartition(":")[2])
-    return f" (pid {pid} now runs another process, begun later)" if identity(pid) is not None else ""
+    pid = pid_here(record.owner)
+    return f" (pid {pid} now runs another process, begun later)" if pid and identity(pid) is not None else ""
 
 
 def owner_identity(owner: str) -> dict[str, Any] | None:
     """The identity of ``owner``'s process when it names this process, as every real owner does
     (``run_owner``): the only process whose start is known to be the owner's."""
-    host, _, pid = owner.rpartition("@")[2].rpartition(":")
-    return identity(os.getpid()) if host == socket.gethostname() and pid == str(os.getpid()) else None
+    return identity(os.getpid()) if pid_here(owner) == os.getpid() else None
 
 
 class RunLock:
