@@ -191,8 +191,8 @@ def apply(planned: PruneResult, catalog: Catalog, provider: Provider, still_lock
     begun: set[str] = set()  # runs whose snapshots it began to delete
     deleting: str | None = None  # the run whose snapshots are being deleted, while they are
     try:
-        # The marks' index lines in one write, and the deleted runs' in another: one each rewrote
-        # the whole index twice per run. Every mark's line is written before any run is deleted.
+        # The marks' index lines written together, and the deleted runs' (lines_held): one each
+        # rewrote the whole index twice per run. Every mark's line is written before any run is deleted.
         # Once for every mark: a restore that begins after this look is seen by the look after its mark.
         records = _in_use_records(catalog) if planned.deleted else {}
         with catalog.lines_held():

@@ -424,7 +424,7 @@ def _prepare_and_check(inventory: Inventory, node: Node, record: NodeRecord, res
 
     prepared, settings, note = prepare_plan(inventory, node, record, result.volumes,
                                             files=restored_files(result.volumes), attached=attached)
-    if prepared != "in-process" or settings is None:
+    if settings is None:  # not in-process
         if prepared is not None:  # the scratch agent's
             from snapctl.runner import run as run_coroutine  # SIGTERM cancels the call, as Ctrl-C does
 
@@ -442,12 +442,17 @@ def _prepare_and_check(inventory: Inventory, node: Node, record: NodeRecord, res
         if not verify or expected is None:
             return
         if settings.get("type") not in FILE_ENGINES:
-            result.note = f"{settings.get('type')} needs its server to verify: `snapctl drill` starts it"
+            result.note = needs_its_server(str(settings.get("type")))
             return
         result.facts = engine.verify()
         result.mismatches += compare_facts(expected.facts, result.facts)
     finally:
         engine.close()
+
+
+def needs_its_server(engine: str) -> str:
+    """The note on an engine restored in-process that only its running server can verify."""
+    return f"{engine} needs its server to verify: `snapctl drill` starts it"
 
 
 def _attached_note(node: Node, volumes: dict[str, str]) -> str:

@@ -14,7 +14,14 @@ from pathlib import Path
 from snapctl.catalog import open_catalog
 from snapctl.errors import CatalogError
 from snapctl.events import NullReporter, Reporter
-from snapctl.restore import checked_run, prepare_plan, record_refused, restore_target, target_text
+from snapctl.restore import (
+    checked_run,
+    needs_its_server,
+    prepare_plan,
+    record_refused,
+    restore_target,
+    target_text,
+)
 
 
 @dataclass
@@ -94,6 +101,6 @@ def plan_restore(inventory, run_ref: str, to: Path | None = None, *, zone: str |
         if settings is not None:
             planned.engine = str(settings.get("type"))
             if node_record.state is not None and planned.engine not in FILE_ENGINES:
-                planned.note = f"{planned.engine} needs its server to verify: `snapctl drill` starts it"
+                planned.note = needs_its_server(planned.engine)
         plan.nodes.append(planned)
     return plan

@@ -126,18 +126,16 @@ class Catalog:
             return
         self._held.lines = {}
         self._held.due = time.monotonic() + self.held_lines_s
-        write = self._write_held
-
         try:
-            yield write
+            yield self._write_held
         except BaseException:
             try:  # the lines are a cache of what was done: lost with the index's race, nothing is
-                write()
+                self._write_held()
             except CatalogError:
                 pass
             raise
         else:
-            write()
+            self._write_held()
         finally:
             self._held.lines = None
 

@@ -296,6 +296,6 @@ def _fix_hint(directory: Path) -> str:
 
 
 def _permission_hint(exc: OSError, path: Path) -> str | None:
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    if exc.errno in _REFUSALS:
         return f"check that {path.parent} is writable by this user, or set catalog.path in the inventory"
     return None
