@@ -65,8 +65,8 @@ def _older_agent(exc: SnapctlError) -> bool:
 def _refusal(name: str, node: Node, exc: SnapctlError) -> BadInputError:
     agent = f"node {name}: scratch agent {node.restore.agent}"
     reason = exc.reason if isinstance(exc, AgentError) else exc.message
-    about_the_path = exc.status == 400 and node.restore.agent_path if isinstance(exc, AgentError) else False
-    if about_the_path and not isinstance(exc, NotAnAgent):
+    if (isinstance(exc, AgentError) and not isinstance(exc, NotAnAgent) and exc.status == 400
+            and node.restore.agent_path):
         return BadInputError(f"{agent} would refuse restore.agent_path {node.restore.agent_path} once the volumes "
                              f"were restored: {reason}", hint=PATH_HINT)
     if isinstance(exc, AgentUnreachable):
