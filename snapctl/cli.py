@@ -150,9 +150,9 @@ def list_runs(
     catalog = open_catalog(_inventory(inventory))
     entries, problems = catalog.list()
     shown = (0 if output == "json" else LIST_LIMIT) if limit is None else limit
-    older = max(0, len(entries) - shown) if shown else 0
-    return out.run_list(listed(catalog, entries[:len(entries) - older]), problems,
-                        catalog.describe(say_missing=not entries), older=older)
+    kept = entries[:shown] if shown else entries
+    return out.run_list(listed(catalog, kept), problems, catalog.describe(say_missing=not entries),
+                        older=len(entries) - len(kept))
 
 
 @app.command(cls=_RequiredAsDocumented)
