@@ -74,7 +74,7 @@ def manifest(i: int, runs: int) -> Any:
 def build(store: Any, runs: int, put: Callable[[str, bytes], None]) -> float:
     """Write ``runs`` manifests and their index with ``put``; the seconds it took."""
     from snapctl.catalog import Catalog
-    from snapctl.catalog.catalog import index_entry
+    from snapctl.catalog.index import index_entry
 
     catalog = Catalog(store, CLUSTER)
     entries = []

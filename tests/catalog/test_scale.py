@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from snapctl.catalog import Catalog, LocalBlobStore
-from snapctl.catalog.catalog import index_entry
+from snapctl.catalog.index import index_entry
 from snapctl.config import Retention
 from snapctl.errors import Interrupted
 from snapctl.providers import create_provider
