@@ -4,7 +4,7 @@ A cloud completes a snapshot on its own; a local one stays pending after `backup
 until something fsyncs it (the provider's optional ``complete``, see snapctl.providers). Until
 then retention cannot count its run, and the next backup cannot hard-link unchanged files from
 it. So retention completes such a run's snapshots when the policy would keep it
-(snapctl.prune), and a backup completes the newest backup's before it holds any node
+(snapctl.prune_plan), and a backup completes the newest backup's before it holds any node
 (``complete_newest_backup``). A run whose snapshot is in error after a failed completion (its
 fsync failed) is treated like a failed one; one merely not completed (the deadline, a busy store)
 is neither counted nor deleted. Nothing is deleted here.

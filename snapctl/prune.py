@@ -16,15 +16,15 @@ Prune, under the cluster lock:
    oldest run first, then its manifest; a run a restore or drill began on meanwhile is unmarked
    and kept instead. Providers refuse snapshots without this cluster's tag;
    such a run stays marked and is reported.
+
+Step 1, the plan (all a dry run does), is snapctl.prune_plan; the restores and drills that keep a
+run, snapctl.prune_in_use; the marks, snapctl.prune_marks.
 """
 
 from __future__ import annotations
 
-import json
 import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING
@@ -32,18 +32,16 @@ from typing import TYPE_CHECKING
 from snapctl.abandoned_runs import close_abandoned_runs
 from snapctl.catalog import Catalog, open_catalog
 from snapctl.catalog.lock import ThreadLockKeeper
-from snapctl.completion import CompletionBudget, can_complete, complete_snapshots, mark_snapshots_completed
+from snapctl.completion import mark_snapshots_completed
 from snapctl.errors import Interrupted, SnapctlError
 from snapctl.gc import GcResult, find_orphans, gc  # noqa: F401  # importable from here, as before the split
 from snapctl.gc import delete_snapshot as _delete_snapshot
-from snapctl.gc import named_by as _named_by
-from snapctl.gc import stored_runs as _stored_runs
-from snapctl.providers import TAG_CLUSTER, TAG_RUN, Provider, SnapshotRef, open_provider
+from snapctl.providers import TAG_CLUSTER, Provider, open_provider
+from snapctl.prune_in_use import in_use_records
 from snapctl.prune_marks import mark_pruning, stopped_prune, unmark_pruning
+from snapctl.prune_plan import Owners, PruneResult, RunVerdict, by_run, doomed_refs, plan, spared_while_in_use
 from snapctl.redact import redact
-from snapctl.restore_leftovers import restore_gone
-from snapctl.retention import PRUNING, SUCCEEDED, Decision, RetentionPlan, Run, decide
-from snapctl.timestamps import as_utc, utc_text
+from snapctl.timestamps import utc_text
 
 if TYPE_CHECKING:
     from snapctl.config import Inventory, Retention
@@ -51,58 +49,6 @@ if TYPE_CHECKING:
     from snapctl.manifest import Manifest
 
 StillLocked = Callable[[], None]  # raises when the cluster lock is no longer ours
-_DRILL_TEARDOWN_S = 600.0  # beyond drill.timeout_s, what an unfinished drill record still protects
-# What an unfinished restore record protects, from the restore's start. A restore has no time
-# limit of its own (a large local copy can take hours); a day outlasts any plausible one, and a
-# restore killed outright then holds back its run's deletion by a day at most.
-RESTORE_GUARD_S = 86400.0
-
-
-@dataclass(frozen=True)
-class _InUse:
-    """A command that restores a run without the cluster lock, and records itself instead in
-    ``<cluster>/<folder>/<run>-<id>.json`` with ``started_at``, ``finished_at`` and ``<noun>_id``."""
-
-    folder: str
-    noun: str
-    doing: str  # as in "being <doing>"
-
-
-_RESTORE = _InUse("restores", "restore", "restored")
-_DRILL = _InUse("drills", "drill", "drilled")
-
-
-@dataclass
-class RunVerdict:
-    run_id: str
-    started_at: datetime
-    status: str  # before pruning began
-    reasons: list[str]
-    snapshots: list[str] = field(default_factory=list)  # ids that go with the run (doomed runs)
-    error: str | None = None  # why it could not be deleted (it stays marked)
-
-
-@dataclass
-class PruneResult:
-    cluster: str
-    dry_run: bool
-    retention: Retention
-    kept: list[RunVerdict]  # newest first
-    deleted: list[RunVerdict]  # oldest first; on a dry run: what would go
-    unfinished: list[RunVerdict] = field(default_factory=list)  # marked, not (fully) deleted
-    problems: list[str] = field(default_factory=list)  # unreadable manifests, left alone
-    # `backup --no-wait` runs whose snapshots the provider found complete: counted, and (not on a
-    # dry run) recorded in their manifests, so that the provider is asked once
-    confirmed: list[str] = field(default_factory=list)
-    # those of them whose pending snapshots this prune completed itself (local); on a dry run: would complete
-    completed: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.unfinished
-
-
-# -- prune ---------------------------------------------------------------------------------------
 
 
 def prune(inventory: Inventory, *, dry_run: bool = False) -> PruneResult:
@@ -119,57 +65,6 @@ def prune(inventory: Inventory, *, dry_run: bool = False) -> PruneResult:
         planned = plan(catalog, provider, inventory.retention, drill_timeout_s,
                        complete_within=inventory.policy.wait_timeout_s, checked=locked.check)
         return apply(planned, catalog, provider, locked.check, drill_timeout_s)
-
-
-def plan(catalog: Catalog, provider: Provider, retention: Retention, drill_timeout_s: float,
-         pending: Manifest | None = None, *, complete_within: float | None = None,
-         checked: Callable[[], None] | None = None) -> PruneResult:
-    """What a prune would do now. The result of a dry run. ``pending``: a run whose snapshots are
-    not complete yet (`backup --no-wait`): kept, and not counted, so that the runs it would
-    replace stay until it is known to be a backup. ``complete_within``: seconds in which to
-    complete, under the cluster lock, the pending snapshots of `--no-wait` runs the policy would
-    keep, where the provider completes them only when asked (local), so that they count; None
-    (a dry run): reads only, and counts such a run as the prune would once it completed them.
-    ``checked`` is called before each snapshot completed and raises to stop (Ctrl-C, a lost lock)."""
-    budget = None if complete_within is None else CompletionBudget(time.monotonic() + complete_within,
-                                                                   checked or (lambda: None))
-    decided, problems, confirmed, completed = _decide_over_readable_runs(
-        catalog, provider, retention, budget, pending.run_id if pending else None)
-    tagged = _by_run(provider.find({TAG_CLUSTER: catalog.cluster})) if decided.delete else {}
-    owners = _Owners(catalog)
-    result = PruneResult(catalog.cluster, complete_within is None, retention, [], [], problems=problems,
-                         confirmed=confirmed, completed=completed)
-    result.kept = [_verdict(d) for d in decided.keep]
-    done = _WOULD_COMPLETE if complete_within is None else _COMPLETED
-    for verdict in result.kept:
-        if verdict.run_id in completed:
-            verdict.reasons.append(done)
-    if pending is not None:
-        result.kept.insert(0, RunVerdict(pending.run_id, pending.started_at, pending.status,
-                                         ["its snapshots are not complete yet (--no-wait): not counted"]))
-    records = _in_use_records(catalog) if decided.delete else {}  # apply looks again
-    for decision in decided.delete:
-        verdict = _verdict(decision)
-        if _spared_while_in_use(catalog, verdict, result, drill_timeout_s, records):
-            continue
-        try:
-            manifest = catalog.load(decision.run.run_id)
-        except SnapctlError as exc:  # never marked: a problem left alone, like any unreadable manifest
-            result.problems.append(f"run {verdict.run_id}: {exc.message.removeprefix(f'run {verdict.run_id}: ')}")
-            continue
-        if manifest.provider != provider.name:  # this provider finds none of its snapshots: only the manifest would go
-            result.problems.append(f"run {verdict.run_id}: made with the {manifest.provider} provider, not "
-                                   f"{provider.name} (the inventory's): left alone, with its snapshots; prune it "
-                                   f"with an inventory whose provider is {manifest.provider}")
-            continue
-        verdict.status = str(manifest.extra.get(PRUNING, {}).get("was", manifest.status))
-        refs = _doomed_refs(manifest, tagged, owners)
-        if manifest.status == PRUNING:  # an earlier prune deleted some already: name what is left
-            left = {r.snapshot_id for r in tagged.get(manifest.run_id, [])}
-            refs = [r for r in refs if r.snapshot_id in left]
-        verdict.snapshots = [r.snapshot_id for r in refs]
-        result.deleted.append(verdict)
-    return result
 
 
 def apply(planned: PruneResult, catalog: Catalog, provider: Provider, still_locked: StillLocked,
@@ -194,11 +89,11 @@ def apply(planned: PruneResult, catalog: Catalog, provider: Provider, still_lock
         # The marks' index lines written together, and the deleted runs' (lines_held): one each
         # rewrote the whole index twice per run. Every mark's line is written before any run is deleted.
         # Once for every mark: a restore that begins after this look is seen by the look after its mark.
-        records = _in_use_records(catalog) if planned.deleted else {}
+        records = in_use_records(catalog) if planned.deleted else {}
         with catalog.lines_held():
             for verdict in planned.deleted:
                 still_locked()
-                if _spared_while_in_use(catalog, verdict, result, drill_timeout_s, records):  # began since the plan
+                if spared_while_in_use(catalog, verdict, result, drill_timeout_s, records):  # began since the plan
                     continue
                 # As it is now, by compare-and-swap: a drill's summary written meanwhile is not lost.
                 since = utc_text(datetime.now(UTC))
@@ -207,18 +102,18 @@ def apply(planned: PruneResult, catalog: Catalog, provider: Provider, still_lock
                 if manifest is None:
                     continue  # deleted meanwhile: nothing of it is left to prune
                 doomed.append((verdict, manifest))
-        tagged = _by_run(provider.find({TAG_CLUSTER: catalog.cluster})) if doomed else {}
-        owners = _Owners(catalog)
+        tagged = by_run(provider.find({TAG_CLUSTER: catalog.cluster})) if doomed else {}
+        owners = Owners(catalog)
         with catalog.lines_held() as write_lines:
             for verdict, manifest in doomed:
                 still_locked()
                 # Once more, now that the run is marked: a restore records itself before it reads the run's
                 # status, so one that read it just before the mark (and goes on) is on record by now.
-                if _spared_while_in_use(catalog, verdict, result, drill_timeout_s):
+                if spared_while_in_use(catalog, verdict, result, drill_timeout_s):
                     catalog.update(manifest.run_id, partial(unmark_pruning, since=marking[manifest.run_id]))
                     write_lines()  # listed as restorable again now, not when the prune ends
                     continue
-                refs = _doomed_refs(manifest, tagged, owners)
+                refs = doomed_refs(manifest, tagged, owners)
                 begun.add(manifest.run_id)
                 deleting = manifest.run_id
                 failures = []
@@ -299,200 +194,6 @@ async def prune_after_backup(
         reporter.step("prune", f"could not record the retention outcome in the manifest: {exc}")
     if stop.is_set():
         raise Interrupted(f"retention after backup {manifest.run_id} (which succeeded)")
-
-
-# -- helpers -------------------------------------------------------------------------------------
-
-
-def _in_use_records(catalog: Catalog) -> dict[str, list[str]]:
-    """The keys of every restore's and drill's record, by folder: listed once, not twice for each
-    run (on S3, a request each)."""
-    return {use.folder: catalog.store.list(f"{catalog.cluster}/{use.folder}/") for use in (_RESTORE, _DRILL)}
-
-
-def _spared_while_in_use(catalog: Catalog, verdict: RunVerdict, result: PruneResult, drill_timeout_s: float,
-                         records: dict[str, list[str]] | None = None) -> bool:
-    """Keep ``verdict``'s run when a restore or drill of it is under way: it restores from the
-    run's snapshots. Its record says when it finished; one killed outright never does, so a record
-    older than its time budget (a drill's: drill.timeout_s and its teardown) no longer counts.
-    ``records``: each folder's keys as listed a moment ago (else listed now, for this run)."""
-    now = datetime.now(UTC)
-    dead: str | None = None  # a restore killed outright on this host: said only if nothing else is under way
-    for use, budget_s in ((_RESTORE, RESTORE_GUARD_S), (_DRILL, drill_timeout_s + _DRILL_TEARDOWN_S)):
-        prefix = f"{catalog.cluster}/{use.folder}/{verdict.run_id}-"
-        keys = catalog.store.list(prefix) if records is None else [k for k in records[use.folder]
-                                                                     if k.startswith(prefix)]
-        for key in keys:
-            try:
-                record = json.loads(catalog.store.read(key) or b"{}")
-                # Without an offset (hand-edited, another tool): UTC, as snapctl writes them.
-                started = as_utc(datetime.fromisoformat(record["started_at"]))
-            except (ValueError, KeyError, TypeError, AttributeError):
-                continue  # unreadable: it cannot say a restore or drill is running
-            if record.get("finished_at") is None and (now - started).total_seconds() < budget_s:
-                what = f"{use.noun} {record.get(f'{use.noun}_id')}"
-                if use is _RESTORE and restore_gone(record):  # kept still: gc needs the record to clear its places
-                    dead = dead or (f"{what} (started {started:%Y-%m-%d %H:%M}Z) whose process {record['owner']} is "
-                                    "gone left its record unfinished: `snapctl gc --delete` finishes it")
-                    continue
-                return _kept(verdict, result, f"being {use.doing} ({what}, started {started:%Y-%m-%d %H:%M}Z)")
-    return dead is not None and _kept(verdict, result, dead)
-
-
-def _kept(verdict: RunVerdict, result: PruneResult, why: str) -> bool:
-    kept = RunVerdict(verdict.run_id, verdict.started_at, verdict.status, [why])
-    result.kept = sorted([*result.kept, kept], key=lambda v: v.started_at, reverse=True)
-    return True
-
-
-def _decide_over_readable_runs(catalog: Catalog, provider: Provider, retention: Retention,
-                               budget: CompletionBudget | None,
-                               left_out: str | None = None) -> tuple[RetentionPlan, list[str], list[str], list[str]]:
-    """The policy over the catalog's runs, where every succeeded run it keeps has had its manifest
-    read: a kept run is the reason others go, so it must be a backup that can be restored, not just
-    a line in the index. A damaged manifest behind an intact line would otherwise stand in for the
-    newest backup while the readable ones went. Unreadable runs are left out (reported, left
-    alone) and the policy decided again without them, until every run it keeps was read. A kept
-    run whose manifest does not say its snapshots completed (`backup --no-wait`) is asked about at
-    the provider: a run whose snapshots failed later must not count as the backup that replaces
-    the good ones; where the provider completes pending ones only when asked, it is asked
-    (within ``budget``; None: a dry run, which only counts them as completed). Also
-    returns the runs found complete, and those of them this prune completed (or would)."""
-    entries, problems = catalog.list(confirm_newest=False)  # the loop below reads what it keeps, once
-    runs = {e.run_id: e for e in entries if e.run_id != left_out}
-    confirmed: set[str] = set()
-    doubts: dict[str, tuple[str, bool]] = {}  # run id -> (why it is not counted, whether it is held)
-    completed: list[str] = []
-    completed_here: list[str] = []
-    while True:
-        decided = decide([Run(e.run_id, e.started_at, e.status, *doubts.get(e.run_id, (None, False)))
-                          for e in runs.values()], retention)
-        doubtful = [d.run.run_id for d in decided.keep if d.run.status == SUCCEEDED and d.run.run_id not in confirmed]
-        if not doubtful:
-            return decided, sorted(problems), completed, completed_here
-        current, unreadable = catalog.confirm(doubtful)
-        confirmed.update(doubtful)
-        problems += [f"run {run_id}: {reason}" for run_id, reason in unreadable.items()]
-        for run_id in doubtful:
-            if run_id not in current:
-                del runs[run_id]
-                continue
-            runs[run_id] = current[run_id]  # maybe no longer succeeded: marked by a prune killed before its index line
-            unconfirmed = catalog.unconfirmed(run_id) if current[run_id].status == SUCCEEDED else None
-            if unconfirmed is not None:
-                doubt, completing = _snapshots_doubt(unconfirmed, provider, budget)
-                if doubt is None:
-                    completed.append(run_id)
-                    if completing:
-                        completed_here.append(run_id)
-                else:
-                    doubts[run_id] = doubt
-
-
-def _snapshots_doubt(manifest: Manifest, provider: Provider,
-                     budget: CompletionBudget | None) -> tuple[tuple[str, bool] | None, bool]:
-    """(None, ...) when every snapshot of a run that did not wait for them is complete now; else
-    (why it is no backup to count, and whether it must be held: nobody could tell, so it is not
-    deleted either). The second item: whether the run counts because this prune completed its
-    pending snapshots (on a dry run, ``budget`` None: would complete them). A cloud's pending
-    snapshot is not counted yet; a local one is completed (fsynced) here. One whose fsync failed
-    (which fails it for good) makes the run count as failed; one not completed in time, or kept
-    from it by the store (its lock, its lock file), leaves the run neither counted nor deleted:
-    its snapshots may be whole, and a later prune tries again."""
-    if manifest.provider != provider.name:
-        return (f"whether its snapshots completed is unknown (backup --no-wait): made with the {manifest.provider} "
-                f"provider, not {provider.name}", True), False
-    refs = manifest.snapshot_refs()
-    describe = getattr(provider, "describe", None)
-    if describe is None:  # a provider plugin older than describe()
-        return ("whether its snapshots completed is unknown (backup --no-wait): the provider cannot say", True), False
-    try:
-        found = {ref.snapshot_id: ref for ref in describe(refs)}
-    except SnapctlError as exc:
-        return (f"whether its snapshots completed is unknown (backup --no-wait): the provider could not say: "
-                f"{exc.message}", True), False
-    where = getattr(provider, "elsewhere", None)  # not gone: in the store the run recorded (provider.store changed)
-    moved = next(((ref, why) for ref in refs if ref.snapshot_id not in found and where is not None
-                  and (why := where(ref))), None)
-    if moved is not None:
-        return (f"whether its snapshots completed is unknown (backup --no-wait): snapshot {moved[0].snapshot_id}: "
-                f"{moved[1]}", True), False
-    broken = [f"snapshot {ref.snapshot_id} no longer exists" if ref.snapshot_id not in found else
-              f"snapshot {ref.snapshot_id} is in error: {found[ref.snapshot_id].error or 'no reason given'}"
-              for ref in refs if ref.snapshot_id not in found or found[ref.snapshot_id].state == "error"]
-    if broken or not refs:
-        more = f" (and {len(broken) - 1} more)" if len(broken) > 1 else ""
-        first = broken[0] if broken else "none recorded"
-        return (f"its snapshots did not complete (backup --no-wait): {first}{more}", False), False
-    waiting = [found[ref.snapshot_id] for ref in refs if found[ref.snapshot_id].state != "completed"]
-    if not waiting:
-        return None, False
-    if not can_complete(provider):  # a cloud's: it completes on its own, or ends in error
-        more = f" (and {len(waiting) - 1} more)" if len(waiting) > 1 else ""
-        return (f"its snapshots are not complete yet (backup --no-wait): snapshot {waiting[0].snapshot_id} is "
-                f"pending{more}", False), False
-    if budget is None:
-        return None, True
-    missed = complete_snapshots(provider, waiting, budget.deadline, budget.checked)
-    if missed is None:
-        return None, True
-    if missed.failed:
-        return (f"its snapshots did not complete (backup --no-wait): {missed.why}", False), False
-    return (f"its snapshots are not completed yet (backup --no-wait): {missed.why}; a later prune tries again",
-            True), False
-
-
-_COMPLETED = "its snapshots completed by this prune (backup --no-wait)"
-_WOULD_COMPLETE = "its snapshots are pending (backup --no-wait): the prune completes them first"
-
-
-def _verdict(decision: Decision) -> RunVerdict:
-    run = decision.run
-    return RunVerdict(run.run_id, run.started_at, run.status, list(decision.reasons))
-
-
-def _by_run(refs: list[SnapshotRef]) -> dict[str, list[SnapshotRef]]:
-    grouped: dict[str, list[SnapshotRef]] = {}
-    for ref in refs:
-        grouped.setdefault(ref.tags.get(TAG_RUN, ""), []).append(ref)
-    return grouped
-
-
-class _Owners:
-    """Which readable run's manifest names each snapshot id. Read once, and only for a run that
-    has snapshots tagged with it which its manifest does not name. (A run whose manifest cannot be
-    read keeps what is tagged with it, as gc does: those snapshots are not tagged with this run.)"""
-
-    def __init__(self, catalog: Catalog) -> None:
-        self.catalog = catalog
-        self._owners: dict[str, str] | None = None
-
-    def __call__(self) -> dict[str, str]:
-        if self._owners is None:
-            self._owners = _named_by(self.catalog, sorted(_stored_runs(self.catalog)))[0]
-        return self._owners
-
-
-def _doomed_refs(manifest: Manifest, tagged: dict[str, list[SnapshotRef]], owners: _Owners) -> list[SnapshotRef]:
-    """A run's snapshots: its manifest's, and those tagged with it that it does not name (a backup
-    killed before it recorded them), unless another run's manifest names them: a tag changed by
-    hand, or by a policy, to this run's id must not cost that run its snapshot."""
-    own = manifest.snapshot_refs()
-    named = {ref.snapshot_id for ref in own}
-    extra = [ref for ref in tagged.get(manifest.run_id, []) if ref.snapshot_id not in named]
-    if extra:
-        others = owners()
-        extra = [ref for ref in extra if ref.snapshot_id not in others]
-    return _unique(own + extra)
-
-
-def _unique(refs: list[SnapshotRef]) -> list[SnapshotRef]:
-    """The first of each snapshot id: the manifest's entry before the provider's, so that the
-    cluster tag the manifest recorded is the one checked."""
-    unique: dict[str, SnapshotRef] = {}
-    for ref in refs:
-        unique.setdefault(ref.snapshot_id, ref)
-    return list(unique.values())
 
 
 def _describe(retention: Retention) -> str:

@@ -11,7 +11,7 @@ from snapctl import __version__
 from snapctl.catalog import Catalog, LocalBlobStore, open_catalog
 from snapctl.config import Retention, parse_inventory
 from snapctl.errors import BadInputError, CatalogError
-from snapctl.prune import plan
+from snapctl.prune_plan import plan
 
 from .conftest import make_manifest
 

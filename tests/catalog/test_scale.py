@@ -13,7 +13,8 @@ from snapctl.catalog.index import index_entry
 from snapctl.config import Retention
 from snapctl.errors import Interrupted
 from snapctl.providers import create_provider
-from snapctl.prune import apply, plan
+from snapctl.prune import apply
+from snapctl.prune_plan import plan
 from tests.catalog.conftest import make_manifest
 
 INDEX = "prod/index.json"

@@ -13,7 +13,8 @@ import pytest
 
 from snapctl.errors import Interrupted
 from snapctl.events import NullReporter
-from snapctl.prune import plan, prune, prune_after_backup
+from snapctl.prune import prune, prune_after_backup
+from snapctl.prune_plan import plan
 from snapctl.retention import PRUNING
 
 from .conftest import T0, Scene, inventory

@@ -16,7 +16,8 @@ from rich.console import Console
 from snapctl.catalog import Catalog
 from snapctl.config import Retention
 from snapctl.errors import ExitCode, LockHeld
-from snapctl.prune import apply, plan, prune
+from snapctl.prune import apply, prune
+from snapctl.prune_plan import plan
 from snapctl.render import Renderer
 from snapctl.render.retention import prune_text
 from snapctl.retention import PRUNING, Run, decide

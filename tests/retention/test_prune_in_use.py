@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
-from snapctl.prune import apply, plan, prune
+from snapctl.prune import apply, prune
+from snapctl.prune_plan import plan
 from snapctl.restore import RestoreRecord
 
 from .conftest import CLUSTER, T0, Scene, inventory, snapshots_of

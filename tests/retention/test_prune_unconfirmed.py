@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from snapctl.errors import ProviderError, SnapctlError
-from snapctl.prune import apply, plan, prune
+from snapctl.prune import apply, prune
+from snapctl.prune_plan import plan
 from snapctl.render.retention import prune_document
 
 from .conftest import T0, Scene, inventory
