@@ -36,10 +36,9 @@ from snapctl.completion import CompletionBudget, can_complete, complete_snapshot
 from snapctl.errors import Interrupted, SnapctlError
 from snapctl.gc import GcResult, find_orphans, gc  # noqa: F401  # importable from here, as before the split
 from snapctl.gc import delete_snapshot as _delete_snapshot
-from snapctl.gc import named_by as _named_by
-from snapctl.gc import stored_runs as _stored_runs
-from snapctl.providers import TAG_CLUSTER, TAG_RUN, Provider, SnapshotRef, open_provider
+from snapctl.providers import TAG_CLUSTER, Provider, open_provider
 from snapctl.prune_marks import mark_pruning, stopped_prune, unmark_pruning
+from snapctl.prune_refs import Owners, by_run, doomed_refs
 from snapctl.redact import redact
 from snapctl.restore_leftovers import restore_gone
 from snapctl.retention import PRUNING, SUCCEEDED, Decision, RetentionPlan, Run, decide
@@ -96,6 +95,8 @@ class PruneResult:
     confirmed: list[str] = field(default_factory=list)
     # those of them whose pending snapshots this prune completed itself (local); on a dry run: would complete
     completed: list[str] = field(default_factory=list)
+    # which manifest names each snapshot, as the plan read them: apply asks it again, not the catalog
+    owners: Owners | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -135,10 +136,10 @@ def plan(catalog: Catalog, provider: Provider, retention: Retention, drill_timeo
                                                                    checked or (lambda: None))
     decided, problems, confirmed, completed = _decide_over_readable_runs(
         catalog, provider, retention, budget, pending.run_id if pending else None)
-    tagged = _by_run(provider.find({TAG_CLUSTER: catalog.cluster})) if decided.delete else {}
-    owners = _Owners(catalog)
+    tagged = by_run(provider.find({TAG_CLUSTER: catalog.cluster})) if decided.delete else {}
+    owners = Owners(catalog)
     result = PruneResult(catalog.cluster, complete_within is None, retention, [], [], problems=problems,
-                         confirmed=confirmed, completed=completed)
+                         confirmed=confirmed, completed=completed, owners=owners)
     result.kept = [_verdict(d) for d in decided.keep]
     done = _WOULD_COMPLETE if complete_within is None else _COMPLETED
     for verdict in result.kept:
@@ -148,6 +149,7 @@ def plan(catalog: Catalog, provider: Provider, retention: Retention, drill_timeo
         result.kept.insert(0, RunVerdict(pending.run_id, pending.started_at, pending.status,
                                          ["its snapshots are not complete yet (--no-wait): not counted"]))
     records = _in_use_records(catalog) if decided.delete else {}  # apply looks again
+    doomed: list[tuple[RunVerdict, Manifest]] = []  # every one read before any is judged: see Owners.note
     for decision in decided.delete:
         verdict = _verdict(decision)
         if _spared_while_in_use(catalog, verdict, result, drill_timeout_s, records):
@@ -162,8 +164,11 @@ def plan(catalog: Catalog, provider: Provider, retention: Retention, drill_timeo
                                    f"{provider.name} (the inventory's): left alone, with its snapshots; prune it "
                                    f"with an inventory whose provider is {manifest.provider}")
             continue
+        owners.note(manifest)
+        doomed.append((verdict, manifest))
+    for verdict, manifest in doomed:
         verdict.status = str(manifest.extra.get(PRUNING, {}).get("was", manifest.status))
-        refs = _doomed_refs(manifest, tagged, owners)
+        refs = doomed_refs(manifest, tagged, owners)
         if manifest.status == PRUNING:  # an earlier prune deleted some already: name what is left
             left = {r.snapshot_id for r in tagged.get(manifest.run_id, [])}
             refs = [r for r in refs if r.snapshot_id in left]
@@ -201,14 +206,18 @@ def apply(planned: PruneResult, catalog: Catalog, provider: Provider, still_lock
                 if _spared_while_in_use(catalog, verdict, result, drill_timeout_s, records):  # began since the plan
                     continue
                 # As it is now, by compare-and-swap: a drill's summary written meanwhile is not lost.
+                # So the run's manifest is read again here, on purpose: the plan's copy may be stale.
                 since = utc_text(datetime.now(UTC))
                 marking[verdict.run_id] = since
                 manifest = catalog.update(verdict.run_id, partial(mark_pruning, since=since))
                 if manifest is None:
                     continue  # deleted meanwhile: nothing of it is left to prune
                 doomed.append((verdict, manifest))
-        tagged = _by_run(provider.find({TAG_CLUSTER: catalog.cluster})) if doomed else {}
-        owners = _Owners(catalog)
+        tagged = by_run(provider.find({TAG_CLUSTER: catalog.cluster})) if doomed else {}
+        # The plan's, not every manifest read again: only a run holding the lock changes what a
+        # manifest names, and this prune holds it. A run deleted below stays in it, which changes
+        # nothing: its snapshots went with it, or stay with it where their deletion failed.
+        owners = planned.owners if planned.owners is not None else Owners(catalog)
         with catalog.lines_held() as write_lines:
             for verdict, manifest in doomed:
                 still_locked()
@@ -218,7 +227,7 @@ def apply(planned: PruneResult, catalog: Catalog, provider: Provider, still_lock
                     catalog.update(manifest.run_id, partial(unmark_pruning, since=marking[manifest.run_id]))
                     write_lines()  # listed as restorable again now, not when the prune ends
                     continue
-                refs = _doomed_refs(manifest, tagged, owners)
+                refs = doomed_refs(manifest, tagged, owners)
                 begun.add(manifest.run_id)
                 deleting = manifest.run_id
                 failures = []
@@ -449,50 +458,6 @@ _WOULD_COMPLETE = "its snapshots are pending (backup --no-wait): the prune compl
 def _verdict(decision: Decision) -> RunVerdict:
     run = decision.run
     return RunVerdict(run.run_id, run.started_at, run.status, list(decision.reasons))
-
-
-def _by_run(refs: list[SnapshotRef]) -> dict[str, list[SnapshotRef]]:
-    grouped: dict[str, list[SnapshotRef]] = {}
-    for ref in refs:
-        grouped.setdefault(ref.tags.get(TAG_RUN, ""), []).append(ref)
-    return grouped
-
-
-class _Owners:
-    """Which readable run's manifest names each snapshot id. Read once, and only for a run that
-    has snapshots tagged with it which its manifest does not name. (A run whose manifest cannot be
-    read keeps what is tagged with it, as gc does: those snapshots are not tagged with this run.)"""
-
-    def __init__(self, catalog: Catalog) -> None:
-        self.catalog = catalog
-        self._owners: dict[str, str] | None = None
-
-    def __call__(self) -> dict[str, str]:
-        if self._owners is None:
-            self._owners = _named_by(self.catalog, sorted(_stored_runs(self.catalog)))[0]
-        return self._owners
-
-
-def _doomed_refs(manifest: Manifest, tagged: dict[str, list[SnapshotRef]], owners: _Owners) -> list[SnapshotRef]:
-    """A run's snapshots: its manifest's, and those tagged with it that it does not name (a backup
-    killed before it recorded them), unless another run's manifest names them: a tag changed by
-    hand, or by a policy, to this run's id must not cost that run its snapshot."""
-    own = manifest.snapshot_refs()
-    named = {ref.snapshot_id for ref in own}
-    extra = [ref for ref in tagged.get(manifest.run_id, []) if ref.snapshot_id not in named]
-    if extra:
-        others = owners()
-        extra = [ref for ref in extra if ref.snapshot_id not in others]
-    return _unique(own + extra)
-
-
-def _unique(refs: list[SnapshotRef]) -> list[SnapshotRef]:
-    """The first of each snapshot id: the manifest's entry before the provider's, so that the
-    cluster tag the manifest recorded is the one checked."""
-    unique: dict[str, SnapshotRef] = {}
-    for ref in refs:
-        unique.setdefault(ref.snapshot_id, ref)
-    return list(unique.values())
 
 
 def _describe(retention: Retention) -> str:
