@@ -159,12 +159,12 @@ def plan(catalog: Catalog, provider: Provider, retention: Retention, drill_timeo
         except SnapctlError as exc:  # never marked: a problem left alone, like any unreadable manifest
             result.problems.append(f"run {verdict.run_id}: {exc.message.removeprefix(f'run {verdict.run_id}: ')}")
             continue
+        owners.note(manifest)  # also when left alone below: what it names is no other run's to take
         if manifest.provider != provider.name:  # this provider finds none of its snapshots: only the manifest would go
             result.problems.append(f"run {verdict.run_id}: made with the {manifest.provider} provider, not "
                                    f"{provider.name} (the inventory's): left alone, with its snapshots; prune it "
                                    f"with an inventory whose provider is {manifest.provider}")
             continue
-        owners.note(manifest)
         doomed.append((verdict, manifest))
     for verdict, manifest in doomed:
         verdict.status = str(manifest.extra.get(PRUNING, {}).get("was", manifest.status))
