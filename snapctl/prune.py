@@ -95,8 +95,9 @@ class PruneResult:
     confirmed: list[str] = field(default_factory=list)
     # those of them whose pending snapshots this prune completed itself (local); on a dry run: would complete
     completed: list[str] = field(default_factory=list)
-    # which manifest names each snapshot, as the plan read them: apply asks it again, not the catalog
-    owners: Owners | None = field(default=None, repr=False, compare=False)
+    # Which manifest names each snapshot, as the plan read them: apply asks it, not the catalog
+    # again. Set by plan; unannotated, so no dataclass field, and no part of the JSON a prune prints.
+    owners = None  # Owners | None
 
     @property
     def ok(self) -> bool:
@@ -139,7 +140,8 @@ def plan(catalog: Catalog, provider: Provider, retention: Retention, drill_timeo
     tagged = by_run(provider.find({TAG_CLUSTER: catalog.cluster})) if decided.delete else {}
     owners = Owners(catalog)
     result = PruneResult(catalog.cluster, complete_within is None, retention, [], [], problems=problems,
-                         confirmed=confirmed, completed=completed, owners=owners)
+                         confirmed=confirmed, completed=completed)
+    result.owners = owners
     result.kept = [_verdict(d) for d in decided.keep]
     done = _WOULD_COMPLETE if complete_within is None else _COMPLETED
     for verdict in result.kept:
