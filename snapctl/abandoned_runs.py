@@ -128,12 +128,17 @@ def as_stopped_backup(catalog: Catalog, manifest: Manifest) -> str | None:
             f"used as the backup {closes} as (succeeded, its snapshots not confirmed complete)")
 
 
-def newer_stopped_backups(catalog: Catalog, chosen: Manifest) -> list[str]:
+def newer_stopped_backups(catalog: Catalog, chosen: Manifest,
+                          unfinished: list[IndexEntry] | None = None) -> list[str]:
     """For `latest`, which is the newest succeeded run: a warning for each newer run a killed
     snapctl left running after it took every snapshot (``as_stopped_backup`` would use it), so
-    that a restore in a disaster is not of an older backup without a word."""
+    that a restore in a disaster is not of an older backup without a word. ``unfinished``: the
+    runs still running as the lookup of `latest` listed them (else listed now); each is read again
+    before it is named, so one that ended since the listing is not."""
     try:
-        lock, unfinished = catalog.read_lock(), catalog.unfinished()
+        lock = catalog.read_lock()
+        if unfinished is None:
+            unfinished = catalog.unfinished()
     except SnapctlError:
         return []
     now, found = utc_now(), []

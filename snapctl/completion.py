@@ -25,6 +25,7 @@ from snapctl.retention import SUCCEEDED
 
 if TYPE_CHECKING:
     from snapctl.catalog import Catalog
+    from snapctl.catalog.catalog import CatalogLook
     from snapctl.events import Reporter
     from snapctl.manifest import Manifest
 
@@ -135,12 +136,16 @@ class _Stopped(Exception):
     """The backup was interrupted while it completed the newest backup's snapshots."""
 
 
-async def would_complete(catalog: Catalog, provider: Provider, reporter: Reporter) -> None:
-    """For a dry run: say what ``complete_newest_backup`` would complete before the holds."""
-    newest = await _newest_to_complete(catalog, provider)
-    if newest is not None:
-        reporter.step("complete", f"the run would first complete the {len(newest.snapshot_refs())} pending "
-                                  f"snapshots of run {newest.run_id} (backup --no-wait), before any node is held")
+def would_complete(look: CatalogLook, catalog: Catalog, provider: Provider, reporter: Reporter) -> None:
+    """For a dry run: say what ``complete_newest_backup`` would complete before the holds, from the
+    runs its ``look`` listed (which read the newest backup's manifest): not listed again."""
+    newest = next((e for e in look.entries or [] if e.status == SUCCEEDED), None)
+    if not can_complete(provider) or newest is None:
+        return
+    manifest = _to_complete(catalog.unconfirmed(newest.run_id), provider)
+    if manifest is not None:
+        reporter.step("complete", f"the run would first complete the {len(manifest.snapshot_refs())} pending "
+                                  f"snapshots of run {manifest.run_id} (backup --no-wait), before any node is held")
 
 
 async def _newest_to_complete(catalog: Catalog, provider: Provider) -> Manifest | None:
@@ -156,7 +161,11 @@ async def _newest_to_complete(catalog: Catalog, provider: Provider) -> Manifest 
 
 
 def _newest_unconfirmed(catalog: Catalog, provider: Provider) -> Manifest | None:
-    newest = catalog.load(catalog.resolve("latest"))
-    if newest.snapshots_completed or newest.provider != provider.name or not newest.snapshot_refs():
+    return _to_complete(catalog.load(catalog.resolve("latest")), provider)
+
+
+def _to_complete(newest: Manifest | None, provider: Provider) -> Manifest | None:
+    """``newest`` when it is this provider's and its snapshots are not known to be complete."""
+    if newest is None or newest.snapshots_completed or newest.provider != provider.name or not newest.snapshot_refs():
         return None
     return newest

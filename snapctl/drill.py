@@ -41,7 +41,7 @@ from snapctl.drill_teardown import teardown
 from snapctl.errors import BadInputError, EngineError, ExitCode, SnapctlError
 from snapctl.events import NullReporter, Reporter
 from snapctl.evidence import compare_facts, missing_files, volume_roots
-from snapctl.manifest import DrillSummary, Manifest, NodeRecord
+from snapctl.manifest import DrillSummary, IndexEntry, Manifest, NodeRecord
 from snapctl.providers import TAG_DRILL, Provider, SnapshotRef, open_provider, stoppable_by
 from snapctl.redact import redact
 from snapctl.restore import (
@@ -155,7 +155,8 @@ def run_drill(inventory: Inventory, run_ref: str = "latest", *, junit: Path | No
     try:  # a drill that cannot begin (no backup yet, the catalog unreadable) still leaves CI a report saying why
         catalog = open_catalog(inventory)
         skipped: list[str] = []
-        run_id = catalog.resolve(run_ref, skipped)
+        running: list[IndexEntry] = []  # for `latest`: the runs it may have passed over, as listed once
+        run_id = catalog.resolve(run_ref, skipped, running)
         record = f"{catalog.cluster}/drills/{run_id}-{drill_id}.json"
         report = DrillReport(cluster=inventory.cluster, run_id=run_id, drill_id=drill_id, started_at=started_at,
                              provider=str(inventory.provider.get("type")), owner=drill_owner(), kept=keep,
@@ -164,7 +165,7 @@ def run_drill(inventory: Inventory, run_ref: str = "latest", *, junit: Path | No
         # the run after this read checks the records again before deleting, and finds this one.
         _write_record(catalog, report)
         manifest = usable_run(catalog, catalog.load(run_id), "it has nothing to restore", report.warnings,
-                              latest=run_ref.strip() == "latest")  # run_id resolved above: no second scan
+                              latest=run_ref.strip() == "latest", running=running)  # resolved above: no second scan
         for name in manifest.nodes:
             inventory_node(inventory, name)  # every node of the run must still be described
         provider = open_provider(inventory)

@@ -122,8 +122,11 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
     async with open_agents(inventory) as agents:
         # Step 2 comes before step 1 on a dry run: it takes no lock and holds nothing.
         if options.dry_run:
-            await would_complete(catalog, provider, reporter)  # where the run's step 1 would
-            return await dry_run(inventory, provider, volumes, agents, reporter, catalog)
+            # The catalog looked at once: its runs say what the run's step 1 would complete (said
+            # where it would be done), and its lock and writability are reported after the preflight.
+            look = await asyncio.to_thread(catalog.look)
+            would_complete(look, catalog, provider, reporter)
+            return await dry_run(inventory, provider, volumes, agents, reporter, catalog, look)
 
         executor = call_runner(inventory.policy, provider, inventory.provider, len(inventory.nodes),
                                inventory.cluster, inventory.base_dir, sum(len(v.volumes) for v in volumes.values()))

@@ -19,6 +19,7 @@ from snapctl.errors import PreflightRefused, SnapctlError
 from snapctl.events import Reporter
 from snapctl.health import Finding, NodeProbe, Verdict, assess
 from snapctl.left_holds import HELD_ELSEWHERE, name_left_holds
+from snapctl.manifest import IndexEntry
 from snapctl.mounts import inside_by_mounts
 from snapctl.probe import probe_all
 from snapctl.provider_loop import LoopCalls
@@ -38,18 +39,22 @@ class BackupPlan:
 
 
 async def preflight(inventory: Inventory, agents: dict[str, AgentClient], reporter: Reporter,
-                    volumes: dict[str, NodeVolumes], catalog: Catalog | None = None) -> Verdict:
+                    volumes: dict[str, NodeVolumes], catalog: Catalog | None = None,
+                    runs: list[IndexEntry] | None = None) -> Verdict:
     """Ask every agent and grade the answers as a backup would: a node already held is critical,
     and so is one whose engine keeps its data outside the directories that would be snapshotted.
-    ``catalog``: where to look up the run an engine left held belongs to."""
+    ``catalog``: where to look up the run an engine left held belongs to; ``runs``: its runs, when
+    the caller has listed them already (a dry run), not listed again."""
     reporter.step("preflight", f"checking {len(agents)} agents")
     probes = await probe_all(agents, inventory.policy.agent_timeout_s)
     verdict = assess(inventory, probes, for_backup=True)
     if catalog is not None and any(f.message.startswith(HELD_ELSEWHERE) for f in verdict.findings):
-        try:  # read only then: at 1000 nodes the index is no small read
-            entries, _ = await asyncio.to_thread(catalog.list, confirm_newest=False)
-        except SnapctlError:
-            entries = []  # unnamed then: the refusal stands all the same
+        entries = runs
+        if entries is None:
+            try:  # read only then: at 1000 nodes the index is no small read
+                entries, _ = await asyncio.to_thread(catalog.list, confirm_newest=False)
+            except SnapctlError:
+                entries = []  # unnamed then: the refusal stands all the same
         verdict.findings = name_left_holds(verdict.findings, probes, entries)
     verdict.findings += uncovered_data(inventory, probes, volumes) + misplaced_data(inventory, probes)
     for finding in verdict.findings:
@@ -195,20 +200,20 @@ def _on_this_host(agent: str) -> bool:
 
 
 async def dry_run(inventory: Inventory, provider: Provider, volumes: dict[str, NodeVolumes],
-                  agents: dict[str, AgentClient], reporter: Reporter, catalog: Catalog) -> BackupPlan:
-    """The preflight, the catalog as the run's first step needs it (``Catalog.look``), and the
-    provider warmed up (its SDK, its credentials) as a real run does before its first hold: a dry
-    run in CI should fail where the run from cron would. A catalog the run could not lock, read or
-    write, a lock another run holds, and a provider that cannot get ready are critical findings.
-    Takes no lock, holds nothing, writes nothing."""
+                  agents: dict[str, AgentClient], reporter: Reporter, catalog: Catalog,
+                  look: CatalogLook) -> BackupPlan:
+    """The preflight, the catalog as the run's first step needs it (``look``, as the caller took
+    it with ``Catalog.look``), and the provider warmed up (its SDK, its credentials) as a real
+    run does before its first hold: a dry run in CI should fail where the run from cron would. A
+    catalog the run could not lock, read or write, a lock another run holds, and a provider that
+    cannot get ready are critical findings. Takes no lock, holds nothing, writes nothing."""
     # The client the run will use: its async one where the run would use it, else the blocking one.
     async_client = uses_async_create(inventory.policy, provider, min(inventory.policy.concurrency, len(inventory.nodes)))
     checker = LoopCalls(provider, 1) if async_client else ProviderThreads(1, warm_up=provider.warm_up)
     checker.start()  # in a thread of its own: loading an SDK overlaps the preflight's fan-out
     try:
-        verdict = await preflight(inventory, agents, reporter, volumes, catalog)
+        verdict = await preflight(inventory, agents, reporter, volumes, catalog, look.entries)
         reporter.step("catalog", f"checking that {catalog.describe()} can be locked, read and written")
-        look = await asyncio.to_thread(catalog.look)
         for finding in catalog_refusals(look, datetime.now(UTC)):
             verdict.findings.append(finding)
             reporter.finding(finding)

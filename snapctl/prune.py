@@ -39,7 +39,8 @@ from snapctl.gc import delete_snapshot as _delete_snapshot
 from snapctl.providers import TAG_CLUSTER, Provider, open_provider
 from snapctl.prune_in_use import in_use_records
 from snapctl.prune_marks import mark_pruning, stopped_prune, unmark_pruning
-from snapctl.prune_plan import Owners, PruneResult, RunVerdict, by_run, doomed_refs, plan, spared_while_in_use
+from snapctl.prune_plan import PruneResult, RunVerdict, plan, spared_while_in_use
+from snapctl.prune_refs import Owners, by_run, doomed_refs
 from snapctl.redact import redact
 from snapctl.timestamps import utc_text
 
@@ -96,6 +97,7 @@ def apply(planned: PruneResult, catalog: Catalog, provider: Provider, still_lock
                 if spared_while_in_use(catalog, verdict, result, drill_timeout_s, records):  # began since the plan
                     continue
                 # As it is now, by compare-and-swap: a drill's summary written meanwhile is not lost.
+                # So the run's manifest is read again here, on purpose: the plan's copy may be stale.
                 since = utc_text(datetime.now(UTC))
                 marking[verdict.run_id] = since
                 manifest = catalog.update(verdict.run_id, partial(mark_pruning, since=since))
@@ -103,7 +105,10 @@ def apply(planned: PruneResult, catalog: Catalog, provider: Provider, still_lock
                     continue  # deleted meanwhile: nothing of it is left to prune
                 doomed.append((verdict, manifest))
         tagged = by_run(provider.find({TAG_CLUSTER: catalog.cluster})) if doomed else {}
-        owners = Owners(catalog)
+        # The plan's, not every manifest read again: only a run holding the lock changes what a
+        # manifest names, and this prune holds it. A run deleted below stays in it, which changes
+        # nothing: its snapshots went with it, or stay with it where their deletion failed.
+        owners = planned.owners if planned.owners is not None else Owners(catalog)
         with catalog.lines_held() as write_lines:
             for verdict, manifest in doomed:
                 still_locked()

@@ -19,10 +19,9 @@ from typing import TYPE_CHECKING
 from snapctl.catalog import Catalog
 from snapctl.completion import CompletionBudget, can_complete, complete_snapshots
 from snapctl.errors import SnapctlError
-from snapctl.gc import named_by as _named_by
-from snapctl.gc import stored_runs as _stored_runs
-from snapctl.providers import TAG_CLUSTER, TAG_RUN, Provider, SnapshotRef
+from snapctl.providers import TAG_CLUSTER, Provider
 from snapctl.prune_in_use import in_use, in_use_records
+from snapctl.prune_refs import Owners, by_run, doomed_refs
 from snapctl.retention import PRUNING, SUCCEEDED, Decision, RetentionPlan, Run, decide
 
 if TYPE_CHECKING:
@@ -54,6 +53,9 @@ class PruneResult:
     confirmed: list[str] = field(default_factory=list)
     # those of them whose pending snapshots this prune completed itself (local); on a dry run: would complete
     completed: list[str] = field(default_factory=list)
+    # Which manifest names each snapshot, as the plan read them: apply asks it, not the catalog
+    # again. Set by plan; unannotated, so no dataclass field, and no part of the JSON a prune prints.
+    owners = None  # Owners | None
 
     @property
     def ok(self) -> bool:
@@ -78,6 +80,7 @@ def plan(catalog: Catalog, provider: Provider, retention: Retention, drill_timeo
     owners = Owners(catalog)
     result = PruneResult(catalog.cluster, complete_within is None, retention, [], [], problems=problems,
                          confirmed=confirmed, completed=completed)
+    result.owners = owners
     result.kept = [_verdict(d) for d in decided.keep]
     done = _WOULD_COMPLETE if complete_within is None else _COMPLETED
     for verdict in result.kept:
@@ -87,6 +90,7 @@ def plan(catalog: Catalog, provider: Provider, retention: Retention, drill_timeo
         result.kept.insert(0, RunVerdict(pending.run_id, pending.started_at, pending.status,
                                          ["its snapshots are not complete yet (--no-wait): not counted"]))
     records = in_use_records(catalog) if decided.delete else {}  # apply looks again
+    doomed: list[tuple[RunVerdict, Manifest]] = []  # every one read before any is judged: see Owners.note
     for decision in decided.delete:
         verdict = _verdict(decision)
         if spared_while_in_use(catalog, verdict, result, drill_timeout_s, records):
@@ -96,11 +100,14 @@ def plan(catalog: Catalog, provider: Provider, retention: Retention, drill_timeo
         except SnapctlError as exc:  # never marked: a problem left alone, like any unreadable manifest
             result.problems.append(f"run {verdict.run_id}: {exc.message.removeprefix(f'run {verdict.run_id}: ')}")
             continue
+        owners.note(manifest)  # also when left alone below: what it names is no other run's to take
         if manifest.provider != provider.name:  # this provider finds none of its snapshots: only the manifest would go
             result.problems.append(f"run {verdict.run_id}: made with the {manifest.provider} provider, not "
                                    f"{provider.name} (the inventory's): left alone, with its snapshots; prune it "
                                    f"with an inventory whose provider is {manifest.provider}")
             continue
+        doomed.append((verdict, manifest))
+    for verdict, manifest in doomed:
         verdict.status = str(manifest.extra.get(PRUNING, {}).get("was", manifest.status))
         refs = doomed_refs(manifest, tagged, owners)
         if manifest.status == PRUNING:  # an earlier prune deleted some already: name what is left
@@ -227,48 +234,3 @@ _WOULD_COMPLETE = "its snapshots are pending (backup --no-wait): the prune compl
 def _verdict(decision: Decision) -> RunVerdict:
     run = decision.run
     return RunVerdict(run.run_id, run.started_at, run.status, list(decision.reasons))
-
-
-def by_run(refs: list[SnapshotRef]) -> dict[str, list[SnapshotRef]]:
-    grouped: dict[str, list[SnapshotRef]] = {}
-    for ref in refs:
-        grouped.setdefault(ref.tags.get(TAG_RUN, ""), []).append(ref)
-    return grouped
-
-
-class Owners:
-    """Which readable run's manifest names each snapshot id. Read once, and only for a run that
-    has snapshots tagged with it which its manifest does not name. (A run whose manifest cannot be
-    read keeps what is tagged with it, as gc does: those snapshots are not tagged with this run.)"""
-
-    def __init__(self, catalog: Catalog) -> None:
-        self.catalog = catalog
-        self._owners: dict[str, str] | None = None
-
-    def __call__(self) -> dict[str, str]:
-        if self._owners is None:
-            self._owners = _named_by(self.catalog, sorted(_stored_runs(self.catalog)))[0]
-        return self._owners
-
-
-def doomed_refs(manifest: Manifest, tagged: dict[str, list[SnapshotRef]], owners: Owners) -> list[SnapshotRef]:
-    """A run's snapshots: its manifest's, and those tagged with it that it does not name (a backup
-    killed before it recorded them), unless another run's manifest names them: a tag changed by
-    hand, or by a policy, to this run's id must not cost that run its snapshot."""
-    own = manifest.snapshot_refs()
-    named = {ref.snapshot_id for ref in own}
-    extra = [ref for ref in tagged.get(manifest.run_id, []) if ref.snapshot_id not in named]
-    if extra:
-        others = owners()
-        extra = [ref for ref in extra if ref.snapshot_id not in others]
-    return _unique(own + extra)
-
-
-def _unique(refs: list[SnapshotRef]) -> list[SnapshotRef]:
-    """The first of each snapshot id: the manifest's entry before the provider's, so that the
-    cluster tag the manifest recorded is the one checked."""
-    unique: dict[str, SnapshotRef] = {}
-    for ref in refs:
-        unique.setdefault(ref.snapshot_id, ref)
-    return list(unique.values())
-

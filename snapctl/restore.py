@@ -29,7 +29,7 @@ from snapctl.engine_paths import no_engine_path, remap_paths
 from snapctl.errors import BadInputError, CatalogError, Interrupted, SnapctlError
 from snapctl.events import NullReporter, Reporter
 from snapctl.evidence import compare_facts, missing_files, volume_roots
-from snapctl.manifest import Manifest, NodeRecord
+from snapctl.manifest import IndexEntry, Manifest, NodeRecord
 from snapctl.providers import Provider, RestoreTarget, SnapshotRef, node_volumes, open_provider
 from snapctl.redact import redact
 from snapctl.restore_leftovers import EACH_NODE, places_of
@@ -110,7 +110,8 @@ def restore_run(inventory: Inventory, run_ref: str, to: Path | None = None, *, z
 
     catalog = open_catalog(inventory)
     skipped: list[str] = []
-    run_id = catalog.resolve(run_ref, skipped)
+    running: list[IndexEntry] = []  # for `latest`: the runs it may have passed over, as listed once
+    run_id = catalog.resolve(run_ref, skipped, running)
     to = to.absolute() if to is not None else None  # a flag's path is the caller's, not the inventory's
     where = target_text(to, zone)
     started_at = datetime.now(UTC)
@@ -127,7 +128,7 @@ def restore_run(inventory: Inventory, run_ref: str, to: Path | None = None, *, z
     made: list[tuple[SnapshotRef, str]] = []
     try:
         result = _restore(inventory, catalog, run_id, to, where, zone=zone, attach=attach, verify=verify, made=made,
-                          reporter=reporter or NullReporter(), latest=run_ref.strip() == "latest")
+                          reporter=reporter or NullReporter(), latest=run_ref.strip() == "latest", running=running)
         result.record = record.key if record_it else None
         result.warnings = skipped + result.warnings
         record.outcome = "restored" if result.ok else "mismatch"
@@ -151,10 +152,10 @@ def restore_run(inventory: Inventory, run_ref: str, to: Path | None = None, *, z
 
 def _restore(inventory: Inventory, catalog: Catalog, run_id: str, to: Path | None, where: str, *, zone: str | None,
              attach: bool, verify: bool, made: list[tuple[SnapshotRef, str]], reporter: Reporter,
-             latest: bool = False) -> RestoreResult:
+             latest: bool = False, running: list[IndexEntry] | None = None) -> RestoreResult:
     warnings: list[str] = []
     manifest, provider, nodes, roots = checked_run(inventory, catalog, run_id, to, zone=zone, attach=attach,
-                                                   warnings=warnings, latest=latest)
+                                                   warnings=warnings, latest=latest, running=running)
     result = RestoreResult(manifest.run_id, where, [], warnings=warnings)
     reporter.step("restore", f"restoring run {manifest.run_id} ({len(manifest.nodes)} nodes) into {where}")
     try:
@@ -193,11 +194,13 @@ def record_refused(exc: CatalogError, run_id: str) -> CatalogError:
 
 
 def checked_run(inventory: Inventory, catalog: Catalog, run_id: str, to: Path | None, *, zone: str | None,
-                attach: bool, warnings: list[str], latest: bool = False
+                attach: bool, warnings: list[str], latest: bool = False, running: list[IndexEntry] | None = None
                 ) -> tuple[Manifest, Provider, dict[str, Node], dict[str, Path | None]]:
     """What a restore of ``run_id`` (resolved: no second scan) checks before restoring anything, for
-    it and its dry run alike: (the run, the provider, the run's nodes, each node's directory or None)."""
-    manifest = usable_run(catalog, catalog.load(run_id), "it has nothing to restore", warnings, latest=latest)
+    it and its dry run alike: (the run, the provider, the run's nodes, each node's directory or None).
+    ``running``: the runs the resolution found running (``usable_run``)."""
+    manifest = usable_run(catalog, catalog.load(run_id), "it has nothing to restore", warnings, latest=latest,
+                          running=running)
     nodes = {name: inventory_node(inventory, name) for name in manifest.nodes}
     provider = open_provider(inventory)
     check_provider(manifest, provider)

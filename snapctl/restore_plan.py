@@ -14,6 +14,7 @@ from pathlib import Path
 from snapctl.catalog import open_catalog
 from snapctl.errors import CatalogError
 from snapctl.events import NullReporter, Reporter
+from snapctl.manifest import IndexEntry
 from snapctl.restore import (
     checked_run,
     needs_its_server,
@@ -68,7 +69,8 @@ def plan_restore(inventory, run_ref: str, to: Path | None = None, *, zone: str |
     reporter = reporter or NullReporter()
     catalog = open_catalog(inventory)
     warnings: list[str] = []
-    run_id = catalog.resolve(run_ref, warnings)
+    running: list[IndexEntry] = []  # for `latest`: the runs it may have passed over, as listed once
+    run_id = catalog.resolve(run_ref, warnings, running)
     to = to.absolute() if to is not None else None  # as restore_run: a flag's path is the caller's
     record, record_checked = None, False
     if record_it:
@@ -81,7 +83,8 @@ def plan_restore(inventory, run_ref: str, to: Path | None = None, *, zone: str |
             raise record_refused(exc, run_id) from exc
     reporter.step("restore", f"dry run: checking a restore of run {run_id} into {target_text(to, zone)}")
     manifest, provider, nodes, roots = checked_run(inventory, catalog, run_id, to, zone=zone, attach=attach,
-                                                   warnings=warnings, latest=run_ref.strip() == "latest")
+                                                   warnings=warnings, latest=run_ref.strip() == "latest",
+                                                   running=running)
     files = not getattr(provider, "restore_makes_cloud_volumes", False)
     plan = RestorePlan(catalog.cluster, provider.name, manifest.run_id, target_text(to, zone), record,
                        record_checked=record_checked, warnings=warnings)

@@ -6,21 +6,22 @@ from __future__ import annotations
 from snapctl.abandoned_runs import as_stopped_backup, newer_stopped_backups
 from snapctl.catalog import Catalog
 from snapctl.errors import BadInputError
-from snapctl.manifest import Manifest
+from snapctl.manifest import IndexEntry, Manifest
 from snapctl.providers import Provider
 
 
 def usable_run(catalog: Catalog, manifest: Manifest, nothing: str, warnings: list[str], *,
-               latest: bool = False) -> Manifest:
+               latest: bool = False, running: list[IndexEntry] | None = None) -> Manifest:
     """A succeeded run, or one a killed snapctl left running with every snapshot taken (which a
     warning then says): what restore, drill and verify use; else the refusal. ``latest``: the
-    run is `latest`, and a newer such run is named in a warning."""
+    run is `latest`, and a newer such run is named in a warning; ``running``: the runs its lookup
+    found running (``Catalog.resolve``), else the catalog is listed again for them."""
     if (stopped := as_stopped_backup(catalog, manifest)) is not None:
         warnings.append(stopped)
     elif manifest.status != "succeeded":
         raise not_succeeded(manifest, nothing)
     elif latest:
-        warnings += newer_stopped_backups(catalog, manifest)
+        warnings += newer_stopped_backups(catalog, manifest, running)
     return manifest
 
 

@@ -16,7 +16,7 @@ from typing import Literal
 
 from snapctl.catalog import open_catalog
 from snapctl.config import Inventory
-from snapctl.manifest import Manifest
+from snapctl.manifest import IndexEntry, Manifest
 from snapctl.providers import TAG_CLUSTER, TAG_NODE, TAG_RUN, TAG_VOLUME, Provider, SnapshotRef, open_provider
 from snapctl.usable_run import check_provider, usable_run
 
@@ -72,8 +72,9 @@ class VerifyResult:
 def verify_run(inventory: Inventory, run_ref: str) -> VerifyResult:
     catalog = open_catalog(inventory)
     skipped: list[str] = []
-    manifest = usable_run(catalog, catalog.load(catalog.resolve(run_ref, skipped)), "it has no snapshots to verify",
-                          skipped, latest=run_ref.strip() == "latest")
+    running: list[IndexEntry] = []  # for `latest`: the runs it may have passed over, as listed once
+    manifest = usable_run(catalog, catalog.load(catalog.resolve(run_ref, skipped, running)),
+                          "it has no snapshots to verify", skipped, latest=run_ref.strip() == "latest", running=running)
     provider = open_provider(inventory)
     check_provider(manifest, provider)
     recorded = [ref for record in manifest.nodes.values() for ref in record.snapshots]

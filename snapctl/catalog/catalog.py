@@ -130,13 +130,17 @@ class Catalog(ManifestIndex):
         entries, _ = self._scan()
         return next((e for e in entries if status is None or e.status == status), None)
 
-    def resolve(self, ref: str, skipped: list[str] | None = None) -> str:
+    def resolve(self, ref: str, skipped: list[str] | None = None, running: list[IndexEntry] | None = None) -> str:
         """A run id from a full id, a unique prefix of one, or ``latest`` (the newest succeeded run).
         ``skipped`` collects a warning for each run ``latest`` passed over that may be newer: its
-        manifest cannot be read (or is missing), so whether it is a good backup cannot be told."""
+        manifest cannot be read (or is missing), so whether it is a good backup cannot be told.
+        ``running`` collects the runs the lookup found still running (``unfinished``'s answer), for
+        a caller that judges them next: the catalog is not listed again."""
         ref = ref.strip()
         indexed: dict[str, IndexEntry] = {}
         entries, problems = self._scan(seen=indexed)
+        if running is not None:
+            running += [e for e in entries if e.status == RUNNING]
         if ref == "latest":
             newest = next((e for e in entries if e.status == "succeeded"), None)
             if newest is not None and skipped is not None:

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from snapctl.catalog import BlobStore
 from snapctl.errors import CatalogError, LockHeld, RunFailed, SnapctlError
-from snapctl.process_identity import identity, of_an_earlier_boot, pid_here, runs
+from snapctl.process_identity import identity, not_running, of_an_earlier_boot, pid_here, runs
 from snapctl.timestamps import AwareUtcTime
 
 if TYPE_CHECKING:
@@ -118,13 +118,14 @@ def _on_this_host(record: LockRecord) -> bool | None:
     it is gone when the pid runs nothing or a process begun at another time (the pid handed out
     again). A lock of an earlier boot of this host is gone too, whatever its pid
     (``_of_an_earlier_boot``). Another pid namespace (a container given this host's name) proves
-    nothing. A lock of an older snapctl has only its pid: whether some process has it here."""
+    nothing. A lock of an older snapctl has only its pid: whether some process runs as it here
+    (a zombie, dead but not reaped, runs no code, and holds nothing)."""
     pid = pid_here(record.owner)
     if pid is None:
         return None
     process = record.owner_process
     if process is None:
-        return _pid_exists(pid)
+        return not not_running(pid)
     if not isinstance(process, dict) or process.get("pid") != pid:
         return None  # not what any snapctl writes: a hand-edited record proves nothing
     if _of_an_earlier_boot(record):
@@ -150,16 +151,6 @@ def _of_an_earlier_boot(record: LockRecord) -> bool:
     if utc_now() < written + (record.expires_at - written) * 5 / 6:
         return False  # a live owner's next renewal may still be on its way
     return of_an_earlier_boot(record.owner_process, written)
-
-
-def _pid_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # a process we may not signal
-    return True
 
 
 def _why_gone(record: LockRecord) -> str:

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -166,3 +167,30 @@ def test_a_lock_of_another_pid_namespace_is_not_judged_by_a_pid_of_ours(tmp_path
     hint, gone = _refusal(tmp_path, _dead_pid(), {**OURS, "pid_ns": "pid:[4026531999]"})
     assert hint.startswith("wait for that run to finish"), hint
     assert not gone
+
+
+def test_an_older_snapctls_lock_whose_owner_is_a_zombie_not_yet_reaped_is_gone(tmp_path: Path) -> None:
+    # A lock without owner_process is judged by its pid alone, and signal 0 reaches a zombie: a
+    # holder that died but whose parent had not reaped it (pid 1 in some containers never does)
+    # was taken for a live run, its lock's hint saying to wait and `list` showing its run running.
+    child = subprocess.Popen(["true"])  # never waited for until the end: it stays a zombie
+    try:
+        stat = Path(f"/proc/{child.pid}/stat")
+        for _ in range(500):
+            if stat.read_text().rpartition(")")[2].split()[0] == "Z":
+                break
+            time.sleep(0.01)
+        else:
+            pytest.fail(f"pid {child.pid} never became a zombie")
+        now = utc_now()
+        store = LocalBlobStore(tmp_path / "catalog")
+        store.write("prod/lock.json", LockRecord(owner=f"ops@{HERE}:{child.pid}", run_id="r1", acquired_at=now,
+                                                 expires_at=now + timedelta(hours=1)).encode())
+        assert Catalog(store, "prod").read_lock().owner_process is None  # as an older snapctl wrote it
+        with pytest.raises(LockHeld) as held:
+            Catalog(store, "prod").acquire_lock(run_owner(), "r2", ttl_s=60)
+        assert held.value.hint.startswith("that process is no longer running on this host: the next run takes"), \
+            held.value.hint
+        assert owner_gone("r1", Catalog(store, "prod").read_lock(), utc_now())
+    finally:
+        child.wait()

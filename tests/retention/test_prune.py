@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import tempfile
+from collections import Counter
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from snapctl.prune_plan import plan
 from snapctl.render import Renderer
 from snapctl.render.retention import prune_text
 from snapctl.retention import PRUNING, Run, decide
+from tests.catalog.test_scale import CallCountingStore
 
 from .conftest import CLUSTER, T0, Scene, inventory, make_scene, snapshots_of
 
@@ -423,3 +425,23 @@ def test_a_kept_runs_snapshot_retagged_with_a_pruned_runs_id_is_not_deleted_with
     [deleted] = result.deleted
     assert deleted.run_id == "r0" and ref.snapshot_id not in deleted.snapshots
     assert ref.snapshot_id in scene.snapshot_ids() and len(unrecorded) == 2 and not unrecorded & scene.snapshot_ids()
+
+
+def test_a_prune_reads_a_doomed_runs_manifest_once_to_plan_and_once_to_mark_it(scene: Scene) -> None:
+    # A doomed run with snapshots tagged with it that its manifest does not name (a backup killed
+    # before it recorded them) makes prune look up which manifest names them: it read every
+    # manifest for that in its plan, and each again in apply, the doomed ones read by then already.
+    scene.add_run("r0", T0, recorded=False)
+    unrecorded = snapshots_of(scene, {"r0"})
+    for day in (1, 2, 3):
+        scene.add_run(f"r{day}", T0 + timedelta(days=day))
+    store = CallCountingStore(scene.root / "catalog")
+    catalog = Catalog(store, CLUSTER)
+
+    planned = plan(catalog, scene.provider, Retention(keep_last=1, daily=0, weekly=0, monthly=0), 60.0)
+    done = apply(planned, catalog, scene.provider, lambda: None, 60.0)
+
+    assert [v.run_id for v in done.deleted] == ["r0", "r1", "r2"] and not unrecorded & scene.snapshot_ids()
+    # A doomed run's: planned, then marked (the mark's compare-and-swap reads it as it is now);
+    # the kept run's: confirmed as the backup kept, then asked which snapshots it names.
+    assert Counter(store.manifests_read()) == {"r0": 2, "r1": 2, "r2": 2, "r3": 2}
