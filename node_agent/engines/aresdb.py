@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from node_agent.engines.base import EngineSettings, split_user_info
 from node_agent.models import EngineState, EngineStatus, JobResult, VerifyFacts
-from snapctl.errors import EngineBusy, EngineError
+from snapctl.errors import BadInputError, EngineBusy, EngineError
 
 log = logging.getLogger("snapctl.agent.aresdb")
 
@@ -155,11 +155,12 @@ class AresDBEngine:
         if not shard:
             chosen = [(t, s) for t, s in configured if t == name]
             if not chosen:
-                raise EngineError(f"aresdb table {name!r} is not configured for this node",
-                                  hint="add it to engine.tables or name it as table/shard")
+                raise BadInputError(f"aresdb table {name!r} is not configured for this node",
+                                    hint="add it to engine.tables or name it as table/shard")
             return chosen
         if not shard.isdigit():
-            raise EngineError(f"aresdb target {target!r}: shard must be a number (table/shard)")
+            raise BadInputError(f"aresdb target {target!r}: shard must be a number (table/shard)",
+                                hint=f"e.g. {name}/0")
         return [(name, int(shard))]
 
     def _snapshot_shard(self, table: str, shard: int) -> JobResult:

@@ -56,8 +56,14 @@ def test_trigger_one_table_or_one_shard(make) -> None:
     assert [j.target for j in engine.trigger("dim_city")] == ["dim_city/0", "dim_city/1"]
     assert [j.target for j in engine.trigger("dim_driver/0")] == ["dim_driver/0"]
     assert [j.target for j in engine.trigger("dim_city|1")] == ["dim_city/1"]
-    with pytest.raises(EngineError, match="not configured"):
+    # Unknown targets are the caller's bad input (the agent's 400, `snapctl trigger` exit 2), not
+    # the engine's failure (502).
+    with pytest.raises(BadInputError, match="aresdb table 'dim_nope' is not configured for this node") as caught:
         engine.trigger("dim_nope")
+    assert caught.value.hint == "add it to engine.tables or name it as table/shard"
+    with pytest.raises(BadInputError, match=r"shard must be a number \(table/shard\)") as caught:
+        engine.trigger("dim_city/x")
+    assert caught.value.hint == "e.g. dim_city/0"
 
 
 def test_disabled_snapshot_jobs_are_an_error_not_a_success(make) -> None:

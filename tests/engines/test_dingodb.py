@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from node_agent.engines.dingodb import DingoDBEngine, DingoDBSettings, region_id_of
-from snapctl.errors import EngineBusy, EngineError
+from snapctl.errors import BadInputError, EngineBusy, EngineError
 from tests.fakes.dingodb import SERVICES, FakeDingoStore
 
 
@@ -117,8 +117,14 @@ def test_trigger_by_group_name_and_unknown_group(make) -> None:
     store, engine = make()
     group = store.regions[1002].group
     assert [j.target for j in engine.trigger(group)] == ["region 1002"]
-    with pytest.raises(EngineError, match="no raft group 'nope'"):
+    # Unknown targets are the caller's bad input (the agent's 400, `snapctl trigger` exit 2), not
+    # the engine's failure (502); a configured region the store lacks still is (above).
+    with pytest.raises(BadInputError, match="no raft group 'nope'") as caught:
         engine.trigger("nope")
+    assert caught.value.hint == "regions here: 1001, 1002"
+    with pytest.raises(BadInputError, match="has no region 9999") as caught:
+        engine.trigger("9999")
+    assert caught.value.hint == "regions here: 1001, 1002"
 
 
 @pytest.mark.parametrize(("header", "parts"), [("brackets", 4), ("bare", 3)])

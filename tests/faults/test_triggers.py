@@ -89,3 +89,14 @@ def test_a_backup_trigger_that_fails_on_some_nodes_is_reported_and_the_backup_go
     assert node2.endswith(" within 2s (/v1/trigger)")
     assert "node1: trigger failed (region 1001 failed: " in err and "node2: trigger failed (no answer" in err
     assert cluster.held() == set()
+
+
+def test_snapctl_trigger_of_a_region_the_store_does_not_have_is_bad_input(make_cluster, tmp_path):
+    # The agent answered 502 (an engine failure): exit 1, as if the cluster had failed.
+    with FakeDingoStore(region_ids=(1001,)) as store:
+        cluster: FaultCluster = make_cluster(engines={"node1": _dingodb(store, tmp_path / "cluster0" / "node1" / "data")})
+        result = cluster.snapctl("trigger", "9999", "--node", "node1", "-o", "json")
+    assert result.returncode == ExitCode.BAD_INPUT, result.stdout + result.stderr
+    [node] = result.json["data"]["nodes"]
+    assert node["bad_input"] and not node["ok"] and node["jobs"] == []
+    assert node["error"].endswith("has no region 9999") and node["hint"] == "regions here: 1001"
