@@ -102,18 +102,19 @@ class DingoDBEngine:
         failed = [job for job in jobs if job.status != "succeeded"]
         if failed:
             raise EngineError("dingodb prepare failed: " + "; ".join(f"{j.target}: {j.detail}" for j in failed))
-        groups = self._raft_groups()
+        # Every call that can fail comes before the hold is marked: a prepare that fails holds nothing.
+        groups, version = self._raft_groups(), self._version()
         now = datetime.now(timezone.utc)
-        self._hold_run, self._held_since = run_id, now
         self._state = EngineState(
             engine=self.name,
-            version=self._version(),
+            version=version,
             prepared_at=now,
             facts=_facts(groups, self._wanted_ids(groups)),
             files=[str(self.data_path)],
             raft=groups,
             details={"rpc_era": self._era, "snapshots": [job.model_dump() for job in jobs]},
         )
+        self._hold_run, self._held_since = run_id, now
         return self._state
 
     def complete(self, run_id: str) -> None:

@@ -11,6 +11,7 @@ import pytest
 from node_agent.engines.dingodb import DingoDBEngine, DingoDBSettings, region_id_of
 from snapctl.errors import BadInputError, EngineBusy, EngineError
 from tests.fakes.dingodb import SERVICES, FakeDingoStore
+from tests.fakes.engine_http import Response
 
 
 @pytest.fixture
@@ -102,6 +103,20 @@ def test_prepare_fails_naming_the_region_that_did_not_snapshot(make) -> None:
     with pytest.raises(EngineError, match="region 1002: .*ERAFT_NOTLEADER"):
         engine.prepare("r1")
     assert not engine.status().held
+
+
+def test_a_prepare_that_fails_after_its_snapshots_holds_nothing(make) -> None:
+    # The hold was marked before /version was read: a /version that failed left the store held by
+    # a run whose prepare had failed, every trigger refused busy, another run's prepare too.
+    store, engine = make()
+    answer = store.server.handle
+    store.server.handle = lambda request: Response(drop=True) if request.path == "/version" else answer(request)
+    with pytest.raises(EngineError, match="is unreachable"):
+        engine.prepare("r1")
+    assert not engine.status().held and engine.status().details["run_id"] is None
+    store.server.handle = answer
+    assert [job.status for job in engine.trigger(None)] == ["succeeded", "succeeded"]
+    assert engine.prepare("r2").version == "dingo-store 0.9.0"
 
 
 def test_configured_regions_only(make) -> None:
