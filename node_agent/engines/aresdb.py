@@ -200,7 +200,16 @@ class AresDBEngine:
         path = f"/dbg/{quote(table, safe='')}/{shard}/snapshot"
         # The handler answers once the scheduler has picked the job up: allow the whole job wait.
         wait = max(self.settings.timeout_s, deadline - time.monotonic())
-        response = self._request("POST", path, read_timeout=wait)
+        try:
+            response = self._request("POST", path, read_timeout=wait)
+        except EngineError as exc:
+            # It answered nothing for the whole wait: the scheduler's one job executor is busy, not
+            # AresDB gone; this shard fails and the next is tried.
+            if not isinstance(exc.__cause__, httpx.ReadTimeout):
+                raise
+            return (f"the scheduler did not start the snapshot job within job_wait_s "
+                    f"({self.settings.job_wait_s:g}s): another job such as archiving or backfill may be running; "
+                    "see the aresdb log")
         if response.status_code == 200 and not response.content.strip():
             return "snapshot jobs are disabled on this aresdb (empty answer to the snapshot request)"
         if response.status_code != 200:
