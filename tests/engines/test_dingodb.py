@@ -47,7 +47,8 @@ def test_auto_finds_the_snapshot_rpc_of_every_era(make, era: str) -> None:
 
 def test_a_configured_era_is_not_probed(make) -> None:
     store, engine = make(store_options={"era": "debug"}, rpc_era="store")
-    with pytest.raises(EngineError, match=r"HTTP 404 \(brpc error 1001\)") as caught:
+    with pytest.raises(EngineError, match=r"HTTP 404 \(brpc error 1002\): \[E1002\]Fail to find method on "
+                                           r"`/dingodb.pb.store.StoreService/Snapshot'") as caught:
         engine.trigger("1001")
     assert "rpc_era" in (caught.value.hint or "")
     assert store.rpc_calls == []
@@ -238,8 +239,8 @@ def test_a_raft_port_without_raft_stat_is_said_to_be_the_wrong_port_not_a_garble
                                            data_path=str(tmp_path)), base_dir=tmp_path)
     try:
         status = engine.status()
-        said = (f"dingodb at {store.server.url} answered /raft_stat with HTTP 404 (brpc error 1001): "
-                "[E1001]Fail to find service=/raft_stat")
+        said = (f"dingodb at {store.server.url} answered /raft_stat with HTTP 404 (brpc error 1002): "
+                "[E1002]Fail to find method on `/raft_stat'")
         assert not status.reachable, "a backup would fail here"
         assert status.error == f"{said} (hint: raft must be the store's raft port (the one serving /raft_stat), " \
                                "not its server port)"
