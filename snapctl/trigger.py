@@ -1,4 +1,4 @@
-"""`snapctl trigger`: run the engines' own snapshots on chosen nodes, all at once."""
+"""`snapctl trigger` and a backup's step 3: run the engines' own snapshots on the nodes, all at once."""
 
 from __future__ import annotations
 
