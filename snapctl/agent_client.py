@@ -82,7 +82,10 @@ class AgentClient(Protocol):
 
     async def complete(self, run_id: str) -> CompleteResponse: ...
 
-    async def trigger(self, target: str | None = None) -> TriggerResponse: ...
+    async def trigger(self, target: str | None = None, timeout_s: float | None = None) -> TriggerResponse:
+        """``timeout_s``: how long the engine's snapshots may take (minutes on DingoDB and AresDB,
+        region after region); default: the agent timeout."""
+        ...
 
     async def restore_prepare(self, path: str | None = None, check_only: bool = False) -> None:
         """``check_only``: the agent only says whether it would take ``path`` (its 400 if not)."""
@@ -156,8 +159,8 @@ class HttpAgentClient:
     async def complete(self, run_id: str) -> CompleteResponse:
         return await self._call("POST", "/v1/complete", {"run_id": run_id}, model=CompleteResponse)
 
-    async def trigger(self, target: str | None = None) -> TriggerResponse:
-        return await self._call("POST", "/v1/trigger", {"target": target}, model=TriggerResponse)
+    async def trigger(self, target: str | None = None, timeout_s: float | None = None) -> TriggerResponse:
+        return await self._call("POST", "/v1/trigger", {"target": target}, timeout_s, model=TriggerResponse)
 
     async def restore_prepare(self, path: str | None = None, check_only: bool = False) -> None:
         request: dict[str, Any] = {"path": path}
@@ -343,8 +346,8 @@ class EmbeddedAgentClient:
     async def complete(self, run_id: str) -> CompleteResponse:
         return await self._call(self.service.complete, run_id)
 
-    async def trigger(self, target: str | None = None) -> TriggerResponse:
-        return await self._call(self.service.trigger, target)
+    async def trigger(self, target: str | None = None, timeout_s: float | None = None) -> TriggerResponse:
+        return await self._call(self.service.trigger, target, timeout_s=timeout_s)
 
     async def restore_prepare(self, path: str | None = None, check_only: bool = False) -> None:
         await self._call(self.service.restore_prepare, path, check_only)

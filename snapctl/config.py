@@ -107,6 +107,7 @@ class Policy(Strict):
     max_freeze_s: float = 60.0  # a node held longer than this fails the run
     agent_timeout_s: float = 10.0  # per request to an agent
     prepare_timeout_s: float = 60.0  # the engine's time to answer a prepare, from the hold instant on
+    trigger_timeout_s: float = 600.0  # a backup's engine snapshots (--trigger), per node
     snapshot_timeout_s: float = 120.0  # per node, until its create calls returned
     wait_timeout_s: float = 3600.0  # until every snapshot completed
     max_follower_lag: Count = 10_000  # raft entries
@@ -154,8 +155,8 @@ class Policy(Strict):
         return value
 
     @field_validator(
-        "lease_ttl_s", "max_freeze_s", "agent_timeout_s", "prepare_timeout_s", "snapshot_timeout_s",
-        "wait_timeout_s", "max_snapshot_busy_s", "lock_ttl_s", mode="before",
+        "lease_ttl_s", "max_freeze_s", "agent_timeout_s", "prepare_timeout_s", "trigger_timeout_s",
+        "snapshot_timeout_s", "wait_timeout_s", "max_snapshot_busy_s", "lock_ttl_s", mode="before",
     )
     @classmethod
     def _duration(cls, value: Any) -> float:

@@ -55,6 +55,7 @@ from snapctl.run_failure import (
     rollback_complete_failed,
     run_failure,
 )
+from snapctl.trigger import before_backup
 
 
 @dataclass
@@ -213,7 +214,7 @@ async def _hold_snapshot_release(run: _Run, options: BackupOptions) -> None:
     # 3. Optionally the engines' own snapshots first: a shorter replay after a restore.
     if options.trigger if options.trigger is not None else policy.trigger_engine_snapshot:
         run.reporter.step("trigger", "running the engines' own snapshots")
-        await asyncio.gather(*(run.agents[n].trigger(None) for n in nodes))
+        run.manifest.degradations += await before_backup(run.agents, policy.trigger_timeout_s, run.reporter)
 
     renewer = asyncio.create_task(_renew_leases(run))
     try:

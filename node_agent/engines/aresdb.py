@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from node_agent.engines.base import EngineSettings, split_user_info
 from node_agent.models import EngineState, EngineStatus, JobResult, VerifyFacts
-from snapctl.errors import EngineBusy, EngineError
+from snapctl.errors import BadInputError, EngineBusy, EngineError
 
 log = logging.getLogger("snapctl.agent.aresdb")
 
@@ -155,11 +155,12 @@ class AresDBEngine:
         if not shard:
             chosen = [(t, s) for t, s in configured if t == name]
             if not chosen:
-                raise EngineError(f"aresdb table {name!r} is not configured for this node",
-                                  hint="add it to engine.tables or name it as table/shard")
+                raise BadInputError(f"aresdb table {name!r} is not configured for this node",
+                                    hint="add it to engine.tables or name it as table/shard")
             return chosen
         if not shard.isdigit():
-            raise EngineError(f"aresdb target {target!r}: shard must be a number (table/shard)")
+            raise BadInputError(f"aresdb target {target!r}: shard must be a number (table/shard)",
+                                hint=f"e.g. {name}/0")
         return [(name, int(shard))]
 
     def _snapshot_shard(self, table: str, shard: int) -> JobResult:
@@ -199,7 +200,16 @@ class AresDBEngine:
         path = f"/dbg/{quote(table, safe='')}/{shard}/snapshot"
         # The handler answers once the scheduler has picked the job up: allow the whole job wait.
         wait = max(self.settings.timeout_s, deadline - time.monotonic())
-        response = self._request("POST", path, read_timeout=wait)
+        try:
+            response = self._request("POST", path, read_timeout=wait)
+        except EngineError as exc:
+            # It answered nothing for the whole wait: the scheduler's one job executor is busy, not
+            # AresDB gone; this shard fails and the next is tried.
+            if not isinstance(exc.__cause__, httpx.ReadTimeout):
+                raise
+            return (f"the scheduler did not start the snapshot job within job_wait_s "
+                    f"({self.settings.job_wait_s:g}s): another job such as archiving or backfill may be running; "
+                    "see the aresdb log")
         if response.status_code == 200 and not response.content.strip():
             return "snapshot jobs are disabled on this aresdb (empty answer to the snapshot request)"
         if response.status_code != 200:

@@ -28,7 +28,7 @@ from pydantic import Field, field_validator
 from node_agent.engines.base import EngineSettings
 from node_agent.engines.raft_stat import RaftStatError, parse_raft_stat
 from node_agent.models import EngineState, EngineStatus, JobResult, RaftGroup, VerifyFacts
-from snapctl.errors import EngineBusy, EngineError
+from snapctl.errors import BadInputError, EngineBusy, EngineError
 
 log = logging.getLogger("snapctl.agent.dingodb")
 
@@ -102,18 +102,19 @@ class DingoDBEngine:
         failed = [job for job in jobs if job.status != "succeeded"]
         if failed:
             raise EngineError("dingodb prepare failed: " + "; ".join(f"{j.target}: {j.detail}" for j in failed))
-        groups = self._raft_groups()
+        # Every call that can fail comes before the hold is marked: a prepare that fails holds nothing.
+        groups, version = self._raft_groups(), self._version()
         now = datetime.now(timezone.utc)
-        self._hold_run, self._held_since = run_id, now
         self._state = EngineState(
             engine=self.name,
-            version=self._version(),
+            version=version,
             prepared_at=now,
             facts=_facts(groups, self._wanted_ids(groups)),
             files=[str(self.data_path)],
             raft=groups,
             details={"rpc_era": self._era, "snapshots": [job.model_dump() for job in jobs]},
         )
+        self._hold_run, self._held_since = run_id, now
         return self._state
 
     def complete(self, run_id: str) -> None:
@@ -177,19 +178,23 @@ class DingoDBEngine:
             region = region_id_of(group.group)
             if region is not None:
                 by_id.setdefault(region, group.group)
+        # A target the caller named that is not here is its bad input (400); a configured region
+        # missing from the store is the engine's (or its config's) failure.
+        missing_here: type[EngineError | BadInputError] = BadInputError
         if target in (None, "", "all"):
             wanted = sorted(by_id if self.settings.regions == "all" else set(self.settings.regions))
+            missing_here = EngineError
         elif target.isdigit():
             wanted = [int(target)]
         else:
             wanted = [region for region, group in by_id.items() if group == target]
             if not wanted:
-                raise EngineError(f"dingodb store {self.settings.raft} has no raft group {target!r}",
-                                  hint=f"regions here: {', '.join(map(str, sorted(by_id))) or 'none'}")
+                raise BadInputError(f"dingodb store {self.settings.raft} has no raft group {target!r}",
+                                    hint=f"regions here: {', '.join(map(str, sorted(by_id))) or 'none'}")
         missing = [i for i in wanted if i not in by_id]
         if missing:
-            raise EngineError(f"dingodb store {self.settings.raft} has no region {', '.join(map(str, missing))}",
-                              hint=f"regions here: {', '.join(map(str, sorted(by_id))) or 'none'}")
+            raise missing_here(f"dingodb store {self.settings.raft} has no region {', '.join(map(str, missing))}",
+                               hint=f"regions here: {', '.join(map(str, sorted(by_id))) or 'none'}")
         return [(i, by_id[i]) for i in wanted]
 
     def _snapshot_regions(self, regions: list[tuple[int, str]]) -> list[JobResult]:

@@ -286,7 +286,10 @@ def _progress(rep: dict[str, Any], last_log_index: int | None) -> ReplicationPro
     elif rep["state"] == "appending":
         match_index = rep["appending"][0] - 1
     lag: int | None = None
-    if last_log_index is not None:
+    # A blocking replicator has acknowledged nothing we can read: braft sets a new peer's next_index
+    # to the leader's last index + 1 before it has a single entry, so next_index says no lag where
+    # the peer may lack everything. Unknown, then; the indexes of the peer's own page can tell.
+    if last_log_index is not None and rep["state"] != "blocking":
         acknowledged = match_index if match_index is not None else next_index - 1
         lag = max(0, last_log_index - acknowledged)
     errors = rep["consecutive_error_times"]

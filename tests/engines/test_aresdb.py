@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,8 +57,14 @@ def test_trigger_one_table_or_one_shard(make) -> None:
     assert [j.target for j in engine.trigger("dim_city")] == ["dim_city/0", "dim_city/1"]
     assert [j.target for j in engine.trigger("dim_driver/0")] == ["dim_driver/0"]
     assert [j.target for j in engine.trigger("dim_city|1")] == ["dim_city/1"]
-    with pytest.raises(EngineError, match="not configured"):
+    # Unknown targets are the caller's bad input (the agent's 400, `snapctl trigger` exit 2), not
+    # the engine's failure (502).
+    with pytest.raises(BadInputError, match="aresdb table 'dim_nope' is not configured for this node") as caught:
         engine.trigger("dim_nope")
+    assert caught.value.hint == "add it to engine.tables or name it as table/shard"
+    with pytest.raises(BadInputError, match=r"shard must be a number \(table/shard\)") as caught:
+        engine.trigger("dim_city/x")
+    assert caught.value.hint == "e.g. dim_city/0"
 
 
 def test_disabled_snapshot_jobs_are_an_error_not_a_success(make) -> None:
@@ -86,11 +93,31 @@ def test_a_failed_job_reports_its_last_error(make) -> None:
     assert engine.status().details["failed_jobs"] == ["dim_driver|0|snapshot"]
 
 
-def test_a_job_that_never_runs_fails_after_the_wait(make) -> None:
-    fake, engine = make(job_wait_s=0.3)
+NOT_STARTED = ("the scheduler did not start the snapshot job within job_wait_s (0.5s): another job such as "
+               "archiving or backfill may be running; see the aresdb log")
+
+
+def test_a_submit_the_busy_scheduler_holds_past_the_wait_fails_that_shard_and_the_next_are_tried(make) -> None:
+    # AresDB's submit blocks while its one job executor is busy: the read timeout was an EngineError
+    # that ended the whole trigger at the first shard, naming none.
+    fake, engine = make(job_wait_s=0.5, timeout_s=0.2)
     fake.stuck = True
+    jobs = engine.trigger(None)
+    assert [(j.target, j.status, j.detail) for j in jobs] == [
+        ("dim_city/0", "failed", NOT_STARTED), ("dim_city/1", "failed", NOT_STARTED),
+        ("dim_driver/0", "failed", NOT_STARTED)]
+    with pytest.raises(EngineError) as caught:
+        engine.prepare("r1")
+    assert str(caught.value).startswith(f"aresdb prepare failed: dim_city/0: {NOT_STARTED}; dim_city/1: ")
+    assert not engine.status().held
+
+
+def test_a_submit_held_until_the_scheduler_is_free_goes_on_to_the_job(make) -> None:
+    fake, engine = make(job_wait_s=10, timeout_s=0.2)
+    fake.stuck = True
+    threading.Timer(0.5, setattr, (fake, "stuck", False)).start()
     [job] = engine.trigger("dim_city/0")
-    assert job.status == "failed" and "still waiting" in (job.detail or "")
+    assert job.status == "succeeded" and job.duration_s >= 0.5
 
 
 def test_prepare_snapshots_every_shard_then_holds(make) -> None:

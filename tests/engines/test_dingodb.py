@@ -9,8 +9,9 @@ import httpx
 import pytest
 
 from node_agent.engines.dingodb import DingoDBEngine, DingoDBSettings, region_id_of
-from snapctl.errors import EngineBusy, EngineError
+from snapctl.errors import BadInputError, EngineBusy, EngineError
 from tests.fakes.dingodb import SERVICES, FakeDingoStore
+from tests.fakes.engine_http import Response
 
 
 @pytest.fixture
@@ -46,7 +47,8 @@ def test_auto_finds_the_snapshot_rpc_of_every_era(make, era: str) -> None:
 
 def test_a_configured_era_is_not_probed(make) -> None:
     store, engine = make(store_options={"era": "debug"}, rpc_era="store")
-    with pytest.raises(EngineError, match=r"HTTP 404 \(brpc error 1001\)") as caught:
+    with pytest.raises(EngineError, match=r"HTTP 404 \(brpc error 1002\): \[E1002\]Fail to find method on "
+                                           r"`/dingodb.pb.store.StoreService/Snapshot'") as caught:
         engine.trigger("1001")
     assert "rpc_era" in (caught.value.hint or "")
     assert store.rpc_calls == []
@@ -104,6 +106,20 @@ def test_prepare_fails_naming_the_region_that_did_not_snapshot(make) -> None:
     assert not engine.status().held
 
 
+def test_a_prepare_that_fails_after_its_snapshots_holds_nothing(make) -> None:
+    # The hold was marked before /version was read: a /version that failed left the store held by
+    # a run whose prepare had failed, every trigger refused busy, another run's prepare too.
+    store, engine = make()
+    answer = store.server.handle
+    store.server.handle = lambda request: Response(drop=True) if request.path == "/version" else answer(request)
+    with pytest.raises(EngineError, match="is unreachable"):
+        engine.prepare("r1")
+    assert not engine.status().held and engine.status().details["run_id"] is None
+    store.server.handle = answer
+    assert [job.status for job in engine.trigger(None)] == ["succeeded", "succeeded"]
+    assert engine.prepare("r2").version == "dingo-store 0.9.0"
+
+
 def test_configured_regions_only(make) -> None:
     store, engine = make(store_options={"region_ids": (1001, 1002, 1003)}, regions=[1003])
     assert [j.target for j in engine.trigger(None)] == ["region 1003"]
@@ -117,8 +133,14 @@ def test_trigger_by_group_name_and_unknown_group(make) -> None:
     store, engine = make()
     group = store.regions[1002].group
     assert [j.target for j in engine.trigger(group)] == ["region 1002"]
-    with pytest.raises(EngineError, match="no raft group 'nope'"):
+    # Unknown targets are the caller's bad input (the agent's 400, `snapctl trigger` exit 2), not
+    # the engine's failure (502); a configured region the store lacks still is (above).
+    with pytest.raises(BadInputError, match="no raft group 'nope'") as caught:
         engine.trigger("nope")
+    assert caught.value.hint == "regions here: 1001, 1002"
+    with pytest.raises(BadInputError, match="has no region 9999") as caught:
+        engine.trigger("9999")
+    assert caught.value.hint == "regions here: 1001, 1002"
 
 
 @pytest.mark.parametrize(("header", "parts"), [("brackets", 4), ("bare", 3)])
@@ -217,8 +239,8 @@ def test_a_raft_port_without_raft_stat_is_said_to_be_the_wrong_port_not_a_garble
                                            data_path=str(tmp_path)), base_dir=tmp_path)
     try:
         status = engine.status()
-        said = (f"dingodb at {store.server.url} answered /raft_stat with HTTP 404 (brpc error 1001): "
-                "[E1001]Fail to find service=/raft_stat")
+        said = (f"dingodb at {store.server.url} answered /raft_stat with HTTP 404 (brpc error 1002): "
+                "[E1002]Fail to find method on `/raft_stat'")
         assert not status.reachable, "a backup would fail here"
         assert status.error == f"{said} (hint: raft must be the store's raft port (the one serving /raft_stat), " \
                                "not its server port)"

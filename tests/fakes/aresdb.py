@@ -4,12 +4,14 @@
 table or shard is 400 ``{"message","cause"}``; with snapshot jobs disabled the scheduler refuses the
 job and the handler writes nothing: 200 with an empty body). Every read of ``/dbg/jobs/snapshot``
 moves each submitted job one step: waiting -> running (stage snapshot) -> running (cleanup) ->
-succeeded (complete), or -> failed with ``lastError`` for shards in ``fail``.
+succeeded (complete), or -> failed with ``lastError`` for shards in ``fail``. With ``stuck`` the
+submit itself blocks (the scheduler busy with another job) and the job table is still answered.
 """
 
 from __future__ import annotations
 
 import re
+import threading
 from datetime import UTC, datetime, timedelta
 
 from tests.fakes.engine_http import FakeServer, Request, Response
@@ -27,7 +29,8 @@ class FakeAresDB(FakeServer):
         super().__init__()
         self.shards = shards or {"dim_city": [0, 1], "dim_driver": [0]}
         self.disabled = False
-        self.stuck = False  # submitted jobs stay waiting (a scheduler busy with other work)
+        self._scheduler_free = threading.Event()
+        self._scheduler_free.set()
         self.fail: dict[tuple[str, int], str] = {}
         self.steps: dict[str, int] = {}  # job key -> progress step of a submitted job
         self.redolog_file = 1_700_000_000
@@ -40,6 +43,28 @@ class FakeAresDB(FakeServer):
                 self.mutations[(table, shard)] = 0
                 if with_history:  # a server that has been running has taken snapshots before
                     self.jobs[self.key(table, shard)] = self._detail("succeeded", "complete", past=True)
+
+    @property
+    def stuck(self) -> bool:
+        """The scheduler's one job executor is busy (a long archiving or backfill job): a snapshot
+        submit blocks until it is free, as AresDB's SubmitJob does on its unbuffered channel, while
+        the job table is still answered. Set False and the held submits go on."""
+        return not self._scheduler_free.is_set()
+
+    @stuck.setter
+    def stuck(self, value: bool) -> None:
+        if value:
+            self._scheduler_free.clear()
+        else:
+            self._scheduler_free.set()
+
+    def before_handling(self, request: Request) -> None:
+        if request.method == "POST" and _SNAPSHOT.match(request.path):
+            self._scheduler_free.wait()
+
+    def stop(self) -> None:
+        self.stuck = False  # a submit still held ends with the server
+        super().stop()
 
     @staticmethod
     def key(table: str, shard: int) -> str:
@@ -92,8 +117,6 @@ class FakeAresDB(FakeServer):
         return Response.text("Snapshot job submitted")
 
     def _advance(self) -> None:
-        if self.stuck:
-            return
         now = datetime.now(UTC)
         for key, step in list(self.steps.items()):
             table, shard, _ = key.split("|")

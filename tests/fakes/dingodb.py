@@ -1,9 +1,10 @@
 """A DingoDB store: its brpc service port (Snapshot RPC over HTTP+JSON) and its raft port (/raft_stat).
 
 What it models, from reference/engines.md:
-- the Snapshot RPC of one era (``debug`` now, ``region_control`` and ``store`` before); the other
-  services are a brpc framework 404 with ``x-bd-error-code``; DingoDB's own errors are HTTP 200
-  with ``error``; a body that is not JSON is a framework 400;
+- the Snapshot RPC of one era (``debug`` now, ``region_control`` and ``store`` before); any other
+  path is brpc's framework 404 with ``x-bd-error-code`` 1002 (ENOMETHOD, ``Fail to find method on
+  `<path>'``); DingoDB's own errors are HTTP 200 with ``error``; a body that is not JSON is a
+  framework 400;
 - the RPC returns once the snapshot is *queued*: ``last_snapshot_index`` in raft_stat reaches the
   applied index of the trigger a few raft_stat reads later (``snapshot_polls``);
 - one snapshot at a time per store: a trigger while another region saves is accepted and dropped,
@@ -29,7 +30,7 @@ SERVICES: dict[Era, str] = {
     "region_control": "dingodb.pb.region_control.RegionControlService",
     "store": "dingodb.pb.store.StoreService",
 }
-ENOSERVICE, ENOMETHOD, EREQUEST = 1001, 1002, 1003
+ENOMETHOD, EREQUEST = 1002, 1003
 
 
 @dataclass
@@ -156,14 +157,10 @@ class _ServicePort(FakeServer):
         if request.method == "GET" and request.path == "/version":
             return Response.text(store.version)
         parts = request.path.strip("/").split("/")
-        if request.method != "POST" or len(parts) != 2:
-            return _brpc_failure(404, ENOSERVICE, f"Fail to find service={request.path}")
-        service, method = parts
+        service, method = parts if len(parts) == 2 else ("", "")
         full = SERVICES[store.era]
-        if service not in (full, full.rsplit(".", 1)[1]):
-            return _brpc_failure(404, ENOSERVICE, f"Fail to find service={service}")
-        if method != "Snapshot":
-            return _brpc_failure(404, ENOMETHOD, f"Fail to find method={method}")
+        if request.method != "POST" or service not in (full, full.rsplit(".", 1)[1]) or method != "Snapshot":
+            return _no_method(request.path)
         try:
             body = json.loads(request.body or b"{}")
             region_id = int(body["region_id"])
@@ -186,7 +183,7 @@ class _RaftPort(FakeServer):
         if request.path == "/version":
             return Response.text(self.store.version)
         if not request.path.startswith("/raft_stat"):
-            return _brpc_failure(404, ENOSERVICE, f"Fail to find service={request.path}")
+            return _no_method(request.path)
         agent = request.headers.get("user-agent", "")
         if request.query.get("console") != "1" and agent and not agent.startswith("curl"):
             return Response(200, b"<!DOCTYPE html><html><head></head><body><h1>raft_stat</h1></body></html>",
@@ -201,3 +198,9 @@ class _RaftPort(FakeServer):
 
 def _brpc_failure(status: int, code: int, text: str) -> Response:
     return Response.text(f"[E{code}]{text}", status, {"x-bd-error-code": str(code)})
+
+
+def _no_method(path: str) -> Response:
+    # brpc over HTTP resolves the whole path to a method: an unknown service, an unknown method of a
+    # known one, or a builtin page the server does not have (/raft_stat without braft) all fail alike.
+    return _brpc_failure(404, ENOMETHOD, f"Fail to find method on `{path}'")

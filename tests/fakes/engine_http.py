@@ -79,6 +79,7 @@ class FakeServer:
                     fake._release.wait()
                     self.close_connection = True
                     return
+                fake.before_handling(request)
                 with fake.lock:
                     fake.requests.append(request)
                     response = fake.handle(request)
@@ -123,6 +124,10 @@ class FakeServer:
 
     def handle(self, request: Request) -> Response:
         raise NotImplementedError
+
+    def before_handling(self, request: Request) -> None:
+        """Runs outside the lock, before ``handle``: a request a server keeps waiting here does not
+        keep the others waiting (one whose handler blocks, as AresDB's snapshot submit does)."""
 
     @contextlib.contextmanager
     def hang(self) -> Iterator[None]:

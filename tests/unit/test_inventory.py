@@ -300,3 +300,11 @@ def test_a_malformed_url_is_not_repeated_in_its_error_it_may_carry_credentials(t
     assert str(caught.value.message).endswith("inv.yaml:2: provider aws: endpoint_url: not a URL: it must begin "
                                               "with http:// or https://, with no user:password@ (no @ at all) in it")
     assert "SECRET" not in str(caught.value) and "AKIAX" not in str(caught.value)
+
+
+def test_trigger_timeout_s_is_a_duration_like_the_other_timeouts():
+    assert parse_inventory(BASE, source="inv.yaml").policy.trigger_timeout_s == 600
+    assert parse_inventory(BASE + "policy: {trigger_timeout_s: 15m}\n", source="inv.yaml").policy.trigger_timeout_s == 900
+    with pytest.raises(InventoryError) as err:
+        parse_inventory(BASE + "policy: {trigger_timeout_s: 0s}\n", source="inv.yaml")
+    assert str(err.value).startswith("inv.yaml:6: policy.trigger_timeout_s: must be greater than zero")
