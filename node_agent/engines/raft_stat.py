@@ -286,12 +286,15 @@ def _progress(rep: dict[str, Any], last_log_index: int | None) -> ReplicationPro
     elif rep["state"] == "appending":
         match_index = rep["appending"][0] - 1
     lag: int | None = None
-    # A blocking replicator has acknowledged nothing we can read: braft sets a new peer's next_index
-    # to the leader's last index + 1 before it has a single entry, so next_index says no lag where
-    # the peer may lack everything. Unknown, then; the indexes of the peer's own page can tell.
-    if last_log_index is not None and rep["state"] != "blocking":
+    if last_log_index is not None:
         acknowledged = match_index if match_index is not None else next_index - 1
         lag = max(0, last_log_index - acknowledged)
+        # A blocking replicator's next_index is no acknowledged position: braft sets a new peer's
+        # to the leader's last index + 1 before it has a single entry. The peer has at most what
+        # next_index says, so a lag above zero is a floor worth showing (a dead peer's, say), and
+        # zero is unknown, not in sync; the indexes of the peer's own page can tell.
+        if rep["state"] == "blocking" and lag == 0:
+            lag = None
     errors = rep["consecutive_error_times"]
     return ReplicationProgress(
         peer=rep["peer"],

@@ -75,7 +75,9 @@ def test_leader_pages_replicators_idle_appending_blocking() -> None:
     [killed] = parse_raft_stat(page("05_follower_killed_leader_node2_LEADER.txt"))
     dead = killed.replication[1]
     assert (dead.state, dead.consecutive_errors, dead.next_index) == ("blocking", 49, 40306)
-    assert (dead.match_index, dead.lag_entries) == (None, None), "a blocking replicator acknowledged nothing known"
+    # Blocking: no acknowledged position, but the peer has at most what next_index says, so its
+    # lag is at least the distance to the leader's last index.
+    assert (dead.match_index, dead.lag_entries) == (None, 9770)
     assert dead.error == "49 consecutive errors"
 
 
@@ -86,10 +88,11 @@ def test_conf_change_in_progress() -> None:
     assert group.extra["new_peers"][-1] == "127.0.0.1:8103:0:0" and len(group.extra["old_peers"]) == 3
     assert len(group.replication) == 3
     # The peer just added has nothing yet, but braft set its next_index to the leader's last index
-    # + 1: read as acknowledged, it lagged 0 entries. Blocking: unknown, as for the dead follower.
+    # + 1: read as acknowledged, it lagged 0 entries. Blocking, a floor of 0 says nothing: unknown.
+    # The dead follower's floor still shows.
     assert [(r.peer, r.state, r.next_index, r.match_index, r.lag_entries) for r in group.replication] == [
         ("127.0.0.1:8100:0:0", "idle", 50076, 50075, 0),
-        ("127.0.0.1:8101:0:0", "blocking", 40306, None, None),
+        ("127.0.0.1:8101:0:0", "blocking", 40306, None, 9770),
         ("127.0.0.1:8103:0:0", "blocking", 50076, None, None)]
 
 
