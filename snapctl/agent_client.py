@@ -99,6 +99,12 @@ class AgentClient(Protocol):
 # ---- HTTP -----------------------------------------------------------------------------------
 
 UNREACHABLE_HINT = "is snapctl-agent running there, and listening on that address?"
+# A request the agent's address took and never answered: something listens there, so "is it
+# running" misleads; the agent, or its engine, is slow or stuck, and the timeout may be short.
+_TIMEOUT_SETTING = {"/v1/trigger": "snapctl trigger --timeout, or policy.trigger_timeout_s for a backup's",
+                    "/v1/prepare": "policy.prepare_timeout_s"}
+SLOW_HINT = ("the agent took the request but did not answer in time: it or its engine is slow or stuck "
+             "(see the agent's log); if the work takes longer, raise {setting}")
 # Said to the operator, not to the client the agent's own hint ("slow down") is for.
 RATE_LIMITED_HINT = ("the agent limits requests per client address and endpoint (rate_per_s, burst in its config): "
                      "something else from this address asks it too often (a fast --watch, a script); its log names "
@@ -260,8 +266,10 @@ class HttpAgentClient:
         return said.replace(self._token, "<token>") if said and self._token else said
 
     def _timed_out(self, path: str, timeout_s: float, delivered: bool = True) -> AgentTimeout:
+        hint = (SLOW_HINT.format(setting=_TIMEOUT_SETTING.get(path, "policy.agent_timeout_s")) if delivered
+                else self._unreachable_hint)
         return AgentTimeout(self.node, f"no answer from the agent at {self.base_url} within {timeout_s:g}s "
-                                       f"({path})", hint=self._unreachable_hint, delivered=delivered)
+                                       f"({path})", hint=hint, delivered=delivered)
 
     def _transport_error(self, exc: TransportError, path: str) -> AgentError:
         if isinstance(exc, AnswerTooLarge):

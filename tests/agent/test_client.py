@@ -96,6 +96,9 @@ def test_an_agent_that_never_answers_is_unreachable(tmp_path: Path) -> None:
         with pytest.raises(AgentUnreachable, match="no answer from the agent at .* within 0.2s") as caught:
             asyncio.run(call())
         assert caught.value.delivered is True  # connected: the agent may have the prepare and hold
+        # Something took the request: "is snapctl-agent running there" would send the operator the wrong way.
+        assert caught.value.hint.startswith("the agent took the request but did not answer in time")
+        assert caught.value.hint.endswith("raise policy.prepare_timeout_s")
 
 
 def test_wrong_token_and_conflicts_are_mapped(tmp_path: Path, engine: SqliteEngine) -> None:

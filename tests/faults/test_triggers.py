@@ -55,6 +55,17 @@ def test_snapctl_trigger_waits_past_the_agent_timeout_for_a_slow_engine_snapshot
     assert slow_store.regions[1001].last_snapshot_index == slow_store.regions[1001].applied
 
 
+def test_snapctl_trigger_past_its_timeout_says_the_agent_is_slow_not_gone(make_cluster, tmp_path, slow_store):
+    # The agent took the request: "is snapctl-agent running there?" sent the operator to a running agent.
+    cluster: FaultCluster = make_cluster(engines={"node1": _dingodb(slow_store, tmp_path / "cluster0" / "node1" / "data")})
+    result = cluster.snapctl("trigger", "--node", "node1", "--timeout", "1", "-o", "json")
+    assert result.returncode == ExitCode.RUN_FAILED, result.stdout + result.stderr
+    [node] = result.json["data"]["nodes"]
+    assert node["error"].endswith(" within 1s (/v1/trigger)")
+    assert node["hint"].startswith("the agent took the request but did not answer in time")
+    assert node["hint"].endswith("raise snapctl trigger --timeout, or policy.trigger_timeout_s for a backup's")
+
+
 def test_a_backup_trigger_waits_past_the_agent_timeout_for_a_slow_engine_snapshot(make_cluster, tmp_path,
                                                                                  slow_store):
     cluster: FaultCluster = make_cluster(engines={"node1": _dingodb(slow_store, tmp_path / "cluster0" / "node1" / "data")})
