@@ -167,13 +167,22 @@ def test_raft_stat_is_asked_for_console_text(make) -> None:
     assert ours and all(r.query.get("console") == "1" for r in ours)
 
 
-def test_framework_errors_and_version(make) -> None:
-    store, _ = make()
+def test_a_brpc_framework_error_fails_the_snapshot_with_its_code_and_brpcs_unset_version_is_none(make) -> None:
+    # The fake's framework answers first, as brpc gives them (a request it cannot parse: 400, EREQUEST).
+    store, engine = make(store_options={"version": "unknown"})
     with httpx.Client() as client:
         bad = client.post(f"{store.server.url}/{SERVICES['debug']}/Snapshot", content=b"not json")
         assert bad.status_code == 400 and bad.headers["x-bd-error-code"] == "1003"
-        missing = client.post(f"{store.server.url}/{SERVICES['debug']}/Nope", json={})
-        assert missing.status_code == 404 and missing.headers["x-bd-error-code"] == "1002"
+    # Then the adapter: brpc's "unknown" (no version set) is no version, and a framework refusal
+    # of the Snapshot RPC (not a 404 the era probe steps past) fails the region, its code named.
+    assert engine.status().version is None
+    answer = store.server.handle
+    store.server.handle = lambda request: (
+        Response.text("[E1003]bad request", 400, {"x-bd-error-code": "1003"}) if request.path.endswith("/Snapshot")
+        else answer(request))
+    with pytest.raises(EngineError, match=r"Snapshot on .* failed with HTTP 400 \(brpc error 1003\): \[E1003\]bad"):
+        engine.prepare("r1")
+    assert not engine.status().held
 
 
 def test_an_unreachable_store_is_reported_not_raised(make) -> None:
