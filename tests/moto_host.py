@@ -21,6 +21,7 @@ import os
 import threading
 from typing import Any
 
+from tests.fakes.callers import senders
 from tests.moto_server import account_of, signed_by
 
 _CONTROL = "/_snapctl-test/"
@@ -40,10 +41,13 @@ class MotoHost:
         self._lock = threading.Lock()
         self._recordings: dict[str, list[tuple[str, str]]] = {}  # account -> (Action, User-Agent)
         self._pending_accounts: set[str] = set()
+        # account -> (Action, the sending processes of each such request); a /proc scan per request
+        self._senders: dict[str, tuple[str, list[list[tuple[int, ...]]]]] = {}
         self._server = ThreadedMotoServer(ip_address=address, port=0, verbose=False)
         self._server.start()
         host, port = self._server.get_host_and_port()
         self.endpoint_url = f"http://{host}:{port}"
+        self._address = (host, port)
         wsgi = self._server._server  # moto offers no hook of its own for a request's headers
         wsgi.app = self._front(wsgi.app)
         _serialise_s3_puts()
@@ -60,6 +64,9 @@ class MotoHost:
             account = environ["HTTP_X_MOTO_ACCOUNT_ID"] = account_of(key)
             if (seen := self._recordings.get(account)) is not None and environ.get("REQUEST_METHOD") == "POST":
                 seen.append(_action_and_agent(environ))
+            if (watched := self._senders.get(account)) is not None and environ.get("REQUEST_METHOD") == "POST":
+                if _action_and_agent(environ)[0] == watched[0]:  # now, while the client waits on the connection
+                    watched[1].append(senders((environ["REMOTE_ADDR"], int(environ["REMOTE_PORT"])), self._address))
             return app(environ, start_response)
 
         return front
@@ -121,6 +128,13 @@ class MotoHost:
                 self._recordings[account] = []
                 return {}
             return {"seen": self._recordings.pop(account, [])}
+
+    def _senders_of(self, account: str, of: str, on: bool) -> dict[str, list[list[list[int]]]]:
+        with self._lock:
+            if on:
+                self._senders[account] = (of, [])
+                return {}
+            return {"senders": self._senders.pop(account, (of, []))[1]}
 
 
 def _ec2(account: str, region: str) -> Any:

@@ -122,6 +122,19 @@ class MotoServer:
         finally:
             seen.extend((action, agent) for action, agent in self._control("record", on=False)["seen"])
 
+    @contextlib.contextmanager
+    def senders(self, action: str) -> Iterator[list[list[tuple[int, ...]]]]:
+        """For each ``action`` request (EC2's) of this account received meanwhile, the processes
+        that sent it, each as its line of descent (``tests/fakes/callers.py``): which process made
+        an SDK's call. The list is filled when the block ends."""
+        seen: list[list[tuple[int, ...]]] = []
+        self._control("senders-of", of=action, on=True)
+        try:
+            yield seen
+        finally:
+            answer = self._control("senders-of", of=action, on=False)["senders"]
+            seen.extend([tuple(line) for line in who] for who in answer)
+
 
 _lock = threading.Lock()
 _server: MotoServer | None = None

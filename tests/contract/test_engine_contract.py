@@ -114,10 +114,12 @@ def test_writes_go_on_after_complete(env: EngineEnv) -> None:
 
 
 def test_trigger_returns_one_finished_result_per_job(env: EngineEnv) -> None:
-    if not env.supports_trigger:
-        pytest.skip("this engine has no snapshot of its own to trigger")
     env.write(2)
     jobs = env.engine.trigger(None)
+    if not env.supports_trigger:
+        # No snapshot of its own (its files are the snapshot): nothing to run, nothing failed.
+        assert jobs == []
+        return
     assert jobs, "trigger(None) runs every job of the engine"
     for job in jobs:
         assert isinstance(job, JobResult)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 import time
@@ -215,8 +216,12 @@ def test_delete_refuses_a_snapshot_not_tagged_for_this_cluster(env: ProviderEnv)
     if env.untagged_snapshot is None:
         pytest.skip("this env cannot make a snapshot without the cluster tag")
     ref = env.untagged_snapshot()
-    with pytest.raises(ProviderError):
+    # Refused for what it lacks, naming it: not any ProviderError (a lost connection is one too).
+    name = ref.snapshot_id.rsplit("/", 1)[-1]
+    why = rf"refusing to delete .*snapshot {re.escape(name)}: .*{TAG_CLUSTER}"
+    with pytest.raises(ProviderError, match=why) as refused:
         env.provider.delete(ref)
+    assert refused.value.hint, refused.value
     assert env.provider.wait([ref], time.monotonic() + WAIT_S)[0].state == "completed", "the refused snapshot must survive"
 
 
@@ -237,8 +242,10 @@ def test_delete_volume_refuses_a_volume_not_tagged_for_this_cluster(env: Provide
     if env.foreign_volume is None:
         pytest.skip("this env cannot make a volume without the cluster tag")
     volume = env.foreign_volume()
-    with pytest.raises(ProviderError):
+    name = volume.rsplit("/", 1)[-1]
+    with pytest.raises(ProviderError, match=rf"refusing to delete .*{re.escape(name)}") as refused:
         env.provider.delete_volume(volume)
+    assert refused.value.hint, refused.value
     assert env.volume_exists(volume), "the refused volume must survive"
 
 

@@ -5,6 +5,7 @@ Azure REST wire formats), the real SDKs in the CLI process talking HTTP to them.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -225,8 +226,16 @@ def test_the_azure_dummy_credential_is_refused_off_loopback():
         create_provider({**settings, "base_url": "https://management.azure.com"}, cluster="c", base_dir=Path("."))
 
 
+# Each cloud's disks yield (provider settings, each node's volumes, the source disks of some
+# snapshot ids, creates_sent_by): ``with creates_sent_by() as senders`` fills ``senders`` with the
+# processes that sent each snapshot create request meanwhile (tests/fakes/callers.py).
+Senders = list[list[tuple[int, ...]]]
+Disks = tuple[dict, dict[str, list[dict]], Callable[[list[str]], set[str]],
+              Callable[[], contextlib.AbstractContextManager[Senders]]]
+
+
 @contextlib.contextmanager
-def _aws_disks() -> Iterator[tuple[dict, dict[str, list[dict]], Callable[[list[str]], set[str]]]]:
+def _aws_disks() -> Iterator[Disks]:
     import boto3
 
     moto = shared_moto_server()
@@ -238,11 +247,25 @@ def _aws_disks() -> Iterator[tuple[dict, dict[str, list[dict]], Callable[[list[s
         def sources_of(ids: list[str]) -> set[str]:
             return {s["VolumeId"] for s in ec2.describe_snapshots(SnapshotIds=ids)["Snapshots"]}
 
-        yield provider, {n: [{"volume": sources[n], "name": "data"}] for n in NODES}, sources_of
+        yield (provider, {n: [{"volume": sources[n], "name": "data"}] for n in NODES}, sources_of,
+               lambda: moto.senders("CreateSnapshot"))
 
 
 @contextlib.contextmanager
-def _gcp_disks() -> Iterator[tuple[dict, dict[str, list[dict]], Callable[[list[str]], set[str]]]]:
+def _fake_senders(fake: FakeGcpCompute | FakeAzureCompute, method: str, path_contains: str) -> Iterator[Senders]:
+    seen: Senders = []
+    with fake.lock:
+        fake.senders.clear()
+        fake.record_senders = True
+    try:
+        yield seen
+    finally:
+        fake.record_senders = False
+        seen.extend(fake.senders_of(method, path_contains))
+
+
+@contextlib.contextmanager
+def _gcp_disks() -> Iterator[Disks]:
     zone = "europe-west1-b"
     with FakeGcpCompute(op_running_polls=1, creating_polls=1, uploading_polls=1) as fake:
         for node in NODES:
@@ -250,29 +273,37 @@ def _gcp_disks() -> Iterator[tuple[dict, dict[str, list[dict]], Callable[[list[s
         provider = {"type": "gcp", "project": fake.project, "api_endpoint": fake.url, "anonymous": True,
                     "poll_interval_s": 0.01}
         yield (provider, {n: [{"disk": f"{n}-data", "zone": zone, "name": "data"}] for n in NODES},
-               lambda ids: {fake.snapshots[i]["sourceDisk"].rsplit("/", 1)[-1] for i in ids})
+               lambda ids: {fake.snapshots[i]["sourceDisk"].rsplit("/", 1)[-1] for i in ids},
+               lambda: _fake_senders(fake, "POST", "/createSnapshot"))
 
 
 @contextlib.contextmanager
-def _azure_disks() -> Iterator[tuple[dict, dict[str, list[dict]], Callable[[list[str]], set[str]]]]:
+def _azure_disks() -> Iterator[Disks]:
     group = "rg-e2e"
     with FakeAzureCompute(op_polls=1, provisioning_polls=1, copy_polls=1) as fake:
         sources = {n: fake.add_disk(group, f"{n}-data") for n in NODES}
         provider = _azure_provider(fake, group)
         yield (provider, {n: [{"disk_id": sources[n], "name": "data"}] for n in NODES},
                lambda ids: {fake.snapshots()[i.rsplit("/", 1)[-1]]["properties"]["creationData"]["sourceResourceId"]
-                            for i in ids})
+                            for i in ids},
+               lambda: _fake_senders(fake, "PUT", "/Microsoft.Compute/snapshots/"))
 
 
 @pytest.mark.parametrize("disks", [_aws_disks, _gcp_disks, _azure_disks], ids=["aws", "gcp", "azure"])
 def test_each_cloud_sdk_makes_the_snapshots_from_the_provider_worker_process(tmp_path, disks):
     """The child builds its own SDK client from the inventory's settings (credentials from the
-    environment it inherits), and what it makes comes back whole: one snapshot per source disk."""
-    with disks() as (provider, volumes, sources_of), \
+    environment it inherits), and what it makes comes back whole: one snapshot per source disk.
+    The cloud saw each create arrive on a connection that only a child of the snapctl process this
+    test started holds: the worker's, not snapctl's own (whose parent is this process)."""
+    with disks() as (provider, volumes, sources_of, creates_sent_by), \
             cloud_cluster(tmp_path, provider, volumes, policy={"provider_process": "always"}) as cluster:
-        manifest = backed_up(cluster)
+        with creates_sent_by() as senders:
+            manifest = backed_up(cluster)
         ids = [record["snapshots"][0]["snapshot_id"] for record in manifest["nodes"].values()]
         assert len(sources_of(ids)) == len(NODES)
+    assert len(senders) == len(NODES)
+    # Each line of descent: the sender, its parent (snapctl), the parent's parent (this process).
+    assert [[line[2] for line in holders] for holders in senders] == [[os.getpid()]] * len(NODES), senders
 
 
 def test_an_aws_backup_makes_its_create_calls_with_aiobotocore_unless_provider_process_never(tmp_path):
@@ -281,7 +312,7 @@ def test_an_aws_backup_makes_its_create_calls_with_aiobotocore_unless_provider_p
     them with boto3, and the manifests' refs are alike."""
     moto = shared_moto_server()
     moto.reset()
-    with _aws_disks() as (provider, volumes, sources_of), cloud_cluster(tmp_path, provider, volumes) as cluster:
+    with _aws_disks() as (provider, volumes, sources_of, _), cloud_cluster(tmp_path, provider, volumes) as cluster:
         with moto.recording() as seen_dry:
             dry = cluster.snapctl("backup", "--dry-run")
         assert dry.returncode == ExitCode.OK, dry.stdout + dry.stderr

@@ -109,7 +109,7 @@ def test_every_time_the_commands_the_catalog_and_the_agents_write_is_rfc3339_utc
 def test_each_clouds_snapshot_times_are_written_in_the_same_form(tmp_path, disks):
     """A snapshot's creation time as the SDK gives it (a datetime from boto3 and Azure's SDK, GCP's
     RFC 3339 text with its offset), when the snapshot is made and when it is found again."""
-    with disks() as (provider, volumes, _), cloud_cluster(tmp_path, provider, volumes) as cluster:
+    with disks() as (provider, volumes, _, _), cloud_cluster(tmp_path, provider, volumes) as cluster:
         manifest = backed_up(cluster)
         backed_up(cluster)  # gc looks for orphans only in a catalog that has runs
         # Forgotten by the catalog, the run's snapshots are listed (as of a run it does not know) as

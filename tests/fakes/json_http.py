@@ -1,6 +1,7 @@
 """The common part of the cloud fakes: a JSON-over-HTTP server on 127.0.0.1 in a thread, a log
 of every request it answered, and injectable faults (throttling, denial, failures after commit,
-connections dropped without an answer).
+connections dropped without an answer). On request (``record_senders``), which processes sent each
+request (``tests/fakes/callers.py``): what an SDK cannot be asked to say.
 
 Subclasses implement ``route`` (the cloud's wire format) and ``error_body`` (its error shape).
 """
@@ -13,6 +14,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+
+from tests.fakes.callers import senders
 
 LOOPBACK = "127.0.0.1"
 
@@ -69,6 +72,10 @@ class JsonHttpFake:
         self.lock = threading.RLock()
         self.requests: list[Recorded] = []
         self._faults: list[Fault] = []
+        # (method, path, the sending processes' lines of descent) per request, while set: a /proc
+        # scan each, so only where a test asks which process made a call.
+        self.record_senders = False
+        self.senders: list[tuple[str, str, list[tuple[int, ...]]]] = []
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -123,6 +130,11 @@ class JsonHttpFake:
                 r for r in self.requests
                 if (method is None or r.method == method) and (path_contains is None or path_contains in r.path)
             ]
+
+    def senders_of(self, method: str, path_contains: str) -> list[list[tuple[int, ...]]]:
+        """The processes that sent each matching request since ``record_senders`` was set."""
+        with self.lock:
+            return [who for m, path, who in self.senders if m == method and path_contains in path]
 
     def _take_fault(self, method: str, path: str, *, after_commit: bool) -> Fault | None:
         with self.lock:
@@ -182,6 +194,10 @@ class _Handler(BaseHTTPRequestHandler):
         raw_body = self.rfile.read(length) if length else b""
         headers = {k.lower(): v for k, v in self.headers.items()}
         fake: JsonHttpFake = self.server.fake  # type: ignore[attr-defined]
+        if fake.record_senders:  # now, while the client still waits on the connection
+            who = senders(self.client_address, self.server.server_address)
+            with fake.lock:
+                fake.senders.append((self.command, self.path, who))
         status, body, extra = fake.handle(self.command, self.path, headers, raw_body)
         if status == DROP[0]:
             self.close_connection = True

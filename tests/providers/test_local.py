@@ -22,6 +22,7 @@ from snapctl.providers import (
     create_provider,
     snapshot_tags,
 )
+from tests.unprivileged import call_without_dac_override
 
 CLUSTER = "c1"
 
@@ -362,11 +363,19 @@ def test_delete_removes_read_only_directories(provider: LocalProvider, tmp_path:
     (source / "sub").chmod(0o555)
     try:
         (ref,) = _snap(provider, _volumes(provider, tmp_path, {"name": "data", "path": "src"}), "run1")
-        assert (Path(ref.extra["path"]) / "data" / "sub").stat().st_mode & 0o777 == 0o555
-        provider.delete(ref)
+        copied_sub = Path(ref.extra["path"]) / "data" / "sub"
+        assert copied_sub.stat().st_mode & 0o777 == 0o555
+        call_without_dac_override(_delete_run1, str(tmp_path), read_only=[copied_sub])
         assert not Path(ref.extra["path"]).exists()
     finally:
         (source / "sub").chmod(0o755)
+
+
+def _delete_run1(base_dir: str) -> None:
+    """In a child that the copy's read-only directory binds (tests/unprivileged.py)."""
+    provider = create_provider({"type": "local", "store": "store"}, cluster=CLUSTER, base_dir=Path(base_dir))
+    (ref,) = provider.find({TAG_RUN: "run1"})
+    provider.delete(ref)
 
 
 # -- restore --------------------------------------------------------------------------------

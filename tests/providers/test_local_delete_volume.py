@@ -13,6 +13,7 @@ from snapctl_local import LocalProvider
 
 from snapctl.errors import ProviderError
 from snapctl.providers import TAG_RUN, RestoreTarget, create_provider, snapshot_tags
+from tests.unprivileged import call_without_dac_override
 
 CLUSTER = "c1"
 
@@ -32,13 +33,25 @@ def volumes(provider: LocalProvider, tmp_path: Path):
     (src / "sub").mkdir(parents=True)
     (src / "sub" / "rows.db").write_bytes(b"x" * 10_000)
     (src / "meta.txt").write_text("meta\n")
-    (src / "sub").chmod(0o555)  # a read-only directory must not stop the removal
+    # A read-only directory must not stop the removal: removals run where modes bind (delete_volume).
+    (src / "sub").chmod(0o555)
     yield provider.validate_volumes("n1", [{"name": "data", "path": "src"}], base_dir=tmp_path)
     (src / "sub").chmod(0o755)
 
 
 def marker_of(path: Path) -> Path:
     return path.with_name(path.name + ".snapctl-restore.json")
+
+
+def delete_volume(restored: str | Path, tmp_path: Path, cluster: str = CLUSTER) -> None:
+    """``delete_volume`` of a restore of the ``volumes`` fixture, in a child that its read-only
+    ``sub`` binds even as root (tests/unprivileged.py)."""
+    call_without_dac_override(_delete_volume, str(restored), str(tmp_path), cluster,
+                              read_only=[Path(restored) / "sub"])
+
+
+def _delete_volume(restored: str, base_dir: str, cluster: str) -> None:
+    make(Path(base_dir), cluster).delete_volume(restored)
 
 
 def test_a_restored_directory_is_removed_with_its_marker_and_again_is_done(provider, volumes, tmp_path):
@@ -48,7 +61,7 @@ def test_a_restored_directory_is_removed_with_its_marker_and_again_is_done(provi
     assert (marker["cluster"], marker["path"], marker["snapshot_id"]) == (CLUSTER, str(restored), ref.snapshot_id)
     assert sorted(p.name for p in restored.iterdir()) == ["meta.txt", "sub"], "the marker is not inside"
 
-    provider.delete_volume(str(restored))
+    delete_volume(restored, tmp_path)
     provider.delete_volume(str(restored))  # gone: done
 
     assert list((tmp_path / "restores").iterdir()) == []
@@ -80,7 +93,7 @@ def test_a_restore_of_another_cluster_or_of_an_untagged_snapshot_is_refused(prov
         provider.delete_volume(untagged_restored)
 
     assert Path(theirs_restored, "meta.txt").is_file() and Path(untagged_restored, "meta.txt").is_file()
-    other.delete_volume(theirs_restored)
+    delete_volume(theirs_restored, tmp_path, "c2")
     assert not Path(theirs_restored).exists()
 
 

@@ -3,8 +3,11 @@ against a second, independently written statement of the rules."""
 
 from __future__ import annotations
 
+import os
+import time
 from datetime import UTC, datetime, timedelta, timezone
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -12,6 +15,26 @@ from snapctl.config import Retention
 from snapctl.retention import Run, decide
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+@pytest.fixture(params=[("JST-9", 9), ("PST8PDT,M3.2.0,M11.1.0", -8)], ids=["tokyo", "los-angeles"])
+def host_zone(request: pytest.FixtureRequest):
+    """The process's local zone far east, then far west, of UTC: on a UTC host (CI) a period taken
+    in the host's zone is the UTC one, and a test of UTC periods could not fail. POSIX TZ strings
+    need no tzdata, which a slim Debian image lacks."""
+    zone, hours = request.param
+    saved = os.environ.get("TZ")
+    os.environ["TZ"] = zone
+    time.tzset()
+    try:
+        assert time.localtime(0).tm_gmtoff == hours * 3600  # the zone took: 1970-01-01 is winter in both
+        yield zone
+    finally:
+        if saved is None:
+            os.environ.pop("TZ", None)
+        else:
+            os.environ["TZ"] = saved
+        time.tzset()
 
 
 def daily_runs(first: datetime, days: int, hour: int = 2) -> list[Run]:
@@ -39,13 +62,30 @@ def test_several_runs_a_day_keep_the_newest_of_each_day() -> None:
     assert sorted(d.run.run_id for d in plan.keep) == ["r0-17", "r1-17", "r2-17"]
 
 
-def test_days_are_utc_days() -> None:
+def test_days_are_utc_days(host_zone) -> None:
     plus_two = timezone(timedelta(hours=2))
     late = Run("late", datetime(2024, 3, 1, 0, 30, tzinfo=plus_two), "succeeded")  # 2024-02-29 22:30 UTC
     early = Run("early", datetime(2024, 2, 29, 8, 0, tzinfo=UTC), "succeeded")
     march = Run("march", datetime(2024, 3, 1, 8, 0, tzinfo=UTC), "succeeded")
     plan = decide([late, early, march], Retention(keep_last=1, daily=2, weekly=0, monthly=0))
     assert sorted(d.run.run_id for d in plan.keep) == ["late", "march"]
+
+
+@pytest.mark.parametrize("aware", [True, False], ids=["aware", "naive"])
+@pytest.mark.parametrize("period", ["daily", "weekly", "monthly"])
+def test_days_weeks_and_months_are_utc_ones_in_any_host_zone(host_zone, period: str, aware: bool) -> None:
+    # Sunday 2024-03-31 ends a day, an ISO week (W13) and a month at once. Half an hour either side
+    # of that midnight (UTC) is the next day in Tokyo, or the day before in Los Angeles; a naive
+    # time, as a hand-edited manifest has it, is UTC too.
+    zone = UTC if aware else None
+    times = {"sun-noon": (3, 31, 12, 0), "sun-late": (3, 31, 23, 30), "mon-early": (4, 1, 0, 30),
+             "mon-noon": (4, 1, 12, 0)}
+    runs = [Run(name, datetime(2024, *at, tzinfo=zone), "succeeded") for name, at in times.items()]
+    plan = decide(runs, Retention(**{"keep_last": 1, "daily": 0, "weekly": 0, "monthly": 0, period: 2}))
+    labels = {"daily": ("2024-03-31", "2024-04-01"), "weekly": ("2024-W13", "2024-W14"),
+              "monthly": ("2024-03", "2024-04")}[period]
+    assert {d.run.run_id: d.reasons[-1] for d in plan.keep} == {
+        "sun-late": f"{period} {labels[0]}", "mon-noon": f"{period} {labels[1]}"}
 
 
 def test_the_newest_succeeded_run_is_kept_even_by_a_policy_of_zeros() -> None:

@@ -21,7 +21,7 @@ import uvicorn
 
 from node_agent.app import create_app
 from node_agent.engines.sqlite import SqliteEngine, SqliteSettings
-from node_agent.ratelimit import DEFAULT_BURST, DEFAULT_RATE_PER_S, ClientRateLimit, CloseIfBodyUnread
+from node_agent.ratelimit import DEFAULT_BURST, DEFAULT_RATE_PER_S, ClientRateLimit
 from node_agent.service import AgentService
 from tests.agent.conftest import TOKEN as AGENT_TOKEN
 from tests.agent.conftest import agent_process, make_db, try_write, wait_until, write_config
@@ -72,14 +72,26 @@ def service(tmp_path: Path):
 
 
 def test_the_agent_limits_every_client_by_default(service: AgentService) -> None:
-    app = create_app(service, TOKEN)  # what snapctl-agent serves
-    [limit] = [m for m in app.user_middleware if m.cls is ClientRateLimit]
-    assert (limit.kwargs["rate_per_s"], limit.kwargs["burst"]) == (DEFAULT_RATE_PER_S, DEFAULT_BURST)
-    assert limit.kwargs["credential"] is not None  # wrong tokens are counted apart from a holder's
-    # Outermost but for the one that closes connections whose body went unread (its 429s too):
-    # refused tokens are counted.
-    assert [m.cls for m in app.user_middleware[:2]] == [CloseIfBodyUnread, ClientRateLimit]
-    assert "429" in app.openapi()["paths"]["/v1/prepare"]["post"]["responses"]
+    guess, renew = {"Authorization": "Bearer guess"}, {"run_id": "r1"}
+    with serve(create_app(service, TOKEN)) as url, httpx.Client(base_url=url) as client:  # what snapctl-agent serves
+        assert client.post("/v1/renew", headers=AUTH, json=renew).status_code == 409  # its token: a holder now
+        started, codes = time.monotonic(), []
+        while not codes or codes[-1] != 429 and len(codes) < 10 * DEFAULT_BURST:
+            refused = client.post("/v1/renew", headers=guess, json=renew)
+            codes.append(refused.status_code)
+        elapsed = time.monotonic() - started
+        # Wrong tokens are charged (the limit is outside the token check): the burst, and what the
+        # rate refilled meanwhile, then 429.
+        assert set(codes[:-1]) == {401} and codes[-1] == 429, codes
+        served = len(codes) - 1
+        assert DEFAULT_BURST <= served <= DEFAULT_BURST + elapsed * DEFAULT_RATE_PER_S + 1, (served, elapsed)
+        # Its 429 closes the connection, the body unread (that middleware is outside the limit).
+        assert refused.headers["connection"] == "close"
+        # The holder's own requests from the same address are counted apart from the guesses.
+        assert client.post("/v1/renew", headers=AUTH, json=renew).status_code == 409
+        time.sleep(3 / DEFAULT_RATE_PER_S)  # refilled at the rate: three guesses' worth
+        assert client.post("/v1/renew", headers=guess, json=renew).status_code == 401
+    assert "429" in create_app(service, TOKEN).openapi()["paths"]["/v1/prepare"]["post"]["responses"]
 
 
 def test_over_the_rate_a_client_gets_429_on_that_endpoint_only(service: AgentService) -> None:
