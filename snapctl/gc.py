@@ -24,7 +24,7 @@ from snapctl.catalog import Catalog, open_catalog
 from snapctl.catalog.local import CatalogTemp
 from snapctl.catalog.lock import ThreadLockKeeper
 from snapctl.drill_leftovers import clean_abandoned, find_abandoned
-from snapctl.errors import CatalogError, SnapctlError, SnapshotNotFound
+from snapctl.errors import CatalogError, ProviderError, SnapctlError, SnapshotNotFound
 from snapctl.providers import TAG_CLUSTER, TAG_RUN, Leftover, Provider, SnapshotRef, open_provider
 from snapctl.restore_leftovers import (
     clean_killed_restores,
@@ -76,6 +76,7 @@ def gc(inventory: Inventory, *, delete: bool = False, include_unknown_runs: bool
     ``include_unknown_runs`` too the snapshots of runs this catalog has never heard of."""
     catalog = open_catalog(inventory)
     provider = open_provider(inventory)
+    _refuse_a_missing_store(catalog, provider)
     if not delete:
         result = find_orphans(catalog, provider)
         result.killed_drills = [drill.listed() for drill in find_abandoned(catalog)]
@@ -220,6 +221,18 @@ def _refuse_a_wrong_catalog(catalog: Catalog, tagged: list[SnapshotRef]) -> None
                            hint="check catalog.path (or catalog.url) in the inventory, and that its share is mounted; "
                                 "if the catalog is lost, these snapshots may be the only backups left: delete them "
                                 "with the provider's own tools only if you are sure")
+
+
+def _refuse_a_missing_store(catalog: Catalog, provider: Provider) -> None:
+    """A store whose directory does not exist lists no snapshot: gc would call every run's
+    snapshots accounted for, the wrong store's emptiness read as a clean cluster."""
+    missing = getattr(provider, "missing_store", None)
+    where = missing() if missing is not None else None
+    if where:
+        raise ProviderError(f"the snapshot store {where} does not exist: gc cannot tell which snapshots of cluster "
+                            f"{catalog.cluster} are orphaned",
+                            hint="check provider.store in the inventory, and that its share is mounted; a first "
+                                 "`snapctl backup` creates it")
 
 
 def delete_snapshot(provider: Provider, ref: SnapshotRef, cluster: str) -> None:

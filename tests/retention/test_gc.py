@@ -239,3 +239,36 @@ def test_gc_cli_lists_snapshots_of_unknown_runs_apart_and_deletes_them_only_when
     assert deleted.returncode == 0, deleted.stderr
     assert json.loads(deleted.stdout)["data"]["deleted"] == [stranger.snapshot_id]
     assert stranger.snapshot_id not in scene.snapshot_ids()
+
+
+def test_gc_refuses_a_snapshot_store_that_does_not_exist(scene: Scene) -> None:
+    """A mistyped or unmounted provider.store lists no snapshot: gc said "no orphaned snapshots"
+    and exited 0, a wrong store read as a clean cluster."""
+    from snapctl.errors import ProviderError
+
+    scene.add_run("r0", T0)
+    scene.add_run("r1-killed", T0 + timedelta(days=1), "running", recorded=False)  # orphans, in the right store
+    inv = inventory(scene, store="snapshots-not-mounted")
+
+    for delete in (False, True):
+        with pytest.raises(ProviderError, match=r"the snapshot store .*/snapshots-not-mounted does not exist: gc "
+                                                r"cannot tell which snapshots of cluster prod are orphaned") as caught:
+            gc(inv, delete=delete)
+        assert "provider.store" in caught.value.hint and "mounted" in caught.value.hint
+    assert scene.catalog.read_lock() is None, "gc --delete took the lock before it refused"
+    assert not (scene.root / "snapshots-not-mounted").exists()
+    assert {r.snapshot_id for r in gc(inventory(scene)).orphans} == {"r1-killed-n1-data", "r1-killed-n2-data"}
+
+
+def test_gc_cli_refusing_a_missing_store_exits_1_with_its_hint(scene: Scene) -> None:
+    import json
+
+    scene.add_run("r0", T0)
+    snapctl = gc_cli(scene)
+    (scene.root / "inv.yaml").write_text((scene.root / "inv.yaml").read_text().replace("store: snapshots",
+                                                                                     "store: snapshotz"))
+    said = snapctl()
+    assert said.returncode == 1 and said.stdout == ""
+    assert "snapctl: error: the snapshot store " in said.stderr and "snapshotz does not exist" in said.stderr
+    assert "hint: check provider.store in the inventory" in said.stderr
+    assert json.loads(snapctl("-o", "json").stdout)["exit_code"] == 1
