@@ -197,13 +197,18 @@ class Renderer:
         if errors:
             table.add_column("error")
         for e in entries:
-            table.add_row(e.run_id, _status_text(e.status), f"{e.started_at:%m-%d %H:%M:%S}", str(e.nodes),
+            # A mark, its words below the table: the run column is cut on a terminal of 80 columns
+            # once the status is wider than "succeeded" by more than one character.
+            status = _status_text(e.status) + ("*" if e.unconfirmed else "")
+            table.add_row(e.run_id, status, f"{e.started_at:%m-%d %H:%M:%S}", str(e.nodes),
                           str(e.snapshots), _seconds(e.max_freeze_window_s),
                           *([escape((e.error or "")[:80])] if errors else []))
         if not entries:  # which catalog: cron's user, CI and you may each have one (catalog: unset)
             self.line(f"no backups yet in {where}")
         else:
             self.out.print(table)
+        if any(e.unconfirmed for e in entries):
+            self.line("* its snapshots not confirmed complete (backup --no-wait): `snapctl verify RUN` checks them")
         if older:
             self.line(f"{older} older run{'s' if older > 1 else ''} not shown: --limit 0 lists every run")
         for problem in problems:
@@ -221,6 +226,9 @@ class Renderer:
                   f"{holds}prepare skew {_seconds(m.prepare_skew_s)}")
         if m.error:
             self.line(f"error: {m.error}")
+        if m.status == "succeeded" and not m.snapshots_completed:
+            # Made for restore, not yet proven so: `verify` exits 7 until they are complete.
+            self.line(f"snapshots not confirmed complete (backup --no-wait, or a run stopped in its wait): run `snapctl verify {m.run_id}`")
         if m.forced:  # a run --force took past critical preflight findings: say so before anything else
             self.line("forced: backed up with --force despite the preflight's critical findings")
         for degradation in m.degradations:
@@ -233,7 +241,7 @@ class Renderer:
                       f"report {d.report}")
         for name, r in m.nodes.items():
             self.line(f"  {name}: freeze {_seconds(r.freeze_window_s)}, "
-                      f"{len(r.snapshots)} snapshot(s) {', '.join(s.snapshot_id for s in r.snapshots)}"
+                      f"{len(r.snapshots)} snapshot(s) {', '.join(_snapshot_text(s) for s in r.snapshots)}"
                       + (f", error: {r.error}" if r.error else ""))
             if r.state and r.state.facts.tables:
                 facts = ", ".join(f"{t}={f.rows}" for t, f in r.state.facts.tables.items())
@@ -440,6 +448,11 @@ def _relative(path: str, root: str) -> str:
 def _status_text(status: str) -> str:
     return {"succeeded": "[green]succeeded[/]", "failed": "[red]failed[/]", "running": "[yellow]running[/]"}.get(
         status, status)
+
+
+def _snapshot_text(ref) -> str:
+    """A snapshot id, with the state the manifest recorded unless it was complete."""
+    return ref.snapshot_id if ref.state == "completed" else f"{ref.snapshot_id} ({ref.state} when recorded)"
 
 
 def _seconds(value: float | None) -> str:
