@@ -159,12 +159,14 @@ def list_runs(
 def show(run: Annotated[str, typer.Argument(metavar="RUN", help="Run id, unique prefix, or 'latest'.")],
          inventory: InventoryOpt = None, output: OutputOpt = "text") -> int:
     """Show one run's manifest."""
+    from snapctl.abandoned_runs import stopped_warning
     from snapctl.catalog import open_catalog
 
     out = _renderer(output)
     catalog = open_catalog(_inventory(inventory))
     skipped: list[str] = []  # newer runs `latest` passed over: said on stderr, the document unchanged
-    return out.manifest(catalog.load(catalog.resolve(run, skipped)), skipped)
+    manifest = catalog.load(catalog.resolve(run, skipped))
+    return out.manifest(manifest, skipped + stopped_warning(catalog, manifest))
 
 
 @app.command(short_help="Agents, engines, raft groups, newest backup; exit 0/5/6.")
