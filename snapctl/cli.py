@@ -69,9 +69,12 @@ DemoInventoryOpt = Annotated[
 
 def _inventory(path: str | None):
     from snapctl.config import load_inventory
+    from snapctl.entry import gives_inventory
 
+    # Typer hands $SNAPCTL_INVENTORY over as if it were -i: its error must say which one it was.
+    from_env = path is not None and not gives_inventory(sys.argv[1:])
     # `-i ""` (a script's unset variable) read $SNAPCTL_INVENTORY or ./inventory.yaml instead.
-    return load_inventory(_path(path, "-i", "inventory.yaml"))
+    return load_inventory(_path(path, "-i", "inventory.yaml"), from_env=from_env)
 
 
 def _renderer(output: str):
