@@ -431,7 +431,9 @@ def main() -> None:
 
     from snapctl.entry import asks_for_json, end_deferral, misplaced_option, optional_watch_seconds
     from snapctl.errors import ExitCode, Interrupted, SnapctlError
+    from snapctl.logged_warnings import say_logged_warnings
 
+    say_logged_warnings()
     try:
         code = app(args=optional_watch_seconds(sys.argv[1:]), standalone_mode=False)
     except typer.Exit as exc:

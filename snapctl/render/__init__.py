@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from snapctl.errors import BadInputError, ExitCode, SnapctlError
+from snapctl.logged_warnings import logged_warnings
 from snapctl.timestamps import utc_text
 from snapctl.units import human_bytes
 
@@ -49,7 +50,7 @@ def error(exc: SnapctlError) -> None:
 def error_document(exc: SnapctlError) -> None:
     """The one JSON document of a command that failed: on stdout, as its result would have been."""
     print(json.dumps({"schema_version": JSON_SCHEMA_VERSION, "error": exc.message, "hint": exc.hint,
-                      "exit_code": int(exc.exit_code)}))
+                      "exit_code": int(exc.exit_code), **logged_warnings()}))
 
 
 _PLAIN = frozenset({str, int, float, bool, type(None)})  # exact types: an IntEnum still becomes a plain int below
@@ -356,7 +357,7 @@ class JsonRenderer(Renderer):
         if self._bundle is not None:
             self._bundle[kind] = data
             return
-        document = {"schema_version": JSON_SCHEMA_VERSION, "kind": kind, "data": data}
+        document = {"schema_version": JSON_SCHEMA_VERSION, "kind": kind, "data": data, **logged_warnings()}
         # Indented for a person at a terminal; compact for scripts, which lets json use its C encoder.
         print(json.dumps(document, indent=2 if sys.stdout.isatty() else None))
 
