@@ -418,9 +418,11 @@ class JsonRenderer(Renderer):
         return report.exit_code
 
     def verify_result(self, result) -> int:
-        from snapctl.render.restore import verify_document
+        from snapctl.render.restore import verify_document, verify_trouble
 
         self._warn(result.warnings)
+        for line in verify_trouble(result):
+            print(line, file=sys.stderr)
         self._emit("verify", verify_document(result))
         return ExitCode.OK if result.ok else ExitCode.VERIFY_MISMATCH
 
