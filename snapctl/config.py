@@ -453,12 +453,11 @@ def load_inventory(path: str | os.PathLike[str] | None = None, *, from_env: bool
         text = data.decode("utf-8")  # YAML is UTF-8 text: not whatever the locale says (cron's may be C)
     except FileNotFoundError:
         where = "" if file.is_absolute() else f" in {Path.cwd()}"  # cron's and CI's cwd is rarely the one meant
-        if from_env:  # "set SNAPCTL_INVENTORY" to one who did sent them looking elsewhere
-            raise InventoryError(f"{file}: inventory file not found{where} (from ${INVENTORY_ENV})",
-                                 hint=f"fix ${INVENTORY_ENV}, or unset it to use ./{DEFAULT_INVENTORY}; -i FILE "
-                                      "overrides it") from None
-        raise InventoryError(f"{file}: inventory file not found{where}", hint="pass -i FILE, set SNAPCTL_INVENTORY, "
-                             "or copy inventory.example.yaml to inventory.yaml") from None
+        # "set SNAPCTL_INVENTORY", to one who had, sent them looking elsewhere.
+        hint = (f"fix ${INVENTORY_ENV}, or unset it to use ./{DEFAULT_INVENTORY}; -i FILE overrides it" if from_env
+                else "pass -i FILE, set SNAPCTL_INVENTORY, or copy inventory.example.yaml to inventory.yaml")
+        raise InventoryError(f"{file}: inventory file not found{where}" + (f" (from ${INVENTORY_ENV})" if from_env
+                                                                           else ""), hint=hint) from None
     except OSError as exc:
         raise InventoryError(f"{file}: cannot read inventory: {os_reason(exc)}") from exc
     except UnicodeDecodeError as exc:
