@@ -24,7 +24,6 @@ from snapctl.timestamps import utc_text
 from snapctl.units import human_bytes
 
 JSON_SCHEMA_VERSION = 1
-ERROR_WIDTH = 80  # `list`'s error column on a terminal
 PIPED_WIDTH = 200  # text output's width when stdout is not a terminal (COLUMNS overrides it)
 _json_mode = False  # so that errors raised before a renderer exists still come out as JSON
 
@@ -183,45 +182,9 @@ class Renderer:
 
     def run_list(self, entries, problems, where: str = "the catalog", older: int = 0) -> int:
         """``older``: how many older runs were left out (``list --limit``)."""
-        from rich import box
-        from rich.markup import escape
-        from rich.table import Table
+        from snapctl.render.runs import run_list_text
 
-        table = Table(title="backups (newest first)", title_justify="left", box=box.SIMPLE_HEAD)
-        table.add_column("run", no_wrap=True)  # operators copy run ids: never cut them
-        table.add_column("status", no_wrap=True)
-        table.add_column("started (UTC)", no_wrap=True)
-        for column in ("nodes", "snaps", "freeze"):
-            table.add_column(column, no_wrap=True, justify="right", min_width=len(column))
-        # Asked once: asked for every row, a catalog of 10,000 runs whose only errors were its
-        # oldest took seconds (O(N^2)).
-        errors = any(e.error for e in entries)
-        if errors:
-            table.add_column("error")
-        # A screen keeps one line or two per run; a pipe or a log keeps every error whole.
-        cut = ERROR_WIDTH if self.out.is_terminal else None
-        was_cut = False
-        for e in entries:
-            # A mark, its words below the table: the run column is cut on a terminal of 80 columns
-            # once the status is wider than "succeeded" by more than one character.
-            status = _status_text(e.status) + ("*" if e.unconfirmed else "")
-            error = _cut(e.error or "", cut)
-            was_cut = was_cut or error != (e.error or "")
-            table.add_row(e.run_id, status, f"{e.started_at:%m-%d %H:%M:%S}", str(e.nodes),
-                          str(e.snapshots), _seconds(e.max_freeze_window_s), *([escape(error)] if errors else []))
-        if not entries:  # which catalog: cron's user, CI and you may each have one (catalog: unset)
-            self.line(f"no backups yet in {where}")
-        else:
-            self.out.print(table)
-        if was_cut:
-            self.line(f"errors cut at {ERROR_WIDTH} characters (…): `snapctl show RUN` prints a run's whole error")
-        if any(e.unconfirmed for e in entries):
-            self.line("* its snapshots not confirmed complete (backup --no-wait): `snapctl verify RUN` checks them")
-        if older:
-            self.line(f"{older} older run{'s' if older > 1 else ''} not shown: --limit 0 lists every run")
-        for problem in problems:
-            self.err.print(f"[yellow]warning:[/] {escape(problem)}", soft_wrap=True)
-        return ExitCode.OK
+        return run_list_text(self, entries, problems, where, older)
 
     def manifest(self, m, warnings: list[str] = ()) -> int:
         from snapctl.render.restore import _warnings
@@ -458,10 +421,6 @@ def _relative(path: str, root: str) -> str:
 def _status_text(status: str) -> str:
     return {"succeeded": "[green]succeeded[/]", "failed": "[red]failed[/]", "running": "[yellow]running[/]"}.get(
         status, status)
-
-
-def _cut(text: str, width: int | None) -> str:
-    return text if width is None or len(text) <= width else text[:width - 1] + "…"
 
 
 def _snapshot_text(ref) -> str:
