@@ -23,6 +23,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from snapctl.catalog import Catalog
+from snapctl.catalog.index import index_entry
 from snapctl.catalog.lock import LockRecord, gone_from_this_host, may_live_on_this_host, utc_now
 from snapctl.errors import BadInputError, CatalogError, SnapctlError
 from snapctl.manifest import IndexEntry, Manifest
@@ -102,6 +103,15 @@ def listed(catalog: Catalog, entries: list[IndexEntry]) -> list[IndexEntry]:
     except SnapctlError:
         return entries  # proves nothing: `status` and a backup report the lock
     return marked_stopped(catalog, entries, lock)
+
+
+def stopped_warning(catalog: Catalog, manifest: Manifest) -> list[str]:
+    """For `snapctl show`: what `list` says of the run, when it says its snapctl is gone (judged by
+    ``listed`` itself, so that the two never disagree)."""
+    if manifest.status != "running":
+        return []
+    [entry] = listed(catalog, [index_entry(manifest)])
+    return [f"run {manifest.run_id}: {STOPPED}"] if entry.error == STOPPED else []
 
 
 def as_stopped_backup(catalog: Catalog, manifest: Manifest) -> str | None:

@@ -69,9 +69,12 @@ DemoInventoryOpt = Annotated[
 
 def _inventory(path: str | None):
     from snapctl.config import load_inventory
+    from snapctl.entry import gives_inventory
 
+    # Typer hands $SNAPCTL_INVENTORY over as if it were -i: its error must say which one it was.
+    from_env = path is not None and not gives_inventory(sys.argv[1:])
     # `-i ""` (a script's unset variable) read $SNAPCTL_INVENTORY or ./inventory.yaml instead.
-    return load_inventory(_path(path, "-i", "inventory.yaml"))
+    return load_inventory(_path(path, "-i", "inventory.yaml"), from_env=from_env)
 
 
 def _renderer(output: str):
@@ -159,12 +162,14 @@ def list_runs(
 def show(run: Annotated[str, typer.Argument(metavar="RUN", help="Run id, unique prefix, or 'latest'.")],
          inventory: InventoryOpt = None, output: OutputOpt = "text") -> int:
     """Show one run's manifest."""
+    from snapctl.abandoned_runs import stopped_warning
     from snapctl.catalog import open_catalog
 
     out = _renderer(output)
     catalog = open_catalog(_inventory(inventory))
     skipped: list[str] = []  # newer runs `latest` passed over: said on stderr, the document unchanged
-    return out.manifest(catalog.load(catalog.resolve(run, skipped)), skipped)
+    manifest = catalog.load(catalog.resolve(run, skipped))
+    return out.manifest(manifest, skipped + stopped_warning(catalog, manifest))
 
 
 @app.command(short_help="Agents, engines, raft groups, newest backup; exit 0/5/6.")
@@ -426,7 +431,9 @@ def main() -> None:
 
     from snapctl.entry import asks_for_json, end_deferral, misplaced_option, optional_watch_seconds
     from snapctl.errors import ExitCode, Interrupted, SnapctlError
+    from snapctl.logged_warnings import say_logged_warnings
 
+    say_logged_warnings()
     try:
         code = app(args=optional_watch_seconds(sys.argv[1:]), standalone_mode=False)
     except typer.Exit as exc:

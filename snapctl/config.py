@@ -445,15 +445,20 @@ def inventory_path(explicit: str | None) -> Path:
     return Path(explicit or os.environ.get(INVENTORY_ENV) or DEFAULT_INVENTORY)
 
 
-def load_inventory(path: str | os.PathLike[str] | None = None) -> Inventory:
+def load_inventory(path: str | os.PathLike[str] | None = None, *, from_env: bool = False) -> Inventory:
+    """``from_env``: ``path`` is $SNAPCTL_INVENTORY's (as the CLI's option reads it), not -i's."""
+    from_env = from_env or (not path and bool(os.environ.get(INVENTORY_ENV)))
     file = inventory_path(str(path) if path else None)
     try:
         data = file.read_bytes()
         text = data.decode("utf-8")  # YAML is UTF-8 text: not whatever the locale says (cron's may be C)
     except FileNotFoundError:
         where = "" if file.is_absolute() else f" in {Path.cwd()}"  # cron's and CI's cwd is rarely the one meant
-        raise InventoryError(f"{file}: inventory file not found{where}", hint="pass -i FILE, set SNAPCTL_INVENTORY, "
-                             "or copy inventory.example.yaml to inventory.yaml") from None
+        # "set SNAPCTL_INVENTORY", to one who had, sent them looking elsewhere.
+        hint = (f"fix ${INVENTORY_ENV}, or unset it to use ./{DEFAULT_INVENTORY}; -i FILE overrides it" if from_env
+                else "pass -i FILE, set SNAPCTL_INVENTORY, or copy inventory.example.yaml to inventory.yaml")
+        raise InventoryError(f"{file}: inventory file not found{where}" + (f" (from ${INVENTORY_ENV})" if from_env
+                                                                           else ""), hint=hint) from None
     except OSError as exc:
         raise InventoryError(f"{file}: cannot read inventory: {os_reason(exc)}") from exc
     except UnicodeDecodeError as exc:

@@ -124,7 +124,9 @@ def up(inventory: Inventory) -> DemoCluster:
             cluster.writer_pid = _spawn([sys.executable, "-m", WRITER, *(str(d) for _, _, d in places)],
                                         state / WRITER_LOG, state / WRITER_PID, started, None)
         kept = {node.name for node in cluster.nodes} - {whose for whose, _, _ in started}
-        _wait_healthy(state, token_file, cluster, kept)
+        ports = {node.name: f"{node.agent} ({inventory.where(*inventory.node_loc(node.name), 'agent')})"
+                 for node, _, _ in places}
+        _wait_healthy(state, token_file, cluster, kept, ports)
     except BaseException as exc:
         with interrupts_deferred():  # a Ctrl-C now waits until every process it started is stopped
             stopped = [whose for whose, pid_file, process in started if _stop_started(process, pid_file)]
@@ -314,12 +316,13 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _wait_healthy(state: Path, token_file: Path, cluster: DemoCluster, kept: set[str]) -> None:
+def _wait_healthy(state: Path, token_file: Path, cluster: DemoCluster, kept: set[str], ports: dict[str, str]) -> None:
     """Until every node's own agent answers, as that node, with the demo's token. A process of the
     demo that exits (an agent whose port is taken, say) fails it at once with its own last words,
     and another server answering on an agent's port (another demo's agent) is not taken for it.
     An agent ``kept`` running from an earlier `demo up` owns its port: its refusal of the token
-    (the token file changed since it started) fails it at once too."""
+    (the token file changed since it started) fails it at once too. ``ports``: each node's agent
+    URL and where the inventory sets it, for an agent that could not listen."""
     headers = {"Authorization": f"Bearer {read_first_line(token_file)[0]}"}  # as the agent reads it
     deadline = time.monotonic() + START_TIMEOUT_S
     pending = {node.name: node.url for node in cluster.nodes}
@@ -327,7 +330,7 @@ def _wait_healthy(state: Path, token_file: Path, cluster: DemoCluster, kept: set
     while pending and time.monotonic() < deadline:
         for name, url in list(pending.items()):
             if pids[name] is not None and not _alive(pids[name]):
-                raise _start_failed(state / f"{name}.agent.log", f"demo agent {name} exited")
+                raise _agent_exited(state / f"{name}.agent.log", name, ports[name])
             answer = _answer_of(name, url, headers)
             if answer == "ok":
                 del pending[name]
@@ -354,6 +357,16 @@ def _answer_of(name: str, url: str, headers: dict[str, str]) -> str:
         return "ok" if response.status_code == 200 and response.json().get("node") == name else "not yet"
     except (httpx.HTTPError, ValueError, AttributeError):
         return "not yet"
+
+
+def _agent_exited(log: Path, name: str, port: str) -> SnapctlError:
+    failed = _start_failed(log, f"demo agent {name} exited")
+    if "cannot listen on" not in failed.message:
+        return failed
+    # The agent's own hint says "pick another --port": the demo has none, it gives each agent the
+    # port of its node's agent: URL.
+    return SnapctlError(failed.message.split(" (hint: ")[0],
+                        hint=f"stop what uses it, or set node {name}'s agent: {port} to a free port; {failed.hint}")
 
 
 def _start_failed(log: Path, what: str) -> SnapctlError:

@@ -51,6 +51,11 @@ def asks_for_json(argv: list[str]) -> bool:
     return chosen == "json"
 
 
+def gives_inventory(argv: list[str]) -> bool:
+    """The command line has ``-i``/``--inventory``, in any of its spellings."""
+    return any(arg in ("-i", "--inventory") or arg.startswith(("--inventory=", "-i")) for arg in argv)
+
+
 def _cli_main():  # noqa: ANN202 (typing's import is most of this module's cost)
     from snapctl.cli import main
 

@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from snapctl.abandoned_runs import close_abandoned_runs
+from snapctl.abandoned_runs import close_abandoned_runs, owner_gone
 from snapctl.catalog import Catalog, open_catalog
 from snapctl.catalog.local import CatalogTemp
-from snapctl.catalog.lock import ThreadLockKeeper
+from snapctl.catalog.lock import LockRecord, ThreadLockKeeper
 from snapctl.drill_leftovers import clean_abandoned, find_abandoned
-from snapctl.errors import CatalogError, SnapctlError, SnapshotNotFound
+from snapctl.errors import CatalogError, ProviderError, SnapctlError, SnapshotNotFound
 from snapctl.providers import TAG_CLUSTER, TAG_RUN, Leftover, Provider, SnapshotRef, open_provider
 from snapctl.restore_leftovers import (
     clean_killed_restores,
@@ -50,6 +50,7 @@ class GcResult:
     deleted: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # snapshot id, or a leftover's path -> why not deleted
     skipped_runs: list[str] = field(default_factory=list)  # runs whose snapshots were not considered
+    skipped_reasons: dict[str, str] = field(default_factory=dict)  # each of them -> why
     leftovers: list[Leftover] = field(default_factory=list)  # what dead provider calls left that is no snapshot
     leftovers_deleted: list[str] = field(default_factory=list)  # their paths
     killed_drills: list[str] = field(default_factory=list)  # drills killed outright on this host, and their scratch
@@ -76,6 +77,7 @@ def gc(inventory: Inventory, *, delete: bool = False, include_unknown_runs: bool
     ``include_unknown_runs`` too the snapshots of runs this catalog has never heard of."""
     catalog = open_catalog(inventory)
     provider = open_provider(inventory)
+    _refuse_a_missing_store(catalog, provider)
     if not delete:
         result = find_orphans(catalog, provider)
         result.killed_drills = [drill.listed() for drill in find_abandoned(catalog)]
@@ -146,23 +148,25 @@ def find_orphans(catalog: Catalog, provider: Provider, ours: str | None = None) 
     """``ours``: the run id of the lock the caller holds, which is not a run in progress."""
     entries, _ = catalog.list()
     stored = stored_runs(catalog)  # every manifest file names a run, readable or not: it may own snapshots
-    protected = stored - {e.run_id for e in entries}
-    protected |= set(catalog.runs_without_manifest())  # lost manifests: their snapshots may be all that is left
+    why = dict.fromkeys(stored - {e.run_id for e in entries}, _UNREADABLE)
+    # Lost manifests: their snapshots may be all that is left.
+    why |= dict.fromkeys(catalog.runs_without_manifest(), "its manifest is missing, though the index lists the run")
     named, unreadable, failed = named_by(catalog, [e.run_id for e in entries])
     owned = owned_by_live_runs(named, failed)
-    protected |= unreadable  # deleted or damaged since we listed: do not guess
+    why |= dict.fromkeys(unreadable, _UNREADABLE)  # deleted or damaged since we listed: do not guess
     tagged = provider.find({TAG_CLUSTER: catalog.cluster})
     if not stored and not entries:
         _refuse_a_wrong_catalog(catalog, tagged)
     # After the snapshots were found: a backup in progress then holds the lock now (its snapshots are
     # not in its manifest yet), or has finished, and its manifest, read again, names them.
-    lock = catalog.read_lock()
-    if lock is not None and lock.held_at(datetime.now(UTC)) and lock.run_id != ours:
-        protected.add(lock.run_id)
-    unowned = {ref.tags.get(TAG_RUN, "") for ref in tagged if ref.snapshot_id not in owned} - protected
+    lock, now = catalog.read_lock(), datetime.now(UTC)
+    if lock is not None and lock.held_at(now) and lock.run_id != ours:
+        why[lock.run_id] = _held(lock, now)
+    unowned = {ref.tags.get(TAG_RUN, "") for ref in tagged if ref.snapshot_id not in owned} - set(why)
     named, unreadable, failed = named_by(catalog, sorted(unowned & stored_runs(catalog)))
     owned |= owned_by_live_runs(named, failed)
-    protected |= unreadable  # damaged meanwhile, or deleted: do not guess
+    why |= dict.fromkeys(unreadable, _UNREADABLE)  # damaged meanwhile, or deleted: do not guess
+    protected = set(why)
     unowned_refs = [ref for ref in tagged if ref.snapshot_id not in owned and ref.tags.get(TAG_RUN) not in protected]
     # Read after the snapshots were found, like the lock: a run saved meanwhile is known.
     known = stored_runs(catalog) | {e.run_id for e in entries} | protected
@@ -170,7 +174,21 @@ def find_orphans(catalog: Catalog, provider: Provider, ours: str | None = None) 
     unknown = [ref for ref in unowned_refs if ref.tags.get(TAG_RUN, "") not in known]
     find_leftovers = getattr(provider, "find_leftovers", None)
     leftovers = find_leftovers() if find_leftovers is not None else []
-    return GcResult(catalog.cluster, False, orphans, unknown, skipped_runs=sorted(protected), leftovers=leftovers)
+    return GcResult(catalog.cluster, False, orphans, unknown, skipped_runs=sorted(protected),
+                    skipped_reasons=dict(sorted(why.items())), leftovers=leftovers)
+
+
+_UNREADABLE = "its manifest cannot be read (`snapctl list` says why)"
+
+
+def _held(lock: LockRecord, now: datetime) -> str:
+    """Why the run holding the cluster lock is passed over: live, or killed (judged as `list`
+    judges it) with its lock not yet expired, which keeps `gc --delete` from closing it."""
+    until = f"{lock.expires_at:%Y-%m-%d %H:%M:%S} UTC"
+    if owner_gone(lock.run_id, lock, now):
+        return (f"its snapctl is gone, but its cluster lock holds until {until}: after that `snapctl gc --delete` "
+                "closes the run, and lists what it left")
+    return f"in progress: it holds the cluster lock (until {until}, renewed while it runs)"
 
 
 def named_by(catalog: Catalog, run_ids: list[str]) -> tuple[dict[str, str], set[str], set[str]]:
@@ -220,6 +238,18 @@ def _refuse_a_wrong_catalog(catalog: Catalog, tagged: list[SnapshotRef]) -> None
                            hint="check catalog.path (or catalog.url) in the inventory, and that its share is mounted; "
                                 "if the catalog is lost, these snapshots may be the only backups left: delete them "
                                 "with the provider's own tools only if you are sure")
+
+
+def _refuse_a_missing_store(catalog: Catalog, provider: Provider) -> None:
+    """A store whose directory does not exist lists no snapshot: gc would call every run's
+    snapshots accounted for, the wrong store's emptiness read as a clean cluster."""
+    missing = getattr(provider, "missing_store", None)
+    where = missing() if missing is not None else None
+    if where:
+        raise ProviderError(f"the snapshot store {where} does not exist: gc cannot tell which snapshots of cluster "
+                            f"{catalog.cluster} are orphaned",
+                            hint="check provider.store in the inventory, and that its share is mounted; a first "
+                                 "`snapctl backup` creates it")
 
 
 def delete_snapshot(provider: Provider, ref: SnapshotRef, cluster: str) -> None:

@@ -179,6 +179,10 @@ class Provider(Protocol):
     removes one (gone counts as done; one a call is now using raises ``ProviderError``). `snapctl
     gc` lists them with the orphaned snapshots and removes them with ``--delete``.
 
+    Optional: ``missing_store() -> str | None``, where the provider keeps its snapshots when that
+    place does not exist (local: ``provider.store``'s directory), else None. `snapctl gc` refuses
+    to judge orphans then: an empty listing there says nothing about the cluster's snapshots.
+
     Optional: ``complete(refs, deadline) -> list[SnapshotRef]``, on a provider whose pending
     snapshots nothing completes unless it is asked to (local: after `backup --no-wait` only an
     fsync puts a copy on disk for sure): complete each of ``refs`` now and return them as they are

@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from snapctl.errors import BadInputError, ExitCode, SnapctlError
+from snapctl.logged_warnings import logged_warnings
 from snapctl.timestamps import utc_text
 from snapctl.units import human_bytes
 
@@ -48,7 +49,7 @@ def error(exc: SnapctlError) -> None:
 def error_document(exc: SnapctlError) -> None:
     """The one JSON document of a command that failed: on stdout, as its result would have been."""
     print(json.dumps({"schema_version": JSON_SCHEMA_VERSION, "error": exc.message, "hint": exc.hint,
-                      "exit_code": int(exc.exit_code)}))
+                      "exit_code": int(exc.exit_code), **logged_warnings()}))
 
 
 _PLAIN = frozenset({str, int, float, bool, type(None)})  # exact types: an IntEnum still becomes a plain int below
@@ -181,34 +182,9 @@ class Renderer:
 
     def run_list(self, entries, problems, where: str = "the catalog", older: int = 0) -> int:
         """``older``: how many older runs were left out (``list --limit``)."""
-        from rich import box
-        from rich.markup import escape
-        from rich.table import Table
+        from snapctl.render.runs import run_list_text
 
-        table = Table(title="backups (newest first)", title_justify="left", box=box.SIMPLE_HEAD)
-        table.add_column("run", no_wrap=True)  # operators copy run ids: never cut them
-        table.add_column("status", no_wrap=True)
-        table.add_column("started (UTC)", no_wrap=True)
-        for column in ("nodes", "snaps", "freeze"):
-            table.add_column(column, no_wrap=True, justify="right", min_width=len(column))
-        # Asked once: asked for every row, a catalog of 10,000 runs whose only errors were its
-        # oldest took seconds (O(N^2)).
-        errors = any(e.error for e in entries)
-        if errors:
-            table.add_column("error")
-        for e in entries:
-            table.add_row(e.run_id, _status_text(e.status), f"{e.started_at:%m-%d %H:%M:%S}", str(e.nodes),
-                          str(e.snapshots), _seconds(e.max_freeze_window_s),
-                          *([escape((e.error or "")[:80])] if errors else []))
-        if not entries:  # which catalog: cron's user, CI and you may each have one (catalog: unset)
-            self.line(f"no backups yet in {where}")
-        else:
-            self.out.print(table)
-        if older:
-            self.line(f"{older} older run{'s' if older > 1 else ''} not shown: --limit 0 lists every run")
-        for problem in problems:
-            self.err.print(f"[yellow]warning:[/] {escape(problem)}", soft_wrap=True)
-        return ExitCode.OK
+        return run_list_text(self, entries, problems, where, older)
 
     def manifest(self, m, warnings: list[str] = ()) -> int:
         from snapctl.render.restore import _warnings
@@ -221,6 +197,9 @@ class Renderer:
                   f"{holds}prepare skew {_seconds(m.prepare_skew_s)}")
         if m.error:
             self.line(f"error: {m.error}")
+        if m.status == "succeeded" and not m.snapshots_completed:
+            # Made for restore, not yet proven so: `verify` exits 7 until they are complete.
+            self.line(f"snapshots not confirmed complete (backup --no-wait, or a run stopped in its wait): run `snapctl verify {m.run_id}`")
         if m.forced:  # a run --force took past critical preflight findings: say so before anything else
             self.line("forced: backed up with --force despite the preflight's critical findings")
         for degradation in m.degradations:
@@ -233,7 +212,7 @@ class Renderer:
                       f"report {d.report}")
         for name, r in m.nodes.items():
             self.line(f"  {name}: freeze {_seconds(r.freeze_window_s)}, "
-                      f"{len(r.snapshots)} snapshot(s) {', '.join(s.snapshot_id for s in r.snapshots)}"
+                      f"{len(r.snapshots)} snapshot(s) {', '.join(_snapshot_text(s) for s in r.snapshots)}"
                       + (f", error: {r.error}" if r.error else ""))
             if r.state and r.state.facts.tables:
                 facts = ", ".join(f"{t}={f.rows}" for t, f in r.state.facts.tables.items())
@@ -341,7 +320,7 @@ class JsonRenderer(Renderer):
         if self._bundle is not None:
             self._bundle[kind] = data
             return
-        document = {"schema_version": JSON_SCHEMA_VERSION, "kind": kind, "data": data}
+        document = {"schema_version": JSON_SCHEMA_VERSION, "kind": kind, "data": data, **logged_warnings()}
         # Indented for a person at a terminal; compact for scripts, which lets json use its C encoder.
         print(json.dumps(document, indent=2 if sys.stdout.isatty() else None))
 
@@ -402,9 +381,11 @@ class JsonRenderer(Renderer):
         return report.exit_code
 
     def verify_result(self, result) -> int:
-        from snapctl.render.restore import verify_document
+        from snapctl.render.restore import verify_document, verify_trouble
 
         self._warn(result.warnings)
+        for line in verify_trouble(result):
+            print(line, file=sys.stderr)
         self._emit("verify", verify_document(result))
         return ExitCode.OK if result.ok else ExitCode.VERIFY_MISMATCH
 
@@ -440,6 +421,11 @@ def _relative(path: str, root: str) -> str:
 def _status_text(status: str) -> str:
     return {"succeeded": "[green]succeeded[/]", "failed": "[red]failed[/]", "running": "[yellow]running[/]"}.get(
         status, status)
+
+
+def _snapshot_text(ref) -> str:
+    """A snapshot id, with the state the manifest recorded unless it was complete."""
+    return ref.snapshot_id if ref.state == "completed" else f"{ref.snapshot_id} ({ref.state} when recorded)"
 
 
 def _seconds(value: float | None) -> str:

@@ -117,6 +117,17 @@ def _warnings(r, warnings: list[str]) -> None:
         r.err.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
 
 
+def verify_trouble(result) -> list[str]:
+    """For `-o json`, on stderr: what text shows of a verify that is not ok (its problems, the
+    snapshots' warnings, the verdict, naming the run), so that a log of `verify -o json 2>>log`
+    says why it exited 7; nothing for one that is ok and says nothing more."""
+    lines = [f"{s.node}/{s.volume}: warning: {w}" for s in result.snapshots for w in s.warnings]
+    if result.ok:
+        return lines
+    lines += [f"{s.node}/{s.volume}: {problem}" for s in result.snapshots for problem in s.problems]
+    return [*lines, *result.problems, f"verify: run {result.run_id}: {result.verdict}"]
+
+
 def verify_document(result) -> dict:
     return {**jsonable(result), "ok": result.ok, "pending": result.pending, "verdict": result.verdict}
 

@@ -53,7 +53,9 @@ def prune_exit(result: Any) -> int:
 
 def gc_text(renderer: Any, result: Any) -> int:
     say = _printer(renderer.out)
-    if not result.orphans and not result.unknown_runs:  # these words exactly: cron jobs match them
+    if not result.orphans and not result.unknown_runs and result.skipped_runs:
+        say(f"no orphaned snapshots of cluster {result.cluster} outside the runs not considered below")
+    elif not result.orphans and not result.unknown_runs:  # these words exactly: cron jobs match them
         say(f"no orphaned snapshots of cluster {result.cluster}: every tagged snapshot has a manifest")
     elif not result.orphans:
         say(f"no orphaned snapshots of the runs in this catalog of cluster {result.cluster}")
@@ -107,7 +109,9 @@ def gc_text(renderer: Any, result: Any) -> int:
             or result.abandoned_restores or result.catalog_temps) and not result.delete:
         say("run `snapctl gc --delete` to delete them" + (" and finish the records" if result.abandoned_restores else ""))
     if result.skipped_runs:
-        say("not considered (run in progress, or manifest unreadable): " + ", ".join(result.skipped_runs))
+        say(f"{len(result.skipped_runs)} run(s) not considered: gc neither lists nor deletes their snapshots:")
+        for run_id in result.skipped_runs:
+            say(f"  run {run_id}: {result.skipped_reasons.get(run_id, 'not considered')}")
     return gc_exit(result)
 
 

@@ -3,6 +3,7 @@ command says so and exits 130."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -84,6 +85,22 @@ def test_missing_inventory_names_the_file_and_the_fix(tmp_path):
     # Where it looked, too: cron's and CI's working directory is rarely the one meant.
     assert f"snapctl: error: inventory.yaml: inventory file not found in {tmp_path}" in result.stderr
     assert "SNAPCTL_INVENTORY" in result.stderr
+
+
+def test_a_missing_inventory_named_by_snapctl_inventory_says_so_and_how_to_fix_it(tmp_path):
+    # It said "pass -i FILE, set SNAPCTL_INVENTORY, ..." to one who had set it.
+    env = {**os.environ, "SNAPCTL_INVENTORY": str(tmp_path / "nope.yaml")}
+    run = functools.partial(subprocess.run, capture_output=True, text=True, cwd=tmp_path, timeout=60, env=env)
+    result = run([sys.executable, "-m", "snapctl.cli", "list"])
+    assert result.returncode == ExitCode.BAD_INPUT
+    assert f"snapctl: error: {tmp_path}/nope.yaml: inventory file not found (from $SNAPCTL_INVENTORY)" in result.stderr
+    assert ("hint: fix $SNAPCTL_INVENTORY, or unset it to use ./inventory.yaml; -i FILE overrides it"
+            in result.stderr)
+    as_json = json.loads(run([sys.executable, "-m", "snapctl.cli", "list", "-o", "json"]).stdout)
+    assert as_json["error"].endswith("(from $SNAPCTL_INVENTORY)") and "unset it" in as_json["hint"]
+
+    given = run([sys.executable, "-m", "snapctl.cli", "list", "-i", str(tmp_path / "other.yaml")])
+    assert "other.yaml: inventory file not found" in given.stderr and "SNAPCTL_INVENTORY)" not in given.stderr
 
 
 def test_unknown_provider_lists_the_installed_ones(tmp_path):

@@ -103,6 +103,13 @@ def _agent_port(inventory: Path, node: str) -> int:
     return int(url.rsplit(":", 1)[1])
 
 
+def _agent_line(inventory: Path, node: str) -> int:
+    """The line of the node's ``agent:`` in the inventory file."""
+    lines = inventory.read_text().splitlines()
+    named = next(i for i, line in enumerate(lines) if f"name: {node}" in line)
+    return next(i for i in range(named - 1, len(lines)) if "agent:" in lines[i]) + 1
+
+
 def _demo(*args: str, inventory: Path, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "snapctl.cli", "demo", *args, "-i", str(inventory)],
                           cwd=inventory.parent, capture_output=True, text=True, timeout=timeout, check=False)
@@ -130,8 +137,13 @@ def test_demo_up_with_an_agent_port_taken_fails_at_once_with_the_agents_error_an
     error, hint = result.stderr.strip().splitlines()
     assert error.startswith(f"snapctl: error: demo agent node2 exited: snapctl-agent: error: cannot listen on "
                             f"{LOOPBACK}:{port}: address already in use"), result.stderr
-    assert error.endswith("; stopped what it had started: the agents of node1 and node3, and the writer")
-    assert hint == f"  hint: see {inventory.parent / '.snapctl-demo' / 'node2.agent.log'}"
+    assert error.endswith(": address already in use; stopped what it had started: the agents of node1 and node3, "
+                          "and the writer")
+    # Not the agent's own "pick another --port": the demo has no --port, its inventory sets each port.
+    assert "--port" not in result.stderr
+    assert hint == (f"  hint: stop what uses it, or set node node2's agent: http://{LOOPBACK}:{port} "
+                    f"({inventory}:{_agent_line(inventory, 'node2')}) to a free port; "
+                    f"see {inventory.parent / '.snapctl-demo' / 'node2.agent.log'}")
     assert left == []
     # Nothing is left to get in the way: with the port free, the next `demo up` starts every node.
     again = _demo("up", "-o", "json", inventory=inventory)

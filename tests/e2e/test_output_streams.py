@@ -81,6 +81,30 @@ def test_with_json_output_prunes_warnings_are_on_stderr_as_in_text(tmp_path):
     assert text.stderr.splitlines() == [warned, "RICH LOADED True"]
 
 
+def test_with_json_output_a_verify_that_fails_says_why_on_stderr(tmp_path):
+    # `verify -o json` exiting 7 wrote nothing on stderr: `verify -o json 2>>verify.log` from cron
+    # logged nothing of why.
+    import shutil
+
+    write_inventory(tmp_path, sqlite_nodes(tmp_path, 2))
+    backup = snapctl_in_process("backup", "-i", "inventory.yaml", "-o", "json", cwd=tmp_path)
+    assert backup.returncode == ExitCode.OK, backup.stderr
+    run_id = json.loads(backup.stdout)["data"]["run_id"]
+
+    whole = snapctl_in_process("verify", run_id, "-i", "inventory.yaml", "-o", "json", cwd=tmp_path)
+    assert whole.returncode == ExitCode.OK and whole.stderr.splitlines() == ["RICH LOADED False"]
+
+    [gone] = (tmp_path / "snapshots").glob(f"*/n2/{run_id}-n2-*")
+    shutil.rmtree(gone)
+    failed = snapctl_in_process("verify", run_id, "-i", "inventory.yaml", "-o", "json", cwd=tmp_path)
+
+    assert failed.returncode == ExitCode.VERIFY_MISMATCH, failed.stderr
+    assert json.loads(failed.stdout)["data"]["ok"] is False
+    assert failed.stderr.splitlines() == [f"n2/data: snapshot {gone.name} no longer exists",
+                                          f"verify: run {run_id}: the run cannot be restored as recorded",
+                                          "RICH LOADED False"]
+
+
 def test_text_into_a_pipe_has_no_trailing_spaces_and_its_columns_stay_aligned(tmp_path):
     # `snapctl list | awk '{print length}'` gave lines padded with spaces to the table's width
     # (124 characters for a run list with one error, mostly blank): rich pads every cell.

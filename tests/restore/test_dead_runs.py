@@ -193,3 +193,23 @@ def test_a_run_that_ends_between_the_listing_and_the_locks_read_is_not_shown_dea
 
     monkeypatch.setattr(Catalog, "read_lock", the_run_ends_first)
     assert [(e.run_id, e.error) for e in listed(catalog, entries)] == [(run_id, None)]
+
+
+def test_show_says_of_a_dead_run_what_list_says_and_nothing_of_a_live_one(sqlite_cluster):
+    # `list` said "running, its snapctl gone: ..." while `show RUN` said only "running".
+    dead = _left_running(sqlite_cluster)
+
+    shown = snapctl(sqlite_cluster, "show", dead)
+    assert shown.returncode == 0, shown.stderr
+    assert f"run {dead} of cluster" in shown.stdout and ": running," in shown.stdout
+    assert f"warning: run {dead}: {STOPPED}" in shown.stderr
+    as_json = snapctl(sqlite_cluster, "show", dead, "-o", "json")
+    assert json.loads(as_json.stdout)["data"]["status"] == "running"  # the document stays the manifest
+    assert f"warning: run {dead}: {STOPPED}" in as_json.stderr
+    listed = json.loads(snapctl(sqlite_cluster, "list", "-o", "json").stdout)["data"]["runs"]
+    assert [r["error"] for r in listed if r["run_id"] == dead] == [STOPPED]  # the same judgement
+
+    catalog, now = open_catalog(sqlite_cluster.inventory), utc_now()
+    alive = LockRecord(owner=run_owner(), run_id=dead, acquired_at=now, expires_at=now + timedelta(hours=1))
+    catalog.store.write(f"{catalog.cluster}/lock.json", alive.encode())  # this process: its snapctl, alive
+    assert "its snapctl gone" not in snapctl(sqlite_cluster, "show", dead).stderr

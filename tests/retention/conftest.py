@@ -88,17 +88,23 @@ def inventory(scene: Scene, retention: dict | None = None, *, store: str = "snap
     return parse_inventory(text, source="test.yaml", base_dir=scene.root)
 
 
-def gc_cli(scene: Scene) -> Callable[..., subprocess.CompletedProcess]:
-    """`snapctl gc ARGS` as a process, over an inventory of the scene written beside its catalog."""
+def snapctl_cli(scene: Scene) -> Callable[..., subprocess.CompletedProcess]:
+    """`snapctl COMMAND ARGS` as a process, over an inventory of the scene written beside its catalog."""
     (scene.root / "inv.yaml").write_text(yaml.safe_dump({
         "cluster": CLUSTER, "provider": {"type": "local", "store": "snapshots"}, "catalog": {"path": "catalog"},
         "nodes": [{"name": n, "agent": "http://127.0.0.1:1"} for n in ("n1", "n2")]}))
 
-    def snapctl(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "snapctl.cli", "gc", "-i", "inv.yaml", *args], cwd=scene.root,
-                              capture_output=True, text=True, check=False, timeout=60)
+    def snapctl(command: str, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "snapctl.cli", command, "-i", "inv.yaml", *args],
+                              cwd=scene.root, capture_output=True, text=True, check=False, timeout=60)
 
     return snapctl
+
+
+def gc_cli(scene: Scene) -> Callable[..., subprocess.CompletedProcess]:
+    """`snapctl gc ARGS` as a process (``snapctl_cli``)."""
+    snapctl = snapctl_cli(scene)
+    return lambda *args: snapctl("gc", *args)
 
 
 def snapshots_of(scene: Scene, run_ids: set[str]) -> set[str]:

@@ -239,3 +239,79 @@ def test_gc_cli_lists_snapshots_of_unknown_runs_apart_and_deletes_them_only_when
     assert deleted.returncode == 0, deleted.stderr
     assert json.loads(deleted.stdout)["data"]["deleted"] == [stranger.snapshot_id]
     assert stranger.snapshot_id not in scene.snapshot_ids()
+
+
+def test_gc_refuses_a_snapshot_store_that_does_not_exist(scene: Scene) -> None:
+    """A mistyped or unmounted provider.store lists no snapshot: gc said "no orphaned snapshots"
+    and exited 0, a wrong store read as a clean cluster."""
+    from snapctl.errors import ProviderError
+
+    scene.add_run("r0", T0)
+    scene.add_run("r1-killed", T0 + timedelta(days=1), "running", recorded=False)  # orphans, in the right store
+    inv = inventory(scene, store="snapshots-not-mounted")
+
+    for delete in (False, True):
+        with pytest.raises(ProviderError, match=r"the snapshot store .*/snapshots-not-mounted does not exist: gc "
+                                                r"cannot tell which snapshots of cluster prod are orphaned") as caught:
+            gc(inv, delete=delete)
+        assert "provider.store" in caught.value.hint and "mounted" in caught.value.hint
+    assert scene.catalog.read_lock() is None, "gc --delete took the lock before it refused"
+    assert not (scene.root / "snapshots-not-mounted").exists()
+    assert {r.snapshot_id for r in gc(inventory(scene)).orphans} == {"r1-killed-n1-data", "r1-killed-n2-data"}
+
+
+def test_gc_cli_refusing_a_missing_store_exits_1_with_its_hint(scene: Scene) -> None:
+    import json
+
+    scene.add_run("r0", T0)
+    snapctl = gc_cli(scene)
+    (scene.root / "inv.yaml").write_text((scene.root / "inv.yaml").read_text().replace("store: snapshots",
+                                                                                     "store: snapshotz"))
+    said = snapctl()
+    assert said.returncode == 1 and said.stdout == ""
+    assert "snapctl: error: the snapshot store " in said.stderr and "snapshotz does not exist" in said.stderr
+    assert "hint: check provider.store in the inventory" in said.stderr
+    assert json.loads(snapctl("-o", "json").stdout)["exit_code"] == 1
+
+
+def test_gc_says_why_each_run_it_passed_over_was_not_considered_and_never_that_all_is_owned(scene: Scene) -> None:
+    """A run killed with its lock not expired yet had a snapshot its manifest does not name: gc said
+    "every tagged snapshot has a manifest", then "not considered (run in progress, or manifest
+    unreadable): RUN"."""
+    import getpass
+    import json
+    import socket
+    import subprocess
+
+    from snapctl.catalog.lock import LockRecord, utc_now
+    from snapctl.orchestrator import run_owner
+
+    scene.add_run("r0", T0)
+    killed = "20240305T000000Z-aaaaaa"
+    scene.add_run(killed, T0 + timedelta(days=4), "running", recorded=False)  # its snapshots, unnamed
+    scene.add_run("r4-broken", T0 + timedelta(days=5))
+    scene.catalog.store.write(f"{CLUSTER}/manifests/r4-broken.json", b"{ damaged")
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # reaped: its pid runs nothing now
+    now = utc_now()
+
+    def lock(owner: str) -> None:
+        record = LockRecord(owner=owner, run_id=killed, acquired_at=now, expires_at=now + timedelta(hours=1))
+        scene.catalog.store.write(f"{CLUSTER}/lock.json", record.encode())
+
+    lock(f"{getpass.getuser()}@{socket.gethostname()}:{dead.pid}")
+    snapctl = gc_cli(scene)
+    said = snapctl()
+    assert said.returncode == 0, said.stderr
+    assert "every tagged snapshot has a manifest" not in said.stdout
+    assert "no orphaned snapshots of cluster prod outside the runs not considered below" in said.stdout
+    assert "2 run(s) not considered: gc neither lists nor deletes their snapshots:" in said.stdout
+    until = f"{(now + timedelta(hours=1)):%Y-%m-%d %H:%M:%S} UTC"
+    assert (f"  run {killed}: its snapctl is gone, but its cluster lock holds until {until}: after that "
+            "`snapctl gc --delete` closes the run, and lists what it left") in said.stdout
+    assert "  run r4-broken: its manifest cannot be read (`snapctl list` says why)" in said.stdout
+    reasons = json.loads(snapctl("-o", "json").stdout)["data"]["skipped_reasons"]
+    assert set(reasons) == {killed, "r4-broken"} and reasons[killed].startswith("its snapctl is gone")
+
+    lock(run_owner())  # this process: a run in progress
+    assert f"  run {killed}: in progress: it holds the cluster lock (until {until}" in snapctl().stdout

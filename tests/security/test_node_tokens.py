@@ -18,6 +18,7 @@ from snapctl.agent_credentials import AgentTokens
 from snapctl.config import load_inventory
 from snapctl.errors import ExitCode
 from tests.agent.conftest import agent_process, make_db
+from tests.status.conftest import VALIDATOR
 
 TOKENS = {"n1": "shared-token-of-the-cluster-1a", "n2": "n2-own-token-9f3c"}
 
@@ -117,12 +118,16 @@ def test_token_files_other_users_can_read_are_warned_about_and_still_used(cluste
     warned = snapctl(inventory, "status")
     assert warned.returncode == quiet.returncode, warned.stderr
     assert all(node["authorized"] for node in json.loads(warned.stdout)["data"]["nodes"])
-    assert warned.stderr.splitlines() == [
+    said = [
         (f"{inventory}: auth.token_file {shared} is readable by its group and other users (mode 0644); "
          f"chmod 600 {shared} so that only snapctl's user can read it"),
         (f"{inventory}: the token_file of node n2 {own} is readable and writable by its group (mode 0660); "
          f"chmod 600 {own} so that only snapctl's user can read it"),
     ]
+    # As every other warning: `warning: ` on stderr, and in the document (they were neither).
+    assert warned.stderr.splitlines() == [f"warning: {line}" for line in said]
+    assert json.loads(warned.stdout)["warnings"] == said
+    assert "warnings" not in json.loads(quiet.stdout)
     for secret in TOKENS.values():
         assert secret not in warned.stdout + warned.stderr
 
@@ -134,11 +139,19 @@ def test_a_short_token_is_warned_about_once_by_its_length_never_shown(cluster, c
     for token_file in (own, inventory.parent / "cluster.token"):
         token_file.chmod(0o600)  # no warning about who can read them: only the one tested
     warned = snapctl(inventory, "status")
-    assert warned.stderr.splitlines() == [
-        f"{inventory}: the token_file of node n2 {own} holds a token shorter than 16 characters, which can be "
-        "guessed; give the agents and snapctl a long random one, e.g. (umask 077 && openssl rand -hex 32 > FILE) "
-        "(docs/security.md)"]
+    said = (f"{inventory}: the token_file of node n2 {own} holds a token shorter than 16 characters, which can be "
+            "guessed; give the agents and snapctl a long random one, e.g. (umask 077 && openssl rand -hex 32 > FILE) "
+            "(docs/security.md)")
+    assert warned.stderr.splitlines() == [f"warning: {said}"]
+    assert json.loads(warned.stdout)["warnings"] == [said]
+    VALIDATOR.validate(json.loads(warned.stdout))  # docs/status.schema.json allows them
     assert "n2-guessable" not in warned.stdout + warned.stderr
+    as_text = subprocess.run([sys.executable, "-m", "snapctl.cli", "status", "-i", str(inventory)],
+                             cwd=inventory.parent, capture_output=True, text=True, timeout=120, check=False)
+    assert as_text.stderr.splitlines()[0] == f"warning: {said}"
+    assert "n2-guessable" not in as_text.stdout + as_text.stderr
+    failed = snapctl(inventory, "backup", "--no-such-flag")  # the error's document: no token logged yet, none
+    assert "warnings" not in json.loads(failed.stdout)
     # Once a process: `status --watch` reads the tokens on every refresh.
     loaded = load_inventory(inventory)
     with caplog.at_level("WARNING", logger="snapctl.auth"):

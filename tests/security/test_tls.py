@@ -67,9 +67,9 @@ def test_a_client_key_other_users_can_read_is_warned_about_and_still_used(mtls_c
     key.chmod(0o644)
     warned = cluster.snapctl("status", "-o", "json", inventory=inventory)
     assert all(node["authorized"] for node in warned.json["data"]["nodes"]), warned.stdout
-    assert warned.stderr.splitlines() == [
-        f"{inventory}: {setting} {key} is readable by its group and other users (mode 0644); "
-        f"chmod 600 {key} so that only snapctl's user can read it"]
+    said = (f"{inventory}: {setting} {key} is readable by its group and other users (mode 0644); "
+            f"chmod 600 {key} so that only snapctl's user can read it")
+    assert warned.stderr.splitlines() == [f"warning: {said}"] and warned.json["warnings"] == [said]
     key.chmod(0o600)
     assert cluster.snapctl("status", "-o", "json", inventory=inventory).stderr == ""
 

@@ -120,3 +120,48 @@ def test_a_run_table_written_to_a_pipe_is_not_cut_to_eighty_columns(capsys, monk
     Renderer().backup_result(manifest)
     rows = [line for line in capsys.readouterr().out.splitlines() if "-data" in line]
     assert len(rows) == 2 and all("20261206T083257Z-d8c3eb-node" in r and "completed" in r for r in rows), rows
+
+
+def _listed_with_a_long_error(terminal: bool) -> tuple[str, str]:
+    from snapctl.manifest import IndexEntry
+
+    error = ("rolled back: node n2: agent http://10.0.0.12:7700 did not answer prepare within 5s; the "
+             "snapshots of n1 were deleted: the useful end is here")
+    r = renderer()
+    r.out = Console(file=io.StringIO(), width=400, highlight=False, force_terminal=terminal, color_system=None)
+    r.run_list([IndexEntry(run_id="20261206T083257Z-d8c3eb", status="failed", started_at=datetime.now(UTC),
+                           nodes=2, snapshots=0, error=error)], [])
+    return r.out.file.getvalue(), error
+
+
+def test_list_on_a_terminal_ends_a_cut_error_with_an_ellipsis_and_says_where_the_whole_one_is():
+    # The error column was cut at 80 characters with no sign, its useful end lost.
+    text, error = _listed_with_a_long_error(terminal=True)
+    assert error[:79] + "…" in text and error not in text
+    assert "errors cut at 80 characters (…): `snapctl show RUN` prints a run's whole error" in text
+
+
+def test_list_to_a_pipe_or_a_log_keeps_every_error_whole():
+    text, error = _listed_with_a_long_error(terminal=False)
+    assert error in text and "…" not in text and "cut" not in text
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_list_at_80_columns_puts_the_errors_below_the_table_rather_than_dropping_them(terminal):
+    # At 80 columns rich squeezed the error column to nothing: a terminal of the default size (or
+    # COLUMNS=80 into a pipe) showed no error at all, and the error column cut `succeeded*`.
+    from snapctl.manifest import IndexEntry
+
+    r = renderer()
+    r.out = Console(file=io.StringIO(), width=80, highlight=False, force_terminal=terminal, color_system=None)
+    r.run_list([IndexEntry(run_id="20261206T083257Z-d8c3eb", status="failed", started_at=datetime.now(UTC),
+                           nodes=2, snapshots=0, error="rolled back: node n2: prepare did not answer"),
+                IndexEntry(run_id="20261205T083257Z-aaaaaa", status="succeeded", started_at=datetime.now(UTC),
+                           nodes=2, snapshots=2, unconfirmed=True)], [])
+    text = r.out.file.getvalue()
+    assert "  20261206T083257Z-d8c3eb: rolled back: node n2: prepare did not answer\n" in text
+    rows = [line.split() for line in text.splitlines() if line.startswith("  2026120")]
+    assert [row[:2] for row in rows[:2]] == [["20261206T083257Z-d8c3eb", "failed"],
+                                             ["20261205T083257Z-aaaaaa", "succeeded*"]]
+    assert "error" not in text.splitlines()[2]  # no column for it
+    assert all(len(line) <= 80 for line in text.splitlines()[:6])

@@ -244,6 +244,11 @@ class LocalProvider(LocalRestores):
                 found.append(self._ref(meta, snap_dir))
         return found
 
+    def missing_store(self) -> str | None:
+        """The store's directory when it does not exist: a typo or a share not mounted, where
+        ``find`` would report no snapshot at all, which gc would read as nothing orphaned."""
+        return None if os.path.lexists(self.store.root) else str(self.store.root)
+
     def find_leftovers(self) -> list[Leftover]:
         """The hidden work directories of calls that died. Each node's are listed under its lock,
         taken only if free: every call that makes one holds that lock until it is gone, so what is
