@@ -80,11 +80,12 @@ def test_the_agent_limits_every_client_by_default(service: AgentService) -> None
             refused = client.post("/v1/renew", headers=guess, json=renew)
             codes.append(refused.status_code)
         elapsed = time.monotonic() - started
-        # Wrong tokens are charged (the limit is outside the token check): the burst, and what the
+        # Wrong tokens are charged (the limit is outside the token check): the burst, less the
+        # holder's first request (charged to the address before its token was known), and what the
         # rate refilled meanwhile, then 429.
         assert set(codes[:-1]) == {401} and codes[-1] == 429, codes
         served = len(codes) - 1
-        assert DEFAULT_BURST <= served <= DEFAULT_BURST + elapsed * DEFAULT_RATE_PER_S + 1, (served, elapsed)
+        assert DEFAULT_BURST - 1 <= served <= DEFAULT_BURST + elapsed * DEFAULT_RATE_PER_S + 1, (served, elapsed)
         # Its 429 closes the connection, the body unread (that middleware is outside the limit).
         assert refused.headers["connection"] == "close"
         # The holder's own requests from the same address are counted apart from the guesses.
