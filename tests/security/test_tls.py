@@ -131,3 +131,19 @@ def test_https_to_a_plain_http_agent_says_it_answers_in_plain_http(tmp_path: Pat
         assert "tls with the agent at https://127.0.0.1:" in result.stdout and "it answers in plain http" in result.stdout
     finally:
         cluster.close()
+
+
+def test_a_certificate_that_does_not_name_the_agents_address_says_so(mtls_cluster: FaultCluster) -> None:
+    # The certificate is for 127.0.0.1: dialled as localhost, the chain verifies and the name does
+    # not. The hint used to send the operator to auth.ca_file, which was right.
+    cluster = mtls_cluster
+    inventory = cluster.write_inventory(cluster.directory / "by-name.yaml")
+    inventory.write_text(inventory.read_text().replace("https://127.0.0.1:", "https://localhost:"))
+    result = cluster.snapctl("backup", inventory=inventory)
+    assert result.returncode == ExitCode.PREFLIGHT_REFUSED, result.stderr
+    assert ("hint: the agent's certificate does not name localhost, the host snapctl was given for it "
+            "(nodes[].agent, or restore.agent for a scratch agent): use a name the certificate was issued for, "
+            "or reissue the certificate with localhost in its subjectAltName") in result.stderr
+    assert "point auth.ca_file" not in result.stderr
+    assert cluster.held() == set()
+
