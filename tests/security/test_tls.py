@@ -147,3 +147,29 @@ def test_a_certificate_that_does_not_name_the_agents_address_says_so(mtls_cluste
     assert "point auth.ca_file" not in result.stderr
     assert cluster.held() == set()
 
+
+@pytest.mark.parametrize("setting", ["ca_file", "client_cert_file", "client_key_file"])
+def test_a_missing_tls_file_is_named_with_its_setting(mtls_cluster: FaultCluster, setting: str) -> None:
+    # ssl says only "[Errno 2] No such file or directory": which of the three was it?
+    cluster = mtls_cluster
+    missing = cluster.directory / f"gone-{setting}.pem"
+    auth = {"token_file": str(cluster.token_file), "ca_file": str(cluster.tls.ca),
+            "client_cert_file": str(cluster.tls.client_cert), "client_key_file": str(cluster.tls.client_key),
+            setting: str(missing)}
+    inventory = cluster.write_inventory(cluster.directory / "missing.yaml", auth=auth)
+    result = cluster.snapctl("status", inventory=inventory)
+    assert result.returncode == ExitCode.BAD_INPUT, result.stdout + result.stderr
+    assert f"cannot read auth.{setting} {missing}: no such file or directory" in result.stderr
+    assert f"hint: set auth.{setting} to the PEM file it names" in result.stderr
+
+
+def test_a_client_key_of_another_certificate_names_both_files(mtls_cluster: FaultCluster, tmp_path: Path) -> None:
+    cluster = mtls_cluster
+    other = make_pki(tmp_path / "other")
+    inventory = cluster.write_inventory(cluster.directory / "mismatched.yaml", auth={
+        "token_file": str(cluster.token_file), "ca_file": str(cluster.tls.ca),
+        "client_cert_file": str(cluster.tls.client_cert), "client_key_file": str(other.client_key)})
+    result = cluster.snapctl("status", inventory=inventory)
+    assert result.returncode == ExitCode.BAD_INPUT, result.stdout + result.stderr
+    assert (f"cannot load the client certificate from auth.client_cert_file {cluster.tls.client_cert} and "
+            f"auth.client_key_file {other.client_key}") in result.stderr
