@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         if token is not None and len(token) < MIN_TOKEN_CHARS:
             _short_token(config)
         config.check_tls_files()
+        config.warn_if_engine_password_open()
         sock = _bind(config.listen, config.port)
     except SnapctlError as exc:
         return _fail(exc)
