@@ -173,3 +173,18 @@ def test_a_client_key_of_another_certificate_names_both_files(mtls_cluster: Faul
     assert result.returncode == ExitCode.BAD_INPUT, result.stdout + result.stderr
     assert (f"cannot load the client certificate from auth.client_cert_file {cluster.tls.client_cert} and "
             f"auth.client_key_file {other.client_key}") in result.stderr
+
+
+
+def test_an_agents_server_certificate_is_refused_as_a_client_certificate(mtls_cluster: FaultCluster) -> None:
+    # One CA signs the agents' and snapctl's certificates here. Whoever holds a database host's
+    # agent key (tls.key_file) has a certificate from the client CA: refused because it is issued
+    # for serverAuth only. docs/security.md says so (client certificates: their own CA, or agent
+    # certificates serverAuth only).
+    cluster = mtls_cluster
+    with pytest.raises(AgentUnreachable):
+        status_with(cluster, ca_file=str(cluster.tls.ca), client_cert_file=str(cluster.tls.server_cert),
+                    client_key_file=str(cluster.tls.server_key))
+    assert cluster.held() == set()
+    status_with(cluster, ca_file=str(cluster.tls.ca), client_cert_file=str(cluster.tls.client_cert),
+                client_key_file=str(cluster.tls.client_key))  # the same call with snapctl's own answers
