@@ -59,6 +59,8 @@ class TlsConfig(Strict):
     cert_file: str | None = None
     key_file: str | None = None
     client_ca_file: str | None = None  # set: clients must present a certificate signed by this CA (mTLS)
+    # set: and that certificate must name one of these (CN, DNS or URI subjectAltName), else 403
+    client_names: list[str] | None = Field(default=None, min_length=1)
 
     @model_validator(mode="after")
     def _complete(self) -> TlsConfig:
@@ -66,6 +68,8 @@ class TlsConfig(Strict):
             raise ValueError("needs both cert_file and key_file")
         if self.client_ca_file and not self.cert_file:
             raise ValueError("client_ca_file (mTLS) needs cert_file and key_file too")
+        if self.client_names and not self.client_ca_file:
+            raise ValueError("client_names needs client_ca_file: without client certificates there is no name to check")
         return self
 
 

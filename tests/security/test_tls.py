@@ -188,3 +188,29 @@ def test_an_agents_server_certificate_is_refused_as_a_client_certificate(mtls_cl
     assert cluster.held() == set()
     status_with(cluster, ca_file=str(cluster.tls.ca), client_cert_file=str(cluster.tls.client_cert),
                 client_key_file=str(cluster.tls.client_key))  # the same call with snapctl's own answers
+
+
+
+def test_tls_client_names_refuses_a_certificate_of_the_ca_that_names_none_of_them(tmp_path: Path) -> None:
+    # client_ca_file alone takes every certificate its CA signed for a client; with client_names,
+    # only those that name one of them (snapctl's is issued for CN=snapctl).
+    pki = make_pki(tmp_path / "pki")
+    (tmp_path / "cluster").mkdir()
+    tls = {"cert_file": str(pki.server_cert), "key_file": str(pki.server_key), "client_ca_file": str(pki.ca),
+           "client_names": ["db-backup", "snapctl"]}
+    cluster = FaultCluster(tmp_path / "cluster", tls=pki, nodes=("node1",), agent_extra={"tls": tls})
+    try:
+        cluster.start()  # its health checks present snapctl's certificate: answered
+        other = cluster.write_inventory(cluster.directory / "other.yaml", auth={
+            "token_file": str(cluster.token_file), "ca_file": str(pki.ca),
+            "client_cert_file": str(pki.other_client_cert), "client_key_file": str(pki.other_client_key)})
+        refused = cluster.snapctl("status", "-o", "json", inventory=other)
+        node = refused.json["data"]["nodes"][0]
+        assert not node["authorized"], refused.stdout
+        assert "the client certificate (another client) is not one of this agent's tls.client_names" in refused.stdout
+        assert "refused a client: the client certificate (another client)" in cluster.agents["node1"].log.read_text()
+        answered = cluster.snapctl("status", "-o", "json")
+        assert answered.json["data"]["nodes"][0]["authorized"], answered.stdout
+        assert cluster.held() == set()
+    finally:
+        cluster.close()
