@@ -11,6 +11,7 @@ import os
 import ssl
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -19,7 +20,14 @@ from node_agent.engines.base import EngineSettings, load_engine_factory, validat
 from node_agent.hold_record import default_state_dir
 from node_agent.ratelimit import DEFAULT_BURST, DEFAULT_RATE_PER_S
 from snapctl.errors import BadInputError, os_reason
-from snapctl.secret_files import UNFIT_TOKEN, UNFIT_TOKEN_HINT, read_first_line, unfit_token, warn_if_open
+from snapctl.secret_files import (
+    UNFIT_TOKEN,
+    UNFIT_TOKEN_HINT,
+    open_to_others,
+    read_first_line,
+    unfit_token,
+    warn_if_open,
+)
 from snapctl.yaml_errors import (
     NAME_PATTERN,
     Flag,
@@ -51,6 +59,8 @@ class TlsConfig(Strict):
     cert_file: str | None = None
     key_file: str | None = None
     client_ca_file: str | None = None  # set: clients must present a certificate signed by this CA (mTLS)
+    # set: and that certificate must name one of these (CN, DNS or URI subjectAltName), else 403
+    client_names: list[str] | None = Field(default=None, min_length=1)
 
     @model_validator(mode="after")
     def _complete(self) -> TlsConfig:
@@ -58,6 +68,8 @@ class TlsConfig(Strict):
             raise ValueError("needs both cert_file and key_file")
         if self.client_ca_file and not self.cert_file:
             raise ValueError("client_ca_file (mTLS) needs cert_file and key_file too")
+        if self.client_names and not self.client_ca_file:
+            raise ValueError("client_names needs client_ca_file: without client certificates there is no name to check")
         return self
 
 
@@ -182,6 +194,22 @@ class AgentConfig(Strict):
         except OSError as exc:
             raise AgentConfigError(f"{self._source}: cannot read {setting} {file}: {os_reason(exc)}",
                                    hint="name a file that the agent's user can read") from exc
+
+    def warn_if_engine_password_open(self) -> None:
+        """Warn when an engine URL carries a password (QuestDB's url, AresDB's debug_url: they have no
+        password_file) and this config file, which then holds it, is open to others. Never the password."""
+        settings = self.engine_settings
+        holders = [f"engine.{name}" for name, value in settings.model_dump().items()
+                   if name.endswith("url") and isinstance(value, str) and urlsplit(value).password]
+        if not holders or self._source == "<memory>":
+            return
+        try:
+            exposure = open_to_others(os.stat(self._source).st_mode)
+        except OSError:
+            return  # read a moment ago: gone since, nothing to warn about
+        if exposure:
+            log.warning("%s: %s carries a password, and this file is %s; chmod 600 %s so that only the "
+                        "agent's user can read it", self._source, " and ".join(holders), exposure, self._source)
 
     def _read_secret(self, token_file: str | None, token_env: str | None, key: str) -> str | None:
         if token_file:

@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         if token is not None and len(token) < MIN_TOKEN_CHARS:
             _short_token(config)
         config.check_tls_files()
+        config.warn_if_engine_password_open()
         sock = _bind(config.listen, config.port)
     except SnapctlError as exc:
         return _fail(exc)
@@ -211,7 +212,8 @@ def _serve(config: AgentConfig, token: str | None, metrics_token: str | None, en
         server_header=False,
         # Half-sent requests and TLS handshakes are timed out, and connections per client bounded
         # from their TCP connect on: so the protocol does TLS, and uvicorn is given no ssl settings.
-        http=guarded_http(tls=tls),
+        http=guarded_http(tls=tls, client_names=frozenset(config.tls.client_names)
+                          if config.tls and config.tls.client_names else None),
         # uvloop (which uvicorn picks when it is installed) reads a new connection before the
         # protocol can pause it: the ClientHello reached HTTP, and the handshake stalled.
         loop="asyncio" if tls else "auto",

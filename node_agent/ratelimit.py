@@ -38,6 +38,7 @@ from collections.abc import Callable, Collection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from node_agent.asgi_http import HttpMiddleware
+from node_agent.client_names import refusal_for
 
 DEFAULT_RATE_PER_S = 20.0  # sustained requests per second, per client and endpoint
 DEFAULT_BURST = 60  # requests a client may make at once to one endpoint
@@ -206,7 +207,8 @@ TOKEN_ACCEPTED = "snapctl.agent_token_accepted"
 
 
 def guarded_http(request_timeout_s: float = REQUEST_TIMEOUT_S, max_per_client: int = MAX_CONNECTIONS_PER_CLIENT,
-                 tls: ssl.SSLContext | None = None) -> type[asyncio.Protocol]:
+                 tls: ssl.SSLContext | None = None, client_names: Collection[str] | None = None
+                 ) -> type[asyncio.Protocol]:
     """uvicorn's HTTP/1.1 protocol with two bounds on connections, for ``uvicorn.Config(http=...)``.
 
     uvicorn waits for a request's headers for ever: anyone who can reach the port (no token
@@ -228,7 +230,8 @@ def guarded_http(request_timeout_s: float = REQUEST_TIMEOUT_S, max_per_client: i
     uvicorn, it came before the protocol saw the connection: a client that never finished its
     handshake held the connection for asyncio's 60 s and was not counted against its address. Here
     a connection is counted from its TCP connect, and the handshake falls within the same
-    ``request_timeout_s`` as the request that follows it. With ``tls``, run on asyncio's own loop
+    ``request_timeout_s`` as the request that follows it. ``client_names``: a verified client
+    certificate naming none of them gets 403 (node_agent.client_names). With ``tls``, run on asyncio's own loop
     (``uvicorn.Config(loop="asyncio")``): uvloop delivers a connection's first bytes even when
     ``connection_made`` paused reading, so the ClientHello went to HTTP and the handshake stalled."""
     from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -307,6 +310,10 @@ def guarded_http(request_timeout_s: float = REQUEST_TIMEOUT_S, max_per_client: i
                 self._release()
                 return
             super().connection_made(secure)  # type: ignore[arg-type]
+            if client_names is not None:
+                refusal = refusal_for(secure.get_extra_info("peercert"), client_names)
+                if refusal is not None:
+                    self.app = refusal  # this connection's requests only
             early, self._early = self._early or [], None
             for data in early:
                 super().data_received(data)

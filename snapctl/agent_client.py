@@ -14,6 +14,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, Protocol, TypeVar, runtime_checkable
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ValidationError
 
@@ -282,6 +283,16 @@ class HttpAgentClient:
                                                       "its snapctl-agent listens on")
         reason = str(exc) or type(exc).__name__
         tls = self.base_url.startswith("https:")
+        if "mismatch, certificate is not valid for" in reason:
+            # The CA is right here (the chain verified): the address snapctl dials is not one the
+            # certificate names, so pointing auth.ca_file elsewhere would not help.
+            host = urlsplit(self.base_url).hostname
+            return AgentUnreachable(self.node, f"tls with the agent at {self.base_url} failed: {reason}",
+                                    hint=f"the agent's certificate does not name {host}, the host snapctl was "
+                                         "given for it (nodes[].agent, or restore.agent for a scratch agent): "
+                                         "use a name the certificate was issued for, or reissue the "
+                                         f"certificate with {host} in its subjectAltName",
+                                    delivered=exc.sent)
         if "CERTIFICATE_VERIFY_FAILED" in reason or "certificate" in reason.lower():
             return AgentUnreachable(self.node, f"tls with the agent at {self.base_url} failed: {reason}",
                                     hint="point auth.ca_file at the CA that signed the agent's certificate",

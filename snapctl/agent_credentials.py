@@ -110,16 +110,37 @@ def tls_context(inventory: Inventory) -> ssl.SSLContext:
 
     auth = inventory.auth
     if auth.ca_file or auth.client_cert_file:
+        files = {setting: inventory.resolve(path) for setting, path in (
+            ("auth.ca_file", auth.ca_file), ("auth.client_cert_file", auth.client_cert_file),
+            ("auth.client_key_file", auth.client_key_file)) if path}
+        # ssl's own errors name no file ("[Errno 2] No such file or directory"): each is opened
+        # here first, so that the error says which setting to fix.
+        for setting, file in files.items():
+            try:
+                file.open("rb").close()
+            except OSError as exc:
+                raise InventoryError(f"{inventory.source}: cannot read {setting} {file}: {os_reason(exc)}",
+                                     hint=f"set {setting} to the PEM file it names, readable by snapctl's user"
+                                     ) from exc
+        ca = files.get("auth.ca_file")
         try:
-            verify = ssl.create_default_context(cafile=str(inventory.resolve(auth.ca_file)) if auth.ca_file else None)
-            if auth.client_cert_file:
-                key = str(inventory.resolve(auth.client_key_file)) if auth.client_key_file else None
-                verify.load_cert_chain(str(inventory.resolve(auth.client_cert_file)), key)
-                # Whoever reads the key can be snapctl to every agent that requires client certificates.
-                setting = "auth.client_key_file" if key else "auth.client_cert_file (which holds the key)"
-                _warn_if_key_open(inventory, setting, inventory.resolve(key or auth.client_cert_file))
+            verify = ssl.create_default_context(cafile=str(ca) if ca else None)
         except (OSError, ssl.SSLError) as exc:
-            raise InventoryError(f"{inventory.source}: cannot load the TLS files under auth: {exc}") from exc
+            raise InventoryError(f"{inventory.source}: auth.ca_file {ca} holds no usable CA certificate: {exc}",
+                                 hint="it must hold the PEM certificate of the CA that signed the agents' "
+                                      "certificates") from exc
+        if auth.client_cert_file:
+            cert, key = files["auth.client_cert_file"], files.get("auth.client_key_file")
+            try:
+                verify.load_cert_chain(str(cert), str(key) if key else None)
+            except (OSError, ssl.SSLError) as exc:
+                pair = f"auth.client_cert_file {cert}" + (f" and auth.client_key_file {key}" if key else "")
+                raise InventoryError(f"{inventory.source}: cannot load the client certificate from {pair}: {exc}",
+                                     hint="give the PEM certificate and its own private key (a key that does "
+                                          "not match the certificate is refused)") from exc
+            # Whoever reads the key can be snapctl to every agent that requires client certificates.
+            setting = "auth.client_key_file" if key else "auth.client_cert_file (which holds the key)"
+            _warn_if_key_open(inventory, setting, key or cert)
         return verify
     return httpx.create_ssl_context(verify=True, trust_env=False)
 

@@ -57,6 +57,10 @@ local ok, internal = pcall(require, 'box.internal')
 if ok and internal.feedback_daemon ~= nil then cfg.feedback_enabled = false end
 box.cfg(cfg)
 """
+# What a scratch server gets of snapctl's environment. Not the rest: the agent token, the clouds'
+# credentials (AWS_*, GOOGLE_*, AZURE_*), nor ETCD_* and TT_* variables, which etcd and tarantool
+# read as settings of their own (an ETCD_ENABLE_PPROF meant for the live cluster, say).
+SCRATCH_ENV = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "USER", "LOGNAME")
 # etcd 3.4 takes unix://NAME:PORT only (a path is refused) and makes the socket file NAME:PORT in its
 # working directory. The peer URL too: the member is alone, and no other may reach it.
 ETCD_CLIENT_SOCKET, ETCD_PEER_SOCKET = "etcd-client:2379", "etcd-peer:2380"
@@ -206,7 +210,7 @@ class ScratchProcess:
         argv = [sys.executable, "-c", RECORD_THEN_EXEC, str(pid_file), *self.argv]
         with open(self.log_path, "ab") as log:
             self.popen = subprocess.Popen(argv, cwd=self.log_path.parent, stdout=log, stderr=subprocess.STDOUT,
-                                          stdin=subprocess.DEVNULL, start_new_session=True)
+                                          stdin=subprocess.DEVNULL, start_new_session=True, env=scratch_env())
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -248,6 +252,12 @@ class ScratchProcess:
         except OSError:
             return "no log"
         return lines[-1].strip()[-300:] if lines else "no output"
+
+
+def scratch_env() -> dict[str, str]:
+    env = {name: value for name, value in os.environ.items() if name in SCRATCH_ENV or name.startswith("LC_")}
+    env.setdefault("PATH", os.defpath)
+    return env
 
 
 def _private_dir(workdir: Path) -> None:

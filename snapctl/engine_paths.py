@@ -11,6 +11,7 @@ this host's configuration and stay.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from snapctl.errors import BadInputError
@@ -84,10 +85,28 @@ def remap_paths(engine: dict[str, Any], inventory: Inventory, node: Node, restor
         return moved
     if stay is not None:
         raise live_path(inventory, node, restored, *stay, drill=drill)
+    for key in read:
+        for value in [moved[key]] if isinstance(moved.get(key), str) else moved.get(key) or []:
+            _stays_on_the_volumes(node, key, value, restored, drill=drill)
     for key in unused:
         if any(k == key for k, _ in stays):
             moved.pop(key, None)  # not read, and never to name the live host's files
     return moved
+
+
+def _stays_on_the_volumes(node: Node, key: str, value: str, restored: dict[str, str], *, drill: bool) -> None:
+    """Refuse a moved path that a symbolic link in the restored data leads off the restored volumes:
+    the source's file may have been a link to another disk, and on this host the link names live
+    files (a database whose -shm restore-prepare deletes, whose rows verify counts)."""
+    where = Path(value).resolve()
+    if any(where.is_relative_to(Path(root).resolve()) for root in restored.values()):
+        return
+    what = "drill" if drill else "restore"
+    raise BadInputError(
+        f"node {node.name}: the engine's {key} {value} leads off the restored volumes through a symbolic link in "
+        f"the restored data, to {where}: the {what} would use the files there instead of the backup's",
+        hint="the backup holds a link, not the data: list the directory it points to among the node's volumes, so "
+             "that the data is backed up and restored too")
 
 
 def live_path(inventory: Inventory, node: Node, restored: dict[str, str], key: str, value: str, *,

@@ -22,7 +22,7 @@ import httpx
 from pydantic import Field
 
 from node_agent.engines.base import EngineSettings, split_user_info
-from node_agent.engines.questdb_conf import write_instance_id
+from node_agent.engines.questdb_conf import touch_restore_marker, write_instance_id
 from node_agent.engines.questdb_holds import (
     CHECKPOINT,
     CLOCK_SLACK_S,
@@ -292,9 +292,9 @@ class QuestDBEngine:
             version = _FIRST_CHECKPOINT_VERSION
         # Unknown version: do both; each mechanism is ignored by the versions that lack it.
         if version is None or version >= _RESTORE_MARKER_VERSION:
-            (root / "_restore").touch()
+            touch_restore_marker(root)
         if version is None or version < _RESTORE_MARKER_VERSION:
-            write_instance_id(root / "conf" / "server.conf", uuid.uuid4().hex)
+            write_instance_id(root, uuid.uuid4().hex)
 
     def data_paths(self) -> list[Path]:
         return [self.root]

@@ -1,4 +1,4 @@
-"""A throwaway PKI for TLS tests: a CA, a server certificate for 127.0.0.1, a client certificate."""
+"""A throwaway PKI for TLS tests: a CA, a server certificate for 127.0.0.1, two client certificates."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ class Pki:
     server_key: Path
     client_cert: Path
     client_key: Path
+    other_client_cert: Path  # another client of the same CA (CN "another client"), for tls.client_names
+    other_client_key: Path
 
 
 def _name(common_name: str) -> x509.Name:
@@ -63,6 +65,9 @@ def make_pki(directory: Path) -> Pki:
     client_key = ec.generate_private_key(ec.SECP256R1())
     client_cert = _issue("snapctl", client_key, ca_cert.subject, ca_key, ca=False,
                          usage=ExtendedKeyUsageOID.CLIENT_AUTH)
+    other_key = ec.generate_private_key(ec.SECP256R1())
+    other_cert = _issue("another client", other_key, ca_cert.subject, ca_key, ca=False,
+                        usage=ExtendedKeyUsageOID.CLIENT_AUTH)
 
     def pem(cert: x509.Certificate, name: str) -> Path:
         path = directory / name
@@ -75,4 +80,6 @@ def make_pki(directory: Path) -> Pki:
         server_key=_write_key(server_key, directory / "server.key"),
         client_cert=pem(client_cert, "client.pem"),
         client_key=_write_key(client_key, directory / "client.key"),
+        other_client_cert=pem(other_cert, "other-client.pem"),
+        other_client_key=_write_key(other_key, directory / "other-client.key"),
     )

@@ -27,8 +27,10 @@ def test_defaults_and_relative_paths(tmp_path: Path) -> None:
     ("text", "expected"),
     [
         (MINIMAL + "tls:\n  cert_file: a.pem\n  keyfile: b.pem\n",
-         "agent.yaml:7: unknown key 'tls.keyfile' (valid keys: cert_file, key_file, client_ca_file)"),
+         "agent.yaml:7: unknown key 'tls.keyfile' (valid keys: cert_file, key_file, client_ca_file, client_names)"),
         (MINIMAL + "tls:\n  cert_file: a.pem\n", "agent.yaml:5: tls: needs both cert_file and key_file"),
+        (MINIMAL + "tls:\n  cert_file: a.pem\n  key_file: b.pem\n  client_names: [snapctl]\n",
+         "agent.yaml:5: tls: client_names needs client_ca_file: without client certificates there is no name"),
         (MINIMAL + "port: 70000\n", "agent.yaml:5: port: input should be less than or equal to 65535"),
         ("engine:\n  type: sqlite\n  path: x\n", "agent.yaml:1: missing required key 'node'"),
         ("node: n1\nengine:\n  type: sqlite\n  path: x\n  journal: wal\n",

@@ -1,6 +1,7 @@
 """A drill's scratch engines serve restored production data: while they run, only the user running
 the drill may reach them. Real Tarantool and etcd, started by the drill's own ``scratch_engine`` on
-restored files; what listens is read from /proc, and another user (``nobody``) tries to connect."""
+restored files; what listens is read from /proc, and another user (``nobody``) tries to connect.
+Nor do they inherit snapctl's secrets (the agent token, cloud credentials): /proc/PID/environ."""
 
 from __future__ import annotations
 
@@ -87,6 +88,20 @@ def too_long(path: Path) -> bool:
     return len(os.fsencode(str(path))) > 107
 
 
+# Set in snapctl's environment by the tests below: the scratch engine must not inherit them.
+SECRETS = {"SNAPCTL_AGENT_TOKEN": "agent-token-of-the-drill", "AWS_SECRET_ACCESS_KEY": "aws-secret-of-the-drill"}
+
+
+def assert_no_secrets(environ: dict[str, str], name: str) -> None:
+    assert "PATH" in environ, environ  # the environment was read: a server needs its PATH
+    assert not set(SECRETS) & set(environ), f"the scratch {name} has snapctl's secrets"
+
+
+def proc_environ(pid: int) -> dict[str, str]:
+    found = (v.decode().split("=", 1) for v in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in v)
+    return dict(found)
+
+
 def assert_only_this_user_reaches(workdir: Path, name: str, socket_file: str) -> None:
     pid = json.loads((workdir / f"{name}.pid.json").read_text())["pid"]
     assert tcp_sockets(pid) == [], f"the scratch {name} holds a TCP socket"
@@ -115,7 +130,9 @@ def open_the_way_to(workdir: Path) -> None:
         parent.chmod(0o755)
 
 
-def test_a_scratch_tarantool_listens_on_no_tcp_port_and_refuses_other_users(tmp_path, scratch):
+def test_a_scratch_tarantool_listens_on_no_tcp_port_and_refuses_other_users(tmp_path, scratch, monkeypatch):
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
     with TarantoolReplicaSet(tmp_path / "tt", size=1) as rs:
         rs.write(20)
         rs.eval("box.snapshot()")
@@ -130,6 +147,8 @@ def test_a_scratch_tarantool_listens_on_no_tcp_port_and_refuses_other_users(tmp_
         assert_only_this_user_reaches(workdir, "tarantool", "tarantool.sock")
         with engine._session() as conn:  # nor does it report to tarantool.io, as a default instance would hourly
             assert conn.eval("return box.cfg.feedback_enabled").data == [False]
+            # Asked of tarantool itself: its process title rewrites what /proc/PID/environ shows.
+            assert_no_secrets(conn.eval("return os.environ()").data[0], "tarantool")
 
 
 # The drill's script run by the real tarantool, as a build with or without the feedback daemon
@@ -171,7 +190,9 @@ def test_the_scratch_tarantool_is_given_feedback_enabled_only_where_its_build_ha
     assert ("feedback_enabled" in options) == (daemon == "with")
 
 
-def test_a_scratch_etcd_listens_on_no_tcp_port_and_refuses_other_users(tmp_path, scratch):
+def test_a_scratch_etcd_listens_on_no_tcp_port_and_refuses_other_users(tmp_path, scratch, monkeypatch):
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
     with EtcdCluster(tmp_path / "etcd", size=1) as etcd:
         etcd.write(20)
         settings = etcd.engine_settings(0)
@@ -187,6 +208,7 @@ def test_a_scratch_etcd_listens_on_no_tcp_port_and_refuses_other_users(tmp_path,
         assert engine.verify().tables["keys"].rows == 20
         assert engine.endpoint == f"unix:{workdir.absolute() / 'etcd-client:2379'}"
         assert_only_this_user_reaches(workdir, "etcd", "etcd-client:2379")
+        assert_no_secrets(proc_environ(json.loads((workdir / "etcd.pid.json").read_text())["pid"]), "etcd")
         assert (workdir / "etcd-peer:2380").is_socket(), "the peer URL is a private socket too"
 
 

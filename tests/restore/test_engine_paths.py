@@ -93,3 +93,43 @@ def test_an_engine_path_wholly_off_the_volumes_is_refused_before_restoring_not_l
     with pytest.raises(BadInputError, match=f"{said} drill would use"):
         run_drill(sqlite_cluster.inventory, run_of_n2_elsewhere, junit=tmp_path / "drill.xml")
     assert not any((sqlite_cluster.directory / "scratch").iterdir()), "no node was restored"
+
+
+
+@pytest.mark.parametrize("drill", [False, True])
+def test_a_restored_database_that_is_a_link_off_the_volumes_is_refused(tmp_path, drill):
+    # The preflight refuses to back up a database that is a link off the volumes; but restored data
+    # is whatever the snapshot holds (a link planted after the preflight, a store that was written
+    # to). On this host the link names a live file: restore-prepare deleted its -shm, and verify
+    # counted its rows as the backup's. Real files: the restored volume holds the link.
+    inventory = parse_inventory("""
+cluster: c
+provider: {type: local}
+nodes:
+  - name: n1
+    agent: embedded
+    engine: {type: sqlite, path: /srv/n1/data/app.db}
+    volumes: [{name: data, path: /srv/n1/data}]
+""", base_dir=tmp_path)
+    node = inventory.nodes[0]
+    live = tmp_path / "other-disk" / "app.db"
+    live.parent.mkdir()
+    live.write_bytes(b"a live database")
+    restored = tmp_path / "restored" / "n1" / "data"
+    restored.mkdir(parents=True)
+    (restored / "app.db").symlink_to(live)
+
+    with pytest.raises(BadInputError) as refused:
+        remap_paths(node.engine, inventory, node, {"data": str(restored)}, drill=drill)
+
+    assert refused.value.message == (
+        f"node n1: the engine's path {restored / 'app.db'} leads off the restored volumes through a symbolic link "
+        f"in the restored data, to {live}: the {'drill' if drill else 'restore'} would use the files there instead "
+        "of the backup's")
+    assert refused.value.hint.startswith("the backup holds a link, not the data: list the directory it points to")
+    # A link that stays on the restored volume is the source's own layout, and is followed.
+    (restored / "app.db").unlink()
+    (restored / "app-v2.db").write_bytes(b"the restored database")
+    (restored / "app.db").symlink_to("app-v2.db")
+    assert remap_paths(node.engine, inventory, node, {"data": str(restored)}, drill=drill) == {
+        "type": "sqlite", "path": str(restored / "app.db")}

@@ -98,6 +98,18 @@ def test_the_ci_workflow_runs_a_drill_and_uploads_its_report() -> None:
         parses("snapctl drill latest --no-such-flag")  # the parser really checks
 
 
+def test_the_ci_workflow_gives_the_agent_token_only_to_the_steps_that_run_snapctl() -> None:
+    # At job level it reached pip's build of the checkout and every action of the job (a third
+    # party's among them, under a movable tag).
+    workflow = yaml.safe_load((DEPLOY / "ci" / "nightly-drill.yml").read_text())
+    job = workflow["jobs"]["drill"]
+    assert "SNAPCTL_AGENT_TOKEN" not in {**workflow.get("env", {}), **job.get("env", {})}
+    given = [s.get("run", s.get("uses")) for s in job["steps"] if "SNAPCTL_AGENT_TOKEN" in s.get("env", {})]
+    assert given and all(str(run).startswith("snapctl ") for run in given), given
+    snapctl_steps = [s["run"] for s in job["steps"] if s.get("run", "").startswith("snapctl ")]
+    assert given == snapctl_steps
+
+
 @pytest.mark.parametrize(("said", "mailed"), [
     ("no orphaned snapshots of cluster prod: every tagged snapshot has a manifest", False),
     (("2 snapshot(s) of cluster prod that no manifest owns:\n  snap-1  node n1 ...\n"

@@ -108,3 +108,25 @@ def test_a_short_token_is_refused_beyond_loopback_and_warned_about_on_it(tmp_pat
             "user could guess (the rate limit only slows guessing down); generate a long random one: "
             f"(umask 077 && openssl rand -hex 32 > {home / 'agent.token'})"] if warned else [])
         assert token not in agent.log
+
+
+@pytest.mark.parametrize(("mode", "warned"), [(0o644, True), (0o640, True), (0o600, False)])
+def test_an_engine_url_with_a_password_in_an_open_config_is_warned_about(tmp_path: Path, mode: int,
+                                                                         warned: bool) -> None:
+    # QuestDB and AresDB take their basic-auth credentials in the URL, and have no password_file:
+    # the config then holds a database password, and must be the agent's user's alone.
+    from tests.fakes.questdb import FakeQuestDB
+
+    (tmp_path / "qdb").mkdir()
+    with FakeQuestDB() as questdb:
+        url = questdb.url.replace("http://", "http://admin:s3cret-quest@")
+        config = tmp_path / "agent.yaml"
+        config.write_text(f"node: n1\nengine: {{type: questdb, root: qdb, url: '{url}'}}\n")
+        config.chmod(mode)
+        with agent_process(config) as agent:
+            log = agent.log
+    said = (f"{config}: engine.url carries a password, and this file is readable by "
+            f"{'its group and other users' if mode & 0o004 else 'its group'} (mode {mode:04o}); chmod 600 {config} "
+            "so that only the agent's user can read it")
+    assert (said in log) is warned, log
+    assert "s3cret-quest" not in log

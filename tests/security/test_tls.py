@@ -131,3 +131,86 @@ def test_https_to_a_plain_http_agent_says_it_answers_in_plain_http(tmp_path: Pat
         assert "tls with the agent at https://127.0.0.1:" in result.stdout and "it answers in plain http" in result.stdout
     finally:
         cluster.close()
+
+
+def test_a_certificate_that_does_not_name_the_agents_address_says_so(mtls_cluster: FaultCluster) -> None:
+    # The certificate is for 127.0.0.1: dialled as localhost, the chain verifies and the name does
+    # not. The hint used to send the operator to auth.ca_file, which was right.
+    cluster = mtls_cluster
+    inventory = cluster.write_inventory(cluster.directory / "by-name.yaml")
+    inventory.write_text(inventory.read_text().replace("https://127.0.0.1:", "https://localhost:"))
+    result = cluster.snapctl("backup", inventory=inventory)
+    assert result.returncode == ExitCode.PREFLIGHT_REFUSED, result.stderr
+    assert ("hint: the agent's certificate does not name localhost, the host snapctl was given for it "
+            "(nodes[].agent, or restore.agent for a scratch agent): use a name the certificate was issued for, "
+            "or reissue the certificate with localhost in its subjectAltName") in result.stderr
+    assert "point auth.ca_file" not in result.stderr
+    assert cluster.held() == set()
+
+
+@pytest.mark.parametrize("setting", ["ca_file", "client_cert_file", "client_key_file"])
+def test_a_missing_tls_file_is_named_with_its_setting(mtls_cluster: FaultCluster, setting: str) -> None:
+    # ssl says only "[Errno 2] No such file or directory": which of the three was it?
+    cluster = mtls_cluster
+    missing = cluster.directory / f"gone-{setting}.pem"
+    auth = {"token_file": str(cluster.token_file), "ca_file": str(cluster.tls.ca),
+            "client_cert_file": str(cluster.tls.client_cert), "client_key_file": str(cluster.tls.client_key),
+            setting: str(missing)}
+    inventory = cluster.write_inventory(cluster.directory / "missing.yaml", auth=auth)
+    result = cluster.snapctl("status", inventory=inventory)
+    assert result.returncode == ExitCode.BAD_INPUT, result.stdout + result.stderr
+    assert f"cannot read auth.{setting} {missing}: no such file or directory" in result.stderr
+    assert f"hint: set auth.{setting} to the PEM file it names" in result.stderr
+
+
+def test_a_client_key_of_another_certificate_names_both_files(mtls_cluster: FaultCluster, tmp_path: Path) -> None:
+    cluster = mtls_cluster
+    other = make_pki(tmp_path / "other")
+    inventory = cluster.write_inventory(cluster.directory / "mismatched.yaml", auth={
+        "token_file": str(cluster.token_file), "ca_file": str(cluster.tls.ca),
+        "client_cert_file": str(cluster.tls.client_cert), "client_key_file": str(other.client_key)})
+    result = cluster.snapctl("status", inventory=inventory)
+    assert result.returncode == ExitCode.BAD_INPUT, result.stdout + result.stderr
+    assert (f"cannot load the client certificate from auth.client_cert_file {cluster.tls.client_cert} and "
+            f"auth.client_key_file {other.client_key}") in result.stderr
+
+
+
+def test_an_agents_server_certificate_is_refused_as_a_client_certificate(mtls_cluster: FaultCluster) -> None:
+    # One CA signs the agents' and snapctl's certificates here. Whoever holds a database host's
+    # agent key (tls.key_file) has a certificate from the client CA: refused because it is issued
+    # for serverAuth only. docs/security.md says so (client certificates: their own CA, or agent
+    # certificates serverAuth only).
+    cluster = mtls_cluster
+    with pytest.raises(AgentUnreachable):
+        status_with(cluster, ca_file=str(cluster.tls.ca), client_cert_file=str(cluster.tls.server_cert),
+                    client_key_file=str(cluster.tls.server_key))
+    assert cluster.held() == set()
+    status_with(cluster, ca_file=str(cluster.tls.ca), client_cert_file=str(cluster.tls.client_cert),
+                client_key_file=str(cluster.tls.client_key))  # the same call with snapctl's own answers
+
+
+
+def test_tls_client_names_refuses_a_certificate_of_the_ca_that_names_none_of_them(tmp_path: Path) -> None:
+    # client_ca_file alone takes every certificate its CA signed for a client; with client_names,
+    # only those that name one of them (snapctl's is issued for CN=snapctl).
+    pki = make_pki(tmp_path / "pki")
+    (tmp_path / "cluster").mkdir()
+    tls = {"cert_file": str(pki.server_cert), "key_file": str(pki.server_key), "client_ca_file": str(pki.ca),
+           "client_names": ["db-backup", "snapctl"]}
+    cluster = FaultCluster(tmp_path / "cluster", tls=pki, nodes=("node1",), agent_extra={"tls": tls})
+    try:
+        cluster.start()  # its health checks present snapctl's certificate: answered
+        other = cluster.write_inventory(cluster.directory / "other.yaml", auth={
+            "token_file": str(cluster.token_file), "ca_file": str(pki.ca),
+            "client_cert_file": str(pki.other_client_cert), "client_key_file": str(pki.other_client_key)})
+        refused = cluster.snapctl("status", "-o", "json", inventory=other)
+        node = refused.json["data"]["nodes"][0]
+        assert not node["authorized"], refused.stdout
+        assert "the client certificate (another client) is not one of this agent's tls.client_names" in refused.stdout
+        assert "refused a client: the client certificate (another client)" in cluster.agents["node1"].log.read_text()
+        answered = cluster.snapctl("status", "-o", "json")
+        assert answered.json["data"]["nodes"][0]["authorized"], answered.stdout
+        assert cluster.held() == set()
+    finally:
+        cluster.close()
