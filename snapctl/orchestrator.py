@@ -44,7 +44,7 @@ from snapctl.pacing import CreateCallPacer, hold_lead, prepare_within_rate_limit
 from snapctl.preflight import BackupPlan, dry_run, preflight, preflight_refusal
 from snapctl.provider_threads import CallRunner
 from snapctl.provider_wait import after_release, wait_out_transient
-from snapctl.provider_worker import CALL_RUNNER_READY_S, call_runner
+from snapctl.provider_worker import CALL_RUNNER_READY_S, call_runner, held_by_process_locks
 from snapctl.providers import TAG_RUN, NodeVolumes, Provider, SnapshotRef, node_volumes, open_provider, snapshot_tags
 from snapctl.run_failure import (
     NOT_DELETED,
@@ -130,7 +130,8 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
             return await dry_run(inventory, provider, volumes, agents, reporter, catalog, look)
 
         executor = call_runner(inventory.policy, provider, inventory.provider, len(inventory.nodes),
-                               inventory.cluster, inventory.base_dir, sum(len(v.volumes) for v in volumes.values()))
+                               inventory.cluster, inventory.base_dir, sum(len(v.volumes) for v in volumes.values()),
+                               out_of_process=bool(held_by_process_locks(inventory, volumes)))
         executor.start()  # first: the provider warms up (its SDK, a worker process) while we lock and look
         # 1. Lock the cluster in the catalog; a stale lock (its holder died) is taken over.
         reporter.step("lock", f"locking cluster {inventory.cluster} in {catalog.describe()}")

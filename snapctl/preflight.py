@@ -24,7 +24,7 @@ from snapctl.mounts import inside_by_mounts
 from snapctl.probe import probe_all
 from snapctl.provider_loop import LoopCalls
 from snapctl.provider_threads import ProviderThreads
-from snapctl.provider_worker import CALL_RUNNER_READY_S, uses_async_create
+from snapctl.provider_worker import CALL_RUNNER_READY_S, held_by_process_locks, uses_async_create
 from snapctl.providers import NodeVolumes, Provider
 
 
@@ -56,7 +56,8 @@ async def preflight(inventory: Inventory, agents: dict[str, AgentClient], report
             except SnapctlError:
                 entries = []  # unnamed then: the refusal stands all the same
         verdict.findings = name_left_holds(verdict.findings, probes, entries)
-    verdict.findings += uncovered_data(inventory, probes, volumes) + misplaced_data(inventory, probes)
+    verdict.findings += (uncovered_data(inventory, probes, volumes) + misplaced_data(inventory, probes)
+                         + copies_in_process(inventory, volumes))
     for finding in verdict.findings:
         reporter.finding(finding)
     return verdict
@@ -95,6 +96,18 @@ def holder_hint(look: CatalogLook, now: datetime) -> str | None:
     killed on this host (else it is "wait for that run", which says nothing the finding does not)."""
     lock = look.lock
     return dead_holder_hint(lock, look.lock_where) if lock is not None and lock.held_at(now) else None
+
+
+def copies_in_process(inventory: Inventory, volumes: dict[str, NodeVolumes]) -> list[Finding]:
+    """``provider_process: never`` with an embedded node whose hold a copy in snapctl's own
+    process would drop (``held_by_process_locks``): refused, as the node would be written to while
+    the run counts it held. ``auto`` makes those calls in the provider worker process instead."""
+    if inventory.policy.provider_process != "never":
+        return []
+    return [Finding("critical", node, "its embedded engine holds by a lock of snapctl's own process, which "
+                    "policy.provider_process: never would drop by copying its files in that process",
+                    forceable=False, hint="set policy.provider_process: auto or always (copies in a child process)")
+            for node in held_by_process_locks(inventory, volumes)]
 
 
 def uncovered_data(inventory: Inventory, probes: list[NodeProbe], volumes: dict[str, NodeVolumes]) -> list[Finding]:
