@@ -3,7 +3,9 @@
 Read it top to bottom: `backup()` is the whole sequence. The promise it keeps: whatever fails,
 and however the process is stopped short of SIGKILL, every node it held is completed and every
 snapshot it made is deleted or owned by a manifest that says what happened. (Against SIGKILL the
-agents' leases release the engines, and the run's tags let `snapctl gc` find the snapshots.)
+agents' leases release the engines; an embedded agent dies with snapctl, and a hold of its that
+outlives the process is released from its hold record by the next snapctl of the cluster
+(snapctl/embedded_records.py). The run's tags let `snapctl gc` find the snapshots.)
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from tests.fakes.questdb import FakeQuestDB
 from tests.faults.harness import FaultCluster, create_db
 
 
@@ -70,3 +71,40 @@ def test_provider_process_never_with_an_embedded_sqlite_node_is_refused_before_a
     assert "policy.provider_process: never would drop" in refused.stderr
     assert "hint: node1: set policy.provider_process: auto or always" in refused.stderr
     assert not cluster.reached("node1.made") and not cluster.held()
+
+
+def test_a_snapctl_killed_while_an_embedded_questdb_node_is_held_leaves_a_record_the_next_run_releases(
+        make_cluster, tmp_path):
+    # An embedded agent once kept no hold record: QuestDB's checkpoint outlived the SIGKILL (no
+    # lease watcher is left in a dead process), and every later backup was refused on it.
+    with FakeQuestDB() as questdb:
+        questdb.tables.update({"trades": 10})
+        cluster = make_cluster(nodes=("node2",))
+        inventory = cluster.write_inventory(tmp_path / "inv.yaml", provider={"stop": {"node1": "after"}})
+        data = yaml.safe_load(inventory.read_text())
+        root = tmp_path / "qdb"
+        root.mkdir()
+        data["nodes"].insert(0, {"name": "node1", "agent": "embedded",
+                                 "engine": {"type": "questdb", "url": questdb.url, "root": str(root), "timeout_s": 2},
+                                 "volumes": [{"name": "data", "path": str(root)}]})
+        inventory.write_text(yaml.safe_dump(data, sort_keys=False))
+        process = cluster.popen("backup", "--no-prune", inventory=inventory)
+        cluster.wait_reached("node1.made")
+        assert questdb.held
+        records = cluster.directory / "state" / "snapctl" / "embedded" / cluster.cluster
+        recorded = sorted(records.glob("hold-node1-*.json"))
+        # A status meanwhile builds node1's agent too: the live run has the record, so it is left alone.
+        cluster.snapctl("status", inventory=inventory)
+        assert questdb.held and all(r.exists() for r in recorded)
+        process.kill()
+        process.communicate(timeout=30)
+        assert questdb.held  # nothing of snapctl's is left to release it
+
+        cluster.wait_lock_free()  # the dead run's catalog lock runs out (lock_ttl_s)
+        data["provider"].pop("stop")
+        inventory.write_text(yaml.safe_dump(data, sort_keys=False))
+        after = cluster.snapctl("backup", "--no-prune", inventory=inventory)
+        assert after.returncode == 0, after.stderr
+        assert not questdb.held
+        assert len(recorded) == 1 and not recorded[0].exists()  # released, then removed
+        assert records.stat().st_mode & 0o777 == 0o700
