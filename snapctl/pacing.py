@@ -41,18 +41,26 @@ class CreateCallPacer:
 
     async def before_prepare(self, calls: int) -> None:
         """Return once ``calls`` create calls, submitted after every node already let through,
-        would pass the provider's bucket without waiting."""
-        calls = min(max(calls, 1), self._bucket.burst)
+        would pass the provider's bucket without waiting; a node of more calls than the burst, once
+        a full bucket's worth would (the rest queue in the provider while it is held: no wait
+        before its hold can spare it that)."""
+        calls = max(calls, 1)
+        wanted = min(calls, self._bucket.burst)
         async with self._turn:
-            while (missing := self._promised + calls - self._bucket.available) > 0:
+            while (missing := self._promised + wanted - self._bucket.available) > 0:
                 await asyncio.sleep(missing / self._bucket.rate)
             self._promised += calls
 
     def submitted(self, calls: int) -> None:
-        """The node's create calls go to the provider now: charge them, as its bucket will."""
-        calls = min(max(calls, 1), self._bucket.burst)
+        """The node's create calls go to the provider now: charge all of them, as its bucket will.
+        Charged only up to the burst, a node of more volumes left the mirror fuller than the
+        provider's bucket, and the nodes after it waited for their calls while held."""
+        calls = max(calls, 1)
         self._promised = max(0.0, self._promised - calls)
-        self._bucket.reserve(calls)
+        while calls > 0:  # the mirror goes below zero, as the provider's does with calls queued
+            chunk = min(calls, self._bucket.burst)
+            self._bucket.reserve(chunk)
+            calls -= chunk
 
 
 _MAX_AUTO_HOLD_LEAD_S = 2.0

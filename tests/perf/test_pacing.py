@@ -78,6 +78,29 @@ def test_tokens_after_the_burst_count_from_when_the_burst_was_submitted(fake: Fa
     assert times[2] == pytest.approx(6.0)  # 5 s (the burst's calls submitted) + 1 s (one token)
 
 
+def test_a_node_of_more_volumes_than_the_burst_is_charged_every_call(fake: FakeTime) -> None:
+    """Charged only a burst's worth, n1's six calls left the mirror 4 tokens fuller than the
+    provider's bucket: n2..n4 were let through while n1's calls still queued there, and waited in
+    the provider while held. Charged all six, each later node's call goes through at once."""
+    rate, burst = 2.0, 2
+    pacer = pacer_with(fake, rate, burst)
+    provider = TokenBucket(rate, burst, clock=fake.clock)  # the cloud's: a token per create call
+
+    async def scenario() -> tuple[list[float], dict[str, list[float]]]:
+        let, waited = [], {}
+        for node, calls in [("n1", 6), ("n2", 1), ("n3", 1), ("n4", 1)]:
+            await pacer.before_prepare(calls)
+            let.append(fake.now)
+            pacer.submitted(calls)
+            waited[node] = [provider.reserve(1) for _ in range(calls)]  # how long each call queues there
+        return let, waited
+
+    let, waited = asyncio.run(scenario())
+    assert let == pytest.approx([0, 2.5, 3.0, 3.5])
+    assert waited["n1"] == pytest.approx([0, 0, 0.5, 1.0, 1.5, 2.0])  # past the burst: no wait can spare it
+    assert waited["n2"] == waited["n3"] == waited["n4"] == [0]
+
+
 def test_no_declared_limit_means_no_pacer() -> None:
     class Unlimited:
         capabilities = Capabilities()
