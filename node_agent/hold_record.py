@@ -263,12 +263,14 @@ def ready_state_dir(directory: Path, setting: str, *, fix: str | None = None) ->
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise BadInputError(f"cannot create the agent's state_dir {directory}: {os_reason(exc)}",
-                            hint=fix or f"set state_dir in {setting} to a directory the agent's user can write") from exc
+                            hint=fix or f"set state_dir in {setting} to a directory the agent's user can write",
+                            ) from exc
     try:
         st = directory.stat()  # needs only its parent searchable, not the directory itself
     except OSError as exc:
         raise BadInputError(f"cannot look at the agent's state_dir {directory}: {os_reason(exc)}",
-                            hint=fix or f"set state_dir in {setting} to a directory the agent's user can write") from exc
+                            hint=fix or f"set state_dir in {setting} to a directory the agent's user can write",
+                            ) from exc
     if not stat.S_ISDIR(st.st_mode):
         raise BadInputError(f"the agent's state_dir {directory} is not a directory its user can write",
                             hint=fix or f"set state_dir in {setting} to a directory the agent's user can write")
