@@ -46,7 +46,7 @@ from snapctl.pacing import CreateCallPacer, hold_lead, prepare_within_rate_limit
 from snapctl.preflight import BackupPlan, dry_run, preflight, preflight_refusal
 from snapctl.provider_threads import CallRunner
 from snapctl.provider_wait import after_release, wait_out_transient
-from snapctl.provider_worker import CALL_RUNNER_READY_S, call_runner, held_by_process_locks
+from snapctl.provider_worker import CALL_RUNNER_READY_S, ProviderWorker, call_runner, held_by_process_locks
 from snapctl.providers import TAG_RUN, NodeVolumes, Provider, SnapshotRef, node_volumes, open_provider, snapshot_tags
 from snapctl.run_failure import (
     NOT_DELETED,
@@ -225,7 +225,8 @@ async def _hold_snapshot_release(run: _Run, options: BackupOptions) -> None:
             # Each node is held just for its own snapshot: no cluster barrier, shortest freezes.
             run.reporter.step("snapshot", f"per-node: prepare, snapshot, complete on {len(nodes)} nodes")
             limit = asyncio.Semaphore(policy.concurrency)
-            run.pacer = CreateCallPacer.for_provider(run.provider)
+            in_process = not isinstance(run.executor, ProviderWorker)  # the provider's own bucket is then ours to read
+            run.pacer = CreateCallPacer.for_provider(run.provider, in_process=in_process)
 
             async def one(run: _Run, node: str) -> None:
                 # The provider's rate limit is waited out before the hold, not during it: a node is

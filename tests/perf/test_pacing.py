@@ -101,6 +101,42 @@ def test_a_node_of_more_volumes_than_the_burst_is_charged_every_call(fake: FakeT
     assert waited["n2"] == waited["n3"] == waited["n4"] == [0]
 
 
+def test_a_pause_of_the_providers_own_bucket_is_waited_out_before_the_next_hold(fake: FakeTime) -> None:
+    """The cloud throttled n2's call and the provider paused its bucket 2 s (Retry-After): the
+    mirror cannot know, and let n3 through at once, held for the pause. Where the provider makes
+    its calls in snapctl's process, its bucket is read as well."""
+
+    class Gcpish:
+        capabilities = Capabilities(max_creates_per_s=5.0, create_burst=2)
+        create_bucket = TokenBucket(5.0, 2, clock=fake.clock)
+
+    def let_through_with(pacer: CreateCallPacer) -> list[float]:
+        provider = Gcpish.create_bucket
+        provider._tokens, provider._updated = provider.burst, fake.now
+
+        async def scenario() -> list[float]:
+            times = []
+            for node in ("n1", "n2", "n3"):
+                await pacer.before_prepare(1)
+                times.append(fake.now)
+                pacer.submitted(1)
+                provider.reserve(1)  # the provider's call takes its token
+                if node == "n2":
+                    provider.pause(2.0)  # 429, Retry-After: 2
+            return times
+
+        return asyncio.run(scenario())
+
+    live = CreateCallPacer.for_provider(Gcpish(), in_process=True)
+    live._bucket = TokenBucket(5.0, 2, clock=fake.clock)
+    assert let_through_with(live) == pytest.approx([0, 0, 2.2])  # the pause, then a token at 5/s
+    fake.now += 10
+    worker = CreateCallPacer.for_provider(Gcpish(), in_process=False)  # its own providers, in other processes
+    worker._bucket = TokenBucket(5.0, 2, clock=fake.clock)
+    start = fake.now
+    assert [t - start for t in let_through_with(worker)] == pytest.approx([0, 0, 0.2])
+
+
 def test_no_declared_limit_means_no_pacer() -> None:
     class Unlimited:
         capabilities = Capabilities()
