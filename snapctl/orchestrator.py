@@ -42,7 +42,7 @@ from snapctl.errors import (
 from snapctl.events import NullReporter, Reporter
 from snapctl.left_holds import still_held
 from snapctl.manifest import Manifest, NodeRecord
-from snapctl.pacing import CreateCallPacer, hold_lead, prepare_within_rate_limit
+from snapctl.pacing import CreateCallPacer, hold_lead, prepare_within_rate_limit, slow_snapshot_hint
 from snapctl.preflight import BackupPlan, dry_run, preflight, preflight_refusal
 from snapctl.provider_threads import CallRunner
 from snapctl.provider_wait import after_release, wait_out_transient
@@ -129,7 +129,8 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
             # where it would be done), and its lock and writability are reported after the preflight.
             look = await asyncio.to_thread(catalog.look)
             would_complete(look, catalog, provider, reporter)
-            return await dry_run(inventory, provider, volumes, agents, reporter, catalog, look)
+            return await dry_run(inventory, provider, volumes, agents, reporter, catalog, look,
+                                 options.consistency or policy.consistency)
 
         executor = call_runner(inventory.policy, provider, inventory.provider, len(inventory.nodes),
                                inventory.cluster, inventory.base_dir, sum(len(v.volumes) for v in volumes.values()),
@@ -149,7 +150,9 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
             await complete_newest_backup(catalog, provider, reporter, policy.wait_timeout_s)
             # 2. Preflight, before anything is held.
             preflight_started = time.monotonic()
-            verdict = await preflight(inventory, agents, reporter, volumes, catalog)
+            verdict = await preflight(inventory, agents, reporter, volumes, catalog,
+                                      capabilities=provider.capabilities,
+                                      consistency=options.consistency or policy.consistency)
             fan_out_s = time.monotonic() - preflight_started
             blocking = verdict.at_least("critical")
             refused = [f for f in blocking if not options.force or not f.forceable]
@@ -313,9 +316,10 @@ async def _snapshot_then_complete(run: _Run, node: str, all_held: asyncio.Event 
             refs = await asyncio.shield(asyncio.wrap_future(future))
     except TimeoutError:
         run.timed_out[node] = None
+        creates = sum(len(v.volumes) for v in run.volumes.values())
         raise RunFailed(f"node {node}: snapshot calls did not return within {budget:.1f}s (max freeze "
                         f"{policy.max_freeze_s:g}s, snapshot timeout {policy.snapshot_timeout_s:g}s)",
-                        hint="check the provider; raise policy.max_freeze_s if this volume is just slow") from None
+                        hint=slow_snapshot_hint(run.provider.capabilities, creates, run.manifest.consistency)) from None
     record = run.manifest.nodes[node]
     record.snapshots = refs
     if all_held is not None:

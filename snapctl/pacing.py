@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from snapctl.errors import AgentRateLimited
-from snapctl.providers import Provider
+from snapctl.providers import Capabilities, Provider
 from snapctl.ratelimit import TokenBucket
 
 if TYPE_CHECKING:
@@ -81,6 +81,32 @@ class CreateCallPacer:
             chunk = min(calls, self._bucket.burst)
             self._bucket.reserve(chunk)
             calls -= chunk
+
+
+def rate_limit_spread_s(capabilities: Capabilities, creates: int) -> float:
+    """How long after the first of ``creates`` create calls, made at once, the provider's declared
+    rate limit lets the last one go out: 0 where it has none or they fit its burst."""
+    rate, burst = capabilities.max_creates_per_s, capabilities.create_burst or 1
+    if not rate or creates <= burst:
+        return 0.0
+    return (creates - burst) / rate
+
+
+def rate_limit_said(capabilities: Capabilities, creates: int) -> str:
+    """The rate limit in words, for a hint: its burst, its rate, and how long ``creates`` calls take."""
+    return (f"the provider's rate limit ({capabilities.create_burst or 1} create calls at once, then "
+            f"{capabilities.max_creates_per_s:g}/s) spreads this run's {creates} over "
+            f"{rate_limit_spread_s(capabilities, creates):.1f}s")
+
+
+def slow_snapshot_hint(capabilities: Capabilities, creates: int, consistency: str) -> str:
+    """The hint of a run whose snapshot calls outran the freeze budget: the rate limit, where it binds."""
+    hint = "check the provider; raise policy.max_freeze_s if this volume is just slow"
+    if rate_limit_spread_s(capabilities, creates):
+        hint += f"; {rate_limit_said(capabilities, creates)}"
+        if consistency == "cluster":
+            hint += ": or back up with --consistency per-node"
+    return hint
 
 
 _MAX_AUTO_HOLD_LEAD_S = 2.0

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from snapctl import pacing
-from snapctl.pacing import CreateCallPacer
+from snapctl.pacing import CreateCallPacer, slow_snapshot_hint
 from snapctl.providers import Capabilities
 from snapctl.ratelimit import TokenBucket
 
@@ -135,6 +135,16 @@ def test_a_pause_of_the_providers_own_bucket_is_waited_out_before_the_next_hold(
     worker._bucket = TokenBucket(5.0, 2, clock=fake.clock)
     start = fake.now
     assert [t - start for t in let_through_with(worker)] == pytest.approx([0, 0, 0.2])
+
+
+def test_a_cluster_run_that_outran_its_freeze_is_told_of_the_rate_limit_that_bound() -> None:
+    ec2 = Capabilities(max_creates_per_s=5, create_burst=100)
+    hint = slow_snapshot_hint(ec2, 400, "cluster")
+    assert "(100 create calls at once, then 5/s) spreads this run's 400 over 60.0s" in hint
+    assert hint.endswith("or back up with --consistency per-node")
+    assert "per-node" not in slow_snapshot_hint(ec2, 400, "per-node")  # it is one already
+    assert "rate limit" not in slow_snapshot_hint(ec2, 100, "cluster")  # the burst takes them all at once
+    assert "rate limit" not in slow_snapshot_hint(Capabilities(), 400, "cluster")
 
 
 def test_no_declared_limit_means_no_pacer() -> None:
