@@ -84,15 +84,22 @@ class HoldRecords:
             os.close(fd)
             if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise BadInputError(f"cannot lock {self.lock_path}: {os_reason(exc)}") from exc
-            raise BadInputError(
+            raise HoldRecordTaken(
                 f"another snapctl-agent of node {self.node} on this database already runs with state_dir "
                 f"{self.directory} (it holds {self.lock_path.name}): two agents on one database release each "
                 "other's holds",
                 hint=f"stop the other agent (perhaps in another container or network namespace: "
                      f"fuser -v {self.lock_path}), or point engine: in {config_source} at another database",
             ) from None
-        self._lock_fd = fd  # never closed: closing it would hand the record to a second agent
+        self._lock_fd = fd  # never closed by an agent: closing it would hand the record to a second agent
         self._refuse_a_record_not_its_own()
+
+    def unlock(self) -> None:
+        """Let go of the record once its service has closed (an embedded agent: snapctl's process
+        lives on, and a later service of this node in it must be able to take the record)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def _refuse_a_record_not_its_own(self) -> None:
         """Exit 2 on a record the agent's user did not write: in its own state_dir, one left from
@@ -226,6 +233,10 @@ def _open_lock(path: Path) -> int:
             raise exc from None
 
 
+class HoldRecordTaken(BadInputError):
+    """Another live process (an agent, or a snapctl with the node embedded) has the record."""
+
+
 class UnwritableStateDir(BadInputError):
     """The agent's own state_dir, which no other user can write, that cannot be written now (a
     read-only mount, its mode): the agent still releases what a hold record in it names before it
@@ -241,8 +252,9 @@ def default_state_dir(env: Mapping[str, str]) -> Path:
     return Path("~/.local/state").expanduser() / APP_DIR
 
 
-def ready_state_dir(directory: Path, setting: str) -> Path:
+def ready_state_dir(directory: Path, setting: str, *, fix: str | None = None) -> Path:
     """``directory`` created (0700) if missing, and checked writable: at start, not at the first prepare.
+    ``fix``: the hint where no ``state_dir`` setting names it (an embedded agent's directory).
 
     Whose it is comes before whether it can be written: a record in a directory another user owns
     or can write may be planted, and is never acted on, so only the agent's own directory that
@@ -251,15 +263,17 @@ def ready_state_dir(directory: Path, setting: str) -> Path:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise BadInputError(f"cannot create the agent's state_dir {directory}: {os_reason(exc)}",
-                            hint=f"set state_dir in {setting} to a directory the agent's user can write") from exc
+                            hint=fix or f"set state_dir in {setting} to a directory the agent's user can write",
+                            ) from exc
     try:
         st = directory.stat()  # needs only its parent searchable, not the directory itself
     except OSError as exc:
         raise BadInputError(f"cannot look at the agent's state_dir {directory}: {os_reason(exc)}",
-                            hint=f"set state_dir in {setting} to a directory the agent's user can write") from exc
+                            hint=fix or f"set state_dir in {setting} to a directory the agent's user can write",
+                            ) from exc
     if not stat.S_ISDIR(st.st_mode):
         raise BadInputError(f"the agent's state_dir {directory} is not a directory its user can write",
-                            hint=f"set state_dir in {setting} to a directory the agent's user can write")
+                            hint=fix or f"set state_dir in {setting} to a directory the agent's user can write")
     # Whoever else can write there can plant a record (released at the next start) or a symlink
     # for the agent to write through, or hold the lock file and keep the agent from starting.
     if st.st_uid != os.geteuid() or st.st_mode & 0o022:
@@ -267,9 +281,9 @@ def ready_state_dir(directory: Path, setting: str) -> Path:
         raise BadInputError(
             f"the agent's state_dir {directory} is {owner} (uid {st.st_uid}, mode {st.st_mode & 0o7777:04o}): "
             "another user could plant or remove the agent's hold record there",
-            hint=f"chown {os.geteuid()} {directory} && chmod 700 {directory}, or set state_dir in {setting} "
-                 "to a directory of the agent's own")
+            hint=f"chown {os.geteuid()} {directory} && chmod 700 {directory}" + (
+                f", or {fix}" if fix else f", or set state_dir in {setting} to a directory of the agent's own"))
     if not os.access(directory, os.W_OK | os.X_OK):
         raise UnwritableStateDir(f"the agent's state_dir {directory} is not a directory its user can write",
-                                 hint=f"set state_dir in {setting} to a directory the agent's user can write")
+                                 hint=fix or f"set state_dir in {setting} to a directory the agent's user can write")
     return directory

@@ -420,6 +420,7 @@ async def open_agents(inventory: Inventory) -> AsyncIterator[dict[str, AgentClie
     clients: dict[str, AgentClient] = {}
     services: list[EmbeddedAgentClient] = []
     pools: list[AgentTransport] = []
+    taken: list = []  # embedded agents' hold records, let go once their services have closed
     executor = ThreadPoolExecutor(min(len(embedded), _MAX_EMBEDDED_THREADS), thread_name_prefix="embedded-agent") \
         if embedded else None
     try:
@@ -440,18 +441,28 @@ async def open_agents(inventory: Inventory) -> AsyncIterator[dict[str, AgentClie
         if embedded:
             from node_agent.engines.base import load_engine_factory
             from node_agent.service import AgentService
+            from snapctl.embedded_records import embedded_hold_records
 
             for node in embedded:
                 settings = inventory.engine_settings(node)  # which of many nodes' engine blocks is wrong, and where
                 engine = load_engine_factory(settings.type)(settings, base_dir=inventory.base_dir)
-                client = EmbeddedAgentClient(node.name, AgentService(node.name, engine, engine_type=settings.type),
-                                             timeout_s=timeout_s, executor=executor)
+                try:  # a hold that outlives snapctl's process is recorded, for the next one to release
+                    records = embedded_hold_records(inventory.cluster, node.name, settings.type, engine)
+                except BaseException:
+                    engine.close()
+                    raise
+                if records is not None:
+                    taken.append(records)
+                service = AgentService(node.name, engine, engine_type=settings.type, hold_records=records)
+                client = EmbeddedAgentClient(node.name, service, timeout_s=timeout_s, executor=executor)
                 services.append(client)
                 clients[node.name] = client
         yield {node.name: clients[node.name] for node in inventory.nodes if node.name in clients}
     finally:
         try:
             await asyncio.gather(*(c.aclose() for c in services), return_exceptions=True)
+            for records in taken:
+                records.unlock()
         finally:
             await asyncio.gather(*(http.aclose() for http in pools), return_exceptions=True)
             if executor is not None:

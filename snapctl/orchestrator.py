@@ -3,7 +3,9 @@
 Read it top to bottom: `backup()` is the whole sequence. The promise it keeps: whatever fails,
 and however the process is stopped short of SIGKILL, every node it held is completed and every
 snapshot it made is deleted or owned by a manifest that says what happened. (Against SIGKILL the
-agents' leases release the engines, and the run's tags let `snapctl gc` find the snapshots.)
+agents' leases release the engines; an embedded agent dies with snapctl, and a hold of its that
+outlives the process is released from its hold record by the next snapctl of the cluster
+(snapctl/embedded_records.py). The run's tags let `snapctl gc` find the snapshots.)
 """
 
 from __future__ import annotations
@@ -40,11 +42,11 @@ from snapctl.errors import (
 from snapctl.events import NullReporter, Reporter
 from snapctl.left_holds import still_held
 from snapctl.manifest import Manifest, NodeRecord
-from snapctl.pacing import CreateCallPacer, hold_lead, prepare_within_rate_limit
+from snapctl.pacing import CreateCallPacer, hold_lead, prepare_within_rate_limit, slow_snapshot_hint
 from snapctl.preflight import BackupPlan, dry_run, preflight, preflight_refusal
 from snapctl.provider_threads import CallRunner
 from snapctl.provider_wait import after_release, wait_out_transient
-from snapctl.provider_worker import CALL_RUNNER_READY_S, call_runner
+from snapctl.provider_worker import CALL_RUNNER_READY_S, ProviderWorker, call_runner, held_by_process_locks
 from snapctl.providers import TAG_RUN, NodeVolumes, Provider, SnapshotRef, node_volumes, open_provider, snapshot_tags
 from snapctl.run_failure import (
     NOT_DELETED,
@@ -127,10 +129,12 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
             # where it would be done), and its lock and writability are reported after the preflight.
             look = await asyncio.to_thread(catalog.look)
             would_complete(look, catalog, provider, reporter)
-            return await dry_run(inventory, provider, volumes, agents, reporter, catalog, look)
+            return await dry_run(inventory, provider, volumes, agents, reporter, catalog, look,
+                                 options.consistency or policy.consistency)
 
         executor = call_runner(inventory.policy, provider, inventory.provider, len(inventory.nodes),
-                               inventory.cluster, inventory.base_dir, sum(len(v.volumes) for v in volumes.values()))
+                               inventory.cluster, inventory.base_dir, sum(len(v.volumes) for v in volumes.values()),
+                               out_of_process=bool(held_by_process_locks(inventory, volumes)))
         executor.start()  # first: the provider warms up (its SDK, a worker process) while we lock and look
         # 1. Lock the cluster in the catalog; a stale lock (its holder died) is taken over.
         reporter.step("lock", f"locking cluster {inventory.cluster} in {catalog.describe()}")
@@ -146,7 +150,9 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
             await complete_newest_backup(catalog, provider, reporter, policy.wait_timeout_s)
             # 2. Preflight, before anything is held.
             preflight_started = time.monotonic()
-            verdict = await preflight(inventory, agents, reporter, volumes, catalog)
+            verdict = await preflight(inventory, agents, reporter, volumes, catalog,
+                                      capabilities=provider.capabilities,
+                                      consistency=options.consistency or policy.consistency)
             fan_out_s = time.monotonic() - preflight_started
             blocking = verdict.at_least("critical")
             refused = [f for f in blocking if not options.force or not f.forceable]
@@ -222,7 +228,8 @@ async def _hold_snapshot_release(run: _Run, options: BackupOptions) -> None:
             # Each node is held just for its own snapshot: no cluster barrier, shortest freezes.
             run.reporter.step("snapshot", f"per-node: prepare, snapshot, complete on {len(nodes)} nodes")
             limit = asyncio.Semaphore(policy.concurrency)
-            run.pacer = CreateCallPacer.for_provider(run.provider)
+            in_process = not isinstance(run.executor, ProviderWorker)  # the provider's own bucket is then ours to read
+            run.pacer = CreateCallPacer.for_provider(run.provider, in_process=in_process)
 
             async def one(run: _Run, node: str) -> None:
                 # The provider's rate limit is waited out before the hold, not during it: a node is
@@ -309,9 +316,10 @@ async def _snapshot_then_complete(run: _Run, node: str, all_held: asyncio.Event 
             refs = await asyncio.shield(asyncio.wrap_future(future))
     except TimeoutError:
         run.timed_out[node] = None
+        creates = sum(len(v.volumes) for v in run.volumes.values())
         raise RunFailed(f"node {node}: snapshot calls did not return within {budget:.1f}s (max freeze "
                         f"{policy.max_freeze_s:g}s, snapshot timeout {policy.snapshot_timeout_s:g}s)",
-                        hint="check the provider; raise policy.max_freeze_s if this volume is just slow") from None
+                        hint=slow_snapshot_hint(run.provider.capabilities, creates, run.manifest.consistency)) from None
     record = run.manifest.nodes[node]
     record.snapshots = refs
     if all_held is not None:

@@ -6,7 +6,10 @@ limit binds (EC2: 100 calls at once, then 5 per second), preparing a node whose 
 then queue in the limiter only lengthens its freeze. ``CreateCallPacer`` mirrors the provider's
 token bucket (its declared ``Capabilities``) and lets a node be prepared only once its call will go
 through at once. The mirror is charged when a call is actually submitted, exactly as the provider's
-own bucket is, so a slow first burst of prepares cannot put the two out of step.
+own bucket is, so a slow first burst of prepares cannot put the two out of step. A pause the
+provider makes after the cloud throttled it (Retry-After) is seen only where its calls are made
+in this process and it exposes its bucket (``create_bucket``): in the provider worker's processes
+a node let through during such a pause stays held until it ends.
 
 The agent's own rate limit is waited out before the hold too: a per-node prepare it refuses (429,
 answered before anything runs: nothing is held) is sent again once after its ``Retry-After``.
@@ -19,40 +22,91 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from snapctl.errors import AgentRateLimited
-from snapctl.providers import Provider
+from snapctl.providers import Capabilities, Provider
 from snapctl.ratelimit import TokenBucket
 
 if TYPE_CHECKING:
     from snapctl.config import Inventory
 
 
+# Less than this is rounding: a sleep that short may not move a clock (the tests' fake one) at all.
+_NOTHING_MISSING = 1e-9
+
+
 class CreateCallPacer:
-    def __init__(self, rate_per_s: float, burst: int) -> None:
+    def __init__(self, rate_per_s: float, burst: int, provider_bucket: TokenBucket | None = None) -> None:
         self._bucket = TokenBucket(rate_per_s, max(1, burst))
+        # The provider's own bucket, where its calls are made in this process: it alone knows of a
+        # pause after the cloud throttled (Retry-After), which the mirror cannot see.
+        self._provider_bucket = provider_bucket
         self._promised = 0.0  # tokens of nodes let through whose calls are not submitted yet
         self._turn = asyncio.Lock()  # FIFO: nodes are let through in the order they asked
 
     @classmethod
-    def for_provider(cls, provider: Provider) -> CreateCallPacer | None:
+    def for_provider(cls, provider: Provider, *, in_process: bool = False) -> CreateCallPacer | None:
+        """``in_process``: the run's create calls are made by ``provider`` itself (threads or the
+        loop of snapctl's process, not the provider worker's own providers), so its ``create_bucket``,
+        where it has one, is consulted too."""
         caps = provider.capabilities
         if not caps.max_creates_per_s:
             return None
-        return cls(caps.max_creates_per_s, caps.create_burst or 1)
+        live = getattr(provider, "create_bucket", None) if in_process else None
+        return cls(caps.max_creates_per_s, caps.create_burst or 1, live if isinstance(live, TokenBucket) else None)
+
+    def _missing(self, wanted: float) -> float:
+        missing = self._promised + wanted - self._bucket.available
+        if self._provider_bucket is not None:
+            missing = max(missing, self._promised + wanted - self._provider_bucket.available)
+        return missing
 
     async def before_prepare(self, calls: int) -> None:
         """Return once ``calls`` create calls, submitted after every node already let through,
-        would pass the provider's bucket without waiting."""
-        calls = min(max(calls, 1), self._bucket.burst)
+        would pass the provider's bucket without waiting; a node of more calls than the burst, once
+        a full bucket's worth would (the rest queue in the provider while it is held: no wait
+        before its hold can spare it that)."""
+        calls = max(calls, 1)
+        wanted = min(calls, self._bucket.burst)
         async with self._turn:
-            while (missing := self._promised + calls - self._bucket.available) > 0:
+            while (missing := self._missing(wanted)) > _NOTHING_MISSING:
                 await asyncio.sleep(missing / self._bucket.rate)
             self._promised += calls
 
     def submitted(self, calls: int) -> None:
-        """The node's create calls go to the provider now: charge them, as its bucket will."""
-        calls = min(max(calls, 1), self._bucket.burst)
+        """The node's create calls go to the provider now: charge all of them, as its bucket will.
+        Charged only up to the burst, a node of more volumes left the mirror fuller than the
+        provider's bucket, and the nodes after it waited for their calls while held."""
+        calls = max(calls, 1)
         self._promised = max(0.0, self._promised - calls)
-        self._bucket.reserve(calls)
+        while calls > 0:  # the mirror goes below zero, as the provider's does with calls queued
+            chunk = min(calls, self._bucket.burst)
+            self._bucket.reserve(chunk)
+            calls -= chunk
+
+
+def rate_limit_spread_s(capabilities: Capabilities, creates: int) -> float:
+    """How long after the first of ``creates`` create calls, made at once, the provider's declared
+    rate limit lets the last one go out: 0 where it has none or they fit its burst."""
+    rate, burst = capabilities.max_creates_per_s, capabilities.create_burst or 1
+    if not rate or creates <= burst:
+        return 0.0
+    return (creates - burst) / rate
+
+
+def rate_limit_said(capabilities: Capabilities, creates: int) -> str:
+    """The rate limit in words, for a hint: its burst, its rate, and how long ``creates`` calls take."""
+    return (f"the provider's rate limit ({capabilities.create_burst or 1} create calls at once, then "
+            f"{capabilities.max_creates_per_s:g}/s) spreads this run's {creates} over "
+            f"{rate_limit_spread_s(capabilities, creates):.1f}s")
+
+
+def slow_snapshot_hint(capabilities: Capabilities, creates: int, consistency: str) -> str:
+    """The hint of a run whose snapshot calls outran the freeze budget: the rate limit, where it binds."""
+    hint = "check the provider; raise policy.max_freeze_s if this volume is just slow"
+    if rate_limit_spread_s(capabilities, creates):
+        hint += f"; {rate_limit_said(capabilities, creates)}"
+        if consistency == "cluster":
+            hint += ": or back up with --consistency per-node"
+    return hint
 
 
 _MAX_AUTO_HOLD_LEAD_S = 2.0

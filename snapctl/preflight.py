@@ -4,6 +4,7 @@ dry run, which is that preflight plus what a real run gets ready before its firs
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,11 +22,12 @@ from snapctl.health import Finding, NodeProbe, Verdict, assess
 from snapctl.left_holds import HELD_ELSEWHERE, name_left_holds
 from snapctl.manifest import IndexEntry
 from snapctl.mounts import inside_by_mounts
+from snapctl.pacing import rate_limit_said, rate_limit_spread_s
 from snapctl.probe import probe_all
 from snapctl.provider_loop import LoopCalls
 from snapctl.provider_threads import ProviderThreads
-from snapctl.provider_worker import CALL_RUNNER_READY_S, uses_async_create
-from snapctl.providers import NodeVolumes, Provider
+from snapctl.provider_worker import CALL_RUNNER_READY_S, held_by_process_locks, uses_async_create
+from snapctl.providers import Capabilities, NodeVolumes, Provider
 
 
 @dataclass
@@ -40,11 +42,13 @@ class BackupPlan:
 
 async def preflight(inventory: Inventory, agents: dict[str, AgentClient], reporter: Reporter,
                     volumes: dict[str, NodeVolumes], catalog: Catalog | None = None,
-                    runs: list[IndexEntry] | None = None) -> Verdict:
+                    runs: list[IndexEntry] | None = None, *, capabilities: Capabilities | None = None,
+                    consistency: str = "cluster") -> Verdict:
     """Ask every agent and grade the answers as a backup would: a node already held is critical,
     and so is one whose engine keeps its data outside the directories that would be snapshotted.
     ``catalog``: where to look up the run an engine left held belongs to; ``runs``: its runs, when
-    the caller has listed them already (a dry run), not listed again."""
+    the caller has listed them already (a dry run), not listed again. ``capabilities``: the
+    provider's, whose rate limit a cluster-mode run (``consistency``) must fit in its freeze."""
     reporter.step("preflight", f"checking {len(agents)} agents")
     probes = await probe_all(agents, inventory.policy.agent_timeout_s)
     verdict = assess(inventory, probes, for_backup=True)
@@ -56,7 +60,10 @@ async def preflight(inventory: Inventory, agents: dict[str, AgentClient], report
             except SnapctlError:
                 entries = []  # unnamed then: the refusal stands all the same
         verdict.findings = name_left_holds(verdict.findings, probes, entries)
-    verdict.findings += uncovered_data(inventory, probes, volumes) + misplaced_data(inventory, probes)
+    verdict.findings += (uncovered_data(inventory, probes, volumes) + misplaced_data(inventory, probes)
+                         + copies_in_process(inventory, volumes))
+    if capabilities is not None and consistency == "cluster":
+        verdict.findings += beyond_the_rate_limit(inventory, volumes, capabilities)
     for finding in verdict.findings:
         reporter.finding(finding)
     return verdict
@@ -95,6 +102,42 @@ def holder_hint(look: CatalogLook, now: datetime) -> str | None:
     killed on this host (else it is "wait for that run", which says nothing the finding does not)."""
     lock = look.lock
     return dead_holder_hint(lock, look.lock_where) if lock is not None and lock.held_at(now) else None
+
+
+def copies_in_process(inventory: Inventory, volumes: dict[str, NodeVolumes]) -> list[Finding]:
+    """``provider_process: never`` with an embedded node whose hold a copy in snapctl's own
+    process would drop (``held_by_process_locks``): refused, as the node would be written to while
+    the run counts it held. ``auto`` makes those calls in the provider worker process instead."""
+    if inventory.policy.provider_process != "never":
+        return []
+    return [Finding("critical", node, "its embedded engine holds by a lock of snapctl's own process, which "
+                    "policy.provider_process: never would drop by copying its files in that process",
+                    forceable=False, hint="set policy.provider_process: auto or always (copies in a child process)")
+            for node in held_by_process_locks(inventory, volumes)]
+
+
+def beyond_the_rate_limit(inventory: Inventory, volumes: dict[str, NodeVolumes],
+                          capabilities: Capabilities) -> list[Finding]:
+    """A cluster-mode run holds every node until its own create calls returned, and the provider's
+    rate limit lets the last of them out only after ``rate_limit_spread_s``: past the freeze budget
+    (``max_freeze_s``, or ``snapshot_timeout_s`` if smaller) such a run always fails, after
+    holding every node. Refused here, before anything is held."""
+    policy = inventory.policy
+    creates = sum(len(nv.volumes) for nv in volumes.values())
+    spread_s = rate_limit_spread_s(capabilities, creates)
+    budget_s = min(policy.max_freeze_s, policy.snapshot_timeout_s)
+    if spread_s < budget_s:
+        return []
+    setting = "policy.max_freeze_s" + (" and snapshot_timeout_s" if policy.snapshot_timeout_s <= spread_s else "")
+    needed = math.ceil(spread_s) + 1
+    return [Finding("critical", "provider",
+                    "a cluster-mode run would fail after holding every node: "
+                    f"{rate_limit_said(capabilities, creates)}, past the {budget_s:g}s a node may stay held "
+                    f"(policy.max_freeze_s {policy.max_freeze_s:g}s, "
+                    f"snapshot_timeout_s {policy.snapshot_timeout_s:g}s)", forceable=False,
+                    hint=f"back up with --consistency per-node (each node held just for its own calls), or raise "
+                         f"{setting} to at least {needed}s (the rate limit's schedule alone: the prepares and the "
+                         "calls take longer)")]
 
 
 def uncovered_data(inventory: Inventory, probes: list[NodeProbe], volumes: dict[str, NodeVolumes]) -> list[Finding]:
@@ -201,7 +244,7 @@ def _on_this_host(agent: str) -> bool:
 
 async def dry_run(inventory: Inventory, provider: Provider, volumes: dict[str, NodeVolumes],
                   agents: dict[str, AgentClient], reporter: Reporter, catalog: Catalog,
-                  look: CatalogLook) -> BackupPlan:
+                  look: CatalogLook, consistency: str = "cluster") -> BackupPlan:
     """The preflight, the catalog as the run's first step needs it (``look``, as the caller took
     it with ``Catalog.look``), and the provider warmed up (its SDK, its credentials) as a real
     run does before its first hold: a dry run in CI should fail where the run from cron would. A
@@ -212,7 +255,8 @@ async def dry_run(inventory: Inventory, provider: Provider, volumes: dict[str, N
     checker = LoopCalls(provider, 1) if async_client else ProviderThreads(1, warm_up=provider.warm_up)
     checker.start()  # in a thread of its own: loading an SDK overlaps the preflight's fan-out
     try:
-        verdict = await preflight(inventory, agents, reporter, volumes, catalog, look.entries)
+        verdict = await preflight(inventory, agents, reporter, volumes, catalog, look.entries,
+                                  capabilities=provider.capabilities, consistency=consistency)
         reporter.step("catalog", f"checking that {catalog.describe()} can be locked, read and written")
         for finding in catalog_refusals(look, datetime.now(UTC)):
             verdict.findings.append(finding)

@@ -31,15 +31,15 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from snapctl.errors import ProviderError
+from snapctl.errors import ProviderError, SnapctlError
 from snapctl.provider_child import READY, THREADS_HINT, frame, frames
 from snapctl.provider_loop import LoopCalls, has_async_create
 from snapctl.provider_threads import CallRunner, ProviderThreads
-from snapctl.providers import Capabilities, provider_factory_path
+from snapctl.providers import Capabilities, NodeVolumes, provider_factory_path
 from snapctl.worker_process import ForkedChild, start_worker_process
 
 if TYPE_CHECKING:
-    from snapctl.config import Policy
+    from snapctl.config import Inventory, Policy
     from snapctl.providers import Provider
 
 # From this many concurrent snapshot calls on, policy.provider_process auto makes them in a child
@@ -263,16 +263,40 @@ def uses_async_create(policy: Policy, provider: Provider, calls: int) -> bool:
     return policy.provider_process == "auto" and calls < PROVIDER_PROCESS_FROM and has_async_create(provider)
 
 
+def held_by_process_locks(inventory: Inventory, volumes: Mapping[str, NodeVolumes]) -> list[str]:
+    """The embedded nodes whose hold a create call in snapctl's own process would silently drop:
+    their engine holds by a POSIX lock of this process (SQLite's fcntl locks), and the provider
+    reads directories of this host (the local provider copies them), so its open and close of the
+    database file ends the lock (sqlite.org/howtocorrupt.html, 2.2) while the node counts as held."""
+    if not any(nv.directories is not None for nv in volumes.values()):
+        return []
+    from node_agent.engines.base import load_engine_factory
+
+    held = []
+    for node in inventory.nodes:
+        if node.agent != "embedded" or not isinstance(kind := node.engine.get("type"), str):
+            continue
+        try:
+            factory = load_engine_factory(kind)
+        except SnapctlError:
+            continue  # an unknown type is check_engine_blocks' to refuse
+        if getattr(factory, "hold_is_process_lock", False):
+            held.append(node.name)
+    return held
+
+
 def call_runner(policy: Policy, provider: Provider, provider_config: Mapping[str, Any], nodes: int, cluster: str,
-                base_dir: Path, creates: int | None = None) -> CallRunner:
+                base_dir: Path, creates: int | None = None, *, out_of_process: bool = False) -> CallRunner:
     """Where a run's snapshot calls are made, as ``policy.provider_process`` says: by ``provider``
     in threads of this process, or by children's own providers built from ``provider_config``
     (``worker_processes`` of them). Either is warmed up by the time it is ready. ``creates``: the
-    run's create calls (its volumes), ``nodes`` if not given."""
+    run's create calls (its volumes), ``nodes`` if not given. ``out_of_process``: ``auto`` makes
+    them in the worker at any count (``held_by_process_locks``; ``never`` is refused by the preflight)."""
     calls = min(policy.concurrency, nodes)
-    if uses_async_create(policy, provider, calls):
+    if not out_of_process and uses_async_create(policy, provider, calls):
         return LoopCalls(provider, calls)
-    if policy.provider_process == "always" or (policy.provider_process == "auto" and calls >= PROVIDER_PROCESS_FROM):
+    if policy.provider_process == "always" or (
+            policy.provider_process == "auto" and (out_of_process or calls >= PROVIDER_PROCESS_FROM)):
         # auto's worker makes a provider's async create calls on a loop in each of its processes.
         return ProviderWorker(provider_config, cluster=cluster, base_dir=base_dir, threads=calls,
                               processes=worker_processes(calls, nodes if creates is None else creates,

@@ -158,6 +158,10 @@ class Provider(Protocol):
     ``sdk_async_modules``: what ``warm_up_async`` imports, imported once before the worker's
     first process forks the others, as ``sdk_modules`` are, when they make the async calls.
 
+    Optional: ``create_bucket``, the ``snapctl.ratelimit.TokenBucket`` its create calls take a
+    token from (each call one), paused on the cloud's Retry-After: a per-node run whose calls this
+    provider object makes (not the provider worker's) waits it out before holding the next node.
+
     Optional: a method ``check_restore(ref, target)`` that raises what ``restore`` would refuse
     (``BadInputError`` for an unusable target, a restore option it does not take among them:
     ``check_restore_options``; ``ProviderError`` for an unusable snapshot) and makes nothing.

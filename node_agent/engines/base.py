@@ -63,7 +63,11 @@ class Engine(Protocol):
         dict`` (kept in the record once prepare holds) and ``release_recorded_hold(run_id,
         began_at, facts) -> str | None``: release only what the record proves is that run's, say
         what was done, or None while it cannot tell yet (asked again). Otherwise the agent uses
-        ``release_left_hold``; an adapter with neither holds nothing that outlives the process."""
+        ``release_left_hold``; an adapter with neither holds nothing that outlives the process.
+
+        An adapter whose hold is a POSIX record lock of its own process (SQLite's fcntl locks) sets
+        ``hold_is_process_lock = True``: embedded in snapctl, any close of the file in snapctl's
+        process would drop it, so snapctl makes a local provider's copies in another process."""
         ...
 
     def trigger(self, target: str | None) -> list[JobResult]:

@@ -44,6 +44,10 @@ class SqliteEngine:
 
     name = "sqlite"
     settings_model = SqliteSettings
+    # The hold is SQLite's POSIX (fcntl) lock, owned by the whole process: any close of a descriptor
+    # of the file in that process drops it (sqlite.org/howtocorrupt.html, 2.2). Embedded in snapctl,
+    # nothing else of snapctl's process may open the file while it is held (provider_worker.py).
+    hold_is_process_lock = True
 
     def __init__(self, settings: SqliteSettings, *, base_dir: Path) -> None:
         self.settings = settings

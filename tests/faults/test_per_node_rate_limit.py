@@ -75,3 +75,26 @@ def test_a_per_node_prepare_asked_to_wait_longer_fails_at_once_saying_so(make_cl
     assert cluster.snapshot_dirs(run_id) == []  # rolled back
     for node in NODES:
         assert cluster.lease(node) is None and cluster.writable(node)
+
+
+def test_a_cluster_run_whose_create_calls_cannot_fit_max_freeze_is_refused_before_any_hold(cluster):
+    # 3 create calls at 1 at once, then 1/s: the last goes out 2 s after the first, past the 1.5 s
+    # a node may stay held. Such a run once held every node, then always failed, and its dry run
+    # said nothing.
+    limited = {"create_rate": 1.0, "create_burst": 1}
+    inventory = cluster.write_inventory(cluster.directory / "limited.yaml", provider=limited,
+                                        policy={"max_freeze_s": "1.5s"})
+    dry = cluster.snapctl("backup", "--dry-run", inventory=inventory)
+    assert dry.returncode != 0
+    said = dry.stdout + dry.stderr
+    assert "a cluster-mode run would fail after holding every node" in said
+    assert "(1 create calls at once, then 1/s) spreads this run's 3 over 2.0s" in said
+
+    refused = cluster.snapctl("backup", "--no-prune", "--force", inventory=inventory)
+    assert refused.returncode == ExitCode.PREFLIGHT_REFUSED
+    assert "hint: provider: back up with --consistency per-node" in refused.stderr
+    assert "raise policy.max_freeze_s to at least 3s" in refused.stderr
+    assert not any(cluster.reached(f"{node}.entered") for node in NODES)  # nothing was held or snapshotted
+
+    per_node = cluster.snapctl("backup", "--no-prune", "--consistency", "per-node", inventory=inventory)
+    assert per_node.returncode == 0, per_node.stderr

@@ -32,6 +32,7 @@ from snapctl.providers import (
     check_cluster_tag,
     discard_partial_snapshots,
 )
+from snapctl.ratelimit import TokenBucket
 from snapctl_aws import aio
 from snapctl_aws.client import CREATE, DELETE, DESCRIBE, TAG, Ec2
 from snapctl_aws.restore import (
@@ -128,6 +129,11 @@ class AwsProvider:
 
     def validate_volumes(self, node: str, raw: list[Any], *, base_dir: Path) -> NodeVolumes:
         return NodeVolumes(node=node, volumes=parse_volumes(node, raw))
+
+    @property
+    def create_bucket(self) -> TokenBucket:
+        """The create calls' bucket, paused when EC2 throttles: snapctl's per-node pacer reads it."""
+        return self.ec2.buckets[CREATE]
 
     def warm_up(self) -> None:
         # boto3's import and EC2's service model: 0.3-0.4 s of CPU that the first create call

@@ -29,6 +29,7 @@ from snapctl.providers import (
     check_cluster_tag,
     discard_partial_snapshots,
 )
+from snapctl.ratelimit import TokenBucket
 from snapctl.timestamps import utc_text
 from snapctl_azure.aio import ASYNC_SDK_MODULES, AsyncArm, import_async_sdk
 from snapctl_azure.client import AzureApi
@@ -65,6 +66,11 @@ class AzureProvider(RestoredDisks):
         self._aio = AsyncArm(self.api)  # nor this one (a backup's creates, on snapctl's event loop)
         self.capabilities = Capabilities(crash_consistent_group=False, incremental=True, instant=False,
                                          max_creates_per_s=settings.create_rate, create_burst=settings.create_burst)
+
+    @property
+    def create_bucket(self) -> TokenBucket:
+        """The create calls' bucket, paused on a 429's Retry-After: snapctl's per-node pacer reads it."""
+        return self.api.create_bucket
 
     def validate_volumes(self, node: str, raw: list[Any], *, base_dir: Path) -> NodeVolumes:
         return NodeVolumes(node, parse_volumes(node, raw))

@@ -32,6 +32,7 @@ from snapctl.providers import (
     check_cluster_tag,
     discard_partial_snapshots,
 )
+from snapctl.ratelimit import TokenBucket
 from snapctl.timestamps import utc_text
 from snapctl_gcp.client import GcpApi
 from snapctl_gcp.disks import TAG_RESTORED_FROM, RestoredDisks
@@ -74,6 +75,11 @@ class GcpProvider(RestoredDisks):
         self.api = api or GcpApi(settings)  # builds no SDK client until the first call
         self.capabilities = Capabilities(crash_consistent_group=False, incremental=True, instant=False,
                                          max_creates_per_s=settings.create_rate, create_burst=settings.create_burst)
+
+    @property
+    def create_bucket(self) -> TokenBucket:
+        """The create calls' bucket, paused on a 429's Retry-After: snapctl's per-node pacer reads it."""
+        return self.api.create_bucket
 
     def validate_volumes(self, node: str, raw: list[Any], *, base_dir: Path) -> NodeVolumes:
         return NodeVolumes(node, parse_volumes(node, raw))

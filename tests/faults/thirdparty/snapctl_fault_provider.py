@@ -10,7 +10,8 @@ returning. ``stop_wait`` does the same in ``wait()`` with ``wait.entered`` / ``w
 its first prepare, with ``warm_up.entered`` / ``warm_up.go``. So a test can SIGKILL snapctl at an
 exact step, or take an agent away between the preflight and the prepares, from outside, with no
 hook in snapctl itself. With ``async_calls`` it has the optional async create call
-(``snapshot_async``, which stops the same way without blocking snapctl's event loop).
+(``snapshot_async``, which stops the same way without blocking snapctl's event loop). With
+``create_rate`` (and ``create_burst``) it declares a create rate limit and takes a token per volume.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -26,6 +28,7 @@ from snapctl_local import LocalProvider
 
 from snapctl.errors import ProviderError
 from snapctl.providers import ProviderSettings
+from snapctl.ratelimit import TokenBucket
 
 
 class FaultSettings(ProviderSettings):
@@ -40,6 +43,9 @@ class FaultSettings(ProviderSettings):
     fail_delete: str | None = None  # delete() ends in this error: a rollback that cannot delete
     stop_timeout_s: float = 120.0
     async_calls: bool = False
+    # A declared create rate limit, obeyed as the clouds' providers do: a token per volume's call.
+    create_rate: float | None = None
+    create_burst: int = 1
 
 
 class FaultProvider:
@@ -52,6 +58,11 @@ class FaultProvider:
         self._control = Path(settings.control) if Path(settings.control).is_absolute() else base_dir / settings.control
         self._control.mkdir(parents=True, exist_ok=True)
         self.name = "fault"
+        self._bucket = None
+        if settings.create_rate:
+            self.capabilities = replace(self._local.capabilities, max_creates_per_s=settings.create_rate,
+                                        create_burst=settings.create_burst)
+            self._bucket = TokenBucket(settings.create_rate, settings.create_burst)
         if settings.async_calls:  # an instance attribute: __getattr__ would otherwise find none
             self.snapshot_async = self._snapshot_async
 
@@ -64,6 +75,9 @@ class FaultProvider:
         self._signal(f"{node}.entered")
         if where == "before":
             self._wait_for(f"{node}.go")
+        if self._bucket is not None:
+            for _ in volumes.volumes:
+                self._bucket.acquire()
         refs = self._local.snapshot(volumes, tags)
         if where == "after":
             self._signal(f"{node}.made")

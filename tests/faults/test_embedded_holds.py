@@ -1,0 +1,110 @@
+"""Embedded agents (``agent: embedded``): their holds live in snapctl's own process, so what else
+that process does while a node is held, and how it ends, decides whether the hold is kept."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests.fakes.questdb import FakeQuestDB
+from tests.faults.harness import FaultCluster, create_db
+
+
+def _other_process_writes(db: Path) -> bool:
+    """Whether another process can write ``db`` now (SQLite's locks are per process: this one's
+    own connection would tell nothing)."""
+    code = (f"import sqlite3; c = sqlite3.connect({str(db)!r}, timeout=0.2); "
+            "c.execute(\"INSERT INTO events (note) VALUES ('w')\"); c.commit()")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    if done.returncode and "locked" not in done.stderr:
+        raise AssertionError(done.stderr)
+    return done.returncode == 0
+
+
+def _with_embedded_sqlite(cluster: FaultCluster, tmp_path: Path, policy: dict | None = None) -> tuple[Path, Path]:
+    """The cluster's inventory with node1 an embedded SQLite node whose volume the local provider
+    copies; the fault provider stops after node1's copy until ``node1.go``."""
+    inventory = cluster.write_inventory(tmp_path / "inv.yaml", provider={"stop": {"node1": "after"}}, policy=policy)
+    data = yaml.safe_load(inventory.read_text())
+    volume = tmp_path / "vol1"
+    volume.mkdir()
+    db = volume / "db.sqlite"
+    create_db(db)
+    data["nodes"].insert(0, {"name": "node1", "agent": "embedded", "engine": {"type": "sqlite", "path": str(db)},
+                             "volumes": [{"name": "data", "path": str(volume)}]})
+    inventory.write_text(yaml.safe_dump(data, sort_keys=False))
+    return inventory, db
+
+
+def test_an_embedded_sqlite_node_stays_held_while_the_local_provider_copies_it(make_cluster, tmp_path):
+    # Under 50 calls, auto once made the copies in threads of snapctl's own process: their close of
+    # db.sqlite dropped the hold's fcntl lock, and another process wrote while node1 counted held.
+    cluster = make_cluster(nodes=("node2",))
+    inventory, db = _with_embedded_sqlite(cluster, tmp_path)
+    before = sqlite3.connect(db).execute("SELECT count(*) FROM events").fetchone()[0]
+    process = cluster.popen("backup", "--no-prune", inventory=inventory)
+    try:
+        cluster.wait_reached("node1.made")  # copied, and still held
+        written_while_held = _other_process_writes(db)
+    finally:
+        cluster.go("node1.go")
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert not written_while_held, "another process wrote node1's database while the run counted it held"
+    [run_id] = cluster.run_ids()
+    assert cluster.manifest(run_id)["status"] == "succeeded"
+    assert sqlite3.connect(db).execute("SELECT count(*) FROM events").fetchone()[0] == before
+
+
+def test_provider_process_never_with_an_embedded_sqlite_node_is_refused_before_any_hold(make_cluster, tmp_path):
+    cluster = make_cluster(nodes=("node2",))
+    inventory, _ = _with_embedded_sqlite(cluster, tmp_path, policy={"provider_process": "never"})
+    dry = cluster.snapctl("backup", "--dry-run", inventory=inventory)
+    assert dry.returncode != 0
+    assert "node1: its embedded engine holds by a lock of snapctl's own process" in dry.stdout + dry.stderr
+    refused = cluster.snapctl("backup", "--no-prune", "--force", inventory=inventory)
+    assert refused.returncode != 0
+    assert "policy.provider_process: never would drop" in refused.stderr
+    assert "hint: node1: set policy.provider_process: auto or always" in refused.stderr
+    assert not cluster.reached("node1.made") and not cluster.held()
+
+
+def test_a_snapctl_killed_while_an_embedded_questdb_node_is_held_leaves_a_record_the_next_run_releases(
+        make_cluster, tmp_path):
+    # An embedded agent once kept no hold record: QuestDB's checkpoint outlived the SIGKILL (no
+    # lease watcher is left in a dead process), and every later backup was refused on it.
+    with FakeQuestDB() as questdb:
+        questdb.tables.update({"trades": 10})
+        cluster = make_cluster(nodes=("node2",))
+        inventory = cluster.write_inventory(tmp_path / "inv.yaml", provider={"stop": {"node1": "after"}})
+        data = yaml.safe_load(inventory.read_text())
+        root = tmp_path / "qdb"
+        root.mkdir()
+        data["nodes"].insert(0, {"name": "node1", "agent": "embedded",
+                                 "engine": {"type": "questdb", "url": questdb.url, "root": str(root), "timeout_s": 2},
+                                 "volumes": [{"name": "data", "path": str(root)}]})
+        inventory.write_text(yaml.safe_dump(data, sort_keys=False))
+        process = cluster.popen("backup", "--no-prune", inventory=inventory)
+        cluster.wait_reached("node1.made")
+        assert questdb.held
+        records = cluster.directory / "state" / "snapctl" / "embedded" / cluster.cluster
+        recorded = sorted(records.glob("hold-node1-*.json"))
+        # A status meanwhile builds node1's agent too: the live run has the record, so it is left alone.
+        cluster.snapctl("status", inventory=inventory)
+        assert questdb.held and all(r.exists() for r in recorded)
+        process.kill()
+        process.communicate(timeout=30)
+        assert questdb.held  # nothing of snapctl's is left to release it
+
+        cluster.wait_lock_free()  # the dead run's catalog lock runs out (lock_ttl_s)
+        data["provider"].pop("stop")
+        inventory.write_text(yaml.safe_dump(data, sort_keys=False))
+        after = cluster.snapctl("backup", "--no-prune", inventory=inventory)
+        assert after.returncode == 0, after.stderr
+        assert not questdb.held
+        assert len(recorded) == 1 and not recorded[0].exists()  # released, then removed
+        assert records.stat().st_mode & 0o777 == 0o700
