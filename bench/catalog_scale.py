@@ -164,6 +164,7 @@ def write_inventory(where: Path, catalog: dict[str, str]) -> Path:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             ports.append(s.getsockname()[1])
+    (where / "snapshots").mkdir(exist_ok=True)  # empty, and there: gc refuses a store that does not exist
     document = {
         "cluster": CLUSTER,
         "provider": {"type": "local", "store": str(where / "snapshots")},

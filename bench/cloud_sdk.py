@@ -115,7 +115,7 @@ def _backup(inventory_path: Path, warm: bool, on_loop: bool = False) -> dict[str
     from snapctl.runner import run
 
     if not warm:  # as snapctl ran before its providers warmed up: the first create call loads the SDK
-        orchestrator.call_runner = lambda policy, provider, *_: ProviderThreads(len(inventory.nodes))
+        orchestrator.call_runner = lambda policy, provider, *_, **__: ProviderThreads(len(inventory.nodes))
     inventory = load_inventory(inventory_path)
     with timer() as elapsed, async_calls_on_the_loop_at_every_size(on_loop):
         manifest = run(backup(inventory, BackupOptions(prune=False)))
