@@ -407,13 +407,16 @@ class EmbeddedAgentClient:
 
 # Embedded engines run in threads; more than this many at once only adds contention.
 _MAX_EMBEDDED_THREADS = 64
+_RECORD_WAIT_S = 5.0  # a status has an embedded node's hold record only while it looks: well under this
 
 
 @asynccontextmanager
-async def open_agents(inventory: Inventory) -> AsyncIterator[dict[str, AgentClient]]:
+async def open_agents(inventory: Inventory, *, holds: bool = False) -> AsyncIterator[dict[str, AgentClient]]:
     """A client for every node of ``inventory``, connections kept alive for the whole run: the
     plain-http agents share one lean transport, the TLS agents another (one TLS context). On exit
-    everything is closed; embedded agents complete whatever they still hold."""
+    everything is closed; embedded agents complete whatever they still hold. ``holds``: the caller
+    will hold engines (a backup), so an embedded agent waits a moment for a status that has its
+    hold record to let it go, rather than holding with no record."""
     remote = [n for n in inventory.nodes if n.agent != "embedded"]
     embedded = [n for n in inventory.nodes if n.agent == "embedded"]
     timeout_s = inventory.policy.agent_timeout_s
@@ -447,7 +450,8 @@ async def open_agents(inventory: Inventory) -> AsyncIterator[dict[str, AgentClie
                 settings = inventory.engine_settings(node)  # which of many nodes' engine blocks is wrong, and where
                 engine = load_engine_factory(settings.type)(settings, base_dir=inventory.base_dir)
                 try:  # a hold that outlives snapctl's process is recorded, for the next one to release
-                    records = embedded_hold_records(inventory.cluster, node.name, settings.type, engine)
+                    records = embedded_hold_records(inventory.cluster, node.name, settings.type, engine,
+                                                    wait_s=_RECORD_WAIT_S if holds else 0.0)
                 except BaseException:
                     engine.close()
                     raise

@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from node_agent.hold_record import HoldRecords, HoldRecordTaken, ready_state_dir
+from snapctl.errors import SnapctlError
 
 log = logging.getLogger("snapctl.agent")
 
 EMBEDDED_DIR = Path("snapctl") / "embedded"
+_POLL_S = 0.05
 _FIX = "make $XDG_STATE_HOME (or ~/.local/state) a directory of snapctl's user, or run snapctl as that user"
 
 
@@ -38,22 +41,43 @@ def holds_outlive_the_process(engine: Any) -> bool:
 
 
 def embedded_hold_records(cluster: str, node: str, engine_type: str, engine: Any,
-                          env: Mapping[str, str] | None = None) -> HoldRecords | None:
+                          env: Mapping[str, str] | None = None, *, wait_s: float = 0.0) -> HoldRecords | None:
     """The node's hold records, taken for this process; None where its holds die with the process,
-    or where another live snapctl process of this cluster has the node's agent built (its holds
-    are its own: this process only reads the engine's status). Raises ``BadInputError`` on a
-    directory not snapctl's user's own (0700), as an agent refuses such a state_dir."""
+    where another live snapctl process of this cluster has the node's agent built past ``wait_s``
+    (its holds are its own: this process only reads the engine's status), or where no record can
+    be kept here (a warning says so: the command goes on, as before embedded records existed).
+    ``wait_s``: how long a command that holds (a backup) waits for a status, which has the record
+    only while it looks, to let it go; a command that only looks waits for nobody."""
     if not holds_outlive_the_process(engine):
         return None
-    directory = ready_state_dir(embedded_state_dir(os.environ if env is None else env, cluster),
-                                "the embedded agent's", fix=_FIX)
-    db_path = getattr(engine, "db_path", None)  # as node_agent.main names an agent's record
-    records = HoldRecords(directory, node, engine_type, [db_path] if db_path else engine.data_paths())
     try:
-        records.lock("the inventory")
-    except HoldRecordTaken:
-        log.info("node %s: another snapctl process of cluster %s has its embedded agent's hold record %s; "
-                 "this one keeps none", node, cluster, records.path)
+        directory = ready_state_dir(embedded_state_dir(os.environ if env is None else env, cluster),
+                                    "the embedded agent's", fix=_FIX)
+        db_path = getattr(engine, "db_path", None)  # as node_agent.main names an agent's record
+        records = HoldRecords(directory, node, engine_type, [db_path] if db_path else engine.data_paths())
+        if not _locked(records, wait_s):
+            (log.warning if wait_s else log.info)(
+                "node %s: another snapctl process of cluster %s has its embedded agent's hold record %s; this "
+                "one keeps none", node, cluster, records.path)
+            return None
+    except (SnapctlError, OSError, RuntimeError) as exc:  # RuntimeError: no home directory to expand ~ in
+        # A status that failed here would show nothing of a node that is fine: it goes on without
+        # the record, as snapctl did before embedded records, and says what that costs.
+        said = exc.message if isinstance(exc, SnapctlError) else str(exc)
+        log.warning("node %s: its embedded agent keeps no hold record (%s): a hold of a snapctl killed outright "
+                    "stays on the engine until released by hand; %s", node, said, _FIX)
         return None
     records.warn_of_others()
     return records
+
+
+def _locked(records: HoldRecords, wait_s: float) -> bool:
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            records.lock("the inventory")
+            return True
+        except HoldRecordTaken:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(_POLL_S)

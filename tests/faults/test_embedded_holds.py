@@ -3,6 +3,7 @@ that process does while a node is held, and how it ends, decides whether the hol
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
 import sys
@@ -108,3 +109,58 @@ def test_a_snapctl_killed_while_an_embedded_questdb_node_is_held_leaves_a_record
         assert not questdb.held
         assert len(recorded) == 1 and not recorded[0].exists()  # released, then removed
         assert records.stat().st_mode & 0o777 == 0o700
+
+
+def _with_embedded_questdb(cluster: FaultCluster, tmp_path: Path, questdb: FakeQuestDB, **inventory_options) -> tuple[Path, dict]:
+    inventory = cluster.write_inventory(tmp_path / "inv.yaml", **inventory_options)
+    data = yaml.safe_load(inventory.read_text())
+    root = tmp_path / "qdb"
+    root.mkdir()
+    data["nodes"].insert(0, {"name": "node1", "agent": "embedded",
+                             "engine": {"type": "questdb", "url": questdb.url, "root": str(root), "timeout_s": 2},
+                             "volumes": [{"name": "data", "path": str(root)}]})
+    inventory.write_text(yaml.safe_dump(data, sort_keys=False))
+    return inventory, data
+
+
+def test_a_status_where_no_embedded_hold_record_can_be_kept_still_shows_the_cluster(make_cluster, tmp_path):
+    # The embedded records' directory (under $XDG_STATE_HOME) could not be made: status printed no
+    # table, only "cannot create the agent's state_dir", for a node that was fine.
+    with FakeQuestDB() as questdb:
+        cluster = make_cluster(nodes=("node2",))
+        inventory, _ = _with_embedded_questdb(cluster, tmp_path, questdb)
+        not_a_directory = tmp_path / "a-file"
+        not_a_directory.write_text("x")
+        env = {**cluster.env(), "XDG_STATE_HOME": str(not_a_directory)}
+        shown = subprocess.run([sys.executable, "-m", "snapctl.cli", "status", "-i", str(inventory)],
+                               capture_output=True, text=True, timeout=120, env=env, check=False)
+    assert shown.returncode in (0, 5), shown.stderr  # healthy, or degraded: no backup yet
+    assert "node1" in shown.stdout and "node2" in shown.stdout
+    warning = next(line for line in shown.stderr.splitlines() if "keeps no hold record" in line)
+    assert warning.startswith("warning: node node1: its embedded agent keeps no hold record (")
+
+
+def test_a_backup_started_while_a_status_looks_waits_for_the_embedded_hold_record(make_cluster, tmp_path):
+    # A status (each refresh of --watch) has node1's record while it looks; a backup starting then
+    # held node1 with no record, so a SIGKILL left the checkpoint held for good.
+    import fcntl
+    import threading
+
+    with FakeQuestDB() as questdb:
+        questdb.tables.update({"trades": 10})
+        cluster = make_cluster(nodes=("node2",))
+        inventory, _ = _with_embedded_questdb(cluster, tmp_path, questdb, provider={"stop": {"node1": "after"}})
+        assert cluster.snapctl("status", inventory=inventory).returncode in (0, 5)
+        records = cluster.directory / "state" / "snapctl" / "embedded" / cluster.cluster
+        [lock] = sorted(records.glob("hold-node1-*.lock"))
+        looking = os.open(lock, os.O_RDWR)  # what a status holds while it asks the engine
+        fcntl.flock(looking, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        threading.Timer(1.0, os.close, (looking,)).start()  # the status ends a moment later
+        process = cluster.popen("backup", "--no-prune", inventory=inventory)
+        try:
+            cluster.wait_reached("node1.made")
+            assert questdb.held
+            assert sorted(records.glob("hold-node1-*.json")), "the backup holds node1 with no record"
+        finally:
+            process.kill()
+            process.communicate(timeout=30)
