@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_serializer
+from pydantic import BaseModel, ConfigDict, Field
 
 from node_agent.models import EngineState
 from snapctl.providers import SnapshotRef
@@ -96,18 +96,3 @@ class IndexEntry(BaseModel):
     snapshots: int
     max_freeze_window_s: float | None = None
     error: str | None = None
-    # Succeeded with its snapshots not confirmed complete (`backup --no-wait`, a run stopped in its
-    # wait): `list` marks it without reading its manifest.
-    unconfirmed: bool = False
-
-    @model_serializer(mode="wrap")
-    def _written_only_when_set(self, handler: Any, info: Any) -> dict[str, Any]:
-        # In index.json every other line stays as older snapctl wrote and reads it (their
-        # IndexEntry forbids unknown keys: an index it cannot parse, it rebuilds from the manifests).
-        data = handler(self)
-        if not self.unconfirmed and (info.context or {}).get(INDEX_FILE):
-            data.pop("unconfirmed", None)
-        return data
-
-
-INDEX_FILE = "index_file"  # the serialization context of index.json's lines

@@ -22,7 +22,7 @@ from pydantic import TypeAdapter, ValidationError
 from snapctl.catalog import BlobStore
 from snapctl.catalog.reasons import newer_snapctl
 from snapctl.errors import BadInputError, CatalogError
-from snapctl.manifest import INDEX_FILE, IndexEntry, Manifest
+from snapctl.manifest import IndexEntry, Manifest
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _INDEX = TypeAdapter(list[IndexEntry])
@@ -243,7 +243,7 @@ class ManifestIndex:
             pass
 
     def _write_index(self, entries: list[IndexEntry], expected: bytes | None) -> bool:
-        data = _INDEX.dump_json(newest_first(entries), indent=1, context={INDEX_FILE: True})
+        data = _INDEX.dump_json(newest_first(entries), indent=1)
         if expected is None:
             return self.store.create(self._index_key, data)
         return self.store.replace(self._index_key, data, expected=expected)
@@ -317,7 +317,6 @@ def index_entry(manifest: Manifest) -> IndexEntry:
         snapshots=len(manifest.snapshot_refs()),
         max_freeze_window_s=manifest.max_freeze_window_s,
         error=manifest.error,
-        unconfirmed=manifest.status == SUCCEEDED and not manifest.snapshots_completed,
     )
 
 

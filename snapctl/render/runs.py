@@ -14,7 +14,7 @@ from snapctl.render import _seconds, _status_text
 
 ERROR_WIDTH = 80  # a run's error on a terminal
 # Narrower than this beside the table, the errors go below it: at 80 columns rich squeezed the
-# error column to nothing, and every error was gone (and cut `succeeded*`).
+# error column to nothing, and every error was gone.
 MIN_ERROR_COLUMN = 30
 
 
@@ -24,13 +24,11 @@ def run_list_text(renderer: Any, entries: list, problems: list[str], where: str,
     errors = any(e.error for e in entries)
     # A screen keeps one line or two per run; a pipe or a log keeps every error whole.
     cut = ERROR_WIDTH if renderer.out.is_terminal else None
-    rows, was_cut, unconfirmed = [], False, False
+    rows, was_cut = [], False
     for e in entries:  # the rows and what their notes need, in one walk of 10,000 runs
         error = _cut(e.error or "", cut)
-        was_cut, unconfirmed = was_cut or error != (e.error or ""), unconfirmed or e.unconfirmed
-        # A mark, its words below the table: the run column is cut on a terminal of 80 columns
-        # once the status is wider than "succeeded" by more than one character.
-        rows.append(([e.run_id, _status_text(e.status) + ("*" if e.unconfirmed else ""),
+        was_cut = was_cut or error != (e.error or "")
+        rows.append(([e.run_id, _status_text(e.status),
                       f"{e.started_at:%m-%d %H:%M:%S}", str(e.nodes), str(e.snapshots),
                       _seconds(e.max_freeze_window_s)], error))
     beside = errors and _width(renderer, rows) + MIN_ERROR_COLUMN <= renderer.out.width
@@ -47,8 +45,6 @@ def run_list_text(renderer: Any, entries: list, problems: list[str], where: str,
                 renderer.line(f"  {cells[0]}: {error}")
     if was_cut:
         renderer.line(f"errors cut at {ERROR_WIDTH} characters (…): `snapctl show RUN` prints a run's whole error")
-    if unconfirmed:
-        renderer.line("* its snapshots not confirmed complete (backup --no-wait): `snapctl verify RUN` checks them")
     if older:
         renderer.line(f"{older} older run{'s' if older > 1 else ''} not shown: --limit 0 lists every run")
     for problem in problems:
