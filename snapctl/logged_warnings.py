@@ -22,8 +22,10 @@ class _LoggedWarnings(logging.Handler):
             self.handleError(record)
             return
         if record.name.startswith("snapctl"):  # snapctl.*, and the plugins' snapctl_aws.* ...
-            _logged.append(message)
-            message = f"warning: {message}"
+            _logged.append(message)  # an error logged is one the command went on past: the document says it too
+            message = f"{'warning' if record.levelno < logging.ERROR else 'error'}: {message}"
+            if record.exc_info:  # log.exception's traceback: what a report of it needs
+                message += "\n" + logging.Formatter().formatException(record.exc_info)
         print(message, file=sys.stderr)
 
 
