@@ -87,26 +87,31 @@ def remap_paths(engine: dict[str, Any], inventory: Inventory, node: Node, restor
         raise live_path(inventory, node, restored, *stay, drill=drill)
     for key in read:
         for value in [moved[key]] if isinstance(moved.get(key), str) else moved.get(key) or []:
-            _stays_on_the_volumes(node, key, value, restored, drill=drill)
+            _stays_on_the_volumes(node, key, value, restored, roots, drill=drill)
     for key in unused:
         if any(k == key for k, _ in stays):
             moved.pop(key, None)  # not read, and never to name the live host's files
     return moved
 
 
-def _stays_on_the_volumes(node: Node, key: str, value: str, restored: dict[str, str], *, drill: bool) -> None:
+def _stays_on_the_volumes(node: Node, key: str, value: str, restored: dict[str, str], roots: dict[str, Path], *,
+                          drill: bool) -> None:
     """Refuse a moved path that a symbolic link in the restored data leads off the restored volumes:
     the source's file may have been a link to another disk, and on this host the link names live
-    files (a database whose -shm restore-prepare deletes, whose rows verify counts)."""
+    files (a database whose -shm restore-prepare deletes, whose rows verify counts). ``roots``: the
+    volumes' places on the source, which an absolute link within a volume still names."""
     where = Path(value).resolve()
     if any(where.is_relative_to(Path(root).resolve()) for root in restored.values()):
         return
     what = "drill" if drill else "restore"
-    raise BadInputError(
-        f"node {node.name}: the engine's {key} {value} leads off the restored volumes through a symbolic link in "
-        f"the restored data, to {where}: the {what} would use the files there instead of the backup's",
-        hint="the backup holds a link, not the data: list the directory it points to among the node's volumes, so "
-             "that the data is backed up and restored too")
+    said = (f"node {node.name}: the engine's {key} {value} leads off the restored volumes through a symbolic link "
+            f"in the restored data, to {where}: the {what} would use the files there instead of the backup's")
+    own = next((name for name, root in roots.items() if where.is_relative_to(root)), None)
+    if own is not None:  # the data is in the backup: the link names it by the source's absolute path
+        raise BadInputError(said, hint=f"the link is absolute, into volume {own} at its place on the source: make it "
+                                       "relative (ln -sfr TARGET LINK) so that it stays within the volume restored")
+    raise BadInputError(said, hint="the backup holds a link, not the data: list the directory it points to among "
+                                   "the node's volumes, so that the data is backed up and restored too")
 
 
 def live_path(inventory: Inventory, node: Node, restored: dict[str, str], key: str, value: str, *,

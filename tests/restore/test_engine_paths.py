@@ -5,6 +5,8 @@ a drill's scratch etcd was rebuilt from the live host's saved snapshot, passing 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from snapctl.config import parse_inventory
@@ -133,3 +135,35 @@ nodes:
     (restored / "app.db").symlink_to("app-v2.db")
     assert remap_paths(node.engine, inventory, node, {"data": str(restored)}, drill=drill) == {
         "type": "sqlite", "path": str(restored / "app.db")}
+
+
+def test_an_absolute_link_within_the_nodes_own_volume_is_refused_with_the_fix_that_keeps_it_there(tmp_path):
+    # On another host (a CI drill) an absolute link the source kept inside its volume points at the
+    # source's path: the refusal's hint said to list that directory among the node's volumes, which
+    # it already was. Relative, the same link is followed into the restored copy.
+    source = tmp_path / "srv" / "n1"
+    inventory = parse_inventory(f"""
+cluster: c
+provider: {{type: local}}
+nodes:
+  - name: n1
+    agent: embedded
+    engine: {{type: sqlite, path: {source / 'app.db'}}}
+    volumes: [{{name: data, path: {source}}}]
+""", base_dir=tmp_path)
+    node = inventory.nodes[0]
+    restored = tmp_path / "restored" / "n1" / "data"
+    (restored / "real").mkdir(parents=True)
+    (restored / "real" / "app.db").write_bytes(b"the restored database")
+    (restored / "app.db").symlink_to(source / "real" / "app.db")  # as the backup holds it
+
+    with pytest.raises(BadInputError) as refused:
+        remap_paths(node.engine, inventory, node, {"data": str(restored)}, drill=True)
+
+    assert "leads off the restored volumes through a symbolic link" in refused.value.message
+    assert refused.value.hint == ("the link is absolute, into volume data at its place on the source: make it "
+                                  "relative (ln -sfr TARGET LINK) so that it stays within the volume restored")
+    (restored / "app.db").unlink()
+    (restored / "app.db").symlink_to(Path("real") / "app.db")
+    assert remap_paths(node.engine, inventory, node, {"data": str(restored)}, drill=True)["path"] == str(
+        restored / "app.db")
