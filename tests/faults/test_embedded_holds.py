@@ -74,6 +74,18 @@ def test_provider_process_never_with_an_embedded_sqlite_node_is_refused_before_a
     assert not cluster.reached("node1.made") and not cluster.held()
 
 
+def _with_embedded_questdb(cluster: FaultCluster, tmp_path: Path, questdb: FakeQuestDB, **inventory_options) -> tuple[Path, dict]:
+    inventory = cluster.write_inventory(tmp_path / "inv.yaml", **inventory_options)
+    data = yaml.safe_load(inventory.read_text())
+    root = tmp_path / "qdb"
+    root.mkdir()
+    data["nodes"].insert(0, {"name": "node1", "agent": "embedded",
+                             "engine": {"type": "questdb", "url": questdb.url, "root": str(root), "timeout_s": 2},
+                             "volumes": [{"name": "data", "path": str(root)}]})
+    inventory.write_text(yaml.safe_dump(data, sort_keys=False))
+    return inventory, data
+
+
 def test_a_snapctl_killed_while_an_embedded_questdb_node_is_held_leaves_a_record_the_next_run_releases(
         make_cluster, tmp_path):
     # An embedded agent once kept no hold record: QuestDB's checkpoint outlived the SIGKILL (no
@@ -81,14 +93,7 @@ def test_a_snapctl_killed_while_an_embedded_questdb_node_is_held_leaves_a_record
     with FakeQuestDB() as questdb:
         questdb.tables.update({"trades": 10})
         cluster = make_cluster(nodes=("node2",))
-        inventory = cluster.write_inventory(tmp_path / "inv.yaml", provider={"stop": {"node1": "after"}})
-        data = yaml.safe_load(inventory.read_text())
-        root = tmp_path / "qdb"
-        root.mkdir()
-        data["nodes"].insert(0, {"name": "node1", "agent": "embedded",
-                                 "engine": {"type": "questdb", "url": questdb.url, "root": str(root), "timeout_s": 2},
-                                 "volumes": [{"name": "data", "path": str(root)}]})
-        inventory.write_text(yaml.safe_dump(data, sort_keys=False))
+        inventory, data = _with_embedded_questdb(cluster, tmp_path, questdb, provider={"stop": {"node1": "after"}})
         process = cluster.popen("backup", "--no-prune", inventory=inventory)
         cluster.wait_reached("node1.made")
         assert questdb.held
@@ -109,18 +114,6 @@ def test_a_snapctl_killed_while_an_embedded_questdb_node_is_held_leaves_a_record
         assert not questdb.held
         assert len(recorded) == 1 and not recorded[0].exists()  # released, then removed
         assert records.stat().st_mode & 0o777 == 0o700
-
-
-def _with_embedded_questdb(cluster: FaultCluster, tmp_path: Path, questdb: FakeQuestDB, **inventory_options) -> tuple[Path, dict]:
-    inventory = cluster.write_inventory(tmp_path / "inv.yaml", **inventory_options)
-    data = yaml.safe_load(inventory.read_text())
-    root = tmp_path / "qdb"
-    root.mkdir()
-    data["nodes"].insert(0, {"name": "node1", "agent": "embedded",
-                             "engine": {"type": "questdb", "url": questdb.url, "root": str(root), "timeout_s": 2},
-                             "volumes": [{"name": "data", "path": str(root)}]})
-    inventory.write_text(yaml.safe_dump(data, sort_keys=False))
-    return inventory, data
 
 
 def test_a_status_where_no_embedded_hold_record_can_be_kept_still_shows_the_cluster(make_cluster, tmp_path):
