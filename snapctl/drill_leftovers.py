@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from snapctl.errors import os_reason
 from snapctl.fsmodes import open_private, remove_tree
-from snapctl.process_identity import identity, pid_here, runs
+from snapctl.process_identity import identity, pid_here, run_owner, runs
 from snapctl.timestamps import utc_text
 from snapctl.units import human_bytes
 
@@ -58,9 +58,7 @@ _STOP_WAIT_S = 10.0  # a SIGKILLed engine is gone within moments; past this, say
 
 
 def drill_owner() -> str:
-    from snapctl.orchestrator import run_owner  # user@host:pid, as the cluster lock names its holder
-
-    return run_owner()
+    return run_owner()  # user@host:pid, as the cluster lock names its holder
 
 
 def write_marker(scratch: Path, *, cluster: str, drill_id: str, record: str, owner: str,

@@ -11,20 +11,17 @@ outlives the process is released from its hold record by the next snapctl of the
 from __future__ import annotations
 
 import asyncio
-import getpass
-import os
 import secrets
-import socket
 import time
-from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from node_agent.models import CompleteResponse
 from snapctl import __version__
 from snapctl.abandoned_runs import close_abandoned_runs, keep_unconfirmed, save_success, stored_with_snapshots
-from snapctl.agent_client import AgentClient, open_agents
-from snapctl.catalog import Catalog, open_catalog
+from snapctl.agent_client import open_agents
+from snapctl.backup_run import BackupRun
+from snapctl.catalog import open_catalog
 from snapctl.catalog.lock import RENEWALS_PER_TTL, LockKeeper
 from snapctl.completion import complete_newest_backup, would_complete
 from snapctl.config import Inventory
@@ -44,10 +41,10 @@ from snapctl.left_holds import still_held
 from snapctl.manifest import Manifest, NodeRecord
 from snapctl.pacing import CreateCallPacer, hold_lead, prepare_within_rate_limit, slow_snapshot_hint
 from snapctl.preflight import BackupPlan, dry_run, preflight, preflight_refusal
-from snapctl.provider_threads import CallRunner
+from snapctl.process_identity import run_owner
 from snapctl.provider_wait import after_release, wait_out_transient
 from snapctl.provider_worker import CALL_RUNNER_READY_S, ProviderWorker, call_runner, held_by_process_locks
-from snapctl.providers import TAG_RUN, NodeVolumes, Provider, SnapshotRef, node_volumes, open_provider, snapshot_tags
+from snapctl.providers import TAG_RUN, SnapshotRef, node_volumes, open_provider, snapshot_tags
 from snapctl.run_failure import (
     NOT_DELETED,
     hold_ended_before_complete,
@@ -74,42 +71,8 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
 
 
-def run_owner() -> str:
-    return f"{getpass.getuser()}@{socket.gethostname()}:{os.getpid()}"
-
-
 def now() -> datetime:
     return datetime.now(UTC)
-
-
-@dataclass
-class _Run:
-    """Everything one run holds, so that rollback can find and release all of it."""
-
-    inventory: Inventory
-    manifest: Manifest
-    catalog: Catalog
-    provider: Provider
-    agents: dict[str, AgentClient]
-    volumes: dict[str, NodeVolumes]
-    reporter: Reporter
-    executor: CallRunner
-    held: set[str] = field(default_factory=set)  # prepare sent and not yet completed
-    lost_hold: dict[str, str] = field(default_factory=dict)  # node -> why its lease was lost
-    in_flight: list[tuple[str, Future[list[SnapshotRef]] | asyncio.Future[list[SnapshotRef]]]] = field(
-        default_factory=list)  # (node, its snapshot call)
-    timed_out: dict[str, SnapctlError | None] = field(default_factory=dict)  # node -> how its call ended later
-    unrecorded: str | None = None  # why the failed run's manifest could not be saved
-    recorded: bool = False  # step 8 saved the manifest naming every snapshot
-    prepare_sent: dict[str, float] = field(default_factory=dict)  # monotonic
-    prepare_acked: dict[str, float] = field(default_factory=dict)
-    pacer: CreateCallPacer | None = None  # per-node runs: the provider's create budget, mirrored
-    fan_out_s: float = 0.0  # how long the preflight took to ask every agent: the cost of one fan-out
-    hold_at_mono: float = 0.0  # cluster runs: manifest.hold_at on the monotonic clock
-
-    def frozen_since(self, node: str) -> float:
-        """When ``node``'s hold began at the latest: its prepare was sent, or the agreed instant."""
-        return max(self.prepare_sent[node], self.hold_at_mono)
 
 
 async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporter | None = None) -> Manifest | BackupPlan:
@@ -172,7 +135,7 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
                 catalog.save(manifest)  # the refusal is on record: `snapctl status` shows why
                 raise refusal
             catalog.save(manifest)  # from here on, every snapshot of the run has an owner
-            run = _Run(inventory, manifest, catalog, provider, agents, volumes, reporter, executor, fan_out_s=fan_out_s)
+            run = BackupRun(inventory, manifest, catalog, provider, agents, volumes, reporter, executor, fan_out_s=fan_out_s)
             try:
                 # Before any hold: the provider's SDK and credentials load here, not in a freeze.
                 reporter.step("provider", f"getting {provider.name} ready before any node is held")
@@ -212,7 +175,7 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
                                           f"{policy.lock_ttl_s:g}s): {exc.message}")
 
 
-async def _hold_snapshot_release(run: _Run, options: BackupOptions) -> None:
+async def _hold_snapshot_release(run: BackupRun, options: BackupOptions) -> None:
     """Steps 3-6: trigger, prepare (the barrier), snapshot, complete each node as soon as it can."""
     policy = run.inventory.policy
     nodes = list(run.agents)
@@ -231,7 +194,7 @@ async def _hold_snapshot_release(run: _Run, options: BackupOptions) -> None:
             in_process = not isinstance(run.executor, ProviderWorker)  # the provider's own bucket is then ours to read
             run.pacer = CreateCallPacer.for_provider(run.provider, in_process=in_process)
 
-            async def one(run: _Run, node: str) -> None:
+            async def one(run: BackupRun, node: str) -> None:
                 # The provider's rate limit is waited out before the hold, not during it: a node is
                 # prepared just in time for its create calls, so its freeze stays short at any N.
                 if run.pacer is not None:
@@ -257,7 +220,7 @@ async def _hold_snapshot_release(run: _Run, options: BackupOptions) -> None:
                                                                            if lead > 0 else ""))
             all_held, not_yet_held = asyncio.Event(), set(nodes)
 
-            async def hold_then_snapshot(run: _Run, node: str) -> None:
+            async def hold_then_snapshot(run: BackupRun, node: str) -> None:
                 await _prepare(run, node)
                 not_yet_held.discard(node)
                 if not not_yet_held:
@@ -270,7 +233,7 @@ async def _hold_snapshot_release(run: _Run, options: BackupOptions) -> None:
         renewer.cancel()
 
 
-async def _prepare(run: _Run, node: str) -> None:
+async def _prepare(run: BackupRun, node: str) -> None:
     record = run.manifest.nodes[node]
     record.prepare_sent_at = now()
     run.prepare_sent[node] = time.monotonic()
@@ -300,7 +263,7 @@ async def _prepare(run: _Run, node: str) -> None:
     run.reporter.node(node, "held")
 
 
-async def _snapshot_then_complete(run: _Run, node: str, all_held: asyncio.Event | None = None) -> None:
+async def _snapshot_then_complete(run: BackupRun, node: str, all_held: asyncio.Event | None = None) -> None:
     policy = run.inventory.policy
     tags = snapshot_tags(run.inventory.cluster, run.manifest.run_id, node, extra=run.inventory.tags)
     run.reporter.node(node, "snapshotting")
@@ -329,7 +292,7 @@ async def _snapshot_then_complete(run: _Run, node: str, all_held: asyncio.Event 
     await _complete(run, node)
 
 
-async def _complete(run: _Run, node: str) -> None:
+async def _complete(run: BackupRun, node: str) -> None:
     record = run.manifest.nodes[node]
     answer = await _completed(run, node)
     run.held.discard(node)
@@ -340,7 +303,7 @@ async def _complete(run: _Run, node: str) -> None:
     run.reporter.node(node, "released", f"frozen {record.freeze_window_s:.3f}s")
 
 
-async def _completed(run: _Run, node: str) -> CompleteResponse:
+async def _completed(run: BackupRun, node: str) -> CompleteResponse:
     """COMPLETE one node, bounded: a hung agent is an error naming the node, not a bare timeout.
     ``released`` false: the run's hold had ended before (a repeated complete is answered so too)."""
     try:  # bounded by the client, at policy.agent_timeout_s
@@ -351,7 +314,7 @@ async def _completed(run: _Run, node: str) -> CompleteResponse:
                                hint="the agent releases the engine itself when the lease runs out") from None
 
 
-async def _renew_leases(run: _Run) -> None:
+async def _renew_leases(run: BackupRun) -> None:
     """The dead man's switch stays armed: we renew, and if we stop, the agents release."""
     period = run.inventory.policy.lease_ttl_s / 3
     while True:
@@ -364,7 +327,7 @@ async def _renew_leases(run: _Run) -> None:
                 run.lost_hold[node] = node_reason(result)
 
 
-async def _on_every_node(run: _Run, nodes: list[str], step) -> None:
+async def _on_every_node(run: BackupRun, nodes: list[str], step) -> None:
     """Run ``step(run, node)`` on every node at once. The first failure is recorded on its node,
     cancels the rest and is raised (of failures that came together, the first node's): the
     caller rolls back."""
@@ -391,7 +354,7 @@ async def _on_every_node(run: _Run, nodes: list[str], step) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _roll_back(run: _Run, cause: BaseException) -> None:
+async def _roll_back(run: BackupRun, cause: BaseException) -> None:
     """Step 7: complete every held node, delete this run's snapshots, mark the manifest failed."""
     run.reporter.step("rollback", f"rolling back: {reason(cause)}")
     manifest, policy = run.manifest, run.inventory.policy
@@ -473,7 +436,7 @@ async def _roll_back(run: _Run, cause: BaseException) -> None:
     run.reporter.finished(manifest)
 
 
-async def _wait_for_completion(run: _Run, wait: bool = True) -> None:
+async def _wait_for_completion(run: BackupRun, wait: bool = True) -> None:
     """Snapshots are fixed and every node released: the provider's work that needs no hold (aws:
     tags), then, unless ``--no-wait``, wait for the provider to finish uploading them."""
     manifest = run.manifest
@@ -504,5 +467,5 @@ async def _wait_for_completion(run: _Run, wait: bool = True) -> None:
     manifest.snapshots_completed = True
 
 
-def _as_run_failure(run: _Run, exc: BaseException) -> BaseException:
+def _as_run_failure(run: BackupRun, exc: BaseException) -> BaseException:
     return run_failure(run.manifest, exc, run.unrecorded, run.timed_out)

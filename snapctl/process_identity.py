@@ -9,6 +9,7 @@ judged by ``runs``; the cluster lock, the drill and the restore records all carr
 
 from __future__ import annotations
 
+import getpass
 import os
 import socket
 from datetime import UTC, datetime
@@ -96,3 +97,8 @@ def not_running(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
     except (OSError, IndexError):
         return False
+
+
+def run_owner() -> str:
+    """This process as the cluster lock and the catalog's records name their holder: user@host:pid."""
+    return f"{getpass.getuser()}@{socket.gethostname()}:{os.getpid()}"

@@ -104,8 +104,7 @@ def restore_run(inventory: Inventory, run_ref: str, to: Path | None = None, *, z
     """Restore every node's snapshots of a run, restore-prepare each engine, and verify in place
     the engines that read their files directly; on record in the catalog while it runs, unless
     not ``record_it`` (a catalog that cannot be written: a read-only copy, in a disaster)."""
-    from snapctl.orchestrator import run_owner
-    from snapctl.process_identity import identity
+    from snapctl.process_identity import identity, run_owner
     from snapctl.runner import interrupts_deferred
 
     catalog = open_catalog(inventory)

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from snapctl.catalog import BlobStore
 from snapctl.errors import CatalogError, LockHeld, RunFailed, SnapctlError
-from snapctl.process_identity import identity, not_running, of_an_earlier_boot, pid_here, runs
+from snapctl.process_identity import identity, not_running, of_an_earlier_boot, pid_here, run_owner, runs
 from snapctl.timestamps import AwareUtcTime
 
 if TYPE_CHECKING:
@@ -303,8 +303,6 @@ class ThreadLockKeeper:
     thread while the work runs; ``check`` raises once it is lost."""
 
     def __init__(self, catalog: Catalog, ttl_s: float, verb: str) -> None:
-        from snapctl.orchestrator import run_owner
-
         self.run_id = f"{verb}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{secrets.token_hex(3)}"
         self._lock = catalog.acquire_lock(run_owner(), self.run_id, ttl_s)
         self._period = ttl_s / RENEWALS_PER_TTL

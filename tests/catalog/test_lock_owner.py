@@ -18,8 +18,7 @@ from snapctl.abandoned_runs import owner_gone
 from snapctl.catalog import Catalog, LocalBlobStore, LockRecord
 from snapctl.catalog.lock import RunLock, utc_now
 from snapctl.errors import LockHeld
-from snapctl.orchestrator import run_owner
-from snapctl.process_identity import booted_at, identity
+from snapctl.process_identity import booted_at, identity, run_owner
 
 HERE = socket.gethostname()
 OURS = identity(os.getpid())
@@ -68,7 +67,7 @@ def test_a_lock_records_its_owners_process_and_a_real_holder_killed_on_this_host
     assert Catalog(store, "prod").read_lock().owner_process == OURS  # written on acquire, from /proc
     # A real snapctl process takes the lock and dies holding it (as SIGKILL leaves it).
     subprocess.run(
-        [sys.executable, "-c", "from snapctl.catalog import Catalog, LocalBlobStore; from snapctl.orchestrator import "
+        [sys.executable, "-c", "from snapctl.catalog import Catalog, LocalBlobStore; from snapctl.process_identity import "
          f"run_owner; Catalog(LocalBlobStore({str(tmp_path / 'catalog')!r}), 'prod').acquire_lock(run_owner(), 'r1', 600)"],
         capture_output=True, text=True, check=True)
     lock = Catalog(store, "prod").read_lock()

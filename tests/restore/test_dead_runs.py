@@ -21,7 +21,7 @@ import pytest
 from snapctl.catalog import open_catalog
 from snapctl.catalog.lock import LockRecord, utc_now
 from snapctl.errors import BadInputError
-from snapctl.orchestrator import run_owner
+from snapctl.process_identity import run_owner
 from tests.restore.conftest import ROWS
 
 STOPPED = "running, its snapctl gone: the next backup, prune or gc --delete closes it"

@@ -284,7 +284,7 @@ def test_gc_says_why_each_run_it_passed_over_was_not_considered_and_never_that_a
     import subprocess
 
     from snapctl.catalog.lock import LockRecord, utc_now
-    from snapctl.orchestrator import run_owner
+    from snapctl.process_identity import run_owner
 
     scene.add_run("r0", T0)
     killed = "20240305T000000Z-aaaaaa"
