@@ -24,7 +24,7 @@ from pydantic import (
 )
 
 from snapctl.errors import InventoryError, RefusedValue, SnapctlError, os_reason
-from snapctl.policy import Policy, Retention, Strict, parse_duration
+from snapctl.policy import Policy, Retention, Strict, parse_duration, positive_duration
 from snapctl.yaml_errors import (
     NAME_PATTERN,
     URL_PATTERN,
@@ -148,10 +148,7 @@ class DrillConfig(Strict):
     @field_validator("timeout_s", "start_timeout_s", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> float:
-        seconds = parse_duration(value)
-        if seconds <= 0:
-            raise ValueError("must be greater than zero")
-        return seconds
+        return positive_duration(value)
 
 
 class Node(Strict):

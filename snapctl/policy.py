@@ -31,6 +31,14 @@ def parse_duration(value: Any) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
+def positive_duration(value: Any) -> float:
+    """``parse_duration``, refusing zero: a timeout or a limit of none fails everything at once."""
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError("must be greater than zero")
+    return seconds
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -93,10 +101,7 @@ class Policy(Strict):
     )
     @classmethod
     def _duration(cls, value: Any) -> float:
-        seconds = parse_duration(value)
-        if seconds <= 0:
-            raise ValueError("must be greater than zero")
-        return seconds
+        return positive_duration(value)
 
 
 class Retention(Strict):
