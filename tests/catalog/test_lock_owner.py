@@ -86,8 +86,11 @@ def _before_boot(by: timedelta) -> timedelta:
 def test_a_lock_last_written_before_this_host_rebooted_is_gone_though_its_pid_runs_again(tmp_path: Path) -> None:
     # After a reboot the lock's pid is handed out again (here: it is this test's own, alive), and
     # looked alive; a lease still running after an unclean shutdown refused every run till it expired.
+    # A TTL short beside the hour since the last renewal: five sixths of it have passed however
+    # recently this host booted (with an hour's TTL the test held only past four hours of uptime).
     hint, gone = _refusal(tmp_path, os.getpid(), {**OURS, "boot_id": "another-boot"},
-                          acquired_ago=_before_boot(timedelta(hours=2)), renewed_ago=_before_boot(timedelta(hours=1)))
+                          acquired_ago=_before_boot(timedelta(hours=2)), renewed_ago=_before_boot(timedelta(hours=1)),
+                          expires_in=timedelta(minutes=1))
     assert hint.startswith("that process is no longer running on this host (this host has restarted since it "
                            "last renewed the lock): the next run takes the lock over once it expires, or remove "), hint
     assert gone
@@ -108,7 +111,8 @@ def test_a_renewal_after_this_boot_turns_a_lock_of_an_earlier_boot_into_a_live_o
     # The real renewal, as the owner's LockKeeper makes it: it is what tells the two apart.
     store = LocalBlobStore(tmp_path / "catalog")
     record = _lock(_dead_pid(), {**OURS, "boot_id": "boot-id-of-the-other-machine"},
-                   acquired_ago=_before_boot(timedelta(hours=1)), renewed_ago=_before_boot(timedelta(minutes=30)))
+                   acquired_ago=_before_boot(timedelta(hours=1)), renewed_ago=_before_boot(timedelta(minutes=30)),
+                   expires_in=timedelta(minutes=1))  # short beside the 30 minutes: proven gone at any uptime
     store.write("prod/lock.json", record.encode())
     assert owner_gone("r1", Catalog(store, "prod").read_lock(), utc_now())
     RunLock(store, "prod/lock.json", "prod", record, ttl_s=120, clock=utc_now).renew()
