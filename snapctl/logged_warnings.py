@@ -26,6 +26,8 @@ class _LoggedWarnings(logging.Handler):
             message = f"{'warning' if record.levelno < logging.ERROR else 'error'}: {message}"
             if record.exc_info:  # log.exception's traceback: what a report of it needs
                 message += "\n" + logging.Formatter().formatException(record.exc_info)
+            elif record.exc_text:  # the same, logged in the provider worker's child: sent as text
+                message += "\n" + record.exc_text
         print(message, file=sys.stderr)
 
 

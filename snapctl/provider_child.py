@@ -10,15 +10,18 @@ that need it.
 
     wire: 4-byte big-endian length + pickle, both ways. Parent -> child: the init mapping, then
     (call id, method name, args). Child -> parent: ("ready", None or the warm-up's error), then
-    (call id, ok, result or error). The init's "siblings" lists pipe ends (read, write) the parent
-    passed: for each, a sibling is forked after the imports and speaks the same wire over them,
-    from its own ready on; this process reaps them before it exits.
+    (call id, ok, result or error); and, any time once its imports are done, ("log", logger name,
+    level, message, traceback or None) for each record logged there (``_SentLogs``). The init's
+    "siblings" lists pipe ends (read, write) the parent passed: for each, a sibling is forked
+    after the imports and speaks the same wire over them, from its own ready on; this process
+    reaps them before it exits.
 """
 
 from __future__ import annotations
 
 import gc
 import importlib
+import logging
 import os
 import pickle
 import queue
@@ -35,6 +38,7 @@ from snapctl.provider_threads import ProviderThreads, not_ready
 
 FRAME = struct.Struct("!I")
 READY = "ready"
+LOG = "log"
 THREADS_HINT = "set policy.provider_process: never to make snapshot calls from snapctl's own threads"
 
 
@@ -109,18 +113,6 @@ def serve() -> int:
         incoming = messages()
     channel = os.dup(1)
     os.dup2(2, 1)  # stray prints of an SDK must not corrupt the frames
-
-    try:
-        if isinstance(factory, Exception):
-            raise factory
-        provider = create_provider(init["provider"], cluster=init["cluster"], base_dir=Path(init["base_dir"]),
-                                   factory=factory)
-        provider.warm_up()
-        async_calls = _LoopCalls(provider, init["threads"]) if init.get("async_calls") else None
-    except Exception as exc:  # noqa: BLE001 - the parent raises it from ready(): nothing is held yet
-        os.write(channel, frame((READY, _portable_error(not_ready(exc)))))
-        _reap(siblings)
-        return 0
     outgoing: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
 
     def write_results() -> None:
@@ -145,6 +137,21 @@ def serve() -> int:
 
     writer = threading.Thread(target=write_results, name="snapctl-provider-results")
     writer.start()
+    _send_logs(outgoing, init.get("log_level", logging.WARNING))
+
+    try:
+        if isinstance(factory, Exception):
+            raise factory
+        provider = create_provider(init["provider"], cluster=init["cluster"], base_dir=Path(init["base_dir"]),
+                                   factory=factory)
+        provider.warm_up()
+        async_calls = _LoopCalls(provider, init["threads"]) if init.get("async_calls") else None
+    except Exception as exc:  # noqa: BLE001 - the parent raises it from ready(): nothing is held yet
+        outgoing.put(frame((READY, _portable_error(not_ready(exc)))))
+        outgoing.put(None)
+        writer.join()
+        _reap(siblings)
+        return 0
     threads = ProviderThreads(init["threads"])
     threads.start()
     gc.freeze()  # the provider too: its SDK's clients and sessions
@@ -188,6 +195,35 @@ def serve() -> int:
     writer.join()
     _reap(siblings)
     return 0
+
+
+class _SentLogs(logging.Handler):
+    """What snapctl and its plugins log in this process, sent to the parent, whose handlers say it
+    (the CLI's: once on stderr, and in the `-o json` document's ``warnings``) as if logged there;
+    said here, it reached stderr only. Text only: a record's args or traceback may not pickle."""
+
+    def __init__(self, outgoing: queue.SimpleQueue[bytes | None]) -> None:
+        super().__init__()
+        self._outgoing = outgoing
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+            trace = record.exc_text or (logging.Formatter().formatException(record.exc_info)
+                                        if record.exc_info else None)
+            self._outgoing.put(frame((LOG, record.name, record.levelno, message, trace)))
+        except Exception:  # noqa: BLE001 (a bad format string: logging's own report, not a crash)
+            self.handleError(record)
+
+
+def _send_logs(outgoing: queue.SimpleQueue[bytes | None], level: int) -> None:
+    """From here on, what is logged in this process goes to the parent, and only there: a forked
+    child's root still has the parent's handlers, which would say it on stderr a second time."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.addHandler(_SentLogs(outgoing))
+    root.setLevel(level)
 
 
 class _LoopCalls:

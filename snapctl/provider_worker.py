@@ -24,6 +24,7 @@ run's tags (`snapctl gc` finds it), as with threads in the parent.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import subprocess
 import sys
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from snapctl.errors import ProviderError, SnapctlError
-from snapctl.provider_child import READY, THREADS_HINT, frame, frames
+from snapctl.provider_child import LOG, READY, THREADS_HINT, frame, frames
 from snapctl.provider_loop import LoopCalls, has_async_create
 from snapctl.provider_threads import CallRunner, ProviderThreads
 from snapctl.providers import Capabilities, NodeVolumes, provider_factory_path
@@ -92,7 +93,7 @@ class ProviderWorker:
         self._init = {"provider": dict(provider_config), "factory": provider_factory_path(provider_config["type"]),
                       "cluster": cluster, "base_dir": str(base_dir),
                       "threads": -(-max(1, threads) // self.processes), "sys_path": list(sys.path),
-                      "async_calls": async_calls}
+                      "async_calls": async_calls, "log_level": logging.getLogger().getEffectiveLevel()}
         self._process: subprocess.Popen | ForkedChild | None = None
         self._sibling_pipes: list[tuple[int, int]] = []  # ours: (write to, read from) each forked sibling
         self._channels: list[_Channel] = []
@@ -196,6 +197,9 @@ class ProviderWorker:
                 pass
 
     def _received(self, channel: _Channel, message: Any) -> None:
+        if message[0] == LOG:
+            _log_here(*message[1:])
+            return
         if message[0] == READY:
             if self._ready is not None and not self._ready.done():
                 if message[1] is not None:
@@ -242,6 +246,14 @@ class ProviderWorker:
             " ".join(filter(None, [which, "ended", f"(exit code {code})" if code is not None else "", when])),
             hint="; ".join(filter(None, [why, THREADS_HINT])),
         )
+
+
+def _log_here(name: str, level: int, message: str, trace: str | None) -> None:
+    """A record a child logged, handled as if logged in this process: the CLI's handler says it
+    once on stderr and keeps it for the `-o json` document (snapctl/logged_warnings.py)."""
+    record = logging.makeLogRecord({"name": name, "levelno": level, "levelname": logging.getLevelName(level),
+                                    "msg": message, "exc_text": trace})
+    logging.getLogger(name).handle(record)
 
 
 def worker_processes(calls: int, creates: int, capabilities: Capabilities) -> int:

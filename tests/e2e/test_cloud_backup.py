@@ -339,3 +339,27 @@ def test_an_aws_backup_makes_its_create_calls_with_aiobotocore_unless_provider_p
                        for ref in record["snapshots"]] for node, record in manifest["nodes"].items()}
 
     assert refs(auto) == refs(never)
+
+
+def test_a_warning_the_provider_worker_process_logs_is_in_the_json_documents_warnings_and_said_once(tmp_path):
+    """A node's snapshot fails in the worker's child, and the plugin's cleanup of it fails too
+    (no permission to delete): the warning it logs there once reached stderr only, missing from
+    the document a script reads."""
+    zone = "europe-west1-b"
+    with FakeGcpCompute(op_running_polls=1, creating_polls=1, uploading_polls=1) as fake:
+        for node in NODES:
+            fake.add_disk(zone, f"{node}-data")
+        provider = {"type": "gcp", "project": fake.project, "api_endpoint": fake.url, "anonymous": True,
+                    "poll_interval_s": 0.01}
+        volumes = {n: [{"disk": f"{n}-data", "zone": zone, "name": "data"}] for n in NODES}
+        with cloud_cluster(tmp_path, provider, volumes, policy={"provider_process": "always"}) as cluster:
+            fake.fail_next_snapshot("the disk is being resized")
+            fake.deny("compute.snapshots.delete", method="DELETE")  # the child's cleanup: the first delete
+            backup = cluster.snapctl("backup", "-o", "json", check_json=True)
+    assert backup.returncode == ExitCode.RUN_FAILED, backup.stderr
+    assert "the disk is being resized" in backup.json["error"]
+    [warning] = [w for w in backup.json["warnings"] if "after a failed snapshot call" in w]
+    assert warning.startswith("node node") and "could not delete snapshot" in warning
+    assert "compute.snapshots.delete" in warning
+    assert backup.stderr.count(warning) == 1, backup.stderr
+    assert f"warning: {warning}\n" in backup.stderr

@@ -6,6 +6,7 @@ to do without; a provider whose token bucket a run could empty keeps its calls i
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from snapctl import worker_process
+from snapctl import logged_warnings, worker_process
 from snapctl.config import Policy
 from snapctl.errors import BadInputError, ProviderError
 from snapctl.provider_threads import ProviderThreads
@@ -364,6 +365,32 @@ def test_an_sdk_that_prints_as_it_is_imported_says_it_on_stderr_not_into_the_res
     assert refs[0].tags["snapctl-run"] == "r1"
     assert worker._process.wait(10) == 0
     assert "sdk: a notice at import" in capfd.readouterr().err.splitlines()
+
+
+def test_what_the_child_logs_is_said_once_by_the_parents_handlers_and_kept_for_the_json_document(
+        slow_provider, capfd):
+    # Logged in the child, a plugin's warning reached stderr (in a new interpreter without its
+    # `warning:`), never the parent's handlers: `-o json`'s `warnings` did not have it.
+    root = logging.getLogger()
+    before = list(root.handlers)
+    logged_warnings._logged.clear()
+    logged_warnings.say_logged_warnings()
+    try:
+        provider, volumes, worker = slow_provider(warn="slow: token file is readable by others")
+        _run(_one_snapshot(worker, provider, volumes))
+        assert worker._process.wait(10) == 0
+        said = logged_warnings.logged_warnings()
+    finally:
+        root.handlers[:] = before
+        logged_warnings._logged.clear()
+    assert said == {"warnings": ["slow: token file is readable by others, as it warmed up",
+                                 "slow: token file is readable by others, in the call of node n1"]}
+    err = capfd.readouterr().err
+    assert err.count("token file is readable by others") == 2, err
+    assert "warning: slow: token file is readable by others, as it warmed up\n" in err
+    assert ("error: slow: token file is readable by others, in the call of node n1\n"
+            "Traceback (most recent call last):\n") in err
+    assert "OSError: no route to the cloud" in err
 
 
 def test_a_provider_that_runs_its_sdk_on_the_current_event_loop_gets_a_loop_of_its_own(slow_provider):

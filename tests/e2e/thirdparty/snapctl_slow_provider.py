@@ -12,13 +12,16 @@ With ``async_calls`` it has the optional async create call (``snapshot_async``, 
 on the event loop; ``extra.async`` on its refs) with ``warm_up_async`` (which imports its async
 "SDK", ``snapctl_slow_async_sdk``, named by ``sdk_async_modules``) and ``aclose``; each of
 those, and each call, appends a line to ``events_file`` when one is named, and
-``fail_warm_up_async`` makes ``warm_up_async`` fail with that message."""
+``fail_warm_up_async`` makes ``warm_up_async`` fail with that message. ``warn`` makes ``warm_up``
+log that as a warning, and each blocking snapshot call log it as an error with a traceback, as a
+cloud plugin logs a cleanup that failed."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
 import importlib
+import logging
 import os
 import sys
 import time
@@ -29,6 +32,8 @@ from typing import Literal
 from snapctl_local import LocalProvider
 
 from snapctl.providers import ProviderSettings
+
+log = logging.getLogger("snapctl_slow")
 
 
 class SlowSettings(ProviderSettings):
@@ -43,6 +48,7 @@ class SlowSettings(ProviderSettings):
     events_file: str | None = None
     say: str | None = None
     current_loop: bool = False
+    warn: str | None = None
 
 
 class SlowProvider:
@@ -108,6 +114,8 @@ class SlowProvider:
                 warnings.simplefilter("ignore", DeprecationWarning)
                 asyncio.get_event_loop().run_until_complete(asyncio.sleep(0))
         time.sleep(self._settings.warm_up_s)
+        if self._settings.warn:
+            log.warning("%s, as it warmed up", self._settings.warn)
         if self._settings.fail_warm_up:
             from snapctl.errors import ProviderError
 
@@ -122,6 +130,11 @@ class SlowProvider:
             from snapctl.errors import ProviderError
 
             raise ProviderError(f"injected failure for node {volumes.node}")
+        if self._settings.warn:
+            try:
+                raise OSError("no route to the cloud")
+            except OSError:
+                log.exception("%s, in the call of node %s", self._settings.warn, volumes.node)
         refs = self._local.snapshot(volumes, tags)
         for ref in refs:
             ref.extra["pid"] = os.getpid()
