@@ -56,9 +56,12 @@ class HoldRecords:
     """The one record file of one agent. Writes are atomic (a temp file, fsync, rename): a record
     read after a kill is the old one or the new one, never half of either."""
 
-    def __init__(self, directory: Path, node: str, engine_type: str, data_paths: list[Path]) -> None:
+    def __init__(self, directory: Path, node: str, engine_type: str, data_paths: list[Path], *,
+                 embedded: bool = False) -> None:
         # Resolved: a record named after a symlink's path was orphaned once the link changed.
         self.directory, self.node = directory, node
+        # An embedded agent's (snapctl/embedded_records.py): the process it outlives is a snapctl.
+        self.embedded = embedded
         self.paths = [str(Path(p).resolve()) for p in data_paths]
         identity = "\0".join([engine_type, *self.paths])
         digest = hashlib.sha256(identity.encode()).hexdigest()[:12]

@@ -1,7 +1,8 @@
 """A hold the agent process before this one left behind (killed outright while it held, or while
 it was making the hold): found at start in the hold record, released through the engine, and
 retried by the lease watcher while the engine cannot be reached (docs/agent.md, "An engine left
-held").
+held"). An embedded agent's record (``HoldRecords.embedded``) was left by an earlier snapctl
+process, which the agent lived in: what is said of it names that process, not an agent's.
 
 The dead run is never adopted as a live lease: an engine whose hold died with the process
 (SQLite's lock) may have been written to since, so its renew and complete are answered that
@@ -36,41 +37,59 @@ class LeftHold:
     error: str | None = None  # why the last release failed
     retry_mono: float = 0.0  # when the watcher tries again
     tried: bool = False  # the first release, the watcher's at start, has been tried
+    embedded: bool = False  # left by an earlier snapctl process, its agent embedded in it
 
     @property
     def run_id(self) -> str:
         return self.record.run_id
+
+    @property
+    def died(self) -> str:
+        """Whose process died holding, as the log lines begin."""
+        if self.embedded:
+            return f"an earlier snapctl process died while run {self.run_id} held the engine through its embedded agent"
+        return f"the agent process before this one died while run {self.run_id} held the engine"
+
+    @property
+    def _process(self) -> str:
+        return "snapctl" if self.embedded else "agent"
+
+    @property
+    def _a_process(self) -> str:
+        return "a snapctl process" if self.embedded else "an agent process"
 
     def details(self) -> dict[str, str]:
         """What ``/v1/status`` adds to ``engine.details``. ``releasing`` while the engine would not
         release: snapctl shows it as a critical finding no --force overrides, as for an expired lease
         the engine would not release. Not while the engine only cannot tell yet whether the dead
         prepare will still take effect: nothing is held then, so nothing is said to be."""
+        left_by = f"the hold of run {self.run_id}, left by {self._a_process} that died"
         if not self.tried:
-            return {"releasing": f"the hold of run {self.run_id}, left by an agent process that died, is being "
-                                 "released (the agent's first try since it started)"}
+            first = "this snapctl's" if self.embedded else "the agent's"
+            return {"releasing": f"{left_by}, is being released ({first} first try since it started)"}
         if self.error is not None:
-            return {"releasing": f"the hold of run {self.run_id}, left by an agent process that died, is not "
-                                 f"released yet: {self.error}"}
-        return {"left_hold_watch": f"the prepare of run {self.run_id}, cut short when its agent process died, may "
-                                   "still take effect on the engine: watched for, and released if it does"}
+            return {"releasing": f"{left_by}, is not released yet: {self.error}"}
+        return {"left_hold_watch": f"the prepare of run {self.run_id}, cut short when its {self._process} process "
+                                   "died, may still take effect on the engine: watched for, and released if it does"}
 
     def refusal(self, node: str, verb: str) -> LeaseConflict:
         if self.error is None:
             return LeaseConflict(f"cannot {verb}: on node {node}, the prepare of run {self.run_id}, cut short when "
-                                 "its agent process died, may still take effect on the engine; the agent watches "
-                                 "for it", holder=self.run_id,
+                                 f"its {self._process} process died, may still take effect on the engine; the "
+                                 "agent watches for it", holder=self.run_id,
                                  hint="retry once it is over (questdb: late_create_window_s after that prepare)")
-        return LeaseConflict(f"cannot {verb}: node {node} is still held for run {self.run_id}, left by an agent "
-                             f"process that died; the agent is releasing it ({self.error})",
-                             holder=self.run_id, hint="the agent retries the release until the engine answers; "
-                                                      "start a new run once it is released")
+        # An embedded agent retries only while its snapctl runs: the next command that builds it tries again.
+        retries = ("each snapctl command that builds the node's agent (`snapctl status`, a backup) tries the "
+                   "release first" if self.embedded else "the agent retries the release until the engine answers")
+        return LeaseConflict(f"cannot {verb}: node {node} is still held for run {self.run_id}, left by "
+                             f"{self._a_process} that died; the agent is releasing it ({self.error})",
+                             holder=self.run_id, hint=f"{retries}; start a new run once it is released")
 
     def said(self, outcome: str) -> str:
-        """The one WARNING line once it is released."""
-        return (f"the agent process before this one died while run {self.run_id} held the engine "
-                f"(lease until {utc_text(self.record.lease_expires_at)} as prepared): {outcome}; that run's "
-                "renew and complete are answered that its hold was lost")
+        """The one WARNING line once it is released. An embedded agent's dead run has no snapctl left
+        to renew or complete it: nothing to say of those."""
+        said = f"{self.died} (lease until {utc_text(self.record.lease_expires_at)} as prepared): {outcome}"
+        return said if self.embedded else f"{said}; that run's renew and complete are answered that its hold was lost"
 
 
 def release_left(engine: Any, record: HoldRecord) -> str | None:
@@ -95,7 +114,7 @@ class HoldBook:
         self.records, self.engine, self.engine_type = records, engine, engine_type
         self._clock, self._busy = clock, busy
         record = records.load() if records is not None else None
-        self.left = LeftHold(record) if record is not None else None
+        self.left = LeftHold(record, embedded=records.embedded) if records is not None and record is not None else None
 
     def write(self, run_id: str, lease_s: float) -> HoldRecord | None:
         """Raises ``EngineError`` if the record cannot be written: the prepare is refused, as a hold
@@ -153,8 +172,10 @@ class HoldBook:
         except Exception as exc:  # noqa: BLE001 - the engine is down: the watcher tries again
             left.tried = True
             if left.error is None:
-                log.error("the agent process before this one died while run %s held the engine, and the engine "
-                          "would not release: %s; retrying every %gs until it does", left.run_id, exc, RETRY_S)
+                log.error("%s, and the engine would not release: %s; retrying every %gs %s",
+                          left.died, exc, RETRY_S,
+                          "while this snapctl runs (and in the next that builds the node's agent)" if left.embedded
+                          else "until it does")
             left.error, left.retry_mono = str(exc), self._clock() + RETRY_S
             return
         left.tried = True
@@ -175,15 +196,15 @@ def release_before_refusing(records: HoldRecords, engine: Any) -> str | None:
     to the refusal, None when no record names a hold."""
     if (record := records.load()) is None:
         return None
-    left = LeftHold(record)
+    left = LeftHold(record, embedded=records.embedded)
     log.info("releasing what run %s left held on the engine, found in its hold record, before stopping",
              left.run_id)
     try:
         while (outcome := release_left(engine, record)) is None:
             time.sleep(RETRY_S)
     except Exception as exc:  # noqa: BLE001 - said, and the refusal stands
-        log.error("the agent process before this one died while run %s held the engine, and the engine would "
-                  "not release: %s; it stays held until an agent with a writable state_dir starts", left.run_id, exc)
+        log.error("%s, and the engine would not release: %s; it stays held until an agent with a writable "
+                  "state_dir starts", left.died, exc)
         # The message alone: the refusal this is added to has a hint of its own, and the line above
         # keeps the engine's.
         reason = exc.message if isinstance(exc, SnapctlError) else exc

@@ -54,7 +54,8 @@ def embedded_hold_records(cluster: str, node: str, engine_type: str, engine: Any
         directory = ready_state_dir(embedded_state_dir(os.environ if env is None else env, cluster),
                                     "the embedded agent's", fix=_FIX)
         db_path = getattr(engine, "db_path", None)  # as node_agent.main names an agent's record
-        records = HoldRecords(directory, node, engine_type, [db_path] if db_path else engine.data_paths())
+        records = HoldRecords(directory, node, engine_type, [db_path] if db_path else engine.data_paths(),
+                              embedded=True)
         if not _locked(records, wait_s):
             (log.warning if wait_s else log.info)(
                 "node %s: another snapctl process of cluster %s has its embedded agent's hold record %s; this "

@@ -4,6 +4,7 @@ that process does while a node is held, and how it ends, decides whether the hol
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -113,6 +114,11 @@ def test_a_snapctl_killed_while_an_embedded_questdb_node_is_held_leaves_a_record
         assert after.returncode == 0, after.stderr
         assert not questdb.held
         assert len(recorded) == 1 and not recorded[0].exists()  # released, then removed
+        # Said of the process that died, a snapctl: no agent process of node1 ever ran.
+        [said] = [line for line in after.stderr.splitlines() if "died while run" in line]
+        assert re.fullmatch(r"warning: an earlier snapctl process died while run \S+ held the engine through its "
+                            r"embedded agent \(lease until \S+ as prepared\): released its questdb checkpoint \(since \S+\)",
+                            said), said
         assert records.stat().st_mode & 0o777 == 0o700
 
 
