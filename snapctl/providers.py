@@ -173,7 +173,7 @@ class Provider(Protocol):
     the directory on this machine that ``restore`` copies to the target as it is, links as links
     (local: the snapshot's data). A restore or drill reads the links in it before copying anything
     (one that leads the engine's data off the restored volumes is refused); without it, only once
-    the node's volumes are restored.
+    the node's volumes are restored, and what was restored for that node is removed again.
 
     Optional: ``find_restored(tags, places) -> list[str]``, the ids (as ``restore`` returned them)
     of the volumes ``restore`` made carrying all of ``tags`` (``RestoreTarget.tags``) and this

@@ -33,6 +33,7 @@ from snapctl.manifest import IndexEntry, Manifest, NodeRecord
 from snapctl.providers import Provider, RestoreTarget, SnapshotRef, node_volumes, open_provider
 from snapctl.redact import redact
 from snapctl.restore_leftovers import EACH_NODE, places_of
+from snapctl.restored_links import LinkLeadsOff, remove_restored
 from snapctl.timestamps import UtcTime
 from snapctl.usable_run import check_provider, usable_run
 
@@ -165,7 +166,11 @@ def _restore(inventory: Inventory, catalog: Catalog, run_id: str, to: Path | Non
             node_result.volumes = restore_volumes(provider, node, record, root=roots[name], zone=zone, attach=attach,
                                                   made=made)
             reporter.node(name, "restore-preparing")
-            _prepare_and_check(inventory, node, record, node_result, verify=verify, attached=attach)
+            try:
+                _prepare_and_check(inventory, node, record, node_result, verify=verify, attached=attach)
+            except LinkLeadsOff as exc:  # found only now (no restore_contents): the node's copy goes again
+                remove_restored(provider, name, made, exc)
+                raise
             reporter.node(name, "mismatch" if node_result.mismatches else "restored",
                           "; ".join(node_result.mismatches) or node_result.note)
             result.nodes.append(node_result)

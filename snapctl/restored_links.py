@@ -13,13 +13,19 @@ once the node's volumes are restored, from the restored files themselves.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from snapctl.errors import BadInputError
+from snapctl.redact import redact
 
-__all__ = ["LinkLeadsOff", "check_stays_on_the_volumes", "resolve_as_restored"]
+if TYPE_CHECKING:
+    from snapctl.providers import Provider, SnapshotRef
+
+__all__ = ["LinkLeadsOff", "check_stays_on_the_volumes", "remove_restored", "resolve_as_restored"]
 
 _MAX_LINKS = 40  # as the kernel's ELOOP: a loop resolves no further, and the engine's open fails on it
 
@@ -93,3 +99,20 @@ def check_stays_on_the_volumes(node: str, key: str, value: str, restored: Mappin
     raise LinkLeadsOff(said, hint="the backup holds a link, not the data: list the directory it points to among "
                                   "the node's volumes, so that the data is backed up and restored too")
 
+
+def remove_restored(provider: Provider, node: str, made: list[tuple[SnapshotRef, str]], exc: LinkLeadsOff) -> None:
+    """After ``exc`` was found on node ``node``'s restored files: remove what this restore made
+    for the node (``made``: (ref, restored) as each landed), which nothing may use, and say so in
+    the hint. What cannot be removed stays in ``made``, for the refusal to name with the rest."""
+    removed = []
+    for ref, restored in [entry for entry in made if entry[0].node == node]:
+        try:
+            provider.delete_volume(restored)
+        except Exception as failed:  # noqa: BLE001 - the refusal is the error; what is left gets named
+            logging.getLogger("snapctl.restore").warning("could not remove %s, restored for node %s: %s",
+                                                         restored, node, redact(str(failed)))
+            continue
+        made.remove((ref, restored))
+        removed.append(restored)
+    if removed:
+        exc.hint = f"{exc.hint}; this restore's copy of node {node} was removed again: {', '.join(removed)}"

@@ -9,9 +9,11 @@ import os
 from pathlib import Path
 
 import pytest
+from snapctl_local.restores import LocalRestores
 
 from snapctl.drill import run_drill
 from snapctl.errors import ExitCode
+from snapctl.restore import restore_run
 from snapctl.restored_links import LinkLeadsOff, resolve_as_restored
 from tests.restore.test_drill import junit_cases
 from tests.restore.test_restore_dry_run import _error, snapctl
@@ -73,6 +75,23 @@ def test_a_drill_is_refused_before_restoring_anything_and_leaves_nothing(sqlite_
     [error] = cases.pop("cluster restore-test").findall("error")
     assert error.get("message") == f"refused before restoring anything: {refused.value.message}" and cases == {}
     assert not target.exists() and not any((sqlite_cluster.directory / "scratch").iterdir())
+
+
+def test_without_the_providers_contents_the_refusal_comes_after_the_copy_which_is_removed_again(
+        sqlite_cluster, tmp_path, monkeypatch):
+    # A provider restoring into directories that cannot show what it will copy: the link is found
+    # on the restored files, and the node's copy, which nothing may use, goes.
+    run_id, live = _relinked_since_the_backup(sqlite_cluster)
+    monkeypatch.delattr(LocalRestores, "restore_contents")
+    target = tmp_path / "restored"
+
+    with pytest.raises(LinkLeadsOff) as refused:
+        restore_run(sqlite_cluster.inventory, run_id, target)
+
+    message, hint = _refusal(target / "n1", live)
+    assert refused.value.message == message
+    assert refused.value.hint == f"{hint}; this restore's copy of node n1 was removed again: {target / 'n1' / 'data'}"
+    assert list(target.rglob("*")) == [target / "n1"], "neither the volume nor its marker is left"
 
 
 def test_links_resolve_as_they_will_once_copied(tmp_path):
