@@ -38,8 +38,8 @@ def resolve_as_restored(path: str | Path, contents: Mapping[Path, Path]) -> Path
     """``path`` with its symbolic links resolved as they will be once each restore target (a key
     of ``contents``, its links resolved) holds a copy of its value, a directory on this machine
     that the restore copies as it is (links as links). Below a target, a link is read from that
-    copy's source; elsewhere, from this host. As ``os.path.realpath``: a part not there ends
-    nothing, the rest is appended as given."""
+    copy's source; elsewhere, from this host. As ``os.path.realpath`` (not strict): a part that
+    is not there is kept as given."""
     current = Path("/")
     pending = list(reversed(Path(os.path.abspath(path) if not os.path.isabs(path) else path).parts[1:]))
     links = 0
