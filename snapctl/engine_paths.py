@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from snapctl.errors import BadInputError
 from snapctl.evidence import moved_path, volume_roots
+from snapctl.restored_links import check_stays_on_the_volumes
 
 if TYPE_CHECKING:
     from snapctl.config import Inventory, Node
@@ -44,12 +45,14 @@ def used_paths(engine: dict[str, Any], *, drill: bool) -> tuple[tuple[str, ...],
 
 
 def remap_paths(engine: dict[str, Any], inventory: Inventory, node: Node, restored: dict[str, str], *,
-                drill: bool = False) -> dict | None:
+                drill: bool = False, contents: dict[str, Path] | None = None) -> dict | None:
     """The node's engine settings with every path that lies on one of its volumes (strings, and
     lists of strings) moved to where that volume was restored; None when no setting lies on a
     restored volume and the node's volumes do not match the restored ones by name. Refused
     (BadInputError) when a path the restore (``drill``: the drill) reads or writes lies on none of
-    them; a path setting it does not use is dropped if it does not move."""
+    them, or a symbolic link leads it off them (``check_stays_on_the_volumes``; ``contents``: each
+    volume's tree its restore will copy, to judge the links before the copy); a path setting it
+    does not use is dropped if it does not move."""
     roots = volume_roots(node.volumes, inventory.resolve)
     moved: dict[str, Any] = dict(engine)
     changed = False
@@ -87,31 +90,11 @@ def remap_paths(engine: dict[str, Any], inventory: Inventory, node: Node, restor
         raise live_path(inventory, node, restored, *stay, drill=drill)
     for key in read:
         for value in [moved[key]] if isinstance(moved.get(key), str) else moved.get(key) or []:
-            _stays_on_the_volumes(node, key, value, restored, roots, drill=drill)
+            check_stays_on_the_volumes(node.name, key, value, restored, roots, drill=drill, contents=contents)
     for key in unused:
         if any(k == key for k, _ in stays):
             moved.pop(key, None)  # not read, and never to name the live host's files
     return moved
-
-
-def _stays_on_the_volumes(node: Node, key: str, value: str, restored: dict[str, str], roots: dict[str, Path], *,
-                          drill: bool) -> None:
-    """Refuse a moved path that a symbolic link in the restored data leads off the restored volumes:
-    the source's file may have been a link to another disk, and on this host the link names live
-    files (a database whose -shm restore-prepare deletes, whose rows verify counts). ``roots``: the
-    volumes' places on the source, which an absolute link within a volume still names."""
-    where = Path(value).resolve()
-    if any(where.is_relative_to(Path(root).resolve()) for root in restored.values()):
-        return
-    what = "drill" if drill else "restore"
-    said = (f"node {node.name}: the engine's {key} {value} leads off the restored volumes through a symbolic link "
-            f"in the restored data, to {where}: the {what} would use the files there instead of the backup's")
-    own = next((name for name, root in roots.items() if where.is_relative_to(root)), None)
-    if own is not None:  # the data is in the backup: the link names it by the source's absolute path
-        raise BadInputError(said, hint=f"the link is absolute, into volume {own} at its place on the source: make it "
-                                       "relative (ln -sfr TARGET LINK) so that it stays within the volume restored")
-    raise BadInputError(said, hint="the backup holds a link, not the data: list the directory it points to among "
-                                   "the node's volumes, so that the data is backed up and restored too")
 
 
 def live_path(inventory: Inventory, node: Node, restored: dict[str, str], key: str, value: str, *,

@@ -169,6 +169,11 @@ class Provider(Protocol):
     Optional with it: ``check_restore_space(planned)``, given every (ref, target) of the restore
     once each passed ``check_restore``: ``BadInputError`` when a place the restore writes to lacks
     room for what goes there (local: a filesystem, for all the volumes restored onto it).
+    Optional, for a provider that restores into directories: ``restore_contents(ref) -> Path``,
+    the directory on this machine that ``restore`` copies to the target as it is, links as links
+    (local: the snapshot's data). A restore or drill reads the links in it before copying anything
+    (one that leads the engine's data off the restored volumes is refused); without it, only once
+    the node's volumes are restored, and what was restored for that node is removed again.
 
     Optional: ``find_restored(tags, places) -> list[str]``, the ids (as ``restore`` returned them)
     of the volumes ``restore`` made carrying all of ``tags`` (``RestoreTarget.tags``) and this

@@ -33,6 +33,7 @@ from snapctl.manifest import IndexEntry, Manifest, NodeRecord
 from snapctl.providers import Provider, RestoreTarget, SnapshotRef, node_volumes, open_provider
 from snapctl.redact import redact
 from snapctl.restore_leftovers import EACH_NODE, places_of
+from snapctl.restored_links import LinkLeadsOff, remove_restored
 from snapctl.timestamps import UtcTime
 from snapctl.usable_run import check_provider, usable_run
 
@@ -165,7 +166,11 @@ def _restore(inventory: Inventory, catalog: Catalog, run_id: str, to: Path | Non
             node_result.volumes = restore_volumes(provider, node, record, root=roots[name], zone=zone, attach=attach,
                                                   made=made)
             reporter.node(name, "restore-preparing")
-            _prepare_and_check(inventory, node, record, node_result, verify=verify, attached=attach)
+            try:
+                _prepare_and_check(inventory, node, record, node_result, verify=verify, attached=attach)
+            except LinkLeadsOff as exc:  # found only now (no restore_contents): the node's copy goes again
+                remove_restored(provider, name, made, exc)
+                raise
             reporter.node(name, "mismatch" if node_result.mismatches else "restored",
                           "; ".join(node_result.mismatches) or node_result.note)
             result.nodes.append(node_result)
@@ -258,26 +263,30 @@ def check_before_restoring(inventory: Inventory, provider: Provider, manifest: M
     check_targets(provider, manifest, nodes, roots, zone=zone, attached=attached, live=live)
     files = not getattr(provider, "restore_makes_cloud_volumes", False)
     if files:
-        _check_engine_paths(inventory, manifest, nodes, roots, drill=drill)
+        _check_engine_paths(inventory, provider, manifest, nodes, roots, drill=drill)
     from snapctl.scratch_agent_paths import check_scratch_agents
 
     # Last, as it asks the scratch agents; only those the restore will call (cloud volumes attached nowhere: none).
     return check_scratch_agents(inventory, {name: node for name, node in nodes.items() if files or name in attached})
 
 
-def _check_engine_paths(inventory: Inventory, manifest: Manifest, nodes: dict[str, Node],
+def _check_engine_paths(inventory: Inventory, provider: Provider, manifest: Manifest, nodes: dict[str, Node],
                         roots: dict[str, Path | None], *, drill: bool) -> None:
-    """``remap_paths``'s refusal of an engine path left on this host's live files, before any copy."""
+    """``remap_paths``'s refusal of an engine path left on this host's live files, before any copy;
+    and of one a link in the backup's data leads off the volumes, where the provider shows what
+    it will copy (``restore_contents``; else only once the node is restored)."""
     from snapctl.drill_engines import engine_block
 
+    contents = getattr(provider, "restore_contents", None)
     for name, node in nodes.items():
         root = roots[name]
         if node.restore.agent or root is None:  # a scratch agent prepares with its own config
             continue
         engine = engine_block(inventory, node, manifest.nodes[name])
         if engine is not None:
-            remap_paths(engine, inventory, node, {ref.volume: str(root / ref.volume)
-                                                  for ref in manifest.nodes[name].snapshots}, drill=drill)
+            refs = manifest.nodes[name].snapshots
+            remap_paths(engine, inventory, node, {ref.volume: str(root / ref.volume) for ref in refs}, drill=drill,
+                        contents={ref.volume: contents(ref) for ref in refs} if contents is not None else None)
 
 
 def check_targets(provider: Provider, manifest: Manifest, nodes: dict[str, Node], roots: dict[str, Path | None], *,

@@ -126,7 +126,7 @@ nodes:
 
     assert refused.value.message == (
         f"node n1: the engine's path {restored / 'app.db'} leads off the restored volumes through a symbolic link "
-        f"in the restored data, to {live}: the {'drill' if drill else 'restore'} would use the files there instead "
+        f"in the backup's data, to {live}: the {'drill' if drill else 'restore'} would use the files there instead "
         "of the backup's")
     assert refused.value.hint.startswith("the backup holds a link, not the data: list the directory it points to")
     # A link that stays on the restored volume is the source's own layout, and is followed.

@@ -85,6 +85,11 @@ class LocalRestores:
                                 hint="take a new backup")
         self._check_contents(ref, snap_dir, meta)
 
+    def restore_contents(self, ref: SnapshotRef) -> Path:
+        """The directory ``restore`` copies into the target, links as links: a restore reads the
+        links in it before copying (``snapctl.restored_links``), not once they are restored."""
+        return self._snapshot_dir(ref) / DATA
+
     def check_restore_space(self, planned: Sequence[tuple[SnapshotRef, RestoreTarget]]) -> None:
         """Room on every filesystem the restore writes to, for all its volumes there together,
         before anything is copied (after ``check_restore`` passed for each)."""
