@@ -44,6 +44,6 @@ def behind_trigger(run_id: str, under_way_s: float) -> EngineBusy:
     """A prepare that found a trigger keeping the engine busy: refused, not queued behind it."""
     return EngineBusy(f"the engine's own snapshot (a trigger) is still under way, for {under_way_s:.0f}s now: "
                       f"prepare of run {run_id} refused: nothing is held",
-                      hint="it cannot be stopped and ends by itself (snapctl status shows it under way): back up "
-                           "again once it is done; if it was the backup's own --trigger, raise policy.trigger_timeout_s "
-                           "above how long the engine's snapshots take")
+                      hint="it cannot be stopped and ends by itself: back up again once it is done (snapctl status "
+                           "no longer shows the node busy); if it was the backup's own --trigger, raise "
+                           "policy.trigger_timeout_s above how long the engine's snapshots take")
