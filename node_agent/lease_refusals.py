@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from snapctl.errors import LeaseConflict
+from snapctl.errors import EngineBusy, LeaseConflict
 
 if TYPE_CHECKING:
     from node_agent.service import _Lease
@@ -38,3 +38,12 @@ def not_holding(node: str, lease: _Lease | None, ended: str | None, run_id: str,
                              hint=hint)
     return LeaseConflict(f"cannot {verb}: node {node} is held by run {lease.run_id}, not by run {run_id}{past}",
                          holder=lease.run_id)
+
+
+def behind_trigger(run_id: str, under_way_s: float) -> EngineBusy:
+    """A prepare that found a trigger keeping the engine busy: refused, not queued behind it."""
+    return EngineBusy(f"the engine's own snapshot (a trigger) is still under way, for {under_way_s:.0f}s now: "
+                      f"prepare of run {run_id} refused: nothing is held",
+                      hint="it cannot be stopped and ends by itself: back up again once it is done (snapctl status "
+                           "no longer shows the node busy); if it was the backup's own --trigger, raise "
+                           "policy.trigger_timeout_s above how long the engine's snapshots take")

@@ -23,7 +23,7 @@ from node_agent.engines.base import Engine
 from node_agent.hold_record import HoldRecords
 from node_agent.hold_waits import HoldWaits
 from node_agent.lease import AgentStats, Lease, free_bytes
-from node_agent.lease_refusals import held_by_another, not_holding, releasing
+from node_agent.lease_refusals import behind_trigger, held_by_another, not_holding, releasing
 from node_agent.left_hold import HoldBook
 from node_agent.models import (
     LOST_ON_ENGINE,
@@ -58,6 +58,11 @@ _RELEASE_RETRY_S = 2.0
 # take minutes) before they answer from what they last saw, rather than look like a dead agent.
 _STATUS_WAIT_S = 0.5
 STATUS_QUERY = "status query of the engine"  # engine.details["busy"] while one has not answered
+TRIGGER = "trigger of "  # engine.details["busy"] while a trigger runs, then its target
+# How long a prepare waits for a trigger under way before it is refused. Not longer: a trigger runs
+# minutes (DingoDB, AresDB) and cannot be stopped, and a prepare queued behind it holds once its run
+# has given up (a backup's own trigger past policy.trigger_timeout_s), its barrier frozen meanwhile.
+_PREPARE_BEHIND_TRIGGER_S = 1.0
 
 
 class AgentService:
@@ -179,7 +184,7 @@ class AgentService:
         lead = self._lead_before_hold(run_id, lease_s, hold_at)
         if lead > 0 and not self._waiting.wait(run_id, lead):
             raise self._cancelled_before_hold(run_id)
-        with self._lock:
+        with self._locked_unless_triggering(run_id):
             self._refuse_if_completed_first(run_id)
             if self._closed:
                 raise EngineError(f"the agent of node {self.node} is shutting down", hint="retry when it is back")
@@ -286,7 +291,7 @@ class AgentService:
     def trigger(self, target: str | None) -> TriggerResponse:
         with self._lock:
             self._expire_if_due()
-            with self._engine_busy(f"trigger of {target or 'the engine snapshot'}"):
+            with self._engine_busy(f"{TRIGGER}{target or 'the engine snapshot'}"):
                 return TriggerResponse(jobs=self.engine.trigger(target))
 
     def restore_prepare(self, path: str | Path | None, check_only: bool = False) -> None:
@@ -372,6 +377,19 @@ class AgentService:
         log.info("prepare of run %s cancelled by its complete before its hold began", run_id)
         return LeaseConflict(f"node {self.node}: the prepare of run {run_id} was cancelled by its "
                              "complete before the hold began; nothing is held")
+
+    @contextmanager
+    def _locked_unless_triggering(self, run_id: str) -> Iterator[None]:
+        """The lock, for a prepare; refused while a trigger keeps the engine busy (any other call is waited for)."""
+        if not self._lock.acquire(timeout=_PREPARE_BEHIND_TRIGGER_S):
+            if (busy := self._busy) is not None and busy[0].startswith(TRIGGER):
+                log.info("prepare of run %s refused: %s under way for %.1fs", run_id, busy[0], self._clock() - busy[1])
+                raise behind_trigger(run_id, self._clock() - busy[1])
+            self._lock.acquire()
+        try:
+            yield
+        finally:
+            self._lock.release()
 
     # ---- internals (call with the lock held) --------------------------------------------
 

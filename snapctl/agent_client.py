@@ -106,6 +106,9 @@ _TIMEOUT_SETTING = {"/v1/trigger": "snapctl trigger --timeout, or policy.trigger
                     "/v1/prepare": "policy.prepare_timeout_s"}
 SLOW_HINT = ("the agent took the request but did not answer in time: it or its engine is slow or stuck "
              "(see the agent's log); if the work takes longer, raise {setting}")
+# Its call goes on in a thread of snapctl's: the process ends once it is done.
+EMBEDDED_SLOW_HINT = ("the embedded engine is slow or stuck, and the call goes on in snapctl's process, which "
+                      "ends once it is done; if the work takes longer, raise {setting}")
 # Said to the operator, not to the client the agent's own hint ("slow down") is for.
 RATE_LIMITED_HINT = ("the agent limits requests per client address and endpoint (rate_per_s, burst in its config): "
                      "something else from this address asks it too often (a fast --watch, a script); its log names "
@@ -366,7 +369,9 @@ class EmbeddedAgentClient:
         return await self._call(self.service.complete, run_id)
 
     async def trigger(self, target: str | None = None, timeout_s: float | None = None) -> TriggerResponse:
-        return await self._call(self.service.trigger, target, timeout_s=timeout_s)
+        # Not on the shared threads: one that outlives its timeout keeps its thread for minutes
+        # (DingoDB, AresDB), and the prepare that follows must reach the service to be told so.
+        return await self._call(self.service.trigger, target, timeout_s=timeout_s, own_thread=True)
 
     async def restore_prepare(self, path: str | None = None, check_only: bool = False) -> None:
         await self._call(self.service.restore_prepare, path, check_only)
@@ -377,18 +382,20 @@ class EmbeddedAgentClient:
     async def aclose(self) -> None:
         await self._call(self.service.close)
 
-    async def _call(self, fn: Callable[..., T], *args: Any, timeout_s: float | None = None) -> T:
+    async def _call(self, fn: Callable[..., T], *args: Any, timeout_s: float | None = None,
+                    own_thread: bool = False) -> T:
         timeout_s = timeout_s or self._timeout_s
         bound = asyncio.timeout(timeout_s)  # the thread goes on; the agent's lease bounds what it holds
         try:
             async with bound:
-                if self._executor is None:
+                if self._executor is None or own_thread:
                     return await asyncio.to_thread(fn, *args)
                 return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args))
         except TimeoutError as exc:
             if bound.expired():
+                setting = _TIMEOUT_SETTING.get(f"/v1/{fn.__name__}", "policy.agent_timeout_s")
                 raise AgentTimeout(self.node, f"no answer from the embedded agent within {timeout_s:g}s "
-                                              f"({fn.__name__})") from None
+                                              f"({fn.__name__})", hint=EMBEDDED_SLOW_HINT.format(setting=setting)) from None
             raise AgentUnreachable(self.node, f"the embedded engine did not answer in time: {exc}") from exc
         except (LeaseConflict, EngineBusy) as exc:
             raise AgentConflict(self.node, exc.message, status=409, hint=exc.hint,

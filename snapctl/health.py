@@ -111,6 +111,8 @@ class GroupView:
 class Verdict:
     findings: list[Finding] = field(default_factory=list)
     groups: list[GroupView] = field(default_factory=list)
+    # node -> the engine type its agent said it serves (a preflight's; its status's engine_type)
+    engine_types: dict[str, str] = field(default_factory=dict)
 
     @property
     def level(self) -> Literal["healthy", "degraded", "critical"]:

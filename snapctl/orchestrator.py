@@ -140,7 +140,7 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
                 # Before any hold: the provider's SDK and credentials load here, not in a freeze.
                 reporter.step("provider", f"getting {provider.name} ready before any node is held")
                 await executor.ready(CALL_RUNNER_READY_S)
-                await _hold_snapshot_release(run, options)
+                await _hold_snapshot_release(run, options, verdict.engine_types)
                 executor.shutdown(wait=False)  # no call is left to make: its processes end meanwhile
                 lock_keeper.check()
                 manifest.measure()
@@ -175,15 +175,17 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
                                           f"{policy.lock_ttl_s:g}s): {exc.message}")
 
 
-async def _hold_snapshot_release(run: BackupRun, options: BackupOptions) -> None:
-    """Steps 3-6: trigger, prepare (the barrier), snapshot, complete each node as soon as it can."""
+async def _hold_snapshot_release(run: BackupRun, options: BackupOptions, engine_types: dict[str, str]) -> None:
+    """Steps 3-6: trigger, prepare (the barrier), snapshot, complete each node as soon as it can.
+    ``engine_types``: what each agent said it serves (the inventory's ``engine.type`` where it did not)."""
     policy = run.inventory.policy
     nodes = list(run.agents)
 
     # 3. Optionally the engines' own snapshots first: a shorter replay after a restore.
     if options.trigger if options.trigger is not None else policy.trigger_engine_snapshot:
         run.reporter.step("trigger", "running the engines' own snapshots")
-        run.manifest.degradations += await before_backup(run.agents, policy.trigger_timeout_s, run.reporter)
+        kinds = {n.name: engine_types.get(n.name) or n.engine.get("type") for n in run.inventory.nodes}
+        run.manifest.degradations += await before_backup(run.agents, policy.trigger_timeout_s, run.reporter, kinds)
 
     renewer = asyncio.create_task(_renew_leases(run))
     try:

@@ -52,6 +52,7 @@ async def preflight(inventory: Inventory, agents: dict[str, AgentClient], report
     reporter.step("preflight", f"checking {len(agents)} agents")
     probes = await probe_all(agents, inventory.policy.agent_timeout_s)
     verdict = assess(inventory, probes, for_backup=True)
+    verdict.engine_types = {p.node: p.status.engine_type for p in probes if p.status and p.status.engine_type}
     if catalog is not None and any(f.message.startswith(HELD_ELSEWHERE) for f in verdict.findings):
         entries = runs
         if entries is None:

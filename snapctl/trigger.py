@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from node_agent.models import JobResult
@@ -49,11 +50,20 @@ async def trigger(inventory: Inventory, nodes: list[str] | None, target: str | N
         return list(await asyncio.gather(*(_one(agents[name], name, target, timeout_s) for name in chosen)))
 
 
-async def before_backup(agents: dict[str, AgentClient], timeout_s: float, reporter: Reporter) -> list[str]:
+async def before_backup(agents: dict[str, AgentClient], timeout_s: float, reporter: Reporter,
+                        engine_types: Mapping[str, str | None] | None = None) -> list[str]:
     """A backup's step 3: every node's engine snapshots at once. It only shortens the replay after a
     restore, so a node or job that fails does not fail the backup: each is reported, and returned
-    as one line for the manifest's degradations."""
-    results = await asyncio.gather(*(_one(agent, name, None, timeout_s) for name, agent in agents.items()))
+    as one line for the manifest's degradations. ``engine_types``: node -> engine type; a node
+    whose engine's prepare takes that snapshot itself (DingoDB, AresDB) is skipped, said so."""
+    chosen = {}
+    for name, agent in agents.items():
+        if prepare_triggers((engine_types or {}).get(name)):
+            reporter.node(name, "trigger skipped", "its engine's prepare runs the engine's own snapshot itself, "
+                                                   "just before the hold")
+        else:
+            chosen[name] = agent
+    results = await asyncio.gather(*(_one(agent, name, None, timeout_s) for name, agent in chosen.items()))
     problems: list[str] = []
     for result in results:
         failures = [result.error.removeprefix(f"node {result.node}: ")] if result.error else []
@@ -63,6 +73,20 @@ async def before_backup(agents: dict[str, AgentClient], timeout_s: float, report
             reporter.node(result.node, "trigger failed", failure)
             problems.append(f"the engine snapshot before the backup failed on {result.node}: {failure}")
     return problems
+
+
+def prepare_triggers(engine_type: str | None) -> bool:
+    """Whether the prepare of ``engine_type`` runs the engine's own snapshot itself (the adapter's
+    ``prepare_triggers``): a backup's trigger before it would snapshot everything twice. An
+    engine not installed here (a plugin on the database hosts alone) is triggered as any."""
+    if not engine_type:
+        return False
+    from node_agent.engines.base import load_engine_factory
+
+    try:
+        return getattr(load_engine_factory(engine_type), "prepare_triggers", False) is True
+    except SnapctlError:
+        return False
 
 
 async def _one(agent: AgentClient, name: str, target: str | None, timeout_s: float) -> NodeJobs:

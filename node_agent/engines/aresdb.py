@@ -51,6 +51,7 @@ class AresDBSettings(EngineSettings):
 class AresDBEngine:
     name = "aresdb"
     settings_model = AresDBSettings
+    prepare_triggers = True  # prepare snapshots every shard: a backup's trigger before it is skipped
 
     def __init__(self, settings: AresDBSettings, *, base_dir: Path) -> None:
         self.settings = settings

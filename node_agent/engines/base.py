@@ -38,7 +38,11 @@ class Engine(Protocol):
         there until ``complete``. Return the evidence a restore must reproduce (facts, position,
         files the snapshot must contain). Calling it again for the run already holding is a no-op
         that returns the same state. Raise ``EngineBusy`` naming the holder when something else
-        holds the engine; never take over or release a hold this adapter did not make."""
+        holds the engine; never take over or release a hold this adapter did not make.
+
+        An adapter whose prepare runs the engine's own snapshot itself, as ``trigger`` would
+        (DingoDB's regions, AresDB's shards), sets ``prepare_triggers = True``: a backup's trigger
+        step (``--trigger``) skips its node rather than snapshot everything twice."""
         ...
 
     def complete(self, run_id: str) -> bool | None:

@@ -79,6 +79,7 @@ class DingoRpcError(EngineError):
 class DingoDBEngine:
     name = "dingodb"
     settings_model = DingoDBSettings
+    prepare_triggers = True  # prepare snapshots every region: a backup's trigger before it is skipped
 
     def __init__(self, settings: DingoDBSettings, *, base_dir: Path) -> None:
         self.settings = settings

@@ -16,7 +16,7 @@ import pytest
 
 from node_agent.engines.sqlite import SqliteEngine, SqliteSettings
 from node_agent.service import _RELEASE_RETRY_S, AgentService
-from snapctl.errors import EngineError, LeaseConflict
+from snapctl.errors import EngineBusy, EngineError, LeaseConflict
 from snapctl.health import NodeProbe, assess_node
 from tests.agent.conftest import try_write
 from tests.agent.test_service import FakeClock
@@ -44,6 +44,24 @@ class SlowPrepare(SqliteEngine):
         self.entered.set()
         assert self.proceed.wait(30), "the test never let the prepare proceed"
         return super().prepare(run_id)
+
+
+class Waits(SqliteEngine):
+    """Its trigger and verify wait for the test's word, as a DingoDB trigger does for minutes."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.entered, self.proceed = threading.Event(), threading.Event()
+
+    def trigger(self, target):
+        self.entered.set()
+        assert self.proceed.wait(30), "the test never let the trigger proceed"
+        return super().trigger(target)
+
+    def verify(self):
+        self.entered.set()
+        assert self.proceed.wait(30), "the test never let the verify proceed"
+        return super().verify()
 
 
 @pytest.fixture
@@ -142,5 +160,47 @@ def test_status_answers_while_a_prepare_is_under_way_from_what_the_engine_said_l
         preparing.join(10)
     after = svc.status()
     assert "busy" not in after.engine.details and after.lease is not None and after.lease.run_id == "run-1"
+    svc.close()
+    engine.close()
+
+
+def test_a_prepare_while_a_trigger_is_under_way_is_refused_at_once_and_holds_nothing(db: Path) -> None:
+    # It waited for the lock behind the trigger (minutes on DingoDB), past the prepare's own timeout,
+    # and then held the engine for a run that had given up on it.
+    engine = Waits(SqliteSettings(path=db.name, timeout_s=5), base_dir=db.parent)
+    svc = AgentService("n1", engine)
+    triggering = threading.Thread(target=svc.trigger, args=(None,))
+    triggering.start()
+    try:
+        assert engine.entered.wait(10)
+        with pytest.raises(EngineBusy, match=r"the engine's own snapshot \(a trigger\) is still under way, for \d+s "
+                                             r"now: prepare of run run-1 refused: nothing is held") as busy:
+            svc.prepare("run-1", 60)
+        assert "raise policy.trigger_timeout_s" in busy.value.hint
+        assert not svc.stats.held and try_write(db)  # stats: the lease property would wait for the trigger
+    finally:
+        engine.proceed.set()
+        triggering.join(10)
+    assert svc.prepare("run-1", 60).lease.run_id == "run-1"  # once it is done, the engine holds as ever
+    svc.close()
+    engine.close()
+
+
+def test_a_prepare_behind_another_engine_call_waits_for_it_and_holds(db: Path) -> None:
+    engine = Waits(SqliteSettings(path=db.name, timeout_s=5), base_dir=db.parent)
+    svc = AgentService("n1", engine)
+    verifying = threading.Thread(target=svc.verify)
+    verifying.start()
+    try:
+        assert engine.entered.wait(10)
+        preparing = threading.Thread(target=svc.prepare, args=("run-1", 60))
+        preparing.start()
+        preparing.join(1.5)  # past the wait a prepare gives a trigger: still waiting, not refused
+        assert preparing.is_alive()
+    finally:
+        engine.proceed.set()
+        verifying.join(10)
+    preparing.join(10)
+    assert svc.lease is not None and svc.lease.run_id == "run-1" and not try_write(db)
     svc.close()
     engine.close()
