@@ -219,8 +219,14 @@ class HttpAgentClient:
         message = self._blanked(error.error) if error else f"HTTP {status} from {self.base_url}{path}"
         hint = self._blanked(error.hint) if error else None
         if status in (401, 403):
-            raise AgentUnauthorized(self.node, f"the agent at {self.base_url} refused us: {message}", status=status,
-                                    hint=self._token_hint)
+            said = f"the agent at {self.base_url} refused us: {message}"
+            if status == 403 and error is not None:
+                # The agent said why, and the token is not it (a 403 comes whatever the token): a
+                # certificate tls.client_names does not take, or a request it took for a web page's.
+                # The token's hint would send the operator to rotate a token that is fine.
+                raise AgentUnauthorized(self.node, said, status=status, hint=hint,
+                                        refused="our client certificate" if self._client_cert else "our request")
+            raise AgentUnauthorized(self.node, said, status=status, hint=self._token_hint)
         if status == 409:
             raise AgentConflict(self.node, message, status=status, hint=hint, holder=error.holder if error else None)
         if error is None and status != 429:  # a gateway's rate limit in front of an agent may say it bare
