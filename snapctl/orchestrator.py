@@ -85,7 +85,8 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
     run_id = new_run_id()
     started_at = now()  # the run's, not its manifest's: a slow preflight is part of it
 
-    async with open_agents(inventory, holds=True) as agents:
+    # A dry run writes nothing: no embedded hold record, so nothing a killed snapctl left is released either.
+    async with open_agents(inventory, holds=not options.dry_run, records=not options.dry_run) as agents:
         # Step 2 comes before step 1 on a dry run: it takes no lock and holds nothing.
         if options.dry_run:
             # The catalog looked at once: its runs say what the run's step 1 would complete (said
