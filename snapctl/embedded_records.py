@@ -22,18 +22,19 @@ from typing import Any
 
 from node_agent.hold_record import HoldRecord, HoldRecords, HoldRecordTaken, ready_state_dir
 from snapctl.errors import SnapctlError
+from snapctl.state_home import snapctl_state_dir
 
 log = logging.getLogger("snapctl.agent")
 
-EMBEDDED_DIR = Path("snapctl") / "embedded"
+EMBEDDED_DIR = "embedded"
 _POLL_S = 0.05
-_FIX = "make $XDG_STATE_HOME (or ~/.local/state) a directory of snapctl's user, or run snapctl as that user"
+_FIX = ("make $XDG_STATE_HOME (or systemd's $STATE_DIRECTORY, or ~/.local/state) a directory of snapctl's user, or "
+        "run snapctl as that user")
 
 
 def embedded_state_dir(env: Mapping[str, str], cluster: str) -> Path:
-    """Where the embedded agents of ``cluster`` keep their hold records: under the XDG state home."""
-    base = Path(env["XDG_STATE_HOME"]) if env.get("XDG_STATE_HOME") else Path("~/.local/state").expanduser()
-    return base / EMBEDDED_DIR / cluster
+    """Where the embedded agents of ``cluster`` keep their hold records: in snapctl's state directory."""
+    return snapctl_state_dir(env) / EMBEDDED_DIR / cluster
 
 
 def holds_outlive_the_process(engine: Any) -> bool:
