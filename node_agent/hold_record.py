@@ -26,6 +26,7 @@ from typing import Any
 
 from snapctl.errors import BadInputError, EngineError, os_reason
 from snapctl.fsmodes import fsync_dir
+from snapctl.state_home import state_home
 from snapctl.timestamps import parse_utc, utc_text
 
 log = logging.getLogger("snapctl.agent")
@@ -250,9 +251,7 @@ def default_state_dir(env: Mapping[str, str]) -> Path:
     """systemd's StateDirectory= (``$STATE_DIRECTORY``, its first path), else the XDG state home."""
     if env.get("STATE_DIRECTORY"):
         return Path(env["STATE_DIRECTORY"].split(":")[0])
-    if env.get("XDG_STATE_HOME"):
-        return Path(env["XDG_STATE_HOME"]) / APP_DIR
-    return Path("~/.local/state").expanduser() / APP_DIR
+    return state_home(env) / APP_DIR  # a relative $XDG_STATE_HOME ignored, as the XDG spec says
 
 
 def ready_state_dir(directory: Path, setting: str, *, fix: str | None = None) -> Path:

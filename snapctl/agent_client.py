@@ -222,8 +222,14 @@ class HttpAgentClient:
         message = self._blanked(error.error) if error else f"HTTP {status} from {self.base_url}{path}"
         hint = self._blanked(error.hint) if error else None
         if status in (401, 403):
-            raise AgentUnauthorized(self.node, f"the agent at {self.base_url} refused us: {message}", status=status,
-                                    hint=self._token_hint)
+            said = f"the agent at {self.base_url} refused us: {message}"
+            if status == 403 and error is not None:
+                # The agent said why, and the token is not it (a 403 comes whatever the token): a
+                # certificate tls.client_names does not take, or a request it took for a web page's.
+                # The token's hint would send the operator to rotate a token that is fine.
+                raise AgentUnauthorized(self.node, said, status=status, hint=hint,
+                                        refused="our client certificate" if self._client_cert else "our request")
+            raise AgentUnauthorized(self.node, said, status=status, hint=self._token_hint)
         if status == 409:
             raise AgentConflict(self.node, message, status=status, hint=hint, holder=error.holder if error else None)
         if error is None and status != 429:  # a gateway's rate limit in front of an agent may say it bare
@@ -418,12 +424,15 @@ _RECORD_WAIT_S = 5.0  # a status has an embedded node's hold record only while i
 
 
 @asynccontextmanager
-async def open_agents(inventory: Inventory, *, holds: bool = False) -> AsyncIterator[dict[str, AgentClient]]:
+async def open_agents(inventory: Inventory, *, holds: bool = False,
+                      records: bool = True) -> AsyncIterator[dict[str, AgentClient]]:
     """A client for every node of ``inventory``, connections kept alive for the whole run: the
     plain-http agents share one lean transport, the TLS agents another (one TLS context). On exit
     everything is closed; embedded agents complete whatever they still hold. ``holds``: the caller
     will hold engines (a backup), so an embedded agent waits a moment for a status that has its
-    hold record to let it go, rather than holding with no record."""
+    hold record to let it go, rather than holding with no record. ``records``: False (a dry run)
+    keeps none, so nothing is made or written under $XDG_STATE_HOME and no hold a killed snapctl
+    left is released: the engine's own status still shows it held."""
     remote = [n for n in inventory.nodes if n.agent != "embedded"]
     embedded = [n for n in inventory.nodes if n.agent == "embedded"]
     timeout_s = inventory.policy.agent_timeout_s
@@ -457,14 +466,14 @@ async def open_agents(inventory: Inventory, *, holds: bool = False) -> AsyncIter
                 settings = inventory.engine_settings(node)  # which of many nodes' engine blocks is wrong, and where
                 engine = load_engine_factory(settings.type)(settings, base_dir=inventory.base_dir)
                 try:  # a hold that outlives snapctl's process is recorded, for the next one to release
-                    records = embedded_hold_records(inventory.cluster, node.name, settings.type, engine,
-                                                    wait_s=_RECORD_WAIT_S if holds else 0.0)
+                    kept = embedded_hold_records(inventory.cluster, node.name, settings.type, engine,
+                                                 wait_s=_RECORD_WAIT_S if holds else 0.0, keep=records)
                 except BaseException:
                     engine.close()
                     raise
-                if records is not None:
-                    taken.append(records)
-                service = AgentService(node.name, engine, engine_type=settings.type, hold_records=records)
+                if kept is not None:
+                    taken.append(kept)
+                service = AgentService(node.name, engine, engine_type=settings.type, hold_records=kept)
                 client = EmbeddedAgentClient(node.name, service, timeout_s=timeout_s, executor=executor)
                 services.append(client)
                 clients[node.name] = client

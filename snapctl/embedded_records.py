@@ -11,6 +11,8 @@ does (docs/agent.md, "An engine left held").
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import logging
 import os
 import time
@@ -18,20 +20,21 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from node_agent.hold_record import HoldRecords, HoldRecordTaken, ready_state_dir
+from node_agent.hold_record import HoldRecord, HoldRecords, HoldRecordTaken, ready_state_dir
 from snapctl.errors import SnapctlError
+from snapctl.state_home import snapctl_state_dir
 
 log = logging.getLogger("snapctl.agent")
 
-EMBEDDED_DIR = Path("snapctl") / "embedded"
+EMBEDDED_DIR = "embedded"
 _POLL_S = 0.05
-_FIX = "make $XDG_STATE_HOME (or ~/.local/state) a directory of snapctl's user, or run snapctl as that user"
+_FIX = ("make $XDG_STATE_HOME (or systemd's $STATE_DIRECTORY, or ~/.local/state) a directory of snapctl's user, or "
+        "run snapctl as that user")
 
 
 def embedded_state_dir(env: Mapping[str, str], cluster: str) -> Path:
-    """Where the embedded agents of ``cluster`` keep their hold records: under the XDG state home."""
-    base = Path(env["XDG_STATE_HOME"]) if env.get("XDG_STATE_HOME") else Path("~/.local/state").expanduser()
-    return base / EMBEDDED_DIR / cluster
+    """Where the embedded agents of ``cluster`` keep their hold records: in snapctl's state directory."""
+    return snapctl_state_dir(env) / EMBEDDED_DIR / cluster
 
 
 def holds_outlive_the_process(engine: Any) -> bool:
@@ -41,14 +44,19 @@ def holds_outlive_the_process(engine: Any) -> bool:
 
 
 def embedded_hold_records(cluster: str, node: str, engine_type: str, engine: Any,
-                          env: Mapping[str, str] | None = None, *, wait_s: float = 0.0) -> HoldRecords | None:
+                          env: Mapping[str, str] | None = None, *, wait_s: float = 0.0,
+                          keep: bool = True) -> HoldRecords | None:
     """The node's hold records, taken for this process; None where its holds die with the process,
     where another live snapctl process of this cluster has the node's agent built past ``wait_s``
     (its holds are its own: this process only reads the engine's status), or where no record can
     be kept here (a warning says so: the command goes on, as before embedded records existed).
     ``wait_s``: how long a command that holds (a backup) waits for a status, which has the record
-    only while it looks, to let it go; a command that only looks waits for nobody."""
+    only while it looks, to let it go; a command that only looks waits for nobody. ``keep``: False
+    (a dry run) keeps none and writes nothing, and only warns of a hold a killed snapctl left."""
     if not holds_outlive_the_process(engine):
+        return None
+    if not keep:
+        warn_of_a_left_hold(cluster, node, engine_type, engine, env)
         return None
     try:
         directory = ready_state_dir(embedded_state_dir(os.environ if env is None else env, cluster),
@@ -70,6 +78,40 @@ def embedded_hold_records(cluster: str, node: str, engine_type: str, engine: Any
         return None
     records.warn_of_others()
     return records
+
+
+def warn_of_a_left_hold(cluster: str, node: str, engine_type: str, engine: Any,
+                        env: Mapping[str, str] | None = None) -> None:
+    """For a command that keeps no record (a dry run): warn of a hold a snapctl killed outright
+    left, which the next backup or status releases, reading its record without taking, writing or
+    moving it. A record a live snapctl process has (its lock taken) is that process's hold."""
+    try:
+        db_path = getattr(engine, "db_path", None)
+        records = HoldRecords(embedded_state_dir(os.environ if env is None else env, cluster), node, engine_type,
+                              [db_path] if db_path else engine.data_paths())
+        record = HoldRecord.from_json(records.path.read_text())
+        if _taken_by_a_live_process(records):
+            return
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError):  # none, or one the next backup says of
+        return
+    log.warning("node %s: run %s's hold on the engine, left by a snapctl killed outright, is recorded in %s: the "
+                "next backup or status releases it; this command leaves it", node, record.run_id, records.path)
+
+
+def _taken_by_a_live_process(records: HoldRecords) -> bool:
+    try:
+        fd = os.open(records.lock_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # a shared lock, let go at once: nothing is written
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return True
+        raise
+    finally:
+        os.close(fd)
+    return False
 
 
 def _locked(records: HoldRecords, wait_s: float) -> bool:

@@ -106,7 +106,13 @@ class AgentTimeout(AgentUnreachable):
 
 
 class AgentUnauthorized(AgentError):
-    """The agent refused our token (HTTP 401/403)."""
+    """The agent refused us: our token (401), or with a 403 of its own our client certificate
+    (``tls.client_names``), its hint saying so. ``refused``: what it refused, as findings say it."""
+
+    def __init__(self, node: str, message: str, *, status: int | None = None, hint: str | None = None,
+                 refused: str = "our token"):
+        super().__init__(node, message, status=status, hint=hint)
+        self.refused = refused
 
 
 class AgentConflict(AgentError):

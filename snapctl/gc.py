@@ -148,12 +148,12 @@ def find_orphans(catalog: Catalog, provider: Provider, ours: str | None = None) 
     """``ours``: the run id of the lock the caller holds, which is not a run in progress."""
     entries, _ = catalog.list()
     stored = stored_runs(catalog)  # every manifest file names a run, readable or not: it may own snapshots
-    why = dict.fromkeys(stored - {e.run_id for e in entries}, _UNREADABLE)
+    why = {run_id: _unreadable(run_id) for run_id in stored - {e.run_id for e in entries}}
     # Lost manifests: their snapshots may be all that is left.
     why |= dict.fromkeys(catalog.runs_without_manifest(), "its manifest is missing, though the index lists the run")
     named, unreadable, failed = named_by(catalog, [e.run_id for e in entries])
     owned = owned_by_live_runs(named, failed)
-    why |= dict.fromkeys(unreadable, _UNREADABLE)  # deleted or damaged since we listed: do not guess
+    why |= {run_id: _unreadable(run_id) for run_id in unreadable}  # deleted or damaged since we listed: do not guess
     tagged = provider.find({TAG_CLUSTER: catalog.cluster})
     if not stored and not entries:
         _refuse_a_wrong_catalog(catalog, tagged)
@@ -165,7 +165,7 @@ def find_orphans(catalog: Catalog, provider: Provider, ours: str | None = None) 
     unowned = {ref.tags.get(TAG_RUN, "") for ref in tagged if ref.snapshot_id not in owned} - set(why)
     named, unreadable, failed = named_by(catalog, sorted(unowned & stored_runs(catalog)))
     owned |= owned_by_live_runs(named, failed)
-    why |= dict.fromkeys(unreadable, _UNREADABLE)  # damaged meanwhile, or deleted: do not guess
+    why |= {run_id: _unreadable(run_id) for run_id in unreadable}  # damaged meanwhile, or deleted: do not guess
     protected = set(why)
     unowned_refs = [ref for ref in tagged if ref.snapshot_id not in owned and ref.tags.get(TAG_RUN) not in protected]
     # Read after the snapshots were found, like the lock: a run saved meanwhile is known.
@@ -178,7 +178,9 @@ def find_orphans(catalog: Catalog, provider: Provider, ours: str | None = None) 
                     skipped_reasons=dict(sorted(why.items())), leftovers=leftovers)
 
 
-_UNREADABLE = "its manifest cannot be read (`snapctl list` says why)"
+def _unreadable(run_id: str) -> str:
+    # `list` reads no older run's manifest (it lists the run as its index line says): only `show` says why.
+    return f"its manifest cannot be read (`snapctl show {run_id}` says why)"
 
 
 def _held(lock: LockRecord, now: datetime) -> str:

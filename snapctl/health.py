@@ -60,6 +60,7 @@ class NodeProbe:
     status: AgentStatus | None = None
     error: str | None = None
     unauthorized: bool = False
+    refused: str = "our token"  # what the agent refused when unauthorized (AgentUnauthorized.refused)
     elapsed_s: float | None = None
     # What it answered, 200 with its status; None: no answer (no connection, or none in time).
     http_status: int | None = None
@@ -187,9 +188,9 @@ def assess_node(probe: NodeProbe, *, for_backup: bool = False, released_by_prepa
     # way, or back up another node's database under this one's name.
     if probe.unauthorized:
         said, hint = split_hint(probe.error or "")
-        return [Finding("critical", node, f"agent refused our token: {said}", forceable=False,
-                        hint=hint or f"give snapctl the token {node}'s agent was started with (auth.token_file, "
-                                     "or the node's own token_file)")]
+        fix = (f"give snapctl the token {node}'s agent was started with (auth.token_file, or the node's own "
+               "token_file)" if probe.refused == "our token" else f"see {node}'s agent log for why it refuses us")
+        return [Finding("critical", node, f"agent refused {probe.refused}: {said}", forceable=False, hint=hint or fix)]
     if probe.not_agent:  # a prepare sent there fails as surely: never forceable
         said, hint = split_hint(probe.error or "")
         return [Finding("critical", node, said, forceable=False, hint=hint)]

@@ -85,7 +85,8 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
     run_id = new_run_id()
     started_at = now()  # the run's, not its manifest's: a slow preflight is part of it
 
-    async with open_agents(inventory, holds=True) as agents:
+    # A dry run writes nothing: no embedded hold record, so nothing a killed snapctl left is released either.
+    async with open_agents(inventory, holds=not options.dry_run, records=not options.dry_run) as agents:
         # Step 2 comes before step 1 on a dry run: it takes no lock and holds nothing.
         if options.dry_run:
             # The catalog looked at once: its runs say what the run's step 1 would complete (said
@@ -281,6 +282,11 @@ async def _snapshot_then_complete(run: BackupRun, node: str, all_held: asyncio.E
             refs = await asyncio.shield(asyncio.wrap_future(future))
     except TimeoutError:
         run.timed_out[node] = None
+        if budget <= 0:  # no budget left when they began: the hold before them took it all
+            raise RunFailed(f"node {node}: it was already frozen {frozen_s:.3g}s, past max freeze "
+                            f"{policy.max_freeze_s:g}s, before its snapshot calls began",
+                            hint="raise policy.max_freeze_s above what a node's prepare takes: it is frozen from "
+                                 "then on") from None
         creates = sum(len(v.volumes) for v in run.volumes.values())
         raise RunFailed(f"node {node}: snapshot calls did not return within {budget:.1f}s (max freeze "
                         f"{policy.max_freeze_s:g}s, snapshot timeout {policy.snapshot_timeout_s:g}s)",

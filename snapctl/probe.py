@@ -27,7 +27,7 @@ async def probe(name: str, client: AgentClient, timeout_s: float) -> NodeProbe:
         result.status = await client.status()
         result.http_status = 200
     except AgentUnauthorized as exc:  # with its hint: which token setting to fix
-        result.unauthorized, result.http_status = True, exc.status
+        result.unauthorized, result.http_status, result.refused = True, exc.status, exc.refused
         result.error = f"{exc.reason} (hint: {exc.hint})" if exc.hint else exc.reason
     except AgentTimeout:
         result.error = f"no answer within {timeout_s:g}s"

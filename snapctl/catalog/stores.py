@@ -1,5 +1,5 @@
 """Which catalog an inventory names, and its store: an S3 bucket (``catalog.url``, boto3 imported
-only then), a directory (``catalog.path``), or the per-user default under $XDG_STATE_HOME."""
+only then), a directory (``catalog.path``), or the per-user default under $XDG_STATE_HOME (snapctl.state_home)."""
 
 from __future__ import annotations
 
@@ -11,15 +11,14 @@ from typing import TYPE_CHECKING
 from snapctl.catalog.catalog import Catalog
 from snapctl.catalog.local import LocalBlobStore
 from snapctl.errors import BadInputError, InventoryError
+from snapctl.state_home import snapctl_state_dir
 
 if TYPE_CHECKING:
     from snapctl.config import Inventory
 
 
 def default_catalog_dir() -> Path:
-    state_home = os.environ.get("XDG_STATE_HOME", "")
-    base = Path(state_home) if state_home and os.path.isabs(state_home) else Path.home() / ".local" / "state"
-    return base / "snapctl" / "catalog"
+    return snapctl_state_dir() / "catalog"
 
 
 def check_catalog(inventory: Inventory) -> None:

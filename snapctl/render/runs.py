@@ -22,16 +22,17 @@ def run_list_text(renderer: Any, entries: list, problems: list[str], where: str,
     # Asked once: asked for every row, a catalog of 10,000 runs whose only errors were its
     # oldest took seconds (O(N^2)).
     errors = any(e.error for e in entries)
-    # A screen keeps one line or two per run; a pipe or a log keeps every error whole.
-    cut = ERROR_WIDTH if renderer.out.is_terminal else None
-    rows, was_cut = [], False
-    for e in entries:  # the rows and what their notes need, in one walk of 10,000 runs
-        error = _cut(e.error or "", cut)
-        was_cut = was_cut or error != (e.error or "")
-        rows.append(([e.run_id, _status_text(e.status),
-                      f"{e.started_at:%m-%d %H:%M:%S}", str(e.nodes), str(e.snapshots),
-                      _seconds(e.max_freeze_window_s)], error))
+    rows = [([e.run_id, _status_text(e.status), f"{e.started_at:%m-%d %H:%M:%S}", str(e.nodes), str(e.snapshots),
+              _seconds(e.max_freeze_window_s)], e.error or "") for e in entries]
     beside = errors and _width(renderer, rows) + MIN_ERROR_COLUMN <= renderer.out.width
+    # A screen keeps one line or two per run; a pipe or a log keeps every error whole. Below the
+    # table an error has the rest of its run's line: longer, the screen wrapped it under the table.
+    was_cut = False
+    if errors and renderer.out.is_terminal:
+        for i, (cells, whole) in enumerate(rows):
+            room = ERROR_WIDTH if beside else max(MIN_ERROR_COLUMN, renderer.out.width - len(f"  {cells[0]}: "))
+            if (error := _cut(whole, min(room, ERROR_WIDTH))) != whole:
+                rows[i], was_cut = (cells, error), True
     table = _table(beside)
     for cells, error in rows:
         table.add_row(*cells, *([escape(error)] if beside else []))
@@ -44,7 +45,8 @@ def run_list_text(renderer: Any, entries: list, problems: list[str], where: str,
             if error:
                 renderer.line(f"  {cells[0]}: {error}")
     if was_cut:
-        renderer.line(f"errors cut at {ERROR_WIDTH} characters (…): `snapctl show RUN` prints a run's whole error")
+        cut = f"at {ERROR_WIDTH} characters" if beside else "to fit the screen"
+        renderer.line(f"errors cut {cut} (…): `snapctl show RUN` prints a run's whole error")
     if older:
         renderer.line(f"{older} older run{'s' if older > 1 else ''} not shown: --limit 0 lists every run")
     for problem in problems:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 from datetime import datetime
@@ -216,6 +217,22 @@ def test_a_worker_call_that_outlasts_max_freeze_is_awaited_by_the_rollback_and_i
     assert all(cluster.agent_status(n)["lease"] is None for n in cluster.nodes)
     time.sleep(3)  # had a call been left running, its snapshot would be on disk by now
     assert _snapshot_dirs(cluster) == []
+
+
+def test_a_node_frozen_past_max_freeze_before_its_snapshot_calls_is_said_so_not_given_a_negative_budget(cluster):
+    # Its prepare alone (a request over loopback) outlasts a 1 µs max_freeze_s: the calls had no
+    # time left, which is not "did not return within -0.1s".
+    policy = {**yaml.safe_load(cluster.inventory.read_text())["policy"], "max_freeze_s": 0.000001}
+    tight = cluster.write_inventory(cluster.directory / "tight.yaml", policy=policy,
+                                    provider={"type": "slow", "store": ".snapctl-demo/snapshots", "delay_s": 0.5})
+    result = cluster.snapctl("backup", "--no-prune", "-i", str(tight))
+    assert result.returncode == ExitCode.RUN_FAILED, result.stderr
+    said = " ".join(result.stderr.split())
+    assert "did not return within" not in said, said
+    assert re.search(r"node node\d: it was already frozen [0-9.e-]+s, past max freeze 1e-06s, before its snapshot "
+                     r"calls began", said), said
+    assert "raise policy.max_freeze_s above what a node's prepare takes" in said
+    assert all(cluster.agent_status(n)["lease"] is None for n in cluster.nodes)
 
 
 def test_the_prepare_timeout_counts_from_the_hold_instant_not_from_sending(cluster):

@@ -3,6 +3,7 @@ that process does while a node is held, and how it ends, decides whether the hol
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sqlite3
@@ -163,3 +164,36 @@ def test_a_backup_started_while_a_status_looks_waits_for_the_embedded_hold_recor
         finally:
             process.kill()
             process.communicate(timeout=30)
+
+
+def test_a_dry_run_with_an_embedded_questdb_node_writes_no_record_and_leaves_a_killed_runs_hold_alone(
+        make_cluster, tmp_path):
+    # The dry run built its agents as a backup does: it made $XDG_STATE_HOME/snapctl/embedded/CLUSTER
+    # and its record lock, and released the hold a killed snapctl left, though README says a dry run
+    # holds and writes nothing.
+    with FakeQuestDB() as questdb:
+        questdb.tables.update({"trades": 10})
+        cluster = make_cluster(nodes=("node2",))
+        inventory, data = _with_embedded_questdb(cluster, tmp_path, questdb, provider={"stop": {"node1": "after"}})
+        state = cluster.directory / "state"
+        before = sorted(state.rglob("*")) if state.exists() else []
+        dry = cluster.snapctl("backup", "--dry-run", inventory=inventory)
+        assert dry.returncode in (0, 5), dry.stderr
+        assert (sorted(state.rglob("*")) if state.exists() else []) == before
+
+        process = cluster.popen("backup", "--no-prune", inventory=inventory)
+        cluster.wait_reached("node1.made")
+        live = cluster.snapctl("backup", "--dry-run", inventory=inventory)
+        assert "left by a snapctl killed outright" not in live.stderr  # the live run's record, not a left one
+        process.kill()
+        process.communicate(timeout=30)
+        records = state / "snapctl" / "embedded" / cluster.cluster
+        [recorded] = sorted(records.glob("hold-node1-*.json"))
+        left = recorded.read_bytes()
+        run_id = json.loads(left)["run_id"]
+        dry = cluster.snapctl("backup", "--dry-run", inventory=inventory)
+        assert questdb.held and recorded.read_bytes() == left  # said, not acted on
+        assert (f"warning: node node1: run {run_id}'s hold on the engine, left by a snapctl killed outright, is "
+                f"recorded in {recorded}: the next backup or status releases it; this command leaves it"
+                in dry.stderr.splitlines()), dry.stderr
+        assert "engine already held by another questdb client" in dry.stdout  # what the engine says of it

@@ -12,7 +12,7 @@ import pytest
 from snapctl.errors import LockHeld
 from snapctl.gc import gc
 
-from .conftest import CLUSTER, T0, Scene, gc_cli, inventory, snapshots_of
+from .conftest import CLUSTER, T0, Scene, gc_cli, inventory, snapctl_cli, snapshots_of
 
 
 def test_gc_finds_planted_orphans_and_deletes_only_them(scene: Scene) -> None:
@@ -309,7 +309,10 @@ def test_gc_says_why_each_run_it_passed_over_was_not_considered_and_never_that_a
     until = f"{(now + timedelta(hours=1)):%Y-%m-%d %H:%M:%S} UTC"
     assert (f"  run {killed}: its snapctl is gone, but its cluster lock holds until {until}: after that "
             "`snapctl gc --delete` closes the run, and lists what it left") in said.stdout
-    assert "  run r4-broken: its manifest cannot be read (`snapctl list` says why)" in said.stdout
+    # It points where the reason is said: `list` lists the run as its index line says, `show` reads its manifest.
+    assert "  run r4-broken: its manifest cannot be read (`snapctl show r4-broken` says why)" in said.stdout
+    shown = snapctl_cli(scene)("show", "r4-broken")
+    assert shown.returncode == 1 and "manifest is unreadable: not valid JSON" in shown.stderr, shown.stderr
     reasons = json.loads(snapctl("-o", "json").stdout)["data"]["skipped_reasons"]
     assert set(reasons) == {killed, "r4-broken"} and reasons[killed].startswith("its snapctl is gone")
 

@@ -209,6 +209,17 @@ def test_tls_client_names_refuses_a_certificate_of_the_ca_that_names_none_of_the
         assert not node["authorized"], refused.stdout
         assert "the client certificate (another client) is not one of this agent's tls.client_names" in refused.stdout
         assert "refused a client: the client certificate (another client)" in cluster.agents["node1"].log.read_text()
+        # Said as the certificate's refusal, with the agent's hint: the token's would have the
+        # operator rotate a token that is fine.
+        said = "node1: agent refused our client certificate: the agent at https://127.0.0.1:"
+        hint = "present a client certificate issued for one of the agent's tls.client_names"
+        for command in (("status",), ("backup", "--no-prune"), ("trigger", "-o", "json")):
+            result = cluster.snapctl(*command, inventory=other)
+            out = " ".join((result.stdout + result.stderr).split())
+            assert result.returncode != 0 and hint in out, (command, out)
+            assert "token" not in out, (command, out)
+            if command[0] != "trigger":  # a finding; trigger says the refusal itself
+                assert said in out, (command, out)
         answered = cluster.snapctl("status", "-o", "json")
         assert answered.json["data"]["nodes"][0]["authorized"], answered.stdout
         assert cluster.held() == set()

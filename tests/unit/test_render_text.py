@@ -122,13 +122,13 @@ def test_a_run_table_written_to_a_pipe_is_not_cut_to_eighty_columns(capsys, monk
     assert len(rows) == 2 and all("20261206T083257Z-d8c3eb-node" in r and "completed" in r for r in rows), rows
 
 
-def _listed_with_a_long_error(terminal: bool) -> tuple[str, str]:
+def _listed_with_a_long_error(terminal: bool, width: int = 400) -> tuple[str, str]:
     from snapctl.manifest import IndexEntry
 
     error = ("rolled back: node n2: agent http://10.0.0.12:7700 did not answer prepare within 5s; the "
              "snapshots of n1 were deleted: the useful end is here")
     r = renderer()
-    r.out = Console(file=io.StringIO(), width=400, highlight=False, force_terminal=terminal, color_system=None)
+    r.out = Console(file=io.StringIO(), width=width, highlight=False, force_terminal=terminal, color_system=None)
     r.run_list([IndexEntry(run_id="20261206T083257Z-d8c3eb", status="failed", started_at=datetime.now(UTC),
                            nodes=2, snapshots=0, error=error)], [])
     return r.out.file.getvalue(), error
@@ -165,3 +165,13 @@ def test_list_at_80_columns_puts_the_errors_below_the_table_rather_than_dropping
                                              ["20261205T083257Z-aaaaaa", "succeeded"]]
     assert "error" not in text.splitlines()[2]  # no column for it
     assert all(len(line) <= 80 for line in text.splitlines()[:6])
+
+
+def test_list_at_80_columns_on_a_terminal_cuts_the_errors_below_the_table_to_fit_their_lines():
+    # Below the table each error line was the run id and 80 characters of error: 106 columns, wrapped
+    # by an 80-column terminal under the table. A pipe keeps them whole (the test above).
+    text, error = _listed_with_a_long_error(terminal=True, width=80)
+    [line] = [line for line in text.splitlines() if line.startswith("  20261206T083257Z-d8c3eb: ")]
+    assert len(line) == 80 and line.endswith("…") and error[:len(line) - 28] in line, line
+    assert all(len(line) <= 80 for line in text.splitlines()), text
+    assert "errors cut to fit the screen (…): `snapctl show RUN` prints a run's whole error" in text

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict
 
 from snapctl.errors import BadInputError
 from snapctl.providers import ProviderSettings
+from snapctl.state_home import snapctl_state_dir
 from snapctl.yaml_errors import NAME_PATTERN
 
 # Volume names become directory and snapshot-id parts, so they stay filename-safe.
@@ -35,10 +36,7 @@ class LocalVolume(BaseModel):
 
 
 def default_store() -> Path:
-    # The XDG spec says a relative XDG_STATE_HOME is invalid and must be ignored.
-    state_home = os.environ.get("XDG_STATE_HOME", "")
-    base = Path(state_home) if state_home and os.path.isabs(state_home) else Path.home() / ".local" / "state"
-    return base / "snapctl" / "snapshots"
+    return snapctl_state_dir() / "snapshots"
 
 
 def nearest_existing(path: Path) -> Path:
