@@ -42,6 +42,14 @@ def test_snapctls_state_directory(home: Path, env: dict[str, str], expected: str
     assert snapctl_state_dir(env) == Path(expected.replace("HOME", str(home)))
 
 
+def test_a_home_state_directory_an_earlier_snapctl_kept_stays_in_use_under_systemd(home: Path) -> None:
+    # A unit given StateDirectory= for a user whose home is outside /home (not hidden): the catalog
+    # and store there hold every backup made so far; moved to $STATE_DIRECTORY, they looked gone.
+    (home / ".local" / "state" / "snapctl" / "catalog").mkdir(parents=True)
+    assert snapctl_state_dir({"STATE_DIRECTORY": "/var/lib/snapctl"}) == home / ".local" / "state" / "snapctl"
+    assert snapctl_state_dir({"XDG_STATE_HOME": "/x/state", "STATE_DIRECTORY": "/v"}) == Path("/x/state/snapctl")
+
+
 @pytest.mark.parametrize("where", ["catalog", "embedded records", "agent"])
 def test_a_relative_xdg_state_home_is_ignored_by_every_default_not_taken_from_the_cwd(
         home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, where: str) -> None:
