@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-from collections.abc import AsyncIterator, Callable
-from concurrent.futures import Executor, ThreadPoolExecutor
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ValidationError
@@ -46,15 +45,13 @@ from snapctl.errors import (
     AgentTimeout,
     AgentUnauthorized,
     AgentUnreachable,
-    BadInputError,
-    EngineBusy,
-    EngineError,
-    LeaseConflict,
     NotAnAgent,
-    SnapctlError,
 )
 from snapctl.ratelimit import parse_retry_after
 from snapctl.timestamps import utc_text
+
+if TYPE_CHECKING:  # imported in open_agents, only with embedded nodes: it imports this module
+    from snapctl.embedded_agent import EmbeddedAgentClient
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -102,13 +99,10 @@ class AgentClient(Protocol):
 UNREACHABLE_HINT = "is snapctl-agent running there, and listening on that address?"
 # A request the agent's address took and never answered: something listens there, so "is it
 # running" misleads; the agent, or its engine, is slow or stuck, and the timeout may be short.
-_TIMEOUT_SETTING = {"/v1/trigger": "snapctl trigger --timeout, or policy.trigger_timeout_s for a backup's",
+TIMEOUT_SETTING = {"/v1/trigger": "snapctl trigger --timeout, or policy.trigger_timeout_s for a backup's",
                     "/v1/prepare": "policy.prepare_timeout_s"}
 SLOW_HINT = ("the agent took the request but did not answer in time: it or its engine is slow or stuck "
              "(see the agent's log); if the work takes longer, raise {setting}")
-# Its call goes on in a thread of snapctl's: the process ends once it is done.
-EMBEDDED_SLOW_HINT = ("the embedded engine is slow or stuck, and the call goes on in snapctl's process, which "
-                      "ends once it is done; if the work takes longer, raise {setting}")
 # Said to the operator, not to the client the agent's own hint ("slow down") is for.
 RATE_LIMITED_HINT = ("the agent limits requests per client address and endpoint (rate_per_s, burst in its config): "
                      "something else from this address asks it too often (a fast --watch, a script); its log names "
@@ -276,7 +270,7 @@ class HttpAgentClient:
         return said.replace(self._token, "<token>") if said and self._token else said
 
     def _timed_out(self, path: str, timeout_s: float, delivered: bool = True) -> AgentTimeout:
-        hint = (SLOW_HINT.format(setting=_TIMEOUT_SETTING.get(path, "policy.agent_timeout_s")) if delivered
+        hint = (SLOW_HINT.format(setting=TIMEOUT_SETTING.get(path, "policy.agent_timeout_s")) if delivered
                 else self._unreachable_hint)
         return AgentTimeout(self.node, f"no answer from the agent at {self.base_url} within {timeout_s:g}s "
                                        f"({path})", hint=hint, delivered=delivered)
@@ -346,76 +340,6 @@ def _error_body(response: AgentResponse) -> ErrorBody | None:
         return None
 
 
-# ---- in-process -----------------------------------------------------------------------------
-
-
-class EmbeddedAgentClient:
-    """An ``AgentService`` in this process (``agent: embedded``): same errors as over HTTP."""
-
-    def __init__(self, node: str, service: Any, *, timeout_s: float, executor: Executor | None = None) -> None:
-        self.node = node
-        self.service = service  # node_agent.service.AgentService; not imported here to keep the CLI light
-        self._timeout_s = timeout_s
-        self._executor = executor
-
-    async def health(self) -> Health:
-        return self.service.health()
-
-    async def status(self) -> AgentStatus:
-        return await self._call(self.service.status)
-
-    async def prepare(self, run_id: str, lease_s: float, hold_at: datetime | None = None,
-                      timeout_s: float | None = None) -> PrepareResponse:
-        return await self._call(self.service.prepare, run_id, lease_s, hold_at, timeout_s=timeout_s)
-
-    async def renew(self, run_id: str, lease_s: float | None = None) -> LeaseInfo:
-        return await self._call(self.service.renew, run_id, lease_s)
-
-    async def complete(self, run_id: str) -> CompleteResponse:
-        return await self._call(self.service.complete, run_id)
-
-    async def trigger(self, target: str | None = None, timeout_s: float | None = None) -> TriggerResponse:
-        # Not on the shared threads: one that outlives its timeout keeps its thread for minutes
-        # (DingoDB, AresDB), and the prepare that follows must reach the service to be told so.
-        return await self._call(self.service.trigger, target, timeout_s=timeout_s, own_thread=True)
-
-    async def restore_prepare(self, path: str | None = None, check_only: bool = False) -> None:
-        await self._call(self.service.restore_prepare, path, check_only)
-
-    async def verify(self) -> VerifyFacts:
-        return await self._call(self.service.verify)
-
-    async def aclose(self) -> None:
-        await self._call(self.service.close)
-
-    async def _call(self, fn: Callable[..., T], *args: Any, timeout_s: float | None = None,
-                    own_thread: bool = False) -> T:
-        timeout_s = timeout_s or self._timeout_s
-        bound = asyncio.timeout(timeout_s)  # the thread goes on; the agent's lease bounds what it holds
-        try:
-            async with bound:
-                if self._executor is None or own_thread:
-                    return await asyncio.to_thread(fn, *args)
-                return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args))
-        except TimeoutError as exc:
-            if bound.expired():
-                setting = _TIMEOUT_SETTING.get(f"/v1/{fn.__name__}", "policy.agent_timeout_s")
-                raise AgentTimeout(self.node, f"no answer from the embedded agent within {timeout_s:g}s "
-                                              f"({fn.__name__})", hint=EMBEDDED_SLOW_HINT.format(setting=setting)) from None
-            raise AgentUnreachable(self.node, f"the embedded engine did not answer in time: {exc}") from exc
-        except (LeaseConflict, EngineBusy) as exc:
-            raise AgentConflict(self.node, exc.message, status=409, hint=exc.hint,
-                                holder=getattr(exc, "holder", None)) from exc
-        except BadInputError as exc:
-            raise AgentError(self.node, exc.message, status=400, hint=exc.hint) from exc
-        except EngineError as exc:
-            raise AgentError(self.node, exc.message, status=502, hint=exc.hint) from exc
-        except SnapctlError as exc:
-            raise AgentError(self.node, exc.message, status=500, hint=exc.hint) from exc
-        except Exception as exc:
-            raise AgentError(self.node, f"embedded agent failed: {type(exc).__name__}: {exc}", status=500) from exc
-
-
 # ---- the whole inventory ----------------------------------------------------------------------
 
 # Embedded engines run in threads; more than this many at once only adds contention.
@@ -460,6 +384,7 @@ async def open_agents(inventory: Inventory, *, holds: bool = False,
         if embedded:
             from node_agent.engines.base import load_engine_factory
             from node_agent.service import AgentService
+            from snapctl.embedded_agent import EmbeddedAgentClient
             from snapctl.embedded_records import embedded_hold_records
 
             for node in embedded:

@@ -13,8 +13,9 @@ import pytest
 from node_agent.app import create_app
 from node_agent.engines.sqlite import SqliteEngine
 from node_agent.service import AgentService
-from snapctl.agent_client import EmbeddedAgentClient, HttpAgentClient, open_agents
+from snapctl.agent_client import HttpAgentClient, open_agents
 from snapctl.config import Inventory, parse_inventory
+from snapctl.embedded_agent import EmbeddedAgentClient
 from snapctl.errors import AgentConflict, AgentError, AgentUnauthorized, AgentUnreachable
 from tests.agent.certs import make_pki
 from tests.agent.conftest import TOKEN, agent_process, make_db, serve, try_write, write_config
