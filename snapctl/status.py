@@ -2,14 +2,17 @@
 against the RPO, and what a backup preflight would refuse on right now.
 
 Fan-out is bounded per node (``policy.agent_timeout_s``): a dead or slow agent shows as
-unreachable and never holds up the rest.
+unreachable and never holds up the rest. The catalog's reads are bounded as a whole
+(``CATALOG_DEADLINE_FACTOR`` times that): a store that never answers shows as unreadable.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
 import json
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -191,10 +194,15 @@ async def collect_status(
         # must hear of it, as it hears of a catalog no run could write.
         verdict.findings += [replace(f, severity="degraded") for f in uncovered]
     verdict.findings += misplaced_data(inventory, probes)
-    look = await asyncio.to_thread(_look_at_catalog, inventory)
+    look = await _look_in_time(inventory)
     result.catalog_problems, result.catalog_read = look.problems, look.entries is not None
+    # Runs that cannot be read: every backup fails on it (exit 1), and how old the newest is nobody
+    # can tell, so critical, as an agent that does not answer is. The other obstacles (the lock, a
+    # directory this user may not write) stay degraded: status often runs as a monitoring user
+    # whose permissions are not the backup's.
+    unread = "degraded" if result.catalog_read else "critical"
     for obstacle in look.obstacles:  # what the run would fail on is what makes backing up unsafe
-        verdict.findings.append(Finding("degraded", "catalog", obstacle.message, hint=obstacle.hint))
+        verdict.findings.append(Finding(unread, "catalog", obstacle.message, hint=obstacle.hint))
     for problem in result.catalog_problems:  # a backup whose record is damaged cannot be restored
         verdict.findings.append(Finding("degraded", "catalog", f"unreadable manifest: {problem}"))
     from snapctl.preflight import catalog_refusals, holder_hint
@@ -268,6 +276,44 @@ async def watch_status(
         if refreshes is not None and done >= refreshes:
             return status
         await asyncio.sleep(max(0.0, interval_s - (time.monotonic() - started)))
+
+
+CATALOG_DEADLINE_FACTOR = 3  # status's catalog reads, all told: this many times policy.agent_timeout_s
+
+
+async def _look_in_time(inventory: Inventory) -> CatalogLook:
+    """``_look_at_catalog`` within one deadline for all its reads. An S3 catalog that accepts and
+    never answers took each call 30 s, 5 times over (5 minutes a status): a cron job's next status
+    overlapped it, and a `--watch` froze. Past the deadline the look is left to its daemon thread,
+    which the command's exit does not wait for (a pool's thread it would)."""
+    deadline_s = inventory.policy.agent_timeout_s * CATALOG_DEADLINE_FACTOR
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[CatalogLook] = loop.create_future()
+
+    def settle(look: CatalogLook | None, exc: BaseException | None) -> None:
+        if answer.done():
+            return
+        if exc is not None:
+            answer.set_exception(exc)
+        else:
+            answer.set_result(look)  # type: ignore[arg-type]
+
+    def look() -> None:
+        try:
+            found, failed = _look_at_catalog(inventory), None
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting coroutine, raised there
+            found, failed = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, found, failed)
+
+    threading.Thread(target=look, name="snapctl-status-catalog", daemon=True).start()
+    try:
+        return await asyncio.wait_for(answer, deadline_s)
+    except TimeoutError:
+        return CatalogLook(obstacles=[CatalogError(
+            f"cannot read the catalog: it did not answer within {duration_text(deadline_s)} "
+            f"({CATALOG_DEADLINE_FACTOR} x policy.agent_timeout_s)",
+            hint="check catalog.endpoint_url, the network and the store's health")])
 
 
 def _look_at_catalog(inventory: Inventory) -> CatalogLook:
