@@ -225,6 +225,18 @@ def status_textfile(status: ClusterStatus) -> str:
     out.add("snapctl_status_last_success_age_seconds", "gauge",
             "Age of the newest successful backup (+Inf: none yet).", age, **c)
     out.add("snapctl_status_rpo_seconds", "gauge", "The inventory's RPO.", status.rpo_s, **c)
+    drills = status.drills
+    if drills is not None and drills.recorded:  # none recorded: a cluster that does not drill, nothing to alert on
+        passed = drills.last_passed
+        # 0 when none passed among those read: an absent series would keep an age alert from firing.
+        out.add("snapctl_drill_last_success_timestamp_seconds", "gauge",
+                "When the newest restore drill that passed finished (0: none passed among the newest read).",
+                passed.finished_at.timestamp() if passed and passed.finished_at else 0, **c)
+        if drills.newest is not None:
+            out.add("snapctl_drill_last_ok", "gauge", "1 when the newest finished restore drill passed, 0 when it failed.",
+                    drills.newest.ok, **c)
+    out.add("snapctl_drill_max_age_seconds", "gauge", "The inventory's drill.max_age_s (absent: not checked).",
+            status.drill_max_age_s, **c)
     return out.text()
 
 
