@@ -20,6 +20,7 @@ from snapctl.status import collect_status
 from snapctl.status_drills import MAX_READS
 from tests.status.conftest import load, record_run, sqlite_nodes, write_inventory
 from tests.status.promtext import parse, value
+from tests.status.test_cli_status import snapctl
 
 DAY = 86400
 
@@ -133,3 +134,11 @@ def test_bad_max_age_is_refused(tmp_path, drill, said):
     with pytest.raises(BadInputError) as info:
         load(write_inventory(tmp_path, sqlite_nodes(tmp_path, 1), drill=drill))
     assert said in str(info.value)
+
+
+def test_the_text_output_says_when_a_drill_last_passed(tmp_path):
+    inventory = _inventory(tmp_path)
+    passed = _drill(inventory, 1)
+
+    shown = " ".join(snapctl("status", "-i", "inventory.yaml", cwd=tmp_path).stdout.split())
+    assert f"newest passed drill: {passed} (run r-good), 24.0h ago (max age 8.0d)" in shown, shown
