@@ -112,16 +112,20 @@ def backup(
     from snapctl.orchestrator import backup as run_backup
 
     out = _renderer(output)
-    options = BackupOptions(dry_run=dry_run, no_wait=no_wait, force=force, trigger=trigger,
-                            consistency=_choice(consistency, ("cluster", "per-node"), "--consistency"),
-                            prune=not no_prune)
-    loaded = _inventory(inventory)
+    loaded = _inventory(inventory)  # no cluster to label a textfile with before it: nothing is written
     if _path(textfile, "--textfile", _PROM_EXAMPLE):
         from snapctl.metrics import check_textfile_path, recording_backup
 
         check_textfile_path(textfile)  # a dry run too: the real run would refuse it
     progress = out.progress()
-    run = run_backup(loaded, options, progress)
+
+    async def attempt():  # a bad flag is an attempt too: its exit 2 is recorded in the textfile
+        options = BackupOptions(dry_run=dry_run, no_wait=no_wait, force=force, trigger=trigger,
+                                consistency=_choice(consistency, ("cluster", "per-node"), "--consistency"),
+                                prune=not no_prune)
+        return await run_backup(loaded, options, progress)
+
+    run = attempt()
     if textfile and not dry_run:
         run = recording_backup(loaded, textfile, run)  # written after the run, succeeded or failed
     try:

@@ -144,11 +144,20 @@ class DrillConfig(Strict):
     timeout_s: float = 1800.0  # the whole drill, restores included; past it the drill fails
     start_timeout_s: float = 120.0  # one engine coming up on restored data
     junit: str | None = None  # where the JUnit XML report goes (default: ./snapctl-drill.xml)
+    # `snapctl status` is degraded when the newest drill that passed is older (null: never). Eight
+    # days: a nightly or weekly drill passes it with a day to spare. Judged only once the catalog
+    # holds a drill, unless set here: a cluster that never drilled is not degraded by surprise.
+    max_age_s: float | None = 8 * 86400.0
 
     @field_validator("timeout_s", "start_timeout_s", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> float:
         return positive_duration(value)
+
+    @field_validator("max_age_s", mode="before")
+    @classmethod
+    def _max_age(cls, value: Any) -> float | None:
+        return None if value is None else positive_duration(value)
 
 
 class Node(Strict):

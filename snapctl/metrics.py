@@ -225,6 +225,18 @@ def status_textfile(status: ClusterStatus) -> str:
     out.add("snapctl_status_last_success_age_seconds", "gauge",
             "Age of the newest successful backup (+Inf: none yet).", age, **c)
     out.add("snapctl_status_rpo_seconds", "gauge", "The inventory's RPO.", status.rpo_s, **c)
+    drills = status.drills
+    if drills is not None and drills.recorded:  # none recorded: a cluster that does not drill, nothing to alert on
+        passed = drills.last_passed
+        # 0 when none passed among those read: an absent series would keep an age alert from firing.
+        out.add("snapctl_drill_last_success_timestamp_seconds", "gauge",
+                "When the newest restore drill that passed finished (0: none passed among the newest read).",
+                passed.finished_at.timestamp() if passed and passed.finished_at else 0, **c)
+        if drills.newest is not None:
+            out.add("snapctl_drill_last_ok", "gauge", "1 when the newest finished restore drill passed, 0 when it failed.",
+                    drills.newest.ok, **c)
+    out.add("snapctl_drill_max_age_seconds", "gauge", "The inventory's drill.max_age_s (absent: not checked).",
+            status.drill_max_age_s, **c)
     return out.text()
 
 
@@ -237,20 +249,15 @@ class Attempt:
 
 
 def backup_textfile(inventory: Inventory, attempt: Attempt | None = None) -> str:
-    """The newest success in the catalog, this host's ``attempt``, and the newest run in the catalog
-    (succeeded or failed), unless the attempt stood by because another run held the lock."""
+    """This host's ``attempt``, the newest success in the catalog, and the newest run in the catalog
+    (succeeded or failed), unless the attempt stood by because another run held the lock. The
+    attempt needs no catalog: when the catalog cannot be read (an S3 outage, the likeliest cause
+    of a failed run), it is written without the catalog's series, and ``snapctl_backup_catalog_read``
+    says 0, rather than no textfile, which left node_exporter the previous attempt's."""
     from snapctl.catalog import open_catalog
 
-    catalog = open_catalog(inventory)
-    entries, _ = catalog.list()
     out = Exposition()
     c = {"cluster": inventory.cluster}
-    newest_success = next((e for e in entries if e.status == "succeeded"), None)
-    # 0 when there is none: an absent series would keep `time() - ... > RPO` from ever firing for a
-    # cluster whose backups have all failed since the first.
-    out.add("snapctl_backup_last_success_timestamp_seconds", "gauge",
-            "When the newest successful backup finished (0: none yet).",
-            (newest_success.finished_at or newest_success.started_at).timestamp() if newest_success else 0, **c)
     if attempt is not None:
         out.add("snapctl_backup_last_attempt_timestamp_seconds", "gauge",
                 "When snapctl backup last ended on this host, whatever the outcome (a standby's exit 4 too).",
@@ -258,14 +265,35 @@ def backup_textfile(inventory: Inventory, attempt: Attempt | None = None) -> str
         out.add("snapctl_backup_last_attempt_exit_code", "gauge",
                 "Its exit code: 0 succeeded, 1 failed, 2 bad input, 3 refused by the preflight, 4 stood by (another run held "
                 "the cluster lock), 130 interrupted.", attempt.exit_code, **c)
-        if attempt.exit_code == ExitCode.LOCK_HELD:
-            # The newest run this host can see is being superseded by the lock holder's, which has not
-            # finished: written here, a failure of the night before would read as this host's for a day.
-            return out.text()
+    read = "snapctl_backup_catalog_read"
+    read_help = "1 when this textfile's catalog series were read; 0: the catalog could not be read, they are left out."
+    try:
+        catalog = open_catalog(inventory)
+        entries, _ = catalog.list()
+    except SnapctlError as exc:
+        log.warning("cannot read the catalog for the metrics textfile, so it says only how this attempt ended: %s",
+                    exc.message)
+        out.add(read, "gauge", read_help, 0, **c)
+        return out.text()
+    out.add(read, "gauge", read_help, 1, **c)
+    newest_success = next((e for e in entries if e.status == "succeeded"), None)
+    # 0 when there is none: an absent series would keep `time() - ... > RPO` from ever firing for a
+    # cluster whose backups have all failed since the first.
+    out.add("snapctl_backup_last_success_timestamp_seconds", "gauge",
+            "When the newest successful backup finished (0: none yet).",
+            (newest_success.finished_at or newest_success.started_at).timestamp() if newest_success else 0, **c)
+    if attempt is not None and attempt.exit_code == ExitCode.LOCK_HELD:
+        # The newest run this host can see is being superseded by the lock holder's, which has not
+        # finished: written here, a failure of the night before would read as this host's for a day.
+        return out.text()
     newest = next((e for e in entries if e.status != "running"), None)
     if newest is None:
         return out.text()
-    manifest = catalog.load(newest.run_id)
+    try:
+        manifest = catalog.load(newest.run_id)
+    except SnapctlError as exc:  # the list read, the manifest not: the run series are unknown, not the rest
+        log.warning("cannot read run %s for the metrics textfile: %s", newest.run_id, exc.message)
+        return out.text()
     out.add("snapctl_backup_last_run_timestamp_seconds", "gauge", "When the newest backup run finished.",
             (manifest.finished_at or manifest.started_at).timestamp(), **c)
     out.add("snapctl_backup_last_run_success", "gauge", "1 when the newest backup run succeeded, 0 when it failed.",

@@ -25,6 +25,7 @@ from snapctl.catalog import open_catalog
 from snapctl.catalog.lock import RENEWALS_PER_TTL, LockKeeper
 from snapctl.completion import complete_newest_backup, would_complete
 from snapctl.config import Inventory
+from snapctl.dead_holds import wait_out_dead_holds
 from snapctl.errors import (
     CLOUD_OUTAGE,
     AgentError,
@@ -103,13 +104,18 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
         # 1. Lock the cluster in the catalog; a stale lock (its holder died) is taken over.
         reporter.step("lock", f"locking cluster {inventory.cluster} in {catalog.describe()}")
         try:
-            lock = catalog.acquire_lock(run_owner(), run_id, policy.lock_ttl_s)
+            lock = catalog.acquire_lock(run_owner(), run_id, policy.lock_ttl_s, take_over_dead=True)
         except BaseException:
             executor.shutdown()
             raise
         lock_keeper = LockKeeper(lock, policy.lock_ttl_s / RENEWALS_PER_TTL)
         try:
+            if (dead := lock.taken_from) is not None:
+                reporter.step("lock", f"took the lock over from run {dead.run_id} by {dead.owner}, which is no longer "
+                                      "running on this host")
             close_abandoned_runs(catalog, run_id)
+            if dead is not None:  # before the preflight, which would refuse the nodes its leases still hold
+                await wait_out_dead_holds(inventory, agents, dead.run_id, reporter)
             # Before the preflight, whose connections the prepares reuse: the fsyncs may take a while.
             await complete_newest_backup(catalog, provider, reporter, policy.wait_timeout_s)
             # 2. Preflight, before anything is held.

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from snapctl.agent_client import AgentClient
 from snapctl.catalog import Catalog
 from snapctl.catalog.catalog import CatalogLook
-from snapctl.catalog.lock import dead_holder_hint
+from snapctl.catalog.lock import dead_holder_hint, proven_dead_here
 from snapctl.config import Inventory, is_loopback
 from snapctl.errors import PreflightRefused, SnapctlError
 from snapctl.events import Reporter
@@ -92,7 +92,8 @@ def catalog_refusals(look: CatalogLook, now: datetime) -> list[Finding]:
     # Not forceable: --force overrides the preflight, not the run's first step.
     found = [Finding("critical", "catalog", f"a backup now would fail: {o.message}", forceable=False, hint=o.hint)
              for o in look.obstacles]
-    if (running := look.holder(now)) is not None:
+    # A holder proven dead on this host refuses nothing: the backup takes its lock over.
+    if (running := look.holder(now)) is not None and not (look.lock and proven_dead_here(look.lock)):
         found.append(Finding("critical", "backups", f"a backup now would be refused (exit 4): {running}",
                              forceable=False, hint=holder_hint(look, now)))
     return found

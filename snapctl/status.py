@@ -2,14 +2,17 @@
 against the RPO, and what a backup preflight would refuse on right now.
 
 Fan-out is bounded per node (``policy.agent_timeout_s``): a dead or slow agent shows as
-unreachable and never holds up the rest.
+unreachable and never holds up the rest. The catalog's reads are bounded as a whole
+(``CATALOG_DEADLINE_FACTOR`` times that): a store that never answers shows as unreadable.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
 import json
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -36,6 +39,7 @@ from snapctl.providers import (
     open_provider,
     provider_settings,
 )
+from snapctl.status_drills import DrillLook, drill_findings, look_at_drills
 
 MIN_WATCH_S = 0.1  # 10 refreshes a second: half the agents' default rate limit per client and endpoint
 STATUS_VERSION = 1  # of the JSON document (docs/status.schema.json): bumped on incompatible changes only
@@ -58,6 +62,8 @@ class ClusterStatus:
     preflight: list[Finding] = field(default_factory=list)  # what `snapctl backup` would refuse on now
     node_filter: list[str] = field(default_factory=list)
     group_filter: list[str] = field(default_factory=list)
+    drills: DrillLook | None = None  # None: not read (the catalog could not be)
+    drill_max_age_s: float | None = None
 
     def __repr__(self) -> str:
         # Short: asyncio.run formats its result into a discarded error on the way out (see
@@ -169,7 +175,8 @@ async def collect_status(
         preflight = [f for f in preflight if not f.subject.startswith("raft group ")
                      or any(f.subject == f"raft group {g.group}" for g in verdict.groups)]
     result = ClusterStatus(inventory.cluster, datetime.now(UTC), probes, verdict, inventory.rpo,
-                           preflight=preflight, node_filter=list(nodes or []), group_filter=list(groups or []))
+                           preflight=preflight, node_filter=list(nodes or []), group_filter=list(groups or []),
+                           drill_max_age_s=inventory.drill.max_age_s)
     if memory is not None:
         problem = memory.commit({p.node for p in probes if p.status is not None})
         if problem:
@@ -191,10 +198,15 @@ async def collect_status(
         # must hear of it, as it hears of a catalog no run could write.
         verdict.findings += [replace(f, severity="degraded") for f in uncovered]
     verdict.findings += misplaced_data(inventory, probes)
-    look = await asyncio.to_thread(_look_at_catalog, inventory)
+    look, drills = await _look_in_time(inventory)
     result.catalog_problems, result.catalog_read = look.problems, look.entries is not None
+    # Runs that cannot be read: every backup fails on it (exit 1), and how old the newest is nobody
+    # can tell, so critical, as an agent that does not answer is. The other obstacles (the lock, a
+    # directory this user may not write) stay degraded: status often runs as a monitoring user
+    # whose permissions are not the backup's.
+    unread = "degraded" if result.catalog_read else "critical"
     for obstacle in look.obstacles:  # what the run would fail on is what makes backing up unsafe
-        verdict.findings.append(Finding("degraded", "catalog", obstacle.message, hint=obstacle.hint))
+        verdict.findings.append(Finding(unread, "catalog", obstacle.message, hint=obstacle.hint))
     for problem in result.catalog_problems:  # a backup whose record is damaged cannot be restored
         verdict.findings.append(Finding("degraded", "catalog", f"unreadable manifest: {problem}"))
     from snapctl.preflight import catalog_refusals, holder_hint
@@ -215,6 +227,11 @@ async def collect_status(
     # A dead run is the newest run as much as a failed one: naming an older failure instead misled.
     result.latest_failure = next((e for e in entries if e.status == "failed" or e.error == STOPPED), None)
     _grade_backups(result, look.missing)
+    if isinstance(drills, DrillLook):
+        result.drills = drills
+        verdict.findings += drill_findings(inventory, drills, result.checked_at)
+    elif drills is not None:
+        verdict.findings.append(Finding("degraded", "drills", f"cannot read the restore drills' records: {drills}"))
     if textfile is not None:
         from snapctl.metrics import status_textfile, write_textfile
 
@@ -270,15 +287,61 @@ async def watch_status(
         await asyncio.sleep(max(0.0, interval_s - (time.monotonic() - started)))
 
 
-def _look_at_catalog(inventory: Inventory) -> CatalogLook:
+CATALOG_DEADLINE_FACTOR = 3  # status's catalog reads, all told: this many times policy.agent_timeout_s
+
+
+Looked = tuple[CatalogLook, "DrillLook | str | None"]  # the drills, or why they could not be read
+
+
+async def _look_in_time(inventory: Inventory) -> Looked:
+    """``_look_at_catalog`` within one deadline for all its reads. An S3 catalog that accepts and
+    never answers took each call 30 s, 5 times over (5 minutes a status): a cron job's next status
+    overlapped it, and a `--watch` froze. Past the deadline the look is left to its daemon thread,
+    which the command's exit does not wait for (a pool's thread it would)."""
+    deadline_s = inventory.policy.agent_timeout_s * CATALOG_DEADLINE_FACTOR
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[Looked] = loop.create_future()
+
+    def settle(look: Looked | None, exc: BaseException | None) -> None:
+        if answer.done():
+            return
+        if exc is not None:
+            answer.set_exception(exc)
+        else:
+            answer.set_result(look)  # type: ignore[arg-type]
+
+    def look() -> None:
+        try:
+            found, failed = _look_at_catalog(inventory), None
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting coroutine, raised there
+            found, failed = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, found, failed)
+
+    threading.Thread(target=look, name="snapctl-status-catalog", daemon=True).start()
+    try:
+        return await asyncio.wait_for(answer, deadline_s)
+    except TimeoutError:
+        return CatalogLook(obstacles=[CatalogError(
+            f"cannot read the catalog: it did not answer within {duration_text(deadline_s)} "
+            f"({CATALOG_DEADLINE_FACTOR} x policy.agent_timeout_s)",
+            hint="check catalog.endpoint_url, the network and the store's health")]), None
+
+
+def _look_at_catalog(inventory: Inventory) -> Looked:
     try:
         catalog = open_catalog(inventory)
     except SnapctlError as exc:
-        return CatalogLook(obstacles=[CatalogError(f"cannot read the catalog: {exc.message}", hint=exc.hint)])
+        return CatalogLook(obstacles=[CatalogError(f"cannot read the catalog: {exc.message}", hint=exc.hint)]), None
     look = catalog.look()
-    if look.entries is not None and (look.lock is not None or not look.obstacles):  # an unreadable lock proves nothing
+    if look.entries is None:
+        return look, None
+    if look.lock is not None or not look.obstacles:  # an unreadable lock proves nothing
         look.entries = marked_stopped(catalog, look.entries, look.lock)
-    return look
+    try:
+        return look, look_at_drills(catalog)
+    except SnapctlError as exc:
+        return look, exc.message
 
 
 def _only_groups(verdict: Verdict, patterns: list[str]) -> None:

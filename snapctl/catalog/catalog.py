@@ -179,8 +179,9 @@ class Catalog(ManifestIndex):
 
     # -- the run lock --------------------------------------------------------------------------
 
-    def acquire_lock(self, owner: str, run_id: str, ttl_s: float) -> RunLock:
-        return acquire(self.store, self._lock_key, self.cluster, owner, run_id, ttl_s, self._clock)
+    def acquire_lock(self, owner: str, run_id: str, ttl_s: float, *, take_over_dead: bool = False) -> RunLock:
+        return acquire(self.store, self._lock_key, self.cluster, owner, run_id, ttl_s, self._clock,
+                       take_over_dead=take_over_dead)
 
     def read_lock(self) -> LockRecord | None:
         """The lock record as stored (held or not: see ``LockRecord.held_at``), None if never taken."""

@@ -94,8 +94,23 @@ def dead_holder_hint(record: LockRecord, where: str) -> str | None:
     whose host rebooted since, so that nobody need go and look; None when it may still run."""
     if not gone_from_this_host(record):
         return None
+    if proven_dead_here(record):
+        return (f"that process is no longer running on this host{_why_gone(record)}: the next `snapctl backup` "
+                f"takes the lock over at once (prune and gc once it expires), or remove {where} to run now")
     return (f"that process is no longer running on this host{_why_gone(record)}: the next run takes the lock "
             f"over once it expires, or remove {where} to run now")
+
+
+def proven_dead_here(record: LockRecord) -> bool:
+    """The strongest proof, the one a backup takes a lock over on before it expires (as a drill's
+    cleanup takes a killed drill's leftovers): the owner's own process, as it recorded itself when
+    it took the lock, was of this boot and this pid namespace, and its pid now runs nothing, or a
+    process begun at another time. Not the earlier-boot proof, nor an older snapctl's bare pid:
+    each leaves a doubt (``_of_an_earlier_boot``, a container's pids) that would let two backups
+    run at once, for a gain of a fraction of a TTL."""
+    pid = pid_here(record.owner)
+    process = record.owner_process
+    return pid is not None and isinstance(process, dict) and process.get("pid") == pid and runs(pid, process) is False
 
 
 def gone_from_this_host(record: LockRecord) -> bool:
@@ -180,6 +195,7 @@ class RunLock:
         self._ttl_s = ttl_s
         self._clock = clock
         self._released = False
+        self.taken_from: LockRecord | None = None  # the lock of a holder proven dead, taken over before it expired
 
     @property
     def owner(self) -> str:
@@ -242,8 +258,11 @@ class RunLock:
         )
 
 
-def acquire(store: BlobStore, key: str, cluster: str, owner: str, run_id: str, ttl_s: float, clock: Clock) -> RunLock:
-    """Take the lock, or take over an expired or released one; raise ``LockHeld`` while it is held."""
+def acquire(store: BlobStore, key: str, cluster: str, owner: str, run_id: str, ttl_s: float, clock: Clock,
+            *, take_over_dead: bool = False) -> RunLock:
+    """Take the lock, or take over an expired or released one; raise ``LockHeld`` while it is held.
+    ``take_over_dead``: a held lock whose holder is ``proven_dead_here`` is taken over too (the
+    compare-and-swap still makes one winner of two runs that both found it dead)."""
     if ttl_s <= 0:
         raise CatalogError(f"lock TTL must be positive, not {ttl_s}")
     where = f"{store.describe()}/{key}"
@@ -258,10 +277,13 @@ def acquire(store: BlobStore, key: str, cluster: str, owner: str, run_id: str, t
         if current is None:
             continue  # released and deleted by hand between our create and read: try again
         existing = decode_lock(current, where)
-        if existing.held_at(now):
+        held = existing.held_at(now)
+        if held and not (take_over_dead and proven_dead_here(existing)):
             raise held_error(cluster, existing, where, now)
         if store.replace(key, record.encode(), expected=current):
-            return RunLock(store, key, cluster, record, ttl_s, clock)
+            lock = RunLock(store, key, cluster, record, ttl_s, clock)
+            lock.taken_from = existing if held else None
+            return lock
         # Someone else changed it between our read and our swap; look again.
     raise CatalogError(f"could not take the cluster lock {where}: it keeps changing", hint="another snapctl is racing for it; retry")
 

@@ -241,6 +241,14 @@ def _backups(s) -> list[Text]:
         lines.append(Text("newest good backup: none"))
     if s.latest_failure is not None:
         lines.append(Text(f"newest failure: {s.latest_failure.run_id}: {s.latest_failure.error or 'failed'}"))
+    if s.drills is not None and s.drills.recorded:  # a cluster that never drilled: no line about it
+        passed = s.drills.last_passed
+        limit = f" (max age {_age(s.drill_max_age_s)})" if s.drill_max_age_s is not None else ""
+        if passed is not None and passed.finished_at is not None:
+            ago = _age(max(0.0, (s.checked_at - passed.finished_at).total_seconds()))
+            lines.append(Text(f"newest passed drill: {passed.drill_id} (run {passed.run_id}), {ago} ago{limit}"))
+        else:
+            lines.append(Text(f"newest passed drill: none among the newest {s.drills.read} recorded{limit}"))
     return lines
 
 

@@ -74,8 +74,13 @@ def test_a_lock_records_its_owners_process_and_a_real_holder_killed_on_this_host
     assert lock.run_id == "r1" and lock.owner_process["pid"] != os.getpid()
     with pytest.raises(LockHeld) as held:
         Catalog(store, "prod").acquire_lock(run_owner(), "r2", ttl_s=60)
-    assert held.value.hint.startswith("that process is no longer running on this host: the next run takes")
+    assert held.value.hint.startswith("that process is no longer running on this host: the next `snapctl backup` "
+                                      "takes the lock over at once (prune and gc once it expires)"), held.value.hint
     assert owner_gone("r1", lock, utc_now())
+    # A backup (take_over_dead) takes it over now, though it has ten minutes to run.
+    taken = Catalog(store, "prod").acquire_lock(run_owner(), "r2", ttl_s=60, take_over_dead=True)
+    assert taken.taken_from is not None and taken.taken_from.run_id == "r1"
+    assert Catalog(store, "prod").read_lock().run_id == "r2"
 
 
 def _before_boot(by: timedelta) -> timedelta:
@@ -158,7 +163,7 @@ def test_a_lock_whose_pid_now_runs_a_process_begun_later_is_gone(tmp_path: Path)
     # Its pid handed out again: this test's process runs under it, begun after the lock's holder.
     hint, gone = _refusal(tmp_path, os.getpid(), {**OURS, "started": OURS["started"] - 1})
     assert hint.startswith(f"that process is no longer running on this host (pid {os.getpid()} now runs another "
-                           "process, begun later): the next run takes the lock over"), hint
+                           "process, begun later): the next `snapctl backup` takes the lock over at once"), hint
     assert gone
     # Expired, its pid alive but another process's: no run whose renewals failed, a dead one.
     assert _refusal(tmp_path, os.getpid(), {**OURS, "started": OURS["started"] - 1}, expired=True)[1]
@@ -197,3 +202,37 @@ def test_an_older_snapctls_lock_whose_owner_is_a_zombie_not_yet_reaped_is_gone(t
         assert owner_gone("r1", Catalog(store, "prod").read_lock(), utc_now())
     finally:
         child.wait()
+
+
+def _taken_over(tmp_path: Path, record: LockRecord) -> bool:
+    """Whether a backup (``take_over_dead``) takes ``record`` over before it expires."""
+    store = LocalBlobStore(tmp_path / "catalog")
+    store.write("prod/lock.json", record.encode())
+    try:
+        lock = Catalog(store, "prod").acquire_lock(run_owner(), "r2", ttl_s=60, take_over_dead=True)
+    except LockHeld:
+        return False
+    assert lock.taken_from is not None and lock.taken_from.run_id == "r1"
+    return True
+
+
+def test_a_backup_takes_over_only_a_holder_proven_dead_in_this_boot_and_pid_namespace(tmp_path: Path) -> None:
+    # Its pid handed out again: gone, as surely as a pid that runs nothing.
+    assert _taken_over(tmp_path, _lock(os.getpid(), {**OURS, "started": OURS["started"] - 1}))
+    assert _taken_over(tmp_path, _lock(_dead_pid(), OURS))
+    # Alive (this very process took it): never.
+    assert not _taken_over(tmp_path, _lock(os.getpid(), OURS))
+    # A container given this host's name, another pid namespace: its pid proves nothing here.
+    assert not _taken_over(tmp_path, _lock(_dead_pid(), {**OURS, "pid_ns": "pid:[4026531999]"}))
+    # Another boot: gone by the earlier-boot proof, which status and the hint go by, but that proof
+    # leaves a doubt (a same-named machine whose renewals failed) not worth two backups at once.
+    earlier = _lock(os.getpid(), {**OURS, "boot_id": "another-boot"}, acquired_ago=_before_boot(timedelta(hours=2)),
+                    renewed_ago=_before_boot(timedelta(hours=1)))
+    assert not _taken_over(tmp_path, earlier)
+    # An older snapctl's lock, its pid alone: a container's pid may be absent here.
+    now = utc_now()
+    bare = LockRecord(owner=f"ops@{HERE}:{_dead_pid()}", run_id="r1", acquired_at=now, expires_at=now + timedelta(hours=1))
+    assert not _taken_over(tmp_path, bare)
+    # Another host's: nothing here proves anything about it.
+    other_host = _lock(_dead_pid(), OURS).model_copy(update={"owner": f"ops@not-{HERE}:1"})
+    assert not _taken_over(tmp_path, other_host)

@@ -79,9 +79,12 @@ def test_a_catalog_that_cannot_be_read_is_not_taken_for_an_empty_one(tmp_path):
 
     code, doc = status_json(tmp_path)
 
-    assert code == ExitCode.DEGRADED
+    # Critical: every backup fails on it, and whether the newest is within the RPO nobody can tell;
+    # degraded (exit 5) passed CI's `status || [ $? -eq 5 ]` as a warning.
+    assert code == ExitCode.CRITICAL
     index = tmp_path / "catalog" / "st" / "index.json"
     findings, refusals = _catalog_findings(doc)
+    assert {f["severity"] for f in doc["data"]["verdict"]["findings"] if f["subject"] == "catalog"} == {"critical"}
     assert findings == [f"cannot read the catalog: cannot read {index}: not a directory"]
     assert refusals == [f"a backup now would fail: {findings[0]}"]
     assert "no successful backup yet" not in json.dumps(doc)  # nobody can tell

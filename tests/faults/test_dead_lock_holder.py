@@ -1,0 +1,67 @@
+"""A backup SIGKILLed on this host while it held every node: the next `snapctl backup` takes its
+cluster lock over at once, proven dead (this boot, this pid namespace, its pid gone), instead of
+exiting 4 until the lock expired; and it waits for the agents to release the dead run's nodes by
+their leases, as they promised that run, rather than being refused by its own preflight or
+releasing them itself."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from datetime import timedelta
+
+from snapctl.catalog.lock import LockRecord, utc_now
+from snapctl.process_identity import identity
+from tests.faults.harness import NODES, FaultCluster
+
+LONG_LOCK = {"lock_ttl_s": "10m", "lease_ttl_s": "20s"}
+
+
+def test_the_next_backup_takes_over_the_lock_of_a_run_killed_on_this_host_and_waits_out_its_leases(
+        cluster: FaultCluster) -> None:
+    stopping = cluster.write_inventory(cluster.directory / "stopping.yaml",
+                                       provider={"stop": {n: "before" for n in NODES}},
+                                       policy={"agent_timeout_s": "30s", **LONG_LOCK})
+    process = cluster.popen("backup", "--no-prune", inventory=stopping)
+    try:
+        for node in NODES:
+            cluster.wait_reached(f"{node}.entered")  # every node held, its snapshot call begun
+        assert cluster.held() == set(NODES)
+        dead = cluster.lock_record()["run_id"]
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.communicate(timeout=30)
+    assert cluster.held() == set(NODES)  # its leases run on: nobody renews them, nobody ended them
+
+    after = cluster.snapctl("backup", "--no-prune", "-o", "json",
+                            inventory=cluster.write_inventory(cluster.directory / "next.yaml", policy=LONG_LOCK))
+
+    assert after.returncode == 0, after.stderr
+    said = " ".join(after.stderr.split())
+    assert f"took the lock over from run {dead} by " in said and "which is no longer running on this host" in said
+    assert f"the dead run {dead} holds them until its leases expire" in said
+    # Each of the dead run's holds ended by its lease, as its agent promised it: not released early.
+    assert {node: cluster.released_by(node, dead) for node in NODES} == {node: "expired" for node in NODES}
+    assert after.json["data"]["status"] == "succeeded"
+    manifest = cluster.manifest(dead)
+    assert manifest["status"] == "failed" and manifest["error"].startswith("abandoned"), manifest["error"]
+    assert cluster.lock_record()["released_at"]
+
+
+def test_status_and_a_dry_run_say_a_backup_would_take_such_a_lock_over(cluster: FaultCluster) -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])  # a process of this host, boot and namespace
+    gone.wait()
+    now = utc_now()
+    record = LockRecord(owner=f"ops@{socket.gethostname()}:{gone.pid}", run_id="r-killed", acquired_at=now,
+                        renewed_at=now, expires_at=now + timedelta(minutes=10),
+                        owner_process={**identity(os.getpid()), "pid": gone.pid})
+    cluster.catalog().store.write(f"{cluster.cluster}/lock.json", record.encode())
+
+    planned = cluster.snapctl("backup", "--dry-run")
+    assert planned.returncode == 0, planned.stdout + planned.stderr
+    assert "a backup now would be refused (exit 4)" not in planned.stdout
+    status = cluster.snapctl("status")
+    assert "the next `snapctl backup` takes the lock over at once" in " ".join(status.stdout.split()), status.stdout
