@@ -15,6 +15,7 @@ import yaml
 
 from node_agent.engines.tarantool import TarantoolSettings
 from snapctl.cli import app
+from snapctl.policy import Policy
 
 try:  # typer 0.28 builds its commands on its own copy of click; older ones on click itself
     from typer._click.exceptions import NoSuchOption
@@ -72,6 +73,15 @@ def test_the_agent_unit_waits_out_a_tarantool_snapshot_before_it_kills_the_agent
     stop = unit_value(DEPLOY / "snapctl-agent.service", "TimeoutStopSec")
     assert stop.endswith("s") and stop[:-1].isdigit(), stop
     assert int(stop[:-1]) >= tarantool.snapshot_timeout_s + tarantool.timeout_s + 60
+
+
+def test_the_backup_unit_lets_the_rollback_wait_out_the_create_calls_before_it_kills_the_run() -> None:
+    # Stopped mid-run, the rollback waits up to snapshot_timeout_s for create calls in flight, then
+    # deletes what they made. At TimeoutStopSec=120s (the default wait) systemd's SIGKILL came first:
+    # orphan snapshots, and the run's manifest left `running`.
+    stop = unit_value(DEPLOY / "snapctl-backup.service", "TimeoutStopSec")
+    assert stop.endswith("s") and stop[:-1].isdigit(), stop
+    assert int(stop[:-1]) >= Policy().snapshot_timeout_s + 120
 
 
 def test_every_crontab_job_parses() -> None:
