@@ -140,3 +140,28 @@ def test_the_weekly_gc_job_mails_only_when_there_is_something_to_look_at(tmp_pat
     ran = subprocess.run(["/bin/sh", "-c", job], env={"PATH": f"{tmp_path}:/usr/bin:/bin"},
                          capture_output=True, text=True, timeout=10, check=True)
     assert ran.stdout == (said + "\n" if mailed else "")
+
+
+@pytest.mark.parametrize(("exit_code", "mailed"), [(1, True), (130, True), (4, False), (0, False)])
+def test_the_nightly_backup_job_prints_what_cron_mails_on_any_failure_but_the_locks_refusal(
+        tmp_path: Path, exit_code: int, mailed: bool) -> None:
+    # Cron mails a job's output, never its exit status; all of the backup's output goes to its log,
+    # and `|| [ $? -eq 4 ]` changed only the status: a failed backup mailed nothing at all.
+    [job] = [line.split(None, 6)[6] for line in (DEPLOY / "crontab.example").read_text().splitlines()
+             if not line.startswith("#") and " backup" in line]
+    log_dir = tmp_path / "log"
+    log_dir.mkdir()
+    assert "/var/log/snapctl/" in job
+    job = job.replace("/var/log/snapctl/", f"{log_dir}/")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "snapctl"
+    fake.write_text(f"#!/bin/sh\necho 'run table'\necho 'snapctl: error: it went wrong' >&2\nexit {exit_code}\n")
+    fake.chmod(0o755)
+    ran = subprocess.run(["/bin/sh", "-c", job], env={"PATH": f"{bin_dir}:/usr/bin:/bin"},
+                         capture_output=True, text=True, timeout=10, check=False)
+    assert "snapctl: error: it went wrong" in (log_dir / "backup.log").read_text()
+    if mailed:
+        assert f"exit code {exit_code}" in ran.stdout and "snapctl: error: it went wrong" in ran.stdout, ran.stdout
+    else:
+        assert (ran.stdout, ran.stderr) == ("", "")
