@@ -5,12 +5,14 @@ get it, tear down, write its JUnit report and exit 130."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 
 import yaml
 
@@ -57,10 +59,15 @@ def drill_step_script() -> str:
     return step["run"]
 
 
-def restore_default_sigint() -> None:
-    # The runner starts the step with SIGINT at its default; a test worker may ignore it, and an
-    # ignored signal stays ignored across exec.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+@contextlib.contextmanager
+def sigint_at_its_default_in_children() -> Iterator[None]:
+    """The runner starts a step with SIGINT at its default. A pytest started in the background of a
+    script ignores it, and an ignored signal stays ignored across exec; a handler is reset by it."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_a_cancelled_jobs_sigint_to_the_steps_shell_reaches_the_drill_which_tears_down_and_reports(cluster,
@@ -82,10 +89,10 @@ def test_a_cancelled_jobs_sigint_to_the_steps_shell_reaches_the_drill_which_tear
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SNAPCTL_INVENTORY": str(cluster.inventory)}
     env.pop("SNAPCTL_AGENT_TOKEN", None)
 
-    with open(tmp_path / "step.out", "wb") as out, open(tmp_path / "step.err", "wb") as err:
+    with (open(tmp_path / "step.out", "wb") as out, open(tmp_path / "step.err", "wb") as err,
+          sigint_at_its_default_in_children()):
         shell = subprocess.Popen(["bash", "--noprofile", "--norc", "-eo", "pipefail", str(step)], cwd=workspace,
-                                 env=env, stdout=out, stderr=err, preexec_fn=restore_default_sigint,
-                                 start_new_session=True)
+                                 env=env, stdout=out, stderr=err, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
         while not marker.exists() and shell.poll() is None and time.monotonic() < deadline:
