@@ -128,6 +128,38 @@ def test_the_ci_workflow_gives_the_agent_token_only_to_the_steps_that_run_snapct
     assert given == snapctl_steps
 
 
+
+def step_runs(condition: str, *, failed: bool = False, cancelled: bool = False,
+              outcomes: dict[str, str] | None = None) -> bool:
+    """GitHub's verdict on a step's `if:`, for the expressions a workflow here uses: ``failed``,
+    an earlier step failed; ``cancelled``, the job was cancelled; ``outcomes``, earlier steps' by id."""
+    expression = condition.strip().removeprefix("${{").removesuffix("}}")
+    if not re.search(r"\b(success|failure|cancelled|always)\(\)", expression):
+        expression = f"success() && ({expression})"  # as GitHub adds it
+    python = re.sub(r"steps\.([\w-]+)\.outcome", lambda m: repr((outcomes or {}).get(m[1], "skipped")), expression)
+    python = re.sub(r"!(?!=)", " not ", python.replace("&&", " and ").replace("||", " or "))
+    functions = {"success": lambda: not failed and not cancelled, "failure": lambda: failed,
+                 "cancelled": lambda: cancelled, "always": lambda: True}
+    return bool(eval(python, {"__builtins__": {}}, functions))
+
+
+def test_the_ci_workflow_drills_even_when_the_status_step_failed_on_a_critical_cluster() -> None:
+    # The drill restores from snapshots into scratch: it needs neither the agents nor a healthy
+    # cluster. It had no `if:`, so status's exit 6 (an agent down, a node held) skipped it on the
+    # nights its answer mattered most.
+    steps = yaml.safe_load((DEPLOY / "ci" / "nightly-drill.yml").read_text())["jobs"]["drill"]["steps"]
+    status = next(s for s in steps if (run := snapctl_run(s)) and run.startswith("snapctl status"))
+    drill = next(s for s in steps if (run := snapctl_run(s)) and run.startswith("snapctl drill"))
+    status_id = status.get("id", "")
+    condition = str(drill.get("if", "success()"))
+    assert step_runs(condition)
+    assert step_runs(condition, failed=True, outcomes={status_id: "failure"})
+    assert not step_runs(condition, failed=True, outcomes={status_id: "skipped"})  # the install failed: no snapctl
+    assert not step_runs(condition, cancelled=True, outcomes={status_id: "success"})
+    assert not step_runs(condition, failed=True, cancelled=True, outcomes={status_id: "failure"})
+    assert step_runs("always()", cancelled=True) and not step_runs("steps.x.outcome == 'success'", failed=True,
+                                                                  outcomes={"x": "success"})  # the model itself
+
 @pytest.mark.parametrize(("said", "mailed"), [
     ("no orphaned snapshots of cluster prod: every tagged snapshot has a manifest", False),
     (("2 snapshot(s) of cluster prod that no manifest owns:\n  snap-1  node n1 ...\n"
