@@ -151,8 +151,11 @@ def run_drill(inventory: Inventory, run_ref: str = "latest", *, junit: Path | No
                                               else Path(DEFAULT_JUNIT)))
     started_at = datetime.now(UTC)
     drill_id = f"{started_at:%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
+    catalog: Catalog | None = None  # None: refused before the catalog opened (its block, boto3 missing)
     report: DrillReport | None = None
-    try:  # a drill that cannot begin (no backup yet, the catalog unreadable) still leaves CI a report saying why
+    # Every way a drill cannot begin (no backup yet, the catalog unreadable, no scratch directory)
+    # still leaves CI a report saying why.
+    try:
         catalog = open_catalog(inventory)
         skipped: list[str] = []
         running: list[IndexEntry] = []  # for `latest`: the runs it may have passed over, as listed once
@@ -170,14 +173,10 @@ def run_drill(inventory: Inventory, run_ref: str = "latest", *, junit: Path | No
             inventory_node(inventory, name)  # every node of the run must still be described
         provider = open_provider(inventory)
         check_provider(manifest, provider)
-    except SnapctlError as exc:
-        write_junit_refusal(junit_path, inventory.cluster, run_ref, exc)
-        _finish_refused(catalog, report, exc)
-        raise
-    report.cleaned_up = clean_up_killed_drills(catalog, provider, f"drill {drill_id}", reporter)
-    try:
+        report.cleaned_up = clean_up_killed_drills(catalog, provider, f"drill {drill_id}", reporter)
         scratch = make_scratch_dir(inventory, manifest.run_id, drill_id, record, provider.name)
     except SnapctlError as exc:
+        write_junit_refusal(junit_path, inventory.cluster, run_ref, exc, report.cleaned_up if report else [])
         _finish_refused(catalog, report, exc)
         raise
     report.provider, report.scratch_dir = provider.name, str(scratch)
@@ -191,7 +190,7 @@ def run_drill(inventory: Inventory, run_ref: str = "latest", *, junit: Path | No
         try:
             _write_record(catalog, report)
         except SnapctlError as exc:  # nothing restored yet: the drill does not begin unrecorded
-            write_junit_refusal(junit_path, inventory.cluster, run_ref, exc)
+            write_junit_refusal(junit_path, inventory.cluster, run_ref, exc, report.cleaned_up)
             raise
         with sigterm_as_ctrl_c():  # a CI job cancelled: teardown, the report and the record still happen
             reporter.step("drill", f"restoring run {manifest.run_id} ({len(manifest.nodes)} nodes) into {scratch}")
@@ -442,9 +441,9 @@ def _record(catalog: Catalog, report: DrillReport) -> None:
         _write_record(catalog, report)
 
 
-def _finish_refused(catalog: Catalog, report: DrillReport | None, exc: SnapctlError) -> None:
+def _finish_refused(catalog: Catalog | None, report: DrillReport | None, exc: SnapctlError) -> None:
     """A drill refused once on record (``report``) finishes its record, saying why."""
-    if report is not None:
+    if catalog is not None and report is not None:
         report.error, report.hint, report.finished_at = exc.message, exc.hint, datetime.now(UTC)
         with contextlib.suppress(SnapctlError):
             _write_record(catalog, report)

@@ -68,9 +68,11 @@ def usable_report_path(path: Path) -> Path:
     return path
 
 
-def write_junit_refusal(path: Path, cluster: str, run_ref: str, exc: SnapctlError) -> None:
+def write_junit_refusal(path: Path, cluster: str, run_ref: str, exc: SnapctlError,
+                        cleaned_up: list[str] | None = None) -> None:
     """The report of a drill that could not begin: one errored case saying why, so that a CI job
-    publishing reports shows the reason, not "no test results". Best effort: ``exc`` is what matters."""
+    publishing reports shows the reason, not "no test results". Best effort: ``exc`` is what matters.
+    ``cleaned_up``: what it had cleaned up of earlier killed drills before it was refused."""
     suites = ET.Element("testsuites", name="snapctl drill", tests="1", failures="0", errors="1", skipped="0",
                         time="0.000")
     suite = ET.SubElement(suites, "testsuite", name=f"drill {cluster} run {run_ref}", tests="1", failures="0",
@@ -79,6 +81,8 @@ def write_junit_refusal(path: Path, cluster: str, run_ref: str, exc: SnapctlErro
                          time="0.000")
     error = ET.SubElement(case, "error", message=f"the drill could not begin: {exc.message}", type="error")
     error.text = exc.message + (f"\nhint: {exc.hint}" if exc.hint else "")
+    if cleaned_up:
+        ET.SubElement(case, "system-out").text = "\n".join(_cleanup_lines(cleaned_up))
     ET.indent(suites)
     try:
         _write(ET.ElementTree(suites), path)
@@ -153,6 +157,11 @@ def _cluster_case(suite: ET.Element, classname: str, report: DrillReport, total_
     lines += [f"left behind: {item}" for item in report.leftovers]
     out = ET.SubElement(case, "system-out")
     out.text = "\n".join(lines)
+
+
+def _cleanup_lines(cleaned_up: list[str]) -> list[str]:
+    """A drill killed outright the night before shows in CI only here: its own job never wrote a report."""
+    return [f"cleanup: {line}" for line in cleaned_up]
 
 
 def _node_lines(node: NodeDrill) -> list[str]:
