@@ -155,6 +155,7 @@ def _cluster_case(suite: ET.Element, classname: str, report: DrillReport, total_
     unmeasured = "rto: not measured (" + ("nothing was restored)" if report.error else "a node failed)")
     lines = [f"rto: {report.rto_s:.3f}s" if report.rto_s is not None else unmeasured]
     lines += [f"left behind: {item}" for item in report.leftovers]
+    lines += _cleanup_lines(report.cleaned_up)
     out = ET.SubElement(case, "system-out")
     out.text = "\n".join(lines)
 
