@@ -61,6 +61,7 @@ NodeVerdict = Literal["passed", "mismatch", "error"]
 DEFAULT_JUNIT = "snapctl-drill.xml"
 _MAX_PARALLEL_NODES = 4  # each may start a server: more than this only fights over the CPUs
 _AGENT_POLL_S = 0.5
+_WAKE_S = 0.2  # how late the main thread may run a stop signal's handler while the nodes are drilled
 
 
 class NodeDrill(BaseModel):
@@ -251,7 +252,11 @@ def _drill_all(drill: _Drill) -> tuple[list[NodeDrill], bool]:
         try:
             with interrupts_deferred():  # until every node has its future: none may run unseen
                 futures = [pool.submit(_drill_node, drill, name) for name in names]
-            wait(futures)
+            # In slices, never one wait to the end: a signal's handler runs only when the main
+            # thread runs Python code, and one the kernel gave another thread (or that came just
+            # before the wait began) would wait for the last node's copy to end.
+            while wait(futures, timeout=_WAKE_S).not_done:
+                pass
         except KeyboardInterrupt:
             drill.cancelled.set()
             interrupted = True

@@ -154,3 +154,67 @@ def test_a_drill_stopped_as_it_tears_down_still_writes_its_report_and_record(sql
     assert summary is not None and not summary.ok and summary.failed_nodes == []
     stored = yaml.safe_load(catalog.store.read(summary.report))
     assert stored["interrupted"] is True and stored["finished_at"] is not None and stored["leftovers"] == []
+
+
+_SIGNALLED_TO_A_WORKER = """
+import signal, sys, threading, time
+
+import snapctl.cli as cli
+import snapctl_local.copy as copy
+
+original = copy._copy_one
+sent = threading.Event()
+
+
+def main_thread_waits_for_the_nodes():
+    frame = sys._current_frames().get(threading.main_thread().ident)
+    while frame is not None:
+        if frame.f_code.co_name == "wait" and frame.f_code.co_filename.endswith("concurrent/futures/_base.py"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def until(condition, seconds):
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def signalled_here(durability, copier, src, dst, st, as_root, stopped):
+    if not sent.is_set():
+        sent.set()
+        until(main_thread_waits_for_the_nodes, 30)
+        # The kernel hands a process-directed signal to any thread that does not block it: here,
+        # one of the copy's. Python runs its handler in the main thread, at its next bytecode.
+        signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+    # The copy goes on until the drill tells it to stop, or, never told, for a while: then it
+    # ends, as a long copy would, and its node passes.
+    until(stopped, 15)
+    return original(durability, copier, src, dst, st, as_root, stopped)
+
+
+copy._copy_one = signalled_here
+sys.argv = ["snapctl", *sys.argv[1:]]
+cli.main()
+"""
+
+
+def test_a_drill_signalled_through_another_thread_stops_its_copies_instead_of_waiting_for_them(
+        sqlite_cluster, tmp_path):
+    """A SIGTERM sent during a drill's restore was once not acted on until node1's copy had
+    finished, 8.5 s later: the main thread waited for the nodes with no timeout, and a signal the
+    kernel delivered to another thread (or one that landed just before that wait began) only runs
+    its handler when the main thread next runs Python code."""
+    run_id = sqlite_cluster.backup()
+    junit = tmp_path / "drill.xml"
+
+    result = subprocess.run([sys.executable, "-c", _SIGNALLED_TO_A_WORKER, "drill", run_id, "--junit", str(junit),
+                             "-i", str(sqlite_cluster.inventory_path)], cwd=sqlite_cluster.directory,
+                            capture_output=True, text=True, timeout=120, check=False)
+
+    assert result.returncode == ExitCode.INTERRUPTED, result.stderr
+    errors = [error.get("message") for case in ET.parse(junit).getroot().iter("testcase")
+              if case.get("name").startswith("node ") for error in case.iter("error")]
+    assert any("restore of snapshot" in error and "was interrupted" in error for error in errors), errors
+    assert not any((sqlite_cluster.directory / "scratch").iterdir())
