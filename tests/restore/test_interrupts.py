@@ -218,3 +218,66 @@ def test_a_drill_signalled_through_another_thread_stops_its_copies_instead_of_wa
               if case.get("name").startswith("node ") for error in case.iter("error")]
     assert any("restore of snapshot" in error and "was interrupted" in error for error in errors), errors
     assert not any((sqlite_cluster.directory / "scratch").iterdir())
+
+
+_RESTORE_SIGNALLED_TO_A_COPY_THREAD = """
+import signal, sys, threading, time
+from pathlib import Path
+
+import snapctl.cli as cli
+import snapctl_local.copy as copy
+
+original = copy._copy_one
+sent = threading.Event()
+said = Path(sys.argv[1])
+
+
+def main_thread_waits_for_the_copies():
+    # For the last ones: woken by none of the others' ends, only by this one's.
+    frame = sys._current_frames().get(threading.main_thread().ident)
+    while frame is not None:
+        if frame.f_code.co_name == "finish" and frame.f_code.co_filename == copy.__file__:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def until(condition, seconds):
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def signalled_here(durability, copier, src, dst, st, as_root, stopped):
+    if not sent.is_set():
+        sent.set()
+        until(main_thread_waits_for_the_copies, 30)
+        signal.pthread_kill(threading.get_ident(), signal.SIGTERM)  # a copy thread takes the signal
+        until(stopped, 15)
+        said.write_text("stopped" if stopped() else "finished: never told to stop")
+    return original(durability, copier, src, dst, st, as_root, stopped)
+
+
+copy._copy_one = signalled_here
+sys.argv = ["snapctl", *sys.argv[2:]]
+cli.main()
+"""
+
+
+def test_a_restore_signalled_through_a_copy_thread_stops_the_copy_under_way(sqlite_cluster, tmp_path):
+    """`snapctl restore` copies in its main thread's pool: a SIGTERM the kernel gave one of the copy
+    threads ran its handler only once the main thread's wait for a file's copy ended, so a large
+    file was copied to its end first."""
+    for node in ("n1", "n2"):  # more files than copy threads
+        for i in range(12):
+            (sqlite_cluster.directory / node / "data" / f"extra-{i:02d}.bin").write_bytes(b"x" * 4096)
+    run_id = sqlite_cluster.backup()
+    said = tmp_path / "copy-said"
+
+    result = subprocess.run([sys.executable, "-c", _RESTORE_SIGNALLED_TO_A_COPY_THREAD, str(said), "restore", run_id,
+                             "--to", str(tmp_path / "restored"), "-i", str(sqlite_cluster.inventory_path)],
+                            cwd=sqlite_cluster.directory, capture_output=True, text=True, timeout=120, check=False)
+
+    assert result.returncode == ExitCode.INTERRUPTED, result.stderr
+    assert said.read_text() == "stopped"
+    assert files_under(tmp_path / "restored") == []
