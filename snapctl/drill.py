@@ -38,7 +38,7 @@ from snapctl.catalog import Catalog, open_catalog
 from snapctl.config import Inventory, Node
 from snapctl.drill_engines import engine_type
 from snapctl.drill_teardown import teardown
-from snapctl.errors import BadInputError, EngineError, ExitCode, SnapctlError
+from snapctl.errors import BadInputError, EngineError, ExitCode, SnapctlError, interrupted_by_signal
 from snapctl.events import NullReporter, Reporter
 from snapctl.evidence import compare_facts, missing_files, volume_roots
 from snapctl.manifest import DrillSummary, IndexEntry, Manifest, NodeRecord
@@ -100,7 +100,7 @@ class DrillReport(BaseModel):
     abandoned: bool = False  # killed before it finished; found and cleaned up by a later drill or gc
     cleaned_up: list[str] = Field(default_factory=list)  # what this drill cleaned up of earlier killed drills
     kept: bool = False  # --keep: scratch directories and restored volumes left for inspection
-    interrupted: bool = False  # Ctrl-C or SIGTERM: the nodes not yet verified are errors
+    interrupted: bool = False  # Ctrl-C, SIGTERM or SIGHUP: the nodes not yet verified are errors
     leftovers: list[str] = Field(default_factory=list)  # restored volumes the drill could not delete
     teardown_errors: list[str] = Field(default_factory=list)
     junit: str | None = None
@@ -236,7 +236,7 @@ def run_drill(inventory: Inventory, run_ref: str = "latest", *, junit: Path | No
 
 
 def _drill_all(drill: _Drill) -> tuple[list[NodeDrill], bool]:
-    """Every node's drill, in manifest order, and whether Ctrl-C or SIGTERM cut the drill short.
+    """Every node's drill, in manifest order, and whether a stop signal cut the drill short.
     Interrupted, nodes not started yet fail at once and running ones at their next step, each
     with its own error, so the report still has every node."""
     names = list(drill.manifest.nodes)
@@ -399,7 +399,7 @@ async def _through_agent(drill: _Drill, node: Node, result: NodeDrill) -> Verify
             if status.engine.reachable:
                 break
             if drill.cancelled.is_set():
-                raise SnapctlError("the drill was interrupted (Ctrl-C or SIGTERM) while its engine was starting")
+                raise SnapctlError(f"the drill was {interrupted_by_signal()} while its engine was starting")
             if time.monotonic() >= limit:
                 raise EngineError(f"the engine behind scratch agent {node.restore.agent} did not come up within "
                                   f"{drill.inventory.drill.start_timeout_s:g}s: {status.engine.error or 'unreachable'}",
@@ -415,7 +415,7 @@ async def _through_agent(drill: _Drill, node: Node, result: NodeDrill) -> Verify
 
 def _step(drill: _Drill, node: str, phase: str, detail: str | None = None) -> None:
     if drill.cancelled.is_set():
-        raise SnapctlError(f"the drill was interrupted (Ctrl-C or SIGTERM) before {phase} this node")
+        raise SnapctlError(f"the drill was {interrupted_by_signal()} before {phase} this node")
     if time.monotonic() > drill.deadline:
         raise SnapctlError(f"the drill ran out of its {drill.inventory.drill.timeout_s:g}s before {phase} this node",
                            hint="raise drill.timeout_s")

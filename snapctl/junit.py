@@ -12,7 +12,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from snapctl.errors import SnapctlError, os_reason
+from snapctl.errors import SnapctlError, interrupted_by_signal, os_reason
 
 if TYPE_CHECKING:
     from snapctl.drill import DrillReport, NodeDrill
@@ -147,7 +147,7 @@ def _cluster_case(suite: ET.Element, classname: str, report: DrillReport, total_
         ET.SubElement(case, "failure", message=f"restored data does not match the backup on: {names}", type="mismatch")
     elif bad or report.teardown_errors or report.interrupted or report.error:
         problems = [f"refused before restoring anything: {report.error}"] if report.error else []
-        problems += ["the drill was interrupted (Ctrl-C or SIGTERM)"] if report.interrupted else []
+        problems += [f"the drill was {interrupted_by_signal()}"] if report.interrupted else []
         problems += [f"node {n.node}: {n.error}" for n in bad] + report.teardown_errors
         error = ET.SubElement(case, "error", message="; ".join(problems), type="error")
         if report.error:

@@ -10,6 +10,7 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pytest
 import yaml
 
 from snapctl.catalog import open_catalog
@@ -17,16 +18,17 @@ from snapctl.errors import ExitCode
 from tests.conftest import snapctl_sigtermed_after
 from tests.restore.conftest import SqliteCluster
 
-INTERRUPTED = "snapctl: error: interrupted (Ctrl-C or SIGTERM)"
+INTERRUPTED = "snapctl: error: interrupted (SIGTERM)"
 
 
-def stopped_after(module: str, function: str, *snapctl_args: str, cluster: SqliteCluster) -> None:
-    """``snapctl SNAPCTL-ARGS`` on ``cluster``, SIGTERMed once ``module.function`` has run: it must
-    say it was interrupted and exit 130."""
+def stopped_after(module: str, function: str, *snapctl_args: str, cluster: SqliteCluster,
+                  signal_name: str = "SIGTERM") -> None:
+    """``snapctl SNAPCTL-ARGS`` on ``cluster``, SIGTERMed (or ``signal_name``) once ``module.function``
+    has run: it must say it was interrupted, by that signal, and exit 130."""
     result = snapctl_sigtermed_after(module, function, *snapctl_args, "-i", str(cluster.inventory_path),
-                                     cwd=cluster.directory)
+                                     cwd=cluster.directory, signal_name=signal_name)
     assert result.returncode == ExitCode.INTERRUPTED, result.stderr
-    assert result.stderr.splitlines()[-1] == INTERRUPTED
+    assert result.stderr.splitlines()[-1] == f"snapctl: error: interrupted ({signal_name})"
 
 
 def files_under(directory: Path) -> list[Path]:
@@ -61,25 +63,28 @@ def test_a_restore_stopped_by_sigterm_finishes_its_record_so_it_protects_its_run
     [key] = catalog.store.list(f"restore-test/restores/{run_id}-")
     record = RestoreRecord.model_validate_json(catalog.store.read(key))
     assert record.finished_at is not None
-    assert (record.outcome, record.error, record.volumes) == ("interrupted", "interrupted (Ctrl-C or SIGTERM)", {})
+    assert (record.outcome, record.error, record.volumes) == ("interrupted", "interrupted (SIGTERM)", {})
 
 
-def test_a_drill_stopped_by_sigterm_tears_down_and_still_writes_its_report(sqlite_cluster, tmp_path):
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGHUP"])
+def test_a_drill_stopped_by_sigterm_tears_down_and_still_writes_its_report(sqlite_cluster, tmp_path, signal_name):
+    # A SIGHUP (the ssh session a drill was started from gone) was reported as "Ctrl-C or SIGTERM".
     run_id = sqlite_cluster.backup()
     junit = tmp_path / "drill.xml"
 
-    # The first node's drill starts (its volumes are restored next), then SIGTERM.
-    stopped_after("snapctl.drill", "_step", "drill", run_id, "--junit", str(junit), cluster=sqlite_cluster)
+    # The first node's drill starts (its volumes are restored next), then SIGTERM (or SIGHUP).
+    stopped_after("snapctl.drill", "_step", "drill", run_id, "--junit", str(junit), cluster=sqlite_cluster,
+                  signal_name=signal_name)
 
     assert not any((sqlite_cluster.directory / "scratch").iterdir()), "restored data and scratch engines are gone"
 
     cases = {case.get("name"): case for case in ET.parse(junit).getroot().iter("testcase")}
     assert set(cases) == {"node n1 (sqlite)", "node n2 (sqlite)", "cluster restore-test"}
     cluster_error = cases["cluster restore-test"].find("error")
-    assert cluster_error is not None and "the drill was interrupted (Ctrl-C or SIGTERM)" in cluster_error.get("message")
+    assert cluster_error is not None and f"the drill was interrupted ({signal_name})" in cluster_error.get("message")
     for name in ("node n1 (sqlite)", "node n2 (sqlite)"):  # before restoring, or its copy stopped at once
         error = cases[name].find("error")
-        assert error is not None and "interrupted (Ctrl-C or SIGTERM)" in error.get("message"), name
+        assert error is not None and f"interrupted ({signal_name})" in error.get("message"), name
 
     catalog = open_catalog(sqlite_cluster.inventory)
     summary = catalog.load(run_id).last_drill
@@ -103,14 +108,14 @@ def test_a_drill_stopped_mid_copy_stops_the_copy_instead_of_finishing_it(sqlite_
               if case.get("name").startswith("node ") for error in case.iter("error")]
     # Before, that copy went on to its last file and its node stopped before its next step. (The
     # other node may have finished its drill before the signal came: it then passed.)
-    assert any("restore of snapshot" in error and "was interrupted (Ctrl-C or SIGTERM)" in error
+    assert any("restore of snapshot" in error and "was interrupted (SIGTERM)" in error
                for error in errors), errors
-    assert all("interrupted (Ctrl-C or SIGTERM)" in error for error in errors), errors
+    assert all("interrupted (SIGTERM)" in error for error in errors), errors
     assert not any(error.count("node n") > 1 for error in errors), "the report names the node once"
 
 
 def test_a_restore_stopped_after_some_volumes_names_them_as_a_failure_does(sqlite_cluster, tmp_path):
-    """SIGTERM (or Ctrl-C) once n1 was restored said only "interrupted (Ctrl-C or SIGTERM)": n1's
+    """SIGTERM (or Ctrl-C) once n1 was restored said only "interrupted (SIGTERM)": n1's
     complete copy stayed, unnamed, and the rerun into the same place failed on it, "restore target
     .../n1/data is not an empty directory"."""
     import json
@@ -124,7 +129,7 @@ def test_a_restore_stopped_after_some_volumes_names_them_as_a_failure_does(sqlit
 
     assert result.returncode == ExitCode.INTERRUPTED, result.stderr
     document = json.loads(result.stdout)
-    assert document["error"] == "interrupted (Ctrl-C or SIGTERM)"
+    assert document["error"] == "interrupted (SIGTERM)"
     assert document["hint"] == (f"restored before this failure: n1/data at {target / 'n1' / 'data'}; remove them, and "
                                 "the .snapctl-restore.json beside each, before restoring into the same place again")
     assert result.stderr.splitlines()[-2:] == [INTERRUPTED, f"  hint: {document['hint']}"]
@@ -147,7 +152,7 @@ def test_a_drill_stopped_as_it_tears_down_still_writes_its_report_and_record(sql
     assert set(cases) == {"node n1 (sqlite)", "node n2 (sqlite)", "cluster restore-test"}
     assert cases["node n1 (sqlite)"].find("error") is None and cases["node n2 (sqlite)"].find("error") is None
     cluster_error = cases["cluster restore-test"].find("error")
-    assert cluster_error is not None and "the drill was interrupted (Ctrl-C or SIGTERM)" in cluster_error.get("message")
+    assert cluster_error is not None and "the drill was interrupted (SIGTERM)" in cluster_error.get("message")
 
     catalog = open_catalog(sqlite_cluster.inventory)
     summary = catalog.load(run_id).last_drill
