@@ -25,7 +25,7 @@ import os
 import secrets
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -248,6 +248,7 @@ def _drill_all(drill: _Drill) -> tuple[list[NodeDrill], bool]:
     except KeyboardInterrupt:
         drill.cancelled.set()  # every node then fails at its first step, saying so
         interrupted = True
+    futures: list[Future[NodeDrill]] = []  # none, if an interrupt came as the deferral began
     with ThreadPoolExecutor(min(_MAX_PARALLEL_NODES, len(names)) or 1, thread_name_prefix="snapctl-drill") as pool:
         try:
             with interrupts_deferred():  # until every node has its future: none may run unseen

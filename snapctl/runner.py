@@ -107,12 +107,12 @@ def interrupts_deferred() -> Iterator[None]:
         return
     arrived: list[int] = []
     deferred = {}
-    for signum in (signal.SIGINT, *STOP_SIGNALS):
-        handler = signal.getsignal(signum)
-        if callable(handler):  # ignored or default (a kill) signals stay as they are
-            deferred[signum] = handler
-            signal.signal(signum, lambda signum, frame: arrived.append(signum))
-    try:
+    try:  # a signal handled between two of these swaps restores those made: none may keep deferring
+        for signum in (signal.SIGINT, *STOP_SIGNALS):
+            handler = signal.getsignal(signum)
+            if callable(handler):  # ignored or default (a kill) signals stay as they are
+                deferred[signum] = handler
+                signal.signal(signum, lambda signum, frame: arrived.append(signum))
         yield
     finally:
         for signum, handler in deferred.items():

@@ -286,3 +286,37 @@ def test_a_restore_signalled_through_a_copy_thread_stops_the_copy_under_way(sqli
     assert result.returncode == ExitCode.INTERRUPTED, result.stderr
     assert said.read_text() == "stopped"
     assert files_under(tmp_path / "restored") == []
+
+
+def test_a_drill_interrupted_as_it_defers_interrupts_for_its_nodes_still_writes_its_report(sqlite_cluster, tmp_path,
+                                                                                           monkeypatch):
+    """A signal handled between the swaps that begin the deferral around the nodes' submits raised
+    there, before any node had a future: `_drill_all` then failed on its unbound `futures`
+    (UnboundLocalError), and the drill ended on that, with no JUnit report."""
+    import contextlib
+
+    import snapctl.drill
+    from snapctl.drill import run_drill
+    from snapctl.runner import interrupts_deferred
+
+    begun: list[bool] = []
+
+    @contextlib.contextmanager
+    def interrupted_as_it_begins():
+        if not begun:  # the first deferral is the one around the submits
+            begun.append(True)
+            raise KeyboardInterrupt
+        with interrupts_deferred():
+            yield
+
+    monkeypatch.setattr(snapctl.drill, "interrupts_deferred", interrupted_as_it_begins)
+    run_id = sqlite_cluster.backup()
+    junit = tmp_path / "drill.xml"
+
+    with pytest.raises(KeyboardInterrupt):
+        run_drill(sqlite_cluster.inventory, run_id, junit=junit)
+
+    [cluster_case] = ET.parse(junit).getroot().iter("testcase")
+    error = cluster_case.find("error")
+    assert error is not None and "the drill was interrupted" in error.get("message")
+    assert not any((sqlite_cluster.directory / "scratch").iterdir())
