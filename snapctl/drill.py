@@ -25,7 +25,7 @@ import os
 import secrets
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,7 +38,7 @@ from snapctl.catalog import Catalog, open_catalog
 from snapctl.config import Inventory, Node
 from snapctl.drill_engines import engine_type
 from snapctl.drill_teardown import teardown
-from snapctl.errors import BadInputError, EngineError, ExitCode, SnapctlError
+from snapctl.errors import BadInputError, EngineError, ExitCode, SnapctlError, interrupted_by_signal
 from snapctl.events import NullReporter, Reporter
 from snapctl.evidence import compare_facts, missing_files, volume_roots
 from snapctl.manifest import DrillSummary, IndexEntry, Manifest, NodeRecord
@@ -61,6 +61,7 @@ NodeVerdict = Literal["passed", "mismatch", "error"]
 DEFAULT_JUNIT = "snapctl-drill.xml"
 _MAX_PARALLEL_NODES = 4  # each may start a server: more than this only fights over the CPUs
 _AGENT_POLL_S = 0.5
+_WAKE_S = 0.2  # how late the main thread may run a stop signal's handler while the nodes are drilled
 
 
 class NodeDrill(BaseModel):
@@ -99,7 +100,7 @@ class DrillReport(BaseModel):
     abandoned: bool = False  # killed before it finished; found and cleaned up by a later drill or gc
     cleaned_up: list[str] = Field(default_factory=list)  # what this drill cleaned up of earlier killed drills
     kept: bool = False  # --keep: scratch directories and restored volumes left for inspection
-    interrupted: bool = False  # Ctrl-C or SIGTERM: the nodes not yet verified are errors
+    interrupted: bool = False  # Ctrl-C, SIGTERM or SIGHUP: the nodes not yet verified are errors
     leftovers: list[str] = Field(default_factory=list)  # restored volumes the drill could not delete
     teardown_errors: list[str] = Field(default_factory=list)
     junit: str | None = None
@@ -151,8 +152,11 @@ def run_drill(inventory: Inventory, run_ref: str = "latest", *, junit: Path | No
                                               else Path(DEFAULT_JUNIT)))
     started_at = datetime.now(UTC)
     drill_id = f"{started_at:%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
+    catalog: Catalog | None = None  # None: refused before the catalog opened (its block, boto3 missing)
     report: DrillReport | None = None
-    try:  # a drill that cannot begin (no backup yet, the catalog unreadable) still leaves CI a report saying why
+    # Every way a drill cannot begin (no backup yet, the catalog unreadable, no scratch directory)
+    # still leaves CI a report saying why.
+    try:
         catalog = open_catalog(inventory)
         skipped: list[str] = []
         running: list[IndexEntry] = []  # for `latest`: the runs it may have passed over, as listed once
@@ -170,14 +174,10 @@ def run_drill(inventory: Inventory, run_ref: str = "latest", *, junit: Path | No
             inventory_node(inventory, name)  # every node of the run must still be described
         provider = open_provider(inventory)
         check_provider(manifest, provider)
-    except SnapctlError as exc:
-        write_junit_refusal(junit_path, inventory.cluster, run_ref, exc)
-        _finish_refused(catalog, report, exc)
-        raise
-    report.cleaned_up = clean_up_killed_drills(catalog, provider, f"drill {drill_id}", reporter)
-    try:
+        report.cleaned_up = clean_up_killed_drills(catalog, provider, f"drill {drill_id}", reporter)
         scratch = make_scratch_dir(inventory, manifest.run_id, drill_id, record, provider.name)
     except SnapctlError as exc:
+        write_junit_refusal(junit_path, inventory.cluster, run_ref, exc, report.cleaned_up if report else [])
         _finish_refused(catalog, report, exc)
         raise
     report.provider, report.scratch_dir = provider.name, str(scratch)
@@ -191,7 +191,7 @@ def run_drill(inventory: Inventory, run_ref: str = "latest", *, junit: Path | No
         try:
             _write_record(catalog, report)
         except SnapctlError as exc:  # nothing restored yet: the drill does not begin unrecorded
-            write_junit_refusal(junit_path, inventory.cluster, run_ref, exc)
+            write_junit_refusal(junit_path, inventory.cluster, run_ref, exc, report.cleaned_up)
             raise
         with sigterm_as_ctrl_c():  # a CI job cancelled: teardown, the report and the record still happen
             reporter.step("drill", f"restoring run {manifest.run_id} ({len(manifest.nodes)} nodes) into {scratch}")
@@ -236,7 +236,7 @@ def run_drill(inventory: Inventory, run_ref: str = "latest", *, junit: Path | No
 
 
 def _drill_all(drill: _Drill) -> tuple[list[NodeDrill], bool]:
-    """Every node's drill, in manifest order, and whether Ctrl-C or SIGTERM cut the drill short.
+    """Every node's drill, in manifest order, and whether a stop signal cut the drill short.
     Interrupted, nodes not started yet fail at once and running ones at their next step, each
     with its own error, so the report still has every node."""
     names = list(drill.manifest.nodes)
@@ -248,11 +248,16 @@ def _drill_all(drill: _Drill) -> tuple[list[NodeDrill], bool]:
     except KeyboardInterrupt:
         drill.cancelled.set()  # every node then fails at its first step, saying so
         interrupted = True
+    futures: list[Future[NodeDrill]] = []  # none, if an interrupt came as the deferral began
     with ThreadPoolExecutor(min(_MAX_PARALLEL_NODES, len(names)) or 1, thread_name_prefix="snapctl-drill") as pool:
         try:
             with interrupts_deferred():  # until every node has its future: none may run unseen
                 futures = [pool.submit(_drill_node, drill, name) for name in names]
-            wait(futures)
+            # In slices, never one wait to the end: a signal's handler runs only when the main
+            # thread runs Python code, and one the kernel gave another thread (or that came just
+            # before the wait began) would wait for the last node's copy to end.
+            while wait(futures, timeout=_WAKE_S).not_done:
+                pass
         except KeyboardInterrupt:
             drill.cancelled.set()
             interrupted = True
@@ -395,7 +400,7 @@ async def _through_agent(drill: _Drill, node: Node, result: NodeDrill) -> Verify
             if status.engine.reachable:
                 break
             if drill.cancelled.is_set():
-                raise SnapctlError("the drill was interrupted (Ctrl-C or SIGTERM) while its engine was starting")
+                raise SnapctlError(f"the drill was {interrupted_by_signal()} while its engine was starting")
             if time.monotonic() >= limit:
                 raise EngineError(f"the engine behind scratch agent {node.restore.agent} did not come up within "
                                   f"{drill.inventory.drill.start_timeout_s:g}s: {status.engine.error or 'unreachable'}",
@@ -411,7 +416,7 @@ async def _through_agent(drill: _Drill, node: Node, result: NodeDrill) -> Verify
 
 def _step(drill: _Drill, node: str, phase: str, detail: str | None = None) -> None:
     if drill.cancelled.is_set():
-        raise SnapctlError(f"the drill was interrupted (Ctrl-C or SIGTERM) before {phase} this node")
+        raise SnapctlError(f"the drill was {interrupted_by_signal()} before {phase} this node")
     if time.monotonic() > drill.deadline:
         raise SnapctlError(f"the drill ran out of its {drill.inventory.drill.timeout_s:g}s before {phase} this node",
                            hint="raise drill.timeout_s")
@@ -442,9 +447,9 @@ def _record(catalog: Catalog, report: DrillReport) -> None:
         _write_record(catalog, report)
 
 
-def _finish_refused(catalog: Catalog, report: DrillReport | None, exc: SnapctlError) -> None:
+def _finish_refused(catalog: Catalog | None, report: DrillReport | None, exc: SnapctlError) -> None:
     """A drill refused once on record (``report``) finishes its record, saying why."""
-    if report is not None:
+    if catalog is not None and report is not None:
         report.error, report.hint, report.finished_at = exc.message, exc.hint, datetime.now(UTC)
         with contextlib.suppress(SnapctlError):
             _write_record(catalog, report)

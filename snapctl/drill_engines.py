@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from node_agent.engines.base import Engine, create_engine
 from snapctl.drill_leftovers import PID_SUFFIX, RECORD_THEN_EXEC
-from snapctl.errors import BadInputError, EngineError
+from snapctl.errors import BadInputError, EngineError, interrupted_by_signal
 from snapctl.fsmodes import make_dirs
 
 if TYPE_CHECKING:
@@ -232,7 +232,7 @@ class ScratchProcess:
         cancelled = cancelled or threading.Event()
         while True:
             if cancelled.is_set():
-                raise EngineError(f"{what}: the drill was interrupted (Ctrl-C or SIGTERM) while {self.name} was starting")
+                raise EngineError(f"{what}: the drill was {interrupted_by_signal()} while {self.name} was starting")
             if self.popen is not None and self.popen.poll() is not None:
                 raise EngineError(f"{what}: {self.name} exited with code {self.popen.returncode}: {self.last_line()}",
                                   hint=f"its log: {self.log_path}")

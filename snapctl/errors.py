@@ -201,15 +201,24 @@ class RunFailed(SnapctlError):
 
 
 class Interrupted(SnapctlError):
-    """Ctrl-C or SIGTERM stopped the command; it unwound first (a backup rolls back)."""
+    """Ctrl-C, SIGTERM or SIGHUP stopped the command; it unwound first (a backup rolls back)."""
 
     exit_code = ExitCode.INTERRUPTED
 
     def __init__(self, what: str | None = None, *, outcome: str | None = None, hint: str | None = None) -> None:
         """``what``: the step that was cut short, e.g. "node n1: restore of snapshot S to D";
-        ``outcome``: what became of the work, e.g. "backup R was rolled back"."""
-        message = f"{what} was interrupted (Ctrl-C or SIGTERM)" if what else "interrupted (Ctrl-C or SIGTERM)"
+        ``outcome``: what became of the work, e.g. "backup R was rolled back". The message names
+        the signal: "interrupted (SIGTERM)"."""
+        message = f"{what} was {interrupted_by_signal()}" if what else interrupted_by_signal()
         super().__init__(f"{message}: {outcome}" if outcome else message, hint=hint)
+
+
+def interrupted_by_signal() -> str:
+    """``interrupted (SIGNAL)``, naming the signal that stopped the command (SIGINT for Ctrl-C):
+    a SIGHUP (an ssh session gone) said "Ctrl-C or SIGTERM", which sends one looking for the wrong cause."""
+    from snapctl.runner import stopped_by  # runner imports this module
+
+    return f"interrupted ({stopped_by()})"
 
 
 class VerifyMismatch(SnapctlError):

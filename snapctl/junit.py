@@ -12,7 +12,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from snapctl.errors import SnapctlError, os_reason
+from snapctl.errors import SnapctlError, interrupted_by_signal, os_reason
 
 if TYPE_CHECKING:
     from snapctl.drill import DrillReport, NodeDrill
@@ -68,9 +68,11 @@ def usable_report_path(path: Path) -> Path:
     return path
 
 
-def write_junit_refusal(path: Path, cluster: str, run_ref: str, exc: SnapctlError) -> None:
+def write_junit_refusal(path: Path, cluster: str, run_ref: str, exc: SnapctlError,
+                        cleaned_up: list[str] | None = None) -> None:
     """The report of a drill that could not begin: one errored case saying why, so that a CI job
-    publishing reports shows the reason, not "no test results". Best effort: ``exc`` is what matters."""
+    publishing reports shows the reason, not "no test results". Best effort: ``exc`` is what matters.
+    ``cleaned_up``: what it had cleaned up of earlier killed drills before it was refused."""
     suites = ET.Element("testsuites", name="snapctl drill", tests="1", failures="0", errors="1", skipped="0",
                         time="0.000")
     suite = ET.SubElement(suites, "testsuite", name=f"drill {cluster} run {run_ref}", tests="1", failures="0",
@@ -79,6 +81,8 @@ def write_junit_refusal(path: Path, cluster: str, run_ref: str, exc: SnapctlErro
                          time="0.000")
     error = ET.SubElement(case, "error", message=f"the drill could not begin: {exc.message}", type="error")
     error.text = exc.message + (f"\nhint: {exc.hint}" if exc.hint else "")
+    if cleaned_up:
+        ET.SubElement(case, "system-out").text = "\n".join(_cleanup_lines(cleaned_up))
     ET.indent(suites)
     try:
         _write(ET.ElementTree(suites), path)
@@ -143,7 +147,7 @@ def _cluster_case(suite: ET.Element, classname: str, report: DrillReport, total_
         ET.SubElement(case, "failure", message=f"restored data does not match the backup on: {names}", type="mismatch")
     elif bad or report.teardown_errors or report.interrupted or report.error:
         problems = [f"refused before restoring anything: {report.error}"] if report.error else []
-        problems += ["the drill was interrupted (Ctrl-C or SIGTERM)"] if report.interrupted else []
+        problems += [f"the drill was {interrupted_by_signal()}"] if report.interrupted else []
         problems += [f"node {n.node}: {n.error}" for n in bad] + report.teardown_errors
         error = ET.SubElement(case, "error", message="; ".join(problems), type="error")
         if report.error:
@@ -151,8 +155,14 @@ def _cluster_case(suite: ET.Element, classname: str, report: DrillReport, total_
     unmeasured = "rto: not measured (" + ("nothing was restored)" if report.error else "a node failed)")
     lines = [f"rto: {report.rto_s:.3f}s" if report.rto_s is not None else unmeasured]
     lines += [f"left behind: {item}" for item in report.leftovers]
+    lines += _cleanup_lines(report.cleaned_up)
     out = ET.SubElement(case, "system-out")
     out.text = "\n".join(lines)
+
+
+def _cleanup_lines(cleaned_up: list[str]) -> list[str]:
+    """A drill killed outright the night before shows in CI only here: its own job never wrote a report."""
+    return [f"cleanup: {line}" for line in cleaned_up]
 
 
 def _node_lines(node: NodeDrill) -> list[str]:

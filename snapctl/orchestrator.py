@@ -36,6 +36,7 @@ from snapctl.errors import (
     ProviderUnreachable,
     RunFailed,
     SnapctlError,
+    interrupted_by_signal,
 )
 from snapctl.events import NullReporter, Reporter
 from snapctl.left_holds import still_held
@@ -466,7 +467,7 @@ async def _wait_for_completion(run: BackupRun, wait: bool = True) -> None:
     except (KeyboardInterrupt, asyncio.CancelledError):
         # Stopped, not failed: with every snapshot taken and every node released this is a backup,
         # kept as a --no-wait run's is (and as the next run closes one killed here).
-        keep_unconfirmed(manifest, "interrupted (Ctrl-C or SIGTERM)")
+        keep_unconfirmed(manifest, interrupted_by_signal())
         kept = f"backup {manifest.run_id} is kept, its snapshots not confirmed complete"
         run.reporter.step("wait", f"interrupted: {kept} (as with --no-wait: prune and verify ask the provider)")
         save_success(run.catalog, manifest)

@@ -26,7 +26,7 @@ from node_agent.models import VerifyFacts
 from snapctl.catalog import Catalog, open_catalog
 from snapctl.config import Inventory, Node
 from snapctl.engine_paths import no_engine_path, remap_paths
-from snapctl.errors import BadInputError, CatalogError, Interrupted, SnapctlError
+from snapctl.errors import BadInputError, CatalogError, Interrupted, SnapctlError, interrupted_by_signal
 from snapctl.events import NullReporter, Reporter
 from snapctl.evidence import compare_facts, missing_files, volume_roots
 from snapctl.manifest import IndexEntry, Manifest, NodeRecord
@@ -136,7 +136,7 @@ def restore_run(inventory: Inventory, run_ref: str, to: Path | None = None, *, z
     except BaseException as exc:
         record.outcome = "interrupted" if isinstance(exc, KeyboardInterrupt | Interrupted) else "failed"
         record.error = exc.message if isinstance(exc, SnapctlError) else (
-            "interrupted (Ctrl-C or SIGTERM)" if isinstance(exc, KeyboardInterrupt)
+            interrupted_by_signal() if isinstance(exc, KeyboardInterrupt)
             else redact(f"{type(exc).__name__}: {exc}"))
         raise
     finally:

@@ -41,6 +41,20 @@ from snapctl.errors import Interrupted
 T = TypeVar("T")
 
 
+_taken: list[int] = []  # the first stop signal of the command (SIGTERM, SIGHUP), once one came
+
+
+def stopped_by() -> str:
+    """The signal that stopped the command, as its "interrupted (...)" names it: SIGTERM or SIGHUP
+    when one of them came first, else SIGINT (Ctrl-C; ``KeyboardInterrupt`` is SIGINT's own)."""
+    return signal.Signals(_taken[0]).name if _taken else "SIGINT"
+
+
+def _took(signum: int) -> None:
+    if not _taken:
+        _taken.append(signum)
+
+
 class _CtrlCOnSigterm:
     """The SIGTERM handler: the first raises ``KeyboardInterrupt``; later ones do nothing, so that
     they do not cut the unwinding short. (Not ``SIG_IGN``: processes started meanwhile would
@@ -52,6 +66,7 @@ class _CtrlCOnSigterm:
     def __call__(self, signum, frame) -> None:
         if not self.fired:
             self.fired = True
+            _took(signum)
             raise KeyboardInterrupt
 
 
@@ -70,6 +85,8 @@ def sigterm_as_ctrl_c() -> Iterator[None]:
         yield
         return
     ours = [signum for signum in STOP_SIGNALS if signal.getsignal(signum) is signal.SIG_DFL]
+    if ours:  # the command's outermost: what stopped an earlier one (in the same process) is not this one's
+        _taken.clear()
     handler = _CtrlCOnSigterm()  # one for both: a SIGHUP after a SIGTERM does not cut the unwinding short
     for signum in ours:
         signal.signal(signum, handler)
@@ -90,12 +107,12 @@ def interrupts_deferred() -> Iterator[None]:
         return
     arrived: list[int] = []
     deferred = {}
-    for signum in (signal.SIGINT, *STOP_SIGNALS):
-        handler = signal.getsignal(signum)
-        if callable(handler):  # ignored or default (a kill) signals stay as they are
-            deferred[signum] = handler
-            signal.signal(signum, lambda signum, frame: arrived.append(signum))
-    try:
+    try:  # a signal handled between two of these swaps restores those made: none may keep deferring
+        for signum in (signal.SIGINT, *STOP_SIGNALS):
+            handler = signal.getsignal(signum)
+            if callable(handler):  # ignored or default (a kill) signals stay as they are
+                deferred[signum] = handler
+                signal.signal(signum, lambda signum, frame: arrived.append(signum))
         yield
     finally:
         for signum, handler in deferred.items():
@@ -141,11 +158,12 @@ def _cancel_on_sigterm(task: asyncio.Task | None, terminated: threading.Event, s
     if task is None:
         return
 
-    def on_sigterm() -> None:
+    def on_sigterm(signum: int) -> None:
         if not terminated.is_set():
+            _took(signum)
             terminated.set()
             task.cancel()
 
     # The loop removes them when it closes, which puts each back to its default.
     for signum in signals:
-        asyncio.get_running_loop().add_signal_handler(signum, on_sigterm)
+        asyncio.get_running_loop().add_signal_handler(signum, on_sigterm, signum)

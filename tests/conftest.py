@@ -118,7 +118,7 @@ def with_ctrl_c(argv: list[str]) -> list[str]:
 
 # argv: MODULE FUNCTION SNAPCTL-ARGS...; FUNCTION runs, then SIGTERM arrives.
 _STOPPED_AFTER = """
-import importlib, signal, sys, threading, time
+import importlib, os, signal, sys, threading, time
 
 import snapctl.cli as cli
 
@@ -152,7 +152,7 @@ def then_sigterm(*args, **kwargs):
         sent.set()
         # To the main thread, as a kill from outside lands: sent to the process from this thread,
         # Linux may deliver it here, and the main thread's wait for a lock would not be woken.
-        signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
+        signal.pthread_kill(threading.main_thread().ident, getattr(signal, os.environ['SNAPCTL_TEST_STOP_WITH']))
         # In the main thread the handler interrupts this wait. In another thread it ends once the
         # step has been told.
         told = told_of(args)
@@ -168,11 +168,14 @@ cli.main()
 """
 
 
-def snapctl_sigtermed_after(module: str, function: str, *snapctl_args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """The real CLI in a process of its own, which sends itself SIGTERM once ``module.function``
-    (a step of the command's work) has returned: the signal lands at a known point on any machine."""
+def snapctl_sigtermed_after(module: str, function: str, *snapctl_args: str, cwd: Path,
+                            signal_name: str = "SIGTERM") -> subprocess.CompletedProcess:
+    """The real CLI in a process of its own, which sends itself SIGTERM (or ``signal_name``) once
+    ``module.function`` (a step of the command's work) has returned: the signal lands at a known
+    point on any machine."""
     return subprocess.run([sys.executable, "-c", _STOPPED_AFTER, module, function, *snapctl_args], cwd=cwd,
-                          capture_output=True, text=True, timeout=120, check=False)
+                          capture_output=True, text=True, timeout=120, check=False,
+                          env={**os.environ, "SNAPCTL_TEST_STOP_WITH": signal_name})
 
 
 @pytest.fixture

@@ -167,9 +167,10 @@ def test_an_interrupted_command_says_so_and_exits_130(argv, how):
     result = subprocess.run([sys.executable, "-c", _INTERRUPTED, how, *argv], capture_output=True, text=True,
                             timeout=60, check=False)
     assert result.returncode == ExitCode.INTERRUPTED, result.stderr
-    assert result.stderr.splitlines()[-1] == "snapctl: error: interrupted (Ctrl-C or SIGTERM)"
+    said = "interrupted (SIGTERM)" if how == "sigterm" else "interrupted (SIGINT)"
+    assert result.stderr.splitlines()[-1] == f"snapctl: error: {said}"
     if "json" in argv:
-        assert json.loads(result.stdout) == {"schema_version": 1, "error": "interrupted (Ctrl-C or SIGTERM)",
+        assert json.loads(result.stdout) == {"schema_version": 1, "error": said,
                                              "hint": None, "exit_code": ExitCode.INTERRUPTED}
     else:
         assert result.stdout == ""

@@ -71,8 +71,8 @@ def test_a_demo_run_stopped_by_sigterm_as_it_starts_stops_everything_it_started(
                                      cwd=inventory.parent)
 
     assert result.returncode == ExitCode.INTERRUPTED, result.stderr
-    assert result.stderr.splitlines()[-1] == "snapctl: error: interrupted (Ctrl-C or SIGTERM)"
-    assert json.loads(result.stdout) == {"schema_version": 1, "error": "interrupted (Ctrl-C or SIGTERM)",
+    assert result.stderr.splitlines()[-1] == "snapctl: error: interrupted (SIGTERM)"
+    assert json.loads(result.stdout) == {"schema_version": 1, "error": "interrupted (SIGTERM)",
                                          "hint": None, "exit_code": ExitCode.INTERRUPTED}  # the one document
     assert processes_naming(inventory.parent) == []
 

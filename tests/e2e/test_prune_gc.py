@@ -118,7 +118,7 @@ def test_a_prune_stopped_by_sigterm_releases_the_lock_and_the_next_one_finishes(
 
     assert process.returncode == ExitCode.INTERRUPTED, stderr
     assert stderr.splitlines()[-2:] == [
-        "snapctl: error: prune was interrupted (Ctrl-C or SIGTERM)",
+        "snapctl: error: prune was interrupted (SIGTERM)",
         f"  hint: the runs it had marked but not begun to delete are unmarked ({untouched}); run {doomed}, whose "
         "snapshots it was deleting, stays marked 'pruning': the next prune finishes it"]
     assert _lock_record(cluster)["released_at"], "the lock is released, not left to expire"

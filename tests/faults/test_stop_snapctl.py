@@ -43,7 +43,8 @@ def test_a_backup_stopped_while_a_node_is_held_releases_it_and_rolls_back(scene:
 
     assert process.returncode == 130, stderr
     # It says which run it was and what became of it: rolled back, nothing kept (it said only "interrupted").
-    said = f"interrupted (Ctrl-C or SIGTERM): backup {run_id} was rolled back"
+    # It names the signal: a SIGHUP (an ssh session gone) said "Ctrl-C or SIGTERM".
+    said = f"interrupted ({sig.name}): backup {run_id} was rolled back"
     assert stderr.splitlines()[-1] == f"snapctl: error: {said}"
     if output == "json":
         assert json.loads(stdout) == {"schema_version": 1, "error": said, "hint": None, "exit_code": 130}
@@ -74,7 +75,7 @@ def test_a_backup_stopped_while_it_waits_for_its_snapshots_keeps_them_and_ends_a
 
     assert process.returncode == 130, stderr
     assert stderr.splitlines()[-2:] == [  # the error itself says the run is kept, and how to check it
-        (f"snapctl: error: interrupted (Ctrl-C or SIGTERM): backup {run_id} is kept, its snapshots not confirmed "
+        (f"snapctl: error: interrupted ({sig.name}): backup {run_id} is kept, its snapshots not confirmed "
          "complete"),
         f"  hint: `snapctl verify {run_id}` asks the provider whether its snapshots are there and complete"]
     assert f"interrupted: backup {run_id} is kept, its snapshots not confirmed complete" in stderr
@@ -107,7 +108,7 @@ def test_a_backup_stopped_whose_rollback_cannot_delete_its_snapshots_names_them(
     document = json.loads(stdout)
     left = cluster.tagged(run_id)
     assert len(left) == len(NODES)
-    assert document["error"].startswith(f"interrupted (Ctrl-C or SIGTERM): backup {run_id} was rolled back; "
+    assert document["error"].startswith(f"interrupted (SIGTERM): backup {run_id} was rolled back; "
                                         "snapshots not deleted (snapctl gc finds them): "), document
     assert all(f"{snapshot} (snapshot {snapshot}: the store is read-only)" in document["error"] for snapshot in left)
     assert document["hint"] == "`snapctl gc` lists them; `snapctl gc --delete` deletes those no manifest owns"

@@ -237,7 +237,7 @@ def test_a_scratch_dir_that_cannot_be_made_is_bad_input_and_nothing_is_recorded(
         run_drill(sqlite_cluster.inventory, run_id, junit=tmp_path / "drill.xml")
     assert "drill.scratch_dir" in info.value.hint
     assert open_catalog(sqlite_cluster.inventory).load(run_id).last_drill is None
-    assert not (tmp_path / "drill.xml").exists()
+    assert (tmp_path / "drill.xml").exists(), "a drill that cannot begin still leaves CI a report saying why"
 
 
 def test_a_junit_path_that_is_a_directory_is_refused_before_anything_starts(sqlite_cluster, tmp_path):

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import xml.etree.ElementTree as ET
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -121,6 +122,26 @@ def test_the_scratch_of_a_drill_killed_outright_is_removed_by_the_next_drill(sql
     assert not Path(data["scratch_dir"]).exists() and os.listdir(sqlite_cluster.directory / "scratch") == []
 
     assert drill(sqlite_cluster)["cleaned_up"] == [], "cleaned up once, said once"
+
+
+def test_the_cleanup_of_a_killed_drill_is_in_the_next_drills_junit_report(sqlite_cluster, tmp_path):
+    # It was on stderr and in the record only: the CI check never showed last night's drill was killed.
+    sqlite_cluster.backup()
+    killed(paused_at(sqlite_cluster, "n1", "starting", tmp_path))
+    dead = only_unfinished(sqlite_cluster)
+    junit = tmp_path / "drill.xml"
+
+    result = subprocess.run([sys.executable, "-m", "snapctl.cli", "drill", "latest", "-i",
+                             str(sqlite_cluster.inventory_path), "--junit", str(junit)], cwd=sqlite_cluster.directory,
+                            capture_output=True, text=True, timeout=180, check=False)
+
+    assert result.returncode == ExitCode.OK, result.stderr
+    cases = {case.get("name"): case for case in ET.parse(junit).getroot().iter("testcase")}
+    out = cases["cluster restore-test"].find("system-out")
+    assert out is not None and out.text is not None
+    [line] = [line for line in out.text.splitlines() if line.startswith("cleanup: ")]
+    assert line.startswith(f"cleanup: drill {dead['drill_id']} of run {dead['run_id']} (")
+    assert line.endswith("; record marked abandoned") and f"cleanup: {line[len('cleanup: '):]}" in result.stderr
 
 
 def test_a_live_drills_scratch_is_left_alone(sqlite_cluster, tmp_path):

@@ -10,6 +10,7 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pytest
 import yaml
 
 from snapctl.catalog import open_catalog
@@ -17,16 +18,17 @@ from snapctl.errors import ExitCode
 from tests.conftest import snapctl_sigtermed_after
 from tests.restore.conftest import SqliteCluster
 
-INTERRUPTED = "snapctl: error: interrupted (Ctrl-C or SIGTERM)"
+INTERRUPTED = "snapctl: error: interrupted (SIGTERM)"
 
 
-def stopped_after(module: str, function: str, *snapctl_args: str, cluster: SqliteCluster) -> None:
-    """``snapctl SNAPCTL-ARGS`` on ``cluster``, SIGTERMed once ``module.function`` has run: it must
-    say it was interrupted and exit 130."""
+def stopped_after(module: str, function: str, *snapctl_args: str, cluster: SqliteCluster,
+                  signal_name: str = "SIGTERM") -> None:
+    """``snapctl SNAPCTL-ARGS`` on ``cluster``, SIGTERMed (or ``signal_name``) once ``module.function``
+    has run: it must say it was interrupted, by that signal, and exit 130."""
     result = snapctl_sigtermed_after(module, function, *snapctl_args, "-i", str(cluster.inventory_path),
-                                     cwd=cluster.directory)
+                                     cwd=cluster.directory, signal_name=signal_name)
     assert result.returncode == ExitCode.INTERRUPTED, result.stderr
-    assert result.stderr.splitlines()[-1] == INTERRUPTED
+    assert result.stderr.splitlines()[-1] == f"snapctl: error: interrupted ({signal_name})"
 
 
 def files_under(directory: Path) -> list[Path]:
@@ -61,25 +63,28 @@ def test_a_restore_stopped_by_sigterm_finishes_its_record_so_it_protects_its_run
     [key] = catalog.store.list(f"restore-test/restores/{run_id}-")
     record = RestoreRecord.model_validate_json(catalog.store.read(key))
     assert record.finished_at is not None
-    assert (record.outcome, record.error, record.volumes) == ("interrupted", "interrupted (Ctrl-C or SIGTERM)", {})
+    assert (record.outcome, record.error, record.volumes) == ("interrupted", "interrupted (SIGTERM)", {})
 
 
-def test_a_drill_stopped_by_sigterm_tears_down_and_still_writes_its_report(sqlite_cluster, tmp_path):
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGHUP"])
+def test_a_drill_stopped_by_sigterm_tears_down_and_still_writes_its_report(sqlite_cluster, tmp_path, signal_name):
+    # A SIGHUP (the ssh session a drill was started from gone) was reported as "Ctrl-C or SIGTERM".
     run_id = sqlite_cluster.backup()
     junit = tmp_path / "drill.xml"
 
-    # The first node's drill starts (its volumes are restored next), then SIGTERM.
-    stopped_after("snapctl.drill", "_step", "drill", run_id, "--junit", str(junit), cluster=sqlite_cluster)
+    # The first node's drill starts (its volumes are restored next), then SIGTERM (or SIGHUP).
+    stopped_after("snapctl.drill", "_step", "drill", run_id, "--junit", str(junit), cluster=sqlite_cluster,
+                  signal_name=signal_name)
 
     assert not any((sqlite_cluster.directory / "scratch").iterdir()), "restored data and scratch engines are gone"
 
     cases = {case.get("name"): case for case in ET.parse(junit).getroot().iter("testcase")}
     assert set(cases) == {"node n1 (sqlite)", "node n2 (sqlite)", "cluster restore-test"}
     cluster_error = cases["cluster restore-test"].find("error")
-    assert cluster_error is not None and "the drill was interrupted (Ctrl-C or SIGTERM)" in cluster_error.get("message")
+    assert cluster_error is not None and f"the drill was interrupted ({signal_name})" in cluster_error.get("message")
     for name in ("node n1 (sqlite)", "node n2 (sqlite)"):  # before restoring, or its copy stopped at once
         error = cases[name].find("error")
-        assert error is not None and "interrupted (Ctrl-C or SIGTERM)" in error.get("message"), name
+        assert error is not None and f"interrupted ({signal_name})" in error.get("message"), name
 
     catalog = open_catalog(sqlite_cluster.inventory)
     summary = catalog.load(run_id).last_drill
@@ -103,14 +108,14 @@ def test_a_drill_stopped_mid_copy_stops_the_copy_instead_of_finishing_it(sqlite_
               if case.get("name").startswith("node ") for error in case.iter("error")]
     # Before, that copy went on to its last file and its node stopped before its next step. (The
     # other node may have finished its drill before the signal came: it then passed.)
-    assert any("restore of snapshot" in error and "was interrupted (Ctrl-C or SIGTERM)" in error
+    assert any("restore of snapshot" in error and "was interrupted (SIGTERM)" in error
                for error in errors), errors
-    assert all("interrupted (Ctrl-C or SIGTERM)" in error for error in errors), errors
+    assert all("interrupted (SIGTERM)" in error for error in errors), errors
     assert not any(error.count("node n") > 1 for error in errors), "the report names the node once"
 
 
 def test_a_restore_stopped_after_some_volumes_names_them_as_a_failure_does(sqlite_cluster, tmp_path):
-    """SIGTERM (or Ctrl-C) once n1 was restored said only "interrupted (Ctrl-C or SIGTERM)": n1's
+    """SIGTERM (or Ctrl-C) once n1 was restored said only "interrupted (SIGTERM)": n1's
     complete copy stayed, unnamed, and the rerun into the same place failed on it, "restore target
     .../n1/data is not an empty directory"."""
     import json
@@ -124,7 +129,7 @@ def test_a_restore_stopped_after_some_volumes_names_them_as_a_failure_does(sqlit
 
     assert result.returncode == ExitCode.INTERRUPTED, result.stderr
     document = json.loads(result.stdout)
-    assert document["error"] == "interrupted (Ctrl-C or SIGTERM)"
+    assert document["error"] == "interrupted (SIGTERM)"
     assert document["hint"] == (f"restored before this failure: n1/data at {target / 'n1' / 'data'}; remove them, and "
                                 "the .snapctl-restore.json beside each, before restoring into the same place again")
     assert result.stderr.splitlines()[-2:] == [INTERRUPTED, f"  hint: {document['hint']}"]
@@ -147,10 +152,171 @@ def test_a_drill_stopped_as_it_tears_down_still_writes_its_report_and_record(sql
     assert set(cases) == {"node n1 (sqlite)", "node n2 (sqlite)", "cluster restore-test"}
     assert cases["node n1 (sqlite)"].find("error") is None and cases["node n2 (sqlite)"].find("error") is None
     cluster_error = cases["cluster restore-test"].find("error")
-    assert cluster_error is not None and "the drill was interrupted (Ctrl-C or SIGTERM)" in cluster_error.get("message")
+    assert cluster_error is not None and "the drill was interrupted (SIGTERM)" in cluster_error.get("message")
 
     catalog = open_catalog(sqlite_cluster.inventory)
     summary = catalog.load(run_id).last_drill
     assert summary is not None and not summary.ok and summary.failed_nodes == []
     stored = yaml.safe_load(catalog.store.read(summary.report))
     assert stored["interrupted"] is True and stored["finished_at"] is not None and stored["leftovers"] == []
+
+
+_SIGNALLED_TO_A_WORKER = """
+import signal, sys, threading, time
+
+import snapctl.cli as cli
+import snapctl_local.copy as copy
+
+original = copy._copy_one
+sent = threading.Event()
+
+
+def main_thread_waits_for_the_nodes():
+    frame = sys._current_frames().get(threading.main_thread().ident)
+    while frame is not None:
+        if frame.f_code.co_name == "wait" and frame.f_code.co_filename.endswith("concurrent/futures/_base.py"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def until(condition, seconds):
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def signalled_here(durability, copier, src, dst, st, as_root, stopped):
+    if not sent.is_set():
+        sent.set()
+        until(main_thread_waits_for_the_nodes, 30)
+        # The kernel hands a process-directed signal to any thread that does not block it: here,
+        # one of the copy's. Python runs its handler in the main thread, at its next bytecode.
+        signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+    # The copy goes on until the drill tells it to stop, or, never told, for a while: then it
+    # ends, as a long copy would, and its node passes.
+    until(stopped, 15)
+    return original(durability, copier, src, dst, st, as_root, stopped)
+
+
+copy._copy_one = signalled_here
+sys.argv = ["snapctl", *sys.argv[1:]]
+cli.main()
+"""
+
+
+def test_a_drill_signalled_through_another_thread_stops_its_copies_instead_of_waiting_for_them(
+        sqlite_cluster, tmp_path):
+    """A SIGTERM sent during a drill's restore was once not acted on until node1's copy had
+    finished, 8.5 s later: the main thread waited for the nodes with no timeout, and a signal the
+    kernel delivered to another thread (or one that landed just before that wait began) only runs
+    its handler when the main thread next runs Python code."""
+    run_id = sqlite_cluster.backup()
+    junit = tmp_path / "drill.xml"
+
+    result = subprocess.run([sys.executable, "-c", _SIGNALLED_TO_A_WORKER, "drill", run_id, "--junit", str(junit),
+                             "-i", str(sqlite_cluster.inventory_path)], cwd=sqlite_cluster.directory,
+                            capture_output=True, text=True, timeout=120, check=False)
+
+    assert result.returncode == ExitCode.INTERRUPTED, result.stderr
+    errors = [error.get("message") for case in ET.parse(junit).getroot().iter("testcase")
+              if case.get("name").startswith("node ") for error in case.iter("error")]
+    assert any("restore of snapshot" in error and "was interrupted" in error for error in errors), errors
+    assert not any((sqlite_cluster.directory / "scratch").iterdir())
+
+
+_RESTORE_SIGNALLED_TO_A_COPY_THREAD = """
+import signal, sys, threading, time
+from pathlib import Path
+
+import snapctl.cli as cli
+import snapctl_local.copy as copy
+
+original = copy._copy_one
+sent = threading.Event()
+said = Path(sys.argv[1])
+
+
+def main_thread_waits_for_the_copies():
+    # For the last ones: woken by none of the others' ends, only by this one's.
+    frame = sys._current_frames().get(threading.main_thread().ident)
+    while frame is not None:
+        if frame.f_code.co_name == "finish" and frame.f_code.co_filename == copy.__file__:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def until(condition, seconds):
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def signalled_here(durability, copier, src, dst, st, as_root, stopped):
+    if not sent.is_set():
+        sent.set()
+        until(main_thread_waits_for_the_copies, 30)
+        signal.pthread_kill(threading.get_ident(), signal.SIGTERM)  # a copy thread takes the signal
+        until(stopped, 15)
+        said.write_text("stopped" if stopped() else "finished: never told to stop")
+    return original(durability, copier, src, dst, st, as_root, stopped)
+
+
+copy._copy_one = signalled_here
+sys.argv = ["snapctl", *sys.argv[2:]]
+cli.main()
+"""
+
+
+def test_a_restore_signalled_through_a_copy_thread_stops_the_copy_under_way(sqlite_cluster, tmp_path):
+    """`snapctl restore` copies in its main thread's pool: a SIGTERM the kernel gave one of the copy
+    threads ran its handler only once the main thread's wait for a file's copy ended, so a large
+    file was copied to its end first."""
+    for node in ("n1", "n2"):  # more files than copy threads
+        for i in range(12):
+            (sqlite_cluster.directory / node / "data" / f"extra-{i:02d}.bin").write_bytes(b"x" * 4096)
+    run_id = sqlite_cluster.backup()
+    said = tmp_path / "copy-said"
+
+    result = subprocess.run([sys.executable, "-c", _RESTORE_SIGNALLED_TO_A_COPY_THREAD, str(said), "restore", run_id,
+                             "--to", str(tmp_path / "restored"), "-i", str(sqlite_cluster.inventory_path)],
+                            cwd=sqlite_cluster.directory, capture_output=True, text=True, timeout=120, check=False)
+
+    assert result.returncode == ExitCode.INTERRUPTED, result.stderr
+    assert said.read_text() == "stopped"
+    assert files_under(tmp_path / "restored") == []
+
+
+def test_a_drill_interrupted_as_it_defers_interrupts_for_its_nodes_still_writes_its_report(sqlite_cluster, tmp_path,
+                                                                                           monkeypatch):
+    """A signal handled between the swaps that begin the deferral around the nodes' submits raised
+    there, before any node had a future: `_drill_all` then failed on its unbound `futures`
+    (UnboundLocalError), and the drill ended on that, with no JUnit report."""
+    import contextlib
+
+    import snapctl.drill
+    from snapctl.drill import run_drill
+    from snapctl.runner import interrupts_deferred
+
+    begun: list[bool] = []
+
+    @contextlib.contextmanager
+    def interrupted_as_it_begins():
+        if not begun:  # the first deferral is the one around the submits
+            begun.append(True)
+            raise KeyboardInterrupt
+        with interrupts_deferred():
+            yield
+
+    monkeypatch.setattr(snapctl.drill, "interrupts_deferred", interrupted_as_it_begins)
+    run_id = sqlite_cluster.backup()
+    junit = tmp_path / "drill.xml"
+
+    with pytest.raises(KeyboardInterrupt):
+        run_drill(sqlite_cluster.inventory, run_id, junit=junit)
+
+    [cluster_case] = ET.parse(junit).getroot().iter("testcase")
+    error = cluster_case.find("error")
+    assert error is not None and "the drill was interrupted" in error.get("message")
+    assert not any((sqlite_cluster.directory / "scratch").iterdir())

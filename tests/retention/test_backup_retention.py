@@ -98,7 +98,7 @@ def test_retention_after_a_backup_stopped_by_ctrl_c_deletes_nothing_more_before_
     assert scene.catalog.load("r0").status == PRUNING
     assert {scene.catalog.load(r).status for r in ("r1", "r2")} == {"succeeded"}
     record = scene.catalog.load("r3").extra["retention"]
-    assert record["error"].startswith("prune was interrupted (Ctrl-C or SIGTERM)")
+    assert record["error"].startswith("prune was interrupted (SIG")
     assert "unmarked (r1, r2)" in record["error"] and "run r0, whose snapshots it was deleting" in record["error"]
     scene.provider.delete = real_delete
     assert prune(inv).ok and scene.run_ids() == {"r3"}

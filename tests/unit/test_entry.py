@@ -53,7 +53,7 @@ def test_ctrl_c_before_the_command_begins_ends_it_as_interrupted(when, tmp_path)
     result = _run(when, "snapctl", "status", "-i", "missing.yaml", tmp_path=tmp_path)
     assert result.returncode == ExitCode.INTERRUPTED, result.stderr
     # Stopped before the command read anything: not "inventory file not found".
-    assert result.stderr.strip().splitlines() == ["snapctl: error: interrupted (Ctrl-C or SIGTERM)"]
+    assert result.stderr.strip().splitlines() == ["snapctl: error: interrupted (SIGINT)"]
     assert result.stdout == ""
 
 
@@ -62,7 +62,7 @@ def test_ctrl_c_before_the_command_begins_still_gives_a_json_document(when, tmp_
     result = _run(when, "snapctl", "list", "-o", "json", "-i", "missing.yaml", tmp_path=tmp_path)
     assert result.returncode == ExitCode.INTERRUPTED, result.stderr
     document = json.loads(result.stdout)
-    assert document["error"] == "interrupted (Ctrl-C or SIGTERM)"
+    assert document["error"] == "interrupted (SIGINT)"
     assert document["exit_code"] == ExitCode.INTERRUPTED
 
 
@@ -70,7 +70,7 @@ def test_ctrl_c_while_help_is_parsed_is_reported_after_it(tmp_path):
     result = _run("parsing", "snapctl", "--help", tmp_path=tmp_path)
     assert result.returncode == ExitCode.INTERRUPTED, result.stderr
     assert "Usage: snapctl" in result.stdout
-    assert result.stderr.strip() == "snapctl: error: interrupted (Ctrl-C or SIGTERM)"
+    assert result.stderr.strip() == "snapctl: error: interrupted (SIGINT)"
 
 
 def test_ctrl_c_while_a_usage_error_is_parsed_leaves_one_json_document(tmp_path):
@@ -83,7 +83,7 @@ def test_ctrl_c_while_a_usage_error_is_parsed_leaves_one_json_document(tmp_path)
 def test_ctrl_c_while_the_agent_loads_ends_it_before_it_reads_its_config(tmp_path):
     result = _run("loading", "snapctl-agent", "--config", "missing.yaml", tmp_path=tmp_path)
     assert result.returncode == ExitCode.INTERRUPTED, result.stderr
-    assert result.stderr.strip() == "snapctl-agent: error: interrupted (Ctrl-C or SIGTERM)"
+    assert result.stderr.strip() == "snapctl-agent: error: interrupted (SIGINT)"
 
 
 def test_without_a_ctrl_c_the_command_runs_and_ctrl_c_is_python_s_again(tmp_path):

@@ -189,3 +189,40 @@ def test_interrupts_deferred_act_when_the_block_ends(mode):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["block", "finished", "interrupted"]
+
+
+_SIGNALLED_AS_DEFERRAL_BEGINS = """
+import os, signal
+from snapctl.runner import interrupts_deferred, sigterm_as_ctrl_c
+
+swap = signal.signal
+
+
+def swapped_then_sigterm(signum, handler):
+    # SIGTERM lands just after the first of the deferral's swaps (SIGINT's): its handler runs there.
+    previous = swap(signum, handler)
+    if signum == signal.SIGINT and handler is not signal.default_int_handler:
+        signal.signal = swap
+        os.kill(os.getpid(), signal.SIGTERM)
+    return previous
+
+
+with sigterm_as_ctrl_c():
+    signal.signal = swapped_then_sigterm
+    try:
+        with interrupts_deferred():
+            print("block ran", flush=True)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+print("ctrl-c acts" if signal.getsignal(signal.SIGINT) is signal.default_int_handler else "ctrl-c deferred for good",
+      flush=True)
+"""
+
+
+def test_a_signal_as_the_deferral_begins_leaves_no_signal_deferred_for_good():
+    # It interrupted, but SIGINT kept the deferral's handler: every later Ctrl-C only appended to a
+    # list nobody read.
+    result = subprocess.run(with_ctrl_c([sys.executable, "-c", _SIGNALLED_AS_DEFERRAL_BEGINS]), check=False,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["interrupted", "ctrl-c acts"]

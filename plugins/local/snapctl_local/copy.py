@@ -43,6 +43,7 @@ SyncMode = Literal["now", "later"]
 # Files copied at once. Each copy is one long syscall that releases the GIL; beyond the cores,
 # more threads only queue behind each other (and on a slow disk, all wait for the disk alike).
 COPY_THREADS = max(1, min(4, os.cpu_count() or 1))
+_WAKE_S = 0.2  # how late a stop signal's handler may run while the calling thread waits for copies
 
 
 class SyncDeadline(Exception):
@@ -376,11 +377,11 @@ class _Copies:
             raise
 
     def _collect(self, return_when: str) -> None:
-        done, _ = wait(self._pending, return_when=return_when)
+        done = _waited(self._pending, return_when)
         if any(future.exception() is not None for future in done):
             # The others stop (CopyStopped) once one fails: wait for them, then report the failure
             # itself, or the stop when nothing else failed.
-            done, _ = wait(self._pending, return_when=ALL_COMPLETED)
+            done = _waited(self._pending, ALL_COMPLETED)
             failed = [(self._pending[f], f.exception()) for f in done if f.exception() is not None]
             self._pending.clear()
             (src, dst), exc = next(((p, e) for p, e in failed if not isinstance(e, CopyStopped)), failed[0])
@@ -394,6 +395,16 @@ class _Copies:
                 self._stats.reflinked_files += 1
             elif how == "copied":
                 self._stats.copied_files += 1
+
+
+def _waited(futures: Mapping[Future[str], object], return_when: str) -> set[Future[str]]:
+    """``wait``'s done futures, waited for in slices: in the main thread (`snapctl restore`) a
+    signal's handler runs only when Python code runs there, and one the kernel gave a copy thread
+    would wait for a whole large file's copy, or the last one's, instead of stopping it."""
+    while True:
+        done, not_done = wait(futures, timeout=_WAKE_S, return_when=return_when)
+        if not not_done or (done and return_when == FIRST_COMPLETED):
+            return done
 
 
 def _copy_one(durability: Durability, copier: FileCopier, src: Path, dst: Path, st: os.stat_result,
