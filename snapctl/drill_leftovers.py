@@ -196,7 +196,7 @@ def find_abandoned(catalog: Catalog) -> list[AbandonedDrill]:
     found = []
     since = datetime.now(UTC) - timedelta(days=LOOK_BACK_DAYS)
     for key in catalog.store.list(f"{catalog.cluster}/drills/"):
-        began = _began(key)
+        began = drill_began(key)
         if began is not None and began < since:
             continue  # not read: its id says when it began
         raw = catalog.store.read(key)
@@ -216,8 +216,9 @@ def find_abandoned(catalog: Catalog) -> list[AbandonedDrill]:
     return found
 
 
-def _began(key: str) -> datetime | None:
-    """When a drill began, from its record's key (``<run>-<drill id>.json``, the id from its start)."""
+def drill_began(key: str) -> datetime | None:
+    """When a drill began, from its record's key (``<run>-<drill id>.json``, the id from its start):
+    the records need not be read to order them."""
     parts = key.rsplit("/", 1)[-1].removesuffix(".json").rsplit("-", 2)
     try:
         return datetime.strptime(parts[-2], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)

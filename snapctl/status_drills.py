@@ -11,12 +11,13 @@ passed one are found, at most ``MAX_READS`` of them, however many drills the cat
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from snapctl.config import Inventory
+from snapctl.drill_leftovers import drill_began
 from snapctl.health import Finding, duration_text
 
 if TYPE_CHECKING:
@@ -43,7 +44,7 @@ def look_at_drills(catalog: Catalog) -> DrillLook:
     from snapctl.drill import DrillReport  # the drill's own modules, only once a catalog is read
 
     keys = [(began, key) for key in catalog.store.list(f"{catalog.cluster}/drills/")
-            if (began := _began(key)) is not None]
+            if (began := drill_began(key)) is not None]
     look = DrillLook(recorded=len(keys))
     for _, key in sorted(keys, reverse=True)[:MAX_READS]:
         look.read += 1
@@ -58,15 +59,6 @@ def look_at_drills(catalog: Catalog) -> DrillLook:
             look.last_passed = report
             break
     return look
-
-
-def _began(key: str) -> datetime | None:
-    """When the drill began, from its key's drill id: the records need not be read to order them."""
-    parts = key.rsplit("/", 1)[-1].removesuffix(".json").rsplit("-", 2)
-    try:
-        return datetime.strptime(parts[-2], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
-    except (ValueError, IndexError):
-        return None
 
 
 def drill_findings(inventory: Inventory, look: DrillLook, now: datetime) -> list[Finding]:
