@@ -318,14 +318,25 @@ async def _look_in_time(inventory: Inventory) -> Looked:
         with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
             loop.call_soon_threadsafe(settle, found, failed)
 
-    threading.Thread(target=look, name="snapctl-status-catalog", daemon=True).start()
+    hint = "check catalog.endpoint_url, the network and the store's health"
+    earlier = _unanswered.get(inventory.cluster)
+    if earlier is not None and earlier[0].is_alive():  # a --watch: one stuck thread, not one a refresh
+        return CatalogLook(obstacles=[CatalogError(
+            f"cannot read the catalog: an earlier look has not answered for "
+            f"{duration_text(time.monotonic() - earlier[1])}", hint=hint)]), None
+    thread = threading.Thread(target=look, name="snapctl-status-catalog", daemon=True)
+    thread.start()
     try:
         return await asyncio.wait_for(answer, deadline_s)
     except TimeoutError:
+        _unanswered[inventory.cluster] = (thread, time.monotonic() - deadline_s)
         return CatalogLook(obstacles=[CatalogError(
             f"cannot read the catalog: it did not answer within {duration_text(deadline_s)} "
-            f"({CATALOG_DEADLINE_FACTOR} x policy.agent_timeout_s)",
-            hint="check catalog.endpoint_url, the network and the store's health")]), None
+            f"({CATALOG_DEADLINE_FACTOR} x policy.agent_timeout_s)", hint=hint)]), None
+
+
+# By cluster: a look past its deadline, still waiting on the catalog, and when it began.
+_unanswered: dict[str, tuple[threading.Thread, float]] = {}
 
 
 def _look_at_catalog(inventory: Inventory) -> Looked:
