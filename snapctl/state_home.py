@@ -1,10 +1,10 @@
 """Where snapctl keeps its own state when the inventory names no place: the default catalog (and
 status's memory beside it), the embedded agents' hold records, the local provider's default store.
 
-``$XDG_STATE_HOME/snapctl`` where it is set; else ``~/.local/state/snapctl`` where it exists
-already (the catalog and snapshots an earlier snapctl kept there stay found); else systemd's
-``$STATE_DIRECTORY`` (a unit's ``StateDirectory=``, as deploy/snapctl-backup.service has: its
-``ProtectHome=yes`` hides the home directory); else ``~/.local/state/snapctl``.
+``$XDG_STATE_HOME/snapctl`` where it is set; else systemd's ``$STATE_DIRECTORY`` (a unit's
+``StateDirectory=``, as deploy/snapctl-backup.service has: its ``ProtectHome=yes`` hides the home
+directory), but ``~/.local/state/snapctl`` while that is still empty and this one exists (the
+catalog and snapshots an earlier snapctl kept there stay found); else ``~/.local/state/snapctl``.
 """
 
 from __future__ import annotations
@@ -25,20 +25,33 @@ def state_home(env: Mapping[str, str] | None = None) -> Path:
 
 def snapctl_state_dir(env: Mapping[str, str] | None = None) -> Path:
     """snapctl's own state directory (the module's docstring says which). ``$STATE_DIRECTORY`` only
-    below an explicit ``$XDG_STATE_HOME``: an operator's own setting wins over the unit's; and below
-    a home directory's that exists, so that a unit given ``StateDirectory=`` does not move the
-    default catalog and store away from the backups made before (they would look gone)."""
+    below an explicit ``$XDG_STATE_HOME``: an operator's own setting wins over the unit's. Under a
+    unit, the home directory's only while ``$STATE_DIRECTORY`` is still empty: a unit given
+    ``StateDirectory=`` does not move the default catalog and store away from the backups an
+    earlier snapctl made there (they would look gone), and once the unit has written its own, a
+    snapctl run by hand that makes the home directory's does not move the unit back to it."""
     env = os.environ if env is None else env
-    if os.path.isabs(env.get("XDG_STATE_HOME", "")):
-        return state_home(env) / APP_DIR
     in_home = state_home(env) / APP_DIR
-    try:
-        if in_home.is_dir():
-            return in_home
-    except OSError:  # a home directory it may not look into (ProtectHome=): not in use there
-        pass
+    if os.path.isabs(env.get("XDG_STATE_HOME", "")):
+        return in_home
     # systemd sets it to one absolute path per StateDirectory= entry, joined with ':': the first.
     systemd = env.get("STATE_DIRECTORY", "").split(":")[0]
-    if os.path.isabs(systemd):
-        return Path(systemd)
-    return in_home
+    if not os.path.isabs(systemd):
+        return in_home
+    if _holds_nothing(Path(systemd)) and _is_dir(in_home):
+        return in_home
+    return Path(systemd)
+
+
+def _holds_nothing(directory: Path) -> bool:
+    try:
+        return next(directory.iterdir(), None) is None
+    except OSError:  # not made yet (systemd makes it before the unit starts): nothing in it
+        return True
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:  # a home directory it may not look into (ProtectHome=): not in use there
+        return False

@@ -42,12 +42,25 @@ def test_snapctls_state_directory(home: Path, env: dict[str, str], expected: str
     assert snapctl_state_dir(env) == Path(expected.replace("HOME", str(home)))
 
 
-def test_a_home_state_directory_an_earlier_snapctl_kept_stays_in_use_under_systemd(home: Path) -> None:
+def test_a_home_state_directory_an_earlier_snapctl_kept_stays_in_use_until_the_unit_writes_its_own(
+        home: Path, tmp_path: Path) -> None:
     # A unit given StateDirectory= for a user whose home is outside /home (not hidden): the catalog
     # and store there hold every backup made so far; moved to $STATE_DIRECTORY, they looked gone.
-    (home / ".local" / "state" / "snapctl" / "catalog").mkdir(parents=True)
-    assert snapctl_state_dir({"STATE_DIRECTORY": "/var/lib/snapctl"}) == home / ".local" / "state" / "snapctl"
-    assert snapctl_state_dir({"XDG_STATE_HOME": "/x/state", "STATE_DIRECTORY": "/v"}) == Path("/x/state/snapctl")
+    unit = tmp_path / "var-lib-snapctl"
+    unit.mkdir()
+    in_home = home / ".local" / "state" / "snapctl"
+    (in_home / "catalog").mkdir(parents=True)
+    assert snapctl_state_dir({"STATE_DIRECTORY": str(unit)}) == in_home
+    assert snapctl_state_dir({"XDG_STATE_HOME": "/x/state", "STATE_DIRECTORY": str(unit)}) == Path("/x/state/snapctl")
+
+
+def test_once_the_unit_wrote_its_state_a_home_directory_made_by_hand_does_not_move_it(home: Path, tmp_path: Path) -> None:
+    # A `sudo -u snapctl snapctl status` by hand made the home directory's: the next timer run
+    # took it for an earlier snapctl's, and went on with another catalog, store and hold records.
+    unit = tmp_path / "var-lib-snapctl"
+    (unit / "catalog").mkdir(parents=True)
+    (home / ".local" / "state" / "snapctl" / "embedded").mkdir(parents=True)
+    assert snapctl_state_dir({"STATE_DIRECTORY": str(unit)}) == unit
 
 
 @pytest.mark.parametrize("where", ["catalog", "embedded records", "agent"])
