@@ -11,7 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from snapctl.catalog.lock import LockRecord, utc_now
 from snapctl.process_identity import identity
@@ -48,6 +48,13 @@ def test_the_next_backup_takes_over_the_lock_of_a_run_killed_on_this_host_and_wa
     assert after.json["data"]["status"] == "succeeded"
     manifest = cluster.manifest(dead)
     assert manifest["status"] == "failed" and manifest["error"].startswith("abandoned"), manifest["error"]
+    # It says its nodes were released by their leases: closed once they were, not before.
+    expired = [datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f") for node in NODES
+               for line in cluster.agents[node].log.read_text(errors="replace").splitlines()
+               if f"lease of run {dead} expired" in line]
+    assert len(expired) == len(NODES)
+    closed = datetime.fromisoformat(manifest["finished_at"]).astimezone().replace(tzinfo=None)
+    assert closed >= max(expired), (closed, expired)
     assert cluster.lock_record()["released_at"]
 
 
