@@ -114,4 +114,4 @@ def test_a_cancelled_jobs_sigint_to_the_steps_shell_reaches_the_drill_which_tear
     assert set(cases) == {"node node1 (sqlite)", "node node2 (sqlite)", "node node3 (sqlite)", "cluster e2e"}
     for name, case in cases.items():
         error = case.find("error")
-        assert error is not None and "interrupted (Ctrl-C or SIGTERM)" in error.get("message"), name
+        assert error is not None and "interrupted (SIGINT)" in error.get("message"), name
