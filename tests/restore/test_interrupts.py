@@ -161,8 +161,9 @@ def test_a_drill_stopped_as_it_tears_down_still_writes_its_report_and_record(sql
     assert stored["interrupted"] is True and stored["finished_at"] is not None and stored["leftovers"] == []
 
 
-_SIGNALLED_TO_A_WORKER = """
+_SIGNALLED_PREAMBLE = """
 import signal, sys, threading, time
+from pathlib import Path
 
 import snapctl.cli as cli
 import snapctl_local.copy as copy
@@ -171,10 +172,10 @@ original = copy._copy_one
 sent = threading.Event()
 
 
-def main_thread_waits_for_the_nodes():
+def main_thread_in(function, in_file):
     frame = sys._current_frames().get(threading.main_thread().ident)
     while frame is not None:
-        if frame.f_code.co_name == "wait" and frame.f_code.co_filename.endswith("concurrent/futures/_base.py"):
+        if frame.f_code.co_name == function and in_file(frame.f_code.co_filename):
             return True
         frame = frame.f_back
     return False
@@ -184,6 +185,13 @@ def until(condition, seconds):
     deadline = time.monotonic() + seconds
     while not condition() and time.monotonic() < deadline:
         time.sleep(0.01)
+"""
+
+
+_SIGNALLED_TO_A_WORKER = _SIGNALLED_PREAMBLE + """
+
+def main_thread_waits_for_the_nodes():
+    return main_thread_in("wait", lambda name: name.endswith("concurrent/futures/_base.py"))
 
 
 def signalled_here(durability, copier, src, dst, st, as_root, stopped):
@@ -225,32 +233,13 @@ def test_a_drill_signalled_through_another_thread_stops_its_copies_instead_of_wa
     assert not any((sqlite_cluster.directory / "scratch").iterdir())
 
 
-_RESTORE_SIGNALLED_TO_A_COPY_THREAD = """
-import signal, sys, threading, time
-from pathlib import Path
-
-import snapctl.cli as cli
-import snapctl_local.copy as copy
-
-original = copy._copy_one
-sent = threading.Event()
+_RESTORE_SIGNALLED_TO_A_COPY_THREAD = _SIGNALLED_PREAMBLE + """
 said = Path(sys.argv[1])
 
 
 def main_thread_waits_for_the_copies():
     # For the last ones: woken by none of the others' ends, only by this one's.
-    frame = sys._current_frames().get(threading.main_thread().ident)
-    while frame is not None:
-        if frame.f_code.co_name == "finish" and frame.f_code.co_filename == copy.__file__:
-            return True
-        frame = frame.f_back
-    return False
-
-
-def until(condition, seconds):
-    deadline = time.monotonic() + seconds
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    return main_thread_in("finish", lambda name: name == copy.__file__)
 
 
 def signalled_here(durability, copier, src, dst, st, as_root, stopped):
