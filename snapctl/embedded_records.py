@@ -61,9 +61,7 @@ def embedded_hold_records(cluster: str, node: str, engine_type: str, engine: Any
     try:
         directory = ready_state_dir(embedded_state_dir(os.environ if env is None else env, cluster),
                                     "the embedded agent's", fix=_FIX)
-        db_path = getattr(engine, "db_path", None)  # as node_agent.main names an agent's record
-        records = HoldRecords(directory, node, engine_type, [db_path] if db_path else engine.data_paths(),
-                              embedded=True)
+        records = _records(directory, node, engine_type, engine)
         if not _locked(records, wait_s):
             (log.warning if wait_s else log.info)(
                 "node %s: another snapctl process of cluster %s has its embedded agent's hold record %s; this "
@@ -86,9 +84,7 @@ def warn_of_a_left_hold(cluster: str, node: str, engine_type: str, engine: Any,
     left, which the next backup or status releases, reading its record without taking, writing or
     moving it. A record a live snapctl process has (its lock taken) is that process's hold."""
     try:
-        db_path = getattr(engine, "db_path", None)
-        records = HoldRecords(embedded_state_dir(os.environ if env is None else env, cluster), node, engine_type,
-                              [db_path] if db_path else engine.data_paths())
+        records = _records(embedded_state_dir(os.environ if env is None else env, cluster), node, engine_type, engine)
         record = HoldRecord.from_json(records.path.read_text())
         if _taken_by_a_live_process(records):
             return
@@ -96,6 +92,11 @@ def warn_of_a_left_hold(cluster: str, node: str, engine_type: str, engine: Any,
         return
     log.warning("node %s: run %s's hold on the engine, left by a snapctl killed outright, is recorded in %s: the "
                 "next backup or status releases it; this command leaves it", node, record.run_id, records.path)
+
+
+def _records(directory: Path, node: str, engine_type: str, engine: Any) -> HoldRecords:
+    db_path = getattr(engine, "db_path", None)  # as node_agent.main names an agent's record
+    return HoldRecords(directory, node, engine_type, [db_path] if db_path else engine.data_paths(), embedded=True)
 
 
 def _taken_by_a_live_process(records: HoldRecords) -> bool:

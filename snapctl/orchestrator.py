@@ -114,9 +114,10 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
             if (dead := lock.taken_from) is not None:
                 reporter.step("lock", f"took the lock over from run {dead.run_id} by {dead.owner}, which is no longer "
                                       "running on this host")
-            if dead is not None:  # before the preflight, which would refuse the nodes its leases still hold,
-                await wait_out_dead_holds(inventory, agents, dead.run_id, reporter)  # and before its manifest
-            close_abandoned_runs(catalog, run_id)  # says its nodes were released by their leases
+                # Before the preflight, which would refuse the nodes its leases still hold, and
+                # before its manifest is closed saying they were released by their leases.
+                await wait_out_dead_holds(inventory, agents, dead.run_id, reporter)
+            close_abandoned_runs(catalog, run_id)
             # Before the preflight, whose connections the prepares reuse: the fsyncs may take a while.
             await complete_newest_backup(catalog, provider, reporter, policy.wait_timeout_s)
             # 2. Preflight, before anything is held.
