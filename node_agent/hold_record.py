@@ -247,6 +247,13 @@ class UnwritableStateDir(BadInputError):
     stops (main), as no later record can be kept."""
 
 
+def engine_record_paths(engine: Any) -> list[Path]:
+    """The paths that name ``engine``'s hold record: SQLite's database file, so two in one
+    directory differ; else the engine's data paths."""
+    db_path = getattr(engine, "db_path", None)
+    return [db_path] if db_path else engine.data_paths()
+
+
 def default_state_dir(env: Mapping[str, str]) -> Path:
     """systemd's StateDirectory= (``$STATE_DIRECTORY``, its first path), else the XDG state home."""
     if env.get("STATE_DIRECTORY"):
@@ -261,21 +268,22 @@ def ready_state_dir(directory: Path, setting: str, *, fix: str | None = None) ->
     Whose it is comes before whether it can be written: a record in a directory another user owns
     or can write may be planted, and is never acted on, so only the agent's own directory that
     cannot be written now (a read-only mount, its mode) is an ``UnwritableStateDir``."""
+    writable_hint = fix or f"set state_dir in {setting} to a directory the agent's user can write"
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise BadInputError(f"cannot create the agent's state_dir {directory}: {os_reason(exc)}",
-                            hint=fix or f"set state_dir in {setting} to a directory the agent's user can write",
+                            hint=writable_hint,
                             ) from exc
     try:
         st = directory.stat()  # needs only its parent searchable, not the directory itself
     except OSError as exc:
         raise BadInputError(f"cannot look at the agent's state_dir {directory}: {os_reason(exc)}",
-                            hint=fix or f"set state_dir in {setting} to a directory the agent's user can write",
+                            hint=writable_hint,
                             ) from exc
     if not stat.S_ISDIR(st.st_mode):
         raise BadInputError(f"the agent's state_dir {directory} is not a directory its user can write",
-                            hint=fix or f"set state_dir in {setting} to a directory the agent's user can write")
+                            hint=writable_hint)
     # Whoever else can write there can plant a record (released at the next start) or a symlink
     # for the agent to write through, or hold the lock file and keep the agent from starting.
     if st.st_uid != os.geteuid() or st.st_mode & 0o022:
@@ -287,5 +295,5 @@ def ready_state_dir(directory: Path, setting: str, *, fix: str | None = None) ->
                 f", or {fix}" if fix else f", or set state_dir in {setting} to a directory of the agent's own"))
     if not os.access(directory, os.W_OK | os.X_OK):
         raise UnwritableStateDir(f"the agent's state_dir {directory} is not a directory its user can write",
-                                 hint=fix or f"set state_dir in {setting} to a directory the agent's user can write")
+                                 hint=writable_hint)
     return directory

@@ -20,7 +20,7 @@ from types import FrameType
 from node_agent.config import AgentConfig, load_agent_config
 from node_agent.engines.base import Engine, load_engine_factory
 from node_agent.exclusive import claim_database
-from node_agent.hold_record import HoldRecords, UnwritableStateDir, ready_state_dir
+from node_agent.hold_record import HoldRecords, UnwritableStateDir, engine_record_paths, ready_state_dir
 from node_agent.left_hold import release_before_refusing
 from snapctl import __version__
 from snapctl.config import is_loopback
@@ -99,9 +99,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _hold_records(config: AgentConfig, engine: Engine, state_dir: Path) -> HoldRecords:
-    db_path = getattr(engine, "db_path", None)  # SQLite: the file, so two in one directory differ
-    paths = [db_path] if db_path else engine.data_paths()
-    return HoldRecords(state_dir, config.node, config.engine_settings.type, paths)
+    return HoldRecords(state_dir, config.node, config.engine_settings.type, engine_record_paths(engine))
 
 
 def _release_left_in(config: AgentConfig, engine: Engine, refusal: UnwritableStateDir) -> UnwritableStateDir:

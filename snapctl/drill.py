@@ -143,9 +143,9 @@ class _Drill:
 
 def run_drill(inventory: Inventory, run_ref: str = "latest", *, junit: Path | None = None, keep: bool = False,
               reporter: Reporter | None = None) -> DrillReport:
-    from snapctl.drill_leftovers import clean_up_killed_drills, drill_owner, make_scratch_dir
+    from snapctl.drill_leftovers import clean_up_killed_drills, make_scratch_dir
     from snapctl.junit import usable_report_path, write_junit, write_junit_refusal
-    from snapctl.process_identity import identity
+    from snapctl.process_identity import identity, run_owner
 
     reporter = reporter or NullReporter()
     junit_path = usable_report_path(junit or (inventory.resolve(inventory.drill.junit) if inventory.drill.junit
@@ -163,7 +163,7 @@ def run_drill(inventory: Inventory, run_ref: str = "latest", *, junit: Path | No
         run_id = catalog.resolve(run_ref, skipped, running)
         record = f"{catalog.cluster}/drills/{run_id}-{drill_id}.json"
         report = DrillReport(cluster=inventory.cluster, run_id=run_id, drill_id=drill_id, started_at=started_at,
-                             provider=str(inventory.provider.get("type")), owner=drill_owner(), kept=keep,
+                             provider=str(inventory.provider.get("type")), owner=run_owner(), kept=keep,
                              owner_process=identity(os.getpid()), record=record, warnings=skipped)
         # On record, unfinished, before the run's status is read (as a restore is): a prune that marks
         # the run after this read checks the records again before deleting, and finds this one.

@@ -57,10 +57,6 @@ _STOP_WAIT_S = 10.0  # a SIGKILLed engine is gone within moments; past this, say
 # -- what a drill writes as it goes ------------------------------------------------------------------
 
 
-def drill_owner() -> str:
-    return run_owner()  # user@host:pid, as the cluster lock names its holder
-
-
 def write_marker(scratch: Path, *, cluster: str, drill_id: str, record: str, owner: str,
                  provider: str | None = None) -> None:
     """The proof that ``scratch`` is this drill's, written before anything is restored into it, and
@@ -103,7 +99,7 @@ def make_scratch_dir(inventory: Inventory, run_id: str, drill_id: str, record: s
             (where / f"{run_id}-{drill_id}").mkdir(mode=0o700)  # restored data: as private as mkdtemp's
             scratch = (where / f"{run_id}-{drill_id}").resolve()
         try:  # before the record names it: only a directory with it is ever removed as a killed drill's
-            write_marker(scratch, cluster=inventory.cluster, drill_id=drill_id, record=record, owner=drill_owner(),
+            write_marker(scratch, cluster=inventory.cluster, drill_id=drill_id, record=record, owner=run_owner(),
                          provider=provider)
         except OSError:
             shutil.rmtree(scratch, ignore_errors=True)

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from node_agent.hold_record import HoldRecord, HoldRecords, HoldRecordTaken, ready_state_dir
+from node_agent.hold_record import HoldRecord, HoldRecords, HoldRecordTaken, engine_record_paths, ready_state_dir
 from snapctl.errors import SnapctlError
 from snapctl.state_home import snapctl_state_dir
 
@@ -95,8 +95,7 @@ def warn_of_a_left_hold(cluster: str, node: str, engine_type: str, engine: Any,
 
 
 def _records(directory: Path, node: str, engine_type: str, engine: Any) -> HoldRecords:
-    db_path = getattr(engine, "db_path", None)  # as node_agent.main names an agent's record
-    return HoldRecords(directory, node, engine_type, [db_path] if db_path else engine.data_paths(), embedded=True)
+    return HoldRecords(directory, node, engine_type, engine_record_paths(engine), embedded=True)
 
 
 def _taken_by_a_live_process(records: HoldRecords) -> bool:

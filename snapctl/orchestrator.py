@@ -86,6 +86,7 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
     catalog = open_catalog(inventory)
     run_id = new_run_id()
     started_at = now()  # the run's, not its manifest's: a slow preflight is part of it
+    consistency = options.consistency or policy.consistency
 
     # A dry run writes nothing: no embedded hold record, so nothing a killed snapctl left is released either.
     async with open_agents(inventory, holds=not options.dry_run, records=not options.dry_run) as agents:
@@ -96,7 +97,7 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
             look = await asyncio.to_thread(catalog.look)
             would_complete(look, catalog, provider, reporter)
             return await dry_run(inventory, provider, volumes, agents, reporter, catalog, look,
-                                 options.consistency or policy.consistency)
+                                 consistency)
 
         executor = call_runner(inventory.policy, provider, inventory.provider, len(inventory.nodes),
                                inventory.cluster, inventory.base_dir, sum(len(v.volumes) for v in volumes.values()),
@@ -124,14 +125,14 @@ async def backup(inventory: Inventory, options: BackupOptions, reporter: Reporte
             preflight_started = time.monotonic()
             verdict = await preflight(inventory, agents, reporter, volumes, catalog,
                                       capabilities=provider.capabilities,
-                                      consistency=options.consistency or policy.consistency)
+                                      consistency=consistency)
             fan_out_s = time.monotonic() - preflight_started
             blocking = verdict.at_least("critical")
             refused = [f for f in blocking if not options.force or not f.forceable]
             manifest = Manifest(
                 cluster=inventory.cluster, run_id=run_id, provider=provider.name, snapctl_version=__version__,
                 owner=run_owner(), started_at=started_at, forced=bool(blocking) and not refused,
-                consistency=options.consistency or policy.consistency,  # type: ignore[arg-type]
+                consistency=consistency,  # type: ignore[arg-type]
                 degradations=[str(f) for f in verdict.at_least("degraded")],
                 nodes={n.name: NodeRecord(name=n.name, engine=n.engine.get("type")) for n in inventory.nodes},
             )

@@ -277,7 +277,7 @@ def write_restore_marker(dest: Path, ref: Any, meta: dict[str, Any], *, staging:
     metadata), with the restore's own ``tags`` (a drill's id) and its ``staging`` copy, which a
     restore killed part-way leaves. Exclusive: ``FileExistsError`` when a marker is there already,
     another restore's into the same place (which must keep it: it names what that restore made)."""
-    from snapctl.drill_leftovers import drill_owner
+    from snapctl.process_identity import run_owner
     from snapctl.process_identity import identity
 
     tags = {**(meta.get("tags") or {}), **(tags or {})}
@@ -294,7 +294,7 @@ def write_restore_marker(dest: Path, ref: Any, meta: dict[str, Any], *, staging:
         "staging": str(staging) if staging is not None else None,
         "restored_at": utc_text(datetime.now(UTC)),
         # Who writes it: a rerun that finds the marker unfinished clears it once that process is proven gone.
-        "owner": drill_owner(),
+        "owner": run_owner(),
         "owner_process": identity(os.getpid()),
     })
     try:
