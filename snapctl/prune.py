@@ -100,7 +100,9 @@ def apply(planned: PruneResult, catalog: Catalog, provider: Provider, still_lock
                 # So the run's manifest is read again here, on purpose: the plan's copy may be stale.
                 since = utc_text(datetime.now(UTC))
                 marking[verdict.run_id] = since
-                manifest = catalog.update(verdict.run_id, partial(mark_pruning, since=since))
+                # Its line too where the manifest was marked already: a prune killed before it wrote
+                # the line left "succeeded" there, read as a lost manifest once the run is deleted.
+                manifest = catalog.update(verdict.run_id, partial(mark_pruning, since=since), line_anyway=True)
                 if manifest is None:
                     continue  # deleted meanwhile: nothing of it is left to prune
                 doomed.append((verdict, manifest))

@@ -70,9 +70,12 @@ class Catalog(ManifestIndex):
         self.store.write(self._manifest_key(manifest.run_id), manifest.model_dump_json(indent=2).encode())
         self._put_line(index_entry(manifest))
 
-    def update(self, run_id: str, change: Callable[[Manifest], bool]) -> Manifest | None:
+    def update(self, run_id: str, change: Callable[[Manifest], bool], *, line_anyway: bool = False) -> Manifest | None:
         """``change`` (False: write nothing) on the manifest as it is now, by compare-and-swap: another
-        command's change meanwhile (a drill's summary, a retention outcome) is not written over."""
+        command's change meanwhile (a drill's summary, a retention outcome) is not written over.
+        ``line_anyway``: the run's index line is written even where ``change`` wrote nothing, for a
+        caller about to act on what the manifest says (a prune's mark, put on by an earlier prune
+        killed before it wrote the mark's line: deleting that run left a line still "succeeded")."""
         key = self._manifest_key(run_id)
         for _ in range(CAS_RETRIES):
             data = self.store.read(key)
@@ -80,6 +83,8 @@ class Catalog(ManifestIndex):
                 return None
             manifest = self._readable(run_id, data)
             if not change(manifest):
+                if line_anyway:
+                    self._put_line(index_entry(manifest))
                 return manifest
             if self.store.replace(key, manifest.model_dump_json(indent=2).encode(), expected=data):
                 self._put_line(index_entry(manifest))

@@ -1,0 +1,66 @@
+"""A prune killed while marking, then the next one killed as it deletes: the index must not be left
+listing a deleted run as a good backup whose manifest was lost."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from datetime import UTC, datetime, timedelta
+
+import yaml
+
+from snapctl.prune_marks import mark_pruning
+
+from .conftest import CLUSTER, NODES, T0, Scene, snapshots_of
+
+# `snapctl prune`, SIGKILLed right after its first manifest delete (no handler runs, as for the OOM killer).
+_KILLED_AFTER_A_DELETE = textwrap.dedent("""
+    import os, signal, sys
+    import snapctl.catalog.catalog as catalog
+
+    delete = catalog.Catalog.delete
+
+    def delete_then_die(self, run_id):
+        delete(self, run_id)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    catalog.Catalog.delete = delete_then_die
+    from snapctl.entry import snapctl
+    sys.argv = ["snapctl", "prune", "-i", "inv.yaml"]
+    snapctl()
+""")
+
+
+def _inventory_keeping_one(scene: Scene) -> None:
+    (scene.root / "inv.yaml").write_text(yaml.safe_dump({
+        "cluster": CLUSTER, "provider": {"type": "local", "store": "snapshots"}, "catalog": {"path": "catalog"},
+        "retention": {"keep_last": 1, "daily": 0, "weekly": 0, "monthly": 0},
+        "nodes": [{"name": n, "agent": "http://127.0.0.1:1"} for n in NODES]}))
+
+
+def _marked_by_a_killed_prune(scene: Scene, run_id: str) -> None:
+    """The manifest marked ``pruning``, its index line not: a prune killed before it wrote the held lines."""
+    manifest = scene.catalog.load(run_id)
+    mark_pruning(manifest, since=(datetime.now(UTC) - timedelta(minutes=1)).isoformat())
+    scene.catalog.store.write(f"{CLUSTER}/manifests/{run_id}.json", manifest.model_dump_json(indent=2).encode())
+
+
+def test_a_prune_killed_after_deleting_a_run_an_earlier_killed_prune_marked_leaves_no_lost_manifest(
+        scene: Scene) -> None:
+    for index in range(3):
+        scene.add_run(f"r{index}", T0 + timedelta(days=index))
+    _marked_by_a_killed_prune(scene, "r0")
+    _marked_by_a_killed_prune(scene, "r1")
+    _inventory_keeping_one(scene)
+
+    killed = subprocess.run([sys.executable, "-c", _KILLED_AFTER_A_DELETE], cwd=scene.root, capture_output=True,
+                            text=True, check=False, timeout=60)
+
+    assert killed.returncode == -9, killed.stderr
+    assert scene.catalog.store.read(f"{CLUSTER}/manifests/r0.json") is None, "it got as far as deleting r0"
+    assert not snapshots_of(scene, {"r0"})
+    entries, problems = scene.catalog.list()
+    assert problems == [], "r0 was pruned, not lost: its line said pruning before anything of it was deleted"
+    assert [e.run_id for e in entries] == ["r2", "r1"]
+    assert scene.catalog.runs_without_manifest() == []
