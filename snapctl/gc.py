@@ -15,6 +15,7 @@ catalog writes killed between write and rename (a local catalog's; an S3 PUT lea
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -63,6 +64,9 @@ class GcResult:
     abandoned_restores_finished: list[str] = field(default_factory=list)  # --delete: what was done of each
     catalog_temps: list[CatalogTemp] = field(default_factory=list)  # of catalog writes killed before their rename
     catalog_temps_deleted: list[str] = field(default_factory=list)  # their paths
+    # --delete: runs the index listed whose manifest was missing and of which no snapshot was left,
+    # their lines taken out (``forget_emptied_runs``)
+    forgotten_runs: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -93,8 +97,9 @@ def gc(inventory: Inventory, *, delete: bool = False, include_unknown_runs: bool
         # First, as a backup does under the lock: a dead run's snapshots its manifest does not name
         # are orphans once it is closed, and are deleted now rather than by the gc after a backup.
         close_abandoned_runs(catalog, locked.run_id)
+        forgotten = forget_emptied_runs(catalog, provider, locked.check)
         result = find_orphans(catalog, provider, ours=locked.run_id)
-        result.delete, result.include_unknown_runs = True, include_unknown_runs
+        result.delete, result.include_unknown_runs, result.forgotten_runs = True, include_unknown_runs, forgotten
         for ref in result.orphans + (result.unknown_runs if include_unknown_runs else []):
             locked.check()
             try:
@@ -157,6 +162,9 @@ def find_orphans(catalog: Catalog, provider: Provider, ours: str | None = None) 
     tagged = provider.find({TAG_CLUSTER: catalog.cluster})
     if not stored and not entries:
         _refuse_a_wrong_catalog(catalog, tagged)
+    for run_id in emptied_runs([r for r, reason in why.items() if reason.startswith("its manifest is missing")], tagged):
+        why[run_id] = ("its manifest is missing, though the index lists the run, and none of its snapshots is left: "
+                       "`snapctl gc --delete` (or the next prune) forgets it")
     # After the snapshots were found: a backup in progress then holds the lock now (its snapshots are
     # not in its manifest yet), or has finished, and its manifest, read again, names them.
     lock, now = catalog.read_lock(), datetime.now(UTC)
@@ -176,6 +184,32 @@ def find_orphans(catalog: Catalog, provider: Provider, ours: str | None = None) 
     leftovers = find_leftovers() if find_leftovers is not None else []
     return GcResult(catalog.cluster, False, orphans, unknown, skipped_runs=sorted(protected),
                     skipped_reasons=dict(sorted(why.items())), leftovers=leftovers)
+
+
+def emptied_runs(lost: list[str], tagged: list[SnapshotRef]) -> list[str]:
+    """Of ``lost`` (runs the index lists whose manifest is missing), those no snapshot in
+    ``tagged`` (the cluster's) carries the run id of: nothing of them is left to guard. None where
+    the store lists no snapshot of the cluster at all: it may be the wrong store, or not mounted."""
+    left = {ref.tags.get(TAG_RUN) for ref in tagged}
+    return [run_id for run_id in lost if run_id not in left] if tagged else []
+
+
+def forget_emptied_runs(catalog: Catalog, provider: Provider, still_locked: Callable[[], None]) -> list[str]:
+    """Under the cluster lock: the index lines taken out of runs whose manifest is missing and of
+    which no snapshot is left (a prune killed as it deleted a run, after an earlier one was killed
+    as it marked it). Listed as lost manifests, they warned on every command, and status exited
+    5, for good. A provider that cannot list its snapshots now leaves them for the next time."""
+    lost = catalog.runs_without_manifest()
+    if not lost:
+        return []
+    try:
+        emptied = emptied_runs(lost, provider.find({TAG_CLUSTER: catalog.cluster}))
+    except SnapctlError:
+        return []
+    if not emptied:
+        return []
+    still_locked()
+    return catalog.forget_lost_runs(emptied)
 
 
 def _unreadable(run_id: str) -> str:

@@ -36,6 +36,7 @@ from snapctl.completion import mark_snapshots_completed
 from snapctl.errors import Interrupted, SnapctlError
 from snapctl.gc import GcResult, find_orphans, gc  # noqa: F401  # importable from here, as before the split
 from snapctl.gc import delete_snapshot as _delete_snapshot
+from snapctl.gc import forget_emptied_runs as _forget_emptied_runs
 from snapctl.providers import TAG_CLUSTER, Provider, open_provider
 from snapctl.prune_in_use import in_use_records
 from snapctl.prune_marks import mark_pruning, stopped_prune, unmark_pruning
@@ -142,6 +143,8 @@ def apply(planned: PruneResult, catalog: Catalog, provider: Provider, still_lock
     except (KeyboardInterrupt, Interrupted):
         raise stopped_prune(catalog, {run: since for run, since in marking.items() if run not in begun},
                             deleting) from None
+    result.forgotten = _forget_emptied_runs(catalog, provider, still_locked)
+    result.problems = [p for p in result.problems if not p.startswith(tuple(f"run {r}: " for r in result.forgotten))]
     return result
 
 

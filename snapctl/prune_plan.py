@@ -53,6 +53,9 @@ class PruneResult:
     confirmed: list[str] = field(default_factory=list)
     # those of them whose pending snapshots this prune completed itself (local); on a dry run: would complete
     completed: list[str] = field(default_factory=list)
+    # runs the index listed whose manifest was missing and of which no snapshot was left: their
+    # lines taken out (not on a dry run; snapctl.gc's ``forget_emptied_runs``)
+    forgotten: list[str] = field(default_factory=list)
     # Which manifest names each snapshot, as the plan read them: apply asks it, not the catalog
     # again. Set by plan; unannotated, so no dataclass field, and no part of the JSON a prune prints.
     owners = None  # Owners | None

@@ -223,6 +223,22 @@ class ManifestIndex:
         indexed, _ = self._read_index()
         return sorted(e.run_id for e in self._without_manifest(indexed or [], set()))  # it lists the manifests
 
+    def forget_lost_runs(self, run_ids: Iterable[str]) -> list[str]:
+        """Take out the index lines of ``run_ids`` whose manifest is still missing (a prune
+        killed after deleting a run whose line it had not marked, a manifest deleted by hand), for
+        a caller that found none of their snapshots left: such a line guards nothing, and was
+        reported on every listing, for good. Returns the runs forgotten."""
+        wanted, forgotten = set(run_ids), []
+
+        def without(entries: list[IndexEntry]) -> list[IndexEntry]:
+            stored = set(self._stored_run_ids())  # under the swap: a manifest saved meanwhile keeps its line
+            forgotten[:] = sorted(e.run_id for e in entries if e.run_id in wanted and e.run_id not in stored)
+            return [e for e in entries if e.run_id not in forgotten]
+
+        if wanted:
+            self._update_index(without)
+        return forgotten
+
     # -- writing the index ------------------------------------------------------------------
 
     def rebuild_index(self) -> list[str]:

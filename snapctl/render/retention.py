@@ -23,6 +23,9 @@ def prune_text(renderer: Any, result: Any) -> int:
         say(f"deleted no run: the {len(result.unfinished)} the policy lets go could not be deleted")
     else:
         say("nothing to delete: the policy keeps every run")
+    if result.forgotten:
+        say(f"forgot {len(result.forgotten)} run(s) the index listed whose manifest and every snapshot were gone: "
+            f"{', '.join(result.forgotten)}")
     if result.kept:
         say(f"{'would keep' if result.dry_run else 'kept'} {len(result.kept)} run(s):")
         for v in result.kept:
@@ -108,6 +111,9 @@ def gc_text(renderer: Any, result: Any) -> int:
     if (result.orphans or result.leftovers or result.killed_drills or result.killed_restores
             or result.abandoned_restores or result.catalog_temps) and not result.delete:
         say("run `snapctl gc --delete` to delete them" + (" and finish the records" if result.abandoned_restores else ""))
+    if result.forgotten_runs:
+        say(f"forgot {len(result.forgotten_runs)} run(s) the index listed whose manifest and every snapshot were "
+            f"gone: {', '.join(result.forgotten_runs)}")
     if result.skipped_runs:
         say(f"{len(result.skipped_runs)} run(s) not considered: gc neither lists nor deletes their snapshots:")
         for run_id in result.skipped_runs:

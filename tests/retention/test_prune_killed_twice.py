@@ -3,6 +3,7 @@ listing a deleted run as a good backup whose manifest was lost."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -12,7 +13,7 @@ import yaml
 
 from snapctl.prune_marks import mark_pruning
 
-from .conftest import CLUSTER, NODES, T0, Scene, snapshots_of
+from .conftest import CLUSTER, NODES, T0, Scene, gc_cli, snapctl_cli, snapshots_of
 
 # `snapctl prune`, SIGKILLed right after its first manifest delete (no handler runs, as for the OOM killer).
 _KILLED_AFTER_A_DELETE = textwrap.dedent("""
@@ -64,3 +65,54 @@ def test_a_prune_killed_after_deleting_a_run_an_earlier_killed_prune_marked_leav
     assert problems == [], "r0 was pruned, not lost: its line said pruning before anything of it was deleted"
     assert [e.run_id for e in entries] == ["r2", "r1"]
     assert scene.catalog.runs_without_manifest() == []
+
+
+def _stuck_as_an_older_snapctl_left_it(scene: Scene, run_id: str) -> None:
+    """What the two kills left before the fix: the run's snapshots and manifest deleted, its index
+    line still "succeeded"."""
+    for ref in [r for r in scene.provider.find({}) if r.tags.get("snapctl-run") == run_id]:
+        scene.provider.delete(ref)
+    scene.catalog.store.delete(f"{CLUSTER}/manifests/{run_id}.json")
+
+
+def test_prune_forgets_a_line_whose_manifest_and_every_snapshot_are_gone_and_keeps_one_with_snapshots_left(
+        scene: Scene) -> None:
+    for index in range(3):
+        scene.add_run(f"r{index}", T0 + timedelta(days=index))
+    _stuck_as_an_older_snapctl_left_it(scene, "r0")
+    scene.catalog.store.delete(f"{CLUSTER}/manifests/r1.json")  # lost, its snapshots all there: a backup still
+    snapctl = snapctl_cli(scene)
+    _inventory_keeping_one(scene)
+    lost = snapctl("show", "r0")
+    assert lost.returncode == 1 and "next `snapctl prune` or `snapctl gc --delete` forgets the run" in lost.stderr
+
+    pruned = snapctl("prune", "-o", "json")
+
+    assert pruned.returncode == 0, pruned.stderr
+    assert json.loads(pruned.stdout)["data"]["forgotten"] == ["r0"]
+    assert "run r0: its manifest" not in pruned.stderr and "run r1: its manifest" in pruned.stderr
+    entries, problems = scene.catalog.list()
+    assert [e.run_id for e in entries] == ["r2"]
+    assert [p.split(":")[0] for p in problems] == ["run r1"], "a lost manifest with snapshots left stays reported"
+    assert scene.catalog.runs_without_manifest() == ["r1"] and len(snapshots_of(scene, {"r1"})) == len(NODES)
+
+
+def test_gc_lists_then_forgets_a_line_whose_manifest_and_every_snapshot_are_gone(scene: Scene) -> None:
+    for index in range(2):
+        scene.add_run(f"r{index}", T0 + timedelta(days=index))
+    _stuck_as_an_older_snapctl_left_it(scene, "r0")
+    gc = gc_cli(scene)
+
+    listed = gc()
+    assert listed.returncode == 0, listed.stderr
+    assert "run r0: its manifest is missing, though the index lists the run, and none of its snapshots is left: " \
+           "`snapctl gc --delete` (or the next prune) forgets it" in listed.stdout
+    assert scene.catalog.runs_without_manifest() == ["r0"], "a listing changes nothing"
+
+    deleted = gc("--delete")
+
+    assert deleted.returncode == 0, deleted.stderr
+    assert "forgot 1 run(s) the index listed whose manifest and every snapshot were gone: r0" in deleted.stdout
+    assert "run r0:" not in deleted.stdout, "no longer passed over"
+    entries, problems = scene.catalog.list()
+    assert [e.run_id for e in entries] == ["r1"] and problems == []
