@@ -3,7 +3,9 @@
 A restore or drill reads a run's snapshots without the cluster lock (it would wait for, and hold
 up, backups); each records itself in the catalog instead, for as long as it runs, and a prune
 keeps a run any unfinished record names (snapctl.prune_plan's ``spared_while_in_use``). A record
-left unfinished by a process killed outright protects its run only for a time.
+left unfinished by a process killed outright protects its run only for a time, counted from its
+start by either clock: the record's own ``started_at`` (its writer's) or the store's time of its
+last write (``BlobStore.age_s``), so that no one host's clock running behind can end it early.
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ def in_use(catalog: Catalog, run_id: str, drill_timeout_s: float,
     """Why ``run_id`` must be kept, when a restore or drill of it is under way: it restores from
     the run's snapshots; else None. Its record says when it finished; one killed outright never
     does, so a record older than its time budget (a drill's: drill.timeout_s and its teardown) no
-    longer counts. ``records``: each folder's keys as listed a moment ago (else listed now, for
+    longer counts: older by its start time and by the store's time of its write alike
+    (``_within``). ``records``: each folder's keys as listed a moment ago (else listed now, for
     this run)."""
     now = datetime.now(UTC)
     dead: str | None = None  # a restore killed outright on this host: said only if nothing else is under way
@@ -63,7 +66,7 @@ def in_use(catalog: Catalog, run_id: str, drill_timeout_s: float,
                 started = as_utc(datetime.fromisoformat(record["started_at"]))
             except (ValueError, KeyError, TypeError, AttributeError):
                 continue  # unreadable: it cannot say a restore or drill is running
-            if record.get("finished_at") is None and (now - started).total_seconds() < budget_s:
+            if record.get("finished_at") is None and _within(catalog, key, (now - started).total_seconds(), budget_s):
                 what = f"{use.noun} {record.get(f'{use.noun}_id')}"
                 if use is _RESTORE and restore_gone(record):  # kept still: gc needs the record to clear its places
                     dead = dead or (f"{what} (started {started:%Y-%m-%d %H:%M}Z) whose process {record['owner']} is "
@@ -71,3 +74,14 @@ def in_use(catalog: Catalog, run_id: str, drill_timeout_s: float,
                     continue
                 return f"being {use.doing} ({what}, started {started:%Y-%m-%d %H:%M}Z)"
     return dead
+
+
+def _within(catalog: Catalog, key: str, age_s: float, budget_s: float) -> bool:
+    """An unfinished record's age is within its budget, by its own start time or else by when the
+    store wrote it: the start is its writer's clock, and a restore on a host (or under a faked
+    clock) days behind the prune's had its record taken for a dead one's, its run deleted as it
+    read it. Asked of the store only then: a record no clock calls young is seldom."""
+    if age_s < budget_s:
+        return True
+    written_s = catalog.store.age_s(key)
+    return written_s is not None and written_s < budget_s

@@ -40,6 +40,12 @@ class BlobStore(Protocol):
         """Keys starting with ``prefix``, sorted."""
         ...
 
+    def age_s(self, key: str) -> float | None:
+        """Seconds since the blob was last written, on the store's clock, never on its writer's (a
+        local file's mtime, which the kernel sets; S3's LastModified against the Date of its own
+        answer); None when it does not exist."""
+        ...
+
     def check_writable(self, directory: str) -> bool:
         """Raise ``CatalogError`` where writing keys under ``directory`` would certainly fail, judged
         without writing (a dry run writes nothing); True where judged, False where the store cannot

@@ -125,6 +125,17 @@ class LocalBlobStore:
                     keys.append(key)
         return sorted(keys)
 
+    def age_s(self, key: str) -> float | None:
+        # The kernel stamps the mtime as it writes (the temp file, renamed over the key), on this
+        # host's clock: a writer whose own clock is off (a faked or skewed process, a container) cannot move it.
+        path = self._path(key)
+        try:
+            return time.time() - path.stat().st_mtime
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise CatalogError(f"cannot read {path}: {os_reason(exc)}") from exc
+
     def find_temps(self, directory: str, older_than_s: float = TEMP_AGE_S) -> list[CatalogTemp]:
         """The temp files below ``directory`` (a cluster's) last written more than ``older_than_s``
         ago: what writers killed between write and rename left, never a live writer's."""

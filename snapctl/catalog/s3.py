@@ -26,6 +26,8 @@ import hashlib
 import logging
 import threading
 import time
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -111,6 +113,23 @@ class S3BlobStore:
         except Exception as exc:  # translated below, or re-raised untouched
             raise self._translate(exc, "list", prefix or "(root)") from exc
         return sorted(keys)
+
+    def age_s(self, key: str) -> float | None:
+        # LastModified is S3's clock, and so is the Date of the same answer: no host's clock enters.
+        try:
+            response = self._client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except Exception as exc:
+            if _code(exc) in ("NoSuchKey", "404"):
+                return None
+            raise self._translate(exc, "read", key) from exc
+        date = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+        try:
+            now = parsedate_to_datetime(date) if date else None
+        except (TypeError, ValueError):
+            now = None
+        if now is None or now.tzinfo is None:  # no Date from an S3-compatible store: this host's clock, then
+            now = datetime.now(UTC)
+        return (now - response["LastModified"]).total_seconds()
 
     def check_writable(self, directory: str) -> bool:
         """S3 says whether a PUT is allowed only by doing one: nothing to tell without writing."""
