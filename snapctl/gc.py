@@ -162,7 +162,8 @@ def find_orphans(catalog: Catalog, provider: Provider, ours: str | None = None) 
     tagged = provider.find({TAG_CLUSTER: catalog.cluster})
     if not stored and not entries:
         _refuse_a_wrong_catalog(catalog, tagged)
-    for run_id in emptied_runs([r for r, reason in why.items() if reason.startswith("its manifest is missing")], tagged):
+    lost = [run_id for run_id, reason in why.items() if reason.startswith("its manifest is missing")]
+    for run_id in emptied_runs(lost, tagged):
         why[run_id] = ("its manifest is missing, though the index lists the run, and none of its snapshots is left: "
                        "`snapctl gc --delete` (or the next prune) forgets it")
     # After the snapshots were found: a backup in progress then holds the lock now (its snapshots are
