@@ -38,7 +38,7 @@ from snapctl.catalog import Catalog, open_catalog
 from snapctl.config import Inventory, Node
 from snapctl.drill_engines import engine_type
 from snapctl.drill_teardown import teardown
-from snapctl.errors import BadInputError, EngineError, ExitCode, SnapctlError, interrupted_by_signal
+from snapctl.errors import BadInputError, CatalogError, EngineError, ExitCode, SnapctlError, interrupted_by_signal
 from snapctl.events import NullReporter, Reporter
 from snapctl.evidence import compare_facts, missing_files, volume_roots
 from snapctl.manifest import DrillSummary, IndexEntry, Manifest, NodeRecord
@@ -441,8 +441,12 @@ def _record(catalog: Catalog, report: DrillReport) -> None:
             return manifest.status == "succeeded"
 
         if catalog.update(report.run_id, summarised) is None:
-            raise BadInputError(f"no run {report.run_id} in the catalog {catalog.describe()}",
-                                hint="`snapctl list` shows the runs")
+            # It was there as the drill began (it read the manifest): "no run R in the catalog" read
+            # as a mistyped id, and exited 2 for a drill that had run.
+            raise CatalogError(f"run {report.run_id} was deleted from the catalog while the drill ran: what the drill "
+                               f"found is in its report and its record {report.record}, not on the run",
+                               hint="a prune keeps a run while its drill's record is unfinished: look for a hand "
+                                    "deletion, or a clock far off on the pruning host; `snapctl list` shows the runs")
     finally:
         _write_record(catalog, report)
 
