@@ -309,3 +309,63 @@ def test_a_drill_interrupted_as_it_defers_interrupts_for_its_nodes_still_writes_
     error = cluster_case.find("error")
     assert error is not None and "the drill was interrupted" in error.get("message")
     assert not any((sqlite_cluster.directory / "scratch").iterdir())
+
+
+_ONE_NODE_STUCK = _SIGNALLED_PREAMBLE + """
+import os
+
+import snapctl.drill as drill
+import snapctl.drill_threads as drill_threads
+
+drill_threads.STOP_GRACE_S = 1.0
+original_restore = drill.restore_volumes
+never = threading.Event()
+
+
+def main_thread_waits_for_the_nodes():
+    return main_thread_in("wait_for", lambda name: name == drill_threads.__file__)
+
+
+def stuck_on_n1(provider, node, record, **kwargs):
+    if node.name != "n1":
+        return original_restore(provider, node, record, **kwargs)
+    until(main_thread_waits_for_the_nodes, 30)
+    os.kill(os.getpid(), signal.SIGTERM)
+    never.wait()  # a restore that never looks at the stop: a hung mount, a call with no timeout
+
+
+drill.restore_volumes = stuck_on_n1
+sys.argv = ["snapctl", *sys.argv[1:]]
+cli.main()
+"""
+
+
+def test_a_drill_stopped_with_a_node_stuck_tears_down_reports_and_exits_without_it(sqlite_cluster, tmp_path):
+    """A SIGTERM while one node's restore was stuck (never looking at the stop) held the drill
+    for good: leaving the nodes' ThreadPoolExecutor joined its threads with no timeout, so there
+    was no teardown, no JUnit report, no record and no exit until SIGKILL."""
+    run_id = sqlite_cluster.backup()
+    junit = tmp_path / "drill.xml"
+
+    result = subprocess.run([sys.executable, "-c", _ONE_NODE_STUCK, "drill", run_id, "--junit", str(junit),
+                             "-i", str(sqlite_cluster.inventory_path)], cwd=sqlite_cluster.directory,
+                            capture_output=True, text=True, timeout=60, check=False)
+
+    assert result.returncode == ExitCode.INTERRUPTED, result.stderr
+    assert result.stderr.splitlines()[-1] == INTERRUPTED
+    assert not any((sqlite_cluster.directory / "scratch").iterdir()), "the teardown ran"
+    cases = {case.get("name"): case for case in ET.parse(junit).getroot().iter("testcase")}
+    stuck = cases["node n1 (sqlite)"].find("error")
+    assert stuck is not None and stuck.get("message").startswith(
+        "node n1: still restoring this node 1s after the drill was interrupted (SIGTERM): left running as the drill tore down")
+
+    catalog = open_catalog(sqlite_cluster.inventory)
+    summary = catalog.load(run_id).last_drill
+    assert summary is not None and "n1" in summary.failed_nodes
+    stored = yaml.safe_load(catalog.store.read(summary.report))
+    assert stored["interrupted"] is True and stored["finished_at"] is not None
+    [left] = stored["teardown_errors"]
+    assert left.startswith("node n1: its drill was left running (restoring) 1s after the stop; what it restores or "
+                           "starts from now on (volumes tagged snapctl-drill=")
+    [n1] = [node for node in stored["nodes"] if node["node"] == "n1"]
+    assert (n1["verdict"], n1["engine"]) == ("error", "sqlite")
