@@ -42,7 +42,7 @@ from snapctl.drill_teardown import teardown
 from snapctl.errors import BadInputError, EngineError, ExitCode, SnapctlError, interrupted_by_signal
 from snapctl.events import NullReporter, Reporter
 from snapctl.evidence import compare_facts, missing_files, volume_roots
-from snapctl.manifest import DrillSummary, IndexEntry, Manifest, NodeRecord
+from snapctl.manifest import DrillSummary, IndexEntry, Manifest, NodeRecord, record_interrupted_by
 from snapctl.providers import TAG_DRILL, Provider, SnapshotRef, open_provider, stoppable_by
 from snapctl.redact import redact
 from snapctl.restore import (
@@ -54,7 +54,7 @@ from snapctl.restore import (
     restored_files,
     scratch_agent,
 )
-from snapctl.runner import interrupts_deferred, sigterm_as_ctrl_c
+from snapctl.runner import interrupts_deferred, sigterm_as_ctrl_c, stopped_by
 from snapctl.timestamps import UtcTime
 from snapctl.usable_run import check_provider, usable_run
 
@@ -101,6 +101,7 @@ class DrillReport(BaseModel):
     cleaned_up: list[str] = Field(default_factory=list)  # what this drill cleaned up of earlier killed drills
     kept: bool = False  # --keep: scratch directories and restored volumes left for inspection
     interrupted: bool = False  # Ctrl-C, SIGTERM or SIGHUP: the nodes not yet verified are errors
+    interrupted_by: str | None = None  # which: SIGINT (Ctrl-C), SIGTERM or SIGHUP; None in older records
     leftovers: list[str] = Field(default_factory=list)  # restored volumes the drill could not delete
     teardown_errors: list[str] = Field(default_factory=list)
     junit: str | None = None
@@ -219,6 +220,7 @@ def run_drill(inventory: Inventory, run_ref: str = "latest", *, junit: Path | No
         except KeyboardInterrupt:
             report.interrupted = True
         report.finished_at = datetime.now(UTC)
+    report.interrupted_by = stopped_by() if report.interrupted else None
     times = [n.rto_s for n in report.nodes if n.rto_s is not None]
     report.rto_s = max(times) if report.ok and times and len(times) == len(report.nodes) else None
     try:
@@ -466,6 +468,7 @@ def _record(catalog: Catalog, report: DrillReport) -> None:
 
         def summarised(manifest: Manifest) -> bool:  # as it is now: retention may be recording its outcome
             manifest.last_drill = summary
+            record_interrupted_by(manifest, report.drill_id, report.interrupted_by)
             return manifest.status == "succeeded"
 
         if catalog.update(report.run_id, summarised) is None:

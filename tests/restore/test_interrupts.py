@@ -369,3 +369,67 @@ def test_a_drill_stopped_with_a_node_stuck_tears_down_reports_and_exits_without_
                            "starts from now on (volumes tagged snapctl-drill=")
     [n1] = [node for node in stored["nodes"] if node["node"] == "n1"]
     assert (n1["verdict"], n1["engine"]) == ("error", "sqlite")
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGHUP"])
+def test_an_interrupted_drill_records_the_signal_and_show_and_status_say_it(sqlite_cluster, tmp_path, signal_name):
+    """The drill's record said `interrupted: true` and no more: which signal it was (a CI timeout's
+    SIGTERM, an ssh session's SIGHUP, a Ctrl-C) was in the JUnit report only, gone with the job."""
+    import json
+
+    run_id = sqlite_cluster.backup()
+    stopped_after("snapctl.drill", "_step", "drill", run_id, "--junit", str(tmp_path / "drill.xml"),
+                  cluster=sqlite_cluster, signal_name=signal_name)
+
+    catalog = open_catalog(sqlite_cluster.inventory)
+    manifest = catalog.load(run_id)
+    stored = json.loads(catalog.store.read(manifest.last_drill.report))
+    assert (stored["interrupted"], stored["interrupted_by"]) == (True, signal_name)
+
+    def snapctl(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "snapctl.cli", *args, "-i", str(sqlite_cluster.inventory_path)],
+                              cwd=sqlite_cluster.directory, capture_output=True, text=True, timeout=120, check=False)
+
+    shown = snapctl("show", run_id)
+    [line] = [line for line in shown.stdout.splitlines() if line.startswith("last drill ")]
+    assert line.startswith(f"last drill {stored['drill_id']}: failed (n1, n2), interrupted by {signal_name}, "), line
+    document = json.loads(snapctl("show", run_id, "-o", "json").stdout)["data"]
+    assert document["extra"]["last_drill_interrupted_by"] == {"drill_id": stored["drill_id"], "signal": signal_name}
+    status = snapctl("status", "-o", "json").stdout
+    assert f"failed at {stored['finished_at'][:10]}" in status and f"interrupted ({signal_name})" in status
+
+    # The next drill, not interrupted, takes its place: the signal is the old drill's, no longer said.
+    again = subprocess.run([sys.executable, "-m", "snapctl.cli", "drill", run_id, "--junit", str(tmp_path / "2.xml"),
+                            "-i", str(sqlite_cluster.inventory_path)], cwd=sqlite_cluster.directory,
+                           capture_output=True, text=True, timeout=120, check=False)
+    assert again.returncode == ExitCode.OK, again.stderr
+    assert "last_drill_interrupted_by" not in catalog.load(run_id).extra
+    assert "interrupted by" not in snapctl("show", run_id).stdout
+
+
+def test_records_from_before_interrupted_by_still_read_and_show_no_signal(sqlite_cluster, tmp_path):
+    """A drill record an older snapctl wrote has `interrupted` alone; a `last_drill` an older
+    snapctl recorded after a newer one's interrupted drill leaves that drill's signal beside it."""
+    import json
+
+    from snapctl.drill import DrillReport
+    from snapctl.manifest import DRILL_INTERRUPTED_BY, last_drill_interrupted_by
+    from snapctl.status_drills import look_at_drills
+
+    run_id = sqlite_cluster.backup()
+    stopped_after("snapctl.drill", "_step", "drill", run_id, "--junit", str(tmp_path / "drill.xml"),
+                  cluster=sqlite_cluster)
+    catalog = open_catalog(sqlite_cluster.inventory)
+    manifest = catalog.load(run_id)
+    older = json.loads(catalog.store.read(manifest.last_drill.report))
+    del older["interrupted_by"]
+    catalog.store.write(manifest.last_drill.report, json.dumps(older).encode())
+
+    report = DrillReport.model_validate_json(catalog.store.read(manifest.last_drill.report))
+    assert report.interrupted and report.interrupted_by is None
+    newest = look_at_drills(catalog).newest
+    assert newest is not None and newest.drill_id == report.drill_id
+
+    manifest.last_drill = manifest.last_drill.model_copy(update={"drill_id": "a-later-drill"})
+    assert last_drill_interrupted_by(manifest) is None, "the signal was another drill's"
+    assert manifest.extra[DRILL_INTERRUPTED_BY]["drill_id"] == report.drill_id
