@@ -259,7 +259,8 @@ def _drill_all(drill: _Drill) -> tuple[list[NodeDrill], bool]:
         with interrupts_deferred():  # until every node has its future: none may run unseen
             futures = drill_threads.start(lambda name: _drill_node(drill, name), names, _MAX_PARALLEL_NODES,
                                           "snapctl-drill")
-        drill_threads.wait_for(futures)
+        if not interrupted:  # else only the grace below: a node that ignores the stop must not hold the drill
+            drill_threads.wait_for(futures)
     except KeyboardInterrupt:
         drill.cancelled.set()
         interrupted = True
