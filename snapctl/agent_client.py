@@ -119,6 +119,14 @@ _REPEATABLE_ON_429 = frozenset({"/v1/health", "/v1/status", "/v1/renew", "/v1/co
 _TRIES_ON_429 = 4  # in all: a limit that still refuses after three waits is no passing burst
 CLOSED_MID_REQUEST = "the agent closed the connection mid-request (crashed or restarted?)"
 _RETRY_AFTER_UNSAID_S = 1.0  # a 429 without a Retry-After snapctl can read (a proxy's)
+# A 403 whose agent error says no hint (an agent before its 403s gave one, a proxy answering in
+# its words): what the agent's own 403s would say, for the certificate or the request it refused.
+REFUSED_CERT_HINT = ("the agent refused our client certificate, not our token: present one issued for one of the "
+                     "agent's tls.client_names (auth.client_cert_file), or add its name there; its log names the "
+                     "refused client")
+REFUSED_REQUEST_HINT = ("the agent refused the request, not our token (a 403 comes whatever the token): it refuses "
+                        "what a web page sends (an Origin or Sec-Fetch-Site header), so call it with snapctl, curl "
+                        "or a script; check any proxy in front of it too")
 _UNREADABLE_HINT = ("is a snapctl-agent listening there, of a version this snapctl speaks? its /v1/health names its "
                     "version")
 
@@ -221,7 +229,8 @@ class HttpAgentClient:
                 # The agent said why, and the token is not it (a 403 comes whatever the token): a
                 # certificate tls.client_names does not take, or a request it took for a web page's.
                 # The token's hint would send the operator to rotate a token that is fine.
-                raise AgentUnauthorized(self.node, said, status=status, hint=hint,
+                raise AgentUnauthorized(self.node, said, status=status,
+                                        hint=hint or (REFUSED_CERT_HINT if self._client_cert else REFUSED_REQUEST_HINT),
                                         refused="our client certificate" if self._client_cert else "our request")
             raise AgentUnauthorized(self.node, said, status=status, hint=self._token_hint)
         if status == 409:

@@ -25,7 +25,7 @@ import os
 import secrets
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +34,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from node_agent.models import VerifyFacts
+from snapctl import drill_threads
 from snapctl.catalog import Catalog, open_catalog
 from snapctl.config import Inventory, Node
 from snapctl.drill_engines import engine_type
@@ -41,7 +42,7 @@ from snapctl.drill_teardown import teardown
 from snapctl.errors import BadInputError, CatalogError, EngineError, ExitCode, SnapctlError, interrupted_by_signal
 from snapctl.events import NullReporter, Reporter
 from snapctl.evidence import compare_facts, missing_files, volume_roots
-from snapctl.manifest import DrillSummary, IndexEntry, Manifest, NodeRecord
+from snapctl.manifest import DrillSummary, IndexEntry, Manifest, NodeRecord, record_interrupted_by
 from snapctl.providers import TAG_DRILL, Provider, SnapshotRef, open_provider, stoppable_by
 from snapctl.redact import redact
 from snapctl.restore import (
@@ -53,7 +54,7 @@ from snapctl.restore import (
     restored_files,
     scratch_agent,
 )
-from snapctl.runner import interrupts_deferred, sigterm_as_ctrl_c
+from snapctl.runner import interrupts_deferred, sigterm_as_ctrl_c, stopped_by
 from snapctl.timestamps import UtcTime
 from snapctl.usable_run import check_provider, usable_run
 
@@ -61,7 +62,6 @@ NodeVerdict = Literal["passed", "mismatch", "error"]
 DEFAULT_JUNIT = "snapctl-drill.xml"
 _MAX_PARALLEL_NODES = 4  # each may start a server: more than this only fights over the CPUs
 _AGENT_POLL_S = 0.5
-_WAKE_S = 0.2  # how late the main thread may run a stop signal's handler while the nodes are drilled
 
 
 class NodeDrill(BaseModel):
@@ -101,6 +101,7 @@ class DrillReport(BaseModel):
     cleaned_up: list[str] = Field(default_factory=list)  # what this drill cleaned up of earlier killed drills
     kept: bool = False  # --keep: scratch directories and restored volumes left for inspection
     interrupted: bool = False  # Ctrl-C, SIGTERM or SIGHUP: the nodes not yet verified are errors
+    interrupted_by: str | None = None  # which: SIGINT (Ctrl-C), SIGTERM or SIGHUP; None in older records
     leftovers: list[str] = Field(default_factory=list)  # restored volumes the drill could not delete
     teardown_errors: list[str] = Field(default_factory=list)
     junit: str | None = None
@@ -139,6 +140,9 @@ class _Drill:
     places: list[str] = field(default_factory=list)  # the restore targets outside scratch (find_restored's)
     lock: threading.Lock = field(default_factory=threading.Lock)
     warnings: list[str] = field(default_factory=list)  # restore's checks': a scratch agent too old to ask
+    results: dict[str, NodeDrill] = field(default_factory=dict)  # each node's, as its drill fills it in
+    phases: dict[str, str] = field(default_factory=dict)  # each node's step under way: restoring, starting, ...
+    left_running: list[str] = field(default_factory=list)  # nodes whose drill outlasted the stop's grace
 
 
 def run_drill(inventory: Inventory, run_ref: str = "latest", *, junit: Path | None = None, keep: bool = False,
@@ -198,6 +202,7 @@ def run_drill(inventory: Inventory, run_ref: str = "latest", *, junit: Path | No
             try:
                 report.nodes, report.interrupted = _drill_all(drill)
                 report.warnings += drill.warnings
+                report.teardown_errors += drill.left_running
             except SnapctlError as exc:  # what `snapctl restore` refuses up front: on record, then the error
                 refused = exc
                 report.error, report.hint = exc.message, exc.hint
@@ -215,6 +220,7 @@ def run_drill(inventory: Inventory, run_ref: str = "latest", *, junit: Path | No
         except KeyboardInterrupt:
             report.interrupted = True
         report.finished_at = datetime.now(UTC)
+    report.interrupted_by = stopped_by() if report.interrupted else None
     times = [n.rto_s for n in report.nodes if n.rto_s is not None]
     report.rto_s = max(times) if report.ok and times and len(times) == len(report.nodes) else None
     try:
@@ -249,19 +255,42 @@ def _drill_all(drill: _Drill) -> tuple[list[NodeDrill], bool]:
         drill.cancelled.set()  # every node then fails at its first step, saying so
         interrupted = True
     futures: list[Future[NodeDrill]] = []  # none, if an interrupt came as the deferral began
-    with ThreadPoolExecutor(min(_MAX_PARALLEL_NODES, len(names)) or 1, thread_name_prefix="snapctl-drill") as pool:
+    try:
+        with interrupts_deferred():  # until every node has its future: none may run unseen
+            futures = drill_threads.start(lambda name: _drill_node(drill, name), names, _MAX_PARALLEL_NODES,
+                                          "snapctl-drill")
+        if not interrupted:  # else only the grace below: a node that ignores the stop must not hold the drill
+            drill_threads.wait_for(futures)
+    except KeyboardInterrupt:
+        drill.cancelled.set()
+        interrupted = True
+    if interrupted:  # told to stop, every node ends soon; one that does not is left running, and said so
         try:
-            with interrupts_deferred():  # until every node has its future: none may run unseen
-                futures = [pool.submit(_drill_node, drill, name) for name in names]
-            # In slices, never one wait to the end: a signal's handler runs only when the main
-            # thread runs Python code, and one the kernel gave another thread (or that came just
-            # before the wait began) would wait for the last node's copy to end.
-            while wait(futures, timeout=_WAKE_S).not_done:
-                pass
+            drill_threads.wait_for(futures, time.monotonic() + drill_threads.STOP_GRACE_S)
         except KeyboardInterrupt:
-            drill.cancelled.set()
-            interrupted = True
-    return [f.result() for f in futures], interrupted
+            pass  # stopped again: the nodes are waited for no longer
+    return [f.result() if f.done() else _not_done(drill, name, f) for name, f in zip(names, futures)], interrupted
+
+
+def _not_done(drill: _Drill, name: str, future: Future[NodeDrill]) -> NodeDrill:
+    """A node whose drill had not ended ``STOP_GRACE_S`` after the stop: not begun (its thread
+    was never free), or still running, which the report and the teardown's errors say."""
+    result = drill.results.get(name)
+    result = NodeDrill(node=name) if result is None else result.model_copy(deep=True)  # it may still change
+    stopped = f"the drill was {interrupted_by_signal()}"
+    if future.cancel():
+        result.error = f"{stopped} before restoring this node"
+    else:
+        phase = drill.phases.get(name, "beginning")
+        result.error = (f"still {phase} this node {drill_threads.STOP_GRACE_S:g}s after {stopped}: left running as "
+                        "the drill tore down")
+        drill.left_running.append(
+            f"node {name}: its drill was left running ({phase}) {drill_threads.STOP_GRACE_S:g}s after the stop; what "
+            f"it restores or starts from now on (volumes tagged {TAG_DRILL}={drill.tags.get(TAG_DRILL)}, a scratch "
+            "engine) is not torn down")
+    result.verdict = "error"
+    drill.reporter.node(name, "failed", result.error)
+    return result
 
 
 def _check_before_restoring(drill: _Drill) -> None:
@@ -302,6 +331,7 @@ def _drill_node(drill: _Drill, name: str) -> NodeDrill:
     node = inventory_node(drill.inventory, name)
     result = NodeDrill(node=name, engine=engine_type(node, record),
                        expected=record.state.facts if record.state else None)
+    drill.results[name] = result
     try:
         if record.state is None:
             raise BadInputError("the run recorded no engine state for this node: there is nothing to compare with")
@@ -420,6 +450,7 @@ def _step(drill: _Drill, node: str, phase: str, detail: str | None = None) -> No
     if time.monotonic() > drill.deadline:
         raise SnapctlError(f"the drill ran out of its {drill.inventory.drill.timeout_s:g}s before {phase} this node",
                            hint="raise drill.timeout_s")
+    drill.phases[node] = phase
     drill.reporter.node(node, phase, detail)
 
 
@@ -438,6 +469,7 @@ def _record(catalog: Catalog, report: DrillReport) -> None:
 
         def summarised(manifest: Manifest) -> bool:  # as it is now: retention may be recording its outcome
             manifest.last_drill = summary
+            record_interrupted_by(manifest, report.drill_id, report.interrupted_by)
             return manifest.status == "succeeded"
 
         if catalog.update(report.run_id, summarised) is None:

@@ -83,6 +83,29 @@ class Manifest(BaseModel):
         self.max_freeze_window_s = max(windows) if windows else None
 
 
+# Beside ``last_drill``, in ``extra``, not a field of DrillSummary: a snapctl from before it reads
+# a ``last_drill`` with a key it does not know as a damaged manifest, and drops the run's index line.
+DRILL_INTERRUPTED_BY = "last_drill_interrupted_by"
+
+
+def record_interrupted_by(manifest: Manifest, drill_id: str, signal: str | None) -> None:
+    """The signal that stopped drill ``drill_id``, now the run's ``last_drill``; none said for one
+    that was not interrupted."""
+    if signal:
+        manifest.extra[DRILL_INTERRUPTED_BY] = {"drill_id": drill_id, "signal": signal}
+    else:
+        manifest.extra.pop(DRILL_INTERRUPTED_BY, None)
+
+
+def last_drill_interrupted_by(manifest: Manifest) -> str | None:
+    """The signal that stopped the run's ``last_drill``: None when it was not interrupted, or its
+    summary is older than this record (recorded by a snapctl from before it, which leaves it)."""
+    said, drill = manifest.extra.get(DRILL_INTERRUPTED_BY), manifest.last_drill
+    if drill is None or not isinstance(said, dict) or said.get("drill_id") != drill.drill_id:
+        return None
+    return str(said.get("signal") or "") or None
+
+
 class IndexEntry(BaseModel):
     """One line of the catalog index: enough to list runs without reading every manifest."""
 

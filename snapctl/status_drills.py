@@ -99,7 +99,7 @@ def _why(report: DrillReport) -> str:
     if report.abandoned:
         return "killed before it finished"
     if report.interrupted:
-        return "interrupted"
+        return f"interrupted ({report.interrupted_by})" if report.interrupted_by else "interrupted"
     failed = [n.node for n in report.nodes if n.verdict != "passed"]
     if failed:
         return f"{', '.join(failed)} did not pass"

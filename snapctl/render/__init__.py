@@ -205,8 +205,12 @@ class Renderer:
         for degradation in m.degradations:
             self.line(f"degraded: {degradation}")
         if m.last_drill is not None:
+            from snapctl.manifest import last_drill_interrupted_by
+
             d = m.last_drill
             outcome = "passed" if d.ok else "failed" + (f" ({', '.join(d.failed_nodes)})" if d.failed_nodes else "")
+            if signal := last_drill_interrupted_by(m):
+                outcome += f", interrupted by {signal}"
             rto = f", RTO {_seconds(d.rto_s)}" if d.rto_s is not None else ""
             self.line(f"last drill {d.drill_id}: {outcome}{rto}, finished {d.finished_at:%Y-%m-%d %H:%M:%S}Z; "
                       f"report {d.report}")

@@ -336,3 +336,40 @@ def test_a_kept_alive_connection_closed_unanswered_is_no_tls_mismatch(tmp_path: 
     unreachable = asyncio.run(scene())
     assert unreachable.reason.endswith(": the agent closed the connection mid-request (crashed or restarted?)")
     assert "tls" not in unreachable.message and unreachable.delivered is True
+
+
+def test_a_403_with_an_agent_error_but_no_hint_still_gets_one(tmp_path: Path) -> None:
+    """A 403 whose agent error body has no hint (an agent before its 403s gave one, a proxy that
+    answers in the agent's words) gave the CLI error no hint at all, where every other 403 path
+    says what to do: the token's hint is no answer, for a 403 comes whatever the token."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from snapctl.agent_transport import AgentTransport
+
+    async def refuse(request):
+        return JSONResponse({"error": "forbidden", "hint": None, "holder": None}, status_code=403)
+
+    app = Starlette(routes=[Route("/v1/status", refuse)])
+    with serve(app) as url:
+        async def status(client_cert: bool) -> AgentUnauthorized:
+            transport = AgentTransport()
+            try:
+                client = HttpAgentClient("n1", url, transport, token=TOKEN, timeout_s=5, client_cert=client_cert)
+                with pytest.raises(AgentUnauthorized) as caught:
+                    await client.status()
+                return caught.value
+            finally:
+                await transport.aclose()
+
+        plain = asyncio.run(status(client_cert=False))
+        assert plain.status == 403 and plain.message == f"node n1: the agent at {url} refused us: forbidden"
+        assert plain.refused == "our request"
+        assert plain.hint.startswith("the agent refused the request, not our token")
+        assert "auth.token_file" not in plain.hint
+
+        certified = asyncio.run(status(client_cert=True))
+        assert certified.refused == "our client certificate"
+        assert certified.hint.startswith("the agent refused our client certificate, not our token")
+        assert "tls.client_names" in certified.hint

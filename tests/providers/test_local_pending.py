@@ -163,6 +163,69 @@ def test_a_restore_waiting_for_a_held_node_lock_stops_when_its_drill_is_interrup
     assert _state(provider, "run1") == [("pending", None)]  # still there for a later wait or restore
 
 
+def _restored_under_a_stop_set_at_the_first_fsync(
+    provider: LocalProvider, ref, target: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[BaseException | str, list[str]]:
+    """What a drill's restore of ``ref`` ended with when the drill was stopped as its first
+    ``fsync_tree`` fsync ran, and every path fsync_tree fsynced."""
+    stop = threading.Event()
+    fsynced: list[str] = []
+    real = copy_module.fsync_path
+
+    def fsync_then_stop(path) -> None:
+        fsynced.append(str(path))
+        real(path)
+        stop.set()
+
+    monkeypatch.setattr(copy_module, "fsync_path", fsync_then_stop)
+    with stoppable_by(stop):
+        try:
+            return provider.restore(ref, RestoreTarget(path=target)), fsynced
+        except BaseException as exc:  # noqa: BLE001 - what the drill's thread would see
+            return exc, fsynced
+
+
+@pytest.fixture
+def many_files(provider: LocalProvider, tmp_path: Path) -> NodeVolumes:
+    """More files than fsync_tree keeps under way (4 per thread): a stop leaves most of them."""
+    src = tmp_path / "many"
+    src.mkdir()
+    for i in range(60):
+        (src / f"f{i:02d}.bin").write_bytes(os.urandom(100))
+    return provider.validate_volumes("n1", [{"name": "data", "path": "many"}], base_dir=tmp_path)
+
+
+def test_a_drill_stopped_while_its_restore_fsyncs_the_copy_stops_before_the_next_file(
+    provider: LocalProvider, many_files: NodeVolumes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A SIGTERM while a large tree's copy was being fsynced waited for the whole tree's fsyncs:
+    # only the copy looked at the stop.
+    refs = _take(provider, many_files, "run1")
+    provider.wait(refs, time.monotonic() + LATER)  # completed: the restore's only fsyncs are its copy's
+    outcome, fsynced = _restored_under_a_stop_set_at_the_first_fsync(provider, refs[0], tmp_path / "restored",
+                                                                     monkeypatch)
+    assert isinstance(outcome, Interrupted), outcome
+    assert "node n1: restore of snapshot run1-n1-data" in outcome.message
+    assert 1 <= len(fsynced) <= 4 * copy_module.COPY_THREADS, fsynced  # those already under way, not 61
+    assert not (tmp_path / "restored").exists()
+    assert list(tmp_path.glob(".restore-*")) == [], "no staging copy is left"
+
+
+def test_a_drill_stopped_while_its_restore_fsyncs_a_pending_snapshot_stops_and_leaves_it_pending(
+    provider: LocalProvider, many_files: NodeVolumes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (ref,) = _take(provider, many_files, "run1")  # pending: the restore fsyncs it first
+    outcome, fsynced = _restored_under_a_stop_set_at_the_first_fsync(provider, ref, tmp_path / "restored",
+                                                                     monkeypatch)
+    assert isinstance(outcome, Interrupted), outcome
+    assert "node n1: restore of snapshot run1-n1-data" in outcome.message
+    assert 1 <= len(fsynced) <= 4 * copy_module.COPY_THREADS, fsynced
+    assert not (tmp_path / "restored").exists()
+    assert _state(provider, "run1") == [("pending", None)]  # still there for a later wait or restore
+    monkeypatch.undo()
+    assert provider.wait([ref], time.monotonic() + LATER)[0].state == "completed"
+
+
 def test_a_pending_snapshot_from_before_a_restart_is_refused_and_kept(
     provider: LocalProvider, volumes: NodeVolumes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

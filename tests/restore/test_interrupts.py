@@ -309,3 +309,127 @@ def test_a_drill_interrupted_as_it_defers_interrupts_for_its_nodes_still_writes_
     error = cluster_case.find("error")
     assert error is not None and "the drill was interrupted" in error.get("message")
     assert not any((sqlite_cluster.directory / "scratch").iterdir())
+
+
+_ONE_NODE_STUCK = _SIGNALLED_PREAMBLE + """
+import os
+
+import snapctl.drill as drill
+import snapctl.drill_threads as drill_threads
+
+drill_threads.STOP_GRACE_S = 1.0
+original_restore = drill.restore_volumes
+never = threading.Event()
+
+
+def main_thread_waits_for_the_nodes():
+    return main_thread_in("wait_for", lambda name: name == drill_threads.__file__)
+
+
+def stuck_on_n1(provider, node, record, **kwargs):
+    if node.name != "n1":
+        return original_restore(provider, node, record, **kwargs)
+    until(main_thread_waits_for_the_nodes, 30)
+    os.kill(os.getpid(), signal.SIGTERM)
+    never.wait()  # a restore that never looks at the stop: a hung mount, a call with no timeout
+
+
+drill.restore_volumes = stuck_on_n1
+sys.argv = ["snapctl", *sys.argv[1:]]
+cli.main()
+"""
+
+
+def test_a_drill_stopped_with_a_node_stuck_tears_down_reports_and_exits_without_it(sqlite_cluster, tmp_path):
+    """A SIGTERM while one node's restore was stuck (never looking at the stop) held the drill
+    for good: leaving the nodes' ThreadPoolExecutor joined its threads with no timeout, so there
+    was no teardown, no JUnit report, no record and no exit until SIGKILL."""
+    run_id = sqlite_cluster.backup()
+    junit = tmp_path / "drill.xml"
+
+    result = subprocess.run([sys.executable, "-c", _ONE_NODE_STUCK, "drill", run_id, "--junit", str(junit),
+                             "-i", str(sqlite_cluster.inventory_path)], cwd=sqlite_cluster.directory,
+                            capture_output=True, text=True, timeout=60, check=False)
+
+    assert result.returncode == ExitCode.INTERRUPTED, result.stderr
+    assert result.stderr.splitlines()[-1] == INTERRUPTED
+    assert not any((sqlite_cluster.directory / "scratch").iterdir()), "the teardown ran"
+    cases = {case.get("name"): case for case in ET.parse(junit).getroot().iter("testcase")}
+    stuck = cases["node n1 (sqlite)"].find("error")
+    assert stuck is not None and stuck.get("message").startswith(
+        "node n1: still restoring this node 1s after the drill was interrupted (SIGTERM): left running as the drill tore down")
+
+    catalog = open_catalog(sqlite_cluster.inventory)
+    summary = catalog.load(run_id).last_drill
+    assert summary is not None and "n1" in summary.failed_nodes
+    stored = yaml.safe_load(catalog.store.read(summary.report))
+    assert stored["interrupted"] is True and stored["finished_at"] is not None
+    [left] = stored["teardown_errors"]
+    assert left.startswith("node n1: its drill was left running (restoring) 1s after the stop; what it restores or "
+                           "starts from now on (volumes tagged snapctl-drill=")
+    [n1] = [node for node in stored["nodes"] if node["node"] == "n1"]
+    assert (n1["verdict"], n1["engine"]) == ("error", "sqlite")
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGHUP"])
+def test_an_interrupted_drill_records_the_signal_and_show_and_status_say_it(sqlite_cluster, tmp_path, signal_name):
+    """The drill's record said `interrupted: true` and no more: which signal it was (a CI timeout's
+    SIGTERM, an ssh session's SIGHUP, a Ctrl-C) was in the JUnit report only, gone with the job."""
+    import json
+
+    run_id = sqlite_cluster.backup()
+    stopped_after("snapctl.drill", "_step", "drill", run_id, "--junit", str(tmp_path / "drill.xml"),
+                  cluster=sqlite_cluster, signal_name=signal_name)
+
+    catalog = open_catalog(sqlite_cluster.inventory)
+    manifest = catalog.load(run_id)
+    stored = json.loads(catalog.store.read(manifest.last_drill.report))
+    assert (stored["interrupted"], stored["interrupted_by"]) == (True, signal_name)
+
+    def snapctl(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "snapctl.cli", *args, "-i", str(sqlite_cluster.inventory_path)],
+                              cwd=sqlite_cluster.directory, capture_output=True, text=True, timeout=120, check=False)
+
+    shown = snapctl("show", run_id)
+    [line] = [line for line in shown.stdout.splitlines() if line.startswith("last drill ")]
+    assert line.startswith(f"last drill {stored['drill_id']}: failed (n1, n2), interrupted by {signal_name}, "), line
+    document = json.loads(snapctl("show", run_id, "-o", "json").stdout)["data"]
+    assert document["extra"]["last_drill_interrupted_by"] == {"drill_id": stored["drill_id"], "signal": signal_name}
+    status = snapctl("status", "-o", "json").stdout
+    assert f"failed at {stored['finished_at'][:10]}" in status and f"interrupted ({signal_name})" in status
+
+    # The next drill, not interrupted, takes its place: the signal is the old drill's, no longer said.
+    again = subprocess.run([sys.executable, "-m", "snapctl.cli", "drill", run_id, "--junit", str(tmp_path / "2.xml"),
+                            "-i", str(sqlite_cluster.inventory_path)], cwd=sqlite_cluster.directory,
+                           capture_output=True, text=True, timeout=120, check=False)
+    assert again.returncode == ExitCode.OK, again.stderr
+    assert "last_drill_interrupted_by" not in catalog.load(run_id).extra
+    assert "interrupted by" not in snapctl("show", run_id).stdout
+
+
+def test_records_from_before_interrupted_by_still_read_and_show_no_signal(sqlite_cluster, tmp_path):
+    """A drill record an older snapctl wrote has `interrupted` alone; a `last_drill` an older
+    snapctl recorded after a newer one's interrupted drill leaves that drill's signal beside it."""
+    import json
+
+    from snapctl.drill import DrillReport
+    from snapctl.manifest import DRILL_INTERRUPTED_BY, last_drill_interrupted_by
+    from snapctl.status_drills import look_at_drills
+
+    run_id = sqlite_cluster.backup()
+    stopped_after("snapctl.drill", "_step", "drill", run_id, "--junit", str(tmp_path / "drill.xml"),
+                  cluster=sqlite_cluster)
+    catalog = open_catalog(sqlite_cluster.inventory)
+    manifest = catalog.load(run_id)
+    older = json.loads(catalog.store.read(manifest.last_drill.report))
+    del older["interrupted_by"]
+    catalog.store.write(manifest.last_drill.report, json.dumps(older).encode())
+
+    report = DrillReport.model_validate_json(catalog.store.read(manifest.last_drill.report))
+    assert report.interrupted and report.interrupted_by is None
+    newest = look_at_drills(catalog).newest
+    assert newest is not None and newest.drill_id == report.drill_id
+
+    manifest.last_drill = manifest.last_drill.model_copy(update={"drill_id": "a-later-drill"})
+    assert last_drill_interrupted_by(manifest) is None, "the signal was another drill's"
+    assert manifest.extra[DRILL_INTERRUPTED_BY]["drill_id"] == report.drill_id

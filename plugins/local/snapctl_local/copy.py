@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from snapctl.errors import os_reason
 
@@ -248,9 +248,10 @@ def copy_tree(
     first, because creating entries would change a directory's mtime and a read-only directory
     takes no entries.
 
-    Once ``stop`` is set, the copy gives up within a chunk of each file under way (``CopyStopped``);
-    so do the other files' copies when one fails or the calling thread is interrupted, rather than
-    finishing first. Either way ``dst_root`` is left partial, for the caller to remove.
+    Once ``stop`` is set, the copy gives up within a chunk of each file under way (``CopyStopped``),
+    and with ``sync="now"`` its fsyncs stop before the next file's; the other files' copies give up
+    too when one fails or the calling thread is interrupted, rather than finishing first. Either
+    way ``dst_root`` is left partial, for the caller to remove.
     """
     stats = CopyStats()
     as_root = os.geteuid() == 0
@@ -280,18 +281,19 @@ def copy_tree(
     prefix = len(os.fspath(dst_root)) + 1
     stats.unsynced = [*durability.files, *(d[prefix:] or "." for d, _ in dirs)]
     if sync == "now":
-        fsync_tree(dst_root, stats.unsynced, threads=threads)
+        fsync_tree(dst_root, stats.unsynced, threads=threads, stop=stop)
     return stats
 
 
 def fsync_tree(root: Path, paths: Sequence[str], *, threads: int = COPY_THREADS,
-               deadline: float | None = None) -> None:
+               deadline: float | None = None, stop: threading.Event | None = None) -> None:
     """fsync ``paths`` (files and directories, relative to ``root``) ``threads`` at a time.
 
     Most of the data is usually written already (the copy started its write-back), so these
     mostly wait for the last files and commit the metadata. Raises ``TreeCopyError`` for the first
     path that fails, ``SyncDeadline`` when ``deadline`` (time.monotonic()) passes before the last
-    fsync was started; fsyncs already started are waited for, never abandoned.
+    fsync was started, ``CopyStopped`` once ``stop`` is set (looked at before each file, as the
+    copy does); fsyncs already started are waited for, never abandoned.
     """
     base = os.fspath(root)
     backlog = 4 * max(1, threads)
@@ -301,6 +303,8 @@ def fsync_tree(root: Path, paths: Sequence[str], *, threads: int = COPY_THREADS,
         for rel in paths:
             if len(pending) >= backlog:
                 _first_failure(pending, FIRST_COMPLETED)
+            if stop is not None and stop.is_set():
+                raise CopyStopped()
             if deadline is not None and time.monotonic() > deadline:
                 raise SyncDeadline(f"{len(paths)} fsyncs under {base} not done by the deadline")
             path = os.path.join(base, rel)
@@ -311,7 +315,7 @@ def fsync_tree(root: Path, paths: Sequence[str], *, threads: int = COPY_THREADS,
 
 
 def _first_failure(pending: dict[Future[None], str], return_when: str) -> None:
-    done, _ = wait(pending, return_when=return_when)
+    done = _waited(pending, return_when)  # in slices, as the copy's: a signal's handler runs meanwhile
     for future in done:
         path = pending.pop(future)
         try:
@@ -397,7 +401,7 @@ class _Copies:
                 self._stats.copied_files += 1
 
 
-def _waited(futures: Mapping[Future[str], object], return_when: str) -> set[Future[str]]:
+def _waited(futures: Mapping[Future[Any], object], return_when: str) -> set[Future[Any]]:
     """``wait``'s done futures, waited for in slices: in the main thread (`snapctl restore`) a
     signal's handler runs only when Python code runs there, and one the kernel gave a copy thread
     would wait for a whole large file's copy, or the last one's, instead of stopping it."""

@@ -392,7 +392,8 @@ class LocalProvider(LocalRestores):
                       stop: threading.Event | None = None) -> None:
         """Bring a pending snapshot to completed: fsync what the copy left unsynced, then the
         metadata and the entries that name it, and only then write the completed marker. ``stop``:
-        the wait for the node's lock gives up once it is set (``LockWaitStopped``)."""
+        the wait for the node's lock gives up once it is set (``LockWaitStopped``), and so do the
+        fsyncs, before the next file's (``CopyStopped``): the snapshot stays pending, for later."""
         if snapshot_state(snap_dir, meta)[0] == "completed":
             return
         snapshot_id = str(meta.get("snapshot_id") or snap_dir.name)
@@ -415,7 +416,7 @@ class LocalProvider(LocalRestores):
             if deadline is not None and time.monotonic() > deadline:
                 raise self._deadline_error(where)
             try:
-                fsync_tree(snap_dir / DATA, list(meta.get("unsynced") or ()), deadline=deadline)
+                fsync_tree(snap_dir / DATA, list(meta.get("unsynced") or ()), deadline=deadline, stop=stop)
                 fsync_path(snap_dir / METADATA)
                 fsync_dir(snap_dir)
                 fsync_dir(snap_dir.parent)  # publishing renamed it into place

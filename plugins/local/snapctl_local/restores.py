@@ -134,7 +134,7 @@ class LocalRestores:
         # As long as it takes (another restore may be fsyncing it), but not past a stop.
         try:
             self._make_durable(ref.node, snap_dir, meta, deadline=None, stop=stop_requested())
-        except LockWaitStopped as exc:  # a drill interrupted while another process held the store
+        except (LockWaitStopped, CopyStopped) as exc:  # a drill interrupted: the store held, or its fsyncs
             raise Interrupted(f"node {ref.node}: restore of snapshot {ref.snapshot_id} to {dest}") from exc
         try:
             make_dirs(dest.parent)
