@@ -23,6 +23,7 @@ from snapctl.providers import TAG_CLUSTER, Provider
 from snapctl.prune_in_use import in_use, in_use_records
 from snapctl.prune_refs import Owners, by_run, doomed_refs
 from snapctl.retention import PRUNING, SUCCEEDED, Decision, RetentionPlan, Run, decide
+from snapctl.timestamps import FUTURE_SKEW, ahead_span, as_utc
 
 if TYPE_CHECKING:
     from snapctl.config import Retention
@@ -48,6 +49,8 @@ class PruneResult:
     deleted: list[RunVerdict]  # oldest first; on a dry run: what would go
     unfinished: list[RunVerdict] = field(default_factory=list)  # marked, not (fully) deleted
     problems: list[str] = field(default_factory=list)  # unreadable manifests, left alone
+    # runs kept uncounted that an operator must look at: started in the future
+    warnings: list[str] = field(default_factory=list)
     # `backup --no-wait` runs whose snapshots the provider found complete: counted, and (not on a
     # dry run) recorded in their manifests, so that the provider is asked once
     confirmed: list[str] = field(default_factory=list)
@@ -64,22 +67,24 @@ class PruneResult:
 
 def plan(catalog: Catalog, provider: Provider, retention: Retention, drill_timeout_s: float,
          pending: Manifest | None = None, *, complete_within: float | None = None,
-         checked: Callable[[], None] | None = None) -> PruneResult:
+         checked: Callable[[], None] | None = None, made: str | None = None) -> PruneResult:
     """What a prune would do now. The result of a dry run. ``pending``: a run whose snapshots are
     not complete yet (`backup --no-wait`): kept, and not counted, so that the runs it would
     replace stay until it is known to be a backup. ``complete_within``: seconds in which to
     complete, under the cluster lock, the pending snapshots of `--no-wait` runs the policy would
     keep, where the provider completes them only when asked (local), so that they count; None
     (a dry run): reads only, and counts such a run as the prune would once it completed them.
-    ``checked`` is called before each snapshot completed and raises to stop (Ctrl-C, a lost lock)."""
+    ``checked`` is called before each snapshot completed and raises to stop (Ctrl-C, a lost lock).
+    ``made``: the run a backup just made, whose own retention keeps it whatever its start."""
     budget = None if complete_within is None else CompletionBudget(time.monotonic() + complete_within,
                                                                    checked or (lambda: None))
-    decided, problems, confirmed, completed = _decide_over_readable_runs(
-        catalog, provider, retention, budget, pending.run_id if pending else None)
+    over = _decide_over_readable_runs(catalog, provider, retention, budget, pending.run_id if pending else None,
+                                      made)
+    decided, completed = over.plan, over.completed_here
     tagged = by_run(provider.find({TAG_CLUSTER: catalog.cluster})) if decided.delete else {}
     owners = Owners(catalog)
-    result = PruneResult(catalog.cluster, complete_within is None, retention, [], [], problems=problems,
-                         confirmed=confirmed, completed=completed)
+    result = PruneResult(catalog.cluster, complete_within is None, retention, [], [], problems=over.problems,
+                         warnings=over.warnings, confirmed=over.confirmed, completed=completed)
     result.owners = owners
     result.kept = [_verdict(d) for d in decided.keep]
     done = _WOULD_COMPLETE if complete_within is None else _COMPLETED
@@ -130,9 +135,18 @@ def spared_while_in_use(catalog: Catalog, verdict: RunVerdict, result: PruneResu
     return True
 
 
+@dataclass
+class _Decided:
+    plan: RetentionPlan
+    problems: list[str]
+    warnings: list[str]
+    confirmed: list[str]  # `--no-wait` runs found complete
+    completed_here: list[str]  # those of them this prune completed (or would)
+
+
 def _decide_over_readable_runs(catalog: Catalog, provider: Provider, retention: Retention,
-                               budget: CompletionBudget | None,
-                               left_out: str | None = None) -> tuple[RetentionPlan, list[str], list[str], list[str]]:
+                               budget: CompletionBudget | None, left_out: str | None = None,
+                               made: str | None = None) -> _Decided:
     """The policy over the catalog's runs, where every succeeded run it keeps has had its manifest
     read: a kept run is the reason others go, so it must be a backup that can be restored, not just
     a line in the index. A damaged manifest behind an intact line would otherwise stand in for the
@@ -141,20 +155,24 @@ def _decide_over_readable_runs(catalog: Catalog, provider: Provider, retention: 
     run whose manifest does not say its snapshots completed (`backup --no-wait`) is asked about at
     the provider: a run whose snapshots failed later must not count as the backup that replaces
     the good ones; where the provider completes pending ones only when asked, it is asked
-    (within ``budget``; None: a dry run, which only counts them as completed). Also
-    returns the runs found complete, and those of them this prune completed (or would)."""
+    (within ``budget``; None: a dry run, which only counts them as completed). Runs that started
+    in the future by the catalog's clock are held (``decide``). Also returns the runs found
+    complete, and those of them this prune completed (or would)."""
     entries, problems = catalog.list(confirm_newest=False)  # the loop below reads what it keeps, once
     runs = {e.run_id: e for e in entries if e.run_id != left_out}
+    now = catalog.now()
     confirmed: set[str] = set()
     doubts: dict[str, tuple[str, bool]] = {}  # run id -> (why it is not counted, whether it is held)
     completed: list[str] = []
     completed_here: list[str] = []
+    warnings: list[str] = []
     while True:
         decided = decide([Run(e.run_id, e.started_at, e.status, *doubts.get(e.run_id, (None, False)))
-                          for e in runs.values()], retention)
+                          for e in runs.values()], retention, now=now, made=made)
         doubtful = [d.run.run_id for d in decided.keep if d.run.status == SUCCEEDED and d.run.run_id not in confirmed]
         if not doubtful:
-            return decided, sorted(problems), completed, completed_here
+            warnings += [_ahead_warning(run, now) for run in decided.ahead]
+            return _Decided(decided, sorted(problems), warnings, completed, completed_here)
         current, unreadable = catalog.confirm(doubtful)
         confirmed.update(doubtful)
         problems += [f"run {run_id}: {reason}" for run_id, reason in unreadable.items()]
@@ -225,6 +243,13 @@ def _snapshots_doubt(manifest: Manifest, provider: Provider,
         return (f"its snapshots did not complete (backup --no-wait): {missed.why}", False), False
     return (f"its snapshots are not completed yet (backup --no-wait): {missed.why}; a later prune tries again",
             True), False
+
+
+def _ahead_warning(run: Run, now: datetime) -> str:
+    started = as_utc(run.started_at)
+    return (f"run {run.run_id} started {started:%Y-%m-%d %H:%M:%S}Z, {ahead_span(started, now)} ahead of this host's clock "
+            f"(more than {FUTURE_SKEW.seconds // 60} min): retention neither counts nor deletes it; "
+            "hint: check the clocks of the hosts that run snapctl (NTP)")
 
 
 _COMPLETED = "its snapshots completed by this prune (backup --no-wait)"
