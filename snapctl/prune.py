@@ -76,7 +76,8 @@ def apply(planned: PruneResult, catalog: Catalog, provider: Provider, still_lock
         raise SnapctlError(f"refusing to apply a dry run's plan: it counts runs whose snapshots it did not complete "
                            f"({', '.join(planned.completed)})", hint="plan with complete_within to apply the plan")
     result = PruneResult(planned.cluster, False, planned.retention, list(planned.kept), [],
-                         list(planned.unfinished), planned.problems, list(planned.confirmed), list(planned.completed))
+                         list(planned.unfinished), planned.problems, list(planned.warnings), list(planned.confirmed),
+                         list(planned.completed))
     for run_id in planned.confirmed:
         still_locked()
         try:
@@ -171,7 +172,7 @@ async def prune_after_backup(
         try:
             planned = plan(catalog, provider, inventory.retention, inventory.drill.timeout_s,
                            None if manifest.snapshots_completed else manifest,
-                           complete_within=inventory.policy.wait_timeout_s, checked=checked)
+                           complete_within=inventory.policy.wait_timeout_s, checked=checked, made=manifest.run_id)
             checked()
             done = apply(planned, catalog, provider, checked, inventory.drill.timeout_s)
         except SnapctlError as exc:
@@ -179,6 +180,8 @@ async def prune_after_backup(
         except Exception as exc:  # noqa: BLE001 - the backup succeeded; whatever broke here must not undo that
             return {"error": redact(f"{type(exc).__name__}: {exc}")}
         record: dict[str, object] = {"deleted": [v.run_id for v in done.deleted], "kept": len(done.kept)}
+        if done.warnings or done.problems:  # said on the backup's stderr, as `snapctl prune` says them
+            record["warnings"] = done.warnings + [f"{problem} (left alone)" for problem in done.problems]
         if done.unfinished:
             record["error"] = "; ".join(f"run {v.run_id}: {v.error}" for v in done.unfinished)
         return record

@@ -5,7 +5,10 @@ The policy (snapctl.retention) is decided over the runs whose manifests can be r
 `backup --no-wait` run it would keep counts only once the provider says its snapshots completed
 (snapctl.completion completes them where only asking does). A doomed run that a restore or drill
 is using is kept (snapctl.prune_in_use), and the snapshots each doomed run takes with it are named:
-its manifest's, and those tagged with it that no other run's manifest names.
+its manifest's, and those tagged with it that no other run's manifest names. Once anything would
+go, the provider's listing of the cluster's snapshots (which the plan needs anyway, for what is
+tagged with a doomed run) is held against every run kept as a backup: one missing a snapshot its
+manifest names cannot be restored as recorded, so it is neither counted nor deleted.
 """
 
 from __future__ import annotations
@@ -19,10 +22,11 @@ from typing import TYPE_CHECKING
 from snapctl.catalog import Catalog
 from snapctl.completion import CompletionBudget, can_complete, complete_snapshots
 from snapctl.errors import SnapctlError
-from snapctl.providers import TAG_CLUSTER, Provider
+from snapctl.providers import TAG_CLUSTER, Provider, SnapshotRef
 from snapctl.prune_in_use import in_use, in_use_records
 from snapctl.prune_refs import Owners, by_run, doomed_refs
 from snapctl.retention import PRUNING, SUCCEEDED, Decision, RetentionPlan, Run, decide
+from snapctl.timestamps import FUTURE_SKEW, ahead_span, as_utc
 
 if TYPE_CHECKING:
     from snapctl.config import Retention
@@ -48,6 +52,8 @@ class PruneResult:
     deleted: list[RunVerdict]  # oldest first; on a dry run: what would go
     unfinished: list[RunVerdict] = field(default_factory=list)  # marked, not (fully) deleted
     problems: list[str] = field(default_factory=list)  # unreadable manifests, left alone
+    # runs kept uncounted that an operator must look at: started in the future, or missing a snapshot
+    warnings: list[str] = field(default_factory=list)
     # `backup --no-wait` runs whose snapshots the provider found complete: counted, and (not on a
     # dry run) recorded in their manifests, so that the provider is asked once
     confirmed: list[str] = field(default_factory=list)
@@ -67,22 +73,24 @@ class PruneResult:
 
 def plan(catalog: Catalog, provider: Provider, retention: Retention, drill_timeout_s: float,
          pending: Manifest | None = None, *, complete_within: float | None = None,
-         checked: Callable[[], None] | None = None) -> PruneResult:
+         checked: Callable[[], None] | None = None, made: str | None = None) -> PruneResult:
     """What a prune would do now. The result of a dry run. ``pending``: a run whose snapshots are
     not complete yet (`backup --no-wait`): kept, and not counted, so that the runs it would
     replace stay until it is known to be a backup. ``complete_within``: seconds in which to
     complete, under the cluster lock, the pending snapshots of `--no-wait` runs the policy would
     keep, where the provider completes them only when asked (local), so that they count; None
     (a dry run): reads only, and counts such a run as the prune would once it completed them.
-    ``checked`` is called before each snapshot completed and raises to stop (Ctrl-C, a lost lock)."""
+    ``checked`` is called before each snapshot completed and raises to stop (Ctrl-C, a lost lock).
+    ``made``: the run a backup just made, whose own retention keeps it whatever its start."""
     budget = None if complete_within is None else CompletionBudget(time.monotonic() + complete_within,
                                                                    checked or (lambda: None))
-    decided, problems, confirmed, completed = _decide_over_readable_runs(
-        catalog, provider, retention, budget, pending.run_id if pending else None)
-    tagged = by_run(provider.find({TAG_CLUSTER: catalog.cluster})) if decided.delete else {}
+    over = _decide_over_readable_runs(catalog, provider, retention, budget, pending.run_id if pending else None,
+                                      made)
+    decided, completed = over.plan, over.completed_here
+    tagged = by_run(over.listing or []) if decided.delete else {}
     owners = Owners(catalog)
-    result = PruneResult(catalog.cluster, complete_within is None, retention, [], [], problems=problems,
-                         confirmed=confirmed, completed=completed)
+    result = PruneResult(catalog.cluster, complete_within is None, retention, [], [], problems=over.problems,
+                         warnings=over.warnings, confirmed=over.confirmed, completed=completed)
     result.owners = owners
     result.kept = [_verdict(d) for d in decided.keep]
     done = _WOULD_COMPLETE if complete_within is None else _COMPLETED
@@ -133,9 +141,19 @@ def spared_while_in_use(catalog: Catalog, verdict: RunVerdict, result: PruneResu
     return True
 
 
+@dataclass
+class _Decided:
+    plan: RetentionPlan
+    problems: list[str]
+    warnings: list[str]
+    confirmed: list[str]  # `--no-wait` runs found complete
+    completed_here: list[str]  # those of them this prune completed (or would)
+    listing: list[SnapshotRef] | None  # the provider's snapshots of the cluster, when anything would go
+
+
 def _decide_over_readable_runs(catalog: Catalog, provider: Provider, retention: Retention,
-                               budget: CompletionBudget | None,
-                               left_out: str | None = None) -> tuple[RetentionPlan, list[str], list[str], list[str]]:
+                               budget: CompletionBudget | None, left_out: str | None = None,
+                               made: str | None = None) -> _Decided:
     """The policy over the catalog's runs, where every succeeded run it keeps has had its manifest
     read: a kept run is the reason others go, so it must be a backup that can be restored, not just
     a line in the index. A damaged manifest behind an intact line would otherwise stand in for the
@@ -144,21 +162,40 @@ def _decide_over_readable_runs(catalog: Catalog, provider: Provider, retention: 
     run whose manifest does not say its snapshots completed (`backup --no-wait`) is asked about at
     the provider: a run whose snapshots failed later must not count as the backup that replaces
     the good ones; where the provider completes pending ones only when asked, it is asked
-    (within ``budget``; None: a dry run, which only counts them as completed). Also
-    returns the runs found complete, and those of them this prune completed (or would)."""
+    (within ``budget``; None: a dry run, which only counts them as completed). Once anything
+    would go, the provider's listing (one call) is held against each kept run's manifest: a run
+    missing a snapshot is held, neither counted nor deleted (``_unlisted``). Runs that started
+    in the future by the catalog's clock are held too (``decide``). Also returns the runs found
+    complete, and those of them this prune completed (or would)."""
     entries, problems = catalog.list(confirm_newest=False)  # the loop below reads what it keeps, once
     runs = {e.run_id: e for e in entries if e.run_id != left_out}
+    now = catalog.now()
     confirmed: set[str] = set()
     doubts: dict[str, tuple[str, bool]] = {}  # run id -> (why it is not counted, whether it is held)
     completed: list[str] = []
     completed_here: list[str] = []
+    read: dict[str, Manifest] = {}  # the manifests confirm read
+    listing: list[SnapshotRef] | None = None
+    looked: set[str] = set()  # runs held against the listing
+    warnings: list[str] = []
     while True:
         decided = decide([Run(e.run_id, e.started_at, e.status, *doubts.get(e.run_id, (None, False)))
-                          for e in runs.values()], retention)
+                          for e in runs.values()], retention, now=now, made=made)
         doubtful = [d.run.run_id for d in decided.keep if d.run.status == SUCCEEDED and d.run.run_id not in confirmed]
         if not doubtful:
-            return decided, sorted(problems), completed, completed_here
-        current, unreadable = catalog.confirm(doubtful)
+            if decided.delete and listing is None:
+                listing = provider.find({TAG_CLUSTER: catalog.cluster})
+            gaps = {} if listing is None else _unlisted(decided, read, listing, provider, looked, set(completed))
+            if gaps:
+                for run_id, why in gaps.items():
+                    doubts[run_id] = (f"cannot be restored as recorded: {why}", True)
+                    warnings.append(f"run {run_id} cannot be restored as recorded: {why}; retention neither counts "
+                                    f"nor deletes it; hint: `snapctl verify {run_id}` names what is missing, and the "
+                                    "run is left for you to repair or remove")
+                continue
+            warnings += [_ahead_warning(run, now) for run in decided.ahead]
+            return _Decided(decided, sorted(problems), warnings, completed, completed_here, listing)
+        current, unreadable = catalog.confirm(doubtful, read)
         confirmed.update(doubtful)
         problems += [f"run {run_id}: {reason}" for run_id, reason in unreadable.items()]
         for run_id in doubtful:
@@ -228,6 +265,44 @@ def _snapshots_doubt(manifest: Manifest, provider: Provider,
         return (f"its snapshots did not complete (backup --no-wait): {missed.why}", False), False
     return (f"its snapshots are not completed yet (backup --no-wait): {missed.why}; a later prune tries again",
             True), False
+
+
+def _unlisted(decided: RetentionPlan, read: dict[str, Manifest], listing: list[SnapshotRef], provider: Provider,
+              looked: set[str], skip: set[str]) -> dict[str, str]:
+    """Why each run kept as a backup cannot be restored as recorded: a snapshot its manifest names
+    that the provider's listing lacks, or has in error (the listing is all a plan has; `snapctl
+    verify` asks about each snapshot). Each run is looked at once; ``skip``: runs the provider was
+    asked about already (`--no-wait` ones). A run made with another provider is not in the listing."""
+    listed = {ref.snapshot_id: ref for ref in listing}
+    where = getattr(provider, "elsewhere", None)
+    ahead = {run.run_id for run in decided.ahead}
+    gaps: dict[str, str] = {}
+    for decision in decided.keep:
+        run = decision.run
+        if run.status != SUCCEEDED or run.doubt is not None or run.run_id in looked or run.run_id in ahead or run.run_id in skip:
+            continue
+        looked.add(run.run_id)
+        manifest = read.get(run.run_id)
+        if manifest is None or manifest.provider != provider.name:
+            continue
+        broken = []
+        for ref in manifest.snapshot_refs():
+            found = listed.get(ref.snapshot_id)
+            if found is None:
+                why = (where(ref) if where is not None else None) or "not among the provider's snapshots of the cluster"
+                broken.append(f"snapshot {ref.snapshot_id} (node {ref.node}): {why}")
+            elif found.state == "error":
+                broken.append(f"snapshot {ref.snapshot_id} (node {ref.node}) is in error: {found.error or 'no reason given'}")
+        if broken:
+            gaps[run.run_id] = broken[0] + (f" (and {len(broken) - 1} more)" if len(broken) > 1 else "")
+    return gaps
+
+
+def _ahead_warning(run: Run, now: datetime) -> str:
+    started = as_utc(run.started_at)
+    return (f"run {run.run_id} started {started:%Y-%m-%d %H:%M:%S}Z, {ahead_span(started, now)} ahead of this host's clock "
+            f"(more than {FUTURE_SKEW.seconds // 60} min): retention neither counts nor deletes it; "
+            "hint: check the clocks of the hosts that run snapctl (NTP)")
 
 
 _COMPLETED = "its snapshots completed by this prune (backup --no-wait)"

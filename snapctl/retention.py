@@ -17,6 +17,12 @@ hold no usable backup but are the record of what went wrong: a ``failed`` or ``r
 kept while it is newer than the oldest kept succeeded run, and deleted once older (a later run
 took the cluster lock after it, so it is over or abandoned). With no succeeded run at all, nothing
 is deleted. A ``pruning`` run was chosen by an earlier prune that did not finish: it goes.
+
+Given ``now`` (the deciding process's clock), a succeeded run that started more than
+``FUTURE_SKEW`` after it is kept without being counted: a clock was wrong when it was stamped or
+is wrong now, and ranked by its start it would take the newest place for as long as the error
+lasts, so that every later backup went in its own retention. Given ``made`` (a backup's own run),
+that run is kept whatever its start and the numbers say.
 """
 
 from __future__ import annotations
@@ -26,10 +32,11 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from snapctl.config import Retention
-from snapctl.timestamps import as_utc
+from snapctl.timestamps import FUTURE_SKEW, as_utc, started_ahead
 
 SUCCEEDED = "succeeded"
 PRUNING = "pruning"
+MADE = "made by this backup: its own retention never deletes it"
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,7 @@ class Decision:
 @dataclass(frozen=True)
 class RetentionPlan:
     decisions: tuple[Decision, ...]  # newest first
+    ahead: tuple[Run, ...] = ()  # succeeded runs kept uncounted: they started after now + FUTURE_SKEW
 
     @property
     def keep(self) -> list[Decision]:
@@ -83,9 +91,15 @@ def month_of(moment: datetime) -> str:
     return f"{as_utc(moment):%Y-%m}"
 
 
-def decide(runs: Iterable[Run], policy: Retention) -> RetentionPlan:
+def decide(runs: Iterable[Run], policy: Retention, *, now: datetime | None = None,
+           made: str | None = None) -> RetentionPlan:
+    """The policy over ``runs``; ``now``: runs that started after it (beyond ``FUTURE_SKEW``) are
+    kept and not counted; ``made``: the run a backup just made, never deleted by its retention."""
     ordered = newest_first(runs)
-    succeeded = [r for r in ordered if r.status == SUCCEEDED and r.doubt is None]
+    ahead = [r for r in ordered if now is not None and r.run_id != made and r.status == SUCCEEDED
+             and r.doubt is None and started_ahead(r.started_at, now)]
+    ahead_ids = {r.run_id for r in ahead}
+    succeeded = [r for r in ordered if r.status == SUCCEEDED and r.doubt is None and r.run_id not in ahead_ids]
     reasons: dict[str, list[str]] = {r.run_id: [] for r in succeeded}
 
     if succeeded:
@@ -97,11 +111,17 @@ def decide(runs: Iterable[Run], policy: Retention) -> RetentionPlan:
         for run, period in _newest_per_period(succeeded, count, bucket):
             reasons[run.run_id].append(f"{label} {period}")
 
+    if made in reasons and not reasons[made]:  # ranked out by a start older than the others' (a clock behind)
+        reasons[made].append(MADE)
     kept = [r for r in succeeded if reasons[r.run_id]]
     oldest_kept = kept[-1] if kept else None
     decisions = []
     for run in ordered:
-        if run.status == SUCCEEDED and run.doubt is not None and run.held:
+        if run.run_id in ahead_ids:
+            decisions.append(Decision(run, True, (f"started {as_utc(run.started_at):%Y-%m-%d %H:%M:%S}Z, more than "
+                                                   f"{FUTURE_SKEW.seconds // 60} min ahead of this host's clock: not "
+                                                   "counted, not deleted",)))
+        elif run.status == SUCCEEDED and run.doubt is not None and run.held:
             decisions.append(Decision(run, True, (f"{run.doubt}: not counted, not deleted",)))
         elif run.status == SUCCEEDED and run.doubt is not None:  # no backup: the record of one that failed
             if oldest_kept is not None and _older(run, oldest_kept):
@@ -118,7 +138,9 @@ def decide(runs: Iterable[Run], policy: Retention) -> RetentionPlan:
             decisions.append(Decision(run, False, (f"{run.status}, older than the oldest kept run {oldest_kept.run_id}",)))
         else:
             decisions.append(Decision(run, True, (f"{run.status}, within the retained period",)))
-    return RetentionPlan(tuple(decisions))
+    decisions = [Decision(d.run, True, (*d.reasons, MADE)) if d.run.run_id == made and not d.keep else d
+                 for d in decisions]
+    return RetentionPlan(tuple(decisions), tuple(ahead))
 
 
 def _newest_per_period(

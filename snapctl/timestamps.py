@@ -9,7 +9,7 @@ by earlier versions (which wrote both forms) keep loading.
 from __future__ import annotations
 
 import functools
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from pydantic import AwareDatetime, BeforeValidator, PlainSerializer, WithJsonSchema
@@ -37,6 +37,22 @@ def as_utc(moment: datetime) -> datetime:
     """Aware UTC; a naive time (hand-edited, another tool's) is taken to be UTC already, as every
     time snapctl writes is: comparing it with an aware one would raise TypeError."""
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+# How far a run's start may be ahead of the clock judging it (retention's, `latest`'s) and still
+# rank as its start says: hosts whose clocks NTP keeps agree to well within it.
+FUTURE_SKEW = timedelta(minutes=5)
+
+
+def started_ahead(started_at: datetime, now: datetime) -> bool:
+    """Whether a run started further ahead of ``now`` than clocks disagree: a clock was wrong."""
+    return as_utc(started_at) > as_utc(now) + FUTURE_SKEW
+
+
+def ahead_span(started_at: datetime, now: datetime) -> str:
+    """How far ``started_at`` is ahead of ``now``, for a warning: "12 min", "5 h", "30 days"."""
+    minutes = round((as_utc(started_at) - as_utc(now)).total_seconds() / 60)
+    return f"{minutes} min" if minutes < 120 else f"{round(minutes / 60)} h" if minutes < 2880 else f"{round(minutes / 1440)} days"
 
 
 def parse_utc(text: str) -> datetime:

@@ -16,9 +16,10 @@ from datetime import datetime
 from snapctl.catalog import BlobStore
 from snapctl.catalog.index import CAS_RETRIES, PRUNING, RUNNING, ManifestIndex, index_entry
 from snapctl.catalog.lock import Clock, LockRecord, RunLock, acquire, read_lock, utc_now
-from snapctl.catalog.reasons import skipped_newer
+from snapctl.catalog.reasons import ahead_warning, skipped_newer
 from snapctl.errors import BadInputError, CatalogError, SnapctlError
 from snapctl.manifest import IndexEntry, Manifest
+from snapctl.timestamps import started_ahead
 
 _MAX_CANDIDATES = 8
 # Where a catalog is: the inventory's catalog.path, else a directory per user, so cron's runs
@@ -55,6 +56,10 @@ class Catalog(ManifestIndex):
         super().__init__(store, cluster)
         self._clock = clock
         self._lock_key = f"{cluster}/lock.json"
+
+    def now(self) -> datetime:
+        """This catalog's clock (the lock's): what retention and ``latest`` take as now."""
+        return self._clock()
 
     def describe(self, *, say_missing: bool = False) -> str:
         """Where the catalog is; ``say_missing``: and that its directory does not exist, if so."""
@@ -148,8 +153,16 @@ class Catalog(ManifestIndex):
         if running is not None:
             running += [e for e in entries if e.status == RUNNING]
         if ref == "latest":
-            newest = next((e for e in entries if e.status == "succeeded"), None)
+            succeeded = [e for e in entries if e.status == "succeeded"]
+            now = self._clock()
+            # A run stamped in the future (a wrong clock) is no newer backup: its real age is unknown,
+            # and retention does not count it either. Passed over, with a warning; the newest of them
+            # only when every run is.
+            newest = next((e for e in succeeded if not started_ahead(e.started_at, now)), None)
+            ahead = succeeded[: succeeded.index(newest)] if newest is not None else succeeded[:1]
+            newest = newest or next(iter(succeeded), None)
             if newest is not None and skipped is not None:
+                skipped += [ahead_warning(newest, e, now) for e in ahead]
                 skipped += skipped_newer(newest, problems, indexed, self._where)
             if newest is None and problems:  # there may be one: its manifest cannot be read
                 unreadable = ", ".join(f"{r} ({why})" for r, why in sorted(problems.items())[:_MAX_CANDIDATES])

@@ -93,6 +93,10 @@ class ManifestIndex:
         """The run's index line as its manifest says now; (None, reason) when it cannot be parsed,
         (None, None) when it is gone. A manifest the store cannot read at all raises: a passing
         failure to read must not make another run the newest backup."""
+        manifest, problem = self._current_manifest(run_id)
+        return (index_entry(manifest) if manifest is not None else None), problem
+
+    def _current_manifest(self, run_id: str) -> tuple[Manifest | None, str | None]:
         data = self.store.read(f"{self._manifests}{run_id}.json")
         if data is None:
             return None, None  # deleted while we looked
@@ -103,7 +107,7 @@ class ManifestIndex:
             self._unconfirmed[run_id] = manifest
         else:
             self._unconfirmed.pop(run_id, None)
-        return index_entry(manifest), None
+        return manifest, None
 
     def unconfirmed(self, run_id: str) -> Manifest | None:
         """The run's manifest when, as this catalog's last ``list``/``confirm`` read it, it says the
@@ -190,19 +194,23 @@ class ManifestIndex:
             confirmed.append(entry)
         return newest_first(confirmed)
 
-    def confirm(self, run_ids: Iterable[str]) -> tuple[dict[str, IndexEntry], dict[str, str]]:
+    def confirm(self, run_ids: Iterable[str],
+                read: dict[str, Manifest] | None = None) -> tuple[dict[str, IndexEntry], dict[str, str]]:
         """Each run's index line as its manifest says now, every one of them read: for the runs a
         decision rests on (retention keeps a run as the reason to delete others). A manifest that
         cannot be parsed comes back as a problem (run id -> reason), a run deleted meanwhile in
         neither. The index is repaired where it was wrong: an unreadable run leaves it, so that
-        `list` reports it from then on."""
+        `list` reports it from then on. ``read`` gets the manifests read (retention checks the
+        snapshots they name against the provider's listing, without reading them again)."""
         indexed, raw = self._read_index()  # before the manifests: a save after our reads fails our swap
         current: dict[str, IndexEntry] = {}
         problems: dict[str, str] = {}
         for run_id in run_ids:
-            entry, problem = self._current(run_id)
-            if entry is not None:
-                current[run_id] = entry
+            manifest, problem = self._current_manifest(run_id)
+            if manifest is not None:
+                current[run_id] = index_entry(manifest)
+                if read is not None:
+                    read[run_id] = manifest
             elif problem is not None:
                 problems[run_id] = problem
         if indexed is not None:

@@ -165,10 +165,12 @@ class Renderer:
         holds = f"holds began within {_seconds(m.hold_skew_s)}, " if m.hold_skew_s is not None else ""
         self.line(f"{holds}prepare skew {_seconds(m.prepare_skew_s)}, longest freeze {_seconds(m.max_freeze_window_s)}"
                   + (f", degraded: {'; '.join(m.degradations)}" if m.degradations else ""))
-        from snapctl.render.retention import backup_retention_line
+        from snapctl.render.retention import backup_retention_line, backup_retention_warnings
 
         if retention := backup_retention_line(m):
             self.out.print(retention)
+        for line in backup_retention_warnings(m):
+            self.err.print(line, markup=False, highlight=False, soft_wrap=True)
         return ExitCode.OK
 
     def _plan(self, plan) -> int:
@@ -331,6 +333,11 @@ class JsonRenderer(Renderer):
     def backup_result(self, result) -> int:
         from snapctl.preflight import BackupPlan
 
+        if not isinstance(result, BackupPlan):
+            from snapctl.render.retention import backup_retention_warnings
+
+            for line in backup_retention_warnings(result):
+                print(line, file=sys.stderr)
         self._emit("plan" if isinstance(result, BackupPlan) else "backup", result)
         if isinstance(result, BackupPlan) and result.verdict.at_least("critical"):
             return ExitCode.PREFLIGHT_REFUSED

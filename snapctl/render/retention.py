@@ -41,7 +41,8 @@ def prune_warnings(result: Any) -> list[str]:
     lines = [f"not deleted: run {v.run_id}: {v.error}" for v in result.unfinished]
     if result.unfinished:
         lines.append("  hint: these runs stay marked 'pruning' (never restored); the next prune retries them")
-    return lines + [f"warning: {problem} (left alone)" for problem in result.problems]
+    return (lines + [f"warning: {problem} (left alone)" for problem in result.problems]
+            + [f"warning: {warning}" for warning in result.warnings])
 
 
 def prune_document(result: Any) -> dict[str, Any]:
@@ -129,6 +130,13 @@ def gc_document(result: Any) -> dict[str, Any]:
 
 def gc_exit(result: Any) -> int:
     return ExitCode.OK if result.ok else ExitCode.RUN_FAILED
+
+
+def backup_retention_warnings(manifest: Any) -> list[str]:
+    """What retention after the backup left for the operator (stderr), as `snapctl prune` says it."""
+    record = manifest.extra.get("retention")
+    warnings = record.get("warnings") if isinstance(record, dict) else None
+    return [f"warning: {w}" for w in warnings if isinstance(w, str)] if isinstance(warnings, list) else []
 
 
 def backup_retention_line(manifest: Any) -> str | None:

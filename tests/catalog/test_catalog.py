@@ -13,7 +13,7 @@ from snapctl.config import Retention, parse_inventory
 from snapctl.errors import BadInputError, CatalogError
 from snapctl.prune_plan import plan
 
-from .conftest import make_manifest
+from .conftest import FakeClock, make_manifest
 
 
 def _ids(catalog: Catalog) -> list[str]:
@@ -94,10 +94,11 @@ def test_delete_forgets_the_run(catalog: Catalog) -> None:
         catalog.load("r1")
 
 
-def test_resolve_full_id_prefix_and_latest(catalog: Catalog) -> None:
+def test_resolve_full_id_prefix_and_latest(catalog: Catalog, clock: FakeClock) -> None:
     catalog.save(make_manifest("20240501T120000Z-aaaaaa", minutes=0))
     catalog.save(make_manifest("20240501T130000Z-bbbbbb", minutes=60))
     catalog.save(make_manifest("20240501T140000Z-cccccc", minutes=120, status="failed"))
+    clock.advance(3 * 3600)  # after them: `latest` passes over a run that started in the future by its clock
     assert catalog.resolve("20240501T120000Z-aaaaaa") == "20240501T120000Z-aaaaaa"
     assert catalog.resolve("20240501T13") == "20240501T130000Z-bbbbbb"
     assert catalog.resolve("latest") == "20240501T130000Z-bbbbbb"

@@ -12,7 +12,7 @@ from snapctl.catalog import Catalog, LocalBlobStore
 from snapctl.catalog.index import index_entry
 from snapctl.config import Retention
 from snapctl.errors import Interrupted
-from snapctl.providers import create_provider
+from snapctl.providers import create_provider, snapshot_tags
 from snapctl.prune import apply
 from snapctl.prune_plan import plan
 from tests.catalog.conftest import make_manifest
@@ -106,11 +106,24 @@ def test_status_latest_and_a_prefix_read_as_much_of_200_runs_as_of_20(tmp_path: 
     assert [manifests for _, manifests, _ in large] == [1, 2, 2]  # latest and a prefix: resolved, then loaded
 
 
+def provider_with_snapshots_of(tmp_path: Path, run_ids: list[str]):
+    """A local provider whose store holds the snapshot each of ``run_ids``' manifests names (a prune
+    counts a run it keeps only when the provider lists every snapshot the run's manifest names)."""
+    provider = create_provider({"type": "local", "store": str(tmp_path / "snapshots")}, cluster="prod",
+                               base_dir=tmp_path)
+    data = tmp_path / "volume"
+    data.mkdir()
+    (data / "db").write_text("data\n")
+    volumes = provider.validate_volumes("n1", [{"name": "data", "path": str(data)}], base_dir=tmp_path)
+    for run_id in run_ids:
+        provider.wait(provider.snapshot(volumes, snapshot_tags("prod", run_id, "n1")), deadline=float("inf"))
+    return provider
+
+
 def pruning_200_runs(tmp_path: Path):
     """A catalog of 200 runs, its counting store, a local provider, and the plan of a prune that keeps 5."""
     catalog, store = catalog_of(tmp_path / "catalog", 200)
-    provider = create_provider({"type": "local", "store": str(tmp_path / "snapshots")}, cluster="prod",
-                               base_dir=tmp_path)
+    provider = provider_with_snapshots_of(tmp_path, hourly(200)[194:199])
     planned = plan(catalog, provider, Retention(keep_last=5, daily=0, weekly=0, monthly=0), 60.0)
     assert len(planned.deleted) == 194
     return catalog, store, provider, planned
@@ -151,8 +164,7 @@ def records_listed(store: CallCountingStore) -> list[str]:
 
 def test_a_prune_stopped_while_marking_leaves_the_index_as_the_manifests_say(tmp_path: Path) -> None:
     catalog, store = catalog_of(tmp_path / "catalog", 40)
-    provider = create_provider({"type": "local", "store": str(tmp_path / "snapshots")}, cluster="prod",
-                               base_dir=tmp_path)
+    provider = provider_with_snapshots_of(tmp_path, hourly(40)[34:39])
     planned = plan(catalog, provider, Retention(keep_last=5, daily=0, weekly=0, monthly=0), 60.0)
     checks = []
 
