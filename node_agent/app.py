@@ -122,8 +122,10 @@ def create_app(service: AgentService, token: str | None, *, max_body_bytes: int 
     async def prepare(body: PrepareRequest) -> PrepareResponse:
         # The wait for hold_at runs here, on the event loop: in a worker thread, prepares naming
         # instants ahead could occupy every one, and renew and complete would queue behind them.
-        await service.wait_for_hold_at(body.run_id, body.lease_s, body.hold_at)
-        return await _call(service.prepare, body.run_id, body.lease_s)
+        # Its client gone (a snapctl killed), the prepare goes on all the same: status names it.
+        with service.preparing.of(body.run_id):
+            await service.wait_for_hold_at(body.run_id, body.lease_s, body.hold_at)
+            return await _call(service.prepare, body.run_id, body.lease_s)
 
     @app.post("/v1/renew", response_model=LeaseInfo, **v1, tags=["lease"])
     async def renew(body: RenewRequest) -> LeaseInfo:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 
 _Wake = Callable[[], None]
 
@@ -81,3 +82,30 @@ class HoldWaits:
                 del self._wakes[run_id]
                 self._cancelled.discard(run_id)
             return cancelled
+
+
+class Preparing:
+    """The runs whose prepare has arrived and is not answered yet: waiting for its ``hold_at``, for
+    the engine, or in its prepare call. ``/v1/status`` names them (``preparing``): such a hold has
+    not begun, so no lease shows it, yet it will, and a run that takes a dead run's lock over must
+    wait for it as for a lease (snapctl/dead_holds.py), or that run's prepare is refused."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._runs: Counter[str] = Counter()
+
+    @contextlib.contextmanager
+    def of(self, run_id: str) -> Iterator[None]:
+        with self._lock:
+            self._runs[run_id] += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._runs[run_id] -= 1
+                if not self._runs[run_id]:
+                    del self._runs[run_id]
+
+    def runs(self) -> list[str]:
+        with self._lock:
+            return sorted(self._runs)

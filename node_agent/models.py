@@ -223,6 +223,9 @@ class AgentStatus(Model):
     # The `engine: type` of the agent's config, the entry point it was built from: an alias or a
     # subclass of another engine may carry that one's ``engine.engine``. None from older agents.
     engine_type: str | None = None
+    # The runs whose prepare has arrived and is not answered yet (waiting for its hold_at, for the
+    # engine, or in its prepare call): holds about to begin, which no lease shows. None from older agents.
+    preparing: list[str] | None = None
 
 
 class Health(Model):

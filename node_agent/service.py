@@ -21,7 +21,7 @@ from pathlib import Path
 
 from node_agent.engines.base import Engine
 from node_agent.hold_record import HoldRecords
-from node_agent.hold_waits import HoldWaits
+from node_agent.hold_waits import HoldWaits, Preparing
 from node_agent.lease import AgentStats, Lease, free_bytes
 from node_agent.lease_refusals import behind_trigger, held_by_another, not_holding, releasing
 from node_agent.left_hold import HoldBook
@@ -92,6 +92,7 @@ class AgentService:
         self._lease: Lease | None = None
         self._ended: OrderedDict[str, str] = OrderedDict()  # run id -> how its hold ended
         self._waiting = HoldWaits()  # prepares waiting for their hold_at, which their run's complete cancels
+        self.preparing = Preparing()  # the HTTP app's prepares, from arrival to answer (in every status)
         self._stats = AgentStats()
         self._closed = False
         self._busy: tuple[str, float] | None = None  # the engine call under way, and since when
@@ -148,6 +149,7 @@ class AgentService:
             restore_root=self._restore_root_text,
             free_bytes=free_bytes(paths[0]) if paths else None,
             engine_type=self.engine_type,
+            preparing=self.preparing.runs(),
         )
 
     def _status_while_busy(self) -> AgentStatus:
@@ -164,7 +166,7 @@ class AgentService:
         return AgentStatus(node=self.node, agent_version=__version__, engine=self._with_release_error(engine),
                            lease=lease.info() if lease else None, data_paths=[str(p) for p in paths],
                            restore_root=self._restore_root_text, free_bytes=free_bytes(paths[0]) if paths else None,
-                           engine_type=self.engine_type)
+                           engine_type=self.engine_type, preparing=self.preparing.runs())
 
     def _with_release_error(self, engine: EngineStatus) -> EngineStatus:
         """An expired lease the engine would not release is said in ``details["releasing"]``: the

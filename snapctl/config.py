@@ -63,6 +63,15 @@ class CatalogConfig(Strict):
     url: str | None = None  # s3://bucket/prefix for a shared catalog
     endpoint_url: str | None = Field(default=None, pattern=URL_PATTERN)  # S3-compatible endpoint (tests: moto)
     region: str | None = None
+    # `snapctl status`'s catalog reads, all told (each refresh's, with --watch): past it the catalog
+    # is reported unreadable, which is critical. Its own setting: a slow but healthy S3 store is
+    # no agent, and 3 x policy.agent_timeout_s (30 s) failed CI's status step on one.
+    status_timeout_s: float = 120.0
+
+    @field_validator("status_timeout_s", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return positive_duration(value)
 
 
 class AgentAuth(Strict):

@@ -11,7 +11,8 @@ that need it.
     wire: 4-byte big-endian length + pickle, both ways. Parent -> child: the init mapping, then
     (call id, method name, args). Child -> parent: ("ready", None or the warm-up's error), then
     (call id, ok, result or error); and, any time once its imports are done, ("log", logger name,
-    level, message, traceback or None) for each record logged there (``_SentLogs``). The init's
+    level, message, traceback or None) for each record logged there, by any logger, propagating
+    or not (``_send_logs``). The init's
     "siblings" lists pipe ends (read, write) the parent passed: for each, a sibling is forked
     after the imports and speaks the same wire over them, from its own ready on; this process
     reaps them before it exits.
@@ -217,13 +218,22 @@ class _SentLogs(logging.Handler):
 
 
 def _send_logs(outgoing: queue.SimpleQueue[bytes | None], level: int) -> None:
-    """From here on, what is logged in this process goes to the parent, and only there: a forked
-    child's root still has the parent's handlers, which would say it on stderr a second time."""
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    root.addHandler(_SentLogs(outgoing))
-    root.setLevel(level)
+    """From here on, what is logged in this process goes to the parent, and only there, whichever
+    logger logs it: the parent handles it with its logger of that name, propagation and all.
+
+    A handler on the root sees only what propagates there: a plugin logger with ``propagate =
+    False`` (set after ``getLogger``, often at import) would still say its records here, on this
+    process's stderr (logging's last resort, or the plugin's own handler: in a forked child one
+    that writes to the parent's stream object, whose buffered output it would repeat, or to a file
+    whose descriptor is closed here). So every logger's handlers are replaced, in this process
+    only, by the one that sends: a forked child's root still has the parent's handlers too."""
+    sent = _SentLogs(outgoing)
+
+    def call_handlers(self: logging.Logger, record: logging.LogRecord) -> None:
+        sent.handle(record)
+
+    logging.Logger.callHandlers = call_handlers  # type: ignore[method-assign]
+    logging.getLogger().setLevel(level)
 
 
 class _LoopCalls:

@@ -3,7 +3,7 @@ against the RPO, and what a backup preflight would refuse on right now.
 
 Fan-out is bounded per node (``policy.agent_timeout_s``): a dead or slow agent shows as
 unreachable and never holds up the rest. The catalog's reads are bounded as a whole
-(``CATALOG_DEADLINE_FACTOR`` times that): a store that never answers shows as unreadable.
+(``catalog.status_timeout_s``): a store that never answers shows as unreadable.
 """
 
 from __future__ import annotations
@@ -287,9 +287,6 @@ async def watch_status(
         await asyncio.sleep(max(0.0, interval_s - (time.monotonic() - started)))
 
 
-CATALOG_DEADLINE_FACTOR = 3  # status's catalog reads, all told: this many times policy.agent_timeout_s
-
-
 Looked = tuple[CatalogLook, "DrillLook | str | None"]  # the drills, or why they could not be read
 
 
@@ -298,7 +295,7 @@ async def _look_in_time(inventory: Inventory) -> Looked:
     never answers took each call 30 s, 5 times over (5 minutes a status): a cron job's next status
     overlapped it, and a `--watch` froze. Past the deadline the look is left to its daemon thread,
     which the command's exit does not wait for (a pool's thread it would)."""
-    deadline_s = inventory.policy.agent_timeout_s * CATALOG_DEADLINE_FACTOR
+    deadline_s = inventory.catalog.status_timeout_s
     loop = asyncio.get_running_loop()
     answer: asyncio.Future[Looked] = loop.create_future()
 
@@ -318,7 +315,8 @@ async def _look_in_time(inventory: Inventory) -> Looked:
         with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
             loop.call_soon_threadsafe(settle, found, failed)
 
-    hint = "check catalog.endpoint_url, the network and the store's health"
+    hint = ("check catalog.endpoint_url, the network and the store's health; a store that is only slow "
+            "needs a longer catalog.status_timeout_s")
     earlier = _unanswered.get(inventory.cluster)
     if earlier is not None and earlier[0].is_alive():  # a --watch: one stuck thread, not one a refresh
         return CatalogLook(obstacles=[CatalogError(
@@ -332,7 +330,7 @@ async def _look_in_time(inventory: Inventory) -> Looked:
         _unanswered[inventory.cluster] = (thread, time.monotonic() - deadline_s)
         return CatalogLook(obstacles=[CatalogError(
             f"cannot read the catalog: it did not answer within {duration_text(deadline_s)} "
-            f"({CATALOG_DEADLINE_FACTOR} x policy.agent_timeout_s)", hint=hint)]), None
+            "(catalog.status_timeout_s)", hint=hint)]), None
 
 
 # By cluster: a look past its deadline, still waiting on the catalog, and when it began.

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -204,3 +207,31 @@ def test_without_a_configured_token_no_header_is_needed(engine: SqliteEngine) ->
     with served(engine, token=None) as api:
         assert api.get("/v1/status").status_code == 200
         assert api.post("/v1/prepare", json={"run_id": "run-1", "lease_s": 60}).status_code == 200
+
+
+def test_a_prepare_whose_client_went_away_is_named_in_the_status_until_its_hold_begins(api: httpx.Client) -> None:
+    # Waiting for its hold_at, a prepare showed nowhere: a run taking a killed run's lock over saw
+    # no lease and went on, and the hold then began under it (snapctl/dead_holds.py).
+    hold_at = datetime.now(UTC) + timedelta(seconds=3)
+    body = json.dumps({"run_id": "run-dead", "lease_s": 60, "hold_at": hold_at.isoformat()}).encode()
+    host, port = api.base_url.host, api.base_url.port
+    with socket.create_connection((host, port)) as killed:  # sent, then gone, as a SIGKILLed snapctl
+        killed.sendall(b"POST /v1/prepare HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\n"
+                       b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                       % (host.encode(), TOKEN.encode(), len(body), body))
+    seen = _wait_for_status(api, lambda s: s.preparing)
+    assert seen.preparing == ["run-dead"] and seen.lease is None
+
+    held = _wait_for_status(api, lambda s: s.lease is not None)
+    assert held.lease.run_id == "run-dead"
+    assert _wait_for_status(api, lambda s: not s.preparing).lease.run_id == "run-dead"
+    assert api.post("/v1/complete", json={"run_id": "run-dead"}).json()["released"] is True
+
+
+def _wait_for_status(api: httpx.Client, wanted) -> AgentStatus:
+    for _ in range(400):
+        status = AgentStatus.model_validate(api.get("/v1/status").json())
+        if wanted(status):
+            return status
+        time.sleep(0.025)
+    raise AssertionError(f"the agent's status never came to that: {status}")

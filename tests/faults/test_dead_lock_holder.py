@@ -6,6 +6,7 @@ releasing them itself."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -15,7 +16,7 @@ from datetime import datetime, timedelta
 
 from snapctl.catalog.lock import LockRecord, utc_now
 from snapctl.process_identity import identity
-from tests.faults.harness import NODES, FaultCluster
+from tests.faults.harness import NODES, FaultCluster, wait_until
 
 LONG_LOCK = {"lock_ttl_s": "10m", "lease_ttl_s": "20s"}
 
@@ -72,3 +73,40 @@ def test_status_and_a_dry_run_say_a_backup_would_take_such_a_lock_over(cluster: 
     assert "a backup now would be refused (exit 4)" not in planned.stdout
     status = cluster.snapctl("status")
     assert "the next `snapctl backup` takes the lock over at once" in " ".join(status.stdout.split()), status.stdout
+
+
+
+def test_the_next_backup_waits_for_a_hold_the_dead_run_asked_for_that_had_not_begun(cluster: FaultCluster) -> None:
+    # Killed while its prepares waited at the agents for their hold_at: no lease showed them, so the
+    # next backup went on at once, and where its prepares reached the agents once those holds had
+    # begun (a preflight or a network slower than the dead run's hold lead), they were refused
+    # ("already held by run DEAD"): the run failed.
+    dying = cluster.write_inventory(cluster.directory / "dying.yaml",
+                                    policy={**LONG_LOCK, "hold_lead_s": "8s", "lease_ttl_s": "5s"})
+    process = cluster.popen("backup", "--no-prune", inventory=dying)
+    try:
+        wait_until(lambda: all("POST /v1/prepare HTTP/1.1" in cluster.agents[n].proxy.requests for n in NODES),
+                   60, "the prepares to reach every agent")
+        dead = cluster.lock_record()["run_id"]
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.communicate(timeout=30)
+    assert cluster.held() == set()  # nothing is held yet: each prepare waits for its hold_at
+
+    # The next run stops after its preflight, before its first prepare (its provider's warm-up),
+    # until the dead run's holds have begun: the order in which they met when it did not wait.
+    following = cluster.popen("backup", "--no-prune", "-o", "json", inventory=cluster.write_inventory(
+        cluster.directory / "next.yaml", provider={"stop_warm_up": True}, policy={**LONG_LOCK, "lease_ttl_s": "5s"}))
+    wait_until(lambda: set(cluster.run_ids()) - {dead} or following.poll() is not None, 60,
+               "the next run's preflight to pass")
+    wait_until(lambda: all(f"prepared for run {dead} " in cluster.agents[n].log.read_text(errors="replace")
+                           for n in NODES), 60, f"run {dead}'s holds to begin")
+    cluster.go("warm_up.go")
+    out, err = following.communicate(timeout=120)
+
+    assert following.returncode == 0, err
+    said = " ".join(err.split())
+    assert f"the dead run {dead}'s prepare is still under way there, its hold not begun yet" in said, said
+    # Each hold the dead run asked for began, and ended by its lease, before the next run held the node.
+    assert {node: cluster.released_by(node, dead) for node in NODES} == {node: "expired" for node in NODES}
+    assert json.loads(out)["data"]["status"] == "succeeded"

@@ -393,6 +393,27 @@ def test_what_the_child_logs_is_said_once_by_the_parents_handlers_and_kept_for_t
     assert "OSError: no route to the cloud" in err
 
 
+def test_what_the_child_logs_on_a_logger_that_does_not_propagate_reaches_the_parents_logger_of_that_name(
+        slow_provider, capfd):
+    # Only what reached the child's root logger was sent: a plugin logger with propagate=False
+    # said its records on the child's stderr (logging's last resort), never to the parent.
+    apart, kept = logging.getLogger("snapctl_slow.apart"), []
+    handler = logging.Handler()
+    handler.emit = kept.append  # type: ignore[method-assign]
+    apart.addHandler(handler)
+    try:
+        provider, volumes, worker = slow_provider(warn="slow: kept apart", warn_apart=True)
+        _run(_one_snapshot(worker, provider, volumes))
+        assert worker._process.wait(10) == 0
+    finally:
+        apart.removeHandler(handler)
+    assert apart.propagate is False  # the plugin's own setting, here as in the child
+    assert [(r.levelname, r.getMessage()) for r in kept] == [
+        ("WARNING", "slow: kept apart, as it warmed up"), ("ERROR", "slow: kept apart, in the call of node n1")]
+    assert "OSError: no route to the cloud" in kept[1].exc_text
+    assert "kept apart" not in capfd.readouterr().err  # the parent's logger has only the handler above
+
+
 def test_a_provider_that_runs_its_sdk_on_the_current_event_loop_gets_a_loop_of_its_own(slow_provider):
     provider, volumes, worker = slow_provider(current_loop=True)  # started from inside snapctl's running loop
 

@@ -14,7 +14,9 @@ on the event loop; ``extra.async`` on its refs) with ``warm_up_async`` (which im
 those, and each call, appends a line to ``events_file`` when one is named, and
 ``fail_warm_up_async`` makes ``warm_up_async`` fail with that message. ``warn`` makes ``warm_up``
 log that as a warning, and each blocking snapshot call log it as an error with a traceback, as a
-cloud plugin logs a cleanup that failed."""
+cloud plugin logs a cleanup that failed; with ``warn_apart`` it logs them on ``snapctl_slow.apart``,
+a logger that does not propagate (as a plugin that keeps its records off the root logger's
+handlers does)."""
 
 from __future__ import annotations
 
@@ -34,6 +36,8 @@ from snapctl_local import LocalProvider
 from snapctl.providers import ProviderSettings
 
 log = logging.getLogger("snapctl_slow")
+apart = logging.getLogger("snapctl_slow.apart")
+apart.propagate = False
 
 
 class SlowSettings(ProviderSettings):
@@ -49,6 +53,7 @@ class SlowSettings(ProviderSettings):
     say: str | None = None
     current_loop: bool = False
     warn: str | None = None
+    warn_apart: bool = False
 
 
 class SlowProvider:
@@ -104,6 +109,10 @@ class SlowProvider:
     def __getattr__(self, name):
         return getattr(self._local, name)
 
+    @property
+    def _log(self):
+        return apart if self._settings.warn_apart else log
+
     def warm_up(self):
         import snapctl_slow_sdk  # noqa: F401 - as a cloud plugin imports its SDK here
 
@@ -115,7 +124,7 @@ class SlowProvider:
                 asyncio.get_event_loop().run_until_complete(asyncio.sleep(0))
         time.sleep(self._settings.warm_up_s)
         if self._settings.warn:
-            log.warning("%s, as it warmed up", self._settings.warn)
+            self._log.warning("%s, as it warmed up", self._settings.warn)
         if self._settings.fail_warm_up:
             from snapctl.errors import ProviderError
 
@@ -134,7 +143,7 @@ class SlowProvider:
             try:
                 raise OSError("no route to the cloud")
             except OSError:
-                log.exception("%s, in the call of node %s", self._settings.warn, volumes.node)
+                self._log.exception("%s, in the call of node %s", self._settings.warn, volumes.node)
         refs = self._local.snapshot(volumes, tags)
         for ref in refs:
             ref.extra["pid"] = os.getpid()
