@@ -277,8 +277,7 @@ def write_restore_marker(dest: Path, ref: Any, meta: dict[str, Any], *, staging:
     metadata), with the restore's own ``tags`` (a drill's id) and its ``staging`` copy, which a
     restore killed part-way leaves. Exclusive: ``FileExistsError`` when a marker is there already,
     another restore's into the same place (which must keep it: it names what that restore made)."""
-    from snapctl.process_identity import run_owner
-    from snapctl.process_identity import identity
+    from snapctl.process_identity import identity, run_owner
 
     tags = {**(meta.get("tags") or {}), **(tags or {})}
     marker = restore_marker(dest)
