@@ -65,7 +65,7 @@ TextfileOpt = Annotated[str | None, typer.Option("--textfile", metavar="PATH",
 # No envvar: $SNAPCTL_INVENTORY names the real cluster's inventory, and `demo up` on it made its
 # databases the demo's (WAL, a table, a writer inserting rows).
 # The number flags: parsed here, so NaN, infinity and a value past the ceiling are one line with a hint.
-LIMIT = Number("--limit", kind=int, above=None, at_least=0, maximum=None,
+LIMIT = Number("--limit", kind=int, above=None, at_least=0, maximum=1_000_000, maximum_words="runs (0: every run)",
                problem="give a number of runs, or 0 for every run", hint="e.g. --limit 20")
 WATCH = Number("--watch", problem="the interval must be a number of seconds more than zero", maximum=86400,
                maximum_words="seconds (a day) between refreshes",

@@ -16,7 +16,8 @@ from snapctl.units import MAX_DURATION_S
 
 class Number:
     """The parser of one number flag: ``kind`` (float or int) more than ``above`` (or at least
-    ``at_least``), finite, and at most ``maximum`` (None: no ceiling). ``problem`` follows
+    ``at_least``), finite, and at most ``maximum`` (None: no ceiling), which ``maximum_words``
+    follows in its error. ``problem`` follows
     "FLAG VALUE: " in the error of a value that is no such number; ``hint`` ends every error."""
 
     def __init__(self, flag: str, *, problem: str, hint: str, kind: type = float, above: float | None = 0.0,

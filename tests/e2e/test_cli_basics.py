@@ -305,13 +305,14 @@ def test_a_bad_flag_value_says_what_to_give_instead(tmp_path, argv, error, hint)
      "e.g. --watch 5, or a bare --watch for every 2 seconds"),
     (["list", "--limit", "nan"], "--limit nan: give a number of runs, or 0 for every run", "e.g. --limit 20"),
     (["list", "--limit", "1.5"], "--limit 1.5: give a number of runs, or 0 for every run", "e.g. --limit 20"),
-], ids=["trigger-timeout-huge", "trigger-timeout-word", "watch-huge", "limit-nan", "limit-fraction"])
+    (["list", "--limit", "9" * 23], f"--limit {'9' * 23}: at most 1000000 runs (0: every run)", "e.g. --limit 20"),
+], ids=["trigger-timeout-huge", "trigger-timeout-word", "watch-huge", "limit-nan", "limit-fraction", "limit-huge"])
 @pytest.mark.parametrize("output", ["text", "json"])
 def test_a_number_flag_refuses_what_is_no_number_or_past_its_ceiling_while_parsing(tmp_path, argv, error, hint,
                                                                                     output):
     # `trigger --timeout 1e308` was a 91-line OverflowError traceback (the transport's deadline),
     # with -o json no document; `status --watch 1e308` printed once and never again; `--limit nan`
-    # got click's three lines of usage and no hint. Nothing listens on the node's port.
+    # got click's three lines of usage and no hint, and a 23-digit --limit passed. No agent is asked.
     (tmp_path / "inv.yaml").write_text("cluster: c\nprovider: {type: local, store: snaps}\nnodes:"
                                        + GOOD_NODE.replace("7701", "7883").replace("volumes: [data]", "volumes: []"))
     result = snapctl(*argv, "-i", "inv.yaml", "-o", output, cwd=tmp_path)
