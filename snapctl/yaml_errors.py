@@ -38,7 +38,7 @@ class NumberTooLong(yaml.constructor.ConstructorError):
                                  f"reads ({exc})", problem_mark=node.start_mark)
         self.node = node
         self.field = ""  # the key it is the value of, once found in the document (load_yaml_with_nodes)
-        self.hint = "no setting takes a number that long: give a few digits (a duration: e.g. 30s)"
+        self.hint = "no setting takes a number that long: give the one meant, in a few digits"
 
     def __str__(self) -> str:
         digits = len(self.node.value.lstrip("+-").replace("_", ""))

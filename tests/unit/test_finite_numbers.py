@@ -102,7 +102,7 @@ def test_every_float_of_the_agent_config_refuses_nan_and_infinity(text, expected
 
 LONG = "9" * 5000
 LONG_SAID = "a whole number of 5000 digits, longer than Python reads (4300 at most)"
-LONG_HINT = "no setting takes a number that long: give a few digits (a duration: e.g. 30s)"
+LONG_HINT = "no setting takes a number that long: give the one meant, in a few digits"
 
 
 @pytest.mark.parametrize(("text", "expected"), [
