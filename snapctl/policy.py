@@ -106,8 +106,9 @@ class Policy(Strict):
     @field_validator("max_follower_lag", mode="after")
     @classmethod
     def _lag(cls, value: int) -> int:
-        if value < 0:  # every follower, even one fully caught up, is that far behind
-            raise RefusedValue(f"must be 0 or more, not {value}", hint="a number of raft entries, e.g. 10000 (the default)")
+        if value < 0:  # every follower, even one caught up, is further behind than that
+            raise RefusedValue(f"must be 0 or more, not {value}",
+                               hint="a number of raft entries, e.g. 10000 (the default)")
         return value
 
     @field_validator("hold_lead_s", mode="before")

@@ -33,9 +33,8 @@ class NumberTooLong(yaml.constructor.ConstructorError):
     """A whole number longer than Python converts (``sys.get_int_max_str_digits()``, 4300 digits):
     its ValueError came out of PyYAML as a traceback, and ``-o json`` gave no document."""
 
-    def __init__(self, node: yaml.ScalarNode, exc: ValueError) -> None:
-        super().__init__(problem=f"a whole number of {len(node.value)} characters: longer than Python "
-                                 f"reads ({exc})", problem_mark=node.start_mark)
+    def __init__(self, node: yaml.ScalarNode) -> None:
+        super().__init__(problem="a whole number longer than Python reads", problem_mark=node.start_mark)
         self.node = node
         self.field = ""  # the key it is the value of, once found in the document (load_yaml_with_nodes)
         self.hint = "no setting takes a number that long: give the one meant, in a few digits"
@@ -50,7 +49,7 @@ def _int_or_too_long(loader: yaml.constructor.SafeConstructor, node: yaml.Scalar
     try:
         return yaml.constructor.SafeConstructor.construct_yaml_int(loader, node)
     except ValueError as exc:
-        raise NumberTooLong(node, exc) from exc
+        raise NumberTooLong(node) from exc
 
 
 class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]

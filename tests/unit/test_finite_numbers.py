@@ -44,7 +44,8 @@ def test_every_policy_duration_refuses_nan_infinity_and_past_ten_years(field, va
                                               ("drill: {max_age_s: .nan}\n", "inv.yaml:9: drill.max_age_s"),
                                               ("drill: {max_age_s: .inf}\n", "inv.yaml:9: drill.max_age_s"),
                                               ("drill: {timeout_s: .inf}\n", "inv.yaml:9: drill.timeout_s"),
-                                              ("drill: {start_timeout_s: .nan}\n", "inv.yaml:9: drill.start_timeout_s")])
+                                              ("drill: {start_timeout_s: .nan}\n",
+                                               "inv.yaml:9: drill.start_timeout_s")])
 def test_the_rpo_and_the_drill_durations_refuse_nan_and_infinity(block, where):
     # `rpo: .nan` turned the RPO check off: status said "(RPO nand)" and healthy, whatever the age.
     error = refused(INVENTORY.replace("rpo: 24h\n", "") + block)
@@ -61,7 +62,8 @@ def test_a_negative_follower_lag_is_refused():
     error = refused(INVENTORY.replace("  lease_ttl_s: 15s\n", "  max_follower_lag: -5\n"))
     assert error.message == "inv.yaml:4: policy.max_follower_lag: must be 0 or more, not -5"
     assert error.hint == "a number of raft entries, e.g. 10000 (the default)"
-    assert parse_inventory(INVENTORY.replace("  lease_ttl_s: 15s\n", "  max_follower_lag: 0\n")).policy.max_follower_lag == 0
+    caught_up = parse_inventory(INVENTORY.replace("  lease_ttl_s: 15s\n", "  max_follower_lag: 0\n"))
+    assert caught_up.policy.max_follower_lag == 0
 
 
 @pytest.mark.parametrize(("value", "said", "hint"), [
