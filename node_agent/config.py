@@ -36,6 +36,7 @@ from snapctl.yaml_errors import (
     describe_yaml_error,
     dotted,
     first_error,
+    hint_of,
     line_of,
     load_yaml_with_nodes,
     mistyped_scalar,
@@ -52,7 +53,8 @@ class AgentConfigError(BadInputError):
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # No NaN or infinity: pydantic's default takes YAML's .nan and .inf (`rate_per_s: .inf` started an agent).
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class TlsConfig(Strict):
@@ -285,7 +287,7 @@ def parse_agent_config(text: str, *, source: str = "<agent config>", base_dir: P
     try:
         config = AgentConfig.model_validate(data)
     except ValidationError as exc:
-        raise AgentConfigError(describe(exc, root, source, AgentConfig)) from exc
+        raise AgentConfigError(describe(exc, root, source, AgentConfig), hint=hint_of(first_error(exc))) from exc
     config._base_dir = base_dir or Path.cwd()
     config._source = source
     try:

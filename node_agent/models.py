@@ -131,7 +131,7 @@ class Request(Model):
     rather than coerced (``"lease_s": "30"`` as 30, ``true`` as 1). An integer still counts where a
     number of seconds goes: JSON has one number type, and ``30`` is how most clients write thirty."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)  # JSON NaN, Infinity: Python reads them
 
 
 def _iso_time_only(value: Any) -> Any:

@@ -4,6 +4,7 @@ whose request does not: one line naming the field, with a hint where the fix is 
 from __future__ import annotations
 
 import json
+import math
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,6 +44,8 @@ _EXPECTED = {
     "float_type": "a number", "int_type": "an integer", "string_type": "a string", "bool_type": "true or false",
     "datetime_type": "an ISO 8601 time with its zone", "timezone_aware": "an ISO 8601 time with its zone",
     "model_type": "a JSON object", "model_attributes_type": "a JSON object", "dict_type": "a JSON object",
+    # NaN and Infinity, which Python's JSON reads: NaN was refused as "less than or equal to 3600"
+    "finite_number": "a finite number",
 }
 _TIME_HINT = "send UTC with its zone, e.g. 2026-12-06T02:15:03Z"
 _JSON_NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
@@ -92,6 +95,8 @@ def describe_request_error(exc: RequestValidationError) -> tuple[str, str | None
         hint = _TIME_HINT if kind == "datetime_type" else None
         if kind in ("float_type", "int_type") and isinstance(given, str) and _is_number(given):
             hint = f'send the number itself, not a string: "{field}": {given.strip()}'
+        if kind == "finite_number":
+            hint = f'send a number of seconds, e.g. "{field}": 30'
         return f"{field}: expected {_EXPECTED[kind]}, got {_json_kind(given)}", hint
     msg = str(err.get("msg", "invalid"))
     return f"{field}: {msg[:1].lower() + msg[1:]}", None
@@ -99,8 +104,8 @@ def describe_request_error(exc: RequestValidationError) -> tuple[str, str | None
 
 def _json_kind(value: Any) -> str:
     """What a client sent, in JSON's words: 'a string ("30")', 'true', 'an array'."""
-    if value is None or isinstance(value, bool):
-        return json.dumps(value)
+    if value is None or isinstance(value, bool) or (isinstance(value, float) and not math.isfinite(value)):
+        return json.dumps(value)  # null, true, NaN, Infinity: as the client wrote them
     if isinstance(value, int | float):
         return f"a number ({_shown(value)})"
     if isinstance(value, str):

@@ -11,6 +11,8 @@ from typing import Annotated
 
 import typer
 
+from snapctl.cli_numbers import Number
+
 app = typer.Typer(
     name="snapctl",
     help="Consistent disk snapshots across a database cluster.",
@@ -62,6 +64,14 @@ TextfileOpt = Annotated[str | None, typer.Option("--textfile", metavar="PATH",
                                                    help="Also write node_exporter metrics to PATH (*.prom).")]
 # No envvar: $SNAPCTL_INVENTORY names the real cluster's inventory, and `demo up` on it made its
 # databases the demo's (WAL, a table, a writer inserting rows).
+# The number flags: parsed here, so NaN, infinity and a value past the ceiling are one line with a hint.
+LIMIT = Number("--limit", kind=int, above=None, at_least=0, maximum=1_000_000, maximum_words="runs (0: every run)",
+               problem="give a number of runs, or 0 for every run", hint="e.g. --limit 20")
+WATCH = Number("--watch", problem="the interval must be a number of seconds more than zero", maximum=86400,
+               maximum_words="seconds (a day) between refreshes",
+               hint="e.g. --watch 5, or a bare --watch for every 2 seconds")
+TRIGGER_TIMEOUT = Number("--timeout", problem="the timeout must be a number of seconds more than zero",
+                         hint="e.g. --timeout 600 (the default)")
 DemoInventoryOpt = Annotated[
     str, typer.Option("-i", "--inventory", metavar="FILE", help="The demo's inventory (never $SNAPCTL_INVENTORY).")
 ]
@@ -141,7 +151,7 @@ LIST_LIMIT = 100  # text: a year of hourly runs took seconds to lay out as a tab
 @app.command("list")
 def list_runs(
     inventory: InventoryOpt = None,
-    limit: Annotated[int | None, typer.Option("--limit", metavar="N", help=(
+    limit: Annotated[int | None, typer.Option("--limit", metavar="N", parser=LIMIT, help=(
         f"Only the newest N runs; 0: every run [default: {LIST_LIMIT}; with -o json, every run].")
     )] = None,
     output: OutputOpt = "text",
@@ -149,11 +159,8 @@ def list_runs(
     """List the backups in the catalog, newest first."""
     from snapctl.abandoned_runs import listed
     from snapctl.catalog import open_catalog
-    from snapctl.errors import BadInputError
 
     out = _renderer(output)  # first: it decides how an error is shown, the inventory's too
-    if limit is not None and limit < 0:
-        raise BadInputError(f"--limit {limit}: give a number of runs, or 0 for every run", hint="e.g. --limit 20")
     catalog = open_catalog(_inventory(inventory))
     entries, problems = catalog.list()
     shown = (0 if output == "json" else LIST_LIMIT) if limit is None else limit
@@ -179,7 +186,7 @@ def show(run: Annotated[str, typer.Argument(metavar="RUN", help="Run id, unique 
 @app.command(short_help="Agents, engines, raft groups, newest backup; exit 0/5/6.")
 def status(
     inventory: InventoryOpt = None,
-    watch: Annotated[float | None, typer.Option("--watch", "-w", metavar="[SECONDS]",
+    watch: Annotated[float | None, typer.Option("--watch", "-w", metavar="[SECONDS]", parser=WATCH,
                                                    help="Refresh in place every SECONDS (default 2) until Ctrl-C.")] = None,
     node: NodesOpt = None,
     group: Annotated[list[str] | None, typer.Option("--group", "-g", metavar="GLOB",
@@ -286,7 +293,8 @@ def trigger(
     target: Annotated[str | None, typer.Argument(metavar="TARGET", help="Engine-specific target (region, table/shard); "
                                                          "default: everything.")] = None,
     node: NodesOpt = None,
-    timeout: Annotated[float, typer.Option(metavar="SECONDS", help="Seconds to wait for each node's jobs.")] = 600.0,
+    timeout: Annotated[float, typer.Option(metavar="SECONDS", parser=TRIGGER_TIMEOUT,
+                                           help="Seconds to wait for each node's jobs.")] = 600.0,
     inventory: InventoryOpt = None,
     output: OutputOpt = "text",
 ) -> int:

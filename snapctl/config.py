@@ -24,7 +24,7 @@ from pydantic import (
 )
 
 from snapctl.errors import InventoryError, RefusedValue, SnapctlError, os_reason
-from snapctl.policy import Policy, Retention, Strict, parse_duration, positive_duration
+from snapctl.policy import Duration, Policy, Retention, Strict, parse_duration, positive_duration
 from snapctl.yaml_errors import (
     NAME_PATTERN,
     URL_PATTERN,
@@ -150,18 +150,13 @@ class DrillConfig(Strict):
     """How `snapctl drill` runs: where local restores go, how long everything may take."""
 
     scratch_dir: str | None = None  # default: a new temporary directory per drill
-    timeout_s: float = 1800.0  # the whole drill, restores included; past it the drill fails
-    start_timeout_s: float = 120.0  # one engine coming up on restored data
+    timeout_s: Duration = 1800.0  # the whole drill, restores included; past it the drill fails
+    start_timeout_s: Duration = 120.0  # one engine coming up on restored data
     junit: str | None = None  # where the JUnit XML report goes (default: ./snapctl-drill.xml)
     # `snapctl status` is degraded when the newest drill that passed is older (null: never). Eight
     # days: a nightly or weekly drill passes it with a day to spare. Judged only once the catalog
     # holds a drill, unless set here: a cluster that never drilled is not degraded by surprise.
     max_age_s: float | None = 8 * 86400.0
-
-    @field_validator("timeout_s", "start_timeout_s", mode="before")
-    @classmethod
-    def _duration(cls, value: Any) -> float:
-        return positive_duration(value)
 
     @field_validator("max_age_s", mode="before")
     @classmethod

@@ -4,6 +4,7 @@ the inventory's and the agent config's, and the plugins' blocks inside them."""
 from __future__ import annotations
 
 import gc
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import UnionType
@@ -28,18 +29,72 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+class NumberTooLong(yaml.constructor.ConstructorError):
+    """A whole number longer than Python converts (``sys.get_int_max_str_digits()``, 4300 digits):
+    its ValueError came out of PyYAML as a traceback, and ``-o json`` gave no document."""
+
+    def __init__(self, node: yaml.ScalarNode) -> None:
+        super().__init__(problem="a whole number longer than Python reads", problem_mark=node.start_mark)
+        self.node = node
+        self.field = ""  # the key it is the value of, once found in the document (load_yaml_with_nodes)
+        self.hint = "no setting takes a number that long: give the one meant, in a few digits"
+
+    def __str__(self) -> str:
+        digits = len(self.node.value.lstrip("+-").replace("_", ""))
+        return (f"{self.field + ': ' if self.field else ''}a whole number of {digits} digits, "
+                f"longer than Python reads ({sys.get_int_max_str_digits()} at most)")
+
+
+def _int_or_too_long(loader: yaml.constructor.SafeConstructor, node: yaml.ScalarNode) -> int:
+    try:
+        return yaml.constructor.SafeConstructor.construct_yaml_int(loader, node)
+    except ValueError as exc:
+        raise NumberTooLong(node) from exc
+
+
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """The safe loader (libyaml's when present), whose whole numbers fail as YAML errors do."""
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _int_or_too_long)
+
+
 def load_yaml_with_nodes(text: str) -> tuple[yaml.Node | None, Any]:
     """The document's node tree (for line numbers in errors) and its data, from one parse with
     libyaml when present: a 1000-node inventory takes 1.5 s with the pure-Python parser, twice."""
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
+    loader = _Loader(text)
+    root = None
     try:
         root = loader.get_single_node()
         try:
             return root, (_construct_plain(loader, root, set()) if root is not None else None)
         except _NotPlain:
             return root, loader.construct_document(root)
+    except NumberTooLong as exc:
+        exc.field = dotted(_loc_of(root, exc.node) or ())
+        raise
     finally:
         loader.dispose()
+
+
+def _loc_of(node: yaml.Node | None, wanted: yaml.Node, seen: set[int] | None = None) -> tuple[str | int, ...] | None:
+    """Where ``wanted`` is under ``node``, as a pydantic error's loc would say it."""
+    if node is wanted:
+        return ()
+    seen = set() if seen is None else seen
+    if id(node) in seen:  # an alias met again (a recursive one would never end)
+        return None
+    seen.add(id(node))
+    pairs: list[tuple[Any, yaml.Node]] = []
+    if isinstance(node, yaml.MappingNode):
+        pairs = [(key.value if isinstance(key, yaml.ScalarNode) else "?", value) for key, value in node.value]
+    elif isinstance(node, yaml.SequenceNode):
+        pairs = list(enumerate(node.value))
+    for part, child in pairs:
+        found = _loc_of(child, wanted, seen)
+        if found is not None:
+            return (part, *found)
+    return None
 
 
 _MAP, _SEQ, _STR = "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq", "tag:yaml.org,2002:str"
@@ -234,6 +289,8 @@ def describe_yaml_error(exc: yaml.YAMLError, text: str, source: str) -> str:
         return f"{source}:{line}: invalid YAML: control character #x{exc.character:02x} is not allowed; remove it"
     mark = getattr(exc, "problem_mark", None)
     where = f"{source}:{mark.line + 1}" if mark else source
+    if isinstance(exc, NumberTooLong):  # valid YAML: a value no setting takes
+        return f"{where}: {exc}"
     problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
     return f"{where}: invalid YAML: {problem}"
 
@@ -245,8 +302,14 @@ def first_error(exc: ValidationError) -> dict[str, Any]:
     return next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
 
 
+FINITE_HINT = "give a number such as 10: YAML's .nan and .inf are none"
+
+
 def hint_of(err: dict[str, Any]) -> str | None:
-    """The hint of a value a validator refused with one (``RefusedValue``), else None."""
+    """The hint of a value a validator refused with one (``RefusedValue``), or of a NaN or an
+    infinity given for a number (a model with ``allow_inf_nan=False``), else None."""
+    if err["type"] == "finite_number":
+        return FINITE_HINT
     return getattr((err.get("ctx") or {}).get("error"), "hint", None)
 
 

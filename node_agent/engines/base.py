@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from node_agent.models import EngineState, EngineStatus, JobResult, VerifyFacts
-from snapctl.errors import BadInputError, EngineError, os_reason
+from snapctl.errors import BadInputError, EngineError, RefusedValue, os_reason
 from snapctl.secret_files import warn_if_open
+from snapctl.units import MAX_DURATION_S
 
 
 @runtime_checkable
@@ -108,10 +109,22 @@ class Engine(Protocol):
 class EngineSettings(BaseModel):
     """Base for each adapter's settings: unknown keys are rejected with the valid ones listed."""
 
-    model_config = ConfigDict(extra="forbid")
+    # No NaN or infinity in any float of any adapter's settings (all are seconds): pydantic's
+    # default takes YAML's .nan and .inf, which `gt=0` lets through or calls "not greater than 0".
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     type: str
     timeout_s: float = 10.0
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _seconds_within_reason(cls, value: Any) -> Any:
+        # Each feeds a socket timeout, a deadline or int() (the agent's shutdown grace): past this
+        # they overflow (an OverflowError traceback at start for timeout_s: 1e308).
+        if isinstance(value, float) and value > MAX_DURATION_S:
+            raise RefusedValue(f"at most {MAX_DURATION_S:.0f} seconds (ten years), not {value:g}",
+                               hint="a number of seconds, e.g. 10")
+        return value
 
 
 class EngineFactory(Protocol):
@@ -145,7 +158,10 @@ def validate_engine_settings(raw: Mapping[str, Any]) -> EngineSettings:
     try:
         return factory.settings_model.model_validate(dict(raw))
     except ValidationError as exc:
-        raise BadInputError(f"engine {engine_type}: {describe_validation_error(exc, factory.settings_model)}") from exc
+        from snapctl.yaml_errors import first_error, hint_of
+
+        raise BadInputError(f"engine {engine_type}: {describe_validation_error(exc, factory.settings_model)}",
+                            hint=hint_of(first_error(exc))) from exc
 
 
 def create_engine(raw: Mapping[str, Any], *, base_dir: Path) -> Engine:

@@ -123,6 +123,19 @@ def test_values_of_the_wrong_json_type_are_refused_not_coerced(api: httpx.Client
     assert api.get("/v1/status").json()["lease"] is None and try_write(db)
 
 
+@pytest.mark.parametrize(("path", "lease"), [("/v1/prepare", "NaN"), ("/v1/prepare", "Infinity"),
+                                           ("/v1/prepare", "-Infinity"), ("/v1/renew", "NaN")])
+def test_a_lease_of_nan_or_infinity_is_refused_as_no_finite_number(api: httpx.Client, db: Path, path: str,
+                                                                     lease: str) -> None:
+    # Python's JSON reads NaN and Infinity: NaN was refused as "input should be less than or equal to 3600".
+    refused = api.post(path, content=f'{{"run_id": "r1", "lease_s": {lease}}}',
+                       headers={"Content-Type": "application/json"})
+    assert refused.status_code == 422, refused.text
+    assert (error_of(refused).error, error_of(refused).hint) == (
+        f"lease_s: expected a finite number, got {lease}", 'send a number of seconds, e.g. "lease_s": 30')
+    assert api.get("/v1/status").json()["lease"] is None and try_write(db)
+
+
 def test_an_integer_for_seconds_and_null_where_allowed_are_still_taken(api: httpx.Client) -> None:
     # JSON has one number type: 30 is thirty seconds, as 30.0 is.
     assert api.post("/v1/prepare", json={"run_id": "r1", "lease_s": 30}).status_code == 200

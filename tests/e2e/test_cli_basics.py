@@ -296,6 +296,33 @@ def test_a_bad_flag_value_says_what_to_give_instead(tmp_path, argv, error, hint)
     assert result.stderr.splitlines() == [f"snapctl: error: {error}", f"  hint: {hint}"]
 
 
+@pytest.mark.parametrize(("argv", "error", "hint"), [
+    (["trigger", "--timeout", "1e308"], "--timeout 1e308: at most 315360000 seconds (ten years)",
+     "e.g. --timeout 600 (the default)"),
+    (["trigger", "--timeout", "x"], "--timeout x: the timeout must be a number of seconds more than zero",
+     "e.g. --timeout 600 (the default)"),
+    (["status", "--watch", "1e308"], "--watch 1e308: at most 86400 seconds (a day) between refreshes",
+     "e.g. --watch 5, or a bare --watch for every 2 seconds"),
+    (["list", "--limit", "nan"], "--limit nan: give a number of runs, or 0 for every run", "e.g. --limit 20"),
+    (["list", "--limit", "1.5"], "--limit 1.5: give a number of runs, or 0 for every run", "e.g. --limit 20"),
+    (["list", "--limit", "9" * 23], f"--limit {'9' * 23}: at most 1000000 runs (0: every run)", "e.g. --limit 20"),
+], ids=["trigger-timeout-huge", "trigger-timeout-word", "watch-huge", "limit-nan", "limit-fraction", "limit-huge"])
+@pytest.mark.parametrize("output", ["text", "json"])
+def test_a_number_flag_refuses_what_is_no_number_or_past_its_ceiling_while_parsing(tmp_path, argv, error, hint,
+                                                                                    output):
+    # `trigger --timeout 1e308` was a 91-line OverflowError traceback (the transport's deadline),
+    # with -o json no document; `status --watch 1e308` printed once and never again; `--limit nan`
+    # got click's three lines of usage and no hint, and a 23-digit --limit passed. No agent is asked.
+    (tmp_path / "inv.yaml").write_text("cluster: c\nprovider: {type: local, store: snaps}\nnodes:"
+                                       + GOOD_NODE.replace("7701", "7883").replace("volumes: [data]", "volumes: []"))
+    result = snapctl(*argv, "-i", "inv.yaml", "-o", output, cwd=tmp_path)
+    assert result.returncode == ExitCode.BAD_INPUT, result.stdout + result.stderr
+    assert result.stderr.splitlines() == [f"snapctl: error: {error}", f"  hint: {hint}"]
+    if output == "json":
+        assert json.loads(result.stdout) == {"schema_version": 1, "error": error, "hint": hint,
+                                             "exit_code": ExitCode.BAD_INPUT}
+
+
 @pytest.mark.parametrize("args", [("restore", "latest", "--to", ""), ("drill", "--junit", " "),
                                   ("backup", "--textfile", ""), ("status", "--textfile", "")],
                          ids=["restore-to", "drill-junit", "backup-textfile", "status-textfile"])
