@@ -26,7 +26,7 @@ from typing import Any
 
 from snapctl.errors import BadInputError, EngineError, os_reason
 from snapctl.fsmodes import fsync_dir
-from snapctl.state_home import state_home
+from snapctl.state_home import app_state_dir
 from snapctl.timestamps import parse_utc, utc_text
 
 log = logging.getLogger("snapctl.agent")
@@ -255,10 +255,10 @@ def engine_record_paths(engine: Any) -> list[Path]:
 
 
 def default_state_dir(env: Mapping[str, str]) -> Path:
-    """systemd's StateDirectory= (``$STATE_DIRECTORY``, its first path), else the XDG state home."""
-    if env.get("STATE_DIRECTORY"):
-        return Path(env["STATE_DIRECTORY"].split(":")[0])
-    return state_home(env) / APP_DIR  # a relative $XDG_STATE_HOME ignored, as the XDG spec says
+    """The agent's state_dir when its config names none: snapctl's own rule (snapctl/state_home.py),
+    under ``snapctl-agent``. A rule of its own drifted: it put ``$STATE_DIRECTORY`` over the
+    operator's ``$XDG_STATE_HOME``, and took a relative ``$STATE_DIRECTORY`` from the cwd."""
+    return app_state_dir(APP_DIR, env)
 
 
 def ready_state_dir(directory: Path, setting: str, *, fix: str | None = None) -> Path:

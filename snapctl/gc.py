@@ -50,8 +50,7 @@ class GcResult:
     include_unknown_runs: bool = False
     deleted: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # snapshot id, or a leftover's path -> why not deleted
-    skipped_runs: list[str] = field(default_factory=list)  # runs whose snapshots were not considered
-    skipped_reasons: dict[str, str] = field(default_factory=dict)  # each of them -> why
+    skipped_reasons: dict[str, str] = field(default_factory=dict)  # runs whose snapshots were not considered -> why
     leftovers: list[Leftover] = field(default_factory=list)  # what dead provider calls left that is no snapshot
     leftovers_deleted: list[str] = field(default_factory=list)  # their paths
     killed_drills: list[str] = field(default_factory=list)  # drills killed outright on this host, and their scratch
@@ -71,6 +70,11 @@ class GcResult:
     @property
     def ok(self) -> bool:
         return not self.failed
+
+    @property
+    def skipped_runs(self) -> list[str]:
+        """The runs whose snapshots were not considered: each has its reason."""
+        return sorted(self.skipped_reasons)
 
 
 # -- gc ------------------------------------------------------------------------------------------
@@ -183,8 +187,8 @@ def find_orphans(catalog: Catalog, provider: Provider, ours: str | None = None) 
     unknown = [ref for ref in unowned_refs if ref.tags.get(TAG_RUN, "") not in known]
     find_leftovers = getattr(provider, "find_leftovers", None)
     leftovers = find_leftovers() if find_leftovers is not None else []
-    return GcResult(catalog.cluster, False, orphans, unknown, skipped_runs=sorted(protected),
-                    skipped_reasons=dict(sorted(why.items())), leftovers=leftovers)
+    return GcResult(catalog.cluster, False, orphans, unknown, skipped_reasons=dict(sorted(why.items())),
+                    leftovers=leftovers)
 
 
 def emptied_runs(lost: list[str], tagged: list[SnapshotRef]) -> list[str]:

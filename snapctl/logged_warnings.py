@@ -1,6 +1,7 @@
 """Warnings that snapctl and its plugins log rather than return (a token file others can read, a
 short token, one sent in clear, a textfile not written): said as the warnings a command returns
-are, and in the `-o json` document too (README "Commands"). Imports nothing of its own: the CLI loads it first."""
+are, and in the `-o json` document too (README "Commands"). Imports nothing of its own: the CLI
+loads it as a command begins (not for `--help`, which needs no `logging`)."""
 
 from __future__ import annotations
 

@@ -118,14 +118,19 @@ def gc_text(renderer: Any, result: Any) -> int:
     if result.skipped_runs:
         say(f"{len(result.skipped_runs)} run(s) not considered: gc neither lists nor deletes their snapshots:")
         for run_id in result.skipped_runs:
-            say(f"  run {run_id}: {result.skipped_reasons.get(run_id, 'not considered')}")
+            say(f"  run {run_id}: {result.skipped_reasons[run_id]}")
     return gc_exit(result)
 
 
 def gc_document(result: Any) -> dict[str, Any]:
     from snapctl.render import jsonable
 
-    return {**jsonable(result), "ok": result.ok}
+    document = {}
+    for key, value in jsonable(result).items():
+        if key == "skipped_reasons":  # a property, which jsonable passes over: where the field was, before its reasons
+            document["skipped_runs"] = result.skipped_runs
+        document[key] = value
+    return {**document, "ok": result.ok}
 
 
 def gc_exit(result: Any) -> int:

@@ -130,6 +130,21 @@ def test_help_imports_no_cloud_sdk(argv):
     assert "LOADED []" in result.stdout, result.stdout + result.stderr
 
 
+@pytest.mark.parametrize("argv", [["--help"], ["status", "--help"], ["nosuch"]])
+def test_help_and_usage_errors_load_no_logging(argv):
+    # The handler that says logged warnings needs `logging` (~2.5 ms of `snapctl --help`): it is
+    # installed as a command begins, and nothing before that logs.
+    code = (
+        "import sys\n"
+        f"sys.argv = ['snapctl', *{argv!r}]\n"
+        "from snapctl.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print('LOGGING', 'logging' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "LOGGING False" in result.stdout, result.stdout + result.stderr
+
+
 @pytest.mark.parametrize("argv", [["list", "--bogus"], ["nosuch"], ["backup", "--consistency"]])
 def test_usage_errors_are_bad_input_without_a_traceback(argv):
     result = snapctl(*argv)

@@ -116,6 +116,17 @@ def test_the_ci_workflow_runs_a_drill_and_uploads_its_report() -> None:
         parses("snapctl drill latest --no-such-flag")  # the parser really checks
 
 
+def test_the_docs_list_every_action_line_of_the_ci_workflow_to_pin_by_sha() -> None:
+    # The workflow keeps movable tags (no SHA can be looked up for it here): the operator pins them,
+    # and docs/scheduling.md lists the exact lines to change, which must be the workflow's.
+    workflow = (DEPLOY / "ci" / "nightly-drill.yml").read_text()
+    uses = [line for line in workflow.splitlines() if line.lstrip().startswith(("uses:", "- uses:"))]
+    assert len(uses) == 5
+    docs = (REPO / "docs" / "scheduling.md").read_text()
+    block = docs.split("each to the form `uses: OWNER/ACTION@<40-hex commit SHA> # vX.Y.Z`:\n\n```\n", 1)[1]
+    assert block.split("\n```", 1)[0].splitlines() == uses
+
+
 def test_the_ci_workflow_gives_the_agent_token_only_to_the_steps_that_run_snapctl() -> None:
     # At job level it reached pip's build of the checkout and every action of the job (a third
     # party's among them, under a movable tag).

@@ -313,8 +313,12 @@ def test_gc_says_why_each_run_it_passed_over_was_not_considered_and_never_that_a
     assert "  run r4-broken: its manifest cannot be read (`snapctl show r4-broken` says why)" in said.stdout
     shown = snapctl_cli(scene)("show", "r4-broken")
     assert shown.returncode == 1 and "manifest is unreadable: not valid JSON" in shown.stderr, shown.stderr
-    reasons = json.loads(snapctl("-o", "json").stdout)["data"]["skipped_reasons"]
+    data = json.loads(snapctl("-o", "json").stdout)["data"]
+    reasons = data["skipped_reasons"]
     assert set(reasons) == {killed, "r4-broken"} and reasons[killed].startswith("its snapctl is gone")
+    # docs/retention.md promises both: the runs, sorted, just before their reasons.
+    assert data["skipped_runs"] == sorted(reasons)
+    assert list(data).index("skipped_runs") + 1 == list(data).index("skipped_reasons")
 
     lock(run_owner())  # this process: a run in progress
     assert f"  run {killed}: in progress: it holds the cluster lock (until {until}" in snapctl().stdout

@@ -1,6 +1,6 @@
 """Where snapctl and the agent keep state when nothing names a place: ``$XDG_STATE_HOME`` only when
-absolute (the XDG spec), and for snapctl systemd's ``$STATE_DIRECTORY`` before the home directory,
-which deploy/snapctl-backup.service hides (``ProtectHome=yes``)."""
+absolute (the XDG spec), and systemd's ``$STATE_DIRECTORY`` before the home directory, which
+deploy/snapctl-backup.service and snapctl-agent.service hide (``ProtectHome=yes``): one rule for both."""
 
 from __future__ import annotations
 
@@ -27,40 +27,54 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
+# snapctl's own, and the agent's (its hold record's): one rule, each under its own directory name.
+STATE_DIRS = {"snapctl": snapctl_state_dir, "snapctl-agent": default_state_dir}
+whose = pytest.mark.parametrize("app", list(STATE_DIRS))
+
+
+@whose
 @pytest.mark.parametrize(("env", "expected"), [
-    ({}, "HOME/.local/state/snapctl"),
-    ({"XDG_STATE_HOME": "/x/state"}, "/x/state/snapctl"),
+    ({}, "HOME/.local/state/APP"),
+    ({"XDG_STATE_HOME": "/x/state"}, "/x/state/APP"),
+    ({"XDG_STATE_HOME": ""}, "HOME/.local/state/APP"),
     ({"STATE_DIRECTORY": "/var/lib/snapctl"}, "/var/lib/snapctl"),
     ({"STATE_DIRECTORY": "/var/lib/snapctl:/var/lib/other"}, "/var/lib/snapctl"),  # systemd's first
-    ({"XDG_STATE_HOME": "/x/state", "STATE_DIRECTORY": "/var/lib/snapctl"}, "/x/state/snapctl"),  # the operator's
-    ({"XDG_STATE_HOME": "state"}, "HOME/.local/state/snapctl"),  # relative: ignored, as the spec says
+    ({"STATE_DIRECTORY": ""}, "HOME/.local/state/APP"),
+    # The operator's, over the unit's: the agent put the unit's first.
+    ({"XDG_STATE_HOME": "/x/state", "STATE_DIRECTORY": "/var/lib/snapctl"}, "/x/state/APP"),
+    ({"XDG_STATE_HOME": "state"}, "HOME/.local/state/APP"),  # relative: ignored, as the spec says
     ({"XDG_STATE_HOME": "state", "STATE_DIRECTORY": "/var/lib/snapctl"}, "/var/lib/snapctl"),
-    ({"STATE_DIRECTORY": "relative"}, "HOME/.local/state/snapctl"),
-], ids=["none", "xdg", "systemd", "systemd-two", "xdg-over-systemd", "xdg-relative", "xdg-relative-systemd",
-        "systemd-relative"])
-def test_snapctls_state_directory(home: Path, env: dict[str, str], expected: str) -> None:
-    assert snapctl_state_dir(env) == Path(expected.replace("HOME", str(home)))
+    # Relative: not systemd's, which are absolute; the agent took it from the cwd.
+    ({"STATE_DIRECTORY": "relative"}, "HOME/.local/state/APP"),
+], ids=["none", "xdg", "xdg-empty", "systemd", "systemd-two", "systemd-empty", "xdg-over-systemd", "xdg-relative",
+        "xdg-relative-systemd", "systemd-relative"])
+def test_the_state_directory(home: Path, app: str, env: dict[str, str], expected: str) -> None:
+    assert STATE_DIRS[app](env) == Path(expected.replace("HOME", str(home)).replace("APP", app))
 
 
-def test_a_home_state_directory_an_earlier_snapctl_kept_stays_in_use_until_the_unit_writes_its_own(
-        home: Path, tmp_path: Path) -> None:
+@whose
+def test_a_home_state_directory_an_earlier_run_kept_stays_in_use_until_the_unit_writes_its_own(
+        home: Path, tmp_path: Path, app: str) -> None:
     # A unit given StateDirectory= for a user whose home is outside /home (not hidden): the catalog
     # and store there hold every backup made so far; moved to $STATE_DIRECTORY, they looked gone.
+    # The agent's: a hold record a killed agent left there, which the next must find to release.
     unit = tmp_path / "var-lib-snapctl"
     unit.mkdir()
-    in_home = home / ".local" / "state" / "snapctl"
-    (in_home / "catalog").mkdir(parents=True)
-    assert snapctl_state_dir({"STATE_DIRECTORY": str(unit)}) == in_home
-    assert snapctl_state_dir({"XDG_STATE_HOME": "/x/state", "STATE_DIRECTORY": str(unit)}) == Path("/x/state/snapctl")
+    in_home = home / ".local" / "state" / app
+    in_home.mkdir(parents=True)
+    assert STATE_DIRS[app]({"STATE_DIRECTORY": str(unit)}) == in_home
+    assert STATE_DIRS[app]({"XDG_STATE_HOME": "/x/state", "STATE_DIRECTORY": str(unit)}) == Path("/x/state") / app
 
 
-def test_once_the_unit_wrote_its_state_a_home_directory_made_by_hand_does_not_move_it(home: Path, tmp_path: Path) -> None:
+@whose
+def test_once_the_unit_wrote_its_state_a_home_directory_made_by_hand_does_not_move_it(
+        home: Path, tmp_path: Path, app: str) -> None:
     # A `sudo -u snapctl snapctl status` by hand made the home directory's: the next timer run
     # took it for an earlier snapctl's, and went on with another catalog, store and hold records.
     unit = tmp_path / "var-lib-snapctl"
     (unit / "catalog").mkdir(parents=True)
-    (home / ".local" / "state" / "snapctl" / "embedded").mkdir(parents=True)
-    assert snapctl_state_dir({"STATE_DIRECTORY": str(unit)}) == unit
+    (home / ".local" / "state" / app / "embedded").mkdir(parents=True)
+    assert STATE_DIRS[app]({"STATE_DIRECTORY": str(unit)}) == unit
 
 
 @pytest.mark.parametrize("where", ["catalog", "embedded records", "agent"])
