@@ -28,6 +28,7 @@ from snapctl.policy import Policy, Retention, Strict, parse_duration, positive_d
 from snapctl.yaml_errors import (
     NAME_PATTERN,
     URL_PATTERN,
+    Given,
     describe,
     describe_not_utf8,
     describe_yaml_error,
@@ -59,8 +60,8 @@ def _plain(key: str) -> str:
 class CatalogConfig(Strict):
     """Where manifests live: a local directory (default under $XDG_STATE_HOME) or s3://bucket/prefix."""
 
-    path: str | None = None
-    url: str | None = None  # s3://bucket/prefix for a shared catalog
+    path: Given | None = None
+    url: Given | None = None  # s3://bucket/prefix for a shared catalog
     endpoint_url: str | None = Field(default=None, pattern=URL_PATTERN)  # S3-compatible endpoint (tests: moto)
     region: str | None = None
 
@@ -68,11 +69,11 @@ class CatalogConfig(Strict):
 class AgentAuth(Strict):
     """How snapctl authenticates to agents: never a plain-text token in the inventory."""
 
-    token_file: str | None = None
+    token_file: Given | None = None
     token_env: str | None = "SNAPCTL_AGENT_TOKEN"
-    ca_file: str | None = None  # verify agents' TLS certificates with this CA
-    client_cert_file: str | None = None  # mTLS
-    client_key_file: str | None = None
+    ca_file: Given | None = None  # verify agents' TLS certificates with this CA
+    client_cert_file: Given | None = None  # mTLS
+    client_key_file: Given | None = None
 
 
 _AGENT_ADDRESS = re.compile(r"^https?://(?:\[(?P<ipv6>[^\]/\s]+)\]|[^/\s:\[\]]+)(?::(?P<port>\d{1,5}))?/?$")
@@ -168,7 +169,7 @@ class Node(Strict):
     restore: NodeRestoreConfig = Field(default_factory=NodeRestoreConfig)  # where restores and drills of this node go
     # This node's own agent token (a file, relative to the inventory), for agents that do not all
     # share auth.token_file: a token stolen from one host then opens only that host's agent.
-    token_file: str | None = None
+    token_file: Given | None = None
 
     @field_validator("agent")
     @classmethod
@@ -299,7 +300,7 @@ class Inventory(Strict):
             if err["type"] == "missing":
                 hint = f"add {dotted(tuple(err['loc']))}: to the {dotted(loc)} block"
             else:
-                hint = hint_of(err)
+                hint = hint_of(err, model)
             raise InventoryError(f"{self.where(*loc, *err['loc'])}: {what}: {explain(err, model)}",
                                  hint=hint) from exc
 
@@ -385,7 +386,7 @@ def parse_inventory(text: str, *, source: str = "<inventory>", base_dir: Path | 
         try:
             inventory = Inventory.model_validate(data)
         except ValidationError as exc:
-            raise InventoryError(describe(exc, root, source, Inventory), hint=hint_of(first_error(exc))) from exc
+            raise InventoryError(describe(exc, root, source, Inventory), hint=hint_of(first_error(exc), Inventory)) from exc
     inventory._base_dir = base_dir or Path.cwd()
     inventory._source = source
     inventory._text = text
