@@ -25,6 +25,7 @@ from pydantic import (
 
 from snapctl.errors import InventoryError, RefusedValue, SnapctlError, os_reason
 from snapctl.policy import Policy, Retention, Strict, parse_duration, positive_duration
+from snapctl.printable import SHOWN_PATH, printable
 from snapctl.yaml_errors import (
     NAME_PATTERN,
     URL_PATTERN,
@@ -358,6 +359,7 @@ def load_inventory(path: str | os.PathLike[str] | None = None, *, from_env: bool
     """``from_env``: ``path`` is $SNAPCTL_INVENTORY's (as the CLI's option reads it), not -i's."""
     from_env = from_env or (not path and bool(os.environ.get(INVENTORY_ENV)))
     file = inventory_path(str(path) if path else None)
+    shown = printable(str(file), SHOWN_PATH)  # every message names it: one line, not a page
     try:
         data = file.read_bytes()
         text = data.decode("utf-8")  # YAML is UTF-8 text: not whatever the locale says (cron's may be C)
@@ -366,13 +368,13 @@ def load_inventory(path: str | os.PathLike[str] | None = None, *, from_env: bool
         # "set SNAPCTL_INVENTORY", to one who had, sent them looking elsewhere.
         hint = (f"fix ${INVENTORY_ENV}, or unset it to use ./{DEFAULT_INVENTORY}; -i FILE overrides it" if from_env
                 else "pass -i FILE, set SNAPCTL_INVENTORY, or copy inventory.example.yaml to inventory.yaml")
-        raise InventoryError(f"{file}: inventory file not found{where}" + (f" (from ${INVENTORY_ENV})" if from_env
+        raise InventoryError(f"{shown}: inventory file not found{where}" + (f" (from ${INVENTORY_ENV})" if from_env
                                                                            else ""), hint=hint) from None
     except OSError as exc:
-        raise InventoryError(f"{file}: cannot read inventory: {os_reason(exc)}") from exc
+        raise InventoryError(f"{shown}: cannot read inventory: {os_reason(exc)}") from exc
     except UnicodeDecodeError as exc:
-        raise InventoryError(describe_not_utf8(data, exc, str(file)), hint="save the inventory as UTF-8") from None
-    return parse_inventory(text, source=str(file), base_dir=file.resolve().parent)
+        raise InventoryError(describe_not_utf8(data, exc, shown), hint="save the inventory as UTF-8") from None
+    return parse_inventory(text, source=shown, base_dir=file.resolve().parent)
 
 
 def parse_inventory(text: str, *, source: str = "<inventory>", base_dir: Path | None = None) -> Inventory:
