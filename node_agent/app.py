@@ -197,8 +197,8 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def bad_input(_: Request, exc: BadInputError) -> JSONResponse:
         return _error(400, exc.message, exc.hint)
 
-    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return _error(422, *describe_request_error(exc))
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(422, *describe_request_error(exc, request.headers.get("content-type")))
 
     async def engine_failed(_: Request, exc: EngineError) -> JSONResponse:
         return _error(504 if _caused_by_timeout(exc) else 502, exc.message, exc.hint)

@@ -31,6 +31,7 @@ from snapctl.secret_files import (
 from snapctl.yaml_errors import (
     NAME_PATTERN,
     Flag,
+    Given,
     describe,
     describe_not_utf8,
     describe_yaml_error,
@@ -79,14 +80,14 @@ class AgentConfig(Strict):
     node: str = Field(pattern=NAME_PATTERN)
     listen: str = "127.0.0.1"
     port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)
-    token_file: str | None = None
+    token_file: Given | None = None
     token_env: str | None = DEFAULT_TOKEN_ENV
     tls: TlsConfig | None = None
     engine: dict[str, Any]
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # A scraper gets its own token that opens /metrics only: it must not be able to freeze the database.
-    metrics_token_file: str | None = None
+    metrics_token_file: Given | None = None
     metrics_token_env: str | None = "SNAPCTL_METRICS_TOKEN"
     rate_per_s: float | None = Field(default=DEFAULT_RATE_PER_S, gt=0)  # per client and endpoint; null: off
     burst: int = Field(default=DEFAULT_BURST, ge=1)
@@ -95,10 +96,10 @@ class AgentConfig(Strict):
     restore_target: Flag = False
     # Where restore-prepare may also act, besides the engine's own data paths: the mount point of a
     # scratch agent's restored disks, when its engine block names other paths (restore.agent_path).
-    restore_root: str | None = None
+    restore_root: Given | None = None
     # Where the agent keeps its hold record, for the agent process after it should it die holding
     # (docs/agent.md, "An engine left held"); default: default_state_dir(). Relative to this file.
-    state_dir: str | None = None
+    state_dir: Given | None = None
 
     # Not part of the file: where it was read from, and the engine block once validated.
     _base_dir: Path = Path(".")
@@ -252,6 +253,9 @@ def _no_passphrase() -> str:
 
 
 def load_agent_config(path: str | os.PathLike[str]) -> AgentConfig:
+    if not str(path).strip():  # Path("") is ".", which said ".: cannot read agent config: is a directory"
+        raise AgentConfigError("--config '': give the agent config file's path, not an empty string",
+                               hint="e.g. --config /etc/snapctl/agent.yaml")
     file = Path(path)
     try:
         data = file.read_bytes()
@@ -287,7 +291,8 @@ def parse_agent_config(text: str, *, source: str = "<agent config>", base_dir: P
     try:
         config = AgentConfig.model_validate(data)
     except ValidationError as exc:
-        raise AgentConfigError(describe(exc, root, source, AgentConfig), hint=hint_of(first_error(exc))) from exc
+        raise AgentConfigError(describe(exc, root, source, AgentConfig),
+                               hint=hint_of(first_error(exc), AgentConfig)) from exc
     config._base_dir = base_dir or Path.cwd()
     config._source = source
     try:

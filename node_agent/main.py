@@ -57,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         token = config.read_token()
         metrics_token = config.read_metrics_token()
+        if metrics_token is not None and metrics_token == token:
+            # The scraper's token then opens every endpoint: whoever reads /metrics can freeze the database.
+            log.warning("%s: the metrics token is the agent's own token, so /metrics' scraper can also hold "
+                        "the database; give metrics_token_file a token of its own", config.source)
         if token is None and not is_loopback(config.listen):
             hint = f"set token_file in {config.source} or pass --token-file FILE"
             if config.token_env:  # null: the agent reads no variable, and "$None" misled

@@ -76,11 +76,18 @@ def restore_path(path: str | Path, data_paths: list[Path], restore_root: Path | 
     return resolved
 
 
-def describe_request_error(exc: RequestValidationError) -> tuple[str, str | None]:
-    """One line naming the field and what is wrong, and a hint where the fix is plain."""
+def describe_request_error(exc: RequestValidationError, content_type: str | None = None) -> tuple[str, str | None]:
+    """One line naming the field and what is wrong, and a hint where the fix is plain.
+    ``content_type``: the request's header, None when it had none."""
     err = exc.errors()[0]
     loc = [str(p) for p in err.get("loc", ()) if p != "body"]
     kind = err.get("type")
+    if not loc and kind in _NOT_AN_OBJECT and not _is_json(content_type):
+        # The body is read as JSON only when it says it is: a web page's "simple" POST is text/plain
+        # (app.RefuseWebPages), so the type is kept strict, and the client told what to send.
+        sent = f"Content-Type {_shown(content_type)}" if content_type is not None else "no Content-Type"
+        return (f"request body: sent with {sent}, so not read as JSON",
+                "send the JSON object with Content-Type: application/json")
     if kind == "json_invalid":
         return "request body is not valid JSON", None
     if kind == "missing" and not loc:
@@ -100,6 +107,16 @@ def describe_request_error(exc: RequestValidationError) -> tuple[str, str | None
         return f"{field}: expected {_EXPECTED[kind]}, got {_json_kind(given)}", hint
     msg = str(err.get("msg", "invalid"))
     return f"{field}: {msg[:1].lower() + msg[1:]}", None
+
+
+_NOT_AN_OBJECT = frozenset({"model_type", "model_attributes_type", "dict_type"})
+
+
+def _is_json(content_type: str | None) -> bool:
+    if content_type is None:
+        return False
+    kind = content_type.partition(";")[0].strip().lower()
+    return kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
 
 
 def _json_kind(value: Any) -> str:

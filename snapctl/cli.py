@@ -130,6 +130,7 @@ def backup(
     progress = out.progress()
 
     async def attempt():  # a bad flag is an attempt too: its exit 2 is recorded in the textfile
+        _one_of("--trigger", "--no-trigger")
         options = BackupOptions(dry_run=dry_run, no_wait=no_wait, force=force, trigger=trigger,
                                 consistency=_choice(consistency, ("cluster", "per-node"), "--consistency"),
                                 prune=not no_prune)
@@ -429,6 +430,17 @@ def _choice(value: str | None, allowed: tuple[str, ...], flag: str) -> str | Non
     return value
 
 
+def _one_of(*flags: str) -> None:
+    """click lets the last of a flag pair win: `--trigger --no-trigger` (a wrapper's default, then
+    the operator's) went on silently as either one."""
+    from snapctl.errors import BadInputError
+
+    given = [arg for arg in sys.argv[1:] if arg in flags]
+    if len(set(given)) > 1:
+        raise BadInputError(f"{' and '.join(flags)} together: give one of them",
+                            hint=f"keep only the one you mean: {flags[0]} or {flags[1]}")
+
+
 def _report(exc) -> int:
     from snapctl import render
     from snapctl.entry import asks_for_json
@@ -445,7 +457,7 @@ def main() -> None:
     """Entry point: the only place errors become exit codes."""
     import gc  # here: the module's `gc` is the command
 
-    from snapctl.entry import asks_for_json, end_deferral, misplaced_option, optional_watch_seconds
+    from snapctl.entry import end_deferral, optional_watch_seconds, usage_error
     from snapctl.errors import ExitCode, Interrupted, SnapctlError
 
     try:
@@ -453,20 +465,11 @@ def main() -> None:
     except typer.Exit as exc:
         code = exc.exit_code
     except typer.TyperException as exc:  # usage errors: typer's own (vendored) click raises these
-        exc.show()
-        code = ExitCode.BAD_INPUT
-        ctx = getattr(exc, "ctx", None)
-        misplaced = misplaced_option(exc, sys.argv[1:])
-        if misplaced:
-            print(f"  hint: {misplaced}", file=sys.stderr)
-        if asks_for_json(sys.argv[1:]):  # a script reads stdout: give it its one document, the error's
-            from snapctl import render
-            from snapctl.errors import BadInputError
-
-            message = (exc.format_message() if hasattr(exc, "format_message") else str(exc)).rstrip(".")
-            render.error_document(BadInputError(message[:1].lower() + message[1:],
-                                                hint=misplaced or f"see `{ctx.command_path if ctx else 'snapctl'} "
-                                                                  "--help`"))
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `snapctl`, `snapctl demo`: the help, as asked
+            exc.show()
+            code = ExitCode.BAD_INPUT
+        else:
+            code = _report(usage_error(exc, sys.argv[1:]))
     except (typer.Abort, KeyboardInterrupt):  # outside any command: typer's own start
         code = _report(Interrupted())
     except SnapctlError as exc:

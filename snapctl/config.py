@@ -25,9 +25,11 @@ from pydantic import (
 
 from snapctl.errors import InventoryError, RefusedValue, SnapctlError, os_reason
 from snapctl.policy import Duration, Policy, Retention, Strict, parse_duration, positive_duration
+from snapctl.printable import SHOWN_PATH, printable
 from snapctl.yaml_errors import (
     NAME_PATTERN,
     URL_PATTERN,
+    Given,
     describe,
     describe_not_utf8,
     describe_yaml_error,
@@ -59,8 +61,8 @@ def _plain(key: str) -> str:
 class CatalogConfig(Strict):
     """Where manifests live: a local directory (default under $XDG_STATE_HOME) or s3://bucket/prefix."""
 
-    path: str | None = None
-    url: str | None = None  # s3://bucket/prefix for a shared catalog
+    path: Given | None = None
+    url: Given | None = None  # s3://bucket/prefix for a shared catalog
     endpoint_url: str | None = Field(default=None, pattern=URL_PATTERN)  # S3-compatible endpoint (tests: moto)
     region: str | None = None
     # `snapctl status`'s catalog reads, all told (each refresh's, with --watch): past it the catalog
@@ -77,11 +79,11 @@ class CatalogConfig(Strict):
 class AgentAuth(Strict):
     """How snapctl authenticates to agents: never a plain-text token in the inventory."""
 
-    token_file: str | None = None
+    token_file: Given | None = None
     token_env: str | None = "SNAPCTL_AGENT_TOKEN"
-    ca_file: str | None = None  # verify agents' TLS certificates with this CA
-    client_cert_file: str | None = None  # mTLS
-    client_key_file: str | None = None
+    ca_file: Given | None = None  # verify agents' TLS certificates with this CA
+    client_cert_file: Given | None = None  # mTLS
+    client_key_file: Given | None = None
 
 
 _AGENT_ADDRESS = re.compile(r"^https?://(?:\[(?P<ipv6>[^\]/\s]+)\]|[^/\s:\[\]]+)(?::(?P<port>\d{1,5}))?/?$")
@@ -172,7 +174,7 @@ class Node(Strict):
     restore: NodeRestoreConfig = Field(default_factory=NodeRestoreConfig)  # where restores and drills of this node go
     # This node's own agent token (a file, relative to the inventory), for agents that do not all
     # share auth.token_file: a token stolen from one host then opens only that host's agent.
-    token_file: str | None = None
+    token_file: Given | None = None
 
     @field_validator("agent")
     @classmethod
@@ -303,7 +305,7 @@ class Inventory(Strict):
             if err["type"] == "missing":
                 hint = f"add {dotted(tuple(err['loc']))}: to the {dotted(loc)} block"
             else:
-                hint = hint_of(err)
+                hint = hint_of(err, model)
             raise InventoryError(f"{self.where(*loc, *err['loc'])}: {what}: {explain(err, model)}",
                                  hint=hint) from exc
 
@@ -361,6 +363,7 @@ def load_inventory(path: str | os.PathLike[str] | None = None, *, from_env: bool
     """``from_env``: ``path`` is $SNAPCTL_INVENTORY's (as the CLI's option reads it), not -i's."""
     from_env = from_env or (not path and bool(os.environ.get(INVENTORY_ENV)))
     file = inventory_path(str(path) if path else None)
+    shown = printable(str(file), SHOWN_PATH)  # every message names it: one line, not a page
     try:
         data = file.read_bytes()
         text = data.decode("utf-8")  # YAML is UTF-8 text: not whatever the locale says (cron's may be C)
@@ -369,13 +372,13 @@ def load_inventory(path: str | os.PathLike[str] | None = None, *, from_env: bool
         # "set SNAPCTL_INVENTORY", to one who had, sent them looking elsewhere.
         hint = (f"fix ${INVENTORY_ENV}, or unset it to use ./{DEFAULT_INVENTORY}; -i FILE overrides it" if from_env
                 else "pass -i FILE, set SNAPCTL_INVENTORY, or copy inventory.example.yaml to inventory.yaml")
-        raise InventoryError(f"{file}: inventory file not found{where}" + (f" (from ${INVENTORY_ENV})" if from_env
+        raise InventoryError(f"{shown}: inventory file not found{where}" + (f" (from ${INVENTORY_ENV})" if from_env
                                                                            else ""), hint=hint) from None
     except OSError as exc:
-        raise InventoryError(f"{file}: cannot read inventory: {os_reason(exc)}") from exc
+        raise InventoryError(f"{shown}: cannot read inventory: {os_reason(exc)}") from exc
     except UnicodeDecodeError as exc:
-        raise InventoryError(describe_not_utf8(data, exc, str(file)), hint="save the inventory as UTF-8") from None
-    return parse_inventory(text, source=str(file), base_dir=file.resolve().parent)
+        raise InventoryError(describe_not_utf8(data, exc, shown), hint="save the inventory as UTF-8") from None
+    return parse_inventory(text, source=shown, base_dir=file.resolve().parent)
 
 
 def parse_inventory(text: str, *, source: str = "<inventory>", base_dir: Path | None = None) -> Inventory:
@@ -389,7 +392,7 @@ def parse_inventory(text: str, *, source: str = "<inventory>", base_dir: Path | 
         try:
             inventory = Inventory.model_validate(data)
         except ValidationError as exc:
-            raise InventoryError(describe(exc, root, source, Inventory), hint=hint_of(first_error(exc))) from exc
+            raise InventoryError(describe(exc, root, source, Inventory), hint=hint_of(first_error(exc), Inventory)) from exc
     inventory._base_dir = base_dir or Path.cwd()
     inventory._source = source
     inventory._text = text

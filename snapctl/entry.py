@@ -131,3 +131,16 @@ def misplaced_option(exc: Exception, args: list[str]) -> str | None:
     commands = getattr(ctx.command, "commands", {})
     command = next((arg for arg in args if arg in commands), "COMMAND")
     return f"{name} is an option of each command: put it after the command, e.g. `snapctl {command} {name} ...`"
+
+
+def usage_error(exc: Exception, args: list[str]):  # noqa: ANN201 (a BadInputError: snapctl.errors loads later)
+    """A usage error click raised, as every other error is said: one lowercase line and a hint
+    (click's own were three lines, "Usage: ...", "Try ...", "Error: Invalid value ..."), the same
+    exit code, 2, and with `-o json` the same document."""
+    from snapctl.errors import BadInputError
+
+    message = (exc.format_message() if hasattr(exc, "format_message") else str(exc)).strip().rstrip(".")
+    ctx = getattr(exc, "ctx", None)
+    command = ctx.command_path if ctx is not None else "snapctl"
+    hint = misplaced_option(exc, args) or f"see `{command} --help`"
+    return BadInputError(message[:1].lower() + message[1:], hint=hint)

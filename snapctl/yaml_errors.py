@@ -11,7 +11,9 @@ from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ValidationError
+
+from snapctl.errors import RefusedValue
 
 NOT_A_NUMBER = "expected a number, not a YAML boolean (yes/no, true/false, on/off)"
 NOT_A_BOOLEAN = "expected true or false"
@@ -195,9 +197,20 @@ def explain(err: dict[str, Any], model: type[BaseModel]) -> str:
     if form is not None:
         shown = repr(err.get("input"))
         return f"{field}: {shown if len(shown) <= 70 else shown[:67] + '...'} is not {form}"
+    if err["type"] in _BLOCK_TYPES:
+        # pydantic's "a valid dictionary or instance of AgentAuth" names a class the operator never wrote.
+        given = err.get("input")
+        if given is None:
+            return f"{field}: empty, where a block of keys belongs"
+        shown = repr(given)
+        return f"{field}: expected a block of keys, not {shown if len(shown) <= 40 else shown[:37] + '...'}"
     msg = err["msg"]
     msg = msg.removeprefix("Value error, ")
     return f"{field}: {msg[:1].lower() + msg[1:]}"
+
+
+# The errors of a value given where a model (a block of keys) belongs.
+_BLOCK_TYPES = frozenset({"model_type", "model_attributes_type", "dataclass_type", "dict_type"})
 
 
 def not_a_boolean(value: Any) -> str:
@@ -217,6 +230,18 @@ def _only_a_boolean(value: Any) -> Any:
         raise ValueError(not_a_boolean(value))  # noqa: TRY004 - as above
     return value
 
+
+def _given(value: Any) -> Any:
+    if isinstance(value, str) and not value.strip():
+        # A template's unset variable (`store: "${STORE}"`) left the key to its default: snapshots
+        # went to another store, the agent's hold record to another directory, without a word.
+        raise RefusedValue("empty: give a value, or leave the key out for its default",
+                           hint="an empty value is often a template's unset variable: set it, or remove the key")
+    return value
+
+
+# A setting that, when given, must say something: an empty string is refused, not taken for unset.
+Given = Annotated[str, AfterValidator(_given)]
 
 # pydantic's lax mode reads `keep_last: yes` as 1, which would keep one backup where the operator
 # meant something else entirely, and `restore_target: 1` or `force_release: "no"` as booleans.
@@ -305,11 +330,19 @@ def first_error(exc: ValidationError) -> dict[str, Any]:
 FINITE_HINT = "give a number such as 10: YAML's .nan and .inf are none"
 
 
-def hint_of(err: dict[str, Any]) -> str | None:
+def hint_of(err: dict[str, Any], model: type[BaseModel] | None = None) -> str | None:
     """The hint of a value a validator refused with one (``RefusedValue``), or of a NaN or an
-    infinity given for a number (a model with ``allow_inf_nan=False``), else None."""
+    infinity given for a number (a model with ``allow_inf_nan=False``), else None; for a block
+    of ``model`` that is empty or no block, its keys."""
     if err["type"] == "finite_number":
         return FINITE_HINT
+    if err["type"] in _BLOCK_TYPES and model is not None:
+        loc = tuple(err["loc"])
+        inner = model_at(loc, model)
+        key = next((part for part in reversed(loc) if isinstance(part, str)), None)
+        if inner is not None and key is not None:
+            keys = ", ".join(f.alias or name for name, f in inner.model_fields.items())
+            return f"give {dotted(loc)} its keys ({keys}), or remove `{key}:`"
     return getattr((err.get("ctx") or {}).get("error"), "hint", None)
 
 

@@ -19,6 +19,7 @@ from snapctl.catalog.lock import Clock, LockRecord, RunLock, acquire, read_lock,
 from snapctl.catalog.reasons import ahead_warning, skipped_newer
 from snapctl.errors import BadInputError, CatalogError, SnapctlError
 from snapctl.manifest import IndexEntry, Manifest
+from snapctl.printable import quoted
 from snapctl.timestamps import started_ahead
 
 _MAX_CANDIDATES = 8
@@ -185,11 +186,11 @@ class Catalog(ManifestIndex):
         if len(matches) == 1:
             return matches[0]
         if not matches:
-            raise BadInputError(f"no run of cluster {self.cluster} matches {ref!r} in the catalog at "
+            raise BadInputError(f"no run of cluster {self.cluster} matches {quoted(ref)} in the catalog at "
                                 f"{self.store.describe()}" + (", which does not exist" if self._missing_root() else ""),
                                 hint=f"`snapctl list` shows run ids; {_WHERE_HINT}")
         shown = ", ".join(matches[:_MAX_CANDIDATES]) + (f" and {len(matches) - _MAX_CANDIDATES} more" if len(matches) > _MAX_CANDIDATES else "")
-        raise BadInputError(f"{ref!r} matches {len(matches)} runs: {shown}", hint="give more of the run id")
+        raise BadInputError(f"{quoted(ref)} matches {len(matches)} runs: {shown}", hint="give more of the run id")
 
     def _missing_root(self) -> bool:
         """A local catalog whose directory does not exist (a mistyped path, another user's default)."""

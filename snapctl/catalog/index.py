@@ -23,6 +23,7 @@ from snapctl.catalog import BlobStore
 from snapctl.catalog.reasons import newer_snapctl
 from snapctl.errors import BadInputError, CatalogError
 from snapctl.manifest import IndexEntry, Manifest
+from snapctl.printable import quoted
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _INDEX = TypeAdapter(list[IndexEntry])
@@ -57,7 +58,7 @@ class ManifestIndex:
 
     def _manifest_key(self, run_id: str) -> str:
         if not RUN_ID.fullmatch(run_id or ""):  # fullmatch: "$" alone lets a trailing newline in
-            raise BadInputError(f"{run_id!r} is not a run id", hint="run ids are letters, digits, '.', '_' and '-'")
+            raise BadInputError(f"{quoted(run_id)} is not a run id", hint="run ids are letters, digits, '.', '_' and '-'")
         return f"{self._manifests}{run_id}.json"
 
     def _where(self, run_id: str) -> str:

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from snapctl.errors import BadInputError, ExitCode, SnapctlError
 from snapctl.logged_warnings import logged_warnings
+from snapctl.printable import printable
 from snapctl.timestamps import utc_text
 from snapctl.units import human_bytes
 
@@ -40,15 +41,17 @@ def error(exc: SnapctlError) -> None:
     from rich.markup import escape
 
     console = Console(stderr=True, highlight=False)
-    # escaped: a message quotes what it got (an address "[fd00::1]", a path), which is not markup
-    console.print(f"[bold red]snapctl: error:[/] {escape(exc.message)}", markup=True, soft_wrap=True)
+    # escaped: a message quotes what it got (an address "[fd00::1]", a path), which is not markup,
+    # and may hold a control character (a newline in -i's path), which is not a second line
+    console.print(f"[bold red]snapctl: error:[/] {escape(printable(exc.message))}", markup=True, soft_wrap=True)
     if exc.hint:
-        console.print(f"  hint: {exc.hint}", soft_wrap=True, markup=False)
+        console.print(f"  hint: {printable(exc.hint)}", soft_wrap=True, markup=False)
 
 
 def error_document(exc: SnapctlError) -> None:
     """The one JSON document of a command that failed: on stdout, as its result would have been."""
-    print(json.dumps({"schema_version": JSON_SCHEMA_VERSION, "error": exc.message, "hint": exc.hint,
+    hint = printable(exc.hint) if exc.hint else exc.hint  # one line each, as text says them
+    print(json.dumps({"schema_version": JSON_SCHEMA_VERSION, "error": printable(exc.message), "hint": hint,
                       "exit_code": int(exc.exit_code), **logged_warnings()}))
 
 
@@ -134,7 +137,7 @@ class Renderer:
     def line(self, text: str) -> None:
         """One line as written: it quotes agents, engines, clouds and paths (never markup), and is
         not cut at the console's width (a log keeps it whole)."""
-        self.out.print(text, markup=False, soft_wrap=True)
+        self.out.print(printable(text), markup=False, soft_wrap=True)
 
     def progress(self):
         from snapctl.render.progress import LineProgress, LiveProgress

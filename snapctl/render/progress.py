@@ -10,6 +10,8 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING
 
+from snapctl.printable import printable
+
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
@@ -28,7 +30,7 @@ class LineProgress:
 
     def _line(self, text: str) -> None:
         # The date too, and that it is UTC: cron appends night after night to one log.
-        line = f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ} {text}\n"
+        line = f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ} {printable(text)}\n"  # one line: a path may hold a newline
         with self._lock:
             self.file.write(line)
             self.file.flush()
@@ -92,7 +94,7 @@ class LiveProgress(LineProgress):
         return table
 
     def step(self, name: str, message: str) -> None:
-        self.current = message
+        self.current = printable(message)
 
     def node(self, node: str, phase: str, detail: str | None = None) -> None:
         self.phases[node] = (phase, detail or "")

@@ -261,3 +261,21 @@ def test_the_engine_adapters_http_requests_are_logged_at_debug_only(tmp_path: Pa
         fake.stop()
     requests_logged = [line for line in agent.log.splitlines() if "HTTP Request:" in line]
     assert (len(requests_logged) >= 3) if level == "debug" else requests_logged == []
+
+
+def test_a_metrics_token_that_is_the_agents_own_token_is_warned_about_at_start(tmp_path: Path, db: Path) -> None:
+    # It opens every endpoint then: the scraper, meant to read /metrics only, could freeze the database.
+    config = write_config(tmp_path, db, extra="metrics_token_file: agent.token\n")
+    with agent_process(config) as agent:
+        pass
+    warnings = [line.split(" WARNING snapctl.agent: ", 1)[1] for line in agent.log.splitlines() if " WARNING " in line]
+    assert warnings == [f"{config}: the metrics token is the agent's own token, so /metrics' scraper can also "
+                        "hold the database; give metrics_token_file a token of its own"]
+
+
+def test_an_empty_config_path_is_named_not_taken_for_the_current_directory() -> None:
+    # Path("") is ".": it said ".: cannot read agent config: is a directory".
+    result = run_agent("--config", "")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == ["snapctl-agent: error: --config '': give the agent config file's path, "
+                                          "not an empty string (hint: e.g. --config /etc/snapctl/agent.yaml)"]

@@ -136,6 +136,30 @@ def test_a_lease_of_nan_or_infinity_is_refused_as_no_finite_number(api: httpx.Cl
     assert api.get("/v1/status").json()["lease"] is None and try_write(db)
 
 
+@pytest.mark.parametrize(("content_type", "said"), [
+    ("text/plain", 'Content-Type "text/plain"'), ("application/x-www-form-urlencoded",
+                                                 'Content-Type "application/x-www-form-urlencoded"'),
+    (None, "no Content-Type"),
+], ids=["text-plain", "form", "none"])
+def test_a_json_object_sent_without_a_json_content_type_is_refused_saying_what_to_send(
+        api: httpx.Client, db: Path, content_type: str | None, said: str) -> None:
+    # It said "expected a JSON object, got another type" of a body that was one. Still refused: a web
+    # page's "simple" cross-origin POST is text/plain, and the agent reads JSON only when told it is.
+    body = b'{"run_id": "r1", "lease_s": 30}'
+    request = api.build_request("POST", "/v1/prepare", content=body)
+    request.headers.pop("content-type", None)  # httpx sends none for raw bytes
+    if content_type is not None:
+        request.headers["content-type"] = content_type
+    refused = api.send(request)
+    assert refused.status_code == 422, refused.text
+    assert (error_of(refused).error, error_of(refused).hint) == (
+        f"request body: sent with {said}, so not read as JSON", "send the JSON object with Content-Type: application/json")
+    assert api.get("/v1/status").json()["lease"] is None and try_write(db)
+    sent_as_json = api.post("/v1/prepare", content=body, headers={"content-type": "application/json; charset=utf-8"})
+    assert sent_as_json.status_code == 200, sent_as_json.text
+    assert api.post("/v1/complete", json={"run_id": "r1"}).json()["released"] is True
+
+
 def test_an_integer_for_seconds_and_null_where_allowed_are_still_taken(api: httpx.Client) -> None:
     # JSON has one number type: 30 is thirty seconds, as 30.0 is.
     assert api.post("/v1/prepare", json={"run_id": "r1", "lease_s": 30}).status_code == 200

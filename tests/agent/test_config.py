@@ -104,3 +104,23 @@ def test_an_agent_config_or_token_file_that_is_not_utf8_is_one_line(tmp_path: Pa
     (tmp_path / "tok").write_bytes(b"\xff\xfe\x00binary")
     with pytest.raises(AgentConfigError, match=rf"cannot read token_file {tmp_path / 'tok'}: not UTF-8 text$"):
         load_agent_config(config).read_token()
+
+
+@pytest.mark.parametrize("key", ["state_dir", "token_file", "metrics_token_file", "restore_root"])
+def test_an_empty_path_setting_is_refused_not_taken_for_its_default(key: str) -> None:
+    # `state_dir: ''` (a template's unset variable) kept the hold record in the default directory,
+    # `token_file: ''` read $SNAPCTL_AGENT_TOKEN instead: silently, either way.
+    text = MINIMAL + ("restore_target: true\n" if key == "restore_root" else "") + f"{key}: ''\n"
+    with pytest.raises(AgentConfigError) as caught:
+        parse_agent_config(text, source="agent.yaml")
+    line = text.count("\n")
+    assert caught.value.message == f"agent.yaml:{line}: {key}: empty: give a value, or leave the key out for its default"
+    assert caught.value.hint == "an empty value is often a template's unset variable: set it, or remove the key"
+
+
+def test_a_value_where_the_tls_block_belongs_says_so_without_a_class_name() -> None:
+    # pydantic: "input should be a valid dictionary or instance of TlsConfig".
+    with pytest.raises(AgentConfigError) as caught:
+        parse_agent_config(MINIMAL + "tls: /etc/tls/agent.pem\n", source="agent.yaml")
+    assert caught.value.message == "agent.yaml:5: tls: expected a block of keys, not '/etc/tls/agent.pem'"
+    assert caught.value.hint == "give tls its keys (cert_file, key_file, client_ca_file, client_names), or remove `tls:`"

@@ -149,7 +149,7 @@ def test_help_and_usage_errors_load_no_logging(argv):
 def test_usage_errors_are_bad_input_without_a_traceback(argv):
     result = snapctl(*argv)
     assert result.returncode == ExitCode.BAD_INPUT
-    assert "Traceback" not in result.stderr and "Error:" in result.stderr
+    assert "Traceback" not in result.stderr and result.stderr.startswith("snapctl: error: ")
 
 
 # A command that Ctrl-C (typer alone would exit 130 in silence) or SIGTERM (by default the process
@@ -213,7 +213,8 @@ def test_with_json_output_a_usage_error_is_the_one_document_too(argv, error, hin
     document = json.loads(result.stdout)
     assert document["exit_code"] == ExitCode.BAD_INPUT and document["error"].startswith(error), document
     assert document["hint"].startswith("see `") and document["hint"].endswith(hint)
-    assert "Error:" in result.stderr  # the person at the terminal still gets click's own lines
+    # the person at the terminal gets the same error and hint, as one line and its hint
+    assert result.stderr.splitlines() == [f"snapctl: error: {document['error']}", f"  hint: {document['hint']}"]
 
 
 @pytest.mark.parametrize("argv", [["-i", "inventory.yaml", "status"], ["-o", "json", "backup", "--dry-run"]],

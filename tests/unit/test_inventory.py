@@ -308,3 +308,41 @@ def test_trigger_timeout_s_is_a_duration_like_the_other_timeouts():
     with pytest.raises(InventoryError) as err:
         parse_inventory(BASE + "policy: {trigger_timeout_s: 0s}\n", source="inv.yaml")
     assert str(err.value).startswith("inv.yaml:6: policy.trigger_timeout_s: must be greater than zero")
+
+
+@pytest.mark.parametrize(("block", "message"), [
+    ("auth:\n", "inv.yaml:6: auth: empty, where a block of keys belongs"),
+    ("auth: secrets/agent.token\n", "inv.yaml:6: auth: expected a block of keys, not 'secrets/agent.token'"),
+])
+def test_an_empty_or_scalar_block_says_what_belongs_there_without_a_class_name(block, message):
+    # pydantic said "auth: input should be a valid dictionary or instance of AgentAuth", and no hint.
+    with pytest.raises(InventoryError) as err:
+        parse_inventory(BASE + block, source="inv.yaml")
+    assert err.value.message == message
+    assert err.value.hint == ("give auth its keys (token_file, token_env, ca_file, client_cert_file, "
+                              "client_key_file), or remove `auth:`")
+
+
+@pytest.mark.parametrize(("block", "line", "where"), [
+    ("catalog: {path: ''}\n", 6, "catalog.path"),
+    ("auth: {token_file: ''}\n", 6, "auth.token_file"),
+    ("    token_file: ' '\n", 6, "nodes[0].token_file"),
+])
+def test_an_empty_setting_is_refused_not_taken_for_its_default(block, line, where):
+    with pytest.raises(InventoryError) as err:
+        parse_inventory(BASE + block, source="inv.yaml")
+    assert err.value.message == f"inv.yaml:{line}: {where}: empty: give a value, or leave the key out for its default"
+    assert err.value.hint == "an empty value is often a template's unset variable: set it, or remove the key"
+
+
+def test_an_empty_local_store_is_refused_not_taken_for_the_default_store(tmp_path):
+    # `store: "${STORE}"` with STORE unset sent the snapshots to $XDG_STATE_HOME/snapctl/snapshots.
+    from snapctl.providers import provider_settings
+
+    inventory = parse_inventory(BASE.replace("{type: local}", "{type: local, store: ''}"), source="inv.yaml",
+                                base_dir=tmp_path)
+    with pytest.raises(BadInputError) as err:
+        provider_settings(inventory)
+    assert err.value.message == ("inv.yaml:2: provider local: store: empty: give a value, or leave the key out "
+                                 "for its default")
+    assert err.value.hint == "an empty value is often a template's unset variable: set it, or remove the key"

@@ -44,3 +44,13 @@ def test_the_live_table_is_built_when_the_display_refreshes_not_per_event(monkey
         assert re.search(r"released\s+│\s+1000", rendered.getvalue())  # counts, not 1000 rows
     finally:
         progress.close()
+
+
+def test_a_control_character_in_a_progress_message_stays_on_its_line():
+    # `restore --to $'rel\nline'` split "checking a restore of run R into .../rel" from "line".
+    out = io.StringIO()
+    progress = LineProgress(out)
+    progress.step("restore", "dry run: checking a restore of run r1 into /srv/rel\nline\x1b[31m")
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1
+    assert lines[0].endswith(" restore: dry run: checking a restore of run r1 into /srv/rel\\nline\\x1b[31m")

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict
 from snapctl.errors import BadInputError
 from snapctl.providers import ProviderSettings
 from snapctl.state_home import snapctl_state_dir
-from snapctl.yaml_errors import NAME_PATTERN
+from snapctl.yaml_errors import NAME_PATTERN, Given
 
 # Volume names become directory and snapshot-id parts, so they stay filename-safe.
 VOLUME_NAME = re.compile(NAME_PATTERN)
@@ -22,7 +22,7 @@ class LocalSettings(ProviderSettings):
     """``provider: {type: local, store: DIR, reflink: auto|always|never}``."""
 
     type: Literal["local"] = "local"
-    store: str | None = None  # relative to the inventory's directory; default under $XDG_STATE_HOME
+    store: Given | None = None  # relative to the inventory's directory; default under $XDG_STATE_HOME
     reflink: Literal["auto", "always", "never"] = "auto"
 
 
