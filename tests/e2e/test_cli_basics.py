@@ -130,10 +130,11 @@ def test_help_imports_no_cloud_sdk(argv):
     assert "LOADED []" in result.stdout, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["status", "--help"], ["nosuch"]])
-def test_help_and_usage_errors_load_no_logging(argv):
+@pytest.mark.parametrize("argv", [["--help"], ["status", "--help"]])
+def test_help_loads_no_logging(argv):
     # The handler that says logged warnings needs `logging` (~2.5 ms of `snapctl --help`): it is
-    # installed as a command begins, and nothing before that logs.
+    # installed as a command begins, and nothing before that logs. (A usage error is said as every
+    # error is, through snapctl.render, which loads it: no start-up goal covers that path.)
     code = (
         "import sys\n"
         f"sys.argv = ['snapctl', *{argv!r}]\n"
