@@ -492,4 +492,7 @@ def _finish_refused(catalog: Catalog | None, report: DrillReport | None, exc: Sn
 
 
 def _write_record(catalog: Catalog, report: DrillReport) -> None:
-    catalog.store.write(str(report.record), report.model_dump_json(indent=2).encode())
+    # A snapctl from before `interrupted_by` refuses a record with a key it does not know (its
+    # status would pass over every new drill): the key is written only when a signal stopped it.
+    unknown_to_older = None if report.interrupted_by else {"interrupted_by"}
+    catalog.store.write(str(report.record), report.model_dump_json(indent=2, exclude=unknown_to_older).encode())

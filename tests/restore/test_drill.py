@@ -22,6 +22,12 @@ from tests.conftest import free_port
 from tests.restore.conftest import ROWS, checkpointed, node_without_engine_block, scratch_agent
 
 
+OLDER_RECORD_KEYS = {  # snapctl 68714bc's DrillReport fields
+    "cluster", "run_id", "drill_id", "provider", "started_at", "finished_at", "rto_s", "nodes", "scratch_dir",
+    "owner", "owner_process", "abandoned", "cleaned_up", "kept", "interrupted", "leftovers", "teardown_errors",
+    "junit", "record", "warnings", "error", "hint"}
+
+
 def junit_cases(path: Path) -> dict[str, ET.Element]:
     return {case.get("name"): case for case in ET.parse(path).getroot().iter("testcase")}
 
@@ -51,6 +57,10 @@ def test_a_drill_restores_verifies_records_and_tears_down(sqlite_cluster, tmp_pa
     assert stored["run_id"] == run_id and stored["nodes"][0]["verdict"] == "passed"
     summary = catalog.load(run_id).last_drill
     assert summary.ok and summary.report == report.record and summary.failed_nodes == []
+    # What a snapctl from before `interrupted_by` knows of a record (its DrillReport forbids any
+    # other key, and its status passed over every record with one): a drill no signal stopped
+    # writes none other.
+    assert set(stored) <= OLDER_RECORD_KEYS, set(stored) - OLDER_RECORD_KEYS
 
 
 def test_a_changed_row_in_a_snapshot_fails_the_drill_naming_node_and_table(sqlite_cluster, tmp_path):
