@@ -64,9 +64,9 @@ def check_regular(file: Path) -> None:
 
 
 def read_regular(file: Path, limit: int, what: str) -> tuple[bytes, int]:
-    """The bytes of ``file`` and its mode; ``what``: the kind of file ("an inventory"). Raises UnfitInputFile for anything but a regular file
-    (found before opening it: opening some devices does something) or one over ``limit`` bytes,
-    else OSError as ``open`` does."""
+    """The bytes of ``file`` and its mode; ``what``: the kind of file ("an inventory"). Raises
+    UnfitInputFile for anything but a regular file (found before opening it: opening some devices
+    does something) or one over ``limit`` bytes, else OSError as ``open`` does."""
     mode = os.stat(file).st_mode
     if not stat.S_ISREG(mode):
         raise _not_regular(file, mode)

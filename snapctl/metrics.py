@@ -161,7 +161,7 @@ def check_textfile_path(path: str | os.PathLike[str]) -> Path:
     if mode is not None and not stat.S_ISREG(mode):
         # Each write renames a new file over it: as root, a device or a FIFO there would be replaced.
         raise BadInputError(f"--textfile {target}: it is {file_kind(mode)}, not a regular file",
-                            hint="name a .prom file that is a regular file or does not exist yet: each write replaces it")
+                            hint="name a .prom file that is a regular file or not there yet: each write replaces it")
     if not os.access(target.parent, os.W_OK | os.X_OK):
         raise BadInputError(f"--textfile {target}: {target.parent} is not writable by this user",
                             hint="run snapctl as a user that may write node_exporter's textfile directory")
