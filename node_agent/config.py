@@ -20,6 +20,7 @@ from node_agent.engines.base import EngineSettings, load_engine_factory, validat
 from node_agent.hold_record import default_state_dir
 from node_agent.ratelimit import DEFAULT_BURST, DEFAULT_RATE_PER_S
 from snapctl.errors import BadInputError, os_reason
+from snapctl.input_files import MAX_CONFIG_BYTES, UnfitInputFile, check_regular, read_regular
 from snapctl.secret_files import (
     UNFIT_TOKEN,
     UNFIT_TOKEN_HINT,
@@ -186,6 +187,7 @@ class AgentConfig(Strict):
 
     def _check_readable(self, setting: str, file: Path, *, secret: bool) -> None:
         try:
+            check_regular(file)
             with open(file, "rb") as opened:
                 if secret:
                     self._warn_if_open(setting, file, os.fstat(opened.fileno()).st_mode)
@@ -196,7 +198,8 @@ class AgentConfig(Strict):
             ) from None
         except OSError as exc:
             raise AgentConfigError(f"{self._source}: cannot read {setting} {file}: {os_reason(exc)}",
-                                   hint="name a file that the agent's user can read") from exc
+                                   hint=exc.hint if isinstance(exc, UnfitInputFile) and exc.hint
+                                   else "name a file that the agent's user can read") from exc
 
     def warn_if_engine_password_open(self) -> None:
         """Warn when an engine URL carries a password (QuestDB's url, AresDB's debug_url: they have no
@@ -223,7 +226,8 @@ class AgentConfig(Strict):
                 raise AgentConfigError(f"{self._source}: {key} {file} not found") from None
             except (OSError, UnicodeDecodeError) as exc:
                 why = os_reason(exc) if isinstance(exc, OSError) else "not UTF-8 text"
-                raise AgentConfigError(f"{self._source}: cannot read {key} {file}: {why}") from exc
+                raise AgentConfigError(f"{self._source}: cannot read {key} {file}: {why}",
+                                       hint=exc.hint if isinstance(exc, UnfitInputFile) else None) from exc
             self._warn_if_open(key, file, mode)
             if not token:
                 raise AgentConfigError(
@@ -258,14 +262,15 @@ def load_agent_config(path: str | os.PathLike[str]) -> AgentConfig:
                                hint="e.g. --config /etc/snapctl/agent.yaml")
     file = Path(path)
     try:
-        data = file.read_bytes()
+        data, _ = read_regular(file, MAX_CONFIG_BYTES, "an agent config")
         text = data.decode("utf-8")
     except FileNotFoundError:
         raise AgentConfigError(
             f"{file}: agent config file not found", hint="pass --config FILE (see docs/agent.md)"
         ) from None
     except OSError as exc:
-        raise AgentConfigError(f"{file}: cannot read agent config: {os_reason(exc)}") from exc
+        raise AgentConfigError(f"{file}: cannot read agent config: {os_reason(exc)}",
+                               hint=exc.hint if isinstance(exc, UnfitInputFile) else None) from exc
     except UnicodeDecodeError as exc:
         raise AgentConfigError(describe_not_utf8(data, exc, str(file)), hint="save the config as UTF-8") from None
     return parse_agent_config(text, source=str(file), base_dir=file.resolve().parent)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from snapctl.config import Inventory, Node
 from snapctl.errors import InventoryError, os_reason
+from snapctl.input_files import UnfitInputFile, check_regular
 from snapctl.secret_files import (
     UNFIT_TOKEN,
     UNFIT_TOKEN_HINT,
@@ -81,7 +82,8 @@ def _read_token(inventory: Inventory, path: str, setting: str) -> str:
     except (OSError, UnicodeDecodeError) as exc:  # not UTF-8: not a token file (a traceback, before)
         why = os_reason(exc) if isinstance(exc, OSError) else "not UTF-8 text"
         raise InventoryError(f"{inventory.source}: cannot read {setting} {file}: {why}",
-                             hint="create it with the agent's token, readable only by you") from exc
+                             hint=exc.hint if isinstance(exc, UnfitInputFile)
+                             else "create it with the agent's token, readable only by you") from exc
     # Whoever reads it can freeze every database of the cluster.
     warn_if_open(log, inventory.source, setting, file, mode, "snapctl's user")
     if not token:
@@ -117,6 +119,7 @@ def tls_context(inventory: Inventory) -> ssl.SSLContext:
         # here first, so that the error says which setting to fix.
         for setting, file in files.items():
             try:
+                check_regular(file)
                 file.open("rb").close()
             except OSError as exc:
                 raise InventoryError(f"{inventory.source}: cannot read {setting} {file}: {os_reason(exc)}",

@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from snapctl.errors import InventoryError, RefusedValue, SnapctlError, os_reason
+from snapctl.input_files import MAX_CONFIG_BYTES, UnfitInputFile, read_regular
 from snapctl.policy import Duration, Policy, Retention, Strict, parse_duration, positive_duration
 from snapctl.printable import SHOWN_PATH, printable
 from snapctl.yaml_errors import (
@@ -365,7 +366,7 @@ def load_inventory(path: str | os.PathLike[str] | None = None, *, from_env: bool
     file = inventory_path(str(path) if path else None)
     shown = printable(str(file), SHOWN_PATH)  # every message names it: one line, not a page
     try:
-        data = file.read_bytes()
+        data, _ = read_regular(file, MAX_CONFIG_BYTES, "an inventory")
         text = data.decode("utf-8")  # YAML is UTF-8 text: not whatever the locale says (cron's may be C)
     except FileNotFoundError:
         where = "" if file.is_absolute() else f" in {Path.cwd()}"  # cron's and CI's cwd is rarely the one meant
@@ -375,7 +376,8 @@ def load_inventory(path: str | os.PathLike[str] | None = None, *, from_env: bool
         raise InventoryError(f"{shown}: inventory file not found{where}" + (f" (from ${INVENTORY_ENV})" if from_env
                                                                            else ""), hint=hint) from None
     except OSError as exc:
-        raise InventoryError(f"{shown}: cannot read inventory: {os_reason(exc)}") from exc
+        raise InventoryError(f"{shown}: cannot read inventory: {os_reason(exc)}",
+                             hint=exc.hint if isinstance(exc, UnfitInputFile) else None) from exc
     except UnicodeDecodeError as exc:
         raise InventoryError(describe_not_utf8(data, exc, shown), hint="save the inventory as UTF-8") from None
     return parse_inventory(text, source=shown, base_dir=file.resolve().parent)

@@ -9,6 +9,8 @@ import shutil
 import stat
 from pathlib import Path
 
+from snapctl.errors import BadInputError, os_reason
+
 
 def make_dirs(path: Path, mode: int = 0o755) -> None:
     """``path`` and its missing parents, at most ``mode`` whatever the umask, none writable by group
@@ -17,8 +19,23 @@ def make_dirs(path: Path, mode: int = 0o755) -> None:
     try:
         os.mkdir(path, mode)  # as Path.mkdir(parents=True, exist_ok=True) does it, with this mode for all
     except FileNotFoundError:
+        if path.parent == path:
+            raise
         make_dirs(path.parent, mode)
-        make_dirs(path, mode)
+        try:
+            os.mkdir(path, mode)
+        except FileExistsError:
+            if not path.is_dir():
+                raise
+        except FileNotFoundError as exc:
+            if not path.parent.is_dir():
+                raise  # removed again meanwhile: the OS's own error
+            # Its parent is there, yet mkdir says it is not: a file system that makes no directories
+            # (/proc, /sys). Asked again, it recursed until RecursionError.
+            raise BadInputError(f"cannot create {path}: {path.parent} is on a file system that holds no new "
+                                f"directories (mkdir: {os_reason(exc)})",
+                                hint="point the setting that names it (catalog.path, the provider's store, "
+                                "$XDG_STATE_HOME) at a directory on a disk") from exc
     except FileExistsError:
         if not path.is_dir():
             raise

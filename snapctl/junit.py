@@ -8,11 +8,13 @@ import os
 import re
 import secrets
 import socket
+import stat
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from snapctl.errors import SnapctlError, interrupted_by_signal, os_reason
+from snapctl.input_files import file_kind
 
 if TYPE_CHECKING:
     from snapctl.drill import DrillReport, NodeDrill
@@ -56,6 +58,15 @@ def usable_report_path(path: Path) -> Path:
     if path.is_dir():
         raise BadInputError(f"cannot write the junit report to {path}: it is a directory",
                             hint=f"name a file, e.g. --junit {path / 'drill.xml'}")
+    mode = _mode(path)
+    if mode is not None and (stat.S_ISBLK(mode) or stat.S_ISSOCK(mode)):
+        raise BadInputError(f"cannot write the junit report to {path}: it is {file_kind(mode)}",
+                            hint="name a regular file, a FIFO or a character device such as /dev/stdout")
+    if mode is not None and _in_place(mode):
+        if not os.access(path, os.W_OK):
+            raise BadInputError(f"cannot write the junit report to {path}: permission denied",
+                                hint="name a file this user may write to")
+        return path
     # As the report will be written, once: a directory that refuses files (its mode, an immutable
     # flag, a read-only mount) is found now, not after the whole drill.
     probe = path.resolve().with_name(f".{path.name}.{secrets.token_hex(4)}.probe")
@@ -91,7 +102,8 @@ def write_junit_refusal(path: Path, cluster: str, run_ref: str, exc: SnapctlErro
 
 
 def write_junit(report: DrillReport, path: Path) -> Path:
-    """Write atomically (temp file, rename): a CI job never reads half a report."""
+    """Write atomically (temp file, rename): a CI job never reads half a report. Into a FIFO or a
+    character device (/dev/stdout) in place: those are not files to replace."""
     return _write(drill_junit(report), path)
 
 
@@ -100,11 +112,34 @@ def write_junit(report: DrillReport, path: Path) -> Path:
 _NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
+def _mode(path: Path) -> int | None:
+    """The mode of what ``path`` names, after symlinks (/dev/stdout's); None if nothing is there."""
+    try:
+        return os.stat(path).st_mode
+    except OSError:
+        return None
+
+
+def _in_place(mode: int) -> bool:
+    # A FIFO or a character device (/dev/stdout, /dev/null, a CI log pipe) is written into as it
+    # is: replaced by a renamed temp file, as root, it became a regular file (/dev/null for all).
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)
+
+
 def _write(tree: ET.ElementTree, path: Path) -> Path:
     for element in tree.iter():
         element.text = _NOT_XML.sub("\ufffd", element.text) if element.text else element.text
         for key, value in element.attrib.items():
             element.attrib[key] = _NOT_XML.sub("\ufffd", value)
+    mode = _mode(path)
+    if mode is not None and _in_place(mode):
+        try:  # not resolved: /dev/stdout's target is /proc/self/fd/1's, e.g. "pipe:[123]"
+            with open(os.open(path, os.O_WRONLY | os.O_CLOEXEC), "wb") as out:
+                tree.write(out, encoding="utf-8", xml_declaration=True)
+        except OSError as exc:
+            raise SnapctlError(f"cannot write the junit report to {path}: {os_reason(exc)}",
+                               hint="the drill is on record in the catalog: `snapctl show RUN`") from exc
+        return path
     path = path.resolve()
     # Not mkstemp's 0600: the report is no secret, and the CI step that publishes it may run as
     # another user. The umask decides, as for any file the job writes.

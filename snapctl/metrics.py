@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import secrets
+import stat
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from snapctl.errors import BadInputError, ExitCode, SnapctlError, os_reason
+from snapctl.input_files import file_kind
 
 if TYPE_CHECKING:
     from node_agent.service import AgentService
@@ -152,6 +154,14 @@ def check_textfile_path(path: str | os.PathLike[str]) -> Path:
     if target.is_dir():
         raise BadInputError(f"--textfile {target}: it is a directory",
                             hint=f"name a file in it, e.g. --textfile {target / 'snapctl.prom'}")
+    try:
+        mode = os.stat(target).st_mode
+    except OSError:
+        mode = None  # none yet: the first write makes it
+    if mode is not None and not stat.S_ISREG(mode):
+        # Each write renames a new file over it: as root, a device or a FIFO there would be replaced.
+        raise BadInputError(f"--textfile {target}: it is {file_kind(mode)}, not a regular file",
+                            hint="name a .prom file that is a regular file or not there yet: each write replaces it")
     if not os.access(target.parent, os.W_OK | os.X_OK):
         raise BadInputError(f"--textfile {target}: {target.parent} is not writable by this user",
                             hint="run snapctl as a user that may write node_exporter's textfile directory")

@@ -8,12 +8,12 @@ months. The warning names the file, who can read it and the command that fixes i
 from __future__ import annotations
 
 import logging
-import os
 import stat
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from snapctl.config import is_loopback
+from snapctl.input_files import MAX_SECRET_BYTES, read_regular
 
 
 def open_to_others(mode: int) -> str | None:
@@ -51,11 +51,10 @@ def unfit_token(token: str) -> bool:
 def read_first_line(file: Path) -> tuple[str, int]:
     """The first non-blank line of ``file``, stripped ("" if none), and the file's mode.
     Only the first line: a second one (a note, a rotated token) must never go out with it.
-    Raises OSError as ``open`` does, UnicodeDecodeError for a file that is not UTF-8 text
-    (whatever the locale: cron's is often C)."""
-    with open(file, encoding="utf-8") as opened:
-        mode = os.fstat(opened.fileno()).st_mode
-        line = next((line.strip() for line in opened.read().splitlines() if line.strip()), "")
+    Raises OSError as ``open`` does (UnfitInputFile for a FIFO, a device or a file too big to be
+    one), UnicodeDecodeError for a file that is not UTF-8 text (whatever the locale: cron's is often C)."""
+    data, mode = read_regular(file, MAX_SECRET_BYTES, "a token file")
+    line = next((line.strip() for line in data.decode("utf-8").splitlines() if line.strip()), "")
     return line, mode
 
 

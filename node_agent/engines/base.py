@@ -7,7 +7,6 @@ each entry point naming an ``EngineFactory``.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from functools import cache
 from importlib.metadata import entry_points
@@ -19,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from node_agent.models import EngineState, EngineStatus, JobResult, VerifyFacts
 from snapctl.errors import BadInputError, EngineError, RefusedValue, os_reason
+from snapctl.input_files import MAX_SECRET_BYTES, UnfitInputFile, read_regular
 from snapctl.secret_files import warn_if_open
 from snapctl.units import MAX_DURATION_S
 
@@ -198,11 +198,11 @@ class PasswordFile:
 
     def read(self) -> str:
         try:
-            with open(self.path) as opened:
-                mode = os.fstat(opened.fileno()).st_mode
-                lines = opened.read().splitlines()
+            data, mode = read_regular(self.path, MAX_SECRET_BYTES, "a password file")
+            lines = data.decode("utf-8").splitlines()
         except OSError as exc:
-            raise EngineError(f"cannot read {self.engine} password file {self.path}: {os_reason(exc)}") from exc
+            raise EngineError(f"cannot read {self.engine} password file {self.path}: {os_reason(exc)}",
+                              hint=exc.hint if isinstance(exc, UnfitInputFile) else None) from exc
         if not self._checked:
             self._checked = True
             warn_if_open(self._log, f"engine {self.engine}", "password_file", self.path, mode, "the agent's user")

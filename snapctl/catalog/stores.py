@@ -43,6 +43,13 @@ def check_catalog(inventory: Inventory) -> None:
             raise inventory.located(exc, "catalog", "url") from None
     elif config.path:
         root = inventory.resolve(config.path)
+        dangling = _dangling_symlink(root)
+        if dangling is not None:
+            link, target = dangling
+            where = f"{root}" if link == root else f"{root}: {link}"
+            raise InventoryError(f"{inventory.where('catalog', 'path')}: catalog.path {where} is a dangling "
+                                 f"symlink (to {target}, which does not exist)",
+                                 hint=f"create its target (mkdir -p {target}), or fix catalog.path")
         existing = _nearest_existing(root)
         # A file there failed every command later, as "cannot read <root>/<cluster>/index.json: not a directory".
         if existing is not None and not stat.S_ISDIR(existing[1].st_mode):
@@ -52,11 +59,33 @@ def check_catalog(inventory: Inventory) -> None:
                                  hint="set catalog.path to a directory; snapctl creates it if it is missing")
     else:
         root = default_catalog_dir()
+        dangling = _dangling_symlink(root)
+        if dangling is not None:
+            link, target = dangling
+            raise BadInputError(f"the default catalog directory {root}: {link} is a dangling symlink (to {target}, "
+                                "which does not exist)",
+                                hint=f"create its target (mkdir -p {target}), or set catalog.path in the inventory")
         existing = _nearest_existing(root)
         if existing is not None and not stat.S_ISDIR(existing[1].st_mode):
             found, _ = existing
             raise BadInputError(f"the default catalog directory {root} is not a directory: {found} is a file",
                                 hint=f"move {found} out of the way, or set catalog.path in the inventory")
+
+
+def _dangling_symlink(path: Path) -> tuple[Path, Path] | None:
+    """The symlink on ``path`` (itself or a directory above it) whose target does not exist, and
+    that target; None where there is none. The catalog's first write cannot make a directory
+    there (mkdir says "file exists"), and reads found an empty catalog."""
+    for candidate in (path, *path.parents):
+        try:
+            os.stat(candidate)
+            return None  # this one exists: the symlinks above it, if any, lead somewhere
+        except (FileNotFoundError, NotADirectoryError):
+            if os.path.islink(candidate):
+                return candidate, candidate.parent / os.readlink(candidate)
+        except OSError:
+            return None
+    return None
 
 
 def _nearest_existing(path: Path) -> tuple[Path, os.stat_result] | None:

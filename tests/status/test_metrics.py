@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import stat
 import time
 from pathlib import Path
 
@@ -127,6 +129,27 @@ def test_textfile_paths_node_exporter_would_never_read_are_refused(tmp_path, nam
     (tmp_path / "taken.prom").mkdir()
     with pytest.raises(BadInputError, match=problem):
         write_textfile(tmp_path / name, "")
+
+
+@pytest.mark.parametrize(("kind", "said"), [("fifo", "a FIFO (named pipe)"), ("device", "a character device")])
+def test_a_textfile_that_is_no_regular_file_is_refused_and_left_as_it_is(tmp_path, kind, said):
+    # Each write renames a temp file over the target: as root, a device node there became a regular file.
+    target = tmp_path / "snapctl.prom"
+    if kind == "fifo":
+        os.mkfifo(target)
+    else:
+        try:
+            os.mknod(target, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # /dev/null's numbers, never /dev/null
+        except PermissionError:
+            pytest.skip("making a device node needs root")
+    before = os.stat(target)
+
+    with pytest.raises(BadInputError) as refused:
+        write_textfile(target, "snapctl_up 1\n")
+    assert refused.value.message == f"--textfile {target}: it is {said}, not a regular file"
+    assert refused.value.hint
+    after = os.stat(target)
+    assert (after.st_ino, after.st_mode) == (before.st_ino, before.st_mode)
 
 
 def test_the_textfile_counts_unreachable_nodes(tmp_path):
