@@ -106,8 +106,9 @@ class Catalog(ManifestIndex):
                 raise CatalogError(f"run {run_id}: its manifest {self._where(run_id)} is missing, though the index "
                                    f"lists the run as {lost.status}",
                                    hint="put the manifest back from a copy of the catalog; what is left of its "
-                                        "snapshots is kept meanwhile (gc never takes them for orphans), and where none "
-                                        "is left the next `snapctl prune` or `snapctl gc --delete` forgets the run")
+                                        "snapshots is kept meanwhile (gc never takes them for orphans)" + (
+                                        ", and where none is left the next `snapctl prune` or `snapctl gc --delete` "
+                                        "forgets the run" if lost.snapshots == 0 else ""))
             raise BadInputError(f"no run {run_id} in the catalog {self.describe()}", hint="`snapctl list` shows the runs")
         return self._readable(run_id, data)
 
