@@ -22,10 +22,12 @@ from typing import TYPE_CHECKING
 
 from snapctl.abandoned_runs import close_abandoned_runs, owner_gone
 from snapctl.catalog import Catalog, open_catalog
+from snapctl.catalog.index import PRUNING
 from snapctl.catalog.local import CatalogTemp
 from snapctl.catalog.lock import LockRecord, ThreadLockKeeper
 from snapctl.drill_leftovers import clean_abandoned, find_abandoned
 from snapctl.errors import CatalogError, ProviderError, SnapctlError, SnapshotNotFound
+from snapctl.manifest import IndexEntry
 from snapctl.providers import TAG_CLUSTER, TAG_RUN, Leftover, Provider, SnapshotRef, open_provider
 from snapctl.restore_leftovers import (
     clean_killed_restores,
@@ -166,8 +168,7 @@ def find_orphans(catalog: Catalog, provider: Provider, ours: str | None = None) 
     tagged = provider.find({TAG_CLUSTER: catalog.cluster})
     if not stored and not entries:
         _refuse_a_wrong_catalog(catalog, tagged)
-    lost = [run_id for run_id, reason in why.items() if reason.startswith("its manifest is missing")]
-    for run_id in emptied_runs(lost, tagged):
+    for run_id in emptied_runs(catalog.lines_without_manifest(), tagged):
         why[run_id] = ("its manifest is missing, though the index lists the run, and none of its snapshots is left: "
                        "`snapctl gc --delete` (or the next prune) forgets it")
     # After the snapshots were found: a backup in progress then holds the lock now (its snapshots are
@@ -191,20 +192,23 @@ def find_orphans(catalog: Catalog, provider: Provider, ours: str | None = None) 
                     leftovers=leftovers)
 
 
-def emptied_runs(lost: list[str], tagged: list[SnapshotRef]) -> list[str]:
-    """Of ``lost`` (runs the index lists whose manifest is missing), those no snapshot in
-    ``tagged`` (the cluster's) carries the run id of: nothing of them is left to guard. None where
-    the store lists no snapshot of the cluster at all: it may be the wrong store, or not mounted."""
+def emptied_runs(lost: list[IndexEntry], tagged: list[SnapshotRef]) -> list[str]:
+    """Of ``lost`` (the index lines of runs whose manifest is missing), those that say ``pruning``
+    or record no snapshot, and of which no snapshot in ``tagged`` (the cluster's) carries the run
+    id: nothing of them is left to guard. Any other line stays, warned of: ``tagged`` is the
+    current provider's listing, and a run made under an earlier ``provider.store`` (or region)
+    has its snapshots there. None where the store lists no snapshot of the cluster at all: it may
+    be the wrong store, or not mounted."""
     left = {ref.tags.get(TAG_RUN) for ref in tagged}
-    return [run_id for run_id in lost if run_id not in left] if tagged else []
+    return [e.run_id for e in lost
+            if (e.status == PRUNING or e.snapshots == 0) and e.run_id not in left] if tagged else []
 
 
 def forget_emptied_runs(catalog: Catalog, provider: Provider, still_locked: Callable[[], None]) -> list[str]:
-    """Under the cluster lock: the index lines taken out of runs whose manifest is missing and of
-    which no snapshot is left (a prune killed as it deleted a run, after an earlier one was killed
-    as it marked it). Listed as lost manifests, they warned on every command, and status exited
-    5, for good. A provider that cannot list its snapshots now leaves them for the next time."""
-    lost = catalog.runs_without_manifest()
+    """Under the cluster lock: the index lines taken out of runs whose manifest is missing, whose
+    line says ``pruning`` or records no snapshot, and of which no snapshot is left (``emptied_runs``).
+    Listed as lost manifests, they warned on every command, and status exited 5, for good. A provider that cannot list its snapshots now leaves them for the next time."""
+    lost = catalog.lines_without_manifest()
     if not lost:
         return []
     try:

@@ -185,7 +185,10 @@ def _decide_over_readable_runs(catalog: Catalog, provider: Provider, retention: 
         if not doubtful:
             if decided.delete and listing is None:
                 listing = provider.find({TAG_CLUSTER: catalog.cluster})
-            gaps = {} if listing is None else _unlisted(decided, read, listing, provider, looked, set(completed))
+            # The run this backup made is skipped too: an eventually consistent listing (aws
+            # DescribeSnapshots by tag) may not show snapshots made a moment ago.
+            skip = set(completed) | ({made} if made else set())
+            gaps = {} if listing is None else _unlisted(decided, read, listing, provider, looked, skip)
             if gaps:
                 for run_id, why in gaps.items():
                     doubts[run_id] = (f"cannot be restored as recorded: {why}", True)
@@ -272,7 +275,8 @@ def _unlisted(decided: RetentionPlan, read: dict[str, Manifest], listing: list[S
     """Why each run kept as a backup cannot be restored as recorded: a snapshot its manifest names
     that the provider's listing lacks, or has in error (the listing is all a plan has; `snapctl
     verify` asks about each snapshot). Each run is looked at once; ``skip``: runs the provider was
-    asked about already (`--no-wait` ones). A run made with another provider is not in the listing."""
+    asked about already (`--no-wait` ones) and the run a backup just made. A run made with another
+    provider is not in the listing."""
     listed = {ref.snapshot_id: ref for ref in listing}
     where = getattr(provider, "elsewhere", None)
     ahead = {run.run_id for run in decided.ahead}

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
 from node_agent.models import EngineState, EngineStatus, JobResult, VerifyFacts
 from snapctl.errors import BadInputError, EngineError, RefusedValue, os_reason
@@ -109,8 +109,8 @@ class Engine(Protocol):
 class EngineSettings(BaseModel):
     """Base for each adapter's settings: unknown keys are rejected with the valid ones listed."""
 
-    # No NaN or infinity in any float of any adapter's settings (all are seconds): pydantic's
-    # default takes YAML's .nan and .inf, which `gt=0` lets through or calls "not greater than 0".
+    # No NaN or infinity in any float of any adapter's settings: pydantic's default takes YAML's
+    # .nan and .inf, which `gt=0` lets through or calls "not greater than 0".
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     type: str
@@ -118,10 +118,11 @@ class EngineSettings(BaseModel):
 
     @field_validator("*", mode="after")
     @classmethod
-    def _seconds_within_reason(cls, value: Any) -> Any:
-        # Each feeds a socket timeout, a deadline or int() (the agent's shutdown grace): past this
-        # they overflow (an OverflowError traceback at start for timeout_s: 1e308).
-        if isinstance(value, float) and value > MAX_DURATION_S:
+    def _seconds_within_reason(cls, value: Any, info: ValidationInfo) -> Any:
+        # A duration (named ``*_s``, as every one is) feeds a socket timeout, a deadline or int()
+        # (the agent's shutdown grace): past this it overflows (an OverflowError traceback at start
+        # for timeout_s: 1e308). Another float (an adapter's ratio, a byte rate) is no duration.
+        if isinstance(value, float) and (info.field_name or "").endswith("_s") and value > MAX_DURATION_S:
             raise RefusedValue(f"at most {MAX_DURATION_S:.0f} seconds (ten years), not {value:g}",
                                hint="a number of seconds, e.g. 10")
         return value

@@ -9,6 +9,7 @@ Layout (the same on every store), keys relative to the catalog root::
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 
@@ -44,6 +45,11 @@ class BlobStore(Protocol):
         """Seconds since the blob was last written, on the store's clock, never on its writer's (a
         local file's mtime, which the kernel sets; S3's LastModified against the Date of its own
         answer); None when it does not exist."""
+        ...
+
+    def written_at(self, key: str) -> datetime | None:
+        """When the blob was last written, aware UTC, on the store's clock (the mtime the kernel
+        set, S3's LastModified), never on its writer's; None when it does not exist."""
         ...
 
     def check_writable(self, directory: str) -> bool:

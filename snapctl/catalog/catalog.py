@@ -16,7 +16,7 @@ from datetime import datetime
 from snapctl.catalog import BlobStore
 from snapctl.catalog.index import CAS_RETRIES, PRUNING, RUNNING, ManifestIndex, index_entry
 from snapctl.catalog.lock import Clock, LockRecord, RunLock, acquire, read_lock, utc_now
-from snapctl.catalog.reasons import ahead_warning, skipped_newer
+from snapctl.catalog.reasons import ahead_warning, behind_warning, skipped_newer
 from snapctl.errors import BadInputError, CatalogError, SnapctlError
 from snapctl.manifest import IndexEntry, Manifest
 from snapctl.printable import quoted
@@ -106,8 +106,9 @@ class Catalog(ManifestIndex):
                 raise CatalogError(f"run {run_id}: its manifest {self._where(run_id)} is missing, though the index "
                                    f"lists the run as {lost.status}",
                                    hint="put the manifest back from a copy of the catalog; what is left of its "
-                                        "snapshots is kept meanwhile (gc never takes them for orphans), and where none "
-                                        "is left the next `snapctl prune` or `snapctl gc --delete` forgets the run")
+                                        "snapshots is kept meanwhile (gc never takes them for orphans)" + (
+                                        ", and where none is left the next `snapctl prune` or `snapctl gc --delete` "
+                                        "forgets the run" if lost.snapshots == 0 else ""))
             raise BadInputError(f"no run {run_id} in the catalog {self.describe()}", hint="`snapctl list` shows the runs")
         return self._readable(run_id, data)
 
@@ -156,14 +157,11 @@ class Catalog(ManifestIndex):
         if ref == "latest":
             succeeded = [e for e in entries if e.status == "succeeded"]
             now = self._clock()
-            # A run stamped in the future (a wrong clock) is no newer backup: its real age is unknown,
-            # and retention does not count it either. Passed over, with a warning; the newest of them
-            # only when every run is.
-            newest = next((e for e in succeeded if not started_ahead(e.started_at, now)), None)
-            ahead = succeeded[: succeeded.index(newest)] if newest is not None else succeeded[:1]
-            newest = newest or next(iter(succeeded), None)
+            newest, ahead, written = self._newest_in_time(succeeded, now)
             if newest is not None and skipped is not None:
                 skipped += [ahead_warning(newest, e, now) for e in ahead]
+                if written is not None:
+                    skipped.append(behind_warning(newest, written, now))
                 skipped += skipped_newer(newest, problems, indexed, self._where)
             if newest is None and problems:  # there may be one: its manifest cannot be read
                 unreadable = ", ".join(f"{r} ({why})" for r, why in sorted(problems.items())[:_MAX_CANDIDATES])
@@ -191,6 +189,26 @@ class Catalog(ManifestIndex):
                                 hint=f"`snapctl list` shows run ids; {_WHERE_HINT}")
         shown = ", ".join(matches[:_MAX_CANDIDATES]) + (f" and {len(matches) - _MAX_CANDIDATES} more" if len(matches) > _MAX_CANDIDATES else "")
         raise BadInputError(f"{quoted(ref)} matches {len(matches)} runs: {shown}", hint="give more of the run id")
+
+    def _newest_in_time(self, succeeded: list[IndexEntry], now: datetime
+                        ) -> tuple[IndexEntry | None, list[IndexEntry], datetime | None]:
+        """The newest of ``succeeded`` (newest first) not stamped in the future, the runs passed
+        over for it, and its manifest's write time where this host's clock is what was behind.
+        A run stamped in the future (a wrong clock) is no newer backup: its real age is unknown, and
+        retention does not count it either; the newest of them only when every run is. Ahead of
+        this host's clock is judged again by the store's: a run whose start is not ahead of when
+        the store wrote its manifest was stamped by a right clock, and this host's is behind (a
+        recovery host booted without NTP must not restore a backup days old). One store call per
+        run that looks ahead, none for the others."""
+        ahead: list[IndexEntry] = []
+        for entry in succeeded:
+            if not started_ahead(entry.started_at, now):
+                return entry, ahead, None
+            written = self.store.written_at(self._manifest_key(entry.run_id))
+            if written is not None and not started_ahead(entry.started_at, written):
+                return entry, ahead, written
+            ahead.append(entry)
+        return (succeeded[0], succeeded[:1], None) if succeeded else (None, [], None)
 
     def _missing_root(self) -> bool:
         """A local catalog whose directory does not exist (a mistyped path, another user's default)."""

@@ -229,8 +229,12 @@ class ManifestIndex:
 
     def runs_without_manifest(self) -> list[str]:
         """Runs the index lists, not as pruned, whose manifest is missing (lost, or deleted by hand)."""
+        return [e.run_id for e in self.lines_without_manifest()]
+
+    def lines_without_manifest(self) -> list[IndexEntry]:
+        """The index lines of ``runs_without_manifest``, by run id: what each says of its run."""
         indexed, _ = self._read_index()
-        return sorted(e.run_id for e in self._without_manifest(indexed or [], set()))  # it lists the manifests
+        return sorted(self._without_manifest(indexed or [], set()), key=lambda e: e.run_id)  # it lists the manifests
 
     def forget_lost_runs(self, run_ids: Iterable[str]) -> list[str]:
         """Take out the index lines of ``run_ids`` whose manifest is still missing (a prune

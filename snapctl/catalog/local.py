@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from snapctl.errors import BadInputError, CatalogError, os_reason
@@ -131,6 +132,15 @@ class LocalBlobStore:
         path = self._path(key)
         try:
             return time.time() - path.stat().st_mtime
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise CatalogError(f"cannot read {path}: {os_reason(exc)}") from exc
+
+    def written_at(self, key: str) -> datetime | None:
+        path = self._path(key)
+        try:
+            return datetime.fromtimestamp(path.stat().st_mtime, UTC)
         except FileNotFoundError:
             return None
         except OSError as exc:

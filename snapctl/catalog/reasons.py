@@ -63,6 +63,16 @@ def ahead_warning(chosen: IndexEntry, passed: IndexEntry, now: datetime) -> str:
     return f"{said}; hint: check the clocks of the hosts that run snapctl (NTP), or name the run to use"
 
 
+def behind_warning(chosen: IndexEntry, written: datetime, now: datetime) -> str:
+    """Why ``latest`` is ``chosen`` though it started in the future by this host's clock: the
+    store wrote its manifest after its start, by the store's clock, so this host's clock is behind."""
+    started = as_utc(chosen.started_at)
+    return (f"latest is run {chosen.run_id}, which started {started:%Y-%m-%d %H:%M:%S}Z, {ahead_span(started, now)} "
+            f"ahead of this host's clock, but the catalog's store wrote its manifest at "
+            f"{as_utc(written):%Y-%m-%d %H:%M:%S}Z: this host's clock is behind the catalog's; "
+            "hint: check this host's clock (NTP)")
+
+
 def stamped(run_id: str) -> datetime | None:
     try:
         return datetime.strptime(run_id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)

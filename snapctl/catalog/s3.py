@@ -131,6 +131,15 @@ class S3BlobStore:
             now = datetime.now(UTC)
         return (now - response["LastModified"]).total_seconds()
 
+    def written_at(self, key: str) -> datetime | None:
+        try:
+            response = self._client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except Exception as exc:
+            if _code(exc) in ("NoSuchKey", "404"):
+                return None
+            raise self._translate(exc, "read", key) from exc
+        return response["LastModified"].astimezone(UTC)
+
     def check_writable(self, directory: str) -> bool:
         """S3 says whether a PUT is allowed only by doing one: nothing to tell without writing."""
         return False

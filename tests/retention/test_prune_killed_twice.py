@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import yaml
 
+from snapctl.providers import create_provider
 from snapctl.prune_marks import mark_pruning
 
 from .conftest import CLUSTER, NODES, T0, Scene, gc_cli, snapctl_cli, snapshots_of
@@ -75,11 +76,18 @@ def _stuck_as_an_older_snapctl_left_it(scene: Scene, run_id: str) -> None:
     scene.catalog.store.delete(f"{CLUSTER}/manifests/{run_id}.json")
 
 
+def _lost_with_no_snapshot_recorded(scene: Scene, run_id: str, started_at: datetime) -> None:
+    """A run killed before its manifest named any snapshot (its line records none), whose
+    snapshots and manifest are gone since."""
+    scene.add_run(run_id, started_at, "failed", recorded=False)
+    _stuck_as_an_older_snapctl_left_it(scene, run_id)
+
+
 def test_prune_forgets_a_line_whose_manifest_and_every_snapshot_are_gone_and_keeps_one_with_snapshots_left(
         scene: Scene) -> None:
-    for index in range(3):
+    _lost_with_no_snapshot_recorded(scene, "r0", T0)
+    for index in range(1, 3):
         scene.add_run(f"r{index}", T0 + timedelta(days=index))
-    _stuck_as_an_older_snapctl_left_it(scene, "r0")
     scene.catalog.store.delete(f"{CLUSTER}/manifests/r1.json")  # lost, its snapshots all there: a backup still
     snapctl = snapctl_cli(scene)
     _inventory_keeping_one(scene)
@@ -98,9 +106,8 @@ def test_prune_forgets_a_line_whose_manifest_and_every_snapshot_are_gone_and_kee
 
 
 def test_gc_lists_then_forgets_a_line_whose_manifest_and_every_snapshot_are_gone(scene: Scene) -> None:
-    for index in range(2):
-        scene.add_run(f"r{index}", T0 + timedelta(days=index))
-    _stuck_as_an_older_snapctl_left_it(scene, "r0")
+    _lost_with_no_snapshot_recorded(scene, "r0", T0)
+    scene.add_run("r1", T0 + timedelta(days=1))
     gc = gc_cli(scene)
 
     listed = gc()
@@ -116,3 +123,29 @@ def test_gc_lists_then_forgets_a_line_whose_manifest_and_every_snapshot_are_gone
     assert "run r0:" not in deleted.stdout, "no longer passed over"
     entries, problems = scene.catalog.list()
     assert [e.run_id for e in entries] == ["r1"] and problems == []
+
+
+def test_a_lost_manifest_whose_line_records_snapshots_is_never_forgotten_for_the_current_listing_lacking_them(
+        scene: Scene) -> None:
+    # "No snapshot left" is judged against the current provider's listing: a run made under an
+    # earlier provider.store, whose manifest is lost, has its snapshots there, and was forgotten.
+    current = scene.provider
+    scene.provider = create_provider({"type": "local", "store": str(scene.root / "old-store")}, cluster=CLUSTER,
+                                     base_dir=scene.root)
+    scene.add_run("r0", T0)
+    old_ids = {r.snapshot_id for r in scene.provider.find({})}
+    scene.provider = current
+    scene.add_run("r1", T0 + timedelta(days=1))
+    scene.catalog.store.delete(f"{CLUSTER}/manifests/r0.json")
+    _inventory_keeping_one(scene)
+
+    pruned = snapctl_cli(scene)("prune", "-o", "json")
+    deleted = gc_cli(scene)("--delete")
+
+    assert pruned.returncode == 0, pruned.stderr
+    assert json.loads(pruned.stdout)["data"]["forgotten"] == []
+    assert "run r0: its manifest" in pruned.stderr, "still warned of"
+    assert deleted.returncode == 0, deleted.stderr
+    assert "forgot" not in deleted.stdout and "run r0: its manifest is missing" in deleted.stdout
+    assert scene.catalog.runs_without_manifest() == ["r0"]
+    assert len(old_ids) == len(NODES), "the run's snapshots, on the store it was made with"

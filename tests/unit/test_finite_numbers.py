@@ -4,8 +4,10 @@ the inventory and the agent config: one line naming file:line and the field, wit
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from node_agent.config import AgentConfigError, parse_agent_config
+from node_agent.engines.base import EngineSettings
 from snapctl.config import parse_inventory
 from snapctl.errors import InventoryError
 
@@ -125,3 +127,20 @@ def test_a_whole_number_longer_than_python_reads_is_one_line_in_the_agent_config
     with pytest.raises(AgentConfigError) as caught:
         parse_agent_config(AGENT + f"port: {LONG}\n", source="agent.yaml")
     assert (caught.value.message, caught.value.hint) == (f"agent.yaml:5: port: {LONG_SAID}", LONG_HINT)
+
+
+class _RatioSettings(EngineSettings):
+    """A third-party adapter's settings with a float that is no duration."""
+
+    type: str = "ratio"
+    ratio: float = 0.5
+
+
+def test_only_an_adapters_durations_are_capped_at_ten_years_and_every_float_stays_finite():
+    # Every float of every adapter's settings was taken for seconds: `ratio: 1e12` was refused as
+    # "at most 315360000 seconds (ten years)".
+    assert _RatioSettings.model_validate({"ratio": 1e12}).ratio == 1e12
+    with pytest.raises(ValidationError, match="finite number"):
+        _RatioSettings.model_validate({"ratio": float("inf")})
+    with pytest.raises(ValidationError, match=r"at most 315360000 seconds \(ten years\), not 1e\+300"):
+        _RatioSettings.model_validate({"timeout_s": 1e300})
