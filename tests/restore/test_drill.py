@@ -21,7 +21,6 @@ from snapctl.restore import restore_run
 from tests.conftest import free_port
 from tests.restore.conftest import ROWS, checkpointed, node_without_engine_block, scratch_agent
 
-
 OLDER_RECORD_KEYS = {  # snapctl 68714bc's DrillReport fields
     "cluster", "run_id", "drill_id", "provider", "started_at", "finished_at", "rto_s", "nodes", "scratch_dir",
     "owner", "owner_process", "abandoned", "cleaned_up", "kept", "interrupted", "leftovers", "teardown_errors",
