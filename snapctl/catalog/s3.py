@@ -116,12 +116,9 @@ class S3BlobStore:
 
     def age_s(self, key: str) -> float | None:
         # LastModified is S3's clock, and so is the Date of the same answer: no host's clock enters.
-        try:
-            response = self._client.head_object(Bucket=self.bucket, Key=self._key(key))
-        except Exception as exc:
-            if _code(exc) in ("NoSuchKey", "404"):
-                return None
-            raise self._translate(exc, "read", key) from exc
+        response = self._head(key)
+        if response is None:
+            return None
         date = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
         try:
             now = parsedate_to_datetime(date) if date else None
@@ -132,13 +129,17 @@ class S3BlobStore:
         return (now - response["LastModified"]).total_seconds()
 
     def written_at(self, key: str) -> datetime | None:
+        response = self._head(key)
+        return None if response is None else response["LastModified"].astimezone(UTC)
+
+    def _head(self, key: str) -> dict | None:
+        """The object's HEAD answer; None when there is no such object."""
         try:
-            response = self._client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return self._client.head_object(Bucket=self.bucket, Key=self._key(key))
         except Exception as exc:
             if _code(exc) in ("NoSuchKey", "404"):
                 return None
             raise self._translate(exc, "read", key) from exc
-        return response["LastModified"].astimezone(UTC)
 
     def check_writable(self, directory: str) -> bool:
         """S3 says whether a PUT is allowed only by doing one: nothing to tell without writing."""
