@@ -69,12 +69,7 @@ class CatalogConfig(Strict):
     # `snapctl status`'s catalog reads, all told (each refresh's, with --watch): past it the catalog
     # is reported unreadable, which is critical. Its own setting: a slow but healthy S3 store is
     # no agent, and 3 x policy.agent_timeout_s (30 s) failed CI's status step on one.
-    status_timeout_s: float = 120.0
-
-    @field_validator("status_timeout_s", mode="before")
-    @classmethod
-    def _duration(cls, value: Any) -> float:
-        return positive_duration(value)
+    status_timeout_s: Duration = 120.0
 
 
 class AgentAuth(Strict):
