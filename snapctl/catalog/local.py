@@ -129,13 +129,8 @@ class LocalBlobStore:
     def age_s(self, key: str) -> float | None:
         # The kernel stamps the mtime as it writes (the temp file, renamed over the key), on this
         # host's clock: a writer whose own clock is off (a faked or skewed process, a container) cannot move it.
-        path = self._path(key)
-        try:
-            return time.time() - path.stat().st_mtime
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise CatalogError(f"cannot read {path}: {os_reason(exc)}") from exc
+        written = self.written_at(key)
+        return None if written is None else time.time() - written.timestamp()
 
     def written_at(self, key: str) -> datetime | None:
         path = self._path(key)
