@@ -67,9 +67,7 @@ def read_regular(file: Path, limit: int, what: str) -> tuple[bytes, int]:
     """The bytes of ``file`` and its mode; ``what``: the kind of file ("an inventory"). Raises
     UnfitInputFile for anything but a regular file (found before opening it: opening some devices
     does something) or one over ``limit`` bytes, else OSError as ``open`` does."""
-    mode = os.stat(file).st_mode
-    if not stat.S_ISREG(mode):
-        raise _not_regular(file, mode)
+    check_regular(file)
     # O_NONBLOCK: swapped for a FIFO since the stat, the open returns at once, and fstat refuses it.
     fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
