@@ -26,7 +26,7 @@ from snapctl.providers import TAG_CLUSTER, Provider, SnapshotRef
 from snapctl.prune_in_use import in_use, in_use_records
 from snapctl.prune_refs import Owners, by_run, doomed_refs
 from snapctl.retention import PRUNING, SUCCEEDED, Decision, RetentionPlan, Run, decide
-from snapctl.timestamps import FUTURE_SKEW, ahead_span, as_utc
+from snapctl.timestamps import started_ahead_text
 
 if TYPE_CHECKING:
     from snapctl.config import Retention
@@ -303,9 +303,7 @@ def _unlisted(decided: RetentionPlan, read: dict[str, Manifest], listing: list[S
 
 
 def _ahead_warning(run: Run, now: datetime) -> str:
-    started = as_utc(run.started_at)
-    return (f"run {run.run_id} started {started:%Y-%m-%d %H:%M:%S}Z, {ahead_span(started, now)} ahead of this host's clock "
-            f"(more than {FUTURE_SKEW.seconds // 60} min): retention neither counts nor deletes it; "
+    return (f"run {run.run_id} {started_ahead_text(run.started_at, now)}: retention neither counts nor deletes it; "
             "hint: check the clocks of the hosts that run snapctl (NTP)")
 
 

@@ -55,6 +55,14 @@ def ahead_span(started_at: datetime, now: datetime) -> str:
     return f"{minutes} min" if minutes < 120 else f"{round(minutes / 60)} h" if minutes < 2880 else f"{round(minutes / 1440)} days"
 
 
+def started_ahead_text(started_at: datetime, now: datetime) -> str:
+    """What a warning says of a run stamped ahead: "started 2026-12-09 01:00:00Z, 3 days ahead of
+    this host's clock (more than 5 min)"."""
+    started = as_utc(started_at)
+    return (f"started {started:%Y-%m-%d %H:%M:%S}Z, {ahead_span(started, now)} ahead of this host's clock "
+            f"(more than {FUTURE_SKEW.seconds // 60} min)")
+
+
 def parse_utc(text: str) -> datetime:
     """A time written with its zone (``Z`` or any offset) as an aware UTC time; ValueError if it
     is not one (a time without a zone says nothing certain)."""

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 from snapctl import __version__
 from snapctl.manifest import IndexEntry
-from snapctl.timestamps import FUTURE_SKEW, ahead_span, as_utc
+from snapctl.timestamps import ahead_span, as_utc, started_ahead_text
 
 
 def newer_snapctl(data: bytes, errors: list) -> str | None:
@@ -55,9 +55,7 @@ def skipped_newer(chosen: IndexEntry, problems: dict[str, str], indexed: dict[st
 def ahead_warning(chosen: IndexEntry, passed: IndexEntry, now: datetime) -> str:
     """Why ``latest`` is ``chosen``: ``passed`` started in the future by this host's clock (or
     ``chosen`` did, as every succeeded run did)."""
-    started = as_utc(passed.started_at)
-    when = (f"started {started:%Y-%m-%d %H:%M:%S}Z, {ahead_span(started, now)} ahead of this host's clock "
-            f"(more than {FUTURE_SKEW.seconds // 60} min)")
+    when = started_ahead_text(passed.started_at, now)
     said = (f"latest is run {chosen.run_id}, which {when}, as every succeeded run did" if passed is chosen else
             f"latest is run {chosen.run_id}, not run {passed.run_id}, which {when}: its real age is unknown")
     return f"{said}; hint: check the clocks of the hosts that run snapctl (NTP), or name the run to use"
